@@ -1,0 +1,41 @@
+# One-command entry points. `make demo` and `make test` set everything up on a fresh Debian machine with Python 3.11.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: setup java demo test lint format bench clean
+
+setup: $(STAMP) java
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --upgrade pip
+	@echo "installing clickstream-rfm and its dependencies into $(VENV) ..."
+	@$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+# The KCL MultiLangDaemon is Java: a JRE 17+ is required. Installs Debian's headless JRE when run as root.
+java:
+	@bash scripts/ensure-java.sh
+
+demo: setup
+	@$(BIN)/clickstream demo
+
+test: setup lint
+	@$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	@$(BIN)/ruff check .
+	@$(BIN)/ruff format --check .
+	@$(BIN)/mypy
+
+format: $(STAMP)
+	@$(BIN)/ruff format .
+	@$(BIN)/ruff check --fix .
+
+bench: setup
+	@$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) state demo-output .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,262 @@
+"""Turn a batch of raw Kinesis records into validated events plus rejects, in one set-based DuckDB statement.
+
+Bad input is data, not an exception: every input row comes out exactly once, either as an event (columns of
+``schemas.EVENTS_SCHEMA``) or as a reject (``schemas.ERRORS_SCHEMA``) carrying a stable ``error_code``, a readable
+``error_detail`` and the raw bytes. The rules mirror ``schemas/clickstream_event.v1.schema.json``; a test checks the
+two agree on generated documents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final
+
+import duckdb
+import pyarrow as pa
+
+from schemas import ERRORS_SCHEMA, EVENT_SCHEMA_VERSION, EVENT_TYPES, EVENTS_SCHEMA
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationRules:
+    """Limits applied to every record; all deterministic functions of the record itself."""
+
+    max_record_bytes: int = 32 * 1024
+    max_revenue: int = 1_000_000
+    min_event_time: datetime = datetime(2000, 1, 1, tzinfo=UTC)
+    max_future_skew_seconds: int = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedBatch:
+    """Validated events (EVENTS_SCHEMA) and rejected records (ERRORS_SCHEMA) of one raw batch."""
+
+    events: pa.Table
+    rejects: pa.Table
+
+
+# Field extraction order for the single json_extract call (the document is parsed once per record).
+_FIELDS: Final = (
+    "schema_version",
+    "event_id",
+    "event_type",
+    "customer_id",
+    "session_id",
+    "event_time",
+    "page_url",
+    "product_id",
+    "search_query",
+    "quantity",
+    "order_id",
+    "revenue",
+    "currency",
+)
+_REQUIRED: Final = ("schema_version", "event_id", "event_type", "customer_id", "session_id", "event_time")
+_REQUIRED_BY_TYPE: Final = {
+    "purchase": ("order_id", "revenue"),
+    "checkout": ("order_id",),
+    "product_view": ("product_id",),
+    "add_to_cart": ("product_id",),
+    "search": ("search_query",),
+}
+_STRING_FIELDS: Final = {
+    # field: (min length, max length, regex or None)
+    "event_id": (36, 36, r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"),
+    "event_type": (1, 64, None),
+    "customer_id": (1, 64, r"^[A-Za-z0-9_.:@-]+$"),
+    "session_id": (1, 64, r"^[A-Za-z0-9_.:@-]+$"),
+    "event_time": (
+        1,
+        40,
+        r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?(Z|[+-][0-9]{2}:[0-9]{2})$",
+    ),
+    "page_url": (0, 2048, None),
+    "product_id": (1, 64, None),
+    "search_query": (0, 512, None),
+    "order_id": (1, 64, None),
+    "currency": (3, 3, r"^[A-Z]{3}$"),
+}
+_INTEGER_TYPES: Final = "('UBIGINT', 'BIGINT')"
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _is_integer(field: str) -> str:
+    """JSON Schema 'integer' also admits 2.0; accept a DOUBLE with no fraction too."""
+    return (
+        f"(t_{field} IN {_INTEGER_TYPES} OR (t_{field} = 'DOUBLE' AND TRY_CAST(s_{field} AS DOUBLE) "
+        f"= floor(TRY_CAST(s_{field} AS DOUBLE))))"
+    )
+
+
+def _rejection_rules(rules: ValidationRules) -> list[tuple[str, str]]:
+    """Ordered (condition, 'code:detail') pairs; the first matching rule names the rejection."""
+    checks: list[tuple[str, str]] = [
+        (f"size_bytes > {int(rules.max_record_bytes)}", f"oversized:record exceeds {rules.max_record_bytes} bytes"),
+        ("txt IS NULL", "invalid_utf8:payload is not valid UTF-8"),
+        ("doc IS NULL", "invalid_json:payload is not valid JSON"),
+        ("doc_type <> 'OBJECT'", "not_an_object:payload is JSON but not an object"),
+    ]
+    checks += [(f"t_{f} IS NULL OR t_{f} = 'NULL'", f"missing_field:{f} is required") for f in _REQUIRED]
+    checks.append(
+        (
+            f"NOT {_is_integer('schema_version')} OR TRY_CAST(s_schema_version AS DOUBLE) <> {EVENT_SCHEMA_VERSION}",
+            f"unsupported_schema_version:schema_version must be {EVENT_SCHEMA_VERSION}",
+        )
+    )
+    for field, (low, high, pattern) in _STRING_FIELDS.items():
+        present = f"t_{field} IS NOT NULL AND t_{field} <> 'NULL'"
+        checks.append((f"{present} AND t_{field} <> 'VARCHAR'", f"wrong_type:{field} must be a string"))
+        length = f"length(s_{field}) NOT BETWEEN {low} AND {high}"
+        bad = f"{length} OR NOT regexp_full_match(s_{field}, {_quote(pattern)})" if pattern else length
+        checks.append((f"{present} AND ({bad})", f"invalid_value:{field} has an invalid format or length"))
+    known_types = ", ".join(_quote(t) for t in EVENT_TYPES)
+    checks.append((f"s_event_type NOT IN ({known_types})", "unknown_event_type:event_type is not one we know"))
+    checks.append(("event_time IS NULL", "invalid_value:event_time is not a valid date-time"))
+    checks.append(
+        (
+            f"event_time < TIMESTAMPTZ {_quote(rules.min_event_time.isoformat())}",
+            f"event_time_too_old:event_time is before {rules.min_event_time.isoformat()}",
+        )
+    )
+    checks.append(
+        (
+            f"event_time > approximate_arrival_at + INTERVAL {int(rules.max_future_skew_seconds)} SECOND",
+            "event_time_in_future:event_time is later than the record's arrival plus the allowed clock skew",
+        )
+    )
+    for event_type, fields in _REQUIRED_BY_TYPE.items():
+        for field in fields:
+            checks.append(
+                (
+                    f"s_event_type = {_quote(event_type)} AND (t_{field} IS NULL OR t_{field} = 'NULL')",
+                    f"missing_field:{field} is required for {event_type}",
+                )
+            )
+    quantity_present = "t_quantity IS NOT NULL AND t_quantity <> 'NULL'"
+    checks.append(
+        (
+            f"{quantity_present} AND (NOT {_is_integer('quantity')} "
+            "OR TRY_CAST(s_quantity AS DOUBLE) NOT BETWEEN 1 AND 10000)",
+            "invalid_value:quantity must be an integer from 1 to 10000",
+        )
+    )
+    revenue_present = "t_revenue IS NOT NULL AND t_revenue <> 'NULL'"
+    checks.append(
+        (
+            f"{revenue_present} AND t_revenue NOT IN ('UBIGINT', 'BIGINT', 'DOUBLE')",
+            "wrong_type:revenue must be a number",
+        )
+    )
+    checks.append(
+        (
+            f"{revenue_present} AND (revenue_exact IS NULL OR revenue_exact < 0 OR revenue_exact > {rules.max_revenue})",
+            f"revenue_out_of_range:revenue must be between 0 and {rules.max_revenue}",
+        )
+    )
+    checks.append(
+        (
+            f"{revenue_present} AND revenue_exact <> round(revenue_exact, 2)",
+            "invalid_value:revenue has more than two decimals",
+        )
+    )
+    checks.append(
+        (
+            "partition_key <> s_customer_id",
+            "partition_key_mismatch:partition key must equal customer_id so one shard owns each customer",
+        )
+    )
+    return checks
+
+
+def _build_sql(rules: ValidationRules) -> str:
+    extracted = ", ".join(_quote(f"$.{f}") for f in _FIELDS)
+    per_field = ",\n".join(
+        f"json_type(v[{i}]) AS t_{f}, v[{i}]->>'$' AS s_{f}" for i, f in enumerate(_FIELDS, start=1)
+    )
+    rejection = "\n".join(f"      WHEN {cond} THEN {_quote(reason)}" for cond, reason in _rejection_rules(rules))
+    return f"""
+WITH src AS (
+  SELECT *, octet_length(data) AS size_bytes,
+         CASE WHEN octet_length(data) <= {int(rules.max_record_bytes)} THEN try(decode(data)) END AS txt
+  FROM raw_batch
+), parsed AS (
+  SELECT *, CASE WHEN json_valid(txt) THEN CAST(txt AS JSON) END AS doc FROM src
+), extracted AS (
+  SELECT *, json_type(doc) AS doc_type,
+         CASE WHEN json_type(doc) = 'OBJECT' THEN json_extract(doc, [{extracted}]) END AS v
+  FROM parsed
+), fields AS (
+  SELECT *, {per_field}
+  FROM extracted
+), typed AS (
+  SELECT *,
+         CASE WHEN t_event_time = 'VARCHAR' THEN TRY_CAST(s_event_time AS TIMESTAMPTZ) END AS event_time,
+         CASE WHEN t_revenue IN ('UBIGINT', 'BIGINT', 'DOUBLE')
+              THEN TRY_CAST(s_revenue AS DECIMAL(38, 10)) END AS revenue_exact
+  FROM fields
+)
+SELECT *,
+  CASE
+{rejection}
+  END AS rejection
+FROM typed
+"""
+
+
+_EVENT_COLUMNS_SQL: Final = """
+SELECT lower(s_event_id) AS event_id,
+       s_event_type AS event_type,
+       s_customer_id AS customer_id,
+       s_session_id AS session_id,
+       event_time,
+       s_page_url AS page_url,
+       s_product_id AS product_id,
+       s_search_query AS search_query,
+       CAST(TRY_CAST(s_quantity AS DOUBLE) AS INTEGER) AS quantity,
+       s_order_id AS order_id,
+       CAST(revenue_exact AS DECIMAL(18, 2)) AS revenue,
+       s_currency AS currency,
+       CAST(TRY_CAST(s_schema_version AS DOUBLE) AS INTEGER) AS schema_version,
+       shard_id, sequence_number, sub_sequence_number, approximate_arrival_at
+FROM validated WHERE rejection IS NULL
+"""
+
+_REJECT_COLUMNS_SQL: Final = """
+SELECT shard_id, sequence_number, sub_sequence_number, partition_key, approximate_arrival_at,
+       split_part(rejection, ':', 1) AS error_code,
+       substr(rejection, length(split_part(rejection, ':', 1)) + 2) AS error_detail,
+       data AS raw_data,
+       CAST(size_bytes AS BIGINT) AS raw_size_bytes
+FROM validated WHERE rejection IS NOT NULL
+"""
+
+
+class RecordValidator:
+    """Compiles the rules once; validates raw batches (RAW_RECORD_SCHEMA) on a DuckDB connection."""
+
+    def __init__(self, rules: ValidationRules | None = None) -> None:
+        self.rules = rules or ValidationRules()
+        self._sql = _build_sql(self.rules)
+
+    def decode(self, con: duckdb.DuckDBPyConnection, raw: pa.Table) -> DecodedBatch:
+        """Split ``raw`` into events and rejects; every input row lands in exactly one of them."""
+        con.register("raw_batch", raw)
+        try:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE validated AS {self._sql}")
+            events = con.sql(_EVENT_COLUMNS_SQL).to_arrow_table().cast(EVENTS_SCHEMA)
+            rejects = con.sql(_REJECT_COLUMNS_SQL).to_arrow_table().cast(ERRORS_SCHEMA)
+        finally:
+            con.unregister("raw_batch")
+            con.execute("DROP TABLE IF EXISTS validated")
+        return DecodedBatch(events=events, rejects=rejects)
+
+
+def new_connection(database: str = ":memory:") -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with UTC session time zone (timestamps are exported as UTC)."""
+    con = duckdb.connect(database)
+    con.execute("SET TimeZone = 'UTC'")
+    return con

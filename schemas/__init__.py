@@ -1,0 +1,31 @@
+"""The data contract: the input event schema and the Arrow/Parquet schema of every output, in one place.
+
+Nothing here talks to AWS. Column names and types are the contract that Redshift, the CLV notebooks and the
+acceptance tests rely on; change them only together with the schema version and the README's column tables.
+"""
+
+from schemas.contract import (
+    CUSTOMER_AGGREGATES_SCHEMA,
+    ERRORS_SCHEMA,
+    EVENT_SCHEMA_PATH,
+    EVENT_SCHEMA_VERSION,
+    EVENT_TYPES,
+    EVENTS_SCHEMA,
+    MONEY,
+    RAW_RECORD_SCHEMA,
+    UTC_MICROS,
+    load_event_json_schema,
+)
+
+__all__ = [
+    "CUSTOMER_AGGREGATES_SCHEMA",
+    "ERRORS_SCHEMA",
+    "EVENTS_SCHEMA",
+    "EVENT_SCHEMA_PATH",
+    "EVENT_SCHEMA_VERSION",
+    "EVENT_TYPES",
+    "MONEY",
+    "RAW_RECORD_SCHEMA",
+    "UTC_MICROS",
+    "load_event_json_schema",
+]

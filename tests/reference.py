@@ -1,0 +1,103 @@
+"""A deliberately simple reference for the customer aggregates, computed row by row from event dicts.
+
+It shares no code with the aggregation core: it is the independent oracle the tests compare against, written
+straight from the definitions in the README (lifetimes / pymc-marketing rfm_summary with a time unit of one UTC day).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+ENGAGEMENT_WEIGHTS = {
+    "page_view": 1,
+    "product_view": 2,
+    "search": 2,
+    "add_to_cart": 4,
+    "checkout": 6,
+    "purchase": 10,
+}
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def unique_events(documents: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """First occurrence of each event id (ids compared case-insensitively, as UUIDs)."""
+    seen: set[str] = set()
+    kept = []
+    for doc in documents:
+        key = str(doc["event_id"]).lower()
+        if key not in seen:
+            seen.add(key)
+            kept.append(doc)
+    return kept
+
+
+def reference_aggregates(documents: Iterable[Mapping[str, Any]], as_of: date | None = None) -> dict[str, dict[str, Any]]:
+    """customer_id -> expected aggregate columns. ``as_of`` defaults to the max event date of all documents."""
+    events = unique_events(documents)
+    by_customer: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for event in events:
+        by_customer[event["customer_id"]].append(event)
+    observation_end = as_of or max(parse_time(e["event_time"]).date() for e in events)
+    result = {}
+    for customer, rows in by_customer.items():
+        times = [parse_time(r["event_time"]) for r in rows]
+        counts = {t: sum(1 for r in rows if r["event_type"] == t) for t in ENGAGEMENT_WEIGHTS}
+        purchases = [r for r in rows if r["event_type"] == "purchase"]
+        day_revenue: dict[date, Decimal] = defaultdict(Decimal)
+        for p in purchases:
+            day_revenue[parse_time(p["event_time"]).date()] += Decimal(str(p["revenue"]))
+        days = sorted(day_revenue)
+        active_days = {t.date() for t in times}
+        expected: dict[str, Any] = {
+            "first_event_at": min(times),
+            "last_event_at": max(times),
+            "events": len(rows),
+            "page_views": counts["page_view"],
+            "product_views": counts["product_view"],
+            "searches": counts["search"],
+            "add_to_carts": counts["add_to_cart"],
+            "checkouts": counts["checkout"],
+            "purchases": counts["purchase"],
+            "sessions": len({r["session_id"] for r in rows}),
+            "active_days": len(active_days),
+            "revenue": sum((Decimal(str(p["revenue"])) for p in purchases), Decimal("0.00")),
+            "purchase_days": len(days),
+            "engagement_score": sum(ENGAGEMENT_WEIGHTS[t] * n for t, n in counts.items()) / len(active_days),
+        }
+        if days:
+            purchase_times = [parse_time(p["event_time"]) for p in purchases]
+            frequency = len(days) - 1
+            repeat = sum((day_revenue[d] for d in days[1:]), Decimal("0.00"))
+            expected.update(
+                first_purchase_at=min(purchase_times),
+                last_purchase_at=max(purchase_times),
+                frequency=frequency,
+                recency=(days[-1] - days[0]).days,
+                T=(observation_end - days[0]).days,
+                repeat_revenue=repeat,
+                monetary_value=float(repeat) / frequency if frequency else 0.0,
+            )
+        else:
+            expected.update(
+                first_purchase_at=None,
+                last_purchase_at=None,
+                frequency=None,
+                recency=None,
+                T=None,
+                repeat_revenue=None,
+                monetary_value=None,
+            )
+        result[customer] = expected
+    return result
+
+
+def load_documents(lines: Iterable[bytes]) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in lines]
