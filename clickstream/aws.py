@@ -1,0 +1,26 @@
+"""boto3 clients built from the settings (endpoint override for emulators, adaptive retries)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from clickstream.settings import Settings
+
+
+def aws_client(service: str, settings: Settings, max_attempts: int = 5) -> Any:
+    """A client for ``service`` honouring AWS_ENDPOINT_URL / region from the settings."""
+    config = Config(
+        retries={"max_attempts": max_attempts, "mode": "adaptive"},
+        connect_timeout=5,
+        read_timeout=60,
+        s3={"addressing_style": "path"} if settings.aws_endpoint_url else None,
+    )
+    return boto3.client(
+        service,
+        region_name=settings.aws_region,
+        endpoint_url=settings.aws_endpoint_url,
+        config=config,
+    )

@@ -1,0 +1,140 @@
+"""The amazon_kclpy (v3 interface) record processor: a thin adapter from KCL messages to ``ShardProcessor``.
+
+The Java MultiLangDaemon starts one of these processes per shard lease (``python -m consumer.record_processor``)
+and talks to it over stdin/stdout; logs therefore go to stderr only.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from amazon_kclpy import kcl
+from amazon_kclpy.v3 import processor
+
+from aggregators.customer_state import CustomerState
+from aggregators.validation import RecordValidator, ValidationRules
+from clickstream.aws import aws_client
+from clickstream.logs import configure_logging
+from clickstream.settings import Settings, load_settings
+from consumer.s3_sink import S3ParquetSink
+from consumer.shard_processor import FlushPolicy, LeaseLost, RawRecord, ShardProcessor, state_path
+from consumer.status import StatusWriter
+
+log = logging.getLogger(__name__)
+
+_Call = TypeVar("_Call", bound=Callable[..., None])
+
+
+def _fail_fast(method: _Call) -> _Call:
+    """KCLProcess logs and swallows processor exceptions; a terminal error must instead end this process so the
+    KCL redelivers from the last checkpoint rather than let the shard run on past unflushed data."""
+
+    @functools.wraps(method)
+    def wrapper(self: RecordProcessor, *args: Any) -> None:
+        try:
+            method(self, *args)
+        except LeaseLost:
+            log.warning("lease lost during %s", method.__name__, extra={"shard_id": self.shard_id})
+        except Exception:
+            log.critical("terminal error in %s; exiting so the shard restarts from its checkpoint",
+                         method.__name__, exc_info=True, extra={"shard_id": self.shard_id})
+            raise SystemExit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def validation_rules(settings: Settings) -> ValidationRules:
+    return ValidationRules(
+        max_record_bytes=settings.max_record_bytes,
+        max_revenue=settings.max_revenue,
+        min_event_time=settings.min_event_time,
+        max_future_skew_seconds=settings.max_future_skew_seconds,
+    )
+
+
+def flush_policy(settings: Settings) -> FlushPolicy:
+    return FlushPolicy(settings.flush_max_records, settings.flush_max_bytes, settings.flush_max_seconds)
+
+
+def to_raw_records(kcl_records: Any) -> list[RawRecord]:
+    """KCL message records -> RawRecord (base64 decoded here, once)."""
+    return [
+        RawRecord(
+            sequence_number=record.sequence_number,
+            sub_sequence_number=int(record.sub_sequence_number or 0),
+            partition_key=record.partition_key,
+            arrival_millis=int(record.timestamp_millis),
+            data=record.binary_data,
+        )
+        for record in kcl_records
+    ]
+
+
+class RecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
+    """Creates the shard's state, sink and processor on initialize and forwards each KCL call."""
+
+    def __init__(self, settings: Settings, s3_client: Any | None = None) -> None:
+        self.settings = settings
+        self.s3 = s3_client
+        self.shard: ShardProcessor | None = None
+        self.shard_id: str | None = None
+
+    @_fail_fast
+    def initialize(self, initialize_input: Any) -> None:
+        shard_id = self.shard_id = initialize_input.shard_id
+        database = state_path(self.settings.state_dir, shard_id)
+        database.parent.mkdir(parents=True, exist_ok=True)
+        state = CustomerState(shard_id, database, RecordValidator(validation_rules(self.settings)))
+        sink = S3ParquetSink(self.s3 or aws_client("s3", self.settings), self.settings)
+        status = StatusWriter(self.settings.state_dir / "status")
+        self.shard = ShardProcessor(shard_id, state, sink, flush_policy(self.settings), status)
+        checkpoint = initialize_input.sequence_number
+        log.info("initializing at checkpoint %s", checkpoint, extra={"shard_id": shard_id})
+        self.shard.start(checkpoint)
+
+    def _shard(self) -> ShardProcessor:
+        if self.shard is None:
+            raise RuntimeError("the KCL called the processor before initialize")
+        return self.shard
+
+    @_fail_fast
+    def process_records(self, process_records_input: Any) -> None:
+        self._shard().on_records(
+            to_raw_records(process_records_input.records),
+            process_records_input.millis_behind_latest,
+            process_records_input.checkpointer,
+        )
+
+    @_fail_fast
+    def lease_lost(self, lease_lost_input: Any) -> None:
+        self._shard().on_lease_lost()
+        self._close()
+
+    @_fail_fast
+    def shard_ended(self, shard_ended_input: Any) -> None:
+        self._shard().on_shard_ended(shard_ended_input.checkpointer)
+        self._close()
+
+    @_fail_fast
+    def shutdown_requested(self, shutdown_requested_input: Any) -> None:
+        self._shard().on_shutdown_requested(shutdown_requested_input.checkpointer)
+
+    def _close(self) -> None:
+        if self.shard is not None:
+            self.shard.state.close()
+
+
+def main() -> None:
+    """Entry point the MultiLangDaemon runs for each shard."""
+    configure_logging(os.environ.get("CLICKSTREAM_LOG_LEVEL", "INFO"))
+    settings = load_settings()
+    kcl.KCLProcess(RecordProcessor(settings), input_file=sys.stdin, output_file=sys.stdout).run()
+
+
+if __name__ == "__main__":
+    main()

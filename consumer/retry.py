@@ -1,0 +1,41 @@
+"""Classify failures as transient (the world is down: retry) or terminal (a bug or bad config: stop)."""
+
+from __future__ import annotations
+
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
+
+_TRANSIENT_CODES = frozenset(
+    {
+        "InternalError",
+        "InternalFailure",
+        "ServiceUnavailable",
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "ProvisionedThroughputExceededException",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "LimitExceededException",
+    }
+)
+
+
+def is_transient(error: BaseException) -> bool:
+    """True for network failures, throttling and 5xx answers; False for everything else."""
+    if isinstance(error, EndpointConnectionError | ConnectionClosedError | ConnectTimeoutError | ReadTimeoutError):
+        return True
+    if isinstance(error, ClientError):
+        code = error.response.get("Error", {}).get("Code", "")
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return code in _TRANSIENT_CODES or status >= 500
+    from amazon_kclpy.checkpoint_error import CheckpointError
+
+    if isinstance(error, CheckpointError):
+        return error.value in ("ThrottlingException", "KinesisClientLibDependencyException")
+    return isinstance(error, ConnectionError | TimeoutError)

@@ -1,0 +1,78 @@
+"""Per-shard progress files: how the record processors (one process per shard) report to the worker.
+
+Each processor atomically rewrites ``<state_dir>/status/<shard_id>.json``. The ``clickstream worker`` process reads
+them to decide when the stream is drained (``--until-idle``), to answer health checks and to print progress.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass(slots=True)
+class ShardStatus:
+    shard_id: str
+    pid: int
+    phase: str = "initializing"  # initializing | processing | ended | shut_down | lease_lost
+    records_received: int = 0
+    records_flushed: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    skipped: int = 0
+    flushes: int = 0
+    files_written: int = 0
+    bytes_written: int = 0
+    buffered_records: int = 0
+    retries: int = 0
+    millis_behind_latest: int | None = None
+    applied_sequence: str | None = None
+    checkpointed_sequence: str | None = None
+    last_call_at: float | None = None
+    last_record_at: float | None = None
+    last_flush_at: float | None = None
+    last_flush_seconds: float | None = None
+    last_error: str | None = None
+    started_at: float = 0.0
+    updated_at: float = 0.0
+
+
+class StatusWriter:
+    """Atomic, rate-limited writer of one shard's status file."""
+
+    def __init__(self, directory: Path, min_interval_seconds: float = 1.0) -> None:
+        self.directory = directory
+        self.min_interval_seconds = min_interval_seconds
+        self._last_write = 0.0
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def write(self, status: ShardStatus, force: bool = False) -> None:
+        now = time.time()
+        if not force and now - self._last_write < self.min_interval_seconds:
+            return
+        if not status.started_at:
+            status.started_at = now
+        status.updated_at = now
+        target = self.directory / f"{status.shard_id}.json"
+        temporary = target.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(asdict(status)), encoding="utf-8")
+        temporary.replace(target)
+        self._last_write = now
+
+
+def read_statuses(directory: Path) -> dict[str, ShardStatus]:
+    """The latest status of every shard that reported, by shard id (unreadable files are skipped)."""
+    statuses: dict[str, ShardStatus] = {}
+    if not directory.is_dir():
+        return statuses
+    for path in directory.glob("*.json"):
+        try:
+            loaded = json.loads(path.read_text(encoding="utf-8"))
+            statuses[loaded["shard_id"]] = ShardStatus(**loaded)
+        except (OSError, ValueError, TypeError, KeyError):
+            continue
+    return statuses
