@@ -37,6 +37,7 @@ def emulator_environment(endpoint: str, state_dir: Path) -> dict[str, str]:
         "AWS_SECRET_ACCESS_KEY": "testing",  # noqa: S105 - the emulator accepts any credentials
         "CLICKSTREAM_STATE_DIR": str(state_dir),
         "CLICKSTREAM_WORKER_ID": "demo-worker",
+        "CLICKSTREAM_FLUSH_MAX_SECONDS": "5",
         **FAST_KCL_ENV,
     }
     env.pop("AWS_SESSION_TOKEN", None)
@@ -50,7 +51,12 @@ def run_demo(customers: int, events: int, seed: int, shards: int, output_dir: Pa
     from emulator.server import EmulatorHandle
     from producer.generator import ClickstreamGenerator, read_jsonl, write_jsonl
 
+    from clickstream.logs import configure_logging
+
+    configure_logging("WARNING", json_format=False)  # a person is watching: progress lines, not log records
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=150)
     if output_dir.exists():
         shutil.rmtree(output_dir)
     output_dir.mkdir(parents=True)

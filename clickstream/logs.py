@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import sys
+import threading
+from pathlib import Path
 from datetime import UTC, datetime
 from typing import Any
 
 _CONTEXT_FIELDS = ("shard_id", "sequence_number", "worker_id", "flush_range")
+
+#: Set by `clickstream worker` for its record processors: the Unix datagram socket their logs go to.
+LOG_SOCKET_ENV = "CLICKSTREAM_LOG_SOCKET"
 
 
 class JsonFormatter(logging.Formatter):
@@ -30,9 +37,62 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class DatagramLogHandler(logging.Handler):
+    """Sends each formatted line to the worker's log socket.
+
+    The MultiLangDaemon re-logs whatever a processor writes to stderr as "ERROR Received error line", so processors
+    send their logs to the supervising worker instead, which writes them to its own stderr unchanged. Falls back to
+    stderr when the socket is gone (the worker still sees real crashes there).
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = self.format(record)
+        try:
+            self.sock.sendto(line.encode("utf-8", "replace"), self.path)
+        except OSError:
+            sys.stderr.write(line + "\n")
+
+
+class LogRelay:
+    """The worker's side of the log socket: a thread that copies every datagram to stderr as one line."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.unlink(missing_ok=True)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.5)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="log-relay", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(256 * 1024)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            sys.stderr.write(data.decode("utf-8", "replace") + "\n")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self.sock.close()
+        self.path.unlink(missing_ok=True)
+
+
 def configure_logging(level: str = "INFO", json_format: bool = True) -> None:
-    """Send all logs to stderr; JSON for machines (default) or plain text for people at a terminal."""
-    handler = logging.StreamHandler(sys.stderr)
+    """Send all logs to stderr (or the worker's log socket); JSON for machines, plain text for people."""
+    socket_path = os.environ.get(LOG_SOCKET_ENV)
+    handler: logging.Handler = DatagramLogHandler(socket_path) if socket_path else logging.StreamHandler(sys.stderr)
     if json_format:
         handler.setFormatter(JsonFormatter())
     else:

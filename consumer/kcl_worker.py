@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from types import FrameType
 from typing import Any
 
 from clickstream.aws import aws_client
+from clickstream.logs import LOG_SOCKET_ENV, LogRelay
 from clickstream.settings import Settings, aws_environment
 from consumer.status import ShardStatus, read_statuses
 
@@ -96,6 +98,7 @@ def java_command(settings: Settings, properties_file: Path) -> list[str]:
     if settings.aws_endpoint_url:
         # Emulators (moto, LocalStack's kinesis-mock) do not speak the SDK's default CBOR wire format.
         command.append("-Daws.cborEnabled=false")
+    command.append(f"-Dlogback.configurationFile={Path(__file__).with_name('logback.xml')}")
     command += ["-cp", f"{jars}/*", MAIN_CLASS, "--properties-file", str(properties_file)]
     return command
 
@@ -182,12 +185,17 @@ class KclWorker:
                  self.settings.worker_id)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         kinesis = aws_client("kinesis", self.settings) if self.until_idle else None
+        # Short path: AF_UNIX socket paths are limited to ~107 bytes.
+        relay = LogRelay(Path(tempfile.mkdtemp(prefix="clickstream-")) / "log.sock")
+        env[LOG_SOCKET_ENV] = str(relay.path)
         try:
             # Own process group: a terminal Ctrl-C reaches us only, and we decide how the JVM stops.
             self._process = subprocess.Popen(command, env=env, stdout=sys.stderr, start_new_session=True)
             return self._supervise(kinesis)
         finally:
             self._kill()
+            relay.close()
+            relay.path.parent.rmdir()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 

@@ -1,0 +1,363 @@
+"""PutRecords sender: batches within API limits, re-sends only failed records, paces, never drops silently.
+
+Why not `put_record` per event or a fire-and-forget loop: PutRecords succeeds as a call while rejecting single
+records (``FailedRecordCount`` > 0, per-record ``ErrorCode``); ignoring that loses events under throttling.
+
+Per batch (at most 500 records and 5 MiB of data plus partition keys; a single record at most 1 MiB):
+
+1. Wait for the rate limit (optional ``max_records_per_second``, virtual-time pacing).
+2. Call PutRecords with the pending records.
+3. A transient whole-call failure (throttling, 5xx, connection errors) leaves every pending record pending;
+   a terminal one (e.g. ResourceNotFoundException, access denied) raises `PutRecordsError` at once.
+4. Otherwise the records whose result carries an ``ErrorCode`` stay pending, all others are delivered.
+5. If records are pending: back off (exponential, equal jitter) and go to 1 with only those records, up to
+   ``max_attempts`` calls per batch; then raise `PutRecordsError` with the undelivered records.
+
+The next batch is read from the input only after the current one is fully delivered, so at most one batch
+(≤ 500 records) is in flight and a failure tells exactly which records did not make it.
+
+Ordering: a record re-sent after a partial failure lands behind records of the same partition key that
+succeeded in the same call, so retries can reorder events within a customer. That is acceptable here: the
+aggregates are order independent and de-duplicate by ``event_id``. The boto3 client's own retry layer
+(standard/legacy mode) runs below this one and only sees whole-call errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import re
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
+from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from typing import Unpack
+
+    from mypy_boto3_kinesis.type_defs import PutRecordsInputTypeDef, PutRecordsOutputTypeDef
+
+logger = logging.getLogger(__name__)
+
+MAX_RECORDS_PER_REQUEST: Final = 500
+MAX_BYTES_PER_REQUEST: Final = 5 * 1024 * 1024
+MAX_RECORD_BYTES: Final = 1024 * 1024
+
+#: Whole-call error codes worth retrying; HTTP 5xx is retried whatever the code.
+RETRYABLE_CALL_ERRORS: Final = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "LimitExceededException",
+        "ThrottlingException",
+        "Throttling",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "InternalFailure",
+        "InternalServerError",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "KMSThrottlingException",
+    }
+)
+
+_CUSTOMER_ID: Final = re.compile(rb'"customer_id"\s*:\s*"([A-Za-z0-9_.:@-]{1,64})"')
+
+
+class PutRecordsClient(Protocol):
+    """The one method of a boto3 Kinesis client that the producer uses (tests pass a fake)."""
+
+    def put_records(self, **kwargs: Unpack[PutRecordsInputTypeDef]) -> PutRecordsOutputTypeDef:
+        """Send one PutRecords request."""
+        ...
+
+
+@dataclass(frozen=True)
+class PutSummary:
+    """What a `KinesisProducer.put` run did.
+
+    ``bytes_sent`` counts the data bytes of delivered records (not partition keys, not re-sends);
+    ``retried_records`` counts re-sends (a record re-sent twice counts twice); ``requests`` counts every
+    PutRecords call, failed ones included.
+    """
+
+    records_sent: int
+    requests: int
+    retried_records: int
+    throttled_calls: int
+    bytes_sent: int
+    seconds: float
+    rejected_too_large: int = 0
+    record_errors: Mapping[str, int] = field(default_factory=dict)
+    records_per_shard: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def records_per_second(self) -> float:
+        """Delivered records per wall-clock second of the run."""
+        return self.records_sent / self.seconds if self.seconds > 0 else 0.0
+
+
+class PutRecordsError(RuntimeError):
+    """Records could not be delivered; ``undelivered`` holds them (partition key, data) for a re-drive.
+
+    Input after the failing batch was not read from the iterator, so it is neither sent nor counted here.
+    """
+
+    def __init__(self, message: str, undelivered: list[tuple[str, bytes]], summary: PutSummary) -> None:
+        super().__init__(message)
+        self.undelivered = undelivered
+        self.summary = summary
+
+    @property
+    def undelivered_count(self) -> int:
+        """How many records of the failing batch were not delivered."""
+        return len(self.undelivered)
+
+
+def partition_key_for(data: bytes) -> str:
+    """The customer id when the record has one, so a customer's events share a shard; else md5 of the bytes.
+
+    The fallback is deterministic, so a re-sent bad record goes to the same shard as its first copy.
+    """
+    match = _CUSTOMER_ID.search(data)
+    if match is not None:
+        return match.group(1).decode("ascii")
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+@dataclass
+class _Stats:
+    records_sent: int = 0
+    requests: int = 0
+    retried_records: int = 0
+    throttled_calls: int = 0
+    bytes_sent: int = 0
+    rejected_too_large: int = 0
+    record_errors: Counter[str] = field(default_factory=Counter)
+    records_per_shard: Counter[str] = field(default_factory=Counter)
+
+
+def _is_terminal_record_error(code: str) -> bool:
+    """KMS key problems do not heal by retrying; throughput and internal failures do."""
+    return code.startswith("KMS") and code != "KMSThrottlingException"
+
+
+class KinesisProducer:
+    """Sends byte records to one stream; one instance may be reused for several `put` calls."""
+
+    def __init__(
+        self,
+        client: PutRecordsClient,
+        stream_name: str,
+        *,
+        max_attempts: int = 10,
+        backoff_base_seconds: float = 0.1,
+        backoff_max_seconds: float = 10.0,
+        max_records_per_second: float | None = None,
+        max_records_per_request: int = MAX_RECORDS_PER_REQUEST,
+        max_bytes_per_request: int = MAX_BYTES_PER_REQUEST,
+        progress: bool = False,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        jitter: random.Random | None = None,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+        if not 1 <= max_records_per_request <= MAX_RECORDS_PER_REQUEST:
+            raise ValueError(f"max_records_per_request must be within 1..{MAX_RECORDS_PER_REQUEST}")
+        if not MAX_RECORD_BYTES <= max_bytes_per_request <= MAX_BYTES_PER_REQUEST:
+            raise ValueError(
+                f"max_bytes_per_request must be within {MAX_RECORD_BYTES}..{MAX_BYTES_PER_REQUEST}"
+            )
+        if max_records_per_second is not None and max_records_per_second <= 0:
+            raise ValueError("max_records_per_second must be positive")
+        self._client = client
+        self.stream_name = stream_name
+        self.max_attempts = max_attempts
+        self.backoff_base_seconds = backoff_base_seconds
+        self.backoff_max_seconds = backoff_max_seconds
+        self.max_records_per_second = max_records_per_second
+        self.max_records_per_request = max_records_per_request
+        if max_records_per_second is not None:
+            # Keep one request within one second's budget so pacing stays smooth at low rates.
+            self.max_records_per_request = min(max_records_per_request, max(1, int(max_records_per_second)))
+        self.max_bytes_per_request = max_bytes_per_request
+        self.progress = progress
+        self._sleep = sleep
+        self._clock = clock
+        self._jitter = jitter or random.Random()  # noqa: S311 - jitter, not security
+        self._next_send_at = float("-inf")
+
+    def put(self, records: Iterable[bytes], *, total: int | None = None) -> PutSummary:
+        """Send every record; returns the summary or raises `PutRecordsError` (never drops silently).
+
+        Records larger than 1 MiB (data plus partition key) cannot be put at all: they are logged, counted as
+        ``rejected_too_large`` and skipped, because one bad record must not stop the stream.
+        """
+        stats = _Stats()
+        started = self._clock()
+        batch: list[tuple[str, bytes]] = []
+        batch_bytes = 0
+        bar = tqdm(
+            total=total,
+            unit="rec",
+            unit_scale=True,
+            file=sys.stderr,
+            disable=not self.progress,
+            desc=f"put {self.stream_name}",
+            smoothing=0.1,
+        )
+        try:
+            for data in records:
+                key = partition_key_for(data)
+                size = len(data) + len(key.encode())
+                if size > MAX_RECORD_BYTES:
+                    stats.rejected_too_large += 1
+                    logger.error(
+                        "record of %d bytes (partition key %s) exceeds the 1 MiB PutRecords limit: not sent",
+                        size,
+                        key,
+                    )
+                    bar.update(1)
+                    continue
+                if (
+                    len(batch) >= self.max_records_per_request
+                    or batch_bytes + size > self.max_bytes_per_request
+                ):
+                    self._send(batch, stats, started, bar)
+                    batch, batch_bytes = [], 0
+                batch.append((key, data))
+                batch_bytes += size
+            if batch:
+                self._send(batch, stats, started, bar)
+        finally:
+            bar.close()
+        summary = self._summary(stats, started)
+        logger.info(
+            "put %d records to %s in %d requests (%.0f/s, %d re-sent, %d throttled calls, %d too large)",
+            summary.records_sent,
+            self.stream_name,
+            summary.requests,
+            summary.records_per_second,
+            summary.retried_records,
+            summary.throttled_calls,
+            summary.rejected_too_large,
+        )
+        return summary
+
+    def _summary(self, stats: _Stats, started: float) -> PutSummary:
+        return PutSummary(
+            records_sent=stats.records_sent,
+            requests=stats.requests,
+            retried_records=stats.retried_records,
+            throttled_calls=stats.throttled_calls,
+            bytes_sent=stats.bytes_sent,
+            seconds=self._clock() - started,
+            rejected_too_large=stats.rejected_too_large,
+            record_errors=dict(stats.record_errors),
+            records_per_shard=dict(sorted(stats.records_per_shard.items())),
+        )
+
+    def _pace(self, count: int) -> None:
+        """Virtual-time pacing: each request books count/rate seconds; sleep until its slot starts."""
+        if self.max_records_per_second is None:
+            return
+        now = self._clock()
+        if self._next_send_at > now:
+            self._sleep(self._next_send_at - now)
+            now = self._next_send_at
+        self._next_send_at = max(now, self._next_send_at) + count / self.max_records_per_second
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential backoff with equal jitter: half fixed (throttles need real waiting), half random."""
+        ceiling = min(self.backoff_max_seconds, self.backoff_base_seconds * 2 ** (attempt - 1))
+        return float(ceiling / 2 + self._jitter.uniform(0, ceiling / 2))
+
+    def _retry_or_raise(
+        self, attempt: int, pending: list[tuple[str, bytes]], reason: str, stats: _Stats, started: float
+    ) -> None:
+        if attempt >= self.max_attempts:
+            message = (
+                f"{len(pending)} records not delivered to {self.stream_name} after {attempt} attempts "
+                f"(last error: {reason})"
+            )
+            logger.error("%s; partition keys %s", message, sorted({key for key, _ in pending})[:20])
+            raise PutRecordsError(message, pending, self._summary(stats, started))
+        delay = self._backoff(attempt)
+        logger.warning(
+            "retrying %d records to %s in %.3fs (attempt %d of %d): %s",
+            len(pending),
+            self.stream_name,
+            delay,
+            attempt + 1,
+            self.max_attempts,
+            reason,
+        )
+        stats.retried_records += len(pending)
+        self._sleep(delay)
+
+    def _send(self, batch: list[tuple[str, bytes]], stats: _Stats, started: float, bar: tqdm[Any]) -> None:
+        """Deliver one batch, re-sending only the records that failed, or raise `PutRecordsError`."""
+        pending = batch
+        attempt = 0
+        while pending:
+            attempt += 1
+            self._pace(len(pending))
+            stats.requests += 1
+            try:
+                response = self._client.put_records(
+                    StreamName=self.stream_name,
+                    Records=[{"Data": data, "PartitionKey": key} for key, data in pending],
+                )
+            except ClientError as exc:
+                code = str(exc.response.get("Error", {}).get("Code", ""))
+                status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+                if code not in RETRYABLE_CALL_ERRORS and status < 500:
+                    message = f"PutRecords to {self.stream_name} failed with {code or status}: not retryable"
+                    raise PutRecordsError(message, pending, self._summary(stats, started)) from exc
+                stats.throttled_calls += 1
+                self._retry_or_raise(attempt, pending, f"{code or status} on the whole call", stats, started)
+                continue
+            except (BotoConnectionError, HTTPClientError) as exc:
+                stats.throttled_calls += 1
+                self._retry_or_raise(attempt, pending, f"{type(exc).__name__}: {exc}", stats, started)
+                continue
+            results = response["Records"]
+            if len(results) != len(pending):
+                message = f"PutRecords returned {len(results)} results for {len(pending)} records"
+                raise PutRecordsError(message, pending, self._summary(stats, started))
+            failed: list[tuple[str, bytes]] = []
+            codes: Counter[str] = Counter()
+            for record, result in zip(pending, results, strict=True):
+                error_code = result.get("ErrorCode")
+                if error_code:
+                    failed.append(record)
+                    codes[error_code] += 1
+                else:
+                    stats.records_sent += 1
+                    stats.bytes_sent += len(record[1])
+                    stats.records_per_shard[result.get("ShardId", "?")] += 1
+            bar.update(len(pending) - len(failed))
+            if not failed:
+                return
+            stats.record_errors.update(codes)
+            if response.get("FailedRecordCount", len(failed)) != len(failed):
+                logger.warning(
+                    "FailedRecordCount %s disagrees with %d per-record errors; trusting per-record results",
+                    response.get("FailedRecordCount"),
+                    len(failed),
+                )
+            terminal = sorted(code for code in codes if _is_terminal_record_error(code))
+            if terminal:
+                message = f"{len(failed)} records rejected by {self.stream_name} with {', '.join(terminal)}"
+                logger.error(message)
+                raise PutRecordsError(message, failed, self._summary(stats, started))
+            pending = failed
+            reason = ", ".join(f"{code} x{count}" for code, count in sorted(codes.items()))
+            self._retry_or_raise(attempt, pending, reason, stats, started)

@@ -1,0 +1,345 @@
+"""Specification of the clickstream generator: determinism, exact counts, contract validity, BG/NBD truth."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter, defaultdict
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jsonschema import Draft202012Validator, FormatChecker
+
+from producer.generator import (
+    MALFORMED_KINDS,
+    BgNbdParams,
+    ClickstreamGenerator,
+    GammaGammaParams,
+    generate_events,
+    read_jsonl,
+    write_jsonl,
+)
+from schemas.contract import EVENT_SCHEMA_PATH
+
+# Floats as Decimal on both sides: with binary floats `19.99` fails `multipleOf: 0.01` (19.99 / 0.01 != 1999).
+SCHEMA = json.loads(EVENT_SCHEMA_PATH.read_text(encoding="utf-8"), parse_float=Decimal)
+VALIDATOR = Draft202012Validator(SCHEMA, format_checker=FormatChecker())
+MAX_RECORD_BYTES = 32 * 1024
+LATEST_PLAUSIBLE_EVENT = datetime(2030, 1, 1, tzinfo=UTC)
+EVENT_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
+
+
+def contract_violation(record: bytes) -> str | None:
+    """Why the worker must reject `record` (JSON schema plus the worker's size and clock rules), or None."""
+    if len(record) > MAX_RECORD_BYTES:
+        return "too large"
+    try:
+        text = record.decode("utf-8")
+    except UnicodeDecodeError:
+        return "invalid utf-8"
+    try:
+        doc = json.loads(text, parse_float=Decimal)
+    except (ValueError, RecursionError):
+        return "invalid json"
+    errors = [error.message for error in VALIDATOR.iter_errors(doc)]
+    if errors:
+        return "; ".join(errors)
+    event_time = datetime.fromisoformat(doc["event_time"].replace("Z", "+00:00"))
+    if event_time > LATEST_PLAUSIBLE_EVENT:
+        return "event_time in the future"
+    return None
+
+
+@pytest.fixture(scope="module")
+def labelled() -> tuple[ClickstreamGenerator, list[tuple[str, bytes]]]:
+    generator = ClickstreamGenerator(200, 20_000, seed=11, duplicate_rate=0.02, malformed_rate=0.01)
+    return generator, list(generator.records())
+
+
+def valid_docs(records: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
+    return [json.loads(data) for label, data in records if label == "valid"]
+
+
+def test_same_seed_gives_byte_identical_stream_and_other_seed_differs() -> None:
+    kwargs: dict[str, Any] = {"duplicate_rate": 0.05, "malformed_rate": 0.05}
+    first = list(generate_events(50, 3000, 5, **kwargs))
+    assert first == list(generate_events(50, 3000, 5, **kwargs))
+    assert first != list(generate_events(50, 3000, 6, **kwargs))
+    generator = ClickstreamGenerator(50, 3000, seed=5, **kwargs)
+    assert list(generator.events()) == list(generator.events()) == first
+
+
+def test_injecting_bad_records_leaves_the_valid_events_unchanged() -> None:
+    clean = list(generate_events(30, 2000, 3))
+    noisy = ClickstreamGenerator(30, 2000, seed=3, duplicate_rate=0.1, malformed_rate=0.1)
+    assert [data for label, data in noisy.records() if label == "valid"] == clean
+
+
+def test_counts_are_exact_and_match_the_summary(
+    labelled: tuple[ClickstreamGenerator, list[tuple[str, bytes]]],
+) -> None:
+    generator, records = labelled
+    summary = generator.summary
+    labels = Counter(label.split(":")[0] for label, _ in records)
+    assert summary.complete
+    assert labels == {"valid": 20_000, "duplicate": 400, "malformed": 200}
+    assert summary.valid_events == 20_000
+    assert summary.duplicates == 400
+    assert summary.malformed == 200
+    assert summary.total_records == len(records) == generator.total_records == 20_600
+    assert sum(summary.event_type_counts.values()) == 20_000
+    assert summary.malformed_by_kind == Counter(
+        label.split(":")[1] for label, _ in records if label.startswith("malformed:")
+    )
+    assert set(summary.malformed_by_kind) == set(MALFORMED_KINDS)
+    docs = valid_docs(records)
+    assert summary.purchases == sum(doc["event_type"] == "purchase" for doc in docs)
+    assert summary.revenue == sum(
+        Decimal(str(doc["revenue"])) for doc in docs if doc["event_type"] == "purchase"
+    )
+    assert summary.customers_seen == len({doc["customer_id"] for doc in docs})
+    assert summary.first_event_time == docs[0]["event_time"]
+    assert summary.last_event_time == docs[-1]["event_time"]
+
+
+def test_summary_is_marked_incomplete_until_the_stream_is_exhausted() -> None:
+    generator = ClickstreamGenerator(10, 100, seed=1)
+    stream = generator.events()
+    next(stream)
+    assert not generator.summary.complete
+    list(stream)
+    assert generator.summary.complete
+
+
+def test_every_valid_event_satisfies_the_contract(
+    labelled: tuple[ClickstreamGenerator, list[tuple[str, bytes]]],
+) -> None:
+    _, records = labelled
+    valid = [data for label, data in records if label == "valid"]
+    for data in valid:
+        assert contract_violation(data) is None, data
+        assert not data.endswith(b"\n")
+        assert b'": ' not in data and b'", "' not in data, "compact JSON"
+    docs = valid_docs(records)
+    assert len({doc["event_id"] for doc in docs}) == len(docs)
+    assert {doc["customer_id"] for doc in docs} <= {f"c-{i:06d}" for i in range(1, 201)}
+    assert all(EVENT_TIME.match(doc["event_time"]) for doc in docs)
+    assert all(doc.get("currency", "USD") == "USD" for doc in docs)
+    times = [doc["event_time"] for doc in docs]
+    assert times == sorted(times), "valid events are emitted in event-time order"
+
+
+def test_duplicates_are_byte_identical_copies_of_earlier_events(
+    labelled: tuple[ClickstreamGenerator, list[tuple[str, bytes]]],
+) -> None:
+    _, records = labelled
+    seen: set[bytes] = set()
+    for label, data in records:
+        if label == "valid":
+            assert data not in seen
+            seen.add(data)
+        elif label == "duplicate":
+            assert data in seen, "a duplicate re-sends an event that was already sent"
+
+
+def test_malformed_records_fail_the_contract_for_every_kind(
+    labelled: tuple[ClickstreamGenerator, list[tuple[str, bytes]]],
+) -> None:
+    _, records = labelled
+    for label, data in records:
+        if label.startswith("malformed:"):
+            assert contract_violation(data) is not None, (label, data[:200])
+    by_kind = {label.split(":")[1]: data for label, data in records if label.startswith("malformed:")}
+    assert len(by_kind["oversized"]) > 40 * 1024
+    assert b"[" * 1000 in by_kind["deeply_nested"]
+    with pytest.raises(UnicodeDecodeError):
+        by_kind["invalid_utf8"].decode("utf-8")
+    assert json.loads(by_kind["far_future_timestamp"])["event_time"].startswith("2099-")
+
+
+def test_every_purchase_is_preceded_by_add_to_cart_and_checkout_with_its_order_id(
+    labelled: tuple[ClickstreamGenerator, list[tuple[str, bytes]]],
+) -> None:
+    _, records = labelled
+    sessions: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for doc in valid_docs(records):
+        sessions[doc["session_id"]].append(doc)
+    purchases = 0
+    for events in sessions.values():
+        assert len({doc["customer_id"] for doc in events}) == 1
+        times = [doc["event_time"] for doc in events]
+        assert times == sorted(times) and len(set(times)) == len(times)
+        for position, doc in enumerate(events):
+            if doc["event_type"] != "purchase":
+                continue
+            purchases += 1
+            before = events[:position]
+            assert any(e["event_type"] == "checkout" and e["order_id"] == doc["order_id"] for e in before)
+            assert any(e["event_type"] == "add_to_cart" for e in before)
+            assert doc["quantity"] >= 1
+    assert purchases > 100
+    order_ids = [doc["order_id"] for doc in valid_docs(records) if doc["event_type"] == "purchase"]
+    assert len(order_ids) == len(set(order_ids))
+
+
+def test_revenue_is_serialised_in_cents_within_bounds() -> None:
+    stream = b"\n".join(generate_events(300, 20_000, 21))
+    values = re.findall(rb'"revenue":([^,}]+)', stream)
+    assert len(values) > 200
+    for raw in values:
+        assert re.fullmatch(rb"[0-9]+\.[0-9]{2}", raw), raw
+        assert Decimal("0") < Decimal(raw.decode()) <= Decimal(1_000_000)
+
+
+def test_sessions_are_concentrated_in_daytime_utc_hours(
+    labelled: tuple[ClickstreamGenerator, list[tuple[str, bytes]]],
+) -> None:
+    _, records = labelled
+    hours = Counter(int(doc["event_time"][11:13]) for doc in valid_docs(records))
+    assert all(hours[hour] == 0 for hour in range(5, 11)), hours
+    assert sum(hours[hour] for hour in range(14, 22)) > 0.5 * sum(hours.values())
+
+
+def test_activity_is_heterogeneous_across_customers() -> None:
+    generator = ClickstreamGenerator(1000, 50_000, seed=8)
+    per_customer = Counter(json.loads(data)["customer_id"] for data in generator.events())
+    counts = sorted(per_customer.values(), reverse=True)
+    assert sum(counts[:100]) > 0.25 * sum(counts), (
+        "top 10% of customers generate over a quarter of the events"
+    )
+    assert generator.summary.customers_seen > 850, "most customers appear"
+    buyers, repeat_buyers = generator.summary.buyers, generator.summary.repeat_buyers
+    assert 0.3 * repeat_buyers < buyers - repeat_buyers < repeat_buyers, "many repeat buyers, some one-timers"
+    assert buyers < 0.85 * 1000, "some customers never buy"
+
+
+def test_bgnbd_repeat_purchases_match_the_stated_parameters() -> None:
+    """Observed repeat purchases per buyer vs E[X(T)] and P(X(T)=0) of BG/NBD, by time since first purchase.
+
+    Uniform random or homogeneous Poisson purchases fail this: the zero-repeat share depends on T as
+    (alpha/(alpha+T))^r only under gamma heterogeneity, and the mean flattens with T only with dropout.
+    """
+    params = BgNbdParams()
+    days = 60
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    end = start + timedelta(days=days)
+    generator = ClickstreamGenerator(5000, 100_000, seed=2024, start=start, days=days, bgnbd=params)
+    purchases: dict[str, list[datetime]] = defaultdict(list)
+    for data in generator.events():
+        if b'"event_type":"purchase"' in data:
+            doc = json.loads(data)
+            purchases[doc["customer_id"]].append(
+                datetime.fromisoformat(doc["event_time"].replace("Z", "+00:00"))
+            )
+    assert generator.summary.purchases_dropped_for_budget == 0
+    buckets: dict[int, list[tuple[float, int, int]]] = defaultdict(list)
+    for times in purchases.values():
+        times.sort()
+        horizon = (end - times[0]) / timedelta(days=1)
+        repeat_days = len({t.date() for t in times}) - 1
+        buckets[min(max(int(horizon // 20), 0), 2)].append((horizon, len(times) - 1, repeat_days))
+    assert len(purchases) > 3000
+    for bucket, rows in sorted(buckets.items()):
+        n = len(rows)
+        observed = sum(repeats for _, repeats, _ in rows) / n
+        observed_days = sum(repeat_days for _, _, repeat_days in rows) / n
+        expected = sum(params.expected_repeat_purchases(horizon) for horizon, _, _ in rows) / n
+        zero_observed = sum(repeats == 0 for _, repeats, _ in rows) / n
+        zero_expected = sum(params.probability_no_repeat(horizon) for horizon, _, _ in rows) / n
+        assert observed == pytest.approx(expected, rel=0.12), (bucket, n, observed, expected)
+        assert 0.8 * expected < observed_days <= observed, (bucket, observed_days, expected)
+        assert zero_observed == pytest.approx(zero_expected, abs=0.045), (
+            bucket,
+            zero_observed,
+            zero_expected,
+        )
+        if bucket == 2:
+            # Without dropout (NBD) a buyer would repeat r/alpha * T times; dropout makes that far fewer.
+            no_dropout = sum(params.r / params.alpha * horizon for horizon, _, _ in rows) / n
+            assert observed < 0.7 * no_dropout, (observed, no_dropout)
+
+
+def test_order_values_follow_gamma_gamma() -> None:
+    spend = GammaGammaParams()
+    revenues = [
+        Decimal(json.loads(data)["revenue"])
+        for data in generate_events(5000, 100_000, 99)
+        if b'"event_type":"purchase"' in data
+    ]
+    mean = float(sum(revenues)) / len(revenues)
+    assert mean == pytest.approx(spend.expected_order_value(), rel=0.12)
+    ordered = sorted(revenues)
+    assert float(ordered[len(ordered) // 2]) < mean, "right-skewed: median below mean"
+
+
+def test_expected_repeat_purchases_formula_behaves() -> None:
+    params = BgNbdParams()
+    assert params.expected_repeat_purchases(0) == 0
+    small = params.expected_repeat_purchases(0.01)
+    assert small == pytest.approx(0.01 * params.r / params.alpha, rel=0.01), (
+        "no dropout before the first repeat"
+    )
+    values = [params.expected_repeat_purchases(t) for t in (10, 30, 60, 120)]
+    assert values == sorted(values)
+    assert params.probability_no_repeat(60) == pytest.approx((10 / 70) ** 0.75)
+
+
+def test_budget_too_small_for_all_purchases_keeps_the_exact_event_count() -> None:
+    generator = ClickstreamGenerator(2000, 500, seed=4)
+    records = list(generator.events())
+    assert len(records) == 500
+    assert generator.summary.purchases_dropped_for_budget > 0
+    assert generator.summary.purchases * 4 <= 500
+    assert all(contract_violation(data) is None for data in records)
+
+
+def test_invalid_arguments_are_refused() -> None:
+    with pytest.raises(ValueError, match="00:00 UTC"):
+        ClickstreamGenerator(1, 1, seed=0, start=datetime(2026, 3, 1, 12, tzinfo=UTC))
+    with pytest.raises(ValueError, match="timezone"):
+        ClickstreamGenerator(1, 1, seed=0, start=datetime(2026, 3, 1))
+    with pytest.raises(ValueError, match="duplicate_rate"):
+        ClickstreamGenerator(1, 1, seed=0, duplicate_rate=1.5)
+    with pytest.raises(ValueError, match="customers"):
+        ClickstreamGenerator(0, 1, seed=0)
+
+
+def test_jsonl_round_trip_preserves_bytes(tmp_path: Path) -> None:
+    records = list(generate_events(20, 500, 1, duplicate_rate=0.1, malformed_rate=0.1))
+    for name in ("events.jsonl", "events.jsonl.gz"):
+        path = tmp_path / name
+        assert write_jsonl(path, iter(records)) == len(records)
+        assert list(read_jsonl(path)) == records
+    with pytest.raises(ValueError, match="newline"):
+        write_jsonl(tmp_path / "bad.jsonl", [b'{"a":1}\n{"b":2}'])
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    customers=st.integers(1, 40),
+    events=st.integers(0, 400),
+    seed=st.integers(0, 2**32),
+    duplicate_rate=st.floats(0, 0.5),
+    malformed_rate=st.floats(0, 0.5),
+    days=st.integers(1, 90),
+)
+def test_any_configuration_yields_exact_counts_of_contract_valid_events(
+    customers: int, events: int, seed: int, duplicate_rate: float, malformed_rate: float, days: int
+) -> None:
+    generator = ClickstreamGenerator(
+        customers, events, seed=seed, days=days, duplicate_rate=duplicate_rate, malformed_rate=malformed_rate
+    )
+    records = list(generator.records())
+    labels = Counter(label.split(":")[0] for label, _ in records)
+    assert labels["valid"] == events
+    assert labels["duplicate"] == generator.summary.duplicates
+    assert labels["malformed"] == generator.summary.malformed
+    assert len(records) == generator.summary.total_records
+    for label, data in records:
+        violation = contract_violation(data)
+        assert (violation is None) == (label != "malformed" and not label.startswith("malformed:")), violation

@@ -1,0 +1,271 @@
+"""Specification of the PutRecords sender: exact delivery, API limits, partial-failure retries, pacing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
+from moto import mock_aws
+
+from producer.generator import ClickstreamGenerator, generate_events
+from producer.kinesis_put import (
+    MAX_BYTES_PER_REQUEST,
+    MAX_RECORDS_PER_REQUEST,
+    KinesisProducer,
+    PutRecordsError,
+    partition_key_for,
+)
+
+STREAM = "clickstream-test"
+
+
+def throttling_error(code: str = "ProvisionedThroughputExceededException", status: int = 400) -> ClientError:
+    return ClientError(
+        {"Error": {"Code": code, "Message": "Rate exceeded"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        "PutRecords",
+    )
+
+
+class FakeKinesis:
+    """Implements put_records and keeps exact accounting of every call and every delivery."""
+
+    def __init__(
+        self,
+        fail_once: Iterable[bytes] = (),
+        always_fail: Iterable[bytes] = (),
+        raise_on_calls: dict[int, Exception] | None = None,
+    ) -> None:
+        self.fail_once = set(fail_once)
+        self.always_fail = set(always_fail)
+        self.raise_on_calls = raise_on_calls or {}
+        self.calls: list[list[tuple[str, bytes]]] = []
+        self.failed_in_call: list[list[bytes]] = []
+        self.delivered: Counter[bytes] = Counter()
+        self.keys: dict[bytes, str] = {}
+
+    def put_records(self, *, StreamName: str, Records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        assert StreamName == STREAM
+        call = [(entry["PartitionKey"], entry["Data"]) for entry in Records]
+        self.calls.append(call)
+        self.failed_in_call.append([])
+        error = self.raise_on_calls.pop(len(self.calls) - 1, None)
+        if error is not None:
+            raise error
+        results: list[dict[str, str]] = []
+        for key, data in call:
+            if data in self.always_fail or data in self.fail_once:
+                self.fail_once.discard(data)
+                self.failed_in_call[-1].append(data)
+                results.append(
+                    {"ErrorCode": "ProvisionedThroughputExceededException", "ErrorMessage": "slow down"}
+                )
+            else:
+                self.delivered[data] += 1
+                self.keys[data] = key
+                results.append({"ShardId": f"shardId-00000000000{len(key) % 4}", "SequenceNumber": "1"})
+        return {"FailedRecordCount": len(self.failed_in_call[-1]), "Records": results}
+
+
+class FakeTime:
+    """Injectable clock and sleep so backoff and pacing cost no wall time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds >= 0
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def make_producer(client: Any, fake_time: FakeTime, **kwargs: Any) -> KinesisProducer:
+    return KinesisProducer(
+        client,
+        STREAM,
+        backoff_base_seconds=0.001,
+        sleep=fake_time.sleep,
+        clock=fake_time.clock,
+        jitter=random.Random(0),
+        **kwargs,
+    )
+
+
+def read_stream(client: Any, stream: str) -> tuple[list[tuple[str, bytes]], dict[str, set[str]]]:
+    """Every record on every shard from TRIM_HORIZON, and the shards each partition key landed on."""
+    records: list[tuple[str, bytes]] = []
+    shards_of_key: dict[str, set[str]] = {}
+    for shard in client.list_shards(StreamName=stream)["Shards"]:
+        iterator = client.get_shard_iterator(
+            StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+        while iterator:
+            response = client.get_records(ShardIterator=iterator, Limit=1000)
+            for record in response["Records"]:
+                records.append((record["PartitionKey"], record["Data"]))
+                shards_of_key.setdefault(record["PartitionKey"], set()).add(shard["ShardId"])
+            if not response["Records"]:
+                break
+            iterator = response.get("NextShardIterator")
+    return records, shards_of_key
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_KINESIS", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        yield
+
+
+def test_moto_stream_receives_exactly_the_records_sent_keyed_by_customer(aws_env: None) -> None:
+    client = boto3.client("kinesis", region_name="us-east-1")
+    client.create_stream(StreamName=STREAM, ShardCount=4)
+    client.get_waiter("stream_exists").wait(StreamName=STREAM, WaiterConfig={"Delay": 1})
+    generator = ClickstreamGenerator(60, 2000, seed=17, duplicate_rate=0.01, malformed_rate=0.01)
+    sent = list(generator.events())
+
+    summary = KinesisProducer(client, STREAM).put(sent, total=len(sent))
+
+    assert summary.records_sent == len(sent) == 2040
+    assert summary.bytes_sent == sum(len(data) for data in sent)
+    assert summary.requests == 5 and summary.retried_records == 0
+    received, shards_of_key = read_stream(client, STREAM)
+    expected = Counter((partition_key_for(data), data) for data in sent)
+    assert Counter(received) == expected
+    for label, data in generator.records():
+        if label == "valid":
+            assert partition_key_for(data) == json.loads(data)["customer_id"]
+    assert len({key for key, _ in received if key.startswith("c-")}) > 40
+    assert len({shard for shards in shards_of_key.values() for shard in shards}) == 4
+    assert all(len(shards) == 1 for shards in shards_of_key.values()), "a customer's events share a shard"
+    assert sum(summary.records_per_shard.values()) == len(sent)
+
+
+def test_partition_key_is_customer_id_or_md5_of_the_payload() -> None:
+    assert partition_key_for(b'{"customer_id":"c-000042","x":1}') == "c-000042"
+    assert partition_key_for(b'{"customer_id": "c-7"}') == "c-7"
+    assert (
+        partition_key_for(b'{"event_id":"e","customer_id":"c-1\xff"')
+        == hashlib.md5(b'{"event_id":"e","customer_id":"c-1\xff"').hexdigest()
+    )
+    garbage = b"\xff\xfe not json"
+    assert partition_key_for(garbage) == hashlib.md5(garbage).hexdigest() == partition_key_for(garbage)
+
+
+def test_only_failed_records_are_resent_until_each_is_delivered_exactly_once() -> None:
+    records = list(generate_events(40, 1200, 9))
+    records += [json.dumps({"customer_id": f"c-{i:06d}", "pad": "x" * 20_000}).encode() for i in range(300)]
+    rng = random.Random(1)
+    fail_once = set(rng.sample(records, 150))
+    # Call 3 is throttled as a whole; its records must all come again in the next call.
+    fake = FakeKinesis(fail_once=fail_once, raise_on_calls={3: throttling_error()})
+    fake_time = FakeTime()
+
+    summary = make_producer(fake, fake_time).put(records)
+
+    assert fake.delivered == Counter(records), "every record delivered exactly once"
+    assert all(fake.keys[data] == partition_key_for(data) for data in records)
+    for call in fake.calls:
+        assert len(call) <= MAX_RECORDS_PER_REQUEST
+        assert sum(len(data) + len(key.encode()) for key, data in call) <= MAX_BYTES_PER_REQUEST
+    assert max(sum(len(d) + len(k) for k, d in call) for call in fake.calls) > 4.5 * 1024 * 1024, (
+        "the 20 KiB records fill a request up to the byte limit"
+    )
+    resent, retry_calls = 0, 0
+    for index in range(1, len(fake.calls)):
+        throttled = index - 1 == 3
+        previous_failed = [data for _, data in fake.calls[3]] if throttled else fake.failed_in_call[index - 1]
+        if previous_failed:
+            assert [data for _, data in fake.calls[index]] == previous_failed, "re-send only what failed"
+            resent += len(previous_failed)
+            retry_calls += 1
+    assert summary.retried_records == resent == len(fail_once) + len(fake.calls[3])
+    assert summary.throttled_calls == 1
+    assert summary.records_sent == len(records)
+    assert summary.requests == len(fake.calls)
+    assert summary.record_errors == {"ProvisionedThroughputExceededException": len(fail_once)}
+    assert len(fake_time.sleeps) == retry_calls, "one backoff before each re-send"
+
+
+def test_gives_up_after_max_attempts_and_reports_the_undelivered_records() -> None:
+    records = list(generate_events(20, 700, 2))
+    doomed = set(records[600:607])
+    fake = FakeKinesis(always_fail=doomed)
+    fake_time = FakeTime()
+    producer = make_producer(fake, fake_time, max_attempts=4)
+
+    with pytest.raises(PutRecordsError) as raised:
+        producer.put(records)
+
+    error = raised.value
+    assert error.undelivered_count == 7
+    assert {data for _, data in error.undelivered} == doomed
+    assert error.summary.records_sent == 700 - 7
+    assert "7 records not delivered" in str(error)
+    assert sum(data in doomed for call in fake.calls for _, data in call) == 7 * 4
+    assert len(fake_time.sleeps) == 3
+    assert fake_time.sleeps == sorted(fake_time.sleeps), "backoff grows"
+
+
+def test_whole_call_errors_are_retried_when_transient_and_raised_when_terminal() -> None:
+    records = list(generate_events(5, 50, 3))
+    fake = FakeKinesis(
+        raise_on_calls={
+            0: throttling_error("ThrottlingException"),
+            1: throttling_error("InternalError", status=503),
+            2: EndpointConnectionError(endpoint_url="http://localhost:4566"),
+        }
+    )
+    summary = make_producer(fake, FakeTime()).put(records)
+    assert fake.delivered == Counter(records)
+    assert summary.throttled_calls == 3 and summary.requests == 4
+
+    fake = FakeKinesis(raise_on_calls={0: throttling_error("ResourceNotFoundException")})
+    with pytest.raises(PutRecordsError, match="ResourceNotFoundException") as raised:
+        make_producer(fake, FakeTime()).put(records)
+    assert raised.value.undelivered_count == 50
+    assert len(fake.calls) == 1
+
+
+def test_records_over_one_mib_are_rejected_locally_and_counted() -> None:
+    records = list(generate_events(5, 10, 4))
+    huge = b'{"customer_id":"c-000001","pad":"' + b"x" * (1024 * 1024) + b'"}'
+    fake = FakeKinesis()
+    summary = make_producer(fake, FakeTime()).put([*records[:5], huge, *records[5:]])
+    assert summary.rejected_too_large == 1
+    assert fake.delivered == Counter(records)
+    assert all(huge not in [data for _, data in call] for call in fake.calls)
+
+
+def test_rate_limit_paces_requests() -> None:
+    records = list(generate_events(10, 2000, 5))
+    fake = FakeKinesis()
+    fake_time = FakeTime()
+    summary = make_producer(fake, fake_time, max_records_per_second=400).put(records)
+    assert fake.delivered == Counter(records)
+    assert all(len(call) <= 400 for call in fake.calls)
+    # 2000 records at 400/s: the first request goes at once, the rest wait for their slots.
+    assert sum(fake_time.sleeps) == pytest.approx(2000 / 400 - len(fake.calls[0]) / 400)
+    assert summary.seconds == pytest.approx(sum(fake_time.sleeps))
+
+
+def test_progress_bar_goes_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    records = list(generate_events(5, 100, 6))
+    make_producer(FakeKinesis(), FakeTime(), progress=True).put(records, total=len(records))
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "100/100" in captured.err
