@@ -18,6 +18,7 @@ seen. A batch is applied inside one transaction together with the sequence numbe
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,7 +44,9 @@ ENGAGEMENT_WEIGHTS: Final = {
     "purchases": 10,
 }
 
-_SEQUENCE_WIDTH: Final = 80  # Kinesis sequence numbers are decimal strings of up to 56 digits; pad to compare.
+_SEQUENCE_WIDTH: Final = (
+    80  # Kinesis sequence numbers are decimal strings of up to 56 digits; pad to compare.
+)
 
 _DDL: Final = """
 CREATE TABLE IF NOT EXISTS applied_events (event_id UUID PRIMARY KEY);
@@ -94,7 +97,7 @@ class AppliedBatch:
     @property
     def accepted(self) -> int:
         """Valid records, new or duplicate."""
-        return self.events.num_rows + self.duplicates
+        return int(self.events.num_rows) + self.duplicates
 
 
 class CustomerState:
@@ -126,7 +129,8 @@ class CustomerState:
         return Position(str(rows[0][0]), int(rows[0][1])) if rows else None
 
     def customer_count(self) -> int:
-        return int(self.con.execute("SELECT count(*) FROM customers").fetchall()[0][0])
+        count: int = self.con.execute("SELECT count(*) FROM customers").fetchall()[0][0]
+        return count
 
     # ------------------------------------------------------------------ applying
     @contextmanager
@@ -219,10 +223,14 @@ class CustomerState:
                 """INSERT INTO applied_events SELECT CAST(event_id AS UUID) FROM batch_first
                    ON CONFLICT DO NOTHING RETURNING event_id""",
             )
-            return con.sql(
-                """SELECT b.* FROM batch_first b SEMI JOIN new_ids n ON CAST(b.event_id AS UUID) = n.event_id
+            return (
+                con.sql(
+                    """SELECT b.* FROM batch_first b SEMI JOIN new_ids n ON CAST(b.event_id AS UUID) = n.event_id
                    ORDER BY lpad(b.sequence_number, 80, '0'), b.sub_sequence_number"""
-            ).to_arrow_table().cast(EVENTS_SCHEMA)
+                )
+                .to_arrow_table()
+                .cast(EVENTS_SCHEMA)
+            )
         finally:
             con.unregister("batch_events")
             self._release("new_ids")
@@ -341,10 +349,8 @@ class CustomerState:
         self.con.register(name, self.con.sql(statement).to_arrow_table())
 
     def _release(self, name: str) -> None:
-        try:
+        with contextlib.suppress(duckdb.Error):  # never registered because an earlier step failed
             self.con.unregister(name)
-        except duckdb.Error:  # never registered because an earlier step failed
-            pass
 
     def _advance_progress(self, last: Position) -> None:
         """Record the new position and raise the event-time high-water mark (as_of) with the batch's events."""

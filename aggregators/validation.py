@@ -95,7 +95,10 @@ def _is_integer(field: str) -> str:
 def _rejection_rules(rules: ValidationRules) -> list[tuple[str, str]]:
     """Ordered (condition, 'code:detail') pairs; the first matching rule names the rejection."""
     checks: list[tuple[str, str]] = [
-        (f"size_bytes > {int(rules.max_record_bytes)}", f"oversized:record exceeds {rules.max_record_bytes} bytes"),
+        (
+            f"size_bytes > {int(rules.max_record_bytes)}",
+            f"oversized:record exceeds {rules.max_record_bytes} bytes",
+        ),
         ("txt IS NULL", "invalid_utf8:payload is not valid UTF-8"),
         ("doc IS NULL", "invalid_json:payload is not valid JSON"),
         ("doc_type <> 'OBJECT'", "not_an_object:payload is JSON but not an object"),
@@ -114,7 +117,9 @@ def _rejection_rules(rules: ValidationRules) -> list[tuple[str, str]]:
         bad = f"{length} OR NOT regexp_full_match(s_{field}, {_quote(pattern)})" if pattern else length
         checks.append((f"{present} AND ({bad})", f"invalid_value:{field} has an invalid format or length"))
     known_types = ", ".join(_quote(t) for t in EVENT_TYPES)
-    checks.append((f"s_event_type NOT IN ({known_types})", "unknown_event_type:event_type is not one we know"))
+    checks.append(
+        (f"s_event_type NOT IN ({known_types})", "unknown_event_type:event_type is not one we know")
+    )
     checks.append(("event_time IS NULL", "invalid_value:event_time is not a valid date-time"))
     checks.append(
         (
@@ -153,7 +158,8 @@ def _rejection_rules(rules: ValidationRules) -> list[tuple[str, str]]:
     )
     checks.append(
         (
-            f"{revenue_present} AND (revenue_exact IS NULL OR revenue_exact < 0 OR revenue_exact > {rules.max_revenue})",
+            f"{revenue_present} AND (revenue_exact IS NULL OR revenue_exact < 0 "
+            f"OR revenue_exact > {rules.max_revenue})",
             f"revenue_out_of_range:revenue must be between 0 and {rules.max_revenue}",
         )
     )
@@ -177,7 +183,9 @@ def _build_sql(rules: ValidationRules) -> str:
     per_field = ",\n".join(
         f"json_type(v[{i}]) AS t_{f}, v[{i}]->>'$' AS s_{f}" for i, f in enumerate(_FIELDS, start=1)
     )
-    rejection = "\n".join(f"      WHEN {cond} THEN {_quote(reason)}" for cond, reason in _rejection_rules(rules))
+    rejection = "\n".join(
+        f"      WHEN {cond} THEN {_quote(reason)}" for cond, reason in _rejection_rules(rules)
+    )
     return f"""
 WITH src AS (
   SELECT *, octet_length(data) AS size_bytes,

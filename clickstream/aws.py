@@ -18,7 +18,7 @@ def aws_client(service: str, settings: Settings, max_attempts: int = 5) -> Any:
         read_timeout=60,
         s3={"addressing_style": "path"} if settings.aws_endpoint_url else None,
     )
-    return boto3.client(
+    return boto3.client(  # type: ignore[call-overload]
         service,
         region_name=settings.aws_region,
         endpoint_url=settings.aws_endpoint_url,

@@ -37,10 +37,21 @@ def build_settings(**overrides: Any) -> Settings:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.option("--log-level", default="INFO", envvar="CLICKSTREAM_LOG_LEVEL", show_default=True,
-              help="Log level. [env: CLICKSTREAM_LOG_LEVEL]")
-@click.option("--log-format", type=click.Choice(["json", "text"]), default="json", envvar="CLICKSTREAM_LOG_FORMAT",
-              show_default=True, help="Log format on stderr. [env: CLICKSTREAM_LOG_FORMAT]")
+@click.option(
+    "--log-level",
+    default="INFO",
+    envvar="CLICKSTREAM_LOG_LEVEL",
+    show_default=True,
+    help="Log level. [env: CLICKSTREAM_LOG_LEVEL]",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["json", "text"]),
+    default="json",
+    envvar="CLICKSTREAM_LOG_FORMAT",
+    show_default=True,
+    help="Log format on stderr. [env: CLICKSTREAM_LOG_FORMAT]",
+)
 def main(log_level: str, log_format: str) -> None:
     """Clickstream -> Kinesis -> KCL worker -> per-customer RFM aggregates (DuckDB) -> Parquet on S3.
 
@@ -54,7 +65,9 @@ def main(log_level: str, log_format: str) -> None:
 # ---------------------------------------------------------------------------------------------------------- emulator
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (loopback only).")
-@click.option("--port", default=4566, show_default=True, type=click.IntRange(0, 65535), help="Port to serve on.")
+@click.option(
+    "--port", default=4566, show_default=True, type=click.IntRange(0, 65535), help="Port to serve on."
+)
 def emulator(host: str, port: int) -> None:
     """Run the embedded AWS endpoint (moto: Kinesis, DynamoDB, S3, CloudWatch) in the foreground.
 
@@ -83,34 +96,65 @@ def setup(**overrides: Any) -> None:
 # ---------------------------------------------------------------------------------------------------------- generate
 def _generator_options(func: _F) -> _F:
     options = [
-        click.option("--customers", default=500, show_default=True, type=click.IntRange(1), help="Customers."),
-        click.option("--events", default=50_000, show_default=True, type=click.IntRange(0),
-                     help="Valid events (duplicates and malformed records come on top)."),
-        click.option("--seed", default=42, show_default=True, type=int, help="Random seed: same seed, same bytes."),
-        click.option("--days", default=60, show_default=True, type=click.IntRange(1),
-                     help="Length of the simulated history in days (from 2026-03-01 UTC)."),
-        click.option("--duplicate-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1),
-                     help="Fraction of events re-sent with the same bytes (as producer retries do)."),
-        click.option("--malformed-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1),
-                     help="Fraction of extra malformed records (bad JSON/UTF-8, wrong types, ...)."),
+        click.option(
+            "--customers", default=500, show_default=True, type=click.IntRange(1), help="Customers."
+        ),
+        click.option(
+            "--events",
+            default=50_000,
+            show_default=True,
+            type=click.IntRange(0),
+            help="Valid events (duplicates and malformed records come on top).",
+        ),
+        click.option(
+            "--seed", default=42, show_default=True, type=int, help="Random seed: same seed, same bytes."
+        ),
+        click.option(
+            "--days",
+            default=60,
+            show_default=True,
+            type=click.IntRange(1),
+            help="Length of the simulated history in days (from 2026-03-01 UTC).",
+        ),
+        click.option(
+            "--duplicate-rate",
+            default=0.0,
+            show_default=True,
+            type=click.FloatRange(0, 1),
+            help="Fraction of events re-sent with the same bytes (as producer retries do).",
+        ),
+        click.option(
+            "--malformed-rate",
+            default=0.0,
+            show_default=True,
+            type=click.FloatRange(0, 1),
+            help="Fraction of extra malformed records (bad JSON/UTF-8, wrong types, ...).",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
     return func
 
 
-def _make_generator(customers: int, events: int, seed: int, days: int, duplicate_rate: float,
-                    malformed_rate: float) -> Any:
+def _make_generator(
+    *, customers: int, events: int, seed: int, days: int, duplicate_rate: float, malformed_rate: float
+) -> Any:
     from producer.generator import ClickstreamGenerator
 
-    return ClickstreamGenerator(customers, events, seed, days=days, duplicate_rate=duplicate_rate,
-                                malformed_rate=malformed_rate)
+    return ClickstreamGenerator(
+        customers, events, seed, days=days, duplicate_rate=duplicate_rate, malformed_rate=malformed_rate
+    )
 
 
 @main.command()
 @_generator_options
-@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="JSONL file to write ('-' for stdout).")
+@click.option(
+    "--output",
+    "-o",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="JSONL file to write ('-' for stdout).",
+)
 def generate(output: Path, **options: Any) -> None:
     """Write deterministic demo clickstream as JSONL: one event per line, exactly the bytes put on the stream."""
     from producer.generator import write_jsonl
@@ -123,20 +167,32 @@ def generate(output: Path, **options: Any) -> None:
     else:
         write_jsonl(output, generator.events())
     summary = generator.summary
-    click.echo(f"wrote {generator.total_records} records ({summary.valid_events} valid events, "
-               f"{summary.duplicates} duplicates, {summary.malformed} malformed)", err=True)
+    click.echo(
+        f"wrote {generator.total_records} records ({summary.valid_events} valid events, "
+        f"{summary.duplicates} duplicates, {summary.malformed} malformed)",
+        err=True,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------- produce
 @main.command()
-@click.option("--input", "input_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="JSONL file to put (one record per line). Without it, events are generated on the fly.")
+@click.option(
+    "--input",
+    "input_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="JSONL file to put (one record per line). Without it, events are generated on the fly.",
+)
 @_generator_options
-@click.option("--rate", type=click.FloatRange(min=1), default=None, help="Max records per second (default: no limit).")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar on stderr.")
+@click.option(
+    "--rate", type=click.FloatRange(min=1), default=None, help="Max records per second (default: no limit)."
+)
+@click.option(
+    "--progress/--no-progress", default=True, show_default=True, help="Show a progress bar on stderr."
+)
 @setting_option("stream_name", "--stream")
-def produce(input_file: Path | None, rate: float | None, progress: bool, stream_name: str | None,
-            **options: Any) -> None:
+def produce(
+    input_file: Path | None, rate: float | None, progress: bool, stream_name: str | None, **options: Any
+) -> None:
     """Put events on the stream with PutRecords (batched, retried, nothing silently dropped)."""
     from clickstream.aws import aws_client
     from producer.generator import read_jsonl
@@ -149,22 +205,36 @@ def produce(input_file: Path | None, rate: float | None, progress: bool, stream_
     else:
         generator = _make_generator(**options)
         records, total = generator.events(), generator.total_records
-    producer = KinesisProducer(aws_client("kinesis", settings), settings.stream_name,
-                               max_records_per_second=rate, progress=progress)
+    producer = KinesisProducer(
+        aws_client("kinesis", settings), settings.stream_name, max_records_per_second=rate, progress=progress
+    )
     try:
         summary = producer.put(records, total=total)
     except PutRecordsError as error:
         raise click.ClickException(f"{error} ({error.undelivered_count} records undelivered)") from None
-    click.echo(f"put {summary.records_sent} records in {summary.requests} requests, {summary.seconds:.1f}s "
-               f"({summary.records_per_second:,.0f} records/s, {summary.retried_records} retried)", err=True)
+    click.echo(
+        f"put {summary.records_sent} records in {summary.requests} requests, {summary.seconds:.1f}s "
+        f"({summary.records_per_second:,.0f} records/s, {summary.retried_records} retried)",
+        err=True,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------- worker
 @main.command()
-@click.option("--until-idle", type=click.FloatRange(min=0.5), default=None, metavar="SECONDS",
-              help="Stop cleanly once every shard is drained, flushed, checkpointed and quiet this long.")
-@click.option("--stop-deadline", type=click.FloatRange(min=1), default=25.0, show_default=True,
-              help="Seconds shards get to flush and checkpoint after SIGTERM (keep below ECS stopTimeout).")
+@click.option(
+    "--until-idle",
+    type=click.FloatRange(min=0.5),
+    default=None,
+    metavar="SECONDS",
+    help="Stop cleanly once every shard is drained, flushed, checkpointed and quiet this long.",
+)
+@click.option(
+    "--stop-deadline",
+    type=click.FloatRange(min=1),
+    default=25.0,
+    show_default=True,
+    help="Seconds shards get to flush and checkpoint after SIGTERM (keep below ECS stopTimeout).",
+)
 @setting_option("stream_name", "--stream")
 @setting_option("bucket", "--bucket")
 @setting_option("prefix", "--prefix")
@@ -189,8 +259,13 @@ def worker(until_idle: float | None, stop_deadline: float, **overrides: Any) -> 
 
 # ---------------------------------------------------------------------------------------------------------- summary
 @main.command()
-@click.option("--download", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-output/s3"),
-              show_default=True, help="Local folder to copy the Parquet outputs into.")
+@click.option(
+    "--download",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("demo-output/s3"),
+    show_default=True,
+    help="Local folder to copy the Parquet outputs into.",
+)
 @click.option("--top", default=10, show_default=True, type=click.IntRange(1), help="Top customers to show.")
 @setting_option("bucket", "--bucket")
 @setting_option("prefix", "--prefix")
@@ -207,8 +282,13 @@ def summary(download: Path, top: int, **overrides: Any) -> None:
 @click.option("--events", default=30_000, show_default=True, type=click.IntRange(1), help="Valid events.")
 @click.option("--seed", default=7, show_default=True, type=int, help="Random seed.")
 @click.option("--shards", default=4, show_default=True, type=click.IntRange(1, 50), help="Stream shards.")
-@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-output"),
-              show_default=True, help="Where the JSONL input, worker state and Parquet copies go.")
+@click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("demo-output"),
+    show_default=True,
+    help="Where the JSONL input, worker state and Parquet copies go.",
+)
 def demo(customers: int, events: int, seed: int, shards: int, output_dir: Path) -> None:
     """End to end on the embedded AWS endpoint: generate, produce, run the real KCL worker until idle, summarise."""
     from clickstream.demo import run_demo

@@ -34,7 +34,7 @@ def emulator_environment(endpoint: str, state_dir: Path) -> dict[str, str]:
         "AWS_REGION": os.environ.get("AWS_REGION", "us-east-1"),
         "AWS_DEFAULT_REGION": os.environ.get("AWS_REGION", "us-east-1"),
         "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",  # noqa: S105 - the emulator accepts any credentials
+        "AWS_SECRET_ACCESS_KEY": "testing",
         "CLICKSTREAM_STATE_DIR": str(state_dir),
         "CLICKSTREAM_WORKER_ID": "demo-worker",
         "CLICKSTREAM_FLUSH_MAX_SECONDS": "5",
@@ -45,13 +45,12 @@ def emulator_environment(endpoint: str, state_dir: Path) -> dict[str, str]:
 
 
 def run_demo(customers: int, events: int, seed: int, shards: int, output_dir: Path) -> int:
+    from clickstream.logs import configure_logging
     from clickstream.report import print_summary
     from clickstream.resources import setup_resources
     from clickstream.settings import load_settings
     from emulator.server import EmulatorHandle
     from producer.generator import ClickstreamGenerator, read_jsonl, write_jsonl
-
-    from clickstream.logs import configure_logging
 
     configure_logging("WARNING", json_format=False)  # a person is watching: progress lines, not log records
     console = Console()
@@ -69,28 +68,36 @@ def run_demo(customers: int, events: int, seed: int, shards: int, output_dir: Pa
         os.environ["CLICKSTREAM_STREAM_SHARDS"] = str(shards)
         settings = load_settings()
         setup_resources(settings)
-        console.print(f"2. stream [bold]{settings.stream_name}[/] ({shards} shards) and bucket "
-                      f"[bold]s3://{settings.bucket}[/] created")
+        console.print(
+            f"2. stream [bold]{settings.stream_name}[/] ({shards} shards) and bucket "
+            f"[bold]s3://{settings.bucket}[/] created"
+        )
 
         jsonl = output_dir / "events.jsonl"
         generator = ClickstreamGenerator(customers, events, seed, duplicate_rate=0.01, malformed_rate=0.002)
         write_jsonl(jsonl, generator.events())
         generated = generator.summary
         total = generator.total_records
-        console.print(f"3. generated {total:,} records for {customers:,} customers into {jsonl} "
-                      f"({generated.valid_events:,} valid events, {generated.duplicates:,} duplicates, "
-                      f"{generated.malformed:,} malformed, seed {seed})")
+        console.print(
+            f"3. generated {total:,} records for {customers:,} customers into {jsonl} "
+            f"({generated.valid_events:,} valid events, {generated.duplicates:,} duplicates, "
+            f"{generated.malformed:,} malformed, seed {seed})"
+        )
 
         from clickstream.aws import aws_client
         from producer.kinesis_put import KinesisProducer
 
         put = KinesisProducer(aws_client("kinesis", settings), settings.stream_name, progress=True)
         result = put.put(read_jsonl(jsonl), total=total)
-        console.print(f"4. put {result.records_sent:,} records with PutRecords in {result.seconds:.1f}s "
-                      f"({result.records_per_second:,.0f} records/s)")
+        console.print(
+            f"4. put {result.records_sent:,} records with PutRecords in {result.seconds:.1f}s "
+            f"({result.records_per_second:,.0f} records/s)"
+        )
 
-        console.print("5. running the KCL worker (Java MultiLangDaemon, one Python processor per shard) until idle;"
-                      f" logs in {output_dir / 'worker.log'}")
+        console.print(
+            "5. running the KCL worker (Java MultiLangDaemon, one Python processor per shard) until idle;"
+            f" logs in {output_dir / 'worker.log'}"
+        )
         code = _run_worker(console, output_dir, state_dir, total)
         if code != 0:
             console.print(f"[red]worker exited with {code}; see {output_dir / 'worker.log'}[/red]")
@@ -111,11 +118,15 @@ def _run_worker(console: Console, output_dir: Path, state_dir: Path, total: int)
                 statuses = read_statuses(state_dir / "status")
                 flushed = sum(s.records_flushed for s in statuses.values())
                 buffered = sum(s.buffered_records for s in statuses.values())
-                status.update(f"{len(statuses)} shard processors | {flushed:,} of {total:,} records flushed "
-                              f"| {buffered:,} buffered | {time.monotonic() - started:.0f}s")
+                status.update(
+                    f"{len(statuses)} shard processors | {flushed:,} of {total:,} records flushed "
+                    f"| {buffered:,} buffered | {time.monotonic() - started:.0f}s"
+                )
                 time.sleep(0.5)
     statuses = read_statuses(state_dir / "status")
     flushed = sum(s.records_flushed for s in statuses.values())
-    console.print(f"   worker stopped after {time.monotonic() - started:.0f}s: {flushed:,} records flushed by "
-                  f"{len(statuses)} shard processors, exit code {process.returncode}")
+    console.print(
+        f"   worker stopped after {time.monotonic() - started:.0f}s: {flushed:,} records flushed by "
+        f"{len(statuses)} shard processors, exit code {process.returncode}"
+    )
     return process.returncode

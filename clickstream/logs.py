@@ -8,8 +8,8 @@ import os
 import socket
 import sys
 import threading
-from pathlib import Path
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 _CONTEXT_FIELDS = ("shard_id", "sequence_number", "worker_id", "flush_range")
@@ -92,7 +92,9 @@ class LogRelay:
 def configure_logging(level: str = "INFO", json_format: bool = True) -> None:
     """Send all logs to stderr (or the worker's log socket); JSON for machines, plain text for people."""
     socket_path = os.environ.get(LOG_SOCKET_ENV)
-    handler: logging.Handler = DatagramLogHandler(socket_path) if socket_path else logging.StreamHandler(sys.stderr)
+    handler: logging.Handler = (
+        DatagramLogHandler(socket_path) if socket_path else logging.StreamHandler(sys.stderr)
+    )
     if json_format:
         handler.setFormatter(JsonFormatter())
     else:

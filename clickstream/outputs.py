@@ -24,7 +24,9 @@ class OutputInventory:
 
 def list_keys(s3: Any, bucket: str, prefix: str) -> list[dict[str, Any]]:
     paginator = s3.get_paginator("list_objects_v2")
-    return [obj for page in paginator.paginate(Bucket=bucket, Prefix=prefix) for obj in page.get("Contents", [])]
+    return [
+        obj for page in paginator.paginate(Bucket=bucket, Prefix=prefix) for obj in page.get("Contents", [])
+    ]
 
 
 def download_outputs(s3: Any, settings: Settings, destination: Path) -> OutputInventory:
@@ -62,7 +64,9 @@ def current_customer_rows(con: duckdb.DuckDBPyConnection, glob: str) -> duckdb.D
     return con.sql(CURRENT_ROWS_SQL.format(glob=glob))
 
 
-def row_counts(con: duckdb.DuckDBPyConnection, root: Path, settings: Settings, inventory: OutputInventory) -> dict[str, int]:
+def row_counts(
+    con: duckdb.DuckDBPyConnection, root: Path, settings: Settings, inventory: OutputInventory
+) -> dict[str, int]:
     counts = {}
     for output in OUTPUTS:
         if inventory.files[output]:

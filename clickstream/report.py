@@ -31,16 +31,21 @@ def print_summary(settings: Settings, download: Path, top: int = 10, console: Co
     for column in ("output", "files", "rows", "bytes"):
         files.add_column(column, justify="right" if column != "output" else "left")
     for output in OUTPUTS:
-        files.add_row(output, f"{inventory.files[output]:,}", f"{counts[output]:,}", f"{inventory.bytes[output]:,}")
+        files.add_row(
+            output, f"{inventory.files[output]:,}", f"{counts[output]:,}", f"{inventory.bytes[output]:,}"
+        )
     console.print(files)
 
-    totals = {key: sum(int(c[key]) for c in inventory.commits)
-              for key in ("records_in", "records_skipped", "accepted", "duplicates", "rejected")}
+    totals = {
+        key: sum(int(c[key]) for c in inventory.commits)
+        for key in ("records_in", "records_skipped", "accepted", "duplicates", "rejected")
+    }
     records = Table(title=f"Records ({len(inventory.commits)} committed flushes)")
     for column in ("records in", "accepted", "of which duplicates", "rejected", "redeliveries skipped"):
         records.add_column(column, justify="right")
-    records.add_row(*(f"{totals[k]:,}" for k in ("records_in", "accepted", "duplicates", "rejected",
-                                                   "records_skipped")))
+    records.add_row(
+        *(f"{totals[k]:,}" for k in ("records_in", "accepted", "duplicates", "rejected", "records_skipped"))
+    )
     console.print(records)
 
     if counts["errors"]:
@@ -60,8 +65,19 @@ def print_summary(settings: Settings, download: Path, top: int = 10, console: Co
     current = current_customer_rows(con, output_glob(download, settings, "customer_aggregates"))
     con.register("current_rows", current.to_arrow_table())
     leaders = Table(title=f"Top {top} customers by revenue (current rows of customer_aggregates/)")
-    columns = ("customer_id", "events", "sessions", "active_days", "purchases", "revenue", "frequency", "recency",
-               "T", "monetary_value", "engagement_score")
+    columns = (
+        "customer_id",
+        "events",
+        "sessions",
+        "active_days",
+        "purchases",
+        "revenue",
+        "frequency",
+        "recency",
+        "T",
+        "monetary_value",
+        "engagement_score",
+    )
     for column in columns:
         leaders.add_column(column, justify="left" if column == "customer_id" else "right")
     query = f"""SELECT {", ".join(f'"{c}"' for c in columns)} FROM current_rows
@@ -73,9 +89,13 @@ def print_summary(settings: Settings, download: Path, top: int = 10, console: Co
     overview = Table(title="RFM overview (BG/NBD / Gamma-Gamma inputs, one UTC day per period)")
     for column in ("measure", "customers", "mean", "p25", "median", "p75", "max"):
         overview.add_column(column, justify="left" if column == "measure" else "right")
-    for measure, where in (("frequency", "frequency IS NOT NULL"), ("recency", "frequency IS NOT NULL"),
-                           ("T", "frequency IS NOT NULL"), ("monetary_value", "frequency > 0"),
-                           ("engagement_score", "TRUE")):
+    for measure, where in (
+        ("frequency", "frequency IS NOT NULL"),
+        ("recency", "frequency IS NOT NULL"),
+        ("T", "frequency IS NOT NULL"),
+        ("monetary_value", "frequency > 0"),
+        ("engagement_score", "TRUE"),
+    ):
         row = con.sql(
             f"""SELECT count(*), avg("{measure}"), quantile_cont("{measure}", 0.25), median("{measure}"),
                        quantile_cont("{measure}", 0.75), max("{measure}")
@@ -83,12 +103,15 @@ def print_summary(settings: Settings, download: Path, top: int = 10, console: Co
         ).fetchall()[0]
         overview.add_row(measure, *(_fmt(value) for value in row))
     buyers, customers = con.sql(
-        "SELECT count(*) FILTER (WHERE frequency IS NOT NULL), count(*) FROM current_rows").fetchall()[0]
+        "SELECT count(*) FILTER (WHERE frequency IS NOT NULL), count(*) FROM current_rows"
+    ).fetchall()[0]
     console.print(overview)
-    console.print(f"{customers:,} customers, {buyers:,} with at least one purchase, "
-                  f"{customers - buyers:,} without (null frequency / recency / T / monetary_value).")
     console.print(
-        f"Query the copies with DuckDB, e.g.:\n  duckdb -c \"SELECT * FROM read_parquet("
+        f"{customers:,} customers, {buyers:,} with at least one purchase, "
+        f"{customers - buyers:,} without (null frequency / recency / T / monetary_value)."
+    )
+    console.print(
+        f'Query the copies with DuckDB, e.g.:\n  duckdb -c "SELECT * FROM read_parquet('
         f"'{output_glob(download, settings, 'customer_aggregates')}') LIMIT 5\""
     )
 

@@ -33,7 +33,9 @@ def _default_worker_id() -> str:
 class Settings(BaseSettings):
     """Everything a worker, producer or replay run needs, documented field by field."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid", populate_by_name=True)
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, frozen=True, extra="forbid", populate_by_name=True
+    )
 
     # --- AWS -----------------------------------------------------------------------------------------------
     aws_region: str = Field(
@@ -50,10 +52,18 @@ class Settings(BaseSettings):
 
     # --- Stream and outputs ---------------------------------------------------------------------------------
     stream_name: str = Field("clickstream", description="Kinesis data stream to read and write.")
-    stream_shards: int = Field(4, ge=1, le=500, description="Shard count used when `setup` creates the stream.")
-    bucket: str = Field("clickstream-rfm", min_length=3, max_length=63, description="S3 bucket for Parquet outputs.")
-    prefix: str = Field("rfm", description="Key prefix under which events/, customer_aggregates/, errors/ live.")
-    sse: Literal["AES256", "aws:kms"] = Field("AES256", description="Server-side encryption for every S3 put.")
+    stream_shards: int = Field(
+        4, ge=1, le=500, description="Shard count used when `setup` creates the stream."
+    )
+    bucket: str = Field(
+        "clickstream-rfm", min_length=3, max_length=63, description="S3 bucket for Parquet outputs."
+    )
+    prefix: str = Field(
+        "rfm", description="Key prefix under which events/, customer_aggregates/, errors/ live."
+    )
+    sse: Literal["AES256", "aws:kms"] = Field(
+        "AES256", description="Server-side encryption for every S3 put."
+    )
     sse_kms_key_id: str | None = Field(None, description="KMS key id or ARN when sse is aws:kms.")
 
     # --- KCL worker -----------------------------------------------------------------------------------------
@@ -68,27 +78,42 @@ class Settings(BaseSettings):
         "TRIM_HORIZON", description="Where a shard without a checkpoint starts."
     )
     state_dir: Path = Field(Path("state"), description="Local directory for each shard's DuckDB state file.")
-    java: str | None = Field(None, description="Path to the java binary (default: $JAVA_HOME/bin/java, then PATH).")
+    java: str | None = Field(
+        None, description="Path to the java binary (default: $JAVA_HOME/bin/java, then PATH)."
+    )
     kcl_metrics_level: Literal["NONE", "SUMMARY", "DETAILED"] | None = Field(
-        None, description="KCL CloudWatch metrics level; default NONE with an endpoint override, else SUMMARY."
+        None,
+        description="KCL CloudWatch metrics level; default NONE with an endpoint override, else SUMMARY.",
     )
     kcl_shutdown_grace_millis: int = Field(
         20_000, ge=1_000, description="Time the KCL gives processors to flush and checkpoint on SIGTERM."
     )
-    kcl_idle_time_between_reads_millis: int = Field(250, ge=50, description="Polling pause when a shard is idle.")
+    kcl_idle_time_between_reads_millis: int = Field(
+        250, ge=50, description="Polling pause when a shard is idle."
+    )
     kcl_shard_sync_interval_millis: int = Field(
         60_000, ge=500, description="How often the KCL lists shards (lower it for emulators and tests)."
     )
     kcl_lease_assignment_interval_millis: int = Field(
-        20_000, ge=500, description="How often the KCL leader assigns leases (lower it for emulators and tests)."
+        20_000,
+        ge=500,
+        description="How often the KCL leader assigns leases (lower it for emulators and tests).",
     )
-    kcl_failover_time_millis: int = Field(10_000, ge=1_000, description="Lease duration before another worker may take it.")
+    kcl_failover_time_millis: int = Field(
+        10_000, ge=1_000, description="Lease duration before another worker may take it."
+    )
     kcl_max_records: int = Field(10_000, ge=1, le=10_000, description="Max records per GetRecords call.")
 
     # --- Flushing ---------------------------------------------------------------------------------------------
-    flush_max_records: int = Field(50_000, ge=1, description="Flush a shard after this many buffered records.")
-    flush_max_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Flush after this many buffered bytes.")
-    flush_max_seconds: float = Field(60.0, gt=0, description="Flush at most this long after the first buffered record.")
+    flush_max_records: int = Field(
+        50_000, ge=1, description="Flush a shard after this many buffered records."
+    )
+    flush_max_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Flush after this many buffered bytes."
+    )
+    flush_max_seconds: float = Field(
+        60.0, gt=0, description="Flush at most this long after the first buffered record."
+    )
 
     # --- Validation -------------------------------------------------------------------------------------------
     max_record_bytes: int = Field(32 * 1024, ge=256, description="Records larger than this are rejected.")

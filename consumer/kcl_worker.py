@@ -110,31 +110,34 @@ class IdleCheck:
     idle_seconds: float
 
     def drained(self, shards: list[dict[str, Any]], statuses: dict[str, ShardStatus], now: float) -> bool:
-        open_shards = [s["ShardId"] for s in shards if "EndingSequenceNumber" not in s["SequenceNumberRange"]]
+        open_shards = {s["ShardId"] for s in shards if "EndingSequenceNumber" not in s["SequenceNumberRange"]}
         if not open_shards:
             return False
-        for shard_id in open_shards:
-            status = statuses.get(shard_id)
-            if status is None or status.phase != "processing" or status.last_call_at is None:
-                return False
-            if status.buffered_records or (status.millis_behind_latest or 0) > 0:
-                return False
-            if status.applied_sequence != status.checkpointed_sequence and status.flushes:
-                return False
-            quiet_since = max(status.last_record_at or 0.0, status.last_flush_at or 0.0, status.started_at)
-            if now - quiet_since < self.idle_seconds:
-                return False
-        for shard in shards:  # closed parents must have been finished (or finished before we started)
-            status = statuses.get(shard["ShardId"])
-            if shard["ShardId"] not in open_shards and status is not None and status.phase == "processing":
-                return False
-        return True
+        if not all(self._quiet(statuses.get(shard_id), now) for shard_id in open_shards):
+            return False
+        # closed parents must have been finished (or finished before we started)
+        return not any(
+            status.phase == "processing"
+            for shard_id, status in statuses.items()
+            if shard_id not in open_shards
+        )
+
+    def _quiet(self, status: ShardStatus | None, now: float) -> bool:
+        """Caught up, nothing buffered, everything applied is checkpointed, no record for idle_seconds."""
+        if status is None or status.phase != "processing" or status.last_call_at is None:
+            return False
+        caught_up = not status.buffered_records and (status.millis_behind_latest or 0) == 0
+        checkpointed = not status.flushes or status.applied_sequence == status.checkpointed_sequence
+        quiet_since = max(status.last_record_at or 0.0, status.last_flush_at or 0.0, status.started_at)
+        return caught_up and checkpointed and now - quiet_since >= self.idle_seconds
 
 
 class KclWorker:
     """Runs and supervises the MultiLangDaemon."""
 
-    def __init__(self, settings: Settings, until_idle: float | None = None, stop_deadline_seconds: float = 25.0):
+    def __init__(
+        self, settings: Settings, until_idle: float | None = None, stop_deadline_seconds: float = 25.0
+    ):
         self.settings = settings
         self.until_idle = IdleCheck(until_idle) if until_idle else None
         self.stop_deadline_seconds = stop_deadline_seconds
@@ -159,8 +162,10 @@ class KclWorker:
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._signals += 1
         if self._signals == 1:
-            log.info("received %s: flushing and checkpointing every shard (again to force)",
-                     signal.Signals(signum).name)
+            log.info(
+                "received %s: flushing and checkpointing every shard (again to force)",
+                signal.Signals(signum).name,
+            )
             self.request_stop()
         else:
             log.warning("second signal: forcing exit without waiting for shards")
@@ -181,8 +186,11 @@ class KclWorker:
         command = self.prepare()
         env = aws_environment(self.settings)
         env.setdefault("AWS_CBOR_ENABLED", "false" if self.settings.aws_endpoint_url else "true")
-        log.info("starting KCL MultiLangDaemon for stream %s as worker %s", self.settings.stream_name,
-                 self.settings.worker_id)
+        log.info(
+            "starting KCL MultiLangDaemon for stream %s as worker %s",
+            self.settings.stream_name,
+            self.settings.worker_id,
+        )
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         kinesis = aws_client("kinesis", self.settings) if self.until_idle else None
         # Short path: AF_UNIX socket paths are limited to ~107 bytes.
@@ -207,7 +215,10 @@ class KclWorker:
             if code is not None:
                 return self._exit_code(code)
             now = time.monotonic()
-            if self._stop_requested_at is not None and now - self._stop_requested_at > self.stop_deadline_seconds:
+            if (
+                self._stop_requested_at is not None
+                and now - self._stop_requested_at > self.stop_deadline_seconds
+            ):
                 log.error("shards did not stop within %.0fs; killing the KCL", self.stop_deadline_seconds)
                 self._kill()
                 self._process.wait()

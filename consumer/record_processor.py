@@ -22,7 +22,7 @@ from clickstream.aws import aws_client
 from clickstream.logs import configure_logging
 from clickstream.settings import Settings, load_settings
 from consumer.s3_sink import S3ParquetSink
-from consumer.shard_processor import FlushPolicy, LeaseLost, RawRecord, ShardProcessor, state_path
+from consumer.shard_processor import FlushPolicy, LeaseLostError, RawRecord, ShardProcessor, state_path
 from consumer.status import StatusWriter
 
 log = logging.getLogger(__name__)
@@ -38,11 +38,15 @@ def _fail_fast(method: _Call) -> _Call:
     def wrapper(self: RecordProcessor, *args: Any) -> None:
         try:
             method(self, *args)
-        except LeaseLost:
+        except LeaseLostError:
             log.warning("lease lost during %s", method.__name__, extra={"shard_id": self.shard_id})
         except Exception:
-            log.critical("terminal error in %s; exiting so the shard restarts from its checkpoint",
-                         method.__name__, exc_info=True, extra={"shard_id": self.shard_id})
+            log.critical(
+                "terminal error in %s; exiting so the shard restarts from its checkpoint",
+                method.__name__,
+                exc_info=True,
+                extra={"shard_id": self.shard_id},
+            )
             raise SystemExit(1) from None
 
     return wrapper  # type: ignore[return-value]
@@ -92,7 +96,7 @@ class RecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
         state = CustomerState(shard_id, database, RecordValidator(validation_rules(self.settings)))
         sink = S3ParquetSink(self.s3 or aws_client("s3", self.settings), self.settings)
         status = StatusWriter(self.settings.state_dir / "status")
-        self.shard = ShardProcessor(shard_id, state, sink, flush_policy(self.settings), status)
+        self.shard = ShardProcessor(shard_id, state, sink, flush_policy(self.settings), status=status)
         checkpoint = initialize_input.sequence_number
         log.info("initializing at checkpoint %s", checkpoint, extra={"shard_id": shard_id})
         self.shard.start(checkpoint)

@@ -28,7 +28,9 @@ _TRANSIENT_CODES = frozenset(
 
 def is_transient(error: BaseException) -> bool:
     """True for network failures, throttling and 5xx answers; False for everything else."""
-    if isinstance(error, EndpointConnectionError | ConnectionClosedError | ConnectTimeoutError | ReadTimeoutError):
+    if isinstance(
+        error, EndpointConnectionError | ConnectionClosedError | ConnectTimeoutError | ReadTimeoutError
+    ):
         return True
     if isinstance(error, ClientError):
         code = error.response.get("Error", {}).get("Code", "")

@@ -135,8 +135,12 @@ class S3ParquetSink:
         orphans = [key for keys in intent["keys"].values() for key in keys]
         for key in orphans:
             self.s3.delete_object(Bucket=self.bucket, Key=key)
-        log.warning("deleted %d files of an uncommitted flush %s", len(orphans), intent["range"],
-                    extra={"shard_id": shard_id})
+        log.warning(
+            "deleted %d files of an uncommitted flush %s",
+            len(orphans),
+            intent["range"],
+            extra={"shard_id": shard_id},
+        )
         return len(orphans)
 
     # ------------------------------------------------------------------ S3 I/O

@@ -2,14 +2,14 @@
 
 The commit order of a flush (each step only starts when the previous one succeeded):
 
-1. **Stage** – apply the buffered records to the shard's DuckDB state inside an open transaction. Records at or
+1. **Stage** - apply the buffered records to the shard's DuckDB state inside an open transaction. Records at or
    below the state's stored position are skipped (redeliveries), duplicate event ids are dropped.
-2. **Intent** – write ``_control/intents/<shard>.json`` naming every data object this flush will write.
-3. **Data** – PUT the Parquet files (events/, customer_aggregates/, errors/) with server-side encryption.
+2. **Intent** - write ``_control/intents/<shard>.json`` naming every data object this flush will write.
+3. **Data** - PUT the Parquet files (events/, customer_aggregates/, errors/) with server-side encryption.
    Names are derived from the shard and the sequence range, so a retry overwrites rather than duplicates.
-4. **Commit record** – PUT ``_control/commits/<shard>/<range>.json``: from here on the flush is durable.
-5. **State commit** – COMMIT the DuckDB transaction (aggregates + the position they include, atomically).
-6. **Checkpoint** – tell the KCL the last flushed sequence number.
+4. **Commit record** - PUT ``_control/commits/<shard>/<range>.json``: from here on the flush is durable.
+5. **State commit** - COMMIT the DuckDB transaction (aggregates + the position they include, atomically).
+6. **Checkpoint** - tell the KCL the last flushed sequence number.
 
 A crash before 4 leaves orphan files that the next owner deletes using the intent (``discard_uncommitted``) and the
 records are redelivered from the last checkpoint; a crash between 4 and 6 redelivers records that step 1 then
@@ -41,10 +41,12 @@ log = logging.getLogger(__name__)
 class Checkpointer(Protocol):
     """The part of the KCL checkpointer we use."""
 
-    def checkpoint(self, sequence_number: str | None = None, sub_sequence_number: int | None = None) -> None: ...
+    def checkpoint(
+        self, sequence_number: str | None = None, sub_sequence_number: int | None = None
+    ) -> None: ...
 
 
-class LeaseLost(Exception):
+class LeaseLostError(Exception):
     """The KCL refused a checkpoint because this worker no longer holds the shard's lease."""
 
 
@@ -126,6 +128,7 @@ class ShardProcessor:
         state: CustomerState,
         sink: S3ParquetSink,
         policy: FlushPolicy,
+        *,
         status: StatusWriter | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
@@ -153,7 +156,9 @@ class ShardProcessor:
         self.metrics.applied_sequence = position.sequence_number if position else None
         self._report(force=True)
 
-    def on_records(self, records: Sequence[RawRecord], millis_behind: int | None, checkpointer: Checkpointer) -> None:
+    def on_records(
+        self, records: Sequence[RawRecord], millis_behind: int | None, checkpointer: Checkpointer
+    ) -> None:
         now = self.clock()
         self.metrics.last_call_at = time.time()
         if millis_behind is not None:
@@ -187,8 +192,11 @@ class ShardProcessor:
         self.lease_lost = True
         self.metrics.phase = "lease_lost"
         self.metrics.buffered_records = 0
-        log.warning("lease lost; dropped %d unflushed records (they will be redelivered to the new owner)",
-                    dropped, extra={"shard_id": self.shard_id})
+        log.warning(
+            "lease lost; dropped %d unflushed records (they will be redelivered to the new owner)",
+            dropped,
+            extra={"shard_id": self.shard_id},
+        )
         self._report(force=True)
 
     # ------------------------------------------------------------------ flushing
@@ -209,7 +217,9 @@ class ShardProcessor:
         flush_range = self.buffer.range()
         raw = self.buffer.to_table()
         started = time.perf_counter()
-        manifest = self._retrying(f"flush {flush_range.stem}", lambda: self._flush_once(raw, flush_range))
+        manifest: FlushManifest = self._retrying(
+            f"flush {flush_range.stem}", lambda: self._flush_once(raw, flush_range)
+        )
         self._retrying(
             "checkpoint",
             lambda: self._checkpoint(checkpointer, flush_range.last),
@@ -246,7 +256,7 @@ class ShardProcessor:
         except CheckpointError as error:
             if error.value in ("ShutdownException", "InvalidStateException"):
                 self.on_lease_lost()
-                raise LeaseLost(error.value) from error
+                raise LeaseLostError(error.value) from error
             raise
         if position is not None:
             self.metrics.checkpointed_sequence = position.sequence_number
@@ -261,7 +271,7 @@ class ShardProcessor:
         while True:
             try:
                 result = action()
-            except LeaseLost:
+            except LeaseLostError:
                 raise
             except Exception as error:
                 if not is_transient(error):
@@ -269,12 +279,19 @@ class ShardProcessor:
                     self._report(force=True)
                     raise
                 attempt += 1
-                delay = min(self.max_backoff_seconds, 0.2 * 2 ** min(attempt, 10)) * (0.5 + random.random() / 2)  # noqa: S311
+                jitter = 0.5 + random.random() / 2  # noqa: S311 - backoff jitter, not security
+                delay = min(self.max_backoff_seconds, 0.2 * 2 ** min(attempt, 10)) * jitter
                 self.metrics.last_error = f"{type(error).__name__}: {error}"
                 self.metrics.retries += 1
                 self._report(force=True)
-                log.warning("%s failed (attempt %d, retrying in %.1fs): %s", what, attempt, delay, error,
-                            extra={"shard_id": self.shard_id})
+                log.warning(
+                    "%s failed (attempt %d, retrying in %.1fs): %s",
+                    what,
+                    attempt,
+                    delay,
+                    error,
+                    extra={"shard_id": self.shard_id},
+                )
                 self.sleep(delay)
             else:
                 if attempt:

@@ -39,7 +39,9 @@ def unique_events(documents: Iterable[Mapping[str, Any]]) -> list[Mapping[str, A
     return kept
 
 
-def reference_aggregates(documents: Iterable[Mapping[str, Any]], as_of: date | None = None) -> dict[str, dict[str, Any]]:
+def reference_aggregates(
+    documents: Iterable[Mapping[str, Any]], as_of: date | None = None
+) -> dict[str, dict[str, Any]]:
     """customer_id -> expected aggregate columns. ``as_of`` defaults to the max event date of all documents."""
     events = unique_events(documents)
     by_customer: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
