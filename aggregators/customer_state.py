@@ -193,6 +193,8 @@ class CustomerState:
         current = self.position()
         if current is None or raw.num_rows == 0:
             return raw
+        if _first_position(raw).sort_key() > current.sort_key():
+            return raw  # the usual case: nothing redelivered, no need to look at every row
         self.con.register("incoming", raw)
         try:
             return self.con.sql(
@@ -211,30 +213,30 @@ class CustomerState:
         con = self.con
         con.register("batch_events", events)
         try:
-            con.execute(
-                f"""CREATE OR REPLACE TEMP TABLE batch_first AS
-                    SELECT * FROM batch_events
-                    QUALIFY row_number() OVER (
-                        PARTITION BY event_id
-                        ORDER BY lpad(sequence_number, {_SEQUENCE_WIDTH}, '0'), sub_sequence_number) = 1"""
-            )
+            # The primary key index answers "seen before?" for the batch only, whatever the history's size.
             self._returning(
                 "new_ids",
-                """INSERT INTO applied_events SELECT CAST(event_id AS UUID) FROM batch_first
+                """INSERT INTO applied_events SELECT CAST(event_id AS UUID) FROM batch_events
                    ON CONFLICT DO NOTHING RETURNING event_id""",
             )
-            return (
-                con.sql(
-                    """SELECT b.* FROM batch_first b SEMI JOIN new_ids n ON CAST(b.event_id AS UUID) = n.event_id
-                   ORDER BY lpad(b.sequence_number, 80, '0'), b.sub_sequence_number"""
-                )
-                .to_arrow_table()
-                .cast(EVENTS_SCHEMA)
+            fresh = con.sql(
+                "SELECT b.* FROM batch_events b SEMI JOIN new_ids n ON CAST(b.event_id AS UUID) = n.event_id"
             )
+            new_count = con.sql("SELECT count(*) FROM new_ids").fetchall()[0][0]
+            table = fresh.to_arrow_table()
+            if table.num_rows != new_count:  # an id repeated inside this batch: keep its first delivery
+                con.register("fresh_events", table)
+                table = con.sql(
+                    f"""SELECT * FROM fresh_events
+                        QUALIFY row_number() OVER (
+                            PARTITION BY event_id
+                            ORDER BY lpad(sequence_number, {_SEQUENCE_WIDTH}, '0'), sub_sequence_number) = 1"""
+                ).to_arrow_table()
+                con.unregister("fresh_events")
+            return table.cast(EVENTS_SCHEMA)
         finally:
             con.unregister("batch_events")
             self._release("new_ids")
-            con.execute("DROP TABLE IF EXISTS batch_first")
 
     def _update_aggregates(self, events: pa.Table, last: Position) -> pa.Table:
         con = self.con
@@ -401,6 +403,14 @@ class CustomerState:
         """Every customer's current row (full scan: for summaries and tests, not the hot path)."""
         last = self.position() or Position("0")
         return self._output_rows("customers", last)
+
+
+def _first_position(raw: pa.Table) -> Position:
+    """Lowest (sequence, sub-sequence) in a raw batch, compared numerically."""
+    sequences = raw.column("sequence_number").to_pylist()
+    subs = raw.column("sub_sequence_number").to_pylist()
+    best = min(zip(sequences, subs, strict=True), key=lambda pair: (int(pair[0]), pair[1]))
+    return Position(str(best[0]), int(best[1]))
 
 
 def _last_position(raw: pa.Table) -> Position:

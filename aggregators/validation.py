@@ -14,6 +14,7 @@ from typing import Final
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from schemas import ERRORS_SCHEMA, EVENT_SCHEMA_VERSION, EVENT_TYPES, EVENTS_SCHEMA
 
@@ -178,10 +179,21 @@ def _rejection_rules(rules: ValidationRules) -> list[tuple[str, str]]:
     return checks
 
 
+def _json_kind(raw: str) -> str:
+    """The JSON type of a raw JSON value from its first character (one parse per record, not per field)."""
+    first = f"left({raw}, 1)"
+    return (
+        f"CASE WHEN {raw} IS NULL THEN NULL WHEN {first} = '\"' THEN 'VARCHAR' WHEN {first} = 'n' THEN 'NULL' "
+        f"WHEN {first} IN ('t', 'f') THEN 'BOOLEAN' WHEN {first} = '{{' THEN 'OBJECT' "
+        f"WHEN {first} = '[' THEN 'ARRAY' WHEN regexp_matches({raw}, '[.eE]') THEN 'DOUBLE' ELSE 'BIGINT' END"
+    )
+
+
 def _build_sql(rules: ValidationRules) -> str:
     extracted = ", ".join(_quote(f"$.{f}") for f in _FIELDS)
+    as_text = "{" + ", ".join(f'"{f}": "VARCHAR"' for f in _FIELDS) + "}"
     per_field = ",\n".join(
-        f"json_type(v[{i}]) AS t_{f}, v[{i}]->>'$' AS s_{f}" for i, f in enumerate(_FIELDS, start=1)
+        f"{_json_kind(f'raw[{i}]')} AS t_{f}, texts.{f} AS s_{f}" for i, f in enumerate(_FIELDS, start=1)
     )
     rejection = "\n".join(
         f"      WHEN {cond} THEN {_quote(reason)}" for cond, reason in _rejection_rules(rules)
@@ -192,13 +204,16 @@ WITH src AS (
          CASE WHEN octet_length(data) <= {int(rules.max_record_bytes)} THEN try(decode(data)) END AS txt
   FROM raw_batch
 ), parsed AS (
-  SELECT *, CASE WHEN json_valid(txt) THEN CAST(txt AS JSON) END AS doc FROM src
+  SELECT *, CASE WHEN json_valid(txt) THEN txt END AS doc FROM src
 ), extracted AS (
-  SELECT *, json_type(doc) AS doc_type,
-         CASE WHEN json_type(doc) = 'OBJECT' THEN json_extract(doc, [{extracted}]) END AS v
+  SELECT *, CASE WHEN doc IS NOT NULL THEN {_json_kind("ltrim(doc)")} END AS doc_type,
+         CASE WHEN left(ltrim(doc), 1) = '{{' THEN json_extract(doc, [{extracted}]) END AS raw,
+         CASE WHEN left(ltrim(doc), 1) = '{{' THEN json_transform(doc, {_quote(as_text)}) END AS texts
   FROM parsed
 ), fields AS (
-  SELECT *, {per_field}
+  SELECT shard_id, sequence_number, sub_sequence_number, partition_key, approximate_arrival_at, data,
+         size_bytes, txt, doc, doc_type,
+         {per_field}
   FROM extracted
 ), typed AS (
   SELECT *,
@@ -206,17 +221,20 @@ WITH src AS (
          CASE WHEN t_revenue IN ('UBIGINT', 'BIGINT', 'DOUBLE')
               THEN TRY_CAST(s_revenue AS DECIMAL(38, 10)) END AS revenue_exact
   FROM fields
-)
-SELECT *,
-  CASE
+), judged AS (
+  SELECT *,
+    CASE
 {rejection}
-  END AS rejection
-FROM typed
-"""
-
-
-_EVENT_COLUMNS_SQL: Final = """
-SELECT lower(s_event_id) AS event_id,
+    END AS rejection
+  FROM typed
+)
+SELECT shard_id, sequence_number, sub_sequence_number, partition_key, approximate_arrival_at,
+       rejection IS NULL AS accepted,
+       split_part(rejection, ':', 1) AS error_code,
+       substr(rejection, length(split_part(rejection, ':', 1)) + 2) AS error_detail,
+       CASE WHEN rejection IS NOT NULL THEN data END AS raw_data,
+       CAST(size_bytes AS BIGINT) AS raw_size_bytes,
+       lower(s_event_id) AS event_id,
        s_event_type AS event_type,
        s_customer_id AS customer_id,
        s_session_id AS session_id,
@@ -228,18 +246,8 @@ SELECT lower(s_event_id) AS event_id,
        s_order_id AS order_id,
        CAST(revenue_exact AS DECIMAL(18, 2)) AS revenue,
        s_currency AS currency,
-       CAST(TRY_CAST(s_schema_version AS DOUBLE) AS INTEGER) AS schema_version,
-       shard_id, sequence_number, sub_sequence_number, approximate_arrival_at
-FROM validated WHERE rejection IS NULL
-"""
-
-_REJECT_COLUMNS_SQL: Final = """
-SELECT shard_id, sequence_number, sub_sequence_number, partition_key, approximate_arrival_at,
-       split_part(rejection, ':', 1) AS error_code,
-       substr(rejection, length(split_part(rejection, ':', 1)) + 2) AS error_detail,
-       data AS raw_data,
-       CAST(size_bytes AS BIGINT) AS raw_size_bytes
-FROM validated WHERE rejection IS NOT NULL
+       CAST(TRY_CAST(s_schema_version AS DOUBLE) AS INTEGER) AS schema_version
+FROM judged
 """
 
 
@@ -254,12 +262,12 @@ class RecordValidator:
         """Split ``raw`` into events and rejects; every input row lands in exactly one of them."""
         con.register("raw_batch", raw)
         try:
-            con.execute(f"CREATE OR REPLACE TEMP TABLE validated AS {self._sql}")
-            events = con.sql(_EVENT_COLUMNS_SQL).to_arrow_table().cast(EVENTS_SCHEMA)
-            rejects = con.sql(_REJECT_COLUMNS_SQL).to_arrow_table().cast(ERRORS_SCHEMA)
+            judged = con.sql(self._sql).to_arrow_table()
         finally:
             con.unregister("raw_batch")
-            con.execute("DROP TABLE IF EXISTS validated")
+        accepted = judged.column("accepted")
+        events = judged.filter(accepted).select(EVENTS_SCHEMA.names).cast(EVENTS_SCHEMA)
+        rejects = judged.filter(pc.invert(accepted)).select(ERRORS_SCHEMA.names).cast(ERRORS_SCHEMA)
         return DecodedBatch(events=events, rejects=rejects)
 
 

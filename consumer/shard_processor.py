@@ -190,13 +190,16 @@ class ShardProcessor:
         dropped = len(self.buffer)
         self.buffer.clear()
         self.lease_lost = True
-        self.metrics.phase = "lease_lost"
         self.metrics.buffered_records = 0
-        log.warning(
+        # After a graceful shutdown the KCL always ends with lease_lost; only dropped records are news.
+        level = logging.WARNING if dropped or self.metrics.phase != "shut_down" else logging.INFO
+        log.log(
+            level,
             "lease lost; dropped %d unflushed records (they will be redelivered to the new owner)",
             dropped,
             extra={"shard_id": self.shard_id},
         )
+        self.metrics.phase = "lease_lost"
         self._report(force=True)
 
     # ------------------------------------------------------------------ flushing

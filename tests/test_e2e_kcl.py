@@ -1,0 +1,176 @@
+"""End to end through the real KCL MultiLangDaemon (Java) and the embedded AWS endpoint over HTTP.
+
+Generate events for hundreds of customers with a seed, put them with the producer, run `clickstream worker
+--until-idle`, read the Parquet back from S3, and compare every customer's aggregates with tests/reference.py,
+computed separately and simply from the generated JSONL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from decimal import Decimal
+from typing import Any
+
+import duckdb
+import pytest
+
+from clickstream.aws import aws_client
+from clickstream.demo import emulator_environment
+from clickstream.outputs import current_customer_rows, download_outputs, list_keys, output_glob
+from clickstream.settings import load_settings
+from producer.generator import ClickstreamGenerator
+from tests.reference import parse_time, reference_aggregates
+
+pytestmark = pytest.mark.e2e
+
+CUSTOMERS = 300
+EVENTS = 12_000
+
+
+def _cli(*args: str, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "clickstream.cli", "--log-format", "text", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(emulator_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Runs the whole path once; the tests below inspect different aspects of its outputs."""
+    workdir = tmp_path_factory.mktemp("e2e")
+    env = {
+        **os.environ,
+        **emulator_environment(emulator_endpoint, workdir / "state"),
+        "CLICKSTREAM_STREAM_NAME": "e2e-clickstream",
+        "CLICKSTREAM_BUCKET": "e2e-outputs",
+        "CLICKSTREAM_APPLICATION_NAME": "e2e-rfm",
+        "CLICKSTREAM_STREAM_SHARDS": "3",
+        "CLICKSTREAM_FLUSH_MAX_RECORDS": "2500",  # several flushes per shard
+        "CLICKSTREAM_FLUSH_MAX_SECONDS": "3",
+    }
+    generator = ClickstreamGenerator(
+        CUSTOMERS, EVENTS, seed=20261125, duplicate_rate=0.02, malformed_rate=0.004
+    )
+    labelled = list(generator.records())
+    jsonl = workdir / "events.jsonl"
+    jsonl.write_bytes(b"".join(data + b"\n" for _, data in labelled))
+
+    for step, timeout in ((("setup",), 60), (("produce", "--input", str(jsonl), "--no-progress"), 120)):
+        result = _cli(*step, env=env, timeout=timeout)
+        assert result.returncode == 0, result.stderr
+    worker = _cli("worker", "--until-idle", "3", env=env, timeout=300)
+    assert worker.returncode == 0, worker.stderr[-5000:]
+
+    os.environ.update({k: v for k, v in env.items() if k.startswith(("AWS_", "CLICKSTREAM_"))})
+    settings = load_settings()
+    s3 = aws_client("s3", settings)
+    inventory = download_outputs(s3, settings, workdir / "s3")
+    return {
+        "labelled": labelled,
+        "settings": settings,
+        "s3": s3,
+        "inventory": inventory,
+        "root": workdir / "s3",
+        "worker_log": worker.stderr,
+    }
+
+
+def _valid_documents(labelled: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
+    return [
+        json.loads(data, parse_float=Decimal) for label, data in labelled if label in ("valid", "duplicate")
+    ]
+
+
+def test_every_customer_matches_the_reference(pipeline_run: dict[str, Any]) -> None:
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    rows = {
+        row["customer_id"]: row
+        for row in current_customer_rows(
+            con, output_glob(pipeline_run["root"], pipeline_run["settings"], "customer_aggregates")
+        )
+        .to_arrow_table()
+        .to_pylist()
+    }
+    expected = reference_aggregates(_valid_documents(pipeline_run["labelled"]))
+    assert set(rows) == set(expected)
+    assert len(rows) > 200
+    mismatches = []
+    for customer, want in expected.items():
+        got = rows[customer]
+        for column, value in want.items():
+            if column == "T":
+                continue  # relative to each row's own as_of; checked below
+            if isinstance(value, float):
+                same = got[column] is not None and abs(got[column] - value) <= 1e-9 * max(1.0, abs(value))
+            else:
+                same = got[column] == value
+            if not same:
+                mismatches.append((customer, column, got[column], value))
+        assert got["as_of"] >= got["last_event_at"]
+        if want["first_purchase_at"] is not None:
+            first_day = want["first_purchase_at"].date()
+            assert got["T"] == (got["as_of"].date() - first_day).days
+        assert got["version"] == want["events"]
+    assert mismatches == []
+
+
+def test_events_archive_holds_each_valid_event_exactly_once(pipeline_run: dict[str, Any]) -> None:
+    con = duckdb.connect()
+    glob = output_glob(pipeline_run["root"], pipeline_run["settings"], "events")
+    archived = Counter(row[0] for row in con.sql(f"SELECT event_id FROM read_parquet('{glob}')").fetchall())
+    valid_ids = {str(doc["event_id"]).lower() for doc in _valid_documents(pipeline_run["labelled"])}
+    assert set(archived) == valid_ids
+    assert max(archived.values()) == 1
+    hours = con.sql(
+        f"""SELECT count(*) FROM read_parquet('{glob}', hive_partitioning = true)
+            WHERE strftime(event_time, '%Y-%m-%d') <> CAST(event_date AS VARCHAR)
+               OR CAST(hour(event_time) AS INTEGER) <> CAST(event_hour AS INTEGER)"""
+    ).fetchall()[0][0]
+    assert hours == 0, "every event sits in the partition of its own UTC date and hour"
+
+
+def test_every_record_is_accepted_or_rejected_exactly_once(pipeline_run: dict[str, Any]) -> None:
+    labelled = pipeline_run["labelled"]
+    commits = pipeline_run["inventory"].commits
+    records_in = sum(c["records_in"] for c in commits) - sum(c["records_skipped"] for c in commits)
+    assert records_in == len(labelled)
+    assert sum(c["accepted"] for c in commits) + sum(c["rejected"] for c in commits) == len(labelled)
+    assert sum(c["duplicates"] for c in commits) == sum(1 for label, _ in labelled if label == "duplicate")
+    con = duckdb.connect()
+    glob = output_glob(pipeline_run["root"], pipeline_run["settings"], "errors")
+    rejected = con.sql(f"SELECT raw_data, error_code FROM read_parquet('{glob}')").fetchall()
+    malformed = sorted(data for label, data in labelled if label.startswith("malformed"))
+    assert sorted(bytes(row[0]) for row in rejected) == malformed
+    assert all(row[1] for row in rejected)
+
+
+def test_every_object_is_encrypted_at_rest(pipeline_run: dict[str, Any]) -> None:
+    settings, s3 = pipeline_run["settings"], pipeline_run["s3"]
+    keys = [obj["Key"] for obj in list_keys(s3, settings.bucket, settings.prefix + "/")]
+    assert keys
+    for key in keys:
+        assert s3.head_object(Bucket=settings.bucket, Key=key)["ServerSideEncryption"] == "AES256", key
+
+
+def test_worker_logs_are_json_lines_with_shard_context(pipeline_run: dict[str, Any]) -> None:
+    lines = [line for line in pipeline_run["worker_log"].splitlines() if line.strip()]
+    parsed = []
+    for line in lines:
+        if line.startswith("{"):
+            parsed.append(json.loads(line))
+    processor_lines = [entry for entry in parsed if entry.get("logger") == "consumer.shard_processor"]
+    flush_lines = [entry for entry in processor_lines if entry["message"].startswith("flushed ")]
+    assert flush_lines, "flushes are logged"
+    assert all("shard_id" in entry and "sequence_number" in entry for entry in flush_lines)
+    assert all("shard_id" in entry for entry in processor_lines)
+    assert not [entry for entry in processor_lines if entry["level"] in ("WARNING", "ERROR", "CRITICAL")]
+    assert not any("Received error line from subprocess" in line for line in lines)
