@@ -129,7 +129,7 @@ class _MemoryS3:
     """Just enough of the S3 client for S3ParquetSink, in memory (we measure our code, not the network)."""
 
     class exceptions:  # noqa: N801 - mirrors boto3's client.exceptions namespace
-        class NoSuchKey(Exception):
+        class NoSuchKey(Exception):  # noqa: N818 - the name boto3 uses
             pass
 
     def __init__(self) -> None:

@@ -23,7 +23,7 @@ from clickstream.demo import emulator_environment
 from clickstream.outputs import current_customer_rows, download_outputs, list_keys, output_glob
 from clickstream.settings import load_settings
 from producer.generator import ClickstreamGenerator
-from tests.reference import parse_time, reference_aggregates
+from tests.reference import reference_aggregates
 
 pytestmark = pytest.mark.e2e
 
