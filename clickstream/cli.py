@@ -257,6 +257,24 @@ def worker(until_idle: float | None, stop_deadline: float, **overrides: Any) -> 
     sys.exit(code)
 
 
+# ---------------------------------------------------------------------------------------------------------- health
+@main.command()
+@setting_option("state_dir", "--state-dir", type=click.Path(file_okay=False, path_type=Path))
+@setting_option("stuck_shard_seconds", "--stuck-after", type=float)
+def health(**overrides: Any) -> None:
+    """Liveness for the container health check: exit 0 when the worker and every shard make progress, else 1.
+
+    Unhealthy: no fresh worker heartbeat, a shard processor not called by the KCL, or records waiting on a shard
+    with no flush for CLICKSTREAM_STUCK_SHARD_SECONDS. Prints a JSON report.
+    """
+    from consumer.health import assess
+
+    settings = build_settings(**overrides)
+    report = assess(settings.state_dir, settings.stuck_shard_seconds)
+    click.echo(report.to_json())
+    sys.exit(0 if report.healthy else 1)
+
+
 # ---------------------------------------------------------------------------------------------------------- summary
 @main.command()
 @click.option(

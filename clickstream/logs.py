@@ -34,6 +34,9 @@ class JsonFormatter(logging.Formatter):
                 entry[field] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
+        emf = getattr(record, "emf", None)
+        if isinstance(emf, dict):  # CloudWatch EMF needs its fields at the top level of the line
+            entry.update(emf)
         return json.dumps(entry, default=str)
 
 

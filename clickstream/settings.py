@@ -104,6 +104,13 @@ class Settings(BaseSettings):
     )
     kcl_max_records: int = Field(10_000, ge=1, le=10_000, description="Max records per GetRecords call.")
 
+    stuck_shard_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="A shard with records waiting and no flush for this long is stuck: the worker reports "
+        "unhealthy and exits non-zero so the orchestrator restarts it.",
+    )
+
     # --- Flushing ---------------------------------------------------------------------------------------------
     flush_max_records: int = Field(
         50_000, ge=1, description="Flush a shard after this many buffered records."
@@ -148,9 +155,14 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _check_kms(self) -> Settings:
+    def _check_combinations(self) -> Settings:
         if self.sse == "aws:kms" and not self.sse_kms_key_id:
             raise ValueError("CLICKSTREAM_SSE=aws:kms needs CLICKSTREAM_SSE_KMS_KEY_ID")
+        if self.stuck_shard_seconds <= self.flush_max_seconds:
+            raise ValueError(
+                "CLICKSTREAM_STUCK_SHARD_SECONDS must be larger than CLICKSTREAM_FLUSH_MAX_SECONDS "
+                f"({self.stuck_shard_seconds} <= {self.flush_max_seconds}), or every healthy shard looks stuck"
+            )
         return self
 
     @property

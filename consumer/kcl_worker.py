@@ -23,6 +23,8 @@ from typing import Any
 from clickstream.aws import aws_client
 from clickstream.logs import LOG_SOCKET_ENV, LogRelay
 from clickstream.settings import Settings, aws_environment
+from consumer.health import shard_problems, write_heartbeat
+from consumer.metrics import emit as emit_metrics
 from consumer.status import ShardStatus, read_statuses
 
 log = logging.getLogger(__name__)
@@ -209,12 +211,15 @@ class KclWorker:
 
     def _supervise(self, kinesis: Any) -> int:
         assert self._process is not None
-        last_check = 0.0
+        last_idle_check = last_health_check = last_metrics = 0.0
         while True:
             code = self._process.poll()
             if code is not None:
                 return self._exit_code(code)
             now = time.monotonic()
+            write_heartbeat(
+                self.settings.state_dir, os.getpid(), "stopping" if self._stop_requested_at else "running"
+            )
             if (
                 self._stop_requested_at is not None
                 and now - self._stop_requested_at > self.stop_deadline_seconds
@@ -223,13 +228,43 @@ class KclWorker:
                 self._kill()
                 self._process.wait()
                 return 1
-            if self.until_idle and self._stop_requested_at is None and now - last_check >= 1.0:
-                last_check = now
+            if now - last_health_check >= 5.0 and self._stop_requested_at is None:
+                last_health_check = now
+                problems = shard_problems(
+                    read_statuses(self.status_dir), time.time(), self.settings.stuck_shard_seconds
+                )
+                if problems:
+                    write_heartbeat(self.settings.state_dir, os.getpid(), "unhealthy")
+                    emit_metrics({"StuckShards": len(problems)}, {"StreamName": self.settings.stream_name})
+                    log.error(
+                        "stuck shards, exiting so the orchestrator restarts the worker: %s",
+                        "; ".join(problems),
+                    )
+                    self._kill()
+                    self._process.wait()
+                    return 3
+            if now - last_metrics >= 60.0:
+                last_metrics = now
+                self._emit_gauges()
+            if self.until_idle and self._stop_requested_at is None and now - last_idle_check >= 1.0:
+                last_idle_check = now
                 shards = kinesis.list_shards(StreamName=self.settings.stream_name)["Shards"]
                 if self.until_idle.drained(shards, read_statuses(self.status_dir), time.time()):
                     log.info("stream drained and every shard flushed and checkpointed; stopping")
                     self.request_stop()
             time.sleep(0.2)
+
+    def _emit_gauges(self) -> None:
+        """Per-worker gauges from the shard status files: lag, checkpoint age, shards held."""
+        statuses = [s for s in read_statuses(self.status_dir).values() if s.phase == "processing"]
+        now = time.time()
+        values: dict[str, float] = {"ShardsProcessing": len(statuses)}
+        if statuses:
+            values["MillisBehindLatest"] = max(s.millis_behind_latest or 0 for s in statuses)
+            values["CheckpointAgeSeconds"] = max(
+                now - (s.last_checkpoint_at or s.started_at) for s in statuses
+            )
+        emit_metrics(values, {"StreamName": self.settings.stream_name})
 
     def _exit_code(self, java_code: int) -> int:
         if self._stop_requested_at is not None:

@@ -96,7 +96,14 @@ class RecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
         state = CustomerState(shard_id, database, RecordValidator(validation_rules(self.settings)))
         sink = S3ParquetSink(self.s3 or aws_client("s3", self.settings), self.settings)
         status = StatusWriter(self.settings.state_dir / "status")
-        self.shard = ShardProcessor(shard_id, state, sink, flush_policy(self.settings), status=status)
+        self.shard = ShardProcessor(
+            shard_id,
+            state,
+            sink,
+            flush_policy(self.settings),
+            status=status,
+            stream_name=self.settings.stream_name,
+        )
         checkpoint = initialize_input.sequence_number
         log.info("initializing at checkpoint %s", checkpoint, extra={"shard_id": shard_id})
         self.shard.start(checkpoint)

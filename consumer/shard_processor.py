@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from aggregators.customer_state import CustomerState, Position
+from consumer.metrics import emit as emit_metrics
 from consumer.retry import is_transient
 from consumer.s3_sink import FlushManifest, FlushRange, S3ParquetSink
 from consumer.status import ShardStatus, StatusWriter
@@ -133,8 +134,10 @@ class ShardProcessor:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         max_backoff_seconds: float = 30.0,
+        stream_name: str = "",
     ) -> None:
         self.shard_id = shard_id
+        self.stream_name = stream_name
         self.state = state
         self.sink = sink
         self.policy = policy
@@ -230,6 +233,19 @@ class ShardProcessor:
         seconds = time.perf_counter() - started
         self.buffer.clear()
         self._record_flush(manifest, seconds)
+        emit_metrics(
+            {
+                "RecordsIn": manifest.records_in - manifest.records_skipped,
+                "RecordsAccepted": manifest.accepted,
+                "RecordsRejected": manifest.rejected,
+                "DuplicateEvents": manifest.duplicates,
+                "CustomersChanged": manifest.customers_changed,
+                "FlushLatency": seconds * 1000,
+                "FlushBytes": manifest.bytes_written,
+                "FilesWritten": sum(len(keys) for keys in manifest.files.values()),
+            },
+            {"StreamName": self.stream_name},
+        )
         log.info(
             "flushed %s records (%s accepted, %s duplicates, %s rejected, %s customers) in %.3fs [%s]",
             manifest.records_in,
@@ -263,6 +279,7 @@ class ShardProcessor:
             raise
         if position is not None:
             self.metrics.checkpointed_sequence = position.sequence_number
+        self.metrics.last_checkpoint_at = time.time()
 
     def _retrying(self, what: str, action: Callable[[], Any]) -> Any:
         """Run ``action``; retry transient failures with capped exponential backoff and jitter, forever.
@@ -287,6 +304,7 @@ class ShardProcessor:
                 self.metrics.last_error = f"{type(error).__name__}: {error}"
                 self.metrics.retries += 1
                 self._report(force=True)
+                emit_metrics({"FlushRetries": 1}, {"StreamName": self.stream_name})
                 log.warning(
                     "%s failed (attempt %d, retrying in %.1fs): %s",
                     what,

@@ -36,6 +36,7 @@ class ShardStatus:
     last_record_at: float | None = None
     last_flush_at: float | None = None
     last_flush_seconds: float | None = None
+    last_checkpoint_at: float | None = None
     last_error: str | None = None
     started_at: float = 0.0
     updated_at: float = 0.0

@@ -1,0 +1,95 @@
+"""Liveness of a worker, from the files its processes keep up to date (so a separate command can judge it).
+
+Unhealthy means one of:
+- the supervisor's heartbeat (``<state_dir>/worker.json``) is missing or older than ``heartbeat_timeout``;
+- a shard processor has not been called by the KCL for ``stuck_after`` seconds (the KCL calls it at least every
+  ``idleTimeBetweenReadsInMillis`` even when there are no records);
+- records are waiting on a shard (behind the tip or buffered) and it has not flushed for ``stuck_after`` seconds —
+  the KCL's "stuck shard": leases held, nothing moving.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from consumer.status import ShardStatus, read_statuses
+
+HEARTBEAT_FILE = "worker.json"
+
+
+@dataclass(slots=True)
+class HealthReport:
+    healthy: bool
+    shards_processing: int
+    problems: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+def write_heartbeat(state_dir: Path, pid: int, phase: str) -> None:
+    """The supervisor's sign of life, rewritten atomically about once a second."""
+    target = state_dir / HEARTBEAT_FILE
+    temporary = target.with_suffix(".tmp")
+    temporary.write_text(
+        json.dumps({"pid": pid, "phase": phase, "updated_at": time.time()}), encoding="utf-8"
+    )
+    temporary.replace(target)
+
+
+def shard_problems(statuses: dict[str, ShardStatus], now: float, stuck_after: float) -> list[str]:
+    """Stuck or silent shard processors (only those in the processing phase are judged)."""
+    problems = []
+    for shard_id, status in sorted(statuses.items()):
+        if status.phase != "processing":
+            continue
+        last_call = status.last_call_at or status.started_at
+        if now - last_call > stuck_after:
+            problems.append(f"{shard_id}: not called by the KCL for {now - last_call:.0f}s")
+            continue
+        waiting = status.buffered_records > 0 or (status.millis_behind_latest or 0) > 0
+        last_progress = max(status.last_flush_at or 0.0, status.started_at)
+        if waiting and now - last_progress > stuck_after:
+            problems.append(
+                f"{shard_id}: records waiting ({status.buffered_records} buffered, "
+                f"{status.millis_behind_latest or 0} ms behind) but no flush for {now - last_progress:.0f}s"
+                + (f"; last error: {status.last_error}" if status.last_error else "")
+            )
+    return problems
+
+
+def assess(
+    state_dir: Path, stuck_after: float, heartbeat_timeout: float = 30.0, now: float | None = None
+) -> HealthReport:
+    """The health of the worker whose state directory is ``state_dir``."""
+    now = time.time() if now is None else now
+    problems = []
+    try:
+        heartbeat = json.loads((state_dir / HEARTBEAT_FILE).read_text(encoding="utf-8"))
+        age = now - float(heartbeat["updated_at"])
+        if age > heartbeat_timeout:
+            problems.append(f"worker heartbeat is {age:.0f}s old")
+        elif heartbeat.get("phase") == "unhealthy":
+            problems.append("worker reported itself unhealthy")
+        elif not _alive(int(heartbeat["pid"])):
+            problems.append(f"worker process {heartbeat['pid']} is gone")
+    except (OSError, ValueError, KeyError):
+        problems.append(f"no worker heartbeat in {state_dir / HEARTBEAT_FILE}")
+    statuses = read_statuses(state_dir / "status")
+    problems += shard_problems(statuses, now, stuck_after)
+    processing = sum(1 for status in statuses.values() if status.phase == "processing")
+    return HealthReport(healthy=not problems, shards_processing=processing, problems=problems)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,60 @@
+"""CloudWatch Embedded Metric Format (EMF): metrics as structured log lines.
+
+On ECS the awslogs driver ships stderr to CloudWatch Logs, which turns every line carrying an ``_aws`` block into
+metrics, without an agent or PutMetricData permissions. Each metric is documented in the README with a suggested alarm.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Final
+
+NAMESPACE: Final = "ClickstreamRFM"
+
+#: metric name -> CloudWatch unit
+UNITS: Final = {
+    "RecordsIn": "Count",
+    "RecordsAccepted": "Count",
+    "RecordsRejected": "Count",
+    "DuplicateEvents": "Count",
+    "CustomersChanged": "Count",
+    "FlushLatency": "Milliseconds",
+    "FlushBytes": "Bytes",
+    "FilesWritten": "Count",
+    "FlushRetries": "Count",
+    "MillisBehindLatest": "Milliseconds",
+    "CheckpointAgeSeconds": "Seconds",
+    "ShardsProcessing": "Count",
+    "StuckShards": "Count",
+}
+
+_log = logging.getLogger("clickstream.metrics")
+
+
+def emf_document(
+    values: dict[str, float], dimensions: dict[str, str], timestamp: float | None = None
+) -> dict[str, object]:
+    """One EMF object: the ``_aws`` metadata plus the dimension and metric values at the top level."""
+    unknown = set(values) - set(UNITS)
+    if unknown:
+        raise ValueError(f"undocumented metrics: {sorted(unknown)}")
+    return {
+        "_aws": {
+            "Timestamp": int((time.time() if timestamp is None else timestamp) * 1000),
+            "CloudWatchMetrics": [
+                {
+                    "Namespace": NAMESPACE,
+                    "Dimensions": [sorted(dimensions)],
+                    "Metrics": [{"Name": name, "Unit": UNITS[name]} for name in values],
+                }
+            ],
+        },
+        **dimensions,
+        **values,
+    }
+
+
+def emit(values: dict[str, float], dimensions: dict[str, str]) -> None:
+    """Log one EMF line (the JSON log formatter puts the document at the top level of the line)."""
+    _log.info("metrics", extra={"emf": emf_document(values, dimensions)})
