@@ -23,6 +23,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Final
 
@@ -69,6 +70,10 @@ CREATE TABLE IF NOT EXISTS shard_progress (
     shard_id VARCHAR PRIMARY KEY, sequence_number VARCHAR NOT NULL, sub_sequence_number BIGINT NOT NULL,
     as_of TIMESTAMPTZ);
 """
+
+
+#: The tables a snapshot holds, in load order.
+STATE_TABLES: Final = ("applied_events", "customer_sessions", "customer_days", "customers", "shard_progress")
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +165,6 @@ class CustomerState:
             return applied
 
     def _apply(self, raw: pa.Table) -> AppliedBatch:
-        con = self.con
         fresh = self._drop_already_applied(raw)
         skipped = raw.num_rows - fresh.num_rows
         if fresh.num_rows == 0:
@@ -173,19 +177,46 @@ class CustomerState:
                 duplicates=0,
                 position=None,
             )
-        decoded: DecodedBatch = self.validator.decode(con, fresh)
-        new_events = self._dedupe(decoded.events)
-        duplicates = decoded.events.num_rows - new_events.num_rows
-        last = _last_position(fresh)
-        customer_rows = self._update_aggregates(new_events, last)
+        decoded: DecodedBatch = self.validator.decode(self.con, fresh)
+        applied = self._apply_events(decoded.events, _last_position(fresh))
         return AppliedBatch(
-            events=new_events,
-            customer_rows=customer_rows,
+            events=applied.events,
+            customer_rows=applied.customer_rows,
             rejects=decoded.rejects,
             records_in=raw.num_rows,
             records_skipped=skipped,
-            duplicates=duplicates,
-            position=last,
+            duplicates=applied.duplicates,
+            position=applied.position,
+        )
+
+    def apply_events(self, events: pa.Table, position: Position) -> AppliedBatch:
+        """Apply already validated events (EVENTS_SCHEMA), e.g. from the events/ archive, and commit.
+
+        The same de-duplication and aggregation as live records: used to catch a shard's state up from its commit
+        records and by the replay command. ``position`` is where the state stands afterwards.
+        """
+        if self._in_transaction:
+            raise RuntimeError("a staged batch is already open on this shard state")
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            applied = self._apply_events(events.cast(EVENTS_SCHEMA), position)
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        self.con.execute("COMMIT")
+        return applied
+
+    def _apply_events(self, events: pa.Table, position: Position) -> AppliedBatch:
+        new_events = self._dedupe(events)
+        customer_rows = self._update_aggregates(new_events, position)
+        return AppliedBatch(
+            events=new_events,
+            customer_rows=customer_rows,
+            rejects=ERRORS_SCHEMA.empty_table(),
+            records_in=events.num_rows,
+            records_skipped=0,
+            duplicates=events.num_rows - new_events.num_rows,
+            position=position,
         )
 
     def _drop_already_applied(self, raw: pa.Table) -> pa.Table:
@@ -398,6 +429,68 @@ class CustomerState:
             .to_arrow_table()
             .cast(CUSTOMER_AGGREGATES_SCHEMA)
         )
+
+    # ------------------------------------------------------------------ snapshots
+    def export_tables(self) -> dict[str, pa.Table]:
+        """Every state table as Arrow (UUIDs as strings), for a snapshot; consistent because nothing is open."""
+        if self._in_transaction:
+            raise RuntimeError("cannot export while a staged batch is open")
+        tables = {}
+        for table in STATE_TABLES:
+            select = (
+                "SELECT CAST(event_id AS VARCHAR) AS event_id" if table == "applied_events" else "SELECT *"
+            )
+            tables[table] = self.con.sql(f"{select} FROM {table}").to_arrow_table()
+        return tables
+
+    def import_tables(
+        self, tables: dict[str, pa.Table], customer_filter: str | None = None, replace: bool = True
+    ) -> None:
+        """Load snapshot tables (all but shard_progress, which the caller sets with ``set_position``).
+
+        ``customer_filter`` (SQL over customer_id) keeps a subset and ``replace=False`` adds to what is there: a
+        child shard takes from each parent only the customers that hash into its own range. The de-duplication ids
+        are kept whole (an id of another customer can never match this shard's events).
+        """
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            if replace:
+                for table in STATE_TABLES:
+                    self.con.execute(f"DELETE FROM {table}")
+            for table in STATE_TABLES[:-1]:
+                if table not in tables:
+                    continue
+                self.con.register("snapshot_part", tables[table])
+                if table == "applied_events":
+                    self.con.execute(
+                        "INSERT INTO applied_events SELECT DISTINCT CAST(event_id AS UUID) FROM snapshot_part "
+                        "ON CONFLICT DO NOTHING"
+                    )
+                else:
+                    where = f" WHERE {customer_filter}" if customer_filter else ""
+                    self.con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM snapshot_part{where}")
+                self.con.unregister("snapshot_part")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        self.con.execute("COMMIT")
+
+    def as_of(self) -> datetime | None:
+        """The event-time high-water mark (timezone-aware) or None."""
+        rows = self.con.execute(
+            "SELECT as_of FROM shard_progress WHERE shard_id = ?", [self.shard_id]
+        ).fetchall()
+        value = rows[0][0] if rows else None
+        return value if isinstance(value, datetime) else None
+
+    def set_position(self, position: Position | None, as_of: datetime | str | None = None) -> None:
+        """Move the stored position (a child shard starts fresh; restore lands on a commit's end)."""
+        self.con.execute("DELETE FROM shard_progress")
+        if position is not None:
+            self.con.execute(
+                "INSERT INTO shard_progress VALUES (?, ?, ?, ?)",
+                [self.shard_id, position.sequence_number, position.sub_sequence_number, as_of],
+            )
 
     def snapshot_rows(self) -> pa.Table:
         """Every customer's current row (full scan: for summaries and tests, not the hot path)."""

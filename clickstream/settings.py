@@ -122,6 +122,12 @@ class Settings(BaseSettings):
         60.0, gt=0, description="Flush at most this long after the first buffered record."
     )
 
+    snapshot_every_flushes: int = Field(
+        10,
+        ge=1,
+        description="Write a snapshot of a shard's state to S3 every this many flushes (and on stop).",
+    )
+
     # --- Validation -------------------------------------------------------------------------------------------
     max_record_bytes: int = Field(32 * 1024, ge=256, description="Records larger than this are rejected.")
     max_revenue: int = Field(1_000_000, ge=1, description="Purchases with a larger revenue are rejected.")

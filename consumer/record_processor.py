@@ -23,6 +23,7 @@ from clickstream.logs import configure_logging
 from clickstream.settings import Settings, load_settings
 from consumer.s3_sink import S3ParquetSink
 from consumer.shard_processor import FlushPolicy, LeaseLostError, RawRecord, ShardProcessor, state_path
+from consumer.state_recovery import StateRecovery, kinesis_parent_lookup
 from consumer.status import StatusWriter
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,10 @@ class RecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
         database = state_path(self.settings.state_dir, shard_id)
         database.parent.mkdir(parents=True, exist_ok=True)
         state = CustomerState(shard_id, database, RecordValidator(validation_rules(self.settings)))
-        sink = S3ParquetSink(self.s3 or aws_client("s3", self.settings), self.settings)
+        s3 = self.s3 or aws_client("s3", self.settings)
+        sink = S3ParquetSink(s3, self.settings)
+        parents = kinesis_parent_lookup(aws_client("kinesis", self.settings), self.settings.stream_name)
+        recovery = StateRecovery(s3, self.settings, parents=parents)
         status = StatusWriter(self.settings.state_dir / "status")
         self.shard = ShardProcessor(
             shard_id,
@@ -103,6 +107,8 @@ class RecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
             flush_policy(self.settings),
             status=status,
             stream_name=self.settings.stream_name,
+            recovery=recovery,
+            snapshot_every_flushes=self.settings.snapshot_every_flushes,
         )
         checkpoint = initialize_input.sequence_number
         log.info("initializing at checkpoint %s", checkpoint, extra={"shard_id": shard_id})

@@ -23,7 +23,7 @@ from clickstream.settings import Settings
 
 log = logging.getLogger(__name__)
 
-_SEQUENCE_DIGITS = 56  # zero-padded so object names sort in stream order
+SEQUENCE_DIGITS = 56  # zero-padded so object names sort in stream order
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +37,8 @@ class FlushRange:
     @property
     def stem(self) -> str:
         return (
-            f"{self.shard_id}-{int(self.first.sequence_number):0{_SEQUENCE_DIGITS}d}-{self.first.sub_sequence_number}"
-            f"-{int(self.last.sequence_number):0{_SEQUENCE_DIGITS}d}-{self.last.sub_sequence_number}"
+            f"{self.shard_id}-{int(self.first.sequence_number):0{SEQUENCE_DIGITS}d}-{self.first.sub_sequence_number}"
+            f"-{int(self.last.sequence_number):0{SEQUENCE_DIGITS}d}-{self.last.sub_sequence_number}"
         )
 
 
@@ -48,6 +48,7 @@ class FlushManifest:
 
     shard_id: str
     first_sequence: str
+    first_sub_sequence: int
     last_sequence: str
     last_sub_sequence: int
     records_in: int
@@ -99,17 +100,18 @@ class S3ParquetSink:
     def write(self, flush: FlushRange, applied: AppliedBatch) -> FlushManifest:
         """Intent, then data files, then the commit record. Raises on any failure (nothing is committed)."""
         keys = self.planned_keys(flush, applied)
-        self._put_json(self.intent_key(flush.shard_id), {"range": flush.stem, "keys": keys})
+        self.put_json(self.intent_key(flush.shard_id), {"range": flush.stem, "keys": keys})
         written = 0
         for (_, part), key in zip(_split_by_hour(applied.events), keys["events"], strict=True):
-            written += self._put_parquet(key, part)
+            written += self.put_parquet(key, part)
         for key in keys["customer_aggregates"]:
-            written += self._put_parquet(key, applied.customer_rows)
+            written += self.put_parquet(key, applied.customer_rows)
         for key in keys["errors"]:
-            written += self._put_parquet(key, applied.rejects)
+            written += self.put_parquet(key, applied.rejects)
         manifest = FlushManifest(
             shard_id=flush.shard_id,
             first_sequence=flush.first.sequence_number,
+            first_sub_sequence=flush.first.sub_sequence_number,
             last_sequence=flush.last.sequence_number,
             last_sub_sequence=flush.last.sub_sequence_number,
             records_in=applied.records_in,
@@ -121,7 +123,7 @@ class S3ParquetSink:
             files=keys,
             bytes_written=written,
         )
-        self._put_json(self.commit_key(flush), asdict(manifest))
+        self.put_json(self.commit_key(flush), asdict(manifest))
         return manifest
 
     def discard_uncommitted(self, shard_id: str) -> int:
@@ -144,14 +146,14 @@ class S3ParquetSink:
         return len(orphans)
 
     # ------------------------------------------------------------------ S3 I/O
-    def _put_parquet(self, key: str, table: pa.Table) -> int:
+    def put_parquet(self, key: str, table: pa.Table) -> int:
         buffer = io.BytesIO()
         pq.write_table(table, buffer, compression="zstd", coerce_timestamps="us", use_dictionary=True)
         body = buffer.getvalue()
         self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, **self._encryption)
         return len(body)
 
-    def _put_json(self, key: str, document: dict[str, Any]) -> None:
+    def put_json(self, key: str, document: dict[str, Any]) -> None:
         body = json.dumps(document, sort_keys=True, default=str).encode()
         self.s3.put_object(
             Bucket=self.bucket, Key=key, Body=body, ContentType="application/json", **self._encryption

@@ -33,6 +33,7 @@ from aggregators.customer_state import CustomerState, Position
 from consumer.metrics import emit as emit_metrics
 from consumer.retry import is_transient
 from consumer.s3_sink import FlushManifest, FlushRange, S3ParquetSink
+from consumer.state_recovery import StateRecovery
 from consumer.status import ShardStatus, StatusWriter
 from schemas import RAW_RECORD_SCHEMA, UTC_MICROS
 
@@ -135,9 +136,13 @@ class ShardProcessor:
         sleep: Callable[[float], None] = time.sleep,
         max_backoff_seconds: float = 30.0,
         stream_name: str = "",
+        recovery: StateRecovery | None = None,
+        snapshot_every_flushes: int = 10,
     ) -> None:
         self.shard_id = shard_id
         self.stream_name = stream_name
+        self.recovery = recovery
+        self.snapshot_every_flushes = snapshot_every_flushes
         self.state = state
         self.sink = sink
         self.policy = policy
@@ -151,8 +156,12 @@ class ShardProcessor:
 
     # ------------------------------------------------------------------ KCL lifecycle
     def start(self, checkpoint: str | None) -> None:
-        """Before the first record: delete files of a flush that died before its commit record."""
+        """Before the first record: delete files of a flush that died before its commit record, then bring the
+        local state up to every committed flush (restore from S3 when the disk is empty or stale)."""
         self._retrying("discard uncommitted flush", lambda: self.sink.discard_uncommitted(self.shard_id))
+        if self.recovery is not None:
+            recovery = self.recovery
+            self._retrying("restore state", lambda: recovery.restore(self.state))
         self.metrics.phase = "processing"
         self.metrics.checkpointed_sequence = checkpoint
         position = self.state.position()
@@ -178,6 +187,7 @@ class ShardProcessor:
     def on_shard_ended(self, checkpointer: Checkpointer) -> None:
         """Flush, then checkpoint SHARD_END so the KCL starts the child shards."""
         self.flush(checkpointer, reason="shard_end")
+        self._snapshot()  # before SHARD_END: the child shards start from this state
         self._retrying("checkpoint SHARD_END", lambda: self._checkpoint(checkpointer, None))
         self.metrics.phase = "ended"
         self._report(force=True)
@@ -185,6 +195,7 @@ class ShardProcessor:
     def on_shutdown_requested(self, checkpointer: Checkpointer) -> None:
         """Graceful stop: flush what is buffered and checkpoint it."""
         self.flush(checkpointer, reason="shutdown")
+        self._snapshot()  # the next owner (maybe on another host, without this disk) restores quickly
         self.metrics.phase = "shut_down"
         self._report(force=True)
 
@@ -233,6 +244,8 @@ class ShardProcessor:
         seconds = time.perf_counter() - started
         self.buffer.clear()
         self._record_flush(manifest, seconds)
+        if self.metrics.flushes % self.snapshot_every_flushes == 0:
+            self._snapshot()
         emit_metrics(
             {
                 "RecordsIn": manifest.records_in - manifest.records_skipped,
@@ -318,6 +331,19 @@ class ShardProcessor:
                 if attempt:
                     self.metrics.last_error = None
                 return result
+
+    def _snapshot(self) -> None:
+        """Best effort: a failed snapshot only makes a later restore re-apply more commits."""
+        if self.recovery is None or self.lease_lost:
+            return
+        try:
+            self.recovery.write_snapshot(self.state)
+        except Exception as error:  # noqa: BLE001 - never let an optimisation stop the shard
+            log.warning(
+                "snapshot failed (a restore will re-apply more commits): %s",
+                error,
+                extra={"shard_id": self.shard_id},
+            )
 
     # ------------------------------------------------------------------ status
     def _record_flush(self, manifest: FlushManifest, seconds: float) -> None:
