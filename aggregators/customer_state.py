@@ -98,6 +98,7 @@ class AppliedBatch:
     records_skipped: int  # already applied (at or below the stored position): redeliveries
     duplicates: int  # valid events whose event id was applied before (or repeated within the batch)
     position: Position | None  # the position the state advances to (None: nothing new)
+    first_position: Position | None = None  # the first record actually applied (None: all were redeliveries)
 
     @property
     def accepted(self) -> int:
@@ -187,6 +188,7 @@ class CustomerState:
             records_skipped=skipped,
             duplicates=applied.duplicates,
             position=applied.position,
+            first_position=_first_position(fresh),
         )
 
     def apply_events(self, events: pa.Table, position: Position) -> AppliedBatch:

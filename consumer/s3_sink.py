@@ -128,11 +128,11 @@ class S3ParquetSink:
 
     def discard_uncommitted(self, shard_id: str) -> int:
         """Delete data files of a flush that wrote its intent but never its commit record. Returns files deleted."""
-        intent = self._get_json(self.intent_key(shard_id))
+        intent = self.get_json(self.intent_key(shard_id))
         if intent is None:
             return 0
         commit_key = f"{self.settings.output_prefix('_control')}commits/{shard_id}/{intent['range']}.json"
-        if self._get_json(commit_key) is not None:
+        if self.get_json(commit_key) is not None:
             return 0
         orphans = [key for keys in intent["keys"].values() for key in keys]
         for key in orphans:
@@ -159,7 +159,7 @@ class S3ParquetSink:
             Bucket=self.bucket, Key=key, Body=body, ContentType="application/json", **self._encryption
         )
 
-    def _get_json(self, key: str) -> dict[str, Any] | None:
+    def get_json(self, key: str) -> dict[str, Any] | None:
         try:
             response = self.s3.get_object(Bucket=self.bucket, Key=key)
         except self.s3.exceptions.NoSuchKey:

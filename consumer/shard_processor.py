@@ -182,7 +182,7 @@ class ShardProcessor:
         if self._flush_due(now):
             self.flush(checkpointer, reason="threshold")
         self.metrics.buffered_records = len(self.buffer)
-        self._report()
+        self._report(force=bool(records))  # idle detection must never see a stale "nothing buffered"
 
     def on_shard_ended(self, checkpointer: Checkpointer) -> None:
         """Flush, then checkpoint SHARD_END so the KCL starts the child shards."""
@@ -231,18 +231,25 @@ class ShardProcessor:
         """Steps 1-6 of the commit order; transient failures are retried with backoff, the buffer is kept."""
         if not self.buffer or self.lease_lost:
             return None
-        flush_range = self.buffer.range()
+        buffered = self.buffer.range()
         raw = self.buffer.to_table()
         started = time.perf_counter()
-        manifest: FlushManifest = self._retrying(
-            f"flush {flush_range.stem}", lambda: self._flush_once(raw, flush_range)
+        manifest: FlushManifest | None = self._retrying(
+            f"flush {buffered.stem}", lambda: self._flush_once(raw)
         )
-        self._retrying(
-            "checkpoint",
-            lambda: self._checkpoint(checkpointer, flush_range.last),
-        )
+        # Every buffered record is durable now: written by this flush, or (redeliveries) by an earlier one.
+        self._retrying("checkpoint", lambda: self._checkpoint(checkpointer, buffered.last))
         seconds = time.perf_counter() - started
         self.buffer.clear()
+        if manifest is None:
+            log.info(
+                "all %d buffered records were redeliveries of committed flushes; checkpointed only",
+                raw.num_rows,
+                extra={"shard_id": self.shard_id, "sequence_number": buffered.last.sequence_number},
+            )
+            self.metrics.skipped += raw.num_rows
+            self._report(force=True)
+            return None
         self._record_flush(manifest, seconds)
         if self.metrics.flushes % self.snapshot_every_flushes == 0:
             self._snapshot()
@@ -268,12 +275,16 @@ class ShardProcessor:
             manifest.customers_changed,
             seconds,
             reason,
-            extra={"shard_id": self.shard_id, "sequence_number": flush_range.last.sequence_number},
+            extra={"shard_id": self.shard_id, "sequence_number": manifest.last_sequence},
         )
         return manifest
 
-    def _flush_once(self, raw: pa.Table, flush_range: FlushRange) -> FlushManifest:
+    def _flush_once(self, raw: pa.Table) -> FlushManifest | None:
         with self.state.staged(raw) as applied:  # step 1 (and step 5 when the block exits cleanly)
+            if applied.position is None or applied.first_position is None:
+                return None  # nothing new: writing would replace an earlier flush's commit record
+            # A flush is named by the records it applied, never by redelivered ones it skipped.
+            flush_range = FlushRange(self.shard_id, applied.first_position, applied.position)
             manifest = self.sink.write(flush_range, applied)  # steps 2-4
         return manifest
 

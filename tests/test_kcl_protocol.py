@@ -1,0 +1,402 @@
+"""The KCL MultiLangDaemon wire protocol, driven in-process through the real ``amazon_kclpy.kcl.KCLProcess``.
+
+As in the kclpy repository's own integration test, the daemon's side is a prepared input (one JSON message per
+line) and a captured output. A synchronous checkpoint makes the processor write {"action": "checkpoint", ...} and
+then *read* the daemon's answer from the input, so each answer line sits in the input right after the message
+whose handling checkpoints.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pyarrow.parquet as pq
+import pytest
+from amazon_kclpy import kcl
+from botocore.exceptions import ClientError
+from moto import mock_aws
+
+from clickstream.settings import Settings, load_settings
+from consumer import record_processor
+from consumer.record_processor import RecordProcessor
+
+SHARD = "shardId-000000000001"
+BUCKET = "clickstream-kcl-protocol"
+STREAM = "clickstream-kcl-protocol"
+REGION = "us-east-1"
+ARRIVAL_MILLIS = int(datetime(2026, 3, 2, tzinfo=UTC).timestamp() * 1000)
+
+
+def _isolate_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("CLICKSTREAM_") or name in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_REGION", REGION)
+
+
+@pytest.fixture(autouse=True)
+def aws_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    _isolate_environment(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def aws() -> Iterator[Any]:
+    """One in-process moto for the module (starting moto costs more than most tests)."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _isolate_environment(monkeypatch)
+        with mock_aws():
+            client = boto3.client("s3", region_name=REGION)
+            client.create_bucket(Bucket=BUCKET)
+            # the processor looks its shard's parents up in the stream (Kinesis ListShards)
+            boto3.client("kinesis", region_name=REGION).create_stream(StreamName=STREAM, ShardCount=2)
+            yield client
+
+
+@pytest.fixture
+def s3(aws: Any) -> Iterator[Any]:
+    """The module's bucket, empty at the start of each test."""
+    yield aws
+    for page in aws.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
+        for obj in page.get("Contents", []):
+            aws.delete_object(Bucket=BUCKET, Key=obj["Key"])
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return load_settings(
+        bucket=BUCKET, prefix="rfm", stream_name=STREAM, state_dir=tmp_path / "state", flush_max_records=5
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- messages
+def event(index: int) -> tuple[str, bytes]:
+    customer = f"c-{index % 3:06d}"
+    document = {
+        "schema_version": 1,
+        "event_id": str(uuid.UUID(int=index + 1)),
+        "event_type": "page_view",
+        "customer_id": customer,
+        "session_id": f"s-{index // 4}",
+        "event_time": f"2026-03-01T10:{index:02d}:00Z",
+    }
+    return customer, json.dumps(document).encode()
+
+
+def kcl_record(index: int) -> dict[str, Any]:
+    customer, data = event(index)
+    return {
+        "action": "record",
+        "data": base64.b64encode(data).decode(),
+        "partitionKey": customer,
+        "sequenceNumber": str(1000 + index),
+        "subSequenceNumber": 0,
+        "approximateArrivalTimestamp": ARRIVAL_MILLIS,
+    }
+
+
+def initialize() -> dict[str, Any]:
+    return {
+        "action": "initialize",
+        "shardId": SHARD,
+        "sequenceNumber": "TRIM_HORIZON",
+        "subSequenceNumber": 0,
+    }
+
+
+def process_records(indexes: range, millis_behind: int = 0) -> dict[str, Any]:
+    return {
+        "action": "processRecords",
+        "records": [kcl_record(i) for i in indexes],
+        "millisBehindLatest": millis_behind,
+    }
+
+
+def checkpoint_answer(sequence: str | None, error: str | None = None) -> dict[str, Any]:
+    return {
+        "action": "checkpoint",
+        "sequenceNumber": sequence,
+        "subSequenceNumber": 0 if sequence is not None else None,
+        "error": error,
+    }
+
+
+def status(action: str) -> dict[str, Any]:
+    return {"action": "status", "responseFor": action}
+
+
+def checkpoint(sequence: str | None) -> dict[str, Any]:
+    return {"action": "checkpoint", "sequenceNumber": sequence, "subSequenceNumber": 0 if sequence else None}
+
+
+def lines(*messages: dict[str, Any]) -> str:
+    return "".join(json.dumps(message) + "\n" for message in messages)
+
+
+def protocol_messages(output: str) -> list[dict[str, Any]]:
+    """Every non-blank output line must be one JSON protocol message."""
+    messages = []
+    for line in output.splitlines():
+        if not line.strip():
+            continue
+        message = json.loads(line)
+        assert message.get("action") in ("status", "checkpoint"), f"not a protocol message: {line!r}"
+        messages.append(message)
+    return messages
+
+
+def run_kcl(processor: RecordProcessor, input_text: str) -> tuple[list[dict[str, Any]], str]:
+    output, errors = io.StringIO(), io.StringIO()
+    kcl.KCLProcess(processor, input_file=io.StringIO(input_text), output_file=output, error_file=errors).run()
+    return protocol_messages(output.getvalue()), errors.getvalue()
+
+
+def s3_keys(s3: Any, prefix: str) -> list[str]:
+    return sorted(obj["Key"] for obj in s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", []))
+
+
+def event_ids_in_s3(s3: Any) -> list[str]:
+    ids = []
+    for key in s3_keys(s3, "rfm/events/"):
+        table = pq.read_table(io.BytesIO(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()))
+        ids += table.column("event_id").to_pylist()
+    return sorted(ids)
+
+
+def expected_ids(indexes: range) -> list[str]:
+    return sorted(str(uuid.UUID(int=i + 1)) for i in indexes)
+
+
+# ---------------------------------------------------------------------------------------------------- flows
+def test_records_are_flushed_and_checkpointed_through_the_protocol_then_shutdown_requested_flushes_the_rest(
+    s3: Any, settings: Settings
+) -> None:
+    messages, errors = run_kcl(
+        RecordProcessor(settings, s3_client=s3),
+        lines(
+            initialize(),
+            process_records(range(3)),  # 3 buffered: below 5
+            process_records(range(3, 6)),  # 6 buffered: flush, checkpoint at the 6th record
+            checkpoint_answer("1005"),
+            process_records(range(6, 8)),  # 2 buffered
+            process_records(range(0)),  # empty heartbeat
+            {"action": "shutdownRequested"},  # flush the 2, checkpoint at the 8th record
+            checkpoint_answer("1007"),
+        ),
+    )
+
+    assert messages == [
+        status("initialize"),
+        status("processRecords"),
+        checkpoint("1005"),
+        status("processRecords"),
+        status("processRecords"),
+        status("processRecords"),
+        checkpoint("1007"),
+        status("shutdownRequested"),
+    ]
+    assert errors == "", "KCLProcess swallowed an exception"
+    assert len(s3_keys(s3, f"rfm/_control/commits/{SHARD}/")) == 2
+    assert event_ids_in_s3(s3) == expected_ids(range(8))
+    every_key = s3_keys(s3, "")
+    assert {key: s3.head_object(Bucket=BUCKET, Key=key).get("ServerSideEncryption") for key in every_key} == (
+        dict.fromkeys(every_key, "AES256")
+    )
+
+
+def test_shard_ended_flushes_then_checkpoints_with_a_null_sequence_number(
+    s3: Any, settings: Settings
+) -> None:
+    messages, errors = run_kcl(
+        RecordProcessor(settings, s3_client=s3),
+        lines(
+            initialize(),
+            process_records(range(2)),
+            {"action": "shardEnded"},
+            checkpoint_answer("1001"),
+            checkpoint_answer(None),
+        ),
+    )
+
+    assert messages == [
+        status("initialize"),
+        status("processRecords"),
+        checkpoint("1001"),
+        {"action": "checkpoint", "sequenceNumber": None, "subSequenceNumber": None},
+        status("shardEnded"),
+    ]
+    assert errors == ""
+    assert event_ids_in_s3(s3) == expected_ids(range(2))
+
+
+def test_lease_lost_answers_status_and_never_checkpoints(s3: Any, settings: Settings) -> None:
+    messages, errors = run_kcl(
+        RecordProcessor(settings, s3_client=s3),
+        lines(initialize(), process_records(range(4)), {"action": "leaseLost"}),
+    )
+
+    assert messages == [status("initialize"), status("processRecords"), status("leaseLost")]
+    assert errors == ""
+    assert s3_keys(s3, "rfm/") == []
+
+
+def test_a_checkpoint_refused_with_shutdown_exception_stops_flushing_but_keeps_answering(
+    s3: Any, settings: Settings
+) -> None:
+    messages, errors = run_kcl(
+        RecordProcessor(settings, s3_client=s3),
+        lines(
+            initialize(),
+            process_records(range(5)),
+            checkpoint_answer("1004", error="ShutdownException"),
+            process_records(range(5, 12)),  # above the threshold, but the lease is gone
+            {"action": "leaseLost"},
+        ),
+    )
+
+    assert messages == [
+        status("initialize"),
+        checkpoint("1004"),
+        status("processRecords"),
+        status("processRecords"),
+        status("leaseLost"),
+    ]
+    assert errors == ""
+    assert len(s3_keys(s3, f"rfm/_control/commits/{SHARD}/")) == 1
+
+
+def test_redelivery_after_restart_skips_records_already_applied(s3: Any, settings: Settings) -> None:
+    """Crash after the state commit but before the checkpoint answer: the next process skips what was applied."""
+    crashed = RecordProcessor(settings, s3_client=s3)
+    output = io.StringIO()
+    with pytest.raises(SystemExit):  # the daemon goes away instead of answering the checkpoint
+        kcl.KCLProcess(
+            crashed,
+            input_file=io.StringIO(lines(initialize(), process_records(range(5)))),
+            output_file=output,
+            error_file=io.StringIO(),
+        ).run()
+    assert protocol_messages(output.getvalue()) == [status("initialize"), checkpoint("1004")]
+    assert crashed.shard is not None
+    crashed.shard.state.close()
+
+    second, errors = run_kcl(
+        RecordProcessor(settings, s3_client=s3),
+        lines(
+            initialize(),
+            process_records(range(7)),
+            checkpoint_answer("1006"),
+            {"action": "shutdownRequested"},
+        ),
+    )
+
+    assert second == [
+        status("initialize"),
+        checkpoint("1006"),
+        status("processRecords"),
+        status("shutdownRequested"),
+    ]
+    assert errors == ""
+    assert event_ids_in_s3(s3) == expected_ids(range(7))
+
+
+class DeniedPuts:
+    """A moto S3 client that refuses every put with AccessDenied (a terminal error)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def put_object(self, **kwargs: Any) -> Any:
+        raise ClientError(
+            {
+                "Error": {"Code": "AccessDenied", "Message": "denied"},
+                "ResponseMetadata": {"HTTPStatusCode": 403},
+            },
+            "PutObject",
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+def test_a_terminal_error_in_the_processor_exits_the_process_instead_of_being_swallowed(
+    s3: Any, settings: Settings
+) -> None:
+    output, errors = io.StringIO(), io.StringIO()
+    process = kcl.KCLProcess(
+        RecordProcessor(settings, s3_client=DeniedPuts(s3)),
+        input_file=io.StringIO(lines(initialize(), process_records(range(5)), checkpoint_answer("1004"))),
+        output_file=output,
+        error_file=errors,
+    )
+
+    with pytest.raises(SystemExit) as exited:
+        process.run()
+
+    assert exited.value.code == 1
+    assert protocol_messages(output.getvalue()) == [status("initialize")]
+    assert s3_keys(s3, "rfm/") == []
+
+
+# ---------------------------------------------------------------------------------------------------- entry point
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_the_entry_point_writes_only_protocol_json_to_stdout_and_logs_to_stderr(
+    s3: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    restore_logging: None,
+) -> None:
+    monkeypatch.setenv("CLICKSTREAM_BUCKET", BUCKET)
+    monkeypatch.setenv("CLICKSTREAM_STREAM_NAME", STREAM)
+    monkeypatch.setenv("CLICKSTREAM_PREFIX", "rfm")
+    monkeypatch.setenv("CLICKSTREAM_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("CLICKSTREAM_FLUSH_MAX_RECORDS", "3")
+    monkeypatch.setenv("CLICKSTREAM_LOG_LEVEL", "DEBUG")
+    monkeypatch.setattr(
+        "sys.stdin",
+        io.StringIO(
+            lines(
+                initialize(),
+                process_records(range(4)),
+                checkpoint_answer("1003"),
+                {"action": "shutdownRequested"},
+                {"action": "leaseLost"},
+            )
+        ),
+    )
+
+    record_processor.main()
+
+    captured = capsys.readouterr()
+    assert protocol_messages(captured.out) == [
+        status("initialize"),
+        checkpoint("1003"),
+        status("processRecords"),
+        status("shutdownRequested"),
+        status("leaseLost"),
+    ]
+    logs = [json.loads(line) for line in captured.err.splitlines() if line.startswith("{")]
+    assert any(entry["message"].startswith("flushed 4 records") for entry in logs), captured.err
+    assert all(entry.get("shard_id") == SHARD for entry in logs if entry["logger"].startswith("consumer."))
+    assert event_ids_in_s3(s3) == expected_ids(range(4))

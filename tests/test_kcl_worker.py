@@ -1,0 +1,355 @@
+"""Specification of the MultiLangDaemon supervisor's pure parts: properties, JVM command, idle detection, Java lookup,
+two-stage signals and exit codes. No Java is started here (tests/test_e2e_kcl.py runs the real daemon)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clickstream.settings import Settings, load_settings
+from consumer.kcl_worker import (
+    MAIN_CLASS,
+    IdleCheck,
+    KclWorker,
+    WorkerError,
+    find_java,
+    java_command,
+    kcl_properties,
+)
+from consumer.status import ShardStatus, StatusWriter
+
+EXECUTABLE = f"{sys.executable} -m consumer.record_processor"
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("CLICKSTREAM_") or name in (
+            "AWS_ENDPOINT_URL",
+            "AWS_REGION",
+            "AWS_DEFAULT_REGION",
+        ):
+            monkeypatch.delenv(name)
+
+
+def properties(text: str) -> dict[str, str]:
+    parsed = {}
+    for line in text.splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition(" = ")
+            parsed[key] = value
+    return parsed
+
+
+def fake_java(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    java = directory / "java"
+    java.write_text("#!/bin/sh\nexit 0\n")
+    java.chmod(java.stat().st_mode | stat.S_IXUSR)
+    return java
+
+
+# ---------------------------------------------------------------------------------------------------- properties
+def test_kcl_properties_name_the_processor_stream_application_worker_and_polling_mode() -> None:
+    settings = load_settings(
+        stream_name="clicks",
+        application_name="rfm-app",
+        worker_id="worker-7",
+        kcl_shutdown_grace_millis=15_000,
+    )
+    props = properties(kcl_properties(settings, EXECUTABLE))
+
+    assert props["executableName"] == EXECUTABLE
+    assert props["streamName"] == "clicks"
+    assert props["applicationName"] == "rfm-app"
+    assert props["workerId"] == "worker-7"
+    assert props["retrievalMode"] == "POLLING"
+    assert props["callProcessRecordsEvenForEmptyRecordList"] == "true"
+    assert props["shutdownGraceMillis"] == "15000"
+    assert props["initialPositionInStream"] == "TRIM_HORIZON"
+    assert props["regionName"] == "us-east-1"
+
+
+def test_kcl_properties_carry_endpoints_only_when_an_endpoint_is_set() -> None:
+    in_aws = properties(kcl_properties(load_settings(), EXECUTABLE))
+    emulated = properties(kcl_properties(load_settings(aws_endpoint_url="http://127.0.0.1:4566"), EXECUTABLE))
+
+    assert "kinesisEndpoint" not in in_aws
+    assert "dynamoDBEndpoint" not in in_aws
+    assert emulated["kinesisEndpoint"] == emulated["dynamoDBEndpoint"] == "http://127.0.0.1:4566"
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "explicit", "expected"),
+    [
+        ("http://127.0.0.1:4566", None, "NONE"),
+        (None, None, "SUMMARY"),
+        ("http://127.0.0.1:4566", "DETAILED", "DETAILED"),
+        (None, "NONE", "NONE"),
+    ],
+)
+def test_metrics_level_defaults_to_none_against_an_emulator_and_summary_in_aws_unless_set(
+    endpoint: str | None, explicit: str | None, expected: str
+) -> None:
+    settings = load_settings(aws_endpoint_url=endpoint, kcl_metrics_level=explicit)
+    assert properties(kcl_properties(settings, EXECUTABLE))["metricsLevel"] == expected
+
+
+def test_metrics_level_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLICKSTREAM_KCL_METRICS_LEVEL", "DETAILED")
+    assert properties(kcl_properties(load_settings(), EXECUTABLE))["metricsLevel"] == "DETAILED"
+
+
+# ---------------------------------------------------------------------------------------------------- JVM command
+@pytest.mark.parametrize("endpoint", [None, "http://127.0.0.1:4566"])
+def test_java_command_runs_the_multilang_daemon_from_the_bundled_jars(
+    tmp_path: Path, endpoint: str | None
+) -> None:
+    java = fake_java(tmp_path / "jdk" / "bin")
+    settings = load_settings(java=str(java), aws_endpoint_url=endpoint)
+    command = java_command(settings, tmp_path / "kcl.properties")
+
+    assert command[0] == str(java)
+    assert ("-Daws.cborEnabled=false" in command) == (endpoint is not None)
+    classpath = command[command.index("-cp") + 1]
+    assert classpath.endswith("/*")
+    jars = Path(classpath[:-2])
+    assert Path(jars).name == "jars"
+    assert Path(jars).parent.name == "amazon_kclpy"
+    assert list(jars.glob("amazon-kinesis-client-multilang-*.jar"))
+    logback = next(arg for arg in command if arg.startswith("-Dlogback.configurationFile="))
+    assert Path(logback.partition("=")[2]).is_file()
+    assert command[-3:] == [MAIN_CLASS, "--properties-file", str(tmp_path / "kcl.properties")]
+
+
+def test_prepare_writes_the_properties_file_and_removes_stale_status_files(tmp_path: Path) -> None:
+    settings = load_settings(java=str(fake_java(tmp_path / "bin")), state_dir=tmp_path / "state")
+    writer = StatusWriter(tmp_path / "state" / "status")
+    writer.write(ShardStatus(shard_id="shardId-000000000000", pid=1), force=True)
+
+    command = KclWorker(settings).prepare()
+
+    written = properties((tmp_path / "state" / "kcl.properties").read_text())
+    assert written["executableName"] == EXECUTABLE
+    assert command[-1] == str(tmp_path / "state" / "kcl.properties")
+    assert list((tmp_path / "state" / "status").glob("*.json")) == []
+
+
+# ---------------------------------------------------------------------------------------------------- idle check
+NOW = 10_000.0
+IDLE = 5.0
+OPEN = {"ShardId": "shardId-000000000001", "SequenceNumberRange": {"StartingSequenceNumber": "100"}}
+CLOSED = {
+    "ShardId": "shardId-000000000000",
+    "SequenceNumberRange": {"StartingSequenceNumber": "1", "EndingSequenceNumber": "99"},
+}
+
+
+def drained_status(shard_id: str = "shardId-000000000001", **changes: Any) -> ShardStatus:
+    """A shard that is caught up, flushed, checkpointed and quiet for longer than IDLE."""
+    base: dict[str, Any] = {
+        "shard_id": shard_id,
+        "pid": 1,
+        "phase": "processing",
+        "flushes": 2,
+        "buffered_records": 0,
+        "millis_behind_latest": 0,
+        "applied_sequence": "500",
+        "checkpointed_sequence": "500",
+        "last_call_at": NOW - 0.1,
+        "last_record_at": NOW - IDLE - 1,
+        "last_flush_at": NOW - IDLE - 0.5,
+        "started_at": NOW - 100,
+    }
+    base.update(changes)
+    return ShardStatus(**base)
+
+
+@pytest.mark.parametrize(
+    ("shards", "statuses", "expected"),
+    [
+        pytest.param([OPEN], {}, False, id="no-status-yet"),
+        pytest.param(
+            [OPEN], {"shardId-000000000001": drained_status(phase="initializing")}, False, id="initializing"
+        ),
+        pytest.param(
+            [OPEN], {"shardId-000000000001": drained_status(last_call_at=None)}, False, id="never-called"
+        ),
+        pytest.param(
+            [OPEN], {"shardId-000000000001": drained_status(buffered_records=3)}, False, id="buffered"
+        ),
+        pytest.param(
+            [OPEN], {"shardId-000000000001": drained_status(millis_behind_latest=1)}, False, id="behind"
+        ),
+        pytest.param(
+            [OPEN],
+            {"shardId-000000000001": drained_status(last_record_at=NOW - 1)},
+            False,
+            id="record-recently",
+        ),
+        pytest.param(
+            [OPEN],
+            {"shardId-000000000001": drained_status(last_flush_at=NOW - 1)},
+            False,
+            id="flushed-recently",
+        ),
+        pytest.param(
+            [OPEN],
+            {"shardId-000000000001": drained_status(checkpointed_sequence="400")},
+            False,
+            id="applied-not-checkpointed",
+        ),
+        pytest.param([OPEN], {"shardId-000000000001": drained_status()}, True, id="quiet-and-checkpointed"),
+        pytest.param(
+            [OPEN],
+            {
+                "shardId-000000000001": drained_status(
+                    flushes=0,
+                    applied_sequence=None,
+                    checkpointed_sequence="TRIM_HORIZON",
+                    last_record_at=None,
+                    last_flush_at=None,
+                )
+            },
+            True,
+            id="empty-shard-quiet-since-start",
+        ),
+        pytest.param(
+            [OPEN, CLOSED],
+            {
+                "shardId-000000000001": drained_status(),
+                "shardId-000000000000": drained_status("shardId-000000000000"),
+            },
+            False,
+            id="closed-parent-still-processing",
+        ),
+        pytest.param(
+            [OPEN, CLOSED],
+            {
+                "shardId-000000000001": drained_status(),
+                "shardId-000000000000": drained_status("shardId-000000000000", phase="ended"),
+            },
+            True,
+            id="closed-parent-ended",
+        ),
+        pytest.param(
+            [OPEN, CLOSED], {"shardId-000000000001": drained_status()}, True, id="closed-parent-before-us"
+        ),
+        pytest.param([CLOSED], {}, False, id="no-open-shard"),
+        pytest.param(
+            [OPEN, {**OPEN, "ShardId": "shardId-000000000002"}],
+            {"shardId-000000000001": drained_status()},
+            False,
+            id="one-open-shard-without-status",
+        ),
+    ],
+)
+def test_idle_check_reports_drained_only_when_every_open_shard_is_flushed_checkpointed_and_quiet(
+    shards: list[dict[str, Any]], statuses: dict[str, ShardStatus], expected: bool
+) -> None:
+    assert IdleCheck(IDLE).drained(shards, statuses, NOW) is expected
+
+
+# ---------------------------------------------------------------------------------------------------- java
+def test_find_java_raises_worker_error_with_advice_when_there_is_no_java(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+
+    with pytest.raises(WorkerError) as raised:
+        find_java(load_settings(java=None))
+
+    message = str(raised.value)
+    assert "openjdk-17-jre-headless" in message
+    assert "CLICKSTREAM_JAVA" in message
+    assert "JAVA_HOME" in message
+
+
+def test_find_java_ignores_a_configured_path_that_does_not_exist(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    with pytest.raises(WorkerError):
+        find_java(load_settings(java=str(tmp_path / "missing" / "java")))
+
+
+def test_find_java_prefers_the_setting_then_java_home_then_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    configured = fake_java(tmp_path / "configured")
+    home_java = fake_java(tmp_path / "home" / "bin")
+    path_java = fake_java(tmp_path / "path")
+    monkeypatch.setenv("PATH", str(path_java.parent))
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path / "home"))
+
+    assert find_java(load_settings(java=str(configured))) == str(configured)
+    assert find_java(load_settings()) == str(home_java)
+    monkeypatch.delenv("JAVA_HOME")
+    assert find_java(load_settings()) == str(path_java)
+
+
+# ---------------------------------------------------------------------------------------------------- stopping
+class FakeJvm:
+    pid = 4_000_000  # never a real process group: os.killpg is replaced below
+
+    def __init__(self) -> None:
+        self.signals: list[int] = []
+
+    def send_signal(self, signum: int) -> None:
+        self.signals.append(signum)
+
+    def poll(self) -> int | None:
+        return None
+
+
+def test_first_signal_stops_gracefully_and_the_second_forces_exit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    killed: list[tuple[int, int]] = []
+    monkeypatch.setattr(os, "killpg", lambda pid, signum: killed.append((pid, signum)))
+    worker = KclWorker(load_settings(state_dir=tmp_path))
+    jvm = FakeJvm()
+    worker._process = jvm  # type: ignore[assignment]
+
+    worker._on_signal(signal.SIGINT, None)
+    assert jvm.signals == [signal.SIGTERM]
+    assert killed == []
+
+    with pytest.raises(SystemExit) as exited:
+        worker._on_signal(signal.SIGINT, None)
+    assert exited.value.code == 130
+    assert killed == [(FakeJvm.pid, signal.SIGKILL)]
+    assert jvm.signals == [signal.SIGTERM], "the graceful stop is requested once"
+
+
+def write_status(settings: Settings, **fields: Any) -> None:
+    StatusWriter(settings.state_dir / "status").write(drained_status(**fields), force=True)
+
+
+def test_exit_code_is_zero_after_a_requested_stop_with_everything_flushed(tmp_path: Path) -> None:
+    settings = load_settings(state_dir=tmp_path)
+    write_status(settings, phase="shut_down", buffered_records=0)
+    worker = KclWorker(settings)
+    worker._stop_requested_at = 1.0
+    assert worker._exit_code(0) == 0
+
+
+def test_exit_code_is_one_when_a_shard_still_had_records_buffered_at_stop(tmp_path: Path) -> None:
+    settings = load_settings(state_dir=tmp_path)
+    write_status(settings, phase="processing", buffered_records=12)
+    worker = KclWorker(settings)
+    worker._stop_requested_at = 1.0
+    assert worker._exit_code(0) == 1
+
+
+@pytest.mark.parametrize(("java_code", "expected"), [(0, 1), (3, 3)])
+def test_an_unrequested_daemon_exit_is_a_failure(tmp_path: Path, java_code: int, expected: int) -> None:
+    assert KclWorker(load_settings(state_dir=tmp_path))._exit_code(java_code) == expected

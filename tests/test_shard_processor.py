@@ -1,0 +1,896 @@
+"""Specification of one shard's buffer -> flush -> checkpoint loop and of its commit order.
+
+The commit order (consumer/shard_processor.py): 1 stage in DuckDB, 2 intent, 3 data files, 4 commit record,
+5 state commit, 6 checkpoint. These tests drive a real CustomerState (DuckDB) and a real S3ParquetSink on moto's
+in-process S3, with a recording checkpointer, an injected clock and an injected sleep. The crash tests stop the
+processor between each pair of steps, start a "new process" wired as in production (StateRecovery from S3) on the
+same DuckDB file or on a new host without it, redeliver from the last checkpoint (as the KCL does, in the same or in
+differently sized batches) and compare the outcome with a run that never crashed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from amazon_kclpy.checkpoint_error import CheckpointError
+from botocore.exceptions import ClientError, EndpointConnectionError
+from moto import mock_aws
+
+from aggregators.customer_state import AppliedBatch, CustomerState
+from clickstream.settings import Settings, load_settings
+from consumer.s3_sink import FlushRange, S3ParquetSink
+from consumer.shard_processor import FlushPolicy, LeaseLostError, RawRecord, RecordBuffer, ShardProcessor
+from consumer.state_recovery import StateRecovery
+from consumer.status import StatusWriter, read_statuses
+from producer.generator import ClickstreamGenerator
+
+SHARD = "shardId-000000000007"
+BUCKET = "clickstream-test-bucket"
+PREFIX = "rfm"
+REGION = "us-east-1"
+#: Arrival after every generated event (March-April 2026), so no event counts as "from the future".
+ARRIVAL_MILLIS = int(datetime(2026, 6, 1, tzinfo=UTC).timestamp() * 1000)
+#: A real-looking 56-digit Kinesis sequence number (wider than 64 bits).
+BASE_SEQUENCE = 49_590_338_271_490_256_608_559_692_538_361_571_095_921_575_989_136_588_898
+NEVER = FlushPolicy(max_records=10**9, max_bytes=10**12, max_seconds=10**9)
+_CUSTOMER_ID = re.compile(rb'"customer_id":"([^"]*)"')
+
+
+# ---------------------------------------------------------------------------------------------------- fixtures
+def _isolate_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dummy credentials, no endpoint override and no CLICKSTREAM_* leaking in from the caller's shell."""
+    for name in list(os.environ):
+        if name.startswith("CLICKSTREAM_") or name in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_REGION", REGION)
+
+
+@pytest.fixture(autouse=True)
+def aws_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    _isolate_environment(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def aws() -> Iterator[Any]:
+    """One in-process moto S3 and bucket for the module (starting moto costs more than most tests)."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _isolate_environment(monkeypatch)
+        with mock_aws():
+            client = boto3.client("s3", region_name=REGION)
+            client.create_bucket(Bucket=BUCKET)
+            yield client
+
+
+@pytest.fixture
+def s3(aws: Any) -> Iterator[Any]:
+    """The bucket with nothing under PREFIX at the start of each test (the module's clean run lives elsewhere)."""
+    assert keys_under(aws, f"{PREFIX}/") == set()
+    yield aws
+    for key in keys_under(aws, f"{PREFIX}/"):
+        aws.delete_object(Bucket=BUCKET, Key=key)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return load_settings(bucket=BUCKET, prefix=PREFIX, state_dir=tmp_path / "state")
+
+
+# ---------------------------------------------------------------------------------------------------- test data
+@cache
+def labelled_stream() -> tuple[tuple[str, bytes], ...]:
+    """60 records: 54 valid events of 8 customers, 5 byte-identical duplicates and 1 malformed record."""
+    generator = ClickstreamGenerator(8, 54, 3, duplicate_rate=0.1, malformed_rate=0.02)
+    return tuple(generator.records())
+
+
+def payloads() -> list[bytes]:
+    return [data for _, data in labelled_stream()]
+
+
+def valid_event_ids() -> set[str]:
+    return {json.loads(data)["event_id"] for label, data in labelled_stream() if label == "valid"}
+
+
+def sequence(index: int) -> str:
+    return str(BASE_SEQUENCE + 1000 * index)
+
+
+def partition_key(data: bytes) -> str:
+    match = _CUSTOMER_ID.search(data)
+    return match.group(1).decode("utf-8", "replace") if match else "unknown"
+
+
+def to_records(datas: Sequence[bytes], start: int = 0) -> list[RawRecord]:
+    return [
+        RawRecord(sequence(start + i), 0, partition_key(data), ARRIVAL_MILLIS, data)
+        for i, data in enumerate(datas)
+    ]
+
+
+def applied_once(records: Sequence[RawRecord]) -> CustomerState:
+    """A state that applied ``records`` exactly once, in one batch, without S3."""
+    buffer = RecordBuffer(SHARD)
+    buffer.extend(records, 0.0)
+    state = CustomerState(SHARD)
+    state.apply(buffer.to_table())
+    return state
+
+
+def chunks(records: Sequence[RawRecord], size: int) -> list[list[RawRecord]]:
+    return [list(records[i : i + size]) for i in range(0, len(records), size)]
+
+
+# ---------------------------------------------------------------------------------------------------- doubles
+class SimulatedCrashError(Exception):
+    """Stands for the process dying at a given point (not transient: nothing retries it)."""
+
+
+@dataclass
+class RecordingCheckpointer:
+    """Records every successful checkpoint call exactly as made; optional hook and scripted failures."""
+
+    on_call: Callable[[tuple[Any, ...]], None] | None = None
+    fail_with: list[Exception | None] = field(default_factory=list)
+    calls: list[tuple[Any, ...]] = field(default_factory=list)
+    attempts: int = 0
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> None:
+        assert not kwargs, "the processor passes checkpoint arguments positionally"
+        self.attempts += 1
+        if self.fail_with:
+            error = self.fail_with.pop(0)
+            if error is not None:
+                raise error
+        if self.on_call is not None:
+            self.on_call(args)
+        self.calls.append(args)
+
+
+class FaultyS3:
+    """A real (moto) S3 client whose put_object raises ``error`` for matching keys.
+
+    ``skip`` matching puts go through first, then the next ``times`` matching puts fail.
+    """
+
+    def __init__(self, client: Any, error: Exception, *, times: int, key_contains: str = "", skip: int = 0):
+        self.client = client
+        self.error = error
+        self.remaining = times
+        self.key_contains = key_contains
+        self.skip = skip
+        self.failures = 0
+
+    def put_object(self, **kwargs: Any) -> Any:
+        if self.key_contains in kwargs["Key"] and self.remaining:
+            if self.skip:
+                self.skip -= 1
+            else:
+                self.remaining -= 1
+                self.failures += 1
+                raise self.error
+        return self.client.put_object(**kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+class CrashAfterCommitRecordSink(S3ParquetSink):
+    """Dies right after the ``crash_on``-th commit record is written (between steps 4 and 5)."""
+
+    def __init__(self, s3_client: Any, settings: Settings, crash_on: int) -> None:
+        super().__init__(s3_client, settings)
+        self.crash_on = crash_on
+        self.writes = 0
+
+    def write(self, flush: FlushRange, applied: AppliedBatch) -> Any:
+        manifest = super().write(flush, applied)
+        self.writes += 1
+        if self.writes == self.crash_on:
+            raise SimulatedCrashError("after the commit record, before the state commit")
+        return manifest
+
+
+def client_error(code: str, status: int) -> ClientError:
+    return ClientError(
+        {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        "PutObject",
+    )
+
+
+class SleepRecorder:
+    def __init__(self, on_sleep: Callable[[], None] | None = None) -> None:
+        self.delays: list[float] = []
+        self.on_sleep = on_sleep
+
+    def __call__(self, seconds: float) -> None:
+        if self.on_sleep is not None:
+            self.on_sleep()
+        self.delays.append(seconds)
+
+
+def no_sleep(seconds: float) -> None:
+    raise AssertionError(f"unexpected backoff sleep of {seconds}s")
+
+
+def make_processor(
+    state: CustomerState,
+    sink: S3ParquetSink,
+    policy: FlushPolicy,
+    *,
+    clock: Callable[[], float] = lambda: 0.0,
+    sleep: Callable[[float], None] = no_sleep,
+    status: StatusWriter | None = None,
+    max_backoff_seconds: float = 30.0,
+) -> ShardProcessor:
+    return ShardProcessor(
+        SHARD,
+        state,
+        sink,
+        policy,
+        status=status,
+        clock=clock,
+        sleep=sleep,
+        max_backoff_seconds=max_backoff_seconds,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- S3 views
+def keys_under(s3: Any, prefix: str) -> set[str]:
+    paginator = s3.get_paginator("list_objects_v2")
+    return {
+        obj["Key"]
+        for page in paginator.paginate(Bucket=BUCKET, Prefix=prefix)
+        for obj in page.get("Contents", [])
+    }
+
+
+def data_keys(s3: Any, prefix: str = PREFIX) -> set[str]:
+    return set().union(
+        *(keys_under(s3, f"{prefix}/{output}/") for output in ("events", "customer_aggregates", "errors"))
+    )
+
+
+def commit_records(s3: Any, prefix: str = PREFIX) -> list[dict[str, Any]]:
+    return [
+        json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+        for key in sorted(keys_under(s3, f"{prefix}/_control/commits/"))
+    ]
+
+
+def committed_keys(s3: Any, output: str, prefix: str = PREFIX) -> list[str]:
+    return [key for record in commit_records(s3, prefix) for key in record["files"][output]]
+
+
+def read_parquet(s3: Any, key: str) -> pa.Table:
+    return pq.read_table(io.BytesIO(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()))
+
+
+def committed_event_ids(s3: Any, prefix: str = PREFIX) -> Counter[str]:
+    ids: Counter[str] = Counter()
+    for key in committed_keys(s3, "events", prefix):
+        ids.update(read_parquet(s3, key).column("event_id").to_pylist())
+    return ids
+
+
+#: Columns of a customer's row that depend on the events applied, not on how the stream was split into flushes.
+AGGREGATE_COLUMNS = (
+    "customer_id",
+    "version",
+    "first_event_at",
+    "last_event_at",
+    "events",
+    "page_views",
+    "product_views",
+    "searches",
+    "add_to_carts",
+    "checkouts",
+    "purchases",
+    "sessions",
+    "active_days",
+    "revenue",
+    "first_purchase_at",
+    "last_purchase_at",
+    "purchase_days",
+    "frequency",
+    "recency",
+    "monetary_value",
+    "repeat_revenue",
+    "engagement_score",
+)
+
+
+def committed_current_rows(s3: Any, prefix: str = PREFIX) -> dict[str, dict[str, Any]]:
+    """Each customer's highest-version row among the customer_aggregates files that commit records list."""
+    current: dict[str, dict[str, Any]] = {}
+    for key in committed_keys(s3, "customer_aggregates", prefix):
+        for row in read_parquet(s3, key).to_pylist():
+            known = current.get(row["customer_id"])
+            if known is None or row["version"] >= known["version"]:
+                current[row["customer_id"]] = row
+    return {customer: {c: row[c] for c in AGGREGATE_COLUMNS} for customer, row in current.items()}
+
+
+# ---------------------------------------------------------------------------------------------------- thresholds
+def test_records_below_every_threshold_are_buffered_without_flush_or_checkpoint(
+    s3: Any, settings: Settings
+) -> None:
+    processor = make_processor(
+        CustomerState(SHARD), S3ParquetSink(s3, settings), FlushPolicy(20, 10**9, 60.0)
+    )
+    checkpointer = RecordingCheckpointer()
+    processor.start(None)
+
+    processor.on_records(to_records(payloads()[:19]), 0, checkpointer)
+
+    assert len(processor.buffer) == 19
+    assert checkpointer.calls == []
+    assert keys_under(s3, f"{PREFIX}/") == set()
+    assert processor.state.position() is None
+
+
+def test_reaching_max_records_flushes_and_checkpoints_last_sequence_and_sub_sequence(
+    s3: Any, settings: Settings
+) -> None:
+    processor = make_processor(CustomerState(SHARD), S3ParquetSink(s3, settings), FlushPolicy(6, 10**9, 60.0))
+    checkpointer = RecordingCheckpointer()
+    datas = payloads()[:6]
+    # KPL-aggregated records share a sequence number and differ in sub-sequence number.
+    records = [
+        RawRecord(sequence(0), sub, partition_key(data), ARRIVAL_MILLIS, data)
+        for sub, data in enumerate(datas[:3])
+    ] + [
+        RawRecord(sequence(1), sub, partition_key(data), ARRIVAL_MILLIS, data)
+        for sub, data in enumerate(datas[3:])
+    ]
+    processor.start(None)
+
+    processor.on_records(records[:5], 0, checkpointer)
+    assert checkpointer.calls == []
+    processor.on_records(records[5:], 0, checkpointer)
+
+    assert checkpointer.calls == [(sequence(1), 2)]
+    assert len(processor.buffer) == 0
+    assert len(commit_records(s3)) == 1
+    position = processor.state.position()
+    assert position is not None
+    assert (position.sequence_number, position.sub_sequence_number) == (sequence(1), 2)
+
+
+def test_reaching_max_bytes_flushes_exactly_at_the_byte_threshold(s3: Any, settings: Settings) -> None:
+    records = to_records(payloads()[:5])
+    threshold = sum(len(r.data) for r in records)
+    processor = make_processor(
+        CustomerState(SHARD), S3ParquetSink(s3, settings), FlushPolicy(10**6, threshold, 60.0)
+    )
+    checkpointer = RecordingCheckpointer()
+    processor.start(None)
+
+    processor.on_records(records[:4], 0, checkpointer)
+    assert checkpointer.calls == []
+    processor.on_records(records[4:], 0, checkpointer)
+
+    assert checkpointer.calls == [(records[4].sequence_number, 0)]
+    assert [r["records_in"] for r in commit_records(s3)] == [5]
+
+
+def test_reaching_max_seconds_flushes_on_an_empty_heartbeat_call(s3: Any, settings: Settings) -> None:
+    now = [1000.0]
+    processor = make_processor(
+        CustomerState(SHARD),
+        S3ParquetSink(s3, settings),
+        FlushPolicy(10**6, 10**9, 60.0),
+        clock=lambda: now[0],
+    )
+    checkpointer = RecordingCheckpointer()
+    records = to_records(payloads()[:10])
+    processor.start(None)
+
+    processor.on_records(records[:4], 0, checkpointer)
+    now[0] = 1030.0
+    processor.on_records(records[4:6], 0, checkpointer)  # age counts from the first buffered record
+    now[0] = 1059.9
+    processor.on_records([], 0, checkpointer)
+    assert checkpointer.calls == []
+
+    now[0] = 1060.0
+    processor.on_records([], 0, checkpointer)
+    assert checkpointer.calls == [(records[5].sequence_number, 0)]
+
+    # the next window starts with the next record, not with the previous flush
+    now[0] = 1100.0
+    processor.on_records(records[6:], 0, checkpointer)
+    now[0] = 1159.0
+    processor.on_records([], 0, checkpointer)
+    assert len(checkpointer.calls) == 1
+    now[0] = 1160.0
+    processor.on_records([], 0, checkpointer)
+    assert checkpointer.calls[-1] == (records[9].sequence_number, 0)
+
+
+def test_empty_heartbeats_with_nothing_buffered_never_flush_or_checkpoint(
+    s3: Any, settings: Settings
+) -> None:
+    now = [0.0]
+    processor = make_processor(
+        CustomerState(SHARD), S3ParquetSink(s3, settings), FlushPolicy(1, 1, 0.001), clock=lambda: now[0]
+    )
+    checkpointer = RecordingCheckpointer()
+    processor.start(None)
+    for step in range(5):
+        now[0] = step * 1000.0
+        processor.on_records([], 0, checkpointer)
+    assert checkpointer.calls == []
+    assert data_keys(s3) == set()
+
+
+# ---------------------------------------------------------------------------------------------------- ordering
+def test_checkpoint_waits_for_the_commit_record_the_data_files_and_the_state_commit(
+    s3: Any, settings: Settings, tmp_path: Path
+) -> None:
+    state = CustomerState(SHARD, tmp_path / "shard.duckdb")
+    seen_at_checkpoint: list[dict[str, Any]] = []
+
+    def inspect(args: tuple[Any, ...]) -> None:
+        commits = commit_records(s3)
+        # a separate connection sees only committed DuckDB data
+        committed = state.con.cursor().execute("SELECT sequence_number FROM shard_progress").fetchall()
+        seen_at_checkpoint.append(
+            {
+                "checkpoint": args[0],
+                "commit_last_sequences": [c["last_sequence"] for c in commits],
+                "missing_files": [
+                    key
+                    for c in commits
+                    for keys in c["files"].values()
+                    for key in keys
+                    if key not in keys_under(s3, PREFIX)
+                ],
+                "committed_state_sequence": committed[0][0] if committed else None,
+            }
+        )
+
+    processor = make_processor(state, S3ParquetSink(s3, settings), FlushPolicy(10, 10**9, 60.0))
+    records = to_records(payloads()[:20])
+    processor.start(None)
+    processor.on_records(records[:10], 0, RecordingCheckpointer(on_call=inspect))
+    processor.on_records(records[10:], 0, RecordingCheckpointer(on_call=inspect))
+
+    assert seen_at_checkpoint == [
+        {
+            "checkpoint": sequence(9),
+            "commit_last_sequences": [sequence(9)],
+            "missing_files": [],
+            "committed_state_sequence": sequence(9),
+        },
+        {
+            "checkpoint": sequence(19),
+            "commit_last_sequences": [sequence(9), sequence(19)],
+            "missing_files": [],
+            "committed_state_sequence": sequence(19),
+        },
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------- failures
+@pytest.mark.parametrize(
+    ("error", "failing_object"),
+    [
+        pytest.param(client_error("SlowDown", 503), "_control/intents/", id="SlowDown-503-on-intent"),
+        pytest.param(client_error("SlowDown", 503), "/events/", id="SlowDown-503-on-events"),
+        pytest.param(
+            client_error("InternalError", 500), "/customer_aggregates/", id="InternalError-500-on-aggregates"
+        ),
+        pytest.param(
+            EndpointConnectionError(endpoint_url="https://s3.us-east-1.amazonaws.com"),
+            "_control/commits/",
+            id="EndpointConnectionError-on-commit-record",
+        ),
+    ],
+)
+def test_transient_s3_failures_are_retried_with_backoff_and_flushed_exactly_once(
+    s3: Any, settings: Settings, error: Exception, failing_object: str
+) -> None:
+    failures = 4
+    faulty = FaultyS3(s3, error, times=failures, key_contains=failing_object)
+    checkpointer = RecordingCheckpointer()
+    records = to_records(payloads())
+    processor: ShardProcessor
+
+    def while_failing() -> None:
+        assert checkpointer.calls == [], "checkpointed while the flush was failing"
+        assert len(processor.buffer) == len(records), "buffer dropped while the flush was failing"
+        assert processor.state.position() is None, "state advanced by a failed attempt"
+
+    sleep = SleepRecorder(on_sleep=while_failing)
+    processor = make_processor(
+        CustomerState(SHARD),
+        S3ParquetSink(faulty, settings),
+        FlushPolicy(len(records), 10**9, 60.0),
+        sleep=sleep,
+        max_backoff_seconds=1.0,
+    )
+    processor.start(None)
+    processor.on_records(records, 0, checkpointer)
+
+    assert faulty.failures == failures
+    assert len(sleep.delays) == failures
+    assert all(0 < delay <= 1.0 for delay in sleep.delays)
+    assert checkpointer.calls == [(records[-1].sequence_number, 0)]
+    assert processor.metrics.retries == failures
+    assert processor.metrics.last_error is None
+    assert processor.metrics.flushes == 1
+    (commit,) = commit_records(s3)
+    generator_summary = Counter(label.split(":")[0] for label, _ in labelled_stream())
+    assert (commit["accepted"], commit["duplicates"], commit["rejected"]) == (
+        generator_summary["valid"] + generator_summary["duplicate"],
+        generator_summary["duplicate"],
+        generator_summary["malformed"],
+    )
+    assert committed_event_ids(s3) == Counter(dict.fromkeys(valid_event_ids(), 1))
+    assert processor.state.snapshot_rows().equals(applied_once(records).snapshot_rows())
+
+
+def test_a_terminal_s3_error_propagates_and_nothing_is_checkpointed(s3: Any, settings: Settings) -> None:
+    faulty = FaultyS3(s3, client_error("AccessDenied", 403), times=1, key_contains="/events/")
+    checkpointer = RecordingCheckpointer()
+    records = to_records(payloads()[:10])
+    processor = make_processor(
+        CustomerState(SHARD), S3ParquetSink(faulty, settings), FlushPolicy(10, 10**9, 60.0)
+    )
+    processor.start(None)
+
+    with pytest.raises(ClientError) as raised:
+        processor.on_records(records, 0, checkpointer)
+
+    assert raised.value.response["Error"]["Code"] == "AccessDenied"
+    assert checkpointer.attempts == 0
+    assert processor.state.position() is None
+    assert keys_under(s3, f"{PREFIX}/_control/commits/") == set()
+    assert "AccessDenied" in (processor.metrics.last_error or "")
+
+
+def test_a_throttled_checkpoint_is_retried_after_backoff(s3: Any, settings: Settings) -> None:
+    checkpointer = RecordingCheckpointer(fail_with=[CheckpointError("ThrottlingException")] * 2)
+    sleep = SleepRecorder()
+    processor = make_processor(
+        CustomerState(SHARD), S3ParquetSink(s3, settings), FlushPolicy(5, 10**9, 60.0), sleep=sleep
+    )
+    records = to_records(payloads()[:5])
+    processor.start(None)
+    processor.on_records(records, 0, checkpointer)
+
+    assert checkpointer.attempts == 3
+    assert checkpointer.calls == [(records[-1].sequence_number, 0)]
+    assert len(sleep.delays) == 2
+    assert len(commit_records(s3)) == 1, "a checkpoint retry must not flush again"
+
+
+@pytest.mark.parametrize("kcl_error", ["ShutdownException", "InvalidStateException"])
+def test_a_refused_checkpoint_is_lease_loss_and_stops_all_further_flushes(
+    s3: Any, settings: Settings, kcl_error: str
+) -> None:
+    checkpointer = RecordingCheckpointer(fail_with=[CheckpointError(kcl_error)])
+    processor = make_processor(CustomerState(SHARD), S3ParquetSink(s3, settings), FlushPolicy(5, 10**9, 60.0))
+    records = to_records(payloads()[:20])
+    processor.start(None)
+
+    with pytest.raises(LeaseLostError):
+        processor.on_records(records[:5], 0, checkpointer)
+    assert processor.lease_lost
+    assert processor.metrics.phase == "lease_lost"
+    commits_after_refusal = keys_under(s3, f"{PREFIX}/_control/commits/")
+    processor.on_records(records[5:15], 0, checkpointer)
+    processor.on_shutdown_requested(checkpointer)
+
+    assert checkpointer.calls == []
+    assert checkpointer.attempts == 1
+    assert keys_under(s3, f"{PREFIX}/_control/commits/") == commits_after_refusal
+
+
+# ---------------------------------------------------------------------------------------------------- lifecycle
+def test_shard_ended_flushes_then_checkpoints_shard_end_without_arguments(
+    s3: Any, settings: Settings
+) -> None:
+    checkpointer = RecordingCheckpointer()
+    processor = make_processor(CustomerState(SHARD), S3ParquetSink(s3, settings), NEVER)
+    records = to_records(payloads()[:7])
+    processor.start(None)
+    processor.on_records(records, 0, checkpointer)
+
+    processor.on_shard_ended(checkpointer)
+
+    assert checkpointer.calls == [(records[-1].sequence_number, 0), ()]
+    assert [c["records_in"] for c in commit_records(s3)] == [7]
+    assert processor.metrics.phase == "ended"
+
+
+def test_shard_ended_with_an_empty_buffer_only_checkpoints_shard_end(s3: Any, settings: Settings) -> None:
+    checkpointer = RecordingCheckpointer()
+    processor = make_processor(CustomerState(SHARD), S3ParquetSink(s3, settings), NEVER)
+    processor.start(None)
+    processor.on_shard_ended(checkpointer)
+    assert checkpointer.calls == [()]
+    assert keys_under(s3, f"{PREFIX}/") == set()
+
+
+def test_shutdown_requested_flushes_and_checkpoints_the_buffer(s3: Any, settings: Settings) -> None:
+    checkpointer = RecordingCheckpointer()
+    processor = make_processor(CustomerState(SHARD), S3ParquetSink(s3, settings), NEVER)
+    records = to_records(payloads()[:7])
+    processor.start(None)
+    processor.on_records(records, 0, checkpointer)
+
+    processor.on_shutdown_requested(checkpointer)
+
+    assert checkpointer.calls == [(records[-1].sequence_number, 0)]
+    assert [c["records_in"] for c in commit_records(s3)] == [7]
+    assert processor.metrics.phase == "shut_down"
+
+
+def test_lease_lost_drops_the_buffer_and_never_checkpoints(s3: Any, settings: Settings) -> None:
+    checkpointer = RecordingCheckpointer()
+    processor = make_processor(
+        CustomerState(SHARD), S3ParquetSink(s3, settings), FlushPolicy(10, 10**9, 60.0)
+    )
+    records = to_records(payloads()[:20])
+    processor.start(None)
+    processor.on_records(records[:9], 0, checkpointer)
+
+    processor.on_lease_lost()
+    processor.on_records(records[9:], 0, checkpointer)  # a late call must not flush either
+
+    assert checkpointer.attempts == 0
+    assert data_keys(s3) == set()
+    assert processor.state.position() is None
+    assert processor.metrics.phase == "lease_lost"
+
+
+# ---------------------------------------------------------------------------------------------------- status
+def test_status_file_reports_received_flushed_and_checkpointed_counts(
+    s3: Any, settings: Settings, tmp_path: Path
+) -> None:
+    status_dir = tmp_path / "status"
+    checkpointer = RecordingCheckpointer()
+    records = to_records(payloads())
+    processor = make_processor(
+        CustomerState(SHARD),
+        S3ParquetSink(s3, settings),
+        FlushPolicy(40, 10**9, 60.0),
+        status=StatusWriter(status_dir),
+    )
+    processor.start(None)
+    started = read_statuses(status_dir)[SHARD]
+    assert (started.phase, started.flushes, started.records_flushed) == ("processing", 0, 0)
+
+    for batch in chunks(records, 20):
+        processor.on_records(batch, 1234, checkpointer)
+    processor.on_shutdown_requested(checkpointer)
+
+    labels = Counter(label.split(":")[0] for label, _ in labelled_stream())
+    status = read_statuses(status_dir)[SHARD]
+    assert status.phase == "shut_down"
+    assert status.records_received == status.records_flushed == len(records)
+    assert status.flushes == 2
+    assert status.accepted == labels["valid"] + labels["duplicate"]
+    assert status.duplicates == labels["duplicate"]
+    assert status.rejected == labels["malformed"]
+    assert status.buffered_records == 0
+    assert status.millis_behind_latest == 1234
+    assert status.applied_sequence == status.checkpointed_sequence == records[-1].sequence_number
+    assert status.files_written == len(data_keys(s3))
+    assert status.bytes_written == sum(c["bytes_written"] for c in commit_records(s3))
+
+
+# ---------------------------------------------------------------------------------------------------- crash points
+BATCH = 10
+FLUSH_EVERY = (
+    20  # records; with batches of 10 the 2nd flush covers records 20..39 and is the one that crashes
+)
+
+
+def crash_before_commit_record(s3: Any, settings: Settings) -> tuple[S3ParquetSink, RecordingCheckpointer]:
+    faulty = FaultyS3(
+        s3,
+        SimulatedCrashError("before the commit record"),
+        times=1,
+        key_contains="/_control/commits/",
+        skip=1,
+    )
+    return S3ParquetSink(faulty, settings), RecordingCheckpointer()
+
+
+def crash_before_state_commit(s3: Any, settings: Settings) -> tuple[S3ParquetSink, RecordingCheckpointer]:
+    return CrashAfterCommitRecordSink(s3, settings, crash_on=2), RecordingCheckpointer()
+
+
+def crash_before_checkpoint(s3: Any, settings: Settings) -> tuple[S3ParquetSink, RecordingCheckpointer]:
+    return S3ParquetSink(s3, settings), RecordingCheckpointer(
+        fail_with=[None, SimulatedCrashError("after the state commit, before the checkpoint")]
+    )
+
+
+CRASH_POINTS = {
+    "after-data-before-commit-record": crash_before_commit_record,
+    "after-commit-record-before-state-commit": crash_before_state_commit,
+    "after-state-commit-before-checkpoint": crash_before_checkpoint,
+}
+
+
+def production_processor(
+    state: CustomerState, sink: S3ParquetSink, s3: Any, settings: Settings
+) -> ShardProcessor:
+    """Wired as RecordProcessor.initialize wires it: with state recovery from S3 (no snapshot within this test)."""
+    return ShardProcessor(
+        SHARD,
+        state,
+        sink,
+        FlushPolicy(FLUSH_EVERY, 10**9, 10**9),
+        clock=lambda: 0.0,
+        sleep=no_sleep,
+        recovery=StateRecovery(s3, settings),
+        snapshot_every_flushes=100,
+    )
+
+
+@dataclass(frozen=True)
+class CleanRun:
+    snapshot: pa.Table
+    current_rows: dict[str, dict[str, Any]]
+
+
+@pytest.fixture(scope="module")
+def clean(aws: Any) -> CleanRun:
+    """The reference: the same records and batches under the prefix 'clean', without any crash (once per module)."""
+    clean_settings = load_settings(bucket=BUCKET, prefix="clean")
+    state = CustomerState(SHARD)
+    processor = production_processor(state, S3ParquetSink(aws, clean_settings), aws, clean_settings)
+    processor.start(None)
+    checkpointer = RecordingCheckpointer()
+    for batch in chunks(to_records(payloads()), BATCH):
+        processor.on_records(batch, 0, checkpointer)
+    assert len(processor.buffer) == 0
+    return CleanRun(state.snapshot_rows(), committed_current_rows(aws, "clean"))
+
+
+def crash_case(crash_point: str, redelivery: str, disk: str) -> Any:
+    return pytest.param(crash_point, redelivery, disk, id=f"{crash_point}-{redelivery}-{disk}")
+
+
+@pytest.mark.parametrize(
+    ("crash_point", "redelivery", "disk"),
+    [
+        crash_case("after-data-before-commit-record", "same-batches", "same-disk"),
+        crash_case("after-data-before-commit-record", "one-batch", "new-disk"),
+        crash_case(
+            "after-commit-record-before-state-commit",
+            "same-batches",
+            "same-disk",
+        ),
+        crash_case("after-commit-record-before-state-commit", "one-batch", "same-disk"),
+        crash_case("after-commit-record-before-state-commit", "one-batch", "new-disk"),
+        crash_case(
+            "after-state-commit-before-checkpoint",
+            "same-batches",
+            "same-disk",
+        ),
+        crash_case(
+            "after-state-commit-before-checkpoint",
+            "same-batches",
+            "new-disk",
+        ),
+        crash_case("after-state-commit-before-checkpoint", "one-batch", "same-disk"),
+    ],
+)
+def test_after_a_crash_redelivery_from_the_checkpoint_yields_the_clean_run_outputs(
+    s3: Any, settings: Settings, tmp_path: Path, clean: CleanRun, crash_point: str, redelivery: str, disk: str
+) -> None:
+    records = to_records(payloads())
+    assert (
+        len(records) % FLUSH_EVERY == 0
+    )  # every record is flushed by count: no shutdown (and no snapshot) needed
+
+    # --- first process: dies during its second flush (records 20..39)
+    sink, checkpointer = CRASH_POINTS[crash_point](s3, settings)
+    state = CustomerState(SHARD, tmp_path / "first.duckdb")
+    processor = production_processor(state, sink, s3, settings)
+    processor.start(None)
+    with pytest.raises(SimulatedCrashError):
+        for batch in chunks(records, BATCH):
+            processor.on_records(batch, 0, checkpointer)
+    state.close()
+    assert checkpointer.calls == [(sequence(FLUSH_EVERY - 1), 0)], "only the first flush was checkpointed"
+    intent = json.loads(
+        s3.get_object(Bucket=BUCKET, Key=f"{PREFIX}/_control/intents/{SHARD}.json")["Body"].read()
+    )
+    intent_files = {key for keys in intent["keys"].values() for key in keys}
+
+    # --- next owner: the same DuckDB file, or a new host without it; started at the last checkpoint
+    state = CustomerState(SHARD, tmp_path / ("first.duckdb" if disk == "same-disk" else "second.duckdb"))
+    processor = production_processor(state, S3ParquetSink(s3, settings), s3, settings)
+    processor.start(checkpointer.calls[-1][0])
+    if crash_point == "after-data-before-commit-record":
+        assert intent_files, "the crashed flush planned data files"
+        assert intent_files.isdisjoint(keys_under(s3, PREFIX)), (
+            "orphans of the uncommitted flush survived start()"
+        )
+    else:
+        assert intent_files <= keys_under(s3, PREFIX), "files of a committed flush were deleted"
+    listed = {
+        key for output in ("events", "customer_aggregates", "errors") for key in committed_keys(s3, output)
+    }
+    assert data_keys(s3) == listed, "after start() every data file belongs to a commit record"
+
+    redelivered = records[FLUSH_EVERY:]
+    resumed = RecordingCheckpointer()
+    for batch in chunks(redelivered, BATCH) if redelivery == "same-batches" else [redelivered]:
+        processor.on_records(batch, 0, resumed)
+    assert resumed.calls[-1] == (records[-1].sequence_number, 0)
+
+    # --- the outcome equals a run that never crashed
+    assert state.snapshot_rows().equals(clean.snapshot)
+    listed = {
+        key for output in ("events", "customer_aggregates", "errors") for key in committed_keys(s3, output)
+    }
+    assert data_keys(s3) == listed, "every data file in S3 is listed by a commit record"
+    assert committed_event_ids(s3) == Counter(dict.fromkeys(valid_event_ids(), 1))
+    assert committed_current_rows(s3) == clean.current_rows
+    # ... and so does a state restored from S3 alone (a later owner without any disk)
+    restored = CustomerState(SHARD)
+    StateRecovery(s3, settings).restore(restored)
+    assert restored.snapshot_rows().equals(clean.snapshot)
+
+
+def test_a_restore_from_a_snapshot_includes_a_flush_that_began_with_redelivered_records(
+    s3: Any, settings: Settings, tmp_path: Path, clean: CleanRun
+) -> None:
+    records = to_records(payloads())
+    # 1. crash after the state commit of records 20..39, before their checkpoint
+    sink, checkpointer = crash_before_checkpoint(s3, settings)
+    state = CustomerState(SHARD, tmp_path / "host-a.duckdb")
+    processor = production_processor(state, sink, s3, settings)
+    processor.start(None)
+    with pytest.raises(SimulatedCrashError):
+        for batch in chunks(records, BATCH):
+            processor.on_records(batch, 0, checkpointer)
+    state.close()
+    # 2. the restarted processor is asked to stop before any record arrives: it snapshots its state (at 39)
+    state = CustomerState(SHARD, tmp_path / "host-a.duckdb")
+    processor = production_processor(state, S3ParquetSink(s3, settings), s3, settings)
+    processor.start(sequence(FLUSH_EVERY - 1))
+    processor.on_shutdown_requested(RecordingCheckpointer())
+    state.close()
+    pointer = s3.get_object(Bucket=BUCKET, Key=f"{PREFIX}/_control/snapshots/{SHARD}/latest.json")[
+        "Body"
+    ].read()
+    assert json.loads(pointer)["sequence_number"] == sequence(2 * FLUSH_EVERY - 1)
+    # 3. the lease moves to a host without that disk; the KCL redelivers 20..59 in one batch
+    state = CustomerState(SHARD, tmp_path / "host-b.duckdb")
+    processor = production_processor(state, S3ParquetSink(s3, settings), s3, settings)
+    processor.start(sequence(FLUSH_EVERY - 1))
+    resumed = RecordingCheckpointer()
+    processor.on_records(records[FLUSH_EVERY:], 0, resumed)
+    assert resumed.calls == [(records[-1].sequence_number, 0)]
+    assert state.snapshot_rows().equals(clean.snapshot)
+
+    # 4. that host dies before its next snapshot; a third host restores from S3 alone
+    restored = CustomerState(SHARD)
+    StateRecovery(s3, settings).restore(restored)
+
+    assert restored.snapshot_rows().to_pylist() == clean.snapshot.to_pylist()
