@@ -6,6 +6,7 @@ and talks to it over stdin/stdout; logs therefore go to stderr only.
 
 from __future__ import annotations
 
+import base64
 import functools
 import logging
 import os
@@ -27,6 +28,9 @@ from consumer.state_recovery import StateRecovery, kinesis_parent_lookup
 from consumer.status import StatusWriter
 
 log = logging.getLogger(__name__)
+
+#: The first bytes of a KPL-aggregated record.
+KPL_MAGIC = b"\xf3\x89\x9a\xc2"
 
 _Call = TypeVar("_Call", bound=Callable[..., None])
 
@@ -67,17 +71,56 @@ def flush_policy(settings: Settings) -> FlushPolicy:
 
 
 def to_raw_records(kcl_records: Any) -> list[RawRecord]:
-    """KCL message records -> RawRecord (base64 decoded here, once)."""
-    return [
-        RawRecord(
+    """KCL message records -> RawRecord (base64 decoded here, once; KPL aggregates expanded)."""
+    raw = []
+    for record in kcl_records:
+        data = record.binary_data
+        base = RawRecord(
             sequence_number=record.sequence_number,
             sub_sequence_number=int(record.sub_sequence_number or 0),
             partition_key=record.partition_key,
             arrival_millis=int(record.timestamp_millis),
-            data=record.binary_data,
+            data=data,
         )
-        for record in kcl_records
-    ]
+        raw.extend(deaggregate(base) if data.startswith(KPL_MAGIC) else [base])
+    return raw
+
+
+def deaggregate(record: RawRecord) -> list[RawRecord]:
+    """Expand a KPL-aggregated record into its user records (sub-sequence numbers 0..n-1).
+
+    The Java KCL already de-aggregates what it delivers; this covers any path that hands us the aggregate itself.
+    A corrupt aggregate is passed on unchanged, so the validator rejects it into errors/ with its raw bytes.
+    """
+    from aws_kinesis_agg.deaggregator import iter_deaggregate_records
+
+    envelope = {
+        "kinesis": {
+            "kinesisSchemaVersion": "1.0",
+            "sequenceNumber": record.sequence_number,
+            "partitionKey": record.partition_key,
+            "approximateArrivalTimestamp": record.arrival_millis,
+            "data": base64.b64encode(record.data),
+        }
+    }
+    try:
+        users = [
+            RawRecord(
+                sequence_number=record.sequence_number,
+                sub_sequence_number=int(user["kinesis"].get("subSequenceNumber", 0)),
+                partition_key=user["kinesis"]["partitionKey"],
+                arrival_millis=record.arrival_millis,
+                data=base64.b64decode(user["kinesis"]["data"]),
+            )
+            for user in iter_deaggregate_records(envelope)
+        ]
+    except Exception:  # noqa: BLE001 - a corrupt aggregate is bad input, not a crash
+        log.warning(
+            "could not de-aggregate a KPL record; passing it on as one record",
+            extra={"shard_id": None, "sequence_number": record.sequence_number},
+        )
+        return [record]
+    return users or [record]
 
 
 class RecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]

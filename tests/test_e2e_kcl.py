@@ -15,6 +15,7 @@ from collections import Counter
 from decimal import Decimal
 from typing import Any
 
+import boto3
 import duckdb
 import pytest
 
@@ -66,6 +67,7 @@ def pipeline_run(emulator_endpoint: str, tmp_path_factory: pytest.TempPathFactor
     for step, timeout in ((("setup",), 60), (("produce", "--input", str(jsonl), "--no-progress"), 120)):
         result = _cli(*step, env=env, timeout=timeout)
         assert result.returncode == 0, result.stderr
+    labelled += _put_kpl_aggregated_records(env)
     worker = _cli("worker", "--until-idle", "3", env=env, timeout=300)
     assert worker.returncode == 0, worker.stderr[-5000:]
 
@@ -83,6 +85,30 @@ def pipeline_run(emulator_endpoint: str, tmp_path_factory: pytest.TempPathFactor
         "root": workdir / "s3",
         "worker_log": worker.stderr,
     }
+
+
+def _put_kpl_aggregated_records(env: dict[str, str]) -> list[tuple[str, bytes]]:
+    """Extra events packed KPL-style (one aggregated record per customer): the KCL must de-aggregate them."""
+    from aws_kinesis_agg.aggregator import RecordAggregator
+
+    extra = [data for label, data in ClickstreamGenerator(20, 300, seed=424242).records() if label == "valid"]
+    by_customer: dict[str, list[bytes]] = {}
+    for data in extra:
+        by_customer.setdefault(json.loads(data)["customer_id"], []).append(data)
+    kinesis = boto3.client(
+        "kinesis",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        region_name=env["AWS_REGION"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    )
+    for customer, payloads in by_customer.items():
+        aggregator = RecordAggregator()
+        for data in payloads:
+            assert aggregator.add_user_record(customer, data) is None, "fits one aggregated record"
+        partition_key, _, blob = aggregator.clear_and_get().get_contents()
+        kinesis.put_record(StreamName=env["CLICKSTREAM_STREAM_NAME"], PartitionKey=partition_key, Data=blob)
+    return [("valid", data) for data in extra]
 
 
 def _valid_documents(labelled: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
