@@ -1,0 +1,37 @@
+"""The README is the front door: every setting and every command it promises must exist, and vice versa."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from clickstream.cli import main
+from clickstream.settings import Settings, env_var_name
+from consumer.metrics import UNITS
+
+README = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    missing = [env_var_name(name) for name in Settings.model_fields if f"`{env_var_name(name)}`" not in README]
+    assert missing == []
+
+
+def test_every_documented_clickstream_variable_is_a_real_setting() -> None:
+    documented = set(re.findall(r"`(CLICKSTREAM_[A-Z_]+)`", README))
+    real = {env_var_name(name) for name in Settings.model_fields}
+    logging_only = {"CLICKSTREAM_LOG_LEVEL", "CLICKSTREAM_LOG_FORMAT", "CLICKSTREAM_KCL_LOG_LEVEL"}
+    assert documented - real - logging_only == set()
+
+
+def test_every_command_is_documented_and_every_documented_command_exists() -> None:
+    documented = set(re.findall(r"`clickstream ([a-z]+)", README))
+    assert set(main.commands) <= documented
+    assert documented <= set(main.commands)
+
+
+def test_every_metric_is_documented_with_a_unit() -> None:
+    for name, unit in UNITS.items():
+        row = next((line for line in README.splitlines() if f"`{name}`" in line), None)
+        assert row is not None, name
+        assert unit in row, (name, unit)
