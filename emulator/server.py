@@ -34,7 +34,8 @@ from types import TracebackType
 from typing import Any
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from emulator import fast_kinesis
+from emulator import fast_kinesis, kinesis_resharding
+from emulator.faults import FaultInjectingApp
 
 logger = logging.getLogger(__name__)
 
@@ -195,7 +196,8 @@ async def _serve_async(
         for waiter in pending:
             waiter.cancel()
 
-    app = SerializedApp(build_app())
+    # Faults (emulator/faults.py) are answered before the moto lock: a failing request never waits on moto.
+    app = FaultInjectingApp(SerializedApp(build_app()))
     await hypercorn_serve(app, _hypercorn_config(sock), shutdown_trigger=trigger, mode="wsgi")  # type: ignore[arg-type]
 
 
@@ -222,6 +224,7 @@ def serve(
     # moto builds some self-referencing URLs from MOTO_PORT (default 5000).
     os.environ.setdefault("MOTO_PORT", str(bound_port))
     fast_kinesis.install()
+    kinesis_resharding.install()
     try:
         asyncio.run(_serve_async(sock, url, ready, shutdown_trigger))
     finally:

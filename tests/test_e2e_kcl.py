@@ -19,7 +19,6 @@ import boto3
 import duckdb
 import pytest
 
-from clickstream.aws import aws_client
 from clickstream.demo import emulator_environment
 from clickstream.outputs import current_customer_rows, download_outputs, list_keys, output_glob
 from clickstream.settings import load_settings
@@ -71,9 +70,18 @@ def pipeline_run(emulator_endpoint: str, tmp_path_factory: pytest.TempPathFactor
     worker = _cli("worker", "--until-idle", "3", env=env, timeout=300)
     assert worker.returncode == 0, worker.stderr[-5000:]
 
-    os.environ.update({k: v for k, v in env.items() if k.startswith(("AWS_", "CLICKSTREAM_"))})
-    settings = load_settings()
-    s3 = aws_client("s3", settings)
+    settings = load_settings(
+        aws_endpoint_url=emulator_endpoint,
+        bucket=env["CLICKSTREAM_BUCKET"],
+        stream_name=env["CLICKSTREAM_STREAM_NAME"],
+    )
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=emulator_endpoint,
+        region_name=env["AWS_REGION"],
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
     inventory = download_outputs(s3, settings, workdir / "s3")
     return {
         "env": env,

@@ -1,0 +1,176 @@
+"""A shard split and a shard merge in the middle of a run, through the real KCL: customers keep one history.
+
+The emulator gives moto the resharding semantics of Kinesis (emulator/kinesis_resharding.py): parents keep their
+records and end, new records go to the children. The KCL finishes a parent before its children start; each child
+starts from its parents' state for its hash-key range (consumer/state_recovery.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import boto3
+import duckdb
+import pytest
+
+from clickstream.demo import emulator_environment
+from clickstream.outputs import current_customer_rows, download_outputs, output_glob
+from clickstream.settings import load_settings
+from consumer.status import read_statuses
+from producer.generator import ClickstreamGenerator
+from tests.reference import reference_aggregates
+
+pytestmark = pytest.mark.e2e
+
+
+def _wait_for(condition: Any, timeout: float, what: str, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{log.read_text()[-4000:]}")
+
+
+def test_split_and_merge_mid_run_keep_every_customer_equal_to_the_reference(
+    emulator_endpoint: str, tmp_path: Path
+) -> None:
+    state_dir = tmp_path / "state"
+    env = {
+        **os.environ,
+        **emulator_environment(emulator_endpoint, state_dir),
+        "CLICKSTREAM_STREAM_NAME": "reshard-stream",
+        "CLICKSTREAM_BUCKET": "reshard-outputs",
+        "CLICKSTREAM_APPLICATION_NAME": "reshard-rfm",
+        "CLICKSTREAM_STREAM_SHARDS": "2",
+        "CLICKSTREAM_FLUSH_MAX_RECORDS": "1000",
+        "CLICKSTREAM_FLUSH_MAX_SECONDS": "2",
+        "CLICKSTREAM_SNAPSHOT_EVERY_FLUSHES": "3",
+    }
+    labelled = list(ClickstreamGenerator(120, 6_000, seed=77, duplicate_rate=0.02).records())
+    parts = [
+        labelled[i::3] for i in range(3)
+    ]  # every customer appears before, between and after the reshards
+    files = []
+    for index, part in enumerate(parts):
+        path = tmp_path / f"part{index}.jsonl"
+        path.write_bytes(b"".join(data + b"\n" for _, data in part))
+        files.append(path)
+
+    def cli(*args: str) -> None:
+        done = subprocess.run(
+            [sys.executable, "-m", "clickstream.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    def flushed() -> int:
+        return sum(s.records_flushed for s in read_statuses(state_dir / "status").values())
+
+    kinesis = boto3.client(
+        "kinesis",
+        endpoint_url=emulator_endpoint,
+        region_name=env["AWS_REGION"],
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    cli("setup")
+    cli("produce", "--input", str(files[0]), "--no-progress")
+    log = tmp_path / "worker.log"
+    with log.open("wb") as log_file:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "clickstream.cli", "worker"], env=env, stdout=log_file, stderr=log_file
+        )
+    try:
+        _wait_for(lambda: flushed() >= len(parts[0]), 120, "part 1 flushed", log)
+
+        parent = kinesis.list_shards(StreamName="reshard-stream")["Shards"][0]
+        low, high = (int(parent["HashKeyRange"][k]) for k in ("StartingHashKey", "EndingHashKey"))
+        kinesis.split_shard(
+            StreamName="reshard-stream",
+            ShardToSplit=parent["ShardId"],
+            NewStartingHashKey=str((low + high) // 2),
+        )
+        cli("produce", "--input", str(files[1]), "--no-progress")
+        _wait_for(
+            lambda: flushed() >= len(parts[0]) + len(parts[1]), 120, "part 2 flushed by the children", log
+        )
+
+        children = [
+            s
+            for s in kinesis.list_shards(StreamName="reshard-stream")["Shards"]
+            if s.get("ParentShardId") == parent["ShardId"]
+        ]
+        assert len(children) == 2
+        kinesis.merge_shards(
+            StreamName="reshard-stream",
+            ShardToMerge=children[0]["ShardId"],
+            AdjacentShardToMerge=children[1]["ShardId"],
+        )
+        cli("produce", "--input", str(files[2]), "--no-progress")
+        _wait_for(lambda: flushed() >= len(labelled), 120, "part 3 flushed by the merged shard", log)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        code = worker.wait(timeout=60)
+    assert code == 0, log.read_text()[-4000:]
+
+    statuses = read_statuses(state_dir / "status")
+    ended = {shard for shard, status in statuses.items() if status.phase == "ended"}
+    assert parent["ShardId"] in ended and {c["ShardId"] for c in children} <= ended
+    assert len(statuses) == 5, "2 original shards, 2 children of the split, 1 child of the merge"
+
+    settings = load_settings(aws_endpoint_url=emulator_endpoint, bucket="reshard-outputs")
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=emulator_endpoint,
+        region_name=env["AWS_REGION"],
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    download_outputs(s3, settings, tmp_path / "s3")
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    rows = {
+        row["customer_id"]: row
+        for row in current_customer_rows(con, output_glob(tmp_path / "s3", settings, "customer_aggregates"))
+        .to_arrow_table()
+        .to_pylist()
+    }
+    documents = [
+        json.loads(d, parse_float=Decimal) for label, d in labelled if label in ("valid", "duplicate")
+    ]
+    expected = reference_aggregates(documents)
+    assert set(rows) == set(expected)
+    mismatches = [
+        (customer, column, rows[customer][column], value)
+        for customer, want in expected.items()
+        for column, value in want.items()
+        if column != "T"
+        and not (
+            abs(rows[customer][column] - value) <= 1e-9 * max(1.0, abs(value))
+            if isinstance(value, float) and rows[customer][column] is not None
+            else rows[customer][column] == value
+        )
+    ]
+    assert mismatches == []
+    archived = Counter(
+        row[0]
+        for row in con.sql(
+            f"SELECT event_id FROM read_parquet('{output_glob(tmp_path / 's3', settings, 'events')}')"
+        ).fetchall()
+    )
+    assert set(archived) == {str(d["event_id"]).lower() for d in documents}
+    assert max(archived.values()) == 1
