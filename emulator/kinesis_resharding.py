@@ -96,34 +96,30 @@ def _response_get_records(self: Any) -> Any:
     return result
 
 
-def install() -> None:
-    """Patch moto's Stream / KinesisBackend in this process (idempotent)."""
+def _targets() -> dict[str, tuple[Any, str, Callable[..., Any]]]:
     from moto.kinesis.models import KinesisBackend, Stream
     from moto.kinesis.responses import KinesisResponse
 
+    return {
+        "split_shard": (Stream, "split_shard", _split_shard),
+        "merge_shards": (Stream, "merge_shards", _merge_shards),
+        "get_shard_for_key": (Stream, "get_shard_for_key", _get_shard_for_key),
+        "get_records": (KinesisBackend, "get_records", _get_records),
+        "response_get_records": (KinesisResponse, "get_records", _response_get_records),
+    }
+
+
+def install() -> None:
+    """Patch moto's Stream, KinesisBackend and KinesisResponse in this process (idempotent)."""
     if ORIGINALS:
         return
-    ORIGINALS["response_get_records"] = KinesisResponse.get_records
-    KinesisResponse.get_records = _response_get_records
-    ORIGINALS["split_shard"] = Stream.split_shard
-    ORIGINALS["merge_shards"] = Stream.merge_shards
-    ORIGINALS["get_shard_for_key"] = Stream.get_shard_for_key
-    ORIGINALS["get_records"] = KinesisBackend.get_records
-    Stream.split_shard = _split_shard
-    Stream.merge_shards = _merge_shards
-    Stream.get_shard_for_key = _get_shard_for_key
-    KinesisBackend.get_records = _get_records
+    for key, (owner, attribute, replacement) in _targets().items():
+        ORIGINALS[key] = getattr(owner, attribute)
+        setattr(owner, attribute, replacement)
 
 
 def uninstall() -> None:
     """Restore stock moto (tests)."""
-    from moto.kinesis.models import KinesisBackend, Stream
-    from moto.kinesis.responses import KinesisResponse
-
-    if not ORIGINALS:
-        return
-    KinesisResponse.get_records = ORIGINALS.pop("response_get_records")
-    Stream.split_shard = ORIGINALS.pop("split_shard")
-    Stream.merge_shards = ORIGINALS.pop("merge_shards")
-    Stream.get_shard_for_key = ORIGINALS.pop("get_shard_for_key")
-    KinesisBackend.get_records = ORIGINALS.pop("get_records")
+    for key, (owner, attribute, _) in _targets().items():
+        if key in ORIGINALS:
+            setattr(owner, attribute, ORIGINALS.pop(key))
