@@ -8,6 +8,8 @@ two agree on generated documents.
 
 from __future__ import annotations
 
+import contextlib
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
@@ -61,17 +63,24 @@ _REQUIRED_BY_TYPE: Final = {
     "add_to_cart": ("product_id",),
     "search": ("search_query",),
 }
+#: RFC 3339 date-time with an explicit offset; hours 00-23, minutes and seconds 00-59, offsets up to 23:59.
+#: (TIMESTAMPTZ parsing alone would normalise hour 24 or an offset of +99:00 instead of rejecting them.)
+EVENT_TIME_PATTERN: Final = (
+    r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,6})?"
+    r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+)
+
+#: Byte patterns that DuckDB's lenient JSON reader accepts but JSON does not (trailing commas, NaN, Infinity).
+#: Only records containing one of them are re-checked with Python's strict parser, so the common case stays in SQL.
+LENIENT_JSON_HINT: Final = r",\s*[\]}]|NaN|Infinity"
+
 _STRING_FIELDS: Final = {
     # field: (min length, max length, regex or None)
     "event_id": (36, 36, r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"),
     "event_type": (1, 64, None),
     "customer_id": (1, 64, r"^[A-Za-z0-9_.:@-]+$"),
     "session_id": (1, 64, r"^[A-Za-z0-9_.:@-]+$"),
-    "event_time": (
-        1,
-        40,
-        r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?(Z|[+-][0-9]{2}:[0-9]{2})$",
-    ),
+    "event_time": (1, 40, EVENT_TIME_PATTERN),
     "page_url": (0, 2048, None),
     "product_id": (1, 64, None),
     "search_query": (0, 512, None),
@@ -101,7 +110,7 @@ def _rejection_rules(rules: ValidationRules) -> list[tuple[str, str]]:
             f"oversized:record exceeds {rules.max_record_bytes} bytes",
         ),
         ("txt IS NULL", "invalid_utf8:payload is not valid UTF-8"),
-        ("doc IS NULL", "invalid_json:payload is not valid JSON"),
+        ("doc IS NULL OR strict_json_error", "invalid_json:payload is not valid JSON"),
         ("doc_type <> 'OBJECT'", "not_an_object:payload is JSON but not an object"),
     ]
     checks += [(f"t_{f} IS NULL OR t_{f} = 'NULL'", f"missing_field:{f} is required") for f in _REQUIRED]
@@ -111,9 +120,21 @@ def _rejection_rules(rules: ValidationRules) -> list[tuple[str, str]]:
             f"unsupported_schema_version:schema_version must be {EVENT_SCHEMA_VERSION}",
         )
     )
+    # A field the event type needs, absent or null, is "missing" (checked before the generic type rules).
+    for event_type, fields in _REQUIRED_BY_TYPE.items():
+        for field in fields:
+            checks.append(
+                (
+                    f"s_event_type = {_quote(event_type)} AND (t_{field} IS NULL OR t_{field} = 'NULL')",
+                    f"missing_field:{field} is required for {event_type}",
+                )
+            )
     for field, (low, high, pattern) in _STRING_FIELDS.items():
-        present = f"t_{field} IS NOT NULL AND t_{field} <> 'NULL'"
-        checks.append((f"{present} AND t_{field} <> 'VARCHAR'", f"wrong_type:{field} must be a string"))
+        # A JSON null in an optional field is a wrong type, as the schema says (required ones were caught above).
+        checks.append(
+            (f"t_{field} IS NOT NULL AND t_{field} <> 'VARCHAR'", f"wrong_type:{field} must be a string")
+        )
+        present = f"t_{field} = 'VARCHAR'"
         length = f"length(s_{field}) NOT BETWEEN {low} AND {high}"
         bad = f"{length} OR NOT regexp_full_match(s_{field}, {_quote(pattern)})" if pattern else length
         checks.append((f"{present} AND ({bad})", f"invalid_value:{field} has an invalid format or length"))
@@ -134,23 +155,20 @@ def _rejection_rules(rules: ValidationRules) -> list[tuple[str, str]]:
             "event_time_in_future:event_time is later than the record's arrival plus the allowed clock skew",
         )
     )
-    for event_type, fields in _REQUIRED_BY_TYPE.items():
-        for field in fields:
-            checks.append(
-                (
-                    f"s_event_type = {_quote(event_type)} AND (t_{field} IS NULL OR t_{field} = 'NULL')",
-                    f"missing_field:{field} is required for {event_type}",
-                )
-            )
-    quantity_present = "t_quantity IS NOT NULL AND t_quantity <> 'NULL'"
     checks.append(
         (
-            f"{quantity_present} AND (NOT {_is_integer('quantity')} "
+            "t_quantity IS NOT NULL AND t_quantity NOT IN ('UBIGINT', 'BIGINT', 'DOUBLE')",
+            "wrong_type:quantity must be an integer",
+        )
+    )
+    checks.append(
+        (
+            f"t_quantity IS NOT NULL AND (NOT {_is_integer('quantity')} "
             "OR TRY_CAST(s_quantity AS DOUBLE) NOT BETWEEN 1 AND 10000)",
             "invalid_value:quantity must be an integer from 1 to 10000",
         )
     )
-    revenue_present = "t_revenue IS NOT NULL AND t_revenue <> 'NULL'"
+    revenue_present = "t_revenue IS NOT NULL"
     checks.append(
         (
             f"{revenue_present} AND t_revenue NOT IN ('UBIGINT', 'BIGINT', 'DOUBLE')",
@@ -159,14 +177,15 @@ def _rejection_rules(rules: ValidationRules) -> list[tuple[str, str]]:
     )
     checks.append(
         (
-            f"{revenue_present} AND (revenue_exact IS NULL OR revenue_exact < 0 "
-            f"OR revenue_exact > {rules.max_revenue})",
+            f"{revenue_present} AND (TRY_CAST(s_revenue AS DOUBLE) IS NULL OR TRY_CAST(s_revenue AS DOUBLE) < 0 "
+            f"OR TRY_CAST(s_revenue AS DOUBLE) > {rules.max_revenue})",
             f"revenue_out_of_range:revenue must be between 0 and {rules.max_revenue}",
         )
     )
     checks.append(
         (
-            f"{revenue_present} AND revenue_exact <> round(revenue_exact, 2)",
+            # JSON numbers are IEEE doubles; their shortest form must have at most two decimals (1.999e1 = 19.99).
+            f"{revenue_present} AND revenue_exact IS NULL",
             "invalid_value:revenue has more than two decimals",
         )
     )
@@ -190,6 +209,7 @@ def _json_kind(raw: str) -> str:
 
 
 def _build_sql(rules: ValidationRules) -> str:
+    trimmed = "ltrim(doc, ' ' || chr(9) || chr(10) || chr(13))"  # JSON whitespace, not only spaces
     extracted = ", ".join(_quote(f"$.{f}") for f in _FIELDS)
     as_text = "{" + ", ".join(f'"{f}": "VARCHAR"' for f in _FIELDS) + "}"
     per_field = ",\n".join(
@@ -206,20 +226,21 @@ WITH src AS (
 ), parsed AS (
   SELECT *, CASE WHEN json_valid(txt) THEN txt END AS doc FROM src
 ), extracted AS (
-  SELECT *, CASE WHEN doc IS NOT NULL THEN {_json_kind("ltrim(doc)")} END AS doc_type,
-         CASE WHEN left(ltrim(doc), 1) = '{{' THEN json_extract(doc, [{extracted}]) END AS raw,
-         CASE WHEN left(ltrim(doc), 1) = '{{' THEN json_transform(doc, {_quote(as_text)}) END AS texts
+  SELECT *, CASE WHEN doc IS NOT NULL THEN {_json_kind(trimmed)} END AS doc_type,
+         CASE WHEN left({trimmed}, 1) = '{{' THEN json_extract(doc, [{extracted}]) END AS raw,
+         CASE WHEN left({trimmed}, 1) = '{{' THEN json_transform(doc, {_quote(as_text)}) END AS texts
   FROM parsed
 ), fields AS (
   SELECT shard_id, sequence_number, sub_sequence_number, partition_key, approximate_arrival_at, data,
-         size_bytes, txt, doc, doc_type,
+         size_bytes, txt, doc, doc_type, strict_json_error,
          {per_field}
   FROM extracted
 ), typed AS (
   SELECT *,
          CASE WHEN t_event_time = 'VARCHAR' THEN TRY_CAST(s_event_time AS TIMESTAMPTZ) END AS event_time,
          CASE WHEN t_revenue IN ('UBIGINT', 'BIGINT', 'DOUBLE')
-              THEN TRY_CAST(s_revenue AS DECIMAL(38, 10)) END AS revenue_exact
+                   AND regexp_full_match(s_revenue, '-?[0-9]{{1,16}}([.][0-9]{{1,2}})?')
+              THEN TRY_CAST(s_revenue AS DECIMAL(18, 2)) END AS revenue_exact
   FROM fields
 ), judged AS (
   SELECT *,
@@ -242,11 +263,11 @@ SELECT shard_id, sequence_number, sub_sequence_number, partition_key, approximat
        s_page_url AS page_url,
        s_product_id AS product_id,
        s_search_query AS search_query,
-       CAST(TRY_CAST(s_quantity AS DOUBLE) AS INTEGER) AS quantity,
+       TRY_CAST(TRY_CAST(s_quantity AS DOUBLE) AS INTEGER) AS quantity,
        s_order_id AS order_id,
-       CAST(revenue_exact AS DECIMAL(18, 2)) AS revenue,
+       TRY_CAST(revenue_exact AS DECIMAL(18, 2)) AS revenue,
        s_currency AS currency,
-       CAST(TRY_CAST(s_schema_version AS DOUBLE) AS INTEGER) AS schema_version
+       TRY_CAST(TRY_CAST(s_schema_version AS DOUBLE) AS INTEGER) AS schema_version
 FROM judged
 """
 
@@ -260,15 +281,35 @@ class RecordValidator:
 
     def decode(self, con: duckdb.DuckDBPyConnection, raw: pa.Table) -> DecodedBatch:
         """Split ``raw`` into events and rejects; every input row lands in exactly one of them."""
-        con.register("raw_batch", raw)
+        flagged = raw.append_column("strict_json_error", _strict_json_errors(raw.column("data")))
+        con.register("raw_batch", flagged)
         try:
             judged = con.sql(self._sql).to_arrow_table()
         finally:
-            con.unregister("raw_batch")
+            with contextlib.suppress(duckdb.Error):  # never hide the statement's own error behind this one
+                con.unregister("raw_batch")
         accepted = judged.column("accepted")
         events = judged.filter(accepted).select(EVENTS_SCHEMA.names).cast(EVENTS_SCHEMA)
         rejects = judged.filter(pc.invert(accepted)).select(ERRORS_SCHEMA.names).cast(ERRORS_SCHEMA)
         return DecodedBatch(events=events, rejects=rejects)
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _strict_json_errors(data: pa.ChunkedArray) -> pa.Array:
+    """True where a payload uses syntax only a lenient parser accepts; checked strictly in Python, rarely."""
+    hints = pc.match_substring_regex(data, LENIENT_JSON_HINT).to_pylist()
+    flags = [False] * len(hints)
+    payloads = data.to_pylist() if any(hints) else []
+    for index, hinted in enumerate(hints):
+        if hinted:
+            try:
+                json.loads(payloads[index], parse_constant=_reject_constant)
+            except (ValueError, RecursionError):
+                flags[index] = True
+    return pa.array(flags, pa.bool_())
 
 
 def new_connection(database: str = ":memory:") -> duckdb.DuckDBPyConnection:

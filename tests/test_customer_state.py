@@ -1,0 +1,805 @@
+"""Specification of CustomerState: incremental per-customer RFM / engagement aggregates in DuckDB.
+
+Layer: pure core on small Arrow tables (no AWS). ``tests/reference.py`` is the independent oracle: a row-by-row
+plain-Python computation of the same columns from the event documents.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from aggregators.customer_state import AppliedBatch, CustomerState, Position
+from producer.generator import ClickstreamGenerator
+from schemas import CUSTOMER_AGGREGATES_SCHEMA, EVENT_TYPES, RAW_RECORD_SCHEMA
+from tests.reference import parse_time, reference_aggregates
+
+SHARD = "shardId-000000000003"
+#: A real-looking 56-digit Kinesis sequence number; deliveries count up from here.
+BASE_SEQUENCE = 49_590_338_271_490_256_608_559_692_538_361_571_095_921_575_989_136_588_898
+#: Arrival of every test record: after all event times used here (the future-skew rule must not fire).
+ARRIVAL = datetime(2026, 6, 1, tzinfo=UTC)
+#: Columns that legitimately depend on how the stream was cut into batches.
+BATCH_DEPENDENT = ("updated_through_sequence",)
+
+_ids = itertools.count(1)
+
+
+def new_event_id() -> str:
+    return f"00000000-0000-4000-8000-{next(_ids):012x}"
+
+
+def event(
+    customer: str,
+    event_type: str,
+    when: str | datetime,
+    *,
+    revenue: str | None = None,
+    session: str = "s-1",
+    event_id: str | None = None,
+) -> dict[str, Any]:
+    """A valid event document; a purchase gets an order id and ``revenue`` (default 10.00)."""
+    text = when if isinstance(when, str) else when.isoformat()
+    doc: dict[str, Any] = {
+        "schema_version": 1,
+        "event_id": event_id or new_event_id(),
+        "event_type": event_type,
+        "customer_id": customer,
+        "session_id": session,
+        "event_time": text,
+    }
+    if event_type in ("product_view", "add_to_cart"):
+        doc["product_id"] = "p-00001"
+    if event_type == "search":
+        doc["search_query"] = "boots"
+    if event_type in ("checkout", "purchase"):
+        doc["order_id"] = f"o-{doc['event_id'][-6:]}"
+    if event_type == "purchase":
+        doc["revenue"] = Decimal(revenue or "10.00")
+        doc["currency"] = "USD"
+    return doc
+
+
+def encode(doc: dict[str, Any]) -> bytes:
+    """Compact JSON; a Decimal revenue is written verbatim as a JSON number."""
+    text = json.dumps(doc, separators=(",", ":"), default=_decimal_marker)
+    return text.replace('"@@', "").replace('@@"', "").encode()
+
+
+def _decimal_marker(value: Any) -> str:
+    if isinstance(value, Decimal):
+        return f"@@{value}@@"
+    raise TypeError(value)
+
+
+def as_document(record: bytes | dict[str, Any]) -> dict[str, Any]:
+    """The document as a producer-side consumer (the reference) reads it."""
+    loaded: dict[str, Any] = json.loads(record) if isinstance(record, bytes) else json.loads(encode(record))
+    return loaded
+
+
+class Stream:
+    """One shard's records as Kinesis delivers them: every delivery gets the next, higher sequence number."""
+
+    def __init__(self, first: int = BASE_SEQUENCE) -> None:
+        self.next_sequence = first
+
+    def batch(self, records: Iterable[bytes | dict[str, Any]]) -> pa.Table:
+        rows = []
+        for record in records:
+            data = record if isinstance(record, bytes) else encode(record)
+            rows.append(_raw_row(data, str(self.next_sequence)))
+            self.next_sequence += 1
+        return pa.Table.from_pylist(rows, schema=RAW_RECORD_SCHEMA)
+
+
+def _raw_row(data: bytes, sequence: str, sub: int = 0) -> dict[str, Any]:
+    try:
+        key = str(json.loads(data)["customer_id"])
+    except (ValueError, KeyError, TypeError, RecursionError):
+        key = "unknown"
+    return {
+        "shard_id": SHARD,
+        "sequence_number": sequence,
+        "sub_sequence_number": sub,
+        "partition_key": key,
+        "approximate_arrival_at": ARRIVAL,
+        "data": data,
+    }
+
+
+def raw_at(records: Sequence[bytes | dict[str, Any]], positions: Sequence[str | tuple[str, int]]) -> pa.Table:
+    """A raw batch with explicit (sequence, sub-sequence) positions."""
+    rows = []
+    for record, position in zip(records, positions, strict=True):
+        sequence, sub = position if isinstance(position, tuple) else (position, 0)
+        rows.append(_raw_row(record if isinstance(record, bytes) else encode(record), sequence, sub))
+    return pa.Table.from_pylist(rows, schema=RAW_RECORD_SCHEMA)
+
+
+def by_customer(table: pa.Table) -> dict[str, dict[str, Any]]:
+    return {row["customer_id"]: row for row in table.to_pylist()}
+
+
+def without(row: dict[str, Any], columns: Iterable[str]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k not in set(columns)}
+
+
+def assert_matches_reference(rows: pa.Table, documents: Iterable[dict[str, Any]]) -> None:
+    """Every customer and every reference column; floats with tolerance, Decimals and the rest exactly."""
+    actual = by_customer(rows)
+    as_of_values = set(rows.column("as_of").to_pylist())
+    assert len(as_of_values) == 1
+    [as_of] = as_of_values
+    expected = reference_aggregates(list(documents), as_of=as_of.date())
+    assert actual.keys() == expected.keys()
+    for customer, columns in expected.items():
+        got = actual[customer]
+        for column, value in columns.items():
+            if isinstance(value, float):
+                assert got[column] == pytest.approx(value, rel=1e-12, abs=1e-12), (customer, column)
+            elif isinstance(value, Decimal):
+                assert isinstance(got[column], Decimal), (customer, column)
+                assert got[column] == value, (customer, column, got[column], value)
+            else:
+                assert got[column] == value, (customer, column, got[column], value)
+        assert got["version"] == columns["events"]
+        assert got["shard_id"] == SHARD
+
+
+def apply_all(state: CustomerState, batches: Iterable[pa.Table]) -> list[AppliedBatch]:
+    return [state.apply(batch) for batch in batches]
+
+
+# ---------------------------------------------------------------------------------------------------- reference
+
+
+@pytest.fixture(scope="module")
+def generated() -> list[tuple[str, bytes]]:
+    generator = ClickstreamGenerator(300, 8000, seed=21, days=30, duplicate_rate=0.05, malformed_rate=0.01)
+    return list(generator.records())
+
+
+@pytest.mark.parametrize("batch_size", [500, 10_000], ids=["many_batches", "one_batch"])
+def test_generated_stream_matches_the_reference_for_every_customer_and_column(
+    generated: list[tuple[str, bytes]], batch_size: int
+) -> None:
+    state = CustomerState(SHARD)
+    stream = Stream()
+    records = [data for _, data in generated]
+    results = apply_all(
+        state, (stream.batch(records[i : i + batch_size]) for i in range(0, len(records), batch_size))
+    )
+    labels = [label for label, _ in generated]
+    assert sum(r.events.num_rows for r in results) == labels.count("valid")
+    assert sum(r.duplicates for r in results) == labels.count("duplicate")
+    assert sum(r.rejects.num_rows for r in results) == sum(label.startswith("malformed:") for label in labels)
+    assert sum(r.records_skipped for r in results) == 0
+
+    documents = [json.loads(data) for label, data in generated if label in ("valid", "duplicate")]
+    snapshot = state.snapshot_rows()
+    assert snapshot.schema == CUSTOMER_AGGREGATES_SCHEMA
+    assert snapshot.num_rows == len({d["customer_id"] for d in documents}) == state.customer_count()
+    assert set(snapshot.column("as_of").to_pylist()) == {max(parse_time(d["event_time"]) for d in documents)}
+    assert sum(snapshot.column("purchase_days").to_pylist()) > 0  # the comparison covers buyers too
+    assert any(f is not None and f > 0 for f in snapshot.column("frequency").to_pylist())
+    assert_matches_reference(snapshot, documents)
+
+
+def test_batch_size_does_not_change_the_snapshot(generated: list[tuple[str, bytes]]) -> None:
+    records = [data for _, data in generated]
+    snapshots = []
+    for size in (len(records), 333):
+        state = CustomerState(SHARD)
+        stream = Stream()
+        apply_all(state, (stream.batch(records[i : i + size]) for i in range(0, len(records), size)))
+        snapshots.append(state.snapshot_rows())
+    assert snapshots[0].equals(snapshots[1])
+
+
+# ---------------------------------------------------------------------------------------------------- set semantics
+
+CUSTOMERS = ("c-1", "c-2", "c-3")
+DAY0 = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+@st.composite
+def event_records(draw: st.DrawFn) -> list[bytes]:
+    """Distinct events of a few customers over a week, purchases over-represented, assorted UTC offsets."""
+    count = draw(st.integers(1, 14))
+    records = []
+    for index in range(count):
+        instant = DAY0 + timedelta(
+            days=draw(st.integers(0, 6)),
+            seconds=draw(st.integers(0, 86_399)),
+            microseconds=draw(st.integers(0, 999_999)),
+        )
+        offset = timezone(timedelta(minutes=draw(st.sampled_from([0, 120, -300, 330]))))
+        event_type = draw(st.one_of(st.just("purchase"), st.sampled_from(EVENT_TYPES)))
+        event_id = f"00000000-0000-4000-8000-{index:012x}"
+        doc = event(
+            draw(st.sampled_from(CUSTOMERS)),
+            event_type,
+            instant.astimezone(offset),
+            revenue=str(Decimal(draw(st.integers(0, 100_000))) / 100),
+            session=draw(st.sampled_from(["s-1", "s-2", "s-3"])),
+            event_id=event_id.upper() if draw(st.booleans()) else event_id,
+        )
+        records.append(encode(doc))
+    return records
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_aggregates_depend_only_on_the_set_of_events(data: st.DataObject) -> None:
+    records = data.draw(event_records(), label="records")
+    repeats = data.draw(st.lists(st.sampled_from(range(len(records))), max_size=6), label="repeats")
+    order = data.draw(st.permutations(list(range(len(records))) + repeats), label="order")
+    cuts = sorted(set(data.draw(st.lists(st.integers(1, max(1, len(order) - 1)), max_size=3), label="cuts")))
+    redeliver = data.draw(st.booleans(), label="redeliver a batch")
+
+    baseline = CustomerState(SHARD)
+    baseline.apply(Stream().batch(records))
+    expected = baseline.snapshot_rows()
+
+    state = CustomerState(SHARD)
+    stream = Stream()
+    bounds = [0, *(c for c in cuts if c < len(order)), len(order)]
+    batches = [stream.batch([records[i] for i in order[a:b]]) for a, b in itertools.pairwise(bounds) if b > a]
+    results = apply_all(state, batches)
+    if redeliver:
+        again = state.apply(data.draw(st.sampled_from(batches), label="redelivered"))
+        assert again.records_skipped == again.records_in
+        assert again.customer_rows.num_rows == 0
+
+    assert sum(r.events.num_rows for r in results) == len(records)
+    assert sum(r.duplicates for r in results) == len(repeats)
+    actual = state.snapshot_rows()
+    assert [without(r, BATCH_DEPENDENT) for r in actual.to_pylist()] == [
+        without(r, BATCH_DEPENDENT) for r in expected.to_pylist()
+    ]
+    assert_matches_reference(actual, [as_document(r) for r in records])
+
+    # The highest version of each customer across all flushes is its current row (as_of/T move with the shard).
+    latest: dict[str, dict[str, Any]] = {}
+    for result in results:
+        for row in result.customer_rows.to_pylist():
+            previous = latest.get(row["customer_id"])
+            assert previous is None or row["version"] > previous["version"]
+            latest[row["customer_id"]] = row
+    moving = ("as_of", "T", *BATCH_DEPENDENT)
+    assert {c: without(r, moving) for c, r in latest.items()} == {
+        c: without(r, moving) for c, r in by_customer(actual).items()
+    }
+
+
+def test_duplicate_event_ids_count_once() -> None:
+    purchase = event("c-1", "purchase", "2026-03-02T10:00:00Z", revenue="25.00")
+    upper = {**purchase, "event_id": purchase["event_id"].upper()}
+    state = CustomerState(SHARD)
+    stream = Stream()
+    first = state.apply(stream.batch([purchase, purchase, upper]))
+    second = state.apply(stream.batch([purchase]))
+    assert (first.events.num_rows, first.duplicates) == (1, 2)
+    assert (second.events.num_rows, second.duplicates) == (0, 1)
+    assert first.accepted == 3
+    [row] = state.snapshot_rows().to_pylist()
+    assert (row["events"], row["purchases"], row["revenue"]) == (1, 1, Decimal("25.00"))
+
+
+def test_first_delivery_of_a_repeated_event_id_wins_within_a_batch() -> None:
+    event_id = new_event_id()
+    view = event("c-1", "page_view", "2026-03-02T10:00:00Z", event_id=event_id)
+    purchase = event("c-1", "purchase", "2026-03-02T10:00:00Z", event_id=event_id)
+    state = CustomerState(SHARD)
+    applied = state.apply(raw_at([purchase, view], [str(BASE_SEQUENCE + 1), str(BASE_SEQUENCE)]))
+    assert applied.duplicates == 1
+    [row] = state.snapshot_rows().to_pylist()
+    assert (row["page_views"], row["purchases"]) == (1, 0)
+
+
+# ---------------------------------------------------------------------------------------------------- RFM
+
+
+def row_of(state: CustomerState, customer: str) -> dict[str, Any]:
+    return by_customer(state.snapshot_rows())[customer]
+
+
+def test_late_purchase_before_the_first_purchase_day_moves_rfm_back() -> None:
+    state = CustomerState(SHARD)
+    stream = Stream()
+    documents = [
+        event("c-1", "purchase", "2026-03-10T10:00:00Z", revenue="10.00"),
+        event("c-1", "purchase", "2026-03-15T10:00:00Z", revenue="5.00"),
+        event("c-1", "page_view", "2026-03-20T10:00:00Z"),
+    ]
+    state.apply(stream.batch(documents))
+    row = row_of(state, "c-1")
+    assert (row["purchase_days"], row["frequency"], row["recency"], row["T"]) == (2, 1, 5, 10)
+    assert row["monetary_value"] == 5.0
+    assert row["repeat_revenue"] == Decimal("5.00")
+    assert row["first_purchase_at"] == datetime(2026, 3, 10, 10, tzinfo=UTC)
+
+    late = [
+        event("c-1", "purchase", "2026-03-05T10:00:00Z", revenue="20.00"),
+        event("c-1", "purchase", "2026-03-15T18:00:00Z", revenue="7.00"),  # same day as an earlier repeat
+    ]
+    applied = state.apply(stream.batch(late))
+    documents += late
+    [row] = applied.customer_rows.to_pylist()
+    assert row == row_of(state, "c-1")
+    assert (row["purchase_days"], row["frequency"], row["recency"], row["T"]) == (3, 2, 10, 15)
+    assert row["revenue"] == Decimal("42.00")
+    assert row["repeat_revenue"] == Decimal("22.00")  # 10.00 + (5.00 + 7.00): the first day is excluded
+    assert row["monetary_value"] == 11.0
+    assert row["first_purchase_at"] == datetime(2026, 3, 5, 10, tzinfo=UTC)
+    assert row["last_purchase_at"] == datetime(2026, 3, 15, 18, tzinfo=UTC)
+    assert row["as_of"] == datetime(2026, 3, 20, 10, tzinfo=UTC)  # older events do not move as_of
+    assert_matches_reference(state.snapshot_rows(), documents)
+
+    same_first_day = [
+        event("c-1", "purchase", "2026-03-05T23:00:00Z", revenue="3.00"),
+        event("c-1", "purchase", "2026-03-05T01:00:00Z", revenue="1.00"),
+    ]
+    state.apply(stream.batch(same_first_day[:1]))
+    state.apply(stream.batch(same_first_day[1:]))
+    documents += same_first_day
+    row = row_of(state, "c-1")
+    assert (row["purchases"], row["purchase_days"], row["frequency"], row["recency"], row["T"]) == (
+        6,
+        3,
+        2,
+        10,
+        15,
+    )
+    assert row["revenue"] == Decimal("46.00")
+    assert row["repeat_revenue"] == Decimal("22.00")  # first day now 20 + 3 + 1, still excluded
+    assert row["monetary_value"] == 11.0
+    assert row["first_purchase_at"] == datetime(2026, 3, 5, 1, tzinfo=UTC)
+    assert_matches_reference(state.snapshot_rows(), documents)
+
+
+def test_purchase_on_the_known_first_day_arriving_later_stays_out_of_monetary_value() -> None:
+    state = CustomerState(SHARD)
+    stream = Stream()
+    state.apply(
+        stream.batch(
+            [
+                event("c-1", "purchase", "2026-03-10T10:00:00Z", revenue="10.00"),
+                event("c-1", "purchase", "2026-03-12T10:00:00Z", revenue="4.00"),
+            ]
+        )
+    )
+    state.apply(stream.batch([event("c-1", "purchase", "2026-03-10T20:00:00Z", revenue="100.00")]))
+    row = row_of(state, "c-1")
+    assert (row["purchases"], row["purchase_days"], row["frequency"]) == (3, 2, 1)
+    assert row["repeat_revenue"] == Decimal("4.00")
+    assert row["monetary_value"] == 4.0
+
+
+def test_single_purchase_day_has_zero_frequency_and_monetary_value() -> None:
+    state = CustomerState(SHARD)
+    state.apply(
+        Stream().batch(
+            [
+                event("c-1", "purchase", "2026-03-10T10:00:00Z", revenue="10.00"),
+                event("c-1", "purchase", "2026-03-10T11:00:00Z", revenue="2.50"),
+                event("c-2", "page_view", "2026-03-13T00:00:00Z"),
+            ]
+        )
+    )
+    row = row_of(state, "c-1")
+    assert (row["purchases"], row["purchase_days"], row["frequency"], row["recency"], row["T"]) == (
+        2,
+        1,
+        0,
+        0,
+        3,
+    )
+    assert row["monetary_value"] == 0.0
+    assert row["repeat_revenue"] == Decimal("0.00")
+    assert row["revenue"] == Decimal("12.50")
+
+
+def test_customer_without_purchases_has_null_rfm_and_zero_purchase_days() -> None:
+    state = CustomerState(SHARD)
+    stream = Stream()
+    state.apply(
+        stream.batch(
+            [
+                event("c-9", "page_view", "2026-03-01T10:00:00Z"),
+                event("c-9", "search", "2026-03-02T10:00:00Z"),
+                event("c-8", "purchase", "2026-03-03T10:00:00Z"),
+            ]
+        )
+    )
+    state.apply(stream.batch([event("c-9", "checkout", "2026-03-04T10:00:00Z")]))
+    row = row_of(state, "c-9")
+    for column in ("frequency", "recency", "T", "monetary_value", "repeat_revenue"):
+        assert row[column] is None, column
+    assert row["first_purchase_at"] is None
+    assert row["last_purchase_at"] is None
+    assert (row["purchase_days"], row["purchases"], row["revenue"]) == (0, 0, Decimal("0.00"))
+    assert row["checkouts"] == 1
+    assert row_of(state, "c-8")["frequency"] == 0  # the shard has buyers; only c-9's columns are null
+
+
+def test_t_grows_with_the_shard_as_of_for_customers_not_in_the_batch() -> None:
+    state = CustomerState(SHARD)
+    stream = Stream()
+    state.apply(stream.batch([event("c-1", "purchase", "2026-03-10T10:00:00Z")]))
+    applied = state.apply(stream.batch([event("c-2", "page_view", "2026-03-25T08:00:00Z")]))
+    assert applied.customer_rows.column("customer_id").to_pylist() == ["c-2"]
+    row = row_of(state, "c-1")
+    assert row["T"] == 15
+    assert row["as_of"] == datetime(2026, 3, 25, 8, tzinfo=UTC)
+
+
+@pytest.fixture
+def local_zone_new_york(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Run with a non-UTC process time zone, so UTC day bucketing cannot pass by accident."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.usefixtures("local_zone_new_york")
+def test_days_and_timestamps_are_utc_whatever_the_offset() -> None:
+    state = CustomerState(SHARD)
+    state.apply(
+        Stream().batch(
+            [
+                event("c-1", "page_view", "2026-03-01T23:30:00-02:00"),  # 2026-03-02T01:30Z
+                event("c-1", "purchase", "2026-03-02T00:30:00Z"),
+                event("c-1", "purchase", "2026-03-02T01:00:00+02:00"),  # 2026-03-01T23:00Z
+            ]
+        )
+    )
+    row = row_of(state, "c-1")
+    assert row["active_days"] == 2
+    assert row["purchase_days"] == 2
+    assert row["first_event_at"] == datetime(2026, 3, 1, 23, tzinfo=UTC)
+    assert row["last_event_at"] == datetime(2026, 3, 2, 1, 30, tzinfo=UTC)
+    assert row["first_purchase_at"] == datetime(2026, 3, 1, 23, tzinfo=UTC)
+
+
+def test_revenue_counts_only_on_purchases() -> None:
+    checkout = {**event("c-1", "checkout", "2026-03-01T10:00:00Z"), "revenue": Decimal("50.00")}
+    state = CustomerState(SHARD)
+    state.apply(Stream().batch([checkout, event("c-1", "purchase", "2026-03-02T10:00:00Z", revenue="3.00")]))
+    row = row_of(state, "c-1")
+    assert row["revenue"] == Decimal("3.00")
+    assert (row["checkouts"], row["purchases"], row["purchase_days"]) == (1, 1, 1)
+
+
+def test_sessions_are_distinct_across_batches() -> None:
+    state = CustomerState(SHARD)
+    stream = Stream()
+    state.apply(stream.batch([event("c-1", "page_view", "2026-03-01T10:00:00Z", session=s) for s in "aab"]))
+    state.apply(stream.batch([event("c-1", "page_view", "2026-03-01T11:00:00Z", session=s) for s in "bc"]))
+    assert row_of(state, "c-1")["sessions"] == 3
+
+
+# ---------------------------------------------------------------------------------------------------- engagement
+
+WEIGHTS = {"page_view": 1, "product_view": 2, "search": 2, "add_to_cart": 4, "checkout": 6, "purchase": 10}
+
+
+@pytest.mark.parametrize("event_type", EVENT_TYPES)
+def test_engagement_weight_of_each_event_type(event_type: str) -> None:
+    state = CustomerState(SHARD)
+    state.apply(Stream().batch([event("c-1", event_type, "2026-03-01T10:00:00Z")]))
+    assert row_of(state, "c-1")["engagement_score"] == WEIGHTS[event_type]
+
+
+def test_engagement_score_is_weighted_interactions_per_active_day() -> None:
+    counts = {"page_view": 3, "product_view": 2, "search": 1, "add_to_cart": 1, "checkout": 1, "purchase": 1}
+    documents = [
+        event("c-1", event_type, f"2026-03-0{1 + i % 2}T10:00:00Z")
+        for i, event_type in enumerate(t for t, n in counts.items() for _ in range(n))
+    ]
+    state = CustomerState(SHARD)
+    stream = Stream()
+    state.apply(stream.batch(documents[:4]))
+    state.apply(stream.batch(documents[4:]))
+    row = row_of(state, "c-1")
+    assert row["active_days"] == 2
+    assert row["engagement_score"] == (1 * 3 + 2 * 2 + 2 * 1 + 4 * 1 + 6 * 1 + 10 * 1) / 2  # 14.5
+
+
+# ---------------------------------------------------------------------------------------------------- redelivery
+
+
+def test_redelivered_batch_is_skipped_and_changes_nothing() -> None:
+    state = CustomerState(SHARD)
+    batch = Stream().batch(
+        [
+            event("c-1", "purchase", "2026-03-01T10:00:00Z"),
+            b"not json",
+            event("c-2", "search", "2026-03-02T10:00:00Z"),
+        ]
+    )
+    state.apply(batch)
+    before, position = state.snapshot_rows(), state.position()
+    again = state.apply(batch)
+    assert (again.records_in, again.records_skipped, again.duplicates) == (3, 3, 0)
+    assert again.events.num_rows == again.customer_rows.num_rows == again.rejects.num_rows == 0
+    assert again.position is None
+    assert state.position() == position
+    assert state.snapshot_rows().equals(before)
+
+
+def test_partly_redelivered_batch_applies_only_the_records_above_the_position() -> None:
+    documents = [event("c-1", "page_view", f"2026-03-01T1{i}:00:00Z") for i in range(9)]
+    positions = [str(BASE_SEQUENCE + i) for i in range(9)]
+    state = CustomerState(SHARD)
+    state.apply(raw_at(documents[:6], positions[:6]))
+    applied = state.apply(raw_at(documents[3:], positions[3:]))
+    assert (applied.records_in, applied.records_skipped, applied.events.num_rows) == (6, 3, 3)
+    assert applied.position == Position(positions[-1], 0)
+    assert row_of(state, "c-1")["events"] == 9
+
+
+@pytest.mark.parametrize(
+    ("stored", "incoming", "applied"),
+    [
+        ("9", "10", True),
+        ("10", "9", False),
+        ("10", "10", False),
+        ("99", "100", True),
+        (str(BASE_SEQUENCE), str(BASE_SEQUENCE + 1), True),
+        (str(BASE_SEQUENCE), str(BASE_SEQUENCE - 1), False),
+        (str(BASE_SEQUENCE), "9" * 55, False),  # fewer digits: smaller, though larger as a string
+        ("9" * 55, str(BASE_SEQUENCE), True),
+    ],
+)
+def test_sequence_numbers_are_compared_numerically(stored: str, incoming: str, applied: bool) -> None:
+    state = CustomerState(SHARD)
+    state.apply(raw_at([event("c-1", "page_view", "2026-03-01T10:00:00Z")], [stored]))
+    result = state.apply(raw_at([event("c-2", "page_view", "2026-03-01T11:00:00Z")], [incoming]))
+    assert result.records_skipped == (0 if applied else 1)
+    assert state.customer_count() == (2 if applied else 1)
+    assert state.position() == Position(incoming if applied else stored, 0)
+
+
+def test_sub_sequence_numbers_order_records_of_one_aggregated_record() -> None:
+    sequence = str(BASE_SEQUENCE)
+    documents = [event("c-1", "page_view", f"2026-03-01T1{i}:00:00Z") for i in range(3)]
+    state = CustomerState(SHARD)
+    state.apply(raw_at(documents[:2], [(sequence, 0), (sequence, 1)]))
+    applied = state.apply(raw_at(documents, [(sequence, 0), (sequence, 1), (sequence, 2)]))
+    assert (applied.records_skipped, applied.events.num_rows) == (2, 1)
+    assert state.position() == Position(sequence, 2)
+
+
+def test_position_is_the_highest_in_the_batch_even_out_of_order() -> None:
+    documents = [event("c-1", "page_view", f"2026-03-01T1{i}:00:00Z") for i in range(3)]
+    state = CustomerState(SHARD)
+    applied = state.apply(raw_at(documents, ["12", "10", "9"]))
+    assert applied.position == Position("12", 0)
+    assert state.position() == Position("12", 0)
+    assert (
+        state.apply(raw_at([event("c-2", "page_view", "2026-03-01T10:00:00Z")], ["11"])).records_skipped == 1
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- changed rows
+
+
+def test_only_customers_changed_by_a_batch_are_returned() -> None:
+    state = CustomerState(SHARD)
+    stream = Stream()
+    first = state.apply(
+        stream.batch([event(f"c-{i:03d}", "page_view", "2026-03-01T10:00:00Z") for i in range(100)])
+    )
+    assert first.customer_rows.num_rows == 100
+    touched = ["c-005", "c-050", "c-099"]
+    applied = state.apply(
+        stream.batch(
+            [event(c, t, "2026-03-02T10:00:00Z") for c in reversed(touched) for t in ("search", "purchase")]
+        )
+    )
+    assert applied.customer_rows.schema == CUSTOMER_AGGREGATES_SCHEMA
+    assert applied.customer_rows.column("customer_id").to_pylist() == touched
+    current = by_customer(state.snapshot_rows())
+    for row in applied.customer_rows.to_pylist():
+        assert row == current[row["customer_id"]]
+        assert row["version"] == 3
+        assert row["updated_through_sequence"] == applied.position.sequence_number  # type: ignore[union-attr]
+
+
+def test_batch_of_only_duplicates_returns_no_rows_but_advances_the_position() -> None:
+    documents = [
+        event("c-1", "purchase", "2026-03-01T10:00:00Z"),
+        event("c-2", "search", "2026-03-01T11:00:00Z"),
+    ]
+    state = CustomerState(SHARD)
+    stream = Stream()
+    state.apply(stream.batch(documents))
+    before = state.snapshot_rows()
+    applied = state.apply(stream.batch(documents))
+    assert applied.customer_rows.num_rows == 0
+    assert applied.events.num_rows == 0
+    assert (applied.duplicates, applied.records_skipped) == (2, 0)
+    assert applied.position == Position(str(BASE_SEQUENCE + 3), 0)
+    assert state.position() == applied.position
+    after = state.snapshot_rows()
+    assert [without(r, BATCH_DEPENDENT) for r in after.to_pylist()] == [
+        without(r, BATCH_DEPENDENT) for r in before.to_pylist()
+    ]
+
+
+def test_batch_of_only_rejects_returns_no_rows_and_keeps_them_as_rejects() -> None:
+    state = CustomerState(SHARD)
+    applied = state.apply(
+        Stream().batch([b"{", b"[]", encode(event("c-1", "page_view", "1999-01-01T00:00:00Z"))])
+    )
+    assert applied.customer_rows.num_rows == 0
+    assert applied.rejects.column("error_code").to_pylist() == [
+        "invalid_json",
+        "not_an_object",
+        "event_time_too_old",
+    ]
+    assert applied.position == Position(str(BASE_SEQUENCE + 2), 0)
+    assert state.customer_count() == 0
+    later = state.apply(Stream(BASE_SEQUENCE + 3).batch([event("c-1", "page_view", "2026-03-01T10:00:00Z")]))
+    assert later.customer_rows.column("as_of").to_pylist() == [datetime(2026, 3, 1, 10, tzinfo=UTC)]
+
+
+def test_record_with_out_of_range_quantity_is_rejected_and_the_rest_of_the_batch_applied() -> None:
+    bad = encode(event("c-1", "add_to_cart", "2026-03-01T10:00:00Z")).replace(
+        b'"product_id"', b'"quantity":2147483648,"product_id"'
+    )
+    state = CustomerState(SHARD)
+    applied = state.apply(Stream().batch([event("c-1", "page_view", "2026-03-01T09:00:00Z"), bad]))
+    assert applied.rejects.column("error_code").to_pylist() == ["invalid_value"]
+    assert applied.events.num_rows == 1
+    assert state.position() == applied.position
+
+
+# ---------------------------------------------------------------------------------------------------- staging
+
+
+def _three_batches() -> list[pa.Table]:
+    stream = Stream()
+    return [
+        stream.batch(
+            [event("c-1", "purchase", "2026-03-01T10:00:00Z"), event("c-2", "search", "2026-03-01T11:00:00Z")]
+        ),
+        stream.batch(
+            [
+                event("c-1", "purchase", "2026-03-04T10:00:00Z", revenue="7.25"),
+                event("c-3", "page_view", "2026-03-05T10:00:00Z", session="s-9"),
+                b"garbage",
+            ]
+        ),
+        stream.batch([event("c-2", "purchase", "2026-02-27T10:00:00Z", revenue="1.00")]),
+    ]
+
+
+def _comparable(applied: AppliedBatch) -> tuple[Any, ...]:
+    return (
+        applied.events.to_pylist(),
+        applied.customer_rows.to_pylist(),
+        applied.rejects.to_pylist(),
+        applied.records_in,
+        applied.records_skipped,
+        applied.duplicates,
+        applied.position,
+    )
+
+
+class _SinkDownError(Exception):
+    pass
+
+
+@pytest.mark.parametrize("failure", [_SinkDownError, KeyboardInterrupt])
+@pytest.mark.parametrize("failing_batch", [0, 1])
+def test_exception_inside_staged_rolls_back_state_and_position(
+    failure: type[BaseException], failing_batch: int
+) -> None:
+    batches = _three_batches()
+    clean = CustomerState(SHARD)
+    expected = [_comparable(clean.apply(batch)) for batch in batches]
+
+    state = CustomerState(SHARD)
+    apply_all(state, batches[:failing_batch])
+    snapshot, position, count = state.snapshot_rows(), state.position(), state.customer_count()
+    with pytest.raises(failure), state.staged(batches[failing_batch]) as applied:
+        assert applied.customer_rows.num_rows > 0  # the work was done inside the transaction
+        raise failure()
+    assert state.position() == position
+    assert state.customer_count() == count
+    assert state.snapshot_rows().equals(snapshot)
+
+    retried = [_comparable(state.apply(batch)) for batch in batches[failing_batch:]]
+    assert retried == expected[failing_batch:]
+    assert state.snapshot_rows().equals(clean.snapshot_rows())
+
+
+def test_failure_in_the_middle_of_applying_rolls_back_everything(monkeypatch: pytest.MonkeyPatch) -> None:
+    batches = _three_batches()
+    clean = CustomerState(SHARD)
+    expected = [_comparable(clean.apply(batch)) for batch in batches]
+    state = CustomerState(SHARD)
+    state.apply(batches[0])
+    snapshot, position = state.snapshot_rows(), state.position()
+    update = state._update_aggregates
+
+    def update_then_fail(*args: Any) -> Any:
+        update(*args)  # event ids, sessions, days and customers are all written by now
+        raise _SinkDownError()
+
+    monkeypatch.setattr(state, "_update_aggregates", update_then_fail)
+    with pytest.raises(_SinkDownError):
+        state.apply(batches[1])
+    monkeypatch.undo()
+    assert state.position() == position
+    assert state.snapshot_rows().equals(snapshot)
+    assert [_comparable(state.apply(batch)) for batch in batches[1:]] == expected[1:]
+
+
+def test_staged_commits_when_the_block_exits_cleanly() -> None:
+    [batch, *_] = _three_batches()
+    state = CustomerState(SHARD)
+    with state.staged(batch) as applied:
+        pass
+    assert state.position() == applied.position
+    assert state.customer_count() == 2
+
+
+def test_second_staged_batch_while_one_is_open_is_refused() -> None:
+    first, second, _ = _three_batches()
+    state = CustomerState(SHARD)
+    with pytest.raises(RuntimeError), state.staged(first), state.staged(second):
+        pass
+    assert state.position() is None
+    assert state.apply(first).events.num_rows == 2
+
+
+def test_persisted_state_survives_close_and_reopen(tmp_path: Path) -> None:
+    batches = _three_batches()
+    path = tmp_path / "shard.duckdb"
+    state = CustomerState(SHARD, path)
+    apply_all(state, batches[:2])
+    snapshot, position = state.snapshot_rows(), state.position()
+    state.close()
+
+    reopened = CustomerState(SHARD, path)
+    assert reopened.snapshot_rows().equals(snapshot)
+    assert reopened.position() == position
+    assert reopened.apply(batches[1]).records_skipped == batches[1].num_rows
+    last = reopened.apply(batches[2])
+
+    memory = CustomerState(SHARD)
+    expected = apply_all(memory, batches)[-1]
+    assert _comparable(last) == _comparable(expected)
+    assert reopened.snapshot_rows().equals(memory.snapshot_rows())
+    reopened.close()
+
+
+@pytest.mark.usefixtures("local_zone_new_york")
+def test_event_dates_are_utc_days_in_a_reopened_database(tmp_path: Path) -> None:
+    path = tmp_path / "shard.duckdb"
+    state = CustomerState(SHARD, path)
+    state.apply(Stream().batch([event("c-1", "purchase", "2026-03-01T23:30:00-05:00")]))  # 03-02 04:30Z
+    state.close()
+    reopened = CustomerState(SHARD, path)
+    reopened.apply(Stream(BASE_SEQUENCE + 1).batch([event("c-1", "purchase", "2026-03-02T00:10:00Z")]))
+    row = row_of(reopened, "c-1")
+    assert (row["purchase_days"], row["frequency"]) == (1, 0)
+    assert row["as_of"].date() == date(2026, 3, 2)
+    reopened.close()
