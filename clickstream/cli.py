@@ -74,8 +74,13 @@ def emulator(host: str, port: int) -> None:
     It speaks HTTP/1.1 and h2c on one port, as the KCL needs. Point other commands at it with
     AWS_ENDPOINT_URL=http://127.0.0.1:PORT.
     """
-    from emulator.server import run_foreground
-
+    try:
+        from emulator.server import run_foreground
+    except ImportError as error:
+        raise click.ClickException(
+            f"the embedded endpoint needs the emulator extra ({error.name} is missing): "
+            "pip install 'clickstream-rfm[emulator]'"
+        ) from None
     run_foreground(host, port)
 
 
@@ -367,6 +372,12 @@ def summary(download: Path, top: int, **overrides: Any) -> None:
 )
 def demo(customers: int, events: int, seed: int, shards: int, output_dir: Path) -> None:
     """End to end on the embedded AWS endpoint: generate, produce, run the real KCL worker until idle, summarise."""
+    try:
+        import moto  # noqa: F401 - the demo runs on the embedded endpoint
+    except ImportError:
+        raise click.ClickException(
+            "the demo needs the emulator extra: pip install 'clickstream-rfm[emulator]' (or run `make demo`)"
+        ) from None
     from clickstream.demo import run_demo
 
     sys.exit(run_demo(customers=customers, events=events, seed=seed, shards=shards, output_dir=output_dir))

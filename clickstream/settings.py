@@ -25,6 +25,16 @@ class ConfigError(ValueError):
     """Raised for invalid configuration; the message names each setting (env var) and why it is wrong."""
 
 
+def _localstack_endpoint() -> str | None:
+    """With LOCALSTACK_HOST set (LocalStack's own convention), talk to that LocalStack unless told otherwise."""
+    if not os.environ.get("LOCALSTACK_HOST"):
+        return None
+    from localstack_client.config import get_service_endpoint
+
+    endpoint: str | None = get_service_endpoint("kinesis")
+    return endpoint
+
+
 def _default_worker_id() -> str:
     """A stable id per host so a restarted worker reclaims its own leases at once (see LOCAL-AWS.md)."""
     return re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname()) or "worker"
@@ -44,10 +54,10 @@ class Settings(BaseSettings):
         description="AWS region (AWS_REGION).",
     )
     aws_endpoint_url: str | None = Field(
-        None,
+        default_factory=_localstack_endpoint,
         validation_alias=AliasChoices("aws_endpoint_url", "AWS_ENDPOINT_URL"),
         description="Override endpoint for every AWS service, e.g. the embedded emulator or LocalStack "
-        "(AWS_ENDPOINT_URL). Unset in AWS.",
+        "(AWS_ENDPOINT_URL; with only LOCALSTACK_HOST set, LocalStack's edge URL). Unset in AWS.",
     )
 
     # --- Stream and outputs ---------------------------------------------------------------------------------
@@ -101,6 +111,11 @@ class Settings(BaseSettings):
     )
     kcl_failover_time_millis: int = Field(
         10_000, ge=1_000, description="Lease duration before another worker may take it."
+    )
+    kcl_java_heap: str = Field(
+        "1g",
+        pattern=r"^[0-9]+[kmgKMG]$",
+        description="Maximum JVM heap of the KCL daemon (-Xmx); size it with the shards a worker holds.",
     )
     kcl_max_records: int = Field(10_000, ge=1, le=10_000, description="Max records per GetRecords call.")
 

@@ -96,7 +96,7 @@ def kcl_properties(settings: Settings, executable: str) -> str:
 
 def java_command(settings: Settings, properties_file: Path) -> list[str]:
     jars = kcl_jar_directory()
-    command = [find_java(settings), "-Xms256m", "-Xmx1g"]
+    command = [find_java(settings), "-Xms256m", f"-Xmx{settings.kcl_java_heap}"]
     if settings.aws_endpoint_url:
         # Emulators (moto, LocalStack's kinesis-mock) do not speak the SDK's default CBOR wire format.
         command.append("-Daws.cborEnabled=false")

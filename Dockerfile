@@ -1,0 +1,85 @@
+# syntax=docker/dockerfile:1
+#
+# One image for the KCL worker, the producer and replays: the entry point is `clickstream`, the default command
+# `clickstream worker`. Run another command by passing it, e.g. `docker run IMAGE produce --events 1000`.
+#
+#   builder  - a venv with the exact pins of deploy/constraints.txt plus the application, built from this tree
+#   runtime  - slim Python + Debian's headless JRE 17 (the KCL MultiLangDaemon is Java) + that venv; non-root
+#
+# Base image: pinned by tag. For reproducible production builds also pin the digest, e.g.
+#   docker build --build-arg PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:<digest> .
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+
+# ----------------------------------------------------------------------------------------------------- builder
+FROM ${PYTHON_IMAGE} AS builder
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+
+# Dependencies first, in their own layer: exact versions, wheels only (localstack-client ships no wheel; it is
+# pure Python and builds without a compiler), no resolver (--no-deps), so nothing floats.
+COPY deploy/constraints.txt deploy/constraints.txt
+RUN pip install --no-deps --only-binary=:all: --no-binary=localstack-client -r deploy/constraints.txt
+
+# The application, built from this tree as a regular (non-editable) install with pinned build tools.
+COPY pyproject.toml README.md ./
+COPY aggregators aggregators
+COPY clickstream clickstream
+COPY consumer consumer
+COPY emulator emulator
+COPY producer producer
+COPY schemas schemas
+RUN pip install setuptools==80.9.0 wheel==0.45.1 \
+    && pip install --no-deps --no-build-isolation . \
+    && pip check \
+    && pip uninstall --yes setuptools wheel pip
+
+# ----------------------------------------------------------------------------------------------------- runtime
+FROM ${PYTHON_IMAGE} AS runtime
+
+# openjdk-17-jre-headless: the KCL MultiLangDaemon (its jars come with the kclpy-ext wheel in the venv).
+# tini: PID 1 that forwards SIGTERM to `clickstream` and reaps orphans of the JVM's child processes.
+# The man1 directory must exist for the JRE's postinst on slim images. Debian package versions are not pinned on
+# purpose: a rebuild picks up bookworm's security updates (the base image tag and the Python pins do not move).
+# hadolint ignore=DL3008
+RUN set -eux; \
+    mkdir -p /usr/share/man/man1; \
+    apt-get update; \
+    apt-get install -y --no-install-recommends openjdk-17-jre-headless tini; \
+    rm -rf /var/lib/apt/lists/*; \
+    java -version
+
+# Non-root user owning the state directory (per-shard DuckDB files, shard status files, kcl.properties).
+RUN groupadd --system --gid 10001 clickstream \
+    && useradd --system --uid 10001 --gid clickstream --home-dir /var/lib/clickstream --no-create-home \
+        --shell /usr/sbin/nologin clickstream \
+    && install -d -o clickstream -g clickstream -m 0750 /var/lib/clickstream
+
+# Declared volumes get the image's ownership and modes: the state directory for the non-root user, and a
+# writable /tmp, so the container also runs with a read-only root file system (ECS readonlyRootFilesystem).
+VOLUME ["/var/lib/clickstream", "/tmp"]
+
+COPY --from=builder /opt/venv /opt/venv
+
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    CLICKSTREAM_STATE_DIR=/var/lib/clickstream \
+    CLICKSTREAM_LOG_FORMAT=json
+
+WORKDIR /var/lib/clickstream
+USER 10001:10001
+
+# Liveness: `clickstream health` reads the worker heartbeat and the shard status files under CLICKSTREAM_STATE_DIR
+# (exit 0 = healthy). The heartbeat starts with the worker; shards are judged once they are processing.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 CMD ["clickstream", "health"]
+
+# SIGTERM: the worker flushes and checkpoints every shard (--stop-deadline 25 s), a second signal forces exit.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["tini", "--", "clickstream"]
+CMD ["worker"]

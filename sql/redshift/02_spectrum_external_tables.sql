@@ -1,0 +1,115 @@
+-- Redshift Spectrum external tables over the worker's Parquet outputs, in place on S3 (nothing is loaded).
+-- Column names and types follow the Arrow schemas in schemas/contract.py, mapped as:
+--   string -> VARCHAR(n)   int32 -> INTEGER   int64 -> BIGINT   float64 -> DOUBLE PRECISION
+--   decimal128(18, 2) -> DECIMAL(18, 2)   timestamp[us, tz=UTC] -> TIMESTAMP (values are UTC)
+--   binary -> VARBYTE (Spectrum reads Parquet BINARY as VARBYTE; on a cluster without VARBYTE support for
+--            external tables, leave raw_data out of the errors table: raw_size_bytes and the key columns remain)
+-- VARCHAR lengths are bytes, sized from the event JSON schema (maxLength x 4 where UTF-8 is allowed) and from
+-- Kinesis limits (sequence numbers up to 129 digits, partition keys up to 256 characters). Spectrum truncates a
+-- longer value silently, so they are generous on purpose.
+--
+-- Identifiers: Redshift folds names to lower case, so the Parquet column "T" is the column t here (Glue stores
+-- lower-case names; Parquet columns are matched by name). Partition columns are not stored in the files: they
+-- come from the Hive-style key layout written by consumer/s3_sink.py:
+--   <prefix>/events/event_date=YYYY-MM-DD/event_hour=HH/*.parquet
+--   <prefix>/customer_aggregates/as_of_date=YYYY-MM-DD/*.parquet
+--   <prefix>/errors/arrival_date=YYYY-MM-DD/*.parquet
+-- (<prefix>/_control/ holds the JSON intent and commit records; no table reads it.)
+--
+-- Placeholders: ${REDSHIFT_IAM_ROLE_ARN} (s3:GetObject on the prefix, s3:ListBucket on the bucket, Glue Data
+-- Catalog access), ${BUCKET}, ${PREFIX} (CLICKSTREAM_BUCKET, CLICKSTREAM_PREFIX).
+
+CREATE EXTERNAL SCHEMA IF NOT EXISTS spectrum_clickstream
+FROM DATA CATALOG
+DATABASE 'clickstream_rfm'
+IAM_ROLE '${REDSHIFT_IAM_ROLE_ARN}'
+CREATE EXTERNAL DATABASE IF NOT EXISTS;
+
+-- events/: validated, de-duplicated events (EVENTS_SCHEMA), one file per flush and event hour.
+CREATE EXTERNAL TABLE spectrum_clickstream.events (
+    event_id VARCHAR(36),
+    event_type VARCHAR(16),
+    customer_id VARCHAR(64),
+    session_id VARCHAR(64),
+    event_time TIMESTAMP,
+    page_url VARCHAR(8192),
+    product_id VARCHAR(256),
+    search_query VARCHAR(2048),
+    quantity INTEGER,
+    order_id VARCHAR(256),
+    revenue DECIMAL(18, 2),
+    currency VARCHAR(3),
+    schema_version INTEGER,
+    shard_id VARCHAR(128),
+    sequence_number VARCHAR(256),
+    sub_sequence_number BIGINT,
+    approximate_arrival_at TIMESTAMP
+)
+PARTITIONED BY (event_date DATE, event_hour SMALLINT)
+STORED AS PARQUET
+LOCATION 's3://${BUCKET}/${PREFIX}/events/';
+
+-- customer_aggregates/: one row per customer changed in a flush (CUSTOMER_AGGREGATES_SCHEMA). A customer has many
+-- rows over time; the current one has the highest version (04_current_customers_view.sql).
+CREATE EXTERNAL TABLE spectrum_clickstream.customer_aggregates (
+    customer_id VARCHAR(64),
+    version BIGINT,
+    as_of TIMESTAMP,
+    first_event_at TIMESTAMP,
+    last_event_at TIMESTAMP,
+    events BIGINT,
+    page_views BIGINT,
+    product_views BIGINT,
+    searches BIGINT,
+    add_to_carts BIGINT,
+    checkouts BIGINT,
+    purchases BIGINT,
+    sessions BIGINT,
+    active_days BIGINT,
+    revenue DECIMAL(18, 2),
+    first_purchase_at TIMESTAMP,
+    last_purchase_at TIMESTAMP,
+    purchase_days BIGINT,
+    frequency BIGINT,
+    recency BIGINT,
+    t BIGINT,
+    monetary_value DOUBLE PRECISION,
+    repeat_revenue DECIMAL(18, 2),
+    engagement_score DOUBLE PRECISION,
+    shard_id VARCHAR(128),
+    updated_through_sequence VARCHAR(256)
+)
+PARTITIONED BY (as_of_date DATE)
+STORED AS PARQUET
+LOCATION 's3://${BUCKET}/${PREFIX}/customer_aggregates/';
+
+-- errors/: every rejected record with its Kinesis identity and raw bytes (ERRORS_SCHEMA).
+CREATE EXTERNAL TABLE spectrum_clickstream.errors (
+    shard_id VARCHAR(128),
+    sequence_number VARCHAR(256),
+    sub_sequence_number BIGINT,
+    partition_key VARCHAR(1024),
+    approximate_arrival_at TIMESTAMP,
+    error_code VARCHAR(64),
+    error_detail VARCHAR(65535),
+    raw_data VARBYTE(1024000),
+    raw_size_bytes BIGINT
+)
+PARTITIONED BY (arrival_date DATE)
+STORED AS PARQUET
+LOCATION 's3://${BUCKET}/${PREFIX}/errors/';
+
+-- Register partitions as the worker writes them (one per event hour / as-of day / arrival day), e.g. from a
+-- scheduled query, or let an AWS Glue crawler on the same locations maintain them. Adding an existing partition
+-- with IF NOT EXISTS is a no-op, so the statements are safe to re-run.
+ALTER TABLE spectrum_clickstream.events
+ADD IF NOT EXISTS PARTITION (event_date = '2026-03-01', event_hour = 5)
+LOCATION 's3://${BUCKET}/${PREFIX}/events/event_date=2026-03-01/event_hour=05/';
+
+ALTER TABLE spectrum_clickstream.customer_aggregates
+ADD IF NOT EXISTS PARTITION (as_of_date = '2026-03-01')
+LOCATION 's3://${BUCKET}/${PREFIX}/customer_aggregates/as_of_date=2026-03-01/';
+
+ALTER TABLE spectrum_clickstream.errors
+ADD IF NOT EXISTS PARTITION (arrival_date = '2026-03-01')
+LOCATION 's3://${BUCKET}/${PREFIX}/errors/arrival_date=2026-03-01/';

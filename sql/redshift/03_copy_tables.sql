@@ -1,0 +1,113 @@
+-- Local Redshift tables loaded with COPY from the worker's Parquet outputs, for dashboards and joins that should
+-- not scan S3 on every query. Types as in 02_spectrum_external_tables.sql (UTC timestamps as TIMESTAMP).
+--
+-- COPY ... FORMAT AS PARQUET maps Parquet columns to table columns by position, so each table lists exactly the
+-- columns of its Arrow schema in schemas/contract.py, in that order, and nothing else (the Hive partition values
+-- are in the key, not in the files). tests/test_redshift_sql.py enforces this.
+--
+-- COPY appends: loading the same file twice duplicates its rows. Object names are deterministic per flush, so
+-- the loads below go through a staging table and insert only rows not loaded before, which makes re-running a
+-- day's load (or a whole backfill from the top-level prefix) safe.
+--
+-- Placeholders: ${REDSHIFT_IAM_ROLE_ARN} (s3:GetObject on the prefix, s3:ListBucket on the bucket), ${BUCKET},
+-- ${PREFIX}, and ${LOAD_DATE} (YYYY-MM-DD: the as_of_date / event_date partition to load).
+
+CREATE SCHEMA IF NOT EXISTS clickstream;
+
+-- Every version of every customer row; current rows via clickstream.customer_current (04_...sql).
+CREATE TABLE IF NOT EXISTS clickstream.customer_aggregates_history (
+    customer_id VARCHAR(64) NOT NULL,
+    version BIGINT NOT NULL,
+    as_of TIMESTAMP NOT NULL,
+    first_event_at TIMESTAMP NOT NULL,
+    last_event_at TIMESTAMP NOT NULL,
+    events BIGINT NOT NULL,
+    page_views BIGINT NOT NULL,
+    product_views BIGINT NOT NULL,
+    searches BIGINT NOT NULL,
+    add_to_carts BIGINT NOT NULL,
+    checkouts BIGINT NOT NULL,
+    purchases BIGINT NOT NULL,
+    sessions BIGINT NOT NULL,
+    active_days BIGINT NOT NULL,
+    revenue DECIMAL(18, 2) NOT NULL,
+    first_purchase_at TIMESTAMP,
+    last_purchase_at TIMESTAMP,
+    purchase_days BIGINT NOT NULL,
+    frequency BIGINT,
+    recency BIGINT,
+    t BIGINT,
+    monetary_value DOUBLE PRECISION,
+    repeat_revenue DECIMAL(18, 2),
+    engagement_score DOUBLE PRECISION NOT NULL,
+    shard_id VARCHAR(128) NOT NULL,
+    updated_through_sequence VARCHAR(256) NOT NULL
+)
+DISTSTYLE KEY
+DISTKEY (customer_id)
+COMPOUND SORTKEY (customer_id, version);
+
+-- Validated events, one row per distinct event_id.
+CREATE TABLE IF NOT EXISTS clickstream.events (
+    event_id VARCHAR(36) NOT NULL,
+    event_type VARCHAR(16) NOT NULL,
+    customer_id VARCHAR(64) NOT NULL,
+    session_id VARCHAR(64) NOT NULL,
+    event_time TIMESTAMP NOT NULL,
+    page_url VARCHAR(8192),
+    product_id VARCHAR(256),
+    search_query VARCHAR(2048),
+    quantity INTEGER,
+    order_id VARCHAR(256),
+    revenue DECIMAL(18, 2),
+    currency VARCHAR(3),
+    schema_version INTEGER NOT NULL,
+    shard_id VARCHAR(128) NOT NULL,
+    sequence_number VARCHAR(256) NOT NULL,
+    sub_sequence_number BIGINT NOT NULL,
+    approximate_arrival_at TIMESTAMP NOT NULL
+)
+DISTSTYLE KEY
+DISTKEY (customer_id)
+COMPOUND SORTKEY (event_time);
+
+-- ---------------------------------------------------------------------------------------------------------------
+-- Load one as_of_date partition of customer_aggregates/ (for a backfill, COPY from .../customer_aggregates/).
+CREATE TEMP TABLE customer_aggregates_stage (LIKE clickstream.customer_aggregates_history);
+
+COPY customer_aggregates_stage
+FROM 's3://${BUCKET}/${PREFIX}/customer_aggregates/as_of_date=${LOAD_DATE}/'
+IAM_ROLE '${REDSHIFT_IAM_ROLE_ARN}'
+FORMAT AS PARQUET;
+
+-- A customer row is identified by the flush that wrote it: (customer_id, shard_id, updated_through_sequence).
+INSERT INTO clickstream.customer_aggregates_history
+SELECT s.*
+FROM customer_aggregates_stage AS s
+WHERE NOT EXISTS (
+    SELECT 1
+    FROM clickstream.customer_aggregates_history AS h
+    WHERE h.customer_id = s.customer_id
+      AND h.shard_id = s.shard_id
+      AND h.updated_through_sequence = s.updated_through_sequence
+);
+
+DROP TABLE customer_aggregates_stage;
+
+-- ---------------------------------------------------------------------------------------------------------------
+-- Load one event_date partition of events/ (all its event_hour=HH/ folders).
+CREATE TEMP TABLE events_stage (LIKE clickstream.events);
+
+COPY events_stage
+FROM 's3://${BUCKET}/${PREFIX}/events/event_date=${LOAD_DATE}/'
+IAM_ROLE '${REDSHIFT_IAM_ROLE_ARN}'
+FORMAT AS PARQUET;
+
+INSERT INTO clickstream.events
+SELECT s.*
+FROM events_stage AS s
+WHERE NOT EXISTS (
+    SELECT 1 FROM clickstream.events AS e WHERE e.event_id = s.event_id
+);
+
+DROP TABLE events_stage;

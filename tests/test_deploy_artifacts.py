@@ -1,0 +1,737 @@
+"""Static checks of the deployment artifacts: Dockerfile, .dockerignore, deploy/, docker-compose.yml.
+
+No Docker engine runs on the development machines or in CI, so nothing here builds or starts a container. Instead:
+
+- the Dockerfile is parsed with BuildKit's own parser (the ``dockerfile`` package) and checked for a pinned base, a
+  non-root user, the JRE, no build tools in the final stage, the health check and the entry point;
+- the IAM policies are compared with the AWS calls the code makes (found by scanning the sources for boto3
+  operations) plus the KCL's documented calls: every call is allowed, and nothing else is;
+- the ECS task definition and the Compose file are checked against the CLI and the Settings they configure, and the
+  Compose file against the Compose Specification schema (and ``docker compose config`` when a Compose v2 CLI exists).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import shutil
+import subprocess
+import tomllib
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import botocore.session
+import click
+import dockerfile
+import jsonschema
+import pytest
+import yaml
+from botocore import xform_name
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+from clickstream import cli
+from clickstream.settings import Settings, env_var_name, load_settings
+from consumer.kcl_worker import kcl_properties
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+DEFAULTS = {name: field.default for name, field in Settings.model_fields.items()}
+
+#: Template tokens of deploy/*.json (rendered with e.g. envsubst); deploy/README.md documents each one.
+PLACEHOLDERS = {
+    "AWS_REGION": "eu-west-1",
+    "AWS_ACCOUNT_ID": "123456789012",
+    "STREAM_NAME": DEFAULTS["stream_name"],
+    "KCL_APPLICATION_NAME": DEFAULTS["application_name"],
+    "BUCKET": DEFAULTS["bucket"],
+    "PREFIX": DEFAULTS["prefix"],
+    "IMAGE_URI": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/clickstream-rfm:0.1.0",
+    "LOG_GROUP": "/ecs/clickstream-rfm",
+    "KMS_KEY_ID": "1234abcd-12ab-34cd-56ef-1234567890ab",
+}
+REGION, ACCOUNT = PLACEHOLDERS["AWS_REGION"], PLACEHOLDERS["AWS_ACCOUNT_ID"]
+STREAM_ARN = f"arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/{PLACEHOLDERS['STREAM_NAME']}"
+TABLE_ARN = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{PLACEHOLDERS['KCL_APPLICATION_NAME']}"
+BUCKET_ARN = f"arn:aws:s3:::{PLACEHOLDERS['BUCKET']}"
+OBJECTS_ARN = f"{BUCKET_ARN}/{PLACEHOLDERS['PREFIX']}/*"
+RESOURCE_OF_KIND = {"stream": STREAM_ARN, "bucket": BUCKET_ARN, "object": OBJECTS_ARN, "none": "*"}
+
+SECRET_NAME = re.compile(r"SECRET|PASSWORD|TOKEN|ACCESS_KEY|PRIVATE|CREDENTIAL", re.IGNORECASE)
+BUILD_TOOLS = re.compile(r"\b(build-essential|gcc|g\+\+|clang|make|cmake|[\w.+-]+-dev|git|curl|wget)\b")
+
+
+def render(text: str) -> str:
+    unknown = set(re.findall(r"\$\{(\w+)\}", text)) - set(PLACEHOLDERS)
+    assert not unknown, f"undocumented placeholders: {sorted(unknown)}"
+    return re.sub(r"\$\{(\w+)\}", lambda match: PLACEHOLDERS[match.group(1)], text)
+
+
+def load_json(name: str) -> Any:
+    return json.loads(render((DEPLOY / name).read_text(encoding="utf-8")))
+
+
+@functools.cache
+def cli_env_vars() -> frozenset[str]:
+    """Environment variables the CLI reads: one per Settings field (and its aliases), plus click options'."""
+    names = {env_var_name(field) for field in Settings.model_fields}
+    for field in Settings.model_fields.values():
+        choices = getattr(field.validation_alias, "choices", [])
+        names |= {choice for choice in choices if isinstance(choice, str) and choice.isupper()}
+
+    def walk(command: click.Command) -> Iterator[click.Command]:
+        yield command
+        for sub in getattr(command, "commands", {}).values():
+            yield from walk(sub)
+
+    for command in walk(cli.main):
+        names |= {p.envvar for p in command.params if isinstance(getattr(p, "envvar", None), str)}
+    return frozenset(names)
+
+
+def clear_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith(("CLICKSTREAM_", "AWS_")):
+            monkeypatch.delenv(name)
+
+
+def assert_env_configures_settings(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Every CLICKSTREAM_* name is one the CLI reads, and the values pass Settings validation."""
+    unknown = {name for name in env if name.startswith("CLICKSTREAM_")} - cli_env_vars()
+    assert not unknown, f"not a setting: {sorted(unknown)}"
+    clear_environment(monkeypatch)
+    for name, value in env.items():
+        monkeypatch.setenv(name, str(value))
+    return load_settings()
+
+
+def invoke_args(command: list[str]) -> click.Context:
+    """Parse a `clickstream ...` command line with the real CLI (options and values checked, nothing run)."""
+    name, *args = command
+    assert name in cli.main.commands, f"no such command: clickstream {name}"
+    return cli.main.commands[name].make_context(name, list(args))
+
+
+# ====================================================================================================== Dockerfile
+@functools.cache
+def dockerfile_stages() -> list[list[dockerfile.Command]]:
+    commands = dockerfile.parse_file(str(ROOT / "Dockerfile"))
+    stages: list[list[dockerfile.Command]] = [[]]
+    for command in commands:
+        if command.cmd == "FROM":
+            stages.append([])
+        stages[-1].append(command)
+    return stages  # stages[0]: global ARGs before the first FROM
+
+
+def global_args() -> dict[str, str]:
+    return dict(command.value[0].split("=", 1) for command in dockerfile_stages()[0] if command.cmd == "ARG")
+
+
+def base_image(stage: list[dockerfile.Command]) -> str:
+    image = stage[0].value[0]
+    return re.sub(r"\$\{(\w+)\}", lambda match: global_args()[match.group(1)], image)
+
+
+def env_of(stage: list[dockerfile.Command]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for command in stage:
+        if command.cmd == "ENV":
+            env.update(zip(command.value[::2], command.value[1::2], strict=True))
+    return env
+
+
+def runtime_stage() -> list[dockerfile.Command]:
+    return dockerfile_stages()[-1]
+
+
+def test_base_images_are_pinned_python_matching_pyproject() -> None:
+    requires_python = SpecifierSet(PYPROJECT["project"]["requires-python"])
+    for stage in dockerfile_stages()[1:]:
+        image = base_image(stage)
+        match = re.fullmatch(r"python:(\d+\.\d+\.\d+)-slim-bookworm(@sha256:[0-9a-f]{64})?", image)
+        assert match, f"{image}: pin python:X.Y.Z-slim-bookworm (optionally @sha256:...), never :latest"
+        assert Version(match.group(1)) in requires_python
+
+
+def test_final_stage_runs_as_non_root_user_created_for_the_state_dir() -> None:
+    stage = runtime_stage()
+    names = [command.cmd for command in stage]
+    users = [command.value[0] for command in stage if command.cmd == "USER"]
+    assert users, "the runtime stage must switch to a non-root USER"
+    uid = users[-1].split(":")[0]
+    assert uid not in ("root", "0") and uid.isdigit()
+    assert max(i for i, name in enumerate(names) if name == "USER") < names.index("ENTRYPOINT")
+    setup = " ".join(command.value[0] for command in stage if command.cmd == "RUN")
+    assert f"useradd --system --uid {uid}" in setup
+    state_dir = env_of(stage)["CLICKSTREAM_STATE_DIR"]
+    assert state_dir == "/var/lib/clickstream"
+    assert re.search(rf"install -d -o clickstream -g clickstream -m 0750 {state_dir}", setup)
+    volumes = [json.loads(command.original.split(None, 1)[1]) for command in stage if command.cmd == "VOLUME"]
+    # Bind mounts (ECS) and named volumes (Compose) of declared volumes inherit the image's ownership.
+    assert [state_dir, "/tmp"] in volumes
+
+
+def test_final_stage_has_the_jre_and_no_build_tools() -> None:
+    stage = runtime_stage()
+    installs = [c.value[0] for c in stage if c.cmd == "RUN" and "apt-get install" in c.value[0]]
+    assert len(installs) == 1
+    install = installs[0]
+    assert "openjdk-17-jre-headless" in install
+    assert "--no-install-recommends" in install and "rm -rf /var/lib/apt/lists/*" in install
+    packages = re.search(r"apt-get install (.*?);", install).group(1)
+    assert not BUILD_TOOLS.search(packages), packages
+    copies_from_builder = [
+        c for c in stage if c.cmd == "COPY" and any(f.startswith("--from=") for f in c.flags)
+    ]
+    assert [c.value for c in copies_from_builder] == [("/opt/venv", "/opt/venv")]
+    builder = dockerfile_stages()[1]
+    assert "pip check" in " ".join(c.value[0] for c in builder if c.cmd == "RUN")
+
+
+def test_health_check_entry_point_and_default_command() -> None:
+    stage = runtime_stage()
+    (healthcheck,) = [command for command in stage if command.cmd == "HEALTHCHECK"]
+    assert healthcheck.json and healthcheck.value == ("CMD", "clickstream", "health")
+    assert "health" in cli.main.commands
+    (entrypoint,) = [command for command in stage if command.cmd == "ENTRYPOINT"]
+    assert entrypoint.json and entrypoint.value[-1] == "clickstream"
+    (default_command,) = [command for command in stage if command.cmd == "CMD"]
+    assert default_command.json and list(default_command.value) == ["worker"]
+    invoke_args(list(default_command.value))
+
+
+def test_image_environment_has_no_secrets_and_only_real_settings() -> None:
+    for stage in dockerfile_stages()[1:]:
+        env = env_of(stage)
+        assert not [name for name in env if SECRET_NAME.search(name)]
+        assert {n for n in env if n.startswith("CLICKSTREAM_")} <= cli_env_vars()
+    assert env_of(runtime_stage())["PATH"].startswith("/opt/venv/bin:")
+
+
+def copy_sources() -> list[str]:
+    builder = dockerfile_stages()[1]
+    return [source for c in builder if c.cmd == "COPY" and not c.flags for source in c.value[:-1]]
+
+
+def test_builder_copies_every_package_and_the_pins() -> None:
+    sources = set(copy_sources())
+    packages = set(PYPROJECT["tool"]["setuptools"]["packages"])
+    assert packages <= sources, f"packages not copied into the image build: {sorted(packages - sources)}"
+    assert {"pyproject.toml", "README.md", "deploy/constraints.txt"} <= sources
+    for source in sources:
+        assert (ROOT / source).exists(), source
+
+
+# ==================================================================================================== .dockerignore
+def dockerignore_patterns() -> list[str]:
+    lines = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    return [line.strip().lstrip("/") for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def pattern_regex(pattern: str) -> re.Pattern[str]:
+    """Docker's .dockerignore matching (Go filepath.Match plus ``**``) as a regex over context-relative paths."""
+    out, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            out, i = out + "[^/]", i + 1
+        elif pattern[i] == "[":
+            end = pattern.index("]", i)
+            out, i = out + pattern[i : end + 1], end + 1
+        else:
+            out, i = out + re.escape(pattern[i]), i + 1
+    return re.compile(out)
+
+
+def ignored(path: str) -> bool:
+    """A path is left out if it or one of its parent directories matches (no ``!`` exceptions are used)."""
+    assert not any(pattern.startswith("!") for pattern in dockerignore_patterns())
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    return any(pattern_regex(p).fullmatch(prefix) for p in dockerignore_patterns() for prefix in prefixes)
+
+
+def test_dockerignore_keeps_secrets_state_and_tests_out() -> None:
+    for path in (
+        ".venv/bin/python",
+        ".git/config",
+        "tests/test_settings_and_cli.py",
+        "state/shards/a.duckdb",
+        "demo-output/worker.log",
+        "consumer/__pycache__/x.cpython-311.pyc",
+        ".env",
+        ".mypy_cache/x",
+        "deploy/iam-task-role-policy.json",
+        "docs/clv_example.md",
+    ):
+        assert ignored(path), path
+
+
+def test_dockerignore_keeps_everything_the_build_copies() -> None:
+    for source in copy_sources():
+        files = [ROOT / source] if (ROOT / source).is_file() else (ROOT / source).rglob("*")
+        for file in files:
+            relative = file.relative_to(ROOT).as_posix()
+            if file.is_file() and "__pycache__" not in relative:
+                assert not ignored(relative), relative
+
+
+# ==================================================================================================== constraints
+def pins() -> dict[str, Version]:
+    lines = (DEPLOY / "constraints.txt").read_text(encoding="utf-8").splitlines()
+    result = {}
+    for line in lines:
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"not an exact pin: {line}"
+            assert canonicalize_name(name) not in result, f"pinned twice: {name}"
+            result[canonicalize_name(name)] = Version(version)
+    return result
+
+
+def test_constraints_pin_every_runtime_dependency_within_pyproject() -> None:
+    pinned = pins()
+    for text in PYPROJECT["project"]["dependencies"]:
+        requirement = Requirement(text)
+        name = canonicalize_name(requirement.name)
+        assert name in pinned, f"runtime dependency not pinned: {requirement}"
+        assert pinned[name] in requirement.specifier, f"{name}=={pinned[name]} violates {requirement}"
+
+
+def test_constraints_are_closed_under_dependencies() -> None:
+    """Every requirement of a pinned distribution is pinned too (checked where the test env has that version)."""
+    pinned = pins()
+    environment = {
+        "python_version": "3.11",
+        "python_full_version": "3.11.14",
+        "sys_platform": "linux",
+        "platform_system": "Linux",
+        "platform_machine": "x86_64",
+        "os_name": "posix",
+        "platform_python_implementation": "CPython",
+        "implementation_name": "cpython",
+        "extra": "",
+    }
+    checked = 0
+    for name, version in pinned.items():
+        try:
+            distribution = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        if Version(distribution.version) != version:
+            continue
+        checked += 1
+        for text in distribution.requires or []:
+            requirement = Requirement(text)
+            if requirement.marker and not requirement.marker.evaluate(environment):
+                continue
+            dependency = canonicalize_name(requirement.name)
+            assert dependency in pinned, f"{name} needs {requirement} but it is not pinned"
+            assert pinned[dependency] in requirement.specifier, f"{name} needs {requirement}"
+    assert checked >= len(PYPROJECT["project"]["dependencies"])
+
+
+# ============================================================================================================= IAM
+SERVICES = ("s3", "kinesis", "dynamodb", "cloudwatch")
+
+#: IAM action and resource kind of each boto3 operation whose IAM action is not simply service:Operation.
+IAM_OF_OPERATION = {
+    ("s3", "PutObject"): ("s3:PutObject", "object"),
+    ("s3", "GetObject"): ("s3:GetObject", "object"),
+    ("s3", "HeadObject"): ("s3:GetObject", "object"),
+    ("s3", "DeleteObject"): ("s3:DeleteObject", "object"),
+    ("s3", "ListObjectsV2"): ("s3:ListBucket", "bucket"),
+    ("s3", "HeadBucket"): ("s3:ListBucket", "bucket"),
+    ("s3", "CreateBucket"): ("s3:CreateBucket", "bucket"),
+    ("s3", "PutBucketEncryption"): ("s3:PutEncryptionConfiguration", "bucket"),
+    ("s3", "PutPublicAccessBlock"): ("s3:PutBucketPublicAccessBlock", "bucket"),
+}
+#: boto3's managed-transfer methods and the operations they call.
+TRANSFER_METHODS = {
+    "download_file": [("s3", "HeadObject"), ("s3", "GetObject")],
+    "download_fileobj": [("s3", "HeadObject"), ("s3", "GetObject")],
+    "upload_file": [("s3", "PutObject")],
+    "upload_fileobj": [("s3", "PutObject")],
+}
+#: Which IAM policy covers the AWS calls of each module (the worker role also runs replay and summary).
+ROLE_OF_MODULE = {
+    "consumer/": "worker",
+    "clickstream/replay.py": "worker",
+    "clickstream/outputs.py": "worker",
+    "clickstream/report.py": "worker",
+    "clickstream/resources.py": "setup",
+    "producer/": "producer",
+}
+POLICY_OF_ROLE = {
+    "worker": "iam-task-role-policy.json",
+    "setup": "iam-setup-policy.json",
+    "producer": "iam-producer-policy.json",
+}
+#: What the KCL MultiLangDaemon (Java, not scanned) calls with the worker's role. Source: "IAM permissions required
+#: for KCL consumer applications" (Kinesis Data Streams developer guide) for KCL 3.x, polling retrieval (the worker
+#: sets retrievalMode = POLLING, so the enhanced fan-out actions SubscribeToShard, RegisterStreamConsumer and
+#: DescribeStreamConsumer are not granted), default metadata table names, no point-in-time recovery and no tags on
+#: the tables (so no UpdateContinuousBackups / TagResource).
+LEASE_TABLE_ACTIONS = (
+    "CreateTable",
+    "DescribeTable",
+    "GetItem",
+    "PutItem",
+    "UpdateItem",
+    "DeleteItem",
+    "Scan",
+)
+KCL_CALLS = {
+    # Stream checks and shard discovery before reading; ListShards also finds child shards after a reshard.
+    *((f"kinesis:{a}", STREAM_ARN) for a in ("DescribeStream", "DescribeStreamSummary", "ListShards")),
+    # Polling reads.
+    *((f"kinesis:{a}", STREAM_ARN) for a in ("GetShardIterator", "GetRecords")),
+    # Lease table: created on first start; UpdateTable adds the lease-owner index to a table made by KCL 2.x.
+    *((f"dynamodb:{a}", TABLE_ARN) for a in (*LEASE_TABLE_ACTIONS, "UpdateTable")),
+    ("dynamodb:Query", f"{TABLE_ARN}/index/*"),  # lease discovery through the LeaseOwnerToLeaseKeyIndex GSI
+    # KCL 3.x's coordinator state (leader election, migration state) and worker metrics (CPU for lease balancing).
+    *((f"dynamodb:{a}", f"{TABLE_ARN}-CoordinatorState") for a in LEASE_TABLE_ACTIONS),
+    *((f"dynamodb:{a}", f"{TABLE_ARN}-WorkerMetricStats") for a in LEASE_TABLE_ACTIONS),
+    # KCL metrics (metricsLevel SUMMARY in AWS), namespace = application name; the resource must be "*".
+    ("cloudwatch:PutMetricData", "*"),
+}
+
+
+@functools.cache
+def operation_names() -> dict[str, list[tuple[str, str]]]:
+    session = botocore.session.get_session()
+    names: dict[str, list[tuple[str, str]]] = {}
+    for service in SERVICES:
+        for operation in session.get_service_model(service).operation_names:
+            names.setdefault(xform_name(operation), []).append((service, operation))
+    return names
+
+
+def aws_calls(source: str) -> set[tuple[str, str]]:
+    """(service, operation) of every boto3 client call in a Python source (method calls and paginators)."""
+    operations = operation_names()
+    calls: set[tuple[str, str]] = set()
+    for method in re.findall(r"\.(\w+)\(", source):
+        if method in TRANSFER_METHODS:
+            calls.update(TRANSFER_METHODS[method])
+        elif method in operations:
+            assert len(operations[method]) == 1, f"{method} is ambiguous: {operations[method]}"
+            calls.add(operations[method][0])
+    for method in re.findall(r"get_paginator\(\s*[\"'](\w+)[\"']", source):
+        calls.update(operations[method])
+    return calls
+
+
+SCANNED_PACKAGES = ("clickstream", "consumer", "producer", "aggregators", "schemas")
+
+
+def modules() -> list[Path]:
+    return sorted(path for package in SCANNED_PACKAGES for path in (ROOT / package).rglob("*.py"))
+
+
+def role_of(path: Path) -> str | None:
+    relative = path.relative_to(ROOT).as_posix()
+    return next((role for prefix, role in ROLE_OF_MODULE.items() if relative.startswith(prefix)), None)
+
+
+def needed_by_code(role: str) -> dict[tuple[str, str], str]:
+    """(IAM action, resource) -> why, for the AWS calls of the modules of one role."""
+    needed: dict[tuple[str, str], str] = {}
+    for path in modules():
+        if role_of(path) != role:
+            continue
+        source = path.read_text(encoding="utf-8")
+        for service, operation in aws_calls(source):
+            action, kind = IAM_OF_OPERATION.get((service, operation), (f"{service}:{operation}", None))
+            if kind is None:
+                assert service != "s3", f"map s3 {operation} in IAM_OF_OPERATION"
+                kind = {"kinesis": "stream", "cloudwatch": "none"}[service]
+            needed[(action, RESOURCE_OF_KIND[kind])] = f"{path.relative_to(ROOT)} calls {operation}"
+        if re.search(r"exceptions\.NoSuchKey", source):
+            # S3 answers GetObject on a missing key with 404 NoSuchKey only to a caller allowed to ListBucket;
+            # without it the answer is 403 AccessDenied and the "missing" branch never runs.
+            needed[("s3:ListBucket", BUCKET_ARN)] = f"{path.relative_to(ROOT)} expects NoSuchKey"
+    return needed
+
+
+def as_list(value: str | list[str]) -> list[str]:
+    return value if isinstance(value, list) else [value]
+
+
+def granted(policy: dict[str, Any]) -> set[tuple[str, str]]:
+    pairs = set()
+    for statement in policy["Statement"]:
+        actions, resources = as_list(statement["Action"]), as_list(statement["Resource"])
+        pairs |= {(action, resource) for action in actions for resource in resources}
+    return pairs
+
+
+POLICY_FILES = sorted(path.name for path in DEPLOY.glob("iam-*.json"))
+
+
+def test_the_policy_files_are_the_roles_and_the_kms_option() -> None:
+    assert sorted([*POLICY_OF_ROLE.values(), "iam-kms-policy.json"]) == POLICY_FILES
+
+
+@pytest.mark.parametrize("name", POLICY_FILES)
+def test_policy_is_valid_and_least_privilege_shaped(name: str) -> None:
+    policy = load_json(name)
+    assert policy["Version"] == "2012-10-17"
+    sids = [statement["Sid"] for statement in policy["Statement"]]
+    assert len(sids) == len(set(sids))
+    operations = {f"{service}:{op}" for service, op in {o for ops in operation_names().values() for o in ops}}
+    known_other = {action for action, _ in IAM_OF_OPERATION.values()} | {"kms:Decrypt", "kms:GenerateDataKey"}
+    for statement in policy["Statement"]:
+        assert statement["Effect"] == "Allow"
+        assert not {"NotAction", "NotResource", "NotPrincipal", "Principal"} & set(statement)
+        actions = statement["Action"]
+        assert isinstance(actions, list) and actions == sorted(actions)
+        for action in actions:
+            assert "*" not in action, f"{name}: wildcard action {action}"
+            assert action in operations or action in known_other, f"{name}: unknown action {action}"
+        for resource in as_list(statement["Resource"]):
+            if resource == "*":
+                # The one AWS-mandated exception: PutMetricData has no resource; a namespace condition limits it.
+                assert actions == ["cloudwatch:PutMetricData"], f"{name}: Resource * for {actions}"
+                assert statement["Condition"] == {
+                    "StringEquals": {"cloudwatch:namespace": PLACEHOLDERS["KCL_APPLICATION_NAME"]}
+                }
+            else:
+                assert resource.startswith("arn:aws:")
+                assert "*" not in resource or resource in (OBJECTS_ARN, f"{TABLE_ARN}/index/*"), resource
+
+
+@pytest.mark.parametrize("role", sorted(POLICY_OF_ROLE))
+def test_policy_grants_exactly_what_the_code_calls(role: str) -> None:
+    needed = needed_by_code(role)
+    if role == "worker":
+        needed.update(dict.fromkeys(KCL_CALLS, "KCL MultiLangDaemon"))
+    have = granted(load_json(POLICY_OF_ROLE[role]))
+    missing = {pair: why for pair, why in needed.items() if pair not in have}
+    assert not missing, f"{role}: calls without permission: {missing}"
+    assert not have - set(needed), f"{role}: permissions no call needs: {sorted(have - set(needed))}"
+
+
+def test_every_module_with_aws_calls_has_a_role_and_the_core_has_none() -> None:
+    for path in modules():
+        calls = aws_calls(path.read_text(encoding="utf-8"))
+        relative = path.relative_to(ROOT).as_posix()
+        if relative.startswith(("aggregators/", "schemas/")):
+            assert not calls, f"{relative}: the domain core must not call AWS"
+        elif calls:
+            assert role_of(path), f"{relative} calls {sorted(calls)}: add it to ROLE_OF_MODULE"
+    assert needed_by_code("worker") and needed_by_code("setup") and needed_by_code("producer")
+
+
+def test_kcl_assumptions_behind_the_worker_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    clear_environment(monkeypatch)
+    settings = Settings()  # as in AWS: no endpoint override, defaults
+    properties = kcl_properties(settings, "python -m consumer.record_processor")
+    assert re.search(r"^retrievalMode = POLLING$", properties, re.MULTILINE)  # no enhanced fan-out actions
+    # In AWS the KCL publishes metrics (PutMetricData), under the default namespace and table names.
+    assert settings.effective_metrics_level != "NONE"
+    assert not re.search(r"^(leaseTableName|tableName|namespace)\b", properties, re.MULTILINE)
+
+
+def test_kms_policy_covers_sse_kms_puts_and_gets_through_s3_only() -> None:
+    (statement,) = load_json("iam-kms-policy.json")["Statement"]
+    assert statement["Action"] == ["kms:Decrypt", "kms:GenerateDataKey"]  # GetObject / PutObject with SSE-KMS
+    assert statement["Resource"] == f"arn:aws:kms:{REGION}:{ACCOUNT}:key/{PLACEHOLDERS['KMS_KEY_ID']}"
+    assert statement["Condition"] == {"StringEquals": {"kms:ViaService": f"s3.{REGION}.amazonaws.com"}}
+
+
+def test_readme_documents_every_placeholder_and_policy() -> None:
+    readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    for name in PLACEHOLDERS:
+        assert f"${{{name}}}" in readme, name
+    for name in [*POLICY_FILES, "ecs-task-definition.json", "constraints.txt"]:
+        assert name in readme, name
+
+
+# ============================================================================================================= ECS
+FARGATE_MEMORY = {
+    "256": range(512, 2049, 512),
+    "512": range(1024, 4097, 1024),
+    "1024": range(2048, 8193, 1024),
+    "2048": range(4096, 16385, 1024),
+    "4096": range(8192, 30721, 1024),
+}
+
+
+def worker_container() -> dict[str, Any]:
+    (container,) = load_json("ecs-task-definition.json")["containerDefinitions"]
+    return container
+
+
+def ecs_env() -> dict[str, str]:
+    return {item["name"]: item["value"] for item in worker_container()["environment"]}
+
+
+def test_task_definition_is_a_fargate_task_sized_for_jvm_and_python() -> None:
+    task = load_json("ecs-task-definition.json")
+    assert task["requiresCompatibilities"] == ["FARGATE"] and task["networkMode"] == "awsvpc"
+    assert int(task["memory"]) in FARGATE_MEMORY[task["cpu"]]
+    # JVM -Xmx1g + non-heap + the supervisor + one Python process per shard.
+    assert int(task["memory"]) >= 4096
+    assert 21 <= task["ephemeralStorage"]["sizeInGiB"] <= 200
+    assert task["taskRoleArn"].startswith(f"arn:aws:iam::{ACCOUNT}:role/")
+    assert task["executionRoleArn"].startswith(f"arn:aws:iam::{ACCOUNT}:role/")
+    container = worker_container()
+    assert container["name"] == "worker" and container["essential"] is True
+    assert container["image"] == PLACEHOLDERS["IMAGE_URI"]
+
+
+def test_stop_timeout_covers_the_graceful_stop() -> None:
+    container = worker_container()
+    context = invoke_args(container["command"])
+    assert container["command"][0] == "worker"
+    stop_deadline = context.params["stop_deadline"]
+    grace_millis = ecs_env().get(
+        "CLICKSTREAM_KCL_SHUTDOWN_GRACE_MILLIS", DEFAULTS["kcl_shutdown_grace_millis"]
+    )
+    grace_seconds = int(grace_millis) / 1000
+    # SIGTERM -> the KCL gives processors grace_seconds to flush and checkpoint -> the worker kills the JVM after
+    # stop_deadline -> ECS sends SIGKILL after stopTimeout (at most 120 s on Fargate).
+    assert grace_seconds < stop_deadline < container["stopTimeout"] <= 120
+
+
+def test_health_check_and_logs() -> None:
+    container = worker_container()
+    health = container["healthCheck"]
+    assert health["command"] == ["CMD", "clickstream", "health"]
+    assert health["startPeriod"] <= 300 and health["timeout"] < health["interval"]
+    logs = container["logConfiguration"]
+    assert logs["logDriver"] == "awslogs"
+    assert {"awslogs-group", "awslogs-region", "awslogs-stream-prefix"} <= set(logs["options"])
+
+
+def test_environment_is_real_settings_with_no_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = ecs_env()
+    assert not [name for name in env if SECRET_NAME.search(name)]
+    assert "AWS_ENDPOINT_URL" not in env  # real AWS
+    settings = assert_env_configures_settings(env, monkeypatch)
+    assert settings.stream_name == PLACEHOLDERS["STREAM_NAME"]
+    assert settings.application_name == PLACEHOLDERS["KCL_APPLICATION_NAME"]
+    assert (settings.bucket, settings.prefix) == (PLACEHOLDERS["BUCKET"], PLACEHOLDERS["PREFIX"])
+    assert settings.effective_metrics_level != "NONE"
+    for secret in worker_container()["secrets"]:
+        assert secret["name"].startswith("CLICKSTREAM_") and secret["name"] in cli_env_vars()
+        assert re.match(r"arn:aws:(ssm|secretsmanager):", secret["valueFrom"])
+
+
+def test_read_only_root_with_writable_state_and_tmp() -> None:
+    container = worker_container()
+    assert container["readonlyRootFilesystem"] is True
+    assert container["user"] == next(c.value[0] for c in runtime_stage() if c.cmd == "USER")
+    mounts = {mount["containerPath"]: mount for mount in container["mountPoints"]}
+    assert set(mounts) == {ecs_env()["CLICKSTREAM_STATE_DIR"], "/tmp"}
+    assert not any(mount["readOnly"] for mount in mounts.values())
+    volumes = {volume["name"] for volume in load_json("ecs-task-definition.json")["volumes"]}
+    assert {mount["sourceVolume"] for mount in mounts.values()} == volumes
+
+
+# ========================================================================================================= Compose
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+
+
+def compose_cli() -> list[str] | None:
+    """A Compose v2 CLI if installed (``config`` needs no Docker engine)."""
+    candidates = [["docker", "compose"]] if shutil.which("docker") else []
+    if shutil.which("docker-compose"):
+        candidates.append(["docker-compose"])
+    for command in candidates:
+        result = subprocess.run([*command, "version"], capture_output=True, text=True, check=False)
+        if result.returncode == 0 and re.search(r"\bv?2\.\d+", result.stdout):
+            return command
+    return None
+
+
+def test_compose_file_is_valid() -> None:
+    schema = json.loads((Path(__file__).parent / "data" / "compose-spec.json").read_text(encoding="utf-8"))
+    errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(compose()), key=str)
+    assert not errors, "\n".join(f"{list(e.absolute_path)}: {e.message}" for e in errors)
+    command = compose_cli()
+    if command is None:
+        print("no Compose v2 CLI on this machine: validated against the Compose Specification schema only")
+        return
+    result = subprocess.run(
+        [*command, "config", "--quiet"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_localstack_is_pinned_and_healthchecked() -> None:
+    localstack = compose()["services"]["localstack"]
+    # 4.14.0: the last LocalStack tag that runs without an auth token.
+    assert localstack["image"] == "localstack/localstack:4.14.0"
+    assert set(localstack["environment"]["SERVICES"].split(",")) == {
+        "kinesis",
+        "dynamodb",
+        "s3",
+        "cloudwatch",
+    }
+    assert "/_localstack/health" in " ".join(localstack["healthcheck"]["test"])
+    assert all(port.startswith("127.0.0.1:") for port in localstack.get("ports", []))
+
+
+def test_startup_order() -> None:
+    services = compose()["services"]
+    for name, service in services.items():
+        for target in service.get("depends_on", {}):
+            assert target in services, f"{name} depends on unknown {target}"
+    assert services["init"]["depends_on"] == {"localstack": {"condition": "service_healthy"}}
+    for name in ("worker", "producer"):
+        assert services[name]["depends_on"] == {"init": {"condition": "service_completed_successfully"}}
+
+
+APP_SERVICES = ("init", "worker", "producer")
+
+
+def test_app_services_share_the_image_built_here_and_run_real_commands() -> None:
+    services = compose()["services"]
+    images = {services[name]["image"] for name in APP_SERVICES}
+    assert len(images) == 1
+    assert [name for name in APP_SERVICES if "build" in services[name]] == ["init"]
+    assert services["init"]["build"] == "."
+    assert [services[name]["command"][0] for name in APP_SERVICES] == ["setup", "worker", "produce"]
+    for name in APP_SERVICES:
+        invoke_args(services[name]["command"])
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_service_environment_targets_localstack(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {key: str(value) for key, value in compose()["services"][name]["environment"].items()}
+    assert env["AWS_ENDPOINT_URL"] == "http://localstack:4566"
+    assert env["AWS_ACCESS_KEY_ID"] == env["AWS_SECRET_ACCESS_KEY"] == "test"  # dummy credentials only
+    settings = assert_env_configures_settings(env, monkeypatch)
+    assert settings.aws_endpoint_url == "http://localstack:4566"
+
+
+def test_worker_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    worker = compose()["services"]["worker"]
+    env = {key: str(value) for key, value in worker["environment"].items()}
+    assert env["AWS_CBOR_ENABLED"] == "false"  # the KCL's Java SDK must not speak CBOR to an emulator
+    settings = assert_env_configures_settings(env, monkeypatch)
+    assert settings.worker_id == "compose-worker-1"  # stable: a restart reclaims its leases at once
+    assert settings.kcl_shard_sync_interval_millis < DEFAULTS["kcl_shard_sync_interval_millis"]
+    assert settings.kcl_lease_assignment_interval_millis < DEFAULTS["kcl_lease_assignment_interval_millis"]
+    assert worker["healthcheck"]["test"] == ["CMD", "clickstream", "health"]
+    context = invoke_args(worker["command"])
+    grace = settings.kcl_shutdown_grace_millis / 1000
+    assert grace < context.params["stop_deadline"] < int(worker["stop_grace_period"].removesuffix("s"))
+    state_dir = env_of(runtime_stage())["CLICKSTREAM_STATE_DIR"]
+    assert any(volume.endswith(f":{state_dir}") for volume in worker["volumes"])
