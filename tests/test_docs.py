@@ -13,7 +13,9 @@ README = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8"
 
 
 def test_every_setting_is_documented_in_the_readme() -> None:
-    missing = [env_var_name(name) for name in Settings.model_fields if f"`{env_var_name(name)}`" not in README]
+    missing = [
+        env_var_name(name) for name in Settings.model_fields if f"`{env_var_name(name)}`" not in README
+    ]
     assert missing == []
 
 
