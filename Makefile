@@ -1,8 +1,12 @@
 # One-command entry points. `make demo` and `make test` set everything up on a fresh Debian machine with Python 3.11.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# Some machines' pip configuration names local indexes that do not exist; pip warns once per package.
+PIP_NOISE := is ignored: it is neither a file nor a directory
 
 .PHONY: setup java demo test lint format bench clean
 
@@ -10,9 +14,9 @@ setup: $(STAMP) java
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install --quiet --upgrade pip
+	@$(BIN)/python -m pip install --quiet --upgrade pip 2>&1 | { grep -v "$(PIP_NOISE)" || true; }
 	@echo "installing clickstream-rfm and its dependencies into $(VENV) ..."
-	@$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@$(BIN)/python -m pip install --quiet -e '.[dev]' 2>&1 | { grep -v "$(PIP_NOISE)" || true; }
 	@touch $@
 
 # The KCL MultiLangDaemon is Java: a JRE 17+ is required. Installs Debian's headless JRE when run as root.

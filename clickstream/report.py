@@ -110,9 +110,10 @@ def print_summary(settings: Settings, download: Path, top: int = 10, console: Co
         f"{customers:,} customers, {buyers:,} with at least one purchase, "
         f"{customers - buyers:,} without (null frequency / recency / T / monetary_value)."
     )
+    glob = output_glob(download, settings, "customer_aggregates")
+    query = f"SELECT * FROM read_parquet('{glob}') LIMIT 5"
     console.print(
-        f'Query the copies with DuckDB, e.g.:\n  duckdb -c "SELECT * FROM read_parquet('
-        f"'{output_glob(download, settings, 'customer_aggregates')}') LIMIT 5\""
+        f'Query the copies with DuckDB, e.g.:\n  .venv/bin/python -c "import duckdb; duckdb.sql(\\"{query}\\").show()"'
     )
 
 
