@@ -4,8 +4,8 @@ Unhealthy means one of:
 - the supervisor's heartbeat (``<state_dir>/worker.json``) is missing or older than ``heartbeat_timeout``;
 - a shard processor has not been called by the KCL for ``stuck_after`` seconds (the KCL calls it at least every
   ``idleTimeBetweenReadsInMillis`` even when there are no records);
-- records are waiting on a shard (behind the tip or buffered) and it has not flushed for ``stuck_after`` seconds —
-  the KCL's "stuck shard": leases held, nothing moving.
+- records have been waiting on a shard (buffered, or the shard behind the tip) for ``stuck_after`` seconds without a
+  flush — the KCL's "stuck shard": leases held, nothing moving. A shard idle for hours is healthy.
 """
 
 from __future__ import annotations
@@ -47,17 +47,19 @@ def shard_problems(statuses: dict[str, ShardStatus], now: float, stuck_after: fl
     for shard_id, status in sorted(statuses.items()):
         if status.phase != "processing":
             continue
+        cause = f"; last error: {status.last_error}" if status.last_error else ""
         last_call = status.last_call_at or status.started_at
         if now - last_call > stuck_after:
-            problems.append(f"{shard_id}: not called by the KCL for {now - last_call:.0f}s")
+            problems.append(f"{shard_id}: not called by the KCL for {now - last_call:.0f}s{cause}")
             continue
-        waiting = status.buffered_records > 0 or (status.millis_behind_latest or 0) > 0
-        last_progress = max(status.last_flush_at or 0.0, status.started_at)
-        if waiting and now - last_progress > stuck_after:
+        if status.waiting_since is None:
+            continue  # nothing waiting: an idle shard is healthy however long it has been idle
+        # Progress is a flush after the work appeared; the clock starts when records began to wait.
+        last_progress = max(status.waiting_since, status.last_flush_at or 0.0)
+        if now - last_progress > stuck_after:
             problems.append(
                 f"{shard_id}: records waiting ({status.buffered_records} buffered, "
-                f"{status.millis_behind_latest or 0} ms behind) but no flush for {now - last_progress:.0f}s"
-                + (f"; last error: {status.last_error}" if status.last_error else "")
+                f"{status.millis_behind_latest or 0} ms behind) but no flush for {now - last_progress:.0f}s{cause}"
             )
     return problems
 

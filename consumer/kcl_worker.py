@@ -105,6 +105,11 @@ def java_command(settings: Settings, properties_file: Path) -> list[str]:
     return command
 
 
+#: A processor not called for this long is not being polled (the KCL calls it every ~250 ms even without records;
+#: its status file is rewritten at least once a second).
+POLL_FRESHNESS_SECONDS = 5.0
+
+
 @dataclass(frozen=True, slots=True)
 class IdleCheck:
     """Is every shard of the stream drained, flushed, checkpointed and quiet for ``idle_seconds``?"""
@@ -125,8 +130,11 @@ class IdleCheck:
         )
 
     def _quiet(self, status: ShardStatus | None, now: float) -> bool:
-        """Caught up, nothing buffered, everything applied is checkpointed, no record for idle_seconds."""
+        """Caught up, nothing buffered, everything applied is checkpointed, no record for idle_seconds, and the
+        KCL still polling (while GetRecords fails the processors are not called and their status goes stale)."""
         if status is None or status.phase != "processing" or status.last_call_at is None:
+            return False
+        if now - status.last_call_at > POLL_FRESHNESS_SECONDS:
             return False
         caught_up = not status.buffered_records and (status.millis_behind_latest or 0) == 0
         checkpointed = not status.flushes or status.applied_sequence == status.checkpointed_sequence

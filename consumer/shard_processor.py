@@ -179,6 +179,11 @@ class ShardProcessor:
             self.buffer.extend(records, now)
             self.metrics.records_received += len(records)
             self.metrics.last_record_at = time.time()
+        behind = bool(self.metrics.millis_behind_latest)
+        if (self.buffer or behind) and self.metrics.waiting_since is None:
+            self.metrics.waiting_since = time.time()  # the stuck-shard clock starts when work appears
+        elif not self.buffer and not behind:
+            self.metrics.waiting_since = None
         if self._flush_due(now):
             self.flush(checkpointer, reason="threshold")
         self.metrics.buffered_records = len(self.buffer)
@@ -204,6 +209,7 @@ class ShardProcessor:
         dropped = len(self.buffer)
         self.buffer.clear()
         self.lease_lost = True
+        self.metrics.waiting_since = None
         self.metrics.buffered_records = 0
         # After a graceful shutdown the KCL always ends with lease_lost; only dropped records are news.
         level = logging.WARNING if dropped or self.metrics.phase != "shut_down" else logging.INFO
@@ -241,6 +247,7 @@ class ShardProcessor:
         self._retrying("checkpoint", lambda: self._checkpoint(checkpointer, buffered.last))
         seconds = time.perf_counter() - started
         self.buffer.clear()
+        self.metrics.waiting_since = time.time() if self.metrics.millis_behind_latest else None
         if manifest is None:
             log.info(
                 "all %d buffered records were redeliveries of committed flushes; checkpointed only",

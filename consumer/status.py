@@ -37,6 +37,7 @@ class ShardStatus:
     last_flush_at: float | None = None
     last_flush_seconds: float | None = None
     last_checkpoint_at: float | None = None
+    waiting_since: float | None = None  # wall time since records have been waiting (buffered or shard behind)
     last_error: str | None = None
     started_at: float = 0.0
     updated_at: float = 0.0
