@@ -103,3 +103,37 @@ def reference_aggregates(
 
 def load_documents(lines: Iterable[bytes]) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines]
+
+
+def mismatches_against_reference(
+    rows: Mapping[str, Mapping[str, Any]], documents: Iterable[Mapping[str, Any]]
+) -> list[tuple[str, str, Any, Any]]:
+    """(customer, column, got, expected) for every difference between current rows and the reference.
+
+    ``T`` is relative to each row's own ``as_of`` (the shard's event-time high-water mark when the row was written),
+    so it is checked as ``T == as_of date - first purchase day``; floats compare to 1e-9 relative.
+    """
+    expected = reference_aggregates(documents)
+    problems: list[tuple[str, str, Any, Any]] = [
+        (customer, "<row>", customer in rows, customer in expected) for customer in set(rows) ^ set(expected)
+    ]
+    for customer, want in expected.items():
+        got = rows.get(customer)
+        if got is None:
+            continue
+        for column, reference_value in want.items():
+            value = reference_value
+            if column == "T" and want["first_purchase_at"] is not None:
+                value = (got["as_of"].date() - want["first_purchase_at"].date()).days
+            close = (
+                isinstance(value, float)
+                and got[column] is not None
+                and abs(got[column] - value) <= 1e-9 * max(1.0, abs(value))
+            )
+            if not close and got[column] != value:
+                problems.append((customer, column, got[column], value))
+        if got["as_of"] < got["last_event_at"]:
+            problems.append((customer, "as_of", got["as_of"], f">= {got['last_event_at']}"))
+        if got["version"] != want["events"]:
+            problems.append((customer, "version", got["version"], want["events"]))
+    return problems
