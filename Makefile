@@ -26,8 +26,9 @@ java:
 demo: setup
 	@$(BIN)/clickstream demo
 
+# Test files run in parallel (one process each): the end-to-end files mostly wait on KCL lease timers.
 test: setup lint
-	@$(BIN)/python -m pytest
+	@$(BIN)/python -m pytest -n 3 --dist loadfile
 
 lint: $(STAMP)
 	@$(BIN)/ruff check .

@@ -85,6 +85,10 @@ def kcl_properties(settings: Settings, executable: str) -> str:
         "shutdownGraceMillis": settings.kcl_shutdown_grace_millis,
         "parentShardPollIntervalMillis": 1000,
         "cleanupLeasesUponShardCompletion": "true",
+        # Our processors flush and checkpoint on shutdown_requested, so the KCL's graceful lease handoff adds
+        # nothing, and it can strand a shard: a lease handed to a worker that died meanwhile is never picked up
+        # again after a restart (KCL 3.1.3, awslabs/amazon-kinesis-client#1743; reproduced in test_e2e_chaos).
+        "isGracefulLeaseHandoffEnabled": "false",
     }
     if settings.aws_endpoint_url:
         properties["kinesisEndpoint"] = settings.aws_endpoint_url
