@@ -23,6 +23,34 @@ ENGAGEMENT_WEIGHTS = {
 }
 
 
+#: Columns of a customer's row that depend only on the set of events applied, not on how the stream was split into
+#: flushes or when rows were written (as_of, T and the lineage columns do).
+SET_DETERMINED_COLUMNS = (
+    "customer_id",
+    "version",
+    "first_event_at",
+    "last_event_at",
+    "events",
+    "page_views",
+    "product_views",
+    "searches",
+    "add_to_carts",
+    "checkouts",
+    "purchases",
+    "sessions",
+    "active_days",
+    "revenue",
+    "first_purchase_at",
+    "last_purchase_at",
+    "purchase_days",
+    "frequency",
+    "recency",
+    "monetary_value",
+    "repeat_revenue",
+    "engagement_score",
+)
+
+
 def parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 

@@ -23,7 +23,7 @@ from clickstream.demo import emulator_environment
 from clickstream.outputs import current_customer_rows, download_outputs, list_keys, output_glob
 from clickstream.settings import load_settings
 from producer.generator import ClickstreamGenerator
-from tests.reference import mismatches_against_reference
+from tests.reference import SET_DETERMINED_COLUMNS, mismatches_against_reference
 
 pytestmark = pytest.mark.e2e
 
@@ -193,33 +193,6 @@ def test_worker_logs_are_json_lines_with_shard_context(pipeline_run: dict[str, A
     assert not any("Received error line from subprocess" in line for line in lines)
 
 
-#: Columns that depend only on the set of events (as_of / T / lineage depend on when and where rows were written).
-SET_DETERMINED = (
-    "customer_id",
-    "version",
-    "first_event_at",
-    "last_event_at",
-    "events",
-    "page_views",
-    "product_views",
-    "searches",
-    "add_to_carts",
-    "checkouts",
-    "purchases",
-    "sessions",
-    "active_days",
-    "revenue",
-    "first_purchase_at",
-    "last_purchase_at",
-    "purchase_days",
-    "frequency",
-    "recency",
-    "monetary_value",
-    "repeat_revenue",
-    "engagement_score",
-)
-
-
 def test_replay_of_the_whole_archive_equals_the_live_aggregates(pipeline_run: dict[str, Any]) -> None:
     env, settings, s3 = pipeline_run["env"], pipeline_run["settings"], pipeline_run["s3"]
     dry = _cli(
@@ -256,7 +229,7 @@ def test_replay_of_the_whole_archive_equals_the_live_aggregates(pipeline_run: di
     s3.download_file(settings.bucket, replays[0]["Key"], str(target))
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    columns = ", ".join(f'"{c}"' for c in SET_DETERMINED)
+    columns = ", ".join(f'"{c}"' for c in SET_DETERMINED_COLUMNS)
     replayed = con.sql(f"SELECT {columns} FROM read_parquet('{target}') ORDER BY customer_id").fetchall()
     live = current_customer_rows(
         con, output_glob(pipeline_run["root"], settings, "customer_aggregates")

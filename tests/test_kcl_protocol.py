@@ -12,57 +12,39 @@ import base64
 import io
 import json
 import logging
-import os
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pyarrow.parquet as pq
 import pytest
 from amazon_kclpy import kcl
 from botocore.exceptions import ClientError
-from moto import mock_aws
 
 from clickstream.settings import Settings, load_settings
 from consumer import record_processor
 from consumer.record_processor import RecordProcessor
+from tests.moto_support import isolate_environment, moto_bucket
 
 SHARD = "shardId-000000000001"
 BUCKET = "clickstream-kcl-protocol"
 STREAM = "clickstream-kcl-protocol"
-REGION = "us-east-1"
 ARRIVAL_MILLIS = int(datetime(2026, 3, 2, tzinfo=UTC).timestamp() * 1000)
-
-
-def _isolate_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("CLICKSTREAM_") or name in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AWS_REGION", REGION)
 
 
 @pytest.fixture(autouse=True)
 def aws_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    _isolate_environment(monkeypatch)
+    isolate_environment(monkeypatch)
 
 
 @pytest.fixture(scope="module")
 def aws() -> Iterator[Any]:
     """One in-process moto for the module (starting moto costs more than most tests)."""
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        _isolate_environment(monkeypatch)
-        with mock_aws():
-            client = boto3.client("s3", region_name=REGION)
-            client.create_bucket(Bucket=BUCKET)
-            # the processor looks its shard's parents up in the stream (Kinesis ListShards)
-            boto3.client("kinesis", region_name=REGION).create_stream(StreamName=STREAM, ShardCount=2)
-            yield client
+    # the processor looks its shard's parents up in the stream (Kinesis ListShards)
+    with moto_bucket(BUCKET, streams={STREAM: 2}) as client:
+        yield client
 
 
 @pytest.fixture

@@ -7,53 +7,37 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import boto3
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from moto import mock_aws
 
 from aggregators.customer_state import AppliedBatch, CustomerState, Position
 from clickstream.settings import Settings, load_settings
 from consumer.s3_sink import FlushRange, S3ParquetSink
 from consumer.shard_processor import RawRecord, RecordBuffer
 from schemas import CUSTOMER_AGGREGATES_SCHEMA, ERRORS_SCHEMA, EVENTS_SCHEMA
+from tests.moto_support import isolate_environment, moto_bucket
 
 SHARD = "shardId-000000000003"
 BUCKET = "clickstream-sink-test"
-REGION = "us-east-1"
 ARRIVAL_MILLIS = int(datetime(2026, 3, 2, 6, 0, tzinfo=UTC).timestamp() * 1000)
-
-
-def _isolate_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("CLICKSTREAM_") or name in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
 
 
 @pytest.fixture(autouse=True)
 def aws_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    _isolate_environment(monkeypatch)
+    isolate_environment(monkeypatch)
 
 
 @pytest.fixture(scope="module")
 def aws() -> Iterator[Any]:
     """One in-process moto for the module (starting moto costs more than most tests)."""
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        _isolate_environment(monkeypatch)
-        with mock_aws():
-            client = boto3.client("s3", region_name=REGION)
-            client.create_bucket(Bucket=BUCKET)
-            yield client
+    with moto_bucket(BUCKET) as client:
+        yield client
 
 
 @pytest.fixture

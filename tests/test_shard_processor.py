@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -22,13 +21,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from amazon_kclpy.checkpoint_error import CheckpointError
 from botocore.exceptions import ClientError, EndpointConnectionError
-from moto import mock_aws
 
 from aggregators.customer_state import AppliedBatch, CustomerState
 from clickstream.settings import Settings, load_settings
@@ -37,11 +34,12 @@ from consumer.shard_processor import FlushPolicy, LeaseLostError, RawRecord, Rec
 from consumer.state_recovery import StateRecovery
 from consumer.status import StatusWriter, read_statuses
 from producer.generator import ClickstreamGenerator
+from tests.moto_support import isolate_environment, moto_bucket
+from tests.reference import SET_DETERMINED_COLUMNS
 
 SHARD = "shardId-000000000007"
 BUCKET = "clickstream-test-bucket"
 PREFIX = "rfm"
-REGION = "us-east-1"
 #: Arrival after every generated event (March-April 2026), so no event counts as "from the future".
 ARRIVAL_MILLIS = int(datetime(2026, 6, 1, tzinfo=UTC).timestamp() * 1000)
 #: A real-looking 56-digit Kinesis sequence number (wider than 64 bits).
@@ -51,31 +49,18 @@ _CUSTOMER_ID = re.compile(rb'"customer_id":"([^"]*)"')
 
 
 # ---------------------------------------------------------------------------------------------------- fixtures
-def _isolate_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Dummy credentials, no endpoint override and no CLICKSTREAM_* leaking in from the caller's shell."""
-    for name in list(os.environ):
-        if name.startswith("CLICKSTREAM_") or name in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AWS_REGION", REGION)
 
 
 @pytest.fixture(autouse=True)
 def aws_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    _isolate_environment(monkeypatch)
+    isolate_environment(monkeypatch)
 
 
 @pytest.fixture(scope="module")
 def aws() -> Iterator[Any]:
     """One in-process moto S3 and bucket for the module (starting moto costs more than most tests)."""
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        _isolate_environment(monkeypatch)
-        with mock_aws():
-            client = boto3.client("s3", region_name=REGION)
-            client.create_bucket(Bucket=BUCKET)
-            yield client
+    with moto_bucket(BUCKET) as client:
+        yield client
 
 
 @pytest.fixture
@@ -289,33 +274,6 @@ def committed_event_ids(s3: Any, prefix: str = PREFIX) -> Counter[str]:
     return ids
 
 
-#: Columns of a customer's row that depend on the events applied, not on how the stream was split into flushes.
-AGGREGATE_COLUMNS = (
-    "customer_id",
-    "version",
-    "first_event_at",
-    "last_event_at",
-    "events",
-    "page_views",
-    "product_views",
-    "searches",
-    "add_to_carts",
-    "checkouts",
-    "purchases",
-    "sessions",
-    "active_days",
-    "revenue",
-    "first_purchase_at",
-    "last_purchase_at",
-    "purchase_days",
-    "frequency",
-    "recency",
-    "monetary_value",
-    "repeat_revenue",
-    "engagement_score",
-)
-
-
 def committed_current_rows(s3: Any, prefix: str = PREFIX) -> dict[str, dict[str, Any]]:
     """Each customer's highest-version row among the customer_aggregates files that commit records list."""
     current: dict[str, dict[str, Any]] = {}
@@ -324,7 +282,7 @@ def committed_current_rows(s3: Any, prefix: str = PREFIX) -> dict[str, dict[str,
             known = current.get(row["customer_id"])
             if known is None or row["version"] >= known["version"]:
                 current[row["customer_id"]] = row
-    return {customer: {c: row[c] for c in AGGREGATE_COLUMNS} for customer, row in current.items()}
+    return {customer: {c: row[c] for c in SET_DETERMINED_COLUMNS} for customer, row in current.items()}
 
 
 # ---------------------------------------------------------------------------------------------------- thresholds

@@ -1,0 +1,38 @@
+"""In-process moto for the adapter tests: an isolated environment and a bucket (and streams) for a module."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+REGION = "us-east-1"
+
+
+def isolate_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dummy credentials, no endpoint override and no CLICKSTREAM_* leaking in from the caller's shell."""
+    for name in list(os.environ):
+        if name.startswith("CLICKSTREAM_") or name in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_REGION", REGION)
+
+
+@contextmanager
+def moto_bucket(bucket: str, streams: dict[str, int] | None = None) -> Iterator[Any]:
+    """One moto for a whole module (starting moto costs more than most tests): an S3 client with ``bucket``."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        isolate_environment(monkeypatch)
+        with mock_aws():
+            client = boto3.client("s3", region_name=REGION)
+            client.create_bucket(Bucket=bucket)
+            for name, shards in (streams or {}).items():
+                boto3.client("kinesis", region_name=REGION).create_stream(StreamName=name, ShardCount=shards)
+            yield client
