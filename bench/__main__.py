@@ -146,6 +146,17 @@ class _MemoryS3:
     def delete_object(self, Bucket: str, Key: str) -> None:
         self.objects.pop(Key, None)
 
+    def get_paginator(self, operation: str) -> Any:
+        assert operation == "list_objects_v2"
+        objects = self.objects
+
+        class _Pages:
+            def paginate(self, Bucket: str, Prefix: str = "", StartAfter: str = "") -> list[dict[str, Any]]:
+                keys = sorted(k for k in objects if k.startswith(Prefix) and k > StartAfter)
+                return [{"Contents": [{"Key": k, "Size": len(objects[k])} for k in keys]}]
+
+        return _Pages()
+
 
 def bench_processor(events: int, customers: int, per_message: int) -> dict[str, Any]:
     """KCL protocol lines -> KCLProcess -> RecordProcessor -> Parquet in an in-memory S3."""
@@ -207,10 +218,14 @@ def bench_processor(events: int, customers: int, per_message: int) -> dict[str, 
         )
     with tempfile.TemporaryDirectory() as directory:
         settings = load_settings(
-            state_dir=Path(directory), flush_max_records=50_000, flush_max_seconds=3600, bucket="bench-bucket"
+            state_dir=Path(directory),
+            flush_max_records=50_000,
+            flush_max_seconds=3600,
+            stuck_shard_seconds=7200,
+            bucket="bench-bucket",
         )
         s3 = _MemoryS3()
-        processor = RecordProcessor(settings, s3_client=s3)
+        processor = RecordProcessor(settings, s3_client=s3, parent_lookup=lambda _shard: [])
         messages = Path(directory) / "messages.jsonl"
         messages.write_text("\n".join(lines) + "\n", encoding="utf-8")
         del lines, payloads  # the daemon's messages come from a pipe, not from our memory

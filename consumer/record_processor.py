@@ -24,7 +24,7 @@ from clickstream.logs import configure_logging
 from clickstream.settings import Settings, load_settings
 from consumer.s3_sink import S3ParquetSink
 from consumer.shard_processor import FlushPolicy, LeaseLostError, RawRecord, ShardProcessor, state_path
-from consumer.state_recovery import StateRecovery, kinesis_parent_lookup
+from consumer.state_recovery import ParentLookup, StateRecovery, kinesis_parent_lookup
 from consumer.status import StatusWriter
 
 log = logging.getLogger(__name__)
@@ -126,9 +126,12 @@ def deaggregate(record: RawRecord) -> list[RawRecord]:
 class RecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
     """Creates the shard's state, sink and processor on initialize and forwards each KCL call."""
 
-    def __init__(self, settings: Settings, s3_client: Any | None = None) -> None:
+    def __init__(
+        self, settings: Settings, s3_client: Any | None = None, parent_lookup: ParentLookup | None = None
+    ) -> None:
         self.settings = settings
         self.s3 = s3_client
+        self.parent_lookup = parent_lookup
         self.shard: ShardProcessor | None = None
         self.shard_id: str | None = None
 
@@ -140,7 +143,9 @@ class RecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
         state = CustomerState(shard_id, database, RecordValidator(validation_rules(self.settings)))
         s3 = self.s3 or aws_client("s3", self.settings)
         sink = S3ParquetSink(s3, self.settings)
-        parents = kinesis_parent_lookup(aws_client("kinesis", self.settings), self.settings.stream_name)
+        parents = self.parent_lookup or kinesis_parent_lookup(
+            aws_client("kinesis", self.settings), self.settings.stream_name
+        )
         recovery = StateRecovery(s3, self.settings, parents=parents)
         status = StatusWriter(self.settings.state_dir / "status")
         self.shard = ShardProcessor(
