@@ -212,3 +212,37 @@ def test_snapshot_replaces_the_previous_one(s3_env: tuple[Any, Settings], tmp_pa
     assert len(folders) == 1, "old snapshots are deleted once the new pointer is written"
     assert any(key.endswith("latest.json") for key in keys)
     assert pa.Table  # keep the import honest for type checkers
+
+
+def test_a_crash_during_restore_is_finished_by_the_next_restore(
+    s3_env: tuple[Any, Settings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s3, settings = s3_env
+    original = _processor(s3, settings, tmp_path / "a.duckdb", snapshot_every=4)
+    original.start("TRIM_HORIZON")
+    _feed(original, _records(50, 3_000, seed=8))
+    assert original.metrics.flushes % 4 >= 2, "at least two commits follow the last snapshot"
+    expected = _rows(original.state)
+
+    applied: list[str] = []
+    real_apply = CustomerState.apply_events
+
+    def crash_after_first_commit(self: CustomerState, events: pa.Table, position: Any) -> Any:
+        if applied:
+            raise RuntimeError("process killed during restore")
+        applied.append(position.sequence_number)
+        return real_apply(self, events, position)
+
+    database = tmp_path / "restoring.duckdb"
+    interrupted = CustomerState(SHARD, database)
+    with monkeypatch.context() as patch:
+        patch.setattr(CustomerState, "apply_events", crash_after_first_commit)
+        with pytest.raises(RuntimeError, match="killed during restore"):
+            StateRecovery(s3, settings).restore(interrupted)
+    interrupted.close()
+
+    resumed = CustomerState(SHARD, database)  # the same disk, partially caught up
+    assert resumed.position() is not None and resumed.position().sequence_number == applied[0]
+    report = StateRecovery(s3, settings).restore(resumed)
+    assert report.source == "local" and report.commits_applied >= 1
+    assert _rows(resumed) == expected
