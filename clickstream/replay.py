@@ -8,8 +8,6 @@ Files of a flush that never committed (named in an intent without a commit recor
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import re
 from collections.abc import Iterator
@@ -19,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from aggregators.customer_state import CustomerState, Position
@@ -72,16 +69,13 @@ def _dates(start: datetime, end: datetime) -> Iterator[str]:
 
 
 def _uncommitted_keys(s3: Any, settings: Settings) -> set[str]:
-    """Data files named by an intent whose commit record does not exist (a flush that died midway)."""
+    """Data files of flushes that wrote an intent but no commit record, on any shard."""
     sink = S3ParquetSink(s3, settings)
-    orphans: set[str] = set()
-    for obj in list_keys(s3, settings.bucket, f"{settings.output_prefix('_control')}intents/"):
-        intent = json.loads(s3.get_object(Bucket=settings.bucket, Key=obj["Key"])["Body"].read())
-        shard_id = obj["Key"].rsplit("/", 1)[-1].removesuffix(".json")
-        commit = f"{settings.output_prefix('_control')}commits/{shard_id}/{intent['range']}.json"
-        if sink.get_json(commit) is None:
-            orphans |= {key for keys in intent["keys"].values() for key in keys}
-    return orphans
+    shards = [
+        obj["Key"].rsplit("/", 1)[-1].removesuffix(".json")
+        for obj in list_keys(s3, settings.bucket, f"{settings.output_prefix('_control')}intents/")
+    ]
+    return {key for shard_id in shards for key in sink.uncommitted_files(shard_id)}
 
 
 def plan_replay(
@@ -129,6 +123,7 @@ def run_replay(
     database = work_dir / f"replay-{plan.name}.duckdb"
     database.unlink(missing_ok=True)  # always from empty state: a re-run gives the same result
     state = CustomerState("replay", database)
+    sink = S3ParquetSink(s3, settings)
     read = applied = batches = 0
     pending: list[pa.Table] = []
 
@@ -146,17 +141,14 @@ def run_replay(
             total=plan.bytes, unit="B", unit_scale=True, desc=f"replay {plan.name}", disable=not progress
         ) as bar:
             for key, size in plan.files:
-                body = s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read()
-                pending.append(
-                    pq.read_table(io.BytesIO(body)).select(EVENTS_SCHEMA.names).cast(EVENTS_SCHEMA)
-                )
+                pending.append(sink.get_parquet(key).select(EVENTS_SCHEMA.names).cast(EVENTS_SCHEMA))
                 read += pending[-1].num_rows
                 if sum(table.num_rows for table in pending) >= batch_events:
                     apply_pending()
                 bar.update(size)
             apply_pending()
         rows = state.snapshot_rows()
-        S3ParquetSink(s3, settings).put_parquet(plan.output_key, rows)
+        sink.put_parquet(plan.output_key, rows)
         return ReplayResult(
             events_read=read, events_applied=applied, customers=rows.num_rows, output_key=plan.output_key
         )

@@ -126,21 +126,26 @@ class S3ParquetSink:
         self.put_json(self.commit_key(flush), asdict(manifest))
         return manifest
 
-    def discard_uncommitted(self, shard_id: str) -> int:
-        """Delete data files of a flush that wrote its intent but never its commit record. Returns files deleted."""
+    def uncommitted_files(self, shard_id: str) -> list[str]:
+        """Data files named by the shard's intent when its commit record does not exist (a flush that died)."""
         intent = self.get_json(self.intent_key(shard_id))
         if intent is None:
-            return 0
+            return []
         commit_key = f"{self.settings.output_prefix('_control')}commits/{shard_id}/{intent['range']}.json"
         if self.get_json(commit_key) is not None:
+            return []
+        return [key for keys in intent["keys"].values() for key in keys]
+
+    def discard_uncommitted(self, shard_id: str) -> int:
+        """Delete data files of a flush that wrote its intent but never its commit record. Returns files deleted."""
+        orphans = self.uncommitted_files(shard_id)
+        if not orphans:
             return 0
-        orphans = [key for keys in intent["keys"].values() for key in keys]
         for key in orphans:
             self.s3.delete_object(Bucket=self.bucket, Key=key)
         log.warning(
-            "deleted %d files of an uncommitted flush %s",
+            "deleted %d files of an uncommitted flush",
             len(orphans),
-            intent["range"],
             extra={"shard_id": shard_id},
         )
         return len(orphans)
@@ -158,6 +163,10 @@ class S3ParquetSink:
         self.s3.put_object(
             Bucket=self.bucket, Key=key, Body=body, ContentType="application/json", **self._encryption
         )
+
+    def get_parquet(self, key: str) -> pa.Table:
+        body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        return pq.read_table(io.BytesIO(body))
 
     def get_json(self, key: str) -> dict[str, Any] | None:
         try:

@@ -15,8 +15,6 @@ customers whose hash key falls in its own range.
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -25,7 +23,6 @@ from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from aggregators.customer_state import CustomerState, Position
 from clickstream.settings import Settings
@@ -82,7 +79,7 @@ class StateRecovery:
         position = state.position()
         if position is None:
             return None
-        previous = self._get_json(self.snapshot_pointer(state.shard_id))
+        previous = self._sink.get_json(self.snapshot_pointer(state.shard_id))
         folder = self._control(
             f"snapshots/{state.shard_id}/{int(position.sequence_number):0{SEQUENCE_DIGITS}d}-"
             f"{position.sub_sequence_number}/"
@@ -119,7 +116,7 @@ class StateRecovery:
         customer_filter: str | None = None,
         replace: bool = True,
     ) -> None:
-        tables = {name: self._read_parquet(key) for name, key in pointer["tables"].items()}
+        tables = {name: self._sink.get_parquet(key) for name, key in pointer["tables"].items()}
         state.import_tables(tables, customer_filter=customer_filter, replace=replace)
 
     # ------------------------------------------------------------------ commits
@@ -134,7 +131,7 @@ class StateRecovery:
         commits = []
         for page in self.s3.get_paginator("list_objects_v2").paginate(**arguments):
             for obj in page.get("Contents", []):
-                manifest = self._get_json(obj["Key"])
+                manifest = self._sink.get_json(obj["Key"])
                 if manifest is None:
                     continue
                 first = (int(manifest["first_sequence"]), int(manifest.get("first_sub_sequence", 0)))
@@ -148,7 +145,7 @@ class StateRecovery:
     ) -> None:
         for manifest in commits:
             keys = manifest["files"].get("events", [])
-            tables = [self._read_parquet(key) for key in keys]
+            tables = [self._sink.get_parquet(key) for key in keys]
             events = pa.concat_tables(tables) if tables else EVENTS_SCHEMA.empty_table()
             position = Position(manifest["last_sequence"], int(manifest["last_sub_sequence"]))
             state.apply_events(events, position)
@@ -163,7 +160,7 @@ class StateRecovery:
         local = state.position()
         report = RestoreReport(source="local")
         if local is None:
-            pointer = self._get_json(self.snapshot_pointer(shard_id))
+            pointer = self._sink.get_json(self.snapshot_pointer(shard_id))
             if pointer is not None:
                 self._load_snapshot(state, pointer)
                 local = Position(pointer["sequence_number"], int(pointer["sub_sequence_number"]))
@@ -208,19 +205,6 @@ class StateRecovery:
         # Before any record of its own, a child stands "before the first sequence number" of the shard.
         state.set_position(Position("0", -1), max(known) if known else None)
         return "parents"
-
-    # ------------------------------------------------------------------ S3 I/O
-    def _read_parquet(self, key: str) -> pa.Table:
-        body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-        return pq.read_table(io.BytesIO(body))
-
-    def _get_json(self, key: str) -> dict[str, Any] | None:
-        try:
-            body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-        except self.s3.exceptions.NoSuchKey:
-            return None
-        loaded: dict[str, Any] = json.loads(body)
-        return loaded
 
 
 def kinesis_parent_lookup(kinesis: Any, stream_name: str) -> ParentLookup:
