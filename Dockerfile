@@ -30,6 +30,7 @@ RUN pip install --no-deps --only-binary=:all: --no-binary=localstack-client -r d
 COPY pyproject.toml README.md ./
 COPY aggregators aggregators
 COPY clickstream clickstream
+COPY runtime runtime
 COPY consumer consumer
 COPY emulator emulator
 COPY producer producer

@@ -162,8 +162,8 @@ def bench_processor(events: int, customers: int, per_message: int) -> dict[str, 
     """KCL protocol lines -> KCLProcess -> RecordProcessor -> Parquet in an in-memory S3."""
     from amazon_kclpy import kcl
 
-    from clickstream.settings import load_settings
     from consumer.record_processor import RecordProcessor
+    from runtime.settings import load_settings
 
     payloads = _generate(customers, events, seed=4)
     arrival_millis = int(ARRIVAL.timestamp() * 1000)

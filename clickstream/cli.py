@@ -1,6 +1,6 @@
 """The ``clickstream`` command line: emulator, setup, generate, produce, worker, summary, demo.
 
-Every setting comes from a ``CLICKSTREAM_*`` environment variable (see ``clickstream.settings``); a flag given on
+Every setting comes from a ``CLICKSTREAM_*`` environment variable (see ``runtime.settings``); a flag given on
 the command line wins over the environment. ``--help`` on each command names the variable behind each flag.
 """
 
@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
-from clickstream.settings import ConfigError, Settings, env_var_name, load_settings
+from runtime.settings import ConfigError, Settings, env_var_name, load_settings
 
 log = logging.getLogger("clickstream")
 
@@ -57,7 +57,7 @@ def main(log_level: str, log_format: str) -> None:
 
     Standard AWS variables apply (AWS_ENDPOINT_URL, AWS_REGION, credentials). Start with `clickstream demo`.
     """
-    from clickstream.logs import configure_logging
+    from runtime.logs import configure_logging
 
     configure_logging(log_level, json_format=log_format == "json")
 
@@ -199,9 +199,9 @@ def produce(
     input_file: Path | None, rate: float | None, progress: bool, stream_name: str | None, **options: Any
 ) -> None:
     """Put events on the stream with PutRecords (batched, retried, nothing silently dropped)."""
-    from clickstream.aws import aws_client
     from producer.generator import read_jsonl
     from producer.kinesis_put import KinesisProducer, PutRecordsError
+    from runtime.aws import aws_client
 
     settings = build_settings(stream_name=stream_name)
     if input_file is not None:
@@ -296,8 +296,8 @@ def replay(start: str, end: str, name: str | None, dry_run: bool, progress: bool
     checkpoints, so it is safe while a worker runs (files of flushes not yet committed are left out); re-running
     the same range overwrites the same object.
     """
-    from clickstream.aws import aws_client
     from clickstream.replay import parse_time, plan_replay, run_replay
+    from runtime.aws import aws_client
 
     settings = build_settings(**overrides)
     try:

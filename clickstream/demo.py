@@ -45,12 +45,12 @@ def emulator_environment(endpoint: str, state_dir: Path) -> dict[str, str]:
 
 
 def run_demo(customers: int, events: int, seed: int, shards: int, output_dir: Path) -> int:
-    from clickstream.logs import configure_logging
     from clickstream.report import print_summary
     from clickstream.resources import setup_resources
-    from clickstream.settings import load_settings
     from emulator.server import EmulatorHandle
     from producer.generator import ClickstreamGenerator, read_jsonl, write_jsonl
+    from runtime.logs import configure_logging
+    from runtime.settings import load_settings
 
     configure_logging("WARNING", json_format=False)  # a person is watching: progress lines, not log records
     console = Console()
@@ -84,8 +84,8 @@ def run_demo(customers: int, events: int, seed: int, shards: int, output_dir: Pa
             f"{generated.malformed:,} malformed, seed {seed})"
         )
 
-        from clickstream.aws import aws_client
         from producer.kinesis_put import KinesisProducer
+        from runtime.aws import aws_client
 
         put = KinesisProducer(aws_client("kinesis", settings), settings.stream_name, progress=True)
         result = put.put(read_jsonl(jsonl), total=total)

@@ -10,7 +10,7 @@ from typing import Any
 
 import duckdb
 
-from clickstream.settings import Settings
+from runtime.settings import Settings
 
 OUTPUTS = ("events", "customer_aggregates", "errors")
 

@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from aggregators.customer_state import CustomerState, Position
 from clickstream.outputs import list_keys
-from clickstream.settings import Settings
 from consumer.s3_sink import S3ParquetSink
+from runtime.settings import Settings
 from schemas import EVENTS_SCHEMA
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,6 @@ import duckdb
 from rich.console import Console
 from rich.table import Table
 
-from clickstream.aws import aws_client
 from clickstream.outputs import (
     OUTPUTS,
     current_customer_rows,
@@ -16,7 +15,8 @@ from clickstream.outputs import (
     output_glob,
     row_counts,
 )
-from clickstream.settings import Settings
+from runtime.aws import aws_client
+from runtime.settings import Settings
 
 
 def print_summary(settings: Settings, download: Path, top: int = 10, console: Console | None = None) -> None:

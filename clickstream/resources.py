@@ -8,8 +8,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from clickstream.aws import aws_client
-from clickstream.settings import Settings
+from runtime.aws import aws_client
+from runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 

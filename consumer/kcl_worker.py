@@ -20,12 +20,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from clickstream.aws import aws_client
-from clickstream.logs import LOG_SOCKET_ENV, LogRelay
-from clickstream.settings import Settings, aws_environment
 from consumer.health import shard_problems, write_heartbeat
 from consumer.metrics import emit as emit_metrics
 from consumer.status import ShardStatus, read_statuses
+from runtime.aws import aws_client
+from runtime.logs import LOG_SOCKET_ENV, LogRelay
+from runtime.settings import Settings, aws_environment
 
 log = logging.getLogger(__name__)
 

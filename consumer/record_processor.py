@@ -19,13 +19,13 @@ from amazon_kclpy.v3 import processor
 
 from aggregators.customer_state import CustomerState
 from aggregators.validation import RecordValidator, ValidationRules
-from clickstream.aws import aws_client
-from clickstream.logs import configure_logging
-from clickstream.settings import Settings, load_settings
 from consumer.s3_sink import S3ParquetSink
 from consumer.shard_processor import FlushPolicy, LeaseLostError, RawRecord, ShardProcessor, state_path
 from consumer.state_recovery import ParentLookup, StateRecovery, kinesis_parent_lookup
 from consumer.status import StatusWriter
+from runtime.aws import aws_client
+from runtime.logs import configure_logging
+from runtime.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from aggregators.customer_state import AppliedBatch, Position
-from clickstream.settings import Settings
+from runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 

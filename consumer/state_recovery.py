@@ -25,8 +25,8 @@ from typing import Any
 import pyarrow as pa
 
 from aggregators.customer_state import CustomerState, Position
-from clickstream.settings import Settings
 from consumer.s3_sink import SEQUENCE_DIGITS, S3ParquetSink
+from runtime.settings import Settings
 from schemas import EVENTS_SCHEMA
 
 log = logging.getLogger(__name__)

@@ -24,9 +24,9 @@ import pytest
 
 from aggregators.customer_state import CustomerState, Position
 from clickstream.outputs import current_customer_rows
-from clickstream.settings import Settings
 from consumer.s3_sink import FlushRange, S3ParquetSink
 from producer.generator import BgNbdParams, ClickstreamGenerator, GammaGammaParams
+from runtime.settings import Settings
 from schemas import RAW_RECORD_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]

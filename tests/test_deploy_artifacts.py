@@ -37,8 +37,8 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from clickstream import cli
-from clickstream.settings import Settings, env_var_name, load_settings
 from consumer.kcl_worker import kcl_properties
+from runtime.settings import Settings, env_var_name, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

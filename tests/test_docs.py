@@ -6,8 +6,8 @@ import re
 from pathlib import Path
 
 from clickstream.cli import main
-from clickstream.settings import Settings, env_var_name
 from consumer.metrics import UNITS
+from runtime.settings import Settings, env_var_name
 
 README = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
 

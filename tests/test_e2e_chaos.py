@@ -42,9 +42,9 @@ from botocore.config import Config
 
 from clickstream.demo import emulator_environment
 from clickstream.outputs import OUTPUTS, current_customer_rows, download_outputs, output_glob
-from clickstream.settings import Settings
 from consumer.status import ShardStatus, read_statuses
 from producer.generator import ClickstreamGenerator
+from runtime.settings import Settings
 from tests.reference import reference_aggregates
 
 pytestmark = pytest.mark.e2e

@@ -21,8 +21,8 @@ import pytest
 
 from clickstream.demo import emulator_environment
 from clickstream.outputs import current_customer_rows, download_outputs, list_keys, output_glob
-from clickstream.settings import load_settings
 from producer.generator import ClickstreamGenerator
+from runtime.settings import load_settings
 from tests.reference import SET_DETERMINED_COLUMNS, mismatches_against_reference
 
 pytestmark = pytest.mark.e2e

@@ -24,9 +24,9 @@ import pytest
 
 from clickstream.demo import emulator_environment
 from clickstream.outputs import current_customer_rows, download_outputs, output_glob
-from clickstream.settings import load_settings
 from consumer.status import read_statuses
 from producer.generator import ClickstreamGenerator
+from runtime.settings import load_settings
 from tests.reference import mismatches_against_reference
 
 pytestmark = pytest.mark.e2e

@@ -23,9 +23,9 @@ import pytest
 from amazon_kclpy import kcl
 from botocore.exceptions import ClientError
 
-from clickstream.settings import Settings, load_settings
 from consumer import record_processor
 from consumer.record_processor import RecordProcessor
+from runtime.settings import Settings, load_settings
 from tests.moto_support import isolate_environment, moto_bucket
 
 SHARD = "shardId-000000000001"

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from clickstream.settings import Settings, load_settings
 from consumer.kcl_worker import (
     MAIN_CLASS,
     IdleCheck,
@@ -23,6 +22,7 @@ from consumer.kcl_worker import (
     kcl_properties,
 )
 from consumer.status import ShardStatus, StatusWriter
+from runtime.settings import Settings, load_settings
 
 EXECUTABLE = f"{sys.executable} -m consumer.record_processor"
 

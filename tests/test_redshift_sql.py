@@ -24,7 +24,7 @@ import sqlglot
 from sqlglot import exp
 
 from clickstream.outputs import current_customer_rows
-from clickstream.settings import Settings
+from runtime.settings import Settings
 from schemas.contract import (
     CUSTOMER_AGGREGATES_SCHEMA,
     ERRORS_SCHEMA,

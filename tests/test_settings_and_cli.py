@@ -16,7 +16,7 @@ from moto import mock_aws
 from pydantic import ValidationError
 
 from clickstream.cli import main
-from clickstream.settings import ConfigError, Settings, env_var_name, load_settings
+from runtime.settings import ConfigError, Settings, env_var_name, load_settings
 
 COMMANDS = ["emulator", "setup", "generate", "produce", "worker", "summary", "demo"]
 

@@ -28,12 +28,12 @@ from amazon_kclpy.checkpoint_error import CheckpointError
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from aggregators.customer_state import AppliedBatch, CustomerState
-from clickstream.settings import Settings, load_settings
 from consumer.s3_sink import FlushRange, S3ParquetSink
 from consumer.shard_processor import FlushPolicy, LeaseLostError, RawRecord, RecordBuffer, ShardProcessor
 from consumer.state_recovery import StateRecovery
 from consumer.status import StatusWriter, read_statuses
 from producer.generator import ClickstreamGenerator
+from runtime.settings import Settings, load_settings
 from tests.moto_support import isolate_environment, moto_bucket
 from tests.reference import SET_DETERMINED_COLUMNS
 

@@ -14,12 +14,12 @@ import pytest
 from moto import mock_aws
 
 from aggregators.customer_state import CustomerState
-from clickstream.settings import Settings, load_settings
 from consumer.s3_sink import S3ParquetSink
 from consumer.shard_processor import FlushPolicy, RawRecord, ShardProcessor
 from consumer.state_recovery import ParentShard, StateRecovery
 from producer.generator import ClickstreamGenerator
 from producer.kinesis_put import partition_key_for
+from runtime.settings import Settings, load_settings
 
 SHARD = "shardId-000000000000"
 ARRIVAL_MS = int(datetime(2026, 6, 1, tzinfo=UTC).timestamp() * 1000)

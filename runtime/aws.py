@@ -7,7 +7,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from clickstream.settings import Settings
+from runtime.settings import Settings
 
 
 def aws_client(service: str, settings: Settings, max_attempts: int = 5) -> Any:
