@@ -32,6 +32,7 @@ import pyarrow as pa
 
 from aggregators.validation import DecodedBatch, RecordValidator, new_connection
 from schemas import CUSTOMER_AGGREGATES_SCHEMA, ERRORS_SCHEMA, EVENTS_SCHEMA
+from schemas.positions import Position
 
 log = logging.getLogger(__name__)
 
@@ -74,17 +75,6 @@ CREATE TABLE IF NOT EXISTS shard_progress (
 
 #: The tables a snapshot holds, in load order.
 STATE_TABLES: Final = ("applied_events", "customer_sessions", "customer_days", "customers", "shard_progress")
-
-
-@dataclass(frozen=True, slots=True)
-class Position:
-    """A position in a shard: Kinesis sequence number plus KPL sub-sequence number."""
-
-    sequence_number: str
-    sub_sequence_number: int = 0
-
-    def sort_key(self) -> tuple[int, int]:
-        return int(self.sequence_number), self.sub_sequence_number
 
 
 @dataclass(frozen=True, slots=True)

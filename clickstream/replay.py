@@ -19,11 +19,12 @@ from typing import Any
 import pyarrow as pa
 from tqdm import tqdm
 
-from aggregators.customer_state import CustomerState, Position
+from aggregators.customer_state import CustomerState
 from clickstream.outputs import list_keys
 from consumer.s3_sink import S3ParquetSink
 from runtime.settings import Settings
 from schemas import EVENTS_SCHEMA
+from schemas.positions import Position
 
 log = logging.getLogger(__name__)
 

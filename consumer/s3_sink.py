@@ -18,8 +18,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from aggregators.customer_state import AppliedBatch, Position
+from aggregators.customer_state import AppliedBatch
 from runtime.settings import Settings
+from schemas.positions import Position
 
 log = logging.getLogger(__name__)
 

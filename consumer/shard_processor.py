@@ -29,13 +29,14 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from aggregators.customer_state import CustomerState, Position
+from aggregators.customer_state import CustomerState
 from consumer.metrics import emit as emit_metrics
 from consumer.retry import is_transient
 from consumer.s3_sink import FlushManifest, FlushRange, S3ParquetSink
 from consumer.state_recovery import StateRecovery
 from consumer.status import ShardStatus, StatusWriter
 from schemas import RAW_RECORD_SCHEMA, UTC_MICROS
+from schemas.positions import Position
 
 log = logging.getLogger(__name__)
 

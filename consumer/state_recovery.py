@@ -24,10 +24,11 @@ from typing import Any
 
 import pyarrow as pa
 
-from aggregators.customer_state import CustomerState, Position
+from aggregators.customer_state import CustomerState
 from consumer.s3_sink import SEQUENCE_DIGITS, S3ParquetSink
 from runtime.settings import Settings
 from schemas import EVENTS_SCHEMA
+from schemas.positions import Position
 
 log = logging.getLogger(__name__)
 

@@ -22,12 +22,13 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from aggregators.customer_state import CustomerState, Position
+from aggregators.customer_state import CustomerState
 from clickstream.outputs import current_customer_rows
 from consumer.s3_sink import FlushRange, S3ParquetSink
 from producer.generator import BgNbdParams, ClickstreamGenerator, GammaGammaParams
 from runtime.settings import Settings
 from schemas import RAW_RECORD_SCHEMA
+from schemas.positions import Position
 
 ROOT = Path(__file__).resolve().parents[1]
 CLV_DOC = ROOT / "docs" / "clv_example.md"

@@ -20,9 +20,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aggregators.customer_state import AppliedBatch, CustomerState, Position
+from aggregators.customer_state import AppliedBatch, CustomerState
 from producer.generator import ClickstreamGenerator
 from schemas import CUSTOMER_AGGREGATES_SCHEMA, EVENT_TYPES, RAW_RECORD_SCHEMA
+from schemas.positions import Position
 from tests.reference import parse_time, reference_aggregates
 
 SHARD = "shardId-000000000003"

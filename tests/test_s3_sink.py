@@ -16,11 +16,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from aggregators.customer_state import AppliedBatch, CustomerState, Position
+from aggregators.customer_state import AppliedBatch, CustomerState
 from consumer.s3_sink import FlushRange, S3ParquetSink
 from consumer.shard_processor import RawRecord, RecordBuffer
 from runtime.settings import Settings, load_settings
 from schemas import CUSTOMER_AGGREGATES_SCHEMA, ERRORS_SCHEMA, EVENTS_SCHEMA
+from schemas.positions import Position
 from tests.moto_support import isolate_environment, moto_bucket
 
 SHARD = "shardId-000000000003"

@@ -1,0 +1,48 @@
+"""Positions in a Kinesis shard: the one owner of how sequence numbers compare, sort and appear in object names.
+
+Kinesis sequence numbers are decimal strings (56 digits on AWS, small integers on emulators). They compare as
+integers, never as text; where a position becomes part of an S3 key it is zero-padded to ``SEQUENCE_DIGITS`` so
+that keys sort in stream order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+#: The width every sequence number is padded to in object names (AWS sequence numbers have 56 digits).
+SEQUENCE_DIGITS: Final = 56
+
+
+@dataclass(frozen=True, slots=True, order=False)
+class Position:
+    """A position in a shard: Kinesis sequence number plus KPL sub-sequence number."""
+
+    sequence_number: str
+    sub_sequence_number: int = 0
+
+    def sort_key(self) -> tuple[int, int]:
+        return int(self.sequence_number), self.sub_sequence_number
+
+    def key_part(self) -> str:
+        """``<padded sequence>-<sub>``: sorts in stream order as text (the form used in S3 keys)."""
+        return f"{int(self.sequence_number):0{SEQUENCE_DIGITS}d}-{self.sub_sequence_number}"
+
+    @classmethod
+    def from_key_part(cls, text: str) -> Position:
+        sequence, _, sub = text.rpartition("-")
+        if not sequence or not sequence.isdigit() or not sub.lstrip("-").isdigit():
+            raise ValueError(f"not a position key part: {text!r}")
+        return cls(str(int(sequence)), int(sub))
+
+    def __lt__(self, other: Position) -> bool:
+        return self.sort_key() < other.sort_key()
+
+    def __le__(self, other: Position) -> bool:
+        return self.sort_key() <= other.sort_key()
+
+    def __gt__(self, other: Position) -> bool:
+        return self.sort_key() > other.sort_key()
+
+    def __ge__(self, other: Position) -> bool:
+        return self.sort_key() >= other.sort_key()
