@@ -1,0 +1,195 @@
+"""The control records on S3, typed at both ends: writers build these classes, readers parse them back.
+
+A missing or mistyped field is an error (``ControlRecordError``), never a silent default: a reader that guesses
+at a commit record can skip or double count data.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from schemas.positions import Position
+
+#: Bumped when a control record changes incompatibly; readers refuse versions they do not know.
+CONTROL_FORMAT: Final = 2
+
+
+class ControlRecordError(ValueError):
+    """A control object on S3 that does not parse as the record it should be."""
+
+
+def _position(value: Any) -> Position | None:
+    if value is None:
+        return None
+    return Position(str(value["sequence_number"]), int(value["sub_sequence_number"]))
+
+
+def _required_position(value: Any) -> Position:
+    position = _position(value)
+    if position is None:
+        raise ControlRecordError("a required position is null")
+    return position
+
+
+def _time(value: Any) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value).astimezone(UTC)
+
+
+def _dump(record: Any) -> bytes:
+    def default(value: Any) -> Any:
+        if isinstance(value, datetime):
+            return value.astimezone(UTC).isoformat()
+        raise TypeError(f"not serialisable: {value!r}")
+
+    return json.dumps({"format": CONTROL_FORMAT, **asdict(record)}, sort_keys=True, default=default).encode()
+
+
+def _load(body: bytes | str, kind: str) -> dict[str, Any]:
+    try:
+        document = json.loads(body)
+    except json.JSONDecodeError as error:
+        raise ControlRecordError(f"{kind}: not JSON ({error})") from error
+    if not isinstance(document, dict):
+        raise ControlRecordError(f"{kind}: not a JSON object")
+    if document.get("format") != CONTROL_FORMAT:
+        raise ControlRecordError(
+            f"{kind}: format {document.get('format')!r}, this reader knows {CONTROL_FORMAT}"
+        )
+    return document
+
+
+@dataclass(frozen=True, slots=True)
+class FlushIntent:
+    """Written before a flush attempt writes any data file: the files it may leave behind if it never commits."""
+
+    shard_id: str
+    attempt_id: str
+    previous: Position | None  # the chain position the attempt continues from
+    files: dict[str, list[str]]
+    written_at: datetime
+
+    def to_json(self) -> bytes:
+        return _dump(self)
+
+    @classmethod
+    def from_json(cls, body: bytes | str) -> FlushIntent:
+        d = _load(body, "intent")
+        try:
+            return cls(
+                shard_id=str(d["shard_id"]),
+                attempt_id=str(d["attempt_id"]),
+                previous=_position(d["previous"]),
+                files={str(k): [str(key) for key in v] for k, v in d["files"].items()},
+                written_at=_time(d["written_at"]) or datetime.now(UTC),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise ControlRecordError(f"intent: {error!r}") from error
+
+
+@dataclass(frozen=True, slots=True)
+class Freshness:
+    """How fresh a flush made its data: seconds from Kinesis arrival to durable, and the newest event's age."""
+
+    arrival_to_durable_p50: float
+    arrival_to_durable_p99: float
+    arrival_to_durable_max: float
+    newest_event_age: float | None  # committed_at - newest event_time made durable (None: no valid events)
+
+
+@dataclass(frozen=True, slots=True)
+class CommitRecord:
+    """One link of a shard's commit chain: the flush that continues from ``previous`` and ends at ``last``.
+
+    Its existence makes the flush durable; ``files`` is the complete list of data objects it wrote, so the commit
+    records are the manifest a strict reader loads from (files not named by any commit are not data).
+    """
+
+    shard_id: str
+    attempt_id: str
+    worker_id: str
+    previous: Position | None
+    first: Position
+    last: Position
+    records_in: int
+    records_skipped: int
+    accepted: int
+    duplicates: int
+    rejected: int
+    customers_changed: int
+    files: dict[str, list[str]]
+    bytes_written: int
+    committed_at: datetime
+    newest_event_at: datetime | None
+    freshness: Freshness | None = field(default=None)
+
+    def to_json(self) -> bytes:
+        return _dump(self)
+
+    @classmethod
+    def from_json(cls, body: bytes | str) -> CommitRecord:
+        d = _load(body, "commit record")
+        try:
+            fresh = d["freshness"]
+            committed_at = _time(d["committed_at"])
+            if committed_at is None:
+                raise ControlRecordError("commit record: committed_at is null")
+            return cls(
+                shard_id=str(d["shard_id"]),
+                attempt_id=str(d["attempt_id"]),
+                worker_id=str(d["worker_id"]),
+                previous=_position(d["previous"]),
+                first=_required_position(d["first"]),
+                last=_required_position(d["last"]),
+                records_in=int(d["records_in"]),
+                records_skipped=int(d["records_skipped"]),
+                accepted=int(d["accepted"]),
+                duplicates=int(d["duplicates"]),
+                rejected=int(d["rejected"]),
+                customers_changed=int(d["customers_changed"]),
+                files={str(k): [str(key) for key in v] for k, v in d["files"].items()},
+                bytes_written=int(d["bytes_written"]),
+                committed_at=committed_at,
+                newest_event_at=_time(d["newest_event_at"]),
+                freshness=None if fresh is None else Freshness(**{k: fresh[k] for k in Freshness.__slots__}),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            if isinstance(error, ControlRecordError):
+                raise
+            raise ControlRecordError(f"commit record: {error!r}") from error
+
+    @property
+    def file_count(self) -> int:
+        return sum(len(keys) for keys in self.files.values())
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotPointer:
+    """``latest.json`` of a shard: the snapshot tables and the chain position the snapshot stands at."""
+
+    shard_id: str
+    position: Position
+    as_of: datetime | None
+    tables: dict[str, str]
+    written_at: datetime
+
+    def to_json(self) -> bytes:
+        return _dump(self)
+
+    @classmethod
+    def from_json(cls, body: bytes | str) -> SnapshotPointer:
+        d = _load(body, "snapshot pointer")
+        try:
+            return cls(
+                shard_id=str(d["shard_id"]),
+                position=_required_position(d["position"]),
+                as_of=_time(d["as_of"]),
+                tables={str(k): str(v) for k, v in d["tables"].items()},
+                written_at=_time(d["written_at"]) or datetime.now(UTC),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            if isinstance(error, ControlRecordError):
+                raise
+            raise ControlRecordError(f"snapshot pointer: {error!r}") from error

@@ -1,0 +1,109 @@
+"""The S3 key layout of every output and control object: built and parsed here, nowhere else.
+
+::
+
+    <prefix>/events/arrival_yyyymmdd=20261129/<stem>.parquet               valid, de-duplicated events
+    <prefix>/customer_aggregates/arrival_yyyymmdd=20261129/<stem>.parquet  current rows of changed customers
+    <prefix>/errors/arrival_yyyymmdd=20261129/<stem>.parquet               rejected records (dead letters)
+    <prefix>/_control/intents/<shard>/<attempt>.json                       files a flush attempt is about to write
+    <prefix>/_control/commits/<shard>/<previous position>.json             the shard's commit chain (one per flush)
+    <prefix>/_control/snapshots/<shard>/latest.json                        pointer to the newest state snapshot
+    <prefix>/_control/snapshots/<shard>/<position>/<table>.parquet         snapshot tables
+    <prefix>/replays/<name>/customer_aggregates/...                        backfills (never the live outputs)
+
+``<stem>`` is ``<shard>-<first position>-<last position>-<attempt>``: one flush attempt writes one file per output,
+in the partition of the day its first record arrived (``arrival_yyyymmdd``, an integer, so DuckDB, pyarrow, polars,
+Spark, Athena and Redshift Spectrum all read the partition column as the same integer). A commit record's key is the
+position the flush continues from (``start`` for the first flush of a shard): at most one commit can exist per
+position, which is what fences a second writer (see consumer/shard_processor.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from typing import Final, Literal
+
+from schemas.positions import Position
+
+#: The data outputs, in the order a flush writes them.
+DATA_OUTPUTS: Final = ("events", "customer_aggregates", "errors")
+Output = Literal["events", "customer_aggregates", "errors"]
+
+#: The Hive partition column of every data output: the UTC day the flush's first record arrived, as yyyymmdd.
+PARTITION_COLUMN: Final = "arrival_yyyymmdd"
+#: The commit key of a shard's first flush (it continues from no position).
+CHAIN_START: Final = "start"
+
+
+@dataclass(frozen=True, slots=True)
+class FlushName:
+    """What names one flush attempt's files: its shard, the records it applied and the attempt's id."""
+
+    shard_id: str
+    first: Position
+    last: Position
+    attempt_id: str
+
+    @property
+    def stem(self) -> str:
+        return f"{self.shard_id}-{self.first.key_part()}-{self.last.key_part()}-{self.attempt_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class OutputLayout:
+    """Keys under one ``prefix`` (empty: the bucket's root)."""
+
+    prefix: str = ""
+
+    def _root(self, folder: str) -> str:
+        return f"{self.prefix.strip('/')}/{folder}/" if self.prefix.strip("/") else f"{folder}/"
+
+    # ------------------------------------------------------------------ data
+    def output_prefix(self, output: str) -> str:
+        """``<prefix>/<output>/``: where one output's partitions live."""
+        return self._root(output)
+
+    def data_key(self, output: Output, arrival_day: date, name: FlushName) -> str:
+        return f"{self._root(output)}{PARTITION_COLUMN}={arrival_day:%Y%m%d}/{name.stem}.parquet"
+
+    def replay_prefix(self, name: str) -> str:
+        return f"{self._root('replays')}{name}/"
+
+    # ------------------------------------------------------------------ control
+    @property
+    def control_prefix(self) -> str:
+        return self._root("_control")
+
+    def intents_prefix(self, shard_id: str) -> str:
+        return f"{self.control_prefix}intents/{shard_id}/"
+
+    def intent_key(self, shard_id: str, attempt_id: str) -> str:
+        return f"{self.intents_prefix(shard_id)}{attempt_id}.json"
+
+    @property
+    def all_commits_prefix(self) -> str:
+        return f"{self.control_prefix}commits/"
+
+    def commits_prefix(self, shard_id: str) -> str:
+        return f"{self.all_commits_prefix}{shard_id}/"
+
+    def commit_key(self, shard_id: str, previous: Position | None) -> str:
+        """The key of the commit that continues the shard's chain from ``previous`` (None: the chain's start)."""
+        return f"{self.commits_prefix(shard_id)}{chain_link(previous)}.json"
+
+    def commit_previous(self, key: str) -> Position | None:
+        """The position a commit key continues from (inverse of ``commit_key``)."""
+        name = key.rsplit("/", 1)[-1].removesuffix(".json")
+        return None if name == CHAIN_START else Position.from_key_part(name)
+
+    def snapshot_pointer_key(self, shard_id: str) -> str:
+        return f"{self.control_prefix}snapshots/{shard_id}/latest.json"
+
+    def snapshot_table_key(self, shard_id: str, position: Position, table: str) -> str:
+        return f"{self.control_prefix}snapshots/{shard_id}/{position.key_part()}/{table}.parquet"
+
+
+def chain_link(previous: Position | None) -> str:
+    """The text a commit key holds for the position it continues from (readers sort by the parsed position)."""
+    return CHAIN_START if previous is None else previous.key_part()
