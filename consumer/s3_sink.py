@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -20,6 +21,8 @@ import pyarrow.parquet as pq
 
 from aggregators.customer_state import AppliedBatch
 from runtime.settings import Settings
+from schemas.control import CommitRecord
+from schemas.layout import OutputLayout
 from schemas.positions import Position
 
 log = logging.getLogger(__name__)
@@ -192,3 +195,29 @@ def _split_by_hour(events: pa.Table) -> list[tuple[str, pa.Table]]:
         parts.append((f"event_date={hour:%Y-%m-%d}/event_hour={hour:%H}", events.slice(start, end - start)))
         start = end
     return parts
+
+
+def read_commit_records(
+    s3: Any, bucket: str, layout: OutputLayout, shard_id: str | None = None, max_workers: int = 16
+) -> list[CommitRecord]:
+    """Every commit record (of one shard, or of all), in chain order per shard: the manifest of committed data.
+
+    Objects are fetched in parallel; a record that does not parse raises ``ControlRecordError`` (never skipped).
+    """
+    prefix = layout.commits_prefix(shard_id) if shard_id else layout.all_commits_prefix
+    keys = [
+        obj["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for obj in page.get("Contents", [])
+        if obj["Key"].endswith(".json")
+    ]
+
+    def fetch(key: str) -> CommitRecord:
+        return CommitRecord.from_json(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+    with ThreadPoolExecutor(max_workers=max_workers) as pool:
+        records = list(pool.map(fetch, keys))
+    return sorted(
+        records,
+        key=lambda r: (r.shard_id, r.previous is not None, r.previous.sort_key() if r.previous else (0, 0)),
+    )
