@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 import duckdb
 
 from runtime.settings import Settings
+from schemas.control import CommitRecord
 
 OUTPUTS = ("events", "customer_aggregates", "errors")
 
@@ -19,7 +19,7 @@ OUTPUTS = ("events", "customer_aggregates", "errors")
 class OutputInventory:
     files: Counter[str] = field(default_factory=Counter)
     bytes: Counter[str] = field(default_factory=Counter)
-    commits: list[dict[str, Any]] = field(default_factory=list)
+    commits: list[CommitRecord] = field(default_factory=list)
 
 
 def list_keys(s3: Any, bucket: str, prefix: str) -> list[dict[str, Any]]:
@@ -40,7 +40,7 @@ def download_outputs(s3: Any, settings: Settings, destination: Path) -> OutputIn
             s3.download_file(settings.bucket, key, str(target))
             if output == "_control":
                 if "/commits/" in key:
-                    inventory.commits.append(json.loads(target.read_text(encoding="utf-8")))
+                    inventory.commits.append(CommitRecord.from_json(target.read_bytes()))
             else:
                 inventory.files[output] += 1
                 inventory.bytes[output] += int(obj["Size"])

@@ -1,34 +1,32 @@
-"""``clickstream replay``: rebuild customer aggregates from the S3 ``events/`` archive over a time range.
+"""``clickstream replay``: rebuild customer aggregates from the S3 ``events/`` archive over an event-time range.
 
 The archive holds every valid event exactly once, so feeding it through the same core (``CustomerState``) into an
-empty state rebuilds the aggregates. The result goes to ``<prefix>/replays/<name>/customer_aggregates/`` — never to
-the live outputs, the live state or the KCL checkpoints — under a name fixed by the range, so a re-run overwrites it.
-Files of a flush that never committed (named in an intent without a commit record) are left out.
+empty state rebuilds the aggregates. The replay reads only the files that commit records name (a strict reader:
+files of attempts that lost or never committed are never read), and of those only commits whose events overlap the
+range. The result goes to ``<prefix>/replays/<name>/customer_aggregates/`` — never to the live outputs, the live state
+or the KCL checkpoints — under a name fixed by the range, so a re-run overwrites it.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from tqdm import tqdm
 
 from aggregators.customer_state import CustomerState
-from clickstream.outputs import list_keys
-from consumer.s3_sink import S3ParquetSink
+from consumer.s3_sink import S3ParquetSink, read_commit_records
 from runtime.settings import Settings
 from schemas import EVENTS_SCHEMA
 from schemas.positions import Position
 
 log = logging.getLogger(__name__)
-
-_PARTITION = re.compile(r"event_date=(\d{4}-\d{2}-\d{2})/event_hour=(\d{2})/")
 
 
 @dataclass(slots=True)
@@ -36,21 +34,16 @@ class ReplayPlan:
     start: datetime
     end: datetime
     name: str
-    files: list[tuple[str, int]] = field(default_factory=list)  # (key, bytes) in event-hour order
-    skipped_uncommitted: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)  # committed events/ files whose events overlap the range
+    events: int = 0  # new events those commits archived (an upper bound of what falls in the range)
+    commits: int = 0
     output_key: str = ""
 
-    @property
-    def bytes(self) -> int:
-        return sum(size for _, size in self.files)
-
     def describe(self) -> str:
-        hours = len({_PARTITION.search(key).group(0) for key, _ in self.files if _PARTITION.search(key)})  # type: ignore[union-attr]
         return (
-            f"replay {self.name}: events from {self.start:%Y-%m-%d %H:00} to {self.end:%Y-%m-%d %H:00} UTC (end "
-            f"exclusive): {len(self.files):,} files, {self.bytes:,} bytes, {hours:,} event hours; "
-            f"{len(self.skipped_uncommitted)} files of uncommitted flushes left out; output "
-            f"s3://…/{self.output_key}"
+            f"replay {self.name}: events from {self.start:%Y-%m-%d %H:%M} to {self.end:%Y-%m-%d %H:%M} UTC (end "
+            f"exclusive): {len(self.files):,} committed files of {self.commits:,} commits, up to "
+            f"{self.events:,} events; output s3://…/{self.output_key}"
         )
 
 
@@ -62,51 +55,26 @@ class ReplayResult:
     output_key: str
 
 
-def _dates(start: datetime, end: datetime) -> Iterator[str]:
-    day = start.date()
-    while datetime.combine(day, datetime.min.time(), UTC) < end:
-        yield day.isoformat()
-        day += timedelta(days=1)
-
-
-def _uncommitted_keys(s3: Any, settings: Settings) -> set[str]:
-    """Data files of flushes that wrote an intent but no commit record, on any shard."""
-    sink = S3ParquetSink(s3, settings)
-    shards = [
-        obj["Key"].rsplit("/", 1)[-1].removesuffix(".json")
-        for obj in list_keys(s3, settings.bucket, f"{settings.output_prefix('_control')}intents/")
-    ]
-    return {key for shard_id in shards for key in sink.uncommitted_files(shard_id)}
-
-
 def plan_replay(
     s3: Any, settings: Settings, start: datetime, end: datetime, name: str | None = None
 ) -> ReplayPlan:
-    """Which archive files a replay of [start, end) reads, and where it writes."""
+    """Which committed archive files a replay of [start, end) reads, and where it writes."""
     if end <= start:
         raise ValueError(f"--to ({end:%Y-%m-%d %H:%M}) must be after --from ({start:%Y-%m-%d %H:%M})")
     name = name or f"{start:%Y%m%dT%H}-{end:%Y%m%dT%H}"
     if not re.fullmatch(r"[A-Za-z0-9_.=-]+", name):
         raise ValueError("--name may contain only letters, digits and _ . = -")
+    sink = S3ParquetSink(s3, settings)
     plan = ReplayPlan(start=start, end=end, name=name)
-    orphans = _uncommitted_keys(s3, settings)
-    found = []
-    for day in _dates(start, end):
-        for obj in list_keys(s3, settings.bucket, f"{settings.output_prefix('events')}event_date={day}/"):
-            match = _PARTITION.search(obj["Key"])
-            if match is None or not obj["Key"].endswith(".parquet"):
-                continue
-            hour = datetime.fromisoformat(f"{match.group(1)}T{match.group(2)}:00:00+00:00")
-            if start <= hour < end:
-                if obj["Key"] in orphans:
-                    plan.skipped_uncommitted.append(obj["Key"])
-                else:
-                    found.append((hour, obj["Key"], int(obj["Size"])))
-    plan.files = [(key, size) for _, key, size in sorted(found)]
-    plan.output_key = (
-        f"{settings.output_prefix('replays')}{name}/customer_aggregates/"
-        f"replay-{start:%Y%m%dT%H}-{end:%Y%m%dT%H}.parquet"
-    )
+    for record in read_commit_records(s3, settings.bucket, sink.layout):
+        plan.commits += 1
+        if record.oldest_event_at is None or record.newest_event_at is None:
+            continue  # archived no new events
+        if record.oldest_event_at < end and record.newest_event_at >= start:
+            plan.files += record.files.get("events", [])
+            plan.events += record.accepted - record.duplicates
+    output_name = f"replay-{start:%Y%m%dT%H%M}-{end:%Y%m%dT%H%M}.parquet"
+    plan.output_key = f"{sink.layout.replay_prefix(name)}customer_aggregates/{output_name}"
     return plan
 
 
@@ -139,14 +107,20 @@ def run_replay(
 
     try:
         with tqdm(
-            total=plan.bytes, unit="B", unit_scale=True, desc=f"replay {plan.name}", disable=not progress
+            total=len(plan.files), unit="file", desc=f"replay {plan.name}", disable=not progress
         ) as bar:
-            for key, size in plan.files:
-                pending.append(sink.get_parquet(key).select(EVENTS_SCHEMA.names).cast(EVENTS_SCHEMA))
+            for key in plan.files:
+                events = sink.get_parquet(key).select(EVENTS_SCHEMA.names).cast(EVENTS_SCHEMA)
+                times = events.column("event_time")
+                in_range = pc.and_(
+                    pc.greater_equal(times, pa.scalar(plan.start, times.type)),
+                    pc.less(times, pa.scalar(plan.end, times.type)),
+                )
+                pending.append(events.filter(in_range))
                 read += pending[-1].num_rows
                 if sum(table.num_rows for table in pending) >= batch_events:
                     apply_pending()
-                bar.update(size)
+                bar.update(1)
             apply_pending()
         rows = state.snapshot_rows()
         sink.put_parquet(plan.output_key, rows)

@@ -37,7 +37,7 @@ def print_summary(settings: Settings, download: Path, top: int = 10, console: Co
     console.print(files)
 
     totals = {
-        key: sum(int(c[key]) for c in inventory.commits)
+        key: sum(int(getattr(c, key)) for c in inventory.commits)
         for key in ("records_in", "records_skipped", "accepted", "duplicates", "rejected")
     }
     records = Table(title=f"Records ({len(inventory.commits)} committed flushes)")

@@ -27,6 +27,12 @@ UNITS: Final = {
     "CheckpointAgeSeconds": "Seconds",
     "ShardsProcessing": "Count",
     "StuckShards": "Count",
+    "ArrivalToDurableP99": "Seconds",
+    "NewestEventAge": "Seconds",
+    "CommitConflicts": "Count",
+    "StateFilesQuarantined": "Count",
+    "LocalStateDiscarded": "Count",
+    "CheckpointAheadOfCommits": "Count",
 }
 
 _log = logging.getLogger("clickstream.metrics")

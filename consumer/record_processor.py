@@ -17,11 +17,10 @@ from typing import Any, TypeVar
 from amazon_kclpy import kcl
 from amazon_kclpy.v3 import processor
 
-from aggregators.customer_state import CustomerState
 from aggregators.validation import RecordValidator, ValidationRules
 from consumer.s3_sink import S3ParquetSink
 from consumer.shard_processor import FlushPolicy, LeaseLostError, RawRecord, ShardProcessor, state_path
-from consumer.state_recovery import ParentLookup, StateRecovery, kinesis_parent_lookup
+from consumer.state_recovery import ParentLookup, StateRecovery, kinesis_parent_lookup, open_shard_state
 from consumer.status import StatusWriter
 from runtime.aws import aws_client
 from runtime.logs import configure_logging
@@ -138,9 +137,12 @@ class RecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
     @_fail_fast
     def initialize(self, initialize_input: Any) -> None:
         shard_id = self.shard_id = initialize_input.shard_id
-        database = state_path(self.settings.state_dir, shard_id)
-        database.parent.mkdir(parents=True, exist_ok=True)
-        state = CustomerState(shard_id, database, RecordValidator(validation_rules(self.settings)))
+        state = open_shard_state(
+            state_path(self.settings.state_dir, shard_id),
+            shard_id,
+            RecordValidator(validation_rules(self.settings)),
+            self.settings.stream_name,
+        )
         s3 = self.s3 or aws_client("s3", self.settings)
         sink = S3ParquetSink(s3, self.settings)
         parents = self.parent_lookup or kinesis_parent_lookup(

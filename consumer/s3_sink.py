@@ -1,223 +1,354 @@
-"""Make one flush durable on S3: Parquet data files, then a commit record. Thin adapter; no aggregation here.
+"""Make one flush durable on S3: intent, Parquet data files, then a *conditional* commit record. Thin adapter.
 
-Object names are a pure function of (shard, first sequence, last sequence) so a retried flush overwrites instead of
-duplicating. An *intent* object, written before any data file, lists the keys a flush is about to write; if the
-process dies before the commit record exists, the next owner of the shard deletes those orphans before replaying
-(see ``discard_uncommitted``).
+A flush attempt writes one file per output (events/, customer_aggregates/, errors/), named by the shard, the
+records it applied and the attempt's id (``schemas.layout.FlushName``): a retry of the same attempt overwrites its
+own files, and two writers never write the same key. Before any data file, an *intent* names the files; after the
+commit record exists it is deleted. The commit record is created with ``If-None-Match: *`` at the key of the chain
+position the flush continues from, so of two writers of one shard continuing from the same position exactly one
+succeeds; the other gets ``CommitConflict`` (see the commit order in consumer/shard_processor.py).
 """
 
 from __future__ import annotations
 
 import io
-import json
 import logging
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from botocore.exceptions import ClientError
 
 from aggregators.customer_state import AppliedBatch
 from runtime.settings import Settings
-from schemas.control import CommitRecord
-from schemas.layout import OutputLayout
+from schemas.control import CommitRecord, ControlRecordError, FlushIntent, Freshness
+from schemas.layout import DATA_OUTPUTS, FlushName, Output, OutputLayout
 from schemas.positions import Position
 
 log = logging.getLogger(__name__)
 
-SEQUENCE_DIGITS = 56  # zero-padded so object names sort in stream order
+
+class CommitConflict(Exception):  # noqa: N818 - a outcome of the protocol, not a failure of the code
+    """Another attempt already continued the shard's commit chain from this position: this attempt lost."""
+
+    def __init__(self, shard_id: str, previous: Position | None, winner: CommitRecord) -> None:
+        super().__init__(
+            f"shard {shard_id}: the commit after {previous.sequence_number if previous else 'the start'} was made "
+            f"by attempt {winner.attempt_id} of worker {winner.worker_id} (records up to "
+            f"{winner.last.sequence_number})"
+        )
+        self.shard_id = shard_id
+        self.previous = previous
+        self.winner = winner
 
 
 @dataclass(frozen=True, slots=True)
-class FlushRange:
-    """The records a flush covers, inclusive, within one shard."""
+class FlushAttempt:
+    """One try at committing a flush: where it continues the chain from and what names its files."""
 
-    shard_id: str
-    first: Position
-    last: Position
+    previous: Position | None
+    name: FlushName
 
     @property
-    def stem(self) -> str:
-        return (
-            f"{self.shard_id}-{int(self.first.sequence_number):0{SEQUENCE_DIGITS}d}-{self.first.sub_sequence_number}"
-            f"-{int(self.last.sequence_number):0{SEQUENCE_DIGITS}d}-{self.last.sub_sequence_number}"
-        )
+    def shard_id(self) -> str:
+        return self.name.shard_id
 
 
-@dataclass(slots=True)
-class FlushManifest:
-    """The commit record of one flush: what was written and what it counted."""
-
-    shard_id: str
-    first_sequence: str
-    first_sub_sequence: int
-    last_sequence: str
-    last_sub_sequence: int
-    records_in: int
-    records_skipped: int
-    accepted: int
-    duplicates: int
-    rejected: int
-    customers_changed: int
-    files: dict[str, list[str]] = field(default_factory=dict)
-    bytes_written: int = 0
+def is_precondition_failed(error: BaseException) -> bool:
+    """S3's answer to a conditional write whose condition does not hold (HTTP 412)."""
+    if not isinstance(error, ClientError):
+        return False
+    code = error.response.get("Error", {}).get("Code", "")
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    return code == "PreconditionFailed" or status == 412
 
 
 class S3ParquetSink:
-    """Writes the outputs of an applied batch under ``<prefix>/events|customer_aggregates|errors/``."""
+    """Writes the outputs of an applied batch and the control records, under ``settings.prefix``."""
 
     def __init__(self, s3_client: Any, settings: Settings) -> None:
         self.s3 = s3_client
         self.settings = settings
         self.bucket = settings.bucket
+        self.layout = OutputLayout(settings.prefix)
+        self.worker_id = settings.worker_id
         self._encryption: dict[str, str] = {"ServerSideEncryption": settings.sse}
         if settings.sse == "aws:kms" and settings.sse_kms_key_id:
             self._encryption["SSEKMSKeyId"] = settings.sse_kms_key_id
 
-    # ------------------------------------------------------------------ keys
-    def intent_key(self, shard_id: str) -> str:
-        return f"{self.settings.output_prefix('_control')}intents/{shard_id}.json"
-
-    def commit_key(self, flush: FlushRange) -> str:
-        return f"{self.settings.output_prefix('_control')}commits/{flush.shard_id}/{flush.stem}.json"
-
-    def planned_keys(self, flush: FlushRange, applied: AppliedBatch) -> dict[str, list[str]]:
-        """The data object keys this flush writes, by output."""
-        keys: dict[str, list[str]] = {"events": [], "customer_aggregates": [], "errors": []}
-        for partition, _ in _split_by_hour(applied.events):
-            keys["events"].append(f"{self.settings.output_prefix('events')}{partition}/{flush.stem}.parquet")
-        if applied.customer_rows.num_rows:
-            as_of = applied.customer_rows.column("as_of")[0].as_py()
-            keys["customer_aggregates"].append(
-                f"{self.settings.output_prefix('customer_aggregates')}as_of_date={as_of:%Y-%m-%d}/{flush.stem}.parquet"
-            )
-        if applied.rejects.num_rows:
-            arrival = pc.min(applied.rejects.column("approximate_arrival_at")).as_py()
-            keys["errors"].append(
-                f"{self.settings.output_prefix('errors')}arrival_date={arrival:%Y-%m-%d}/{flush.stem}.parquet"
-            )
-        return keys
-
     # ------------------------------------------------------------------ the commit order (steps 2-4)
-    def write(self, flush: FlushRange, applied: AppliedBatch) -> FlushManifest:
-        """Intent, then data files, then the commit record. Raises on any failure (nothing is committed)."""
-        keys = self.planned_keys(flush, applied)
-        self.put_json(self.intent_key(flush.shard_id), {"range": flush.stem, "keys": keys})
-        written = 0
-        for (_, part), key in zip(_split_by_hour(applied.events), keys["events"], strict=True):
-            written += self.put_parquet(key, part)
-        for key in keys["customer_aggregates"]:
-            written += self.put_parquet(key, applied.customer_rows)
-        for key in keys["errors"]:
-            written += self.put_parquet(key, applied.rejects)
-        manifest = FlushManifest(
-            shard_id=flush.shard_id,
-            first_sequence=flush.first.sequence_number,
-            first_sub_sequence=flush.first.sub_sequence_number,
-            last_sequence=flush.last.sequence_number,
-            last_sub_sequence=flush.last.sub_sequence_number,
+    def planned_files(
+        self, attempt: FlushAttempt, applied: AppliedBatch
+    ) -> dict[Output, tuple[str, pa.Table]]:
+        """The data objects this attempt writes: one per non-empty output, in the partition of its arrival day."""
+        day = _arrival_day(applied)
+        tables: dict[Output, pa.Table] = {
+            "events": applied.events,
+            "customer_aggregates": applied.customer_rows,
+            "errors": applied.rejects,
+        }
+        return {
+            output: (self.layout.data_key(output, day, attempt.name), table)
+            for output, table in tables.items()
+            if table.num_rows
+        }
+
+    def write(self, attempt: FlushAttempt, applied: AppliedBatch) -> CommitRecord:
+        """Intent, data files, then the conditional commit record. Raises ``CommitConflict`` when another attempt
+        holds the chain position, any other error when nothing was committed (the caller retries or stops)."""
+        files = self.planned_files(attempt, applied)
+        keys: dict[str, list[str]] = {output: [key] for output, (key, _) in files.items()}
+        intent = FlushIntent(attempt.shard_id, attempt.name.attempt_id, attempt.previous, dict(keys), _now())
+        self.put_bytes(self.layout.intent_key(attempt.shard_id, intent.attempt_id), intent.to_json(), "json")
+        written = sum(self.put_parquet(key, table) for key, table in files.values())
+        committed_at = _now()
+        record = CommitRecord(
+            shard_id=attempt.shard_id,
+            attempt_id=attempt.name.attempt_id,
+            worker_id=self.worker_id,
+            previous=attempt.previous,
+            first=attempt.name.first,
+            last=attempt.name.last,
             records_in=applied.records_in,
             records_skipped=applied.records_skipped,
             accepted=applied.accepted,
             duplicates=applied.duplicates,
             rejected=applied.rejects.num_rows,
             customers_changed=applied.customer_rows.num_rows,
-            files=keys,
+            files=dict(keys),
             bytes_written=written,
+            committed_at=committed_at,
+            oldest_event_at=_event_time(applied.events, pc.min),
+            newest_event_at=_event_time(applied.events, pc.max),
+            freshness=freshness_of(applied, committed_at),
         )
-        self.put_json(self.commit_key(flush), asdict(manifest))
-        return manifest
+        return self._commit(attempt, record)
 
-    def uncommitted_files(self, shard_id: str) -> list[str]:
-        """Data files named by the shard's intent when its commit record does not exist (a flush that died)."""
-        intent = self.get_json(self.intent_key(shard_id))
+    def _commit(self, attempt: FlushAttempt, record: CommitRecord) -> CommitRecord:
+        key = self.layout.commit_key(attempt.shard_id, attempt.previous)
+        try:
+            self.put_bytes(key, record.to_json(), "json", if_none_match=True)
+        except ClientError as error:
+            if not is_precondition_failed(error):
+                raise
+            existing = self.get_commit(key)
+            if existing is None:  # the object went away between the two calls: nothing committed, try again
+                raise
+            if existing.attempt_id == record.attempt_id:
+                return existing  # our own earlier PUT succeeded although its answer was lost
+            raise CommitConflict(attempt.shard_id, attempt.previous, existing) from None
+        return record
+
+    # ------------------------------------------------------------------ after the commit (step 7) and after losing
+    def forget_intent(self, shard_id: str, attempt_id: str) -> None:
+        """Step 7: the attempt committed; its intent has done its job."""
+        self.s3.delete_object(Bucket=self.bucket, Key=self.layout.intent_key(shard_id, attempt_id))
+
+    def discard_attempt(self, shard_id: str, attempt_id: str) -> int:
+        """Delete the files a losing (or abandoned) attempt wrote, then its intent. Returns files deleted."""
+        key = self.layout.intent_key(shard_id, attempt_id)
+        intent = self.get_intent(key)
         if intent is None:
-            return []
-        commit_key = f"{self.settings.output_prefix('_control')}commits/{shard_id}/{intent['range']}.json"
-        if self.get_json(commit_key) is not None:
-            return []
-        return [key for keys in intent["keys"].values() for key in keys]
-
-    def discard_uncommitted(self, shard_id: str) -> int:
-        """Delete data files of a flush that wrote its intent but never its commit record. Returns files deleted."""
-        orphans = self.uncommitted_files(shard_id)
-        if not orphans:
             return 0
-        for key in orphans:
-            self.s3.delete_object(Bucket=self.bucket, Key=key)
-        log.warning(
-            "deleted %d files of an uncommitted flush",
-            len(orphans),
-            extra={"shard_id": shard_id},
-        )
-        return len(orphans)
+        files = [file for keys in intent.files.values() for file in keys]
+        self.delete_keys(files)
+        self.s3.delete_object(Bucket=self.bucket, Key=key)
+        return len(files)
 
-    # ------------------------------------------------------------------ S3 I/O
+    def settle_intents(self, shard_id: str) -> int:
+        """Delete the files of every attempt of ``shard_id`` that can no longer commit; returns files deleted.
+
+        An attempt can no longer commit once the chain position it continues from holds another attempt's commit.
+        An intent whose position holds no commit yet may belong to a live writer (a zombie still retrying) and is
+        left alone: deleting its files could make its commit name missing data. The next commit settles it.
+        """
+        deleted = 0
+        commits: dict[str, CommitRecord | None] = {}
+        for key in self.list_keys(self.layout.intents_prefix(shard_id)):
+            intent = self.get_intent(key)
+            if intent is None:
+                continue
+            commit_key = self.layout.commit_key(shard_id, intent.previous)
+            if commit_key not in commits:
+                commits[commit_key] = self.get_commit(commit_key)
+            winner = commits[commit_key]
+            if winner is None:
+                continue
+            if winner.attempt_id != intent.attempt_id:
+                files = [file for keys in intent.files.values() for file in keys]
+                self.delete_keys(files)
+                deleted += len(files)
+                log.warning(
+                    "deleted %d files of attempt %s, which lost the commit after %s to attempt %s",
+                    len(files),
+                    intent.attempt_id,
+                    intent.previous.sequence_number if intent.previous else "the start",
+                    winner.attempt_id,
+                    extra={"shard_id": shard_id},
+                )
+            self.s3.delete_object(Bucket=self.bucket, Key=key)
+        return deleted
+
+    # ------------------------------------------------------------------ S3 I/O (the one reader and writer)
     def put_parquet(self, key: str, table: pa.Table) -> int:
         buffer = io.BytesIO()
         pq.write_table(table, buffer, compression="zstd", coerce_timestamps="us", use_dictionary=True)
         body = buffer.getvalue()
-        self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, **self._encryption)
+        self.put_bytes(key, body, "parquet")
         return len(body)
 
-    def put_json(self, key: str, document: dict[str, Any]) -> None:
-        body = json.dumps(document, sort_keys=True, default=str).encode()
-        self.s3.put_object(
-            Bucket=self.bucket, Key=key, Body=body, ContentType="application/json", **self._encryption
-        )
+    def put_bytes(
+        self, key: str, body: bytes, kind: str, *, if_none_match: bool = False, if_match: str | None = None
+    ) -> None:
+        """PUT with server-side encryption; ``if_none_match`` creates only, ``if_match`` replaces only that ETag
+        (S3 answers 412 PreconditionFailed otherwise)."""
+        arguments: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Body": body, **self._encryption}
+        if kind == "json":
+            arguments["ContentType"] = "application/json"
+        if if_none_match:
+            arguments["IfNoneMatch"] = "*"
+        if if_match is not None:
+            arguments["IfMatch"] = if_match
+        self.s3.put_object(**arguments)
 
-    def get_parquet(self, key: str) -> pa.Table:
-        body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-        return pq.read_table(io.BytesIO(body))
-
-    def get_json(self, key: str) -> dict[str, Any] | None:
+    def get_bytes(self, key: str) -> bytes | None:
         try:
             response = self.s3.get_object(Bucket=self.bucket, Key=key)
         except self.s3.exceptions.NoSuchKey:
             return None
-        loaded: dict[str, Any] = json.loads(response["Body"].read())
-        return loaded
+        body: bytes = response["Body"].read()
+        return body
 
+    def get_parquet(self, key: str) -> pa.Table:
+        body = self.get_bytes(key)
+        if body is None:
+            raise FileNotFoundError(f"s3://{self.bucket}/{key}")
+        return pq.read_table(io.BytesIO(body))
 
-def _split_by_hour(events: pa.Table) -> list[tuple[str, pa.Table]]:
-    """Events grouped into Hive partitions ``event_date=YYYY-MM-DD/event_hour=HH``, in time order (one sort)."""
-    if events.num_rows == 0:
-        return []
-    hours = pc.floor_temporal(events.column("event_time").combine_chunks(), unit="hour")
-    order = pc.sort_indices(hours)
-    events, hours = events.take(order), hours.take(order)
-    runs = pc.run_end_encode(hours)
-    parts = []
-    start = 0
-    for hour, end in zip(runs.values.to_pylist(), runs.run_ends.to_pylist(), strict=True):
-        parts.append((f"event_date={hour:%Y-%m-%d}/event_hour={hour:%H}", events.slice(start, end - start)))
-        start = end
-    return parts
+    def get_commit(self, key: str) -> CommitRecord | None:
+        body = self.get_bytes(key)
+        return None if body is None else CommitRecord.from_json(body)
+
+    def get_intent(self, key: str) -> FlushIntent | None:
+        body = self.get_bytes(key)
+        if body is None:
+            return None
+        try:
+            return FlushIntent.from_json(body)
+        except ControlRecordError:
+            log.warning("ignoring an intent that does not parse: %s", key)
+            return None
+
+    def list_keys(self, prefix: str, start_after: str | None = None) -> list[str]:
+        arguments: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        if start_after is not None:
+            arguments["StartAfter"] = start_after
+        return [
+            obj["Key"]
+            for page in self.s3.get_paginator("list_objects_v2").paginate(**arguments)
+            for obj in page.get("Contents", [])
+        ]
+
+    def delete_keys(self, keys: Iterable[str]) -> None:
+        batch = list(keys)
+        for start in range(0, len(batch), 1000):
+            chunk = batch[start : start + 1000]
+            self.s3.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": [{"Key": key} for key in chunk], "Quiet": True}
+            )
 
 
 def read_commit_records(
-    s3: Any, bucket: str, layout: OutputLayout, shard_id: str | None = None, max_workers: int = 16
+    s3: Any,
+    bucket: str,
+    layout: OutputLayout,
+    shard_id: str | None = None,
+    *,
+    continuing_from: Position | None = None,
+    max_workers: int = 16,
 ) -> list[CommitRecord]:
-    """Every commit record (of one shard, or of all), in chain order per shard: the manifest of committed data.
+    """Commit records (of one shard, or of all), sorted by shard and stream position: the manifest of committed
+    data. With ``shard_id`` and ``continuing_from``, only the commits that continue from that position or later.
 
     Objects are fetched in parallel; a record that does not parse raises ``ControlRecordError`` (never skipped).
     """
     prefix = layout.commits_prefix(shard_id) if shard_id else layout.all_commits_prefix
+    arguments: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+    if shard_id and continuing_from is not None:
+        # Keys sort by position; "<position>" sorts just before "<position>.json".
+        arguments["StartAfter"] = layout.commit_key(shard_id, continuing_from).removesuffix(".json")
     keys = [
         obj["Key"]
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for page in s3.get_paginator("list_objects_v2").paginate(**arguments)
         for obj in page.get("Contents", [])
         if obj["Key"].endswith(".json")
+        and (continuing_from is None or layout.commit_previous(obj["Key"]) is not None)
     ]
 
     def fetch(key: str) -> CommitRecord:
         return CommitRecord.from_json(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
 
-    with ThreadPoolExecutor(max_workers=max_workers) as pool:
+    if not keys:
+        return []
+    with ThreadPoolExecutor(max_workers=min(max_workers, len(keys))) as pool:
         records = list(pool.map(fetch, keys))
-    return sorted(
-        records,
-        key=lambda r: (r.shard_id, r.previous is not None, r.previous.sort_key() if r.previous else (0, 0)),
+    return sorted(records, key=lambda r: (r.shard_id, r.first.sort_key()))
+
+
+def committed_files(records: Iterable[CommitRecord], output: str) -> list[str]:
+    """The data files of ``output`` that commits name: what a strict reader loads (see README, reading outputs)."""
+    if output not in DATA_OUTPUTS:
+        raise ValueError(f"unknown output {output!r}; one of {', '.join(DATA_OUTPUTS)}")
+    return [key for record in records for key in record.files.get(output, [])]
+
+
+# ---------------------------------------------------------------------- freshness and partitions
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _arrivals(applied: AppliedBatch) -> pa.ChunkedArray:
+    return pa.chunked_array(
+        [
+            *applied.events.column("approximate_arrival_at").chunks,
+            *applied.rejects.column("approximate_arrival_at").chunks,
+        ],
+        type=applied.events.schema.field("approximate_arrival_at").type,
+    )
+
+
+def _arrival_day(applied: AppliedBatch) -> date:
+    """The partition of a flush: the UTC day its earliest applied record arrived (one partition per flush)."""
+    arrivals = _arrivals(applied)
+    earliest = pc.min(arrivals).as_py() if len(arrivals) else None
+    return (earliest or _now()).astimezone(UTC).date()
+
+
+def _event_time(events: pa.Table, pick: Callable[[Any], Any]) -> datetime | None:
+    if not events.num_rows:
+        return None
+    value: datetime = pick(events.column("event_time")).as_py()
+    return value
+
+
+def freshness_of(applied: AppliedBatch, committed_at: datetime) -> Freshness | None:
+    """Seconds from each applied record's Kinesis arrival to this commit (p50/p99/max) and the newest event's age."""
+    arrivals = _arrivals(applied)
+    if not len(arrivals):
+        return None
+    committed_micros = int(committed_at.timestamp() * 1_000_000)
+    delays = pc.divide(
+        pc.subtract(pa.scalar(committed_micros, pa.int64()), arrivals.cast(pa.int64())), 1_000_000.0
+    )
+    p50, p99 = pc.quantile(delays, q=[0.5, 0.99], interpolation="higher").to_pylist()
+    newest = _event_time(applied.events, pc.max)
+    return Freshness(
+        arrival_to_durable_p50=round(float(p50), 3),
+        arrival_to_durable_p99=round(float(p99), 3),
+        arrival_to_durable_max=round(float(pc.max(delays).as_py()), 3),
+        newest_event_age=None if newest is None else round((committed_at - newest).total_seconds(), 3),
     )

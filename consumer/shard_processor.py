@@ -2,25 +2,42 @@
 
 The commit order of a flush (each step only starts when the previous one succeeded):
 
-1. **Stage** - apply the buffered records to the shard's DuckDB state inside an open transaction. Records at or
-   below the state's stored position are skipped (redeliveries), duplicate event ids are dropped.
-2. **Intent** - write ``_control/intents/<shard>.json`` naming every data object this flush will write.
-3. **Data** - PUT the Parquet files (events/, customer_aggregates/, errors/) with server-side encryption.
-   Names are derived from the shard and the sequence range, so a retry overwrites rather than duplicates.
-4. **Commit record** - PUT ``_control/commits/<shard>/<range>.json``: from here on the flush is durable.
-5. **State commit** - COMMIT the DuckDB transaction (aggregates + the position they include, atomically).
-6. **Checkpoint** - tell the KCL the last flushed sequence number.
+1. **Stage** - apply the buffered records to the shard's local state in an open stage (a DuckDB transaction).
+   Records at or below the state's position are skipped (redeliveries); duplicate events are dropped. The state's
+   position before the stage, ``P``, is the chain position this flush continues from.
+2. **Intent** - PUT ``_control/intents/<shard>/<attempt>.json`` naming the data files this attempt will write.
+3. **Data** - PUT one Parquet file per output (events/, customer_aggregates/, errors/), named by the shard, the
+   records applied and the attempt id, with server-side encryption. A retry of the attempt overwrites them.
+4. **Commit** - create ``_control/commits/<shard>/<P>.json`` with ``If-None-Match: *``. From here the flush is
+   durable. If S3 answers 412 and the record there is another attempt's, this attempt *lost*: roll the stage back,
+   delete its files and intent, restore the state from S3 (it now ends at the winner's last record) and start over
+   with what is left of the buffer (records the winner covered are now redeliveries and are skipped).
+5. **State commit** - commit the stage: aggregates and the position they include, atomically.
+6. **Checkpoint** - tell the KCL the last flushed record. If the KCL says the lease is gone, the processor ends.
+7. **Tidy** - delete this attempt's intent, and the files of attempts that lost the position (``settle_intents``).
 
-A crash before 4 leaves orphan files that the next owner deletes using the intent (``discard_uncommitted``) and the
-records are redelivered from the last checkpoint; a crash between 4 and 6 redelivers records that step 1 then
-skips. Nothing is checkpointed before it is durable, and nothing is applied twice.
+Why no two writers can both commit a flush, and why the chain has no fork: the commit records of a shard form a
+chain, each at the key of the position it continues from. S3 creates a key at most once, so each position has at
+most one successor. A writer's ``P`` is always a position on the chain: its state only moves in step 5 after its
+own commit at ``P`` succeeded, or in a restore that walks the chain from S3 (and a local state whose position is
+not on the chain is discarded, see consumer/state_recovery.py). Two writers of one shard (a zombie whose lease
+moved, a paused JVM, a rebalance during a slow flush) either continue from the same ``P``, and exactly one
+commit is created, or one of them is behind: then the successor of its ``P`` exists already and its commit fails.
+Every commit's records start after its ``P`` (step 1 skips the rest), so the chain's ranges never overlap.
+
+What a zombie can still do: write intent and data files under its attempt's names, which no commit names; it
+deletes them itself when it loses (step 4), or the shard's owner deletes them after its next commit (step 7). A
+crash before step 4 leaves the same kind of files until then. Strict readers read only the files that commit records
+name (README: reading the outputs); nothing is checkpointed before it is durable, and nothing is applied twice.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,11 +49,13 @@ import pyarrow as pa
 from aggregators.customer_state import CustomerState
 from consumer.metrics import emit as emit_metrics
 from consumer.retry import is_transient
-from consumer.s3_sink import FlushManifest, FlushRange, S3ParquetSink
+from consumer.s3_sink import CommitConflict, FlushAttempt, S3ParquetSink
 from consumer.state_recovery import StateRecovery
 from consumer.status import ShardStatus, StatusWriter
 from schemas import RAW_RECORD_SCHEMA, UTC_MICROS
-from schemas.positions import Position
+from schemas.control import CommitRecord
+from schemas.layout import FlushName
+from schemas.positions import Position, chain_position
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +120,12 @@ class RecordBuffer:
             self.payloads.append(record.data)
             self.bytes += len(record.data)
 
-    def range(self) -> FlushRange:
+    def range(self) -> tuple[Position, Position]:
+        """The first and last buffered positions (compared as numbers)."""
         pairs = list(zip(self.sequences, self.subs, strict=True))
         first = min(pairs, key=lambda pair: (int(pair[0]), pair[1]))
         last = max(pairs, key=lambda pair: (int(pair[0]), pair[1]))
-        return FlushRange(self.shard_id, Position(first[0], first[1]), Position(last[0], last[1]))
+        return Position(first[0], first[1]), Position(last[0], last[1])
 
     def to_table(self) -> pa.Table:
         count = len(self.sequences)
@@ -157,12 +177,12 @@ class ShardProcessor:
 
     # ------------------------------------------------------------------ KCL lifecycle
     def start(self, checkpoint: str | None) -> None:
-        """Before the first record: delete files of a flush that died before its commit record, then bring the
-        local state up to every committed flush (restore from S3 when the disk is empty or stale)."""
-        self._retrying("discard uncommitted flush", lambda: self.sink.discard_uncommitted(self.shard_id))
+        """Before the first record: delete the files of attempts that lost their chain position, then bring the
+        local state to the tip of the shard's commit chain on S3 (see consumer/state_recovery.py)."""
+        self._retrying("settle earlier flush attempts", lambda: self.sink.settle_intents(self.shard_id))
         if self.recovery is not None:
             recovery = self.recovery
-            self._retrying("restore state", lambda: recovery.restore(self.state))
+            self._retrying("restore state", lambda: recovery.restore(self.state, checkpoint))
         self.metrics.phase = "processing"
         self.metrics.checkpointed_sequence = checkpoint
         position = self.state.position()
@@ -185,8 +205,9 @@ class ShardProcessor:
             self.metrics.waiting_since = time.time()  # the stuck-shard clock starts when work appears
         elif not self.buffer and not behind:
             self.metrics.waiting_since = None
-        if self._flush_due(now):
-            self.flush(checkpointer, reason="threshold")
+        reason = self._flush_due(now, caught_up=not records and millis_behind == 0)
+        if reason is not None:
+            self.flush(checkpointer, reason=reason)
         self.metrics.buffered_records = len(self.buffer)
         self._report(force=bool(records))  # idle detection must never see a stale "nothing buffered"
 
@@ -212,89 +233,131 @@ class ShardProcessor:
         self.lease_lost = True
         self.metrics.waiting_since = None
         self.metrics.buffered_records = 0
-        # After a graceful shutdown the KCL always ends with lease_lost; only dropped records are news.
-        level = logging.WARNING if dropped or self.metrics.phase != "shut_down" else logging.INFO
-        log.log(
-            level,
-            "lease lost; dropped %d unflushed records (they will be redelivered to the new owner)",
-            dropped,
-            extra={"shard_id": self.shard_id},
-        )
+        if dropped:
+            log.warning(
+                "lease lost; dropped %d unflushed records (the new owner gets them from the last checkpoint)",
+                dropped,
+                extra={"shard_id": self.shard_id},
+            )
+        elif self.metrics.phase == "shut_down":  # the KCL ends every graceful shutdown with lease_lost
+            log.debug("lease released after a graceful shutdown", extra={"shard_id": self.shard_id})
+        else:
+            log.info("lease lost with nothing buffered", extra={"shard_id": self.shard_id})
         self.metrics.phase = "lease_lost"
         self._report(force=True)
 
     # ------------------------------------------------------------------ flushing
-    def _flush_due(self, now: float) -> bool:
+    def _flush_due(self, now: float, caught_up: bool) -> str | None:
+        """Which limit makes a flush due now (the reason is logged with the flush), or None."""
         if not self.buffer:
-            return False
-        age = now - (self.buffer.started_at or now)
-        return (
-            len(self.buffer) >= self.policy.max_records
-            or self.buffer.bytes >= self.policy.max_bytes
-            or age >= self.policy.max_seconds
-        )
+            return None
+        if len(self.buffer) >= self.policy.max_records:
+            return "max_records"
+        if self.buffer.bytes >= self.policy.max_bytes:
+            return "max_bytes"
+        if now - (self.buffer.started_at or now) >= self.policy.max_seconds:
+            return "max_seconds"
+        if caught_up:
+            return "caught_up"  # nothing more to read: waiting would only delay freshness
+        return None
 
-    def flush(self, checkpointer: Checkpointer, reason: str) -> FlushManifest | None:
-        """Steps 1-6 of the commit order; transient failures are retried with backoff, the buffer is kept."""
+    def flush(self, checkpointer: Checkpointer, reason: str) -> CommitRecord | None:
+        """Steps 1-7 of the commit order; transient failures are retried with backoff, the buffer is kept."""
         if not self.buffer or self.lease_lost:
             return None
-        buffered = self.buffer.range()
+        _, buffered_last = self.buffer.range()
         raw = self.buffer.to_table()
         started = time.perf_counter()
-        manifest: FlushManifest | None = self._retrying(
-            f"flush {buffered.stem}", lambda: self._flush_once(raw)
-        )
-        # Every buffered record is durable now: written by this flush, or (redeliveries) by an earlier one.
-        self._retrying("checkpoint", lambda: self._checkpoint(checkpointer, buffered.last))
-        seconds = time.perf_counter() - started
+        record: CommitRecord | None = None
+        attempts = 0
+        while True:
+            attempt_id = secrets.token_hex(8)  # one per try at a chain position; retries of it overwrite
+            attempts += 1
+            try:
+                record = self._retrying(
+                    f"flush up to {buffered_last.sequence_number}",
+                    functools.partial(self._flush_once, raw, attempt_id),
+                )
+                break
+            except CommitConflict as conflict:
+                self._lost(conflict, attempt_id)
+        # Every buffered record is durable now: committed by this flush, or by an earlier one or another writer's.
         self.buffer.clear()
+        self._retrying("checkpoint", lambda: self._checkpoint(checkpointer, buffered_last))
+        seconds = time.perf_counter() - started
         self.metrics.waiting_since = time.time() if self.metrics.millis_behind_latest else None
-        if manifest is None:
+        if record is None:
             log.info(
-                "all %d buffered records were redeliveries of committed flushes; checkpointed only",
+                "all %d buffered records were already committed; checkpointed only",
                 raw.num_rows,
-                extra={"shard_id": self.shard_id, "sequence_number": buffered.last.sequence_number},
+                extra={"shard_id": self.shard_id, "sequence_number": buffered_last.sequence_number},
             )
             self.metrics.skipped += raw.num_rows
             self._report(force=True)
             return None
-        self._record_flush(manifest, seconds)
+        self._retrying("tidy flush attempts", lambda: self._tidy(record, attempt_id))
+        self._record_flush(record, seconds)
         if self.metrics.flushes % self.snapshot_every_flushes == 0:
             self._snapshot()
-        emit_metrics(
-            {
-                "RecordsIn": manifest.records_in - manifest.records_skipped,
-                "RecordsAccepted": manifest.accepted,
-                "RecordsRejected": manifest.rejected,
-                "DuplicateEvents": manifest.duplicates,
-                "CustomersChanged": manifest.customers_changed,
-                "FlushLatency": seconds * 1000,
-                "FlushBytes": manifest.bytes_written,
-                "FilesWritten": sum(len(keys) for keys in manifest.files.values()),
-            },
-            {"StreamName": self.stream_name},
-        )
+        metrics: dict[str, float] = {
+            "RecordsIn": record.records_in - record.records_skipped,
+            "RecordsAccepted": record.accepted,
+            "RecordsRejected": record.rejected,
+            "DuplicateEvents": record.duplicates,
+            "CustomersChanged": record.customers_changed,
+            "FlushLatency": seconds * 1000,
+            "FlushBytes": record.bytes_written,
+            "FilesWritten": record.file_count,
+        }
+        if record.freshness is not None:
+            metrics["ArrivalToDurableP99"] = record.freshness.arrival_to_durable_p99
+            if record.freshness.newest_event_age is not None:
+                metrics["NewestEventAge"] = record.freshness.newest_event_age
+        emit_metrics(metrics, {"StreamName": self.stream_name})
         log.info(
-            "flushed %s records (%s accepted, %s duplicates, %s rejected, %s customers) in %.3fs [%s]",
-            manifest.records_in,
-            manifest.accepted,
-            manifest.duplicates,
-            manifest.rejected,
-            manifest.customers_changed,
+            "flushed %s records (%s accepted, %s duplicates, %s rejected, %s customers) in %.3fs [%s]%s",
+            record.records_in,
+            record.accepted,
+            record.duplicates,
+            record.rejected,
+            record.customers_changed,
             seconds,
             reason,
-            extra={"shard_id": self.shard_id, "sequence_number": manifest.last_sequence},
+            f" after {attempts - 1} lost commits" if attempts > 1 else "",
+            extra={"shard_id": self.shard_id, "sequence_number": record.last.sequence_number},
         )
-        return manifest
+        return record
 
-    def _flush_once(self, raw: pa.Table) -> FlushManifest | None:
+    def _flush_once(self, raw: pa.Table, attempt_id: str) -> CommitRecord | None:
+        previous = chain_position(self.state.position())
         with self.state.staged(raw) as applied:  # step 1 (and step 5 when the block exits cleanly)
             if applied.position is None or applied.first_position is None:
-                return None  # nothing new: writing would replace an earlier flush's commit record
-            # A flush is named by the records it applied, never by redelivered ones it skipped.
-            flush_range = FlushRange(self.shard_id, applied.first_position, applied.position)
-            manifest = self.sink.write(flush_range, applied)  # steps 2-4
-        return manifest
+                return None  # nothing new: every record is at or below the chain position
+            name = FlushName(self.shard_id, applied.first_position, applied.position, attempt_id)
+            return self.sink.write(FlushAttempt(previous, name), applied)  # steps 2-4
+
+    def _lost(self, conflict: CommitConflict, attempt_id: str) -> None:
+        """Step 4 lost: the stage is rolled back already; delete this attempt's files, catch up from S3."""
+        self.metrics.commit_conflicts += 1
+        emit_metrics({"CommitConflicts": 1}, {"StreamName": self.stream_name})
+        log.warning(
+            "lost the commit race (%s); discarding this attempt and catching up from S3",
+            conflict,
+            extra={"shard_id": self.shard_id},
+        )
+        self._retrying(
+            "discard the losing attempt", lambda: self.sink.discard_attempt(self.shard_id, attempt_id)
+        )
+        if self.recovery is None:
+            raise RuntimeError("a shard processor without recovery cannot continue after a lost commit")
+        recovery = self.recovery
+        self._retrying("restore after a lost commit", lambda: recovery.restore(self.state))
+
+    def _tidy(self, record: CommitRecord, attempt_id: str) -> None:
+        """Step 7: this attempt's intent, and the leftovers of attempts that can no longer commit."""
+        if record.attempt_id == attempt_id:
+            self.sink.forget_intent(self.shard_id, attempt_id)
+        self.sink.settle_intents(self.shard_id)
 
     def _checkpoint(self, checkpointer: Checkpointer, position: Position | None) -> None:
         from amazon_kclpy.checkpoint_error import CheckpointError
@@ -365,19 +428,22 @@ class ShardProcessor:
             )
 
     # ------------------------------------------------------------------ status
-    def _record_flush(self, manifest: FlushManifest, seconds: float) -> None:
+    def _record_flush(self, record: CommitRecord, seconds: float) -> None:
         m = self.metrics
         m.flushes += 1
-        m.records_flushed += manifest.records_in
-        m.accepted += manifest.accepted
-        m.duplicates += manifest.duplicates
-        m.rejected += manifest.rejected
-        m.skipped += manifest.records_skipped
-        m.files_written += sum(len(keys) for keys in manifest.files.values())
-        m.bytes_written += manifest.bytes_written
+        m.records_flushed += record.records_in
+        m.accepted += record.accepted
+        m.duplicates += record.duplicates
+        m.rejected += record.rejected
+        m.skipped += record.records_skipped
+        m.files_written += record.file_count
+        m.bytes_written += record.bytes_written
         m.last_flush_seconds = seconds
         m.last_flush_at = time.time()
-        m.applied_sequence = manifest.last_sequence
+        m.applied_sequence = record.last.sequence_number
+        if record.freshness is not None:
+            m.arrival_to_durable_p99 = record.freshness.arrival_to_durable_p99
+            m.newest_event_age = record.freshness.newest_event_age
         m.buffered_records = 0
         self._report(force=True)
 

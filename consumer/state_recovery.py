@@ -1,16 +1,20 @@
-"""Bring a shard's local DuckDB state in line with what S3 says was committed, whatever the local disk holds.
+"""Bring a shard's local state in line with the commit chain on S3, trusting nothing local.
 
-ECS tasks lose their disk, and a lease can move to a worker whose local copy is old. S3 holds the truth:
+S3 holds the truth; the local DuckDB file is only a shortcut:
 
-- every flush's commit record names its ``events/`` files, which are exactly the new, de-duplicated events of that
-  flush, so re-applying the commits after a point reproduces the state (the core is deterministic);
-- a *snapshot* of the shard's tables is written every few flushes and when a shard stops or ends, so a restore is
-  "latest snapshot + the commits after it": its cost follows the shard's state and the recent changes, not history.
+- every flush's commit record sits at the key of the chain position it continues from and names its ``events/``
+  file, which holds exactly the new, de-duplicated events of that flush; re-applying the chain reproduces the state
+  (the core is deterministic);
+- a *snapshot* of the shard's tables is written every few flushes and when a shard stops or ends; its pointer
+  (``latest.json``) only ever moves forward (a conditional PUT on its ETag), so a restore is "snapshot + the chain
+  after it": its cost follows the shard's state and the recent changes, not history.
 
-At initialize, ``restore`` lists only the commit records *after* the local position (one LIST with StartAfter).
-None: the local state is current. Some: it is stale (another worker went further) and is caught up. No local state:
-load the snapshot first. A new child shard after a split or merge starts from its parents' final state, keeping the
-customers whose hash key falls in its own range.
+``restore`` reads the snapshot pointer and walks the chain from it to its tip. The local state is used only when
+its position lies on that walk (then just the commits after it are applied); otherwise (older than the snapshot,
+or at a position the chain never reached: a stale or foreign file) it is discarded and the shard is rebuilt from the
+snapshot, or from its parents' state for a new child shard after a split or merge. The KCL checkpoint is compared
+with the tip last: a checkpoint beyond the chain means records were checkpointed that S3 does not hold.
+A local file that cannot be opened or read is moved aside (``open_shard_state``) and the shard restored from S3.
 """
 
 from __future__ import annotations
@@ -19,16 +23,20 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from aggregators.customer_state import CustomerState
-from consumer.s3_sink import SEQUENCE_DIGITS, S3ParquetSink
+from aggregators.validation import RecordValidator
+from consumer.metrics import emit as emit_metrics
+from consumer.s3_sink import S3ParquetSink, is_precondition_failed, read_commit_records
 from runtime.settings import Settings
 from schemas import EVENTS_SCHEMA
-from schemas.positions import Position
+from schemas.control import CommitRecord, SnapshotPointer
+from schemas.positions import BEFORE_FIRST_RECORD, Position, chain_position
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +56,52 @@ class RestoreReport:
     commits_applied: int = 0
     events_applied: int = 0
     seconds: float = 0.0
+    discarded_local: Position | None = None  # a local position that was not on the chain
+    tip: Position | None = None  # where the chain ends (None: no commit yet)
 
 
 #: Finds the parents of a shard (Kinesis ListShards); empty for an original shard.
 ParentLookup = Callable[[str], list[ParentShard]]
+
+#: How often a restore starts over when a snapshot it was loading was replaced (and deleted) meanwhile.
+_RESTORE_ATTEMPTS = 3
+
+
+class ChainError(RuntimeError):
+    """The commit chain on S3 does not continue where it must (an object was deleted by hand, or a foreign
+    writer used the same prefix): the shard stops instead of guessing."""
+
+
+def open_shard_state(
+    path: Path, shard_id: str, validator: RecordValidator, stream_name: str = ""
+) -> CustomerState:
+    """Open the shard's local state; a file that cannot be opened or read is moved aside (kept for inspection) and
+    a fresh one is opened, which the restore then rebuilds from S3. A file locked by another process is an error."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        state = CustomerState(shard_id, path, validator)
+        state.position()
+        state.customer_count()
+        return state
+    except Exception as error:
+        if "lock" in str(error).lower():
+            raise  # another process holds it: not corruption (the KCL will retry the lease)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        moved = []
+        for file in (path, path.with_name(path.name + ".wal")):
+            if file.exists():
+                target = file.with_name(f"{file.name}.unreadable-{stamp}")
+                file.rename(target)
+                moved.append(target.name)
+        log.error(  # noqa: TRY400 - one line on purpose: the cause, not a traceback
+            "local state file is unreadable (%s: %s); moved aside as %s, restoring the shard from S3",
+            type(error).__name__,
+            str(error).splitlines()[0] if str(error) else "",
+            ", ".join(moved) or "(nothing to move)",
+            extra={"shard_id": shard_id},
+        )
+        emit_metrics({"StateFilesQuarantined": 1}, {"StreamName": stream_name})
+        return CustomerState(shard_id, path, validator)
 
 
 class StateRecovery:
@@ -63,115 +113,145 @@ class StateRecovery:
         self.bucket = settings.bucket
         self.parents = parents
         self._sink = S3ParquetSink(s3_client, settings)
-
-    # ------------------------------------------------------------------ keys
-    def _control(self, path: str) -> str:
-        return f"{self.settings.output_prefix('_control')}{path}"
-
-    def commits_prefix(self, shard_id: str) -> str:
-        return self._control(f"commits/{shard_id}/")
-
-    def snapshot_pointer(self, shard_id: str) -> str:
-        return self._control(f"snapshots/{shard_id}/latest.json")
+        self.layout = self._sink.layout
 
     # ------------------------------------------------------------------ snapshots
-    def write_snapshot(self, state: CustomerState) -> str | None:
-        """Tables as Parquet, then the pointer; the previous snapshot is deleted once the new one is in place."""
+    def _read_pointer(self, shard_id: str) -> tuple[SnapshotPointer | None, str | None]:
+        """The snapshot pointer and its ETag (for the conditional replace)."""
+        try:
+            response = self.s3.get_object(Bucket=self.bucket, Key=self.layout.snapshot_pointer_key(shard_id))
+        except self.s3.exceptions.NoSuchKey:
+            return None, None
+        return SnapshotPointer.from_json(response["Body"].read()), str(response["ETag"])
+
+    def write_snapshot(self, state: CustomerState) -> SnapshotPointer | None:
+        """Tables as Parquet, then the pointer, moved forward only and only if nobody moved it meanwhile (a
+        conditional PUT); the previous snapshot's tables are deleted once the new pointer is in place."""
         position = state.position()
         if position is None:
             return None
-        previous = self._sink.get_json(self.snapshot_pointer(state.shard_id))
-        folder = self._control(
-            f"snapshots/{state.shard_id}/{int(position.sequence_number):0{SEQUENCE_DIGITS}d}-"
-            f"{position.sub_sequence_number}/"
-        )
-        keys = {}
-        for table, data in state.export_tables().items():
-            keys[table] = f"{folder}{table}.parquet"
+        shard_id = state.shard_id
+        current, etag = self._read_pointer(shard_id)
+        if current is not None and current.position >= position:
+            return None  # an equal or newer snapshot exists (another owner went further)
+        tables = state.export_tables()
+        keys = {table: self.layout.snapshot_table_key(shard_id, position, table) for table in tables}
+        for table, data in tables.items():
             self._sink.put_parquet(keys[table], data)
-        as_of = state.as_of()
-        pointer = {
-            "shard_id": state.shard_id,
-            "sequence_number": position.sequence_number,
-            "sub_sequence_number": position.sub_sequence_number,
-            "as_of": as_of.isoformat() if as_of is not None else None,
-            "tables": keys,
-            "written_at": time.time(),
-        }
-        self._sink.put_json(self.snapshot_pointer(state.shard_id), pointer)
-        if previous and previous.get("tables") and previous["tables"] != keys:
-            for key in previous["tables"].values():
-                self.s3.delete_object(Bucket=self.bucket, Key=key)
+        pointer = SnapshotPointer(shard_id, position, state.as_of(), keys, datetime.now(UTC))
+        try:
+            self._sink.put_bytes(
+                self.layout.snapshot_pointer_key(shard_id),
+                pointer.to_json(),
+                "json",
+                if_none_match=etag is None,
+                if_match=etag,
+            )
+        except Exception as error:
+            if not is_precondition_failed(error):
+                raise
+            latest, _ = self._read_pointer(shard_id)
+            if latest is None or latest.tables != keys:
+                self._sink.delete_keys(keys.values())
+            log.info(
+                "another writer moved the snapshot pointer first; this snapshot is dropped",
+                extra={"shard_id": shard_id},
+            )
+            return None
+        if current is not None and current.tables != keys:
+            self._sink.delete_keys(current.tables.values())
         log.info(
             "snapshot of %d customers at %s",
             state.customer_count(),
             position.sequence_number,
-            extra={"shard_id": state.shard_id, "sequence_number": position.sequence_number},
+            extra={"shard_id": shard_id, "sequence_number": position.sequence_number},
         )
-        return self.snapshot_pointer(state.shard_id)
+        return pointer
 
-    def _load_snapshot(
-        self,
-        state: CustomerState,
-        pointer: dict[str, Any],
-        customer_filter: str | None = None,
-        replace: bool = True,
-    ) -> None:
-        tables = {name: self._sink.get_parquet(key) for name, key in pointer["tables"].items()}
-        state.import_tables(tables, customer_filter=customer_filter, replace=replace)
-
-    # ------------------------------------------------------------------ commits
-    def commits_after(self, shard_id: str, position: Position | None) -> list[dict[str, Any]]:
-        """Commit records of flushes that start after ``position``, in stream order."""
-        prefix = self.commits_prefix(shard_id)
-        arguments: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
-        if position is not None:
-            arguments["StartAfter"] = (
-                f"{prefix}{shard_id}-{int(position.sequence_number):0{SEQUENCE_DIGITS}d}"
+    # ------------------------------------------------------------------ the chain
+    def chain_from(self, shard_id: str, base: Position | None) -> list[CommitRecord]:
+        """The commits that continue the shard's chain from ``base`` (None: its start) to its tip, in order."""
+        records = read_commit_records(self.s3, self.bucket, self.layout, shard_id, continuing_from=base)
+        by_previous = {record.previous: record for record in records}
+        chain: list[CommitRecord] = []
+        cursor = base
+        while cursor in by_previous:
+            record = by_previous.pop(cursor)
+            chain.append(record)
+            cursor = record.last
+        stray = [
+            r for r in by_previous.values() if base is None or (r.previous is not None and r.previous > base)
+        ]
+        if stray:
+            raise ChainError(
+                f"shard {shard_id}: {len(stray)} commit records do not continue the chain from "
+                f"{base.sequence_number if base else 'its start'} (first: after "
+                f"{stray[0].previous.sequence_number if stray[0].previous else 'the start'}); "
+                "the prefix holds foreign or hand-edited control records"
             )
-        commits = []
-        for page in self.s3.get_paginator("list_objects_v2").paginate(**arguments):
-            for obj in page.get("Contents", []):
-                manifest = self._sink.get_json(obj["Key"])
-                if manifest is None:
-                    continue
-                first = (int(manifest["first_sequence"]), int(manifest.get("first_sub_sequence", 0)))
-                if position is None or first > position.sort_key():
-                    commits.append(manifest)
-        commits.sort(key=lambda m: (int(m["first_sequence"]), int(m.get("first_sub_sequence", 0))))
-        return commits
+        return chain
 
     def _apply_commits(
-        self, state: CustomerState, commits: list[dict[str, Any]], report: RestoreReport
+        self, state: CustomerState, commits: list[CommitRecord], report: RestoreReport
     ) -> None:
-        for manifest in commits:
-            keys = manifest["files"].get("events", [])
-            tables = [self._sink.get_parquet(key) for key in keys]
+        for record in commits:
+            tables = [self._sink.get_parquet(key) for key in record.files.get("events", [])]
             events = pa.concat_tables(tables) if tables else EVENTS_SCHEMA.empty_table()
-            position = Position(manifest["last_sequence"], int(manifest["last_sub_sequence"]))
-            state.apply_events(events, position)
+            state.apply_events(events, record.last)
             report.commits_applied += 1
             report.events_applied += events.num_rows
 
     # ------------------------------------------------------------------ restore
-    def restore(self, state: CustomerState) -> RestoreReport:
-        """Make ``state`` reflect every committed flush of its shard (see the module docstring)."""
+    def restore(self, state: CustomerState, checkpoint: str | None = None) -> RestoreReport:
+        """Make ``state`` equal to the shard's chain tip (see the module docstring)."""
+        for attempt in range(1, _RESTORE_ATTEMPTS + 1):
+            try:
+                return self._restore(state, checkpoint)
+            except FileNotFoundError as error:  # a snapshot replaced while we read it: start over
+                if attempt == _RESTORE_ATTEMPTS:
+                    raise
+                log.warning(
+                    "restore read a file that is gone (%s); starting over",
+                    error,
+                    extra={"shard_id": state.shard_id},
+                )
+        raise AssertionError("unreachable")
+
+    def _restore(self, state: CustomerState, checkpoint: str | None) -> RestoreReport:
         started = time.perf_counter()
         shard_id = state.shard_id
+        pointer, _ = self._read_pointer(shard_id)
+        base = chain_position(pointer.position) if pointer else None
+        chain = self.chain_from(shard_id, base)
+        walk = [base, *(record.last for record in chain)]
         local = state.position()
-        report = RestoreReport(source="local")
-        if local is None:
-            pointer = self._sink.get_json(self.snapshot_pointer(shard_id))
+        report = RestoreReport(source="local", tip=walk[-1])
+        if local is not None and chain_position(local) in walk:
+            todo = chain[walk.index(chain_position(local)) :]
+        else:
+            if local is not None:
+                report.discarded_local = local
+                log.warning(
+                    "local state at %s is not on the S3 commit chain (snapshot at %s, tip at %s); rebuilding",
+                    local.sequence_number,
+                    base.sequence_number if base else "none",
+                    walk[-1].sequence_number if walk[-1] else "the start",
+                    extra={"shard_id": shard_id},
+                )
+                emit_metrics({"LocalStateDiscarded": 1}, {"StreamName": self.settings.stream_name})
+            state.import_tables({}, replace=True)
+            state.set_position(None)
             if pointer is not None:
-                self._load_snapshot(state, pointer)
-                local = Position(pointer["sequence_number"], int(pointer["sub_sequence_number"]))
-                state.set_position(local, pointer["as_of"])
+                tables = {name: self._sink.get_parquet(key) for name, key in pointer.tables.items()}
+                state.import_tables(tables, replace=True)
+                state.set_position(pointer.position, pointer.as_of)
                 report.source = "snapshot"
-        commits = self.commits_after(shard_id, local)
-        if local is None and not commits:
-            report.source = self._start_from_parents(state)
-        self._apply_commits(state, commits, report)
+            else:
+                report.source = self._start_from_parents(state)
+            todo = chain
+        self._apply_commits(state, todo, report)
         report.seconds = time.perf_counter() - started
+        self._compare_checkpoint(shard_id, checkpoint, walk[-1])
         if report.source != "local" or report.commits_applied:
             log.info(
                 "restored shard state from %s: %d commits, %d events re-applied in %.2fs",
@@ -183,18 +263,35 @@ class StateRecovery:
             )
         return report
 
+    def _compare_checkpoint(self, shard_id: str, checkpoint: str | None, tip: Position | None) -> None:
+        """A KCL checkpoint beyond the chain's tip: those records will not be delivered again, and S3 lacks them."""
+        if checkpoint is None or not checkpoint.isdigit():
+            return  # TRIM_HORIZON, LATEST, AT_TIMESTAMP, SHARD_END: nothing to compare
+        if tip is None or int(checkpoint) > int(tip.sequence_number):
+            log.error(
+                "the KCL checkpoint (%s) is beyond the last committed record (%s): the records between are not "
+                "in this prefix and will not be redelivered; backfill them with `clickstream replay` or reset the "
+                "lease table",
+                checkpoint,
+                tip.sequence_number if tip else "none",
+                extra={"shard_id": shard_id, "sequence_number": checkpoint},
+            )
+            emit_metrics({"CheckpointAheadOfCommits": 1}, {"StreamName": self.settings.stream_name})
+
     def _start_from_parents(self, state: CustomerState) -> str:
         """A child shard: its parents' final state, restricted to the customers that now hash to this shard."""
         parents = self.parents(state.shard_id) if self.parents else []
         if not parents:
             return "empty"
-        as_of_values: list[datetime | None] = []
+        as_of_values: list[datetime] = []
         for index, parent in enumerate(parents):
             parent_state = CustomerState(parent.shard_id)
             try:
                 self.restore(parent_state)  # snapshot + commits of the parent, up to its SHARD_END flush
                 tables = parent_state.export_tables()
-                as_of_values.append(parent_state.as_of())
+                as_of = parent_state.as_of()
+                if as_of is not None:
+                    as_of_values.append(as_of)
             finally:
                 parent_state.close()
             in_range = (
@@ -202,9 +299,8 @@ class StateRecovery:
                 f"AND CAST('{parent.child_end_hash}' AS UHUGEINT)"
             )
             state.import_tables(tables, customer_filter=in_range, replace=index == 0)
-        known = [value for value in as_of_values if value is not None]
         # Before any record of its own, a child stands "before the first sequence number" of the shard.
-        state.set_position(Position("0", -1), max(known) if known else None)
+        state.set_position(BEFORE_FIRST_RECORD, max(as_of_values) if as_of_values else None)
         return "parents"
 
 

@@ -29,6 +29,9 @@ class ShardStatus:
     bytes_written: int = 0
     buffered_records: int = 0
     retries: int = 0
+    commit_conflicts: int = 0  # flush attempts that lost their chain position to another writer
+    arrival_to_durable_p99: float | None = None  # of the last flush, seconds
+    newest_event_age: float | None = None  # of the last flush: commit time - newest event time, seconds
     millis_behind_latest: int | None = None
     applied_sequence: str | None = None
     checkpointed_sequence: str | None = None

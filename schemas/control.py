@@ -122,6 +122,7 @@ class CommitRecord:
     files: dict[str, list[str]]
     bytes_written: int
     committed_at: datetime
+    oldest_event_at: datetime | None  # event_time range of the events it archived (None: no new events)
     newest_event_at: datetime | None
     freshness: Freshness | None = field(default=None)
 
@@ -152,6 +153,7 @@ class CommitRecord:
                 files={str(k): [str(key) for key in v] for k, v in d["files"].items()},
                 bytes_written=int(d["bytes_written"]),
                 committed_at=committed_at,
+                oldest_event_at=_time(d["oldest_event_at"]),
                 newest_event_at=_time(d["newest_event_at"]),
                 freshness=None if fresh is None else Freshness(**{k: fresh[k] for k in Freshness.__slots__}),
             )

@@ -46,3 +46,12 @@ class Position:
 
     def __ge__(self, other: Position) -> bool:
         return self.sort_key() >= other.sort_key()
+
+
+#: Where a new child shard stands after a split or merge: before its first record, holding its parents' state.
+BEFORE_FIRST_RECORD: Final = Position("0", -1)
+
+
+def chain_position(position: Position | None) -> Position | None:
+    """The commit-chain position of a state position: None (the chain's start) before the shard's first commit."""
+    return None if position is None or position == BEFORE_FIRST_RECORD else position

@@ -24,11 +24,11 @@ import pytest
 
 from aggregators.customer_state import CustomerState
 from clickstream.outputs import current_customer_rows
-from consumer.s3_sink import FlushRange, S3ParquetSink
+from consumer.s3_sink import FlushAttempt, S3ParquetSink
 from producer.generator import BgNbdParams, ClickstreamGenerator, GammaGammaParams
 from runtime.settings import Settings
 from schemas import RAW_RECORD_SCHEMA
-from schemas.positions import Position
+from schemas.layout import FlushName
 
 ROOT = Path(__file__).resolve().parents[1]
 CLV_DOC = ROOT / "docs" / "clv_example.md"
@@ -115,9 +115,11 @@ def run_worker_core(
                 },
                 schema=RAW_RECORD_SCHEMA,
             )
-            flush = FlushRange(shard, Position(sequences[0]), Position(sequences[-1]))
+            previous = state.position()
             with state.staged(raw) as applied:  # the worker's steps 1-5, without the KCL
-                sink.write(flush, applied)
+                assert applied.first_position is not None and applied.position is not None
+                name = FlushName(shard, applied.first_position, applied.position, f"a{sequence}")
+                sink.write(FlushAttempt(previous, name), applied)
         state.close()
 
     bucket_copy = root / "s3"

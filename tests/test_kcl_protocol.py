@@ -173,7 +173,7 @@ def test_records_are_flushed_and_checkpointed_through_the_protocol_then_shutdown
             process_records(range(3, 6)),  # 6 buffered: flush, checkpoint at the 6th record
             checkpoint_answer("1005"),
             process_records(range(6, 8)),  # 2 buffered
-            process_records(range(0)),  # empty heartbeat
+            process_records(range(0), millis_behind=3_000),  # empty heartbeat, still behind: keep buffering
             {"action": "shutdownRequested"},  # flush the 2, checkpoint at the 8th record
             checkpoint_answer("1007"),
         ),
@@ -192,6 +192,7 @@ def test_records_are_flushed_and_checkpointed_through_the_protocol_then_shutdown
     assert errors == "", "KCLProcess swallowed an exception"
     assert len(s3_keys(s3, f"rfm/_control/commits/{SHARD}/")) == 2
     assert event_ids_in_s3(s3) == expected_ids(range(8))
+    assert s3_keys(s3, "rfm/_control/intents/") == [], "committed attempts delete their intents"
     every_key = s3_keys(s3, "")
     assert {key: s3.head_object(Bucket=BUCKET, Key=key).get("ServerSideEncryption") for key in every_key} == (
         dict.fromkeys(every_key, "AES256")

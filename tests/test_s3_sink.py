@@ -1,4 +1,5 @@
-"""Specification of the S3 Parquet sink: object layout, encryption, schemas, overwrite-on-retry and orphan cleanup.
+"""Specification of the S3 Parquet sink: object layout, encryption, schemas, the conditional commit (one winner per
+chain position), overwrite-on-retry and the clean-up of attempts that lost or died.
 
 Batches are applied by a real CustomerState (in-memory DuckDB) and written to moto's in-process S3.
 """
@@ -17,10 +18,18 @@ import pyarrow.parquet as pq
 import pytest
 
 from aggregators.customer_state import AppliedBatch, CustomerState
-from consumer.s3_sink import FlushRange, S3ParquetSink
+from consumer.s3_sink import (
+    CommitConflict,
+    FlushAttempt,
+    S3ParquetSink,
+    committed_files,
+    read_commit_records,
+)
 from consumer.shard_processor import RawRecord, RecordBuffer
 from runtime.settings import Settings, load_settings
 from schemas import CUSTOMER_AGGREGATES_SCHEMA, ERRORS_SCHEMA, EVENTS_SCHEMA
+from schemas.control import CommitRecord, FlushIntent
+from schemas.layout import FlushName, OutputLayout
 from schemas.positions import Position
 from tests.moto_support import isolate_environment, moto_bucket
 
@@ -63,7 +72,7 @@ def event(event_type: str, customer: str, at: str, **extra: Any) -> bytes:
     return json.dumps(document).encode()
 
 
-#: Three event hours on two days, two customers, one purchase, and one malformed record.
+#: Events of three hours on two days, two customers, one purchase, and one malformed record.
 HOURLY_EVENTS = [
     event("page_view", "c-1", "2026-03-01T10:00:00Z", page_url="https://shop.example.com/"),
     event("product_view", "c-1", "2026-03-01T10:59:59.999999Z", product_id="p-1"),
@@ -84,10 +93,18 @@ def records_of(payloads: Sequence[bytes], first_sequence: int = 100) -> list[Raw
     return result
 
 
-def applied(state: CustomerState, records: Sequence[RawRecord]) -> tuple[FlushRange, AppliedBatch]:
-    buffer = RecordBuffer(SHARD)
+def applied(
+    state: CustomerState, records: Sequence[RawRecord], attempt_id: str = "a1", shard_id: str = SHARD
+) -> tuple[FlushAttempt, AppliedBatch]:
+    """Apply ``records`` and name the attempt that would commit them (continuing from the state's position)."""
+    previous = state.position()
+    buffer = RecordBuffer(shard_id)
     buffer.extend(records, 0.0)
-    return buffer.range(), state.apply(buffer.to_table())
+    batch = state.apply(buffer.to_table())
+    assert batch.first_position is not None and batch.position is not None
+    return FlushAttempt(
+        previous, FlushName(shard_id, batch.first_position, batch.position, attempt_id)
+    ), batch
 
 
 def all_keys(s3: Any) -> set[str]:
@@ -105,93 +122,84 @@ def settings_for(prefix: str = "rfm", **extra: Any) -> Settings:
 
 # ---------------------------------------------------------------------------------------------------- layout
 @pytest.mark.parametrize(("prefix", "root"), [("rfm", "rfm/"), ("", ""), ("/lake/rfm/", "lake/rfm/")])
-def test_objects_are_named_by_output_partition_shard_and_sequence_range(
+def test_a_flush_writes_one_file_per_output_in_the_partition_of_its_arrival_day(
     s3: Any, prefix: str, root: str
 ) -> None:
     sink = S3ParquetSink(s3, settings_for(prefix))
-    flush, batch = applied(CustomerState(SHARD), records_of([*HOURLY_EVENTS, MALFORMED]))
+    attempt, batch = applied(CustomerState(SHARD), records_of([*HOURLY_EVENTS, MALFORMED]))
 
-    manifest = sink.write(flush, batch)
+    record = sink.write(attempt, batch)
 
-    stem = f"{SHARD}-{100:056d}-0-{104:056d}-0"
-    expected_events = {
-        f"{root}events/event_date=2026-03-01/event_hour=10/{stem}.parquet",
-        f"{root}events/event_date=2026-03-01/event_hour=11/{stem}.parquet",
-        f"{root}events/event_date=2026-03-02/event_hour=00/{stem}.parquet",
+    stem = f"{SHARD}-{100:056d}-0-{104:056d}-0-a1"
+    day = "arrival_yyyymmdd=20260302"  # ARRIVAL_MILLIS; the events themselves span two days
+    assert record.files == {
+        "events": [f"{root}events/{day}/{stem}.parquet"],
+        "customer_aggregates": [f"{root}customer_aggregates/{day}/{stem}.parquet"],
+        "errors": [f"{root}errors/{day}/{stem}.parquet"],
     }
-    expected_aggregates = {f"{root}customer_aggregates/as_of_date=2026-03-02/{stem}.parquet"}
-    expected_errors = {f"{root}errors/arrival_date=2026-03-02/{stem}.parquet"}
-    expected_control = {f"{root}_control/commits/{SHARD}/{stem}.json", f"{root}_control/intents/{SHARD}.json"}
-    assert all_keys(s3) == expected_events | expected_aggregates | expected_errors | expected_control
-    assert set(manifest.files["events"]) == expected_events
-    assert set(manifest.files["customer_aggregates"]) == expected_aggregates
-    assert set(manifest.files["errors"]) == expected_errors
-
-
-def test_each_hour_file_holds_exactly_that_hours_events(s3: Any) -> None:
-    sink = S3ParquetSink(s3, settings_for())
-    manifest = sink.write(*applied(CustomerState(SHARD), records_of(HOURLY_EVENTS)))
-
-    hours = {}
-    for key in manifest.files["events"]:
-        table = pq.read_table(io.BytesIO(body(s3, key)))
-        hours[key.split("/")[2] + "/" + key.split("/")[3]] = sorted(
-            t.strftime("%Y-%m-%dT%H:%M:%S.%f") for t in table.column("event_time").to_pylist()
-        )
-    assert hours == {
-        "event_date=2026-03-01/event_hour=10": ["2026-03-01T10:00:00.000000", "2026-03-01T10:59:59.999999"],
-        "event_date=2026-03-01/event_hour=11": ["2026-03-01T11:00:00.000000"],
-        "event_date=2026-03-02/event_hour=00": ["2026-03-02T00:30:00.000000"],
+    assert all_keys(s3) == {
+        *(key for keys in record.files.values() for key in keys),
+        f"{root}_control/commits/{SHARD}/start.json",  # the shard's first commit continues from no position
+        f"{root}_control/intents/{SHARD}/a1.json",  # deleted by the processor after the commit (step 7)
     }
 
 
-def test_commit_record_describes_the_flush_and_the_intent_lists_its_files(s3: Any) -> None:
-    sink = S3ParquetSink(s3, settings_for())
-    flush, batch = applied(CustomerState(SHARD), records_of([*HOURLY_EVENTS, MALFORMED]))
-    manifest = sink.write(flush, batch)
-
-    commit = json.loads(body(s3, sink.commit_key(flush)))
-    intent = json.loads(body(s3, sink.intent_key(SHARD)))
-
-    assert intent == {"range": flush.stem, "keys": manifest.files}
-    assert commit["files"] == manifest.files
-    assert (commit["first_sequence"], commit["last_sequence"], commit["last_sub_sequence"]) == (
-        "100",
-        "104",
-        0,
+def test_the_events_file_holds_every_new_event_of_the_flush(s3: Any) -> None:
+    record = S3ParquetSink(s3, settings_for()).write(
+        *applied(CustomerState(SHARD), records_of(HOURLY_EVENTS))
     )
-    assert (commit["records_in"], commit["accepted"], commit["rejected"], commit["customers_changed"]) == (
-        5,
-        4,
-        1,
-        2,
-    )
-    data_bytes = sum(len(body(s3, key)) for keys in manifest.files.values() for key in keys)
-    assert commit["bytes_written"] == data_bytes
 
-
-def test_a_flush_with_only_skipped_records_writes_no_data_files(s3: Any) -> None:
-    state = CustomerState(SHARD)
-    records = records_of(HOURLY_EVENTS)
-    applied(state, records)
-    flush, batch = applied(state, records)  # redelivered: at or below the stored position
-
-    manifest = S3ParquetSink(s3, settings_for()).write(flush, batch)
-
-    assert manifest.records_skipped == len(records)
-    assert manifest.files == {"events": [], "customer_aggregates": [], "errors": []}
-    assert not any("/events/" in key or "/customer_aggregates/" in key for key in all_keys(s3))
-
-
-def test_stems_sort_in_stream_order_whatever_the_number_of_digits() -> None:
-    ranges = [
-        FlushRange(SHARD, Position("9"), Position("99")),
-        FlushRange(SHARD, Position("100"), Position("100", 5)),
-        FlushRange(SHARD, Position("101"), Position(str(10**55))),
+    (key,) = record.files["events"]
+    times = pq.read_table(io.BytesIO(body(s3, key))).column("event_time").to_pylist()
+    assert sorted(t.strftime("%Y-%m-%dT%H:%M:%S.%f") for t in times) == [
+        "2026-03-01T10:00:00.000000",
+        "2026-03-01T10:59:59.999999",
+        "2026-03-01T11:00:00.000000",
+        "2026-03-02T00:30:00.000000",
     ]
-    stems = [r.stem for r in ranges]
-    assert sorted(stems) == stems
-    assert len({len(stem) for stem in stems}) == 1
+
+
+def test_the_commit_record_sits_at_the_position_it_continues_from_and_describes_the_flush(s3: Any) -> None:
+    sink = S3ParquetSink(s3, settings_for())
+    state = CustomerState(SHARD)
+    first = sink.write(*applied(state, records_of(HOURLY_EVENTS[:2], 100), "a1"))
+    attempt, batch = applied(state, records_of([*HOURLY_EVENTS[2:], MALFORMED], 200), "a2")
+    record = sink.write(attempt, batch)
+
+    assert attempt.previous == first.last == Position("101")
+    stored = CommitRecord.from_json(body(s3, f"rfm/_control/commits/{SHARD}/{101:056d}-0.json"))
+    assert stored == record
+    assert (record.previous, record.first, record.last) == (Position("101"), Position("200"), Position("202"))
+    assert (record.records_in, record.accepted, record.rejected, record.customers_changed) == (3, 2, 1, 1)
+    assert record.bytes_written == sum(len(body(s3, key)) for keys in record.files.values() for key in keys)
+    intent = FlushIntent.from_json(body(s3, f"rfm/_control/intents/{SHARD}/a2.json"))
+    assert (intent.previous, intent.files) == (Position("101"), record.files)
+
+
+def test_the_commit_record_carries_freshness_and_the_event_time_range(s3: Any) -> None:
+    record = S3ParquetSink(s3, settings_for()).write(
+        *applied(CustomerState(SHARD), records_of(HOURLY_EVENTS))
+    )
+
+    arrival = datetime.fromtimestamp(ARRIVAL_MILLIS / 1000, UTC)
+    expected_delay = (record.committed_at - arrival).total_seconds()
+    assert record.freshness is not None
+    assert record.freshness.arrival_to_durable_p50 == pytest.approx(expected_delay, abs=0.002)
+    assert record.freshness.arrival_to_durable_p99 == pytest.approx(expected_delay, abs=0.002)
+    assert record.oldest_event_at == datetime(2026, 3, 1, 10, tzinfo=UTC)
+    assert record.newest_event_at == datetime(2026, 3, 2, 0, 30, tzinfo=UTC)
+    newest_age = (record.committed_at - datetime(2026, 3, 2, 0, 30, tzinfo=UTC)).total_seconds()
+    assert record.freshness.newest_event_age == pytest.approx(newest_age, abs=0.002)
+
+
+def test_position_key_parts_sort_in_stream_order_whatever_the_number_of_digits() -> None:
+    positions = [Position("9"), Position("99"), Position("100"), Position("100", 5), Position(str(10**55))]
+    parts = [p.key_part() for p in positions]
+    assert sorted(parts) == parts
+    assert [Position.from_key_part(part) for part in parts] == positions
+    layout = OutputLayout("rfm")
+    assert [layout.commit_previous(layout.commit_key(SHARD, p)) for p in positions] == positions
+    assert layout.commit_previous(layout.commit_key(SHARD, None)) is None
 
 
 # ---------------------------------------------------------------------------------------------------- encryption
@@ -200,7 +208,7 @@ def test_every_object_is_put_with_aes256_server_side_encryption(s3: Any) -> None
     sink.write(*applied(CustomerState(SHARD), records_of([*HOURLY_EVENTS, MALFORMED])))
 
     keys = all_keys(s3)
-    assert len(keys) == 7
+    assert len(keys) == 5  # intent, three data files, commit record
     assert {
         key: s3.head_object(Bucket=BUCKET, Key=key).get("ServerSideEncryption") for key in keys
     } == dict.fromkeys(keys, "AES256")
@@ -212,7 +220,7 @@ def test_every_object_is_put_with_the_configured_kms_key(s3: Any) -> None:
     sink.write(*applied(CustomerState(SHARD), records_of([*HOURLY_EVENTS, MALFORMED])))
 
     heads = [s3.head_object(Bucket=BUCKET, Key=key) for key in all_keys(s3)]
-    assert len(heads) == 7
+    assert len(heads) == 5
     assert {(h.get("ServerSideEncryption"), h.get("SSEKMSKeyId")) for h in heads} == {("aws:kms", key_id)}
 
 
@@ -226,21 +234,21 @@ def test_every_object_is_put_with_the_configured_kms_key(s3: Any) -> None:
     ],
 )
 def test_parquet_files_read_back_with_the_contract_schema(s3: Any, output: str, schema: pa.Schema) -> None:
-    manifest = S3ParquetSink(s3, settings_for()).write(
+    record = S3ParquetSink(s3, settings_for()).write(
         *applied(CustomerState(SHARD), records_of([*HOURLY_EVENTS, MALFORMED]))
     )
-    assert manifest.files[output]
-    for key in manifest.files[output]:
+    assert record.files[output]
+    for key in record.files[output]:
         read = pq.read_table(io.BytesIO(body(s3, key)))
         assert read.schema.equals(schema, check_metadata=False), f"{key}: {read.schema}"
 
 
 def test_parquet_timestamps_are_utc_microseconds_and_money_is_decimal_18_2(s3: Any) -> None:
-    manifest = S3ParquetSink(s3, settings_for()).write(
+    record = S3ParquetSink(s3, settings_for()).write(
         *applied(CustomerState(SHARD), records_of(HOURLY_EVENTS))
     )
-    purchase_hour = next(key for key in manifest.files["events"] if "event_hour=00" in key)
-    parquet_schema = pq.ParquetFile(io.BytesIO(body(s3, purchase_hour))).schema
+    (key,) = record.files["events"]
+    parquet_schema = pq.ParquetFile(io.BytesIO(body(s3, key))).schema
 
     event_time = parquet_schema.column(EVENTS_SCHEMA.get_field_index("event_time")).logical_type
     revenue = parquet_schema.column(EVENTS_SCHEMA.get_field_index("revenue")).logical_type
@@ -251,26 +259,101 @@ def test_parquet_timestamps_are_utc_microseconds_and_money_is_decimal_18_2(s3: A
         "microseconds",
     )
     assert json.loads(revenue.to_json()) == {"Type": "Decimal", "precision": 18, "scale": 2}
-    table = pq.read_table(io.BytesIO(body(s3, purchase_hour)))
-    assert str(table.column("revenue")[0].as_py()) == "19.99"
+    table = pq.read_table(io.BytesIO(body(s3, key)))
+    assert [str(r) for r in table.column("revenue").to_pylist() if r is not None] == ["19.99"]
 
 
-# ---------------------------------------------------------------------------------------------------- retries
-def test_writing_the_same_flush_twice_overwrites_instead_of_duplicating(s3: Any) -> None:
+# ---------------------------------------------------------------------------------------------------- the fence
+def test_writing_the_same_attempt_twice_overwrites_and_returns_the_stored_commit(s3: Any) -> None:
     sink = S3ParquetSink(s3, settings_for())
-    flush, batch = applied(CustomerState(SHARD), records_of([*HOURLY_EVENTS, MALFORMED]))
+    attempt, batch = applied(CustomerState(SHARD), records_of([*HOURLY_EVENTS, MALFORMED]))
 
-    first = sink.write(flush, batch)
+    first = sink.write(attempt, batch)
     keys_after_first = all_keys(s3)
     bodies_after_first = {key: body(s3, key) for key in keys_after_first if key.endswith(".parquet")}
-    second = sink.write(flush, batch)
+    second = sink.write(attempt, batch)  # a retry after a lost answer: the commit exists and is ours
 
-    assert second.files == first.files
+    assert second == first
     assert all_keys(s3) == keys_after_first
     assert {key: body(s3, key) for key in bodies_after_first} == bodies_after_first
 
 
-# ---------------------------------------------------------------------------------------------------- orphans
+class LoseAnswerAfterCommit:
+    """A moto client that performs the commit PUT and then fails as if the answer was lost on the network."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.lost = 0
+
+    def put_object(self, **kwargs: Any) -> Any:
+        response = self.client.put_object(**kwargs)
+        if "/_control/commits/" in kwargs["Key"] and not self.lost:
+            self.lost += 1
+            raise ConnectionError("connection reset after the PUT reached S3")
+        return response
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+def test_a_commit_whose_answer_was_lost_is_recognised_as_ours_on_retry(s3: Any) -> None:
+    flaky = LoseAnswerAfterCommit(s3)
+    sink = S3ParquetSink(flaky, settings_for())
+    attempt, batch = applied(CustomerState(SHARD), records_of(HOURLY_EVENTS))
+    with pytest.raises(ConnectionError):
+        sink.write(attempt, batch)
+
+    record = sink.write(attempt, batch)
+
+    assert flaky.lost == 1
+    assert read_commit_records(s3, BUCKET, OutputLayout("rfm")) == [record]
+
+
+def test_of_two_attempts_from_the_same_position_exactly_one_commits(s3: Any) -> None:
+    settings = settings_for()
+    records = records_of([*HOURLY_EVENTS, MALFORMED])
+    winner = S3ParquetSink(s3, settings).write(*applied(CustomerState(SHARD), records, "winner"))
+    winner_files = {key: body(s3, key) for keys in winner.files.values() for key in keys}
+    loser_attempt, loser_batch = applied(CustomerState(SHARD), records[:3], "loser")  # also from the start
+
+    with pytest.raises(CommitConflict) as lost:
+        S3ParquetSink(s3, settings).write(loser_attempt, loser_batch)
+
+    assert lost.value.winner == winner
+    assert read_commit_records(s3, BUCKET, OutputLayout("rfm")) == [winner]
+    loser_files = {key for key in all_keys(s3) if key.endswith(".parquet")} - set(winner_files)
+    assert loser_files, "the loser wrote its files before it tried to commit"
+    assert all("-loser.parquet" in key for key in loser_files), "a loser never writes over a winner's key"
+
+    deleted = S3ParquetSink(s3, settings).discard_attempt(SHARD, "loser")
+
+    assert deleted == len(loser_files)
+    assert {key: body(s3, key) for key in winner_files} == winner_files
+    assert {key for key in all_keys(s3) if key.endswith(".parquet")} == set(winner_files)
+    assert f"rfm/_control/intents/{SHARD}/loser.json" not in all_keys(s3)
+
+
+def test_a_writer_behind_the_chain_cannot_commit(s3: Any) -> None:
+    settings = settings_for()
+    sink = S3ParquetSink(s3, settings)
+    ahead = CustomerState(SHARD)
+    sink.write(*applied(ahead, records_of(HOURLY_EVENTS[:2], 100), "b1"))
+    sink.write(*applied(ahead, records_of(HOURLY_EVENTS[2:], 200), "b2"))
+    behind = CustomerState(SHARD)
+    behind.apply(_buffer_table(records_of(HOURLY_EVENTS[:2], 100)))  # a zombie that only saw the first commit
+
+    with pytest.raises(CommitConflict):
+        sink.write(*applied(behind, records_of(HOURLY_EVENTS[2:3], 200), "zombie"))
+    assert [r.attempt_id for r in read_commit_records(s3, BUCKET, OutputLayout("rfm"))] == ["b1", "b2"]
+
+
+def _buffer_table(records: Sequence[RawRecord]) -> pa.Table:
+    buffer = RecordBuffer(SHARD)
+    buffer.extend(records, 0.0)
+    return buffer.to_table()
+
+
+# ---------------------------------------------------------------------------------------------------- clean-up
 class CrashBeforeCommitRecord:
     """A moto client that dies when asked to write a commit record."""
 
@@ -286,48 +369,68 @@ class CrashBeforeCommitRecord:
         return getattr(self.client, name)
 
 
-def test_discard_uncommitted_deletes_the_files_of_a_flush_without_commit_record(s3: Any) -> None:
+def test_settling_leaves_an_attempt_whose_position_is_still_free(s3: Any) -> None:
     settings = settings_for()
-    state = CustomerState(SHARD)
-    committed = S3ParquetSink(s3, settings).write(*applied(state, records_of(HOURLY_EVENTS[:2], 100)))
-    committed_keys = all_keys(s3)
-    flush, batch = applied(state, records_of([*HOURLY_EVENTS[2:], MALFORMED], 200))
     with pytest.raises(RuntimeError):
-        S3ParquetSink(CrashBeforeCommitRecord(s3), settings).write(flush, batch)
-    orphans = all_keys(s3) - committed_keys - {f"rfm/_control/intents/{SHARD}.json"}
-    assert orphans, "the crashed flush left data files behind"
-
-    deleted = S3ParquetSink(s3, settings).discard_uncommitted(SHARD)
-
-    assert deleted == len(orphans)
-    assert all_keys(s3) == committed_keys  # the intent stays; only data files of the dead flush go
-    assert committed.files["events"]
-
-
-def test_discard_uncommitted_leaves_a_committed_flush_alone(s3: Any) -> None:
-    sink = S3ParquetSink(s3, settings_for())
-    sink.write(*applied(CustomerState(SHARD), records_of([*HOURLY_EVENTS, MALFORMED])))
+        S3ParquetSink(CrashBeforeCommitRecord(s3), settings).write(
+            *applied(CustomerState(SHARD), records_of(HOURLY_EVENTS), "dead")
+        )
     before = all_keys(s3)
+    assert any(key.endswith(".parquet") for key in before)
 
-    assert sink.discard_uncommitted(SHARD) == 0
-    assert all_keys(s3) == before
-
-
-def test_discard_uncommitted_without_any_intent_does_nothing(s3: Any) -> None:
-    sink = S3ParquetSink(s3, settings_for())
-    assert sink.discard_uncommitted(SHARD) == 0
-    assert all_keys(s3) == set()
+    assert S3ParquetSink(s3, settings).settle_intents(SHARD) == 0
+    assert all_keys(s3) == before, "a writer might still commit these: nothing is deleted"
 
 
-def test_discard_uncommitted_only_touches_its_own_shard(s3: Any) -> None:
+def test_settling_deletes_the_files_of_attempts_that_lost_their_position(s3: Any) -> None:
+    settings = settings_for()
+    records = records_of([*HOURLY_EVENTS, MALFORMED])
+    with pytest.raises(RuntimeError):
+        S3ParquetSink(CrashBeforeCommitRecord(s3), settings).write(
+            *applied(CustomerState(SHARD), records, "dead")
+        )
+    sink = S3ParquetSink(s3, settings)
+    winner = sink.write(*applied(CustomerState(SHARD), records, "alive"))
+
+    deleted = sink.settle_intents(SHARD)
+
+    assert deleted == 3
+    assert all_keys(s3) == {
+        *committed_files([winner], "events"),
+        *committed_files([winner], "customer_aggregates"),
+        *committed_files([winner], "errors"),
+        f"rfm/_control/commits/{SHARD}/start.json",
+    }, "the dead attempt's files and both intents are gone; the winner's files stay"
+
+
+def test_settling_only_touches_its_own_shard(s3: Any) -> None:
     settings = settings_for()
     other = "shardId-000000000004"
-    buffer = RecordBuffer(other)
-    buffer.extend(records_of(HOURLY_EVENTS), 0.0)
-    batch = CustomerState(other).apply(buffer.to_table())
+    records = records_of(HOURLY_EVENTS)
     with pytest.raises(RuntimeError):
-        S3ParquetSink(CrashBeforeCommitRecord(s3), settings).write(buffer.range(), batch)
-    before = all_keys(s3)
+        S3ParquetSink(CrashBeforeCommitRecord(s3), settings).write(
+            *applied(CustomerState(other), records, "dead", shard_id=other)
+        )
+    S3ParquetSink(s3, settings).write(*applied(CustomerState(SHARD), records, "alive"))
+    before = {key for key in all_keys(s3) if other in key}
 
-    assert S3ParquetSink(s3, settings).discard_uncommitted(SHARD) == 0
-    assert all_keys(s3) == before
+    S3ParquetSink(s3, settings).settle_intents(SHARD)
+
+    assert {key for key in all_keys(s3) if other in key} == before
+
+
+# ---------------------------------------------------------------------------------------------------- readers
+def test_commit_records_are_read_in_stream_order_per_shard_and_from_a_position(s3: Any) -> None:
+    sink = S3ParquetSink(s3, settings_for())
+    state = CustomerState(SHARD)
+    written = [
+        sink.write(*applied(state, records_of([data], first_sequence=sequence), f"a{sequence}"))
+        for sequence, data in ((9, HOURLY_EVENTS[0]), (100, HOURLY_EVENTS[1]), (1000, HOURLY_EVENTS[2]))
+    ]
+    layout = OutputLayout("rfm")
+
+    assert read_commit_records(s3, BUCKET, layout) == written
+    assert read_commit_records(s3, BUCKET, layout, SHARD, continuing_from=Position("100")) == written[2:]
+    assert read_commit_records(s3, BUCKET, layout, SHARD, continuing_from=Position("9")) == written[1:]
+    with pytest.raises(ValueError, match="unknown output"):
+        committed_files(written, "event")

@@ -1,7 +1,8 @@
 """Specification of one shard's buffer -> flush -> checkpoint loop and of its commit order.
 
-The commit order (consumer/shard_processor.py): 1 stage in DuckDB, 2 intent, 3 data files, 4 commit record,
-5 state commit, 6 checkpoint. These tests drive a real CustomerState (DuckDB) and a real S3ParquetSink on moto's
+The commit order (consumer/shard_processor.py): 1 stage in DuckDB, 2 intent, 3 data files, 4 conditional commit
+record on the shard's chain, 5 state commit, 6 checkpoint, 7 tidy. These tests drive a real CustomerState (DuckDB)
+and a real S3ParquetSink on moto's
 in-process S3, with a recording checkpointer, an injected clock and an injected sleep. The crash tests stop the
 processor between each pair of steps, start a "new process" wired as in production (StateRecovery from S3) on the
 same DuckDB file or on a new host without it, redeliver from the last checkpoint (as the KCL does, in the same or in
@@ -28,12 +29,14 @@ from amazon_kclpy.checkpoint_error import CheckpointError
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from aggregators.customer_state import AppliedBatch, CustomerState
-from consumer.s3_sink import FlushRange, S3ParquetSink
+from consumer.s3_sink import FlushAttempt, S3ParquetSink, read_commit_records
 from consumer.shard_processor import FlushPolicy, LeaseLostError, RawRecord, RecordBuffer, ShardProcessor
 from consumer.state_recovery import StateRecovery
 from consumer.status import StatusWriter, read_statuses
 from producer.generator import ClickstreamGenerator
 from runtime.settings import Settings, load_settings
+from schemas.control import CommitRecord, FlushIntent
+from schemas.layout import OutputLayout
 from tests.moto_support import isolate_environment, moto_bucket
 from tests.reference import SET_DETERMINED_COLUMNS
 
@@ -184,8 +187,8 @@ class CrashAfterCommitRecordSink(S3ParquetSink):
         self.crash_on = crash_on
         self.writes = 0
 
-    def write(self, flush: FlushRange, applied: AppliedBatch) -> Any:
-        manifest = super().write(flush, applied)
+    def write(self, attempt: FlushAttempt, applied: AppliedBatch) -> Any:
+        manifest = super().write(attempt, applied)
         self.writes += 1
         if self.writes == self.crash_on:
             raise SimulatedCrashError("after the commit record, before the state commit")
@@ -252,15 +255,19 @@ def data_keys(s3: Any, prefix: str = PREFIX) -> set[str]:
     )
 
 
-def commit_records(s3: Any, prefix: str = PREFIX) -> list[dict[str, Any]]:
-    return [
-        json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
-        for key in sorted(keys_under(s3, f"{prefix}/_control/commits/"))
-    ]
+def commit_records(s3: Any, prefix: str = PREFIX) -> list[CommitRecord]:
+    return read_commit_records(s3, BUCKET, OutputLayout(prefix))
 
 
 def committed_keys(s3: Any, output: str, prefix: str = PREFIX) -> list[str]:
-    return [key for record in commit_records(s3, prefix) for key in record["files"][output]]
+    return [key for record in commit_records(s3, prefix) for key in record.files.get(output, [])]
+
+
+def intents(s3: Any, prefix: str = PREFIX) -> list[FlushIntent]:
+    return [
+        FlushIntent.from_json(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+        for key in sorted(keys_under(s3, f"{prefix}/_control/intents/"))
+    ]
 
 
 def read_parquet(s3: Any, key: str) -> pa.Table:
@@ -345,7 +352,7 @@ def test_reaching_max_bytes_flushes_exactly_at_the_byte_threshold(s3: Any, setti
     processor.on_records(records[4:], 0, checkpointer)
 
     assert checkpointer.calls == [(records[4].sequence_number, 0)]
-    assert [r["records_in"] for r in commit_records(s3)] == [5]
+    assert [r.records_in for r in commit_records(s3)] == [5]
 
 
 def test_reaching_max_seconds_flushes_on_an_empty_heartbeat_call(s3: Any, settings: Settings) -> None:
@@ -364,21 +371,21 @@ def test_reaching_max_seconds_flushes_on_an_empty_heartbeat_call(s3: Any, settin
     now[0] = 1030.0
     processor.on_records(records[4:6], 0, checkpointer)  # age counts from the first buffered record
     now[0] = 1059.9
-    processor.on_records([], 0, checkpointer)
+    processor.on_records([], 5_000, checkpointer)
     assert checkpointer.calls == []
 
     now[0] = 1060.0
-    processor.on_records([], 0, checkpointer)
+    processor.on_records([], 5_000, checkpointer)
     assert checkpointer.calls == [(records[5].sequence_number, 0)]
 
     # the next window starts with the next record, not with the previous flush
     now[0] = 1100.0
     processor.on_records(records[6:], 0, checkpointer)
     now[0] = 1159.0
-    processor.on_records([], 0, checkpointer)
+    processor.on_records([], 5_000, checkpointer)
     assert len(checkpointer.calls) == 1
     now[0] = 1160.0
-    processor.on_records([], 0, checkpointer)
+    processor.on_records([], 5_000, checkpointer)
     assert checkpointer.calls[-1] == (records[9].sequence_number, 0)
 
 
@@ -412,11 +419,11 @@ def test_checkpoint_waits_for_the_commit_record_the_data_files_and_the_state_com
         seen_at_checkpoint.append(
             {
                 "checkpoint": args[0],
-                "commit_last_sequences": [c["last_sequence"] for c in commits],
+                "commit_last_sequences": [c.last.sequence_number for c in commits],
                 "missing_files": [
                     key
                     for c in commits
-                    for keys in c["files"].values()
+                    for keys in c.files.values()
                     for key in keys
                     if key not in keys_under(s3, PREFIX)
                 ],
@@ -496,7 +503,7 @@ def test_transient_s3_failures_are_retried_with_backoff_and_flushed_exactly_once
     assert processor.metrics.flushes == 1
     (commit,) = commit_records(s3)
     generator_summary = Counter(label.split(":")[0] for label, _ in labelled_stream())
-    assert (commit["accepted"], commit["duplicates"], commit["rejected"]) == (
+    assert (commit.accepted, commit.duplicates, commit.rejected) == (
         generator_summary["valid"] + generator_summary["duplicate"],
         generator_summary["duplicate"],
         generator_summary["malformed"],
@@ -575,7 +582,7 @@ def test_shard_ended_flushes_then_checkpoints_shard_end_without_arguments(
     processor.on_shard_ended(checkpointer)
 
     assert checkpointer.calls == [(records[-1].sequence_number, 0), ()]
-    assert [c["records_in"] for c in commit_records(s3)] == [7]
+    assert [c.records_in for c in commit_records(s3)] == [7]
     assert processor.metrics.phase == "ended"
 
 
@@ -598,7 +605,7 @@ def test_shutdown_requested_flushes_and_checkpoints_the_buffer(s3: Any, settings
     processor.on_shutdown_requested(checkpointer)
 
     assert checkpointer.calls == [(records[-1].sequence_number, 0)]
-    assert [c["records_in"] for c in commit_records(s3)] == [7]
+    assert [c.records_in for c in commit_records(s3)] == [7]
     assert processor.metrics.phase == "shut_down"
 
 
@@ -653,7 +660,7 @@ def test_status_file_reports_received_flushed_and_checkpointed_counts(
     assert status.millis_behind_latest == 1234
     assert status.applied_sequence == status.checkpointed_sequence == records[-1].sequence_number
     assert status.files_written == len(data_keys(s3))
-    assert status.bytes_written == sum(c["bytes_written"] for c in commit_records(s3))
+    assert status.bytes_written == sum(c.bytes_written for c in commit_records(s3))
 
 
 # ---------------------------------------------------------------------------------------------------- crash points
@@ -774,26 +781,16 @@ def test_after_a_crash_redelivery_from_the_checkpoint_yields_the_clean_run_outpu
             processor.on_records(batch, 0, checkpointer)
     state.close()
     assert checkpointer.calls == [(sequence(FLUSH_EVERY - 1), 0)], "only the first flush was checkpointed"
-    intent = json.loads(
-        s3.get_object(Bucket=BUCKET, Key=f"{PREFIX}/_control/intents/{SHARD}.json")["Body"].read()
-    )
-    intent_files = {key for keys in intent["keys"].values() for key in keys}
+    (intent,) = intents(s3)  # a committed attempt deletes its intent (step 7): only the crashed one is left
+    intent_files = {key for keys in intent.files.values() for key in keys}
 
     # --- next owner: the same DuckDB file, or a new host without it; started at the last checkpoint
     state = CustomerState(SHARD, tmp_path / ("first.duckdb" if disk == "same-disk" else "second.duckdb"))
     processor = production_processor(state, S3ParquetSink(s3, settings), s3, settings)
     processor.start(checkpointer.calls[-1][0])
-    if crash_point == "after-data-before-commit-record":
-        assert intent_files, "the crashed flush planned data files"
-        assert intent_files.isdisjoint(keys_under(s3, PREFIX)), (
-            "orphans of the uncommitted flush survived start()"
-        )
-    else:
-        assert intent_files <= keys_under(s3, PREFIX), "files of a committed flush were deleted"
-    listed = {
-        key for output in ("events", "customer_aggregates", "errors") for key in committed_keys(s3, output)
-    }
-    assert data_keys(s3) == listed, "after start() every data file belongs to a commit record"
+    # The crashed attempt's files stay until its chain position is taken: a live writer could still commit them.
+    assert intent_files, "the crashed flush planned data files"
+    assert intent_files <= keys_under(s3, PREFIX), "files of a flush that may still commit were deleted"
 
     redelivered = records[FLUSH_EVERY:]
     resumed = RecordingCheckpointer()
@@ -807,6 +804,7 @@ def test_after_a_crash_redelivery_from_the_checkpoint_yields_the_clean_run_outpu
         key for output in ("events", "customer_aggregates", "errors") for key in committed_keys(s3, output)
     }
     assert data_keys(s3) == listed, "every data file in S3 is listed by a commit record"
+    assert intents(s3) == [], "every intent was settled by the next commit"
     assert committed_event_ids(s3) == Counter(dict.fromkeys(valid_event_ids(), 1))
     assert committed_current_rows(s3) == clean.current_rows
     # ... and so does a state restored from S3 alone (a later owner without any disk)
@@ -837,7 +835,7 @@ def test_a_restore_from_a_snapshot_includes_a_flush_that_began_with_redelivered_
     pointer = s3.get_object(Bucket=BUCKET, Key=f"{PREFIX}/_control/snapshots/{SHARD}/latest.json")[
         "Body"
     ].read()
-    assert json.loads(pointer)["sequence_number"] == sequence(2 * FLUSH_EVERY - 1)
+    assert json.loads(pointer)["position"]["sequence_number"] == sequence(2 * FLUSH_EVERY - 1)
     # 3. the lease moves to a host without that disk; the KCL redelivers 20..59 in one batch
     state = CustomerState(SHARD, tmp_path / "host-b.duckdb")
     processor = production_processor(state, S3ParquetSink(s3, settings), s3, settings)

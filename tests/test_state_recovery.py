@@ -102,7 +102,7 @@ def test_restore_without_snapshot_replays_every_commit(s3_env: tuple[Any, Settin
     _feed(original, _records(40, 1_500, seed=2))
     fresh = CustomerState(SHARD, tmp_path / "b.duckdb")
     report = StateRecovery(s3, settings).restore(fresh)
-    assert report.source == "local" and report.commits_applied == original.metrics.flushes
+    assert report.source == "empty" and report.commits_applied == original.metrics.flushes
     assert _rows(fresh) == _rows(original.state)
 
 
