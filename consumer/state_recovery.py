@@ -19,6 +19,7 @@ A local file that cannot be opened or read is moved aside (``open_shard_state``)
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -79,29 +80,37 @@ def open_shard_state(
     a fresh one is opened, which the restore then rebuilds from S3. A file locked by another process is an error."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        state = CustomerState(shard_id, path, validator)
-        state.position()
-        state.customer_count()
-        return state
+        return _open_verified(path, shard_id, validator)
     except Exception as error:
         if "lock" in str(error).lower():
             raise  # another process holds it: not corruption (the KCL will retry the lease)
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        moved = []
-        for file in (path, path.with_name(path.name + ".wal")):
-            if file.exists():
-                target = file.with_name(f"{file.name}.unreadable-{stamp}")
-                file.rename(target)
-                moved.append(target.name)
-        log.error(  # noqa: TRY400 - one line on purpose: the cause, not a traceback
-            "local state file is unreadable (%s: %s); moved aside as %s, restoring the shard from S3",
-            type(error).__name__,
-            str(error).splitlines()[0] if str(error) else "",
-            ", ".join(moved) or "(nothing to move)",
-            extra={"shard_id": shard_id},
-        )
-        emit_metrics({"StateFilesQuarantined": 1}, {"StreamName": stream_name})
-        return CustomerState(shard_id, path, validator)
+        cause = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    gc.collect()  # DuckDB caches open databases by path: the damaged one must be gone before the path is reused
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    moved = []
+    for file in (path, path.with_name(path.name + ".wal")):
+        if file.exists():
+            target = file.with_name(f"{file.name}.unreadable-{stamp}")
+            file.rename(target)
+            moved.append(target.name)
+    log.error(
+        "local state file is unreadable (%s); moved aside as %s, restoring the shard from S3",
+        cause,
+        ", ".join(moved) or "(nothing to move)",
+        extra={"shard_id": shard_id},
+    )
+    emit_metrics({"StateFilesQuarantined": 1}, {"StreamName": stream_name})
+    return CustomerState(shard_id, path, validator)
+
+
+def _open_verified(path: Path, shard_id: str, validator: RecordValidator) -> CustomerState:
+    state = CustomerState(shard_id, path, validator)
+    try:
+        state.verify()
+    except Exception:
+        state.close()
+        raise
+    return state
 
 
 class StateRecovery:

@@ -1,0 +1,402 @@
+"""Specification of the fence: two writers of one shard never both make a flush durable, and local state is
+never trusted beyond what the S3 commit chain says.
+
+Each test runs two ShardProcessors of the same shard (each with its own DuckDB state, as two workers would) against
+one moto S3, interleaving them the way a paused JVM, a lease rebalance during a slow flush or a zombie would. The
+outcome is always compared with a run that never had a second writer: every valid event id once in the committed
+events/ files, no two commits covering one record, every data file named by a commit, equal state.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from botocore.exceptions import ClientError
+
+from aggregators.customer_state import AppliedBatch, CustomerState
+from aggregators.validation import RecordValidator
+from consumer.s3_sink import CommitConflict, FlushAttempt, S3ParquetSink
+from consumer.shard_processor import FlushPolicy, RawRecord, RecordBuffer, ShardProcessor
+from consumer.state_recovery import StateRecovery, open_shard_state
+from runtime.settings import Settings, load_settings
+from schemas.control import CommitRecord
+from schemas.layout import FlushName
+from schemas.positions import Position
+from tests.moto_support import isolate_environment, moto_bucket
+from tests.test_shard_processor import (
+    BUCKET,
+    NEVER,
+    PREFIX,
+    SHARD,
+    FaultyS3,
+    RecordingCheckpointer,
+    SleepRecorder,
+    applied_once,
+    client_error,
+    commit_records,
+    committed_event_ids,
+    data_keys,
+    intents,
+    keys_under,
+    no_sleep,
+    payloads,
+    to_records,
+    valid_event_ids,
+)
+
+EVERY = FlushPolicy(max_records=20, max_bytes=10**12, max_seconds=10**9)
+
+
+@pytest.fixture(autouse=True)
+def aws_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    isolate_environment(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def aws() -> Iterator[Any]:
+    with moto_bucket(BUCKET) as client:
+        yield client
+
+
+@pytest.fixture
+def s3(aws: Any) -> Iterator[Any]:
+    assert keys_under(aws, f"{PREFIX}/") == set()
+    yield aws
+    for key in keys_under(aws, f"{PREFIX}/"):
+        aws.delete_object(Bucket=BUCKET, Key=key)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return load_settings(bucket=BUCKET, prefix=PREFIX, state_dir=tmp_path / "state")
+
+
+def writer(
+    s3: Any,
+    settings: Settings,
+    database: Path | str = ":memory:",
+    policy: FlushPolicy = EVERY,
+    *,
+    sink: S3ParquetSink | None = None,
+    sleep: Callable[[float], None] = no_sleep,
+) -> ShardProcessor:
+    """A processor wired as in production (recovery from S3), as one worker holding the shard."""
+    return ShardProcessor(
+        SHARD,
+        CustomerState(SHARD, database),
+        sink or S3ParquetSink(s3, settings),
+        policy,
+        clock=lambda: 0.0,
+        sleep=sleep,
+        max_backoff_seconds=0.01,
+        recovery=StateRecovery(s3, settings),
+        snapshot_every_flushes=10**6,
+    )
+
+
+def assert_exactly_once(s3: Any, records: list[RawRecord], *states: CustomerState) -> None:
+    """The outcome of a run without a second writer: ids once, no overlapping commits, no stray file, same state."""
+    assert committed_event_ids(s3) == Counter(dict.fromkeys(valid_event_ids(), 1))
+    chain = commit_records(s3)
+    for before, after in itertools.pairwise(chain):
+        assert after.previous == before.last, "the chain continues from its predecessor's last record"
+        assert after.first > before.last, "two commits cover one record"
+    committed = {key for record in chain for keys in record.files.values() for key in keys}
+    assert data_keys(s3) == committed, "a data file that no commit names"
+    expected = applied_once(records).snapshot_rows()
+    for state in states:
+        assert state.snapshot_rows().equals(expected)
+    restored = CustomerState(SHARD)
+    StateRecovery(s3, load_settings(bucket=BUCKET, prefix=PREFIX)).restore(restored)
+    assert restored.snapshot_rows().equals(expected), "a fresh restore from S3 alone is exact"
+
+
+class PauseBeforeCommit(S3ParquetSink):
+    """Runs ``meanwhile`` once, after this writer's data files are written and before its commit PUT: the window
+    in which a paused JVM or a slow S3 lets another worker take the shard over."""
+
+    def __init__(self, s3: Any, settings: Settings, meanwhile: Callable[[], None]) -> None:
+        super().__init__(s3, settings)
+        self.meanwhile: Callable[[], None] | None = meanwhile
+
+    def _commit(self, attempt: FlushAttempt, record: CommitRecord) -> CommitRecord:
+        if self.meanwhile is not None:
+            run, self.meanwhile = self.meanwhile, None
+            run()
+        return super()._commit(attempt, record)
+
+
+# ---------------------------------------------------------------------------------------------------- two writers
+def test_a_paused_owner_loses_the_commit_to_the_new_owner_and_catches_up(s3: Any, settings: Settings) -> None:
+    records = to_records(payloads())
+    new_owner = writer(s3, settings, policy=NEVER)
+
+    def takeover() -> None:  # the lease moves while the old owner sits between its data files and its commit
+        new_owner.start(None)
+        new_owner.on_records(records, 0, RecordingCheckpointer())
+        new_owner.on_shutdown_requested(RecordingCheckpointer())
+
+    old_owner = writer(s3, settings, policy=NEVER, sink=PauseBeforeCommit(s3, settings, takeover))
+    old_owner.start(None)
+    old_checkpointer = RecordingCheckpointer()
+    old_owner.on_records(records[:35], 0, old_checkpointer)
+    old_owner.flush(old_checkpointer, reason="test")
+
+    assert old_owner.metrics.commit_conflicts == 1
+    assert [c.worker_id for c in commit_records(s3)] == [settings.worker_id]
+    assert len(commit_records(s3)) == 1, "only the new owner's flush is committed"
+    assert old_checkpointer.calls == [(records[34].sequence_number, 0)], (
+        "covered by the winner: checkpoint only"
+    )
+    assert intents(s3) == [], "the loser deleted its files and its intent"
+    assert_exactly_once(s3, records, new_owner.state)
+    assert old_owner.state.position() == new_owner.state.position(), "the loser caught up from S3"
+
+
+def test_a_zombie_behind_the_chain_commits_only_records_the_chain_does_not_hold(
+    s3: Any, settings: Settings
+) -> None:
+    records = to_records(payloads())
+    zombie = writer(s3, settings, policy=NEVER)
+    zombie.start(None)
+    zombie.on_records(records[:50], 0, RecordingCheckpointer())  # buffered, not flushed: its JVM is paused
+    owner = writer(s3, settings)  # flushes every 20 records
+    owner.start(None)
+    owner.on_records(records[:20], 0, RecordingCheckpointer())
+    owner.on_records(records[20:40], 0, RecordingCheckpointer())
+    assert len(commit_records(s3)) == 2
+
+    zombie.flush(RecordingCheckpointer(), reason="test")  # the zombie wakes up with 50 records
+
+    chain = commit_records(s3)
+    assert zombie.metrics.commit_conflicts == 1
+    assert [(c.first.sequence_number, c.last.sequence_number) for c in chain] == [
+        (records[0].sequence_number, records[19].sequence_number),
+        (records[20].sequence_number, records[39].sequence_number),
+        (records[40].sequence_number, records[49].sequence_number),
+    ], "the zombie's retry continues the chain from the owner's tip with only records 40..49"
+    owner.on_lease_lost()  # (in the real race the zombie's next checkpoint fails instead; either way:)
+    zombie_rest = RecordingCheckpointer()
+    zombie.on_records(records[50:], 0, zombie_rest)
+    zombie.flush(zombie_rest, reason="test")
+    assert_exactly_once(s3, records, zombie.state)
+
+
+def test_a_flush_retrying_through_an_s3_outage_loses_to_the_owner_that_took_over(
+    s3: Any, settings: Settings
+) -> None:
+    """A rebalance while a flush retries: the new owner commits during the old owner's backoff."""
+    records = to_records(payloads())
+    new_owner = writer(s3, settings, policy=NEVER)
+    took_over: list[bool] = []
+
+    def during_backoff() -> None:
+        if not took_over:
+            took_over.append(True)
+            new_owner.start(None)
+            new_owner.on_records(records[:30], 0, RecordingCheckpointer())
+            new_owner.flush(RecordingCheckpointer(), reason="test")
+
+    outage = FaultyS3(s3, client_error("ServiceUnavailable", 503), times=3, key_contains="/events/")
+    old_owner = writer(
+        s3, settings, policy=NEVER, sink=S3ParquetSink(outage, settings), sleep=SleepRecorder(during_backoff)
+    )
+    old_owner.start(None)
+    old_owner.on_records(records[:45], 0, RecordingCheckpointer())
+    old_owner.flush(RecordingCheckpointer(), reason="test")
+
+    assert outage.failures == 3 and took_over
+    chain = commit_records(s3)
+    assert [c.worker_id for c in chain] == [settings.worker_id] * 2
+    assert chain[1].first == Position(records[30].sequence_number)
+    new_owner.on_lease_lost()
+    old_owner.on_records(records[45:], 0, RecordingCheckpointer())
+    old_owner.flush(RecordingCheckpointer(), reason="test")
+    assert_exactly_once(s3, records, old_owner.state)
+
+
+class CrashOnDiscard(S3ParquetSink):
+    def discard_attempt(self, shard_id: str, attempt_id: str) -> int:
+        raise SystemExit("the loser died before deleting its files")
+
+
+def test_files_of_a_loser_that_died_before_cleaning_up_go_with_the_next_commit(
+    s3: Any, settings: Settings
+) -> None:
+    records = to_records(payloads())
+    owner = writer(s3, settings)
+    loser_sink = CrashOnDiscard(s3, settings)
+    loser = writer(s3, settings, policy=NEVER, sink=loser_sink)
+    loser.start(None)
+    loser.on_records(records[:10], 0, RecordingCheckpointer())
+    owner.start(None)
+    owner.on_records(
+        records[:20], 0, RecordingCheckpointer()
+    )  # commits the position the loser continues from
+
+    with pytest.raises(SystemExit):
+        loser.flush(RecordingCheckpointer(), reason="test")
+    (orphaned,) = intents(s3)
+    orphans = {key for keys in orphaned.files.values() for key in keys}
+    assert orphans <= data_keys(s3), "the dead loser's files are still there"
+
+    owner.on_records(records[20:], 0, RecordingCheckpointer())  # its next commit settles the lost attempt
+
+    assert orphans.isdisjoint(data_keys(s3))
+    assert intents(s3) == []
+    assert_exactly_once(s3, records, owner.state)
+
+
+def test_the_sink_refuses_a_commit_at_a_taken_position_even_with_identical_content(
+    s3: Any, settings: Settings
+) -> None:
+    """Deterministic data is not enough: two attempts with the same records still get exactly one commit."""
+    records = to_records(payloads()[:20])
+    first = writer(s3, settings)
+    first.start(None)
+    first.on_records(records, 0, RecordingCheckpointer())
+    state = CustomerState(SHARD)
+    with pytest.raises(CommitConflict), state.staged(records_table(records)) as applied:
+        S3ParquetSink(s3, settings).write(attempt_of(applied, previous=None, attempt_id="again"), applied)
+    assert state.position() is None, "the losing stage was rolled back"
+    assert len(commit_records(s3)) == 1
+
+
+def records_table(records: list[RawRecord]) -> pa.Table:
+    buffer = RecordBuffer(SHARD)
+    buffer.extend(records, 0.0)
+    return buffer.to_table()
+
+
+def attempt_of(applied: AppliedBatch, previous: Position | None, attempt_id: str) -> FlushAttempt:
+    assert applied.first_position is not None and applied.position is not None
+    return FlushAttempt(previous, FlushName(SHARD, applied.first_position, applied.position, attempt_id))
+
+
+# ---------------------------------------------------------------------------------------------------- local state
+def test_a_local_state_that_is_not_on_the_chain_is_discarded_and_rebuilt(
+    s3: Any, settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    records = to_records(payloads())
+    owner = writer(s3, settings)
+    owner.start(None)
+    owner.on_records(records[:20], 0, RecordingCheckpointer())
+    owner.on_records(records[20:40], 0, RecordingCheckpointer())
+    foreign = CustomerState(SHARD, tmp_path / "foreign.duckdb")
+    foreign.apply(records_table(records[:30]))  # position 29: a flush this prefix never committed
+
+    with caplog.at_level(logging.WARNING):
+        report = StateRecovery(s3, settings).restore(foreign)
+
+    assert report.discarded_local == Position(records[29].sequence_number)
+    assert report.source == "empty" and report.commits_applied == 2
+    assert "not on the S3 commit chain" in caplog.text
+    assert foreign.snapshot_rows().equals(owner.state.snapshot_rows())
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_an_unreadable_state_file_is_moved_aside_and_the_shard_restored_exactly(
+    s3: Any, settings: Settings, tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    records = to_records(payloads())
+    path = tmp_path / "shards" / f"{SHARD}.duckdb"
+    path.parent.mkdir()
+    first = writer(s3, settings, path)
+    first.start(None)
+    first.on_records(records[:40], 0, RecordingCheckpointer())
+    first.state.close()
+    content = path.read_bytes()
+    path.write_bytes(content[: len(content) // 3] if damage == "truncated" else b"\x00garbage" * 4096)
+
+    with caplog.at_level(logging.ERROR):
+        state = open_shard_state(path, SHARD, RecordValidator(), "stream")
+    processor = ShardProcessor(
+        SHARD,
+        state,
+        S3ParquetSink(s3, settings),
+        EVERY,
+        clock=lambda: 0.0,
+        sleep=no_sleep,
+        recovery=StateRecovery(s3, settings),
+    )
+    processor.start(records[39].sequence_number)
+    processor.on_records(records[40:], 0, RecordingCheckpointer())
+
+    moved = [p.name for p in path.parent.iterdir() if ".unreadable-" in p.name]
+    assert moved, "the damaged file is kept for inspection"
+    assert [r.levelname for r in caplog.records if "unreadable" in r.getMessage()] == ["ERROR"]
+    assert_exactly_once(s3, records, state)
+
+
+def test_the_snapshot_pointer_never_moves_backwards(s3: Any, settings: Settings) -> None:
+    records = to_records(payloads())
+    ahead, behind = writer(s3, settings), writer(s3, settings)
+    behind.start(None)
+    behind.on_records(records[:20], 0, RecordingCheckpointer())
+    ahead.start(None)
+    ahead.on_records(records[:40], 0, RecordingCheckpointer())
+    recovery = StateRecovery(s3, settings)
+    assert recovery.write_snapshot(ahead.state) is not None
+
+    assert recovery.write_snapshot(behind.state) is None
+
+    pointer = recovery._read_pointer(SHARD)[0]
+    assert pointer is not None and pointer.position == ahead.state.position()
+    snapshot_files = keys_under(s3, f"{PREFIX}/_control/snapshots/")
+    assert all(ahead.state.position().key_part() in key for key in snapshot_files if key.endswith(".parquet"))
+
+
+def test_a_checkpoint_beyond_the_chain_is_reported(
+    s3: Any, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    records = to_records(payloads())
+    owner = writer(s3, settings)
+    owner.start(None)
+    owner.on_records(records[:20], 0, RecordingCheckpointer())
+
+    with caplog.at_level(logging.INFO):
+        StateRecovery(s3, settings).restore(CustomerState(SHARD), checkpoint=records[50].sequence_number)
+        StateRecovery(s3, settings).restore(CustomerState(SHARD), checkpoint=records[19].sequence_number)
+
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "beyond the last committed record" in errors[0]
+    assert [
+        r.emf["CheckpointAheadOfCommits"]
+        for r in caplog.records
+        if "CheckpointAheadOfCommits" in getattr(r, "emf", {})
+    ] == [1]
+
+
+# ---------------------------------------------------------------------------------------------------- freshness
+def test_a_caught_up_shard_flushes_at_once_instead_of_waiting_for_the_age_limit(
+    s3: Any, settings: Settings
+) -> None:
+    records = to_records(payloads()[:7])
+    processor = writer(s3, settings, policy=FlushPolicy(10**6, 10**12, 60.0))
+    processor.start(None)
+    checkpointer = RecordingCheckpointer()
+    processor.on_records(records, 2_000, checkpointer)
+    processor.on_records([], 500, checkpointer)  # still behind the tip: keep buffering
+    assert checkpointer.calls == []
+
+    processor.on_records([], 0, checkpointer)  # nothing more delivered and at the tip: flush now
+
+    assert checkpointer.calls == [(records[-1].sequence_number, 0)]
+    (record,) = commit_records(s3)
+    assert record.freshness is not None and record.freshness.arrival_to_durable_p99 > 0
+
+
+def test_client_error_412_is_what_the_embedded_s3_answers_to_a_second_create(s3: Any) -> None:
+    """The fence relies on S3 refusing a second conditional create; check that the endpoint we test on does."""
+    s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/probe", Body=b"1", IfNoneMatch="*")
+    with pytest.raises(ClientError) as refused:
+        s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/probe", Body=b"2", IfNoneMatch="*")
+    assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 412
+    assert s3.get_object(Bucket=BUCKET, Key=f"{PREFIX}/probe")["Body"].read() == b"1"
