@@ -6,6 +6,7 @@ the command line wins over the environment. ``--help`` on each command names the
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Callable
@@ -318,6 +319,45 @@ def replay(start: str, end: str, name: str | None, dry_run: bool, progress: bool
         f"customers: s3://{settings.bucket}/{result.output_key}",
         err=True,
     )
+
+
+# ---------------------------------------------------------------------------------------------------------- manifest
+@main.command()
+@click.option(
+    "--output",
+    "output",
+    required=True,
+    type=click.Choice(["events", "customer_aggregates", "errors"]),
+    help="Which output's committed files to list.",
+)
+@click.option(
+    "--arrival-day",
+    type=click.IntRange(19700101, 99991231),
+    default=None,
+    metavar="YYYYMMDD",
+    help="Only files of this arrival_yyyymmdd partition (default: every committed file).",
+)
+@click.option(
+    "--upload", is_flag=True, help="Store it under <prefix>/_control/manifests/ and print its s3:// URL."
+)
+@setting_option("bucket", "--bucket")
+@setting_option("prefix", "--prefix")
+def manifest(output: str, arrival_day: int | None, upload: bool, **overrides: Any) -> None:
+    """A Redshift COPY manifest of exactly the files that commit records name (strict reads; see the README).
+
+    Prints the manifest JSON, or with --upload stores it where sql/redshift/03_copy_tables.sql reads it.
+    """
+    from clickstream.manifest import copy_manifest, upload_manifest
+    from runtime.aws import aws_client
+
+    settings = build_settings(**overrides)
+    s3 = aws_client("s3", settings)
+    document = copy_manifest(s3, settings, output, arrival_day)
+    if upload:
+        click.echo(upload_manifest(s3, settings, output, document, arrival_day))
+    else:
+        click.echo(json.dumps(document, indent=1))
+    click.echo(f"{len(document['entries']):,} committed {output} files", err=True)
 
 
 # ---------------------------------------------------------------------------------------------------------- health

@@ -104,7 +104,7 @@ class S3ParquetSink:
         keys: dict[str, list[str]] = {output: [key] for output, (key, _) in files.items()}
         intent = FlushIntent(attempt.shard_id, attempt.name.attempt_id, attempt.previous, dict(keys), _now())
         self.put_bytes(self.layout.intent_key(attempt.shard_id, intent.attempt_id), intent.to_json(), "json")
-        written = sum(self.put_parquet(key, table) for key, table in files.values())
+        sizes = {key: self.put_parquet(key, table) for key, table in files.values()}
         committed_at = _now()
         record = CommitRecord(
             shard_id=attempt.shard_id,
@@ -120,7 +120,8 @@ class S3ParquetSink:
             rejected=applied.rejects.num_rows,
             customers_changed=applied.customer_rows.num_rows,
             files=dict(keys),
-            bytes_written=written,
+            file_bytes=sizes,
+            bytes_written=sum(sizes.values()),
             committed_at=committed_at,
             oldest_event_at=_event_time(applied.events, pc.min),
             newest_event_at=_event_time(applied.events, pc.max),

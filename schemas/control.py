@@ -120,6 +120,7 @@ class CommitRecord:
     rejected: int
     customers_changed: int
     files: dict[str, list[str]]
+    file_bytes: dict[str, int]  # size of each data file, by key (COPY manifests need it)
     bytes_written: int
     committed_at: datetime
     oldest_event_at: datetime | None  # event_time range of the events it archived (None: no new events)
@@ -151,6 +152,7 @@ class CommitRecord:
                 rejected=int(d["rejected"]),
                 customers_changed=int(d["customers_changed"]),
                 files={str(k): [str(key) for key in v] for k, v in d["files"].items()},
+                file_bytes={str(k): int(v) for k, v in d["file_bytes"].items()},
                 bytes_written=int(d["bytes_written"]),
                 committed_at=committed_at,
                 oldest_event_at=_time(d["oldest_event_at"]),

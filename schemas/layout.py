@@ -9,6 +9,7 @@
     <prefix>/_control/commits/<shard>/<previous position>.json             the shard's commit chain (one per flush)
     <prefix>/_control/snapshots/<shard>/latest.json                        pointer to the newest state snapshot
     <prefix>/_control/snapshots/<shard>/<position>/<table>.parquet         snapshot tables
+    <prefix>/_control/manifests/<output>-<yyyymmdd|all>.manifest            COPY manifests of committed files
     <prefix>/replays/<name>/customer_aggregates/...                        backfills (never the live outputs)
 
 ``<stem>`` is ``<shard>-<first position>-<last position>-<attempt>``: one flush attempt writes one file per output,
@@ -96,6 +97,18 @@ class OutputLayout:
         """The position a commit key continues from (inverse of ``commit_key``)."""
         name = key.rsplit("/", 1)[-1].removesuffix(".json")
         return None if name == CHAIN_START else Position.from_key_part(name)
+
+    def manifest_key(self, output: str, arrival_day: int | None) -> str:
+        """A Redshift COPY manifest of one output's committed files (of one arrival day, or all)."""
+        return f"{self.control_prefix}manifests/{output}-{arrival_day if arrival_day is not None else 'all'}.manifest"
+
+    def arrival_day_of(self, key: str) -> int | None:
+        """The ``arrival_yyyymmdd`` partition value in a data key (None: not a partitioned data key)."""
+        marker = f"/{PARTITION_COLUMN}="
+        if marker not in f"/{key}":
+            return None
+        value = f"/{key}".split(marker, 1)[1].split("/", 1)[0]
+        return int(value) if value.isdigit() else None
 
     def snapshot_pointer_key(self, shard_id: str) -> str:
         return f"{self.control_prefix}snapshots/{shard_id}/latest.json"

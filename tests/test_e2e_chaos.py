@@ -42,9 +42,12 @@ from botocore.config import Config
 
 from clickstream.demo import emulator_environment
 from clickstream.outputs import OUTPUTS, current_customer_rows, download_outputs, output_glob
+from consumer.s3_sink import read_commit_records
 from consumer.status import ShardStatus, read_statuses
 from producer.generator import ClickstreamGenerator
 from runtime.settings import Settings
+from schemas.control import CommitRecord, FlushIntent
+from schemas.layout import OutputLayout
 from tests.reference import reference_aggregates
 
 pytestmark = pytest.mark.e2e
@@ -338,27 +341,22 @@ def _clients(endpoint: str) -> dict[str, Any]:
     }
 
 
-def _commit_records(s3: Any, bucket: str) -> list[dict[str, Any]]:
-    paginator = s3.get_paginator("list_objects_v2")
-    commits = []
-    for page in paginator.paginate(Bucket=bucket, Prefix=f"{PREFIX}/_control/commits/"):
-        for obj in page.get("Contents", []):
-            commits.append(json.loads(s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()))
-    return commits
+def _commit_records(s3: Any, bucket: str) -> list[CommitRecord]:
+    return read_commit_records(s3, bucket, OutputLayout(PREFIX))
 
 
 def _torn_flushes(s3: Any, bucket: str) -> list[str]:
-    """Shards whose last intent has no commit record: a flush the kill interrupted between steps 2 and 4."""
+    """Shards with an intent whose position holds no commit: a flush the kill interrupted between steps 2 and 4."""
+    layout = OutputLayout(PREFIX)
     torn = []
     for page in s3.get_paginator("list_objects_v2").paginate(
-        Bucket=bucket, Prefix=f"{PREFIX}/_control/intents/"
+        Bucket=bucket, Prefix=f"{layout.control_prefix}intents/"
     ):
         for obj in page.get("Contents", []):
-            intent = json.loads(s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read())
-            shard = obj["Key"].rsplit("/", 1)[-1].removesuffix(".json")
-            commit = f"{PREFIX}/_control/commits/{shard}/{intent['range']}.json"
+            intent = FlushIntent.from_json(s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read())
+            commit = layout.commit_key(intent.shard_id, intent.previous)
             if not s3.list_objects_v2(Bucket=bucket, Prefix=commit).get("KeyCount"):
-                torn.append(shard)
+                torn.append(intent.shard_id)
     return torn
 
 
@@ -379,24 +377,22 @@ def _verify_outputs(s3: Any, bucket: str, labelled: list[tuple[str, bytes]], roo
 
     # commit records: each balances; together they cover every record once; ranges never overlap within a shard
     for commit in commits:
-        if commit["accepted"] + commit["rejected"] != commit["records_in"] - commit["records_skipped"]:
+        if commit.accepted + commit.rejected != commit.records_in - commit.records_skipped:
             problems.append(f"commit does not balance: {commit}")
-    records_applied = sum(c["records_in"] - c["records_skipped"] for c in commits)
+    records_applied = sum(c.records_in - c.records_skipped for c in commits)
     if records_applied != len(labelled):
         problems.append(f"commits applied {records_applied} records, the stream holds {len(labelled)}")
     duplicates = sum(1 for label, _ in labelled if label == "duplicate")
-    if sum(c["duplicates"] for c in commits) != duplicates:
+    if sum(c.duplicates for c in commits) != duplicates:
         problems.append(
             f"commits count {sum(c['duplicates'] for c in commits)} duplicates, expected {duplicates}"
         )
     by_shard: dict[str, list[tuple[int, int, int, int]]] = defaultdict(list)
     for c in commits:
-        by_shard[c["shard_id"]].append(
+        by_shard[c.shard_id].append(
             (
-                int(c["first_sequence"]),
-                c["first_sub_sequence"],
-                int(c["last_sequence"]),
-                c["last_sub_sequence"],
+                *c.first.sort_key(),
+                *c.last.sort_key(),
             )
         )
     for shard, ranges in by_shard.items():
@@ -406,7 +402,7 @@ def _verify_outputs(s3: Any, bucket: str, labelled: list[tuple[str, bytes]], roo
                 problems.append(f"{shard}: committed flushes overlap: {before} and {after}")
 
     # no orphans: every data object belongs to a committed flush
-    committed_files = {key for c in commits for keys in c["files"].values() for key in keys}
+    committed_files = {key for c in commits for keys in c.files.values() for key in keys}
     for output in OUTPUTS:
         folder = root / settings.output_prefix(output)
         for path in folder.rglob("*.parquet") if folder.exists() else []:
@@ -489,7 +485,7 @@ def _verify_outputs(s3: Any, bucket: str, labelled: list[tuple[str, bytes]], roo
         "customers": len(rows),
         "events": sum(archived.values()),
         "rejected": len(rejected),
-        "skipped": sum(c["records_skipped"] for c in commits),
+        "skipped": sum(c.records_skipped for c in commits),
     }
 
 
@@ -587,7 +583,7 @@ def _run_trials(
         trial.commits = len(commits)
         trial.new_commits = len(commits) - commits_before
         commits_before = len(commits)
-        trial.records_durable = sum(c["records_in"] - c["records_skipped"] for c in commits)
+        trial.records_durable = sum(c.records_in - c.records_skipped for c in commits)
         trial.torn = _torn_flushes(s3, bucket)
         if not trial.keep_state:
             shutil.rmtree(state_dir, ignore_errors=True)

@@ -366,10 +366,10 @@ def assert_exact_outputs(run: Pipeline) -> None:
     assert not repeated, f"{len(repeated)} events archived more than once, e.g. {list(repeated.items())[:3]}"
 
     commits = inventory.commits
-    applied = sum(c["records_in"] - c["records_skipped"] for c in commits)
+    applied = sum(c.records_in - c.records_skipped for c in commits)
     assert applied == len(labelled), "every record applied exactly once (commit records)"
-    assert sum(c["accepted"] + c["rejected"] for c in commits) == len(labelled)
-    assert sum(c["duplicates"] for c in commits) == sum(1 for label, _ in labelled if label == "duplicate")
+    assert sum(c.accepted + c.rejected for c in commits) == len(labelled)
+    assert sum(c.duplicates for c in commits) == sum(1 for label, _ in labelled if label == "duplicate")
     rejected = con.sql(
         f"SELECT raw_data FROM read_parquet('{output_glob(root, settings, 'errors')}')"
     ).fetchall()

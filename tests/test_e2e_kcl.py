@@ -68,6 +68,7 @@ def pipeline_run(emulator_endpoint: str, tmp_path_factory: pytest.TempPathFactor
         assert result.returncode == 0, result.stderr
     labelled += _put_kpl_aggregated_records(env)
     worker = _cli("worker", "--until-idle", "3", env=env, timeout=300)
+    (workdir / "worker.log").write_text(worker.stderr)
     assert worker.returncode == 0, worker.stderr[-5000:]
 
     settings = load_settings(
@@ -147,21 +148,22 @@ def test_events_archive_holds_each_valid_event_exactly_once(pipeline_run: dict[s
     valid_ids = {str(doc["event_id"]).lower() for doc in _valid_documents(pipeline_run["labelled"])}
     assert set(archived) == valid_ids
     assert max(archived.values()) == 1
-    hours = con.sql(
-        f"""SELECT count(*) FROM read_parquet('{glob}', hive_partitioning = true)
-            WHERE strftime(event_time, '%Y-%m-%d') <> CAST(event_date AS VARCHAR)
-               OR CAST(hour(event_time) AS INTEGER) <> CAST(event_hour AS INTEGER)"""
-    ).fetchall()[0][0]
-    assert hours == 0, "every event sits in the partition of its own UTC date and hour"
+    misplaced = con.sql(
+        f"""SELECT filename, any_value(arrival_yyyymmdd) AS partition, min(approximate_arrival_at) AS first
+            FROM read_parquet('{glob}', hive_partitioning = true, filename = true) GROUP BY filename
+            HAVING CAST(strftime(min(approximate_arrival_at) AT TIME ZONE 'UTC', '%Y%m%d') AS BIGINT)
+                   <> any_value(arrival_yyyymmdd)"""
+    ).fetchall()
+    assert misplaced == [], "every flush's file sits in the partition of the UTC day its first record arrived"
 
 
 def test_every_record_is_accepted_or_rejected_exactly_once(pipeline_run: dict[str, Any]) -> None:
     labelled = pipeline_run["labelled"]
     commits = pipeline_run["inventory"].commits
-    records_in = sum(c["records_in"] for c in commits) - sum(c["records_skipped"] for c in commits)
+    records_in = sum(c.records_in for c in commits) - sum(c.records_skipped for c in commits)
     assert records_in == len(labelled)
-    assert sum(c["accepted"] for c in commits) + sum(c["rejected"] for c in commits) == len(labelled)
-    assert sum(c["duplicates"] for c in commits) == sum(1 for label, _ in labelled if label == "duplicate")
+    assert sum(c.accepted for c in commits) + sum(c.rejected for c in commits) == len(labelled)
+    assert sum(c.duplicates for c in commits) == sum(1 for label, _ in labelled if label == "duplicate")
     con = duckdb.connect()
     glob = output_glob(pipeline_run["root"], pipeline_run["settings"], "errors")
     rejected = con.sql(f"SELECT raw_data, error_code FROM read_parquet('{glob}')").fetchall()

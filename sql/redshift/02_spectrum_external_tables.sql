@@ -10,11 +10,18 @@
 --
 -- Identifiers: Redshift folds names to lower case, so the Parquet column "T" is the column t here (Glue stores
 -- lower-case names; Parquet columns are matched by name). Partition columns are not stored in the files: they
--- come from the Hive-style key layout written by consumer/s3_sink.py:
---   <prefix>/events/event_date=YYYY-MM-DD/event_hour=HH/*.parquet
---   <prefix>/customer_aggregates/as_of_date=YYYY-MM-DD/*.parquet
---   <prefix>/errors/arrival_date=YYYY-MM-DD/*.parquet
+-- come from the Hive-style key layout (schemas/layout.py): one file per output per flush, in the partition of the
+-- UTC day the flush's first record arrived, as an integer yyyymmdd:
+--   <prefix>/events/arrival_yyyymmdd=YYYYMMDD/*.parquet
+--   <prefix>/customer_aggregates/arrival_yyyymmdd=YYYYMMDD/*.parquet
+--   <prefix>/errors/arrival_yyyymmdd=YYYYMMDD/*.parquet
 -- (<prefix>/_control/ holds the JSON intent and commit records; no table reads it.)
+--
+-- Strictness: a table over a prefix reads every file in it. For seconds after a flush attempt loses its commit to
+-- another writer (a paused or partitioned worker), and until the shard's next commit after a worker died mid-flush,
+-- a partition can hold files that no commit names. The current-row view is unaffected (a loser's rows repeat the
+-- winner's or are older versions), but event counts over events/ can include such files. For exact loads use COPY
+-- with the manifest of committed files (03_copy_tables.sql, `clickstream manifest`).
 --
 -- Placeholders: ${REDSHIFT_IAM_ROLE_ARN} (s3:GetObject on the prefix, s3:ListBucket on the bucket, Glue Data
 -- Catalog access), ${BUCKET}, ${PREFIX} (CLICKSTREAM_BUCKET, CLICKSTREAM_PREFIX).
@@ -25,7 +32,7 @@ DATABASE 'clickstream_rfm'
 IAM_ROLE '${REDSHIFT_IAM_ROLE_ARN}'
 CREATE EXTERNAL DATABASE IF NOT EXISTS;
 
--- events/: validated, de-duplicated events (EVENTS_SCHEMA), one file per flush and event hour.
+-- events/: validated, de-duplicated events (EVENTS_SCHEMA), one file per flush.
 CREATE EXTERNAL TABLE spectrum_clickstream.events (
     event_id VARCHAR(36),
     event_type VARCHAR(16),
@@ -45,7 +52,7 @@ CREATE EXTERNAL TABLE spectrum_clickstream.events (
     sub_sequence_number BIGINT,
     approximate_arrival_at TIMESTAMP
 )
-PARTITIONED BY (event_date DATE, event_hour SMALLINT)
+PARTITIONED BY (arrival_yyyymmdd INTEGER)
 STORED AS PARQUET
 LOCATION 's3://${BUCKET}/${PREFIX}/events/';
 
@@ -79,7 +86,7 @@ CREATE EXTERNAL TABLE spectrum_clickstream.customer_aggregates (
     shard_id VARCHAR(128),
     updated_through_sequence VARCHAR(256)
 )
-PARTITIONED BY (as_of_date DATE)
+PARTITIONED BY (arrival_yyyymmdd INTEGER)
 STORED AS PARQUET
 LOCATION 's3://${BUCKET}/${PREFIX}/customer_aggregates/';
 
@@ -95,21 +102,21 @@ CREATE EXTERNAL TABLE spectrum_clickstream.errors (
     raw_data VARBYTE(1024000),
     raw_size_bytes BIGINT
 )
-PARTITIONED BY (arrival_date DATE)
+PARTITIONED BY (arrival_yyyymmdd INTEGER)
 STORED AS PARQUET
 LOCATION 's3://${BUCKET}/${PREFIX}/errors/';
 
--- Register partitions as the worker writes them (one per event hour / as-of day / arrival day), e.g. from a
--- scheduled query, or let an AWS Glue crawler on the same locations maintain them. Adding an existing partition
--- with IF NOT EXISTS is a no-op, so the statements are safe to re-run.
+-- Register partitions as the worker writes them (one per arrival day and output), e.g. from a scheduled query, or
+-- let an AWS Glue crawler on the same locations maintain them. Adding an existing partition with IF NOT EXISTS is a
+-- no-op, so the statements are safe to re-run.
 ALTER TABLE spectrum_clickstream.events
-ADD IF NOT EXISTS PARTITION (event_date = '2026-03-01', event_hour = 5)
-LOCATION 's3://${BUCKET}/${PREFIX}/events/event_date=2026-03-01/event_hour=05/';
+ADD IF NOT EXISTS PARTITION (arrival_yyyymmdd = 20260301)
+LOCATION 's3://${BUCKET}/${PREFIX}/events/arrival_yyyymmdd=20260301/';
 
 ALTER TABLE spectrum_clickstream.customer_aggregates
-ADD IF NOT EXISTS PARTITION (as_of_date = '2026-03-01')
-LOCATION 's3://${BUCKET}/${PREFIX}/customer_aggregates/as_of_date=2026-03-01/';
+ADD IF NOT EXISTS PARTITION (arrival_yyyymmdd = 20260301)
+LOCATION 's3://${BUCKET}/${PREFIX}/customer_aggregates/arrival_yyyymmdd=20260301/';
 
 ALTER TABLE spectrum_clickstream.errors
-ADD IF NOT EXISTS PARTITION (arrival_date = '2026-03-01')
-LOCATION 's3://${BUCKET}/${PREFIX}/errors/arrival_date=2026-03-01/';
+ADD IF NOT EXISTS PARTITION (arrival_yyyymmdd = 20260301)
+LOCATION 's3://${BUCKET}/${PREFIX}/errors/arrival_yyyymmdd=20260301/';

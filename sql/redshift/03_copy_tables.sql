@@ -5,12 +5,17 @@
 -- columns of its Arrow schema in schemas/contract.py, in that order, and nothing else (the Hive partition values
 -- are in the key, not in the files). tests/test_redshift_sql.py enforces this.
 --
--- COPY appends: loading the same file twice duplicates its rows. Object names are deterministic per flush, so
--- the loads below go through a staging table and insert only rows not loaded before, which makes re-running a
--- day's load (or a whole backfill from the top-level prefix) safe.
+-- Which files: the loads below read a COPY manifest that lists exactly the files commit records name, written by
+--   clickstream manifest --output customer_aggregates --arrival-day ${LOAD_DAY} --upload
+-- (prints the manifest's s3:// URL). Loading a whole partition folder instead (FROM '.../arrival_yyyymmdd=N/'
+-- without MANIFEST) also works, but can pick up the files of a flush attempt that lost its commit to another
+-- writer or died before committing, in the seconds before they are deleted (README: reading the outputs).
+--
+-- COPY appends: loading the same file twice duplicates its rows. The loads go through a staging table and insert
+-- only rows not loaded before, which makes re-running a day's load (or a whole backfill) safe.
 --
 -- Placeholders: ${REDSHIFT_IAM_ROLE_ARN} (s3:GetObject on the prefix, s3:ListBucket on the bucket), ${BUCKET},
--- ${PREFIX}, and ${LOAD_DATE} (YYYY-MM-DD: the as_of_date / event_date partition to load).
+-- ${PREFIX}, and ${LOAD_DAY} (YYYYMMDD: the arrival_yyyymmdd partition to load).
 
 CREATE SCHEMA IF NOT EXISTS clickstream;
 
@@ -72,13 +77,14 @@ DISTKEY (customer_id)
 COMPOUND SORTKEY (event_time);
 
 -- ---------------------------------------------------------------------------------------------------------------
--- Load one as_of_date partition of customer_aggregates/ (for a backfill, COPY from .../customer_aggregates/).
+-- Load one arrival day of customer_aggregates/ (for a backfill, a manifest without --arrival-day lists every file).
 CREATE TEMP TABLE customer_aggregates_stage (LIKE clickstream.customer_aggregates_history);
 
 COPY customer_aggregates_stage
-FROM 's3://${BUCKET}/${PREFIX}/customer_aggregates/as_of_date=${LOAD_DATE}/'
+FROM 's3://${BUCKET}/${PREFIX}/_control/manifests/customer_aggregates-${LOAD_DAY}.manifest'
 IAM_ROLE '${REDSHIFT_IAM_ROLE_ARN}'
-FORMAT AS PARQUET;
+FORMAT AS PARQUET
+MANIFEST;
 
 -- A customer row is identified by the flush that wrote it: (customer_id, shard_id, updated_through_sequence).
 INSERT INTO clickstream.customer_aggregates_history
@@ -95,19 +101,21 @@ WHERE NOT EXISTS (
 DROP TABLE customer_aggregates_stage;
 
 -- ---------------------------------------------------------------------------------------------------------------
--- Load one event_date partition of events/ (all its event_hour=HH/ folders).
+-- Load one arrival day of events/.
 CREATE TEMP TABLE events_stage (LIKE clickstream.events);
 
 COPY events_stage
-FROM 's3://${BUCKET}/${PREFIX}/events/event_date=${LOAD_DATE}/'
+FROM 's3://${BUCKET}/${PREFIX}/_control/manifests/events-${LOAD_DAY}.manifest'
 IAM_ROLE '${REDSHIFT_IAM_ROLE_ARN}'
-FORMAT AS PARQUET;
+FORMAT AS PARQUET
+MANIFEST;
 
+-- An event is identified by (customer_id, event_id), the worker's de-duplication key.
 INSERT INTO clickstream.events
 SELECT s.*
 FROM events_stage AS s
 WHERE NOT EXISTS (
-    SELECT 1 FROM clickstream.events AS e WHERE e.event_id = s.event_id
+    SELECT 1 FROM clickstream.events AS e WHERE e.customer_id = s.customer_id AND e.event_id = s.event_id
 );
 
 DROP TABLE events_stage;

@@ -1,0 +1,55 @@
+"""``clickstream manifest``: a Redshift COPY manifest of exactly the committed files of one output.
+
+Commit records are the manifest of the data: a file no commit names (a flush attempt that lost its commit to another
+writer, or died before committing) is not data, even while it still sits in a partition. A COPY with ``MANIFEST``
+loads what this lists and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from consumer.s3_sink import committed_files, read_commit_records
+from runtime.settings import Settings
+from schemas.layout import OutputLayout
+
+
+def copy_manifest(s3: Any, settings: Settings, output: str, arrival_day: int | None = None) -> dict[str, Any]:
+    """``{"entries": [{"url", "mandatory", "meta": {"content_length"}}]}`` for COPY ... FORMAT AS PARQUET MANIFEST."""
+    layout = OutputLayout(settings.prefix)
+    records = read_commit_records(s3, settings.bucket, layout)
+    sizes = {key: size for record in records for key, size in record.file_bytes.items()}
+    keys = [
+        key
+        for key in committed_files(records, output)
+        if arrival_day is None or layout.arrival_day_of(key) == arrival_day
+    ]
+    return {
+        "entries": [
+            {
+                "url": f"s3://{settings.bucket}/{key}",
+                "mandatory": True,
+                "meta": {"content_length": sizes[key]},
+            }
+            for key in keys
+        ]
+    }
+
+
+def upload_manifest(
+    s3: Any, settings: Settings, output: str, manifest: dict[str, Any], arrival_day: int | None
+) -> str:
+    """Store the manifest where sql/redshift/03_copy_tables.sql expects it; returns its s3:// URL."""
+    key = OutputLayout(settings.prefix).manifest_key(output, arrival_day)
+    extra: dict[str, str] = {"ServerSideEncryption": settings.sse}
+    if settings.sse == "aws:kms" and settings.sse_kms_key_id:
+        extra["SSEKMSKeyId"] = settings.sse_kms_key_id
+    s3.put_object(
+        Bucket=settings.bucket,
+        Key=key,
+        Body=json.dumps(manifest, indent=1).encode(),
+        ContentType="application/json",
+        **extra,
+    )
+    return f"s3://{settings.bucket}/{key}"
