@@ -31,6 +31,7 @@ from schemas.contract import (
     EVENT_SCHEMA_PATH,
     EVENTS_SCHEMA,
 )
+from schemas.layout import PARTITION_COLUMN, OutputLayout
 from tests.test_clv_consumer import CLV_DOC, WorkerOutput, doc_code_blocks, run_worker_core
 
 SQL_DIR = Path(__file__).resolve().parents[1] / "sql" / "redshift"
@@ -58,9 +59,9 @@ OPAQUE_STATEMENTS: dict[str, tuple[str, re.Pattern[str]]] = {
 
 #: The tables that mirror a Parquet output: (Arrow schema, Hive partition columns of the S3 layout).
 TABLES: dict[str, tuple[pa.Schema, dict[str, str]]] = {
-    "spectrum_clickstream.events": (EVENTS_SCHEMA, {"event_date": "DATE", "event_hour": "SMALLINT"}),
-    "spectrum_clickstream.customer_aggregates": (CUSTOMER_AGGREGATES_SCHEMA, {"as_of_date": "DATE"}),
-    "spectrum_clickstream.errors": (ERRORS_SCHEMA, {"arrival_date": "DATE"}),
+    "spectrum_clickstream.events": (EVENTS_SCHEMA, {PARTITION_COLUMN: "INTEGER"}),
+    "spectrum_clickstream.customer_aggregates": (CUSTOMER_AGGREGATES_SCHEMA, {PARTITION_COLUMN: "INTEGER"}),
+    "spectrum_clickstream.errors": (ERRORS_SCHEMA, {PARTITION_COLUMN: "INTEGER"}),
     "clickstream.customer_aggregates_history": (CUSTOMER_AGGREGATES_SCHEMA, {}),
     "clickstream.events": (EVENTS_SCHEMA, {}),
 }
@@ -224,7 +225,7 @@ def test_every_opaque_statement_entry_is_still_needed() -> None:
 
 def test_placeholders_are_the_documented_ones() -> None:
     used = {name for path in SQL_FILES for name in re.findall(r"\$\{(\w+)\}", path.read_text())}
-    assert used == {"REDSHIFT_IAM_ROLE_ARN", "BUCKET", "PREFIX", "LOAD_DATE"}
+    assert used == {"REDSHIFT_IAM_ROLE_ARN", "BUCKET", "PREFIX", "LOAD_DAY"}
 
 
 # ------------------------------------------------------------------------------------------------- contract
@@ -264,7 +265,12 @@ def test_copy_loads_parquet_into_the_contract_tables() -> None:
     for copy in copies:
         text = copy.sql("redshift")
         assert "FORMAT PARQUET" in text and "IAM_ROLE '${REDSHIFT_IAM_ROLE_ARN}'" in text
-        assert re.search(r"FROM 's3://\$\{BUCKET\}/\$\{PREFIX\}/(customer_aggregates|events)/", text)
+        # Strict loads: the manifest of committed files that `clickstream manifest --upload` writes.
+        match = re.search(r"FROM 's3://\$\{BUCKET\}/\$\{PREFIX\}/(\S+)-\$\{LOAD_DAY\}\.manifest'", text)
+        assert match and text.rstrip().endswith("MANIFEST"), text
+        output = match.group(1).rsplit("/", 1)[-1]
+        layout_key = OutputLayout("${PREFIX}").manifest_key(output, 20260301)
+        assert f"{match.group(1)}-20260301.manifest" == layout_key.removeprefix("${PREFIX}/")
 
 
 def created_view(name: str) -> exp.Create:
@@ -310,7 +316,7 @@ def build_warehouse(worker_output: WorkerOutput) -> duckdb.DuckDBPyConnection:
         "INSERT INTO clickstream.customer_aggregates_history "
         f"SELECT * FROM read_parquet('{glob}', hive_partitioning = false)"
     )
-    # Spectrum's view of the same files, with the partition column from the key (as_of_date=YYYY-MM-DD).
+    # Spectrum's view of the same files, with the partition column from the key (arrival_yyyymmdd=YYYYMMDD).
     con.execute(
         "CREATE VIEW spectrum_clickstream.customer_aggregates AS "
         f"SELECT * FROM read_parquet('{glob}', hive_partitioning = true)"
