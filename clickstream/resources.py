@@ -33,8 +33,11 @@ def ensure_stream(kinesis: Any, name: str, shards: int, timeout: float = 60.0) -
         time.sleep(0.5)
 
 
-def ensure_bucket(s3: Any, bucket: str, region: str) -> None:
-    """Create the bucket if missing, with default encryption and public access blocked."""
+def ensure_bucket(
+    s3: Any, bucket: str, region: str, sse: str = "AES256", kms_key_id: str | None = None
+) -> None:
+    """Create the bucket if missing, with the default encryption the worker writes with (SSE-S3, or SSE-KMS with
+    its key and an S3 Bucket Key) and public access blocked."""
     try:
         s3.head_bucket(Bucket=bucket)
         log.info("bucket %s already exists", bucket)
@@ -46,12 +49,13 @@ def ensure_bucket(s3: Any, bucket: str, region: str) -> None:
             arguments["CreateBucketConfiguration"] = {"LocationConstraint": region}
         s3.create_bucket(**arguments)
         log.info("created bucket %s", bucket)
-    s3.put_bucket_encryption(
-        Bucket=bucket,
-        ServerSideEncryptionConfiguration={
-            "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
-        },
-    )
+    default: dict[str, Any] = {"SSEAlgorithm": sse}
+    rule: dict[str, Any] = {"ApplyServerSideEncryptionByDefault": default}
+    if sse == "aws:kms":
+        if kms_key_id:
+            default["KMSMasterKeyID"] = kms_key_id
+        rule["BucketKeyEnabled"] = True  # one KMS data key per bucket period, not per object: cost and throttling
+    s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={"Rules": [rule]})
     s3.put_public_access_block(
         Bucket=bucket,
         PublicAccessBlockConfiguration={
@@ -63,8 +67,47 @@ def ensure_bucket(s3: Any, bucket: str, region: str) -> None:
     )
 
 
+def bucket_policy(bucket: str, sse: str = "AES256", kms_key_arn: str | None = None) -> dict[str, Any]:
+    """A bucket policy that refuses requests without TLS and object PUTs without the worker's encryption.
+
+    Offered, not applied by ``setup`` (a bucket policy is the account owner's decision): see deploy/README.md.
+    """
+    statements: list[dict[str, Any]] = [
+        {
+            "Sid": "DenyInsecureTransport",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:*",
+            "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
+            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+        },
+        {
+            "Sid": "DenyPutsWithoutTheWorkersEncryption",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:PutObject",
+            "Resource": f"arn:aws:s3:::{bucket}/*",
+            "Condition": {"StringNotEquals": {"s3:x-amz-server-side-encryption": sse}},
+        },
+    ]
+    if sse == "aws:kms" and kms_key_arn and kms_key_arn.startswith("arn:"):
+        statements.append(
+            {
+                "Sid": "DenyPutsWithAnotherKmsKey",
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "s3:PutObject",
+                "Resource": f"arn:aws:s3:::{bucket}/*",
+                "Condition": {"StringNotEquals": {"s3:x-amz-server-side-encryption-aws-kms-key-id": kms_key_arn}},
+            }
+        )
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
 def setup_resources(settings: Settings) -> str:
     """Stream and bucket for these settings; safe to run again. Returns the stream ARN."""
     arn = ensure_stream(aws_client("kinesis", settings), settings.stream_name, settings.stream_shards)
-    ensure_bucket(aws_client("s3", settings), settings.bucket, settings.aws_region)
+    ensure_bucket(
+        aws_client("s3", settings), settings.bucket, settings.aws_region, settings.sse, settings.sse_kms_key_id
+    )
     return arn
