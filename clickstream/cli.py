@@ -468,15 +468,18 @@ def health(**overrides: Any) -> None:
 @click.option(
     "--download",
     type=click.Path(file_okay=False, path_type=Path),
-    default=Path("demo-output/s3"),
-    show_default=True,
-    help="Local folder to copy the Parquet outputs into.",
+    default=None,
+    help="Also copy the committed files (and commit records) into this folder, keeping the S3 key layout.",
 )
 @click.option("--top", default=10, show_default=True, type=click.IntRange(1), help="Top customers to show.")
 @setting_option("bucket", "--bucket")
 @setting_option("prefix", "--prefix")
-def summary(download: Path, top: int, **overrides: Any) -> None:
-    """Download the outputs from S3 and show files, rows, accepted/rejected, top customers and an RFM overview."""
+def summary(download: Path | None, top: int, **overrides: Any) -> None:
+    """Show what is committed in S3 now: files, rows, accepted/rejected, top customers and an RFM overview.
+
+    Counts come from the commit records and the files they name, read from S3 on each call; --download copies
+    those files (in parallel) for local queries.
+    """
     from clickstream.report import print_summary
 
     print_summary(build_settings(**overrides), download, top=top)

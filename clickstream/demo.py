@@ -54,8 +54,6 @@ def run_demo(customers: int, events: int, seed: int, shards: int, output_dir: Pa
 
     configure_logging("WARNING", json_format=False)  # a person is watching: progress lines, not log records
     console = Console()
-    if not console.is_terminal:
-        console = Console(width=150)
     if output_dir.exists():
         shutil.rmtree(output_dir)
     output_dir.mkdir(parents=True)

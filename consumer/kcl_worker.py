@@ -220,6 +220,16 @@ def die_with_parent_hook() -> Callable[[], None] | None:
     return hook
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class KclWorker:
     """Runs and supervises the MultiLangDaemon."""
 
@@ -405,6 +415,13 @@ class KclWorker:
             if now - last_refresh >= 1.0:
                 last_refresh = now
                 refresh()
+            if self._stop_requested_at is not None and self._processors_done():
+                # KCL 3.1.3 waits failoverTimeMillis for its consumers' "final shutdown" even after every
+                # processor has flushed, checkpointed and exited; nothing is left for it to persist.
+                log.info("every shard processor flushed, checkpointed and exited; stopping the KCL")
+                self._kill()
+                self._process.wait()
+                return self._exit_code(0)
             if (
                 self._stop_requested_at is not None
                 and now - self._stop_requested_at > self.stop_deadline_seconds
@@ -439,6 +456,14 @@ class KclWorker:
                     log.info("stream drained and every shard flushed and checkpointed; stopping")
                     self.request_stop()
             time.sleep(0.2)
+
+    def _processors_done(self) -> bool:
+        """After a stop request: every shard processor that ran has left processing and its process is gone."""
+        statuses = read_statuses(self.status_dir)
+        return bool(statuses) and all(
+            status.phase not in {"processing", "initializing"} and not _alive(status.pid)
+            for status in statuses.values()
+        )
 
     # ------------------------------------------------------------------ leases
     def _track_leases(self, statuses: dict[str, ShardStatus]) -> None:
@@ -499,9 +524,7 @@ class KclWorker:
             if unflushed:
                 log.error("KCL stopped with %d records unflushed (they will be redelivered)", unflushed)
                 return 1
-            log.info(
-                "KCL stopped cleanly: every shard flushed and checkpointed (JVM exit code %s)", java_code
-            )
+            log.info("stopped cleanly: every shard flushed and checkpointed")
             return 0
         log.error("KCL MultiLangDaemon exited unexpectedly with code %s", java_code)
         return java_code or 1
