@@ -68,8 +68,7 @@ def print_summary(
     if stray:
         console.print(
             f"{stray:,} data files on S3 are named by no commit record (a flush that did not commit; the next owner "
-            "of its shard deletes them): not counted.",
-            soft_wrap=True,
+            "of its shard deletes them): not counted."
         )
 
     totals = {
@@ -85,8 +84,7 @@ def print_summary(
     console.print(records)
     console.print(
         "accepted includes duplicates (valid events seen before, applied once); redelivered records were "
-        "skipped as already applied.",
-        soft_wrap=True,
+        "skipped as already applied."
     )
 
     con = duckdb.connect()
@@ -109,9 +107,9 @@ def print_summary(
 
     if download is not None:
         copied = download_keys(s3, settings.bucket, outputs.all_committed_keys(), download)
-        console.print(f"copied {copied:,} committed files to {download}/", soft_wrap=True)
+        console.print(f"copied {copied:,} committed files to {download}/")
         glob = f"{download}/{settings.output_prefix('customer_aggregates')}**/*.parquet"
-        console.print("Query the copies with DuckDB, e.g.:", soft_wrap=True)
+        console.print("Query the copies with DuckDB, e.g.:")
         # soft_wrap: printed as one line whatever the terminal width, so it can be copied and pasted.
         console.print(
             f'.venv/bin/python -c "import duckdb; duckdb.sql(\\"FROM \'{glob}\' LIMIT 5\\").show()"',
@@ -152,8 +150,7 @@ def _print_customers(console: Console, con: duckdb.DuckDBPyConnection, current: 
     console.print(overview)
     console.print(
         f"{customers:,} customers, {buyers:,} with at least one purchase, {customers - buyers:,} without (null "
-        "frequency / recency / T / monetary_value).",
-        soft_wrap=True,
+        "frequency / recency / T / monetary_value)."
     )
 
 

@@ -268,11 +268,15 @@ def known_variables() -> frozenset[str]:
 
 def unknown_variables(environ: dict[str, str] | os._Environ[str]) -> list[tuple[str, str | None]]:
     """CLICKSTREAM_* variables that name nothing (typos), each with the closest valid name (or None)."""
-    known = sorted(known_variables())
+    known = known_variables()
+    suffixes = sorted(name.removeprefix(ENV_PREFIX) for name in known)  # the shared prefix says nothing
+
+    def closest(name: str) -> str | None:
+        matches = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), suffixes, n=1, cutoff=0.75)
+        return ENV_PREFIX + matches[0] if matches else None
+
     return [
-        (name, next(iter(difflib.get_close_matches(name, known, n=1, cutoff=0.6)), None))
-        for name in sorted(environ)
-        if name.startswith(ENV_PREFIX) and name not in known
+        (name, closest(name)) for name in sorted(environ) if name.startswith(ENV_PREFIX) and name not in known
     ]
 
 
