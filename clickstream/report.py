@@ -14,6 +14,7 @@ import duckdb
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from clickstream.outputs import (
     OUTPUTS,
@@ -38,11 +39,17 @@ TOP_COLUMNS = (
 )
 
 
-def _table(title: str, *columns: str) -> Table:
-    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
+def _table(*columns: str) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     for index, column in enumerate(columns):
         table.add_column(column, justify="left" if index == 0 else "right", no_wrap=True)
     return table
+
+
+def _print(console: Console, title: str, table: Table) -> None:
+    """The title on its own line (a table's title would wrap to the table's width), then the table."""
+    console.print(Text(title, style="bold"))
+    console.print(table)
 
 
 def print_summary(
@@ -63,7 +70,7 @@ def print_summary(
             f"{outputs.rows(output):,}",
             f"{outputs.bytes[output] / 2**20:,.1f}",
         )
-    console.print(files)
+    _print(console, f"Committed outputs in s3://{settings.bucket}/{settings.prefix}/", files)
     stray = sum(len(keys) for keys in outputs.uncommitted.values())
     if stray:
         console.print(
@@ -78,10 +85,10 @@ def print_summary(
         "rejected": sum(c.rejected for c in outputs.commits),
         "redelivered": sum(c.records_skipped for c in outputs.commits),
     }
-    records = _table(f"Records ({len(outputs.commits):,} committed flushes)", *totals)
+    records = _table(*totals)
     records.columns[0].justify = "right"
     records.add_row(*(f"{value:,}" for value in totals.values()))
-    console.print(records)
+    _print(console, f"Records ({len(outputs.commits):,} committed flushes)", records)
     console.print(
         "accepted includes duplicates (valid events seen before, applied once); redelivered records were "
         "skipped as already applied."
@@ -91,13 +98,13 @@ def print_summary(
     con.execute("SET TimeZone = 'UTC'")
     errors = read_tables(s3, settings.bucket, outputs.files["errors"], columns=["error_code"])
     if errors is not None and errors.num_rows:
-        reasons = _table("Rejected records by reason (errors/)", "error_code", "records")
+        reasons = _table("error_code", "records")
         con.register("error_rows", errors)
         for code, count in con.sql(
             "SELECT error_code, count(*) FROM error_rows GROUP BY ALL ORDER BY 2 DESC, 1"
         ).fetchall():
             reasons.add_row(str(code), f"{count:,}")
-        console.print(reasons)
+        _print(console, "Rejected records by reason (errors/)", reasons)
 
     aggregates = read_tables(s3, settings.bucket, outputs.files["customer_aggregates"])
     if aggregates is None or not aggregates.num_rows:
@@ -121,12 +128,12 @@ def print_summary(
 
 def _print_customers(console: Console, con: duckdb.DuckDBPyConnection, current: Any, top: int) -> None:
     con.register("current_rows", current)
-    leaders = _table(f"Top {top} customers by revenue (current rows)", *(header for header, _ in TOP_COLUMNS))
+    leaders = _table(*(header for header, _ in TOP_COLUMNS))
     query = f"""SELECT {", ".join(f'"{column}"' for _, column in TOP_COLUMNS)} FROM current_rows
                 ORDER BY revenue DESC, customer_id LIMIT {top}"""
     for row in con.sql(query).fetchall():
         leaders.add_row(*(_fmt(value) for value in row))
-    console.print(leaders)
+    _print(console, f"Top {top} customers by revenue (current rows)", leaders)
 
     overview = _table(
         "RFM overview (one UTC day per period)", "measure", "customers", "mean", "p25", "median", "p75", "max"
@@ -147,7 +154,7 @@ def _print_customers(console: Console, con: duckdb.DuckDBPyConnection, current: 
     buyers, customers = con.sql(
         "SELECT count(*) FILTER (WHERE frequency IS NOT NULL), count(*) FROM current_rows"
     ).fetchall()[0]
-    console.print(overview)
+    _print(console, "RFM overview (one UTC day per period)", overview)
     console.print(
         f"{customers:,} customers, {buyers:,} with at least one purchase, {customers - buyers:,} without (null "
         "frequency / recency / T / monetary_value)."
