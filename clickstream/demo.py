@@ -85,7 +85,9 @@ def run_demo(customers: int, events: int, seed: int, shards: int, output_dir: Pa
         from producer.kinesis_put import KinesisProducer
         from runtime.aws import aws_client
 
-        put = KinesisProducer(aws_client("kinesis", settings), settings.stream_name, progress=True)
+        put = KinesisProducer(
+            aws_client("kinesis", settings), settings.stream_name, progress=console.is_terminal
+        )
         result = put.put(read_jsonl(jsonl), total=total)
         console.print(
             f"4. put {result.records_sent:,} records with PutRecords in {result.seconds:.1f}s "
@@ -101,7 +103,7 @@ def run_demo(customers: int, events: int, seed: int, shards: int, output_dir: Pa
             console.print(f"[red]worker exited with {code}; see {output_dir / 'worker.log'}[/red]")
             return code
 
-        console.print("6. results")
+        console.print(f"6. results: what is committed in S3 (copied to {output_dir / 's3'}/)")
         print_summary(settings, output_dir / "s3", console=console)
     return 0
 
