@@ -26,13 +26,13 @@ WORKDIR /src
 COPY deploy/constraints.txt deploy/constraints.txt
 RUN pip install --no-deps --only-binary=:all: --no-binary=localstack-client -r deploy/constraints.txt
 
-# The application, built from this tree as a regular (non-editable) install with pinned build tools.
+# The application, built from this tree as a regular (non-editable) install with pinned build tools. The embedded
+# AWS emulator (emulator/, moto) is for development and demos and stays out of the image.
 COPY pyproject.toml README.md ./
 COPY aggregators aggregators
 COPY clickstream clickstream
 COPY runtime runtime
 COPY consumer consumer
-COPY emulator emulator
 COPY producer producer
 COPY schemas schemas
 RUN pip install setuptools==80.9.0 wheel==0.45.1 \

@@ -7,6 +7,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 # Some machines' pip configuration names local indexes that do not exist; pip warns once per package.
 PIP_NOISE := is ignored: it is neither a file nor a directory
+# setuptools warns on every editable install that folders named like the packages take precedence on imports:
+# here that is the point (the packages are those folders).
+EDITABLE_QUIET := PYTHONWARNINGS="ignore:Editable installation"
 
 .PHONY: setup java demo test lint format bench clean
 
@@ -16,7 +19,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --upgrade pip 2>&1 | { grep -v "$(PIP_NOISE)" || true; }
 	@echo "installing clickstream-rfm and its dependencies into $(VENV) ..."
-	@$(BIN)/python -m pip install --quiet -e '.[dev]' 2>&1 | { grep -v "$(PIP_NOISE)" || true; }
+	@$(EDITABLE_QUIET) $(BIN)/python -m pip install --quiet -e '.[dev]' 2>&1 | { grep -v "$(PIP_NOISE)" || true; }
 	@touch $@
 
 # The KCL MultiLangDaemon is Java: a JRE 17+ is required. Installs Debian's headless JRE when run as root.

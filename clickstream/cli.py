@@ -1,7 +1,9 @@
-"""The ``clickstream`` command line: emulator, setup, generate, produce, worker, summary, demo.
+"""The ``clickstream`` command line: emulator, setup, generate, produce, worker, replay, health, summary, demo.
 
 Every setting comes from a ``CLICKSTREAM_*`` environment variable (see ``runtime.settings``); a flag given on
 the command line wins over the environment. ``--help`` on each command names the variable behind each flag.
+Every failure ends in one line on stderr (``clickstream.errors``): exit code 2 for bad usage or configuration,
+1 for a runtime failure; ``--debug`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -9,17 +11,49 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from click.core import ParameterSource
 
-from runtime.settings import ConfigError, Settings, env_var_name, load_settings
+from clickstream.errors import USAGE, FrontDoorError, explain
+from runtime.settings import Settings, env_var_name, load_settings
 
 log = logging.getLogger("clickstream")
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class CommandFailed(click.ClickException):
+    """A one-line error with an exit code (click prints ``Error: <message>`` on stderr)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code  # type: ignore[misc]  # click declares it on the class
+
+
+class FrontDoor(click.Group):
+    """Turns any exception a command raises into one line and an exit code (2 usage/configuration, 1 runtime).
+
+    The one place errors are handled, for every command (also ones added later): commands just raise.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as error:  # noqa: BLE001 - the one place every failure becomes one line
+            failure = explain(error)
+            options = ctx.obj if isinstance(ctx.obj, dict) else {}
+            if options.get("debug") or logging.getLogger().isEnabledFor(logging.DEBUG):
+                traceback.print_exception(error, file=sys.stderr)
+            raise CommandFailed(failure.message, failure.exit_code) from None
 
 
 def setting_option(field: str, *flags: str, **kwargs: Any) -> Callable[[_F], _F]:
@@ -31,58 +65,107 @@ def setting_option(field: str, *flags: str, **kwargs: Any) -> Callable[[_F], _F]
 
 
 def build_settings(**overrides: Any) -> Settings:
-    try:
-        return load_settings(**overrides)
-    except ConfigError as error:
-        raise click.UsageError(str(error)) from None
+    """The settings of this run: environment, then the command's flags (ConfigError becomes exit 2)."""
+    return load_settings(**overrides)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+def _check_log_level(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    level = value.upper()
+    if level not in LOG_LEVELS:
+        from_env = ctx.get_parameter_source(str(param.name)) == ParameterSource.ENVIRONMENT
+        source = "CLICKSTREAM_LOG_LEVEL" if from_env else "--log-level"
+        raise CommandFailed(f"{source}: must be one of {', '.join(LOG_LEVELS)} (got {value!r})", USAGE)
+    return level
+
+
+def _check_log_format(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if value not in ("auto", "json", "text"):
+        from_env = ctx.get_parameter_source(str(param.name)) == ParameterSource.ENVIRONMENT
+        source = "CLICKSTREAM_LOG_FORMAT" if from_env else "--log-format"
+        raise CommandFailed(f"{source}: must be auto, json or text (got {value!r})", USAGE)
+    return value
+
+
+@click.group(
+    cls=FrontDoor, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110}
+)
 @click.option(
     "--log-level",
     default="INFO",
     envvar="CLICKSTREAM_LOG_LEVEL",
     show_default=True,
-    help="Log level. [env: CLICKSTREAM_LOG_LEVEL]",
+    callback=_check_log_level,
+    help=f"Log level: {', '.join(LOG_LEVELS)}. [env: CLICKSTREAM_LOG_LEVEL]",
 )
 @click.option(
     "--log-format",
-    type=click.Choice(["json", "text"]),
-    default="json",
+    default="auto",
     envvar="CLICKSTREAM_LOG_FORMAT",
     show_default=True,
-    help="Log format on stderr. [env: CLICKSTREAM_LOG_FORMAT]",
+    callback=_check_log_format,
+    help="Log format on stderr: json, text, or auto (text on a terminal, else json). [env: CLICKSTREAM_LOG_FORMAT]",
 )
-def main(log_level: str, log_format: str) -> None:
+@click.option("--debug", is_flag=True, help="On an error, print the traceback too.")
+@click.pass_context
+def main(ctx: click.Context, log_level: str, log_format: str, debug: bool) -> None:
     """Clickstream -> Kinesis -> KCL worker -> per-customer RFM aggregates (DuckDB) -> Parquet on S3.
 
     Standard AWS variables apply (AWS_ENDPOINT_URL, AWS_REGION, credentials). Start with `clickstream demo`.
     """
     from runtime.logs import configure_logging
 
-    configure_logging(log_level, json_format=log_format == "json")
+    json_logs = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
+    ctx.obj = {"debug": debug, "log_level": log_level, "json_logs": json_logs}
+    configure_logging(log_level, json_format=json_logs)
 
 
 # ---------------------------------------------------------------------------------------------------------- emulator
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (loopback only).")
 @click.option(
-    "--port", default=4566, show_default=True, type=click.IntRange(0, 65535), help="Port to serve on."
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to bind (loopback unless --allow-remote).",
 )
-def emulator(host: str, port: int) -> None:
+@click.option(
+    "--port",
+    default=4566,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port to serve on (0: any free).",
+)
+@click.option(
+    "--allow-remote",
+    is_flag=True,
+    help="Allow a non-loopback --host. The emulator has no authentication: anyone who reaches it can read and "
+    "write everything in it.",
+)
+def emulator(host: str, port: int, allow_remote: bool) -> None:
     """Run the embedded AWS endpoint (moto: Kinesis, DynamoDB, S3, CloudWatch) in the foreground.
 
     It speaks HTTP/1.1 and h2c on one port, as the KCL needs. Point other commands at it with
-    AWS_ENDPOINT_URL=http://127.0.0.1:PORT.
+    AWS_ENDPOINT_URL=http://127.0.0.1:PORT. For development and demos only (it is not in the container image).
     """
     try:
-        from emulator.server import run_foreground
+        from emulator.server import RemoteBindRefusedError, run_foreground
     except ImportError as error:
-        raise click.ClickException(
-            f"the embedded endpoint needs the emulator extra ({error.name} is missing): "
-            "pip install 'clickstream-rfm[emulator]'"
+        raise FrontDoorError(
+            f"the embedded endpoint is for development and demos ({error.name} is missing): install from a source "
+            "checkout with `make setup` or pip install -e '.[emulator]'",
+            USAGE,
         ) from None
-    run_foreground(host, port)
+    if allow_remote:
+        log.warning("serving the emulator on %s without authentication (--allow-remote)", host)
+    try:
+        run_foreground(host, port, allow_remote=allow_remote)
+    except RemoteBindRefusedError as error:
+        raise FrontDoorError(str(error), USAGE) from None
+    except OSError as error:
+        raise FrontDoorError(
+            f"cannot serve on {host}:{port}: {error.strerror or error} (another emulator running? pick another "
+            "--port, or --port 0 for any free one)",
+            1,
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------------------- setup
@@ -97,6 +180,19 @@ def setup(**overrides: Any) -> None:
     settings = build_settings(**overrides)
     arn = setup_resources(settings)
     click.echo(f"stream {settings.stream_name} ({arn}) and bucket s3://{settings.bucket} are ready")
+
+
+def _progress_option(func: _F) -> _F:
+    option = click.option(
+        "--progress/--no-progress",
+        default=None,
+        help="Show a progress bar on stderr [default: on a terminal only].",
+    )
+    return option(func)
+
+
+def _show_progress(progress: bool | None) -> bool:
+    return sys.stderr.isatty() if progress is None else progress
 
 
 # ---------------------------------------------------------------------------------------------------------- generate
@@ -192,12 +288,14 @@ def generate(output: Path, **options: Any) -> None:
 @click.option(
     "--rate", type=click.FloatRange(min=1), default=None, help="Max records per second (default: no limit)."
 )
-@click.option(
-    "--progress/--no-progress", default=True, show_default=True, help="Show a progress bar on stderr."
-)
+@_progress_option
 @setting_option("stream_name", "--stream")
 def produce(
-    input_file: Path | None, rate: float | None, progress: bool, stream_name: str | None, **options: Any
+    input_file: Path | None,
+    rate: float | None,
+    progress: bool | None,
+    stream_name: str | None,
+    **options: Any,
 ) -> None:
     """Put events on the stream with PutRecords (batched, retried, nothing silently dropped)."""
     from producer.generator import read_jsonl
@@ -212,17 +310,15 @@ def produce(
         generator = _make_generator(**options)
         records, total = generator.events(), generator.total_records
     producer = KinesisProducer(
-        aws_client("kinesis", settings), settings.stream_name, max_records_per_second=rate, progress=progress
+        aws_client("kinesis", settings),
+        settings.stream_name,
+        max_records_per_second=rate,
+        progress=_show_progress(progress),
     )
     try:
-        summary = producer.put(records, total=total)
+        producer.put(records, total=total)  # logs its one summary line
     except PutRecordsError as error:
-        raise click.ClickException(f"{error} ({error.undelivered_count} records undelivered)") from None
-    click.echo(
-        f"put {summary.records_sent} records in {summary.requests} requests, {summary.seconds:.1f}s "
-        f"({summary.records_per_second:,.0f} records/s, {summary.retried_records} retried)",
-        err=True,
-    )
+        raise FrontDoorError(f"{error} ({error.undelivered_count} records undelivered)") from None
 
 
 # ---------------------------------------------------------------------------------------------------------- worker
@@ -245,21 +341,46 @@ def produce(
 @setting_option("bucket", "--bucket")
 @setting_option("prefix", "--prefix")
 @setting_option("state_dir", "--state-dir", type=click.Path(file_okay=False, path_type=Path))
+@setting_option("application_name", "--application-name")
 @setting_option("worker_id", "--worker-id")
 @setting_option("flush_max_records", "--flush-max-records", type=int)
+@setting_option("flush_max_bytes", "--flush-max-bytes", type=int)
 @setting_option("flush_max_seconds", "--flush-max-seconds", type=float)
-def worker(until_idle: float | None, stop_deadline: float, **overrides: Any) -> None:
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="A live status on stderr (shards, records, lag, last flush) instead of log lines; warnings still show "
+    "above it and every log line goes to <state-dir>/worker.log [default: on a terminal only].",
+)
+@click.pass_obj
+def worker(
+    options: dict[str, Any],
+    /,
+    until_idle: float | None,
+    stop_deadline: float,
+    progress: bool | None,
+    **overrides: Any,
+) -> None:
     """Run the long-running KCL worker (Java MultiLangDaemon + one Python record processor per shard).
 
-    SIGTERM or Ctrl-C flushes and checkpoints every shard, then exits 0; a second signal forces exit.
+    Every setting, from flags or the environment, reaches each record processor. Before the JVM starts, the
+    stream, the bucket and the lease table are checked. SIGTERM or Ctrl-C flushes and checkpoints every shard,
+    then exits 0; a second signal forces exit.
     """
     from consumer.kcl_worker import KclWorker, WorkerError
 
     settings = build_settings(**overrides)
     try:
-        code = KclWorker(settings, until_idle=until_idle, stop_deadline_seconds=stop_deadline).run()
+        code = KclWorker(
+            settings,
+            until_idle=until_idle,
+            stop_deadline_seconds=stop_deadline,
+            log_level=options["log_level"],
+            json_logs=options["json_logs"],
+            live_status=_show_progress(progress),
+        ).run()
     except WorkerError as error:
-        raise click.ClickException(str(error)) from None
+        raise FrontDoorError(str(error), error.exit_code) from None
     sys.exit(code)
 
 
@@ -283,13 +404,13 @@ def worker(until_idle: float | None, stop_deadline: float, **overrides: Any) -> 
 @click.option(
     "--dry-run", is_flag=True, help="Only say which files would be read and where the result would go."
 )
-@click.option(
-    "--progress/--no-progress", default=True, show_default=True, help="Show a progress bar on stderr."
-)
+@_progress_option
 @setting_option("bucket", "--bucket")
 @setting_option("prefix", "--prefix")
 @setting_option("state_dir", "--state-dir", type=click.Path(file_okay=False, path_type=Path))
-def replay(start: str, end: str, name: str | None, dry_run: bool, progress: bool, **overrides: Any) -> None:
+def replay(
+    start: str, end: str, name: str | None, dry_run: bool, progress: bool | None, **overrides: Any
+) -> None:
     """Rebuild customer aggregates from the S3 events/ archive over a time range (backfills, fixes, audits).
 
     Runs the archived events through the same aggregation core into an empty state and writes each customer's row
@@ -309,11 +430,11 @@ def replay(start: str, end: str, name: str | None, dry_run: bool, progress: bool
     try:
         plan = plan_replay(s3, settings, *window, name=name)
     except ValueError as error:
-        raise click.UsageError(str(error)) from None
+        raise FrontDoorError(str(error), USAGE) from None
     click.echo(plan.describe(), err=True)
     if dry_run:
         return
-    result = run_replay(s3, settings, plan, settings.state_dir / "replay", progress=progress)
+    result = run_replay(s3, settings, plan, settings.state_dir / "replay", progress=_show_progress(progress))
     click.echo(
         f"replayed {result.events_read:,} events ({result.events_applied:,} applied) into {result.customers:,} "
         f"customers: s3://{settings.bucket}/{result.output_key}",
@@ -364,16 +485,20 @@ def manifest(output: str, arrival_day: int | None, upload: bool, **overrides: An
 @main.command()
 @setting_option("state_dir", "--state-dir", type=click.Path(file_okay=False, path_type=Path))
 @setting_option("stuck_shard_seconds", "--stuck-after", type=float)
+@setting_option("no_lease_unhealthy_seconds", "--no-lease-after", type=float)
 def health(**overrides: Any) -> None:
     """Liveness for the container health check: exit 0 when the worker and every shard make progress, else 1.
 
-    Unhealthy: no fresh worker heartbeat, a shard processor not called by the KCL, or records waiting on a shard
-    with no flush for CLICKSTREAM_STUCK_SHARD_SECONDS. Prints a JSON report.
+    Unhealthy: no fresh worker heartbeat, a shard processor not called by the KCL, records waiting on a shard
+    with no flush for CLICKSTREAM_STUCK_SHARD_SECONDS, or no shard lease held for
+    CLICKSTREAM_NO_LEASE_UNHEALTHY_SECONDS (unless every lease is held by other workers). Prints a JSON report.
     """
     from consumer.health import assess
 
     settings = build_settings(**overrides)
-    report = assess(settings.state_dir, settings.stuck_shard_seconds)
+    report = assess(
+        settings.state_dir, settings.stuck_shard_seconds, no_lease_after=settings.no_lease_unhealthy_seconds
+    )
     click.echo(report.to_json())
     sys.exit(0 if report.healthy else 1)
 
@@ -383,15 +508,18 @@ def health(**overrides: Any) -> None:
 @click.option(
     "--download",
     type=click.Path(file_okay=False, path_type=Path),
-    default=Path("demo-output/s3"),
-    show_default=True,
-    help="Local folder to copy the Parquet outputs into.",
+    default=None,
+    help="Also copy the committed files (and commit records) into this folder, keeping the S3 key layout.",
 )
 @click.option("--top", default=10, show_default=True, type=click.IntRange(1), help="Top customers to show.")
 @setting_option("bucket", "--bucket")
 @setting_option("prefix", "--prefix")
-def summary(download: Path, top: int, **overrides: Any) -> None:
-    """Download the outputs from S3 and show files, rows, accepted/rejected, top customers and an RFM overview."""
+def summary(download: Path | None, top: int, **overrides: Any) -> None:
+    """Show what is committed in S3 now: files, rows, accepted/rejected, top customers and an RFM overview.
+
+    Counts come from the commit records and the files they name, read from S3 on each call; --download copies
+    those files (in parallel) for local queries.
+    """
     from clickstream.report import print_summary
 
     print_summary(build_settings(**overrides), download, top=top)

@@ -54,8 +54,6 @@ def run_demo(customers: int, events: int, seed: int, shards: int, output_dir: Pa
 
     configure_logging("WARNING", json_format=False)  # a person is watching: progress lines, not log records
     console = Console()
-    if not console.is_terminal:
-        console = Console(width=150)
     if output_dir.exists():
         shutil.rmtree(output_dir)
     output_dir.mkdir(parents=True)
@@ -87,7 +85,9 @@ def run_demo(customers: int, events: int, seed: int, shards: int, output_dir: Pa
         from producer.kinesis_put import KinesisProducer
         from runtime.aws import aws_client
 
-        put = KinesisProducer(aws_client("kinesis", settings), settings.stream_name, progress=True)
+        put = KinesisProducer(
+            aws_client("kinesis", settings), settings.stream_name, progress=console.is_terminal
+        )
         result = put.put(read_jsonl(jsonl), total=total)
         console.print(
             f"4. put {result.records_sent:,} records with PutRecords in {result.seconds:.1f}s "
@@ -103,7 +103,7 @@ def run_demo(customers: int, events: int, seed: int, shards: int, output_dir: Pa
             console.print(f"[red]worker exited with {code}; see {output_dir / 'worker.log'}[/red]")
             return code
 
-        console.print("6. results")
+        console.print(f"6. results: what is committed in S3 (copied to {output_dir / 's3'}/)")
         print_summary(settings, output_dir / "s3", console=console)
     return 0
 

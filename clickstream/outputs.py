@@ -1,16 +1,29 @@
-"""Read the worker's outputs back from S3: download them, pick current customer rows, summarise for people."""
+"""Read the worker's outputs back from S3: what is committed, the tables themselves, and copies on disk.
+
+The commit records are the manifest: a data file counts once a commit record names it (``read_commit_records``),
+and files no commit names (a flush that crashed before committing) are reported, never counted.
+"""
 
 from __future__ import annotations
 
+import io
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
 
+from consumer.s3_sink import read_commit_records
 from runtime.settings import Settings
 from schemas.control import CommitRecord
+from schemas.layout import OutputLayout
+
+#: Parallel S3 requests for listing-sized work (thousands of small Parquet files).
+MAX_WORKERS = 16
 
 OUTPUTS = ("events", "customer_aggregates", "errors")
 
@@ -29,22 +42,100 @@ def list_keys(s3: Any, bucket: str, prefix: str) -> list[dict[str, Any]]:
     ]
 
 
+def download_keys(s3: Any, bucket: str, keys: list[str], destination: Path) -> int:
+    """Copy ``keys`` under ``destination`` keeping the key layout, in parallel. Returns the number copied."""
+
+    def copy(key: str) -> None:
+        target = destination / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        s3.download_file(bucket, key, str(target))
+
+    with ThreadPoolExecutor(max_workers=MAX_WORKERS) as pool:
+        for _ in pool.map(copy, keys):
+            pass
+    return len(keys)
+
+
 def download_outputs(s3: Any, settings: Settings, destination: Path) -> OutputInventory:
     """Copy every output object (and the commit records) under ``destination``, keeping the key layout."""
     inventory = OutputInventory()
+    keys = []
     for output in (*OUTPUTS, "_control"):
         for obj in list_keys(s3, settings.bucket, settings.output_prefix(output)):
-            key = obj["Key"]
-            target = destination / key
-            target.parent.mkdir(parents=True, exist_ok=True)
-            s3.download_file(settings.bucket, key, str(target))
-            if output == "_control":
-                if "/commits/" in key:
-                    inventory.commits.append(CommitRecord.from_json(target.read_bytes()))
-            else:
+            keys.append(obj["Key"])
+            if output != "_control":
                 inventory.files[output] += 1
                 inventory.bytes[output] += int(obj["Size"])
+    download_keys(s3, settings.bucket, keys, destination)
+    for key in keys:
+        if "/_control/commits/" in f"/{key}":
+            inventory.commits.append(CommitRecord.from_json((destination / key).read_bytes()))
     return inventory
+
+
+@dataclass(slots=True)
+class CommittedOutputs:
+    """What is in S3 now: the commit records, the data files they name, and data files no commit names."""
+
+    commits: list[CommitRecord]
+    files: dict[str, list[str]]  # output -> committed data keys
+    bytes: Counter[str]  # output -> bytes of the committed files
+    uncommitted: dict[str, list[str]]  # output -> data keys on S3 that no commit names
+    commit_keys: list[str]
+
+    def rows(self, output: str) -> int:
+        """Rows of one output, as the commit records count them."""
+        if output == "events":
+            return sum(c.accepted - c.duplicates for c in self.commits)
+        if output == "customer_aggregates":
+            return sum(c.customers_changed for c in self.commits)
+        return sum(c.rejected for c in self.commits)
+
+    def all_committed_keys(self) -> list[str]:
+        return [key for output in OUTPUTS for key in self.files[output]] + self.commit_keys
+
+
+def committed_outputs(s3: Any, settings: Settings) -> CommittedOutputs:
+    """Read the commit chain and list the data prefixes: the committed state of the outputs, now."""
+    layout = OutputLayout(settings.prefix)
+    commits = read_commit_records(s3, settings.bucket, layout, max_workers=MAX_WORKERS)
+    named = {output: [key for c in commits for key in c.files.get(output, [])] for output in OUTPUTS}
+    listed = {
+        output: {
+            obj["Key"]: int(obj["Size"])
+            for obj in list_keys(s3, settings.bucket, layout.output_prefix(output))
+        }
+        for output in OUTPUTS
+    }
+    commit_keys = [
+        obj["Key"]
+        for obj in list_keys(s3, settings.bucket, layout.all_commits_prefix)
+        if obj["Key"].endswith(".json")
+    ]
+    sizes: Counter[str] = Counter()
+    for output in OUTPUTS:
+        sizes[output] = sum(listed[output].get(key, 0) for key in named[output])
+    return CommittedOutputs(
+        commits=commits,
+        files=named,
+        bytes=sizes,
+        uncommitted={output: sorted(set(listed[output]) - set(named[output])) for output in OUTPUTS},
+        commit_keys=commit_keys,
+    )
+
+
+def read_tables(s3: Any, bucket: str, keys: list[str], columns: list[str] | None = None) -> pa.Table | None:
+    """The Parquet objects ``keys`` as one Arrow table (fetched in parallel; None when there are none)."""
+
+    def fetch(key: str) -> pa.Table:
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        return pq.read_table(io.BytesIO(body), columns=columns)
+
+    if not keys:
+        return None
+    with ThreadPoolExecutor(max_workers=MAX_WORKERS) as pool:
+        tables = list(pool.map(fetch, keys))
+    return pa.concat_tables(tables, promote_options="default")
 
 
 def output_glob(root: Path, settings: Settings, output: str) -> str:
@@ -62,6 +153,17 @@ WHERE rank_ = 1
 def current_customer_rows(con: duckdb.DuckDBPyConnection, glob: str) -> duckdb.DuckDBPyRelation:
     """Each customer's current row: the highest ``version`` (= events applied) wins."""
     return con.sql(CURRENT_ROWS_SQL.format(glob=glob))
+
+
+def current_rows_of_table(con: duckdb.DuckDBPyConnection, table: pa.Table) -> duckdb.DuckDBPyRelation:
+    """``current_customer_rows`` over an Arrow table of customer_aggregates rows already in memory."""
+    con.register("customer_aggregates_rows", table)
+    return con.sql(
+        """SELECT * EXCLUDE (rank_) FROM (
+               SELECT *, row_number() OVER (PARTITION BY customer_id ORDER BY version DESC, as_of DESC) AS rank_
+               FROM customer_aggregates_rows)
+           WHERE rank_ = 1"""
+    )
 
 
 def row_counts(

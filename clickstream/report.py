@@ -1,94 +1,143 @@
-"""The human summary of a run: what was written where, what was accepted and rejected, who the top customers are."""
+"""The human summary of what is in S3 now: committed files and rows, accepted and rejected, top customers, RFM.
+
+Counts come from the commit records and the committed files themselves, read from S3 at the time of the call
+(never from a local folder, which may hold an older run). ``download`` copies the committed files, in parallel,
+only when asked. Tables fit 80 columns, so they survive a narrow terminal and a pipe.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import duckdb
+from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from clickstream.outputs import (
     OUTPUTS,
-    current_customer_rows,
-    download_outputs,
-    output_glob,
-    row_counts,
+    committed_outputs,
+    current_rows_of_table,
+    download_keys,
+    read_tables,
 )
 from runtime.aws import aws_client
 from runtime.settings import Settings
 
+#: Columns of the top-customers table (header, column): the BG/NBD and Gamma-Gamma inputs and what drives them.
+TOP_COLUMNS = (
+    ("customer", "customer_id"),
+    ("orders", "purchases"),
+    ("revenue", "revenue"),
+    ("frequency", "frequency"),
+    ("recency", "recency"),
+    ("T", "T"),
+    ("monetary", "monetary_value"),
+    ("engagement", "engagement_score"),
+)
 
-def print_summary(settings: Settings, download: Path, top: int = 10, console: Console | None = None) -> None:
-    console = console or Console(stderr=False)
+
+def _table(*columns: str) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for index, column in enumerate(columns):
+        table.add_column(column, justify="left" if index == 0 else "right", no_wrap=True)
+    return table
+
+
+def _print(console: Console, title: str, table: Table) -> None:
+    """The title on its own line (a table's title would wrap to the table's width), then the table."""
+    console.print(Text(title, style="bold"))
+    console.print(table)
+
+
+def print_summary(
+    settings: Settings, download: Path | None = None, top: int = 10, console: Console | None = None
+) -> None:
+    """Summarise the committed outputs under ``s3://bucket/prefix``; copy them to ``download`` if given."""
+    console = console or Console()
     s3 = aws_client("s3", settings)
-    inventory = download_outputs(s3, settings, download)
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    counts = row_counts(con, download, settings, inventory)
+    outputs = committed_outputs(s3, settings)
 
-    files = Table(title=f"Outputs in s3://{settings.bucket}/{settings.prefix}/ (copied to {download})")
-    for column in ("output", "files", "rows", "bytes"):
-        files.add_column(column, justify="right" if column != "output" else "left")
+    files = _table(
+        f"Committed outputs in s3://{settings.bucket}/{settings.prefix}/", "output", "files", "rows", "MiB"
+    )
     for output in OUTPUTS:
         files.add_row(
-            output, f"{inventory.files[output]:,}", f"{counts[output]:,}", f"{inventory.bytes[output]:,}"
+            output,
+            f"{len(outputs.files[output]):,}",
+            f"{outputs.rows(output):,}",
+            f"{outputs.bytes[output] / 2**20:,.1f}",
         )
-    console.print(files)
+    _print(console, f"Committed outputs in s3://{settings.bucket}/{settings.prefix}/", files)
+    stray = sum(len(keys) for keys in outputs.uncommitted.values())
+    if stray:
+        console.print(
+            f"{stray:,} data files on S3 are named by no commit record (a flush that did not commit; the next owner "
+            "of its shard deletes them): not counted."
+        )
 
     totals = {
-        key: sum(int(getattr(c, key)) for c in inventory.commits)
-        for key in ("records_in", "records_skipped", "accepted", "duplicates", "rejected")
+        "records in": sum(c.records_in for c in outputs.commits),
+        "accepted": sum(c.accepted for c in outputs.commits),
+        "duplicates": sum(c.duplicates for c in outputs.commits),
+        "rejected": sum(c.rejected for c in outputs.commits),
+        "redelivered": sum(c.records_skipped for c in outputs.commits),
     }
-    records = Table(title=f"Records ({len(inventory.commits)} committed flushes)")
-    for column in ("records in", "accepted", "of which duplicates", "rejected", "redeliveries skipped"):
-        records.add_column(column, justify="right")
-    records.add_row(
-        *(f"{totals[k]:,}" for k in ("records_in", "accepted", "duplicates", "rejected", "records_skipped"))
+    records = _table(*totals)
+    records.columns[0].justify = "right"
+    records.add_row(*(f"{value:,}" for value in totals.values()))
+    _print(console, f"Records ({len(outputs.commits):,} committed flushes)", records)
+    console.print(
+        "accepted includes duplicates (valid events seen before, applied once); redelivered records were "
+        "skipped as already applied."
     )
-    console.print(records)
 
-    if counts["errors"]:
-        reasons = Table(title="Rejected records by reason (errors/)")
-        reasons.add_column("error_code")
-        reasons.add_column("records", justify="right")
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    errors = read_tables(s3, settings.bucket, outputs.files["errors"], columns=["error_code"])
+    if errors is not None and errors.num_rows:
+        reasons = _table("error_code", "records")
+        con.register("error_rows", errors)
         for code, count in con.sql(
-            f"SELECT error_code, count(*) FROM read_parquet('{output_glob(download, settings, 'errors')}') "
-            "GROUP BY ALL ORDER BY 2 DESC"
+            "SELECT error_code, count(*) FROM error_rows GROUP BY ALL ORDER BY 2 DESC, 1"
         ).fetchall():
             reasons.add_row(str(code), f"{count:,}")
-        console.print(reasons)
+        _print(console, "Rejected records by reason (errors/)", reasons)
 
-    if not counts["customer_aggregates"]:
-        console.print("[yellow]no customer aggregates written yet[/yellow]")
-        return
-    current = current_customer_rows(con, output_glob(download, settings, "customer_aggregates"))
-    con.register("current_rows", current.to_arrow_table())
-    leaders = Table(title=f"Top {top} customers by revenue (current rows of customer_aggregates/)")
-    columns = (
-        "customer_id",
-        "events",
-        "sessions",
-        "active_days",
-        "purchases",
-        "revenue",
-        "frequency",
-        "recency",
-        "T",
-        "monetary_value",
-        "engagement_score",
-    )
-    for column in columns:
-        leaders.add_column(column, justify="left" if column == "customer_id" else "right")
-    query = f"""SELECT {", ".join(f'"{c}"' for c in columns)} FROM current_rows
+    aggregates = read_tables(s3, settings.bucket, outputs.files["customer_aggregates"])
+    if aggregates is None or not aggregates.num_rows:
+        console.print("no customer aggregates committed yet")
+    else:
+        _print_customers(console, con, current_rows_of_table(con, aggregates).to_arrow_table(), top)
+
+    if download is not None:
+        copied = download_keys(s3, settings.bucket, outputs.all_committed_keys(), download)
+        console.print(f"copied {copied:,} committed files to {download}/")
+        glob = f"{download}/{settings.output_prefix('customer_aggregates')}**/*.parquet"
+        console.print("Query the copies with DuckDB, e.g.:")
+        # soft_wrap: printed as one line whatever the terminal width, so it can be copied and pasted.
+        console.print(
+            f'.venv/bin/python -c "import duckdb; duckdb.sql(\\"FROM \'{glob}\' LIMIT 5\\").show()"',
+            soft_wrap=True,
+            markup=False,
+            highlight=False,
+        )
+
+
+def _print_customers(console: Console, con: duckdb.DuckDBPyConnection, current: Any, top: int) -> None:
+    con.register("current_rows", current)
+    leaders = _table(*(header for header, _ in TOP_COLUMNS))
+    query = f"""SELECT {", ".join(f'"{column}"' for _, column in TOP_COLUMNS)} FROM current_rows
                 ORDER BY revenue DESC, customer_id LIMIT {top}"""
     for row in con.sql(query).fetchall():
         leaders.add_row(*(_fmt(value) for value in row))
-    console.print(leaders)
+    _print(console, f"Top {top} customers by revenue (current rows)", leaders)
 
-    overview = Table(title="RFM overview (BG/NBD / Gamma-Gamma inputs, one UTC day per period)")
-    for column in ("measure", "customers", "mean", "p25", "median", "p75", "max"):
-        overview.add_column(column, justify="left" if column == "measure" else "right")
+    overview = _table(
+        "RFM overview (one UTC day per period)", "measure", "customers", "mean", "p25", "median", "p75", "max"
+    )
     for measure, where in (
         ("frequency", "frequency IS NOT NULL"),
         ("recency", "frequency IS NOT NULL"),
@@ -105,15 +154,10 @@ def print_summary(settings: Settings, download: Path, top: int = 10, console: Co
     buyers, customers = con.sql(
         "SELECT count(*) FILTER (WHERE frequency IS NOT NULL), count(*) FROM current_rows"
     ).fetchall()[0]
-    console.print(overview)
+    _print(console, "RFM overview (one UTC day per period)", overview)
     console.print(
-        f"{customers:,} customers, {buyers:,} with at least one purchase, "
-        f"{customers - buyers:,} without (null frequency / recency / T / monetary_value)."
-    )
-    glob = output_glob(download, settings, "customer_aggregates")
-    query = f"SELECT * FROM read_parquet('{glob}') LIMIT 5"
-    console.print(
-        f'Query the copies with DuckDB, e.g.:\n  .venv/bin/python -c "import duckdb; duckdb.sql(\\"{query}\\").show()"'
+        f"{customers:,} customers, {buyers:,} with at least one purchase, {customers - buyers:,} without (null "
+        "frequency / recency / T / monetary_value)."
     )
 
 

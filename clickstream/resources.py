@@ -54,7 +54,9 @@ def ensure_bucket(
     if sse == "aws:kms":
         if kms_key_id:
             default["KMSMasterKeyID"] = kms_key_id
-        rule["BucketKeyEnabled"] = True  # one KMS data key per bucket period, not per object: cost and throttling
+        rule["BucketKeyEnabled"] = (
+            True  # one KMS data key per bucket period, not per object: cost and throttling
+        )
     s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={"Rules": [rule]})
     s3.put_public_access_block(
         Bucket=bucket,
@@ -98,7 +100,9 @@ def bucket_policy(bucket: str, sse: str = "AES256", kms_key_arn: str | None = No
                 "Principal": "*",
                 "Action": "s3:PutObject",
                 "Resource": f"arn:aws:s3:::{bucket}/*",
-                "Condition": {"StringNotEquals": {"s3:x-amz-server-side-encryption-aws-kms-key-id": kms_key_arn}},
+                "Condition": {
+                    "StringNotEquals": {"s3:x-amz-server-side-encryption-aws-kms-key-id": kms_key_arn}
+                },
             }
         )
     return {"Version": "2012-10-17", "Statement": statements}
@@ -108,6 +112,10 @@ def setup_resources(settings: Settings) -> str:
     """Stream and bucket for these settings; safe to run again. Returns the stream ARN."""
     arn = ensure_stream(aws_client("kinesis", settings), settings.stream_name, settings.stream_shards)
     ensure_bucket(
-        aws_client("s3", settings), settings.bucket, settings.aws_region, settings.sse, settings.sse_kms_key_id
+        aws_client("s3", settings),
+        settings.bucket,
+        settings.aws_region,
+        settings.sse,
+        settings.sse_kms_key_id,
     )
     return arn

@@ -5,7 +5,10 @@ Unhealthy means one of:
 - a shard processor has not been called by the KCL for ``stuck_after`` seconds (the KCL calls it at least every
   ``idleTimeBetweenReadsInMillis`` even when there are no records);
 - records have been waiting on a shard (buffered, or the shard behind the tip) for ``stuck_after`` seconds without a
-  flush — the KCL's "stuck shard": leases held, nothing moving. A shard idle for hours is healthy.
+  flush — the KCL's "stuck shard": leases held, nothing moving. A shard idle for hours is healthy;
+- the worker has held no shard lease for ``no_lease_after`` seconds (since it started, or since it last held one),
+  unless it found every lease held by other workers (a standby: more workers than shards). Seen when the KCL cannot
+  take leases at all, e.g. with DynamoDB unreachable.
 """
 
 from __future__ import annotations
@@ -31,13 +34,25 @@ class HealthReport:
         return json.dumps(asdict(self))
 
 
-def write_heartbeat(state_dir: Path, pid: int, phase: str) -> None:
-    """The supervisor's sign of life, rewritten atomically about once a second."""
+@dataclass(slots=True)
+class Heartbeat:
+    """What the supervisor tells ``clickstream health`` about itself."""
+
+    pid: int
+    phase: str  # starting | running | stopping | unhealthy
+    started_at: float
+    last_lease_at: float | None = None  # last time a shard processor of this worker was processing
+    standby: bool = False  # every lease is held by other workers
+    lease_detail: str | None = None  # why no lease is held, when known
+
+
+def write_heartbeat(state_dir: Path, heartbeat: Heartbeat | int, phase: str | None = None) -> None:
+    """The supervisor's sign of life, rewritten atomically about once a second (also: pid and phase alone)."""
+    if isinstance(heartbeat, int):
+        heartbeat = Heartbeat(pid=heartbeat, phase=phase or "running", started_at=time.time())
     target = state_dir / HEARTBEAT_FILE
     temporary = target.with_suffix(".tmp")
-    temporary.write_text(
-        json.dumps({"pid": pid, "phase": phase, "updated_at": time.time()}), encoding="utf-8"
-    )
+    temporary.write_text(json.dumps({**asdict(heartbeat), "updated_at": time.time()}), encoding="utf-8")
     temporary.replace(target)
 
 
@@ -64,12 +79,34 @@ def shard_problems(statuses: dict[str, ShardStatus], now: float, stuck_after: fl
     return problems
 
 
+def lease_problem(
+    heartbeat: dict[str, object], processing: int, now: float, no_lease_after: float
+) -> str | None:
+    """Why holding no lease is a problem (None: a lease is held, the worker is a standby, or it is too early)."""
+    if processing or not no_lease_after or heartbeat.get("standby"):
+        return None
+    since = heartbeat.get("last_lease_at") or heartbeat.get("started_at")
+    if not isinstance(since, int | float) or now - since <= no_lease_after:
+        return None
+    held_before = "since it last held one" if heartbeat.get("last_lease_at") else "since it started"
+    detail = heartbeat.get("lease_detail")
+    return f"worker has held no shard lease for {now - since:.0f}s {held_before}" + (
+        f": {detail}" if detail else ""
+    )
+
+
 def assess(
-    state_dir: Path, stuck_after: float, heartbeat_timeout: float = 30.0, now: float | None = None
+    state_dir: Path,
+    stuck_after: float,
+    heartbeat_timeout: float = 30.0,
+    now: float | None = None,
+    no_lease_after: float = 0.0,
 ) -> HealthReport:
     """The health of the worker whose state directory is ``state_dir``."""
     now = time.time() if now is None else now
     problems = []
+    statuses = read_statuses(state_dir / "status")
+    processing = sum(1 for status in statuses.values() if status.phase == "processing")
     try:
         heartbeat = json.loads((state_dir / HEARTBEAT_FILE).read_text(encoding="utf-8"))
         age = now - float(heartbeat["updated_at"])
@@ -79,11 +116,11 @@ def assess(
             problems.append("worker reported itself unhealthy")
         elif not _alive(int(heartbeat["pid"])):
             problems.append(f"worker process {heartbeat['pid']} is gone")
-    except (OSError, ValueError, KeyError):
+        elif problem := lease_problem(heartbeat, processing, now, no_lease_after):
+            problems.append(problem)
+    except (OSError, ValueError, KeyError, TypeError):
         problems.append(f"no worker heartbeat in {state_dir / HEARTBEAT_FILE}")
-    statuses = read_statuses(state_dir / "status")
     problems += shard_problems(statuses, now, stuck_after)
-    processing = sum(1 for status in statuses.values() if status.phase == "processing")
     return HealthReport(healthy=not problems, shards_processing=processing, problems=problems)
 
 

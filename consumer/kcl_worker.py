@@ -1,12 +1,20 @@
 """``clickstream worker``: supervise the Java KCL MultiLangDaemon that runs one record processor per shard.
 
-This process writes the KCL properties, starts the JVM, forwards signals in two stages (first: graceful stop, the
-KCL asks every processor to flush and checkpoint within ``shutdownGraceMillis``; second: force exit), watches the
-shard status files for ``--until-idle`` and for stuck shards, and exits with a code the orchestrator understands.
+This process checks that the stream, bucket and lease table are usable (``preflight``), writes the resolved
+settings for the record processors and the KCL properties, starts the JVM, forwards signals in two stages (first:
+graceful stop, the KCL asks every processor to flush and checkpoint within ``shutdownGraceMillis``; second: force
+exit), watches the shard status files for ``--until-idle``, for stuck shards and for a worker that holds no lease,
+shows a live status on a terminal, and exits with a code the orchestrator understands.
+
+The JVM and its processors never outlive this process: the JVM gets SIGKILL from the kernel when this process
+dies (``PR_SET_PDEATHSIG``), and each processor exits when its parent JVM is gone (``watch_parent``), so a
+``kill -9`` of the worker leaves no headless JVM holding leases.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import os
 import shutil
@@ -15,25 +23,46 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from consumer.health import shard_problems, write_heartbeat
+from rich.console import Console
+from rich.live import Live
+
+from consumer.health import Heartbeat, shard_problems, write_heartbeat
 from consumer.metrics import emit as emit_metrics
+from consumer.preflight import PreflightError, lease_owners, preflight
 from consumer.status import ShardStatus, read_statuses
+from consumer.worker_output import LogSink, SinkHandler, WorkerTotals, status_view, uptime
 from runtime.aws import aws_client
-from runtime.logs import LOG_SOCKET_ENV, LogRelay
-from runtime.settings import Settings, aws_environment
+from runtime.logs import LOG_SOCKET_ENV, JsonFormatter, LogRelay
+from runtime.settings import SETTINGS_FILE_ENV, Settings, aws_environment, write_settings_file
 
 log = logging.getLogger(__name__)
 
 MAIN_CLASS = "software.amazon.kinesis.multilang.MultiLangDaemon"
 
 
+#: The file the worker writes its resolved settings to, for the record processors (under the state directory).
+SETTINGS_FILE = "worker-settings.json"
+#: How often the worker writes a status line when no live status is shown.
+STATUS_LOG_SECONDS = 30.0
+#: How often the lease table is read while the worker holds no lease (to tell a standby from a stuck worker).
+LEASE_SCAN_SECONDS = 15.0
+
+
 class WorkerError(RuntimeError):
-    """The worker cannot start (no Java, no KCL jars, ...): the message says what to do."""
+    """The worker cannot start (no Java, no KCL jars, missing stream, ...): the message says what to do.
+
+    ``exit_code`` 2 is a configuration problem, 1 a runtime failure.
+    """
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def kcl_jar_directory() -> Path:
@@ -48,18 +77,40 @@ def kcl_jar_directory() -> Path:
     return jars
 
 
+def _executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
 def find_java(settings: Settings) -> str:
-    """The java binary: CLICKSTREAM_JAVA, then $JAVA_HOME/bin/java, then PATH."""
-    candidates = [settings.java]
+    """The java binary: CLICKSTREAM_JAVA, then $JAVA_HOME/bin/java, then PATH.
+
+    A path given explicitly (CLICKSTREAM_JAVA, JAVA_HOME) that holds no executable java is an error naming the
+    variable, never silently skipped for another Java.
+    """
+    if settings.java:
+        if not _executable(Path(settings.java)):
+            raise WorkerError(
+                f"CLICKSTREAM_JAVA={settings.java} is not an executable java binary (unset it to use JAVA_HOME "
+                "or the PATH)",
+                exit_code=2,
+            )
+        return settings.java
     if os.environ.get("JAVA_HOME"):
-        candidates.append(str(Path(os.environ["JAVA_HOME"]) / "bin" / "java"))
-    candidates.append(shutil.which("java"))
-    for candidate in candidates:
-        if candidate and Path(candidate).exists():
-            return candidate
+        home_java = Path(os.environ["JAVA_HOME"]) / "bin" / "java"
+        if not _executable(home_java):
+            raise WorkerError(
+                f"JAVA_HOME={os.environ['JAVA_HOME']} has no executable bin/java (fix or unset JAVA_HOME, or "
+                "set CLICKSTREAM_JAVA)",
+                exit_code=2,
+            )
+        return str(home_java)
+    on_path = shutil.which("java")
+    if on_path:
+        return on_path
     raise WorkerError(
         "no Java runtime found: the KCL MultiLangDaemon needs Java 17+. Install openjdk-17-jre-headless or set "
-        "CLICKSTREAM_JAVA / JAVA_HOME (`make setup` installs it when run as root)"
+        "CLICKSTREAM_JAVA / JAVA_HOME (`make setup` installs it when run as root)",
+        exit_code=2,
     )
 
 
@@ -105,6 +156,7 @@ def java_command(settings: Settings, properties_file: Path) -> list[str]:
         # Emulators (moto, LocalStack's kinesis-mock) do not speak the SDK's default CBOR wire format.
         command.append("-Daws.cborEnabled=false")
     command.append(f"-Dlogback.configurationFile={Path(__file__).with_name('logback.xml')}")
+    command.append(f"-DCLICKSTREAM_KCL_LOG_LEVEL={settings.kcl_log_level}")
     command += ["-cp", f"{jars}/*", MAIN_CLASS, "--properties-file", str(properties_file)]
     return command
 
@@ -146,23 +198,68 @@ class IdleCheck:
         return caught_up and checkpointed and now - quiet_since >= self.idle_seconds
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent_hook() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the kernel SIGKILL the child when this process dies (Linux only).
+
+    PR_SET_PDEATHSIG fires when the *thread* that forked the child ends; the JVM is started from the main
+    thread, which lives as long as the worker. Resolved before forking: the hook itself only calls prctl.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the worker died before prctl took effect
+            os._exit(1)
+
+    return hook
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class KclWorker:
     """Runs and supervises the MultiLangDaemon."""
 
     def __init__(
-        self, settings: Settings, until_idle: float | None = None, stop_deadline_seconds: float = 25.0
+        self,
+        settings: Settings,
+        until_idle: float | None = None,
+        stop_deadline_seconds: float = 25.0,
+        *,
+        log_level: str = "INFO",
+        json_logs: bool = True,
+        live_status: bool = False,
     ):
         self.settings = settings
         self.until_idle = IdleCheck(until_idle) if until_idle else None
         self.stop_deadline_seconds = stop_deadline_seconds
+        self.log_level = log_level
+        self.json_logs = json_logs
+        self.live_status = live_status
         self.status_dir = settings.state_dir / "status"
         self._process: subprocess.Popen[bytes] | None = None
         self._stop_requested_at: float | None = None
         self._signals = 0
+        self._started = time.monotonic()
+        self._heartbeat = Heartbeat(pid=os.getpid(), phase="starting", started_at=time.time())
+        self._last_lease_scan = 0.0
 
     # ------------------------------------------------------------------ setup
     def prepare(self) -> list[str]:
-        """Write the properties file and return the JVM command (raises WorkerError with advice)."""
+        """Write the settings and properties files and return the JVM command (raises WorkerError with advice)."""
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
         executable = f"{sys.executable} -m consumer.record_processor"
         properties_file = self.settings.state_dir / "kcl.properties"
@@ -171,6 +268,20 @@ class KclWorker:
             for stale in self.status_dir.glob("*.json"):
                 stale.unlink()
         return java_command(self.settings, properties_file)
+
+    def settings_file(self) -> Path:
+        """The resolved settings (flags and environment) every record processor loads, with absolute paths."""
+        resolved = self.settings.model_copy(update={"state_dir": self.settings.state_dir.resolve()})
+        return write_settings_file(resolved, self.settings.state_dir.resolve() / SETTINGS_FILE)
+
+    def child_environment(self, settings_file: Path, log_socket: Path) -> dict[str, str]:
+        env = aws_environment(self.settings)
+        env.setdefault("AWS_CBOR_ENABLED", "false" if self.settings.aws_endpoint_url else "true")
+        env[SETTINGS_FILE_ENV] = str(settings_file)
+        env[LOG_SOCKET_ENV] = str(log_socket)
+        env["CLICKSTREAM_LOG_LEVEL"] = self.log_level
+        env["CLICKSTREAM_LOG_FORMAT"] = "json"  # parsed (or passed on as is) by the worker's LogSink
+        return env
 
     # ------------------------------------------------------------------ signals
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -198,40 +309,119 @@ class KclWorker:
     # ------------------------------------------------------------------ run
     def run(self) -> int:
         command = self.prepare()
-        env = aws_environment(self.settings)
-        env.setdefault("AWS_CBOR_ENABLED", "false" if self.settings.aws_endpoint_url else "true")
-        log.info(
-            "starting KCL MultiLangDaemon for stream %s as worker %s",
-            self.settings.stream_name,
-            self.settings.worker_id,
-        )
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-        kinesis = aws_client("kinesis", self.settings) if self.until_idle else None
-        # Short path: AF_UNIX socket paths are limited to ~107 bytes.
-        relay = LogRelay(Path(tempfile.mkdtemp(prefix="clickstream-")) / "log.sock")
-        env[LOG_SOCKET_ENV] = str(relay.path)
         try:
-            # Own process group: a terminal Ctrl-C reaches us only, and we decide how the JVM stops.
-            self._process = subprocess.Popen(command, env=env, stdout=sys.stderr, start_new_session=True)
-            return self._supervise(kinesis)
-        finally:
-            self._kill()
-            relay.close()
-            relay.path.parent.rmdir()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            preflight(self.settings)
+        except PreflightError as error:
+            raise WorkerError(f"preflight: {error}", exit_code=2) from None
+        console = Console(stderr=True) if self.live_status else None
+        sink = LogSink(
+            json_logs=self.json_logs,
+            console=console,
+            log_file=self.settings.state_dir / "worker.log" if console else None,
+        )
+        with self._logging_into(sink):
+            log.info(
+                "starting KCL MultiLangDaemon for stream %s as worker %s (state in %s, outputs in s3://%s/%s)",
+                self.settings.stream_name,
+                self.settings.worker_id,
+                self.settings.state_dir,
+                self.settings.bucket,
+                self.settings.prefix,
+            )
+            previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+            kinesis = aws_client("kinesis", self.settings) if self.until_idle else None
+            # Short path: AF_UNIX socket paths are limited to ~107 bytes.
+            relay = LogRelay(Path(tempfile.mkdtemp(prefix="clickstream-")) / "log.sock", sink=sink.line)
+            env = self.child_environment(self.settings_file(), relay.path)
+            try:
+                # Own process group: a terminal Ctrl-C reaches us only, and we decide how the JVM stops.
+                self._process = subprocess.Popen(
+                    command,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    preexec_fn=die_with_parent_hook(),  # noqa: PLW1509 - only prctl runs between fork and exec
+                )
+                assert self._process.stdout is not None
+                pump = sink.pump(self._process.stdout)
+                with self._live(console) as refresh:
+                    code = self._supervise(kinesis, refresh)
+                pump.join(timeout=2)
+                return code
+            finally:
+                self._kill()
+                relay.close()
+                relay.path.parent.rmdir()
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+                sink.close()
 
-    def _supervise(self, kinesis: Any) -> int:
+    @contextlib.contextmanager
+    def _logging_into(self, sink: LogSink) -> Iterator[None]:
+        """The supervisor's own log records go through the same sink as the children's lines."""
+        root = logging.getLogger()
+        saved = root.handlers[:]
+        root.handlers[:] = [SinkHandler(sink, JsonFormatter())]
+        try:
+            yield
+        finally:
+            root.handlers[:] = saved
+
+    @contextlib.contextmanager
+    def _live(self, console: Console | None) -> Iterator[Callable[[], None]]:
+        """A live status on the console (refreshed by the supervision loop), or periodic status log lines."""
+        last_line = time.monotonic()
+
+        def headline() -> str:
+            return (
+                f"clickstream worker {self.settings.worker_id} | stream {self.settings.stream_name} -> "
+                f"s3://{self.settings.bucket}/{self.settings.prefix} | up {uptime(self._started)}"
+                + (" | stopping" if self._stop_requested_at else "")
+            )
+
+        if console is None:
+
+            def log_status() -> None:
+                nonlocal last_line
+                if time.monotonic() - last_line >= STATUS_LOG_SECONDS:
+                    last_line = time.monotonic()
+                    log.info(
+                        "status: %s", WorkerTotals.of(read_statuses(self.status_dir), time.time()).sentence()
+                    )
+
+            yield log_status
+            return
+        view = status_view({}, time.time(), headline=headline())
+        with Live(view, console=console, refresh_per_second=4, transient=False) as live:
+
+            def refresh() -> None:
+                live.update(status_view(read_statuses(self.status_dir), time.time(), headline=headline()))
+
+            yield refresh
+            refresh()
+
+    def _supervise(self, kinesis: Any, refresh: Callable[[], None]) -> int:
         assert self._process is not None
-        last_idle_check = last_health_check = last_metrics = 0.0
+        last_idle_check = last_health_check = last_metrics = last_refresh = 0.0
         while True:
             code = self._process.poll()
             if code is not None:
                 return self._exit_code(code)
             now = time.monotonic()
-            write_heartbeat(
-                self.settings.state_dir, os.getpid(), "stopping" if self._stop_requested_at else "running"
-            )
+            self._heartbeat.phase = "stopping" if self._stop_requested_at else "running"
+            write_heartbeat(self.settings.state_dir, self._heartbeat)
+            if now - last_refresh >= 1.0:
+                last_refresh = now
+                refresh()
+            if self._stop_requested_at is not None and self._processors_done():
+                # KCL 3.1.3 waits failoverTimeMillis for its consumers' "final shutdown" even after every
+                # processor has flushed, checkpointed and exited; nothing is left for it to persist.
+                log.info("every shard processor flushed, checkpointed and exited; stopping the KCL")
+                self._kill()
+                self._process.wait()
+                return self._exit_code(0)
             if (
                 self._stop_requested_at is not None
                 and now - self._stop_requested_at > self.stop_deadline_seconds
@@ -242,11 +432,12 @@ class KclWorker:
                 return 1
             if now - last_health_check >= 5.0 and self._stop_requested_at is None:
                 last_health_check = now
-                problems = shard_problems(
-                    read_statuses(self.status_dir), time.time(), self.settings.stuck_shard_seconds
-                )
+                statuses = read_statuses(self.status_dir)
+                self._track_leases(statuses)
+                problems = shard_problems(statuses, time.time(), self.settings.stuck_shard_seconds)
                 if problems:
-                    write_heartbeat(self.settings.state_dir, os.getpid(), "unhealthy")
+                    self._heartbeat.phase = "unhealthy"
+                    write_heartbeat(self.settings.state_dir, self._heartbeat)
                     emit_metrics({"StuckShards": len(problems)}, {"StreamName": self.settings.stream_name})
                     log.error(
                         "stuck shards, exiting so the orchestrator restarts the worker: %s",
@@ -265,6 +456,54 @@ class KclWorker:
                     log.info("stream drained and every shard flushed and checkpointed; stopping")
                     self.request_stop()
             time.sleep(0.2)
+
+    def _processors_done(self) -> bool:
+        """After a stop request: every shard processor that ran has left processing and its process is gone."""
+        statuses = read_statuses(self.status_dir)
+        return bool(statuses) and all(
+            status.phase not in {"processing", "initializing"} and not _alive(status.pid)
+            for status in statuses.values()
+        )
+
+    # ------------------------------------------------------------------ leases
+    def _track_leases(self, statuses: dict[str, ShardStatus]) -> None:
+        """Remember when a lease was last held; while none is, tell a standby worker from one that cannot work.
+
+        A worker is a standby when every lease in the lease table is held by another worker (more workers than
+        shards); otherwise holding no lease for ``no_lease_unhealthy_seconds`` is a problem ``health`` reports.
+        """
+        heartbeat = self._heartbeat
+        now = time.time()
+        if any(status.phase == "processing" for status in statuses.values()):
+            heartbeat.last_lease_at, heartbeat.standby, heartbeat.lease_detail = now, False, None
+            return
+        limit = self.settings.no_lease_unhealthy_seconds
+        waited = now - (heartbeat.last_lease_at or heartbeat.started_at)
+        if not limit or waited < limit or time.monotonic() - self._last_lease_scan < LEASE_SCAN_SECONDS:
+            return
+        self._last_lease_scan = time.monotonic()
+        was = (heartbeat.standby, heartbeat.lease_detail)
+        try:
+            owners = lease_owners(
+                aws_client("dynamodb", self.settings, max_attempts=2), self.settings.application_name
+            )
+        except Exception as error:  # noqa: BLE001 - any failure is the reason to report
+            heartbeat.standby, heartbeat.lease_detail = False, f"the lease table cannot be read: {error}"
+        else:
+            others = {owner for owner in owners.values() if owner and owner != self.settings.worker_id}
+            unowned = sum(1 for owner in owners.values() if not owner)
+            heartbeat.standby = bool(owners) and not unowned and len(others) > 0
+            if heartbeat.standby:
+                heartbeat.lease_detail = (
+                    f"standby: all {len(owners)} leases are held by {len(others)} other workers"
+                )
+            elif not owners:
+                heartbeat.lease_detail = "the lease table has no leases (the KCL has not synced the shards)"
+            else:
+                heartbeat.lease_detail = f"{unowned} of {len(owners)} leases have no owner and none was taken"
+        if (heartbeat.standby, heartbeat.lease_detail) != was:
+            level = logging.INFO if heartbeat.standby else logging.WARNING
+            log.log(level, "no shard lease held for %.0fs: %s", waited, heartbeat.lease_detail)
 
     def _emit_gauges(self) -> None:
         """Per-worker gauges from the shard status files: lag, checkpoint age, shards held."""
@@ -285,7 +524,7 @@ class KclWorker:
             if unflushed:
                 log.error("KCL stopped with %d records unflushed (they will be redelivered)", unflushed)
                 return 1
-            log.info("KCL stopped cleanly")
+            log.info("stopped cleanly: every shard flushed and checkpointed")
             return 0
         log.error("KCL MultiLangDaemon exited unexpectedly with code %s", java_code)
         return java_code or 1

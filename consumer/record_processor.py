@@ -11,6 +11,8 @@ import functools
 import logging
 import os
 import sys
+import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -24,7 +26,7 @@ from consumer.state_recovery import ParentLookup, StateRecovery, kinesis_parent_
 from consumer.status import StatusWriter
 from runtime.aws import aws_client
 from runtime.logs import configure_logging
-from runtime.settings import Settings, load_settings
+from runtime.settings import Settings, settings_for_process
 
 log = logging.getLogger(__name__)
 
@@ -196,10 +198,35 @@ class RecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
             self.shard.state.close()
 
 
+def watch_parent(interval: float = 0.5) -> threading.Thread:
+    """Exit at once when the parent (the MultiLangDaemon's JVM) is gone, so no processor outlives its worker.
+
+    A watcher rather than PR_SET_PDEATHSIG: that signal follows the parent *thread*, and the JVM starts processors
+    from pool threads that may end while the JVM lives. Exiting mid-flush is safe: the commit order makes every
+    step before the commit record redone by the shard's next owner.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        log.warning("the KCL (pid %d) is gone; exiting", parent)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="parent-watch", daemon=True)
+    thread.start()
+    return thread
+
+
 def main() -> None:
-    """Entry point the MultiLangDaemon runs for each shard."""
-    configure_logging(os.environ.get("CLICKSTREAM_LOG_LEVEL", "INFO"))
-    settings = load_settings()
+    """Entry point the MultiLangDaemon runs for each shard: settings from the worker, then the KCL protocol."""
+    configure_logging(
+        os.environ.get("CLICKSTREAM_LOG_LEVEL", "INFO"),
+        json_format=os.environ.get("CLICKSTREAM_LOG_FORMAT", "json") != "text",
+    )
+    watch_parent()
+    # The worker's resolved flags and environment (CLICKSTREAM_SETTINGS_FILE), not this process's environment.
+    settings = settings_for_process()
     kcl.KCLProcess(RecordProcessor(settings), input_file=sys.stdin, output_file=sys.stdout).run()
 
 

@@ -53,6 +53,10 @@ _LISTENING_RE = re.compile(r"listening on (http://\S+)")
 ShutdownTrigger = Callable[[], Awaitable[object]] | threading.Event
 
 
+class RemoteBindRefusedError(ValueError):
+    """A non-loopback bind address without ``allow_remote``: the emulator has no authentication."""
+
+
 class EmulatorStartError(RuntimeError):
     """The emulator child process did not come up; the message carries its output."""
 
@@ -118,9 +122,9 @@ def bind_socket(host: str, port: int, *, allow_remote: bool = False) -> socket.s
     data is sent to it.
     """
     if not allow_remote and not is_loopback(host):
-        raise ValueError(
-            f"refusing to serve the AWS emulator on non-loopback host {host!r} (pass allow_remote=True / "
-            "--allow-remote if you really mean it: it has no authentication)"
+        raise RemoteBindRefusedError(
+            f"refusing to serve the AWS emulator on non-loopback host {host!r}: it has no authentication and "
+            "keeps whatever is sent to it; add --allow-remote to do it anyway"
         )
     family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     sock = socket.socket(family, socket.SOCK_STREAM)

@@ -8,6 +8,7 @@ import os
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -61,11 +62,17 @@ class DatagramLogHandler(logging.Handler):
             sys.stderr.write(line + "\n")
 
 
-class LogRelay:
-    """The worker's side of the log socket: a thread that copies every datagram to stderr as one line."""
+def _to_stderr(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
-    def __init__(self, path: Path) -> None:
+
+class LogRelay:
+    """The worker's side of the log socket: a thread that passes every datagram on as one line (to stderr)."""
+
+    def __init__(self, path: Path, sink: Callable[[str], None] = _to_stderr) -> None:
         self.path = path
+        self.sink = sink
         path.unlink(missing_ok=True)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
@@ -82,8 +89,7 @@ class LogRelay:
                 continue
             except OSError:
                 return
-            sys.stderr.write(data.decode("utf-8", "replace") + "\n")
-            sys.stderr.flush()
+            self.sink(data.decode("utf-8", "replace"))
 
     def close(self) -> None:
         self._stop.set()

@@ -3,22 +3,39 @@
 Every field is read from ``CLICKSTREAM_<FIELD>`` (upper case); explicit keyword arguments (CLI flags) win over the
 environment. Standard AWS variables (``AWS_ENDPOINT_URL``, ``AWS_REGION``, credentials) are read by boto3 and by
 the KCL as usual; ``aws_endpoint_url`` and ``aws_region`` here only mirror them so one object describes a run.
-Invalid values fail at start-up with the variable's name and the reason.
+Invalid values fail at start-up with the variable's name and the reason; a ``CLICKSTREAM_*`` variable that names
+no setting (a typo) is warned about with the closest valid name.
+
+``clickstream worker`` writes the resolved object to a file and hands its path to every record processor
+(``CLICKSTREAM_SETTINGS_FILE``), so command-line flags reach the processors the Java MultiLangDaemon starts.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
+import logging
 import os
 import re
 import socket
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "CLICKSTREAM_"
+
+#: Set by `clickstream worker` for its record processors: the JSON file holding the worker's resolved settings.
+SETTINGS_FILE_ENV = "CLICKSTREAM_SETTINGS_FILE"
+#: CLICKSTREAM_* variables read outside this object (by the CLI's logging options, between worker processes).
+OTHER_VARIABLES = frozenset(
+    {"CLICKSTREAM_LOG_LEVEL", "CLICKSTREAM_LOG_FORMAT", "CLICKSTREAM_LOG_SOCKET", SETTINGS_FILE_ENV}
+)
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -36,7 +53,11 @@ def _localstack_endpoint() -> str | None:
 
 
 def _default_worker_id() -> str:
-    """A stable id per host so a restarted worker reclaims its own leases at once (see LOCAL-AWS.md)."""
+    """A stable id per host so a restarted worker reclaims its own leases at once.
+
+    The KCL's default is a random UUID: after a restart the old id still looks alive until its leases expire, and
+    shards assigned to it stall meanwhile.
+    """
     return re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname()) or "worker"
 
 
@@ -118,6 +139,15 @@ class Settings(BaseSettings):
         description="Maximum JVM heap of the KCL daemon (-Xmx); size it with the shards a worker holds.",
     )
     kcl_max_records: int = Field(10_000, ge=1, le=10_000, description="Max records per GetRecords call.")
+    kcl_log_level: Literal["TRACE", "DEBUG", "INFO", "WARN", "ERROR", "OFF"] = Field(
+        "INFO", description="Level of the KCL's own (Java) logs."
+    )
+    no_lease_unhealthy_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="A worker that has held no shard lease this long after start is unhealthy, unless every "
+        "lease is held by other workers (a standby); 0 turns the check off.",
+    )
 
     stuck_shard_seconds: float = Field(
         300.0,
@@ -159,6 +189,30 @@ class Settings(BaseSettings):
         value = value.strip("/")
         if not re.fullmatch(r"[A-Za-z0-9_.=/-]*", value):
             raise ValueError("may contain only letters, digits and _ . = / -")
+        return value
+
+    @field_validator("aws_endpoint_url")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        try:
+            parts = urlsplit(value)
+            port_ok = parts.port is None or parts.port > 0
+        except ValueError:
+            port_ok = False
+        if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+            raise ValueError(
+                "must be a URL like http://127.0.0.1:4566 or https://kinesis.eu-west-1.amazonaws.com"
+            )
+        return value
+
+    @field_validator("kcl_log_level", mode="before")
+    @classmethod
+    def _java_level_name(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.upper()
+            return {"WARNING": "WARN", "CRITICAL": "ERROR"}.get(value, value)
         return value
 
     @field_validator("bucket")
@@ -207,18 +261,94 @@ def env_var_name(field_name: str) -> str:
     return ENV_PREFIX + field_name.upper()
 
 
+def known_variables() -> frozenset[str]:
+    """Every CLICKSTREAM_* variable something reads."""
+    return frozenset(env_var_name(name) for name in Settings.model_fields) | OTHER_VARIABLES
+
+
+def unknown_variables(environ: dict[str, str] | os._Environ[str]) -> list[tuple[str, str | None]]:
+    """CLICKSTREAM_* variables that name nothing (typos), each with the closest valid name (or None)."""
+    known = known_variables()
+    suffixes = sorted(name.removeprefix(ENV_PREFIX) for name in known)  # the shared prefix says nothing
+
+    def closest(name: str) -> str | None:
+        matches = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), suffixes, n=1, cutoff=0.75)
+        return ENV_PREFIX + matches[0] if matches else None
+
+    return [
+        (name, closest(name)) for name in sorted(environ) if name.startswith(ENV_PREFIX) and name not in known
+    ]
+
+
+_warned: set[str] = set()
+
+
+def warn_about_unknown_variables() -> None:
+    """Log one warning per misspelled CLICKSTREAM_* variable (once per process): it would be silently ignored."""
+    for name, closest in unknown_variables(os.environ):
+        if name in _warned:
+            continue
+        _warned.add(name)
+        hint = f"; did you mean {closest}?" if closest else ""
+        log.warning("%s is not a setting and is ignored%s", name, hint)
+
+
+def _config_error(exc: ValidationError) -> ConfigError:
+    problems = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else "settings"
+        source = env_var_name(field) if field in Settings.model_fields else field
+        if error["type"] == "value_error":  # our own validators: the message is a sentence already
+            message = str(error["msg"]).removeprefix("Value error, ")
+        else:
+            message = str(error["msg"])
+        shown = f" (got {error['input']!r})" if field in Settings.model_fields else ""
+        problems.append(f"{source}: {message}{shown}")
+    return ConfigError("; ".join(problems))
+
+
 def load_settings(**overrides: object) -> Settings:
     """Read settings from the environment; non-None overrides (CLI flags) win. Raises ConfigError."""
+    warn_about_unknown_variables()
     explicit = {key: value for key, value in overrides.items() if value is not None}
     try:
         return Settings(**explicit)  # type: ignore[arg-type]
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            field = str(error["loc"][0]) if error["loc"] else "settings"
-            source = env_var_name(field) if field in Settings.model_fields else field
-            problems.append(f"  {source}: {error['msg']} (got {error.get('input')!r})")
-        raise ConfigError("invalid configuration:\n" + "\n".join(problems)) from None
+        raise _config_error(exc) from None
+
+
+def settings_json(settings: Settings) -> str:
+    """Every field, resolved: what ``load_settings_file`` reads back into an equal object."""
+    return json.dumps(settings.model_dump(mode="json"), indent=2, sort_keys=True)
+
+
+def write_settings_file(settings: Settings, path: Path) -> Path:
+    """Write the resolved settings for child processes (owner-readable only; atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(settings_json(settings), encoding="utf-8")
+    temporary.chmod(0o600)
+    temporary.replace(path)
+    return path
+
+
+def load_settings_file(path: Path) -> Settings:
+    """The settings a worker resolved (flags and environment) for its processors; the environment is not read."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"{SETTINGS_FILE_ENV}: cannot read {path}: {error}") from None
+    try:
+        # Every field is given, so nothing comes from the environment of the process reading it.
+        return Settings(**document)
+    except ValidationError as exc:
+        raise _config_error(exc) from None
+
+
+def settings_for_process() -> Settings:
+    """The worker's settings file when this process was started by a worker, else the environment."""
+    path = os.environ.get(SETTINGS_FILE_ENV)
+    return load_settings_file(Path(path)) if path else load_settings()
 
 
 def aws_environment(settings: Settings) -> dict[str, str]:

@@ -62,7 +62,13 @@ STREAM_ARN = f"arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/{PLACEHOLDERS['STREAM_N
 TABLE_ARN = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{PLACEHOLDERS['KCL_APPLICATION_NAME']}"
 BUCKET_ARN = f"arn:aws:s3:::{PLACEHOLDERS['BUCKET']}"
 OBJECTS_ARN = f"{BUCKET_ARN}/{PLACEHOLDERS['PREFIX']}/*"
-RESOURCE_OF_KIND = {"stream": STREAM_ARN, "bucket": BUCKET_ARN, "object": OBJECTS_ARN, "none": "*"}
+RESOURCE_OF_KIND = {
+    "stream": STREAM_ARN,
+    "bucket": BUCKET_ARN,
+    "object": OBJECTS_ARN,
+    "table": TABLE_ARN,
+    "none": "*",
+}
 
 SECRET_NAME = re.compile(r"SECRET|PASSWORD|TOKEN|ACCESS_KEY|PRIVATE|CREDENTIAL", re.IGNORECASE)
 BUILD_TOOLS = re.compile(r"\b(build-essential|gcc|g\+\+|clang|make|cmake|[\w.+-]+-dev|git|curl|wget)\b")
@@ -221,13 +227,51 @@ def copy_sources() -> list[str]:
     return [source for c in builder if c.cmd == "COPY" and not c.flags for source in c.value[:-1]]
 
 
-def test_builder_copies_every_package_and_the_pins() -> None:
+#: Packages for development and demos only: never in the image, and no runtime package imports them at load time.
+DEV_ONLY_PACKAGES = {"emulator"}
+
+
+def test_builder_copies_every_runtime_package_and_the_pins_and_not_the_emulator() -> None:
     sources = set(copy_sources())
-    packages = set(PYPROJECT["tool"]["setuptools"]["packages"])
-    assert packages <= sources, f"packages not copied into the image build: {sorted(packages - sources)}"
+    packages = set(PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"])
+    runtime_packages = packages - DEV_ONLY_PACKAGES
+    assert runtime_packages <= sources, (
+        f"packages not copied into the image build: {sorted(runtime_packages - sources)}"
+    )
+    assert not DEV_ONLY_PACKAGES & sources, "the emulator is for development and demos"
     assert {"pyproject.toml", "README.md", "deploy/constraints.txt"} <= sources
     for source in sources:
         assert (ROOT / source).exists(), source
+
+
+def test_runtime_packages_load_without_the_emulator_and_its_dependencies() -> None:
+    for package in set(PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]) - DEV_ONLY_PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            top_level = re.findall(
+                r"^(?:from|import) (emulator|moto|hypercorn)\b", path.read_text(), re.MULTILINE
+            )
+            assert not top_level, f"{path.relative_to(ROOT)} imports {top_level} at load time"
+    pinned = pins()
+    assert not {"moto", "hypercorn", "numpy"} & set(pinned), "dev-only or unused distributions in the image"
+
+
+def test_runtime_dependencies_are_imported_by_the_product() -> None:
+    """Every runtime dependency is used (kept to what the worker, producer and CLI import)."""
+    import_names = {
+        "kclpy-ext": "amazon_kclpy",
+        "pydantic-settings": "pydantic_settings",
+        "aws-kinesis-agg": "aws_kinesis_agg",
+        "localstack-client": "localstack_client",
+    }
+    sources = "\n".join(
+        path.read_text()
+        for package in set(PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]) - DEV_ONLY_PACKAGES
+        for path in (ROOT / package).rglob("*.py")
+    )
+    for text in PYPROJECT["project"]["dependencies"]:
+        name = canonicalize_name(Requirement(text).name)
+        module = import_names.get(name, name.replace("-", "_"))
+        assert re.search(rf"^\s*(from|import) {module}\b", sources, re.MULTILINE), f"{name} is never imported"
 
 
 # ==================================================================================================== .dockerignore
@@ -460,7 +504,7 @@ def needed_by_code(role: str) -> dict[tuple[str, str], str]:
             action, kind = IAM_OF_OPERATION.get((service, operation), (f"{service}:{operation}", None))
             if kind is None:
                 assert service != "s3", f"map s3 {operation} in IAM_OF_OPERATION"
-                kind = {"kinesis": "stream", "cloudwatch": "none"}[service]
+                kind = {"kinesis": "stream", "cloudwatch": "none", "dynamodb": "table"}[service]
             needed[(action, RESOURCE_OF_KIND[kind])] = f"{path.relative_to(ROOT)} calls {operation}"
         if re.search(r"exceptions\.NoSuchKey", source):
             # S3 answers GetObject on a missing key with 404 NoSuchKey only to a caller allowed to ListBucket;

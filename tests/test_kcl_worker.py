@@ -3,15 +3,22 @@ two-stage signals and exit codes. No Java is started here (tests/test_e2e_kcl.py
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import stat
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
+from moto import mock_aws
+from rich.console import Console
 
+from consumer.health import Heartbeat, assess, write_heartbeat
 from consumer.kcl_worker import (
     MAIN_CLASS,
     IdleCheck,
@@ -21,8 +28,10 @@ from consumer.kcl_worker import (
     java_command,
     kcl_properties,
 )
+from consumer.preflight import PreflightError, preflight
 from consumer.status import ShardStatus, StatusWriter
-from runtime.settings import Settings, load_settings
+from consumer.worker_output import LogSink, status_view
+from runtime.settings import SETTINGS_FILE_ENV, Settings, load_settings, load_settings_file
 
 EXECUTABLE = f"{sys.executable} -m consumer.record_processor"
 
@@ -36,6 +45,8 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             "AWS_DEFAULT_REGION",
         ):
             monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
 
 
 def properties(text: str) -> dict[str, str]:
@@ -139,6 +150,156 @@ def test_prepare_writes_the_properties_file_and_removes_stale_status_files(tmp_p
     assert written["executableName"] == EXECUTABLE
     assert command[-1] == str(tmp_path / "state" / "kcl.properties")
     assert list((tmp_path / "state" / "status").glob("*.json")) == []
+
+
+def test_processors_get_the_resolved_settings_file_and_the_log_setup(tmp_path: Path) -> None:
+    settings = load_settings(state_dir=tmp_path / "state", prefix="alt", flush_max_seconds=2)
+    worker = KclWorker(settings, log_level="DEBUG")
+
+    path = worker.settings_file()
+    env = worker.child_environment(path, tmp_path / "log.sock")
+
+    assert env[SETTINGS_FILE_ENV] == str(path) and path.is_absolute()
+    loaded = load_settings_file(path)
+    assert (loaded.prefix, loaded.flush_max_seconds) == ("alt", 2)
+    assert loaded.state_dir == (tmp_path / "state").resolve()
+    assert (env["CLICKSTREAM_LOG_LEVEL"], env["CLICKSTREAM_LOG_FORMAT"]) == ("DEBUG", "json")
+
+
+def test_the_jvm_gets_the_kcl_log_level_setting(tmp_path: Path) -> None:
+    settings = load_settings(java=str(fake_java(tmp_path / "bin")), kcl_log_level="warning")
+    assert "-DCLICKSTREAM_KCL_LOG_LEVEL=WARN" in java_command(settings, tmp_path / "kcl.properties")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux")
+def test_a_child_started_with_the_hook_is_killed_when_its_parent_dies(tmp_path: Path) -> None:
+    """The hook on a grandchild whose parent (standing in for the worker) is killed with SIGKILL."""
+    pid_file = tmp_path / "child.pid"
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time\n"
+            "from consumer.kcl_worker import die_with_parent_hook\n"
+            "child = subprocess.Popen(['sleep', '60'], preexec_fn=die_with_parent_hook())\n"
+            f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+            "time.sleep(60)\n",
+        ]
+    )
+    deadline = time.monotonic() + 20
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{child}").exists() and "State:\tZ" not in Path(f"/proc/{child}/status").read_text():
+        assert time.monotonic() < deadline, "the child outlived its parent"
+        time.sleep(0.05)
+
+
+# ---------------------------------------------------------------------------------------------------- no lease
+def test_a_worker_holding_no_lease_too_long_is_unhealthy_with_the_reason(tmp_path: Path) -> None:
+    now = time.time()
+    write_heartbeat(
+        tmp_path,
+        Heartbeat(
+            pid=os.getpid(),
+            phase="running",
+            started_at=now - 400,
+            lease_detail="the lease table cannot be read",
+        ),
+    )
+    report = assess(tmp_path, stuck_after=300, no_lease_after=300, now=now)
+    assert not report.healthy
+    assert report.problems == [
+        "worker has held no shard lease for 400s since it started: the lease table cannot be read"
+    ]
+    assert assess(tmp_path, stuck_after=300, no_lease_after=500, now=now).healthy, "not yet"
+    assert assess(tmp_path, stuck_after=300, no_lease_after=0, now=now).healthy, "0 turns the check off"
+
+
+def test_a_standby_worker_or_one_holding_a_lease_is_healthy(tmp_path: Path) -> None:
+    now = time.time()
+    write_heartbeat(tmp_path, Heartbeat(pid=os.getpid(), phase="running", started_at=now - 400, standby=True))
+    assert assess(tmp_path, stuck_after=300, no_lease_after=60, now=now).healthy
+    write_heartbeat(tmp_path, Heartbeat(pid=os.getpid(), phase="running", started_at=now - 400))
+    StatusWriter(tmp_path / "status").write(drained_status(last_call_at=now), force=True)
+    assert assess(tmp_path, stuck_after=300, no_lease_after=60, now=now).healthy
+
+
+def test_the_supervisor_tells_a_standby_from_a_worker_that_cannot_take_leases(tmp_path: Path) -> None:
+    with mock_aws():
+        dynamodb = boto3.client("dynamodb", region_name="us-east-1")
+        dynamodb.create_table(
+            TableName="lease-app",
+            KeySchema=[{"AttributeName": "leaseKey", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "leaseKey", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        settings = load_settings(
+            state_dir=tmp_path, application_name="lease-app", worker_id="me", no_lease_unhealthy_seconds=10
+        )
+        for shard, owner in (("shardId-0", "other"), ("shardId-1", "other")):
+            dynamodb.put_item(
+                TableName="lease-app", Item={"leaseKey": {"S": shard}, "leaseOwner": {"S": owner}}
+            )
+        worker = KclWorker(settings)
+        worker._heartbeat.started_at -= 60
+        worker._track_leases({})
+        assert worker._heartbeat.standby and "held by 1 other workers" in str(worker._heartbeat.lease_detail)
+
+        dynamodb.put_item(TableName="lease-app", Item={"leaseKey": {"S": "shardId-2"}})
+        worker._last_lease_scan = 0.0
+        worker._track_leases({})
+        assert not worker._heartbeat.standby
+        assert worker._heartbeat.lease_detail == "1 of 3 leases have no owner and none was taken"
+
+
+# ---------------------------------------------------------------------------------------------------- preflight
+def test_preflight_names_the_missing_stream_bucket_or_denied_table() -> None:
+    with mock_aws():
+        settings = load_settings(stream_name="pre-stream", bucket="pre-bucket", application_name="pre-app")
+        with pytest.raises(PreflightError, match="stream 'pre-stream' does not exist"):
+            preflight(settings)
+        boto3.client("kinesis", region_name="us-east-1").create_stream(StreamName="pre-stream", ShardCount=1)
+        with pytest.raises(PreflightError, match="bucket 'pre-bucket' does not exist"):
+            preflight(settings)
+        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="pre-bucket")
+        preflight(settings)  # no lease table yet: the KCL creates it
+
+
+# ---------------------------------------------------------------------------------------------------- live status
+def test_the_live_status_fits_80_columns_with_many_shards() -> None:
+    now = 10_000.0
+    statuses = {
+        f"shardId-{i:012d}": drained_status(
+            f"shardId-{i:012d}",
+            records_received=123_456_789,
+            accepted=123_000_000,
+            rejected=456_789,
+            buffered_records=49_999,
+            millis_behind_latest=86_400_000,
+            last_flush_at=now - 7200,
+        )
+        for i in range(12)
+    }
+    console = Console(width=80, file=io.StringIO(), force_terminal=False)
+    console.print(status_view(statuses, now, headline="clickstream worker w | stream s -> s3://b/p | up 5m"))
+    lines = console.file.getvalue().splitlines()  # type: ignore[attr-defined]
+    assert max(len(line) for line in lines) <= 80, lines
+    assert any(line.split()[:2] == ["11", "processing"] for line in lines), lines
+    assert "12 shards held" in lines[1]
+
+
+def test_log_lines_become_text_or_stay_json(capsys: pytest.CaptureFixture[str]) -> None:
+    line = (
+        '{"time": "2026-03-01T10:15:30.123Z", "level": "WARN", "logger": "a.b.Scheduler", "message": "slow"}'
+    )
+    LogSink(json_logs=True).line(line)
+    LogSink(json_logs=False).line(line)
+    assert capsys.readouterr().err.splitlines() == [line, "10:15:30 WARN  Scheduler: slow"]
 
 
 # ---------------------------------------------------------------------------------------------------- idle check
@@ -272,13 +433,29 @@ def test_find_java_raises_worker_error_with_advice_when_there_is_no_java(
     assert "JAVA_HOME" in message
 
 
-def test_find_java_ignores_a_configured_path_that_does_not_exist(
+def test_a_configured_java_that_is_not_executable_stops_the_worker_naming_the_variable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    fake_java(tmp_path / "path")
+    monkeypatch.setenv("PATH", str(tmp_path / "path"))  # a java elsewhere must not be picked silently
     monkeypatch.delenv("JAVA_HOME", raising=False)
-    with pytest.raises(WorkerError):
-        find_java(load_settings(java=str(tmp_path / "missing" / "java")))
+    not_executable = tmp_path / "java.txt"
+    not_executable.write_text("")
+    for configured in (tmp_path / "missing" / "java", not_executable):
+        with pytest.raises(WorkerError) as raised:
+            find_java(load_settings(java=str(configured)))
+        assert f"CLICKSTREAM_JAVA={configured}" in str(raised.value)
+        assert raised.value.exit_code == 2
+
+
+def test_a_java_home_without_java_stops_the_worker_naming_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_java(tmp_path / "path")
+    monkeypatch.setenv("PATH", str(tmp_path / "path"))
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path / "no-jdk"))
+    with pytest.raises(WorkerError, match="JAVA_HOME="):
+        find_java(load_settings())
 
 
 def test_find_java_prefers_the_setting_then_java_home_then_path(

@@ -2,23 +2,46 @@
 
 from __future__ import annotations
 
+import http.server
+import io
 import logging
 import os
+import socket
+import subprocess
+import sys
+import threading
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import boto3
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from moto import mock_aws
 from pydantic import ValidationError
 
 from clickstream.cli import main
-from runtime.settings import ConfigError, Settings, env_var_name, load_settings
+from runtime.settings import (
+    OTHER_VARIABLES,
+    SETTINGS_FILE_ENV,
+    ConfigError,
+    Settings,
+    env_var_name,
+    load_settings,
+    settings_for_process,
+    unknown_variables,
+    write_settings_file,
+)
+from schemas.control import CommitRecord
+from schemas.layout import FlushName, OutputLayout
+from schemas.positions import Position
 
-COMMANDS = ["emulator", "setup", "generate", "produce", "worker", "summary", "demo"]
+COMMANDS = ["emulator", "setup", "generate", "produce", "worker", "replay", "health", "summary", "demo"]
 
 
 @pytest.fixture(autouse=True)
@@ -278,7 +301,7 @@ def test_worker_flags_override_the_environment(
     )
 
 
-def test_a_worker_start_failure_is_reported_as_a_cli_error(
+def test_a_worker_without_java_is_a_configuration_error(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
@@ -288,7 +311,7 @@ def test_a_worker_start_failure_is_reported_as_a_cli_error(
         main, ["--log-format", "text", "worker", "--state-dir", str(tmp_path / "state")]
     )
 
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "no Java runtime found" in result.output
 
 
@@ -377,3 +400,348 @@ def test_setup_creates_the_stream_and_an_encrypted_private_bucket_and_can_run_ag
     rule = encryption["ServerSideEncryptionConfiguration"]["Rules"][0]
     assert rule["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
     assert all(public_access.values())
+
+
+# ---------------------------------------------------------------------------------------------------- settings file
+def test_the_settings_file_gives_processors_the_workers_settings_whatever_their_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("CLICKSTREAM_PREFIX", "from-env")
+    monkeypatch.setenv("CLICKSTREAM_FLUSH_MAX_BYTES", "4096")
+    resolved = load_settings(prefix="from-flag", state_dir=tmp_path / "x", flush_max_records=9)
+    path = write_settings_file(resolved, tmp_path / "worker-settings.json")
+    monkeypatch.setenv("CLICKSTREAM_PREFIX", "changed-after")
+    monkeypatch.setenv("CLICKSTREAM_STATE_DIR", "elsewhere")
+
+    monkeypatch.setenv(SETTINGS_FILE_ENV, str(path))
+    loaded = settings_for_process()
+
+    assert loaded == resolved
+    assert (loaded.prefix, loaded.state_dir, loaded.flush_max_records, loaded.flush_max_bytes) == (
+        "from-flag",
+        tmp_path / "x",
+        9,
+        4096,
+    )
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_without_a_settings_file_a_process_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLICKSTREAM_PREFIX", "env-only")
+    assert settings_for_process().prefix == "env-only"
+
+
+def test_an_unreadable_settings_file_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(SETTINGS_FILE_ENV, str(tmp_path / "missing.json"))
+    with pytest.raises(ConfigError, match=SETTINGS_FILE_ENV):
+        settings_for_process()
+
+
+# ---------------------------------------------------------------------------------------------------- typos
+def test_a_misspelled_variable_is_warned_about_with_the_closest_name(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("CLICKSTREAM_FLUSH_MAX_RECORDZ", "5")
+    monkeypatch.setenv("CLICKSTREAM_ZZZ", "1")
+    monkeypatch.setattr("runtime.settings._warned", set())
+
+    with caplog.at_level(logging.WARNING, logger="runtime.settings"):
+        load_settings()
+
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(
+        "CLICKSTREAM_FLUSH_MAX_RECORDZ" in m and "did you mean CLICKSTREAM_FLUSH_MAX_RECORDS?" in m
+        for m in messages
+    ), messages
+    assert any("CLICKSTREAM_ZZZ is not a setting" in m and "did you mean" not in m for m in messages), (
+        messages
+    )
+
+
+def test_variables_read_outside_the_settings_object_are_not_typos() -> None:
+    environ = {name: "x" for name in OTHER_VARIABLES} | {"CLICKSTREAM_KCL_LOG_LEVEL": "INFO"}
+    assert unknown_variables(environ) == []
+
+
+# ---------------------------------------------------------------------------------------------------- one-line errors
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """The real command in its own process: what an operator sees on stderr, and the exit code."""
+    base = {
+        k: v for k, v in os.environ.items() if not k.startswith("CLICKSTREAM_") and k != "AWS_ENDPOINT_URL"
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "clickstream.cli", *args],
+        env={
+            **base,
+            "AWS_ACCESS_KEY_ID": "x",
+            "AWS_SECRET_ACCESS_KEY": "x",
+            "AWS_REGION": "us-east-1",
+            **(env or {}),
+        },
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def assert_one_line(result: subprocess.CompletedProcess[str], code: int, *needles: str) -> str:
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert len(errors) == 1, result.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("command", [["setup"], ["summary"]])
+def test_an_endpoint_that_is_down_is_one_line_and_exit_1(command: list[str]) -> None:
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    result = run_cli(*command, env={"AWS_ENDPOINT_URL": endpoint})
+    assert_one_line(result, 1, "cannot reach", "127.0.0.1", "AWS_ENDPOINT_URL")
+
+
+def test_an_endpoint_that_is_not_a_url_is_a_configuration_error_naming_the_variable() -> None:
+    result = run_cli("setup", env={"AWS_ENDPOINT_URL": "notaurl"})
+    assert_one_line(result, 2, "AWS_ENDPOINT_URL", "'notaurl'")
+
+
+def test_https_against_a_plain_http_port_says_to_use_http() -> None:
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        result = run_cli("setup", env={"AWS_ENDPOINT_URL": f"https://127.0.0.1:{server.server_port}"})
+    finally:
+        server.shutdown()
+    assert_one_line(result, 1, "TLS", "http://")
+
+
+@pytest.mark.parametrize("value", ["BOGUS", "verbose"])
+def test_a_bad_log_level_in_the_environment_names_the_variable(value: str) -> None:
+    result = run_cli("health", env={"CLICKSTREAM_LOG_LEVEL": value})
+    assert_one_line(result, 2, "CLICKSTREAM_LOG_LEVEL", repr(value))
+
+
+def test_a_bad_log_level_flag_names_the_flag() -> None:
+    assert_one_line(run_cli("--log-level", "loud", "health"), 2, "--log-level")
+
+
+def test_a_missing_java_named_by_clickstream_java_stops_the_worker(tmp_path: Path) -> None:
+    result = run_cli("worker", "--state-dir", str(tmp_path), env={"CLICKSTREAM_JAVA": "/nonexistent"})
+    assert_one_line(result, 2, "CLICKSTREAM_JAVA=/nonexistent")
+
+
+def test_an_invalid_setting_is_one_line_and_exit_2() -> None:
+    result = run_cli("setup", env={"CLICKSTREAM_FLUSH_MAX_RECORDS": "-3"})
+    assert_one_line(result, 2, "CLICKSTREAM_FLUSH_MAX_RECORDS", "'-3'")
+
+
+def test_a_misspelled_variable_is_warned_on_the_command_line() -> None:
+    result = run_cli("--log-format", "text", "health", env={"CLICKSTREAM_FLUSH_MAX_RECORDZ": "5"})
+    assert "did you mean CLICKSTREAM_FLUSH_MAX_RECORDS?" in result.stderr
+
+
+def test_debug_shows_the_traceback_as_well() -> None:
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    result = run_cli("--debug", "summary", env={"AWS_ENDPOINT_URL": endpoint})
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr
+    assert result.stderr.rstrip().splitlines()[-1].startswith("Error: cannot reach")
+
+
+def test_replay_of_a_missing_bucket_is_one_line_and_exit_2() -> None:
+    with mock_aws():
+        result = CliRunner().invoke(
+            main, ["replay", "--from", "2026-03-01", "--to", "2026-03-02", "--bucket", "nonexistent"]
+        )
+    assert result.exit_code == 2, result.output
+    assert "bucket nonexistent does not exist" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_emulator_refuses_a_non_loopback_host_in_one_line_naming_a_real_flag() -> None:
+    result = run_cli("emulator", "--host", "0.0.0.0", "--port", "0")
+    assert_one_line(result, 2, "non-loopback", "--allow-remote")
+    assert "--allow-remote" in run_cli("emulator", "--help").stdout
+
+
+def test_emulator_on_a_port_in_use_is_one_line_and_exit_1() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = run_cli("emulator", "--port", str(port))
+    assert_one_line(result, 1, f"127.0.0.1:{port}", "--port")
+
+
+def test_produce_reports_its_summary_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    with mock_aws():
+        boto3.client("kinesis", region_name="us-east-1").create_stream(StreamName="once", ShardCount=1)
+        result = CliRunner().invoke(
+            main,
+            ["--log-format", "text", "produce", "--stream", "once", "--customers", "3", "--events", "20"],
+        )
+    assert result.exit_code == 0, result.output
+    assert len([line for line in result.output.splitlines() if "put 20 records" in line]) == 1, result.output
+
+
+# ---------------------------------------------------------------------------------------------------- summary
+CUSTOMER_COLUMNS = {
+    "customer_id": pa.string(),
+    "version": pa.int64(),
+    "as_of": pa.timestamp("us", tz="UTC"),
+    "purchases": pa.int64(),
+    "revenue": pa.decimal128(18, 2),
+    "frequency": pa.int64(),
+    "recency": pa.int64(),
+    "T": pa.int64(),
+    "monetary_value": pa.float64(),
+    "engagement_score": pa.float64(),
+}
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    return sink.getvalue()
+
+
+def customers_table(names: list[str], revenue: int) -> pa.Table:
+    rows = [
+        {
+            "customer_id": name,
+            "version": 3,
+            "as_of": datetime(2026, 3, 9, tzinfo=UTC),
+            "purchases": 2,
+            "revenue": Decimal(revenue),
+            "frequency": 1,
+            "recency": 4,
+            "T": 8,
+            "monetary_value": float(revenue) / 2,
+            "engagement_score": 12.5,
+        }
+        for name in names
+    ]
+    return pa.Table.from_pylist(rows, schema=pa.schema(CUSTOMER_COLUMNS))
+
+
+def put_committed_flush(s3: Any, bucket: str, layout: OutputLayout, shard: str, customers: list[str]) -> None:
+    """One flush as the worker leaves it: data files, then the commit record naming them."""
+    name = FlushName(shard, Position("1", 0), Position("9", 0), "attempt1")
+    aggregates = layout.data_key("customer_aggregates", date(2026, 3, 9), name)
+    errors = layout.data_key("errors", date(2026, 3, 9), name)
+    s3.put_object(Bucket=bucket, Key=aggregates, Body=parquet_bytes(customers_table(customers, 100)))
+    s3.put_object(
+        Bucket=bucket,
+        Key=errors,
+        Body=parquet_bytes(pa.table({"error_code": ["invalid_json", "invalid_json", "oversized"]})),
+    )
+    commit = CommitRecord(
+        shard_id=shard,
+        attempt_id="attempt1",
+        worker_id="w",
+        previous=None,
+        first=Position("1", 0),
+        last=Position("9", 0),
+        records_in=len(customers) * 4 + 3,
+        records_skipped=0,
+        accepted=len(customers) * 4,
+        duplicates=len(customers),
+        rejected=3,
+        customers_changed=len(customers),
+        files={"customer_aggregates": [aggregates], "errors": [errors]},
+        bytes_written=100,
+        committed_at=datetime(2026, 3, 9, tzinfo=UTC),
+        newest_event_at=None,
+    )
+    s3.put_object(Bucket=bucket, Key=layout.commit_key(shard, None), Body=commit.to_json())
+
+
+def test_summary_counts_what_is_committed_in_s3_not_the_download_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stale = tmp_path / "demo-output" / "s3" / "rfm" / "customer_aggregates" / "old.parquet"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(parquet_bytes(customers_table([f"stale-{i}" for i in range(50)], 999_999)))
+    monkeypatch.chdir(tmp_path)
+    layout = OutputLayout("rfm")
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="summary-bucket")
+        put_committed_flush(s3, "summary-bucket", layout, "shardId-000000000000", ["c-1", "c-2"])
+        put_committed_flush(s3, "summary-bucket", layout, "shardId-000000000001", ["c-3"])
+        orphan = layout.data_key(
+            "customer_aggregates",
+            date(2026, 3, 9),
+            FlushName("shardId-000000000001", Position("10", 0), Position("11", 0), "a2"),
+        )
+        s3.put_object(
+            Bucket="summary-bucket", Key=orphan, Body=parquet_bytes(customers_table(["c-uncommitted"], 5))
+        )
+
+        result = CliRunner().invoke(main, ["summary", "--bucket", "summary-bucket"], terminal_width=80)
+        downloaded = CliRunner().invoke(
+            main,
+            ["summary", "--bucket", "summary-bucket", "--download", str(tmp_path / "copy")],
+            terminal_width=80,
+        )
+
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert any(line.split()[:4] == ["customer_aggregates", "2", "3", "0.0"] for line in lines), result.output
+    assert "c-1" in result.output and "c-3" in result.output
+    assert "stale-" not in result.output and "c-uncommitted" not in result.output
+    assert "1 data files on S3 are named by no commit record" in result.output
+    assert any(line.split()[:2] == ["invalid_json", "4"] for line in lines), result.output
+    assert not (tmp_path / "demo-output" / "s3" / "rfm" / "errors").exists(), "no download unless asked"
+    assert downloaded.exit_code == 0, downloaded.output
+    copies = sorted(p.relative_to(tmp_path / "copy").as_posix() for p in (tmp_path / "copy").rglob("*.*"))
+    assert len(copies) == 6 and orphan not in copies, copies  # 2 flushes x (2 data files + 1 commit record)
+    hint = next(line for line in downloaded.output.splitlines() if "import duckdb" in line)
+    assert hint.startswith('.venv/bin/python -c "import duckdb; duckdb.sql(\\"FROM ') and hint.endswith(
+        '.show()"'
+    )
+
+
+def test_summary_tables_fit_80_columns_when_piped(tmp_path: Path) -> None:
+    layout = OutputLayout("rfm")
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="narrow-bucket")
+        put_committed_flush(
+            s3, "narrow-bucket", layout, "shardId-000000000000", [f"c-{i:06d}" for i in range(12)]
+        )
+        result = CliRunner().invoke(
+            main, ["summary", "--bucket", "narrow-bucket", "--top", "12"]
+        )  # not a TTY
+
+    assert result.exit_code == 0, result.output
+    table_lines = result.output.splitlines()
+    too_wide = [line for line in table_lines if len(line) > 80]
+    assert too_wide == [], "\n".join(too_wide)
+    for i in range(12):
+        assert f"c-{i:06d}" in result.output, "customer ids are neither wrapped nor cut"
+    header = next(line for line in table_lines if line.split()[:1] == ["customer"])
+    assert header.split() == [
+        "customer",
+        "orders",
+        "revenue",
+        "frequency",
+        "recency",
+        "T",
+        "monetary",
+        "engagement",
+    ]
+    assert "\x1b[" not in result.output, "no colour codes in a pipe"

@@ -1,0 +1,105 @@
+"""One sentence instead of a traceback: what failed, and what to do, for every command of the CLI.
+
+Exit codes: 2 for bad usage or configuration (a setting, a missing resource a setting names, credentials,
+permissions), 1 for a runtime failure (endpoint down, an AWS call failing, a port taken). ``--debug`` (or
+``--log-level DEBUG``) prints the traceback as well.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+from typing import Any
+
+from botocore import exceptions as aws
+
+from runtime.settings import ConfigError
+
+#: Exit code of bad usage or configuration (as click uses for usage errors).
+USAGE = 2
+#: Exit code of a failure at run time.
+RUNTIME = 1
+
+_NOT_FOUND = {
+    "NoSuchBucket": "bucket {bucket} does not exist (CLICKSTREAM_BUCKET / --bucket; `clickstream setup` creates it)",
+    "ResourceNotFoundException": "{message} (check the name; `clickstream setup` creates the stream)",
+}
+_DENIED = ("AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "Forbidden", "403")
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    message: str
+    exit_code: int
+
+
+class FrontDoorError(Exception):
+    """An error that already carries its one-line message and exit code (raised by commands)."""
+
+    def __init__(self, message: str, exit_code: int = RUNTIME) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _endpoint(error: Exception) -> str:
+    kwargs: dict[str, Any] = getattr(error, "kwargs", {}) or {}
+    return str(kwargs.get("endpoint_url") or "the AWS endpoint").rstrip("/")
+
+
+def _client_error(error: aws.ClientError) -> Failure:
+    details = error.response.get("Error", {})
+    code = str(details.get("Code", "Unknown"))
+    message = str(details.get("Message") or "").strip()
+    operation = error.operation_name
+    if code in ("NoSuchBucket", "404") and operation in ("HeadBucket", "ListObjectsV2", "ListObjects"):
+        bucket = details.get("BucketName") or "the bucket"
+        return Failure(_NOT_FOUND["NoSuchBucket"].format(bucket=bucket), USAGE)
+    if code in _NOT_FOUND:
+        return Failure(_NOT_FOUND[code].format(bucket=details.get("BucketName"), message=message), USAGE)
+    if code in _DENIED:
+        return Failure(f"not allowed to call {operation}: {message or code} (check the IAM policy)", USAGE)
+    return Failure(f"AWS {operation} failed: {code}: {message}".rstrip(": "), RUNTIME)
+
+
+def explain(error: BaseException) -> Failure:  # noqa: PLR0911 - one return per kind of failure
+    """The one-line message and exit code for an exception that reached the command line."""
+    if isinstance(error, FrontDoorError):
+        return Failure(str(error), error.exit_code)
+    if isinstance(error, ConfigError):
+        return Failure(f"invalid configuration: {error}", USAGE)
+    if isinstance(error, aws.NoCredentialsError | aws.PartialCredentialsError):
+        return Failure(
+            "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or run "
+            "with a role (any dummy pair works against the embedded emulator)",
+            USAGE,
+        )
+    if isinstance(error, aws.NoRegionError):
+        return Failure("no AWS region: set AWS_REGION", USAGE)
+    if isinstance(error, aws.SSLError):
+        return Failure(
+            f"TLS handshake with {_endpoint(error)} failed: if it serves plain HTTP (the emulator, LocalStack), "
+            "use an http:// URL in AWS_ENDPOINT_URL",
+            RUNTIME,
+        )
+    if isinstance(error, aws.EndpointConnectionError | aws.ConnectTimeoutError):
+        return Failure(
+            f"cannot reach {_endpoint(error)}: is it running? (AWS_ENDPOINT_URL; `clickstream emulator` "
+            "starts a local one)",
+            RUNTIME,
+        )
+    if isinstance(error, aws.ReadTimeoutError | aws.ConnectionClosedError):
+        return Failure(f"{_endpoint(error)} stopped answering: {error}", RUNTIME)
+    if isinstance(error, aws.ClientError):
+        return _client_error(error)
+    if isinstance(error, aws.ParamValidationError):
+        return Failure(f"invalid AWS request: {error}", USAGE)
+    if isinstance(error, aws.BotoCoreError):
+        return Failure(f"AWS client error: {error}", RUNTIME)
+    if isinstance(error, OSError) and error.errno == errno.EADDRINUSE:
+        return Failure(f"address already in use: {error.strerror} (pick another --port)", RUNTIME)
+    if isinstance(error, OSError):
+        where = f" ({error.filename})" if error.filename else ""
+        return Failure(f"{error.strerror or error}{where}", RUNTIME)
+    return Failure(
+        f"unexpected {type(error).__name__}: {error} (run with --debug for the traceback)", RUNTIME
+    )

@@ -1,0 +1,103 @@
+"""Before the JVM starts: can this worker reach its stream, its bucket and its lease table?
+
+Without this check a missing bucket shows up a minute later as a processor's terminal error buried in the KCL's
+logs. Each finding is one sentence naming the setting to fix. Connection failures (endpoint down, TLS) are
+raised as they are, for the command line to explain.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from runtime.aws import aws_client
+from runtime.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_DENIED = ("AccessDenied", "AccessDeniedException", "403", "Forbidden", "UnrecognizedClientException")
+
+
+class PreflightError(RuntimeError):
+    """A resource the worker needs is missing or not allowed: configuration, not a transient failure."""
+
+
+def _code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def _where(settings: Settings) -> str:
+    return f"{settings.aws_region}" + (
+        f" at {settings.aws_endpoint_url}" if settings.aws_endpoint_url else ""
+    )
+
+
+def check_stream(kinesis: Any, settings: Settings) -> None:
+    try:
+        summary = kinesis.describe_stream_summary(StreamName=settings.stream_name)["StreamDescriptionSummary"]
+    except ClientError as error:
+        if _code(error) == "ResourceNotFoundException":
+            raise PreflightError(
+                f"stream {settings.stream_name!r} does not exist in {_where(settings)} "
+                "(CLICKSTREAM_STREAM_NAME / --stream; `clickstream setup` creates it)"
+            ) from None
+        if _code(error) in _DENIED:
+            raise PreflightError(
+                f"not allowed to read stream {settings.stream_name!r}: {_code(error)} (check the task role)"
+            ) from None
+        raise
+    if summary["StreamStatus"] not in ("ACTIVE", "UPDATING"):
+        raise PreflightError(f"stream {settings.stream_name!r} is {summary['StreamStatus']}, not ACTIVE")
+
+
+def check_bucket(s3: Any, settings: Settings) -> None:
+    try:
+        s3.head_bucket(Bucket=settings.bucket)
+    except ClientError as error:
+        if _code(error) in ("404", "NoSuchBucket", "NotFound"):
+            raise PreflightError(
+                f"bucket {settings.bucket!r} does not exist (CLICKSTREAM_BUCKET / --bucket; "
+                "`clickstream setup` creates it)"
+            ) from None
+        if _code(error) in _DENIED:
+            raise PreflightError(
+                f"not allowed to list bucket {settings.bucket!r}: {_code(error)} (check the task role)"
+            ) from None
+        raise
+
+
+def check_lease_table(dynamodb: Any, settings: Settings) -> None:
+    """The lease table may not exist yet (the KCL creates it on first start); access must not be denied."""
+    try:
+        dynamodb.describe_table(TableName=settings.application_name)
+    except ClientError as error:
+        if _code(error) == "ResourceNotFoundException":
+            log.info("lease table %s does not exist yet; the KCL will create it", settings.application_name)
+            return
+        if _code(error) in _DENIED:
+            raise PreflightError(
+                f"not allowed to use the lease table {settings.application_name!r}: {_code(error)} "
+                "(check the task role; CLICKSTREAM_APPLICATION_NAME names the table)"
+            ) from None
+        raise
+
+
+def preflight(settings: Settings) -> None:
+    """Raise ``PreflightError`` (or the connection error) within seconds if the worker cannot run."""
+    check_stream(aws_client("kinesis", settings, max_attempts=2), settings)
+    check_bucket(aws_client("s3", settings, max_attempts=2), settings)
+    check_lease_table(aws_client("dynamodb", settings, max_attempts=2), settings)
+
+
+def lease_owners(dynamodb: Any, table: str) -> dict[str, str | None]:
+    """Lease key -> owner of every lease in the KCL's lease table (small: one item per shard)."""
+    owners: dict[str, str | None] = {}
+    for page in dynamodb.get_paginator("scan").paginate(
+        TableName=table, ProjectionExpression="leaseKey, leaseOwner"
+    ):
+        for item in page.get("Items", []):
+            owner = item.get("leaseOwner", {}).get("S")
+            owners[item["leaseKey"]["S"]] = owner
+    return owners

@@ -1,0 +1,222 @@
+"""What ``clickstream worker`` shows: log lines from three sources, and a live status for a person at a terminal.
+
+Three sources write log lines: the supervisor itself (Python logging), the Java MultiLangDaemon (JSON lines on its
+stderr, see ``logback.xml``) and the record processors (JSON lines over the log socket). ``LogSink`` takes each
+line and either writes it to stderr (JSON unchanged, or as text) or, under a live status, appends it to
+``<state_dir>/worker.log`` and shows only warnings and errors above the status.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from consumer.status import ShardStatus
+
+#: Levels (Python's and logback's names) shown above a live status; everything goes to the log file.
+_LOUD = {"WARN", "WARNING", "ERROR", "CRITICAL", "FATAL"}
+
+
+def _parse(line: str) -> dict[str, Any] | None:
+    if not line.startswith("{"):
+        return None
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    return entry if isinstance(entry, dict) else None
+
+
+def as_text(entry: dict[str, Any]) -> str:
+    """A JSON log entry as one readable line: time, level, short logger name, shard, message."""
+    stamp = str(entry.get("time", ""))[11:19]
+    logger = str(entry.get("logger", "")).rsplit(".", 1)[-1]
+    shard = f" [{entry['shard_id']}]" if entry.get("shard_id") else ""
+    message = str(entry.get("message", "")).split("\\n", 1)[0].split("\n", 1)[0]
+    return f"{stamp} {entry.get('level', '')!s:<5} {logger}{shard}: {message}"
+
+
+class LogSink:
+    """Receives every log line of the worker and its children; thread-safe."""
+
+    def __init__(
+        self, *, json_logs: bool, console: Console | None = None, log_file: Path | None = None
+    ) -> None:
+        self.json_logs = json_logs
+        self.console = console
+        self._file: IO[str] | None = log_file.open("a", encoding="utf-8") if log_file else None
+        self._lock = threading.Lock()
+
+    def line(self, text: str) -> None:
+        text = text.rstrip("\n")
+        if not text:
+            return
+        entry = _parse(text)
+        with self._lock:
+            if self._file is not None:
+                self._file.write(text + "\n")
+                self._file.flush()
+            if self.console is not None:
+                level = str(entry.get("level", "")).upper() if entry else "ERROR"
+                if level in _LOUD:
+                    shown = as_text(entry) if entry else text
+                    style = "red" if level in ("ERROR", "CRITICAL", "FATAL") else "yellow"
+                    self.console.print(Text(shown, style=style), soft_wrap=True)
+                return
+            sys.stderr.write((text if self.json_logs or entry is None else as_text(entry)) + "\n")
+            sys.stderr.flush()
+
+    def pump(self, stream: Iterable[bytes]) -> threading.Thread:
+        """Copy a child's output into the sink line by line, in a thread (until end of file)."""
+
+        def run() -> None:
+            for raw in stream:
+                self.line(raw.decode("utf-8", "replace"))
+
+        thread = threading.Thread(target=run, name="log-pump", daemon=True)
+        thread.start()
+        return thread
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+
+class SinkHandler(logging.Handler):
+    """Routes the supervisor's own log records into a ``LogSink`` (as JSON lines, like the children's)."""
+
+    def __init__(self, sink: LogSink, formatter: logging.Formatter) -> None:
+        super().__init__()
+        self.sink = sink
+        self.setFormatter(formatter)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.sink.line(self.format(record))
+        except Exception:  # noqa: BLE001 - logging must never raise into the caller
+            self.handleError(record)
+
+
+# ------------------------------------------------------------------------------------------------ status
+@dataclass(frozen=True, slots=True)
+class WorkerTotals:
+    """The worker at a glance, from the shard status files."""
+
+    shards_held: int
+    records_in: int
+    accepted: int
+    rejected: int
+    buffered: int
+    behind_ms: int
+    last_flush_age: float | None  # seconds since the newest flush of any shard
+    oldest_unflushed: float | None  # seconds the oldest waiting record has waited (None: all durable)
+
+    @classmethod
+    def of(cls, statuses: dict[str, ShardStatus], now: float) -> WorkerTotals:
+        held = [s for s in statuses.values() if s.phase == "processing"]
+        flushes = [s.last_flush_at for s in statuses.values() if s.last_flush_at]
+        waiting = [s.waiting_since for s in held if s.waiting_since]
+        return cls(
+            shards_held=len(held),
+            records_in=sum(s.records_received for s in statuses.values()),
+            accepted=sum(s.accepted for s in statuses.values()),
+            rejected=sum(s.rejected for s in statuses.values()),
+            buffered=sum(s.buffered_records for s in held),
+            behind_ms=max((s.millis_behind_latest or 0 for s in held), default=0),
+            last_flush_age=now - max(flushes) if flushes else None,
+            oldest_unflushed=now - min(waiting) if waiting else None,
+        )
+
+    def sentence(self) -> str:
+        """One line for logs (the JSON status line when there is no terminal)."""
+        return (
+            f"{self.shards_held} shards held; records in {self.records_in:,}, accepted {self.accepted:,}, "
+            f"rejected {self.rejected:,}, buffered {self.buffered:,}; behind latest {_ms(self.behind_ms)}; "
+            f"last flush {_ago(self.last_flush_age)}; freshness: {_freshness(self.oldest_unflushed)}"
+        )
+
+
+def _ms(millis: int) -> str:
+    return f"{millis / 1000:.1f}s" if millis >= 1000 else f"{millis}ms"
+
+
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    return f"{seconds:.0f}s ago" if seconds < 120 else f"{seconds / 60:.0f}m ago"
+
+
+def _freshness(oldest_unflushed: float | None) -> str:
+    if oldest_unflushed is None:
+        return "everything received is durable"
+    return f"oldest unflushed record waiting {oldest_unflushed:.0f}s"
+
+
+def _shard_label(shard_id: str) -> str:
+    """``shardId-000000000007`` -> ``7`` (the table must fit 80 columns)."""
+    tail = shard_id.rsplit("-", 1)[-1]
+    return str(int(tail)) if tail.isdigit() else shard_id
+
+
+def status_view(statuses: dict[str, ShardStatus], now: float, *, headline: str, max_rows: int = 16) -> Group:
+    """The live status: a headline, totals and one row per shard (fits 80 columns)."""
+    totals = WorkerTotals.of(statuses, now)
+    table = Table(box=None, pad_edge=False, header_style="bold", padding=(0, 1))
+    for column, justify in (
+        ("shard", "right"),
+        ("phase", "left"),
+        ("in", "right"),
+        ("accepted", "right"),
+        ("rejected", "right"),
+        ("buffered", "right"),
+        ("behind", "right"),
+        ("flushed", "right"),
+    ):
+        table.add_column(column, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for shard_id, status in sorted(statuses.items())[:max_rows]:
+        table.add_row(
+            _shard_label(shard_id),
+            status.phase.replace("_", " "),
+            f"{status.records_received:,}",
+            f"{status.accepted:,}",
+            f"{status.rejected:,}",
+            f"{status.buffered_records:,}",
+            _ms(status.millis_behind_latest or 0),
+            _ago(now - status.last_flush_at if status.last_flush_at else None),
+        )
+    lines = [
+        Text(headline, style="bold", no_wrap=True, overflow="ellipsis"),
+        Text(
+            f"{totals.shards_held} shards held | in {totals.records_in:,} | accepted {totals.accepted:,} | "
+            f"rejected {totals.rejected:,} | behind {_ms(totals.behind_ms)}",
+            no_wrap=True,
+            overflow="ellipsis",
+        ),
+        Text(
+            f"last flush {_ago(totals.last_flush_age)} | freshness: {_freshness(totals.oldest_unflushed)}",
+            no_wrap=True,
+            overflow="ellipsis",
+        ),
+    ]
+    if not statuses:
+        lines.append(Text("waiting for the KCL to take leases ...", style="dim"))
+        return Group(*lines)
+    return Group(*lines, table)
+
+
+def uptime(started: float) -> str:
+    seconds = time.monotonic() - started
+    return f"{seconds:.0f}s" if seconds < 120 else f"{seconds / 60:.0f}m"
