@@ -662,8 +662,10 @@ def put_committed_flush(s3: Any, bucket: str, layout: OutputLayout, shard: str, 
         rejected=3,
         customers_changed=len(customers),
         files={"customer_aggregates": [aggregates], "errors": [errors]},
+        file_bytes={aggregates: 60, errors: 40},
         bytes_written=100,
         committed_at=datetime(2026, 3, 9, tzinfo=UTC),
+        oldest_event_at=None,
         newest_event_at=None,
     )
     s3.put_object(Bucket=bucket, Key=layout.commit_key(shard, None), Body=commit.to_json())
