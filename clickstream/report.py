@@ -60,9 +60,7 @@ def print_summary(
     s3 = aws_client("s3", settings)
     outputs = committed_outputs(s3, settings)
 
-    files = _table(
-        f"Committed outputs in s3://{settings.bucket}/{settings.prefix}/", "output", "files", "rows", "MiB"
-    )
+    files = _table("output", "files", "rows", "MiB")
     for output in OUTPUTS:
         files.add_row(
             output,

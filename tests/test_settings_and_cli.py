@@ -735,6 +735,8 @@ def test_summary_tables_fit_80_columns_when_piped(tmp_path: Path) -> None:
     assert too_wide == [], "\n".join(too_wide)
     for i in range(12):
         assert f"c-{i:06d}" in result.output, "customer ids are neither wrapped nor cut"
+    outputs_header = next(line for line in table_lines if line.split()[:1] == ["output"])
+    assert outputs_header.split() == ["output", "files", "rows", "MiB"], "a title is not a column"
     header = next(line for line in table_lines if line.split()[:1] == ["customer"])
     assert header.split() == [
         "customer",
