@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from consumer.s3_sink import committed_files, read_commit_records
+from consumer.s3_sink import S3ParquetSink, committed_files, read_commit_records
 from runtime.settings import Settings
 from schemas.layout import OutputLayout
 
@@ -41,15 +41,7 @@ def upload_manifest(
     s3: Any, settings: Settings, output: str, manifest: dict[str, Any], arrival_day: int | None
 ) -> str:
     """Store the manifest where sql/redshift/03_copy_tables.sql expects it; returns its s3:// URL."""
-    key = OutputLayout(settings.prefix).manifest_key(output, arrival_day)
-    extra: dict[str, str] = {"ServerSideEncryption": settings.sse}
-    if settings.sse == "aws:kms" and settings.sse_kms_key_id:
-        extra["SSEKMSKeyId"] = settings.sse_kms_key_id
-    s3.put_object(
-        Bucket=settings.bucket,
-        Key=key,
-        Body=json.dumps(manifest, indent=1).encode(),
-        ContentType="application/json",
-        **extra,
-    )
+    sink = S3ParquetSink(s3, settings)  # the one writer: same encryption as every other object
+    key = sink.layout.manifest_key(output, arrival_day)
+    sink.put_bytes(key, json.dumps(manifest, indent=1).encode(), "json")
     return f"s3://{settings.bucket}/{key}"
