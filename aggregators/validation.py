@@ -112,6 +112,10 @@ def _rejection_rules(rules: ValidationRules) -> list[tuple[str, str]]:
         ("txt IS NULL", "invalid_utf8:payload is not valid UTF-8"),
         ("doc IS NULL OR strict_json_error", "invalid_json:payload is not valid JSON"),
         ("doc_type <> 'OBJECT'", "not_an_object:payload is JSON but not an object"),
+        (
+            "len(doc_keys) <> len(list_distinct(doc_keys))",
+            "duplicate_key:a member name is repeated in the event object",
+        ),
     ]
     checks += [(f"t_{f} IS NULL OR t_{f} = 'NULL'", f"missing_field:{f} is required") for f in _REQUIRED]
     checks.append(
@@ -228,11 +232,12 @@ WITH src AS (
 ), extracted AS (
   SELECT *, CASE WHEN doc IS NOT NULL THEN {_json_kind(trimmed)} END AS doc_type,
          CASE WHEN left({trimmed}, 1) = '{{' THEN json_extract(doc, [{extracted}]) END AS raw,
-         CASE WHEN left({trimmed}, 1) = '{{' THEN json_transform(doc, {_quote(as_text)}) END AS texts
+         CASE WHEN left({trimmed}, 1) = '{{' THEN json_transform(doc, {_quote(as_text)}) END AS texts,
+         CASE WHEN left({trimmed}, 1) = '{{' THEN json_keys(doc) END AS doc_keys
   FROM parsed
 ), fields AS (
   SELECT shard_id, sequence_number, sub_sequence_number, partition_key, approximate_arrival_at, data,
-         size_bytes, txt, doc, doc_type, strict_json_error,
+         size_bytes, txt, doc, doc_type, doc_keys, strict_json_error,
          {per_field}
   FROM extracted
 ), typed AS (

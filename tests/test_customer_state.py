@@ -731,26 +731,37 @@ def test_exception_inside_staged_rolls_back_state_and_position(
     assert state.snapshot_rows().equals(clean.snapshot_rows())
 
 
-def test_failure_in_the_middle_of_applying_rolls_back_everything(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("failing_step", ["journal", "session_set"])
+def test_failure_in_the_middle_of_installing_rolls_back_everything(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, failing_step: str
+) -> None:
     batches = _three_batches()
     clean = CustomerState(SHARD)
     expected = [_comparable(clean.apply(batch)) for batch in batches]
-    state = CustomerState(SHARD)
+    state = CustomerState(SHARD, tmp_path / "shard.duckdb")
     state.apply(batches[0])
-    snapshot, position = state.snapshot_rows(), state.position()
-    update = state._update_aggregates
+    snapshot, position, count = state.snapshot_rows(), state.position(), state.customer_count()
 
-    def update_then_fail(*args: Any) -> Any:
-        update(*args)  # event ids, sessions, days and customers are all written by now
-        raise _SinkDownError()
+    if failing_step == "journal":  # the in-memory state is changed by now; the local file's commit fails
+        journal = state._journal
 
-    monkeypatch.setattr(state, "_update_aggregates", update_then_fail)
+        def journal_then_fail(*args: Any) -> None:
+            journal(*args)
+            raise _SinkDownError()
+
+        monkeypatch.setattr(state, "_journal", journal_then_fail)
+    else:  # fails halfway through changing memory: customers and event ids are updated, sessions not
+        monkeypatch.setattr(state._sessions, "add", lambda *args: (_ for _ in ()).throw(_SinkDownError()))
     with pytest.raises(_SinkDownError):
         state.apply(batches[1])
     monkeypatch.undo()
     assert state.position() == position
+    assert state.customer_count() == count
     assert state.snapshot_rows().equals(snapshot)
     assert [_comparable(state.apply(batch)) for batch in batches[1:]] == expected[1:]
+    state.close()
+    reopened = CustomerState(SHARD, tmp_path / "shard.duckdb")
+    assert reopened.snapshot_rows().equals(clean.snapshot_rows())
 
 
 def test_staged_commits_when_the_block_exits_cleanly() -> None:
