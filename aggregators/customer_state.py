@@ -41,7 +41,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from aggregators.fast_decode import FastDecoder
+from aggregators.fast_decode import FastDecoder, decode_records
 from aggregators.keysets import KeyRuns, mix64
 from aggregators.validation import RecordValidator, new_connection
 from schemas import CUSTOMER_AGGREGATES_SCHEMA, ERRORS_SCHEMA, EVENT_TYPES, EVENTS_SCHEMA, MONEY, UTC_MICROS
@@ -299,22 +299,8 @@ class CustomerState:
         return staged
 
     def _decode(self, fresh: pa.Table) -> tuple[pa.Table, pa.Table]:
-        """Fast path for the records it vouches for; the exact validator for the rest (it names every reject)."""
-        parsed = self.fast.decode(self.con, fresh)
-        vouched = parsed.column("vouched")
-        lineage = fresh.select(["shard_id", "sequence_number", "sub_sequence_number", "approximate_arrival_at"])
-        good = parsed.filter(vouched)
-        good_lineage = lineage.filter(vouched)
-        columns = {name: good.column(name) for name in EVENTS_SCHEMA.names if name in good.column_names}
-        columns.update({name: good_lineage.column(name) for name in good_lineage.column_names})
-        events = pa.table({name: columns[name] for name in EVENTS_SCHEMA.names}).cast(EVENTS_SCHEMA)
-        if events.num_rows == fresh.num_rows:
-            return events, ERRORS_SCHEMA.empty_table()
-        doubtful = fresh.filter(pc.invert(vouched))
-        exact = self.validator.decode(self.con, doubtful)
-        if exact.events.num_rows:
-            events = _in_position_order(pa.concat_tables([events, exact.events]))
-        return events, exact.rejects
+        decoded = decode_records(self.con, fresh, self.fast, self.validator)
+        return _in_position_order(decoded.events), decoded.rejects
 
     def _drop_already_applied(self, raw: pa.Table) -> pa.Table:
         """Redelivered records (at or below the stored position) are skipped, keeping replays idempotent."""

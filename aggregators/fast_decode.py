@@ -6,9 +6,10 @@ parses each record once (DuckDB ``from_json`` into explicit columns, plus its to
 for a record only when a conservative set of checks proves the exact validator would accept it and produce the very
 same values:
 
-- UTF-8, within the size limit, a JSON object with no backslash escapes, no syntax only a lenient parser accepts
-  (trailing commas, NaN, Infinity) and no repeated top-level key;
-- every contract field present is non-null and of its JSON type (strings quoted, ``schema_version`` exactly ``1``,
+- UTF-8, within the size limit, a JSON object with no backslash escapes and no syntax only a lenient parser
+  accepts (trailing commas, NaN, Infinity);
+- its members are exactly contract fields, each once and non-null (so no repeated key; a record with unknown
+  extra fields is valid but takes the exact path), each of its JSON type (strings quoted, ``schema_version`` exactly ``1``,
   ``quantity`` a plain integer from 1 to 10000, ``revenue`` a plain decimal with at most two places);
 - the same length, pattern, event-type, time-window and partition-key rules as the validator (same SQL functions).
 
@@ -25,16 +26,19 @@ from typing import Final
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from aggregators.validation import (
     _FIELDS,
+    DecodedBatch,
+    RecordValidator,
     _REQUIRED_BY_TYPE,
     _STRING_FIELDS,
     LENIENT_JSON_HINT,
     ValidationRules,
     _quote,
 )
-from schemas import EVENT_SCHEMA_VERSION, EVENT_TYPES
+from schemas import ERRORS_SCHEMA, EVENT_SCHEMA_VERSION, EVENT_TYPES, EVENTS_SCHEMA
 
 _AS_JSON: Final = json.dumps({field: "JSON" for field in _FIELDS})
 _NUMERIC: Final = ("schema_version", "quantity", "revenue")
@@ -53,10 +57,8 @@ def _build_sql(rules: ValidationRules) -> str:
     values = ",\n         ".join(f"{_string(f)} AS s_{f}" for f in strings)
     checks: list[str] = [
         "doc IS NOT NULL",
-        "len(keys) = len(list_distinct(keys))",
-        # every key that names a contract field carries a non-null value (a JSON null there is doubtful)
-        f"len(list_intersect(keys, [{', '.join(_quote(f) for f in _FIELDS)}])) = "
-        + " + ".join(f"(j.{f} IS NOT NULL)::INTEGER" for f in _FIELDS),
+        # exactly the contract fields present, each once and non-null: no repeated, unknown or null member
+        "len(keys) = " + " + ".join(f"(j.{f} IS NOT NULL)::INTEGER" for f in _FIELDS),
         f"j.schema_version = '{EVENT_SCHEMA_VERSION}'",
         f"(j.quantity IS NULL OR regexp_full_match(j.quantity, {_quote(_QUANTITY_TEXT)}))",
         f"(j.revenue IS NULL OR (regexp_full_match(j.revenue, {_quote(_REVENUE_TEXT)}) "
@@ -140,6 +142,28 @@ class FastDecoder:
             con.unregister("fast_in")
 
 
+def decode_records(
+    con: duckdb.DuckDBPyConnection, raw: pa.Table, fast: FastDecoder, validator: RecordValidator
+) -> DecodedBatch:
+    """Events and rejects of a raw batch: the fast path for what it vouches for, the validator for the rest.
+
+    Same result as ``validator.decode(con, raw)`` (events in the order of the vouched rows, then the validator's).
+    """
+    parsed = fast.decode(con, raw)
+    vouched = parsed.column("vouched")
+    good = parsed.filter(vouched)
+    lineage = raw.select(["shard_id", "sequence_number", "sub_sequence_number", "approximate_arrival_at"])
+    columns = {name: good.column(name) for name in EVENTS_SCHEMA.names if name in good.column_names}
+    columns.update({name: column for name, column in zip(lineage.column_names, lineage.filter(vouched).columns)})
+    events = pa.table({name: columns[name] for name in EVENTS_SCHEMA.names}).cast(EVENTS_SCHEMA)
+    if events.num_rows == raw.num_rows:
+        return DecodedBatch(events=events, rejects=ERRORS_SCHEMA.empty_table())
+    exact = validator.decode(con, raw.filter(pc.invert(vouched)))
+    if exact.events.num_rows:
+        events = pa.concat_tables([events, exact.events])
+    return DecodedBatch(events=events, rejects=exact.rejects)
+
+
 def binary_lengths(data: pa.Array) -> np.ndarray:
     """Byte length of every value of a binary/string array, from its offsets (no per-value work)."""
     offsets = np.frombuffer(data.buffers()[1], dtype=np.int32)[data.offset : data.offset + len(data) + 1]
@@ -164,7 +188,5 @@ def as_utf8(data: pa.Array) -> pa.Array:
         except UnicodeDecodeError:
             valid[row] = False
     mask = pa.array(~valid)
-    import pyarrow.compute as pc
-
     cleaned = pc.if_else(mask, pa.scalar(None, pa.binary()), data)
     return cleaned.cast(pa.string())
