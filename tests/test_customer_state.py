@@ -815,3 +815,55 @@ def test_event_dates_are_utc_days_in_a_reopened_database(tmp_path: Path) -> None
     assert (row["purchase_days"], row["frequency"]) == (1, 0)
     assert row["as_of"].date() == date(2026, 3, 2)
     reopened.close()
+
+
+# ---------------------------------------------------------------------------------------------------- dedupe key
+
+
+def test_same_event_id_for_two_customers_is_two_events() -> None:
+    event_id = new_event_id()
+    state = CustomerState(SHARD)
+    applied = state.apply(
+        Stream().batch(
+            [
+                event("c-1", "page_view", "2026-03-01T10:00:00Z", event_id=event_id),
+                event("c-2", "page_view", "2026-03-01T10:00:00Z", event_id=event_id),
+            ]
+        )
+    )
+    assert (applied.events.num_rows, applied.duplicates) == (2, 0)
+    assert state.customer_count() == 2
+
+
+@pytest.mark.parametrize(("window_days", "counted_again"), [(7, False), (2, True)])
+def test_duplicate_older_than_the_dedupe_window_is_applied_again(window_days: int, counted_again: bool) -> None:
+    """Event ids are remembered while their day is within the window of the shard's as_of day; older ones are
+    forgotten, so a re-send of such an event counts again (and a re-send within the window never does)."""
+    state = CustomerState(SHARD, dedupe_window=timedelta(days=window_days))
+    stream = Stream()
+    original = event("c-1", "purchase", "2026-03-01T10:00:00Z", revenue="5.00")
+    state.apply(stream.batch([original]))
+    state.apply(stream.batch([event("c-2", "page_view", "2026-03-06T10:00:00Z")]))  # as_of moves 5 days on
+    again = state.apply(stream.batch([original]))
+    assert (again.events.num_rows, again.duplicates) == ((1, 0) if counted_again else (0, 1))
+    row = row_of(state, "c-1")
+    assert (row["purchases"], row["revenue"]) == ((2, Decimal("10.00")) if counted_again else (1, Decimal("5.00")))
+
+
+def test_dedupe_window_survives_reopen_and_snapshot(tmp_path: Path) -> None:
+    path = tmp_path / "shard.duckdb"
+    state = CustomerState(SHARD, path)
+    stream = Stream()
+    documents = [event("c-1", "page_view", f"2026-03-0{d}T10:00:00Z") for d in range(1, 4)]
+    state.apply(stream.batch(documents))
+    state.close()
+    reopened = CustomerState(SHARD, path)
+    assert reopened.apply(stream.batch(documents)).duplicates == 3
+    restored = CustomerState(SHARD)
+    restored.import_tables(reopened.export_tables())
+    restored.set_position(reopened.position(), reopened.as_of())
+    assert restored.apply(stream.batch(documents)).duplicates == 3
+    assert [without(r, BATCH_DEPENDENT) for r in restored.snapshot_rows().to_pylist()] == [
+        without(r, BATCH_DEPENDENT) for r in reopened.snapshot_rows().to_pylist()
+    ]
+    reopened.close()
