@@ -20,6 +20,7 @@ results do not depend on which path a record took.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Final
 
@@ -37,6 +38,7 @@ from aggregators.validation import (
     LENIENT_JSON_HINT,
     ValidationRules,
     _quote,
+    run_prepared,
 )
 from schemas import ERRORS_SCHEMA, EVENT_SCHEMA_VERSION, EVENT_TYPES, EVENTS_SCHEMA
 
@@ -121,6 +123,7 @@ class FastDecoder:
     def __init__(self, rules: ValidationRules) -> None:
         self.rules = rules
         self._sql = _build_sql(rules)
+        self._statement = f"fast_decode_{hashlib.sha1(self._sql.encode()).hexdigest()[:12]}"
 
     def decode(self, con: duckdb.DuckDBPyConnection, raw: pa.Table) -> pa.Table:
         """Columns ``rid`` (row number in ``raw``), ``vouched`` and the event fields (meaningful where vouched)."""
@@ -137,7 +140,7 @@ class FastDecoder:
         )
         con.register("fast_in", table)
         try:
-            return con.sql(self._sql).to_arrow_table()
+            return run_prepared(con, self._statement, self._sql)
         finally:
             con.unregister("fast_in")
 
