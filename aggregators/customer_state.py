@@ -116,7 +116,9 @@ class AppliedBatch:
     rejects: pa.Table  # ERRORS_SCHEMA
     records_in: int  # raw records handed in
     records_skipped: int  # already applied (at or below the stored position): redeliveries
-    duplicates: int  # valid events whose (customer, event id) was applied before (or repeated within the batch)
+    duplicates: (
+        int  # valid events whose (customer, event id) was applied before (or repeated within the batch)
+    )
     position: Position | None  # the position the state advances to (None: nothing new)
     first_position: Position | None = None  # the first record actually applied (None: all were redeliveries)
 
@@ -219,8 +221,10 @@ class CustomerState:
 
     def memory_bytes(self) -> dict[str, int]:
         """Bytes held by each part of the state (for sizing; Python object overhead of the index estimated)."""
-        index = sum(len(key) + 49 + 8 + 100 for key in self._ids[:1000]) * max(1, len(self._ids)) // max(
-            1, min(1000, len(self._ids))
+        index = (
+            sum(len(key) + 49 + 8 + 100 for key in self._ids[:1000])
+            * max(1, len(self._ids))
+            // max(1, min(1000, len(self._ids)))
         )
         return {
             "customers": sum(a[: len(self._ids)].nbytes for a in self._cols.values()) + index,
@@ -385,7 +389,7 @@ class CustomerState:
         codes = np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
         return mapping[codes], new_ids
 
-    def _aggregate(
+    def _aggregate(  # noqa: PLR0917 - one private call site, named by position for brevity
         self,
         events: pa.Table,
         idx: np.ndarray,
@@ -424,7 +428,9 @@ class CustomerState:
         day_is_purchase = np.arange(len(day_keys)) >= len(idx)
         day_first = np.unique(day_keys, return_index=True)[1]
         new_days = day_first[~self._days.contains(day_keys[day_first], {})]
-        rows["active_days"] = old["active_days"] + groups.count_rows(day_rows[new_days[~day_is_purchase[new_days]]])
+        rows["active_days"] = old["active_days"] + groups.count_rows(
+            day_rows[new_days[~day_is_purchase[new_days]]]
+        )
         rows["purchase_days"] = old["purchase_days"] + groups.count_rows(
             day_rows[new_days[day_is_purchase[new_days]]]
         )
@@ -444,7 +450,9 @@ class CustomerState:
         rows["first_day_revenue_cents"] = np.where(
             batch_first_day < old["first_purchase_day"],
             batch_first_revenue,
-            np.where(batch_first_day == old["first_purchase_day"], old_revenue + batch_first_revenue, old_revenue),
+            np.where(
+                batch_first_day == old["first_purchase_day"], old_revenue + batch_first_revenue, old_revenue
+            ),
         )
 
         as_of = int(times.max()) if self._as_of is None else max(self._as_of, int(times.max()))
@@ -464,7 +472,11 @@ class CustomerState:
             new_customer_ids=new_ids,
             changed=changed,
             rows=rows,
-            sessions={"probe": session_probe[new_sessions], "idx": idx[new_sessions], "session": session_bytes[~seen]},
+            sessions={
+                "probe": session_probe[new_sessions],
+                "idx": idx[new_sessions],
+                "session": session_bytes[~seen],
+            },
             session_ids=sessions.take(pa.array(new_sessions)),
             days=day_keys[new_days],
             as_of=as_of,
@@ -739,13 +751,13 @@ class CustomerState:
         exported["shard_progress"] = pa.table(
             {
                 "shard_id": pa.array([self.shard_id] if self._position else [], pa.string()),
-                "sequence_number": pa.array([self._position.sequence_number] if self._position else [], pa.string()),
+                "sequence_number": pa.array(
+                    [self._position.sequence_number] if self._position else [], pa.string()
+                ),
                 "sub_sequence_number": pa.array(
                     [self._position.sub_sequence_number] if self._position else [], pa.int64()
                 ),
-                "as_of": pa.array(
-                    [self._as_of] if self._position else [], pa.int64()
-                ).cast(UTC_MICROS),
+                "as_of": pa.array([self._as_of] if self._position else [], pa.int64()).cast(UTC_MICROS),
             }
         )
         return exported
@@ -764,7 +776,9 @@ class CustomerState:
         if customer_filter:
             con.register("snapshot_customers", customers)
             try:
-                customers = con.sql(f"SELECT * FROM snapshot_customers WHERE {customer_filter}").to_arrow_table()
+                customers = con.sql(
+                    f"SELECT * FROM snapshot_customers WHERE {customer_filter}"
+                ).to_arrow_table()
             finally:
                 con.unregister("snapshot_customers")
         if replace:
@@ -820,7 +834,9 @@ class CustomerState:
             return CUSTOMER_AGGREGATES_SCHEMA.empty_table()
         rows = {name: self._cols[name][:count] for name in _NUMERIC}
         as_of = self._as_of if self._as_of is not None else int(rows["last_event_at"].max())
-        return _output_rows(pa.array(self._ids, pa.string()), rows, as_of, self.shard_id, last.sequence_number)
+        return _output_rows(
+            pa.array(self._ids, pa.string()), rows, as_of, self.shard_id, last.sequence_number
+        )
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -846,7 +862,8 @@ class _Groups:
     def _reduce(self, ufunc: Any, values: np.ndarray, where: np.ndarray | None, empty: int) -> np.ndarray:
         if where is not None:
             values = np.where(where, values, empty)
-        return ufunc.reduceat(values[self.order], self.starts).astype(np.int64)
+        reduced: np.ndarray = ufunc.reduceat(values[self.order], self.starts).astype(np.int64)
+        return reduced
 
     def min(self, values: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
         return self._reduce(np.minimum, values, where, _NONE_LOW)
@@ -874,7 +891,9 @@ def _output_rows(
     repeat_cents = rows["revenue_cents"] - rows["first_day_revenue_cents"]
     with np.errstate(divide="ignore", invalid="ignore"):
         monetary = np.where(repeat, (repeat_cents / 100.0) / np.maximum(purchase_days - 1, 1), 0.0)
-        weighted = sum(weight * rows[column] for column, weight in ENGAGEMENT_WEIGHTS.items())
+        weighted = np.zeros(count, dtype=np.int64)
+        for column, weight in ENGAGEMENT_WEIGHTS.items():
+            weighted += weight * rows[column]
         engagement = weighted.astype(np.float64) / rows["active_days"]
     table = pa.table(
         {
@@ -923,7 +942,9 @@ def _cents(revenue: pa.ChunkedArray) -> np.ndarray:
     array = revenue.combine_chunks()
     if len(array) == 0:
         return np.empty(0, np.int64)
-    words = np.frombuffer(array.buffers()[1], dtype=np.int64).reshape(-1, 2)[array.offset : array.offset + len(array)]
+    words = np.frombuffer(array.buffers()[1], dtype=np.int64).reshape(-1, 2)[
+        array.offset : array.offset + len(array)
+    ]
     cents = words[:, 0].copy()
     if array.null_count:
         cents[~array.is_valid().to_numpy(zero_copy_only=False)] = 0
@@ -945,7 +966,9 @@ _HEX_COLUMNS: Final = np.array([i for i in range(36) if i not in (8, 13, 18, 23)
 def _uuid_halves(event_ids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """Validated UUID strings (36 characters) -> their 128 bits as two uint64 columns, vectorized."""
     count = len(event_ids)
-    offsets = np.frombuffer(event_ids.buffers()[1], dtype=np.int32)[event_ids.offset : event_ids.offset + count + 1]
+    offsets = np.frombuffer(event_ids.buffers()[1], dtype=np.int32)[
+        event_ids.offset : event_ids.offset + count + 1
+    ]
     body = np.frombuffer(event_ids.buffers()[2], dtype=np.uint8)
     if count and np.all(np.diff(offsets) == 36):
         text = body[offsets[0] : offsets[-1]].reshape(count, 36)
@@ -1011,7 +1034,9 @@ def _day_keys(idx: np.ndarray, days: np.ndarray, purchase: np.ndarray | bool) ->
     """(customer index, UTC day, purchase flag) packed into one exact 64-bit key."""
     flag = np.asarray(purchase).astype(np.uint64)
     return (
-        (idx.astype(np.uint64) << np.uint64(22)) | ((days + _DAY_BIAS).astype(np.uint64) << np.uint64(1)) | flag
+        (idx.astype(np.uint64) << np.uint64(22))
+        | ((days + _DAY_BIAS).astype(np.uint64) << np.uint64(1))
+        | flag
     )
 
 
@@ -1029,7 +1054,9 @@ def _key_width(sequences: pa.Array | pa.ChunkedArray, *positions: Position | Non
     return max(SEQUENCE_DIGITS, longest, *stored)
 
 
-def _position_keys(sequences: pa.Array | pa.ChunkedArray, subs: pa.Array | pa.ChunkedArray, width: int) -> pa.Array:
+def _position_keys(
+    sequences: pa.Array | pa.ChunkedArray, subs: pa.Array | pa.ChunkedArray, width: int
+) -> pa.Array:
     """Text keys that sort like (sequence number, sub-sequence number) compared as integers (subs are >= 0)."""
     if isinstance(sequences, pa.ChunkedArray):
         sequences = sequences.combine_chunks()
@@ -1056,7 +1083,8 @@ def _is_increasing(keys: pa.Array) -> bool:
 
 def _position_at(table: pa.Table, row: int) -> Position:
     return Position(
-        str(table.column("sequence_number")[row].as_py()), int(table.column("sub_sequence_number")[row].as_py())
+        str(table.column("sequence_number")[row].as_py()),
+        int(table.column("sub_sequence_number")[row].as_py()),
     )
 
 

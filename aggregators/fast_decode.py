@@ -9,8 +9,8 @@ same values:
 - UTF-8, within the size limit, a JSON object with no backslash escapes and no syntax only a lenient parser
   accepts (trailing commas, NaN, Infinity);
 - its members are exactly contract fields, each once and non-null (so no repeated key; a record with unknown
-  extra fields is valid but takes the exact path), each of its JSON type (strings quoted, ``schema_version`` exactly ``1``,
-  ``quantity`` a plain integer from 1 to 10000, ``revenue`` a plain decimal with at most two places);
+  extra fields is valid but takes the exact path), each of its JSON type (strings quoted, ``schema_version``
+  exactly ``1``, ``quantity`` a plain integer from 1 to 10000, ``revenue`` a plain decimal with two places at most);
 - the same length, pattern, event-type, time-window and partition-key rules as the validator (same SQL functions).
 
 Everything else is *doubtful* and goes through the exact validator, which decides accept or reject and names the
@@ -31,11 +31,11 @@ import pyarrow.compute as pc
 
 from aggregators.validation import (
     _FIELDS,
-    DecodedBatch,
-    RecordValidator,
     _REQUIRED_BY_TYPE,
     _STRING_FIELDS,
     LENIENT_JSON_HINT,
+    DecodedBatch,
+    RecordValidator,
     ValidationRules,
     _quote,
     run_prepared,
@@ -123,7 +123,7 @@ class FastDecoder:
     def __init__(self, rules: ValidationRules) -> None:
         self.rules = rules
         self._sql = _build_sql(rules)
-        self._statement = f"fast_decode_{hashlib.sha1(self._sql.encode()).hexdigest()[:12]}"
+        self._statement = f"fast_decode_{hashlib.sha256(self._sql.encode()).hexdigest()[:12]}"
 
     def decode(self, con: duckdb.DuckDBPyConnection, raw: pa.Table) -> pa.Table:
         """Columns ``rid`` (row number in ``raw``), ``vouched`` and the event fields (meaningful where vouched)."""
@@ -157,7 +157,7 @@ def decode_records(
     good = parsed.filter(vouched)
     lineage = raw.select(["shard_id", "sequence_number", "sub_sequence_number", "approximate_arrival_at"])
     columns = {name: good.column(name) for name in EVENTS_SCHEMA.names if name in good.column_names}
-    columns.update({name: column for name, column in zip(lineage.column_names, lineage.filter(vouched).columns)})
+    columns.update(dict(zip(lineage.column_names, lineage.filter(vouched).columns, strict=True)))
     events = pa.table({name: columns[name] for name in EVENTS_SCHEMA.names}).cast(EVENTS_SCHEMA)
     if events.num_rows == raw.num_rows:
         return DecodedBatch(events=events, rejects=ERRORS_SCHEMA.empty_table())

@@ -284,7 +284,7 @@ class RecordValidator:
     def __init__(self, rules: ValidationRules | None = None) -> None:
         self.rules = rules or ValidationRules()
         self._sql = _build_sql(self.rules)
-        self._statement = f"validate_{hashlib.sha1(self._sql.encode()).hexdigest()[:12]}"
+        self._statement = f"validate_{hashlib.sha256(self._sql.encode()).hexdigest()[:12]}"
 
     def decode(self, con: duckdb.DuckDBPyConnection, raw: pa.Table) -> DecodedBatch:
         """Split ``raw`` into events and rejects; every input row lands in exactly one of them."""

@@ -45,7 +45,9 @@ def _generate(customers: int, events: int, seed: int, malformed_rate: float = 0.
     from producer.generator import ClickstreamGenerator
 
     return list(
-        ClickstreamGenerator(customers, events, seed, duplicate_rate=0.01, malformed_rate=malformed_rate).events()
+        ClickstreamGenerator(
+            customers, events, seed, duplicate_rate=0.01, malformed_rate=malformed_rate
+        ).events()
     )
 
 
@@ -179,7 +181,8 @@ def bench_ceiling(input: str, rows_dir: str | None = None) -> dict[str, Any]:
             '{input}', format = 'newline_delimited', columns = {columns}, ignore_errors = true,
             maximum_object_size = 32768)
         WHERE schema_version = 1 AND event_id IS NOT NULL AND customer_id IS NOT NULL AND session_id IS NOT NULL
-          AND event_time BETWEEN TIMESTAMPTZ '2000-01-01 00:00:00+00' AND TIMESTAMPTZ '{ARRIVAL.isoformat()}' + INTERVAL 1 HOUR
+          AND event_time >= TIMESTAMPTZ '2000-01-01 00:00:00+00'
+          AND event_time <= TIMESTAMPTZ '{ARRIVAL.isoformat()}' + INTERVAL 1 HOUR
           AND event_type IN ('page_view', 'product_view', 'search', 'add_to_cart', 'checkout', 'purchase')
           AND coalesce(revenue BETWEEN 0 AND 1000000, true)
           AND (event_type <> 'purchase' OR (order_id IS NOT NULL AND revenue IS NOT NULL))
@@ -203,7 +206,8 @@ def bench_ceiling(input: str, rows_dir: str | None = None) -> dict[str, Any]:
            date_diff('day', any_value(d.first_day), any_value(d.last_day)) AS recency
     FROM events e JOIN per_day d USING (customer_id) GROUP BY e.customer_id
     """
-    records = sum(1 for _ in open(input, "rb"))
+    with open(input, "rb") as lines:
+        records = sum(1 for _ in lines)
     started = time.perf_counter()
     table = con.sql(sql).to_arrow_table()
     seconds = time.perf_counter() - started
@@ -330,7 +334,14 @@ def bench_processor(
     payloads = _read(input) if input else _generate(customers, events, seed=4)
     arrival_millis = int(ARRIVAL.timestamp() * 1000)
     lines = [
-        json.dumps({"action": "initialize", "shardId": SHARD, "sequenceNumber": "TRIM_HORIZON", "subSequenceNumber": 0})
+        json.dumps(
+            {
+                "action": "initialize",
+                "shardId": SHARD,
+                "sequenceNumber": "TRIM_HORIZON",
+                "subSequenceNumber": 0,
+            }
+        )
     ]
     last_sequences: list[int | None] = [None]
     flush_every = 50_000
@@ -353,14 +364,20 @@ def bench_processor(
             # the processor checkpoints after each flush and waits for the daemon's answer
             lines.append(
                 json.dumps(
-                    {"action": "checkpoint", "sequenceNumber": str(start + len(chunk)), "subSequenceNumber": 0}
+                    {
+                        "action": "checkpoint",
+                        "sequenceNumber": str(start + len(chunk)),
+                        "subSequenceNumber": 0,
+                    }
                 )
             )
             last_sequences.append(None)
     lines.append(json.dumps({"action": "shutdownRequested"}))
     last_sequences.append(None)
     if len(payloads) % flush_every:  # the rest is flushed and checkpointed on shutdown
-        lines.append(json.dumps({"action": "checkpoint", "sequenceNumber": str(len(payloads)), "subSequenceNumber": 0}))
+        lines.append(
+            json.dumps({"action": "checkpoint", "sequenceNumber": str(len(payloads)), "subSequenceNumber": 0})
+        )
         last_sequences.append(None)
     with tempfile.TemporaryDirectory() as directory:
         settings = load_settings(
@@ -380,17 +397,22 @@ def bench_processor(
         seconds = time.perf_counter() - started
     records = sum(count for _, _, count in messages.read_at)
     commits = sorted(
-        (s3.put_times[key], json.loads(s3.objects[key]))
-        for key in s3.objects
-        if "/_control/commits/" in key
+        (s3.put_times[key], json.loads(s3.objects[key])) for key in s3.objects if "/_control/commits/" in key
     )
-    durable = [(at, int(body.get("last_sequence") or body.get("last", {}).get("sequence_number", 0))) for at, body in commits]
+    durable = [
+        (at, int(body.get("last_sequence") or body.get("last", {}).get("sequence_number", 0)))
+        for at, body in commits
+    ]
     freshness: list[float] = []
     for read_at, last_sequence, count in messages.read_at:
         done = next((at for at, sequence in durable if sequence >= last_sequence), None)
         if done is not None:
             freshness.extend([done - read_at] * count)
-    data_files = {key: len(body) for key, body in s3.objects.items() if key.endswith(".parquet") and "/_control/" not in key}
+    data_files = {
+        key: len(body)
+        for key, body in s3.objects.items()
+        if key.endswith(".parquet") and "/_control/" not in key
+    }
     import pyarrow.parquet as pq
 
     rows_per_file = [pq.ParquetFile(io.BytesIO(s3.objects[key])).metadata.num_rows for key in data_files]
@@ -514,7 +536,10 @@ def _print_table(result: dict[str, Any], input_label: str) -> None:
         ("DuckDB batch ceiling (one GROUP BY)", "ceiling_events_per_s", "ceiling"),
     ):
         throughput.add_row(
-            label, f"{result[key]:,.0f}", f"{core / result[key]:.2f}x", f"{rss[rss_key]:,.0f}" if rss_key else ""
+            label,
+            f"{result[key]:,.0f}",
+            f"{core / result[key]:.2f}x",
+            f"{rss[rss_key]:,.0f}" if rss_key else "",
         )
     console.print(throughput)
     console.print(
@@ -534,18 +559,25 @@ def _print_table(result: dict[str, Any], input_label: str) -> None:
         f"a shard processor at small state peaks at {rss['processor_small_state']:,.0f} MiB "
         f"(imports {result['processor_import_seconds']:.2f} s)"
     )
-    flush = Table(title="Apply time of one batch by customers changed (flush cost follows the batch, not history)")
+    flush = Table(
+        title="Apply time of one batch by customers changed (flush cost follows the batch, not history)"
+    )
     for column in ("customers in state", "customers changed", "batch events", "median apply ms"):
         flush.add_column(column, justify="right")
     for row in result["flush_ms_by_customers_changed"]:
         flush.add_row(
-            f"{row['state_customers']:,}", f"{row['changed']:,}", f"{row['batch_events']:,}", f"{row['median_ms']:.1f}"
+            f"{row['state_customers']:,}",
+            f"{row['changed']:,}",
+            f"{row['batch_events']:,}",
+            f"{row['median_ms']:.1f}",
         )
     console.print(flush)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--input", help="JSONL file, one record per line (default: generate one)")
     parser.add_argument("--events", type=int, default=1_000_000, help="events to generate without --input")
     parser.add_argument("--customers", type=int, default=75_000, help="customers to generate without --input")

@@ -836,7 +836,9 @@ def test_same_event_id_for_two_customers_is_two_events() -> None:
 
 
 @pytest.mark.parametrize(("window_days", "counted_again"), [(7, False), (2, True)])
-def test_duplicate_older_than_the_dedupe_window_is_applied_again(window_days: int, counted_again: bool) -> None:
+def test_duplicate_older_than_the_dedupe_window_is_applied_again(
+    window_days: int, counted_again: bool
+) -> None:
     """Event ids are remembered while their day is within the window of the shard's as_of day; older ones are
     forgotten, so a re-send of such an event counts again (and a re-send within the window never does)."""
     state = CustomerState(SHARD, dedupe_window=timedelta(days=window_days))
@@ -847,7 +849,9 @@ def test_duplicate_older_than_the_dedupe_window_is_applied_again(window_days: in
     again = state.apply(stream.batch([original]))
     assert (again.events.num_rows, again.duplicates) == ((1, 0) if counted_again else (0, 1))
     row = row_of(state, "c-1")
-    assert (row["purchases"], row["revenue"]) == ((2, Decimal("10.00")) if counted_again else (1, Decimal("5.00")))
+    assert (row["purchases"], row["revenue"]) == (
+        (2, Decimal("10.00")) if counted_again else (1, Decimal("5.00"))
+    )
 
 
 def test_dedupe_window_survives_reopen_and_snapshot(tmp_path: Path) -> None:

@@ -1163,7 +1163,9 @@ def test_fast_path_vouches_for_plain_generated_events_and_leaves_odd_ones_to_the
         encode(doc(search_query='say "hi"', event_type="search")),  # an escape: exact path
         encode(doc(schema_version=1.0)),  # 1.0 is the integer 1, but not in its plain form
     ]
-    raw = raw_batch([(data, _partition_key(data)) for data in plain + odd], arrival=datetime(2026, 6, 1, tzinfo=UTC))
+    raw = raw_batch(
+        [(data, _partition_key(data)) for data in plain + odd], arrival=datetime(2026, 6, 1, tzinfo=UTC)
+    )
     vouched = FastDecoder(ValidationRules()).decode(_connection(), raw).column("vouched").to_pylist()
     assert vouched == [True] * len(plain) + [False] * len(odd)
     assert fast_and_exact(raw).events.num_rows == len(plain) + len(odd)
