@@ -15,10 +15,11 @@ columns (``fast_decode``); only doubtful records go through the exact SQL valida
 output rows are vectorized over the batch, so the cost of a batch grows with the batch and the customers it touches,
 never with all customers or events ever seen.
 
-De-duplication window: a duplicate is the same event id for the same customer. Event ids are remembered while their
-event day is no more than ``dedupe_window`` behind the shard's ``as_of`` (the day of its event-time high-water
-mark). A re-sent event whose original is older than that is applied again (counted twice): producer retries and
-redeliveries arrive within minutes, so the window (default 7 days) bounds memory without touching them.
+De-duplication window: a duplicate is the same event id for the same customer. Event ids are remembered while the UTC
+day their original arrived on (Kinesis arrival time) is no more than ``dedupe_window`` before the latest arrival day
+the shard has applied. A re-send arriving later than that is applied again (counted twice): producer retries and
+redeliveries arrive within minutes, so the window (default 7 days) bounds memory without touching them. Arrival time,
+not event time, so that backfills of old events and streams ordered by customer keep exact de-duplication.
 
 Durability: S3 is the truth (commit chain and snapshots). The local DuckDB file is a cache kept exact by a journal
 written when a staged batch commits (appends of what the batch added or changed, one transaction with the position),
@@ -153,6 +154,7 @@ class _Undo:
     runs: tuple[list[dict[str, np.ndarray]], ...]
     position: Position | None
     as_of: int | None
+    arrival_day: int | None
 
 
 class CustomerState:
@@ -192,6 +194,11 @@ class CustomerState:
         self._days = KeyRuns(())
         self._position: Position | None = None
         self._as_of: int | None = None  # microseconds UTC
+        self._arrival_day: int | None = None  # the latest UTC arrival day of an applied event
+
+    def _window_start(self) -> int | None:
+        """The first arrival day whose event ids are still remembered (None: remember all)."""
+        return None if self._arrival_day is None else self._arrival_day - self.dedupe_window_days
 
     # ------------------------------------------------------------------ progress
     def position(self) -> Position | None:
@@ -342,11 +349,9 @@ class CustomerState:
         days = np.floor_divide(times, _US_PER_DAY)
         probe = mix64(idx, high, low)
         first = _first_of_each(probe, [idx, high, low])
-        min_day = None
-        if self._as_of is not None:
-            min_day = int(self._as_of // _US_PER_DAY) - self.dedupe_window_days
+        arrival_days = np.floor_divide(_micros(events.column("approximate_arrival_at")), _US_PER_DAY)
         seen = self._event_ids.contains(
-            probe[first], {"idx": idx[first], "high": high[first], "low": low[first]}, min_day
+            probe[first], {"idx": idx[first], "high": high[first], "low": low[first]}, self._window_start()
         )
         new = first[~seen]
         duplicates = events.num_rows - len(new)
@@ -359,7 +364,7 @@ class CustomerState:
             "idx": idx[new],
             "high": high[new],
             "low": low[new],
-            "day": days[new].astype(np.int32),
+            "day": arrival_days[new].astype(np.int32),
         }
         staged.applied = AppliedBatch(
             events=new_events,
@@ -510,6 +515,7 @@ class CustomerState:
             runs=(list(self._event_ids.runs), list(self._sessions.runs), list(self._days.runs)),
             position=self._position,
             as_of=self._as_of,
+            arrival_day=self._arrival_day,
         )
         try:
             self._install_in_memory(staged)
@@ -533,11 +539,10 @@ class CustomerState:
         self._grow(len(self._ids))
         for name, values in staged.rows.items():
             self._cols[name][staged.changed] = values
-        min_day = None
-        if staged.as_of is not None:
-            min_day = int(staged.as_of // _US_PER_DAY) - self.dedupe_window_days
         if staged.event_ids:
-            self._event_ids.add(staged.event_ids["probe"], staged.event_ids, min_day)
+            newest = int(staged.event_ids["day"].max())
+            self._arrival_day = newest if self._arrival_day is None else max(self._arrival_day, newest)
+            self._event_ids.add(staged.event_ids["probe"], staged.event_ids, self._window_start())
         if staged.sessions:
             self._sessions.add(staged.sessions["probe"], staged.sessions)
         self._days.add(staged.days, {})
@@ -551,7 +556,7 @@ class CustomerState:
         for name, values in undo.rows.items():
             self._cols[name][undo.changed] = values
         self._event_ids.runs, self._sessions.runs, self._days.runs = (list(runs) for runs in undo.runs)
-        self._position, self._as_of = undo.position, undo.as_of
+        self._position, self._as_of, self._arrival_day = undo.position, undo.as_of, undo.arrival_day
 
     def _grow(self, size: int) -> None:
         capacity = len(self._cols["events"])
@@ -675,13 +680,12 @@ class CustomerState:
             idx = applied.column("idx").to_numpy()
             high = applied.column("id_high").to_numpy()
             low = applied.column("id_low").to_numpy()
-            min_day = None
-            if self._as_of is not None:
-                min_day = int(self._as_of // _US_PER_DAY) - self.dedupe_window_days
+            days = applied.column("day").to_numpy()
+            self._arrival_day = int(days.max())
             self._event_ids.add(
                 mix64(idx, high, low),
-                {"idx": idx, "high": high, "low": low, "day": applied.column("day").to_numpy()},
-                min_day,
+                {"idx": idx, "high": high, "low": low, "day": days},
+                self._window_start(),
             )
 
     def _indexed_tables(self) -> dict[str, pa.Table]:

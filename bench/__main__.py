@@ -481,8 +481,8 @@ def run(input_path: str, quick: bool) -> dict[str, Any]:
         ceiling_mismatches = _compare(core["rows"], ceiling["rows"], "DuckDB ceiling")
     flush = [
         _child("flush", state_customers=state_customers, changed=changed, rounds=3 if quick else 5)
-        for state_customers in ((2_000, 20_000) if quick else (5_000, 100_000))
-        for changed in ((100, 1_000) if quick else (100, 1_000, 10_000))
+        for state_customers in ((2_000, 20_000) if quick else (5_000, 50_000))
+        for changed in ((100, 1_000) if quick else (100, 1_000, 5_000))
     ]
     return {
         "records": core["records"],
@@ -579,8 +579,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--input", help="JSONL file, one record per line (default: generate one)")
-    parser.add_argument("--events", type=int, default=1_000_000, help="events to generate without --input")
-    parser.add_argument("--customers", type=int, default=75_000, help="customers to generate without --input")
+    parser.add_argument("--events", type=int, default=600_000, help="events to generate without --input")
+    parser.add_argument("--customers", type=int, default=45_000, help="customers to generate without --input")
     parser.add_argument("--quick", action="store_true", help="a smaller, faster run (200k events)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     parser.add_argument("--child", help=argparse.SUPPRESS)

@@ -835,23 +835,40 @@ def test_same_event_id_for_two_customers_is_two_events() -> None:
     assert state.customer_count() == 2
 
 
+def _arriving(batch: pa.Table, day: int) -> pa.Table:
+    """The batch as if it arrived ``day`` days after ARRIVAL."""
+    arrival = pa.array([ARRIVAL + timedelta(days=day)] * batch.num_rows, pa.timestamp("us", "UTC"))
+    return batch.set_column(
+        batch.schema.get_field_index("approximate_arrival_at"), "approximate_arrival_at", arrival
+    )
+
+
 @pytest.mark.parametrize(("window_days", "counted_again"), [(7, False), (2, True)])
 def test_duplicate_older_than_the_dedupe_window_is_applied_again(
     window_days: int, counted_again: bool
 ) -> None:
-    """Event ids are remembered while their day is within the window of the shard's as_of day; older ones are
-    forgotten, so a re-send of such an event counts again (and a re-send within the window never does)."""
+    """Event ids are remembered for the window of arrival days; a re-send arriving later than that is counted
+    again (and a re-send within the window never is)."""
     state = CustomerState(SHARD, dedupe_window=timedelta(days=window_days))
     stream = Stream()
     original = event("c-1", "purchase", "2026-03-01T10:00:00Z", revenue="5.00")
     state.apply(stream.batch([original]))
-    state.apply(stream.batch([event("c-2", "page_view", "2026-03-06T10:00:00Z")]))  # as_of moves 5 days on
-    again = state.apply(stream.batch([original]))
+    state.apply(_arriving(stream.batch([event("c-2", "page_view", "2026-03-06T10:00:00Z")]), 5))
+    again = state.apply(_arriving(stream.batch([original]), 5))
     assert (again.events.num_rows, again.duplicates) == ((1, 0) if counted_again else (0, 1))
     row = row_of(state, "c-1")
     assert (row["purchases"], row["revenue"]) == (
         (2, Decimal("10.00")) if counted_again else (1, Decimal("5.00"))
     )
+
+
+def test_events_in_customer_order_over_months_are_still_deduplicated() -> None:
+    """A backfill in customer order (event times jumping back and forth) arrives within the window."""
+    documents = [event(f"c-{c}", "page_view", f"2026-0{m}-01T10:00:00Z") for c in range(3) for m in (1, 3, 5)]
+    state = CustomerState(SHARD)
+    stream = Stream()
+    state.apply(stream.batch(documents))
+    assert state.apply(stream.batch(documents)).duplicates == len(documents)
 
 
 def test_dedupe_window_survives_reopen_and_snapshot(tmp_path: Path) -> None:
