@@ -81,6 +81,13 @@ def _raw_batches(payloads: list[bytes], batch: int, first_sequence: int = 1) -> 
 
 
 def _peak_rss_mib() -> float:
+    """This process's own peak RSS (VmHWM resets on exec; ru_maxrss would carry the parent's from the fork)."""
+    try:
+        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -612,6 +619,7 @@ def main() -> None:
                 print(f"generating {events:,} events for {customers:,} customers ...", file=sys.stderr)
             payloads = _generate(customers, events, seed=1, malformed_rate=0.002)
             Path(input_path).write_bytes(b"\n".join(payloads) + b"\n")
+            del payloads
             label = f"generated input ({customers:,} customers, 1% duplicates, 0.2% malformed)"
         result = run(os.path.abspath(input_path), options.quick)
     if options.json:
