@@ -1,38 +1,52 @@
-"""Incremental per-customer RFM / engagement state of one shard, kept in DuckDB with set-based SQL.
+"""Incremental per-customer RFM / engagement state of one shard, held as columns in memory.
 
-Why these tables: the aggregates must depend only on the *set* of events (any order, any batch split, any
-repetition of an event id). Counts and sums are additive once duplicates are removed, so the state keeps exactly the
-sets that distinct counts need and nothing more:
+Why this layout: the aggregates must depend only on the *set* of events (any order, any batch split, any repetition
+of an event id). Counts and sums are additive once duplicates are removed, so the state keeps the running sums per
+customer plus exactly the sets that distinct counts need, and nothing more:
 
-- ``applied_events``     every event id ever applied (exact de-duplication, UUID primary key);
-- ``customer_sessions``  distinct (customer, session) pairs, for ``sessions``;
-- ``customer_days``      one row per (customer, UTC day) with events, orders and revenue, for ``active_days`` and the
-                         day-bucketed BG/NBD / Gamma-Gamma inputs;
-- ``customers``          the running aggregates, one row per customer;
-- ``shard_progress``     the last applied Kinesis sequence number and the event-time high-water mark (``as_of``).
+- customers get a dense index; every running aggregate is a numpy column indexed by it;
+- ``event ids``: the (customer, event id) pairs applied, for exact de-duplication within the de-duplication window;
+- ``sessions``: distinct (customer, session id) pairs, for ``sessions``;
+- ``days``: distinct (customer, UTC day) pairs with events and with purchases, for ``active_days``, ``purchase_days``;
+- the position (last applied sequence number) and ``as_of`` (the event-time high-water mark).
 
-Every statement is an index-backed upsert (``INSERT ... ON CONFLICT ... RETURNING``) or works on the batch alone,
-so the cost of applying a batch grows with the batch and the customers it touches, never with all customers ever
-seen. A batch is applied inside one transaction together with the sequence number it advances to.
+The sets are ``keysets.KeyRuns``: sorted numpy runs, exact, about 30 bytes per event id. A batch is parsed once into
+columns (``fast_decode``); only doubtful records go through the exact SQL validator. De-duplication, grouping and the
+output rows are vectorized over the batch, so the cost of a batch grows with the batch and the customers it touches,
+never with all customers or events ever seen.
+
+De-duplication window: a duplicate is the same event id for the same customer. Event ids are remembered while the UTC
+day their original arrived on (Kinesis arrival time) is no more than ``dedupe_window`` before the latest arrival day
+the shard has applied. A re-send arriving later than that is applied again (counted twice): producer retries and
+redeliveries arrive within minutes, so the window (default 7 days) bounds memory without touching them. Arrival time,
+not event time, so that backfills of old events and streams ordered by customer keep exact de-duplication.
+
+Durability: S3 is the truth (commit chain and snapshots). The local DuckDB file is a cache kept exact by a journal
+written when a staged batch commits (appends of what the batch added or changed, one transaction with the position),
+so its cost follows the batch too. Opening a state file loads it into memory; a file that cannot be read raises, and
+the caller restores from S3.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import duckdb
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from aggregators.validation import DecodedBatch, RecordValidator, new_connection
-from schemas import CUSTOMER_AGGREGATES_SCHEMA, ERRORS_SCHEMA, EVENTS_SCHEMA
-from schemas.positions import Position
+from aggregators.fast_decode import FastDecoder, decode_records
+from aggregators.keysets import KeyRuns, mix64
+from aggregators.validation import RecordValidator, new_connection
+from schemas import CUSTOMER_AGGREGATES_SCHEMA, ERRORS_SCHEMA, EVENT_TYPES, EVENTS_SCHEMA, MONEY, UTC_MICROS
+from schemas.positions import SEQUENCE_DIGITS, Position
 
 log = logging.getLogger(__name__)
 
@@ -45,36 +59,62 @@ ENGAGEMENT_WEIGHTS: Final = {
     "checkouts": 6,
     "purchases": 10,
 }
+_TYPE_COLUMNS: Final = tuple(ENGAGEMENT_WEIGHTS)  # in EVENT_TYPES order
+DEFAULT_DEDUPE_WINDOW: Final = timedelta(days=7)
 
-_SEQUENCE_WIDTH: Final = (
-    80  # Kinesis sequence numbers are decimal strings of up to 56 digits; pad to compare.
+_US_PER_DAY: Final = 86_400_000_000
+_NONE_LOW: Final = np.iinfo(np.int64).max  # "no value yet" for columns that keep a minimum
+_NONE_HIGH: Final = np.iinfo(np.int64).min  # ... and for columns that keep a maximum
+_DAY_BIAS: Final = 1 << 20  # days since 1970 shifted positive in the (customer, day) key
+
+#: The running columns per customer (times in microseconds UTC, days since 1970, money in cents).
+_NUMERIC: Final = (
+    "first_event_at",
+    "last_event_at",
+    "events",
+    *_TYPE_COLUMNS,
+    "sessions",
+    "active_days",
+    "revenue_cents",
+    "first_purchase_at",
+    "last_purchase_at",
+    "purchase_days",
+    "first_purchase_day",
+    "last_purchase_day",
+    "first_day_revenue_cents",
+)
+_START: Final = {
+    "first_event_at": _NONE_LOW,
+    "last_event_at": _NONE_HIGH,
+    "first_purchase_at": _NONE_LOW,
+    "last_purchase_at": _NONE_HIGH,
+    "first_purchase_day": _NONE_LOW,
+    "last_purchase_day": _NONE_HIGH,
+}
+
+#: The tables of a snapshot (``export_tables``) and of the local journal, in load order.
+STATE_TABLES: Final = ("customers", "customer_sessions", "customer_days", "applied_events", "shard_progress")
+#: Every table of the local file (the journal), for ``verify``.
+_JOURNAL_TABLES: Final = (
+    "customers",
+    "customer_rows",
+    "customer_sessions",
+    "customer_days",
+    "applied_events",
+    "shard_progress",
 )
 
-_DDL: Final = """
-CREATE TABLE IF NOT EXISTS applied_events (event_id UUID PRIMARY KEY);
-CREATE TABLE IF NOT EXISTS customer_sessions (
-    customer_id VARCHAR NOT NULL, session_id VARCHAR NOT NULL, PRIMARY KEY (customer_id, session_id));
-CREATE TABLE IF NOT EXISTS customer_days (
-    customer_id VARCHAR NOT NULL, day DATE NOT NULL,
-    events BIGINT NOT NULL, orders BIGINT NOT NULL, revenue DECIMAL(18, 2) NOT NULL,
-    PRIMARY KEY (customer_id, day));
-CREATE TABLE IF NOT EXISTS customers (
-    customer_id VARCHAR PRIMARY KEY,
-    first_event_at TIMESTAMPTZ NOT NULL, last_event_at TIMESTAMPTZ NOT NULL,
-    events BIGINT NOT NULL, page_views BIGINT NOT NULL, product_views BIGINT NOT NULL, searches BIGINT NOT NULL,
-    add_to_carts BIGINT NOT NULL, checkouts BIGINT NOT NULL, purchases BIGINT NOT NULL,
-    sessions BIGINT NOT NULL, active_days BIGINT NOT NULL, revenue DECIMAL(18, 2) NOT NULL,
-    first_purchase_at TIMESTAMPTZ, last_purchase_at TIMESTAMPTZ,
-    purchase_days BIGINT NOT NULL, first_purchase_day DATE, last_purchase_day DATE,
-    first_day_revenue DECIMAL(18, 2));
+_DDL: Final = f"""
+CREATE TABLE IF NOT EXISTS customers (idx BIGINT NOT NULL, customer_id VARCHAR NOT NULL);
+CREATE TABLE IF NOT EXISTS customer_rows (idx BIGINT NOT NULL, {", ".join(f"{c} BIGINT" for c in _NUMERIC)});
+CREATE TABLE IF NOT EXISTS customer_sessions (idx BIGINT NOT NULL, session_id VARCHAR NOT NULL);
+CREATE TABLE IF NOT EXISTS customer_days (idx BIGINT NOT NULL, day INTEGER NOT NULL, purchase BOOLEAN NOT NULL);
+CREATE TABLE IF NOT EXISTS applied_events (
+    idx BIGINT NOT NULL, id_high UBIGINT NOT NULL, id_low UBIGINT NOT NULL, day INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS shard_progress (
     shard_id VARCHAR PRIMARY KEY, sequence_number VARCHAR NOT NULL, sub_sequence_number BIGINT NOT NULL,
     as_of TIMESTAMPTZ);
 """
-
-
-#: The tables a snapshot holds, in load order.
-STATE_TABLES: Final = ("applied_events", "customer_sessions", "customer_days", "customers", "shard_progress")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +126,9 @@ class AppliedBatch:
     rejects: pa.Table  # ERRORS_SCHEMA
     records_in: int  # raw records handed in
     records_skipped: int  # already applied (at or below the stored position): redeliveries
-    duplicates: int  # valid events whose event id was applied before (or repeated within the batch)
+    duplicates: (
+        int  # valid events whose (customer, event id) was applied before (or repeated within the batch)
+    )
     position: Position | None  # the position the state advances to (None: nothing new)
     first_position: Position | None = None  # the first record actually applied (None: all were redeliveries)
 
@@ -94,6 +136,34 @@ class AppliedBatch:
     def accepted(self) -> int:
         """Valid records, new or duplicate."""
         return int(self.events.num_rows) + self.duplicates
+
+
+@dataclass(slots=True)
+class _Staged:
+    """A batch worked out against the state but not installed yet (installing is what ``commit`` means)."""
+
+    applied: AppliedBatch
+    new_customer_ids: list[str] = field(default_factory=list)
+    changed: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    rows: dict[str, np.ndarray] = field(default_factory=dict)
+    event_ids: dict[str, np.ndarray] = field(default_factory=dict)
+    sessions: dict[str, np.ndarray] = field(default_factory=dict)
+    session_ids: pa.Array | None = None
+    days: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint64))
+    as_of: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Undo:
+    """What installing a batch changed in memory, to put back if the journal does not commit."""
+
+    customers: int
+    rows: dict[str, np.ndarray]
+    changed: np.ndarray
+    runs: tuple[list[dict[str, np.ndarray]], ...]
+    position: Position | None
+    as_of: int | None
+    arrival_day: int | None
 
 
 class CustomerState:
@@ -104,58 +174,111 @@ class CustomerState:
         shard_id: str,
         database: Path | str = ":memory:",
         validator: RecordValidator | None = None,
+        *,
+        dedupe_window: timedelta = DEFAULT_DEDUPE_WINDOW,
     ) -> None:
         self.shard_id = shard_id
         self.database = str(database)
         self.validator = validator or RecordValidator()
+        self.fast = FastDecoder(self.validator.rules)
+        self.dedupe_window_days = max(0, dedupe_window // timedelta(days=1))
+        self.persistent = self.database != ":memory:"
         self.con: duckdb.DuckDBPyConnection = new_connection(self.database)
-        # Fewer, larger checkpoints: each one rewrites the primary-key indexes (measured +7% apply throughput);
-        # the WAL replayed after a crash stays bounded by this size.
-        self.con.execute("SET checkpoint_threshold = '256MB'")
+        self.con.execute("SET threads = 1")  # one shard, one core: the KCL runs a process per shard
         self.con.execute(_DDL)
         self._in_transaction = False
+        self._reset()
+        if self.persistent:
+            self._load()
 
     def close(self) -> None:
         self.con.close()
 
+    def _reset(self) -> None:
+        self._index: dict[str, int] = {}
+        self._ids: list[str] = []
+        self._cols: dict[str, np.ndarray] = {name: np.empty(0, np.int64) for name in _NUMERIC}
+        self._event_ids = KeyRuns(("idx", "high", "low"), has_day=True)
+        self._sessions = KeyRuns(("idx", "session"))
+        self._days = KeyRuns(())
+        self._position: Position | None = None
+        self._as_of: int | None = None  # microseconds UTC
+        self._arrival_day: int | None = None  # the latest UTC arrival day of an applied event
+
+    def _window_start(self) -> int | None:
+        """The first arrival day whose event ids are still remembered (None: remember all)."""
+        return None if self._arrival_day is None else self._arrival_day - self.dedupe_window_days
+
     # ------------------------------------------------------------------ progress
     def position(self) -> Position | None:
         """The last applied position of this shard, or None when nothing was applied yet."""
-        rows = self.con.execute(
-            "SELECT sequence_number, sub_sequence_number FROM shard_progress WHERE shard_id = ?",
-            [self.shard_id],
-        ).fetchall()
-        return Position(str(rows[0][0]), int(rows[0][1])) if rows else None
+        return self._position
+
+    def as_of(self) -> datetime | None:
+        """The event-time high-water mark (timezone-aware) or None."""
+        return None if self._as_of is None else _to_datetime(self._as_of)
 
     def verify(self) -> None:
         """Read every stored value once (DuckDB checks each block's checksum as it reads): raises if the file is
         damaged, so a corrupt cache is found at open instead of in the middle of a flush."""
-        for table in STATE_TABLES:
+        for table in _JOURNAL_TABLES:
             self.con.execute(f"SELECT count(*), max(hash(COLUMNS(*))) FROM {table}").fetchall()
 
+    def reset(self) -> None:
+        """Forget everything, in memory and in the local file (a restore then rebuilds the state from S3)."""
+        self._reset()
+        if self.persistent:
+            self._rewrite_journal()
+
     def customer_count(self) -> int:
-        count: int = self.con.execute("SELECT count(*) FROM customers").fetchall()[0][0]
-        return count
+        return len(self._ids)
+
+    def set_position(self, position: Position | None, as_of: datetime | str | None = None) -> None:
+        """Move the stored position (a child shard starts fresh; restore lands on a commit's end)."""
+        self._position = position
+        if isinstance(as_of, str):
+            as_of = datetime.fromisoformat(as_of)
+        self._as_of = None if as_of is None else _to_micros(as_of)
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            self._write_progress(self._position, self._as_of)
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        self.con.execute("COMMIT")
+
+    def memory_bytes(self) -> dict[str, int]:
+        """Bytes held by each part of the state (for sizing; Python object overhead of the index estimated)."""
+        index = (
+            sum(len(key) + 49 + 8 + 100 for key in self._ids[:1000])
+            * max(1, len(self._ids))
+            // max(1, min(1000, len(self._ids)))
+        )
+        return {
+            "customers": sum(a[: len(self._ids)].nbytes for a in self._cols.values()) + index,
+            "event_ids": self._event_ids.nbytes(),
+            "sessions": self._sessions.nbytes(),
+            "days": self._days.nbytes(),
+        }
+
+    def event_id_count(self) -> int:
+        return len(self._event_ids)
 
     # ------------------------------------------------------------------ applying
     @contextmanager
     def staged(self, raw: pa.Table) -> Iterator[AppliedBatch]:
-        """Apply ``raw`` in an open transaction; commit when the block exits cleanly, roll back otherwise.
+        """Work ``raw`` out against the state; install it when the block exits cleanly, drop it otherwise.
 
-        The caller makes the outputs durable inside the block, so the state never runs ahead of S3.
+        Nothing changes until the block exits cleanly, so an exception anywhere leaves state and position exactly
+        as they were. The caller makes the outputs durable inside the block, so the state never runs ahead of S3.
         """
         if self._in_transaction:
             raise RuntimeError("a staged batch is already open on this shard state")
-        self.con.execute("BEGIN TRANSACTION")
         self._in_transaction = True
         try:
-            applied = self._apply(raw)
-            yield applied
-        except BaseException:
-            self.con.execute("ROLLBACK")
-            raise
-        else:
-            self.con.execute("COMMIT")
+            staged = self._stage_raw(raw)
+            yield staged.applied
+            self._install(staged)
         finally:
             self._in_transaction = False
 
@@ -163,32 +286,6 @@ class CustomerState:
         """Apply and commit at once (replay, benchmarks, tests)."""
         with self.staged(raw) as applied:
             return applied
-
-    def _apply(self, raw: pa.Table) -> AppliedBatch:
-        fresh = self._drop_already_applied(raw)
-        skipped = raw.num_rows - fresh.num_rows
-        if fresh.num_rows == 0:
-            return AppliedBatch(
-                events=EVENTS_SCHEMA.empty_table(),
-                customer_rows=CUSTOMER_AGGREGATES_SCHEMA.empty_table(),
-                rejects=ERRORS_SCHEMA.empty_table(),
-                records_in=raw.num_rows,
-                records_skipped=skipped,
-                duplicates=0,
-                position=None,
-            )
-        decoded: DecodedBatch = self.validator.decode(self.con, fresh)
-        applied = self._apply_events(decoded.events, _last_position(fresh))
-        return AppliedBatch(
-            events=applied.events,
-            customer_rows=applied.customer_rows,
-            rejects=decoded.rejects,
-            records_in=raw.num_rows,
-            records_skipped=skipped,
-            duplicates=applied.duplicates,
-            position=applied.position,
-            first_position=_first_position(fresh),
-        )
 
     def apply_events(self, events: pa.Table, position: Position) -> AppliedBatch:
         """Apply already validated events (EVENTS_SCHEMA), e.g. from the events/ archive, and commit.
@@ -198,318 +295,850 @@ class CustomerState:
         """
         if self._in_transaction:
             raise RuntimeError("a staged batch is already open on this shard state")
-        self.con.execute("BEGIN TRANSACTION")
-        try:
-            applied = self._apply_events(events.cast(EVENTS_SCHEMA), position)
-        except BaseException:
-            self.con.execute("ROLLBACK")
-            raise
-        self.con.execute("COMMIT")
-        return applied
+        events = events.select(EVENTS_SCHEMA.names).cast(EVENTS_SCHEMA)
+        staged = self._stage_events(_in_position_order(events), position, events.num_rows, 0)
+        staged.applied = _replace(staged.applied, rejects=ERRORS_SCHEMA.empty_table())
+        self._install(staged)
+        return staged.applied
 
-    def _apply_events(self, events: pa.Table, position: Position) -> AppliedBatch:
-        new_events = self._dedupe(events)
-        customer_rows = self._update_aggregates(new_events, position)
-        return AppliedBatch(
-            events=new_events,
-            customer_rows=customer_rows,
-            rejects=ERRORS_SCHEMA.empty_table(),
-            records_in=events.num_rows,
-            records_skipped=0,
-            duplicates=events.num_rows - new_events.num_rows,
-            position=position,
-        )
+    def _stage_raw(self, raw: pa.Table) -> _Staged:
+        fresh = self._drop_already_applied(raw)
+        skipped = raw.num_rows - fresh.num_rows
+        if fresh.num_rows == 0:
+            return _Staged(
+                AppliedBatch(
+                    events=EVENTS_SCHEMA.empty_table(),
+                    customer_rows=CUSTOMER_AGGREGATES_SCHEMA.empty_table(),
+                    rejects=ERRORS_SCHEMA.empty_table(),
+                    records_in=raw.num_rows,
+                    records_skipped=skipped,
+                    duplicates=0,
+                    position=None,
+                ),
+                as_of=self._as_of,
+            )
+        width = _key_width(fresh.column("sequence_number"))
+        keys = _position_keys(fresh.column("sequence_number"), fresh.column("sub_sequence_number"), width)
+        in_order = _is_increasing(keys)
+        if not in_order:  # records arrive in order within a shard; tests and replays may not
+            order = pc.sort_indices(keys)
+            fresh, keys = fresh.take(order), keys.take(order)
+        events, rejects = self._decode(fresh)
+        first = _position_at(fresh, 0)
+        last = _position_at(fresh, fresh.num_rows - 1)
+        staged = self._stage_events(events, last, raw.num_rows, skipped)
+        staged.applied = _replace(staged.applied, rejects=rejects, first_position=first)
+        return staged
+
+    def _decode(self, fresh: pa.Table) -> tuple[pa.Table, pa.Table]:
+        decoded = decode_records(self.con, fresh, self.fast, self.validator)
+        return _in_position_order(decoded.events), decoded.rejects
 
     def _drop_already_applied(self, raw: pa.Table) -> pa.Table:
         """Redelivered records (at or below the stored position) are skipped, keeping replays idempotent."""
-        current = self.position()
+        current = self._position
         if current is None or raw.num_rows == 0:
             return raw
-        if _first_position(raw).sort_key() > current.sort_key():
-            return raw  # the usual case: nothing redelivered, no need to look at every row
-        self.con.register("incoming", raw)
-        try:
-            return self.con.sql(
-                f"""SELECT * FROM incoming
-                    WHERE lpad(sequence_number, {_SEQUENCE_WIDTH}, '0') > lpad(?, {_SEQUENCE_WIDTH}, '0')
-                       OR (sequence_number = ? AND sub_sequence_number > ?)""",
-                params=[current.sequence_number, current.sequence_number, current.sub_sequence_number],
-            ).to_arrow_table()
-        finally:
-            self.con.unregister("incoming")
+        width = _key_width(raw.column("sequence_number"), current)
+        keys = _position_keys(raw.column("sequence_number"), raw.column("sub_sequence_number"), width)
+        stored = _position_key(current, width)
+        if _is_increasing(keys) and keys[0].as_py() > stored:
+            return raw  # the usual case: nothing redelivered
+        return raw.filter(pc.greater(keys, pa.scalar(stored)))
 
-    def _dedupe(self, events: pa.Table) -> pa.Table:
-        """Keep only events whose id was never applied; the first delivery of a repeated id wins."""
+    # ------------------------------------------------------------------ the core, vectorized over a batch
+    def _stage_events(self, events: pa.Table, last: Position, records_in: int, skipped: int) -> _Staged:
+        """De-duplicate and aggregate ``events`` (in position order) against the state, without changing it."""
+        empty = _Staged(
+            AppliedBatch(
+                events=EVENTS_SCHEMA.empty_table(),
+                customer_rows=CUSTOMER_AGGREGATES_SCHEMA.empty_table(),
+                rejects=ERRORS_SCHEMA.empty_table(),
+                records_in=records_in,
+                records_skipped=skipped,
+                duplicates=events.num_rows,
+                position=last,
+            ),
+            as_of=self._as_of,
+        )
         if events.num_rows == 0:
-            return events
-        con = self.con
-        con.register("batch_events", events)
-        try:
-            # The primary key index answers "seen before?" for the batch only, whatever the history's size.
-            self._returning(
-                "new_ids",
-                """INSERT INTO applied_events SELECT CAST(event_id AS UUID) FROM batch_events
-                   ON CONFLICT DO NOTHING RETURNING event_id""",
-            )
-            fresh = con.sql(
-                "SELECT b.* FROM batch_events b SEMI JOIN new_ids n ON CAST(b.event_id AS UUID) = n.event_id"
-            )
-            new_count = con.sql("SELECT count(*) FROM new_ids").fetchall()[0][0]
-            table = fresh.to_arrow_table()
-            if table.num_rows != new_count:  # an id repeated inside this batch: keep its first delivery
-                con.register("fresh_events", table)
-                table = con.sql(
-                    f"""SELECT * FROM fresh_events
-                        QUALIFY row_number() OVER (
-                            PARTITION BY event_id
-                            ORDER BY lpad(sequence_number, {_SEQUENCE_WIDTH}, '0'), sub_sequence_number) = 1"""
-                ).to_arrow_table()
-                con.unregister("fresh_events")
-            return table.cast(EVENTS_SCHEMA)
-        finally:
-            con.unregister("batch_events")
-            self._release("new_ids")
+            return empty
+        customers = events.column("customer_id").combine_chunks()
+        idx, new_ids = self._customer_indexes(customers)
+        high, low = _uuid_halves(events.column("event_id").combine_chunks())
+        times = _micros(events.column("event_time"))
+        days = np.floor_divide(times, _US_PER_DAY)
+        probe = mix64(idx, high, low)
+        first = _first_of_each(probe, [idx, high, low])
+        arrival_days = np.floor_divide(_micros(events.column("approximate_arrival_at")), _US_PER_DAY)
+        seen = self._event_ids.contains(
+            probe[first], {"idx": idx[first], "high": high[first], "low": low[first]}, self._window_start()
+        )
+        new = first[~seen]
+        duplicates = events.num_rows - len(new)
+        if not len(new):
+            return empty
+        new_events = events.take(pa.array(new))
+        staged = self._aggregate(new_events, idx[new], times[new], days[new], new_ids, last)
+        staged.event_ids = {
+            "probe": probe[new],
+            "idx": idx[new],
+            "high": high[new],
+            "low": low[new],
+            "day": arrival_days[new].astype(np.int32),
+        }
+        staged.applied = AppliedBatch(
+            events=new_events,
+            customer_rows=staged.applied.customer_rows,
+            rejects=ERRORS_SCHEMA.empty_table(),
+            records_in=records_in,
+            records_skipped=skipped,
+            duplicates=duplicates,
+            position=last,
+        )
+        return staged
 
-    def _update_aggregates(self, events: pa.Table, last: Position) -> pa.Table:
-        con = self.con
-        con.register("new_events", events)
-        try:
-            self._advance_progress(last)
-            if events.num_rows == 0:
-                return CUSTOMER_AGGREGATES_SCHEMA.empty_table()
-            # 1. distinct sessions: the pairs this batch adds for the first time
-            self._returning(
-                "inserted_sessions",
-                """INSERT INTO customer_sessions SELECT DISTINCT customer_id, session_id FROM new_events
-                   ON CONFLICT DO NOTHING RETURNING customer_id""",
-            )
-            # 2. per (customer, UTC day) totals of the batch, upserted; RETURNING gives the totals after the batch
-            con.execute(
-                """CREATE OR REPLACE TEMP TABLE batch_days AS
-                   SELECT customer_id, CAST(event_time AS DATE) AS day, count(*) AS events,
-                          count(*) FILTER (WHERE event_type = 'purchase') AS orders,
-                          CAST(coalesce(sum(revenue) FILTER (WHERE event_type = 'purchase'), 0) AS DECIMAL(18, 2))
-                              AS revenue
-                   FROM new_events GROUP BY ALL"""
-            )
-            self._returning(
-                "days_after",
-                """INSERT INTO customer_days SELECT * FROM batch_days
-                   ON CONFLICT DO UPDATE SET events = customer_days.events + excluded.events,
-                                             orders = customer_days.orders + excluded.orders,
-                                             revenue = customer_days.revenue + excluded.revenue
-                   RETURNING customer_id, day, events, orders, revenue""",
-            )
-            # A day is new when its total equals the batch's own contribution; likewise a new purchase day.
-            con.execute(
-                """CREATE OR REPLACE TEMP TABLE day_deltas AS
-                   WITH joined AS (
-                       SELECT a.customer_id, a.day, a.revenue AS revenue_after, a.orders AS orders_after,
-                              a.events = b.events AS new_active_day,
-                              b.orders > 0 AND a.orders = b.orders AS new_purchase_day,
-                              b.orders > 0 AS batch_purchase_day
-                       FROM days_after a JOIN batch_days b USING (customer_id, day))
-                   SELECT customer_id,
-                          count(*) FILTER (WHERE new_active_day) AS new_active_days,
-                          count(*) FILTER (WHERE new_purchase_day) AS new_purchase_days,
-                          min(day) FILTER (WHERE batch_purchase_day) AS batch_first_purchase_day,
-                          max(day) FILTER (WHERE batch_purchase_day) AS batch_last_purchase_day,
-                          arg_min(revenue_after, day) FILTER (WHERE batch_purchase_day)
-                              AS batch_first_purchase_day_revenue
-                   FROM joined GROUP BY customer_id"""
-            )
-            # 3. one upsert of the running aggregates; RETURNING yields exactly the changed customers' rows
-            self._returning(
-                "changed",
-                """INSERT INTO customers
-                   SELECT e.customer_id,
-                          min(e.event_time), max(e.event_time), count(*),
-                          count(*) FILTER (WHERE e.event_type = 'page_view'),
-                          count(*) FILTER (WHERE e.event_type = 'product_view'),
-                          count(*) FILTER (WHERE e.event_type = 'search'),
-                          count(*) FILTER (WHERE e.event_type = 'add_to_cart'),
-                          count(*) FILTER (WHERE e.event_type = 'checkout'),
-                          count(*) FILTER (WHERE e.event_type = 'purchase'),
-                          any_value(coalesce(s.n, 0)), any_value(d.new_active_days),
-                          CAST(coalesce(sum(e.revenue) FILTER (WHERE e.event_type = 'purchase'), 0)
-                               AS DECIMAL(18, 2)),
-                          min(e.event_time) FILTER (WHERE e.event_type = 'purchase'),
-                          max(e.event_time) FILTER (WHERE e.event_type = 'purchase'),
-                          any_value(d.new_purchase_days),
-                          any_value(d.batch_first_purchase_day), any_value(d.batch_last_purchase_day),
-                          any_value(d.batch_first_purchase_day_revenue)
-                   FROM new_events e
-                   JOIN day_deltas d USING (customer_id)
-                   LEFT JOIN (SELECT customer_id, count(*) AS n FROM inserted_sessions GROUP BY customer_id) s
-                       USING (customer_id)
-                   GROUP BY e.customer_id
-                   ON CONFLICT DO UPDATE SET
-                       first_event_at = least(customers.first_event_at, excluded.first_event_at),
-                       last_event_at = greatest(customers.last_event_at, excluded.last_event_at),
-                       events = customers.events + excluded.events,
-                       page_views = customers.page_views + excluded.page_views,
-                       product_views = customers.product_views + excluded.product_views,
-                       searches = customers.searches + excluded.searches,
-                       add_to_carts = customers.add_to_carts + excluded.add_to_carts,
-                       checkouts = customers.checkouts + excluded.checkouts,
-                       purchases = customers.purchases + excluded.purchases,
-                       sessions = customers.sessions + excluded.sessions,
-                       active_days = customers.active_days + excluded.active_days,
-                       revenue = customers.revenue + excluded.revenue,
-                       first_purchase_at = least(customers.first_purchase_at, excluded.first_purchase_at),
-                       last_purchase_at = greatest(customers.last_purchase_at, excluded.last_purchase_at),
-                       purchase_days = customers.purchase_days + excluded.purchase_days,
-                       first_purchase_day = least(customers.first_purchase_day, excluded.first_purchase_day),
-                       last_purchase_day = greatest(customers.last_purchase_day, excluded.last_purchase_day),
-                       -- the first purchase day's revenue: the batch's own first purchase day total (read back
-                       -- after the day upsert) when that day is at or before the known first day, else unchanged
-                       first_day_revenue = CASE
-                           WHEN excluded.first_purchase_day IS NOT NULL
-                                AND (customers.first_purchase_day IS NULL
-                                     OR excluded.first_purchase_day <= customers.first_purchase_day)
-                           THEN excluded.first_day_revenue
-                           ELSE customers.first_day_revenue END
-                   RETURNING *""",
-            )
-            return self._output_rows("changed", last)
-        finally:
-            con.unregister("new_events")
-            for name in ("inserted_sessions", "days_after", "changed"):
-                self._release(name)
-            con.execute("DROP TABLE IF EXISTS batch_days; DROP TABLE IF EXISTS day_deltas")
+    def _customer_indexes(self, customers: pa.Array) -> tuple[np.ndarray, list[str]]:
+        """Dense index of every event's customer; customers not seen before get the next indexes (provisionally)."""
+        encoded = customers.dictionary_encode()
+        names = encoded.dictionary.to_pylist()
+        known = self._index
+        mapping = np.empty(len(names), dtype=np.int64)
+        new_ids: list[str] = []
+        next_index = len(self._ids)
+        for position, name in enumerate(names):
+            index = known.get(name)
+            if index is None:
+                index = next_index + len(new_ids)
+                new_ids.append(name)
+            mapping[position] = index
+        codes = np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+        return mapping[codes], new_ids
 
-    def _returning(self, name: str, statement: str) -> None:
-        """Run an INSERT ... RETURNING once and expose its rows as ``name`` (DuckDB cannot nest DML)."""
-        self.con.register(name, self.con.sql(statement).to_arrow_table())
+    def _aggregate(  # noqa: PLR0917 - one private call site, named by position for brevity
+        self,
+        events: pa.Table,
+        idx: np.ndarray,
+        times: np.ndarray,
+        days: np.ndarray,
+        new_ids: list[str],
+        last: Position,
+    ) -> _Staged:
+        """The changed customers' new running values and the set members this batch adds."""
+        changed, inverse = np.unique(idx, return_inverse=True)
+        groups = _Groups(inverse, len(changed))
+        old = self._current(changed)
+        rows: dict[str, np.ndarray] = {}
+        rows["first_event_at"] = np.minimum(old["first_event_at"], groups.min(times))
+        rows["last_event_at"] = np.maximum(old["last_event_at"], groups.max(times))
+        rows["events"] = old["events"] + groups.count()
+        type_codes = _type_codes(events.column("event_type"))
+        for code, column in enumerate(_TYPE_COLUMNS):
+            rows[column] = old[column] + groups.count(type_codes == code)
 
-    def _release(self, name: str) -> None:
-        with contextlib.suppress(duckdb.Error):  # never registered because an earlier step failed
-            self.con.unregister(name)
+        # distinct sessions: the (customer, session) pairs this batch adds for the first time
+        sessions = events.column("session_id").combine_chunks()
+        session_probe = mix64(idx, _string_hash(self.con, sessions))
+        first = _first_of_each(session_probe, [idx], strings=sessions)
+        session_bytes = _fixed_bytes(sessions.take(pa.array(first)))
+        seen = self._sessions.contains(session_probe[first], {"idx": idx[first], "session": session_bytes})
+        new_sessions = first[~seen]
+        rows["sessions"] = old["sessions"] + groups.count_rows(new_sessions)
 
-    def _advance_progress(self, last: Position) -> None:
-        """Record the new position and raise the event-time high-water mark (as_of) with the batch's events."""
-        self.con.execute(
-            """INSERT INTO shard_progress
-               SELECT ?, ?, ?, (SELECT max(event_time) FROM new_events)
-               ON CONFLICT DO UPDATE SET sequence_number = excluded.sequence_number,
-                   sub_sequence_number = excluded.sub_sequence_number,
-                   as_of = greatest(shard_progress.as_of, excluded.as_of)""",
-            [self.shard_id, last.sequence_number, last.sub_sequence_number],
+        # distinct active days and purchase days: exact 64-bit keys (customer index, day, purchase flag)
+        purchase = type_codes == _TYPE_COLUMNS.index("purchases")
+        day_keys = np.concatenate(
+            (_day_keys(idx, days, np.zeros(len(idx), bool)), _day_keys(idx[purchase], days[purchase], True))
+        )
+        day_rows = np.concatenate((np.arange(len(idx)), np.flatnonzero(purchase)))
+        day_is_purchase = np.arange(len(day_keys)) >= len(idx)
+        day_first = np.unique(day_keys, return_index=True)[1]
+        new_days = day_first[~self._days.contains(day_keys[day_first], {})]
+        rows["active_days"] = old["active_days"] + groups.count_rows(
+            day_rows[new_days[~day_is_purchase[new_days]]]
+        )
+        rows["purchase_days"] = old["purchase_days"] + groups.count_rows(
+            day_rows[new_days[day_is_purchase[new_days]]]
         )
 
-    def _output_rows(self, source: str, last: Position) -> pa.Table:
-        """Customer rows in the published contract (CUSTOMER_AGGREGATES_SCHEMA), from a table shaped like customers."""
-        weights = " + ".join(f"{weight} * {column}" for column, weight in ENGAGEMENT_WEIGHTS.items())
-        return (
-            self.con.sql(
-                f"""
-            WITH progress AS (SELECT as_of FROM shard_progress WHERE shard_id = $shard)
-            SELECT c.customer_id,
-                   c.events AS version,
-                   p.as_of,
-                   c.first_event_at, c.last_event_at,
-                   c.events, c.page_views, c.product_views, c.searches, c.add_to_carts, c.checkouts, c.purchases,
-                   c.sessions, c.active_days, c.revenue,
-                   c.first_purchase_at, c.last_purchase_at, c.purchase_days,
-                   CASE WHEN c.purchase_days > 0 THEN c.purchase_days - 1 END AS frequency,
-                   CASE WHEN c.purchase_days > 0
-                        THEN date_diff('day', c.first_purchase_day, c.last_purchase_day) END AS recency,
-                   CASE WHEN c.purchase_days > 0
-                        THEN date_diff('day', c.first_purchase_day, CAST(p.as_of AS DATE)) END AS "T",
-                   CASE WHEN c.purchase_days > 1
-                        THEN CAST(c.revenue - c.first_day_revenue AS DOUBLE) / (c.purchase_days - 1)
-                        WHEN c.purchase_days = 1 THEN 0.0 END AS monetary_value,
-                   CASE WHEN c.purchase_days > 0 THEN c.revenue - c.first_day_revenue END AS repeat_revenue,
-                   CAST(({weights}) AS DOUBLE) / c.active_days AS engagement_score,
-                   $shard AS shard_id,
-                   $sequence AS updated_through_sequence
-            FROM {source} c CROSS JOIN progress p
-            ORDER BY c.customer_id""",
-                params={"shard": self.shard_id, "sequence": last.sequence_number},
-            )
-            .to_arrow_table()
-            .cast(CUSTOMER_AGGREGATES_SCHEMA)
+        # purchases: revenue, first/last purchase, and the revenue of the first purchase day
+        cents = _cents(events.column("revenue"))
+        cents = np.where(purchase, cents, 0)
+        rows["revenue_cents"] = old["revenue_cents"] + groups.sum(cents)
+        rows["first_purchase_at"] = np.minimum(old["first_purchase_at"], groups.min(times, purchase))
+        rows["last_purchase_at"] = np.maximum(old["last_purchase_at"], groups.max(times, purchase))
+        batch_first_day = groups.min(days, purchase)
+        rows["first_purchase_day"] = np.minimum(old["first_purchase_day"], batch_first_day)
+        rows["last_purchase_day"] = np.maximum(old["last_purchase_day"], groups.max(days, purchase))
+        on_first_day = purchase & (days == batch_first_day[inverse])
+        batch_first_revenue = groups.sum(np.where(on_first_day, cents, 0))
+        old_revenue = old["first_day_revenue_cents"]
+        rows["first_day_revenue_cents"] = np.where(
+            batch_first_day < old["first_purchase_day"],
+            batch_first_revenue,
+            np.where(
+                batch_first_day == old["first_purchase_day"], old_revenue + batch_first_revenue, old_revenue
+            ),
         )
+
+        as_of = int(times.max()) if self._as_of is None else max(self._as_of, int(times.max()))
+        representatives = groups.first_rows()
+        names = events.column("customer_id").combine_chunks().take(pa.array(representatives))
+        output = _output_rows(names, rows, as_of, self.shard_id, last.sequence_number)
+        return _Staged(
+            AppliedBatch(
+                events=events,
+                customer_rows=output,
+                rejects=ERRORS_SCHEMA.empty_table(),
+                records_in=0,
+                records_skipped=0,
+                duplicates=0,
+                position=last,
+            ),
+            new_customer_ids=new_ids,
+            changed=changed,
+            rows=rows,
+            sessions={
+                "probe": session_probe[new_sessions],
+                "idx": idx[new_sessions],
+                "session": session_bytes[~seen],
+            },
+            session_ids=sessions.take(pa.array(new_sessions)),
+            days=day_keys[new_days],
+            as_of=as_of,
+        )
+
+    def _current(self, changed: np.ndarray) -> dict[str, np.ndarray]:
+        """The running values of ``changed`` customers (start values for customers not seen before)."""
+        known = changed < len(self._ids)
+        current = {}
+        for name in _NUMERIC:
+            values = np.full(len(changed), _START.get(name, 0), dtype=np.int64)
+            values[known] = self._cols[name][changed[known]]
+            current[name] = values
+        return current
+
+    # ------------------------------------------------------------------ installing (the commit)
+    def _install(self, staged: _Staged) -> None:
+        """Change the in-memory state, then journal the batch with its position in one DuckDB transaction.
+
+        The in-memory change is undone if anything fails before the journal commits, so a failed install leaves
+        the state exactly as it was (what ``staged`` promises).
+        """
+        applied = staged.applied
+        if applied.position is None:
+            return
+        self._grow(len(self._ids) + len(staged.new_customer_ids))  # spare capacity changes no value
+        undo = _Undo(
+            customers=len(self._ids),
+            rows={name: self._cols[name][staged.changed].copy() for name in staged.rows},
+            changed=staged.changed,
+            runs=(list(self._event_ids.runs), list(self._sessions.runs), list(self._days.runs)),
+            position=self._position,
+            as_of=self._as_of,
+            arrival_day=self._arrival_day,
+        )
+        try:
+            self._install_in_memory(staged)
+            self.con.execute("BEGIN TRANSACTION")
+            try:
+                if self.persistent:
+                    self._journal(staged, undo.customers)
+                self._write_progress(applied.position, staged.as_of)
+            except BaseException:
+                self.con.execute("ROLLBACK")
+                raise
+            self.con.execute("COMMIT")
+        except BaseException:
+            self._undo(undo)
+            raise
+
+    def _install_in_memory(self, staged: _Staged) -> None:
+        for name in staged.new_customer_ids:
+            self._index[name] = len(self._ids)
+            self._ids.append(name)
+        self._grow(len(self._ids))
+        for name, values in staged.rows.items():
+            self._cols[name][staged.changed] = values
+        if staged.event_ids:
+            newest = int(staged.event_ids["day"].max())
+            self._arrival_day = newest if self._arrival_day is None else max(self._arrival_day, newest)
+            self._event_ids.add(staged.event_ids["probe"], staged.event_ids, self._window_start())
+        if staged.sessions:
+            self._sessions.add(staged.sessions["probe"], staged.sessions)
+        self._days.add(staged.days, {})
+        self._position = staged.applied.position
+        self._as_of = staged.as_of
+
+    def _undo(self, undo: _Undo) -> None:
+        for name in self._ids[undo.customers :]:
+            self._index.pop(name, None)
+        del self._ids[undo.customers :]
+        for name, values in undo.rows.items():
+            self._cols[name][undo.changed] = values
+        self._event_ids.runs, self._sessions.runs, self._days.runs = (list(runs) for runs in undo.runs)
+        self._position, self._as_of, self._arrival_day = undo.position, undo.as_of, undo.arrival_day
+
+    def _grow(self, size: int) -> None:
+        capacity = len(self._cols["events"])
+        if size <= capacity:
+            return
+        capacity = max(size, 2 * capacity, 1024)
+        for name, values in self._cols.items():
+            grown = np.full(capacity, _START.get(name, 0), dtype=np.int64)
+            grown[: len(values)] = values
+            self._cols[name] = grown
+
+    def _journal(self, staged: _Staged, start: int) -> None:
+        """Append what the batch added or changed (new customers get indexes from ``start``)."""
+        con = self.con
+        parts: dict[str, pa.Table] = {}
+        if staged.new_customer_ids:
+            parts["customers"] = pa.table(
+                {
+                    "idx": pa.array(np.arange(start, start + len(staged.new_customer_ids))),
+                    "customer_id": pa.array(staged.new_customer_ids, pa.string()),
+                }
+            )
+        if len(staged.changed):
+            parts["customer_rows"] = pa.table(
+                {"idx": staged.changed, **{name: staged.rows[name] for name in _NUMERIC}}
+            )
+        if staged.sessions and staged.session_ids is not None:
+            parts["customer_sessions"] = pa.table(
+                {"idx": staged.sessions["idx"], "session_id": staged.session_ids}
+            )
+        if len(staged.days):
+            idx, day, purchase = _split_day_keys(staged.days)
+            parts["customer_days"] = pa.table({"idx": idx, "day": day, "purchase": purchase})
+        if staged.event_ids:
+            parts["applied_events"] = pa.table(
+                {
+                    "idx": staged.event_ids["idx"],
+                    "id_high": staged.event_ids["high"],
+                    "id_low": staged.event_ids["low"],
+                    "day": staged.event_ids["day"],
+                }
+            )
+        for table, data in parts.items():
+            con.register("journal_part", data)
+            try:
+                con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM journal_part")
+            finally:
+                con.unregister("journal_part")
+
+    def _write_progress(self, position: Position | None, as_of: int | None) -> None:
+        self.con.execute("DELETE FROM shard_progress")
+        if position is not None:
+            self.con.execute(
+                "INSERT INTO shard_progress VALUES (?, ?, ?, ?)",
+                [
+                    self.shard_id,
+                    position.sequence_number,
+                    position.sub_sequence_number,
+                    None if as_of is None else _to_datetime(as_of),
+                ],
+            )
+
+    # ------------------------------------------------------------------ loading the local cache
+    def _load(self) -> None:
+        """Read the journal into memory; compact it when changed rows outnumber customers (cost once per open)."""
+        con = self.con
+        progress = con.execute(
+            "SELECT sequence_number, sub_sequence_number, as_of FROM shard_progress WHERE shard_id = ?",
+            [self.shard_id],
+        ).fetchall()
+        customers = con.sql("SELECT idx, customer_id FROM customers ORDER BY idx").to_arrow_table()
+        rows = con.sql(
+            "SELECT * FROM customer_rows QUALIFY row_number() OVER (PARTITION BY idx ORDER BY events DESC) = 1"
+        ).to_arrow_table()
+        tables = {
+            "customers": customers,
+            "customer_rows": rows,
+            "customer_sessions": con.sql("SELECT * FROM customer_sessions").to_arrow_table(),
+            "customer_days": con.sql("SELECT * FROM customer_days").to_arrow_table(),
+            "applied_events": con.sql("SELECT * FROM applied_events").to_arrow_table(),
+        }
+        if progress:
+            sequence, sub, as_of = progress[0]
+            self._position = Position(str(sequence), int(sub))
+            self._as_of = None if as_of is None else _to_micros(as_of)
+        self._load_indexed(tables)
+        total_rows = con.sql("SELECT count(*) FROM customer_rows").fetchall()[0][0]
+        if total_rows > 2 * max(1, customers.num_rows) + 10_000:
+            self._rewrite_journal()
+
+    def _load_indexed(self, tables: dict[str, pa.Table]) -> None:
+        """Install tables keyed by dense index (``idx``) into memory."""
+        customers = tables["customers"]
+        self._ids = [str(name) for name in customers.column("customer_id").to_pylist()]
+        self._index = {name: position for position, name in enumerate(self._ids)}
+        self._grow(len(self._ids))
+        rows = tables["customer_rows"]
+        if rows.num_rows:
+            where = rows.column("idx").to_numpy()
+            for name in _NUMERIC:
+                self._cols[name][where] = rows.column(name).to_numpy()
+        sessions = tables["customer_sessions"]
+        if sessions.num_rows:
+            idx = sessions.column("idx").to_numpy()
+            strings = sessions.column("session_id").combine_chunks()
+            self._sessions.add(
+                mix64(idx, _string_hash(self.con, strings)), {"idx": idx, "session": _fixed_bytes(strings)}
+            )
+        days = tables["customer_days"]
+        if days.num_rows:
+            self._days.add(
+                _day_keys(
+                    days.column("idx").to_numpy(),
+                    days.column("day").to_numpy().astype(np.int64),
+                    days.column("purchase").to_numpy(zero_copy_only=False),
+                ),
+                {},
+            )
+        applied = tables["applied_events"]
+        if applied.num_rows:
+            idx = applied.column("idx").to_numpy()
+            high = applied.column("id_high").to_numpy()
+            low = applied.column("id_low").to_numpy()
+            days = applied.column("day").to_numpy()
+            self._arrival_day = int(days.max())
+            self._event_ids.add(
+                mix64(idx, high, low),
+                {"idx": idx, "high": high, "low": low, "day": days},
+                self._window_start(),
+            )
+
+    def _indexed_tables(self) -> dict[str, pa.Table]:
+        count = len(self._ids)
+        events = self._event_ids.members()
+        sessions = self._sessions.members()
+        idx, day, purchase = _split_day_keys(self._days.members()["probe"])
+        return {
+            "customers": pa.table(
+                {"idx": pa.array(np.arange(count)), "customer_id": pa.array(self._ids, pa.string())}
+            ),
+            "customer_rows": pa.table(
+                {"idx": np.arange(count), **{name: self._cols[name][:count] for name in _NUMERIC}}
+            ),
+            "customer_sessions": pa.table(
+                {
+                    "idx": sessions["idx"].astype(np.int64),
+                    "session_id": pa.array(sessions["session"].astype(str).tolist(), pa.string())
+                    if len(sessions["probe"])
+                    else pa.array([], pa.string()),
+                }
+            ),
+            "customer_days": pa.table({"idx": idx, "day": day, "purchase": purchase}),
+            "applied_events": pa.table(
+                {
+                    "idx": events["idx"].astype(np.int64),
+                    "id_high": events["high"].astype(np.uint64),
+                    "id_low": events["low"].astype(np.uint64),
+                    "day": events["day"].astype(np.int32),
+                }
+            ),
+        }
+
+    def _rewrite_journal(self) -> None:
+        """Replace the journal by the current state (drops superseded rows and ids beyond the window)."""
+        tables = self._indexed_tables()
+        con = self.con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for name, data in tables.items():
+                con.execute(f"DELETE FROM {name}")
+                con.register("journal_part", data)
+                try:
+                    con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM journal_part")
+                finally:
+                    con.unregister("journal_part")
+            self._write_progress(self._position, self._as_of)
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+        con.execute("CHECKPOINT")
 
     # ------------------------------------------------------------------ snapshots
     def export_tables(self) -> dict[str, pa.Table]:
-        """Every state table as Arrow (UUIDs as strings), for a snapshot; consistent because nothing is open."""
+        """The whole state as Arrow tables keyed by customer id (self-describing), for a snapshot."""
         if self._in_transaction:
             raise RuntimeError("cannot export while a staged batch is open")
-        tables = {}
-        for table in STATE_TABLES:
-            select = (
-                "SELECT CAST(event_id AS VARCHAR) AS event_id" if table == "applied_events" else "SELECT *"
-            )
-            tables[table] = self.con.sql(f"{select} FROM {table}").to_arrow_table()
-        return tables
+        tables = self._indexed_tables()
+        names = tables["customers"].column("customer_id")
+        rows = tables["customer_rows"].drop_columns(["idx"])
+        exported = {"customers": rows.add_column(0, "customer_id", names)}
+        for name in ("customer_sessions", "customer_days", "applied_events"):
+            table = tables[name]
+            owner = names.take(pa.array(table.column("idx").to_numpy()))
+            exported[name] = table.drop_columns(["idx"]).add_column(0, "customer_id", owner)
+        exported["shard_progress"] = pa.table(
+            {
+                "shard_id": pa.array([self.shard_id] if self._position else [], pa.string()),
+                "sequence_number": pa.array(
+                    [self._position.sequence_number] if self._position else [], pa.string()
+                ),
+                "sub_sequence_number": pa.array(
+                    [self._position.sub_sequence_number] if self._position else [], pa.int64()
+                ),
+                "as_of": pa.array([self._as_of] if self._position else [], pa.int64()).cast(UTC_MICROS),
+            }
+        )
+        return exported
 
     def import_tables(
         self, tables: dict[str, pa.Table], customer_filter: str | None = None, replace: bool = True
     ) -> None:
         """Load snapshot tables (all but shard_progress, which the caller sets with ``set_position``).
 
-        ``customer_filter`` (SQL over customer_id) keeps a subset and ``replace=False`` adds to what is there: a
-        child shard takes from each parent only the customers that hash into its own range. The de-duplication ids
-        are kept whole (an id of another customer can never match this shard's events).
+        ``customer_filter`` (a SQL condition over ``customer_id``, e.g. its MD5 hash within a hash-key range)
+        keeps a subset and ``replace=False`` adds to what is there: a child shard takes from each parent only the
+        customers that hash into its own range, with their sessions, days and event ids.
         """
-        self.con.execute("BEGIN TRANSACTION")
-        try:
-            if replace:
-                for table in STATE_TABLES:
-                    self.con.execute(f"DELETE FROM {table}")
-            for table in STATE_TABLES[:-1]:
-                if table not in tables:
-                    continue
-                self.con.register("snapshot_part", tables[table])
-                if table == "applied_events":
-                    self.con.execute(
-                        "INSERT INTO applied_events SELECT DISTINCT CAST(event_id AS UUID) FROM snapshot_part "
-                        "ON CONFLICT DO NOTHING"
-                    )
-                else:
-                    where = f" WHERE {customer_filter}" if customer_filter else ""
-                    self.con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM snapshot_part{where}")
-                self.con.unregister("snapshot_part")
-        except BaseException:
-            self.con.execute("ROLLBACK")
-            raise
-        self.con.execute("COMMIT")
-
-    def as_of(self) -> datetime | None:
-        """The event-time high-water mark (timezone-aware) or None."""
-        rows = self.con.execute(
-            "SELECT as_of FROM shard_progress WHERE shard_id = ?", [self.shard_id]
-        ).fetchall()
-        value = rows[0][0] if rows else None
-        return value if isinstance(value, datetime) else None
-
-    def set_position(self, position: Position | None, as_of: datetime | str | None = None) -> None:
-        """Move the stored position (a child shard starts fresh; restore lands on a commit's end)."""
-        self.con.execute("DELETE FROM shard_progress")
-        if position is not None:
-            self.con.execute(
-                "INSERT INTO shard_progress VALUES (?, ?, ?, ?)",
-                [self.shard_id, position.sequence_number, position.sub_sequence_number, as_of],
+        con = self.con
+        customers = tables["customers"]
+        if customer_filter:
+            con.register("snapshot_customers", customers)
+            try:
+                customers = con.sql(
+                    f"SELECT * FROM snapshot_customers WHERE {customer_filter}"
+                ).to_arrow_table()
+            finally:
+                con.unregister("snapshot_customers")
+        if replace:
+            self._reset()
+        names = customers.column("customer_id").combine_chunks()
+        clashes = [name for name in names.to_pylist() if name in self._index]
+        if clashes:
+            raise ValueError(f"customers present in two imported states, e.g. {clashes[:3]}")
+        start = len(self._ids)
+        local = pa.array(np.arange(start, start + len(names)))
+        indexed: dict[str, pa.Table] = {
+            "customers": pa.table({"idx": local, "customer_id": names}),
+            "customer_rows": customers.drop_columns(["customer_id"]).add_column(0, "idx", local),
+        }
+        for name in ("customer_sessions", "customer_days", "applied_events"):
+            part = tables.get(name)
+            if part is None:
+                indexed[name] = pa.table({"idx": pa.array([], pa.int64())})
+                continue
+            owners = pc.index_in(part.column("customer_id"), value_set=names)
+            keep = pc.is_valid(owners)
+            indexed[name] = (
+                part.filter(keep)
+                .drop_columns(["customer_id"])
+                .add_column(0, "idx", pc.add(owners.filter(keep).cast(pa.int64()), start))
             )
+        self._load_more(indexed)
+        if self.persistent:
+            self._rewrite_journal()
+
+    def _load_more(self, tables: dict[str, pa.Table]) -> None:
+        """Append customers (and their set members) that are not in the state yet."""
+        merged: dict[str, pa.Table] = {}
+        current = self._indexed_tables() if self._ids else None
+        for name, table in tables.items():
+            if table.num_rows == 0 and name != "customers":
+                merged[name] = current[name] if current else _empty_indexed(name)
+                continue
+            if current is None:
+                merged[name] = table
+            else:
+                merged[name] = pa.concat_tables([current[name], table.cast(current[name].schema)])
+        position, as_of = self._position, self._as_of
+        self._reset()
+        self._position, self._as_of = position, as_of
+        self._load_indexed(merged)
 
     def snapshot_rows(self) -> pa.Table:
         """Every customer's current row (full scan: for summaries and tests, not the hot path)."""
-        last = self.position() or Position("0")
-        return self._output_rows("customers", last)
+        count = len(self._ids)
+        last = self._position or Position("0")
+        if count == 0:
+            return CUSTOMER_AGGREGATES_SCHEMA.empty_table()
+        rows = {name: self._cols[name][:count] for name in _NUMERIC}
+        as_of = self._as_of if self._as_of is not None else int(rows["last_event_at"].max())
+        return _output_rows(
+            pa.array(self._ids, pa.string()), rows, as_of, self.shard_id, last.sequence_number
+        )
 
 
-def _first_position(raw: pa.Table) -> Position:
-    """Lowest (sequence, sub-sequence) in a raw batch, compared numerically."""
-    sequences = raw.column("sequence_number").to_pylist()
-    subs = raw.column("sub_sequence_number").to_pylist()
-    best = min(zip(sequences, subs, strict=True), key=lambda pair: (int(pair[0]), pair[1]))
-    return Position(str(best[0]), int(best[1]))
+# ---------------------------------------------------------------------------------------------------- helpers
 
 
-def _last_position(raw: pa.Table) -> Position:
-    """Highest (sequence, sub-sequence) in a raw batch, compared numerically."""
-    sequences = raw.column("sequence_number").to_pylist()
-    subs = raw.column("sub_sequence_number").to_pylist()
-    best = max(zip(sequences, subs, strict=True), key=lambda pair: (int(pair[0]), pair[1]))
-    return Position(str(best[0]), int(best[1]))
+class _Groups:
+    """Vectorized per-group reductions for a batch (groups = customers changed, rows = new events)."""
+
+    def __init__(self, inverse: np.ndarray, groups: int) -> None:
+        self.inverse = inverse
+        self.groups = groups
+        self.order = np.argsort(inverse, kind="stable")
+        sorted_groups = inverse[self.order]
+        self.starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
+
+    def count(self, where: np.ndarray | None = None) -> np.ndarray:
+        chosen = self.inverse if where is None else self.inverse[where]
+        return np.bincount(chosen, minlength=self.groups).astype(np.int64)
+
+    def count_rows(self, rows: np.ndarray) -> np.ndarray:
+        return np.bincount(self.inverse[rows], minlength=self.groups).astype(np.int64)
+
+    def _reduce(self, ufunc: Any, values: np.ndarray, where: np.ndarray | None, empty: int) -> np.ndarray:
+        if where is not None:
+            values = np.where(where, values, empty)
+        reduced: np.ndarray = ufunc.reduceat(values[self.order], self.starts).astype(np.int64)
+        return reduced
+
+    def min(self, values: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
+        return self._reduce(np.minimum, values, where, _NONE_LOW)
+
+    def max(self, values: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
+        return self._reduce(np.maximum, values, where, _NONE_HIGH)
+
+    def sum(self, values: np.ndarray) -> np.ndarray:
+        return self._reduce(np.add, values, None, 0)
+
+    def first_rows(self) -> np.ndarray:
+        return self.order[self.starts]
+
+
+def _output_rows(
+    names: pa.Array, rows: dict[str, np.ndarray], as_of: int, shard_id: str, sequence: str
+) -> pa.Table:
+    """Rows in the published contract (CUSTOMER_AGGREGATES_SCHEMA), sorted by customer id."""
+    count = len(names)
+    purchase_days = rows["purchase_days"]
+    buyers = purchase_days > 0
+    repeat = purchase_days > 1
+    first_day = rows["first_purchase_day"]
+    as_of_day = as_of // _US_PER_DAY
+    repeat_cents = rows["revenue_cents"] - rows["first_day_revenue_cents"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        monetary = np.where(repeat, (repeat_cents / 100.0) / np.maximum(purchase_days - 1, 1), 0.0)
+        weighted = np.zeros(count, dtype=np.int64)
+        for column, weight in ENGAGEMENT_WEIGHTS.items():
+            weighted += weight * rows[column]
+        engagement = weighted.astype(np.float64) / rows["active_days"]
+    table = pa.table(
+        {
+            "customer_id": names,
+            "version": rows["events"],
+            "as_of": pa.array(np.full(count, as_of, dtype=np.int64)).cast(UTC_MICROS),
+            "first_event_at": pa.array(rows["first_event_at"]).cast(UTC_MICROS),
+            "last_event_at": pa.array(rows["last_event_at"]).cast(UTC_MICROS),
+            "events": rows["events"],
+            **{column: rows[column] for column in _TYPE_COLUMNS[:-1]},
+            "purchases": rows["purchases"],
+            "sessions": rows["sessions"],
+            "active_days": rows["active_days"],
+            "revenue": _money(rows["revenue_cents"]),
+            "first_purchase_at": pa.array(rows["first_purchase_at"], mask=~buyers).cast(UTC_MICROS),
+            "last_purchase_at": pa.array(rows["last_purchase_at"], mask=~buyers).cast(UTC_MICROS),
+            "purchase_days": purchase_days,
+            "frequency": pa.array(purchase_days - 1, mask=~buyers),
+            "recency": pa.array(rows["last_purchase_day"] - first_day, mask=~buyers),
+            "T": pa.array(as_of_day - first_day, mask=~buyers),
+            "monetary_value": pa.array(monetary, mask=~buyers),
+            "repeat_revenue": _money(repeat_cents, ~buyers),
+            "engagement_score": engagement,
+            "shard_id": pa.array(np.full(count, shard_id, dtype=object), pa.string()),
+            "updated_through_sequence": pa.array(np.full(count, sequence, dtype=object), pa.string()),
+        }
+    ).cast(CUSTOMER_AGGREGATES_SCHEMA)
+    return table.take(pc.sort_indices(table.column("customer_id")))
+
+
+def _money(cents: np.ndarray, nulls: np.ndarray | None = None) -> pa.Array:
+    """int64 cents -> DECIMAL(18, 2) without a float in between (the decimal's unscaled value is the cents)."""
+    words = np.empty((len(cents), 2), dtype=np.int64)
+    words[:, 0] = cents
+    words[:, 1] = cents >> 63  # sign extension into the high word
+    validity = None
+    null_count = 0
+    if nulls is not None and nulls.any():
+        validity = pa.py_buffer(np.packbits(~nulls, bitorder="little").tobytes())
+        null_count = int(nulls.sum())
+    return pa.Array.from_buffers(MONEY, len(cents), [validity, pa.py_buffer(words)], null_count=null_count)
+
+
+def _cents(revenue: pa.ChunkedArray) -> np.ndarray:
+    """DECIMAL(18, 2) -> int64 cents (null -> 0)."""
+    array = revenue.combine_chunks()
+    if len(array) == 0:
+        return np.empty(0, np.int64)
+    words = np.frombuffer(array.buffers()[1], dtype=np.int64).reshape(-1, 2)[
+        array.offset : array.offset + len(array)
+    ]
+    cents = words[:, 0].copy()
+    if array.null_count:
+        cents[~array.is_valid().to_numpy(zero_copy_only=False)] = 0
+    return cents
+
+
+def _micros(times: pa.ChunkedArray) -> np.ndarray:
+    return np.asarray(times.cast(pa.int64()).to_numpy(), dtype=np.int64)
+
+
+_HEX: Final = np.full(256, 255, dtype=np.uint8)
+for _digit, _char in enumerate(b"0123456789abcdef"):
+    _HEX[_char] = _digit
+for _digit, _char in enumerate(b"ABCDEF", start=10):
+    _HEX[_char] = _digit
+_HEX_COLUMNS: Final = np.array([i for i in range(36) if i not in (8, 13, 18, 23)])
+
+
+def _uuid_halves(event_ids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Validated UUID strings (36 characters) -> their 128 bits as two uint64 columns, vectorized."""
+    count = len(event_ids)
+    offsets = np.frombuffer(event_ids.buffers()[1], dtype=np.int32)[
+        event_ids.offset : event_ids.offset + count + 1
+    ]
+    body = np.frombuffer(event_ids.buffers()[2], dtype=np.uint8)
+    if count and np.all(np.diff(offsets) == 36):
+        text = body[offsets[0] : offsets[-1]].reshape(count, 36)
+    else:  # never for validated events; kept total for any input
+        text = np.array([s.ljust(36, "0")[:36].encode() for s in event_ids.to_pylist()], dtype="S36")
+        text = text.view(np.uint8).reshape(count, 36)
+    nibbles = _HEX[text[:, _HEX_COLUMNS]]
+    packed = (nibbles[:, 0::2] << 4) | nibbles[:, 1::2]
+    words = np.ascontiguousarray(packed).view(">u8").astype(np.uint64)
+    return words[:, 0].copy(), words[:, 1].copy()
+
+
+def _type_codes(event_types: pa.ChunkedArray) -> np.ndarray:
+    codes = pc.index_in(event_types, value_set=pa.array(EVENT_TYPES))
+    return np.asarray(codes.to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def _string_hash(con: duckdb.DuckDBPyConnection, strings: pa.Array) -> np.ndarray:
+    """A 64-bit hash of each string (DuckDB's hash, vectorized); only a probe, never trusted for equality."""
+    con.register("hash_in", pa.table({"s": strings}))
+    try:
+        hashed = con.sql("SELECT hash(s) AS h FROM hash_in").to_arrow_table().column("h")
+    finally:
+        con.unregister("hash_in")
+    return np.asarray(hashed.to_numpy(), dtype=np.uint64)
+
+
+def _fixed_bytes(strings: pa.Array) -> np.ndarray:
+    """ASCII strings (validated session ids) as a fixed-width numpy bytes array, compared exactly."""
+    if len(strings) == 0:
+        return np.empty(0, dtype="S1")
+    return np.asarray(strings.to_numpy(zero_copy_only=False)).astype("S")
+
+
+def _first_of_each(probe: np.ndarray, exact: list[np.ndarray], strings: pa.Array | None = None) -> np.ndarray:
+    """Row numbers of the first occurrence of each distinct member, in row order (exact despite the hash)."""
+    _, first, inverse = np.unique(probe, return_index=True, return_inverse=True)
+    representative = first[inverse]
+    same = np.ones(len(probe), dtype=bool)
+    for column in exact:
+        same &= column == column[representative]
+    if strings is not None:
+        same &= pc.equal(strings, strings.take(pa.array(representative))).to_numpy(zero_copy_only=False)
+    if not same.all():  # a 64-bit probe collision inside the batch: resolve those rows exactly
+        extra = [
+            row
+            for row in np.flatnonzero(~same).tolist()
+            if not any(
+                _same_member(row, other, exact, strings) for other in range(row) if probe[other] == probe[row]
+            )
+        ]
+        first = np.concatenate([first, np.array(extra, dtype=first.dtype)])
+    return np.sort(first)
+
+
+def _same_member(a: int, b: int, exact: list[np.ndarray], strings: pa.Array | None) -> bool:
+    if any(column[a] != column[b] for column in exact):
+        return False
+    return strings is None or strings[a].as_py() == strings[b].as_py()
+
+
+def _day_keys(idx: np.ndarray, days: np.ndarray, purchase: np.ndarray | bool) -> np.ndarray:
+    """(customer index, UTC day, purchase flag) packed into one exact 64-bit key."""
+    flag = np.asarray(purchase).astype(np.uint64)
+    return (
+        (idx.astype(np.uint64) << np.uint64(22))
+        | ((days + _DAY_BIAS).astype(np.uint64) << np.uint64(1))
+        | flag
+    )
+
+
+def _split_day_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    keys = keys.astype(np.uint64)
+    idx = (keys >> np.uint64(22)).astype(np.int64)
+    day = ((keys >> np.uint64(1)) & np.uint64((1 << 21) - 1)).astype(np.int64) - _DAY_BIAS
+    return idx, day.astype(np.int32), (keys & np.uint64(1)).astype(bool)
+
+
+def _key_width(sequences: pa.Array | pa.ChunkedArray, *positions: Position | None) -> int:
+    """The width sequence numbers are padded to so that they compare as text like integers."""
+    longest = int(pc.max(pc.utf8_length(sequences)).as_py() or 0) if len(sequences) else 0
+    stored = [len(p.sequence_number) for p in positions if p is not None]
+    return max(SEQUENCE_DIGITS, longest, *stored)
+
+
+def _position_keys(
+    sequences: pa.Array | pa.ChunkedArray, subs: pa.Array | pa.ChunkedArray, width: int
+) -> pa.Array:
+    """Text keys that sort like (sequence number, sub-sequence number) compared as integers (subs are >= 0)."""
+    if isinstance(sequences, pa.ChunkedArray):
+        sequences = sequences.combine_chunks()
+    if isinstance(subs, pa.ChunkedArray):
+        subs = subs.combine_chunks()
+    padded = pc.utf8_lpad(sequences, width, "0")
+    sub_text = pc.utf8_lpad(pc.cast(subs, pa.string()), 20, "0")
+    joined: pa.Array = pc.binary_join_element_wise(padded, sub_text, "/")
+    return joined
+
+
+def _position_key(position: Position, width: int) -> str:
+    """The key of a stored position; sub-sequence -1 ("before the first record") sorts below every record."""
+    sequence = position.sequence_number.rjust(width, "0")
+    sub = str(position.sub_sequence_number).rjust(20, "0") if position.sub_sequence_number >= 0 else "-"
+    return f"{sequence}/{sub}"
+
+
+def _is_increasing(keys: pa.Array) -> bool:
+    if len(keys) < 2:
+        return True
+    return bool(pc.all(pc.less(keys[:-1], keys[1:])).as_py())
+
+
+def _position_at(table: pa.Table, row: int) -> Position:
+    return Position(
+        str(table.column("sequence_number")[row].as_py()),
+        int(table.column("sub_sequence_number")[row].as_py()),
+    )
+
+
+def _in_position_order(events: pa.Table) -> pa.Table:
+    if events.num_rows < 2:
+        return events
+    width = _key_width(events.column("sequence_number"))
+    keys = _position_keys(events.column("sequence_number"), events.column("sub_sequence_number"), width)
+    if _is_increasing(keys):
+        return events
+    return events.take(pc.sort_indices(keys))
+
+
+def _replace(applied: AppliedBatch, **changes: Any) -> AppliedBatch:
+    values = {name: getattr(applied, name) for name in AppliedBatch.__dataclass_fields__}
+    values.update(changes)
+    return AppliedBatch(**values)
+
+
+def _empty_indexed(name: str) -> pa.Table:
+    return pa.table({"idx": pa.array([], pa.int64())})
+
+
+def _to_micros(value: datetime) -> int:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    delta = value - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _to_datetime(micros: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)

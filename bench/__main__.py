@@ -1,14 +1,17 @@
-"""``make bench``: throughput and memory of the aggregation core and of the record-processor path.
+"""``make bench``: the aggregation core, the record-processor path, a naive peer and the DuckDB ceiling, side by side.
 
-Each measurement runs in its own subprocess so its peak RSS is its own. Results are printed as a table; nothing
-here is asserted (benchmarks measure, tests assert).
+One generated input (or ``--input FILE``, JSONL, one record per line) is used by every measurement; each runs in its
+own process so its peak RSS is its own. Nothing here is asserted (benchmarks measure, tests assert), except that the
+naive peer and the DuckDB ceiling give the same customer rows as the core (else their speed would mean nothing).
 
-- core: events/s of CustomerState.apply (decode + validate + de-duplicate + aggregate) over >= 1M generated events
-  in batches of the default flush size, with DuckDB on one thread ("one core") and on all cores;
-- flush scaling: the time to apply a batch that touches a fixed number of customers, with a small and a large
-  state, to show that the cost follows the customers changed and not all customers ever seen;
-- processor: events/s through amazon_kclpy's KCLProcess, fed MultiLangDaemon protocol messages (JSON lines with
-  base64 data), through RecordProcessor, flushing Parquet to an in-memory S3 stand-in.
+- core: ``CustomerState.apply`` (decode + validate + de-duplicate + aggregate + rows of changed customers) on a
+  file-backed state, 50k-record batches and 10k-record batches, DuckDB on one thread;
+- naive: ``bench/naive.py``, record by record in plain Python (per-record json.loads, dicts and sets);
+- ceiling: DuckDB alone, one ``GROUP BY`` with exact de-duplication over the same NDJSON, one thread;
+- processor: MultiLangDaemon protocol messages through amazon_kclpy's KCLProcess and RecordProcessor, flushing
+  Parquet to an in-memory S3 stand-in; freshness is the time from a record's message being read to the commit
+  record that makes it durable;
+- flush scaling: the apply time of batches changing 100 / 1,000 / 10,000 customers, on a small and a large state.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import argparse
 import base64
 import io
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -32,12 +36,24 @@ import pyarrow as pa
 from schemas import RAW_RECORD_SCHEMA, UTC_MICROS
 
 ARRIVAL = datetime(2026, 6, 1, tzinfo=UTC)
+SHARD = "shardId-000000000000"
+#: Columns every peer must agree on (the set-determined ones the naive peer computes).
+COMPARED = ("events", "sessions", "active_days", "revenue", "purchase_days", "frequency", "recency")
 
 
-def _generate(customers: int, events: int, seed: int) -> list[bytes]:
+def _generate(customers: int, events: int, seed: int, malformed_rate: float = 0.0) -> list[bytes]:
     from producer.generator import ClickstreamGenerator
 
-    return list(ClickstreamGenerator(customers, events, seed).events())
+    return list(
+        ClickstreamGenerator(
+            customers, events, seed, duplicate_rate=0.01, malformed_rate=malformed_rate
+        ).events()
+    )
+
+
+def _read(path: str) -> list[bytes]:
+    with open(path, "rb") as lines:
+        return [line.rstrip(b"\r\n") for line in lines if line.strip()]
 
 
 def _raw_batches(payloads: list[bytes], batch: int, first_sequence: int = 1) -> list[pa.Table]:
@@ -51,7 +67,7 @@ def _raw_batches(payloads: list[bytes], batch: int, first_sequence: int = 1) -> 
         tables.append(
             pa.table(
                 {
-                    "shard_id": pa.array(["shardId-000000000000"] * count),
+                    "shard_id": pa.array([SHARD] * count),
                     "sequence_number": pa.array([str(first_sequence + start + i) for i in range(count)]),
                     "sub_sequence_number": pa.array([0] * count, pa.int64()),
                     "partition_key": pa.array([partition_key_for(data) for data in chunk]),
@@ -65,60 +81,179 @@ def _raw_batches(payloads: list[bytes], batch: int, first_sequence: int = 1) -> 
 
 
 def _peak_rss_mib() -> float:
+    """This process's own peak RSS (VmHWM resets on exec; ru_maxrss would carry the parent's from the fork)."""
+    try:
+        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench_core(events: int, customers: int, batch: int, threads: int | None) -> dict[str, Any]:
+def _rows_file(rows: dict[str, dict[str, Any]], directory: str, name: str) -> str:
+    path = str(Path(directory) / f"{name}.json")
+    Path(path).write_text(json.dumps(rows, default=str, sort_keys=True), encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------- measurements
+
+
+def bench_core(
+    input: str | None = None,
+    batch: int = 50_000,
+    rows_dir: str | None = None,
+    events: int = 0,
+    customers: int = 0,
+) -> dict[str, Any]:
+    """CustomerState.apply over the input in ``batch``-record batches, on a file-backed state."""
     from aggregators.customer_state import CustomerState
 
-    batches = _raw_batches(_generate(customers, events, seed=1), batch)
+    payloads = _read(input) if input else _generate(customers, events, seed=1)
+    batches = _raw_batches(payloads, batch)
+    del payloads
     with tempfile.TemporaryDirectory() as directory:
-        state = CustomerState("shardId-000000000000", Path(directory) / "state.duckdb")
-        if threads:
-            state.con.execute(f"SET threads = {threads}")
+        state = CustomerState(SHARD, Path(directory) / "state.duckdb")
         started = time.perf_counter()
         applied = 0
         for table in batches:
             applied += state.apply(table).events.num_rows
         seconds = time.perf_counter() - started
-        customers_seen = state.customer_count()
+        records = sum(table.num_rows for table in batches)
+        memory = state.memory_bytes()
+        result = {
+            "records": records,
+            "seconds": seconds,
+            "events_per_second": records / seconds,
+            "applied": applied,
+            "customers": state.customer_count(),
+            "event_ids": state.event_id_count(),
+            "bytes_per_customer": memory["customers"] / max(1, state.customer_count()),
+            "bytes_per_event_id": memory["event_ids"] / max(1, state.event_id_count()),
+            "state_bytes": sum(memory.values()),
+            "peak_rss_mib": _peak_rss_mib(),
+        }
+        if rows_dir:
+            snapshot = state.snapshot_rows().select(["customer_id", *COMPARED]).to_pylist()
+            result["rows"] = _rows_file({r.pop("customer_id"): r for r in snapshot}, rows_dir, "core")
         state.close()
-    return {
-        "events": events,
-        "seconds": seconds,
-        "events_per_second": events / seconds,
-        "applied": applied,
-        "customers": customers_seen,
-        "peak_rss_mib": _peak_rss_mib(),
+    return result
+
+
+def bench_naive(input: str, rows_dir: str | None = None, per_call: int = 1_000) -> dict[str, Any]:
+    """The naive peer, fed KCL-sized calls of (data, partition key)."""
+    from bench.naive import NaiveProcessor
+    from producer.kinesis_put import partition_key_for
+
+    payloads = _read(input)
+    calls = [
+        [(data, partition_key_for(data)) for data in payloads[i : i + per_call]]
+        for i in range(0, len(payloads), per_call)
+    ]
+    processor = NaiveProcessor(arrival=ARRIVAL)
+    started = time.perf_counter()
+    for call in calls:
+        processor.process(call)
+    seconds = time.perf_counter() - started
+    result = {"records": len(payloads), "seconds": seconds, "events_per_second": len(payloads) / seconds}
+    result["peak_rss_mib"] = _peak_rss_mib()
+    if rows_dir:
+        result["rows"] = _rows_file(processor.rows(), rows_dir, "naive")
+    return result
+
+
+def bench_ceiling(input: str, rows_dir: str | None = None) -> dict[str, Any]:
+    """DuckDB alone: one GROUP BY over the NDJSON with exact de-duplication (no per-record validation rules)."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET threads = 1")
+    con.execute("SET TimeZone = 'UTC'")
+    columns = {
+        "schema_version": "BIGINT",
+        "event_id": "VARCHAR",
+        "event_type": "VARCHAR",
+        "customer_id": "VARCHAR",
+        "session_id": "VARCHAR",
+        "event_time": "TIMESTAMPTZ",
+        "revenue": "DECIMAL(18,2)",
+        "order_id": "VARCHAR",
+        "product_id": "VARCHAR",
+        "search_query": "VARCHAR",
     }
+    sql = f"""
+    WITH events AS (
+        SELECT DISTINCT ON (customer_id, lower(event_id)) * FROM read_json(
+            '{input}', format = 'newline_delimited', columns = {columns}, ignore_errors = true,
+            maximum_object_size = 32768)
+        WHERE schema_version = 1 AND event_id IS NOT NULL AND customer_id IS NOT NULL AND session_id IS NOT NULL
+          AND event_time >= TIMESTAMPTZ '2000-01-01 00:00:00+00'
+          AND event_time <= TIMESTAMPTZ '{ARRIVAL.isoformat()}' + INTERVAL 1 HOUR
+          AND event_type IN ('page_view', 'product_view', 'search', 'add_to_cart', 'checkout', 'purchase')
+          AND coalesce(revenue BETWEEN 0 AND 1000000, true)
+          AND (event_type <> 'purchase' OR (order_id IS NOT NULL AND revenue IS NOT NULL))
+          AND (event_type <> 'checkout' OR order_id IS NOT NULL)
+          AND (event_type NOT IN ('product_view', 'add_to_cart') OR product_id IS NOT NULL)
+          AND (event_type <> 'search' OR search_query IS NOT NULL)
+    ), days AS (
+        SELECT customer_id, CAST(event_time AS DATE) AS day, sum(revenue) FILTER (event_type = 'purchase') AS revenue
+        FROM events GROUP BY ALL
+    ), per_day AS (
+        SELECT customer_id, count(*) AS active_days, count(revenue) AS purchase_days,
+               min(day) FILTER (revenue IS NOT NULL) AS first_day, max(day) FILTER (revenue IS NOT NULL) AS last_day,
+               arg_min(revenue, day) FILTER (revenue IS NOT NULL) AS first_day_revenue
+        FROM days GROUP BY customer_id
+    )
+    SELECT e.customer_id, count(*) AS events, count(DISTINCT session_id) AS sessions,
+           any_value(d.active_days) AS active_days,
+           coalesce(sum(revenue) FILTER (event_type = 'purchase'), 0) AS revenue,
+           any_value(d.purchase_days) AS purchase_days,
+           CASE WHEN any_value(d.purchase_days) > 0 THEN any_value(d.purchase_days) - 1 END AS frequency,
+           date_diff('day', any_value(d.first_day), any_value(d.last_day)) AS recency
+    FROM events e JOIN per_day d USING (customer_id) GROUP BY e.customer_id
+    """
+    with open(input, "rb") as lines:
+        records = sum(1 for _ in lines)
+    started = time.perf_counter()
+    table = con.sql(sql).to_arrow_table()
+    seconds = time.perf_counter() - started
+    result = {"records": records, "seconds": seconds, "events_per_second": records / seconds}
+    result["peak_rss_mib"] = _peak_rss_mib()
+    if rows_dir:
+        rows = {r.pop("customer_id"): r for r in table.to_pylist()}
+        result["rows"] = _rows_file(rows, rows_dir, "ceiling")
+    return result
 
 
-def bench_flush_scaling(state_customers: int, changed: int, threads: int) -> dict[str, Any]:
+def bench_flush_scaling(state_customers: int, changed: int, rounds: int = 5) -> dict[str, Any]:
     """Load a state of ``state_customers``, then time batches touching ``changed`` customers each."""
     from aggregators.customer_state import CustomerState
     from producer.generator import ClickstreamGenerator
 
     load = _generate(state_customers, state_customers * 6, seed=2)
-    state = CustomerState("shardId-000000000000")
-    state.con.execute(f"SET threads = {threads}")
-    next_sequence = 1
-    for table in _raw_batches(load, 50_000, next_sequence):
-        state.apply(table)
-    next_sequence += len(load)
-    # later traffic from `changed` customers (ids within the loaded range; fresh event ids)
-    later = [data for data in ClickstreamGenerator(changed, changed * 20, seed=3).events()]
-    timings = []
-    for round_number in range(5):
-        chunk = later[round_number * changed * 4 : (round_number + 1) * changed * 4]
-        (table,) = _raw_batches(chunk, len(chunk), next_sequence)
-        next_sequence += len(chunk)
-        started = time.perf_counter()
-        result = state.apply(table)
-        timings.append(time.perf_counter() - started)
-        assert result.customer_rows.num_rows <= changed
+    with tempfile.TemporaryDirectory() as directory:
+        state = CustomerState(SHARD, Path(directory) / "state.duckdb")
+        next_sequence = 1
+        for table in _raw_batches(load, 50_000, next_sequence):
+            state.apply(table)
+        next_sequence += len(load)
+        later = list(ClickstreamGenerator(changed, changed * 4 * rounds, seed=3).events())
+        timings = []
+        touched = []
+        for round_number in range(rounds):
+            chunk = later[round_number * changed * 4 : (round_number + 1) * changed * 4]
+            (table,) = _raw_batches(chunk, len(chunk), next_sequence)
+            next_sequence += len(chunk)
+            started = time.perf_counter()
+            result = state.apply(table)
+            timings.append(time.perf_counter() - started)
+            touched.append(result.customer_rows.num_rows)
+        customers = state.customer_count()
+        state.close()
     return {
-        "state_customers": state.customer_count(),
-        "changed": changed,
+        "state_customers": customers,
+        "changed": int(statistics.median(touched)),
         "batch_events": changed * 4,
         "median_ms": statistics.median(timings) * 1000,
         "peak_rss_mib": _peak_rss_mib(),
@@ -134,52 +269,91 @@ class _MemoryS3:
 
     def __init__(self) -> None:
         self.objects: dict[str, bytes] = {}
+        self.put_times: dict[str, float] = {}
 
-    def put_object(self, Bucket: str, Key: str, Body: bytes, **_: Any) -> None:
-        self.objects[Key] = Body
+    def put_object(self, Bucket: str, Key: str, Body: bytes, **_: Any) -> dict[str, Any]:
+        self.objects[Key] = Body if isinstance(Body, bytes) else bytes(Body)
+        self.put_times.setdefault(Key, time.perf_counter())
+        return {"ETag": '"0"'}
 
-    def get_object(self, Bucket: str, Key: str) -> dict[str, Any]:
+    def get_object(self, Bucket: str, Key: str, **_: Any) -> dict[str, Any]:
         if Key not in self.objects:
             raise self.exceptions.NoSuchKey(Key)
         return {"Body": io.BytesIO(self.objects[Key])}
 
-    def delete_object(self, Bucket: str, Key: str) -> None:
+    def head_object(self, Bucket: str, Key: str, **_: Any) -> dict[str, Any]:
+        if Key not in self.objects:
+            raise self.exceptions.NoSuchKey(Key)
+        return {"ContentLength": len(self.objects[Key])}
+
+    def delete_object(self, Bucket: str, Key: str, **_: Any) -> None:
         self.objects.pop(Key, None)
+
+    def delete_objects(self, Bucket: str, Delete: dict[str, Any], **_: Any) -> dict[str, Any]:
+        for item in Delete.get("Objects", []):
+            self.objects.pop(item["Key"], None)
+        return {}
 
     def get_paginator(self, operation: str) -> Any:
         assert operation == "list_objects_v2"
         objects = self.objects
 
         class _Pages:
-            def paginate(self, Bucket: str, Prefix: str = "", StartAfter: str = "") -> list[dict[str, Any]]:
+            def paginate(self, Bucket: str, Prefix: str = "", StartAfter: str = "", **_: Any) -> list[Any]:
                 keys = sorted(k for k in objects if k.startswith(Prefix) and k > StartAfter)
                 return [{"Contents": [{"Key": k, "Size": len(objects[k])} for k in keys]}]
 
         return _Pages()
 
 
-def bench_processor(events: int, customers: int, per_message: int) -> dict[str, Any]:
+class _StampedMessages(io.TextIOBase):
+    """The daemon's pipe: hands KCLProcess one line at a time and notes when each processRecords line was read."""
+
+    def __init__(self, lines: list[str], last_sequences: list[int | None]) -> None:
+        self.lines = lines
+        self.last_sequences = last_sequences
+        self.position = 0
+        self.read_at: list[tuple[float, int, int]] = []  # (time read, last sequence in it, records in it)
+
+    def readline(self, size: int | None = -1) -> str:
+        if self.position >= len(self.lines):
+            return ""
+        line = self.lines[self.position]
+        sequence = self.last_sequences[self.position]
+        self.position += 1
+        if sequence is not None:
+            self.read_at.append((time.perf_counter(), sequence, line.count('"action": "record"')))
+        return line + "\n"
+
+
+def bench_processor(
+    input: str | None = None, per_message: int = 1_000, events: int = 0, customers: int = 0
+) -> dict[str, Any]:
     """KCL protocol lines -> KCLProcess -> RecordProcessor -> Parquet in an in-memory S3."""
+    started_import = time.perf_counter()
     from amazon_kclpy import kcl
 
     from consumer.record_processor import RecordProcessor
+    from producer.kinesis_put import partition_key_for
     from runtime.settings import load_settings
 
-    payloads = _generate(customers, events, seed=4)
+    import_seconds = time.perf_counter() - started_import
+    payloads = _read(input) if input else _generate(customers, events, seed=4)
     arrival_millis = int(ARRIVAL.timestamp() * 1000)
     lines = [
         json.dumps(
             {
                 "action": "initialize",
-                "shardId": "shardId-000000000000",
+                "shardId": SHARD,
                 "sequenceNumber": "TRIM_HORIZON",
                 "subSequenceNumber": 0,
             }
         )
     ]
-    from producer.kinesis_put import partition_key_for
-
+    last_sequences: list[int | None] = [None]
+    flush_every = 50_000
     for start in range(0, len(payloads), per_message):
+        chunk = payloads[start : start + per_message]
         records = [
             {
                 "action": "record",
@@ -189,60 +363,90 @@ def bench_processor(events: int, customers: int, per_message: int) -> dict[str, 
                 "subSequenceNumber": 0,
                 "approximateArrivalTimestamp": arrival_millis,
             }
-            for i, data in enumerate(payloads[start : start + per_message])
+            for i, data in enumerate(chunk)
         ]
         lines.append(json.dumps({"action": "processRecords", "records": records, "millisBehindLatest": 0}))
-        if (start + per_message) % 50_000 == 0:
+        last_sequences.append(start + len(chunk))
+        if (start + per_message) % flush_every == 0:
             # the processor checkpoints after each flush and waits for the daemon's answer
             lines.append(
                 json.dumps(
                     {
                         "action": "checkpoint",
-                        "sequenceNumber": str(start + per_message),
+                        "sequenceNumber": str(start + len(chunk)),
                         "subSequenceNumber": 0,
-                        "error": None,
                     }
                 )
             )
+            last_sequences.append(None)
     lines.append(json.dumps({"action": "shutdownRequested"}))
-    if len(payloads) % 50_000:  # the rest is flushed and checkpointed on shutdown
+    last_sequences.append(None)
+    if len(payloads) % flush_every:  # the rest is flushed and checkpointed on shutdown
         lines.append(
-            json.dumps(
-                {
-                    "action": "checkpoint",
-                    "sequenceNumber": str(len(payloads)),
-                    "subSequenceNumber": 0,
-                    "error": None,
-                }
-            )
+            json.dumps({"action": "checkpoint", "sequenceNumber": str(len(payloads)), "subSequenceNumber": 0})
         )
+        last_sequences.append(None)
     with tempfile.TemporaryDirectory() as directory:
         settings = load_settings(
             state_dir=Path(directory),
-            flush_max_records=50_000,
+            flush_max_records=flush_every,
             flush_max_seconds=3600,
             stuck_shard_seconds=7200,
             bucket="bench-bucket",
         )
         s3 = _MemoryS3()
         processor = RecordProcessor(settings, s3_client=s3, parent_lookup=lambda _shard: [])
-        messages = Path(directory) / "messages.jsonl"
-        messages.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        del lines, payloads  # the daemon's messages come from a pipe, not from our memory
+        messages = _StampedMessages(lines, last_sequences)
+        del payloads
         output = io.StringIO()
-        with messages.open(encoding="utf-8") as input_file:
-            started = time.perf_counter()
-            kcl.KCLProcess(processor, input_file=input_file, output_file=output, error_file=sys.stderr).run()
-            seconds = time.perf_counter() - started
-    checkpoints = output.getvalue().count('"action": "checkpoint"')
+        started = time.perf_counter()
+        kcl.KCLProcess(processor, input_file=messages, output_file=output, error_file=sys.stderr).run()
+        seconds = time.perf_counter() - started
+    records = sum(count for _, _, count in messages.read_at)
+    commits = sorted(
+        (s3.put_times[key], json.loads(s3.objects[key])) for key in s3.objects if "/_control/commits/" in key
+    )
+    durable = [
+        (at, int(body.get("last_sequence") or body.get("last", {}).get("sequence_number", 0)))
+        for at, body in commits
+    ]
+    freshness: list[float] = []
+    for read_at, last_sequence, count in messages.read_at:
+        done = next((at for at, sequence in durable if sequence >= last_sequence), None)
+        if done is not None:
+            freshness.extend([done - read_at] * count)
+    data_files = {
+        key: len(body)
+        for key, body in s3.objects.items()
+        if key.endswith(".parquet") and "/_control/" not in key
+    }
+    import pyarrow.parquet as pq
+
+    rows_per_file = [pq.ParquetFile(io.BytesIO(s3.objects[key])).metadata.num_rows for key in data_files]
+    quantiles = statistics.quantiles(freshness, n=100) if len(freshness) > 1 else [0.0] * 99
     return {
-        "events": events,
+        "records": records,
         "seconds": seconds,
-        "events_per_second": events / seconds,
-        "objects": len(s3.objects),
-        "checkpoints": checkpoints,
+        "events_per_second": records / seconds,
+        "files": len(data_files),
+        "rows_per_file": statistics.mean(rows_per_file) if rows_per_file else 0,
+        "bytes_per_file": statistics.mean(data_files.values()) if data_files else 0,
+        "commits": len(commits),
+        "checkpoints": output.getvalue().count('"action": "checkpoint"'),
+        "freshness_p50_s": quantiles[49],
+        "freshness_p99_s": quantiles[98],
+        "import_seconds": import_seconds,
         "peak_rss_mib": _peak_rss_mib(),
     }
+
+
+def bench_idle_processor() -> dict[str, Any]:
+    """RSS of a shard processor process at small state: imports plus a state with a few hundred customers."""
+    result = bench_processor(events=5_000, customers=300, per_message=500)
+    return {"peak_rss_mib": result["peak_rss_mib"], "import_seconds": result["import_seconds"]}
+
+
+# ---------------------------------------------------------------------------------------------------- driver
 
 
 def _child(name: str, **arguments: Any) -> dict[str, Any]:
@@ -254,97 +458,174 @@ def _child(name: str, **arguments: Any) -> dict[str, Any]:
     return result
 
 
+def _compare(core_rows: str, other_rows: str, name: str) -> int:
+    """Customers whose compared columns differ between the core and a peer (0 expected)."""
+    core = json.loads(Path(core_rows).read_text(encoding="utf-8"))
+    other = json.loads(Path(other_rows).read_text(encoding="utf-8"))
+    differing = set(core) ^ set(other)
+    for customer in set(core) & set(other):
+        for column in COMPARED:
+            a, b = core[customer][column], other[customer][column]
+            if a is None or b is None:
+                if a != b:
+                    differing.add(customer)
+            elif abs(float(a) - float(b)) > 1e-6:
+                differing.add(customer)
+    if differing:
+        print(f"WARNING: {name} differs from the core for {len(differing)} customers", file=sys.stderr)
+    return len(differing)
+
+
+def run(input_path: str, quick: bool) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as rows_dir:
+        core = _child("core", input=input_path, batch=50_000, rows_dir=rows_dir)
+        core10k = _child("core", input=input_path, batch=10_000)
+        naive = _child("naive", input=input_path, rows_dir=rows_dir)
+        ceiling = _child("ceiling", input=input_path, rows_dir=rows_dir)
+        processor = _child("processor", input=input_path)
+        idle = _child("idle")
+        naive_mismatches = _compare(core["rows"], naive["rows"], "naive peer")
+        ceiling_mismatches = _compare(core["rows"], ceiling["rows"], "DuckDB ceiling")
+    flush = [
+        _child("flush", state_customers=state_customers, changed=changed, rounds=3 if quick else 5)
+        for state_customers in ((2_000, 20_000) if quick else (5_000, 50_000))
+        for changed in ((100, 1_000) if quick else (100, 1_000, 5_000))
+    ]
+    return {
+        "records": core["records"],
+        "core_events_per_s": core["events_per_second"],
+        "core_10k_batches_events_per_s": core10k["events_per_second"],
+        "processor_events_per_s": processor["events_per_second"],
+        "naive_events_per_s": naive["events_per_second"],
+        "ceiling_events_per_s": ceiling["events_per_second"],
+        "core_over_naive": core["events_per_second"] / naive["events_per_second"],
+        "core_over_ceiling": core["events_per_second"] / ceiling["events_per_second"],
+        "naive_rows_differing": naive_mismatches,
+        "ceiling_rows_differing": ceiling_mismatches,
+        "peak_rss_mib": core["peak_rss_mib"],
+        "peak_rss_mib_by_run": {
+            "core": core["peak_rss_mib"],
+            "naive": naive["peak_rss_mib"],
+            "ceiling": ceiling["peak_rss_mib"],
+            "processor": processor["peak_rss_mib"],
+            "processor_small_state": idle["peak_rss_mib"],
+        },
+        "customers": core["customers"],
+        "event_ids": core["event_ids"],
+        "state_bytes_per_customer": core["bytes_per_customer"],
+        "state_bytes_per_event_id": core["bytes_per_event_id"],
+        "flush_ms_by_customers_changed": flush,
+        "freshness_p50_s": processor["freshness_p50_s"],
+        "freshness_p99_s": processor["freshness_p99_s"],
+        "files": processor["files"],
+        "rows_per_file": processor["rows_per_file"],
+        "bytes_per_file": processor["bytes_per_file"],
+        "processor_import_seconds": idle["import_seconds"],
+    }
+
+
+def _print_table(result: dict[str, Any], input_label: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console() if sys.stdout.isatty() else Console(width=130)
+    console.print(f"[bold]clickstream-rfm benchmarks[/] on {input_label}: {result['records']:,} records")
+    throughput = Table(title="Throughput, one core (each row in its own process)")
+    for column in ("run", "events/s", "vs core", "peak RSS MiB"):
+        throughput.add_column(column, justify="right")
+    rss = result["peak_rss_mib_by_run"]
+    core = result["core_events_per_s"]
+    for label, key, rss_key in (
+        ("core, 50k-record batches", "core_events_per_s", "core"),
+        ("core, 10k-record batches", "core_10k_batches_events_per_s", None),
+        ("record-processor path (KCL protocol -> S3 stand-in)", "processor_events_per_s", "processor"),
+        ("naive per-record Python peer", "naive_events_per_s", "naive"),
+        ("DuckDB batch ceiling (one GROUP BY)", "ceiling_events_per_s", "ceiling"),
+    ):
+        throughput.add_row(
+            label,
+            f"{result[key]:,.0f}",
+            f"{core / result[key]:.2f}x",
+            f"{rss[rss_key]:,.0f}" if rss_key else "",
+        )
+    console.print(throughput)
+    console.print(
+        f"core / naive = {result['core_over_naive']:.2f}x, core / ceiling = {result['core_over_ceiling']:.2f}x; "
+        f"rows differing from the core: naive {result['naive_rows_differing']}, "
+        f"ceiling {result['ceiling_rows_differing']}"
+    )
+    console.print(
+        f"state: {result['customers']:,} customers, {result['event_ids']:,} event ids; "
+        f"{result['state_bytes_per_customer']:,.0f} bytes per customer, "
+        f"{result['state_bytes_per_event_id']:,.1f} bytes per event id"
+    )
+    console.print(
+        f"processor: freshness p50 {result['freshness_p50_s']:.2f} s, p99 {result['freshness_p99_s']:.2f} s "
+        f"(message read -> commit record); {result['files']:,} data files, "
+        f"{result['rows_per_file']:,.0f} rows and {result['bytes_per_file'] / 1024:,.0f} KiB per file; "
+        f"a shard processor at small state peaks at {rss['processor_small_state']:,.0f} MiB "
+        f"(imports {result['processor_import_seconds']:.2f} s)"
+    )
+    flush = Table(
+        title="Apply time of one batch by customers changed (flush cost follows the batch, not history)"
+    )
+    for column in ("customers in state", "customers changed", "batch events", "median apply ms"):
+        flush.add_column(column, justify="right")
+    for row in result["flush_ms_by_customers_changed"]:
+        flush.add_row(
+            f"{row['state_customers']:,}",
+            f"{row['changed']:,}",
+            f"{row['batch_events']:,}",
+            f"{row['median_ms']:.1f}",
+        )
+    console.print(flush)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--events", type=int, default=1_000_000, help="events for the core benchmark")
+    parser.add_argument("--input", help="JSONL file, one record per line (default: generate one)")
+    parser.add_argument("--events", type=int, default=600_000, help="events to generate without --input")
+    parser.add_argument("--customers", type=int, default=45_000, help="customers to generate without --input")
     parser.add_argument("--quick", action="store_true", help="a smaller, faster run (200k events)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--arguments", help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.child:
-        functions = {"core": bench_core, "flush": bench_flush_scaling, "processor": bench_processor}
+        functions = {
+            "core": bench_core,
+            "naive": bench_naive,
+            "ceiling": bench_ceiling,
+            "flush": bench_flush_scaling,
+            "processor": bench_processor,
+            "idle": bench_idle_processor,
+        }
         import logging
 
         logging.disable(logging.WARNING)
-        print(json.dumps(functions[options.child](**json.loads(options.arguments))))
+        print(json.dumps(functions[options.child](**json.loads(options.arguments or "{}"))))
         return
 
-    from rich.console import Console
-    from rich.table import Table
-
-    events = 200_000 if options.quick else options.events
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=130)
-    console.print(f"[bold]clickstream-rfm benchmarks[/] ({events:,} events; each row in its own process)")
-
-    core = Table(title="Aggregation core: CustomerState.apply (decode + validate + dedupe + aggregate)")
-    for column in ("DuckDB threads", "events", "batch", "seconds", "events/s", "customers", "peak RSS MiB"):
-        core.add_column(column, justify="right")
-    for threads in (1, None):
-        console.print(f"core, threads={threads or 'all'} ...")
-        result = _child(
-            "core", events=events, customers=max(1000, events // 50), batch=50_000, threads=threads
-        )
-        core.add_row(
-            str(threads or "all"),
-            f"{result['events']:,}",
-            "50,000",
-            f"{result['seconds']:.1f}",
-            f"{result['events_per_second']:,.0f}",
-            f"{result['customers']:,}",
-            f"{result['peak_rss_mib']:,.0f}",
-        )
-    console.print(core)
-
-    flush = Table(title="Flush cost follows customers changed, not customers ever seen (1 DuckDB thread)")
-    for column in (
-        "customers in state",
-        "customers changed",
-        "batch events",
-        "median apply ms",
-        "peak RSS MiB",
-    ):
-        flush.add_column(column, justify="right")
-    for state_customers in (5_000, 50_000) if options.quick else (10_000, 200_000):
-        console.print(f"flush scaling, state of {state_customers:,} customers ...")
-        result = _child("flush", state_customers=state_customers, changed=500, threads=1)
-        flush.add_row(
-            f"{result['state_customers']:,}",
-            f"{result['changed']:,}",
-            f"{result['batch_events']:,}",
-            f"{result['median_ms']:.1f}",
-            f"{result['peak_rss_mib']:,.0f}",
-        )
-    console.print(flush)
-
-    processor = Table(
-        title="Record-processor path: KCL protocol messages -> KCLProcess -> flush to in-memory S3"
-    )
-    for column in (
-        "events",
-        "records/message",
-        "seconds",
-        "events/s",
-        "objects",
-        "checkpoints",
-        "peak RSS MiB",
-    ):
-        processor.add_column(column, justify="right")
-    console.print("record processor ...")
-    result = _child("processor", events=min(events, 300_000), customers=5_000, per_message=1_000)
-    processor.add_row(
-        f"{result['events']:,}",
-        "1,000",
-        f"{result['seconds']:.1f}",
-        f"{result['events_per_second']:,.0f}",
-        f"{result['objects']:,}",
-        str(result["checkpoints"]),
-        f"{result['peak_rss_mib']:,.0f}",
-    )
-    console.print(processor)
+    with tempfile.TemporaryDirectory() as directory:
+        input_path = options.input
+        label = options.input or ""
+        if input_path is None:
+            events = 200_000 if options.quick else options.events
+            customers = max(1_000, events // 13) if options.quick else options.customers
+            input_path = str(Path(directory) / "input.jsonl")
+            if not options.json:
+                print(f"generating {events:,} events for {customers:,} customers ...", file=sys.stderr)
+            payloads = _generate(customers, events, seed=1, malformed_rate=0.002)
+            Path(input_path).write_bytes(b"\n".join(payloads) + b"\n")
+            del payloads
+            label = f"generated input ({customers:,} customers, 1% duplicates, 0.2% malformed)"
+        result = run(os.path.abspath(input_path), options.quick)
+    if options.json:
+        print(json.dumps(result))
+    else:
+        _print_table(result, label)
 
 
 if __name__ == "__main__":

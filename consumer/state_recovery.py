@@ -248,8 +248,7 @@ class StateRecovery:
                     extra={"shard_id": shard_id},
                 )
                 emit_metrics({"LocalStateDiscarded": 1}, {"StreamName": self.settings.stream_name})
-            state.import_tables({}, replace=True)
-            state.set_position(None)
+            state.reset()
             if pointer is not None:
                 tables = {name: self._sink.get_parquet(key) for name, key in pointer.tables.items()}
                 state.import_tables(tables, replace=True)

@@ -56,11 +56,12 @@ def parse_time(text: str) -> datetime:
 
 
 def unique_events(documents: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """First occurrence of each event id (ids compared case-insensitively, as UUIDs)."""
-    seen: set[str] = set()
+    """First occurrence of each (customer id, event id) pair: a duplicate is the same event id for the same
+    customer (ids compared case-insensitively, as UUIDs), so results never depend on which customers share a shard."""
+    seen: set[tuple[str, str]] = set()
     kept = []
     for doc in documents:
-        key = str(doc["event_id"]).lower()
+        key = (str(doc["customer_id"]), str(doc["event_id"]).lower())
         if key not in seen:
             seen.add(key)
             kept.append(doc)

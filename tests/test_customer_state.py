@@ -731,26 +731,37 @@ def test_exception_inside_staged_rolls_back_state_and_position(
     assert state.snapshot_rows().equals(clean.snapshot_rows())
 
 
-def test_failure_in_the_middle_of_applying_rolls_back_everything(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("failing_step", ["journal", "session_set"])
+def test_failure_in_the_middle_of_installing_rolls_back_everything(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, failing_step: str
+) -> None:
     batches = _three_batches()
     clean = CustomerState(SHARD)
     expected = [_comparable(clean.apply(batch)) for batch in batches]
-    state = CustomerState(SHARD)
+    state = CustomerState(SHARD, tmp_path / "shard.duckdb")
     state.apply(batches[0])
-    snapshot, position = state.snapshot_rows(), state.position()
-    update = state._update_aggregates
+    snapshot, position, count = state.snapshot_rows(), state.position(), state.customer_count()
 
-    def update_then_fail(*args: Any) -> Any:
-        update(*args)  # event ids, sessions, days and customers are all written by now
-        raise _SinkDownError()
+    if failing_step == "journal":  # the in-memory state is changed by now; the local file's commit fails
+        journal = state._journal
 
-    monkeypatch.setattr(state, "_update_aggregates", update_then_fail)
+        def journal_then_fail(*args: Any) -> None:
+            journal(*args)
+            raise _SinkDownError()
+
+        monkeypatch.setattr(state, "_journal", journal_then_fail)
+    else:  # fails halfway through changing memory: customers and event ids are updated, sessions not
+        monkeypatch.setattr(state._sessions, "add", lambda *args: (_ for _ in ()).throw(_SinkDownError()))
     with pytest.raises(_SinkDownError):
         state.apply(batches[1])
     monkeypatch.undo()
     assert state.position() == position
+    assert state.customer_count() == count
     assert state.snapshot_rows().equals(snapshot)
     assert [_comparable(state.apply(batch)) for batch in batches[1:]] == expected[1:]
+    state.close()
+    reopened = CustomerState(SHARD, tmp_path / "shard.duckdb")
+    assert reopened.snapshot_rows().equals(clean.snapshot_rows())
 
 
 def test_staged_commits_when_the_block_exits_cleanly() -> None:
@@ -803,4 +814,77 @@ def test_event_dates_are_utc_days_in_a_reopened_database(tmp_path: Path) -> None
     row = row_of(reopened, "c-1")
     assert (row["purchase_days"], row["frequency"]) == (1, 0)
     assert row["as_of"].date() == date(2026, 3, 2)
+    reopened.close()
+
+
+# ---------------------------------------------------------------------------------------------------- dedupe key
+
+
+def test_same_event_id_for_two_customers_is_two_events() -> None:
+    event_id = new_event_id()
+    state = CustomerState(SHARD)
+    applied = state.apply(
+        Stream().batch(
+            [
+                event("c-1", "page_view", "2026-03-01T10:00:00Z", event_id=event_id),
+                event("c-2", "page_view", "2026-03-01T10:00:00Z", event_id=event_id),
+            ]
+        )
+    )
+    assert (applied.events.num_rows, applied.duplicates) == (2, 0)
+    assert state.customer_count() == 2
+
+
+def _arriving(batch: pa.Table, day: int) -> pa.Table:
+    """The batch as if it arrived ``day`` days after ARRIVAL."""
+    arrival = pa.array([ARRIVAL + timedelta(days=day)] * batch.num_rows, pa.timestamp("us", "UTC"))
+    return batch.set_column(
+        batch.schema.get_field_index("approximate_arrival_at"), "approximate_arrival_at", arrival
+    )
+
+
+@pytest.mark.parametrize(("window_days", "counted_again"), [(7, False), (2, True)])
+def test_duplicate_older_than_the_dedupe_window_is_applied_again(
+    window_days: int, counted_again: bool
+) -> None:
+    """Event ids are remembered for the window of arrival days; a re-send arriving later than that is counted
+    again (and a re-send within the window never is)."""
+    state = CustomerState(SHARD, dedupe_window=timedelta(days=window_days))
+    stream = Stream()
+    original = event("c-1", "purchase", "2026-03-01T10:00:00Z", revenue="5.00")
+    state.apply(stream.batch([original]))
+    state.apply(_arriving(stream.batch([event("c-2", "page_view", "2026-03-06T10:00:00Z")]), 5))
+    again = state.apply(_arriving(stream.batch([original]), 5))
+    assert (again.events.num_rows, again.duplicates) == ((1, 0) if counted_again else (0, 1))
+    row = row_of(state, "c-1")
+    assert (row["purchases"], row["revenue"]) == (
+        (2, Decimal("10.00")) if counted_again else (1, Decimal("5.00"))
+    )
+
+
+def test_events_in_customer_order_over_months_are_still_deduplicated() -> None:
+    """A backfill in customer order (event times jumping back and forth) arrives within the window."""
+    documents = [event(f"c-{c}", "page_view", f"2026-0{m}-01T10:00:00Z") for c in range(3) for m in (1, 3, 5)]
+    state = CustomerState(SHARD)
+    stream = Stream()
+    state.apply(stream.batch(documents))
+    assert state.apply(stream.batch(documents)).duplicates == len(documents)
+
+
+def test_dedupe_window_survives_reopen_and_snapshot(tmp_path: Path) -> None:
+    path = tmp_path / "shard.duckdb"
+    state = CustomerState(SHARD, path)
+    stream = Stream()
+    documents = [event("c-1", "page_view", f"2026-03-0{d}T10:00:00Z") for d in range(1, 4)]
+    state.apply(stream.batch(documents))
+    state.close()
+    reopened = CustomerState(SHARD, path)
+    assert reopened.apply(stream.batch(documents)).duplicates == 3
+    restored = CustomerState(SHARD)
+    restored.import_tables(reopened.export_tables())
+    restored.set_position(reopened.position(), reopened.as_of())
+    assert restored.apply(stream.batch(documents)).duplicates == 3
+    assert [without(r, BATCH_DEPENDENT) for r in restored.snapshot_rows().to_pylist()] == [
+        without(r, BATCH_DEPENDENT) for r in reopened.snapshot_rows().to_pylist()
+    ]
     reopened.close()

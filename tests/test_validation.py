@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator, FormatChecker, validators
 from jsonschema.exceptions import ValidationError
 
+from aggregators.fast_decode import FastDecoder, decode_records
 from aggregators.validation import DecodedBatch, RecordValidator, ValidationRules, new_connection
 from producer.generator import ClickstreamGenerator
 from schemas import ERRORS_SCHEMA, EVENT_SCHEMA_PATH, EVENT_TYPES, EVENTS_SCHEMA, RAW_RECORD_SCHEMA
@@ -150,6 +151,8 @@ REJECTIONS: list[tuple[str, bytes, str]] = [
     ("json_string", b'"page_view"', "not_an_object"),
     ("json_number", b"42", "not_an_object"),
     ("json_null", b"null", "not_an_object"),
+    ("repeated_customer_id", encode(doc()).replace(b'{"', b'{"customer_id":"c-other","', 1), "duplicate_key"),
+    ("repeated_unknown_key", encode(doc(note="a")).replace(b'{"', b'{"note":"b","', 1), "duplicate_key"),
     *((f"missing_{f}", encode(_without(doc(), f)), "missing_field") for f in _REQUIRED),
     *((f"null_{f}", encode(doc(**{f: None})), "missing_field") for f in _REQUIRED),
     ("schema_version_2", encode(doc(schema_version=2)), "unsupported_schema_version"),
@@ -253,6 +256,7 @@ def test_every_documented_error_code_is_reachable() -> None:
         "invalid_utf8",
         "invalid_json",
         "not_an_object",
+        "duplicate_key",
         "missing_field",
         "unsupported_schema_version",
         "wrong_type",
@@ -631,10 +635,26 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _top_level_keys_repeat(text: str) -> bool:
+    """The contract rejects a record whose event object repeats a member name (json.loads would keep the last)."""
+    seen: list[list[str]] = []
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen.append([key for key, _ in pairs])
+        return dict(pairs)
+
+    json.loads(text, object_pairs_hook=hook, parse_float=Decimal, parse_constant=_reject_constant)
+    top = seen[-1] if seen else []
+    return len(top) != len(set(top))
+
+
 def schema_errors(data: bytes, validator: Any = SPEC_VALIDATOR) -> list[str]:
     """The JSON Schema verdict on a record (strict RFC 8259 parsing, numbers as exact decimals)."""
     try:
-        document = json.loads(data.decode("utf-8"), parse_float=Decimal, parse_constant=_reject_constant)
+        text = data.decode("utf-8")
+        document = json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
+        if isinstance(document, dict) and _top_level_keys_repeat(text):
+            return ["a member name is repeated"]
     except (ValueError, RecursionError) as error:
         return [f"not JSON: {error}"]
     with localcontext(prec=1000):  # exact multipleOf for numbers up to 1e300 (the default 28 digits raise)
@@ -1092,11 +1112,63 @@ def test_numbers_beyond_double_precision_are_read_as_doubles() -> None:
     assert accepted_event(data)["quantity"] == 1  # as an IEEE double it is 1.0
 
 
-def test_duplicate_keys_first_one_wins_while_python_takes_the_last() -> None:
+def test_repeated_key_is_rejected_because_parsers_disagree_on_which_value_wins() -> None:
     data = encode(doc())[:-1] + b',"event_type":"purchase"}'
-    assert json.loads(data)["event_type"] == "purchase"
-    assert schema_errors(data)  # Python sees a purchase without order_id/revenue
+    assert json.loads(data)["event_type"] == "purchase"  # Python (and the JSON Schema) take the last value
+    reject = rejection(data)
+    assert reject["error_code"] == "duplicate_key"
+    assert reject["raw_data"] == data
+    assert not fast_and_exact(raw_batch([data])).events.num_rows
+
+
+def test_repeated_key_in_a_nested_unknown_object_is_not_a_duplicate_of_the_event() -> None:
+    data = encode(doc(extra={"a": 1}))[:-1].replace(b'{"a":1}', b'{"a":1,"a":2}') + b"}"
     assert accepted_event(data)["event_type"] == "page_view"
+
+
+def fast_and_exact(raw: pa.Table) -> DecodedBatch:
+    """What the state store uses: the fast path for the records it vouches for, the validator for the rest."""
+    validator = RecordValidator()
+    return decode_records(_connection(), raw, FastDecoder(validator.rules), validator)
+
+
+def _by_sequence(table: pa.Table) -> list[dict[str, Any]]:
+    return sorted(table.to_pylist(), key=lambda row: int(row["sequence_number"]))
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.one_of(
+            near_contract(AGREEING_MUTATIONS),
+            near_contract(("null_optional", "revenue_many_decimals", "huge_numbers")),
+            valid_documents(),
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_fast_path_gives_exactly_the_validators_events_and_rejects(records: list[bytes]) -> None:
+    raw = raw_batch([(data, _partition_key(data)) for data in records])
+    exact = decode(raw)
+    combined = fast_and_exact(raw)
+    assert _by_sequence(combined.events) == _by_sequence(exact.events)
+    assert _by_sequence(combined.rejects) == _by_sequence(exact.rejects)
+
+
+def test_fast_path_vouches_for_plain_generated_events_and_leaves_odd_ones_to_the_validator() -> None:
+    plain = [data for label, data in ClickstreamGenerator(50, 400, seed=5).records() if label == "valid"]
+    odd = [
+        encode(doc(note="extra field")),  # valid, but an unknown member: exact path
+        encode(doc(search_query='say "hi"', event_type="search")),  # an escape: exact path
+        encode(doc(schema_version=1.0)),  # 1.0 is the integer 1, but not in its plain form
+    ]
+    raw = raw_batch(
+        [(data, _partition_key(data)) for data in plain + odd], arrival=datetime(2026, 6, 1, tzinfo=UTC)
+    )
+    vouched = FastDecoder(ValidationRules()).decode(_connection(), raw).column("vouched").to_pylist()
+    assert vouched == [True] * len(plain) + [False] * len(odd)
+    assert fast_and_exact(raw).events.num_rows == len(plain) + len(odd)
 
 
 def test_lone_surrogate_escape_is_rejected_as_invalid_json() -> None:

@@ -1,0 +1,112 @@
+"""Exact sets of composite keys held as sorted numpy runs: compact, vectorized, and cheap to grow.
+
+A set member is a 64-bit *probe* (a hash of the member, used only to find candidates) plus the member's exact
+columns (for example customer index, UUID high and low halves). Lookups binary-search the probe in every run and
+then compare the exact columns, so a hash collision can never make two different members equal: the sets are exact.
+
+Runs are merged size-tiered (a new run merges into the previous one while it is at least half its size), so there
+are O(log n) runs, a lookup costs O(batch · log n) and a member is copied O(log n) times over its life. Merging two
+sorted runs is a linear pass (numpy's stable sort detects the two runs). A run may carry a ``day`` column; members
+whose day falls before a cutoff are dropped when runs merge, and never match a lookup with that cutoff.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final
+
+import numpy as np
+
+_M1: Final = np.uint64(0xBF58476D1CE4E5B9)
+_M2: Final = np.uint64(0x94D049BB133111EB)
+_GOLDEN: Final = np.uint64(0x9E3779B97F4A7C15)
+
+
+def mix64(*parts: np.ndarray) -> np.ndarray:
+    """A 64-bit probe from integer columns (splitmix64 finaliser chained over the parts)."""
+    with np.errstate(over="ignore"):
+        state = np.zeros(len(parts[0]), dtype=np.uint64)
+        for part in parts:
+            z = state ^ (part.astype(np.uint64, copy=False) + _GOLDEN)
+            z = (z ^ (z >> np.uint64(30))) * _M1
+            z = (z ^ (z >> np.uint64(27))) * _M2
+            state = z ^ (z >> np.uint64(31))
+    return state
+
+
+Run = dict[str, np.ndarray]
+
+
+class KeyRuns:
+    """An exact set of members ``(probe, *columns)``; see the module docstring."""
+
+    def __init__(self, columns: tuple[str, ...], has_day: bool = False) -> None:
+        self.columns = columns
+        self.has_day = has_day
+        self.runs: list[Run] = []
+
+    def __len__(self) -> int:
+        return sum(len(run["probe"]) for run in self.runs)
+
+    def nbytes(self) -> int:
+        return sum(array.nbytes for run in self.runs for array in run.values())
+
+    def contains(
+        self, probe: np.ndarray, members: Mapping[str, np.ndarray], min_day: int | None = None
+    ) -> np.ndarray:
+        """For each queried member, whether it is in the set (and, with ``min_day``, its day is >= min_day)."""
+        found = np.zeros(len(probe), dtype=bool)
+        if not len(probe):
+            return found
+        for run in self.runs:
+            keys = run["probe"]
+            pending = np.flatnonzero(~found)
+            at = np.searchsorted(keys, probe[pending])
+            while pending.size:
+                inside = at < len(keys)
+                pending, at = pending[inside], at[inside]
+                same = keys[at] == probe[pending]
+                pending, at = pending[same], at[same]
+                if not pending.size:
+                    break
+                equal = np.ones(len(pending), dtype=bool)
+                for column in self.columns:
+                    equal &= run[column][at] == members[column][pending]
+                if min_day is not None and self.has_day:
+                    equal &= run["day"][at] >= min_day
+                found[pending[equal]] = True
+                pending, at = pending[~equal], at[~equal] + 1  # the next member with the same probe, if any
+        return found
+
+    def add(self, probe: np.ndarray, members: Mapping[str, np.ndarray], min_day: int | None = None) -> None:
+        """Add members known to be absent; merges runs size-tiered, dropping members before ``min_day``."""
+        if not len(probe):
+            return
+        order = np.argsort(probe, kind="stable")
+        run: Run = {"probe": probe[order]}
+        for column in (*self.columns, *(("day",) if self.has_day else ())):
+            run[column] = np.asarray(members[column])[order]
+        self.runs.append(run)
+        while len(self.runs) > 1 and len(self.runs[-2]["probe"]) <= 2 * len(self.runs[-1]["probe"]):
+            newer = self.runs.pop()
+            older = self.runs.pop()
+            self.runs.append(_merge(older, newer, min_day if self.has_day else None))
+        if min_day is not None and self.has_day:
+            self.runs = [run for run in self.runs if len(run["day"]) and run["day"].max() >= min_day]
+
+    def members(self) -> Run:
+        """Every member as columns (probe included), e.g. to persist or export."""
+        names = ("probe", *self.columns, *(("day",) if self.has_day else ()))
+        if not self.runs:
+            return {name: np.empty(0, dtype=np.uint64) for name in names}
+        return {name: np.concatenate([run[name] for run in self.runs]) for name in names}
+
+
+def _merge(older: Run, newer: Run, min_day: int | None) -> Run:
+    merged = {name: np.concatenate((older[name], newer[name])) for name in older}
+    if min_day is not None:
+        keep = merged["day"] >= min_day
+        if not keep.all():
+            merged = {name: array[keep] for name, array in merged.items()}
+    order = np.argsort(merged["probe"], kind="stable")
+    return {name: array[order] for name, array in merged.items()}
