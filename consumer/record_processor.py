@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from amazon_kclpy import kcl
@@ -144,6 +145,7 @@ class RecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
             shard_id,
             RecordValidator(validation_rules(self.settings)),
             self.settings.stream_name,
+            timedelta(days=self.settings.dedupe_window_days),
         )
         s3 = self.s3 or aws_client("s3", self.settings)
         sink = S3ParquetSink(s3, self.settings)

@@ -24,13 +24,13 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-from aggregators.customer_state import CustomerState
+from aggregators.customer_state import DEFAULT_DEDUPE_WINDOW, CustomerState
 from aggregators.validation import RecordValidator
 from consumer.metrics import emit as emit_metrics
 from consumer.s3_sink import S3ParquetSink, is_precondition_failed, read_commit_records
@@ -74,13 +74,17 @@ class ChainError(RuntimeError):
 
 
 def open_shard_state(
-    path: Path, shard_id: str, validator: RecordValidator, stream_name: str = ""
+    path: Path,
+    shard_id: str,
+    validator: RecordValidator,
+    stream_name: str = "",
+    dedupe_window: timedelta = DEFAULT_DEDUPE_WINDOW,
 ) -> CustomerState:
     """Open the shard's local state; a file that cannot be opened or read is moved aside (kept for inspection) and
     a fresh one is opened, which the restore then rebuilds from S3. A file locked by another process is an error."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return _open_verified(path, shard_id, validator)
+        return _open_verified(path, shard_id, validator, dedupe_window)
     except Exception as error:
         if "lock" in str(error).lower():
             raise  # another process holds it: not corruption (the KCL will retry the lease)
@@ -100,11 +104,13 @@ def open_shard_state(
         extra={"shard_id": shard_id},
     )
     emit_metrics({"StateFilesQuarantined": 1}, {"StreamName": stream_name})
-    return CustomerState(shard_id, path, validator)
+    return CustomerState(shard_id, path, validator, dedupe_window=dedupe_window)
 
 
-def _open_verified(path: Path, shard_id: str, validator: RecordValidator) -> CustomerState:
-    state = CustomerState(shard_id, path, validator)
+def _open_verified(
+    path: Path, shard_id: str, validator: RecordValidator, dedupe_window: timedelta
+) -> CustomerState:
+    state = CustomerState(shard_id, path, validator, dedupe_window=dedupe_window)
     try:
         state.verify()
     except Exception:
@@ -293,7 +299,9 @@ class StateRecovery:
             return "empty"
         as_of_values: list[datetime] = []
         for index, parent in enumerate(parents):
-            parent_state = CustomerState(parent.shard_id)
+            parent_state = CustomerState(
+                parent.shard_id, dedupe_window=timedelta(days=self.settings.dedupe_window_days)
+            )
             try:
                 self.restore(parent_state)  # snapshot + commits of the parent, up to its SHARD_END flush
                 tables = parent_state.export_tables()

@@ -172,6 +172,12 @@ class Settings(BaseSettings):
         ge=1,
         description="Write a snapshot of a shard's state to S3 every this many flushes (and on stop).",
     )
+    dedupe_window_days: int = Field(
+        7,
+        ge=1,
+        description="Remember (customer_id, event_id) pairs for this many days of Kinesis arrival time; an exact "
+        "duplicate that arrives later than that is counted again (bounds the de-duplication memory).",
+    )
 
     # --- Validation -------------------------------------------------------------------------------------------
     max_record_bytes: int = Field(32 * 1024, ge=256, description="Records larger than this are rejected.")
