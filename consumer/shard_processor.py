@@ -2,7 +2,7 @@
 
 The commit order of a flush (each step only starts when the previous one succeeded):
 
-1. **Stage** - apply the buffered records to the shard's local state in an open stage (a DuckDB transaction).
+1. **Stage** - work the buffered records out against the shard's state without installing them (``staged``).
    Records at or below the state's position are skipped (redeliveries); duplicate events are dropped. The state's
    position before the stage, ``P``, is the chain position this flush continues from.
 2. **Intent** - PUT ``_control/intents/<shard>/<attempt>.json`` naming the data files this attempt will write.
@@ -12,7 +12,8 @@ The commit order of a flush (each step only starts when the previous one succeed
    durable. If S3 answers 412 and the record there is another attempt's, this attempt *lost*: roll the stage back,
    delete its files and intent, restore the state from S3 (it now ends at the winner's last record) and start over
    with what is left of the buffer (records the winner covered are now redeliveries and are skipped).
-5. **State commit** - commit the stage: aggregates and the position they include, atomically.
+5. **State commit** - install the stage: aggregates and the position they include, atomically (memory and the
+   local journal file).
 6. **Checkpoint** - tell the KCL the last flushed record. If the KCL says the lease is gone, the processor ends.
 7. **Tidy** - delete this attempt's intent, and the files of attempts that lost the position (``settle_intents``).
 
