@@ -114,7 +114,7 @@ def assess(
             problems.append(f"worker heartbeat is {age:.0f}s old")
         elif heartbeat.get("phase") == "unhealthy":
             problems.append("worker reported itself unhealthy")
-        elif not _alive(int(heartbeat["pid"])):
+        elif not process_alive(int(heartbeat["pid"])):
             problems.append(f"worker process {heartbeat['pid']} is gone")
         elif problem := lease_problem(heartbeat, processing, now, no_lease_after):
             problems.append(problem)
@@ -124,7 +124,8 @@ def assess(
     return HealthReport(healthy=not problems, shards_processing=processing, problems=problems)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists (one owned by another user counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -32,7 +32,7 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 
-from consumer.health import Heartbeat, shard_problems, write_heartbeat
+from consumer.health import Heartbeat, process_alive, shard_problems, write_heartbeat
 from consumer.metrics import emit as emit_metrics
 from consumer.preflight import PreflightError, lease_owners, preflight
 from consumer.status import ShardStatus, read_statuses
@@ -218,16 +218,6 @@ def die_with_parent_hook() -> Callable[[], None] | None:
             os._exit(1)
 
     return hook
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class KclWorker:
@@ -461,7 +451,7 @@ class KclWorker:
         """After a stop request: every shard processor that ran has left processing and its process is gone."""
         statuses = read_statuses(self.status_dir)
         return bool(statuses) and all(
-            status.phase not in {"processing", "initializing"} and not _alive(status.pid)
+            status.phase not in {"processing", "initializing"} and not process_alive(status.pid)
             for status in statuses.values()
         )
 
