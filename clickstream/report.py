@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import duckdb
 from rich.console import Console
@@ -47,6 +48,7 @@ def print_summary(settings: Settings, download: Path, top: int = 10, console: Co
         *(f"{totals[k]:,}" for k in ("records_in", "accepted", "duplicates", "rejected", "records_skipped"))
     )
     console.print(records)
+    print_freshness(s3, settings, console)
 
     if counts["errors"]:
         reasons = Table(title="Rejected records by reason (errors/)")
@@ -115,6 +117,35 @@ def print_summary(settings: Settings, download: Path, top: int = 10, console: Co
     console.print(
         f'Query the copies with DuckDB, e.g.:\n  .venv/bin/python -c "import duckdb; duckdb.sql(\\"{query}\\").show()"'
     )
+
+
+def print_freshness(s3: Any, settings: Settings, console: Console) -> None:
+    """Freshness SLI: p50 / p99 of arrival-to-durable and of the newest event's age, from the commit records."""
+    from consumer.s3_sink import read_commit_records
+    from schemas.control import ControlRecordError
+    from schemas.layout import OutputLayout
+    from scoring.freshness import summarize_freshness
+
+    try:
+        records = read_commit_records(s3, settings.bucket, OutputLayout(settings.prefix))
+    except ControlRecordError as error:
+        console.print(f"[yellow]freshness: commit records not in the current format ({error})[/yellow]")
+        return
+    fresh = summarize_freshness(records)
+    if fresh is None:
+        console.print("[yellow]freshness: no commit record carries freshness fields yet[/yellow]")
+        return
+    table = Table(title=f"Freshness (seconds, over {fresh.flushes:,} flushes)")
+    for column in ("measure", "p50", "p99", "max"):
+        table.add_column(column, justify="left" if column == "measure" else "right")
+    table.add_row(
+        "arrival to durable",
+        f"{fresh.arrival_to_durable_p50:,.1f}",
+        f"{fresh.arrival_to_durable_p99:,.1f}",
+        f"{fresh.arrival_to_durable_max:,.1f}",
+    )
+    table.add_row("newest event age", _fmt(fresh.newest_event_age_p50), _fmt(fresh.newest_event_age_p99), "")
+    console.print(table)
 
 
 def _fmt(value: object) -> str:
