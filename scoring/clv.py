@@ -179,8 +179,10 @@ def gamma_gamma_log_likelihood(params: dict[str, float], x: npt.NDArray[Any], m:
     return float(np.sum(ll))
 
 
-def _rounded(params: Any, names: tuple[str, ...]) -> dict[str, float]:
-    return {name: float(params[name]) for name in names}
+def _parameters(model: Any, names: tuple[str, ...]) -> dict[str, float]:
+    """The MAP point of a fitted model, at full precision (``fit_summary`` rounds to three decimals)."""
+    posterior = model.fit_result
+    return {name: float(np.asarray(posterior[name].values).reshape(-1)[0]) for name in names}
 
 
 def fit_and_predict(
@@ -251,8 +253,8 @@ def fit_and_predict(
         )
         timings["predict"] = time.perf_counter() - started
 
-    bg_params = _rounded(bg.fit_summary(), ("r", "alpha", "a", "b"))
-    gg_params = _rounded(gg.fit_summary(), ("p", "q", "v"))
+    bg_params = _parameters(bg, ("r", "alpha", "a", "b"))
+    gg_params = _parameters(gg, ("p", "q", "v"))
     x = frame["frequency"].to_numpy()
     t_x, t = frame["recency"].to_numpy(), frame["T"].to_numpy()
     rx, rm = repeat_frame["frequency"].to_numpy(), repeat_frame["monetary_value"].to_numpy()

@@ -127,7 +127,9 @@ def test_the_documented_tables_are_the_rules() -> None:
 
 
 def test_overlapping_or_incomplete_rules_are_caught(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(scoring.rfm, "SEGMENT_RULES", (*SEGMENT_RULES, SegmentRule("Lost", r=(1, 1), fm=(1, 2))))
+    monkeypatch.setattr(
+        scoring.rfm, "SEGMENT_RULES", (*SEGMENT_RULES, SegmentRule("Lost", r=(1, 1), fm=(1, 2)))
+    )
     with pytest.raises(ValueError, match="both"):
         scoring.rfm.segment_grid()
     monkeypatch.setattr(scoring.rfm, "SEGMENT_RULES", SEGMENT_RULES[:-1])
@@ -201,7 +203,13 @@ def test_hand_made_customers_land_in_their_segments() -> None:
         # long gone, little: R2 F1 M2 -> FM 2 -> Hibernating
         customer("c-hibernating", first_days_ago=120, last_days_ago=60, purchase_days=1, revenue="50.00"),
     ).to_pylist()
-    non_buyer = {**table[0], "customer_id": "c-browser", "purchases": 0, "purchase_days": 0, "revenue": Decimal(0)}
+    non_buyer = {
+        **table[0],
+        "customer_id": "c-browser",
+        "purchases": 0,
+        "purchase_days": 0,
+        "revenue": Decimal(0),
+    }
     for column in ("first_purchase_at", "last_purchase_at", "frequency", "recency", "T", "monetary_value"):
         non_buyer[column] = None
     current = pa.Table.from_pylist([*table, non_buyer], schema=CUSTOMER_AGGREGATES_SCHEMA)
@@ -211,7 +219,11 @@ def test_hand_made_customers_land_in_their_segments() -> None:
     result = {
         customer_id: (int(r), int(f), int(m), str(segment))
         for customer_id, r, f, m, segment in zip(
-            inputs.buyers.column("customer_id").to_pylist(), scores.r, scores.f, scores.m, scores.segment,
+            inputs.buyers.column("customer_id").to_pylist(),
+            scores.r,
+            scores.f,
+            scores.m,
+            scores.segment,
             strict=True,
         )
     }
@@ -253,7 +265,11 @@ def test_score_customers_on_a_larger_population_follows_the_quintile_rule() -> N
     purchase_days = rng.integers(1, 8, 1000)
     revenue = rng.gamma(2, 50, 1000).round(2)
     scores = score_customers(days, purchase_days, revenue)
-    for values, got, better in ((days, scores.r, False), (purchase_days, scores.f, True), (revenue, scores.m, True)):
+    for values, got, better in (
+        (days, scores.r, False),
+        (purchase_days, scores.f, True),
+        (revenue, scores.m, True),
+    ):
         worse = np.array([(values < v).sum() if better else (values > v).sum() for v in values])
         assert (got == np.minimum(5, 1 + 5 * worse // 1000)).all()
     assert set(scores.segment) <= set(SEGMENTS)
