@@ -58,9 +58,10 @@ def worker_bucket(
     prefix: str = "rfm",
     batches: int = 5,
     malformed_rate: float = 0.01,
+    days: int = 60,
 ) -> WorkerBucket:
     layout = OutputLayout(prefix)
-    generator = ClickstreamGenerator(customers, events, seed, malformed_rate=malformed_rate)
+    generator = ClickstreamGenerator(customers, events, seed, days=days, malformed_rate=malformed_rate)
     per_shard: dict[str, list[tuple[str, datetime, bytes]]] = {shard: [] for shard in SHARDS}
     arrival = DEFAULT_START
     for label, data in generator.records():
