@@ -2,7 +2,8 @@
 
 1. start the emulator on a free loopback port;  2. create stream and bucket;  3. generate deterministic events to
 JSONL;  4. put them on the stream;  5. run the real KCL worker (Java MultiLangDaemon) until the stream is drained,
-flushed and checkpointed;  6. download the Parquet outputs and print the summary.
+flushed and checkpointed;  6. download the Parquet outputs and print the summary;  7. score customers (CLV, RFM
+segments) into clv/;  8. write the HTML report and print its path.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from rich.console import Console
 
 from consumer.status import read_statuses
+from runtime.settings import Settings
 
 #: KCL timings that suit a single-machine emulator (production keeps the KCL defaults).
 FAST_KCL_ENV = {
@@ -105,7 +107,25 @@ def run_demo(customers: int, events: int, seed: int, shards: int, output_dir: Pa
 
         console.print("6. results")
         print_summary(settings, output_dir / "s3", console=console)
+        _score_and_report(console, settings, output_dir)
     return 0
+
+
+def _score_and_report(console: Console, settings: Settings, output_dir: Path) -> None:
+    """7. CLV, RFM scores and segments (when the clv extra is installed), then the HTML report; prints its path."""
+    from clickstream.html_report import write_report
+    from clickstream.score import run_score
+    from scoring.clv import ModelLibraryMissing
+
+    console.print("7. scoring customers (BG/NBD + Gamma-Gamma, RFM segments) into clv/")
+    try:
+        outcome = run_score(settings, progress=False, say=lambda line: console.print(f"   {line}"))
+    except ModelLibraryMissing as error:
+        console.print(f"[yellow]   skipped: {error}[/yellow]")
+    else:
+        console.print(f"   run {outcome.commit.run_id}: {outcome.commit.rows:,} buyers scored")
+    report = write_report(settings, output_dir / "report.html")
+    console.print(f"8. report: [bold]{report.resolve()}[/bold]")
 
 
 def _run_worker(console: Console, output_dir: Path, state_dir: Path, total: int) -> int:

@@ -372,6 +372,8 @@ ROLE_OF_MODULE = {
     "clickstream/replay.py": "worker",
     "clickstream/outputs.py": "worker",
     "clickstream/report.py": "worker",
+    "clickstream/score.py": "worker",
+    "clickstream/html_report.py": "worker",
     "clickstream/resources.py": "setup",
     "producer/": "producer",
 }
