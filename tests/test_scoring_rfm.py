@@ -256,7 +256,7 @@ def test_an_observation_end_before_a_purchase_is_refused() -> None:
     with pytest.raises(InputError, match="after the observation end"):
         model_inputs(current, AS_OF - timedelta(days=2))
     with pytest.raises(InputError, match="time zone"):
-        model_inputs(current, datetime(2026, 5, 1))  # noqa: DTZ001 - the point of the test
+        model_inputs(current, datetime(2026, 5, 1))  # no time zone: the point of the test
 
 
 def test_score_customers_on_a_larger_population_follows_the_quintile_rule() -> None:
