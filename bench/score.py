@@ -39,7 +39,9 @@ def synthetic_rows(n: int, seed: int = 1) -> pa.Table:
     recency = np.floor(t_x).astype(np.int64)
     nu = rng.gamma(4.0, 1 / 40.0, n)
     mean_value = np.where(x > 0, rng.gamma(6.0 * np.maximum(x, 1), 1 / (nu * np.maximum(x, 1))), 0.0).round(2)
-    first = np.array([(AS_OF - timedelta(days=int(d))).replace(tzinfo=None) for d in t_days], dtype="datetime64[us]")
+    first = np.array(
+        [(AS_OF - timedelta(days=int(d))).replace(tzinfo=None) for d in t_days], dtype="datetime64[us]"
+    )
     last = first + recency.astype("timedelta64[D]")
     first_value = rng.gamma(6.0, 1 / nu).round(2)
     revenue = [Decimal(str(round(a + b * k, 2))) for a, b, k in zip(first_value, mean_value, x, strict=True)]
@@ -81,7 +83,10 @@ def run(n: int, workdir: Path) -> dict[str, float]:
     settings = Settings(prefix="rfm")
     started = time.perf_counter()
     outcome = score_customers(
-        lambda: read_local_rows(source, settings), LocalStore(workdir / f"out-{n}"), settings, say=lambda _: None
+        lambda: read_local_rows(source, settings),
+        LocalStore(workdir / f"out-{n}"),
+        settings,
+        say=lambda _: None,
     )
     return {"total": time.perf_counter() - started, **outcome.seconds, "buyers": float(outcome.commit.rows)}
 

@@ -127,7 +127,9 @@ def _score_and_report(console: Console, settings: Settings, output_dir: Path) ->
         console.print(f"[yellow]   not scored: {error}[/yellow]")
     else:
         copied = _copy_run(settings, outcome.commit, output_dir / "s3")
-        console.print(f"   run {outcome.commit.run_id}: {outcome.commit.rows:,} buyers scored, copied to {copied}")
+        console.print(
+            f"   run {outcome.commit.run_id}: {outcome.commit.rows:,} buyers scored, copied to {copied}"
+        )
     report = write_report(settings, output_dir / "report.html")
     console.print(f"8. report: [bold]{report.resolve()}[/bold]")
 
