@@ -11,9 +11,9 @@ PIP_NOISE := is ignored: it is neither a file nor a directory
 # here that is the point (the packages are those folders).
 EDITABLE_QUIET := PYTHONWARNINGS="ignore:Editable installation"
 
-.PHONY: setup java demo test lint format bench clean
+.PHONY: setup java browser demo test lint format bench clean
 
-setup: $(STAMP) java
+setup: $(STAMP) java browser
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,15 @@ $(STAMP): pyproject.toml
 # The KCL MultiLangDaemon is Java: a JRE 17+ is required. Installs Debian's headless JRE when run as root.
 java:
 	@bash scripts/ensure-java.sh
+
+# Headless Chromium renders `clickstream report` in its test. Installs Debian's chromium-headless-shell as root.
+browser:
+	@command -v chromium-headless-shell >/dev/null || command -v chromium >/dev/null || { \
+	  if [[ $$(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium-headless-shell (renders the HTML report in its test) ..." >&2; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium-headless-shell >/dev/null \
+	      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium-headless-shell >/dev/null; }; \
+	  else echo "headless Chromium is missing: sudo apt-get install chromium-headless-shell" >&2; exit 1; fi; }
 
 demo: setup
 	@$(BIN)/clickstream demo

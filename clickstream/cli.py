@@ -551,5 +551,11 @@ def demo(customers: int, events: int, seed: int, shards: int, output_dir: Path) 
     sys.exit(run_demo(customers=customers, events=events, seed=seed, shards=shards, output_dir=output_dir))
 
 
+# ---------------------------------------------------------------------------------------------- score, report
+from clickstream.clv_commands import report, score  # noqa: E402 - they use the helpers above
+
+main.add_command(score)
+main.add_command(report)
+
 if __name__ == "__main__":
     main()

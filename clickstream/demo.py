@@ -2,7 +2,8 @@
 
 1. start the emulator on a free loopback port;  2. create stream and bucket;  3. generate deterministic events to
 JSONL;  4. put them on the stream;  5. run the real KCL worker (Java MultiLangDaemon) until the stream is drained,
-flushed and checkpointed;  6. download the Parquet outputs and print the summary.
+flushed and checkpointed;  6. download the Parquet outputs and print the summary;  7. score customers (CLV, RFM
+segments) into clv/;  8. write the HTML report and print its path.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 from rich.console import Console
 
 from consumer.status import read_statuses
+from runtime.settings import Settings
+from scoring.run import ScoreCommit
 
 #: KCL timings that suit a single-machine emulator (production keeps the KCL defaults).
 FAST_KCL_ENV = {
@@ -105,7 +108,30 @@ def run_demo(customers: int, events: int, seed: int, shards: int, output_dir: Pa
 
         console.print(f"6. results: what is committed in S3 (copied to {output_dir / 's3'}/)")
         print_summary(settings, output_dir / "s3", console=console)
+        _score_and_report(console, settings, output_dir)
     return 0
+
+
+def _score_and_report(console: Console, settings: Settings, output_dir: Path) -> None:
+    """7. CLV, RFM scores and segments (when the clv extra is installed), then the HTML report; prints its path."""
+    from clickstream.html_report import write_report
+    from clickstream.score import run_score
+    from schemas.control import ControlRecordError
+    from scoring.clv import ModelLibraryMissing
+
+    console.print("7. scoring customers (BG/NBD + Gamma-Gamma, RFM segments) into clv/")
+    try:
+        outcome = run_score(settings, progress=False, say=lambda line: console.print(f"   {line}"))
+    except (ModelLibraryMissing, ControlRecordError, ValueError) as error:
+        # The model library is an extra; commit records of an older worker cannot be read as the current format.
+        console.print(f"[yellow]   not scored: {error}[/yellow]")
+    else:
+        copied = _copy_run(settings, outcome.commit, output_dir / "s3")
+        console.print(
+            f"   run {outcome.commit.run_id}: {outcome.commit.rows:,} buyers scored, copied to {copied}"
+        )
+    report = write_report(settings, output_dir / "report.html")
+    console.print(f"8. report: [bold]{report.resolve()}[/bold]")
 
 
 def _run_worker(console: Console, output_dir: Path, state_dir: Path, total: int) -> int:
@@ -130,3 +156,19 @@ def _run_worker(console: Console, output_dir: Path, state_dir: Path, total: int)
         f"{len(statuses)} shard processors, exit code {process.returncode}"
     )
     return process.returncode
+
+
+def _copy_run(settings: Settings, commit: ScoreCommit, destination: Path) -> Path:
+    """The committed run's files and commit records, into the local copy of the bucket (same keys)."""
+    from clickstream.score import LocalStore, S3Store
+    from runtime.aws import aws_client
+    from schemas.layout import OutputLayout
+
+    layout = OutputLayout(settings.prefix)
+    source, local = S3Store(aws_client("s3", settings), settings), LocalStore(destination)
+    day = commit.as_of.date()
+    for key in (*commit.files, commit.model_key, layout.clv_commit_key(day), layout.clv_latest_key):
+        body = source.get(key)
+        if body is not None:
+            local.put(key, body, "application/octet-stream")
+    return destination / layout.clv_run_prefix(day, commit.run_id)

@@ -25,6 +25,7 @@ from clickstream.outputs import (
 )
 from runtime.aws import aws_client
 from runtime.settings import Settings
+from schemas.control import CommitRecord
 
 #: Columns of the top-customers table (header, column): the BG/NBD and Gamma-Gamma inputs and what drives them.
 TOP_COLUMNS = (
@@ -91,6 +92,7 @@ def print_summary(
         "accepted includes duplicates (valid events seen before, applied once); redelivered records were "
         "skipped as already applied."
     )
+    print_freshness(outputs.commits, console)
 
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
@@ -157,6 +159,25 @@ def _print_customers(console: Console, con: duckdb.DuckDBPyConnection, current: 
         f"{customers:,} customers, {buyers:,} with at least one purchase, {customers - buyers:,} without (null "
         "frequency / recency / T / monetary_value)."
     )
+
+
+def print_freshness(commits: list[CommitRecord], console: Console) -> None:
+    """Freshness SLI: p50 / p99 of arrival-to-durable and of the newest event's age, over the commit records."""
+    from scoring.freshness import summarize_freshness
+
+    fresh = summarize_freshness(commits)
+    if fresh is None:
+        console.print("freshness: no committed flush yet")
+        return
+    table = _table("measure", "p50", "p99", "max")
+    table.add_row(
+        "arrival to durable",
+        f"{fresh.arrival_to_durable_p50:,.1f}",
+        f"{fresh.arrival_to_durable_p99:,.1f}",
+        f"{fresh.arrival_to_durable_max:,.1f}",
+    )
+    table.add_row("newest event age", _fmt(fresh.newest_event_age_p50), _fmt(fresh.newest_event_age_p99), "")
+    _print(console, f"Freshness (seconds, over {fresh.flushes:,} flushes)", table)
 
 
 def _fmt(value: object) -> str:

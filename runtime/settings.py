@@ -189,6 +189,23 @@ class Settings(BaseSettings):
         3600, ge=0, description="Events later than their Kinesis arrival time plus this are rejected."
     )
 
+    # --- CLV scoring (clickstream score) ----------------------------------------------------------------------
+    clv_horizon_months: int = Field(
+        12, ge=1, le=120, description="CLV horizon in months (clickstream score)."
+    )
+    clv_annual_discount_rate: float = Field(
+        0.10,
+        ge=0,
+        lt=1,
+        description="Annual discount rate of future purchases in CLV (applied monthly: (1 + rate) ** (1/12) - 1).",
+    )
+    clv_margin: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Share of revenue counted as value in CLV (1.0: revenue; your gross margin: profit).",
+    )
+
     @field_validator("prefix")
     @classmethod
     def _normalise_prefix(cls, value: str) -> str:

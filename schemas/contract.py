@@ -109,3 +109,32 @@ ERRORS_SCHEMA: Final = pa.schema(
         pa.field("raw_size_bytes", pa.int64(), nullable=False),
     ]
 )
+
+#: clv/ — one row per buyer per scoring run (``clickstream score``): model inputs on the run's common observation end,
+#: BG/NBD + Gamma-Gamma predictions, RFM scores and segment. The partition column ``as_of_yyyymmdd`` comes from the key.
+CLV_SCORES_SCHEMA: Final = pa.schema(
+    [
+        pa.field("customer_id", pa.string(), nullable=False),
+        pa.field("as_of", UTC_MICROS, nullable=False),
+        pa.field("frequency", pa.int64(), nullable=False),
+        pa.field("recency", pa.int64(), nullable=False),
+        pa.field("T", pa.int64(), nullable=False),
+        pa.field("monetary_value", pa.float64(), nullable=False),
+        pa.field("days_since_last_purchase", pa.int64(), nullable=False),
+        pa.field("purchase_days", pa.int64(), nullable=False),
+        pa.field("revenue", MONEY, nullable=False),
+        pa.field("probability_alive", pa.float64(), nullable=False),
+        pa.field("expected_purchases_30d", pa.float64(), nullable=False),
+        pa.field("expected_purchases_90d", pa.float64(), nullable=False),
+        pa.field("expected_purchases_365d", pa.float64(), nullable=False),
+        pa.field("expected_average_order_value", pa.float64(), nullable=False),
+        pa.field("clv", pa.float64(), nullable=False),
+        pa.field("r_score", pa.int32(), nullable=False),
+        pa.field("f_score", pa.int32(), nullable=False),
+        pa.field("m_score", pa.int32(), nullable=False),
+        pa.field("fm_score", pa.int32(), nullable=False),
+        pa.field("rfm_cell", pa.string(), nullable=False),
+        pa.field("segment", pa.string(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+    ]
+)

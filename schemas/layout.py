@@ -11,6 +11,10 @@
     <prefix>/_control/snapshots/<shard>/<position>/<table>.parquet         snapshot tables
     <prefix>/_control/manifests/<output>-<yyyymmdd|all>.manifest            COPY manifests of committed files
     <prefix>/replays/<name>/customer_aggregates/...                        backfills (never the live outputs)
+    <prefix>/clv/as_of_yyyymmdd=20261129/run=<run id>/part-00000.parquet   CLV scores and RFM segments of one run
+    <prefix>/clv/as_of_yyyymmdd=20261129/run=<run id>/_model.json          that run's model parameters, diagnostics
+    <prefix>/_control/clv/as_of_yyyymmdd=20261129.json                     the committed run of an as-of (written last)
+    <prefix>/_control/clv/latest.json                                      the committed run of the newest as-of
 
 ``<stem>`` is ``<shard>-<first position>-<last position>-<attempt>``: one flush attempt writes one file per output,
 in the partition of the day its first record arrived (``arrival_yyyymmdd``, an integer, so DuckDB, pyarrow, polars,
@@ -35,6 +39,8 @@ Output = Literal["events", "customer_aggregates", "errors"]
 PARTITION_COLUMN: Final = "arrival_yyyymmdd"
 #: The commit key of a shard's first flush (it continues from no position).
 CHAIN_START: Final = "start"
+#: The Hive partition column of clv/: the UTC day of the scoring run's observation end, as yyyymmdd.
+CLV_PARTITION_COLUMN: Final = "as_of_yyyymmdd"
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +115,38 @@ class OutputLayout:
             return None
         value = f"/{key}".split(marker, 1)[1].split("/", 1)[0]
         return int(value) if value.isdigit() else None
+
+    # ------------------------------------------------------------------ clv (clickstream score)
+    @property
+    def clv_prefix(self) -> str:
+        """``<prefix>/clv/``: one partition per as-of day, one folder per run inside it."""
+        return self._root("clv")
+
+    def clv_partition_prefix(self, as_of_day: date) -> str:
+        return f"{self.clv_prefix}{CLV_PARTITION_COLUMN}={as_of_day:%Y%m%d}/"
+
+    def clv_run_prefix(self, as_of_day: date, run_id: str) -> str:
+        """The folder of one scoring run; a run never writes outside it, so a retry cannot mix with another run."""
+        return f"{self.clv_partition_prefix(as_of_day)}run={run_id}/"
+
+    def clv_data_key(self, as_of_day: date, run_id: str, part: int) -> str:
+        return f"{self.clv_run_prefix(as_of_day, run_id)}part-{part:05d}.parquet"
+
+    def clv_model_key(self, as_of_day: date, run_id: str) -> str:
+        """Beside the data; the leading underscore keeps Spectrum, Athena and Hive from reading it as data."""
+        return f"{self.clv_run_prefix(as_of_day, run_id)}_model.json"
+
+    @property
+    def clv_commits_prefix(self) -> str:
+        return f"{self.control_prefix}clv/"
+
+    def clv_commit_key(self, as_of_day: date) -> str:
+        """The commit of an as-of: it names the one run whose files are the scores of that day."""
+        return f"{self.clv_commits_prefix}{CLV_PARTITION_COLUMN}={as_of_day:%Y%m%d}.json"
+
+    @property
+    def clv_latest_key(self) -> str:
+        return f"{self.clv_commits_prefix}latest.json"
 
     def snapshot_pointer_key(self, shard_id: str) -> str:
         return f"{self.control_prefix}snapshots/{shard_id}/latest.json"

@@ -418,6 +418,8 @@ ROLE_OF_MODULE = {
     "clickstream/outputs.py": "worker",
     "clickstream/manifest.py": "worker",
     "clickstream/report.py": "worker",
+    "clickstream/score.py": "worker",
+    "clickstream/html_report.py": "worker",
     "clickstream/resources.py": "setup",
     "producer/": "producer",
 }

@@ -55,6 +55,14 @@ OPAQUE_STATEMENTS: dict[str, tuple[str, re.Pattern[str]]] = {
             r"CREATE EXTERNAL DATABASE IF NOT EXISTS"
         ),
     ),
+    "redshift ml create model": (
+        "sqlglot has no grammar for Redshift ML's CREATE MODEL (checked further in tests/test_clv_redshift_sql.py)",
+        re.compile(
+            r"CREATE MODEL clickstream\.customer_value_90d\s+FROM \(.*\)\s+TARGET future_revenue\s+"
+            r"FUNCTION predict_revenue_90d\s+IAM_ROLE '\$\{REDSHIFT_IAM_ROLE_ARN\}'.*",
+            re.DOTALL,
+        ),
+    ),
 }
 
 #: The tables that mirror a Parquet output: (Arrow schema, Hive partition columns of the S3 layout).
@@ -202,6 +210,8 @@ def test_every_file_has_statements() -> None:
         "02_spectrum_external_tables.sql",
         "03_copy_tables.sql",
         "04_current_customers_view.sql",
+        "05_clv_scores.sql",
+        "06_clv_redshift_ml.sql",
     ]
     for path in SQL_FILES:
         assert split_statements(path.read_text()), path.name
@@ -225,7 +235,7 @@ def test_every_opaque_statement_entry_is_still_needed() -> None:
 
 def test_placeholders_are_the_documented_ones() -> None:
     used = {name for path in SQL_FILES for name in re.findall(r"\$\{(\w+)\}", path.read_text())}
-    assert used == {"REDSHIFT_IAM_ROLE_ARN", "BUCKET", "PREFIX", "LOAD_DAY"}
+    assert used == {"REDSHIFT_IAM_ROLE_ARN", "BUCKET", "PREFIX", "LOAD_DAY", "AS_OF_YYYYMMDD", "RUN_ID"}
 
 
 # ------------------------------------------------------------------------------------------------- contract
@@ -261,10 +271,13 @@ def test_copy_tables_are_not_null_where_the_contract_is() -> None:
 
 def test_copy_loads_parquet_into_the_contract_tables() -> None:
     copies = [e for _, e in parsed_statements() if isinstance(e, exp.Copy)]
-    assert len(copies) == 2
+    assert len(copies) == 3
     for copy in copies:
         text = copy.sql("redshift")
         assert "FORMAT PARQUET" in text and "IAM_ROLE '${REDSHIFT_IAM_ROLE_ARN}'" in text
+        if "/clv/" in text:  # a committed scoring run's folder (05_clv_scores.sql)
+            assert re.search(r"FROM 's3://\$\{BUCKET\}/\$\{PREFIX\}/clv/", text)
+            continue
         # Strict loads: the manifest of committed files that `clickstream manifest --upload` writes.
         match = re.search(r"FROM 's3://\$\{BUCKET\}/\$\{PREFIX\}/(\S+)-\$\{LOAD_DAY\}\.manifest'", text)
         assert match and text.rstrip().endswith("MANIFEST"), text

@@ -1,0 +1,106 @@
+"""The ``score`` and ``report`` commands (registered on the ``clickstream`` group in clickstream/cli.py)."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from clickstream.cli import build_settings, setting_option
+
+
+def _parse_as_of(_: click.Context, __: click.Parameter, value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        if len(value) == 10:
+            return datetime.combine(date.fromisoformat(value), datetime.min.time(), tzinfo=UTC)
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter("use YYYY-MM-DD (a UTC day) or an ISO time with offset") from None
+    if parsed.tzinfo is None:
+        raise click.BadParameter("give the time zone, e.g. 2026-04-30T12:00:00Z")
+    return parsed
+
+
+@click.command()
+@click.option(
+    "--as-of",
+    callback=_parse_as_of,
+    metavar="TIME",
+    help="Observation end for every customer: YYYY-MM-DD (UTC day) or ISO time. Default: latest event seen.",
+)
+@click.option(
+    "--input",
+    "input_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Read customer_aggregates Parquet from this folder instead of S3 (e.g. a `summary --download` copy).",
+)
+@click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write clv/ and its commit records into this folder (same key layout) instead of S3.",
+)
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress on stderr.")
+@setting_option("bucket", "--bucket")
+@setting_option("prefix", "--prefix")
+@setting_option("clv_horizon_months", "--horizon-months", type=int)
+@setting_option("clv_annual_discount_rate", "--discount-rate", type=float)
+@setting_option("clv_margin", "--margin", type=float)
+def score(
+    as_of: datetime | None, input_dir: Path | None, output_dir: Path | None, progress: bool, **overrides: Any
+) -> None:
+    """CLV (BG/NBD + Gamma-Gamma), RFM scores and segments of every buyer, committed to <prefix>/clv/.
+
+    Reads each customer's current customer_aggregates row (the files the worker committed), puts every customer on
+    one observation end, fits the models with pymc-marketing (the `clv` extra) and writes one run per as-of day:
+    Parquet parts and _model.json, then the commit record _control/clv/as_of_yyyymmdd=<day>.json. Re-running with
+    the same inputs and as-of changes nothing.
+    """
+    from clickstream.score import run_score
+    from scoring.clv import ModelLibraryMissing, NotEnoughData
+    from scoring.inputs import InputError
+
+    settings = build_settings(**overrides)
+    try:
+        outcome = run_score(
+            settings, input_dir=input_dir, output_dir=output_dir, as_of=as_of, progress=progress
+        )
+    except ModelLibraryMissing as error:
+        raise click.ClickException(str(error)) from None
+    except (InputError, NotEnoughData, ValueError) as error:
+        raise click.ClickException(str(error)) from None
+    commit = outcome.commit
+    state = "already committed" if outcome.already_committed else "committed"
+    click.echo(
+        f"scored {commit.rows:,} buyers as of {commit.as_of.isoformat()}: run {commit.run_id} {state} "
+        f"({len(commit.files)} files, {commit.bytes_written:,} bytes)",
+        err=True,
+    )
+
+
+@click.command()
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("demo-output/report.html"),
+    show_default=True,
+    help="The HTML file to write (self-contained: opens offline).",
+)
+@click.option("--top", default=20, show_default=True, type=click.IntRange(1), help="Top customers to list.")
+@click.option(
+    "--clv-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Read clv/ from this folder (a `score --output-dir`) instead of S3.",
+)
+@setting_option("bucket", "--bucket")
+@setting_option("prefix", "--prefix")
+def report(output: Path, top: int, clv_dir: Path | None, **overrides: Any) -> None:
+    """One self-contained HTML report: segments, RFM heat map, CLV, top customers, records, freshness, files."""
+    from clickstream.html_report import write_report
+
+    path = write_report(build_settings(**overrides), output, top=top, clv_dir=clv_dir)
+    click.echo(str(path.resolve()))

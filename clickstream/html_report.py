@@ -1,0 +1,597 @@
+"""``clickstream report``: one self-contained HTML file a person would rather look at than read.
+
+Everything is inside the file (plots as base64 PNG drawn by matplotlib, CSS inline, no fonts or scripts from a
+CDN), so it opens offline and can be mailed or attached to a ticket. Sections: the scoring run, segment sizes and
+value, the recency x frequency heat map, the CLV distribution, top customers, records in / accepted / rejected (by
+reason) over time, freshness over time, files and bytes written.
+
+Sources: the worker's commit records (``read_commit_records``), the rejected records they name (``errors/``), and
+the latest committed ``clickstream score`` run (``_control/clv/latest.json``).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Final
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from runtime.settings import Settings
+from schemas.control import CommitRecord, ControlRecordError
+from schemas.layout import OutputLayout
+from scoring.freshness import FreshnessSummary, freshness_points, summarize_freshness
+from scoring.rfm import SEGMENT_DESCRIPTIONS, SEGMENTS
+from scoring.run import ScoreCommit
+
+#: The plots every complete report has, in page order (ids of their <figure> elements).
+PLOT_IDS: Final = (
+    "plot-segments",
+    "plot-rf-heatmap",
+    "plot-clv-distribution",
+    "plot-records",
+    "plot-rejects",
+    "plot-freshness",
+    "plot-files-bytes",
+)
+_COLORS: Final = {
+    "in": "#4c72b0",
+    "accepted": "#55a868",
+    "rejected": "#c44e52",
+    "p50": "#4c72b0",
+    "p99": "#dd8452",
+}
+
+
+@dataclass(slots=True)
+class ReportInputs:
+    """What a report shows; every part may be missing (the report then says why instead of plotting)."""
+
+    source: str
+    generated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    commits: list[CommitRecord] = field(default_factory=list)
+    commits_problem: str | None = None
+    errors: pa.Table | None = None  # error_code, approximate_arrival_at
+    scores: pa.Table | None = None  # CLV_SCORES_SCHEMA
+    score_commit: ScoreCommit | None = None
+    model: dict[str, Any] | None = None
+    top: int = 20
+
+
+# ------------------------------------------------------------------------------------------------------- loading
+def load_inputs(settings: Settings, s3: Any, *, top: int = 20, clv_dir: Path | None = None) -> ReportInputs:
+    """Read commit records, the rejected records they name and the latest committed scoring run."""
+    from clickstream.score import (
+        LocalStore,
+        ObjectStore,
+        S3Store,
+        read_commit,
+        read_model_report,
+        read_scores,
+    )
+    from consumer.s3_sink import read_commit_records
+
+    layout = OutputLayout(settings.prefix)
+    inputs = ReportInputs(source=f"s3://{settings.bucket}/{settings.prefix}", top=top)
+    try:
+        inputs.commits = read_commit_records(s3, settings.bucket, layout)
+    except ControlRecordError as error:
+        inputs.commits_problem = f"the commit records could not be read as the current format ({error})"
+    error_keys = sorted({key for record in inputs.commits for key in record.files.get("errors", [])})
+
+    def read_errors(key: str) -> pa.Table:
+        body = s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read()
+        return pq.read_table(io.BytesIO(body), columns=["error_code", "approximate_arrival_at"])
+
+    if error_keys:
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            inputs.errors = pa.concat_tables(list(pool.map(read_errors, error_keys)))
+    store: ObjectStore = LocalStore(clv_dir) if clv_dir is not None else S3Store(s3, settings)
+    commit = read_commit(store, layout)
+    if commit is not None:
+        inputs.score_commit = commit
+        inputs.scores = read_scores(store, commit)
+        inputs.model = read_model_report(store, commit)
+    return inputs
+
+
+def write_report(settings: Settings, output: Path, *, top: int = 20, clv_dir: Path | None = None) -> Path:
+    from runtime.aws import aws_client
+
+    inputs = load_inputs(settings, aws_client("s3", settings), top=top, clv_dir=clv_dir)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(render_report(inputs), encoding="utf-8")
+    return output
+
+
+# ------------------------------------------------------------------------------------------------------- plotting
+def _figure(width: float = 9.0, height: float = 3.6) -> Any:
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    return figure
+
+
+def _png(figure: Any) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _plot(plot_id: str, figure: Any, caption: str) -> str:
+    alt = html.escape(caption)
+    return (
+        f'<figure class="plot" id="{plot_id}"><img src="data:image/png;base64,{_png(figure)}" alt="{alt}">'
+        f"<figcaption>{alt}</figcaption></figure>"
+    )
+
+
+def _missing(plot_id: str, why: str) -> str:
+    return f'<p class="missing" id="{plot_id}-missing">{html.escape(why)}</p>'
+
+
+def _bucket(span: timedelta) -> tuple[timedelta, str]:
+    """A time bucket that gives tens of bars over ``span``."""
+    for size, label in (
+        (timedelta(seconds=10), "10 seconds"),
+        (timedelta(minutes=1), "minute"),
+        (timedelta(minutes=10), "10 minutes"),
+        (timedelta(hours=1), "hour"),
+        (timedelta(days=1), "day"),
+    ):
+        if span <= size * 60:
+            return size, label
+    return timedelta(days=7), "week"
+
+
+def _floor(moment: datetime, size: timedelta) -> datetime:
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    return epoch + size * ((moment - epoch) // size)
+
+
+def plot_segments(scores: pa.Table) -> str:
+    con = duckdb.connect()
+    con.register("scores", scores)
+    rows = {
+        name: (count, value)
+        for name, count, value in con.sql(
+            "SELECT segment, count(*), sum(clv) FROM scores GROUP BY ALL"
+        ).fetchall()
+    }
+    names = [name for name in SEGMENTS if name in rows]
+    counts = [rows[name][0] for name in names]
+    values = [rows[name][1] for name in names]
+    figure = _figure(10, 4.2)
+    left, right = figure.subplots(1, 2, sharey=True)
+    y = np.arange(len(names))
+    left.barh(y, counts, color="#4c72b0")
+    left.set_yticks(y, names)
+    left.invert_yaxis()
+    left.set_xlabel("customers")
+    left.set_title("Customers per segment")
+    right.barh(y, values, color="#55a868")
+    right.set_xlabel("CLV (sum)")
+    right.set_title("Value per segment")
+    for axis, data in ((left, counts), (right, values)):
+        for position, number in zip(y, data, strict=True):
+            axis.annotate(
+                f"{number:,.0f}",
+                (number, position),
+                xytext=(3, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize=8,
+            )
+        axis.margins(x=0.18)
+    return _plot("plot-segments", figure, "Segment sizes (customers) and value (sum of CLV over the horizon)")
+
+
+def plot_rf_heatmap(scores: pa.Table) -> str:
+    r = np.asarray(scores.column("r_score").to_numpy(), dtype=int)
+    f = np.asarray(scores.column("f_score").to_numpy(), dtype=int)
+    grid = np.zeros((5, 5), dtype=int)
+    np.add.at(grid, (5 - r, f - 1), 1)  # rows: R 5 at the top
+    figure = _figure(6.2, 4.6)
+    axis = figure.subplots()
+    image = axis.imshow(grid, cmap="YlGnBu")
+    axis.set_xticks(range(5), [str(v) for v in range(1, 6)])
+    axis.set_yticks(range(5), [str(v) for v in range(5, 0, -1)])
+    axis.set_xlabel("F score (purchase days)")
+    axis.set_ylabel("R score (recency)")
+    threshold = grid.max() / 2 if grid.max() else 1
+    for row in range(5):
+        for column in range(5):
+            color = "white" if grid[row, column] > threshold else "black"
+            axis.text(
+                column, row, f"{grid[row, column]:,}", ha="center", va="center", color=color, fontsize=9
+            )
+    figure.colorbar(image, ax=axis, label="customers")
+    return _plot("plot-rf-heatmap", figure, "Recency x frequency: customers in each R and F score cell")
+
+
+def plot_clv_distribution(scores: pa.Table) -> str:
+    clv = np.asarray(scores.column("clv").to_numpy(), dtype=float)
+    figure = _figure(9, 3.6)
+    axis = figure.subplots()
+    positive = clv[clv > 0]
+    if positive.size and positive.max() / max(np.percentile(positive, 5), 1e-9) > 100:
+        bins = np.geomspace(max(positive.min(), 1e-2), positive.max(), 50)
+        axis.set_xscale("log")
+        axis.hist(positive, bins=bins, color="#4c72b0")
+    else:
+        axis.hist(clv, bins=50, color="#4c72b0")
+    for q, style in ((50, "--"), (90, ":")):
+        value = float(np.percentile(clv, q))
+        axis.axvline(value, color="#c44e52", linestyle=style, label=f"p{q} {value:,.2f}")
+    axis.set_xlabel("CLV over the horizon")
+    axis.set_ylabel("customers")
+    axis.legend()
+    return _plot("plot-clv-distribution", figure, "Distribution of customer lifetime value (CLV)")
+
+
+def plot_records(commits: Sequence[CommitRecord]) -> str:
+    times = [record.committed_at for record in commits]
+    size, label = _bucket(max(times) - min(times))
+    sums: dict[datetime, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for record in commits:
+        bucket = sums[_floor(record.committed_at, size)]
+        bucket[0] += record.records_in
+        bucket[1] += record.accepted
+        bucket[2] += record.rejected
+    keys = sorted(sums)
+    figure = _figure()
+    axis = figure.subplots()
+    width = size * 0.28
+    for offset, (name, index) in zip((-1, 0, 1), (("in", 0), ("accepted", 1), ("rejected", 2)), strict=True):
+        axis.bar(
+            [key + width * offset for key in keys],
+            [sums[key][index] for key in keys],
+            width=width,
+            label=f"records {name}",
+            color=_COLORS[name],
+        )
+    axis.set_ylabel(f"records per {label}")
+    axis.set_xlabel("commit time (UTC)")
+    axis.legend()
+    figure.autofmt_xdate()
+    return _plot("plot-records", figure, f"Records in, accepted and rejected per {label} (commit records)")
+
+
+def plot_rejects(errors: pa.Table) -> str:
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.register("errors", errors)
+    first, last = con.sql(
+        "SELECT min(approximate_arrival_at), max(approximate_arrival_at) FROM errors"
+    ).fetchall()[0]
+    size, label = _bucket(last - first)
+    rows = con.sql(
+        f"SELECT time_bucket(INTERVAL '{int(size.total_seconds())} seconds', approximate_arrival_at) AS t, "
+        "error_code, count(*) FROM errors GROUP BY ALL ORDER BY 1, 2"
+    ).fetchall()
+    codes = sorted({code for _, code, _ in rows})
+    keys = sorted({moment for moment, _, _ in rows})
+    counts = {(moment, code): n for moment, code, n in rows}
+    figure = _figure()
+    axis = figure.subplots()
+    bottom = np.zeros(len(keys))
+    colors = [_tab_color(i) for i in range(len(codes))]
+    for code, color in zip(codes, colors, strict=True):
+        values = np.array([counts.get((key, code), 0) for key in keys])
+        axis.bar(keys, values, bottom=bottom, width=size * 0.8, label=code, color=color)
+        bottom += values
+    axis.set_ylabel(f"rejected records per {label}")
+    axis.set_xlabel("Kinesis arrival time (UTC)")
+    axis.legend(fontsize=8, ncols=2)
+    figure.autofmt_xdate()
+    return _plot("plot-rejects", figure, f"Rejected records by reason per {label} (errors/)")
+
+
+def _tab_color(index: int) -> str:
+    palette = (
+        "#4c72b0",
+        "#dd8452",
+        "#55a868",
+        "#c44e52",
+        "#8172b3",
+        "#937860",
+        "#da8bc3",
+        "#8c8c8c",
+        "#ccb974",
+        "#64b5cd",
+        "#1f77b4",
+        "#ff7f0e",
+    )
+    return palette[index % len(palette)]
+
+
+def plot_freshness(commits: Sequence[CommitRecord]) -> str:
+    points = freshness_points(commits)
+    figure = _figure()
+    left, right = figure.subplots(1, 2)
+    times = [point.committed_at for point in points]
+    left.plot(
+        times, [p.arrival_to_durable_p50 for p in points], "o-", ms=3, label="p50", color=_COLORS["p50"]
+    )
+    left.plot(
+        times, [p.arrival_to_durable_p99 for p in points], "o-", ms=3, label="p99", color=_COLORS["p99"]
+    )
+    left.set_ylabel("seconds")
+    left.set_title("Arrival to durable, per flush")
+    left.legend()
+    aged = [(p.committed_at, p.newest_event_age) for p in points if p.newest_event_age is not None]
+    right.plot([t for t, _ in aged], [age for _, age in aged], "o-", ms=3, color="#8172b3")
+    right.set_ylabel("seconds")
+    right.set_title("Age of the newest durable event, per flush")
+    for axis in (left, right):
+        axis.set_xlabel("commit time (UTC)")
+        axis.tick_params(axis="x", labelrotation=30)
+    return _plot(
+        "plot-freshness", figure, "Freshness: seconds from Kinesis arrival to durable, newest event age"
+    )
+
+
+def plot_files_bytes(commits: Sequence[CommitRecord]) -> str:
+    ordered = sorted(commits, key=lambda record: record.committed_at)
+    outputs = sorted({output for record in ordered for output in record.files})
+    times = [record.committed_at for record in ordered]
+    figure = _figure()
+    left, right = figure.subplots(1, 2)
+    for index, output in enumerate(outputs):
+        files = np.cumsum([len(record.files.get(output, [])) for record in ordered])
+        left.step(times, files, where="post", label=output, color=_tab_color(index))
+    left.set_ylabel("files (cumulative)")
+    left.legend(fontsize=8)
+    right.step(
+        times, np.cumsum([record.bytes_written for record in ordered]) / 1e6, where="post", color="#4c72b0"
+    )
+    right.set_ylabel("MB written (cumulative)")
+    for axis in (left, right):
+        axis.set_xlabel("commit time (UTC)")
+        axis.tick_params(axis="x", labelrotation=30)
+    return _plot("plot-files-bytes", figure, "Files and bytes written (commit records)")
+
+
+# ------------------------------------------------------------------------------------------------------- page
+def _number(value: float | int | None, digits: int = 0) -> str:
+    if value is None:
+        return "–"
+    return f"{value:,.{digits}f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], table_id: str) -> str:
+    head = "".join(f"<th>{html.escape(cell)}</th>" for cell in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows
+    )
+    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _cards(items: Sequence[tuple[str, str]]) -> str:
+    cells = "".join(
+        f'<div class="card"><div class="value">{html.escape(v)}</div><div class="label">{html.escape(k)}</div></div>'
+        for k, v in items
+    )
+    return f'<div class="cards">{cells}</div>'
+
+
+def _scoring_section(inputs: ReportInputs) -> str:
+    scores, commit, model = inputs.scores, inputs.score_commit, inputs.model
+    if scores is None or commit is None or scores.num_rows == 0:
+        why = "No committed scoring run yet: run `clickstream score`."
+        return (
+            "<section><h2>Customer value</h2>"
+            + "".join(_missing(plot_id, why) for plot_id in PLOT_IDS[:3])
+            + "</section>"
+        )
+    clv = np.asarray(scores.column("clv").to_numpy(), dtype=float)
+    alive = np.asarray(scores.column("probability_alive").to_numpy(), dtype=float)
+    valuation = (model or {}).get("valuation", {})
+    cards = _cards(
+        [
+            ("buyers scored", _number(scores.num_rows)),
+            ("total CLV", _number(float(clv.sum()), 2)),
+            ("median CLV", _number(float(np.median(clv)), 2)),
+            ("mean P(alive)", f"{alive.mean():.1%}"),
+            (
+                "expected purchase days, next 90 days",
+                _number(float(np.asarray(scores.column("expected_purchases_90d").to_numpy()).sum()), 0),
+            ),
+        ]
+    )
+    library = (model or {}).get("library", {})
+    bg = (model or {}).get("bg_nbd", {})
+    gg = (model or {}).get("gamma_gamma", {})
+    params = ", ".join(
+        f"{k} = {v:.3f}" for k, v in {**bg.get("parameters", {}), **gg.get("parameters", {})}.items()
+    )
+    about = (
+        f"<p>Run <code>{html.escape(commit.run_id)}</code>, observation end {commit.as_of.isoformat()}, "
+        f"{_number(commit.inputs.get('customers'))} customers of which {_number(commit.rows)} buyers; "
+        f"{html.escape(str(library.get('name')))} {html.escape(str(library.get('version')))} "
+        f"({html.escape(str(library.get('method')))}). CLV over {valuation.get('horizon_months', '?')} months, "
+        f"annual discount rate {valuation.get('annual_discount_rate', '?')}, margin {valuation.get('margin', '?')}. "
+        f"Parameters: {html.escape(params)}. In-sample expected / observed repeat purchase days: "
+        f"{_number(bg.get('expected_repeat_purchases_in_sample'))} / {_number(bg.get('observed_repeat_purchases'))}."
+        "</p>"
+    )
+    legend = _table(
+        ["segment", "customers", "meaning"],
+        [
+            [name, _number(commit.segments.get(name, 0)), SEGMENT_DESCRIPTIONS[name]]
+            for name in SEGMENTS
+            if commit.segments.get(name)
+        ],
+        "segment-legend",
+    )
+    order = np.argsort(-clv, kind="stable")[: inputs.top]
+    top = scores.take(pa.array(order))
+    columns = (
+        "customer_id",
+        "segment",
+        "rfm_cell",
+        "probability_alive",
+        "expected_purchases_90d",
+        "expected_average_order_value",
+        "clv",
+        "revenue",
+    )
+    rows = []
+    for row in top.select(list(columns)).to_pylist():
+        rows.append(
+            [
+                str(row["customer_id"]),
+                str(row["segment"]),
+                str(row["rfm_cell"]),
+                f"{row['probability_alive']:.1%}",
+                f"{row['expected_purchases_90d']:.2f}",
+                f"{row['expected_average_order_value']:,.2f}",
+                f"{row['clv']:,.2f}",
+                f"{row['revenue']:,.2f}",
+            ]
+        )
+    top_table = _table(
+        [
+            "customer",
+            "segment",
+            "R F M",
+            "P(alive)",
+            "purchase days, next 90 d",
+            "avg order value",
+            "CLV",
+            "revenue so far",
+        ],
+        rows,
+        "top-customers",
+    )
+    return (
+        "<section><h2>Customer value</h2>"
+        + cards
+        + about
+        + plot_segments(scores)
+        + legend
+        + '<div class="row">'
+        + plot_rf_heatmap(scores)
+        + "</div>"
+        + plot_clv_distribution(scores)
+        + f"<h3>Top {inputs.top} customers by CLV</h3>"
+        + top_table
+        + "</section>"
+    )
+
+
+def _pipeline_section(inputs: ReportInputs) -> str:
+    commits = inputs.commits
+    if not commits:
+        why = inputs.commits_problem or "No committed flushes yet."
+        return "<section><h2>Pipeline</h2>" + "".join(_missing(p, why) for p in PLOT_IDS[3:]) + "</section>"
+    totals = {
+        key: sum(getattr(record, key) for record in commits)
+        for key in ("records_in", "accepted", "duplicates", "rejected", "bytes_written")
+    }
+    files = sum(record.file_count for record in commits)
+    fresh: FreshnessSummary | None = summarize_freshness(commits)
+    cards = _cards(
+        [
+            ("records in", _number(totals["records_in"])),
+            ("accepted", _number(totals["accepted"])),
+            ("rejected", _number(totals["rejected"])),
+            ("flushes", _number(len(commits))),
+            ("files written", _number(files)),
+            ("MB written", _number(totals["bytes_written"] / 1e6, 1)),
+            (
+                "arrival to durable p50 / p99 (s)",
+                f"{fresh.arrival_to_durable_p50:.1f} / {fresh.arrival_to_durable_p99:.1f}" if fresh else "–",
+            ),
+            (
+                "newest event age p50 / p99 (s)",
+                f"{_number(fresh.newest_event_age_p50, 1)} / {_number(fresh.newest_event_age_p99, 1)}"
+                if fresh
+                else "–",
+            ),
+        ]
+    )
+    parts = [cards, plot_records(commits)]
+    if inputs.errors is not None and inputs.errors.num_rows:
+        parts.append(plot_rejects(inputs.errors))
+    else:
+        parts.append(_missing("plot-rejects", "No rejected records."))
+    if fresh is not None:
+        parts.append(plot_freshness(commits))
+    else:
+        parts.append(
+            _missing("plot-freshness", "The commit records carry no freshness fields (older worker).")
+        )
+    parts.append(plot_files_bytes(commits))
+    return "<section><h2>Pipeline</h2>" + "".join(parts) + "</section>"
+
+
+_CSS: Final = """
+body { font-family: system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif; margin: 2rem auto; max-width: 1100px;
+       color: #222; padding: 0 1rem; }
+h1 { margin-bottom: 0.2rem; } .sub { color: #666; margin-top: 0; }
+section { margin: 2rem 0; } figure.plot { margin: 1rem 0; } figure.plot img { max-width: 100%; }
+figcaption { color: #555; font-size: 0.9rem; }
+.cards { display: flex; flex-wrap: wrap; gap: 0.8rem; margin: 1rem 0; }
+.card { border: 1px solid #ddd; border-radius: 6px; padding: 0.6rem 0.9rem; min-width: 9rem; }
+.card .value { font-size: 1.3rem; font-weight: 600; } .card .label { color: #666; font-size: 0.8rem; }
+table { border-collapse: collapse; font-size: 0.85rem; margin: 0.5rem 0; }
+th, td { border-bottom: 1px solid #e5e5e5; padding: 0.3rem 0.6rem; text-align: left; }
+.missing { color: #a15c00; background: #fff6e5; padding: 0.5rem 0.8rem; border-radius: 4px; }
+"""
+#: Marks each plot that the browser decoded (lets a headless browser check that every plot drew).
+_CHECK_SCRIPT: Final = """
+window.addEventListener('load', function () {
+  var images = document.querySelectorAll('figure.plot img');
+  var drawn = 0;
+  images.forEach(function (img) {
+    var ok = img.complete && img.naturalWidth > 0;
+    img.parentElement.setAttribute('data-drawn', ok ? 'yes' : 'no');
+    if (ok) { drawn += 1; }
+  });
+  document.body.setAttribute('data-plots', String(images.length));
+  document.body.setAttribute('data-plots-drawn', String(drawn));
+});
+"""
+
+
+def render_report(inputs: ReportInputs) -> str:
+    """The whole page as one string (no external resources)."""
+    title = "clickstream-rfm report"
+    facts = json.dumps(_facts(inputs)).replace("</", "<\\/")  # JSON inside <script>: never close the tag
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{title}</title><style>{_CSS}</style></head><body>"
+        f"<h1>{title}</h1><p class='sub'>{html.escape(inputs.source)} · generated "
+        f"{inputs.generated_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC</p>"
+        + _scoring_section(inputs)
+        + _pipeline_section(inputs)
+        + f"<script>{_CHECK_SCRIPT}</script>"
+        + f'<script type="application/json" id="report-data">{facts}</script>'
+        + "</body></html>"
+    )
+
+
+def _facts(inputs: ReportInputs) -> dict[str, Any]:
+    """The headline numbers in machine-readable form (tests and scripts read them back)."""
+    return {
+        "source": inputs.source,
+        "flushes": len(inputs.commits),
+        "records_in": sum(record.records_in for record in inputs.commits),
+        "rejected": sum(record.rejected for record in inputs.commits),
+        "run_id": inputs.score_commit.run_id if inputs.score_commit else None,
+        "scored": inputs.scores.num_rows if inputs.scores is not None else 0,
+        "segments": inputs.score_commit.segments if inputs.score_commit else {},
+    }

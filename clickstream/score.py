@@ -1,0 +1,378 @@
+"""``clickstream score``: CLV, RFM scores and segments for every buyer, committed to ``<prefix>/clv/`` like a flush.
+
+The run, step by step (each only after the previous one succeeded; ``score_customers`` below):
+
+1. **Read**: the current row of every customer. From S3, the ``customer_aggregates/`` files named by the worker's
+   commit records (``read_commit_records``: files of flushes that never committed are not data); from a local
+   folder, every Parquet file in it. Each customer's highest ``version`` wins.
+2. **Name**: the observation end (``--as-of``, default the latest event time seen) and the run id, a hash of
+   the as-of, a fingerprint of the input rows, the valuation settings and the model library version.
+3. **Already done?** If ``_control/clv/as_of_yyyymmdd=<day>.json`` names this run id, the run is committed: only
+   steps 8 and 9 are repeated (they may not have happened) and nothing is refitted. Same inputs, same as-of: same
+   result, no second copy.
+4. **Fit and predict**: BG/NBD and Gamma-Gamma (``scoring.clv``), RFM scores and segments (``scoring.rfm``).
+5. **Data**: PUT the Parquet parts under ``clv/as_of_yyyymmdd=<day>/run=<run id>/``.
+6. **Model**: PUT ``_model.json`` (parameters, diagnostics) beside them.
+7. **Commit**: PUT ``_control/clv/as_of_yyyymmdd=<day>.json`` naming every file of the run. The run is now the
+   scores of that day; before this, readers that go through the commit record see the previous run or nothing.
+8. **Latest**: PUT ``_control/clv/latest.json`` (a copy of the commit) when this as-of is the newest committed.
+9. **Tidy**: delete files of other runs in the day's partition (a superseded run, or one that died before 7), so
+   a reader that globs the partition folder sees one run too.
+
+A crash anywhere leaves the previous commit valid; re-running finishes the job.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from runtime.settings import Settings
+from schemas.layout import OutputLayout
+from scoring.clv import ClvConfig, fit_and_predict, library_version, require_model_library
+from scoring.inputs import ModelInputs, model_inputs
+from scoring.run import ScoreCommit, rfm_of, run_id_for, score_table
+
+#: Rows per Parquet part: parts of ~20-40 MB at a million customers, read in parallel by Spectrum and DuckDB.
+ROWS_PER_PART: Final = 250_000
+
+Say = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------------- object stores
+class ObjectStore(Protocol):
+    """Where a run is written: an S3 bucket, or a local folder with the same key layout."""
+
+    def put(self, key: str, body: bytes, content_type: str) -> None: ...
+    def get(self, key: str) -> bytes | None: ...
+    def keys(self, prefix: str) -> list[str]: ...
+    def delete(self, key: str) -> None: ...
+    def url(self, key: str) -> str: ...
+
+
+class S3Store:
+    """S3 with the bucket's server-side encryption settings on every PUT."""
+
+    def __init__(self, s3: Any, settings: Settings) -> None:
+        self.s3 = s3
+        self.bucket = settings.bucket
+        self._encryption: dict[str, str] = {"ServerSideEncryption": settings.sse}
+        if settings.sse == "aws:kms" and settings.sse_kms_key_id:
+            self._encryption["SSEKMSKeyId"] = settings.sse_kms_key_id
+
+    def put(self, key: str, body: bytes, content_type: str) -> None:
+        self.s3.put_object(
+            Bucket=self.bucket, Key=key, Body=body, ContentType=content_type, **self._encryption
+        )
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            body: bytes = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except self.s3.exceptions.NoSuchKey:
+            return None
+        return body
+
+    def keys(self, prefix: str) -> list[str]:
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+
+    def delete(self, key: str) -> None:
+        self.s3.delete_object(Bucket=self.bucket, Key=key)
+
+    def url(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+
+class LocalStore:
+    """A folder laid out like the bucket (``<root>/<key>``); a PUT is atomic (write, then rename)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def put(self, key: str, body: bytes, content_type: str) -> None:
+        target = self.root / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.partial")
+        partial.write_bytes(body)
+        partial.replace(target)
+
+    def get(self, key: str) -> bytes | None:
+        path = self.root / key
+        return path.read_bytes() if path.is_file() else None
+
+    def keys(self, prefix: str) -> list[str]:
+        base = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
+        if not base.is_dir():
+            return []
+        found = (p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file())
+        return sorted(key for key in found if key.startswith(prefix) and not key.endswith(".partial"))
+
+    def delete(self, key: str) -> None:
+        (self.root / key).unlink(missing_ok=True)
+
+    def url(self, key: str) -> str:
+        return str(self.root / key)
+
+
+# --------------------------------------------------------------------------------------------------- reading inputs
+@dataclass(frozen=True, slots=True)
+class CurrentRows:
+    """Each customer's current customer_aggregates row, where it came from and a fingerprint of its content."""
+
+    table: pa.Table
+    source: str
+    files: int
+    bytes: int
+    fingerprint: str
+
+
+_CURRENT_ROWS: Final = """
+SELECT * EXCLUDE (rank_) FROM (
+    SELECT *, row_number() OVER (PARTITION BY customer_id ORDER BY version DESC, as_of DESC) AS rank_
+    FROM read_parquet({files}, hive_partitioning = false, union_by_name = true))
+WHERE rank_ = 1
+"""
+#: Order-independent: the same rows give the same fingerprint whatever files they came in.
+_FINGERPRINT: Final = "SELECT count(*), bit_xor(hash(customer_id, version, as_of)) FROM current_rows"
+
+
+def _current_rows(paths: list[str], source: str, total_bytes: int) -> CurrentRows:
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    if not paths:
+        raise ValueError(f"no customer_aggregates files in {source}")
+    table = con.sql(_CURRENT_ROWS.format(files=json.dumps(paths))).to_arrow_table()
+    con.register("current_rows", table)
+    count, digest = con.sql(_FINGERPRINT).fetchall()[0]
+    return CurrentRows(table, source, len(paths), total_bytes, f"{count}:{digest}")
+
+
+def read_local_rows(folder: Path, settings: Settings) -> CurrentRows:
+    """Every customer_aggregates Parquet file under ``folder`` (or under its ``<prefix>/customer_aggregates/``)."""
+    nested = folder / OutputLayout(settings.prefix).output_prefix("customer_aggregates")
+    root = nested if nested.is_dir() else folder
+    paths = sorted(str(path) for path in root.rglob("*.parquet"))
+    return _current_rows(paths, str(root), sum(Path(path).stat().st_size for path in paths))
+
+
+def read_committed_rows(s3: Any, settings: Settings, workdir: Path, *, progress: bool = True) -> CurrentRows:
+    """The customer_aggregates files the worker's commit records name, downloaded in parallel into ``workdir``."""
+    from consumer.s3_sink import read_commit_records
+
+    records = read_commit_records(s3, settings.bucket, OutputLayout(settings.prefix))
+    keys = sorted({key for record in records for key in record.files.get("customer_aggregates", [])})
+
+    def download(key: str) -> tuple[str, int]:
+        target = workdir / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        body = s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read()
+        target.write_bytes(body)
+        return str(target), len(body)
+
+    with (
+        ThreadPoolExecutor(max_workers=16) as pool,
+        tqdm(total=len(keys), unit="file", desc="reading customer_aggregates", disable=not progress) as bar,
+    ):
+        downloaded = []
+        for item in pool.map(download, keys):
+            downloaded.append(item)
+            bar.update()
+    source = f"s3://{settings.bucket}/{OutputLayout(settings.prefix).output_prefix('customer_aggregates')}"
+    return _current_rows([path for path, _ in downloaded], source, sum(size for _, size in downloaded))
+
+
+# --------------------------------------------------------------------------------------------------- committed runs
+def read_commit(
+    store: ObjectStore, layout: OutputLayout, as_of_day: date | None = None
+) -> ScoreCommit | None:
+    """The committed run of one as-of day, or of the newest (None: nothing committed)."""
+    key = layout.clv_latest_key if as_of_day is None else layout.clv_commit_key(as_of_day)
+    body = store.get(key)
+    return None if body is None else ScoreCommit.from_json(body)
+
+
+def read_scores(store: ObjectStore, commit: ScoreCommit) -> pa.Table:
+    """The clv/ rows of a committed run (only the files its commit names)."""
+    parts = []
+    for key in commit.files:
+        body = store.get(key)
+        if body is None:
+            raise FileNotFoundError(f"{store.url(key)} is named by the clv commit but missing")
+        parts.append(pq.read_table(io.BytesIO(body)))
+    return pa.concat_tables(parts)
+
+
+def read_model_report(store: ObjectStore, commit: ScoreCommit) -> dict[str, Any]:
+    body = store.get(commit.model_key)
+    if body is None:
+        raise FileNotFoundError(f"{store.url(commit.model_key)} is named by the clv commit but missing")
+    loaded: dict[str, Any] = json.loads(body)
+    return loaded
+
+
+# --------------------------------------------------------------------------------------------------- the run
+@dataclass(frozen=True, slots=True)
+class ScoreOutcome:
+    commit: ScoreCommit
+    already_committed: bool
+    deleted: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class _Steps:
+    """Numbered progress lines on stderr with the time each step took."""
+
+    def __init__(self, say: Say, total: int) -> None:
+        self.say, self.total, self.number = say, total, 0
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def step(self, name: str, text: str) -> Iterator[Callable[[str], None]]:
+        self.number += 1
+        started = time.perf_counter()
+        prefix = f"[{self.number}/{self.total}]"
+        self.say(f"{prefix} {text}")
+        yield lambda detail: self.say(f"{' ' * len(prefix)} {detail}")
+        self.seconds[name] = time.perf_counter() - started
+        self.say(f"{' ' * len(prefix)} done in {self.seconds[name]:.1f}s")
+
+
+def _parquet(table: pa.Table) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd", coerce_timestamps="us", use_dictionary=True)
+    return buffer.getvalue()
+
+
+def _finish(store: ObjectStore, layout: OutputLayout, commit: ScoreCommit) -> list[str]:
+    """Steps 8 and 9: point latest.json at the newest committed as-of; delete other runs' files of this day."""
+    latest = read_commit(store, layout)
+    if latest is None or latest.as_of <= commit.as_of:
+        store.put(layout.clv_latest_key, commit.to_json(), "application/json")
+    day = commit.as_of.date()
+    keep = layout.clv_run_prefix(day, commit.run_id)
+    stale = [key for key in store.keys(layout.clv_partition_prefix(day)) if not key.startswith(keep)]
+    for key in stale:
+        store.delete(key)
+    return stale
+
+
+def score_customers(
+    rows: Callable[[], CurrentRows],
+    store: ObjectStore,
+    settings: Settings,
+    *,
+    as_of: datetime | None = None,
+    say: Say = _stderr,
+) -> ScoreOutcome:
+    """Run steps 1-9 (module docstring): read with ``rows``, write to ``store`` under ``settings.prefix``."""
+    require_model_library()  # fail before reading anything if the model library is missing
+    layout = OutputLayout(settings.prefix)
+    config = ClvConfig(
+        horizon_months=settings.clv_horizon_months,
+        annual_discount_rate=settings.clv_annual_discount_rate,
+        margin=settings.clv_margin,
+    )
+    steps = _Steps(say, total=6)
+    with steps.step("read", "reading current customer rows") as detail:
+        current = rows()
+        detail(f"{current.table.num_rows:,} customers from {current.files:,} files ({current.bytes:,} bytes)")
+    inputs: ModelInputs = model_inputs(current.table, as_of)
+    run_id = run_id_for(inputs.as_of, current.fingerprint, config, library_version())
+    day = inputs.as_of_day
+    existing = read_commit(store, layout, day)
+    if existing is not None and existing.run_id == run_id:
+        say(f"run {run_id} for as-of {inputs.as_of.isoformat()} is already committed: nothing to refit")
+        deleted = _finish(store, layout, existing)
+        return ScoreOutcome(existing, already_committed=True, deleted=deleted, seconds=steps.seconds)
+
+    with steps.step(
+        "fit",
+        f"BG/NBD + Gamma-Gamma for {inputs.buyers.num_rows:,} buyers, observation end {inputs.as_of.isoformat()}",
+    ) as detail:
+        result = fit_and_predict(inputs, config, step=detail)
+    with steps.step("segment", "RFM scores and segments") as detail:
+        rfm = rfm_of(inputs)
+        table = score_table(inputs, result, rfm, run_id)
+        segments = Counter(str(name) for name in rfm.segment)
+        detail(", ".join(f"{name} {count:,}" for name, count in segments.most_common()))
+    with steps.step("write", f"writing {layout.clv_run_prefix(day, run_id)}") as detail:
+        files, written = [], 0
+        for part, start in enumerate(range(0, max(table.num_rows, 1), ROWS_PER_PART)):
+            key = layout.clv_data_key(day, run_id, part)
+            body = _parquet(table.slice(start, ROWS_PER_PART))
+            store.put(key, body, "application/vnd.apache.parquet")
+            files.append(key)
+            written += len(body)
+        model_key = layout.clv_model_key(day, run_id)
+        report = {**result.report, "run_id": run_id, "rfm_segments": dict(segments)}
+        store.put(model_key, json.dumps(report, indent=2, sort_keys=True).encode(), "application/json")
+        detail(f"{len(files)} Parquet parts, {written:,} bytes, and {model_key.rsplit('/', 1)[-1]}")
+    commit = ScoreCommit(
+        as_of=inputs.as_of,
+        run_id=run_id,
+        files=files,
+        model_key=model_key,
+        rows=table.num_rows,
+        bytes_written=written,
+        inputs={
+            "source": current.source,
+            "files": current.files,
+            "customers": inputs.customers,
+            "buyers": inputs.buyers.num_rows,
+            "fingerprint": current.fingerprint,
+        },
+        committed_at=datetime.now(UTC),
+        segments=dict(segments),
+    )
+    with steps.step("commit", f"committing {layout.clv_commit_key(day)}"):
+        store.put(layout.clv_commit_key(day), commit.to_json(), "application/json")
+    with steps.step("tidy", "latest pointer and superseded runs") as detail:
+        deleted = _finish(store, layout, commit)
+        detail(f"{len(deleted)} files of other runs deleted")
+    return ScoreOutcome(commit, already_committed=False, deleted=deleted, seconds=steps.seconds)
+
+
+def run_score(
+    settings: Settings,
+    *,
+    input_dir: Path | None = None,
+    output_dir: Path | None = None,
+    as_of: datetime | None = None,
+    progress: bool = True,
+    say: Say = _stderr,
+) -> ScoreOutcome:
+    """The CLI's entry: inputs from S3 (commit records) or ``input_dir``; outputs to S3 or ``output_dir``."""
+    s3 = None
+    if input_dir is None or output_dir is None:
+        from runtime.aws import aws_client
+
+        s3 = aws_client("s3", settings)
+    store: ObjectStore = LocalStore(output_dir) if output_dir is not None else S3Store(s3, settings)
+    with tempfile.TemporaryDirectory(prefix="clickstream-score-") as workdir:
+
+        def rows() -> CurrentRows:
+            if input_dir is not None:
+                return read_local_rows(input_dir, settings)
+            return read_committed_rows(s3, settings, Path(workdir), progress=progress)
+
+        return score_customers(rows, store, settings, as_of=as_of, say=say)

@@ -1,0 +1,150 @@
+"""``clickstream report``: one self-contained HTML file; every plot is an embedded image that a browser draws.
+
+The report is built from worker output in the new commit format (tests/clv_support.py) and a real scoring run, on
+moto S3. Headless Chromium from Debian (``chromium-headless-shell``, installed by ``make setup``) renders the file
+with the network off; the page's own check marks each plot the browser decoded, and a screenshot is taken.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from matplotlib.image import imread
+
+from clickstream.cli import main
+from clickstream.html_report import PLOT_IDS, ReportInputs, render_report
+from tests.clv_support import WorkerBucket, worker_bucket
+from tests.moto_support import moto_bucket
+
+BUCKET = "clv-report"
+CHROMIUM = ("chromium-headless-shell", "chromium", "chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def content() -> WorkerBucket:
+    return worker_bucket(customers=300, events=6000, seed=8, malformed_rate=0.02)
+
+
+@pytest.fixture(scope="module")
+def report_file(content: WorkerBucket, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    output = tmp_path_factory.mktemp("report") / "report.html"
+    with moto_bucket(BUCKET) as s3:
+        content.write_to(s3, BUCKET)
+        runner = CliRunner()
+        scored = runner.invoke(main, ["score", "--bucket", BUCKET, "--prefix", "rfm", "--no-progress"])
+        assert scored.exit_code == 0, scored.output
+        result = runner.invoke(
+            main, ["report", "--bucket", BUCKET, "--prefix", "rfm", "--output", str(output)]
+        )
+        assert result.exit_code == 0, result.output
+        assert result.output.strip().endswith(str(output))
+        yield output
+
+
+def embedded_images(page: str) -> dict[str, bytes]:
+    found = re.findall(r'<figure class="plot" id="([^"]+)"><img src="data:image/png;base64,([^"]+)"', page)
+    return {plot_id: base64.b64decode(data) for plot_id, data in found}
+
+
+def facts(page: str) -> dict[str, Any]:
+    match = re.search(r'<script type="application/json" id="report-data">(.*?)</script>', page)
+    assert match
+    loaded: dict[str, Any] = json.loads(match.group(1))
+    return loaded
+
+
+def test_the_report_is_self_contained(report_file: Path) -> None:
+    page = report_file.read_text(encoding="utf-8")
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)  # nothing loaded from elsewhere
+    assert "<link" not in page and "@import" not in page
+    assert page.count("<img") == len(PLOT_IDS)
+
+
+def test_every_plot_is_a_decodable_picture_with_content(report_file: Path) -> None:
+    images = embedded_images(report_file.read_text(encoding="utf-8"))
+    assert list(images) == list(PLOT_IDS)
+    for plot_id, png in images.items():
+        assert png.startswith(b"\x89PNG\r\n\x1a\n"), plot_id
+        pixels = imread(io.BytesIO(png), format="png")
+        assert pixels.shape[0] > 200 and pixels.shape[1] > 400, plot_id
+        assert pixels[..., :3].std() > 0.05, f"{plot_id} is blank"
+        colours = {tuple(p) for p in (pixels[::7, ::7, :3] * 255).astype(int).reshape(-1, 3)}
+        assert len(colours) > 10, f"{plot_id} has too few colours to be a plot"
+
+
+def test_the_report_shows_the_run_and_the_pipeline_numbers(report_file: Path, content: WorkerBucket) -> None:
+    page = report_file.read_text(encoding="utf-8")
+    got = facts(page)
+    commits = [json.loads(body) for key, body in content.objects.items() if "/commits/" in key]
+    assert got["flushes"] == len(commits)
+    assert got["records_in"] == sum(commit["records_in"] for commit in commits)
+    assert got["rejected"] == sum(commit["rejected"] for commit in commits) > 0
+    assert got["scored"] == sum(got["segments"].values()) > 100
+    assert got["run_id"] and got["run_id"] in page
+    for segment, count in got["segments"].items():
+        assert f"<td>{segment}</td><td>{count:,}</td>" in page
+    assert page.count("<tr><td>c-") >= 20  # the top customers table
+
+
+def test_missing_parts_are_explained_not_plotted() -> None:
+    page = render_report(ReportInputs(source="s3://nothing/here"))
+    assert "<img" not in page
+    for plot_id in PLOT_IDS:
+        assert f'id="{plot_id}-missing"' in page
+    assert "clickstream score" in page
+
+
+def chromium() -> str:
+    for name in CHROMIUM:
+        path = shutil.which(name)
+        if path:
+            return path
+    raise AssertionError(
+        "headless Chromium is missing: `make setup` installs Debian's chromium-headless-shell"
+    )
+
+
+def run_chromium(*arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            chromium(),
+            "--no-sandbox",
+            "--disable-gpu",
+            "--proxy-server=127.0.0.1:9",
+            "--proxy-bypass-list=<-loopback>",
+            "--virtual-time-budget=5000",
+            *arguments,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_a_headless_browser_draws_every_plot(report_file: Path, tmp_path: Path) -> None:
+    """Rendered with every network request sent to a dead proxy: only a self-contained page draws."""
+    dom = run_chromium("--headless", "--dump-dom", report_file.as_uri())
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert f'data-plots="{len(PLOT_IDS)}"' in dom.stdout
+    assert f'data-plots-drawn="{len(PLOT_IDS)}"' in dom.stdout
+    for plot_id in PLOT_IDS:
+        assert re.search(rf'<figure class="plot" id="{plot_id}" data-drawn="yes">', dom.stdout), plot_id
+
+    screenshot = tmp_path / "report.png"
+    shot = run_chromium(
+        "--headless", f"--screenshot={screenshot}", "--window-size=1200,3000", report_file.as_uri()
+    )
+    assert shot.returncode == 0 and screenshot.is_file(), shot.stderr[-2000:]
+    pixels = imread(str(screenshot))
+    assert pixels[..., :3].std() > 0.05

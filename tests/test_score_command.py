@@ -1,0 +1,312 @@
+"""``clickstream score``: reads committed aggregates, commits its run last, is idempotent per as-of, survives crashes.
+
+Input: worker output in the new commit-record format made by the real core (tests/clv_support.py), on moto S3 or in
+a local folder. The model fits are real (pymc-marketing, a few hundred buyers).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from rich.console import Console
+
+from clickstream.cli import main
+from clickstream.score import (
+    CurrentRows,
+    LocalStore,
+    S3Store,
+    read_commit,
+    read_committed_rows,
+    read_local_rows,
+    read_model_report,
+    read_scores,
+    score_customers,
+)
+from runtime.settings import Settings
+from schemas.contract import CLV_SCORES_SCHEMA
+from schemas.layout import OutputLayout
+from scoring.inputs import model_inputs
+from tests.clv_support import WorkerBucket, worker_bucket
+from tests.moto_support import isolate_environment, moto_bucket
+
+BUCKET = "clv-scores"
+LAYOUT = OutputLayout("rfm")
+
+
+@pytest.fixture(scope="module")
+def bucket_content() -> WorkerBucket:
+    return worker_bucket(customers=400, events=8000, seed=3)
+
+
+@pytest.fixture(scope="module")
+def s3(bucket_content: WorkerBucket) -> Iterator[Any]:
+    with moto_bucket(BUCKET) as client:
+        bucket_content.write_to(client, BUCKET)
+        yield client
+
+
+@pytest.fixture
+def settings(monkeypatch: pytest.MonkeyPatch) -> Settings:
+    isolate_environment(monkeypatch)
+    return Settings(bucket=BUCKET, prefix="rfm")
+
+
+@pytest.fixture(scope="module")
+def local_copy(bucket_content: WorkerBucket, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("bucket")
+    for key, body in bucket_content.objects.items():
+        (root / key).parent.mkdir(parents=True, exist_ok=True)
+        (root / key).write_bytes(body)
+    return root
+
+
+class RecordingStore(LocalStore):
+    """A local store that logs every PUT and DELETE and can fail on a chosen key (a crash at that step)."""
+
+    def __init__(self, root: Path, fail_on: str | None = None) -> None:
+        super().__init__(root)
+        self.fail_on = fail_on
+        self.log: list[tuple[str, str]] = []
+
+    def put(self, key: str, body: bytes, content_type: str) -> None:
+        if self.fail_on and key.endswith(self.fail_on):
+            raise ConnectionError(f"crash before PUT {key}")
+        self.log.append(("put", key))
+        super().put(key, body, content_type)
+
+    def delete(self, key: str) -> None:
+        self.log.append(("delete", key))
+        super().delete(key)
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def local_rows(local_copy: Path, settings: Settings, drop: int = 0) -> CurrentRows:
+    rows = read_local_rows(local_copy, settings)
+    if drop:
+        table = rows.table.slice(drop)
+        return CurrentRows(table, rows.source, rows.files, rows.bytes, f"{rows.fingerprint}-without-{drop}")
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ reading
+def test_s3_input_is_the_files_the_commit_records_name(s3: Any, settings: Settings, tmp_path: Path) -> None:
+    stray = "rfm/customer_aggregates/arrival_yyyymmdd=20260301/uncommitted-flush.parquet"
+    rows_of_stray = pa.table({"customer_id": ["c-stray"], "version": [10**6]})
+    s3.put_object(Bucket=BUCKET, Key=stray, Body=pq_bytes(rows_of_stray))
+    try:
+        rows = read_committed_rows(s3, settings, tmp_path, progress=False)
+    finally:
+        s3.delete_object(Bucket=BUCKET, Key=stray)
+    assert "c-stray" not in rows.table.column("customer_id").to_pylist()
+    local = read_local_rows(tmp_path, settings)  # the same files, downloaded
+    assert rows.fingerprint == local.fingerprint
+    assert rows.table.num_rows == len(set(rows.table.column("customer_id").to_pylist()))
+
+
+def pq_bytes(table: pa.Table) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    return buffer.getvalue()
+
+
+def test_current_rows_are_the_highest_version(local_copy: Path, settings: Settings) -> None:
+    import duckdb
+
+    rows = read_local_rows(local_copy, settings)
+    glob = str(local_copy / "rfm/customer_aggregates") + "/**/*.parquet"
+    expected = duckdb.sql(
+        f"SELECT customer_id, max(version) FROM read_parquet('{glob}') GROUP BY 1"
+    ).fetchall()
+    got = dict(
+        zip(
+            rows.table.column("customer_id").to_pylist(),
+            rows.table.column("version").to_pylist(),
+            strict=True,
+        )
+    )
+    assert got == dict(expected)
+
+
+# ------------------------------------------------------------------------------------------------ the run
+def test_a_run_writes_data_then_model_then_commit_then_latest(
+    local_copy: Path, settings: Settings, tmp_path: Path
+) -> None:
+    store = RecordingStore(tmp_path)
+    outcome = score_customers(lambda: local_rows(local_copy, settings), store, settings, say=quiet)
+    commit = outcome.commit
+    day = commit.as_of.date()
+    puts = [key for action, key in store.log if action == "put"]
+    assert puts == [*commit.files, commit.model_key, LAYOUT.clv_commit_key(day), LAYOUT.clv_latest_key]
+    assert all(key.startswith(LAYOUT.clv_run_prefix(day, commit.run_id)) for key in commit.files)
+    assert commit.model_key == LAYOUT.clv_model_key(day, commit.run_id)
+
+    scores = read_scores(store, commit)
+    assert scores.schema == CLV_SCORES_SCHEMA
+    inputs = model_inputs(local_rows(local_copy, settings).table)
+    assert scores.num_rows == commit.rows == inputs.buyers.num_rows
+    assert scores.column("customer_id").to_pylist() == inputs.buyers.column("customer_id").to_pylist()
+    assert set(scores.column("run_id").to_pylist()) == {commit.run_id}
+    assert commit.as_of == inputs.as_of  # default: the latest event time seen
+    assert sum(commit.segments.values()) == commit.rows
+    model = read_model_report(store, commit)
+    assert model["run_id"] == commit.run_id and model["buyers"] == commit.rows
+    assert set(model["bg_nbd"]["parameters"]) == {"r", "alpha", "a", "b"}
+    assert read_commit(store, LAYOUT) == commit  # latest.json
+    assert read_commit(store, LAYOUT, day) == commit
+
+
+def test_the_same_inputs_and_as_of_are_a_no_op(local_copy: Path, settings: Settings, tmp_path: Path) -> None:
+    store = RecordingStore(tmp_path)
+    first = score_customers(lambda: local_rows(local_copy, settings), store, settings, say=quiet)
+    store.log.clear()
+    again = score_customers(lambda: local_rows(local_copy, settings), store, settings, say=quiet)
+    assert again.already_committed and not first.already_committed
+    assert again.commit == first.commit
+    assert [action for action, key in store.log if key != LAYOUT.clv_latest_key] == []
+
+
+def test_a_crash_before_the_commit_leaves_the_previous_run_and_the_rerun_tidies(
+    local_copy: Path, settings: Settings, tmp_path: Path
+) -> None:
+    as_of = datetime(2026, 5, 5, tzinfo=UTC)
+    day = as_of.date()
+    committed = score_customers(
+        lambda: local_rows(local_copy, settings), RecordingStore(tmp_path), settings, as_of=as_of, say=quiet
+    ).commit
+    # New inputs for the same day (one customer fewer): a new run id. It dies just before its commit record.
+    crashing = RecordingStore(tmp_path, fail_on=LAYOUT.clv_commit_key(day))
+    with pytest.raises(ConnectionError):
+        score_customers(
+            lambda: local_rows(local_copy, settings, drop=1), crashing, settings, as_of=as_of, say=quiet
+        )
+    written = [key for action, key in crashing.log if action == "put"]
+    assert written and all(committed.run_id not in key for key in written)  # its own folder
+    assert read_commit(crashing, LAYOUT, day) == committed  # readers still see the committed run, whole
+    assert read_scores(crashing, committed).num_rows == committed.rows
+
+    store = RecordingStore(tmp_path)
+    rerun = score_customers(
+        lambda: local_rows(local_copy, settings, drop=1), store, settings, as_of=as_of, say=quiet
+    ).commit
+    assert rerun.run_id != committed.run_id and rerun.rows == committed.rows - 1
+    left = store.keys(LAYOUT.clv_partition_prefix(day))
+    assert left and all(key.startswith(LAYOUT.clv_run_prefix(day, rerun.run_id)) for key in left)
+    assert {key for action, key in store.log if action == "delete"} >= {*committed.files, committed.model_key}
+
+
+def test_a_crash_between_commit_and_latest_is_finished_by_the_rerun(
+    local_copy: Path, settings: Settings, tmp_path: Path
+) -> None:
+    crashing = RecordingStore(tmp_path, fail_on=LAYOUT.clv_latest_key)
+    with pytest.raises(ConnectionError):
+        score_customers(lambda: local_rows(local_copy, settings), crashing, settings, say=quiet)
+    assert read_commit(crashing, LAYOUT) is None
+    outcome = score_customers(
+        lambda: local_rows(local_copy, settings), RecordingStore(tmp_path), settings, say=quiet
+    )
+    assert outcome.already_committed
+    assert read_commit(crashing, LAYOUT) == outcome.commit
+
+
+def test_latest_stays_on_the_newest_as_of(local_copy: Path, settings: Settings, tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    newest = datetime(2026, 5, 10, tzinfo=UTC)
+    later = score_customers(
+        lambda: local_rows(local_copy, settings), store, settings, as_of=newest, say=quiet
+    )
+    older = score_customers(
+        lambda: local_rows(local_copy, settings), store, settings, as_of=newest - timedelta(days=3), say=quiet
+    )
+    assert read_commit(store, LAYOUT) == later.commit
+    assert read_commit(store, LAYOUT, older.commit.as_of.date()) == older.commit
+    assert older.commit.run_id != later.commit.run_id
+
+
+def test_valuation_settings_change_the_run_and_scale_clv(
+    local_copy: Path, tmp_path: Path, settings: Settings
+) -> None:
+    full = score_customers(
+        lambda: local_rows(local_copy, settings), LocalStore(tmp_path / "a"), settings, say=quiet
+    )
+    half_margin = settings.model_copy(update={"clv_margin": 0.5})
+    half = score_customers(
+        lambda: local_rows(local_copy, settings), LocalStore(tmp_path / "b"), half_margin, say=quiet
+    )
+    assert half.commit.run_id != full.commit.run_id
+    a = read_scores(LocalStore(tmp_path / "a"), full.commit).column("clv").to_pylist()
+    b = read_scores(LocalStore(tmp_path / "b"), half.commit).column("clv").to_pylist()
+    assert b == pytest.approx([value * 0.5 for value in a], rel=1e-9)
+
+
+# ------------------------------------------------------------------------------------------------ the command
+def test_cli_scores_from_s3_into_s3_and_says_what_it_did(s3: Any, settings: Settings) -> None:
+    runner = CliRunner()
+    result = runner.invoke(main, ["score", "--bucket", BUCKET, "--prefix", "rfm", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "[1/6] reading current customer rows" in result.output
+    assert "committed" in result.output and "scored" in result.output
+    store = S3Store(s3, settings)
+    commit = read_commit(store, LAYOUT)
+    assert commit is not None
+    assert commit.inputs["source"] == f"s3://{BUCKET}/rfm/customer_aggregates/"
+    head = s3.head_object(Bucket=BUCKET, Key=commit.files[0])
+    assert head["ServerSideEncryption"] == "AES256"
+    again = runner.invoke(main, ["score", "--bucket", BUCKET, "--prefix", "rfm", "--no-progress"])
+    assert again.exit_code == 0 and "already committed" in again.output
+
+
+def test_cli_as_of_is_validated(local_copy: Path, tmp_path: Path, settings: Settings) -> None:
+    runner = CliRunner()
+    result = runner.invoke(
+        main, ["score", "--input", str(local_copy), "--output-dir", str(tmp_path), "--as-of", "x"]
+    )
+    assert result.exit_code == 2 and "YYYY-MM-DD" in result.output
+    result = runner.invoke(
+        main, ["score", "--input", str(local_copy), "--output-dir", str(tmp_path), "--as-of", "2026-03-02"]
+    )
+    assert result.exit_code == 1 and "bought after the observation end" in result.output
+
+
+def test_cli_says_how_to_install_the_model_library(
+    local_copy: Path, tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pymc_marketing.clv", None)  # import fails as if not installed
+    result = CliRunner().invoke(main, ["score", "--input", str(local_copy), "--output-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "pip install 'clickstream-rfm[clv]'" in result.output
+    assert not list(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------------------------------------ summary
+def test_summary_shows_freshness_percentiles(
+    s3: Any, settings: Settings, bucket_content: WorkerBucket, tmp_path: Path
+) -> None:
+    from clickstream.report import print_summary
+    from schemas.control import CommitRecord
+    from scoring.freshness import summarize_freshness
+
+    console = Console(record=True, width=160)
+    print_summary(settings, tmp_path, console=console)
+    text = console.export_text()
+    records = [
+        CommitRecord.from_json(body) for key, body in bucket_content.objects.items() if "/commits/" in key
+    ]
+    fresh = summarize_freshness(records)
+    assert fresh is not None and fresh.flushes == len(records)
+    assert "Freshness" in text
+    assert f"{fresh.arrival_to_durable_p50:,.1f}" in text and f"{fresh.arrival_to_durable_p99:,.1f}" in text
+    assert json.dumps(fresh.newest_event_age_p99)  # a number

@@ -1,0 +1,207 @@
+"""Parameter recovery and holdout validation of the CLV models that ``clickstream score`` fits.
+
+The data is the product's own: the clickstream generator (BG/NBD purchases with r=0.75, alpha=10, a=0.8, b=2.5 per
+day, Gamma-Gamma order values with p=6, q=4, v=40; ``producer.generator``) over 120 days for 5,000 customers, run
+through the aggregation core (``CustomerState``) up to day 90 (calibration), then scored by ``scoring`` at that
+observation end. Days 90-120 (30 days) are the holdout: the purchase days each calibration buyer actually made then
+are compared with the model's ``expected_purchases_30d``.
+
+Stated tolerances (relative to the truth or to the actual holdout), measured values in the README:
+
+=============================================  ===========
+BG/NBD r, and mean purchase rate r / alpha       25 %
+BG/NBD alpha                                     35 %
+BG/NBD a, b (strongly correlated estimates)      50 %
+BG/NBD mean dropout probability a / (a + b)      15 %
+Gamma-Gamma p, q, v                              20 %
+Gamma-Gamma population mean order value          5 %
+holdout purchase days, in total                  10 %
+holdout purchase days per customer, by           20 %
+calibration frequency 0, 1, ..., 5, 6+
+=============================================  ===========
+
+The daily bucketing of purchases (one purchase per day at most) and a 90-day window make the data only
+approximately BG/NBD, which is why a and b, which the data pins down only together, get the widest tolerance.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pytest
+from scipy.special import hyp2f1
+
+from aggregators.customer_state import CustomerState
+from producer.generator import DEFAULT_START, BgNbdParams, ClickstreamGenerator, GammaGammaParams
+from schemas import RAW_RECORD_SCHEMA
+from scoring.clv import ClvConfig, ClvResult, fit_and_predict
+from scoring.inputs import ModelInputs, model_inputs
+
+CUSTOMERS, EVENTS, DAYS, CALIBRATION_DAYS, SEED = 5000, 150_000, 120, 90, 11
+HOLDOUT_DAYS = DAYS - CALIBRATION_DAYS
+CONFIG = ClvConfig(horizon_months=12, annual_discount_rate=0.12, margin=0.4)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    generator: ClickstreamGenerator
+    inputs: ModelInputs
+    result: ClvResult
+    holdout_actual: np.ndarray  # purchase days in the holdout, aligned with inputs.buyers
+
+
+def aggregate(records: list[tuple[str, datetime, bytes]], batch: int = 20_000) -> pa.Table:
+    """The worker's core, one shard, in batches; each customer's last (highest version) row."""
+    state = CustomerState("shardId-000000000000")
+    written = []
+    for start in range(0, len(records), batch):
+        part = records[start : start + batch]
+        raw = pa.table(
+            {
+                "shard_id": ["shardId-000000000000"] * len(part),
+                "sequence_number": [str(start + i + 1) for i in range(len(part))],
+                "sub_sequence_number": [0] * len(part),
+                "partition_key": [customer for customer, _, _ in part],
+                "approximate_arrival_at": [moment + timedelta(seconds=1) for _, moment, _ in part],
+                "data": [data for _, _, data in part],
+            },
+            schema=RAW_RECORD_SCHEMA,
+        )
+        with state.staged(raw) as applied:
+            written.append(applied.customer_rows)
+    state.close()
+    con = duckdb.connect()
+    con.register("rows", pa.concat_tables(written))
+    return con.sql(
+        "SELECT * FROM rows QUALIFY row_number() OVER (PARTITION BY customer_id ORDER BY version DESC) = 1"
+    ).to_arrow_table()
+
+
+@pytest.fixture(scope="module")
+def experiment() -> Experiment:
+    generator = ClickstreamGenerator(CUSTOMERS, EVENTS, SEED, days=DAYS)
+    cutoff = DEFAULT_START + timedelta(days=CALIBRATION_DAYS)
+    calibration: list[tuple[str, datetime, bytes]] = []
+    holdout_days: dict[str, set[object]] = {}
+    for data in generator.events():
+        event = json.loads(data)
+        moment = datetime.fromisoformat(event["event_time"].replace("Z", "+00:00"))
+        if moment < cutoff:
+            calibration.append((event["customer_id"], moment, data))
+        elif event["event_type"] == "purchase":
+            holdout_days.setdefault(event["customer_id"], set()).add(moment.date())
+    inputs = model_inputs(aggregate(calibration), cutoff)
+    result = fit_and_predict(inputs, CONFIG)
+    ids = inputs.buyers.column("customer_id").to_pylist()
+    actual = np.array([len(holdout_days.get(customer, ())) for customer in ids])
+    return Experiment(generator, inputs, result, actual)
+
+
+def within(estimate: float, truth: float, tolerance: float) -> bool:
+    return abs(estimate - truth) <= tolerance * abs(truth)
+
+
+def test_the_premise_every_purchase_was_generated_and_thousands_were_scored(experiment: Experiment) -> None:
+    assert experiment.generator.summary.purchases_dropped_for_budget == 0
+    assert experiment.inputs.buyers.num_rows > 2000
+    assert experiment.inputs.repeat_buyers > 1000
+    assert experiment.inputs.buyers.column("T").to_numpy().max() <= CALIBRATION_DAYS
+
+
+def test_bg_nbd_recovers_the_generating_parameters(experiment: Experiment) -> None:
+    truth, fitted = BgNbdParams(), experiment.result.report["bg_nbd"]["parameters"]
+    assert within(fitted["r"], truth.r, 0.25), fitted
+    assert within(fitted["alpha"], truth.alpha, 0.35), fitted
+    assert within(fitted["r"] / fitted["alpha"], truth.r / truth.alpha, 0.25), fitted
+    assert within(fitted["a"], truth.a, 0.5), fitted
+    assert within(fitted["b"], truth.b, 0.5), fitted
+    assert within(fitted["a"] / (fitted["a"] + fitted["b"]), truth.a / (truth.a + truth.b), 0.15), fitted
+
+
+def test_gamma_gamma_recovers_the_generating_parameters(experiment: Experiment) -> None:
+    truth, report = GammaGammaParams(), experiment.result.report["gamma_gamma"]
+    for name in ("p", "q", "v"):
+        assert within(report["parameters"][name], getattr(truth, name), 0.20), report["parameters"]
+    assert within(report["population_mean_order_value"], truth.expected_order_value(), 0.05)
+    assert abs(report["frequency_monetary_correlation"]) < 0.1  # the generator draws spend independently
+
+
+def test_holdout_purchases_match_in_total(experiment: Experiment) -> None:
+    predicted = experiment.result.expected_purchases[HOLDOUT_DAYS]
+    actual = experiment.holdout_actual
+    assert actual.sum() > 1000
+    assert within(float(predicted.sum()), float(actual.sum()), 0.10), (predicted.sum(), actual.sum())
+
+
+@pytest.mark.parametrize("group", [0, 1, 2, 3, 4, 5, 6])
+def test_holdout_purchases_match_by_calibration_frequency(experiment: Experiment, group: int) -> None:
+    frequency = experiment.inputs.buyers.column("frequency").to_numpy()
+    members = frequency == group if group < 6 else frequency >= 6
+    assert members.sum() >= 50, "too few customers in the group for a per-customer mean"
+    predicted = experiment.result.expected_purchases[HOLDOUT_DAYS][members].mean()
+    actual = experiment.holdout_actual[members].mean()
+    assert within(float(predicted), float(actual), 0.20), (group, int(members.sum()), predicted, actual)
+
+
+def test_in_sample_diagnostics_are_reported_and_sound(experiment: Experiment) -> None:
+    report = experiment.result.report
+    assert report["library"]["name"] == "pymc-marketing" and report["library"]["method"] == "map"
+    assert within(report["bg_nbd"]["in_sample_ratio"], 1.0, 0.05)
+    assert report["bg_nbd"]["log_likelihood"] < 0 and report["gamma_gamma"]["log_likelihood"] < 0
+    assert report["buyers"] == experiment.inputs.buyers.num_rows
+    json.dumps(report, allow_nan=False)  # the report is plain JSON
+
+
+# ------------------------------------------------------------------------- the library's predictions, cross-checked
+def closed_form(experiment: Experiment) -> dict[str, np.ndarray]:
+    """Fader, Hardie & Lee's closed forms at the fitted parameters, computed here independently."""
+    bg = experiment.result.report["bg_nbd"]["parameters"]
+    gg = experiment.result.report["gamma_gamma"]["parameters"]
+    r, alpha, a, b = bg["r"], bg["alpha"], bg["a"], bg["b"]
+    buyers = experiment.inputs.buyers
+    x = buyers.column("frequency").to_numpy().astype(float)
+    t_x = buyers.column("recency").to_numpy().astype(float)
+    big_t = buyers.column("T").to_numpy().astype(float)
+    m = buyers.column("monetary_value").to_numpy()
+    odds = np.where(
+        x > 0, a / np.maximum(b + x - 1, 1e-12) * ((alpha + big_t) / (alpha + t_x)) ** (r + x), 0.0
+    )
+    alive = 1 / (1 + odds)
+
+    def expected(t: float) -> np.ndarray:
+        z = t / (alpha + big_t + t)
+        head = (a + b + x - 1) / (a - 1)
+        tail = 1 - ((alpha + big_t) / (alpha + big_t + t)) ** (r + x) * hyp2f1(r + x, b + x, a + b + x - 1, z)
+        return head * tail / (1 + odds)
+
+    spend = gg["p"] * (gg["v"] + x * m) / (gg["p"] * x + gg["q"] - 1)
+    monthly = (1 + CONFIG.annual_discount_rate) ** (1 / 12) - 1
+    clv = sum(
+        spend * (expected(30 * i) - expected(30 * (i - 1)) if i > 1 else expected(30)) / (1 + monthly) ** i
+        for i in range(1, CONFIG.horizon_months + 1)
+    )
+    return {
+        "alive": alive,
+        "30": expected(30),
+        "365": expected(365),
+        "spend": spend,
+        "clv": CONFIG.margin * clv,
+    }
+
+
+def test_predictions_are_the_closed_forms_in_customer_order(experiment: Experiment) -> None:
+    """Probability alive, expected purchases, order value and CLV (with discount and margin) per customer."""
+    expected, result = closed_form(experiment), experiment.result
+    assert np.allclose(result.probability_alive, expected["alive"], rtol=1e-6)
+    assert np.allclose(result.expected_purchases[30], expected["30"], rtol=1e-6)
+    assert np.allclose(result.expected_purchases[365], expected["365"], rtol=1e-6)
+    assert np.allclose(result.expected_average_order_value, expected["spend"], rtol=1e-6)
+    assert np.allclose(result.clv, expected["clv"], rtol=1e-6)
+    assert (result.expected_purchases[30] <= result.expected_purchases[90]).all()
+    assert (result.expected_purchases[90] <= result.expected_purchases[365]).all()
+    assert ((result.probability_alive > 0) & (result.probability_alive <= 1)).all()
