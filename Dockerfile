@@ -35,6 +35,7 @@ COPY runtime runtime
 COPY consumer consumer
 COPY producer producer
 COPY schemas schemas
+COPY scoring scoring
 RUN pip install setuptools==80.9.0 wheel==0.45.1 \
     && pip install --no-deps --no-build-isolation . \
     && pip check \

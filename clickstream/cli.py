@@ -19,8 +19,9 @@ from typing import Any, TypeVar
 import click
 from click.core import ParameterSource
 
+from clickstream.clv_commands import report, score
 from clickstream.errors import USAGE, FrontDoorError, explain
-from runtime.settings import Settings, env_var_name, load_settings
+from clickstream.options import build_settings, setting_option
 
 log = logging.getLogger("clickstream")
 
@@ -54,19 +55,6 @@ class FrontDoor(click.Group):
             if options.get("debug") or logging.getLogger().isEnabledFor(logging.DEBUG):
                 traceback.print_exception(error, file=sys.stderr)
             raise CommandFailed(failure.message, failure.exit_code) from None
-
-
-def setting_option(field: str, *flags: str, **kwargs: Any) -> Callable[[_F], _F]:
-    """A flag that overrides one Settings field; its help names the environment variable behind it."""
-    info = Settings.model_fields[field]
-    default = info.default if info.default_factory is None else "per host"
-    text = f"{info.description} [env: {env_var_name(field)}; default: {default}]"
-    return click.option(*flags, field, default=None, help=text, show_default=False, **kwargs)
-
-
-def build_settings(**overrides: Any) -> Settings:
-    """The settings of this run: environment, then the command's flags (ConfigError becomes exit 2)."""
-    return load_settings(**overrides)
 
 
 def _check_log_level(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -552,8 +540,6 @@ def demo(customers: int, events: int, seed: int, shards: int, output_dir: Path) 
 
 
 # ---------------------------------------------------------------------------------------------- score, report
-from clickstream.clv_commands import report, score  # noqa: E402 - they use the helpers above
-
 main.add_command(score)
 main.add_command(report)
 

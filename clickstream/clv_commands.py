@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from clickstream.cli import build_settings, setting_option
+from clickstream.options import build_settings, setting_option
 
 
 def _parse_as_of(_: click.Context, __: click.Parameter, value: str | None) -> datetime | None:

@@ -98,7 +98,7 @@ def worker_bucket(
             committed_at = max(arrivals) + timedelta(seconds=5 + number)
             with state.staged(raw) as applied:
                 files: dict[str, list[str]] = {}
-                written = 0
+                sizes: dict[str, int] = {}
                 for output, table in (
                     ("events", applied.events),
                     ("customer_aggregates", applied.customer_rows),
@@ -108,7 +108,7 @@ def worker_bucket(
                         key = layout.data_key(output, arrivals[0].date(), name)  # type: ignore[arg-type]
                         objects[key] = parquet(table)
                         files[output] = [key]
-                        written += len(objects[key])
+                        sizes[key] = len(objects[key])
                 delays = np.array([(committed_at - arrival).total_seconds() for arrival in arrivals])
                 newest = max(arrival - ARRIVAL_DELAY for arrival in arrivals)
                 record = CommitRecord(
@@ -125,8 +125,10 @@ def worker_bucket(
                     rejected=applied.rejects.num_rows,
                     customers_changed=applied.customer_rows.num_rows,
                     files=files,
-                    bytes_written=written,
+                    file_bytes=sizes,
+                    bytes_written=sum(sizes.values()),
                     committed_at=committed_at,
+                    oldest_event_at=min(arrival - ARRIVAL_DELAY for arrival in arrivals),
                     newest_event_at=newest,
                     freshness=Freshness(
                         arrival_to_durable_p50=float(np.percentile(delays, 50)),

@@ -31,9 +31,11 @@ CUSTOMERS = 300
 EVENTS = 12_000
 
 
-def _cli(*args: str, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+def _cli(
+    *args: str, env: dict[str, str], timeout: float, log_format: str = "text"
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "clickstream.cli", "--log-format", "text", *args],
+        [sys.executable, "-m", "clickstream.cli", "--log-format", log_format, *args],
         env=env,
         capture_output=True,
         text=True,
@@ -67,7 +69,7 @@ def pipeline_run(emulator_endpoint: str, tmp_path_factory: pytest.TempPathFactor
         result = _cli(*step, env=env, timeout=timeout)
         assert result.returncode == 0, result.stderr
     labelled += _put_kpl_aggregated_records(env)
-    worker = _cli("worker", "--until-idle", "3", env=env, timeout=300)
+    worker = _cli("worker", "--until-idle", "3", env=env, timeout=300, log_format="json")
     (workdir / "worker.log").write_text(worker.stderr)
     assert worker.returncode == 0, worker.stderr[-5000:]
 
