@@ -13,7 +13,7 @@ EDITABLE_QUIET := PYTHONWARNINGS="ignore:Editable installation"
 
 .PHONY: setup java browser demo test lint format bench clean
 
-setup: $(STAMP) java browser
+setup: $(STAMP) java
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,8 @@ $(STAMP): pyproject.toml
 java:
 	@bash scripts/ensure-java.sh
 
-# Headless Chromium renders `clickstream report` in its test. Installs Debian's chromium-headless-shell as root.
+# Headless Chromium renders `clickstream report` in its test (`make test` only; the demo does not need it).
+# Installs Debian's chromium-headless-shell as root.
 browser:
 	@command -v chromium-headless-shell >/dev/null || command -v chromium >/dev/null || { \
 	  if [[ $$(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then \
@@ -39,7 +40,7 @@ demo: setup
 	@$(BIN)/clickstream demo
 
 # Test files run in parallel (one process each): the end-to-end files mostly wait on KCL lease timers.
-test: setup lint
+test: setup browser lint
 	@$(BIN)/python -m pytest -n 3 --dist loadfile
 
 lint: $(STAMP)
