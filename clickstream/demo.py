@@ -106,7 +106,7 @@ def run_demo(customers: int, events: int, seed: int, shards: int, output_dir: Pa
             console.print(f"[red]worker exited with {code}; see {output_dir / 'worker.log'}[/red]")
             return code
 
-        console.print(f"6. results: what is committed in S3 (copied to {output_dir / 's3'}/)")
+        console.print(f"6. results: what is committed in S3 (copied to {output_dir / 's3'}/)", soft_wrap=True)
         print_summary(settings, output_dir / "s3", console=console)
         _score_and_report(console, settings, output_dir)
     return 0
@@ -127,11 +127,12 @@ def _score_and_report(console: Console, settings: Settings, output_dir: Path) ->
         console.print(f"[yellow]   not scored: {error}[/yellow]")
     else:
         copied = _copy_run(settings, outcome.commit, output_dir / "s3")
-        console.print(
-            f"   run {outcome.commit.run_id}: {outcome.commit.rows:,} buyers scored, copied to {copied}"
+        console.print(  # paths are never wrapped: they must stay copyable
+            f"   run {outcome.commit.run_id}: {outcome.commit.rows:,} buyers scored, copied to {copied}",
+            soft_wrap=True,
         )
     report = write_report(settings, output_dir / "report.html")
-    console.print(f"8. report: [bold]{report.resolve()}[/bold]")
+    console.print(f"8. report: [bold]{report.resolve()}[/bold]", soft_wrap=True)
 
 
 def _run_worker(console: Console, output_dir: Path, state_dir: Path, total: int) -> int:

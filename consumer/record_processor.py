@@ -69,7 +69,12 @@ def validation_rules(settings: Settings) -> ValidationRules:
 
 
 def flush_policy(settings: Settings) -> FlushPolicy:
-    return FlushPolicy(settings.flush_max_records, settings.flush_max_bytes, settings.flush_max_seconds)
+    return FlushPolicy(
+        settings.flush_max_records,
+        settings.flush_max_bytes,
+        settings.flush_max_seconds,
+        when_caught_up=settings.flush_when_caught_up,
+    )
 
 
 def to_raw_records(kcl_records: Any) -> list[RawRecord]:

@@ -89,6 +89,7 @@ class FlushPolicy:
     max_records: int
     max_bytes: int
     max_seconds: float
+    when_caught_up: bool = True  # flush at once when nothing more is delivered and the shard is at the tip
 
 
 class RecordBuffer:
@@ -256,9 +257,10 @@ class ShardProcessor:
             return "max_records"
         if self.buffer.bytes >= self.policy.max_bytes:
             return "max_bytes"
-        if now - (self.buffer.started_at or now) >= self.policy.max_seconds:
+        started = self.buffer.started_at if self.buffer.started_at is not None else now
+        if now - started >= self.policy.max_seconds:
             return "max_seconds"
-        if caught_up:
+        if caught_up and self.policy.when_caught_up:
             return "caught_up"  # nothing more to read: waiting would only delay freshness
         return None
 

@@ -166,6 +166,11 @@ class Settings(BaseSettings):
     flush_max_seconds: float = Field(
         60.0, gt=0, description="Flush at most this long after the first buffered record."
     )
+    flush_when_caught_up: bool = Field(
+        True,
+        description="Flush at once when a shard is caught up (nothing more delivered, 0 ms behind): fresher data; "
+        "false waits for the limits above (fewer, larger files under light traffic).",
+    )
 
     snapshot_every_flushes: int = Field(
         10,

@@ -456,7 +456,11 @@ def test_s3_outage_mid_run_holds_checkpoints_back_and_processing_resumes_by_itse
 
 
 # ---------------------------------------------------------------------------------------------------- b. stopping
-BUFFERING = {"CLICKSTREAM_FLUSH_MAX_SECONDS": "120", "CLICKSTREAM_FLUSH_MAX_RECORDS": "1000000"}
+BUFFERING = {
+    "CLICKSTREAM_FLUSH_MAX_SECONDS": "120",
+    "CLICKSTREAM_FLUSH_MAX_RECORDS": "1000000",
+    "CLICKSTREAM_FLUSH_WHEN_CAUGHT_UP": "false",
+}
 
 
 def wait_until_everything_is_buffered(pipeline: Pipeline, worker: Worker, records: int) -> None:

@@ -393,6 +393,22 @@ def test_a_caught_up_shard_flushes_at_once_instead_of_waiting_for_the_age_limit(
     assert record.freshness is not None and record.freshness.arrival_to_durable_p99 > 0
 
 
+def test_with_caught_up_flushes_off_a_caught_up_shard_waits_for_the_limits(
+    s3: Any, settings: Settings
+) -> None:
+    now = [0.0]
+    processor = writer(s3, settings, policy=FlushPolicy(10**6, 10**12, 60.0, when_caught_up=False))
+    processor.clock = lambda: now[0]
+    processor.start(None)
+    checkpointer = RecordingCheckpointer()
+    processor.on_records(to_records(payloads()[:7]), 0, checkpointer)
+    processor.on_records([], 0, checkpointer)
+    assert checkpointer.calls == []
+    now[0] = 60.0
+    processor.on_records([], 0, checkpointer)
+    assert len(checkpointer.calls) == 1
+
+
 def test_client_error_412_is_what_the_embedded_s3_answers_to_a_second_create(s3: Any) -> None:
     """The fence relies on S3 refusing a second conditional create; check that the endpoint we test on does."""
     s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/probe", Body=b"1", IfNoneMatch="*")
