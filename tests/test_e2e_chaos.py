@@ -616,11 +616,11 @@ def _log_lines(path: Path, needle: str) -> list[dict[str, Any]]:
 
 # ------------------------------------------------------------------------------------------------ test 1: chaos
 #: Where a kill found a shard's flush, from what it left behind (commit order: consumer/shard_processor.py):
-#: "idle" - nothing buffered; "buffering" - records waiting, no intent yet (before step 2);
+#: "idle" - nothing buffered; "before-intent" - records waiting, no intent yet (before step 2);
 #: "intent->commit" - an intent whose chain position holds no commit (steps 2-4: the next commit settles it);
 #: "commit->checkpoint" - the chain ends beyond the KCL checkpoint (steps 4-6: the records come again, all skipped);
 #: "checkpoint->tidy" - committed and checkpointed, the intent not yet deleted (steps 6-7).
-STEPS = ("idle", "buffering", "intent->commit", "commit->checkpoint", "checkpoint->tidy")
+STEPS = ("idle", "before-intent", "intent->commit", "commit->checkpoint", "checkpoint->tidy")
 MID_FLUSH = frozenset(STEPS[2:])
 
 #: How a trial picks its moment, always after the run's first commit (durable progress first):
@@ -711,7 +711,7 @@ def _kill_steps(
         elif any(winner is not None and winner.attempt_id == attempt for attempt, winner in winners.items()):
             steps[shard] = "checkpoint->tidy"
         elif status is not None and status.buffered_records:
-            steps[shard] = "buffering"
+            steps[shard] = "before-intent"
         else:
             steps[shard] = "idle"
     return steps

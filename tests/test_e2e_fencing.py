@@ -333,9 +333,13 @@ def test_a_paused_owner_loses_the_commit_race_and_catches_up_when_it_gets_the_sh
         f"{owner}'s old processor of {shard} to end", lambda: zombie not in a.processor_pids(), timeout=120
     )
     assert _log(a, "lease lost", shard), f"{owner}'s processor of {shard} ended without losing its lease"
+    zombie_ended = datetime.now(UTC)
+    # A's local state of the shard ends at most here (it caught up to the chain when it lost, or committed itself).
+    stale = run.tip(shard)
+    assert stale is not None
 
-    # (c) More load for B; then B stops and A gets the shard back with the local state it had when it lost.
-    a_commits = [c for c in run.commits(shard) if c.worker_id == owner]
+    # (c) More load for B; then B stops and A gets the shard back with the local state it had when its processor
+    # ended, which B's commits have left behind.
     run.produce(second[0])
     _wait_for(
         f"commits to cover the first {first[1] + second[1]} records",
@@ -343,31 +347,27 @@ def test_a_paused_owner_loses_the_commit_race_and_catches_up_when_it_gets_the_sh
         timeout=180,
     )
     tip_before_stop = run.tip(shard)
-    b_after_a = [
-        c for c in run.commits(shard) if c.worker_id == taker and c.first > max(c.last for c in a_commits)
-    ]
-    assert b_after_a, f"{taker} made no commit of {shard} after {owner}'s last one"
-    stopped_at = datetime.now(UTC)
+    beyond = [c for c in run.commits(shard) if c.worker_id == taker and c.first > stale]
+    assert beyond, (
+        f"{taker} made no commit of {shard} after {stale} (did a rebalance give it back to {owner}?)"
+    )
     code = b.terminate()
     assert code == 0, f"{taker} exited with {code} after SIGTERM"
     _wait_for(f"{owner} to process both shards", lambda: a.processing() == SHARDS, timeout=180)
-    restores = [
-        (entry, RESTORED.search(entry.message))
-        for entry in _log(a, "restored shard state", shard, since=stopped_at)
-    ]
-    assert restores, f"{owner} took {shard} back without restoring it"
-    entry, found = restores[0]
-    assert found is not None, entry
+    back = _log(a, "initializing at checkpoint", shard, since=zombie_ended)
+    assert back, f"{owner} processes {shard} without having initialized it again"
+    restores = _log(a, "restored shard state", shard, since=back[0].at)
+    found = RESTORED.search(restores[0].message) if restores else None
+    assert found is not None, f"{owner} took {shard} back without restoring it: {restores}"
     source, commits_applied = found.group(1), int(found.group(2))
-    discarded = _log(a, "is not on the S3 commit chain", shard, since=stopped_at)
+    discarded = _log(a, "is not on the S3 commit chain", shard, since=back[0].at)
     # Caught up: from its local state plus the commits after it, or (B's stop wrote a snapshot beyond it) from that
     # snapshot, the stale local state discarded. Never its stale state as it was.
-    assert (source == "local" and commits_applied > 0) or (source == "snapshot" and discarded), (
-        entry,
-        discarded,
-    )
+    caught_up = (source == "local" and commits_applied > 0) or (source == "snapshot" and bool(discarded))
+    assert caught_up, (restores[0], discarded)
     print(
-        f"{owner} got {shard} back (tip {tip_before_stop}): {entry.message}; {[d.message for d in discarded]}"
+        f"{owner} got {shard} back (its local state at most at {stale.sequence_number}, {taker} committed "
+        f"{len(beyond)} more up to {tip_before_stop}): {restores[0].message}; {[d.message for d in discarded]}"
     )
 
     # The rest of the load goes through A alone; it must continue the chain from B's last commit.
