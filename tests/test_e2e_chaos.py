@@ -159,6 +159,11 @@ class Worker:
     def processor_pids(self) -> list[int]:
         return [pid for pid in _descendants(self.process.pid) if "consumer.record_processor" in _cmdline(pid)]
 
+    def processor_shards(self) -> set[str]:
+        """The shards this worker's running record processors report (any phase)."""
+        running = set(self.processor_pids())
+        return {shard for shard, status in self.statuses().items() if status.pid in running}
+
     def processor_of(self, shard: str) -> int:
         """The pid of this worker's record processor of ``shard`` (from its status file; asserted alive)."""
         status = self.statuses().get(shard)
@@ -190,14 +195,19 @@ class Worker:
     def processing(self) -> set[str]:
         return {shard for shard, status in self.statuses().items() if status.phase == "processing"}
 
-    def kill9(self) -> int:
-        """SIGKILL the supervisor, the JVM's process group (the daemon and every record processor) and any other
-        descendant, all at once; wait until none of them runs. Returns how many processes were killed."""
-        tree = _descendants(self.process.pid)
+    def kill_targets(self) -> tuple[list[int], set[int]]:
+        """The descendants of the supervisor and the JVM's process group (the daemon and every record processor):
+        found ahead of a kill that must land at an exact moment, since reading /proc takes a while."""
         groups = set()
         for pid in self.java_pids():  # the JVM runs in its own session, so in its own process group
             with suppress(ProcessLookupError):
                 groups.add(os.getpgid(pid))
+        return _descendants(self.process.pid), groups
+
+    def kill9(self, targets: tuple[list[int], set[int]] | None = None) -> int:
+        """SIGKILL the supervisor, the JVM's process group and any other descendant (``targets``, default: found
+        now), all at once; wait until none of this worker's processes runs. Returns how many were killed."""
+        tree, groups = targets or self.kill_targets()
         os.kill(self.process.pid, signal.SIGKILL)
         for group in groups:
             with suppress(ProcessLookupError):
@@ -762,6 +772,8 @@ def _run_trials(
             interval=0.05,
         )
         assert worker.process.poll() is None, f"worker exited with {worker.process.returncode}"
+        targets = worker.kill_targets()
+        trial.processors = len([pid for pid in targets[0] if "consumer.record_processor" in _cmdline(pid)])
         if trial.mode == "intent":
             seen = _intent_keys(s3, bucket)
             _wait_for(
@@ -771,10 +783,9 @@ def _run_trials(
                 interval=0.01,
             )
         time.sleep(trial.delay)
-        trial.processors = len(worker.processor_pids())
-        statuses = worker.statuses()
+        worker.kill9(targets)
         trial.kill_after = round(time.monotonic() - started, 1)
-        worker.kill9()
+        statuses = worker.statuses()  # each shard's last report before the kill
         commits = _commit_records(s3, bucket)
         trial.commits = len(commits)
         trial.commits_before_kill = len(commits) - commits_before

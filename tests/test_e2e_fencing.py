@@ -10,8 +10,12 @@ handling while an S3 PutObject outage holds a flush in its retry loop:
    lose ("lost the commit race", ``commit_conflicts``). Its JVM resumes and learns the lease is gone; later it gets
    the shard back with its old local state (the other worker stops gracefully) and must catch up from S3.
 2. ``test_a_lease_moved_during_a_retrying_flush_fences_the_old_owner``: no pause: the lease is reassigned to the
-   other worker, as the KCL leader's lease assignment writes it, while the owner's processor retries a flush; the
-   old owner's retries go on after the move, then both commit at one position and exactly one wins.
+   other worker, with the update the KCL leader's lease assignment writes, while the owner's processor retries a
+   flush (the KCL's own balancing goes by host CPU, the same host for both workers here, so it cannot be steered);
+   the old processor's retries go on after the move. Then the lease comes back to the old owner while that
+   processor still retries (the KCL did this by itself in one run): the worker must not die (its new processor
+   waits for the old one to release the state file). When S3 is back, one commit at the position; any other
+   attempt at it loses; the old processor cannot checkpoint and ends, the new one goes on.
 
 Both end with the checks of every end-to-end run (tests/test_e2e_chaos.py ``_verify_outputs``): each valid event
 exactly once in the committed events/, every customer equal to tests/reference.py (from the current rows and from a
@@ -25,6 +29,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import suppress
@@ -33,9 +38,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 
 from consumer.s3_sink import read_commit_records
+from consumer.shard_processor import state_path
 from consumer.status import ShardStatus
 from emulator.faults import clear_faults, list_faults, set_fault
 from schemas.control import CommitRecord
@@ -233,6 +240,41 @@ def _assign_lease(run: Duo, shard: str, new_owner: str) -> str:
     return str(old)
 
 
+def _local_position(run: Duo, worker: str, shard: str) -> Position | None:
+    """The position stored in ``worker``'s local state file of ``shard`` (read while no processor holds it)."""
+    path = state_path(Path(run.envs[worker]["CLICKSTREAM_STATE_DIR"]), shard)
+    rows: list[Any] = []
+
+    def read() -> bool:
+        try:
+            con = duckdb.connect(str(path), read_only=True)
+        except duckdb.IOException:  # a processor holds the file: try again
+            return False
+        try:
+            rows.extend(
+                con.execute("SELECT sequence_number, sub_sequence_number FROM shard_progress").fetchall()
+            )
+        finally:
+            con.close()
+        return True
+
+    _wait_for(f"{worker}'s state file of {shard} to be free", read, timeout=60)
+    return Position(str(rows[0][0]), int(rows[0][1])) if rows else None
+
+
+def _stop_all(run: Duo) -> dict[str, int]:
+    """SIGTERM every worker at once (each flushes, checkpoints and snapshots its shards); their exit codes."""
+    for worker in run.workers.values():
+        worker.process.send_signal(signal.SIGTERM)
+    codes = {}
+    for name, worker in run.workers.items():
+        try:
+            codes[name] = worker.process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{name} did not stop within 120 s of SIGTERM") from None
+    return codes
+
+
 def _hold_a_flush_in_retries(run: Duo, owner: str, shard: str, load: Path) -> Position | None:
     """Produce ``load``, wait for ``owner`` to commit on ``shard``, then start a PutObject outage and wait until its
     processor of ``shard`` retries a flush. Returns the chain position that flush continues from (frozen: nothing
@@ -321,7 +363,7 @@ def test_a_paused_owner_loses_the_commit_race_and_catches_up_when_it_gets_the_sh
         lost = _log(a, "lost the commit race", shard)
         assert lost[0].level == "WARNING", lost
         conflicts = run.status(owner, shard)  # the zombie's own report (its checkpoint now waits for its JVM)
-        assert (conflicts.pid, conflicts.commit_conflicts) == (zombie, 1), conflicts
+        assert conflicts.pid == zombie and conflicts.commit_conflicts >= 1, conflicts
         print(f"outage failed {hits} PutObjects; {owner} lost: {lost[0].message}")
     finally:
         for pid in java:
@@ -333,52 +375,46 @@ def test_a_paused_owner_loses_the_commit_race_and_catches_up_when_it_gets_the_sh
         f"{owner}'s old processor of {shard} to end", lambda: zombie not in a.processor_pids(), timeout=120
     )
     assert _log(a, "lease lost", shard), f"{owner}'s processor of {shard} ended without losing its lease"
-    zombie_ended = datetime.now(UTC)
-    # A's local state of the shard ends at most here (it caught up to the chain when it lost, or committed itself).
-    stale = run.tip(shard)
-    assert stale is not None
 
-    # (c) More load for B; then B stops and A gets the shard back with the local state it had when its processor
-    # ended, which B's commits have left behind.
+    # (c) A gets the shard back with the local state it had when its processor ended, after B has committed beyond
+    # it. The lease moves as the leader's assignment would move it (the leader is B: stopping it would hold every
+    # assignment for the KCL leader lock's two minutes); a rebalance by the KCL itself may come first, which is fine.
+    if run.lease_owner(shard) != taker:
+        _assign_lease(run, shard, taker)
+    _wait_for(
+        f"{taker} alone to process {shard}",
+        lambda: shard in b.processing() and shard not in a.processor_shards(),
+        timeout=120,
+    )
     run.produce(second[0])
     _wait_for(
         f"commits to cover the first {first[1] + second[1]} records",
         lambda: run.records_committed() >= first[1] + second[1],
         timeout=180,
     )
-    tip_before_stop = run.tip(shard)
-    beyond = [c for c in run.commits(shard) if c.worker_id == taker and c.first > stale]
-    assert beyond, (
-        f"{taker} made no commit of {shard} after {stale} (did a rebalance give it back to {owner}?)"
-    )
-    code = b.terminate()
-    assert code == 0, f"{taker} exited with {code} after SIGTERM"
-    _wait_for(f"{owner} to process both shards", lambda: a.processing() == SHARDS, timeout=180)
-    back = _log(a, "initializing at checkpoint", shard, since=zombie_ended)
-    assert back, f"{owner} processes {shard} without having initialized it again"
-    restores = _log(a, "restored shard state", shard, since=back[0].at)
-    found = RESTORED.search(restores[0].message) if restores else None
-    assert found is not None, f"{owner} took {shard} back without restoring it: {restores}"
-    source, commits_applied = found.group(1), int(found.group(2))
-    discarded = _log(a, "is not on the S3 commit chain", shard, since=back[0].at)
-    # Caught up: from its local state plus the commits after it, or (B's stop wrote a snapshot beyond it) from that
-    # snapshot, the stale local state discarded. Never its stale state as it was.
-    caught_up = (source == "local" and commits_applied > 0) or (source == "snapshot" and bool(discarded))
-    assert caught_up, (restores[0], discarded)
+    stale = _local_position(run, owner, shard)
+    read_at = datetime.now(UTC)
+    behind = [c for c in run.commits(shard) if stale is None or c.first > stale]
+    assert behind, f"{taker} made no commit of {shard} after {owner}'s local state at {stale}"
+    if run.lease_owner(shard) != owner:
+        _assign_lease(run, shard, owner)
+    _wait_for(f"{owner} to process {shard} again", lambda: shard in a.processing(), timeout=120)
+    back = _log(a, "initializing at checkpoint", shard, since=read_at)
+    restores = _log(a, "restored shard state", shard, since=read_at)
+    found = RESTORED.search(restores[0].message) if back and restores else None
+    assert found is not None, f"{owner} took {shard} back without restoring it: {back} {restores}"
+    # Caught up from its stale local state: the commits after it re-applied, not one less.
+    assert found.group(1) == "local" and int(found.group(2)) >= len(behind), (stale, len(behind), restores[0])
     print(
-        f"{owner} got {shard} back (its local state at most at {stale.sequence_number}, {taker} committed "
-        f"{len(beyond)} more up to {tip_before_stop}): {restores[0].message}; {[d.message for d in discarded]}"
+        f"{owner} got {shard} back with its local state at {stale}, {len(behind)} commits behind: "
+        f"{restores[0].message}"
     )
 
-    # The rest of the load goes through A alone; it must continue the chain from B's last commit.
+    # The rest of the load; the chain must go on from wherever it is, whoever holds the shard.
     run.produce(third[0])
     _wait_until_settled(run, timeout=180)
-    resumed = [
-        c for c in run.commits(shard) if c.worker_id == owner and c.first > (tip_before_stop or c.first)
-    ]
-    assert resumed, f"{owner} made no commit of {shard} after it got it back"
-    code = a.terminate()
-    assert code == 0, f"{owner} exited with {code} after SIGTERM"
+    codes = _stop_all(run)
+    assert codes == dict.fromkeys(WORKERS, 0), f"exit codes after SIGTERM: {codes}"
 
     commits = run.commits()
     counts = _verify_outputs(run.s3, run.bucket, run.dataset.labelled, tmp_path / "s3")
@@ -400,62 +436,83 @@ def test_a_lease_moved_during_a_retrying_flush_fences_the_old_owner(duo: Duo, tm
     # A's processor retries a flush at chain position P when the lease moves to B; neither JVM pauses.
     position = _hold_a_flush_in_retries(run, old, shard, first[0])
     zombie = a.processor_of(shard)
-    retries_at_move = run.status(old, shard).retries
     moved_at = datetime.now(UTC)
     assert _assign_lease(run, shard, new) == old
-    took = _wait_for(f"{new} to take {shard} over", lambda: shard in b.processing(), timeout=120)
-    initialized = _log(b, "initializing at checkpoint", shard, since=moved_at)
-    assert initialized, f"{new} processes {shard} without having initialized it"
+    waiting = "held by an earlier processor of this shard"
     _wait_for(
-        f"{new} to retry its first flush of {shard}",
-        lambda: run.status(new, shard).retries > 0,
-        timeout=90,
-        interval=0.1,
+        f"{new} to take {shard} over (or the KCL to hand it back to {old} at once)",
+        lambda: shard in b.processing() or _log(a, waiting, shard),
+        timeout=120,
     )
-    # The old owner's processor still retries its flush after the lease moved and the new owner started.
+    raced = shard in b.processing()
+    if raced:
+        initialized = _log(b, "initializing at checkpoint", shard, since=moved_at)
+        assert initialized, f"{new} processes {shard} without having initialized it"
+        _wait_for(
+            f"{new} to retry its first flush of {shard}",
+            lambda: run.status(new, shard).retries > 0,
+            timeout=90,
+            interval=0.1,
+        )
+        since = initialized[0].at
+    else:
+        since = _log(a, waiting, shard)[0].at
+    # The old owner's processor still retries its flush after the lease moved (and after the new owner started).
     _wait_for(
         f"{old}'s processor of {shard} to retry after the move",
-        lambda: run.status(old, shard).retries > retries_at_move + 1,
+        lambda: [e for e in _log(a, "failed (attempt", shard) if e.at > since],
         timeout=90,
     )
-    late = [e for e in _log(a, "failed (attempt", shard) if e.at > initialized[0].at]
-    assert late, f"no retry of {old} logged after {new} initialized {shard}"
+    late = [e for e in _log(a, "failed (attempt", shard) if e.at > since]
     assert zombie in a.processor_pids(), f"{old}'s processor of {shard} ended before the outage did"
-    assert run.lease_owner(shard) == new
     print(
-        f"\nlease of {shard} moved {old} -> {new} at {moved_at:%H:%M:%S.%f}; {new} took it after {took:.0f}s "
-        f"(initialized {initialized[0].at:%H:%M:%S.%f}); {old} retried {len(late)} more times, last at "
-        f"{late[-1].at:%H:%M:%S.%f}: {late[-1].message[:120]}"
+        f"\nlease of {shard} moved {old} -> {new} at {moved_at:%H:%M:%S.%f}; "
+        f"{f'{new} initialized it at' if raced else f'the KCL gave it back to {old} at'} {since:%H:%M:%S.%f}; "
+        f"{old}'s old processor retried after that: {late[0].message[:100]}"
     )
 
-    # S3 comes back: both retry a flush continuing from P; S3 creates that commit once, the other attempt loses.
+    # The lease comes back to A while its old processor still retries (the KCL itself did this in an earlier run,
+    # 1.6 s after a move): A's new processor of the shard must wait for the old one, and the worker must live on.
+    if run.lease_owner(shard) != old:
+        _assign_lease(run, shard, old)
+    _wait_for(
+        f"{old}'s new processor of {shard} to wait for the old one", lambda: _log(a, waiting, shard), 120
+    )
+    assert a.process.poll() is None, f"{old} exited with {a.process.returncode}"
+
+    # S3 comes back: the writers retrying a flush from P race; S3 creates that commit once, any other attempt loses.
     hits = _end_outage(run)
     _wait_for(f"a commit at {position}", lambda: run.commit_at(shard, position), timeout=90)
     winner = run.commit_at(shard, position)
     assert winner is not None and winner.worker_id in WORKERS
-    loser = new if winner.worker_id == old else old
-    _wait_for(
-        f"{loser} to lose its commit at {position}",
-        lambda: _log(run.workers[loser], "lost the commit race", shard),
-        timeout=120,
-    )
-    lost = _log(run.workers[loser], "lost the commit race", shard)
-    assert all(entry.level == "WARNING" for entry in lost), lost
-    assert run.status(loser, shard).commit_conflicts >= 1, run.status(loser, shard)
-    print(
-        f"outage failed {hits} PutObjects; {winner.worker_id} committed at {position}, {loser} lost: {lost[0].message}"
-    )
-    # The old owner cannot checkpoint any more: its processor ends with its lease lost.
+    if raced:
+        loser = new if winner.worker_id == old else old
+        _wait_for(
+            f"{loser} to lose its commit at {position}",
+            lambda: _log(run.workers[loser], "lost the commit race", shard),
+            timeout=120,
+        )
+        lost = _log(run.workers[loser], "lost the commit race", shard)
+        assert all(entry.level == "WARNING" for entry in lost), lost
+        assert run.status(loser, shard).commit_conflicts >= 1 or loser == old, run.status(loser, shard)
+        print(
+            f"outage failed {hits} PutObjects; {winner.worker_id} committed at {position}; {lost[0].message}"
+        )
+    # The old processor cannot checkpoint (its lease is gone, even though its worker holds the shard again): it ends,
+    # and the new one opens the state file and goes on.
     _wait_for(
         f"{old}'s old processor of {shard} to end", lambda: zombie not in a.processor_pids(), timeout=120
     )
     assert _log(a, "lease lost", shard, since=moved_at), (
-        f"{old}'s processor of {shard} ended without losing its lease"
+        f"{old}'s old processor of {shard} ended without its lease"
     )
+    _wait_for(f"{old}'s new processor of {shard} to process", lambda: shard in a.processing(), timeout=120)
+    assert a.processor_of(shard) != zombie
+    assert a.process.poll() is None and b.process.poll() is None, "a worker exited"
 
     run.produce(rest[0])
     _wait_until_settled(run, timeout=180)
-    codes = {name: worker.terminate() for name, worker in run.workers.items()}
+    codes = _stop_all(run)
     assert codes == dict.fromkeys(WORKERS, 0), f"exit codes after SIGTERM: {codes}"
     commits = run.commits()
     counts = _verify_outputs(run.s3, run.bucket, run.dataset.labelled, tmp_path / "s3")
