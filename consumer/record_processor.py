@@ -10,16 +10,19 @@ import base64
 import functools
 import logging
 import os
+import re
 import sys
 import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 from amazon_kclpy import kcl
 from amazon_kclpy.v3 import processor
 
+from aggregators.customer_state import CustomerState
 from aggregators.validation import RecordValidator, ValidationRules
 from consumer.s3_sink import S3ParquetSink
 from consumer.shard_processor import FlushPolicy, LeaseLostError, RawRecord, ShardProcessor, state_path
@@ -57,6 +60,25 @@ def _fail_fast(method: _Call) -> _Call:
             raise SystemExit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+#: DuckDB's words when another process holds the file: "... Conflicting lock is held in <program> (PID 4547) ...".
+_LOCK_HOLDER = re.compile(r"lock is held in .*\(PID (\d+)\)")
+
+
+def sibling_holding_lock(error: BaseException) -> int | None:
+    """The pid of the process holding the state file this one could not lock, when it is another record processor of
+    the same MultiLangDaemon (same parent); None for any other error or holder."""
+    match = _LOCK_HOLDER.search(str(error))
+    if match is None:
+        return None
+    pid = int(match.group(1))
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    parent = int(stat[stat.rindex(")") + 2 :].split()[1])  # "pid (comm) state ppid ..."
+    return pid if parent == os.getppid() else None
 
 
 def validation_rules(settings: Settings) -> ValidationRules:
@@ -145,13 +167,7 @@ class RecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
     @_fail_fast
     def initialize(self, initialize_input: Any) -> None:
         shard_id = self.shard_id = initialize_input.shard_id
-        state = open_shard_state(
-            state_path(self.settings.state_dir, shard_id),
-            shard_id,
-            RecordValidator(validation_rules(self.settings)),
-            self.settings.stream_name,
-            timedelta(days=self.settings.dedupe_window_days),
-        )
+        state = self._open_state(shard_id)
         s3 = self.s3 or aws_client("s3", self.settings)
         sink = S3ParquetSink(s3, self.settings)
         parents = self.parent_lookup or kinesis_parent_lookup(
@@ -172,6 +188,35 @@ class RecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
         checkpoint = initialize_input.sequence_number
         log.info("initializing at checkpoint %s", checkpoint, extra={"shard_id": shard_id})
         self.shard.start(checkpoint)
+
+    def _open_state(self, shard_id: str) -> CustomerState:
+        """The shard's local state. When the lease came back to this worker while its earlier processor of the shard
+        still runs (it lost the lease in the middle of a flush it keeps retrying, and ends only when that flush
+        commits or loses), that processor holds the file: wait for it. Failing here would stop the whole
+        MultiLangDaemon (KCL 3.1.3) and every shard of the worker with it."""
+        delay = 0.5
+        while True:
+            try:
+                return open_shard_state(
+                    state_path(self.settings.state_dir, shard_id),
+                    shard_id,
+                    RecordValidator(validation_rules(self.settings)),
+                    self.settings.stream_name,
+                    timedelta(days=self.settings.dedupe_window_days),
+                )
+            except Exception as error:
+                holder = sibling_holding_lock(error)
+                if holder is None:
+                    raise
+                log.warning(
+                    "the state file is held by an earlier processor of this shard (pid %d, still finishing a flush "
+                    "after losing its lease); waiting %.1fs for it to end",
+                    holder,
+                    delay,
+                    extra={"shard_id": shard_id},
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     def _shard(self) -> ShardProcessor:
         if self.shard is None:

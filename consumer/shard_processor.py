@@ -342,6 +342,7 @@ class ShardProcessor:
     def _lost(self, conflict: CommitConflict, attempt_id: str) -> None:
         """Step 4 lost: the stage is rolled back already; delete this attempt's files, catch up from S3."""
         self.metrics.commit_conflicts += 1
+        self._report(force=True)  # now: a zombie's next step (its checkpoint) may block until its JVM resumes
         emit_metrics({"CommitConflicts": 1}, {"StreamName": self.stream_name})
         log.warning(
             "lost the commit race (%s); discarding this attempt and catching up from S3",

@@ -1,18 +1,26 @@
 """Chaos and multi-worker tests through the real KCL MultiLangDaemon (Java) and the embedded AWS endpoint.
 
-1. ``test_random_kill9_of_the_worker_keeps_exactly_once``: a seeded RNG (``CHAOS_SEED`` to reproduce, ``CHAOS_TRIALS``
-   for more trials) kills ``clickstream worker`` with SIGKILL at random moments while the producer is putting load:
-   the supervisor, the Java daemon and every Python record processor die at once, as on OOM or host loss. After each
-   kill the worker restarts with its local state kept or deleted (restore from S3); the last restart drains the stream
-   with ``--until-idle``. The outputs must be exactly what one clean run gives.
+1. ``test_random_kill9_of_the_worker_keeps_exactly_once``: a seeded RNG (``CHAOS_SEED``, fixed by default so every
+   run makes the same decisions; ``CHAOS_TRIALS`` for more trials) plans SIGKILLs of ``clickstream worker`` while the
+   producer puts load: the supervisor, the Java daemon and every Python record processor die at once, as on OOM or
+   host loss. Each kill comes after the run's first commit (durable progress), either after a random delay into the
+   next flush or as soon as a flush has written its intent; afterwards the commit records, the intents left behind,
+   the KCL checkpoints and the shards' last status tell where each shard's flush was (``STEPS``), and at least one
+   kill must have landed in the middle of a flush. After each kill the worker restarts with its local state kept or
+   deleted (restore from S3); the last restart drains the stream with ``--until-idle``. The outputs must be exactly
+   what one clean run gives.
 2. ``test_two_workers_share_the_stream_and_survive_a_kill9``: two workers (own ids, own state dirs, one application)
    balance the leases of a 4-shard stream; one is killed with SIGKILL and the other takes over its shards (restoring
    their state from S3, it never had it); more load; drain; the outputs are again exact.
 3. ``test_survivor_restart_with_a_pending_handoff_to_the_dead_worker_resumes_every_shard`` (xfail, a bug): restarting
    the survivor while a lease handoff to the dead worker is pending leaves that shard unprocessed.
 
-1 and 2 compare every customer with tests/reference.py and check the archive, the errors and the commit records.
-Worker logs are in the test's tmp_path (``<worker>.log``); on a failure their tails are printed.
+1 and 2 check the outputs with ``_verify_outputs``: every valid event exactly once in the committed events/, every
+malformed record once in errors/, every customer equal to tests/reference.py (current rows, and a fresh restore of
+each shard from S3 alone), input = accepted + rejected, one unbroken commit chain per shard, no data file that no
+commit names. tests/test_e2e_fencing.py uses the same helpers for two writers of one shard. Worker logs are in the
+test's tmp_path (``<worker>.log``); on a failure their tails are printed. The harness kills whatever a worker leaves
+running (a JVM or record processor re-parented after its supervisor died) and says so.
 """
 
 from __future__ import annotations
@@ -40,15 +48,17 @@ import duckdb
 import pytest
 from botocore.config import Config
 
+from aggregators.customer_state import CustomerState
 from clickstream.demo import emulator_environment
 from clickstream.outputs import OUTPUTS, current_customer_rows, download_outputs, output_glob
 from consumer.s3_sink import read_commit_records
+from consumer.state_recovery import StateRecovery
 from consumer.status import ShardStatus, read_statuses
 from producer.generator import ClickstreamGenerator
 from runtime.settings import Settings
 from schemas.control import CommitRecord, FlushIntent
 from schemas.layout import OutputLayout
-from tests.reference import reference_aggregates
+from tests.reference import mismatches_against_reference
 
 pytestmark = pytest.mark.e2e
 
@@ -98,6 +108,30 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def _environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    pairs = (item.decode(errors="replace").partition("=") for item in raw.split(b"\0") if item)
+    return {key: value for key, _, value in pairs}
+
+
+def _processes_of(state_dir: Path) -> list[int]:
+    """Every live JVM or record processor started for the worker whose state directory is ``state_dir``, found in
+    /proc by command line and environment (so also when its supervisor is gone and they were re-parented)."""
+    found = []
+    for pid, (_, state) in _proc_table().items():
+        if state in ("Z", "X"):
+            continue
+        command = _cmdline(pid)
+        jvm = "MultiLangDaemon" in command and str(state_dir / "kcl.properties") in command
+        processor = "consumer.record_processor" in command
+        if jvm or (processor and _environ(pid).get("CLICKSTREAM_STATE_DIR") == str(state_dir)):
+            found.append(pid)
+    return found
+
+
 class Worker:
     """One `clickstream worker` process (Python supervisor -> Java MultiLangDaemon -> one Python child per shard)."""
 
@@ -125,20 +159,55 @@ class Worker:
     def processor_pids(self) -> list[int]:
         return [pid for pid in _descendants(self.process.pid) if "consumer.record_processor" in _cmdline(pid)]
 
+    def processor_shards(self) -> set[str]:
+        """The shards this worker's running record processors report (any phase)."""
+        running = set(self.processor_pids())
+        return {shard for shard, status in self.statuses().items() if status.pid in running}
+
+    def processor_of(self, shard: str) -> int:
+        """The pid of this worker's record processor of ``shard`` (from its status file; asserted alive)."""
+        status = self.statuses().get(shard)
+        assert status is not None, f"{self.name} has no status for {shard}"
+        assert status.pid in self.processor_pids(), (
+            f"{self.name}: processor {status.pid} of {shard} is not running"
+        )
+        return status.pid
+
+    def signal_java(self, signum: int) -> list[int]:
+        """Send ``signum`` (SIGSTOP / SIGCONT) to the JVM only: its record processors keep running."""
+        pids = self.java_pids()
+        assert pids, f"{self.name} has no JVM"
+        for pid in pids:
+            os.kill(pid, signum)
+        return pids
+
+    def terminate(self, timeout: float = 120) -> int:
+        """Graceful stop (one SIGTERM: every shard flushes, checkpoints and snapshots); returns the exit code."""
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{self.name} did not stop within {timeout:.0f}s of SIGTERM") from None
+
     def statuses(self) -> dict[str, ShardStatus]:
         return read_statuses(self.state_dir / "status")
 
     def processing(self) -> set[str]:
         return {shard for shard, status in self.statuses().items() if status.phase == "processing"}
 
-    def kill9(self) -> int:
-        """SIGKILL the supervisor, the JVM's process group (the daemon and every record processor) and any other
-        descendant, all at once; wait until none of them runs. Returns how many processes were killed."""
-        tree = _descendants(self.process.pid)
+    def kill_targets(self) -> tuple[list[int], set[int]]:
+        """The descendants of the supervisor and the JVM's process group (the daemon and every record processor):
+        found ahead of a kill that must land at an exact moment, since reading /proc takes a while."""
         groups = set()
         for pid in self.java_pids():  # the JVM runs in its own session, so in its own process group
             with suppress(ProcessLookupError):
                 groups.add(os.getpgid(pid))
+        return _descendants(self.process.pid), groups
+
+    def kill9(self, targets: tuple[list[int], set[int]] | None = None) -> int:
+        """SIGKILL the supervisor, the JVM's process group and any other descendant (``targets``, default: found
+        now), all at once; wait until none of this worker's processes runs. Returns how many were killed."""
+        tree, groups = targets or self.kill_targets()
         os.kill(self.process.pid, signal.SIGKILL)
         for group in groups:
             with suppress(ProcessLookupError):
@@ -148,18 +217,25 @@ class Worker:
                 os.kill(pid, signal.SIGKILL)
         self.process.wait(timeout=10)
         deadline = time.monotonic() + 15
-        while any(_alive(pid) for pid in tree):
-            assert time.monotonic() < deadline, f"{self.name}: processes survived SIGKILL: {tree}"
+        while any(_alive(pid) for pid in tree) or _processes_of(self.state_dir):
+            assert time.monotonic() < deadline, (
+                f"{self.name}: processes survived SIGKILL: {[p for p in tree if _alive(p)]} "
+                f"{_processes_of(self.state_dir)}"
+            )
             time.sleep(0.05)
         return 1 + len(tree)
 
-    def stop(self) -> None:
-        """Best-effort cleanup: kill whatever of this worker still runs (never touches other processes)."""
+    def stop(self) -> list[int]:
+        """Cleanup: kill whatever of this worker still runs (never touches other processes). Returns the pids of
+        processes that had outlived the worker's own process (a JVM or record processor left headless)."""
         if self.process.poll() is None:
             self.kill9()
-        else:
-            for pid in [p for p in self.java_pids() if _alive(p)]:
-                os.killpg(os.getpgid(pid), signal.SIGKILL)
+        leftovers = _processes_of(self.state_dir)
+        for pid in leftovers:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)  # a test may have paused it
+                os.kill(pid, signal.SIGKILL)
+        return leftovers
 
     def tail(self, lines: int = 60) -> str:
         text = self.log_path.read_text(errors="replace").splitlines() if self.log_path.exists() else []
@@ -228,7 +304,16 @@ class Harness:
 
     def close(self) -> None:
         for worker in self.workers:
-            worker.stop()
+            if worker.process.poll() is None:
+                worker.kill9()
+        for state_dir in dict.fromkeys(worker.state_dir for worker in self.workers):
+            leftovers = _processes_of(state_dir)
+            for pid in leftovers:
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)  # a test may have paused it
+                    os.kill(pid, signal.SIGKILL)
+            if leftovers:
+                print(f"harness: killed {len(leftovers)} processes left running for {state_dir}: {leftovers}")
         for producer in self.producers:
             if producer.poll() is None:
                 producer.kill()
@@ -296,6 +381,20 @@ class Dataset:
         first.write_bytes(b"".join(data + b"\n" for _, data in self.labelled[:cut]))
         second.write_bytes(b"".join(data + b"\n" for _, data in self.labelled[cut:]))
         return first, second
+
+    def parts(self, *fractions: float) -> list[tuple[Path, int]]:
+        """JSONL files with consecutive slices of the records (``fractions`` of them, the last gets the rest), each
+        with its record count, for produce runs at different moments of a scenario."""
+        cuts = [0]
+        for fraction in fractions:
+            cuts.append(cuts[-1] + int(len(self.labelled) * fraction))
+        cuts.append(len(self.labelled))
+        files = []
+        for number, (start, end) in enumerate(pairwise(cuts), start=1):
+            path = self.jsonl.with_suffix(f".slice{number}.jsonl")
+            path.write_bytes(b"".join(data + b"\n" for _, data in self.labelled[start:end]))
+            files.append((path, end - start))
+        return files
 
 
 #: Simulated history in days. Live traffic touches one or two event hours per flush; a 60-day history squeezed into
@@ -366,6 +465,44 @@ def _valid_documents(labelled: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
     ]
 
 
+def _chain_problems(commits: list[CommitRecord]) -> list[str]:
+    """Each shard's commits must form one chain from its start: the first continues from no position, each next one
+    from where its predecessor ended (``previous`` == the predecessor's ``last``), without a gap or a fork."""
+    problems = []
+    by_shard: dict[str, list[CommitRecord]] = defaultdict(list)
+    for commit in commits:
+        by_shard[commit.shard_id].append(commit)
+    for shard, records in by_shard.items():
+        records.sort(key=lambda record: record.first.sort_key())
+        expected: Any = None
+        for record in records:
+            if record.previous != expected:
+                problems.append(
+                    f"{shard}: commit {record.first.sequence_number}..{record.last.sequence_number} continues from "
+                    f"{record.previous}, its predecessor ended at {expected}"
+                )
+            if record.previous is not None and record.first <= record.previous:
+                problems.append(f"{shard}: commit starts at {record.first}, not after {record.previous}")
+            expected = record.last
+    return problems
+
+
+def _restored_rows(s3: Any, settings: Settings, shards: set[str]) -> dict[str, dict[str, Any]]:
+    """Every customer's row from a fresh restore of each shard from S3 alone (snapshot + chain, no local file)."""
+    recovery = StateRecovery(s3, settings)
+    rows: dict[str, dict[str, Any]] = {}
+    for shard in sorted(shards):
+        state = CustomerState(shard)
+        try:
+            recovery.restore(state)
+            for row in state.snapshot_rows().to_pylist():
+                assert row["customer_id"] not in rows, f"customer {row['customer_id']} restored in two shards"
+                rows[row["customer_id"]] = row
+        finally:
+            state.close()
+    return rows
+
+
 def _verify_outputs(s3: Any, bucket: str, labelled: list[tuple[str, bytes]], root: Path) -> dict[str, int]:
     """Every check of an exactly-once run; collects all problems before failing. Returns a few counts."""
     settings = Settings(bucket=bucket, prefix=PREFIX, stream_name="unused")
@@ -375,7 +512,7 @@ def _verify_outputs(s3: Any, bucket: str, labelled: list[tuple[str, bytes]], roo
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
 
-    # commit records: each balances; together they cover every record once; ranges never overlap within a shard
+    # commit records: each balances; together they cover every record once; each shard's commits form one chain
     for commit in commits:
         if commit.accepted + commit.rejected != commit.records_in - commit.records_skipped:
             problems.append(f"commit does not balance: {commit}")
@@ -385,37 +522,36 @@ def _verify_outputs(s3: Any, bucket: str, labelled: list[tuple[str, bytes]], roo
     duplicates = sum(1 for label, _ in labelled if label == "duplicate")
     if sum(c.duplicates for c in commits) != duplicates:
         problems.append(
-            f"commits count {sum(c['duplicates'] for c in commits)} duplicates, expected {duplicates}"
+            f"commits count {sum(c.duplicates for c in commits)} duplicates, expected {duplicates}"
         )
-    by_shard: dict[str, list[tuple[int, int, int, int]]] = defaultdict(list)
-    for c in commits:
-        by_shard[c.shard_id].append(
-            (
-                *c.first.sort_key(),
-                *c.last.sort_key(),
-            )
-        )
-    for shard, ranges in by_shard.items():
-        ranges.sort()
-        for before, after in pairwise(ranges):
-            if (after[0], after[1]) <= (before[2], before[3]):
-                problems.append(f"{shard}: committed flushes overlap: {before} and {after}")
+    problems += _chain_problems(commits)
 
-    # no orphans: every data object belongs to a committed flush
-    committed_files = {key for c in commits for keys in c.files.values() for key in keys}
+    # no orphans: every data object belongs to a committed flush (a losing or torn attempt's files are gone)
+    committed = {key for c in commits for keys in c.files.values() for key in keys}
     for output in OUTPUTS:
         folder = root / settings.output_prefix(output)
         for path in folder.rglob("*.parquet") if folder.exists() else []:
             key = str(path.relative_to(root))
-            if key not in committed_files:
+            if key not in committed:
                 problems.append(f"data object without a commit record: {key}")
+    missing_files = sorted(key for key in committed if not (root / key).exists())
+    if missing_files:
+        problems.append(f"{len(missing_files)} files named by commits are missing, e.g. {missing_files[:3]}")
 
-    # the events archive holds each valid event exactly once
-    archived = Counter(
-        row[0]
-        for row in con.sql(
-            f"SELECT event_id FROM read_parquet('{output_glob(root, settings, 'events')}')"
-        ).fetchall()
+    def committed_glob(output: str) -> list[str]:
+        return [str(root / key) for c in commits for key in c.files.get(output, []) if (root / key).exists()]
+
+    # the committed events/ files hold each valid event exactly once
+    event_files = committed_glob("events")
+    archived = (
+        Counter(
+            row[0]
+            for row in con.sql(
+                "SELECT event_id FROM read_parquet($files)", params={"files": event_files}
+            ).fetchall()
+        )
+        if event_files
+        else Counter()
     )
     valid_ids = {str(doc["event_id"]).lower() for doc in _valid_documents(labelled)}
     missing, extra = valid_ids - set(archived), set(archived) - valid_ids
@@ -426,13 +562,18 @@ def _verify_outputs(s3: Any, bucket: str, labelled: list[tuple[str, bytes]], roo
             f"(e.g. {sorted(missing)[:3]} {sorted(extra)[:3]} {sorted(repeated.items())[:3]})"
         )
 
-    # every malformed record is in errors/ exactly once, byte for byte
+    # every malformed record is in the committed errors/ files exactly once, byte for byte
     malformed = sorted(data for label, data in labelled if label.startswith("malformed"))
-    rejected = sorted(
-        bytes(row[0])
-        for row in con.sql(
-            f"SELECT raw_data FROM read_parquet('{output_glob(root, settings, 'errors')}')"
-        ).fetchall()
+    error_files = committed_glob("errors")
+    rejected = (
+        sorted(
+            bytes(row[0])
+            for row in con.sql(
+                "SELECT raw_data FROM read_parquet($files)", params={"files": error_files}
+            ).fetchall()
+        )
+        if error_files
+        else []
     )
     if rejected != malformed:
         over = Counter(rejected) - Counter(malformed)
@@ -442,42 +583,25 @@ def _verify_outputs(s3: Any, bucket: str, labelled: list[tuple[str, bytes]], roo
             f"({sum(under.values())} missing, {sum(over.values())} extra or repeated)"
         )
 
-    # every customer's current row equals the reference
+    # every customer's current row (committed customer_aggregates/) equals the reference
+    documents = _valid_documents(labelled)
     rows = {
         row["customer_id"]: row
         for row in current_customer_rows(con, output_glob(root, settings, "customer_aggregates"))
         .to_arrow_table()
         .to_pylist()
     }
-    expected = reference_aggregates(_valid_documents(labelled))
-    if set(rows) != set(expected):
-        problems.append(
-            f"customers: {len(set(expected) - set(rows))} missing, {len(set(rows) - set(expected))} unexpected"
-        )
-    mismatches = []
-    for customer, want in expected.items():
-        got = rows.get(customer)
-        if got is None:
-            continue
-        for column, value in want.items():
-            if column == "T":
-                if value is not None:
-                    t = (got["as_of"].date() - want["first_purchase_at"].date()).days
-                    if got["T"] != t:
-                        mismatches.append((customer, "T", got["T"], t))
-                continue
-            if isinstance(value, float):
-                same = got[column] is not None and abs(got[column] - value) <= 1e-9 * max(1.0, abs(value))
-            else:
-                same = got[column] == value
-            if not same:
-                mismatches.append((customer, column, got[column], value))
-        if got["version"] != want["events"]:
-            mismatches.append((customer, "version", got["version"], want["events"]))
-        if got["as_of"] < got["last_event_at"]:
-            mismatches.append((customer, "as_of", got["as_of"], got["last_event_at"]))
+    mismatches = mismatches_against_reference(rows, documents)
     if mismatches:
-        problems.append(f"{len(mismatches)} aggregate mismatches, e.g. {mismatches[:5]}")
+        problems.append(f"{len(mismatches)} aggregate mismatches in the current rows, e.g. {mismatches[:5]}")
+
+    # a fresh restore of every shard from S3 alone (snapshot + commit chain) gives the same customers
+    restored = _restored_rows(s3, settings, {c.shard_id for c in commits})
+    mismatches = mismatches_against_reference(restored, documents)
+    if mismatches:
+        problems.append(
+            f"{len(mismatches)} aggregate mismatches after a restore from S3, e.g. {mismatches[:5]}"
+        )
 
     assert problems == [], "\n".join(problems)
     return {
@@ -501,6 +625,21 @@ def _log_lines(path: Path, needle: str) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------------------------ test 1: chaos
+#: Where a kill found a shard's flush, from what it left behind (commit order: consumer/shard_processor.py):
+#: "idle" - nothing buffered; "before-intent" - records waiting, no intent yet (before step 2);
+#: "intent->commit" - an intent whose chain position holds no commit (steps 2-4: the next commit settles it);
+#: "commit->checkpoint" - the chain ends beyond the KCL checkpoint (steps 4-6: the records come again, all skipped);
+#: "checkpoint->tidy" - committed and checkpointed, the intent not yet deleted (steps 6-7).
+STEPS = ("idle", "before-intent", "intent->commit", "commit->checkpoint", "checkpoint->tidy")
+MID_FLUSH = frozenset(STEPS[2:])
+
+#: How a trial picks its moment, always after the run's first commit (durable progress first):
+#: "random" - a random delay into the next flush cycle (flushes come every ~2 s);
+#: "intent" - as soon as an intent of this run appears on S3 (a flush between steps 2 and 7), plus a few ms.
+KILL_MODES = ("random", "intent")
+DEFAULT_CHAOS_SEED = 20261129
+
+
 @dataclass
 class Trial:
     number: int
@@ -509,34 +648,91 @@ class Trial:
     keep_state: bool
     kill_after: float = 0.0
     processors: int = 0
-    flushes_seen: int = 0
-    reporting: int = 0
+    commits_before_kill: int = 0  # commits this run made before the kill
     commits: int = 0
-    new_commits: int = 0
     records_durable: int = 0
-    torn: list[str] = field(default_factory=list)
+    steps: dict[str, str] = field(default_factory=dict)  # shard -> where the kill found its flush
     restart_seconds: float | None = None
 
 
-#: When a trial kills, counted from the moment the run's first record processor appears:
-#: "startup" - while processors initialize (discard an uncommitted flush, restore from S3) or see their first records;
-#: "running" - somewhere in the middle of processing and flushing;
-#: "after-flush" - just after a shard reported a completed flush, when other shards are likely mid-flush.
-KILL_MODES = (("startup", 0.25), ("running", 0.45), ("after-flush", 0.30))
-
-
 def _plan(rng: random.Random, trials: int) -> list[Trial]:
-    # Both "kept" and "deleted" local state happen at least once when there are two or more trials.
+    # Both "kept" and "deleted" local state, and both kill modes, happen at least once when there are two trials.
     keeps = [True, False][:trials] + [rng.random() < 0.5 for _ in range(trials - 2)]
+    modes = list(KILL_MODES)[:trials] + [rng.choice(KILL_MODES) for _ in range(trials - 2)]
     rng.shuffle(keeps)
+    rng.shuffle(modes)
     plan = []
-    for number, keep in enumerate(keeps, start=1):
-        mode = rng.choices([m for m, _ in KILL_MODES], weights=[w for _, w in KILL_MODES])[0]
-        delay = {"startup": rng.uniform(0.0, 1.5), "running": rng.uniform(2.0, 12.0)}.get(
-            mode, rng.uniform(0.0, 0.6)
-        )
-        plan.append(Trial(number, mode, round(delay, 2), keep))
+    for number, (keep, mode) in enumerate(zip(keeps, modes, strict=True), start=1):
+        delay = rng.uniform(0.0, 2.5) if mode == "random" else rng.uniform(0.0, 0.05)
+        plan.append(Trial(number, mode, round(delay, 3), keep))
     return plan
+
+
+def _intent_keys(s3: Any, bucket: str) -> set[str]:
+    layout = OutputLayout(PREFIX)
+    return {
+        obj["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=f"{layout.control_prefix}intents/"
+        )
+        for obj in page.get("Contents", [])
+    }
+
+
+def _kill_steps(
+    s3: Any,
+    dynamodb: Any,
+    names: dict[str, str],
+    statuses: dict[str, ShardStatus],
+    earlier_intents: set[str],
+) -> dict[str, str]:
+    """Where the kill found each shard's flush (see STEPS), from the intents this run left, the commit chain, the
+    KCL checkpoints and the last status the shard's processor reported."""
+    layout = OutputLayout(PREFIX)
+    bucket = names["bucket"]
+    commits = _commit_records(s3, bucket)
+    tips: dict[str, CommitRecord] = {}
+    for commit in commits:  # sorted by shard and position: the last one of a shard is its tip
+        tips[commit.shard_id] = commit
+    checkpoints = {
+        shard: lease.get("checkpoint", "")
+        for shard, lease in _leases(dynamodb, names["application_name"]).items()
+    }
+    intents: dict[str, list[FlushIntent]] = defaultdict(list)
+    for key in _intent_keys(s3, bucket) - earlier_intents:
+        with suppress(s3.exceptions.NoSuchKey):
+            intent = FlushIntent.from_json(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+            intents[intent.shard_id].append(intent)
+    steps = {}
+    for shard in sorted(set(checkpoints) | set(statuses)):
+        winners = {
+            intent.attempt_id: _commit_at(s3, bucket, layout, shard, intent.previous)
+            for intent in intents[shard]
+        }
+        tip = tips.get(shard)
+        checkpoint = checkpoints.get(shard, "")
+        status = statuses.get(shard)
+        if any(winner is None for winner in winners.values()):
+            steps[shard] = "intent->commit"
+        elif tip is not None and (
+            not checkpoint.isdigit() or int(checkpoint) < int(tip.last.sequence_number)
+        ):
+            steps[shard] = "commit->checkpoint"
+        elif any(winner is not None and winner.attempt_id == attempt for attempt, winner in winners.items()):
+            steps[shard] = "checkpoint->tidy"
+        elif status is not None and status.buffered_records:
+            steps[shard] = "before-intent"
+        else:
+            steps[shard] = "idle"
+    return steps
+
+
+def _commit_at(s3: Any, bucket: str, layout: OutputLayout, shard: str, previous: Any) -> CommitRecord | None:
+    try:
+        body = s3.get_object(Bucket=bucket, Key=layout.commit_key(shard, previous))["Body"].read()
+    except s3.exceptions.NoSuchKey:
+        return None
+    return CommitRecord.from_json(body)
 
 
 def _run_trials(
@@ -544,47 +740,58 @@ def _run_trials(
     env: dict[str, str],
     plan: list[Trial],
     dataset: Dataset,
-    s3: Any,
-    bucket: str,
+    clients: dict[str, Any],
+    names: dict[str, str],
     state_dir: Path,
     started: float,
 ) -> int:
     """Start, SIGKILL and restart the worker as planned; the last restart drains. Returns its exit code."""
+    s3, bucket = clients["s3"], names["bucket"]
+    # Each run gets its own slice of the load (~10 s at 400 records/s), so records flow whenever a kill is due.
+    slices = dataset.parts(*[1 / len(plan)] * (len(plan) - 1))
     worker = harness.worker("worker", env)
     commits_before = 0
-    for trial in plan:
+    for trial, (load, _) in zip(plan, slices, strict=True):
         _wait_for(
             f"a record processor of worker run {trial.number}",
             lambda w=worker: w.processor_pids() or w.process.poll() is not None,
             timeout=120,
         )
         assert worker.process.poll() is None, f"worker exited with {worker.process.returncode}"
-        if trial.number == 1:
-            # ~30 s of load from when the KCL holds its leases, so the kills land while records flow.
-            harness.produce_in_background(dataset.jsonl, env, rate=400, log="producer.log")
-        else:
+        harness.produce_in_background(load, env, rate=400, log="producer.log")
+        if trial.number > 1:
             plan[trial.number - 2].restart_seconds = round(time.monotonic() - worker.started, 1)
-        if trial.mode == "after-flush":
-            with suppress(AssertionError):  # no flush within the bound: kill anyway
-                _wait_for(
-                    "a flush",
-                    lambda w=worker: any(s.flushes for s in w.statuses().values()),
-                    timeout=20,
-                    interval=0.05,
-                )
+        earlier_intents = _intent_keys(s3, bucket)
+        # Durable progress first: this run's first commit.
+        _wait_for(
+            f"a commit of worker run {trial.number}",
+            lambda n=commits_before, w=worker: (
+                len(_commit_records(s3, bucket)) > n or w.process.poll() is not None
+            ),
+            timeout=120,
+            interval=0.05,
+        )
+        assert worker.process.poll() is None, f"worker exited with {worker.process.returncode}"
+        targets = worker.kill_targets()
+        trial.processors = len([pid for pid in targets[0] if "consumer.record_processor" in _cmdline(pid)])
+        if trial.mode == "intent":
+            seen = _intent_keys(s3, bucket)
+            _wait_for(
+                f"a flush of worker run {trial.number} to write its intent",
+                lambda seen=seen: bool(_intent_keys(s3, bucket) - seen),
+                timeout=60,
+                interval=0.01,
+            )
         time.sleep(trial.delay)
-        trial.processors = len(worker.processor_pids())
-        statuses = worker.statuses()
-        trial.reporting = sum(1 for s in statuses.values() if s.phase == "processing")
-        trial.flushes_seen = sum(s.flushes for s in statuses.values())
+        worker.kill9(targets)
         trial.kill_after = round(time.monotonic() - started, 1)
-        worker.kill9()
+        statuses = worker.statuses()  # each shard's last report before the kill
         commits = _commit_records(s3, bucket)
         trial.commits = len(commits)
-        trial.new_commits = len(commits) - commits_before
+        trial.commits_before_kill = len(commits) - commits_before
         commits_before = len(commits)
         trial.records_durable = sum(c.records_in - c.records_skipped for c in commits)
-        trial.torn = _torn_flushes(s3, bucket)
+        trial.steps = _kill_steps(s3, clients["dynamodb"], names, statuses, earlier_intents)
         if not trial.keep_state:
             shutil.rmtree(state_dir, ignore_errors=True)
         if trial.number < len(plan):
@@ -602,24 +809,26 @@ def _run_trials(
 
 def _print_trials(plan: list[Trial]) -> None:
     print(
-        "trial | kill mode   | delay s | killed at s | processors (reporting) | flushes this run | commits (new) | "
-        "records durable | torn flush (intent, no commit) | local state | restart->processor s"
+        "trial | kill mode | delay s | killed at s | processors | commits before kill | commits (total) | "
+        "records durable | where each shard's flush was | local state | restart->processor s"
     )
     for t in plan:
         if not t.kill_after:
-            print(f"{t.number:5} | {t.mode:11} | {t.delay:7} | not reached")
+            print(f"{t.number:5} | {t.mode:9} | {t.delay:7} | not reached")
             continue
         restart = "-" if t.restart_seconds is None else t.restart_seconds
-        processors = f"{t.processors} ({t.reporting})"
+        steps = ", ".join(f"{shard[-1]}:{step}" for shard, step in t.steps.items())
         print(
-            f"{t.number:5} | {t.mode:11} | {t.delay:7} | {t.kill_after:11} | {processors:22} | "
-            f"{t.flushes_seen:16} | {f'{t.commits} ({t.new_commits})':13} | {t.records_durable:15} | "
-            f"{','.join(t.torn) or '-':30} | {'kept' if t.keep_state else 'deleted':11} | {restart}"
+            f"{t.number:5} | {t.mode:9} | {t.delay:7} | {t.kill_after:11} | {t.processors:10} | "
+            f"{t.commits_before_kill:19} | {t.commits:15} | {t.records_durable:15} | {steps:28} | "
+            f"{'kept' if t.keep_state else 'deleted':11} | {restart}"
         )
+    landed = Counter(step for t in plan for step in t.steps.values())
+    print("kills by commit step (per shard): " + ", ".join(f"{step} {landed[step]}" for step in STEPS))
 
 
 def test_random_kill9_of_the_worker_keeps_exactly_once(emulator_endpoint: str, tmp_path: Path) -> None:
-    seed = int(os.environ.get("CHAOS_SEED") or random.SystemRandom().randrange(1, 2**31))
+    seed = int(os.environ.get("CHAOS_SEED") or DEFAULT_CHAOS_SEED)
     trials = int(os.environ.get("CHAOS_TRIALS", "3"))
     print(f"\nchaos: CHAOS_SEED={seed} CHAOS_TRIALS={trials} (set these to reproduce the same decisions)")
     rng = random.Random(seed)
@@ -627,7 +836,7 @@ def test_random_kill9_of_the_worker_keeps_exactly_once(emulator_endpoint: str, t
     shards = rng.choice((2, 3))
     plan = _plan(rng, trials)
     state_dir = tmp_path / "state"
-    s3 = _clients(emulator_endpoint)["s3"]
+    clients = _clients(emulator_endpoint)
 
     with _harness(tmp_path) as harness:
         env = harness.env(
@@ -642,7 +851,7 @@ def test_random_kill9_of_the_worker_keeps_exactly_once(emulator_endpoint: str, t
         dataset = _generate(harness, env, customers=200, events=12_000, seed=rng.randrange(1, 10**6))
         started = time.monotonic()
         try:
-            code = _run_trials(harness, env, plan, dataset, s3, names["bucket"], state_dir, started)
+            code = _run_trials(harness, env, plan, dataset, clients, names, state_dir, started)
         finally:  # the table also when a trial fails: it says what had happened before
             print(
                 f"\nchaos summary: seed {seed}, {shards} shards, {len(dataset.labelled)} records, "
@@ -651,13 +860,17 @@ def test_random_kill9_of_the_worker_keeps_exactly_once(emulator_endpoint: str, t
             _print_trials(plan)
             log = tmp_path / "worker.log"
             restores = _log_lines(log, "restored shard state")
-            discards = _log_lines(log, "files of an uncommitted flush")
-            print(f"restores logged: {len(restores)}; uncommitted flushes discarded: {len(discards)}")
-            for entry in restores + discards:
+            settled = _log_lines(log, "which lost the commit after")
+            print(f"restores logged: {len(restores)}; attempts whose files were deleted: {len(settled)}")
+            for entry in restores + settled:
                 print(f"  {entry.get('shard_id')}: {entry['message'][:160]}")
         assert code == 0, f"the draining worker exited with {code}"
-        counts = _verify_outputs(s3, names["bucket"], dataset.labelled, tmp_path / "s3")
-        print(f"verified: {counts}")
+        no_progress = [t.number for t in plan if t.commits_before_kill < 1]
+        assert no_progress == [], f"trials killed before their run made a commit: {no_progress}"
+        mid_flush = [(t.number, shard) for t in plan for shard, step in t.steps.items() if step in MID_FLUSH]
+        assert mid_flush, "no kill landed in the middle of a flush (between its intent and its tidy-up)"
+        counts = _verify_outputs(clients["s3"], names["bucket"], dataset.labelled, tmp_path / "s3")
+        print(f"verified: {counts}; kills mid-flush (trial, shard): {mid_flush}")
 
 
 # ------------------------------------------------------------------------------------------------ test 2: two workers

@@ -12,6 +12,10 @@ import base64
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -25,6 +29,7 @@ from botocore.exceptions import ClientError
 
 from consumer import record_processor
 from consumer.record_processor import RecordProcessor
+from consumer.shard_processor import state_path
 from runtime.settings import Settings, load_settings
 from tests.moto_support import isolate_environment, moto_bucket
 
@@ -383,3 +388,51 @@ def test_the_entry_point_writes_only_protocol_json_to_stdout_and_logs_to_stderr(
     assert any(entry["message"].startswith("flushed 4 records") for entry in logs), captured.err
     assert all(entry.get("shard_id") == SHARD for entry in logs if entry["logger"].startswith("consumer."))
     assert event_ids_in_s3(s3) == expected_ids(range(4))
+
+
+def _hold_state_file(path: Path, seconds: float) -> subprocess.Popen[str]:
+    """Another process that opens ``path`` with DuckDB (taking its lock) for ``seconds``; returns once it holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import duckdb, sys, time; con = duckdb.connect({str(path)!r}); print('held', flush=True); "
+            f"time.sleep({seconds})",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_initialize_waits_for_an_earlier_processor_of_the_shard_that_still_holds_its_state_file(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The lease came back while this worker's earlier processor of the shard still finishes a flush: the new one
+    waits for it instead of failing (which would stop the whole MultiLangDaemon)."""
+    holder = _hold_state_file(state_path(settings.state_dir, SHARD), seconds=1.5)
+    monkeypatch.setattr(record_processor.os, "getppid", os.getpid)  # the holder counts as a sibling processor
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="consumer.record_processor"):
+        state = RecordProcessor(settings)._open_state(SHARD)
+    try:
+        assert holder.wait(timeout=10) == 0
+        assert time.monotonic() - started >= 1.0
+        assert state.position() is None
+        assert any(f"pid {holder.pid}" in record.getMessage() for record in caplog.records)
+    finally:
+        state.close()
+
+
+def test_a_state_file_held_by_an_unrelated_process_is_still_an_error(settings: Settings) -> None:
+    holder = _hold_state_file(state_path(settings.state_dir, SHARD), seconds=30)
+    try:
+        assert record_processor.sibling_holding_lock(RuntimeError("no lock words")) is None
+        with pytest.raises(Exception, match="lock") as raised:
+            RecordProcessor(settings)._open_state(SHARD)
+        assert record_processor.sibling_holding_lock(raised.value) is None  # held, but not by a sibling
+    finally:
+        holder.kill()
+        holder.wait()

@@ -1,0 +1,523 @@
+"""The fenced commit chain (README: "How it stays correct") end to end: two real KCL workers, one shard, two writers.
+
+Each test runs two `clickstream worker` processes (own worker ids and state directories, one KCL application) on a
+2-shard stream against the embedded endpoint, and makes a second writer of one shard out of the KCL's own lease
+handling while an S3 PutObject outage holds a flush in its retry loop:
+
+1. ``test_a_paused_owner_loses_the_commit_race_and_catches_up_when_it_gets_the_shard_back``: the owner's JVM is
+   paused (SIGSTOP: a long GC pause, a frozen VM) while its processor retries a flush; the other worker takes the
+   shard over from the checkpoint; when S3 is back both commit at the same chain position and the paused owner must
+   lose ("lost the commit race", ``commit_conflicts``). Its JVM resumes and learns the lease is gone; later it gets
+   the shard back with its old local state (the other worker stops gracefully) and must catch up from S3.
+2. ``test_a_lease_moved_during_a_retrying_flush_fences_the_old_owner``: no pause: the lease is reassigned to the
+   other worker, with the update the KCL leader's lease assignment writes, while the owner's processor retries a
+   flush (the KCL's own balancing goes by host CPU, the same host for both workers here, so it cannot be steered);
+   the old processor's retries go on after the move. Then the lease comes back to the old owner while that
+   processor still retries (the KCL did this by itself in one run): the worker must not die (its new processor
+   waits for the old one to release the state file). When S3 is back, one commit at the position; any other
+   attempt at it loses; the old processor cannot checkpoint and ends, the new one goes on.
+
+Both end with the checks of every end-to-end run (tests/test_e2e_chaos.py ``_verify_outputs``): each valid event
+exactly once in the committed events/, every customer equal to tests/reference.py (from the current rows and from a
+fresh restore of S3 alone), input = accepted + rejected, one unbroken commit chain per shard, no data file that no
+commit names. Worker logs are in the test's tmp_path; on a failure their tails are printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from consumer.s3_sink import read_commit_records
+from consumer.shard_processor import state_path
+from consumer.status import ShardStatus
+from emulator.faults import clear_faults, list_faults, set_fault
+from schemas.control import CommitRecord
+from schemas.layout import OutputLayout
+from schemas.positions import Position
+from tests.test_e2e_chaos import (
+    PREFIX,
+    Dataset,
+    Harness,
+    Worker,
+    _clients,
+    _generate,
+    _harness,
+    _leader,
+    _leases,
+    _verify_outputs,
+    _wait_for,
+)
+
+pytestmark = pytest.mark.e2e
+
+SHARDS = frozenset({"shardId-000000000000", "shardId-000000000001"})
+WORKERS = ("worker-a", "worker-b")
+LAYOUT = OutputLayout(PREFIX)
+#: An outage that outlasts every step of a scenario; each test ends it itself (clear_faults) at a known moment.
+OUTAGE_SECONDS = 900
+RESTORED = re.compile(r"restored shard state from (\w+): (\d+) commits, (\d+) events")
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+@dataclass
+class Duo:
+    harness: Harness
+    s3: Any
+    dynamodb: Any
+    names: dict[str, str]
+    envs: dict[str, dict[str, str]]
+    dataset: Dataset
+    workers: dict[str, Worker]
+    endpoint: str
+
+    @property
+    def bucket(self) -> str:
+        return self.names["bucket"]
+
+    def commits(self, shard: str | None = None) -> list[CommitRecord]:
+        return read_commit_records(self.s3, self.bucket, LAYOUT, shard)
+
+    def commit_at(self, shard: str, previous: Position | None) -> CommitRecord | None:
+        """The commit that continues ``shard``'s chain from ``previous``, if one exists."""
+        try:
+            body = self.s3.get_object(Bucket=self.bucket, Key=LAYOUT.commit_key(shard, previous))[
+                "Body"
+            ].read()
+        except self.s3.exceptions.NoSuchKey:
+            return None
+        return CommitRecord.from_json(body)
+
+    def tip(self, shard: str) -> Position | None:
+        """Where ``shard``'s chain ends (None: no commit yet)."""
+        position = None
+        while (record := self.commit_at(shard, position)) is not None:
+            position = record.last
+        return position
+
+    def records_committed(self) -> int:
+        return sum(c.records_in - c.records_skipped for c in self.commits())
+
+    def lease_owner(self, shard: str) -> str | None:
+        return _leases(self.dynamodb, self.names["application_name"]).get(shard, {}).get("leaseOwner")
+
+    def status(self, worker: str, shard: str) -> ShardStatus:
+        return self.workers[worker].statuses().get(shard) or ShardStatus(shard, 0)
+
+    def produce(self, jsonl: Path) -> None:
+        self.harness.cli(
+            "produce",
+            "--input",
+            str(jsonl),
+            "--no-progress",
+            env=self.envs[WORKERS[0]],
+            timeout=180,
+            log="producer.log",
+        )
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    at: datetime
+    level: str
+    message: str
+    shard: str | None
+
+
+def _log(
+    worker: Worker, needle: str, shard: str | None = None, since: datetime | None = None
+) -> list[LogEntry]:
+    """The JSON log lines of ``worker`` (its supervisor relays its record processors' lines) containing ``needle``."""
+    entries = []
+    for line in worker.log_path.read_text(errors="replace").splitlines():
+        if needle not in line or not line.startswith("{"):
+            continue
+        with suppress(ValueError):
+            document = json.loads(line)
+            entry = LogEntry(
+                datetime.fromisoformat(document["time"]),
+                document["level"],
+                document["message"],
+                document.get("shard_id"),
+            )
+            if (shard is None or entry.shard == shard) and (since is None or entry.at >= since):
+                entries.append(entry)
+    return entries
+
+
+@pytest.fixture
+def duo(emulator_endpoint: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Duo]:
+    """Two workers of one application on a fresh 2-shard stream, each holding one shard; no load yet."""
+    suffix = "pause" if "paused" in request.node.name else "move"
+    names = {
+        "stream_name": f"fence-{suffix}",
+        "bucket": f"fence-{suffix}-out",
+        "application_name": f"fence-{suffix}-rfm",
+    }
+    clients = _clients(emulator_endpoint)
+    with _harness(tmp_path) as harness:
+        envs = {
+            name: harness.env(
+                emulator_endpoint,
+                tmp_path / f"state-{name}",
+                worker_id=name,
+                stream_shards=str(len(SHARDS)),
+                # Snapshots only when a shard stops or ends: a restore then walks the commits after the local state.
+                snapshot_every_flushes="1000",
+                **names,
+            )
+            for name in WORKERS
+        }
+        harness.cli("setup", env=envs[WORKERS[0]], timeout=60, log="setup.log")
+        dataset = _generate(
+            harness, envs[WORKERS[0]], customers=120, events=6_000, seed=7 if suffix == "pause" else 8
+        )
+        workers = {name: harness.worker(name, env) for name, env in envs.items()}
+        run = Duo(
+            harness, clients["s3"], clients["dynamodb"], names, envs, dataset, workers, emulator_endpoint
+        )
+
+        def holders() -> dict[str, set[str]]:
+            exited = {
+                name: w.process.returncode for name, w in workers.items() if w.process.poll() is not None
+            }
+            assert not exited, f"a worker exited before the leases were balanced: {exited}"
+            return {name: w.processing() for name, w in workers.items()}
+
+        started = time.monotonic()
+        _wait_for(
+            "every shard to be processed", lambda: set().union(*holders().values()) == SHARDS, timeout=180
+        )
+        held = holders()
+        if not all(held.values()):
+            # The KCL hands new leases to the workers registered at that moment, and balances later only by host
+            # CPU (the same host here): give the idle worker one shard the way the leader's assignment would.
+            busy, idle = sorted(WORKERS, key=lambda name: -len(held[name]))
+            _assign_lease(run, sorted(held[busy])[0], idle)
+        _wait_for(
+            "each worker to process one shard",
+            lambda: all(holders().values()) and set().union(*holders().values()) == SHARDS,
+            timeout=120,
+        )
+        print(
+            f"\nbalanced after {time.monotonic() - started:.0f}s: "
+            f"{ {name: sorted(w.processing()) for name, w in workers.items()} }"
+        )
+        try:
+            yield run
+        finally:
+            clear_faults(emulator_endpoint)
+
+
+def _assign_lease(run: Duo, shard: str, new_owner: str) -> str:
+    """Reassign ``shard``'s lease with the update the KCL leader's lease assignment writes (LeaseAssignmentManager ->
+    DynamoDBLeaseRefresher.assignLease): owner replaced, checkpointOwner removed, owner switches and lease counter
+    incremented, on condition that the owner is still the one read. The old owner's next renewal fails (its lease
+    is lost), the new owner's lease discovery starts the shard from its checkpoint. Returns the old owner."""
+    table, key = run.names["application_name"], {"leaseKey": {"S": shard}}
+    old = run.dynamodb.get_item(TableName=table, Key=key, ConsistentRead=True)["Item"]["leaseOwner"]["S"]
+    run.dynamodb.update_item(
+        TableName=table,
+        Key=key,
+        UpdateExpression="SET leaseOwner = :new REMOVE checkpointOwner ADD leaseCounter :one, "
+        "ownerSwitchesSinceCheckpoint :one",
+        ConditionExpression="leaseOwner = :old AND attribute_exists(leaseKey)",
+        ExpressionAttributeValues={":new": {"S": new_owner}, ":old": {"S": old}, ":one": {"N": "1"}},
+    )
+    return str(old)
+
+
+def _local_position(run: Duo, worker: str, shard: str) -> Position | None:
+    """The position stored in ``worker``'s local state file of ``shard`` (read while no processor holds it)."""
+    path = state_path(Path(run.envs[worker]["CLICKSTREAM_STATE_DIR"]), shard)
+    rows: list[Any] = []
+
+    def read() -> bool:
+        try:
+            con = duckdb.connect(str(path), read_only=True)
+        except duckdb.IOException:  # a processor holds the file: try again
+            return False
+        try:
+            rows.extend(
+                con.execute("SELECT sequence_number, sub_sequence_number FROM shard_progress").fetchall()
+            )
+        finally:
+            con.close()
+        return True
+
+    _wait_for(f"{worker}'s state file of {shard} to be free", read, timeout=60)
+    return Position(str(rows[0][0]), int(rows[0][1])) if rows else None
+
+
+def _stop_all(run: Duo) -> dict[str, int]:
+    """SIGTERM every worker at once (each flushes, checkpoints and snapshots its shards); their exit codes."""
+    for worker in run.workers.values():
+        worker.process.send_signal(signal.SIGTERM)
+    codes = {}
+    for name, worker in run.workers.items():
+        try:
+            codes[name] = worker.process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{name} did not stop within 120 s of SIGTERM") from None
+    return codes
+
+
+def _hold_a_flush_in_retries(run: Duo, owner: str, shard: str, load: Path) -> Position | None:
+    """Produce ``load``, wait for ``owner`` to commit on ``shard``, then start a PutObject outage and wait until its
+    processor of ``shard`` retries a flush. Returns the chain position that flush continues from (frozen: nothing
+    commits during the outage)."""
+    run.harness.produce_in_background(load, run.envs[owner], rate=150, log="producer.log")
+    _wait_for(
+        f"{owner} to commit a flush of {shard}",
+        lambda: any(c.worker_id == owner for c in run.commits(shard)),
+        timeout=90,
+    )
+    retries = run.status(owner, shard).retries
+    set_fault(run.endpoint, "s3", 503, OUTAGE_SECONDS, operations=["PutObject"])
+    _wait_for(
+        f"{owner} to retry a flush of {shard} during the S3 outage",
+        lambda: run.status(owner, shard).retries > retries,
+        timeout=60,
+        interval=0.1,
+    )
+    return run.tip(shard)
+
+
+def _end_outage(run: Duo) -> int:
+    """End the S3 outage; returns how many requests it failed."""
+    hits = sum(f["hits"] for f in list_faults(run.endpoint)["active"])
+    clear_faults(run.endpoint)
+    return hits
+
+
+def _wait_until_settled(run: Duo, timeout: float) -> None:
+    """Every record of the dataset is in a commit (which also settles the intents of the attempts before it)."""
+    total = len(run.dataset.labelled)
+    _wait_for(
+        f"commits to cover all {total} records", lambda: run.records_committed() >= total, timeout=timeout
+    )
+
+
+# ------------------------------------------------------------------------------------------------ 1: paused owner
+def test_a_paused_owner_loses_the_commit_race_and_catches_up_when_it_gets_the_shard_back(
+    duo: Duo, tmp_path: Path
+) -> None:
+    run = duo
+    first, second, third = run.dataset.parts(0.5, 0.25)
+    # The leader must stay alive to hand the paused worker's lease over (a paused leader holds the leader lock).
+    leader = _leader(run.dynamodb, run.names["application_name"])
+    assert leader in WORKERS, f"no KCL leader among the workers: {leader}"
+    owner = next(name for name in WORKERS if name != leader)  # A: paused
+    taker = leader  # B: takes the shard over
+    shard = sorted(run.workers[owner].processing())[0]
+    a, b = run.workers[owner], run.workers[taker]
+
+    # (a) A's processor retries a flush at chain position P; A's JVM stops; B takes the shard over from the checkpoint.
+    position = _hold_a_flush_in_retries(run, owner, shard, first[0])
+    zombie = a.processor_of(shard)
+    paused_at = time.monotonic()
+    java = a.signal_java(signal.SIGSTOP)
+    try:
+        took = _wait_for(f"{taker} to take {shard} over", lambda: shard in b.processing(), timeout=180)
+        assert run.lease_owner(shard) == taker, _leases(run.dynamodb, run.names["application_name"])
+        _wait_for(
+            f"{taker} to retry its first flush of {shard}",
+            lambda: run.status(taker, shard).retries > 0,
+            timeout=90,
+            interval=0.1,
+        )
+        assert run.tip(shard) == position, "a commit was made during the PutObject outage"
+        assert zombie in a.processor_pids(), f"{owner}'s processor of {shard} ended while its JVM was paused"
+        print(
+            f"{owner} paused while retrying a flush of {shard} after {position}; {taker} took it over after "
+            f"{took:.0f}s and retries too"
+        )
+        # Both now retry a flush at P. Hold A's processor while S3 comes back, so that B's commit lands first and
+        # A's conditional create at P must be refused (a frozen VM: JVM and processor stall together).
+        os.kill(zombie, signal.SIGSTOP)
+        try:
+            hits = _end_outage(run)
+            _wait_for(f"{taker} to commit at {position}", lambda: run.commit_at(shard, position), timeout=90)
+        finally:
+            os.kill(zombie, signal.SIGCONT)
+        winner = run.commit_at(shard, position)
+        assert winner is not None and winner.worker_id == taker, winner
+        _wait_for(
+            f"{owner} to lose its commit at {position}",
+            lambda: _log(a, "lost the commit race", shard),
+            timeout=120,
+        )
+        lost = _log(a, "lost the commit race", shard)
+        assert lost[0].level == "WARNING", lost
+        conflicts = run.status(owner, shard)  # the zombie's own report (its checkpoint now waits for its JVM)
+        assert conflicts.pid == zombie and conflicts.commit_conflicts >= 1, conflicts
+        print(f"outage failed {hits} PutObjects; {owner} lost: {lost[0].message}")
+    finally:
+        for pid in java:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    print(f"{owner}'s JVM resumed after {time.monotonic() - paused_at:.0f}s")
+    # Its processor's checkpoint is refused (the lease is B's): the KCL ends it.
+    _wait_for(
+        f"{owner}'s old processor of {shard} to end", lambda: zombie not in a.processor_pids(), timeout=120
+    )
+    assert _log(a, "lease lost", shard), f"{owner}'s processor of {shard} ended without losing its lease"
+
+    # (c) A gets the shard back with the local state it had when its processor ended, after B has committed beyond
+    # it. The lease moves as the leader's assignment would move it (the leader is B: stopping it would hold every
+    # assignment for the KCL leader lock's two minutes); a rebalance by the KCL itself may come first, which is fine.
+    if run.lease_owner(shard) != taker:
+        _assign_lease(run, shard, taker)
+    _wait_for(
+        f"{taker} alone to process {shard}",
+        lambda: shard in b.processing() and shard not in a.processor_shards(),
+        timeout=120,
+    )
+    run.produce(second[0])
+    _wait_for(
+        f"commits to cover the first {first[1] + second[1]} records",
+        lambda: run.records_committed() >= first[1] + second[1],
+        timeout=180,
+    )
+    stale = _local_position(run, owner, shard)
+    read_at = datetime.now(UTC)
+    behind = [c for c in run.commits(shard) if stale is None or c.first > stale]
+    assert behind, f"{taker} made no commit of {shard} after {owner}'s local state at {stale}"
+    if run.lease_owner(shard) != owner:
+        _assign_lease(run, shard, owner)
+    _wait_for(f"{owner} to process {shard} again", lambda: shard in a.processing(), timeout=120)
+    back = _log(a, "initializing at checkpoint", shard, since=read_at)
+    restores = _log(a, "restored shard state", shard, since=read_at)
+    found = RESTORED.search(restores[0].message) if back and restores else None
+    assert found is not None, f"{owner} took {shard} back without restoring it: {back} {restores}"
+    # Caught up from its stale local state: the commits after it re-applied, not one less.
+    assert found.group(1) == "local" and int(found.group(2)) >= len(behind), (stale, len(behind), restores[0])
+    print(
+        f"{owner} got {shard} back with its local state at {stale}, {len(behind)} commits behind: "
+        f"{restores[0].message}"
+    )
+
+    # The rest of the load; the chain must go on from wherever it is, whoever holds the shard.
+    run.produce(third[0])
+    _wait_until_settled(run, timeout=180)
+    codes = _stop_all(run)
+    assert codes == dict.fromkeys(WORKERS, 0), f"exit codes after SIGTERM: {codes}"
+
+    commits = run.commits()
+    counts = _verify_outputs(run.s3, run.bucket, run.dataset.labelled, tmp_path / "s3")
+    conflicts = {name: len(_log(run.workers[name], "lost the commit race")) for name in WORKERS}
+    print(
+        f"verified: {counts}; commits by worker "
+        f"{ {name: sum(c.worker_id == name for c in commits) for name in WORKERS} }; lost commits {conflicts}"
+    )
+
+
+# ------------------------------------------------------------------------------------------------ 2: lease moved
+def test_a_lease_moved_during_a_retrying_flush_fences_the_old_owner(duo: Duo, tmp_path: Path) -> None:
+    run = duo
+    first, rest = run.dataset.parts(0.5)
+    old, new = WORKERS
+    shard = sorted(run.workers[old].processing())[0]
+    a, b = run.workers[old], run.workers[new]
+
+    # A's processor retries a flush at chain position P when the lease moves to B; neither JVM pauses.
+    position = _hold_a_flush_in_retries(run, old, shard, first[0])
+    zombie = a.processor_of(shard)
+    moved_at = datetime.now(UTC)
+    assert _assign_lease(run, shard, new) == old
+    waiting = "held by an earlier processor of this shard"
+    _wait_for(
+        f"{new} to take {shard} over (or the KCL to hand it back to {old} at once)",
+        lambda: shard in b.processing() or _log(a, waiting, shard),
+        timeout=120,
+    )
+    raced = shard in b.processing()
+    if raced:
+        initialized = _log(b, "initializing at checkpoint", shard, since=moved_at)
+        assert initialized, f"{new} processes {shard} without having initialized it"
+        _wait_for(
+            f"{new} to retry its first flush of {shard}",
+            lambda: run.status(new, shard).retries > 0,
+            timeout=90,
+            interval=0.1,
+        )
+        since = initialized[0].at
+    else:
+        since = _log(a, waiting, shard)[0].at
+    # The old owner's processor still retries its flush after the lease moved (and after the new owner started).
+    _wait_for(
+        f"{old}'s processor of {shard} to retry after the move",
+        lambda: [e for e in _log(a, "failed (attempt", shard) if e.at > since],
+        timeout=90,
+    )
+    late = [e for e in _log(a, "failed (attempt", shard) if e.at > since]
+    assert zombie in a.processor_pids(), f"{old}'s processor of {shard} ended before the outage did"
+    print(
+        f"\nlease of {shard} moved {old} -> {new} at {moved_at:%H:%M:%S.%f}; "
+        f"{f'{new} initialized it at' if raced else f'the KCL gave it back to {old} at'} {since:%H:%M:%S.%f}; "
+        f"{old}'s old processor retried after that: {late[0].message[:100]}"
+    )
+
+    # The lease comes back to A while its old processor still retries (the KCL itself did this in an earlier run,
+    # 1.6 s after a move): A's new processor of the shard must wait for the old one, and the worker must live on.
+    if run.lease_owner(shard) != old:
+        _assign_lease(run, shard, old)
+    _wait_for(
+        f"{old}'s new processor of {shard} to wait for the old one", lambda: _log(a, waiting, shard), 120
+    )
+    assert a.process.poll() is None, f"{old} exited with {a.process.returncode}"
+
+    # S3 comes back: the writers retrying a flush from P race; S3 creates that commit once, any other attempt loses.
+    hits = _end_outage(run)
+    _wait_for(f"a commit at {position}", lambda: run.commit_at(shard, position), timeout=90)
+    winner = run.commit_at(shard, position)
+    assert winner is not None and winner.worker_id in WORKERS
+    if raced:
+        loser = new if winner.worker_id == old else old
+        _wait_for(
+            f"{loser} to lose its commit at {position}",
+            lambda: _log(run.workers[loser], "lost the commit race", shard),
+            timeout=120,
+        )
+        lost = _log(run.workers[loser], "lost the commit race", shard)
+        assert all(entry.level == "WARNING" for entry in lost), lost
+        assert run.status(loser, shard).commit_conflicts >= 1 or loser == old, run.status(loser, shard)
+        print(
+            f"outage failed {hits} PutObjects; {winner.worker_id} committed at {position}; {lost[0].message}"
+        )
+    # The old processor cannot checkpoint (its lease is gone, even though its worker holds the shard again): it ends,
+    # and the new one opens the state file and goes on.
+    _wait_for(
+        f"{old}'s old processor of {shard} to end", lambda: zombie not in a.processor_pids(), timeout=120
+    )
+    assert _log(a, "lease lost", shard, since=moved_at), (
+        f"{old}'s old processor of {shard} ended without its lease"
+    )
+    _wait_for(f"{old}'s new processor of {shard} to process", lambda: shard in a.processing(), timeout=120)
+    assert a.processor_of(shard) != zombie
+    assert a.process.poll() is None and b.process.poll() is None, "a worker exited"
+
+    run.produce(rest[0])
+    _wait_until_settled(run, timeout=180)
+    codes = _stop_all(run)
+    assert codes == dict.fromkeys(WORKERS, 0), f"exit codes after SIGTERM: {codes}"
+    commits = run.commits()
+    counts = _verify_outputs(run.s3, run.bucket, run.dataset.labelled, tmp_path / "s3")
+    conflicts = {name: len(_log(run.workers[name], "lost the commit race")) for name in WORKERS}
+    print(
+        f"verified: {counts}; commits by worker "
+        f"{ {name: sum(c.worker_id == name for c in commits) for name in WORKERS} }; lost commits {conflicts}"
+    )
