@@ -61,7 +61,7 @@ def download_outputs(s3: Any, settings: Settings, destination: Path) -> OutputIn
     inventory = OutputInventory()
     keys = []
     for output in (*OUTPUTS, "_control"):
-        for obj in list_keys(s3, settings.bucket, settings.output_prefix(output)):
+        for obj in list_keys(s3, settings.bucket, settings.layout.output_prefix(output)):
             keys.append(obj["Key"])
             if output != "_control":
                 inventory.files[output] += 1
@@ -139,7 +139,7 @@ def read_tables(s3: Any, bucket: str, keys: list[str], columns: list[str] | None
 
 
 def output_glob(root: Path, settings: Settings, output: str) -> str:
-    return str(root / settings.output_prefix(output)) + "/**/*.parquet"
+    return str(root / settings.layout.output_prefix(output)) + "/**/*.parquet"
 
 
 CURRENT_ROWS_SQL = """

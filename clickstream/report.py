@@ -115,7 +115,7 @@ def print_summary(
     if download is not None:
         copied = download_keys(s3, settings.bucket, outputs.all_committed_keys(), download)
         console.print(f"copied {copied:,} committed files to {download}/")
-        glob = f"{download}/{settings.output_prefix('customer_aggregates')}**/*.parquet"
+        glob = f"{download}/{settings.layout.output_prefix('customer_aggregates')}**/*.parquet"
         console.print("Query the copies with DuckDB, e.g.:")
         # soft_wrap: printed as one line whatever the terminal width, so it can be copied and pasted.
         console.print(

@@ -26,6 +26,8 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.layout import OutputLayout
+
 ENV_PREFIX = "CLICKSTREAM_"
 
 #: Set by `clickstream worker` for its record processors: the JSON file holding the worker's resolved settings.
@@ -275,9 +277,10 @@ class Settings(BaseSettings):
             return self.kcl_metrics_level
         return "NONE" if self.aws_endpoint_url else "SUMMARY"
 
-    def output_prefix(self, output: str) -> str:
-        """The S3 key prefix of one output (events, customer_aggregates, errors, _commits)."""
-        return f"{self.prefix}/{output}/" if self.prefix else f"{output}/"
+    @property
+    def layout(self) -> OutputLayout:
+        """Every S3 key under this prefix (schemas/layout.py is their one owner)."""
+        return OutputLayout(self.prefix)
 
 
 def env_var_name(field_name: str) -> str:

@@ -529,7 +529,7 @@ def _verify_outputs(s3: Any, bucket: str, labelled: list[tuple[str, bytes]], roo
     # no orphans: every data object belongs to a committed flush (a losing or torn attempt's files are gone)
     committed = {key for c in commits for keys in c.files.values() for key in keys}
     for output in OUTPUTS:
-        folder = root / settings.output_prefix(output)
+        folder = root / settings.layout.output_prefix(output)
         for path in folder.rglob("*.parquet") if folder.exists() else []:
             key = str(path.relative_to(root))
             if key not in committed:

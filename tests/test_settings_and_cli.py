@@ -83,7 +83,7 @@ def test_settings_are_read_from_clickstream_environment_variables(monkeypatch: p
     assert settings.stream_name == "clicks-from-env"
     assert settings.bucket == "bucket-from-env"
     assert settings.prefix == "lake/rfm"
-    assert settings.output_prefix("events") == "lake/rfm/events/"
+    assert settings.layout.output_prefix("events") == "lake/rfm/events/"
     assert settings.flush_max_records == 1234
     assert settings.flush_max_seconds == 2.5
     assert settings.state_dir == Path("/var/lib/clickstream")
