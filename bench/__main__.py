@@ -8,7 +8,8 @@ naive peer and the DuckDB ceiling give the same customer rows as the core (else 
   file-backed state, 50k-record batches and 10k-record batches, DuckDB on one thread;
 - naive: ``bench/naive.py``, record by record in plain Python (per-record json.loads, dicts and sets);
 - ceiling: DuckDB alone, one ``GROUP BY`` with exact de-duplication over the same NDJSON, one thread;
-- processor: MultiLangDaemon protocol messages through amazon_kclpy's KCLProcess and RecordProcessor, flushing
+- processor: MultiLangDaemon protocol messages through ``ColumnarKCLProcess`` (amazon_kclpy's KCLProcess
+  reading processRecords into columns, as ``consumer.record_processor.main`` runs it) and RecordProcessor, flushing
   Parquet to an in-memory S3 stand-in; freshness is the time from a record's message being read to the commit
   record that makes it durable;
 - flush scaling: the apply time of batches changing 100 / 1,000 / 10,000 customers, on a small and a large state.
@@ -331,8 +332,7 @@ def bench_processor(
 ) -> dict[str, Any]:
     """KCL protocol lines -> KCLProcess -> RecordProcessor -> Parquet in an in-memory S3."""
     started_import = time.perf_counter()
-    from amazon_kclpy import kcl
-
+    from consumer.kcl_messages import ColumnarKCLProcess
     from consumer.record_processor import RecordProcessor
     from producer.kinesis_put import partition_key_for
     from runtime.settings import load_settings
@@ -400,7 +400,7 @@ def bench_processor(
         del payloads
         output = io.StringIO()
         started = time.perf_counter()
-        kcl.KCLProcess(processor, input_file=messages, output_file=output, error_file=sys.stderr).run()
+        ColumnarKCLProcess(processor, messages, output, sys.stderr).run()
         seconds = time.perf_counter() - started
     records = sum(count for _, _, count in messages.read_at)
     commits = sorted(
