@@ -187,18 +187,7 @@ class RecordBuffer:
             raise ValueError("the buffer is empty")
         sequences = pa.chunked_array([batch.column("sequence_number") for batch in self.batches])
         subs = pa.chunked_array([batch.column("sub_sequence_number") for batch in self.batches])
-        width = int(pc.max(pc.utf8_length(sequences)).as_py())
-        # zero-padded to one width, sequence numbers (digits only) compare as text the way they do as integers
-        keys = pc.binary_join_element_wise(
-            pc.utf8_lpad(sequences, width, "0"), pc.utf8_lpad(pc.cast(subs, pa.string()), 20, "0"), "/"
-        )
-        bounds = pc.min_max(keys)
-        first = pc.index(keys, bounds["min"]).as_py()
-        last = pc.index(keys, bounds["max"]).as_py()
-        return (
-            Position(sequences[first].as_py(), subs[first].as_py()),
-            Position(sequences[last].as_py(), subs[last].as_py()),
-        )
+        return _extreme_position(sequences, subs, "min"), _extreme_position(sequences, subs, "max")
 
     def to_table(self) -> pa.Table:
         table = (
@@ -206,6 +195,24 @@ class RecordBuffer:
         ).combine_chunks()
         shard = pa.nulls(table.num_rows, pa.string()).fill_null(self.shard_id)
         return table.add_column(0, RAW_RECORD_SCHEMA.field("shard_id"), shard).cast(RAW_RECORD_SCHEMA)
+
+
+def _extreme_position(sequences: pa.ChunkedArray, subs: pa.ChunkedArray, which: str) -> Position:
+    """The least or greatest (sequence number, sub-sequence number), sequence numbers compared as integers.
+
+    Sequence numbers are decimal digits: without leading zeros, the shorter is the smaller and texts of one length
+    compare like their numbers, so a few min/max kernels find it (texts with leading zeros: compared as integers).
+    """
+    lengths = pc.utf8_length(sequences)
+    if pc.any(pc.and_(pc.starts_with(sequences, "0"), pc.greater(lengths, 1))).as_py():
+        pairs = list(zip(sequences.to_pylist(), subs.to_pylist(), strict=True))  # never from Kinesis
+        pick = min if which == "min" else max
+        sequence_text, sub_number = pick(pairs, key=lambda pair: (int(pair[0]), pair[1]))
+        return Position(sequence_text, sub_number)
+    length = pc.min_max(lengths)[which]
+    sequence = pc.min_max(sequences.filter(pc.equal(lengths, length)))[which]
+    sub = pc.min_max(subs.filter(pc.equal(sequences, sequence)))[which]
+    return Position(sequence.as_py(), sub.as_py())
 
 
 class ShardProcessor:

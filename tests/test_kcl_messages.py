@@ -157,3 +157,18 @@ def test_buffer_range_compares_sequence_numbers_as_numbers() -> None:
     first, last = buffer.range()
     assert (first.sequence_number, first.sub_sequence_number) == ("9", 1)
     assert (last.sequence_number, last.sub_sequence_number) == ("10", 0)
+
+
+def test_buffer_range_compares_leading_zero_sequence_numbers_as_integers_too() -> None:
+    buffer = RecordBuffer("shard")
+    buffer.extend(
+        [
+            RawRecord("010", 0, "k", 1, b"x"),
+            RawRecord("9", 0, "k", 1, b"y"),
+            RawRecord("08", 2, "k", 1, b"z"),
+        ],
+        0,
+    )
+    first, last = buffer.range()
+    assert (first.sequence_number, first.sub_sequence_number) == ("08", 2)
+    assert (last.sequence_number, last.sub_sequence_number) == ("010", 0)
