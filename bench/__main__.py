@@ -8,7 +8,8 @@ naive peer and the DuckDB ceiling give the same customer rows as the core (else 
   file-backed state, 50k-record batches and 10k-record batches, DuckDB on one thread;
 - naive: ``bench/naive.py``, record by record in plain Python (per-record json.loads, dicts and sets);
 - ceiling: DuckDB alone, one ``GROUP BY`` with exact de-duplication over the same NDJSON, one thread;
-- processor: MultiLangDaemon protocol messages through amazon_kclpy's KCLProcess and RecordProcessor, flushing
+- processor: MultiLangDaemon protocol messages through ``ColumnarKCLProcess`` (amazon_kclpy's KCLProcess
+  reading processRecords into columns, as ``consumer.record_processor.main`` runs it) and RecordProcessor, flushing
   Parquet to an in-memory S3 stand-in; freshness is the time from a record's message being read to the commit
   record that makes it durable;
 - flush scaling: the apply time of batches changing 100 / 1,000 / 10,000 customers, on a small and a large state.
@@ -91,6 +92,18 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _anonymous_mib() -> float:
+    """This process's anonymous (heap) memory now: its own, unlike the shared libraries RSS also counts, which
+    every shard processor on a host maps once (libarrow, libduckdb and the rest are file-backed, shared pages)."""
+    try:
+        for line in Path("/proc/self/smaps_rollup").read_text(encoding="ascii").splitlines():
+            if line.startswith("Anonymous:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def _rows_file(rows: dict[str, dict[str, Any]], directory: str, name: str) -> str:
     path = str(Path(directory) / f"{name}.json")
     Path(path).write_text(json.dumps(rows, default=str, sort_keys=True), encoding="utf-8")
@@ -115,17 +128,18 @@ def bench_core(
     del payloads
     with tempfile.TemporaryDirectory() as directory:
         state = CustomerState(SHARD, Path(directory) / "state.duckdb")
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         applied = 0
         for table in batches:
             applied += state.apply(table).events.num_rows
-        seconds = time.perf_counter() - started
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
         records = sum(table.num_rows for table in batches)
         memory = state.memory_bytes()
         result = {
             "records": records,
             "seconds": seconds,
             "events_per_second": records / seconds,
+            "events_per_cpu_second": records / cpu_seconds,
             "applied": applied,
             "customers": state.customer_count(),
             "event_ids": state.event_id_count(),
@@ -152,11 +166,16 @@ def bench_naive(input: str, rows_dir: str | None = None, per_call: int = 1_000) 
         for i in range(0, len(payloads), per_call)
     ]
     processor = NaiveProcessor(arrival=ARRIVAL)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for call in calls:
         processor.process(call)
-    seconds = time.perf_counter() - started
-    result = {"records": len(payloads), "seconds": seconds, "events_per_second": len(payloads) / seconds}
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    result = {
+        "records": len(payloads),
+        "seconds": seconds,
+        "events_per_second": len(payloads) / seconds,
+        "events_per_cpu_second": len(payloads) / cpu_seconds,
+    }
     result["peak_rss_mib"] = _peak_rss_mib()
     if rows_dir:
         result["rows"] = _rows_file(processor.rows(), rows_dir, "naive")
@@ -215,10 +234,15 @@ def bench_ceiling(input: str, rows_dir: str | None = None) -> dict[str, Any]:
     """
     with open(input, "rb") as lines:
         records = sum(1 for _ in lines)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     table = con.sql(sql).to_arrow_table()
-    seconds = time.perf_counter() - started
-    result = {"records": records, "seconds": seconds, "events_per_second": records / seconds}
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    result = {
+        "records": records,
+        "seconds": seconds,
+        "events_per_second": records / seconds,
+        "events_per_cpu_second": records / cpu_seconds,
+    }
     result["peak_rss_mib"] = _peak_rss_mib()
     if rows_dir:
         rows = {r.pop("customer_id"): r for r in table.to_pylist()}
@@ -331,8 +355,7 @@ def bench_processor(
 ) -> dict[str, Any]:
     """KCL protocol lines -> KCLProcess -> RecordProcessor -> Parquet in an in-memory S3."""
     started_import = time.perf_counter()
-    from amazon_kclpy import kcl
-
+    from consumer.kcl_messages import ColumnarKCLProcess
     from consumer.record_processor import RecordProcessor
     from producer.kinesis_put import partition_key_for
     from runtime.settings import load_settings
@@ -399,9 +422,9 @@ def bench_processor(
         messages = _StampedMessages(lines, last_sequences)
         del payloads
         output = io.StringIO()
-        started = time.perf_counter()
-        kcl.KCLProcess(processor, input_file=messages, output_file=output, error_file=sys.stderr).run()
-        seconds = time.perf_counter() - started
+        started, cpu_started = time.perf_counter(), time.process_time()
+        ColumnarKCLProcess(processor, messages, output, sys.stderr).run()
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     records = sum(count for _, _, count in messages.read_at)
     commits = sorted(
         (s3.put_times[key], json.loads(s3.objects[key])) for key in s3.objects if "/_control/commits/" in key
@@ -428,6 +451,7 @@ def bench_processor(
         "records": records,
         "seconds": seconds,
         "events_per_second": records / seconds,
+        "events_per_cpu_second": records / cpu_seconds,
         "files": len(data_files),
         "rows_per_file": statistics.mean(rows_per_file) if rows_per_file else 0,
         "bytes_per_file": statistics.mean(data_files.values()) if data_files else 0,
@@ -437,13 +461,18 @@ def bench_processor(
         "freshness_p99_s": quantiles[98],
         "import_seconds": import_seconds,
         "peak_rss_mib": _peak_rss_mib(),
+        "anonymous_mib": _anonymous_mib(),
+        # pyarrow imports pandas whenever it is installed (the dev environment has it for pymc-marketing; the
+        # container image does not): reported so the figure can be read for the image
+        "pandas_loaded": "pandas" in sys.modules,
     }
 
 
 def bench_idle_processor() -> dict[str, Any]:
     """RSS of a shard processor process at small state: imports plus a state with a few hundred customers."""
     result = bench_processor(events=5_000, customers=300, per_message=500)
-    return {"peak_rss_mib": result["peak_rss_mib"], "import_seconds": result["import_seconds"]}
+    keys = ("peak_rss_mib", "anonymous_mib", "pandas_loaded", "import_seconds")
+    return {key: result[key] for key in keys}
 
 
 # ---------------------------------------------------------------------------------------------------- driver
@@ -500,6 +529,14 @@ def run(input_path: str, quick: bool) -> dict[str, Any]:
         "ceiling_events_per_s": ceiling["events_per_second"],
         "core_over_naive": core["events_per_second"] / naive["events_per_second"],
         "core_over_ceiling": core["events_per_second"] / ceiling["events_per_second"],
+        # events per CPU-second of the run's own process: on a shared machine, waiting for a core is not counted
+        "core_events_per_cpu_s": core["events_per_cpu_second"],
+        "core_10k_batches_events_per_cpu_s": core10k["events_per_cpu_second"],
+        "processor_events_per_cpu_s": processor["events_per_cpu_second"],
+        "naive_events_per_cpu_s": naive["events_per_cpu_second"],
+        "ceiling_events_per_cpu_s": ceiling["events_per_cpu_second"],
+        "core_over_naive_cpu": core["events_per_cpu_second"] / naive["events_per_cpu_second"],
+        "core_over_ceiling_cpu": core["events_per_cpu_second"] / ceiling["events_per_cpu_second"],
         "naive_rows_differing": naive_mismatches,
         "ceiling_rows_differing": ceiling_mismatches,
         "peak_rss_mib": core["peak_rss_mib"],
@@ -521,6 +558,8 @@ def run(input_path: str, quick: bool) -> dict[str, Any]:
         "rows_per_file": processor["rows_per_file"],
         "bytes_per_file": processor["bytes_per_file"],
         "processor_import_seconds": idle["import_seconds"],
+        "processor_small_state_anonymous_mib": idle["anonymous_mib"],
+        "processor_small_state_pandas_loaded": idle["pandas_loaded"],
     }
 
 
@@ -531,10 +570,10 @@ def _print_table(result: dict[str, Any], input_label: str) -> None:
     console = Console() if sys.stdout.isatty() else Console(width=130)
     console.print(f"[bold]clickstream-rfm benchmarks[/] on {input_label}: {result['records']:,} records")
     throughput = Table(title="Throughput, one core (each row in its own process)")
-    for column in ("run", "events/s", "vs core", "peak RSS MiB"):
+    for column in ("run", "events/s", "events/CPU-s", "vs core (CPU)", "peak RSS MiB"):
         throughput.add_column(column, justify="right")
     rss = result["peak_rss_mib_by_run"]
-    core = result["core_events_per_s"]
+    core = result["core_events_per_cpu_s"]
     for label, key, rss_key in (
         ("core, 50k-record batches", "core_events_per_s", "core"),
         ("core, 10k-record batches", "core_10k_batches_events_per_s", None),
@@ -542,15 +581,18 @@ def _print_table(result: dict[str, Any], input_label: str) -> None:
         ("naive per-record Python peer", "naive_events_per_s", "naive"),
         ("DuckDB batch ceiling (one GROUP BY)", "ceiling_events_per_s", "ceiling"),
     ):
+        cpu_key = key.replace("_events_per_s", "_events_per_cpu_s")
         throughput.add_row(
             label,
             f"{result[key]:,.0f}",
-            f"{core / result[key]:.2f}x",
+            f"{result[cpu_key]:,.0f}",
+            f"{core / result[cpu_key]:.2f}x",
             f"{rss[rss_key]:,.0f}" if rss_key else "",
         )
     console.print(throughput)
     console.print(
-        f"core / naive = {result['core_over_naive']:.2f}x, core / ceiling = {result['core_over_ceiling']:.2f}x; "
+        f"core / naive = {result['core_over_naive']:.2f}x, core / ceiling = {result['core_over_ceiling']:.2f}x "
+        f"(per CPU-second: {result['core_over_naive_cpu']:.2f}x, {result['core_over_ceiling_cpu']:.2f}x); "
         f"rows differing from the core: naive {result['naive_rows_differing']}, "
         f"ceiling {result['ceiling_rows_differing']}"
     )
@@ -563,7 +605,9 @@ def _print_table(result: dict[str, Any], input_label: str) -> None:
         f"processor: freshness p50 {result['freshness_p50_s']:.2f} s, p99 {result['freshness_p99_s']:.2f} s "
         f"(message read -> commit record); {result['files']:,} data files, "
         f"{result['rows_per_file']:,.0f} rows and {result['bytes_per_file'] / 1024:,.0f} KiB per file; "
-        f"a shard processor at small state peaks at {rss['processor_small_state']:,.0f} MiB "
+        f"a shard processor at small state peaks at {rss['processor_small_state']:,.0f} MiB RSS, of which "
+        f"{result['processor_small_state_anonymous_mib']:,.0f} MiB its own heap (the rest: shared libraries, "
+        f"mapped once per host{'; pandas loaded' if result['processor_small_state_pandas_loaded'] else ''}) "
         f"(imports {result['processor_import_seconds']:.2f} s)"
     )
     flush = Table(

@@ -14,18 +14,27 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from amazon_kclpy import kcl
+import numpy as np
+import pyarrow as pa
 from amazon_kclpy.v3 import processor
 
 from aggregators.customer_state import CustomerState
 from aggregators.validation import RecordValidator, ValidationRules
+from consumer.kcl_messages import ColumnarKCLProcess, RecordColumns, b64decode_column
 from consumer.s3_sink import S3ParquetSink
-from consumer.shard_processor import FlushPolicy, LeaseLostError, RawRecord, ShardProcessor, state_path
+from consumer.shard_processor import (
+    FlushPolicy,
+    LeaseLostError,
+    RawRecord,
+    RawRecordBatch,
+    ShardProcessor,
+    state_path,
+)
 from consumer.state_recovery import ParentLookup, StateRecovery, kinesis_parent_lookup, open_shard_state
 from consumer.status import StatusWriter
 from runtime.aws import aws_client
@@ -99,20 +108,63 @@ def flush_policy(settings: Settings) -> FlushPolicy:
     )
 
 
-def to_raw_records(kcl_records: Any) -> list[RawRecord]:
-    """KCL message records -> RawRecord (base64 decoded here, once; KPL aggregates expanded)."""
-    raw = []
-    for record in kcl_records:
-        data = record.binary_data
-        base = RawRecord(
-            sequence_number=record.sequence_number,
-            sub_sequence_number=int(record.sub_sequence_number or 0),
-            partition_key=record.partition_key,
-            arrival_millis=int(record.timestamp_millis),
-            data=data,
+def to_raw_records(kcl_records: Any) -> Sequence[RawRecord]:
+    """KCL message records -> raw records (base64 decoded here, once; KPL aggregates expanded).
+
+    ``RecordColumns`` (what ``ColumnarKCLProcess`` delivers) become one ``RawRecordBatch`` without a Python object
+    per record; a call holding a KPL aggregate, or amazon_kclpy ``Record`` objects, takes the per-record path.
+    """
+    if isinstance(kcl_records, RecordColumns):
+        data = b64decode_column(kcl_records.data)
+        if not _has_kpl_aggregate(data):
+            return RawRecordBatch(
+                pa.table(
+                    {
+                        "sequence_number": pa.array(kcl_records.sequence_numbers, pa.string()),
+                        "sub_sequence_number": kcl_records.sub_sequence_numbers,
+                        "partition_key": pa.array(kcl_records.partition_keys, pa.string()),
+                        "approximate_arrival_at": kcl_records.arrival_micros(),
+                        "data": data,
+                    }
+                )
+            )
+        rows = zip(
+            kcl_records.sequence_numbers,
+            kcl_records.sub_sequence_numbers.to_pylist(),
+            kcl_records.partition_keys,
+            kcl_records.arrival_millis.to_pylist(),
+            data.to_pylist(),
+            strict=True,
         )
-        raw.extend(deaggregate(base) if data.startswith(KPL_MAGIC) else [base])
+        records = [RawRecord(*row) for row in rows]
+    else:
+        records = [
+            RawRecord(
+                sequence_number=record.sequence_number,
+                sub_sequence_number=int(record.sub_sequence_number or 0),
+                partition_key=record.partition_key,
+                arrival_millis=int(record.timestamp_millis),
+                data=record.binary_data,
+            )
+            for record in kcl_records
+        ]
+    raw: list[RawRecord] = []
+    for record in records:
+        raw.extend(deaggregate(record) if record.data.startswith(KPL_MAGIC) else [record])
     return raw
+
+
+def _has_kpl_aggregate(data: pa.Array) -> bool:
+    """Whether any payload starts with the KPL magic bytes (checked on the buffers, no per-record work)."""
+    if len(data) == 0:
+        return False
+    offsets = np.frombuffer(data.buffers()[1], dtype=np.int32)[data.offset : data.offset + len(data) + 1]
+    body = np.frombuffer(data.buffers()[2] or b"", dtype=np.uint8)
+    starts = offsets[:-1][np.diff(offsets) >= len(KPL_MAGIC)]
+    matches = np.ones(len(starts), dtype=bool)
+    for shift, byte in enumerate(KPL_MAGIC):
+        matches &= body[starts + shift] == byte
+    return bool(matches.any())
 
 
 def deaggregate(record: RawRecord) -> list[RawRecord]:
@@ -279,7 +331,7 @@ def main() -> None:
     watch_parent()
     # The worker's resolved flags and environment (CLICKSTREAM_SETTINGS_FILE), not this process's environment.
     settings = settings_for_process()
-    kcl.KCLProcess(RecordProcessor(settings), input_file=sys.stdin, output_file=sys.stdout).run()
+    ColumnarKCLProcess(RecordProcessor(settings), sys.stdin, sys.stdout, sys.stderr).run()
 
 
 if __name__ == "__main__":

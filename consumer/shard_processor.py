@@ -40,12 +40,13 @@ import os
 import random
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Final, Protocol, overload
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from aggregators.customer_state import CustomerState
 from consumer.metrics import emit as emit_metrics
@@ -84,6 +85,69 @@ class RawRecord:
     data: bytes
 
 
+#: The columns of a batch of raw records before the shard id is added (RAW_RECORD_SCHEMA without ``shard_id``).
+RAW_BATCH_SCHEMA: Final = pa.schema([field for field in RAW_RECORD_SCHEMA if field.name != "shard_id"])
+
+
+class RawRecordBatch(Sequence[RawRecord]):
+    """The records of one KCL call as Arrow columns (``RAW_BATCH_SCHEMA``), built in bulk.
+
+    Why: a Python object per record costs microseconds an event on the hot path; the buffer keeps these columns
+    as they are and the flush concatenates them. Indexing builds a ``RawRecord`` on demand (tests, logs).
+    """
+
+    __slots__ = ("table",)
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table = table.cast(RAW_BATCH_SCHEMA)
+
+    @classmethod
+    def of(cls, records: Iterable[RawRecord]) -> RawRecordBatch:
+        """Columns of ``RawRecord`` objects (the per-record path: tests, KPL aggregates)."""
+        rows = list(records)
+        return cls(
+            pa.table(
+                {
+                    "sequence_number": pa.array([r.sequence_number for r in rows], pa.string()),
+                    "sub_sequence_number": pa.array([r.sub_sequence_number for r in rows], pa.int64()),
+                    "partition_key": pa.array([r.partition_key for r in rows], pa.string()),
+                    "approximate_arrival_at": pa.array(
+                        [r.arrival_millis * 1000 for r in rows], pa.int64()
+                    ).cast(UTC_MICROS),
+                    "data": pa.array([r.data for r in rows], pa.binary()),
+                }
+            )
+        )
+
+    def __len__(self) -> int:
+        return int(self.table.num_rows)
+
+    @overload
+    def __getitem__(self, index: int) -> RawRecord: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[RawRecord]: ...
+
+    def __getitem__(self, index: int | slice) -> RawRecord | list[RawRecord]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        row = self.table.slice(index % len(self), 1)
+        return RawRecord(
+            sequence_number=row.column("sequence_number")[0].as_py(),
+            sub_sequence_number=row.column("sub_sequence_number")[0].as_py(),
+            partition_key=row.column("partition_key")[0].as_py(),
+            arrival_millis=row.column("approximate_arrival_at").cast(pa.int64())[0].as_py() // 1000,
+            data=row.column("data")[0].as_py(),
+        )
+
+    @property
+    def data_bytes(self) -> int:
+        """Payload bytes of all records (from the offsets: no per-record work)."""
+        return int(pc.sum(pc.binary_length(self.table.column("data"))).as_py() or 0)
+
+
 @dataclass(frozen=True, slots=True)
 class FlushPolicy:
     max_records: int
@@ -93,55 +157,64 @@ class FlushPolicy:
 
 
 class RecordBuffer:
-    """Records received since the last flush, kept as columns so the flush builds one Arrow table."""
+    """Records received since the last flush, kept as the Arrow columns of each call so the flush concatenates them
+    (no per-record Python work between the KCL message and the core)."""
 
     def __init__(self, shard_id: str) -> None:
         self.shard_id = shard_id
         self.clear()
 
     def clear(self) -> None:
-        self.sequences: list[str] = []
-        self.subs: list[int] = []
-        self.keys: list[str] = []
-        self.arrivals: list[int] = []
-        self.payloads: list[bytes] = []
+        self.batches: list[pa.Table] = []
+        self.count = 0
         self.bytes = 0
         self.started_at: float | None = None
 
     def __len__(self) -> int:
-        return len(self.sequences)
+        return self.count
 
     def extend(self, records: Sequence[RawRecord], now: float) -> None:
-        if records and self.started_at is None:
+        if not records:
+            return
+        if self.started_at is None:
             self.started_at = now
-        for record in records:
-            self.sequences.append(record.sequence_number)
-            self.subs.append(record.sub_sequence_number)
-            self.keys.append(record.partition_key)
-            self.arrivals.append(record.arrival_millis * 1000)
-            self.payloads.append(record.data)
-            self.bytes += len(record.data)
+        batch = records if isinstance(records, RawRecordBatch) else RawRecordBatch.of(records)
+        self.batches.append(batch.table)
+        self.count += len(batch)
+        self.bytes += batch.data_bytes
 
     def range(self) -> tuple[Position, Position]:
-        """The first and last buffered positions (compared as numbers)."""
-        pairs = list(zip(self.sequences, self.subs, strict=True))
-        first = min(pairs, key=lambda pair: (int(pair[0]), pair[1]))
-        last = max(pairs, key=lambda pair: (int(pair[0]), pair[1]))
-        return Position(first[0], first[1]), Position(last[0], last[1])
+        """The first and last buffered positions (compared as numbers), computed on the Arrow columns."""
+        if not self.count:
+            raise ValueError("the buffer is empty")
+        sequences = pa.chunked_array([batch.column("sequence_number") for batch in self.batches])
+        subs = pa.chunked_array([batch.column("sub_sequence_number") for batch in self.batches])
+        return _extreme_position(sequences, subs, "min"), _extreme_position(sequences, subs, "max")
 
     def to_table(self) -> pa.Table:
-        count = len(self.sequences)
-        return pa.table(
-            {
-                "shard_id": pa.array([self.shard_id] * count, pa.string()),
-                "sequence_number": pa.array(self.sequences, pa.string()),
-                "sub_sequence_number": pa.array(self.subs, pa.int64()),
-                "partition_key": pa.array(self.keys, pa.string()),
-                "approximate_arrival_at": pa.array(self.arrivals, pa.int64()).cast(UTC_MICROS),
-                "data": pa.array(self.payloads, pa.binary()),
-            },
-            schema=RAW_RECORD_SCHEMA,
-        )
+        table = (
+            pa.concat_tables(self.batches) if self.batches else RAW_BATCH_SCHEMA.empty_table()
+        ).combine_chunks()
+        shard = pa.nulls(table.num_rows, pa.string()).fill_null(self.shard_id)
+        return table.add_column(0, RAW_RECORD_SCHEMA.field("shard_id"), shard).cast(RAW_RECORD_SCHEMA)
+
+
+def _extreme_position(sequences: pa.ChunkedArray, subs: pa.ChunkedArray, which: str) -> Position:
+    """The least or greatest (sequence number, sub-sequence number), sequence numbers compared as integers.
+
+    Sequence numbers are decimal digits: without leading zeros, the shorter is the smaller and texts of one length
+    compare like their numbers, so a few min/max kernels find it (texts with leading zeros: compared as integers).
+    """
+    lengths = pc.utf8_length(sequences)
+    if pc.any(pc.and_(pc.starts_with(sequences, "0"), pc.greater(lengths, 1))).as_py():
+        pairs = list(zip(sequences.to_pylist(), subs.to_pylist(), strict=True))  # never from Kinesis
+        pick = min if which == "min" else max
+        sequence_text, sub_number = pick(pairs, key=lambda pair: (int(pair[0]), pair[1]))
+        return Position(sequence_text, sub_number)
+    length = pc.min_max(lengths)[which]
+    sequence = pc.min_max(sequences.filter(pc.equal(lengths, length)))[which]
+    sub = pc.min_max(subs.filter(pc.equal(sequences, sequence)))[which]
+    return Position(sequence.as_py(), sub.as_py())
 
 
 class ShardProcessor:

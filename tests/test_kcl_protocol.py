@@ -1,5 +1,8 @@
 """The KCL MultiLangDaemon wire protocol, driven in-process through the real ``amazon_kclpy.kcl.KCLProcess``.
 
+Most flows run ``ColumnarKCLProcess`` (the KCLProcess that ``main`` runs, reading processRecords into columns);
+two run amazon_kclpy's plain KCLProcess, whose ``Record`` objects take the per-record path.
+
 As in the kclpy repository's own integration test, the daemon's side is a prepared input (one JSON message per
 line) and a captured output. A synchronous checkpoint makes the processor write {"action": "checkpoint", ...} and
 then *read* the daemon's answer from the input, so each answer line sits in the input right after the message
@@ -28,6 +31,7 @@ from amazon_kclpy import kcl
 from botocore.exceptions import ClientError
 
 from consumer import record_processor
+from consumer.kcl_messages import ColumnarKCLProcess
 from consumer.record_processor import RecordProcessor
 from consumer.shard_processor import state_path
 from runtime.settings import Settings, load_settings
@@ -146,7 +150,7 @@ def protocol_messages(output: str) -> list[dict[str, Any]]:
 
 def run_kcl(processor: RecordProcessor, input_text: str) -> tuple[list[dict[str, Any]], str]:
     output, errors = io.StringIO(), io.StringIO()
-    kcl.KCLProcess(processor, input_file=io.StringIO(input_text), output_file=output, error_file=errors).run()
+    ColumnarKCLProcess(processor, io.StringIO(input_text), output, errors).run()
     return protocol_messages(output.getvalue()), errors.getvalue()
 
 

@@ -1,0 +1,174 @@
+"""processRecords read into columns (consumer/kcl_messages.py) give exactly what amazon_kclpy's own decoding gives."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+import pytest
+from amazon_kclpy import dispatch, messages
+from aws_kinesis_agg.aggregator import RecordAggregator
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from consumer.kcl_messages import ProcessRecordsColumns, _ColumnarIO, b64decode_column
+from consumer.record_processor import KPL_MAGIC, to_raw_records
+from consumer.shard_processor import RawRecord, RawRecordBatch, RecordBuffer
+
+ARRIVAL_MILLIS = 1_780_000_000_123
+
+
+def kcl_line(payloads: list[bytes], subs: list[int | None] | None = None, millis_behind: int = 7) -> str:
+    records = [
+        {
+            "action": "record",
+            "data": base64.b64encode(data).decode(),
+            "partitionKey": f"key-{i}",
+            "sequenceNumber": str(49_000_000_000_000_000_000_000 + i),
+            "subSequenceNumber": 0 if subs is None else subs[i],
+            "approximateArrivalTimestamp": ARRIVAL_MILLIS + i,
+        }
+        for i, data in enumerate(payloads)
+    ]
+    return json.dumps({"action": "processRecords", "records": records, "millisBehindLatest": millis_behind})
+
+
+def columnar(line: str) -> Any:
+    return _ColumnarIO(None, None, None).load_action(line)
+
+
+def kclpy(line: str) -> Any:
+    return json.loads(line, object_hook=dispatch.message_decode)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.binary(max_size=40), st.one_of(st.none(), st.integers(0, 5))), min_size=1, max_size=30
+    )
+)
+def test_columns_give_the_same_records_as_amazon_kclpy_records(rows: list[tuple[bytes, int | None]]) -> None:
+    line = kcl_line([data for data, _ in rows], [sub for _, sub in rows])
+    expected = list(to_raw_records(kclpy(line).records))
+    message = columnar(line)
+    got = to_raw_records(message.records)
+
+    assert isinstance(message, ProcessRecordsColumns)
+    assert message.millis_behind_latest == 7
+    assert list(got[:]) == expected
+    assert isinstance(got, RawRecordBatch) or any(r.data.startswith(KPL_MAGIC) for r in expected)
+
+
+@pytest.mark.parametrize(
+    "texts",
+    [
+        ["", "QQ==", "QUI=", "QUJD", "QUJDRA=="],
+        ["QUJD" * 100, "", ""],
+        [base64.b64encode(bytes(range(256)) * 3).decode()],
+    ],
+)
+def test_base64_of_many_records_decodes_in_one_pass_like_b64decode(texts: list[str]) -> None:
+    assert b64decode_column(texts).to_pylist() == [base64.b64decode(text) for text in texts]
+
+
+@pytest.mark.parametrize(
+    "texts",
+    [
+        ["QQ==", "QUI=QUI="],  # padding inside a record: b64decode stops there
+        ["QUJD", "QU*JD"],  # a character outside the alphabet: b64decode skips it
+        ["QUJD", "QUJ\u00e9"],  # not ASCII
+        ["A===", "QUJD"],
+    ],
+)
+def test_base64_that_is_not_plain_padded_falls_back_to_the_per_record_result(texts: list[str]) -> None:
+    try:
+        expected: list[bytes] | type[Exception] = [base64.b64decode(text) for text in texts]
+    except (binascii.Error, ValueError) as error:
+        expected = type(error)
+    if isinstance(expected, list):
+        assert b64decode_column(texts).to_pylist() == expected
+    else:
+        with pytest.raises(expected):
+            b64decode_column(texts)
+
+
+def test_unpadded_base64_is_an_error_as_with_amazon_kclpy() -> None:
+    line = kcl_line([b"ab", b"abc"]).replace('"YWI="', '"YWI"')
+    with pytest.raises(binascii.Error):
+        list(to_raw_records(kclpy(line).records))
+    with pytest.raises(binascii.Error):
+        to_raw_records(columnar(line).records)
+
+
+def test_a_kpl_aggregate_in_a_columnar_call_is_expanded_into_its_user_records() -> None:
+    aggregator = RecordAggregator()
+    for i in range(3):
+        assert aggregator.add_user_record(f"user-{i}", f"payload-{i}".encode()) is None
+    _, _, aggregate = aggregator.clear_and_get().get_contents()
+    line = kcl_line([b"plain-before", aggregate, b"plain-after"])
+
+    records = to_raw_records(columnar(line).records)
+
+    assert [r.data for r in records] == [
+        b"plain-before",
+        b"payload-0",
+        b"payload-1",
+        b"payload-2",
+        b"plain-after",
+    ]
+    assert [r.sub_sequence_number for r in records] == [0, 0, 1, 2, 0]
+    assert [r.partition_key for r in records[1:4]] == ["user-0", "user-1", "user-2"]
+    assert list(records) == list(to_raw_records(kclpy(line).records))
+
+
+def test_other_messages_keep_amazon_kclpy_decoding() -> None:
+    line = json.dumps({"action": "checkpoint", "sequenceNumber": "12", "subSequenceNumber": 0, "error": None})
+    assert isinstance(columnar(line), messages.CheckpointInput)
+    # a record whose data mentions processRecords does not make another message columnar
+    initialize = json.dumps(
+        {"action": "initialize", "shardId": '"processRecords"', "sequenceNumber": "1", "subSequenceNumber": 0}
+    )
+    assert isinstance(columnar(initialize), messages.InitializeInput)
+
+
+def test_the_buffer_holds_columnar_and_per_record_calls_alike() -> None:
+    payloads = [f"p{i}".encode() for i in range(6)]
+    objects = list(to_raw_records(kclpy(kcl_line(payloads)).records))
+    by_objects, by_columns = RecordBuffer("shard"), RecordBuffer("shard")
+    by_objects.extend(objects[:2], 1.0)
+    by_objects.extend(objects[2:], 2.0)
+    by_columns.extend(to_raw_records(columnar(kcl_line(payloads[:2])).records), 1.0)
+    by_columns.extend(RawRecordBatch.of(objects[2:]), 2.0)
+
+    assert by_columns.to_table().equals(by_objects.to_table())
+    assert len(by_columns) == 6 and by_columns.bytes == by_objects.bytes == sum(map(len, payloads))
+    assert by_columns.started_at == 1.0
+    assert by_columns.range() == by_objects.range()
+
+
+def test_buffer_range_compares_sequence_numbers_as_numbers() -> None:
+    buffer = RecordBuffer("shard")
+    buffer.extend(
+        [RawRecord("10", 0, "k", 1, b"x"), RawRecord("9", 3, "k", 1, b"y"), RawRecord("9", 1, "k", 1, b"z")],
+        0,
+    )
+    first, last = buffer.range()
+    assert (first.sequence_number, first.sub_sequence_number) == ("9", 1)
+    assert (last.sequence_number, last.sub_sequence_number) == ("10", 0)
+
+
+def test_buffer_range_compares_leading_zero_sequence_numbers_as_integers_too() -> None:
+    buffer = RecordBuffer("shard")
+    buffer.extend(
+        [
+            RawRecord("010", 0, "k", 1, b"x"),
+            RawRecord("9", 0, "k", 1, b"y"),
+            RawRecord("08", 2, "k", 1, b"z"),
+        ],
+        0,
+    )
+    first, last = buffer.range()
+    assert (first.sequence_number, first.sub_sequence_number) == ("08", 2)
+    assert (last.sequence_number, last.sub_sequence_number) == ("010", 0)
