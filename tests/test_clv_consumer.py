@@ -66,7 +66,7 @@ class WorkerOutput:
     generator: ClickstreamGenerator
 
     def output_dir(self, output: str) -> Path:
-        return self.root / self.settings.output_prefix(output)
+        return self.root / self.settings.layout.output_prefix(output)
 
     def glob(self, output: str) -> str:
         return str(self.output_dir(output)) + "/**/*.parquet"
