@@ -87,7 +87,12 @@ def sibling_holding_lock(error: BaseException) -> int | None:
     except OSError:
         return None
     parent = int(stat[stat.rindex(")") + 2 :].split()[1])  # "pid (comm) state ppid ..."
-    return pid if parent == os.getppid() else None
+    return pid if parent == parent_pid() else None
+
+
+def parent_pid() -> int:
+    """This processor's parent: the MultiLangDaemon's JVM (a seam for tests, which must not patch ``os``)."""
+    return os.getppid()
 
 
 def validation_rules(settings: Settings) -> ValidationRules:

@@ -377,8 +377,12 @@ def test_the_entry_point_writes_only_protocol_json_to_stdout_and_logs_to_stderr(
         ),
     )
 
+    watchers: list[bool] = []
+    # In this test process the parent is pytest: a real watcher would outlive the test and exit pytest's worker.
+    monkeypatch.setattr(record_processor, "watch_parent", lambda: watchers.append(True))
     record_processor.main()
 
+    assert watchers == [True], "main() watches its parent, so a processor never outlives its JVM"
     captured = capsys.readouterr()
     assert protocol_messages(captured.out) == [
         status("initialize"),
@@ -416,7 +420,7 @@ def test_initialize_waits_for_an_earlier_processor_of_the_shard_that_still_holds
     """The lease came back while this worker's earlier processor of the shard still finishes a flush: the new one
     waits for it instead of failing (which would stop the whole MultiLangDaemon)."""
     holder = _hold_state_file(state_path(settings.state_dir, SHARD), seconds=1.5)
-    monkeypatch.setattr(record_processor.os, "getppid", os.getpid)  # the holder counts as a sibling processor
+    monkeypatch.setattr(record_processor, "parent_pid", os.getpid)  # the holder counts as a sibling processor
     with caplog.at_level(logging.WARNING, logger="consumer.record_processor"):
         state = RecordProcessor(settings)._open_state(SHARD)
     try:
