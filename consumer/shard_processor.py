@@ -429,6 +429,9 @@ class ShardProcessor:
             raise RuntimeError("a shard processor without recovery cannot continue after a lost commit")
         recovery = self.recovery
         self._retrying("restore after a lost commit", lambda: recovery.restore(self.state))
+        position = self.state.position()
+        self.metrics.applied_sequence = position.sequence_number if position else None
+        self._report(force=True)
 
     def _tidy(self, record: CommitRecord, attempt_id: str) -> None:
         """Step 7: this attempt's intent, and the leftovers of attempts that can no longer commit."""

@@ -38,11 +38,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pytest
 
 from consumer.s3_sink import read_commit_records
-from consumer.shard_processor import state_path
 from consumer.status import ShardStatus
 from emulator.faults import clear_faults, list_faults, set_fault
 from schemas.control import CommitRecord
@@ -240,28 +238,6 @@ def _assign_lease(run: Duo, shard: str, new_owner: str) -> str:
     return str(old)
 
 
-def _local_position(run: Duo, worker: str, shard: str) -> Position | None:
-    """The position stored in ``worker``'s local state file of ``shard`` (read while no processor holds it)."""
-    path = state_path(Path(run.envs[worker]["CLICKSTREAM_STATE_DIR"]), shard)
-    rows: list[Any] = []
-
-    def read() -> bool:
-        try:
-            con = duckdb.connect(str(path), read_only=True)
-        except duckdb.IOException:  # a processor holds the file: try again
-            return False
-        try:
-            rows.extend(
-                con.execute("SELECT sequence_number, sub_sequence_number FROM shard_progress").fetchall()
-            )
-        finally:
-            con.close()
-        return True
-
-    _wait_for(f"{worker}'s state file of {shard} to be free", read, timeout=60)
-    return Position(str(rows[0][0]), int(rows[0][1])) if rows else None
-
-
 def _stop_all(run: Duo) -> dict[str, int]:
     """SIGTERM every worker at once (each flushes, checkpoints and snapshots its shards); their exit codes."""
     for worker in run.workers.values():
@@ -386,13 +362,16 @@ def test_a_paused_owner_loses_the_commit_race_and_catches_up_when_it_gets_the_sh
         lambda: shard in b.processing() and shard not in a.processor_shards(),
         timeout=120,
     )
+    # The owner's local state stands where its last processor of the shard left it: that processor's last status
+    # (read now, not later: the KCL may hand the shard back at any moment, and a new processor would catch up).
+    left = run.status(owner, shard)
+    stale = Position(left.applied_sequence) if left.applied_sequence else None
     run.produce(second[0])
     _wait_for(
         f"commits to cover the first {first[1] + second[1]} records",
         lambda: run.records_committed() >= first[1] + second[1],
         timeout=180,
     )
-    stale = _local_position(run, owner, shard)
     read_at = datetime.now(UTC)
     behind = [c for c in run.commits(shard) if stale is None or c.first > stale]
     assert behind, f"{taker} made no commit of {shard} after {owner}'s local state at {stale}"

@@ -158,6 +158,10 @@ def test_a_paused_owner_loses_the_commit_to_the_new_owner_and_catches_up(s3: Any
     assert intents(s3) == [], "the loser deleted its files and its intent"
     assert_exactly_once(s3, records, new_owner.state)
     assert old_owner.state.position() == new_owner.state.position(), "the loser caught up from S3"
+    position = new_owner.state.position()
+    assert position is not None and old_owner.metrics.applied_sequence == position.sequence_number, (
+        "the loser's status reports the position it caught up to"
+    )
 
 
 def test_a_zombie_behind_the_chain_commits_only_records_the_chain_does_not_hold(
