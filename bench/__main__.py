@@ -502,6 +502,14 @@ def _compare(core_rows: str, other_rows: str, name: str) -> int:
                 differing.add(customer)
     if differing:
         print(f"WARNING: {name} differs from the core for {len(differing)} customers", file=sys.stderr)
+        for customer in sorted(differing)[:3]:
+            mine, theirs = core.get(customer, {}), other.get(customer, {})
+            columns = [c for c in COMPARED if mine.get(c) != theirs.get(c)]
+            print(
+                f"  {customer}: "
+                + ", ".join(f"{c} core={mine.get(c)} {name}={theirs.get(c)}" for c in columns),
+                file=sys.stderr,
+            )
     return len(differing)
 
 

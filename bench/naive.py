@@ -18,6 +18,9 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 _ID = re.compile(r"[A-Za-z0-9_.:@-]{1,64}\Z")
 _WEIGHTS = {"page_view": 1, "product_view": 2, "search": 2, "add_to_cart": 4, "checkout": 6, "purchase": 10}
 _EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+#: Optional fields that must be strings when present (a nested value must not pass because json.loads of a deep
+#: structure happens to hit the interpreter's recursion limit: libraries such as PyTensor raise that limit).
+_TEXT_FIELDS = ("page_url", "product_id", "search_query", "order_id", "currency")
 _NEEDS = {"purchase": ("order_id", "revenue"), "checkout": ("order_id",), "product_view": ("product_id",)}
 
 
@@ -63,6 +66,7 @@ class NaiveProcessor:
                     and isinstance(doc["session_id"], str)
                     and event_type in _WEIGHTS
                     and all(name in doc for name in _NEEDS.get(event_type, ()))
+                    and all(isinstance(doc[name], str) for name in _TEXT_FIELDS if name in doc)
                     and _EARLIEST <= when <= self.latest_allowed
                     and (
                         "revenue" not in doc

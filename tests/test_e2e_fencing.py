@@ -259,7 +259,7 @@ def _hold_a_flush_in_retries(run: Duo, owner: str, shard: str, load: Path) -> Po
     _wait_for(
         f"{owner} to commit a flush of {shard}",
         lambda: any(c.worker_id == owner for c in run.commits(shard)),
-        timeout=90,
+        timeout=240,
     )
     retries = run.status(owner, shard).retries
     set_fault(run.endpoint, "s3", 503, OUTAGE_SECONDS, operations=["PutObject"])
@@ -312,7 +312,7 @@ def test_a_paused_owner_loses_the_commit_race_and_catches_up_when_it_gets_the_sh
         _wait_for(
             f"{taker} to retry its first flush of {shard}",
             lambda: run.status(taker, shard).retries > 0,
-            timeout=90,
+            timeout=240,
             interval=0.1,
         )
         assert run.tip(shard) == position, "a commit was made during the PutObject outage"
@@ -326,7 +326,7 @@ def test_a_paused_owner_loses_the_commit_race_and_catches_up_when_it_gets_the_sh
         os.kill(zombie, signal.SIGSTOP)
         try:
             hits = _end_outage(run)
-            _wait_for(f"{taker} to commit at {position}", lambda: run.commit_at(shard, position), timeout=90)
+            _wait_for(f"{taker} to commit at {position}", lambda: run.commit_at(shard, position), timeout=240)
         finally:
             os.kill(zombie, signal.SIGCONT)
         winner = run.commit_at(shard, position)
@@ -430,7 +430,7 @@ def test_a_lease_moved_during_a_retrying_flush_fences_the_old_owner(duo: Duo, tm
         _wait_for(
             f"{new} to retry its first flush of {shard}",
             lambda: run.status(new, shard).retries > 0,
-            timeout=90,
+            timeout=240,
             interval=0.1,
         )
         since = initialized[0].at
@@ -440,7 +440,7 @@ def test_a_lease_moved_during_a_retrying_flush_fences_the_old_owner(duo: Duo, tm
     _wait_for(
         f"{old}'s processor of {shard} to retry after the move",
         lambda: [e for e in _log(a, "failed (attempt", shard) if e.at > since],
-        timeout=90,
+        timeout=240,
     )
     late = [e for e in _log(a, "failed (attempt", shard) if e.at > since]
     assert zombie in a.processor_pids(), f"{old}'s processor of {shard} ended before the outage did"
@@ -461,7 +461,7 @@ def test_a_lease_moved_during_a_retrying_flush_fences_the_old_owner(duo: Duo, tm
 
     # S3 comes back: the writers retrying a flush from P race; S3 creates that commit once, any other attempt loses.
     hits = _end_outage(run)
-    _wait_for(f"a commit at {position}", lambda: run.commit_at(shard, position), timeout=90)
+    _wait_for(f"a commit at {position}", lambda: run.commit_at(shard, position), timeout=240)
     winner = run.commit_at(shard, position)
     assert winner is not None and winner.worker_id in WORKERS
     if raced:
