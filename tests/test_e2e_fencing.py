@@ -238,6 +238,21 @@ def _assign_lease(run: Duo, shard: str, new_owner: str) -> str:
     return str(old)
 
 
+def _finish_and_verify(run: Duo, load: Path, workdir: Path) -> None:
+    """Produce the rest of the load, let every record commit, stop both workers gracefully and check the outputs."""
+    run.produce(load)
+    _wait_until_settled(run, timeout=180)
+    codes = _stop_all(run)
+    assert codes == dict.fromkeys(WORKERS, 0), f"exit codes after SIGTERM: {codes}"
+    commits = run.commits()
+    counts = _verify_outputs(run.s3, run.bucket, run.dataset.labelled, workdir / "s3")
+    conflicts = {name: len(_log(run.workers[name], "lost the commit race")) for name in WORKERS}
+    print(
+        f"verified: {counts}; commits by worker "
+        f"{ {name: sum(c.worker_id == name for c in commits) for name in WORKERS} }; lost commits {conflicts}"
+    )
+
+
 def _stop_all(run: Duo) -> dict[str, int]:
     """SIGTERM every worker at once (each flushes, checkpoints and snapshots its shards); their exit codes."""
     for worker in run.workers.values():
@@ -390,18 +405,7 @@ def test_a_paused_owner_loses_the_commit_race_and_catches_up_when_it_gets_the_sh
     )
 
     # The rest of the load; the chain must go on from wherever it is, whoever holds the shard.
-    run.produce(third[0])
-    _wait_until_settled(run, timeout=180)
-    codes = _stop_all(run)
-    assert codes == dict.fromkeys(WORKERS, 0), f"exit codes after SIGTERM: {codes}"
-
-    commits = run.commits()
-    counts = _verify_outputs(run.s3, run.bucket, run.dataset.labelled, tmp_path / "s3")
-    conflicts = {name: len(_log(run.workers[name], "lost the commit race")) for name in WORKERS}
-    print(
-        f"verified: {counts}; commits by worker "
-        f"{ {name: sum(c.worker_id == name for c in commits) for name in WORKERS} }; lost commits {conflicts}"
-    )
+    _finish_and_verify(run, third[0], tmp_path)
 
 
 # ------------------------------------------------------------------------------------------------ 2: lease moved
@@ -489,14 +493,4 @@ def test_a_lease_moved_during_a_retrying_flush_fences_the_old_owner(duo: Duo, tm
     assert a.processor_of(shard) != zombie
     assert a.process.poll() is None and b.process.poll() is None, "a worker exited"
 
-    run.produce(rest[0])
-    _wait_until_settled(run, timeout=180)
-    codes = _stop_all(run)
-    assert codes == dict.fromkeys(WORKERS, 0), f"exit codes after SIGTERM: {codes}"
-    commits = run.commits()
-    counts = _verify_outputs(run.s3, run.bucket, run.dataset.labelled, tmp_path / "s3")
-    conflicts = {name: len(_log(run.workers[name], "lost the commit race")) for name in WORKERS}
-    print(
-        f"verified: {counts}; commits by worker "
-        f"{ {name: sum(c.worker_id == name for c in commits) for name in WORKERS} }; lost commits {conflicts}"
-    )
+    _finish_and_verify(run, rest[0], tmp_path)
