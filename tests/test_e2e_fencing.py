@@ -208,7 +208,7 @@ def duo(emulator_endpoint: str, tmp_path: Path, request: pytest.FixtureRequest) 
         _wait_for(
             "each worker to process one shard",
             lambda: all(holders().values()) and set().union(*holders().values()) == SHARDS,
-            timeout=120,
+            timeout=300,
         )
         print(
             f"\nbalanced after {time.monotonic() - started:.0f}s: "
@@ -349,7 +349,7 @@ def test_a_paused_owner_loses_the_commit_race_and_catches_up_when_it_gets_the_sh
         _wait_for(
             f"{owner} to lose its commit at {position}",
             lambda: _log(a, "lost the commit race", shard),
-            timeout=120,
+            timeout=300,
         )
         lost = _log(a, "lost the commit race", shard)
         assert lost[0].level == "WARNING", lost
@@ -363,7 +363,7 @@ def test_a_paused_owner_loses_the_commit_race_and_catches_up_when_it_gets_the_sh
     print(f"{owner}'s JVM resumed after {time.monotonic() - paused_at:.0f}s")
     # Its processor's checkpoint is refused (the lease is B's): the KCL ends it.
     _wait_for(
-        f"{owner}'s old processor of {shard} to end", lambda: zombie not in a.processor_pids(), timeout=120
+        f"{owner}'s old processor of {shard} to end", lambda: zombie not in a.processor_pids(), timeout=300
     )
     assert _log(a, "lease lost", shard), f"{owner}'s processor of {shard} ended without losing its lease"
 
@@ -375,7 +375,7 @@ def test_a_paused_owner_loses_the_commit_race_and_catches_up_when_it_gets_the_sh
     _wait_for(
         f"{taker} alone to process {shard}",
         lambda: shard in b.processing() and shard not in a.processor_shards(),
-        timeout=120,
+        timeout=300,
     )
     # The owner's local state stands where its last processor of the shard left it: that processor's last status
     # (read now, not later: the KCL may hand the shard back at any moment, and a new processor would catch up).
@@ -385,14 +385,14 @@ def test_a_paused_owner_loses_the_commit_race_and_catches_up_when_it_gets_the_sh
     _wait_for(
         f"commits to cover the first {first[1] + second[1]} records",
         lambda: run.records_committed() >= first[1] + second[1],
-        timeout=180,
+        timeout=300,
     )
     read_at = datetime.now(UTC)
     behind = [c for c in run.commits(shard) if stale is None or c.first > stale]
     assert behind, f"{taker} made no commit of {shard} after {owner}'s local state at {stale}"
     if run.lease_owner(shard) != owner:
         _assign_lease(run, shard, owner)
-    _wait_for(f"{owner} to process {shard} again", lambda: shard in a.processing(), timeout=120)
+    _wait_for(f"{owner} to process {shard} again", lambda: shard in a.processing(), timeout=300)
     back = _log(a, "initializing at checkpoint", shard, since=read_at)
     restores = _log(a, "restored shard state", shard, since=read_at)
     found = RESTORED.search(restores[0].message) if back and restores else None
@@ -425,7 +425,7 @@ def test_a_lease_moved_during_a_retrying_flush_fences_the_old_owner(duo: Duo, tm
     _wait_for(
         f"{new} to take {shard} over (or the KCL to hand it back to {old} at once)",
         lambda: shard in b.processing() or _log(a, waiting, shard),
-        timeout=120,
+        timeout=300,
     )
     raced = shard in b.processing()
     if raced:
@@ -473,7 +473,7 @@ def test_a_lease_moved_during_a_retrying_flush_fences_the_old_owner(duo: Duo, tm
         _wait_for(
             f"{loser} to lose its commit at {position}",
             lambda: _log(run.workers[loser], "lost the commit race", shard),
-            timeout=120,
+            timeout=300,
         )
         lost = _log(run.workers[loser], "lost the commit race", shard)
         assert all(entry.level == "WARNING" for entry in lost), lost
@@ -484,12 +484,12 @@ def test_a_lease_moved_during_a_retrying_flush_fences_the_old_owner(duo: Duo, tm
     # The old processor cannot checkpoint (its lease is gone, even though its worker holds the shard again): it ends,
     # and the new one opens the state file and goes on.
     _wait_for(
-        f"{old}'s old processor of {shard} to end", lambda: zombie not in a.processor_pids(), timeout=120
+        f"{old}'s old processor of {shard} to end", lambda: zombie not in a.processor_pids(), timeout=300
     )
     assert _log(a, "lease lost", shard, since=moved_at), (
         f"{old}'s old processor of {shard} ended without its lease"
     )
-    _wait_for(f"{old}'s new processor of {shard} to process", lambda: shard in a.processing(), timeout=120)
+    _wait_for(f"{old}'s new processor of {shard} to process", lambda: shard in a.processing(), timeout=300)
     assert a.processor_of(shard) != zombie
     assert a.process.poll() is None and b.process.poll() is None, "a worker exited"
 
