@@ -317,12 +317,7 @@ class CustomerState:
                 ),
                 as_of=self._as_of,
             )
-        width = _key_width(fresh.column("sequence_number"))
-        keys = _position_keys(fresh.column("sequence_number"), fresh.column("sub_sequence_number"), width)
-        in_order = _is_increasing(keys)
-        if not in_order:  # records arrive in order within a shard; tests and replays may not
-            order = pc.sort_indices(keys)
-            fresh, keys = fresh.take(order), keys.take(order)
+        fresh = _in_position_order(fresh)  # records arrive in order within a shard; tests and replays may not
         events, rejects = self._decode(fresh)
         first = _position_at(fresh, 0)
         last = _position_at(fresh, fresh.num_rows - 1)
@@ -339,12 +334,11 @@ class CustomerState:
         current = self._position
         if current is None or raw.num_rows == 0:
             return raw
+        if _positions_increase(raw) and _position_at(raw, 0) > current:
+            return raw  # the usual case: nothing redelivered
         width = _key_width(raw.column("sequence_number"), current)
         keys = _position_keys(raw.column("sequence_number"), raw.column("sub_sequence_number"), width)
-        stored = _position_key(current, width)
-        if _is_increasing(keys) and keys[0].as_py() > stored:
-            return raw  # the usual case: nothing redelivered
-        return raw.filter(pc.greater(keys, pa.scalar(stored)))
+        return raw.filter(pc.greater(keys, pa.scalar(_position_key(current, width))))
 
     # ------------------------------------------------------------------ the core, vectorized over a batch
     def _stage_events(self, events: pa.Table, last: Position, records_in: int, skipped: int) -> _Staged:
@@ -1113,14 +1107,35 @@ def _position_at(table: pa.Table, row: int) -> Position:
     )
 
 
-def _in_position_order(events: pa.Table) -> pa.Table:
-    if events.num_rows < 2:
-        return events
-    width = _key_width(events.column("sequence_number"))
-    keys = _position_keys(events.column("sequence_number"), events.column("sub_sequence_number"), width)
-    if _is_increasing(keys):
-        return events
-    return events.take(pc.sort_indices(keys))
+def _positions_increase(table: pa.Table) -> bool:
+    """Whether the rows' (sequence number, sub-sequence number) strictly increase, compared as integers.
+
+    The usual case is checked without building keys: sequence numbers of one length and without leading zeros
+    (every Kinesis shard's) compare as text like their numbers. Anything else is decided on the padded keys.
+    """
+    if table.num_rows < 2:
+        return True
+    sequences = table.column("sequence_number").combine_chunks()
+    subs = table.column("sub_sequence_number").combine_chunks()
+    lengths = pc.utf8_length(sequences)
+    shortest, longest = (value.as_py() for value in pc.min_max(lengths).values())
+    if shortest != longest or (longest > 1 and pc.any(pc.starts_with(sequences, "0")).as_py()):
+        width = _key_width(sequences)
+        return _is_increasing(_position_keys(sequences, subs, width))
+    before, after = sequences[:-1], sequences[1:]
+    increasing = pc.or_(
+        pc.less(before, after), pc.and_(pc.equal(before, after), pc.less(subs[:-1], subs[1:]))
+    )
+    return bool(pc.all(increasing).as_py())
+
+
+def _in_position_order(table: pa.Table) -> pa.Table:
+    """``table``'s rows sorted by position (as they are, in the usual case that they already are)."""
+    if _positions_increase(table):
+        return table
+    width = _key_width(table.column("sequence_number"))
+    keys = _position_keys(table.column("sequence_number"), table.column("sub_sequence_number"), width)
+    return table.take(pc.sort_indices(keys))
 
 
 def _replace(applied: AppliedBatch, **changes: Any) -> AppliedBatch:

@@ -3,22 +3,20 @@
 Why: amazon_kclpy decodes a message with ``json.loads(line, object_hook=...)``, which builds an ``amazon_kclpy``
 ``Record`` (with a ``datetime``) for every record, and each record's data is then base64-decoded on its own. At
 a few microseconds a record that costs more than the aggregation itself. Here a processRecords line is parsed with
-plain ``json.loads`` (no hook), its fields are gathered into columns, and the base64 of all its records is decoded
-in one call. Every other message (initialize, checkpoint answers, shutdown, lease lost, ...) goes through
-amazon_kclpy's own decoder unchanged, and ``KCLProcess`` runs the loop, answers ``status`` and checkpoints as
-before: only the one decoding step is replaced.
+plain ``json.loads`` (no hook), its fields are gathered into columns, and the base64 of its records is decoded
+straight into one Arrow array. Every other message (initialize, checkpoint answers, shutdown, lease lost, ...) goes
+through amazon_kclpy's own decoder unchanged, and ``KCLProcess`` runs the loop, answers ``status`` and checkpoints
+as before: only the one decoding step is replaced.
 """
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, TextIO
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from amazon_kclpy import kcl, messages
@@ -26,7 +24,6 @@ from amazon_kclpy import kcl, messages
 from schemas import UTC_MICROS
 
 _ACTION: str = '"processRecords"'
-_PAD: int = ord("=")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,52 +66,12 @@ def _int64(values: list[Any], nulls: bool = True) -> pa.Array:
 
 
 def b64decode_column(texts: list[str]) -> pa.Array:
-    """``base64.b64decode`` of every text, as one binary array, in one pass over all of them.
+    """``base64.b64decode`` of every text, as one binary array.
 
-    Standard padded base64 (what the daemon writes) decodes in one ``binascii`` call over the concatenation once
-    each record's padding is replaced by zero digits (which only add bytes at each record's end, cut off here).
-    Anything else (missing padding, characters outside the alphabet, padding inside a record) is decoded record by
-    record with ``base64.b64decode``, so the result, or the error, is always exactly the per-record one.
+    ``binascii.a2b_base64`` is what ``base64.b64decode`` calls (same result, same errors); mapped over the texts it
+    measured faster than decoding their concatenation in one call, which then has to cut out each record's padding.
     """
-    count = len(texts)
-    if count == 0:
-        return pa.array([], pa.binary())
-    try:
-        joined = "".join(texts).encode("ascii")
-    except UnicodeEncodeError:
-        return _b64decode_each(texts)
-    lengths = np.fromiter(map(len, texts), dtype=np.int64, count=count)
-    ends = np.cumsum(lengths)
-    body = np.frombuffer(joined, dtype=np.uint8)
-    filled = lengths > 0
-    pads = np.zeros(count, dtype=np.int64)
-    if filled.any():
-        last = body[ends[filled] - 1] == _PAD
-        second = body[np.maximum(ends[filled] - 2, 0)] == _PAD
-        pads[filled] = last.astype(np.int64) + (last & second & (lengths[filled] >= 2))
-    if np.any(lengths % 4) or joined.count(b"=") != int(pads.sum()):
-        return _b64decode_each(texts)
-    decoded = binascii.a2b_base64(joined.replace(b"=", b"A"))
-    if len(decoded) * 4 != len(joined) * 3:  # a character outside the alphabet was skipped
-        return _b64decode_each(texts)
-    out = np.frombuffer(decoded, dtype=np.uint8)
-    out_ends = ends * 3 // 4
-    if pads.any():
-        keep = np.ones(len(out), dtype=bool)
-        keep[out_ends[pads >= 1] - 1] = False
-        keep[out_ends[pads == 2] - 2] = False
-        out = out[keep]
-    offsets = np.zeros(count + 1, dtype=np.int64)
-    np.cumsum(lengths * 3 // 4 - pads, out=offsets[1:])
-    if offsets[-1] >= 2**31:
-        return _b64decode_each(texts)
-    return pa.Array.from_buffers(
-        pa.binary(), count, [None, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(out)]
-    )
-
-
-def _b64decode_each(texts: list[str]) -> pa.Array:
-    return pa.array([base64.b64decode(text) for text in texts], pa.binary())
+    return pa.array(list(map(binascii.a2b_base64, texts)), pa.binary())
 
 
 class ProcessRecordsColumns(messages.ProcessRecordsInput):  # type: ignore[misc]

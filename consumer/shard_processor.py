@@ -187,9 +187,14 @@ class RecordBuffer:
         """The first and last buffered positions (compared as numbers), computed on the Arrow columns."""
         if not self.count:
             raise ValueError("the buffer is empty")
-        sequences = pa.chunked_array([batch.column("sequence_number") for batch in self.batches])
-        subs = pa.chunked_array([batch.column("sub_sequence_number") for batch in self.batches])
+        sequences = self._column("sequence_number")
+        subs = self._column("sub_sequence_number")
         return _extreme_position(sequences, subs, "min"), _extreme_position(sequences, subs, "max")
+
+    def _column(self, name: str) -> pa.ChunkedArray:
+        # From the chunks: pa.chunked_array() given ChunkedArrays walks them value by value (~100 ms per 50k).
+        chunks = [chunk for batch in self.batches for chunk in batch.column(name).chunks]
+        return pa.chunked_array(chunks, RAW_BATCH_SCHEMA.field(name).type)
 
     def to_table(self) -> pa.Table:
         table = (
@@ -249,6 +254,9 @@ class ShardProcessor:
         self.buffer = RecordBuffer(shard_id)
         self.metrics = ShardStatus(shard_id=shard_id, pid=os.getpid())
         self.lease_lost = False
+        self._reported_work = (
+            False  # whether the last status written showed records buffered or the shard behind
+        )
 
     # ------------------------------------------------------------------ KCL lifecycle
     def start(self, checkpoint: str | None) -> None:
@@ -284,7 +292,10 @@ class ShardProcessor:
         if reason is not None:
             self.flush(checkpointer, reason=reason)
         self.metrics.buffered_records = len(self.buffer)
-        self._report(force=bool(records))  # idle detection must never see a stale "nothing buffered"
+        # Idle detection must never read a stale "nothing to do": when work appears, report at once; otherwise the
+        # writer's rate limit holds (a rewrite per KCL call cost milliseconds each).
+        has_work = bool(self.buffer) or behind
+        self._report(force=has_work and not self._reported_work)
 
     def on_shard_ended(self, checkpointer: Checkpointer) -> None:
         """Flush, then checkpoint SHARD_END so the KCL starts the child shards."""
@@ -528,8 +539,10 @@ class ShardProcessor:
         self._report(force=True)
 
     def _report(self, force: bool = False) -> None:
-        if self.status is not None:
-            self.status.write(self.metrics, force=force)
+        if self.status is not None and self.status.write(self.metrics, force=force):
+            self._reported_work = bool(self.metrics.buffered_records) or bool(
+                self.metrics.millis_behind_latest
+            )
 
 
 def state_path(state_dir: Path, shard_id: str) -> Path:

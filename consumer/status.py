@@ -55,10 +55,12 @@ class StatusWriter:
         self._last_write = 0.0
         directory.mkdir(parents=True, exist_ok=True)
 
-    def write(self, status: ShardStatus, force: bool = False) -> None:
+    def write(self, status: ShardStatus, force: bool = False) -> bool:
+        """Write ``status`` unless the last write is more recent than the interval (``force``: always); returns
+        whether it wrote."""
         now = time.time()
         if not force and now - self._last_write < self.min_interval_seconds:
-            return
+            return False
         if not status.started_at:
             status.started_at = now
         status.updated_at = now
@@ -67,6 +69,7 @@ class StatusWriter:
         temporary.write_text(json.dumps(asdict(status)), encoding="utf-8")
         temporary.replace(target)
         self._last_write = now
+        return True
 
 
 def read_statuses(directory: Path) -> dict[str, ShardStatus]:

@@ -32,7 +32,7 @@ from aggregators.customer_state import AppliedBatch, CustomerState
 from consumer.s3_sink import FlushAttempt, S3ParquetSink, read_commit_records
 from consumer.shard_processor import FlushPolicy, LeaseLostError, RawRecord, RecordBuffer, ShardProcessor
 from consumer.state_recovery import StateRecovery
-from consumer.status import StatusWriter, read_statuses
+from consumer.status import ShardStatus, StatusWriter, read_statuses
 from producer.generator import ClickstreamGenerator
 from runtime.settings import Settings, load_settings
 from schemas.control import CommitRecord, FlushIntent
@@ -628,6 +628,45 @@ def test_lease_lost_drops_the_buffer_and_never_checkpoints(s3: Any, settings: Se
 
 
 # ---------------------------------------------------------------------------------------------------- status
+class CountingStatusWriter(StatusWriter):
+    """Keeps what each write put in the file (buffered records, behind-latest)."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory, min_interval_seconds=3600)  # only forced writes, within the test
+        self.written: list[tuple[int, int | None]] = []
+
+    def write(self, status: ShardStatus, force: bool = False) -> bool:
+        wrote = super().write(status, force)
+        if wrote:
+            self.written.append((status.buffered_records, status.millis_behind_latest))
+        return wrote
+
+
+def test_status_is_written_at_once_when_work_appears_and_not_on_every_call(
+    s3: Any, settings: Settings, tmp_path: Path
+) -> None:
+    writer = CountingStatusWriter(tmp_path / "status")
+    checkpointer = RecordingCheckpointer()
+    records = to_records(payloads())[:30]
+    processor = make_processor(
+        CustomerState(SHARD), S3ParquetSink(s3, settings), FlushPolicy(10**6, 10**9, 60.0), status=writer
+    )
+    processor.start(None)
+    writer.written.clear()
+    processor.on_records([], 0, checkpointer)  # idle: nothing new to say
+    assert writer.written == []
+    processor.on_records(records[:10], 500, checkpointer)  # work appears: the idle detector must see it now
+    assert writer.written == [(10, 500)]
+    for batch in chunks(records[10:], 5):  # more of the same: the rate limit holds
+        processor.on_records(batch, 500, checkpointer)
+    assert writer.written == [(10, 500)]
+    assert (
+        read_statuses(tmp_path / "status")[SHARD].buffered_records == 10
+    )  # stale count, never a stale "none"
+    processor.flush(checkpointer, reason="test")  # a flush always reports
+    assert writer.written[-1] == (0, 500)
+
+
 def test_status_file_reports_received_flushed_and_checkpointed_counts(
     s3: Any, settings: Settings, tmp_path: Path
 ) -> None:
