@@ -888,3 +888,32 @@ def test_dedupe_window_survives_reopen_and_snapshot(tmp_path: Path) -> None:
         without(r, BATCH_DEPENDENT) for r in reopened.snapshot_rows().to_pylist()
     ]
     reopened.close()
+
+
+# ---------------------------------------------------------------------------------------------------- stream order
+_SEQUENCE_TEXTS = st.one_of(
+    st.integers(0, 10**6).map(str),  # emulator-sized
+    st.integers(10**55, 10**55 + 50).map(str),  # AWS-sized, one length
+    st.integers(0, 10**60).map(str),  # mixed lengths beyond int64
+    st.integers(0, 999).map(lambda n: f"{n:05d}"),  # leading zeros (never from Kinesis): still compared as integers
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_SEQUENCE_TEXTS, st.integers(0, 3)), min_size=0, max_size=12))
+def test_position_order_is_integer_order_whatever_the_form_of_the_sequence_numbers(
+    positions: list[tuple[str, int]],
+) -> None:
+    from aggregators.customer_state import _in_position_order, _positions_increase
+
+    table = pa.table(
+        {
+            "sequence_number": pa.array([sequence for sequence, _ in positions], pa.string()),
+            "sub_sequence_number": pa.array([sub for _, sub in positions], pa.int64()),
+        }
+    )
+    as_integers = [(int(sequence), sub) for sequence, sub in positions]
+    assert _positions_increase(table) == all(a < b for a, b in itertools.pairwise(as_integers))
+    ordered = _in_position_order(table)
+    got = [(int(s), sub) for s, sub in zip(*ordered.to_pydict().values(), strict=True)]
+    assert got == sorted(as_integers)
