@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from aggregators.fast_decode import FastDecoder, decode_records
-from aggregators.keysets import KeyRuns, mix64
+from aggregators.keysets import KeyRuns, StringIndex, fixed_bytes, mix64
 from aggregators.validation import RecordValidator, new_connection
 from schemas import CUSTOMER_AGGREGATES_SCHEMA, ERRORS_SCHEMA, EVENT_TYPES, EVENTS_SCHEMA, MONEY, UTC_MICROS
 from schemas.positions import SEQUENCE_DIGITS, Position
@@ -84,6 +84,8 @@ _NUMERIC: Final = (
     "last_purchase_day",
     "first_day_revenue_cents",
 )
+#: Counts fit 32 bits (2 billion events of one customer on one shard would overflow): half the bytes per customer.
+_COUNTS: Final = frozenset({*_TYPE_COLUMNS, "events", "sessions", "active_days", "purchase_days"})
 _START: Final = {
     "first_event_at": _NONE_LOW,
     "last_event_at": _NONE_HIGH,
@@ -144,7 +146,7 @@ class _Staged:
     """A batch worked out against the state but not installed yet (installing is what ``commit`` means)."""
 
     applied: AppliedBatch
-    new_customer_ids: list[str] = field(default_factory=list)
+    new_customer_ids: pa.Array = field(default_factory=lambda: pa.array([], pa.string()))
     changed: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     rows: dict[str, np.ndarray] = field(default_factory=dict)
     event_ids: dict[str, np.ndarray] = field(default_factory=dict)
@@ -158,7 +160,7 @@ class _Staged:
 class _Undo:
     """What installing a batch changed in memory, to put back if the journal does not commit."""
 
-    customers: int
+    customers: tuple[Any, ...]  # StringIndex.mark()
     rows: dict[str, np.ndarray]
     changed: np.ndarray
     runs: tuple[list[dict[str, np.ndarray]], ...]
@@ -196,9 +198,8 @@ class CustomerState:
         self.con.close()
 
     def _reset(self) -> None:
-        self._index: dict[str, int] = {}
-        self._ids: list[str] = []
-        self._cols: dict[str, np.ndarray] = {name: np.empty(0, np.int64) for name in _NUMERIC}
+        self._customers = StringIndex(lambda names: _string_hash(self.con, names))
+        self._cols: dict[str, np.ndarray] = {name: np.empty(0, _dtype(name)) for name in _NUMERIC}
         self._event_ids = KeyRuns(("idx", "high", "low"), has_day=True)
         self._sessions = KeyRuns(("idx", "session"))
         self._days = KeyRuns(())
@@ -232,7 +233,7 @@ class CustomerState:
             self._rewrite_journal()
 
     def customer_count(self) -> int:
-        return len(self._ids)
+        return len(self._customers)
 
     def set_position(self, position: Position | None, as_of: datetime | str | None = None) -> None:
         """Move the stored position (a child shard starts fresh; restore lands on a commit's end)."""
@@ -250,13 +251,9 @@ class CustomerState:
 
     def memory_bytes(self) -> dict[str, int]:
         """Bytes held by each part of the state (for sizing; Python object overhead of the index estimated)."""
-        index = (
-            sum(len(key) + 49 + 8 + 100 for key in self._ids[:1000])
-            * max(1, len(self._ids))
-            // max(1, min(1000, len(self._ids)))
-        )
+        count = len(self._customers)
         return {
-            "customers": sum(a[: len(self._ids)].nbytes for a in self._cols.values()) + index,
+            "customers": sum(a[:count].nbytes for a in self._cols.values()) + self._customers.nbytes(),
             "event_ids": self._event_ids.nbytes(),
             "sessions": self._sessions.nbytes(),
             "days": self._days.nbytes(),
@@ -377,7 +374,7 @@ class CustomerState:
         staged = self._aggregate(new_events, idx[new], times[new], days[new], new_ids, last)
         staged.event_ids = {
             "probe": probe[new],
-            "idx": idx[new],
+            "idx": idx[new].astype(np.int32),
             "high": high[new],
             "low": low[new],
             "day": arrival_days[new].astype(np.int32),
@@ -393,22 +390,16 @@ class CustomerState:
         )
         return staged
 
-    def _customer_indexes(self, customers: pa.Array) -> tuple[np.ndarray, list[str]]:
-        """Dense index of every event's customer; customers not seen before get the next indexes (provisionally)."""
+    def _customer_indexes(self, customers: pa.Array) -> tuple[np.ndarray, pa.Array]:
+        """Dense index of every event's customer; customers not seen before get the next indexes (provisionally),
+        in the order they first appear."""
         encoded = customers.dictionary_encode()
-        names = encoded.dictionary.to_pylist()
-        known = self._index
-        mapping = np.empty(len(names), dtype=np.int64)
-        new_ids: list[str] = []
-        next_index = len(self._ids)
-        for position, name in enumerate(names):
-            index = known.get(name)
-            if index is None:
-                index = next_index + len(new_ids)
-                new_ids.append(name)
-            mapping[position] = index
+        names = encoded.dictionary
+        mapping = self._customers.find(names)
+        new = mapping < 0
+        mapping[new] = np.arange(len(self._customers), len(self._customers) + int(new.sum()))
         codes = np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
-        return mapping[codes], new_ids
+        return mapping[codes], names.filter(pa.array(new))
 
     def _aggregate(  # noqa: PLR0917 - one private call site, named by position for brevity
         self,
@@ -416,7 +407,7 @@ class CustomerState:
         idx: np.ndarray,
         times: np.ndarray,
         days: np.ndarray,
-        new_ids: list[str],
+        new_ids: pa.Array,
         last: Position,
     ) -> _Staged:
         """The changed customers' new running values and the set members this batch adds."""
@@ -435,7 +426,7 @@ class CustomerState:
         sessions = events.column("session_id").combine_chunks()
         session_probe = mix64(idx, _string_hash(self.con, sessions))
         first = _first_of_each(session_probe, [idx], strings=sessions)
-        session_bytes = _fixed_bytes(sessions.take(pa.array(first)))
+        session_bytes = fixed_bytes(sessions.take(pa.array(first)))
         seen = self._sessions.contains(session_probe[first], {"idx": idx[first], "session": session_bytes})
         new_sessions = first[~seen]
         rows["sessions"] = old["sessions"] + groups.count_rows(new_sessions)
@@ -495,7 +486,7 @@ class CustomerState:
             rows=rows,
             sessions={
                 "probe": session_probe[new_sessions],
-                "idx": idx[new_sessions],
+                "idx": idx[new_sessions].astype(np.int32),
                 "session": session_bytes[~seen],
             },
             session_ids=sessions.take(pa.array(new_sessions)),
@@ -505,7 +496,7 @@ class CustomerState:
 
     def _current(self, changed: np.ndarray) -> dict[str, np.ndarray]:
         """The running values of ``changed`` customers (start values for customers not seen before)."""
-        known = changed < len(self._ids)
+        known = changed < len(self._customers)
         current = {}
         for name in _NUMERIC:
             values = np.full(len(changed), _START.get(name, 0), dtype=np.int64)
@@ -523,9 +514,9 @@ class CustomerState:
         applied = staged.applied
         if applied.position is None:
             return
-        self._grow(len(self._ids) + len(staged.new_customer_ids))  # spare capacity changes no value
+        self._grow(len(self._customers) + len(staged.new_customer_ids))  # spare capacity changes no value
         undo = _Undo(
-            customers=len(self._ids),
+            customers=self._customers.mark(),
             rows={name: self._cols[name][staged.changed].copy() for name in staged.rows},
             changed=staged.changed,
             runs=(list(self._event_ids.runs), list(self._sessions.runs), list(self._days.runs)),
@@ -538,7 +529,7 @@ class CustomerState:
             self.con.execute("BEGIN TRANSACTION")
             try:
                 if self.persistent:
-                    self._journal(staged, undo.customers)
+                    self._journal(staged, undo.customers[-1])
                 self._write_progress(applied.position, staged.as_of)
             except BaseException:
                 self.con.execute("ROLLBACK")
@@ -549,10 +540,8 @@ class CustomerState:
             raise
 
     def _install_in_memory(self, staged: _Staged) -> None:
-        for name in staged.new_customer_ids:
-            self._index[name] = len(self._ids)
-            self._ids.append(name)
-        self._grow(len(self._ids))
+        self._customers.add(staged.new_customer_ids)
+        self._grow(len(self._customers))
         for name, values in staged.rows.items():
             self._cols[name][staged.changed] = values
         if staged.event_ids:
@@ -566,9 +555,7 @@ class CustomerState:
         self._as_of = staged.as_of
 
     def _undo(self, undo: _Undo) -> None:
-        for name in self._ids[undo.customers :]:
-            self._index.pop(name, None)
-        del self._ids[undo.customers :]
+        self._customers.rollback(undo.customers)
         for name, values in undo.rows.items():
             self._cols[name][undo.changed] = values
         self._event_ids.runs, self._sessions.runs, self._days.runs = (list(runs) for runs in undo.runs)
@@ -578,9 +565,9 @@ class CustomerState:
         capacity = len(self._cols["events"])
         if size <= capacity:
             return
-        capacity = max(size, 2 * capacity, 1024)
+        capacity = max(size, capacity + capacity // 4, 1024)  # a quarter spare: amortized, yet not 2x the memory
         for name, values in self._cols.items():
-            grown = np.full(capacity, _START.get(name, 0), dtype=np.int64)
+            grown = np.full(capacity, _START.get(name, 0), dtype=_dtype(name))
             grown[: len(values)] = values
             self._cols[name] = grown
 
@@ -588,11 +575,11 @@ class CustomerState:
         """Append what the batch added or changed (new customers get indexes from ``start``)."""
         con = self.con
         parts: dict[str, pa.Table] = {}
-        if staged.new_customer_ids:
+        if len(staged.new_customer_ids):
             parts["customers"] = pa.table(
                 {
                     "idx": pa.array(np.arange(start, start + len(staged.new_customer_ids))),
-                    "customer_id": pa.array(staged.new_customer_ids, pa.string()),
+                    "customer_id": staged.new_customer_ids,
                 }
             )
         if len(staged.changed):
@@ -666,9 +653,9 @@ class CustomerState:
     def _load_indexed(self, tables: dict[str, pa.Table]) -> None:
         """Install tables keyed by dense index (``idx``) into memory."""
         customers = tables["customers"]
-        self._ids = [str(name) for name in customers.column("customer_id").to_pylist()]
-        self._index = {name: position for position, name in enumerate(self._ids)}
-        self._grow(len(self._ids))
+        self._customers = StringIndex(lambda names: _string_hash(self.con, names))
+        self._customers.add(customers.column("customer_id").combine_chunks())
+        self._grow(len(self._customers))
         rows = tables["customer_rows"]
         if rows.num_rows:
             where = rows.column("idx").to_numpy()
@@ -679,7 +666,8 @@ class CustomerState:
             idx = sessions.column("idx").to_numpy()
             strings = sessions.column("session_id").combine_chunks()
             self._sessions.add(
-                mix64(idx, _string_hash(self.con, strings)), {"idx": idx, "session": _fixed_bytes(strings)}
+                mix64(idx, _string_hash(self.con, strings)),
+                {"idx": idx.astype(np.int32), "session": fixed_bytes(strings)},
             )
         days = tables["customer_days"]
         if days.num_rows:
@@ -700,21 +688,24 @@ class CustomerState:
             self._arrival_day = int(days.max())
             self._event_ids.add(
                 mix64(idx, high, low),
-                {"idx": idx, "high": high, "low": low, "day": days},
+                {"idx": idx.astype(np.int32), "high": high, "low": low, "day": days},
                 self._window_start(),
             )
 
     def _indexed_tables(self) -> dict[str, pa.Table]:
-        count = len(self._ids)
+        count = len(self._customers)
         events = self._event_ids.members()
         sessions = self._sessions.members()
         idx, day, purchase = _split_day_keys(self._days.members()["probe"])
         return {
             "customers": pa.table(
-                {"idx": pa.array(np.arange(count)), "customer_id": pa.array(self._ids, pa.string())}
+                {"idx": pa.array(np.arange(count)), "customer_id": self._customers.names()}
             ),
             "customer_rows": pa.table(
-                {"idx": np.arange(count), **{name: self._cols[name][:count] for name in _NUMERIC}}
+                {
+                    "idx": np.arange(count),
+                    **{name: self._cols[name][:count].astype(np.int64) for name in _NUMERIC},
+                }
             ),
             "customer_sessions": pa.table(
                 {
@@ -804,10 +795,10 @@ class CustomerState:
         if replace:
             self._reset()
         names = customers.column("customer_id").combine_chunks()
-        clashes = [name for name in names.to_pylist() if name in self._index]
+        clashes = names.filter(pa.array(self._customers.find(names) >= 0)).to_pylist()
         if clashes:
             raise ValueError(f"customers present in two imported states, e.g. {clashes[:3]}")
-        start = len(self._ids)
+        start = len(self._customers)
         local = pa.array(np.arange(start, start + len(names)))
         indexed: dict[str, pa.Table] = {
             "customers": pa.table({"idx": local, "customer_id": names}),
@@ -832,7 +823,7 @@ class CustomerState:
     def _load_more(self, tables: dict[str, pa.Table]) -> None:
         """Append customers (and their set members) that are not in the state yet."""
         merged: dict[str, pa.Table] = {}
-        current = self._indexed_tables() if self._ids else None
+        current = self._indexed_tables() if len(self._customers) else None
         for name, table in tables.items():
             if table.num_rows == 0 and name != "customers":
                 merged[name] = current[name] if current else _empty_indexed(name)
@@ -848,15 +839,13 @@ class CustomerState:
 
     def snapshot_rows(self) -> pa.Table:
         """Every customer's current row (full scan: for summaries and tests, not the hot path)."""
-        count = len(self._ids)
+        count = len(self._customers)
         last = self._position or Position("0")
         if count == 0:
             return CUSTOMER_AGGREGATES_SCHEMA.empty_table()
-        rows = {name: self._cols[name][:count] for name in _NUMERIC}
+        rows = {name: self._cols[name][:count].astype(np.int64) for name in _NUMERIC}
         as_of = self._as_of if self._as_of is not None else int(rows["last_event_at"].max())
-        return _output_rows(
-            pa.array(self._ids, pa.string()), rows, as_of, self.shard_id, last.sequence_number
-        )
+        return _output_rows(self._customers.names(), rows, as_of, self.shard_id, last.sequence_number)
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -896,6 +885,10 @@ class _Groups:
 
     def first_rows(self) -> np.ndarray:
         return self.order[self.starts]
+
+
+def _dtype(column: str) -> type[np.signedinteger[Any]]:
+    return np.int32 if column in _COUNTS else np.int64
 
 
 def _output_rows(
@@ -1016,13 +1009,6 @@ def _string_hash(con: duckdb.DuckDBPyConnection, strings: pa.Array) -> np.ndarra
     return np.asarray(hashed.to_numpy(), dtype=np.uint64)
 
 
-def _fixed_bytes(strings: pa.Array) -> np.ndarray:
-    """ASCII strings (validated session ids) as a fixed-width numpy bytes array, compared exactly."""
-    if len(strings) == 0:
-        return np.empty(0, dtype="S1")
-    return np.asarray(strings.to_numpy(zero_copy_only=False)).astype("S")
-
-
 def _first_of_each(probe: np.ndarray, exact: list[np.ndarray], strings: pa.Array | None = None) -> np.ndarray:
     """Row numbers of the first occurrence of each distinct member, in row order (exact despite the hash)."""
     _, first, inverse = np.unique(probe, return_index=True, return_inverse=True)
@@ -1122,7 +1108,9 @@ def _positions_increase(table: pa.Table) -> bool:
     lengths = pc.utf8_length(sequences)
     shortest, longest = (value.as_py() for value in pc.min_max(lengths).values())
     by_keys = False
-    if longest <= _INT64_DIGITS:  # small sequence numbers (emulators, tests): compared as the integers they are
+    if (
+        longest <= _INT64_DIGITS
+    ):  # small sequence numbers (emulators, tests): compared as the integers they are
         try:
             sequences = pc.cast(sequences, pa.int64())
         except pa.ArrowInvalid:  # not decimal digits

@@ -12,10 +12,11 @@ whose day falls before a cutoff are dropped when runs merge, and never match a l
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Final
 
 import numpy as np
+import pyarrow as pa
 
 _M1: Final = np.uint64(0xBF58476D1CE4E5B9)
 _M2: Final = np.uint64(0x94D049BB133111EB)
@@ -110,3 +111,88 @@ def _merge(older: Run, newer: Run, min_day: int | None) -> Run:
             merged = {name: array[keep] for name, array in merged.items()}
     order = np.argsort(merged["probe"], kind="stable")
     return {name: array[order] for name, array in merged.items()}
+
+
+def lookup(runs: KeyRuns, probe: np.ndarray, members: Mapping[str, np.ndarray], column: str) -> np.ndarray:
+    """For each queried member, the value of ``column`` stored with it, or -1 where it is not in the set."""
+    found = np.full(len(probe), -1, dtype=np.int64)
+    for run in runs.runs:
+        keys = run["probe"]
+        pending = np.flatnonzero(found < 0)
+        if not pending.size:
+            break
+        at = np.searchsorted(keys, probe[pending])
+        while pending.size:
+            inside = at < len(keys)
+            pending, at = pending[inside], at[inside]
+            same = keys[at] == probe[pending]
+            pending, at = pending[same], at[same]
+            if not pending.size:
+                break
+            equal = np.ones(len(pending), dtype=bool)
+            for name in runs.columns:
+                if name != column:
+                    equal &= run[name][at] == members[name][pending]
+            found[pending[equal]] = run[column][at[equal]]
+            pending, at = pending[~equal], at[~equal] + 1
+    return found
+
+
+class StringIndex:
+    """Distinct strings numbered 0, 1, 2, ... in the order they were added: exact, compact, vectorized.
+
+    Why not a dict: a Python dict of a million short ids costs about 130 bytes per id (the str object, the int
+    object, the table slot); here an id costs its bytes twice (Arrow by number, fixed-width bytes by hash) plus a
+    12-byte probe and number, about 40 bytes for a 10-character id. Lookups hash the distinct names of a batch
+    (``hasher``: 64-bit, vectorized) and compare exactly, so a hash collision can never merge two strings.
+    """
+
+    def __init__(self, hasher: Callable[[pa.Array], np.ndarray]) -> None:
+        self.hasher = hasher
+        self.keys = KeyRuns(("number", "text"))
+        self.chunks: list[pa.Array] = []
+        self.count = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def find(self, names: pa.Array) -> np.ndarray:
+        """The number of each of ``names`` (distinct strings), -1 where it is not in the index."""
+        if not len(names) or not self.count:
+            return np.full(len(names), -1, dtype=np.int64)
+        return lookup(self.keys, self.hasher(names), {"text": fixed_bytes(names)}, "number")
+
+    def add(self, names: pa.Array) -> None:
+        """Append ``names`` (distinct strings, none in the index yet): they get the next numbers, in order."""
+        if not len(names):
+            return
+        numbers = np.arange(self.count, self.count + len(names), dtype=np.int32)
+        self.keys.add(self.hasher(names), {"number": numbers, "text": fixed_bytes(names)})
+        self.chunks.append(names)
+        self.count += len(names)
+
+    def names(self) -> pa.Array:
+        """Every string, by number."""
+        if not self.chunks:
+            return pa.array([], pa.string())
+        if len(self.chunks) > 1:
+            self.chunks = [pa.concat_arrays(self.chunks)]
+        return self.chunks[0]
+
+    def mark(self) -> tuple[list[Run], list[pa.Array], int]:
+        """What ``rollback`` needs to return to this point."""
+        return list(self.keys.runs), list(self.chunks), self.count
+
+    def rollback(self, mark: tuple[list[Run], list[pa.Array], int]) -> None:
+        runs, chunks, count = mark
+        self.keys.runs, self.chunks, self.count = list(runs), list(chunks), count
+
+    def nbytes(self) -> int:
+        return self.keys.nbytes() + sum(int(chunk.nbytes) for chunk in self.chunks)
+
+
+def fixed_bytes(strings: pa.Array) -> np.ndarray:
+    """ASCII strings (validated ids) as a fixed-width numpy bytes array, compared exactly."""
+    if len(strings) == 0:
+        return np.empty(0, dtype="S1")
+    return np.asarray(strings.to_numpy(zero_copy_only=False)).astype("S")

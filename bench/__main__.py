@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from schemas import RAW_RECORD_SCHEMA, UTC_MICROS
@@ -284,6 +285,86 @@ def bench_flush_scaling(state_customers: int, changed: int, rounds: int = 5) -> 
     }
 
 
+def _current_rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _state_tables(customers: int, event_ids: int, rng: np.random.Generator) -> dict[str, pa.Table]:
+    """Snapshot tables (``CustomerState.export_tables``) of a synthetic state: random owners and values."""
+    from aggregators.customer_state import _NUMERIC
+
+    names = pa.array([f"c-{index:07d}" for index in range(customers)], pa.string())
+
+    def owners(count: int) -> pa.Array:
+        return names.take(pa.array(rng.integers(0, customers, count)))
+
+    sessions, days = event_ids // 4, event_ids // 3
+    return {
+        "customers": pa.table(
+            {
+                "customer_id": names,
+                **{name: pa.array(rng.integers(1, 1_000, customers), pa.int64()) for name in _NUMERIC},
+            }
+        ),
+        "customer_sessions": pa.table(
+            {
+                "customer_id": owners(sessions),
+                "session_id": pa.array([f"s-{index:016x}" for index in range(sessions)], pa.string()),
+            }
+        ),
+        "customer_days": pa.table(
+            {
+                "customer_id": owners(days),
+                "day": pa.array(20_000 + np.arange(days) % 400, pa.int32()),
+                "purchase": pa.array(np.arange(days) % 5 == 0),
+            }
+        ),
+        "applied_events": pa.table(
+            {
+                "customer_id": owners(event_ids),
+                "id_high": pa.array(rng.integers(0, 2**63, event_ids, dtype=np.uint64)),
+                "id_low": pa.array(rng.integers(0, 2**63, event_ids, dtype=np.uint64)),
+                "day": pa.array(np.full(event_ids, 20_600, dtype=np.int32)),
+            }
+        ),
+    }
+
+
+def bench_state_size(customers: int, event_ids: int, seed: int = 5) -> dict[str, Any]:
+    """RSS of a shard state holding ``customers`` and ``event_ids`` (built as snapshot tables and imported, as a
+    restore does), then while it applies one 50k-record batch (a flush's working memory on top of the state)."""
+    import gc
+
+    from aggregators.customer_state import CustomerState
+
+    tables = _state_tables(customers, event_ids, np.random.default_rng(seed))
+    state = CustomerState(SHARD)
+    started = time.perf_counter()
+    state.import_tables(tables)
+    load_seconds = time.perf_counter() - started
+    tables.clear()
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    loaded_rss = _current_rss_mib()
+    memory = state.memory_bytes()
+    (batch,) = _raw_batches(_generate(min(customers, 45_000), 50_000, seed=seed)[:50_000], 50_000)
+    started = time.perf_counter()
+    state.apply(batch)
+    apply_seconds = time.perf_counter() - started
+    return {
+        "customers": state.customer_count(),
+        "event_ids": state.event_id_count(),
+        "state_mib": sum(memory.values()) / 2**20,
+        "rss_after_load_mib": loaded_rss,
+        "rss_after_flush_mib": _current_rss_mib(),
+        "load_seconds": load_seconds,
+        "apply_seconds": apply_seconds,
+    }
+
+
 class _MemoryS3:
     """Just enough of the S3 client for S3ParquetSink, in memory (we measure our code, not the network)."""
 
@@ -528,6 +609,11 @@ def run(input_path: str, quick: bool) -> dict[str, Any]:
         for state_customers in ((2_000, 20_000) if quick else (5_000, 50_000))
         for changed in ((100, 1_000) if quick else (100, 1_000, 5_000))
     ]
+    state_size = _child(
+        "state_size",
+        customers=200_000 if quick else 1_000_000,
+        event_ids=2_000_000 if quick else 10_000_000,
+    )
     return {
         "records": core["records"],
         "core_events_per_s": core["events_per_second"],
@@ -560,6 +646,7 @@ def run(input_path: str, quick: bool) -> dict[str, Any]:
         "state_bytes_per_customer": core["bytes_per_customer"],
         "state_bytes_per_event_id": core["bytes_per_event_id"],
         "flush_ms_by_customers_changed": flush,
+        "large_state": state_size,
         "freshness_p50_s": processor["freshness_p50_s"],
         "freshness_p99_s": processor["freshness_p99_s"],
         "files": processor["files"],
@@ -631,6 +718,12 @@ def _print_table(result: dict[str, Any], input_label: str) -> None:
             f"{row['median_ms']:.1f}",
         )
     console.print(flush)
+    large = result["large_state"]
+    console.print(
+        f"a state of {large['customers']:,} customers and {large['event_ids']:,} event ids (built as a restore "
+        f"would load it): {large['state_mib']:,.0f} MiB of state, {large['rss_after_load_mib']:,.0f} MiB RSS at rest, "
+        f"{large['rss_after_flush_mib']:,.0f} MiB after applying a 50k-record batch ({large['apply_seconds']:.2f} s)"
+    )
 
 
 def main() -> None:
@@ -653,6 +746,7 @@ def main() -> None:
             "flush": bench_flush_scaling,
             "processor": bench_processor,
             "idle": bench_idle_processor,
+            "state_size": bench_state_size,
         }
         import logging
 

@@ -14,6 +14,7 @@ from bench.__main__ import (
     bench_flush_scaling,
     bench_naive,
     bench_processor,
+    bench_state_size,
 )
 
 
@@ -36,3 +37,9 @@ def test_each_benchmark_runs_and_the_peers_agree_with_the_core(tmp_path: Path) -
     processor = bench_processor(input=str(source), per_message=500)
     assert processor["files"] > 0 and processor["checkpoints"] == 1 and processor["commits"] == 1
     assert 0 <= processor["freshness_p50_s"] <= processor["freshness_p99_s"]
+
+
+def test_the_large_state_benchmark_loads_the_state_it_names() -> None:
+    large = bench_state_size(customers=3_000, event_ids=30_000)
+    assert large["customers"] >= 3_000 and large["event_ids"] >= 30_000  # plus what the applied batch added
+    assert 0 < large["state_mib"] < min(large["rss_after_load_mib"], large["rss_after_flush_mib"])
