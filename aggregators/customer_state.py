@@ -565,9 +565,8 @@ class CustomerState:
         capacity = len(self._cols["events"])
         if size <= capacity:
             return
-        capacity = max(
-            size, capacity + capacity // 4, 1024
-        )  # a quarter spare: amortized, yet not 2x the memory
+        # a quarter spare: growth stays amortized without holding twice the memory
+        capacity = max(size, capacity + capacity // 4, 1024)
         for name, values in self._cols.items():
             grown = np.full(capacity, _START.get(name, 0), dtype=_dtype(name))
             grown[: len(values)] = values

@@ -895,9 +895,8 @@ _SEQUENCE_TEXTS = st.one_of(
     st.integers(0, 10**6).map(str),  # emulator-sized
     st.integers(10**55, 10**55 + 50).map(str),  # AWS-sized, one length
     st.integers(0, 10**60).map(str),  # mixed lengths beyond int64
-    st.integers(0, 999).map(
-        lambda n: f"{n:05d}"
-    ),  # leading zeros (never from Kinesis): still compared as integers
+    # leading zeros (never from Kinesis): still compared as integers
+    st.integers(0, 999).map(lambda n: f"{n:05d}"),
 )
 
 
