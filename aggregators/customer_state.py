@@ -4,13 +4,14 @@ Why this layout: the aggregates must depend only on the *set* of events (any ord
 of an event id). Counts and sums are additive once duplicates are removed, so the state keeps the running sums per
 customer plus exactly the sets that distinct counts need, and nothing more:
 
-- customers get a dense index; every running aggregate is a numpy column indexed by it;
+- customers get a dense index (ids held in a ``keysets.StringIndex``, not a dict); every running aggregate is a
+  numpy column indexed by it (counts 32-bit, times and money 64-bit);
 - ``event ids``: the (customer, event id) pairs applied, for exact de-duplication within the de-duplication window;
 - ``sessions``: distinct (customer, session id) pairs, for ``sessions``;
 - ``days``: distinct (customer, UTC day) pairs with events and with purchases, for ``active_days``, ``purchase_days``;
 - the position (last applied sequence number) and ``as_of`` (the event-time high-water mark).
 
-The sets are ``keysets.KeyRuns``: sorted numpy runs, exact, about 30 bytes per event id. A batch is parsed once into
+The sets are ``keysets.KeyRuns``: sorted numpy runs, exact, 32 bytes per event id. A batch is parsed once into
 columns (``fast_decode``); only doubtful records go through the exact SQL validator. De-duplication, grouping and the
 output rows are vectorized over the batch, so the cost of a batch grows with the batch and the customers it touches,
 never with all customers or events ever seen.
@@ -250,7 +251,7 @@ class CustomerState:
         self.con.execute("COMMIT")
 
     def memory_bytes(self) -> dict[str, int]:
-        """Bytes held by each part of the state (for sizing; Python object overhead of the index estimated)."""
+        """Bytes held by each part of the state (for sizing)."""
         count = len(self._customers)
         return {
             "customers": sum(a[:count].nbytes for a in self._cols.values()) + self._customers.nbytes(),
