@@ -277,10 +277,17 @@ def key_counts(data: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     is not counted that way, so such payloads are flagged and left to the exact validator.
     """
     count = len(data)
-    keys = np.zeros(count, dtype=np.int64)
-    spaced = np.zeros(count, dtype=bool)
     if count == 0 or data.buffers()[2] is None:
-        return keys, spaced
+        return np.zeros(count, dtype=np.int64), np.zeros(count, dtype=bool)
+    offsets = np.frombuffer(data.buffers()[1], dtype=np.int32)[data.offset : data.offset + count + 1].astype(np.int64)
+    body = np.frombuffer(data.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
+    colons = np.flatnonzero(body[1:] == _COLON) + 1  # every ':' with a byte before it
+    before = body[colons - 1]
+    bounds = offsets - offsets[0]
+    # a payload's share of the sorted positions: how many fall below its end, less those below its start
+    keys = np.diff(np.searchsorted(colons[before == _QUOTE], bounds))
+    spaced = np.diff(np.searchsorted(colons[_JSON_SPACE[before]], bounds)) > 0
+    return keys, spaced
     offsets = np.frombuffer(data.buffers()[1], dtype=np.int32)[data.offset : data.offset + count + 1].astype(
         np.int64
     )
