@@ -279,7 +279,9 @@ def key_counts(data: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     count = len(data)
     if count == 0 or data.buffers()[2] is None:
         return np.zeros(count, dtype=np.int64), np.zeros(count, dtype=bool)
-    offsets = np.frombuffer(data.buffers()[1], dtype=np.int32)[data.offset : data.offset + count + 1].astype(np.int64)
+    offsets = np.frombuffer(data.buffers()[1], dtype=np.int32)[data.offset : data.offset + count + 1].astype(
+        np.int64
+    )
     body = np.frombuffer(data.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
     colons = np.flatnonzero(body[1:] == _COLON) + 1  # every ':' with a byte before it
     before = body[colons - 1]
