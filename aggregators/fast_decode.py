@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Final
 
 import duckdb
@@ -48,27 +49,20 @@ _QUANTITY_TEXT: Final = r"[1-9][0-9]{0,3}|10000"
 _REVENUE_TEXT: Final = r"(0|[1-9][0-9]{0,15})([.][0-9]{1,2})?"
 
 
-#: ``LENIENT_JSON_HINT`` split into its alternatives: two literal searches and a short regex are cheaper than one
-#: alternation over every payload, and flag exactly the same payloads (a test keeps them in step).
+#: ``LENIENT_JSON_HINT`` split into its alternatives (a test keeps them in step): the two literals are searched in
+#: SQL; a trailing comma is looked for on the bytes (``PayloadBytes``), only before the closing brace: a payload the
+#: fast path vouches for holds no other object or array (every member is a contract field with a scalar value).
 _LENIENT_LITERALS: Final = ("NaN", "Infinity")
 _LENIENT_COMMA: Final = r",\s*[\]}]"
-_LENIENT: Final = " AND ".join(
-    [
-        *(f"NOT contains(txt, {_quote(text)})" for text in _LENIENT_LITERALS),
-        f"NOT regexp_matches(txt, {_quote(_LENIENT_COMMA)})",
-    ]
-)
-_WHITESPACE: Final = "' ' || chr(9) || chr(10) || chr(13)"  # JSON whitespace, not only spaces
+_LENIENT: Final = " AND ".join(f"NOT contains(txt, {_quote(text)})" for text in _LENIENT_LITERALS)
 #: The one statement per batch: DuckDB parses each candidate once (its members as raw JSON text, the event time,
-#: quantity and revenue as the validator casts them; its keys are counted on the bytes, see ``key_counts``). Every
+#: quantity and revenue as the validator casts them; its keys are counted on the bytes, see ``PayloadBytes``). Every
 #: check is then an Arrow kernel over these columns: DuckDB binds and optimizes a statement on every execution
 #: (prepared or not), which for a long SQL expression tree costs tens of milliseconds whatever the batch size.
 _PARSE_SQL: Final = f"""
 WITH docs AS (
   SELECT rid,
-         CASE WHEN small AND NOT contains(txt, '\\') AND {_LENIENT}
-                   AND json_valid(txt) AND left(ltrim(txt, {_WHITESPACE}), 1) = '{{'
-              THEN txt END AS doc
+         CASE WHEN plain AND {_LENIENT} AND json_valid(txt) THEN txt END AS doc
   FROM fast_in
 ), parsed AS (
   SELECT rid, from_json(doc, {_quote(_AS_JSON)}) AS j FROM docs
@@ -110,12 +104,12 @@ class FastDecoder:
         """Columns ``rid`` (row number in ``raw``), ``vouched`` and the event fields (meaningful where vouched)."""
         data = raw.column("data").combine_chunks()
         text = as_utf8(data)
-        small = binary_lengths(data) <= int(self.rules.max_record_bytes)
+        shape = PayloadBytes.of(data, int(self.rules.max_record_bytes))
         table = pa.table(
             {
                 "rid": pa.array(np.arange(raw.num_rows, dtype=np.int64)),
                 "txt": text,
-                "small": pa.array(small),
+                "plain": pa.array(shape.plain),
             }
         )
         con.register("fast_in", table)
@@ -125,11 +119,8 @@ class FastDecoder:
             con.unregister("fast_in")
         if not _is_sorted(parsed.column("rid")):
             parsed = parsed.take(pc.sort_indices(parsed.column("rid")))
-        keys, spaced = key_counts(data)
         rid = parsed.column("rid").to_numpy()
-        parsed = parsed.append_column("key_count", pa.array(keys[rid])).append_column(
-            "colon_after_space", pa.array(spaced[rid])
-        )
+        parsed = parsed.append_column("key_count", pa.array(shape.keys[rid]))
         return self._vouch(parsed, raw)
 
     def _vouch(self, parsed: pa.Table, raw: pa.Table) -> pa.Table:
@@ -141,7 +132,6 @@ class FastDecoder:
         present = [pc.is_valid(json_text[f]).cast(pa.int32()) for f in _FIELDS]
         # exactly the contract fields present, each once and non-null: no repeated, unknown or null member
         checks.require(pc.equal(parsed.column("key_count"), _total(present, rows)))
-        checks.require(pc.invert(parsed.column("colon_after_space")))
         checks.require(pc.equal(json_text["schema_version"], str(EVENT_SCHEMA_VERSION)))
         checks.require(_absent_or(json_text["quantity"], _full_match(json_text["quantity"], _QUANTITY_TEXT)))
         revenue = parsed.column("revenue").combine_chunks()
@@ -264,51 +254,72 @@ def decode_records(
 
 _QUOTE: Final = ord('"')
 _COLON: Final = ord(":")
+_COMMA: Final = ord(",")
+_BACKSLASH: Final = ord("\\")
+_OPEN: Final = ord("{")
+_CLOSE: Final = ord("}")
 _JSON_SPACE: Final = np.zeros(256, dtype=bool)
 _JSON_SPACE[[ord(" "), ord("\t"), ord("\n"), ord("\r")]] = True
 
 
-def key_counts(data: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """Per payload, how many member names it holds, and whether any ``:`` in it follows JSON whitespace.
+@dataclass(frozen=True, slots=True)
+class PayloadBytes:
+    """What the fast path checks on the raw bytes of each payload, vectorized over the batch (no parse).
 
-    Counted on the bytes instead of asking DuckDB for the key list (a second parse of every record): in a payload
-    without backslashes (the only ones the fast path takes) every ``"`` delimits a string, so a ``"`` right before a
-    ``:`` ends a member name and nothing else does, at any depth. A name written with whitespace before its colon
-    is not counted that way, so such payloads are flagged and left to the exact validator.
+    In a payload without backslashes (the only ones the fast path takes) every ``"`` delimits a string, so a ``"``
+    right before a ``:`` ends a member name and nothing else does, at any depth: ``keys`` counts them. A name
+    written with whitespace before its colon would not be counted, so such payloads are not ``plain``.
     """
-    count = len(data)
-    if count == 0 or data.buffers()[2] is None:
-        return np.zeros(count, dtype=np.int64), np.zeros(count, dtype=bool)
-    offsets = np.frombuffer(data.buffers()[1], dtype=np.int32)[data.offset : data.offset + count + 1].astype(
-        np.int64
-    )
-    body = np.frombuffer(data.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
-    colons = np.flatnonzero(body[1:] == _COLON) + 1  # every ':' with a byte before it
-    before = body[colons - 1]
-    bounds = offsets - offsets[0]
-    # a payload's share of the sorted positions: how many fall below its end, less those below its start
-    keys = np.diff(np.searchsorted(colons[before == _QUOTE], bounds))
-    spaced = np.diff(np.searchsorted(colons[_JSON_SPACE[before]], bounds)) > 0
-    return keys, spaced
-    offsets = np.frombuffer(data.buffers()[1], dtype=np.int32)[data.offset : data.offset + count + 1].astype(
-        np.int64
-    )
-    body = np.frombuffer(data.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
-    starts, ends = offsets[:-1] - offsets[0], offsets[1:] - offsets[0]
-    colons = np.flatnonzero(body == _COLON)
-    rows = np.searchsorted(ends, colons, side="right")
-    inside = colons > starts[rows]  # a colon that opens its payload has no byte before it
-    colons, rows = colons[inside], rows[inside]
-    before = body[colons - 1]
-    keys += np.bincount(rows[before == _QUOTE], minlength=count)
-    spaced |= np.bincount(rows[_JSON_SPACE[before]], minlength=count) > 0
-    return keys, spaced
+
+    plain: np.ndarray  # within the size limit, no backslash, '{' first, '}' last, no ',' before it, no ' :'
+    keys: np.ndarray  # member names, at any depth
+
+    @classmethod
+    def of(cls, data: pa.Array, max_bytes: int) -> PayloadBytes:
+        count = len(data)
+        if count == 0 or data.buffers()[2] is None:
+            return cls(np.zeros(count, dtype=bool), np.zeros(count, dtype=np.int64))
+        offsets = np.frombuffer(data.buffers()[1], dtype=np.int32)[data.offset : data.offset + count + 1]
+        bounds = offsets.astype(np.int64) - offsets[0]
+        body = np.frombuffer(data.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
+        starts, ends = bounds[:-1], bounds[1:]
+
+        def per_payload(positions: np.ndarray) -> np.ndarray:
+            """How many of the sorted ``positions`` fall in each payload."""
+            return np.diff(np.searchsorted(positions, bounds))
+
+        colons = np.flatnonzero(body[1:] == _COLON) + 1  # every ':' with a byte before it
+        before = body[colons - 1]
+        last = _last_non_space(body, ends - 1, starts)
+        before_last = _last_non_space(body, last - 1, starts)
+        plain = (
+            (ends > starts)
+            & (ends - starts <= max_bytes)
+            & (per_payload(np.flatnonzero(body == _BACKSLASH)) == 0)
+            & (per_payload(colons[_JSON_SPACE[before]]) == 0)
+            & (body[np.minimum(starts, len(body) - 1)] == _OPEN)
+            & (last >= starts)
+            & (body[np.maximum(last, 0)] == _CLOSE)
+            & (before_last >= starts)
+            & (body[np.maximum(before_last, 0)] != _COMMA)
+        )
+        return cls(plain, per_payload(colons[before == _QUOTE]))
 
 
-def binary_lengths(data: pa.Array) -> np.ndarray:
-    """Byte length of every value of a binary/string array, from its offsets (no per-value work)."""
-    offsets = np.frombuffer(data.buffers()[1], dtype=np.int32)[data.offset : data.offset + len(data) + 1]
-    return np.diff(offsets).astype(np.int64)
+def _last_non_space(
+    body: np.ndarray, positions: np.ndarray, floors: np.ndarray, steps: int = 4
+) -> np.ndarray:
+    """For each position, the nearest position at or before it (not below its floor) holding a byte that is not
+    JSON whitespace, looking back at most ``steps`` bytes; ``floor - 1`` where there is none (left doubtful)."""
+    top = len(body) - 1
+    found = positions.copy()
+    for _ in range(steps):
+        spacing = (found >= floors) & _JSON_SPACE[body[np.clip(found, 0, top)]]
+        if not spacing.any():
+            break
+        found = np.where(spacing, found - 1, found)
+    spacing = (found >= floors) & _JSON_SPACE[body[np.clip(found, 0, top)]]
+    return np.where(spacing, floors - 1, found)
 
 
 def as_utf8(data: pa.Array) -> pa.Array:

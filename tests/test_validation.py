@@ -1178,20 +1178,30 @@ def test_fast_path_vouches_for_plain_generated_events_and_leaves_odd_ones_to_the
     assert fast_and_exact(raw).events.num_rows == len(plain) + len(odd)
 
 
-def test_fast_path_leaves_every_lenient_json_hint_to_the_validator() -> None:
-    """The fast path splits LENIENT_JSON_HINT into literal searches and a shorter regex; both flag the same text."""
+def test_fast_path_leaves_lenient_json_to_the_validator() -> None:
+    """LENIENT_JSON_HINT's alternatives: NaN and Infinity searched as text, a trailing comma found on the bytes
+    before the closing brace (the only place a vouched payload can hold one)."""
     assert "|".join((fast_decode._LENIENT_COMMA, *fast_decode._LENIENT_LITERALS)) == LENIENT_JSON_HINT
     base = encode(doc(event_type="search", search_query="q"))
     hinted = [
-        base.replace(b'"q"', b'"a, }"'),  # the hint inside a string: still left to the validator
-        base.replace(b'"q"', b'"NaN"'),
+        base.replace(b'"q"', b'"NaN"'),  # the literals: searched anywhere, conservatively
         base.replace(b'"q"', b'"Infinity and beyond"'),
+        base[:-1] + b",}",
         base[:-1] + b",\n}",
+        base[:-1] + b',"x":[1,]}',  # a trailing comma inside an unknown member: its name is counted
     ]
-    raw = raw_batch([(data, _partition_key(data)) for data in [base, *hinted]])
+    taken = [
+        base.replace(b'"q"', b'"a, }"'),  # a trailing comma's text inside a string is plain JSON
+        base + b"\n",
+    ]
+    records = [base, *hinted, *taken]
+    raw = raw_batch([(data, _partition_key(data)) for data in records])
     vouched = FastDecoder(ValidationRules()).decode(_connection(), raw).column("vouched").to_pylist()
-    assert vouched == [True] + [False] * len(hinted)
-    assert _by_sequence(fast_and_exact(raw).events) == _by_sequence(decode(raw).events)
+    assert vouched == [True] + [False] * len(hinted) + [True] * len(taken)
+    combined, exact = fast_and_exact(raw), decode(raw)
+    assert _by_sequence(combined.events) == _by_sequence(exact.events)
+    assert _by_sequence(combined.rejects) == _by_sequence(exact.rejects)
+    assert exact.rejects.num_rows == 3  # the trailing commas; NaN and Infinity inside strings are valid
 
 
 def test_lone_surrogate_escape_is_rejected_as_invalid_json() -> None:
@@ -1205,7 +1215,7 @@ def test_utf8_byte_order_mark_is_rejected_as_invalid_json() -> None:
 
 
 def test_fast_path_counts_member_names_on_the_bytes_and_leaves_spaced_colons_to_the_validator() -> None:
-    """The fast path counts a payload's member names as '"' right before ':' (fast_decode.key_counts)."""
+    """The fast path counts a payload's member names as '"' right before ':' (fast_decode.PayloadBytes)."""
     url = doc(page_url="https://shop.example.com/p?a=1:2")  # colons inside a string are no names
     spaced = encode(doc()).replace(b'"customer_id":', b'"customer_id" :')
     vouched_docs = [
@@ -1233,9 +1243,30 @@ def test_fast_path_counts_member_names_on_the_bytes_and_leaves_spaced_colons_to_
 def test_member_names_are_counted_per_payload_whatever_the_neighbours(count: int) -> None:
     payloads = [*[b'{"a":1,"b":{"c":2}}', b"", b':"x":', b'{"k" :1}'][:count], b'{"z":"y:"}']
     expected_keys = [*[3, 0, 1, 0][:count], 1]
-    expected_spaced = [*[False, False, False, True][:count], False]
-    keys, spaced = fast_decode.key_counts(pa.array(payloads, pa.binary()))
-    assert keys.tolist() == expected_keys and spaced.tolist() == expected_spaced
-    # a slice of a larger array (its offsets do not start at 0)
-    keys, spaced = fast_decode.key_counts(pa.array([b'{"q":1}', *payloads], pa.binary()).slice(1))
-    assert keys.tolist() == expected_keys and spaced.tolist() == expected_spaced
+    expected_plain = [*[True, False, False, False][:count], True]
+    for data in (
+        pa.array(payloads, pa.binary()),
+        pa.array([b'{"q":1}', *payloads], pa.binary()).slice(1),  # a slice: its offsets do not start at 0
+    ):
+        shape = fast_decode.PayloadBytes.of(data, max_bytes=1_000)
+        assert shape.keys.tolist() == expected_keys and shape.plain.tolist() == expected_plain
+
+
+@pytest.mark.parametrize(
+    ("payload", "plain"),
+    [
+        (b'{"a":"b"}', True),
+        (b'{"a":"b"}\r\n', True),  # a producer's line ending
+        (b'  {"a":"b"}', False),  # leading whitespace: left to the validator
+        (b'{"a":"b",}', False),
+        (b'{"a":"b", \n }', False),
+        (b'{"a":"b"}     ', False),  # more trailing whitespace than the fast path looks back over
+        (b'{"a":"b\\"}', False),  # an escape
+        (b'{"a":"b"', False),
+        (b"}", False),
+        (b'{"a":"' + b"x" * 100 + b'"}', False),  # over the size limit
+    ],
+)
+def test_payload_shape_on_the_bytes(payload: bytes, plain: bool) -> None:
+    data = pa.array([b'{"x":"y"}', payload, b'{"x":"y"}'], pa.binary())
+    assert fast_decode.PayloadBytes.of(data, max_bytes=60).plain.tolist() == [True, plain, True]
