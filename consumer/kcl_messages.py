@@ -3,7 +3,8 @@
 Why: amazon_kclpy decodes a message with ``json.loads(line, object_hook=...)``, which builds an ``amazon_kclpy``
 ``Record`` (with a ``datetime``) for every record, and each record's data is then base64-decoded on its own. At
 a few microseconds a record that costs more than the aggregation itself. Here a processRecords line is parsed with
-plain ``json.loads`` (no hook), its fields are gathered into columns, and the base64 of its records is decoded
+``orjson`` (no hook; about twice as fast as ``json.loads``, which still reads any line orjson refuses, so the result
+or the error is the standard library's), its fields are gathered into columns, and the base64 of its records is decoded
 straight into one Arrow array. Every other message (initialize, checkpoint answers, shutdown, lease lost, ...) goes
 through amazon_kclpy's own decoder unchanged, and ``KCLProcess`` runs the loop, answers ``status`` and checkpoints
 as before: only the one decoding step is replaced.
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, TextIO
 
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 from amazon_kclpy import kcl, messages
@@ -85,7 +87,10 @@ class ProcessRecordsColumns(messages.ProcessRecordsInput):  # type: ignore[misc]
 class _ColumnarIO(kcl._IOHandler):  # type: ignore[misc]
     def load_action(self, line: str) -> Any:
         if _ACTION in line:
-            message = json.loads(line)
+            try:
+                message = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                message = json.loads(line)
             if isinstance(message, dict) and message.get("action") == "processRecords":
                 return ProcessRecordsColumns(message)
         return super().load_action(line)

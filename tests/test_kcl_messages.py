@@ -172,3 +172,25 @@ def test_buffer_range_compares_leading_zero_sequence_numbers_as_integers_too() -
     first, last = buffer.range()
     assert (first.sequence_number, first.sub_sequence_number) == ("08", 2)
     assert (last.sequence_number, last.sub_sequence_number) == ("010", 0)
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        ('"millisBehindLatest": 7', '"millisBehindLatest": NaN'),  # json reads NaN, orjson refuses it
+        ('"millisBehindLatest": 7', '"millisBehindLatest": 1e400'),  # json reads inf, orjson refuses it
+    ],
+)
+def test_a_line_orjson_refuses_is_read_as_the_standard_library_reads_it(odd: tuple[str, str]) -> None:
+    line = kcl_line([b"ab", b"abc"]).replace(*odd)
+    got, expected = columnar(line), kclpy(line)
+    assert list(to_raw_records(got.records)) == list(to_raw_records(expected.records))
+    assert str(got.millis_behind_latest) == str(expected.millis_behind_latest)
+
+
+def test_a_line_no_parser_reads_fails_as_with_amazon_kclpy() -> None:
+    line = kcl_line([b"ab"])[:-2]
+    with pytest.raises(json.JSONDecodeError):
+        kclpy(line)
+    with pytest.raises(json.JSONDecodeError):
+        columnar(line)
