@@ -56,12 +56,35 @@ class KeyRuns:
         self, probe: np.ndarray, members: Mapping[str, np.ndarray], min_day: int | None = None
     ) -> np.ndarray:
         """For each queried member, whether it is in the set (and, with ``min_day``, its day is >= min_day)."""
-        found = np.zeros(len(probe), dtype=bool)
-        if not len(probe):
-            return found
-        for run in self.runs:
+        run_of, _ = self.locate(probe, members, self.columns, min_day)
+        return run_of >= 0
+
+    def lookup(self, probe: np.ndarray, members: Mapping[str, np.ndarray], column: str) -> np.ndarray:
+        """For each queried member (given by every column but ``column``), the ``column`` value stored with it,
+        or -1 where it is not in the set."""
+        run_of, position = self.locate(probe, members, tuple(c for c in self.columns if c != column))
+        found = np.full(len(probe), -1, dtype=np.int64)
+        for number, run in enumerate(self.runs):
+            here = run_of == number
+            found[here] = run[column][position[here]]
+        return found
+
+    def locate(
+        self,
+        probe: np.ndarray,
+        members: Mapping[str, np.ndarray],
+        columns: tuple[str, ...],
+        min_day: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """For each queried member, the run and the position in it of the equal member (equal on ``columns``);
+        run -1 where there is none."""
+        run_of = np.full(len(probe), -1, dtype=np.int64)
+        position = np.zeros(len(probe), dtype=np.int64)
+        for number, run in enumerate(self.runs):
             keys = run["probe"]
-            pending = np.flatnonzero(~found)
+            pending = np.flatnonzero(run_of < 0)
+            if not pending.size:
+                break
             at = np.searchsorted(keys, probe[pending])
             while pending.size:
                 inside = at < len(keys)
@@ -71,13 +94,14 @@ class KeyRuns:
                 if not pending.size:
                     break
                 equal = np.ones(len(pending), dtype=bool)
-                for column in self.columns:
+                for column in columns:
                     equal &= run[column][at] == members[column][pending]
                 if min_day is not None and self.has_day:
                     equal &= run["day"][at] >= min_day
-                found[pending[equal]] = True
+                run_of[pending[equal]] = number
+                position[pending[equal]] = at[equal]
                 pending, at = pending[~equal], at[~equal] + 1  # the next member with the same probe, if any
-        return found
+        return run_of, position
 
     def add(self, probe: np.ndarray, members: Mapping[str, np.ndarray], min_day: int | None = None) -> None:
         """Add members known to be absent; merges runs size-tiered, dropping members before ``min_day``."""
@@ -113,31 +137,6 @@ def _merge(older: Run, newer: Run, min_day: int | None) -> Run:
     return {name: array[order] for name, array in merged.items()}
 
 
-def lookup(runs: KeyRuns, probe: np.ndarray, members: Mapping[str, np.ndarray], column: str) -> np.ndarray:
-    """For each queried member, the value of ``column`` stored with it, or -1 where it is not in the set."""
-    found = np.full(len(probe), -1, dtype=np.int64)
-    for run in runs.runs:
-        keys = run["probe"]
-        pending = np.flatnonzero(found < 0)
-        if not pending.size:
-            break
-        at = np.searchsorted(keys, probe[pending])
-        while pending.size:
-            inside = at < len(keys)
-            pending, at = pending[inside], at[inside]
-            same = keys[at] == probe[pending]
-            pending, at = pending[same], at[same]
-            if not pending.size:
-                break
-            equal = np.ones(len(pending), dtype=bool)
-            for name in runs.columns:
-                if name != column:
-                    equal &= run[name][at] == members[name][pending]
-            found[pending[equal]] = run[column][at[equal]]
-            pending, at = pending[~equal], at[~equal] + 1
-    return found
-
-
 class StringIndex:
     """Distinct strings numbered 0, 1, 2, ... in the order they were added: exact, compact, vectorized.
 
@@ -160,7 +159,7 @@ class StringIndex:
         """The number of each of ``names`` (distinct strings), -1 where it is not in the index."""
         if not len(names) or not self.count:
             return np.full(len(names), -1, dtype=np.int64)
-        return lookup(self.keys, self.hasher(names), {"text": fixed_bytes(names)}, "number")
+        return self.keys.lookup(self.hasher(names), {"text": fixed_bytes(names)}, "number")
 
     def add(self, names: pa.Array) -> None:
         """Append ``names`` (distinct strings, none in the index yet): they get the next numbers, in order."""
