@@ -137,6 +137,9 @@ def _merge(older: Run, newer: Run, min_day: int | None) -> Run:
     return {name: array[order] for name, array in merged.items()}
 
 
+_MAX_CHUNKS: Final = 64
+
+
 class StringIndex:
     """Distinct strings numbered 0, 1, 2, ... in the order they were added: exact, compact, vectorized.
 
@@ -169,6 +172,8 @@ class StringIndex:
         self.keys.add(self.hasher(names), {"number": numbers, "text": fixed_bytes(names)})
         self.chunks.append(names)
         self.count += len(names)
+        if len(self.chunks) > _MAX_CHUNKS:  # many small batches: keep the per-chunk overhead bounded
+            self.chunks = [pa.concat_arrays(self.chunks)]
 
     def names(self) -> pa.Array:
         """Every string, by number."""
