@@ -69,6 +69,15 @@ class NaiveProcessor:
                     and all(isinstance(doc[name], str) for name in _TEXT_FIELDS if name in doc)
                     and _EARLIEST <= when <= self.latest_allowed
                     and (
+                        "quantity" not in doc
+                        or (
+                            isinstance(doc["quantity"], int | float)
+                            and not isinstance(doc["quantity"], bool)
+                            and doc["quantity"] == int(doc["quantity"])
+                            and 1 <= doc["quantity"] <= 10_000
+                        )
+                    )
+                    and (
                         "revenue" not in doc
                         or (
                             isinstance(doc["revenue"], int | float)
@@ -77,7 +86,7 @@ class NaiveProcessor:
                         )
                     )
                 )
-            except (ValueError, KeyError, TypeError, RecursionError):
+            except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
                 valid = False
             if not valid:
                 self.rejected += 1
