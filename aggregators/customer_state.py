@@ -44,7 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from aggregators.fast_decode import FastDecoder, decode_records
-from aggregators.keysets import KeyRuns, StringIndex, fixed_bytes, mix64
+from aggregators.keysets import IndexMark, KeyRuns, StringIndex, fixed_bytes, mix64
 from aggregators.validation import RecordValidator, new_connection
 from schemas import CUSTOMER_AGGREGATES_SCHEMA, ERRORS_SCHEMA, EVENT_TYPES, EVENTS_SCHEMA, MONEY, UTC_MICROS
 from schemas.positions import SEQUENCE_DIGITS, Position
@@ -161,7 +161,7 @@ class _Staged:
 class _Undo:
     """What installing a batch changed in memory, to put back if the journal does not commit."""
 
-    customers: tuple[Any, ...]  # StringIndex.mark()
+    customers: IndexMark
     rows: dict[str, np.ndarray]
     changed: np.ndarray
     runs: tuple[list[dict[str, np.ndarray]], ...]

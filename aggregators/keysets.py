@@ -36,6 +36,8 @@ def mix64(*parts: np.ndarray) -> np.ndarray:
 
 
 Run = dict[str, np.ndarray]
+#: A point a ``StringIndex`` can roll back to: its runs, its id chunks and its count then.
+IndexMark = tuple[list[Run], list[pa.Array], int]
 
 
 class KeyRuns:
@@ -183,11 +185,11 @@ class StringIndex:
             self.chunks = [pa.concat_arrays(self.chunks)]
         return self.chunks[0]
 
-    def mark(self) -> tuple[list[Run], list[pa.Array], int]:
+    def mark(self) -> IndexMark:
         """What ``rollback`` needs to return to this point."""
         return list(self.keys.runs), list(self.chunks), self.count
 
-    def rollback(self, mark: tuple[list[Run], list[pa.Array], int]) -> None:
+    def rollback(self, mark: IndexMark) -> None:
         runs, chunks, count = mark
         self.keys.runs, self.chunks, self.count = list(runs), list(chunks), count
 
