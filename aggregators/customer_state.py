@@ -530,7 +530,7 @@ class CustomerState:
             self.con.execute("BEGIN TRANSACTION")
             try:
                 if self.persistent:
-                    self._journal(staged, start=len(self._customers) - len(staged.new_customer_ids))
+                    self._journal(staged, len(self._customers) - len(staged.new_customer_ids))
                 self._write_progress(applied.position, staged.as_of)
             except BaseException:
                 self.con.execute("ROLLBACK")
