@@ -82,27 +82,31 @@ def _raw_batches(payloads: list[bytes], batch: int, first_sequence: int = 1) -> 
     return tables
 
 
-def _peak_rss_mib() -> float:
-    """This process's own peak RSS (VmHWM resets on exec; ru_maxrss would carry the parent's from the fork)."""
+def _proc_mib(path: str, field: str) -> float | None:
+    """A ``<field>: <n> kB`` figure of this process from /proc, in MiB (None where /proc has no such line)."""
     try:
-        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
-            if line.startswith("VmHWM:"):
+        for line in Path(path).read_text(encoding="ascii").splitlines():
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return None
+
+
+def _peak_rss_mib() -> float:
+    """This process's own peak RSS (VmHWM resets on exec; ru_maxrss would carry the parent's from the fork)."""
+    peak = _proc_mib("/proc/self/status", "VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _current_rss_mib() -> float:
+    return _proc_mib("/proc/self/status", "VmRSS") or 0.0
 
 
 def _anonymous_mib() -> float:
     """This process's anonymous (heap) memory now: its own, unlike the shared libraries RSS also counts, which
     every shard processor on a host maps once (libarrow, libduckdb and the rest are file-backed, shared pages)."""
-    try:
-        for line in Path("/proc/self/smaps_rollup").read_text(encoding="ascii").splitlines():
-            if line.startswith("Anonymous:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+    return _proc_mib("/proc/self/smaps_rollup", "Anonymous") or 0.0
 
 
 def _rows_file(rows: dict[str, dict[str, Any]], directory: str, name: str) -> str:
@@ -283,13 +287,6 @@ def bench_flush_scaling(state_customers: int, changed: int, rounds: int = 5) -> 
         "median_ms": statistics.median(timings) * 1000,
         "peak_rss_mib": _peak_rss_mib(),
     }
-
-
-def _current_rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def _state_tables(customers: int, event_ids: int, rng: np.random.Generator) -> dict[str, pa.Table]:
