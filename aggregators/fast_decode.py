@@ -119,8 +119,8 @@ class FastDecoder:
             con.unregister("fast_in")
         if not _is_sorted(parsed.column("rid")):
             parsed = parsed.take(pc.sort_indices(parsed.column("rid")))
-        rid = parsed.column("rid").to_numpy()
-        parsed = parsed.append_column("key_count", pa.array(shape.keys[rid]))
+        # one row per input row, in input order (as _vouch reads raw's columns beside parsed's)
+        parsed = parsed.append_column("key_count", pa.array(shape.keys))
         return self._vouch(parsed, raw)
 
     def _vouch(self, parsed: pa.Table, raw: pa.Table) -> pa.Table:
