@@ -43,7 +43,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from aggregators.fast_decode import FastDecoder, decode_records
+from aggregators.fast_decode import FastDecoder, decimal_cents, decode_records, value_bytes
 from aggregators.keysets import IndexMark, KeyRuns, StringIndex, fixed_bytes, mix64
 from aggregators.validation import RecordValidator, new_connection
 from schemas import CUSTOMER_AGGREGATES_SCHEMA, ERRORS_SCHEMA, EVENT_TYPES, EVENTS_SCHEMA, MONEY, UTC_MICROS
@@ -954,16 +954,8 @@ def _money(cents: np.ndarray, nulls: np.ndarray | None = None) -> pa.Array:
 
 def _cents(revenue: pa.ChunkedArray) -> np.ndarray:
     """DECIMAL(18, 2) -> int64 cents (null -> 0)."""
-    array = revenue.combine_chunks()
-    if len(array) == 0:
-        return np.empty(0, np.int64)
-    words = np.frombuffer(array.buffers()[1], dtype=np.int64).reshape(-1, 2)[
-        array.offset : array.offset + len(array)
-    ]
-    cents = words[:, 0].copy()
-    if array.null_count:
-        cents[~array.is_valid().to_numpy(zero_copy_only=False)] = 0
-    return cents
+    cents = pc.fill_null(decimal_cents(revenue.combine_chunks()), 0)
+    return np.asarray(cents.to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
 def _micros(times: pa.ChunkedArray) -> np.ndarray:
@@ -981,12 +973,9 @@ _HEX_COLUMNS: Final = np.array([i for i in range(36) if i not in (8, 13, 18, 23)
 def _uuid_halves(event_ids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """Validated UUID strings (36 characters) -> their 128 bits as two uint64 columns, vectorized."""
     count = len(event_ids)
-    offsets = np.frombuffer(event_ids.buffers()[1], dtype=np.int32)[
-        event_ids.offset : event_ids.offset + count + 1
-    ]
-    body = np.frombuffer(event_ids.buffers()[2], dtype=np.uint8)
-    if count and np.all(np.diff(offsets) == 36):
-        text = body[offsets[0] : offsets[-1]].reshape(count, 36)
+    bounds, body = value_bytes(event_ids)
+    if count and np.all(np.diff(bounds) == 36):
+        text = body.reshape(count, 36)
     else:  # never for validated events; kept total for any input
         text = np.array([s.ljust(36, "0")[:36].encode() for s in event_ids.to_pylist()], dtype="S36")
         text = text.view(np.uint8).reshape(count, 36)

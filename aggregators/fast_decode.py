@@ -135,7 +135,7 @@ class FastDecoder:
         checks.require(pc.equal(json_text["schema_version"], str(EVENT_SCHEMA_VERSION)))
         checks.require(_absent_or(json_text["quantity"], _full_match(json_text["quantity"], _QUANTITY_TEXT)))
         revenue = parsed.column("revenue").combine_chunks()
-        revenue_cents = _decimal_cents(revenue)
+        revenue_cents = decimal_cents(revenue)
         checks.require(
             _absent_or(
                 json_text["revenue"],
@@ -214,7 +214,18 @@ def _all_true(flags: list[pa.Array], rows: int) -> pa.Array:
     return result
 
 
-def _decimal_cents(revenue: pa.Array) -> pa.Array:
+def value_bytes(data: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A binary or string array's values as one byte array and their bounds in it: value ``i`` is
+    ``body[bounds[i]:bounds[i + 1]]`` (views of the Arrow buffers, no copy; bounds start at 0)."""
+    count = len(data)
+    offsets = np.frombuffer(data.buffers()[1], dtype=np.int32)[data.offset : data.offset + count + 1]
+    if count == 0 or data.buffers()[2] is None:
+        return np.zeros(count + 1, dtype=np.int64), np.empty(0, dtype=np.uint8)
+    body = np.frombuffer(data.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
+    return offsets.astype(np.int64) - offsets[0], body
+
+
+def decimal_cents(revenue: pa.Array) -> pa.Array:
     """DECIMAL(18, 2) -> its unscaled int64 value (cents), nulls kept: compared with the limit exactly."""
     if len(revenue) == 0:
         return pa.array([], pa.int64())
@@ -276,12 +287,9 @@ class PayloadBytes:
 
     @classmethod
     def of(cls, data: pa.Array, max_bytes: int) -> PayloadBytes:
-        count = len(data)
-        if count == 0 or data.buffers()[2] is None:
-            return cls(np.zeros(count, dtype=bool), np.zeros(count, dtype=np.int64))
-        offsets = np.frombuffer(data.buffers()[1], dtype=np.int32)[data.offset : data.offset + count + 1]
-        bounds = offsets.astype(np.int64) - offsets[0]
-        body = np.frombuffer(data.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
+        bounds, body = value_bytes(data)
+        if not len(body):
+            return cls(np.zeros(len(data), dtype=bool), np.zeros(len(data), dtype=np.int64))
         starts, ends = bounds[:-1], bounds[1:]
 
         def per_payload(positions: np.ndarray) -> np.ndarray:
@@ -329,10 +337,9 @@ def as_utf8(data: pa.Array) -> pa.Array:
     except pa.ArrowInvalid:
         pass
     # Only payloads with a byte >= 0x80 can be invalid UTF-8: find those rows without touching the others.
-    offsets = np.frombuffer(data.buffers()[1], dtype=np.int32)[data.offset : data.offset + len(data) + 1]
-    body = np.frombuffer(data.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
-    high = np.flatnonzero(body >= 0x80) + offsets[0]
-    rows = np.unique(np.searchsorted(offsets, high, side="right") - 1)
+    bounds, body = value_bytes(data)
+    high = np.flatnonzero(body >= 0x80)
+    rows = np.unique(np.searchsorted(bounds, high, side="right") - 1)
     valid = np.ones(len(data), dtype=bool)
     for row in rows.tolist():
         try:

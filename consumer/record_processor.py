@@ -24,6 +24,7 @@ import pyarrow as pa
 from amazon_kclpy.v3 import processor
 
 from aggregators.customer_state import CustomerState
+from aggregators.fast_decode import value_bytes
 from aggregators.validation import RecordValidator, ValidationRules
 from consumer.kcl_messages import ColumnarKCLProcess, RecordColumns, b64decode_column
 from consumer.s3_sink import S3ParquetSink
@@ -161,11 +162,8 @@ def to_raw_records(kcl_records: Any) -> Sequence[RawRecord]:
 
 def _has_kpl_aggregate(data: pa.Array) -> bool:
     """Whether any payload starts with the KPL magic bytes (checked on the buffers, no per-record work)."""
-    if len(data) == 0:
-        return False
-    offsets = np.frombuffer(data.buffers()[1], dtype=np.int32)[data.offset : data.offset + len(data) + 1]
-    body = np.frombuffer(data.buffers()[2] or b"", dtype=np.uint8)
-    starts = offsets[:-1][np.diff(offsets) >= len(KPL_MAGIC)]
+    bounds, body = value_bytes(data)
+    starts = bounds[:-1][np.diff(bounds) >= len(KPL_MAGIC)]
     matches = np.ones(len(starts), dtype=bool)
     for shift, byte in enumerate(KPL_MAGIC):
         matches &= body[starts + shift] == byte
