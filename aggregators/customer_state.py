@@ -22,15 +22,19 @@ the shard has applied. A re-send arriving later than that is applied again (coun
 redeliveries arrive within minutes, so the window (default 7 days) bounds memory without touching them. Arrival time,
 not event time, so that backfills of old events and streams ordered by customer keep exact de-duplication.
 
-Durability: S3 is the truth (commit chain and snapshots). The local DuckDB file is a cache kept exact by a journal
-written when a staged batch commits (appends of what the batch added or changed, one transaction with the position),
-so its cost follows the batch too. Opening a state file loads it into memory; a file that cannot be read raises, and
-the caller restores from S3.
+Durability: S3 is the truth (commit chain and snapshots). The local DuckDB file is a cache that makes a restart
+fast: a journal of what batches added or changed, written in one transaction with the position it reaches, so the
+file is always exact *at its position*. It is written every ``sync_every_records`` applied records or
+``sync_every_seconds`` (and on ``close``), not after every batch: a commit per batch cost more than the rest of the
+install. A crash loses only the cache's latest batches, which a restore re-applies from S3 (the file's position is on
+the commit chain, just behind its tip). Opening a state file loads it into memory; a file that cannot be read raises,
+and the caller restores from S3.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -122,6 +126,20 @@ CREATE TABLE IF NOT EXISTS shard_progress (
 
 
 @dataclass(frozen=True, slots=True)
+class StateOptions:
+    """How a shard's state behaves; the worker's come from its settings (``consumer.state_recovery.state_options``).
+
+    ``sync_every_records`` / ``sync_every_seconds``: write the local file once this many records were applied since
+    it was last written, or this long after (whichever comes first; checked as batches install). The defaults write
+    it with every batch.
+    """
+
+    dedupe_window: timedelta = DEFAULT_DEDUPE_WINDOW
+    sync_every_records: int = 1
+    sync_every_seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class AppliedBatch:
     """What one batch did: the outputs to make durable and the counts to report."""
 
@@ -170,6 +188,45 @@ class _Undo:
     arrival_day: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class _JournalPart:
+    """An installed batch not yet in the local file: the rows its sets and new customers add, and which customers
+    it changed (their rows are written as they stand when the sync runs)."""
+
+    tables: dict[str, pa.Table]
+    changed: np.ndarray
+    records: int
+
+
+def _journal_part(staged: _Staged, start: int) -> _JournalPart:
+    """What ``staged`` adds to the journal tables (its new customers get indexes from ``start``)."""
+    tables: dict[str, pa.Table] = {}
+    if len(staged.new_customer_ids):
+        tables["customers"] = pa.table(
+            {
+                "idx": pa.array(np.arange(start, start + len(staged.new_customer_ids))),
+                "customer_id": staged.new_customer_ids,
+            }
+        )
+    if staged.sessions and staged.session_ids is not None:
+        tables["customer_sessions"] = pa.table(
+            {"idx": staged.sessions["idx"], "session_id": staged.session_ids}
+        )
+    if len(staged.days):
+        idx, day, purchase = _split_day_keys(staged.days)
+        tables["customer_days"] = pa.table({"idx": idx, "day": day, "purchase": purchase})
+    if staged.event_ids:
+        tables["applied_events"] = pa.table(
+            {
+                "idx": staged.event_ids["idx"],
+                "id_high": staged.event_ids["high"],
+                "id_low": staged.event_ids["low"],
+                "day": staged.event_ids["day"],
+            }
+        )
+    return _JournalPart(tables, staged.changed, staged.applied.records_in)
+
+
 class CustomerState:
     """One shard's state store. Not thread-safe; one per record processor."""
 
@@ -178,15 +235,17 @@ class CustomerState:
         shard_id: str,
         database: Path | str = ":memory:",
         validator: RecordValidator | None = None,
-        *,
-        dedupe_window: timedelta = DEFAULT_DEDUPE_WINDOW,
+        options: StateOptions | None = None,
     ) -> None:
         self.shard_id = shard_id
         self.database = str(database)
         self.validator = validator or RecordValidator()
         self.fast = FastDecoder(self.validator.rules)
-        self.dedupe_window_days = max(0, dedupe_window // timedelta(days=1))
+        self.options = options or StateOptions()
+        self.dedupe_window_days = max(0, self.options.dedupe_window // timedelta(days=1))
         self.persistent = self.database != ":memory:"
+        self._unsynced: list[_JournalPart] = []
+        self._synced_at = time.monotonic()
         self.con: duckdb.DuckDBPyConnection = new_connection(self.database)
         self.con.execute("SET threads = 1")  # one shard, one core: the KCL runs a process per shard
         self.con.execute(_DDL)
@@ -196,7 +255,12 @@ class CustomerState:
             self._load()
 
     def close(self) -> None:
-        self.con.close()
+        """Write what the local file lacks (a graceful stop restarts without re-applying anything), then close."""
+        try:
+            if self._unsynced:
+                self.sync()
+        finally:
+            self.con.close()
 
     def _reset(self) -> None:
         self._customers = StringIndex(lambda names: _string_hash(self.con, names))
@@ -207,6 +271,7 @@ class CustomerState:
         self._position: Position | None = None
         self._as_of: int | None = None  # microseconds UTC
         self._arrival_day: int | None = None  # the latest UTC arrival day of an applied event
+        self._unsynced = []  # whatever replaces the state is written whole (``_rewrite_journal``) or not at all
 
     def _window_start(self) -> int | None:
         """The first arrival day whose event ids are still remembered (None: remember all)."""
@@ -242,13 +307,7 @@ class CustomerState:
         if isinstance(as_of, str):
             as_of = datetime.fromisoformat(as_of)
         self._as_of = None if as_of is None else _to_micros(as_of)
-        self.con.execute("BEGIN TRANSACTION")
-        try:
-            self._write_progress(self._position, self._as_of)
-        except BaseException:
-            self.con.execute("ROLLBACK")
-            raise
-        self.con.execute("COMMIT")
+        self.sync()
 
     def memory_bytes(self) -> dict[str, int]:
         """Bytes held by each part of the state (for sizing)."""
@@ -507,10 +566,10 @@ class CustomerState:
 
     # ------------------------------------------------------------------ installing (the commit)
     def _install(self, staged: _Staged) -> None:
-        """Change the in-memory state, then journal the batch with its position in one DuckDB transaction.
+        """Change the in-memory state and queue the batch for the local file (written when a sync is due).
 
-        The in-memory change is undone if anything fails before the journal commits, so a failed install leaves
-        the state exactly as it was (what ``staged`` promises).
+        The in-memory change is undone if anything fails, including a sync this batch made due, so a failed
+        install leaves the state exactly as it was (what ``staged`` promises); batches installed before stay queued.
         """
         applied = staged.applied
         if applied.position is None:
@@ -525,20 +584,41 @@ class CustomerState:
             as_of=self._as_of,
             arrival_day=self._arrival_day,
         )
+        queued = len(self._unsynced)
         try:
             self._install_in_memory(staged)
-            self.con.execute("BEGIN TRANSACTION")
-            try:
-                if self.persistent:
-                    self._journal(staged, len(self._customers) - len(staged.new_customer_ids))
-                self._write_progress(applied.position, staged.as_of)
-            except BaseException:
-                self.con.execute("ROLLBACK")
-                raise
-            self.con.execute("COMMIT")
+            if self.persistent:
+                start = len(self._customers) - len(staged.new_customer_ids)
+                self._unsynced.append(_journal_part(staged, start))
+                if self._sync_due():
+                    self.sync()
         except BaseException:
+            del self._unsynced[queued:]
             self._undo(undo)
             raise
+
+    def _sync_due(self) -> bool:
+        records = sum(part.records for part in self._unsynced)
+        waited = time.monotonic() - self._synced_at
+        return records >= self.options.sync_every_records or waited >= self.options.sync_every_seconds
+
+    def sync(self) -> None:
+        """Write the batches installed since the last sync, and the position, to the local file in one transaction
+        (the file is exact at its position whenever it is read)."""
+        if not self.persistent:
+            return
+        con = self.con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            if self._unsynced:
+                self._journal(self._unsynced)
+            self._write_progress(self._position, self._as_of)
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+        self._unsynced = []
+        self._synced_at = time.monotonic()
 
     def _install_in_memory(self, staged: _Staged) -> None:
         self._customers.add(staged.new_customer_ids)
@@ -573,43 +653,24 @@ class CustomerState:
             grown[: len(values)] = values
             self._cols[name] = grown
 
-    def _journal(self, staged: _Staged, start: int) -> None:
-        """Append what the batch added or changed (new customers get indexes from ``start``)."""
-        con = self.con
-        parts: dict[str, pa.Table] = {}
-        if len(staged.new_customer_ids):
-            parts["customers"] = pa.table(
-                {
-                    "idx": pa.array(np.arange(start, start + len(staged.new_customer_ids))),
-                    "customer_id": staged.new_customer_ids,
-                }
+    def _journal(self, parts: list[_JournalPart]) -> None:
+        """Append what the queued batches added, and the current rows of the customers they changed."""
+        changed = np.unique(np.concatenate([part.changed for part in parts]))
+        tables: dict[str, list[pa.Table]] = {}
+        for part in parts:
+            for name, table in part.tables.items():
+                tables.setdefault(name, []).append(table)
+        journal = {name: pa.concat_tables(pieces) for name, pieces in tables.items()}
+        if len(changed):
+            journal["customer_rows"] = pa.table(
+                {"idx": changed, **{name: self._cols[name][changed].astype(np.int64) for name in _NUMERIC}}
             )
-        if len(staged.changed):
-            parts["customer_rows"] = pa.table(
-                {"idx": staged.changed, **{name: staged.rows[name] for name in _NUMERIC}}
-            )
-        if staged.sessions and staged.session_ids is not None:
-            parts["customer_sessions"] = pa.table(
-                {"idx": staged.sessions["idx"], "session_id": staged.session_ids}
-            )
-        if len(staged.days):
-            idx, day, purchase = _split_day_keys(staged.days)
-            parts["customer_days"] = pa.table({"idx": idx, "day": day, "purchase": purchase})
-        if staged.event_ids:
-            parts["applied_events"] = pa.table(
-                {
-                    "idx": staged.event_ids["idx"],
-                    "id_high": staged.event_ids["high"],
-                    "id_low": staged.event_ids["low"],
-                    "day": staged.event_ids["day"],
-                }
-            )
-        for table, data in parts.items():
-            con.register("journal_part", data)
+        for table, data in journal.items():
+            self.con.register("journal_part", data)
             try:
-                con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM journal_part")
+                self.con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM journal_part")
             finally:
-                con.unregister("journal_part")
+                self.con.unregister("journal_part")
 
     def _write_progress(self, position: Position | None, as_of: int | None) -> None:
         self.con.execute("DELETE FROM shard_progress")
@@ -746,6 +807,8 @@ class CustomerState:
             con.execute("ROLLBACK")
             raise
         con.execute("COMMIT")
+        self._unsynced = []
+        self._synced_at = time.monotonic()
         con.execute("CHECKPOINT")
 
     # ------------------------------------------------------------------ snapshots

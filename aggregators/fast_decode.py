@@ -42,8 +42,11 @@ from aggregators.validation import (
 )
 from schemas import ERRORS_SCHEMA, EVENT_SCHEMA_VERSION, EVENT_TYPES, EVENTS_SCHEMA, UTC_MICROS
 
-_AS_JSON: Final = json.dumps({field: "JSON" for field in _FIELDS})
 _NUMERIC: Final = ("schema_version", "quantity", "revenue")
+#: Numbers stay raw JSON text (their exact form is checked); strings arrive as their values. That a string field's
+#: value was a JSON string is checked on the bytes (``PayloadBytes.strings``), as the VARCHAR conversion would also
+#: take a number, a boolean or an array.
+_MEMBER_TYPES: Final = json.dumps({field: "JSON" if field in _NUMERIC else "VARCHAR" for field in _FIELDS})
 #: Plain JSON numbers the fast path accepts; anything else (exponents, 2.0, leading zeros) is left to the validator.
 _QUANTITY_TEXT: Final = r"[1-9][0-9]{0,3}|10000"
 _REVENUE_TEXT: Final = r"(0|[1-9][0-9]{0,15})([.][0-9]{1,2})?"
@@ -55,8 +58,9 @@ _REVENUE_TEXT: Final = r"(0|[1-9][0-9]{0,15})([.][0-9]{1,2})?"
 _LENIENT_LITERALS: Final = ("NaN", "Infinity")
 _LENIENT_COMMA: Final = r",\s*[\]}]"
 _LENIENT: Final = " AND ".join(f"NOT contains(txt, {_quote(text)})" for text in _LENIENT_LITERALS)
-#: The one statement per batch: DuckDB parses each candidate once (its members as raw JSON text, the event time,
-#: quantity and revenue as the validator casts them; its keys are counted on the bytes, see ``PayloadBytes``). Every
+#: The one statement per batch: DuckDB parses each candidate once (its string members as values, its numbers as raw
+#: JSON text, the event time, quantity and revenue as the validator casts them; its member names and string values
+#: are counted on the bytes, see ``PayloadBytes``). Every
 #: check is then an Arrow kernel over these columns: DuckDB binds and optimizes a statement on every execution
 #: (prepared or not), which for a long SQL expression tree costs tens of milliseconds whatever the batch size.
 _PARSE_SQL: Final = f"""
@@ -65,7 +69,7 @@ WITH docs AS (
          CASE WHEN plain AND {_LENIENT} AND json_valid(txt) THEN txt END AS doc
   FROM fast_in
 ), parsed AS (
-  SELECT rid, from_json(doc, {_quote(_AS_JSON)}) AS j FROM docs
+  SELECT rid, from_json(doc, {_quote(_MEMBER_TYPES)}) AS j FROM docs
 )
 SELECT rid, j,
        TRY_CAST(trim(j.event_time, '"') AS TIMESTAMPTZ) AS event_time,
@@ -121,6 +125,7 @@ class FastDecoder:
             parsed = parsed.take(pc.sort_indices(parsed.column("rid")))
         # one row per input row, in input order (as _vouch reads raw's columns beside parsed's)
         parsed = parsed.append_column("key_count", pa.array(shape.keys))
+        parsed = parsed.append_column("string_count", pa.array(shape.strings))
         return self._vouch(parsed, raw)
 
     def _vouch(self, parsed: pa.Table, raw: pa.Table) -> pa.Table:
@@ -145,23 +150,23 @@ class FastDecoder:
                 ),
             )
         )
+        # every present string field held a JSON string: as many string values as such fields (numbers were
+        # checked as numbers above, and no other name exists, so no other member can hold a string)
+        present_strings = [
+            count for field, count in zip(_FIELDS, present, strict=True) if field not in _NUMERIC
+        ]
+        checks.require(pc.equal(parsed.column("string_count"), _total(present_strings, rows)))
         values: dict[str, pa.Array] = {}
         for field in _FIELDS:
             if field in _NUMERIC:
                 continue
-            member = json_text[field]
-            quoted = pc.starts_with(member, '"')
-            value = pc.if_else(quoted, pc.utf8_slice_codeunits(member, 1, -1), pa.scalar(None, pa.string()))
+            value = json_text[field]
             values[field] = value
-            low, high, pattern = _STRING_FIELDS[field]
-            length = pc.utf8_length(value)
-            condition = pc.and_kleene(pc.greater_equal(length, low), pc.less_equal(length, high))
-            if pattern:
-                condition = pc.and_kleene(condition, _full_match(value, pattern))
+            condition = _string_rule(field, value)
             if field in ("event_id", "event_type", "customer_id", "session_id", "event_time"):
                 checks.require(pc.and_kleene(pc.is_valid(value), condition))
             else:
-                checks.require(_absent_or(member, pc.and_kleene(pc.is_valid(value), condition)))
+                checks.require(_absent_or(value, condition))
         event_type = values["event_type"]
         checks.require(pc.is_in(event_type, value_set=pa.array(EVENT_TYPES)))
         for required_type, fields in _REQUIRED_BY_TYPE.items():
@@ -178,7 +183,7 @@ class FastDecoder:
             {
                 "rid": parsed.column("rid"),
                 "vouched": checks.passed,
-                "event_id": pc.utf8_lower(values["event_id"]),
+                "event_id": pc.ascii_lower(values["event_id"]),  # vouched ids are ASCII hex
                 "event_type": event_type,
                 "customer_id": values["customer_id"],
                 "session_id": values["session_id"],
@@ -212,6 +217,19 @@ def _all_true(flags: list[pa.Array], rows: int) -> pa.Array:
     for flag in flags:
         result = pc.and_kleene(result, flag)
     return result
+
+
+def _string_rule(field: str, value: pa.Array) -> pa.Array:
+    """The validator's length and pattern rule for a string field, on values that are JSON strings.
+
+    Lengths are taken in bytes, which is exact where the pattern allows only ASCII; elsewhere a byte length within
+    the bounds implies a code-point length within them when the lower bound is at most 1, and a value outside them
+    in bytes only is merely left to the validator.
+    """
+    low, high, pattern = _STRING_FIELDS[field]
+    length = pc.utf8_length(value) if low > 1 and not pattern else pc.binary_length(value)
+    condition = pc.and_kleene(pc.greater_equal(length, low), pc.less_equal(length, high))
+    return pc.and_kleene(condition, _full_match(value, pattern)) if pattern else condition
 
 
 def value_bytes(data: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -279,17 +297,21 @@ class PayloadBytes:
 
     In a payload without backslashes (the only ones the fast path takes) every ``"`` delimits a string, so a ``"``
     right before a ``:`` ends a member name and nothing else does, at any depth: ``keys`` counts them. A name
-    written with whitespace before its colon would not be counted, so such payloads are not ``plain``.
+    written with whitespace before its colon would not be counted, so such payloads are not ``plain``. (A string
+    value that starts with ``:`` looks like one more name: such a payload has more names than members, and is left
+    to the validator.) A value starts with ``"`` exactly when it is a string: ``strings`` counts them.
     """
 
     plain: np.ndarray  # within the size limit, no backslash, '{' first, '}' last, no ',' before it, no ' :'
     keys: np.ndarray  # member names, at any depth
+    strings: np.ndarray  # members whose value is a string ('"' first after the name's ':'), at any depth
 
     @classmethod
     def of(cls, data: pa.Array, max_bytes: int) -> PayloadBytes:
         bounds, body = value_bytes(data)
         if not len(body):
-            return cls(np.zeros(len(data), dtype=bool), np.zeros(len(data), dtype=np.int64))
+            none = np.zeros(len(data), dtype=np.int64)
+            return cls(np.zeros(len(data), dtype=bool), none, none)
         starts, ends = bounds[:-1], bounds[1:]
 
         def per_payload(positions: np.ndarray) -> np.ndarray:
@@ -311,7 +333,24 @@ class PayloadBytes:
             & (before_last >= starts)
             & (body[np.maximum(before_last, 0)] != _COMMA)
         )
-        return cls(plain, per_payload(colons[before == _QUOTE]))
+        names = colons[before == _QUOTE]
+        return cls(plain, per_payload(names), per_payload(_string_values(body, names)))
+
+
+def _string_values(body: np.ndarray, names: np.ndarray, steps: int = 4) -> np.ndarray:
+    """The name colons whose value is a string: ``"`` is the first byte after the colon that is not JSON whitespace
+    (looking at most ``steps`` bytes ahead; a string after more whitespace is not counted, so its payload is left to
+    the validator). In a plain payload (``}`` last) the look never leaves the payload."""
+    top = len(body) - 1
+    found = np.minimum(names + 1, top)
+    strings = [names[body[found] == _QUOTE]]
+    for _ in range(steps):
+        spaced = _JSON_SPACE[body[found]]
+        if not spaced.any():
+            break
+        names, found = names[spaced], np.minimum(found[spaced] + 1, top)
+        strings.append(names[body[found] == _QUOTE])
+    return np.sort(np.concatenate(strings)) if len(strings) > 1 else strings[0]
 
 
 def _last_non_space(

@@ -5,7 +5,8 @@ own process so its peak RSS is its own. Nothing here is asserted (benchmarks mea
 naive peer and the DuckDB ceiling give the same customer rows as the core (else their speed would mean nothing).
 
 - core: ``CustomerState.apply`` (decode + validate + de-duplicate + aggregate + rows of changed customers) on a
-  file-backed state, 50k-record batches and 10k-record batches, DuckDB on one thread;
+  file-backed state written as the worker writes it (every ``CLICKSTREAM_STATE_SYNC_RECORDS``, and once at the
+  end), 50k-record batches and 10k-record batches, DuckDB on one thread;
 - naive: ``bench/naive.py``, record by record in plain Python (per-record json.loads, dicts and sets);
 - ceiling: DuckDB alone, one ``GROUP BY`` with exact de-duplication over the same NDJSON, one thread;
 - processor: MultiLangDaemon protocol messages through ``ColumnarKCLProcess`` (amazon_kclpy's KCLProcess
@@ -109,6 +110,14 @@ def _anonymous_mib() -> float:
     return _proc_mib("/proc/self/smaps_rollup", "Anonymous") or 0.0
 
 
+def _worker_state_options() -> Any:
+    """The state options the worker runs with (its settings' defaults, or the environment's)."""
+    from consumer.state_recovery import state_options
+    from runtime.settings import Settings
+
+    return state_options(Settings())
+
+
 def _rows_file(rows: dict[str, dict[str, Any]], directory: str, name: str) -> str:
     path = str(Path(directory) / f"{name}.json")
     Path(path).write_text(json.dumps(rows, default=str, sort_keys=True), encoding="utf-8")
@@ -132,11 +141,12 @@ def bench_core(
     batches = _raw_batches(payloads, batch)
     del payloads
     with tempfile.TemporaryDirectory() as directory:
-        state = CustomerState(SHARD, Path(directory) / "state.duckdb")
+        state = CustomerState(SHARD, Path(directory) / "state.duckdb", options=_worker_state_options())
         started, cpu_started = time.perf_counter(), time.process_time()
         applied = 0
         for table in batches:
             applied += state.apply(table).events.num_rows
+        state.sync()  # the local file holds everything, as after a graceful stop
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
         records = sum(table.num_rows for table in batches)
         memory = state.memory_bytes()
@@ -262,7 +272,7 @@ def bench_flush_scaling(state_customers: int, changed: int, rounds: int = 5) -> 
 
     load = _generate(state_customers, state_customers * 6, seed=2)
     with tempfile.TemporaryDirectory() as directory:
-        state = CustomerState(SHARD, Path(directory) / "state.duckdb")
+        state = CustomerState(SHARD, Path(directory) / "state.duckdb", options=_worker_state_options())
         next_sequence = 1
         for table in _raw_batches(load, 50_000, next_sequence):
             state.apply(table)
@@ -381,7 +391,7 @@ class _MemoryS3:
     def get_object(self, Bucket: str, Key: str, **_: Any) -> dict[str, Any]:
         if Key not in self.objects:
             raise self.exceptions.NoSuchKey(Key)
-        return {"Body": io.BytesIO(self.objects[Key])}
+        return {"Body": io.BytesIO(self.objects[Key]), "ETag": '"0"'}  # the snapshot pointer is replaced by ETag
 
     def head_object(self, Bucket: str, Key: str, **_: Any) -> dict[str, Any]:
         if Key not in self.objects:

@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,7 +35,13 @@ from consumer.shard_processor import (
     ShardProcessor,
     state_path,
 )
-from consumer.state_recovery import ParentLookup, StateRecovery, kinesis_parent_lookup, open_shard_state
+from consumer.state_recovery import (
+    ParentLookup,
+    StateRecovery,
+    kinesis_parent_lookup,
+    open_shard_state,
+    state_options,
+)
 from consumer.status import StatusWriter
 from runtime.aws import aws_client
 from runtime.logs import configure_logging
@@ -257,7 +262,7 @@ class RecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
                     shard_id,
                     RecordValidator(validation_rules(self.settings)),
                     self.settings.stream_name,
-                    timedelta(days=self.settings.dedupe_window_days),
+                    state_options(self.settings),
                 )
             except Exception as error:
                 holder = sibling_holding_lock(error)

@@ -30,7 +30,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from aggregators.customer_state import DEFAULT_DEDUPE_WINDOW, CustomerState
+from aggregators.customer_state import CustomerState, StateOptions
 from aggregators.validation import RecordValidator
 from consumer.metrics import emit as emit_metrics
 from consumer.s3_sink import S3ParquetSink, is_precondition_failed, read_commit_records
@@ -78,13 +78,13 @@ def open_shard_state(
     shard_id: str,
     validator: RecordValidator,
     stream_name: str = "",
-    dedupe_window: timedelta = DEFAULT_DEDUPE_WINDOW,
+    options: StateOptions | None = None,
 ) -> CustomerState:
     """Open the shard's local state; a file that cannot be opened or read is moved aside (kept for inspection) and
     a fresh one is opened, which the restore then rebuilds from S3. A file locked by another process is an error."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return _open_verified(path, shard_id, validator, dedupe_window)
+        return _open_verified(path, shard_id, validator, options)
     except Exception as error:
         if "lock" in str(error).lower():
             raise  # another process holds it: not corruption (the KCL will retry the lease)
@@ -104,13 +104,22 @@ def open_shard_state(
         extra={"shard_id": shard_id},
     )
     emit_metrics({"StateFilesQuarantined": 1}, {"StreamName": stream_name})
-    return CustomerState(shard_id, path, validator, dedupe_window=dedupe_window)
+    return CustomerState(shard_id, path, validator, options)
+
+
+def state_options(settings: Settings) -> StateOptions:
+    """The worker's state options, from its settings."""
+    return StateOptions(
+        dedupe_window=timedelta(days=settings.dedupe_window_days),
+        sync_every_records=settings.state_sync_records,
+        sync_every_seconds=settings.state_sync_seconds,
+    )
 
 
 def _open_verified(
-    path: Path, shard_id: str, validator: RecordValidator, dedupe_window: timedelta
+    path: Path, shard_id: str, validator: RecordValidator, options: StateOptions | None
 ) -> CustomerState:
-    state = CustomerState(shard_id, path, validator, dedupe_window=dedupe_window)
+    state = CustomerState(shard_id, path, validator, options)
     try:
         state.verify()
     except Exception:
@@ -299,9 +308,7 @@ class StateRecovery:
             return "empty"
         as_of_values: list[datetime] = []
         for index, parent in enumerate(parents):
-            parent_state = CustomerState(
-                parent.shard_id, dedupe_window=timedelta(days=self.settings.dedupe_window_days)
-            )
+            parent_state = CustomerState(parent.shard_id, options=state_options(self.settings))
             try:
                 self.restore(parent_state)  # snapshot + commits of the parent, up to its SHARD_END flush
                 tables = parent_state.export_tables()

@@ -179,6 +179,17 @@ class Settings(BaseSettings):
         ge=1,
         description="Write a snapshot of a shard's state to S3 every this many flushes (and on stop).",
     )
+    state_sync_records: int = Field(
+        250_000,
+        ge=1,
+        description="Write a shard's local state file after this many applied records (S3 is the truth; the file "
+        "makes restarts fast, and a restart after a crash re-applies from S3 what the file lacks).",
+    )
+    state_sync_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="... or this long after it was last written, whichever comes first (and on a graceful stop).",
+    )
     dedupe_window_days: int = Field(
         7,
         ge=1,

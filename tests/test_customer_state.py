@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aggregators.customer_state import AppliedBatch, CustomerState
+from aggregators.customer_state import AppliedBatch, CustomerState, StateOptions
 from producer.generator import ClickstreamGenerator
 from schemas import CUSTOMER_AGGREGATES_SCHEMA, EVENT_TYPES, RAW_RECORD_SCHEMA
 from schemas.positions import Position
@@ -849,7 +849,7 @@ def test_duplicate_older_than_the_dedupe_window_is_applied_again(
 ) -> None:
     """Event ids are remembered for the window of arrival days; a re-send arriving later than that is counted
     again (and a re-send within the window never is)."""
-    state = CustomerState(SHARD, dedupe_window=timedelta(days=window_days))
+    state = CustomerState(SHARD, options=StateOptions(dedupe_window=timedelta(days=window_days)))
     stream = Stream()
     original = event("c-1", "purchase", "2026-03-01T10:00:00Z", revenue="5.00")
     state.apply(stream.batch([original]))
