@@ -803,6 +803,99 @@ def test_persisted_state_survives_close_and_reopen(tmp_path: Path) -> None:
     reopened.close()
 
 
+def _file_position(state: CustomerState) -> str | None:
+    """The position the local file holds: what a restart after a crash would find."""
+    rows = state.con.execute("SELECT sequence_number FROM shard_progress").fetchall()
+    return str(rows[0][0]) if rows else None
+
+
+def _crash(state: CustomerState) -> None:
+    """Drop the connection the way a killed process does: nothing the state queued is written."""
+    state.con.close()
+
+
+def test_the_local_file_is_written_every_sync_records_and_on_close(tmp_path: Path) -> None:
+    batches = _three_batches()  # 2, 3 and 1 records
+    path = tmp_path / "shard.duckdb"
+    state = CustomerState(SHARD, path, options=StateOptions(sync_every_records=5, sync_every_seconds=3600))
+    state.apply(batches[0])
+    assert _file_position(state) is None, "2 records: not written yet"
+    second = state.apply(batches[1])
+    assert second.position is not None
+    assert _file_position(state) == second.position.sequence_number, "5 records: written, with their position"
+    third = state.apply(batches[2])
+    assert _file_position(state) == second.position.sequence_number
+    expected = state.snapshot_rows()
+    state.close()  # a graceful stop writes the rest
+
+    reopened = CustomerState(SHARD, path)
+    assert reopened.position() == third.position
+    assert reopened.snapshot_rows().equals(expected)
+    reopened.close()
+
+
+def test_a_crash_loses_only_what_the_file_lacks_and_its_position_says_so(tmp_path: Path) -> None:
+    batches = _three_batches()
+    path = tmp_path / "shard.duckdb"
+    state = CustomerState(SHARD, path, options=StateOptions(sync_every_records=5, sync_every_seconds=3600))
+    apply_all(state, batches)
+    _crash(state)
+
+    after_two = CustomerState(SHARD)
+    apply_all(after_two, batches[:2])
+    reopened = CustomerState(SHARD, path)
+    assert reopened.position() == after_two.position(), "exact at its own position"
+    assert reopened.snapshot_rows().equals(after_two.snapshot_rows())
+    assert reopened.apply(batches[2]).records_skipped == 0, "the lost batch is applied again"
+    clean = CustomerState(SHARD)
+    apply_all(clean, batches)
+    assert reopened.snapshot_rows().equals(clean.snapshot_rows())
+    reopened.close()
+
+
+def test_the_local_file_is_written_once_sync_seconds_have_passed(tmp_path: Path) -> None:
+    batches = _three_batches()
+    state = CustomerState(
+        SHARD, tmp_path / "shard.duckdb", options=StateOptions(sync_every_records=10**6, sync_every_seconds=30)
+    )
+    state.apply(batches[0])
+    assert _file_position(state) is None
+    state._synced_at -= 31  # half a minute later
+    second = state.apply(batches[1])
+    assert second.position is not None and _file_position(state) == second.position.sequence_number
+    state.close()
+
+
+def test_a_failed_sync_undoes_its_batch_and_keeps_the_earlier_ones_queued(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    batches = _three_batches()
+    path = tmp_path / "shard.duckdb"
+    state = CustomerState(SHARD, path, options=StateOptions(sync_every_records=5, sync_every_seconds=3600))
+    first = state.apply(batches[0])  # queued, not written
+    snapshot = state.snapshot_rows()
+
+    def disk_full(*args: Any) -> None:
+        raise _SinkDownError()
+
+    monkeypatch.setattr(state, "_journal", disk_full)
+    with pytest.raises(_SinkDownError):
+        state.apply(batches[1])  # makes the sync due, which fails
+    monkeypatch.undo()
+    assert state.position() == first.position
+    assert state.snapshot_rows().equals(snapshot)
+    assert _file_position(state) is None
+
+    second = state.apply(batches[1])  # the sync is due again and succeeds: both batches are written
+    assert second.position is not None and _file_position(state) == second.position.sequence_number
+    _crash(state)
+    reopened = CustomerState(SHARD, path)
+    after_two = CustomerState(SHARD)
+    apply_all(after_two, batches[:2])
+    assert reopened.snapshot_rows().equals(after_two.snapshot_rows())
+    reopened.close()
+
+
 @pytest.mark.usefixtures("local_zone_new_york")
 def test_event_dates_are_utc_days_in_a_reopened_database(tmp_path: Path) -> None:
     path = tmp_path / "shard.duckdb"

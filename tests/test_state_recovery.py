@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 from moto import mock_aws
 
-from aggregators.customer_state import CustomerState
+from aggregators.customer_state import CustomerState, StateOptions
 from consumer.s3_sink import S3ParquetSink
 from consumer.shard_processor import FlushPolicy, RawRecord, ShardProcessor
 from consumer.state_recovery import ParentShard, StateRecovery
@@ -52,8 +52,10 @@ def _records(customers: int, events: int, seed: int, first_sequence: int = 1) ->
     ]
 
 
-def _processor(s3: Any, settings: Settings, database: Path, snapshot_every: int) -> ShardProcessor:
-    state = CustomerState(SHARD, database)
+def _processor(
+    s3: Any, settings: Settings, database: Path, snapshot_every: int, options: StateOptions | None = None
+) -> ShardProcessor:
+    state = CustomerState(SHARD, database, options=options)
     return ShardProcessor(
         SHARD,
         state,
@@ -126,6 +128,29 @@ def test_stale_local_state_catches_up_with_commits_made_elsewhere(
     report = StateRecovery(s3, settings).restore(behind)
     assert report.source == "local" and report.commits_applied >= 1
     assert _rows(behind) == _rows(second.state)
+
+
+def test_after_a_crash_the_restore_re_applies_what_the_local_file_had_not_written_yet(
+    s3_env: tuple[Any, Settings], tmp_path: Path
+) -> None:
+    """The worker writes its local file every CLICKSTREAM_STATE_SYNC_RECORDS: a kill in between leaves the file
+    behind the commit chain, on it, and the restore catches it up from S3."""
+    s3, settings = s3_env
+    options = StateOptions(sync_every_records=1_000, sync_every_seconds=3600)
+    path = tmp_path / "shard.duckdb"
+    original = _processor(s3, settings, path, snapshot_every=10**6, options=options)
+    original.start("TRIM_HORIZON")
+    _feed(original, _records(50, 2_000, seed=4))  # flushes of 600, 600, 600, 200: the file is written at 1,200
+    expected, tip = _rows(original.state), original.state.position()
+    original.state.con.close()  # killed: what the state had queued for the file is gone
+
+    reopened = CustomerState(SHARD, path, options=options)
+    behind = reopened.position()
+    assert behind is not None and tip is not None and behind < tip, "the file stopped at its last write"
+    report = StateRecovery(s3, settings).restore(reopened)
+    assert report.source == "local" and report.commits_applied == 2
+    assert reopened.position() == tip
+    assert _rows(reopened) == expected
 
 
 def _hash(customer_id: str) -> int:

@@ -1239,6 +1239,51 @@ def test_fast_path_counts_member_names_on_the_bytes_and_leaves_spaced_colons_to_
     assert combined.rejects.column("error_code").to_pylist() == ["duplicate_key"]
 
 
+def test_fast_path_takes_a_string_field_only_when_its_value_was_a_json_string() -> None:
+    """String members arrive from DuckDB as values (a number or a boolean would too); that each was a JSON string is
+    counted on the bytes (fast_decode.PayloadBytes.strings), so anything else is left to the validator."""
+    base = encode(doc(event_type="search", search_query="q"))
+    query = b'"search_query":"q"'
+    vouched_docs = [
+        base,
+        base.replace(query, b'"search_query": "q"'),  # Python's default separator
+        base.replace(query, b'"search_query":\n\t  "q"'),  # whitespace within the look-ahead
+        base.replace(query, b'"search_query":"a:"'),  # a colon before a closing quote is no member
+    ]
+    left_to_validator = [
+        base.replace(query, b'"search_query":7'),
+        base.replace(query, b'"search_query":true'),
+        base.replace(query, b'"search_query":["q"]'),
+        base.replace(b'"schema_version":1', b'"schema_version":"1"'),
+        base.replace(query, b'"search_query":     "q"'),  # valid, but more whitespace than the look-ahead
+        base.replace(b'"session_id":"s-1"', b'"session_id":":s-1"'),  # valid: a string that starts with ':'
+        # a number where a string belongs, beside a string that starts with ':' (counted as one more name)
+        base.replace(query, b'"search_query":7').replace(b'"session_id":"s-1"', b'"session_id":":s-1"'),
+    ]
+    records = vouched_docs + left_to_validator
+    raw = raw_batch([(data, _partition_key(data)) for data in records])
+    shape = fast_decode.PayloadBytes.of(raw.column("data").combine_chunks(), max_bytes=10_000)
+    assert shape.strings.tolist()[:5] == [6, 6, 6, 6, 5]
+    vouched = FastDecoder(ValidationRules()).decode(_connection(), raw).column("vouched").to_pylist()
+    assert vouched == [True] * len(vouched_docs) + [False] * len(left_to_validator)
+    combined, exact = fast_and_exact(raw), decode(raw)
+    assert _by_sequence(combined.events) == _by_sequence(exact.events)
+    assert _by_sequence(combined.rejects) == _by_sequence(exact.rejects)
+    assert combined.events.num_rows == len(vouched_docs) + 2  # the two valid ones the fast path left
+
+
+def test_fast_path_leaves_a_value_longer_in_bytes_than_its_limit_to_the_validator() -> None:
+    """Lengths are code points; the fast path compares bytes, which decides only when they are within the bounds."""
+    url = "é" * 2048  # 2,048 code points, 4,096 bytes: valid
+    records = [encode(doc(page_url=url)), encode(doc(page_url=url + "é"))]
+    raw = raw_batch([(data, _partition_key(data)) for data in records])
+    vouched = FastDecoder(ValidationRules()).decode(_connection(), raw).column("vouched").to_pylist()
+    assert vouched == [False, False]
+    combined, exact = fast_and_exact(raw), decode(raw)
+    assert combined.events.num_rows == exact.events.num_rows == 1
+    assert _by_sequence(combined.rejects) == _by_sequence(exact.rejects)
+
+
 @pytest.mark.parametrize("count", [0, 2, 4])
 def test_member_names_are_counted_per_payload_whatever_the_neighbours(count: int) -> None:
     payloads = [*[b'{"a":1,"b":{"c":2}}', b"", b':"x":', b'{"k" :1}'][:count], b'{"z":"y:"}']
