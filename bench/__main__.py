@@ -391,7 +391,10 @@ class _MemoryS3:
     def get_object(self, Bucket: str, Key: str, **_: Any) -> dict[str, Any]:
         if Key not in self.objects:
             raise self.exceptions.NoSuchKey(Key)
-        return {"Body": io.BytesIO(self.objects[Key]), "ETag": '"0"'}  # the snapshot pointer is replaced by ETag
+        return {
+            "Body": io.BytesIO(self.objects[Key]),
+            "ETag": '"0"',
+        }  # the snapshot pointer is replaced by ETag
 
     def head_object(self, Bucket: str, Key: str, **_: Any) -> dict[str, Any]:
         if Key not in self.objects:

@@ -856,7 +856,9 @@ def test_a_crash_loses_only_what_the_file_lacks_and_its_position_says_so(tmp_pat
 def test_the_local_file_is_written_once_sync_seconds_have_passed(tmp_path: Path) -> None:
     batches = _three_batches()
     state = CustomerState(
-        SHARD, tmp_path / "shard.duckdb", options=StateOptions(sync_every_records=10**6, sync_every_seconds=30)
+        SHARD,
+        tmp_path / "shard.duckdb",
+        options=StateOptions(sync_every_records=10**6, sync_every_seconds=30),
     )
     state.apply(batches[0])
     assert _file_position(state) is None
