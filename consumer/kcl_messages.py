@@ -13,14 +13,16 @@ as before: only the one decoding step is replaced.
 from __future__ import annotations
 
 import binascii
+import functools
 import json
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+import pybase64
 from amazon_kclpy import kcl, messages
 
 from schemas import UTC_MICROS
@@ -67,13 +69,22 @@ def _int64(values: list[Any], nulls: bool = True) -> pa.Array:
     return array
 
 
+#: pybase64's SIMD decoder, strict: on strictly valid base64 (what the KCL sends) its result is the standard one.
+_STRICT_B64DECODE: Final = functools.partial(pybase64.b64decode, validate=True)
+
+
 def b64decode_column(texts: list[str]) -> pa.Array:
     """``base64.b64decode`` of every text, as one binary array.
 
-    ``binascii.a2b_base64`` is what ``base64.b64decode`` calls (same result, same errors); mapped over the texts it
-    measured faster than decoding their concatenation in one call, which then has to cut out each record's padding.
+    Decoded by pybase64 in strict mode, about three times faster than the standard library. A message with any text
+    that is not strict base64 (stray characters, padding inside) is decoded again by ``binascii.a2b_base64``, which is
+    what ``base64.b64decode`` calls, so the result, or the error, is always the standard library's.
     """
-    return pa.array(list(map(binascii.a2b_base64, texts)), pa.binary())
+    try:
+        decoded = list(map(_STRICT_B64DECODE, texts))
+    except (binascii.Error, ValueError):
+        decoded = list(map(binascii.a2b_base64, texts))
+    return pa.array(decoded, pa.binary())
 
 
 class ProcessRecordsColumns(messages.ProcessRecordsInput):  # type: ignore[misc]
