@@ -12,8 +12,9 @@ The commit order of a flush (each step only starts when the previous one succeed
    durable. If S3 answers 412 and the record there is another attempt's, this attempt *lost*: roll the stage back,
    delete its files and intent, restore the state from S3 (it now ends at the winner's last record) and start over
    with what is left of the buffer (records the winner covered are now redeliveries and are skipped).
-5. **State commit** - install the stage: aggregates and the position they include, atomically (memory and the
-   local journal file).
+5. **State commit** - install the stage: aggregates and the position they include, atomically, in memory. The local
+   file (a cache for fast restarts) is written every ``state_sync_records`` / ``state_sync_seconds``, exact at its
+   own position: after a crash it is on the chain, behind the tip, and the restore re-applies the rest from S3.
 6. **Checkpoint** - tell the KCL the last flushed record. If the KCL says the lease is gone, the processor ends.
 7. **Tidy** - delete this attempt's intent, and the files of attempts that lost the position (``settle_intents``).
 
