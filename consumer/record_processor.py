@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import importlib.abc
 import logging
 import os
 import re
@@ -330,8 +331,28 @@ def watch_parent(interval: float = 0.5) -> threading.Thread:
     return thread
 
 
+class _NoPandas(importlib.abc.MetaPathFinder):
+    """Refuses to import pandas (see ``keep_pandas_out``)."""
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> None:
+        if fullname == "pandas" or fullname.startswith("pandas."):
+            raise ModuleNotFoundError("pandas is kept out of shard processors", name=fullname)
+
+
+def keep_pandas_out() -> None:
+    """Make pyarrow see no pandas in this process.
+
+    pyarrow imports pandas on its first conversion whenever pandas is installed (the image installs it for
+    ``clickstream score``): about 20 MiB of private memory in every shard processor, which never uses it. With the
+    import refused, pyarrow goes on without it. Only for a processor's own process (``main``).
+    """
+    if "pandas" not in sys.modules and not any(isinstance(finder, _NoPandas) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _NoPandas())
+
+
 def main() -> None:
     """Entry point the MultiLangDaemon runs for each shard: settings from the worker, then the KCL protocol."""
+    keep_pandas_out()
     configure_logging(
         os.environ.get("CLICKSTREAM_LOG_LEVEL", "INFO"),
         json_format=os.environ.get("CLICKSTREAM_LOG_FORMAT", "json") != "text",

@@ -55,6 +55,7 @@ from consumer.retry import is_transient
 from consumer.s3_sink import CommitConflict, FlushAttempt, S3ParquetSink
 from consumer.state_recovery import StateRecovery
 from consumer.status import ShardStatus, StatusWriter
+from runtime.memory import release_free_memory
 from schemas import RAW_RECORD_SCHEMA, UTC_MICROS
 from schemas.control import CommitRecord
 from schemas.layout import FlushName
@@ -267,6 +268,7 @@ class ShardProcessor:
         if self.recovery is not None:
             recovery = self.recovery
             self._retrying("restore state", lambda: recovery.restore(self.state, checkpoint))
+            release_free_memory()  # a restore's working memory is many times the state it leaves
         self.metrics.phase = "processing"
         self.metrics.checkpointed_sequence = checkpoint
         position = self.state.position()
@@ -371,6 +373,7 @@ class ShardProcessor:
                 self._lost(conflict, attempt_id)
         # Every buffered record is durable now: committed by this flush, or by an earlier one or another writer's.
         self.buffer.clear()
+        release_free_memory()
         self._retrying("checkpoint", lambda: self._checkpoint(checkpointer, buffered_last))
         seconds = time.perf_counter() - started
         self.metrics.waiting_since = time.time() if self.metrics.millis_behind_latest else None

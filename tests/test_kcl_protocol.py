@@ -380,6 +380,8 @@ def test_the_entry_point_writes_only_protocol_json_to_stdout_and_logs_to_stderr(
     watchers: list[bool] = []
     # In this test process the parent is pytest: a real watcher would outlive the test and exit pytest's worker.
     monkeypatch.setattr(record_processor, "watch_parent", lambda: watchers.append(True))
+    # what it does to sys.modules belongs to a processor's own process (test_a_processor_process_never_loads_pandas)
+    monkeypatch.setattr(record_processor, "keep_pandas_out", lambda: None)
     record_processor.main()
 
     assert watchers == [True], "main() watches its parent, so a processor never outlives its JVM"
@@ -442,3 +444,26 @@ def test_a_state_file_held_by_an_unrelated_process_is_still_an_error(settings: S
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_processor_process_never_loads_pandas() -> None:
+    """main() keeps pandas (installed for `clickstream score`) out of each shard processor: about 20 MiB each."""
+    script = (
+        "import sys\n"
+        "from consumer.record_processor import keep_pandas_out, to_raw_records\n"
+        "from consumer.kcl_messages import RecordColumns\n"
+        "keep_pandas_out()\n"
+        "import pyarrow as pa\n"
+        "columns = RecordColumns.of([{'data': 'e30=', 'partitionKey': 'c', 'sequenceNumber': '1',\n"
+        "                             'subSequenceNumber': 0, 'approximateArrivalTimestamp': 1}])\n"
+        "batch = to_raw_records(columns)\n"
+        "print(pa.array([1]).to_pylist(), len(batch), 'pandas' in sys.modules and sys.modules['pandas'] is not None)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert done.stdout.split() == ["[1]", "1", "False"], done.stderr
