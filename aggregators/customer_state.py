@@ -430,7 +430,7 @@ class CustomerState:
         duplicates = events.num_rows - len(new)
         if not len(new):
             return empty
-        new_events = events.take(pa.array(new))
+        new_events = events if len(new) == events.num_rows else events.take(pa.array(new))  # new is sorted
         staged = self._aggregate(new_events, idx[new], times[new], days[new], new_ids, last)
         staged.event_ids = {
             "probe": probe[new],
