@@ -47,7 +47,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from aggregators.fast_decode import FastDecoder, decimal_cents, decode_records, value_bytes
+from aggregators.fast_decode import FastDecoder, contiguous, decimal_cents, decode_records, value_bytes
 from aggregators.keysets import IndexMark, KeyRuns, StringIndex, fixed_bytes, mix64
 from aggregators.validation import RecordValidator, new_connection
 from schemas import CUSTOMER_AGGREGATES_SCHEMA, ERRORS_SCHEMA, EVENT_TYPES, EVENTS_SCHEMA, MONEY, UTC_MICROS
@@ -415,9 +415,9 @@ class CustomerState:
         )
         if events.num_rows == 0:
             return empty
-        customers = events.column("customer_id").combine_chunks()
+        customers = contiguous(events.column("customer_id"))
         idx, new_ids = self._customer_indexes(customers)
-        high, low = _uuid_halves(events.column("event_id").combine_chunks())
+        high, low = _uuid_halves(contiguous(events.column("event_id")))
         times = _micros(events.column("event_time"))
         days = np.floor_divide(times, _US_PER_DAY)
         probe = mix64(idx, high, low)
@@ -483,7 +483,7 @@ class CustomerState:
             rows[column] = old[column] + groups.count(type_codes == code)
 
         # distinct sessions: the (customer, session) pairs this batch adds for the first time
-        sessions = events.column("session_id").combine_chunks()
+        sessions = contiguous(events.column("session_id"))
         session_probe = mix64(idx, _string_hash(self.con, sessions))
         first = _first_of_each(session_probe, [idx], strings=sessions)
         session_bytes = fixed_bytes(sessions.take(pa.array(first)))
@@ -529,7 +529,7 @@ class CustomerState:
 
         as_of = int(times.max()) if self._as_of is None else max(self._as_of, int(times.max()))
         representatives = groups.first_rows()
-        names = events.column("customer_id").combine_chunks().take(pa.array(representatives))
+        names = contiguous(events.column("customer_id")).take(pa.array(representatives))
         output = _output_rows(names, rows, as_of, self.shard_id, last.sequence_number)
         return _Staged(
             AppliedBatch(
@@ -717,7 +717,7 @@ class CustomerState:
         """Install tables keyed by dense index (``idx``) into memory."""
         customers = tables["customers"]
         self._customers = StringIndex(lambda names: _string_hash(self.con, names))
-        self._customers.add(customers.column("customer_id").combine_chunks())
+        self._customers.add(contiguous(customers.column("customer_id")))
         self._grow(len(self._customers))
         rows = tables["customer_rows"]
         if rows.num_rows:
@@ -727,7 +727,7 @@ class CustomerState:
         sessions = tables["customer_sessions"]
         if sessions.num_rows:
             idx = sessions.column("idx").to_numpy()
-            strings = sessions.column("session_id").combine_chunks()
+            strings = contiguous(sessions.column("session_id"))
             self._sessions.add(
                 mix64(idx, _string_hash(self.con, strings)),
                 {"idx": idx.astype(np.int32), "session": fixed_bytes(strings)},
@@ -859,7 +859,7 @@ class CustomerState:
                 con.unregister("snapshot_customers")
         if replace:
             self._reset()
-        names = customers.column("customer_id").combine_chunks()
+        names = contiguous(customers.column("customer_id"))
         clashes = names.filter(pa.array(self._customers.find(names) >= 0)).to_pylist()
         if clashes:
             raise ValueError(f"customers present in two imported states, e.g. {clashes[:3]}")
@@ -1017,7 +1017,7 @@ def _money(cents: np.ndarray, nulls: np.ndarray | None = None) -> pa.Array:
 
 def _cents(revenue: pa.ChunkedArray) -> np.ndarray:
     """DECIMAL(18, 2) -> int64 cents (null -> 0)."""
-    cents = pc.fill_null(decimal_cents(revenue.combine_chunks()), 0)
+    cents = pc.fill_null(decimal_cents(contiguous(revenue)), 0)
     return np.asarray(cents.to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
@@ -1119,9 +1119,9 @@ def _position_keys(
 ) -> pa.Array:
     """Text keys that sort like (sequence number, sub-sequence number) compared as integers (subs are >= 0)."""
     if isinstance(sequences, pa.ChunkedArray):
-        sequences = sequences.combine_chunks()
+        sequences = contiguous(sequences)
     if isinstance(subs, pa.ChunkedArray):
-        subs = subs.combine_chunks()
+        subs = contiguous(subs)
     padded = pc.utf8_lpad(sequences, width, "0")
     sub_text = pc.utf8_lpad(pc.cast(subs, pa.string()), 20, "0")
     joined: pa.Array = pc.binary_join_element_wise(padded, sub_text, "/")
@@ -1157,8 +1157,8 @@ def _positions_increase(table: pa.Table) -> bool:
     """
     if table.num_rows < 2:
         return True
-    sequences = table.column("sequence_number").combine_chunks()
-    subs = table.column("sub_sequence_number").combine_chunks()
+    sequences = contiguous(table.column("sequence_number"))
+    subs = contiguous(table.column("sub_sequence_number"))
     lengths = pc.utf8_length(sequences)
     shortest, longest = (value.as_py() for value in pc.min_max(lengths).values())
     by_keys = False

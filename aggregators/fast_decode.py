@@ -106,7 +106,7 @@ class FastDecoder:
 
     def decode(self, con: duckdb.DuckDBPyConnection, raw: pa.Table) -> pa.Table:
         """Columns ``rid`` (row number in ``raw``), ``vouched`` and the event fields (meaningful where vouched)."""
-        data = raw.column("data").combine_chunks()
+        data = contiguous(raw.column("data"))
         text = as_utf8(data)
         shape = PayloadBytes.of(data, int(self.rules.max_record_bytes))
         table = pa.table(
@@ -130,7 +130,7 @@ class FastDecoder:
 
     def _vouch(self, parsed: pa.Table, raw: pa.Table) -> pa.Table:
         rows = parsed.num_rows
-        members = parsed.column("j").combine_chunks()
+        members = contiguous(parsed.column("j"))
         # flatten, not field(): a row that is no candidate (a null struct) must have null members
         json_text = dict(zip([f.name for f in members.type], members.flatten(), strict=True))
         checks = _Checks(rows)
@@ -139,7 +139,7 @@ class FastDecoder:
         checks.require(pc.equal(parsed.column("key_count"), _total(present, rows)))
         checks.require(pc.equal(json_text["schema_version"], str(EVENT_SCHEMA_VERSION)))
         checks.require(_absent_or(json_text["quantity"], _full_match(json_text["quantity"], _QUANTITY_TEXT)))
-        revenue = parsed.column("revenue").combine_chunks()
+        revenue = contiguous(parsed.column("revenue"))
         revenue_cents = decimal_cents(revenue)
         checks.require(
             _absent_or(
@@ -172,13 +172,13 @@ class FastDecoder:
         for required_type, fields in _REQUIRED_BY_TYPE.items():
             has_all = _all_true([pc.is_valid(json_text[f]) for f in fields], rows)
             checks.require(pc.or_kleene(pc.not_equal(event_type, required_type), has_all))
-        event_time = parsed.column("event_time").combine_chunks().cast(UTC_MICROS)
-        arrival = raw.column("approximate_arrival_at").combine_chunks().cast(UTC_MICROS)
+        event_time = contiguous(parsed.column("event_time")).cast(UTC_MICROS)
+        arrival = contiguous(raw.column("approximate_arrival_at")).cast(UTC_MICROS)
         latest = pc.add(arrival.cast(pa.int64()), self._skew).cast(UTC_MICROS)
         checks.require(pc.is_valid(event_time))
         checks.require(pc.greater_equal(event_time, self._min_event_time))
         checks.require(pc.less_equal(event_time, latest))
-        checks.require(pc.equal(raw.column("partition_key").combine_chunks(), values["customer_id"]))
+        checks.require(pc.equal(contiguous(raw.column("partition_key")), values["customer_id"]))
         return pa.table(
             {
                 "rid": parsed.column("rid"),
@@ -230,6 +230,11 @@ def _string_rule(field: str, value: pa.Array) -> pa.Array:
     length = pc.utf8_length(value) if low > 1 and not pattern else pc.binary_length(value)
     condition = pc.and_kleene(pc.greater_equal(length, low), pc.less_equal(length, high))
     return pc.and_kleene(condition, _full_match(value, pattern)) if pattern else condition
+
+
+def contiguous(column: pa.ChunkedArray) -> pa.Array:
+    """One array of a column: its only chunk as it is (``combine_chunks`` copies even a single chunk)."""
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
 
 def value_bytes(data: pa.Array) -> tuple[np.ndarray, np.ndarray]:
