@@ -373,7 +373,6 @@ class ShardProcessor:
                 self._lost(conflict, attempt_id)
         # Every buffered record is durable now: committed by this flush, or by an earlier one or another writer's.
         self.buffer.clear()
-        release_free_memory()
         self._retrying("checkpoint", lambda: self._checkpoint(checkpointer, buffered_last))
         seconds = time.perf_counter() - started
         self.metrics.waiting_since = time.time() if self.metrics.millis_behind_latest else None
