@@ -498,13 +498,16 @@ def bench_processor(
                 )
             )
             last_sequences.append(None)
-    lines.append(json.dumps({"action": "shutdownRequested"}))
+    # at the tip: an empty delivery, 0 ms behind, on which the rest is flushed at once and checkpointed
+    lines.append(json.dumps({"action": "processRecords", "records": [], "millisBehindLatest": 0}))
     last_sequences.append(None)
-    if len(payloads) % flush_every:  # the rest is flushed and checkpointed on shutdown
+    if len(payloads) % flush_every:
         lines.append(
             json.dumps({"action": "checkpoint", "sequenceNumber": str(len(payloads)), "subSequenceNumber": 0})
         )
         last_sequences.append(None)
+    lines.append(json.dumps({"action": "shutdownRequested"}))
+    last_sequences.append(None)
     with tempfile.TemporaryDirectory() as directory:
         settings = load_settings(
             state_dir=Path(directory),

@@ -373,6 +373,8 @@ class ShardProcessor:
                 self._lost(conflict, attempt_id)
         # Every buffered record is durable now: committed by this flush, or by an earlier one or another writer's.
         self.buffer.clear()
+        if reason == "caught_up":
+            release_free_memory()  # the shard waits at the tip now: its flush's working memory can go back
         self._retrying("checkpoint", lambda: self._checkpoint(checkpointer, buffered_last))
         seconds = time.perf_counter() - started
         self.metrics.waiting_since = time.time() if self.metrics.millis_behind_latest else None

@@ -1,6 +1,6 @@
 """Giving freed heap memory back to the operating system.
 
-A restore allocates and frees hundreds of megabytes of numpy and Arrow buffers. glibc keeps freed heap
+A restore or a flush allocates and frees hundreds of megabytes of numpy and Arrow buffers. glibc keeps freed heap
 pages for reuse (its mmap threshold rises after the first large free, so later large arrays come from the heap too),
 and Arrow's allocator keeps its own: a shard processor holding a 1M-customer state measured 200 MiB more RSS than
 its state needs until those were released. Each shard is its own process, so that retained memory is multiplied by
@@ -34,9 +34,10 @@ _MALLOC_TRIM = _load_malloc_trim()
 def release_free_memory() -> None:
     """Return the free pages of Arrow's pool and of the C heap to the OS (about 2 ms).
 
-    Called after a restore, whose working memory is many times the state it leaves. Not after every flush: a flush's
-    working memory is needed again by the next one, and giving it back each time measured about 1 µs a record more
-    in page faults.
+    Called after a restore, whose working memory is many times the state it leaves, and after a flush that found the
+    shard caught up (it waits at the tip: a small shard spends most of its life there). Not after every flush: while
+    a shard catches up, the next flush needs that memory again, and giving it back each time measured about 1 µs a
+    record more in page faults.
     """
     pa.default_memory_pool().release_unused()
     if _MALLOC_TRIM is not None:

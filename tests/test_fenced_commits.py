@@ -397,6 +397,25 @@ def test_a_caught_up_shard_flushes_at_once_instead_of_waiting_for_the_age_limit(
     assert record.freshness is not None and record.freshness.arrival_to_durable_p99 > 0
 
 
+def test_memory_goes_back_to_the_os_when_a_flush_finds_the_shard_caught_up_not_while_it_catches_up(
+    s3: Any, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import consumer.shard_processor as shard_processor
+
+    released: list[int] = []
+    monkeypatch.setattr(shard_processor, "release_free_memory", lambda: released.append(len(released)))
+    records = to_records(payloads()[:14])
+    processor = writer(s3, settings, policy=FlushPolicy(7, 10**12, 60.0))
+    processor.start(None)
+    after_restore = len(released)
+    checkpointer = RecordingCheckpointer()
+    processor.on_records(records[:7], 2_000, checkpointer)  # a flush by size while behind: memory kept
+    assert len(checkpointer.calls) == 1 and len(released) == after_restore
+    processor.on_records(records[7:10], 0, checkpointer)
+    processor.on_records([], 0, checkpointer)  # at the tip: flush now, then give the working memory back
+    assert len(checkpointer.calls) == 2 and len(released) == after_restore + 1
+
+
 def test_with_caught_up_flushes_off_a_caught_up_shard_waits_for_the_limits(
     s3: Any, settings: Settings
 ) -> None:
