@@ -605,13 +605,22 @@ class CustomerState:
     def sync(self) -> None:
         """Write the batches installed since the last sync, and the position, to the local file in one transaction
         (the file is exact at its position whenever it is read)."""
-        if not self.persistent:
-            return
+        if self.persistent:
+            self._write_file(self._journal(self._unsynced) if self._unsynced else {}, replace=False)
+
+    def _write_file(self, tables: dict[str, pa.Table], *, replace: bool) -> None:
+        """One transaction: ``tables`` appended to the journal tables (or replacing them), and the position."""
         con = self.con
         con.execute("BEGIN TRANSACTION")
         try:
-            if self._unsynced:
-                self._journal(self._unsynced)
+            for name, data in tables.items():
+                if replace:
+                    con.execute(f"DELETE FROM {name}")
+                con.register("journal_part", data)
+                try:
+                    con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM journal_part")
+                finally:
+                    con.unregister("journal_part")
             self._write_progress(self._position, self._as_of)
         except BaseException:
             con.execute("ROLLBACK")
@@ -653,8 +662,8 @@ class CustomerState:
             grown[: len(values)] = values
             self._cols[name] = grown
 
-    def _journal(self, parts: list[_JournalPart]) -> None:
-        """Append what the queued batches added, and the current rows of the customers they changed."""
+    def _journal(self, parts: list[_JournalPart]) -> dict[str, pa.Table]:
+        """What the queued batches append to the journal: what they added, and their changed customers' rows now."""
         changed = np.unique(np.concatenate([part.changed for part in parts]))
         tables: dict[str, list[pa.Table]] = {}
         for part in parts:
@@ -665,12 +674,7 @@ class CustomerState:
             journal["customer_rows"] = pa.table(
                 {"idx": changed, **{name: self._cols[name][changed].astype(np.int64) for name in _NUMERIC}}
             )
-        for table, data in journal.items():
-            self.con.register("journal_part", data)
-            try:
-                self.con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM journal_part")
-            finally:
-                self.con.unregister("journal_part")
+        return journal
 
     def _write_progress(self, position: Position | None, as_of: int | None) -> None:
         self.con.execute("DELETE FROM shard_progress")
@@ -791,25 +795,8 @@ class CustomerState:
 
     def _rewrite_journal(self) -> None:
         """Replace the journal by the current state (drops superseded rows and ids beyond the window)."""
-        tables = self._indexed_tables()
-        con = self.con
-        con.execute("BEGIN TRANSACTION")
-        try:
-            for name, data in tables.items():
-                con.execute(f"DELETE FROM {name}")
-                con.register("journal_part", data)
-                try:
-                    con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM journal_part")
-                finally:
-                    con.unregister("journal_part")
-            self._write_progress(self._position, self._as_of)
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        con.execute("COMMIT")
-        self._unsynced = []
-        self._synced_at = time.monotonic()
-        con.execute("CHECKPOINT")
+        self._write_file(self._indexed_tables(), replace=True)
+        self.con.execute("CHECKPOINT")
 
     # ------------------------------------------------------------------ snapshots
     def export_tables(self) -> dict[str, pa.Table]:
