@@ -2,15 +2,16 @@
 
 ``RecordValidator`` (validation.py) is exact and the authority on every rejection code, but it parses a record
 three times and walks a long rule chain. Almost every record on a healthy stream is plainly valid, so this module
-parses each record once (DuckDB ``from_json`` into explicit columns, plus its top-level key list) and *vouches*
-for a record only when a conservative set of checks proves the exact validator would accept it and produce the very
-same values:
+parses each record once (DuckDB ``from_json`` into explicit columns; member names and string values are counted on
+the bytes) and *vouches* for a record only when a conservative set of checks proves the exact validator would accept
+it and produce the very same values:
 
 - UTF-8, within the size limit, a JSON object with no backslash escapes and no syntax only a lenient parser
   accepts (trailing commas, NaN, Infinity);
 - its members are exactly contract fields, each once and non-null (so no repeated key; a record with unknown
-  extra fields is valid but takes the exact path), each of its JSON type (strings quoted, ``schema_version``
-  exactly ``1``, ``quantity`` a plain integer from 1 to 10000, ``revenue`` a plain decimal with two places at most);
+  extra fields is valid but takes the exact path), each of its JSON type (a string value for each string field,
+  ``schema_version`` exactly ``1``, ``quantity`` a plain integer from 1 to 10000, ``revenue`` a plain decimal with
+  two places at most);
 - the same length, pattern, event-type, time-window and partition-key rules as the validator (same SQL functions).
 
 Everything else is *doubtful* and goes through the exact validator, which decides accept or reject and names the
@@ -60,9 +61,9 @@ _LENIENT_COMMA: Final = r",\s*[\]}]"
 _LENIENT: Final = " AND ".join(f"NOT contains(txt, {_quote(text)})" for text in _LENIENT_LITERALS)
 #: The one statement per batch: DuckDB parses each candidate once (its string members as values, its numbers as raw
 #: JSON text, the event time, quantity and revenue as the validator casts them; its member names and string values
-#: are counted on the bytes, see ``PayloadBytes``). Every
-#: check is then an Arrow kernel over these columns: DuckDB binds and optimizes a statement on every execution
-#: (prepared or not), which for a long SQL expression tree costs tens of milliseconds whatever the batch size.
+#: are counted on the bytes, see ``PayloadBytes``). Every check is then an Arrow kernel over these columns: DuckDB
+#: binds and optimizes a statement on every execution (prepared or not), which for a long SQL expression tree costs
+#: tens of milliseconds whatever the batch size.
 _PARSE_SQL: Final = f"""
 WITH docs AS (
   SELECT rid,
@@ -72,7 +73,7 @@ WITH docs AS (
   SELECT rid, from_json(doc, {_quote(_MEMBER_TYPES)}) AS j FROM docs
 )
 SELECT rid, j,
-       TRY_CAST(trim(j.event_time, '"') AS TIMESTAMPTZ) AS event_time,
+       TRY_CAST(j.event_time AS TIMESTAMPTZ) AS event_time,
        TRY_CAST(j.quantity AS INTEGER) AS quantity,
        TRY_CAST(j.revenue AS DECIMAL(18, 2)) AS revenue
 FROM parsed
