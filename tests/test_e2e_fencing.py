@@ -381,17 +381,26 @@ def test_a_paused_owner_loses_the_commit_race_and_catches_up_when_it_gets_the_sh
     # (read now, not later: the KCL may hand the shard back at any moment, and a new processor would catch up).
     left = run.status(owner, shard)
     stale = Position(left.applied_sequence) if left.applied_sequence else None
-    run.produce(second[0])
-    _wait_for(
-        f"commits to cover the first {first[1] + second[1]} records",
-        lambda: run.records_committed() >= first[1] + second[1],
-        timeout=300,
-    )
-    read_at = datetime.now(UTC)
-    behind = [c for c in run.commits(shard) if stale is None or c.first > stale]
-    assert behind, f"{taker} made no commit of {shard} after {owner}'s local state at {stale}"
-    if run.lease_owner(shard) != owner:
-        _assign_lease(run, shard, owner)
+    # A's JVM is paused again while B commits beyond that state: with two workers on one host the KCL leader's
+    # rebalancing may otherwise hand the shard back to A before B commits anything, and A would have nothing to
+    # catch up. (Should the leader have moved it to A just now, B gets it back once A counts as gone, as in (a).)
+    java = a.signal_java(signal.SIGSTOP)
+    try:
+        run.produce(second[0])
+        _wait_for(
+            f"commits to cover the first {first[1] + second[1]} records",
+            lambda: run.records_committed() >= first[1] + second[1],
+            timeout=300,
+        )
+        read_at = datetime.now(UTC)
+        behind = [c for c in run.commits(shard) if stale is None or c.first > stale]
+        assert behind, f"{taker} made no commit of {shard} after {owner}'s local state at {stale}"
+        if run.lease_owner(shard) != owner:
+            _assign_lease(run, shard, owner)
+    finally:
+        for pid in java:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
     _wait_for(f"{owner} to process {shard} again", lambda: shard in a.processing(), timeout=300)
     back = _log(a, "initializing at checkpoint", shard, since=read_at)
     restores = _log(a, "restored shard state", shard, since=read_at)
