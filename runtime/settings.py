@@ -188,7 +188,8 @@ class Settings(BaseSettings):
     state_sync_seconds: float = Field(
         30.0,
         ge=0,
-        description="... or this long after it was last written, whichever comes first (and on a graceful stop).",
+        description="Write a shard's local state file at least this often, in seconds, whatever the records "
+        "(checked as flushes install; also written on a graceful stop).",
     )
     dedupe_window_days: int = Field(
         7,
