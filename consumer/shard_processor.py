@@ -256,9 +256,7 @@ class ShardProcessor:
         self.buffer = RecordBuffer(shard_id)
         self.metrics = ShardStatus(shard_id=shard_id, pid=os.getpid())
         self.lease_lost = False
-        self._reported_work = (
-            False  # whether the last status written showed records buffered or the shard behind
-        )
+        self._reported_work = False  # whether the last status written showed work (``_has_work``)
 
     # ------------------------------------------------------------------ KCL lifecycle
     def start(self, checkpoint: str | None) -> None:
@@ -297,8 +295,7 @@ class ShardProcessor:
         self.metrics.buffered_records = len(self.buffer)
         # Idle detection must never read a stale "nothing to do": when work appears, report at once; otherwise the
         # writer's rate limit holds (a rewrite per KCL call cost milliseconds each).
-        has_work = bool(self.buffer) or behind
-        self._report(force=has_work and not self._reported_work)
+        self._report(force=self._has_work() and not self._reported_work)
 
     def on_shard_ended(self, checkpointer: Checkpointer) -> None:
         """Flush, then checkpoint SHARD_END so the KCL starts the child shards."""
@@ -545,9 +542,11 @@ class ShardProcessor:
 
     def _report(self, force: bool = False) -> None:
         if self.status is not None and self.status.write(self.metrics, force=force):
-            self._reported_work = bool(self.metrics.buffered_records) or bool(
-                self.metrics.millis_behind_latest
-            )
+            self._reported_work = self._has_work()
+
+    def _has_work(self) -> bool:
+        """Records buffered or the shard behind the tip, as the status shows them: what idle detection reads."""
+        return bool(self.metrics.buffered_records) or bool(self.metrics.millis_behind_latest)
 
 
 def state_path(state_dir: Path, shard_id: str) -> Path:
