@@ -31,12 +31,15 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
 from schemas import RAW_RECORD_SCHEMA, UTC_MICROS
+
+if TYPE_CHECKING:
+    from aggregators.customer_state import StateOptions
 
 ARRIVAL = datetime(2026, 6, 1, tzinfo=UTC)
 SHARD = "shardId-000000000000"
@@ -110,7 +113,7 @@ def _anonymous_mib() -> float:
     return _proc_mib("/proc/self/smaps_rollup", "Anonymous") or 0.0
 
 
-def _worker_state_options() -> Any:
+def _worker_state_options() -> StateOptions:
     """The state options the worker runs with (its settings' defaults, or the environment's)."""
     from consumer.state_recovery import state_options
     from runtime.settings import Settings
@@ -394,10 +397,8 @@ class _MemoryS3:
     def get_object(self, Bucket: str, Key: str, **_: Any) -> dict[str, Any]:
         if Key not in self.objects:
             raise self.exceptions.NoSuchKey(Key)
-        return {
-            "Body": io.BytesIO(self.objects[Key]),
-            "ETag": '"0"',
-        }  # the snapshot pointer is replaced by ETag
+        # with its ETag: the snapshot pointer is replaced only if nobody moved it meanwhile (If-Match)
+        return {"Body": io.BytesIO(self.objects[Key]), "ETag": '"0"'}
 
     def head_object(self, Bucket: str, Key: str, **_: Any) -> dict[str, Any]:
         if Key not in self.objects:
