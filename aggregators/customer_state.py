@@ -384,7 +384,7 @@ class CustomerState:
 
     def _decode(self, fresh: pa.Table) -> tuple[pa.Table, pa.Table]:
         decoded = decode_records(self.con, fresh, self.fast, self.validator)
-        return _in_position_order(decoded.events), decoded.rejects
+        return decoded.events, decoded.rejects  # in the order of ``fresh``: position order
 
     def _unapplied_in_order(self, raw: pa.Table) -> pa.Table:
         """The records above the stored position, in position order (one order check for both).

@@ -1161,6 +1161,8 @@ def test_fast_path_gives_exactly_the_validators_events_and_rejects(records: list
     combined = fast_and_exact(raw)
     assert _by_sequence(combined.events) == _by_sequence(exact.events)
     assert _by_sequence(combined.rejects) == _by_sequence(exact.rejects)
+    # vouched and validated events interleaved back in record order (the state applies them in that order)
+    assert combined.events.to_pylist() == _by_sequence(combined.events)
 
 
 def test_fast_path_vouches_for_plain_generated_events_and_leaves_odd_ones_to_the_validator() -> None:
