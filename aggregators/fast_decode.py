@@ -312,7 +312,8 @@ def _record_rows(events: pa.Table, records: pa.Table, rows: np.ndarray) -> np.nd
     found = pc.index_in(position(events), value_set=position(records))
     if found.null_count:  # the validator returns only rows it was given: a bug if it did not
         raise RuntimeError("the validator returned an event at a position it was not given")
-    return rows[found.to_numpy()]
+    matched: np.ndarray = rows[found.to_numpy()]
+    return matched
 
 
 _QUOTE: Final = ord('"')
