@@ -14,9 +14,10 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal, localcontext
-from typing import Any
+from typing import Any, Final
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -1178,6 +1179,66 @@ def test_fast_path_vouches_for_plain_generated_events_and_leaves_odd_ones_to_the
     vouched = FastDecoder(ValidationRules()).decode(_connection(), raw).column("vouched").to_pylist()
     assert vouched == [True] * len(plain) + [False] * len(odd)
     assert fast_and_exact(raw).events.num_rows == len(plain) + len(odd)
+
+
+#: Invalid JSON that passes every byte check of the fast path ('{' first, '}' last, no backslash, no ',' before the
+#: brace, no space before a colon), so only the parser can tell.
+_PLAIN_INVALID_JSON: Final = (
+    encode(doc()) + b" " + encode(doc()),  # two objects
+    encode(doc()) + b"}",  # a brace too many
+    encode(doc()).replace(b'"page_view"', b'"page_view'),  # a string left open
+    encode(doc()).replace(b'"session_id":', b'"session_id"'),  # a colon missing
+    encode(doc()).replace(b"page_view", b"page\x01view"),  # a raw control character in a string
+    encode(doc()).replace(b'"schema_version":1', b'"schema_version":01'),  # a leading zero
+    encode(doc()).replace(b'"schema_version":1', b'"schema_version":tru'),
+)
+
+
+@pytest.mark.parametrize("text", [*_PLAIN_INVALID_JSON, b'{"a":"x",}', b'{"a":[1,],"b":NaN}'])
+def test_from_json_refuses_exactly_what_json_valid_refuses(text: bytes) -> None:
+    """The fast path parses without ``json_valid`` first, relying on ``from_json`` raising wherever it is false
+    (the same parser, with the same lenient flags)."""
+    con = _connection()
+    [(valid,)] = con.execute("SELECT json_valid(?)", [text.decode()]).fetchall()
+    try:
+        con.execute("""SELECT from_json(?, '{"a": "VARCHAR"}')""", [text.decode()]).fetchall()
+        parsed = True
+    except duckdb.InvalidInputException as error:
+        assert "Malformed JSON" in str(error)
+        parsed = False
+    assert parsed == valid
+
+
+def test_a_batch_with_plain_invalid_json_is_parsed_again_with_the_check() -> None:
+    valid = [data for label, data in ClickstreamGenerator(20, 200, seed=3).records() if label == "valid"]
+    records = [valid[0], *_PLAIN_INVALID_JSON, *valid[1:]]
+    arrival = datetime(2026, 6, 1, tzinfo=UTC)
+    raw = raw_batch([(data, _partition_key(data)) for data in records], arrival=arrival)
+    invalid = slice(1, 1 + len(_PLAIN_INVALID_JSON))
+    con = _connection()
+    con.register("fast_in", _fast_input(raw, plain=invalid))
+    try:
+        with pytest.raises(duckdb.InvalidInputException):  # the first try does raise on this batch
+            con.sql(fast_decode._PARSE_SQL).to_arrow_table()
+    finally:
+        con.unregister("fast_in")
+    alone = raw_batch([(data, _partition_key(data)) for data in valid], arrival=arrival)
+    vouched_alone = FastDecoder(ValidationRules()).decode(con, alone).column("vouched").to_pylist()
+    assert sum(vouched_alone) > len(valid) // 2
+    vouched = FastDecoder(ValidationRules()).decode(con, raw).column("vouched").to_pylist()
+    assert vouched == [vouched_alone[0]] + [False] * len(_PLAIN_INVALID_JSON) + vouched_alone[1:]
+    combined = fast_and_exact(raw)
+    assert combined.events.num_rows == len(valid)
+    assert combined.rejects.column("error_code").to_pylist() == ["invalid_json"] * len(_PLAIN_INVALID_JSON)
+
+
+def _fast_input(raw: pa.Table, plain: slice) -> pa.Table:
+    """The fast path's input table for ``raw`` (as FastDecoder.decode registers it); the ``plain`` rows are."""
+    data = fast_decode.contiguous(raw.column("data"))
+    shape = fast_decode.PayloadBytes.of(data, MAX_BYTES)
+    assert shape.plain[plain].all()
+    rows = pa.array(np.arange(raw.num_rows, dtype=np.int64))
+    return pa.table({"rid": rows, "txt": fast_decode.as_utf8(data), "plain": pa.array(shape.plain)})
 
 
 def test_fast_path_leaves_lenient_json_to_the_validator() -> None:
