@@ -26,7 +26,7 @@ from amazon_kclpy.v3 import processor
 from aggregators.customer_state import CustomerState
 from aggregators.fast_decode import value_bytes
 from aggregators.validation import RecordValidator, ValidationRules
-from consumer.kcl_messages import ColumnarKCLProcess, RecordColumns, b64decode_column
+from consumer.kcl_messages import ColumnarKCLProcess, RecordColumns
 from consumer.s3_sink import S3ParquetSink
 from consumer.shard_processor import (
     FlushPolicy,
@@ -127,7 +127,7 @@ def to_raw_records(kcl_records: Any) -> Sequence[RawRecord]:
     per record; a call holding a KPL aggregate, or amazon_kclpy ``Record`` objects, takes the per-record path.
     """
     if isinstance(kcl_records, RecordColumns):
-        data = b64decode_column(kcl_records.data)
+        data = kcl_records.payloads()
         if not _has_kpl_aggregate(data):
             return RawRecordBatch(
                 pa.table(

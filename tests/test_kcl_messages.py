@@ -94,6 +94,32 @@ def test_base64_that_is_not_plain_padded_decodes_or_fails_like_b64decode(texts: 
             b64decode_column(texts)
 
 
+def test_a_plain_message_is_read_by_msgspec_with_its_base64_decoded_in_the_parse() -> None:
+    message = columnar(kcl_line([b"ab", b"abc", b""]))
+    assert message.records.decoded_data == [b"ab", b"abc", b""]
+    assert message.records.base64_data is None
+
+
+@pytest.mark.parametrize(
+    ("original", "changed"),
+    [
+        ('"QUI="', '"QUI=QUI="'),  # padding inside a record: b64decode stops there
+        ('"QUI="', '"QU*I="'),  # a character outside the alphabet: b64decode skips it
+        ('"QUI="', '"QU\\nI="'),  # an escaped newline in the text: skipped as well
+        ('"subSequenceNumber": 0', '"subSequenceNumber": 1.0'),  # a float where msgspec wants an integer
+        ('"subSequenceNumber": 0', '"subSequenceNumber": true'),
+        ('"approximateArrivalTimestamp": 1780000000123', '"approximateArrivalTimestamp": 1780000000123.0'),
+    ],
+)
+def test_a_message_msgspec_refuses_is_read_as_amazon_kclpy_reads_it(original: str, changed: str) -> None:
+    line = kcl_line([b"AB", b"xyz"])
+    assert original in line
+    line = line.replace(original, changed, 1)
+    message = columnar(line)
+    assert message.records.decoded_data is None  # the lenient reading
+    assert list(to_raw_records(message.records)[:]) == list(to_raw_records(kclpy(line).records))
+
+
 def test_unpadded_base64_is_an_error_as_with_amazon_kclpy() -> None:
     line = kcl_line([b"ab", b"abc"]).replace('"YWI="', '"YWI"')
     with pytest.raises(binascii.Error):
