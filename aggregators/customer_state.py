@@ -33,6 +33,7 @@ and the caller restores from S3.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Iterator
@@ -166,6 +167,7 @@ class _Staged:
 
     applied: AppliedBatch
     new_customer_ids: pa.Array = field(default_factory=lambda: pa.array([], pa.string()))
+    new_customer_hashes: np.ndarray | None = None  # their string hashes, as the customer index keys them
     changed: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     rows: dict[str, np.ndarray] = field(default_factory=dict)
     event_ids: dict[str, np.ndarray] = field(default_factory=dict)
@@ -419,8 +421,12 @@ class CustomerState:
         )
         if events.num_rows == 0:
             return empty
-        customers = contiguous(events.column("customer_id"))
-        idx, new_ids = self._customer_indexes(customers)
+        customers = contiguous(events.column("customer_id")).dictionary_encode()
+        # one hashing statement for the batch's customers and sessions (DuckDB costs about a millisecond a statement)
+        name_hashes, session_hashes = _string_hashes(
+            self.con, customers.dictionary, contiguous(events.column("session_id"))
+        )
+        idx, new_ids, new_hashes = self._customer_indexes(customers, name_hashes)
         high, low = _uuid_halves(contiguous(events.column("event_id")))
         times = _micros(events.column("event_time"))
         days = np.floor_divide(times, _US_PER_DAY)
@@ -435,7 +441,10 @@ class CustomerState:
         if not len(new):
             return empty
         new_events = events if len(new) == events.num_rows else events.take(pa.array(new))  # new is sorted
-        staged = self._aggregate(new_events, idx[new], times[new], days[new], new_ids, last)
+        staged = self._aggregate(
+            new_events, idx[new], times[new], days[new], session_hashes[new], new_ids, last
+        )
+        staged.new_customer_hashes = new_hashes
         staged.event_ids = {
             "probe": probe[new],
             "idx": idx[new].astype(np.int32),
@@ -454,16 +463,17 @@ class CustomerState:
         )
         return staged
 
-    def _customer_indexes(self, customers: pa.Array) -> tuple[np.ndarray, pa.Array]:
+    def _customer_indexes(
+        self, encoded: pa.DictionaryArray, name_hashes: np.ndarray
+    ) -> tuple[np.ndarray, pa.Array, np.ndarray]:
         """Dense index of every event's customer; customers not seen before get the next indexes (provisionally),
-        in the order they first appear."""
-        encoded = customers.dictionary_encode()
+        in the order they first appear. Also those new customers and their hashes."""
         names = encoded.dictionary
-        mapping = self._customers.find(names)
+        mapping = self._customers.find(names, name_hashes)
         new = mapping < 0
         mapping[new] = np.arange(len(self._customers), len(self._customers) + int(new.sum()))
         codes = np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
-        return mapping[codes], names.filter(pa.array(new))
+        return mapping[codes], names.filter(pa.array(new)), name_hashes[new]
 
     def _aggregate(  # noqa: PLR0917 - one private call site, named by position for brevity
         self,
@@ -471,10 +481,12 @@ class CustomerState:
         idx: np.ndarray,
         times: np.ndarray,
         days: np.ndarray,
+        session_hashes: np.ndarray,
         new_ids: pa.Array,
         last: Position,
     ) -> _Staged:
-        """The changed customers' new running values and the set members this batch adds."""
+        """The changed customers' new running values and the set members this batch adds (``session_hashes``: the
+        string hash of each event's session id)."""
         changed, inverse = np.unique(idx, return_inverse=True)
         groups = _Groups(inverse, len(changed))
         old = self._current(changed)
@@ -488,7 +500,7 @@ class CustomerState:
 
         # distinct sessions: the (customer, session) pairs this batch adds for the first time
         sessions = contiguous(events.column("session_id"))
-        session_probe = mix64(idx, _string_hash(self.con, sessions))
+        session_probe = mix64(idx, session_hashes)
         first = _first_of_each(session_probe, [idx], strings=sessions)
         session_bytes = fixed_bytes(sessions.take(pa.array(first)))
         seen = self._sessions.contains(session_probe[first], {"idx": idx[first], "session": session_bytes})
@@ -634,7 +646,7 @@ class CustomerState:
         self._synced_at = time.monotonic()
 
     def _install_in_memory(self, staged: _Staged) -> None:
-        self._customers.add(staged.new_customer_ids)
+        self._customers.add(staged.new_customer_ids, staged.new_customer_hashes)
         self._grow(len(self._customers))
         for name, values in staged.rows.items():
             self._cols[name][staged.changed] = values
@@ -1042,6 +1054,13 @@ def _uuid_halves(event_ids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 def _type_codes(event_types: pa.ChunkedArray) -> np.ndarray:
     codes = pc.index_in(event_types, value_set=pa.array(EVENT_TYPES))
     return np.asarray(codes.to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def _string_hashes(con: duckdb.DuckDBPyConnection, *arrays: pa.Array) -> list[np.ndarray]:
+    """``_string_hash`` of several string arrays in one statement."""
+    hashed = _string_hash(con, pa.concat_arrays(list(arrays)))
+    bounds = np.cumsum([0, *(len(array) for array in arrays)])
+    return [hashed[start:end] for start, end in itertools.pairwise(bounds)]
 
 
 def _string_hash(con: duckdb.DuckDBPyConnection, strings: pa.Array) -> np.ndarray:

@@ -160,18 +160,21 @@ class StringIndex:
     def __len__(self) -> int:
         return self.count
 
-    def find(self, names: pa.Array) -> np.ndarray:
-        """The number of each of ``names`` (distinct strings), -1 where it is not in the index."""
+    def find(self, names: pa.Array, hashes: np.ndarray | None = None) -> np.ndarray:
+        """The number of each of ``names`` (distinct strings), -1 where it is not in the index. ``hashes``: the
+        hasher's values of ``names`` when the caller has them already."""
         if not len(names) or not self.count:
             return np.full(len(names), -1, dtype=np.int64)
-        return self.keys.lookup(self.hasher(names), {"text": fixed_bytes(names)}, "number")
+        probe = self.hasher(names) if hashes is None else hashes
+        return self.keys.lookup(probe, {"text": fixed_bytes(names)}, "number")
 
-    def add(self, names: pa.Array) -> None:
+    def add(self, names: pa.Array, hashes: np.ndarray | None = None) -> None:
         """Append ``names`` (distinct strings, none in the index yet): they get the next numbers, in order."""
         if not len(names):
             return
         numbers = np.arange(self.count, self.count + len(names), dtype=np.int32)
-        self.keys.add(self.hasher(names), {"number": numbers, "text": fixed_bytes(names)})
+        probe = self.hasher(names) if hashes is None else hashes
+        self.keys.add(probe, {"number": numbers, "text": fixed_bytes(names)})
         self.chunks.append(names)
         self.count += len(names)
         if len(self.chunks) > _MAX_CHUNKS:  # many small batches: keep the per-chunk overhead bounded
