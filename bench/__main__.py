@@ -31,7 +31,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import pyarrow as pa
@@ -613,16 +613,42 @@ def _compare(core_rows: str, other_rows: str, name: str) -> int:
     return len(differing)
 
 
-def run(input_path: str, quick: bool) -> dict[str, Any]:
+#: The runs compared side by side, each in its own process, one after the other in every round.
+_PEERS: Final = ("core", "core10k", "naive", "ceiling", "processor")
+
+
+def _peer_round(input_path: str, rows_dir: str | None) -> dict[str, dict[str, Any]]:
+    """One run of every peer on the input (``rows_dir``: where the core, naive and ceiling write their rows)."""
+    return {
+        "core": _child("core", input=input_path, batch=50_000, rows_dir=rows_dir),
+        "core10k": _child("core", input=input_path, batch=10_000),
+        "naive": _child("naive", input=input_path, rows_dir=rows_dir),
+        "ceiling": _child("ceiling", input=input_path, rows_dir=rows_dir),
+        "processor": _child("processor", input=input_path),
+    }
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median events per CPU-second (the lower middle one of an even count)."""
+    return sorted(runs, key=lambda run: run["events_per_cpu_second"])[(len(runs) - 1) // 2]
+
+
+def median_ratio(rounds: list[dict[str, dict[str, Any]]], peer: str, other: str, key: str) -> float:
+    """The median over rounds of ``peer``'s ``key`` over ``other``'s in the same round: on a machine whose speed
+    drifts, a ratio taken within a round holds where figures from different moments do not."""
+    return float(statistics.median(round_[peer][key] / round_[other][key] for round_ in rounds))
+
+
+def run(input_path: str, quick: bool, rounds: int = 3) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as rows_dir:
-        core = _child("core", input=input_path, batch=50_000, rows_dir=rows_dir)
-        core10k = _child("core", input=input_path, batch=10_000)
-        naive = _child("naive", input=input_path, rows_dir=rows_dir)
-        ceiling = _child("ceiling", input=input_path, rows_dir=rows_dir)
-        processor = _child("processor", input=input_path)
+        peer_rounds = [_peer_round(input_path, rows_dir if number == 0 else None) for number in range(rounds)]
+        first = peer_rounds[0]
+        naive_mismatches = _compare(first["core"]["rows"], first["naive"]["rows"], "naive peer")
+        ceiling_mismatches = _compare(first["core"]["rows"], first["ceiling"]["rows"], "DuckDB ceiling")
+        core, core10k, naive, ceiling, processor = (
+            median_run([round_[peer] for round_ in peer_rounds]) for peer in _PEERS
+        )
         idle = _child("idle")
-        naive_mismatches = _compare(core["rows"], naive["rows"], "naive peer")
-        ceiling_mismatches = _compare(core["rows"], ceiling["rows"], "DuckDB ceiling")
     flush = [
         _child("flush", state_customers=state_customers, changed=changed, rounds=3 if quick else 5)
         for state_customers in ((2_000, 20_000) if quick else (5_000, 50_000))
@@ -640,16 +666,20 @@ def run(input_path: str, quick: bool) -> dict[str, Any]:
         "processor_events_per_s": processor["events_per_second"],
         "naive_events_per_s": naive["events_per_second"],
         "ceiling_events_per_s": ceiling["events_per_second"],
-        "core_over_naive": core["events_per_second"] / naive["events_per_second"],
-        "core_over_ceiling": core["events_per_second"] / ceiling["events_per_second"],
+        "rounds": rounds,
+        "events_per_cpu_s_by_round": {
+            peer: [round_[peer]["events_per_cpu_second"] for round_ in peer_rounds] for peer in _PEERS
+        },
+        "core_over_naive": median_ratio(peer_rounds, "core", "naive", "events_per_second"),
+        "core_over_ceiling": median_ratio(peer_rounds, "core", "ceiling", "events_per_second"),
         # events per CPU-second of the run's own process: on a shared machine, waiting for a core is not counted
         "core_events_per_cpu_s": core["events_per_cpu_second"],
         "core_10k_batches_events_per_cpu_s": core10k["events_per_cpu_second"],
         "processor_events_per_cpu_s": processor["events_per_cpu_second"],
         "naive_events_per_cpu_s": naive["events_per_cpu_second"],
         "ceiling_events_per_cpu_s": ceiling["events_per_cpu_second"],
-        "core_over_naive_cpu": core["events_per_cpu_second"] / naive["events_per_cpu_second"],
-        "core_over_ceiling_cpu": core["events_per_cpu_second"] / ceiling["events_per_cpu_second"],
+        "core_over_naive_cpu": median_ratio(peer_rounds, "core", "naive", "events_per_cpu_second"),
+        "core_over_ceiling_cpu": median_ratio(peer_rounds, "core", "ceiling", "events_per_cpu_second"),
         "naive_rows_differing": naive_mismatches,
         "ceiling_rows_differing": ceiling_mismatches,
         "peak_rss_mib": core["peak_rss_mib"],
@@ -683,7 +713,10 @@ def _print_table(result: dict[str, Any], input_label: str) -> None:
 
     console = Console() if sys.stdout.isatty() else Console(width=130)
     console.print(f"[bold]clickstream-rfm benchmarks[/] on {input_label}: {result['records']:,} records")
-    throughput = Table(title="Throughput, one core (each row in its own process)")
+    throughput = Table(
+        title=f"Throughput, one core (each row in its own process; the median of {result['rounds']} rounds, "
+        "each round running every row in turn)"
+    )
     for column in ("run", "events/s", "events/CPU-s", "vs core (CPU)", "peak RSS MiB"):
         throughput.add_column(column, justify="right")
     rss = result["peak_rss_mib_by_run"]
@@ -704,9 +737,17 @@ def _print_table(result: dict[str, Any], input_label: str) -> None:
             f"{rss[rss_key]:,.0f}" if rss_key else "",
         )
     console.print(throughput)
+    by_round = result["events_per_cpu_s_by_round"]
+    console.print(
+        "events per CPU-second by round: "
+        + "; ".join(
+            f"{peer} " + ", ".join(f"{value:,.0f}" for value in values) for peer, values in by_round.items()
+        )
+    )
     console.print(
         f"core / naive = {result['core_over_naive']:.2f}x, core / ceiling = {result['core_over_ceiling']:.2f}x "
-        f"(per CPU-second: {result['core_over_naive_cpu']:.2f}x, {result['core_over_ceiling_cpu']:.2f}x); "
+        f"(per CPU-second: {result['core_over_naive_cpu']:.2f}x, {result['core_over_ceiling_cpu']:.2f}x; "
+        "each the median of the rounds' own ratios); "
         f"rows differing from the core: naive {result['naive_rows_differing']}, "
         f"ceiling {result['ceiling_rows_differing']}"
     )
@@ -754,6 +795,12 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=45_000, help="customers to generate without --input")
     parser.add_argument("--quick", action="store_true", help="a smaller, faster run (200k events)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="rounds of the throughput runs, each peer once per round (default 3; 1 with --quick); the figures "
+        "are the median round's, the ratios the median of the rounds' own",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--arguments", help=argparse.SUPPRESS)
     options = parser.parse_args()
@@ -773,6 +820,9 @@ def main() -> None:
         print(json.dumps(functions[options.child](**json.loads(options.arguments or "{}"))))
         return
 
+    if options.rounds is not None and options.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    rounds = options.rounds or (1 if options.quick else 3)
     with tempfile.TemporaryDirectory() as directory:
         input_path = options.input
         label = options.input or ""
@@ -786,7 +836,7 @@ def main() -> None:
             Path(input_path).write_bytes(b"\n".join(payloads) + b"\n")
             del payloads
             label = f"generated input ({customers:,} customers, 1% duplicates, 0.2% malformed)"
-        result = run(os.path.abspath(input_path), options.quick)
+        result = run(os.path.abspath(input_path), options.quick, rounds)
     if options.json:
         print(json.dumps(result))
     else:

@@ -15,6 +15,8 @@ from bench.__main__ import (
     bench_naive,
     bench_processor,
     bench_state_size,
+    median_ratio,
+    median_run,
 )
 
 
@@ -43,3 +45,16 @@ def test_the_large_state_benchmark_loads_the_state_it_names() -> None:
     large = bench_state_size(customers=3_000, event_ids=30_000)
     assert large["customers"] >= 3_000 and large["event_ids"] >= 30_000  # plus what the applied batch added
     assert 0 < large["state_mib"] < min(large["rss_after_load_mib"], large["rss_after_flush_mib"])
+
+
+def test_figures_are_the_median_round_and_ratios_the_median_of_each_rounds_own() -> None:
+    runs = [{"events_per_cpu_second": value, "round": i} for i, value in enumerate((300.0, 100.0, 200.0, 400.0))]
+    assert median_run(runs[:3])["round"] == 2
+    assert median_run(runs)["round"] == 2  # the lower middle of an even count
+    # the machine slowed down in round 2: both peers ran at half speed, their ratio held
+    rounds = [
+        {"core": {"events_per_second": 200.0}, "naive": {"events_per_second": 100.0}},
+        {"core": {"events_per_second": 100.0}, "naive": {"events_per_second": 50.0}},
+        {"core": {"events_per_second": 240.0}, "naive": {"events_per_second": 100.0}},
+    ]
+    assert median_ratio(rounds, "core", "naive", "events_per_second") == 2.0
