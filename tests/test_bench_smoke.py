@@ -48,7 +48,9 @@ def test_the_large_state_benchmark_loads_the_state_it_names() -> None:
 
 
 def test_figures_are_the_median_round_and_ratios_the_median_of_each_rounds_own() -> None:
-    runs = [{"events_per_cpu_second": value, "round": i} for i, value in enumerate((300.0, 100.0, 200.0, 400.0))]
+    runs = [
+        {"events_per_cpu_second": value, "round": i} for i, value in enumerate((300.0, 100.0, 200.0, 400.0))
+    ]
     assert median_run(runs[:3])["round"] == 2
     assert median_run(runs)["round"] == 2  # the lower middle of an even count
     # the machine slowed down in round 2: both peers ran at half speed, their ratio held
