@@ -46,6 +46,9 @@ class _WireRecord(msgspec.Struct, rename="camel"):
 
 
 class _WireMessage(msgspec.Struct, rename="camel"):
+    """A processRecords message (the KCL's ``ProcessRecordsMessage``); every field required, as amazon_kclpy reads
+    each."""
+
     action: str
     records: list[_WireRecord]
     millis_behind_latest: Any
@@ -80,6 +83,7 @@ class RecordColumns:
 
     @classmethod
     def of_wire(cls, records: list[_WireRecord]) -> RecordColumns:
+        """Columns of the records msgspec read (their data decoded already)."""
         return cls(
             decoded_data=[record.data for record in records],
             partition_keys=[record.partition_key for record in records],
