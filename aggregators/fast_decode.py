@@ -422,21 +422,42 @@ def _last_non_space(
 
 
 def as_utf8(data: pa.Array) -> pa.Array:
-    """The payloads as strings; a payload that is not valid UTF-8 becomes null (the validator names it)."""
+    """The payloads as strings; a payload that is not valid UTF-8 becomes null (the validator names it).
+
+    The strings share the payloads' buffers: only a validity bitmap is new where some payload is not UTF-8.
+    """
     try:
         return data.cast(pa.string())
     except pa.ArrowInvalid:
         pass
-    # Only payloads with a byte >= 0x80 can be invalid UTF-8: find those rows without touching the others.
-    bounds, body = value_bytes(data)
-    high = np.flatnonzero(body >= 0x80)
-    rows = np.unique(np.searchsorted(bounds, high, side="right") - 1)
-    valid = np.ones(len(data), dtype=bool)
-    for row in rows.tolist():
+    valid = np.ones(data.offset + len(data), dtype=bool)  # bit i of an Arrow bitmap is row i - offset
+    valid[data.offset + _invalid_utf8_rows(data)] = False
+    if data.null_count:
+        valid[data.offset :] &= data.is_valid().to_numpy(zero_copy_only=False)
+    bitmap = pa.array(valid).buffers()[1]
+    null_count = int(len(data) - np.count_nonzero(valid[data.offset :]))
+    return pa.Array.from_buffers(
+        pa.string(), len(data), [bitmap, data.buffers()[1], data.buffers()[2]], null_count, data.offset
+    )
+
+
+#: Rows checked together for UTF-8 (one Arrow validation each; only a slice that fails is checked row by row).
+_UTF8_SLICE: Final = 512
+
+
+def _invalid_utf8_rows(data: pa.Array) -> np.ndarray:
+    """Row numbers of the non-null values that are not valid UTF-8."""
+    invalid: list[int] = []
+    for start in range(0, len(data), _UTF8_SLICE):
+        piece = data.slice(start, _UTF8_SLICE)
         try:
-            data[row].as_py().decode("utf-8")
-        except UnicodeDecodeError:
-            valid[row] = False
-    mask = pa.array(~valid)
-    cleaned = pc.if_else(mask, pa.scalar(None, pa.binary()), data)
-    return cleaned.cast(pa.string())
+            piece.cast(pa.string())
+        except pa.ArrowInvalid:
+            for row, value in enumerate(piece.to_pylist(), start=start):
+                if value is None:
+                    continue
+                try:
+                    value.decode("utf-8")
+                except UnicodeDecodeError:
+                    invalid.append(row)
+    return np.array(invalid, dtype=np.int64)

@@ -1241,6 +1241,32 @@ def _fast_input(raw: pa.Table, plain: slice) -> pa.Table:
     return pa.table({"rid": rows, "txt": fast_decode.as_utf8(data), "plain": pa.array(shape.plain)})
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.one_of(st.none(), st.binary(max_size=12), st.text(max_size=6).map(str.encode)),
+        min_size=1,
+        max_size=1500,
+    ),
+    st.integers(0, 3),
+)
+def test_payloads_as_utf8_are_null_exactly_where_they_are_not_utf8(
+    values: list[bytes | None], skip: int
+) -> None:
+    """Many rows (more than one checking slice), nulls, and an array that starts at an offset."""
+    data = pa.array(values, pa.binary()).slice(skip)
+
+    def utf8(value: bytes | None) -> str | None:
+        try:
+            return None if value is None else value.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+
+    text = fast_decode.as_utf8(data)
+    text.validate(full=True)
+    assert text.to_pylist() == [utf8(value) for value in values[skip:]]
+
+
 def test_fast_path_leaves_lenient_json_to_the_validator() -> None:
     """LENIENT_JSON_HINT's alternatives: NaN and Infinity searched as text, a trailing comma found on the bytes
     before the closing brace (the only place a vouched payload can hold one)."""
