@@ -490,7 +490,7 @@ def test_a_lease_moved_during_a_retrying_flush_fences_the_old_owner(duo: Duo, tm
     # 1.6 s after a move): A's new processor of the shard must wait for the old one, and the worker must live on.
     # Either A's new processor waits for the old one's file lock, or the KCL ended the old one first (its lease was
     # gone): both are legal interleavings; the wait itself is pinned by a unit test (tests/test_kcl_protocol.py).
-    # The KCL leader's rebalancing may move the lease away from A again (seen in a solo run: two seconds after it was
+    # The KCL leader's rebalancing may move the lease away from A again (seen in a solo run, seconds after it was
     # handed back), so it is handed back for as long as the wait lasts.
     def back_with_old_owner() -> bool:
         _keep_lease_with(run, shard, old)
