@@ -85,6 +85,9 @@ FROM parsed
 """
 _PARSE_SQL: Final = _PARSE_TEMPLATE.replace("{valid}", "")
 _PARSE_VALID_SQL: Final = _PARSE_TEMPLATE.replace("{valid}", " AND json_valid(txt)")
+#: EVENTS_SCHEMA with every field nullable: the decoded columns of a whole batch, before the rows that are not
+#: events are taken out.
+_NULLABLE_EVENTS: Final = pa.schema([field.with_nullable(True) for field in EVENTS_SCHEMA])
 
 
 def _statement_name(sql: str) -> str:
@@ -292,30 +295,28 @@ def decode_records(
     """
     parsed = fast.decode(con, raw)
     vouched = parsed.column("vouched")
-    every = pc.all(vouched).as_py() is True  # a healthy stream's usual batch: nothing to filter out
-    good = parsed if every else parsed.filter(vouched)
     lineage = raw.select(["shard_id", "sequence_number", "sub_sequence_number", "approximate_arrival_at"])
-    columns = {name: good.column(name) for name in EVENTS_SCHEMA.names if name in good.column_names}
-    columns.update(
-        dict(zip(lineage.column_names, (lineage if every else lineage.filter(vouched)).columns, strict=True))
-    )
-    events = pa.table({name: columns[name] for name in EVENTS_SCHEMA.names}).cast(EVENTS_SCHEMA)
-    if events.num_rows == raw.num_rows:
-        return DecodedBatch(events=events, rejects=ERRORS_SCHEMA.empty_table())
-    doubtful = pc.invert(vouched)
-    exact = validator.decode(con, raw.filter(doubtful))
-    if exact.events.num_rows:
-        doubtful_rows = np.flatnonzero(doubtful.to_numpy(zero_copy_only=False))
-        rows = np.concatenate(
-            [
-                good.column("rid").to_numpy(),
-                _record_rows(exact.events, lineage.take(doubtful_rows), doubtful_rows),
-            ]
-        )
-        # interleave the validator's events with the vouched ones, back in record order (a stable merge of two
-        # row-ordered lists: cheaper than sorting the batch by position again)
-        events = pa.concat_tables([events, exact.events]).take(pa.array(np.argsort(rows, kind="stable")))
-    return DecodedBatch(events=events, rejects=exact.rejects)
+    columns = {name: parsed.column(name) for name in EVENTS_SCHEMA.names if name in parsed.column_names}
+    columns.update(zip(lineage.column_names, lineage.columns, strict=True))
+    # every row of the batch, meaningful where vouched: the rows kept are taken out once, at the end
+    events = pa.table({name: columns[name] for name in EVENTS_SCHEMA.names})
+    if pc.all(vouched).as_py() is True:  # a healthy stream's usual batch: nothing to take out
+        return DecodedBatch(events=events.cast(EVENTS_SCHEMA), rejects=ERRORS_SCHEMA.empty_table())
+    events = events.cast(_NULLABLE_EVENTS)  # a row not vouched for may hold nulls anywhere
+    vouched_rows = np.flatnonzero(vouched.to_numpy(zero_copy_only=False))
+    doubtful_rows = np.flatnonzero(~vouched.to_numpy(zero_copy_only=False))
+    doubtful = raw.take(pa.array(doubtful_rows))
+    exact = validator.decode(con, doubtful)
+    if not exact.events.num_rows:
+        kept = events.take(pa.array(vouched_rows))
+        return DecodedBatch(events=kept.cast(EVENTS_SCHEMA), rejects=exact.rejects)
+    # the vouched rows and the validator's events, back in record order in one gather (a stable merge of two
+    # row-ordered lists: cheaper than filtering, then sorting the batch by position again)
+    record_rows = np.concatenate([vouched_rows, _record_rows(exact.events, doubtful, doubtful_rows)])
+    merged = np.concatenate([vouched_rows, raw.num_rows + np.arange(exact.events.num_rows)])
+    order = merged[np.argsort(record_rows, kind="stable")]
+    events = pa.concat_tables([events, exact.events.cast(_NULLABLE_EVENTS)]).take(pa.array(order))
+    return DecodedBatch(events=events.cast(EVENTS_SCHEMA), rejects=exact.rejects)
 
 
 def _record_rows(events: pa.Table, records: pa.Table, rows: np.ndarray) -> np.ndarray:
