@@ -48,6 +48,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from aggregators.ascii_bytes import hex_value
 from aggregators.fast_decode import FastDecoder, contiguous, decimal_cents, decode_records, value_bytes
 from aggregators.keysets import IndexMark, KeyRuns, StringIndex, fixed_bytes, mix64
 from aggregators.validation import RecordValidator, new_connection
@@ -1028,11 +1029,6 @@ def _micros(times: pa.ChunkedArray) -> np.ndarray:
     return np.asarray(times.cast(pa.int64()).to_numpy(), dtype=np.int64)
 
 
-_HEX: Final = np.full(256, 255, dtype=np.uint8)
-for _digit, _char in enumerate(b"0123456789abcdef"):
-    _HEX[_char] = _digit
-for _digit, _char in enumerate(b"ABCDEF", start=10):
-    _HEX[_char] = _digit
 _HEX_COLUMNS: Final = np.array([i for i in range(36) if i not in (8, 13, 18, 23)])
 
 
@@ -1045,7 +1041,7 @@ def _uuid_halves(event_ids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     else:  # never for validated events; kept total for any input
         text = np.array([s.ljust(36, "0")[:36].encode() for s in event_ids.to_pylist()], dtype="S36")
         text = text.view(np.uint8).reshape(count, 36)
-    nibbles = _HEX[text[:, _HEX_COLUMNS]]
+    nibbles = hex_value(text[:, _HEX_COLUMNS])
     packed = (nibbles[:, 0::2] << 4) | nibbles[:, 1::2]
     words = np.ascontiguousarray(packed).view(">u8").astype(np.uint64)
     return words[:, 0].copy(), words[:, 1].copy()

@@ -71,22 +71,26 @@ EVENT_TIME_PATTERN: Final = (
     r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
 )
 
+UUID_PATTERN: Final = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+ID_PATTERN: Final = r"^[A-Za-z0-9_.:@-]+$"
+CURRENCY_PATTERN: Final = r"^[A-Z]{3}$"
+
 #: Byte patterns that DuckDB's lenient JSON reader accepts but JSON does not (trailing commas, NaN, Infinity).
 #: Only records containing one of them are re-checked with Python's strict parser, so the common case stays in SQL.
 LENIENT_JSON_HINT: Final = r",\s*[\]}]|NaN|Infinity"
 
 _STRING_FIELDS: Final = {
     # field: (min length, max length, regex or None)
-    "event_id": (36, 36, r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"),
+    "event_id": (36, 36, UUID_PATTERN),
     "event_type": (1, 64, None),
-    "customer_id": (1, 64, r"^[A-Za-z0-9_.:@-]+$"),
-    "session_id": (1, 64, r"^[A-Za-z0-9_.:@-]+$"),
+    "customer_id": (1, 64, ID_PATTERN),
+    "session_id": (1, 64, ID_PATTERN),
     "event_time": (1, 40, EVENT_TIME_PATTERN),
     "page_url": (0, 2048, None),
     "product_id": (1, 64, None),
     "search_query": (0, 512, None),
     "order_id": (1, 64, None),
-    "currency": (3, 3, r"^[A-Z]{3}$"),
+    "currency": (3, 3, CURRENCY_PATTERN),
 }
 _INTEGER_TYPES: Final = "('UBIGINT', 'BIGINT')"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
@@ -20,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from aggregators import customer_state
 from aggregators.customer_state import AppliedBatch, CustomerState, StateOptions
 from producer.generator import ClickstreamGenerator
 from schemas import CUSTOMER_AGGREGATES_SCHEMA, EVENT_TYPES, RAW_RECORD_SCHEMA
@@ -1013,3 +1015,13 @@ def test_position_order_is_integer_order_whatever_the_form_of_the_sequence_numbe
     ordered = _in_position_order(table)
     got = [(int(s), sub) for s, sub in zip(*ordered.to_pydict().values(), strict=True)]
     assert got == sorted(as_integers)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.uuids(), st.booleans()), min_size=1, max_size=40))
+def test_event_ids_are_keyed_by_their_128_bits_whatever_their_case(ids: list[tuple[uuid.UUID, bool]]) -> None:
+    """De-duplication keys an event id by its bits: the two halves of the UUID, upper or lower case alike."""
+    texts = [str(value).upper() if upper else str(value) for value, upper in ids]
+    high, low = customer_state._uuid_halves(pa.array(texts))
+    assert high.tolist() == [value.int >> 64 for value, _ in ids]
+    assert low.tolist() == [value.int & (2**64 - 1) for value, _ in ids]
