@@ -470,8 +470,10 @@ _COMMA: Final = ord(",")
 _BACKSLASH: Final = ord("\\")
 _OPEN: Final = ord("{")
 _CLOSE: Final = ord("}")
-_JSON_SPACE: Final = np.zeros(256, dtype=bool)
-_JSON_SPACE[[ord(" "), ord("\t"), ord("\n"), ord("\r")]] = True
+
+
+def _is_json_space(b: np.ndarray) -> np.ndarray:
+    return is_one_of(b, b" \t\n\r")
 
 
 @dataclass(frozen=True, slots=True)
@@ -508,8 +510,8 @@ class PayloadBytes:
         plain = (
             (ends > starts)
             & (ends - starts <= max_bytes)
-            & (per_payload(np.flatnonzero(body == _BACKSLASH)) == 0)
-            & (per_payload(colons[_JSON_SPACE[before]]) == 0)
+            & _none_of(body, _BACKSLASH, per_payload)
+            & (per_payload(colons[_is_json_space(before)]) == 0)
             & (body[np.minimum(starts, len(body) - 1)] == _OPEN)
             & (last >= starts)
             & (body[np.maximum(last, 0)] == _CLOSE)
@@ -526,14 +528,27 @@ def _string_values(body: np.ndarray, names: np.ndarray, steps: int = 4) -> np.nd
     the validator). In a plain payload (``}`` last) the look never leaves the payload."""
     top = len(body) - 1
     found = np.minimum(names + 1, top)
-    strings = [names[body[found] == _QUOTE]]
+    following = body[found]
+    strings = [names[following == _QUOTE]]
     for _ in range(steps):
-        spaced = _JSON_SPACE[body[found]]
+        spaced = _is_json_space(following)
         if not spaced.any():
             break
         names, found = names[spaced], np.minimum(found[spaced] + 1, top)
-        strings.append(names[body[found] == _QUOTE])
+        following = body[found]
+        strings.append(names[following == _QUOTE])
     return np.sort(np.concatenate(strings)) if len(strings) > 1 else strings[0]
+
+
+def _none_of(
+    body: np.ndarray, byte: int, per_payload: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray | bool:
+    """Per payload, whether ``byte`` is absent (one scan of the body when it is absent from all of them)."""
+    found = body == byte
+    if not found.any():
+        return True
+    absent: np.ndarray = per_payload(np.flatnonzero(found)) == 0
+    return absent
 
 
 def _last_non_space(
@@ -544,11 +559,11 @@ def _last_non_space(
     top = len(body) - 1
     found = positions.copy()
     for _ in range(steps):
-        spacing = (found >= floors) & _JSON_SPACE[body[np.clip(found, 0, top)]]
+        spacing = (found >= floors) & _is_json_space(body[np.clip(found, 0, top)])
         if not spacing.any():
             break
         found = np.where(spacing, found - 1, found)
-    spacing = (found >= floors) & _JSON_SPACE[body[np.clip(found, 0, top)]]
+    spacing = (found >= floors) & _is_json_space(body[np.clip(found, 0, top)])
     return np.where(spacing, floors - 1, found)
 
 
