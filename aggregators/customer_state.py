@@ -488,8 +488,8 @@ class CustomerState:
     ) -> _Staged:
         """The changed customers' new running values and the set members this batch adds (``session_hashes``: the
         string hash of each event's session id)."""
-        changed, inverse = np.unique(idx, return_inverse=True)
-        groups = _Groups(inverse, len(changed))
+        groups = _Groups(idx)
+        changed, inverse = groups.keys, groups.inverse
         old = self._current(changed)
         rows: dict[str, np.ndarray] = {}
         rows["first_event_at"] = np.minimum(old["first_event_at"], groups.min(times))
@@ -515,7 +515,7 @@ class CustomerState:
         )
         day_rows = np.concatenate((np.arange(len(idx)), np.flatnonzero(purchase)))
         day_is_purchase = np.arange(len(day_keys)) >= len(idx)
-        day_first = np.unique(day_keys, return_index=True)[1]
+        day_first = _first_rows(day_keys)[0]
         new_days = day_first[~self._days.contains(day_keys[day_first], {})]
         rows["active_days"] = old["active_days"] + groups.count_rows(
             day_rows[new_days[~day_is_purchase[new_days]]]
@@ -923,12 +923,18 @@ class CustomerState:
 class _Groups:
     """Vectorized per-group reductions for a batch (groups = customers changed, rows = new events)."""
 
-    def __init__(self, inverse: np.ndarray, groups: int) -> None:
-        self.inverse = inverse
-        self.groups = groups
-        self.order = np.argsort(inverse, kind="stable")
-        sorted_groups = inverse[self.order]
-        self.starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
+    def __init__(self, keys: np.ndarray) -> None:
+        """Groups of equal ``keys``, numbered in key order (``keys`` must not be empty)."""
+        self.order = np.argsort(keys)  # the order within a group does not matter to any reduction here
+        ordered = keys[self.order]
+        starts_group = np.empty(len(keys), dtype=bool)
+        starts_group[0] = True
+        np.not_equal(ordered[1:], ordered[:-1], out=starts_group[1:])
+        self.starts = np.flatnonzero(starts_group)
+        self.keys = ordered[self.starts]  # each group's key, ascending
+        self.groups = len(self.starts)
+        self.inverse = np.empty(len(keys), dtype=np.int64)  # each row's group
+        self.inverse[self.order] = np.cumsum(starts_group) - 1
 
     def count(self, where: np.ndarray | None = None) -> np.ndarray:
         chosen = self.inverse if where is None else self.inverse[where]
@@ -1071,8 +1077,7 @@ def _string_hash(con: duckdb.DuckDBPyConnection, strings: pa.Array) -> np.ndarra
 
 def _first_of_each(probe: np.ndarray, exact: list[np.ndarray], strings: pa.Array | None = None) -> np.ndarray:
     """Row numbers of the first occurrence of each distinct member, in row order (exact despite the hash)."""
-    _, first, inverse = np.unique(probe, return_index=True, return_inverse=True)
-    representative = first[inverse]
+    first, representative = _first_rows(probe)
     same = np.ones(len(probe), dtype=bool)
     for column in exact:
         same &= column == column[representative]
@@ -1088,6 +1093,23 @@ def _first_of_each(probe: np.ndarray, exact: list[np.ndarray], strings: pa.Array
         ]
         first = np.concatenate([first, np.array(extra, dtype=first.dtype)])
     return np.sort(first)
+
+
+def _first_rows(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The first row of each distinct key (in key order), and for every row the first row of its key: what
+    ``np.unique`` returns with ``return_index`` and ``return_inverse``, at half its cost (an unstable sort, then
+    the least row of each run of equal keys)."""
+    if not len(keys):
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    order = np.argsort(keys)
+    ordered = keys[order]
+    starts_run = np.empty(len(keys), dtype=bool)
+    starts_run[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=starts_run[1:])
+    first = np.minimum.reduceat(order, np.flatnonzero(starts_run))
+    representative = np.empty(len(keys), dtype=np.int64)
+    representative[order] = first[np.cumsum(starts_run) - 1]
+    return first, representative
 
 
 def _same_member(a: int, b: int, exact: list[np.ndarray], strings: pa.Array | None) -> bool:

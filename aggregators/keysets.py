@@ -80,6 +80,26 @@ class KeyRuns:
     ) -> tuple[np.ndarray, np.ndarray]:
         """For each queried member, the run and the position in it of the equal member (equal on ``columns``);
         run -1 where there is none."""
+        if not self.runs:
+            return np.full(len(probe), -1, dtype=np.int64), np.zeros(len(probe), dtype=np.int64)
+        # queried in probe order: a binary search for sorted needles stays near the last one found in the run, about
+        # five times faster on a large run than random needles
+        order = np.argsort(probe, kind="stable")
+        found_run, found_at = self._locate_sorted(
+            probe[order], {column: np.asarray(members[column])[order] for column in columns}, columns, min_day
+        )
+        run_of = np.empty(len(probe), dtype=np.int64)
+        position = np.empty(len(probe), dtype=np.int64)
+        run_of[order], position[order] = found_run, found_at
+        return run_of, position
+
+    def _locate_sorted(
+        self,
+        probe: np.ndarray,
+        members: Mapping[str, np.ndarray],
+        columns: tuple[str, ...],
+        min_day: int | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         run_of = np.full(len(probe), -1, dtype=np.int64)
         position = np.zeros(len(probe), dtype=np.int64)
         for number, run in enumerate(self.runs):

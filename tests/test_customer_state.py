@@ -16,6 +16,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -1025,3 +1026,13 @@ def test_event_ids_are_keyed_by_their_128_bits_whatever_their_case(ids: list[tup
     high, low = customer_state._uuid_halves(pa.array(texts))
     assert high.tolist() == [value.int >> 64 for value, _ in ids]
     assert low.tolist() == [value.int & (2**64 - 1) for value, _ in ids]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 2**64 - 1) | st.integers(0, 5), max_size=60))
+def test_first_row_of_each_probe_is_what_numpy_unique_gives(probes: list[int]) -> None:
+    probe = np.array(probes, dtype=np.uint64)
+    first, representative = customer_state._first_rows(probe)
+    _, expected_first, inverse = np.unique(probe, return_index=True, return_inverse=True)
+    assert first.tolist() == expected_first.tolist()  # both in probe order
+    assert representative.tolist() == expected_first[inverse].tolist()
