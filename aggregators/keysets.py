@@ -129,7 +129,7 @@ class KeyRuns:
         """Add members known to be absent; merges runs size-tiered, dropping members before ``min_day``."""
         if not len(probe):
             return
-        order = np.argsort(probe, kind="stable")
+        order = np.argsort(probe)  # members with equal probes may sit in any order: a lookup walks them all
         run: Run = {"probe": probe[order]}
         for column in (*self.columns, *(("day",) if self.has_day else ())):
             run[column] = np.asarray(members[column])[order]
