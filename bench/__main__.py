@@ -426,11 +426,13 @@ class _MemoryS3:
 
 
 class _StampedMessages(io.TextIOBase):
-    """The daemon's pipe: hands KCLProcess one line at a time and notes when each processRecords line was read."""
+    """The daemon's pipe: hands KCLProcess one line at a time and notes when each processRecords line was read
+    (its records counted beforehand: that work is the harness's, not the processor's)."""
 
-    def __init__(self, lines: list[str], last_sequences: list[int | None]) -> None:
+    def __init__(self, lines: list[str], last_sequences: list[int | None], record_counts: list[int]) -> None:
         self.lines = lines
         self.last_sequences = last_sequences
+        self.record_counts = record_counts
         self.position = 0
         self.read_at: list[tuple[float, int, int]] = []  # (time read, last sequence in it, records in it)
 
@@ -439,9 +441,10 @@ class _StampedMessages(io.TextIOBase):
             return ""
         line = self.lines[self.position]
         sequence = self.last_sequences[self.position]
+        count = self.record_counts[self.position]
         self.position += 1
         if sequence is not None:
-            self.read_at.append((time.perf_counter(), sequence, line.count('"action": "record"')))
+            self.read_at.append((time.perf_counter(), sequence, count))
         return line + "\n"
 
 
@@ -519,7 +522,8 @@ def bench_processor(
         )
         s3 = _MemoryS3()
         processor = RecordProcessor(settings, s3_client=s3, parent_lookup=lambda _shard: [])
-        messages = _StampedMessages(lines, last_sequences)
+        record_counts = [line.count('"action": "record"') for line in lines]
+        messages = _StampedMessages(lines, last_sequences, record_counts)
         del payloads
         output = io.StringIO()
         started, cpu_started = time.perf_counter(), time.process_time()
