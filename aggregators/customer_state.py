@@ -325,6 +325,11 @@ class CustomerState:
     def event_id_count(self) -> int:
         return len(self._event_ids)
 
+    def row_count(self) -> int:
+        """The rows a snapshot of the state writes (customers, their sessions and active days, the event ids held):
+        what a snapshot costs grows with this."""
+        return len(self._customers) + len(self._sessions) + len(self._days) + len(self._event_ids)
+
     # ------------------------------------------------------------------ applying
     @contextmanager
     def staged(self, raw: pa.Table) -> Iterator[AppliedBatch]:

@@ -245,6 +245,7 @@ class RecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
             stream_name=self.settings.stream_name,
             recovery=recovery,
             snapshot_every_flushes=self.settings.snapshot_every_flushes,
+            snapshot_min_new_fraction=self.settings.snapshot_min_new_fraction,
         )
         checkpoint = initialize_input.sequence_number
         log.info("initializing at checkpoint %s", checkpoint, extra={"shard_id": shard_id})

@@ -241,11 +241,15 @@ class ShardProcessor:
         stream_name: str = "",
         recovery: StateRecovery | None = None,
         snapshot_every_flushes: int = 10,
+        snapshot_min_new_fraction: float = 0.0,
     ) -> None:
         self.shard_id = shard_id
         self.stream_name = stream_name
         self.recovery = recovery
         self.snapshot_every_flushes = snapshot_every_flushes
+        self.snapshot_min_new_fraction = snapshot_min_new_fraction
+        self._flushes_since_snapshot = 0
+        self._events_since_snapshot = 0  # new events the commits since the last snapshot archived
         self.state = state
         self.sink = sink
         self.policy = policy
@@ -386,7 +390,9 @@ class ShardProcessor:
             return None
         self._retrying("tidy flush attempts", lambda: self._tidy(record, attempt_id))
         self._record_flush(record, seconds)
-        if self.metrics.flushes % self.snapshot_every_flushes == 0:
+        self._flushes_since_snapshot += 1
+        self._events_since_snapshot += record.accepted - record.duplicates
+        if self._snapshot_due():
             self._snapshot()
         metrics: dict[str, float] = {
             "RecordsIn": record.records_in - record.records_skipped,
@@ -507,8 +513,17 @@ class ShardProcessor:
                     self.metrics.last_error = None
                 return result
 
+    def _snapshot_due(self) -> bool:
+        """Every ``snapshot_every_flushes`` flushes, once the commits since the last snapshot hold new events of at
+        least ``snapshot_min_new_fraction`` of the rows a snapshot writes. A snapshot writes the whole state, so
+        this keeps its cost per event bounded as the state grows; a restore re-applies about that fraction at most."""
+        if self._flushes_since_snapshot < self.snapshot_every_flushes:
+            return False
+        return self._events_since_snapshot >= self.snapshot_min_new_fraction * self.state.row_count()
+
     def _snapshot(self) -> None:
         """Best effort: a failed snapshot only makes a later restore re-apply more commits."""
+        self._flushes_since_snapshot = self._events_since_snapshot = 0
         if self.recovery is None or self.lease_lost:
             return
         try:

@@ -845,6 +845,7 @@ def test_random_kill9_of_the_worker_keeps_exactly_once(emulator_endpoint: str, t
             worker_id="chaos-worker",
             stream_shards=str(shards),
             snapshot_every_flushes="2",  # restores then start from a snapshot, and kills can hit a snapshot write
+            snapshot_min_new_fraction="0",  # ... every second flush, however small against the state
             **names,
         )
         harness.cli("setup", env=env, timeout=60, log="setup.log")

@@ -55,6 +55,7 @@ def test_split_and_merge_mid_run_keep_every_customer_equal_to_the_reference(
         "CLICKSTREAM_FLUSH_MAX_RECORDS": "1000",
         "CLICKSTREAM_FLUSH_MAX_SECONDS": "2",
         "CLICKSTREAM_SNAPSHOT_EVERY_FLUSHES": "3",
+        "CLICKSTREAM_SNAPSHOT_MIN_NEW_FRACTION": "0",
     }
     labelled = list(ClickstreamGenerator(120, 6_000, seed=77, duplicate_rate=0.02).records())
     parts = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -273,3 +274,34 @@ def test_a_crash_during_restore_is_finished_by_the_next_restore(
     report = StateRecovery(s3, settings).restore(resumed)
     assert report.source == "local" and report.commits_applied >= 1
     assert _rows(resumed) == expected
+
+
+def test_snapshots_wait_for_new_events_in_proportion_to_the_state(
+    s3_env: tuple[Any, Settings], tmp_path: Path
+) -> None:
+    """With a minimum new fraction, a snapshot is due only once the commits since the last one hold that many new
+    events against the rows a snapshot writes: fewer snapshots as the state grows, and restores still exact."""
+    s3, settings = s3_env
+    processor = _processor(s3, settings, tmp_path / "a.duckdb", snapshot_every=1)
+    processor.snapshot_min_new_fraction = 0.5
+    assert processor.recovery is not None
+    written: list[tuple[int, int]] = []  # (flush, rows of the state) at each snapshot
+    write_snapshot = processor.recovery.write_snapshot
+
+    def recording(state: CustomerState) -> Any:
+        written.append((processor.metrics.flushes, state.row_count()))
+        return write_snapshot(state)
+
+    processor.recovery.write_snapshot = recording  # type: ignore[method-assign]
+    processor.start("TRIM_HORIZON")
+    records = _records(60, 6_000, seed=5)
+    _feed(processor, records)
+    flushes = processor.metrics.flushes
+    assert written[0][0] == 1, "the first flush is all new against an empty state"
+    gaps = [later - earlier for (earlier, _), (later, _) in itertools.pairwise(written)]
+    assert 2 <= len(written) < flushes and max(gaps) > 1, "snapshots thin out as the state grows"
+    assert written[-1][0] < flushes, "commits follow the last snapshot"
+    fresh = CustomerState(SHARD, tmp_path / "b.duckdb")
+    report = StateRecovery(s3, settings).restore(fresh)
+    assert report.source == "snapshot" and report.commits_applied == flushes - written[-1][0]
+    assert _rows(fresh) == _rows(processor.state)
