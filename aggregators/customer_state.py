@@ -976,6 +976,10 @@ def _output_rows(
 ) -> pa.Table:
     """Rows in the published contract (CUSTOMER_AGGREGATES_SCHEMA), sorted by customer id."""
     count = len(names)
+    # sorted before the columns are built: numpy reorders the numbers, one take the names
+    order = pc.sort_indices(names).to_numpy()
+    names = names.take(order)
+    rows = {column: values[order] for column, values in rows.items()}
     purchase_days = rows["purchase_days"]
     buyers = purchase_days > 0
     repeat = purchase_days > 1
@@ -1010,11 +1014,11 @@ def _output_rows(
             "monetary_value": pa.array(monetary, mask=~buyers),
             "repeat_revenue": _money(repeat_cents, ~buyers),
             "engagement_score": engagement,
-            "shard_id": pa.array(np.full(count, shard_id, dtype=object), pa.string()),
-            "updated_through_sequence": pa.array(np.full(count, sequence, dtype=object), pa.string()),
+            "shard_id": pa.repeat(shard_id, count),
+            "updated_through_sequence": pa.repeat(sequence, count),
         }
-    ).cast(CUSTOMER_AGGREGATES_SCHEMA)
-    return table.take(pc.sort_indices(table.column("customer_id")))
+    )
+    return table.cast(CUSTOMER_AGGREGATES_SCHEMA)
 
 
 def _money(cents: np.ndarray, nulls: np.ndarray | None = None) -> pa.Array:
