@@ -215,13 +215,64 @@ def _event_time_text(values: pa.Array) -> pa.Array:
     return _with_nulls(matched, values)
 
 
+def _per_value(positions: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """How many of the sorted byte ``positions`` fall in each value."""
+    return np.diff(np.searchsorted(positions, bounds))
+
+
+def _first_bytes(bounds: np.ndarray, body: np.ndarray) -> np.ndarray:
+    """Each value's first byte (0 for an empty value)."""
+    if not len(body):
+        return np.zeros(len(bounds) - 1, dtype=np.uint8)
+    first = body[np.minimum(bounds[:-1], len(body) - 1)]
+    return np.where(np.diff(bounds) > 0, first, 0)
+
+
+def _quantity_text(values: pa.Array) -> pa.Array:
+    """``_QUANTITY_TEXT``: 1 to 4 digits not starting with 0, or 10000."""
+    bounds, body = value_bytes(values)
+    lengths = np.diff(bounds)
+    digits_only = _per_value(np.flatnonzero(~is_digit(body)), bounds) == 0
+    short = (lengths >= 1) & (lengths <= 4) & (_first_bytes(bounds, body) != ord("0"))
+    matched = digits_only & (short | _true(pc.equal(values, "10000")))
+    return _with_nulls(matched, values)
+
+
+def _revenue_text(values: pa.Array) -> pa.Array:
+    """``_REVENUE_TEXT``: 1 to 16 integer digits (no leading 0 but 0 itself), then maybe '.' and 1 or 2 digits."""
+    bounds, body = value_bytes(values)
+    lengths = np.diff(bounds)
+    dot = body == ord(".")
+    dots = np.flatnonzero(dot)
+    dot_count = _per_value(dots, bounds)
+    other = _per_value(np.flatnonzero(~(is_digit(body) | dot)), bounds)
+    one_dot = dot_count == 1
+    first_dot = (
+        dots[np.minimum(np.searchsorted(dots, bounds[:-1]), max(len(dots) - 1, 0))] if len(dots) else 0
+    )
+    integer = np.where(one_dot, first_dot - bounds[:-1], lengths)
+    fraction = lengths - integer - 1
+    matched = (
+        (other == 0)
+        & (dot_count <= 1)
+        & (integer >= 1)
+        & (integer <= 16)
+        & ((_first_bytes(bounds, body) != ord("0")) | (integer == 1))
+        & (~one_dot | ((fraction >= 1) & (fraction <= 2)))
+    )
+    return _with_nulls(matched, values)
+
+
 def _id_byte(b: np.ndarray) -> np.ndarray:
     return np.asarray(is_letter(b) | is_digit(b) | is_one_of(b, b"_.:@-"))
 
 
-#: The validator's patterns checked on the bytes, each exactly: a test holds every one to RE2 on the same values, so
-#: a pattern changed in the validator fails that test until its check here changes too.
+#: The patterns checked on the bytes (the validator's, and the fast path's plain numbers), each exactly: a test holds
+#: every one to RE2 on the same values, so a pattern changed in the validator fails that test until its check here
+#: changes too.
 _BYTE_PATTERNS: Final[dict[str, Callable[[pa.Array], pa.Array]]] = {
+    _QUANTITY_TEXT: _quantity_text,
+    _REVENUE_TEXT: _revenue_text,
     ID_PATTERN: lambda values: _every_byte(values, _id_byte, 1, np.iinfo(np.int64).max),
     CURRENCY_PATTERN: lambda values: _every_byte(values, is_upper, 3, 3),
     UUID_PATTERN: _uuid_text,
@@ -230,13 +281,26 @@ _BYTE_PATTERNS: Final[dict[str, Callable[[pa.Array], pa.Array]]] = {
 
 
 class _Checks:
-    """The conjunction of the vouching checks, with SQL's three-valued logic (a null check is not a pass)."""
+    """The conjunction of the vouching checks, as numpy booleans (one small operation each, where an Arrow kernel
+    call costs tens of microseconds)."""
 
     def __init__(self, rows: int) -> None:
-        self.passed = pa.array(np.ones(rows, dtype=bool))
+        self.passed = np.ones(rows, dtype=bool)
 
-    def require(self, check: pa.Array) -> None:
-        self.passed = pc.and_(self.passed, pc.fill_null(check, False))
+    def require(self, check: np.ndarray) -> None:
+        self.passed &= check
+
+
+def _true(check: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """An Arrow check as numpy booleans, with SQL's three-valued logic: a null check is not a pass."""
+    return np.asarray(check.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _present(member: pa.Array) -> np.ndarray:
+    """Where a member is not null."""
+    if not member.null_count:
+        return np.ones(len(member), dtype=bool)
+    return np.asarray(member.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
 
 
 class FastDecoder:
@@ -246,8 +310,8 @@ class FastDecoder:
         self.rules = rules
         self._statement = _statement_name(_PARSE_SQL)
         self._valid_statement = _statement_name(_PARSE_VALID_SQL)
-        self._min_event_time = pa.scalar(rules.min_event_time, UTC_MICROS)
-        self._skew = pa.scalar(int(rules.max_future_skew_seconds) * 1_000_000, pa.int64())
+        self._min_event_micros = pa.scalar(rules.min_event_time, UTC_MICROS).cast(pa.int64()).as_py()
+        self._skew_micros = int(rules.max_future_skew_seconds) * 1_000_000
         self._max_revenue = pa.scalar(int(rules.max_revenue) * 100, pa.int64())
 
     def decode(self, con: duckdb.DuckDBPyConnection, raw: pa.Table) -> pa.Table:
@@ -285,28 +349,19 @@ class FastDecoder:
         # flatten, not field(): a row that is no candidate (a null struct) must have null members
         json_text = dict(zip([f.name for f in members.type], members.flatten(), strict=True))
         checks = _Checks(rows)
-        present = [pc.is_valid(json_text[f]).cast(pa.int32()) for f in _FIELDS]
+        present = {field: _present(json_text[field]) for field in _FIELDS}
         # exactly the contract fields present, each once and non-null: no repeated, unknown or null member
-        checks.require(pc.equal(parsed.column("key_count"), _total(present, rows)))
-        checks.require(pc.equal(json_text["schema_version"], str(EVENT_SCHEMA_VERSION)))
-        checks.require(_absent_or(json_text["quantity"], _full_match(json_text["quantity"], _QUANTITY_TEXT)))
+        checks.require(parsed.column("key_count").to_numpy() == np.sum(list(present.values()), axis=0))
+        checks.require(_true(pc.equal(json_text["schema_version"], str(EVENT_SCHEMA_VERSION))))
+        checks.require(~present["quantity"] | _true(_pattern_match(json_text["quantity"], _QUANTITY_TEXT)))
         revenue = contiguous(parsed.column("revenue"))
-        revenue_cents = decimal_cents(revenue)
-        checks.require(
-            _absent_or(
-                json_text["revenue"],
-                pc.and_kleene(
-                    _full_match(json_text["revenue"], _REVENUE_TEXT),
-                    pc.less_equal(revenue_cents, self._max_revenue),
-                ),
-            )
-        )
+        within_limit = _true(pc.less_equal(decimal_cents(revenue), self._max_revenue))
+        revenue_text = _true(_pattern_match(json_text["revenue"], _REVENUE_TEXT))
+        checks.require(~present["revenue"] | (revenue_text & within_limit))
         # every present string field held a JSON string: as many string values as such fields (numbers were
         # checked as numbers above, and no other name exists, so no other member can hold a string)
-        present_strings = [
-            count for field, count in zip(_FIELDS, present, strict=True) if field not in _NUMERIC
-        ]
-        checks.require(pc.equal(parsed.column("string_count"), _total(present_strings, rows)))
+        present_strings = [present[field] for field in _FIELDS if field not in _NUMERIC]
+        checks.require(parsed.column("string_count").to_numpy() == np.sum(present_strings, axis=0))
         values: dict[str, pa.Array] = {}
         for field in _FIELDS:
             if field in _NUMERIC:
@@ -315,25 +370,26 @@ class FastDecoder:
             values[field] = value
             condition = _string_rule(field, value)
             if field in ("event_id", "event_type", "customer_id", "session_id", "event_time"):
-                checks.require(pc.and_kleene(pc.is_valid(value), condition))
+                checks.require(present[field] & condition)
             else:
-                checks.require(_absent_or(value, condition))
+                checks.require(~present[field] | condition)
         event_type = values["event_type"]
-        checks.require(pc.is_in(event_type, value_set=pa.array(EVENT_TYPES)))
+        type_codes = pc.index_in(event_type, value_set=pa.array(EVENT_TYPES)).fill_null(-1).to_numpy()
+        checks.require(type_codes >= 0)
         for required_type, fields in _REQUIRED_BY_TYPE.items():
-            has_all = _all_true([pc.is_valid(json_text[f]) for f in fields], rows)
-            checks.require(pc.or_kleene(pc.not_equal(event_type, required_type), has_all))
+            has_all = np.logical_and.reduce([present[field] for field in fields])
+            checks.require((type_codes != EVENT_TYPES.index(required_type)) | has_all)
         event_time = contiguous(parsed.column("event_time")).cast(UTC_MICROS)
-        arrival = contiguous(raw.column("approximate_arrival_at")).cast(UTC_MICROS)
-        latest = pc.add(arrival.cast(pa.int64()), self._skew).cast(UTC_MICROS)
-        checks.require(pc.is_valid(event_time))
-        checks.require(pc.greater_equal(event_time, self._min_event_time))
-        checks.require(pc.less_equal(event_time, latest))
-        checks.require(pc.equal(contiguous(raw.column("partition_key")), values["customer_id"]))
+        times = event_time.cast(pa.int64()).fill_null(0).to_numpy()
+        arrival = contiguous(raw.column("approximate_arrival_at")).cast(pa.int64()).to_numpy()
+        checks.require(_present(event_time))
+        checks.require(times >= self._min_event_micros)
+        checks.require(times <= arrival + self._skew_micros)
+        checks.require(_true(pc.equal(contiguous(raw.column("partition_key")), values["customer_id"])))
         return pa.table(
             {
                 "rid": parsed.column("rid"),
-                "vouched": checks.passed,
+                "vouched": pa.array(checks.passed),
                 "event_id": pc.ascii_lower(values["event_id"]),  # vouched ids are ASCII hex
                 "event_type": event_type,
                 "customer_id": values["customer_id"],
@@ -351,36 +407,21 @@ class FastDecoder:
         )
 
 
-def _absent_or(member: pa.Array, condition: pa.Array) -> pa.Array:
-    """SQL ``member IS NULL OR condition``."""
-    return pc.or_kleene(pc.is_null(member), condition)
-
-
-def _total(counts: list[pa.Array], rows: int) -> pa.Array:
-    total = pa.array(np.zeros(rows, dtype=np.int64))
-    for count in counts:
-        total = pc.add(total, count.cast(pa.int64()))
-    return total
-
-
-def _all_true(flags: list[pa.Array], rows: int) -> pa.Array:
-    result = pa.array(np.ones(rows, dtype=bool))
-    for flag in flags:
-        result = pc.and_kleene(result, flag)
-    return result
-
-
-def _string_rule(field: str, value: pa.Array) -> pa.Array:
-    """The validator's length and pattern rule for a string field, on values that are JSON strings.
+def _string_rule(field: str, value: pa.Array) -> np.ndarray:
+    """The validator's length and pattern rule for a string field, on values that are JSON strings (meaningless
+    where a value is null).
 
     Lengths are taken in bytes, which is exact where the pattern allows only ASCII; elsewhere a byte length within
     the bounds implies a code-point length within them when the lower bound is at most 1, and a value outside them
     in bytes only is merely left to the validator.
     """
     low, high, pattern = _STRING_FIELDS[field]
-    length = pc.utf8_length(value) if low > 1 and not pattern else pc.binary_length(value)
-    condition = pc.and_kleene(pc.greater_equal(length, low), pc.less_equal(length, high))
-    return pc.and_kleene(condition, _pattern_match(value, pattern)) if pattern else condition
+    if low > 1 and not pattern:
+        lengths = pc.utf8_length(value).fill_null(0).to_numpy()
+    else:
+        lengths = np.diff(value_bytes(value)[0])
+    condition: np.ndarray = (lengths >= low) & (lengths <= high)
+    return condition & _true(_pattern_match(value, pattern)) if pattern else condition
 
 
 def contiguous(column: pa.ChunkedArray) -> pa.Array:

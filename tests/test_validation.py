@@ -1276,6 +1276,9 @@ _PATTERN_SAMPLES: Final = {
     "currency": "EUR",
     "time": "2026-03-01T00:09:56.890721Z",
     "offset time": "2026-03-01T23:59:59+05:30",
+    "quantity": "10000",
+    "revenue": "1234567890123456.05",
+    "small revenue": "0.5",
 }
 #: Characters each byte check treats specially, and a few it must refuse (non-ASCII, lower/upper neighbours of
 #: ranges, whitespace, NUL).
@@ -1344,6 +1347,28 @@ def test_byte_checks_agree_with_re2_when_many_values_have_other_widths() -> None
     array = pa.array(values, pa.string())
     for pattern, check in fast_decode._BYTE_PATTERNS.items():
         assert check(array).to_pylist() == fast_decode._full_match(array, pattern).to_pylist(), pattern
+
+
+def test_the_plain_number_checks_on_the_bytes_agree_with_re2_at_every_edge() -> None:
+    """Quantities 0-10001 and their zero-padded forms; revenues with 0-18 integer digits and 0-3 decimals, leading
+    zeros, signs, exponents, and more than one dot."""
+    quantities = [str(number) for number in range(10_002)] + ["01", "00", "010000", "", "1.0", "-1", "1e3"]
+    revenues = [
+        f"{sign}{lead}{'7' * digits}{'.' if decimals or dot else ''}{'5' * decimals}"
+        for sign in ("", "-")
+        for lead in ("", "0", "1")
+        for digits in range(17)
+        for decimals in range(4)
+        for dot in (False, True)
+    ] + ["0", "0.", ".5", "0..5", "1.2.3", "1e2", "12 "]
+    for pattern, values in (
+        (fast_decode._QUANTITY_TEXT, quantities),
+        (fast_decode._REVENUE_TEXT, revenues),
+    ):
+        array = pa.array(values, pa.string())
+        expected = fast_decode._full_match(array, pattern).to_pylist()
+        assert fast_decode._BYTE_PATTERNS[pattern](array).to_pylist() == expected
+        assert 0 < expected.count(True) < len(values)
 
 
 def test_every_pattern_of_the_validator_is_checked_on_the_bytes() -> None:
