@@ -6,8 +6,8 @@ parses each record once (DuckDB ``from_json`` into explicit columns; member name
 the bytes) and *vouches* for a record only when a conservative set of checks proves the exact validator would accept
 it and produce the very same values:
 
-- UTF-8, within the size limit, a JSON object with no backslash escapes and no syntax only a lenient parser
-  accepts (trailing commas, NaN, Infinity);
+- UTF-8, within the size limit, a JSON object with no syntax only a lenient parser accepts (trailing commas, NaN,
+  Infinity); escapes are decoded by the same parser as the validator's;
 - its members are exactly contract fields, each once and non-null (so no repeated key; a record with unknown
   extra fields is valid but takes the exact path), each of its JSON type (a string value for each string field,
   ``schema_version`` exactly ``1``, ``quantity`` a plain integer from 1 to 10000, ``revenue`` a plain decimal with
@@ -521,14 +521,14 @@ def _is_json_space(b: np.ndarray) -> np.ndarray:
 class PayloadBytes:
     """What the fast path checks on the raw bytes of each payload, vectorized over the batch (no parse).
 
-    In a payload without backslashes (the only ones the fast path takes) every ``"`` delimits a string, so a ``"``
-    right before a ``:`` ends a member name and nothing else does, at any depth: ``keys`` counts them. A name
+    Every ``"`` that no backslash escapes delimits a string, so such a ``"`` right before a ``:`` ends a member name
+    and nothing else does, at any depth: ``keys`` counts them. A name
     written with whitespace before its colon would not be counted, so such payloads are not ``plain``. (A string
     value that starts with ``:`` looks like one more name: such a payload has more names than members, and is left
     to the validator.) A value starts with ``"`` exactly when it is a string: ``strings`` counts them.
     """
 
-    plain: np.ndarray  # within the size limit, no backslash, '{' first, '}' last, no ',' before it, no ' :'
+    plain: np.ndarray  # within the size limit, '{' first, '}' last, no ',' before it, no ' :'
     keys: np.ndarray  # member names, at any depth
     strings: np.ndarray  # members whose value is a string ('"' first after the name's ':'), at any depth
 
@@ -551,7 +551,6 @@ class PayloadBytes:
         plain = (
             (ends > starts)
             & (ends - starts <= max_bytes)
-            & _none_of(body, _BACKSLASH, per_payload)
             & (per_payload(colons[_is_json_space(before)]) == 0)
             & (body[np.minimum(starts, len(body) - 1)] == _OPEN)
             & (last >= starts)
@@ -560,6 +559,9 @@ class PayloadBytes:
             & (body[np.maximum(before_last, 0)] != _COMMA)
         )
         names = colons[before == _QUOTE]
+        escaped = _escaped_quotes(body)
+        if len(escaped):  # a quote a backslash escapes is inside a string: it ends no name
+            names = names[~np.isin(names - 1, escaped)]
         return cls(plain, per_payload(names), per_payload(_string_values(body, names)))
 
 
@@ -581,15 +583,22 @@ def _string_values(body: np.ndarray, names: np.ndarray, steps: int = 4) -> np.nd
     return np.sort(np.concatenate(strings)) if len(strings) > 1 else strings[0]
 
 
-def _none_of(
-    body: np.ndarray, byte: int, per_payload: Callable[[np.ndarray], np.ndarray]
-) -> np.ndarray | bool:
-    """Per payload, whether ``byte`` is absent (one scan of the body when it is absent from all of them)."""
-    found = body == byte
+def _escaped_quotes(body: np.ndarray) -> np.ndarray:
+    """Positions of the quotes a backslash escapes: those right after an odd run of backslashes (after an even run,
+    the backslashes escape each other and the quote ends a string). One scan of the body when it holds none."""
+    found = body == _BACKSLASH
     if not found.any():
-        return True
-    absent: np.ndarray = per_payload(np.flatnonzero(found)) == 0
-    return absent
+        return np.empty(0, dtype=np.int64)
+    slashes = np.flatnonzero(found)
+    starts_run = np.empty(len(slashes), dtype=bool)
+    starts_run[0] = True
+    np.not_equal(np.diff(slashes), 1, out=starts_run[1:])
+    run_lengths = np.diff(np.append(np.flatnonzero(starts_run), len(slashes)))
+    after = slashes[starts_run] + run_lengths  # the byte after each run
+    odd = (run_lengths % 2 == 1) & (after < len(body))
+    after = after[odd]
+    escaped: np.ndarray = after[body[after] == _QUOTE]
+    return escaped
 
 
 def _last_non_space(

@@ -1169,11 +1169,48 @@ def test_fast_path_gives_exactly_the_validators_events_and_rejects(records: list
     assert combined.events.to_pylist() == _by_sequence(combined.events)
 
 
+_ESCAPED_TEXT: Final = st.text(
+    st.sampled_from('ab"\\/\b\f\n\r\t\x00\x1fé😀') | st.characters(max_codepoint=0x2FF), max_size=12
+)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(_ESCAPED_TEXT, _ESCAPED_TEXT, st.booleans(), st.booleans()),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_fast_path_agrees_with_the_validator_on_escaped_strings_and_names(
+    texts: list[tuple[str, str, bool, bool]],
+) -> None:
+    """Escapes in values (quotes, backslashes, control characters, unicode, as \\uXXXX or raw) and in member
+    names: whatever the fast path vouches for has the validator's values."""
+    records = []
+    for query, url, ascii_only, escaped_name in texts:
+        document = doc(search_query=query, page_url=url, event_type="search")
+        data = json.dumps(document, separators=(",", ":"), ensure_ascii=ascii_only).encode()
+        if escaped_name:
+            data = data.replace(b'"session_id":', b'"session\\u005fid":')
+        records.append(data)
+    raw = raw_batch([(data, _partition_key(data)) for data in records])
+    exact = decode(raw)
+    combined = fast_and_exact(raw)
+    assert _by_sequence(combined.events) == _by_sequence(exact.events)
+    assert _by_sequence(combined.rejects) == _by_sequence(exact.rejects)
+
+
 def test_fast_path_vouches_for_plain_generated_events_and_leaves_odd_ones_to_the_validator() -> None:
     plain = [data for label, data in ClickstreamGenerator(50, 400, seed=5).records() if label == "valid"]
+    plain += [
+        encode(doc(search_query="back\\slash \t tab \u00e9", event_type="search")),  # escapes
+        encode(doc(search_query='say "hi"', event_type="search")),  # escaped quotes
+        encode(doc(search_query='a":"b', page_url='":', event_type="search")),  # ... that look like a name
+        json.dumps(doc(search_query="crème", event_type="search"), separators=(",", ":")).encode(),  # \u00e8
+    ]
     odd = [
         encode(doc(note="extra field")),  # valid, but an unknown member: exact path
-        encode(doc(search_query='say "hi"', event_type="search")),  # an escape: exact path
         encode(doc(schema_version=1.0)),  # 1.0 is the integer 1, but not in its plain form
     ]
     raw = raw_batch(
@@ -1184,8 +1221,8 @@ def test_fast_path_vouches_for_plain_generated_events_and_leaves_odd_ones_to_the
     assert fast_and_exact(raw).events.num_rows == len(plain) + len(odd)
 
 
-#: Invalid JSON that passes every byte check of the fast path ('{' first, '}' last, no backslash, no ',' before the
-#: brace, no space before a colon), so only the parser can tell.
+#: Invalid JSON that passes every byte check of the fast path ('{' first, '}' last, no ',' before the brace, no space
+#: before a colon), so only the parser can tell.
 _PLAIN_INVALID_JSON: Final = (
     encode(doc()) + b" " + encode(doc()),  # two objects
     encode(doc()) + b"}",  # a brace too many
@@ -1194,6 +1231,8 @@ _PLAIN_INVALID_JSON: Final = (
     encode(doc()).replace(b"page_view", b"page\x01view"),  # a raw control character in a string
     encode(doc()).replace(b'"schema_version":1', b'"schema_version":01'),  # a leading zero
     encode(doc()).replace(b'"schema_version":1', b'"schema_version":tru'),
+    encode(doc()).replace(b"page_view", b"page\\xview"),  # an escape JSON does not have
+    encode(doc()).replace(b"page_view", b"page\\u12view"),  # a short unicode escape
 )
 
 
@@ -1523,7 +1562,10 @@ def test_member_names_are_counted_per_payload_whatever_the_neighbours(count: int
         (b'{"a":"b",}', False),
         (b'{"a":"b", \n }', False),
         (b'{"a":"b"}     ', False),  # more trailing whitespace than the fast path looks back over
-        (b'{"a":"b\\"}', False),  # an escape
+        (b'{"a":"b\\"}', True),  # an escaped quote (this string is left open: only the parser tells)
+        (b'{"a":"b\\\\"}', True),  # an escaped backslash, then the quote that ends the string
+        (b'{"a":"\\\\\\"b"}', True),  # an escaped backslash, then an escaped quote
+        (b'{"a":"b\\n\\u00e9"}', True),  # other escapes
         (b'{"a":"b"', False),
         (b"}", False),
         (b'{"a":"' + b"x" * 100 + b'"}', False),  # over the size limit
