@@ -561,7 +561,10 @@ class PayloadBytes:
         names = colons[before == _QUOTE]
         escaped = _escaped_quotes(body)
         if len(escaped):  # a quote a backslash escapes is inside a string: it ends no name
-            names = names[~np.isin(names - 1, escaped)]
+            after_backslash = np.flatnonzero(body[np.maximum(names - 2, 0)] == _BACKSLASH)
+            if len(after_backslash):
+                not_names = after_backslash[np.isin(names[after_backslash] - 1, escaped)]
+                names = np.delete(names, not_names)
         return cls(plain, per_payload(names), per_payload(_string_values(body, names)))
 
 
