@@ -425,12 +425,17 @@ class _MemoryS3:
         return _Pages()
 
 
+def _pipe_line(message: dict[str, Any]) -> str:
+    """One message as the daemon writes it to the pipe: JSON, then a newline."""
+    return json.dumps(message) + "\n"
+
+
 class _StampedMessages(io.TextIOBase):
     """The daemon's pipe: hands KCLProcess one line at a time and notes when each processRecords line was read
     (its records counted beforehand: that work is the harness's, not the processor's)."""
 
     def __init__(self, lines: list[str], last_sequences: list[int | None], record_counts: list[int]) -> None:
-        self.lines = [line + "\n" for line in lines]  # ended before the clock starts, as the counts are
+        self.lines = lines  # each ended with its newline already, as the pipe hands it over
         self.last_sequences = last_sequences
         self.record_counts = record_counts
         self.position = 0
@@ -464,7 +469,7 @@ def bench_processor(
     payloads = _read(input) if input else _generate(customers, events, seed=4)
     arrival_millis = int(ARRIVAL.timestamp() * 1000)
     lines = [
-        json.dumps(
+        _pipe_line(
             {
                 "action": "initialize",
                 "shardId": SHARD,
@@ -488,12 +493,12 @@ def bench_processor(
             }
             for i, data in enumerate(chunk)
         ]
-        lines.append(json.dumps({"action": "processRecords", "records": records, "millisBehindLatest": 0}))
+        lines.append(_pipe_line({"action": "processRecords", "records": records, "millisBehindLatest": 0}))
         last_sequences.append(start + len(chunk))
         if (start + per_message) % flush_every == 0:
             # the processor checkpoints after each flush and waits for the daemon's answer
             lines.append(
-                json.dumps(
+                _pipe_line(
                     {
                         "action": "checkpoint",
                         "sequenceNumber": str(start + len(chunk)),
@@ -503,14 +508,14 @@ def bench_processor(
             )
             last_sequences.append(None)
     # at the tip: an empty delivery, 0 ms behind, on which the rest is flushed at once and checkpointed
-    lines.append(json.dumps({"action": "processRecords", "records": [], "millisBehindLatest": 0}))
+    lines.append(_pipe_line({"action": "processRecords", "records": [], "millisBehindLatest": 0}))
     last_sequences.append(None)
     if len(payloads) % flush_every:
         lines.append(
-            json.dumps({"action": "checkpoint", "sequenceNumber": str(len(payloads)), "subSequenceNumber": 0})
+            _pipe_line({"action": "checkpoint", "sequenceNumber": str(len(payloads)), "subSequenceNumber": 0})
         )
         last_sequences.append(None)
-    lines.append(json.dumps({"action": "shutdownRequested"}))
+    lines.append(_pipe_line({"action": "shutdownRequested"}))
     last_sequences.append(None)
     with tempfile.TemporaryDirectory() as directory:
         settings = load_settings(
