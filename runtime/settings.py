@@ -182,10 +182,10 @@ class Settings(BaseSettings):
     snapshot_min_new_fraction: float = Field(
         0.25,
         ge=0,
-        description="...and only once the commits since the last snapshot hold new events of at least this fraction "
-        "of the rows a snapshot writes (customers, sessions, active days, event ids). A snapshot writes the whole "
-        "state: this bounds its cost per event as the state grows, and a restore re-applies about this fraction "
-        "of it from the commit chain at most. 0: every snapshot_every_flushes flushes.",
+        description="Write that snapshot only once the commits since the last one hold new events of at least this "
+        "fraction of the rows a snapshot writes (customers, sessions, active days, event ids). A snapshot writes "
+        "the whole state: this bounds its cost per event as the state grows, and a restore re-applies about this "
+        "fraction of it from the commit chain at most. 0: every snapshot_every_flushes flushes.",
     )
     state_sync_records: int = Field(
         250_000,
