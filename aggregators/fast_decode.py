@@ -124,19 +124,18 @@ def _every_byte(
     outside ASCII fails the class, so bytes and characters agree wherever the pattern matches)."""
     bounds, body = value_bytes(values)
     lengths = np.diff(bounds)
-    outside = np.flatnonzero(~allowed(body))
-    matched = (np.diff(np.searchsorted(outside, bounds)) == 0) & (lengths >= low) & (lengths <= high)
+    outside = _per_value(np.flatnonzero(~allowed(body)), bounds)
+    matched = (outside == 0) & (lengths >= low) & (lengths <= high)
     return _with_nulls(matched, values)
 
 
 def _fixed_width(values: pa.Array, width: int) -> tuple[np.ndarray, np.ndarray]:
     """The non-null values of exactly ``width`` bytes: their rows, and their bytes as a (rows, width) matrix."""
     bounds, body = value_bytes(values)
-    fits = np.diff(bounds) == width
-    if values.null_count:
-        fits &= values.is_valid().to_numpy(zero_copy_only=False)
+    lengths = np.diff(bounds)
+    fits = (lengths == width) & _present(values)
     rows = np.flatnonzero(fits)
-    others = np.flatnonzero(~fits & (np.diff(bounds) > 0))  # values whose bytes are left out
+    others = np.flatnonzero(~fits & (lengths > 0))  # values whose bytes are left out
     if len(others) > _FEW_OTHERS:
         body = value_bytes(values.filter(pa.array(fits)))[1]
     elif len(others):  # the stretches of the body between them
@@ -205,9 +204,7 @@ def _event_time_text(values: pa.Array) -> pa.Array:
             & (minute <= 59)
             & (second <= 59)
         )
-    others = ~matched  # another form of the pattern may have the same width
-    if values.null_count:
-        others &= values.is_valid().to_numpy(zero_copy_only=False)
+    others = ~matched & _present(values)  # another form of the pattern may have the same width
     if others.any():
         other_rows = np.flatnonzero(others)
         other_values = values.take(pa.array(other_rows))
@@ -216,7 +213,7 @@ def _event_time_text(values: pa.Array) -> pa.Array:
 
 
 def _per_value(positions: np.ndarray, bounds: np.ndarray) -> np.ndarray:
-    """How many of the sorted byte ``positions`` fall in each value."""
+    """How many of the sorted byte ``positions`` fall in each value (or payload) of ``bounds``."""
     return np.diff(np.searchsorted(positions, bounds))
 
 
@@ -338,12 +335,10 @@ class FastDecoder:
             con.unregister("fast_in")
         if not _is_sorted(parsed.column("rid")):
             parsed = parsed.take(pc.sort_indices(parsed.column("rid")))
-        # one row per input row, in input order (as _vouch reads raw's columns beside parsed's)
-        parsed = parsed.append_column("key_count", pa.array(shape.keys))
-        parsed = parsed.append_column("string_count", pa.array(shape.strings))
-        return self._vouch(parsed, raw)
+        # one row per input row, in input order (as _vouch reads raw's columns and the shape beside parsed's)
+        return self._vouch(parsed, raw, shape)
 
-    def _vouch(self, parsed: pa.Table, raw: pa.Table) -> pa.Table:
+    def _vouch(self, parsed: pa.Table, raw: pa.Table, shape: PayloadBytes) -> pa.Table:
         rows = parsed.num_rows
         members = contiguous(parsed.column("j"))
         # flatten, not field(): a row that is no candidate (a null struct) must have null members
@@ -351,7 +346,7 @@ class FastDecoder:
         checks = _Checks(rows)
         present = {field: _present(json_text[field]) for field in _FIELDS}
         # exactly the contract fields present, each once and non-null: no repeated, unknown or null member
-        checks.require(parsed.column("key_count").to_numpy() == np.sum(list(present.values()), axis=0))
+        checks.require(shape.keys == np.sum(list(present.values()), axis=0))
         checks.require(_true(pc.equal(json_text["schema_version"], str(EVENT_SCHEMA_VERSION))))
         checks.require(~present["quantity"] | _true(_pattern_match(json_text["quantity"], _QUANTITY_TEXT)))
         revenue = contiguous(parsed.column("revenue"))
@@ -361,7 +356,7 @@ class FastDecoder:
         # every present string field held a JSON string: as many string values as such fields (numbers were
         # checked as numbers above, and no other name exists, so no other member can hold a string)
         present_strings = [present[field] for field in _FIELDS if field not in _NUMERIC]
-        checks.require(parsed.column("string_count").to_numpy() == np.sum(present_strings, axis=0))
+        checks.require(shape.strings == np.sum(present_strings, axis=0))
         values: dict[str, pa.Array] = {}
         for field in _FIELDS:
             if field in _NUMERIC:
@@ -465,17 +460,17 @@ def decode_records(
     batch in position order needs no sort afterwards).
     """
     parsed = fast.decode(con, raw)
-    vouched = parsed.column("vouched")
+    vouched = parsed.column("vouched").to_numpy(zero_copy_only=False)
     lineage = raw.select(["shard_id", "sequence_number", "sub_sequence_number", "approximate_arrival_at"])
     columns = {name: parsed.column(name) for name in EVENTS_SCHEMA.names if name in parsed.column_names}
     columns.update(zip(lineage.column_names, lineage.columns, strict=True))
     # every row of the batch, meaningful where vouched: the rows kept are taken out once, at the end
     events = pa.table({name: columns[name] for name in EVENTS_SCHEMA.names})
-    if pc.all(vouched).as_py() is True:  # a healthy stream's usual batch: nothing to take out
+    if vouched.all():  # a healthy stream's usual batch: nothing to take out
         return DecodedBatch(events=events.cast(EVENTS_SCHEMA), rejects=ERRORS_SCHEMA.empty_table())
     events = events.cast(_NULLABLE_EVENTS)  # a row not vouched for may hold nulls anywhere
-    vouched_rows = np.flatnonzero(vouched.to_numpy(zero_copy_only=False))
-    doubtful_rows = np.flatnonzero(~vouched.to_numpy(zero_copy_only=False))
+    vouched_rows = np.flatnonzero(vouched)
+    doubtful_rows = np.flatnonzero(~vouched)
     doubtful = raw.take(pa.array(doubtful_rows))
     exact = validator.decode(con, doubtful)
     if not exact.events.num_rows:
@@ -539,11 +534,6 @@ class PayloadBytes:
             none = np.zeros(len(data), dtype=np.int64)
             return cls(np.zeros(len(data), dtype=bool), none, none)
         starts, ends = bounds[:-1], bounds[1:]
-
-        def per_payload(positions: np.ndarray) -> np.ndarray:
-            """How many of the sorted ``positions`` fall in each payload."""
-            return np.diff(np.searchsorted(positions, bounds))
-
         colons = np.flatnonzero(body[1:] == _COLON) + 1  # every ':' with a byte before it
         before = body[colons - 1]
         last = _last_non_space(body, ends - 1, starts)
@@ -551,7 +541,7 @@ class PayloadBytes:
         plain = (
             (ends > starts)
             & (ends - starts <= max_bytes)
-            & (per_payload(colons[_is_json_space(before)]) == 0)
+            & (_per_value(colons[_is_json_space(before)], bounds) == 0)
             & (body[np.minimum(starts, len(body) - 1)] == _OPEN)
             & (last >= starts)
             & (body[np.maximum(last, 0)] == _CLOSE)
@@ -565,7 +555,7 @@ class PayloadBytes:
             if len(after_backslash):
                 not_names = after_backslash[np.isin(names[after_backslash] - 1, escaped)]
                 names = np.delete(names, not_names)
-        return cls(plain, per_payload(names), per_payload(_string_values(body, names)))
+        return cls(plain, _per_value(names, bounds), _per_value(_string_values(body, names), bounds))
 
 
 def _string_values(body: np.ndarray, names: np.ndarray, steps: int = 4) -> np.ndarray:
