@@ -109,7 +109,15 @@ def _pattern_match(values: pa.Array, pattern: str) -> pa.Array:
     """Whether each value matches a validator pattern: on the bytes where ``_BYTE_PATTERNS`` knows the pattern's
     text, by RE2 otherwise. Null stays null."""
     check = _BYTE_PATTERNS.get(pattern)
-    return check(values) if check else _full_match(values, pattern)
+    if values.null_count * 2 <= len(values):
+        return check(values) if check else _full_match(values, pattern)
+    # mostly null (a member most events leave out): only the values present are checked, as a check's cost per row
+    # of the batch (offsets, searches) outweighed its cost per byte (measured: revenue 2.9 -> 0.7 ms a 50k batch)
+    rows = np.flatnonzero(_present(values))
+    present = values.take(pa.array(rows))
+    matched = np.zeros(len(values), dtype=bool)
+    matched[rows] = _true(check(present) if check else _full_match(present, pattern))
+    return _with_nulls(matched, values)
 
 
 def _with_nulls(matched: np.ndarray, values: pa.Array) -> pa.Array:

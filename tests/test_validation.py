@@ -1354,6 +1354,12 @@ def test_byte_checks_of_the_validators_patterns_agree_with_re2(values: list[str 
     array = pa.array(values, pa.string()).slice(skip)
     for pattern, check in fast_decode._BYTE_PATTERNS.items():
         assert check(array).to_pylist() == fast_decode._full_match(array, pattern).to_pylist(), pattern
+    # mostly null, as an optional member is: only the values present are checked, and land back in their rows
+    sparse = pa.array([None, *values, *[None] * len(values)], pa.string()).slice(skip)
+    for pattern in [*fast_decode._BYTE_PATTERNS, r"[0-9a-f]+"]:  # and one left to RE2
+        for checked in (array, sparse):
+            expected = fast_decode._full_match(checked, pattern).to_pylist()
+            assert fast_decode._pattern_match(checked, pattern).to_pylist() == expected, pattern
 
 
 def test_the_event_time_check_on_the_bytes_agrees_with_re2_on_every_two_digit_field() -> None:
