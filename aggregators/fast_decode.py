@@ -482,7 +482,8 @@ def decode_records(
     doubtful = raw.take(pa.array(doubtful_rows))
     exact = validator.decode(con, doubtful)
     if not exact.events.num_rows:
-        kept = events.take(pa.array(vouched_rows))
+        # a filter copies runs of kept rows: faster than a take of them
+        kept = events.filter(pa.array(vouched))
         return DecodedBatch(events=kept.cast(EVENTS_SCHEMA), rejects=exact.rejects)
     # the vouched rows and the validator's events, back in record order in one gather (a stable merge of two
     # row-ordered lists: cheaper than filtering, then sorting the batch by position again)
