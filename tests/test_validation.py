@@ -1441,19 +1441,31 @@ def test_the_usual_event_time_is_checked_on_its_bytes_and_other_forms_by_re2() -
 
 
 def test_fast_path_leaves_lenient_json_to_the_validator() -> None:
-    """LENIENT_JSON_HINT's alternatives: NaN and Infinity searched as text, a trailing comma found on the bytes
-    before the closing brace (the only place a vouched payload can hold one)."""
-    assert "|".join((fast_decode._LENIENT_COMMA, *fast_decode._LENIENT_LITERALS)) == LENIENT_JSON_HINT
-    base = encode(doc(event_type="search", search_query="q"))
+    """LENIENT_JSON_HINT's alternatives: a trailing comma found on the bytes before the closing brace (the only place
+    a vouched payload can hold one); NaN and Infinity, bare, in every place a value goes, fail the type checks (and
+    inside a string they are plain JSON)."""
+    assert f"{fast_decode._LENIENT_COMMA}|NaN|Infinity" == LENIENT_JSON_HINT
+    base = encode(doc(event_type="purchase", order_id="o-1", revenue=12.5, quantity=2, currency="EUR"))
+    literals = [b"NaN", b"Infinity", b"-Infinity"]
     hinted = [
-        base.replace(b'"q"', b'"NaN"'),  # the literals: searched anywhere, conservatively
-        base.replace(b'"q"', b'"Infinity and beyond"'),
         base[:-1] + b",}",
         base[:-1] + b",\n}",
         base[:-1] + b',"x":[1,]}',  # a trailing comma inside an unknown member: its name is counted
     ]
+    for field in ("schema_version", "quantity", "revenue", "customer_id", "currency"):
+        value = json.dumps(json.loads(base)[field]).encode()
+        member = b'"' + field.encode() + b'":' + value
+        assert base.count(member) == 1
+        for literal in literals:
+            hinted += [
+                base.replace(member, member[: -len(value)] + replaced)
+                for replaced in (literal, b"[" + literal + b"]")
+            ]
+    hinted.append(base[:-1] + b',"x":{"y":NaN}}')
     taken = [
-        base.replace(b'"q"', b'"a, }"'),  # a trailing comma's text inside a string is plain JSON
+        base.replace(b'"o-1"', b'"a, }"'),  # a trailing comma's text inside a string is plain JSON
+        base.replace(b'"o-1"', b'"NaN"'),  # and so are the literals' texts
+        base.replace(b'"o-1"', b'"Infinity and beyond"'),
         base + b"\n",
     ]
     records = [base, *hinted, *taken]
@@ -1463,7 +1475,12 @@ def test_fast_path_leaves_lenient_json_to_the_validator() -> None:
     combined, exact = fast_and_exact(raw), decode(raw)
     assert _by_sequence(combined.events) == _by_sequence(exact.events)
     assert _by_sequence(combined.rejects) == _by_sequence(exact.rejects)
-    assert exact.rejects.num_rows == 3  # the trailing commas; NaN and Infinity inside strings are valid
+    assert exact.rejects.num_rows == len(hinted)
+    assert set(exact.rejects.column("error_code").to_pylist()) <= {
+        "invalid_json",
+        "wrong_type",
+        "invalid_value",
+    }
 
 
 def test_lone_surrogate_escape_is_rejected_as_invalid_json() -> None:
