@@ -60,6 +60,12 @@ _QUANTITY_TEXT: Final = r"[1-9][0-9]{0,3}|10000"
 _REVENUE_TEXT: Final = r"(0|[1-9][0-9]{0,15})([.][0-9]{1,2})?"
 
 
+#: The usual form of an event time (UTC, microseconds): checked and converted on its bytes. The other forms of
+#: ``EVENT_TIME_PATTERN`` are checked by RE2 and cast by DuckDB (no value of another form has this width and a 'Z'
+#: last: the seconds' fraction would then have seven characters).
+_UTC_MICROS_LAYOUT: Final = "dddd-dd-ddTdd:dd:dd.ddddddZ"
+
+
 #: ``LENIENT_JSON_HINT``'s first alternative (a test keeps them in step): a trailing comma is looked for on the bytes
 #: (``PayloadBytes``), only before the closing brace: a payload the fast path vouches for holds no other object or
 #: array (every member is a contract field with a scalar value). Its other alternatives, the literals NaN and
@@ -68,10 +74,10 @@ _REVENUE_TEXT: Final = r"(0|[1-9][0-9]{0,15})([.][0-9]{1,2})?"
 #: whose raw text has one of the plain forms checked below, which no literal has.
 _LENIENT_COMMA: Final = r",\s*[\]}]"
 #: The one statement per batch: DuckDB parses each candidate once (its string members as values, its numbers as raw
-#: JSON text, the event time, quantity and revenue as the validator casts them; its member names and string values
-#: are counted on the bytes, see ``PayloadBytes``). Every check is then an Arrow kernel over these columns: DuckDB
-#: binds and optimizes a statement on every execution (prepared or not), which for a long SQL expression tree costs
-#: tens of milliseconds whatever the batch size.
+#: JSON text, quantity and revenue as the validator casts them; its member names and string values are counted on
+#: the bytes, see ``PayloadBytes``, and its event time is read from its digits, see ``_event_micros``). Every check
+#: is then an Arrow kernel over these columns: DuckDB binds and optimizes a statement on every execution (prepared
+#: or not), which for a long SQL expression tree costs tens of milliseconds whatever the batch size.
 #:
 #: ``{valid}`` is where ``json_valid`` goes. It is left out of the first try: ``from_json`` reads with the same
 #: parser and raises on any text ``json_valid`` refuses (a test holds the two together), so a batch that parses
@@ -86,7 +92,6 @@ WITH docs AS (
   SELECT rid, from_json(doc, {_quote(_MEMBER_TYPES)}) AS j FROM docs
 )
 SELECT rid, j,
-       TRY_CAST(j.event_time AS TIMESTAMPTZ) AS event_time,
        TRY_CAST(j.quantity AS INTEGER) AS quantity,
        TRY_CAST(j.revenue AS DECIMAL(18, 2)) AS revenue
 FROM parsed
@@ -187,10 +192,6 @@ def _uuid_text(values: pa.Array) -> pa.Array:
     return _with_nulls(matched, values)
 
 
-#: The usual form of an event time (UTC, microseconds); other forms of ``EVENT_TIME_PATTERN`` are left to RE2.
-_UTC_MICROS_LAYOUT: Final = "dddd-dd-ddTdd:dd:dd.ddddddZ"
-
-
 def _event_time_text(values: pa.Array) -> pa.Array:
     """``EVENT_TIME_PATTERN``: values in ``_UTC_MICROS_LAYOUT`` on their bytes (the pattern's ranges for month,
     day, hour, minute and second included), any other value by RE2 (none, in a batch of the usual form)."""
@@ -220,6 +221,74 @@ def _event_time_text(values: pa.Array) -> pa.Array:
         other_values = values.take(pa.array(other_rows))
         matched[other_rows] = _full_match(other_values, EVENT_TIME_PATTERN).to_numpy(zero_copy_only=False)
     return _with_nulls(matched, values)
+
+
+def _event_micros(
+    con: duckdb.DuckDBPyConnection, texts: pa.Array, wanted: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each event time as microseconds since the epoch, and where it is a date-time: what DuckDB's cast to
+    TIMESTAMPTZ gives, and where it gives a value. In ``_UTC_MICROS_LAYOUT`` from its digits (a real calendar date
+    and the pattern's ranges required; a test holds this to the cast); in another form by the cast, in one statement
+    for the rows ``wanted`` (those still vouched for: none in a batch of the usual form, or of records it rejects)."""
+    micros = np.zeros(len(texts), dtype=np.int64)
+    is_time = np.zeros(len(texts), dtype=bool)
+    rows, matrix = _fixed_width(texts, len(_UTC_MICROS_LAYOUT))
+    usual = matrix[:, -1] == ord("Z")  # no other form of the pattern has this width and a 'Z' last
+    rows, matrix = rows[usual], matrix[usual]
+    others = wanted & _present(texts)
+    others[rows] = False
+    if others.any():
+        other_rows = np.flatnonzero(others)
+        cast = _cast_to_utc_micros(con, texts.take(pa.array(other_rows)))
+        micros[other_rows] = cast.fill_null(0).to_numpy()
+        is_time[other_rows] = _present(cast)
+    if not len(rows):
+        return micros, is_time
+    digits = matrix.astype(np.int64) - ord("0")
+
+    def number(at: int, width: int) -> np.ndarray:
+        value: np.ndarray = digits[:, at]
+        for place in range(at + 1, at + width):
+            value = value * 10 + digits[:, place]
+        return value
+
+    year, month, day = number(0, 4), number(5, 2), number(8, 2)
+    hour, minute, second, fraction = number(11, 2), number(14, 2), number(17, 2), number(20, 6)
+    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
+    month_days = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])[np.clip(month, 0, 12)]
+    valid = (
+        _matches_layout(matrix, _UTC_MICROS_LAYOUT)
+        & (month >= 1)
+        & (month <= 12)
+        & (day >= 1)
+        & (day <= month_days + (leap & (month == 2)))
+        & (hour <= 23)
+        & (minute <= 59)
+        & (second <= 59)
+    )
+    # days since 1970-01-01 of a proleptic Gregorian date (a year taken to start in March, so leap days fall last)
+    march_year = year - (month <= 2)
+    era = march_year // 400
+    year_of_era = march_year - era * 400
+    day_of_year = (153 * ((month + 9) % 12) + 2) // 5 + day - 1
+    day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
+    days = era * 146_097 + day_of_era - 719_468
+    seconds = ((days * 24 + hour) * 60 + minute) * 60 + second
+    micros[rows] = np.where(valid, seconds * 1_000_000 + fraction, 0)
+    is_time[rows] = valid
+    return micros, is_time
+
+
+def _cast_to_utc_micros(con: duckdb.DuckDBPyConnection, texts: pa.Array) -> pa.Array:
+    """DuckDB's TRY_CAST of each text to TIMESTAMPTZ (the validator's cast), as int64 microseconds."""
+    con.register("time_texts", pa.table({"text": texts}))
+    try:
+        cast = (
+            con.sql("SELECT TRY_CAST(text AS TIMESTAMPTZ) AS t FROM time_texts").to_arrow_table().column("t")
+        )
+    finally:
+        con.unregister("time_texts")
+    return contiguous(cast).cast(pa.int64())
 
 
 def _per_value(positions: np.ndarray, bounds: np.ndarray) -> np.ndarray:
@@ -346,9 +415,11 @@ class FastDecoder:
         if not _is_sorted(parsed.column("rid")):
             parsed = parsed.take(pc.sort_indices(parsed.column("rid")))
         # one row per input row, in input order (as _vouch reads raw's columns and the shape beside parsed's)
-        return self._vouch(parsed, raw, shape)
+        return self._vouch(con, parsed, raw, shape)
 
-    def _vouch(self, parsed: pa.Table, raw: pa.Table, shape: PayloadBytes) -> pa.Table:
+    def _vouch(
+        self, con: duckdb.DuckDBPyConnection, parsed: pa.Table, raw: pa.Table, shape: PayloadBytes
+    ) -> pa.Table:
         rows = parsed.num_rows
         members = contiguous(parsed.column("j"))
         # flatten, not field(): a row that is no candidate (a null struct) must have null members
@@ -384,10 +455,10 @@ class FastDecoder:
         for required_type, fields in _REQUIRED_BY_TYPE.items():
             has_all = np.logical_and.reduce([present[field] for field in fields])
             checks.require((type_codes != EVENT_TYPES.index(required_type)) | has_all)
-        event_time = contiguous(parsed.column("event_time")).cast(UTC_MICROS)
-        times = event_time.cast(pa.int64()).fill_null(0).to_numpy()
+        times, is_time = _event_micros(con, values["event_time"], checks.passed)
+        event_time = pa.array(times, pa.int64(), mask=~is_time).cast(UTC_MICROS)
         arrival = contiguous(raw.column("approximate_arrival_at")).cast(pa.int64()).to_numpy()
-        checks.require(_present(event_time))
+        checks.require(is_time)
         checks.require(times >= self._min_event_micros)
         checks.require(times <= arrival + self._skew_micros)
         checks.require(_true(pc.equal(contiguous(raw.column("partition_key")), values["customer_id"])))

@@ -1422,6 +1422,73 @@ def test_every_pattern_of_the_validator_is_checked_on_the_bytes() -> None:
     assert patterns <= set(fast_decode._BYTE_PATTERNS)
 
 
+@st.composite
+def _event_time_texts(draw: st.DrawFn) -> str | None:
+    """Texts of the usual layout with any two digits in each field (impossible dates, leap days, year 0), other
+    forms of the pattern (offsets, shorter fractions, one of the usual width without a 'Z') and a few non-times."""
+    usual = "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z".format(
+        draw(
+            st.sampled_from([0, 1, 4, 100, 1582, 1900, 1970, 2000, 2024, 2100, 2400, 9999])
+            | st.integers(0, 9999)
+        ),
+        draw(st.integers(0, 13)),
+        draw(st.sampled_from([0, 1, 28, 29, 30, 31, 32]) | st.integers(0, 99)),
+        draw(st.integers(0, 25)),
+        draw(st.integers(0, 60)),
+        draw(st.integers(0, 60)),
+        draw(st.integers(0, 999_999)),
+    )
+    other = draw(
+        st.sampled_from(
+            [
+                usual[:19] + "Z",
+                usual[:23] + "+01:30",
+                usual[:21] + "-00:00",  # 27 bytes, the usual width
+                usual[:26] + "z",
+                usual[:26],
+                usual.replace("T", " "),
+                None,
+                "",
+                "now",
+            ]
+        )
+    )
+    return usual if draw(st.booleans()) else other
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_event_time_texts(), min_size=1, max_size=80))
+def test_event_times_from_their_bytes_equal_duckdbs_cast(texts: list[str | None]) -> None:
+    """The fast path reads the usual layout's digits itself: for every text of the pattern (no other is ever
+    vouched), the same microseconds as the validator's cast to TIMESTAMPTZ wherever that gives a value, and no value
+    wherever it gives none; the other forms go to the cast, and only where they are wanted."""
+    _assert_event_micros_equal_the_cast(texts)
+
+
+def test_event_times_from_their_bytes_at_every_month_end_of_leap_and_common_years() -> None:
+    years = [0, 1, 4, 100, 400, 1582, 1900, 1970, 2000, 2023, 2024, 2100, 2400, 9999]
+    texts = [
+        f"{year:04}-{month:02}-{day:02}T23:59:59.999999Z"
+        for year in years
+        for month in range(1, 13)
+        for day in (1, 28, 29, 30, 31)
+    ]
+    _assert_event_micros_equal_the_cast(texts)
+
+
+def _assert_event_micros_equal_the_cast(texts: list[str | None]) -> None:
+    con = _connection()
+    array = pa.array(texts, pa.string())
+    of_pattern = fast_decode._true(fast_decode._full_match(array, EVENT_TIME_PATTERN))
+    micros, is_time = fast_decode._event_micros(con, array, of_pattern)
+    cast = fast_decode._cast_to_utc_micros(con, array)
+    cast_is_time = np.asarray(cast.is_valid().to_pylist(), dtype=bool)
+    assert is_time[of_pattern].tolist() == cast_is_time[of_pattern].tolist()
+    assert micros[of_pattern & is_time].tolist() == cast.filter(pa.array(of_pattern & is_time)).to_pylist()
+    usual = [len(text or "") == 27 and (text or "")[-1] == "Z" for text in texts]
+    assert not (is_time & ~of_pattern & ~np.array(usual)).any()  # an unwanted other form is not cast
+
+
 def test_the_usual_event_time_is_checked_on_its_bytes_and_other_forms_by_re2() -> None:
     times = [
         "2026-03-01T00:09:56.890721Z",  # the usual form, on the bytes
