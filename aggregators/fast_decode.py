@@ -226,15 +226,18 @@ def _event_time_text(values: pa.Array) -> pa.Array:
 def _event_micros(
     con: duckdb.DuckDBPyConnection, texts: pa.Array, wanted: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Each event time as microseconds since the epoch, and where it is a date-time: what DuckDB's cast to
-    TIMESTAMPTZ gives, and where it gives a value. In ``_UTC_MICROS_LAYOUT`` from its digits (a real calendar date
-    and the pattern's ranges required; a test holds this to the cast); in another form by the cast, in one statement
-    for the rows ``wanted`` (those still vouched for: none in a batch of the usual form, or of records it rejects)."""
+    """Each wanted event time as microseconds since the epoch, and where it is a date-time: what DuckDB's cast to
+    TIMESTAMPTZ gives, and where it gives a value. ``wanted`` rows must hold a text of ``EVENT_TIME_PATTERN`` (the
+    fast path asks for the rows still vouched for, which passed it). In ``_UTC_MICROS_LAYOUT`` the time is read from
+    its digits (a real calendar date required; the pattern bounds the other fields); in another form it is cast, in
+    one statement (none in a batch of the usual form). A test holds this to the cast."""
     micros = np.zeros(len(texts), dtype=np.int64)
     is_time = np.zeros(len(texts), dtype=bool)
     rows, matrix = _fixed_width(texts, len(_UTC_MICROS_LAYOUT))
-    usual = matrix[:, -1] == ord("Z")  # no other form of the pattern has this width and a 'Z' last
-    rows, matrix = rows[usual], matrix[usual]
+    # no other form of the pattern has this width and a 'Z' last
+    usual = wanted[rows] & (matrix[:, -1] == ord("Z"))
+    if not usual.all():
+        rows, matrix = rows[usual], matrix[usual]
     others = wanted & _present(texts)
     others[rows] = False
     if others.any():
@@ -244,39 +247,33 @@ def _event_micros(
         is_time[other_rows] = _present(cast)
     if not len(rows):
         return micros, is_time
-    digits = matrix.astype(np.int64) - ord("0")
-
-    def number(at: int, width: int) -> np.ndarray:
-        value: np.ndarray = digits[:, at]
-        for place in range(at + 1, at + width):
-            value = value * 10 + digits[:, place]
-        return value
-
-    year, month, day = number(0, 4), number(5, 2), number(8, 2)
-    hour, minute, second, fraction = number(11, 2), number(14, 2), number(17, 2), number(20, 6)
+    # one contiguous row of values per digit place: year (4), month, day, hour, minute, second (2 each), fraction (6)
+    digits = (matrix.T[_TIME_DIGITS] - np.uint8(ord("0"))).astype(np.int32)
+    year = ((digits[0] * 10 + digits[1]) * 10 + digits[2]) * 10 + digits[3]
+    month, day, hour, minute, second = (digits[at] * 10 + digits[at + 1] for at in range(4, 14, 2))
+    fraction = digits[14]
+    for place in range(15, 20):
+        fraction = fraction * 10 + digits[place]
     leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
-    month_days = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])[np.clip(month, 0, 12)]
-    valid = (
-        _matches_layout(matrix, _UTC_MICROS_LAYOUT)
-        & (month >= 1)
-        & (month <= 12)
-        & (day >= 1)
-        & (day <= month_days + (leap & (month == 2)))
-        & (hour <= 23)
-        & (minute <= 59)
-        & (second <= 59)
-    )
+    valid = day <= _MONTH_DAYS[month] + (leap & (month == 2))
     # days since 1970-01-01 of a proleptic Gregorian date (a year taken to start in March, so leap days fall last)
     march_year = year - (month <= 2)
     era = march_year // 400
     year_of_era = march_year - era * 400
     day_of_year = (153 * ((month + 9) % 12) + 2) // 5 + day - 1
     day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
-    days = era * 146_097 + day_of_era - 719_468
+    days = (era * 146_097 + day_of_era - 719_468).astype(np.int64)
     seconds = ((days * 24 + hour) * 60 + minute) * 60 + second
     micros[rows] = np.where(valid, seconds * 1_000_000 + fraction, 0)
     is_time[rows] = valid
     return micros, is_time
+
+
+#: Where the digits of ``_UTC_MICROS_LAYOUT`` are, and the days of each month of a common year (by month number).
+_TIME_DIGITS: Final = [
+    place for place, character in enumerate("dddd-dd-ddTdd:dd:dd.ddddddZ") if character == "d"
+]
+_MONTH_DAYS: Final = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
 
 
 def _cast_to_utc_micros(con: duckdb.DuckDBPyConnection, texts: pa.Array) -> pa.Array:
