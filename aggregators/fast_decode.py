@@ -270,9 +270,7 @@ def _event_micros(
 
 
 #: Where the digits of ``_UTC_MICROS_LAYOUT`` are, and the days of each month of a common year (by month number).
-_TIME_DIGITS: Final = [
-    place for place, character in enumerate("dddd-dd-ddTdd:dd:dd.ddddddZ") if character == "d"
-]
+_TIME_DIGITS: Final = [place for place, character in enumerate(_UTC_MICROS_LAYOUT) if character == "d"]
 _MONTH_DAYS: Final = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
 
 
