@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Final
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -289,7 +290,8 @@ class RecordValidator:
 
     def decode(self, con: duckdb.DuckDBPyConnection, raw: pa.Table) -> DecodedBatch:
         """Split ``raw`` into events and rejects; every input row lands in exactly one of them."""
-        flagged = raw.append_column("strict_json_error", _strict_json_errors(raw.column("data")))
+        errors = _strict_json_errors(raw.column("data"), self.rules.max_record_bytes)
+        flagged = raw.append_column("strict_json_error", errors)
         con.register("raw_batch", flagged)
         try:
             judged = run_prepared(con, self._statement, self._sql)
@@ -311,17 +313,19 @@ def _reject_constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON")
 
 
-def _strict_json_errors(data: pa.ChunkedArray) -> pa.Array:
-    """True where a payload uses syntax only a lenient parser accepts; checked strictly in Python, rarely."""
-    hints = pc.match_substring_regex(data, LENIENT_JSON_HINT).to_pylist()
-    flags = [False] * len(hints)
-    payloads = data.to_pylist() if any(hints) else []
-    for index, hinted in enumerate(hints):
-        if hinted:
-            try:
-                json.loads(payloads[index], parse_constant=_reject_constant)
-            except (ValueError, RecursionError):
-                flags[index] = True
+def _strict_json_errors(data: pa.ChunkedArray, max_bytes: int) -> pa.Array:
+    """True where a payload uses syntax only a lenient parser accepts; checked strictly in Python, rarely. A payload
+    over ``max_bytes`` is not searched: it is rejected as oversized before its JSON is looked at."""
+    within = np.flatnonzero(pc.less_equal(pc.binary_length(data), max_bytes).fill_null(False).to_numpy())
+    matched = pc.match_substring_regex(data.take(pa.array(within)), LENIENT_JSON_HINT).fill_null(False)
+    hints = np.zeros(len(data), dtype=bool)
+    hints[within] = matched.to_numpy(zero_copy_only=False)
+    flags = np.zeros(len(data), dtype=bool)
+    for index in np.flatnonzero(hints).tolist():
+        try:
+            json.loads(data[index].as_py(), parse_constant=_reject_constant)
+        except (ValueError, RecursionError):
+            flags[index] = True
     return pa.array(flags, pa.bool_())
 
 

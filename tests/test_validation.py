@@ -289,6 +289,16 @@ def test_record_of_exactly_the_size_limit_is_accepted_and_one_byte_more_is_overs
     assert rejection(over)["error_code"] == "oversized"
 
 
+def test_lenient_syntax_at_the_size_limit_is_invalid_json_and_one_byte_more_is_oversized() -> None:
+    """The strict JSON check reads every payload within the limit (those over it are oversized whatever they hold)."""
+    empty = encode(doc(padding=""))[:-1] + b",}"
+    at_limit = encode(doc(padding="x" * (MAX_BYTES - len(empty))))[:-1] + b",}"
+    over = encode(doc(padding="x" * (MAX_BYTES - len(empty) + 1)))[:-1] + b",}"
+    assert len(at_limit) == MAX_BYTES
+    assert rejection(at_limit)["error_code"] == "invalid_json"
+    assert rejection(over)["error_code"] == "oversized"
+
+
 STRING_LIMITS = [
     # (event type, field, max length in code points)
     ("page_view", "page_url", 2048),
