@@ -74,10 +74,10 @@ _UTC_MICROS_LAYOUT: Final = "dddd-dd-ddTdd:dd:dd.ddddddZ"
 #: whose raw text has one of the plain forms checked below, which no literal has.
 _LENIENT_COMMA: Final = r",\s*[\]}]"
 #: The one statement per batch: DuckDB parses each candidate once (its string members as values, its numbers as raw
-#: JSON text, quantity and revenue as the validator casts them; its member names and string values are counted on
-#: the bytes, see ``PayloadBytes``, and its event time is read from its digits, see ``_event_micros``). Every check
-#: is then an Arrow kernel over these columns: DuckDB binds and optimizes a statement on every execution (prepared
-#: or not), which for a long SQL expression tree costs tens of milliseconds whatever the batch size.
+#: JSON text; its member names and string values are counted on the bytes, see ``PayloadBytes``, and its event time
+#: and plain numbers are read from their digits, see ``_event_micros`` and ``_plain_number``). Every check is then an
+#: Arrow kernel over these columns: DuckDB binds and optimizes a statement on every execution (prepared or not),
+#: which for a long SQL expression tree costs tens of milliseconds whatever the batch size.
 #:
 #: ``{valid}`` is where ``json_valid`` goes. It is left out of the first try: ``from_json`` reads with the same
 #: parser and raises on any text ``json_valid`` refuses (a test holds the two together), so a batch that parses
@@ -91,10 +91,7 @@ WITH docs AS (
 ), parsed AS (
   SELECT rid, from_json(doc, {_quote(_MEMBER_TYPES)}) AS j FROM docs
 )
-SELECT rid, j,
-       TRY_CAST(j.quantity AS INTEGER) AS quantity,
-       TRY_CAST(j.revenue AS DECIMAL(18, 2)) AS revenue
-FROM parsed
+SELECT rid, j FROM parsed
 """
 _PARSE_SQL: Final = _PARSE_TEMPLATE.replace("{valid}", "")
 _PARSE_VALID_SQL: Final = _PARSE_TEMPLATE.replace("{valid}", " AND json_valid(txt)")
@@ -383,7 +380,7 @@ class FastDecoder:
         self._valid_statement = _statement_name(_PARSE_VALID_SQL)
         self._min_event_micros = pa.scalar(rules.min_event_time, UTC_MICROS).cast(pa.int64()).as_py()
         self._skew_micros = int(rules.max_future_skew_seconds) * 1_000_000
-        self._max_revenue = pa.scalar(int(rules.max_revenue) * 100, pa.int64())
+        self._max_revenue = int(rules.max_revenue) * 100  # in cents
 
     def decode(self, con: duckdb.DuckDBPyConnection, raw: pa.Table) -> pa.Table:
         """Columns ``rid`` (row number in ``raw``), ``vouched`` and the event fields (meaningful where vouched)."""
@@ -424,11 +421,12 @@ class FastDecoder:
         # exactly the contract fields present, each once and non-null: no repeated, unknown or null member
         checks.require(shape.keys == np.sum(list(present.values()), axis=0))
         checks.require(_true(pc.equal(json_text["schema_version"], str(EVENT_SCHEMA_VERSION))))
-        checks.require(~present["quantity"] | _true(_pattern_match(json_text["quantity"], _QUANTITY_TEXT)))
-        revenue = contiguous(parsed.column("revenue"))
-        within_limit = _true(pc.less_equal(decimal_cents(revenue), self._max_revenue))
+        quantity_text = _true(_pattern_match(json_text["quantity"], _QUANTITY_TEXT))
+        checks.require(~present["quantity"] | quantity_text)
+        quantity = _plain_number(json_text["quantity"], quantity_text, 0)
         revenue_text = _true(_pattern_match(json_text["revenue"], _REVENUE_TEXT))
-        checks.require(~present["revenue"] | (revenue_text & within_limit))
+        cents = _plain_number(json_text["revenue"], revenue_text, 2)
+        checks.require(~present["revenue"] | (revenue_text & (cents <= self._max_revenue)))
         # every present string field held a JSON string: as many string values as such fields (numbers were
         # checked as numbers above, and no other name exists, so no other member can hold a string)
         present_strings = [present[field] for field in _FIELDS if field not in _NUMERIC]
@@ -469,9 +467,9 @@ class FastDecoder:
                 "page_url": values["page_url"],
                 "product_id": values["product_id"],
                 "search_query": values["search_query"],
-                "quantity": parsed.column("quantity"),
+                "quantity": pa.array(quantity.astype(np.int32), mask=~quantity_text),
                 "order_id": values["order_id"],
-                "revenue": revenue,
+                "revenue": _decimal_from_cents(cents, revenue_text),
                 "currency": values["currency"],
                 "schema_version": pa.array(np.full(rows, EVENT_SCHEMA_VERSION, dtype=np.int32)),
             }
@@ -509,6 +507,41 @@ def value_bytes(data: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(count + 1, dtype=np.int64), np.empty(0, dtype=np.uint8)
     body = np.frombuffer(data.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
     return offsets.astype(np.int64) - offsets[0], body
+
+
+def _plain_number(texts: pa.Array, plain: np.ndarray, scale: int) -> np.ndarray:
+    """The value times 10**``scale`` of each text where ``plain``, 0 elsewhere. A plain text is digits with at most
+    one '.' and at most ``scale`` digits after it, 18 digits at most (the forms the fast path accepts): its value is
+    what the validator's cast to INTEGER or DECIMAL(18, ``scale``) gives, read here from its digits."""
+    result = np.zeros(len(texts), dtype=np.int64)
+    rows = np.flatnonzero(plain)
+    if not len(rows):
+        return result
+    bounds, body = value_bytes(texts.take(pa.array(rows)))
+    is_digit_byte = body != ord(".")
+    digits_before = np.concatenate(([0], np.cumsum(is_digit_byte)))  # digits before each place of the body
+    digits_after = digits_before[bounds[1:]].repeat(np.diff(bounds)) - digits_before[1:]  # in the same text
+    place_values = np.where(is_digit_byte, 10**digits_after, 0) * (body.astype(np.int64) - ord("0"))
+    all_digits = np.add.reduceat(place_values, bounds[:-1])  # the number its digits make, the '.' left out
+    dots = np.flatnonzero(~is_digit_byte)
+    decimals = np.zeros(len(rows), dtype=np.int64)
+    decimals[np.searchsorted(bounds, dots, side="right") - 1] = digits_after[dots]
+    result[rows] = all_digits * 10 ** (scale - decimals)
+    return result
+
+
+def _decimal_from_cents(cents: np.ndarray, valid: np.ndarray) -> pa.Array:
+    """DECIMAL(18, 2) values from their unscaled int64 (cents), null where not ``valid``."""
+    words = np.zeros(
+        (len(cents), 2), dtype=np.int64
+    )  # a 128-bit little-endian integer: low word, then high word
+    words[:, 0] = cents
+    words[:, 1] = np.where(cents < 0, -1, 0)
+    validity = pa.array(valid).buffers()[1] if not valid.all() else None
+    null_count = int(len(valid) - np.count_nonzero(valid))
+    return pa.Array.from_buffers(
+        pa.decimal128(18, 2), len(cents), [validity, pa.py_buffer(words)], null_count
+    )
 
 
 def decimal_cents(revenue: pa.Array) -> pa.Array:

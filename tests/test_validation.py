@@ -1426,6 +1426,46 @@ def test_the_plain_number_checks_on_the_bytes_agree_with_re2_at_every_edge() -> 
         assert 0 < expected.count(True) < len(values)
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 10**16 - 1), st.sampled_from(["", ".", ".0", ".5", ".05", ".99", ".10"])),
+        min_size=1,
+        max_size=50,
+    ),
+    st.lists(st.integers(1, 10_000), min_size=1, max_size=50),
+)
+def test_plain_numbers_read_from_their_digits_equal_duckdbs_cast(
+    revenues: list[tuple[int, str]], quantities: list[int]
+) -> None:
+    """Quantities and revenues of the plain forms are read from their digits, not cast by DuckDB: the same values as
+    its casts to INTEGER and DECIMAL(18, 2), as the events' columns; a text not plain gives no value."""
+    con = _connection()
+    revenue_texts = ["0", "19.99", *(f"{whole}{fraction}" for whole, fraction in revenues), "-1", "1e2"]
+    for texts, pattern, scale, sql_type in (
+        (revenue_texts, fast_decode._REVENUE_TEXT, 2, "DECIMAL(18, 2)"),
+        ([str(number) for number in quantities] + ["01", "10001"], fast_decode._QUANTITY_TEXT, 0, "INTEGER"),
+    ):
+        array = pa.array(texts, pa.string())
+        plain = fast_decode._true(fast_decode._pattern_match(array, pattern))
+        assert plain.any() and not plain[-2:].any()  # the last two are not plain
+        read = fast_decode._plain_number(array, plain, scale)
+        cast = con.execute(f"SELECT TRY_CAST(t AS {sql_type}) FROM unnest(?) AS u(t)", [texts]).fetchall()
+        expected = [None if value is None else int(value * 10**scale) for (value,) in cast]
+        assert [int(value) if ok else None for value, ok in zip(read, plain, strict=True)] == [
+            value if ok else None for value, ok in zip(expected, plain, strict=True)
+        ]
+        if scale == 2:
+            decimals = fast_decode._decimal_from_cents(read, plain)
+            assert decimals.to_pylist() == [
+                Decimal(text).quantize(Decimal("0.01")) if ok else None
+                for text, ok in zip(texts, plain, strict=True)
+            ]
+            assert fast_decode.decimal_cents(decimals).to_pylist() == [
+                int(value) if ok else None for value, ok in zip(read, plain, strict=True)
+            ]
+
+
 def test_every_pattern_of_the_validator_is_checked_on_the_bytes() -> None:
     """No RE2 pass for a string field on the fast path (each costs a few milliseconds a batch)."""
     patterns = {pattern for _, _, pattern in _STRING_FIELDS.values() if pattern}
