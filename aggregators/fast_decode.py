@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 from aggregators.ascii_bytes import is_digit, is_hex, is_letter, is_one_of, is_upper
 from aggregators.validation import (
     _FIELDS,
+    _NUMBERS,
     _REQUIRED_BY_TYPE,
     _STRING_FIELDS,
     CURRENCY_PATTERN,
@@ -50,11 +51,10 @@ from aggregators.validation import (
 )
 from schemas import ERRORS_SCHEMA, EVENT_SCHEMA_VERSION, EVENT_TYPES, EVENTS_SCHEMA, UTC_MICROS
 
-_NUMERIC: Final = ("schema_version", "quantity", "revenue")
 #: Numbers stay raw JSON text (their exact form is checked); strings arrive as their values. That a string field's
 #: value was a JSON string is checked on the bytes (``PayloadBytes.strings``), as the VARCHAR conversion would also
 #: take a number, a boolean or an array.
-_MEMBER_TYPES: Final = json.dumps({field: "JSON" if field in _NUMERIC else "VARCHAR" for field in _FIELDS})
+_MEMBER_TYPES: Final = json.dumps({field: "JSON" if field in _NUMBERS else "VARCHAR" for field in _FIELDS})
 #: Plain JSON numbers the fast path accepts; anything else (exponents, 2.0, leading zeros) is left to the validator.
 _QUANTITY_TEXT: Final = r"[1-9][0-9]{0,3}|10000"
 _REVENUE_TEXT: Final = r"(0|[1-9][0-9]{0,15})([.][0-9]{1,2})?"
@@ -429,11 +429,11 @@ class FastDecoder:
         checks.require(~present["revenue"] | (revenue_text & (cents <= self._max_revenue)))
         # every present string field held a JSON string: as many string values as such fields (numbers were
         # checked as numbers above, and no other name exists, so no other member can hold a string)
-        present_strings = [present[field] for field in _FIELDS if field not in _NUMERIC]
+        present_strings = [present[field] for field in _FIELDS if field not in _NUMBERS]
         checks.require(shape.strings == np.sum(present_strings, axis=0))
         values: dict[str, pa.Array] = {}
         for field in _FIELDS:
-            if field in _NUMERIC:
+            if field in _NUMBERS:
                 continue
             value = json_text[field]
             values[field] = value

@@ -94,7 +94,7 @@ _STRING_FIELDS: Final = {
     "currency": (3, 3, CURRENCY_PATTERN),
 }
 _INTEGER_TYPES: Final = "('UBIGINT', 'BIGINT')"
-#: The numeric members, read as DOUBLE (``n_<field>``) by the rules.
+#: The numeric members: read as DOUBLE (``n_<field>``) by the rules, kept as raw JSON text by the fast path.
 _NUMBERS: Final = ("schema_version", "quantity", "revenue")
 
 
