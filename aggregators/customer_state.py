@@ -932,8 +932,12 @@ class _Groups:
 
     def __init__(self, keys: np.ndarray) -> None:
         """Groups of equal ``keys``, numbered in key order (``keys`` must not be empty)."""
-        # the order within a group does not matter to any reduction here
-        self.order, ordered, starts_group = _sorted_runs(keys)
+        # an unstable sort: the order within a group does not matter to any reduction here
+        self.order = np.argsort(keys)
+        ordered = keys[self.order]
+        starts_group = np.empty(len(keys), dtype=bool)
+        starts_group[0] = True
+        np.not_equal(ordered[1:], ordered[:-1], out=starts_group[1:])
         self.starts = np.flatnonzero(starts_group)
         self.keys = ordered[self.starts]  # each group's key, ascending
         self.groups = len(self.starts)
@@ -1116,22 +1120,9 @@ def _first_rows(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     the least row of each run of equal keys)."""
     if not len(keys):
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
-    order, _, starts_run = _sorted_runs(keys)
-    first = np.minimum.reduceat(order, np.flatnonzero(starts_run))
-    representative = np.empty(len(keys), dtype=np.int64)
-    representative[order] = first[np.cumsum(starts_run) - 1]
-    return first, representative
-
-
-def _sorted_runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``keys`` sorted (an unstable sort: equal keys in any order): the order, the sorted keys, and where each run
-    of equal keys starts in them (``keys`` must not be empty)."""
-    order = np.argsort(keys)
-    ordered = keys[order]
-    starts_run = np.empty(len(keys), dtype=bool)
-    starts_run[0] = True
-    np.not_equal(ordered[1:], ordered[:-1], out=starts_run[1:])
-    return order, ordered, starts_run
+    groups = _Groups(keys)
+    first: np.ndarray = np.minimum.reduceat(groups.order, groups.starts)
+    return first, first[groups.inverse]
 
 
 def _same_member(a: int, b: int, exact: list[np.ndarray], strings: pa.Array | None) -> bool:
