@@ -195,13 +195,7 @@ def _event_time_text(values: pa.Array) -> pa.Array:
     rows, matrix = _fixed_width(values, len(_UTC_MICROS_LAYOUT))
     matched = np.zeros(len(values), dtype=bool)
     if len(rows):
-        numbers = matrix.astype(np.int16) - ord("0")
-
-        def two_digits(at: int) -> np.ndarray:
-            result: np.ndarray = numbers[:, at] * 10 + numbers[:, at + 1]
-            return result
-
-        month, day, hour, minute, second = (two_digits(at) for at in (5, 8, 11, 14, 17))
+        _, month, day, hour, minute, second, _ = _time_fields(matrix)
         matched[rows] = (
             _matches_layout(matrix, _UTC_MICROS_LAYOUT)
             & (month >= 1)
@@ -244,13 +238,7 @@ def _event_micros(
         is_time[other_rows] = _present(cast)
     if not len(rows):
         return micros, is_time
-    # one contiguous row of values per digit place: year (4), month, day, hour, minute, second (2 each), fraction (6)
-    digits = (matrix.T[_TIME_DIGITS] - np.uint8(ord("0"))).astype(np.int32)
-    year = ((digits[0] * 10 + digits[1]) * 10 + digits[2]) * 10 + digits[3]
-    month, day, hour, minute, second = (digits[at] * 10 + digits[at + 1] for at in range(4, 14, 2))
-    fraction = digits[14]
-    for place in range(15, 20):
-        fraction = fraction * 10 + digits[place]
+    year, month, day, hour, minute, second, fraction = _time_fields(matrix)
     leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
     valid = day <= _MONTH_DAYS[month] + (leap & (month == 2))
     # days since 1970-01-01 of a proleptic Gregorian date (a year taken to start in March, so leap days fall last)
@@ -264,6 +252,19 @@ def _event_micros(
     micros[rows] = np.where(valid, seconds * 1_000_000 + fraction, 0)
     is_time[rows] = valid
     return micros, is_time
+
+
+def _time_fields(matrix: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Year, month, day, hour, minute, second and microseconds of each row of a (rows, width) byte matrix in
+    ``_UTC_MICROS_LAYOUT`` (meaningless where a digit place holds no digit), as int32."""
+    # one contiguous row of values per digit place: year (4), month, day, hour, minute, second (2 each), fraction (6)
+    digits = (matrix.T[_TIME_DIGITS] - np.uint8(ord("0"))).astype(np.int32)
+    year = ((digits[0] * 10 + digits[1]) * 10 + digits[2]) * 10 + digits[3]
+    month, day, hour, minute, second = (digits[at] * 10 + digits[at + 1] for at in range(4, 14, 2))
+    fraction = digits[14]
+    for place in range(15, 20):
+        fraction = fraction * 10 + digits[place]
+    return year, month, day, hour, minute, second, fraction
 
 
 #: Where the digits of ``_UTC_MICROS_LAYOUT`` are, and the days of each month of a common year (by month number).
@@ -532,9 +533,8 @@ def _plain_number(texts: pa.Array, plain: np.ndarray, scale: int) -> np.ndarray:
 
 def _decimal_from_cents(cents: np.ndarray, valid: np.ndarray) -> pa.Array:
     """DECIMAL(18, 2) values from their unscaled int64 (cents), null where not ``valid``."""
-    words = np.zeros(
-        (len(cents), 2), dtype=np.int64
-    )  # a 128-bit little-endian integer: low word, then high word
+    # each value a 128-bit little-endian integer: its low word, then its high word
+    words = np.zeros((len(cents), 2), dtype=np.int64)
     words[:, 0] = cents
     words[:, 1] = np.where(cents < 0, -1, 0)
     validity = pa.array(valid).buffers()[1] if not valid.all() else None
