@@ -31,9 +31,22 @@ from schemas.positions import Position
 
 log = logging.getLogger(__name__)
 
-#: Columns whose values are (nearly) all distinct: a dictionary page would only cost time and bytes (measured on a
-#: 50k-event file: about a quarter of the write time and an eighth of the size saved).
-_MOSTLY_UNIQUE: Final = frozenset({"event_id", "sequence_number", "raw_data"})
+#: Columns whose values are (nearly) all distinct: a dictionary page would only cost time and bytes. Measured on
+#: 50k-event files: the ids about a quarter of the write time and an eighth of the size; the microsecond times and
+#: order ids a further tenth of the time and 7% of the size of an events file, 13% and 12% of a customers file.
+_MOSTLY_UNIQUE: Final = frozenset(
+    {
+        "event_id",
+        "sequence_number",
+        "raw_data",
+        "order_id",
+        "event_time",
+        "first_event_at",
+        "last_event_at",
+        "first_purchase_at",
+        "last_purchase_at",
+    }
+)
 
 
 class CommitConflict(Exception):  # noqa: N818 - a outcome of the protocol, not a failure of the code

@@ -263,6 +263,27 @@ def test_parquet_timestamps_are_utc_microseconds_and_money_is_decimal_18_2(s3: A
     assert [str(r) for r in table.column("revenue").to_pylist() if r is not None] == ["19.99"]
 
 
+def test_nearly_distinct_columns_are_written_without_a_dictionary_and_repeated_ones_with_one(s3: Any) -> None:
+    """A dictionary on ids and microsecond times costs write time and bytes and saves nothing."""
+    record = S3ParquetSink(s3, settings_for()).write(
+        *applied(CustomerState(SHARD), records_of(HOURLY_EVENTS))
+    )
+    plain = {
+        "events": {"event_id", "sequence_number", "event_time", "order_id"},
+        "customer_aggregates": {"first_event_at", "last_event_at", "first_purchase_at", "last_purchase_at"},
+    }
+    for output, distinct in plain.items():
+        (key,) = record.files[output]
+        row_group = pq.ParquetFile(io.BytesIO(body(s3, key))).metadata.row_group(0)
+        dictionary = {
+            row_group.column(i).path_in_schema
+            for i in range(row_group.num_columns)
+            if row_group.column(i).has_dictionary_page
+        }
+        assert not dictionary & distinct, output
+        assert {"customer_id", "shard_id"} <= dictionary, output
+
+
 # ---------------------------------------------------------------------------------------------------- the fence
 def test_writing_the_same_attempt_twice_overwrites_and_returns_the_stored_commit(s3: Any) -> None:
     sink = S3ParquetSink(s3, settings_for())
