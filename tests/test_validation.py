@@ -32,6 +32,7 @@ from aggregators.validation import (
     _STRING_FIELDS,
     EVENT_TIME_PATTERN,
     LENIENT_JSON_HINT,
+    ArrowSource,
     DecodedBatch,
     RecordValidator,
     ValidationRules,
@@ -1268,12 +1269,9 @@ def test_a_batch_with_plain_invalid_json_is_parsed_again_with_the_check() -> Non
     raw = raw_batch([(data, _partition_key(data)) for data in records], arrival=arrival)
     invalid = slice(1, 1 + len(_PLAIN_INVALID_JSON))
     con = _connection()
-    con.register("fast_in", _fast_input(raw, plain=invalid))
-    try:
-        with pytest.raises(duckdb.InvalidInputException):  # the first try does raise on this batch
-            con.sql(fast_decode._PARSE_SQL).to_arrow_table()
-    finally:
-        con.unregister("fast_in")
+    decoder = FastDecoder(ValidationRules())
+    with pytest.raises(duckdb.InvalidInputException):  # the first try does raise on this batch
+        decoder.rows.run(new_connection(), "first_try", decoder.parse_sql, _fast_input(raw, plain=invalid))
     alone = raw_batch([(data, _partition_key(data)) for data in valid], arrival=arrival)
     vouched_alone = FastDecoder(ValidationRules()).decode(con, alone).column("vouched").to_pylist()
     assert sum(vouched_alone) > len(valid) // 2
@@ -1285,7 +1283,7 @@ def test_a_batch_with_plain_invalid_json_is_parsed_again_with_the_check() -> Non
 
 
 def _fast_input(raw: pa.Table, plain: slice) -> pa.Table:
-    """The fast path's input table for ``raw`` (as FastDecoder.decode registers it); the ``plain`` rows are."""
+    """The fast path's input table for ``raw`` (as FastDecoder.decode builds it); the ``plain`` rows are."""
     data = fast_decode.contiguous(raw.column("data"))
     shape = fast_decode.PayloadBytes.of(data, MAX_BYTES)
     assert shape.plain[plain].all()
@@ -1713,3 +1711,83 @@ def test_member_names_are_counted_per_payload_whatever_the_neighbours(count: int
 def test_payload_shape_on_the_bytes(payload: bytes, plain: bool) -> None:
     data = pa.array([b'{"x":"y"}', payload, b'{"x":"y"}'], pa.binary())
     assert fast_decode.PayloadBytes.of(data, max_bytes=60).plain.tolist() == [True, plain, True]
+
+
+# ---------------------------------------------------------------------------------------------------- ArrowSource
+
+
+def test_an_arrow_source_reads_the_table_handed_to_each_run() -> None:
+    con = new_connection()
+    numbers = ArrowSource("test_numbers", pa.schema([("x", pa.int64()), ("label", pa.string())]))
+    sql = f"SELECT x * 2 AS doubled, label FROM {numbers.rows_sql}"
+    first = numbers.run(con, "doubled", sql, pa.table({"x": [1, 2, 3], "label": ["a", None, "c"]}))
+    assert first.to_pylist() == [
+        {"doubled": 2, "label": "a"},
+        {"doubled": 4, "label": None},
+        {"doubled": 6, "label": "c"},
+    ]
+    # prepared once; later runs read their own table (cast to the source's schema), empty ones too
+    second = numbers.run(con, "doubled", sql, pa.table({"label": ["z"], "x": pa.array([10], pa.int32())}))
+    assert second.to_pylist() == [{"doubled": 20, "label": "z"}]
+    assert (
+        numbers.run(con, "doubled", sql, pa.table({"x": pa.array([], pa.int64()), "label": []})).num_rows == 0
+    )
+
+
+def test_two_arrow_sources_on_one_connection_and_one_source_on_two_connections_stay_apart() -> None:
+    schema = pa.schema([("x", pa.int64())])
+    left, right = ArrowSource("test_left", schema), ArrowSource("test_right", schema)
+    shared, other = new_connection(), new_connection()
+
+    def total(source: ArrowSource, con: duckdb.DuckDBPyConnection, values: list[int]) -> int:
+        sql = f"SELECT sum(x) AS total FROM {source.rows_sql}"
+        result = source.run(con, f"total_{source.function}", sql, pa.table({"x": values}, schema=schema))
+        return int(result.column("total")[0].as_py())
+
+    assert total(left, shared, [1, 2]) == 3
+    assert total(right, shared, [10, 20]) == 30
+    assert total(left, shared, [5]) == 5
+    assert total(left, other, [7, 7]) == 14
+    assert total(right, shared, [1]) == 1
+
+
+def test_an_arrow_source_cannot_be_read_outside_a_run() -> None:
+    con = new_connection()
+    numbers = ArrowSource("test_outside", pa.schema([("x", pa.int64())]))
+    sql = f"SELECT x FROM {numbers.rows_sql}"
+    numbers.run(con, "outside", sql, pa.table({"x": [1]}))
+    with pytest.raises(duckdb.Error, match=r"read outside ArrowSource\.run"):
+        con.sql(f"SELECT x FROM {numbers.rows_sql}").fetchall()
+
+
+def _optimizer_ran(con: duckdb.DuckDBPyConnection, run: Any, output: Any) -> bool:
+    """Whether DuckDB's optimizer ran for the last statement ``run`` executes: it does when DuckDB binds a prepared
+    statement again, and not when it reuses the plan it made when preparing it."""
+    con.execute("PRAGMA enable_profiling = 'json'")
+    con.execute(f"PRAGMA profiling_output = '{output}'")
+    con.execute("PRAGMA profiling_mode = 'detailed'")
+    try:
+        run()
+    finally:
+        con.execute("PRAGMA disable_profiling")
+    profile = json.loads(output.read_text())
+    return "expression_rewriter" in profile["optimizer"]
+
+
+def test_the_validator_and_the_parse_statement_are_planned_once_not_on_every_batch(tmp_path: Any) -> None:
+    """DuckDB binds a prepared statement again on every execution if it reads a table or adds an INTERVAL to a
+    TIMESTAMPTZ: some 10 ms for the validator, on every batch that holds a doubtful record."""
+    con = new_connection()
+    output = tmp_path / "profile.json"
+    valid = [data for label, data in ClickstreamGenerator(20, 50, seed=5).records() if label == "valid"]
+    raw = raw_batch(
+        [(data, _partition_key(data)) for data in valid], arrival=datetime(2026, 6, 1, tzinfo=UTC)
+    )
+    validator, decoder = RecordValidator(), FastDecoder(ValidationRules())
+    validator.decode(con, raw)
+    decoder.decode(con, raw)
+    assert not _optimizer_ran(con, lambda: validator.decode(con, raw), output)
+    assert not _optimizer_ran(con, lambda: decoder.decode(con, raw), output)
+    # what the test would see if the statement were bound again: a copy read from a registered table
+    con.register("raw_copy", raw)
+    assert _optimizer_ran(con, lambda: con.sql("SELECT count(*) FROM raw_copy").fetchall(), output)
