@@ -51,7 +51,7 @@ import pyarrow.compute as pc
 from aggregators.ascii_bytes import hex_value
 from aggregators.fast_decode import FastDecoder, contiguous, decimal_cents, decode_records, value_bytes
 from aggregators.keysets import IndexMark, KeyRuns, StringIndex, fixed_bytes, mix64
-from aggregators.validation import RecordValidator, new_connection
+from aggregators.validation import ArrowSource, RecordValidator, new_connection
 from schemas import CUSTOMER_AGGREGATES_SCHEMA, ERRORS_SCHEMA, EVENT_TYPES, EVENTS_SCHEMA, MONEY, UTC_MICROS
 from schemas.positions import SEQUENCE_DIGITS, Position
 
@@ -251,6 +251,7 @@ class CustomerState:
         self._synced_at = time.monotonic()
         self.con: duckdb.DuckDBPyConnection = new_connection(self.database)
         self.con.execute("SET threads = 1")  # one shard, one core: the KCL runs a process per shard
+        self._hash = _StringHasher(self.con)
         self.con.execute(_DDL)
         self._in_transaction = False
         self._reset()
@@ -266,7 +267,7 @@ class CustomerState:
             self.con.close()
 
     def _reset(self) -> None:
-        self._customers = StringIndex(lambda names: _string_hash(self.con, names))
+        self._customers = StringIndex(self._hash)
         self._cols: dict[str, np.ndarray] = {name: np.empty(0, _dtype(name)) for name in _NUMERIC}
         self._event_ids = KeyRuns(("idx", "high", "low"), has_day=True)
         self._sessions = KeyRuns(("idx", "session"))
@@ -429,8 +430,8 @@ class CustomerState:
             return empty
         customers = contiguous(events.column("customer_id")).dictionary_encode()
         # one hashing statement for the batch's customers and sessions (DuckDB costs about a millisecond a statement)
-        name_hashes, session_hashes = _string_hashes(
-            self.con, customers.dictionary, contiguous(events.column("session_id"))
+        name_hashes, session_hashes = self._hash.many(
+            customers.dictionary, contiguous(events.column("session_id"))
         )
         idx, new_ids, new_hashes = self._customer_indexes(customers, name_hashes)
         high, low = _uuid_halves(contiguous(events.column("event_id")))
@@ -744,7 +745,7 @@ class CustomerState:
     def _load_indexed(self, tables: dict[str, pa.Table]) -> None:
         """Install tables keyed by dense index (``idx``) into memory."""
         customers = tables["customers"]
-        self._customers = StringIndex(lambda names: _string_hash(self.con, names))
+        self._customers = StringIndex(self._hash)
         self._customers.add(contiguous(customers.column("customer_id")))
         self._grow(len(self._customers))
         rows = tables["customer_rows"]
@@ -757,7 +758,7 @@ class CustomerState:
             idx = sessions.column("idx").to_numpy()
             strings = contiguous(sessions.column("session_id"))
             self._sessions.add(
-                mix64(idx, _string_hash(self.con, strings)),
+                mix64(idx, self._hash(strings)),
                 {"idx": idx.astype(np.int32), "session": fixed_bytes(strings)},
             )
         days = tables["customer_days"]
@@ -1070,21 +1071,25 @@ def _type_codes(event_types: pa.ChunkedArray) -> np.ndarray:
     return np.asarray(codes.to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
-def _string_hashes(con: duckdb.DuckDBPyConnection, *arrays: pa.Array) -> list[np.ndarray]:
-    """``_string_hash`` of several string arrays in one statement."""
-    hashed = _string_hash(con, pa.concat_arrays(list(arrays)))
-    bounds = np.cumsum([0, *(len(array) for array in arrays)])
-    return [hashed[start:end] for start, end in itertools.pairwise(bounds)]
+class _StringHasher:
+    """A 64-bit hash of each string (DuckDB's hash, vectorized); only a probe, never trusted for equality. One
+    statement, bound once per connection (see ``ArrowSource``)."""
 
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self._con = con
+        self._rows = ArrowSource("hash_rows", pa.schema([pa.field("s", pa.string())]))
+        self._sql = f"SELECT hash(s) AS h FROM {self._rows.rows_sql}"
+        self._statement = f"hash_{self._rows.function}"
 
-def _string_hash(con: duckdb.DuckDBPyConnection, strings: pa.Array) -> np.ndarray:
-    """A 64-bit hash of each string (DuckDB's hash, vectorized); only a probe, never trusted for equality."""
-    con.register("hash_in", pa.table({"s": strings}))
-    try:
-        hashed = con.sql("SELECT hash(s) AS h FROM hash_in").to_arrow_table().column("h")
-    finally:
-        con.unregister("hash_in")
-    return np.asarray(hashed.to_numpy(), dtype=np.uint64)
+    def __call__(self, strings: pa.Array) -> np.ndarray:
+        hashed = self._rows.run(self._con, self._statement, self._sql, pa.table({"s": strings})).column("h")
+        return np.asarray(hashed.to_numpy(), dtype=np.uint64)
+
+    def many(self, *arrays: pa.Array) -> list[np.ndarray]:
+        """The hashes of several string arrays, in one statement."""
+        hashed = self(pa.concat_arrays(list(arrays)))
+        bounds = np.cumsum([0, *(len(array) for array in arrays)])
+        return [hashed[start:end] for start, end in itertools.pairwise(bounds)]
 
 
 def _mask(rows: np.ndarray, size: int) -> np.ndarray:
