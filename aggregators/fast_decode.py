@@ -663,12 +663,9 @@ class PayloadBytes:
             & (body[np.maximum(before_last, 0)] != _COMMA)
         )
         names = colons[before == _QUOTE]
-        escaped = _escaped_quotes(body)
-        if len(escaped):  # a quote a backslash escapes is inside a string: it ends no name
-            after_backslash = np.flatnonzero(body[np.maximum(names - 2, 0)] == _BACKSLASH)
-            if len(after_backslash):
-                not_names = after_backslash[np.isin(names[after_backslash] - 1, escaped)]
-                names = np.delete(names, not_names)
+        after_backslash = np.flatnonzero(body[np.maximum(names - 2, 0)] == _BACKSLASH)
+        if len(after_backslash):  # a quote a backslash escapes is inside a string: it ends no name
+            names = np.delete(names, after_backslash[_escaped(body, names[after_backslash] - 1)])
         return cls(plain, _per_value(names, bounds), _per_value(_string_values(body, names), bounds))
 
 
@@ -690,9 +687,25 @@ def _string_values(body: np.ndarray, names: np.ndarray, steps: int = 4) -> np.nd
     return np.sort(np.concatenate(strings)) if len(strings) > 1 else strings[0]
 
 
+def _escaped(body: np.ndarray, quotes: np.ndarray, steps: int = 16) -> np.ndarray:
+    """Whether a backslash escapes each quote at ``quotes``: an odd run of backslashes right before it (after an
+    even run the backslashes escape each other). Counted back from each quote, as only the few quotes that follow a
+    backslash are asked about; a run longer than ``steps`` is settled by one scan of the body."""
+    run = np.zeros(len(quotes), dtype=np.int64)
+    counting = np.ones(len(quotes), dtype=bool)
+    for back in range(1, steps + 1):
+        counting &= (quotes >= back) & (body[np.maximum(quotes - back, 0)] == _BACKSLASH)
+        if not counting.any():
+            odd: np.ndarray = run % 2 == 1
+            return odd
+        run += counting
+    escaped: np.ndarray = np.isin(quotes, _escaped_quotes(body))
+    return escaped
+
+
 def _escaped_quotes(body: np.ndarray) -> np.ndarray:
     """Positions of the quotes a backslash escapes: those right after an odd run of backslashes (after an even run,
-    the backslashes escape each other and the quote ends a string). One scan of the body when it holds none."""
+    the backslashes escape each other and the quote ends a string)."""
     found = body == _BACKSLASH
     if not found.any():
         return np.empty(0, dtype=np.int64)

@@ -1791,3 +1791,20 @@ def test_the_validator_and_the_parse_statement_are_planned_once_not_on_every_bat
     # what the test would see if the statement were bound again: a copy read from a registered table
     con.register("raw_copy", raw)
     assert _optimizer_ran(con, lambda: con.sql("SELECT count(*) FROM raw_copy").fetchall(), output)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(st.sampled_from([b'"', b"\\", b"a", b":"]), st.integers(1, 40).map(lambda n: b"\\" * n)),
+        max_size=40,
+    )
+)
+def test_a_quote_is_escaped_after_an_odd_run_of_backslashes_however_long(pieces: list[bytes]) -> None:
+    """The fast path asks only about the quotes before a name's colon, counting backslashes back from each; a run
+    longer than its look-back is settled by a scan of the body. Both agree with the scan on every quote."""
+    body = np.frombuffer(b"".join(pieces) + b'"', dtype=np.uint8)
+    quotes = np.flatnonzero(body == ord('"'))
+    expected = np.isin(quotes, fast_decode._escaped_quotes(body))
+    for steps in (1, 4, 16):
+        assert fast_decode._escaped(body, quotes, steps).tolist() == expected.tolist()
