@@ -43,11 +43,11 @@ from aggregators.validation import (
     EVENT_TIME_PATTERN,
     ID_PATTERN,
     UUID_PATTERN,
-    ArrowSource,
     DecodedBatch,
     RecordValidator,
     ValidationRules,
     _quote,
+    run_prepared,
 )
 from schemas import ERRORS_SCHEMA, EVENT_SCHEMA_VERSION, EVENT_TYPES, EVENTS_SCHEMA, UTC_MICROS
 
@@ -76,9 +76,10 @@ _LENIENT_COMMA: Final = r",\s*[\]}]"
 #: The one statement per batch: DuckDB parses each candidate once (its string members as values, its numbers as raw
 #: JSON text; its member names and string values are counted on the bytes, see ``PayloadBytes``, and its event time
 #: and plain numbers are read from their digits, see ``_event_micros`` and ``_plain_number``). Every check is then an
-#: Arrow kernel over these columns: DuckDB sets up every expression of a statement on every execution, so a long
-#: SQL expression tree costs milliseconds whatever the batch size. The statement reads its rows through an
-#: ``ArrowSource``, so that DuckDB binds it once, not on every batch.
+#: Arrow kernel over these columns: DuckDB binds a statement that reads a table again on every execution (prepared
+#: or not) and sets up each of its expressions, so a long SQL expression tree costs milliseconds whatever the batch
+#: size. (This statement is short: read through an ``ArrowSource``, as the validator's rows are, it saved about 1 ms
+#: of binding a 10k batch but cost 5 ms a 50k batch, in slices, or 27 MiB more memory, whole.)
 #:
 #: ``{valid}`` is where ``json_valid`` goes. It is left out of the first try: ``from_json`` reads with the same
 #: parser and raises on any text ``json_valid`` refuses (a test holds the two together), so a batch that parses
@@ -88,17 +89,14 @@ _PARSE_TEMPLATE: Final = f"""
 WITH docs AS (
   SELECT rid,
          CASE WHEN plain{{valid}} THEN txt END AS doc
-  FROM {{rows}}
+  FROM fast_in
 ), parsed AS (
   SELECT rid, from_json(doc, {_quote(_MEMBER_TYPES)}) AS j FROM docs
 )
 SELECT rid, j FROM parsed
 """
-#: The parse statement's rows: each record's row number, its payload as text (null if not UTF-8), and whether its
-#: bytes look plain enough to parse (``PayloadBytes.plain``).
-PARSE_INPUT_SCHEMA: Final = pa.schema(
-    [pa.field("rid", pa.int64(), nullable=False), pa.field("txt", pa.string()), pa.field("plain", pa.bool_())]
-)
+_PARSE_SQL: Final = _PARSE_TEMPLATE.replace("{valid}", "")
+_PARSE_VALID_SQL: Final = _PARSE_TEMPLATE.replace("{valid}", " AND json_valid(txt)")
 #: EVENTS_SCHEMA with every field nullable: the decoded columns of a whole batch, before the rows that are not
 #: events are taken out.
 _NULLABLE_EVENTS: Final = pa.schema([field.with_nullable(True) for field in EVENTS_SCHEMA])
@@ -381,12 +379,8 @@ class FastDecoder:
 
     def __init__(self, rules: ValidationRules) -> None:
         self.rules = rules
-        self.rows = ArrowSource("fast_rows", PARSE_INPUT_SCHEMA)  # bound once, not on every batch
-        template = _PARSE_TEMPLATE.replace("{rows}", self.rows.rows_sql)
-        self.parse_sql = template.replace("{valid}", "")
-        self.parse_valid_sql = template.replace("{valid}", " AND json_valid(txt)")
-        self._statement = _statement_name(self.parse_sql)
-        self._valid_statement = _statement_name(self.parse_valid_sql)
+        self._statement = _statement_name(_PARSE_SQL)
+        self._valid_statement = _statement_name(_PARSE_VALID_SQL)
         self._min_event_micros = pa.scalar(rules.min_event_time, UTC_MICROS).cast(pa.int64()).as_py()
         self._skew_micros = int(rules.max_future_skew_seconds) * 1_000_000
         self._max_revenue = int(rules.max_revenue) * 100  # in cents
@@ -403,12 +397,16 @@ class FastDecoder:
                 "plain": pa.array(shape.plain),
             }
         )
+        con.register("fast_in", table)
         try:
-            parsed = self.rows.run(con, self._statement, self.parse_sql, table)
-        except duckdb.InvalidInputException as error:
-            if "Malformed JSON" not in str(error):
-                raise
-            parsed = self.rows.run(con, self._valid_statement, self.parse_valid_sql, table)
+            try:
+                parsed = run_prepared(con, self._statement, _PARSE_SQL)
+            except duckdb.InvalidInputException as error:
+                if "Malformed JSON" not in str(error):
+                    raise
+                parsed = run_prepared(con, self._valid_statement, _PARSE_VALID_SQL)
+        finally:
+            con.unregister("fast_in")
         if not _is_sorted(parsed.column("rid")):
             parsed = parsed.take(pc.sort_indices(parsed.column("rid")))
         # one row per input row, in input order (as _vouch reads raw's columns and the shape beside parsed's)

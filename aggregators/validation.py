@@ -363,29 +363,39 @@ class ArrowSource:
     exact validator that was 11.5 of its 14 ms on 21 records, on every batch holding a doubtful record. A
     statement whose rows come from a function call is bound once, when prepared. So the statement reads
     ``rows_sql``: a zero-argument Arrow function (this object, registered on each connection on first use, with
-    side effects so that it is called on every execution) that returns the table handed to ``run`` as one list
-    of structs, which the statement unnests into the table's columns (no copy of the rows).
+    side effects so that it is called on every execution) that returns the rows handed to ``run`` as one list of
+    structs (no copy of the rows), which the statement unnests into the table's columns.
+
+    DuckDB holds that list whole while the statement runs, so ``run`` hands over at most ``max_rows`` rows at a time
+    (a restore hashes millions of strings): the statement must therefore treat each row on its own (no aggregate,
+    no order across rows), as every statement given a source here does.
     """
 
-    def __init__(self, prefix: str, schema: pa.Schema) -> None:
+    def __init__(self, prefix: str, schema: pa.Schema, max_rows: int = 16_384) -> None:
         self.schema = schema
-        self.function = f"{prefix}_{uuid.uuid4().hex[:12]}"  # one per source: its table is its own
+        self.max_rows = max_rows
+        self.function = f"{prefix}_{uuid.uuid4().hex[:12]}"  # one per source: its rows are its own
         self.rows_sql = f"(SELECT unnest({self.function}(), recursive := true))"
-        self._table: pa.Table | None = None
+        self._rows: pa.Table | None = None
 
     def run(self, con: duckdb.DuckDBPyConnection, name: str, sql: str, table: pa.Table) -> pa.Table:
         """Run the prepared statement ``name`` (``sql``, which reads ``rows_sql``) over ``table``'s columns of
-        the source's schema."""
-        self._table = table.select(self.schema.names).cast(self.schema)
-        try:
-            return run_prepared(con, name, sql, lambda: self._register(con))
-        finally:
-            self._table = None
+        the source's schema, ``max_rows`` rows at a time; the results in the order of the rows."""
+        table = table.select(self.schema.names).cast(self.schema)
+        results = []
+        for start in range(0, max(table.num_rows, 1), self.max_rows):
+            self._rows = table.slice(start, self.max_rows)
+            try:
+                results.append(run_prepared(con, name, sql, lambda: self._register(con)))
+            finally:
+                self._rows = None
+        return results[0] if len(results) == 1 else pa.concat_tables(results)
 
     def __call__(self) -> pa.Array:
-        if self._table is None:
+        if self._rows is None:
             raise RuntimeError(f"{self.function}() read outside ArrowSource.run")
-        rows = self._table.to_struct_array().combine_chunks()
+        structs = self._rows.to_struct_array()
+        rows = structs.chunk(0) if structs.num_chunks == 1 else structs.combine_chunks()  # one chunk: no copy
         return pa.ListArray.from_arrays(pa.array([0, len(rows)], pa.int32()), rows)
 
     def _register(self, con: duckdb.DuckDBPyConnection) -> None:

@@ -1269,9 +1269,12 @@ def test_a_batch_with_plain_invalid_json_is_parsed_again_with_the_check() -> Non
     raw = raw_batch([(data, _partition_key(data)) for data in records], arrival=arrival)
     invalid = slice(1, 1 + len(_PLAIN_INVALID_JSON))
     con = _connection()
-    decoder = FastDecoder(ValidationRules())
-    with pytest.raises(duckdb.InvalidInputException):  # the first try does raise on this batch
-        decoder.rows.run(new_connection(), "first_try", decoder.parse_sql, _fast_input(raw, plain=invalid))
+    con.register("fast_in", _fast_input(raw, plain=invalid))
+    try:
+        with pytest.raises(duckdb.InvalidInputException):  # the first try does raise on this batch
+            con.sql(fast_decode._PARSE_SQL).to_arrow_table()
+    finally:
+        con.unregister("fast_in")
     alone = raw_batch([(data, _partition_key(data)) for data in valid], arrival=arrival)
     vouched_alone = FastDecoder(ValidationRules()).decode(con, alone).column("vouched").to_pylist()
     assert sum(vouched_alone) > len(valid) // 2
@@ -1283,7 +1286,7 @@ def test_a_batch_with_plain_invalid_json_is_parsed_again_with_the_check() -> Non
 
 
 def _fast_input(raw: pa.Table, plain: slice) -> pa.Table:
-    """The fast path's input table for ``raw`` (as FastDecoder.decode builds it); the ``plain`` rows are."""
+    """The fast path's input table for ``raw`` (as FastDecoder.decode registers it); the ``plain`` rows are."""
     data = fast_decode.contiguous(raw.column("data"))
     shape = fast_decode.PayloadBytes.of(data, MAX_BYTES)
     assert shape.plain[plain].all()
@@ -1739,16 +1742,27 @@ def test_two_arrow_sources_on_one_connection_and_one_source_on_two_connections_s
     left, right = ArrowSource("test_left", schema), ArrowSource("test_right", schema)
     shared, other = new_connection(), new_connection()
 
-    def total(source: ArrowSource, con: duckdb.DuckDBPyConnection, values: list[int]) -> int:
-        sql = f"SELECT sum(x) AS total FROM {source.rows_sql}"
-        result = source.run(con, f"total_{source.function}", sql, pa.table({"x": values}, schema=schema))
-        return int(result.column("total")[0].as_py())
+    def negated(source: ArrowSource, con: duckdb.DuckDBPyConnection, values: list[int]) -> list[int]:
+        sql = f"SELECT -x AS y FROM {source.rows_sql}"
+        result = source.run(con, f"negated_{source.function}", sql, pa.table({"x": values}, schema=schema))
+        return [int(value) for value in result.column("y").to_pylist()]
 
-    assert total(left, shared, [1, 2]) == 3
-    assert total(right, shared, [10, 20]) == 30
-    assert total(left, shared, [5]) == 5
-    assert total(left, other, [7, 7]) == 14
-    assert total(right, shared, [1]) == 1
+    assert negated(left, shared, [1, 2]) == [-1, -2]
+    assert negated(right, shared, [10, 20]) == [-10, -20]
+    assert negated(left, shared, [5]) == [-5]
+    assert negated(left, other, [7, 8]) == [-7, -8]
+    assert negated(right, shared, [1]) == [-1]
+
+
+@pytest.mark.parametrize("rows", [0, 1, 6, 7, 20])
+def test_an_arrow_source_hands_a_long_table_over_in_slices_with_the_results_in_row_order(rows: int) -> None:
+    con = new_connection()
+    numbers = ArrowSource("test_slices", pa.schema([("x", pa.int64()), ("s", pa.string())]), max_rows=3)
+    table = pa.table({"x": list(range(rows + 2)), "s": [f"v{i}" for i in range(rows + 2)]}).slice(2)
+    sql = f"SELECT x + 1 AS y, s || '!' AS t FROM {numbers.rows_sql}"
+    result = numbers.run(con, "sliced", sql, table)
+    assert result.column("y").to_pylist() == [x + 1 for x in range(2, rows + 2)]
+    assert result.column("t").to_pylist() == [f"v{x}!" for x in range(2, rows + 2)]
 
 
 def test_an_arrow_source_cannot_be_read_outside_a_run() -> None:
@@ -1774,7 +1788,7 @@ def _optimizer_ran(con: duckdb.DuckDBPyConnection, run: Any, output: Any) -> boo
     return "expression_rewriter" in profile["optimizer"]
 
 
-def test_the_validator_and_the_parse_statement_are_planned_once_not_on_every_batch(tmp_path: Any) -> None:
+def test_the_validator_is_planned_once_not_on_every_batch(tmp_path: Any) -> None:
     """DuckDB binds a prepared statement again on every execution if it reads a table or adds an INTERVAL to a
     TIMESTAMPTZ: some 10 ms for the validator, on every batch that holds a doubtful record."""
     con = new_connection()
@@ -1783,11 +1797,9 @@ def test_the_validator_and_the_parse_statement_are_planned_once_not_on_every_bat
     raw = raw_batch(
         [(data, _partition_key(data)) for data in valid], arrival=datetime(2026, 6, 1, tzinfo=UTC)
     )
-    validator, decoder = RecordValidator(), FastDecoder(ValidationRules())
+    validator = RecordValidator()
     validator.decode(con, raw)
-    decoder.decode(con, raw)
     assert not _optimizer_ran(con, lambda: validator.decode(con, raw), output)
-    assert not _optimizer_ran(con, lambda: decoder.decode(con, raw), output)
     # what the test would see if the statement were bound again: a copy read from a registered table
     con.register("raw_copy", raw)
     assert _optimizer_ran(con, lambda: con.sql("SELECT count(*) FROM raw_copy").fetchall(), output)
