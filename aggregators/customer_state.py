@@ -1079,10 +1079,9 @@ class _StringHasher:
         self._con = con
         self._rows = ArrowSource("hash_rows", pa.schema([pa.field("s", pa.string())]))
         self._sql = f"SELECT hash(s) AS h FROM {self._rows.rows_sql}"
-        self._statement = f"hash_{self._rows.function}"
 
     def __call__(self, strings: pa.Array) -> np.ndarray:
-        hashed = self._rows.run(self._con, self._statement, self._sql, pa.table({"s": strings})).column("h")
+        hashed = self._rows.run(self._con, self._sql, pa.table({"s": strings})).column("h")
         return np.asarray(hashed.to_numpy(), dtype=np.uint64)
 
     def many(self, *arrays: pa.Array) -> list[np.ndarray]:

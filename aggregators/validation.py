@@ -8,7 +8,6 @@ two agree on generated documents.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
 from collections.abc import Callable
@@ -297,13 +296,12 @@ class RecordValidator:
         self.rules = rules or ValidationRules()
         self._rows = ArrowSource("validator_rows", _FLAGGED_SCHEMA)
         self._sql = _build_sql(self.rules, self._rows.rows_sql)
-        self._statement = _statement_name("validate", self._sql)
 
     def decode(self, con: duckdb.DuckDBPyConnection, raw: pa.Table) -> DecodedBatch:
         """Split ``raw`` into events and rejects; every input row lands in exactly one of them."""
         errors = _strict_json_errors(raw.column("data"), self.rules.max_record_bytes)
         flagged = raw.append_column("strict_json_error", errors)
-        judged = self._rows.run(con, self._statement, self._sql, flagged)
+        judged = self._rows.run(con, self._sql, flagged)
         rejection = judged.column("rejection")
         events = judged.filter(pc.is_null(rejection)).select(EVENTS_SCHEMA.names).cast(EVENTS_SCHEMA)
         rejected = judged.filter(pc.is_valid(rejection))
@@ -333,10 +331,6 @@ def _strict_json_errors(data: pa.ChunkedArray, max_bytes: int) -> pa.Array:
         except (ValueError, RecursionError):
             flags[index] = True
     return pa.array(flags, pa.bool_())
-
-
-def _statement_name(prefix: str, sql: str) -> str:
-    return f"{prefix}_{hashlib.sha256(sql.encode()).hexdigest()[:12]}"
 
 
 def run_prepared(
@@ -377,10 +371,12 @@ class ArrowSource:
         self.function = f"{prefix}_{uuid.uuid4().hex[:12]}"  # one per source: its rows are its own
         self.rows_sql = f"(SELECT unnest({self.function}(), recursive := true))"
         self._rows: pa.Table | None = None
+        self._statements: dict[str, str] = {}  # each statement's text -> its prepared name, ours alone
 
-    def run(self, con: duckdb.DuckDBPyConnection, name: str, sql: str, table: pa.Table) -> pa.Table:
-        """Run the prepared statement ``name`` (``sql``, which reads ``rows_sql``) over ``table``'s columns of
+    def run(self, con: duckdb.DuckDBPyConnection, sql: str, table: pa.Table) -> pa.Table:
+        """Run ``sql`` (which reads ``rows_sql``), prepared on ``con`` on first use, over ``table``'s columns of
         the source's schema, ``max_rows`` rows at a time; the results in the order of the rows."""
+        name = self._statements.setdefault(sql, f"{self.function}_{len(self._statements)}")
         table = table.select(self.schema.names).cast(self.schema)
         results = []
         for start in range(0, max(table.num_rows, 1), self.max_rows):

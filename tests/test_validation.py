@@ -1723,18 +1723,16 @@ def test_an_arrow_source_reads_the_table_handed_to_each_run() -> None:
     con = new_connection()
     numbers = ArrowSource("test_numbers", pa.schema([("x", pa.int64()), ("label", pa.string())]))
     sql = f"SELECT x * 2 AS doubled, label FROM {numbers.rows_sql}"
-    first = numbers.run(con, "doubled", sql, pa.table({"x": [1, 2, 3], "label": ["a", None, "c"]}))
+    first = numbers.run(con, sql, pa.table({"x": [1, 2, 3], "label": ["a", None, "c"]}))
     assert first.to_pylist() == [
         {"doubled": 2, "label": "a"},
         {"doubled": 4, "label": None},
         {"doubled": 6, "label": "c"},
     ]
     # prepared once; later runs read their own table (cast to the source's schema), empty ones too
-    second = numbers.run(con, "doubled", sql, pa.table({"label": ["z"], "x": pa.array([10], pa.int32())}))
+    second = numbers.run(con, sql, pa.table({"label": ["z"], "x": pa.array([10], pa.int32())}))
     assert second.to_pylist() == [{"doubled": 20, "label": "z"}]
-    assert (
-        numbers.run(con, "doubled", sql, pa.table({"x": pa.array([], pa.int64()), "label": []})).num_rows == 0
-    )
+    assert numbers.run(con, sql, pa.table({"x": pa.array([], pa.int64()), "label": []})).num_rows == 0
 
 
 def test_two_arrow_sources_on_one_connection_and_one_source_on_two_connections_stay_apart() -> None:
@@ -1744,7 +1742,7 @@ def test_two_arrow_sources_on_one_connection_and_one_source_on_two_connections_s
 
     def negated(source: ArrowSource, con: duckdb.DuckDBPyConnection, values: list[int]) -> list[int]:
         sql = f"SELECT -x AS y FROM {source.rows_sql}"
-        result = source.run(con, f"negated_{source.function}", sql, pa.table({"x": values}, schema=schema))
+        result = source.run(con, sql, pa.table({"x": values}, schema=schema))
         return [int(value) for value in result.column("y").to_pylist()]
 
     assert negated(left, shared, [1, 2]) == [-1, -2]
@@ -1760,7 +1758,7 @@ def test_an_arrow_source_hands_a_long_table_over_in_slices_with_the_results_in_r
     numbers = ArrowSource("test_slices", pa.schema([("x", pa.int64()), ("s", pa.string())]), max_rows=3)
     table = pa.table({"x": list(range(rows + 2)), "s": [f"v{i}" for i in range(rows + 2)]}).slice(2)
     sql = f"SELECT x + 1 AS y, s || '!' AS t FROM {numbers.rows_sql}"
-    result = numbers.run(con, "sliced", sql, table)
+    result = numbers.run(con, sql, table)
     assert result.column("y").to_pylist() == [x + 1 for x in range(2, rows + 2)]
     assert result.column("t").to_pylist() == [f"v{x}!" for x in range(2, rows + 2)]
 
@@ -1769,7 +1767,7 @@ def test_an_arrow_source_cannot_be_read_outside_a_run() -> None:
     con = new_connection()
     numbers = ArrowSource("test_outside", pa.schema([("x", pa.int64())]))
     sql = f"SELECT x FROM {numbers.rows_sql}"
-    numbers.run(con, "outside", sql, pa.table({"x": [1]}))
+    numbers.run(con, sql, pa.table({"x": [1]}))
     with pytest.raises(duckdb.Error, match=r"read outside ArrowSource\.run"):
         con.sql(f"SELECT x FROM {numbers.rows_sql}").fetchall()
 
