@@ -51,7 +51,7 @@ import pyarrow.compute as pc
 from aggregators.ascii_bytes import hex_value
 from aggregators.fast_decode import FastDecoder, contiguous, decimal_cents, decode_records, value_bytes
 from aggregators.keysets import IndexMark, KeyRuns, StringIndex, fixed_bytes, mix64
-from aggregators.validation import ArrowSource, RecordValidator, new_connection
+from aggregators.validation import RecordValidator, new_connection
 from schemas import CUSTOMER_AGGREGATES_SCHEMA, ERRORS_SCHEMA, EVENT_TYPES, EVENTS_SCHEMA, MONEY, UTC_MICROS
 from schemas.positions import SEQUENCE_DIGITS, Position
 
@@ -1072,17 +1072,19 @@ def _type_codes(event_types: pa.ChunkedArray) -> np.ndarray:
 
 
 class _StringHasher:
-    """A 64-bit hash of each string (DuckDB's hash, vectorized); only a probe, never trusted for equality. One
-    statement, bound once per connection (see ``ArrowSource``)."""
+    """A 64-bit hash of each string (DuckDB's hash, vectorized); only a probe, never trusted for equality.
+
+    A relation over the Arrow array, not a prepared statement: DuckDB binds this one-expression projection in
+    microseconds, and streams the input (a restore hashes millions of strings). Through an ``ArrowSource`` it
+    cost 4.8 ms for a 50k batch's strings (the source's list is handed over in slices), this way 1.8.
+    """
 
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
         self._con = con
-        self._rows = ArrowSource("hash_rows", pa.schema([pa.field("s", pa.string())]))
-        self._sql = f"SELECT hash(s) AS h FROM {self._rows.rows_sql}"
 
     def __call__(self, strings: pa.Array) -> np.ndarray:
-        hashed = self._rows.run(self._con, self._sql, pa.table({"s": strings})).column("h")
-        return np.asarray(hashed.to_numpy(), dtype=np.uint64)
+        hashed = self._con.from_arrow(pa.table({"s": strings})).select("hash(s) AS h").to_arrow_table()
+        return np.asarray(hashed.column("h").to_numpy(), dtype=np.uint64)
 
     def many(self, *arrays: pa.Array) -> list[np.ndarray]:
         """The hashes of several string arrays, in one statement."""
