@@ -32,6 +32,7 @@ from schemas.control import CommitRecord, FlushIntent
 from schemas.layout import FlushName, OutputLayout
 from schemas.positions import Position
 from tests.moto_support import isolate_environment, moto_bucket
+from tests.parquet_support import dictionary_columns
 
 SHARD = "shardId-000000000003"
 BUCKET = "clickstream-sink-test"
@@ -264,24 +265,26 @@ def test_parquet_timestamps_are_utc_microseconds_and_money_is_decimal_18_2(s3: A
 
 
 def test_nearly_distinct_columns_are_written_without_a_dictionary_and_repeated_ones_with_one(s3: Any) -> None:
-    """A dictionary on ids and microsecond times costs write time and bytes and saves nothing."""
+    """A dictionary on ids, microsecond times and money costs write time and bytes and saves nothing; nor on the
+    customer id of a file with one row per customer."""
     record = S3ParquetSink(s3, settings_for()).write(
         *applied(CustomerState(SHARD), records_of(HOURLY_EVENTS))
     )
-    plain = {
-        "events": {"event_id", "sequence_number", "event_time", "order_id"},
-        "customer_aggregates": {"first_event_at", "last_event_at", "first_purchase_at", "last_purchase_at"},
+    expected = {  # output: (without a dictionary, with one)
+        "events": (
+            {"event_id", "session_id", "sequence_number", "event_time", "order_id", "revenue"},
+            {"customer_id", "event_type", "shard_id"},
+        ),
+        "customer_aggregates": (
+            {"customer_id", "first_event_at", "last_event_at", "revenue", "monetary_value", "repeat_revenue"},
+            {"shard_id", "events"},
+        ),
     }
-    for output, distinct in plain.items():
+    for output, (plain, repeated) in expected.items():
         (key,) = record.files[output]
-        row_group = pq.ParquetFile(io.BytesIO(body(s3, key))).metadata.row_group(0)
-        dictionary = {
-            row_group.column(i).path_in_schema
-            for i in range(row_group.num_columns)
-            if row_group.column(i).has_dictionary_page
-        }
-        assert not dictionary & distinct, output
-        assert {"customer_id", "shard_id"} <= dictionary, output
+        dictionary = dictionary_columns(body(s3, key))
+        assert not dictionary & plain, output
+        assert repeated <= dictionary, output
 
 
 # ---------------------------------------------------------------------------------------------------- the fence
