@@ -53,7 +53,7 @@ from aggregators.customer_state import CustomerState
 from consumer.metrics import emit as emit_metrics
 from consumer.retry import is_transient
 from consumer.s3_sink import CommitConflict, FlushAttempt, S3ParquetSink
-from consumer.state_recovery import StateRecovery
+from consumer.state_recovery import RestoreReport, StateRecovery
 from consumer.status import ShardStatus, StatusWriter
 from runtime.memory import release_free_memory
 from schemas import RAW_RECORD_SCHEMA, UTC_MICROS
@@ -250,6 +250,7 @@ class ShardProcessor:
         self.snapshot_min_new_fraction = snapshot_min_new_fraction
         self._flushes_since_snapshot = 0
         self._events_since_snapshot = 0  # new events the commits since the last snapshot archived
+        self._has_snapshot = False  # whether S3 holds a snapshot of this shard (known from the restore)
         self.state = state
         self.sink = sink
         self.policy = policy
@@ -269,7 +270,9 @@ class ShardProcessor:
         self._retrying("settle earlier flush attempts", lambda: self.sink.settle_intents(self.shard_id))
         if self.recovery is not None:
             recovery = self.recovery
-            self._retrying("restore state", lambda: recovery.restore(self.state, checkpoint))
+            self._note_snapshot(
+                self._retrying("restore state", lambda: recovery.restore(self.state, checkpoint))
+            )
             release_free_memory()  # a restore's working memory is many times the state it leaves
         self.metrics.phase = "processing"
         self.metrics.checkpointed_sequence = checkpoint
@@ -312,7 +315,8 @@ class ShardProcessor:
     def on_shutdown_requested(self, checkpointer: Checkpointer) -> None:
         """Graceful stop: flush what is buffered and checkpoint it."""
         self.flush(checkpointer, reason="shutdown")
-        self._snapshot()  # the next owner (maybe on another host, without this disk) restores quickly
+        if self._stop_snapshot_due():
+            self._snapshot()  # the next owner (maybe on another host, without this disk) restores quickly
         self.metrics.phase = "shut_down"
         self._report(force=True)
 
@@ -447,7 +451,9 @@ class ShardProcessor:
         if self.recovery is None:
             raise RuntimeError("a shard processor without recovery cannot continue after a lost commit")
         recovery = self.recovery
-        self._retrying("restore after a lost commit", lambda: recovery.restore(self.state))
+        self._note_snapshot(
+            self._retrying("restore after a lost commit", lambda: recovery.restore(self.state))
+        )
         position = self.state.position()
         self.metrics.applied_sequence = position.sequence_number if position else None
         self._report(force=True)
@@ -514,16 +520,35 @@ class ShardProcessor:
                 return result
 
     def _snapshot_due(self) -> bool:
-        """Every ``snapshot_every_flushes`` flushes, once the commits since the last snapshot hold new events of at
-        least ``snapshot_min_new_fraction`` of the rows a snapshot writes. A snapshot writes the whole state, so
-        this keeps its cost per event bounded as the state grows; a restore re-applies about that fraction at most."""
-        if self._flushes_since_snapshot < self.snapshot_every_flushes:
-            return False
+        """Every ``snapshot_every_flushes`` flushes, once the commits since the last snapshot hold enough new events
+        (``_enough_new_events``)."""
+        return self._flushes_since_snapshot >= self.snapshot_every_flushes and self._enough_new_events()
+
+    def _enough_new_events(self) -> bool:
+        """The commits since the last snapshot hold new events of at least ``snapshot_min_new_fraction`` of the rows
+        a snapshot writes. A snapshot writes the whole state, so this keeps its cost per event bounded as the state
+        grows; a restore re-applies about that fraction at most."""
         return self._events_since_snapshot >= self.snapshot_min_new_fraction * self.state.row_count()
 
+    def _stop_snapshot_due(self) -> bool:
+        """At a graceful stop: a snapshot when the shard has none yet, or when the commits since its last one hold
+        new events, enough of them (``_enough_new_events``). The next owner then re-applies no more than it would
+        while running, and a stop soon after a snapshot does not write the whole state again (for a large state,
+        seconds of the task's stop timeout)."""
+        if not self._has_snapshot:
+            return self.state.position() is not None
+        return self._events_since_snapshot > 0 and self._enough_new_events()
+
+    def _note_snapshot(self, report: RestoreReport | None) -> None:
+        """What a restore found: whether a snapshot exists and the new events committed after it."""
+        if report is not None:
+            self._has_snapshot = report.snapshot is not None
+            self._events_since_snapshot = report.events_since_snapshot
+
     def _snapshot(self) -> None:
-        """Best effort: a failed snapshot only makes a later restore re-apply more commits."""
-        self._flushes_since_snapshot = self._events_since_snapshot = 0
+        """Best effort: a failed snapshot only makes a later restore re-apply more commits (and is tried again
+        after ``snapshot_every_flushes`` more flushes, or at the stop)."""
+        self._flushes_since_snapshot = 0
         if self.recovery is None or self.lease_lost:
             return
         try:
@@ -534,6 +559,9 @@ class ShardProcessor:
                 error,
                 extra={"shard_id": self.shard_id},
             )
+            return
+        self._events_since_snapshot = 0
+        self._has_snapshot = True
 
     # ------------------------------------------------------------------ status
     def _record_flush(self, record: CommitRecord, seconds: float) -> None:

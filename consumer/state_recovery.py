@@ -59,6 +59,10 @@ class RestoreReport:
     seconds: float = 0.0
     discarded_local: Position | None = None  # a local position that was not on the chain
     tip: Position | None = None  # where the chain ends (None: no commit yet)
+    snapshot: Position | None = None  # where the shard's latest snapshot stands (None: it has none)
+    events_since_snapshot: int = (
+        0  # new events the commits after that snapshot archived (all commits: no snapshot)
+    )
 
 
 #: Finds the parents of a shard (Kinesis ListShards); empty for an original shard.
@@ -249,7 +253,12 @@ class StateRecovery:
         chain = self.chain_from(shard_id, base)
         walk = [base, *(record.last for record in chain)]
         local = state.position()
-        report = RestoreReport(source="local", tip=walk[-1])
+        report = RestoreReport(
+            source="local",
+            tip=walk[-1],
+            snapshot=base,
+            events_since_snapshot=sum(record.accepted - record.duplicates for record in chain),
+        )
         if local is not None and chain_position(local) in walk:
             todo = chain[walk.index(chain_position(local)) :]
         else:

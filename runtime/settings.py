@@ -177,7 +177,9 @@ class Settings(BaseSettings):
     snapshot_every_flushes: int = Field(
         10,
         ge=1,
-        description="Write a snapshot of a shard's state to S3 every this many flushes (and on stop).",
+        description="Write a snapshot of a shard's state to S3 every this many flushes, at shard end, and at a "
+        "graceful stop when the shard has no snapshot yet or the commits since its last one hold enough new events "
+        "(snapshot_min_new_fraction).",
     )
     snapshot_min_new_fraction: float = Field(
         0.25,

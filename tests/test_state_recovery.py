@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -328,3 +329,110 @@ def test_snapshots_wait_for_new_events_in_proportion_to_the_state(
     report = StateRecovery(s3, settings).restore(fresh)
     assert report.source == "snapshot" and report.commits_applied == flushes - written[-1][0]
     assert _rows(fresh) == _rows(processor.state)
+
+
+def _record_snapshots(processor: ShardProcessor) -> list[int]:
+    """The flush count at each snapshot ``processor`` writes from now on."""
+    assert processor.recovery is not None
+    written: list[int] = []
+    write_snapshot = processor.recovery.write_snapshot
+
+    def recording(state: CustomerState) -> Any:
+        written.append(processor.metrics.flushes)
+        return write_snapshot(state)
+
+    processor.recovery.write_snapshot = recording  # type: ignore[method-assign]
+    return written
+
+
+def _pointer_sequence(s3: Any) -> str:
+    key = f"rfm/_control/snapshots/{SHARD}/latest.json"
+    return str(
+        json.loads(s3.get_object(Bucket="recovery-bucket", Key=key)["Body"].read())["position"][
+            "sequence_number"
+        ]
+    )
+
+
+def test_a_stop_soon_after_a_snapshot_writes_none_and_the_next_owner_restores_exactly(
+    s3_env: tuple[Any, Settings], tmp_path: Path
+) -> None:
+    """A graceful stop writes the whole state only when the commits since the last snapshot hold enough new events
+    (as a periodic snapshot would); otherwise the next owner re-applies those few commits."""
+    s3, settings = s3_env
+    records = _records(40, 1_600, seed=11)
+    processor = _processor(s3, settings, tmp_path / "a.duckdb", snapshot_every=2)
+    processor.snapshot_min_new_fraction = 0.25
+    written = _record_snapshots(processor)
+    processor.start("TRIM_HORIZON")
+    _feed(processor, records[:1_000])
+    assert written == [2], "the periodic snapshot, after two flushes"
+    snapshot_at = _pointer_sequence(s3)
+    _feed(processor, records[1_000:1_050])  # 50 new events: far less than a quarter of the state's rows
+    processor.on_shutdown_requested(RecordingCheckpointer())
+    expected = _rows(processor.state)
+    processor.state.close()
+    assert written == [2], "no snapshot at the stop"
+    assert _pointer_sequence(s3) == snapshot_at
+
+    # the next owner, on another host, restores from that snapshot and the commits after it
+    fresh = CustomerState(SHARD, tmp_path / "b.duckdb")
+    report = StateRecovery(s3, settings).restore(fresh)
+    assert report.source == "snapshot" and report.commits_applied == 1
+    assert report.events_since_snapshot == report.events_applied > 0
+    assert _rows(fresh) == expected
+
+
+def test_a_restarted_owner_counts_the_commits_since_the_snapshot_toward_its_stop_snapshot(
+    s3_env: tuple[Any, Settings], tmp_path: Path
+) -> None:
+    """The events committed after the last snapshot by earlier runs count: a run that applies nothing itself still
+    writes the snapshot at its stop when those are enough."""
+    s3, settings = s3_env
+    records = _records(40, 1_600, seed=11)
+    first = _processor(s3, settings, tmp_path / "a.duckdb", snapshot_every=2)
+    first.snapshot_min_new_fraction = 0.25
+    first.start("TRIM_HORIZON")
+    _feed(first, records[:1_000])
+    _feed(first, records[1_000:1_050])
+    first.on_shutdown_requested(RecordingCheckpointer())
+    first.state.close()
+    # the same disk: the state is local, 50 events past the snapshot, and half a percent of its rows is enough now
+    second = _processor(s3, settings, tmp_path / "a.duckdb", snapshot_every=2)
+    second.snapshot_min_new_fraction = 0.005
+    written = _record_snapshots(second)
+    second.start(records[1_049].sequence_number)
+    second.on_shutdown_requested(RecordingCheckpointer())
+    second.state.close()
+    assert written == [0], "a snapshot at the stop, with no flush of its own"
+    assert _pointer_sequence(s3) == records[1_049].sequence_number
+
+
+def test_a_failed_snapshot_is_written_at_the_stop(s3_env: tuple[Any, Settings], tmp_path: Path) -> None:
+    """A periodic snapshot that fails keeps its count of new events, so the stop writes it."""
+    s3, settings = s3_env
+    records = _records(40, 1_600, seed=11)
+    processor = _processor(s3, settings, tmp_path / "a.duckdb", snapshot_every=1)
+    processor.snapshot_min_new_fraction = 0.0
+    assert processor.recovery is not None
+    write_snapshot = processor.recovery.write_snapshot
+    attempts: list[int] = []
+    s3_down = True
+
+    def failing_after_the_first(state: CustomerState) -> Any:
+        attempts.append(processor.metrics.flushes)
+        if s3_down and len(attempts) > 1:
+            raise OSError("S3 unavailable")
+        return write_snapshot(state)
+
+    processor.recovery.write_snapshot = failing_after_the_first  # type: ignore[method-assign]
+    processor.start("TRIM_HORIZON")
+    _feed(processor, records)
+    flushes = processor.metrics.flushes
+    assert len(attempts) >= 2 and attempts[-1] <= flushes, "a periodic snapshot failed"
+    s3_down = False
+    tried = len(attempts)
+    processor.on_shutdown_requested(RecordingCheckpointer())
+    processor.state.close()
+    assert len(attempts) == tried + 1, "written at the stop"
+    assert _pointer_sequence(s3) == records[-1].sequence_number
