@@ -561,7 +561,9 @@ class ShardProcessor:
             )
             return
         self._events_since_snapshot = 0
-        self._has_snapshot = True
+        # written, or an equal or newer one exists (an empty state has none to write)
+        if self.state.position() is not None:
+            self._has_snapshot = True
 
     # ------------------------------------------------------------------ status
     def _record_flush(self, record: CommitRecord, seconds: float) -> None:

@@ -60,9 +60,7 @@ class RestoreReport:
     discarded_local: Position | None = None  # a local position that was not on the chain
     tip: Position | None = None  # where the chain ends (None: no commit yet)
     snapshot: Position | None = None  # where the shard's latest snapshot stands (None: it has none)
-    events_since_snapshot: int = (
-        0  # new events the commits after that snapshot archived (all commits: no snapshot)
-    )
+    events_since_snapshot: int = 0  # new events the commits after it archived (no snapshot: all commits)
 
 
 #: Finds the parents of a shard (Kinesis ListShards); empty for an original shard.
