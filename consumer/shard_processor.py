@@ -317,6 +317,15 @@ class ShardProcessor:
         self.flush(checkpointer, reason="shutdown")
         if self._stop_snapshot_due():
             self._snapshot()  # the next owner (maybe on another host, without this disk) restores quickly
+        else:
+            log.info(
+                "no snapshot at this stop: the commits since the last one hold %d new events, under %.0f%% of the "
+                "%d rows a snapshot writes (the next owner re-applies them)",
+                self._events_since_snapshot,
+                self.snapshot_min_new_fraction * 100,
+                self.state.row_count(),
+                extra={"shard_id": self.shard_id},
+            )
         self.metrics.phase = "shut_down"
         self._report(force=True)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -355,7 +356,7 @@ def _pointer_sequence(s3: Any) -> str:
 
 
 def test_a_stop_soon_after_a_snapshot_writes_none_and_the_next_owner_restores_exactly(
-    s3_env: tuple[Any, Settings], tmp_path: Path
+    s3_env: tuple[Any, Settings], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A graceful stop writes the whole state only when the commits since the last snapshot hold enough new events
     (as a periodic snapshot would); otherwise the next owner re-applies those few commits."""
@@ -369,7 +370,9 @@ def test_a_stop_soon_after_a_snapshot_writes_none_and_the_next_owner_restores_ex
     assert written == [2], "the periodic snapshot, after two flushes"
     snapshot_at = _pointer_sequence(s3)
     _feed(processor, records[1_000:1_050])  # 50 new events: far less than a quarter of the state's rows
-    processor.on_shutdown_requested(RecordingCheckpointer())
+    with caplog.at_level(logging.INFO, logger="consumer.shard_processor"):
+        processor.on_shutdown_requested(RecordingCheckpointer())
+    assert "no snapshot at this stop" in caplog.text
     expected = _rows(processor.state)
     processor.state.close()
     assert written == [2], "no snapshot at the stop"
