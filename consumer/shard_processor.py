@@ -317,7 +317,7 @@ class ShardProcessor:
         self.flush(checkpointer, reason="shutdown")
         if self._stop_snapshot_due():
             self._snapshot()  # the next owner (maybe on another host, without this disk) restores quickly
-        else:
+        elif self.state.position() is not None:  # (an empty state has nothing to write)
             log.info(
                 "no snapshot at this stop: the commits since the last one hold %d new events, under %.0f%% of the "
                 "%d rows a snapshot writes (the next owner re-applies them)",
