@@ -438,28 +438,32 @@ class CustomerState:
         times = _micros(events.column("event_time"))
         days = np.floor_divide(times, _US_PER_DAY)
         probe = mix64(idx, high, low)
+        # in probe order: the set's lookup and add skip a sort
         first = _first_of_each(probe, [idx, high, low])
         arrival_days = np.floor_divide(_micros(events.column("approximate_arrival_at")), _US_PER_DAY)
         seen = self._event_ids.contains(
             probe[first], {"idx": idx[first], "high": high[first], "low": low[first]}, self._window_start()
         )
-        new = first[~seen]
-        duplicates = events.num_rows - len(new)
-        if not len(new):
+        new_ids_at = first[~seen]  # by probe
+        duplicates = events.num_rows - len(new_ids_at)
+        if not len(new_ids_at):
             return empty
         new_events = events
-        if len(new) < events.num_rows:  # new is sorted: the filter keeps its rows in the order of idx[new]...
-            new_events = events.filter(pa.array(_mask(new, events.num_rows)))
+        new = np.arange(events.num_rows)  # the new events' rows, in row order (the order the filter keeps)
+        if len(new_ids_at) < events.num_rows:
+            keep = _mask(new_ids_at, events.num_rows)
+            new = np.flatnonzero(keep)
+            new_events = events.filter(pa.array(keep))
         staged = self._aggregate(
             new_events, idx[new], times[new], days[new], session_hashes[new], new_ids, last
         )
         staged.new_customer_hashes = new_hashes
         staged.event_ids = {
-            "probe": probe[new],
-            "idx": idx[new].astype(np.int32),
-            "high": high[new],
-            "low": low[new],
-            "day": arrival_days[new].astype(np.int32),
+            "probe": probe[new_ids_at],
+            "idx": idx[new_ids_at].astype(np.int32),
+            "high": high[new_ids_at],
+            "low": low[new_ids_at],
+            "day": arrival_days[new_ids_at].astype(np.int32),
         }
         staged.applied = AppliedBatch(
             events=new_events,
@@ -1094,14 +1098,15 @@ class _StringHasher:
 
 
 def _mask(rows: np.ndarray, size: int) -> np.ndarray:
-    """``rows`` (sorted) as a boolean mask: a filter copies runs of kept rows, faster than a take of them."""
+    """``rows`` (any order) as a boolean mask: a filter copies runs of kept rows, faster than a take of them."""
     mask = np.zeros(size, dtype=bool)
     mask[rows] = True
     return mask
 
 
 def _first_of_each(probe: np.ndarray, exact: list[np.ndarray], strings: pa.Array | None = None) -> np.ndarray:
-    """Row numbers of the first occurrence of each distinct member, in row order (exact despite the hash)."""
+    """Row numbers of the first occurrence of each distinct member, in probe order (exact despite the hash): a
+    ``KeyRuns`` lookup or add of members in probe order sorts nothing."""
     first, representative = _first_rows(probe)
     same = np.ones(len(probe), dtype=bool)
     for column in exact:
@@ -1117,7 +1122,8 @@ def _first_of_each(probe: np.ndarray, exact: list[np.ndarray], strings: pa.Array
             )
         ]
         first = np.concatenate([first, np.array(extra, dtype=first.dtype)])
-    return np.sort(first)
+        first = first[np.argsort(probe[first], kind="stable")]
+    return first
 
 
 def _first_rows(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

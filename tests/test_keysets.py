@@ -84,3 +84,33 @@ def test_key_runs_are_exact_when_every_probe_collides() -> None:
 def test_mix64_spreads_neighbouring_keys() -> None:
     probes = mix64(np.arange(1000, dtype=np.int64), np.zeros(1000, dtype=np.uint64))
     assert len(set(probes.tolist())) == 1000
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_key_runs_answer_the_same_for_probes_in_order_and_shuffled(seed: int) -> None:
+    """Probes handed over in order skip the sort; the answers must not depend on it (ties included)."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, 50, 400)
+    high = rng.integers(0, 4, 400).astype(np.uint64)
+    probe = mix64(idx // 3)  # many members per probe: ties inside and across runs
+    order = np.argsort(probe, kind="stable")
+    shuffled, in_order = KeyRuns(("idx", "high")), KeyRuns(("idx", "high"))
+    for part in np.array_split(np.arange(200), 3):
+        members = {"idx": idx[part], "high": high[part]}
+        shuffled.add(probe[part], members)
+        sorted_part = part[np.argsort(probe[part], kind="stable")]
+        in_order.add(probe[sorted_part], {"idx": idx[sorted_part], "high": high[sorted_part]})
+    expected = [any(i == idx[j] and h == high[j] for j in range(200)) for i, h in zip(idx, high, strict=True)]
+    for runs in (shuffled, in_order):
+        assert runs.contains(probe, {"idx": idx, "high": high}).tolist() == expected
+        queried_in_order = runs.contains(probe[order], {"idx": idx[order], "high": high[order]})
+        assert queried_in_order.tolist() == [expected[i] for i in order]
+
+
+def test_key_runs_keep_their_own_copy_of_members_handed_over_in_order() -> None:
+    """A run handed sorted views (an Arrow column, a slice) must not change when their owner does."""
+    backing = np.arange(10, dtype=np.uint64)
+    runs = KeyRuns(("idx",))
+    runs.add(backing[2:6], {"idx": backing[2:6].astype(np.int64)[::1]})
+    backing[:] = 99
+    assert runs.contains(np.arange(2, 6, dtype=np.uint64), {"idx": np.arange(2, 6)}).all()
