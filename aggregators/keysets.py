@@ -6,8 +6,9 @@ then compare the exact columns, so a hash collision can never make two different
 
 Runs are merged size-tiered (a new run merges into the previous one while it is at least half its size), so there
 are O(log n) runs, a lookup costs O(batch · log n) and a member is copied O(log n) times over its life. Merging two
-sorted runs is a linear pass (numpy's stable sort detects the two runs). A run may carry a ``day`` column; members
-whose day falls before a cutoff are dropped when runs merge, and never match a lookup with that cutoff.
+sorted runs is a linear pass (numpy's stable sort detects the two runs); probes handed over in order (a batch grouped
+by probe) are not sorted again. A run may carry a ``day`` column; members whose day falls before a cutoff are dropped
+when runs merge, and never match a lookup with that cutoff.
 """
 
 from __future__ import annotations
@@ -137,10 +138,8 @@ class KeyRuns:
                 "probe": _owned(probe),
                 **{column: _owned(np.asarray(members[column])) for column in columns},
             }
-        else:
-            order = np.argsort(
-                probe
-            )  # members with equal probes may sit in any order: a lookup walks them all
+        else:  # members with equal probes may sit in any order: a lookup walks them all
+            order = np.argsort(probe)
             run = {
                 "probe": probe[order],
                 **{column: np.asarray(members[column])[order] for column in columns},
