@@ -361,8 +361,8 @@ class ArrowSource:
     structs (no copy of the rows), which the statement unnests into the table's columns.
 
     DuckDB holds that list whole while the statement runs, so ``run`` hands over at most ``max_rows`` rows at a time
-    (a restore hashes millions of strings): the statement must therefore treat each row on its own (no aggregate,
-    no order across rows), as every statement given a source here does.
+    (a batch of bad records can be doubtful whole, raw payloads and all): the statement must therefore treat each
+    row on its own (no aggregate, no order across rows), as every statement given a source here does.
     """
 
     def __init__(self, prefix: str, schema: pa.Schema, max_rows: int = 16_384) -> None:

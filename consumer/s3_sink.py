@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -57,8 +57,12 @@ _PLAIN_ENCODED: Final = frozenset(
         "monetary_value",
     }
 )
-#: Per output, the columns whose values are all distinct in each of its files.
-_UNIQUE_COLUMNS: Final[dict[str, tuple[str, ...]]] = {"customer_aggregates": ("customer_id",)}
+#: By the kind of table written (a data output, or a snapshot table), the columns whose values are all distinct in
+#: each of its files: one row per customer.
+_UNIQUE_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
+    "customer_aggregates": ("customer_id",),
+    "customers": ("customer_id",),
+}
 
 
 class CommitConflict(Exception):  # noqa: N818 - a outcome of the protocol, not a failure of the code
@@ -133,10 +137,7 @@ class S3ParquetSink:
         keys: dict[str, list[str]] = {output: [key] for output, (key, _) in files.items()}
         intent = FlushIntent(attempt.shard_id, attempt.name.attempt_id, attempt.previous, dict(keys), _now())
         self.put_bytes(self.layout.intent_key(attempt.shard_id, intent.attempt_id), intent.to_json(), "json")
-        sizes = {
-            key: self.put_parquet(key, table, _UNIQUE_COLUMNS.get(output, ()))
-            for output, (key, table) in files.items()
-        }
+        sizes = {key: self.put_parquet(key, table, kind=output) for output, (key, table) in files.items()}
         committed_at = _now()
         record = CommitRecord(
             shard_id=attempt.shard_id,
@@ -227,13 +228,12 @@ class S3ParquetSink:
         return deleted
 
     # ------------------------------------------------------------------ S3 I/O (the one reader and writer)
-    def put_parquet(self, key: str, table: pa.Table, unique: Collection[str] = ()) -> int:
-        """Write ``table`` as one Parquet object; ``unique``: columns whose values are all distinct in this table
-        (one row per customer), written without a dictionary as ``_PLAIN_ENCODED`` columns are."""
+    def put_parquet(self, key: str, table: pa.Table, kind: str = "") -> int:
+        """Write ``table`` as one Parquet object; ``kind``: what it is (a data output or a snapshot table's name),
+        whose ``_UNIQUE_COLUMNS`` are written without a dictionary as ``_PLAIN_ENCODED`` columns are."""
         buffer = io.BytesIO()
-        dictionary = [
-            name for name in table.column_names if name not in _PLAIN_ENCODED and name not in unique
-        ]
+        plain = _PLAIN_ENCODED.union(_UNIQUE_COLUMNS.get(kind, ()))
+        dictionary = [name for name in table.column_names if name not in plain]
         pq.write_table(table, buffer, compression="zstd", coerce_timestamps="us", use_dictionary=dictionary)
         body = buffer.getvalue()
         self.put_bytes(key, body, "parquet")

@@ -163,7 +163,7 @@ class StateRecovery:
         tables = state.export_tables()
         keys = {table: self.layout.snapshot_table_key(shard_id, position, table) for table in tables}
         for table, data in tables.items():
-            self._sink.put_parquet(keys[table], data, unique=("customer_id",) if table == "customers" else ())
+            self._sink.put_parquet(keys[table], data, kind=table)
         pointer = SnapshotPointer(shard_id, position, state.as_of(), keys, datetime.now(UTC))
         try:
             self._sink.put_bytes(

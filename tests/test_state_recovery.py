@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from consumer.state_recovery import ParentShard, StateRecovery
 from producer.generator import ClickstreamGenerator
 from producer.kinesis_put import partition_key_for
 from runtime.settings import Settings, load_settings
+from schemas.control import SnapshotPointer
 from tests.parquet_support import dictionary_columns
 
 SHARD = "shardId-000000000000"
@@ -228,6 +228,26 @@ def test_child_of_a_merge_takes_both_parents(s3_env: tuple[Any, Settings], tmp_p
     assert {row["customer_id"] for row in _rows(child)} == parents[0][1] | parents[1][1]
 
 
+def _record_snapshots(processor: ShardProcessor) -> list[int]:
+    """The flush count at each snapshot ``processor`` writes from now on."""
+    assert processor.recovery is not None
+    written: list[int] = []
+    write_snapshot = processor.recovery.write_snapshot
+
+    def recording(state: CustomerState) -> Any:
+        written.append(processor.metrics.flushes)
+        return write_snapshot(state)
+
+    processor.recovery.write_snapshot = recording  # type: ignore[method-assign]
+    return written
+
+
+def _latest_snapshot(s3: Any, settings: Settings) -> SnapshotPointer:
+    pointer, _ = StateRecovery(s3, settings)._read_pointer(SHARD)
+    assert pointer is not None, "a snapshot was written"
+    return pointer
+
+
 def test_snapshot_replaces_the_previous_one(s3_env: tuple[Any, Settings], tmp_path: Path) -> None:
     s3, settings = s3_env
     processor = _processor(s3, settings, tmp_path / "a.duckdb", snapshot_every=2)
@@ -259,7 +279,7 @@ def test_snapshot_tables_write_ids_and_one_row_per_customer_without_a_dictionary
         "customer_sessions": ({"session_id"}, {"customer_id"}),
         "applied_events": ({"id_high", "id_low"}, {"customer_id"}),
     }
-    tables = StateRecovery(s3, settings)._read_pointer(SHARD)[0].tables
+    tables = _latest_snapshot(s3, settings).tables
     for table, (plain, repeated) in expected.items():
         parquet = s3.get_object(Bucket="recovery-bucket", Key=tables[table])["Body"].read()
         dictionary = dictionary_columns(parquet)
@@ -309,50 +329,19 @@ def test_snapshots_wait_for_new_events_in_proportion_to_the_state(
     s3, settings = s3_env
     processor = _processor(s3, settings, tmp_path / "a.duckdb", snapshot_every=1)
     processor.snapshot_min_new_fraction = 0.5
-    assert processor.recovery is not None
-    written: list[tuple[int, int]] = []  # (flush, rows of the state) at each snapshot
-    write_snapshot = processor.recovery.write_snapshot
-
-    def recording(state: CustomerState) -> Any:
-        written.append((processor.metrics.flushes, state.row_count()))
-        return write_snapshot(state)
-
-    processor.recovery.write_snapshot = recording  # type: ignore[method-assign]
+    written = _record_snapshots(processor)
     processor.start("TRIM_HORIZON")
     records = _records(60, 6_000, seed=5)
     _feed(processor, records)
     flushes = processor.metrics.flushes
-    assert written[0][0] == 1, "the first flush is all new against an empty state"
-    gaps = [later - earlier for (earlier, _), (later, _) in itertools.pairwise(written)]
+    assert written[0] == 1, "the first flush is all new against an empty state"
+    gaps = [later - earlier for earlier, later in itertools.pairwise(written)]
     assert 2 <= len(written) < flushes and max(gaps) > 1, "snapshots thin out as the state grows"
-    assert written[-1][0] < flushes, "commits follow the last snapshot"
+    assert written[-1] < flushes, "commits follow the last snapshot"
     fresh = CustomerState(SHARD, tmp_path / "b.duckdb")
     report = StateRecovery(s3, settings).restore(fresh)
-    assert report.source == "snapshot" and report.commits_applied == flushes - written[-1][0]
+    assert report.source == "snapshot" and report.commits_applied == flushes - written[-1]
     assert _rows(fresh) == _rows(processor.state)
-
-
-def _record_snapshots(processor: ShardProcessor) -> list[int]:
-    """The flush count at each snapshot ``processor`` writes from now on."""
-    assert processor.recovery is not None
-    written: list[int] = []
-    write_snapshot = processor.recovery.write_snapshot
-
-    def recording(state: CustomerState) -> Any:
-        written.append(processor.metrics.flushes)
-        return write_snapshot(state)
-
-    processor.recovery.write_snapshot = recording  # type: ignore[method-assign]
-    return written
-
-
-def _pointer_sequence(s3: Any) -> str:
-    key = f"rfm/_control/snapshots/{SHARD}/latest.json"
-    return str(
-        json.loads(s3.get_object(Bucket="recovery-bucket", Key=key)["Body"].read())["position"][
-            "sequence_number"
-        ]
-    )
 
 
 def test_a_stop_soon_after_a_snapshot_writes_none_and_the_next_owner_restores_exactly(
@@ -368,7 +357,7 @@ def test_a_stop_soon_after_a_snapshot_writes_none_and_the_next_owner_restores_ex
     processor.start("TRIM_HORIZON")
     _feed(processor, records[:1_000])
     assert written == [2], "the periodic snapshot, after two flushes"
-    snapshot_at = _pointer_sequence(s3)
+    snapshot_at = _latest_snapshot(s3, settings).position.sequence_number
     _feed(processor, records[1_000:1_050])  # 50 new events: far less than a quarter of the state's rows
     with caplog.at_level(logging.INFO, logger="consumer.shard_processor"):
         processor.on_shutdown_requested(RecordingCheckpointer())
@@ -376,7 +365,7 @@ def test_a_stop_soon_after_a_snapshot_writes_none_and_the_next_owner_restores_ex
     expected = _rows(processor.state)
     processor.state.close()
     assert written == [2], "no snapshot at the stop"
-    assert _pointer_sequence(s3) == snapshot_at
+    assert _latest_snapshot(s3, settings).position.sequence_number == snapshot_at
 
     # the next owner, on another host, restores from that snapshot and the commits after it
     fresh = CustomerState(SHARD, tmp_path / "b.duckdb")
@@ -408,7 +397,7 @@ def test_a_restarted_owner_counts_the_commits_since_the_snapshot_toward_its_stop
     second.on_shutdown_requested(RecordingCheckpointer())
     second.state.close()
     assert written == [0], "a snapshot at the stop, with no flush of its own"
-    assert _pointer_sequence(s3) == records[1_049].sequence_number
+    assert _latest_snapshot(s3, settings).position.sequence_number == records[1_049].sequence_number
 
 
 def test_a_failed_snapshot_is_written_at_the_stop(s3_env: tuple[Any, Settings], tmp_path: Path) -> None:
@@ -438,4 +427,4 @@ def test_a_failed_snapshot_is_written_at_the_stop(s3_env: tuple[Any, Settings], 
     processor.on_shutdown_requested(RecordingCheckpointer())
     processor.state.close()
     assert len(attempts) == tried + 1, "written at the stop"
-    assert _pointer_sequence(s3) == records[-1].sequence_number
+    assert _latest_snapshot(s3, settings).position.sequence_number == records[-1].sequence_number
