@@ -123,7 +123,7 @@ def run_replay(
                 bar.update(1)
             apply_pending()
         rows = state.snapshot_rows()
-        sink.put_parquet(plan.output_key, rows)
+        sink.put_parquet(plan.output_key, rows, kind="customer_aggregates")
         return ReplayResult(
             events_read=read, events_applied=applied, customers=rows.num_rows, output_key=plan.output_key
         )

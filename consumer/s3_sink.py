@@ -228,9 +228,10 @@ class S3ParquetSink:
         return deleted
 
     # ------------------------------------------------------------------ S3 I/O (the one reader and writer)
-    def put_parquet(self, key: str, table: pa.Table, kind: str = "") -> int:
+    def put_parquet(self, key: str, table: pa.Table, *, kind: str) -> int:
         """Write ``table`` as one Parquet object; ``kind``: what it is (a data output or a snapshot table's name),
-        whose ``_UNIQUE_COLUMNS`` are written without a dictionary as ``_PLAIN_ENCODED`` columns are."""
+        whose ``_UNIQUE_COLUMNS`` are written without a dictionary as ``_PLAIN_ENCODED`` columns are. Required, so
+        that no writer of a table with one row per customer leaves its customer ids on a dictionary."""
         buffer = io.BytesIO()
         plain = _PLAIN_ENCODED.union(_UNIQUE_COLUMNS.get(kind, ()))
         dictionary = [name for name in table.column_names if name not in plain]

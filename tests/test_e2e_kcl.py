@@ -7,12 +7,14 @@ computed separately and simply from the generated JSONL.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import subprocess
 import sys
 from collections import Counter
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -23,6 +25,7 @@ from clickstream.demo import emulator_environment
 from clickstream.outputs import current_customer_rows, download_outputs, list_keys, output_glob
 from producer.generator import ClickstreamGenerator
 from runtime.settings import load_settings
+from tests.parquet_support import dictionary_columns
 from tests.reference import SET_DETERMINED_COLUMNS, mismatches_against_reference
 
 pytestmark = pytest.mark.e2e
@@ -231,6 +234,10 @@ def test_replay_of_the_whole_archive_equals_the_live_aggregates(pipeline_run: di
         assert len(replays) == 1, attempt
     target = pipeline_run["workdir"] / "replay.parquet"
     s3.download_file(settings.bucket, replays[0]["Key"], str(target))
+    live_files = glob.glob(output_glob(pipeline_run["root"], settings, "customer_aggregates"), recursive=True)
+    live_encoding = dictionary_columns(Path(min(live_files)).read_bytes())
+    assert dictionary_columns(target.read_bytes()) == live_encoding, "a replay is encoded as the live output"
+    assert "customer_id" not in live_encoding
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     columns = ", ".join(f'"{c}"' for c in SET_DETERMINED_COLUMNS)
