@@ -31,6 +31,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from scoring.inputs import ModelInputs
 
@@ -188,7 +189,7 @@ def _parameters(model: Any, names: tuple[str, ...]) -> dict[str, float]:
 def fit_and_predict(
     inputs: ModelInputs, config: ClvConfig, *, step: Callable[[str], None] | None = None
 ) -> ClvResult:
-    """Fit BG/NBD on every buyer and Gamma-Gamma on repeat buyers (MAP), then predict for every buyer.
+    """Fit BG/NBD on every buyer and Gamma-Gamma on repeat buyers who spent (MAP), then predict for every buyer.
 
     ``step`` is called with a short description before each stage (progress for a person watching).
     """
@@ -199,10 +200,16 @@ def fit_and_predict(
     announce = step or (lambda _: None)
     table = inputs.buyers
     buyers, repeat = table.num_rows, inputs.repeat_buyers
-    if buyers < MIN_BUYERS or repeat < MIN_REPEAT_BUYERS:
+    # Gamma-Gamma models a buyer's spend per purchase as Gamma distributed (its likelihood takes the log of the
+    # mean): a repeat buyer whose repeat purchases all had revenue 0 (which the contract allows) cannot be fitted,
+    # and one would make the whole fit fail. Such buyers are left out of that fit only, and still predicted.
+    repeat_frequency = table.column("frequency").to_numpy() > 0
+    spent = pc.fill_null(pc.greater(table.column("monetary_value"), 0), False).to_numpy(zero_copy_only=False)
+    fitted = int(np.count_nonzero(repeat_frequency & spent))
+    if buyers < MIN_BUYERS or fitted < MIN_REPEAT_BUYERS:
         raise NotEnoughData(
-            f"{buyers} buyers and {repeat} repeat buyers: BG/NBD needs at least {MIN_BUYERS} buyers and "
-            f"Gamma-Gamma at least {MIN_REPEAT_BUYERS} repeat buyers"
+            f"{buyers} buyers and {fitted} repeat buyers with a positive mean spend: BG/NBD needs at least "
+            f"{MIN_BUYERS} buyers and Gamma-Gamma at least {MIN_REPEAT_BUYERS} such repeat buyers"
         )
     frame = pd.DataFrame(
         {
@@ -216,7 +223,7 @@ def fit_and_predict(
         }
     )
     ids = frame["customer_id"].to_numpy()
-    repeat_frame = frame[frame["frequency"] > 0]
+    spend_frame = frame[repeat_frequency & spent]
     timings: dict[str, float] = {}
     with _quiet_backend() as backend:
         announce(f"fitting BG/NBD on {buyers:,} buyers ({backend} backend)")
@@ -225,11 +232,11 @@ def fit_and_predict(
         bg.fit(data=frame[["customer_id", "frequency", "recency", "T"]], method="map", progressbar=False)
         timings["bg_nbd_fit"] = time.perf_counter() - started
 
-        announce(f"fitting Gamma-Gamma on {repeat:,} repeat buyers")
+        announce(f"fitting Gamma-Gamma on {fitted:,} repeat buyers")
         started = time.perf_counter()
         gg = GammaGammaModel()
         gg.fit(
-            data=repeat_frame[["customer_id", "monetary_value", "frequency"]], method="map", progressbar=False
+            data=spend_frame[["customer_id", "monetary_value", "frequency"]], method="map", progressbar=False
         )
         timings["gamma_gamma_fit"] = time.perf_counter() - started
 
@@ -257,7 +264,7 @@ def fit_and_predict(
     gg_params = _parameters(gg, ("p", "q", "v"))
     x = frame["frequency"].to_numpy()
     t_x, t = frame["recency"].to_numpy(), frame["T"].to_numpy()
-    rx, rm = repeat_frame["frequency"].to_numpy(), repeat_frame["monetary_value"].to_numpy()
+    rx, rm = spend_frame["frequency"].to_numpy(), spend_frame["monetary_value"].to_numpy()
     bg_ll = bg_nbd_log_likelihood(bg_params, x, t_x, t)
     gg_ll = gamma_gamma_log_likelihood(gg_params, rx, rm)
     expected_in_sample = float(bg_nbd_expected_repeat_purchases(bg_params, t).sum())
@@ -297,11 +304,13 @@ def fit_and_predict(
         "gamma_gamma": {
             "parameters": gg_params,
             "log_likelihood": gg_ll,
-            "log_likelihood_per_customer": gg_ll / repeat,
+            "log_likelihood_per_customer": gg_ll / fitted,
+            "repeat_buyers_fitted": fitted,
+            "left_out_for_zero_spend": repeat - fitted,
             "population_mean_order_value": population_mean,
             "observed_mean_order_value": float(rm.mean()),
             # Gamma-Gamma assumes spend per purchase is independent of frequency; near 0 is what it needs.
-            "frequency_monetary_correlation": float(np.corrcoef(rx, rm)[0, 1]) if repeat > 2 else None,
+            "frequency_monetary_correlation": float(np.corrcoef(rx, rm)[0, 1]) if fitted > 2 else None,
             "fit_seconds": timings["gamma_gamma_fit"],
         },
         "predict_seconds": timings["predict"],

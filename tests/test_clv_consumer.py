@@ -233,5 +233,5 @@ def test_gamma_gamma_recovers_the_mean_order_value(doc_namespace: dict) -> None:
     mean_order_value = fitted["p"] * fitted["v"] / (fitted["q"] - 1)
     assert within_factor(mean_order_value, truth.expected_order_value(), 1.2)
     clv = doc_namespace["clv"]
-    assert clv.shape[-1] == len(doc_namespace["repeat_buyers"])
+    assert clv.shape[-1] == len(doc_namespace["rfm"])  # every buyer, as clickstream score values them
     assert float(clv.min()) > 0

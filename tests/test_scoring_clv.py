@@ -26,6 +26,7 @@ approximately BG/NBD, which is why a and b, which the data pins down only togeth
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -205,3 +206,30 @@ def test_predictions_are_the_closed_forms_in_customer_order(experiment: Experime
     assert (result.expected_purchases[30] <= result.expected_purchases[90]).all()
     assert (result.expected_purchases[90] <= result.expected_purchases[365]).all()
     assert ((result.probability_alive > 0) & (result.probability_alive <= 1)).all()
+
+
+def test_a_repeat_buyer_who_spent_nothing_is_predicted_but_left_out_of_the_spend_fit(
+    experiment: Experiment,
+) -> None:
+    """The contract allows a purchase of revenue 0, so a repeat buyer's mean spend can be 0. Gamma-Gamma models spend
+    as Gamma distributed (its likelihood takes the log of it): such a buyer cannot be fitted, yet gets predictions."""
+    buyers = experiment.inputs.buyers
+    free = int(np.flatnonzero(buyers.column("frequency").to_numpy() > 0)[0])
+    column = buyers.schema.get_field_index("monetary_value")
+    spend = buyers.column(column).to_pylist()
+    spend[free] = 0
+    inputs = dataclasses.replace(
+        experiment.inputs,
+        buyers=buyers.set_column(column, "monetary_value", pa.array(spend, buyers.column(column).type)),
+    )
+    result = fit_and_predict(inputs, CONFIG)
+    report = result.report["gamma_gamma"]
+    assert report["repeat_buyers_fitted"] == experiment.inputs.repeat_buyers - 1
+    assert report["left_out_for_zero_spend"] == 1
+    assert np.isfinite(report["log_likelihood"])
+    for name in ("p", "q", "v"):  # one buyer fewer of more than a thousand: the same fit, near enough
+        assert within(
+            report["parameters"][name], experiment.result.report["gamma_gamma"]["parameters"][name], 0.02
+        )
+    assert np.isfinite(result.clv).all() and np.isfinite(result.expected_average_order_value).all()
+    json.dumps(result.report, allow_nan=False)
