@@ -13,6 +13,7 @@ import logging
 import sys
 import traceback
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -379,14 +380,15 @@ def worker(
     "start",
     required=True,
     metavar="TIME",
-    help="Start of the event-time range, UTC: YYYY-MM-DD or YYYY-MM-DDTHH (inclusive).",
+    help="Start of the event-time range (inclusive): YYYY-MM-DD, YYYY-MM-DDTHH or YYYY-MM-DDTHH:MM, UTC unless "
+    "an offset follows (e.g. +02:00).",
 )
 @click.option(
     "--to",
     "end",
     required=True,
     metavar="TIME",
-    help="End of the event-time range, UTC: YYYY-MM-DD or YYYY-MM-DDTHH (exclusive).",
+    help="End of the event-time range (exclusive), in the same forms as --from.",
 )
 @click.option("--name", default=None, help="Output folder under <prefix>/replays/ (default: from the range).")
 @click.option(
@@ -410,13 +412,16 @@ def replay(
     from runtime.aws import aws_client
 
     settings = build_settings(**overrides)
-    try:
-        window = parse_time(start), parse_time(end)
-    except ValueError as error:
-        raise click.BadParameter(f"{error}; use YYYY-MM-DD or YYYY-MM-DDTHH") from None
+    window: list[datetime] = []
+    for flag, text in (("--from", start), ("--to", end)):
+        try:
+            window.append(parse_time(text))
+        except ValueError as error:
+            hint = "use YYYY-MM-DD, YYYY-MM-DDTHH or YYYY-MM-DDTHH:MM"
+            raise click.BadParameter(f"{error}; {hint}", param_hint=f"'{flag}'") from None
     s3 = aws_client("s3", settings)
     try:
-        plan = plan_replay(s3, settings, *window, name=name)
+        plan = plan_replay(s3, settings, window[0], window[1], name=name)
     except ValueError as error:
         raise FrontDoorError(str(error), USAGE) from None
     click.echo(plan.describe(), err=True)

@@ -61,7 +61,7 @@ def plan_replay(
     """Which committed archive files a replay of [start, end) reads, and where it writes."""
     if end <= start:
         raise ValueError(f"--to ({end:%Y-%m-%d %H:%M}) must be after --from ({start:%Y-%m-%d %H:%M})")
-    name = name or f"{start:%Y%m%dT%H}-{end:%Y%m%dT%H}"
+    name = name or f"{_stamp(start)}-{_stamp(end)}"
     if not re.fullmatch(r"[A-Za-z0-9_.=-]+", name):
         raise ValueError("--name may contain only letters, digits and _ . = -")
     sink = S3ParquetSink(s3, settings)
@@ -133,8 +133,18 @@ def run_replay(
 
 
 def parse_time(text: str) -> datetime:
-    """A date (YYYY-MM-DD) or an hour (YYYY-MM-DDTHH[:MM]) in UTC."""
+    """A date (YYYY-MM-DD) or a time to the minute (YYYY-MM-DDTHH[:MM]), UTC unless it carries an offset; in UTC.
+
+    The range is applied exactly (events are kept by their event time), so nothing is rounded: a time with seconds
+    is refused rather than cut to the minute the output's name holds."""
     value = datetime.fromisoformat(text)
+    if value.second or value.microsecond:
+        raise ValueError(f"{text!r} has seconds: a replay range is given to the minute")
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    return value.astimezone(UTC)
+
+
+def _stamp(moment: datetime) -> str:
+    """A range end in a name: to the hour, or to the minute when it has minutes."""
+    return f"{moment:%Y%m%dT%H}" if moment.minute == 0 else f"{moment:%Y%m%dT%H%M}"

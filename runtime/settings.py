@@ -84,7 +84,11 @@ class Settings(BaseSettings):
     )
 
     # --- Stream and outputs ---------------------------------------------------------------------------------
-    stream_name: str = Field("clickstream", description="Kinesis data stream to read and write.")
+    stream_name: str = Field(
+        "clickstream",
+        pattern=r"^[A-Za-z0-9_.-]{1,128}$",  # Kinesis's own rule for a stream name
+        description="Kinesis data stream to read and write.",
+    )
     stream_shards: int = Field(
         4, ge=1, le=500, description="Shard count used when `setup` creates the stream."
     )
@@ -239,6 +243,9 @@ class Settings(BaseSettings):
     @classmethod
     def _normalise_prefix(cls, value: str) -> str:
         value = value.strip("/")
+        # keys would start at the bucket's root, outside the <bucket>/<prefix>/* that the IAM policy grants
+        if not value:
+            raise ValueError("must not be empty: every key the worker writes lives under it")
         if not re.fullmatch(r"[A-Za-z0-9_.=/-]*", value):
             raise ValueError("may contain only letters, digits and _ . = / -")
         return value

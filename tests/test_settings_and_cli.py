@@ -139,6 +139,10 @@ def test_unrelated_clickstream_variables_do_not_break_loading(monkeypatch: pytes
         ("CLICKSTREAM_BUCKET", "Not_A_Bucket"),
         ("CLICKSTREAM_BUCKET", "ab"),
         ("CLICKSTREAM_PREFIX", "has space"),
+        ("CLICKSTREAM_PREFIX", ""),  # keys at the bucket's root, outside what the IAM policy grants
+        ("CLICKSTREAM_PREFIX", "/"),
+        ("CLICKSTREAM_STREAM_NAME", ""),
+        ("CLICKSTREAM_STREAM_NAME", "has space"),
         ("CLICKSTREAM_SSE", "none"),
         ("CLICKSTREAM_STREAM_SHARDS", "0"),
         ("CLICKSTREAM_KCL_MAX_RECORDS", "10001"),
@@ -569,6 +573,57 @@ def test_replay_of_a_missing_bucket_is_one_line_and_exit_2() -> None:
     assert result.exit_code == 2, result.output
     assert "bucket nonexistent does not exist" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-03-01", datetime(2026, 3, 1, tzinfo=UTC)),
+        ("2026-03-01T10", datetime(2026, 3, 1, 10, tzinfo=UTC)),
+        ("2026-03-01T10:30", datetime(2026, 3, 1, 10, 30, tzinfo=UTC)),  # kept, not cut to the hour
+        ("2026-03-01T10:30+05:30", datetime(2026, 3, 1, 5, 0, tzinfo=UTC)),
+        ("2026-03-01T00:15-01:00", datetime(2026, 3, 1, 1, 15, tzinfo=UTC)),
+    ],
+)
+def test_a_replay_range_end_is_kept_to_the_minute_in_utc(text: str, expected: datetime) -> None:
+    from clickstream.replay import parse_time
+
+    assert parse_time(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("arguments", "flag", "needle"),
+    [
+        (["--from", "2026-13-01", "--to", "2026-03-02"], "--from", "month must be in 1..12"),
+        (["--from", "2026-03-01", "--to", "tomorrow"], "--to", "YYYY-MM-DDTHH:MM"),
+        (["--from", "2026-03-01T10:30:15", "--to", "2026-03-02"], "--from", "to the minute"),
+    ],
+)
+def test_a_bad_replay_time_is_one_line_naming_its_flag(arguments: list[str], flag: str, needle: str) -> None:
+    result = CliRunner().invoke(main, ["replay", *arguments, "--dry-run"])
+    assert result.exit_code == 2, result.output
+    assert f"'{flag}'" in result.output and needle in result.output, result.output
+
+
+def test_a_replay_to_the_minute_reads_and_names_that_range() -> None:
+    with mock_aws():
+        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="minutes")
+        result = CliRunner().invoke(
+            main,
+            [
+                "replay",
+                "--from",
+                "2026-03-01T10:30",
+                "--to",
+                "2026-03-01T10:45",
+                "--bucket",
+                "minutes",
+                "--dry-run",
+            ],
+        )
+    assert result.exit_code == 0, result.output
+    assert "from 2026-03-01 10:30 to 2026-03-01 10:45 UTC" in result.output
+    assert "replays/20260301T1030-20260301T1045/" in result.output
 
 
 def test_emulator_refuses_a_non_loopback_host_in_one_line_naming_a_real_flag() -> None:
