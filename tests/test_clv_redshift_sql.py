@@ -13,6 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 import pytest
 from sqlglot import exp
 
@@ -71,6 +72,17 @@ def test_partition_and_copy_read_only_the_committed_run_folder() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ semantics in DuckDB
+def load_run(con: duckdb.DuckDBPyConnection, scored: pa.Table) -> None:
+    """05's load statements, with the stage filled as its COPY would."""
+    con.register("scored_run", scored)
+    con.execute("CREATE TEMP TABLE clv_scores_stage AS SELECT * FROM scored_run")
+    for expression in statements("05_"):
+        if isinstance(expression, exp.Delete | exp.Insert):
+            con.execute(to_duckdb(expression))
+    con.execute("DROP TABLE clv_scores_stage")
+    con.unregister("scored_run")
+
+
 @pytest.fixture(scope="module")
 def warehouse(
     tmp_path_factory: pytest.TempPathFactory,
@@ -104,13 +116,8 @@ def warehouse(
     for expression in statements("04_"):
         con.execute(to_duckdb(expression))
     con.execute(to_duckdb(created_tables()[LOADED]))
-    for commit in (first, second):  # the load statements of 05, with the stage filled as COPY would
-        con.register("scored", read_scores(store, commit))
-        con.execute("CREATE TEMP TABLE clv_scores_stage AS SELECT * FROM scored")
-        for expression in statements("05_"):
-            if isinstance(expression, exp.Delete | exp.Insert):
-                con.execute(to_duckdb(expression))
-        con.execute("DROP TABLE clv_scores_stage")
+    for commit in (first, second):
+        load_run(con, read_scores(store, commit))
     for expression in statements("05_"):
         if isinstance(expression, exp.Create) and expression.kind == "VIEW":
             con.execute(to_duckdb(expression))
@@ -125,15 +132,46 @@ def test_loading_a_run_again_replaces_its_day(warehouse: tuple[duckdb.DuckDBPyCo
     con, facts = warehouse
     per_day = dict(con.sql("SELECT as_of, count(*) FROM clickstream.clv_scores GROUP BY 1").fetchall())
     assert len(per_day) == 2 and set(per_day.values()) == {facts["latest"].rows}
-    con.register("scored_again", read_scores(facts["store"], facts["latest"]))
-    con.execute("CREATE TEMP TABLE clv_scores_stage AS SELECT * FROM scored_again")
-    for expression in statements("05_"):
-        if isinstance(expression, exp.Delete | exp.Insert):
-            con.execute(to_duckdb(expression))
-    con.execute("DROP TABLE clv_scores_stage")
+    load_run(con, read_scores(facts["store"], facts["latest"]))
     assert (
         dict(con.sql("SELECT as_of, count(*) FROM clickstream.clv_scores GROUP BY 1").fetchall()) == per_day
     )
+
+
+def test_a_day_scored_again_at_a_later_time_keeps_only_the_new_run(
+    warehouse: tuple[duckdb.DuckDBPyConnection, dict],
+) -> None:
+    """A day is scored again (the default as_of, the latest event time, has moved on since): its load must replace
+    the day's rows, not add a second run beside them."""
+    con, facts = warehouse
+    before = dict(
+        con.sql("SELECT CAST(as_of AS DATE), count(*) FROM clickstream.clv_scores GROUP BY 1").fetchall()
+    )
+    original = read_scores(facts["store"], facts["latest"])
+    as_of = original.column("as_of")[0].as_py()
+    later = as_of + timedelta(hours=1 if as_of.hour < 12 else -1)  # another time of the same day
+    rescored = original.set_column(
+        original.schema.get_field_index("as_of"),
+        "as_of",
+        pa.array([later] * original.num_rows, original.schema.field("as_of").type),
+    ).set_column(
+        original.schema.get_field_index("run_id"),
+        "run_id",
+        pa.array(["rescored00000000"] * original.num_rows),
+    )
+    try:
+        load_run(con, rescored)
+        runs = con.sql(
+            "SELECT run_id, count(*) FROM clickstream.clv_scores WHERE CAST(as_of AS DATE) = ? GROUP BY 1",
+            params=[as_of.date()],
+        ).fetchall()
+        assert runs == [("rescored00000000", original.num_rows)]
+    finally:
+        load_run(con, original)  # as it was, for the other tests of the module
+    after = dict(
+        con.sql("SELECT CAST(as_of AS DATE), count(*) FROM clickstream.clv_scores GROUP BY 1").fetchall()
+    )
+    assert after == before
 
 
 def test_customer_value_joins_every_current_customer_to_the_newest_scores(

@@ -71,7 +71,8 @@ DISTKEY (customer_id)
 SORTKEY (as_of, customer_id);
 
 -- Load one committed run. Idempotent: the day's rows are replaced in one transaction, so loading the same run
--- again, or a re-scored day's new run, leaves exactly that run's rows for the day.
+-- again, or a re-scored day's new run (whose as_of may be a later time of the same day), leaves exactly that run's
+-- rows for the day.
 CREATE TEMP TABLE clv_scores_stage (LIKE clickstream.clv_scores);
 
 COPY clv_scores_stage
@@ -82,7 +83,7 @@ FORMAT AS PARQUET;
 BEGIN;
 
 DELETE FROM clickstream.clv_scores
-WHERE as_of IN (SELECT DISTINCT as_of FROM clv_scores_stage);
+WHERE CAST(as_of AS DATE) IN (SELECT DISTINCT CAST(as_of AS DATE) FROM clv_scores_stage);
 
 INSERT INTO clickstream.clv_scores
 SELECT * FROM clv_scores_stage;
