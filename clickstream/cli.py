@@ -485,12 +485,22 @@ def health(**overrides: Any) -> None:
     Unhealthy: no fresh worker heartbeat, a shard processor not called by the KCL, records waiting on a shard
     with no flush for CLICKSTREAM_STUCK_SHARD_SECONDS, or no shard lease held for
     CLICKSTREAM_NO_LEASE_UNHEALTHY_SECONDS (unless every lease is held by other workers). Prints a JSON report.
+
+    It reads the worker's state directory (give it the worker's --state-dir if the worker got one), and judges by
+    the worker's own limits, from the settings the worker wrote there, unless --stuck-after or --no-lease-after
+    are given here.
     """
     from consumer.health import assess
+    from runtime.settings import worker_settings
 
     settings = build_settings(**overrides)
+    limits = worker_settings(settings.state_dir) or settings
+    stuck_after = overrides.get("stuck_shard_seconds") or limits.stuck_shard_seconds
+    no_lease_after = overrides.get("no_lease_unhealthy_seconds")
     report = assess(
-        settings.state_dir, settings.stuck_shard_seconds, no_lease_after=settings.no_lease_unhealthy_seconds
+        settings.state_dir,
+        stuck_after,
+        no_lease_after=limits.no_lease_unhealthy_seconds if no_lease_after is None else no_lease_after,
     )
     click.echo(report.to_json())
     sys.exit(0 if report.healthy else 1)

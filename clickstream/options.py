@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import click
 
@@ -12,11 +12,19 @@ from runtime.settings import Settings, env_var_name, load_settings
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
+#: A field's unit, from the end of its name: shown as the flag's metavar (e.g. ``--stuck-after SECONDS``).
+_UNITS: Final = {"_seconds": "SECONDS", "_millis": "MILLISECONDS", "_bytes": "BYTES"}
+
+
 def setting_option(field: str, *flags: str, **kwargs: Any) -> Callable[[_F], _F]:
-    """A flag that overrides one Settings field; its help names the environment variable behind it."""
+    """A flag that overrides one Settings field; its help names the environment variable behind it, and its
+    metavar the unit where the field's name has one."""
     info = Settings.model_fields[field]
     default = info.default if info.default_factory is None else "per host"
     text = f"{info.description} [env: {env_var_name(field)}; default: {default}]"
+    unit = next((unit for suffix, unit in _UNITS.items() if field.endswith(suffix)), None)
+    if unit is not None:
+        kwargs.setdefault("metavar", unit)
     return click.option(*flags, field, default=None, help=text, show_default=False, **kwargs)
 
 

@@ -119,7 +119,9 @@ def assess(
         elif problem := lease_problem(heartbeat, processing, now, no_lease_after):
             problems.append(problem)
     except (OSError, ValueError, KeyError, TypeError):
-        problems.append(f"no worker heartbeat in {state_dir / HEARTBEAT_FILE}")
+        problems.append(
+            f"no worker heartbeat in {state_dir / HEARTBEAT_FILE} (is a worker running with this state directory?)"
+        )
     problems += shard_problems(statuses, now, stuck_after)
     return HealthReport(healthy=not problems, shards_processing=processing, problems=problems)
 

@@ -39,15 +39,13 @@ from consumer.status import ShardStatus, read_statuses
 from consumer.worker_output import LogSink, SinkHandler, WorkerTotals, status_view, uptime
 from runtime.aws import aws_client
 from runtime.logs import LOG_SOCKET_ENV, JsonFormatter, LogRelay
-from runtime.settings import SETTINGS_FILE_ENV, Settings, aws_environment, write_settings_file
+from runtime.settings import SETTINGS_FILE, SETTINGS_FILE_ENV, Settings, aws_environment, write_settings_file
 
 log = logging.getLogger(__name__)
 
 MAIN_CLASS = "software.amazon.kinesis.multilang.MultiLangDaemon"
 
 
-#: The file the worker writes its resolved settings to, for the record processors (under the state directory).
-SETTINGS_FILE = "worker-settings.json"
 #: How often the worker writes a status line when no live status is shown.
 STATUS_LOG_SECONDS = 30.0
 #: How often the lease table is read while the worker holds no lease (to tell a standby from a stuck worker).

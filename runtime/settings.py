@@ -32,6 +32,9 @@ ENV_PREFIX = "CLICKSTREAM_"
 
 #: Set by `clickstream worker` for its record processors: the JSON file holding the worker's resolved settings.
 SETTINGS_FILE_ENV = "CLICKSTREAM_SETTINGS_FILE"
+#: The file a worker writes its resolved settings to, under its state directory (for its processors and its health
+#: check).
+SETTINGS_FILE = "worker-settings.json"
 #: CLICKSTREAM_* variables read outside this object (by the CLI's logging options, between worker processes).
 OTHER_VARIABLES = frozenset(
     {"CLICKSTREAM_LOG_LEVEL", "CLICKSTREAM_LOG_FORMAT", "CLICKSTREAM_LOG_SOCKET", SETTINGS_FILE_ENV}
@@ -151,15 +154,15 @@ class Settings(BaseSettings):
     no_lease_unhealthy_seconds: float = Field(
         300.0,
         ge=0,
-        description="A worker that has held no shard lease this long after start is unhealthy, unless every "
-        "lease is held by other workers (a standby); 0 turns the check off.",
+        description="A worker that has held no shard lease this long (since it started or last held one) is "
+        "unhealthy, unless every lease is held by other workers (a standby); 0 turns the check off.",
     )
 
     stuck_shard_seconds: float = Field(
         300.0,
         gt=0,
-        description="A shard with records waiting and no flush for this long is stuck: the worker reports "
-        "unhealthy and exits non-zero so the orchestrator restarts it.",
+        description="A shard with records waiting and no flush for this long is stuck: `clickstream health` "
+        "reports it unhealthy, and the worker exits 3 so that the orchestrator restarts it.",
     )
 
     # --- Flushing ---------------------------------------------------------------------------------------------
@@ -403,6 +406,12 @@ def load_settings_file(path: Path) -> Settings:
         return Settings(**document)
     except ValidationError as exc:
         raise _config_error(exc) from None
+
+
+def worker_settings(state_dir: Path) -> Settings | None:
+    """The settings of the worker whose state directory this is, or None if no worker wrote them there."""
+    path = state_dir / SETTINGS_FILE
+    return load_settings_file(path) if path.exists() else None
 
 
 def settings_for_process() -> Settings:

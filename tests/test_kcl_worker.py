@@ -10,14 +10,17 @@ import stat
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
+from click.testing import CliRunner
 from moto import mock_aws
 from rich.console import Console
 
+from clickstream.cli import main
 from consumer.health import Heartbeat, assess, write_heartbeat
 from consumer.kcl_worker import (
     MAIN_CLASS,
@@ -31,7 +34,14 @@ from consumer.kcl_worker import (
 from consumer.preflight import PreflightError, preflight
 from consumer.status import ShardStatus, StatusWriter
 from consumer.worker_output import LogSink, status_view
-from runtime.settings import SETTINGS_FILE_ENV, Settings, load_settings, load_settings_file
+from runtime.settings import (
+    SETTINGS_FILE,
+    SETTINGS_FILE_ENV,
+    Settings,
+    load_settings,
+    load_settings_file,
+    write_settings_file,
+)
 
 EXECUTABLE = f"{sys.executable} -m consumer.record_processor"
 
@@ -530,3 +540,27 @@ def test_exit_code_is_one_when_a_shard_still_had_records_buffered_at_stop(tmp_pa
 @pytest.mark.parametrize(("java_code", "expected"), [(0, 1), (3, 3)])
 def test_an_unrequested_daemon_exit_is_a_failure(tmp_path: Path, java_code: int, expected: int) -> None:
     assert KclWorker(load_settings(state_dir=tmp_path))._exit_code(java_code) == expected
+
+
+def test_health_judges_by_the_worker_limits_unless_given_its_own(tmp_path: Path) -> None:
+    """The worker was started with a longer stuck-shard limit (a flag, written to its settings file): a health
+    check run with only the environment must judge by that limit, and by its own flag when given one."""
+    now = time.time()
+    write_heartbeat(tmp_path, Heartbeat(pid=os.getpid(), phase="running", started_at=now - 1000))
+    waiting = drained_status(last_call_at=now - 1, waiting_since=now - 400, last_flush_at=now - 500)
+    StatusWriter(tmp_path / "status").write(replace(waiting, buffered_records=10), force=True)
+    state = ["--state-dir", str(tmp_path)]
+
+    assert CliRunner().invoke(main, ["health", *state]).exit_code == 1, "the default limit, 300 s"
+    write_settings_file(load_settings(state_dir=tmp_path, stuck_shard_seconds=900), tmp_path / SETTINGS_FILE)
+    healthy = CliRunner().invoke(main, ["health", *state])
+    assert healthy.exit_code == 0, healthy.output
+    stuck = CliRunner().invoke(main, ["health", *state, "--stuck-after", "350"])
+    assert stuck.exit_code == 1
+    assert "no flush for 400s" in stuck.output
+
+
+def test_health_without_a_heartbeat_asks_about_the_state_directory(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["health", "--state-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "is a worker running with this state directory?" in result.output
