@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from botocore import exceptions as aws
 
@@ -42,8 +43,21 @@ class FrontDoorError(Exception):
 
 
 def _endpoint(error: Exception) -> str:
+    """The endpoint's scheme, host and port (botocore names the whole request URL, query and all)."""
     kwargs: dict[str, Any] = getattr(error, "kwargs", {}) or {}
-    return str(kwargs.get("endpoint_url") or "the AWS endpoint").rstrip("/")
+    url = urlsplit(str(kwargs.get("endpoint_url") or ""))
+    return f"{url.scheme}://{url.netloc}" if url.netloc else "the AWS endpoint"
+
+
+def _unreachable(error: Exception) -> str:
+    endpoint = _endpoint(error)
+    if urlsplit(endpoint).hostname is not None and str(urlsplit(endpoint).hostname).endswith(
+        ".amazonaws.com"
+    ):
+        hint = "check the network path to AWS (VPC endpoints, NAT, proxy) and AWS_REGION"
+    else:
+        hint = "is it running? (AWS_ENDPOINT_URL; `clickstream emulator` starts a local one)"
+    return f"cannot reach {endpoint}: {hint}"
 
 
 def _client_error(error: aws.ClientError) -> Failure:
@@ -82,11 +96,7 @@ def explain(error: BaseException) -> Failure:  # noqa: PLR0911 - one return per 
             RUNTIME,
         )
     if isinstance(error, aws.EndpointConnectionError | aws.ConnectTimeoutError):
-        return Failure(
-            f"cannot reach {_endpoint(error)}: is it running? (AWS_ENDPOINT_URL; `clickstream emulator` "
-            "starts a local one)",
-            RUNTIME,
-        )
+        return Failure(_unreachable(error), RUNTIME)
     if isinstance(error, aws.ReadTimeoutError | aws.ConnectionClosedError):
         return Failure(f"{_endpoint(error)} stopped answering: {error}", RUNTIME)
     if isinstance(error, aws.ClientError):

@@ -516,6 +516,29 @@ def test_an_endpoint_that_is_down_is_one_line_and_exit_1(command: list[str]) -> 
     assert_one_line(result, 1, "cannot reach", "127.0.0.1", "AWS_ENDPOINT_URL")
 
 
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (
+            "https://clickstream-rfm.s3.amazonaws.com/?list-type=2&prefix=rfm%2F",
+            "cannot reach https://clickstream-rfm.s3.amazonaws.com: check the network path to AWS",
+        ),
+        ("http://127.0.0.1:4566/?list-type=2", "cannot reach http://127.0.0.1:4566: is it running?"),
+    ],
+)
+def test_an_unreachable_endpoint_is_named_without_the_request_and_with_a_hint_for_where_it_is(
+    url: str, expected: str
+) -> None:
+    from botocore.exceptions import EndpointConnectionError
+
+    from clickstream.errors import explain
+
+    failure = explain(EndpointConnectionError(endpoint_url=url))
+    assert failure.message.startswith(expected), failure.message
+    assert "list-type" not in failure.message
+    assert failure.exit_code == 1
+
+
 def test_an_endpoint_that_is_not_a_url_is_a_configuration_error_naming_the_variable() -> None:
     result = run_cli("setup", env={"AWS_ENDPOINT_URL": "notaurl"})
     assert_one_line(result, 2, "AWS_ENDPOINT_URL", "'notaurl'")
