@@ -50,10 +50,9 @@ def _endpoint(error: Exception) -> str:
 
 
 def _unreachable(error: Exception) -> str:
+    """AWS itself is reached over a network path; any other endpoint is a local stand-in that may not be up."""
     endpoint = _endpoint(error)
-    if urlsplit(endpoint).hostname is not None and str(urlsplit(endpoint).hostname).endswith(
-        ".amazonaws.com"
-    ):
+    if (urlsplit(endpoint).hostname or "").endswith(".amazonaws.com"):
         hint = "check the network path to AWS (VPC endpoints, NAT, proxy) and AWS_REGION"
     else:
         hint = "is it running? (AWS_ENDPOINT_URL; `clickstream emulator` starts a local one)"
