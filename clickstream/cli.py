@@ -288,7 +288,7 @@ def produce(
 ) -> None:
     """Put events on the stream with PutRecords (batched, retried, nothing silently dropped)."""
     from producer.generator import read_jsonl
-    from producer.kinesis_put import KinesisProducer, PutRecordsError
+    from producer.kinesis_put import KinesisProducer, PutRecordsError, require_stream
     from runtime.aws import aws_client
 
     settings = build_settings(stream_name=stream_name)
@@ -298,8 +298,10 @@ def produce(
     else:
         generator = _make_generator(**options)
         records, total = generator.events(), generator.total_records
+    kinesis = aws_client("kinesis", settings)
+    require_stream(kinesis, settings.stream_name)
     producer = KinesisProducer(
-        aws_client("kinesis", settings),
+        kinesis,
         settings.stream_name,
         max_records_per_second=rate,
         progress=_show_progress(progress),

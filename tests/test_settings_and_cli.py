@@ -539,6 +539,22 @@ def test_an_unreachable_endpoint_is_named_without_the_request_and_with_a_hint_fo
     assert failure.exit_code == 1
 
 
+def test_produce_to_an_endpoint_that_is_down_fails_at_once_in_one_line() -> None:
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    result = run_cli("produce", "--events", "10", "--no-progress", env={"AWS_ENDPOINT_URL": endpoint})
+    assert_one_line(result, 1, "cannot reach", "127.0.0.1")
+    assert "retrying" not in result.stderr and "undelivered" not in result.stderr
+
+
+def test_produce_to_a_missing_stream_says_how_to_create_it() -> None:
+    with mock_aws():
+        result = CliRunner().invoke(
+            main, ["produce", "--events", "10", "--no-progress", "--stream", "nowhere"]
+        )
+    assert result.exit_code == 2, result.output
+    assert "nowhere" in result.output and "clickstream setup" in result.output, result.output
+
+
 def test_an_endpoint_that_is_not_a_url_is_a_configuration_error_naming_the_variable() -> None:
     result = run_cli("setup", env={"AWS_ENDPOINT_URL": "notaurl"})
     assert_one_line(result, 2, "AWS_ENDPOINT_URL", "'notaurl'")
