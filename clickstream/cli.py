@@ -22,7 +22,7 @@ from click.core import ParameterSource
 
 from clickstream.clv_commands import report, score
 from clickstream.errors import USAGE, FrontDoorError, explain
-from clickstream.options import build_settings, setting_option
+from clickstream.options import build_settings, progress_option, setting_option, show_progress
 
 log = logging.getLogger("clickstream")
 
@@ -171,19 +171,6 @@ def setup(**overrides: Any) -> None:
     click.echo(f"stream {settings.stream_name} ({arn}) and bucket s3://{settings.bucket} are ready")
 
 
-def _progress_option(func: _F) -> _F:
-    option = click.option(
-        "--progress/--no-progress",
-        default=None,
-        help="Show a progress bar on stderr [default: on a terminal only].",
-    )
-    return option(func)
-
-
-def _show_progress(progress: bool | None) -> bool:
-    return sys.stderr.isatty() if progress is None else progress
-
-
 # ---------------------------------------------------------------------------------------------------------- generate
 def _generator_options(func: _F) -> _F:
     options = [
@@ -277,7 +264,7 @@ def generate(output: Path, **options: Any) -> None:
 @click.option(
     "--rate", type=click.FloatRange(min=1), default=None, help="Max records per second (default: no limit)."
 )
-@_progress_option
+@progress_option
 @setting_option("stream_name", "--stream")
 def produce(
     input_file: Path | None,
@@ -304,7 +291,7 @@ def produce(
         kinesis,
         settings.stream_name,
         max_records_per_second=rate,
-        progress=_show_progress(progress),
+        progress=show_progress(progress),
     )
     try:
         producer.put(records, total=total)  # logs its one summary line
@@ -368,7 +355,7 @@ def worker(
             stop_deadline_seconds=stop_deadline,
             log_level=options["log_level"],
             json_logs=options["json_logs"],
-            live_status=_show_progress(progress),
+            live_status=show_progress(progress),
         ).run()
     except WorkerError as error:
         raise FrontDoorError(str(error), error.exit_code) from None
@@ -396,7 +383,7 @@ def worker(
 @click.option(
     "--dry-run", is_flag=True, help="Only say which files would be read and where the result would go."
 )
-@_progress_option
+@progress_option
 @setting_option("bucket", "--bucket")
 @setting_option("prefix", "--prefix")
 @setting_option("state_dir", "--state-dir", type=click.Path(file_okay=False, path_type=Path))
@@ -429,7 +416,7 @@ def replay(
     click.echo(plan.describe(), err=True)
     if dry_run:
         return
-    result = run_replay(s3, settings, plan, settings.state_dir / "replay", progress=_show_progress(progress))
+    result = run_replay(s3, settings, plan, settings.state_dir / "replay", progress=show_progress(progress))
     click.echo(
         f"replayed {result.events_read:,} events ({result.events_applied:,} applied) into {result.customers:,} "
         f"customers: s3://{settings.bucket}/{result.output_key}",

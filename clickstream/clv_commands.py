@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from clickstream.options import build_settings, setting_option
+from clickstream.errors import USAGE, FrontDoorError
+from clickstream.options import build_settings, progress_option, setting_option, show_progress
 
 
 def _parse_as_of(_: click.Context, __: click.Parameter, value: str | None) -> datetime | None:
@@ -43,21 +44,25 @@ def _parse_as_of(_: click.Context, __: click.Parameter, value: str | None) -> da
     type=click.Path(file_okay=False, path_type=Path),
     help="Write clv/ and its commit records into this folder (same key layout) instead of S3.",
 )
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress on stderr.")
+@progress_option
 @setting_option("bucket", "--bucket")
 @setting_option("prefix", "--prefix")
 @setting_option("clv_horizon_months", "--horizon-months", type=int)
 @setting_option("clv_annual_discount_rate", "--discount-rate", type=float)
 @setting_option("clv_margin", "--margin", type=float)
 def score(
-    as_of: datetime | None, input_dir: Path | None, output_dir: Path | None, progress: bool, **overrides: Any
+    as_of: datetime | None,
+    input_dir: Path | None,
+    output_dir: Path | None,
+    progress: bool | None,
+    **overrides: Any,
 ) -> None:
     """CLV (BG/NBD + Gamma-Gamma), RFM scores and segments of every buyer, committed to <prefix>/clv/.
 
     Reads each customer's current customer_aggregates row (the files the worker committed), puts every customer on
     one observation end, fits the models with pymc-marketing (the `clv` extra) and writes one run per as-of day:
     Parquet parts and _model.json, then the commit record _control/clv/as_of_yyyymmdd=<day>.json. Re-running with
-    the same inputs and as-of changes nothing.
+    the same inputs and as-of changes nothing. Each step is announced on stderr with the time it took.
     """
     from clickstream.score import run_score
     from scoring.clv import ModelLibraryMissing, NotEnoughData
@@ -66,12 +71,16 @@ def score(
     settings = build_settings(**overrides)
     try:
         outcome = run_score(
-            settings, input_dir=input_dir, output_dir=output_dir, as_of=as_of, progress=progress
+            settings,
+            input_dir=input_dir,
+            output_dir=output_dir,
+            as_of=as_of,
+            progress=show_progress(progress),
         )
-    except ModelLibraryMissing as error:
-        raise click.ClickException(str(error)) from None
-    except (InputError, NotEnoughData, ValueError) as error:
-        raise click.ClickException(str(error)) from None
+    except (ModelLibraryMissing, InputError, ValueError) as error:  # the set-up or the request: exit 2
+        raise FrontDoorError(str(error), USAGE) from None
+    except NotEnoughData as error:  # the data as it is: exit 1
+        raise FrontDoorError(str(error)) from None
     commit = outcome.commit
     state = "already committed" if outcome.already_committed else "committed"
     click.echo(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
@@ -26,6 +27,20 @@ def setting_option(field: str, *flags: str, **kwargs: Any) -> Callable[[_F], _F]
     if unit is not None:
         kwargs.setdefault("metavar", unit)
     return click.option(*flags, field, default=None, help=text, show_default=False, **kwargs)
+
+
+def progress_option(func: _F) -> _F:
+    """``--progress/--no-progress``: a progress bar on stderr, by default only when stderr is a terminal."""
+    option = click.option(
+        "--progress/--no-progress",
+        default=None,
+        help="Show a progress bar on stderr [default: on a terminal only].",
+    )
+    return option(func)
+
+
+def show_progress(progress: bool | None) -> bool:
+    return sys.stderr.isatty() if progress is None else progress
 
 
 def build_settings(**overrides: Any) -> Settings:

@@ -111,5 +111,6 @@ def configure_logging(level: str = "INFO", json_format: bool = True) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
+    # Libraries that log at INFO what an operator need not see ("arviz_base not installed" on every score run).
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "arviz", "pymc", "pytensor"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

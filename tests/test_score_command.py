@@ -284,7 +284,7 @@ def test_cli_as_of_is_validated(local_copy: Path, tmp_path: Path, settings: Sett
     result = runner.invoke(
         main, ["score", "--input", str(local_copy), "--output-dir", str(tmp_path), "--as-of", "2026-03-02"]
     )
-    assert result.exit_code == 1 and "bought after the observation end" in result.output
+    assert result.exit_code == 2 and "bought after the observation end" in result.output
 
 
 def test_cli_says_how_to_install_the_model_library(
@@ -294,7 +294,7 @@ def test_cli_says_how_to_install_the_model_library(
 
     monkeypatch.setitem(sys.modules, "pymc_marketing.clv", None)  # import fails as if not installed
     result = CliRunner().invoke(main, ["score", "--input", str(local_copy), "--output-dir", str(tmp_path)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # the set-up: the optional extra is not installed
     assert "pip install 'clickstream-rfm[clv]'" in result.output
     assert not list(tmp_path.iterdir())
 

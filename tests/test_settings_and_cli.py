@@ -539,6 +539,13 @@ def test_an_unreachable_endpoint_is_named_without_the_request_and_with_a_hint_fo
     assert failure.exit_code == 1
 
 
+def test_score_of_a_folder_without_aggregates_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    result = run_cli("score", "--input", str(tmp_path / "empty"), "--output-dir", str(tmp_path / "out"))
+    assert_one_line(result, 2, "no customer_aggregates files in")
+    assert "arviz" not in result.stderr, "the model library's import chatter stays out of the operator's view"
+
+
 def test_produce_to_an_endpoint_that_is_down_fails_at_once_in_one_line() -> None:
     endpoint = f"http://127.0.0.1:{closed_port()}"
     result = run_cli("produce", "--events", "10", "--no-progress", env={"AWS_ENDPOINT_URL": endpoint})
