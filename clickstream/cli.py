@@ -425,6 +425,19 @@ def replay(
 
 
 # ---------------------------------------------------------------------------------------------------------- manifest
+def _arrival_day(_: click.Context, __: click.Parameter, value: str | None) -> int | None:
+    """A real calendar day as YYYYMMDD (an impossible one would only list nothing)."""
+    if value is None:
+        return None
+    try:
+        day = datetime.strptime(value, "%Y%m%d").strftime("%Y%m%d")
+    except ValueError:
+        day = None
+    if day != value:  # strptime also takes one-digit months and days
+        raise click.BadParameter(f"{value!r} is not a calendar day as YYYYMMDD")
+    return int(day)
+
+
 @main.command()
 @click.option(
     "--output",
@@ -435,7 +448,7 @@ def replay(
 )
 @click.option(
     "--arrival-day",
-    type=click.IntRange(19700101, 99991231),
+    callback=_arrival_day,
     default=None,
     metavar="YYYYMMDD",
     help="Only files of this arrival_yyyymmdd partition (default: every committed file).",

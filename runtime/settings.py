@@ -69,8 +69,9 @@ def _default_worker_id() -> str:
 class Settings(BaseSettings):
     """Everything a worker, producer or replay run needs, documented field by field."""
 
+    # allow_inf_nan: "inf" would silently turn a limit off (a stuck shard never judged stuck)
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, frozen=True, extra="forbid", populate_by_name=True
+        env_prefix=ENV_PREFIX, frozen=True, extra="forbid", populate_by_name=True, allow_inf_nan=False
     )
 
     # --- AWS -----------------------------------------------------------------------------------------------

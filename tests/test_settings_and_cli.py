@@ -141,6 +141,8 @@ def test_unrelated_clickstream_variables_do_not_break_loading(monkeypatch: pytes
         ("CLICKSTREAM_PREFIX", "has space"),
         ("CLICKSTREAM_PREFIX", ""),  # keys at the bucket's root, outside what the IAM policy grants
         ("CLICKSTREAM_PREFIX", "/"),
+        ("CLICKSTREAM_STUCK_SHARD_SECONDS", "inf"),  # would turn the check off without saying so
+        ("CLICKSTREAM_FLUSH_MAX_SECONDS", "nan"),
         ("CLICKSTREAM_STREAM_NAME", ""),
         ("CLICKSTREAM_STREAM_NAME", "has space"),
         ("CLICKSTREAM_SSE", "none"),
@@ -544,6 +546,23 @@ def test_score_of_a_folder_without_aggregates_is_one_line_and_exit_2(tmp_path: P
     result = run_cli("score", "--input", str(tmp_path / "empty"), "--output-dir", str(tmp_path / "out"))
     assert_one_line(result, 2, "no customer_aggregates files in")
     assert "arviz" not in result.stderr, "the model library's import chatter stays out of the operator's view"
+
+
+@pytest.mark.parametrize("day", ["20261345", "20260230", "2026-03-01", "2026311"])
+def test_manifest_refuses_a_day_that_does_not_exist(day: str) -> None:
+    result = CliRunner().invoke(main, ["manifest", "--output", "events", "--arrival-day", day])
+    assert result.exit_code == 2, result.output
+    assert "is not a calendar day as YYYYMMDD" in result.output
+
+
+def test_manifest_of_a_real_day_lists_that_partition() -> None:
+    with mock_aws():
+        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="days")
+        result = CliRunner().invoke(
+            main, ["manifest", "--output", "events", "--arrival-day", "20240229", "--bucket", "days"]
+        )
+    assert result.exit_code == 0, result.output
+    assert '"entries": []' in result.output
 
 
 def test_produce_to_an_endpoint_that_is_down_fails_at_once_in_one_line() -> None:
