@@ -95,7 +95,7 @@ def score(
     "--output",
     "-o",
     type=click.Path(dir_okay=False, path_type=Path),
-    default=Path("demo-output/report.html"),
+    default=Path("clickstream-report.html"),
     show_default=True,
     help="The HTML file to write (self-contained: opens offline).",
 )
