@@ -797,12 +797,18 @@ def _print_table(result: dict[str, Any], input_label: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--input", help="JSONL file, one record per line (default: generate one)")
-    parser.add_argument("--events", type=int, default=600_000, help="events to generate without --input")
-    parser.add_argument("--customers", type=int, default=45_000, help="customers to generate without --input")
-    parser.add_argument("--quick", action="store_true", help="a smaller, faster run (200k events)")
+    parser.add_argument("--events", type=int, help="events to generate without --input (default 600,000)")
+    parser.add_argument(
+        "--customers", type=int, help="customers to generate without --input (default 45,000)"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smaller, faster run: 200k events for events/13 customers (--events and --customers not used)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     parser.add_argument(
         "--rounds",
@@ -831,13 +837,17 @@ def main() -> None:
 
     if options.rounds is not None and options.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if options.input is not None and not Path(options.input).is_file():
+        parser.error(f"--input {options.input}: no such file")
+    if options.quick and (options.events is not None or options.customers is not None):
+        parser.error("--quick sets its own size: leave out --events and --customers")
     rounds = options.rounds or (1 if options.quick else 3)
     with tempfile.TemporaryDirectory() as directory:
         input_path = options.input
         label = options.input or ""
         if input_path is None:
-            events = 200_000 if options.quick else options.events
-            customers = max(1_000, events // 13) if options.quick else options.customers
+            events = 200_000 if options.quick else options.events or 600_000
+            customers = max(1_000, events // 13) if options.quick else options.customers or 45_000
             input_path = str(Path(directory) / "input.jsonl")
             if not options.json:
                 print(f"generating {events:,} events for {customers:,} customers ...", file=sys.stderr)

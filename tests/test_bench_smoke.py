@@ -4,6 +4,8 @@ that the peers compute the same customer rows as the core, which is what makes t
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from bench.__main__ import (
@@ -60,3 +62,19 @@ def test_figures_are_the_median_round_and_ratios_the_median_of_each_rounds_own()
         {"core": {"events_per_second": 240.0}, "naive": {"events_per_second": 100.0}},
     ]
     assert median_ratio(rounds, "core", "naive", "events_per_second") == 2.0
+
+
+def test_bench_refuses_a_missing_input_and_a_quick_run_with_a_size_in_one_line() -> None:
+    for arguments, needle in (
+        (["--input", "/nonexistent/input.jsonl"], "--input /nonexistent/input.jsonl: no such file"),
+        (["--quick", "--events", "5"], "--quick sets its own size"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "bench", *arguments],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        assert result.returncode == 2, result.stderr
+        assert needle in result.stderr and "Traceback" not in result.stderr
