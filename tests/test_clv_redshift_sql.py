@@ -8,7 +8,7 @@ Redshift ML training view and the scoring view, transpiled to DuckDB, compute wh
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from sqlglot import exp
 from clickstream.score import LocalStore, read_local_rows, read_scores, score_customers
 from runtime.settings import Settings
 from schemas.contract import CLV_SCORES_SCHEMA
+from schemas.layout import OutputLayout
 from scoring.rfm import SEGMENTS
 from tests.clv_support import worker_bucket
 from tests.moto_support import isolate_environment
@@ -68,7 +69,12 @@ def test_partition_and_copy_read_only_the_committed_run_folder() -> None:
         "LOCATION 's3://${BUCKET}/${PREFIX}/clv/as_of_yyyymmdd=${AS_OF_YYYYMMDD}/run=${RUN_ID}/'"
     )
     (copy,) = [e for e in statements("05_") if isinstance(e, exp.Copy)]
-    assert "clv/as_of_yyyymmdd=${AS_OF_YYYYMMDD}/run=${RUN_ID}/'" in copy.sql("redshift")
+    # COPY loads every object under its prefix: the parts' own prefix leaves out the run's _model.json
+    assert "clv/as_of_yyyymmdd=${AS_OF_YYYYMMDD}/run=${RUN_ID}/part-'" in copy.sql("redshift")
+    layout, day = OutputLayout("rfm"), date(2026, 4, 30)
+    folder = layout.clv_run_prefix(day, "r")
+    assert layout.clv_data_key(day, "r", 7).startswith(f"{folder}part-")
+    assert not layout.clv_model_key(day, "r").startswith(f"{folder}part-")
 
 
 # ------------------------------------------------------------------------------------------------ semantics in DuckDB

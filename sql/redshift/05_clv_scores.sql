@@ -76,7 +76,7 @@ SORTKEY (as_of, customer_id);
 CREATE TEMP TABLE clv_scores_stage (LIKE clickstream.clv_scores);
 
 COPY clv_scores_stage
-FROM 's3://${BUCKET}/${PREFIX}/clv/as_of_yyyymmdd=${AS_OF_YYYYMMDD}/run=${RUN_ID}/'
+FROM 's3://${BUCKET}/${PREFIX}/clv/as_of_yyyymmdd=${AS_OF_YYYYMMDD}/run=${RUN_ID}/part-'
 IAM_ROLE '${REDSHIFT_IAM_ROLE_ARN}'
 FORMAT AS PARQUET;
 
