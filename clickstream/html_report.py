@@ -468,7 +468,7 @@ def _scoring_section(inputs: ReportInputs) -> str:
             "R F M",
             "P(alive)",
             "purchase days, next 90 d",
-            "avg order value",
+            "spend per purchase day",
             "CLV",
             "revenue so far",
         ],
