@@ -122,7 +122,8 @@ def settings_for(prefix: str = "rfm", **extra: Any) -> Settings:
 
 
 # ---------------------------------------------------------------------------------------------------- layout
-@pytest.mark.parametrize(("prefix", "root"), [("rfm", "rfm/"), ("", ""), ("/lake/rfm/", "lake/rfm/")])
+# (an empty prefix is refused by the settings: keys at the bucket root fall outside the IAM policy)
+@pytest.mark.parametrize(("prefix", "root"), [("rfm", "rfm/"), ("/lake/rfm/", "lake/rfm/")])
 def test_a_flush_writes_one_file_per_output_in_the_partition_of_its_arrival_day(
     s3: Any, prefix: str, root: str
 ) -> None:
