@@ -308,13 +308,7 @@ def produce(
     metavar="SECONDS",
     help="Stop cleanly once every shard is drained, flushed, checkpointed and quiet this long.",
 )
-@click.option(
-    "--stop-deadline",
-    type=click.FloatRange(min=1),
-    default=25.0,
-    show_default=True,
-    help="Seconds shards get to flush and checkpoint after SIGTERM (keep below ECS stopTimeout).",
-)
+@setting_option("stop_deadline_seconds", "--stop-deadline", type=float)
 @setting_option("stream_name", "--stream")
 @setting_option("bucket", "--bucket")
 @setting_option("prefix", "--prefix")
@@ -335,7 +329,6 @@ def worker(
     options: dict[str, Any],
     /,
     until_idle: float | None,
-    stop_deadline: float,
     progress: bool | None,
     **overrides: Any,
 ) -> None:
@@ -352,7 +345,6 @@ def worker(
         code = KclWorker(
             settings,
             until_idle=until_idle,
-            stop_deadline_seconds=stop_deadline,
             log_level=options["log_level"],
             json_logs=options["json_logs"],
             live_status=show_progress(progress),

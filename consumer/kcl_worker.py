@@ -225,7 +225,6 @@ class KclWorker:
         self,
         settings: Settings,
         until_idle: float | None = None,
-        stop_deadline_seconds: float = 25.0,
         *,
         log_level: str = "INFO",
         json_logs: bool = True,
@@ -233,7 +232,6 @@ class KclWorker:
     ):
         self.settings = settings
         self.until_idle = IdleCheck(until_idle) if until_idle else None
-        self.stop_deadline_seconds = stop_deadline_seconds
         self.log_level = log_level
         self.json_logs = json_logs
         self.live_status = live_status
@@ -412,9 +410,11 @@ class KclWorker:
                 return self._exit_code(0)
             if (
                 self._stop_requested_at is not None
-                and now - self._stop_requested_at > self.stop_deadline_seconds
+                and now - self._stop_requested_at > self.settings.stop_deadline_seconds
             ):
-                log.error("shards did not stop within %.0fs; killing the KCL", self.stop_deadline_seconds)
+                log.error(
+                    "shards did not stop within %.0fs; killing the KCL", self.settings.stop_deadline_seconds
+                )
                 self._kill()
                 self._process.wait()
                 return 1

@@ -129,6 +129,13 @@ class Settings(BaseSettings):
     kcl_shutdown_grace_millis: int = Field(
         20_000, ge=1_000, description="Time the KCL gives processors to flush and checkpoint on SIGTERM."
     )
+    stop_deadline_seconds: float = Field(
+        25.0,
+        ge=1,
+        description="After SIGTERM, how long the worker waits for its shards to flush and checkpoint before it "
+        "kills the KCL (longer than the KCL's grace, shorter than the orchestrator's stop timeout, e.g. ECS "
+        "stopTimeout).",
+    )
     kcl_idle_time_between_reads_millis: int = Field(
         250, ge=50, description="Polling pause when a shard is idle."
     )
@@ -296,6 +303,12 @@ class Settings(BaseSettings):
     def _check_combinations(self) -> Settings:
         if self.sse == "aws:kms" and not self.sse_kms_key_id:
             raise ValueError("CLICKSTREAM_SSE=aws:kms needs CLICKSTREAM_SSE_KMS_KEY_ID")
+        if self.stop_deadline_seconds * 1000 <= self.kcl_shutdown_grace_millis:
+            raise ValueError(
+                "CLICKSTREAM_STOP_DEADLINE_SECONDS must be longer than CLICKSTREAM_KCL_SHUTDOWN_GRACE_MILLIS "
+                f"({self.stop_deadline_seconds} s <= {self.kcl_shutdown_grace_millis} ms), or a stop kills the "
+                "KCL while its shards are still flushing"
+            )
         if self.stuck_shard_seconds <= self.flush_max_seconds:
             raise ValueError(
                 "CLICKSTREAM_STUCK_SHARD_SECONDS must be larger than CLICKSTREAM_FLUSH_MAX_SECONDS "

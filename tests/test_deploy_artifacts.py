@@ -646,14 +646,16 @@ def test_stop_timeout_covers_the_graceful_stop() -> None:
     container = worker_container()
     context = invoke_args(container["command"])
     assert container["command"][0] == "worker"
-    stop_deadline = context.params["stop_deadline"]
+    stop_deadline = context.params["stop_deadline_seconds"] or ecs_env().get(
+        "CLICKSTREAM_STOP_DEADLINE_SECONDS", DEFAULTS["stop_deadline_seconds"]
+    )
     grace_millis = ecs_env().get(
         "CLICKSTREAM_KCL_SHUTDOWN_GRACE_MILLIS", DEFAULTS["kcl_shutdown_grace_millis"]
     )
     grace_seconds = int(grace_millis) / 1000
     # SIGTERM -> the KCL gives processors grace_seconds to flush and checkpoint -> the worker kills the JVM after
     # stop_deadline -> ECS sends SIGKILL after stopTimeout (at most 120 s on Fargate).
-    assert grace_seconds < stop_deadline < container["stopTimeout"] <= 120
+    assert grace_seconds < float(stop_deadline) < container["stopTimeout"] <= 120
 
 
 def test_health_check_and_logs() -> None:
@@ -780,6 +782,7 @@ def test_worker_service(monkeypatch: pytest.MonkeyPatch) -> None:
     assert worker["healthcheck"]["test"] == ["CMD", "clickstream", "health"]
     context = invoke_args(worker["command"])
     grace = settings.kcl_shutdown_grace_millis / 1000
-    assert grace < context.params["stop_deadline"] < int(worker["stop_grace_period"].removesuffix("s"))
+    stop_deadline = context.params["stop_deadline_seconds"] or settings.stop_deadline_seconds
+    assert grace < stop_deadline < int(worker["stop_grace_period"].removesuffix("s"))
     state_dir = env_of(runtime_stage())["CLICKSTREAM_STATE_DIR"]
     assert any(volume.endswith(f":{state_dir}") for volume in worker["volumes"])

@@ -163,6 +163,24 @@ def test_an_invalid_environment_value_raises_config_error_naming_the_variable(
     assert repr(value) in str(raised.value)
 
 
+def test_a_stop_deadline_within_the_kcl_grace_is_a_config_error_naming_both(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CLICKSTREAM_STOP_DEADLINE_SECONDS", "15")
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    assert "CLICKSTREAM_STOP_DEADLINE_SECONDS" in str(raised.value)
+    assert "CLICKSTREAM_KCL_SHUTDOWN_GRACE_MILLIS" in str(raised.value)
+    monkeypatch.setenv("CLICKSTREAM_KCL_SHUTDOWN_GRACE_MILLIS", "10000")
+    assert load_settings().stop_deadline_seconds == 15
+
+
+def test_the_worker_stop_deadline_flag_is_that_setting() -> None:
+    result = CliRunner().invoke(main, ["worker", "--stop-deadline", "5"])
+    assert result.exit_code == 2, result.output
+    assert "CLICKSTREAM_STOP_DEADLINE_SECONDS must be longer" in result.output
+
+
 def test_kms_encryption_without_a_key_id_is_a_config_error_naming_both_variables(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
