@@ -277,6 +277,12 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("initial_position", "kcl_metrics_level", mode="before")
+    @classmethod
+    def _upper_case_name(cls, value: object) -> object:
+        """KCL enum names, in any case (as the log levels are)."""
+        return value.upper() if isinstance(value, str) else value
+
     @field_validator("kcl_log_level", mode="before")
     @classmethod
     def _java_level_name(cls, value: object) -> object:

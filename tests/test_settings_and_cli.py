@@ -175,6 +175,18 @@ def test_a_stop_deadline_within_the_kcl_grace_is_a_config_error_naming_both(
     assert load_settings().stop_deadline_seconds == 15
 
 
+def test_kcl_names_are_taken_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLICKSTREAM_INITIAL_POSITION", "latest")
+    monkeypatch.setenv("CLICKSTREAM_KCL_METRICS_LEVEL", "summary")
+    monkeypatch.setenv("CLICKSTREAM_KCL_LOG_LEVEL", "warning")
+    settings = load_settings()
+    assert (settings.initial_position, settings.kcl_metrics_level, settings.kcl_log_level) == (
+        "LATEST",
+        "SUMMARY",
+        "WARN",
+    )
+
+
 def test_the_worker_stop_deadline_flag_is_that_setting() -> None:
     result = CliRunner().invoke(main, ["worker", "--stop-deadline", "5"])
     assert result.exit_code == 2, result.output
