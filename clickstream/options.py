@@ -22,11 +22,20 @@ def setting_option(field: str, *flags: str, **kwargs: Any) -> Callable[[_F], _F]
     metavar the unit where the field's name has one."""
     info = Settings.model_fields[field]
     default = info.default if info.default_factory is None else "per host"
-    text = f"{info.description} [env: {env_var_name(field)}; default: {default}]"
+    text = f"{info.description} [env: {env_var_name(field)}; default: {default}{_bounds(info.metadata)}]"
     unit = next((unit for suffix, unit in _UNITS.items() if field.endswith(suffix)), None)
     if unit is not None:
         kwargs.setdefault("metavar", unit)
     return click.option(*flags, field, default=None, help=text, show_default=False, **kwargs)
+
+
+def _bounds(metadata: list[Any]) -> str:
+    """The field's numeric bounds (pydantic's ge/gt/le/lt), as help text."""
+    words = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    bounds = [
+        f"{words[name]} {getattr(item, name)}" for item in metadata for name in words if hasattr(item, name)
+    ]
+    return f"; {', '.join(bounds)}" if bounds else ""
 
 
 def progress_option(func: _F) -> _F:

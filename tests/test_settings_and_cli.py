@@ -175,6 +175,13 @@ def test_a_stop_deadline_within_the_kcl_grace_is_a_config_error_naming_both(
     assert load_settings().stop_deadline_seconds == 15
 
 
+def test_a_setting_flag_shows_its_unit_and_bounds() -> None:
+    setup_help = CliRunner().invoke(main, ["setup", "--help"], terminal_width=200).output
+    assert "CLICKSTREAM_STREAM_SHARDS; default: 4; >= 1, <= 500]" in setup_help
+    health_help = CliRunner().invoke(main, ["health", "--help"], terminal_width=200).output
+    assert "--stuck-after SECONDS" in health_help and "--no-lease-after SECONDS" in health_help
+
+
 def test_kcl_names_are_taken_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLICKSTREAM_INITIAL_POSITION", "latest")
     monkeypatch.setenv("CLICKSTREAM_KCL_METRICS_LEVEL", "summary")
