@@ -99,6 +99,8 @@ CREATE EXTERNAL TABLE spectrum_clickstream.errors (
     approximate_arrival_at TIMESTAMP,
     error_code VARCHAR(64),
     error_detail VARCHAR(65535),
+    -- Redshift's largest VARBYTE. Kinesis allows a 1 MiB record, so an oversized reject may be longer: read here it
+    -- comes truncated (compare raw_size_bytes); the Parquet file keeps every byte for a re-drive.
     raw_data VARBYTE(1024000),
     raw_size_bytes BIGINT
 )
