@@ -378,7 +378,12 @@ def worker(
 @progress_option
 @setting_option("bucket", "--bucket")
 @setting_option("prefix", "--prefix")
-@setting_option("state_dir", "--state-dir", type=click.Path(file_okay=False, path_type=Path))
+@setting_option(
+    "state_dir",
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    purpose="Scratch space: the replay builds its state in a file under <dir>/replay/, removed when done.",
+)
 def replay(
     start: str, end: str, name: str | None, dry_run: bool, progress: bool | None, **overrides: Any
 ) -> None:
@@ -470,7 +475,12 @@ def manifest(output: str, arrival_day: int | None, upload: bool, **overrides: An
 
 # ---------------------------------------------------------------------------------------------------------- health
 @main.command()
-@setting_option("state_dir", "--state-dir", type=click.Path(file_okay=False, path_type=Path))
+@setting_option(
+    "state_dir",
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    purpose="The worker's state directory: its heartbeat, shard status files and settings.",
+)
 @setting_option("stuck_shard_seconds", "--stuck-after", type=float)
 @setting_option("no_lease_unhealthy_seconds", "--no-lease-after", type=float)
 def health(**overrides: Any) -> None:

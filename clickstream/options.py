@@ -17,12 +17,13 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 _UNITS: Final = {"_seconds": "SECONDS", "_millis": "MILLISECONDS", "_bytes": "BYTES"}
 
 
-def setting_option(field: str, *flags: str, **kwargs: Any) -> Callable[[_F], _F]:
+def setting_option(field: str, *flags: str, purpose: str | None = None, **kwargs: Any) -> Callable[[_F], _F]:
     """A flag that overrides one Settings field; its help names the environment variable behind it, and its
-    metavar the unit where the field's name has one."""
+    metavar the unit where the field's name has one. ``purpose``: what this command uses the setting for, where
+    that differs from the field's own description."""
     info = Settings.model_fields[field]
     default = info.default if info.default_factory is None else "per host"
-    text = f"{info.description} [env: {env_var_name(field)}; default: {default}{_bounds(info.metadata)}]"
+    text = f"{purpose or info.description} [env: {env_var_name(field)}; default: {default}{_bounds(info.metadata)}]"
     unit = next((unit for suffix, unit in _UNITS.items() if field.endswith(suffix)), None)
     if unit is not None:
         kwargs.setdefault("metavar", unit)
