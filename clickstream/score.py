@@ -46,7 +46,7 @@ from tqdm import tqdm
 from runtime.settings import Settings
 from schemas.layout import OutputLayout
 from scoring.clv import ClvConfig, fit_and_predict, library_version, require_model_library
-from scoring.inputs import ModelInputs, model_inputs
+from scoring.inputs import ModelInputs, model_inputs, shards_behind
 from scoring.run import ScoreCommit, rfm_of, run_id_for, score_table
 
 #: Rows per Parquet part: parts of ~20-40 MB at a million customers, read in parallel by Spectrum and DuckDB.
@@ -297,6 +297,12 @@ def score_customers(
         current = rows()
         detail(f"{current.table.num_rows:,} customers from {current.files:,} files ({current.bytes:,} bytes)")
     inputs: ModelInputs = model_inputs(current.table, as_of)
+    for shard, mark in shards_behind(current.table, inputs.as_of).items():
+        say(
+            f"note: {shard}'s newest row is as of {mark.isoformat()}, {(inputs.as_of - mark).days} days before the "
+            "observation end (the shard is behind, quiet, or closed by a reshard): if it is behind, its customers' "
+            "latest purchases are missing and their P(alive) reads low; --as-of can score at its mark instead"
+        )
     run_id = run_id_for(inputs.as_of, current.fingerprint, config, library_version())
     day = inputs.as_of_day
     existing = read_commit(store, layout, day)

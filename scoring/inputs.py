@@ -109,3 +109,20 @@ def model_inputs(current: pa.Table, as_of: datetime | None = None) -> ModelInput
         }
     )
     return ModelInputs(as_of=end, customers=current.num_rows, buyers=table)
+
+
+def shards_behind(current: pa.Table, end: datetime, days: int = 1) -> dict[str, datetime]:
+    """Shards whose newest row's ``as_of`` (the shard's high-water mark when it last wrote) is more than ``days``
+    before the observation end, with that mark: their customers' latest purchases may be missing while ``T`` runs
+    to the end, so P(alive) reads low for them. A shard can also be quiet, or closed by a reshard; the rows cannot
+    tell which."""
+    if not {"shard_id", "as_of"} <= set(current.column_names) or not current.num_rows:
+        return {}
+    marks = current.group_by("shard_id").aggregate([("as_of", "max")])
+    behind = {}
+    for shard, mark in zip(
+        marks.column("shard_id").to_pylist(), marks.column("as_of_max").to_pylist(), strict=True
+    ):
+        if mark is not None and (end - mark).days >= days:
+            behind[str(shard)] = mark
+    return dict(sorted(behind.items()))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from clickstream.score import (
 from runtime.settings import Settings
 from schemas.contract import CLV_SCORES_SCHEMA
 from schemas.layout import OutputLayout
-from scoring.inputs import model_inputs
+from scoring.inputs import model_inputs, shards_behind
 from tests.clv_support import WorkerBucket, worker_bucket
 from tests.moto_support import isolate_environment, moto_bucket
 
@@ -318,3 +319,42 @@ def test_summary_shows_freshness_percentiles(
     assert "Freshness" in text
     assert f"{fresh.arrival_to_durable_p50:,.1f}" in text and f"{fresh.arrival_to_durable_p99:,.1f}" in text
     assert json.dumps(fresh.newest_event_age_p99)  # a number
+
+
+def test_shards_behind_are_those_whose_newest_row_is_a_day_or_more_before_the_end() -> None:
+    end = datetime(2026, 4, 30, 12, tzinfo=UTC)
+    rows = pa.table(
+        {
+            "shard_id": ["a", "a", "b", "c"],
+            "as_of": pa.array(
+                [end - timedelta(days=5), end - timedelta(days=3), end - timedelta(hours=2), end],
+                pa.timestamp("us", tz="UTC"),
+            ),
+        }
+    )
+    assert shards_behind(rows, end) == {"a": end - timedelta(days=3)}
+    assert shards_behind(rows.drop_columns(["shard_id"]), end) == {}
+
+
+def test_a_run_notes_a_shard_far_behind_the_observation_end(
+    local_copy: Path, settings: Settings, tmp_path: Path
+) -> None:
+    current = local_rows(local_copy, settings)
+    shard = current.table.column("shard_id")[0].as_py()
+    of_shard = pc.equal(current.table.column("shard_id"), shard)
+    as_of = current.table.column("as_of")
+    earlier = pc.if_else(of_shard, pc.subtract(as_of, pa.scalar(timedelta(days=4))), as_of)
+    lagging = replace(
+        current,
+        table=current.table.set_column(current.table.schema.get_field_index("as_of"), "as_of", earlier),
+    )
+    lines: list[str] = []
+    score_customers(lambda: lagging, RecordingStore(tmp_path), settings, say=lines.append)
+    notes = [line for line in lines if line.startswith("note: ")]
+    assert len(notes) == 1 and f"{shard}'s newest row" in notes[0], lines
+    assert "P(alive) reads low" in notes[0]
+    quiet_lines: list[str] = []
+    score_customers(lambda: current, RecordingStore(tmp_path / "b"), settings, say=quiet_lines.append)
+    assert not [line for line in quiet_lines if line.startswith("note: ")], (
+        "the worker's own rows: no shard behind"
+    )
