@@ -449,7 +449,8 @@ class CustomerState:
         if not len(new_ids_at):
             return empty
         new_events = events
-        new = np.arange(events.num_rows)  # the new events' rows, in row order (the order the filter keeps)
+        # the new events' rows, in row order (the order the filter keeps); every row: views, no copies
+        new: slice | np.ndarray = slice(None)
         if len(new_ids_at) < events.num_rows:
             keep = _mask(new_ids_at, events.num_rows)
             new = np.flatnonzero(keep)
