@@ -498,13 +498,13 @@ def health(**overrides: Any) -> None:
     from runtime.settings import worker_settings
 
     settings = build_settings(**overrides)
-    limits = worker_settings(settings.state_dir) or settings
-    stuck_after = overrides.get("stuck_shard_seconds") or limits.stuck_shard_seconds
-    no_lease_after = overrides.get("no_lease_unhealthy_seconds")
+    worker = worker_settings(settings.state_dir)
+    given = {name: value for name, value in overrides.items() if value is not None}
+    limits = (
+        worker.model_copy(update=given) if worker is not None else settings
+    )  # this command's flags on top
     report = assess(
-        settings.state_dir,
-        stuck_after,
-        no_lease_after=limits.no_lease_unhealthy_seconds if no_lease_after is None else no_lease_after,
+        settings.state_dir, limits.stuck_shard_seconds, no_lease_after=limits.no_lease_unhealthy_seconds
     )
     click.echo(report.to_json())
     sys.exit(0 if report.healthy else 1)
