@@ -31,7 +31,8 @@ def _parse_as_of(_: click.Context, __: click.Parameter, value: str | None) -> da
     "--as-of",
     callback=_parse_as_of,
     metavar="TIME",
-    help="Observation end for every customer: YYYY-MM-DD (UTC day) or ISO time. Default: latest event seen.",
+    help="Observation end for every customer: YYYY-MM-DD (UTC day) or ISO time. The models count whole UTC days: "
+    "the as-of's day is the last day observed, all of it. Default: latest event seen.",
 )
 @click.option(
     "--input",
@@ -77,10 +78,10 @@ def score(
             as_of=as_of,
             progress=show_progress(progress),
         )
-    except (ModelLibraryMissing, InputError, ValueError) as error:  # the set-up or the request: exit 2
-        raise FrontDoorError(str(error), USAGE) from None
-    except NotEnoughData as error:  # the data as it is: exit 1
+    except NotEnoughData as error:  # the data as it is: exit 1 (a ValueError too, so caught first)
         raise FrontDoorError(str(error)) from None
+    except (ModelLibraryMissing, InputError) as error:  # the set-up or the request: exit 2
+        raise FrontDoorError(str(error), USAGE) from None
     commit = outcome.commit
     state = "already committed" if outcome.already_committed else "committed"
     click.echo(

@@ -246,7 +246,7 @@ def plot_records(commits: Sequence[CommitRecord]) -> str:
     sums: dict[datetime, list[int]] = defaultdict(lambda: [0, 0, 0])
     for record in commits:
         bucket = sums[_floor(record.committed_at, size)]
-        bucket[0] += record.records_in
+        bucket[0] += record.records_new
         bucket[1] += record.accepted
         bucket[2] += record.rejected
     keys = sorted(sums)
@@ -468,7 +468,7 @@ def _scoring_section(inputs: ReportInputs) -> str:
             "R F M",
             "P(alive)",
             "purchase days, next 90 d",
-            "spend per purchase day",
+            "expected spend per purchase day",
             "CLV",
             "revenue so far",
         ],
@@ -498,13 +498,13 @@ def _pipeline_section(inputs: ReportInputs) -> str:
         return "<section><h2>Pipeline</h2>" + "".join(_missing(p, why) for p in PLOT_IDS[3:]) + "</section>"
     totals = {
         key: sum(getattr(record, key) for record in commits)
-        for key in ("records_in", "accepted", "duplicates", "rejected", "bytes_written")
+        for key in ("records_new", "accepted", "duplicates", "rejected", "bytes_written")
     }
     files = sum(record.file_count for record in commits)
     fresh: FreshnessSummary | None = summarize_freshness(commits)
     cards = _cards(
         [
-            ("records in", _number(totals["records_in"])),
+            ("records in", _number(totals["records_new"])),
             ("accepted", _number(totals["accepted"])),
             ("rejected", _number(totals["rejected"])),
             ("flushes", _number(len(commits))),
@@ -589,7 +589,7 @@ def _facts(inputs: ReportInputs) -> dict[str, Any]:
     return {
         "source": inputs.source,
         "flushes": len(inputs.commits),
-        "records_in": sum(record.records_in for record in inputs.commits),
+        "records_in": sum(record.records_new for record in inputs.commits),
         "rejected": sum(record.rejected for record in inputs.commits),
         "run_id": inputs.score_commit.run_id if inputs.score_commit else None,
         "scored": inputs.scores.num_rows if inputs.scores is not None else 0,

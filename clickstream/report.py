@@ -30,7 +30,7 @@ from schemas.control import CommitRecord
 #: Columns of the top-customers table (header, column): the BG/NBD and Gamma-Gamma inputs and what drives them.
 TOP_COLUMNS = (
     ("customer", "customer_id"),
-    ("orders", "purchases"),
+    ("purchases", "purchases"),
     ("revenue", "revenue"),
     ("frequency", "frequency"),
     ("recency", "recency"),
@@ -41,7 +41,7 @@ TOP_COLUMNS = (
 
 
 def _table(*columns: str) -> Table:
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for index, column in enumerate(columns):
         table.add_column(column, justify="left" if index == 0 else "right", no_wrap=True)
     return table
@@ -78,7 +78,7 @@ def print_summary(
         )
 
     totals = {
-        "records in": sum(c.records_in for c in outputs.commits),
+        "records in": sum(c.records_new for c in outputs.commits),
         "accepted": sum(c.accepted for c in outputs.commits),
         "duplicates": sum(c.duplicates for c in outputs.commits),
         "rejected": sum(c.rejected for c in outputs.commits),
@@ -135,9 +135,7 @@ def _print_customers(console: Console, con: duckdb.DuckDBPyConnection, current: 
         leaders.add_row(*(_fmt(value) for value in row))
     _print(console, f"Top {top} customers by revenue (current rows)", leaders)
 
-    overview = _table(
-        "RFM overview (one UTC day per period)", "measure", "customers", "mean", "p25", "median", "p75", "max"
-    )
+    overview = _table("measure", "customers", "mean", "p25", "median", "p75", "max")
     for measure, where in (
         ("frequency", "frequency IS NOT NULL"),
         ("recency", "frequency IS NOT NULL"),

@@ -15,7 +15,8 @@ The run, step by step (each only after the previous one succeeded; ``score_custo
 6. **Model**: PUT ``_model.json`` (parameters, diagnostics) beside them.
 7. **Commit**: PUT ``_control/clv/as_of_yyyymmdd=<day>.json`` naming every file of the run. The run is now the
    scores of that day; before this, readers that go through the commit record see the previous run or nothing.
-8. **Latest**: PUT ``_control/clv/latest.json`` (a copy of the commit) when this as-of is the newest committed.
+8. **Latest**: PUT ``_control/clv/latest.json`` (a copy of the commit) when this as-of day is the newest
+   committed (a later run of a day replaces that day, whatever its hour).
 9. **Tidy**: delete files of other runs in the day's partition (a superseded run, or one that died before 7), so
    a reader that globs the partition folder sees one run too.
 
@@ -46,7 +47,7 @@ from tqdm import tqdm
 from runtime.settings import Settings
 from schemas.layout import OutputLayout
 from scoring.clv import ClvConfig, fit_and_predict, library_version, require_model_library
-from scoring.inputs import ModelInputs, model_inputs, shards_behind
+from scoring.inputs import InputError, ModelInputs, model_inputs, shards_behind
 from scoring.run import ScoreCommit, rfm_of, run_id_for, score_table
 
 #: Rows per Parquet part: parts of ~20-40 MB at a million customers, read in parallel by Spectrum and DuckDB.
@@ -160,7 +161,7 @@ def _current_rows(paths: list[str], source: str, total_bytes: int) -> CurrentRow
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     if not paths:
-        raise ValueError(f"no customer_aggregates files in {source}")
+        raise InputError(f"no customer_aggregates files in {source}")
     table = con.sql(_CURRENT_ROWS.format(files=json.dumps(paths))).to_arrow_table()
     con.register("current_rows", table)
     count, digest = con.sql(_FINGERPRINT).fetchall()[0]
@@ -168,9 +169,14 @@ def _current_rows(paths: list[str], source: str, total_bytes: int) -> CurrentRow
 
 
 def read_local_rows(folder: Path, settings: Settings) -> CurrentRows:
-    """Every customer_aggregates Parquet file under ``folder`` (or under its ``<prefix>/customer_aggregates/``)."""
-    nested = folder / OutputLayout(settings.prefix).output_prefix("customer_aggregates")
-    root = nested if nested.is_dir() else folder
+    """Every customer_aggregates Parquet file under ``folder``: its ``<prefix>/customer_aggregates/`` or
+    ``customer_aggregates/`` if it has one (a download of the bucket or of the prefix, whose events/ and errors/
+    files are not customer rows), else every Parquet file in it (a folder of aggregates files)."""
+    output = OutputLayout(settings.prefix).output_prefix("customer_aggregates")
+    nested = [
+        candidate for candidate in (folder / output, folder / "customer_aggregates") if candidate.is_dir()
+    ]
+    root = nested[0] if nested else folder
     paths = sorted(str(path) for path in root.rglob("*.parquet"))
     return _current_rows(paths, str(root), sum(Path(path).stat().st_size for path in paths))
 
@@ -264,11 +270,14 @@ def _parquet(table: pa.Table) -> bytes:
 
 
 def _finish(store: ObjectStore, layout: OutputLayout, commit: ScoreCommit) -> list[str]:
-    """Steps 8 and 9: point latest.json at the newest committed as-of; delete other runs' files of this day."""
+    """Steps 8 and 9: point latest.json at the newest committed as-of day; delete other runs' files of this day.
+
+    A day holds one run: a later run of the same day replaces it even with an earlier as-of, so latest.json moves
+    to it whenever it named that day (it would otherwise name the files deleted here)."""
     latest = read_commit(store, layout)
-    if latest is None or latest.as_of <= commit.as_of:
-        store.put(layout.clv_latest_key, commit.to_json(), "application/json")
     day = commit.as_of.date()
+    if latest is None or latest.as_of.date() <= day:
+        store.put(layout.clv_latest_key, commit.to_json(), "application/json")
     keep = layout.clv_run_prefix(day, commit.run_id)
     stale = [key for key in store.keys(layout.clv_partition_prefix(day)) if not key.startswith(keep)]
     for key in stale:

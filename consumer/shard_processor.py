@@ -408,7 +408,7 @@ class ShardProcessor:
         if self._snapshot_due():
             self._snapshot()
         metrics: dict[str, float] = {
-            "RecordsIn": record.records_in - record.records_skipped,
+            "RecordsIn": record.records_new,
             "RecordsAccepted": record.accepted,
             "RecordsRejected": record.rejected,
             "DuplicateEvents": record.duplicates,

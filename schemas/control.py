@@ -127,6 +127,12 @@ class CommitRecord:
     newest_event_at: datetime | None
     freshness: Freshness | None = field(default=None)
 
+    @property
+    def records_new(self) -> int:
+        """The records this flush saw for the first time (= accepted + rejected): ``records_in`` also counts the
+        ones redelivered after a restart or a lease move, which an earlier flush applied (``records_skipped``)."""
+        return self.records_in - self.records_skipped
+
     def to_json(self) -> bytes:
         return _dump(self)
 

@@ -55,7 +55,9 @@ class NotEnoughData(ValueError):  # noqa: N818 - a ValueError, named for the con
 
 @dataclass(frozen=True, slots=True)
 class ClvConfig:
-    """How CLV is valued: over ``horizon_months``, discounted at ``annual_discount_rate``, times ``margin``."""
+    """How CLV is valued: over ``horizon_months``, discounted at ``annual_discount_rate``, times ``margin``.
+
+    A month is 30 days, pymc-marketing's step with daily periods: 12 months are 360 days."""
 
     horizon_months: int = 12
     annual_discount_rate: float = 0.10

@@ -243,6 +243,22 @@ def test_latest_stays_on_the_newest_as_of(local_copy: Path, settings: Settings, 
     assert older.commit.run_id != later.commit.run_id
 
 
+def test_an_earlier_as_of_of_the_latest_day_replaces_that_day_and_latest_follows(
+    local_copy: Path, settings: Settings, tmp_path: Path
+) -> None:
+    """A day holds one run: scoring the latest day again at an earlier hour deletes the first run's files, so
+    latest.json must name the new run, whose files are the ones left."""
+    store = LocalStore(tmp_path)
+    evening = datetime(2026, 5, 10, 23, 30, tzinfo=UTC)
+    score_customers(lambda: local_rows(local_copy, settings), store, settings, as_of=evening, say=quiet)
+    noon = score_customers(
+        lambda: local_rows(local_copy, settings), store, settings, as_of=evening.replace(hour=12), say=quiet
+    )
+    latest = read_commit(store, LAYOUT)
+    assert latest == noon.commit == read_commit(store, LAYOUT, evening.date())
+    assert read_scores(store, latest).num_rows == noon.commit.rows
+
+
 def test_valuation_settings_change_the_run_and_scale_clv(
     local_copy: Path, tmp_path: Path, settings: Settings
 ) -> None:
@@ -298,6 +314,34 @@ def test_cli_says_how_to_install_the_model_library(
     assert result.exit_code == 2  # the set-up: the optional extra is not installed
     assert "pip install 'clickstream-rfm[clv]'" in result.output
     assert not list(tmp_path.iterdir())
+
+
+def test_cli_exits_1_when_the_data_has_too_few_buyers_to_fit(
+    local_copy: Path, tmp_path: Path, settings: Settings
+) -> None:
+    """Too few buyers is the data as it is (exit 1), not a mistake in the request (exit 2)."""
+    table = local_rows(local_copy, settings).table
+    few = table.filter(pc.is_valid(table.column("frequency"))).slice(0, 5)
+    (tmp_path / "in").mkdir()
+    pq.write_table(few, tmp_path / "in" / "few.parquet")
+    result = CliRunner().invoke(
+        main,
+        ["score", "--input", str(tmp_path / "in"), "--output-dir", str(tmp_path / "out"), "--no-progress"],
+    )
+    assert result.exit_code == 1, result.output
+    assert "buyers" in result.output and "Traceback" not in result.output
+
+
+def test_local_input_at_the_prefix_folder_reads_only_customer_aggregates(
+    local_copy: Path, settings: Settings
+) -> None:
+    """A download of the prefix (not of the bucket) also holds events/ and errors/ Parquet: not customer rows."""
+    prefix = local_copy / settings.prefix
+    assert list((prefix / "events").rglob("*.parquet"))  # the trap is there
+    from_prefix = read_local_rows(prefix, settings)
+    from_bucket = read_local_rows(local_copy, settings)
+    assert from_prefix.files == from_bucket.files
+    assert from_prefix.fingerprint == from_bucket.fingerprint
 
 
 # ------------------------------------------------------------------------------------------------ summary

@@ -897,7 +897,7 @@ def test_summary_tables_fit_80_columns_when_piped(tmp_path: Path) -> None:
     header = next(line for line in table_lines if line.split()[:1] == ["customer"])
     assert header.split() == [
         "customer",
-        "orders",
+        "purchases",
         "revenue",
         "frequency",
         "recency",
@@ -905,4 +905,6 @@ def test_summary_tables_fit_80_columns_when_piped(tmp_path: Path) -> None:
         "monetary",
         "engagement",
     ]
+    overview = next(line for line in table_lines if line.split()[:1] == ["measure"])
+    assert overview.split() == ["measure", "customers", "mean", "p25", "median", "p75", "max"]
     assert "\x1b[" not in result.output, "no colour codes in a pipe"

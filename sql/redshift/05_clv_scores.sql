@@ -5,8 +5,8 @@
 --   <prefix>/clv/as_of_yyyymmdd=YYYYMMDD/run=<run id>/part-NNNNN.parquet   (and _model.json, ignored by Spectrum)
 --   <prefix>/_control/clv/as_of_yyyymmdd=YYYYMMDD.json                      the commit: which run is that day's
 -- Only the run named by the day's commit record is the day's data: register (or load) that run's folder.
--- ${AS_OF_YYYYMMDD} and ${RUN_ID} come from the commit record (`as_of`, `run_id`); _control/clv/latest.json is
--- the newest day's. Type mapping as in 02_spectrum_external_tables.sql; "T" is t.
+-- ${AS_OF_YYYYMMDD} and ${RUN_ID} come from the commit record (`run_id`, and the UTC day of `as_of`, an ISO time:
+-- 2026-04-29T23:37:00+00:00 is 20260429; the commit's key names it too); _control/clv/latest.json is the newest day's. Type mapping as in 02_spectrum_external_tables.sql; "T" is t.
 
 CREATE EXTERNAL TABLE spectrum_clickstream.clv_scores (
     customer_id VARCHAR(64),
