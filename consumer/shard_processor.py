@@ -285,6 +285,8 @@ class ShardProcessor:
     ) -> None:
         now = self.clock()
         self.metrics.last_call_at = time.time()
+        if self.lease_lost:
+            return  # never flushed here: the shard's owner reads them again from the last checkpoint
         if millis_behind is not None:
             self.metrics.millis_behind_latest = millis_behind
         if records:
@@ -305,8 +307,11 @@ class ShardProcessor:
         self._report(force=self._has_work() and not self._reported_work)
 
     def on_shard_ended(self, checkpointer: Checkpointer) -> None:
-        """Flush, then checkpoint SHARD_END so the KCL starts the child shards."""
+        """Flush, then checkpoint SHARD_END so the KCL starts the child shards (never after a lost lease: its
+        buffer was dropped, and SHARD_END would let the children start past it)."""
         self.flush(checkpointer, reason="shard_end")
+        if self.lease_lost:
+            raise LeaseLostError("shard ended after the lease was lost: SHARD_END is not checkpointed")
         self._snapshot()  # before SHARD_END: the child shards start from this state
         self._retrying("checkpoint SHARD_END", lambda: self._checkpoint(checkpointer, None))
         self.metrics.phase = "ended"
@@ -482,7 +487,10 @@ class ShardProcessor:
             else:
                 checkpointer.checkpoint(position.sequence_number, position.sub_sequence_number)
         except CheckpointError as error:
-            if error.value in ("ShutdownException", "InvalidStateException"):
+            # ShutdownException: another worker holds the lease now. Anything else (InvalidStateException: the
+            # lease table cannot store it) is terminal: the processor exits and the shard resumes from the last
+            # checkpoint, rather than run on unable to checkpoint.
+            if error.value == "ShutdownException":
                 self.on_lease_lost()
                 raise LeaseLostError(error.value) from error
             raise

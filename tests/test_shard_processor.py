@@ -547,11 +547,8 @@ def test_a_throttled_checkpoint_is_retried_after_backoff(s3: Any, settings: Sett
     assert len(commit_records(s3)) == 1, "a checkpoint retry must not flush again"
 
 
-@pytest.mark.parametrize("kcl_error", ["ShutdownException", "InvalidStateException"])
-def test_a_refused_checkpoint_is_lease_loss_and_stops_all_further_flushes(
-    s3: Any, settings: Settings, kcl_error: str
-) -> None:
-    checkpointer = RecordingCheckpointer(fail_with=[CheckpointError(kcl_error)])
+def test_a_checkpoint_refused_for_a_lost_lease_stops_all_further_flushes(s3: Any, settings: Settings) -> None:
+    checkpointer = RecordingCheckpointer(fail_with=[CheckpointError("ShutdownException")])
     processor = make_processor(CustomerState(SHARD), S3ParquetSink(s3, settings), FlushPolicy(5, 10**9, 60.0))
     records = to_records(payloads()[:20])
     processor.start(None)
@@ -567,6 +564,34 @@ def test_a_refused_checkpoint_is_lease_loss_and_stops_all_further_flushes(
     assert checkpointer.calls == []
     assert checkpointer.attempts == 1
     assert keys_under(s3, f"{PREFIX}/_control/commits/") == commits_after_refusal
+    assert len(processor.buffer) == 0, "records after the loss are the new owner's, not buffered here"
+
+
+def test_a_shard_end_after_a_lost_lease_does_not_checkpoint_shard_end(s3: Any, settings: Settings) -> None:
+    """SHARD_END would start the child shards past the records the lost lease's buffer dropped."""
+    checkpointer = RecordingCheckpointer(fail_with=[CheckpointError("ShutdownException")])
+    processor = make_processor(CustomerState(SHARD), S3ParquetSink(s3, settings), FlushPolicy(5, 10**9, 60.0))
+    records = to_records(payloads()[:20])
+    processor.start(None)
+    with pytest.raises(LeaseLostError):
+        processor.on_records(records[:5], 0, checkpointer)
+    processor.on_records(records[5:15], 0, checkpointer)
+    with pytest.raises(LeaseLostError):
+        processor.on_shard_ended(checkpointer)
+    assert checkpointer.calls == []
+
+
+def test_a_checkpoint_the_lease_table_cannot_store_is_terminal_not_a_lost_lease(
+    s3: Any, settings: Settings
+) -> None:
+    """InvalidStateException: the KCL still holds the lease, so carrying on would buffer records no flush takes."""
+    checkpointer = RecordingCheckpointer(fail_with=[CheckpointError("InvalidStateException")])
+    processor = make_processor(CustomerState(SHARD), S3ParquetSink(s3, settings), FlushPolicy(5, 10**9, 60.0))
+    processor.start(None)
+    with pytest.raises(CheckpointError) as refused:
+        processor.on_records(to_records(payloads()[:5]), 0, checkpointer)
+    assert not isinstance(refused.value, LeaseLostError) and not processor.lease_lost
+    assert checkpointer.calls == [] and checkpointer.attempts == 1
 
 
 # ---------------------------------------------------------------------------------------------------- lifecycle
