@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Final
 
 from rich.console import Console
 
@@ -47,6 +48,17 @@ def emulator_environment(endpoint: str, state_dir: Path) -> dict[str, str]:
     return env
 
 
+#: What a demo writes in its output folder: the only entries it may replace when it runs again.
+DEMO_OUTPUTS: Final = frozenset({"events.jsonl", "state", "worker.log", "s3", "report.html"})
+
+
+def replaceable_output(output_dir: Path) -> bool:
+    """Whether ``output_dir`` is new, empty or a previous demo's output (what ``run_demo`` may delete)."""
+    return not output_dir.exists() or (
+        output_dir.is_dir() and {entry.name for entry in output_dir.iterdir()} <= DEMO_OUTPUTS
+    )
+
+
 def run_demo(customers: int, events: int, seed: int, shards: int, output_dir: Path) -> int:
     from clickstream.report import print_summary
     from clickstream.resources import setup_resources
@@ -57,6 +69,8 @@ def run_demo(customers: int, events: int, seed: int, shards: int, output_dir: Pa
 
     configure_logging("WARNING", json_format=False)  # a person is watching: progress lines, not log records
     console = Console()
+    if not replaceable_output(output_dir):  # the CLI refuses it first; a caller of this function must too
+        raise ValueError(f"{output_dir} holds files a demo did not write")
     if output_dir.exists():
         shutil.rmtree(output_dir)
     output_dir.mkdir(parents=True)

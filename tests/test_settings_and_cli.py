@@ -585,6 +585,27 @@ def test_score_of_a_folder_without_aggregates_is_one_line_and_exit_2(tmp_path: P
     assert "arviz" not in result.stderr, "the model library's import chatter stays out of the operator's view"
 
 
+def test_demo_refuses_an_output_folder_holding_files_it_did_not_write(tmp_path: Path) -> None:
+    """The demo replaces its output folder: a folder of someone's files must not be deleted."""
+    (tmp_path / "mine" / "sub").mkdir(parents=True)
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    result = run_cli("demo", "--output-dir", str(tmp_path / "mine"), "--events", "10")
+    assert_one_line(result, 2, "--output-dir", "holds files a demo did not write")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me" and (tmp_path / "mine" / "sub").is_dir()
+
+
+def test_an_earlier_demo_output_folder_may_be_replaced(tmp_path: Path) -> None:
+    from clickstream.demo import replaceable_output
+
+    earlier = tmp_path / "demo-output"
+    (earlier / "state").mkdir(parents=True)
+    (earlier / "events.jsonl").write_text("{}")
+    (earlier / "report.html").write_text("<html/>")
+    assert replaceable_output(earlier) and replaceable_output(tmp_path / "new")
+    (earlier / "notes.txt").write_text("x")
+    assert not replaceable_output(earlier)
+
+
 @pytest.mark.parametrize("day", ["20261345", "20260230", "2026-03-01", "2026311"])
 def test_manifest_refuses_a_day_that_does_not_exist(day: str) -> None:
     result = CliRunner().invoke(main, ["manifest", "--output", "events", "--arrival-day", day])
