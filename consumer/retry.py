@@ -22,6 +22,10 @@ _TRANSIENT_CODES = frozenset(
         "RequestTimeout",
         "RequestTimeTooSkewed",
         "LimitExceededException",
+        # 409s S3 answers while another conditional write to the same key is in flight; AWS says to retry (the
+        # retry then gets 412 if the other write won).
+        "ConditionalRequestConflict",
+        "OperationAborted",
     }
 )
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -68,7 +68,9 @@ _UNIQUE_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
 class CommitConflict(Exception):  # noqa: N818 - a outcome of the protocol, not a failure of the code
     """Another attempt already continued the shard's commit chain from this position: this attempt lost."""
 
-    def __init__(self, shard_id: str, previous: Position | None, winner: CommitRecord) -> None:
+    def __init__(
+        self, shard_id: str, previous: Position | None, winner: CommitRecord, lost_files: Sequence[str] = ()
+    ) -> None:
         super().__init__(
             f"shard {shard_id}: the commit after {previous.sequence_number if previous else 'the start'} was made "
             f"by attempt {winner.attempt_id} of worker {winner.worker_id} (records up to "
@@ -76,6 +78,8 @@ class CommitConflict(Exception):  # noqa: N818 - a outcome of the protocol, not 
         )
         self.shard_id = shard_id
         self.previous = previous
+        #: The data files the losing attempt wrote (its intent may be gone already: the winner settled it).
+        self.lost_files = list(lost_files)
         self.winner = winner
 
 
@@ -174,7 +178,8 @@ class S3ParquetSink:
                 raise
             if existing.attempt_id == record.attempt_id:
                 return existing  # our own earlier PUT succeeded although its answer was lost
-            raise CommitConflict(attempt.shard_id, attempt.previous, existing) from None
+            lost = [file for keys in record.files.values() for file in keys]
+            raise CommitConflict(attempt.shard_id, attempt.previous, existing, lost) from None
         return record
 
     # ------------------------------------------------------------------ after the commit (step 7) and after losing
@@ -182,15 +187,19 @@ class S3ParquetSink:
         """Step 7: the attempt committed; its intent has done its job."""
         self.s3.delete_object(Bucket=self.bucket, Key=self.layout.intent_key(shard_id, attempt_id))
 
-    def discard_attempt(self, shard_id: str, attempt_id: str) -> int:
-        """Delete the files a losing (or abandoned) attempt wrote, then its intent. Returns files deleted."""
+    def discard_attempt(self, shard_id: str, attempt_id: str, written: Sequence[str] = ()) -> int:
+        """Delete the files a losing (or abandoned) attempt wrote, then its intent. Returns files deleted.
+
+        ``written``: the files the loser knows it wrote. The winner may have settled the intent (and deleted the
+        files it named) while the loser was paused between its intent and its data, so data written after that is
+        named only here."""
         key = self.layout.intent_key(shard_id, attempt_id)
         intent = self.get_intent(key)
-        if intent is None:
-            return 0
-        files = [file for keys in intent.files.values() for file in keys]
+        named = [file for keys in intent.files.values() for file in keys] if intent is not None else []
+        files = sorted({*named, *written})
         self.delete_keys(files)
-        self.s3.delete_object(Bucket=self.bucket, Key=key)
+        if intent is not None:
+            self.s3.delete_object(Bucket=self.bucket, Key=key)
         return len(files)
 
     def settle_intents(self, shard_id: str) -> int:

@@ -460,7 +460,8 @@ class ShardProcessor:
             extra={"shard_id": self.shard_id},
         )
         self._retrying(
-            "discard the losing attempt", lambda: self.sink.discard_attempt(self.shard_id, attempt_id)
+            "discard the losing attempt",
+            lambda: self.sink.discard_attempt(self.shard_id, attempt_id, conflict.lost_files),
         )
         if self.recovery is None:
             raise RuntimeError("a shard processor without recovery cannot continue after a lost commit")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +193,53 @@ def test_a_zombie_behind_the_chain_commits_only_records_the_chain_does_not_hold(
     assert_exactly_once(s3, records, zombie.state)
 
 
+def test_a_zombie_paused_between_its_intent_and_its_data_deletes_the_data_it_wrote_after_losing(
+    s3: Any, settings: Settings
+) -> None:
+    """The owner settles the zombie's intent (deleting the files it names, not written yet) while the zombie is paused
+    after its intent PUT; the zombie then writes its data and loses the commit. Only the zombie knows those files."""
+    records = to_records(payloads())
+    owner = writer(s3, settings)  # flushes every 20 records
+    settled: list[bool] = []
+
+    class PausedAfterIntent(S3ParquetSink):
+        def put_parquet(self, key: str, table: pa.Table, *, kind: str) -> int:
+            if not settled:
+                settled.append(True)
+                owner.start(None)  # settles intents at start
+                owner.on_records(records[:20], 0, RecordingCheckpointer())  # commits, then settles again
+                assert not intents(s3), "the zombie's intent was settled before its data exists"
+            return super().put_parquet(key, table, kind=kind)
+
+    zombie = writer(s3, settings, policy=NEVER, sink=PausedAfterIntent(s3, settings))
+    zombie.start(None)
+    zombie.on_records(records[:10], 0, RecordingCheckpointer())
+    zombie.flush(RecordingCheckpointer(), reason="test")
+
+    assert settled and zombie.metrics.commit_conflicts == 1
+    named = {key for record in commit_records(s3) for keys in record.files.values() for key in keys}
+    assert data_keys(s3) == named, "no data file outside the commit chain"
+
+
+def test_a_commit_put_racing_another_conditional_write_is_retried_not_terminal(
+    s3: Any, settings: Settings
+) -> None:
+    """S3 answers 409 ConditionalRequestConflict when two conditional PUTs of one key overlap: retry, then commit."""
+    records = to_records(payloads())
+    race = FaultyS3(
+        s3, client_error("ConditionalRequestConflict", 409), times=1, key_contains="/_control/commits/"
+    )
+    sleeps = SleepRecorder()
+    processor = writer(s3, settings, sink=S3ParquetSink(race, settings), sleep=sleeps)
+    processor.start(None)
+    checkpointer = RecordingCheckpointer()
+    processor.on_records(records, 0, checkpointer)
+    processor.flush(checkpointer, reason="test")
+    assert race.failures == 1 and len(sleeps.delays) == 1
+    assert checkpointer.calls[-1] == (records[-1].sequence_number, 0)
+    assert_exactly_once(s3, records, processor.state)
+
+
 def test_a_flush_retrying_through_an_s3_outage_loses_to_the_owner_that_took_over(
     s3: Any, settings: Settings
 ) -> None:
@@ -227,7 +274,7 @@ def test_a_flush_retrying_through_an_s3_outage_loses_to_the_owner_that_took_over
 
 
 class CrashOnDiscard(S3ParquetSink):
-    def discard_attempt(self, shard_id: str, attempt_id: str) -> int:
+    def discard_attempt(self, shard_id: str, attempt_id: str, written: Sequence[str] = ()) -> int:
         raise SystemExit("the loser died before deleting its files")
 
 
