@@ -77,9 +77,10 @@ UUID_PATTERN: Final = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F
 ID_PATTERN: Final = r"^[A-Za-z0-9_.:@-]+$"
 CURRENCY_PATTERN: Final = r"^[A-Z]{3}$"
 
-#: Byte patterns that DuckDB's lenient JSON reader accepts but JSON does not (trailing commas, NaN, Infinity).
+#: Byte patterns that DuckDB's lenient JSON reader accepts but JSON does not: trailing commas, and NaN or infinity
+#: in any letter case, with a minus or not, where a value starts (its json_valid takes `nan`, `-inf`, `INFINITY`...).
 #: Only records containing one of them are re-checked with Python's strict parser, so the common case stays in SQL.
-LENIENT_JSON_HINT: Final = r",\s*[\]}]|NaN|Infinity"
+LENIENT_JSON_HINT: Final = r",\s*[\]}]|[:\[,]\s*-?(?i:nan|inf)"
 
 _STRING_FIELDS: Final = {
     # field: (min length, max length, regex or None)
