@@ -16,11 +16,14 @@ columns (``fast_decode``); only doubtful records go through the exact SQL valida
 output rows are vectorized over the batch, so the cost of a batch grows with the batch and the customers it touches,
 never with all customers or events ever seen.
 
-De-duplication window: a duplicate is the same event id for the same customer. Event ids are remembered while the UTC
-day their original arrived on (Kinesis arrival time) is no more than ``dedupe_window`` before the latest arrival day
-the shard has applied. A re-send arriving later than that is applied again (counted twice): producer retries and
-redeliveries arrive within minutes, so the window (default 7 days) bounds memory without touching them. Arrival time,
-not event time, so that backfills of old events and streams ordered by customer keep exact de-duplication.
+De-duplication window: a duplicate is the same event id for the same customer, arriving (Kinesis arrival time, UTC
+days) at most ``dedupe_window`` after the delivery of that event applied last. The rule is between the two deliveries
+alone, so flush boundaries and the shard's other customers cannot change it. A re-send arriving later than that is
+applied again (counted twice): producer retries and redeliveries arrive within minutes, so the window (default 7
+days) bounds memory without touching them: ids are dropped once their day is more than the window before the latest
+arrival day the shard applied (arrivals within a shard do not go back, so no later delivery could match them).
+Arrival time, not event time, so that backfills of old events and streams ordered by customer keep exact
+de-duplication.
 
 Durability: S3 is the truth (commit chain and snapshots). The local DuckDB file is a cache that makes a restart
 fast: a journal of what batches added or changed, written in one transaction with the position it reaches, so the
@@ -441,10 +444,18 @@ class CustomerState:
         # in probe order: the set's lookup and add skip a sort
         first = _first_of_each(probe, [idx, high, low])
         arrival_days = np.floor_divide(_micros(events.column("approximate_arrival_at")), _US_PER_DAY)
+        # a duplicate arrived at most the window after the applied delivery of its event: a rule between the two
+        # deliveries alone, so neither the flush boundaries nor the shard's other customers change it
         seen = self._event_ids.contains(
-            probe[first], {"idx": idx[first], "high": high[first], "low": low[first]}, self._window_start()
+            probe[first],
+            {"idx": idx[first], "high": high[first], "low": low[first]},
+            arrival_days[first] - self.dedupe_window_days,
         )
         new_ids_at = first[~seen]  # by probe
+        if len(first) < events.num_rows and arrival_days.min() < arrival_days.max():
+            new_ids_at = np.concatenate(
+                [new_ids_at, self._repeats_applied_again(probe, (idx, high, low), arrival_days, first, seen)]
+            )
         duplicates = events.num_rows - len(new_ids_at)
         if not len(new_ids_at):
             return empty
@@ -476,6 +487,37 @@ class CustomerState:
             position=last,
         )
         return staged
+
+    def _repeats_applied_again(
+        self,
+        probe: np.ndarray,
+        member: tuple[np.ndarray, np.ndarray, np.ndarray],
+        arrival_days: np.ndarray,
+        first: np.ndarray,
+        seen: np.ndarray,
+    ) -> np.ndarray:
+        """Rows repeating an earlier row of the batch that still count: each arrived more than the window after the
+        delivery of its event applied last (this batch's first, or the state's copy when that first was a
+        duplicate). Only a batch spanning arrival days can hold one; its few repeats are walked in row order."""
+        window = self.dedupe_window_days
+        repeats = np.flatnonzero(~_mask(first, len(probe)))
+        firsts = np.flatnonzero(np.isin(probe[first], probe[repeats]))  # positions in ``first``, few
+        keys = [tuple(int(column[row]) for column in member) for row in first[firsts].tolist()]
+        stored = self._event_ids.latest_day(
+            probe[first[firsts]],
+            dict(zip(("idx", "high", "low"), (c[first[firsts]] for c in member), strict=True)),
+        )
+        applied_day = {
+            key: int(stored[n]) if seen[at] else int(arrival_days[first[at]])
+            for n, (key, at) in enumerate(zip(keys, firsts.tolist(), strict=True))
+        }
+        again = []
+        for row in repeats.tolist():
+            key = tuple(int(column[row]) for column in member)
+            if arrival_days[row] - window > applied_day[key]:
+                again.append(row)
+                applied_day[key] = int(arrival_days[row])
+        return np.array(again, dtype=first.dtype)
 
     def _customer_indexes(
         self, encoded: pa.DictionaryArray, name_hashes: np.ndarray

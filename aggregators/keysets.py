@@ -8,7 +8,7 @@ Runs are merged size-tiered (a new run merges into the previous one while it is 
 are O(log n) runs, a lookup costs O(batch · log n) and a member is copied O(log n) times over its life. Merging two
 sorted runs is a linear pass (numpy's stable sort detects the two runs); probes handed over in order (a batch grouped
 by probe) are not sorted again. A run may carry a ``day`` column; members whose day falls before a cutoff are dropped
-when runs merge, and never match a lookup with that cutoff.
+when runs merge, and never match a lookup with that cutoff (one for all queries, or one per query).
 """
 
 from __future__ import annotations
@@ -37,6 +37,10 @@ def mix64(*parts: np.ndarray) -> np.ndarray:
 
 
 Run = dict[str, np.ndarray]
+#: A lookup's earliest day: one for every query, one per query, or None (any day).
+MinDay = int | np.ndarray | None
+#: ``KeyRuns.latest_day`` of a member that is not in the set.
+NO_DAY: Final = np.iinfo(np.int64).min
 #: A point a ``StringIndex`` can roll back to: its runs, its id chunks and its count then.
 IndexMark = tuple[list[Run], list[pa.Array], int]
 
@@ -56,7 +60,7 @@ class KeyRuns:
         return sum(array.nbytes for run in self.runs for array in run.values())
 
     def contains(
-        self, probe: np.ndarray, members: Mapping[str, np.ndarray], min_day: int | None = None
+        self, probe: np.ndarray, members: Mapping[str, np.ndarray], min_day: MinDay = None
     ) -> np.ndarray:
         """For each queried member, whether it is in the set (and, with ``min_day``, its day is >= min_day)."""
         run_of, _ = self.locate(probe, members, self.columns, min_day)
@@ -77,7 +81,7 @@ class KeyRuns:
         probe: np.ndarray,
         members: Mapping[str, np.ndarray],
         columns: tuple[str, ...],
-        min_day: int | None = None,
+        min_day: MinDay = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """For each queried member, the run and the position in it of the equal member (equal on ``columns``);
         run -1 where there is none."""
@@ -89,7 +93,10 @@ class KeyRuns:
             return self._locate_sorted(probe, members, columns, min_day)
         order = np.argsort(probe)  # equal probes are found in any order: each query is answered on its own
         found_run, found_at = self._locate_sorted(
-            probe[order], {column: np.asarray(members[column])[order] for column in columns}, columns, min_day
+            probe[order],
+            {column: np.asarray(members[column])[order] for column in columns},
+            columns,
+            min_day[order] if isinstance(min_day, np.ndarray) else min_day,
         )
         run_of = np.empty(len(probe), dtype=np.int64)
         position = np.empty(len(probe), dtype=np.int64)
@@ -101,7 +108,7 @@ class KeyRuns:
         probe: np.ndarray,
         members: Mapping[str, np.ndarray],
         columns: tuple[str, ...],
-        min_day: int | None,
+        min_day: MinDay,
     ) -> tuple[np.ndarray, np.ndarray]:
         run_of = np.full(len(probe), -1, dtype=np.int64)
         position = np.zeros(len(probe), dtype=np.int64)
@@ -122,11 +129,34 @@ class KeyRuns:
                 for column in columns:
                     equal &= run[column][at] == members[column][pending]
                 if min_day is not None and self.has_day:
-                    equal &= run["day"][at] >= min_day
+                    equal &= run["day"][at] >= (
+                        min_day[pending] if isinstance(min_day, np.ndarray) else min_day
+                    )
                 run_of[pending[equal]] = number
                 position[pending[equal]] = at[equal]
                 pending, at = pending[~equal], at[~equal] + 1  # the next member with the same probe, if any
         return run_of, position
+
+    def latest_day(self, probe: np.ndarray, members: Mapping[str, np.ndarray]) -> np.ndarray:
+        """For each queried member, the latest day stored with it (a member added again after its window is held
+        more than once until the older copy is dropped), or ``NO_DAY`` where it is not in the set."""
+        latest = np.full(len(probe), NO_DAY, dtype=np.int64)
+        for run in self.runs:
+            keys = run["probe"]
+            pending = np.arange(len(probe))
+            at = np.searchsorted(keys, probe)
+            while pending.size:
+                inside = at < len(keys)
+                pending, at = pending[inside], at[inside]
+                same = keys[at] == probe[pending]
+                pending, at = pending[same], at[same]
+                equal = np.ones(len(pending), dtype=bool)
+                for column in self.columns:
+                    equal &= run[column][at] == members[column][pending]
+                hit = pending[equal]  # each query once per step: a plain maximum is exact
+                latest[hit] = np.maximum(latest[hit], run["day"][at[equal]])
+                at = at + 1  # every member with the same probe, equal or not
+        return latest
 
     def add(self, probe: np.ndarray, members: Mapping[str, np.ndarray], min_day: int | None = None) -> None:
         """Add members known to be absent; merges runs size-tiered, dropping members before ``min_day``."""

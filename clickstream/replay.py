@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from aggregators.customer_state import CustomerState
 from consumer.s3_sink import S3ParquetSink, read_commit_records
+from consumer.state_recovery import state_options
 from runtime.settings import Settings
 from schemas import EVENTS_SCHEMA
 from schemas.positions import Position
@@ -91,7 +92,7 @@ def run_replay(
     work_dir.mkdir(parents=True, exist_ok=True)
     database = work_dir / f"replay-{plan.name}.duckdb"
     database.unlink(missing_ok=True)  # always from empty state: a re-run gives the same result
-    state = CustomerState("replay", database)
+    state = CustomerState("replay", database, options=state_options(settings))  # the worker's dedupe window
     sink = S3ParquetSink(s3, settings)
     read = applied = batches = 0
     pending: list[pa.Table] = []

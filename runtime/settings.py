@@ -220,7 +220,8 @@ class Settings(BaseSettings):
         7,
         ge=1,
         description="Remember (customer_id, event_id) pairs for this many days of Kinesis arrival time; an exact "
-        "duplicate that arrives later than that is counted again (bounds the de-duplication memory).",
+        "duplicate that arrives more than this many UTC days after the applied delivery is counted again (bounds "
+        "the de-duplication memory; replay uses the same window).",
     )
 
     # --- Validation -------------------------------------------------------------------------------------------

@@ -938,7 +938,7 @@ def _arriving(batch: pa.Table, day: int) -> pa.Table:
     arrival = pa.array([ARRIVAL + timedelta(days=day)] * batch.num_rows, pa.timestamp("us", "UTC"))
     return batch.set_column(
         batch.schema.get_field_index("approximate_arrival_at"), "approximate_arrival_at", arrival
-    )
+    ).cast(RAW_RECORD_SCHEMA)
 
 
 @pytest.mark.parametrize(("window_days", "counted_again"), [(7, False), (2, True)])
@@ -960,6 +960,94 @@ def test_duplicate_older_than_the_dedupe_window_is_applied_again(
     )
 
 
+def _rows(state: CustomerState) -> list[dict[str, Any]]:
+    rows = state.snapshot_rows().sort_by("customer_id").to_pylist()
+    return [without(row, BATCH_DEPENDENT) for row in rows]
+
+
+@pytest.mark.parametrize(("resent_on_day", "purchases"), [(7, 1), (10, 2)])
+def test_the_window_is_between_the_two_deliveries_whatever_the_flushes_and_the_shard(
+    resent_on_day: int, purchases: int
+) -> None:
+    """A re-send is a duplicate when it arrives at most the window (7 days) after the applied delivery: neither the
+    flush boundaries nor another customer's later traffic on the shard nor a reshard split changes that."""
+    from schemas.positions import BEFORE_FIRST_RECORD
+
+    original = event("c-A", "purchase", "2026-03-01T10:00:00Z", revenue="5.00")
+    other = event("c-B", "page_view", "2026-03-09T10:00:00Z")
+
+    def purchases_of_a(state: CustomerState) -> int:
+        return int(row_of(state, "c-A")["purchases"])
+
+    outcomes = {}
+    for layout in ("flushes apart", "other in the re-send's flush", "alone", "all in one flush"):
+        state, stream = CustomerState(SHARD), Stream()
+        first = stream.batch([original])
+        later = _arriving(stream.batch([other]), resent_on_day - 1)
+        resend = _arriving(stream.batch([original]), resent_on_day)
+        batches = {
+            "flushes apart": [first, later, resend],
+            "other in the re-send's flush": [first, pa.concat_tables([later, resend])],
+            "alone": [first, resend],
+            "all in one flush": [pa.concat_tables([first, later, resend])],
+        }[layout]
+        for batch in batches:
+            state.apply(batch)
+        outcomes[layout] = purchases_of_a(state)
+    # a split after the original and the other customer's event: the child holds c-A alone, with c-A's ids
+    parent, stream = CustomerState(SHARD), Stream()
+    parent.apply(
+        pa.concat_tables([stream.batch([original]), _arriving(stream.batch([other]), resent_on_day - 1)])
+    )
+    child = CustomerState("child")
+    child.import_tables(parent.export_tables(), customer_filter="customer_id = 'c-A'")
+    child.set_position(BEFORE_FIRST_RECORD, parent.as_of())
+    child.apply(_arriving(Stream().batch([original]), resent_on_day))
+    outcomes["child after a split"] = purchases_of_a(child)
+    assert outcomes == dict.fromkeys(outcomes, purchases)
+
+
+def test_repeats_within_one_flush_follow_the_delivery_applied_last() -> None:
+    """Day 0 applied; in one later flush: day 6 (a duplicate of day 0), day 8 (more than 7 days after the applied
+    delivery: counted again), day 9 (within 7 days of day 8: a duplicate)."""
+    state, stream = CustomerState(SHARD), Stream()
+    original = event("c-A", "purchase", "2026-03-01T10:00:00Z", revenue="5.00")
+    state.apply(stream.batch([original]))
+    flush = pa.concat_tables([_arriving(stream.batch([original]), day) for day in (6, 8, 9)])
+    applied = state.apply(flush)
+    assert (applied.events.num_rows, applied.duplicates) == (1, 2)
+    assert applied.events.column("approximate_arrival_at").to_pylist() == [ARRIVAL + timedelta(days=8)]
+    assert row_of(state, "c-A")["purchases"] == 2
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.tuples(st.integers(0, 2), st.integers(0, 4)), min_size=1, max_size=14),
+    st.sets(st.integers(1, 13)),
+)
+def test_deduplication_does_not_depend_on_where_flushes_cut_the_stream(
+    deliveries: list[tuple[int, int]], cuts: set[int]
+) -> None:
+    """Deliveries of three events (customer, id fixed), each some days after the previous delivery; applied one
+    flush per delivery, in flushes cut anywhere, or in one flush: the same rows."""
+    events = [event(f"c-{n}", "purchase", "2026-03-01T10:00:00Z", revenue="1.00") for n in range(3)]
+    stream, day, records = Stream(), 0, []
+    for which, gap in deliveries:
+        day += gap
+        records.append(_arriving(stream.batch([events[which]]), day))
+    outcomes = []
+    for bounds in (
+        [*range(len(records) + 1)],
+        [0, *sorted(c for c in cuts if c < len(records)), len(records)],
+    ):
+        state = CustomerState(SHARD)
+        for start, end in itertools.pairwise(bounds):
+            if end > start:
+                state.apply(pa.concat_tables(records[start:end]))
+        outcomes.append(_rows(state))
+    assert outcomes[0] == outcomes[1]
+
+
 def test_events_in_customer_order_over_months_are_still_deduplicated() -> None:
     """A backfill in customer order (event times jumping back and forth) arrives within the window."""
     documents = [event(f"c-{c}", "page_view", f"2026-0{m}-01T10:00:00Z") for c in range(3) for m in (1, 3, 5)]
@@ -970,18 +1058,24 @@ def test_events_in_customer_order_over_months_are_still_deduplicated() -> None:
 
 
 def test_dedupe_window_survives_reopen_and_snapshot(tmp_path: Path) -> None:
+    """The ids' arrival days are kept: after a reopen and after a restore, a re-send 7 days after the original is
+    still a duplicate, and one 8 days after it is counted again (the duplicate on day 7 was never applied)."""
     path = tmp_path / "shard.duckdb"
     state = CustomerState(SHARD, path)
     stream = Stream()
     documents = [event("c-1", "page_view", f"2026-03-0{d}T10:00:00Z") for d in range(1, 4)]
     state.apply(stream.batch(documents))
+    state.apply(_arriving(stream.batch([event("c-2", "page_view", "2026-03-07T10:00:00Z")]), 6))
     state.close()
     reopened = CustomerState(SHARD, path)
-    assert reopened.apply(stream.batch(documents)).duplicates == 3
+    assert reopened.apply(_arriving(stream.batch(documents[:1]), 7)).duplicates == 1
     restored = CustomerState(SHARD)
     restored.import_tables(reopened.export_tables())
     restored.set_position(reopened.position(), reopened.as_of())
-    assert restored.apply(stream.batch(documents)).duplicates == 3
+    assert restored.apply(_arriving(stream.batch(documents[1:]), 7)).duplicates == 2
+    assert restored.apply(_arriving(stream.batch(documents[:1]), 8)).duplicates == 0  # 8 days after day 0's
+    assert reopened.apply(_arriving(stream.batch(documents[1:]), 7)).duplicates == 2
+    assert reopened.apply(_arriving(stream.batch(documents[:1]), 8)).duplicates == 0
     assert [without(r, BATCH_DEPENDENT) for r in restored.snapshot_rows().to_pylist()] == [
         without(r, BATCH_DEPENDENT) for r in reopened.snapshot_rows().to_pylist()
     ]

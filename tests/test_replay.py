@@ -1,0 +1,62 @@
+"""Replay reads the committed archive through the core with the worker's settings: same rows as the live run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pyarrow as pa
+import pytest
+from moto import mock_aws
+
+from aggregators.customer_state import CustomerState
+from clickstream.replay import plan_replay, run_replay
+from consumer.s3_sink import FlushAttempt, S3ParquetSink
+from consumer.state_recovery import state_options
+from runtime.settings import Settings
+from schemas.layout import FlushName
+from schemas.positions import chain_position
+from tests.moto_support import isolate_environment
+from tests.test_customer_state import SHARD, Stream, _arriving, event, row_of
+
+BUCKET = "replay-bucket"
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    isolate_environment(monkeypatch)
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket=BUCKET)
+        yield client
+
+
+def live_run(s3: Any, settings: Settings, batches: list[pa.Table]) -> CustomerState:
+    """The worker's core and sink on ``batches``, one committed flush each (the archive a replay reads)."""
+    state = CustomerState(SHARD, options=state_options(settings))
+    sink = S3ParquetSink(s3, settings)
+    for number, batch in enumerate(batches):
+        previous = chain_position(state.position())
+        with state.staged(batch) as applied:
+            assert applied.first_position is not None and applied.position is not None
+            name = FlushName(SHARD, applied.first_position, applied.position, f"attempt{number}")
+            sink.write(FlushAttempt(previous, name), applied)
+    return state
+
+
+def test_replay_deduplicates_with_the_window_the_worker_is_set_to(s3: Any, tmp_path: Path) -> None:
+    """With a 1-day window the live run counts a re-send 3 days later again; the replay must too (its default
+    window, 7 days, would call it a duplicate and disagree with the live rows)."""
+    settings = Settings(bucket=BUCKET, prefix="rfm", dedupe_window_days=1)
+    original = event("c-A", "purchase", "2026-03-01T10:00:00Z", revenue="5.00")
+    stream = Stream()
+    live = live_run(s3, settings, [stream.batch([original]), _arriving(stream.batch([original]), 3)])
+    assert row_of(live, "c-A")["purchases"] == 2
+
+    plan = plan_replay(s3, settings, datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC))
+    result = run_replay(s3, settings, plan, tmp_path, progress=False)
+    rows = S3ParquetSink(s3, settings).get_parquet(result.output_key).to_pylist()
+    assert [(row["customer_id"], row["purchases"]) for row in rows] == [("c-A", 2)]
