@@ -10,6 +10,8 @@ import logging
 import time
 from typing import Final
 
+from runtime.logs import METRICS_LOGGER
+
 NAMESPACE: Final = "ClickstreamRFM"
 
 #: metric name -> CloudWatch unit
@@ -35,7 +37,7 @@ UNITS: Final = {
     "CheckpointAheadOfCommits": "Count",
 }
 
-_log = logging.getLogger("clickstream.metrics")
+_log = logging.getLogger(METRICS_LOGGER)
 
 
 def emf_document(

@@ -17,6 +17,9 @@ _CONTEXT_FIELDS = ("shard_id", "sequence_number", "worker_id", "flush_range")
 
 #: Set by `clickstream worker` for its record processors: the Unix datagram socket their logs go to.
 LOG_SOCKET_ENV = "CLICKSTREAM_LOG_SOCKET"
+#: The logger of CloudWatch EMF metric lines: written whatever the log level (alarms must not go dark because the
+#: logs were made quieter), and only as JSON (a text line is no metric).
+METRICS_LOGGER = "clickstream.metrics"
 
 
 class JsonFormatter(logging.Formatter):
@@ -98,12 +101,17 @@ class LogRelay:
         self.path.unlink(missing_ok=True)
 
 
-def configure_logging(level: str = "INFO", json_format: bool = True) -> None:
-    """Send all logs to stderr (or the worker's log socket); JSON for machines, plain text for people."""
+def _destination() -> logging.Handler:
     socket_path = os.environ.get(LOG_SOCKET_ENV)
-    handler: logging.Handler = (
-        DatagramLogHandler(socket_path) if socket_path else logging.StreamHandler(sys.stderr)
-    )
+    return DatagramLogHandler(socket_path) if socket_path else logging.StreamHandler(sys.stderr)
+
+
+def configure_logging(level: str = "INFO", json_format: bool = True) -> None:
+    """Send all logs to stderr (or the worker's log socket); JSON for machines, plain text for people.
+
+    Metric lines (``METRICS_LOGGER``) go to the same place at any level when the format is JSON, and nowhere in
+    text format (for a person at a terminal)."""
+    handler = _destination()
     if json_format:
         handler.setFormatter(JsonFormatter())
     else:
@@ -111,6 +119,12 @@ def configure_logging(level: str = "INFO", json_format: bool = True) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    metrics = logging.getLogger(METRICS_LOGGER)
+    metrics.propagate = False
+    metrics.setLevel(logging.INFO)
+    metric_lines = _destination() if json_format else logging.NullHandler()
+    metric_lines.setFormatter(JsonFormatter())
+    metrics.handlers[:] = [metric_lines]
     # Libraries that log at INFO what an operator need not see ("arviz_base not installed" on every score run).
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "arviz", "pymc", "pytensor"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
