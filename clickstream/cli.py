@@ -495,14 +495,12 @@ def health(**overrides: Any) -> None:
     are given here.
     """
     from consumer.health import assess
-    from runtime.settings import worker_settings
+    from runtime.settings import with_overrides, worker_settings
 
+    flags = {name: overrides.pop(name) for name in ("stuck_shard_seconds", "no_lease_unhealthy_seconds")}
     settings = build_settings(**overrides)
-    worker = worker_settings(settings.state_dir)
-    given = {name: value for name, value in overrides.items() if value is not None}
-    limits = (
-        worker.model_copy(update=given) if worker is not None else settings
-    )  # this command's flags on top
+    # this command's flags on top of the worker's own settings, checked against those (e.g. its flush limit)
+    limits = with_overrides(worker_settings(settings.state_dir) or settings, **flags)
     report = assess(
         settings.state_dir, limits.stuck_shard_seconds, no_lease_after=limits.no_lease_unhealthy_seconds
     )

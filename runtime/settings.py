@@ -429,6 +429,16 @@ def load_settings_file(path: Path) -> Settings:
         raise _config_error(exc) from None
 
 
+def with_overrides(settings: Settings, **overrides: object) -> Settings:
+    """``settings`` with the non-None ``overrides`` on top, validated as a whole (a flag checked against the limits
+    of the settings it joins, not the environment's). Raises ConfigError."""
+    given = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return Settings(**{**settings.model_dump(), **given})
+    except ValidationError as exc:
+        raise _config_error(exc) from None
+
+
 def worker_settings(state_dir: Path) -> Settings | None:
     """The settings of the worker whose state directory this is, or None if no worker wrote them there."""
     path = state_dir / SETTINGS_FILE

@@ -560,6 +560,24 @@ def test_health_judges_by_the_worker_limits_unless_given_its_own(tmp_path: Path)
     assert "no flush for 400s" in stuck.output
 
 
+def test_health_checks_its_flags_against_the_worker_settings_not_the_environment(tmp_path: Path) -> None:
+    """A worker flushing every 5 s may be judged stuck after 10 s; the environment's 60 s flush limit is not its."""
+    now = time.time()
+    write_heartbeat(tmp_path, Heartbeat(pid=os.getpid(), phase="running", started_at=now - 1000))
+    StatusWriter(tmp_path / "status").write(drained_status(last_call_at=now - 1), force=True)
+    write_settings_file(
+        load_settings(state_dir=tmp_path, flush_max_seconds=5, stuck_shard_seconds=60),
+        tmp_path / SETTINGS_FILE,
+    )
+    state = ["--state-dir", str(tmp_path)]
+    quick = CliRunner().invoke(main, ["health", *state, "--stuck-after", "10"])
+    assert quick.exit_code == 0, quick.output
+    too_quick = CliRunner().invoke(main, ["health", *state, "--stuck-after", "4"])
+    assert (
+        too_quick.exit_code == 2 and "must be larger than CLICKSTREAM_FLUSH_MAX_SECONDS" in too_quick.output
+    )
+
+
 def test_health_without_a_heartbeat_asks_about_the_state_directory(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["health", "--state-dir", str(tmp_path)])
     assert result.exit_code == 1
