@@ -39,7 +39,14 @@ from consumer.status import ShardStatus, read_statuses
 from consumer.worker_output import LogSink, SinkHandler, WorkerTotals, status_view, uptime
 from runtime.aws import aws_client
 from runtime.logs import LOG_SOCKET_ENV, JsonFormatter, LogRelay
-from runtime.settings import SETTINGS_FILE, SETTINGS_FILE_ENV, Settings, aws_environment, write_settings_file
+from runtime.settings import (
+    KCL_INITIAL_HEAP_MIB,
+    SETTINGS_FILE,
+    SETTINGS_FILE_ENV,
+    Settings,
+    aws_environment,
+    write_settings_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +156,7 @@ def kcl_properties(settings: Settings, executable: str) -> str:
 
 def java_command(settings: Settings, properties_file: Path) -> list[str]:
     jars = kcl_jar_directory()
-    command = [find_java(settings), "-Xms256m", f"-Xmx{settings.kcl_java_heap}"]
+    command = [find_java(settings), f"-Xms{KCL_INITIAL_HEAP_MIB}m", f"-Xmx{settings.kcl_java_heap}"]
     if settings.aws_endpoint_url:
         # Emulators (moto, LocalStack's kinesis-mock) do not speak the SDK's default CBOR wire format.
         command.append("-Daws.cborEnabled=false")

@@ -35,6 +35,8 @@ SETTINGS_FILE_ENV = "CLICKSTREAM_SETTINGS_FILE"
 #: The file a worker writes its resolved settings to, under its state directory (for its processors and its health
 #: check).
 SETTINGS_FILE = "worker-settings.json"
+#: The KCL daemon's initial JVM heap (-Xms), in MiB: the maximum heap (``kcl_java_heap``) must hold it.
+KCL_INITIAL_HEAP_MIB = 256
 #: CLICKSTREAM_* variables read outside this object (by the CLI's logging options, between worker processes).
 OTHER_VARIABLES = frozenset(
     {"CLICKSTREAM_LOG_LEVEL", "CLICKSTREAM_LOG_FORMAT", "CLICKSTREAM_LOG_SOCKET", SETTINGS_FILE_ENV}
@@ -109,10 +111,14 @@ class Settings(BaseSettings):
 
     # --- KCL worker -----------------------------------------------------------------------------------------
     application_name: str = Field(
-        "clickstream-rfm", description="KCL application name: names the DynamoDB lease tables."
+        "clickstream-rfm",
+        # a DynamoDB table name, with room for the KCL's suffixes (-CoordinatorState, -WorkerMetricStats)
+        pattern=r"^[A-Za-z0-9_.-]{3,200}$",
+        description="KCL application name: names the DynamoDB lease tables.",
     )
     worker_id: str = Field(
         default_factory=_default_worker_id,
+        pattern=r"^\S(.*\S)?$",  # not empty, no blank ends: an unset ${...} in a task template gives ""
         description="Stable KCL worker id (default: host name) so restarts reclaim leases immediately.",
     )
     initial_position: Literal["TRIM_HORIZON", "LATEST"] = Field(
@@ -290,6 +296,16 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             value = value.upper()
             return {"WARNING": "WARN", "CRITICAL": "ERROR"}.get(value, value)
+        return value
+
+    @field_validator("kcl_java_heap")
+    @classmethod
+    def _heap_holds_the_initial_heap(cls, value: str) -> str:
+        mebibytes = int(value[:-1]) * {"k": 1 / 1024, "m": 1, "g": 1024}[value[-1].lower()]
+        if mebibytes < KCL_INITIAL_HEAP_MIB:
+            raise ValueError(
+                f"must be at least {KCL_INITIAL_HEAP_MIB}m, the KCL daemon's initial heap (-Xms)"
+            )
         return value
 
     @field_validator("bucket")

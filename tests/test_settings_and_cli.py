@@ -151,6 +151,12 @@ def test_unrelated_clickstream_variables_do_not_break_loading(monkeypatch: pytes
         ("CLICKSTREAM_KCL_SHUTDOWN_GRACE_MILLIS", "0"),
         ("CLICKSTREAM_INITIAL_POSITION", "AT_TIMESTAMP"),
         ("CLICKSTREAM_MIN_EVENT_TIME", "2000-01-01T00:00:00"),
+        ("CLICKSTREAM_KCL_JAVA_HEAP", "200m"),  # below the daemon's initial heap: the JVM would not start
+        ("CLICKSTREAM_KCL_JAVA_HEAP", "0g"),
+        ("CLICKSTREAM_WORKER_ID", ""),  # an unset ${...} in a task template: the KCL fails with a stack trace
+        ("CLICKSTREAM_WORKER_ID", " "),
+        ("CLICKSTREAM_APPLICATION_NAME", ""),  # names the lease table: DynamoDB's rules
+        ("CLICKSTREAM_APPLICATION_NAME", "has space"),
     ],
 )
 def test_an_invalid_environment_value_raises_config_error_naming_the_variable(
