@@ -16,9 +16,11 @@ log = logging.getLogger(__name__)
 
 def ensure_stream(kinesis: Any, name: str, shards: int, timeout: float = 60.0) -> str:
     """Create the stream if it does not exist and wait until it is ACTIVE. Returns its ARN."""
+    created = False
     try:
         kinesis.create_stream(StreamName=name, ShardCount=shards)
         log.info("created stream %s with %d shards", name, shards)
+        created = True
     except ClientError as error:
         if error.response["Error"]["Code"] != "ResourceInUseException":
             raise
@@ -27,6 +29,15 @@ def ensure_stream(kinesis: Any, name: str, shards: int, timeout: float = 60.0) -
     while True:
         summary = kinesis.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]
         if summary["StreamStatus"] == "ACTIVE":
+            open_shards = summary.get("OpenShardCount")
+            if not created and open_shards is not None and open_shards != shards:
+                log.warning(
+                    "stream %s has %d open shards, not %d: the shard count applies only when setup creates the "
+                    "stream (reshard with `aws kinesis update-shard-count`; the worker follows)",
+                    name,
+                    open_shards,
+                    shards,
+                )
             return str(summary["StreamARN"])
         if time.monotonic() > deadline:
             raise TimeoutError(f"stream {name} is still {summary['StreamStatus']} after {timeout:.0f}s")
@@ -37,10 +48,13 @@ def ensure_bucket(
     s3: Any, bucket: str, region: str, sse: str = "AES256", kms_key_id: str | None = None
 ) -> None:
     """Create the bucket if missing, with the default encryption the worker writes with (SSE-S3, or SSE-KMS with
-    its key and an S3 Bucket Key) and public access blocked."""
+    its key and an S3 Bucket Key) and public access blocked. An existing bucket is left as its owner set it (the
+    worker sends its encryption with every PUT anyway); a default encryption other than the worker's is reported."""
     try:
         s3.head_bucket(Bucket=bucket)
-        log.info("bucket %s already exists", bucket)
+        log.info("bucket %s already exists: its settings are left as they are", bucket)
+        _report_other_encryption(s3, bucket, sse, kms_key_id)
+        return
     except ClientError as error:
         if error.response["Error"]["Code"] not in ("404", "NoSuchBucket", "NotFound"):
             raise
@@ -67,6 +81,24 @@ def ensure_bucket(
             "RestrictPublicBuckets": True,
         },
     )
+
+
+def _report_other_encryption(s3: Any, bucket: str, sse: str, kms_key_id: str | None) -> None:
+    try:
+        rules = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
+        default = rules[0]["ApplyServerSideEncryptionByDefault"]
+    except (ClientError, KeyError, IndexError):
+        return  # not allowed to read it, or none set: nothing to compare
+    theirs = (default.get("SSEAlgorithm"), default.get("KMSMasterKeyID") if sse == "aws:kms" else None)
+    ours = (sse, kms_key_id if sse == "aws:kms" else None)
+    if theirs != ours:
+        log.warning(
+            "bucket %s's default encryption is %s, the worker writes with %s: every object the worker writes is "
+            "encrypted as it says; other writers get the bucket's default (setup does not change an existing bucket)",
+            bucket,
+            "/".join(str(part) for part in theirs if part),
+            "/".join(str(part) for part in ours if part),
+        )
 
 
 def bucket_policy(bucket: str, sse: str = "AES256", kms_key_arn: str | None = None) -> dict[str, Any]:

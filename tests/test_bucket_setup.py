@@ -40,16 +40,47 @@ def test_setup_with_kms_makes_the_bucket_default_kms_with_that_key_and_a_bucket_
     assert rule["BucketKeyEnabled"] is True
 
 
-def test_setup_defaults_to_sse_s3_and_running_it_again_switches_an_existing_bucket(s3: Any) -> None:
+def test_setup_defaults_to_sse_s3_and_leaves_an_existing_bucket_as_its_owner_set_it(
+    s3: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bucket that exists is someone's: setup must not change its encryption (a KMS bucket set to SSE-S3 by a
+    worker left at the default would be a downgrade); it says where it differs from the worker's."""
     ensure_bucket(s3, "plain-bucket", REGION)
     assert default_encryption(s3, "plain-bucket")["ApplyServerSideEncryptionByDefault"] == {
         "SSEAlgorithm": "AES256"
     }
-    ensure_bucket(s3, "plain-bucket", REGION, "aws:kms", KEY_ARN)
+    ensure_bucket(s3, "kms-bucket", REGION, "aws:kms", KEY_ARN)
+    with caplog.at_level("WARNING"):
+        ensure_bucket(s3, "kms-bucket", REGION)  # the worker's default, SSE-S3
+        ensure_bucket(s3, "plain-bucket", REGION)
+    assert default_encryption(s3, "kms-bucket")["ApplyServerSideEncryptionByDefault"] == {
+        "SSEAlgorithm": "aws:kms",
+        "KMSMasterKeyID": KEY_ARN,
+    }
+    [warning] = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
     assert (
-        default_encryption(s3, "plain-bucket")["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"]
-        == "aws:kms"
+        "kms-bucket's default encryption is aws:kms" in warning and "the worker writes with AES256" in warning
     )
+
+
+def test_setup_of_an_existing_stream_with_another_shard_count_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from clickstream.resources import ensure_stream
+
+    with mock_aws():
+        kinesis = boto3.client("kinesis", region_name=REGION)
+        ensure_stream(kinesis, "events", 2)
+        with caplog.at_level("WARNING"):
+            ensure_stream(kinesis, "events", 2)
+            assert not [record for record in caplog.records if record.levelname == "WARNING"]
+            ensure_stream(kinesis, "events", 3)
+        assert (
+            kinesis.describe_stream_summary(StreamName="events")["StreamDescriptionSummary"]["OpenShardCount"]
+            == 2
+        )
+    [warning] = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert "has 2 open shards, not 3" in warning
 
 
 def test_the_offered_policy_refuses_plain_http_and_puts_without_the_workers_encryption(s3: Any) -> None:

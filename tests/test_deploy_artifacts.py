@@ -402,6 +402,7 @@ IAM_OF_OPERATION = {
     ("s3", "HeadBucket"): ("s3:ListBucket", "bucket"),
     ("s3", "CreateBucket"): ("s3:CreateBucket", "bucket"),
     ("s3", "PutBucketEncryption"): ("s3:PutEncryptionConfiguration", "bucket"),
+    ("s3", "GetBucketEncryption"): ("s3:GetEncryptionConfiguration", "bucket"),
     ("s3", "PutPublicAccessBlock"): ("s3:PutBucketPublicAccessBlock", "bucket"),
 }
 #: boto3's managed-transfer methods and the operations they call.
