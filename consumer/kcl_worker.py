@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -154,6 +155,34 @@ def kcl_properties(settings: Settings, executable: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: The Java release the KCL 3.x MultiLangDaemon needs at least.
+MIN_JAVA_MAJOR = 17
+
+
+def require_java(java: str) -> int:
+    """The major release of ``java`` (``java -version``); WorkerError (exit 2) when it is no java or older than 17:
+    found here, in one line, rather than by a daemon that exits at once."""
+    try:
+        answer = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise WorkerError(f"{java} -version failed ({error}): is it a java runtime?", exit_code=2) from None
+    found = re.search(r'version "(?:1\.)?(\d+)', answer.stderr + answer.stdout)
+    if answer.returncode != 0 or found is None:
+        raise WorkerError(
+            f"{java} is not a java runtime (`{java} -version` exited {answer.returncode} without a version): set "
+            "CLICKSTREAM_JAVA or JAVA_HOME to a Java 17+",
+            exit_code=2,
+        )
+    major = int(found.group(1))
+    if major < MIN_JAVA_MAJOR:
+        raise WorkerError(
+            f"{java} is Java {major}; the KCL MultiLangDaemon needs Java {MIN_JAVA_MAJOR}+ (install "
+            "openjdk-17-jre-headless or set CLICKSTREAM_JAVA / JAVA_HOME)",
+            exit_code=2,
+        )
+    return major
+
+
 def java_command(settings: Settings, properties_file: Path) -> list[str]:
     jars = kcl_jar_directory()
     command = [find_java(settings), f"-Xms{KCL_INITIAL_HEAP_MIB}m", f"-Xmx{settings.kcl_java_heap}"]
@@ -260,7 +289,9 @@ class KclWorker:
         if self.status_dir.exists():
             for stale in self.status_dir.glob("*.json"):
                 stale.unlink()
-        return java_command(self.settings, properties_file)
+        command = java_command(self.settings, properties_file)
+        require_java(command[0])
+        return command
 
     def settings_file(self) -> Path:
         """The resolved settings (flags and environment) every record processor loads, with absolute paths."""
@@ -521,5 +552,16 @@ class KclWorker:
                 return 1
             log.info("stopped cleanly: every shard flushed and checkpointed")
             return 0
+        if java_code < 0:  # ended by a signal: exit 1 as any run-time failure (not 128 + signal, e.g. 247)
+            name = (
+                signal.Signals(-java_code).name if -java_code in signal.valid_signals() else str(-java_code)
+            )
+            hint = (
+                ": an out-of-memory kill looks like this (check the task's memory and CLICKSTREAM_KCL_JAVA_HEAP)"
+                if java_code == -signal.SIGKILL
+                else ""
+            )
+            log.error("KCL MultiLangDaemon was killed by %s%s", name, hint)
+            return 1
         log.error("KCL MultiLangDaemon exited unexpectedly with code %s", java_code)
-        return java_code or 1
+        return java_code if 0 < java_code < 128 else 1

@@ -30,6 +30,7 @@ from consumer.kcl_worker import (
     find_java,
     java_command,
     kcl_properties,
+    require_java,
 )
 from consumer.preflight import PreflightError, preflight
 from consumer.status import ShardStatus, StatusWriter
@@ -68,10 +69,13 @@ def properties(text: str) -> dict[str, str]:
     return parsed
 
 
-def fake_java(directory: Path) -> Path:
+def fake_java(
+    directory: Path, version_line: str = 'openjdk version "17.0.12" 2024-07-16', code: int = 0
+) -> Path:
+    """An executable that answers ``-version`` as a java does (on stderr)."""
     directory.mkdir(parents=True, exist_ok=True)
     java = directory / "java"
-    java.write_text("#!/bin/sh\nexit 0\n")
+    java.write_text(f"#!/bin/sh\necho '{version_line}' >&2\nexit {code}\n")
     java.chmod(java.stat().st_mode | stat.S_IXUSR)
     return java
 
@@ -537,9 +541,29 @@ def test_exit_code_is_one_when_a_shard_still_had_records_buffered_at_stop(tmp_pa
     assert worker._exit_code(0) == 1
 
 
-@pytest.mark.parametrize(("java_code", "expected"), [(0, 1), (3, 3)])
+@pytest.mark.parametrize(("java_code", "expected"), [(0, 1), (3, 3), (-9, 1), (-15, 1), (143, 1)])
 def test_an_unrequested_daemon_exit_is_a_failure(tmp_path: Path, java_code: int, expected: int) -> None:
+    """Exit codes stay within the README's contract: a JVM killed by a signal (an OOM kill is SIGKILL, -9) is a
+    run-time failure, 1, not 256 - 9 = 247."""
     assert KclWorker(load_settings(state_dir=tmp_path))._exit_code(java_code) == expected
+
+
+@pytest.mark.parametrize(
+    ("version_line", "code", "needle"),
+    [
+        ("", 1, "is not a java runtime"),  # e.g. CLICKSTREAM_JAVA=/bin/false
+        ('java version "1.8.0_392"', 0, "is Java 8; the KCL MultiLangDaemon needs Java 17+"),
+        ('openjdk version "11.0.21" 2023-10-17', 0, "is Java 11"),
+    ],
+)
+def test_a_java_that_cannot_run_the_kcl_is_a_configuration_error(
+    tmp_path: Path, version_line: str, code: int, needle: str
+) -> None:
+    java = fake_java(tmp_path / "bin", version_line, code)
+    with pytest.raises(WorkerError) as raised:
+        require_java(str(java))
+    assert raised.value.exit_code == 2 and needle in str(raised.value)
+    assert require_java(str(fake_java(tmp_path / "ok", 'openjdk version "21.0.5" 2024-10-15'))) == 21
 
 
 def test_health_judges_by_the_worker_limits_unless_given_its_own(tmp_path: Path) -> None:
