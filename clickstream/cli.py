@@ -296,7 +296,7 @@ def produce(
     try:
         producer.put(records, total=total)  # logs its one summary line
     except PutRecordsError as error:
-        raise FrontDoorError(f"{error} ({error.undelivered_count} records undelivered)") from None
+        raise FrontDoorError(error.outcome()) from None
 
 
 # ---------------------------------------------------------------------------------------------------------- worker

@@ -127,6 +127,14 @@ class PutRecordsError(RuntimeError):
         """How many records of the failing batch were not delivered."""
         return len(self.undelivered)
 
+    def outcome(self) -> str:
+        """The whole run in one line: what was delivered, what was not, what was never sent, and what to do."""
+        return (
+            f"{self}: {self.summary.records_sent:,} records delivered, {self.undelivered_count:,} of the failing "
+            "batch not, and the input after that batch not sent; sending the same input again is safe (the worker "
+            "counts each event id once)"
+        )
+
 
 def partition_key_for(data: bytes) -> str:
     """The customer id when the record has one, so a customer's events share a shard; else md5 of the bytes.

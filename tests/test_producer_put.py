@@ -216,6 +216,9 @@ def test_gives_up_after_max_attempts_and_reports_the_undelivered_records() -> No
     assert {data for _, data in error.undelivered} == doomed
     assert error.summary.records_sent == 700 - 7
     assert "7 records not delivered" in str(error)
+    assert "693 records delivered, 7 of the failing batch not, and the input after that batch not sent" in (
+        error.outcome()
+    )
     assert sum(data in doomed for call in fake.calls for _, data in call) == 7 * 4
     assert len(fake_time.sleeps) == 3
     assert fake_time.sleeps == sorted(fake_time.sleeps), "backoff grows"
