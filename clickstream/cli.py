@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -50,6 +51,11 @@ class FrontDoor(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit, KeyboardInterrupt):
             raise
+        except BrokenPipeError:  # the reader went away (`generate -o - | head`): nothing to say to anyone
+            os.dup2(
+                os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno()
+            )  # Python's own flush at exit would fail
+            sys.exit(1)
         except Exception as error:  # noqa: BLE001 - the one place every failure becomes one line
             failure = explain(error)
             options = ctx.obj if isinstance(ctx.obj, dict) else {}

@@ -351,7 +351,10 @@ class ShardProcessor:
             log.debug("lease released after a graceful shutdown", extra={"shard_id": self.shard_id})
         else:
             log.info("lease lost with nothing buffered", extra={"shard_id": self.shard_id})
-        self.metrics.phase = "lease_lost"
+        if (
+            self.metrics.phase != "shut_down"
+        ):  # a graceful stop stays one in the status (its lease was released)
+            self.metrics.phase = "lease_lost"
         self._report(force=True)
 
     # ------------------------------------------------------------------ flushing

@@ -6,6 +6,7 @@ import http.server
 import io
 import logging
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -589,6 +590,14 @@ def test_score_of_a_folder_without_aggregates_is_one_line_and_exit_2(tmp_path: P
     result = run_cli("score", "--input", str(tmp_path / "empty"), "--output-dir", str(tmp_path / "out"))
     assert_one_line(result, 2, "no customer_aggregates files in")
     assert "arviz" not in result.stderr, "the model library's import chatter stays out of the operator's view"
+
+
+def test_output_piped_into_a_reader_that_stops_early_ends_quietly() -> None:
+    """`generate -o - | head`: the closed pipe is the reader's choice, not an error to report."""
+    command = f"{shlex.quote(sys.executable)} -m clickstream.cli generate -o - --events 200000 | head -n 1"
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120, check=False)
+    assert result.stdout.count("\n") == 1 and result.stdout.startswith("{")
+    assert result.stderr == "", result.stderr
 
 
 def test_demo_refuses_an_output_folder_holding_files_it_did_not_write(tmp_path: Path) -> None:
