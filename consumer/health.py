@@ -65,7 +65,12 @@ def shard_problems(statuses: dict[str, ShardStatus], now: float, stuck_after: fl
         cause = f"; last error: {status.last_error}" if status.last_error else ""
         last_call = status.last_call_at or status.started_at
         if now - last_call > stuck_after:
-            problems.append(f"{shard_id}: not called by the KCL for {now - last_call:.0f}s{cause}")
+            if status.last_error:  # the KCL is waiting on the processor, which keeps retrying inside its call
+                problems.append(
+                    f"{shard_id}: stuck for {now - last_call:.0f}s in a call that keeps failing: {status.last_error}"
+                )
+            else:
+                problems.append(f"{shard_id}: not called by the KCL for {now - last_call:.0f}s")
             continue
         if status.waiting_since is None:
             continue  # nothing waiting: an idle shard is healthy however long it has been idle

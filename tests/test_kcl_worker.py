@@ -602,6 +602,19 @@ def test_health_checks_its_flags_against_the_worker_settings_not_the_environment
     )
 
 
+def test_a_shard_blocked_retrying_is_reported_by_its_error_not_as_one_the_kcl_forgot() -> None:
+    from consumer.health import shard_problems
+
+    now = time.time()
+    silent = replace(drained_status(last_call_at=now - 400), shard_id="shardId-1")
+    retrying = replace(silent, shard_id="shardId-2", last_error="ClientError: ServiceUnavailable", retries=12)
+    problems = shard_problems({"shardId-1": silent, "shardId-2": retrying}, now, stuck_after=300)
+    assert problems == [
+        "shardId-1: not called by the KCL for 400s",
+        "shardId-2: stuck for 400s in a call that keeps failing: ClientError: ServiceUnavailable",
+    ]
+
+
 def test_health_without_a_heartbeat_asks_about_the_state_directory(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["health", "--state-dir", str(tmp_path)])
     assert result.exit_code == 1
