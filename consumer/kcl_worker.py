@@ -195,6 +195,14 @@ def java_command(settings: Settings, properties_file: Path) -> list[str]:
     return command
 
 
+def checkpoint_age(status: ShardStatus, now: float) -> float:
+    """How long records have waited on a shard without a checkpoint: from when they appeared or from the last
+    checkpoint, whichever is later; 0 for a shard with nothing waiting (an idle shard's checkpoint is current)."""
+    if status.waiting_since is None:
+        return 0.0
+    return max(0.0, now - max(status.last_checkpoint_at or status.started_at, status.waiting_since))
+
+
 #: A processor not called for this long is not being polled (the KCL calls it every ~250 ms even without records;
 #: its status file is rewritten at least once a second).
 POLL_FRESHNESS_SECONDS = 5.0
@@ -534,13 +542,10 @@ class KclWorker:
     def _emit_gauges(self) -> None:
         """Per-worker gauges from the shard status files: lag, checkpoint age, shards held."""
         statuses = [s for s in read_statuses(self.status_dir).values() if s.phase == "processing"]
-        now = time.time()
         values: dict[str, float] = {"ShardsProcessing": len(statuses)}
         if statuses:
             values["MillisBehindLatest"] = max(s.millis_behind_latest or 0 for s in statuses)
-            values["CheckpointAgeSeconds"] = max(
-                now - (s.last_checkpoint_at or s.started_at) for s in statuses
-            )
+            values["CheckpointAgeSeconds"] = max(checkpoint_age(s, time.time()) for s in statuses)
         emit_metrics(values, {"StreamName": self.settings.stream_name})
 
     def _exit_code(self, java_code: int) -> int:

@@ -602,6 +602,18 @@ def test_health_checks_its_flags_against_the_worker_settings_not_the_environment
     )
 
 
+def test_checkpoint_age_counts_only_while_records_wait() -> None:
+    """An idle shard checkpoints only when it flushes: its old checkpoint is current, not an alarm."""
+    from consumer.kcl_worker import checkpoint_age
+
+    idle = drained_status(last_checkpoint_at=NOW - 3_600, waiting_since=None)
+    assert checkpoint_age(idle, NOW) == 0.0
+    waiting = replace(idle, waiting_since=NOW - 90, buffered_records=10)
+    assert checkpoint_age(waiting, NOW) == pytest.approx(90)  # since the records appeared, not for an hour
+    flushed_since = replace(waiting, last_checkpoint_at=NOW - 20)
+    assert checkpoint_age(flushed_since, NOW) == pytest.approx(20)
+
+
 def test_a_shard_blocked_retrying_is_reported_by_its_error_not_as_one_the_kcl_forgot() -> None:
     from consumer.health import shard_problems
 
