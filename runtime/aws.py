@@ -9,6 +9,10 @@ from botocore.config import Config
 
 from runtime.settings import Settings
 
+#: HTTP connections a client keeps: the parallel reads (16 threads in summary, score, report) each get one, where
+#: botocore's 10 made urllib3 warn "Connection pool is full" and reconnect.
+MAX_POOL_CONNECTIONS = 32
+
 
 def aws_client(service: str, settings: Settings, max_attempts: int = 5) -> Any:
     """A client for ``service`` honouring AWS_ENDPOINT_URL / region from the settings."""
@@ -16,6 +20,7 @@ def aws_client(service: str, settings: Settings, max_attempts: int = 5) -> Any:
         retries={"max_attempts": max_attempts, "mode": "adaptive"},
         connect_timeout=5,
         read_timeout=60,
+        max_pool_connections=MAX_POOL_CONNECTIONS,
         s3={"addressing_style": "path"} if settings.aws_endpoint_url else None,
     )
     return boto3.client(  # type: ignore[call-overload]

@@ -944,3 +944,13 @@ def test_summary_tables_fit_80_columns_when_piped(tmp_path: Path) -> None:
     overview = next(line for line in table_lines if line.split()[:1] == ["measure"])
     assert overview.split() == ["measure", "customers", "mean", "p25", "median", "p75", "max"]
     assert "\x1b[" not in result.output, "no colour codes in a pipe"
+
+
+def test_a_client_keeps_a_connection_for_each_parallel_reader() -> None:
+    """summary --download, score and report read with 16 threads on one client: botocore's default pool of 10 made
+    urllib3 warn 'Connection pool is full' and reconnect."""
+    from clickstream.outputs import MAX_WORKERS
+    from runtime.aws import aws_client
+
+    client = aws_client("s3", load_settings())
+    assert client.meta.config.max_pool_connections >= MAX_WORKERS
