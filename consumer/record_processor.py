@@ -117,6 +117,7 @@ def flush_policy(settings: Settings) -> FlushPolicy:
         settings.flush_max_bytes,
         settings.flush_max_seconds,
         when_caught_up=settings.flush_when_caught_up,
+        caught_up_min_seconds=settings.flush_caught_up_min_seconds,
     )
 
 

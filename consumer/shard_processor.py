@@ -155,7 +155,10 @@ class FlushPolicy:
     max_records: int
     max_bytes: int
     max_seconds: float
-    when_caught_up: bool = True  # flush at once when nothing more is delivered and the shard is at the tip
+    when_caught_up: bool = True  # flush when nothing more is delivered and the shard is at the tip...
+    #: ...once the oldest buffered record has waited this long: a trickle makes one flush per this many seconds,
+    #: not one per record (each flush is about five S3 requests and a commit record every reader lists)
+    caught_up_min_seconds: float = 0.0
 
 
 class RecordBuffer:
@@ -369,7 +372,7 @@ class ShardProcessor:
         started = self.buffer.started_at if self.buffer.started_at is not None else now
         if now - started >= self.policy.max_seconds:
             return "max_seconds"
-        if caught_up and self.policy.when_caught_up:
+        if caught_up and self.policy.when_caught_up and now - started >= self.policy.caught_up_min_seconds:
             return "caught_up"  # nothing more to read: waiting would only delay freshness
         return None
 

@@ -191,8 +191,16 @@ class Settings(BaseSettings):
     )
     flush_when_caught_up: bool = Field(
         True,
-        description="Flush at once when a shard is caught up (nothing more delivered, 0 ms behind): fresher data; "
-        "false waits for the limits above (fewer, larger files under light traffic).",
+        description="Flush when a shard is caught up (nothing more delivered, 0 ms behind) instead of waiting for "
+        "the limits above: fresher data; false waits for them (fewer, larger files under light traffic).",
+    )
+    flush_caught_up_min_seconds: float = Field(
+        10.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="A caught-up shard flushes once its oldest buffered record has waited this long: under a "
+        "trickle of records, one flush (about five S3 requests and a commit record) per this many seconds rather "
+        "than one per record. 0: at once.",
     )
 
     snapshot_every_flushes: int = Field(

@@ -479,6 +479,25 @@ def test_with_caught_up_flushes_off_a_caught_up_shard_waits_for_the_limits(
     assert len(checkpointer.calls) == 1
 
 
+def test_a_trickle_at_the_tip_flushes_once_its_oldest_record_has_waited_the_minimum(
+    s3: Any, settings: Settings
+) -> None:
+    """One record every two seconds, each followed by an empty call at the tip: one flush per 10 s, not per record."""
+    now = [0.0]
+    processor = writer(s3, settings, policy=FlushPolicy(10**6, 10**12, 60.0, caught_up_min_seconds=10.0))
+    processor.clock = lambda: now[0]
+    processor.start(None)
+    checkpointer = RecordingCheckpointer()
+    records = to_records(payloads()[:12])
+    for record in records:
+        processor.on_records([record], 0, checkpointer)
+        now[0] += 1.0
+        processor.on_records([], 0, checkpointer)
+        now[0] += 1.0
+    assert [c.records_in for c in commit_records(s3)] == [6, 6]
+    assert len(checkpointer.calls) == 2
+
+
 def test_client_error_412_is_what_the_embedded_s3_answers_to_a_second_create(s3: Any) -> None:
     """The fence relies on S3 refusing a second conditional create; check that the endpoint we test on does."""
     s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/probe", Body=b"1", IfNoneMatch="*")
