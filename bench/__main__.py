@@ -13,7 +13,8 @@ naive peer and the DuckDB ceiling give the same customer rows as the core (else 
   reading processRecords into columns, as ``consumer.record_processor.main`` runs it) and RecordProcessor, flushing
   Parquet to an in-memory S3 stand-in; freshness is the time from a record's message being read to the commit
   record that makes it durable;
-- flush scaling: the apply time of batches changing 100 / 1,000 / 10,000 customers, on a small and a large state.
+- flush scaling: the apply time of batches changing 100 / 1,000 / 5,000 customers, on states of 5,000 and 50,000
+  customers (100 / 1,000 on 2,000 and 20,000 with --quick).
 """
 
 from __future__ import annotations
@@ -809,7 +810,7 @@ def main() -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a smaller, faster run: 200k events for events/13 customers (--events and --customers not used)",
+        help="a smaller, faster run: 200,000 events of 15,384 customers (--events and --customers not used)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     parser.add_argument(

@@ -1,1 +1,2 @@
-"""Application shell: the `clickstream` CLI, the typed settings object, AWS clients and logging."""
+"""Application shell: the `clickstream` CLI and what its commands do (demo, summary, score, report, replay,
+manifest)."""

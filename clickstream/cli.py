@@ -1,4 +1,5 @@
-"""The ``clickstream`` command line: emulator, setup, generate, produce, worker, replay, health, summary, demo.
+"""The ``clickstream`` command line: emulator, setup, generate, produce, worker, replay, health, summary, manifest,
+score, report, demo.
 
 Every setting comes from a ``CLICKSTREAM_*`` environment variable (see ``runtime.settings``); a flag given on
 the command line wins over the environment. ``--help`` on each command names the variable behind each flag.
@@ -551,7 +552,8 @@ def summary(download: Path | None, top: int, **overrides: Any) -> None:
     "new, empty or an earlier demo's output folder.",
 )
 def demo(customers: int, events: int, seed: int, shards: int, output_dir: Path) -> None:
-    """End to end on the embedded AWS endpoint: generate, produce, run the real KCL worker until idle, summarise."""
+    """End to end on the embedded AWS endpoint: generate, produce, run the real KCL worker until idle, summarise,
+    score the customers and write the HTML report."""
     try:
         import moto  # noqa: F401 - the demo runs on the embedded endpoint
     except ImportError:

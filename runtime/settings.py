@@ -102,7 +102,9 @@ class Settings(BaseSettings):
         "clickstream-rfm", min_length=3, max_length=63, description="S3 bucket for Parquet outputs."
     )
     prefix: str = Field(
-        "rfm", description="Key prefix under which events/, customer_aggregates/, errors/ live."
+        "rfm",
+        description="Key prefix under which every output lives (events/, customer_aggregates/, errors/, clv/, "
+        "replays/, _control/).",
     )
     sse: Literal["AES256", "aws:kms"] = Field(
         "AES256", description="Server-side encryption for every S3 put."
