@@ -20,8 +20,9 @@ De-duplication window: a duplicate is the same event id for the same customer, a
 days) at most ``dedupe_window`` after the delivery of that event applied last. The rule is between the two deliveries
 alone, so flush boundaries and the shard's other customers cannot change it. A re-send arriving later than that is
 applied again (counted twice): producer retries and redeliveries arrive within minutes, so the window (default 7
-days) bounds memory without touching them: ids are dropped once their day is more than the window before the latest
-arrival day the shard applied (arrivals within a shard do not go back, so no later delivery could match them).
+days) bounds memory without touching them: ids are dropped once their day is more than the window and one day before
+the latest arrival day the shard applied (Kinesis does not promise arrival stamps in order; a delivery stamped up to
+a day before the latest one is still compared exactly).
 Arrival time, not event time, so that backfills of old events and streams ordered by customer keep exact
 de-duplication.
 
@@ -71,6 +72,9 @@ ENGAGEMENT_WEIGHTS: Final = {
 }
 _TYPE_COLUMNS: Final = tuple(ENGAGEMENT_WEIGHTS)  # in EVENT_TYPES order
 DEFAULT_DEDUPE_WINDOW: Final = timedelta(days=7)
+#: How far (UTC days) a shard's arrival stamps may go back and still be de-duplicated exactly: ids are kept that much
+#: longer than the window (Kinesis documents no ordering of ApproximateArrivalTimestamp within a shard).
+ARRIVAL_DAYS_OUT_OF_ORDER: Final = 1
 
 _US_PER_DAY: Final = 86_400_000_000
 _NONE_LOW: Final = np.iinfo(np.int64).max  # "no value yet" for columns that keep a minimum
@@ -281,8 +285,11 @@ class CustomerState:
         self._unsynced = []  # whatever replaces the state is written whole (``_rewrite_journal``) or not at all
 
     def _window_start(self) -> int | None:
-        """The first arrival day whose event ids are still remembered (None: remember all)."""
-        return None if self._arrival_day is None else self._arrival_day - self.dedupe_window_days
+        """The first arrival day whose event ids are still remembered (None: remember all): the window before the
+        latest arrival day, and one day more, since Kinesis does not promise arrival stamps that never go back."""
+        if self._arrival_day is None:
+            return None
+        return self._arrival_day - self.dedupe_window_days - ARRIVAL_DAYS_OUT_OF_ORDER
 
     # ------------------------------------------------------------------ progress
     def position(self) -> Position | None:

@@ -159,7 +159,9 @@ class KeyRuns:
         return latest
 
     def add(self, probe: np.ndarray, members: Mapping[str, np.ndarray], min_day: int | None = None) -> None:
-        """Add members known to be absent; merges runs size-tiered, dropping members before ``min_day``."""
+        """Add members not held at a day a lookup would still match (a member held at an older day may be added
+        again: both copies are kept until the older one's day falls before ``min_day``); merges runs size-tiered,
+        dropping members before ``min_day``."""
         if not len(probe):
             return
         columns = (*self.columns, *(("day",) if self.has_day else ()))

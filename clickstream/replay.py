@@ -1,10 +1,12 @@
 """``clickstream replay``: rebuild customer aggregates from the S3 ``events/`` archive over an event-time range.
 
-The archive holds every valid event exactly once, so feeding it through the same core (``CustomerState``) into an
-empty state rebuilds the aggregates. The replay reads only the files that commit records name (a strict reader:
-files of attempts that lost or never committed are never read), and of those only commits whose events overlap the
-range. The result goes to ``<prefix>/replays/<name>/customer_aggregates/`` — never to the live outputs, the live state
-or the KCL checkpoints — under a name fixed by the range, so a re-run overwrites it.
+The archive holds every applied delivery of a valid event once (a re-send after the de-duplication window is applied
+and archived again, more than the window after the first, so a replay with the worker's window applies it again too),
+so feeding it through the same core (``CustomerState``) into an empty state rebuilds the aggregates. The replay
+reads only the files that commit records name (a strict reader: files of attempts that lost or never committed are
+never read), and of those only commits whose events overlap the range. The result goes to
+``<prefix>/replays/<name>/customer_aggregates/`` — never to the live outputs, the live state or the KCL checkpoints
+— under a name fixed by the range, so a re-run overwrites it.
 """
 
 from __future__ import annotations

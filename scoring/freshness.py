@@ -70,12 +70,19 @@ def quantile_upper_bound(points: Sequence[FreshnessPoint], quantile: float = 0.9
     p50 = np.array([point.arrival_to_durable_p50 for point in points])
     p99 = np.array([point.arrival_to_durable_p99 for point in points])
     high = np.array([point.arrival_to_durable_max for point in points])
+    # the records that may exceed x fall in steps as x passes each flush's p50 (all -> half), p99 (half -> 1 %) and
+    # max (1 % -> none): one sort of the steps, not a pass over the flushes per candidate x
+    at = np.concatenate([p50, p99, high])
+    drop = np.concatenate([records * 0.5, records * 0.49, records * 0.01])
+    order = np.argsort(at, kind="stable")
+    at, drop = at[order], drop[order]
+    last_of_value = np.flatnonzero(np.append(at[1:] != at[:-1], True))
+    above = (
+        records.sum() - np.cumsum(drop)[last_of_value]
+    )  # may exceed each distinct x, every step at x taken
     allowed = (1.0 - quantile) * records.sum()
-    for x in np.unique(np.concatenate([p50, p99, high])):
-        above = np.where(x >= high, 0.0, np.where(x >= p99, 0.01, np.where(x >= p50, 0.5, 1.0)))
-        if (records * above).sum() <= allowed:
-            return float(x)
-    return float(high.max())  # not reached: at the largest max no record is above
+    first = int(np.argmax(above <= allowed * (1 + 1e-12)))  # reached at the largest max at the latest
+    return float(at[last_of_value][first])
 
 
 def freshness_points(records: Sequence[CommitRecord]) -> list[FreshnessPoint]:
@@ -84,7 +91,8 @@ def freshness_points(records: Sequence[CommitRecord]) -> list[FreshnessPoint]:
         FreshnessPoint(
             committed_at=record.committed_at,
             shard_id=record.shard_id,
-            records=max(record.records_new, 1),
+            # the records its percentiles were taken over: new events and rejects (not duplicates, not redeliveries)
+            records=max(record.accepted - record.duplicates + record.rejected, 1),
             arrival_to_durable_p50=record.freshness.arrival_to_durable_p50,
             arrival_to_durable_p99=record.freshness.arrival_to_durable_p99,
             arrival_to_durable_max=record.freshness.arrival_to_durable_max,
