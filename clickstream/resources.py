@@ -91,7 +91,7 @@ def _report_other_encryption(s3: Any, bucket: str, sse: str, kms_key_id: str | N
         return  # not allowed to read it, or none set: nothing to compare
     theirs = (default.get("SSEAlgorithm"), default.get("KMSMasterKeyID") if sse == "aws:kms" else None)
     ours = (sse, kms_key_id if sse == "aws:kms" else None)
-    if theirs != ours:
+    if theirs[0] != ours[0] or not _same_key(theirs[1], ours[1]):
         log.warning(
             "bucket %s's default encryption is %s, the worker writes with %s: every object the worker writes is "
             "encrypted as it says; other writers get the bucket's default (setup does not change an existing bucket)",
@@ -99,6 +99,16 @@ def _report_other_encryption(s3: Any, bucket: str, sse: str, kms_key_id: str | N
             "/".join(str(part) for part in theirs if part),
             "/".join(str(part) for part in ours if part),
         )
+
+
+def _same_key(a: str | None, b: str | None) -> bool:
+    """One KMS key named two ways (a key id, or the ARN that ends with it); an alias cannot be told apart offline
+    and counts as the same (no warning where none may be due)."""
+    if not a or not b or a == b:
+        return True
+    if a.startswith("alias/") or b.startswith("alias/") or ":alias/" in a + b:
+        return True
+    return a.endswith("/" + b) or b.endswith("/" + a)
 
 
 def bucket_policy(bucket: str, sse: str = "AES256", kms_key_arn: str | None = None) -> dict[str, Any]:

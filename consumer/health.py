@@ -65,7 +65,14 @@ def shard_problems(statuses: dict[str, ShardStatus], now: float, stuck_after: fl
         cause = f"; last error: {status.last_error}" if status.last_error else ""
         last_call = status.last_call_at or status.started_at
         if now - last_call > stuck_after:
-            if status.last_error:  # the KCL is waiting on the processor, which keeps retrying inside its call
+            if status.pid and not process_alive(status.pid):
+                problems.append(
+                    f"{shard_id}: its processor (pid {status.pid}) is gone, last called "
+                    f"{now - last_call:.0f}s ago{cause}"
+                )
+            elif (
+                status.last_error
+            ):  # the KCL is waiting on the processor, which keeps retrying inside its call
                 problems.append(
                     f"{shard_id}: stuck for {now - last_call:.0f}s in a call that keeps failing: {status.last_error}"
                 )

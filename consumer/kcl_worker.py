@@ -39,7 +39,7 @@ from consumer.preflight import PreflightError, lease_owners, preflight
 from consumer.status import ShardStatus, read_statuses
 from consumer.worker_output import LogSink, SinkHandler, WorkerTotals, status_view, uptime
 from runtime.aws import aws_client
-from runtime.logs import LOG_SOCKET_ENV, JsonFormatter, LogRelay
+from runtime.logs import LOG_SOCKET_ENV, METRICS_LOGGER, JsonFormatter, LogRelay
 from runtime.settings import (
     KCL_INITIAL_HEAP_MIB,
     SETTINGS_FILE,
@@ -392,14 +392,17 @@ class KclWorker:
 
     @contextlib.contextmanager
     def _logging_into(self, sink: LogSink) -> Iterator[None]:
-        """The supervisor's own log records go through the same sink as the children's lines."""
-        root = logging.getLogger()
-        saved = root.handlers[:]
+        """The supervisor's own log records, its metric lines among them, go through the same sink as the children's
+        lines (which decides where each goes: a metric line is never printed as text)."""
+        root, metrics = logging.getLogger(), logging.getLogger(METRICS_LOGGER)
+        saved = (root.handlers[:], metrics.handlers[:], metrics.propagate)
         root.handlers[:] = [SinkHandler(sink, JsonFormatter())]
+        metrics.handlers[:] = [SinkHandler(sink, JsonFormatter())]
+        metrics.propagate = False  # once, through its own handler
         try:
             yield
         finally:
-            root.handlers[:] = saved
+            root.handlers[:], metrics.handlers[:], metrics.propagate = saved
 
     @contextlib.contextmanager
     def _live(self, console: Console | None) -> Iterator[Callable[[], None]]:

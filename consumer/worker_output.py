@@ -67,6 +67,8 @@ class LogSink:
             if self._file is not None:
                 self._file.write(text + "\n")
                 self._file.flush()
+            if entry is not None and "_aws" in entry and not self.json_logs:
+                return  # a CloudWatch metric line: JSON for a machine, or nothing (never text for a person)
             if self.console is not None:
                 level = str(entry.get("level", "")).upper() if entry else "ERROR"
                 if level in _LOUD:

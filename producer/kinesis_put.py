@@ -131,8 +131,9 @@ class PutRecordsError(RuntimeError):
         """The whole run in one line: what was delivered, what was not, what was never sent, and what to do."""
         return (
             f"{self}: {self.summary.records_sent:,} records delivered, {self.undelivered_count:,} of the failing "
-            "batch not, and the input after that batch not sent; sending the same input again is safe (the worker "
-            "counts each event id once)"
+            "batch not, and the input after that batch not sent; the same input can be sent again: the worker counts "
+            "an event id delivered twice once (within CLICKSTREAM_DEDUPE_WINDOW_DAYS), though a malformed record "
+            "is rejected again"
         )
 
 

@@ -102,3 +102,11 @@ def test_the_offered_policy_refuses_plain_http_and_puts_without_the_workers_encr
 def test_the_policy_file_in_deploy_is_the_one_the_code_builds() -> None:
     template = bucket_policy("${BUCKET}", "aws:kms", "arn:aws:kms:${REGION}:${ACCOUNT_ID}:key/${KMS_KEY_ID}")
     assert json.loads(POLICY_FILE.read_text(encoding="utf-8")) == template
+
+
+def test_a_kms_key_named_by_id_or_by_arn_is_the_same_key() -> None:
+    from clickstream.resources import _same_key
+
+    key_id = KEY_ARN.rsplit("/", 1)[-1]
+    assert _same_key(KEY_ARN, key_id) and _same_key(key_id, KEY_ARN) and _same_key(KEY_ARN, KEY_ARN)
+    assert not _same_key(KEY_ARN, "0000aaaa-bbbb-cccc-dddd-eeeeffff0000")

@@ -4,6 +4,7 @@ two-stage signals and exit codes. No Java is started here (tests/test_e2e_kcl.py
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import stat
@@ -316,6 +317,41 @@ def test_log_lines_become_text_or_stay_json(capsys: pytest.CaptureFixture[str]) 
     assert capsys.readouterr().err.splitlines() == [line, "10:15:30 WARN  Scheduler: slow"]
 
 
+def test_metric_lines_stay_json_or_go_only_to_the_log_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The supervisor's own metrics and the processors' go through the sink: JSON on stderr for a machine; in text
+    mode never printed (a metric line as text is no metric), while the worker.log behind a live status keeps them."""
+    import logging
+
+    from consumer.metrics import emit
+    from runtime.logs import METRICS_LOGGER
+
+    monkeypatch.setattr(
+        logging.getLogger(METRICS_LOGGER), "level", logging.INFO
+    )  # as configure_logging sets it
+    worker = KclWorker(load_settings(state_dir=tmp_path))
+    for json_logs in (True, False):
+        sink = LogSink(json_logs=json_logs)
+        with worker._logging_into(sink):
+            emit({"ShardsProcessing": 2}, {"StreamName": "s"})
+            logging.getLogger("consumer.kcl_worker").warning("a warning")
+        sink.close()
+    err = capsys.readouterr().err.splitlines()
+    assert ['"ShardsProcessing": 2' in line for line in err] == [True, False, False]
+    assert json.loads(err[0])["_aws"]["CloudWatchMetrics"][0]["Metrics"] == [
+        {"Name": "ShardsProcessing", "Unit": "Count"}
+    ]
+    assert err[2].endswith("a warning")
+    behind_a_console = LogSink(
+        json_logs=False, console=Console(file=io.StringIO()), log_file=tmp_path / "worker.log"
+    )
+    with worker._logging_into(behind_a_console):
+        emit({"ShardsProcessing": 3}, {"StreamName": "s"})
+    behind_a_console.close()
+    assert '"ShardsProcessing": 3' in (tmp_path / "worker.log").read_text()
+
+
 # ---------------------------------------------------------------------------------------------------- idle check
 NOW = 10_000.0
 IDLE = 5.0
@@ -620,10 +656,16 @@ def test_a_shard_blocked_retrying_is_reported_by_its_error_not_as_one_the_kcl_fo
     now = time.time()
     silent = replace(drained_status(last_call_at=now - 400), shard_id="shardId-1")
     retrying = replace(silent, shard_id="shardId-2", last_error="ClientError: ServiceUnavailable", retries=12)
-    problems = shard_problems({"shardId-1": silent, "shardId-2": retrying}, now, stuck_after=300)
-    assert problems == [
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
+    gone = replace(retrying, shard_id="shardId-3", pid=int(finished.stdout))  # died while retrying (e.g. OOM)
+    statuses = {"shardId-1": silent, "shardId-2": retrying, "shardId-3": gone}
+    assert shard_problems(statuses, now, stuck_after=300) == [
         "shardId-1: not called by the KCL for 400s",
         "shardId-2: stuck for 400s in a call that keeps failing: ClientError: ServiceUnavailable",
+        f"shardId-3: its processor (pid {gone.pid}) is gone, last called 400s ago; last error: "
+        "ClientError: ServiceUnavailable",
     ]
 
 
