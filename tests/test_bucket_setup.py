@@ -15,7 +15,7 @@ from clickstream.resources import bucket_policy, ensure_bucket
 from tests.moto_support import REGION, isolate_environment
 
 KEY_ARN = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
-POLICY_FILE = Path(__file__).resolve().parents[1] / "deploy" / "s3-bucket-policy.json"
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
 
 @pytest.fixture
@@ -99,9 +99,17 @@ def test_the_offered_policy_refuses_plain_http_and_puts_without_the_workers_encr
     assert json.loads(s3.get_bucket_policy(Bucket="kms-bucket")["Policy"]) == policy
 
 
-def test_the_policy_file_in_deploy_is_the_one_the_code_builds() -> None:
-    template = bucket_policy("${BUCKET}", "aws:kms", "arn:aws:kms:${REGION}:${ACCOUNT_ID}:key/${KMS_KEY_ID}")
-    assert json.loads(POLICY_FILE.read_text(encoding="utf-8")) == template
+def test_the_policy_files_in_deploy_are_the_ones_the_code_builds() -> None:
+    kms = bucket_policy(
+        "${BUCKET}", "aws:kms", "arn:aws:kms:${AWS_REGION}:${AWS_ACCOUNT_ID}:key/${KMS_KEY_ID}"
+    )
+    files = {
+        path.name: json.loads(path.read_text(encoding="utf-8")) for path in DEPLOY.glob("s3-bucket-policy*")
+    }
+    assert files == {
+        "s3-bucket-policy-sse-s3.json": bucket_policy("${BUCKET}", "AES256"),
+        "s3-bucket-policy-sse-kms.json": kms,
+    }
 
 
 def test_a_kms_key_named_by_id_or_by_arn_is_the_same_key() -> None:

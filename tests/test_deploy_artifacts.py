@@ -683,6 +683,66 @@ def test_environment_is_real_settings_with_no_secrets(monkeypatch: pytest.Monkey
         assert re.match(r"arn:aws:(ssm|secretsmanager):", secret["valueFrom"])
 
 
+#: The condition key of a bucket policy -> the PutObject argument the sink sends it as.
+_ENCRYPTION_HEADER = {
+    "s3:x-amz-server-side-encryption": "ServerSideEncryption",
+    "s3:x-amz-server-side-encryption-aws-kms-key-id": "SSEKMSKeyId",
+}
+
+
+def denied_puts(policy: dict[str, Any], arguments: dict[str, str]) -> list[str]:
+    """The Deny statements of ``policy`` that refuse a TLS PutObject with these encryption arguments."""
+    denied = []
+    for statement in policy["Statement"]:
+        if statement["Effect"] != "Deny" or statement["Action"] not in ("s3:PutObject", "s3:*"):
+            continue
+        for operator, conditions in statement["Condition"].items():
+            if operator == "StringNotEquals" and any(
+                arguments.get(_ENCRYPTION_HEADER[key]) != value for key, value in conditions.items()
+            ):
+                denied.append(statement["Sid"])
+    return denied
+
+
+@pytest.mark.parametrize(
+    ("sse", "key", "policy_file", "refused"),
+    [
+        ("AES256", None, "s3-bucket-policy-sse-s3.json", []),
+        (
+            "aws:kms",
+            f"arn:aws:kms:{REGION}:{ACCOUNT}:key/{PLACEHOLDERS['KMS_KEY_ID']}",
+            "s3-bucket-policy-sse-kms.json",
+            [],
+        ),
+        # the policy compares the header as text: a bare key id is another key to it (the README says: an ARN)
+        (
+            "aws:kms",
+            PLACEHOLDERS["KMS_KEY_ID"],
+            "s3-bucket-policy-sse-kms.json",
+            ["DenyPutsWithAnotherKmsKey"],
+        ),
+        (
+            "AES256",
+            None,
+            "s3-bucket-policy-sse-kms.json",
+            ["DenyPutsWithoutTheWorkersEncryption", "DenyPutsWithAnotherKmsKey"],
+        ),
+    ],
+)
+def test_the_offered_bucket_policy_lets_the_workers_own_puts_through(
+    sse: str, key: str | None, policy_file: str, refused: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rendered as the README says, each bucket policy refuses no PUT the sink makes with the matching settings
+    (and the task definition's own encryption is the SSE-S3 one)."""
+    from consumer.s3_sink import S3ParquetSink
+
+    assert ecs_env()["CLICKSTREAM_SSE"] == "AES256"
+    clear_environment(monkeypatch)
+    settings = load_settings(sse=sse, sse_kms_key_id=key)
+    sink = S3ParquetSink(None, settings)
+    assert denied_puts(load_json(policy_file), sink._encryption) == refused
+
+
 def test_read_only_root_with_writable_state_and_tmp() -> None:
     container = worker_container()
     assert container["readonlyRootFilesystem"] is True
