@@ -771,6 +771,22 @@ def compose_cli() -> list[str] | None:
     return None
 
 
+def test_only_the_worker_service_keeps_the_images_health_check() -> None:
+    """The image's HEALTHCHECK is the worker's (`clickstream health` reads its heartbeat): any other service built
+    from the image (the one-shot setup, the producer) would turn unhealthy after the start period."""
+    on_image = {
+        name: service
+        for name, service in compose()["services"].items()
+        if service.get("image", "").startswith("clickstream-rfm") or "build" in service
+    }
+    assert set(on_image) == {"init", "worker", "producer"}
+    for name, service in on_image.items():
+        if name == "worker":
+            assert service["healthcheck"]["test"] == ["CMD", "clickstream", "health"]
+        else:
+            assert service["healthcheck"] == {"disable": True}, name
+
+
 def test_compose_file_is_valid() -> None:
     schema = json.loads((Path(__file__).parent / "data" / "compose-spec.json").read_text(encoding="utf-8"))
     errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(compose()), key=str)
