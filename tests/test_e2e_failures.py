@@ -671,14 +671,18 @@ def test_kinesis_and_dynamodb_throttling_is_ridden_out(pipeline: Pipeline) -> No
 # checks, so they cost no KCL run.
 
 
-def test_a_shard_waking_up_after_a_quiet_period_is_not_judged_stuck(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("waited", "exit_code"), [(1, 0), (10, 1)])
+def test_a_shard_waking_up_after_a_quiet_period_is_judged_by_how_long_its_records_waited(
+    tmp_path: Path, waited: int, exit_code: int
+) -> None:
+    """The last flush was 30 s ago, before the quiet period: the stuck clock starts when records began to wait."""
     state_dir = tmp_path / "state"
     state_dir.mkdir()
     now = time.time()
     write_heartbeat(state_dir, os.getpid(), "running")
     writer = StatusWriter(state_dir / "status")
     for shard_id, buffered in (("shardId-000000000000", 119), ("shardId-000000000001", 105)):
-        # What a processor writes 1 s after records arrive on a shard whose last flush was 30 s ago.
+        # What a processor writes `waited` s after records arrive on a shard whose last flush was 30 s ago.
         status = ShardStatus(
             shard_id=shard_id,
             pid=os.getpid(),
@@ -695,6 +699,7 @@ def test_a_shard_waking_up_after_a_quiet_period_is_not_judged_stuck(tmp_path: Pa
             last_flush_at=now - 30,
             last_checkpoint_at=now - 30,
             started_at=now - 60,
+            waiting_since=now - waited,
         )
         writer.write(status, force=True)
     env = {
@@ -711,7 +716,7 @@ def test_a_shard_waking_up_after_a_quiet_period_is_not_judged_stuck(tmp_path: Pa
         timeout=60,
         check=False,
     )
-    assert done.returncode == 0, f"records have waited 1 s of the 2 s flush interval: {done.stdout}"
+    assert done.returncode == exit_code, f"records have waited {waited} s (stuck after 6 s): {done.stdout}"
 
 
 def test_until_idle_does_not_call_the_stream_drained_while_the_shards_are_not_being_polled() -> None:

@@ -72,6 +72,15 @@ def pipeline_run(emulator_endpoint: str, tmp_path_factory: pytest.TempPathFactor
         result = _cli(*step, env=env, timeout=timeout)
         assert result.returncode == 0, result.stderr
     labelled += _put_kpl_aggregated_records(env)
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=emulator_endpoint,
+        region_name=env["AWS_REGION"],
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    # without the default encryption setup gave the bucket, an object is encrypted only if its own PUT asked
+    s3.delete_bucket_encryption(Bucket=env["CLICKSTREAM_BUCKET"])
     worker = _cli("worker", "--until-idle", "3", env=env, timeout=300, log_format="json")
     (workdir / "worker.log").write_text(worker.stderr)
     assert worker.returncode == 0, worker.stderr[-5000:]
@@ -80,13 +89,6 @@ def pipeline_run(emulator_endpoint: str, tmp_path_factory: pytest.TempPathFactor
         aws_endpoint_url=emulator_endpoint,
         bucket=env["CLICKSTREAM_BUCKET"],
         stream_name=env["CLICKSTREAM_STREAM_NAME"],
-    )
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=emulator_endpoint,
-        region_name=env["AWS_REGION"],
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
     )
     inventory = download_outputs(s3, settings, workdir / "s3")
     return {

@@ -141,7 +141,20 @@ def test_split_and_merge_mid_run_keep_every_customer_equal_to_the_reference(
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
     )
-    download_outputs(s3, settings, tmp_path / "s3")
+    inventory = download_outputs(s3, settings, tmp_path / "s3")
+    committed = {commit.shard_id for commit in inventory.commits if commit.accepted}
+    merged = (
+        set(statuses)
+        - {parent["ShardId"], *(c["ShardId"] for c in children)}
+        - {
+            s["ShardId"]
+            for s in kinesis.list_shards(StreamName="reshard-stream")["Shards"]
+            if not s.get("ParentShardId")
+        }
+    )
+    assert len(merged) == 1, statuses.keys()
+    # each child of the split committed part 2's records of its half, and the merged shard part 3's
+    assert {c["ShardId"] for c in children} | merged <= committed, committed
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     rows = {
