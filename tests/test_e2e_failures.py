@@ -415,6 +415,7 @@ def test_s3_outage_mid_run_holds_checkpoints_back_and_processing_resumes_by_itse
         pipeline.describe()
     )
 
+    retried_before = {shard: status.retries for shard, status in pipeline.statuses().items()}
     fault = set_fault(pipeline.endpoint, "s3", 503, OUTAGE_SECONDS)
     outage_ends = time.monotonic() + OUTAGE_SECONDS
     pipeline.put(second)  # Kinesis is fine: the records arrive, buffer and cannot be flushed
@@ -433,7 +434,9 @@ def test_s3_outage_mid_run_holds_checkpoints_back_and_processing_resumes_by_itse
         time.sleep(0.5)
     assert samples >= 10
     assert set(retries) == set(before), pipeline.describe()
-    assert all(retries.values()), f"every shard reports retries during the outage: {dict(retries)}"
+    assert all(retries[shard] > retried_before[shard] for shard in retries), (
+        f"every shard retries during the outage: {dict(retries)}, before it {retried_before}"
+    )
     assert all(buffered.values()), f"every shard had records waiting during the outage: {dict(buffered)}"
 
     pipeline.wait_for(
@@ -641,10 +644,13 @@ def test_kinesis_and_dynamodb_throttling_is_ridden_out(pipeline: Pipeline) -> No
     kinesis_fault = set_fault(pipeline.endpoint, "kinesis", 400, 5, operations=["GetRecords"])
     ends = time.monotonic() + 5
     pipeline.put(second)
+    samples = 0
     while time.monotonic() < ends - 0.5:
         received = sum(s.records_received for s in pipeline.statuses().values())
         assert received == len(first), "no record can arrive while GetRecords is throttled"
+        samples += 1
         time.sleep(0.25)
+    assert samples >= 3, f"the put took the throttled window: {samples} samples of what arrived during it"
     time.sleep(max(0.0, ends - time.monotonic()))
     # Then DynamoDB throttled (lease renewals, checkpoints) while the second batch is flushed and checkpointed.
     dynamodb_fault = set_fault(pipeline.endpoint, "dynamodb", 400, 4)
