@@ -36,3 +36,14 @@ def moto_bucket(bucket: str, streams: dict[str, int] | None = None) -> Iterator[
             for name, shards in (streams or {}).items():
                 boto3.client("kinesis", region_name=REGION).create_stream(StreamName=name, ShardCount=shards)
             yield client
+
+
+def emulator_client(service: str, env: dict[str, str]) -> Any:
+    """A client of the embedded endpoint a test's worker environment (``emulator_environment``) points at."""
+    return boto3.client(
+        service,
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        region_name=env["AWS_REGION"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    )

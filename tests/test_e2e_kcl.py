@@ -17,7 +17,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import boto3
 import duckdb
 import pytest
 
@@ -25,6 +24,7 @@ from clickstream.demo import emulator_environment
 from clickstream.outputs import current_customer_rows, download_outputs, list_keys, output_glob
 from producer.generator import ClickstreamGenerator
 from runtime.settings import load_settings
+from tests.moto_support import emulator_client
 from tests.parquet_support import dictionary_columns
 from tests.reference import SET_DETERMINED_COLUMNS, mismatches_against_reference
 
@@ -72,13 +72,7 @@ def pipeline_run(emulator_endpoint: str, tmp_path_factory: pytest.TempPathFactor
         result = _cli(*step, env=env, timeout=timeout)
         assert result.returncode == 0, result.stderr
     labelled += _put_kpl_aggregated_records(env)
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=emulator_endpoint,
-        region_name=env["AWS_REGION"],
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    s3 = emulator_client("s3", env)
     # without the default encryption setup gave the bucket, an object is encrypted only if its own PUT asked
     s3.delete_bucket_encryption(Bucket=env["CLICKSTREAM_BUCKET"])
     worker = _cli("worker", "--until-idle", "3", env=env, timeout=300, log_format="json")
@@ -111,13 +105,7 @@ def _put_kpl_aggregated_records(env: dict[str, str]) -> list[tuple[str, bytes]]:
     by_customer: dict[str, list[bytes]] = {}
     for data in extra:
         by_customer.setdefault(json.loads(data)["customer_id"], []).append(data)
-    kinesis = boto3.client(
-        "kinesis",
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        region_name=env["AWS_REGION"],
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-    )
+    kinesis = emulator_client("kinesis", env)
     for customer, payloads in by_customer.items():
         aggregator = RecordAggregator()
         for data in payloads:

@@ -18,7 +18,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import boto3
 import duckdb
 import pytest
 
@@ -27,6 +26,7 @@ from clickstream.outputs import current_customer_rows, download_outputs, output_
 from consumer.status import read_statuses
 from producer.generator import ClickstreamGenerator
 from runtime.settings import load_settings
+from tests.moto_support import emulator_client
 from tests.reference import mismatches_against_reference
 
 pytestmark = pytest.mark.e2e
@@ -81,13 +81,7 @@ def test_split_and_merge_mid_run_keep_every_customer_equal_to_the_reference(
     def flushed() -> int:
         return sum(s.records_flushed for s in read_statuses(state_dir / "status").values())
 
-    kinesis = boto3.client(
-        "kinesis",
-        endpoint_url=emulator_endpoint,
-        region_name=env["AWS_REGION"],
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    kinesis = emulator_client("kinesis", env)
     cli("setup")
     cli("produce", "--input", str(files[0]), "--no-progress")
     log = tmp_path / "worker.log"
@@ -134,13 +128,7 @@ def test_split_and_merge_mid_run_keep_every_customer_equal_to_the_reference(
     assert len(statuses) == 5, "2 original shards, 2 children of the split, 1 child of the merge"
 
     settings = load_settings(aws_endpoint_url=emulator_endpoint, bucket="reshard-outputs")
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=emulator_endpoint,
-        region_name=env["AWS_REGION"],
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    s3 = emulator_client("s3", env)
     inventory = download_outputs(s3, settings, tmp_path / "s3")
     committed = {commit.shard_id for commit in inventory.commits if commit.accepted}
     merged = (

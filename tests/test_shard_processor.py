@@ -547,14 +547,21 @@ def test_a_throttled_checkpoint_is_retried_after_backoff(s3: Any, settings: Sett
     assert len(commit_records(s3)) == 1, "a checkpoint retry must not flush again"
 
 
-def test_a_checkpoint_refused_for_a_lost_lease_stops_all_further_flushes(s3: Any, settings: Settings) -> None:
+def lost_lease_after_a_flush(
+    s3: Any, settings: Settings
+) -> tuple[ShardProcessor, RecordingCheckpointer, list[RawRecord]]:
+    """A processor whose first flush's checkpoint the KCL refused for a lost lease (ShutdownException)."""
     checkpointer = RecordingCheckpointer(fail_with=[CheckpointError("ShutdownException")])
     processor = make_processor(CustomerState(SHARD), S3ParquetSink(s3, settings), FlushPolicy(5, 10**9, 60.0))
     records = to_records(payloads()[:20])
     processor.start(None)
-
     with pytest.raises(LeaseLostError):
         processor.on_records(records[:5], 0, checkpointer)
+    return processor, checkpointer, records
+
+
+def test_a_checkpoint_refused_for_a_lost_lease_stops_all_further_flushes(s3: Any, settings: Settings) -> None:
+    processor, checkpointer, records = lost_lease_after_a_flush(s3, settings)
     assert processor.lease_lost
     assert processor.metrics.phase == "lease_lost"
     commits_after_refusal = keys_under(s3, f"{PREFIX}/_control/commits/")
@@ -569,12 +576,7 @@ def test_a_checkpoint_refused_for_a_lost_lease_stops_all_further_flushes(s3: Any
 
 def test_a_shard_end_after_a_lost_lease_does_not_checkpoint_shard_end(s3: Any, settings: Settings) -> None:
     """SHARD_END would start the child shards past the records the lost lease's buffer dropped."""
-    checkpointer = RecordingCheckpointer(fail_with=[CheckpointError("ShutdownException")])
-    processor = make_processor(CustomerState(SHARD), S3ParquetSink(s3, settings), FlushPolicy(5, 10**9, 60.0))
-    records = to_records(payloads()[:20])
-    processor.start(None)
-    with pytest.raises(LeaseLostError):
-        processor.on_records(records[:5], 0, checkpointer)
+    processor, checkpointer, records = lost_lease_after_a_flush(s3, settings)
     processor.on_records(records[5:15], 0, checkpointer)
     with pytest.raises(LeaseLostError):
         processor.on_shard_ended(checkpointer)
