@@ -24,7 +24,13 @@ from click.core import ParameterSource
 
 from clickstream.clv_commands import report, score
 from clickstream.errors import USAGE, FrontDoorError, explain
-from clickstream.options import build_settings, progress_option, setting_option, show_progress
+from clickstream.options import (
+    FiniteFloatRange,
+    build_settings,
+    progress_option,
+    setting_option,
+    show_progress,
+)
 
 log = logging.getLogger("clickstream")
 
@@ -198,21 +204,21 @@ def _generator_options(func: _F) -> _F:
             "--days",
             default=60,
             show_default=True,
-            type=click.IntRange(1),
-            help="Length of the simulated history in days (from 2026-03-01 UTC).",
+            type=click.IntRange(1, 3650),
+            help="Length of the simulated history in days (from 2026-03-01 UTC; at most ten years).",
         ),
         click.option(
             "--duplicate-rate",
             default=0.0,
             show_default=True,
-            type=click.FloatRange(0, 1),
+            type=FiniteFloatRange(0, 1),
             help="Fraction of events re-sent with the same bytes (as producer retries do).",
         ),
         click.option(
             "--malformed-rate",
             default=0.0,
             show_default=True,
-            type=click.FloatRange(0, 1),
+            type=FiniteFloatRange(0, 1),
             help="Fraction of extra malformed records (bad JSON/UTF-8, wrong types, ...).",
         ),
     ]
@@ -269,7 +275,7 @@ def generate(output: Path, **options: Any) -> None:
 )
 @_generator_options
 @click.option(
-    "--rate", type=click.FloatRange(min=1), default=None, help="Max records per second (default: no limit)."
+    "--rate", type=FiniteFloatRange(min=1), default=None, help="Max records per second (default: no limit)."
 )
 @progress_option
 @setting_option("stream_name", "--stream")
@@ -286,6 +292,13 @@ def produce(
     from runtime.aws import aws_client
 
     settings = build_settings(stream_name=stream_name)
+    context = click.get_current_context()
+    given = [name for name in options if context.get_parameter_source(name) == ParameterSource.COMMANDLINE]
+    if input_file is not None and given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise FrontDoorError(
+            f"{flags}: the generator's options do not apply with --input (the file is sent as is)", USAGE
+        )
     if input_file is not None:
         records = read_jsonl(input_file)
         total = None
@@ -310,7 +323,7 @@ def produce(
 @main.command()
 @click.option(
     "--until-idle",
-    type=click.FloatRange(min=0.5),
+    type=FiniteFloatRange(min=0.5),
     default=None,
     metavar="SECONDS",
     help="Stop cleanly once every shard is drained, flushed, checkpointed and quiet this long.",
@@ -502,15 +515,15 @@ def health(**overrides: Any) -> None:
     are given here.
     """
     from consumer.health import assess
-    from runtime.settings import with_overrides, worker_settings
+    from runtime.settings import configured_state_dir, with_overrides, worker_settings
 
     flags = {name: overrides.pop(name) for name in ("stuck_shard_seconds", "no_lease_unhealthy_seconds")}
-    settings = build_settings(**overrides)
-    # this command's flags on top of the worker's own settings, checked against those (e.g. its flush limit)
-    limits = with_overrides(worker_settings(settings.state_dir) or settings, **flags)
-    report = assess(
-        settings.state_dir, limits.stuck_shard_seconds, no_lease_after=limits.no_lease_unhealthy_seconds
-    )
+    state_dir = configured_state_dir(overrides["state_dir"])
+    worker = worker_settings(state_dir)
+    # this command's flags on top of the worker's own settings, checked against those (e.g. its flush limit); with
+    # no worker's file there, on top of the environment's
+    limits = with_overrides(worker, **flags) if worker is not None else build_settings(**overrides, **flags)
+    report = assess(state_dir, limits.stuck_shard_seconds, no_lease_after=limits.no_lease_unhealthy_seconds)
     click.echo(report.to_json())
     sys.exit(0 if report.healthy else 1)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
@@ -11,6 +12,16 @@ import click
 from runtime.settings import Settings, env_var_name, load_settings
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+
+
+class FiniteFloatRange(click.FloatRange):
+    """A float flag within bounds that refuses nan and inf (click's FloatRange lets nan through every bound)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        converted = super().convert(value, param, ctx)
+        if not math.isfinite(converted):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return converted
 
 
 #: A field's unit, from the end of its name: shown as the flag's metavar (e.g. ``--stuck-after SECONDS``).

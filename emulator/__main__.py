@@ -10,6 +10,15 @@ import threading
 
 from emulator.server import DEFAULT_HOST, DEFAULT_PORT, run_foreground
 
+
+def _port(text: str) -> int:
+    """A TCP port: 70000 would otherwise bind 70000 - 65536 without a word."""
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a TCP port (0-65535)")
+    return port
+
+
 logger = logging.getLogger("emulator")
 
 
@@ -33,7 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--host", default=DEFAULT_HOST, help="bind address (default %(default)s)")
     parser.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help="TCP port, 0 picks a free one (default %(default)s)"
+        "--port",
+        type=_port,
+        default=DEFAULT_PORT,
+        help="TCP port 0-65535, 0 picks a free one (default %(default)s)",
     )
     parser.add_argument(
         "--allow-remote", action="store_true", help="allow a non-loopback bind address (no authentication!)"

@@ -465,6 +465,14 @@ def with_overrides(settings: Settings, **overrides: object) -> Settings:
         raise _config_error(exc) from None
 
 
+def configured_state_dir(given: Path | None = None) -> Path:
+    """The state directory a command means (its flag, else the environment, else the default), read without
+    validating the other settings: they may be the worker's, written in that directory."""
+    if given is not None:
+        return given
+    return Path(os.environ.get(env_var_name("state_dir")) or Settings.model_fields["state_dir"].default)
+
+
 def worker_settings(state_dir: Path) -> Settings | None:
     """The settings of the worker whose state directory this is, or None if no worker wrote them there."""
     path = state_dir / SETTINGS_FILE

@@ -954,3 +954,54 @@ def test_a_client_keeps_a_connection_for_each_parallel_reader() -> None:
 
     client = aws_client("s3", load_settings())
     assert client.meta.config.max_pool_connections >= MAX_WORKERS
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["generate", "--duplicate-rate", "nan", "-o", "-"],
+        ["generate", "--malformed-rate", "inf", "-o", "-"],
+        ["produce", "--rate", "nan"],
+        ["worker", "--until-idle", "nan"],
+        ["generate", "--days", "3000000", "-o", "-"],
+    ],
+)
+def test_a_flag_value_that_is_not_a_finite_number_in_range_is_a_usage_error(arguments: list[str]) -> None:
+    result = CliRunner().invoke(main, arguments)
+    assert result.exit_code == 2, result.output
+    assert f"--{arguments[1].lstrip('-')}" in result.output and "Traceback" not in result.output
+
+
+def test_produce_refuses_generator_options_with_an_input_file(tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"a": 1}\n')
+    with mock_aws():
+        boto3.client("kinesis", region_name="us-east-1").create_stream(StreamName="clickstream", ShardCount=1)
+        result = CliRunner().invoke(
+            main, ["produce", "--input", str(source), "--events", "999", "--seed", "3"]
+        )
+    assert result.exit_code == 2, result.output
+    assert "--events, --seed: the generator's options do not apply with --input" in result.output
+
+
+def test_health_flags_win_over_the_environment_when_no_worker_wrote_its_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a worker's settings file, a flag joins the environment's settings: it wins over the variable."""
+    monkeypatch.setenv("CLICKSTREAM_STUCK_SHARD_SECONDS", "5")  # invalid alone (the flush limit is 60 s)
+    result = CliRunner().invoke(main, ["health", "--state-dir", str(tmp_path), "--stuck-after", "100"])
+    assert result.exit_code == 1, result.output  # judged (no heartbeat), not refused as a configuration
+    assert "heartbeat" in result.output and "CLICKSTREAM_STUCK_SHARD_SECONDS" not in result.output
+
+
+def test_compressed_output_of_one_seed_is_the_same_bytes_every_time(tmp_path: Path) -> None:
+    from producer.generator import ClickstreamGenerator, write_jsonl
+
+    for attempt in ("first", "second"):
+        (tmp_path / attempt).mkdir()
+        write_jsonl(tmp_path / attempt / "events.jsonl.gz", ClickstreamGenerator(20, 200, seed=5).events())
+    first = (tmp_path / "first" / "events.jsonl.gz").read_bytes()
+    assert first == (tmp_path / "second" / "events.jsonl.gz").read_bytes()
+    assert first[4:8] == bytes(4), (
+        "no modification time in the gzip header (runs a second apart would differ)"
+    )
