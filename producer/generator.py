@@ -451,8 +451,9 @@ class ClickstreamGenerator:
         """
         budget = self.events_requested
         purchases = sum(len(c.purchase_days) for c in customers)
-        dropped = 0
-        if purchases * PURCHASE_MIN_EVENTS > budget:
+        needed = purchases * PURCHASE_MIN_EVENTS
+        dropped = buyers_dropped = 0
+        if needed > budget:
             for customer in reversed(customers):
                 if purchases * PURCHASE_MIN_EVENTS <= budget:
                     break
@@ -460,12 +461,19 @@ class ClickstreamGenerator:
                 if n:
                     purchases -= n
                     dropped += n
+                    buyers_dropped += 1
                     customer.purchase_days.clear()
                     customer.order_cents.clear()
             logger.warning(
-                "event budget %d too small for all purchases: dropped %d purchases of the highest ids",
+                "%d events are too few for the %d customers' purchases (each takes at least %d events): the "
+                "purchases of %d customers (the highest customer ids, %d purchases) are left out; give --events "
+                "%d or more to keep them all",
                 budget,
+                len(customers),
+                PURCHASE_MIN_EVENTS,
+                buyers_dropped,
                 dropped,
+                needed,
             )
         hour_cum = list(_cumulative(HOURLY_PROFILE))
         sessions: list[tuple[int, int, int, int, int]] = []
