@@ -8,8 +8,9 @@ from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
 import click
+from click.core import ParameterSource
 
-from runtime.settings import Settings, env_var_name, load_settings
+from runtime.settings import ConfigError, Settings, env_var_name, load_settings
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -65,5 +66,24 @@ def show_progress(progress: bool | None) -> bool:
 
 
 def build_settings(**overrides: Any) -> Settings:
-    """The settings of this run: environment, then the command's flags (ConfigError becomes exit 2)."""
-    return load_settings(**overrides)
+    """The settings of this run: environment, then the command's flags (ConfigError becomes exit 2). A problem with
+    a value given as a flag names the flag, one from the environment its variable."""
+    try:
+        return load_settings(**overrides)
+    except ConfigError as error:
+        raise ConfigError(_named_by_flags(str(error), overrides)) from None
+
+
+def _named_by_flags(message: str, overrides: dict[str, Any]) -> str:
+    context = click.get_current_context(silent=True)
+    if context is None:
+        return message
+    for param in context.command.params:
+        name = param.name
+        if (
+            name in Settings.model_fields
+            and overrides.get(name) is not None
+            and context.get_parameter_source(name) == ParameterSource.COMMANDLINE
+        ):
+            message = message.replace(env_var_name(name), max(param.opts, key=len))
+    return message

@@ -192,7 +192,7 @@ def test_kcl_names_are_taken_in_any_case(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_the_worker_stop_deadline_flag_is_that_setting() -> None:
     result = CliRunner().invoke(main, ["worker", "--stop-deadline", "5"])
     assert result.exit_code == 2, result.output
-    assert "CLICKSTREAM_STOP_DEADLINE_SECONDS must be longer" in result.output
+    assert "--stop-deadline must be longer than CLICKSTREAM_KCL_SHUTDOWN_GRACE_MILLIS" in result.output
 
 
 @pytest.mark.parametrize(
@@ -1005,3 +1005,14 @@ def test_compressed_output_of_one_seed_is_the_same_bytes_every_time(tmp_path: Pa
     assert first[4:8] == bytes(4), (
         "no modification time in the gzip header (runs a second apart would differ)"
     )
+
+
+def test_a_bad_value_is_named_as_it_was_given_the_flag_or_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    by_flag = CliRunner().invoke(main, ["setup", "--shards", "0"])
+    assert by_flag.exit_code == 2 and "--shards: Input should be greater than or equal to 1" in by_flag.output
+    assert "CLICKSTREAM_STREAM_SHARDS" not in by_flag.output
+    monkeypatch.setenv("CLICKSTREAM_STREAM_SHARDS", "0")
+    by_variable = CliRunner().invoke(main, ["setup"])
+    assert by_variable.exit_code == 2 and "CLICKSTREAM_STREAM_SHARDS: Input should be" in by_variable.output
