@@ -26,6 +26,7 @@ from clickstream.clv_commands import report, score
 from clickstream.errors import USAGE, FrontDoorError, explain
 from clickstream.options import (
     FiniteFloatRange,
+    build_on,
     build_settings,
     progress_option,
     setting_option,
@@ -515,14 +516,14 @@ def health(**overrides: Any) -> None:
     are given here.
     """
     from consumer.health import assess
-    from runtime.settings import configured_state_dir, with_overrides, worker_settings
+    from runtime.settings import configured_state_dir, worker_settings
 
     flags = {name: overrides.pop(name) for name in ("stuck_shard_seconds", "no_lease_unhealthy_seconds")}
     state_dir = configured_state_dir(overrides["state_dir"])
     worker = worker_settings(state_dir)
     # this command's flags on top of the worker's own settings, checked against those (e.g. its flush limit); with
     # no worker's file there, on top of the environment's
-    limits = with_overrides(worker, **flags) if worker is not None else build_settings(**overrides, **flags)
+    limits = build_on(worker, **flags) if worker is not None else build_settings(**overrides, **flags)
     report = assess(state_dir, limits.stuck_shard_seconds, no_lease_after=limits.no_lease_unhealthy_seconds)
     click.echo(report.to_json())
     sys.exit(0 if report.healthy else 1)

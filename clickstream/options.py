@@ -10,7 +10,7 @@ from typing import Any, Final, TypeVar
 import click
 from click.core import ParameterSource
 
-from runtime.settings import ConfigError, Settings, env_var_name, load_settings
+from runtime.settings import ConfigError, Settings, env_var_name, load_settings, with_overrides
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -70,6 +70,15 @@ def build_settings(**overrides: Any) -> Settings:
     a value given as a flag names the flag, one from the environment its variable."""
     try:
         return load_settings(**overrides)
+    except ConfigError as error:
+        raise ConfigError(_named_by_flags(str(error), overrides)) from None
+
+
+def build_on(base: Settings, **overrides: Any) -> Settings:
+    """``base`` (e.g. a worker's own settings) with the command's flags on top, checked as a whole; a problem
+    names the flags as ``build_settings`` does."""
+    try:
+        return with_overrides(base, **overrides)
     except ConfigError as error:
         raise ConfigError(_named_by_flags(str(error), overrides)) from None
 

@@ -178,8 +178,7 @@ class S3ParquetSink:
                 raise
             if existing.attempt_id == record.attempt_id:
                 return existing  # our own earlier PUT succeeded although its answer was lost
-            lost = [file for keys in record.files.values() for file in keys]
-            raise CommitConflict(attempt.shard_id, attempt.previous, existing, lost) from None
+            raise CommitConflict(attempt.shard_id, attempt.previous, existing, record.all_files) from None
         return record
 
     # ------------------------------------------------------------------ after the commit (step 7) and after losing
@@ -195,8 +194,7 @@ class S3ParquetSink:
         named only here."""
         key = self.layout.intent_key(shard_id, attempt_id)
         intent = self.get_intent(key)
-        named = [file for keys in intent.files.values() for file in keys] if intent is not None else []
-        files = sorted({*named, *written})
+        files = sorted({*(intent.all_files if intent is not None else []), *written})
         self.delete_keys(files)
         if intent is not None:
             self.s3.delete_object(Bucket=self.bucket, Key=key)
@@ -222,7 +220,7 @@ class S3ParquetSink:
             if winner is None:
                 continue
             if winner.attempt_id != intent.attempt_id:
-                files = [file for keys in intent.files.values() for file in keys]
+                files = intent.all_files
                 self.delete_keys(files)
                 deleted += len(files)
                 log.warning(

@@ -199,7 +199,6 @@ class Settings(BaseSettings):
     flush_caught_up_min_seconds: float = Field(
         10.0,
         ge=0,
-        allow_inf_nan=False,
         description="A caught-up shard flushes once its oldest buffered record has waited this long: under a "
         "trickle of records, one flush (about five S3 requests and a commit record) per this many seconds rather "
         "than one per record. 0: at once.",

@@ -71,6 +71,11 @@ class FlushIntent:
     files: dict[str, list[str]]
     written_at: datetime
 
+    @property
+    def all_files(self) -> list[str]:
+        """Every data file it names, of every output."""
+        return [key for keys in self.files.values() for key in keys]
+
     def to_json(self) -> bytes:
         return _dump(self)
 
@@ -169,6 +174,11 @@ class CommitRecord:
             if isinstance(error, ControlRecordError):
                 raise
             raise ControlRecordError(f"commit record: {error!r}") from error
+
+    @property
+    def all_files(self) -> list[str]:
+        """Every data file it names, of every output."""
+        return [key for keys in self.files.values() for key in keys]
 
     @property
     def file_count(self) -> int:

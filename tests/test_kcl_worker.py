@@ -634,7 +634,8 @@ def test_health_checks_its_flags_against_the_worker_settings_not_the_environment
     assert quick.exit_code == 0, quick.output
     too_quick = CliRunner().invoke(main, ["health", *state, "--stuck-after", "4"])
     assert (
-        too_quick.exit_code == 2 and "must be larger than CLICKSTREAM_FLUSH_MAX_SECONDS" in too_quick.output
+        too_quick.exit_code == 2
+        and "--stuck-after must be larger than CLICKSTREAM_FLUSH_MAX_SECONDS" in too_quick.output
     )
 
 
