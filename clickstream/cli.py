@@ -23,7 +23,7 @@ import click
 from click.core import ParameterSource
 
 from clickstream.clv_commands import report, score
-from clickstream.errors import USAGE, FrontDoorError, explain
+from clickstream.errors import INTERRUPTED, USAGE, FrontDoorError, explain
 from clickstream.options import (
     FiniteFloatRange,
     build_on,
@@ -289,7 +289,7 @@ def produce(
 ) -> None:
     """Put events on the stream with PutRecords (batched, retried, nothing silently dropped)."""
     from producer.generator import read_jsonl
-    from producer.kinesis_put import KinesisProducer, PutRecordsError, require_stream
+    from producer.kinesis_put import KinesisProducer, PutInterrupted, PutRecordsError, require_stream
     from runtime.aws import aws_client
 
     settings = build_settings(stream_name=stream_name)
@@ -318,6 +318,9 @@ def produce(
         producer.put(records, total=total)  # logs its one summary line
     except PutRecordsError as error:
         raise FrontDoorError(error.outcome()) from None
+    except PutInterrupted as interrupted:
+        click.echo(interrupted.outcome(), err=True)
+        sys.exit(INTERRUPTED)
 
 
 # ---------------------------------------------------------------------------------------------------------- worker

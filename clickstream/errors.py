@@ -1,7 +1,8 @@
 """One sentence instead of a traceback: what failed, and what to do, for every command of the CLI.
 
 Exit codes: 2 for bad usage or configuration (a setting, a missing resource a setting names, credentials,
-permissions), 1 for a runtime failure (endpoint down, an AWS call failing, a port taken). ``--debug`` (or
+permissions), 1 for a runtime failure (endpoint down, an AWS call failing, a port taken), 130 for a command
+stopped by Ctrl-C that said what it had done. ``--debug`` (or
 ``--log-level DEBUG``) prints the traceback as well.
 """
 
@@ -20,6 +21,8 @@ from runtime.settings import ConfigError
 USAGE = 2
 #: Exit code of a failure at run time.
 RUNTIME = 1
+#: Exit code of a command stopped by Ctrl-C after saying what it had done (128 + SIGINT, as shells report it).
+INTERRUPTED = 130
 
 _NOT_FOUND = {
     "NoSuchBucket": "bucket {bucket} does not exist (CLICKSTREAM_BUCKET / --bucket; `clickstream setup` creates it)",

@@ -137,6 +137,28 @@ class PutRecordsError(RuntimeError):
         )
 
 
+class PutInterrupted(KeyboardInterrupt):
+    """Ctrl-C during ``put``: what was delivered before it (``summary``) and how many records were in flight."""
+
+    def __init__(self, summary: PutSummary, in_flight: int) -> None:
+        super().__init__()
+        self.summary = summary
+        self.in_flight = in_flight
+
+    def outcome(self) -> str:
+        """The run in one line, as ``PutRecordsError.outcome`` says it for a failure."""
+        in_flight = (
+            f"; the {self.in_flight:,} records being sent may or may not have arrived"
+            if self.in_flight
+            else ""
+        )
+        return (
+            f"interrupted: {self.summary.records_sent:,} records delivered{in_flight}, the rest of the input not "
+            "sent; the same input can be sent again: the worker counts an event id delivered twice once (within "
+            "CLICKSTREAM_DEDUPE_WINDOW_DAYS)"
+        )
+
+
 def partition_key_for(data: bytes) -> str:
     """The customer id when the record has one, so a customer's events share a shard; else md5 of the bytes.
 
@@ -158,6 +180,7 @@ class _Stats:
     rejected_too_large: int = 0
     record_errors: Counter[str] = field(default_factory=Counter)
     records_per_shard: Counter[str] = field(default_factory=Counter)
+    in_flight: int = 0  # records of the request being sent (unknown outcome if interrupted)
 
 
 def _is_terminal_record_error(code: str) -> bool:
@@ -253,6 +276,9 @@ class KinesisProducer:
                 batch_bytes += size
             if batch:
                 self._send(batch, stats, started, bar)
+                batch = []
+        except KeyboardInterrupt:
+            raise PutInterrupted(self._summary(stats, started), stats.in_flight) from None
         finally:
             bar.close()
         summary = self._summary(stats, started)
@@ -327,12 +353,14 @@ class KinesisProducer:
             attempt += 1
             self._pace(len(pending))
             stats.requests += 1
+            stats.in_flight = len(pending)
             try:
                 response = self._client.put_records(
                     StreamName=self.stream_name,
                     Records=[{"Data": data, "PartitionKey": key} for key, data in pending],
                 )
             except ClientError as exc:
+                stats.in_flight = 0  # the whole call was refused: nothing of it arrived
                 code = str(exc.response.get("Error", {}).get("Code", ""))
                 status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
                 if code not in RETRYABLE_CALL_ERRORS and status < 500:
@@ -345,6 +373,7 @@ class KinesisProducer:
                 stats.throttled_calls += 1
                 self._retry_or_raise(attempt, pending, f"{type(exc).__name__}: {exc}", stats, started)
                 continue
+            stats.in_flight = 0
             results = response["Records"]
             if len(results) != len(pending):
                 message = f"PutRecords returned {len(results)} results for {len(pending)} records"

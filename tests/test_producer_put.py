@@ -19,6 +19,7 @@ from producer.kinesis_put import (
     MAX_BYTES_PER_REQUEST,
     MAX_RECORDS_PER_REQUEST,
     KinesisProducer,
+    PutInterrupted,
     PutRecordsError,
     partition_key_for,
 )
@@ -272,3 +273,36 @@ def test_progress_bar_goes_to_stderr(capsys: pytest.CaptureFixture[str]) -> None
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "100/100" in captured.err
+
+
+def test_ctrl_c_during_a_request_reports_what_was_delivered_and_what_was_in_flight() -> None:
+    records = list(generate_events(20, 1500, 4))
+    fake = FakeKinesis(raise_on_calls={2: KeyboardInterrupt()})  # Ctrl-C while the third request is out
+
+    with pytest.raises(PutInterrupted) as stopped:
+        make_producer(fake, FakeTime()).put(records)
+
+    delivered = sum(len(call) for call in fake.calls[:2])
+    assert stopped.value.summary.records_sent == delivered == sum(fake.delivered.values())
+    assert stopped.value.in_flight == len(fake.calls[2]) > 0
+    assert f"{delivered:,} records delivered" in stopped.value.outcome()
+    assert (
+        f"the {len(fake.calls[2]):,} records being sent may or may not have arrived"
+        in stopped.value.outcome()
+    )
+
+
+def test_ctrl_c_between_requests_has_nothing_in_flight() -> None:
+    records = list(generate_events(20, 1200, 4))
+
+    def interrupted_input() -> Iterator[bytes]:
+        yield from records[:700]
+        raise KeyboardInterrupt
+
+    fake = FakeKinesis(fail_once=records[:10], raise_on_calls={1: throttling_error()})
+    with pytest.raises(PutInterrupted) as stopped:
+        make_producer(fake, FakeTime(), max_records_per_request=200).put(interrupted_input())
+
+    assert stopped.value.summary.records_sent == sum(fake.delivered.values()) == 600
+    assert stopped.value.in_flight == 0
+    assert "may or may not" not in stopped.value.outcome()

@@ -790,6 +790,31 @@ def test_produce_reports_its_summary_once(monkeypatch: pytest.MonkeyPatch) -> No
     assert len([line for line in result.output.splitlines() if "put 20 records" in line]) == 1, result.output
 
 
+def test_produce_stopped_by_ctrl_c_says_what_it_delivered_and_exits_130(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from producer.kinesis_put import KinesisProducer
+
+    send = KinesisProducer._send
+    calls = []
+
+    def send_then_interrupt(self: KinesisProducer, batch: Any, *args: Any) -> None:
+        calls.append(len(batch))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        send(self, batch, *args)
+
+    monkeypatch.setattr(KinesisProducer, "_send", send_then_interrupt)
+    with mock_aws():
+        boto3.client("kinesis", region_name="us-east-1").create_stream(StreamName="ctrl-c", ShardCount=1)
+        result = CliRunner().invoke(
+            main, ["produce", "--stream", "ctrl-c", "--customers", "20", "--events", "1200"]
+        )
+    assert result.exit_code == 130, result.output
+    assert f"interrupted: {calls[0]:,} records delivered" in result.output
+    assert "Aborted!" not in result.output
+
+
 # ---------------------------------------------------------------------------------------------------- summary
 CUSTOMER_COLUMNS = {
     "customer_id": pa.string(),
