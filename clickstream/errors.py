@@ -2,8 +2,8 @@
 
 Exit codes: 2 for bad usage or configuration (a setting, a missing resource a setting names, credentials,
 permissions), 1 for a runtime failure (endpoint down, an AWS call failing, a port taken), 130 for a command
-stopped by Ctrl-C that said what it had done. ``--debug`` (or
-``--log-level DEBUG``) prints the traceback as well.
+stopped by Ctrl-C that said what it had done. ``--debug`` (or ``--log-level DEBUG``) prints the traceback as
+well.
 """
 
 from __future__ import annotations

@@ -396,14 +396,17 @@ def _scoring_section(inputs: ReportInputs) -> str:
             + "</section>"
         )
     clv = np.asarray(scores.column("clv").to_numpy(), dtype=float)
-    alive = np.asarray(scores.column("probability_alive").to_numpy(), dtype=float)
+    # BG/NBD gives every one-time buyer P(alive) 1 (dropping out needs a repeat purchase): averaged in, they would
+    # make the card read healthier the more one-time buyers there are
+    repeat = np.asarray(scores.column("frequency").to_numpy(), dtype=float) > 0
+    alive = np.asarray(scores.column("probability_alive").to_numpy(), dtype=float)[repeat]
     valuation = (model or {}).get("valuation", {})
     cards = _cards(
         [
             ("buyers scored", _number(scores.num_rows)),
             ("total CLV", _number(float(clv.sum()), 2)),
             ("median CLV", _number(float(np.median(clv)), 2)),
-            ("mean P(alive)", f"{alive.mean():.1%}"),
+            ("mean P(alive) of repeat buyers", f"{alive.mean():.1%}" if len(alive) else "–"),
             (
                 "expected purchase days, next 90 days",
                 _number(float(np.asarray(scores.column("expected_purchases_90d").to_numpy()).sum()), 0),
@@ -506,6 +509,8 @@ def _pipeline_section(inputs: ReportInputs) -> str:
         [
             ("records in", _number(totals["records_new"])),
             ("accepted", _number(totals["accepted"])),
+            ("duplicates", _number(totals["duplicates"])),
+            ("new events", _number(totals["accepted"] - totals["duplicates"])),
             ("rejected", _number(totals["rejected"])),
             ("flushes", _number(len(commits))),
             ("files written", _number(files)),
@@ -591,6 +596,8 @@ def _facts(inputs: ReportInputs) -> dict[str, Any]:
         "flushes": len(inputs.commits),
         "records_in": sum(record.records_new for record in inputs.commits),
         "rejected": sum(record.rejected for record in inputs.commits),
+        "duplicates": sum(record.duplicates for record in inputs.commits),
+        "new_events": sum(record.accepted - record.duplicates for record in inputs.commits),
         "run_id": inputs.score_commit.run_id if inputs.score_commit else None,
         "scored": inputs.scores.num_rows if inputs.scores is not None else 0,
         "segments": inputs.score_commit.segments if inputs.score_commit else {},

@@ -25,6 +25,7 @@ from scoring.rfm import SEGMENTS
 from tests.clv_support import worker_bucket
 from tests.moto_support import isolate_environment
 from tests.test_redshift_sql import (
+    all_statements,
     column_type,
     created_tables,
     parsed_statements,
@@ -68,6 +69,9 @@ def test_partition_and_copy_read_only_the_committed_run_folder() -> None:
     assert text.endswith(
         "LOCATION 's3://${BUCKET}/${PREFIX}/clv/as_of_yyyymmdd=${AS_OF_YYYYMMDD}/run=${RUN_ID}/'"
     )
+    # ... and every run moves it there: a re-scored day's new run replaces (deletes) the folder it pointed at
+    text = "\n".join(statement for name, statement in all_statements() if name.startswith("05_"))
+    assert text.index("ADD IF NOT EXISTS PARTITION") < text.index("SET LOCATION")
     (copy,) = [e for e in statements("05_") if isinstance(e, exp.Copy)]
     # COPY loads every object under its prefix: the parts' own prefix leaves out the run's _model.json
     assert "clv/as_of_yyyymmdd=${AS_OF_YYYYMMDD}/run=${RUN_ID}/part-'" in copy.sql("redshift")

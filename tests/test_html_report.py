@@ -17,6 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from matplotlib.image import imread
@@ -89,6 +92,11 @@ def test_the_report_shows_the_run_and_the_pipeline_numbers(report_file: Path, co
     assert got["flushes"] == len(commits)
     assert got["records_in"] == sum(commit["records_in"] - commit["records_skipped"] for commit in commits)
     assert got["rejected"] == sum(commit["rejected"] for commit in commits) > 0
+    assert got["duplicates"] == sum(commit["duplicates"] for commit in commits)
+    events = [key for key in content.objects if "/events/" in key and key.endswith(".parquet")]
+    archived = sum(pq.read_metadata(io.BytesIO(content.objects[key])).num_rows for key in events)
+    assert got["new_events"] == archived == got["records_in"] - got["rejected"] - got["duplicates"]
+    assert f'<div class="value">{got["new_events"]:,}</div><div class="label">new events</div>' in page
     assert got["scored"] == sum(got["segments"].values()) > 100
     assert got["run_id"] and got["run_id"] in page
     for segment, count in got["segments"].items():
@@ -148,3 +156,21 @@ def test_a_headless_browser_draws_every_plot(report_file: Path, tmp_path: Path) 
     assert shot.returncode == 0 and screenshot.is_file(), shot.stderr[-2000:]
     pixels = imread(str(screenshot))
     assert pixels[..., :3].std() > 0.05
+
+
+def test_mean_p_alive_is_over_repeat_buyers(report_file: Path) -> None:
+    """BG/NBD gives every one-time buyer P(alive) 1: averaged in, the card would read healthier the more of them."""
+    s3 = boto3.client("s3", region_name="us-east-1")  # the fixture's bucket, still up while its module runs
+    parts = [
+        obj["Key"]
+        for obj in s3.list_objects_v2(Bucket=BUCKET, Prefix="rfm/clv/")["Contents"]
+        if obj["Key"].endswith(".parquet")
+    ]
+    scores = pa.concat_tables(
+        pq.read_table(io.BytesIO(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())) for key in parts
+    )
+    frequency = scores.column("frequency").to_numpy()
+    alive = scores.column("probability_alive").to_numpy()
+    assert (alive[frequency == 0] == 1).all() and (frequency == 0).any() and (frequency > 0).any()
+    card = f'<div class="value">{alive[frequency > 0].mean():.1%}</div><div class="label">mean P(alive) of repeat'
+    assert card in report_file.read_text(encoding="utf-8")

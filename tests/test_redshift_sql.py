@@ -55,6 +55,13 @@ OPAQUE_STATEMENTS: dict[str, tuple[str, re.Pattern[str]]] = {
             r"CREATE EXTERNAL DATABASE IF NOT EXISTS"
         ),
     ),
+    "partition set location": (
+        "sqlglot has no grammar for ALTER TABLE ... PARTITION (...) SET LOCATION (Redshift Spectrum)",
+        re.compile(
+            r"ALTER TABLE spectrum_clickstream\.clv_scores\s+PARTITION \(as_of_yyyymmdd='\$\{AS_OF_YYYYMMDD\}'\)\s+"
+            r"SET LOCATION 's3://\$\{BUCKET\}/\$\{PREFIX\}/clv/as_of_yyyymmdd=\$\{AS_OF_YYYYMMDD\}/run=\$\{RUN_ID\}/'"
+        ),
+    ),
     "redshift ml create model": (
         "sqlglot has no grammar for Redshift ML's CREATE MODEL (checked further in tests/test_clv_redshift_sql.py)",
         re.compile(

@@ -36,11 +36,15 @@ PARTITIONED BY (as_of_yyyymmdd INTEGER)
 STORED AS PARQUET
 LOCATION 's3://${BUCKET}/${PREFIX}/clv/';
 
--- After each committed run: point the day's partition at the committed run's folder. (A re-scored day gets a new
--- run id: change the location with ALTER TABLE ... PARTITION (as_of_yyyymmdd='...') SET LOCATION '...'.)
+-- After each committed run: point the day's partition at the committed run's folder. Run both statements every
+-- time: a re-scored day has a new run id and `score` deletes the superseded run's folder, so a partition left at the
+-- old location (ADD IF NOT EXISTS does nothing when it exists) would read no rows.
 ALTER TABLE spectrum_clickstream.clv_scores
 ADD IF NOT EXISTS PARTITION (as_of_yyyymmdd='${AS_OF_YYYYMMDD}')
 LOCATION 's3://${BUCKET}/${PREFIX}/clv/as_of_yyyymmdd=${AS_OF_YYYYMMDD}/run=${RUN_ID}/';
+ALTER TABLE spectrum_clickstream.clv_scores
+PARTITION (as_of_yyyymmdd='${AS_OF_YYYYMMDD}')
+SET LOCATION 's3://${BUCKET}/${PREFIX}/clv/as_of_yyyymmdd=${AS_OF_YYYYMMDD}/run=${RUN_ID}/';
 
 -- The same rows loaded into the cluster. COPY maps Parquet columns by position: the column order is the schema's.
 CREATE TABLE IF NOT EXISTS clickstream.clv_scores (
