@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,6 +71,11 @@ ParentLookup = Callable[[str], list[ParentShard]]
 _RESTORE_ATTEMPTS = 3
 
 
+#: DuckDB's words when another process holds a database file ("IO Error: Could not set lock on file "...": Conflicting
+#: lock is held in <program> (PID 4547) ..."). Only these: a damaged file's errors say "block" too.
+LOCK_CONFLICT = re.compile(r"Could not set lock on file|Conflicting lock is held")
+
+
 class ChainError(RuntimeError):
     """The commit chain on S3 does not continue where it must (an object was deleted by hand, or a foreign
     writer used the same prefix): the shard stops instead of guessing."""
@@ -88,7 +94,7 @@ def open_shard_state(
     try:
         return _open_verified(path, shard_id, validator, options)
     except Exception as error:
-        if "lock" in str(error).lower():
+        if LOCK_CONFLICT.search(str(error)):
             raise  # another process holds it: not corruption (the KCL will retry the lease)
         cause = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
     gc.collect()  # DuckDB caches open databases by path: the damaged one must be gone before the path is reused
