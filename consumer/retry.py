@@ -7,7 +7,10 @@ from botocore.exceptions import (
     ConnectionClosedError,
     ConnectTimeoutError,
     EndpointConnectionError,
+    IncompleteReadError,
+    ProxyConnectionError,
     ReadTimeoutError,
+    ResponseStreamingError,
 )
 
 _TRANSIENT_CODES = frozenset(
@@ -31,9 +34,19 @@ _TRANSIENT_CODES = frozenset(
 
 
 def is_transient(error: BaseException) -> bool:
-    """True for network failures, throttling and 5xx answers; False for everything else."""
+    """True for network failures, throttling and 5xx answers; False for everything else.
+
+    Network failures include a connection dropped while an answer's body is read (botocore retries the request,
+    not the read of its body); a TLS failure is not one (a certificate that does not verify stays so)."""
     if isinstance(
-        error, EndpointConnectionError | ConnectionClosedError | ConnectTimeoutError | ReadTimeoutError
+        error,
+        EndpointConnectionError
+        | ConnectionClosedError
+        | ConnectTimeoutError
+        | ReadTimeoutError
+        | ResponseStreamingError
+        | IncompleteReadError
+        | ProxyConnectionError,
     ):
         return True
     if isinstance(error, ClientError):

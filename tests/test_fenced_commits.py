@@ -18,7 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, IncompleteReadError, ResponseStreamingError
 
 from aggregators.customer_state import AppliedBatch, CustomerState
 from aggregators.validation import RecordValidator
@@ -518,3 +518,54 @@ def test_client_error_412_is_what_the_embedded_s3_answers_to_a_second_create(s3:
         s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/probe", Body=b"2", IfNoneMatch="*")
     assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 412
     assert s3.get_object(Bucket=BUCKET, Key=f"{PREFIX}/probe")["Body"].read() == b"1"
+
+
+class BrokenReads:
+    """S3 whose GETs of matching keys break off ``times`` times as a dropped connection does: the answer's body
+    stops mid-read (botocore's own retries do not cover reading a body)."""
+
+    def __init__(self, client: Any, error: Exception, *, times: int, key_contains: str) -> None:
+        self.client, self.error, self.remaining, self.key_contains = client, error, times, key_contains
+
+    def get_object(self, **kwargs: Any) -> Any:
+        answer = self.client.get_object(**kwargs)
+        if self.key_contains in kwargs["Key"] and self.remaining:
+            self.remaining -= 1
+            error = self.error
+
+            class Broken:
+                def read(self, *_: Any) -> bytes:
+                    raise error
+
+            answer["Body"] = Broken()
+        return answer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ResponseStreamingError(error=ConnectionResetError("Connection reset by peer")),
+        IncompleteReadError(actual_bytes=10, expected_bytes=400),
+    ],
+    ids=lambda error: type(error).__name__,
+)
+def test_a_connection_dropped_while_reading_the_chain_is_retried(
+    s3: Any, settings: Settings, error: Exception
+) -> None:
+    records = to_records(payloads())
+    first = writer(s3, settings)
+    first.start(None)
+    first.on_records(records[:40], 0, RecordingCheckpointer())
+    broken = BrokenReads(s3, error, times=2, key_contains="/_control/commits/")
+    sleep = SleepRecorder()
+
+    taker = writer(broken, settings, sink=S3ParquetSink(broken, settings), sleep=sleep)
+    taker.start(records[39].sequence_number)  # a new owner restores from the chain
+    taker.on_records(records[40:], 0, RecordingCheckpointer())
+
+    assert broken.remaining == 0 and len(sleep.delays) == 2, "both broken reads were retried"
+    assert taker.metrics.retries == 2
+    assert_exactly_once(s3, records, taker.state)
