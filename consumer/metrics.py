@@ -35,6 +35,7 @@ UNITS: Final = {
     "StateFilesQuarantined": "Count",
     "LocalStateDiscarded": "Count",
     "CheckpointAheadOfCommits": "Count",
+    "ParentStateMissing": "Count",
 }
 
 _log = logging.getLogger(METRICS_LOGGER)

@@ -284,6 +284,10 @@ class StateRecovery:
                 report.source = "snapshot"
             else:
                 report.source = self._start_from_parents(state)
+                if report.source == "parents":
+                    # the inheritance becomes the child's own snapshot: its parents leave ListShards after the
+                    # stream's retention, and a later restore without this state would start the child empty
+                    self.write_snapshot(state)
             todo = chain
         self._apply_commits(state, todo, report)
         report.seconds = time.perf_counter() - started
@@ -355,7 +359,18 @@ def kinesis_parent_lookup(kinesis: Any, stream_name: str) -> ParentLookup:
             return []
         start = int(child["HashKeyRange"]["StartingHashKey"])
         end = int(child["HashKeyRange"]["EndingHashKey"])
-        parent_ids = [child.get("ParentShardId"), child.get("AdjacentParentShardId")]
-        return [ParentShard(pid, start, end) for pid in parent_ids if pid and pid in by_id]
+        parent_ids = [pid for pid in (child.get("ParentShardId"), child.get("AdjacentParentShardId")) if pid]
+        gone = [pid for pid in parent_ids if pid not in by_id]
+        if gone:
+            log.error(
+                "parent shards %s of %s are no longer listed (past the stream's retention) and the child has no "
+                "snapshot: its customers' history from those parents is missing; rebuild it with `clickstream "
+                "replay` into a new prefix",
+                ", ".join(gone),
+                shard_id,
+                extra={"shard_id": shard_id},
+            )
+            emit_metrics({"ParentStateMissing": len(gone)}, {"StreamName": stream_name})
+        return [ParentShard(pid, start, end) for pid in parent_ids if pid in by_id]
 
     return lookup

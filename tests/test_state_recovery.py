@@ -18,7 +18,7 @@ from moto import mock_aws
 from aggregators.customer_state import CustomerState, StateOptions
 from consumer.s3_sink import S3ParquetSink
 from consumer.shard_processor import FlushPolicy, RawRecord, ShardProcessor
-from consumer.state_recovery import ParentShard, StateRecovery
+from consumer.state_recovery import ParentShard, StateRecovery, kinesis_parent_lookup
 from producer.generator import ClickstreamGenerator
 from producer.kinesis_put import partition_key_for
 from runtime.settings import Settings, load_settings
@@ -428,3 +428,69 @@ def test_a_failed_snapshot_is_written_at_the_stop(s3_env: tuple[Any, Settings], 
     processor.state.close()
     assert len(attempts) == tried + 1, "written at the stop"
     assert _latest_snapshot(s3, settings).position.sequence_number == records[-1].sequence_number
+
+
+def test_a_child_keeps_its_inheritance_after_its_parents_leave_list_shards(
+    s3_env: tuple[Any, Settings], tmp_path: Path
+) -> None:
+    """Parents stay listed only for the stream's retention: a child that crashes later, with no local file and
+    no snapshot of its own flushes yet, must still start from its parents' state, not from nothing."""
+    s3, settings = s3_env
+    parent = _processor(s3, settings, tmp_path / "parent.duckdb", snapshot_every=10**6)
+    parent.start("TRIM_HORIZON")
+    _feed(parent, _records(40, 1_500, seed=7))
+    parent.on_shard_ended(RecordingCheckpointer())
+    child_id = "shardId-000000000001"
+    listed = [ParentShard(SHARD, 0, 2**128 - 1)]
+    child = ShardProcessor(
+        child_id,
+        CustomerState(child_id, tmp_path / "child.duckdb"),
+        S3ParquetSink(s3, settings),
+        FlushPolicy(300, 10**9, 10**6),
+        recovery=StateRecovery(s3, settings, parents=lambda _id: listed),
+        snapshot_every_flushes=10**6,
+    )
+    child.start("TRIM_HORIZON")
+    own = _records(40, 600, seed=8)
+    _feed(child, own)
+    assert child.metrics.flushes >= 2
+    expected = _rows(child.state)
+    child.state.con.close()  # the child's process is killed; its host and local file are gone with it
+    listed.clear()  # ... and its parent has left ListShards since
+
+    fresh = CustomerState(child_id, tmp_path / "new-host.duckdb")
+    report = StateRecovery(s3, settings, parents=lambda _id: list(listed)).restore(fresh)
+
+    assert report.source == "snapshot"
+    assert _rows(fresh) == expected
+    assert sum(row["events"] for row in expected) > len(own), "the parent's events are in it"
+
+
+def test_parent_lookup_reads_list_shards_and_names_parents_that_are_gone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    whole = {"StartingHashKey": "0", "EndingHashKey": str(2**128 - 1)}
+    child = {"ShardId": "shardId-000000000003", "HashKeyRange": whole}
+
+    class ListShards:
+        def __init__(self, shards: list[dict[str, Any]]) -> None:
+            self.shards = shards
+
+        def list_shards(self, **_: Any) -> dict[str, Any]:
+            return {"Shards": self.shards}
+
+    merged = {
+        **child,
+        "ParentShardId": "shardId-000000000001",
+        "AdjacentParentShardId": "shardId-000000000002",
+    }
+    one_listed = [merged, {"ShardId": "shardId-000000000001", "HashKeyRange": whole}]
+    with caplog.at_level(logging.ERROR):
+        found = kinesis_parent_lookup(ListShards(one_listed), "stream")("shardId-000000000003")
+    assert found == [ParentShard("shardId-000000000001", 0, 2**128 - 1)]
+    (error,) = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert "shardId-000000000002" in error and "no longer listed" in error
+
+    caplog.clear()
+    assert kinesis_parent_lookup(ListShards([child]), "stream")("shardId-000000000003") == []
+    assert not [r for r in caplog.records if r.levelno == logging.ERROR], "an original shard has no parents"
