@@ -325,14 +325,21 @@ def read_commit_records(
     prefix = layout.commits_prefix(shard_id) if shard_id else layout.all_commits_prefix
     arguments: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
     if shard_id and continuing_from is not None:
-        # Keys sort by position; "<position>" sorts just before "<position>.json".
-        arguments["StartAfter"] = layout.commit_key(shard_id, continuing_from).removesuffix(".json")
+        arguments["StartAfter"] = layout.commits_listing_start(shard_id, continuing_from)
+
+    def wanted(key: str) -> bool:
+        if not key.endswith(".json"):
+            return False
+        if continuing_from is None:
+            return True
+        previous = layout.commit_previous(key)
+        return previous is not None and previous >= continuing_from
+
     keys = [
         obj["Key"]
         for page in s3.get_paginator("list_objects_v2").paginate(**arguments)
         for obj in page.get("Contents", [])
-        if obj["Key"].endswith(".json")
-        and (continuing_from is None or layout.commit_previous(obj["Key"]) is not None)
+        if wanted(obj["Key"])
     ]
 
     def fetch(key: str) -> CommitRecord:

@@ -99,6 +99,11 @@ class OutputLayout:
         """The key of the commit that continues the shard's chain from ``previous`` (None: the chain's start)."""
         return f"{self.commits_prefix(shard_id)}{chain_link(previous)}.json"
 
+    def commits_listing_start(self, shard_id: str, position: Position) -> str:
+        """A ``StartAfter`` for listing the shard's commits that continue from ``position`` or later: it sorts before
+        every commit key of ``position``'s sequence number whatever its sub-sequence (filter the rest by position)."""
+        return f"{self.commits_prefix(shard_id)}{position.sequence_key_part()}"
+
     def commit_previous(self, key: str) -> Position | None:
         """The position a commit key continues from (inverse of ``commit_key``)."""
         name = key.rsplit("/", 1)[-1].removesuffix(".json")

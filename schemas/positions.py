@@ -25,8 +25,13 @@ class Position:
         return int(self.sequence_number), self.sub_sequence_number
 
     def key_part(self) -> str:
-        """``<padded sequence>-<sub>``: sorts in stream order as text (the form used in S3 keys)."""
-        return f"{int(self.sequence_number):0{SEQUENCE_DIGITS}d}-{self.sub_sequence_number}"
+        """``<padded sequence>-<sub>`` (the form used in S3 keys). Keys sort in stream order by their sequence
+        number only: the sub-sequence number is not padded (``-10`` sorts before ``-2``), see ``sequence_key_part``."""
+        return f"{self.sequence_key_part()}-{self.sub_sequence_number}"
+
+    def sequence_key_part(self) -> str:
+        """The padded sequence number that starts ``key_part``: every key of this sequence number sorts after it."""
+        return f"{int(self.sequence_number):0{SEQUENCE_DIGITS}d}"
 
     @classmethod
     def from_key_part(cls, text: str) -> Position:

@@ -459,3 +459,25 @@ def test_commit_records_are_read_in_stream_order_per_shard_and_from_a_position(s
     assert read_commit_records(s3, BUCKET, layout, SHARD, continuing_from=Position("9")) == written[1:]
     with pytest.raises(ValueError, match="unknown output"):
         committed_files(written, "event")
+
+
+def test_commits_continuing_inside_one_kpl_aggregate_are_all_found(s3: Any) -> None:
+    """Flushes ending inside a KPL aggregate continue from sub-sequence positions of one sequence number, and
+    their keys do not sort in stream order as text ("-10" before "-2"): listing from "-2" must still find "-10"."""
+    sink = S3ParquetSink(s3, settings_for())
+    state = CustomerState(SHARD)
+    user_records = [event("page_view", f"c-{n}", "2026-03-01T10:00:00Z") for n in range(12)]
+    aggregate = [
+        RawRecord("500", sub, record.partition_key, ARRIVAL_MILLIS, record.data)
+        for sub, record in enumerate(records_of(user_records))
+    ]
+    written = [
+        sink.write(*applied(state, aggregate[start:end], f"a{start}"))
+        for start, end in ((0, 3), (3, 11), (11, 12))  # continue from 500-2 and from 500-10
+    ]
+    layout = OutputLayout("rfm")
+    assert [w.previous for w in written[1:]] == [Position("500", 2), Position("500", 10)]
+
+    assert read_commit_records(s3, BUCKET, layout, SHARD, continuing_from=Position("500", 2)) == written[1:]
+    assert read_commit_records(s3, BUCKET, layout, SHARD, continuing_from=Position("500", 10)) == written[2:]
+    assert read_commit_records(s3, BUCKET, layout, SHARD, continuing_from=Position("500", 11)) == []
