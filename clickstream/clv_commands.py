@@ -16,8 +16,8 @@ def _parse_as_of(_: click.Context, __: click.Parameter, value: str | None) -> da
     if value is None:
         return None
     try:
-        if len(value) == 10:
-            return datetime.combine(date.fromisoformat(value), datetime.min.time(), tzinfo=UTC)
+        if len(value) == 10:  # a day is observed whole: its end, to the microsecond
+            return datetime.combine(date.fromisoformat(value), datetime.max.time(), tzinfo=UTC)
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise click.BadParameter("use YYYY-MM-DD (a UTC day) or an ISO time with offset") from None
@@ -31,8 +31,9 @@ def _parse_as_of(_: click.Context, __: click.Parameter, value: str | None) -> da
     "--as-of",
     callback=_parse_as_of,
     metavar="TIME",
-    help="Observation end for every customer: YYYY-MM-DD (UTC day) or ISO time. The models count whole UTC days: "
-    "the as-of's day is the last day observed, all of it. Default: latest event seen.",
+    help="Observation end for every customer: YYYY-MM-DD (the end of that UTC day) or an ISO time with its zone "
+    "(refused if a purchase after it is in the aggregates). The models count whole UTC days. Default: latest "
+    "event seen.",
 )
 @click.option(
     "--input",

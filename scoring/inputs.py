@@ -84,12 +84,14 @@ def model_inputs(current: pa.Table, as_of: datetime | None = None) -> ModelInput
     buyers = buyers.take(pc.sort_indices(buyers, sort_keys=[("customer_id", "ascending")]))
     first_day = _day_numbers(buyers.column("first_purchase_at"))
     last_day = _day_numbers(buyers.column("last_purchase_at"))
-    late = int((last_day > end_day).sum())
+    # to the microsecond, not the day: an observation end at noon must not take in the afternoon's purchases
+    last_at = pc.cast(buyers.column("last_purchase_at"), pa.timestamp("us", tz="UTC"))
+    late = pc.sum(pc.greater(last_at, pa.scalar(end, pa.timestamp("us", tz="UTC")))).as_py() or 0
     if late:
         raise InputError(
             f"{late} customers bought after the observation end {end.isoformat()}: the aggregates include those "
-            "purchases, so score at a later --as-of (or replay the events up to that time into their own "
-            "aggregates with `clickstream replay`)"
+            "purchases, so score at a later --as-of (a day, YYYY-MM-DD, observes all of it), or replay the events "
+            "up to that time into their own aggregates with `clickstream replay`"
         )
     frequency = buyers.column("frequency").to_numpy().astype(np.int64)
     if not (frequency >= 0).all():

@@ -402,3 +402,24 @@ def test_a_run_notes_a_shard_far_behind_the_observation_end(
     assert not [line for line in quiet_lines if line.startswith("note: ")], (
         "the worker's own rows: no shard behind"
     )
+
+
+def test_an_as_of_time_before_purchases_of_its_day_is_refused_and_a_day_is_observed_whole(
+    local_copy: Path, tmp_path: Path, settings: Settings
+) -> None:
+    """Aggregates cannot be cut back to a time: an as-of at noon with afternoon purchases in them would store an
+    observation end the data goes past. A plain day is observed to its last microsecond."""
+    rows = local_rows(local_copy, settings).table
+    last = max(rows.column("last_purchase_at").drop_null().to_pylist())
+    assert last.time() > datetime.min.time(), "the newest purchase is after midnight"
+    runner = CliRunner()
+    arguments = ["score", "--input", str(local_copy), "--output-dir", str(tmp_path), "--no-progress"]
+
+    refused = runner.invoke(main, [*arguments, "--as-of", (last - timedelta(microseconds=1)).isoformat()])
+    assert refused.exit_code == 2 and "1 customers bought after the observation end" in refused.output
+
+    whole_day = runner.invoke(main, [*arguments, "--as-of", last.date().isoformat()])
+    assert whole_day.exit_code == 0, whole_day.output
+    commit = read_commit(LocalStore(tmp_path), LAYOUT)
+    assert commit is not None
+    assert commit.as_of == datetime.combine(last.date(), datetime.max.time(), tzinfo=UTC)
