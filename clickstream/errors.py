@@ -29,6 +29,19 @@ _NOT_FOUND = {
     "ResourceNotFoundException": "{message} (check the name; `clickstream setup` creates the stream)",
 }
 _DENIED = ("AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "Forbidden", "403")
+#: AWS's answers to credentials it does not accept (unknown, mistyped or expired keys, an ended SSO session).
+_BAD_CREDENTIALS = frozenset(
+    {
+        "UnrecognizedClientException",
+        "InvalidClientTokenId",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "InvalidSignatureException",
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "TokenRefreshRequired",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +85,12 @@ def _client_error(error: aws.ClientError) -> Failure:
         return Failure(_NOT_FOUND["NoSuchBucket"].format(bucket=bucket), USAGE)
     if code in _NOT_FOUND:
         return Failure(_NOT_FOUND[code].format(bucket=details.get("BucketName"), message=message), USAGE)
+    if code in _BAD_CREDENTIALS:
+        return Failure(
+            f"AWS refused the credentials ({code} on {operation}): check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
+            "or AWS_PROFILE, renew expired ones (aws sso login), and that AWS_REGION is the account's",
+            USAGE,
+        )
     if code in _DENIED:
         return Failure(f"not allowed to call {operation}: {message or code} (check the IAM policy)", USAGE)
     return Failure(f"AWS {operation} failed: {code}: {message}".rstrip(": "), RUNTIME)
@@ -91,6 +110,10 @@ def explain(error: BaseException) -> Failure:  # noqa: PLR0911 - one return per 
         )
     if isinstance(error, aws.NoRegionError):
         return Failure("no AWS region: set AWS_REGION", USAGE)
+    if isinstance(error, aws.ProfileNotFound):
+        return Failure(f"{error} (AWS_PROFILE; the profiles are in ~/.aws/config or AWS_CONFIG_FILE)", USAGE)
+    if isinstance(error, aws.InvalidRegionError):
+        return Failure(f"{error} (AWS_REGION, e.g. eu-west-1)", USAGE)
     if isinstance(error, aws.SSLError):
         return Failure(
             f"TLS handshake with {_endpoint(error)} failed: if it serves plain HTTP (the emulator, LocalStack), "

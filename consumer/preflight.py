@@ -17,7 +17,12 @@ from runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 
-_DENIED = ("AccessDenied", "AccessDeniedException", "403", "Forbidden", "UnrecognizedClientException")
+_DENIED = (
+    "AccessDenied",
+    "AccessDeniedException",
+    "403",
+    "Forbidden",
+)  # refused credentials: raised as they are
 
 
 class PreflightError(RuntimeError):

@@ -13,6 +13,7 @@ no setting (a typo) is warned about with the closest valid name.
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import logging
 import os
@@ -59,6 +60,25 @@ def _localstack_endpoint() -> str | None:
     return endpoint
 
 
+#: The region when neither the environment nor the AWS profile names one (emulators take any).
+FALLBACK_REGION = "us-east-1"
+
+
+@functools.lru_cache(maxsize=8)
+def _profile_region(_profile: str | None, _config_file: str | None) -> str | None:
+    import botocore.session
+
+    region: str | None = botocore.session.Session().get_config_variable("region")
+    return region
+
+
+def _configured_region() -> str:
+    """The region boto3 itself would use (AWS_REGION, AWS_DEFAULT_REGION, then the profile's ``region``), so a
+    profile's region is not silently replaced; us-east-1 only when nothing names one."""
+    profile = os.environ.get("AWS_PROFILE") or os.environ.get("AWS_DEFAULT_PROFILE")
+    return _profile_region(profile, os.environ.get("AWS_CONFIG_FILE")) or FALLBACK_REGION
+
+
 def _default_worker_id() -> str:
     """A stable id per host so a restarted worker reclaims its own leases at once.
 
@@ -78,9 +98,10 @@ class Settings(BaseSettings):
 
     # --- AWS -----------------------------------------------------------------------------------------------
     aws_region: str = Field(
-        "us-east-1",
+        default_factory=_configured_region,
         validation_alias=AliasChoices("aws_region", "AWS_REGION", "AWS_DEFAULT_REGION"),
-        description="AWS region (AWS_REGION).",
+        description="AWS region (AWS_REGION, else AWS_DEFAULT_REGION, else the AWS profile's region, else "
+        "us-east-1).",
     )
     aws_endpoint_url: str | None = Field(
         default_factory=_localstack_endpoint,

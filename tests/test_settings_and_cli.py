@@ -32,6 +32,7 @@ from runtime.settings import (
     SETTINGS_FILE_ENV,
     ConfigError,
     Settings,
+    aws_environment,
     env_var_name,
     load_settings,
     settings_for_process,
@@ -1041,3 +1042,66 @@ def test_a_bad_value_is_named_as_it_was_given_the_flag_or_the_variable(
     monkeypatch.setenv("CLICKSTREAM_STREAM_SHARDS", "0")
     by_variable = CliRunner().invoke(main, ["setup"])
     assert by_variable.exit_code == 2 and "CLICKSTREAM_STREAM_SHARDS: Input should be" in by_variable.output
+
+
+def test_the_region_of_the_aws_profile_is_used_when_no_variable_names_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = tmp_path / "aws-config"
+    config.write_text("[profile eu]\nregion = eu-west-1\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_PROFILE", "eu")
+    assert load_settings().aws_region == "eu-west-1"
+    assert aws_environment(load_settings())["AWS_REGION"] == "eu-west-1"  # what the KCL is given
+    monkeypatch.setenv("AWS_REGION", "ap-south-1")
+    assert load_settings().aws_region == "ap-south-1", "the variable wins, as with boto3"
+    monkeypatch.delenv("AWS_REGION")
+    monkeypatch.delenv("AWS_PROFILE")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-such-config"))
+    assert load_settings().aws_region == "us-east-1", "nothing names one"
+
+
+@pytest.mark.parametrize(
+    "code", ["UnrecognizedClientException", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"]
+)
+def test_refused_credentials_are_a_configuration_error_naming_what_to_check(code: str) -> None:
+    from botocore.exceptions import ClientError
+
+    from clickstream.errors import explain
+
+    failure = explain(
+        ClientError({"Error": {"Code": code, "Message": "The token is invalid."}}, "ListObjectsV2")
+    )
+    assert failure.exit_code == 2
+    assert failure.message.startswith(f"AWS refused the credentials ({code} on ListObjectsV2)")
+    assert "AWS_PROFILE" in failure.message
+
+
+def test_the_worker_preflight_leaves_refused_credentials_to_the_command_line() -> None:
+    """Not 'not allowed to read stream ... (check the task role)': the keys are wrong, not the policy."""
+    from botocore.exceptions import ClientError
+
+    from consumer.preflight import check_stream
+
+    class RefusingKinesis:
+        def describe_stream_summary(self, **_: Any) -> Any:
+            raise ClientError({"Error": {"Code": "UnrecognizedClientException"}}, "DescribeStreamSummary")
+
+    with pytest.raises(ClientError):
+        check_stream(RefusingKinesis(), load_settings())
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"AWS_PROFILE": "no-such-profile"}, "AWS_PROFILE"),
+        ({"AWS_REGION": "eu west"}, "AWS_REGION, e.g. eu-west-1"),
+    ],
+)
+def test_a_missing_profile_or_a_malformed_region_is_exit_2(
+    env: dict[str, str], needle: str, tmp_path: Path
+) -> None:
+    config = tmp_path / "aws-config"
+    config.write_text("[default]\n")
+    result = run_cli("setup", env={"AWS_CONFIG_FILE": str(config), **env})
+    assert_one_line(result, 2, needle)
