@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import logging
 import os
 import re
@@ -69,6 +70,42 @@ class WorkerError(RuntimeError):
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+#: Held (flock) by the running worker for its whole life: one worker per state directory.
+LOCK_FILE = "worker.lock"
+
+
+def lock_state_dir(state_dir: Path) -> Any:
+    """Create ``state_dir`` and lock it for this process; the open lock file is returned (keep it open).
+
+    A second worker on the same directory would delete the first one's status files, rewrite its settings and
+    properties and share its heartbeat: it is refused instead. The lock is the kernel's, so a killed worker leaves
+    none behind.
+    """
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        lock = (state_dir / LOCK_FILE).open("a+", encoding="ascii")
+    except OSError as error:
+        raise WorkerError(
+            f"CLICKSTREAM_STATE_DIR / --state-dir {state_dir}: cannot use it ({error.strerror or error})",
+            exit_code=2,
+        ) from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        raise WorkerError(
+            f"state dir {state_dir} is in use by another worker (pid {holder}): give each worker its own "
+            "CLICKSTREAM_STATE_DIR / --state-dir (and its own CLICKSTREAM_WORKER_ID)",
+            exit_code=2,
+        ) from None
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
 
 
 def kcl_jar_directory() -> Path:
@@ -286,11 +323,12 @@ class KclWorker:
         self._started = time.monotonic()
         self._heartbeat = Heartbeat(pid=os.getpid(), phase="starting", started_at=time.time())
         self._last_lease_scan = 0.0
+        self._lock: Any = None  # the state directory's lock file, held while this worker runs
 
     # ------------------------------------------------------------------ setup
     def prepare(self) -> list[str]:
         """Write the settings and properties files and return the JVM command (raises WorkerError with advice)."""
-        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = lock_state_dir(self.settings.state_dir)
         executable = f"{sys.executable} -m consumer.record_processor"
         properties_file = self.settings.state_dir / "kcl.properties"
         properties_file.write_text(kcl_properties(self.settings, executable), encoding="utf-8")
@@ -340,6 +378,15 @@ class KclWorker:
 
     # ------------------------------------------------------------------ run
     def run(self) -> int:
+        """Start the daemon and supervise it until it stops; the exit code of the worker."""
+        try:
+            return self._run()
+        finally:
+            if self._lock is not None:
+                self._lock.close()  # the state directory is free for the next worker
+                self._lock = None
+
+    def _run(self) -> int:
         command = self.prepare()
         try:
             preflight(self.settings)

@@ -674,3 +674,55 @@ def test_health_without_a_heartbeat_asks_about_the_state_directory(tmp_path: Pat
     result = CliRunner().invoke(main, ["health", "--state-dir", str(tmp_path)])
     assert result.exit_code == 1
     assert "is a worker running with this state directory?" in result.output
+
+
+def test_a_second_worker_on_the_same_state_dir_is_refused_naming_the_first(tmp_path: Path) -> None:
+    """It would delete the first one's status files and rewrite its settings and heartbeat."""
+    state = tmp_path / "state"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_STATE_DIR, str(state)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        settings = load_settings(java=str(fake_java(tmp_path / "bin")), state_dir=state)
+        with pytest.raises(WorkerError) as refused:
+            KclWorker(settings).prepare()
+        assert refused.value.exit_code == 2
+        assert f"in use by another worker (pid {holder.pid})" in str(refused.value)
+    finally:
+        holder.kill()
+        holder.wait()
+    KclWorker(settings).prepare()  # the kernel dropped the killed worker's lock: nothing to clean up
+
+
+HOLD_STATE_DIR = """
+import sys, time
+from pathlib import Path
+from consumer.kcl_worker import lock_state_dir
+lock = lock_state_dir(Path(sys.argv[1]))
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_worker_frees_its_state_dir_when_it_stops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import consumer.kcl_worker as kcl_worker
+
+    def no_stream(_: Settings) -> None:
+        raise PreflightError("stream 'x' does not exist")
+
+    monkeypatch.setattr(kcl_worker, "preflight", no_stream)
+    settings = load_settings(java=str(fake_java(tmp_path / "bin")), state_dir=tmp_path / "state")
+    stopped = KclWorker(settings)
+    with pytest.raises(WorkerError):
+        stopped.run()
+    KclWorker(settings).prepare()  # the same process may start a worker on it again (the demo, tests)
+
+
+def test_a_state_dir_that_cannot_be_created_is_a_configuration_error(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    settings = load_settings(java=str(fake_java(tmp_path / "bin")), state_dir=tmp_path / "a-file" / "sub")
+    with pytest.raises(WorkerError) as refused:
+        KclWorker(settings).prepare()
+    assert refused.value.exit_code == 2
+    assert "--state-dir" in str(refused.value) and "Not a directory" in str(refused.value)
