@@ -289,7 +289,13 @@ def produce(
 ) -> None:
     """Put events on the stream with PutRecords (batched, retried, nothing silently dropped)."""
     from producer.generator import read_jsonl
-    from producer.kinesis_put import KinesisProducer, PutInterrupted, PutRecordsError, require_stream
+    from producer.kinesis_put import (
+        KinesisProducer,
+        PutInputError,
+        PutInterrupted,
+        PutRecordsError,
+        require_stream,
+    )
     from runtime.aws import aws_client
 
     settings = build_settings(stream_name=stream_name)
@@ -315,12 +321,17 @@ def produce(
         progress=show_progress(progress),
     )
     try:
-        producer.put(records, total=total)  # logs its one summary line
-    except PutRecordsError as error:
+        summary = producer.put(records, total=total)  # logs its one summary line
+    except (PutRecordsError, PutInputError) as error:
         raise FrontDoorError(error.outcome()) from None
     except PutInterrupted as interrupted:
         click.echo(interrupted.outcome(), err=True)
         sys.exit(INTERRUPTED)
+    if summary.rejected_too_large:
+        raise FrontDoorError(
+            f"{summary.rejected_too_large:,} records larger than the 1 MiB PutRecords limit were not sent (each "
+            f"logged above with its partition key); the other {summary.records_sent:,} were delivered"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------- worker

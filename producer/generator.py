@@ -47,6 +47,7 @@ import json
 import logging
 import math
 import random
+import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -809,8 +810,19 @@ def write_jsonl(path: str | Path, records: Iterable[bytes]) -> int:
     return count
 
 
+class InputFileError(ValueError):
+    """A JSONL input that cannot be read to its end (a truncated or mislabelled ``.gz``, an I/O error)."""
+
+
 def read_jsonl(path: str | Path) -> Iterator[bytes]:
-    """The records written by `write_jsonl`, byte for byte (not decoded, so bad records survive)."""
-    with _open(Path(path), "rb") as stream:
-        for line in stream:
-            yield line[:-1] if line.endswith(b"\n") else line
+    """The records written by `write_jsonl`, byte for byte (not decoded, so bad records survive); blank lines are
+    not records and are skipped. A file that breaks off raises ``InputFileError`` naming the last line read."""
+    line_number = 0
+    try:
+        with _open(Path(path), "rb") as stream:
+            for line_number, line in enumerate(stream, start=1):  # noqa: B007 - read in the except clause
+                if line.strip():
+                    yield line[:-1] if line.endswith(b"\n") else line
+    except (OSError, EOFError, zlib.error) as error:
+        where = f"after line {line_number:,}" if line_number else "at its start"
+        raise InputFileError(f"{path}: unreadable {where} ({error})") from error

@@ -137,6 +137,21 @@ class PutRecordsError(RuntimeError):
         )
 
 
+class PutInputError(RuntimeError):
+    """The input broke off (an unreadable file): what was read before it was sent, ``summary`` says how much."""
+
+    def __init__(self, message: str, summary: PutSummary) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+    def outcome(self) -> str:
+        return (
+            f"{self}: the {self.summary.records_sent:,} records read before it were delivered, the rest not; fix "
+            "the input and send it again: the worker counts an event id delivered twice once (within "
+            "CLICKSTREAM_DEDUPE_WINDOW_DAYS)"
+        )
+
+
 class PutInterrupted(KeyboardInterrupt):
     """Ctrl-C during ``put``: what was delivered before it (``summary``) and how many records were in flight."""
 
@@ -253,8 +268,18 @@ class KinesisProducer:
             desc=f"put {self.stream_name}",
             smoothing=0.1,
         )
+        source = iter(records)
         try:
-            for data in records:
+            while True:
+                try:
+                    data = next(source)
+                except StopIteration:
+                    break
+                except Exception as error:  # the input broke off: send what was read, then say so
+                    if batch:
+                        self._send(batch, stats, started, bar)
+                        batch = []
+                    raise PutInputError(str(error), self._summary(stats, started)) from error
                 key = partition_key_for(data)
                 size = len(data) + len(key.encode())
                 if size > MAX_RECORD_BYTES:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import io
+import json
 import logging
 import os
 import shlex
@@ -1105,3 +1106,49 @@ def test_a_missing_profile_or_a_malformed_region_is_exit_2(
     config.write_text("[default]\n")
     result = run_cli("setup", env={"AWS_CONFIG_FILE": str(config), **env})
     assert_one_line(result, 2, needle)
+
+
+def produce_file(path: Path, shards: int = 1) -> tuple[Any, int]:
+    """``produce --input path`` against moto: the CLI result and how many records the stream then holds."""
+    with mock_aws():
+        kinesis = boto3.client("kinesis", region_name="us-east-1")
+        kinesis.create_stream(StreamName="in", ShardCount=shards)
+        result = CliRunner().invoke(main, ["produce", "--stream", "in", "--input", str(path)])
+        held = 0
+        for shard in kinesis.list_shards(StreamName="in")["Shards"]:
+            iterator = kinesis.get_shard_iterator(
+                StreamName="in", ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+            )["ShardIterator"]
+            held += len(kinesis.get_records(ShardIterator=iterator, Limit=10_000)["Records"])
+    return result, held
+
+
+def test_produce_of_a_file_that_breaks_off_says_what_was_delivered(tmp_path: Path) -> None:
+    import gzip
+
+    from producer.generator import generate_events
+
+    whole = gzip.compress(b"\n".join(generate_events(30, 3_000, 2)) + b"\n")
+    truncated = tmp_path / "events.jsonl.gz"
+    truncated.write_bytes(whole[: len(whole) * 2 // 3])
+
+    result, held = produce_file(truncated)
+
+    assert result.exit_code == 1, result.output
+    assert f"{truncated}: unreadable after line" in result.output
+    assert f"the {held:,} records read before it were delivered" in result.output and held > 500
+
+
+def test_produce_exits_1_when_a_record_was_too_large_to_send_and_skips_blank_lines(tmp_path: Path) -> None:
+    from producer.generator import generate_events
+
+    records = list(generate_events(10, 50, 3))
+    big = json.dumps({"customer_id": "c-big", "pad": "x" * (1024 * 1024)}).encode()
+    source = tmp_path / "events.jsonl"
+    source.write_bytes(b"\n".join([*records[:20], b"", big, b"  ", *records[20:]]) + b"\n\n")
+
+    result, held = produce_file(source)
+
+    assert result.exit_code == 1, result.output
+    assert "1 records larger than the 1 MiB PutRecords limit were not sent" in result.output
+    assert held == len(records), "every other record, and no blank line, is on the stream"
