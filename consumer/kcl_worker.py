@@ -618,5 +618,11 @@ class KclWorker:
             )
             log.error("KCL MultiLangDaemon was killed by %s%s", name, hint)
             return 1
-        log.error("KCL MultiLangDaemon exited unexpectedly with code %s", java_code)
+        failed = sorted(
+            (s for s in read_statuses(self.status_dir).values() if s.last_error),
+            key=lambda s: s.updated_at,
+            reverse=True,
+        )
+        cause = f"; shard {failed[0].shard_id} stopped on {failed[0].last_error}" if failed else ""
+        log.error("KCL MultiLangDaemon exited unexpectedly with code %s%s", java_code, cause)
         return java_code if 0 < java_code < 128 else 1

@@ -43,7 +43,7 @@ from consumer.state_recovery import (
     open_shard_state,
     state_options,
 )
-from consumer.status import StatusWriter
+from consumer.status import ShardStatus, StatusWriter
 from runtime.aws import aws_client
 from runtime.logs import configure_logging
 from runtime.settings import Settings, settings_for_process
@@ -66,13 +66,14 @@ def _fail_fast(method: _Call) -> _Call:
             method(self, *args)
         except LeaseLostError:
             log.warning("lease lost during %s", method.__name__, extra={"shard_id": self.shard_id})
-        except Exception:
+        except Exception as error:
             log.critical(
                 "terminal error in %s; exiting so the shard restarts from its checkpoint",
                 method.__name__,
                 exc_info=True,
                 extra={"shard_id": self.shard_id},
             )
+            self.record_terminal_error(error)
             raise SystemExit(1) from None
 
     return wrapper  # type: ignore[return-value]
@@ -251,6 +252,18 @@ class RecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
         checkpoint = initialize_input.sequence_number
         log.info("initializing at checkpoint %s", checkpoint, extra={"shard_id": shard_id})
         self.shard.start(checkpoint)
+
+    def record_terminal_error(self, error: Exception) -> None:
+        """Leave the error in the shard's status file: the worker names it when the daemon stops because of it,
+        instead of only "exited unexpectedly" many log lines later."""
+        if self.shard_id is None:
+            return
+        status = self.shard.metrics if self.shard is not None else ShardStatus(self.shard_id, os.getpid())
+        status.last_error = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        try:
+            StatusWriter(self.settings.state_dir / "status").write(status, force=True)
+        except OSError:
+            log.warning("could not write the status file", exc_info=True, extra={"shard_id": self.shard_id})
 
     def _open_state(self, shard_id: str) -> CustomerState:
         """The shard's local state. When the lease came back to this worker while its earlier processor of the shard

@@ -31,6 +31,7 @@ from botocore.exceptions import ClientError
 
 from consumer import record_processor
 from consumer.kcl_messages import ColumnarKCLProcess
+from consumer.kcl_worker import KclWorker
 from consumer.record_processor import RecordProcessor
 from consumer.shard_processor import state_path
 from runtime.settings import Settings, load_settings
@@ -339,6 +340,26 @@ def test_a_terminal_error_in_the_processor_exits_the_process_instead_of_being_sw
     assert exited.value.code == 1
     assert protocol_messages(output.getvalue()) == [status("initialize")]
     assert s3_keys(s3, "rfm/") == []
+
+
+def test_the_worker_names_the_error_that_stopped_a_shard_when_the_daemon_exits(
+    s3: Any, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The cause, not only "exited unexpectedly" with the traceback many daemon log lines earlier."""
+    process = kcl.KCLProcess(
+        RecordProcessor(settings, s3_client=DeniedPuts(s3)),
+        input_file=io.StringIO(lines(initialize(), process_records(range(5)), checkpoint_answer("1004"))),
+        output_file=io.StringIO(),
+        error_file=io.StringIO(),
+    )
+    with pytest.raises(SystemExit):
+        process.run()
+
+    with caplog.at_level(logging.ERROR):
+        assert KclWorker(settings)._exit_code(1) == 1
+
+    (line,) = [r.getMessage() for r in caplog.records if "exited unexpectedly" in r.getMessage()]
+    assert f"shard {SHARD} stopped on ClientError" in line and "AccessDenied" in line
 
 
 # ---------------------------------------------------------------------------------------------------- entry point
