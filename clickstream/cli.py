@@ -529,12 +529,19 @@ def health(**overrides: Any) -> None:
     the worker's own limits, from the settings the worker wrote there, unless --stuck-after or --no-lease-after
     are given here.
     """
-    from consumer.health import assess
-    from runtime.settings import configured_state_dir, worker_settings
+    from consumer.health import HealthReport, assess
+    from runtime.settings import SETTINGS_FILE, ConfigError, configured_state_dir, worker_settings
 
     flags = {name: overrides.pop(name) for name in ("stuck_shard_seconds", "no_lease_unhealthy_seconds")}
     state_dir = configured_state_dir(overrides["state_dir"])
-    worker = worker_settings(state_dir)
+    try:
+        worker = worker_settings(state_dir)
+    except (
+        ConfigError
+    ) as error:  # the worker's file is damaged: unhealthy (1), not a usage error (2 is Docker's)
+        problem = f"the worker's settings file {state_dir / SETTINGS_FILE} cannot be read: {error}"
+        click.echo(HealthReport(healthy=False, shards_processing=0, problems=[problem]).to_json())
+        sys.exit(1)
     # this command's flags on top of the worker's own settings, checked against those (e.g. its flush limit); with
     # no worker's file there, on top of the environment's
     limits = build_on(worker, **flags) if worker is not None else build_settings(**overrides, **flags)

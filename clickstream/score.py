@@ -162,7 +162,14 @@ def _current_rows(paths: list[str], source: str, total_bytes: int) -> CurrentRow
     con.execute("SET TimeZone = 'UTC'")
     if not paths:
         raise InputError(f"no customer_aggregates files in {source}")
-    table = con.sql(_CURRENT_ROWS.format(files=json.dumps(paths))).to_arrow_table()
+    try:
+        table = con.sql(_CURRENT_ROWS.format(files=json.dumps(paths))).to_arrow_table()
+    except duckdb.BinderException as error:  # read, but not customer rows (e.g. events/ or errors/ files)
+        raise InputError(
+            f"the Parquet files in {source} are not customer_aggregates files ({str(error).splitlines()[0]})"
+        ) from None
+    except duckdb.InvalidInputException as error:  # a file that is not Parquet
+        raise InputError(f"{source}: {str(error).splitlines()[0]}") from None
     con.register("current_rows", table)
     count, digest = con.sql(_FINGERPRINT).fetchall()[0]
     return CurrentRows(table, source, len(paths), total_bytes, f"{count}:{digest}")

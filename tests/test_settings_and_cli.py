@@ -1021,6 +1021,16 @@ def test_health_flags_win_over_the_environment_when_no_worker_wrote_its_settings
     assert "heartbeat" in result.output and "CLICKSTREAM_STUCK_SHARD_SECONDS" not in result.output
 
 
+def test_health_with_a_damaged_worker_settings_file_is_unhealthy_not_a_usage_error(tmp_path: Path) -> None:
+    """Docker reserves a health check's exit 2; a damaged file the worker wrote is the worker's problem."""
+    (tmp_path / "worker-settings.json").write_text('{"stream_name": ')
+    result = CliRunner().invoke(main, ["health", "--state-dir", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.output)
+    assert report["healthy"] is False
+    assert report["problems"][0].startswith(f"the worker's settings file {tmp_path / 'worker-settings.json'}")
+
+
 def test_compressed_output_of_one_seed_is_the_same_bytes_every_time(tmp_path: Path) -> None:
     from producer.generator import ClickstreamGenerator, write_jsonl
 
@@ -1152,3 +1162,17 @@ def test_produce_exits_1_when_a_record_was_too_large_to_send_and_skips_blank_lin
     assert result.exit_code == 1, result.output
     assert "1 records larger than the 1 MiB PutRecords limit were not sent" in result.output
     assert held == len(records), "every other record, and no blank line, is on the stream"
+
+
+def test_score_of_a_folder_of_other_files_says_what_they_are_not(tmp_path: Path) -> None:
+    events = tmp_path / "events"
+    events.mkdir()
+    pq.write_table(pa.table({"event_id": ["e-1"], "customer_id": ["c-1"]}), events / "part.parquet")
+    result = run_cli("score", "--input", str(events), "--output-dir", str(tmp_path / "out"))
+    assert_one_line(result, 2, f"the Parquet files in {events} are not customer_aggregates files")
+
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "x.parquet").write_bytes(b"not parquet at all")
+    result = run_cli("score", "--input", str(junk), "--output-dir", str(tmp_path / "out2"))
+    assert_one_line(result, 2, f"{junk}: ", "x.parquet")
