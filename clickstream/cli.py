@@ -288,14 +288,9 @@ def produce(
     **options: Any,
 ) -> None:
     """Put events on the stream with PutRecords (batched, retried, nothing silently dropped)."""
+    from consumer.preflight import PreflightError, check_stream
     from producer.generator import read_jsonl
-    from producer.kinesis_put import (
-        KinesisProducer,
-        PutInputError,
-        PutInterrupted,
-        PutRecordsError,
-        require_stream,
-    )
+    from producer.kinesis_put import KinesisProducer, PutInputError, PutInterrupted, PutRecordsError
     from runtime.aws import aws_client
 
     settings = build_settings(stream_name=stream_name)
@@ -313,7 +308,10 @@ def produce(
         generator = _make_generator(**options)
         records, total = generator.events(), generator.total_records
     kinesis = aws_client("kinesis", settings)
-    require_stream(kinesis, settings.stream_name)
+    try:  # once before putting: a missing stream fails at once, naming the region, not after backed-off retries
+        check_stream(kinesis, settings)
+    except PreflightError as error:
+        raise FrontDoorError(str(error), USAGE) from None
     producer = KinesisProducer(
         kinesis,
         settings.stream_name,

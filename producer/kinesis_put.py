@@ -42,7 +42,6 @@ from tqdm import tqdm
 if TYPE_CHECKING:
     from typing import Unpack
 
-    from mypy_boto3_kinesis import KinesisClient
     from mypy_boto3_kinesis.type_defs import PutRecordsInputTypeDef, PutRecordsOutputTypeDef
 
 logger = logging.getLogger(__name__)
@@ -69,13 +68,6 @@ RETRYABLE_CALL_ERRORS: Final = frozenset(
 )
 
 _CUSTOMER_ID: Final = re.compile(rb'"customer_id"\s*:\s*"([A-Za-z0-9_.:@-]{1,64})"')
-
-
-def require_stream(client: KinesisClient, stream_name: str) -> None:
-    """Ask for the stream once before putting: an endpoint that is down, or a stream that does not exist, then fails
-    at once with botocore's own error (which the CLI explains in one line), rather than after a put's backed-off
-    attempts, where it would read like records lost."""
-    client.describe_stream_summary(StreamName=stream_name)
 
 
 class PutRecordsClient(Protocol):

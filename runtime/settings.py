@@ -204,7 +204,10 @@ class Settings(BaseSettings):
 
     # --- Flushing ---------------------------------------------------------------------------------------------
     flush_max_records: int = Field(
-        50_000, ge=1, description="Flush a shard after this many buffered records."
+        50_000,
+        ge=1,
+        description="Flush a shard once this many records are buffered (checked after each GetRecords batch: a "
+        "flush holds up to this plus one batch, CLICKSTREAM_KCL_MAX_RECORDS).",
     )
     flush_max_bytes: int = Field(
         64 * 1024 * 1024, ge=1024, description="Flush after this many buffered bytes."

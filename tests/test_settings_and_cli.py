@@ -654,6 +654,7 @@ def test_produce_to_a_missing_stream_says_how_to_create_it() -> None:
         )
     assert result.exit_code == 2, result.output
     assert "nowhere" in result.output and "clickstream setup" in result.output, result.output
+    assert "does not exist in us-east-1" in result.output, "the region it looked in"
 
 
 def test_an_endpoint_that_is_not_a_url_is_a_configuration_error_naming_the_variable() -> None:
