@@ -16,6 +16,7 @@ import json
 import re
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -447,3 +448,42 @@ def test_history_load_is_idempotent(worker_output: WorkerOutput, warehouse) -> N
         warehouse.execute("DROP TABLE customer_aggregates_stage")
     assert missing > 0
     assert after_first == after_second == before
+
+
+def test_loading_events_twice_adds_nothing_and_keeps_a_resend_applied_after_the_window() -> None:
+    """03's events load keys rows by stream position: the archive holds each applied delivery once, and a re-send
+    the worker applied again after its de-duplication window (same event id, later position) is a row too, as the
+    aggregates count it twice."""
+    statements = [e for name, e in parsed_statements() if name.startswith("03_")]
+    create = created_tables()["clickstream.events"]
+    insert = next(e for e in statements if isinstance(e, exp.Insert) and "events_stage" in e.sql())
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute("CREATE SCHEMA clickstream")
+    con.execute(to_duckdb(create))
+    at = datetime(2026, 3, 1, tzinfo=UTC)
+    first = {
+        "event_id": "e-1",
+        "event_type": "page_view",
+        "customer_id": "c-1",
+        "session_id": "s-1",
+        "event_time": at,
+        "schema_version": 1,
+        "shard_id": "shardId-000000000000",
+        "sequence_number": "100",
+        "sub_sequence_number": 0,
+        "approximate_arrival_at": at,
+    }
+    resent = first | {"sequence_number": "900", "approximate_arrival_at": datetime(2026, 3, 20, tzinfo=UTC)}
+
+    def load(rows: list[dict[str, Any]]) -> None:
+        """One day's load: the stage filled as its COPY would (by position), then 03's INSERT."""
+        con.register("staged", pa.Table.from_pylist(rows, schema=EVENTS_SCHEMA))
+        con.execute("CREATE OR REPLACE TEMP TABLE events_stage AS SELECT * FROM staged")
+        con.execute(to_duckdb(insert))
+
+    load([first])  # March 1st
+    load([resent])  # March 20th: the re-send, 19 days later
+    load([resent])  # March 20th loaded again
+    rows = con.sql("SELECT event_id, sequence_number FROM clickstream.events ORDER BY 2").fetchall()
+    assert rows == [("e-1", "100"), ("e-1", "900")]

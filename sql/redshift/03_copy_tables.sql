@@ -52,7 +52,7 @@ DISTSTYLE KEY
 DISTKEY (customer_id)
 COMPOUND SORTKEY (customer_id, version);
 
--- Validated events, one row per distinct event_id.
+-- Validated events, one row per applied delivery (de-duplicated by the worker within its window).
 CREATE TABLE IF NOT EXISTS clickstream.events (
     event_id VARCHAR(36) NOT NULL,
     event_type VARCHAR(16) NOT NULL,
@@ -110,12 +110,16 @@ IAM_ROLE '${REDSHIFT_IAM_ROLE_ARN}'
 FORMAT AS PARQUET
 MANIFEST;
 
--- An event is identified by (customer_id, event_id), the worker's de-duplication key.
+-- A row is one applied delivery, identified by its stream position: loading a day again adds nothing, and a re-send
+-- applied again after the de-duplication window (counted twice in the aggregates) stays a row of its own.
 INSERT INTO clickstream.events
 SELECT s.*
 FROM events_stage AS s
 WHERE NOT EXISTS (
-    SELECT 1 FROM clickstream.events AS e WHERE e.customer_id = s.customer_id AND e.event_id = s.event_id
+    SELECT 1 FROM clickstream.events AS e
+    WHERE e.shard_id = s.shard_id
+      AND e.sequence_number = s.sequence_number
+      AND e.sub_sequence_number = s.sub_sequence_number
 );
 
 DROP TABLE events_stage;

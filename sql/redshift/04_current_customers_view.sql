@@ -47,7 +47,8 @@ WITH NO SCHEMA BINDING;
 -- customers without a purchase have NULL frequency / recency / T / monetary_value and are not in BG/NBD's
 -- population (its time 0 is the first purchase). Redshift returns the column as lower-case t; rename it to T
 -- in the client (or SET enable_case_sensitive_identifier TO true and alias it "T").
--- Gamma-Gamma is fitted on repeat buyers only: WHERE frequency > 0.
+-- Gamma-Gamma is fitted on repeat buyers with a positive mean spend only: WHERE frequency > 0 AND monetary_value > 0
+-- (the contract allows revenue 0, and Gamma-Gamma cannot take a mean spend of 0; `clickstream score` does the same).
 CREATE OR REPLACE VIEW clickstream.customer_rfm_for_clv AS
 WITH observation AS (
     SELECT MAX(as_of) AS common_as_of

@@ -5,7 +5,10 @@
 -- Training rows come from the history itself (03_copy_tables.sql): each buyer's row as it stood 90 days before the
 -- newest as_of (features), and the revenue they added since (label). Scoring then applies the function to the
 -- current rows, i.e. predicts the next 90 days. Unlike BG/NBD it learns from any feature (engagement, sessions)
--- but needs a labelled past window and gives no probability alive or parameters to read.
+-- but needs a labelled past window and gives no probability alive or parameters to read. The window comes from
+-- the history's own rows: a row's as_of is its shard's newest event time at that flush, so it needs flushes spread
+-- over 90 days of events (live operation gives one a minute; a backfill or the demo, flushing large batches, may
+-- leave no row before the cutoff and so no training row).
 -- Placeholders: ${REDSHIFT_IAM_ROLE_ARN} (needs the Redshift ML permissions: SageMaker and the bucket below),
 -- ${BUCKET} (Autopilot's working data goes to s3://${BUCKET}/redshift-ml/).
 
