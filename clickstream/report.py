@@ -127,7 +127,15 @@ def print_summary(
 
 
 def _print_customers(console: Console, con: duckdb.DuckDBPyConnection, current: Any, top: int) -> None:
-    con.register("current_rows", current)
+    # T against one observation end for every customer, the newest as_of, as `clickstream score` puts it: a row's
+    # own T stops at its shard's last flush, short for a quiet shard
+    con.register("rows_as_stored", current)
+    con.execute(
+        """CREATE OR REPLACE TEMP VIEW current_rows AS
+           SELECT * REPLACE (date_diff('day', first_purchase_at::DATE, (SELECT max(as_of) FROM rows_as_stored)::DATE)
+                             AS "T")
+           FROM rows_as_stored"""
+    )
     leaders = _table(*(header for header, _ in TOP_COLUMNS))
     query = f"""SELECT {", ".join(f'"{column}"' for _, column in TOP_COLUMNS)} FROM current_rows
                 ORDER BY revenue DESC, customer_id LIMIT {top}"""
@@ -152,7 +160,7 @@ def _print_customers(console: Console, con: duckdb.DuckDBPyConnection, current: 
     buyers, customers = con.sql(
         "SELECT count(*) FILTER (WHERE frequency IS NOT NULL), count(*) FROM current_rows"
     ).fetchall()[0]
-    _print(console, "RFM overview (one UTC day per period)", overview)
+    _print(console, "RFM overview (UTC days; T to the newest as_of, as `score` counts it)", overview)
     console.print(
         f"{customers:,} customers, {buyers:,} with at least one purchase, {customers - buyers:,} without (null "
         "frequency / recency / T / monetary_value)."

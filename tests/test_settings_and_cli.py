@@ -28,6 +28,7 @@ from moto import mock_aws
 from pydantic import ValidationError
 
 from clickstream.cli import main
+from clickstream.report import TOP_COLUMNS
 from runtime.settings import (
     OTHER_VARIABLES,
     SETTINGS_FILE_ENV,
@@ -823,6 +824,7 @@ CUSTOMER_COLUMNS = {
     "customer_id": pa.string(),
     "version": pa.int64(),
     "as_of": pa.timestamp("us", tz="UTC"),
+    "first_purchase_at": pa.timestamp("us", tz="UTC"),
     "purchases": pa.int64(),
     "revenue": pa.decimal128(18, 2),
     "frequency": pa.int64(),
@@ -839,17 +841,19 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
-def customers_table(names: list[str], revenue: int) -> pa.Table:
+def customers_table(names: list[str], revenue: int, as_of: datetime | None = None) -> pa.Table:
+    as_of = as_of or datetime(2026, 3, 9, tzinfo=UTC)
     rows = [
         {
             "customer_id": name,
             "version": 3,
-            "as_of": datetime(2026, 3, 9, tzinfo=UTC),
+            "as_of": as_of,
+            "first_purchase_at": datetime(2026, 3, 1, 12, tzinfo=UTC),
             "purchases": 2,
             "revenue": Decimal(revenue),
             "frequency": 1,
             "recency": 4,
-            "T": 8,
+            "T": (as_of.date() - date(2026, 3, 1)).days,
             "monetary_value": float(revenue) / 2,
             "engagement_score": 12.5,
         }
@@ -858,12 +862,19 @@ def customers_table(names: list[str], revenue: int) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=pa.schema(CUSTOMER_COLUMNS))
 
 
-def put_committed_flush(s3: Any, bucket: str, layout: OutputLayout, shard: str, customers: list[str]) -> None:
+def put_committed_flush(
+    s3: Any,
+    bucket: str,
+    layout: OutputLayout,
+    shard: str,
+    customers: list[str],
+    as_of: datetime | None = None,
+) -> None:
     """One flush as the worker leaves it: data files, then the commit record naming them."""
     name = FlushName(shard, Position("1", 0), Position("9", 0), "attempt1")
     aggregates = layout.data_key("customer_aggregates", date(2026, 3, 9), name)
     errors = layout.data_key("errors", date(2026, 3, 9), name)
-    s3.put_object(Bucket=bucket, Key=aggregates, Body=parquet_bytes(customers_table(customers, 100)))
+    s3.put_object(Bucket=bucket, Key=aggregates, Body=parquet_bytes(customers_table(customers, 100, as_of)))
     s3.put_object(
         Bucket=bucket,
         Key=errors,
@@ -936,6 +947,28 @@ def test_summary_counts_what_is_committed_in_s3_not_the_download_folder(
     assert hint.startswith('.venv/bin/python -c "import duckdb; duckdb.sql(\\"FROM ') and hint.endswith(
         '.show()"'
     )
+
+
+def test_summary_counts_t_to_the_newest_as_of_as_score_does() -> None:
+    """A quiet shard's rows stop at its last flush; their own T would be days short of the busy shard's."""
+    layout = OutputLayout("rfm")
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="t-bucket")
+        put_committed_flush(
+            s3, "t-bucket", layout, "shardId-000000000000", ["c-busy"], datetime(2026, 3, 21, tzinfo=UTC)
+        )
+        put_committed_flush(
+            s3, "t-bucket", layout, "shardId-000000000001", ["c-quiet"], datetime(2026, 3, 9, tzinfo=UTC)
+        )
+        result = CliRunner().invoke(main, ["summary", "--bucket", "t-bucket"], terminal_width=120)
+
+    assert result.exit_code == 0, result.output
+    rows = {
+        line.split()[0]: line.split() for line in result.output.splitlines() if line.strip().startswith("c-")
+    }
+    t_column = [header for header, _ in TOP_COLUMNS].index("T")
+    assert rows["c-busy"][t_column] == rows["c-quiet"][t_column] == "20"  # March 1st to March 21st
 
 
 def test_summary_tables_fit_80_columns_when_piped(tmp_path: Path) -> None:
