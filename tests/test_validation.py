@@ -1835,3 +1835,24 @@ def test_a_quote_is_escaped_after_an_odd_run_of_backslashes_however_long(pieces:
     expected = np.isin(quotes, fast_decode._escaped_quotes(body))
     for steps in (1, 4, 16):
         assert fast_decode._escaped(body, quotes, steps).tolist() == expected.tolist()
+
+
+def test_the_schema_documents_how_producers_must_read_revenue_for_multiple_of() -> None:
+    """The README and the schema's $comment tell producers to read numbers as decimals: as floats, 39.77 fails
+    multipleOf 0.01 (the advice is needed), and read as Decimal it passes (the advice works)."""
+    text = json.dumps(
+        {
+            "schema_version": 1,
+            "event_id": "6f1c2f4e-8d7a-4b1e-9c3d-2a5b6c7d8e9f",
+            "event_type": "purchase",
+            "customer_id": "c-000042",
+            "session_id": "s-1",
+            "event_time": "2026-03-01T10:15:30.123456Z",
+            "order_id": "o-1",
+            "revenue": 39.77,
+        }
+    )
+    assert "parse_float=Decimal" in SCHEMA["properties"]["revenue"]["$comment"]
+    as_floats = Draft202012Validator(json.loads(EVENT_SCHEMA_PATH.read_text(encoding="utf-8")))
+    assert not as_floats.is_valid(json.loads(text))
+    assert LIBRARY_VALIDATOR.is_valid(json.loads(text, parse_float=Decimal))
