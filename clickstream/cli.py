@@ -567,7 +567,15 @@ def summary(download: Path | None, top: int, **overrides: Any) -> None:
     """
     from clickstream.report import print_summary
 
-    print_summary(build_settings(**overrides), download, top=top)
+    settings = build_settings(**overrides)
+    if download is not None:
+        try:
+            download.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise FrontDoorError(
+                f"--download {download}: cannot create it ({error.strerror})", USAGE
+            ) from None
+    print_summary(settings, download, top=top)
 
 
 # ---------------------------------------------------------------------------------------------------------- demo

@@ -48,7 +48,9 @@ from runtime.aws import aws_client
 from runtime.logs import configure_logging
 from runtime.settings import Settings, settings_for_process
 
-log = logging.getLogger(__name__)
+#: By module path, not __name__: run as ``python -m consumer.record_processor`` (as the KCL does) __name__ is
+#: "__main__", and a log filter on this module would miss every line, its terminal errors among them.
+log = logging.getLogger("consumer.record_processor")
 
 #: The first bytes of a KPL-aggregated record.
 KPL_MAGIC = b"\xf3\x89\x9a\xc2"

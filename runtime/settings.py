@@ -436,7 +436,8 @@ def _config_error(exc: ValidationError) -> ConfigError:
         else:
             message = str(error["msg"])
         shown = f" (got {error['input']!r})" if field in Settings.model_fields else ""
-        problems.append(f"{source}: {message}{shown}")
+        # a check across settings (a model validator) names its settings in its own sentence
+        problems.append(f"{source}: {message}{shown}" if error["loc"] else message)
     return ConfigError("; ".join(problems))
 
 
@@ -470,7 +471,7 @@ def load_settings_file(path: Path) -> Settings:
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
-        raise ConfigError(f"{SETTINGS_FILE_ENV}: cannot read {path}: {error}") from None
+        raise ConfigError(f"cannot read the settings file {path}: {error}") from None
     try:
         # Every field is given, so nothing comes from the environment of the process reading it.
         return Settings(**document)
@@ -505,7 +506,12 @@ def worker_settings(state_dir: Path) -> Settings | None:
 def settings_for_process() -> Settings:
     """The worker's settings file when this process was started by a worker, else the environment."""
     path = os.environ.get(SETTINGS_FILE_ENV)
-    return load_settings_file(Path(path)) if path else load_settings()
+    if not path:
+        return load_settings()
+    try:
+        return load_settings_file(Path(path))
+    except ConfigError as error:
+        raise ConfigError(f"{SETTINGS_FILE_ENV}: {error}") from None
 
 
 def aws_environment(settings: Settings) -> dict[str, str]:

@@ -1210,3 +1210,23 @@ def test_score_of_a_folder_of_other_files_says_what_they_are_not(tmp_path: Path)
     (junk / "x.parquet").write_bytes(b"not parquet at all")
     result = run_cli("score", "--input", str(junk), "--output-dir", str(tmp_path / "out2"))
     assert_one_line(result, 2, f"{junk}: ", "x.parquet")
+
+
+def test_summary_download_into_a_path_that_cannot_be_a_folder_is_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    result = run_cli("summary", "--download", str(tmp_path / "a-file" / "sub"))
+    assert_one_line(
+        result, 2, f"--download {tmp_path / 'a-file' / 'sub'}: cannot create it (Not a directory)"
+    )
+
+
+def test_record_processor_lines_carry_its_module_name_when_run_as_main() -> None:
+    """The KCL runs it as `python -m consumer.record_processor`: its logger must not be '__main__'."""
+    command = (
+        "import runpy; "
+        "print(runpy.run_module('consumer.record_processor', run_name='__main__-probe')['log'].name)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", command], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "consumer.record_processor"
