@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import fcntl
+import hashlib
 import logging
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -106,6 +109,34 @@ def lock_state_dir(state_dir: Path) -> Any:
     lock.write(f"{os.getpid()}\n")
     lock.flush()
     return lock
+
+
+def claim_worker_id(settings: Settings) -> socket.socket:
+    """Claim this worker's KCL identity on this host (network namespace): a second worker with the same id and lease
+    table is refused. Two KCL workers sharing an id both take the id's leases: they fight over every shard (the
+    commit fence keeps the outputs exact, at the cost of lost commits and rework) while each looks healthy. Two
+    workers on one host share the default id, the host name.
+
+    The claim is an abstract Unix socket bound for the worker's life (named by a hash of the endpoint or region,
+    the application name and the worker id): nothing on disk, and gone with the process however it ends.
+    """
+    scope = (
+        f"{settings.aws_endpoint_url or settings.aws_region}|{settings.application_name}|{settings.worker_id}"
+    )
+    name = "\0clickstream-rfm-worker-" + hashlib.sha256(scope.encode()).hexdigest()[:32]
+    claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        claim.bind(name)
+    except OSError as error:
+        claim.close()
+        if error.errno != errno.EADDRINUSE:
+            raise
+        raise WorkerError(
+            f"another worker on this host already runs as worker id {settings.worker_id!r} for "
+            f"{settings.application_name!r}: give each its own CLICKSTREAM_WORKER_ID (the default is the host name)",
+            exit_code=2,
+        ) from None
+    return claim
 
 
 def kcl_jar_directory() -> Path:
@@ -324,11 +355,13 @@ class KclWorker:
         self._heartbeat = Heartbeat(pid=os.getpid(), phase="starting", started_at=time.time())
         self._last_lease_scan = 0.0
         self._lock: Any = None  # the state directory's lock file, held while this worker runs
+        self._claim: socket.socket | None = None  # this worker id's claim on the host, held while it runs
 
     # ------------------------------------------------------------------ setup
     def prepare(self) -> list[str]:
         """Write the settings and properties files and return the JVM command (raises WorkerError with advice)."""
         self._lock = lock_state_dir(self.settings.state_dir)
+        self._claim = claim_worker_id(self.settings)
         executable = f"{sys.executable} -m consumer.record_processor"
         properties_file = self.settings.state_dir / "kcl.properties"
         properties_file.write_text(kcl_properties(self.settings, executable), encoding="utf-8")
@@ -382,9 +415,10 @@ class KclWorker:
         try:
             return self._run()
         finally:
-            if self._lock is not None:
-                self._lock.close()  # the state directory is free for the next worker
-                self._lock = None
+            for held in (self._lock, self._claim):
+                if held is not None:
+                    held.close()  # the state directory and the worker id are free for the next worker
+            self._lock = self._claim = None
 
     def _run(self) -> int:
         command = self.prepare()

@@ -726,3 +726,19 @@ def test_a_state_dir_that_cannot_be_created_is_a_configuration_error(tmp_path: P
         KclWorker(settings).prepare()
     assert refused.value.exit_code == 2
     assert "--state-dir" in str(refused.value) and "Not a directory" in str(refused.value)
+
+
+def test_a_second_worker_with_the_same_id_on_this_host_is_refused(tmp_path: Path) -> None:
+    """Two workers on one host share the default id (the host name): they would fight over every lease."""
+    java = str(fake_java(tmp_path / "bin"))
+    names = {"java": java, "application_name": f"claim-{tmp_path.name}", "worker_id": "host-1"}
+    first = KclWorker(load_settings(state_dir=tmp_path / "a", **names))
+    first.prepare()
+    with pytest.raises(WorkerError) as refused:
+        KclWorker(load_settings(state_dir=tmp_path / "b", **names)).prepare()
+    assert refused.value.exit_code == 2
+    assert "already runs as worker id 'host-1'" in str(refused.value)
+
+    KclWorker(load_settings(state_dir=tmp_path / "c", **{**names, "worker_id": "host-2"})).prepare()
+    other_table = {**names, "application_name": f"other-{tmp_path.name}"}
+    KclWorker(load_settings(state_dir=tmp_path / "d", **other_table)).prepare()  # another lease table
