@@ -444,6 +444,9 @@ def replay(
     except ValueError as error:
         raise FrontDoorError(str(error), USAGE) from None
     click.echo(plan.describe(), err=True)
+    if not plan.files:
+        click.echo("nothing to replay: no committed events in that range (nothing written)", err=True)
+        return
     if dry_run:
         return
     result = run_replay(s3, settings, plan, settings.state_dir / "replay", progress=show_progress(progress))

@@ -41,12 +41,13 @@ class ReplayPlan:
     events: int = 0  # new events those commits archived (an upper bound of what falls in the range)
     commits: int = 0
     output_key: str = ""
+    bucket: str = ""
 
     def describe(self) -> str:
         return (
             f"replay {self.name}: events from {self.start:%Y-%m-%d %H:%M} to {self.end:%Y-%m-%d %H:%M} UTC (end "
             f"exclusive): {len(self.files):,} committed files of {self.commits:,} commits, up to "
-            f"{self.events:,} events; output s3://…/{self.output_key}"
+            f"{self.events:,} events; output s3://{self.bucket}/{self.output_key}"
         )
 
 
@@ -68,7 +69,7 @@ def plan_replay(
     if not re.fullmatch(r"[A-Za-z0-9_.=-]+", name):
         raise ValueError("--name may contain only letters, digits and _ . = -")
     sink = S3ParquetSink(s3, settings)
-    plan = ReplayPlan(start=start, end=end, name=name)
+    plan = ReplayPlan(start=start, end=end, name=name, bucket=settings.bucket)
     for record in read_commit_records(s3, settings.bucket, sink.layout):
         plan.commits += 1
         if record.oldest_event_at is None or record.newest_event_at is None:

@@ -765,7 +765,20 @@ def test_a_replay_to_the_minute_reads_and_names_that_range() -> None:
         )
     assert result.exit_code == 0, result.output
     assert "from 2026-03-01 10:30 to 2026-03-01 10:45 UTC" in result.output
-    assert "replays/20260301T1030-20260301T1045/" in result.output
+    assert "output s3://minutes/rfm/replays/20260301T1030-20260301T1045/" in result.output
+
+
+def test_a_replay_of_a_range_without_events_writes_nothing() -> None:
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="empty-range")
+        result = CliRunner().invoke(
+            main, ["replay", "--from", "2026-03-01", "--to", "2026-03-02", "--bucket", "empty-range"]
+        )
+        written = s3.list_objects_v2(Bucket="empty-range").get("KeyCount", 0)
+    assert result.exit_code == 0, result.output
+    assert "nothing to replay: no committed events in that range" in result.output
+    assert written == 0, "no 0-row customer file"
 
 
 def test_emulator_refuses_a_non_loopback_host_in_one_line_naming_a_real_flag() -> None:
