@@ -301,6 +301,13 @@ def produce(
         raise FrontDoorError(
             f"{flags}: the generator's options do not apply with --input (the file is sent as is)", USAGE
         )
+    if input_file is None and settings.aws_endpoint_url is None and "events" not in given:
+        # synthetic customers on what may be a production stream: only when asked for in so many words
+        raise FrontDoorError(
+            f"without --input, produce puts generated demo events on stream {settings.stream_name!r} in AWS "
+            "(no AWS_ENDPOINT_URL): give --events N to do that, or --input FILE for real records",
+            USAGE,
+        )
     if input_file is not None:
         records = read_jsonl(input_file)
         total = None

@@ -1243,3 +1243,14 @@ def test_record_processor_lines_carry_its_module_name_when_run_as_main() -> None
         [sys.executable, "-c", command], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.strip() == "consumer.record_processor"
+
+
+def test_produce_puts_generated_events_on_a_real_stream_only_when_asked_for() -> None:
+    with mock_aws():  # no AWS_ENDPOINT_URL: as in AWS itself
+        kinesis = boto3.client("kinesis", region_name="us-east-1")
+        kinesis.create_stream(StreamName="prod", ShardCount=1)
+        refused = CliRunner().invoke(main, ["produce", "--stream", "prod", "--no-progress"])
+        asked = CliRunner().invoke(main, ["produce", "--stream", "prod", "--events", "30", "--no-progress"])
+    assert refused.exit_code == 2, refused.output
+    assert "give --events N" in refused.output
+    assert asked.exit_code == 0, asked.output
