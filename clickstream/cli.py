@@ -288,9 +288,17 @@ def produce(
     **options: Any,
 ) -> None:
     """Put events on the stream with PutRecords (batched, retried, nothing silently dropped)."""
-    from consumer.preflight import PreflightError, check_stream
+    from botocore.exceptions import ClientError
+
+    from consumer.preflight import is_missing_stream, stream_missing
     from producer.generator import read_jsonl
-    from producer.kinesis_put import KinesisProducer, PutInputError, PutInterrupted, PutRecordsError
+    from producer.kinesis_put import (
+        KinesisProducer,
+        PutInputError,
+        PutInterrupted,
+        PutRecordsError,
+        require_stream,
+    )
     from runtime.aws import aws_client
 
     settings = build_settings(stream_name=stream_name)
@@ -315,10 +323,12 @@ def produce(
         generator = _make_generator(**options)
         records, total = generator.events(), generator.total_records
     kinesis = aws_client("kinesis", settings)
-    try:  # once before putting: a missing stream fails at once, naming the region, not after backed-off retries
-        check_stream(kinesis, settings)
-    except PreflightError as error:
-        raise FrontDoorError(str(error), USAGE) from None
+    try:
+        require_stream(kinesis, settings.stream_name)
+    except ClientError as error:
+        if is_missing_stream(error):  # said as the worker says it: where it was looked for, how to make it
+            raise FrontDoorError(stream_missing(settings), USAGE) from None
+        raise
     producer = KinesisProducer(
         kinesis,
         settings.stream_name,
@@ -538,16 +548,14 @@ def health(**overrides: Any) -> None:
     are given here.
     """
     from consumer.health import HealthReport, assess
-    from runtime.settings import SETTINGS_FILE, ConfigError, configured_state_dir, worker_settings
+    from runtime.settings import ConfigError, configured_state_dir, worker_settings
 
     flags = {name: overrides.pop(name) for name in ("stuck_shard_seconds", "no_lease_unhealthy_seconds")}
     state_dir = configured_state_dir(overrides["state_dir"])
     try:
         worker = worker_settings(state_dir)
-    except (
-        ConfigError
-    ) as error:  # the worker's file is damaged: unhealthy (1), not a usage error (2 is Docker's)
-        problem = f"the worker's settings file {state_dir / SETTINGS_FILE} cannot be read: {error}"
+    except ConfigError as error:  # a damaged file: unhealthy (1), not a usage error (Docker reserves 2)
+        problem = f"the worker's settings file is damaged: {error}"
         click.echo(HealthReport(healthy=False, shards_processing=0, problems=[problem]).to_json())
         sys.exit(1)
     # this command's flags on top of the worker's own settings, checked against those (e.g. its flush limit); with

@@ -105,6 +105,13 @@ def lock_state_dir(state_dir: Path) -> Any:
             "CLICKSTREAM_STATE_DIR / --state-dir (and its own CLICKSTREAM_WORKER_ID)",
             exit_code=2,
         ) from None
+    except OSError as error:  # a filesystem without locks (some network mounts): the state needs a local disk
+        lock.close()
+        raise WorkerError(
+            f"CLICKSTREAM_STATE_DIR / --state-dir {state_dir}: cannot lock it ({error.strerror or error}); "
+            "give the worker a local directory",
+            exit_code=2,
+        ) from None
     lock.truncate(0)
     lock.write(f"{os.getpid()}\n")
     lock.flush()
@@ -359,7 +366,9 @@ class KclWorker:
 
     # ------------------------------------------------------------------ setup
     def prepare(self) -> list[str]:
-        """Write the settings and properties files and return the JVM command (raises WorkerError with advice)."""
+        """Lock the state directory and claim the worker id (both held until ``run`` ends; a caller of ``prepare``
+        alone releases them by dropping this object), write the settings and properties files and return the JVM
+        command (raises WorkerError with advice)."""
         self._lock = lock_state_dir(self.settings.state_dir)
         self._claim = claim_worker_id(self.settings)
         executable = f"{sys.executable} -m consumer.record_processor"
@@ -653,10 +662,10 @@ class KclWorker:
             log.error("KCL MultiLangDaemon was killed by %s%s", name, hint)
             return 1
         failed = sorted(
-            (s for s in read_statuses(self.status_dir).values() if s.last_error),
+            (s for s in read_statuses(self.status_dir).values() if s.terminal_error),
             key=lambda s: s.updated_at,
             reverse=True,
         )
-        cause = f"; shard {failed[0].shard_id} stopped on {failed[0].last_error}" if failed else ""
+        cause = f"; shard {failed[0].shard_id} stopped on {failed[0].terminal_error}" if failed else ""
         log.error("KCL MultiLangDaemon exited unexpectedly with code %s%s", java_code, cause)
         return java_code if 0 < java_code < 128 else 1

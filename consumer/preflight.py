@@ -39,15 +39,24 @@ def _where(settings: Settings) -> str:
     )
 
 
+def stream_missing(settings: Settings) -> str:
+    """What to say when the stream is not there (also by ``produce``): where it was looked for, how to make it."""
+    return (
+        f"stream {settings.stream_name!r} does not exist in {_where(settings)} "
+        "(CLICKSTREAM_STREAM_NAME / --stream; `clickstream setup` creates it)"
+    )
+
+
+def is_missing_stream(error: ClientError) -> bool:
+    return _code(error) == "ResourceNotFoundException"
+
+
 def check_stream(kinesis: Any, settings: Settings) -> None:
     try:
         summary = kinesis.describe_stream_summary(StreamName=settings.stream_name)["StreamDescriptionSummary"]
     except ClientError as error:
-        if _code(error) == "ResourceNotFoundException":
-            raise PreflightError(
-                f"stream {settings.stream_name!r} does not exist in {_where(settings)} "
-                "(CLICKSTREAM_STREAM_NAME / --stream; `clickstream setup` creates it)"
-            ) from None
+        if is_missing_stream(error):
+            raise PreflightError(stream_missing(settings)) from None
         if _code(error) in _DENIED:
             raise PreflightError(
                 f"not allowed to read stream {settings.stream_name!r}: {_code(error)} (check the task role)"

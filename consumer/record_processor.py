@@ -261,7 +261,7 @@ class RecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
         if self.shard_id is None:
             return
         status = self.shard.metrics if self.shard is not None else ShardStatus(self.shard_id, os.getpid())
-        status.last_error = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        status.terminal_error = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         try:
             StatusWriter(self.settings.state_dir / "status").write(status, force=True)
         except OSError:

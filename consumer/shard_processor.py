@@ -273,9 +273,12 @@ class ShardProcessor:
         self._retrying("settle earlier flush attempts", lambda: self.sink.settle_intents(self.shard_id))
         if self.recovery is not None:
             recovery = self.recovery
-            self._note_snapshot(
-                self._retrying("restore state", lambda: recovery.restore(self.state, checkpoint))
-            )
+            report = self._retrying("restore state", lambda: recovery.restore(self.state, checkpoint))
+            self._note_snapshot(report)
+            if report.source == "parents":
+                # the inheritance becomes the child's own snapshot: its parents leave ListShards after the stream's
+                # retention, and a later restore with no local file and no snapshot would start the child empty
+                self._snapshot()
             release_free_memory()  # a restore's working memory is many times the state it leaves
         self.metrics.phase = "processing"
         self.metrics.checkpointed_sequence = checkpoint
@@ -566,7 +569,7 @@ class ShardProcessor:
     def _note_snapshot(self, report: RestoreReport | None) -> None:
         """What a restore found: whether a snapshot exists and the new events committed after it."""
         if report is not None:
-            self._has_snapshot = report.snapshot is not None
+            self._has_snapshot = report.has_snapshot
             self._events_since_snapshot = report.events_since_snapshot
 
     def _snapshot(self) -> None:

@@ -60,7 +60,12 @@ class RestoreReport:
     seconds: float = 0.0
     discarded_local: Position | None = None  # a local position that was not on the chain
     tip: Position | None = None  # where the chain ends (None: no commit yet)
-    snapshot: Position | None = None  # where the shard's latest snapshot stands (None: it has none)
+    snapshot: Position | None = (
+        None  # the chain position the latest snapshot continues from (None: the start)
+    )
+    has_snapshot: bool = (
+        False  # whether the shard has a snapshot at all (a child's first one is at the start)
+    )
     events_since_snapshot: int = 0  # new events the commits after it archived (no snapshot: all commits)
 
 
@@ -261,6 +266,7 @@ class StateRecovery:
             source="local",
             tip=walk[-1],
             snapshot=base,
+            has_snapshot=pointer is not None,
             events_since_snapshot=sum(record.accepted - record.duplicates for record in chain),
         )
         if local is not None and chain_position(local) in walk:
@@ -284,10 +290,6 @@ class StateRecovery:
                 report.source = "snapshot"
             else:
                 report.source = self._start_from_parents(state)
-                if report.source == "parents":
-                    # the inheritance becomes the child's own snapshot: its parents leave ListShards after the
-                    # stream's retention, and a later restore without this state would start the child empty
-                    self.write_snapshot(state)
             todo = chain
         self._apply_commits(state, todo, report)
         report.seconds = time.perf_counter() - started

@@ -41,7 +41,8 @@ class ShardStatus:
     last_flush_seconds: float | None = None
     last_checkpoint_at: float | None = None
     waiting_since: float | None = None  # wall time since records have been waiting (buffered or shard behind)
-    last_error: str | None = None
+    last_error: str | None = None  # the latest failure, also one being retried
+    terminal_error: str | None = None  # the error that ended this processor (it exited on it)
     started_at: float = 0.0
     updated_at: float = 0.0
 

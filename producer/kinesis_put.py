@@ -39,9 +39,12 @@ from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from tqdm import tqdm
 
+from producer.generator import InputFileError
+
 if TYPE_CHECKING:
     from typing import Unpack
 
+    from mypy_boto3_kinesis import KinesisClient
     from mypy_boto3_kinesis.type_defs import PutRecordsInputTypeDef, PutRecordsOutputTypeDef
 
 logger = logging.getLogger(__name__)
@@ -68,6 +71,13 @@ RETRYABLE_CALL_ERRORS: Final = frozenset(
 )
 
 _CUSTOMER_ID: Final = re.compile(rb'"customer_id"\s*:\s*"([A-Za-z0-9_.:@-]{1,64})"')
+
+
+def require_stream(client: KinesisClient, stream_name: str) -> None:
+    """Ask for the stream once before putting: an endpoint that is down, or a stream that does not exist, then fails
+    at once with botocore's own error (which the CLI explains in one line), rather than after a put's backed-off
+    attempts, where it would read like records lost."""
+    client.describe_stream_summary(StreamName=stream_name)
 
 
 class PutRecordsClient(Protocol):
@@ -242,7 +252,9 @@ class KinesisProducer:
         self._next_send_at = float("-inf")
 
     def put(self, records: Iterable[bytes], *, total: int | None = None) -> PutSummary:
-        """Send every record; returns the summary or raises `PutRecordsError` (never drops silently).
+        """Send every record; returns the summary or raises `PutRecordsError` (never drops silently),
+        `PutInputError` when the input file breaks off (what was read before is sent first), or `PutInterrupted` on
+        Ctrl-C.
 
         Records larger than 1 MiB (data plus partition key) cannot be put at all: they are logged, counted as
         ``rejected_too_large`` and skipped, because one bad record must not stop the stream.
@@ -267,7 +279,7 @@ class KinesisProducer:
                     data = next(source)
                 except StopIteration:
                     break
-                except Exception as error:  # the input broke off: send what was read, then say so
+                except InputFileError as error:  # the input broke off: send what was read, then say so
                     if batch:
                         self._send(batch, stats, started, bar)
                         batch = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -14,3 +15,14 @@ def emulator_endpoint() -> Iterator[str]:
     """One emulator for the whole session; tests isolate themselves with their own stream / bucket names."""
     with EmulatorHandle() as endpoint:
         yield endpoint
+
+
+@pytest.fixture(autouse=True)
+def no_aws_files_of_this_machine(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The developer's ~/.aws/config (its region, its profiles) must not change a test: the settings take the
+    profile's region when no variable names one. A test that needs a config file sets its own."""
+    nowhere = Path(tmp_path_factory.getbasetemp()) / "no-aws-files"
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(nowhere / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(nowhere / "credentials"))

@@ -34,6 +34,7 @@ from consumer.kcl_messages import ColumnarKCLProcess
 from consumer.kcl_worker import KclWorker
 from consumer.record_processor import RecordProcessor
 from consumer.shard_processor import state_path
+from consumer.status import ShardStatus, StatusWriter
 from runtime.settings import Settings, load_settings
 from tests.moto_support import isolate_environment, moto_bucket
 
@@ -354,6 +355,9 @@ def test_the_worker_names_the_error_that_stopped_a_shard_when_the_daemon_exits(
     )
     with pytest.raises(SystemExit):
         process.run()
+    # another shard, later, retrying a transient failure: it did not stop the daemon
+    retrying = ShardStatus("shardId-000000000009", 1, last_error="ReadTimeoutError: read timed out")
+    StatusWriter(settings.state_dir / "status").write(retrying, force=True)
 
     with caplog.at_level(logging.ERROR):
         assert KclWorker(settings)._exit_code(1) == 1

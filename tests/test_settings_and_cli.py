@@ -1075,7 +1075,10 @@ def test_health_with_a_damaged_worker_settings_file_is_unhealthy_not_a_usage_err
     assert result.exit_code == 1, result.output
     report = json.loads(result.output)
     assert report["healthy"] is False
-    assert report["problems"][0].startswith(f"the worker's settings file {tmp_path / 'worker-settings.json'}")
+    assert report["problems"][0].startswith(
+        "the worker's settings file is damaged: cannot read the settings file "
+    )
+    assert str(tmp_path / "worker-settings.json") in report["problems"][0]
 
 
 def test_compressed_output_of_one_seed_is_the_same_bytes_every_time(tmp_path: Path) -> None:

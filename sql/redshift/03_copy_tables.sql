@@ -117,7 +117,8 @@ SELECT s.*
 FROM events_stage AS s
 WHERE NOT EXISTS (
     SELECT 1 FROM clickstream.events AS e
-    WHERE e.shard_id = s.shard_id
+    WHERE e.customer_id = s.customer_id  -- the distribution key: the anti-join stays on each node
+      AND e.shard_id = s.shard_id
       AND e.sequence_number = s.sequence_number
       AND e.sub_sequence_number = s.sub_sequence_number
 );
