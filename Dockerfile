@@ -21,10 +21,16 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 
-# Dependencies first, in their own layer: exact versions, wheels only (localstack-client ships no wheel; it is
+# Build tools first, pinned, in their own layer: localstack-client (below) and the application are built with
+# them, not with whatever setuptools an isolated build would fetch. setuptools stays in the image (a pin of
+# deploy/constraints.txt: pytensor imports it); wheel is removed once the builds are done.
+RUN pip install --no-deps --only-binary=:all: setuptools==80.9.0 wheel==0.45.1
+
+# Dependencies next, in their own layer: exact versions, wheels only (localstack-client ships no wheel; it is
 # pure Python and builds without a compiler), no resolver (--no-deps), so nothing floats.
 COPY deploy/constraints.txt deploy/constraints.txt
-RUN pip install --no-deps --only-binary=:all: --no-binary=localstack-client -r deploy/constraints.txt
+RUN pip install --no-deps --no-build-isolation --only-binary=:all: --no-binary=localstack-client \
+        -r deploy/constraints.txt
 
 # The application, built from this tree as a regular (non-editable) install with pinned build tools. The embedded
 # AWS emulator (emulator/, moto) is for development and demos and stays out of the image.
@@ -36,10 +42,10 @@ COPY consumer consumer
 COPY producer producer
 COPY schemas schemas
 COPY scoring scoring
-RUN pip install setuptools==80.9.0 wheel==0.45.1 \
-    && pip install --no-deps --no-build-isolation . \
+RUN pip install --no-deps --no-build-isolation . \
+    && pip uninstall --yes wheel \
     && pip check \
-    && pip uninstall --yes setuptools wheel pip
+    && pip uninstall --yes pip
 
 # ----------------------------------------------------------------------------------------------------- runtime
 FROM ${PYTHON_IMAGE} AS runtime

@@ -222,6 +222,8 @@ def kcl_properties(settings: Settings, executable: str) -> str:
         # again after a restart (KCL 3.1.3, awslabs/amazon-kinesis-client#1743; reproduced in test_e2e_chaos).
         "isGracefulLeaseHandoffEnabled": "false",
     }
+    if settings.kcl_max_leases_for_worker is not None:
+        properties["maxLeasesForWorker"] = settings.kcl_max_leases_for_worker
     if settings.aws_endpoint_url:
         properties["kinesisEndpoint"] = settings.aws_endpoint_url
         properties["dynamoDBEndpoint"] = settings.aws_endpoint_url

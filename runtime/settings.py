@@ -187,6 +187,12 @@ class Settings(BaseSettings):
         description="Maximum JVM heap of the KCL daemon (-Xmx); size it with the shards a worker holds.",
     )
     kcl_max_records: int = Field(10_000, ge=1, le=10_000, description="Max records per GetRecords call.")
+    kcl_max_leases_for_worker: int | None = Field(
+        None,
+        ge=1,
+        description="Most shard leases one worker takes (unset: no limit). Set it to the shards a task's memory "
+        "holds and run enough workers for all shards: without it, the last worker standing takes every shard.",
+    )
     kcl_log_level: Literal["TRACE", "DEBUG", "INFO", "WARN", "ERROR", "OFF"] = Field(
         "INFO", description="Level of the KCL's own (Java) logs."
     )

@@ -742,3 +742,20 @@ def test_a_second_worker_with_the_same_id_on_this_host_is_refused(tmp_path: Path
     KclWorker(load_settings(state_dir=tmp_path / "c", **{**names, "worker_id": "host-2"})).prepare()
     other_table = {**names, "application_name": f"other-{tmp_path.name}"}
     KclWorker(load_settings(state_dir=tmp_path / "d", **other_table)).prepare()  # another lease table
+
+
+def test_a_lease_cap_reaches_the_daemon_under_the_name_it_reads() -> None:
+    """Without a cap the last worker standing takes every shard (and a task sized for four runs out of memory)."""
+    import zipfile
+
+    from consumer.kcl_worker import kcl_jar_directory
+
+    capped = properties(kcl_properties(load_settings(kcl_max_leases_for_worker=4), EXECUTABLE))
+    assert capped["maxLeasesForWorker"] == "4"
+    assert "maxLeasesForWorker" not in properties(kcl_properties(load_settings(), EXECUTABLE))
+    (jar,) = kcl_jar_directory().glob("amazon-kinesis-client-multilang-*.jar")
+    with zipfile.ZipFile(jar) as classes:
+        configuration = classes.read(
+            "software/amazon/kinesis/multilang/config/MultiLangDaemonConfiguration.class"
+        )
+    assert b"setMaxLeasesForWorker" in configuration
