@@ -684,6 +684,12 @@ def test_a_bad_log_level_flag_names_the_flag() -> None:
     assert_one_line(run_cli("--log-level", "loud", "health"), 2, "--log-level")
 
 
+def test_warn_is_taken_for_warning_as_the_kcl_and_logging_spell_it() -> None:
+    result = CliRunner().invoke(main, ["--log-level", "warn", "generate", "--events", "1", "-o", "-"])
+    assert result.exit_code == 0, result.output
+    assert logging.getLogger().level == logging.WARNING
+
+
 def test_a_missing_java_named_by_clickstream_java_stops_the_worker(tmp_path: Path) -> None:
     result = run_cli("worker", "--state-dir", str(tmp_path), env={"CLICKSTREAM_JAVA": "/nonexistent"})
     assert_one_line(result, 2, "CLICKSTREAM_JAVA=/nonexistent")
