@@ -66,9 +66,10 @@ def score(
     Parquet parts and _model.json, then the commit record _control/clv/as_of_yyyymmdd=<day>.json. Re-running with
     the same inputs and as-of changes nothing. Each step is announced on stderr with the time it took.
     """
-    from clickstream.score import run_score
-    from scoring.clv import ModelLibraryMissing, NotEnoughData
+    from clickstream.score import ConcurrentRunError, run_score
+    from scoring.clv import ModelLibraryMissing, NotEnoughData, UnusableFit
     from scoring.inputs import InputError
+    from scoring.run import ScoreCommitError
 
     settings = build_settings(**overrides)
     try:
@@ -79,8 +80,10 @@ def score(
             as_of=as_of,
             progress=show_progress(progress),
         )
-    except NotEnoughData as error:  # the data as it is: exit 1 (a ValueError too, so caught first)
+    except (NotEnoughData, UnusableFit, ConcurrentRunError) as error:  # the data or another run: exit 1
         raise FrontDoorError(str(error)) from None
+    except ScoreCommitError as error:  # a damaged commit record in the bucket (or folder): exit 2, named
+        raise FrontDoorError(str(error), USAGE) from None
     except (ModelLibraryMissing, InputError) as error:  # the set-up or the request: exit 2
         raise FrontDoorError(str(error), USAGE) from None
     commit = outcome.commit

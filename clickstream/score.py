@@ -25,6 +25,8 @@ A crash anywhere leaves the previous commit valid; re-running finishes the job.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import io
 import json
 import sys
@@ -42,13 +44,20 @@ from typing import Any, Final, Protocol
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
+from botocore.exceptions import ClientError
 from tqdm import tqdm
 
 from runtime.settings import Settings
 from schemas.layout import OutputLayout
 from scoring.clv import ClvConfig, fit_and_predict, library_version, require_model_library
 from scoring.inputs import InputError, ModelInputs, model_inputs, shards_behind
-from scoring.run import ScoreCommit, rfm_of, run_id_for, score_table
+from scoring.run import ScoreCommit, ScoreCommitError, rfm_of, run_id_for, score_table
+
+#: S3's answers to a conditional PUT whose condition failed, or raced another conditional PUT of the same key.
+_CONDITION_FAILED: Final = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict", "409"})
+#: A run folder of the day that no commit names and that nothing wrote to for this long is a run that died: tidy
+#: deletes it. A younger one may be a run still writing (it would fail its commit, finding its files gone).
+ABANDONED_RUN_SECONDS: Final = 6 * 3600
 
 #: Rows per Parquet part: parts of ~20-40 MB at a million customers, read in parallel by Spectrum and DuckDB.
 ROWS_PER_PART: Final = 250_000
@@ -61,12 +70,23 @@ def _stderr(message: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- object stores
+class ChangedMeanwhile(Exception):  # noqa: N818 - named for what happened
+    """A conditional PUT found the object changed (or created) since it was read: another run wrote it."""
+
+
 class ObjectStore(Protocol):
-    """Where a run is written: an S3 bucket, or a local folder with the same key layout."""
+    """Where a run is written: an S3 bucket, or a local folder with the same key layout.
+
+    ``get_tagged`` returns a version tag with the body; ``put_if`` writes only if the object still has that tag
+    (``None``: only if it does not exist) and raises ``ChangedMeanwhile`` otherwise: the commit and latest.json are
+    written so, as two runs may overlap (a retried job, a second schedule)."""
 
     def put(self, key: str, body: bytes, content_type: str) -> None: ...
     def get(self, key: str) -> bytes | None: ...
+    def get_tagged(self, key: str) -> tuple[bytes | None, str | None]: ...
+    def put_if(self, key: str, body: bytes, content_type: str, *, tag: str | None) -> None: ...
     def keys(self, prefix: str) -> list[str]: ...
+    def ages(self, prefix: str) -> dict[str, float]: ...
     def delete(self, key: str) -> None: ...
     def url(self, key: str) -> str: ...
 
@@ -87,15 +107,44 @@ class S3Store:
         )
 
     def get(self, key: str) -> bytes | None:
+        return self.get_tagged(key)[0]
+
+    def get_tagged(self, key: str) -> tuple[bytes | None, str | None]:
         try:
-            body: bytes = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            response = self.s3.get_object(Bucket=self.bucket, Key=key)
         except self.s3.exceptions.NoSuchKey:
-            return None
-        return body
+            return None, None
+        return response["Body"].read(), str(response["ETag"])
+
+    def put_if(self, key: str, body: bytes, content_type: str, *, tag: str | None) -> None:
+        condition = {"IfMatch": tag} if tag is not None else {"IfNoneMatch": "*"}
+        try:
+            self.s3.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=body,
+                ContentType=content_type,
+                **condition,
+                **self._encryption,
+            )
+        except ClientError as error:
+            # 412: changed since read; 409: another conditional write to it was in flight
+            if error.response.get("Error", {}).get("Code") in _CONDITION_FAILED:
+                raise ChangedMeanwhile(self.url(key)) from None
+            raise
 
     def keys(self, prefix: str) -> list[str]:
+        return list(self.ages(prefix))
+
+    def ages(self, prefix: str) -> dict[str, float]:
+        """Each key under ``prefix`` and seconds since it was last written."""
         pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
-        return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+        now = datetime.now(UTC)
+        return {
+            obj["Key"]: (now - obj["LastModified"]).total_seconds()
+            for page in pages
+            for obj in page.get("Contents", [])
+        }
 
     def delete(self, key: str) -> None:
         self.s3.delete_object(Bucket=self.bucket, Key=key)
@@ -121,12 +170,32 @@ class LocalStore:
         path = self.root / key
         return path.read_bytes() if path.is_file() else None
 
+    def get_tagged(self, key: str) -> tuple[bytes | None, str | None]:
+        body = self.get(key)
+        return body, None if body is None else hashlib.sha256(body).hexdigest()
+
+    def put_if(self, key: str, body: bytes, content_type: str, *, tag: str | None) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / ".clv-commit.lock").open("a") as lock:  # compare and swap, one process at a time
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self.get_tagged(key)[1] != tag:
+                raise ChangedMeanwhile(self.url(key))
+            self.put(key, body, content_type)
+
     def keys(self, prefix: str) -> list[str]:
+        return sorted(self.ages(prefix))
+
+    def ages(self, prefix: str) -> dict[str, float]:
         base = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
         if not base.is_dir():
-            return []
-        found = (p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file())
-        return sorted(key for key in found if key.startswith(prefix) and not key.endswith(".partial"))
+            return {}
+        now = time.time()
+        found = {p.relative_to(self.root).as_posix(): p for p in base.rglob("*") if p.is_file()}
+        return {
+            key: now - path.stat().st_mtime
+            for key, path in found.items()
+            if key.startswith(prefix) and not key.endswith(".partial")
+        }
 
     def delete(self, key: str) -> None:
         (self.root / key).unlink(missing_ok=True)
@@ -219,9 +288,20 @@ def read_commit(
     store: ObjectStore, layout: OutputLayout, as_of_day: date | None = None
 ) -> ScoreCommit | None:
     """The committed run of one as-of day, or of the newest (None: nothing committed)."""
+    return _read_commit_tagged(store, layout, as_of_day)[0]
+
+
+def _read_commit_tagged(
+    store: ObjectStore, layout: OutputLayout, as_of_day: date | None
+) -> tuple[ScoreCommit | None, str | None]:
     key = layout.clv_latest_key if as_of_day is None else layout.clv_commit_key(as_of_day)
-    body = store.get(key)
-    return None if body is None else ScoreCommit.from_json(body)
+    body, tag = store.get_tagged(key)
+    if body is None:
+        return None, None
+    try:
+        return ScoreCommit.from_json(body), tag
+    except ScoreCommitError as error:
+        raise ScoreCommitError(f"{store.url(key)}: {error} (delete it, or score its day again)") from None
 
 
 def read_scores(store: ObjectStore, commit: ScoreCommit) -> pa.Table:
@@ -276,20 +356,55 @@ def _parquet(table: pa.Table) -> bytes:
     return buffer.getvalue()
 
 
-def _finish(store: ObjectStore, layout: OutputLayout, commit: ScoreCommit) -> list[str]:
-    """Steps 8 and 9: point latest.json at the newest committed as-of day; delete other runs' files of this day.
+class ConcurrentRunError(RuntimeError):
+    """Another scoring run of the same day committed (or removed this run's files) while this one ran."""
 
-    A day holds one run: a later run of the same day replaces it even with an earlier as-of, so latest.json moves
-    to it whenever it named that day (it would otherwise name the files deleted here)."""
-    latest = read_commit(store, layout)
+
+def _point_latest(store: ObjectStore, layout: OutputLayout, attempts: int = 5) -> None:
+    """Step 8: latest.json becomes a copy of the newest committed day's commit, whichever run wrote which (found by
+    listing the days' commits, so a run of an older day, or a crash before this step, cannot move it back)."""
+    for _ in range(attempts):
+        current, tag = store.get_tagged(layout.clv_latest_key)
+        days = [day for key in store.keys(layout.clv_commits_prefix) if (day := layout.clv_commit_day(key))]
+        newest = store.get(layout.clv_commit_key(max(days))) if days else None
+        if newest is None or newest == current:
+            return
+        try:
+            store.put_if(layout.clv_latest_key, newest, "application/json", tag=tag)
+            return
+        except ChangedMeanwhile:
+            continue  # another run moved it meanwhile: look again
+    raise ConcurrentRunError(
+        f"{store.url(layout.clv_latest_key)} kept changing under {attempts} attempts to update it"
+    )
+
+
+def _finish(
+    store: ObjectStore, layout: OutputLayout, commit: ScoreCommit, superseded: str | None
+) -> list[str]:
+    """Steps 8 and 9: point latest.json at the newest committed day; delete the files of the run this one
+    replaced (``superseded``) and of runs of this day that died (nothing written for ``ABANDONED_RUN_SECONDS``),
+    only while the day's commit still names this run. A younger folder may be a run still writing: it is left."""
+    _point_latest(store, layout)
     day = commit.as_of.date()
-    if latest is None or latest.as_of.date() <= day:
-        store.put(layout.clv_latest_key, commit.to_json(), "application/json")
-    keep = layout.clv_run_prefix(day, commit.run_id)
-    stale = [key for key in store.keys(layout.clv_partition_prefix(day)) if not key.startswith(keep)]
+    named = read_commit(store, layout, day)
+    if named is None or named.run_id != commit.run_id:
+        return []  # another run committed the day since: its own tidy decides
+    ages = store.ages(layout.clv_partition_prefix(day))
+    runs: dict[str, list[str]] = {}
+    for key in ages:
+        run = layout.clv_run_of(key)
+        if run is not None and run != commit.run_id:
+            runs.setdefault(run, []).append(key)
+    stale = [
+        key
+        for run, keys in runs.items()
+        if run == superseded or min(ages[key] for key in keys) >= ABANDONED_RUN_SECONDS
+        for key in keys
+    ]
     for key in stale:
         store.delete(key)
-    return stale
+    return sorted(stale)
 
 
 def score_customers(
@@ -321,11 +436,14 @@ def score_customers(
         )
     run_id = run_id_for(inputs.as_of, current.fingerprint, config, library_version())
     day = inputs.as_of_day
-    existing = read_commit(store, layout, day)
+    existing, existing_tag = _read_commit_tagged(store, layout, day)
     if existing is not None and existing.run_id == run_id:
-        say(f"run {run_id} for as-of {inputs.as_of.isoformat()} is already committed: nothing to refit")
-        deleted = _finish(store, layout, existing)
-        return ScoreOutcome(existing, already_committed=True, deleted=deleted, seconds=steps.seconds)
+        present = set(store.keys(layout.clv_run_prefix(day, run_id)))
+        if {*existing.files, existing.model_key} <= present:
+            say(f"run {run_id} for as-of {inputs.as_of.isoformat()} is already committed: nothing to refit")
+            deleted = _finish(store, layout, existing, superseded=None)
+            return ScoreOutcome(existing, already_committed=True, deleted=deleted, seconds=steps.seconds)
+        say(f"run {run_id} is committed but files it names are gone: scoring it again")
 
     with steps.step(
         "fit",
@@ -347,7 +465,12 @@ def score_customers(
             written += len(body)
         model_key = layout.clv_model_key(day, run_id)
         report = {**result.report, "run_id": run_id, "rfm_segments": dict(segments)}
-        store.put(model_key, json.dumps(report, indent=2, sort_keys=True).encode(), "application/json")
+        # strict JSON (no NaN / Infinity): readers in other languages refuse the extensions
+        store.put(
+            model_key,
+            json.dumps(report, indent=2, sort_keys=True, allow_nan=False).encode(),
+            "application/json",
+        )
         detail(f"{len(files)} Parquet parts, {written:,} bytes, and {model_key.rsplit('/', 1)[-1]}")
     commit = ScoreCommit(
         as_of=inputs.as_of,
@@ -367,11 +490,37 @@ def score_customers(
         segments=dict(segments),
     )
     with steps.step("commit", f"committing {layout.clv_commit_key(day)}"):
-        store.put(layout.clv_commit_key(day), commit.to_json(), "application/json")
+        _commit(store, layout, commit, existing_tag)
+    superseded = existing.run_id if existing is not None and existing.run_id != run_id else None
     with steps.step("tidy", "latest pointer and superseded runs") as detail:
-        deleted = _finish(store, layout, commit)
+        deleted = _finish(store, layout, commit, superseded)
         detail(f"{len(deleted)} files of other runs deleted")
     return ScoreOutcome(commit, already_committed=False, deleted=deleted, seconds=steps.seconds)
+
+
+def _commit(store: ObjectStore, layout: OutputLayout, commit: ScoreCommit, tag: str | None) -> None:
+    """Step 7, only if the day's commit is still the one read at step 3 (``tag``) and every file of this run is
+    there: two overlapping runs of a day cannot both commit, nor one commit files the other's tidy removed."""
+    day = commit.as_of.date()
+    names = {*commit.files, commit.model_key}
+    missing = names - set(store.keys(layout.clv_run_prefix(day, commit.run_id)))
+    if missing:
+        raise ConcurrentRunError(
+            f"another scoring run removed {len(missing)} files of run {commit.run_id} while it ran; nothing of it "
+            "was committed: score again"
+        )
+    try:
+        store.put_if(layout.clv_commit_key(day), commit.to_json(), "application/json", tag=tag)
+    except ChangedMeanwhile:
+        winner = read_commit(store, layout, day)
+        if winner is not None and winner.run_id == commit.run_id:
+            return  # a twin of this run (same inputs, same id) committed the same files
+        for key in names:
+            store.delete(key)
+        raise ConcurrentRunError(
+            f"another scoring run ({winner.run_id if winner else 'unknown'}) committed {day} while this one ran; "
+            f"this run ({commit.run_id}) was removed and nothing of it is visible: score again to replace that run"
+        ) from None
 
 
 def run_score(

@@ -26,7 +26,7 @@ position, which is what fences a second writer (see consumer/shard_processor.py)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from typing import Final, Literal
 
 from schemas.positions import Position
@@ -148,6 +148,24 @@ class OutputLayout:
     def clv_commit_key(self, as_of_day: date) -> str:
         """The commit of an as-of: it names the one run whose files are the scores of that day."""
         return f"{self.clv_commits_prefix}{CLV_PARTITION_COLUMN}={as_of_day:%Y%m%d}.json"
+
+    def clv_commit_day(self, key: str) -> date | None:
+        """The as-of day a key of ``clv_commits_prefix`` commits (None: not a day's commit, e.g. latest.json)."""
+        name = key.rsplit("/", 1)[-1]
+        marker = f"{CLV_PARTITION_COLUMN}="
+        if not (name.startswith(marker) and name.endswith(".json")):
+            return None
+        try:
+            return datetime.strptime(name.removeprefix(marker).removesuffix(".json"), "%Y%m%d").date()
+        except ValueError:
+            return None
+
+    def clv_run_of(self, key: str) -> str | None:
+        """The run id of a key under ``clv_prefix`` (its ``run=<id>/`` folder), None for any other key."""
+        for part in key.split("/"):
+            if part.startswith("run="):
+                return part.removeprefix("run=")
+        return None
 
     @property
     def clv_latest_key(self) -> str:

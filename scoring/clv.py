@@ -19,7 +19,6 @@ Gamma-Gamma expected revenue of a purchase day.
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -51,6 +50,10 @@ class ModelLibraryMissing(ImportError):  # noqa: N818 - it is an ImportError, na
 
 class NotEnoughData(ValueError):  # noqa: N818 - a ValueError, named for the condition
     """Too few buyers or repeat buyers to fit the models."""
+
+
+class UnusableFit(ValueError):  # noqa: N818 - a ValueError, named for the condition
+    """The models fitted, but to values whose predictions are not money (e.g. Gamma-Gamma's q <= 1)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +267,24 @@ def fit_and_predict(
 
     bg_params = _parameters(bg, ("r", "alpha", "a", "b"))
     gg_params = _parameters(gg, ("p", "q", "v"))
+    if gg_params["q"] <= 1:
+        # the population's mean spend p*v/(q-1) is then negative or infinite, and so is every one-time buyer's
+        raise UnusableFit(
+            f"Gamma-Gamma fitted q = {gg_params['q']:.3f} <= 1: the repeat buyers' spend is too heavy-tailed for "
+            "the model (one-time buyers would get a negative or infinite expected spend); nothing was written. "
+            "Look at the largest monetary_value rows (outliers, test orders), or score a later as-of with more "
+            "repeat buyers"
+        )
+    predictions = {
+        "probability_alive": alive,
+        "expected order value": order_value,
+        "clv": clv,
+        **{f"expected purchases over {days} days": values for days, values in purchases.items()},
+    }
+    for name, values in predictions.items():
+        bad = int(np.count_nonzero(~np.isfinite(values) | (values < 0)))
+        if bad:
+            raise UnusableFit(f"{bad} buyers got a negative or non-finite {name}; nothing was written")
     x = frame["frequency"].to_numpy()
     t_x, t = frame["recency"].to_numpy(), frame["T"].to_numpy()
     rx, rm = spend_frame["frequency"].to_numpy(), spend_frame["monetary_value"].to_numpy()
@@ -271,9 +292,7 @@ def fit_and_predict(
     gg_ll = gamma_gamma_log_likelihood(gg_params, rx, rm)
     expected_in_sample = float(bg_nbd_expected_repeat_purchases(bg_params, t).sum())
     observed_in_sample = float(x.sum())
-    population_mean = (
-        math.inf if gg_params["q"] <= 1 else gg_params["p"] * gg_params["v"] / (gg_params["q"] - 1)
-    )
+    population_mean = gg_params["p"] * gg_params["v"] / (gg_params["q"] - 1)  # q > 1, checked above
     report: dict[str, Any] = {
         "library": {
             "name": MODEL_LIBRARY,
@@ -312,7 +331,7 @@ def fit_and_predict(
             "population_mean_order_value": population_mean,
             "observed_mean_order_value": float(rm.mean()),
             # Gamma-Gamma assumes spend per purchase is independent of frequency; near 0 is what it needs.
-            "frequency_monetary_correlation": float(np.corrcoef(rx, rm)[0, 1]) if fitted > 2 else None,
+            "frequency_monetary_correlation": _correlation(rx, rm) if fitted > 2 else None,
             "fit_seconds": timings["gamma_gamma_fit"],
         },
         "predict_seconds": timings["predict"],
@@ -324,6 +343,13 @@ def fit_and_predict(
         clv=clv,
         report=report,
     )
+
+
+def _correlation(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Pearson's r, None where it is undefined (one of them constant, e.g. a single-price store): NaN is no JSON."""
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    return float(np.corrcoef(x, y)[0, 1])
 
 
 def clv_columns(result: ClvResult) -> dict[str, pa.Array]:

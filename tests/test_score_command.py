@@ -23,6 +23,8 @@ from rich.console import Console
 
 from clickstream.cli import main
 from clickstream.score import (
+    ABANDONED_RUN_SECONDS,
+    ConcurrentRunError,
     CurrentRows,
     LocalStore,
     S3Store,
@@ -36,6 +38,7 @@ from clickstream.score import (
 from runtime.settings import Settings
 from schemas.contract import CLV_SCORES_SCHEMA
 from schemas.layout import OutputLayout
+from scoring.clv import UnusableFit
 from scoring.inputs import model_inputs, shards_behind
 from tests.clv_support import WorkerBucket, worker_bucket
 from tests.moto_support import isolate_environment, moto_bucket
@@ -423,3 +426,121 @@ def test_an_as_of_time_before_purchases_of_its_day_is_refused_and_a_day_is_obser
     commit = read_commit(LocalStore(tmp_path), LAYOUT)
     assert commit is not None
     assert commit.as_of == datetime.combine(last.date(), datetime.max.time(), tzinfo=UTC)
+
+
+# ------------------------------------------------------------------------------------------------ overlapping runs
+class RunsAnotherFirst(RecordingStore):
+    """A store whose first commit of ``day`` lets ``other`` run whole first, as a second scoring job of the same
+    day that started later and finished sooner would."""
+
+    def __init__(self, root: Path, day_commit: str, other: Any) -> None:
+        super().__init__(root)
+        self.day_commit, self.other, self.other_outcome = day_commit, other, None
+
+    def put_if(self, key: str, body: bytes, content_type: str, *, tag: str | None) -> None:
+        if key == self.day_commit and self.other is not None:
+            other, self.other = self.other, None
+            self.other_outcome = other()
+        super().put_if(key, body, content_type, tag=tag)
+
+
+def test_two_overlapping_runs_of_a_day_cannot_both_commit(
+    local_copy: Path, settings: Settings, tmp_path: Path
+) -> None:
+    as_of = datetime(2026, 5, 5, tzinfo=UTC)
+    day = as_of.date()
+
+    def second_job() -> Any:
+        rows = lambda: local_rows(local_copy, settings, drop=1)  # noqa: E731 - newer inputs of the same day
+        return score_customers(rows, LocalStore(tmp_path), settings, as_of=as_of, say=quiet)
+
+    first = RunsAnotherFirst(tmp_path, LAYOUT.clv_commit_key(day), second_job)
+    with pytest.raises(ConcurrentRunError, match="committed 2026-05-05 while this one ran"):
+        score_customers(lambda: local_rows(local_copy, settings), first, settings, as_of=as_of, say=quiet)
+
+    winner = first.other_outcome.commit
+    assert read_commit(first, LAYOUT, day) == winner == read_commit(first, LAYOUT)
+    assert read_scores(first, winner).num_rows == winner.rows  # the winner's files were not tidied away
+    left = first.keys(LAYOUT.clv_partition_prefix(day))
+    assert left and all(LAYOUT.clv_run_of(key) == winner.run_id for key in left), (
+        "the loser removed its files"
+    )
+
+
+def test_tidy_deletes_a_dead_run_of_the_day_but_not_a_young_one(
+    local_copy: Path, settings: Settings, tmp_path: Path
+) -> None:
+    """A young folder no commit names may be a run still writing; one untouched for hours died."""
+    import os
+
+    as_of = datetime(2026, 5, 5, tzinfo=UTC)
+    day = as_of.date()
+    dead_runs = []
+    for drop in (1, 2):
+        crashing = RecordingStore(tmp_path, fail_on=LAYOUT.clv_commit_key(day))
+        with pytest.raises(ConnectionError):
+            score_customers(
+                lambda d=drop: local_rows(local_copy, settings, drop=d),
+                crashing,
+                settings,
+                as_of=as_of,
+                say=quiet,
+            )
+        dead_runs.append({LAYOUT.clv_run_of(key) for action, key in crashing.log if action == "put"}.pop())
+    long_ago = (datetime.now(UTC) - timedelta(seconds=ABANDONED_RUN_SECONDS + 60)).timestamp()
+    for key in LocalStore(tmp_path).keys(LAYOUT.clv_run_prefix(day, dead_runs[0])):
+        os.utime(tmp_path / key, (long_ago, long_ago))
+
+    score_customers(
+        lambda: local_rows(local_copy, settings), LocalStore(tmp_path), settings, as_of=as_of, say=quiet
+    )
+
+    runs = {LAYOUT.clv_run_of(key) for key in LocalStore(tmp_path).keys(LAYOUT.clv_partition_prefix(day))}
+    assert dead_runs[0] not in runs, "a run untouched for hours is gone"
+    assert dead_runs[1] in runs, "a young one is left (it may still be writing)"
+
+
+def test_latest_follows_the_newest_committed_day_whatever_ran_last(
+    local_copy: Path, settings: Settings, tmp_path: Path
+) -> None:
+    newer, older = datetime(2026, 5, 10, tzinfo=UTC), datetime(2026, 5, 7, tzinfo=UTC)
+    crashing = RecordingStore(tmp_path, fail_on=LAYOUT.clv_latest_key)  # the newer day commits, then dies
+    with pytest.raises(ConnectionError):
+        score_customers(lambda: local_rows(local_copy, settings), crashing, settings, as_of=newer, say=quiet)
+    score_customers(
+        lambda: local_rows(local_copy, settings), LocalStore(tmp_path), settings, as_of=older, say=quiet
+    )
+
+    latest = read_commit(LocalStore(tmp_path), LAYOUT)
+    assert latest is not None and latest.as_of.date() == newer.date()
+
+
+def test_a_committed_run_whose_files_are_gone_is_scored_again(
+    local_copy: Path, settings: Settings, tmp_path: Path
+) -> None:
+    store = LocalStore(tmp_path)
+    first = score_customers(lambda: local_rows(local_copy, settings), store, settings, say=quiet)
+    store.delete(first.commit.files[0])
+
+    again = score_customers(lambda: local_rows(local_copy, settings), store, settings, say=quiet)
+
+    assert not again.already_committed and again.commit.run_id == first.commit.run_id
+    assert read_scores(store, again.commit).num_rows == first.commit.rows
+
+
+def test_a_gamma_gamma_fit_with_q_at_most_1_writes_nothing(
+    local_copy: Path, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """p*v/(q-1) is the population's mean spend: negative or infinite for q <= 1, so every one-time buyer's CLV."""
+    import scoring.clv
+
+    fitted = scoring.clv._parameters
+
+    def heavy_tailed(model: Any, names: tuple[str, ...]) -> dict[str, float]:
+        parameters = fitted(model, names)
+        return {**parameters, "q": 0.67} if "q" in parameters else parameters
+
+    monkeypatch.setattr(scoring.clv, "_parameters", heavy_tailed)
+    with pytest.raises(UnusableFit, match=r"q = 0\.670 <= 1"):
+        score_customers(lambda: local_rows(local_copy, settings), LocalStore(tmp_path), settings, say=quiet)
+    assert LocalStore(tmp_path).keys(LAYOUT.clv_prefix) == []
