@@ -7,18 +7,20 @@ The run, step by step (each only after the previous one succeeded; ``score_custo
    folder, every Parquet file in it. Each customer's highest ``version`` wins.
 2. **Name**: the observation end (``--as-of``, default the latest event time seen) and the run id, a hash of
    the as-of, a fingerprint of the input rows, the valuation settings and the model library version.
-3. **Already done?** If ``_control/clv/as_of_yyyymmdd=<day>.json`` names this run id, the run is committed: only
-   steps 8 and 9 are repeated (they may not have happened) and nothing is refitted. Same inputs, same as-of: same
-   result, no second copy.
+3. **Already done?** If ``_control/clv/as_of_yyyymmdd=<day>.json`` names this run id and its files are there, the
+   run is committed: only steps 8 and 9 are repeated (they may not have happened) and nothing is refitted. Same
+   inputs, same as-of: same result, no second copy. The commit's version (ETag) is kept for step 7.
 4. **Fit and predict**: BG/NBD and Gamma-Gamma (``scoring.clv``), RFM scores and segments (``scoring.rfm``).
 5. **Data**: PUT the Parquet parts under ``clv/as_of_yyyymmdd=<day>/run=<run id>/``.
 6. **Model**: PUT ``_model.json`` (parameters, diagnostics) beside them.
-7. **Commit**: PUT ``_control/clv/as_of_yyyymmdd=<day>.json`` naming every file of the run. The run is now the
-   scores of that day; before this, readers that go through the commit record see the previous run or nothing.
-8. **Latest**: PUT ``_control/clv/latest.json`` (a copy of the commit) when this as-of day is the newest
-   committed (a later run of a day replaces that day, whatever its hour).
-9. **Tidy**: delete files of other runs in the day's partition (a superseded run, or one that died before 7), so
-   a reader that globs the partition folder sees one run too.
+7. **Commit**: PUT ``_control/clv/as_of_yyyymmdd=<day>.json`` naming every file of the run, only if every file is
+   there and the day's commit is still the one step 3 read (a conditional PUT): of two overlapping runs of a day
+   one commits, the other removes its files and fails. The run is now the scores of that day; before this,
+   readers that go through the commit record see the previous run or nothing.
+8. **Latest**: ``_control/clv/latest.json`` becomes a copy of the newest committed day's commit (found by listing
+   the days' commits; a conditional PUT), so a run of an older day or a crash before this step cannot move it back.
+9. **Tidy**: delete the files of the run this one replaced, and of runs of the day nothing wrote to for
+   ``ABANDONED_RUN_SECONDS`` (they died before 7); a younger folder may be a run still writing and is left.
 
 A crash anywhere leaves the previous commit valid; re-running finishes the job.
 """
