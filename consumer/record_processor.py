@@ -6,7 +6,6 @@ and talks to it over stdin/stdout; logs therefore go to stderr only.
 
 from __future__ import annotations
 
-import base64
 import functools
 import importlib.abc
 import logging
@@ -19,12 +18,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
 import pyarrow as pa
 from amazon_kclpy.v3 import processor
 
 from aggregators.customer_state import CustomerState
-from aggregators.fast_decode import value_bytes
 from aggregators.validation import RecordValidator, ValidationRules
 from consumer.kcl_messages import ColumnarKCLProcess, RecordColumns
 from consumer.s3_sink import S3ParquetSink
@@ -125,96 +122,39 @@ def flush_policy(settings: Settings) -> FlushPolicy:
 
 
 def to_raw_records(kcl_records: Any) -> Sequence[RawRecord]:
-    """KCL message records -> raw records (base64 decoded here, once; KPL aggregates expanded).
+    """KCL message records -> raw records (base64 decoded here, once).
 
     ``RecordColumns`` (what ``ColumnarKCLProcess`` delivers) become one ``RawRecordBatch`` without a Python object
-    per record; a call holding a KPL aggregate, or amazon_kclpy ``Record`` objects, takes the per-record path.
+    per record; amazon_kclpy ``Record`` objects take the per-record path.
+
+    KPL aggregates are not expanded here: the Java KCL de-aggregates every aggregate it can parse and delivers each
+    user record at its own (sequence, sub-sequence) position. One that reaches us whole is one the KCL could not
+    parse (or an aggregate inside a user record): it is rejected as one record, its bytes kept in errors/. Expanding
+    it here would invent sub-sequence positions the KCL never delivered, and checkpointing one of them is refused
+    (IllegalArgumentException), which stops the worker on every restart.
     """
     if isinstance(kcl_records, RecordColumns):
-        data = kcl_records.payloads()
-        if not _has_kpl_aggregate(data):
-            return RawRecordBatch(
-                pa.table(
-                    {
-                        "sequence_number": pa.array(kcl_records.sequence_numbers, pa.string()),
-                        "sub_sequence_number": kcl_records.sub_sequence_numbers,
-                        "partition_key": pa.array(kcl_records.partition_keys, pa.string()),
-                        "approximate_arrival_at": kcl_records.arrival_micros(),
-                        "data": data,
-                    }
-                )
+        return RawRecordBatch(
+            pa.table(
+                {
+                    "sequence_number": pa.array(kcl_records.sequence_numbers, pa.string()),
+                    "sub_sequence_number": kcl_records.sub_sequence_numbers,
+                    "partition_key": pa.array(kcl_records.partition_keys, pa.string()),
+                    "approximate_arrival_at": kcl_records.arrival_micros(),
+                    "data": kcl_records.payloads(),
+                }
             )
-        rows = zip(
-            kcl_records.sequence_numbers,
-            kcl_records.sub_sequence_numbers.to_pylist(),
-            kcl_records.partition_keys,
-            kcl_records.arrival_millis.to_pylist(),
-            data.to_pylist(),
-            strict=True,
         )
-        records = [RawRecord(*row) for row in rows]
-    else:
-        records = [
-            RawRecord(
-                sequence_number=record.sequence_number,
-                sub_sequence_number=int(record.sub_sequence_number or 0),
-                partition_key=record.partition_key,
-                arrival_millis=int(record.timestamp_millis),
-                data=record.binary_data,
-            )
-            for record in kcl_records
-        ]
-    raw: list[RawRecord] = []
-    for record in records:
-        raw.extend(deaggregate(record) if record.data.startswith(KPL_MAGIC) else [record])
-    return raw
-
-
-def _has_kpl_aggregate(data: pa.Array) -> bool:
-    """Whether any payload starts with the KPL magic bytes (checked on the buffers, no per-record work)."""
-    bounds, body = value_bytes(data)
-    starts = bounds[:-1][np.diff(bounds) >= len(KPL_MAGIC)]
-    matches = np.ones(len(starts), dtype=bool)
-    for shift, byte in enumerate(KPL_MAGIC):
-        matches &= body[starts + shift] == byte
-    return bool(matches.any())
-
-
-def deaggregate(record: RawRecord) -> list[RawRecord]:
-    """Expand a KPL-aggregated record into its user records (sub-sequence numbers 0..n-1).
-
-    The Java KCL already de-aggregates what it delivers; this covers any path that hands us the aggregate itself.
-    A corrupt aggregate is passed on unchanged, so the validator rejects it into errors/ with its raw bytes.
-    """
-    from aws_kinesis_agg.deaggregator import iter_deaggregate_records
-
-    envelope = {
-        "kinesis": {
-            "kinesisSchemaVersion": "1.0",
-            "sequenceNumber": record.sequence_number,
-            "partitionKey": record.partition_key,
-            "approximateArrivalTimestamp": record.arrival_millis,
-            "data": base64.b64encode(record.data),
-        }
-    }
-    try:
-        users = [
-            RawRecord(
-                sequence_number=record.sequence_number,
-                sub_sequence_number=int(user["kinesis"].get("subSequenceNumber", 0)),
-                partition_key=user["kinesis"]["partitionKey"],
-                arrival_millis=record.arrival_millis,
-                data=base64.b64decode(user["kinesis"]["data"]),
-            )
-            for user in iter_deaggregate_records(envelope)
-        ]
-    except Exception:  # noqa: BLE001 - a corrupt aggregate is bad input, not a crash
-        log.warning(
-            "could not de-aggregate a KPL record; passing it on as one record",
-            extra={"shard_id": None, "sequence_number": record.sequence_number},
+    return [
+        RawRecord(
+            sequence_number=record.sequence_number,
+            sub_sequence_number=int(record.sub_sequence_number or 0),
+            partition_key=record.partition_key,
+            arrival_millis=int(record.timestamp_millis),
+            data=record.binary_data,
         )
-        return [record]
-    return users or [record]
+        for record in kcl_records
+    ]
 
 
 class RecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]

@@ -260,7 +260,6 @@ def test_runtime_dependencies_are_imported_by_the_product() -> None:
     import_names = {
         "kclpy-ext": "amazon_kclpy",
         "pydantic-settings": "pydantic_settings",
-        "aws-kinesis-agg": "aws_kinesis_agg",
         "localstack-client": "localstack_client",
     }
     sources = "\n".join(

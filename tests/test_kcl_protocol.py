@@ -209,6 +209,35 @@ def test_records_are_flushed_and_checkpointed_through_the_protocol_then_shutdown
     )
 
 
+def test_a_kpl_aggregate_the_kcl_could_not_unpack_is_rejected_and_checkpointed_where_it_was_delivered(
+    s3: Any, settings: Settings
+) -> None:
+    """Unpacked here it would get sub-sequence numbers 0..n-1 the KCL never delivered, and the KCL refuses a
+    checkpoint beyond what it delivered (IllegalArgumentException): the worker stopped on every restart."""
+    from aws_kinesis_agg.aggregator import RecordAggregator
+
+    aggregator = RecordAggregator()
+    for i in range(3):
+        customer, data = event(10 + i)
+        assert aggregator.add_user_record(customer, data) is None
+    partition_key, _, aggregate = aggregator.clear_and_get().get_contents()
+    delivered = process_records(range(4))
+    delivered["records"].append(
+        {**kcl_record(4), "data": base64.b64encode(aggregate).decode(), "partitionKey": partition_key}
+    )
+
+    messages, errors = run_kcl(
+        RecordProcessor(settings, s3_client=s3), lines(initialize(), delivered, checkpoint_answer("1004"))
+    )
+
+    assert checkpoint("1004") in messages, "the checkpoint names the delivered record, sub-sequence 0"
+    assert errors == ""
+    assert event_ids_in_s3(s3) == expected_ids(range(4))
+    (rejects,) = s3_keys(s3, "rfm/errors/")
+    rejected = pq.read_table(io.BytesIO(s3.get_object(Bucket=BUCKET, Key=rejects)["Body"].read()))
+    assert rejected.num_rows == 1 and rejected.column("sequence_number").to_pylist() == ["1004"]
+
+
 def test_shard_ended_flushes_then_checkpoints_with_a_null_sequence_number(
     s3: Any, settings: Settings
 ) -> None:
