@@ -317,7 +317,17 @@ def main() -> None:
     watch_parent()
     # The worker's resolved flags and environment (CLICKSTREAM_SETTINGS_FILE), not this process's environment.
     settings = settings_for_process()
-    ColumnarKCLProcess(RecordProcessor(settings), sys.stdin, sys.stdout, sys.stderr).run()
+    processor = RecordProcessor(settings)
+    try:
+        ColumnarKCLProcess(processor, sys.stdin, sys.stdout, sys.stderr).run()
+    except Exception as error:  # a protocol line that does not decode fails outside the processor's own calls
+        log.critical(
+            "terminal error reading the KCL's messages; exiting",
+            exc_info=True,
+            extra={"shard_id": processor.shard_id},
+        )
+        processor.record_terminal_error(error)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -453,6 +453,28 @@ def test_the_entry_point_writes_only_protocol_json_to_stdout_and_logs_to_stderr(
     assert event_ids_in_s3(s3) == expected_ids(range(4))
 
 
+def test_a_message_that_does_not_decode_leaves_its_error_for_the_worker_to_name(
+    s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restore_logging: None
+) -> None:
+    """A null arrival time fails while the line is read, outside the processor's calls: still a named stop."""
+    monkeypatch.setenv("CLICKSTREAM_BUCKET", BUCKET)
+    monkeypatch.setenv("CLICKSTREAM_STREAM_NAME", STREAM)
+    monkeypatch.setenv("CLICKSTREAM_PREFIX", "rfm")
+    monkeypatch.setenv("CLICKSTREAM_STATE_DIR", str(tmp_path / "state"))
+    broken = process_records(range(2))
+    broken["records"][1]["approximateArrivalTimestamp"] = None
+    monkeypatch.setattr("sys.stdin", io.StringIO(lines(initialize(), broken)))
+    monkeypatch.setattr(record_processor, "watch_parent", lambda: None)
+    monkeypatch.setattr(record_processor, "keep_pandas_out", lambda: None)
+
+    with pytest.raises(SystemExit) as exited:
+        record_processor.main()
+
+    assert exited.value.code == 1
+    (status_file,) = (tmp_path / "state" / "status").glob("*.json")
+    assert json.loads(status_file.read_text())["terminal_error"].startswith("TypeError")
+
+
 def _hold_state_file(path: Path, seconds: float) -> subprocess.Popen[str]:
     """Another process that opens ``path`` with DuckDB (taking its lock) for ``seconds``; returns once it holds it."""
     path.parent.mkdir(parents=True, exist_ok=True)
