@@ -224,8 +224,18 @@ SELECT * EXCLUDE (rank_) FROM (
     FROM read_parquet({files}, hive_partitioning = false, union_by_name = true))
 WHERE rank_ = 1
 """
-#: Order-independent: the same rows give the same fingerprint whatever files they came in.
-_FINGERPRINT: Final = "SELECT count(*), bit_xor(hash(customer_id, version, as_of)) FROM current_rows"
+#: What names a run's input: each customer's (id, version, as_of) in one order whatever files they came in, as
+#: SHA-256 (a standard function, unlike DuckDB's hash(), whose values change between DuckDB releases).
+_FINGERPRINT: Final = """
+SELECT count(*), sha256(string_agg(customer_id || ' ' || version || ' ' || epoch_us(as_of), chr(10)
+                                   ORDER BY customer_id))
+FROM current_rows
+"""
+
+
+def _fingerprint(con: duckdb.DuckDBPyConnection) -> str:
+    count, digest = con.sql(_FINGERPRINT).fetchall()[0]
+    return f"{count}:{str(digest)[:32]}"
 
 
 def _current_rows(paths: list[str], source: str, total_bytes: int) -> CurrentRows:
@@ -242,8 +252,7 @@ def _current_rows(paths: list[str], source: str, total_bytes: int) -> CurrentRow
     except duckdb.InvalidInputException as error:  # a file that is not Parquet
         raise InputError(f"{source}: {str(error).splitlines()[0]}") from None
     con.register("current_rows", table)
-    count, digest = con.sql(_FINGERPRINT).fetchall()[0]
-    return CurrentRows(table, source, len(paths), total_bytes, f"{count}:{digest}")
+    return CurrentRows(table, source, len(paths), total_bytes, _fingerprint(con))
 
 
 def read_local_rows(folder: Path, settings: Settings) -> CurrentRows:

@@ -1,8 +1,9 @@
 """One scoring run: its id, its output table and its commit record.
 
 A run is named by what determines it (``run_id``): the observation end, a fingerprint of the input rows, the
-valuation settings and the model library's version. Scoring the same inputs at the same as-of again gives the same
-id, so a retry finds its run already committed (or overwrites its own files) instead of adding a second copy.
+valuation settings, the model library's version and this code's ``SCORING_VERSION``. Scoring the same inputs at
+the same as-of again gives the same id, so a retry finds its run already committed (or overwrites its own files)
+instead of adding a second copy.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from scoring.rfm import RfmScores, score_customers
 
 #: Bumped when the commit record changes incompatibly; readers refuse versions they do not know.
 SCORE_COMMIT_FORMAT: Final = 1
+#: Bumped when what a run computes changes (RFM rules, segments, model checks): part of the run id, so a re-score
+#: after such a change refits instead of finding the old run "already committed".
+SCORING_VERSION: Final = 2
 
 
 class ScoreCommitError(ValueError):
@@ -30,13 +34,15 @@ class ScoreCommitError(ValueError):
 
 
 def run_id_for(as_of: datetime, input_fingerprint: str, config: ClvConfig, library: str | None) -> str:
-    """16 hex digits naming a run by its observation end, inputs, valuation settings and model library."""
+    """16 hex digits naming a run by its observation end, inputs, valuation settings, model library and
+    ``SCORING_VERSION``."""
     document = json.dumps(
         {
             "as_of": as_of.astimezone(UTC).isoformat(),
             "inputs": input_fingerprint,
             "valuation": asdict(config),
             "library": library,
+            "scoring": SCORING_VERSION,
         },
         sort_keys=True,
     )

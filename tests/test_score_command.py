@@ -544,3 +544,23 @@ def test_a_gamma_gamma_fit_with_q_at_most_1_writes_nothing(
     with pytest.raises(UnusableFit, match=r"q = 0\.670 <= 1"):
         score_customers(lambda: local_rows(local_copy, settings), LocalStore(tmp_path), settings, say=quiet)
     assert LocalStore(tmp_path).keys(LAYOUT.clv_prefix) == []
+
+
+def test_the_input_fingerprint_is_sha256_of_the_rows_in_customer_order(
+    local_copy: Path, settings: Settings
+) -> None:
+    """Not DuckDB's hash(), whose values change between DuckDB releases (and with them every run id)."""
+    import hashlib
+
+    rows = local_rows(local_copy, settings)
+    table = rows.table.sort_by("customer_id")
+    text = "\n".join(
+        f"{customer} {version} {(as_of - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)}"
+        for customer, version, as_of in zip(
+            table.column("customer_id").to_pylist(),
+            table.column("version").to_pylist(),
+            table.column("as_of").to_pylist(),
+            strict=True,
+        )
+    )
+    assert rows.fingerprint == f"{table.num_rows}:{hashlib.sha256(text.encode()).hexdigest()[:32]}"
