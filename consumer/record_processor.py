@@ -193,7 +193,7 @@ class RecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
         )
         checkpoint = initialize_input.sequence_number
         log.info("initializing at checkpoint %s", checkpoint, extra={"shard_id": shard_id})
-        self.shard.start(checkpoint)
+        self.shard.start(checkpoint, int(initialize_input.sub_sequence_number or 0))
 
     def record_terminal_error(self, error: Exception) -> None:
         """Leave the error in the shard's status file: the worker names it when the daemon stops because of it,

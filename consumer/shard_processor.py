@@ -267,13 +267,15 @@ class ShardProcessor:
         self._reported_work = False  # whether the last status written showed work (``_has_work``)
 
     # ------------------------------------------------------------------ KCL lifecycle
-    def start(self, checkpoint: str | None) -> None:
+    def start(self, checkpoint: str | None, checkpoint_sub: int = 0) -> None:
         """Before the first record: delete the files of attempts that lost their chain position, then bring the
         local state to the tip of the shard's commit chain on S3 (see consumer/state_recovery.py)."""
         self._retrying("settle earlier flush attempts", lambda: self.sink.settle_intents(self.shard_id))
         if self.recovery is not None:
             recovery = self.recovery
-            report = self._retrying("restore state", lambda: recovery.restore(self.state, checkpoint))
+            report = self._retrying(
+                "restore state", lambda: recovery.restore(self.state, checkpoint, checkpoint_sub)
+            )
             self._note_snapshot(report)
             if report.source == "parents":
                 # the inheritance becomes the child's own snapshot: its parents leave ListShards after the stream's

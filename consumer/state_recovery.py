@@ -239,11 +239,13 @@ class StateRecovery:
             report.events_applied += events.num_rows
 
     # ------------------------------------------------------------------ restore
-    def restore(self, state: CustomerState, checkpoint: str | None = None) -> RestoreReport:
+    def restore(
+        self, state: CustomerState, checkpoint: str | None = None, checkpoint_sub: int = 0
+    ) -> RestoreReport:
         """Make ``state`` equal to the shard's chain tip (see the module docstring)."""
         for attempt in range(1, _RESTORE_ATTEMPTS + 1):
             try:
-                return self._restore(state, checkpoint)
+                return self._restore(state, checkpoint, checkpoint_sub)
             except FileNotFoundError as error:  # a snapshot replaced while we read it: start over
                 if attempt == _RESTORE_ATTEMPTS:
                     raise
@@ -254,7 +256,7 @@ class StateRecovery:
                 )
         raise AssertionError("unreachable")
 
-    def _restore(self, state: CustomerState, checkpoint: str | None) -> RestoreReport:
+    def _restore(self, state: CustomerState, checkpoint: str | None, checkpoint_sub: int) -> RestoreReport:
         started = time.perf_counter()
         shard_id = state.shard_id
         pointer, _ = self._read_pointer(shard_id)
@@ -293,7 +295,7 @@ class StateRecovery:
             todo = chain
         self._apply_commits(state, todo, report)
         report.seconds = time.perf_counter() - started
-        self._compare_checkpoint(shard_id, checkpoint, walk[-1])
+        self._compare_checkpoint(shard_id, checkpoint, checkpoint_sub, walk[-1])
         if report.source != "local" or report.commits_applied:
             log.info(
                 "restored shard state from %s: %d commits, %d events re-applied in %.2fs",
@@ -305,11 +307,14 @@ class StateRecovery:
             )
         return report
 
-    def _compare_checkpoint(self, shard_id: str, checkpoint: str | None, tip: Position | None) -> None:
-        """A KCL checkpoint beyond the chain's tip: those records will not be delivered again, and S3 lacks them."""
+    def _compare_checkpoint(
+        self, shard_id: str, checkpoint: str | None, checkpoint_sub: int, tip: Position | None
+    ) -> None:
+        """A KCL checkpoint beyond the chain's tip: those records will not be delivered again, and S3 lacks them.
+        Compared as positions: inside a KPL aggregate, sub-sequence numbers tell them apart."""
         if checkpoint is None or not checkpoint.isdigit():
             return  # TRIM_HORIZON, LATEST, AT_TIMESTAMP, SHARD_END: nothing to compare
-        if tip is None or int(checkpoint) > int(tip.sequence_number):
+        if tip is None or Position(checkpoint, checkpoint_sub) > tip:
             log.error(
                 "the KCL checkpoint (%s) is beyond the last committed record (%s): the records between are not "
                 "in this prefix and will not be redelivered; backfill them with `clickstream replay` or reset the "

@@ -569,3 +569,25 @@ def test_a_connection_dropped_while_reading_the_chain_is_retried(
     assert broken.remaining == 0 and len(sleep.delays) == 2, "both broken reads were retried"
     assert taker.metrics.retries == 2
     assert_exactly_once(s3, records, taker.state)
+
+
+def test_a_checkpoint_beyond_the_chain_inside_a_kpl_aggregate_is_reported(
+    s3: Any, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The KCL checkpoints user records: (S, 5) is beyond a chain ending at (S, 2) though the sequence numbers tie."""
+    records = [
+        RawRecord("700", sub, record.partition_key, record.arrival_millis, record.data)
+        for sub, record in enumerate(to_records(payloads())[:3])
+    ]
+    owner = writer(s3, settings)
+    owner.start(None)
+    owner.on_records(records, 0, RecordingCheckpointer())
+    owner.flush(RecordingCheckpointer(), reason="test")
+    assert owner.state.position() == Position("700", 2)
+
+    with caplog.at_level(logging.INFO):
+        StateRecovery(s3, settings).restore(CustomerState(SHARD), checkpoint="700", checkpoint_sub=5)
+        StateRecovery(s3, settings).restore(CustomerState(SHARD), checkpoint="700", checkpoint_sub=2)
+
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "beyond the last committed record" in errors[0]
