@@ -315,9 +315,13 @@ class ShardProcessor:
         self._report(force=self._has_work() and not self._reported_work)
 
     def on_shard_ended(self, checkpointer: Checkpointer) -> None:
-        """Flush, then checkpoint SHARD_END so the KCL starts the child shards (never after a lost lease: its
-        buffer was dropped, and SHARD_END would let the children start past it)."""
-        self.flush(checkpointer, reason="shard_end")
+        """Flush, snapshot, then checkpoint SHARD_END so the KCL starts the child shards (never after a lost lease:
+        its buffer was dropped, and SHARD_END would let the children start past it).
+
+        The flush does not checkpoint its last record: that record is the shard's last, and the KCL stores a
+        checkpoint there as SHARD_END already, which would start the children before the snapshot they restore
+        from is written."""
+        self.flush(checkpointer, reason="shard_end", checkpoint=False)
         if self.lease_lost:
             raise LeaseLostError("shard ended after the lease was lost: SHARD_END is not checkpointed")
         self._snapshot()  # before SHARD_END: the child shards start from this state
@@ -381,8 +385,11 @@ class ShardProcessor:
             return "caught_up"  # nothing more to read: waiting would only delay freshness
         return None
 
-    def flush(self, checkpointer: Checkpointer, reason: str) -> CommitRecord | None:
-        """Steps 1-7 of the commit order; transient failures are retried with backoff, the buffer is kept."""
+    def flush(
+        self, checkpointer: Checkpointer, reason: str, *, checkpoint: bool = True
+    ) -> CommitRecord | None:
+        """Steps 1-7 of the commit order; transient failures are retried with backoff, the buffer is kept.
+        ``checkpoint=False``: the caller checkpoints (at shard end, SHARD_END after the final snapshot)."""
         if not self.buffer or self.lease_lost:
             return None
         _, buffered_last = self.buffer.range()
@@ -405,7 +412,8 @@ class ShardProcessor:
         self.buffer.clear()
         if reason == "caught_up":
             release_free_memory()  # the shard waits at the tip now: its flush's working memory can go back
-        self._retrying("checkpoint", lambda: self._checkpoint(checkpointer, buffered_last))
+        if checkpoint:
+            self._retrying("checkpoint", lambda: self._checkpoint(checkpointer, buffered_last))
         seconds = time.perf_counter() - started
         self.metrics.waiting_since = time.time() if self.metrics.millis_behind_latest else None
         if record is None:

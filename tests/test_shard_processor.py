@@ -608,9 +608,34 @@ def test_shard_ended_flushes_then_checkpoints_shard_end_without_arguments(
 
     processor.on_shard_ended(checkpointer)
 
-    assert checkpointer.calls == [(records[-1].sequence_number, 0), ()]
+    assert checkpointer.calls == [()], "SHARD_END alone: a checkpoint at the last record is SHARD_END already"
     assert [c.records_in for c in commit_records(s3)] == [7]
     assert processor.metrics.phase == "ended"
+
+
+def test_shard_end_is_checkpointed_only_after_the_final_snapshot(s3: Any, settings: Settings) -> None:
+    """The child shards start once SHARD_END is stored, and restore from the parent's snapshot."""
+    snapshot_pointer = f"{PREFIX}/_control/snapshots/{SHARD}/latest.json"
+    pointer_at_checkpoint: list[bool] = []
+    checkpointer = RecordingCheckpointer(
+        on_call=lambda _: pointer_at_checkpoint.append(snapshot_pointer in keys_under(s3, f"{PREFIX}/"))
+    )
+    processor = ShardProcessor(
+        SHARD,
+        CustomerState(SHARD),
+        S3ParquetSink(s3, settings),
+        NEVER,
+        clock=lambda: 0.0,
+        sleep=no_sleep,
+        recovery=StateRecovery(s3, settings),
+        snapshot_every_flushes=10**6,
+    )
+    processor.start(None)
+    processor.on_records(to_records(payloads()[:7]), 0, checkpointer)
+
+    processor.on_shard_ended(checkpointer)
+
+    assert checkpointer.calls == [()] and pointer_at_checkpoint == [True]
 
 
 def test_shard_ended_with_an_empty_buffer_only_checkpoints_shard_end(s3: Any, settings: Settings) -> None:
