@@ -244,6 +244,15 @@ def fit_and_predict(
             data=spend_frame[["customer_id", "monetary_value", "frequency"]], method="map", progressbar=False
         )
         timings["gamma_gamma_fit"] = time.perf_counter() - started
+        gg_params = _parameters(gg, ("p", "q", "v"))
+        if gg_params["q"] <= 1:
+            # the population's mean spend p*v/(q-1) is then negative or infinite, and so is every one-time buyer's
+            raise UnusableFit(
+                f"Gamma-Gamma fitted q = {gg_params['q']:.3f} <= 1: the repeat buyers' spend is too heavy-tailed "
+                "for the model (one-time buyers would get a negative or infinite expected spend); nothing was "
+                "written. Look at the largest monetary_value rows (outliers, test orders), or score a later as-of "
+                "with more repeat buyers"
+            )
 
         announce("predicting probability alive, purchases, order value and CLV")
         started = time.perf_counter()
@@ -266,15 +275,6 @@ def fit_and_predict(
         timings["predict"] = time.perf_counter() - started
 
     bg_params = _parameters(bg, ("r", "alpha", "a", "b"))
-    gg_params = _parameters(gg, ("p", "q", "v"))
-    if gg_params["q"] <= 1:
-        # the population's mean spend p*v/(q-1) is then negative or infinite, and so is every one-time buyer's
-        raise UnusableFit(
-            f"Gamma-Gamma fitted q = {gg_params['q']:.3f} <= 1: the repeat buyers' spend is too heavy-tailed for "
-            "the model (one-time buyers would get a negative or infinite expected spend); nothing was written. "
-            "Look at the largest monetary_value rows (outliers, test orders), or score a later as-of with more "
-            "repeat buyers"
-        )
     predictions = {
         "probability_alive": alive,
         "expected order value": order_value,
