@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import pyarrow as pa
 from amazon_kclpy.v3 import processor
@@ -24,6 +24,7 @@ from amazon_kclpy.v3 import processor
 from aggregators.customer_state import CustomerState
 from aggregators.validation import RecordValidator, ValidationRules
 from consumer.kcl_messages import ColumnarKCLProcess, RecordColumns
+from consumer.retry import one_line
 from consumer.s3_sink import S3ParquetSink
 from consumer.shard_processor import (
     FlushPolicy,
@@ -49,8 +50,6 @@ from runtime.settings import Settings, settings_for_process
 #: "__main__", and a log filter on this module would miss every line, its terminal errors among them.
 log = logging.getLogger("consumer.record_processor")
 
-#: The first bytes of a KPL-aggregated record.
-KPL_MAGIC = b"\xf3\x89\x9a\xc2"
 
 _Call = TypeVar("_Call", bound=Callable[..., None])
 
@@ -65,15 +64,8 @@ def _fail_fast(method: _Call) -> _Call:
             method(self, *args)
         except LeaseLostError:
             log.warning("lease lost during %s", method.__name__, extra={"shard_id": self.shard_id})
-        except Exception as error:
-            log.critical(
-                "terminal error in %s; exiting so the shard restarts from its checkpoint",
-                method.__name__,
-                exc_info=True,
-                extra={"shard_id": self.shard_id},
-            )
-            self.record_terminal_error(error)
-            raise SystemExit(1) from None
+        except Exception as error:  # noqa: BLE001 - logged, then the process exits (exit_on)
+            self.exit_on(error, f"in {method.__name__}")
 
     return wrapper  # type: ignore[return-value]
 
@@ -195,17 +187,26 @@ class RecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
         log.info("initializing at checkpoint %s", checkpoint, extra={"shard_id": shard_id})
         self.shard.start(checkpoint, int(initialize_input.sub_sequence_number or 0))
 
-    def record_terminal_error(self, error: Exception) -> None:
-        """Leave the error in the shard's status file: the worker names it when the daemon stops because of it,
-        instead of only "exited unexpectedly" many log lines later."""
-        if self.shard_id is None:
-            return
-        status = self.shard.metrics if self.shard is not None else ShardStatus(self.shard_id, os.getpid())
-        status.terminal_error = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-        try:
-            StatusWriter(self.settings.state_dir / "status").write(status, force=True)
-        except OSError:
-            log.warning("could not write the status file", exc_info=True, extra={"shard_id": self.shard_id})
+    def exit_on(self, error: Exception, where: str) -> NoReturn:
+        """End this process on a terminal error, so the KCL redelivers from the last checkpoint; the error is left
+        in the shard's status file, where the worker names it when the daemon stops because of it (instead of only
+        "exited unexpectedly" many log lines later)."""
+        log.critical(
+            "terminal error %s; exiting so the shard restarts from its checkpoint",
+            where,
+            exc_info=error,
+            extra={"shard_id": self.shard_id},
+        )
+        if self.shard_id is not None:
+            status = self.shard.metrics if self.shard is not None else ShardStatus(self.shard_id, os.getpid())
+            status.terminal_error = one_line(error)
+            try:
+                StatusWriter(self.settings.state_dir / "status").write(status, force=True)
+            except OSError:
+                log.warning(
+                    "could not write the status file", exc_info=True, extra={"shard_id": self.shard_id}
+                )
+        raise SystemExit(1) from None
 
     def _open_state(self, shard_id: str) -> CustomerState:
         """The shard's local state. When the lease came back to this worker while its earlier processor of the shard
@@ -320,14 +321,8 @@ def main() -> None:
     processor = RecordProcessor(settings)
     try:
         ColumnarKCLProcess(processor, sys.stdin, sys.stdout, sys.stderr).run()
-    except Exception as error:  # a protocol line that does not decode fails outside the processor's own calls
-        log.critical(
-            "terminal error reading the KCL's messages; exiting",
-            exc_info=True,
-            extra={"shard_id": processor.shard_id},
-        )
-        processor.record_terminal_error(error)
-        raise SystemExit(1) from None
+    except Exception as error:  # noqa: BLE001 - a line that does not decode fails outside the processor's calls
+        processor.exit_on(error, "reading the KCL's messages")
 
 
 if __name__ == "__main__":

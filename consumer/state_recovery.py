@@ -34,6 +34,7 @@ import pyarrow as pa
 from aggregators.customer_state import CustomerState, StateOptions
 from aggregators.validation import RecordValidator
 from consumer.metrics import emit as emit_metrics
+from consumer.retry import one_line
 from consumer.s3_sink import S3ParquetSink, is_precondition_failed, read_commit_records
 from runtime.settings import Settings
 from schemas import EVENTS_SCHEMA
@@ -60,12 +61,8 @@ class RestoreReport:
     seconds: float = 0.0
     discarded_local: Position | None = None  # a local position that was not on the chain
     tip: Position | None = None  # where the chain ends (None: no commit yet)
-    snapshot: Position | None = (
-        None  # the chain position the latest snapshot continues from (None: the start)
-    )
-    has_snapshot: bool = (
-        False  # whether the shard has a snapshot at all (a child's first one is at the start)
-    )
+    snapshot: Position | None = None  # the chain position the snapshot continues from (None: the start)
+    has_snapshot: bool = False  # whether there is one at all (a child's first is at the start)
     events_since_snapshot: int = 0  # new events the commits after it archived (no snapshot: all commits)
 
 
@@ -101,7 +98,7 @@ def open_shard_state(
     except Exception as error:
         if LOCK_CONFLICT.search(str(error)):
             raise  # another process holds it: not corruption (the KCL will retry the lease)
-        cause = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        cause = one_line(error)
     gc.collect()  # DuckDB caches open databases by path: the damaged one must be gone before the path is reused
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     moved = []

@@ -9,12 +9,13 @@ from typing import Any
 
 import pytest
 from amazon_kclpy import dispatch, messages
+from aws_kinesis_agg import MAGIC as KPL_MAGIC
 from aws_kinesis_agg.aggregator import RecordAggregator
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consumer.kcl_messages import ProcessRecordsColumns, _ColumnarIO, b64decode_column
-from consumer.record_processor import KPL_MAGIC, to_raw_records
+from consumer.record_processor import to_raw_records
 from consumer.shard_processor import RawRecord, RawRecordBatch, RecordBuffer
 
 ARRIVAL_MILLIS = 1_780_000_000_123
