@@ -73,9 +73,8 @@ class FrontDoor(click.Group):
 
 
 def _check_log_level(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    level = {"WARN": "WARNING"}.get(
-        value.upper(), value.upper()
-    )  # WARN: the KCL's (Java) name, logging's alias
+    level = value.upper()
+    level = "WARNING" if level == "WARN" else level  # WARN: the KCL's (Java) name, logging's alias
     if level not in LOG_LEVELS:
         from_env = ctx.get_parameter_source(str(param.name)) == ParameterSource.ENVIRONMENT
         source = "CLICKSTREAM_LOG_LEVEL" if from_env else "--log-level"

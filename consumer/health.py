@@ -70,9 +70,7 @@ def shard_problems(statuses: dict[str, ShardStatus], now: float, stuck_after: fl
                     f"{shard_id}: its processor (pid {status.pid}) is gone, last called "
                     f"{now - last_call:.0f}s ago{cause}"
                 )
-            elif (
-                status.last_error
-            ):  # the KCL is waiting on the processor, which keeps retrying inside its call
+            elif status.last_error:  # the KCL waits on the processor, which keeps retrying inside its call
                 problems.append(
                     f"{shard_id}: stuck for {now - last_call:.0f}s in a call that keeps failing: {status.last_error}"
                 )

@@ -17,12 +17,8 @@ from runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 
-_DENIED = (
-    "AccessDenied",
-    "AccessDeniedException",
-    "403",
-    "Forbidden",
-)  # refused credentials: raised as they are
+#: Not allowed by the policy. Refused credentials are not here: they are raised as they are, for the command line.
+_DENIED = ("AccessDenied", "AccessDeniedException", "403", "Forbidden")
 
 
 class PreflightError(RuntimeError):

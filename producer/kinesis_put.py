@@ -113,6 +113,13 @@ class PutSummary:
         return self.records_sent / self.seconds if self.seconds > 0 else 0.0
 
 
+#: What every unfinished run may do next (said by each of its outcomes).
+_SEND_AGAIN: Final = (
+    "the same input can be sent again: the worker counts an event id delivered twice once (within "
+    "CLICKSTREAM_DEDUPE_WINDOW_DAYS)"
+)
+
+
 class PutRecordsError(RuntimeError):
     """Records could not be delivered; ``undelivered`` holds them (partition key, data) for a re-drive.
 
@@ -133,9 +140,8 @@ class PutRecordsError(RuntimeError):
         """The whole run in one line: what was delivered, what was not, what was never sent, and what to do."""
         return (
             f"{self}: {self.summary.records_sent:,} records delivered, {self.undelivered_count:,} of the failing "
-            "batch not, and the input after that batch not sent; the same input can be sent again: the worker counts "
-            "an event id delivered twice once (within CLICKSTREAM_DEDUPE_WINDOW_DAYS), though a malformed record "
-            "is rejected again"
+            f"batch not, and the input after that batch not sent; {_SEND_AGAIN}, though a malformed record is "
+            "rejected again"
         )
 
 
@@ -149,8 +155,7 @@ class PutInputError(RuntimeError):
     def outcome(self) -> str:
         return (
             f"{self}: the {self.summary.records_sent:,} records read before it were delivered, the rest not; fix "
-            "the input and send it again: the worker counts an event id delivered twice once (within "
-            "CLICKSTREAM_DEDUPE_WINDOW_DAYS)"
+            f"the input: {_SEND_AGAIN}"
         )
 
 
@@ -171,8 +176,7 @@ class PutInterrupted(KeyboardInterrupt):
         )
         return (
             f"interrupted: {self.summary.records_sent:,} records delivered{in_flight}, the rest of the input not "
-            "sent; the same input can be sent again: the worker counts an event id delivered twice once (within "
-            "CLICKSTREAM_DEDUPE_WINDOW_DAYS)"
+            f"sent; {_SEND_AGAIN}"
         )
 
 

@@ -38,6 +38,11 @@ def _time(value: Any) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value).astimezone(UTC)
 
 
+def _all_files(files: dict[str, list[str]]) -> list[str]:
+    """Every data file of a by-output listing, of every output."""
+    return [key for keys in files.values() for key in keys]
+
+
 def _dump(record: Any) -> bytes:
     def default(value: Any) -> Any:
         if isinstance(value, datetime):
@@ -74,7 +79,7 @@ class FlushIntent:
     @property
     def all_files(self) -> list[str]:
         """Every data file it names, of every output."""
-        return [key for keys in self.files.values() for key in keys]
+        return _all_files(self.files)
 
     def to_json(self) -> bytes:
         return _dump(self)
@@ -178,7 +183,7 @@ class CommitRecord:
     @property
     def all_files(self) -> list[str]:
         """Every data file it names, of every output."""
-        return [key for keys in self.files.values() for key in keys]
+        return _all_files(self.files)
 
     @property
     def file_count(self) -> int:
