@@ -24,6 +24,7 @@ from rich.console import Console
 from clickstream.cli import main
 from clickstream.score import (
     ABANDONED_RUN_SECONDS,
+    ChangedMeanwhile,
     ConcurrentRunError,
     CurrentRows,
     LocalStore,
@@ -564,3 +565,19 @@ def test_the_input_fingerprint_is_sha256_of_the_rows_in_customer_order(
         )
     )
     assert rows.fingerprint == f"{table.num_rows}:{hashlib.sha256(text.encode()).hexdigest()[:32]}"
+
+
+def test_an_s3_conditional_put_refuses_a_changed_or_created_object(s3: Any, settings: Settings) -> None:
+    """S3's 412 (and 409, a racing conditional write) become ChangedMeanwhile, as the local store's check does."""
+    store = S3Store(s3, settings)
+    key = "rfm/_control/clv/put-if-test.json"
+    store.put_if(key, b"first", "application/json", tag=None)
+    with pytest.raises(ChangedMeanwhile):
+        store.put_if(key, b"again", "application/json", tag=None)  # exists already
+    body, tag = store.get_tagged(key)
+    assert body == b"first" and tag is not None
+    store.put_if(key, b"second", "application/json", tag=tag)
+    with pytest.raises(ChangedMeanwhile):
+        store.put_if(key, b"third", "application/json", tag=tag)  # the tag read before the second write
+    assert store.get(key) == b"second"
+    store.delete(key)
