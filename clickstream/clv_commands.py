@@ -20,10 +20,11 @@ def _parse_as_of(_: click.Context, __: click.Parameter, value: str | None) -> da
             return datetime.combine(date.fromisoformat(value), datetime.max.time(), tzinfo=UTC)
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise click.BadParameter("use YYYY-MM-DD (a UTC day) or an ISO time with offset") from None
-    if parsed.tzinfo is None:
-        raise click.BadParameter("give the time zone, e.g. 2026-04-30T12:00:00Z")
-    return parsed
+        raise click.BadParameter(
+            "use YYYY-MM-DD (a UTC day) or an ISO time, e.g. 2026-04-30T12:00:00Z"
+        ) from None
+    # UTC unless it carries an offset, as replay's range reads a time
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 @click.command()
@@ -31,9 +32,9 @@ def _parse_as_of(_: click.Context, __: click.Parameter, value: str | None) -> da
     "--as-of",
     callback=_parse_as_of,
     metavar="TIME",
-    help="Observation end for every customer: YYYY-MM-DD (the end of that UTC day) or an ISO time with its zone "
-    "(refused if a purchase after it is in the aggregates). The models count whole UTC days. Default: latest "
-    "event seen.",
+    help="Observation end for every customer: YYYY-MM-DD (the end of that UTC day) or an ISO time, UTC unless it "
+    "carries an offset (refused if a purchase after it is in the aggregates). The models count whole UTC days. "
+    "Default: latest event seen.",
 )
 @click.option(
     "--input",

@@ -308,6 +308,19 @@ def test_cli_as_of_is_validated(local_copy: Path, tmp_path: Path, settings: Sett
     assert result.exit_code == 2 and "bought after the observation end" in result.output
 
 
+def test_cli_as_of_without_offset_is_utc(local_copy: Path, tmp_path: Path, settings: Settings) -> None:
+    """As replay reads its range: a time with no offset is UTC, not refused."""
+    rows = local_rows(local_copy, settings).table
+    last = max(rows.column("last_purchase_at").drop_null().to_pylist())
+    naive = (last + timedelta(hours=1)).replace(tzinfo=None, microsecond=0)
+    arguments = ["score", "--input", str(local_copy), "--output-dir", str(tmp_path), "--no-progress"]
+    result = CliRunner().invoke(main, [*arguments, "--as-of", naive.isoformat()])
+    assert result.exit_code == 0, result.output
+    commit = read_commit(LocalStore(tmp_path), LAYOUT)
+    assert commit is not None
+    assert commit.as_of == naive.replace(tzinfo=UTC)
+
+
 def test_cli_says_how_to_install_the_model_library(
     local_copy: Path, tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
