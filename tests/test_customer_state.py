@@ -779,7 +779,7 @@ def test_staged_commits_when_the_block_exits_cleanly() -> None:
 def test_second_staged_batch_while_one_is_open_is_refused() -> None:
     first, second, _ = _three_batches()
     state = CustomerState(SHARD)
-    with pytest.raises(RuntimeError), state.staged(first), state.staged(second):
+    with pytest.raises(RuntimeError, match="already open"), state.staged(first), state.staged(second):
         pass
     assert state.position() is None
     assert state.apply(first).events.num_rows == 2

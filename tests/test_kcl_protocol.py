@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import os
+import select
 import subprocess
 import sys
 import uuid
@@ -474,14 +475,15 @@ def test_a_message_that_does_not_decode_leaves_its_error_for_the_worker_to_name(
 
 
 def _hold_state_file(path: Path, seconds: float) -> subprocess.Popen[str]:
-    """Another process that opens ``path`` with DuckDB (taking its lock) for ``seconds``; returns once it holds it."""
+    """Another process that opens ``path`` with DuckDB (taking its lock) for ``seconds``; returns once it holds it.
+    It prints ``releasing`` right before it lets go of the file, then lives on for a while."""
     path.parent.mkdir(parents=True, exist_ok=True)
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
             f"import duckdb, sys, time; con = duckdb.connect({str(path)!r}); print('held', flush=True); "
-            f"time.sleep({seconds})",
+            f"time.sleep({seconds}); print('releasing', flush=True); con.close(); time.sleep(30)",
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -500,12 +502,17 @@ def test_initialize_waits_for_an_earlier_processor_of_the_shard_that_still_holds
     with caplog.at_level(logging.WARNING, logger="consumer.record_processor"):
         state = RecordProcessor(settings)._open_state(SHARD)
     try:
-        # The file opened only once the holder let go of it, i.e. as the holder ended (no wall-clock assumptions).
-        assert holder.wait(timeout=2) == 0
-        assert state.position() is None
+        # The file opened only once the holder let go of it: its last words were printed before it did (no
+        # wall-clock assumptions; a state opened without waiting would find nothing to read yet).
+        assert holder.stdout is not None
+        assert select.select([holder.stdout], [], [], 0)[0], "opened while the holder still held the file"
+        assert holder.stdout.readline().strip() == "releasing"
+        assert state.persistent and state.position() is None
         assert any(f"pid {holder.pid}" in record.getMessage() for record in caplog.records)
     finally:
         state.close()
+        holder.kill()
+        holder.wait()
 
 
 def test_a_state_file_held_by_an_unrelated_process_is_still_an_error(settings: Settings) -> None:

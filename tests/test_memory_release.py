@@ -21,3 +21,17 @@ def test_releasing_keeps_live_data_intact() -> None:
     del freed
     memory.release_free_memory()
     assert int(kept.sum()) == 999_999 * 1_000_000 // 2
+
+
+def test_releasing_asks_both_allocators(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Arrow's pool and the C heap are each asked to give their free pages back."""
+    calls: list[str] = []
+
+    class Pool:
+        def release_unused(self) -> None:
+            calls.append("arrow")
+
+    monkeypatch.setattr(memory.pa, "default_memory_pool", Pool)
+    monkeypatch.setattr(memory, "_MALLOC_TRIM", lambda pad: calls.append(f"malloc_trim({pad})"))
+    memory.release_free_memory()
+    assert calls == ["arrow", "malloc_trim(0)"]
