@@ -136,7 +136,7 @@ class PauseBeforeCommit(S3ParquetSink):
 # ---------------------------------------------------------------------------------------------------- two writers
 def test_a_paused_owner_loses_the_commit_to_the_new_owner_and_catches_up(s3: Any, settings: Settings) -> None:
     records = to_records(payloads())
-    new_owner = writer(s3, settings, policy=NEVER)
+    new_owner = writer(s3, settings.model_copy(update={"worker_id": "new-owner"}), policy=NEVER)
 
     def takeover() -> None:  # the lease moves while the old owner sits between its data files and its commit
         new_owner.start(None)
@@ -150,8 +150,9 @@ def test_a_paused_owner_loses_the_commit_to_the_new_owner_and_catches_up(s3: Any
     old_owner.flush(old_checkpointer, reason="test")
 
     assert old_owner.metrics.commit_conflicts == 1
-    assert [c.worker_id for c in commit_records(s3)] == [settings.worker_id]
-    assert len(commit_records(s3)) == 1, "only the new owner's flush is committed"
+    assert [c.worker_id for c in commit_records(s3)] == ["new-owner"], (
+        "only the new owner's flush is committed"
+    )
     assert old_checkpointer.calls == [(records[34].sequence_number, 0)], (
         "covered by the winner: checkpoint only"
     )
@@ -245,7 +246,7 @@ def test_a_flush_retrying_through_an_s3_outage_loses_to_the_owner_that_took_over
 ) -> None:
     """A rebalance while a flush retries: the new owner commits during the old owner's backoff."""
     records = to_records(payloads())
-    new_owner = writer(s3, settings, policy=NEVER)
+    new_owner = writer(s3, settings.model_copy(update={"worker_id": "new-owner"}), policy=NEVER)
     took_over: list[bool] = []
 
     def during_backoff() -> None:
@@ -265,7 +266,7 @@ def test_a_flush_retrying_through_an_s3_outage_loses_to_the_owner_that_took_over
 
     assert outage.failures == 3 and took_over
     chain = commit_records(s3)
-    assert [c.worker_id for c in chain] == [settings.worker_id] * 2
+    assert [c.worker_id for c in chain] == ["new-owner", settings.worker_id], "the old owner commits after it"
     assert chain[1].first == Position(records[30].sequence_number)
     new_owner.on_lease_lost()
     old_owner.on_records(records[45:], 0, RecordingCheckpointer())

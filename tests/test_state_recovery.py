@@ -221,11 +221,29 @@ def test_child_of_a_merge_takes_both_parents(s3_env: tuple[Any, Settings], tmp_p
         ]
         _feed(processor, records)
         processor.on_shard_ended(RecordingCheckpointer())
-        parents.append((shard, {row["customer_id"] for row in _rows(state)}))
+        parents.append((shard, state))
     lookup = [ParentShard(shard, 0, 2**128 - 1) for shard, _ in parents]
-    child = CustomerState("shardId-000000000003", tmp_path / "child.duckdb")
+    child_id = "shardId-000000000003"
+    child = CustomerState(child_id, tmp_path / "child.duckdb")
     StateRecovery(s3, settings, parents=lambda _id: lookup).restore(child)
-    assert {row["customer_id"] for row in _rows(child)} == parents[0][1] | parents[1][1]
+
+    # every parent's customers with their whole rows (as of the later parent's high-water mark)
+    as_of = max(state.as_of() for _, state in parents)
+    assert as_of is not None and child.as_of() == as_of
+    first = parents[0][1].as_of()
+    assert first is not None and first != as_of, "the parents' marks differ, so taking the later one is shown"
+    moved = ("as_of", "T", "shard_id")  # the observation end and the owner change with the shard
+    expected = {
+        row["customer_id"]: {k: v for k, v in row.items() if k not in moved}
+        for _, state in parents
+        for row in _rows(state)
+    }
+    rows = {row["customer_id"]: row for row in _rows(child)}
+    assert {c: {k: v for k, v in row.items() if k not in moved} for c, row in rows.items()} == expected
+    assert {row["shard_id"] for row in rows.values()} == {child_id}
+    assert sum(state.event_id_count() for _, state in parents) == child.event_id_count() > 0, (
+        "both parents' remembered event ids: a re-send of either parent's events is still a duplicate"
+    )
 
 
 def _record_snapshots(processor: ShardProcessor) -> list[int]:
