@@ -140,9 +140,12 @@ def mismatches_against_reference(
     """(customer, column, got, expected) for every difference between current rows and the reference.
 
     ``T`` is relative to each row's own ``as_of`` (the shard's event-time high-water mark when the row was written),
-    so it is checked as ``T == as_of date - first purchase day``; floats compare to 1e-9 relative.
+    so it is checked as ``T == as_of date - first purchase day``, with ``as_of`` itself held between the customer's
+    last event and the newest valid event of the input (a mark taken from the wall clock, a rejected event or a lost
+    restore would move ``T`` with it); floats compare to 1e-9 relative.
     """
     expected = reference_aggregates(documents)
+    newest = max((want["last_event_at"] for want in expected.values()), default=None)
     problems: list[tuple[str, str, Any, Any]] = [
         (customer, "<row>", customer in rows, customer in expected) for customer in set(rows) ^ set(expected)
     ]
@@ -163,6 +166,8 @@ def mismatches_against_reference(
                 problems.append((customer, column, got[column], value))
         if got["as_of"] < got["last_event_at"]:
             problems.append((customer, "as_of", got["as_of"], f">= {got['last_event_at']}"))
+        if newest is not None and got["as_of"] > newest:
+            problems.append((customer, "as_of", got["as_of"], f"<= {newest} (the newest valid event)"))
         if got["version"] != want["events"]:
             problems.append((customer, "version", got["version"], want["events"]))
     return problems

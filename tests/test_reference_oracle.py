@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pyarrow as pa
@@ -48,3 +48,15 @@ def test_correct_rows_have_no_mismatches_and_every_kind_of_error_is_caught() -> 
         assert [(c, col) for c, col, _, _ in found] == [(buyer, column)], column
     missing = {c: row for c, row in rows.items() if c != buyer}
     assert mismatches_against_reference(missing, documents) == [(buyer, "<row>", False, True)]
+
+
+def test_a_mark_past_the_newest_valid_event_is_caught() -> None:
+    """``T`` follows each row's ``as_of``: a mark moved forward (the wall clock, a rejected event) moves ``T`` with
+    it, so the mark itself is held to the input."""
+    rows, documents = _rows_and_documents()
+    buyer = next(c for c, row in rows.items() if row["frequency"])
+    broken = {c: dict(row) for c, row in rows.items()}
+    broken[buyer]["as_of"] += timedelta(days=30)
+    broken[buyer]["T"] += 30
+    found = mismatches_against_reference(broken, documents)
+    assert [(c, col) for c, col, _, _ in found] == [(buyer, "as_of")]
