@@ -617,8 +617,9 @@ def demo(customers: int, events: int, seed: int, shards: int, output_dir: Path) 
     try:
         import moto  # noqa: F401 - the demo runs on the embedded endpoint
     except ImportError:
-        raise click.ClickException(
-            "the demo needs the emulator extra: pip install 'clickstream-rfm[emulator]' (or run `make demo`)"
+        raise FrontDoorError(
+            "the demo needs the emulator extra: pip install 'clickstream-rfm[emulator]' (or run `make demo`)",
+            USAGE,
         ) from None
     from clickstream.demo import DEMO_OUTPUTS, replaceable_output, run_demo
 

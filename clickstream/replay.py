@@ -77,8 +77,7 @@ def plan_replay(
         if record.oldest_event_at < end and record.newest_event_at >= start:
             plan.files += record.files.get("events", [])
             plan.events += record.accepted - record.duplicates
-    output_name = f"replay-{start:%Y%m%dT%H%M}-{end:%Y%m%dT%H%M}.parquet"
-    plan.output_key = f"{sink.layout.replay_prefix(name)}customer_aggregates/{output_name}"
+    plan.output_key = sink.layout.replay_output_key(name, start, end)
     return plan
 
 

@@ -670,4 +670,4 @@ class KclWorker:
         )
         cause = f"; shard {failed[0].shard_id} stopped on {failed[0].terminal_error}" if failed else ""
         log.error("KCL MultiLangDaemon exited unexpectedly with code %s%s", java_code, cause)
-        return java_code if 0 < java_code < 128 else 1
+        return 1  # the JVM's own code is in the line: passed on, a 2 or 3 would read as bad settings or unhealthy

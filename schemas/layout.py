@@ -77,6 +77,10 @@ class OutputLayout:
     def replay_prefix(self, name: str) -> str:
         return f"{self._root('replays')}{name}/"
 
+    def replay_output_key(self, name: str, start: datetime, end: datetime) -> str:
+        """The customer rows a replay of [start, end) writes (times in UTC, to the minute)."""
+        return f"{self.replay_prefix(name)}customer_aggregates/replay-{start:%Y%m%dT%H%M}-{end:%Y%m%dT%H%M}.parquet"
+
     # ------------------------------------------------------------------ control
     @property
     def control_prefix(self) -> str:

@@ -793,6 +793,16 @@ def test_emulator_refuses_a_non_loopback_host_in_one_line_naming_a_real_flag() -
     assert "--allow-remote" in run_cli("emulator", "--help").stdout
 
 
+def test_demo_without_the_emulator_extra_is_a_set_up_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A missing extra is set-up, exit 2 as the emulator command says it, not a run-time failure."""
+    monkeypatch.setitem(sys.modules, "moto", None)  # import fails as if not installed
+    result = CliRunner().invoke(main, ["demo", "--output-dir", str(tmp_path / "demo")])
+    assert result.exit_code == 2, result.output
+    assert "pip install 'clickstream-rfm[emulator]'" in result.output
+
+
 def test_emulator_on_a_port_in_use_is_one_line_and_exit_1() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
