@@ -2,29 +2,36 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
 from clickstream.errors import USAGE, FrontDoorError
-from clickstream.options import build_settings, progress_option, setting_option, show_progress
+from clickstream.options import (
+    build_settings,
+    parse_flag_time,
+    progress_option,
+    setting_option,
+    show_progress,
+)
 
 
 def _parse_as_of(_: click.Context, __: click.Parameter, value: str | None) -> datetime | None:
     if value is None:
         return None
     try:
-        if len(value) == 10:  # a day is observed whole: its end, to the microsecond
-            return datetime.combine(date.fromisoformat(value), datetime.max.time(), tzinfo=UTC)
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        parsed = parse_flag_time(
+            value
+        )  # a time is UTC unless it carries an offset, as replay's range reads it
     except ValueError:
         raise click.BadParameter(
             "use YYYY-MM-DD (a UTC day) or an ISO time, e.g. 2026-04-30T12:00:00Z"
         ) from None
-    # UTC unless it carries an offset, as replay's range reads a time
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    if isinstance(parsed, datetime):
+        return parsed
+    return datetime.combine(parsed, datetime.max.time(), tzinfo=UTC)  # a day is observed whole, to its end
 
 
 @click.command()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import re
 import sys
 from collections.abc import Callable
+from datetime import UTC, date, datetime
 from typing import Any, Final, TypeVar
 
 import click
@@ -13,6 +15,26 @@ from click.core import ParameterSource
 from runtime.settings import ConfigError, Settings, env_var_name, load_settings, with_overrides
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+
+#: The forms a time flag takes: a day, or a day, 'T' (or a space) and a time (hours, then minutes, seconds and a
+#: fraction, each optional), with an optional 'Z' or offset. Python's fromisoformat alone takes any character
+#: between the day and the time, so "2026-03-01+02:00" would be 02:00 on that day.
+_ISO_TIME: Final = re.compile(
+    r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}(?::\d{2}(?::\d{2}(?:\.\d{1,6})?)?)?(?:Z|[+-]\d{2}:\d{2})?)?"
+)
+
+
+def parse_flag_time(text: str) -> date | datetime:
+    """A day (``date``) or a time (``datetime``, UTC where it names no offset) in one of the ``_ISO_TIME`` forms;
+    raises ValueError for anything else, e.g. a day with an offset and no time."""
+    if not _ISO_TIME.fullmatch(text):
+        raise ValueError(
+            f"{text!r} is not YYYY-MM-DD or YYYY-MM-DDTHH[:MM[:SS]] with an optional Z or +HH:MM"
+        )
+    if len(text) == len("YYYY-MM-DD"):
+        return date.fromisoformat(text)
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 class FiniteFloatRange(click.FloatRange):

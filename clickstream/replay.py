@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 from tqdm import tqdm
 
 from aggregators.customer_state import CustomerState
+from clickstream.options import parse_flag_time
 from consumer.s3_sink import S3ParquetSink, read_commit_records
 from consumer.state_recovery import state_options
 from runtime.settings import Settings
@@ -140,11 +141,11 @@ def parse_time(text: str) -> datetime:
 
     The range is applied exactly (events are kept by their event time), so nothing is rounded: a time with seconds
     is refused rather than cut to the minute the output's name holds."""
-    value = datetime.fromisoformat(text)
+    value = parse_flag_time(text)
+    if not isinstance(value, datetime):
+        return datetime.combine(value, time(), tzinfo=UTC)
     if value.second or value.microsecond:
         raise ValueError(f"{text!r} has seconds: a replay range is given to the minute")
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
 
 

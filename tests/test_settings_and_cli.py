@@ -740,6 +740,19 @@ def test_a_replay_range_end_is_kept_to_the_minute_in_utc(text: str, expected: da
 
 
 @pytest.mark.parametrize(
+    "text", ["2026-03-01+02:00", "2026-03-01Z", "20260301", "2026-03-01x10:00", "2026-3-1"]
+)
+def test_a_time_flag_outside_the_documented_forms_is_refused(text: str) -> None:
+    """Python's fromisoformat takes any character between day and time: "2026-03-01+02:00" read as 02:00 UTC."""
+    from clickstream.replay import parse_time
+
+    with pytest.raises(ValueError, match="is not YYYY-MM-DD"):
+        parse_time(text)
+    result = CliRunner().invoke(main, ["score", "--output-dir", "/nonexistent", "--as-of", text])
+    assert result.exit_code == 2 and "use YYYY-MM-DD" in result.output
+
+
+@pytest.mark.parametrize(
     ("arguments", "flag", "needle"),
     [
         (["--from", "2026-13-01", "--to", "2026-03-02"], "--from", "month must be in 1..12"),
