@@ -424,11 +424,19 @@ def worker(
 )
 @click.option("--name", default=None, help="Output folder under <prefix>/replays/ (default: from the range).")
 @click.option(
-    "--dry-run", is_flag=True, help="Only say which files would be read and where the result would go."
+    "--dry-run",
+    is_flag=True,
+    help="Only say how many committed files and events would be read and where the result would go.",
 )
 @progress_option
 @setting_option("bucket", "--bucket")
 @setting_option("prefix", "--prefix")
+@setting_option(
+    "dedupe_window_days",
+    "--dedupe-window-days",
+    type=int,
+    purpose="De-duplication window: give the worker's, or the replay counts re-sends differently from the live rows.",
+)
 @setting_option(
     "state_dir",
     "--state-dir",
@@ -467,7 +475,13 @@ def replay(
         return
     if dry_run:
         return
-    result = run_replay(s3, settings, plan, settings.state_dir / "replay", progress=show_progress(progress))
+    try:
+        result = run_replay(
+            s3, settings, plan, settings.state_dir / "replay", progress=show_progress(progress)
+        )
+    except KeyboardInterrupt:
+        click.echo("replay interrupted: nothing written (its output is written once, at the end)", err=True)
+        sys.exit(INTERRUPTED)
     click.echo(
         f"replayed {result.events_read:,} events ({result.events_applied:,} applied) into {result.customers:,} "
         f"customers: s3://{settings.bucket}/{result.output_key}",

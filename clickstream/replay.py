@@ -43,12 +43,14 @@ class ReplayPlan:
     commits: int = 0
     output_key: str = ""
     bucket: str = ""
+    dedupe_window_days: int = 0  # the window it de-duplicates with: the worker's must be the same
 
     def describe(self) -> str:
         return (
             f"replay {self.name}: events from {self.start:%Y-%m-%d %H:%M} to {self.end:%Y-%m-%d %H:%M} UTC (end "
             f"exclusive): {len(self.files):,} committed files of {self.commits:,} commits, up to "
-            f"{self.events:,} events; output s3://{self.bucket}/{self.output_key}"
+            f"{self.events:,} events; de-duplication window {self.dedupe_window_days} days (the worker's "
+            f"CLICKSTREAM_DEDUPE_WINDOW_DAYS must be the same); output s3://{self.bucket}/{self.output_key}"
         )
 
 
@@ -67,10 +69,16 @@ def plan_replay(
     if end <= start:
         raise ValueError(f"--to ({end:%Y-%m-%d %H:%M}) must be after --from ({start:%Y-%m-%d %H:%M})")
     name = name or f"{_stamp(start)}-{_stamp(end)}"
-    if not re.fullmatch(r"[A-Za-z0-9_.=-]+", name):
-        raise ValueError("--name may contain only letters, digits and _ . = -")
+    if not re.fullmatch(r"[A-Za-z0-9_.=-]+", name) or not name.strip("."):
+        raise ValueError("--name may contain only letters, digits and _ . = - (and not dots alone)")
     sink = S3ParquetSink(s3, settings)
-    plan = ReplayPlan(start=start, end=end, name=name, bucket=settings.bucket)
+    plan = ReplayPlan(
+        start=start,
+        end=end,
+        name=name,
+        bucket=settings.bucket,
+        dedupe_window_days=settings.dedupe_window_days,
+    )
     for record in read_commit_records(s3, settings.bucket, sink.layout):
         plan.commits += 1
         if record.oldest_event_at is None or record.newest_event_at is None:
@@ -79,6 +87,12 @@ def plan_replay(
             plan.files += record.files.get("events", [])
             plan.events += record.accepted - record.duplicates
     plan.output_key = sink.layout.replay_output_key(name, start, end)
+    others = [key for key in sink.list_keys(sink.layout.replay_prefix(name)) if key != plan.output_key]
+    if others:  # a reader of the folder would mix the two ranges' rows
+        raise ValueError(
+            f"s3://{settings.bucket}/{sink.layout.replay_prefix(name)} holds another replay ({others[0]}): "
+            "choose another --name or delete that one"
+        )
     return plan
 
 
@@ -132,7 +146,7 @@ def run_replay(
             events_read=read, events_applied=applied, customers=rows.num_rows, output_key=plan.output_key
         )
     finally:
-        state.close()
+        state.con.close()  # not close(): it would write the journal into a file deleted next (slow on Ctrl-C)
         database.unlink(missing_ok=True)
 
 

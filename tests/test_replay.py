@@ -60,3 +60,70 @@ def test_replay_deduplicates_with_the_window_the_worker_is_set_to(s3: Any, tmp_p
     result = run_replay(s3, settings, plan, tmp_path, progress=False)
     rows = S3ParquetSink(s3, settings).get_parquet(result.output_key).to_pylist()
     assert [(row["customer_id"], row["purchases"]) for row in rows] == [("c-A", 2)]
+
+
+def _archive(s3: Any) -> Settings:
+    settings = Settings(bucket=BUCKET, prefix="rfm")
+    stream = Stream()
+    live_run(
+        s3,
+        settings,
+        [
+            stream.batch([event("c-A", "page_view", "2026-03-01T10:00:00Z")]),
+            stream.batch([event("c-B", "page_view", "2026-03-02T10:00:00Z")]),
+        ],
+    )
+    return settings
+
+
+def _replay(*arguments: str) -> Any:
+    from click.testing import CliRunner
+
+    from clickstream.cli import main
+
+    return CliRunner().invoke(main, ["replay", "--bucket", BUCKET, "--no-progress", *arguments])
+
+
+def _replays(s3: Any) -> list[str]:
+    listed = s3.list_objects_v2(Bucket=BUCKET, Prefix="rfm/replays/")
+    return [item["Key"] for item in listed.get("Contents", [])]
+
+
+def test_a_replay_name_holds_one_range(s3: Any, tmp_path: Path) -> None:
+    """A folder read whole (score --input, Spectrum) must not mix two ranges' rows; dots alone are no name."""
+    _archive(s3)
+    scratch = ["--state-dir", str(tmp_path)]
+    first = _replay("--from", "2026-03-01", "--to", "2026-03-02", "--name", "wk", *scratch)
+    assert first.exit_code == 0, first.output
+    assert "de-duplication window 7 days" in first.output
+    again = _replay("--from", "2026-03-01", "--to", "2026-03-02", "--name", "wk", *scratch)
+    assert again.exit_code == 0, "the same range overwrites its own object"
+    other = _replay("--from", "2026-03-02", "--to", "2026-03-03", "--name", "wk", *scratch)
+    assert other.exit_code == 2 and "holds another replay" in other.output
+    assert len(_replays(s3)) == 1
+    for name in ("..", "."):
+        dots = _replay("--from", "2026-03-02", "--to", "2026-03-03", "--name", name, *scratch)
+        assert dots.exit_code == 2 and "not dots alone" in dots.output
+    assert len(_replays(s3)) == 1
+
+
+def test_an_interrupted_replay_writes_nothing_and_exits_130(
+    s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _archive(s3)
+    reads: list[str] = []
+    get_parquet = S3ParquetSink.get_parquet
+
+    def interrupted_on_the_second_file(self: S3ParquetSink, key: str) -> pa.Table:
+        reads.append(key)
+        if len(reads) == 2:
+            raise KeyboardInterrupt
+        return get_parquet(self, key)
+
+    monkeypatch.setattr(S3ParquetSink, "get_parquet", interrupted_on_the_second_file)
+    result = _replay("--from", "2026-03-01", "--to", "2026-03-03", "--state-dir", str(tmp_path))
+    assert len(reads) == 2, "interrupted midway, after a file was read"
+    assert result.exit_code == 130, result.output
+    assert "nothing written" in result.output
+    assert _replays(s3) == []
+    assert not list((tmp_path / "replay").glob("*.duckdb")), "its scratch state is removed"
