@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from botocore import exceptions as aws
 
 from runtime.settings import ConfigError
+from schemas.control import ControlRecordError
 
 #: Exit code of bad usage or configuration (as click uses for usage errors).
 USAGE = 2
@@ -102,6 +103,10 @@ def explain(error: BaseException) -> Failure:  # noqa: PLR0911 - one return per 
         return Failure(str(error), error.exit_code)
     if isinstance(error, ConfigError):
         return Failure(f"invalid configuration: {error}", USAGE)
+    if isinstance(error, ControlRecordError):  # its message names the object
+        return Failure(
+            f"unreadable control record {error} (written by another version, or changed by hand?)", USAGE
+        )
     if isinstance(error, aws.NoCredentialsError | aws.PartialCredentialsError):
         return Failure(
             "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or run "

@@ -17,7 +17,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from consumer.s3_sink import read_commit_records
+from consumer.s3_sink import commit_record_at, read_commit_records
 from runtime.settings import Settings
 from schemas.control import CommitRecord
 from schemas.layout import OutputLayout
@@ -69,7 +69,9 @@ def download_outputs(s3: Any, settings: Settings, destination: Path) -> OutputIn
     download_keys(s3, settings.bucket, keys, destination)
     for key in keys:
         if "/_control/commits/" in f"/{key}":
-            inventory.commits.append(CommitRecord.from_json((destination / key).read_bytes()))
+            inventory.commits.append(
+                commit_record_at(str(destination / key), (destination / key).read_bytes())
+            )
     return inventory
 
 

@@ -277,7 +277,7 @@ class S3ParquetSink:
 
     def get_commit(self, key: str) -> CommitRecord | None:
         body = self.get_bytes(key)
-        return None if body is None else CommitRecord.from_json(body)
+        return None if body is None else commit_record_at(f"s3://{self.bucket}/{key}", body)
 
     def get_intent(self, key: str) -> FlushIntent | None:
         body = self.get_bytes(key)
@@ -343,13 +343,21 @@ def read_commit_records(
     ]
 
     def fetch(key: str) -> CommitRecord:
-        return CommitRecord.from_json(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+        return commit_record_at(f"s3://{bucket}/{key}", s3.get_object(Bucket=bucket, Key=key)["Body"].read())
 
     if not keys:
         return []
     with ThreadPoolExecutor(max_workers=min(max_workers, len(keys))) as pool:
         records = list(pool.map(fetch, keys))
     return sorted(records, key=lambda r: (r.shard_id, r.first.sort_key()))
+
+
+def commit_record_at(where: str, body: bytes) -> CommitRecord:
+    """The commit record ``body`` read from ``where``; a damaged one raises naming where it is."""
+    try:
+        return CommitRecord.from_json(body)
+    except ControlRecordError as error:
+        raise ControlRecordError(f"{where}: {error}") from None
 
 
 def committed_files(records: Iterable[CommitRecord], output: str) -> list[str]:

@@ -1265,6 +1265,29 @@ def test_summary_download_into_a_path_that_cannot_be_a_folder_is_exit_2(tmp_path
     )
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["summary"],
+        ["manifest", "--output", "events"],
+        ["replay", "--from", "2026-03-01", "--to", "2026-03-02"],
+        ["score", "--no-progress"],
+    ],
+)
+def test_a_damaged_commit_record_is_named_and_exit_2_for_every_reader(command: list[str]) -> None:
+    """The readers of the commit chain stop on a record they cannot read, each in one line naming the object
+    (summary and manifest said "unexpected ControlRecordError", exit 1, naming nothing)."""
+    key = OutputLayout("rfm").commit_key("shardId-000000000000", None)
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="damaged")
+        s3.put_object(Bucket="damaged", Key=key, Body=b'{"trunc')
+        result = CliRunner().invoke(main, [*command, "--bucket", "damaged"])
+    assert result.exit_code == 2, result.output
+    assert f"s3://damaged/{key}" in result.output and "not JSON" in result.output
+    assert "unexpected" not in result.output
+
+
 def test_record_processor_lines_carry_its_module_name_when_run_as_main() -> None:
     """The KCL runs it as `python -m consumer.record_processor`: its logger must not be '__main__'."""
     command = (
