@@ -54,6 +54,12 @@ def _parse_as_of(_: click.Context, __: click.Parameter, value: str | None) -> da
     type=click.Path(file_okay=False, path_type=Path),
     help="Write clv/ and its commit records into this folder (same key layout) instead of S3.",
 )
+@click.option(
+    "--publish",
+    is_flag=True,
+    help="With --input and no --output-dir: commit the scores to S3's clv/ all the same (they replace that day's "
+    "run from the worker's rows).",
+)
 @progress_option
 @setting_option("bucket", "--bucket")
 @setting_option("prefix", "--prefix")
@@ -64,6 +70,7 @@ def score(
     as_of: datetime | None,
     input_dir: Path | None,
     output_dir: Path | None,
+    publish: bool,
     progress: bool | None,
     **overrides: Any,
 ) -> None:
@@ -80,6 +87,12 @@ def score(
     from scoring.run import ScoreCommitError
 
     settings = build_settings(**overrides)
+    if input_dir is not None and output_dir is None and not publish:
+        raise FrontDoorError(
+            f"--input scores a local copy: give --output-dir for its result, or --publish to commit it to "
+            f"s3://{settings.bucket}/{settings.layout.output_prefix('clv')} (it replaces that day's run)",
+            USAGE,
+        )
     try:
         outcome = run_score(
             settings,

@@ -308,6 +308,19 @@ def test_cli_as_of_is_validated(local_copy: Path, tmp_path: Path, settings: Sett
     assert result.exit_code == 2 and "bought after the observation end" in result.output
 
 
+def test_cli_scores_a_local_copy_into_s3_only_when_asked_to(local_copy: Path, settings: Settings) -> None:
+    """A stale download or a replay scored with --input must not replace the day's production run by default."""
+    result = CliRunner().invoke(main, ["score", "--input", str(local_copy), "--bucket", "never-touched"])
+    assert result.exit_code == 2, result.output
+    assert "--output-dir" in result.output and "--publish" in result.output
+    assert "s3://never-touched/rfm/clv/" in result.output
+    with moto_bucket("publish-bucket") as client:
+        arguments = ["score", "--input", str(local_copy), "--bucket", "publish-bucket", "--no-progress"]
+        published = CliRunner().invoke(main, [*arguments, "--publish"])
+        assert published.exit_code == 0, published.output
+        assert read_commit(S3Store(client, settings.model_copy(update={"bucket": "publish-bucket"})), LAYOUT)
+
+
 def test_cli_as_of_without_offset_is_utc(local_copy: Path, tmp_path: Path, settings: Settings) -> None:
     """As replay reads its range: a time with no offset is UTC, not refused."""
     rows = local_rows(local_copy, settings).table
