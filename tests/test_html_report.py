@@ -118,7 +118,7 @@ def chromium() -> str:
         if path:
             return path
     raise AssertionError(
-        "headless Chromium is missing: `make setup` installs Debian's chromium-headless-shell"
+        "headless Chromium is missing: `make test` installs Debian's chromium-headless-shell as root (`make browser`)"
     )
 
 
