@@ -7,6 +7,7 @@ starts from its parents' state for its hash-key range (consumer/state_recovery.p
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -25,6 +26,7 @@ from clickstream.demo import emulator_environment
 from clickstream.outputs import current_customer_rows, download_outputs, output_glob
 from consumer.status import read_statuses
 from producer.generator import ClickstreamGenerator
+from producer.kinesis_put import partition_key_for
 from runtime.settings import load_settings
 from tests.moto_support import emulator_client
 from tests.reference import mismatches_against_reference
@@ -58,9 +60,10 @@ def test_split_and_merge_mid_run_keep_every_customer_equal_to_the_reference(
         "CLICKSTREAM_SNAPSHOT_MIN_NEW_FRACTION": "0",
     }
     labelled = list(ClickstreamGenerator(120, 6_000, seed=77, duplicate_rate=0.02).records())
-    parts = [
-        labelled[i::3] for i in range(3)
-    ]  # every customer appears before, between and after the reshards
+    # every customer appears before, between and after the reshards; the second and third parts are put half
+    # before the reshard (the parents still hold those records when it happens) and half after (the children's)
+    thirds = [labelled[i::3] for i in range(3)]
+    parts = [thirds[0], thirds[1][::2], thirds[1][1::2], thirds[2][::2], thirds[2][1::2]]
     files = []
     for index, part in enumerate(parts):
         path = tmp_path / f"part{index}.jsonl"
@@ -89,20 +92,38 @@ def test_split_and_merge_mid_run_keep_every_customer_equal_to_the_reference(
         worker = subprocess.Popen(
             [sys.executable, "-m", "clickstream.cli", "worker"], env=env, stdout=log_file, stderr=log_file
         )
+    in_flight_at_reshard: list[int] = []
+
+    def produced(count: int) -> int:
+        return sum(len(part) for part in parts[:count])
+
+    def put_in(low: int, high: int, which: list[int]) -> int:
+        """Records of ``parts[i]`` (i in ``which``) whose partition key hashes into [low, high]."""
+        return sum(
+            low <= int(hashlib.md5(partition_key_for(data).encode()).hexdigest(), 16) <= high
+            for index in which
+            for _, data in parts[index]
+        )
+
+    def flushed_by(*shards: str) -> int:
+        statuses = read_statuses(state_dir / "status")
+        return sum(statuses[shard].records_flushed for shard in shards if shard in statuses)
+
     try:
         _wait_for(lambda: flushed() >= len(parts[0]), 120, "part 1 flushed", log)
 
         parent = kinesis.list_shards(StreamName="reshard-stream")["Shards"][0]
         low, high = (int(parent["HashKeyRange"][k]) for k in ("StartingHashKey", "EndingHashKey"))
+        cli("produce", "--input", str(files[1]), "--no-progress")
+        # put to the parent and not yet flushed by it: it must finish them before its children start
+        in_flight_at_reshard.append(put_in(low, high, [0, 1]) - flushed_by(parent["ShardId"]))
         kinesis.split_shard(
             StreamName="reshard-stream",
             ShardToSplit=parent["ShardId"],
             NewStartingHashKey=str((low + high) // 2),
         )
-        cli("produce", "--input", str(files[1]), "--no-progress")
-        _wait_for(
-            lambda: flushed() >= len(parts[0]) + len(parts[1]), 120, "part 2 flushed by the children", log
-        )
+        cli("produce", "--input", str(files[2]), "--no-progress")
+        _wait_for(lambda: flushed() >= produced(3), 120, "part 2 flushed by the parent and the children", log)
 
         children = [
             s
@@ -110,17 +131,30 @@ def test_split_and_merge_mid_run_keep_every_customer_equal_to_the_reference(
             if s.get("ParentShardId") == parent["ShardId"]
         ]
         assert len(children) == 2
+        cli("produce", "--input", str(files[3]), "--no-progress")
+        pair = [c["ShardId"] for c in children]
+        in_flight_at_reshard.append(put_in(low, high, [2, 3]) - flushed_by(*pair))
         kinesis.merge_shards(
             StreamName="reshard-stream",
             ShardToMerge=children[0]["ShardId"],
             AdjacentShardToMerge=children[1]["ShardId"],
         )
-        cli("produce", "--input", str(files[2]), "--no-progress")
-        _wait_for(lambda: flushed() >= len(labelled), 120, "part 3 flushed by the merged shard", log)
+        cli("produce", "--input", str(files[4]), "--no-progress")
+        _wait_for(
+            lambda: flushed() >= len(labelled), 120, "part 3 flushed by the parents and the merged shard", log
+        )
     finally:
         worker.send_signal(signal.SIGTERM)
         code = worker.wait(timeout=60)
     assert code == 0, log.read_text()[-4000:]
+    # each reshard came while its parents still had records to read or flush (a parent's final flush, then its
+    # SHARD_END, had work to do before its children could start); what was put to them arrived in full
+    assert flushed_by(parent["ShardId"]) == put_in(low, high, [0, 1])
+    assert flushed_by(*pair) == put_in(low, high, [2, 3])
+    print(
+        f"\nrecords the parents still had to read or flush at the split and the merge: {in_flight_at_reshard}"
+    )
+    assert len(in_flight_at_reshard) == 2 and min(in_flight_at_reshard) > 0, in_flight_at_reshard
 
     statuses = read_statuses(state_dir / "status")
     ended = {shard for shard, status in statuses.items() if status.phase == "ended"}
@@ -141,7 +175,7 @@ def test_split_and_merge_mid_run_keep_every_customer_equal_to_the_reference(
         }
     )
     assert len(merged) == 1, statuses.keys()
-    # each child of the split committed part 2's records of its half, and the merged shard part 3's
+    # each child of the split committed records of its half, and the merged shard its own
     assert {c["ShardId"] for c in children} | merged <= committed, committed
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
