@@ -41,7 +41,7 @@ import itertools
 import logging
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -254,6 +254,7 @@ class CustomerState:
         self.options = options or StateOptions()
         self.dedupe_window_days = max(0, self.options.dedupe_window // timedelta(days=1))
         self.persistent = self.database != ":memory:"
+        self.local_file_error: str | None = None  # why the local file was given up (None: it was not)
         self._unsynced: list[_JournalPart] = []
         self._synced_at = time.monotonic()
         self.con: duckdb.DuckDBPyConnection = new_connection(self.database)
@@ -687,26 +688,58 @@ class CustomerState:
         if self.persistent:
             self._write_file(self._journal(self._unsynced) if self._unsynced else {}, replace=False)
 
-    def _write_file(self, tables: dict[str, pa.Table], *, replace: bool) -> None:
-        """One transaction: ``tables`` appended to the journal tables (or replacing them), and the position."""
+    def _write_file(self, tables: dict[str, pa.Table], *, replace: bool, checkpoint: bool = False) -> None:
+        """One transaction: ``tables`` appended to the journal tables (or replacing them), and the position.
+
+        A write the disk refuses (full, failing) ends the local file, not the shard: see ``_continue_in_memory``.
+        """
         con = self.con
-        con.execute("BEGIN TRANSACTION")
         try:
-            for name, data in tables.items():
-                if replace:
-                    con.execute(f"DELETE FROM {name}")
-                con.register("journal_part", data)
-                try:
-                    con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM journal_part")
-                finally:
-                    con.unregister("journal_part")
-            self._write_progress(self._position, self._as_of)
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        con.execute("COMMIT")
+            con.execute("BEGIN TRANSACTION")
+            try:
+                for name, data in tables.items():
+                    if replace:
+                        con.execute(f"DELETE FROM {name}")
+                    con.register("journal_part", data)
+                    try:
+                        con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM journal_part")
+                    finally:
+                        con.unregister("journal_part")
+                self._write_progress(self._position, self._as_of)
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+            if checkpoint:
+                con.execute("CHECKPOINT")
+        except (duckdb.IOException, duckdb.FatalException) as error:
+            self._continue_in_memory(error)
         self._unsynced = []
         self._synced_at = time.monotonic()
+
+    def _continue_in_memory(self, error: duckdb.Error) -> None:
+        """The local file could not be written: go on with the state in memory and no file.
+
+        The file is a cache: S3 holds every committed batch, so nothing is lost, and a restart restores from there
+        (from the file as it was last written, if it still reads). Stopping instead would loop while the disk stays
+        full: every restart restores, writes the file and fails again. DuckDB may refuse every later statement on a
+        database whose write failed, so parsing and hashing move to a new in-memory connection.
+        """
+        self.local_file_error = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        log.error(
+            "the local state file %s could not be written (%s): the shard goes on from memory without it; S3 "
+            "holds every commit, and a restart restores from there",
+            self.database,
+            self.local_file_error,
+            extra={"shard_id": self.shard_id},
+        )
+        with suppress(duckdb.Error):
+            self.con.close()
+        self.con = new_connection(":memory:")
+        self.con.execute("SET threads = 1")
+        self.con.execute(_DDL)
+        self._hash.connection = self.con
+        self.persistent = False
 
     def _install_in_memory(self, staged: _Staged) -> None:
         self._customers.add(staged.new_customer_ids, staged.new_customer_hashes)
@@ -874,8 +907,7 @@ class CustomerState:
 
     def _rewrite_journal(self) -> None:
         """Replace the journal by the current state (drops superseded rows and ids beyond the window)."""
-        self._write_file(self._indexed_tables(), replace=True)
-        self.con.execute("CHECKPOINT")
+        self._write_file(self._indexed_tables(), replace=True, checkpoint=True)
 
     # ------------------------------------------------------------------ snapshots
     def export_tables(self) -> dict[str, pa.Table]:
@@ -1134,10 +1166,10 @@ class _StringHasher:
     """
 
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
-        self._con = con
+        self.connection = con  # moved by the state if its file's connection is given up
 
     def __call__(self, strings: pa.Array) -> np.ndarray:
-        hashed = self._con.from_arrow(pa.table({"s": strings})).select("hash(s) AS h").to_arrow_table()
+        hashed = self.connection.from_arrow(pa.table({"s": strings})).select("hash(s) AS h").to_arrow_table()
         return np.asarray(hashed.column("h").to_numpy(), dtype=np.uint64)
 
     def many(self, *arrays: pa.Array) -> list[np.ndarray]:

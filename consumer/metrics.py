@@ -34,6 +34,7 @@ UNITS: Final = {
     "CommitConflicts": "Count",
     "StateFilesQuarantined": "Count",
     "LocalStateDiscarded": "Count",
+    "LocalStateWriteFailed": "Count",
     "CheckpointAheadOfCommits": "Count",
     "ParentStateMissing": "Count",
 }

@@ -254,6 +254,7 @@ class ShardProcessor:
         self._flushes_since_snapshot = 0
         self._events_since_snapshot = 0  # new events the commits since the last snapshot archived
         self._has_snapshot = False  # whether S3 holds a snapshot of this shard (known from the restore)
+        self._local_file_error_reported = False
         self.state = state
         self.sink = sink
         self.policy = policy
@@ -441,6 +442,9 @@ class ShardProcessor:
             "FlushBytes": record.bytes_written,
             "FilesWritten": record.file_count,
         }
+        if self.state.local_file_error is not None and not self._local_file_error_reported:
+            metrics["LocalStateWriteFailed"] = 1  # once: the shard goes on without its local file from now on
+            self._local_file_error_reported = True
         if record.freshness is not None:
             metrics["ArrivalToDurableP99"] = record.freshness.arrival_to_durable_p99
             if record.freshness.newest_event_age is not None:

@@ -16,6 +16,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -804,6 +805,47 @@ def test_persisted_state_survives_close_and_reopen(tmp_path: Path) -> None:
     assert _comparable(last) == _comparable(expected)
     assert reopened.snapshot_rows().equals(memory.snapshot_rows())
     reopened.close()
+
+
+def test_a_local_file_the_disk_refuses_is_given_up_and_the_shard_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Disk full: the batch is durable on S3 already, so failing it would only loop (every restart writes the file
+    again); the state goes on in memory on a new connection, parsing, validating and hashing as before."""
+    stream = Stream()
+    batches = [
+        stream.batch([event("c-1", "purchase", "2026-03-01T10:00:00Z"), b"garbage"]),
+        stream.batch(
+            [
+                event("c-2", "search", "2026-03-02T10:00:00Z"),
+                event("c-1", "page_view", "2026-03-02T11:00:00Z"),
+            ]
+        ),
+        stream.batch([event("c-3", "purchase", "2026-03-03T10:00:00Z", revenue="2.50"), b"{not json"]),
+    ]
+    path = tmp_path / "shard.duckdb"
+    state = CustomerState(SHARD, path)
+    state.apply(batches[0])
+    written = state.position()
+    write_progress = CustomerState._write_progress
+
+    def disk_full(self: CustomerState, *_: Any) -> None:
+        raise duckdb.IOException('Could not write file "shard.duckdb.wal": No space left on device')
+
+    monkeypatch.setattr(CustomerState, "_write_progress", disk_full)
+    second = state.apply(batches[1])
+    monkeypatch.setattr(CustomerState, "_write_progress", write_progress)
+    assert second.position == state.position(), "the batch is installed: its outputs are durable on S3"
+    assert not state.persistent and state.local_file_error is not None
+    assert "No space left on device" in state.local_file_error
+    third = state.apply(batches[2])  # the fast path, the validator and the hashes on the new connection
+    assert third.rejects.num_rows == 1 and third.events.num_rows == 1
+
+    memory = CustomerState(SHARD)
+    apply_all(memory, batches)
+    assert state.snapshot_rows().equals(memory.snapshot_rows())
+    state.close()
+    assert CustomerState(SHARD, path).position() == written, "the file as last written: a restore catches up"
 
 
 def _file_position(state: CustomerState) -> str | None:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 import pytest
 from botocore.exceptions import ClientError, IncompleteReadError, ResponseStreamingError
@@ -437,6 +438,39 @@ def test_a_checkpoint_beyond_the_chain_is_reported(
         for r in caplog.records
         if "CheckpointAheadOfCommits" in getattr(r, "emf", {})
     ] == [1]
+
+
+def test_a_local_file_the_disk_refuses_is_reported_once_and_nothing_is_lost(
+    s3: Any,
+    settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    records = to_records(payloads())
+    owner = writer(s3, settings, tmp_path / "shard.duckdb")  # flushes every 20 records
+    owner.start(None)
+    owner.on_records(records[:20], 0, RecordingCheckpointer())
+
+    def disk_full(self: CustomerState, *_: Any) -> None:
+        raise duckdb.IOException("Could not write file: No space left on device")
+
+    monkeypatch.setattr(CustomerState, "_write_progress", disk_full)
+    checkpointer = RecordingCheckpointer()
+    with caplog.at_level(logging.INFO):
+        owner.on_records(records[20:], 0, checkpointer)
+        owner.flush(checkpointer, reason="test")
+
+    assert checkpointer.calls[-1] == (records[-1].sequence_number, 0), "the shard went on to the end"
+    assert_exactly_once(s3, records, owner.state)
+    failed = [
+        r.emf["LocalStateWriteFailed"]
+        for r in caplog.records
+        if "LocalStateWriteFailed" in getattr(r, "emf", {})
+    ]
+    assert failed == [1], "reported once, at the flush after it"
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "No space left on device" in errors[0]
 
 
 # ---------------------------------------------------------------------------------------------------- freshness
