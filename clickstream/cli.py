@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import click
 from click.core import ParameterSource
@@ -48,11 +48,39 @@ class CommandFailed(click.ClickException):
         self.exit_code = exit_code  # type: ignore[misc]  # click declares it on the class
 
 
+#: The group's own options, and whether each takes a value: also accepted after the command's name.
+_GROUP_OPTIONS: Final = {"--debug": False, "--log-level": True, "--log-format": True}
+
+
+def group_options_first(args: list[str]) -> list[str]:
+    """``setup --debug`` read as ``--debug setup``: the group's options moved before the command (up to a ``--``),
+    so that they work wherever they are typed."""
+    end = args.index("--") if "--" in args else len(args)
+    moved: list[str] = []
+    kept: list[str] = []
+    position = 0
+    while position < end:
+        token = args[position]
+        takes_value = _GROUP_OPTIONS.get(token.split("=", 1)[0])
+        if takes_value is None:
+            kept.append(token)
+        else:
+            moved.append(token)
+            if takes_value and "=" not in token and position + 1 < end:
+                position += 1
+                moved.append(args[position])
+        position += 1
+    return [*moved, *kept, *args[end:]]
+
+
 class FrontDoor(click.Group):
     """Turns any exception a command raises into one line and an exit code (2 usage/configuration, 1 runtime).
 
     The one place errors are handled, for every command (also ones added later): commands just raise.
     """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, group_options_first(args))
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

@@ -800,6 +800,29 @@ def test_a_replay_of_a_range_without_events_writes_nothing() -> None:
     assert written == 0, "no 0-row customer file"
 
 
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["setup", "--debug"], ["--debug", "setup"]),
+        (
+            ["produce", "--log-level", "debug", "--rate", "5"],
+            ["--log-level", "debug", "produce", "--rate", "5"],
+        ),
+        (["summary", "--log-format=json"], ["--log-format=json", "summary"]),
+        (["generate", "--", "--debug"], ["generate", "--", "--debug"]),  # after --: an argument, not the flag
+    ],
+)
+def test_the_group_options_work_after_the_command_too(args: list[str], expected: list[str]) -> None:
+    from clickstream.cli import group_options_first
+
+    assert group_options_first(args) == expected
+
+
+def test_a_group_option_after_the_command_is_read_as_the_group_option() -> None:
+    result = run_cli("setup", "--log-level", "loud")
+    assert_one_line(result, 2, "--log-level: must be one of")  # not "No such option: --log-level"
+
+
 def test_emulator_refuses_a_non_loopback_host_in_one_line_naming_a_real_flag() -> None:
     result = run_cli("emulator", "--host", "0.0.0.0", "--port", "0")
     assert_one_line(result, 2, "non-loopback", "--allow-remote")
