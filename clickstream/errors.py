@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from botocore import exceptions as aws
 
+from runtime.aws import ACCESS_DENIED_CODES
 from runtime.settings import ConfigError
 from schemas.control import ControlRecordError
 
@@ -29,7 +30,6 @@ _NOT_FOUND = {
     "NoSuchBucket": "bucket {bucket} does not exist (CLICKSTREAM_BUCKET / --bucket; `clickstream setup` creates it)",
     "ResourceNotFoundException": "{message} (check the name; `clickstream setup` creates the stream)",
 }
-_DENIED = ("AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "Forbidden", "403")
 #: AWS's answers to credentials it does not accept (unknown, mistyped or expired keys, an ended SSO session).
 _BAD_CREDENTIALS = frozenset(
     {
@@ -92,7 +92,7 @@ def _client_error(error: aws.ClientError) -> Failure:
             "or AWS_PROFILE, renew expired ones (aws sso login), and that AWS_REGION is the account's",
             USAGE,
         )
-    if code in _DENIED:
+    if code in ACCESS_DENIED_CODES:
         return Failure(f"not allowed to call {operation}: {message or code} (check the IAM policy)", USAGE)
     return Failure(f"AWS {operation} failed: {code}: {message}".rstrip(": "), RUNTIME)
 

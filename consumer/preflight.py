@@ -12,13 +12,12 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from runtime.aws import aws_client
+from runtime.aws import ACCESS_DENIED_CODES, aws_client
 from runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 
 #: Not allowed by the policy. Refused credentials are not here: they are raised as they are, for the command line.
-_DENIED = ("AccessDenied", "AccessDeniedException", "403", "Forbidden")
 
 
 class PreflightError(RuntimeError):
@@ -53,7 +52,7 @@ def check_stream(kinesis: Any, settings: Settings) -> None:
     except ClientError as error:
         if is_missing_stream(error):
             raise PreflightError(stream_missing(settings)) from None
-        if _code(error) in _DENIED:
+        if _code(error) in ACCESS_DENIED_CODES:
             raise PreflightError(
                 f"not allowed to read stream {settings.stream_name!r}: {_code(error)} (check the task role)"
             ) from None
@@ -71,7 +70,7 @@ def check_bucket(s3: Any, settings: Settings) -> None:
                 f"bucket {settings.bucket!r} does not exist (CLICKSTREAM_BUCKET / --bucket; "
                 "`clickstream setup` creates it)"
             ) from None
-        if _code(error) in _DENIED:
+        if _code(error) in ACCESS_DENIED_CODES:
             raise PreflightError(
                 f"not allowed to list bucket {settings.bucket!r}: {_code(error)} (check the task role)"
             ) from None
@@ -86,7 +85,7 @@ def check_lease_table(dynamodb: Any, settings: Settings) -> None:
         if _code(error) == "ResourceNotFoundException":
             log.info("lease table %s does not exist yet; the KCL will create it", settings.application_name)
             return
-        if _code(error) in _DENIED:
+        if _code(error) in ACCESS_DENIED_CODES:
             raise PreflightError(
                 f"not allowed to use the lease table {settings.application_name!r}: {_code(error)} "
                 "(check the task role; CLICKSTREAM_APPLICATION_NAME names the table)"

@@ -12,6 +12,10 @@ from runtime.settings import Settings
 #: HTTP connections a client keeps: the parallel reads (16 threads in summary, score, report) each get one, where
 #: botocore's 10 made urllib3 warn "Connection pool is full" and reconnect.
 MAX_POOL_CONNECTIONS = 32
+#: The error codes (and HTTP statuses) with which AWS refuses a call the caller's identity may not make.
+ACCESS_DENIED_CODES = frozenset(
+    {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "Forbidden", "403"}
+)
 
 
 def aws_client(service: str, settings: Settings, max_attempts: int = 5) -> Any:
