@@ -77,6 +77,9 @@ DEFAULT_DEDUPE_WINDOW: Final = timedelta(days=7)
 ARRIVAL_DAYS_OUT_OF_ORDER: Final = 1
 
 _US_PER_DAY: Final = 86_400_000_000
+#: How DuckDB reports a write the disk refused (full, failing, over a file-size limit): an I/O error while writing,
+#: a failed COMMIT (the WAL is written then: the usual case of a small batch on a full disk), a failed CHECKPOINT.
+_DISK_REFUSED: Final = (duckdb.IOException, duckdb.TransactionException, duckdb.FatalException)
 _NONE_LOW: Final = np.iinfo(np.int64).max  # "no value yet" for columns that keep a minimum
 _NONE_HIGH: Final = np.iinfo(np.int64).min  # ... and for columns that keep a maximum
 _INT64_DIGITS: Final = 18  # any decimal of at most this many digits fits an int64
@@ -266,10 +269,11 @@ class CustomerState:
         if self.persistent:
             self._load()
 
-    def close(self) -> None:
-        """Write what the local file lacks (a graceful stop restarts without re-applying anything), then close."""
+    def close(self, *, sync: bool = True) -> None:
+        """Write what the local file lacks (a graceful stop restarts without re-applying anything), then close;
+        ``sync=False`` for a file about to be deleted (a replay's scratch state)."""
         try:
-            if self._unsynced:
+            if sync and self._unsynced:
                 self.sync()
         finally:
             self.con.close()
@@ -712,7 +716,7 @@ class CustomerState:
             con.execute("COMMIT")
             if checkpoint:
                 con.execute("CHECKPOINT")
-        except (duckdb.IOException, duckdb.FatalException) as error:
+        except _DISK_REFUSED as error:
             self._continue_in_memory(error)
         self._unsynced = []
         self._synced_at = time.monotonic()

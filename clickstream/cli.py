@@ -481,8 +481,9 @@ def replay(
     checkpoints, so it is safe while a worker runs (files of flushes not yet committed are left out); re-running
     the same range overwrites the same object.
     """
-    from clickstream.replay import parse_time, plan_replay, run_replay
+    from clickstream.replay import ReplayInterrupted, parse_time, plan_replay, run_replay
     from runtime.aws import aws_client
+    from schemas.control import ControlRecordError
 
     settings = build_settings(**overrides)
     window: list[datetime] = []
@@ -495,8 +496,13 @@ def replay(
     s3 = aws_client("s3", settings)
     try:
         plan = plan_replay(s3, settings, window[0], window[1], name=name)
+    except ControlRecordError:
+        raise  # explained as every reader of the commit chain explains it
     except ValueError as error:
         raise FrontDoorError(str(error), USAGE) from None
+    except KeyboardInterrupt:
+        click.echo("replay interrupted while reading the commit records: nothing written", err=True)
+        sys.exit(INTERRUPTED)
     click.echo(plan.describe(), err=True)
     if not plan.files:
         click.echo("nothing to replay: no committed events in that range (nothing written)", err=True)
@@ -507,6 +513,13 @@ def replay(
         result = run_replay(
             s3, settings, plan, settings.state_dir / "replay", progress=show_progress(progress)
         )
+    except ReplayInterrupted as interrupted:
+        click.echo(
+            f"replay interrupted while writing s3://{settings.bucket}/{interrupted.maybe_written}: it may or may "
+            "not be there (run the replay again: it writes the same object)",
+            err=True,
+        )
+        sys.exit(INTERRUPTED)
     except KeyboardInterrupt:
         click.echo("replay interrupted: nothing written (its output is written once, at the end)", err=True)
         sys.exit(INTERRUPTED)

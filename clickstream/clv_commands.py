@@ -87,6 +87,11 @@ def score(
     from scoring.run import ScoreCommitError
 
     settings = build_settings(**overrides)
+    if publish and (input_dir is None or output_dir is not None):
+        raise FrontDoorError(
+            "--publish goes with --input and without --output-dir (it sends a local copy's scores to S3)",
+            USAGE,
+        )
     if input_dir is not None and output_dir is None and not publish:
         raise FrontDoorError(
             f"--input scores a local copy: give --output-dir for its result, or --publish to commit it to "

@@ -28,9 +28,7 @@ def parse_flag_time(text: str) -> date | datetime:
     """A day (``date``) or a time (``datetime``, UTC where it names no offset) in one of the ``_ISO_TIME`` forms;
     raises ValueError for anything else, e.g. a day with an offset and no time."""
     if not _ISO_TIME.fullmatch(text):
-        raise ValueError(
-            f"{text!r} is not YYYY-MM-DD or YYYY-MM-DDTHH[:MM[:SS]] with an optional Z or +HH:MM"
-        )
+        raise ValueError(f"{text!r} is not a day or a time in the documented forms")
     if len(text) == len("YYYY-MM-DD"):
         return date.fromisoformat(text)
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))

@@ -54,6 +54,14 @@ class ReplayPlan:
         )
 
 
+class ReplayInterrupted(KeyboardInterrupt):
+    """Ctrl-C while the output was being written: it may or may not be there."""
+
+    def __init__(self, maybe_written: str) -> None:
+        super().__init__(maybe_written)
+        self.maybe_written = maybe_written
+
+
 @dataclass(slots=True)
 class ReplayResult:
     events_read: int
@@ -141,12 +149,15 @@ def run_replay(
                 bar.update(1)
             apply_pending()
         rows = state.snapshot_rows()
-        sink.put_parquet(plan.output_key, rows, kind="customer_aggregates")
+        try:
+            sink.put_parquet(plan.output_key, rows, kind="customer_aggregates")
+        except KeyboardInterrupt:
+            raise ReplayInterrupted(maybe_written=plan.output_key) from None
         return ReplayResult(
             events_read=read, events_applied=applied, customers=rows.num_rows, output_key=plan.output_key
         )
     finally:
-        state.con.close()  # not close(): it would write the journal into a file deleted next (slow on Ctrl-C)
+        state.close(sync=False)  # its file is deleted next: nothing to write into it (slow on Ctrl-C)
         database.unlink(missing_ok=True)
 
 

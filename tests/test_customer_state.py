@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -846,6 +849,60 @@ def test_a_local_file_the_disk_refuses_is_given_up_and_the_shard_goes_on(
     assert state.snapshot_rows().equals(memory.snapshot_rows())
     state.close()
     assert CustomerState(SHARD, path).position() == written, "the file as last written: a restore catches up"
+
+
+_DISK_LIMIT_SCRIPT = """
+import json, resource, signal, sys
+from aggregators.customer_state import CustomerState
+from tests.test_customer_state import SHARD, _refused_disk_batches
+
+batches = _refused_disk_batches()
+state = CustomerState(SHARD, sys.argv[1])
+state.apply(batches[0])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing us
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+for batch in batches[1:]:
+    state.apply(batch)
+state.close()
+rows = state.snapshot_rows().to_pylist()
+print(json.dumps({"error": state.local_file_error, "persistent": state.persistent, "rows": rows}, default=str))
+"""
+
+
+def _refused_disk_batches() -> list[pa.Table]:
+    stream = Stream()
+    return [
+        stream.batch([event("c-1", "purchase", "2026-03-01T10:00:00Z"), b"garbage"]),
+        stream.batch(
+            [
+                event("c-2", "search", "2026-03-02T10:00:00Z"),
+                event("c-1", "page_view", "2026-03-02T11:00:00Z"),
+            ]
+        ),
+        stream.batch([event("c-3", "purchase", "2026-03-03T10:00:00Z", revenue="2.50"), b"{not json"]),
+    ]
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="file-size limits are POSIX")
+def test_a_local_file_past_the_file_size_limit_is_given_up_and_the_shard_goes_on(tmp_path: Path) -> None:
+    """A real refused write, as on a full disk: DuckDB reports a batch's write at its COMMIT (the WAL), and every
+    later write too; the shard must go on from memory with the same rows."""
+    done = subprocess.run(
+        [sys.executable, "-c", _DISK_LIMIT_SCRIPT, str(tmp_path / "shard.duckdb")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    assert outcome["persistent"] is False
+    assert "File too large" in outcome["error"], outcome["error"]
+    memory = CustomerState(SHARD)
+    apply_all(memory, _refused_disk_batches())
+    expected = json.loads(json.dumps(memory.snapshot_rows().to_pylist(), default=str))
+    assert outcome["rows"] == expected
 
 
 def _file_position(state: CustomerState) -> str | None:

@@ -127,3 +127,26 @@ def test_an_interrupted_replay_writes_nothing_and_exits_130(
     assert "nothing written" in result.output
     assert _replays(s3) == []
     assert not list((tmp_path / "replay").glob("*.duckdb")), "its scratch state is removed"
+
+
+def test_a_replay_interrupted_while_writing_says_its_output_may_be_there(
+    s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _archive(s3)
+
+    def interrupted(*_: Any, **__: Any) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(S3ParquetSink, "put_parquet", interrupted)
+    result = _replay("--from", "2026-03-01", "--to", "2026-03-03", "--state-dir", str(tmp_path))
+    assert result.exit_code == 130, result.output
+    assert "may or may not be there" in result.output and "nothing written" not in result.output
+
+
+def test_a_replay_interrupted_while_planning_exits_130(s3: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(*_: Any, **__: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("clickstream.replay.read_commit_records", interrupted)
+    result = _replay("--from", "2026-03-01", "--to", "2026-03-03")
+    assert result.exit_code == 130 and "nothing written" in result.output, result.output

@@ -314,6 +314,12 @@ def test_cli_scores_a_local_copy_into_s3_only_when_asked_to(local_copy: Path, se
     assert result.exit_code == 2, result.output
     assert "--output-dir" in result.output and "--publish" in result.output
     assert "s3://never-touched/rfm/clv/" in result.output
+    for pointless in (
+        ["--publish"],
+        ["--input", str(local_copy), "--output-dir", "/nonexistent", "--publish"],
+    ):
+        refused = CliRunner().invoke(main, ["score", *pointless])
+        assert refused.exit_code == 2 and "--publish goes with --input" in refused.output, refused.output
     with moto_bucket("publish-bucket") as client:
         arguments = ["score", "--input", str(local_copy), "--bucket", "publish-bucket", "--no-progress"]
         published = CliRunner().invoke(main, [*arguments, "--publish"])

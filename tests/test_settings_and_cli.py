@@ -746,7 +746,7 @@ def test_a_time_flag_outside_the_documented_forms_is_refused(text: str) -> None:
     """Python's fromisoformat takes any character between day and time: "2026-03-01+02:00" read as 02:00 UTC."""
     from clickstream.replay import parse_time
 
-    with pytest.raises(ValueError, match="is not YYYY-MM-DD"):
+    with pytest.raises(ValueError, match="is not a day or a time"):
         parse_time(text)
     result = CliRunner().invoke(main, ["score", "--output-dir", "/nonexistent", "--as-of", text])
     assert result.exit_code == 2 and "use YYYY-MM-DD" in result.output
@@ -1308,7 +1308,7 @@ def test_a_damaged_commit_record_is_named_and_exit_2_for_every_reader(command: l
         result = CliRunner().invoke(main, [*command, "--bucket", "damaged"])
     assert result.exit_code == 2, result.output
     assert f"s3://damaged/{key}" in result.output and "not JSON" in result.output
-    assert "unexpected" not in result.output
+    assert "unreadable control record" in result.output and "unexpected" not in result.output
 
 
 def test_record_processor_lines_carry_its_module_name_when_run_as_main() -> None:
