@@ -51,6 +51,7 @@ class ParentShard:
     shard_id: str
     child_start_hash: int
     child_end_hash: int
+    listed: bool = True  # still in ListShards (a closed shard stays listed for the stream's retention period)
 
 
 @dataclass(slots=True)
@@ -331,7 +332,11 @@ class StateRecovery:
         for index, parent in enumerate(parents):
             parent_state = CustomerState(parent.shard_id, options=state_options(self.settings))
             try:
-                self.restore(parent_state)  # snapshot + commits of the parent, up to its SHARD_END flush
+                # snapshot + commits of the parent, up to its SHARD_END flush: on S3 whether or not Kinesis still
+                # lists the parent
+                parent_report = self.restore(parent_state)
+                if not parent.listed and parent_report.source == "empty" and parent_report.tip is None:
+                    self._parent_missing(state.shard_id, parent.shard_id)
                 tables = parent_state.export_tables()
                 as_of = parent_state.as_of()
                 if as_of is not None:
@@ -346,6 +351,17 @@ class StateRecovery:
         # Before any record of its own, a child stands "before the first sequence number" of the shard.
         state.set_position(BEFORE_FIRST_RECORD, max(as_of_values) if as_of_values else None)
         return "parents"
+
+    def _parent_missing(self, shard_id: str, parent_id: str) -> None:
+        log.warning(
+            "parent shard %s of %s is no longer listed (past the stream's retention) and this prefix holds no "
+            "snapshot or commit of it: the child starts without that parent's history (expected only if this "
+            "application never read that parent; otherwise rebuild it with `clickstream replay`)",
+            parent_id,
+            shard_id,
+            extra={"shard_id": shard_id},
+        )
+        emit_metrics({"ParentStateMissing": 1}, {"StreamName": self.settings.stream_name})
 
 
 def kinesis_parent_lookup(kinesis: Any, stream_name: str) -> ParentLookup:
@@ -364,17 +380,8 @@ def kinesis_parent_lookup(kinesis: Any, stream_name: str) -> ParentLookup:
         start = int(child["HashKeyRange"]["StartingHashKey"])
         end = int(child["HashKeyRange"]["EndingHashKey"])
         parent_ids = [pid for pid in (child.get("ParentShardId"), child.get("AdjacentParentShardId")) if pid]
-        gone = [pid for pid in parent_ids if pid not in by_id]
-        if gone:
-            log.error(
-                "parent shards %s of %s are no longer listed (past the stream's retention) and the child has no "
-                "snapshot: its customers' history from those parents is missing; rebuild it with `clickstream "
-                "replay` into a new prefix",
-                ", ".join(gone),
-                shard_id,
-                extra={"shard_id": shard_id},
-            )
-            emit_metrics({"ParentStateMissing": len(gone)}, {"StreamName": stream_name})
-        return [ParentShard(pid, start, end) for pid in parent_ids if pid in by_id]
+        # a parent past the stream's retention is no longer listed, but its state is still on S3: the child
+        # takes it by the child's own hash range, so the parent's listing is not needed
+        return [ParentShard(pid, start, end, listed=pid in by_id) for pid in parent_ids]
 
     return lookup

@@ -505,12 +505,41 @@ def test_parent_lookup_reads_list_shards_and_names_parents_that_are_gone(
         "AdjacentParentShardId": "shardId-000000000002",
     }
     one_listed = [merged, {"ShardId": "shardId-000000000001", "HashKeyRange": whole}]
-    with caplog.at_level(logging.ERROR):
-        found = kinesis_parent_lookup(ListShards(one_listed), "stream")("shardId-000000000003")
-    assert found == [ParentShard("shardId-000000000001", 0, 2**128 - 1)]
-    (error,) = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert "shardId-000000000002" in error and "no longer listed" in error
-
-    caplog.clear()
+    found = kinesis_parent_lookup(ListShards(one_listed), "stream")("shardId-000000000003")
+    # a parent past the retention is still a parent: its state is on S3, taken by the child's own range
+    assert found == [
+        ParentShard("shardId-000000000001", 0, 2**128 - 1),
+        ParentShard("shardId-000000000002", 0, 2**128 - 1, listed=False),
+    ]
     assert kinesis_parent_lookup(ListShards([child]), "stream")("shardId-000000000003") == []
-    assert not [r for r in caplog.records if r.levelno == logging.ERROR], "an original shard has no parents"
+
+
+def test_a_child_takes_its_parents_from_s3_after_they_left_list_shards(
+    s3_env: tuple[Any, Settings], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A child first started after its parents passed the stream's retention (a worker down that long): the
+    parents' snapshots and commits are still on S3, so the child continues their customers' history (it started
+    empty, and the current-row views then kept the parents' rows, which had the higher versions)."""
+    s3, settings = s3_env
+    parent = _processor(s3, settings, tmp_path / "parent.duckdb", snapshot_every=10**6)
+    parent.start("TRIM_HORIZON")
+    _feed(parent, _records(40, 1_500, seed=7))
+    parent.on_shard_ended(RecordingCheckpointer())
+    expected = [dict(row, shard_id="shardId-000000000001") for row in _rows(parent.state)]
+    gone = [
+        ParentShard(SHARD, 0, 2**128 - 1, listed=False),
+        ParentShard("shardId-000000000009", 0, 2**128 - 1, listed=False),
+    ]
+
+    child = CustomerState("shardId-000000000001", tmp_path / "child.duckdb")
+    with caplog.at_level(logging.INFO):
+        lookup = StateRecovery(s3, settings, parents=lambda shard: gone if shard == child.shard_id else [])
+        report = lookup.restore(child)
+    assert report.source == "parents"
+    assert _rows(child) == expected
+    # the other parent left nothing on S3: said once, as what it may be
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "shardId-000000000009" in warning and "no longer listed" in warning
+    assert [
+        r.emf["ParentStateMissing"] for r in caplog.records if "ParentStateMissing" in getattr(r, "emf", {})
+    ] == [1]
