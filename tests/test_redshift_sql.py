@@ -33,6 +33,7 @@ from schemas.contract import (
     EVENTS_SCHEMA,
 )
 from schemas.layout import PARTITION_COLUMN, OutputLayout
+from scoring.inputs import shards_behind
 from tests.test_clv_consumer import CLV_DOC, WorkerOutput, doc_code_blocks, run_worker_core
 
 SQL_DIR = Path(__file__).resolve().parents[1] / "sql" / "redshift"
@@ -415,6 +416,22 @@ def test_clv_view_equals_the_documented_python_inputs(worker_output: WorkerOutpu
         "FROM clickstream.customer_rfm_for_clv"
     ).fetchall()[0]
     assert recomputed[0] > 0 and recomputed[1] == 0
+
+
+def test_shard_marks_say_what_score_says_about_shards_behind(worker_output: WorkerOutput) -> None:
+    """The check before modelling from the CLV view: each shard's newest mark among the current rows, and the days
+    it is behind the common end, as `clickstream score` judges it (scoring.inputs.shards_behind)."""
+    con = build_warehouse(worker_output)
+    history = "clickstream.customer_aggregates_history"
+    # one shard stopped two days ago: its rows' marks are moved back (it wrote nothing since)
+    lagging = con.sql(f"SELECT min(shard_id) FROM {history}").fetchall()[0][0]
+    con.execute(f"UPDATE {history} SET as_of = as_of - INTERVAL 2 DAY WHERE shard_id = ?", [lagging])
+    marks = dict(con.sql("SELECT shard_id, days_behind FROM clickstream.shard_marks").fetchall())
+    current = con.sql("SELECT * FROM clickstream.customer_current").to_arrow_table()
+    end = max(current.column("as_of").to_pylist())
+    behind = shards_behind(current, end)  # both UTC wall times, as Redshift's TIMESTAMP holds them
+    assert set(behind) == {lagging} == {shard for shard, days in marks.items() if days >= 1}
+    assert len(marks) > 1 and marks[lagging] == 2
 
 
 def test_history_load_is_idempotent(worker_output: WorkerOutput, warehouse) -> None:

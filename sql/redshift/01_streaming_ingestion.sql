@@ -33,6 +33,9 @@ FROM kinesis_clickstream."clickstream";
 -- Typed fields of the v1 event. SUPER navigation is lax: a missing attribute or a value of the wrong JSON
 -- type yields NULL here instead of an error (the worker's validation rejects such records; this view does not).
 -- event_time is RFC 3339 with an explicit offset; it is normalised to UTC like every timestamp of the contract.
+-- The text-to-time step is a TRY_CAST: one unvalidated record with an impossible date (2026-02-30T...) would
+-- otherwise fail every query that reads event_time; such a record has a NULL event_time and its text in
+-- event_time_text (the worker rejects it as invalid_value).
 CREATE OR REPLACE VIEW clickstream_events_live AS
 SELECT
     r.approximate_arrival_timestamp,
@@ -44,7 +47,8 @@ SELECT
     r.payload.event_type::VARCHAR(16) AS event_type,
     r.payload.customer_id::VARCHAR(64) AS customer_id,
     r.payload.session_id::VARCHAR(64) AS session_id,
-    CONVERT_TIMEZONE('UTC', r.payload.event_time::VARCHAR::TIMESTAMPTZ) AS event_time,
+    CONVERT_TIMEZONE('UTC', TRY_CAST(NULLIF(r.payload.event_time::VARCHAR, '') AS TIMESTAMPTZ)) AS event_time,
+    r.payload.event_time::VARCHAR(64) AS event_time_text,
     r.payload.page_url::VARCHAR(8192) AS page_url,
     r.payload.product_id::VARCHAR(256) AS product_id,
     r.payload.search_query::VARCHAR(2048) AS search_query,

@@ -43,7 +43,8 @@ FROM (
 WHERE row_rank = 1
 WITH NO SCHEMA BINDING;
 
--- BG/NBD + Gamma-Gamma inputs (pymc-marketing: customer_id, frequency, recency, T, monetary_value), buyers only:
+-- BG/NBD + Gamma-Gamma inputs (pymc-marketing: customer_id, frequency, recency, T, monetary_value), buyers only
+-- (check clickstream.shard_marks below first: a shard behind the common end makes its buyers look lapsed):
 -- customers without a purchase have NULL frequency / recency / T / monetary_value and are not in BG/NBD's
 -- population (its time 0 is the first purchase). Redshift returns the column as lower-case t; rename it to T
 -- in the client (or SET enable_case_sensitive_identifier TO true and alias it "T").
@@ -66,3 +67,20 @@ SELECT
 FROM clickstream.customer_current AS c
 CROSS JOIN observation AS o
 WHERE c.frequency IS NOT NULL;
+
+-- Before modelling from customer_rfm_for_clv: each shard's newest mark among the current rows, and how many days
+-- it is behind the common observation end. A shard a day or more behind (a stopped or lagging worker) has its
+-- buyers' latest purchases missing while their T runs to the common end, so their P(alive) reads low; model at
+-- that shard's mark instead, or wait (`clickstream score` prints the same check). A quiet shard, or one closed by
+-- a reshard whose customers moved on, shows here too: the rows cannot tell which.
+CREATE OR REPLACE VIEW clickstream.shard_marks AS
+WITH marks AS (
+    SELECT shard_id, MAX(as_of) AS shard_as_of
+    FROM clickstream.customer_current
+    GROUP BY shard_id
+)
+SELECT
+    shard_id,
+    shard_as_of,
+    DATEDIFF(day, shard_as_of, MAX(shard_as_of) OVER ()) AS days_behind
+FROM marks;
