@@ -108,9 +108,12 @@ PARTITIONED BY (arrival_yyyymmdd INTEGER)
 STORED AS PARQUET
 LOCATION 's3://${BUCKET}/${PREFIX}/errors/';
 
--- Register partitions as the worker writes them (one per arrival day and output), e.g. from a scheduled query, or
--- let an AWS Glue crawler on the same locations maintain them. Adding an existing partition with IF NOT EXISTS is a
--- no-op, so the statements are safe to re-run.
+-- Register partitions as the worker writes them (one per arrival day and output): Spectrum reads only registered
+-- partitions, so a day not registered is silently missing from every query (and customer_current_spectrum then
+-- shows an older row of a customer active that day). A partition may be added before its folder exists: run
+-- these for tomorrow's day from a daily scheduled query, or let an AWS Glue crawler on the same locations maintain
+-- them (partition projection is Athena's; Spectrum does not use it). Adding an existing partition with IF NOT
+-- EXISTS is a no-op, so the statements are safe to re-run.
 ALTER TABLE spectrum_clickstream.events
 ADD IF NOT EXISTS PARTITION (arrival_yyyymmdd = 20260301)
 LOCATION 's3://${BUCKET}/${PREFIX}/events/arrival_yyyymmdd=20260301/';
