@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
@@ -50,6 +51,8 @@ from aggregators.validation import (
     run_prepared,
 )
 from schemas import ERRORS_SCHEMA, EVENT_SCHEMA_VERSION, EVENT_TYPES, EVENTS_SCHEMA, UTC_MICROS
+
+log = logging.getLogger(__name__)
 
 #: Numbers stay raw JSON text (their exact form is checked); strings arrive as their values. That a string field's
 #: value was a JSON string is checked on the bytes (``PayloadBytes.strings``), as the VARCHAR conversion would also
@@ -405,6 +408,10 @@ class FastDecoder:
                 if "Malformed JSON" not in str(error):
                     raise
                 parsed = run_prepared(con, self._valid_statement, _PARSE_VALID_SQL)
+            except UnicodeDecodeError:
+                # the same refusal, whose message quotes the text cut at a byte count: a cut inside a multi-byte
+                # character makes the message itself undecodable, and DuckDB's binding raises this instead
+                parsed = run_prepared(con, self._valid_statement, _PARSE_VALID_SQL)
         finally:
             con.unregister("fast_in")
         if not _is_sorted(parsed.column("rid")):
@@ -568,9 +575,20 @@ def decode_records(
     """Events and rejects of a raw batch: the fast path for what it vouches for, the validator for the rest.
 
     Same result as ``validator.decode(con, raw)``, with the events in the order of their records in ``raw`` (so a
-    batch in position order needs no sort afterwards).
+    batch in position order needs no sort afterwards). Should the fast path itself fail on a batch, the validator
+    decodes it whole: one odd record must not stop a shard on every redelivery (the validator is the authority, so
+    the result is the same, only slower).
     """
-    parsed = fast.decode(con, raw)
+    try:
+        parsed = fast.decode(con, raw)
+    except Exception as error:  # noqa: BLE001 - any failure of the shortcut falls back to the authority
+        log.warning(
+            "the fast path failed on a batch of %d records (%s: %s); the exact validator decodes it whole",
+            raw.num_rows,
+            type(error).__name__,
+            str(error).splitlines()[0] if str(error) else "",
+        )
+        return validator.decode(con, raw)
     vouched = parsed.column("vouched").to_numpy(zero_copy_only=False)
     lineage = raw.select(["shard_id", "sequence_number", "sub_sequence_number", "approximate_arrival_at"])
     columns = {name: parsed.column(name) for name in EVENTS_SCHEMA.names if name in parsed.column_names}

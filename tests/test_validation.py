@@ -8,6 +8,7 @@ schema cannot express (arrival-relative clock checks, partition key = customer_i
 from __future__ import annotations
 
 import json
+import logging
 import operator
 import random
 import re
@@ -1276,6 +1277,51 @@ def test_from_json_refuses_exactly_what_json_valid_refuses(text: bytes) -> None:
         assert "Malformed JSON" in str(error)
         parsed = False
     assert parsed == valid
+
+
+def test_malformed_json_whose_error_message_cuts_a_character_is_rejected_not_raised() -> None:
+    """DuckDB's "Malformed JSON" message quotes the text cut at a byte count; cut inside a multi-byte character,
+    the message does not decode and the binding raises UnicodeDecodeError. One such record failed its whole batch,
+    on every redelivery: the shard stopped for good."""
+    valid = [data for label, data in ClickstreamGenerator(20, 200, seed=3).records() if label == "valid"]
+    cut = b'{"a":"' + b"x" * 40 + "\u00e9".encode() + b'"}}'  # a character across the cut at 47 bytes
+    records = [valid[0], cut, *valid[1:]]
+    raw = raw_batch(
+        [(data, _partition_key(data)) for data in records], arrival=datetime(2026, 6, 1, tzinfo=UTC)
+    )
+    con = _connection()
+    con.register("fast_in", _fast_input(raw, plain=slice(1, 2)))  # the cut record passes the byte checks
+    try:
+        with pytest.raises(UnicodeDecodeError):  # what the bare parse does on this batch
+            con.sql(fast_decode._PARSE_SQL).to_arrow_table()
+    finally:
+        con.unregister("fast_in")
+    combined = fast_and_exact(raw)
+    assert combined.events.num_rows == len(valid)
+    assert combined.rejects.column("error_code").to_pylist() == ["invalid_json"]
+
+
+def test_a_batch_the_fast_path_fails_on_is_decoded_whole_by_the_validator(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An unforeseen failure of the shortcut (a DuckDB quirk like the one above) must not stop the shard."""
+    records = [data for _, data in ClickstreamGenerator(20, 300, seed=5, malformed_rate=0.1).records()]
+    raw = raw_batch(
+        [(data, _partition_key(data)) for data in records], arrival=datetime(2026, 6, 1, tzinfo=UTC)
+    )
+    expected = RecordValidator().decode(_connection(), raw)
+
+    def broken(*_: Any) -> pa.Table:
+        raise RuntimeError("an unforeseen failure")
+
+    monkeypatch.setattr(FastDecoder, "decode", broken)
+    with caplog.at_level(logging.WARNING):
+        decoded = fast_decode.decode_records(
+            _connection(), raw, FastDecoder(ValidationRules()), RecordValidator()
+        )
+    assert decoded.events.equals(expected.events) and decoded.rejects.equals(expected.rejects)
+    assert expected.events.num_rows and expected.rejects.num_rows
+    assert any("an unforeseen failure" in r.getMessage() for r in caplog.records)
 
 
 def test_a_batch_with_plain_invalid_json_is_parsed_again_with_the_check() -> None:
