@@ -569,6 +569,11 @@ def _is_sorted(rid: pa.ChunkedArray) -> bool:
     return bool(np.all(values[1:] > values[:-1])) if len(values) > 1 else True
 
 
+#: Failures of the process or of its DuckDB database (memory, a refused write that invalidated it), which no other
+#: decoding of the batch escapes.
+_NOT_THE_BATCH: Final = (MemoryError, duckdb.OutOfMemoryException, duckdb.IOException, duckdb.FatalException)
+
+
 def decode_records(
     con: duckdb.DuckDBPyConnection, raw: pa.Table, fast: FastDecoder, validator: RecordValidator
 ) -> DecodedBatch:
@@ -581,6 +586,8 @@ def decode_records(
     """
     try:
         parsed = fast.decode(con, raw)
+    except _NOT_THE_BATCH:
+        raise  # the process or its database, not this batch: the validator would fail the same way
     except Exception as error:  # noqa: BLE001 - any failure of the shortcut falls back to the authority
         log.warning(
             "the fast path failed on a batch of %d records (%s: %s); the exact validator decodes it whole",

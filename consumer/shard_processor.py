@@ -279,8 +279,8 @@ class ShardProcessor:
             )
             self._note_snapshot(report)
             if report.source == "parents":
-                # the inheritance becomes the child's own snapshot: its parents leave ListShards after the stream's
-                # retention, and a later restore with no local file and no snapshot would start the child empty
+                # the inheritance becomes the child's own snapshot: a later restore with no local file then needs no
+                # parent (they leave ListShards after the stream's retention, and their own objects may go too)
                 self._snapshot()
             release_free_memory()  # a restore's working memory is many times the state it leaves
         self.metrics.phase = "processing"

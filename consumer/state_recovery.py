@@ -335,8 +335,8 @@ class StateRecovery:
                 # snapshot + commits of the parent, up to its SHARD_END flush: on S3 whether or not Kinesis still
                 # lists the parent
                 parent_report = self.restore(parent_state)
-                if not parent.listed and parent_report.source == "empty" and parent_report.tip is None:
-                    self._parent_missing(state.shard_id, parent.shard_id)
+                if not parent.listed:
+                    self._parent_unlisted(state.shard_id, parent.shard_id, parent_report)
                 tables = parent_state.export_tables()
                 as_of = parent_state.as_of()
                 if as_of is not None:
@@ -352,13 +352,20 @@ class StateRecovery:
         state.set_position(BEFORE_FIRST_RECORD, max(as_of_values) if as_of_values else None)
         return "parents"
 
-    def _parent_missing(self, shard_id: str, parent_id: str) -> None:
+    def _parent_unlisted(self, shard_id: str, parent_id: str, parent: RestoreReport) -> None:
+        """A parent past the stream's retention: what this prefix holds of it is all there is (the KCL takes a
+        shard it cannot list for ended, so records the parent had not committed expired unread)."""
+        if parent.source == "empty" and parent.tip is None:
+            held = "this prefix holds no snapshot or commit of it: the child starts without its history"
+        else:
+            held = "restored from this prefix's snapshot and commits of it; any records it had not committed expired"
         log.warning(
-            "parent shard %s of %s is no longer listed (past the stream's retention) and this prefix holds no "
-            "snapshot or commit of it: the child starts without that parent's history (expected only if this "
-            "application never read that parent; otherwise rebuild it with `clickstream replay`)",
+            "parent shard %s of %s is no longer listed (past the stream's retention): %s (expected if this "
+            "application was stopped that long or never read that parent; `clickstream replay` rebuilds what the "
+            "archive holds)",
             parent_id,
             shard_id,
+            held,
             extra={"shard_id": shard_id},
         )
         emit_metrics({"ParentStateMissing": 1}, {"StreamName": self.settings.stream_name})

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -432,6 +432,16 @@ def test_shard_marks_say_what_score_says_about_shards_behind(worker_output: Work
     behind = shards_behind(current, end)  # both UTC wall times, as Redshift's TIMESTAMP holds them
     assert set(behind) == {lagging} == {shard for shard, days in marks.items() if days >= 1}
     assert len(marks) > 1 and marks[lagging] == 2
+    # a day less a minute behind the newest mark is not a day behind (DATEDIFF(day, ...) counted the midnight)
+    marks_at = dict(con.sql("SELECT shard_id, shard_as_of FROM clickstream.shard_marks").fetchall())
+    shift = (end - marks_at[lagging]) - timedelta(days=1, minutes=-1)
+    con.execute(
+        f"UPDATE {history} SET as_of = as_of + to_microseconds(?::BIGINT) WHERE shard_id = ?",
+        [shift // timedelta(microseconds=1), lagging],
+    )
+    marks = dict(con.sql("SELECT shard_id, days_behind FROM clickstream.shard_marks").fetchall())
+    current = con.sql("SELECT * FROM clickstream.customer_current").to_arrow_table()
+    assert marks[lagging] == 0 and not shards_behind(current, end)
 
 
 def test_history_load_is_idempotent(worker_output: WorkerOutput, warehouse) -> None:

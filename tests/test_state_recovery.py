@@ -486,7 +486,7 @@ def test_a_child_keeps_its_inheritance_after_its_parents_leave_list_shards(
     assert sum(row["events"] for row in expected) > len(own), "the parent's events are in it"
 
 
-def test_parent_lookup_reads_list_shards_and_names_parents_that_are_gone(
+def test_parent_lookup_reads_list_shards_and_keeps_parents_that_are_gone(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     whole = {"StartingHashKey": "0", "EndingHashKey": str(2**128 - 1)}
@@ -537,9 +537,13 @@ def test_a_child_takes_its_parents_from_s3_after_they_left_list_shards(
         report = lookup.restore(child)
     assert report.source == "parents"
     assert _rows(child) == expected
-    # the other parent left nothing on S3: said once, as what it may be
-    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert "shardId-000000000009" in warning and "no longer listed" in warning
-    assert [
+    # both parents are said to be past the retention: one restored from the prefix, one it holds nothing of
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2 and all("no longer listed" in warning for warning in warnings)
+    restored, missing = sorted(warnings, key=lambda warning: "shardId-000000000009" in warning)
+    assert SHARD in restored and "restored from this prefix" in restored
+    assert "shardId-000000000009" in missing and "holds no snapshot or commit" in missing
+    emitted = [
         r.emf["ParentStateMissing"] for r in caplog.records if "ParentStateMissing" in getattr(r, "emf", {})
-    ] == [1]
+    ]
+    assert emitted == [1, 1]

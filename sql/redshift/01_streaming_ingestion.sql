@@ -36,6 +36,8 @@ FROM kinesis_clickstream."clickstream";
 -- The text-to-time step is a TRY_CAST: one unvalidated record with an impossible date (2026-02-30T...) would
 -- otherwise fail every query that reads event_time; such a record has a NULL event_time and its text in
 -- event_time_text (the worker rejects it as invalid_value).
+-- Dropped first: CREATE OR REPLACE VIEW cannot change a view's columns (event_time_text is newer than the view).
+DROP VIEW IF EXISTS clickstream_events_live;
 CREATE OR REPLACE VIEW clickstream_events_live AS
 SELECT
     r.approximate_arrival_timestamp,
@@ -47,7 +49,7 @@ SELECT
     r.payload.event_type::VARCHAR(16) AS event_type,
     r.payload.customer_id::VARCHAR(64) AS customer_id,
     r.payload.session_id::VARCHAR(64) AS session_id,
-    CONVERT_TIMEZONE('UTC', TRY_CAST(NULLIF(r.payload.event_time::VARCHAR, '') AS TIMESTAMPTZ)) AS event_time,
+    CONVERT_TIMEZONE('UTC', TRY_CAST(NULLIF(TRIM(r.payload.event_time::VARCHAR), '') AS TIMESTAMPTZ)) AS event_time,
     r.payload.event_time::VARCHAR(64) AS event_time_text,
     r.payload.page_url::VARCHAR(8192) AS page_url,
     r.payload.product_id::VARCHAR(256) AS product_id,

@@ -82,5 +82,6 @@ WITH marks AS (
 SELECT
     shard_id,
     shard_as_of,
-    DATEDIFF(day, shard_as_of, MAX(shard_as_of) OVER ()) AS days_behind
+    -- whole 24-hour periods, as score counts them (DATEDIFF(day, ...) would count midnights crossed)
+    FLOOR(DATEDIFF(second, shard_as_of, MAX(shard_as_of) OVER ()) / 86400.0) AS days_behind
 FROM marks;
