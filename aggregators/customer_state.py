@@ -56,6 +56,7 @@ from aggregators.ascii_bytes import hex_value
 from aggregators.fast_decode import FastDecoder, contiguous, decimal_cents, decode_records, value_bytes
 from aggregators.keysets import IndexMark, KeyRuns, StringIndex, fixed_bytes, mix64
 from aggregators.validation import RecordValidator, new_connection
+from runtime.logs import one_line
 from schemas import CUSTOMER_AGGREGATES_SCHEMA, ERRORS_SCHEMA, EVENT_TYPES, EVENTS_SCHEMA, MONEY, UTC_MICROS
 from schemas.positions import SEQUENCE_DIGITS, Position
 
@@ -729,7 +730,7 @@ class CustomerState:
         full: every restart restores, writes the file and fails again. DuckDB may refuse every later statement on a
         database whose write failed, so parsing and hashing move to a new in-memory connection.
         """
-        self.local_file_error = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        self.local_file_error = one_line(error)
         log.error(
             "the local state file %s could not be written (%s): the shard goes on from memory without it; S3 "
             "holds every commit, and a restart restores from there",

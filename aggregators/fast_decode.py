@@ -50,6 +50,7 @@ from aggregators.validation import (
     _quote,
     run_prepared,
 )
+from runtime.logs import one_line
 from schemas import ERRORS_SCHEMA, EVENT_SCHEMA_VERSION, EVENT_TYPES, EVENTS_SCHEMA, UTC_MICROS
 
 log = logging.getLogger(__name__)
@@ -590,10 +591,9 @@ def decode_records(
         raise  # the process or its database, not this batch: the validator would fail the same way
     except Exception as error:  # noqa: BLE001 - any failure of the shortcut falls back to the authority
         log.warning(
-            "the fast path failed on a batch of %d records (%s: %s); the exact validator decodes it whole",
+            "the fast path failed on a batch of %d records (%s); the exact validator decodes it whole",
             raw.num_rows,
-            type(error).__name__,
-            str(error).splitlines()[0] if str(error) else "",
+            one_line(error),
         )
         return validator.decode(con, raw)
     vouched = parsed.column("vouched").to_numpy(zero_copy_only=False)

@@ -24,7 +24,6 @@ from amazon_kclpy.v3 import processor
 from aggregators.customer_state import CustomerState
 from aggregators.validation import RecordValidator, ValidationRules
 from consumer.kcl_messages import ColumnarKCLProcess, RecordColumns
-from consumer.retry import one_line
 from consumer.s3_sink import S3ParquetSink
 from consumer.shard_processor import (
     FlushPolicy,
@@ -43,7 +42,7 @@ from consumer.state_recovery import (
 )
 from consumer.status import ShardStatus, StatusWriter
 from runtime.aws import aws_client
-from runtime.logs import configure_logging
+from runtime.logs import configure_logging, one_line
 from runtime.settings import Settings, settings_for_process
 
 #: By module path, not __name__: run as ``python -m consumer.record_processor`` (as the KCL does) __name__ is

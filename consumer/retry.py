@@ -58,9 +58,3 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, CheckpointError):
         return error.value in ("ThrottlingException", "KinesisClientLibDependencyException")
     return isinstance(error, ConnectionError | TimeoutError)
-
-
-def one_line(error: BaseException) -> str:
-    """``Type: first line of the message``: for status files and log lines that must stay on one line."""
-    text = str(error)
-    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"

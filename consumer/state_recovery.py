@@ -34,8 +34,8 @@ import pyarrow as pa
 from aggregators.customer_state import CustomerState, StateOptions
 from aggregators.validation import RecordValidator
 from consumer.metrics import emit as emit_metrics
-from consumer.retry import one_line
 from consumer.s3_sink import S3ParquetSink, is_precondition_failed, read_commit_records
+from runtime.logs import one_line
 from runtime.settings import Settings
 from schemas import EVENTS_SCHEMA
 from schemas.control import CommitRecord, SnapshotPointer

@@ -22,6 +22,12 @@ LOG_SOCKET_ENV = "CLICKSTREAM_LOG_SOCKET"
 METRICS_LOGGER = "clickstream.metrics"
 
 
+def one_line(error: BaseException) -> str:
+    """``Type: first line of the message``: for status files and log lines that must stay on one line."""
+    text = str(error)
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, plus shard / sequence context when given."""
 
