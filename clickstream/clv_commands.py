@@ -21,17 +21,16 @@ from clickstream.options import (
 def _parse_as_of(_: click.Context, __: click.Parameter, value: str | None) -> datetime | None:
     if value is None:
         return None
+    # a time is UTC unless it carries an offset (as replay's range reads it); a day is observed whole, to its end
     try:
-        parsed = parse_flag_time(
-            value
-        )  # a time is UTC unless it carries an offset, as replay's range reads it
+        parsed = parse_flag_time(value)
     except ValueError:
         raise click.BadParameter(
             "use YYYY-MM-DD (a UTC day) or an ISO time, e.g. 2026-04-30T12:00:00Z"
         ) from None
     if isinstance(parsed, datetime):
         return parsed
-    return datetime.combine(parsed, datetime.max.time(), tzinfo=UTC)  # a day is observed whole, to its end
+    return datetime.combine(parsed, datetime.max.time(), tzinfo=UTC)
 
 
 @click.command()
