@@ -405,13 +405,11 @@ class FastDecoder:
         try:
             try:
                 parsed = run_prepared(con, self._statement, _PARSE_SQL)
-            except duckdb.InvalidInputException as error:
-                if "Malformed JSON" not in str(error):
+            # UnicodeDecodeError: the same refusal, whose message quotes the text cut at a byte count; a cut inside
+            # a multi-byte character makes the message itself undecodable, and DuckDB's binding raises this instead
+            except (duckdb.InvalidInputException, UnicodeDecodeError) as error:
+                if isinstance(error, duckdb.InvalidInputException) and "Malformed JSON" not in str(error):
                     raise
-                parsed = run_prepared(con, self._valid_statement, _PARSE_VALID_SQL)
-            except UnicodeDecodeError:
-                # the same refusal, whose message quotes the text cut at a byte count: a cut inside a multi-byte
-                # character makes the message itself undecodable, and DuckDB's binding raises this instead
                 parsed = run_prepared(con, self._valid_statement, _PARSE_VALID_SQL)
         finally:
             con.unregister("fast_in")
