@@ -453,8 +453,7 @@ def score_customers(
     day = inputs.as_of_day
     existing, existing_tag = _read_commit_tagged(store, layout, day)
     if existing is not None and existing.run_id == run_id:
-        present = set(store.keys(layout.clv_run_prefix(day, run_id)))
-        if {*existing.files, existing.model_key} <= present:
+        if not _missing_files(store, layout, existing):
             say(f"run {run_id} for as-of {inputs.as_of.isoformat()} is already committed: nothing to refit")
             deleted = _finish(store, layout, existing, superseded=None)
             return ScoreOutcome(existing, already_committed=True, deleted=deleted, seconds=steps.seconds)
@@ -513,12 +512,17 @@ def score_customers(
     return ScoreOutcome(commit, already_committed=False, deleted=deleted, seconds=steps.seconds)
 
 
+def _missing_files(store: ObjectStore, layout: OutputLayout, commit: ScoreCommit) -> set[str]:
+    """The files a run's commit names (its parts and _model.json) that its folder does not hold."""
+    present = set(store.keys(layout.clv_run_prefix(commit.as_of.date(), commit.run_id)))
+    return {*commit.files, commit.model_key} - present
+
+
 def _commit(store: ObjectStore, layout: OutputLayout, commit: ScoreCommit, tag: str | None) -> None:
     """Step 7, only if the day's commit is still the one read at step 3 (``tag``) and every file of this run is
     there: two overlapping runs of a day cannot both commit, nor one commit files the other's tidy removed."""
     day = commit.as_of.date()
-    names = {*commit.files, commit.model_key}
-    missing = names - set(store.keys(layout.clv_run_prefix(day, commit.run_id)))
+    missing = _missing_files(store, layout, commit)
     if missing:
         raise ConcurrentRunError(
             f"another scoring run removed {len(missing)} files of run {commit.run_id} while it ran; nothing of it "
@@ -530,7 +534,7 @@ def _commit(store: ObjectStore, layout: OutputLayout, commit: ScoreCommit, tag: 
         winner = read_commit(store, layout, day)
         if winner is not None and winner.run_id == commit.run_id:
             return  # a twin of this run (same inputs, same id) committed the same files
-        for key in names:
+        for key in {*commit.files, commit.model_key}:
             store.delete(key)
         raise ConcurrentRunError(
             f"another scoring run ({winner.run_id if winner else 'unknown'}) committed {day} while this one ran; "
