@@ -17,8 +17,6 @@ from runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: Not allowed by the policy. Refused credentials are not here: they are raised as they are, for the command line.
-
 
 class PreflightError(RuntimeError):
     """A resource the worker needs is missing or not allowed: configuration, not a transient failure."""
