@@ -76,6 +76,8 @@ DEFAULT_DEDUPE_WINDOW: Final = timedelta(days=7)
 #: How far (UTC days) a shard's arrival stamps may go back and still be de-duplicated exactly: ids are kept that much
 #: longer than the window (Kinesis documents no ordering of ApproximateArrivalTimestamp within a shard).
 ARRIVAL_DAYS_OUT_OF_ORDER: Final = 1
+#: The journal is rewritten whole once it holds more than twice a rewrite's rows and this many more.
+_JOURNAL_SLACK_ROWS: Final = 10_000
 
 _US_PER_DAY: Final = 86_400_000_000
 #: How DuckDB reports a write the disk refused (full, failing, over a file-size limit): an I/O error while writing,
@@ -261,6 +263,7 @@ class CustomerState:
         self.local_file_error: str | None = None  # why the local file was given up (None: it was not)
         self._unsynced: list[_JournalPart] = []
         self._synced_at = time.monotonic()
+        self._journal_rows = 0  # rows in the local file's journal tables
         self.con: duckdb.DuckDBPyConnection = new_connection(self.database)
         self.con.execute("SET threads = 1")  # one shard, one core: the KCL runs a process per shard
         self._hash = _StringHasher(self.con)
@@ -689,9 +692,25 @@ class CustomerState:
 
     def sync(self) -> None:
         """Write the batches installed since the last sync, and the position, to the local file in one transaction
-        (the file is exact at its position whenever it is read)."""
-        if self.persistent:
-            self._write_file(self._journal(self._unsynced) if self._unsynced else {}, replace=False)
+        (the file is exact at its position whenever it is read).
+
+        The journal only grows (changed customers' rows again, event ids past the de-duplication window): once it
+        would hold more rows than a rewrite of the state, the state is written whole instead, so the file and a
+        restart's load stay proportional to the state, not to the shard's history (amortized: a rewrite comes after
+        as many appended rows as it writes)."""
+        if not self.persistent:
+            return
+        journal = self._journal(self._unsynced) if self._unsynced else {}
+        appended = sum(table.num_rows for table in journal.values())
+        if self._journal_rows + appended > 2 * self._rewritten_rows() + _JOURNAL_SLACK_ROWS:
+            self._rewrite_journal()
+        else:
+            self._write_file(journal, replace=False)
+
+    def _rewritten_rows(self) -> int:
+        """About the rows a rewrite of the journal writes: the state's, and one current row per customer (the ids in
+        memory may include a few before the window, which the rewrite drops: runs are pruned as they merge)."""
+        return self.row_count() + len(self._customers)
 
     def _write_file(self, tables: dict[str, pa.Table], *, replace: bool, checkpoint: bool = False) -> None:
         """One transaction: ``tables`` appended to the journal tables (or replacing them), and the position.
@@ -702,7 +721,9 @@ class CustomerState:
         try:
             con.execute("BEGIN TRANSACTION")
             try:
+                rows = 0 if replace else self._journal_rows
                 for name, data in tables.items():
+                    rows += data.num_rows
                     if replace:
                         con.execute(f"DELETE FROM {name}")
                     con.register("journal_part", data)
@@ -715,6 +736,7 @@ class CustomerState:
                 con.execute("ROLLBACK")
                 raise
             con.execute("COMMIT")
+            self._journal_rows = rows
             if checkpoint:
                 con.execute("CHECKPOINT")
         except _DISK_REFUSED as error:
@@ -818,20 +840,26 @@ class CustomerState:
         rows = con.sql(
             "SELECT * FROM customer_rows QUALIFY row_number() OVER (PARTITION BY idx ORDER BY events DESC) = 1"
         ).to_arrow_table()
+        # only the event ids a lookup can still match: the journal may hold every id the shard ever applied
+        self._arrival_day = con.sql("SELECT max(day) FROM applied_events").fetchall()[0][0]
+        window_start = self._window_start()
+        in_window = "" if window_start is None else f" WHERE day >= {int(window_start)}"
         tables = {
             "customers": customers,
             "customer_rows": rows,
             "customer_sessions": con.sql("SELECT * FROM customer_sessions").to_arrow_table(),
             "customer_days": con.sql("SELECT * FROM customer_days").to_arrow_table(),
-            "applied_events": con.sql("SELECT * FROM applied_events").to_arrow_table(),
+            "applied_events": con.sql(f"SELECT * FROM applied_events{in_window}").to_arrow_table(),
         }
         if progress:
             sequence, sub, as_of = progress[0]
             self._position = Position(str(sequence), int(sub))
             self._as_of = None if as_of is None else _to_micros(as_of)
         self._load_indexed(tables)
-        total_rows = con.sql("SELECT count(*) FROM customer_rows").fetchall()[0][0]
-        if total_rows > 2 * max(1, customers.num_rows) + 10_000:
+        self._journal_rows = sum(
+            con.sql(f"SELECT count(*) FROM {table}").fetchall()[0][0] for table in _JOURNAL_TABLES
+        )
+        if self._journal_rows > 2 * self._rewritten_rows() + _JOURNAL_SLACK_ROWS:
             self._rewrite_journal()
 
     def _load_indexed(self, tables: dict[str, pa.Table]) -> None:
@@ -875,8 +903,10 @@ class CustomerState:
                 {"idx": idx.astype(np.int32), "high": high, "low": low, "day": days},
                 self._window_start(),
             )
+            self._event_ids.prune(self._window_start())  # one run: the add's merges would never prune it
 
     def _indexed_tables(self) -> dict[str, pa.Table]:
+        self._event_ids.prune(self._window_start())  # a snapshot or a rewrite holds the window's ids only
         count = len(self._customers)
         events = self._event_ids.members()
         sessions = self._sessions.members()
@@ -911,7 +941,7 @@ class CustomerState:
         }
 
     def _rewrite_journal(self) -> None:
-        """Replace the journal by the current state (drops superseded rows and ids beyond the window)."""
+        """Replace the journal by the current state (drops superseded rows and the ids before the window)."""
         self._write_file(self._indexed_tables(), replace=True, checkpoint=True)
 
     # ------------------------------------------------------------------ snapshots

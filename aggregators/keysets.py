@@ -184,6 +184,20 @@ class KeyRuns:
         if min_day is not None and self.has_day:
             self.runs = [run for run in self.runs if len(run["day"]) and run["day"].max() >= min_day]
 
+    def prune(self, min_day: int | None) -> None:
+        """Drop the members whose day falls before ``min_day`` from every run (merges drop them only from the runs
+        they merge: a large old run, e.g. a whole state loaded at once, would keep them for good)."""
+        if min_day is None or not self.has_day:
+            return
+        kept = []
+        for run in self.runs:
+            keep = run["day"] >= min_day
+            if keep.all():
+                kept.append(run)
+            elif keep.any():
+                kept.append({name: array[keep] for name, array in run.items()})  # still in probe order
+        self.runs = kept
+
     def members(self) -> Run:
         """Every member as columns (probe included), e.g. to persist or export."""
         names = ("probe", *self.columns, *(("day",) if self.has_day else ()))

@@ -1199,6 +1199,44 @@ def test_dedupe_window_survives_reopen_and_snapshot(tmp_path: Path) -> None:
     reopened.close()
 
 
+def test_a_long_running_shard_keeps_its_file_and_its_restart_to_the_window_of_event_ids(
+    tmp_path: Path,
+) -> None:
+    """Each sync appends the new event ids to the local file. Memory drops ids older than the de-duplication window
+    as its runs merge; the file kept every id, and a restart loaded them all, so disk and a restart's memory grew
+    with the shard's history (in the end a restart that runs out of memory, on every restart). The journal is now
+    rewritten whole once it outgrows the state, and a restart loads only the window's ids, deciding duplicates as a
+    state that never restarted does."""
+    options = StateOptions(dedupe_window=timedelta(days=1), sync_every_records=1)
+    path = tmp_path / "shard.duckdb"
+    live = CustomerState(SHARD, path, options=options)
+    never_restarted = CustomerState(SHARD, options=options)
+    stream = Stream()
+    days, per_day = 40, 500
+    sent: list[list[dict[str, Any]]] = []
+    for day in range(days):  # 20,000 ids over 40 arrival days; the window holds about 3 days of them
+        documents = [event(f"c-{n % 200}", "page_view", "2026-05-01T10:00:00Z") for n in range(per_day)]
+        sent.append(documents)
+        batch = _arriving(stream.batch(documents), day)
+        live.apply(batch)
+        never_restarted.apply(batch)
+    in_file = live.con.sql("SELECT count(*) FROM applied_events").fetchall()[0][0]
+    assert in_file < days * per_day / 2, in_file  # rewritten along the way: not every id ever applied
+    live.close()
+
+    reopened = CustomerState(SHARD, path, options=options)
+    assert reopened.event_id_count() <= 3 * per_day, (
+        reopened.event_id_count()
+    )  # the window, and a day's slack
+    for resent_day in (days - 2, days - 8):  # within the window: a duplicate; long before it: counted again
+        batch = _arriving(stream.batch(sent[resent_day]), days - 1)
+        again, expected = reopened.apply(batch), never_restarted.apply(batch)
+        assert (again.events.num_rows, again.duplicates) == (expected.events.num_rows, expected.duplicates)
+        assert again.duplicates == (per_day if resent_day == days - 2 else 0)
+    assert reopened.snapshot_rows().to_pylist() == never_restarted.snapshot_rows().to_pylist()
+    reopened.close()
+
+
 # ---------------------------------------------------------------------------------------------------- stream order
 _SEQUENCE_TEXTS = st.one_of(
     st.integers(0, 10**6).map(str),  # emulator-sized
