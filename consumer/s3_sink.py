@@ -300,12 +300,24 @@ class S3ParquetSink:
         ]
 
     def delete_keys(self, keys: Iterable[str]) -> None:
+        """Delete ``keys`` (1,000 a request); raises ``ClientError`` with the code S3 gave for a key it could not
+        delete: DeleteObjects answers 200 and lists such keys in ``Errors``, and a caller that went on (deleting the
+        intent that names them) would leave them for good."""
         batch = list(keys)
         for start in range(0, len(batch), 1000):
             chunk = batch[start : start + 1000]
-            self.s3.delete_objects(
+            answer = self.s3.delete_objects(
                 Bucket=self.bucket, Delete={"Objects": [{"Key": key} for key in chunk], "Quiet": True}
             )
+            failed = answer.get("Errors") or []
+            if failed:
+                first = failed[0]
+                message = (
+                    f"DeleteObjects could not delete {len(failed)} of {len(chunk)} keys, e.g. "
+                    f"{first.get('Key')}: {first.get('Message', '')}"
+                )
+                code = str(first.get("Code", "InternalError"))
+                raise ClientError({"Error": {"Code": code, "Message": message}}, "DeleteObjects")
 
 
 def read_commit_records(

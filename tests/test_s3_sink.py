@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from botocore.exceptions import ClientError
 
 from aggregators.customer_state import AppliedBatch, CustomerState
 from consumer.s3_sink import (
@@ -426,6 +427,55 @@ def test_settling_deletes_the_files_of_attempts_that_lost_their_position(s3: Any
         *committed_files([winner], "errors"),
         f"rfm/_control/commits/{SHARD}/start.json",
     }, "the dead attempt's files and both intents are gone; the winner's files stay"
+
+
+class DeletesFailPerKey:
+    """A moto client whose DeleteObjects answers 200 with every key in ``Errors`` (as S3 does for a key it could not
+    delete, e.g. InternalError or SlowDown) while ``failing``."""
+
+    def __init__(self, client: Any, code: str) -> None:
+        self.client, self.code, self.failing = client, code, True
+
+    def delete_objects(self, **kwargs: Any) -> Any:
+        if not self.failing:
+            return self.client.delete_objects(**kwargs)
+        objects = kwargs["Delete"]["Objects"]
+        return {"Errors": [{"Key": o["Key"], "Code": self.code, "Message": "try again"} for o in objects]}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+@pytest.mark.parametrize(("code", "transient"), [("InternalError", True), ("AccessDenied", False)])
+def test_a_key_that_deleteobjects_could_not_delete_keeps_the_intent_that_names_it(
+    s3: Any, code: str, transient: bool
+) -> None:
+    """Were the failure ignored, the intent (the only record of a dead attempt's files) would go, and its files would
+    stay in events/ for good, where any reader of the whole prefix counts them. It raises the key's own code (the
+    retry loop retries an InternalError, stops on AccessDenied); a later settle deletes the files."""
+    from consumer.retry import is_transient
+
+    settings = settings_for()
+    records = records_of(HOURLY_EVENTS)
+    with pytest.raises(RuntimeError):
+        S3ParquetSink(CrashBeforeCommitRecord(s3), settings).write(
+            *applied(CustomerState(SHARD), records, "dead")
+        )
+    winner = S3ParquetSink(s3, settings).write(*applied(CustomerState(SHARD), records, "alive"))
+    before = all_keys(s3)
+    failing = DeletesFailPerKey(s3, code)
+
+    with pytest.raises(ClientError, match=r"could not delete 2 of 2 keys") as raised:
+        S3ParquetSink(failing, settings).settle_intents(SHARD)
+
+    assert raised.value.response["Error"]["Code"] == code and is_transient(raised.value) == transient
+    dead = {key for key in before if "dead" in key}
+    assert any("/_control/intents/" in key for key in dead) and len(dead) == 3  # the intent and its 2 files
+    assert dead <= all_keys(s3), "the dead attempt's files and its intent are kept"
+    failing.failing = False
+    assert S3ParquetSink(failing, settings).settle_intents(SHARD) == 2
+    assert not any("dead" in key for key in all_keys(s3))
+    assert set(committed_files([winner], "events")) <= all_keys(s3)
 
 
 def test_settling_only_touches_its_own_shard(s3: Any) -> None:
