@@ -102,7 +102,9 @@ class RecordColumns:
         return b64decode_column(self.base64_data or [])
 
     def arrival_micros(self) -> pa.Array:
-        return pc.multiply(self.arrival_millis, 1000).cast(UTC_MICROS)
+        """Checked: a time beyond int64 microseconds raises (amazon_kclpy's ``Record`` raises on it too) instead of
+        wrapping to a date in 1677 that the de-duplication window and the future-skew rule would then trust."""
+        return pc.multiply_checked(self.arrival_millis, 1000).cast(UTC_MICROS)
 
 
 def _int64(values: list[Any], nulls: bool = True) -> pa.Array:

@@ -217,3 +217,12 @@ def test_a_line_no_parser_reads_fails_as_with_amazon_kclpy() -> None:
         kclpy(line)
     with pytest.raises(json.JSONDecodeError):
         columnar(line)
+
+
+def test_an_arrival_time_beyond_int64_microseconds_fails_as_with_amazon_kclpy() -> None:
+    """Not something Kinesis sends (its arrival times are now), but the reading must not wrap it to a date in 1677."""
+    line = kcl_line([b"ab"]).replace(str(ARRIVAL_MILLIS), str(2**63 // 1000 + 1))
+    with pytest.raises((ValueError, OverflowError, OSError)):
+        list(to_raw_records(kclpy(line).records))
+    with pytest.raises(ValueError, match="overflow"):
+        to_raw_records(columnar(line).records)
