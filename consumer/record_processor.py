@@ -216,7 +216,13 @@ class RecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
         while True:
             try:
                 return open_shard_state(
-                    state_path(self.settings.state_dir, shard_id),
+                    state_path(
+                        self.settings.state_dir,
+                        shard_id,
+                        stream_name=self.settings.stream_name,
+                        bucket=self.settings.bucket,
+                        prefix=self.settings.prefix,
+                    ),
                     shard_id,
                     RecordValidator(validation_rules(self.settings)),
                     self.settings.stream_name,

@@ -474,6 +474,37 @@ def test_a_message_that_does_not_decode_leaves_its_error_for_the_worker_to_name(
     assert json.loads(status_file.read_text())["terminal_error"].startswith("TypeError")
 
 
+def _state_file(settings: Settings) -> Path:
+    return state_path(
+        settings.state_dir,
+        SHARD,
+        stream_name=settings.stream_name,
+        bucket=settings.bucket,
+        prefix=settings.prefix,
+    )
+
+
+def test_a_shard_s_state_file_is_its_stream_s_and_prefix_s_own(settings: Settings) -> None:
+    """A state directory reused for another stream or S3 prefix (shard ids repeat across streams) must not hand one
+    the other's file: a file whose position happens to lie on the other chain would be trusted, its events counted
+    twice. The processor opens the file of its own stream and prefix."""
+    others = [
+        settings.model_copy(update=change)
+        for change in (
+            {"stream_name": "other-stream"},
+            {"prefix": "other-prefix"},
+            {"bucket": "other-bucket"},
+        )
+    ]
+    paths = {_state_file(each) for each in (settings, *others)}
+    assert len(paths) == 4 and all(path.parent.parent == settings.state_dir / "shards" for path in paths)
+    state = RecordProcessor(settings)._open_state(SHARD)
+    try:
+        assert Path(state.database) == _state_file(settings)
+    finally:
+        state.close()
+
+
 def _hold_state_file(path: Path, seconds: float) -> subprocess.Popen[str]:
     """Another process that opens ``path`` with DuckDB (taking its lock) for ``seconds``; returns once it holds it.
     It prints ``releasing`` right before it lets go of the file, then lives on for a while."""
@@ -497,7 +528,7 @@ def test_initialize_waits_for_an_earlier_processor_of_the_shard_that_still_holds
 ) -> None:
     """The lease came back while this worker's earlier processor of the shard still finishes a flush: the new one
     waits for it instead of failing (which would stop the whole MultiLangDaemon)."""
-    holder = _hold_state_file(state_path(settings.state_dir, SHARD), seconds=1.5)
+    holder = _hold_state_file(_state_file(settings), seconds=1.5)
     monkeypatch.setattr(record_processor, "parent_pid", os.getpid)  # the holder counts as a sibling processor
     with caplog.at_level(logging.WARNING, logger="consumer.record_processor"):
         state = RecordProcessor(settings)._open_state(SHARD)
@@ -516,7 +547,7 @@ def test_initialize_waits_for_an_earlier_processor_of_the_shard_that_still_holds
 
 
 def test_a_state_file_held_by_an_unrelated_process_is_still_an_error(settings: Settings) -> None:
-    holder = _hold_state_file(state_path(settings.state_dir, SHARD), seconds=30)
+    holder = _hold_state_file(_state_file(settings), seconds=30)
     try:
         assert record_processor.sibling_holding_lock(RuntimeError("no lock words")) is None
         with pytest.raises(Exception, match="lock") as raised:
