@@ -25,6 +25,7 @@ aggregates are order independent and de-duplicate by ``event_id``. The boto3 cli
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import random
 import re
@@ -70,6 +71,8 @@ RETRYABLE_CALL_ERRORS: Final = frozenset(
     }
 )
 
+#: Kinesis's limit on a partition key, in characters.
+_MAX_PARTITION_KEY: Final = 256
 _CUSTOMER_ID: Final = re.compile(rb'"customer_id"\s*:\s*"([A-Za-z0-9_.:@-]{1,64})"')
 
 
@@ -181,13 +184,28 @@ class PutInterrupted(KeyboardInterrupt):
 
 
 def partition_key_for(data: bytes) -> str:
-    """The customer id when the record has one, so a customer's events share a shard; else md5 of the bytes.
+    """The record's customer id (its top-level ``customer_id``, decoded as the consumer reads it, which requires the
+    key to equal it) when it has an ASCII one, so a customer's events share a shard; else md5 of the bytes.
 
-    The fallback is deterministic, so a re-sent bad record goes to the same shard as its first copy.
+    The usual record names ``customer_id`` once, plainly, and its value is read off the bytes. Any other (a nested
+    object with a ``customer_id`` of its own, an escaped character in the id) is parsed: the first match in the
+    bytes would key it by the wrong id, and the consumer would reject a valid event as partition_key_mismatch. The
+    fallback is deterministic, so a re-sent bad record goes to the same shard as its first copy.
     """
-    match = _CUSTOMER_ID.search(data)
-    if match is not None:
-        return match.group(1).decode("ascii")
+    if data.count(b'"customer_id"') == 1:
+        match = _CUSTOMER_ID.search(data)
+        if match is not None:
+            return match.group(1).decode("ascii")
+    try:
+        document = json.loads(data)
+    except (
+        ValueError,
+        RecursionError,
+    ):  # not JSON (UnicodeDecodeError is a ValueError): the consumer rejects it
+        document = None
+    customer = document.get("customer_id") if isinstance(document, dict) else None
+    if isinstance(customer, str) and customer.isascii() and 0 < len(customer) <= _MAX_PARTITION_KEY:
+        return customer
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 

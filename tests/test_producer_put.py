@@ -23,6 +23,7 @@ from producer.kinesis_put import (
     PutRecordsError,
     partition_key_for,
 )
+from tests.test_validation import decode, doc, encode, raw_batch
 
 STREAM = "clickstream-test"
 
@@ -165,6 +166,31 @@ def test_partition_key_is_customer_id_or_md5_of_the_payload() -> None:
     )
     garbage = b"\xff\xfe not json"
     assert partition_key_for(garbage) == hashlib.md5(garbage).hexdigest() == partition_key_for(garbage)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"context":{"customer_id":"anon-1"},'
+        + encode(doc())[1:],  # an extra field is valid: its id is not the key
+        encode(doc()).replace(b'"c-000001"', b'"c\\u002d000001"'),  # the same id, one character escaped
+        encode(doc()).replace(b'"customer_id":', b'"customer_id" :'),  # whitespace before the colon
+    ],
+    ids=["nested-customer-id-first", "escaped-character", "space-before-colon"],
+)
+def test_the_partition_key_is_the_top_level_customer_id_the_consumer_checks(data: bytes) -> None:
+    """The consumer rejects an event whose partition key is not its customer_id (partition_key_mismatch), so the key
+    must be the id the consumer decodes, not the first customer_id-looking bytes."""
+    key = partition_key_for(data)
+    assert key == "c-000001"
+    decoded = decode(raw_batch([(data, key)]))
+    assert decoded.events.num_rows == 1, decoded.rejects.to_pylist()
+
+
+def test_a_customer_id_that_cannot_be_a_partition_key_falls_back_to_md5() -> None:
+    for customer in ("", "é-1", "c" * 257):
+        data = json.dumps({"customer_id": customer}).encode()
+        assert partition_key_for(data) == hashlib.md5(data).hexdigest()
 
 
 def test_only_failed_records_are_resent_until_each_is_delivered_exactly_once() -> None:
