@@ -120,7 +120,8 @@ def run_replay(
     state = CustomerState("replay", database, options=state_options(settings))  # the worker's dedupe window
     sink = S3ParquetSink(s3, settings)
     read = applied = batches = 0
-    pending: list[pa.Table] = []
+    pending: list[pa.Table] = []  # one shard's files: the core orders a batch by position, which is per shard
+    pending_shard: str | None = None
 
     def apply_pending() -> None:
         nonlocal applied, batches
@@ -135,8 +136,14 @@ def run_replay(
         with tqdm(
             total=len(plan.files), unit="file", desc=f"replay {plan.name}", disable=not progress
         ) as bar:
-            for key in plan.files:
+            for key in plan.files:  # by shard, parents first, each shard's in stream order
                 events = sink.get_parquet(key).select(EVENTS_SCHEMA.names).cast(EVENTS_SCHEMA)
+                shard = events.column("shard_id")[0].as_py() if events.num_rows else pending_shard
+                if shard != pending_shard:
+                    # sequence numbers compare only within a shard (the emulator's restart at 1 in each child):
+                    # a batch mixing shards would put a child's re-send before its parent's original
+                    apply_pending()
+                    pending_shard = shard
                 times = events.column("event_time")
                 in_range = pc.and_(
                     pc.greater_equal(times, pa.scalar(plan.start, times.type)),

@@ -34,15 +34,17 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         yield client
 
 
-def live_run(s3: Any, settings: Settings, batches: list[pa.Table]) -> CustomerState:
+def live_run(s3: Any, settings: Settings, batches: list[pa.Table], shard: str = SHARD) -> CustomerState:
     """The worker's core and sink on ``batches``, one committed flush each (the archive a replay reads)."""
-    state = CustomerState(SHARD, options=state_options(settings))
+    state = CustomerState(shard, options=state_options(settings))
     sink = S3ParquetSink(s3, settings)
-    for number, batch in enumerate(batches):
+    for number, delivered in enumerate(batches):
+        at = delivered.schema.get_field_index("shard_id")
+        batch = delivered.set_column(at, "shard_id", pa.array([shard] * delivered.num_rows))
         previous = chain_position(state.position())
         with state.staged(batch) as applied:
             assert applied.first_position is not None and applied.position is not None
-            name = FlushName(SHARD, applied.first_position, applied.position, f"attempt{number}")
+            name = FlushName(shard, applied.first_position, applied.position, f"attempt{number}")
             sink.write(FlushAttempt(previous, name), applied)
     return state
 
@@ -55,6 +57,23 @@ def test_replay_deduplicates_with_the_window_the_worker_is_set_to(s3: Any, tmp_p
     stream = Stream()
     live = live_run(s3, settings, [stream.batch([original]), _arriving(stream.batch([original]), 3)])
     assert row_of(live, "c-A")["purchases"] == 2
+
+    plan = plan_replay(s3, settings, datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC))
+    result = run_replay(s3, settings, plan, tmp_path, progress=False)
+    rows = S3ParquetSink(s3, settings).get_parquet(result.output_key).to_pylist()
+    assert [(row["customer_id"], row["purchases"]) for row in rows] == [("c-A", 2)]
+
+
+def test_a_replay_orders_events_within_each_shard_not_across_a_reshard(s3: Any, tmp_path: Path) -> None:
+    """Sequence numbers order records within one shard only (the embedded endpoint starts a child shard's at 1).
+    Live, a customer's re-send on the child 3 days after the original on its parent is counted again (window 1
+    day): 2 purchases. A replay that batched both shards' files and sorted them by sequence number put the child's
+    copy first and took the parent's for its duplicate: 1 purchase."""
+    settings = Settings(bucket=BUCKET, prefix="rfm", dedupe_window_days=1)
+    original = event("c-A", "purchase", "2026-03-01T10:00:00Z", revenue="5.00")
+    parent, child = "shardId-000000000000", "shardId-000000000002"
+    live_run(s3, settings, [Stream(first=1_000).batch([original])], shard=parent)
+    live_run(s3, settings, [_arriving(Stream(first=1).batch([original]), 3)], shard=child)
 
     plan = plan_replay(s3, settings, datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC))
     result = run_replay(s3, settings, plan, tmp_path, progress=False)
