@@ -786,12 +786,21 @@ def generate_events(
     ).events()
 
 
+#: The first bytes of a gzip file: a file is read as gzip by these, whatever its name.
+_GZIP_MAGIC: Final = b"\x1f\x8b"
+_UTF8_BOM: Final = b"\xef\xbb\xbf"
+
+
 def _open(path: Path, mode: str) -> IO[bytes]:
-    if path.suffix == ".gz":
-        if "w" in mode:  # no time in the header: the same seed gives the same bytes, compressed too
+    if "w" in mode:
+        if (
+            path.suffix.lower() == ".gz"
+        ):  # no time in the header: the same seed gives the same bytes, compressed too
             return cast(IO[bytes], gzip.GzipFile(path, mode, mtime=0))
-        return cast(IO[bytes], gzip.open(path, mode))
-    return path.open(mode)
+        return path.open(mode)
+    with path.open("rb") as probe:
+        compressed = probe.read(len(_GZIP_MAGIC)) == _GZIP_MAGIC
+    return cast(IO[bytes], gzip.open(path, mode)) if compressed else path.open(mode)
 
 
 def write_jsonl(path: str | Path, records: Iterable[bytes]) -> int:
@@ -816,11 +825,15 @@ class InputFileError(ValueError):
 
 def read_jsonl(path: str | Path) -> Iterator[bytes]:
     """The records written by `write_jsonl`, byte for byte (not decoded, so bad records survive); blank lines are
-    not records and are skipped. A file that breaks off raises ``InputFileError`` naming the last line read."""
+    not records and are skipped. gzip is recognised by its first bytes (any name), and a UTF-8 byte order mark that
+    an editor put at the start of the file is not part of the first record. A file that breaks off raises
+    ``InputFileError`` naming the last line read."""
     line_number = 0
     try:
         with _open(Path(path), "rb") as stream:
-            for line_number, line in enumerate(stream, start=1):  # noqa: B007 - read in the except clause
+            for line_number, line in enumerate(stream, start=1):
+                if line_number == 1 and line.startswith(_UTF8_BOM):
+                    line = line[len(_UTF8_BOM) :]  # noqa: PLW2901 - the file's mark, not the record's bytes
                 if line.strip():
                     yield line[:-1] if line.endswith(b"\n") else line
     except (OSError, EOFError, zlib.error) as error:

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from tqdm import tqdm
 
@@ -424,6 +424,12 @@ class KinesisProducer:
                 stats.throttled_calls += 1
                 self._retry_or_raise(attempt, pending, f"{type(exc).__name__}: {exc}", stats, started)
                 continue
+            except (
+                BotoCoreError
+            ) as exc:  # credentials that expired or failed to refresh mid-run, and the like
+                stats.in_flight = 0  # raised before the request went out
+                message = f"PutRecords to {self.stream_name} failed: {type(exc).__name__}: {exc}"
+                raise PutRecordsError(message, pending, self._summary(stats, started)) from exc
             stats.in_flight = 0
             results = response["Records"]
             if len(results) != len(pending):

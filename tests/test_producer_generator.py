@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 from collections import Counter, defaultdict
@@ -317,6 +318,23 @@ def test_jsonl_round_trip_preserves_bytes(tmp_path: Path) -> None:
         assert list(read_jsonl(path)) == records
     with pytest.raises(ValueError, match="newline"):
         write_jsonl(tmp_path / "bad.jsonl", [b'{"a":1}\n{"b":2}'])
+
+
+def test_a_gzip_file_is_read_as_gzip_whatever_its_name_and_an_editor_s_bom_is_not_a_record_byte(
+    tmp_path: Path,
+) -> None:
+    """By suffix alone, 'events.jsonl.GZ' or a gzip file without the suffix was sent as compressed bytes, a few
+    garbage records; a Windows editor's byte order mark made the first record invalid_json."""
+    records = list(generate_events(5, 50, 2))
+    for name in ("events.jsonl.GZ", "events.jsonl"):
+        path = tmp_path / name
+        path.write_bytes(gzip.compress(b"".join(record + b"\n" for record in records)))
+        assert list(read_jsonl(path)) == records
+    marked = tmp_path / "notepad.jsonl"
+    marked.write_bytes(b"\xef\xbb\xbf" + b"\r\n".join(records) + b"\r\n")
+    assert list(read_jsonl(marked)) == [
+        record + b"\r" for record in records
+    ]  # CR kept: the validator allows it
 
 
 @settings(max_examples=25, deadline=None)

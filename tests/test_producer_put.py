@@ -11,7 +11,7 @@ from typing import Any
 
 import boto3
 import pytest
-from botocore.exceptions import ClientError, EndpointConnectionError
+from botocore.exceptions import ClientError, CredentialRetrievalError, EndpointConnectionError
 from moto import mock_aws
 
 from producer.generator import ClickstreamGenerator, generate_events
@@ -269,6 +269,22 @@ def test_whole_call_errors_are_retried_when_transient_and_raised_when_terminal()
         make_producer(fake, FakeTime()).put(records)
     assert raised.value.undelivered_count == 50
     assert len(fake.calls) == 1
+
+
+def test_credentials_that_fail_mid_run_stop_it_with_what_was_delivered() -> None:
+    """An SSO or role session that expires in a long run: botocore raises while signing, before the request goes
+    out. The run must stop as a failed put does (the records delivered and the rest counted), not with a bare
+    credential error that leaves the user guessing what arrived."""
+    records = list(generate_events(20, 1500, 4))
+    expired = CredentialRetrievalError(provider="sso", error_msg="token expired")
+    fake = FakeKinesis(raise_on_calls={2: expired})
+    with pytest.raises(PutRecordsError, match="CredentialRetrievalError") as raised:
+        make_producer(fake, FakeTime()).put(records)
+    delivered = sum(fake.delivered.values())
+    assert (delivered, raised.value.undelivered_count) == (1_000, 500)  # two requests of 500 went through
+    outcome = raised.value.outcome()
+    assert outcome.startswith(f"PutRecords to {STREAM} failed: CredentialRetrievalError: ")
+    assert "1,000 records delivered, 500 of the failing batch not" in outcome
 
 
 def test_records_over_one_mib_are_rejected_locally_and_counted() -> None:
