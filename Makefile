@@ -15,11 +15,12 @@ EDITABLE_QUIET := PYTHONWARNINGS="ignore:Editable installation"
 
 setup: $(STAMP) java
 
-$(STAMP): pyproject.toml
+# The runtime dependencies at the image's pins (deploy/constraints.txt): the tests run what the image ships.
+$(STAMP): pyproject.toml deploy/constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --upgrade pip 2>&1 | { grep -v "$(PIP_NOISE)" || true; }
 	@echo "installing clickstream-rfm and its dependencies into $(VENV) ..."
-	@$(EDITABLE_QUIET) $(BIN)/python -m pip install --quiet -e '.[dev]' 2>&1 | { grep -v "$(PIP_NOISE)" || true; }
+	@$(EDITABLE_QUIET) $(BIN)/python -m pip install --quiet -c deploy/constraints.txt -e '.[dev]' 2>&1 | { grep -v "$(PIP_NOISE)" || true; }
 	@touch $@
 
 # The KCL MultiLangDaemon is Java: a JRE 17+ is required. Installs Debian's headless JRE when run as root.
