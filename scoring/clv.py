@@ -189,9 +189,14 @@ def gamma_gamma_log_likelihood(params: dict[str, float], x: npt.NDArray[Any], m:
     return float(np.sum(ll))
 
 
-#: Flat priors on the BG/NBD parameters (``model_config`` of ``BetaGeoModel``): the MAP point is then the maximum of the
-#: likelihood, whatever the time unit (see the module docstring for what the default priors did with days).
-_FLAT_BG_NBD_PRIORS: Final = {name: {"dist": "HalfFlat"} for name in ("r", "alpha", "a", "b")}
+def _flat_bg_nbd_priors() -> dict[str, Any]:
+    """Flat priors on the BG/NBD parameters (``model_config`` of ``BetaGeoModel``): the MAP point is then the maximum
+    of the likelihood, whatever the time unit (see the module docstring for what the default priors did with days)."""
+    from pymc_extras.prior import Prior
+
+    return {name: Prior("HalfFlat") for name in ("r", "alpha", "a", "b")}
+
+
 #: How far outside the repeat buyers' observed mean spends the fitted population mean may lie, as a share of the
 #: largest: a fit that lands further out found no spend distribution in the data (all spends nearly equal, or too few
 #: buyers), and ran off to parameters whose ratio p*v/(q-1) is arbitrary.
@@ -269,7 +274,7 @@ def fit_and_predict(
     with _quiet_backend() as backend:
         announce(f"fitting BG/NBD on {buyers:,} buyers ({backend} backend)")
         started = time.perf_counter()
-        bg = BetaGeoModel(model_config=_FLAT_BG_NBD_PRIORS)
+        bg = BetaGeoModel(model_config=_flat_bg_nbd_priors())
         bg.fit(data=frame[["customer_id", "frequency", "recency", "T"]], method="map", progressbar=False)
         timings["bg_nbd_fit"] = time.perf_counter() - started
 
