@@ -1,4 +1,4 @@
-"""Before the JVM starts: can this worker reach its stream, its bucket and its lease table?
+"""Before the JVM starts: can this worker reach its stream, its bucket and its lease table; is the prefix its own?
 
 Without this check a missing bucket shows up a minute later as a processor's terminal error buried in the KCL's
 logs. Each finding is one sentence naming the setting to fix. Connection failures (endpoint down, TLS) are
@@ -8,12 +8,15 @@ raised as they are, for the command line to explain.
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from botocore.exceptions import ClientError
 
+from consumer.s3_sink import S3ParquetSink, is_precondition_failed
 from runtime.aws import ACCESS_DENIED_CODES, aws_client
 from runtime.settings import Settings
+from schemas.control import ControlRecordError, PrefixOwner
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +47,8 @@ def is_missing_stream(error: ClientError) -> bool:
     return _code(error) == "ResourceNotFoundException"
 
 
-def check_stream(kinesis: Any, settings: Settings) -> None:
+def check_stream(kinesis: Any, settings: Settings) -> str:
+    """The stream's ARN, once it is known to exist, to be readable and active."""
     try:
         summary = kinesis.describe_stream_summary(StreamName=settings.stream_name)["StreamDescriptionSummary"]
     except ClientError as error:
@@ -57,6 +61,42 @@ def check_stream(kinesis: Any, settings: Settings) -> None:
         raise
     if summary["StreamStatus"] not in ("ACTIVE", "UPDATING"):
         raise PreflightError(f"stream {settings.stream_name!r} is {summary['StreamStatus']}, not ACTIVE")
+    return str(summary["StreamARN"])
+
+
+def check_prefix_owner(s3: Any, settings: Settings, stream_arn: str) -> None:
+    """The prefix belongs to this stream: claimed by the first worker that starts on it, refused to any other.
+
+    Shard ids repeat across streams, so a second stream writing the same prefix (a copied configuration) would
+    find the first's commits at its chain positions, lose to them, restore the first's state and skip its own
+    records as redeliveries, all silently."""
+    sink = S3ParquetSink(s3, settings)
+    key = sink.layout.prefix_owner_key
+    body = sink.get_bytes(key)
+    if body is None:
+        claim = PrefixOwner(stream_arn, datetime.now(UTC))
+        try:
+            sink.put_bytes(key, claim.to_json(), "json", if_none_match=True)
+            log.info("claimed s3://%s/%s for stream %s", settings.bucket, key, stream_arn)
+            return
+        except ClientError as error:
+            if not is_precondition_failed(error):
+                raise
+        body = sink.get_bytes(key) or b""  # another worker claimed it first: whose stream?
+    try:
+        owner = PrefixOwner.from_json(body)
+    except ControlRecordError as error:
+        raise PreflightError(
+            f"s3://{settings.bucket}/{key} is not a readable claim of the prefix ({error}); if its stream is "
+            f"{stream_arn}, delete it and start again"
+        ) from None
+    if owner.stream_arn != stream_arn:
+        raise PreflightError(
+            f"s3://{settings.bucket}/{sink.layout.control_prefix} holds the commit chains of stream "
+            f"{owner.stream_arn}, not of {stream_arn} (claimed {owner.claimed_at:%Y-%m-%d %H:%M} UTC): shard ids "
+            "repeat across streams, so two streams cannot share a prefix. Give this stream its own "
+            "CLICKSTREAM_PREFIX / --prefix"
+        )
 
 
 def check_bucket(s3: Any, settings: Settings) -> None:
@@ -93,8 +133,10 @@ def check_lease_table(dynamodb: Any, settings: Settings) -> None:
 
 def preflight(settings: Settings) -> None:
     """Raise ``PreflightError`` (or the connection error) within seconds if the worker cannot run."""
-    check_stream(aws_client("kinesis", settings, max_attempts=2), settings)
-    check_bucket(aws_client("s3", settings, max_attempts=2), settings)
+    stream_arn = check_stream(aws_client("kinesis", settings, max_attempts=2), settings)
+    s3 = aws_client("s3", settings, max_attempts=2)
+    check_bucket(s3, settings)
+    check_prefix_owner(s3, settings, stream_arn)
     check_lease_table(aws_client("dynamodb", settings, max_attempts=2), settings)
 
 

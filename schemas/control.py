@@ -100,6 +100,30 @@ class FlushIntent:
 
 
 @dataclass(frozen=True, slots=True)
+class PrefixOwner:
+    """The stream whose shards write a prefix's commit chains (``OutputLayout.prefix_owner_key``), claimed by the
+    first worker that starts on the prefix. Shard ids repeat across streams: a second stream writing the prefix
+    would take the first's chains for its own, lose its commits to them and skip its records as redeliveries."""
+
+    stream_arn: str
+    claimed_at: datetime
+
+    def to_json(self) -> bytes:
+        return _dump(self)
+
+    @classmethod
+    def from_json(cls, body: bytes | str) -> PrefixOwner:
+        d = _load(body, "prefix owner")
+        try:
+            claimed_at = _time(d["claimed_at"])
+            if claimed_at is None:
+                raise ControlRecordError("prefix owner: claimed_at is null")
+            return cls(stream_arn=str(d["stream_arn"]), claimed_at=claimed_at)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise ControlRecordError(f"prefix owner: {error!r}") from error
+
+
+@dataclass(frozen=True, slots=True)
 class Freshness:
     """How fresh a flush made its data: seconds from Kinesis arrival to durable, and the newest event's age."""
 

@@ -86,6 +86,11 @@ class OutputLayout:
     def control_prefix(self) -> str:
         return self._root("_control")
 
+    @property
+    def prefix_owner_key(self) -> str:
+        """The stream the prefix belongs to (``schemas.control.PrefixOwner``)."""
+        return f"{self.control_prefix}stream.json"
+
     def intents_prefix(self, shard_id: str) -> str:
         return f"{self.control_prefix}intents/{shard_id}/"
 

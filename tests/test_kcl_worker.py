@@ -287,6 +287,65 @@ def test_preflight_names_the_missing_stream_bucket_or_denied_table() -> None:
         preflight(settings)  # no lease table yet: the KCL creates it
 
 
+def test_a_prefix_belongs_to_the_first_stream_that_writes_it() -> None:
+    """Shard ids repeat across streams: a second stream on the same prefix (a copied configuration) took the first's
+    commit chains for its own, lost its commits to them and skipped its records as redeliveries, silently. The
+    first worker on a prefix claims it for its stream; a worker of another stream is refused before it starts."""
+    from consumer.preflight import check_prefix_owner
+    from schemas.control import PrefixOwner
+    from schemas.layout import OutputLayout
+
+    with mock_aws():
+        kinesis, s3 = (
+            boto3.client("kinesis", region_name="us-east-1"),
+            boto3.client("s3", region_name="us-east-1"),
+        )
+        for stream in ("clicks-a", "clicks-b"):
+            kinesis.create_stream(StreamName=stream, ShardCount=1)
+        s3.create_bucket(Bucket="shared-bucket")
+        first = load_settings(
+            stream_name="clicks-a", bucket="shared-bucket", prefix="rfm", application_name="app-a"
+        )
+        second = first.model_copy(update={"stream_name": "clicks-b", "application_name": "app-b"})
+        key = OutputLayout("rfm").prefix_owner_key
+
+        preflight(first)
+        preflight(first)  # its own prefix, again: a restart
+        claim = PrefixOwner.from_json(s3.get_object(Bucket="shared-bucket", Key=key)["Body"].read())
+        assert claim.stream_arn.endswith(":stream/clicks-a")
+        with pytest.raises(
+            PreflightError, match=r"holds the commit chains of stream .*clicks-a, not of .*clicks-b"
+        ):
+            preflight(second)
+        preflight(second.model_copy(update={"prefix": "rfm-b"}))  # its own prefix: claimed for it
+
+        # two workers claiming at once: the one whose conditional put loses reads the winner's claim
+        s3.delete_object(Bucket="shared-bucket", Key=key)
+
+        class ClaimedMeanwhile:
+            def __init__(self) -> None:
+                self.raced = False
+
+            def put_object(self, **arguments: Any) -> Any:
+                if not self.raced:
+                    self.raced = True
+                    s3.put_object(Bucket="shared-bucket", Key=key, Body=claim.to_json())
+                return s3.put_object(**arguments)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(s3, name)
+
+        arn_b = kinesis.describe_stream_summary(StreamName="clicks-b")["StreamDescriptionSummary"][
+            "StreamARN"
+        ]
+        with pytest.raises(PreflightError, match=r"holds the commit chains of stream .*clicks-a"):
+            check_prefix_owner(ClaimedMeanwhile(), second, arn_b)
+
+        s3.put_object(Bucket="shared-bucket", Key=key, Body=b"{}")
+        with pytest.raises(PreflightError, match="is not a readable claim of the prefix"):
+            preflight(first)
+
+
 # ---------------------------------------------------------------------------------------------------- live status
 def test_the_live_status_fits_80_columns_with_many_shards() -> None:
     now = 10_000.0
