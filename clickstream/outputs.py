@@ -109,11 +109,9 @@ def committed_outputs(s3: Any, settings: Settings) -> CommittedOutputs:
         }
         for output in OUTPUTS
     }
-    commit_keys = [
-        obj["Key"]
-        for obj in list_keys(s3, settings.bucket, layout.all_commits_prefix)
-        if obj["Key"].endswith(".json")
-    ]
+    # the keys of the records read above, not a fresh listing: a flush that commits meanwhile would add a commit
+    # record whose data files were listed before they existed (a download would copy it without them)
+    commit_keys = [layout.commit_key(c.shard_id, c.previous) for c in commits]
     sizes: Counter[str] = Counter()
     for output in OUTPUTS:
         sizes[output] = sum(listed[output].get(key, 0) for key in named[output])

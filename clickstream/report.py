@@ -73,8 +73,8 @@ def print_summary(
     stray = sum(len(keys) for keys in outputs.uncommitted.values())
     if stray:
         console.print(
-            f"{stray:,} data files on S3 are named by no commit record (a flush that did not commit; the next owner "
-            "of its shard deletes them): not counted."
+            f"{stray:,} data files on S3 are named by no commit record (a flush still being written while a worker "
+            "runs, or one that did not commit, which the next commit of its shard deletes): not counted."
         )
 
     totals = {

@@ -968,6 +968,46 @@ def put_committed_flush(
     s3.put_object(Bucket=bucket, Key=layout.commit_key(shard, None), Body=commit.to_json())
 
 
+def test_a_flush_committed_while_outputs_are_read_is_left_out_whole() -> None:
+    """The commit records are read first, the data prefixes listed next: a flush committing in between has data
+    files that count as not committed (yet), and its commit record must not be taken either (``summary
+    --download`` would copy a commit record without the files it names)."""
+    from clickstream.outputs import committed_outputs
+
+    layout = OutputLayout("rfm")
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="race-bucket")
+        put_committed_flush(s3, "race-bucket", layout, "shardId-000000000000", ["c-1"])
+
+        class CommitsMeanwhile:
+            """Lists as S3 does; the first listing of a data prefix comes after another shard's flush committed."""
+
+            committed = False
+
+            def get_paginator(self, operation: str) -> Any:
+                pages = s3.get_paginator(operation)
+                outer = self
+
+                class Listing:
+                    def paginate(self, **arguments: Any) -> Any:
+                        if not outer.committed and arguments["Prefix"].startswith("rfm/customer_aggregates"):
+                            outer.committed = True
+                            put_committed_flush(s3, "race-bucket", layout, "shardId-000000000001", ["c-2"])
+                        return pages.paginate(**arguments)
+
+                return Listing()
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(s3, name)
+
+        outputs = committed_outputs(CommitsMeanwhile(), load_settings(bucket="race-bucket", prefix="rfm"))
+
+    assert [c.shard_id for c in outputs.commits] == ["shardId-000000000000"]
+    assert outputs.commit_keys == [layout.commit_key("shardId-000000000000", None)]
+    assert all("shardId-000000000001" not in key for key in outputs.all_committed_keys())
+
+
 def test_summary_counts_what_is_committed_in_s3_not_the_download_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
