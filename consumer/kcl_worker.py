@@ -399,22 +399,27 @@ class KclWorker:
 
     # ------------------------------------------------------------------ signals
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        """Act first, then say so: the signal may land while this thread writes a log line of its own, and the
+        stop must not wait on that line (the sink's lock is reentrant for the same reason)."""
         self._signals += 1
         if self._signals == 1:
+            self.request_stop()
             log.info(
                 "received %s: flushing and checkpointing every shard (again to force)",
                 signal.Signals(signum).name,
             )
-            self.request_stop()
         else:
-            log.warning("second signal: forcing exit without waiting for shards")
             self._kill()
+            log.warning("second signal: forcing exit without waiting for shards")
             raise SystemExit(130)
 
     def request_stop(self) -> None:
-        if self._stop_requested_at is None and self._process is not None:
+        """Ask the JVM to stop (its processors flush and checkpoint); asked before the JVM runs, it is asked as soon
+        as it does."""
+        if self._stop_requested_at is None:
             self._stop_requested_at = time.monotonic()
-            self._process.send_signal(signal.SIGTERM)
+            if self._process is not None:
+                self._process.send_signal(signal.SIGTERM)
 
     def _kill(self) -> None:
         if self._process is not None and self._process.poll() is None:
@@ -458,16 +463,7 @@ class KclWorker:
             relay = LogRelay(Path(tempfile.mkdtemp(prefix="clickstream-")) / "log.sock", sink=sink.line)
             env = self.child_environment(self.settings_file(), relay.path)
             try:
-                # Own process group: a terminal Ctrl-C reaches us only, and we decide how the JVM stops.
-                self._process = subprocess.Popen(
-                    command,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    preexec_fn=die_with_parent_hook(),  # noqa: PLW1509 - only prctl runs between fork and exec
-                )
+                self._process = self._start_jvm(command, env)
                 assert self._process.stdout is not None
                 pump = sink.pump(self._process.stdout)
                 with self._live(console) as refresh:
@@ -481,6 +477,22 @@ class KclWorker:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
                 sink.close()
+
+    def _start_jvm(self, command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        """The MultiLangDaemon in its own process group (a terminal Ctrl-C reaches us only, and we decide how it
+        stops), told to stop at once if a signal came while it was being started."""
+        process = subprocess.Popen(
+            command,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent_hook(),  # noqa: PLW1509 - only prctl runs between fork and exec
+        )
+        if self._stop_requested_at is not None:
+            process.send_signal(signal.SIGTERM)
+        return process
 
     @contextlib.contextmanager
     def _logging_into(self, sink: LogSink) -> Iterator[None]:

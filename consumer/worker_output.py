@@ -56,7 +56,8 @@ class LogSink:
         self.json_logs = json_logs
         self.console = console
         self._file: IO[str] | None = log_file.open("a", encoding="utf-8") if log_file else None
-        self._lock = threading.Lock()
+        # reentrant: the worker's signal handler logs, and may run while this thread is inside ``line``
+        self._lock = threading.RLock()
 
     def line(self, text: str) -> None:
         text = text.rstrip("\n")

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -616,6 +618,48 @@ def test_first_signal_stops_gracefully_and_the_second_forces_exit(
     assert exited.value.code == 130
     assert killed == [(FakeJvm.pid, signal.SIGKILL)]
     assert jvm.signals == [signal.SIGTERM], "the graceful stop is requested once"
+
+
+def test_a_signal_that_lands_while_the_worker_writes_a_log_line_still_stops_the_jvm(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The handler runs on the main thread, maybe in the middle of the worker's own log line (the status or metric
+    line), while that line holds the sink's lock: the handler's own log call waited on it forever (every further
+    signal too), the JVM was never told to stop, and only SIGKILL ended the worker."""
+    from consumer.worker_output import LogSink
+
+    worker = KclWorker(load_settings(state_dir=tmp_path))
+    jvm = FakeJvm()
+    worker._process = jvm  # type: ignore[assignment]
+    sink = LogSink(json_logs=True, log_file=tmp_path / "worker.log")
+
+    def signal_inside_a_log_line() -> None:
+        with worker._logging_into(sink), sink._lock:  # a line being written when the signal arrives
+            worker._on_signal(signal.SIGTERM, None)
+
+    caplog.set_level(logging.INFO, logger="consumer.kcl_worker")  # restored after the test
+
+    handler = threading.Thread(target=signal_inside_a_log_line, daemon=True)
+    handler.start()
+    handler.join(timeout=10)
+    assert not handler.is_alive(), "the signal handler waited on the log line it interrupted"
+    assert jvm.signals == [signal.SIGTERM]
+    assert "received SIGTERM" in (tmp_path / "worker.log").read_text()
+
+
+def test_a_signal_before_the_jvm_runs_stops_it_as_soon_as_it_does(tmp_path: Path) -> None:
+    """Between the handlers' installation and the JVM's start (clients, the log relay) a SIGTERM was counted and
+    forgotten: the JVM then ran until a second signal or SIGKILL."""
+    worker = KclWorker(load_settings(state_dir=tmp_path))
+    worker._on_signal(signal.SIGTERM, None)  # no JVM yet
+    process = worker._start_jvm(["sleep", "30"], dict(os.environ))
+    try:
+        assert process.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        process.kill()
+        process.wait()
+        assert process.stdout is not None
+        process.stdout.close()
 
 
 def write_status(settings: Settings, **fields: Any) -> None:
