@@ -633,8 +633,15 @@ class KclWorker:
         else:
             others = {owner for owner in owners.values() if owner and owner != self.settings.worker_id}
             unowned = sum(1 for owner in owners.values() if not owner)
-            heartbeat.standby = bool(owners) and not unowned and len(others) > 0
-            if heartbeat.standby:
+            mine = sum(1 for owner in owners.values() if owner == self.settings.worker_id)
+            # leases this worker holds without processing them (their processors initialize, or wait): no standby
+            heartbeat.standby = bool(owners) and not unowned and not mine and len(others) > 0
+            if mine:
+                heartbeat.lease_detail = (
+                    f"{mine} of {len(owners)} leases are this worker's, but none of its shard processors is "
+                    "processing (initializing, restoring or waiting: see their status and errors)"
+                )
+            elif heartbeat.standby:
                 heartbeat.lease_detail = (
                     f"standby: all {len(owners)} leases are held by {len(others)} other workers"
                 )

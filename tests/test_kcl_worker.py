@@ -275,6 +275,18 @@ def test_the_supervisor_tells_a_standby_from_a_worker_that_cannot_take_leases(tm
         assert not worker._heartbeat.standby
         assert worker._heartbeat.lease_detail == "1 of 3 leases have no owner and none was taken"
 
+        # the lease table says this worker holds a lease, yet none of its processors is processing: not a standby,
+        # and not "no owner" either (its processors initialize, restore or wait)
+        dynamodb.put_item(
+            TableName="lease-app", Item={"leaseKey": {"S": "shardId-2"}, "leaseOwner": {"S": "me"}}
+        )
+        worker._last_lease_scan = 0.0
+        worker._track_leases({})
+        assert not worker._heartbeat.standby
+        assert str(worker._heartbeat.lease_detail).startswith(
+            "1 of 3 leases are this worker's, but none of its"
+        )
+
 
 # ---------------------------------------------------------------------------------------------------- preflight
 def test_preflight_names_the_missing_stream_bucket_or_denied_table() -> None:
