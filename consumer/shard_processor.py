@@ -297,6 +297,7 @@ class ShardProcessor:
         self.metrics.last_call_at = time.time()
         if self.lease_lost:
             return  # never flushed here: the shard's owner reads them again from the last checkpoint
+        lag_before = self.metrics.millis_behind_latest
         if millis_behind is not None:
             self.metrics.millis_behind_latest = millis_behind
         if records:
@@ -308,6 +309,15 @@ class ShardProcessor:
             self.metrics.waiting_since = time.time()  # the stuck-shard clock starts when work appears
         elif not self.buffer and not behind:
             self.metrics.waiting_since = None
+        elif (
+            not self.buffer
+            and lag_before is not None
+            and millis_behind is not None
+            and millis_behind < lag_before
+        ):
+            # nothing held, the lag shrinking: the KCL reads through a stretch of the shard with no records (empty
+            # GetRecords while behind), which is progress, not a stuck shard
+            self.metrics.waiting_since = time.time()
         reason = self._flush_due(now, caught_up=not records and millis_behind == 0)
         if reason is not None:
             self.flush(checkpointer, reason=reason)

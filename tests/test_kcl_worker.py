@@ -788,6 +788,32 @@ def test_a_shard_blocked_retrying_is_reported_by_its_error_not_as_one_the_kcl_fo
     ]
 
 
+@pytest.mark.parametrize(
+    ("lag_step", "stuck"), [(-1_000, False), (0, True)], ids=["lag-shrinking", "lag-flat"]
+)
+def test_a_shard_reading_through_a_stretch_without_records_is_not_stuck(
+    monkeypatch: pytest.MonkeyPatch, lag_step: int, stuck: bool
+) -> None:
+    """Behind the tip, the KCL can deliver empty batches while its iterator walks a part of the shard with no
+    records: the lag shrinks call by call, and nothing is held to flush. That is progress (it was judged stuck after
+    CLICKSTREAM_STUCK_SHARD_SECONDS and the worker exited 3); empty batches with a lag that does not move are not."""
+    import consumer.shard_processor as shard_processor
+    from consumer.health import shard_problems
+    from consumer.shard_processor import FlushPolicy, ShardProcessor
+
+    clock = [1_000_000.0]
+    monkeypatch.setattr(shard_processor.time, "time", lambda: clock[0])
+    processor = ShardProcessor("shardId-0", None, None, FlushPolicy(50_000, 1 << 26, 60.0))  # type: ignore[arg-type]
+    processor.metrics.phase = "processing"
+    lag = 86_400_000
+    for _ in range(400):  # a call a second for 400 s, each empty
+        clock[0] += 1
+        lag += lag_step
+        processor.on_records([], lag, None)  # type: ignore[arg-type]
+    problems = shard_problems({"shardId-0": processor.metrics}, clock[0], stuck_after=300)
+    assert bool(problems) == stuck, problems
+
+
 def test_health_without_a_heartbeat_asks_about_the_state_directory(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["health", "--state-dir", str(tmp_path)])
     assert result.exit_code == 1
