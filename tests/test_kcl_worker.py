@@ -393,7 +393,7 @@ def test_log_lines_become_text_or_stay_json(capsys: pytest.CaptureFixture[str]) 
 
 
 def test_metric_lines_stay_json_or_go_only_to_the_log_file(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     """The supervisor's own metrics and the processors' go through the sink: JSON on stderr for a machine; in text
     mode never printed (a metric line as text is no metric), while the worker.log behind a live status keeps them."""
@@ -402,9 +402,9 @@ def test_metric_lines_stay_json_or_go_only_to_the_log_file(
     from consumer.metrics import emit
     from runtime.logs import METRICS_LOGGER
 
-    monkeypatch.setattr(
-        logging.getLogger(METRICS_LOGGER), "level", logging.INFO
-    )  # as configure_logging sets it
+    # as configure_logging sets it; setLevel (not the attribute) also drops the logger's cached isEnabledFor
+    # answers, which an earlier test in the same process may have left saying no
+    caplog.set_level(logging.INFO, logger=METRICS_LOGGER)
     worker = KclWorker(load_settings(state_dir=tmp_path))
     for json_logs in (True, False):
         sink = LogSink(json_logs=json_logs)
