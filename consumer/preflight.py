@@ -141,12 +141,21 @@ def preflight(settings: Settings) -> None:
 
 
 def lease_owners(dynamodb: Any, table: str) -> dict[str, str | None]:
-    """Lease key -> owner of every lease in the KCL's lease table (small: one item per shard)."""
+    """Lease key -> owner of every lease of a shard still to process in the KCL's lease table (small: one item per
+    shard). A finished shard's lease (checkpoint SHARD_END, a parent after a reshard) waits, owned by nobody, for
+    the KCL's cleanup: it is no work a worker could take, and counting it would call a standby idle."""
     owners: dict[str, str | None] = {}
     for page in dynamodb.get_paginator("scan").paginate(
-        TableName=table, ProjectionExpression="leaseKey, leaseOwner"
+        TableName=table,
+        ProjectionExpression="leaseKey, leaseOwner, #checkpoint",
+        ExpressionAttributeNames={"#checkpoint": "checkpoint"},
     ):
         for item in page.get("Items", []):
-            owner = item.get("leaseOwner", {}).get("S")
-            owners[item["leaseKey"]["S"]] = owner
+            if item.get("checkpoint", {}).get("S") == _SHARD_END:
+                continue
+            owners[item["leaseKey"]["S"]] = item.get("leaseOwner", {}).get("S")
     return owners
+
+
+#: The KCL's checkpoint of a shard processed to its end.
+_SHARD_END = "SHARD_END"

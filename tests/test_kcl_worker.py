@@ -264,6 +264,10 @@ def test_the_supervisor_tells_a_standby_from_a_worker_that_cannot_take_leases(tm
             dynamodb.put_item(
                 TableName="lease-app", Item={"leaseKey": {"S": shard}, "leaseOwner": {"S": owner}}
             )
+        # a parent shard's lease after a reshard: processed to its end, owned by nobody until the KCL deletes it
+        dynamodb.put_item(
+            TableName="lease-app", Item={"leaseKey": {"S": "shardId-9"}, "checkpoint": {"S": "SHARD_END"}}
+        )
         worker = KclWorker(settings)
         worker._heartbeat.started_at -= 60
         worker._track_leases({})
