@@ -148,6 +148,7 @@ class StateRecovery:
         self.bucket = settings.bucket
         self.parents = parents
         self._sink = S3ParquetSink(s3_client, settings)
+        self._parents_reported: set[tuple[str, str]] = set()  # (child, parent) said to be past the retention
         self.layout = self._sink.layout
 
     # ------------------------------------------------------------------ snapshots
@@ -354,7 +355,11 @@ class StateRecovery:
 
     def _parent_unlisted(self, shard_id: str, parent_id: str, parent: RestoreReport) -> None:
         """A parent past the stream's retention: what this prefix holds of it is all there is (the KCL takes a
-        shard it cannot list for ended, so records the parent had not committed expired unread)."""
+        shard it cannot list for ended, so records the parent had not committed expired unread). Said once per
+        parent: a restore retried after a transient failure inherits the same parents again."""
+        if (shard_id, parent_id) in self._parents_reported:
+            return
+        self._parents_reported.add((shard_id, parent_id))
         if parent.source == "empty" and parent.tip is None:
             held = "this prefix holds no snapshot or commit of it: the child starts without its history"
         else:

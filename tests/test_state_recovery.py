@@ -547,3 +547,12 @@ def test_a_child_takes_its_parents_from_s3_after_they_left_list_shards(
         r.emf["ParentStateMissing"] for r in caplog.records if "ParentStateMissing" in getattr(r, "emf", {})
     ]
     assert emitted == [1, 1]
+
+    # the processor retries a restore that failed after the parents were read (a transient S3 error): the same
+    # parents are inherited again, and said to be missing once, not once a try
+    caplog.clear()
+    again = CustomerState("shardId-000000000001", tmp_path / "child-again.duckdb")
+    with caplog.at_level(logging.INFO):
+        lookup.restore(again)
+    assert _rows(again) == expected
+    assert not [r for r in caplog.records if "ParentStateMissing" in getattr(r, "emf", {})]
