@@ -49,6 +49,7 @@ import math
 import random
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -791,16 +792,24 @@ _GZIP_MAGIC: Final = b"\x1f\x8b"
 _UTF8_BOM: Final = b"\xef\xbb\xbf"
 
 
-def _open(path: Path, mode: str) -> IO[bytes]:
-    if "w" in mode:
-        if (
-            path.suffix.lower() == ".gz"
-        ):  # no time in the header: the same seed gives the same bytes, compressed too
-            return cast(IO[bytes], gzip.GzipFile(path, mode, mtime=0))
-        return path.open(mode)
-    with path.open("rb") as probe:
-        compressed = probe.read(len(_GZIP_MAGIC)) == _GZIP_MAGIC
-    return cast(IO[bytes], gzip.open(path, mode)) if compressed else path.open(mode)
+def _create(path: Path) -> IO[bytes]:
+    """A file to write, gzip-compressed when its name ends in ``.gz``."""
+    if path.suffix.lower() == ".gz":
+        # no time in the header: the same seed gives the same bytes, compressed too
+        return cast(IO[bytes], gzip.GzipFile(path, "wb", mtime=0))
+    return path.open("wb")
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[IO[bytes]]:
+    """A file to read, decompressed when its first bytes are gzip's (whatever its name). Opened once and peeked,
+    not read twice: a pipe (``/dev/stdin``, ``<(zcat ...)``) gives its bytes to one read only."""
+    with path.open("rb") as raw:
+        if raw.peek(len(_GZIP_MAGIC))[: len(_GZIP_MAGIC)] == _GZIP_MAGIC:
+            with gzip.GzipFile(fileobj=raw) as unpacked:
+                yield cast(IO[bytes], unpacked)
+        else:
+            yield raw
 
 
 def write_jsonl(path: str | Path, records: Iterable[bytes]) -> int:
@@ -809,7 +818,7 @@ def write_jsonl(path: str | Path, records: Iterable[bytes]) -> int:
     Compact JSON never contains a raw newline; a record that does cannot be framed as a line and is refused.
     """
     count = 0
-    with _open(Path(path), "wb") as out:
+    with _create(Path(path)) as out:
         for record in records:
             if b"\n" in record:
                 raise ValueError(f"record {count} contains a newline and cannot be written as one line")
@@ -830,10 +839,11 @@ def read_jsonl(path: str | Path) -> Iterator[bytes]:
     ``InputFileError`` naming the last line read."""
     line_number = 0
     try:
-        with _open(Path(path), "rb") as stream:
+        with _reading(Path(path)) as stream:
             for line_number, line in enumerate(stream, start=1):
                 if line_number == 1 and line.startswith(_UTF8_BOM):
-                    line = line[len(_UTF8_BOM) :]  # noqa: PLW2901 - the file's mark, not the record's bytes
+                    # the file's mark, not the record's bytes
+                    line = line[len(_UTF8_BOM) :]  # noqa: PLW2901
                 if line.strip():
                     yield line[:-1] if line.endswith(b"\n") else line
     except (OSError, EOFError, zlib.error) as error:

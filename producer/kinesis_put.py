@@ -36,7 +36,16 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import (
+    ClientError,
+    CredentialRetrievalError,
+    HTTPClientError,
+    NoAuthTokenError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    SSOError,
+    TokenRetrievalError,
+)
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from tqdm import tqdm
 
@@ -71,6 +80,15 @@ RETRYABLE_CALL_ERRORS: Final = frozenset(
     }
 )
 
+#: Credentials that cannot sign a request (SSO or role sessions that expired or failed to refresh).
+_CREDENTIAL_ERRORS: Final = (
+    NoCredentialsError,
+    PartialCredentialsError,
+    CredentialRetrievalError,
+    TokenRetrievalError,
+    NoAuthTokenError,
+    SSOError,
+)
 #: Kinesis's limit on a partition key, in characters.
 _MAX_PARTITION_KEY: Final = 256
 _CUSTOMER_ID: Final = re.compile(rb'"customer_id"\s*:\s*"([A-Za-z0-9_.:@-]{1,64})"')
@@ -198,10 +216,8 @@ def partition_key_for(data: bytes) -> str:
             return match.group(1).decode("ascii")
     try:
         document = json.loads(data)
-    except (
-        ValueError,
-        RecursionError,
-    ):  # not JSON (UnicodeDecodeError is a ValueError): the consumer rejects it
+    # not JSON (UnicodeDecodeError is a ValueError): the consumer rejects it, and md5 keys it
+    except (ValueError, RecursionError):
         document = None
     customer = document.get("customer_id") if isinstance(document, dict) else None
     if isinstance(customer, str) and customer.isascii() and 0 < len(customer) <= _MAX_PARTITION_KEY:
@@ -424,10 +440,10 @@ class KinesisProducer:
                 stats.throttled_calls += 1
                 self._retry_or_raise(attempt, pending, f"{type(exc).__name__}: {exc}", stats, started)
                 continue
-            except (
-                BotoCoreError
-            ) as exc:  # credentials that expired or failed to refresh mid-run, and the like
-                stats.in_flight = 0  # raised before the request went out
+            # credentials that expired or failed to refresh mid-run: raised while signing, before the request goes
+            # out (other botocore errors may come after it, when what arrived is unknown: they are not caught here)
+            except _CREDENTIAL_ERRORS as exc:
+                stats.in_flight = 0
                 message = f"PutRecords to {self.stream_name} failed: {type(exc).__name__}: {exc}"
                 raise PutRecordsError(message, pending, self._summary(stats, started)) from exc
             stats.in_flight = 0

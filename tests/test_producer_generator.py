@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import subprocess
+import sys
 from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -330,6 +332,19 @@ def test_a_gzip_file_is_read_as_gzip_whatever_its_name_and_an_editor_s_bom_is_no
         path = tmp_path / name
         path.write_bytes(gzip.compress(b"".join(record + b"\n" for record in records)))
         assert list(read_jsonl(path)) == records
+    for piped in (b"".join(record + b"\n" for record in records), gzip.compress(records[0] + b"\n")):
+        # a pipe gives its bytes to one read only: the gzip check must not read them first
+        count = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from producer.generator import read_jsonl; print(len(list(read_jsonl('/dev/stdin'))))",
+            ],
+            input=piped,
+            capture_output=True,
+            check=True,
+        )
+        assert int(count.stdout) == (len(records) if not piped.startswith(b"\x1f\x8b") else 1), count.stderr
     marked = tmp_path / "notepad.jsonl"
     marked.write_bytes(b"\xef\xbb\xbf" + b"\r\n".join(records) + b"\r\n")
     assert list(read_jsonl(marked)) == [
