@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from botocore.exceptions import ClientError
 
 from aggregators.customer_state import AppliedBatch
+from consumer.retry import is_transient
 from runtime.settings import Settings
 from schemas.control import CommitRecord, ControlRecordError, FlushIntent, Freshness
 from schemas.layout import DATA_OUTPUTS, FlushName, Output, OutputLayout
@@ -195,7 +196,8 @@ class S3ParquetSink:
         key = self.layout.intent_key(shard_id, attempt_id)
         intent = self.get_intent(key)
         files = sorted({*(intent.all_files if intent is not None else []), *written})
-        self.delete_keys(files)
+        if not self.delete_files_kept_on_refusal(files, f"attempt {attempt_id}", shard_id):
+            return 0
         if intent is not None:
             self.s3.delete_object(Bucket=self.bucket, Key=key)
         return len(files)
@@ -221,7 +223,8 @@ class S3ParquetSink:
                 continue
             if winner.attempt_id != intent.attempt_id:
                 files = intent.all_files
-                self.delete_keys(files)
+                if not self.delete_files_kept_on_refusal(files, f"attempt {intent.attempt_id}", shard_id):
+                    continue  # the intent stays, naming them
                 deleted += len(files)
                 log.warning(
                     "deleted %d files of attempt %s, which lost the commit after %s to attempt %s",
@@ -298,6 +301,26 @@ class S3ParquetSink:
             for page in self.s3.get_paginator("list_objects_v2").paginate(**arguments)
             for obj in page.get("Contents", [])
         ]
+
+    def delete_files_kept_on_refusal(self, keys: Sequence[str], whose: str, shard_id: str) -> bool:
+        """``delete_keys``, except that a refusal S3 will repeat (AccessDenied, say) is a warning and False instead
+        of an error: leftovers are no reason to stop a shard (every later tidy would stop it again), and the caller
+        keeps the record that names them. A transient failure is raised, to be retried."""
+        try:
+            self.delete_keys(keys)
+        except ClientError as error:
+            if is_transient(error):
+                raise
+            log.warning(
+                "could not delete the %d files of %s (%s): kept, with the record naming them; they are not data "
+                "(no commit names them), delete them once the cause is fixed",
+                len(keys),
+                whose,
+                error,
+                extra={"shard_id": shard_id},
+            )
+            return False
+        return True
 
     def delete_keys(self, keys: Iterable[str]) -> None:
         """Delete ``keys`` (1,000 a request); raises ``ClientError`` with the code S3 gave for a key it could not

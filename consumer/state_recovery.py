@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+from botocore.exceptions import ClientError
 
 from aggregators.customer_state import CustomerState, StateOptions
 from aggregators.validation import RecordValidator
@@ -188,14 +189,22 @@ class StateRecovery:
                 raise
             latest, _ = self._read_pointer(shard_id)
             if latest is None or latest.tables != keys:
-                self._sink.delete_keys(keys.values())
+                self._sink.delete_files_kept_on_refusal(list(keys.values()), "a dropped snapshot", shard_id)
             log.info(
                 "another writer moved the snapshot pointer first; this snapshot is dropped",
                 extra={"shard_id": shard_id},
             )
             return None
         if current is not None and current.tables != keys:
-            self._sink.delete_keys(current.tables.values())
+            # the pointer moved already: this snapshot is written whatever becomes of the old one's tables
+            try:
+                self._sink.delete_keys(current.tables.values())
+            except ClientError as error:
+                log.warning(
+                    "the replaced snapshot's tables could not be deleted (%s): left behind, no restore reads them",
+                    error,
+                    extra={"shard_id": shard_id},
+                )
         log.info(
             "snapshot of %d customers at %s",
             state.customer_count(),
