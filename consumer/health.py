@@ -56,6 +56,12 @@ def write_heartbeat(state_dir: Path, heartbeat: Heartbeat | int, phase: str | No
     temporary.replace(target)
 
 
+def holds_lease(status: ShardStatus) -> bool:
+    """Whether a shard processor stands for a lease its worker holds: processing, or still initializing (restoring
+    its state, which can take minutes for a large one) in a process that is alive."""
+    return status.phase == "processing" or (status.phase == "initializing" and process_alive(status.pid))
+
+
 def shard_problems(statuses: dict[str, ShardStatus], now: float, stuck_after: float) -> list[str]:
     """Stuck or silent shard processors (only those in the processing phase are judged)."""
     problems = []
@@ -116,7 +122,7 @@ def assess(
     now = time.time() if now is None else now
     problems = []
     statuses = read_statuses(state_dir / "status")
-    processing = sum(1 for status in statuses.values() if status.phase == "processing")
+    processing = sum(1 for status in statuses.values() if holds_lease(status))
     try:
         heartbeat = json.loads((state_dir / HEARTBEAT_FILE).read_text(encoding="utf-8"))
         age = now - float(heartbeat["updated_at"])

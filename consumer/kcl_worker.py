@@ -37,7 +37,7 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 
-from consumer.health import Heartbeat, process_alive, shard_problems, write_heartbeat
+from consumer.health import Heartbeat, holds_lease, process_alive, shard_problems, write_heartbeat
 from consumer.metrics import emit as emit_metrics
 from consumer.preflight import PreflightError, lease_owners, preflight
 from consumer.status import ShardStatus, read_statuses
@@ -615,7 +615,7 @@ class KclWorker:
         """
         heartbeat = self._heartbeat
         now = time.time()
-        if any(status.phase == "processing" for status in statuses.values()):
+        if any(holds_lease(status) for status in statuses.values()):
             heartbeat.last_lease_at, heartbeat.standby, heartbeat.lease_detail = now, False, None
             return
         limit = self.settings.no_lease_unhealthy_seconds
@@ -634,12 +634,12 @@ class KclWorker:
             others = {owner for owner in owners.values() if owner and owner != self.settings.worker_id}
             unowned = sum(1 for owner in owners.values() if not owner)
             mine = sum(1 for owner in owners.values() if owner == self.settings.worker_id)
-            # leases this worker holds without processing them (their processors initialize, or wait): no standby
+            # leases the table gives this worker while none of its processors runs: no standby
             heartbeat.standby = bool(owners) and not unowned and not mine and len(others) > 0
             if mine:
                 heartbeat.lease_detail = (
                     f"{mine} of {len(owners)} leases are this worker's, but none of its shard processors is "
-                    "processing (initializing, restoring or waiting: see their status and errors)"
+                    "processing or initializing (the KCL has not started them, or they ended: see their status)"
                 )
             elif heartbeat.standby:
                 heartbeat.lease_detail = (

@@ -291,6 +291,31 @@ def test_the_supervisor_tells_a_standby_from_a_worker_that_cannot_take_leases(tm
             "1 of 3 leases are this worker's, but none of its"
         )
 
+        # its processor of that shard restores a large state (initializing, minutes): the lease is held, and the
+        # worker is not reported for holding none (ECS would replace it mid-restore, the next one restart it)
+        restoring = ShardStatus(
+            shard_id="shardId-2", pid=os.getpid(), phase="initializing", started_at=time.time()
+        )
+        worker._heartbeat.started_at -= 3_600
+        worker._track_leases({"shardId-2": restoring})
+        assert worker._heartbeat.last_lease_at is not None
+        assert time.time() - worker._heartbeat.last_lease_at < 60
+        write_heartbeat(tmp_path, worker._heartbeat)
+        StatusWriter(tmp_path / "status").write(restoring, force=True)
+        assert assess(tmp_path, stuck_after=300, no_lease_after=10).healthy
+        ended = subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        StatusWriter(tmp_path / "status").write(replace(restoring, pid=int(ended.stdout)), force=True)
+        worker._heartbeat.last_lease_at = (
+            time.time() - 3_600
+        )  # a processor that died initializing holds nothing
+        write_heartbeat(tmp_path, worker._heartbeat)
+        assert not assess(tmp_path, stuck_after=300, no_lease_after=10).healthy
+
 
 # ---------------------------------------------------------------------------------------------------- preflight
 def test_preflight_names_the_missing_stream_bucket_or_denied_table() -> None:
