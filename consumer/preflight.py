@@ -8,6 +8,7 @@ raised as they are, for the command line to explain.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,8 +48,17 @@ def is_missing_stream(error: ClientError) -> bool:
     return _code(error) == "ResourceNotFoundException"
 
 
-def check_stream(kinesis: Any, settings: Settings) -> str:
-    """The stream's ARN, once it is known to exist, to be readable and active."""
+@dataclass(frozen=True, slots=True)
+class StreamIdentity:
+    """Which stream this is: its ARN, and when it was created (a stream created again under the same name has the
+    same ARN, and shard ids that start over)."""
+
+    arn: str
+    created_at: datetime
+
+
+def check_stream(kinesis: Any, settings: Settings) -> StreamIdentity:
+    """The stream's identity, once it is known to exist, to be readable and active."""
     try:
         summary = kinesis.describe_stream_summary(StreamName=settings.stream_name)["StreamDescriptionSummary"]
     except ClientError as error:
@@ -61,10 +71,10 @@ def check_stream(kinesis: Any, settings: Settings) -> str:
         raise
     if summary["StreamStatus"] not in ("ACTIVE", "UPDATING"):
         raise PreflightError(f"stream {settings.stream_name!r} is {summary['StreamStatus']}, not ACTIVE")
-    return str(summary["StreamARN"])
+    return StreamIdentity(str(summary["StreamARN"]), summary["StreamCreationTimestamp"].astimezone(UTC))
 
 
-def check_prefix_owner(s3: Any, settings: Settings, stream_arn: str) -> None:
+def check_prefix_owner(s3: Any, settings: Settings, stream: StreamIdentity) -> None:
     """The prefix belongs to this stream: claimed by the first worker that starts on it, refused to any other.
 
     Shard ids repeat across streams, so a second stream writing the same prefix (a copied configuration) would
@@ -74,10 +84,10 @@ def check_prefix_owner(s3: Any, settings: Settings, stream_arn: str) -> None:
     key = sink.layout.prefix_owner_key
     body = sink.get_bytes(key)
     if body is None:
-        claim = PrefixOwner(stream_arn, datetime.now(UTC))
+        claim = PrefixOwner(stream.arn, stream.created_at, datetime.now(UTC))
         try:
             sink.put_bytes(key, claim.to_json(), "json", if_none_match=True)
-            log.info("claimed s3://%s/%s for stream %s", settings.bucket, key, stream_arn)
+            log.info("claimed s3://%s/%s for stream %s", settings.bucket, key, stream.arn)
             return
         except ClientError as error:
             if not is_precondition_failed(error):
@@ -88,14 +98,21 @@ def check_prefix_owner(s3: Any, settings: Settings, stream_arn: str) -> None:
     except ControlRecordError as error:
         raise PreflightError(
             f"s3://{settings.bucket}/{key} is not a readable claim of the prefix ({error}); if its stream is "
-            f"{stream_arn}, delete it and start again"
+            f"{stream.arn}, delete it and start again"
         ) from None
-    if owner.stream_arn != stream_arn:
+    if owner.stream_arn != stream.arn:
         raise PreflightError(
             f"s3://{settings.bucket}/{sink.layout.control_prefix} holds the commit chains of stream "
-            f"{owner.stream_arn}, not of {stream_arn} (claimed {owner.claimed_at:%Y-%m-%d %H:%M} UTC): shard ids "
+            f"{owner.stream_arn}, not of {stream.arn} (claimed {owner.claimed_at:%Y-%m-%d %H:%M} UTC): shard ids "
             "repeat across streams, so two streams cannot share a prefix. Give this stream its own "
             "CLICKSTREAM_PREFIX / --prefix"
+        )
+    if owner.stream_created_at != stream.created_at:
+        raise PreflightError(
+            f"s3://{settings.bucket}/{sink.layout.control_prefix} holds the commit chains of stream "
+            f"{stream.arn} as created {owner.stream_created_at:%Y-%m-%d %H:%M:%S} UTC; the stream now was created "
+            f"{stream.created_at:%Y-%m-%d %H:%M:%S} UTC, and its shard ids started over, so its chains would collide "
+            "with the old ones. Give it a new CLICKSTREAM_PREFIX / --prefix"
         )
 
 
@@ -133,10 +150,10 @@ def check_lease_table(dynamodb: Any, settings: Settings) -> None:
 
 def preflight(settings: Settings) -> None:
     """Raise ``PreflightError`` (or the connection error) within seconds if the worker cannot run."""
-    stream_arn = check_stream(aws_client("kinesis", settings, max_attempts=2), settings)
+    stream = check_stream(aws_client("kinesis", settings, max_attempts=2), settings)
     s3 = aws_client("s3", settings, max_attempts=2)
     check_bucket(s3, settings)
-    check_prefix_owner(s3, settings, stream_arn)
+    check_prefix_owner(s3, settings, stream)
     check_lease_table(aws_client("dynamodb", settings, max_attempts=2), settings)
 
 

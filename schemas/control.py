@@ -106,6 +106,7 @@ class PrefixOwner:
     would take the first's chains for its own, lose its commits to them and skip its records as redeliveries."""
 
     stream_arn: str
+    stream_created_at: datetime  # a stream deleted and created again keeps its ARN, not its shards' history
     claimed_at: datetime
 
     def to_json(self) -> bytes:
@@ -115,10 +116,10 @@ class PrefixOwner:
     def from_json(cls, body: bytes | str) -> PrefixOwner:
         d = _load(body, "prefix owner")
         try:
-            claimed_at = _time(d["claimed_at"])
-            if claimed_at is None:
-                raise ControlRecordError("prefix owner: claimed_at is null")
-            return cls(stream_arn=str(d["stream_arn"]), claimed_at=claimed_at)
+            created_at, claimed_at = _time(d["stream_created_at"]), _time(d["claimed_at"])
+            if created_at is None or claimed_at is None:
+                raise ControlRecordError("prefix owner: a time is null")
+            return cls(stream_arn=str(d["stream_arn"]), stream_created_at=created_at, claimed_at=claimed_at)
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise ControlRecordError(f"prefix owner: {error!r}") from error
 

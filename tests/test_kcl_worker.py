@@ -334,7 +334,7 @@ def test_a_prefix_belongs_to_the_first_stream_that_writes_it() -> None:
     """Shard ids repeat across streams: a second stream on the same prefix (a copied configuration) took the first's
     commit chains for its own, lost its commits to them and skipped its records as redeliveries, silently. The
     first worker on a prefix claims it for its stream; a worker of another stream is refused before it starts."""
-    from consumer.preflight import check_prefix_owner
+    from consumer.preflight import check_prefix_owner, check_stream
     from schemas.control import PrefixOwner
     from schemas.layout import OutputLayout
 
@@ -378,11 +378,20 @@ def test_a_prefix_belongs_to_the_first_stream_that_writes_it() -> None:
             def __getattr__(self, name: str) -> Any:
                 return getattr(s3, name)
 
-        arn_b = kinesis.describe_stream_summary(StreamName="clicks-b")["StreamDescriptionSummary"][
-            "StreamARN"
-        ]
+        stream_b = check_stream(kinesis, second)
         with pytest.raises(PreflightError, match=r"holds the commit chains of stream .*clicks-a"):
-            check_prefix_owner(ClaimedMeanwhile(), second, arn_b)
+            check_prefix_owner(ClaimedMeanwhile(), second, stream_b)
+
+        # the same name, deleted and created again: the same ARN, shard ids that start over
+        s3.put_object(Bucket="shared-bucket", Key=key, Body=claim.to_json())
+        kinesis.delete_stream(StreamName="clicks-a")
+        time.sleep(0.01)
+        kinesis.create_stream(StreamName="clicks-a", ShardCount=1)
+        assert check_stream(kinesis, first).arn == claim.stream_arn
+        with pytest.raises(
+            PreflightError, match=r"as created .* UTC; the stream now was created .*started over"
+        ):
+            preflight(first)
 
         s3.put_object(Bucket="shared-bucket", Key=key, Body=b"{}")
         with pytest.raises(PreflightError, match="is not a readable claim of the prefix"):
