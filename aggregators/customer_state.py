@@ -278,7 +278,7 @@ class CustomerState:
         ``sync=False`` for a file about to be deleted (a replay's scratch state)."""
         try:
             if sync and self._unsynced:
-                self.sync()
+                self.sync(compact=False)  # a stop has seconds: the journal is rewritten by a later sync
         finally:
             self.con.close()
 
@@ -690,19 +690,19 @@ class CustomerState:
         waited = time.monotonic() - self._synced_at
         return records >= self.options.sync_every_records or waited >= self.options.sync_every_seconds
 
-    def sync(self) -> None:
+    def sync(self, *, compact: bool = True) -> None:
         """Write the batches installed since the last sync, and the position, to the local file in one transaction
         (the file is exact at its position whenever it is read).
 
         The journal only grows (changed customers' rows again, event ids past the de-duplication window): once it
         would hold more rows than a rewrite of the state, the state is written whole instead, so the file and a
         restart's load stay proportional to the state, not to the shard's history (amortized: a rewrite comes after
-        as many appended rows as it writes)."""
+        as many appended rows as it writes). ``compact=False`` only appends (a stop, which has seconds)."""
         if not self.persistent:
             return
         journal = self._journal(self._unsynced) if self._unsynced else {}
         appended = sum(table.num_rows for table in journal.values())
-        if self._journal_rows + appended > 2 * self._rewritten_rows() + _JOURNAL_SLACK_ROWS:
+        if compact and self._journal_rows + appended > 2 * self._rewritten_rows() + _JOURNAL_SLACK_ROWS:
             self._rewrite_journal()
         else:
             self._write_file(journal, replace=False)

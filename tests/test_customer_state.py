@@ -1237,6 +1237,30 @@ def test_a_long_running_shard_keeps_its_file_and_its_restart_to_the_window_of_ev
     reopened.close()
 
 
+def test_a_stop_appends_to_the_local_file_and_leaves_its_rewrite_to_the_next_start(tmp_path: Path) -> None:
+    """A stop has seconds (the KCL's shutdown grace), and a rewrite of a large state takes long: close() only
+    appends, even when the journal is due for a rewrite, which the next open then does."""
+    options = StateOptions(
+        dedupe_window=timedelta(days=1), sync_every_records=10**9, sync_every_seconds=10**9
+    )
+    path = tmp_path / "shard.duckdb"
+    state = CustomerState(SHARD, path, options=options)
+    stream = Stream()
+    for day in range(40):  # 20,000 ids, none synced yet: one append of them all is past the rewrite threshold
+        documents = [event(f"c-{n % 200}", "page_view", "2026-05-01T10:00:00Z") for n in range(500)]
+        state.apply(_arriving(stream.batch(documents), day))
+    state.close()
+    with duckdb.connect(str(path), read_only=True) as con:
+        assert (
+            con.sql("SELECT count(*) FROM applied_events").fetchall()[0][0] == 20_000
+        )  # appended, not rewritten
+    reopened = CustomerState(SHARD, path, options=options)
+    assert (
+        reopened.con.sql("SELECT count(*) FROM applied_events").fetchall()[0][0] <= 1_500
+    )  # rewritten at open
+    reopened.close()
+
+
 # ---------------------------------------------------------------------------------------------------- stream order
 _SEQUENCE_TEXTS = st.one_of(
     st.integers(0, 10**6).map(str),  # emulator-sized
