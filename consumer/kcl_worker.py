@@ -463,8 +463,8 @@ class KclWorker:
             relay = LogRelay(Path(tempfile.mkdtemp(prefix="clickstream-")) / "log.sock", sink=sink.line)
             env = self.child_environment(self.settings_file(), relay.path)
             try:
-                self._process = self._start_jvm(command, env)
-                assert self._process.stdout is not None
+                self._start_jvm(command, env)
+                assert self._process is not None and self._process.stdout is not None
                 pump = sink.pump(self._process.stdout)
                 with self._live(console) as refresh:
                     code = self._supervise(kinesis, refresh)
@@ -479,9 +479,9 @@ class KclWorker:
                 sink.close()
 
     def _start_jvm(self, command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        """The MultiLangDaemon in its own process group (a terminal Ctrl-C reaches us only, and we decide how it
-        stops), told to stop at once if a signal came while it was being started."""
-        process = subprocess.Popen(
+        """Start the MultiLangDaemon (``self._process``) in its own process group (a terminal Ctrl-C reaches us
+        only, and we decide how it stops), told to stop at once if a signal came while it was being started."""
+        self._process = process = subprocess.Popen(
             command,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -490,6 +490,7 @@ class KclWorker:
             start_new_session=True,
             preexec_fn=die_with_parent_hook(),  # noqa: PLW1509 - only prctl runs between fork and exec
         )
+        # set before this check: a signal after it finds the process and stops it itself
         if self._stop_requested_at is not None:
             process.send_signal(signal.SIGTERM)
         return process
