@@ -204,18 +204,23 @@ _SPEND_RANGE_SLACK: Final = 0.05
 
 
 def _check_spend_fit(params: dict[str, float], spends: npt.NDArray[np.float64]) -> None:
-    """Refuse a Gamma-Gamma fit whose population mean spend is not a spend the repeat buyers had.
+    """Refuse a Gamma-Gamma fit whose population mean spend p*v/(q-1) is not money, or not a spend the repeat
+    buyers had.
 
-    Every buyer's expected order value lies between the population mean and the buyer's own mean, so a population
-    mean outside the observed spends puts nonsense into every prediction (seen: 10,881 for buyers who all spent 50,
-    with p, q and v near 1e175, 1e278 and 1e107). q <= 1 is refused separately, with its own advice.
+    Every buyer's expected order value lies between the population mean and the buyer's own mean: with q <= 1 the
+    mean is negative or infinite (so is every one-time buyer's), and a mean outside the observed spends puts nonsense
+    into every prediction (seen: 10,881 for buyers who all spent 50, with p, q and v near 1e175, 1e278 and 1e107).
     """
     p, q, v = params["p"], params["q"], params["v"]
-    if q <= 1 and all(np.isfinite([p, q, v])):
-        return
+    if q <= 1:
+        raise UnusableFit(
+            f"Gamma-Gamma fitted q = {q:.3f} <= 1: the repeat buyers' spend is too heavy-tailed for the model "
+            "(one-time buyers would get a negative or infinite expected spend); nothing was written. Look at the "
+            "largest monetary_value rows (outliers, test orders), or score a later as-of with more repeat buyers"
+        )
     low, high = float(spends.min()), float(spends.max())
     slack = _SPEND_RANGE_SLACK * high
-    mean = p * v / (q - 1) if q > 1 else float("nan")
+    mean = p * v / (q - 1)
     if np.isfinite(mean) and low - slack <= mean <= high + slack:
         return
     raise UnusableFit(
@@ -287,14 +292,6 @@ def fit_and_predict(
         timings["gamma_gamma_fit"] = time.perf_counter() - started
         gg_params = _parameters(gg, ("p", "q", "v"))
         _check_spend_fit(gg_params, spend_frame["monetary_value"].to_numpy())
-        if gg_params["q"] <= 1:
-            # the population's mean spend p*v/(q-1) is then negative or infinite, and so is every one-time buyer's
-            raise UnusableFit(
-                f"Gamma-Gamma fitted q = {gg_params['q']:.3f} <= 1: the repeat buyers' spend is too heavy-tailed "
-                "for the model (one-time buyers would get a negative or infinite expected spend); nothing was "
-                "written. Look at the largest monetary_value rows (outliers, test orders), or score a later as-of "
-                "with more repeat buyers"
-            )
 
         announce("predicting probability alive, purchases, order value and CLV")
         started = time.perf_counter()

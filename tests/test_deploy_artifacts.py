@@ -645,10 +645,11 @@ def test_task_definition_is_a_fargate_task_sized_for_jvm_and_python() -> None:
 def test_task_definition_caps_the_leases_a_task_takes_at_what_its_memory_holds() -> None:
     """Without a cap, the last task standing after a scale-in or a failure takes every shard and runs out of
     memory, and so does its replacement (deploy/README.md, leases per task). The cap fits the task by the README's
-    sizing rule: 1.5 GiB for the JVM and shared libraries, and 250 MiB a shard at small state."""
+    sizing rule, 1.5 GiB for the JVM and shared libraries plus 250 MiB and the state a shard, with room for a
+    state of 256 MiB a shard (about 8 M remembered event ids)."""
     task = load_json("ecs-task-definition.json")
     cap = int(ecs_env()["CLICKSTREAM_KCL_MAX_LEASES_FOR_WORKER"])
-    assert cap >= 1 and 1536 + cap * 250 <= int(task["memory"])
+    assert cap >= 1 and 1536 + cap * (250 + 256) <= int(task["memory"])
 
 
 def test_stop_timeout_covers_the_graceful_stop() -> None:
