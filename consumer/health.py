@@ -63,9 +63,16 @@ def holds_lease(status: ShardStatus) -> bool:
 
 
 def shard_problems(statuses: dict[str, ShardStatus], now: float, stuck_after: float) -> list[str]:
-    """Stuck or silent shard processors (only those in the processing phase are judged)."""
+    """Stuck or silent shard processors: those processing, and those initializing that keep failing."""
     problems = []
     for shard_id, status in sorted(statuses.items()):
+        if status.phase == "initializing" and status.failing_since and process_alive(status.pid):
+            # a restore (or the settling before it) retrying a failure since then: a slow restore that is not
+            # failing is no problem, however long it takes
+            failing = now - status.failing_since
+            if failing > stuck_after:
+                problems.append(f"{shard_id}: initializing, failing for {failing:.0f}s: {status.last_error}")
+            continue
         if status.phase != "processing":
             continue
         cause = f"; last error: {status.last_error}" if status.last_error else ""

@@ -553,6 +553,8 @@ class ShardProcessor:
                 attempt += 1
                 jitter = 0.5 + random.random() / 2  # noqa: S311 - backoff jitter, not security
                 delay = min(self.max_backoff_seconds, 0.2 * 2 ** min(attempt, 10)) * jitter
+                if attempt == 1:
+                    self.metrics.failing_since = time.time()
                 self.metrics.last_error = f"{type(error).__name__}: {error}"
                 self.metrics.retries += 1
                 self._report(force=True)
@@ -568,7 +570,7 @@ class ShardProcessor:
                 self.sleep(delay)
             else:
                 if attempt:
-                    self.metrics.last_error = None
+                    self.metrics.last_error = self.metrics.failing_since = None
                 return result
 
     def _snapshot_due(self) -> bool:

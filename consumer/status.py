@@ -42,6 +42,9 @@ class ShardStatus:
     last_checkpoint_at: float | None = None
     waiting_since: float | None = None  # wall time since records have been waiting (buffered or shard behind)
     last_error: str | None = None  # the latest failure, also one being retried
+    failing_since: float | None = (
+        None  # wall time of the first failure of the retries going on now (None: none)
+    )
     terminal_error: str | None = None  # the error that ended this processor (it exited on it)
     started_at: float = 0.0
     updated_at: float = 0.0

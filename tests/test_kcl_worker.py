@@ -852,6 +852,49 @@ def test_a_shard_reading_through_a_stretch_without_records_is_not_stuck(
     assert bool(problems) == stuck, problems
 
 
+def test_a_shard_whose_restore_keeps_failing_is_stuck_and_a_slow_one_is_not() -> None:
+    """An initializing processor holds its lease (a large restore takes minutes), so a restore retrying a failure
+    forever (an S3 outage, a policy that refuses the snapshot) must be judged by its failing, as a flush is."""
+    from consumer.health import shard_problems
+
+    now = time.time()
+    restoring = ShardStatus(shard_id="shardId-1", pid=os.getpid(), phase="initializing", started_at=now - 900)
+    failing = replace(restoring, last_error="ClientError: SlowDown", retries=40, failing_since=now - 400)
+    recovered = replace(failing, failing_since=now - 100)  # a streak that began 100 s ago: not yet
+    assert shard_problems({"shardId-1": restoring}, now, stuck_after=300) == []
+    assert shard_problems({"shardId-1": recovered}, now, stuck_after=300) == []
+    assert shard_problems({"shardId-1": failing}, now, stuck_after=300) == [
+        "shardId-1: initializing, failing for 400s: ClientError: SlowDown"
+    ]
+
+
+def test_retries_record_when_their_failing_began_and_clear_it_on_success() -> None:
+    from botocore.exceptions import ClientError
+
+    from consumer.shard_processor import FlushPolicy, ShardProcessor
+
+    processor = ShardProcessor(
+        "shardId-0",
+        None,
+        None,
+        FlushPolicy(50_000, 1 << 26, 60.0),
+        sleep=lambda _: None,  # type: ignore[arg-type]
+    )
+    seen: list[float | None] = []
+    outcomes = iter([ClientError({"Error": {"Code": "SlowDown"}}, "GetObject")] * 3 + [None])
+
+    def action() -> str:
+        seen.append(processor.metrics.failing_since)
+        outcome = next(outcomes)
+        if outcome is not None:
+            raise outcome
+        return "restored"
+
+    assert processor._retrying("restore state", action) == "restored"
+    assert seen[0] is None and seen[1] is not None and seen[1] == seen[2] == seen[3]  # set once, at the first
+    assert processor.metrics.failing_since is None and processor.metrics.last_error is None
+
+
 def test_health_without_a_heartbeat_asks_about_the_state_directory(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["health", "--state-dir", str(tmp_path)])
     assert result.exit_code == 1
