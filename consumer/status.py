@@ -42,9 +42,7 @@ class ShardStatus:
     last_checkpoint_at: float | None = None
     waiting_since: float | None = None  # wall time since records have been waiting (buffered or shard behind)
     last_error: str | None = None  # the latest failure, also one being retried
-    failing_since: float | None = (
-        None  # wall time of the first failure of the retries going on now (None: none)
-    )
+    failing_since: float | None = None  # wall time the retries going on now began (None: none)
     terminal_error: str | None = None  # the error that ended this processor (it exited on it)
     started_at: float = 0.0
     updated_at: float = 0.0
