@@ -9,8 +9,10 @@ JSON services only ever POST to ``/``):
     ``{"service": "s3", "status": 503, "seconds": 20}`` and optionally ``"operations": ["PutObject"]`` (only these
     operations fail; default: every operation of the service), ``"code"`` (the AWS error code; default from
     ``service`` and ``status``, e.g. ``ServiceUnavailable`` for S3 503, ``ProvisionedThroughputExceededException``
-    for Kinesis or DynamoDB 400), ``"message"`` and ``"probability"`` (fail only this fraction of the matching
-    requests, default 1). Answers 201 with the fault, including its ``id``.
+    for Kinesis or DynamoDB 400), ``"message"``, ``"probability"`` (fail only this fraction of the matching
+    requests, default 1) and, for S3 only, ``"key_prefix"`` (only requests for object keys that start with it fail:
+    ``"clickstream/_control/commits/"`` stalls a flush after its data files, before its commit). Answers 201 with
+    the fault, including its ``id``.
 ``GET /_clickstream/faults``
     ``{"active": [...], "expired": [...]}``; every fault carries ``hits``, the number of requests it failed, and
     ``expires_in`` (seconds). Expired faults stay listed until cleared, so a test can check that a fault was hit.
@@ -145,6 +147,7 @@ class Fault:
     code: str
     message: str
     operations: frozenset[str] | None  # lower-cased names; None = every operation
+    key_prefix: str | None  # S3 only: object keys starting with it; None = any request
     seconds: float
     created_at: float
     expires_at: float
@@ -154,8 +157,10 @@ class Fault:
     def active(self, now: float) -> bool:
         return now < self.expires_at
 
-    def matches(self, service: str, operation: str | None) -> bool:
+    def matches(self, service: str, operation: str | None, key: str | None = None) -> bool:
         if service != self.service:
+            return False
+        if self.key_prefix is not None and (key is None or not key.startswith(self.key_prefix)):
             return False
         if self.operations is None:
             return True
@@ -169,6 +174,7 @@ class Fault:
             "code": self.code,
             "message": self.message,
             "operations": sorted(self.operations) if self.operations is not None else None,
+            "key_prefix": self.key_prefix,
             "seconds": self.seconds,
             "probability": self.probability,
             "expires_in": round(max(0.0, self.expires_at - now), 3),
@@ -208,6 +214,7 @@ class FaultRegistry:
         code: str | None = None,
         message: str | None = None,
         probability: float = 1.0,
+        key_prefix: str | None = None,
     ) -> Fault:
         """Register a fault; raises FaultSpecError for unusable values."""
         service = _require_str("service", service).strip().lower()
@@ -237,6 +244,14 @@ class FaultRegistry:
             if not listed or not all(listed):
                 raise FaultSpecError("operations: must be null or a non-empty list of operation names")
             names = frozenset(name.lower() for name in listed)
+        if key_prefix is not None:
+            key_prefix = _require_str("key_prefix", key_prefix)
+            if not key_prefix:
+                raise FaultSpecError("key_prefix: must be null or a non-empty object key prefix")
+            if service != "s3":
+                raise FaultSpecError(
+                    f"key_prefix: only S3 requests name an object key (service is {service!r})"
+                )
         code = _require_str("code", code).strip() if code is not None else default_code(service, status)
         if not code:
             raise FaultSpecError("code: must not be empty")
@@ -251,6 +266,7 @@ class FaultRegistry:
                 code=code,
                 message=_require_str("message", text),
                 operations=names,
+                key_prefix=key_prefix,
                 seconds=float(seconds),
                 created_at=now,
                 expires_at=now + float(seconds),
@@ -259,14 +275,16 @@ class FaultRegistry:
             self._faults.append(fault)
         return fault
 
-    def match(self, service: str | None, operation: str | None) -> Fault | None:
-        """The newest active fault for this request (its hit count goes up), or None: let it through."""
+    def match(self, service: str | None, operation: str | None, key: str | None = None) -> Fault | None:
+        """The newest active fault for this request (its hit count goes up), or None: let it through.
+
+        ``key`` is the S3 object key the request names (None: no object, or not S3)."""
         if service is None:
             return None
         now = self._clock()
         with self._lock:
             for fault in reversed(self._faults):
-                if fault.active(now) and fault.matches(service, operation):
+                if fault.active(now) and fault.matches(service, operation, key):
                     if fault.probability < 1 and self._chance() >= fault.probability:
                         return None
                     fault.hits += 1
@@ -326,6 +344,19 @@ def request_operation(environ: WSGIEnvironment, service: str | None) -> str | No
     return None
 
 
+def request_object_key(environ: WSGIEnvironment) -> str | None:
+    """The object key an S3 request names (path or virtual-hosted style), or None for bucket-level requests."""
+    _, key = _s3_bucket_and_key(environ.get("PATH_INFO", "/"), environ.get("HTTP_HOST", ""))
+    return key or None
+
+
+def _s3_bucket_and_key(path: str, host: str) -> tuple[str, str]:
+    if _virtual_host_bucket(host) is not None:
+        return "virtual-host", path.lstrip("/")
+    bucket, _, key = path.lstrip("/").partition("/")
+    return bucket, key
+
+
 def _virtual_host_bucket(host: str) -> str | None:
     """The bucket of a virtual-hosted-style S3 request (``bucket.localhost:4566``), None for path style."""
     name = host.rsplit(":", 1)[0] if not host.startswith("[") else ""
@@ -349,10 +380,7 @@ def s3_operation(
 ) -> str | None:
     """The S3 operation of a REST request, from method, path (path or virtual-hosted style) and sub-resource."""
     method = method.upper()
-    if _virtual_host_bucket(host) is not None:
-        bucket, key = "virtual-host", path.lstrip("/")
-    else:
-        bucket, _, key = path.lstrip("/").partition("/")
+    bucket, key = _s3_bucket_and_key(path, host)
     if not bucket:
         return "ListBuckets" if method == "GET" else None
     if key:
@@ -463,7 +491,8 @@ class FaultInjectingApp:
         service = request_service(environ)
         if service is not None:
             operation = request_operation(environ, service)
-            fault = self.registry.match(service, operation)
+            key = request_object_key(environ) if service == "s3" else None
+            fault = self.registry.match(service, operation, key)
             if fault is not None:
                 status, headers, body = error_response(fault, environ, operation)
                 start_response(status, headers)
@@ -494,6 +523,7 @@ class FaultInjectingApp:
                 "code",
                 "message",
                 "probability",
+                "key_prefix",
             }
             if unknown:
                 raise FaultSpecError(f"unknown fields: {', '.join(sorted(unknown))}")
@@ -508,6 +538,7 @@ class FaultInjectingApp:
                 code=spec.get("code"),
                 message=spec.get("message"),
                 probability=spec.get("probability", 1.0),
+                key_prefix=spec.get("key_prefix"),
             )
         except (ValueError, TypeError) as error:  # FaultSpecError, bad JSON, bad Content-Length
             return _json(start_response, 400, {"error": str(error)})
@@ -555,6 +586,7 @@ def set_fault(
     code: str | None = None,
     message: str | None = None,
     probability: float | None = None,
+    key_prefix: str | None = None,
 ) -> dict[str, Any]:
     """Make ``service`` (``operations`` of it) on the emulator at ``endpoint`` fail for ``seconds``.
 
@@ -570,6 +602,8 @@ def set_fault(
         spec["message"] = message
     if probability is not None:
         spec["probability"] = probability
+    if key_prefix is not None:
+        spec["key_prefix"] = key_prefix
     result: dict[str, Any] = _call(endpoint, "POST", spec)
     return result
 

@@ -54,6 +54,7 @@ from clickstream.outputs import OUTPUTS, current_customer_rows, download_outputs
 from consumer.s3_sink import read_commit_records
 from consumer.state_recovery import StateRecovery
 from consumer.status import ShardStatus, read_statuses
+from emulator.faults import clear_faults, set_fault
 from producer.generator import ClickstreamGenerator
 from runtime.settings import Settings
 from schemas.control import CommitRecord, FlushIntent
@@ -635,7 +636,8 @@ MID_FLUSH = frozenset(STEPS[2:])
 
 #: How a trial picks its moment, always after the run's first commit (durable progress first):
 #: "random" - a random delay into the next flush cycle (flushes come every ~2 s);
-#: "intent" - as soon as an intent of this run appears on S3 (a flush between steps 2 and 7), plus a few ms.
+#: "intent" - S3 refuses commit PUTs (an injected 503) from after the run's first commit until the kill, which
+#:            comes a few ms after the next intent appears: that flush is between steps 2 and 4 when it lands.
 KILL_MODES = ("random", "intent")
 DEFAULT_CHAOS_SEED = 20261129
 
@@ -735,6 +737,31 @@ def _commit_at(s3: Any, bucket: str, layout: OutputLayout, shard: str, previous:
     return CommitRecord.from_json(body)
 
 
+def _kill_while_a_commit_stalls(
+    worker: Worker, targets: tuple[list[int], set[int]], trial: Trial, s3: Any, bucket: str, emulator: str
+) -> None:
+    """SIGKILL the worker ``trial.delay`` after its next flush wrote an intent, while S3 refuses commit PUTs.
+
+    A flush runs from its intent to its tidy-up in tens of milliseconds here: too fast for a poll to land a kill
+    inside it reliably (stop 22's CI saw every kill miss). S3 answers the commit PUT with 503 until the kill, so
+    the flush that writes the next intent waits, its files written, for its commit."""
+    set_fault(
+        emulator, "s3", 503, 60, operations=["PutObject"], key_prefix=OutputLayout(PREFIX).all_commits_prefix
+    )
+    try:
+        seen = _intent_keys(s3, bucket)
+        _wait_for(
+            f"a flush of worker run {trial.number} to write its intent",
+            lambda: bool(_intent_keys(s3, bucket) - seen),
+            timeout=60,
+            interval=0.01,
+        )
+        time.sleep(trial.delay)
+        worker.kill9(targets)
+    finally:
+        clear_faults(emulator)
+
+
 def _run_trials(
     harness: Harness,
     env: dict[str, str],
@@ -744,6 +771,7 @@ def _run_trials(
     names: dict[str, str],
     state_dir: Path,
     started: float,
+    emulator: str,
 ) -> int:
     """Start, SIGKILL and restart the worker as planned; the last restart drains. Returns its exit code."""
     s3, bucket = clients["s3"], names["bucket"]
@@ -775,15 +803,10 @@ def _run_trials(
         targets = worker.kill_targets()
         trial.processors = len([pid for pid in targets[0] if "consumer.record_processor" in _cmdline(pid)])
         if trial.mode == "intent":
-            seen = _intent_keys(s3, bucket)
-            _wait_for(
-                f"a flush of worker run {trial.number} to write its intent",
-                lambda seen=seen: bool(_intent_keys(s3, bucket) - seen),
-                timeout=60,
-                interval=0.01,
-            )
-        time.sleep(trial.delay)
-        worker.kill9(targets)
+            _kill_while_a_commit_stalls(worker, targets, trial, s3, bucket, emulator)
+        else:
+            time.sleep(trial.delay)
+            worker.kill9(targets)
         trial.kill_after = round(time.monotonic() - started, 1)
         statuses = worker.statuses()  # each shard's last report before the kill
         commits = _commit_records(s3, bucket)
@@ -852,7 +875,9 @@ def test_random_kill9_of_the_worker_keeps_exactly_once(emulator_endpoint: str, t
         dataset = _generate(harness, env, customers=200, events=12_000, seed=rng.randrange(1, 10**6))
         started = time.monotonic()
         try:
-            code = _run_trials(harness, env, plan, dataset, clients, names, state_dir, started)
+            code = _run_trials(
+                harness, env, plan, dataset, clients, names, state_dir, started, emulator_endpoint
+            )
         finally:  # the table also when a trial fails: it says what had happened before
             print(
                 f"\nchaos summary: seed {seed}, {shards} shards, {len(dataset.labelled)} records, "
@@ -870,6 +895,8 @@ def test_random_kill9_of_the_worker_keeps_exactly_once(emulator_endpoint: str, t
         assert no_progress == [], f"trials killed before their run made a commit: {no_progress}"
         mid_flush = [(t.number, shard) for t in plan for shard, step in t.steps.items() if step in MID_FLUSH]
         assert mid_flush, "no kill landed in the middle of a flush (between its intent and its tidy-up)"
+        missed = [t.number for t in plan if t.mode == "intent" and "intent->commit" not in t.steps.values()]
+        assert missed == [], f"trials whose kill found no flush waiting for its commit: {missed}"
         counts = _verify_outputs(clients["s3"], names["bucket"], dataset.labelled, tmp_path / "s3")
         print(f"verified: {counts}; kills mid-flush (trial, shard): {mid_flush}")
 

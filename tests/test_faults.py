@@ -134,6 +134,9 @@ def test_clear_forgets_active_and_expired_faults() -> None:
         ({"service": "s3", "status": 503, "seconds": 1, "operations": []}, "operations"),
         ({"service": "s3", "status": 503, "seconds": 1, "probability": 0}, "probability"),
         ({"service": "s3", "status": 503, "seconds": 1, "code": ""}, "code"),
+        ({"service": "s3", "status": 503, "seconds": 1, "key_prefix": ""}, "key_prefix"),
+        ({"service": "s3", "status": 503, "seconds": 1, "key_prefix": 7}, "key_prefix"),
+        ({"service": "kinesis", "status": 400, "seconds": 1, "key_prefix": "a/"}, "key_prefix"),
     ],
 )
 def test_unusable_faults_are_refused_with_the_field_named(arguments: dict[str, Any], message: str) -> None:
@@ -141,6 +144,16 @@ def test_unusable_faults_are_refused_with_the_field_named(arguments: dict[str, A
     with pytest.raises(FaultSpecError, match=message):
         registry.add(**arguments)
     assert registry.snapshot() == {"active": [], "expired": []}
+
+
+def test_a_key_prefix_restricts_an_s3_fault_to_the_keys_under_it() -> None:
+    registry = FaultRegistry(clock=FakeClock())
+    registry.add("s3", 503, 10, ["PutObject"], key_prefix="out/_control/commits/")
+    assert registry.match("s3", "PutObject", "out/_control/commits/shard-1/000.json") is not None
+    assert registry.match("s3", "PutObject", "out/_control/intents/shard-1/a.json") is None
+    assert registry.match("s3", "PutObject", None) is None, "a bucket-level request names no key"
+    assert registry.match("s3", "GetObject", "out/_control/commits/shard-1/000.json") is None
+    assert registry.snapshot()["active"][0]["key_prefix"] == "out/_control/commits/"
 
 
 # ------------------------------------------------------------------------------------------------ request parsing
@@ -303,6 +316,27 @@ def test_s3_faults_answer_with_an_s3_error_document(app: tuple[FaultInjectingApp
     assert inner.calls == ["/bucket/key"]
 
 
+def test_key_prefix_faults_read_the_key_in_path_and_virtual_hosted_style(
+    app: tuple[FaultInjectingApp, Recorder],
+) -> None:
+    middleware, inner = app
+    status, _ = control(
+        middleware, "POST", {"service": "s3", "status": 503, "seconds": 30, "key_prefix": "p/c/"}
+    )
+    assert status.startswith("201")
+    requests = {
+        "/bucket/p/c/1.json": "503",  # path style: the key follows the bucket
+        "/bucket/p/d/1.json": "200",
+        "/p/c/2.json": "200",  # path style: "p" is the bucket, the key is c/2.json
+    }
+    for path, expected in requests.items():
+        status, _, _ = call(middleware, signed("s3", REQUEST_METHOD="PUT", PATH_INFO=path))
+        assert status.startswith(expected), path
+    hosted = signed("s3", REQUEST_METHOD="PUT", PATH_INFO="/p/c/2.json", HTTP_HOST="bucket.localhost:4566")
+    assert call(middleware, hosted)[0].startswith("503"), "virtual-hosted style: the whole path is the key"
+    assert inner.calls == ["/bucket/p/d/1.json", "/p/c/2.json"]
+
+
 def test_json_service_faults_answer_with_a_typed_json_error(app: tuple[FaultInjectingApp, Recorder]) -> None:
     middleware, inner = app
     middleware.registry.add("kinesis", 400, 30, ["GetRecords"])
@@ -379,6 +413,18 @@ def test_boto3_reads_injected_kinesis_and_dynamodb_throttling(endpoint: str) -> 
     assert clear_faults(endpoint) == 2
     kinesis.list_streams()
     dynamodb.list_tables()
+
+
+def test_boto3_sees_a_key_prefix_fault_on_those_keys_only(endpoint: str) -> None:
+    s3 = client("s3", endpoint)
+    s3.create_bucket(Bucket="faults-keys")
+    set_fault(endpoint, "s3", 503, 30, operations=["PutObject"], key_prefix="out/_control/commits/")
+    s3.put_object(Bucket="faults-keys", Key="out/_control/intents/a b.json", Body=b"x")
+    with pytest.raises(ClientError) as raised:
+        s3.put_object(Bucket="faults-keys", Key="out/_control/commits/shard%1/a b.json", Body=b"x")
+    assert raised.value.response["Error"]["Code"] == "ServiceUnavailable"
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="faults-keys")["Contents"]]
+    assert keys == ["out/_control/intents/a b.json"]
 
 
 def test_invalid_faults_are_refused_over_http(endpoint: str) -> None:
