@@ -7,12 +7,13 @@ Measures (buyers only: a customer without a purchase has no recency):
 - **M** onetary: total revenue (more is better).
 
 **Scores** are quintiles of the scored population that never split ties: a customer's score is
-``1 + floor(5 * worse / N)`` (at most 5), where ``worse`` counts the customers with a strictly worse value and ``N``
-all scored customers: with fewer than 20 % of the customers strictly worse the score is 1, with at least 20 % and
-fewer than 40 % it is 2, ..., with at least 80 % it is 5; equal values always share a score. (Splitting ties, as
-``NTILE(5)`` does, would give two customers with the same history different scores.) When many customers share
-the lowest value, as one-time buyers do for F, the scores above it start higher: the distribution is honest, not
-forced to 20 % per score.
+``1 + floor(5 * worse / (worse + better))`` (at most 5), where ``worse`` and ``better`` count the customers with a
+strictly worse and a strictly better value: the score says where the customer stands among those who differ from
+it. The best value scores 5 and the worst 1 however many share them (one-time buyers F = 1 when most buyers bought
+once; today's buyers R = 5 when most bought today); a value with fewer than 20 % of the others below it scores 1,
+..., with at least 80 % below it 5. Equal values always share a score (splitting ties, as ``NTILE(5)`` does, would
+give two customers with the same history different scores), so the scores are not forced to 20 % each. When every
+customer has the same value the measure says nothing about them: all score 3.
 
 **Segments** are read off the grid of R and FM, where ``FM = ceil((F + M) / 2)`` (the mean of F and M, halves
 rounded up), the classic 11-segment map (e.g. Putler's RFM segments used in the AWS guidance):
@@ -108,6 +109,9 @@ def segment_grid() -> dict[tuple[int, int], str]:
     return grid
 
 
+#: The score of every customer when all share one value (a measure that tells nobody apart).
+NO_SPREAD_SCORE: Final = 3
+
 _GRID: Final = segment_grid()
 #: _LOOKUP[r, fm] is the index into SEGMENTS of that cell (row and column 0 unused).
 _LOOKUP: Final = np.zeros((6, 6), dtype=np.int8)
@@ -116,18 +120,21 @@ for (_r, _fm), _name in _GRID.items():
 
 
 def quintile_scores(values: npt.ArrayLike, *, higher_is_better: bool = True) -> npt.NDArray[np.int8]:
-    """Scores 1-5: ``1 + floor(5 * worse / N)`` with ``worse`` the count of strictly worse values (ties share)."""
+    """Scores 1-5: ``1 + floor(5 * worse / (worse + better))``, strictly worse and better counts (ties share)."""
     array = np.asarray(values, dtype=np.float64)
     if array.size == 0:
         return np.zeros(0, dtype=np.int8)
     if np.isnan(array).any():
         raise ValueError("RFM measures must not be missing")
     ordered = np.sort(array)
-    if higher_is_better:
-        worse = np.searchsorted(ordered, array, side="left")  # strictly smaller values
-    else:
-        worse = array.size - np.searchsorted(ordered, array, side="right")  # strictly larger values
-    return np.minimum(5, 1 + (5 * worse) // array.size).astype(np.int8)
+    smaller = np.searchsorted(ordered, array, side="left")
+    larger = array.size - np.searchsorted(ordered, array, side="right")
+    worse, better = (smaller, larger) if higher_is_better else (larger, smaller)
+    differing = worse + better
+    scores = np.full(array.size, NO_SPREAD_SCORE, dtype=np.int64)
+    spread = differing > 0
+    scores[spread] = np.minimum(5, 1 + (5 * worse[spread]) // differing[spread])
+    return scores.astype(np.int8)
 
 
 def fm_scores(f: npt.ArrayLike, m: npt.ArrayLike) -> npt.NDArray[np.int8]:

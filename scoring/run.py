@@ -26,7 +26,7 @@ from scoring.rfm import RfmScores, score_customers
 SCORE_COMMIT_FORMAT: Final = 1
 #: Bumped when what a run computes changes (RFM rules, segments, model checks): part of the run id, so a re-score
 #: after such a change refits instead of finding the old run "already committed".
-SCORING_VERSION: Final = 3
+SCORING_VERSION: Final = 4
 
 
 class ScoreCommitError(ValueError):

@@ -45,29 +45,29 @@ def documented_grid(text: str) -> dict[tuple[int, int], str]:
 
 # ------------------------------------------------------------------------------------------------ quintile scores
 def test_distinct_values_fill_each_score_at_twenty_percent_steps() -> None:
-    # 10 customers: 0..9 strictly worse, score = 1 + floor(5 * worse / 10)
+    # 10 customers: 0..9 strictly worse of the 9 others, score = 1 + floor(5 * worse / 9), at most 5
     assert quintile_scores(range(1, 11)).tolist() == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
     assert quintile_scores(range(1, 6)).tolist() == [1, 2, 3, 4, 5]
 
 
 @pytest.mark.parametrize(
-    ("worse", "n", "score"),
+    ("worse", "score"),
     [
-        (0, 100, 1),
-        (19, 100, 1),  # just below 20 %
-        (20, 100, 2),  # exactly 20 %
-        (39, 100, 2),
-        (40, 100, 3),
-        (59, 100, 3),
-        (60, 100, 4),
-        (79, 100, 4),
-        (80, 100, 5),  # exactly 80 %
-        (99, 100, 5),
+        (0, 1),
+        (19, 1),  # just below 20 % of the 100 others
+        (20, 2),  # exactly 20 %
+        (39, 2),
+        (40, 3),
+        (59, 3),
+        (60, 4),
+        (79, 4),
+        (80, 5),  # exactly 80 %
+        (100, 5),
     ],
 )
-def test_score_boundaries(worse: int, n: int, score: int) -> None:
-    """A customer with ``worse`` customers strictly below it among ``n``: others are all lower or all higher."""
-    values = [0.0] * worse + [1.0] + [2.0] * (n - worse - 1)
+def test_score_boundaries(worse: int, score: int) -> None:
+    """A customer with ``worse`` of the 100 others strictly below it and the rest strictly above."""
+    values = [0.0] * worse + [1.0] + [2.0] * (100 - worse)
     assert quintile_scores(values)[worse] == score
 
 
@@ -80,7 +80,20 @@ def test_ties_share_a_score_and_the_next_value_starts_where_its_rank_says() -> N
 def test_recency_scores_fewer_days_higher() -> None:
     days = [0, 3, 10, 30, 90]
     assert quintile_scores(days, higher_is_better=False).tolist() == [5, 4, 3, 2, 1]
-    assert quintile_scores([5, 5, 5], higher_is_better=False).tolist() == [1, 1, 1]  # nobody is worse
+    assert quintile_scores([5, 5, 5], higher_is_better=False).tolist() == [3, 3, 3]  # tells nobody apart
+
+
+def test_the_best_value_scores_five_however_many_share_it() -> None:
+    # 90 of 100 buyers bought on the last day: they are the most recent there are, not "Lost" (R = 5, not 1)
+    days = [0] * 90 + list(range(1, 11))
+    r = quintile_scores(days, higher_is_better=False)
+    assert set(r[:90].tolist()) == {5} and set(r[90:].tolist()) == {1}
+    # the mirror: 90 share the lowest revenue, which scores 1; the 10 above them rank among themselves
+    m = quintile_scores([10.0] * 90 + [float(v) for v in range(11, 21)])
+    assert set(m[:90].tolist()) == {1} and m[90:].tolist() == [5] * 10
+    # 30 % bought today: the rule before scored them R = 4, and with nobody at 5 no one was a Champion
+    r = quintile_scores([0] * 30 + list(range(1, 71)), higher_is_better=False)
+    assert set(r[:30].tolist()) == {5} and r[30:].min() == 1
 
 
 def test_missing_measures_are_refused() -> None:
@@ -265,11 +278,13 @@ def test_score_customers_on_a_larger_population_follows_the_quintile_rule() -> N
     purchase_days = rng.integers(1, 8, 1000)
     revenue = rng.gamma(2, 50, 1000).round(2)
     scores = score_customers(days, purchase_days, revenue)
-    for values, got, better in (
+    for values, got, higher_is_better in (
         (days, scores.r, False),
         (purchase_days, scores.f, True),
         (revenue, scores.m, True),
     ):
-        worse = np.array([(values < v).sum() if better else (values > v).sum() for v in values])
-        assert (got == np.minimum(5, 1 + 5 * worse // 1000)).all()
+        lower = np.array([(values < v).sum() for v in values])
+        higher = np.array([(values > v).sum() for v in values])
+        worse, better = (lower, higher) if higher_is_better else (higher, lower)
+        assert (got == np.minimum(5, 1 + 5 * worse // (worse + better))).all()
     assert set(scores.segment) <= set(SEGMENTS)
