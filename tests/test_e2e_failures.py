@@ -422,6 +422,7 @@ def test_s3_outage_mid_run_holds_checkpoints_back_and_processing_resumes_by_itse
     retries: Counter[str] = Counter()
     buffered: Counter[str] = Counter()
     samples = 0
+    first_sample = time.monotonic()
     while time.monotonic() < outage_ends - 0.5:
         checkpoints = pipeline.checkpoints()
         assert checkpoints == before, f"a checkpoint moved during the S3 outage: {before} -> {checkpoints}"
@@ -431,8 +432,14 @@ def test_s3_outage_mid_run_holds_checkpoints_back_and_processing_resumes_by_itse
             buffered[shard_id] = max(buffered[shard_id], status.buffered_records)
         assert worker.running(), worker.tail()
         samples += 1
+        last_sample = time.monotonic()
         time.sleep(0.5)
-    assert samples >= 10
+    # The checks above ran through the outage, however slowly the machine sampled (not a count of samples).
+    assert samples >= 3 and last_sample - first_sample >= OUTAGE_SECONDS - 5, (
+        samples,
+        first_sample,
+        last_sample,
+    )
     assert set(retries) == set(before), pipeline.describe()
     assert all(retries[shard] > retried_before[shard] for shard in retries), (
         f"every shard retries during the outage: {dict(retries)}, before it {retried_before}"
@@ -602,8 +609,11 @@ class TestStuckShard:
     ) -> None:
         assert stuck["exit_code"] == 3, stuck["log"][-5000:]
         assert "stuck shards, exiting" in stuck["log"], stuck["log"][-5000:]
-        # stuck after WORKER_STUCK_SECONDS without a flush, seen by the worker's check every 5 s
-        assert stuck["exit_seconds"] < WORKER_STUCK_SECONDS + 12.0, stuck["exit_seconds"]
+        # stuck after WORKER_STUCK_SECONDS without a flush (not before), seen by the worker's check every 5 s; the
+        # upper bound leaves a loaded machine room for the put, the KCL's poll and the JVM's exit
+        assert WORKER_STUCK_SECONDS <= stuck["exit_seconds"] < WORKER_STUCK_SECONDS + 20.0, stuck[
+            "exit_seconds"
+        ]
         assert stuck["checkpoints_stuck"] == stuck["checkpoints_before"]
         statuses = stuck["statuses"]
         assert all(s.retries > 0 and s.buffered_records > 0 for s in statuses.values()), statuses
@@ -625,6 +635,10 @@ class TestStuckShard:
 
 
 # ---------------------------------------------------------------------------------------------------- d. throttling
+#: Long enough that the put below (slow on a loaded machine) leaves a few samples of the throttled window.
+KINESIS_THROTTLE_SECONDS = 8
+
+
 def test_kinesis_and_dynamodb_throttling_is_ridden_out(pipeline: Pipeline) -> None:
     records = generate(seed=404)
     first, second = records[: len(records) // 2], records[len(records) // 2 :]
@@ -641,8 +655,10 @@ def test_kinesis_and_dynamodb_throttling_is_ridden_out(pipeline: Pipeline) -> No
     )
 
     # GetRecords throttled: records put now cannot be read until it ends.
-    kinesis_fault = set_fault(pipeline.endpoint, "kinesis", 400, 5, operations=["GetRecords"])
-    ends = time.monotonic() + 5
+    ends = time.monotonic() + KINESIS_THROTTLE_SECONDS  # taken first: no later than the emulator's own end
+    kinesis_fault = set_fault(
+        pipeline.endpoint, "kinesis", 400, KINESIS_THROTTLE_SECONDS, operations=["GetRecords"]
+    )
     pipeline.put(second)
     samples = 0
     while time.monotonic() < ends - 0.5:
@@ -677,18 +693,20 @@ def test_kinesis_and_dynamodb_throttling_is_ridden_out(pipeline: Pipeline) -> No
 # checks, so they cost no KCL run.
 
 
-@pytest.mark.parametrize(("waited", "exit_code"), [(1, 0), (10, 1)])
+@pytest.mark.parametrize(("waited", "exit_code"), [(1, 0), (120, 1)])
 def test_a_shard_waking_up_after_a_quiet_period_is_judged_by_how_long_its_records_waited(
     tmp_path: Path, waited: int, exit_code: int
 ) -> None:
-    """The last flush was 30 s ago, before the quiet period: the stuck clock starts when records began to wait."""
+    """The last flush was 300 s ago, before the quiet period: the stuck clock starts when records began to wait.
+
+    (Minutes, not seconds: the health command's own start on a loaded machine must not move the verdict.)"""
     state_dir = tmp_path / "state"
     state_dir.mkdir()
     now = time.time()
     write_heartbeat(state_dir, os.getpid(), "running")
     writer = StatusWriter(state_dir / "status")
     for shard_id, buffered in (("shardId-000000000000", 119), ("shardId-000000000001", 105)):
-        # What a processor writes `waited` s after records arrive on a shard whose last flush was 30 s ago.
+        # What a processor writes `waited` s after records arrive on a shard whose last flush was 300 s ago.
         status = ShardStatus(
             shard_id=shard_id,
             pid=os.getpid(),
@@ -702,16 +720,16 @@ def test_a_shard_waking_up_after_a_quiet_period_is_judged_by_how_long_its_record
             checkpointed_sequence="800",
             last_call_at=now,
             last_record_at=now - 1,
-            last_flush_at=now - 30,
-            last_checkpoint_at=now - 30,
-            started_at=now - 60,
+            last_flush_at=now - 300,
+            last_checkpoint_at=now - 300,
+            started_at=now - 600,
             waiting_since=now - waited,
         )
         writer.write(status, force=True)
     env = {
         **os.environ,
         "CLICKSTREAM_STATE_DIR": str(state_dir),
-        "CLICKSTREAM_STUCK_SHARD_SECONDS": "6",
+        "CLICKSTREAM_STUCK_SHARD_SECONDS": "60",
         "CLICKSTREAM_FLUSH_MAX_SECONDS": "2",
     }
     done = subprocess.run(
@@ -722,7 +740,7 @@ def test_a_shard_waking_up_after_a_quiet_period_is_judged_by_how_long_its_record
         timeout=60,
         check=False,
     )
-    assert done.returncode == exit_code, f"records have waited {waited} s (stuck after 6 s): {done.stdout}"
+    assert done.returncode == exit_code, f"records have waited {waited} s (stuck after 60 s): {done.stdout}"
 
 
 def test_until_idle_does_not_call_the_stream_drained_while_the_shards_are_not_being_polled() -> None:

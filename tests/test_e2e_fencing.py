@@ -59,6 +59,9 @@ from tests.test_e2e_chaos import (
     _verify_outputs,
     _wait_for,
 )
+from tests.test_e2e_chaos import (
+    _assign_lease as _assign_lease_in,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -221,21 +224,8 @@ def duo(emulator_endpoint: str, tmp_path: Path, request: pytest.FixtureRequest) 
 
 
 def _assign_lease(run: Duo, shard: str, new_owner: str) -> str:
-    """Reassign ``shard``'s lease with the update the KCL leader's lease assignment writes (LeaseAssignmentManager ->
-    DynamoDBLeaseRefresher.assignLease): owner replaced, checkpointOwner removed, owner switches and lease counter
-    incremented, on condition that the owner is still the one read. The old owner's next renewal fails (its lease
-    is lost), the new owner's lease discovery starts the shard from its checkpoint. Returns the old owner."""
-    table, key = run.names["application_name"], {"leaseKey": {"S": shard}}
-    old = run.dynamodb.get_item(TableName=table, Key=key, ConsistentRead=True)["Item"]["leaseOwner"]["S"]
-    run.dynamodb.update_item(
-        TableName=table,
-        Key=key,
-        UpdateExpression="SET leaseOwner = :new REMOVE checkpointOwner ADD leaseCounter :one, "
-        "ownerSwitchesSinceCheckpoint :one",
-        ConditionExpression="leaseOwner = :old AND attribute_exists(leaseKey)",
-        ExpressionAttributeValues={":new": {"S": new_owner}, ":old": {"S": old}, ":one": {"N": "1"}},
-    )
-    return str(old)
+    """Move ``shard``'s lease to ``new_owner`` as the KCL leader would; returns the old owner."""
+    return _assign_lease_in(run.dynamodb, run.names["application_name"], shard, new_owner)
 
 
 def _finish_and_verify(run: Duo, load: Path, workdir: Path) -> None:
@@ -271,19 +261,21 @@ def _hold_a_flush_in_retries(run: Duo, owner: str, shard: str, load: Path) -> Po
     processor of ``shard`` retries a flush. Returns the chain position that flush continues from (frozen: nothing
     commits during the outage)."""
     run.harness.produce_in_background(load, run.envs[owner], rate=150, log="producer.log")
-    _wait_for(
-        f"{owner} to commit a flush of {shard}",
-        lambda: any(c.worker_id == owner for c in run.commits(shard)),
-        timeout=240,
-    )
+
+    def committed() -> bool:
+        # The KCL leader's rebalancing may move the lease away meanwhile (seen in a solo run): hand it back.
+        _keep_lease_with(run, shard, owner)
+        return any(c.worker_id == owner for c in run.commits(shard))
+
+    _wait_for(f"{owner} to commit a flush of {shard}", committed, timeout=240)
     retries = run.status(owner, shard).retries
     set_fault(run.endpoint, "s3", 503, OUTAGE_SECONDS, operations=["PutObject"])
-    _wait_for(
-        f"{owner} to retry a flush of {shard} during the S3 outage",
-        lambda: run.status(owner, shard).retries > retries,
-        timeout=60,
-        interval=0.1,
-    )
+
+    def retrying() -> bool:
+        _keep_lease_with(run, shard, owner)
+        return run.status(owner, shard).retries > retries
+
+    _wait_for(f"{owner} to retry a flush of {shard} during the S3 outage", retrying, timeout=60, interval=0.1)
     return run.tip(shard)
 
 

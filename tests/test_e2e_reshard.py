@@ -26,6 +26,7 @@ from clickstream.demo import emulator_environment
 from clickstream.outputs import current_customer_rows, download_outputs, output_glob
 from consumer.s3_sink import read_commit_records
 from consumer.status import read_statuses
+from emulator.faults import clear_faults, set_fault
 from producer.generator import ClickstreamGenerator
 from producer.kinesis_put import partition_key_for
 from runtime.settings import load_settings
@@ -99,6 +100,18 @@ def test_split_and_merge_mid_run_keep_every_customer_equal_to_the_reference(
         )
     in_flight_at_reshard: list[int] = []
 
+    def hold_commits(*shards: str) -> None:
+        """S3 answers the shards' commit PUTs with 503 (they retry) until clear_faults."""
+        for shard in shards:
+            set_fault(
+                emulator_endpoint,
+                "s3",
+                503,
+                120,
+                ["PutObject"],
+                key_prefix=OutputLayout("rfm").commits_prefix(shard),
+            )
+
     def produced(count: int) -> int:
         return sum(len(part) for part in parts[:count])
 
@@ -120,6 +133,9 @@ def test_split_and_merge_mid_run_keep_every_customer_equal_to_the_reference(
 
         parent = kinesis.list_shards(StreamName="reshard-stream")["Shards"][0]
         low, high = (int(parent["HashKeyRange"][k]) for k in ("StartingHashKey", "EndingHashKey"))
+        # The parent cannot commit until the split is done (S3 refuses its commit PUTs, it retries): the split
+        # comes while it still holds records, however fast or slow this machine flushes.
+        hold_commits(parent["ShardId"])
         cli("produce", "--input", str(files[1]), "--no-progress")
         # put to the parent and not yet flushed by it: it must finish them before its children start
         in_flight_at_reshard.append(put_in(low, high, [0, 1]) - flushed_by(parent["ShardId"]))
@@ -128,6 +144,7 @@ def test_split_and_merge_mid_run_keep_every_customer_equal_to_the_reference(
             ShardToSplit=parent["ShardId"],
             NewStartingHashKey=str((low + high) // 2),
         )
+        clear_faults(emulator_endpoint)
         cli("produce", "--input", str(files[2]), "--no-progress")
         _wait_for(lambda: flushed() >= produced(3), 120, "part 2 flushed by the parent and the children", log)
 
@@ -137,19 +154,22 @@ def test_split_and_merge_mid_run_keep_every_customer_equal_to_the_reference(
             if s.get("ParentShardId") == parent["ShardId"]
         ]
         assert len(children) == 2
-        cli("produce", "--input", str(files[3]), "--no-progress")
         pair = [c["ShardId"] for c in children]
+        hold_commits(*pair)
+        cli("produce", "--input", str(files[3]), "--no-progress")
         in_flight_at_reshard.append(put_in(low, high, [2, 3]) - flushed_by(*pair))
         kinesis.merge_shards(
             StreamName="reshard-stream",
             ShardToMerge=children[0]["ShardId"],
             AdjacentShardToMerge=children[1]["ShardId"],
         )
+        clear_faults(emulator_endpoint)
         cli("produce", "--input", str(files[4]), "--no-progress")
         _wait_for(
             lambda: flushed() >= len(labelled), 120, "part 3 flushed by the parents and the merged shard", log
         )
     finally:
+        clear_faults(emulator_endpoint)
         worker.send_signal(signal.SIGTERM)
         code = worker.wait(timeout=60)
     assert code == 0, log.read_text()[-4000:]

@@ -19,6 +19,7 @@ import os
 import select
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -505,17 +506,18 @@ def test_a_shard_s_state_file_is_its_stream_s_and_prefix_s_own(settings: Setting
         state.close()
 
 
-def _hold_state_file(path: Path, seconds: float) -> subprocess.Popen[str]:
-    """Another process that opens ``path`` with DuckDB (taking its lock) for ``seconds``; returns once it holds it.
-    It prints ``releasing`` right before it lets go of the file, then lives on for a while."""
+def _hold_state_file(path: Path) -> subprocess.Popen[str]:
+    """Another process that opens ``path`` with DuckDB (taking its lock) until a line comes on its stdin; returns
+    once it holds it. It prints ``releasing`` right before it lets go of the file, then lives on for a while."""
     path.parent.mkdir(parents=True, exist_ok=True)
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
             f"import duckdb, sys, time; con = duckdb.connect({str(path)!r}); print('held', flush=True); "
-            f"time.sleep({seconds}); print('releasing', flush=True); con.close(); time.sleep(30)",
+            "sys.stdin.readline(); print('releasing', flush=True); con.close(); time.sleep(30)",
         ],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -528,13 +530,27 @@ def test_initialize_waits_for_an_earlier_processor_of_the_shard_that_still_holds
 ) -> None:
     """The lease came back while this worker's earlier processor of the shard still finishes a flush: the new one
     waits for it instead of failing (which would stop the whole MultiLangDaemon)."""
-    holder = _hold_state_file(_state_file(settings), seconds=1.5)
+    holder = _hold_state_file(_state_file(settings))
     monkeypatch.setattr(record_processor, "parent_pid", os.getpid)  # the holder counts as a sibling processor
+    waits: list[float] = []
+    real_sleep = time.sleep
+
+    def wait_then_release(seconds: float) -> None:
+        """The processor's wait for its sibling: the first one lets the holder go (no wall-clock race)."""
+        waits.append(seconds)
+        if len(waits) == 1:
+            assert holder.stdin is not None
+            holder.stdin.write("release\n")
+            holder.stdin.flush()
+        real_sleep(seconds)
+
+    monkeypatch.setattr(record_processor.time, "sleep", wait_then_release)
     with caplog.at_level(logging.WARNING, logger="consumer.record_processor"):
         state = RecordProcessor(settings)._open_state(SHARD)
+    monkeypatch.undo()
     try:
-        # The file opened only once the holder let go of it: its last words were printed before it did (no
-        # wall-clock assumptions; a state opened without waiting would find nothing to read yet).
+        # The file opened only once the holder let go of it: its last words were printed before it did.
+        assert waits, "opened without waiting for the holder"
         assert holder.stdout is not None
         assert select.select([holder.stdout], [], [], 0)[0], "opened while the holder still held the file"
         assert holder.stdout.readline().strip() == "releasing"
@@ -547,7 +563,7 @@ def test_initialize_waits_for_an_earlier_processor_of_the_shard_that_still_holds
 
 
 def test_a_state_file_held_by_an_unrelated_process_is_still_an_error(settings: Settings) -> None:
-    holder = _hold_state_file(_state_file(settings), seconds=30)
+    holder = _hold_state_file(_state_file(settings))
     try:
         assert record_processor.sibling_holding_lock(RuntimeError("no lock words")) is None
         with pytest.raises(Exception, match="lock") as raised:
