@@ -37,6 +37,7 @@ UNITS: Final = {
     "LocalStateWriteFailed": "Count",
     "CheckpointAheadOfCommits": "Count",
     "ParentStateMissing": "Count",
+    "SnapshotUnreadable": "Count",
 }
 
 _log = logging.getLogger(METRICS_LOGGER)

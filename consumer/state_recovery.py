@@ -14,6 +14,9 @@ its position lies on that walk (then just the commits after it are applied); oth
 or at a position the chain never reached: a stale or foreign file) it is discarded and the shard is rebuilt from the
 snapshot, or from its parents' state for a new child shard after a split or merge. The KCL checkpoint is compared
 with the tip last: a checkpoint beyond the chain means records were checkpointed that S3 does not hold.
+Each snapshot writer's tables have keys of their own (a write id): a writer whose pointer update lost deletes only
+what it wrote, never tables the pointer names. Should the pointer still name tables that are gone (deleted by hand,
+a lifecycle rule, or an older version's race), the restore rebuilds from the chain's start instead of failing.
 A local file that cannot be opened or read is moved aside (``open_shard_state``) and the shard restored from S3.
 """
 
@@ -23,6 +26,7 @@ import gc
 import logging
 import re
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -172,7 +176,10 @@ class StateRecovery:
         if current is not None and current.position >= position:
             return None  # an equal or newer snapshot exists (another owner went further)
         tables = state.export_tables()
-        keys = {table: self.layout.snapshot_table_key(shard_id, position, table) for table in tables}
+        write_id = uuid.uuid4().hex[:12]
+        keys = {
+            table: self.layout.snapshot_table_key(shard_id, position, write_id, table) for table in tables
+        }
         for table, data in tables.items():
             self._sink.put_parquet(keys[table], data, kind=table)
         pointer = SnapshotPointer(shard_id, position, state.as_of(), keys, datetime.now(UTC))
@@ -256,18 +263,30 @@ class StateRecovery:
                 return self._restore(state, checkpoint, checkpoint_sub)
             except FileNotFoundError as error:  # a snapshot replaced while we read it: start over
                 if attempt == _RESTORE_ATTEMPTS:
-                    raise
+                    missing = error
+                    break
                 log.warning(
                     "restore read a file that is gone (%s); starting over",
                     error,
                     extra={"shard_id": state.shard_id},
                 )
-        raise AssertionError("unreachable")
+        # The same file gone every time: not a replaced snapshot. If it is the snapshot's, the chain's start still
+        # leads to the tip (committed events files are never deleted); if an events file is gone, this fails too.
+        log.error(
+            "restore keeps finding a file gone (%s); rebuilding the shard from its chain's start without the "
+            "snapshot (slower: every commit is re-applied)",
+            missing,
+            extra={"shard_id": state.shard_id},
+        )
+        emit_metrics({"SnapshotUnreadable": 1}, {"StreamName": self.settings.stream_name})
+        return self._restore(state, checkpoint, checkpoint_sub, use_snapshot=False)
 
-    def _restore(self, state: CustomerState, checkpoint: str | None, checkpoint_sub: int) -> RestoreReport:
+    def _restore(
+        self, state: CustomerState, checkpoint: str | None, checkpoint_sub: int, *, use_snapshot: bool = True
+    ) -> RestoreReport:
         started = time.perf_counter()
         shard_id = state.shard_id
-        pointer, _ = self._read_pointer(shard_id)
+        pointer, _ = self._read_pointer(shard_id) if use_snapshot else (None, None)
         base = chain_position(pointer.position) if pointer else None
         chain = self.chain_from(shard_id, base)
         walk = [base, *(record.last for record in chain)]

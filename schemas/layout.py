@@ -8,7 +8,7 @@
     <prefix>/_control/intents/<shard>/<attempt>.json                       files a flush attempt is about to write
     <prefix>/_control/commits/<shard>/<previous position>.json             the shard's commit chain (one per flush)
     <prefix>/_control/snapshots/<shard>/latest.json                        pointer to the newest state snapshot
-    <prefix>/_control/snapshots/<shard>/<position>/<table>.parquet         snapshot tables
+    <prefix>/_control/snapshots/<shard>/<position>-<write>/<table>.parquet snapshot tables (one writer's)
     <prefix>/_control/manifests/<output>-<yyyymmdd|all>.manifest            COPY manifests of committed files
     <prefix>/replays/<name>/customer_aggregates/...                        backfills (never the live outputs)
     <prefix>/clv/as_of_yyyymmdd=20261129/run=<run id>/part-00000.parquet   CLV scores and RFM segments of one run
@@ -183,8 +183,10 @@ class OutputLayout:
     def snapshot_pointer_key(self, shard_id: str) -> str:
         return f"{self.control_prefix}snapshots/{shard_id}/latest.json"
 
-    def snapshot_table_key(self, shard_id: str, position: Position, table: str) -> str:
-        return f"{self.control_prefix}snapshots/{shard_id}/{position.key_part()}/{table}.parquet"
+    def snapshot_table_key(self, shard_id: str, position: Position, write_id: str, table: str) -> str:
+        """One writer's table of a snapshot at ``position``: ``write_id`` keeps two writers of the same position
+        apart, so that a writer only ever deletes tables it wrote itself (the pointer may name the other's)."""
+        return f"{self.control_prefix}snapshots/{shard_id}/{position.key_part()}-{write_id}/{table}.parquet"
 
 
 def chain_link(previous: Position | None) -> str:

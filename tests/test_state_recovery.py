@@ -283,6 +283,102 @@ def test_snapshot_replaces_the_previous_one(s3_env: tuple[Any, Settings], tmp_pa
     assert pa.Table  # keep the import honest for type checkers
 
 
+class _BeforeCall:
+    """A real S3 client; ``before[method]`` runs once, before the next call of that method its predicate accepts."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.before: dict[str, tuple[Any, Any]] = {}  # method -> (predicate on the call's kwargs, action)
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.client, name)
+        if name not in ("put_object", "delete_objects"):
+            return method
+
+        def call(**kwargs: Any) -> Any:
+            hook = self.before.get(name)
+            if hook is not None and hook[0](kwargs):
+                del self.before[name]
+                hook[1]()
+            return method(**kwargs)
+
+        return call
+
+
+def _snapshot_keys(s3: Any) -> set[str]:
+    listing = s3.list_objects_v2(Bucket="recovery-bucket", Prefix="rfm/_control/snapshots/")
+    return {obj["Key"] for obj in listing.get("Contents", [])}
+
+
+def test_a_writer_whose_snapshot_lost_deletes_only_its_own_tables(
+    s3_env: tuple[Any, Settings], tmp_path: Path
+) -> None:
+    """Three snapshot writers of one shard (a paused one, then the owners after it): the paused writer at X loses
+    its pointer update to a writer at W, and before it tidies up, another reaches X too and moves the pointer
+    there. With the tables of both X-writers at the same keys, the loser's tidy-up deleted the tables the pointer
+    then named: every restore failed for good (a parent's children never started). (Found by review.)"""
+    s3, settings = s3_env
+    owner = _processor(s3, settings, tmp_path / "a.duckdb", snapshot_every=10**6)
+    owner.start("TRIM_HORIZON")
+    records = _records(30, 1_500, seed=11)
+    _feed(owner, records[:1_000])  # two commits: W is the first one's end, X the second's
+    at_x = CustomerState(SHARD, tmp_path / "x.duckdb")
+    StateRecovery(s3, settings).restore(at_x)
+    chain = StateRecovery(s3, settings).chain_from(SHARD, None)
+    assert len(chain) == 2
+    at_w = CustomerState(SHARD, tmp_path / "w.duckdb")
+    at_w.apply_events(
+        pa.concat_tables([S3ParquetSink(s3, settings).get_parquet(k) for k in chain[0].files["events"]]),
+        chain[0].last,
+    )
+    other = StateRecovery(s3, settings)
+    hooked = _BeforeCall(s3)
+    paused = StateRecovery(hooked, settings)
+    pointer_key = paused.layout.snapshot_pointer_key(SHARD)
+    # The paused writer has written its tables at X; before its pointer PUT, another writer snapshots at W ...
+    hooked.before["put_object"] = (
+        lambda call: call["Key"] == pointer_key,
+        lambda: other.write_snapshot(at_w),
+    )
+    # ... and before the paused one deletes its dropped tables, the shard's next owner snapshots at X.
+    hooked.before["delete_objects"] = (lambda call: True, lambda: other.write_snapshot(at_x))
+    assert paused.write_snapshot(at_x) is None, "the paused writer's pointer update lost"
+
+    pointer = _latest_snapshot(s3, settings)
+    assert pointer.position == at_x.position()
+    assert set(pointer.tables.values()) <= _snapshot_keys(s3), "the pointer names only tables that exist"
+    assert len({key.rsplit("/", 1)[0] for key in _snapshot_keys(s3) if key.endswith(".parquet")}) == 1
+    fresh = CustomerState(SHARD, tmp_path / "fresh.duckdb")
+    assert StateRecovery(s3, settings).restore(fresh).source == "snapshot"
+    assert _rows(fresh) == _rows(owner.state)
+
+
+def test_a_snapshot_whose_tables_are_gone_is_rebuilt_from_the_chain_start(
+    s3_env: tuple[Any, Settings], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pointer naming deleted tables (a lifecycle rule on _control/, a hand, an older version's race) costs a
+    slower restore, not a shard that never starts again."""
+    s3, settings = s3_env
+    original = _processor(s3, settings, tmp_path / "a.duckdb", snapshot_every=2)
+    original.start("TRIM_HORIZON")
+    _feed(original, _records(40, 2_500, seed=12))
+    pointer = _latest_snapshot(s3, settings)
+    s3.delete_object(Bucket="recovery-bucket", Key=pointer.tables["customers"])
+    fresh = CustomerState(SHARD, tmp_path / "fresh.duckdb")
+    with caplog.at_level(logging.INFO):
+        report = StateRecovery(s3, settings).restore(fresh)
+    assert report.source == "empty" and report.commits_applied == original.metrics.flushes, "from the start"
+    assert _rows(fresh) == _rows(original.state)
+    assert fresh.position() == original.state.position()
+    emitted = [
+        r.emf["SnapshotUnreadable"] for r in caplog.records if "SnapshotUnreadable" in getattr(r, "emf", {})
+    ]
+    assert emitted == [1]
+    assert any(
+        r.levelno == logging.ERROR and "without the snapshot" in r.getMessage() for r in caplog.records
+    )
+
+
 def test_snapshot_tables_write_ids_and_one_row_per_customer_without_a_dictionary(
     s3_env: tuple[Any, Settings], tmp_path: Path
 ) -> None:
