@@ -73,6 +73,19 @@ def group_options_first(args: list[str]) -> list[str]:
     return [*moved, *kept, *args[end:]]
 
 
+#: What a command stopped by Ctrl-C leaves behind (commands not named write nothing).
+_INTERRUPTION_LEAVES: Final = {
+    "setup": "run it again: it creates only what is still missing",
+    "generate": "the output file may hold only part of the records",
+    "score": "no run was committed (readers and the next run ignore a run's files without its commit record); "
+    "run it again",
+    "report": "the report file may be missing or incomplete; run it again",
+    "manifest": "with --upload, the manifest may not have been uploaded; run it again (it is rewritten whole)",
+    "summary": "with --download, the folder may hold only part of the files; run it again",
+    "demo": "the demo's emulator and worker were stopped; run it again",
+}
+
+
 class FrontDoor(click.Group):
     """Turns any exception a command raises into one line and an exit code (2 usage/configuration, 1 runtime).
 
@@ -85,7 +98,12 @@ class FrontDoor(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit, KeyboardInterrupt):
+        except KeyboardInterrupt:  # commands that say more (produce, replay, worker) handle Ctrl-C themselves
+            command = ctx.invoked_subcommand or "the command"
+            left = _INTERRUPTION_LEAVES.get(command, "nothing was written")
+            click.echo(f"{command} interrupted (Ctrl-C) before it finished: {left}", err=True)
+            sys.exit(INTERRUPTED)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise
         except BrokenPipeError:  # the reader went away (`generate -o - | head`): nothing to say to anyone
             os.dup2(
@@ -481,6 +499,7 @@ def replay(
     checkpoints, so it is safe while a worker runs (files of flushes not yet committed are left out); re-running
     the same range overwrites the same object.
     """
+    from clickstream.outputs import require_worker_prefix
     from clickstream.replay import ReplayInterrupted, parse_time, plan_replay, run_replay
     from runtime.aws import aws_client
     from schemas.control import ControlRecordError
@@ -494,6 +513,7 @@ def replay(
             hint = "use YYYY-MM-DD, YYYY-MM-DDTHH or YYYY-MM-DDTHH:MM"
             raise click.BadParameter(f"{error}; {hint}", param_hint=f"'{flag}'") from None
     s3 = aws_client("s3", settings)
+    require_worker_prefix(s3, settings)
     try:
         plan = plan_replay(s3, settings, window[0], window[1], name=name)
     except ControlRecordError:
@@ -570,10 +590,12 @@ def manifest(output: str, arrival_day: int | None, upload: bool, **overrides: An
     Prints the manifest JSON, or with --upload stores it where sql/redshift/03_copy_tables.sql reads it.
     """
     from clickstream.manifest import copy_manifest, upload_manifest
+    from clickstream.outputs import require_worker_prefix
     from runtime.aws import aws_client
 
     settings = build_settings(**overrides)
     s3 = aws_client("s3", settings)
+    require_worker_prefix(s3, settings)
     document = copy_manifest(s3, settings, output, arrival_day)
     if upload:
         click.echo(upload_manifest(s3, settings, output, document, arrival_day))

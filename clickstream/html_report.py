@@ -28,6 +28,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from clickstream.errors import USAGE, FrontDoorError
+from clickstream.outputs import require_worker_prefix
 from runtime.settings import Settings
 from schemas.control import CommitRecord, ControlRecordError
 from schemas.layout import OutputLayout
@@ -83,6 +85,7 @@ def load_inputs(settings: Settings, s3: Any, *, top: int = 20, clv_dir: Path | N
     from consumer.s3_sink import read_commit_records
 
     layout = OutputLayout(settings.prefix)
+    require_worker_prefix(s3, settings)
     inputs = ReportInputs(source=f"s3://{settings.bucket}/{settings.prefix}", top=top)
     try:
         inputs.commits = read_commit_records(s3, settings.bucket, layout)
@@ -99,6 +102,12 @@ def load_inputs(settings: Settings, s3: Any, *, top: int = 20, clv_dir: Path | N
             inputs.errors = pa.concat_tables(list(pool.map(read_errors, error_keys)))
     store: ObjectStore = LocalStore(clv_dir) if clv_dir is not None else S3Store(s3, settings)
     commit = read_commit(store, layout)
+    if commit is None and clv_dir is not None:
+        raise FrontDoorError(
+            f"--clv-dir {clv_dir}: no committed scoring run in it (a `score --output-dir` folder holds "
+            f"{layout.clv_latest_key})",
+            USAGE,
+        )
     if commit is not None:
         inputs.score_commit = commit
         inputs.scores = read_scores(store, commit)

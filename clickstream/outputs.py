@@ -17,7 +17,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from consumer.s3_sink import commit_record_at, read_commit_records
+from clickstream.errors import USAGE, FrontDoorError
+from consumer.s3_sink import commit_record_at, prefix_in_use, read_commit_records
 from runtime.settings import Settings
 from schemas.control import CommitRecord
 from schemas.layout import OutputLayout
@@ -33,6 +34,17 @@ class OutputInventory:
     files: Counter[str] = field(default_factory=Counter)
     bytes: Counter[str] = field(default_factory=Counter)
     commits: list[CommitRecord] = field(default_factory=list)
+
+
+def require_worker_prefix(s3: Any, settings: Settings) -> None:
+    """Refuse (exit 2) a bucket and prefix no worker ever started on: a mistyped --prefix would otherwise read as
+    "nothing committed" and exit 0, and a manifest uploaded there would load nothing."""
+    if not prefix_in_use(s3, settings.bucket, OutputLayout(settings.prefix)):
+        raise FrontDoorError(
+            f"no worker has written under s3://{settings.bucket}/{settings.prefix}/ (no stream claim, no commit "
+            "record): check CLICKSTREAM_BUCKET / --bucket and CLICKSTREAM_PREFIX / --prefix",
+            USAGE,
+        )
 
 
 def list_keys(s3: Any, bucket: str, prefix: str) -> list[dict[str, Any]]:

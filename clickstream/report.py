@@ -22,6 +22,7 @@ from clickstream.outputs import (
     current_rows_of_table,
     download_keys,
     read_tables,
+    require_worker_prefix,
 )
 from runtime.aws import aws_client
 from runtime.settings import Settings
@@ -59,6 +60,7 @@ def print_summary(
     """Summarise the committed outputs under ``s3://bucket/prefix``; copy them to ``download`` if given."""
     console = console or Console()
     s3 = aws_client("s3", settings)
+    require_worker_prefix(s3, settings)
     outputs = committed_outputs(s3, settings)
 
     files = _table("output", "files", "rows", "MiB")

@@ -343,6 +343,19 @@ class S3ParquetSink:
                 raise ClientError({"Error": {"Code": code, "Message": message}}, "DeleteObjects")
 
 
+def prefix_in_use(s3: Any, bucket: str, layout: OutputLayout) -> bool:
+    """Whether a worker ever started on this prefix: its stream claim exists, or (written before claims were) a
+    commit record. Readers use it to tell "nothing committed yet" from a mistyped bucket or prefix."""
+    try:
+        s3.head_object(Bucket=bucket, Key=layout.prefix_owner_key)
+        return True
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
+            raise
+    listing = s3.list_objects_v2(Bucket=bucket, Prefix=layout.all_commits_prefix, MaxKeys=1)
+    return bool(listing.get("KeyCount", 0))
+
+
 def read_commit_records(
     s3: Any,
     bucket: str,

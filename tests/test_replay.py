@@ -163,6 +163,8 @@ def test_a_replay_interrupted_while_writing_says_its_output_may_be_there(
 
 
 def test_a_replay_interrupted_while_planning_exits_130(s3: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    _archive(s3)
+
     def interrupted(*_: Any, **__: Any) -> Any:
         raise KeyboardInterrupt
 

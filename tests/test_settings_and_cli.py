@@ -631,9 +631,16 @@ def test_manifest_refuses_a_day_that_does_not_exist(day: str) -> None:
     assert "is not a calendar day as YYYYMMDD" in result.output
 
 
+def claim_prefix(s3: Any, bucket: str, prefix: str = "rfm") -> None:
+    """What a worker's first start leaves on its prefix (readers refuse a prefix no worker started on)."""
+    s3.put_object(Bucket=bucket, Key=OutputLayout(prefix).prefix_owner_key, Body=b"{}")
+
+
 def test_manifest_of_a_real_day_lists_that_partition() -> None:
     with mock_aws():
-        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="days")
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="days")
+        claim_prefix(s3, "days")
         result = CliRunner().invoke(
             main, ["manifest", "--output", "events", "--arrival-day", "20240229", "--bucket", "days"]
         )
@@ -768,7 +775,9 @@ def test_a_bad_replay_time_is_one_line_naming_its_flag(arguments: list[str], fla
 
 def test_a_replay_to_the_minute_reads_and_names_that_range() -> None:
     with mock_aws():
-        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="minutes")
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="minutes")
+        claim_prefix(s3, "minutes")
         result = CliRunner().invoke(
             main,
             [
@@ -787,14 +796,90 @@ def test_a_replay_to_the_minute_reads_and_names_that_range() -> None:
     assert "output s3://minutes/rfm/replays/20260301T1030-20260301T1045/" in result.output
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["summary"],
+        ["manifest", "--output", "events", "--upload"],
+        ["report", "--output", "{tmp}/report.html"],
+        ["replay", "--from", "2026-03-01", "--to", "2026-03-02"],
+    ],
+)
+def test_readers_refuse_a_prefix_no_worker_started_on(command: list[str], tmp_path: Path) -> None:
+    """A mistyped --prefix read as "nothing committed" and exited 0; manifest --upload wrote an empty manifest
+    there, which a COPY loads as nothing."""
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="typo")
+        arguments = [part.replace("{tmp}", str(tmp_path)) for part in command]
+        result = CliRunner().invoke(main, [*arguments, "--bucket", "typo", "--prefix", "nothing-here"])
+        written = s3.list_objects_v2(Bucket="typo").get("KeyCount", 0)
+    assert result.exit_code == 2, result.output
+    assert "Error: no worker has written under s3://typo/nothing-here/" in result.output, result.output
+    assert "--prefix" in result.output and "Traceback" not in result.output
+    assert written == 0 and not (tmp_path / "report.html").exists()
+
+
+def test_a_prefix_written_before_claims_existed_is_read() -> None:
+    """Prefixes of versions before the stream claim have commit records: those count as a worker's prefix."""
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="older")
+        s3.put_object(
+            Bucket="older", Key=OutputLayout("rfm").commit_key("shardId-000000000000", None), Body=b"{}"
+        )
+        from consumer.s3_sink import prefix_in_use
+
+        assert prefix_in_use(s3, "older", OutputLayout("rfm"))
+        assert not prefix_in_use(s3, "older", OutputLayout("other"))
+
+
+def test_report_refuses_a_clv_dir_without_a_scoring_run(tmp_path: Path) -> None:
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="reports")
+        claim_prefix(s3, "reports")
+        (tmp_path / "empty").mkdir()
+        result = CliRunner().invoke(
+            main,
+            [
+                "report",
+                "--bucket",
+                "reports",
+                "--clv-dir",
+                str(tmp_path / "empty"),
+                "-o",
+                str(tmp_path / "r.html"),
+            ],
+        )
+    assert result.exit_code == 2, result.output
+    assert "Error: --clv-dir" in result.output and "no committed scoring run" in result.output, result.output
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_ctrl_c_in_any_command_says_what_it_leaves_and_exits_130(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commands without their own Ctrl-C handling printed "Aborted!" and exited 1, as a failure does."""
+
+    def interrupted(*_: Any, **__: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("clickstream.report.print_summary", interrupted)
+    result = CliRunner().invoke(main, ["summary"])
+    assert result.exit_code == 130, result.output
+    assert (
+        "summary interrupted (Ctrl-C) before it finished" in result.output and "Aborted" not in result.output
+    )
+
+
 def test_a_replay_of_a_range_without_events_writes_nothing() -> None:
     with mock_aws():
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket="empty-range")
+        claim_prefix(s3, "empty-range")
         result = CliRunner().invoke(
             main, ["replay", "--from", "2026-03-01", "--to", "2026-03-02", "--bucket", "empty-range"]
         )
-        written = s3.list_objects_v2(Bucket="empty-range").get("KeyCount", 0)
+        written = s3.list_objects_v2(Bucket="empty-range").get("KeyCount", 0) - 1  # the claim
     assert result.exit_code == 0, result.output
     assert "nothing to replay: no committed events in that range" in result.output
     assert written == 0, "no 0-row customer file"
