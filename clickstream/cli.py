@@ -615,7 +615,8 @@ def manifest(output: str, arrival_day: int | None, upload: bool, **overrides: An
 @setting_option("stuck_shard_seconds", "--stuck-after", type=float)
 @setting_option("no_lease_unhealthy_seconds", "--no-lease-after", type=float)
 def health(**overrides: Any) -> None:
-    """Liveness for the container health check: exit 0 when the worker and every shard make progress, else 1.
+    """Liveness for the container health check: exit 0 when the worker and every shard make progress, else 1
+    (also for this command's own invalid flags or settings: Docker reserves 2).
 
     Unhealthy: no fresh worker heartbeat, a shard processor not called by the KCL, records waiting on a shard
     with no flush for CLICKSTREAM_STUCK_SHARD_SECONDS, or no shard lease held for
@@ -638,7 +639,17 @@ def health(**overrides: Any) -> None:
         sys.exit(1)
     # this command's flags on top of the worker's own settings, checked against those (e.g. its flush limit); with
     # no worker's file there, on top of the environment's
-    limits = build_on(worker, **flags) if worker is not None else build_settings(**overrides, **flags)
+    try:
+        limits = build_on(worker, **flags) if worker is not None else build_settings(**overrides, **flags)
+    except ConfigError as error:  # a health check's own mistake still answers as a health check: 1, not 2
+        where = (
+            f" (the worker's own settings: {state_dir / 'worker-settings.json'})"
+            if worker is not None
+            else ""
+        )
+        problem = f"this health check's settings are invalid: {error}{where}"
+        click.echo(HealthReport(healthy=False, shards_processing=0, problems=[problem]).to_json())
+        sys.exit(1)
     report = assess(state_dir, limits.stuck_shard_seconds, no_lease_after=limits.no_lease_unhealthy_seconds)
     click.echo(report.to_json())
     sys.exit(0 if report.healthy else 1)

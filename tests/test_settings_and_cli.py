@@ -1258,6 +1258,19 @@ def test_health_with_a_damaged_worker_settings_file_is_unhealthy_not_a_usage_err
     assert str(tmp_path / "worker-settings.json") in report["problems"][0]
 
 
+def test_health_with_invalid_flags_answers_unhealthy_not_a_usage_error(tmp_path: Path) -> None:
+    """--stuck-after below the worker's flush limit is the health check's own mistake: still 1 with a report
+    naming where the limit came from, never Docker's reserved 2."""
+    from runtime.settings import SETTINGS_FILE, write_settings_file
+
+    write_settings_file(load_settings(state_dir=tmp_path, flush_max_seconds=60), tmp_path / SETTINGS_FILE)
+    result = CliRunner().invoke(main, ["health", "--state-dir", str(tmp_path), "--stuck-after", "1"])
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.output)
+    assert report["healthy"] is False and "--stuck-after" in report["problems"][0]
+    assert str(tmp_path / "worker-settings.json") in report["problems"][0]
+
+
 def test_compressed_output_of_one_seed_is_the_same_bytes_every_time(tmp_path: Path) -> None:
     from producer.generator import ClickstreamGenerator, write_jsonl
 
