@@ -21,7 +21,7 @@ import re
 import socket
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
@@ -42,6 +42,12 @@ KCL_INITIAL_HEAP_MIB = 256
 OTHER_VARIABLES = frozenset(
     {"CLICKSTREAM_LOG_LEVEL", "CLICKSTREAM_LOG_FORMAT", "CLICKSTREAM_LOG_SOCKET", SETTINGS_FILE_ENV}
 )
+
+#: Bucket name beginnings and endings S3 keeps for its own features (access points, Outposts, directory buckets).
+_BUCKET_RESERVED_PREFIXES: Final = ("xn--", "sthree-", "amzn-s3-demo-")
+_BUCKET_RESERVED_SUFFIXES: Final = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
+#: A value that is only a number (an integer or a decimal, signed).
+_NUMBER: Final = re.compile(r"[+-]?\d+(\.\d*)?([eE][+-]?\d+)?")
 
 log = logging.getLogger(__name__)
 
@@ -352,8 +358,32 @@ class Settings(BaseSettings):
     @field_validator("bucket")
     @classmethod
     def _check_bucket(cls, value: str) -> str:
+        """S3's general purpose bucket naming rules: refused here (exit 2), not by CreateBucket at run time."""
         if not re.fullmatch(r"[a-z0-9][a-z0-9.-]+[a-z0-9]", value):
             raise ValueError("is not a valid S3 bucket name (lower-case letters, digits, dots and hyphens)")
+        if ".." in value or ".-" in value or "-." in value:
+            raise ValueError("is not a valid S3 bucket name (no two dots in a row, no dot next to a hyphen)")
+        if re.fullmatch(r"\d{1,3}(\.\d{1,3}){3}", value):
+            raise ValueError("is not a valid S3 bucket name (it must not look like an IP address)")
+        reserved = [part for part in _BUCKET_RESERVED_PREFIXES if value.startswith(part)]
+        reserved += [part for part in _BUCKET_RESERVED_SUFFIXES if value.endswith(part)]
+        if reserved:
+            raise ValueError(f"is not a valid S3 bucket name ({reserved[0]!r} is reserved by S3)")
+        return value
+
+    @field_validator("min_event_time", mode="before")
+    @classmethod
+    def _read_a_time_not_a_number(cls, value: object) -> object:
+        """An ISO time, or a date (UTC midnight); a number would be read as Unix seconds (20260101 -> 1970-08-23)."""
+        if isinstance(value, bool | int | float) or (
+            isinstance(value, str) and _NUMBER.fullmatch(value.strip())
+        ):
+            raise ValueError(
+                "must be an ISO 8601 time with a UTC offset, e.g. 2000-01-01T00:00:00+00:00, or a date "
+                "(2000-01-01, read as UTC midnight), not a number"
+            )
+        if isinstance(value, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", value.strip()):
+            return f"{value.strip()}T00:00:00+00:00"
         return value
 
     @field_validator("min_event_time")
@@ -434,12 +464,23 @@ def warn_about_unknown_variables() -> None:
         log.warning("%s is not a setting and is ignored%s", name, hint)
 
 
+#: What each pattern-checked setting must look like, in words (pydantic would show the regular expression).
+_PATTERN_MEANINGS: Final = {
+    "stream_name": "must be 1-128 letters, digits, '_', '.' or '-' (Kinesis's rule for stream names)",
+    "application_name": "must be 3-200 letters, digits, '_', '.' or '-' (it names the KCL's DynamoDB tables)",
+    "worker_id": "must not be empty or begin or end with a blank",
+    "kcl_java_heap": "must be a whole number followed by k, m or g, e.g. 1g or 1536m",
+}
+
+
 def _config_error(exc: ValidationError) -> ConfigError:
     problems = []
     for error in exc.errors():
         field = str(error["loc"][0]) if error["loc"] else "settings"
         source = env_var_name(field) if field in Settings.model_fields else field
-        if error["type"] == "value_error":  # our own validators: the message is a sentence already
+        if error["type"] == "string_pattern_mismatch" and field in _PATTERN_MEANINGS:
+            message = _PATTERN_MEANINGS[field]
+        elif error["type"] == "value_error":  # our own validators: the message is a sentence already
             message = str(error["msg"]).removeprefix("Value error, ")
         else:
             message = str(error["msg"])

@@ -125,6 +125,30 @@ def test_explicit_overrides_win_over_the_environment_and_none_means_not_given(
     assert settings.aws_endpoint_url == "http://localhost:1"
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "words"),
+    [
+        ("CLICKSTREAM_KCL_JAVA_HEAP", "abc", "a whole number followed by k, m or g"),
+        ("CLICKSTREAM_WORKER_ID", "", "must not be empty"),
+        ("CLICKSTREAM_STREAM_NAME", "has space", "letters, digits"),
+        ("CLICKSTREAM_APPLICATION_NAME", "x", "letters, digits"),
+        ("CLICKSTREAM_MIN_EVENT_TIME", "20260101", "not a number"),
+    ],
+)
+def test_a_value_of_the_wrong_shape_is_explained_in_words_not_a_regex(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, words: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    assert words in str(raised.value) and "pattern" not in str(raised.value), raised.value
+
+
+def test_a_minimum_event_time_may_be_a_date_read_as_utc_midnight(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLICKSTREAM_MIN_EVENT_TIME", "2026-01-01")
+    assert load_settings().min_event_time == datetime(2026, 1, 1, tzinfo=UTC)
+
+
 def test_unrelated_clickstream_variables_do_not_break_loading(monkeypatch: pytest.MonkeyPatch) -> None:
     # read by the CLI and the log setup, not by Settings
     monkeypatch.setenv("CLICKSTREAM_LOG_LEVEL", "DEBUG")
@@ -161,6 +185,13 @@ def test_unrelated_clickstream_variables_do_not_break_loading(monkeypatch: pytes
         ("CLICKSTREAM_WORKER_ID", " "),
         ("CLICKSTREAM_APPLICATION_NAME", ""),  # names the lease table: DynamoDB's rules
         ("CLICKSTREAM_APPLICATION_NAME", "has space"),
+        ("CLICKSTREAM_MIN_EVENT_TIME", "20260101"),  # a number: Unix seconds, 1970-08-23
+        ("CLICKSTREAM_MIN_EVENT_TIME", "0"),
+        ("CLICKSTREAM_BUCKET", "a..b"),  # S3's rules: CreateBucket would refuse them at run time
+        ("CLICKSTREAM_BUCKET", "a.-b"),
+        ("CLICKSTREAM_BUCKET", "192.168.5.4"),
+        ("CLICKSTREAM_BUCKET", "xn--bucket"),
+        ("CLICKSTREAM_BUCKET", "data-s3alias"),
     ],
 )
 def test_an_invalid_environment_value_raises_config_error_naming_the_variable(
