@@ -383,12 +383,18 @@ def produce(
         progress=show_progress(progress),
     )
     try:
-        summary = producer.put(records, total=total)  # logs its one summary line
+        # the summary is the command's answer: printed at any log level, not logged
+        summary = producer.put(records, total=total, log_summary=False)
     except (PutRecordsError, PutInputError) as error:
         raise FrontDoorError(error.outcome()) from None
     except PutInterrupted as interrupted:
         click.echo(interrupted.outcome(), err=True)
         sys.exit(INTERRUPTED)
+    click.echo(summary.describe(settings.stream_name), err=True)
+    if input_file is not None and summary.records_sent == 0 and not summary.rejected_too_large:
+        click.echo(
+            f"warning: {input_file} holds no records (only blank lines, or nothing): nothing sent", err=True
+        )
     if summary.rejected_too_large:
         raise FrontDoorError(
             f"{summary.rejected_too_large:,} records larger than the 1 MiB PutRecords limit were not sent (each "

@@ -133,6 +133,14 @@ class PutSummary:
         """Delivered records per wall-clock second of the run."""
         return self.records_sent / self.seconds if self.seconds > 0 else 0.0
 
+    def describe(self, stream_name: str) -> str:
+        """The run in one line (what `clickstream produce` prints last)."""
+        return (
+            f"put {self.records_sent} records to {stream_name} in {self.requests} requests "
+            f"({self.records_per_second:.0f}/s, {self.retried_records} re-sent, {self.throttled_calls} throttled "
+            f"calls, {self.rejected_too_large} too large)"
+        )
+
 
 #: What every unfinished run may do next (said by each of its outcomes).
 _SEND_AGAIN: Final = (
@@ -289,8 +297,11 @@ class KinesisProducer:
         self._jitter = jitter or random.Random()  # noqa: S311 - jitter, not security
         self._next_send_at = float("-inf")
 
-    def put(self, records: Iterable[bytes], *, total: int | None = None) -> PutSummary:
-        """Send every record; returns the summary or raises `PutRecordsError` (never drops silently),
+    def put(
+        self, records: Iterable[bytes], *, total: int | None = None, log_summary: bool = True
+    ) -> PutSummary:
+        """Send every record; returns the summary (logged unless ``log_summary`` is off: the CLI prints it) or
+        raises `PutRecordsError` (never drops silently),
         `PutInputError` when the input file breaks off (what was read before is sent first), or `PutInterrupted` on
         Ctrl-C.
 
@@ -349,16 +360,8 @@ class KinesisProducer:
         finally:
             bar.close()
         summary = self._summary(stats, started)
-        logger.info(
-            "put %d records to %s in %d requests (%.0f/s, %d re-sent, %d throttled calls, %d too large)",
-            summary.records_sent,
-            self.stream_name,
-            summary.requests,
-            summary.records_per_second,
-            summary.retried_records,
-            summary.throttled_calls,
-            summary.rejected_too_large,
-        )
+        if log_summary:
+            logger.info(summary.describe(self.stream_name))
         return summary
 
     def _summary(self, stats: _Stats, started: float) -> PutSummary:

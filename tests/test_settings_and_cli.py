@@ -975,6 +975,25 @@ def test_produce_reports_its_summary_once(monkeypatch: pytest.MonkeyPatch) -> No
     assert len([line for line in result.output.splitlines() if "put 20 records" in line]) == 1, result.output
 
 
+def test_produce_prints_its_summary_at_any_log_level_and_warns_of_an_empty_input(tmp_path: Path) -> None:
+    """The summary was a log line: at --log-level WARNING a produce said nothing at all."""
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    with mock_aws():
+        boto3.client("kinesis", region_name="us-east-1").create_stream(StreamName="quiet", ShardCount=1)
+        generated = CliRunner().invoke(
+            main,
+            ["--log-level", "WARNING", "produce", "--stream", "quiet", "--customers", "3", "--events", "20"],
+        )
+        from_empty = CliRunner().invoke(
+            main, ["--log-level", "WARNING", "produce", "--stream", "quiet", "--input", str(empty)]
+        )
+    assert generated.exit_code == 0 and "put 20 records to quiet" in generated.output, generated.output
+    assert "warning" not in generated.output
+    assert from_empty.exit_code == 0, from_empty.output
+    assert "put 0 records" in from_empty.output and "holds no records" in from_empty.output, from_empty.output
+
+
 def test_produce_stopped_by_ctrl_c_says_what_it_delivered_and_exits_130(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
