@@ -31,6 +31,8 @@ from clickstream.options import (
     progress_option,
     setting_option,
     show_progress,
+    writable_file,
+    writable_folder,
 )
 
 log = logging.getLogger("clickstream")
@@ -299,6 +301,8 @@ def generate(output: Path, **options: Any) -> None:
     from producer.generator import write_jsonl
 
     generator = _make_generator(**options)
+    if str(output) != "-":
+        writable_file("--output", output)
     if str(output) == "-":
         stream = sys.stdout.buffer
         for data in generator.events():
@@ -518,6 +522,8 @@ def replay(
         except ValueError as error:
             hint = "use YYYY-MM-DD, YYYY-MM-DDTHH or YYYY-MM-DDTHH:MM"
             raise click.BadParameter(f"{error}; {hint}", param_hint=f"'{flag}'") from None
+    if not dry_run:  # its scratch state, checked before the commit records are read
+        writable_folder("CLICKSTREAM_STATE_DIR / --state-dir", settings.state_dir / "replay")
     s3 = aws_client("s3", settings)
     require_worker_prefix(s3, settings)
     try:

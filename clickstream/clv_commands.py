@@ -15,6 +15,8 @@ from clickstream.options import (
     progress_option,
     setting_option,
     show_progress,
+    writable_file,
+    writable_folder,
 )
 
 
@@ -97,6 +99,8 @@ def score(
             f"s3://{settings.bucket}/{settings.layout.output_prefix('clv')} (it replaces that day's run)",
             USAGE,
         )
+    if output_dir is not None:
+        writable_folder("--output-dir", output_dir)  # before the fit, not after it
     try:
         outcome = run_score(
             settings,
@@ -141,5 +145,7 @@ def report(output: Path, top: int, clv_dir: Path | None, **overrides: Any) -> No
     """One self-contained HTML report: segments, RFM heat map, CLV, top customers, records, freshness, files."""
     from clickstream.html_report import write_report
 
-    path = write_report(build_settings(**overrides), output, top=top, clv_dir=clv_dir)
+    path = write_report(
+        build_settings(**overrides), writable_file("--output", output), top=top, clv_dir=clv_dir
+    )
     click.echo(str(path.resolve()))

@@ -5,13 +5,16 @@ from __future__ import annotations
 import math
 import re
 import sys
+import tempfile
 from collections.abc import Callable
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import click
 from click.core import ParameterSource
 
+from clickstream.errors import USAGE, FrontDoorError
 from runtime.settings import ConfigError, Settings, env_var_name, load_settings, with_overrides
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -116,3 +119,35 @@ def _named_by_flags(message: str, overrides: dict[str, Any]) -> str:
         ):
             message = message.replace(env_var_name(name), max(param.opts, key=len))
     return message
+
+
+def writable_folder(flag: str, folder: Path) -> Path:
+    """``folder`` created if need be and proven writable, before any work: a bad output path is a usage error
+    (exit 2) named by its flag, not a failure at the end of a long run."""
+    problem = _folder_problem(folder)
+    if problem:
+        raise FrontDoorError(f"{flag} {folder}: {problem}", USAGE)
+    return folder
+
+
+def writable_file(flag: str, path: Path) -> Path:
+    """An output file whose folder is (made and) writable, as ``writable_folder`` checks it."""
+    if path.is_dir():
+        raise FrontDoorError(f"{flag} {path}: is a folder, not a file", USAGE)
+    folder = path.parent
+    problem = _folder_problem(folder)
+    if problem:
+        raise FrontDoorError(f"{flag} {path}: its folder {folder} {problem}", USAGE)
+    return path
+
+
+def _folder_problem(folder: Path) -> str | None:
+    if folder.exists() and not folder.is_dir():
+        return "is a file, not a folder"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        return f"cannot be written ({error.strerror or error})"
+    return None

@@ -90,9 +90,9 @@ def lock_state_dir(state_dir: Path) -> Any:
         state_dir.mkdir(parents=True, exist_ok=True)
         lock = (state_dir / LOCK_FILE).open("a+", encoding="ascii")
     except OSError as error:
+        reason = "it is a file, not a folder" if state_dir.is_file() else (error.strerror or str(error))
         raise WorkerError(
-            f"CLICKSTREAM_STATE_DIR / --state-dir {state_dir}: cannot use it ({error.strerror or error})",
-            exit_code=2,
+            f"CLICKSTREAM_STATE_DIR / --state-dir {state_dir}: cannot use it ({reason})", exit_code=2
         ) from None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

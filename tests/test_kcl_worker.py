@@ -789,10 +789,8 @@ def test_health_checks_its_flags_against_the_worker_settings_not_the_environment
     quick = CliRunner().invoke(main, ["health", *state, "--stuck-after", "10"])
     assert quick.exit_code == 0, quick.output
     too_quick = CliRunner().invoke(main, ["health", *state, "--stuck-after", "4"])
-    assert (
-        too_quick.exit_code == 2
-        and "--stuck-after must be larger than CLICKSTREAM_FLUSH_MAX_SECONDS" in too_quick.output
-    )
+    assert too_quick.exit_code == 1, too_quick.output  # unhealthy with the reason: Docker reserves 2
+    assert "--stuck-after must be larger than CLICKSTREAM_FLUSH_MAX_SECONDS" in too_quick.output
 
 
 def test_checkpoint_age_counts_only_while_records_wait() -> None:

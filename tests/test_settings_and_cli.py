@@ -975,6 +975,36 @@ def test_produce_reports_its_summary_once(monkeypatch: pytest.MonkeyPatch) -> No
     assert len([line for line in result.output.splitlines() if "put 20 records" in line]) == 1, result.output
 
 
+@pytest.mark.parametrize(
+    ("command", "flag"),
+    [
+        (["score", "--output-dir", "{file}/sub"], "--output-dir"),
+        (["report", "--output", "{file}/r.html"], "--output"),
+        (["generate", "--events", "5", "--output", "{file}/e.jsonl"], "--output"),
+        (
+            ["replay", "--from", "2026-03-01", "--to", "2026-03-02", "--state-dir", "{file}/sub"],
+            "--state-dir",
+        ),
+    ],
+)
+def test_an_output_path_that_cannot_be_written_is_refused_before_any_work(
+    command: list[str], flag: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """score found out after its fit (minutes at scale), replay after reading the commit chain: exit 1, late."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+
+    def no_work(*_: Any, **__: Any) -> None:
+        raise AssertionError("the command started its work before checking where it writes")
+
+    monkeypatch.setattr("clickstream.score.run_score", no_work)
+    monkeypatch.setattr("runtime.aws.aws_client", no_work)
+    result = CliRunner().invoke(main, [part.replace("{file}", str(blocker)) for part in command])
+    assert result.exit_code == 2, result.output
+    assert "Error: " in result.output and f"{flag} {blocker}/" in result.output, result.output
+    assert "is a file, not a folder" in result.output or "cannot be written" in result.output, result.output
+
+
 def test_produce_prints_its_summary_at_any_log_level_and_warns_of_an_empty_input(tmp_path: Path) -> None:
     """The summary was a log line: at --log-level WARNING a produce said nothing at all."""
     empty = tmp_path / "empty.jsonl"
