@@ -138,8 +138,18 @@ def _check_log_format(ctx: click.Context, param: click.Parameter, value: str) ->
     return value
 
 
+#: Shown under every --help of the group: what a script or an orchestrator can rely on.
+EXIT_CODES_HELP: Final = (
+    "Exit codes: 0 done; 1 failed at run time (endpoint down, an AWS call failing, records not delivered; "
+    "`health`: unhealthy); 2 bad usage or configuration (named in one line); 3 `worker` found itself unhealthy "
+    "(a stuck shard) and stopped; 130 stopped by Ctrl-C (it says what it leaves behind)."
+)
+
+
 @click.group(
-    cls=FrontDoor, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110}
+    cls=FrontDoor,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+    epilog=EXIT_CODES_HELP,
 )
 @click.option(
     "--log-level",
@@ -735,6 +745,8 @@ def demo(customers: int, events: int, seed: int, shards: int, output_dir: Path) 
 # ---------------------------------------------------------------------------------------------- score, report
 main.add_command(score)
 main.add_command(report)
+for _command in main.commands.values():  # every command's --help ends with what its exit code means
+    _command.epilog = _command.epilog or EXIT_CODES_HELP
 
 if __name__ == "__main__":
     main()

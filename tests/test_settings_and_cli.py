@@ -305,6 +305,7 @@ def test_every_command_has_help(command: str) -> None:
     result = invoke(command, "--help")
     assert result.exit_code == 0, result.output
     assert f"{command} [OPTIONS]" in result.output
+    assert "Exit codes: 0 done" in result.output and "130 stopped by Ctrl-C" in result.output
 
 
 @pytest.mark.parametrize(
