@@ -244,6 +244,7 @@ class _Stats:
     record_errors: Counter[str] = field(default_factory=Counter)
     records_per_shard: Counter[str] = field(default_factory=Counter)
     in_flight: int = 0  # records of the request being sent (unknown outcome if interrupted)
+    reported_at: float = 0.0  # when progress was last logged (without a progress bar)
 
 
 def _is_terminal_record_error(code: str) -> bool:
@@ -266,6 +267,7 @@ class KinesisProducer:
         max_records_per_request: int = MAX_RECORDS_PER_REQUEST,
         max_bytes_per_request: int = MAX_BYTES_PER_REQUEST,
         progress: bool = False,
+        progress_log_seconds: float = 30.0,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         jitter: random.Random | None = None,
@@ -292,6 +294,9 @@ class KinesisProducer:
             self.max_records_per_request = min(max_records_per_request, max(1, int(max_records_per_second)))
         self.max_bytes_per_request = max_bytes_per_request
         self.progress = progress
+        self.progress_log_seconds = (
+            progress_log_seconds  # without a bar (not a terminal): a log line this often
+        )
         self._sleep = sleep
         self._clock = clock
         self._jitter = jitter or random.Random()  # noqa: S311 - jitter, not security
@@ -310,6 +315,7 @@ class KinesisProducer:
         """
         stats = _Stats()
         started = self._clock()
+        stats.reported_at = started
         batch: list[tuple[str, bytes]] = []
         batch_bytes = 0
         bar = tqdm(
@@ -363,6 +369,21 @@ class KinesisProducer:
         if log_summary:
             logger.info(summary.describe(self.stream_name))
         return summary
+
+    def _report_progress(self, stats: _Stats, started: float, total: float | None) -> None:
+        """Off a terminal there is no bar: a line every ``progress_log_seconds`` says the run is alive."""
+        now = self._clock()
+        if self.progress or now - stats.reported_at < self.progress_log_seconds:
+            return
+        stats.reported_at = now
+        of_total = f" of {int(total):,}" if total else ""
+        logger.info(
+            "put %s records%s to %s so far (%.0f/s)",
+            f"{stats.records_sent:,}",
+            of_total,
+            self.stream_name,
+            stats.records_sent / max(now - started, 1e-9),
+        )
 
     def _summary(self, stats: _Stats, started: float) -> PutSummary:
         return PutSummary(
@@ -466,6 +487,7 @@ class KinesisProducer:
                     stats.bytes_sent += len(record[1])
                     stats.records_per_shard[result.get("ShardId", "?")] += 1
             bar.update(len(pending) - len(failed))
+            self._report_progress(stats, started, bar.total)
             if not failed:
                 return
             stats.record_errors.update(codes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -307,6 +308,25 @@ def test_rate_limit_paces_requests() -> None:
     # 2000 records at 400/s: the first request goes at once, the rest wait for their slots.
     assert sum(fake_time.sleeps) == pytest.approx(2000 / 400 - len(fake.calls[0]) / 400)
     assert summary.seconds == pytest.approx(sum(fake_time.sleeps))
+
+
+def test_without_a_bar_a_long_run_logs_its_progress_every_30_seconds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Off a terminal (a container, CI) there is no bar: a produce of minutes said nothing until it ended."""
+    records = list(generate_events(10, 2000, 5))
+    fake_time = FakeTime()
+    with caplog.at_level(logging.INFO, logger="producer.kinesis_put"):
+        make_producer(FakeKinesis(), fake_time, max_records_per_second=20).put(records, total=len(records))
+    lines = [r.getMessage() for r in caplog.records if "so far" in r.getMessage()]
+    assert fake_time.now == pytest.approx(100, abs=1)  # 2000 records at 20/s
+    # at 30, 60 and 90 s (the first request goes at once, then one per second)
+    assert len(lines) == 3 and lines[0].startswith("put 620 records of 2,000 to"), lines
+    quiet = FakeTime()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="producer.kinesis_put"):
+        make_producer(FakeKinesis(), quiet, max_records_per_second=20, progress=True).put(records[:100])
+    assert not [r for r in caplog.records if "so far" in r.getMessage()], "the bar says it already"
 
 
 def test_progress_bar_goes_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -79,6 +80,23 @@ def test_a_replay_orders_events_within_each_shard_not_across_a_reshard(s3: Any, 
     result = run_replay(s3, settings, plan, tmp_path, progress=False)
     rows = S3ParquetSink(s3, settings).get_parquet(result.output_key).to_pylist()
     assert [(row["customer_id"], row["purchases"]) for row in rows] == [("c-A", 2)]
+
+
+def test_a_replay_without_a_bar_logs_its_progress(
+    s3: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Off a terminal a replay of hours said nothing until it ended."""
+    settings = _archive(s3)
+    plan = plan_replay(s3, settings, datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 3, tzinfo=UTC))
+    assert len(plan.files) == 2
+    ticks = iter(range(0, 1000, 40))  # 40 s per file read
+    with caplog.at_level(logging.INFO, logger="clickstream.replay"):
+        run_replay(s3, settings, plan, tmp_path, progress=False, clock=lambda: float(next(ticks)))
+    lines = [r.getMessage() for r in caplog.records if "files read" in r.getMessage()]
+    assert lines == [
+        f"replay {plan.name}: 1 of 2 files read, 1 events in the range so far",
+        f"replay {plan.name}: 2 of 2 files read, 2 events in the range so far",
+    ], lines
 
 
 def _archive(s3: Any) -> Settings:
