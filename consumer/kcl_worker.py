@@ -41,7 +41,7 @@ from consumer.health import Heartbeat, holds_lease, process_alive, shard_problem
 from consumer.metrics import emit as emit_metrics
 from consumer.preflight import PreflightError, lease_owners, preflight
 from consumer.status import ShardStatus, read_statuses
-from consumer.worker_output import LogSink, SinkHandler, WorkerTotals, status_view, uptime
+from consumer.worker_output import LogSink, SinkHandler, WorkerTotals, final_words, status_view, uptime
 from runtime.aws import aws_client
 from runtime.logs import LOG_SOCKET_ENV, METRICS_LOGGER, JsonFormatter, LogRelay
 from runtime.settings import (
@@ -469,6 +469,8 @@ class KclWorker:
                 with self._live(console) as refresh:
                     code = self._supervise(kinesis, refresh)
                 pump.join(timeout=2)
+                if console is not None:  # the live view ended on "stopping": say how, and where the log is
+                    console.print(final_words(code, self.settings.state_dir / "worker.log"))
                 return code
             finally:
                 self._kill()

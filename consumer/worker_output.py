@@ -223,3 +223,12 @@ def status_view(statuses: dict[str, ShardStatus], now: float, *, headline: str, 
 def uptime(started: float) -> str:
     seconds = time.monotonic() - started
     return f"{seconds:.0f}s" if seconds < 120 else f"{seconds / 60:.0f}m"
+
+
+def final_words(code: int, log_file: Path) -> str:
+    """The last line a worker with a live status prints (its INFO lines went to ``log_file`` only)."""
+    if code == 0:
+        outcome = "stopped cleanly: every shard flushed and checkpointed"
+    else:
+        outcome = f"stopped with exit code {code} (the reason is printed above)"
+    return f"{outcome}; the full log is {log_file}"

@@ -982,3 +982,14 @@ def test_a_lease_cap_reaches_the_daemon_under_the_name_it_reads() -> None:
             "software/amazon/kinesis/multilang/config/MultiLangDaemonConfiguration.class"
         )
     assert b"setMaxLeasesForWorker" in configuration
+
+
+def test_a_live_worker_ends_by_saying_how_it_stopped_and_where_its_log_is(tmp_path: Path) -> None:
+    """On a terminal the live view's last line read "stopping"; the clean-stop line went to the log file only."""
+    from consumer.worker_output import final_words
+
+    log_file = tmp_path / "worker.log"
+    assert final_words(0, log_file) == (
+        f"stopped cleanly: every shard flushed and checkpointed; the full log is {log_file}"
+    )
+    assert final_words(3, log_file).startswith("stopped with exit code 3 (the reason is printed above)")
