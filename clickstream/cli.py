@@ -42,6 +42,21 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
+def say(message: str, level: int = logging.INFO) -> None:
+    """A command's answer on stderr, shown at any --log-level: a JSON record where logs are JSON (stderr stays one
+    object per line for a log shipper), else the plain sentence."""
+    context = click.get_current_context(silent=True)
+    options = context.find_root().obj if context is not None else None
+    if isinstance(options, dict) and options.get("json_logs"):
+        from runtime.logs import JsonFormatter
+
+        record = logging.LogRecord("clickstream", level, __file__, 0, message, None, None)
+        click.echo(JsonFormatter().format(record), err=True)
+    else:
+        prefix = "" if level < logging.WARNING else f"{logging.getLevelName(level).lower()}: "
+        click.echo(prefix + message, err=True)
+
+
 class CommandFailed(click.ClickException):
     """A one-line error with an exit code (click prints ``Error: <message>`` on stderr)."""
 
@@ -142,7 +157,8 @@ def _check_log_format(ctx: click.Context, param: click.Parameter, value: str) ->
 EXIT_CODES_HELP: Final = (
     "Exit codes: 0 done; 1 failed at run time (endpoint down, an AWS call failing, records not delivered; "
     "`health`: unhealthy); 2 bad usage or configuration (named in one line); 3 `worker` found itself unhealthy "
-    "(a stuck shard) and stopped; 130 stopped by Ctrl-C (it says what it leaves behind)."
+    "(a stuck shard) and stopped; 130 stopped by Ctrl-C, saying what it leaves behind (`worker` and `emulator` "
+    "stop cleanly on Ctrl-C: 0)."
 )
 
 
@@ -404,11 +420,9 @@ def produce(
     except PutInterrupted as interrupted:
         click.echo(interrupted.outcome(), err=True)
         sys.exit(INTERRUPTED)
-    click.echo(summary.describe(settings.stream_name), err=True)
+    say(summary.describe(settings.stream_name))
     if input_file is not None and summary.records_sent == 0 and not summary.rejected_too_large:
-        click.echo(
-            f"warning: {input_file} holds no records (only blank lines, or nothing): nothing sent", err=True
-        )
+        say(f"{input_file} holds no records (only blank lines, or nothing): nothing sent", logging.WARNING)
     if summary.rejected_too_large:
         raise FrontDoorError(
             f"{summary.rejected_too_large:,} records larger than the 1 MiB PutRecords limit were not sent (each "
@@ -638,7 +652,8 @@ def manifest(output: str, arrival_day: int | None, upload: bool, **overrides: An
 @setting_option("no_lease_unhealthy_seconds", "--no-lease-after", type=float)
 def health(**overrides: Any) -> None:
     """Liveness for the container health check: exit 0 when the worker and every shard make progress, else 1
-    (also for this command's own invalid flags or settings: Docker reserves 2).
+    (also when its settings, or its flags' values against the worker's, are invalid: Docker reserves 2; a flag
+    that does not parse at all is still a usage error, 2).
 
     Unhealthy: no fresh worker heartbeat, a shard processor not called by the KCL, records waiting on a shard
     with no flush for CLICKSTREAM_STUCK_SHARD_SECONDS, or no shard lease held for
@@ -698,12 +713,7 @@ def summary(download: Path | None, top: int, **overrides: Any) -> None:
 
     settings = build_settings(**overrides)
     if download is not None:
-        try:
-            download.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise FrontDoorError(
-                f"--download {download}: cannot create it ({error.strerror})", USAGE
-            ) from None
+        writable_folder("--download", download)
     print_summary(settings, download, top=top)
 
 

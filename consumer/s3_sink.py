@@ -345,12 +345,15 @@ class S3ParquetSink:
 
 def prefix_in_use(s3: Any, bucket: str, layout: OutputLayout) -> bool:
     """Whether a worker ever started on this prefix: its stream claim exists, or (written before claims were) a
-    commit record. Readers use it to tell "nothing committed yet" from a mistyped bucket or prefix."""
+    commit record. Readers use it to tell "nothing committed yet" from a mistyped bucket or prefix.
+
+    A role may read only its own prefix: S3 answers 403 for the claim of another (a mistyped) one, whether or not
+    it exists. That is no answer: the commit listing decides, and its own refusal is raised as S3 gave it."""
     try:
         s3.head_object(Bucket=bucket, Key=layout.prefix_owner_key)
         return True
     except ClientError as error:
-        if error.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
+        if error.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound", "403"):
             raise
     listing = s3.list_objects_v2(Bucket=bucket, Prefix=layout.all_commits_prefix, MaxKeys=1)
     return bool(listing.get("KeyCount", 0))

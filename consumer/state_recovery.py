@@ -75,6 +75,11 @@ class RestoreReport:
 #: Finds the parents of a shard (Kinesis ListShards); empty for an original shard.
 ParentLookup = Callable[[str], list[ParentShard]]
 
+
+class SnapshotTableMissingError(FileNotFoundError):
+    """A table the snapshot pointer names is not there (replaced meanwhile, or deleted)."""
+
+
 #: How often a restore starts over when a snapshot it was loading was replaced (and deleted) meanwhile.
 _RESTORE_ATTEMPTS = 3
 
@@ -263,6 +268,8 @@ class StateRecovery:
                 return self._restore(state, checkpoint, checkpoint_sub)
             except FileNotFoundError as error:  # a snapshot replaced while we read it: start over
                 if attempt == _RESTORE_ATTEMPTS:
+                    if not isinstance(error, SnapshotTableMissingError):
+                        raise  # an events file of a commit: nothing to rebuild from
                     missing = error
                     break
                 log.warning(
@@ -270,11 +277,11 @@ class StateRecovery:
                     error,
                     extra={"shard_id": state.shard_id},
                 )
-        # The same file gone every time: not a replaced snapshot. If it is the snapshot's, the chain's start still
-        # leads to the tip (committed events files are never deleted); if an events file is gone, this fails too.
+        # The snapshot's table gone every time: not a replaced snapshot. The chain's start still leads to the tip
+        # (committed events files are never deleted).
         log.error(
-            "restore keeps finding a file gone (%s); rebuilding the shard from its chain's start without the "
-            "snapshot (slower: every commit is re-applied)",
+            "the snapshot pointer names a table that is gone (%s); rebuilding the shard from its chain's start "
+            "without the snapshot (slower: every commit is re-applied)",
             missing,
             extra={"shard_id": state.shard_id},
         )
@@ -313,7 +320,10 @@ class StateRecovery:
                 emit_metrics({"LocalStateDiscarded": 1}, {"StreamName": self.settings.stream_name})
             state.reset()
             if pointer is not None:
-                tables = {name: self._sink.get_parquet(key) for name, key in pointer.tables.items()}
+                try:
+                    tables = {name: self._sink.get_parquet(key) for name, key in pointer.tables.items()}
+                except FileNotFoundError as error:
+                    raise SnapshotTableMissingError(str(error)) from error
                 state.import_tables(tables, replace=True)
                 state.set_position(pointer.position, pointer.as_of)
                 report.source = "snapshot"

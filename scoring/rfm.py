@@ -10,10 +10,13 @@ Measures (buyers only: a customer without a purchase has no recency):
 ``1 + floor(5 * worse / (worse + better))`` (at most 5), where ``worse`` and ``better`` count the customers with a
 strictly worse and a strictly better value: the score says where the customer stands among those who differ from
 it. The best value scores 5 and the worst 1 however many share them (one-time buyers F = 1 when most buyers bought
-once; today's buyers R = 5 when most bought today); a value with fewer than 20 % of the others below it scores 1,
-..., with at least 80 % below it 5. Equal values always share a score (splitting ties, as ``NTILE(5)`` does, would
-give two customers with the same history different scores), so the scores are not forced to 20 % each. When every
-customer has the same value the measure says nothing about them: all score 3.
+once; today's buyers R = 5 when most bought today); a value with fewer than 20 % of the customers whose value
+differs below it scores 1, ..., with at least 80 % of them below it 5. Equal values always share a score
+(splitting ties, as ``NTILE(5)`` does, would give two customers with the same history different scores), so the
+scores are not forced to 20 % each, and a measure with two values gives only 1 and 5. A measure on which every
+buyer is equal tells nobody apart; it scores what such a population almost always is (``NO_SPREAD_SCORES``): all
+bought on the last day of the history (R = 5), once (F = 1), the same amount (M = 1), so that a first day of
+one-time buyers reads as "New".
 
 **Segments** are read off the grid of R and FM, where ``FM = ceil((F + M) / 2)`` (the mean of F and M, halves
 rounded up), the classic 11-segment map (e.g. Putler's RFM segments used in the AWS guidance):
@@ -109,8 +112,8 @@ def segment_grid() -> dict[tuple[int, int], str]:
     return grid
 
 
-#: The score of every customer when all share one value (a measure that tells nobody apart).
-NO_SPREAD_SCORE: Final = 3
+#: R, F and M of every customer when all share one value: the last day, once, the same amount (see above).
+NO_SPREAD_SCORES: Final = {"r": 5, "f": 1, "m": 1}
 
 _GRID: Final = segment_grid()
 #: _LOOKUP[r, fm] is the index into SEGMENTS of that cell (row and column 0 unused).
@@ -119,8 +122,11 @@ for (_r, _fm), _name in _GRID.items():
     _LOOKUP[_r, _fm] = SEGMENTS.index(_name)
 
 
-def quintile_scores(values: npt.ArrayLike, *, higher_is_better: bool = True) -> npt.NDArray[np.int8]:
-    """Scores 1-5: ``1 + floor(5 * worse / (worse + better))``, strictly worse and better counts (ties share)."""
+def quintile_scores(
+    values: npt.ArrayLike, *, higher_is_better: bool = True, no_spread: int = 1
+) -> npt.NDArray[np.int8]:
+    """Scores 1-5: ``1 + floor(5 * worse / (worse + better))``, strictly worse and better counts (ties share);
+    ``no_spread`` for a customer no other customer differs from."""
     array = np.asarray(values, dtype=np.float64)
     if array.size == 0:
         return np.zeros(0, dtype=np.int8)
@@ -131,7 +137,7 @@ def quintile_scores(values: npt.ArrayLike, *, higher_is_better: bool = True) -> 
     larger = array.size - np.searchsorted(ordered, array, side="right")
     worse, better = (smaller, larger) if higher_is_better else (larger, smaller)
     differing = worse + better
-    scores = np.full(array.size, NO_SPREAD_SCORE, dtype=np.int64)
+    scores = np.full(array.size, no_spread, dtype=np.int64)
     spread = differing > 0
     scores[spread] = np.minimum(5, 1 + (5 * worse[spread]) // differing[spread])
     return scores.astype(np.int8)
@@ -164,8 +170,8 @@ def score_customers(
     days_since_last_purchase: npt.ArrayLike, purchase_days: npt.ArrayLike, revenue: npt.ArrayLike
 ) -> RfmScores:
     """R, F, M and FM scores and the segment of every customer (arrays of equal length, buyers only)."""
-    r = quintile_scores(days_since_last_purchase, higher_is_better=False)
-    f = quintile_scores(purchase_days)
-    m = quintile_scores(revenue)
+    r = quintile_scores(days_since_last_purchase, higher_is_better=False, no_spread=NO_SPREAD_SCORES["r"])
+    f = quintile_scores(purchase_days, no_spread=NO_SPREAD_SCORES["f"])
+    m = quintile_scores(revenue, no_spread=NO_SPREAD_SCORES["m"])
     fm = fm_scores(f, m)
     return RfmScores(r=r, f=f, m=m, fm=fm, segment=segments(r, fm))

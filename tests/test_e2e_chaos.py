@@ -637,7 +637,7 @@ MID_FLUSH = frozenset(STEPS[2:])
 #: How a trial picks its moment, always after the run's first commit (durable progress first):
 #: "random" - a random delay into the next flush cycle (flushes come every ~2 s);
 #: "intent" - S3 refuses commit PUTs (an injected 503) from after the run's first commit until the kill, which
-#:            comes a few ms after the next intent appears: that flush is between steps 2 and 4 when it lands.
+#:            comes a few ms after a flush of the run is seen waiting for its commit (between steps 2 and 4).
 KILL_MODES = ("intent", "random")  # a single trial is an "intent" one: it lands mid-flush for sure
 DEFAULT_CHAOS_SEED = 20261129
 
@@ -738,24 +738,35 @@ def _commit_at(s3: Any, bucket: str, layout: OutputLayout, shard: str, previous:
 
 
 def _kill_while_a_commit_stalls(
-    worker: Worker, targets: tuple[list[int], set[int]], trial: Trial, s3: Any, bucket: str, emulator: str
+    worker: Worker,
+    targets: tuple[list[int], set[int]],
+    trial: Trial,
+    s3: Any,
+    bucket: str,
+    emulator: str,
+    earlier_intents: set[str],
 ) -> None:
-    """SIGKILL the worker ``trial.delay`` after its next flush wrote an intent, while S3 refuses commit PUTs.
+    """SIGKILL the worker ``trial.delay`` after a flush of this run wrote an intent it cannot commit.
 
     A flush runs from its intent to its tidy-up in tens of milliseconds here: too fast for a poll to land a kill
-    inside it reliably (stop 22's CI saw every kill miss). S3 answers the commit PUT with 503 until the kill, so
-    the flush that writes the next intent waits, its files written, for its commit. The caller clears the fault
-    once it has read where the kill found each flush (a commit PUT sent just before the kill could still land)."""
-    set_fault(
-        emulator, "s3", 503, 60, operations=["PutObject"], key_prefix=OutputLayout(PREFIX).all_commits_prefix
-    )
+    inside it reliably (stop 22's CI saw every kill miss). S3 answers commit PUTs with 503 until the kill, so a
+    flush of this run whose intent names a chain position without a commit waits there, its files written. The
+    caller clears the fault once it has read where the kill found each flush."""
+    layout = OutputLayout(PREFIX)
+    set_fault(emulator, "s3", 503, 300, operations=["PutObject"], key_prefix=layout.all_commits_prefix)
     try:
-        seen = _intent_keys(s3, bucket)
+        time.sleep(0.5)  # a commit PUT that got past the emulator's check before the fault lands meanwhile
+
+        def stalled() -> bool:
+            for key in _intent_keys(s3, bucket) - earlier_intents:
+                with suppress(s3.exceptions.NoSuchKey):
+                    intent = FlushIntent.from_json(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+                    if _commit_at(s3, bucket, layout, intent.shard_id, intent.previous) is None:
+                        return True
+            return False
+
         _wait_for(
-            f"a flush of worker run {trial.number} to write its intent",
-            lambda: bool(_intent_keys(s3, bucket) - seen),
-            timeout=60,
-            interval=0.01,
+            f"a flush of worker run {trial.number} to wait for its commit", stalled, timeout=60, interval=0.02
         )
         time.sleep(trial.delay)
         worker.kill9(targets)
@@ -805,7 +816,7 @@ def _run_trials(
         targets = worker.kill_targets()
         trial.processors = len([pid for pid in targets[0] if "consumer.record_processor" in _cmdline(pid)])
         if trial.mode == "intent":
-            _kill_while_a_commit_stalls(worker, targets, trial, s3, bucket, emulator)
+            _kill_while_a_commit_stalls(worker, targets, trial, s3, bucket, emulator, earlier_intents)
         else:
             time.sleep(trial.delay)
             worker.kill9(targets)

@@ -28,11 +28,13 @@ pytestmark = pytest.mark.e2e
 
 
 def quintile(values: dict[str, float], customer: str, higher_is_better: bool) -> int:
-    """The documented rule, written plainly: 1 + floor(5 * worse / (worse + better)), at most 5; 3 if all equal."""
+    """The documented rule, written plainly: 1 + floor(5 * worse / (worse + better)), at most 5 (the demo's buyers
+    never all share a value)."""
     mine = values[customer]
     worse = sum(1 for v in values.values() if (v < mine if higher_is_better else v > mine))
     better = sum(1 for v in values.values() if (v > mine if higher_is_better else v < mine))
-    return min(5, 1 + (5 * worse) // (worse + better)) if worse + better else 3
+    assert worse + better, "every buyer has the same value: the no-spread rule applies"
+    return min(5, 1 + (5 * worse) // (worse + better))
 
 
 def test_demo_scores_every_buyer_and_writes_the_report(tmp_path: Path) -> None:

@@ -422,7 +422,7 @@ def test_s3_outage_mid_run_holds_checkpoints_back_and_processing_resumes_by_itse
     retries: Counter[str] = Counter()
     buffered: Counter[str] = Counter()
     samples = 0
-    first_sample = time.monotonic()
+    first_sample = last_sample = time.monotonic()
     while time.monotonic() < outage_ends - 0.5:
         checkpoints = pipeline.checkpoints()
         assert checkpoints == before, f"a checkpoint moved during the S3 outage: {before} -> {checkpoints}"

@@ -72,7 +72,8 @@ def test_score_boundaries(worse: int, score: int) -> None:
 
 
 def test_ties_share_a_score_and_the_next_value_starts_where_its_rank_says() -> None:
-    # 6 one-time buyers (60 %) tie at the lowest frequency: all score 1; the next value has 6 of 10 below it.
+    # 6 one-time buyers (60 %) tie at the lowest frequency: all score 1; the next value has 6 of the 8 customers
+    # whose value differs below it.
     scores = quintile_scores([1, 1, 1, 1, 1, 1, 2, 2, 3, 7])
     assert scores.tolist() == [1, 1, 1, 1, 1, 1, 4, 4, 5, 5]
 
@@ -80,7 +81,22 @@ def test_ties_share_a_score_and_the_next_value_starts_where_its_rank_says() -> N
 def test_recency_scores_fewer_days_higher() -> None:
     days = [0, 3, 10, 30, 90]
     assert quintile_scores(days, higher_is_better=False).tolist() == [5, 4, 3, 2, 1]
-    assert quintile_scores([5, 5, 5], higher_is_better=False).tolist() == [3, 3, 3]  # tells nobody apart
+    assert quintile_scores([5, 5, 5], higher_is_better=False, no_spread=4).tolist() == [
+        4,
+        4,
+        4,
+    ]  # nobody apart
+
+
+def test_a_first_day_of_one_time_buyers_reads_as_new() -> None:
+    """Every buyer bought once, on the last day, the same amount: no measure tells anyone apart. Scored 3 each
+    (the neutral middle) they were "Need attention"; they are new customers."""
+    scores = score_customers([0, 0, 0], [1, 1, 1], [20.0, 20.0, 20.0])
+    assert (scores.r.tolist(), scores.f.tolist(), scores.m.tolist()) == ([5] * 3, [1] * 3, [1] * 3)
+    assert set(scores.segment) == {"New"}
+    # one-time buyers stay F = 1 whatever else differs (the README's promise)
+    spread = score_customers([0, 5, 10, 20, 40], [1] * 5, [10.0, 20.0, 30.0, 40.0, 50.0])
+    assert spread.f.tolist() == [1] * 5 and spread.segment[0] == "New"
 
 
 def test_the_best_value_scores_five_however_many_share_it() -> None:

@@ -866,6 +866,27 @@ def test_a_prefix_written_before_claims_existed_is_read() -> None:
         assert not prefix_in_use(s3, "older", OutputLayout("other"))
 
 
+def test_a_claim_hidden_by_a_403_is_decided_by_the_commit_listing() -> None:
+    """A role granted GetObject on its own prefix only gets 403 for another prefix's claim, present or not: that
+    must not read as "no worker here" (an older prefix with commits) nor as an IAM failure (a mistyped prefix)."""
+    from botocore.exceptions import ClientError
+
+    from consumer.s3_sink import prefix_in_use
+
+    class Reader:
+        def __init__(self, commits: int) -> None:
+            self.commits = commits
+
+        def head_object(self, **_: Any) -> None:
+            raise ClientError({"Error": {"Code": "403", "Message": "Forbidden"}}, "HeadObject")
+
+        def list_objects_v2(self, **_: Any) -> dict[str, int]:
+            return {"KeyCount": self.commits}
+
+    assert prefix_in_use(Reader(commits=1), "b", OutputLayout("rfm"))
+    assert not prefix_in_use(Reader(commits=0), "b", OutputLayout("typo"))
+
+
 def test_report_refuses_a_clv_dir_without_a_scoring_run(tmp_path: Path) -> None:
     with mock_aws():
         s3 = boto3.client("s3", region_name="us-east-1")
@@ -1023,6 +1044,12 @@ def test_produce_prints_its_summary_at_any_log_level_and_warns_of_an_empty_input
     assert "warning" not in generated.output
     assert from_empty.exit_code == 0, from_empty.output
     assert "put 0 records" in from_empty.output and "holds no records" in from_empty.output, from_empty.output
+    # off a terminal (json logs by default) each line is a JSON record a log shipper can take
+    lines = [json.loads(line) for line in from_empty.output.splitlines()]
+    assert [(line["level"], line["message"][:5]) for line in lines] == [
+        ("INFO", "put 0"),
+        ("WARNING", str(empty)[:5]),
+    ]
 
 
 def test_produce_stopped_by_ctrl_c_says_what_it_delivered_and_exits_130(
@@ -1503,7 +1530,7 @@ def test_summary_download_into_a_path_that_cannot_be_a_folder_is_exit_2(tmp_path
     (tmp_path / "a-file").write_text("")
     result = run_cli("summary", "--download", str(tmp_path / "a-file" / "sub"))
     assert_one_line(
-        result, 2, f"--download {tmp_path / 'a-file' / 'sub'}: cannot create it (Not a directory)"
+        result, 2, f"--download {tmp_path / 'a-file' / 'sub'}: cannot be written (Not a directory)"
     )
 
 

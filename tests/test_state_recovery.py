@@ -23,6 +23,7 @@ from producer.generator import ClickstreamGenerator
 from producer.kinesis_put import partition_key_for
 from runtime.settings import Settings, load_settings
 from schemas.control import SnapshotPointer
+from schemas.positions import chain_position
 from tests.parquet_support import dictionary_columns
 
 SHARD = "shardId-000000000000"
@@ -244,6 +245,24 @@ def test_child_of_a_merge_takes_both_parents(s3_env: tuple[Any, Settings], tmp_p
     assert sum(state.event_id_count() for _, state in parents) == child.event_id_count() > 0, (
         "both parents' remembered event ids: a re-send of either parent's events is still a duplicate"
     )
+
+
+def test_a_missing_events_file_is_not_blamed_on_the_snapshot(
+    s3_env: tuple[Any, Settings], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only a snapshot's own table sends the restore to the chain's start; a commit's events file that is gone
+    is raised as it is (the rebuild would need it too), with no SnapshotUnreadable to mislead."""
+    s3, settings = s3_env
+    original = _processor(s3, settings, tmp_path / "a.duckdb", snapshot_every=2)
+    original.start("TRIM_HORIZON")
+    _feed(original, _records(40, 2_500, seed=12))
+    pointer = _latest_snapshot(s3, settings)
+    after = StateRecovery(s3, settings).chain_from(SHARD, chain_position(pointer.position))
+    assert after, "some commits follow the snapshot"
+    s3.delete_object(Bucket="recovery-bucket", Key=after[0].files["events"][0])
+    with caplog.at_level(logging.INFO), pytest.raises(FileNotFoundError):
+        StateRecovery(s3, settings).restore(CustomerState(SHARD, tmp_path / "fresh.duckdb"))
+    assert not [r for r in caplog.records if "SnapshotUnreadable" in getattr(r, "emf", {})]
 
 
 def _record_snapshots(processor: ShardProcessor) -> list[int]:
