@@ -1245,6 +1245,15 @@ def test_summary_counts_what_is_committed_in_s3_not_the_download_folder(
     assert hint.startswith('.venv/bin/python -c "import duckdb; duckdb.sql(\\"FROM ') and hint.endswith(
         '.show()"'
     )
+    # the hinted query gives each customer's current row once (every flush appends a changed customer's row)
+    newer = tmp_path / "copy" / "rfm" / "customer_aggregates" / "later" / "newer.parquet"
+    newer.parent.mkdir(parents=True)
+    newer.write_bytes(parquet_bytes(customers_table(["c-1"], 999)))
+    query = hint.split('duckdb.sql(\\"', 1)[1].rsplit('\\").show()', 1)[0]
+    import duckdb
+
+    rows = duckdb.sql(query.replace("LIMIT 5", "")).fetchall()
+    assert sorted(row[0] for row in rows) == ["c-1", "c-2", "c-3"], rows
 
 
 def test_summary_counts_t_to_the_newest_as_of_as_score_does() -> None:
