@@ -327,14 +327,12 @@ def generate(output: Path, **options: Any) -> None:
     from producer.generator import write_jsonl
 
     generator = _make_generator(**options)
-    if str(output) != "-":
-        writable_file("--output", output)
     if str(output) == "-":
         stream = sys.stdout.buffer
         for data in generator.events():
             stream.write(data + b"\n")
     else:
-        write_jsonl(output, generator.events())
+        write_jsonl(writable_file("--output", output), generator.events())
     summary = generator.summary
     click.echo(
         f"wrote {generator.total_records} records ({summary.valid_events} valid events, "
@@ -664,7 +662,7 @@ def health(**overrides: Any) -> None:
     are given here.
     """
     from consumer.health import HealthReport, assess
-    from runtime.settings import ConfigError, configured_state_dir, worker_settings
+    from runtime.settings import SETTINGS_FILE, ConfigError, configured_state_dir, worker_settings
 
     flags = {name: overrides.pop(name) for name in ("stuck_shard_seconds", "no_lease_unhealthy_seconds")}
     state_dir = configured_state_dir(overrides["state_dir"])
@@ -679,11 +677,7 @@ def health(**overrides: Any) -> None:
     try:
         limits = build_on(worker, **flags) if worker is not None else build_settings(**overrides, **flags)
     except ConfigError as error:  # a health check's own mistake still answers as a health check: 1, not 2
-        where = (
-            f" (the worker's own settings: {state_dir / 'worker-settings.json'})"
-            if worker is not None
-            else ""
-        )
+        where = f" (the worker's own settings: {state_dir / SETTINGS_FILE})" if worker is not None else ""
         problem = f"this health check's settings are invalid: {error}{where}"
         click.echo(HealthReport(healthy=False, shards_processing=0, problems=[problem]).to_json())
         sys.exit(1)

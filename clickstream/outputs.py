@@ -11,7 +11,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import duckdb
 import pyarrow as pa
@@ -154,12 +154,15 @@ def output_glob(root: Path, settings: Settings, output: str) -> str:
     return str(root / settings.layout.output_prefix(output)) + "/**/*.parquet"
 
 
-CURRENT_ROWS_SQL = """
-SELECT * EXCLUDE (rank_) FROM (
-    SELECT *, row_number() OVER (PARTITION BY customer_id ORDER BY version DESC, as_of DESC) AS rank_
-    FROM read_parquet('{glob}', hive_partitioning = false, union_by_name = true))
-WHERE rank_ = 1
-"""
+#: Each customer's current row among customer_aggregates rows: the highest ``version`` (= events applied), the
+#: latest ``as_of`` among equal versions. The one statement of the rule (summary, score, report, the printed hint).
+CURRENT_ROW: Final = (
+    "QUALIFY row_number() OVER (PARTITION BY customer_id ORDER BY version DESC, as_of DESC) = 1"
+)
+
+CURRENT_ROWS_SQL: Final = (
+    "SELECT * FROM read_parquet('{glob}', hive_partitioning = false, union_by_name = true) " + CURRENT_ROW
+)
 
 
 def current_customer_rows(con: duckdb.DuckDBPyConnection, glob: str) -> duckdb.DuckDBPyRelation:
@@ -170,12 +173,7 @@ def current_customer_rows(con: duckdb.DuckDBPyConnection, glob: str) -> duckdb.D
 def current_rows_of_table(con: duckdb.DuckDBPyConnection, table: pa.Table) -> duckdb.DuckDBPyRelation:
     """``current_customer_rows`` over an Arrow table of customer_aggregates rows already in memory."""
     con.register("customer_aggregates_rows", table)
-    return con.sql(
-        """SELECT * EXCLUDE (rank_) FROM (
-               SELECT *, row_number() OVER (PARTITION BY customer_id ORDER BY version DESC, as_of DESC) AS rank_
-               FROM customer_aggregates_rows)
-           WHERE rank_ = 1"""
-    )
+    return con.sql(f"SELECT * FROM customer_aggregates_rows {CURRENT_ROW}")
 
 
 def row_counts(

@@ -144,9 +144,8 @@ def run_replay(
         with tqdm(
             total=plan.events, unit="ev", unit_scale=True, desc=f"replay {plan.name}", disable=not progress
         ) as bar:
-            for done, key in enumerate(
-                plan.files, start=1
-            ):  # by shard, parents first, each shard's in stream order
+            # by shard, parents first, each shard's in stream order
+            for done, key in enumerate(plan.files, start=1):
                 events = sink.get_parquet(key).select(EVENTS_SCHEMA.names).cast(EVENTS_SCHEMA)
                 shard = events.column("shard_id")[0].as_py() if events.num_rows else pending_shard
                 if shard != pending_shard:

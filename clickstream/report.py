@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from clickstream.outputs import (
+    CURRENT_ROW,
     OUTPUTS,
     committed_outputs,
     current_rows_of_table,
@@ -119,10 +120,9 @@ def print_summary(
         console.print(f"copied {copied:,} committed files to {download}/")
         glob = f"{download}/{settings.layout.output_prefix('customer_aggregates')}**/*.parquet"
         console.print("Query the copies with DuckDB, e.g. each customer's current row (the highest version):")
-        current = "QUALIFY row_number() OVER (PARTITION BY customer_id ORDER BY version DESC, as_of DESC) = 1"
         # soft_wrap: printed as one line whatever the terminal width, so it can be copied and pasted.
         console.print(
-            f'.venv/bin/python -c "import duckdb; duckdb.sql(\\"FROM \'{glob}\' {current} LIMIT 5\\").show()"',
+            f'.venv/bin/python -c "import duckdb; duckdb.sql(\\"FROM \'{glob}\' {CURRENT_ROW} LIMIT 5\\").show()"',
             soft_wrap=True,
             markup=False,
             highlight=False,

@@ -49,6 +49,7 @@ import pyarrow.parquet as pq
 from botocore.exceptions import ClientError
 from tqdm import tqdm
 
+from clickstream.outputs import CURRENT_ROW
 from consumer.s3_sink import is_precondition_failed
 from runtime.settings import Settings
 from schemas.layout import OutputLayout
@@ -222,12 +223,9 @@ class CurrentRows:
     fingerprint: str
 
 
-_CURRENT_ROWS: Final = """
-SELECT * EXCLUDE (rank_) FROM (
-    SELECT *, row_number() OVER (PARTITION BY customer_id ORDER BY version DESC, as_of DESC) AS rank_
-    FROM read_parquet({files}, hive_partitioning = false, union_by_name = true))
-WHERE rank_ = 1
-"""
+_CURRENT_ROWS: Final = (
+    "SELECT * FROM read_parquet({files}, hive_partitioning = false, union_by_name = true) " + CURRENT_ROW
+)
 #: What names a run's input: each customer's (id, version, as_of) in one order whatever files they came in, as
 #: SHA-256 (a standard function, unlike DuckDB's hash(), whose values change between DuckDB releases).
 _FINGERPRINT: Final = """

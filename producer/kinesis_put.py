@@ -294,9 +294,8 @@ class KinesisProducer:
             self.max_records_per_request = min(max_records_per_request, max(1, int(max_records_per_second)))
         self.max_bytes_per_request = max_bytes_per_request
         self.progress = progress
-        self.progress_log_seconds = (
-            progress_log_seconds  # without a bar (not a terminal): a log line this often
-        )
+        # without a bar (not a terminal): a log line this often
+        self.progress_log_seconds = progress_log_seconds
         self._sleep = sleep
         self._clock = clock
         self._jitter = jitter or random.Random()  # noqa: S311 - jitter, not security

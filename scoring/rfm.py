@@ -133,14 +133,14 @@ def quintile_scores(
     if np.isnan(array).any():
         raise ValueError("RFM measures must not be missing")
     ordered = np.sort(array)
+    # all equal: nobody differs from anyone (otherwise every customer differs from someone)
+    if ordered[0] == ordered[-1]:
+        return np.full(array.size, no_spread, dtype=np.int8)
     smaller = np.searchsorted(ordered, array, side="left")
     larger = array.size - np.searchsorted(ordered, array, side="right")
     worse, better = (smaller, larger) if higher_is_better else (larger, smaller)
-    differing = worse + better
-    scores = np.full(array.size, no_spread, dtype=np.int64)
-    spread = differing > 0
-    scores[spread] = np.minimum(5, 1 + (5 * worse[spread]) // differing[spread])
-    return scores.astype(np.int8)
+    scores: npt.NDArray[np.int8] = np.minimum(5, 1 + (5 * worse) // (worse + better)).astype(np.int8)
+    return scores
 
 
 def fm_scores(f: npt.ArrayLike, m: npt.ArrayLike) -> npt.NDArray[np.int8]:
