@@ -445,21 +445,6 @@ def _commit_records(s3: Any, bucket: str) -> list[CommitRecord]:
     return read_commit_records(s3, bucket, OutputLayout(PREFIX))
 
 
-def _torn_flushes(s3: Any, bucket: str) -> list[str]:
-    """Shards with an intent whose position holds no commit: a flush the kill interrupted between steps 2 and 4."""
-    layout = OutputLayout(PREFIX)
-    torn = []
-    for page in s3.get_paginator("list_objects_v2").paginate(
-        Bucket=bucket, Prefix=f"{layout.control_prefix}intents/"
-    ):
-        for obj in page.get("Contents", []):
-            intent = FlushIntent.from_json(s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read())
-            commit = layout.commit_key(intent.shard_id, intent.previous)
-            if not s3.list_objects_v2(Bucket=bucket, Prefix=commit).get("KeyCount"):
-                torn.append(intent.shard_id)
-    return torn
-
-
 def _valid_documents(labelled: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
     return [
         json.loads(data, parse_float=Decimal) for label, data in labelled if label in ("valid", "duplicate")
@@ -681,6 +666,25 @@ def _intent_keys(s3: Any, bucket: str) -> set[str]:
     }
 
 
+def _intents(s3: Any, bucket: str, ignore: set[str]) -> list[FlushIntent]:
+    """The flush intents on S3 now, but those whose keys are in ``ignore`` (one tidied away meanwhile is skipped)."""
+    found = []
+    for key in _intent_keys(s3, bucket) - ignore:
+        with suppress(s3.exceptions.NoSuchKey):
+            found.append(FlushIntent.from_json(s3.get_object(Bucket=bucket, Key=key)["Body"].read()))
+    return found
+
+
+def _torn_flushes(s3: Any, bucket: str, ignore: set[str]) -> list[str]:
+    """Shards with an intent (not in ``ignore``) whose position holds no commit: a flush between steps 2 and 4."""
+    layout = OutputLayout(PREFIX)
+    return [
+        intent.shard_id
+        for intent in _intents(s3, bucket, ignore)
+        if _commit_at(s3, bucket, layout, intent.shard_id, intent.previous) is None
+    ]
+
+
 def _kill_steps(
     s3: Any,
     dynamodb: Any,
@@ -701,10 +705,8 @@ def _kill_steps(
         for shard, lease in _leases(dynamodb, names["application_name"]).items()
     }
     intents: dict[str, list[FlushIntent]] = defaultdict(list)
-    for key in _intent_keys(s3, bucket) - earlier_intents:
-        with suppress(s3.exceptions.NoSuchKey):
-            intent = FlushIntent.from_json(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-            intents[intent.shard_id].append(intent)
+    for intent in _intents(s3, bucket, earlier_intents):
+        intents[intent.shard_id].append(intent)
     steps = {}
     for shard in sorted(set(checkpoints) | set(statuses)):
         winners = {
@@ -758,12 +760,7 @@ def _kill_while_a_commit_stalls(
         time.sleep(0.5)  # a commit PUT that got past the emulator's check before the fault lands meanwhile
 
         def stalled() -> bool:
-            for key in _intent_keys(s3, bucket) - earlier_intents:
-                with suppress(s3.exceptions.NoSuchKey):
-                    intent = FlushIntent.from_json(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-                    if _commit_at(s3, bucket, layout, intent.shard_id, intent.previous) is None:
-                        return True
-            return False
+            return bool(_torn_flushes(s3, bucket, earlier_intents))
 
         _wait_for(
             f"a flush of worker run {trial.number} to wait for its commit", stalled, timeout=60, interval=0.02
