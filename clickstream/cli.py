@@ -23,6 +23,7 @@ import click
 from click.core import ParameterSource
 
 from clickstream.clv_commands import report, score
+from clickstream.console import JsonShownError, json_mode, say
 from clickstream.errors import INTERRUPTED, USAGE, FrontDoorError, explain
 from clickstream.options import (
     FiniteFloatRange,
@@ -40,21 +41,6 @@ log = logging.getLogger("clickstream")
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-
-
-def say(message: str, level: int = logging.INFO) -> None:
-    """A command's answer on stderr, shown at any --log-level: a JSON record where logs are JSON (stderr stays one
-    object per line for a log shipper), else the plain sentence."""
-    context = click.get_current_context(silent=True)
-    options = context.find_root().obj if context is not None else None
-    if isinstance(options, dict) and options.get("json_logs"):
-        from runtime.logs import JsonFormatter
-
-        record = logging.LogRecord("clickstream", level, __file__, 0, message, None, None)
-        click.echo(JsonFormatter().format(record), err=True)
-    else:
-        prefix = "" if level < logging.WARNING else f"{logging.getLevelName(level).lower()}: "
-        click.echo(prefix + message, err=True)
 
 
 class CommandFailed(click.ClickException):
@@ -118,9 +104,13 @@ class FrontDoor(click.Group):
         except KeyboardInterrupt:  # commands that say more (produce, replay, worker) handle Ctrl-C themselves
             command = ctx.invoked_subcommand or "the command"
             left = _INTERRUPTION_LEAVES.get(command, "nothing was written")
-            click.echo(f"{command} interrupted (Ctrl-C) before it finished: {left}", err=True)
+            say(f"{command} interrupted (Ctrl-C) before it finished: {left}", logging.WARNING)
             sys.exit(INTERRUPTED)
-        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+        except click.ClickException as error:
+            if json_mode():
+                raise JsonShownError(error) from None
+            raise
+        except (click.exceptions.Exit, click.Abort, SystemExit):
             raise
         except BrokenPipeError:  # the reader went away (`generate -o - | head`): nothing to say to anyone
             os.dup2(
@@ -132,7 +122,8 @@ class FrontDoor(click.Group):
             options = ctx.obj if isinstance(ctx.obj, dict) else {}
             if options.get("debug") or logging.getLogger().isEnabledFor(logging.DEBUG):
                 traceback.print_exception(error, file=sys.stderr)
-            raise CommandFailed(failure.message, failure.exit_code) from None
+            failed = CommandFailed(failure.message, failure.exit_code)
+            raise (JsonShownError(failed) if json_mode() else failed) from None
 
 
 def _check_log_level(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -334,10 +325,9 @@ def generate(output: Path, **options: Any) -> None:
     else:
         write_jsonl(writable_file("--output", output), generator.events())
     summary = generator.summary
-    click.echo(
+    say(
         f"wrote {generator.total_records} records ({summary.valid_events} valid events, "
-        f"{summary.duplicates} duplicates, {summary.malformed} malformed)",
-        err=True,
+        f"{summary.duplicates} duplicates, {summary.malformed} malformed)"
     )
 
 
@@ -416,7 +406,7 @@ def produce(
     except (PutRecordsError, PutInputError) as error:
         raise FrontDoorError(error.outcome()) from None
     except PutInterrupted as interrupted:
-        click.echo(interrupted.outcome(), err=True)
+        say(interrupted.outcome(), logging.WARNING)
         sys.exit(INTERRUPTED)
     say(summary.describe(settings.stream_name))
     if input_file is not None and summary.records_sent == 0 and not summary.rejected_too_large:
@@ -555,11 +545,11 @@ def replay(
     except ValueError as error:
         raise FrontDoorError(str(error), USAGE) from None
     except KeyboardInterrupt:
-        click.echo("replay interrupted while reading the commit records: nothing written", err=True)
+        say("replay interrupted while reading the commit records: nothing written", logging.WARNING)
         sys.exit(INTERRUPTED)
-    click.echo(plan.describe(), err=True)
+    say(plan.describe())
     if not plan.files:
-        click.echo("nothing to replay: no committed events in that range (nothing written)", err=True)
+        say("nothing to replay: no committed events in that range (nothing written)")
         return
     if dry_run:
         return
@@ -568,19 +558,18 @@ def replay(
             s3, settings, plan, settings.state_dir / "replay", progress=show_progress(progress)
         )
     except ReplayInterrupted as interrupted:
-        click.echo(
+        say(
             f"replay interrupted while writing s3://{settings.bucket}/{interrupted.maybe_written}: it may or may "
             "not be there (run the replay again: it writes the same object)",
-            err=True,
+            logging.WARNING,
         )
         sys.exit(INTERRUPTED)
     except KeyboardInterrupt:
-        click.echo("replay interrupted: nothing written (its output is written once, at the end)", err=True)
+        say("replay interrupted: nothing written (its output is written once, at the end)", logging.WARNING)
         sys.exit(INTERRUPTED)
-    click.echo(
+    say(
         f"replayed {result.events_read:,} events ({result.events_applied:,} applied) into {result.customers:,} "
-        f"customers: s3://{settings.bucket}/{result.output_key}",
-        err=True,
+        f"customers: s3://{settings.bucket}/{result.output_key}"
     )
 
 
@@ -635,7 +624,7 @@ def manifest(output: str, arrival_day: int | None, upload: bool, **overrides: An
         click.echo(upload_manifest(s3, settings, output, document, arrival_day))
     else:
         click.echo(json.dumps(document, indent=1))
-    click.echo(f"{len(document['entries']):,} committed {output} files", err=True)
+    say(f"{len(document['entries']):,} committed {output} files")
 
 
 # ---------------------------------------------------------------------------------------------------------- health

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from clickstream.console import say
 from clickstream.errors import USAGE, FrontDoorError
 from clickstream.options import (
     build_settings,
@@ -108,6 +109,7 @@ def score(
             output_dir=output_dir,
             as_of=as_of,
             progress=show_progress(progress),
+            say=say,
         )
     except (NotEnoughData, UnusableFit, ConcurrentRunError) as error:  # the data or another run: exit 1
         raise FrontDoorError(str(error)) from None
@@ -117,10 +119,9 @@ def score(
         raise FrontDoorError(str(error), USAGE) from None
     commit = outcome.commit
     state = "already committed" if outcome.already_committed else "committed"
-    click.echo(
+    say(
         f"scored {commit.rows:,} buyers as of {commit.as_of.isoformat()}: run {commit.run_id} {state} "
-        f"({len(commit.files)} files, {commit.bytes_written:,} bytes)",
-        err=True,
+        f"({len(commit.files)} files, {commit.bytes_written:,} bytes)"
     )
 
 

@@ -121,6 +121,26 @@ def _replay(*arguments: str) -> Any:
     return CliRunner().invoke(main, ["replay", "--bucket", BUCKET, "--no-progress", *arguments])
 
 
+def test_where_logs_are_json_every_line_replay_says_is_a_record(s3: Any, tmp_path: Path) -> None:
+    """Its plan, its answer and its failure, each a JSON record on stderr (a log shipper reads one per line)."""
+    import json
+
+    _archive(s3)
+    window = ["--from", "2026-03-01", "--to", "2026-03-03", "--state-dir", str(tmp_path)]
+    for arguments, code, said in (
+        ([*window, "--name", "wk"], 0, ("replay wk: events from", "replayed 2 events")),
+        ([*window, "--name", "wk2", "--dry-run"], 0, ("replay wk2: events from",)),
+        ([*window, "--name", ".."], 2, ("not dots alone",)),
+    ):
+        result = _replay("--log-format", "json", *arguments)
+        assert result.exit_code == code, result.output
+        messages = [json.loads(line)["message"] for line in result.stderr.splitlines()]
+        for words in said:
+            assert any(words in message for message in messages), messages
+        text = _replay("--log-format", "text", *arguments)
+        assert text.exit_code == code and not any(line.startswith("{") for line in text.stderr.splitlines())
+
+
 def _replays(s3: Any) -> list[str]:
     listed = s3.list_objects_v2(Bucket=BUCKET, Prefix="rfm/replays/")
     return [item["Key"] for item in listed.get("Contents", [])]

@@ -296,6 +296,21 @@ def test_cli_scores_from_s3_into_s3_and_says_what_it_did(s3: Any, settings: Sett
     assert again.exit_code == 0 and "already committed" in again.output
 
 
+def test_cli_where_logs_are_json_says_each_step_as_a_record(local_copy: Path, tmp_path: Path) -> None:
+    """A scheduled run (an ECS task: logs are JSON) keeps stderr one JSON object per line, steps and answer too."""
+    import json
+
+    arguments = ["score", "--input", str(local_copy), "--output-dir", str(tmp_path), "--no-progress"]
+    result = CliRunner().invoke(main, ["--log-format", "json", *arguments])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stderr.splitlines()]
+    messages = [record["message"] for record in records]
+    assert messages[0].startswith("[1/6] reading current customer rows"), messages
+    assert messages[-1].startswith("scored ") and {record["level"] for record in records} == {"INFO"}
+    text = CliRunner().invoke(main, ["--log-format", "text", *arguments])
+    assert text.stderr.startswith("[1/6] reading current customer rows"), text.stderr
+
+
 def test_cli_as_of_is_validated(local_copy: Path, tmp_path: Path, settings: Settings) -> None:
     runner = CliRunner()
     result = runner.invoke(

@@ -574,8 +574,22 @@ def run_cli(
     )
 
 
+def error_lines(stderr: str) -> list[str]:
+    """The error lines on stderr, whichever format they are in: click's ``Error: ...`` on a terminal, and off one
+    (the tests' case) the JSON log record of level ERROR, whose message is returned."""
+    errors = []
+    for line in stderr.splitlines():
+        if line.startswith("Error: "):
+            errors.append(line)
+        elif line.startswith("{"):
+            record = json.loads(line)
+            if record.get("level") == "ERROR":
+                errors.append(record["message"])
+    return errors
+
+
 def assert_one_line(result: subprocess.CompletedProcess[str], code: int, *needles: str) -> str:
-    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    errors = error_lines(result.stderr)
     assert result.returncode == code, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     assert len(errors) == 1, result.stderr
@@ -739,6 +753,27 @@ def test_an_invalid_setting_is_one_line_and_exit_2() -> None:
     assert_one_line(result, 2, "CLICKSTREAM_FLUSH_MAX_RECORDS", "'-3'")
 
 
+def test_where_logs_are_json_a_failure_is_an_error_record_with_its_exit_code() -> None:
+    """Off a terminal (an ECS task, a pipe to a log shipper) stderr is one JSON object per line, the failure too:
+    a log query or alarm on level ERROR finds a scheduled command that failed. On a terminal, click's line."""
+    endpoint = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{closed_port()}"}
+    for arguments, env, code, hint in (
+        (["setup"], {"CLICKSTREAM_FLUSH_MAX_RECORDS": "-3"}, 2, None),  # a setting refused
+        (["summary"], endpoint, 1, None),  # a runtime failure
+        (["replay", "--from", "someday", "--to", "2026-01-02"], {}, 2, "replay --help'"),  # a usage error
+    ):
+        result = run_cli("--log-format", "json", *arguments, env=env)
+        records = [json.loads(line) for line in result.stderr.splitlines()]  # every line is a record
+        errors = [record for record in records if record["level"] == "ERROR"]
+        assert result.returncode == code and len(errors) == 1, result.stderr
+        assert errors[0]["exit_code"] == code and errors[0]["logger"] == "clickstream", errors[0]
+        assert (errors[0].get("hint") or "").endswith(hint or ""), errors[0]
+        assert ("hint" in errors[0]) == (hint is not None), errors[0]
+        text = run_cli("--log-format", "text", *arguments, env=env)
+        assert text.returncode == code and text.stderr.splitlines()[-1].startswith("Error: "), text.stderr
+        assert errors[0]["message"] in text.stderr
+
+
 def test_a_misspelled_variable_is_warned_on_the_command_line() -> None:
     result = run_cli("--log-format", "text", "health", env={"CLICKSTREAM_FLUSH_MAX_RECORDZ": "5"})
     assert "did you mean CLICKSTREAM_FLUSH_MAX_RECORDS?" in result.stderr
@@ -749,7 +784,7 @@ def test_debug_shows_the_traceback_as_well() -> None:
     result = run_cli("--debug", "summary", env={"AWS_ENDPOINT_URL": endpoint})
     assert result.returncode == 1
     assert "Traceback" in result.stderr
-    assert result.stderr.rstrip().splitlines()[-1].startswith("Error: cannot reach")
+    assert error_lines(result.stderr.rstrip().splitlines()[-1])[0].startswith("cannot reach")
 
 
 def test_replay_of_a_missing_bucket_is_one_line_and_exit_2() -> None:
@@ -847,7 +882,9 @@ def test_readers_refuse_a_prefix_no_worker_started_on(command: list[str], tmp_pa
         result = CliRunner().invoke(main, [*arguments, "--bucket", "typo", "--prefix", "nothing-here"])
         written = s3.list_objects_v2(Bucket="typo").get("KeyCount", 0)
     assert result.exit_code == 2, result.output
-    assert "Error: no worker has written under s3://typo/nothing-here/" in result.output, result.output
+    assert error_lines(result.output)[0].startswith("no worker has written under s3://typo/nothing-here/"), (
+        result.output
+    )
     assert "--prefix" in result.output and "Traceback" not in result.output
     assert written == 0 and not (tmp_path / "report.html").exists()
 
@@ -906,7 +943,8 @@ def test_report_refuses_a_clv_dir_without_a_scoring_run(tmp_path: Path) -> None:
             ],
         )
     assert result.exit_code == 2, result.output
-    assert "Error: --clv-dir" in result.output and "no committed scoring run" in result.output, result.output
+    (error,) = error_lines(result.output)
+    assert error.startswith("--clv-dir") and "no committed scoring run" in error, result.output
     assert not (tmp_path / "r.html").exists()
 
 
@@ -1023,7 +1061,8 @@ def test_an_output_path_that_cannot_be_written_is_refused_before_any_work(
     monkeypatch.setattr("runtime.aws.aws_client", no_work)
     result = CliRunner().invoke(main, [part.replace("{file}", str(blocker)) for part in command])
     assert result.exit_code == 2, result.output
-    assert "Error: " in result.output and f"{flag} {blocker}/" in result.output, result.output
+    (error,) = error_lines(result.output)
+    assert f"{flag} {blocker}/" in error, result.output
     assert "is a file, not a folder" in result.output or "cannot be written" in result.output, result.output
 
 

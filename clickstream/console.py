@@ -1,0 +1,65 @@
+"""The CLI's voice on stderr: every line a command says, and its error line, in the format the logs are in.
+
+Where logs are JSON (``--log-format json``, or ``auto`` off a terminal: an ECS task, a pipe to a log shipper),
+stderr stays one JSON object per line, so a scheduled `score` that fails is an ERROR record that a log query or an
+alarm finds, not a plain line among JSON ones. On a terminal the lines are plain sentences.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import IO, Any
+
+import click
+
+#: The logger name a command's own lines carry in JSON mode.
+CLI_LOGGER = "clickstream"
+
+
+def json_mode() -> bool:
+    """Whether the running command's stderr is JSON (decided once by the group from --log-format)."""
+    context = click.get_current_context(silent=True)
+    options = context.find_root().obj if context is not None else None
+    return isinstance(options, dict) and bool(options.get("json_logs"))
+
+
+def json_line(message: str, level: int, **fields: Any) -> str:
+    """One JSON log record, as the logs write them, with ``fields`` added at its top level."""
+    from runtime.logs import JsonFormatter
+
+    record = logging.LogRecord(CLI_LOGGER, level, __file__, 0, message, None, None)
+    entry = json.loads(JsonFormatter().format(record))
+    entry.update(fields)
+    return json.dumps(entry, default=str)
+
+
+def say(message: str, level: int = logging.INFO) -> None:
+    """A command's answer on stderr, shown at any --log-level: a JSON record where logs are JSON, else the plain
+    sentence (a warning or an error led by its level)."""
+    if json_mode():
+        click.echo(json_line(message, level), err=True)
+    else:
+        prefix = "" if level < logging.WARNING else f"{logging.getLevelName(level).lower()}: "
+        click.echo(prefix + message, err=True)
+
+
+class JsonShownError(click.ClickException):
+    """A command's failure shown as one ERROR record with its exit code (JSON mode), instead of click's
+    ``Error: ...`` line and, for a usage error, the usage text."""
+
+    def __init__(self, error: click.ClickException) -> None:
+        super().__init__(error.format_message())
+        self.exit_code = error.exit_code  # type: ignore[misc]  # click declares it on the class
+        context = getattr(error, "ctx", None)
+        self.help_hint = (
+            f"see '{context.command_path} --help'"
+            if isinstance(error, click.UsageError) and context
+            else None
+        )
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        fields: dict[str, Any] = {"exit_code": self.exit_code}
+        if self.help_hint:
+            fields["hint"] = self.help_hint
+        click.echo(json_line(self.format_message(), logging.ERROR, **fields), err=True, file=file)
