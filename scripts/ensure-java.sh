@@ -7,13 +7,23 @@ java_major() {
   "$bin" -version 2>&1 | awk -F'"' '/version/ {split($2, v, "."); print (v[1] == "1" ? v[2] : v[1]); exit}'
 }
 
+# The worker's own order (consumer.kcl_worker.find_java): CLICKSTREAM_JAVA, then JAVA_HOME, then the PATH.
+named_by=
 candidate=${CLICKSTREAM_JAVA:-}
-if [[ -z "$candidate" && -n "${JAVA_HOME:-}" && -x "$JAVA_HOME/bin/java" ]]; then candidate=$JAVA_HOME/bin/java; fi
-if [[ -z "$candidate" ]]; then candidate=$(command -v java || true); fi
+if [[ -n "$candidate" ]]; then named_by=CLICKSTREAM_JAVA
+elif [[ -n "${JAVA_HOME:-}" ]]; then candidate=$JAVA_HOME/bin/java; named_by=JAVA_HOME
+else candidate=$(command -v java || true); fi
 
 if [[ -n "$candidate" ]]; then
-  major=$(java_major "$candidate" || echo 0)
+  if [[ -x "$candidate" ]]; then major=$(java_major "$candidate" || true); else major=; fi
   if [[ "${major:-0}" -ge 17 ]]; then exit 0; fi
+  if [[ -n "$named_by" ]]; then
+    # Installing another Java would not help: the worker runs the one the variable names.
+    found=${major:+Java $major}
+    echo "$named_by names $candidate (${found:-not an executable java}); the KCL needs Java 17 or newer:" \
+      "point $named_by at one, or unset it" >&2
+    exit 1
+  fi
   echo "found $candidate but it is Java ${major:-unknown}; the KCL needs Java 17 or newer" >&2
 fi
 

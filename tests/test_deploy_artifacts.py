@@ -872,3 +872,36 @@ def test_worker_service(monkeypatch: pytest.MonkeyPatch) -> None:
     assert grace < stop_deadline < int(worker["stop_grace_period"].removesuffix("s"))
     state_dir = env_of(runtime_stage())["CLICKSTREAM_STATE_DIR"]
     assert any(volume.endswith(f":{state_dir}") for volume in worker["volumes"])
+
+
+# ---------------------------------------------------------------------------------------------- make setup's Java
+def _fake_java(folder: Path, version: str) -> Path:
+    """A ``java`` that reports ``version`` as OpenJDK does (on stderr)."""
+    java = folder / "bin" / "java"
+    java.parent.mkdir(parents=True)
+    java.write_text(f"#!/bin/sh\necho 'openjdk version \"{version}\" 2024-01-16' >&2\n", encoding="utf-8")
+    java.chmod(0o755)
+    return java
+
+
+def test_make_setup_refuses_an_old_java_the_worker_would_be_told_to_run(tmp_path: Path) -> None:
+    """CLICKSTREAM_JAVA and JAVA_HOME name the Java the worker runs (find_java): one older than 17 must fail the
+    set-up, naming the variable, not be passed over for a JRE installed beside it."""
+    old, new = _fake_java(tmp_path / "jdk11", "11.0.22"), _fake_java(tmp_path / "jdk21", "21.0.2")
+    base = {key: value for key, value in os.environ.items() if key not in ("CLICKSTREAM_JAVA", "JAVA_HOME")}
+    for variable, value, code, said in (
+        ("CLICKSTREAM_JAVA", str(old), 1, f"CLICKSTREAM_JAVA names {old} (Java 11)"),
+        ("JAVA_HOME", str(old.parents[1]), 1, f"JAVA_HOME names {old} (Java 11)"),
+        ("CLICKSTREAM_JAVA", str(tmp_path / "none"), 1, "(not an executable java)"),
+        ("CLICKSTREAM_JAVA", str(new), 0, ""),
+        ("JAVA_HOME", str(new.parents[1]), 0, ""),
+    ):
+        result = subprocess.run(
+            ["bash", str(ROOT / "scripts" / "ensure-java.sh")],
+            env={**base, variable: value},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == code and said in result.stderr, (variable, value, result.stderr)
+        assert "installing" not in result.stderr
