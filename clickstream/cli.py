@@ -12,9 +12,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -24,7 +27,7 @@ from click.core import ParameterSource
 
 from clickstream.clv_commands import report, score
 from clickstream.console import JsonShownError, json_mode, say
-from clickstream.errors import INTERRUPTED, USAGE, FrontDoorError, explain
+from clickstream.errors import INTERRUPTED, TERMINATED, USAGE, FrontDoorError, explain
 from clickstream.options import (
     FiniteFloatRange,
     build_on,
@@ -149,7 +152,7 @@ EXIT_CODES_HELP: Final = (
     "Exit codes: 0 done; 1 failed at run time (endpoint down, an AWS call failing, records not delivered; "
     "`health`: unhealthy); 2 bad usage or configuration (named in one line); 3 `worker` found itself unhealthy "
     "(a stuck shard) and stopped; 130 stopped by Ctrl-C, saying what it leaves behind (`worker` and `emulator` "
-    "stop cleanly on Ctrl-C: 0)."
+    "stop cleanly on Ctrl-C: 0); 143 `produce` stopped by SIGTERM, saying what it delivered."
 )
 
 
@@ -332,12 +335,30 @@ def generate(output: Path, **options: Any) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------- produce
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[threading.Event]:
+    """SIGTERM (docker stop, ECS, `timeout`) stops a put as Ctrl-C does, so it still says what it delivered; the
+    event tells the two apart. The previous handler comes back afterwards."""
+    terminated = threading.Event()
+
+    def stop(_signum: int, _frame: object) -> None:
+        terminated.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield terminated
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @main.command()
 @click.option(
     "--input",
     "input_file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="JSONL file to put (one record per line). Without it, events are generated on the fly.",
+    type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path),
+    help="JSONL file to put, one record per line, sent byte for byte (gzip is recognised by its first bytes; - "
+    "reads stdin). Without it, events are generated on the fly.",
 )
 @_generator_options
 @click.option(
@@ -356,7 +377,7 @@ def produce(
     from botocore.exceptions import ClientError
 
     from consumer.preflight import is_missing_stream, stream_missing
-    from producer.generator import read_jsonl
+    from producer.generator import DoubtfulRecords, read_jsonl
     from producer.kinesis_put import (
         KinesisProducer,
         PutInputError,
@@ -387,30 +408,37 @@ def produce(
     else:
         generator = _make_generator(**options)
         records, total = generator.events(), generator.total_records
-    kinesis = aws_client("kinesis", settings)
     try:
-        require_stream(kinesis, settings.stream_name)
+        require_stream(aws_client("kinesis", settings), settings.stream_name)
     except ClientError as error:
         if is_missing_stream(error):  # said as the worker says it: where it was looked for, how to make it
             raise FrontDoorError(stream_missing(settings), USAGE) from None
         raise
     producer = KinesisProducer(
-        kinesis,
+        aws_client(
+            "kinesis", settings, total_attempts=1
+        ),  # every retry is the producer's: counted and logged
         settings.stream_name,
         max_records_per_second=rate,
         progress=show_progress(progress),
     )
-    try:
-        # the summary is the command's answer: printed at any log level, not logged
-        summary = producer.put(records, total=total, log_summary=False)
-    except (PutRecordsError, PutInputError) as error:
-        raise FrontDoorError(error.outcome()) from None
-    except PutInterrupted as interrupted:
-        say(interrupted.outcome(), logging.WARNING)
-        sys.exit(INTERRUPTED)
+    doubtful = DoubtfulRecords(settings.max_record_bytes)
+    if input_file is not None:
+        records = doubtful.counted(records)
+    with _sigterm_as_interrupt() as terminated:
+        try:
+            # the summary is the command's answer: printed at any log level, not logged
+            summary = producer.put(records, total=total, log_summary=False)
+        except (PutRecordsError, PutInputError) as error:
+            raise FrontDoorError(error.outcome()) from None
+        except PutInterrupted as interrupted:
+            say(interrupted.outcome(), logging.WARNING)
+            sys.exit(TERMINATED if terminated.is_set() else INTERRUPTED)
     say(summary.describe(settings.stream_name))
     if input_file is not None and summary.records_sent == 0 and not summary.rejected_too_large:
         say(f"{input_file} holds no records (only blank lines, or nothing): nothing sent", logging.WARNING)
+    for warning in doubtful.warnings(input_file):
+        say(warning, logging.WARNING)
     if summary.rejected_too_large:
         raise FrontDoorError(
             f"{summary.rejected_too_large:,} records larger than the 1 MiB PutRecords limit were not sent (each "

@@ -25,6 +25,8 @@ USAGE = 2
 RUNTIME = 1
 #: Exit code of a command stopped by Ctrl-C after saying what it had done (128 + SIGINT, as shells report it).
 INTERRUPTED = 130
+#: Exit code of `produce` stopped by SIGTERM (docker stop, ECS, timeout) after saying what it had delivered.
+TERMINATED = 143
 
 _NOT_FOUND = {
     "NoSuchBucket": "bucket {bucket} does not exist (CLICKSTREAM_BUCKET / --bucket; `clickstream setup` creates it)",

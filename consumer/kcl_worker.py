@@ -629,7 +629,7 @@ class KclWorker:
         was = (heartbeat.standby, heartbeat.lease_detail)
         try:
             owners = lease_owners(
-                aws_client("dynamodb", self.settings, max_attempts=2), self.settings.application_name
+                aws_client("dynamodb", self.settings, total_attempts=3), self.settings.application_name
             )
         except Exception as error:  # noqa: BLE001 - any failure is the reason to report
             heartbeat.standby, heartbeat.lease_detail = False, f"the lease table cannot be read: {error}"

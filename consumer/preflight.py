@@ -150,11 +150,11 @@ def check_lease_table(dynamodb: Any, settings: Settings) -> None:
 
 def preflight(settings: Settings) -> None:
     """Raise ``PreflightError`` (or the connection error) within seconds if the worker cannot run."""
-    stream = check_stream(aws_client("kinesis", settings, max_attempts=2), settings)
-    s3 = aws_client("s3", settings, max_attempts=2)
+    stream = check_stream(aws_client("kinesis", settings, total_attempts=3), settings)
+    s3 = aws_client("s3", settings, total_attempts=3)
     check_bucket(s3, settings)
     check_prefix_owner(s3, settings, stream)
-    check_lease_table(aws_client("dynamodb", settings, max_attempts=2), settings)
+    check_lease_table(aws_client("dynamodb", settings, total_attempts=3), settings)
 
 
 def lease_owners(dynamodb: Any, table: str) -> dict[str, str | None]:

@@ -43,13 +43,15 @@ from __future__ import annotations
 import bisect
 import gzip
 import heapq
+import io
 import json
 import logging
 import math
 import random
+import sys
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -800,11 +802,17 @@ def _create(path: Path) -> IO[bytes]:
     return path.open("wb")
 
 
+def _stdin() -> io.BufferedReader:
+    """stdin's bytes, peekable (a test's or an embedding program's stdin may be a plain byte stream)."""
+    stream = sys.stdin.buffer
+    return stream if isinstance(stream, io.BufferedReader) else io.BufferedReader(cast(Any, stream))
+
+
 @contextmanager
 def _reading(path: Path) -> Iterator[IO[bytes]]:
     """A file to read, decompressed when its first bytes are gzip's (whatever its name). Opened once and peeked,
-    not read twice: a pipe (``/dev/stdin``, ``<(zcat ...)``) gives its bytes to one read only."""
-    with path.open("rb") as raw:
+    not read twice: a pipe (``-`` for stdin, ``<(zcat ...)``) gives its bytes to one read only."""
+    with nullcontext(_stdin()) if str(path) == "-" else path.open("rb") as raw:
         if raw.peek(len(_GZIP_MAGIC))[: len(_GZIP_MAGIC)] == _GZIP_MAGIC:
             with gzip.GzipFile(fileobj=raw) as unpacked:
                 yield cast(IO[bytes], unpacked)
@@ -849,3 +857,43 @@ def read_jsonl(path: str | Path) -> Iterator[bytes]:
     except (OSError, EOFError, zlib.error) as error:
         where = f"after line {line_number:,}" if line_number else "at its start"
         raise InputFileError(f"{path}: unreadable {where} ({error})") from error
+
+
+@dataclass
+class DoubtfulRecords:
+    """Counts the records of an input file that the worker will reject whatever happens on the way, so that
+    `produce` can say so after sending them (they are sent as they are: the file is the user's, and rejected
+    records are data in ``errors/``). Catches the usual mistakes: a pretty-printed JSON document or array (its
+    lines are ``[``, ``{``, ``"key": ...``), a CSV, records over the worker's size limit."""
+
+    max_record_bytes: int
+    records: int = 0
+    not_objects: int = 0  # not starting with ``{`` (after blanks): not a JSON object, whatever follows
+    first_not_object: int | None = None  # its record number (1-based)
+    too_large_for_worker: int = 0
+
+    def counted(self, records: Iterable[bytes]) -> Iterator[bytes]:
+        for data in records:
+            self.records += 1
+            if not data.lstrip().startswith(b"{"):
+                self.not_objects += 1
+                if self.first_not_object is None:
+                    self.first_not_object = self.records
+            if len(data) > self.max_record_bytes:
+                self.too_large_for_worker += 1
+            yield data
+
+    def warnings(self, source: object) -> list[str]:
+        said = []
+        if self.not_objects:
+            said.append(
+                f"{self.not_objects:,} of the {self.records:,} records of {source} are not JSON objects (the first "
+                f"is record {self.first_not_object:,}; one event per line, each line an object `{{...}}`): the "
+                "worker rejects them into errors/"
+            )
+        if self.too_large_for_worker:
+            said.append(
+                f"{self.too_large_for_worker:,} records of {source} are larger than the worker's limit of "
+                f"{self.max_record_bytes:,} bytes (CLICKSTREAM_MAX_RECORD_BYTES): it rejects them into errors/"
+            )
+        return said

@@ -18,8 +18,15 @@ The next batch is read from the input only after the current one is fully delive
 
 Ordering: a record re-sent after a partial failure lands behind records of the same partition key that
 succeeded in the same call, so retries can reorder events within a customer. That is acceptable here: the
-aggregates are order independent and de-duplicate by ``event_id``. The boto3 client's own retry layer
-(standard/legacy mode) runs below this one and only sees whole-call errors.
+aggregates are order independent and de-duplicate by ``event_id``.
+
+Duplicates: a call that timed out or lost its connection may have been delivered, and its records are sent again
+(at least once, never lost): the worker counts a valid event delivered twice once (within its de-duplication
+window); a malformed record lands in ``errors/`` twice.
+
+Give the producer a client without retries of its own (``aws_client(..., total_attempts=1)``, as `produce` does):
+then every retry is this loop's, counted in the summary and logged, and ``max_attempts`` is the number of calls,
+not that times botocore's.
 """
 
 from __future__ import annotations
@@ -137,9 +144,15 @@ class PutSummary:
         """The run in one line (what `clickstream produce` prints last)."""
         return (
             f"put {self.records_sent} records to {stream_name} in {self.requests} requests "
-            f"({self.records_per_second:.0f}/s, {self.retried_records} re-sent, {self.throttled_calls} throttled "
-            f"calls, {self.rejected_too_large} too large)"
+            f"({self.records_per_second:.0f}/s, {self.retried_records} re-sent, {self.throttled_calls} calls "
+            f"throttled or failed as a whole, {self.rejected_too_large} too large)"
         )
+
+    def too_large_note(self) -> str:
+        """What an outcome adds when records were skipped as too large (empty when none were)."""
+        if not self.rejected_too_large:
+            return ""
+        return f" ({self.rejected_too_large:,} larger than 1 MiB skipped, each logged with its partition key)"
 
 
 #: What every unfinished run may do next (said by each of its outcomes).
@@ -155,10 +168,18 @@ class PutRecordsError(RuntimeError):
     Input after the failing batch was not read from the iterator, so it is neither sent nor counted here.
     """
 
-    def __init__(self, message: str, undelivered: list[tuple[str, bytes]], summary: PutSummary) -> None:
+    def __init__(
+        self,
+        message: str,
+        undelivered: list[tuple[str, bytes]],
+        summary: PutSummary,
+        *,
+        maybe_arrived: bool = False,
+    ) -> None:
         super().__init__(message)
         self.undelivered = undelivered
         self.summary = summary
+        self.maybe_arrived = maybe_arrived  # the call failed in a way that does not say whether they arrived
 
     @property
     def undelivered_count(self) -> int:
@@ -167,10 +188,11 @@ class PutRecordsError(RuntimeError):
 
     def outcome(self) -> str:
         """The whole run in one line: what was delivered, what was not, what was never sent, and what to do."""
+        failing = "may or may not have arrived" if self.maybe_arrived else "not"
         return (
-            f"{self}: {self.summary.records_sent:,} records delivered, {self.undelivered_count:,} of the failing "
-            f"batch not, and the input after that batch not sent; {_SEND_AGAIN}, though a malformed record is "
-            "rejected again"
+            f"{self}: {self.summary.records_sent:,} records delivered{self.summary.too_large_note()}, "
+            f"{self.undelivered_count:,} of the failing batch {failing}, and the input after that batch not sent; "
+            f"{_SEND_AGAIN}, though a malformed record is rejected again"
         )
 
 
@@ -183,8 +205,8 @@ class PutInputError(RuntimeError):
 
     def outcome(self) -> str:
         return (
-            f"{self}: the {self.summary.records_sent:,} records read before it were delivered, the rest not; fix "
-            f"the input: {_SEND_AGAIN}"
+            f"{self}: the {self.summary.records_sent:,} records read before it were delivered"
+            f"{self.summary.too_large_note()}, the rest not; fix the input: {_SEND_AGAIN}"
         )
 
 
@@ -204,8 +226,8 @@ class PutInterrupted(KeyboardInterrupt):
             else ""
         )
         return (
-            f"interrupted: {self.summary.records_sent:,} records delivered{in_flight}, the rest of the input not "
-            f"sent; {_SEND_AGAIN}"
+            f"interrupted: {self.summary.records_sent:,} records delivered{self.summary.too_large_note()}"
+            f"{in_flight}, the rest of the input not sent; {_SEND_AGAIN}"
         )
 
 
@@ -469,6 +491,12 @@ class KinesisProducer:
                 stats.in_flight = 0
                 message = f"PutRecords to {self.stream_name} failed: {type(exc).__name__}: {exc}"
                 raise PutRecordsError(message, pending, self._summary(stats, started)) from exc
+            except Exception as exc:  # any other failure of the call: the run still says what it delivered
+                stats.in_flight = 0
+                message = f"PutRecords to {self.stream_name} failed: {type(exc).__name__}: {exc}"
+                raise PutRecordsError(
+                    message, pending, self._summary(stats, started), maybe_arrived=True
+                ) from exc
             stats.in_flight = 0
             results = response["Records"]
             if len(results) != len(pending):

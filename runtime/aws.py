@@ -18,10 +18,11 @@ ACCESS_DENIED_CODES = frozenset(
 )
 
 
-def aws_client(service: str, settings: Settings, max_attempts: int = 5) -> Any:
-    """A client for ``service`` honouring AWS_ENDPOINT_URL / region from the settings."""
+def aws_client(service: str, settings: Settings, total_attempts: int = 6) -> Any:
+    """A client for ``service`` honouring AWS_ENDPOINT_URL / region from the settings; botocore tries each call up
+    to ``total_attempts`` times in all (1: no retries, for a caller that retries, counts and logs them itself)."""
     config = Config(
-        retries={"max_attempts": max_attempts, "mode": "adaptive"},
+        retries={"total_max_attempts": total_attempts, "mode": "adaptive"},
         connect_timeout=5,
         read_timeout=60,
         max_pool_connections=MAX_POOL_CONNECTIONS,

@@ -122,7 +122,7 @@ class Settings(BaseSettings):
     stream_name: str = Field(
         "clickstream",
         pattern=r"^[A-Za-z0-9_.-]{1,128}$",  # Kinesis's own rule for a stream name
-        description="Kinesis data stream to read and write.",
+        description="Kinesis data stream: the worker reads it, produce writes to it, setup creates it.",
     )
     stream_shards: int = Field(
         4, ge=1, le=500, description="Shard count used when `setup` creates the stream."

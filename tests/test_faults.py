@@ -439,3 +439,29 @@ def test_invalid_faults_are_refused_over_http(endpoint: str) -> None:
     assert raised.value.code == 400
     assert "status" in json.loads(raised.value.read())["error"]
     assert list_faults(endpoint) == {"active": [], "expired": []}
+
+
+def test_produce_counts_every_refused_call_in_its_summary(endpoint: str) -> None:
+    """Its client has no retries of its own: each PutRecords the stream refused is one the producer retried,
+    counted and logged. botocore's adaptive retries used to absorb them (5 per attempt): a run slowed by
+    throttling said "0 throttled calls"."""
+    import re
+
+    from click.testing import CliRunner
+
+    from clickstream.cli import main
+
+    client("kinesis", endpoint).create_stream(StreamName="produce-refused", ShardCount=1)
+    set_fault(endpoint, "kinesis", 400, 1.5, operations=["PutRecords"])
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    result = CliRunner().invoke(
+        main,
+        ["produce", "--stream", "produce-refused", "--customers", "5", "--events", "50", "--no-progress"],
+        env={**env, "AWS_REGION": "us-east-1"},
+    )
+    assert result.exit_code == 0, result.output
+    (fault,) = list_faults(endpoint)["expired"] or list_faults(endpoint)["active"]
+    refused = re.search(r"(\d+) calls throttled or failed as a whole", result.output)
+    assert refused is not None, result.output
+    assert fault["hits"] >= 2 and int(refused.group(1)) == fault["hits"], (fault, result.output)
+    assert "put 50 records" in result.output

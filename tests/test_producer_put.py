@@ -288,6 +288,36 @@ def test_credentials_that_fail_mid_run_stop_it_with_what_was_delivered() -> None
     assert "1,000 records delivered, 500 of the failing batch not" in outcome
 
 
+def test_any_other_failure_of_a_call_stops_the_run_with_what_was_delivered() -> None:
+    """A botocore error that comes after the request went out (an unparsable answer): the run says what it delivered
+    and that the failing batch may or may not have arrived, instead of a bare error that hides both."""
+    from botocore.parsers import ResponseParserError
+
+    records = list(generate_events(20, 1500, 4))
+    fake = FakeKinesis(raise_on_calls={2: ResponseParserError("unexpected body")})
+    with pytest.raises(PutRecordsError, match="ResponseParserError") as raised:
+        make_producer(fake, FakeTime()).put(records)
+    assert raised.value.maybe_arrived and raised.value.undelivered_count == 500
+    assert (
+        "1,000 records delivered, 500 of the failing batch may or may not have arrived"
+        in raised.value.outcome()
+    )
+
+
+def test_every_outcome_names_the_records_skipped_as_too_large() -> None:
+    """A failed run's line used to count only delivered records: one skipped as too large went unmentioned."""
+    records = list(generate_events(5, 10, 4))
+    huge = b'{"customer_id":"c-000001","pad":"' + b"x" * (1024 * 1024) + b'"}'
+    fake = FakeKinesis(
+        raise_on_calls={0: CredentialRetrievalError(provider="sso", error_msg="token expired")}
+    )
+    with pytest.raises(PutRecordsError) as raised:
+        make_producer(fake, FakeTime()).put([huge, *records])
+    assert "0 records delivered (1 larger than 1 MiB skipped, each logged with its partition key)" in (
+        raised.value.outcome()
+    )
+
+
 def test_records_over_one_mib_are_rejected_locally_and_counted() -> None:
     records = list(generate_events(5, 10, 4))
     huge = b'{"customer_id":"c-000001","pad":"' + b"x" * (1024 * 1024) + b'"}'

@@ -1116,6 +1116,35 @@ def test_produce_stopped_by_ctrl_c_says_what_it_delivered_and_exits_130(
     assert "Aborted!" not in result.output
 
 
+def test_produce_stopped_by_sigterm_says_what_it_delivered_and_exits_143(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """docker stop, ECS and `timeout` send SIGTERM: the run used to end with no word of what it had delivered."""
+    import signal
+
+    from producer.kinesis_put import KinesisProducer
+
+    send = KinesisProducer._send
+    calls = []
+
+    def send_then_terminated(self: KinesisProducer, batch: Any, *args: Any) -> None:
+        calls.append(len(batch))
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        send(self, batch, *args)
+
+    monkeypatch.setattr(KinesisProducer, "_send", send_then_terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    with mock_aws():
+        boto3.client("kinesis", region_name="us-east-1").create_stream(StreamName="term", ShardCount=1)
+        result = CliRunner().invoke(
+            main, ["produce", "--stream", "term", "--customers", "20", "--events", "1200"]
+        )
+    assert result.exit_code == 143, result.output
+    assert f"interrupted: {calls[0]:,} records delivered" in result.output, result.output
+    assert signal.getsignal(signal.SIGTERM) == before, "the handler is put back"
+
+
 # ---------------------------------------------------------------------------------------------------- summary
 CUSTOMER_COLUMNS = {
     "customer_id": pa.string(),
@@ -1514,12 +1543,12 @@ def test_a_missing_profile_or_a_malformed_region_is_exit_2(
     assert_one_line(result, 2, needle)
 
 
-def produce_file(path: Path, shards: int = 1) -> tuple[Any, int]:
+def produce_file(path: Path, shards: int = 1, stdin: bytes | None = None) -> tuple[Any, int]:
     """``produce --input path`` against moto: the CLI result and how many records the stream then holds."""
     with mock_aws():
         kinesis = boto3.client("kinesis", region_name="us-east-1")
         kinesis.create_stream(StreamName="in", ShardCount=shards)
-        result = CliRunner().invoke(main, ["produce", "--stream", "in", "--input", str(path)])
+        result = CliRunner().invoke(main, ["produce", "--stream", "in", "--input", str(path)], input=stdin)
         held = 0
         for shard in kinesis.list_shards(StreamName="in")["Shards"]:
             iterator = kinesis.get_shard_iterator(
@@ -1558,6 +1587,46 @@ def test_produce_exits_1_when_a_record_was_too_large_to_send_and_skips_blank_lin
     assert result.exit_code == 1, result.output
     assert "1 records larger than the 1 MiB PutRecords limit were not sent" in result.output
     assert held == len(records), "every other record, and no blank line, is on the stream"
+
+
+def test_produce_says_which_records_of_its_input_the_worker_will_reject(tmp_path: Path) -> None:
+    """A pretty-printed JSON array or a record over the worker's 32 KiB limit is sent as it is (the file is the
+    user's), and the run says the worker will reject them, naming the first."""
+    from producer.generator import generate_events
+
+    records = list(generate_events(10, 40, 3))
+    oversized = json.dumps({"customer_id": "c-big", "pad": "x" * 40_000}).encode()
+    source = tmp_path / "events.jsonl"
+    source.write_bytes(
+        b"\n".join([*records[:5], b"[", b"  " + records[5], b"]", oversized, *records[6:]]) + b"\n"
+    )
+
+    result, held = produce_file(source)
+
+    assert result.exit_code == 0, result.output
+    assert held == len(records) + 3, "sent as they are"
+    warnings = [json.loads(line)["message"] for line in result.stderr.splitlines() if '"WARNING"' in line]
+    assert len(warnings) == 2, result.stderr
+    assert (
+        f"2 of the {len(records) + 3} records of {source} are not JSON objects (the first is record 6"
+        in (warnings[0])
+    )
+    assert (
+        "1 records of" in warnings[1]
+        and "limit of 32,768 bytes (CLICKSTREAM_MAX_RECORD_BYTES)" in warnings[1]
+    )
+    clean = tmp_path / "clean.jsonl"
+    clean.write_bytes(b"\n".join(records) + b"\n")
+    quiet, _ = produce_file(clean)
+    assert quiet.exit_code == 0 and '"WARNING"' not in quiet.stderr, quiet.stderr
+
+
+def test_produce_reads_stdin_as_input_dash(tmp_path: Path) -> None:
+    from producer.generator import generate_events
+
+    records = list(generate_events(10, 40, 3))
+    result, held = produce_file(Path("-"), stdin=b"\n".join(records) + b"\n")
+    assert result.exit_code == 0 and held == len(records), result.output
 
 
 def test_score_of_a_folder_of_other_files_says_what_they_are_not(tmp_path: Path) -> None:
