@@ -414,10 +414,9 @@ def produce(
         if is_missing_stream(error):  # said as the worker says it: where it was looked for, how to make it
             raise FrontDoorError(stream_missing(settings), USAGE) from None
         raise
+    # botocore retries nothing: every retry is the producer's, counted and logged
     producer = KinesisProducer(
-        aws_client(
-            "kinesis", settings, total_attempts=1
-        ),  # every retry is the producer's: counted and logged
+        aws_client("kinesis", settings, total_attempts=1),
         settings.stream_name,
         max_records_per_second=rate,
         progress=show_progress(progress),

@@ -207,16 +207,15 @@ class StateRecovery:
                 extra={"shard_id": shard_id},
             )
             return None
-        if current is not None and current.tables != keys:
-            # the pointer moved already: this snapshot is written whatever becomes of the old one's tables
-            try:
-                self._sink.delete_keys(current.tables.values())
-            except ClientError as error:
-                log.warning(
-                    "the replaced snapshot's tables could not be deleted (%s): left behind, no restore reads them",
-                    error,
-                    extra={"shard_id": shard_id},
-                )
+        # the pointer moved already: this snapshot is written whatever becomes of older tables
+        try:
+            self._delete_unnamed_tables(pointer)
+        except ClientError as error:
+            log.warning(
+                "older snapshot tables could not be deleted (%s): left behind, no restore reads them",
+                error,
+                extra={"shard_id": shard_id},
+            )
         log.info(
             "snapshot of %d customers at %s",
             state.customer_count(),
@@ -224,6 +223,22 @@ class StateRecovery:
             extra={"shard_id": shard_id, "sequence_number": position.sequence_number},
         )
         return pointer
+
+    def _delete_unnamed_tables(self, pointer: SnapshotPointer) -> None:
+        """Delete every table of the shard's snapshots at or before the pointer's position that it does not name:
+        the replaced snapshot's, and those of writers that died (kill -9, out of memory) or were paused between
+        their tables and their pointer update, which nothing else would ever delete. None of them can be named
+        later: a writer at an earlier or equal position either sees this pointer and writes nothing, or loses its
+        conditional pointer update. Tables past the pointer's position may be a live writer's, about to move the
+        pointer: they stay."""
+        unnamed = [
+            key
+            for key in self._sink.list_keys(self.layout.snapshots_prefix(pointer.shard_id))
+            if key not in pointer.tables.values()
+            and (position := self.layout.snapshot_table_position(key)) is not None
+            and position <= pointer.position
+        ]
+        self._sink.delete_keys(unnamed)
 
     # ------------------------------------------------------------------ the chain
     def chain_from(self, shard_id: str, base: Position | None) -> list[CommitRecord]:

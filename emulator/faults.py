@@ -10,7 +10,9 @@ JSON services only ever POST to ``/``):
     operations fail; default: every operation of the service), ``"code"`` (the AWS error code; default from
     ``service`` and ``status``, e.g. ``ServiceUnavailable`` for S3 503, ``ProvisionedThroughputExceededException``
     for Kinesis or DynamoDB 400), ``"message"``, ``"probability"`` (fail only this fraction of the matching
-    requests, default 1) and, for S3 only, ``"key_prefix"`` (only requests for object keys that start with it fail:
+    requests, default 1), ``"times"`` (fail at most this many requests, then the fault is spent, as if expired:
+    a retry count a test can rely on however slow the machine) and, for S3 only, ``"key_prefix"`` (only requests
+    for object keys that start with it fail:
     ``"clickstream/_control/commits/"`` stalls a flush after its data files, before its commit). Answers 201 with
     the fault, including its ``id``.
 ``GET /_clickstream/faults``
@@ -152,10 +154,11 @@ class Fault:
     created_at: float
     expires_at: float
     probability: float = 1.0
+    times: int | None = None  # fail at most this many requests (None: no limit)
     hits: int = 0
 
     def active(self, now: float) -> bool:
-        return now < self.expires_at
+        return now < self.expires_at and (self.times is None or self.hits < self.times)
 
     def matches(self, service: str, operation: str | None, key: str | None = None) -> bool:
         if service != self.service:
@@ -177,6 +180,7 @@ class Fault:
             "key_prefix": self.key_prefix,
             "seconds": self.seconds,
             "probability": self.probability,
+            "times": self.times,
             "expires_in": round(max(0.0, self.expires_at - now), 3),
             "active": self.active(now),
             "hits": self.hits,
@@ -215,6 +219,7 @@ class FaultRegistry:
         message: str | None = None,
         probability: float = 1.0,
         key_prefix: str | None = None,
+        times: int | None = None,
     ) -> Fault:
         """Register a fault; raises FaultSpecError for unusable values."""
         service = _require_str("service", service).strip().lower()
@@ -236,6 +241,8 @@ class FaultRegistry:
             or not 0 < probability <= 1
         ):
             raise FaultSpecError(f"probability: must be a number > 0 and <= 1 (got {probability!r})")
+        if times is not None and (isinstance(times, bool) or not isinstance(times, int) or times < 1):
+            raise FaultSpecError(f"times: must be null or an integer >= 1 (got {times!r})")
         names: frozenset[str] | None = None
         if operations is not None:
             if isinstance(operations, str | bytes):
@@ -271,6 +278,7 @@ class FaultRegistry:
                 created_at=now,
                 expires_at=now + float(seconds),
                 probability=float(probability),
+                times=times,
             )
             self._faults.append(fault)
         return fault
@@ -524,6 +532,7 @@ class FaultInjectingApp:
                 "message",
                 "probability",
                 "key_prefix",
+                "times",
             }
             if unknown:
                 raise FaultSpecError(f"unknown fields: {', '.join(sorted(unknown))}")
@@ -539,6 +548,7 @@ class FaultInjectingApp:
                 message=spec.get("message"),
                 probability=spec.get("probability", 1.0),
                 key_prefix=spec.get("key_prefix"),
+                times=spec.get("times"),
             )
         except (ValueError, TypeError) as error:  # FaultSpecError, bad JSON, bad Content-Length
             return _json(start_response, 400, {"error": str(error)})
@@ -587,6 +597,7 @@ def set_fault(
     message: str | None = None,
     probability: float | None = None,
     key_prefix: str | None = None,
+    times: int | None = None,
 ) -> dict[str, Any]:
     """Make ``service`` (``operations`` of it) on the emulator at ``endpoint`` fail for ``seconds``.
 
@@ -604,6 +615,8 @@ def set_fault(
         spec["probability"] = probability
     if key_prefix is not None:
         spec["key_prefix"] = key_prefix
+    if times is not None:
+        spec["times"] = times
     result: dict[str, Any] = _call(endpoint, "POST", spec)
     return result
 

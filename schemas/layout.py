@@ -180,13 +180,28 @@ class OutputLayout:
     def clv_latest_key(self) -> str:
         return f"{self.clv_commits_prefix}latest.json"
 
+    def snapshots_prefix(self, shard_id: str) -> str:
+        """Everything of the shard's snapshots: its pointer and every writer's tables."""
+        return f"{self.control_prefix}snapshots/{shard_id}/"
+
     def snapshot_pointer_key(self, shard_id: str) -> str:
-        return f"{self.control_prefix}snapshots/{shard_id}/latest.json"
+        return f"{self.snapshots_prefix(shard_id)}latest.json"
 
     def snapshot_table_key(self, shard_id: str, position: Position, write_id: str, table: str) -> str:
         """One writer's table of a snapshot at ``position``: ``write_id`` keeps two writers of the same position
         apart, so that a writer only ever deletes tables it wrote itself (the pointer may name the other's)."""
-        return f"{self.control_prefix}snapshots/{shard_id}/{position.key_part()}-{write_id}/{table}.parquet"
+        return f"{self.snapshots_prefix(shard_id)}{position.key_part()}-{write_id}/{table}.parquet"
+
+    def snapshot_table_position(self, key: str) -> Position | None:
+        """The position of the snapshot a ``snapshot_table_key`` belongs to; None for any other key."""
+        folder, _, name = key.rpartition("/")
+        if not folder.startswith(f"{self.control_prefix}snapshots/") or not name.endswith(".parquet"):
+            return None
+        key_part, _, write_id = folder.rpartition("/")[2].rpartition("-")
+        try:
+            return Position.from_key_part(key_part) if write_id else None
+        except ValueError:
+            return None
 
 
 def chain_link(previous: Position | None) -> str:

@@ -110,6 +110,18 @@ def test_probability_fails_only_a_fraction_of_the_requests() -> None:
     assert fault.hits == 2
 
 
+def test_times_fails_that_many_requests_then_the_fault_is_spent() -> None:
+    registry = FaultRegistry(clock=FakeClock())
+    fault = registry.add("kinesis", 400, 60, times=2)
+    outcomes = [registry.match("kinesis", "PutRecords") is not None for _ in range(4)]
+    assert outcomes == [True, True, False, False] and fault.hits == 2
+    (listed,) = registry.snapshot()["expired"]
+    assert (listed["times"], listed["hits"], listed["active"]) == (2, 2, False)
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(FaultSpecError, match="times"):
+            registry.add("kinesis", 400, 60, times=bad)  # type: ignore[arg-type]
+
+
 def test_clear_forgets_active_and_expired_faults() -> None:
     clock = FakeClock()
     registry = FaultRegistry(clock=clock)
@@ -452,7 +464,7 @@ def test_produce_counts_every_refused_call_in_its_summary(endpoint: str) -> None
     from clickstream.cli import main
 
     client("kinesis", endpoint).create_stream(StreamName="produce-refused", ShardCount=1)
-    set_fault(endpoint, "kinesis", 400, 1.5, operations=["PutRecords"])
+    set_fault(endpoint, "kinesis", 400, 120, operations=["PutRecords"], times=3)
     env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
     result = CliRunner().invoke(
         main,
@@ -460,8 +472,9 @@ def test_produce_counts_every_refused_call_in_its_summary(endpoint: str) -> None
         env={**env, "AWS_REGION": "us-east-1"},
     )
     assert result.exit_code == 0, result.output
-    (fault,) = list_faults(endpoint)["expired"] or list_faults(endpoint)["active"]
+    (fault,) = list_faults(endpoint)["expired"]
     refused = re.search(r"(\d+) calls throttled or failed as a whole", result.output)
     assert refused is not None, result.output
-    assert fault["hits"] >= 2 and int(refused.group(1)) == fault["hits"], (fault, result.output)
+    assert fault["hits"] == 3 and int(refused.group(1)) == 3, (fault, result.output)
+    print(result.output)
     assert "put 50 records" in result.output

@@ -23,7 +23,7 @@ from producer.generator import ClickstreamGenerator
 from producer.kinesis_put import partition_key_for
 from runtime.settings import Settings, load_settings
 from schemas.control import SnapshotPointer
-from schemas.positions import chain_position
+from schemas.positions import Position, chain_position
 from tests.parquet_support import dictionary_columns
 
 SHARD = "shardId-000000000000"
@@ -370,6 +370,40 @@ def test_a_writer_whose_snapshot_lost_deletes_only_its_own_tables(
     fresh = CustomerState(SHARD, tmp_path / "fresh.duckdb")
     assert StateRecovery(s3, settings).restore(fresh).source == "snapshot"
     assert _rows(fresh) == _rows(owner.state)
+
+
+def test_a_snapshot_deletes_the_tables_of_writers_that_died_before_their_pointer(
+    s3_env: tuple[Any, Settings], tmp_path: Path
+) -> None:
+    """A writer killed (kill -9, out of memory) between its tables and its pointer update left them for good: a full
+    copy of the shard's state each time. The next snapshot deletes every unnamed table at or before its position;
+    a table past it may be a live writer's, about to move the pointer, and stays."""
+    s3, settings = s3_env
+    owner = _processor(s3, settings, tmp_path / "a.duckdb", snapshot_every=10**6)
+    owner.start("TRIM_HORIZON")
+    _feed(owner, _records(30, 1_500, seed=12))
+    recovery = StateRecovery(s3, settings)
+    position = owner.state.position()
+    assert position is not None
+    layout = recovery.layout
+    before, ahead = (
+        Position(str(int(position.sequence_number) - 5), 0),
+        Position(str(int(position.sequence_number) + 5), 0),
+    )
+    died = {
+        layout.snapshot_table_key(SHARD, at, write_id, "customers")
+        for at, write_id in ((before, "deadbeef0001"), (position, "deadbeef0002"))
+    }
+    live = layout.snapshot_table_key(SHARD, ahead, "5eeab1e00003", "customers")
+    for key in (*died, live):
+        s3.put_object(Bucket="recovery-bucket", Key=key, Body=b"a table")
+
+    pointer = recovery.write_snapshot(owner.state)
+
+    assert pointer is not None and pointer.position == position
+    assert _snapshot_keys(s3) == {*pointer.tables.values(), live, layout.snapshot_pointer_key(SHARD)}
+    assert {layout.snapshot_table_position(key) for key in died} == {before, position}
+    assert layout.snapshot_table_position(layout.snapshot_pointer_key(SHARD)) is None
 
 
 def test_a_snapshot_whose_tables_are_gone_is_rebuilt_from_the_chain_start(
