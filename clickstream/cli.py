@@ -566,7 +566,7 @@ def replay(
     s3 = aws_client("s3", settings)
     require_worker_prefix(s3, settings)
     try:
-        plan = plan_replay(s3, settings, window[0], window[1], name=name)
+        plan = plan_replay(s3, settings, window[0], window[1], name=name, progress=progress)
     except ControlRecordError:
         raise  # explained as every reader of the commit chain explains it
     except ValueError as error:

@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import IO, Any
 
 import click
+from tqdm import tqdm
 
 #: The logger name a command's own lines carry in JSON mode.
 CLI_LOGGER = "clickstream"
+#: Off a terminal, long work says how far it got this often (a log line), so a job's log shows it is alive.
+PROGRESS_LOG_SECONDS = 30.0
+
+log = logging.getLogger(CLI_LOGGER)
 
 
 def json_mode() -> bool:
@@ -63,3 +72,51 @@ class JsonShownError(click.ClickException):
         if self.help_hint:
             fields["hint"] = self.help_hint
         click.echo(json_line(self.format_message(), logging.ERROR, **fields), err=True, file=file)
+
+
+class _Progress:
+    """``(done, total)`` of one piece of work, shown as a bar or as a log line every ``log_seconds``."""
+
+    def __init__(
+        self, description: str, unit: str, bar: bool, log_seconds: float, clock: Callable[[], float]
+    ) -> None:
+        self.description, self.unit, self.bar, self.log_seconds, self.clock = (
+            description,
+            unit,
+            bar,
+            log_seconds,
+            clock,
+        )
+        self.shown: tqdm[Any] | None = None
+        self.logged_at = clock()
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar:
+            if self.shown is None:
+                self.shown = tqdm(total=total, unit=self.unit, desc=self.description, file=sys.stderr)
+            self.shown.update(done - self.shown.n)
+        elif self.clock() - self.logged_at >= self.log_seconds:
+            self.logged_at = self.clock()
+            log.info("%s: %s of %s %ss", self.description, f"{done:,}", f"{total:,}", self.unit)
+
+    def close(self) -> None:
+        if self.shown is not None:
+            self.shown.close()
+
+
+@contextmanager
+def progress_of(
+    description: str,
+    unit: str,
+    *,
+    bar: bool,
+    log_seconds: float = PROGRESS_LOG_SECONDS,
+    clock: Callable[[], float] = time.monotonic,
+) -> Iterator[Callable[[int, int], None]]:
+    """A ``progress(done, total)`` callback for long work: a bar on stderr when ``bar`` (a terminal), else an INFO
+    line every ``log_seconds`` (nothing for work shorter than that)."""
+    progress = _Progress(description, unit, bar, log_seconds, clock)
+    try:
+        yield progress
+    finally:
+        progress.close()

@@ -5,7 +5,7 @@ CDN), so it opens offline and can be mailed or attached to a ticket. Sections: t
 value, the recency x frequency heat map, the CLV distribution, top customers, records in / accepted / rejected (by
 reason) over time, freshness over time, files and bytes written.
 
-Sources: the worker's commit records (``read_commit_records``), the rejected records they name (``errors/``), and
+Sources: the worker's commit records (``commit_records``), the rejected records they name (``errors/``), and
 the latest committed ``clickstream score`` run (``_control/clv/latest.json``).
 """
 
@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from clickstream.errors import USAGE, FrontDoorError
-from clickstream.outputs import require_worker_prefix
+from clickstream.outputs import commit_records, require_worker_prefix
 from runtime.settings import Settings
 from schemas.control import CommitRecord, ControlRecordError
 from schemas.layout import OutputLayout
@@ -82,13 +82,12 @@ def load_inputs(settings: Settings, s3: Any, *, top: int = 20, clv_dir: Path | N
         read_model_report,
         read_scores,
     )
-    from consumer.s3_sink import read_commit_records
 
     layout = OutputLayout(settings.prefix)
     require_worker_prefix(s3, settings)
     inputs = ReportInputs(source=f"s3://{settings.bucket}/{settings.prefix}", top=top)
     try:
-        inputs.commits = read_commit_records(s3, settings.bucket, layout)
+        inputs.commits = commit_records(s3, settings)
     except ControlRecordError as error:
         inputs.commits_problem = f"the commit records could not be read as the current format ({error})"
     error_keys = sorted({key for record in inputs.commits for key in record.files.get("errors", [])})

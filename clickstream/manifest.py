@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from consumer.s3_sink import S3ParquetSink, committed_files, read_commit_records
+from clickstream.outputs import commit_records
+from consumer.s3_sink import S3ParquetSink, committed_files
 from runtime.settings import Settings
 from schemas.layout import OutputLayout
 
@@ -18,7 +19,7 @@ from schemas.layout import OutputLayout
 def copy_manifest(s3: Any, settings: Settings, output: str, arrival_day: int | None = None) -> dict[str, Any]:
     """``{"entries": [{"url", "mandatory", "meta": {"content_length"}}]}`` for COPY ... FORMAT AS PARQUET MANIFEST."""
     layout = OutputLayout(settings.prefix)
-    records = read_commit_records(s3, settings.bucket, layout)
+    records = commit_records(s3, settings)
     sizes = {key: size for record in records for key, size in record.file_bytes.items()}
     keys = [
         key

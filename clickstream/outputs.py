@@ -17,7 +17,9 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from clickstream.console import progress_of
 from clickstream.errors import USAGE, FrontDoorError
+from clickstream.options import show_progress
 from consumer.s3_sink import commit_record_at, prefix_in_use, read_commit_records
 from runtime.settings import Settings
 from schemas.control import CommitRecord
@@ -109,10 +111,19 @@ class CommittedOutputs:
         return [key for output in OUTPUTS for key in self.files[output]] + self.commit_keys
 
 
+def commit_records(s3: Any, settings: Settings, *, progress: bool | None = None) -> list[CommitRecord]:
+    """Every commit record of the prefix (the manifest of committed data), with progress shown: a bar on a terminal
+    (or as ``progress`` says), else a log line every 30 s; a long-lived prefix holds millions."""
+    with progress_of("reading commit records", "commit", bar=show_progress(progress)) as report:
+        return read_commit_records(
+            s3, settings.bucket, OutputLayout(settings.prefix), max_workers=MAX_WORKERS, progress=report
+        )
+
+
 def committed_outputs(s3: Any, settings: Settings) -> CommittedOutputs:
     """Read the commit chain and list the data prefixes: the committed state of the outputs, now."""
     layout = OutputLayout(settings.prefix)
-    commits = read_commit_records(s3, settings.bucket, layout, max_workers=MAX_WORKERS)
+    commits = commit_records(s3, settings)
     named = {output: [key for c in commits for key in c.files.get(output, [])] for output in OUTPUTS}
     listed = {
         output: {

@@ -26,7 +26,8 @@ from tqdm import tqdm
 
 from aggregators.customer_state import CustomerState
 from clickstream.options import parse_flag_time
-from consumer.s3_sink import S3ParquetSink, read_commit_records
+from clickstream.outputs import commit_records
+from consumer.s3_sink import S3ParquetSink
 from consumer.state_recovery import state_options
 from runtime.settings import Settings
 from schemas import EVENTS_SCHEMA
@@ -73,7 +74,13 @@ class ReplayResult:
 
 
 def plan_replay(
-    s3: Any, settings: Settings, start: datetime, end: datetime, name: str | None = None
+    s3: Any,
+    settings: Settings,
+    start: datetime,
+    end: datetime,
+    name: str | None = None,
+    *,
+    progress: bool | None = None,
 ) -> ReplayPlan:
     """Which committed archive files a replay of [start, end) reads, and where it writes."""
     if end <= start:
@@ -89,7 +96,7 @@ def plan_replay(
         bucket=settings.bucket,
         dedupe_window_days=settings.dedupe_window_days,
     )
-    for record in read_commit_records(s3, settings.bucket, sink.layout):
+    for record in commit_records(s3, settings, progress=progress):
         plan.commits += 1
         if record.oldest_event_at is None or record.newest_event_at is None:
             continue  # archived no new events

@@ -47,9 +47,9 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 from botocore.exceptions import ClientError
-from tqdm import tqdm
 
-from clickstream.outputs import CURRENT_ROW
+from clickstream.console import progress_of
+from clickstream.outputs import CURRENT_ROW, commit_records
 from consumer.s3_sink import is_precondition_failed
 from runtime.settings import Settings
 from schemas.layout import OutputLayout
@@ -272,9 +272,7 @@ def read_local_rows(folder: Path, settings: Settings) -> CurrentRows:
 
 def read_committed_rows(s3: Any, settings: Settings, workdir: Path, *, progress: bool = True) -> CurrentRows:
     """The customer_aggregates files the worker's commit records name, downloaded in parallel into ``workdir``."""
-    from consumer.s3_sink import read_commit_records
-
-    records = read_commit_records(s3, settings.bucket, OutputLayout(settings.prefix))
+    records = commit_records(s3, settings, progress=progress)
     keys = sorted({key for record in records for key in record.files.get("customer_aggregates", [])})
 
     def download(key: str) -> tuple[str, int]:
@@ -286,12 +284,12 @@ def read_committed_rows(s3: Any, settings: Settings, workdir: Path, *, progress:
 
     with (
         ThreadPoolExecutor(max_workers=16) as pool,
-        tqdm(total=len(keys), unit="file", desc="reading customer_aggregates", disable=not progress) as bar,
+        progress_of("reading customer_aggregates", "file", bar=progress) as report,
     ):
         downloaded = []
         for item in pool.map(download, keys):
             downloaded.append(item)
-            bar.update()
+            report(len(downloaded), len(keys))
     source = f"s3://{settings.bucket}/{OutputLayout(settings.prefix).output_prefix('customer_aggregates')}"
     return _current_rows([path for path, _ in downloaded], source, sum(size for _, size in downloaded))
 

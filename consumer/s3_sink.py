@@ -367,11 +367,14 @@ def read_commit_records(
     *,
     continuing_from: Position | None = None,
     max_workers: int = 16,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[CommitRecord]:
     """Commit records (of one shard, or of all), sorted by shard and stream position: the manifest of committed
     data. With ``shard_id`` and ``continuing_from``, only the commits that continue from that position or later.
 
     Objects are fetched in parallel; a record that does not parse raises ``ControlRecordError`` (never skipped).
+    ``progress(done, total)`` is called once the keys are listed and as records arrive (a long-lived prefix holds
+    millions: the readers say they are alive).
     """
     prefix = layout.commits_prefix(shard_id) if shard_id else layout.all_commits_prefix
     arguments: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
@@ -398,8 +401,12 @@ def read_commit_records(
 
     if not keys:
         return []
+    records = []
     with ThreadPoolExecutor(max_workers=min(max_workers, len(keys))) as pool:
-        records = list(pool.map(fetch, keys))
+        for record in pool.map(fetch, keys):
+            records.append(record)
+            if progress is not None:
+                progress(len(records), len(keys))
     return sorted(records, key=lambda r: (r.shard_id, r.first.sort_key()))
 
 

@@ -141,6 +141,20 @@ def test_where_logs_are_json_every_line_replay_says_is_a_record(s3: Any, tmp_pat
         assert text.exit_code == code and not any(line.startswith("{") for line in text.stderr.splitlines())
 
 
+def test_reading_the_commit_records_reports_its_progress(s3: Any) -> None:
+    """Every reader lists then fetches each commit record (millions on a long-lived prefix): it says how far it got."""
+    from consumer.s3_sink import read_commit_records
+    from schemas.layout import OutputLayout
+
+    _archive(s3)
+    seen: list[tuple[int, int]] = []
+    records = read_commit_records(
+        s3, BUCKET, OutputLayout("rfm"), progress=lambda done, total: seen.append((done, total))
+    )
+    assert len(records) >= 2
+    assert seen == [(done, len(records)) for done in range(1, len(records) + 1)]
+
+
 def _replays(s3: Any) -> list[str]:
     listed = s3.list_objects_v2(Bucket=BUCKET, Prefix="rfm/replays/")
     return [item["Key"] for item in listed.get("Contents", [])]
@@ -206,6 +220,6 @@ def test_a_replay_interrupted_while_planning_exits_130(s3: Any, monkeypatch: pyt
     def interrupted(*_: Any, **__: Any) -> Any:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("clickstream.replay.read_commit_records", interrupted)
+    monkeypatch.setattr("clickstream.replay.commit_records", interrupted)
     result = _replay("--from", "2026-03-01", "--to", "2026-03-03")
     assert result.exit_code == 130 and "nothing written" in result.output, result.output

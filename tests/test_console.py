@@ -1,0 +1,47 @@
+"""The CLI's voice: progress of long reads (a bar on a terminal, a log line elsewhere)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from clickstream.console import progress_of
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_off_a_terminal_long_work_logs_how_far_it_got_and_short_work_says_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    with (
+        caplog.at_level(logging.INFO, logger="clickstream"),
+        progress_of("reading commit records", "commit", bar=False, log_seconds=30, clock=clock) as report,
+    ):
+        for done in range(1, 101):
+            clock.now += 1.0  # 100 s of work, one record a second
+            report(done, 100)
+    lines = [record.getMessage() for record in caplog.records]
+    assert lines == [f"reading commit records: {done} of 100 commits" for done in (30, 60, 90)]
+    caplog.clear()
+    with (
+        caplog.at_level(logging.INFO, logger="clickstream"),
+        progress_of("reading commit records", "commit", bar=False, clock=FakeClock()) as report,
+    ):
+        report(5, 5)
+    assert not caplog.records
+
+
+def test_on_a_terminal_it_is_a_bar_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    with progress_of("reading commit records", "commit", bar=True) as report:
+        for done in range(1, 4):
+            report(done, 3)
+    bar = capsys.readouterr().err
+    assert "reading commit records" in bar and "3/3" in bar, bar
