@@ -93,7 +93,9 @@ class _Progress:
     def __call__(self, done: int, total: int) -> None:
         if self.bar:
             if self.shown is None:
-                self.shown = tqdm(total=total, unit=self.unit, desc=self.description, file=sys.stderr)
+                self.shown = tqdm(
+                    total=total, unit=self.unit, desc=self.description, file=sys.stderr, leave=False
+                )
             self.shown.update(done - self.shown.n)
         elif self.clock() - self.logged_at >= self.log_seconds:
             self.logged_at = self.clock()
