@@ -44,4 +44,5 @@ def test_on_a_terminal_it_is_a_bar_on_stderr(capsys: pytest.CaptureFixture[str])
         for done in range(1, 4):
             report(done, 3)
     bar = capsys.readouterr().err
-    assert "reading commit records" in bar and "3/3" in bar, bar
+    assert "reading commit records" in bar and "/3 [" in bar, bar
+    assert "\n" not in bar, "once done, the bar leaves no line behind"
