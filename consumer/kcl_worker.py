@@ -657,12 +657,14 @@ class KclWorker:
             log.log(level, "no shard lease held for %.0fs: %s", waited, heartbeat.lease_detail)
 
     def _emit_gauges(self) -> None:
-        """Per-worker gauges from the shard status files: lag, checkpoint age, shards held."""
+        """Per-worker gauges from the shard status files: lag, checkpoint age, shards held, state memory."""
         statuses = [s for s in read_statuses(self.status_dir).values() if s.phase == "processing"]
         values: dict[str, float] = {"ShardsProcessing": len(statuses)}
         if statuses:
             values["MillisBehindLatest"] = max(s.millis_behind_latest or 0 for s in statuses)
             values["CheckpointAgeSeconds"] = max(checkpoint_age(s, time.time()) for s in statuses)
+            # what grows until a task sized below its traffic runs out of memory (days later)
+            values["StateBytes"] = sum(s.state_bytes or 0 for s in statuses)
         emit_metrics(values, {"StreamName": self.settings.stream_name})
 
     def _exit_code(self, java_code: int) -> int:

@@ -28,6 +28,7 @@ UNITS: Final = {
     "MillisBehindLatest": "Milliseconds",
     "CheckpointAgeSeconds": "Seconds",
     "ShardsProcessing": "Count",
+    "StateBytes": "Bytes",
     "StuckShards": "Count",
     "ArrivalToDurableP99": "Seconds",
     "NewestEventAge": "Seconds",

@@ -288,6 +288,7 @@ class ShardProcessor:
         self.metrics.checkpointed_sequence = checkpoint
         position = self.state.position()
         self.metrics.applied_sequence = position.sequence_number if position else None
+        self.metrics.state_bytes = sum(self.state.memory_bytes().values())
         self._report(force=True)
 
     def on_records(
@@ -505,6 +506,7 @@ class ShardProcessor:
         )
         position = self.state.position()
         self.metrics.applied_sequence = position.sequence_number if position else None
+        self.metrics.state_bytes = sum(self.state.memory_bytes().values())
         self._report(force=True)
 
     def _tidy(self, record: CommitRecord, attempt_id: str) -> None:
@@ -637,6 +639,7 @@ class ShardProcessor:
             m.arrival_to_durable_p99 = record.freshness.arrival_to_durable_p99
             m.newest_event_age = record.freshness.newest_event_age
         m.buffered_records = 0
+        m.state_bytes = sum(self.state.memory_bytes().values())
         self._report(force=True)
 
     def _report(self, force: bool = False) -> None:

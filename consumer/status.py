@@ -33,6 +33,9 @@ class ShardStatus:
     arrival_to_durable_p99: float | None = None  # of the last flush, seconds
     newest_event_age: float | None = None  # of the last flush: commit time - newest event time, seconds
     millis_behind_latest: int | None = None
+    state_bytes: int | None = (
+        None  # the shard's state in memory (CustomerState.memory_bytes), after its last change
+    )
     applied_sequence: str | None = None
     checkpointed_sequence: str | None = None
     last_call_at: float | None = None

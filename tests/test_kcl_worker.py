@@ -993,3 +993,26 @@ def test_a_live_worker_ends_by_saying_how_it_stopped_and_where_its_log_is(tmp_pa
         f"stopped cleanly: every shard flushed and checkpointed; the full log is {log_file}"
     )
     assert final_words(3, log_file).startswith("stopped with exit code 3 (the reason is printed above)")
+
+
+def test_the_worker_gauges_sum_the_state_memory_of_its_shards(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """StateBytes: what grows until a task sized below its traffic runs out of memory, days later."""
+    from types import SimpleNamespace
+
+    from runtime.logs import METRICS_LOGGER
+
+    writer = StatusWriter(tmp_path / "status")
+    now = time.time()
+    for shard, phase, state_bytes in (("a", "processing", 300), ("b", "processing", 50), ("c", "ended", 999)):
+        writer.write(
+            ShardStatus(shard, 1, phase=phase, state_bytes=state_bytes, started_at=now, updated_at=now),
+            force=True,
+        )
+    worker = SimpleNamespace(status_dir=tmp_path / "status", settings=Settings(stream_name="gauged"))
+    with caplog.at_level(logging.INFO, logger=METRICS_LOGGER):
+        KclWorker._emit_gauges(worker)  # type: ignore[arg-type]
+    (line,) = [record.emf for record in caplog.records if hasattr(record, "emf")]
+    assert (line["StateBytes"], line["ShardsProcessing"], line["StreamName"]) == (350, 2, "gauged")
+    assert {"Name": "StateBytes", "Unit": "Bytes"} in line["_aws"]["CloudWatchMetrics"][0]["Metrics"]

@@ -754,6 +754,10 @@ def test_status_file_reports_received_flushed_and_checkpointed_counts(
     assert status.applied_sequence == status.checkpointed_sequence == records[-1].sequence_number
     assert status.files_written == len(data_keys(s3))
     assert status.bytes_written == sum(c.bytes_written for c in commit_records(s3))
+    assert started.state_bytes == 0, "an empty state holds nothing"
+    assert status.state_bytes == sum(processor.state.memory_bytes().values()) > 0, (
+        "the state after its flushes"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- crash points
