@@ -2,9 +2,10 @@
 
 The run, step by step (each only after the previous one succeeded; ``score_customers`` below):
 
-1. **Read**: the current row of every customer. From S3, the ``customer_aggregates/`` files named by the worker's
-   commit records (``read_commit_records``: files of flushes that never committed are not data); from a local
-   folder, every Parquet file in it. Each customer's highest ``version`` wins.
+1. **Read**: the current row of every customer (``clickstream.current_rows``). From S3, the ``customer_aggregates/``
+   files named by the worker's commit records (files of flushes that never committed are not data), read since the
+   last run (its current rows are kept under ``_control/current_rows/``); from a local folder, every Parquet file
+   in it. Each customer's highest ``version`` wins.
 2. **Name**: the observation end (``--as-of``, default the latest event time seen) and the run id, a hash of
    the as-of, a fingerprint of the input rows, the valuation settings and the model library version.
 3. **Already done?** If ``_control/clv/as_of_yyyymmdd=<day>.json`` names this run id and its files are there, the
@@ -36,25 +37,22 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 from botocore.exceptions import ClientError
 
-from clickstream.console import progress_of
-from clickstream.outputs import CURRENT_ROW, commit_records
+from clickstream.current_rows import CurrentRows, read_committed_rows, read_local_rows
 from consumer.s3_sink import is_precondition_failed
 from runtime.settings import Settings
 from schemas.layout import OutputLayout
 from scoring.clv import ClvConfig, fit_and_predict, library_version, require_model_library
-from scoring.inputs import InputError, ModelInputs, model_inputs, shards_behind
+from scoring.inputs import ModelInputs, model_inputs, shards_behind
 from scoring.run import ScoreCommit, ScoreCommitError, rfm_of, run_id_for, score_table
 
 #: S3's answer to a conditional PUT that raced another conditional PUT of the same key (the worker retries it; a
@@ -211,89 +209,6 @@ class LocalStore:
         return str(self.root / key)
 
 
-# --------------------------------------------------------------------------------------------------- reading inputs
-@dataclass(frozen=True, slots=True)
-class CurrentRows:
-    """Each customer's current customer_aggregates row, where it came from and a fingerprint of its content."""
-
-    table: pa.Table
-    source: str
-    files: int
-    bytes: int
-    fingerprint: str
-
-
-_CURRENT_ROWS: Final = (
-    "SELECT * FROM read_parquet({files}, hive_partitioning = false, union_by_name = true) " + CURRENT_ROW
-)
-#: What names a run's input: each customer's (id, version, as_of) in one order whatever files they came in, as
-#: SHA-256 (a standard function, unlike DuckDB's hash(), whose values change between DuckDB releases).
-_FINGERPRINT: Final = """
-SELECT count(*), sha256(string_agg(customer_id || ' ' || version || ' ' || epoch_us(as_of), chr(10)
-                                   ORDER BY customer_id))
-FROM current_rows
-"""
-
-
-def _fingerprint(con: duckdb.DuckDBPyConnection) -> str:
-    count, digest = con.sql(_FINGERPRINT).fetchall()[0]
-    return f"{count}:{str(digest)[:32]}"
-
-
-def _current_rows(paths: list[str], source: str, total_bytes: int) -> CurrentRows:
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    if not paths:
-        raise InputError(f"no customer_aggregates files in {source}")
-    try:
-        table = con.sql(_CURRENT_ROWS.format(files=json.dumps(paths))).to_arrow_table()
-    except duckdb.BinderException as error:  # read, but not customer rows (e.g. events/ or errors/ files)
-        raise InputError(
-            f"the Parquet files in {source} are not customer_aggregates files ({str(error).splitlines()[0]})"
-        ) from None
-    except duckdb.InvalidInputException as error:  # a file that is not Parquet
-        raise InputError(f"{source}: {str(error).splitlines()[0]}") from None
-    con.register("current_rows", table)
-    return CurrentRows(table, source, len(paths), total_bytes, _fingerprint(con))
-
-
-def read_local_rows(folder: Path, settings: Settings) -> CurrentRows:
-    """Every customer_aggregates Parquet file under ``folder``: its ``<prefix>/customer_aggregates/`` or
-    ``customer_aggregates/`` if it has one (a download of the bucket or of the prefix, whose events/ and errors/
-    files are not customer rows), else every Parquet file in it (a folder of aggregates files)."""
-    output = OutputLayout(settings.prefix).output_prefix("customer_aggregates")
-    nested = [
-        candidate for candidate in (folder / output, folder / "customer_aggregates") if candidate.is_dir()
-    ]
-    root = nested[0] if nested else folder
-    paths = sorted(str(path) for path in root.rglob("*.parquet"))
-    return _current_rows(paths, str(root), sum(Path(path).stat().st_size for path in paths))
-
-
-def read_committed_rows(s3: Any, settings: Settings, workdir: Path, *, progress: bool = True) -> CurrentRows:
-    """The customer_aggregates files the worker's commit records name, downloaded in parallel into ``workdir``."""
-    records = commit_records(s3, settings, progress=progress)
-    keys = sorted({key for record in records for key in record.files.get("customer_aggregates", [])})
-
-    def download(key: str) -> tuple[str, int]:
-        target = workdir / key
-        target.parent.mkdir(parents=True, exist_ok=True)
-        body = s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read()
-        target.write_bytes(body)
-        return str(target), len(body)
-
-    with (
-        ThreadPoolExecutor(max_workers=16) as pool,
-        progress_of("reading customer_aggregates", "file", bar=progress) as report,
-    ):
-        downloaded = []
-        for item in pool.map(download, keys):
-            downloaded.append(item)
-            report(len(downloaded), len(keys))
-    source = f"s3://{settings.bucket}/{OutputLayout(settings.prefix).output_prefix('customer_aggregates')}"
-    return _current_rows([path for path, _ in downloaded], source, sum(size for _, size in downloaded))
-
-
 # --------------------------------------------------------------------------------------------------- committed runs
 def read_commit(
     store: ObjectStore, layout: OutputLayout, as_of_day: date | None = None
@@ -437,7 +352,7 @@ def score_customers(
     steps = _Steps(say, total=6)
     with steps.step("read", "reading current customer rows") as detail:
         current = rows()
-        detail(f"{current.table.num_rows:,} customers from {current.files:,} files ({current.bytes:,} bytes)")
+        detail(current.describe())
     inputs: ModelInputs = model_inputs(current.table, as_of)
     for shard, mark in shards_behind(current.table, inputs.as_of).items():
         say(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -373,29 +373,73 @@ def read_commit_records(
     data. With ``shard_id`` and ``continuing_from``, only the commits that continue from that position or later.
 
     Objects are fetched in parallel; a record that does not parse raises ``ControlRecordError`` (never skipped).
-    ``progress(done, total)`` is called once the keys are listed and as records arrive (a long-lived prefix holds
-    millions: the readers say they are alive).
+    ``progress(done, total)`` is called as records arrive (a long-lived prefix holds millions: the readers say they
+    are alive).
     """
-    prefix = layout.commits_prefix(shard_id) if shard_id else layout.all_commits_prefix
-    arguments: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
-    if shard_id and continuing_from is not None:
-        arguments["StartAfter"] = layout.commits_listing_start(shard_id, continuing_from)
+    if shard_id is None:
+        keys = _commit_keys(s3, bucket, layout.all_commits_prefix)
+    else:
+        keys = _shard_commit_keys(s3, bucket, layout, shard_id, continuing_from)
+    return _fetch_commits(s3, bucket, keys, max_workers, progress)
 
-    def wanted(key: str) -> bool:
-        if not key.endswith(".json"):
-            return False
-        if continuing_from is None:
-            return True
-        previous = layout.commit_previous(key)
-        return previous is not None and previous >= continuing_from
 
+def read_commits_since(
+    s3: Any,
+    bucket: str,
+    layout: OutputLayout,
+    covered: Mapping[str, Position],
+    *,
+    max_workers: int = 16,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[CommitRecord]:
+    """The commit records of every shard made after ``covered`` (a shard's last position already read; a shard
+    not in it, from its chain's start), sorted as ``read_commit_records`` sorts them. Each shard is listed from its
+    position on, so the cost follows the commits since, not the prefix's history (chains only grow at their tip)."""
+    listing = s3.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=layout.all_commits_prefix, Delimiter="/"
+    )
+    shards = [
+        common["Prefix"].removeprefix(layout.all_commits_prefix).rstrip("/")
+        for page in listing
+        for common in page.get("CommonPrefixes", [])
+    ]
     keys = [
+        key for shard in shards for key in _shard_commit_keys(s3, bucket, layout, shard, covered.get(shard))
+    ]
+    return _fetch_commits(s3, bucket, keys, max_workers, progress)
+
+
+def _commit_keys(s3: Any, bucket: str, prefix: str, start_after: str | None = None) -> list[str]:
+    arguments: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+    if start_after is not None:
+        arguments["StartAfter"] = start_after
+    return [
         obj["Key"]
         for page in s3.get_paginator("list_objects_v2").paginate(**arguments)
         for obj in page.get("Contents", [])
-        if wanted(obj["Key"])
+        if obj["Key"].endswith(".json")
     ]
 
+
+def _shard_commit_keys(
+    s3: Any, bucket: str, layout: OutputLayout, shard_id: str, continuing_from: Position | None
+) -> list[str]:
+    """The shard's commit keys, or with ``continuing_from`` those continuing from that position or later."""
+    if continuing_from is None:
+        return _commit_keys(s3, bucket, layout.commits_prefix(shard_id))
+    keys = _commit_keys(
+        s3, bucket, layout.commits_prefix(shard_id), layout.commits_listing_start(shard_id, continuing_from)
+    )
+    return [
+        key
+        for key in keys
+        if (previous := layout.commit_previous(key)) is not None and previous >= continuing_from
+    ]
+
+
+def _fetch_commits(
+    s3: Any, bucket: str, keys: list[str], max_workers: int, progress: Callable[[int, int], None] | None
+) -> list[CommitRecord]:
     def fetch(key: str) -> CommitRecord:
         return commit_record_at(f"s3://{bucket}/{key}", s3.get_object(Bucket=bucket, Key=key)["Body"].read())
 

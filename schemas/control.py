@@ -243,3 +243,44 @@ class SnapshotPointer:
             if isinstance(error, ControlRecordError):
                 raise
             raise ControlRecordError(f"snapshot pointer: {error!r}") from error
+
+
+@dataclass(frozen=True, slots=True)
+class ShardCover:
+    """How far a reader has read one shard's commit chain: the last commit it read, by key and by where it ends."""
+
+    commit_key: str
+    last: Position
+
+
+@dataclass(frozen=True, slots=True)
+class CurrentRowsPointer:
+    """``_control/current_rows/latest.json``: each customer's current customer_aggregates row as of the commits
+    ``shards`` covers, kept by `score` so that a run reads only the commits made since the last one, not the whole
+    history of the prefix. A cache: readers verify it and, when it does not hold, read everything."""
+
+    data_key: str
+    shards: dict[str, ShardCover]
+    rows: int
+    written_at: datetime
+
+    def to_json(self) -> bytes:
+        return _dump(self)
+
+    @classmethod
+    def from_json(cls, body: bytes | str) -> CurrentRowsPointer:
+        d = _load(body, "current rows pointer")
+        try:
+            return cls(
+                data_key=str(d["data_key"]),
+                shards={
+                    str(shard): ShardCover(str(cover["commit_key"]), _required_position(cover["last"]))
+                    for shard, cover in d["shards"].items()
+                },
+                rows=int(d["rows"]),
+                written_at=_time(d["written_at"]) or datetime.now(UTC),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            if isinstance(error, ControlRecordError):
+                raise
+            raise ControlRecordError(f"current rows pointer: {error!r}") from error

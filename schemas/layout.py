@@ -180,6 +180,18 @@ class OutputLayout:
     def clv_latest_key(self) -> str:
         return f"{self.clv_commits_prefix}latest.json"
 
+    @property
+    def current_rows_prefix(self) -> str:
+        """`score`'s cache of each customer's current row (``schemas.control.CurrentRowsPointer``)."""
+        return f"{self.control_prefix}current_rows/"
+
+    @property
+    def current_rows_pointer_key(self) -> str:
+        return f"{self.current_rows_prefix}latest.json"
+
+    def current_rows_data_key(self, write_id: str) -> str:
+        return f"{self.current_rows_prefix}{write_id}.parquet"
+
     def snapshots_prefix(self, shard_id: str) -> str:
         """Everything of the shard's snapshots: its pointer and every writer's tables."""
         return f"{self.control_prefix}snapshots/{shard_id}/"

@@ -17,7 +17,8 @@ import pyarrow as pa
 import pytest
 from sqlglot import exp
 
-from clickstream.score import LocalStore, read_local_rows, read_scores, score_customers
+from clickstream.current_rows import read_local_rows
+from clickstream.score import LocalStore, read_scores, score_customers
 from runtime.settings import Settings
 from schemas.contract import CLV_SCORES_SCHEMA
 from schemas.layout import OutputLayout

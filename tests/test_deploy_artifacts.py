@@ -419,6 +419,7 @@ ROLE_OF_MODULE = {
     "clickstream/manifest.py": "worker",
     "clickstream/report.py": "worker",
     "clickstream/score.py": "worker",
+    "clickstream/current_rows.py": "worker",
     "clickstream/html_report.py": "worker",
     "clickstream/resources.py": "setup",
     "producer/": "producer",

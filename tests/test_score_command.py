@@ -22,16 +22,14 @@ from click.testing import CliRunner
 from rich.console import Console
 
 from clickstream.cli import main
+from clickstream.current_rows import CurrentRows, read_committed_rows, read_local_rows
 from clickstream.score import (
     ABANDONED_RUN_SECONDS,
     ChangedMeanwhile,
     ConcurrentRunError,
-    CurrentRows,
     LocalStore,
     S3Store,
     read_commit,
-    read_committed_rows,
-    read_local_rows,
     read_model_report,
     read_scores,
     score_customers,
@@ -294,6 +292,8 @@ def test_cli_scores_from_s3_into_s3_and_says_what_it_did(s3: Any, settings: Sett
     assert head["ServerSideEncryption"] == "AES256"
     again = runner.invoke(main, ["score", "--bucket", BUCKET, "--prefix", "rfm", "--no-progress"])
     assert again.exit_code == 0 and "already committed" in again.output
+    # the second run read the first one's current rows and no commit: the same input, so the same run
+    assert "the last run's" in again.output and "of the 0 commits since" in again.output, again.output
 
 
 def test_cli_where_logs_are_json_says_each_step_as_a_record(local_copy: Path, tmp_path: Path) -> None:

@@ -1,0 +1,242 @@
+"""score's input read incrementally: the kept current rows plus the commits since equal a read of everything."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pyarrow as pa
+import pytest
+from botocore.exceptions import ClientError
+from moto import mock_aws
+
+from aggregators.customer_state import CustomerState
+from clickstream.current_rows import CurrentRows, read_committed_rows
+from consumer.s3_sink import FlushAttempt, S3ParquetSink
+from consumer.state_recovery import state_options
+from runtime.settings import Settings
+from schemas.control import CurrentRowsPointer
+from schemas.layout import FlushName, OutputLayout
+from schemas.positions import chain_position
+from tests.moto_support import isolate_environment
+from tests.test_customer_state import Stream, event
+
+BUCKET = "current-rows"
+LAYOUT = OutputLayout("rfm")
+SHARDS = ("shardId-000000000000", "shardId-000000000001", "shardId-000000000002")
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    isolate_environment(monkeypatch)
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket=BUCKET)
+        yield client
+
+
+class Worker:
+    """The worker's core and sink, shard by shard: each ``flush`` is one commit on that shard's chain."""
+
+    def __init__(self, s3: Any, settings: Settings) -> None:
+        self.sink = S3ParquetSink(s3, settings)
+        self.settings = settings
+        self.states: dict[str, CustomerState] = {}
+        self.streams: dict[str, Stream] = {}
+        self.flushes = 0
+
+    def flush(self, shard: str, documents: list[dict[str, Any]]) -> None:
+        state = self.states.setdefault(shard, CustomerState(shard, options=state_options(self.settings)))
+        delivered = self.streams.setdefault(shard, Stream()).batch(documents)
+        batch = delivered.set_column(
+            delivered.schema.get_field_index("shard_id"), "shard_id", pa.array([shard] * delivered.num_rows)
+        )
+        previous = chain_position(state.position())
+        with state.staged(batch) as applied:
+            assert applied.first_position is not None and applied.position is not None
+            self.flushes += 1
+            name = FlushName(shard, applied.first_position, applied.position, f"attempt{self.flushes}")
+            self.sink.write(FlushAttempt(previous, name), applied)
+
+
+def purchases(customers: range, day: int, shard_tag: str) -> list[dict[str, Any]]:
+    return [
+        event(
+            f"c-{shard_tag}{number:03d}", "purchase", f"2026-03-{day:02d}T10:00:00Z", revenue=f"{number}.50"
+        )
+        for number in customers
+    ]
+
+
+def read(s3: Any, settings: Settings, workdir: Path) -> CurrentRows:
+    workdir.mkdir(parents=True, exist_ok=True)
+    return read_committed_rows(s3, settings, workdir, progress=False)
+
+
+class ReadOnly:
+    """An S3 client whose PutObject is denied (a role that may only read)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "put_object":
+
+            def denied(**_: Any) -> None:
+                raise ClientError({"Error": {"Code": "AccessDenied", "Message": "no"}}, "PutObject")
+
+            return denied
+        return getattr(self.client, name)
+
+
+class WithoutKeptRows(ReadOnly):
+    """A read-only client that finds no kept rows: a read of the whole history."""
+
+    def get_object(self, **kwargs: Any) -> Any:
+        if kwargs["Key"] == LAYOUT.current_rows_pointer_key:
+            raise self.client.exceptions.NoSuchKey({"Error": {"Code": "NoSuchKey"}}, "GetObject")
+        return self.client.get_object(**kwargs)
+
+
+def read_everything(s3: Any, settings: Settings, workdir: Path) -> CurrentRows:
+    """A read of the whole history, writing nothing: what the kept rows must reproduce."""
+    return read(WithoutKeptRows(s3), settings, workdir)
+
+
+def sorted_rows(rows: CurrentRows) -> list[dict[str, Any]]:
+    return sorted(rows.table.to_pylist(), key=lambda row: row["customer_id"])
+
+
+def pointer(s3: Any) -> CurrentRowsPointer:
+    return CurrentRowsPointer.from_json(
+        s3.get_object(Bucket=BUCKET, Key=LAYOUT.current_rows_pointer_key)["Body"].read()
+    )
+
+
+def test_a_run_reads_only_the_commits_since_the_last_and_gets_the_rows_of_a_full_read(
+    s3: Any, tmp_path: Path
+) -> None:
+    settings = Settings(bucket=BUCKET, prefix="rfm")
+    worker = Worker(s3, settings)
+    worker.flush(SHARDS[0], purchases(range(10), 1, "a"))
+    worker.flush(SHARDS[0], purchases(range(5), 2, "a"))
+    worker.flush(SHARDS[1], purchases(range(8), 1, "b"))
+
+    first = read(s3, settings, tmp_path / "1")
+    assert (first.kept_rows, first.commits, first.table.num_rows) == (None, 3, 18)
+    kept = pointer(s3)
+    assert kept.rows == 18 and set(kept.shards) == set(SHARDS[:2])
+
+    # repeat purchases (new versions of kept customers), new customers, and a shard that appeared since (a reshard)
+    worker.flush(SHARDS[0], purchases(range(3, 12), 3, "a"))
+    worker.flush(SHARDS[2], purchases(range(4), 3, "c"))
+    second = read(s3, settings, tmp_path / "2")
+    assert (second.kept_rows, second.commits) == (18, 2), "only the two commits made since"
+    everything = read_everything(s3, settings, tmp_path / "all")
+    assert sorted_rows(second) == sorted_rows(everything) and second.fingerprint == everything.fingerprint
+    assert second.table.num_rows == 24
+    moved = pointer(s3)
+    assert set(moved.shards) == set(SHARDS) and moved.shards[SHARDS[1]] == kept.shards[SHARDS[1]]
+    assert moved.shards[SHARDS[0]].last > kept.shards[SHARDS[0]].last
+    kept_files = [
+        obj["Key"] for obj in s3.list_objects_v2(Bucket=BUCKET, Prefix=LAYOUT.current_rows_prefix)["Contents"]
+    ]
+    assert sorted(kept_files) == sorted([moved.data_key, LAYOUT.current_rows_pointer_key]), (
+        "the replaced file goes"
+    )
+
+    third = read(s3, settings, tmp_path / "3")
+    assert (third.kept_rows, third.commits, third.fingerprint) == (24, 0, second.fingerprint)
+    assert pointer(s3) == moved, "nothing new: the kept rows stay as they are"
+
+
+def test_kept_rows_that_cover_a_commit_gone_are_ignored(
+    s3: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The prefix emptied and written again (its commits are new ones): the kept rows would mix two histories."""
+    settings = Settings(bucket=BUCKET, prefix="rfm")
+    worker = Worker(s3, settings)
+    worker.flush(SHARDS[0], purchases(range(6), 1, "a"))
+    worker.flush(SHARDS[0], purchases(range(2), 2, "a"))
+    read(s3, settings, tmp_path / "1")
+    (cover,) = pointer(s3).shards.values()
+    s3.delete_object(Bucket=BUCKET, Key=cover.commit_key)
+    with caplog.at_level(logging.WARNING):
+        again = read(s3, settings, tmp_path / "2")
+    assert again.kept_rows is None and "reading every commit" in caplog.text
+    assert (
+        again.commits == 1
+        and again.fingerprint == read_everything(s3, settings, tmp_path / "all").fingerprint
+    )
+
+
+def test_a_run_that_may_not_write_still_reads_and_one_that_lost_the_race_drops_its_copy(
+    s3: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings(bucket=BUCKET, prefix="rfm")
+    worker = Worker(s3, settings)
+    worker.flush(SHARDS[0], purchases(range(6), 1, "a"))
+
+    with caplog.at_level(logging.WARNING):
+        rows = read(ReadOnly(s3), settings, tmp_path / "ro")
+    assert rows.table.num_rows == 6 and "could not be kept" in caplog.text
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=LAYOUT.current_rows_prefix)
+
+    read(s3, settings, tmp_path / "1")
+    worker.flush(SHARDS[0], purchases(range(6, 9), 2, "a"))
+
+    class RacedBy:
+        """Another run moves the pointer between this run's read of it and its update."""
+
+        def __init__(self, client: Any) -> None:
+            self.client = client
+
+        def __getattr__(self, name: str) -> Any:
+            method = getattr(self.client, name)
+            if name != "put_object":
+                return method
+
+            def put(**kwargs: Any) -> Any:
+                if kwargs["Key"] == LAYOUT.current_rows_pointer_key:
+                    read(self.client, settings, tmp_path / "other")
+                return method(**kwargs)
+
+            return put
+
+    raced = read(RacedBy(s3), settings, tmp_path / "2")
+    assert raced.table.num_rows == 9
+    winner = pointer(s3)
+    listed = [
+        obj["Key"] for obj in s3.list_objects_v2(Bucket=BUCKET, Prefix=LAYOUT.current_rows_prefix)["Contents"]
+    ]
+    assert sorted(listed) == sorted([winner.data_key, LAYOUT.current_rows_pointer_key])
+
+
+def test_the_files_of_runs_that_died_before_their_pointer_are_deleted_once_old(
+    s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run killed between its file and its pointer left the file for good; a young one may be a concurrent
+    run's, about to be named, and stays."""
+    import clickstream.current_rows as current_rows
+
+    settings = Settings(bucket=BUCKET, prefix="rfm")
+    worker = Worker(s3, settings)
+    worker.flush(SHARDS[0], purchases(range(6), 1, "a"))
+    dead = LAYOUT.current_rows_data_key("deadrun")
+    s3.put_object(Bucket=BUCKET, Key=dead, Body=b"a file")
+
+    def listed() -> set[str]:
+        return {
+            obj["Key"]
+            for obj in s3.list_objects_v2(Bucket=BUCKET, Prefix=LAYOUT.current_rows_prefix)["Contents"]
+        }
+
+    read(s3, settings, tmp_path / "1")
+    assert dead in listed(), "young: maybe a concurrent run's"
+    worker.flush(SHARDS[0], purchases(range(2), 2, "a"))
+    monkeypatch.setattr(current_rows, "LEFTOVER_SECONDS", -1)
+    read(s3, settings, tmp_path / "2")
+    assert listed() == {pointer(s3).data_key, LAYOUT.current_rows_pointer_key}
