@@ -18,7 +18,7 @@ import json
 import logging
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -113,8 +113,17 @@ class _Kept:
     """The last run's current rows, verified, and where they are on disk."""
 
     pointer: CurrentRowsPointer
-    etag: str
     path: Path
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    """The pointer object as found: its ETag (what a replacement must match; None: there is none yet), the file it
+    names, and the kept rows when they hold."""
+
+    etag: str | None = None
+    data_key: str | None = None
+    kept: _Kept | None = None
 
 
 def read_committed_rows(s3: Any, settings: Settings, workdir: Path, *, progress: bool = True) -> CurrentRows:
@@ -122,7 +131,27 @@ def read_committed_rows(s3: Any, settings: Settings, workdir: Path, *, progress:
     commits made since (all of them when none are kept), downloaded in parallel into ``workdir``; then kept for the
     next run."""
     layout = OutputLayout(settings.prefix)
-    kept = _read_kept(s3, settings, layout, workdir)
+    found = _read_kept(s3, settings, layout, workdir)
+    kept = found.kept
+    try:
+        rows, records = _rows_since(s3, settings, workdir, kept, progress=progress)
+    except InputError as error:
+        if kept is None:
+            raise
+        # the kept file is not what it should be: it is a cache, so read everything
+        log.warning("the kept current rows do not read (%s): reading every commit", error)
+        kept = None
+        rows, records = _rows_since(s3, settings, workdir, kept, progress=progress)
+    if records or kept is None:
+        _keep(S3ParquetSink(s3, settings), layout, rows.table, _covered_after(layout, kept, records), found)
+    return rows
+
+
+def _rows_since(
+    s3: Any, settings: Settings, workdir: Path, kept: _Kept | None, *, progress: bool
+) -> tuple[CurrentRows, list[CommitRecord]]:
+    """``kept`` merged with the files of the commits made since it (every commit without it), and those commits."""
+    layout = OutputLayout(settings.prefix)
     covered = {shard: cover.last for shard, cover in kept.pointer.shards.items()} if kept else {}
     with progress_of("reading commit records", "commit", bar=progress) as report:
         records = read_commits_since(
@@ -145,28 +174,14 @@ def read_committed_rows(s3: Any, settings: Settings, workdir: Path, *, progress:
         for item in pool.map(download, keys):
             downloaded.append(item)
             report(len(downloaded), len(keys))
-    source = f"s3://{settings.bucket}/{layout.output_prefix('customer_aggregates')}"
     paths = [path for path, _ in downloaded]
     size = sum(size for _, size in downloaded)
-    if kept is None:
-        rows = _current_rows(paths, source, size)
-        rows = CurrentRows(
-            rows.table, rows.source, rows.files, rows.bytes, rows.fingerprint, commits=len(records)
-        )
-    else:
-        merged = _current_rows([str(kept.path), *paths], source, size)
-        rows = CurrentRows(
-            merged.table,
-            merged.source,
-            merged.files,
-            merged.bytes,
-            merged.fingerprint,
-            kept_rows=kept.pointer.rows,
-            commits=len(records),
-        )
-    if records or kept is None:
-        _keep(S3ParquetSink(s3, settings), layout, rows.table, _covered_after(layout, kept, records), kept)
-    return rows
+    if kept is not None:
+        paths.insert(0, str(kept.path))
+        size += kept.path.stat().st_size
+    rows = _current_rows(paths, f"s3://{settings.bucket}/{layout.output_prefix('customer_aggregates')}", size)
+    kept_rows = kept.pointer.rows if kept else None
+    return replace(rows, kept_rows=kept_rows, commits=len(records)), records
 
 
 def _covered_after(
@@ -179,51 +194,39 @@ def _covered_after(
     return covers
 
 
-def _read_kept(s3: Any, settings: Settings, layout: OutputLayout, workdir: Path) -> _Kept | None:
-    """The last run's current rows, if they still hold: None (read everything) when there are none, when the
-    pointer does not parse, names a missing file, or covers a commit that is gone."""
+def _read_kept(s3: Any, settings: Settings, layout: OutputLayout, workdir: Path) -> _Found:
+    """The pointer and, if they still hold, the last run's current rows: not when there are none, or when the
+    pointer does not parse, may not be read, names a missing file or covers a commit that is gone."""
     try:
         answer = s3.get_object(Bucket=settings.bucket, Key=layout.current_rows_pointer_key)
-        pointer = CurrentRowsPointer.from_json(answer["Body"].read())
     except s3.exceptions.NoSuchKey:
-        return None
+        return _Found()  # the first run
+    except ClientError as error:
+        log.warning("the kept current rows may not be read (%s): reading every commit", error)
+        return _Found()
+    etag = str(answer["ETag"])
+    try:
+        pointer = CurrentRowsPointer.from_json(answer["Body"].read())
     except ControlRecordError as error:
-        log.warning("the kept current rows are not readable (%s): reading every commit", error)
-        return None
+        log.warning("the kept current rows do not hold (%s): reading every commit", error)
+        return _Found(etag)
     try:
         for cover in pointer.shards.values():
             s3.head_object(Bucket=settings.bucket, Key=cover.commit_key)
         body = s3.get_object(Bucket=settings.bucket, Key=pointer.data_key)["Body"].read()
-    except (ClientError, s3.exceptions.NoSuchKey) as error:
-        if _status(error) != 404:
-            raise
-        log.warning(
-            "the kept current rows cover commits or name a file that is gone (%s): reading every commit",
-            error,
-        )
-        return None
+    except ClientError as error:
+        log.warning("the kept current rows do not hold (%s): reading every commit", error)
+        return _Found(etag, pointer.data_key)
     path = workdir / "kept-current-rows.parquet"
     path.write_bytes(body)
-    return _Kept(pointer, str(answer["ETag"]), path)
-
-
-def _status(error: Exception) -> int:
-    response = getattr(error, "response", None) or {}
-    code = str(response.get("Error", {}).get("Code", ""))
-    if code in ("NoSuchKey", "NotFound", "404"):
-        return 404
-    return int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+    return _Found(etag, pointer.data_key, _Kept(pointer, path))
 
 
 def _keep(
-    sink: S3ParquetSink,
-    layout: OutputLayout,
-    table: pa.Table,
-    shards: dict[str, ShardCover],
-    kept: _Kept | None,
+    sink: S3ParquetSink, layout: OutputLayout, table: pa.Table, shards: dict[str, ShardCover], found: _Found
 ) -> None:
     """Keep ``table`` for the next run: its Parquet under a key of its own, then the pointer, replaced only if it is
-    still the one this run read (a concurrent run's is as good: this one's is dropped). Best effort: a failure is
+    still the one this run found (a concurrent run's is as good: this one's is dropped). Best effort: a failure is
     logged, never the run's."""
     data_key = layout.current_rows_data_key(uuid.uuid4().hex[:16])
     pointer = CurrentRowsPointer(data_key, shards, table.num_rows, datetime.now(UTC))
@@ -234,15 +237,15 @@ def _keep(
                 layout.current_rows_pointer_key,
                 pointer.to_json(),
                 "json",
-                if_none_match=kept is None,
-                if_match=kept.etag if kept else None,
+                if_none_match=found.etag is None,
+                if_match=found.etag,
             )
         except ClientError as error:
             sink.delete_keys([data_key])
             if is_precondition_failed(error):
                 return  # another run kept its rows first
             raise
-        _delete_leftovers(sink, layout, data_key, kept.pointer.data_key if kept else None)
+        _delete_leftovers(sink, layout, data_key, found.data_key)
     except ClientError as error:
         log.warning(
             "the current rows could not be kept for the next run (%s): it will read every commit", error

@@ -171,6 +171,7 @@ def test_kept_rows_that_cover_a_commit_gone_are_ignored(
         again.commits == 1
         and again.fingerprint == read_everything(s3, settings, tmp_path / "all").fingerprint
     )
+    assert read(s3, settings, tmp_path / "3").kept_rows == 6, "the pointer was replaced: kept again"
 
 
 def test_a_run_that_may_not_write_still_reads_and_one_that_lost_the_race_drops_its_copy(
@@ -240,3 +241,33 @@ def test_the_files_of_runs_that_died_before_their_pointer_are_deleted_once_old(
     monkeypatch.setattr(current_rows, "LEFTOVER_SECONDS", -1)
     read(s3, settings, tmp_path / "2")
     assert listed() == {pointer(s3).data_key, LAYOUT.current_rows_pointer_key}
+
+
+def test_kept_rows_that_do_not_read_or_may_not_be_read_are_ignored(
+    s3: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cache: a damaged kept file, or a role that may not read _control/current_rows/, reads everything."""
+    settings = Settings(bucket=BUCKET, prefix="rfm")
+    worker = Worker(s3, settings)
+    worker.flush(SHARDS[0], purchases(range(6), 1, "a"))
+    worker.flush(SHARDS[1], purchases(range(3), 1, "b"))
+    whole = read(s3, settings, tmp_path / "1")
+    s3.put_object(Bucket=BUCKET, Key=pointer(s3).data_key, Body=b"not parquet")
+    with caplog.at_level(logging.WARNING):
+        damaged = read(s3, settings, tmp_path / "2")
+    assert "do not read" in caplog.text
+    assert (damaged.kept_rows, damaged.commits, damaged.fingerprint) == (None, 2, whole.fingerprint)
+    assert read(s3, settings, tmp_path / "3").kept_rows == 9, "kept again, readable"
+
+    class PointerDenied(ReadOnly):
+        def get_object(self, **kwargs: Any) -> Any:
+            if kwargs["Key"] == LAYOUT.current_rows_pointer_key:
+                raise ClientError({"Error": {"Code": "AccessDenied", "Message": "no"}}, "GetObject")
+            return self.client.get_object(**kwargs)
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        denied = read(PointerDenied(s3), settings, tmp_path / "4")
+    assert (
+        denied.kept_rows is None and denied.fingerprint == whole.fingerprint and "AccessDenied" in caplog.text
+    )
