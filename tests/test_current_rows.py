@@ -7,11 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pyarrow as pa
 import pytest
 from botocore.exceptions import ClientError
-from moto import mock_aws
 
 from aggregators.customer_state import CustomerState
 from clickstream.current_rows import CurrentRows, read_committed_rows
@@ -21,7 +19,7 @@ from runtime.settings import Settings
 from schemas.control import CurrentRowsPointer
 from schemas.layout import FlushName, OutputLayout
 from schemas.positions import chain_position
-from tests.moto_support import isolate_environment
+from tests.moto_support import moto_bucket
 from tests.test_customer_state import Stream, event
 
 BUCKET = "current-rows"
@@ -30,11 +28,8 @@ SHARDS = ("shardId-000000000000", "shardId-000000000001", "shardId-000000000002"
 
 
 @pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    isolate_environment(monkeypatch)
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
+def s3() -> Iterator[Any]:
+    with moto_bucket(BUCKET) as client:
         yield client
 
 
