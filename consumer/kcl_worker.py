@@ -195,6 +195,14 @@ def find_java(settings: Settings) -> str:
     )
 
 
+def processor_command() -> str:
+    """How the MultiLangDaemon starts a shard processor: this interpreter, with ``-P`` so that the directory the
+    worker was started in is not put first on the import path (``-m`` does that): a checkout or a stray
+    ``consumer/`` there would be imported instead of the installed code, the supervisor and its processors then
+    running different versions."""
+    return f"{sys.executable} -P -m consumer.record_processor"
+
+
 def kcl_properties(settings: Settings, executable: str) -> str:
     """The MultiLangDaemon properties file for these settings."""
     properties = {
@@ -373,7 +381,7 @@ class KclWorker:
         command (raises WorkerError with advice)."""
         self._lock = lock_state_dir(self.settings.state_dir)
         self._claim = claim_worker_id(self.settings)
-        executable = f"{sys.executable} -m consumer.record_processor"
+        executable = processor_command()
         properties_file = self.settings.state_dir / "kcl.properties"
         properties_file.write_text(kcl_properties(self.settings, executable), encoding="utf-8")
         if self.status_dir.exists():

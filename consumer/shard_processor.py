@@ -375,10 +375,14 @@ class ShardProcessor:
         elif self.metrics.phase == "shut_down":  # the KCL ends every graceful shutdown with lease_lost
             log.debug("lease released after a graceful shutdown", extra={"shard_id": self.shard_id})
         else:
-            log.info("lease lost with nothing buffered", extra={"shard_id": self.shard_id})
-        if (
-            self.metrics.phase != "shut_down"
-        ):  # a graceful stop stays one in the status (its lease was released)
+            log.info(
+                "lease lost with nothing buffered (another worker took the shard, or this one could not renew its "
+                "lease: DynamoDB throttled or out of reach); its new owner goes on from the last checkpoint and "
+                "skips what was committed after it",
+                extra={"shard_id": self.shard_id},
+            )
+        # a graceful stop stays one in the status (its lease was released)
+        if self.metrics.phase != "shut_down":
             self.metrics.phase = "lease_lost"
         self._report(force=True)
 
@@ -426,7 +430,17 @@ class ShardProcessor:
         if reason == "caught_up":
             release_free_memory()  # the shard waits at the tip now: its flush's working memory can go back
         if checkpoint:
-            self._retrying("checkpoint", lambda: self._checkpoint(checkpointer, buffered_last))
+            try:
+                self._retrying("checkpoint", lambda: self._checkpoint(checkpointer, buffered_last))
+            except Exception:
+                # the flush is durable whatever becomes of its checkpoint (a lease lost, a failure the processor
+                # exits on): its records and metrics count now, or never (the next owner skips them as applied)
+                if record is not None:
+                    self._record_flush(record, time.perf_counter() - started)
+                    self._report_flush(
+                        record, time.perf_counter() - started, reason, attempts, checkpoint_failed=True
+                    )
+                raise
         seconds = time.perf_counter() - started
         self.metrics.waiting_since = time.time() if self.metrics.millis_behind_latest else None
         if record is None:
@@ -444,6 +458,19 @@ class ShardProcessor:
         self._events_since_snapshot += record.accepted - record.duplicates
         if self._snapshot_due():
             self._snapshot()
+        self._report_flush(record, seconds, reason, attempts)
+        return record
+
+    def _report_flush(
+        self,
+        record: CommitRecord,
+        seconds: float,
+        reason: str,
+        attempts: int,
+        *,
+        checkpoint_failed: bool = False,
+    ) -> None:
+        """A committed flush's metrics and log line."""
         metrics: dict[str, float] = {
             "RecordsIn": record.records_new,
             "RecordsAccepted": record.accepted,
@@ -463,7 +490,7 @@ class ShardProcessor:
                 metrics["NewestEventAge"] = record.freshness.newest_event_age
         emit_metrics(metrics, {"StreamName": self.stream_name})
         log.info(
-            "flushed %s records (%s accepted, %s duplicates, %s rejected, %s customers) in %.3fs [%s]%s",
+            "flushed %s records (%s accepted, %s duplicates, %s rejected, %s customers) in %.3fs [%s]%s%s",
             record.records_in,
             record.accepted,
             record.duplicates,
@@ -472,9 +499,11 @@ class ShardProcessor:
             seconds,
             reason,
             f" after {attempts - 1} lost commits" if attempts > 1 else "",
+            "; not checkpointed: the next owner gets them again and skips them as applied"
+            if checkpoint_failed
+            else "",
             extra={"shard_id": self.shard_id, "sequence_number": record.last.sequence_number},
         )
-        return record
 
     def _flush_once(self, raw: pa.Table, attempt_id: str) -> CommitRecord | None:
         previous = chain_position(self.state.position())

@@ -369,8 +369,9 @@ class StateRecovery:
         if tip is None or Position(checkpoint, checkpoint_sub) > tip:
             log.error(
                 "the KCL checkpoint (%s) is beyond the last committed record (%s): the records between are not "
-                "in this prefix and will not be redelivered; backfill them with `clickstream replay` or reset the "
-                "lease table",
+                "in this prefix and will not be redelivered (`replay` cannot bring them back: they are not in "
+                "events/); read them again from the stream: move the shard's checkpoint in the lease table back "
+                "while the stream still holds them",
                 checkpoint,
                 tip.sequence_number if tip else "none",
                 extra={"shard_id": shard_id, "sequence_number": checkpoint},

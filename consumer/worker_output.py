@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Final
 
 from rich.console import Console, Group
 from rich.table import Table
@@ -126,12 +126,22 @@ class WorkerTotals:
     behind_ms: int
     last_flush_age: float | None  # seconds since the newest flush of any shard
     oldest_unflushed: float | None  # seconds the oldest waiting record has waited (None: all durable)
+    failing: tuple[int, float, str] | None = (
+        None  # shards whose S3 writes or checkpoints keep failing, longest, error
+    )
+    silent: tuple[int, float] | None = (
+        None  # held shards the KCL has not called for SILENT_SECONDS, the longest
+    )
 
     @classmethod
     def of(cls, statuses: dict[str, ShardStatus], now: float) -> WorkerTotals:
         held = [s for s in statuses.values() if s.phase == "processing"]
         flushes = [s.last_flush_at for s in statuses.values() if s.last_flush_at]
         waiting = [s.waiting_since for s in held if s.waiting_since]
+        failing = sorted((s.failing_since, s.last_error or "") for s in held if s.failing_since)
+        silent = [
+            now - s.last_call_at for s in held if s.last_call_at and now - s.last_call_at > SILENT_SECONDS
+        ]
         return cls(
             shards_held=len(held),
             records_in=sum(s.records_received for s in statuses.values()),
@@ -141,15 +151,32 @@ class WorkerTotals:
             behind_ms=max((s.millis_behind_latest or 0 for s in held), default=0),
             last_flush_age=now - max(flushes) if flushes else None,
             oldest_unflushed=now - min(waiting) if waiting else None,
+            failing=(len(failing), now - failing[0][0], failing[0][1]) if failing else None,
+            silent=(len(silent), max(silent)) if silent else None,
         )
 
     def sentence(self) -> str:
-        """One line for logs (the JSON status line when there is no terminal)."""
-        return (
+        """One line for logs (the JSON status line when there is no terminal). Its counts are those of the shard
+        processors running now (a lease that moved starts its shard's from zero)."""
+        line = (
             f"{self.shards_held} shards held; records in {self.records_in:,}, accepted {self.accepted:,}, "
             f"rejected {self.rejected:,}, buffered {self.buffered:,}; behind latest {_ms(self.behind_ms)}; "
             f"last flush {_ago(self.last_flush_age)}; freshness: {_freshness(self.oldest_unflushed)}"
         )
+        if self.failing is not None:
+            count, seconds, error = self.failing
+            line += f"; FAILING on {count} shards, the longest for {seconds:.0f}s (retried): {error}"
+        if self.silent is not None:
+            count, seconds = self.silent
+            line += (
+                f"; the KCL has not called {count} shards for {seconds:.0f}s (reads refused or throttled? see its "
+                "log lines): their lag and freshness above are as of then"
+            )
+        return line
+
+
+#: A held shard the KCL has not called for this long is not being read (it calls every poll, records or not).
+SILENT_SECONDS: Final = 30.0
 
 
 def _ms(millis: int) -> str:

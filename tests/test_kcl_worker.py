@@ -33,6 +33,7 @@ from consumer.kcl_worker import (
     find_java,
     java_command,
     kcl_properties,
+    processor_command,
     require_java,
 )
 from consumer.preflight import PreflightError, preflight
@@ -47,7 +48,7 @@ from runtime.settings import (
     write_settings_file,
 )
 
-EXECUTABLE = f"{sys.executable} -m consumer.record_processor"
+EXECUTABLE = processor_command()
 
 
 @pytest.fixture(autouse=True)
@@ -1016,3 +1017,43 @@ def test_the_worker_gauges_sum_the_state_memory_of_its_shards(
     (line,) = [record.emf for record in caplog.records if hasattr(record, "emf")]
     assert (line["StateBytes"], line["ShardsProcessing"], line["StreamName"]) == (350, 2, "gauged")
     assert {"Name": "StateBytes", "Unit": "Bytes"} in line["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+
+
+def test_shard_processors_never_import_code_from_the_directory_the_worker_started_in(tmp_path: Path) -> None:
+    """`python -m` puts the working directory first on the import path: started from a folder holding an older
+    checkout, the processors ran its code while the supervisor ran the installed one."""
+    import shlex
+
+    shadow = tmp_path / "consumer"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("")
+    (shadow / "record_processor.py").write_text("print('the shadow copy ran')\n")
+    result = subprocess.run(
+        shlex.split(processor_command()),
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTHONPATH": ""},
+    )
+    assert "the shadow copy ran" not in result.stdout, result.stdout
+
+
+def test_the_status_line_says_which_shards_keep_failing_and_which_the_kcl_no_longer_calls() -> None:
+    """Off a terminal (ECS) the status line is the one summary: in an S3 outage it said only "buffered 2,000;
+    last flush 73s ago", and with reads throttled "behind latest 0ms; everything received is durable"."""
+    from consumer.worker_output import WorkerTotals
+
+    now = time.time()
+    calm = ShardStatus("shardId-1", 1, phase="processing", last_call_at=now - 1)
+    failing = replace(
+        calm, shard_id="shardId-2", failing_since=now - 73, last_error="ClientError: ServiceUnavailable"
+    )
+    silent = replace(calm, shard_id="shardId-3", last_call_at=now - 45)
+    assert "FAILING" not in WorkerTotals.of({"1": calm}, now).sentence()
+    assert "not called" not in WorkerTotals.of({"1": calm}, now).sentence()
+    line = WorkerTotals.of({"1": calm, "2": failing, "3": silent}, now).sentence()
+    assert "FAILING on 1 shards, the longest for 73s (retried): ClientError: ServiceUnavailable" in line, line
+    assert "the KCL has not called 1 shards for 45s" in line, line

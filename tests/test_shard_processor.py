@@ -560,6 +560,26 @@ def lost_lease_after_a_flush(
     return processor, checkpointer, records
 
 
+def test_a_flush_committed_before_its_checkpoint_was_refused_still_counts(
+    s3: Any, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It is durable: its metrics and log line were skipped when the checkpoint failed (DynamoDB throttled until the
+    lease was lost), and the worker's RecordsIn fell short of what S3 holds by exactly those flushes."""
+    import logging
+
+    from runtime.logs import METRICS_LOGGER
+
+    with caplog.at_level(logging.INFO):
+        processor, _, _ = lost_lease_after_a_flush(s3, settings)
+    (committed,) = commit_records(s3)
+    (emf,) = [
+        record.emf for record in caplog.records if record.name == METRICS_LOGGER and "RecordsIn" in record.emf
+    ]
+    assert (emf["RecordsIn"], emf["RecordsAccepted"]) == (committed.records_new, committed.accepted)
+    assert processor.metrics.records_flushed == committed.records_in and processor.metrics.flushes == 1
+    assert "not checkpointed: the next owner gets them again" in caplog.text
+
+
 def test_a_checkpoint_refused_for_a_lost_lease_stops_all_further_flushes(s3: Any, settings: Settings) -> None:
     processor, checkpointer, records = lost_lease_after_a_flush(s3, settings)
     assert processor.lease_lost
