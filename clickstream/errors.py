@@ -47,6 +47,18 @@ _BAD_CREDENTIALS = frozenset(
 )
 
 
+#: Error codes of a service that throttles its callers (retrying later helps).
+_THROTTLED = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "SlowDown",
+        "ProvisionedThroughputExceededException",
+        "RequestLimitExceeded",
+    }
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Failure:
     message: str
@@ -96,7 +108,16 @@ def _client_error(error: aws.ClientError) -> Failure:
         )
     if code in ACCESS_DENIED_CODES:
         return Failure(f"not allowed to call {operation}: {message or code} (check the IAM policy)", USAGE)
-    return Failure(f"AWS {operation} failed: {code}: {message}".rstrip(": "), RUNTIME)
+    failed = f"AWS {operation} failed: {code}: {message}".rstrip(": ")
+    status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    if status >= 500 or code in _THROTTLED:
+        # retried already (the clients retry throttling and 5xx): the service, not the request
+        return Failure(
+            f"{failed} (still, after retries: the service is throttling or unavailable, on its side; run the "
+            "command again once it answers)",
+            RUNTIME,
+        )
+    return Failure(failed, RUNTIME)
 
 
 def explain(error: BaseException) -> Failure:  # noqa: PLR0911 - one return per kind of failure

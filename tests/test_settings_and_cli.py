@@ -1513,6 +1513,28 @@ def test_refused_credentials_are_a_configuration_error_naming_what_to_check(code
     assert "AWS_PROFILE" in failure.message
 
 
+def test_a_service_unavailable_or_throttling_after_retries_says_it_is_on_the_service_side() -> None:
+    """`setup` in an S3 outage ended with "AWS HeadBucket failed: 503: Service Unavailable" and no advice."""
+    from botocore.exceptions import ClientError
+
+    from clickstream.errors import explain
+
+    for response in (
+        {
+            "Error": {"Code": "503", "Message": "Service Unavailable"},
+            "ResponseMetadata": {"HTTPStatusCode": 503},
+        },
+        {"Error": {"Code": "SlowDown", "Message": "Reduce your request rate."}},
+    ):
+        failure = explain(ClientError(response, "HeadBucket"))  # type: ignore[arg-type]
+        assert failure.exit_code == 1 and failure.message.startswith("AWS HeadBucket failed: "), failure
+        assert (
+            "throttling or unavailable, on its side; run the command again once it answers" in failure.message
+        )
+    other = explain(ClientError({"Error": {"Code": "InvalidRequest", "Message": "no"}}, "PutObject"))
+    assert other.message == "AWS PutObject failed: InvalidRequest: no"
+
+
 def test_the_worker_preflight_leaves_refused_credentials_to_the_command_line() -> None:
     """Not 'not allowed to read stream ... (check the task role)': the keys are wrong, not the policy."""
     from botocore.exceptions import ClientError
