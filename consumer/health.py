@@ -130,6 +130,7 @@ def assess(
     problems = []
     statuses = read_statuses(state_dir / "status")
     processing = sum(1 for status in statuses.values() if holds_lease(status))
+    worker_running = False
     try:
         heartbeat = json.loads((state_dir / HEARTBEAT_FILE).read_text(encoding="utf-8"))
         age = now - float(heartbeat["updated_at"])
@@ -139,14 +140,19 @@ def assess(
             problems.append("worker reported itself unhealthy")
         elif not process_alive(int(heartbeat["pid"])):
             problems.append(f"worker process {heartbeat['pid']} is gone")
-        elif problem := lease_problem(heartbeat, processing, now, no_lease_after):
-            problems.append(problem)
+        else:
+            worker_running = True
+            if problem := lease_problem(heartbeat, processing, now, no_lease_after):
+                problems.append(problem)
     except (OSError, ValueError, KeyError, TypeError):
         problems.append(
             f"no worker heartbeat in {state_dir / HEARTBEAT_FILE} (is a worker running with this state directory?)"
         )
     problems += shard_problems(statuses, now, stuck_after)
-    return HealthReport(healthy=not problems, shards_processing=processing, problems=problems)
+    # a worker that is gone or stopped processes nothing, whatever its shards' last status files say
+    return HealthReport(
+        healthy=not problems, shards_processing=processing if worker_running else 0, problems=problems
+    )
 
 
 def process_alive(pid: int) -> bool:

@@ -1057,3 +1057,20 @@ def test_the_status_line_says_which_shards_keep_failing_and_which_the_kcl_no_lon
     line = WorkerTotals.of({"1": calm, "2": failing, "3": silent}, now).sentence()
     assert "FAILING on 1 shards, the longest for 73s (retried): ClientError: ServiceUnavailable" in line, line
     assert "the KCL has not called 1 shards for 45s" in line, line
+
+
+def test_health_of_a_worker_that_is_gone_counts_no_shard_processing(tmp_path: Path) -> None:
+    """Its shards' status files still say "processing": the report said 2 shards processing for a dead worker."""
+    now = time.time()
+    writer = StatusWriter(tmp_path / "status")
+    for shard in ("shardId-1", "shardId-2"):
+        writer.write(ShardStatus(shard, 1, phase="processing", last_call_at=now, started_at=now), force=True)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
+    write_heartbeat(tmp_path, Heartbeat(pid=int(gone.stdout), phase="running", started_at=now))
+    report = assess(tmp_path, stuck_after=300, now=now)
+    assert not report.healthy and report.shards_processing == 0, report
+    assert any("is gone" in problem for problem in report.problems), report
+    write_heartbeat(tmp_path, Heartbeat(pid=os.getpid(), phase="running", started_at=now))
+    assert assess(tmp_path, stuck_after=300, now=now).shards_processing == 2, "alive: its shards count"
