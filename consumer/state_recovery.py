@@ -209,7 +209,7 @@ class StateRecovery:
             return None
         # the pointer moved already: this snapshot is written whatever becomes of older tables
         try:
-            self._delete_unnamed_tables(pointer)
+            self._delete_unnamed_tables(pointer, replaced=current)
         except ClientError as error:
             log.warning(
                 "older snapshot tables could not be deleted (%s): left behind, no restore reads them",
@@ -224,21 +224,24 @@ class StateRecovery:
         )
         return pointer
 
-    def _delete_unnamed_tables(self, pointer: SnapshotPointer) -> None:
+    def _delete_unnamed_tables(self, pointer: SnapshotPointer, replaced: SnapshotPointer | None) -> None:
         """Delete every table of the shard's snapshots at or before the pointer's position that it does not name:
         the replaced snapshot's, and those of writers that died (kill -9, out of memory) or were paused between
         their tables and their pointer update, which nothing else would ever delete. None of them can be named
         later: a writer at an earlier or equal position either sees this pointer and writes nothing, or loses its
         conditional pointer update. Tables past the pointer's position may be a live writer's, about to move the
         pointer: they stay."""
-        unnamed = [
+        named = set(pointer.tables.values())
+        unnamed = {
             key
             for key in self._sink.list_keys(self.layout.snapshots_prefix(pointer.shard_id))
-            if key not in pointer.tables.values()
+            if key not in named
             and (position := self.layout.snapshot_table_position(key)) is not None
             and position <= pointer.position
-        ]
-        self._sink.delete_keys(unnamed)
+        }
+        if replaced is not None:  # by name too, whatever its keys parse as
+            unnamed.update(key for key in replaced.tables.values() if key not in named)
+        self._sink.delete_keys(sorted(unnamed))
 
     # ------------------------------------------------------------------ the chain
     def chain_from(self, shard_id: str, base: Position | None) -> list[CommitRecord]:

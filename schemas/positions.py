@@ -7,11 +7,13 @@ that keys sort in stream order.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Final
 
 #: The width every sequence number is padded to in object names (AWS sequence numbers have 56 digits).
 SEQUENCE_DIGITS: Final = 56
+_KEY_PART: Final = re.compile(r"(\d+)-(-?\d+)")
 
 
 @dataclass(frozen=True, slots=True, order=False)
@@ -35,10 +37,11 @@ class Position:
 
     @classmethod
     def from_key_part(cls, text: str) -> Position:
-        sequence, _, sub = text.rpartition("-")
-        if not sequence or not sequence.isdigit() or not sub.lstrip("-").isdigit():
+        """The inverse of ``key_part``, also of ``BEFORE_FIRST_RECORD``'s (``<zeros>--1``: a negative sub-sequence)."""
+        match = _KEY_PART.fullmatch(text)
+        if match is None:
             raise ValueError(f"not a position key part: {text!r}")
-        return cls(str(int(sequence)), int(sub))
+        return cls(str(int(match.group(1))), int(match.group(2)))
 
     def __lt__(self, other: Position) -> bool:
         return self.sort_key() < other.sort_key()

@@ -476,5 +476,4 @@ def test_produce_counts_every_refused_call_in_its_summary(endpoint: str) -> None
     refused = re.search(r"(\d+) calls throttled or failed as a whole", result.output)
     assert refused is not None, result.output
     assert fault["hits"] == 3 and int(refused.group(1)) == 3, (fault, result.output)
-    print(result.output)
     assert "put 50 records" in result.output

@@ -23,7 +23,7 @@ from producer.generator import ClickstreamGenerator
 from producer.kinesis_put import partition_key_for
 from runtime.settings import Settings, load_settings
 from schemas.control import SnapshotPointer
-from schemas.positions import Position, chain_position
+from schemas.positions import BEFORE_FIRST_RECORD, Position, chain_position
 from tests.parquet_support import dictionary_columns
 
 SHARD = "shardId-000000000000"
@@ -390,9 +390,15 @@ def test_a_snapshot_deletes_the_tables_of_writers_that_died_before_their_pointer
         Position(str(int(position.sequence_number) - 5), 0),
         Position(str(int(position.sequence_number) + 5), 0),
     )
+    # BEFORE_FIRST_RECORD: a child shard's inherited state, snapshot before its first record (a negative sub-sequence
+    # number in its key, which the parse used to refuse: those tables stayed for good after every reshard)
     died = {
         layout.snapshot_table_key(SHARD, at, write_id, "customers")
-        for at, write_id in ((before, "deadbeef0001"), (position, "deadbeef0002"))
+        for at, write_id in (
+            (BEFORE_FIRST_RECORD, "deadbeef0000"),
+            (before, "deadbeef0001"),
+            (position, "deadbeef0002"),
+        )
     }
     live = layout.snapshot_table_key(SHARD, ahead, "5eeab1e00003", "customers")
     for key in (*died, live):
@@ -402,7 +408,7 @@ def test_a_snapshot_deletes_the_tables_of_writers_that_died_before_their_pointer
 
     assert pointer is not None and pointer.position == position
     assert _snapshot_keys(s3) == {*pointer.tables.values(), live, layout.snapshot_pointer_key(SHARD)}
-    assert {layout.snapshot_table_position(key) for key in died} == {before, position}
+    assert {layout.snapshot_table_position(key) for key in died} == {BEFORE_FIRST_RECORD, before, position}
     assert layout.snapshot_table_position(layout.snapshot_pointer_key(SHARD)) is None
 
 
