@@ -25,11 +25,12 @@ from typing import Any, Final
 
 import duckdb
 import pyarrow as pa
-from botocore.exceptions import ClientError
+import pyarrow.parquet as pq
+from botocore.exceptions import BotoCoreError, ClientError
 
 from clickstream.console import progress_of
 from clickstream.outputs import CURRENT_ROW, MAX_WORKERS
-from consumer.s3_sink import S3ParquetSink, is_precondition_failed, read_commits_since
+from consumer.s3_sink import S3ParquetSink, commit_record_at, is_precondition_failed, read_commits_since
 from runtime.settings import Settings
 from schemas.control import CommitRecord, ControlRecordError, CurrentRowsPointer, ShardCover
 from schemas.layout import OutputLayout
@@ -133,15 +134,7 @@ def read_committed_rows(s3: Any, settings: Settings, workdir: Path, *, progress:
     layout = OutputLayout(settings.prefix)
     found = _read_kept(s3, settings, layout, workdir)
     kept = found.kept
-    try:
-        rows, records = _rows_since(s3, settings, workdir, kept, progress=progress)
-    except InputError as error:
-        if kept is None:
-            raise
-        # the kept file is not what it should be: it is a cache, so read everything
-        log.warning("the kept current rows do not read (%s): reading every commit", error)
-        kept = None
-        rows, records = _rows_since(s3, settings, workdir, kept, progress=progress)
+    rows, records = _rows_since(s3, settings, workdir, kept, progress=progress)
     if records or kept is None:
         _keep(S3ParquetSink(s3, settings), layout, rows.table, _covered_after(layout, kept, records), found)
     return rows
@@ -190,36 +183,52 @@ def _covered_after(
     """Each shard's newest commit read: the kept ones, moved on by the records read since."""
     covers = dict(kept.pointer.shards) if kept else {}
     for record in records:  # sorted by shard and position: the last of a shard is its newest
-        covers[record.shard_id] = ShardCover(layout.commit_key(record.shard_id, record.previous), record.last)
+        covers[record.shard_id] = ShardCover(
+            layout.commit_key(record.shard_id, record.previous), record.attempt_id, record.last
+        )
     return covers
 
 
 def _read_kept(s3: Any, settings: Settings, layout: OutputLayout, workdir: Path) -> _Found:
     """The pointer and, if they still hold, the last run's current rows: not when there are none, or when the
-    pointer does not parse, may not be read, names a missing file or covers a commit that is gone."""
+    pointer does not parse, may not be read, names a file that is missing, not this prefix's or not Parquet, or
+    covers a commit that is gone or is another one at the same key (the prefix emptied and written again)."""
     try:
         answer = s3.get_object(Bucket=settings.bucket, Key=layout.current_rows_pointer_key)
     except s3.exceptions.NoSuchKey:
         return _Found()  # the first run
-    except ClientError as error:
+    except (ClientError, BotoCoreError) as error:
         log.warning("the kept current rows may not be read (%s): reading every commit", error)
         return _Found()
     etag = str(answer["ETag"])
     try:
         pointer = CurrentRowsPointer.from_json(answer["Body"].read())
-    except ControlRecordError as error:
+        _check_cover(s3, settings.bucket, layout, pointer)
+        body = s3.get_object(Bucket=settings.bucket, Key=pointer.data_key)["Body"].read()
+        path = workdir / "kept-current-rows.parquet"
+        path.write_bytes(body)
+        pq.read_schema(path)  # a damaged file is the cache's fault, found here: not the new files'
+    except (ClientError, BotoCoreError, ControlRecordError, pa.ArrowException) as error:
         log.warning("the kept current rows do not hold (%s): reading every commit", error)
         return _Found(etag)
-    try:
-        for cover in pointer.shards.values():
-            s3.head_object(Bucket=settings.bucket, Key=cover.commit_key)
-        body = s3.get_object(Bucket=settings.bucket, Key=pointer.data_key)["Body"].read()
-    except ClientError as error:
-        log.warning("the kept current rows do not hold (%s): reading every commit", error)
-        return _Found(etag, pointer.data_key)
-    path = workdir / "kept-current-rows.parquet"
-    path.write_bytes(body)
     return _Found(etag, pointer.data_key, _Kept(pointer, path))
+
+
+def _check_cover(s3: Any, bucket: str, layout: OutputLayout, pointer: CurrentRowsPointer) -> None:
+    """The pointer is this prefix's, and each covered commit is still the one read: at its key, written by the same
+    attempt (raises ``ControlRecordError`` if not)."""
+    if not pointer.data_key.startswith(layout.current_rows_prefix):
+        raise ControlRecordError(f"it names {pointer.data_key}, not a file of this prefix")
+    for shard, cover in pointer.shards.items():
+        if not cover.commit_key.startswith(layout.commits_prefix(shard)):
+            raise ControlRecordError(f"{cover.commit_key} is not a commit of {shard} in this prefix")
+        body = s3.get_object(Bucket=bucket, Key=cover.commit_key)["Body"].read()
+        record = commit_record_at(f"s3://{bucket}/{cover.commit_key}", body)
+        if record.attempt_id != cover.attempt_id or record.last != cover.last:
+            raise ControlRecordError(
+                f"{cover.commit_key} is another commit than the one read (attempt {record.attempt_id}, not "
+                f"{cover.attempt_id}): the prefix was written again"
+            )
 
 
 def _keep(
@@ -240,16 +249,27 @@ def _keep(
                 if_none_match=found.etag is None,
                 if_match=found.etag,
             )
-        except ClientError as error:
+        except (ClientError, BotoCoreError) as error:
             sink.delete_keys([data_key])
-            if is_precondition_failed(error):
-                return  # another run kept its rows first
+            if is_precondition_failed(error) or _code(error) == "ConditionalRequestConflict":
+                return  # another run kept its rows first (or is keeping them now): its are as good
             raise
-        _delete_leftovers(sink, layout, data_key, found.data_key)
-    except ClientError as error:
+    except (ClientError, BotoCoreError) as error:
         log.warning(
             "the current rows could not be kept for the next run (%s): it will read every commit", error
         )
+        return
+    try:
+        _delete_leftovers(sink, layout, data_key, found.data_key)
+    except (ClientError, BotoCoreError) as error:
+        log.warning(
+            "older kept current rows could not be deleted (%s): left behind, no run reads them", error
+        )
+
+
+def _code(error: Exception) -> str:
+    response = getattr(error, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
 
 
 #: A kept-rows file no pointer names and older than this was left by a run that died before its pointer update

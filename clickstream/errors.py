@@ -110,7 +110,7 @@ def _client_error(error: aws.ClientError) -> Failure:
         return Failure(f"not allowed to call {operation}: {message or code} (check the IAM policy)", USAGE)
     failed = f"AWS {operation} failed: {code}: {message}".rstrip(": ")
     status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-    if status >= 500 or code in _THROTTLED:
+    if (status >= 500 and status != 501) or code in _THROTTLED:  # 501: not implemented, no outage
         # retried already (the clients retry throttling and 5xx): the service, not the request
         return Failure(
             f"{failed} (still, after retries: the service is throttling or unavailable, on its side; run the "

@@ -867,6 +867,7 @@ class DoubtfulRecords:
     lines are ``[``, ``{``, ``"key": ...``), a CSV, records over the worker's size limit."""
 
     max_record_bytes: int
+    put_limit_bytes: int  # records over it are not sent at all (the run says so): not counted here
     records: int = 0
     not_objects: int = 0  # not starting with ``{`` (after blanks): not a JSON object, whatever follows
     first_not_object: int | None = None  # its record number (1-based)
@@ -879,7 +880,7 @@ class DoubtfulRecords:
                 self.not_objects += 1
                 if self.first_not_object is None:
                     self.first_not_object = self.records
-            if len(data) > self.max_record_bytes:
+            if self.max_record_bytes < len(data) <= self.put_limit_bytes:
                 self.too_large_for_worker += 1
             yield data
 

@@ -247,9 +247,12 @@ class SnapshotPointer:
 
 @dataclass(frozen=True, slots=True)
 class ShardCover:
-    """How far a reader has read one shard's commit chain: the last commit it read, by key and by where it ends."""
+    """How far a reader has read one shard's commit chain: the last commit it read, by key, by the attempt that
+    wrote it (a key recurs when a prefix is emptied and written again: its first commit is always ``start.json``)
+    and by where it ends."""
 
     commit_key: str
+    attempt_id: str
     last: Position
 
 
@@ -274,7 +277,9 @@ class CurrentRowsPointer:
             return cls(
                 data_key=str(d["data_key"]),
                 shards={
-                    str(shard): ShardCover(str(cover["commit_key"]), _required_position(cover["last"]))
+                    str(shard): ShardCover(
+                        str(cover["commit_key"]), str(cover["attempt_id"]), _required_position(cover["last"])
+                    )
                     for shard, cover in d["shards"].items()
                 },
                 rows=int(d["rows"]),

@@ -169,6 +169,26 @@ def test_kept_rows_that_cover_a_commit_gone_are_ignored(
     assert read(s3, settings, tmp_path / "3").kept_rows == 6, "the pointer was replaced: kept again"
 
 
+def test_kept_rows_of_a_prefix_emptied_and_written_again_are_ignored(s3: Any, tmp_path: Path) -> None:
+    """A shard's first commit is always start.json: the key the kept rows cover exists again, but it is another
+    commit. Checking the key alone gave the old customers and none of the new ones (found by review)."""
+    settings = Settings(bucket=BUCKET, prefix="rfm")
+    Worker(s3, settings).flush(SHARDS[0], purchases(range(5), 1, "a"))
+    read(s3, settings, tmp_path / "1")
+    for obj in s3.list_objects_v2(Bucket=BUCKET, Prefix="rfm/")["Contents"]:
+        if not obj["Key"].startswith(LAYOUT.current_rows_prefix):
+            s3.delete_object(Bucket=BUCKET, Key=obj["Key"])
+    again = Worker(s3, settings)  # a new stream: its shard ids and first keys repeat
+    again.flush(SHARDS[0], purchases(range(3), 2, "z"))
+    again.flush(SHARDS[0], purchases(range(3), 3, "z"))
+
+    rows = read(s3, settings, tmp_path / "2")
+
+    assert rows.kept_rows is None and rows.commits == 2
+    assert sorted(rows.table.column("customer_id").to_pylist()) == ["c-z000", "c-z001", "c-z002"]
+    assert rows.fingerprint == read_everything(s3, settings, tmp_path / "all").fingerprint
+
+
 def test_a_run_that_may_not_write_still_reads_and_one_that_lost_the_race_drops_its_copy(
     s3: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -250,7 +270,7 @@ def test_kept_rows_that_do_not_read_or_may_not_be_read_are_ignored(
     s3.put_object(Bucket=BUCKET, Key=pointer(s3).data_key, Body=b"not parquet")
     with caplog.at_level(logging.WARNING):
         damaged = read(s3, settings, tmp_path / "2")
-    assert "do not read" in caplog.text
+    assert "do not hold" in caplog.text and "Parquet" in caplog.text
     assert (damaged.kept_rows, damaged.commits, damaged.fingerprint) == (None, 2, whole.fingerprint)
     assert read(s3, settings, tmp_path / "3").kept_rows == 9, "kept again, readable"
 
@@ -266,3 +286,21 @@ def test_kept_rows_that_do_not_read_or_may_not_be_read_are_ignored(
     assert (
         denied.kept_rows is None and denied.fingerprint == whole.fingerprint and "AccessDenied" in caplog.text
     )
+
+
+def test_a_connection_lost_while_keeping_the_rows_does_not_fail_the_read(
+    s3: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Keeping them is best effort: an endpoint that stops answering at that moment failed the whole score run."""
+    from botocore.exceptions import EndpointConnectionError
+
+    settings = Settings(bucket=BUCKET, prefix="rfm")
+    Worker(s3, settings).flush(SHARDS[0], purchases(range(4), 1, "a"))
+
+    class Unreachable(ReadOnly):
+        def put_object(self, **_: Any) -> None:
+            raise EndpointConnectionError(endpoint_url="https://s3.example")
+
+    with caplog.at_level(logging.WARNING):
+        rows = read(Unreachable(s3), settings, tmp_path / "1")
+    assert rows.table.num_rows == 4 and "could not be kept" in caplog.text

@@ -1039,6 +1039,9 @@ def test_shard_processors_never_import_code_from_the_directory_the_worker_starte
         env={**os.environ, "PYTHONPATH": ""},
     )
     assert "the shadow copy ran" not in result.stdout, result.stdout
+    assert result.returncode == 0, (
+        f"the installed processor ran (and ended at the end of its input): {result.stderr}"
+    )
 
 
 def test_the_status_line_says_which_shards_keep_failing_and_which_the_kcl_no_longer_calls() -> None:

@@ -1609,6 +1609,7 @@ def test_produce_exits_1_when_a_record_was_too_large_to_send_and_skips_blank_lin
     assert result.exit_code == 1, result.output
     assert "1 records larger than the 1 MiB PutRecords limit were not sent" in result.output
     assert held == len(records), "every other record, and no blank line, is on the stream"
+    assert "larger than the worker's limit" not in result.output, "not sent: not one the worker will reject"
 
 
 def test_produce_says_which_records_of_its_input_the_worker_will_reject(tmp_path: Path) -> None:
