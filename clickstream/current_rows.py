@@ -14,6 +14,7 @@ exists (the prefix was emptied and written again) is ignored, and everything is 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import uuid
@@ -64,6 +65,8 @@ class CurrentRows:
 _CURRENT_ROWS: Final = (
     "SELECT * FROM read_parquet({files}, hive_partitioning = false, union_by_name = true) " + CURRENT_ROW
 )
+#: Names the rule the kept rows were chosen by: rows kept by another version's rule are read again, not merged.
+_RULE: Final = hashlib.sha256(_CURRENT_ROWS.encode()).hexdigest()[:16]
 #: What names a run's input: each customer's (id, version, as_of) in one order whatever files they came in, as
 #: SHA-256 (a standard function, unlike DuckDB's hash(), whose values change between DuckDB releases).
 _FINGERPRINT: Final = """
@@ -217,6 +220,8 @@ def _read_kept(s3: Any, settings: Settings, layout: OutputLayout, workdir: Path)
 def _check_cover(s3: Any, bucket: str, layout: OutputLayout, pointer: CurrentRowsPointer) -> None:
     """The pointer is this prefix's, and each covered commit is still the one read: at its key, written by the same
     attempt (raises ``ControlRecordError`` if not)."""
+    if pointer.rule != _RULE:
+        raise ControlRecordError(f"chosen by another rule ({pointer.rule}, this version's is {_RULE})")
     if not pointer.data_key.startswith(layout.current_rows_prefix):
         raise ControlRecordError(f"it names {pointer.data_key}, not a file of this prefix")
     for shard, cover in pointer.shards.items():
@@ -238,7 +243,7 @@ def _keep(
     still the one this run found (a concurrent run's is as good: this one's is dropped). Best effort: a failure is
     logged, never the run's."""
     data_key = layout.current_rows_data_key(uuid.uuid4().hex[:16])
-    pointer = CurrentRowsPointer(data_key, shards, table.num_rows, datetime.now(UTC))
+    pointer = CurrentRowsPointer(data_key, shards, table.num_rows, datetime.now(UTC), _RULE)
     try:
         sink.put_parquet(data_key, table, kind="customer_aggregates")
         try:

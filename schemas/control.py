@@ -266,6 +266,7 @@ class CurrentRowsPointer:
     shards: dict[str, ShardCover]
     rows: int
     written_at: datetime
+    rule: str  # a digest of the query that chose the current rows: rows chosen by another rule do not hold
 
     def to_json(self) -> bytes:
         return _dump(self)
@@ -284,6 +285,7 @@ class CurrentRowsPointer:
                 },
                 rows=int(d["rows"]),
                 written_at=_time(d["written_at"]) or datetime.now(UTC),
+                rule=str(d["rule"]),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             if isinstance(error, ControlRecordError):

@@ -304,3 +304,20 @@ def test_a_connection_lost_while_keeping_the_rows_does_not_fail_the_read(
     with caplog.at_level(logging.WARNING):
         rows = read(Unreachable(s3), settings, tmp_path / "1")
     assert rows.table.num_rows == 4 and "could not be kept" in caplog.text
+
+
+def test_kept_rows_chosen_by_another_rule_are_read_again(
+    s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A version that chooses the current row differently must not merge with rows the old rule chose (customers
+    that do not change would keep the old choice for good)."""
+    import clickstream.current_rows as current_rows
+
+    settings = Settings(bucket=BUCKET, prefix="rfm")
+    Worker(s3, settings).flush(SHARDS[0], purchases(range(4), 1, "a"))
+    read(s3, settings, tmp_path / "1")
+    monkeypatch.setattr(current_rows, "_RULE", "another-rule")
+    rows = read(s3, settings, tmp_path / "2")
+    assert rows.kept_rows is None and pointer(s3).rule == "another-rule", (
+        "read again, kept under the new rule"
+    )
