@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import signal
+import site
 import socket
 import subprocess
 import sys
@@ -193,6 +194,15 @@ def find_java(settings: Settings) -> str:
         "CLICKSTREAM_JAVA / JAVA_HOME (`make setup` installs it when run as root)",
         exit_code=2,
     )
+
+
+def supervisor_code_root() -> str | None:
+    """The folder this supervisor's packages were imported from, when it is not an installation's site-packages
+    (a checkout, an editable install): the processors import from it first, so they run the supervisor's code
+    (``-P`` keeps the working directory out). None when installed: the processors find the same installation."""
+    root = str(Path(__file__).resolve().parents[1])
+    installed = {str(Path(path).resolve()) for path in [*site.getsitepackages(), site.getusersitepackages()]}
+    return None if root in installed else root
 
 
 def processor_command() -> str:
@@ -403,6 +413,9 @@ class KclWorker:
         env[LOG_SOCKET_ENV] = str(log_socket)
         env["CLICKSTREAM_LOG_LEVEL"] = self.log_level
         env["CLICKSTREAM_LOG_FORMAT"] = "json"  # parsed (or passed on as is) by the worker's LogSink
+        code_root = supervisor_code_root()
+        if code_root is not None:
+            env["PYTHONPATH"] = os.pathsep.join([code_root, *filter(None, [env.get("PYTHONPATH")])])
         return env
 
     # ------------------------------------------------------------------ signals

@@ -1077,3 +1077,25 @@ def test_health_of_a_worker_that_is_gone_counts_no_shard_processing(tmp_path: Pa
     assert any("is gone" in problem for problem in report.problems), report
     write_heartbeat(tmp_path, Heartbeat(pid=os.getpid(), phase="running", started_at=now))
     assert assess(tmp_path, stuck_after=300, now=now).shards_processing == 2, "alive: its shards count"
+
+
+def test_shard_processors_import_the_supervisors_code_first(tmp_path: Path) -> None:
+    """A checkout run without installing it, or an editable install: the processors import the packages the
+    supervisor itself imported (``-P`` keeps the working directory out, PYTHONPATH puts the supervisor's first)."""
+    import consumer
+    from consumer.kcl_worker import supervisor_code_root
+
+    worker = KclWorker(load_settings(state_dir=tmp_path / "state"))
+    env = worker.child_environment(tmp_path / "settings.json", tmp_path / "log.sock")
+    here = str(Path(consumer.__file__).resolve().parents[1])
+    assert supervisor_code_root() == here, "this repository is an editable install: not site-packages"
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == here
+    probe = subprocess.run(
+        [sys.executable, "-P", "-c", "import consumer; print(consumer.__file__)"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert probe.stdout.strip() == str(Path(consumer.__file__).resolve())
