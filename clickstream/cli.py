@@ -379,11 +379,11 @@ def produce(
     from consumer.preflight import is_missing_stream, stream_missing
     from producer.generator import DoubtfulRecords, read_jsonl
     from producer.kinesis_put import (
-        MAX_RECORD_BYTES,
         KinesisProducer,
         PutInputError,
         PutInterrupted,
         PutRecordsError,
+        fits_put_records,
         require_stream,
     )
     from runtime.aws import aws_client
@@ -422,7 +422,7 @@ def produce(
         max_records_per_second=rate,
         progress=show_progress(progress),
     )
-    doubtful = DoubtfulRecords(settings.max_record_bytes, MAX_RECORD_BYTES)
+    doubtful = DoubtfulRecords(settings.max_record_bytes, fits_put_records)
     if input_file is not None:
         records = doubtful.counted(records)
     with _sigterm_as_interrupt() as terminated:

@@ -92,7 +92,7 @@ def _current_rows(paths: list[str], source: str, total_bytes: int) -> CurrentRow
         raise InputError(
             f"the Parquet files in {source} are not customer_aggregates files ({str(error).splitlines()[0]})"
         ) from None
-    except duckdb.InvalidInputException as error:  # a file that is not Parquet
+    except duckdb.Error as error:  # a file that is not Parquet, or a damaged one
         raise InputError(f"{source}: {str(error).splitlines()[0]}") from None
     con.register("current_rows", table)
     return CurrentRows(table, source, len(paths), total_bytes, _fingerprint(con))
@@ -210,8 +210,8 @@ def _read_kept(s3: Any, settings: Settings, layout: OutputLayout, workdir: Path)
         body = s3.get_object(Bucket=settings.bucket, Key=pointer.data_key)["Body"].read()
         path = workdir / "kept-current-rows.parquet"
         path.write_bytes(body)
-        pq.read_schema(path)  # a damaged file is the cache's fault, found here: not the new files'
-    except (ClientError, BotoCoreError, ControlRecordError, pa.ArrowException) as error:
+        pq.read_table(path)  # every page: a damaged file is the cache's fault, found here, not the new files'
+    except (ClientError, BotoCoreError, ControlRecordError, pa.ArrowException, OSError) as error:
         log.warning("the kept current rows do not hold (%s): reading every commit", error)
         return _Found(etag)
     return _Found(etag, pointer.data_key, _Kept(pointer, path))

@@ -50,7 +50,7 @@ import math
 import random
 import sys
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -867,7 +867,9 @@ class DoubtfulRecords:
     lines are ``[``, ``{``, ``"key": ...``), a CSV, records over the worker's size limit."""
 
     max_record_bytes: int
-    put_limit_bytes: int  # records over it are not sent at all (the run says so): not counted here
+    sendable: Callable[
+        [bytes], bool
+    ]  # a record PutRecords takes (one it refuses is said as not sent: not here)
     records: int = 0
     not_objects: int = 0  # not starting with ``{`` (after blanks): not a JSON object, whatever follows
     first_not_object: int | None = None  # its record number (1-based)
@@ -880,7 +882,7 @@ class DoubtfulRecords:
                 self.not_objects += 1
                 if self.first_not_object is None:
                     self.first_not_object = self.records
-            if self.max_record_bytes < len(data) <= self.put_limit_bytes:
+            if len(data) > self.max_record_bytes and self.sendable(data):
                 self.too_large_for_worker += 1
             yield data
 

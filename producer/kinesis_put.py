@@ -231,6 +231,15 @@ class PutInterrupted(KeyboardInterrupt):
         )
 
 
+def fits_put_records(data: bytes) -> bool:
+    """Whether PutRecords takes this record: at most 1 MiB with its partition key (``put`` skips the others)."""
+    return _put_size(data, partition_key_for(data)) <= MAX_RECORD_BYTES
+
+
+def _put_size(data: bytes, key: str) -> int:
+    return len(data) + len(key.encode())
+
+
 def partition_key_for(data: bytes) -> str:
     """The record's customer id (its top-level ``customer_id``, decoded as the consumer reads it, which requires the
     key to equal it) when it has an ASCII one, so a customer's events share a shard; else md5 of the bytes.
@@ -361,7 +370,7 @@ class KinesisProducer:
                         batch = []
                     raise PutInputError(str(error), self._summary(stats, started)) from error
                 key = partition_key_for(data)
-                size = len(data) + len(key.encode())
+                size = _put_size(data, key)
                 if size > MAX_RECORD_BYTES:
                     stats.rejected_too_large += 1
                     logger.error(

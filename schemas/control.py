@@ -55,7 +55,7 @@ def _dump(record: Any) -> bytes:
 def _load(body: bytes | str, kind: str) -> dict[str, Any]:
     try:
         document = json.loads(body)
-    except json.JSONDecodeError as error:
+    except ValueError as error:  # not JSON, or not text (UnicodeDecodeError)
         raise ControlRecordError(f"{kind}: not JSON ({error})") from error
     if not isinstance(document, dict):
         raise ControlRecordError(f"{kind}: not a JSON object")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from botocore.exceptions import ClientError
 
@@ -273,6 +274,16 @@ def test_kept_rows_that_do_not_read_or_may_not_be_read_are_ignored(
     assert "do not hold" in caplog.text and "Parquet" in caplog.text
     assert (damaged.kept_rows, damaged.commits, damaged.fingerprint) == (None, 2, whole.fingerprint)
     assert read(s3, settings, tmp_path / "3").kept_rows == 9, "kept again, readable"
+
+    # damaged inside, its footer intact: the pages fail to decode (a footer check alone let it fail the run)
+    body = bytearray(s3.get_object(Bucket=BUCKET, Key=pointer(s3).data_key)["Body"].read())
+    page = pq.read_metadata(pa.BufferReader(bytes(body))).row_group(0).column(0).data_page_offset
+    body[page + 8 : page + 40] = bytes(32)
+    s3.put_object(Bucket=BUCKET, Key=pointer(s3).data_key, Body=bytes(body))
+    assert read(s3, settings, tmp_path / "4").fingerprint == whole.fingerprint
+    # a pointer that is not text at all (a foreign object)
+    s3.put_object(Bucket=BUCKET, Key=LAYOUT.current_rows_pointer_key, Body=b'{"a": "\xff"}')
+    assert read(s3, settings, tmp_path / "5").kept_rows is None
 
     class PointerDenied(ReadOnly):
         def get_object(self, **kwargs: Any) -> Any:

@@ -1090,12 +1090,13 @@ def test_shard_processors_import_the_supervisors_code_first(tmp_path: Path) -> N
     here = str(Path(consumer.__file__).resolve().parents[1])
     assert supervisor_code_root() == here, "this repository is an editable install: not site-packages"
     assert env["PYTHONPATH"].split(os.pathsep)[0] == here
+    # -S: no site-packages, so no editable-install finder either: what a checkout run without installing has
     probe = subprocess.run(
-        [sys.executable, "-P", "-c", "import consumer; print(consumer.__file__)"],
+        [sys.executable, "-S", "-P", "-c", "import consumer; print(consumer.__file__)"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,
-        check=True,
+        check=False,
     )
-    assert probe.stdout.strip() == str(Path(consumer.__file__).resolve())
+    assert probe.stdout.strip() == str(Path(consumer.__file__).resolve()), probe.stderr
