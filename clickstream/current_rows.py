@@ -92,6 +92,8 @@ def _current_rows(paths: list[str], source: str, total_bytes: int) -> CurrentRow
         raise InputError(
             f"the Parquet files in {source} are not customer_aggregates files ({str(error).splitlines()[0]})"
         ) from None
+    except duckdb.OutOfMemoryException:
+        raise  # the machine, not the input
     except duckdb.Error as error:  # a file that is not Parquet, or a damaged one
         raise InputError(f"{source}: {str(error).splitlines()[0]}") from None
     con.register("current_rows", table)
