@@ -129,7 +129,20 @@ class FrontDoor(click.Group):
             raise (JsonShownError(failed) if json_mode() else failed) from None
 
 
+def _refuse_empty(ctx: click.Context, param: click.Parameter, variable: str, choices: str) -> None:
+    """An empty variable is an error, as for every setting (click would read it as unset)."""
+    if (
+        os.environ.get(variable) == ""
+        and ctx.get_parameter_source(str(param.name)) == ParameterSource.DEFAULT
+    ):
+        raise CommandFailed(
+            f"{variable}: empty: leave it out to use the default ({param.default}), or give {choices}",
+            USAGE,
+        )
+
+
 def _check_log_level(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    _refuse_empty(ctx, param, "CLICKSTREAM_LOG_LEVEL", f"one of {', '.join(LOG_LEVELS)}")
     level = value.upper()
     level = "WARNING" if level == "WARN" else level  # WARN: the KCL's (Java) name, logging's alias
     if level not in LOG_LEVELS:
@@ -140,6 +153,7 @@ def _check_log_level(ctx: click.Context, param: click.Parameter, value: str) -> 
 
 
 def _check_log_format(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    _refuse_empty(ctx, param, "CLICKSTREAM_LOG_FORMAT", "auto, json or text")
     if value not in ("auto", "json", "text"):
         from_env = ctx.get_parameter_source(str(param.name)) == ParameterSource.ENVIRONMENT
         source = "CLICKSTREAM_LOG_FORMAT" if from_env else "--log-format"

@@ -473,6 +473,14 @@ _PATTERN_MEANINGS: Final = {
 }
 
 
+def _default_of(field: str) -> str:
+    """`` (<default>)`` for the message of an empty variable, when the default is a plain value."""
+    default = Settings.model_fields[field].default
+    return (
+        "" if default is None or callable(default) or str(default) == "PydanticUndefined" else f" ({default})"
+    )
+
+
 def _config_error(exc: ValidationError) -> ConfigError:
     problems = []
     for error in exc.errors():
@@ -485,6 +493,13 @@ def _config_error(exc: ValidationError) -> ConfigError:
         else:
             message = str(error["msg"])
         shown = f" (got {error['input']!r})" if field in Settings.model_fields else ""
+        if (
+            error["input"] == "" and field in Settings.model_fields
+        ):  # a variable set to nothing, e.g. `X=` or ${X:-}
+            message = (
+                f"empty: leave it out to use the default{_default_of(field)}, or give a value ({message})"
+            )
+            shown = ""
         # a check across settings (a model validator) names its settings in its own sentence
         problems.append(f"{source}: {message}{shown}" if error["loc"] else message)
     return ConfigError("; ".join(problems))

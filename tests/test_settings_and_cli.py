@@ -144,6 +144,39 @@ def test_a_value_of_the_wrong_shape_is_explained_in_words_not_a_regex(
     assert words in str(raised.value) and "pattern" not in str(raised.value), raised.value
 
 
+@pytest.mark.parametrize(
+    ("variable", "default"),
+    [
+        ("CLICKSTREAM_SSE", " (AES256)"),
+        ("CLICKSTREAM_PREFIX", " (rfm)"),
+        ("CLICKSTREAM_FLUSH_MAX_RECORDS", " (50000)"),
+        ("CLICKSTREAM_WORKER_ID", ""),  # defaults to the host name: no plain value to name
+    ],
+)
+def test_an_empty_variable_is_refused_with_one_explanation(
+    monkeypatch: pytest.MonkeyPatch, variable: str, default: str
+) -> None:
+    """`X=` or an unset ${X:-} in a template: each setting used to say something else ("should be 'AES256' or
+    'aws:kms'", "unable to parse string as an integer", ...); the log options even read it as unset."""
+    monkeypatch.setenv(variable, "")
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    assert f"{variable}: empty: leave it out to use the default{default}, or give a value (" in str(
+        raised.value
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "default"), [("CLICKSTREAM_LOG_LEVEL", "INFO"), ("CLICKSTREAM_LOG_FORMAT", "auto")]
+)
+def test_an_empty_log_variable_is_refused_like_every_setting(variable: str, default: str) -> None:
+    result = run_cli("health", env={variable: ""})
+    assert_one_line(result, 2, f"{variable}: empty: leave it out to use the default ({default})")
+    assert (
+        run_cli("--log-level", "INFO", "--log-format", "json", "health", env={variable: ""}).returncode != 2
+    ), "a flag given wins over the empty variable"
+
+
 def test_a_minimum_event_time_may_be_a_date_read_as_utc_midnight(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLICKSTREAM_MIN_EVENT_TIME", "2026-01-01")
     assert load_settings().min_event_time == datetime(2026, 1, 1, tzinfo=UTC)
