@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,8 +29,8 @@ import pyarrow.parquet as pq
 from botocore.exceptions import BotoCoreError, ClientError
 
 from clickstream.console import progress_of
-from clickstream.outputs import CURRENT_ROW, MAX_WORKERS
-from consumer.s3_sink import S3ParquetSink, commit_record_at, is_precondition_failed, read_commits_since
+from clickstream.outputs import CURRENT_ROW, MAX_WORKERS, download_keys
+from consumer.s3_sink import S3ParquetSink, commit_record_at, lost_to_another_writer, read_commits_since
 from runtime.settings import Settings
 from schemas.control import CommitRecord, ControlRecordError, CurrentRowsPointer, ShardCover
 from schemas.layout import OutputLayout
@@ -156,24 +155,10 @@ def _rows_since(
             s3, settings.bucket, layout, covered, max_workers=MAX_WORKERS, progress=report
         )
     keys = sorted({key for record in records for key in record.files.get("customer_aggregates", [])})
-
-    def download(key: str) -> tuple[str, int]:
-        target = workdir / key
-        target.parent.mkdir(parents=True, exist_ok=True)
-        body = s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read()
-        target.write_bytes(body)
-        return str(target), len(body)
-
-    with (
-        ThreadPoolExecutor(max_workers=MAX_WORKERS) as pool,
-        progress_of("reading customer_aggregates", "file", bar=progress) as report,
-    ):
-        downloaded = []
-        for item in pool.map(download, keys):
-            downloaded.append(item)
-            report(len(downloaded), len(keys))
-    paths = [path for path, _ in downloaded]
-    size = sum(size for _, size in downloaded)
+    with progress_of("reading customer_aggregates", "file", bar=progress) as report:
+        download_keys(s3, settings.bucket, keys, workdir, progress=report)
+    paths = [str(workdir / key) for key in keys]
+    size = sum((workdir / key).stat().st_size for key in keys)
     if kept is not None:
         paths.insert(0, str(kept.path))
         size += kept.path.stat().st_size
@@ -258,7 +243,7 @@ def _keep(
             )
         except (ClientError, BotoCoreError) as error:
             sink.delete_keys([data_key])
-            if is_precondition_failed(error) or _code(error) == "ConditionalRequestConflict":
+            if lost_to_another_writer(error):
                 return  # another run kept its rows first (or is keeping them now): its are as good
             raise
     except (ClientError, BotoCoreError) as error:
@@ -272,11 +257,6 @@ def _keep(
         log.warning(
             "older kept current rows could not be deleted (%s): left behind, no run reads them", error
         )
-
-
-def _code(error: Exception) -> str:
-    response = getattr(error, "response", None) or {}
-    return str(response.get("Error", {}).get("Code", ""))
 
 
 #: A kept-rows file no pointer names and older than this was left by a run that died before its pointer update

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,8 +57,15 @@ def list_keys(s3: Any, bucket: str, prefix: str) -> list[dict[str, Any]]:
     ]
 
 
-def download_keys(s3: Any, bucket: str, keys: list[str], destination: Path) -> int:
-    """Copy ``keys`` under ``destination`` keeping the key layout, in parallel. Returns the number copied."""
+def download_keys(
+    s3: Any,
+    bucket: str,
+    keys: list[str],
+    destination: Path,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """Copy ``keys`` under ``destination`` keeping the key layout, in parallel (``progress(done, total)`` as they
+    arrive). Returns the number copied."""
 
     def copy(key: str) -> None:
         target = destination / key
@@ -65,8 +73,9 @@ def download_keys(s3: Any, bucket: str, keys: list[str], destination: Path) -> i
         s3.download_file(bucket, key, str(target))
 
     with ThreadPoolExecutor(max_workers=MAX_WORKERS) as pool:
-        for _ in pool.map(copy, keys):
-            pass
+        for done, _ in enumerate(pool.map(copy, keys), start=1):
+            if progress is not None:
+                progress(done, len(keys))
     return len(keys)
 
 

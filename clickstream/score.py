@@ -48,16 +48,13 @@ import pyarrow.parquet as pq
 from botocore.exceptions import ClientError
 
 from clickstream.current_rows import CurrentRows, read_committed_rows, read_local_rows
-from consumer.s3_sink import is_precondition_failed
+from consumer.s3_sink import lost_to_another_writer
 from runtime.settings import Settings
 from schemas.layout import OutputLayout
 from scoring.clv import ClvConfig, fit_and_predict, library_version, require_model_library
 from scoring.inputs import ModelInputs, model_inputs, shards_behind
 from scoring.run import ScoreCommit, ScoreCommitError, rfm_of, run_id_for, score_table
 
-#: S3's answer to a conditional PUT that raced another conditional PUT of the same key (the worker retries it; a
-#: scoring run takes it as the other run's write, as it does a failed condition).
-_CONDITION_RACED: Final = frozenset({"ConditionalRequestConflict", "409"})
 #: A run folder of the day that no commit names and that nothing wrote to for this long is a run that died: tidy
 #: deletes it. A younger one may be a run still writing (it would fail its commit, finding its files gone).
 ABANDONED_RUN_SECONDS: Final = 6 * 3600
@@ -131,10 +128,7 @@ class S3Store:
                 **self._encryption,
             )
         except ClientError as error:
-            if (
-                is_precondition_failed(error)
-                or error.response.get("Error", {}).get("Code") in _CONDITION_RACED
-            ):
+            if lost_to_another_writer(error):  # the other run's write, as a scoring run takes it
                 raise ChangedMeanwhile(self.url(key)) from None
             raise
 

@@ -96,6 +96,18 @@ class FlushAttempt:
         return self.name.shard_id
 
 
+#: S3's answer to a conditional PUT that raced another conditional PUT of the same key (409).
+_CONDITION_RACED: Final = frozenset({"ConditionalRequestConflict", "409"})
+
+
+def lost_to_another_writer(error: BaseException) -> bool:
+    """A conditional write that another writer's write of the same key beat: its condition failed (412), or it
+    raced a concurrent conditional write (409 ConditionalRequestConflict)."""
+    if not isinstance(error, ClientError):
+        return False
+    return is_precondition_failed(error) or error.response.get("Error", {}).get("Code") in _CONDITION_RACED
+
+
 def is_precondition_failed(error: BaseException) -> bool:
     """S3's answer to a conditional write whose condition does not hold (HTTP 412)."""
     if not isinstance(error, ClientError):
