@@ -342,6 +342,10 @@ class CustomerState:
             "days": self._days.nbytes(),
         }
 
+    def memory_total(self) -> int:
+        """Bytes held by the whole state (the sum of ``memory_bytes``)."""
+        return sum(self.memory_bytes().values())
+
     def event_id_count(self) -> int:
         return len(self._event_ids)
 

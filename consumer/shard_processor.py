@@ -286,10 +286,7 @@ class ShardProcessor:
             release_free_memory()  # a restore's working memory is many times the state it leaves
         self.metrics.phase = "processing"
         self.metrics.checkpointed_sequence = checkpoint
-        position = self.state.position()
-        self.metrics.applied_sequence = position.sequence_number if position else None
-        self.metrics.state_bytes = sum(self.state.memory_bytes().values())
-        self._report(force=True)
+        self._report_state()
 
     def on_records(
         self, records: Sequence[RawRecord], millis_behind: int | None, checkpointer: Checkpointer
@@ -436,10 +433,9 @@ class ShardProcessor:
                 # the flush is durable whatever becomes of its checkpoint (a lease lost, a failure the processor
                 # exits on): its records and metrics count now, or never (the next owner skips them as applied)
                 if record is not None:
-                    self._record_flush(record, time.perf_counter() - started)
-                    self._report_flush(
-                        record, time.perf_counter() - started, reason, attempts, checkpoint_failed=True
-                    )
+                    seconds = time.perf_counter() - started
+                    self._record_flush(record, seconds)
+                    self._report_flush(record, seconds, reason, attempts, checkpoint_failed=True)
                 raise
         seconds = time.perf_counter() - started
         self.metrics.waiting_since = time.time() if self.metrics.millis_behind_latest else None
@@ -533,10 +529,7 @@ class ShardProcessor:
         self._note_snapshot(
             self._retrying("restore after a lost commit", lambda: recovery.restore(self.state))
         )
-        position = self.state.position()
-        self.metrics.applied_sequence = position.sequence_number if position else None
-        self.metrics.state_bytes = sum(self.state.memory_bytes().values())
-        self._report(force=True)
+        self._report_state()
 
     def _tidy(self, record: CommitRecord, attempt_id: str) -> None:
         """Step 7: this attempt's intent, and the leftovers of attempts that can no longer commit."""
@@ -668,7 +661,14 @@ class ShardProcessor:
             m.arrival_to_durable_p99 = record.freshness.arrival_to_durable_p99
             m.newest_event_age = record.freshness.newest_event_age
         m.buffered_records = 0
-        m.state_bytes = sum(self.state.memory_bytes().values())
+        m.state_bytes = self.state.memory_total()
+        self._report(force=True)
+
+    def _report_state(self) -> None:
+        """The state's position and size in the status file at once (after a start or a restore)."""
+        position = self.state.position()
+        self.metrics.applied_sequence = position.sequence_number if position else None
+        self.metrics.state_bytes = self.state.memory_total()
         self._report(force=True)
 
     def _report(self, force: bool = False) -> None:

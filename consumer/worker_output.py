@@ -126,12 +126,10 @@ class WorkerTotals:
     behind_ms: int
     last_flush_age: float | None  # seconds since the newest flush of any shard
     oldest_unflushed: float | None  # seconds the oldest waiting record has waited (None: all durable)
-    failing: tuple[int, float, str] | None = (
-        None  # shards whose S3 writes or checkpoints keep failing, longest, error
-    )
-    silent: tuple[int, float] | None = (
-        None  # held shards the KCL has not called for SILENT_SECONDS, the longest
-    )
+    # shards whose S3 writes or checkpoints keep failing: how many, the longest for how long, its error
+    failing: tuple[int, float, str] | None = None
+    # held shards the KCL has not called for SILENT_SECONDS: how many, the longest for how long
+    silent: tuple[int, float] | None = None
 
     @classmethod
     def of(cls, statuses: dict[str, ShardStatus], now: float) -> WorkerTotals:

@@ -867,9 +867,8 @@ class DoubtfulRecords:
     lines are ``[``, ``{``, ``"key": ...``), a CSV, records over the worker's size limit."""
 
     max_record_bytes: int
-    sendable: Callable[
-        [bytes], bool
-    ]  # a record PutRecords takes (one it refuses is said as not sent: not here)
+    # a record PutRecords takes (one it refuses is said as not sent: not counted here)
+    sendable: Callable[[bytes], bool]
     records: int = 0
     not_objects: int = 0  # not starting with ``{`` (after blanks): not a JSON object, whatever follows
     first_not_object: int | None = None  # its record number (1-based)
