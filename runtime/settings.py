@@ -25,6 +25,7 @@ from typing import Final, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.layout import OutputLayout
@@ -475,10 +476,9 @@ _PATTERN_MEANINGS: Final = {
 
 def _default_of(field: str) -> str:
     """`` (<default>)`` for the message of an empty variable, when the default is a plain value."""
-    default = Settings.model_fields[field].default
-    return (
-        "" if default is None or callable(default) or str(default) == "PydanticUndefined" else f" ({default})"
-    )
+    info = Settings.model_fields[field]
+    plain = info.default_factory is None and info.default not in (None, PydanticUndefined)
+    return f" ({info.default})" if plain else ""
 
 
 def _config_error(exc: ValidationError) -> ConfigError:
@@ -493,9 +493,8 @@ def _config_error(exc: ValidationError) -> ConfigError:
         else:
             message = str(error["msg"])
         shown = f" (got {error['input']!r})" if field in Settings.model_fields else ""
-        if (
-            error["input"] == "" and field in Settings.model_fields
-        ):  # a variable set to nothing, e.g. `X=` or ${X:-}
+        # a variable set to nothing, e.g. `X=` or an unset ${X:-}
+        if error["input"] == "" and field in Settings.model_fields:
             message = (
                 f"empty: leave it out to use the default{_default_of(field)}, or give a value ({message})"
             )
