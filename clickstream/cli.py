@@ -642,7 +642,8 @@ def _arrival_day(_: click.Context, __: click.Parameter, value: str | None) -> in
     callback=_arrival_day,
     default=None,
     metavar="YYYYMMDD",
-    help="Only files of this arrival_yyyymmdd partition (default: every committed file).",
+    help="Only files of this arrival_yyyymmdd partition, reading only that day's commit records (default: every "
+    "committed file, reading every commit record).",
 )
 @click.option(
     "--upload", is_flag=True, help="Store it under <prefix>/_control/manifests/ and print its s3:// URL."

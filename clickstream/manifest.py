@@ -2,7 +2,8 @@
 
 Commit records are the manifest of the data: a file no commit names (a flush attempt that lost its commit to another
 writer, or died before committing) is not data, even while it still sits in a partition. A COPY with ``MANIFEST``
-loads what this lists and nothing else.
+loads what this lists and nothing else. A manifest of one arrival day reads that day's commits only (see
+``consumer.s3_sink.read_partition_commits``); one of every file reads every commit record.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from clickstream.outputs import commit_records
-from consumer.s3_sink import S3ParquetSink, committed_files
+from clickstream.console import progress_of
+from clickstream.options import show_progress
+from clickstream.outputs import MAX_WORKERS, commit_records
+from consumer.s3_sink import S3ParquetSink, committed_files, read_partition_commits
 from runtime.settings import Settings
 from schemas.layout import OutputLayout
 
@@ -19,7 +22,13 @@ from schemas.layout import OutputLayout
 def copy_manifest(s3: Any, settings: Settings, output: str, arrival_day: int | None = None) -> dict[str, Any]:
     """``{"entries": [{"url", "mandatory", "meta": {"content_length"}}]}`` for COPY ... FORMAT AS PARQUET MANIFEST."""
     layout = OutputLayout(settings.prefix)
-    records = commit_records(s3, settings)
+    if arrival_day is None:
+        records = commit_records(s3, settings)
+    else:  # the commits of that day's files only: a daily load's cost follows the day, not the history
+        with progress_of("reading commit records", "commit", bar=show_progress(None)) as report:
+            records = read_partition_commits(
+                s3, settings.bucket, layout, output, arrival_day, max_workers=MAX_WORKERS, progress=report
+            )
     sizes = {key: size for record in records for key, size in record.file_bytes.items()}
     keys = [
         key

@@ -10,6 +10,7 @@ succeeds; the other gets ``CommitConflict`` (see the commit order in consumer/sh
 
 from __future__ import annotations
 
+import bisect
 import io
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -419,6 +420,61 @@ def read_commits_since(
         key for shard in shards for key in _shard_commit_keys(s3, bucket, layout, shard, covered.get(shard))
     ]
     return _fetch_commits(s3, bucket, keys, max_workers, progress)
+
+
+def read_partition_commits(
+    s3: Any,
+    bucket: str,
+    layout: OutputLayout,
+    output: str,
+    arrival_day: int,
+    *,
+    max_workers: int = 16,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[CommitRecord]:
+    """The commit records that may name files of one arrival day of ``output`` (sorted as ``read_commit_records``
+    sorts them): every commit naming such a file is among them, so ``committed_files`` of these, kept to the day,
+    equals that of every commit record, at a cost that follows the day's flushes rather than the prefix's history.
+
+    The partition is listed, then each of its shards' commit keys (a listing, no reads), and only the commit each
+    file's flush continued from is read: the greatest commit position below the file's first record (a shard's
+    flushes each continue from the end of the one before, so no other commit lies between). A file of a writer that
+    lost its commit leads to a commit that names another attempt's file: no data, as in a full read.
+    """
+    listing = s3.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=layout.partition_prefix(output, arrival_day)
+    )
+    firsts: dict[str, list[Position]] = {}
+    for page in listing:
+        for obj in page.get("Contents", []):
+            if (name := layout.flush_name_of(obj["Key"])) is not None:
+                firsts.setdefault(name.shard_id, []).append(name.first)
+    keys: set[str] = set()
+    for shard_id, positions in firsts.items():
+        links = sorted(
+            (_chain_order(_commit_previous(layout, key)), key)
+            for key in _shard_commit_keys(s3, bucket, layout, shard_id, None)
+        )
+        orders = [order for order, _ in links]
+        for first in positions:
+            below = bisect.bisect_left(orders, _chain_order(first)) - 1
+            if below >= 0:  # none: no commit of the shard comes before this file, so none names it
+                keys.add(links[below][1])
+    return _fetch_commits(s3, bucket, sorted(keys), max_workers, progress)
+
+
+def _chain_order(previous: Position | None) -> tuple[int, tuple[int, int]]:
+    """Where a commit continuing from ``previous`` sits in its chain (``start`` first), comparable to a position."""
+    return (0, (0, 0)) if previous is None else (1, previous.sort_key())
+
+
+def _commit_previous(layout: OutputLayout, key: str) -> Position | None:
+    try:
+        return layout.commit_previous(key)
+    except ValueError:
+        raise ControlRecordError(
+            f"{key}: not a commit record's name (the position it continues from)"
+        ) from None
 
 
 def _commit_keys(s3: Any, bucket: str, prefix: str, start_after: str | None = None) -> list[str]:

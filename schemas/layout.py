@@ -25,11 +25,12 @@ position, which is what fences a second writer (see consumer/shard_processor.py)
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Final, Literal
 
-from schemas.positions import Position
+from schemas.positions import SEQUENCE_DIGITS, Position
 
 #: The data outputs, in the order a flush writes them.
 DATA_OUTPUTS: Final = ("events", "customer_aggregates", "errors")
@@ -39,6 +40,10 @@ Output = Literal["events", "customer_aggregates", "errors"]
 PARTITION_COLUMN: Final = "arrival_yyyymmdd"
 #: The commit key of a shard's first flush (it continues from no position).
 CHAIN_START: Final = "start"
+#: A data file's name: ``FlushName.stem`` (its positions are ``Position.key_part``s) and ``.parquet``.
+_DATA_STEM: Final = re.compile(
+    rf"(.+)-(\d{{{SEQUENCE_DIGITS}}}-\d+)-(\d{{{SEQUENCE_DIGITS}}}-\d+)-(\w+)\.parquet"
+)
 #: The Hive partition column of clv/: the UTC day of the scoring run's observation end, as yyyymmdd.
 CLV_PARTITION_COLUMN: Final = "as_of_yyyymmdd"
 
@@ -72,7 +77,19 @@ class OutputLayout:
         return self._root(output)
 
     def data_key(self, output: Output, arrival_day: date, name: FlushName) -> str:
-        return f"{self._root(output)}{PARTITION_COLUMN}={arrival_day:%Y%m%d}/{name.stem}.parquet"
+        return f"{self.partition_prefix(output, int(f'{arrival_day:%Y%m%d}'))}{name.stem}.parquet"
+
+    def partition_prefix(self, output: str, arrival_day: int) -> str:
+        """``<prefix>/<output>/arrival_yyyymmdd=<day>/``: one arrival day's files of one output."""
+        return f"{self._root(output)}{PARTITION_COLUMN}={arrival_day}/"
+
+    def flush_name_of(self, key: str) -> FlushName | None:
+        """The flush attempt a data key belongs to (inverse of ``data_key``'s name); None for any other key."""
+        match = _DATA_STEM.fullmatch(key.rpartition("/")[2])
+        if match is None:
+            return None
+        shard, first, last, attempt = match.groups()
+        return FlushName(shard, Position.from_key_part(first), Position.from_key_part(last), attempt)
 
     def replay_prefix(self, name: str) -> str:
         return f"{self._root('replays')}{name}/"

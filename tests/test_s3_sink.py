@@ -11,7 +11,7 @@ import json
 import logging
 import uuid
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import pyarrow as pa
@@ -204,6 +204,21 @@ def test_position_key_parts_sort_in_stream_order_whatever_the_number_of_digits()
     layout = OutputLayout("rfm")
     assert [layout.commit_previous(layout.commit_key(SHARD, p)) for p in positions] == positions
     assert layout.commit_previous(layout.commit_key(SHARD, None)) is None
+
+
+def test_a_data_keys_flush_name_reads_back_and_no_other_key_has_one() -> None:
+    layout = OutputLayout("rfm")
+    name = FlushName("shardId-000000000007", Position("100", 3), Position(str(10**55), 0), "0f3a9c2b7d1e4a56")
+    for output in ("events", "customer_aggregates", "errors"):
+        key = layout.data_key(output, date(2026, 11, 29), name)
+        assert key.startswith(layout.partition_prefix(output, 20261129))
+        assert layout.flush_name_of(key) == name
+    others = [
+        layout.commit_key(SHARD, Position("100")),
+        f"{layout.partition_prefix('events', 20261129)}notes.parquet",
+        layout.snapshot_table_key(SHARD, Position("100"), "w1", "customers"),
+    ]
+    assert [layout.flush_name_of(key) for key in others] == [None, None, None]
 
 
 # ---------------------------------------------------------------------------------------------------- encryption
