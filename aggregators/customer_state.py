@@ -115,8 +115,6 @@ _START: Final = {
     "last_purchase_day": _NONE_HIGH,
 }
 
-#: The tables of a snapshot (``export_tables``) and of the local journal, in load order.
-STATE_TABLES: Final = ("customers", "customer_sessions", "customer_days", "applied_events", "shard_progress")
 #: Every table of the local file (the journal), for ``verify``.
 _JOURNAL_TABLES: Final = (
     "customers",

@@ -538,23 +538,20 @@ def bench_processor(
         ColumnarKCLProcess(processor, messages, output, sys.stderr).run()
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     records = sum(count for _, _, count in messages.read_at)
-    commits = sorted(
-        (s3.put_times[key], json.loads(s3.objects[key])) for key in s3.objects if "/_control/commits/" in key
+    from schemas.control import CommitRecord
+
+    layout = settings.layout
+    durable = sorted(
+        (s3.put_times[key], int(CommitRecord.from_json(s3.objects[key]).last.sequence_number))
+        for key in s3.objects
+        if key.startswith(layout.all_commits_prefix)
     )
-    durable = [
-        (at, int(body.get("last_sequence") or body.get("last", {}).get("sequence_number", 0)))
-        for at, body in commits
-    ]
     freshness: list[float] = []
     for read_at, last_sequence, count in messages.read_at:
         done = next((at for at, sequence in durable if sequence >= last_sequence), None)
         if done is not None:
             freshness.extend([done - read_at] * count)
-    data_files = {
-        key: len(body)
-        for key, body in s3.objects.items()
-        if key.endswith(".parquet") and "/_control/" not in key
-    }
+    data_files = {key: len(body) for key, body in s3.objects.items() if layout.flush_name_of(key) is not None}
     import pyarrow.parquet as pq
 
     rows_per_file = [pq.ParquetFile(io.BytesIO(s3.objects[key])).metadata.num_rows for key in data_files]
@@ -567,7 +564,7 @@ def bench_processor(
         "files": len(data_files),
         "rows_per_file": statistics.mean(rows_per_file) if rows_per_file else 0,
         "bytes_per_file": statistics.mean(data_files.values()) if data_files else 0,
-        "commits": len(commits),
+        "commits": len(durable),
         "checkpoints": output.getvalue().count('"action": "checkpoint"'),
         "freshness_p50_s": quantiles[49],
         "freshness_p99_s": quantiles[98],

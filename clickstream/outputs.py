@@ -24,12 +24,13 @@ from clickstream.options import show_progress
 from consumer.s3_sink import commit_record_at, prefix_in_use, read_commit_records
 from runtime.settings import Settings
 from schemas.control import CommitRecord
-from schemas.layout import OutputLayout
+from schemas.layout import DATA_OUTPUTS, OutputLayout
 
 #: Parallel S3 requests for listing-sized work (thousands of small Parquet files).
 MAX_WORKERS = 16
 
-OUTPUTS = ("events", "customer_aggregates", "errors")
+#: The data outputs (``schemas.layout`` owns their names and keys).
+OUTPUTS: Final = DATA_OUTPUTS
 
 
 @dataclass(slots=True)
@@ -82,16 +83,17 @@ def download_keys(
 def download_outputs(s3: Any, settings: Settings, destination: Path) -> OutputInventory:
     """Copy every output object (and the commit records) under ``destination``, keeping the key layout."""
     inventory = OutputInventory()
+    layout = settings.layout
     keys = []
-    for output in (*OUTPUTS, "_control"):
-        for obj in list_keys(s3, settings.bucket, settings.layout.output_prefix(output)):
+    for output in OUTPUTS:
+        for obj in list_keys(s3, settings.bucket, layout.output_prefix(output)):
             keys.append(obj["Key"])
-            if output != "_control":
-                inventory.files[output] += 1
-                inventory.bytes[output] += int(obj["Size"])
+            inventory.files[output] += 1
+            inventory.bytes[output] += int(obj["Size"])
+    keys += [obj["Key"] for obj in list_keys(s3, settings.bucket, layout.control_prefix)]
     download_keys(s3, settings.bucket, keys, destination)
     for key in keys:
-        if "/_control/commits/" in f"/{key}":
+        if key.startswith(layout.all_commits_prefix):
             inventory.commits.append(
                 commit_record_at(str(destination / key), (destination / key).read_bytes())
             )
@@ -194,16 +196,3 @@ def current_rows_of_table(con: duckdb.DuckDBPyConnection, table: pa.Table) -> du
     """``current_customer_rows`` over an Arrow table of customer_aggregates rows already in memory."""
     con.register("customer_aggregates_rows", table)
     return con.sql(f"SELECT * FROM customer_aggregates_rows {CURRENT_ROW}")
-
-
-def row_counts(
-    con: duckdb.DuckDBPyConnection, root: Path, settings: Settings, inventory: OutputInventory
-) -> dict[str, int]:
-    counts = {}
-    for output in OUTPUTS:
-        if inventory.files[output]:
-            glob = output_glob(root, settings, output)
-            counts[output] = int(con.sql(f"SELECT count(*) FROM read_parquet('{glob}')").fetchall()[0][0])
-        else:
-            counts[output] = 0
-    return counts

@@ -34,7 +34,7 @@ class ShardStatus:
     newest_event_age: float | None = None  # of the last flush: commit time - newest event time, seconds
     millis_behind_latest: int | None = None
     state_bytes: int | None = (
-        None  # the shard's state in memory (CustomerState.memory_bytes), after its last change
+        None  # the shard's state in memory (CustomerState.memory_total), after its last change
     )
     applied_sequence: str | None = None
     checkpointed_sequence: str | None = None

@@ -116,10 +116,3 @@ def install() -> None:
     for key, (owner, attribute, replacement) in _targets().items():
         ORIGINALS[key] = getattr(owner, attribute)
         setattr(owner, attribute, replacement)
-
-
-def uninstall() -> None:
-    """Restore stock moto (tests)."""
-    for key, (owner, attribute, _) in _targets().items():
-        if key in ORIGINALS:
-            setattr(owner, attribute, ORIGINALS.pop(key))

@@ -59,10 +59,11 @@ from pathlib import Path
 from typing import IO, Any, Final, cast
 from urllib.parse import quote_plus
 
+from schemas.contract import EVENT_SCHEMA_VERSION
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_START: Final = datetime(2026, 3, 1, tzinfo=UTC)
-SCHEMA_VERSION: Final = 1
 CURRENCY: Final = "USD"
 SHOP_URL: Final = "https://shop.example.com"
 
@@ -599,7 +600,7 @@ class ClickstreamGenerator:
                 x = (x & ~(0xF << 76) & ~(0x3 << 62)) | (0x4 << 76) | (0x2 << 62)
                 h = f"{x:032x}"
                 doc = (
-                    f'{{"schema_version":1,"event_id":"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"'
+                    f'{{"schema_version":{EVENT_SCHEMA_VERSION},"event_id":"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"'
                     f',"event_type":"{event_type}{head}{fmt(t)}"{tail}}}'
                 )
                 push(heap, (t, seq, doc.encode()))

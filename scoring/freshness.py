@@ -39,7 +39,6 @@ class FreshnessPoint:
 @dataclass(frozen=True, slots=True)
 class FreshnessSummary:
     flushes: int  # flushes with freshness fields
-    flushes_without: int  # commit records without them (older worker versions)
     arrival_to_durable_p50: float
     arrival_to_durable_p99: float
     arrival_to_durable_max: float
@@ -113,7 +112,6 @@ def summarize_freshness(records: Sequence[CommitRecord]) -> FreshnessSummary | N
     ages = [point.newest_event_age for point in points if point.newest_event_age is not None]
     return FreshnessSummary(
         flushes=len(points),
-        flushes_without=len(records) - len(points),
         arrival_to_durable_p50=weighted_quantile([p.arrival_to_durable_p50 for p in points], weights, 0.5),
         arrival_to_durable_p99=quantile_upper_bound(points, 0.99),
         arrival_to_durable_max=max(point.arrival_to_durable_max for point in points),
