@@ -86,7 +86,6 @@ def score(
     from clickstream.score import ConcurrentRunError, run_score
     from scoring.clv import ModelLibraryMissing, NotEnoughData, UnusableFit
     from scoring.inputs import InputError
-    from scoring.run import ScoreCommitError
 
     settings = build_settings(**overrides)
     if publish and (input_dir is None or output_dir is not None):
@@ -113,8 +112,6 @@ def score(
         )
     except (NotEnoughData, UnusableFit, ConcurrentRunError) as error:  # the data or another run: exit 1
         raise FrontDoorError(str(error)) from None
-    except ScoreCommitError as error:  # a damaged commit record in the bucket (or folder): exit 2, named
-        raise FrontDoorError(str(error), USAGE) from None
     except (ModelLibraryMissing, InputError) as error:  # the set-up or the request: exit 2
         raise FrontDoorError(str(error), USAGE) from None
     commit = outcome.commit

@@ -20,7 +20,7 @@ from rich.console import Console
 
 from consumer.status import read_statuses
 from runtime.settings import Settings
-from scoring.run import ScoreCommit
+from schemas.control import ScoreCommit
 
 #: KCL timings that suit a single-machine emulator (production keeps the KCL defaults).
 FAST_KCL_ENV = {

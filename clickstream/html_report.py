@@ -31,11 +31,10 @@ import pyarrow.parquet as pq
 from clickstream.errors import USAGE, FrontDoorError
 from clickstream.outputs import commit_records, require_worker_prefix
 from runtime.settings import Settings
-from schemas.control import CommitRecord, ControlRecordError
+from schemas.control import CommitRecord, ControlRecordError, ScoreCommit
 from schemas.layout import OutputLayout
 from scoring.freshness import FreshnessSummary, freshness_points, summarize_freshness
 from scoring.rfm import SEGMENT_DESCRIPTIONS, SEGMENTS
-from scoring.run import ScoreCommit
 
 #: The plots every complete report has, in page order (ids of their <figure> elements).
 PLOT_IDS: Final = (

@@ -50,10 +50,11 @@ from botocore.exceptions import ClientError
 from clickstream.current_rows import CurrentRows, read_committed_rows, read_local_rows
 from consumer.s3_sink import lost_to_another_writer
 from runtime.settings import Settings
+from schemas.control import ControlRecordError, ScoreCommit
 from schemas.layout import OutputLayout
 from scoring.clv import ClvConfig, fit_and_predict, library_version, require_model_library
 from scoring.inputs import ModelInputs, model_inputs, shards_behind
-from scoring.run import ScoreCommit, ScoreCommitError, rfm_of, run_id_for, score_table
+from scoring.run import rfm_of, run_id_for, score_table
 
 #: A run folder of the day that no commit names and that nothing wrote to for this long is a run that died: tidy
 #: deletes it. A younger one may be a run still writing (it would fail its commit, finding its files gone).
@@ -220,8 +221,8 @@ def _read_commit_tagged(
         return None, None
     try:
         return ScoreCommit.from_json(body), tag
-    except ScoreCommitError as error:
-        raise ScoreCommitError(f"{store.url(key)}: {error} (delete it, or score its day again)") from None
+    except ControlRecordError as error:
+        raise ControlRecordError(f"{store.url(key)}: {error} (delete it, or score its day again)") from None
 
 
 def read_scores(store: ObjectStore, commit: ScoreCommit) -> pa.Table:

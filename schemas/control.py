@@ -15,6 +15,8 @@ from schemas.positions import Position
 
 #: Bumped when a control record changes incompatibly; readers refuse versions they do not know.
 CONTROL_FORMAT: Final = 2
+#: The same for ``ScoreCommit`` (``clickstream score``'s records, versioned on their own).
+SCORE_COMMIT_FORMAT: Final = 1
 
 
 class ControlRecordError(ValueError):
@@ -36,6 +38,10 @@ def _required_position(value: Any) -> Position:
 
 def _time(value: Any) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value).astimezone(UTC)
+
+
+def _required_time(value: Any) -> datetime:
+    return datetime.fromisoformat(str(value)).astimezone(UTC)
 
 
 def _all_files(files: dict[str, list[str]]) -> list[str]:
@@ -291,3 +297,51 @@ class CurrentRowsPointer:
             if isinstance(error, ControlRecordError):
                 raise
             raise ControlRecordError(f"current rows pointer: {error!r}") from error
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreCommit:
+    """Makes one run the scores of its as-of day; written after every file it names (the run is then visible)."""
+
+    as_of: datetime
+    run_id: str
+    files: list[str]  # the run's Parquet keys
+    model_key: str  # the run's parameters and diagnostics (JSON)
+    rows: int
+    bytes_written: int
+    inputs: dict[str, Any]  # customers, buyers, input files, fingerprint
+    committed_at: datetime
+    segments: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        def default(value: Any) -> Any:
+            if isinstance(value, datetime):
+                return value.astimezone(UTC).isoformat()
+            raise TypeError(f"not serialisable: {value!r}")
+
+        document = {"format": SCORE_COMMIT_FORMAT, **asdict(self)}
+        return json.dumps(document, sort_keys=True, default=default).encode()
+
+    @classmethod
+    def from_json(cls, body: bytes | str) -> ScoreCommit:
+        try:
+            d = json.loads(body)
+        except json.JSONDecodeError as error:
+            raise ControlRecordError(f"clv commit: not JSON ({error})") from error
+        if not isinstance(d, dict) or d.get("format") != SCORE_COMMIT_FORMAT:
+            found = d.get("format") if isinstance(d, dict) else None
+            raise ControlRecordError(f"clv commit: format {found!r}, expected {SCORE_COMMIT_FORMAT}")
+        try:
+            return cls(
+                as_of=_required_time(d["as_of"]),
+                run_id=str(d["run_id"]),
+                files=[str(key) for key in d["files"]],
+                model_key=str(d["model_key"]),
+                rows=int(d["rows"]),
+                bytes_written=int(d["bytes_written"]),
+                inputs=dict(d["inputs"]),
+                committed_at=_required_time(d["committed_at"]),
+                segments={str(k): int(v) for k, v in d.get("segments", {}).items()},
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise ControlRecordError(f"clv commit: {error!r}") from error

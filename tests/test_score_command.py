@@ -323,6 +323,19 @@ def test_cli_as_of_is_validated(local_copy: Path, tmp_path: Path, settings: Sett
     assert result.exit_code == 2 and "bought after the observation end" in result.output
 
 
+def test_cli_names_a_damaged_commit_record_of_a_day_and_exits_2(
+    local_copy: Path, tmp_path: Path, settings: Settings
+) -> None:
+    arguments = ["score", "--input", str(local_copy), "--output-dir", str(tmp_path)]
+    assert CliRunner().invoke(main, arguments).exit_code == 0
+    (day_commit,) = (tmp_path / LAYOUT.clv_commits_prefix).glob("as_of_yyyymmdd=*.json")
+    day_commit.write_text('{"format": 1, "as_of": "not a time"}')
+    result = CliRunner().invoke(main, arguments)
+    assert result.exit_code == 2, result.output
+    assert "unreadable control record" in result.output and str(day_commit) in result.output
+    assert "score its day again" in result.output
+
+
 def test_cli_scores_a_local_copy_into_s3_only_when_asked_to(local_copy: Path, settings: Settings) -> None:
     """A stale download or a replay scored with --input must not replace the day's production run by default."""
     result = CliRunner().invoke(main, ["score", "--input", str(local_copy), "--bucket", "never-touched"])
