@@ -166,7 +166,8 @@ EXIT_CODES_HELP: Final = (
     "Exit codes: 0 done; 1 failed at run time (endpoint down, an AWS call failing, records not delivered; "
     "`health`: unhealthy); 2 bad usage or configuration (named in one line); 3 `worker` found itself unhealthy "
     "(a stuck shard) and stopped; 130 stopped by Ctrl-C, saying what it leaves behind (`worker` and `emulator` "
-    "stop cleanly on Ctrl-C: 0); 143 `produce` stopped by SIGTERM, saying what it delivered."
+    "stop cleanly on Ctrl-C: 0); 143 `produce` or `replay` stopped by SIGTERM, saying what it delivered or "
+    "leaves behind."
 )
 
 
@@ -366,6 +367,10 @@ def _sigterm_as_interrupt() -> Iterator[threading.Event]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _stop_cause(terminated: threading.Event) -> str:
+    return "SIGTERM" if terminated.is_set() else "Ctrl-C"
+
+
 @main.command()
 @click.option(
     "--input",
@@ -522,8 +527,8 @@ def worker(
     "start",
     required=True,
     metavar="TIME",
-    help="Start of the event-time range (inclusive): YYYY-MM-DD, YYYY-MM-DDTHH or YYYY-MM-DDTHH:MM, UTC unless "
-    "an offset follows (e.g. +02:00).",
+    help="Start of the event-time range (inclusive): a UTC day YYYY-MM-DD, or a time YYYY-MM-DDTHH or "
+    "YYYY-MM-DDTHH:MM, UTC unless an offset follows (e.g. 2026-03-01T10+02:00).",
 )
 @click.option(
     "--to",
@@ -564,7 +569,7 @@ def replay(
     the same range overwrites the same object.
     """
     from clickstream.outputs import require_worker_prefix
-    from clickstream.replay import ReplayInterrupted, parse_time, plan_replay, run_replay
+    from clickstream.replay import ReplayInterrupted, parse_time, plan_replay, replay_name, run_replay
     from runtime.aws import aws_client
     from schemas.control import ControlRecordError
 
@@ -576,39 +581,52 @@ def replay(
         except ValueError as error:
             hint = "use YYYY-MM-DD, YYYY-MM-DDTHH or YYYY-MM-DDTHH:MM"
             raise click.BadParameter(f"{error}; {hint}", param_hint=f"'{flag}'") from None
+    try:  # the request itself, before anything is asked of S3
+        replay_name(window[0], window[1], name)
+    except ValueError as error:
+        raise FrontDoorError(str(error), USAGE) from None
     if not dry_run:  # its scratch state, checked before the commit records are read
         writable_folder("CLICKSTREAM_STATE_DIR / --state-dir", settings.state_dir / "replay")
     s3 = aws_client("s3", settings)
     require_worker_prefix(s3, settings)
-    try:
-        plan = plan_replay(s3, settings, window[0], window[1], name=name, progress=progress)
-    except ControlRecordError:
-        raise  # explained as every reader of the commit chain explains it
-    except ValueError as error:
-        raise FrontDoorError(str(error), USAGE) from None
-    except KeyboardInterrupt:
-        say("replay interrupted while reading the commit records: nothing written", logging.WARNING)
-        sys.exit(INTERRUPTED)
-    say(plan.describe())
-    if not plan.files:
-        say("nothing to replay: no committed events in that range (nothing written)")
-        return
-    if dry_run:
-        return
-    try:
-        result = run_replay(
-            s3, settings, plan, settings.state_dir / "replay", progress=show_progress(progress)
-        )
-    except ReplayInterrupted as interrupted:
-        say(
-            f"replay interrupted while writing s3://{settings.bucket}/{interrupted.maybe_written}: it may or may "
-            "not be there (run the replay again: it writes the same object)",
-            logging.WARNING,
-        )
-        sys.exit(INTERRUPTED)
-    except KeyboardInterrupt:
-        say("replay interrupted: nothing written (its output is written once, at the end)", logging.WARNING)
-        sys.exit(INTERRUPTED)
+    with _sigterm_as_interrupt() as terminated:
+        try:
+            plan = plan_replay(s3, settings, window[0], window[1], name=name, progress=progress)
+        except ControlRecordError:
+            raise  # explained as every reader of the commit chain explains it
+        except ValueError as error:
+            raise FrontDoorError(str(error), USAGE) from None
+        except KeyboardInterrupt:
+            say(
+                f"replay interrupted ({_stop_cause(terminated)}) while reading the commit records: nothing written",
+                logging.WARNING,
+            )
+            sys.exit(TERMINATED if terminated.is_set() else INTERRUPTED)
+        say(plan.describe())
+        if not plan.files:
+            say("nothing to replay: no committed events in that range (nothing written)")
+            return
+        if dry_run:
+            return
+        try:
+            result = run_replay(
+                s3, settings, plan, settings.state_dir / "replay", progress=show_progress(progress)
+            )
+        except ReplayInterrupted as interrupted:
+            say(
+                f"replay interrupted ({_stop_cause(terminated)}) while writing "
+                f"s3://{settings.bucket}/{interrupted.maybe_written}: it may or may not be there (run the replay "
+                "again: it writes the same object)",
+                logging.WARNING,
+            )
+            sys.exit(TERMINATED if terminated.is_set() else INTERRUPTED)
+        except KeyboardInterrupt:
+            say(
+                f"replay interrupted ({_stop_cause(terminated)}): nothing written (its output is written once, at "
+                "the end; its scratch state is removed)",
+                logging.WARNING,
+            )
+            sys.exit(TERMINATED if terminated.is_set() else INTERRUPTED)
     say(
         f"replayed {result.events_read:,} events ({result.events_applied:,} applied) into {result.customers:,} "
         f"customers: s3://{settings.bucket}/{result.output_key}"

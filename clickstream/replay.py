@@ -73,6 +73,16 @@ class ReplayResult:
     output_key: str
 
 
+def replay_name(start: datetime, end: datetime, name: str | None) -> str:
+    """The replay's name (given, or from the range), once the range and the name are found usable (ValueError)."""
+    if end <= start:
+        raise ValueError(f"--to ({end:%Y-%m-%d %H:%M}) must be after --from ({start:%Y-%m-%d %H:%M})")
+    name = name or f"{_stamp(start)}-{_stamp(end)}"
+    if not re.fullmatch(r"[A-Za-z0-9_.=-]+", name) or not name.strip("."):
+        raise ValueError("--name may contain only letters, digits and _ . = - (and not dots alone)")
+    return name
+
+
 def plan_replay(
     s3: Any,
     settings: Settings,
@@ -83,11 +93,7 @@ def plan_replay(
     progress: bool | None = None,
 ) -> ReplayPlan:
     """Which committed archive files a replay of [start, end) reads, and where it writes."""
-    if end <= start:
-        raise ValueError(f"--to ({end:%Y-%m-%d %H:%M}) must be after --from ({start:%Y-%m-%d %H:%M})")
-    name = name or f"{_stamp(start)}-{_stamp(end)}"
-    if not re.fullmatch(r"[A-Za-z0-9_.=-]+", name) or not name.strip("."):
-        raise ValueError("--name may contain only letters, digits and _ . = - (and not dots alone)")
+    name = replay_name(start, end, name)
     sink = S3ParquetSink(s3, settings)
     plan = ReplayPlan(
         start=start,
@@ -191,6 +197,7 @@ def run_replay(
     finally:
         state.close(sync=False)  # its file is deleted next: nothing to write into it (slow on Ctrl-C)
         database.unlink(missing_ok=True)
+        database.with_name(f"{database.name}.wal").unlink(missing_ok=True)
 
 
 def parse_time(text: str) -> datetime:

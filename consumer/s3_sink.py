@@ -11,6 +11,7 @@ succeeds; the other gets ``CommitConflict`` (see the commit order in consumer/sh
 from __future__ import annotations
 
 import bisect
+import errno
 import io
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -288,7 +289,11 @@ class S3ParquetSink:
     def get_parquet(self, key: str) -> pa.Table:
         body = self.get_bytes(key)
         if body is None:
-            raise FileNotFoundError(f"s3://{self.bucket}/{key}")
+            raise FileNotFoundError(
+                errno.ENOENT,
+                "no such object (deleted or moved after it was written?)",
+                f"s3://{self.bucket}/{key}",
+            )
         return pq.read_table(io.BytesIO(body))
 
     def get_commit(self, key: str) -> CommitRecord | None:

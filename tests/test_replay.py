@@ -200,6 +200,44 @@ def test_an_interrupted_replay_writes_nothing_and_exits_130(
     assert not list((tmp_path / "replay").glob("*.duckdb")), "its scratch state is removed"
 
 
+def test_a_replay_stopped_by_sigterm_says_so_removes_its_scratch_state_and_exits_143(
+    s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ECS task stopped, or `timeout`: the replay used to die without a word, its scratch database left behind."""
+    import os
+    import signal
+
+    _archive(s3)
+    reads: list[str] = []
+    get_parquet = S3ParquetSink.get_parquet
+
+    def terminated_on_the_second_file(self: S3ParquetSink, key: str) -> pa.Table:
+        reads.append(key)
+        if len(reads) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return get_parquet(self, key)
+
+    monkeypatch.setattr(S3ParquetSink, "get_parquet", terminated_on_the_second_file)
+    before = signal.getsignal(signal.SIGTERM)
+    result = _replay("--from", "2026-03-01", "--to", "2026-03-03", "--state-dir", str(tmp_path))
+    assert len(reads) == 2, "stopped midway, after a file was read"
+    assert result.exit_code == 143, result.output
+    assert "replay interrupted (SIGTERM): nothing written" in result.output
+    assert _replays(s3) == []
+    assert list((tmp_path / "replay").iterdir()) == [], "its scratch state is removed"
+    assert signal.getsignal(signal.SIGTERM) == before, "the handler is put back"
+
+
+def test_a_committed_file_gone_from_the_archive_is_named_as_missing(s3: Any, tmp_path: Path) -> None:
+    """It said only the object's URL."""
+    _archive(s3)
+    (first, *_) = [obj["Key"] for obj in s3.list_objects_v2(Bucket=BUCKET, Prefix="rfm/events/")["Contents"]]
+    s3.delete_object(Bucket=BUCKET, Key=first)
+    result = _replay("--from", "2026-03-01", "--to", "2026-03-03", "--state-dir", str(tmp_path))
+    assert result.exit_code == 1, result.output
+    assert "no such object" in result.output and f"s3://{BUCKET}/{first}" in result.output, result.output
+
+
 def test_a_replay_interrupted_while_writing_says_its_output_may_be_there(
     s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

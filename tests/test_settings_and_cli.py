@@ -735,6 +735,20 @@ def test_produce_to_an_endpoint_that_is_down_fails_at_once_in_one_line() -> None
     assert "retrying" not in result.stderr and "undelivered" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--from", "2026-03-02", "--to", "2026-03-01"], "must be after --from"),
+        (["--from", "2026-03-01", "--to", "2026-03-02", "--name", "../x"], "--name may contain only"),
+    ],
+)
+def test_a_replay_request_that_cannot_run_is_refused_before_s3_is_asked(flags: list[str], said: str) -> None:
+    """With the endpoint down it said "cannot reach" and exited 1: the request was only checked once S3 answered."""
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    result = run_cli("replay", *flags, "--dry-run", env={"AWS_ENDPOINT_URL": endpoint})
+    assert_one_line(result, 2, said)
+
+
 def test_produce_to_a_missing_stream_says_how_to_create_it() -> None:
     with mock_aws():
         result = CliRunner().invoke(
