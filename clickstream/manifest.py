@@ -12,8 +12,9 @@ import json
 from typing import Any
 
 from clickstream.console import progress_of
+from clickstream.errors import FrontDoorError
 from clickstream.options import show_progress
-from clickstream.outputs import MAX_WORKERS, commit_records
+from clickstream.outputs import MAX_WORKERS, commit_records, list_keys
 from consumer.s3_sink import S3ParquetSink, committed_files, read_partition_commits
 from runtime.settings import Settings
 from schemas.layout import OutputLayout
@@ -35,6 +36,17 @@ def copy_manifest(s3: Any, settings: Settings, output: str, arrival_day: int | N
         for key in committed_files(records, output)
         if arrival_day is None or layout.arrival_day_of(key) == arrival_day
     ]
+    if arrival_day is None:  # a day's files come from its partition's listing; every file's are checked here
+        present = {obj["Key"] for obj in list_keys(s3, settings.bucket, layout.output_prefix(output))}
+        missing = [key for key in keys if key not in present]
+    else:
+        missing = []
+    if missing:  # COPY would fail on the first of them (every entry is mandatory), after loading nothing
+        raise FrontDoorError(
+            f"{len(missing):,} committed {output} files are missing from s3://{settings.bucket}/ (the first: "
+            f"{missing[0]}): deleted or moved after they were committed (a lifecycle rule on the prefix?); no "
+            "manifest written"
+        )
     return {
         "entries": [
             {

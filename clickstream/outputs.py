@@ -17,11 +17,12 @@ from typing import Any, Final
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
+from botocore.exceptions import ClientError
 
 from clickstream.console import progress_of
 from clickstream.errors import USAGE, FrontDoorError
 from clickstream.options import show_progress
-from consumer.s3_sink import commit_record_at, prefix_in_use, read_commit_records
+from consumer.s3_sink import commit_record_at, is_missing, missing_object, prefix_in_use, read_commit_records
 from runtime.settings import Settings
 from schemas.control import CommitRecord
 from schemas.layout import DATA_OUTPUTS, OutputLayout
@@ -71,7 +72,12 @@ def download_keys(
     def copy(key: str) -> None:
         target = destination / key
         target.parent.mkdir(parents=True, exist_ok=True)
-        s3.download_file(bucket, key, str(target))
+        try:
+            s3.download_file(bucket, key, str(target))
+        except ClientError as error:
+            if is_missing(error):
+                raise missing_object(bucket, key) from None
+            raise
 
     with ThreadPoolExecutor(max_workers=MAX_WORKERS) as pool:
         for done, _ in enumerate(pool.map(copy, keys), start=1):
@@ -109,6 +115,14 @@ class CommittedOutputs:
     bytes: Counter[str]  # output -> bytes of the committed files
     uncommitted: dict[str, list[str]]  # output -> data keys on S3 that no commit names
     commit_keys: list[str]
+    missing: dict[
+        str, list[str]
+    ]  # output -> committed data keys S3 does not have (deleted after their commit)
+
+    def present(self, output: str) -> list[str]:
+        """The committed files of ``output`` that S3 has."""
+        gone = set(self.missing[output])
+        return [key for key in self.files[output] if key not in gone]
 
     def rows(self, output: str) -> int:
         """Rows of one output, as the commit records count them."""
@@ -119,7 +133,8 @@ class CommittedOutputs:
         return sum(c.rejected for c in self.commits)
 
     def all_committed_keys(self) -> list[str]:
-        return [key for output in OUTPUTS for key in self.files[output]] + self.commit_keys
+        """The committed files S3 has, and the commit records."""
+        return [key for output in OUTPUTS for key in self.present(output)] + self.commit_keys
 
 
 def commit_records(s3: Any, settings: Settings, *, progress: bool | None = None) -> list[CommitRecord]:
@@ -155,6 +170,7 @@ def committed_outputs(s3: Any, settings: Settings) -> CommittedOutputs:
         bytes=sizes,
         uncommitted={output: sorted(set(listed[output]) - set(named[output])) for output in OUTPUTS},
         commit_keys=commit_keys,
+        missing={output: [key for key in named[output] if key not in listed[output]] for output in OUTPUTS},
     )
 
 
@@ -162,7 +178,12 @@ def read_tables(s3: Any, bucket: str, keys: list[str], columns: list[str] | None
     """The Parquet objects ``keys`` as one Arrow table (fetched in parallel; None when there are none)."""
 
     def fetch(key: str) -> pa.Table:
-        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        try:
+            body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except ClientError as error:
+            if is_missing(error):
+                raise missing_object(bucket, key) from None
+            raise
         return pq.read_table(io.BytesIO(body), columns=columns)
 
     if not keys:

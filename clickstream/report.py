@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from clickstream.errors import FrontDoorError
 from clickstream.outputs import (
     CURRENT_ROW,
     OUTPUTS,
@@ -99,7 +100,7 @@ def print_summary(
 
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    errors = read_tables(s3, settings.bucket, outputs.files["errors"], columns=["error_code"])
+    errors = read_tables(s3, settings.bucket, outputs.present("errors"), columns=["error_code"])
     if errors is not None and errors.num_rows:
         reasons = _table("error_code", "records")
         con.register("error_rows", errors)
@@ -109,7 +110,7 @@ def print_summary(
             reasons.add_row(str(code), f"{count:,}")
         _print(console, "Rejected records by reason (errors/)", reasons)
 
-    aggregates = read_tables(s3, settings.bucket, outputs.files["customer_aggregates"])
+    aggregates = read_tables(s3, settings.bucket, outputs.present("customer_aggregates"))
     if aggregates is None or not aggregates.num_rows:
         console.print("no customer aggregates committed yet")
     else:
@@ -126,6 +127,13 @@ def print_summary(
             soft_wrap=True,
             markup=False,
             highlight=False,
+        )
+    missing = [key for output in OUTPUTS for key in outputs.missing[output]]
+    if missing:  # said last, where it is seen, and as the exit code: data S3 no longer has
+        raise FrontDoorError(
+            f"{len(missing):,} committed data files are missing from s3://{settings.bucket}/ (the first: {missing[0]}):"
+            " deleted or moved after they were committed (a lifecycle rule on the prefix?); the counts above come "
+            "from their commit records, the tables from the files still there"
         )
 
 

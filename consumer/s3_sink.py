@@ -289,11 +289,7 @@ class S3ParquetSink:
     def get_parquet(self, key: str) -> pa.Table:
         body = self.get_bytes(key)
         if body is None:
-            raise FileNotFoundError(
-                errno.ENOENT,
-                "no such object (deleted or moved after it was written?)",
-                f"s3://{self.bucket}/{key}",
-            )
+            raise missing_object(self.bucket, key)
         return pq.read_table(io.BytesIO(body))
 
     def get_commit(self, key: str) -> CommitRecord | None:
@@ -359,6 +355,18 @@ class S3ParquetSink:
                 )
                 code = str(first.get("Code", "InternalError"))
                 raise ClientError({"Error": {"Code": code, "Message": message}}, "DeleteObjects")
+
+
+def missing_object(bucket: str, key: str) -> FileNotFoundError:
+    """The error for an object a record names that S3 does not have (the CLI shows it as one line naming it)."""
+    return FileNotFoundError(
+        errno.ENOENT, "no such object (deleted or moved after it was written?)", f"s3://{bucket}/{key}"
+    )
+
+
+def is_missing(error: ClientError) -> bool:
+    """Whether S3 answered that the object does not exist (GetObject's NoSuchKey, HeadObject's bare 404)."""
+    return error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound")
 
 
 def prefix_in_use(s3: Any, bucket: str, layout: OutputLayout) -> bool:

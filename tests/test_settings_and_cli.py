@@ -1372,6 +1372,53 @@ def test_summary_counts_what_is_committed_in_s3_not_the_download_folder(
     assert sorted(row[0] for row in rows) == ["c-1", "c-2", "c-3"], rows
 
 
+def test_summary_and_manifest_name_committed_files_that_s3_no_longer_has(tmp_path: Path) -> None:
+    """summary counted a deleted events file as there (exit 0), and a deleted aggregates file ended it with a bare
+    "NoSuchKey"; manifest listed a deleted file as mandatory, for a COPY that would fail (no manifest of every file
+    is written now)."""
+    layout = OutputLayout("rfm")
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="gone-bucket")
+        put_committed_flush(s3, "gone-bucket", layout, "shardId-000000000000", ["c-1", "c-2"])
+        put_committed_flush(s3, "gone-bucket", layout, "shardId-000000000001", ["c-3"])
+        (gone,) = [
+            key
+            for key in [obj["Key"] for obj in s3.list_objects_v2(Bucket="gone-bucket")["Contents"]]
+            if key.startswith(layout.output_prefix("customer_aggregates")) and "shardId-000000000001" in key
+        ]
+        s3.delete_object(Bucket="gone-bucket", Key=gone)
+        summary = CliRunner().invoke(
+            main,
+            ["summary", "--bucket", "gone-bucket", "--download", str(tmp_path / "copy")],
+            terminal_width=80,
+        )
+        manifests = [
+            CliRunner().invoke(
+                main,
+                ["manifest", "--output", "customer_aggregates", "--bucket", "gone-bucket", *day, "--upload"],
+            )
+            for day in ([], ["--arrival-day", "20260309"])
+        ]
+        uploaded = s3.list_objects_v2(Bucket="gone-bucket", Prefix=f"{layout.control_prefix}manifests/")
+    assert summary.exit_code == 1, summary.output
+    assert "c-1" in summary.output and "c-3" not in summary.output, "the files still there are read"
+    assert f"1 committed data files are missing from s3://gone-bucket/ (the first: {gone})" in summary.output
+    assert (tmp_path / "copy").exists() and not (tmp_path / "copy" / gone).exists()
+    every_file, one_day = manifests
+    assert every_file.exit_code == 1, every_file.output
+    assert (
+        "1 committed customer_aggregates files are missing" in every_file.output and gone in every_file.output
+    )
+    # a day's manifest reads the commits of the files the day's partition holds: it cannot see a file gone
+    assert one_day.exit_code == 0 and "1 committed customer_aggregates files" in one_day.output, (
+        one_day.output
+    )
+    assert [item["Key"] for item in uploaded["Contents"]] == [
+        layout.manifest_key("customer_aggregates", 20260309)
+    ]
+
+
 def test_summary_counts_t_to_the_newest_as_of_as_score_does() -> None:
     """A quiet shard's rows stop at its last flush; their own T would be days short of the busy shard's."""
     layout = OutputLayout("rfm")
