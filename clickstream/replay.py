@@ -22,9 +22,11 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from botocore.exceptions import ClientError
 from tqdm import tqdm
 
 from aggregators.customer_state import CustomerState
+from clickstream.errors import FrontDoorError, explain
 from clickstream.options import parse_flag_time
 from clickstream.outputs import commit_records
 from consumer.s3_sink import S3ParquetSink
@@ -110,7 +112,8 @@ def plan_replay(
             plan.files += record.files.get("events", [])
             plan.events += record.accepted - record.duplicates
     plan.output_key = sink.layout.replay_output_key(name, start, end)
-    others = [key for key in sink.list_keys(sink.layout.replay_prefix(name)) if key != plan.output_key]
+    ours = (plan.output_key, sink.layout.replay_write_check_key(name))
+    others = [key for key in sink.list_keys(sink.layout.replay_prefix(name)) if key not in ours]
     if others:  # a reader of the folder would mix the two ranges' rows
         raise ValueError(
             f"s3://{settings.bucket}/{sink.layout.replay_prefix(name)} holds another replay ({others[0]}): "
@@ -134,11 +137,12 @@ def run_replay(
 
     Progress counts archived events (files differ a hundredfold in size): a bar on a terminal, else a log line
     every ``progress_log_seconds``."""
+    sink = S3ParquetSink(s3, settings)
+    _check_writable(sink, plan)
     work_dir.mkdir(parents=True, exist_ok=True)
     database = work_dir / f"replay-{plan.name}.duckdb"
     database.unlink(missing_ok=True)  # always from empty state: a re-run gives the same result
     state = CustomerState("replay", database, options=state_options(settings))  # the worker's dedupe window
-    sink = S3ParquetSink(s3, settings)
     read = applied = batches = 0
     pending: list[pa.Table] = []  # one shard's files: the core orders a batch by position, which is per shard
     pending_shard: str | None = None
@@ -198,6 +202,27 @@ def run_replay(
         state.close(sync=False)  # its file is deleted next: nothing to write into it (slow on Ctrl-C)
         database.unlink(missing_ok=True)
         database.with_name(f"{database.name}.wal").unlink(missing_ok=True)
+
+
+def _check_writable(sink: S3ParquetSink, plan: ReplayPlan) -> None:
+    """Put (then delete) an empty object beside the output: a role that may not write there fails now, with
+    nothing read, rather than after hours of reading. Its deletion is best effort (its name keeps it from readers)."""
+    key = sink.layout.replay_write_check_key(plan.name)
+    try:
+        sink.put_bytes(key, b"", "bytes")
+    except ClientError as error:
+        failure = explain(error)
+        raise FrontDoorError(
+            f"cannot write the replay's output under s3://{sink.bucket}/{sink.layout.replay_prefix(plan.name)}: "
+            f"{failure.message}; nothing was read",
+            failure.exit_code,
+        ) from None
+    try:
+        sink.delete_keys([key])
+    except ClientError as error:
+        log.warning(
+            "could not delete s3://%s/%s (%s): it is empty and readers skip it", sink.bucket, key, error
+        )
 
 
 def parse_time(text: str) -> datetime:

@@ -94,6 +94,11 @@ class OutputLayout:
     def replay_prefix(self, name: str) -> str:
         return f"{self._root('replays')}{name}/"
 
+    def replay_write_check_key(self, name: str) -> str:
+        """An empty object a replay puts (and deletes) before its work, to learn it may write its output there; a
+        leading ``_`` keeps it out of a reader of the folder (Spectrum, Hive, Spark, ``score --input``)."""
+        return f"{self.replay_prefix(name)}_write_check"
+
     def replay_output_key(self, name: str, start: datetime, end: datetime) -> str:
         """The customer rows a replay of [start, end) writes (times in UTC, to the minute)."""
         return f"{self.replay_prefix(name)}customer_aggregates/replay-{start:%Y%m%dT%H%M}-{end:%Y%m%dT%H%M}.parquet"

@@ -228,6 +228,45 @@ def test_a_replay_stopped_by_sigterm_says_so_removes_its_scratch_state_and_exits
     assert signal.getsignal(signal.SIGTERM) == before, "the handler is put back"
 
 
+def test_a_replay_that_may_not_write_its_output_says_so_before_reading_anything(
+    s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A role denied PutObject under replays/ read and applied the whole archive first, then failed naming nothing."""
+    from botocore.exceptions import ClientError
+
+    _archive(s3)
+    put_bytes = S3ParquetSink.put_bytes
+    reads: list[str] = []
+
+    def denied_under_replays(self: S3ParquetSink, key: str, *args: Any, **kwargs: Any) -> None:
+        if key.startswith("rfm/replays/"):
+            raise ClientError({"Error": {"Code": "AccessDenied", "Message": "Forbidden"}}, "PutObject")
+        put_bytes(self, key, *args, **kwargs)
+
+    def counted(self: S3ParquetSink, key: str) -> pa.Table:
+        reads.append(key)
+        raise AssertionError("nothing is read")
+
+    monkeypatch.setattr(S3ParquetSink, "put_bytes", denied_under_replays)
+    monkeypatch.setattr(S3ParquetSink, "get_parquet", counted)
+    result = _replay(
+        "--from", "2026-03-01", "--to", "2026-03-03", "--name", "wk", "--state-dir", str(tmp_path)
+    )
+    assert result.exit_code == 2, result.output
+    assert f"cannot write the replay's output under s3://{BUCKET}/rfm/replays/wk/" in result.output
+    assert "not allowed to call PutObject" in result.output and "nothing was read" in result.output
+    assert reads == []
+
+
+def test_a_replay_leaves_no_write_check_behind(s3: Any, tmp_path: Path) -> None:
+    _archive(s3)
+    result = _replay(
+        "--from", "2026-03-01", "--to", "2026-03-03", "--name", "wk", "--state-dir", str(tmp_path)
+    )
+    assert result.exit_code == 0, result.output
+    assert [key.rsplit("/", 1)[1] for key in _replays(s3)] == ["replay-20260301T0000-20260303T0000.parquet"]
+
+
 def test_a_committed_file_gone_from_the_archive_is_named_as_missing(s3: Any, tmp_path: Path) -> None:
     """It said only the object's URL."""
     _archive(s3)
