@@ -53,12 +53,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from aggregators.ascii_bytes import hex_value
-from aggregators.fast_decode import FastDecoder, contiguous, decimal_cents, decode_records, value_bytes
+from aggregators.fast_decode import FastDecoder, decimal_cents, decode_records, value_bytes
 from aggregators.keysets import IndexMark, KeyRuns, StringIndex, fixed_bytes, mix64
 from aggregators.validation import RecordValidator, new_connection
 from runtime.logs import one_line
 from schemas import CUSTOMER_AGGREGATES_SCHEMA, ERRORS_SCHEMA, EVENT_TYPES, EVENTS_SCHEMA, MONEY, UTC_MICROS
-from schemas.positions import SEQUENCE_DIGITS, Position
+from schemas.columns import contiguous
+from schemas.positions import (
+    Position,
+    in_position_order,
+    position_at,
+    positions_increase,
+    records_after,
+    sorted_by_position,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +93,6 @@ _US_PER_DAY: Final = 86_400_000_000
 _DISK_REFUSED: Final = (duckdb.IOException, duckdb.TransactionException, duckdb.FatalException)
 _NONE_LOW: Final = np.iinfo(np.int64).max  # "no value yet" for columns that keep a minimum
 _NONE_HIGH: Final = np.iinfo(np.int64).min  # ... and for columns that keep a maximum
-_INT64_DIGITS: Final = 18  # any decimal of at most this many digits fits an int64
 _DAY_BIAS: Final = 1 << 20  # days since 1970 shifted positive in the (customer, day) key
 
 #: The running columns per customer (times in microseconds UTC, days since 1970, money in cents).
@@ -384,7 +391,7 @@ class CustomerState:
         if self._in_transaction:
             raise RuntimeError("a staged batch is already open on this shard state")
         events = events.select(EVENTS_SCHEMA.names).cast(EVENTS_SCHEMA)
-        staged = self._stage_events(_in_position_order(events), position, events.num_rows, 0)
+        staged = self._stage_events(in_position_order(events), position, events.num_rows, 0)
         staged.applied = _replace(staged.applied, rejects=ERRORS_SCHEMA.empty_table())
         self._install(staged)
         return staged.applied
@@ -406,8 +413,8 @@ class CustomerState:
                 as_of=self._as_of,
             )
         events, rejects = self._decode(fresh)
-        first = _position_at(fresh, 0)
-        last = _position_at(fresh, fresh.num_rows - 1)
+        first = position_at(fresh, 0)
+        last = position_at(fresh, fresh.num_rows - 1)
         staged = self._stage_events(events, last, raw.num_rows, skipped)
         staged.applied = _replace(staged.applied, rejects=rejects, first_position=first)
         return staged
@@ -424,13 +431,11 @@ class CustomerState:
         """
         if raw.num_rows == 0:
             return raw
-        in_order = _positions_increase(raw)
+        in_order = positions_increase(raw)
         current = self._position
-        if current is not None and not (in_order and _position_at(raw, 0) > current):
-            width = _key_width(raw.column("sequence_number"), current)
-            keys = _position_keys(raw.column("sequence_number"), raw.column("sub_sequence_number"), width)
-            raw = raw.filter(pc.greater(keys, pa.scalar(_position_key(current, width))))  # keeps the order
-        return raw if in_order else _sorted_by_position(raw)
+        if current is not None and not (in_order and position_at(raw, 0) > current):
+            raw = records_after(raw, current)  # keeps the order
+        return raw if in_order else sorted_by_position(raw)
 
     # ------------------------------------------------------------------ the core, vectorized over a batch
     def _stage_events(self, events: pa.Table, last: Position, records_in: int, skipped: int) -> _Staged:
@@ -1277,93 +1282,6 @@ def _split_day_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     idx = (keys >> np.uint64(22)).astype(np.int64)
     day = ((keys >> np.uint64(1)) & np.uint64((1 << 21) - 1)).astype(np.int64) - _DAY_BIAS
     return idx, day.astype(np.int32), (keys & np.uint64(1)).astype(bool)
-
-
-def _key_width(sequences: pa.Array | pa.ChunkedArray, *positions: Position | None) -> int:
-    """The width sequence numbers are padded to so that they compare as text like integers."""
-    longest = int(pc.max(pc.utf8_length(sequences)).as_py() or 0) if len(sequences) else 0
-    stored = [len(p.sequence_number) for p in positions if p is not None]
-    return max(SEQUENCE_DIGITS, longest, *stored)
-
-
-def _position_keys(
-    sequences: pa.Array | pa.ChunkedArray, subs: pa.Array | pa.ChunkedArray, width: int
-) -> pa.Array:
-    """Text keys that sort like (sequence number, sub-sequence number) compared as integers (subs are >= 0)."""
-    if isinstance(sequences, pa.ChunkedArray):
-        sequences = contiguous(sequences)
-    if isinstance(subs, pa.ChunkedArray):
-        subs = contiguous(subs)
-    padded = pc.utf8_lpad(sequences, width, "0")
-    sub_text = pc.utf8_lpad(pc.cast(subs, pa.string()), 20, "0")
-    joined: pa.Array = pc.binary_join_element_wise(padded, sub_text, "/")
-    return joined
-
-
-def _position_key(position: Position, width: int) -> str:
-    """The key of a stored position; sub-sequence -1 ("before the first record") sorts below every record."""
-    sequence = position.sequence_number.rjust(width, "0")
-    sub = str(position.sub_sequence_number).rjust(20, "0") if position.sub_sequence_number >= 0 else "-"
-    return f"{sequence}/{sub}"
-
-
-def _is_increasing(keys: pa.Array) -> bool:
-    if len(keys) < 2:
-        return True
-    return bool(pc.all(pc.less(keys[:-1], keys[1:])).as_py())
-
-
-def _position_at(table: pa.Table, row: int) -> Position:
-    return Position(
-        str(table.column("sequence_number")[row].as_py()),
-        int(table.column("sub_sequence_number")[row].as_py()),
-    )
-
-
-def _positions_increase(table: pa.Table) -> bool:
-    """Whether the rows' (sequence number, sub-sequence number) strictly increase, compared as integers.
-
-    The usual cases are checked without building keys: sequence numbers of one length and without leading zeros
-    (every Kinesis shard's) compare as text like their numbers, and short ones (emulators) as int64. Anything
-    else is decided on the padded keys.
-    """
-    if table.num_rows < 2:
-        return True
-    sequences = contiguous(table.column("sequence_number"))
-    subs = contiguous(table.column("sub_sequence_number"))
-    lengths = pc.utf8_length(sequences)
-    shortest, longest = (value.as_py() for value in pc.min_max(lengths).values())
-    by_keys = False
-    if (
-        longest <= _INT64_DIGITS
-    ):  # small sequence numbers (emulators, tests): compared as the integers they are
-        try:
-            sequences = pc.cast(sequences, pa.int64())
-        except pa.ArrowInvalid:  # not decimal digits
-            by_keys = True
-    else:
-        by_keys = shortest != longest or pc.any(pc.starts_with(sequences, "0")).as_py()
-    if by_keys:
-        width = _key_width(table.column("sequence_number"))
-        return _is_increasing(_position_keys(table.column("sequence_number"), subs, width))
-    before, after = sequences[:-1], sequences[1:]
-    increasing = pc.or_(
-        pc.less(before, after), pc.and_(pc.equal(before, after), pc.less(subs[:-1], subs[1:]))
-    )
-    return bool(pc.all(increasing).as_py())
-
-
-def _in_position_order(table: pa.Table) -> pa.Table:
-    """``table``'s rows sorted by position (as they are, in the usual case that they already are)."""
-    return table if _positions_increase(table) else _sorted_by_position(table)
-
-
-def _sorted_by_position(table: pa.Table) -> pa.Table:
-    if table.num_rows < 2:
-        return table
-    width = _key_width(table.column("sequence_number"))
-    keys = _position_keys(table.column("sequence_number"), table.column("sub_sequence_number"), width)
-    return table.take(pc.sort_indices(keys))
 
 
 def _replace(applied: AppliedBatch, **changes: Any) -> AppliedBatch:

@@ -52,6 +52,7 @@ from aggregators.validation import (
 )
 from runtime.logs import one_line
 from schemas import ERRORS_SCHEMA, EVENT_SCHEMA_VERSION, EVENT_TYPES, EVENTS_SCHEMA, UTC_MICROS
+from schemas.columns import contiguous
 
 log = logging.getLogger(__name__)
 
@@ -500,11 +501,6 @@ def _string_rule(field: str, value: pa.Array) -> np.ndarray:
         lengths = np.diff(value_bytes(value)[0])
     condition: np.ndarray = (lengths >= low) & (lengths <= high)
     return condition & _true(_pattern_match(value, pattern)) if pattern else condition
-
-
-def contiguous(column: pa.ChunkedArray) -> pa.Array:
-    """One array of a column: its only chunk as it is (``combine_chunks`` copies even a single chunk)."""
-    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
 
 def value_bytes(data: pa.Array) -> tuple[np.ndarray, np.ndarray]:

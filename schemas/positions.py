@@ -1,4 +1,5 @@
-"""Positions in a Kinesis shard: the one owner of how sequence numbers compare, sort and appear in object names.
+"""Positions in a Kinesis shard: the one owner of how sequence numbers compare, sort and appear in object names,
+for one position and for the columns of a record batch (``RAW_RECORD_SCHEMA``, ``EVENTS_SCHEMA``).
 
 Kinesis sequence numbers are decimal strings (56 digits on AWS, small integers on emulators). They compare as
 integers, never as text; where a position becomes part of an S3 key it is zero-padded to ``SEQUENCE_DIGITS`` so
@@ -11,9 +12,15 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from schemas.columns import contiguous
+
 #: The width every sequence number is padded to in object names (AWS sequence numbers have 56 digits).
 SEQUENCE_DIGITS: Final = 56
 _KEY_PART: Final = re.compile(r"(\d+)-(-?\d+)")
+_INT64_DIGITS: Final = 18  # any decimal of at most this many digits fits an int64
 
 
 @dataclass(frozen=True, slots=True, order=False)
@@ -63,3 +70,100 @@ BEFORE_FIRST_RECORD: Final = Position("0", -1)
 def chain_position(position: Position | None) -> Position | None:
     """The commit-chain position of a state position: None (the chain's start) before the shard's first commit."""
     return None if position is None or position == BEFORE_FIRST_RECORD else position
+
+
+# ------------------------------------------------------------------ positions of a record batch's rows
+def _key_width(sequences: pa.Array | pa.ChunkedArray, *positions: Position | None) -> int:
+    """The width sequence numbers are padded to so that their keys compare as text like integers."""
+    longest = int(pc.max(pc.utf8_length(sequences)).as_py() or 0) if len(sequences) else 0
+    stored = [len(p.sequence_number) for p in positions if p is not None]
+    return max(SEQUENCE_DIGITS, longest, *stored)
+
+
+def _position_keys(
+    sequences: pa.Array | pa.ChunkedArray, subs: pa.Array | pa.ChunkedArray, width: int
+) -> pa.Array:
+    """Text keys that sort like (sequence number, sub-sequence number) compared as integers (subs are >= 0)."""
+    if isinstance(sequences, pa.ChunkedArray):
+        sequences = contiguous(sequences)
+    if isinstance(subs, pa.ChunkedArray):
+        subs = contiguous(subs)
+    padded = pc.utf8_lpad(sequences, width, "0")
+    sub_text = pc.utf8_lpad(pc.cast(subs, pa.string()), 20, "0")
+    joined: pa.Array = pc.binary_join_element_wise(padded, sub_text, "/")
+    return joined
+
+
+def _position_key(position: Position, width: int) -> str:
+    """The key of a stored position; sub-sequence -1 ("before the first record") sorts below every record."""
+    sequence = position.sequence_number.rjust(width, "0")
+    sub = str(position.sub_sequence_number).rjust(20, "0") if position.sub_sequence_number >= 0 else "-"
+    return f"{sequence}/{sub}"
+
+
+def _is_increasing(keys: pa.Array) -> bool:
+    if len(keys) < 2:
+        return True
+    return bool(pc.all(pc.less(keys[:-1], keys[1:])).as_py())
+
+
+def position_at(table: pa.Table, row: int) -> Position:
+    """The position of one row of a record batch."""
+    return Position(
+        str(table.column("sequence_number")[row].as_py()),
+        int(table.column("sub_sequence_number")[row].as_py()),
+    )
+
+
+def positions_increase(table: pa.Table) -> bool:
+    """Whether the rows' (sequence number, sub-sequence number) strictly increase, compared as integers.
+
+    The usual cases are checked without building keys: sequence numbers of one length and without leading zeros
+    (every Kinesis shard's) compare as text like their numbers, and short ones (emulators) as int64. Anything
+    else is decided on the padded keys.
+    """
+    if table.num_rows < 2:
+        return True
+    sequences = contiguous(table.column("sequence_number"))
+    subs = contiguous(table.column("sub_sequence_number"))
+    lengths = pc.utf8_length(sequences)
+    shortest, longest = (value.as_py() for value in pc.min_max(lengths).values())
+    by_keys = False
+    if (
+        longest <= _INT64_DIGITS
+    ):  # small sequence numbers (emulators, tests): compared as the integers they are
+        try:
+            sequences = pc.cast(sequences, pa.int64())
+        except pa.ArrowInvalid:  # not decimal digits
+            by_keys = True
+    else:
+        by_keys = shortest != longest or pc.any(pc.starts_with(sequences, "0")).as_py()
+    if by_keys:
+        width = _key_width(table.column("sequence_number"))
+        return _is_increasing(_position_keys(table.column("sequence_number"), subs, width))
+    before, after = sequences[:-1], sequences[1:]
+    increasing = pc.or_(
+        pc.less(before, after), pc.and_(pc.equal(before, after), pc.less(subs[:-1], subs[1:]))
+    )
+    return bool(pc.all(increasing).as_py())
+
+
+def in_position_order(table: pa.Table) -> pa.Table:
+    """``table``'s rows sorted by position (as they are, in the usual case that they already are)."""
+    return table if positions_increase(table) else sorted_by_position(table)
+
+
+def sorted_by_position(table: pa.Table) -> pa.Table:
+    """``table``'s rows sorted by position."""
+    if table.num_rows < 2:
+        return table
+    width = _key_width(table.column("sequence_number"))
+    keys = _position_keys(table.column("sequence_number"), table.column("sub_sequence_number"), width)
+    return table.take(pc.sort_indices(keys))
+
+
+def records_after(table: pa.Table, position: Position) -> pa.Table:
+    """The rows above ``position``, in their order."""
+    width = _key_width(table.column("sequence_number"), position)
+    keys = _position_keys(table.column("sequence_number"), table.column("sub_sequence_number"), width)
+    return table.filter(pc.greater(keys, pa.scalar(_position_key(position, width))))

@@ -1276,7 +1276,7 @@ _SEQUENCE_TEXTS = st.one_of(
 def test_position_order_is_integer_order_whatever_the_form_of_the_sequence_numbers(
     positions: list[tuple[str, int]],
 ) -> None:
-    from aggregators.customer_state import _in_position_order, _positions_increase
+    from schemas.positions import in_position_order, positions_increase
 
     table = pa.table(
         {
@@ -1285,8 +1285,8 @@ def test_position_order_is_integer_order_whatever_the_form_of_the_sequence_numbe
         }
     )
     as_integers = [(int(sequence), sub) for sequence, sub in positions]
-    assert _positions_increase(table) == all(a < b for a, b in itertools.pairwise(as_integers))
-    ordered = _in_position_order(table)
+    assert positions_increase(table) == all(a < b for a, b in itertools.pairwise(as_integers))
+    ordered = in_position_order(table)
     got = [(int(s), sub) for s, sub in zip(*ordered.to_pydict().values(), strict=True)]
     assert got == sorted(as_integers)
 

@@ -41,6 +41,7 @@ from aggregators.validation import (
 )
 from producer.generator import ClickstreamGenerator
 from schemas import ERRORS_SCHEMA, EVENT_SCHEMA_PATH, EVENT_TYPES, EVENTS_SCHEMA, RAW_RECORD_SCHEMA
+from schemas.columns import contiguous
 
 # ---------------------------------------------------------------------------------------------------- helpers
 
@@ -1358,7 +1359,7 @@ def test_a_batch_with_plain_invalid_json_is_parsed_again_with_the_check() -> Non
 
 def _fast_input(raw: pa.Table, plain: slice) -> pa.Table:
     """The fast path's input table for ``raw`` (as FastDecoder.decode registers it); the ``plain`` rows are."""
-    data = fast_decode.contiguous(raw.column("data"))
+    data = contiguous(raw.column("data"))
     shape = fast_decode.PayloadBytes.of(data, MAX_BYTES)
     assert shape.plain[plain].all()
     rows = pa.array(np.arange(raw.num_rows, dtype=np.int64))
