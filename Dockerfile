@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 #
-# One image for the KCL worker, the producer and replays: the entry point is `clickstream`, the default command
-# `clickstream worker`. Run another command by passing it, e.g. `docker run IMAGE produce --events 1000`.
+# One image for the KCL worker and every other command (producer, replays, manifests, scoring): the entry point
+# is `clickstream`, the default command `clickstream worker`. Run another command by passing it, e.g.
+# `docker run IMAGE produce --events 1000`.
 #
 #   builder  - a venv with the exact pins of deploy/constraints.txt plus the application, built from this tree
 #   runtime  - slim Python + Debian's headless JRE 17 (the KCL MultiLangDaemon is Java) + that venv; non-root

@@ -753,7 +753,7 @@ def summary(download: Path | None, top: int, **overrides: Any) -> None:
     Counts come from the commit records and the files they name, read from S3 on each call; --download copies
     those files (in parallel) for local queries.
     """
-    from clickstream.report import print_summary
+    from clickstream.summary import print_summary
 
     settings = build_settings(**overrides)
     if download is not None:

@@ -61,8 +61,8 @@ def replaceable_output(output_dir: Path) -> bool:
 
 
 def run_demo(customers: int, events: int, seed: int, shards: int, output_dir: Path) -> int:
-    from clickstream.report import print_summary
     from clickstream.resources import setup_resources
+    from clickstream.summary import print_summary
     from emulator.server import EmulatorHandle
     from producer.generator import ClickstreamGenerator, read_jsonl, write_jsonl
     from runtime.logs import configure_logging

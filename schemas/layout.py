@@ -64,7 +64,7 @@ class FlushName:
 
 @dataclass(frozen=True, slots=True)
 class OutputLayout:
-    """Keys under one ``prefix`` (empty: the bucket's root)."""
+    """Keys under one ``prefix`` (settings refuse an empty one: every key lives under it)."""
 
     prefix: str = ""
 

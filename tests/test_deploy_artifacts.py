@@ -417,7 +417,7 @@ ROLE_OF_MODULE = {
     "clickstream/replay.py": "worker",
     "clickstream/outputs.py": "worker",
     "clickstream/manifest.py": "worker",
-    "clickstream/report.py": "worker",
+    "clickstream/summary.py": "worker",
     "clickstream/score.py": "worker",
     "clickstream/current_rows.py": "worker",
     "clickstream/html_report.py": "worker",

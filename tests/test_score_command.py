@@ -412,7 +412,7 @@ def test_local_input_at_the_prefix_folder_reads_only_customer_aggregates(
 def test_summary_shows_freshness_percentiles(
     s3: Any, settings: Settings, bucket_content: WorkerBucket, tmp_path: Path
 ) -> None:
-    from clickstream.report import print_summary
+    from clickstream.summary import print_summary
     from schemas.control import CommitRecord
     from scoring.freshness import summarize_freshness
 

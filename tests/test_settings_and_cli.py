@@ -28,7 +28,7 @@ from moto import mock_aws
 from pydantic import ValidationError
 
 from clickstream.cli import main
-from clickstream.report import TOP_COLUMNS
+from clickstream.summary import TOP_COLUMNS
 from runtime.settings import (
     OTHER_VARIABLES,
     SETTINGS_FILE_ENV,
@@ -1002,7 +1002,7 @@ def test_ctrl_c_in_any_command_says_what_it_leaves_and_exits_130(monkeypatch: py
     def interrupted(*_: Any, **__: Any) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("clickstream.report.print_summary", interrupted)
+    monkeypatch.setattr("clickstream.summary.print_summary", interrupted)
     result = CliRunner().invoke(main, ["summary"])
     assert result.exit_code == 130, result.output
     assert (

@@ -2,7 +2,7 @@
 --
 -- customer_aggregates/ is an append-only history: every flush writes the new row of each customer it changed.
 -- A customer's current row is the one with the highest version (= events applied), ties broken by the later
--- as_of, exactly as clickstream.outputs.CURRENT_ROWS_SQL does for `clickstream summary`.
+-- as_of, exactly as clickstream.outputs.CURRENT_ROW does for `clickstream summary`.
 --
 -- Each row's frequency / recency / T are the BG/NBD inputs with one UTC day per period, but T is measured up to
 -- that row's own as_of (its shard's event-time high-water mark when the row was written). A customer who has not

@@ -1,4 +1,5 @@
-"""The human summary of what is in S3 now: committed files and rows, accepted and rejected, top customers, RFM.
+"""``clickstream summary``: what is in S3 now, for a person: committed files and rows, accepted and rejected, top
+customers, RFM.
 
 Counts come from the commit records and the committed files themselves, read from S3 at the time of the call
 (never from a local folder, which may hold an older run). ``download`` copies the committed files, in parallel,
