@@ -9,7 +9,7 @@ only when asked. Tables fit 80 columns, so they survive a narrow terminal and a 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import duckdb
 from rich import box
@@ -179,6 +179,10 @@ def _print_customers(console: Console, con: duckdb.DuckDBPyConnection, current: 
     )
 
 
+#: A newest-event age (p50) from which the summary says in words that the events carry old times.
+_OLD_EVENTS_SECONDS: Final = 86_400
+
+
 def print_freshness(commits: list[CommitRecord], console: Console) -> None:
     """Freshness SLI: p50 / p99 of arrival-to-durable and of the newest event's age, over the commit records."""
     from scoring.freshness import summarize_freshness
@@ -196,6 +200,12 @@ def print_freshness(commits: list[CommitRecord], console: Console) -> None:
     )
     table.add_row("newest event age", _fmt(fresh.newest_event_age_p50), _fmt(fresh.newest_event_age_p99), "")
     _print(console, f"Freshness (seconds, over {fresh.flushes:,} flushes)", table)
+    age = fresh.newest_event_age_p50
+    if age is not None and age >= _OLD_EVENTS_SECONDS:  # a live stream's is seconds to minutes
+        console.print(
+            f"the newest event of a flush is {age / 86_400:,.1f} days old at its commit (p50): the events carry "
+            "old times (a backfill put on the stream, generated demo data) or their producers' clocks are off"
+        )
 
 
 def _fmt(value: object) -> str:

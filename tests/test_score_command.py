@@ -427,6 +427,21 @@ def test_summary_shows_freshness_percentiles(
     assert "Freshness" in text
     assert f"{fresh.arrival_to_durable_p50:,.1f}" in text and f"{fresh.arrival_to_durable_p99:,.1f}" in text
     assert json.dumps(fresh.newest_event_age_p99)  # a number
+    assert "days old at its commit" not in text, "events seconds old are no backfill"
+
+
+def test_summary_says_in_days_that_events_carry_old_times(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo's summary showed a newest-event age of 18,553,353.95 s, unexplained, beside an alarm advice."""
+    from clickstream.summary import print_freshness
+    from scoring.freshness import FreshnessSummary
+
+    months = FreshnessSummary(3, 0.2, 0.4, 0.5, 214.7 * 86_400, 215.0 * 86_400)
+    monkeypatch.setattr("scoring.freshness.summarize_freshness", lambda _commits: months)
+    console = Console(record=True, width=160)
+    print_freshness([], console)
+    text = console.export_text()
+    assert "the newest event of a flush is 214.7 days old at its commit (p50)" in text
+    assert "backfill" in text and "clocks" in text
 
 
 def test_shards_behind_are_those_whose_newest_row_is_a_day_or_more_before_the_end() -> None:
