@@ -18,7 +18,7 @@ from typing import Final
 
 from rich.console import Console
 
-from consumer.status import read_statuses
+from consumer.status import read_statuses, status_directory
 from runtime.settings import Settings
 from schemas.control import ScoreCommit
 
@@ -157,7 +157,7 @@ def _run_worker(console: Console, output_dir: Path, state_dir: Path, total: int)
         process = subprocess.Popen(command, stderr=log_file, stdout=log_file)
         with console.status("waiting for the KCL to take its leases ...") as status:
             while process.poll() is None:
-                statuses = read_statuses(state_dir / "status")
+                statuses = read_statuses(status_directory(state_dir))
                 flushed = sum(s.records_flushed for s in statuses.values())
                 buffered = sum(s.buffered_records for s in statuses.values())
                 status.update(
@@ -165,7 +165,7 @@ def _run_worker(console: Console, output_dir: Path, state_dir: Path, total: int)
                     f"| {buffered:,} buffered | {time.monotonic() - started:.0f}s"
                 )
                 time.sleep(0.5)
-    statuses = read_statuses(state_dir / "status")
+    statuses = read_statuses(status_directory(state_dir))
     flushed = sum(s.records_flushed for s in statuses.values())
     console.print(
         f"   worker stopped after {time.monotonic() - started:.0f}s: {flushed:,} records flushed by "

@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from consumer.status import ShardStatus, read_statuses
+from consumer.status import ShardStatus, read_statuses, status_directory
 
 HEARTBEAT_FILE = "worker.json"
 
@@ -128,7 +128,7 @@ def assess(
     """The health of the worker whose state directory is ``state_dir``."""
     now = time.time() if now is None else now
     problems = []
-    statuses = read_statuses(state_dir / "status")
+    statuses = read_statuses(status_directory(state_dir))
     processing = sum(1 for status in statuses.values() if holds_lease(status))
     worker_running = False
     try:

@@ -41,7 +41,7 @@ from rich.live import Live
 from consumer.health import Heartbeat, holds_lease, process_alive, shard_problems, write_heartbeat
 from consumer.metrics import emit as emit_metrics
 from consumer.preflight import PreflightError, lease_owners, preflight
-from consumer.status import ShardStatus, read_statuses
+from consumer.status import ShardStatus, read_statuses, status_directory
 from consumer.worker_output import LogSink, SinkHandler, WorkerTotals, final_words, status_view, uptime
 from runtime.aws import aws_client
 from runtime.logs import LOG_SOCKET_ENV, METRICS_LOGGER, JsonFormatter, LogRelay
@@ -374,7 +374,7 @@ class KclWorker:
         self.log_level = log_level
         self.json_logs = json_logs
         self.live_status = live_status
-        self.status_dir = settings.state_dir / "status"
+        self.status_dir = status_directory(settings.state_dir)
         self._process: subprocess.Popen[bytes] | None = None
         self._stop_requested_at: float | None = None
         self._signals = 0

@@ -40,7 +40,7 @@ from consumer.state_recovery import (
     open_shard_state,
     state_options,
 )
-from consumer.status import ShardStatus, StatusWriter
+from consumer.status import ShardStatus, StatusWriter, status_directory
 from runtime.aws import aws_client
 from runtime.logs import configure_logging, one_line
 from runtime.settings import Settings, settings_for_process
@@ -170,7 +170,7 @@ class RecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
             aws_client("kinesis", self.settings), self.settings.stream_name
         )
         recovery = StateRecovery(s3, self.settings, parents=parents)
-        status = StatusWriter(self.settings.state_dir / "status")
+        status = StatusWriter(status_directory(self.settings.state_dir))
         self.shard = ShardProcessor(
             shard_id,
             state,
@@ -200,7 +200,7 @@ class RecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
             status = self.shard.metrics if self.shard is not None else ShardStatus(self.shard_id, os.getpid())
             status.terminal_error = one_line(error)
             try:
-                StatusWriter(self.settings.state_dir / "status").write(status, force=True)
+                StatusWriter(status_directory(self.settings.state_dir)).write(status, force=True)
             except OSError:
                 log.warning(
                     "could not write the status file", exc_info=True, extra={"shard_id": self.shard_id}

@@ -77,6 +77,11 @@ class StatusWriter:
         return True
 
 
+def status_directory(state_dir: Path) -> Path:
+    """Where the shard status files of the worker whose state directory is ``state_dir`` live."""
+    return state_dir / "status"
+
+
 def read_statuses(directory: Path) -> dict[str, ShardStatus]:
     """The latest status of every shard that reported, by shard id (unreadable files are skipped)."""
     statuses: dict[str, ShardStatus] = {}
