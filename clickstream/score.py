@@ -48,7 +48,7 @@ import pyarrow.parquet as pq
 from botocore.exceptions import ClientError
 
 from clickstream.current_rows import CurrentRows, read_committed_rows, read_local_rows
-from consumer.s3_sink import lost_to_another_writer
+from consumer.s3_sink import encryption_arguments, lost_to_another_writer
 from runtime.settings import Settings
 from schemas.control import ControlRecordError, ScoreCommit
 from schemas.layout import OutputLayout
@@ -98,9 +98,7 @@ class S3Store:
     def __init__(self, s3: Any, settings: Settings) -> None:
         self.s3 = s3
         self.bucket = settings.bucket
-        self._encryption: dict[str, str] = {"ServerSideEncryption": settings.sse}
-        if settings.sse == "aws:kms" and settings.sse_kms_key_id:
-            self._encryption["SSEKMSKeyId"] = settings.sse_kms_key_id
+        self._encryption = encryption_arguments(settings)
 
     def put(self, key: str, body: bytes, content_type: str) -> None:
         self.s3.put_object(

@@ -128,9 +128,7 @@ class S3ParquetSink:
         self.bucket = settings.bucket
         self.layout = OutputLayout(settings.prefix)
         self.worker_id = settings.worker_id
-        self._encryption: dict[str, str] = {"ServerSideEncryption": settings.sse}
-        if settings.sse == "aws:kms" and settings.sse_kms_key_id:
-            self._encryption["SSEKMSKeyId"] = settings.sse_kms_key_id
+        self._encryption = encryption_arguments(settings)
 
     # ------------------------------------------------------------------ the commit order (steps 2-4)
     def planned_files(
@@ -355,6 +353,14 @@ class S3ParquetSink:
                 )
                 code = str(first.get("Code", "InternalError"))
                 raise ClientError({"Error": {"Code": code, "Message": message}}, "DeleteObjects")
+
+
+def encryption_arguments(settings: Settings) -> dict[str, str]:
+    """The server-side encryption arguments of every PutObject (the bucket policy refuses a put without them)."""
+    arguments = {"ServerSideEncryption": settings.sse}
+    if settings.sse == "aws:kms" and settings.sse_kms_key_id:
+        arguments["SSEKMSKeyId"] = settings.sse_kms_key_id
+    return arguments
 
 
 def missing_object(bucket: str, key: str) -> FileNotFoundError:
