@@ -357,7 +357,7 @@ class S3ParquetSink:
 
 def encryption_arguments(settings: Settings) -> dict[str, str]:
     """The server-side encryption arguments of every PutObject (the bucket policy refuses a put without them)."""
-    arguments = {"ServerSideEncryption": settings.sse}
+    arguments: dict[str, str] = {"ServerSideEncryption": settings.sse}
     if settings.sse == "aws:kms" and settings.sse_kms_key_id:
         arguments["SSEKMSKeyId"] = settings.sse_kms_key_id
     return arguments
