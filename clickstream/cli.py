@@ -685,7 +685,11 @@ def manifest(output: str, arrival_day: int | None, upload: bool, **overrides: An
         click.echo(upload_manifest(s3, settings, output, document, arrival_day))
     else:
         click.echo(json.dumps(document, indent=1))
-    say(f"{len(document['entries']):,} committed {output} files")
+    if document["entries"]:
+        say(f"{len(document['entries']):,} committed {output} files")
+    else:  # a day not over yet, a mistyped day, or a quiet one: a COPY of it loads nothing
+        where = f"of arrival day {arrival_day}" if arrival_day is not None else "at all"
+        say(f"no committed {output} files {where}: the manifest is empty", logging.WARNING)
 
 
 # ---------------------------------------------------------------------------------------------------------- health

@@ -53,9 +53,10 @@ class ReplayPlan:
     def describe(self) -> str:
         return (
             f"replay {self.name}: events from {self.start:%Y-%m-%d %H:%M} to {self.end:%Y-%m-%d %H:%M} UTC (end "
-            f"exclusive): {len(self.files):,} committed files of {self.commits:,} commits, up to "
-            f"{self.events:,} events; de-duplication window {self.dedupe_window_days} days (the worker's "
-            f"CLICKSTREAM_DEDUPE_WINDOW_DAYS must be the same); output s3://{self.bucket}/{self.output_key}"
+            f"exclusive): {len(self.files):,} committed events files overlap it (of the {self.commits:,} commit "
+            f"records read), up to {self.events:,} events; de-duplication window {self.dedupe_window_days} days "
+            f"(the worker's CLICKSTREAM_DEDUPE_WINDOW_DAYS must be the same); output "
+            f"s3://{self.bucket}/{self.output_key} (replaced if there)"
         )
 
 

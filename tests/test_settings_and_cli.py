@@ -726,6 +726,8 @@ def test_manifest_of_a_real_day_lists_that_partition() -> None:
         )
     assert result.exit_code == 0, result.output
     assert '"entries": []' in result.output
+    assert "no committed events files of arrival day 20240229: the manifest is empty" in result.output
+    assert '"level": "WARNING"' in result.output, "an empty manifest is worth a warning"
 
 
 def test_produce_to_an_endpoint_that_is_down_fails_at_once_in_one_line() -> None:
