@@ -435,6 +435,9 @@ def _scoring_section(inputs: ReportInputs) -> str:
         f"Parameters: {html.escape(params)}. In-sample expected / observed repeat purchase days: "
         f"{_number(bg.get('expected_repeat_purchases_in_sample'))} / {_number(bg.get('observed_repeat_purchases'))}."
         "</p>"
+        + "".join(
+            f"<p><strong>Note:</strong> {html.escape(note)}</p>" for note in (model or {}).get("notes", [])
+        )
     )
     legend = _table(
         ["segment", "customers", "meaning"],

@@ -368,6 +368,8 @@ def score_customers(
         f"BG/NBD + Gamma-Gamma for {inputs.buyers.num_rows:,} buyers, observation end {inputs.as_of.isoformat()}",
     ) as detail:
         result = fit_and_predict(inputs, config, step=detail)
+    for note in result.report["notes"]:
+        say(f"note: {note}")
     with steps.step("segment", "RFM scores and segments") as detail:
         rfm = rfm_of(inputs)
         table = score_table(inputs, result, rfm, run_id)

@@ -231,6 +231,25 @@ def _check_spend_fit(params: dict[str, float], spends: npt.NDArray[np.float64]) 
     )
 
 
+#: BG/NBD's dropout probabilities follow Beta(a, b); from this a + b on, their spread between buyers is under about
+#: 3 points of probability (sd <= sqrt(p(1 - p) / (a + b + 1))): the fit found no spread and ran off along the line
+#: a/(a + b) = mean, so every buyer is given one dropout probability. Still a model (the limit is a fixed p), but
+#: one an analyst should know P(alive) and CLV rest on.
+_DROPOUT_SPREAD_LOST: Final = 1_000.0
+
+
+def dropout_notes(params: dict[str, float]) -> list[str]:
+    """What an analyst should know of a BG/NBD fit's dropout process (nothing when its spread is identified)."""
+    a, b = params["a"], params["b"]
+    if a + b < _DROPOUT_SPREAD_LOST:
+        return []
+    return [
+        f"BG/NBD found no spread of the dropout probability between buyers (a = {a:.4g}, b = {b:.4g}): every "
+        f"buyer is given the same chance of dropping out after a purchase day, {a / (a + b):.3f}, and P(alive) and "
+        "CLV rest on that; more purchase history (a later as-of, more buyers) may identify a spread"
+    ]
+
+
 def _parameters(model: Any, names: tuple[str, ...]) -> dict[str, float]:
     """The MAP point of a fitted model, at full precision (``fit_summary`` rounds to three decimals)."""
     posterior = model.fit_result
@@ -359,6 +378,7 @@ def fit_and_predict(
             "observed_repeat_purchases": observed_in_sample,
             "in_sample_ratio": expected_in_sample / observed_in_sample if observed_in_sample else None,
             "mean_probability_alive": float(alive.mean()),
+            "mean_dropout_probability": bg_params["a"] / (bg_params["a"] + bg_params["b"]),
             "fit_seconds": timings["bg_nbd_fit"],
         },
         "gamma_gamma": {
@@ -374,6 +394,7 @@ def fit_and_predict(
             "fit_seconds": timings["gamma_gamma_fit"],
         },
         "predict_seconds": timings["predict"],
+        "notes": dropout_notes(bg_params),
     }
     return ClvResult(
         probability_alive=alive,

@@ -104,6 +104,25 @@ def test_the_report_shows_the_run_and_the_pipeline_numbers(report_file: Path, co
     assert page.count("<tr><td>c-") >= 20  # the top customers table
 
 
+def test_a_note_on_the_fit_is_said_by_score_and_shown_in_the_report(
+    content: WorkerBucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A BG/NBD fit with no spread of dropout (the demo's) was shown as plain parameters, without a word."""
+    note = "BG/NBD found no spread of the dropout probability between buyers (a note of this test)"
+    monkeypatch.setattr("scoring.clv.dropout_notes", lambda _params: [note])
+    output = tmp_path / "noted.html"
+    with moto_bucket("clv-noted") as s3:
+        content.write_to(s3, "clv-noted")
+        runner = CliRunner()
+        scored = runner.invoke(main, ["score", "--bucket", "clv-noted", "--prefix", "rfm", "--no-progress"])
+        reported = runner.invoke(
+            main, ["report", "--bucket", "clv-noted", "--prefix", "rfm", "-o", str(output)]
+        )
+    assert scored.exit_code == 0 and reported.exit_code == 0, scored.output + reported.output
+    assert f"note: {note}" in scored.output
+    assert f"<strong>Note:</strong> {note}" in output.read_text(encoding="utf-8")
+
+
 def test_missing_parts_are_explained_not_plotted() -> None:
     page = render_report(ReportInputs(source="s3://nothing/here"))
     assert "<img" not in page

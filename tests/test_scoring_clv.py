@@ -42,7 +42,14 @@ from scipy.special import hyp2f1
 from aggregators.customer_state import CustomerState
 from producer.generator import DEFAULT_START, BgNbdParams, ClickstreamGenerator, GammaGammaParams
 from schemas import RAW_RECORD_SCHEMA
-from scoring.clv import ClvConfig, ClvResult, UnusableFit, bg_nbd_log_likelihood, fit_and_predict
+from scoring.clv import (
+    ClvConfig,
+    ClvResult,
+    UnusableFit,
+    bg_nbd_log_likelihood,
+    dropout_notes,
+    fit_and_predict,
+)
 from scoring.inputs import ModelInputs, model_inputs
 
 CUSTOMERS, EVENTS, DAYS, CALIBRATION_DAYS, SEED = 5000, 150_000, 120, 90, 11
@@ -274,7 +281,17 @@ def test_in_sample_diagnostics_are_reported_and_sound(experiment: Experiment) ->
     assert within(report["bg_nbd"]["in_sample_ratio"], 1.0, 0.05)
     assert report["bg_nbd"]["log_likelihood"] < 0 and report["gamma_gamma"]["log_likelihood"] < 0
     assert report["buyers"] == experiment.inputs.buyers.num_rows
+    bg = report["bg_nbd"]["parameters"]
+    assert report["bg_nbd"]["mean_dropout_probability"] == pytest.approx(bg["a"] / (bg["a"] + bg["b"]))
+    assert report["notes"] == [], "thousands of buyers from Beta(a, b) dropouts: the spread is found"
     json.dumps(report, allow_nan=False)  # the report is plain JSON
+
+
+def test_a_fit_that_finds_no_spread_of_dropout_is_noted_with_the_one_probability() -> None:
+    """The demo's fit ran off to a = 137,034, b = 1,130,034 and nothing said so."""
+    (note,) = dropout_notes({"r": 1.0, "alpha": 10.0, "a": 137_034.0, "b": 1_130_034.0})
+    assert "no spread of the dropout probability" in note and "0.108" in note
+    assert dropout_notes({"r": 1.0, "alpha": 10.0, "a": 0.8, "b": 2.5}) == []
 
 
 # ------------------------------------------------------------------------- the library's predictions, cross-checked
