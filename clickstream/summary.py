@@ -156,26 +156,28 @@ def _print_customers(console: Console, con: duckdb.DuckDBPyConnection, current: 
     _print(console, f"Top {top} customers by revenue (current rows)", leaders)
 
     overview = _table("measure", "customers", "mean", "p25", "median", "p75", "max")
-    for measure, where in (
+    for label, where in (
         ("frequency", "frequency IS NOT NULL"),
         ("recency", "frequency IS NOT NULL"),
         ("T", "frequency IS NOT NULL"),
-        ("monetary_value", "frequency > 0"),
+        ("monetary_value (repeat buyers)", "frequency > 0"),
         ("engagement_score", "TRUE"),
     ):
+        measure = label.split()[0]
         row = con.sql(
             f"""SELECT count(*), avg("{measure}"), quantile_cont("{measure}", 0.25), median("{measure}"),
                        quantile_cont("{measure}", 0.75), max("{measure}")
                 FROM current_rows WHERE {where}"""
         ).fetchall()[0]
-        overview.add_row(measure, *(_fmt(value) for value in row))
+        overview.add_row(label, *(_fmt(value) for value in row))
     buyers, customers = con.sql(
         "SELECT count(*) FILTER (WHERE frequency IS NOT NULL), count(*) FROM current_rows"
     ).fetchall()[0]
     _print(console, "RFM overview (UTC days; T to the newest as_of, as `score` counts it)", overview)
     console.print(
         f"{customers:,} customers, {buyers:,} with at least one purchase, {customers - buyers:,} without (null "
-        "frequency / recency / T / monetary_value)."
+        "frequency / recency / T / monetary_value; monetary_value is 0 for one-time buyers, and its row counts the "
+        "repeat buyers)."
     )
 
 
