@@ -361,9 +361,9 @@ def plot_files_bytes(commits: Sequence[CommitRecord]) -> str:
     left.set_ylabel("files (cumulative)")
     left.legend(fontsize=8)
     right.step(
-        times, np.cumsum([record.bytes_written for record in ordered]) / 1e6, where="post", color="#4c72b0"
+        times, np.cumsum([record.bytes_written for record in ordered]) / 2**20, where="post", color="#4c72b0"
     )
-    right.set_ylabel("MB written (cumulative)")
+    right.set_ylabel("MiB written (cumulative)")
     for axis in (left, right):
         axis.set_xlabel("commit time (UTC)")
         axis.tick_params(axis="x", labelrotation=30)
@@ -524,7 +524,7 @@ def _pipeline_section(inputs: ReportInputs) -> str:
             ("rejected", _number(totals["rejected"])),
             ("flushes", _number(len(commits))),
             ("files written", _number(files)),
-            ("MB written", _number(totals["bytes_written"] / 1e6, 1)),
+            ("MiB written", _number(totals["bytes_written"] / 2**20, 1)),
             (
                 "arrival to durable p50 / p99 (s)",
                 f"{fresh.arrival_to_durable_p50:.1f} / {fresh.arrival_to_durable_p99:.1f}" if fresh else "–",
