@@ -449,9 +449,13 @@ def produce(
             # the summary is the command's answer: printed at any log level, not logged
             summary = producer.put(records, total=total, log_summary=False)
         except (PutRecordsError, PutInputError) as error:
+            for warning in doubtful.warnings(f"{input_file} (as far as it was read)"):
+                say(warning, logging.WARNING)
             raise FrontDoorError(error.outcome()) from None
         except PutInterrupted as interrupted:
             say(interrupted.outcome(), logging.WARNING)
+            for warning in doubtful.warnings(f"{input_file} (as far as it was read)"):
+                say(warning, logging.WARNING)
             sys.exit(TERMINATED if terminated.is_set() else INTERRUPTED)
     say(summary.describe(settings.stream_name))
     if input_file is not None and summary.records_sent == 0 and not summary.rejected_too_large:

@@ -1682,7 +1682,8 @@ def test_produce_of_a_file_that_breaks_off_says_what_was_delivered(tmp_path: Pat
 
     from producer.generator import generate_events
 
-    whole = gzip.compress(b"\n".join(generate_events(30, 3_000, 2)) + b"\n")
+    events = list(generate_events(30, 3_000, 2))
+    whole = gzip.compress(b"\n".join([*events[:10], b"[", *events[10:]]) + b"\n")
     truncated = tmp_path / "events.jsonl.gz"
     truncated.write_bytes(whole[: len(whole) * 2 // 3])
 
@@ -1691,6 +1692,10 @@ def test_produce_of_a_file_that_breaks_off_says_what_was_delivered(tmp_path: Pat
     assert result.exit_code == 1, result.output
     assert f"{truncated}: unreadable after line" in result.output
     assert f"the {held:,} records read before it were delivered" in result.output and held > 500
+    # what the worker will reject of what was read is said on a failure too (it was said only on success)
+    assert f"records of {truncated} (as far as it was read) are not JSON objects (the first is record 11" in (
+        result.output
+    )
 
 
 def test_produce_exits_1_when_a_record_was_too_large_to_send_and_skips_blank_lines(tmp_path: Path) -> None:
