@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from consumer.state_recovery import state_options
 from runtime.settings import Settings
 from schemas.control import CurrentRowsPointer
 from schemas.layout import FlushName, OutputLayout
-from schemas.positions import chain_position
+from schemas.positions import Position, chain_position
 from tests.moto_support import moto_bucket
 from tests.test_customer_state import Stream, event
 
@@ -35,7 +36,9 @@ def s3() -> Iterator[Any]:
 
 
 class Worker:
-    """The worker's core and sink, shard by shard: each ``flush`` is one commit on that shard's chain."""
+    """The worker's core and sink, shard by shard: each ``flush`` is one commit on that shard's chain (of records
+    that arrived at ``arrival``, or at the test stream's fixed time); ``flushed`` holds each one's name and the chain
+    position it continued from."""
 
     def __init__(self, s3: Any, settings: Settings) -> None:
         self.sink = S3ParquetSink(s3, settings)
@@ -43,19 +46,28 @@ class Worker:
         self.states: dict[str, CustomerState] = {}
         self.streams: dict[str, Stream] = {}
         self.flushes = 0
+        self.flushed: list[tuple[FlushName, Position | None]] = []
 
-    def flush(self, shard: str, documents: list[dict[str, Any]]) -> None:
+    def flush(
+        self, shard: str, documents: Sequence[dict[str, Any] | bytes], arrival: datetime | None = None
+    ) -> FlushName:
         state = self.states.setdefault(shard, CustomerState(shard, options=state_options(self.settings)))
-        delivered = self.streams.setdefault(shard, Stream()).batch(documents)
-        batch = delivered.set_column(
-            delivered.schema.get_field_index("shard_id"), "shard_id", pa.array([shard] * delivered.num_rows)
+        batch = self.streams.setdefault(shard, Stream()).batch(documents)
+        batch = batch.set_column(
+            batch.schema.get_field_index("shard_id"), "shard_id", pa.array([shard] * len(batch))
         )
+        if arrival is not None:
+            column = batch.schema.get_field_index("approximate_arrival_at")
+            times = pa.array([arrival] * batch.num_rows, batch.schema.field(column).type)
+            batch = batch.set_column(column, "approximate_arrival_at", times)
         previous = chain_position(state.position())
         with state.staged(batch) as applied:
             assert applied.first_position is not None and applied.position is not None
             self.flushes += 1
             name = FlushName(shard, applied.first_position, applied.position, f"attempt{self.flushes}")
             self.sink.write(FlushAttempt(previous, name), applied)
+        self.flushed.append((name, previous))
+        return name
 
 
 def purchases(customers: range, day: int, shard_tag: str) -> list[dict[str, Any]]:

@@ -7,18 +7,15 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import pyarrow as pa
 import pytest
 
-from aggregators.customer_state import CustomerState
 from clickstream.manifest import copy_manifest
-from consumer.s3_sink import FlushAttempt, S3ParquetSink
-from consumer.state_recovery import state_options
 from runtime.settings import Settings
 from schemas.layout import FlushName, OutputLayout
-from schemas.positions import Position, chain_position
+from schemas.positions import Position
 from tests.moto_support import moto_bucket
-from tests.test_customer_state import Stream, event
+from tests.test_current_rows import Worker
+from tests.test_customer_state import event
 
 BUCKET = "manifests"
 LAYOUT = OutputLayout("rfm")
@@ -33,41 +30,14 @@ def s3() -> Iterator[Any]:
         yield client
 
 
-class Worker:
-    """Each ``flush`` is one commit on its shard's chain, of records that arrived on ``day``."""
-
-    def __init__(self, s3: Any, settings: Settings) -> None:
-        self.sink = S3ParquetSink(s3, settings)
-        self.settings = settings
-        self.states: dict[str, CustomerState] = {}
-        self.streams: dict[str, Stream] = {}
-        self.flushes = 0
-        self.names: list[tuple[int, FlushName, Position | None]] = []
-
-    def flush(self, shard: str, day: int, customers: int = 3, *, bad: bool = False) -> None:
-        state = self.states.setdefault(shard, CustomerState(shard, options=state_options(self.settings)))
-        documents: list[dict[str, Any] | bytes] = [
-            event(f"c-{shard[-1]}{number:02d}", "page_view", "2026-05-30T10:00:00Z")
-            for number in range(customers)
-        ]
-        if bad:
-            documents.append(b"{not json")
-        delivered = self.streams.setdefault(shard, Stream()).batch(documents)
-        arrival = datetime.strptime(str(day), "%Y%m%d").replace(hour=12, tzinfo=UTC)
-        batch = delivered.set_column(
-            delivered.schema.get_field_index("shard_id"), "shard_id", pa.array([shard] * delivered.num_rows)
-        ).set_column(
-            delivered.schema.get_field_index("approximate_arrival_at"),
-            "approximate_arrival_at",
-            pa.array([arrival] * delivered.num_rows, delivered.schema.field("approximate_arrival_at").type),
-        )
-        previous = chain_position(state.position())
-        with state.staged(batch) as applied:
-            assert applied.first_position is not None and applied.position is not None
-            self.flushes += 1
-            name = FlushName(shard, applied.first_position, applied.position, f"attempt{self.flushes}")
-            self.sink.write(FlushAttempt(previous, name), applied)
-            self.names.append((day, name, previous))
+def flush(worker: Worker, shard: str, day: int, *, bad: bool = False) -> None:
+    """Three customers' page views (and a record that is no JSON where ``bad``) that arrived on ``day``."""
+    documents: list[dict[str, Any] | bytes] = [
+        event(f"c-{shard[-1]}{number:02d}", "page_view", "2026-05-30T10:00:00Z") for number in range(3)
+    ]
+    if bad:
+        documents.append(b"{not json")
+    worker.flush(shard, documents, datetime.strptime(str(day), "%Y%m%d").replace(hour=12, tzinfo=UTC))
 
 
 class CountingReads:
@@ -100,6 +70,7 @@ def full_read_of_day(s3: Any, settings: Settings, output: str, day: int) -> dict
 def test_a_days_manifest_reads_the_days_commits_and_lists_what_a_read_of_every_commit_lists(s3: Any) -> None:
     settings = Settings(bucket=BUCKET, prefix="rfm")
     worker = Worker(s3, settings)
+    flush_days: list[int] = []
     # shard 0 flushes on both days; shard 1 only on the first; shard 2 starts on the second (its chain's start)
     for shard, day in [
         (SHARDS[0], DAYS[0]),
@@ -110,10 +81,14 @@ def test_a_days_manifest_reads_the_days_commits_and_lists_what_a_read_of_every_c
         (SHARDS[2], DAYS[1]),
         (SHARDS[0], DAYS[1]),
     ]:
-        worker.flush(shard, day, bad=shard == SHARDS[0])
+        flush(worker, shard, day, bad=shard == SHARDS[0])
+        flush_days.append(day)
+    flushed = [
+        (day, name, previous) for day, (name, previous) in zip(flush_days, worker.flushed, strict=True)
+    ]
     # files no commit names: a writer that lost the position of shard 0's last flush, one that died before its
     # commit at the tip of shard 2's chain, and an object that is no flush's file at all
-    day, lost, _ = worker.names[-1]
+    _, lost, _ = flushed[-1]
     tip = worker.states[SHARDS[2]].position()
     assert tip is not None
     orphans = [
@@ -136,7 +111,7 @@ def test_a_days_manifest_reads_the_days_commits_and_lists_what_a_read_of_every_c
         s3.put_object(Bucket=BUCKET, Key=key, Body=b"PAR1")
 
     second_day_commits = {
-        LAYOUT.commit_key(name.shard_id, previous) for day, name, previous in worker.names if day == DAYS[1]
+        LAYOUT.commit_key(name.shard_id, previous) for day, name, previous in flushed if day == DAYS[1]
     }
     for output in OUTPUTS:
         for day in DAYS:
@@ -147,7 +122,7 @@ def test_a_days_manifest_reads_the_days_commits_and_lists_what_a_read_of_every_c
             # every flush of the day wrote events and rows; only shard 0's held a bad record
             flushes = [
                 name
-                for flush_day, name, _ in worker.names
+                for flush_day, name, _ in flushed
                 if flush_day == day and (output != "errors" or name.shard_id == SHARDS[0])
             ]
             assert len(manifest["entries"]) == len(flushes), (output, day)
