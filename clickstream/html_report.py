@@ -17,7 +17,6 @@ import io
 import json
 from collections import defaultdict
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,10 +25,9 @@ from typing import Any, Final
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from clickstream.errors import USAGE, FrontDoorError
-from clickstream.outputs import commit_records, require_worker_prefix
+from clickstream.outputs import commit_records, read_tables, require_worker_prefix
 from runtime.settings import Settings
 from schemas.control import CommitRecord, ControlRecordError, ScoreCommit
 from schemas.layout import OutputLayout
@@ -90,14 +88,9 @@ def load_inputs(settings: Settings, s3: Any, *, top: int = 20, clv_dir: Path | N
     except ControlRecordError as error:
         inputs.commits_problem = f"the commit records could not be read as the current format ({error})"
     error_keys = sorted({key for record in inputs.commits for key in record.files.get("errors", [])})
-
-    def read_errors(key: str) -> pa.Table:
-        body = s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read()
-        return pq.read_table(io.BytesIO(body), columns=["error_code", "approximate_arrival_at"])
-
-    if error_keys:
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            inputs.errors = pa.concat_tables(list(pool.map(read_errors, error_keys)))
+    inputs.errors = read_tables(
+        s3, settings.bucket, error_keys, columns=["error_code", "approximate_arrival_at"]
+    )
     store: ObjectStore = LocalStore(clv_dir) if clv_dir is not None else S3Store(s3, settings)
     commit = read_commit(store, layout)
     if commit is None and clv_dir is not None:

@@ -36,11 +36,11 @@ def copy_manifest(s3: Any, settings: Settings, output: str, arrival_day: int | N
         for key in committed_files(records, output)
         if arrival_day is None or layout.arrival_day_of(key) == arrival_day
     ]
-    if arrival_day is None:  # a day's files come from its partition's listing; every file's are checked here
-        present = {obj["Key"] for obj in list_keys(s3, settings.bucket, layout.output_prefix(output))}
-        missing = [key for key in keys if key not in present]
-    else:
-        missing = []
+    listed = (
+        layout.output_prefix(output) if arrival_day is None else layout.partition_prefix(output, arrival_day)
+    )
+    present = {obj["Key"] for obj in list_keys(s3, settings.bucket, listed)}
+    missing = [key for key in keys if key not in present]
     if missing:  # COPY would fail on the first of them (every entry is mandatory), after loading nothing
         raise FrontDoorError(
             f"{len(missing):,} committed {output} files are missing from s3://{settings.bucket}/ (the first: "

@@ -451,35 +451,57 @@ def read_partition_commits(
     max_workers: int = 16,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[CommitRecord]:
-    """The commit records that may name files of one arrival day of ``output`` (sorted as ``read_commit_records``
-    sorts them): every commit naming such a file is among them, so ``committed_files`` of these, kept to the day,
-    equals that of every commit record, at a cost that follows the day's flushes rather than the prefix's history.
+    """The commit records of one arrival day of ``output`` (sorted as ``read_commit_records`` sorts them), read
+    without reading the prefix's history: ``committed_files`` of these, kept to the day, is that of every commit
+    record, and a committed file of the day S3 no longer has is among them (a caller checks them against a listing)
+    unless every file of its shard's day is gone.
 
-    The partition is listed, then each of its shards' commit keys (a listing, no reads), and only the commit each
-    file's flush continued from is read: the greatest commit position below the file's first record (a shard's
-    flushes each continue from the end of the one before, so no other commit lies between). A file of a writer that
-    lost its commit leads to a commit that names another attempt's file: no data, as in a full read.
+    The day's partitions of every output are listed, then each of their shards' commit names (a listing of the
+    shard's whole chain, 1,000 names a request; no reads). The commit each listed file's flush continued from is the
+    greatest chain position below the file's first record (each flush continues from the end of the one before, so
+    no other commit lies between). Every commit from the shard's first such commit to its last is read, and beyond
+    them, one by one, each neighbour that still names a file of the day: a shard's flushes of one day are one run of
+    its chain, so a flush of the day whose files are all gone is found too. A file of a writer that lost its commit
+    leads to a commit that names another attempt's file: no data, as in a full read.
     """
-    listing = s3.get_paginator("list_objects_v2").paginate(
-        Bucket=bucket, Prefix=layout.partition_prefix(output, arrival_day)
-    )
     firsts: dict[str, list[Position]] = {}
-    for page in listing:
-        for obj in page.get("Contents", []):
-            if (name := layout.flush_name_of(obj["Key"])) is not None:
-                firsts.setdefault(name.shard_id, []).append(name.first)
-    keys: set[str] = set()
+    # every output's files: a flush whose file of ``output`` is gone still leads to its commit
+    for listed in DATA_OUTPUTS:
+        listing = s3.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=layout.partition_prefix(listed, arrival_day)
+        )
+        for page in listing:
+            for obj in page.get("Contents", []):
+                if (name := layout.flush_name_of(obj["Key"])) is not None:
+                    firsts.setdefault(name.shard_id, []).append(name.first)
+
+    def of_the_day(record: CommitRecord) -> bool:
+        return any(layout.arrival_day_of(key) == arrival_day for key in record.file_bytes)
+
+    runs: list[
+        tuple[list[str], int, int]
+    ] = []  # each shard's chain (commit keys in order) and the day's run in it
     for shard_id, positions in firsts.items():
         links = sorted(
             (_chain_order(_commit_previous(layout, key)), key)
             for key in _shard_commit_keys(s3, bucket, layout, shard_id, None)
         )
         orders = [order for order, _ in links]
-        for first in positions:
-            below = bisect.bisect_left(orders, _chain_order(first)) - 1
-            if below >= 0:  # none: no commit of the shard comes before this file, so none names it
-                keys.add(links[below][1])
-    return _fetch_commits(s3, bucket, sorted(keys), max_workers, progress)
+        found = {bisect.bisect_left(orders, _chain_order(first)) - 1 for first in positions} - {-1}
+        if found:  # none: no commit of the shard comes before any of its files, so none names them
+            runs.append(([key for _, key in links], min(found), max(found)))
+    keys = [key for chain, low, high in runs for key in chain[low : high + 1]]
+    records = _fetch_commits(s3, bucket, keys, max_workers, progress)
+    for chain, low, high in runs:
+        for step, beyond in ((-1, low - 1), (1, high + 1)):
+            at = beyond
+            while 0 <= at < len(chain):
+                (neighbour,) = _fetch_commits(s3, bucket, [chain[at]], 1, None)
+                if not of_the_day(neighbour):
+                    break
+                records.append(neighbour)
+                at += step
+    return sorted(records, key=lambda r: (r.shard_id, r.first.sort_key()))
 
 
 def _chain_order(previous: Position | None) -> tuple[int, tuple[int, int]]:

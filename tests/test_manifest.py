@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from clickstream.errors import FrontDoorError
 from clickstream.manifest import copy_manifest
 from runtime.settings import Settings
 from schemas.layout import FlushName, OutputLayout
@@ -113,6 +114,11 @@ def test_a_days_manifest_reads_the_days_commits_and_lists_what_a_read_of_every_c
     second_day_commits = {
         LAYOUT.commit_key(name.shard_id, previous) for day, name, previous in flushed if day == DAYS[1]
     }
+    (last_first_day_commit,) = [
+        LAYOUT.commit_key(name.shard_id, previous)
+        for day, name, previous in flushed
+        if day == DAYS[0] and name.shard_id == SHARDS[0]
+    ][-1:]
     for output in OUTPUTS:
         for day in DAYS:
             counting = CountingReads(s3)
@@ -127,8 +133,30 @@ def test_a_days_manifest_reads_the_days_commits_and_lists_what_a_read_of_every_c
             ]
             assert len(manifest["entries"]) == len(flushes), (output, day)
             if day == DAYS[1] and output == "events":
-                # the commits of that day's flushes only (the lost writer's file leads to one of them), none of
-                # the first day's
-                assert commits_read == second_day_commits
+                # the commits of that day's flushes (the lost writer's file leads to one of them), and of the first
+                # day's only shard 0's last: the neighbour that ends the day's run in its chain
+                assert commits_read == second_day_commits | {last_first_day_commit}
     urls = {entry["url"] for entry in copy_manifest(s3, settings, "events", DAYS[1])["entries"]}
     assert not {f"s3://{BUCKET}/{key}" for key in orphans} & urls
+
+
+@pytest.mark.parametrize("gone", [0, 1, 2], ids=["first", "middle", "last"])
+def test_a_days_manifest_refuses_a_committed_flush_of_the_day_whose_files_are_all_gone(
+    s3: Any, gone: int
+) -> None:
+    """No listed file leads to such a flush's commit: the day's run in the chain does (a day manifest listed the
+    files still there, and its COPY loaded less without a word)."""
+    settings = Settings(bucket=BUCKET, prefix="rfm")
+    worker = Worker(s3, settings)
+    for day in (DAYS[0], DAYS[1], DAYS[1], DAYS[1], DAYS[2]):
+        flush(worker, SHARDS[0], day, bad=True)
+    name, _ = worker.flushed[1 + gone]
+    deleted = [LAYOUT.data_key(output, datetime(2026, 6, 2).date(), name) for output in OUTPUTS]
+    for key in deleted:
+        s3.delete_object(Bucket=BUCKET, Key=key)
+    with pytest.raises(FrontDoorError) as refused:
+        copy_manifest(s3, settings, "events", DAYS[1])
+    assert f"1 committed events files are missing from s3://{BUCKET}/ (the first: {deleted[0]})" in str(
+        refused.value
+    )
+    assert copy_manifest(s3, settings, "events", DAYS[0])["entries"], "another day is whole"
