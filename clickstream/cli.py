@@ -27,7 +27,7 @@ from click.core import ParameterSource
 
 from clickstream.clv_commands import report, score
 from clickstream.console import JsonShownError, json_mode, say
-from clickstream.errors import INTERRUPTED, TERMINATED, USAGE, FrontDoorError, explain
+from clickstream.errors import INTERRUPTED, TERMINATED, USAGE, FrontDoorError, explain, query_interrupted
 from clickstream.options import (
     FiniteFloatRange,
     build_on,
@@ -103,7 +103,12 @@ class FrontDoor(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            try:
+                return super().invoke(ctx)
+            except RuntimeError as error:
+                if query_interrupted(error):  # Ctrl-C while DuckDB ran a statement
+                    raise KeyboardInterrupt from error
+                raise
         except KeyboardInterrupt:  # commands that say more (produce, replay, worker) handle Ctrl-C themselves
             command = ctx.invoked_subcommand or "the command"
             left = _INTERRUPTION_LEAVES.get(command, "nothing was written")

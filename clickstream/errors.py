@@ -120,6 +120,12 @@ def _client_error(error: aws.ClientError) -> Failure:
     return Failure(failed, RUNTIME)
 
 
+def query_interrupted(error: BaseException) -> bool:
+    """Whether ``error`` is DuckDB's word for a Ctrl-C or SIGTERM that came while a statement ran: it turns the
+    KeyboardInterrupt the signal's handler raised into this RuntimeError."""
+    return isinstance(error, RuntimeError) and str(error) == "Query interrupted"
+
+
 def explain(error: BaseException) -> Failure:  # noqa: PLR0911 - one return per kind of failure
     """The one-line message and exit code for an exception that reached the command line."""
     if isinstance(error, FrontDoorError):

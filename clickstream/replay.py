@@ -26,7 +26,7 @@ from botocore.exceptions import ClientError
 from tqdm import tqdm
 
 from aggregators.customer_state import CustomerState
-from clickstream.errors import FrontDoorError, explain
+from clickstream.errors import FrontDoorError, explain, query_interrupted
 from clickstream.options import parse_flag_time
 from clickstream.outputs import commit_records
 from consumer.s3_sink import S3ParquetSink
@@ -199,6 +199,10 @@ def run_replay(
         return ReplayResult(
             events_read=read, events_applied=applied, customers=rows.num_rows, output_key=plan.output_key
         )
+    except RuntimeError as error:
+        if query_interrupted(error):  # Ctrl-C or SIGTERM while DuckDB ran a statement: as anywhere else
+            raise KeyboardInterrupt from error
+        raise
     finally:
         state.close(sync=False)  # its file is deleted next: nothing to write into it (slow on Ctrl-C)
         database.unlink(missing_ok=True)

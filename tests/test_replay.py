@@ -267,6 +267,30 @@ def test_a_replay_leaves_no_write_check_behind(s3: Any, tmp_path: Path) -> None:
     assert [key.rsplit("/", 1)[1] for key in _replays(s3)] == ["replay-20260301T0000-20260303T0000.parquet"]
 
 
+def test_a_replay_stopped_while_duckdb_runs_a_statement_exits_143(
+    s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DuckDB turns the signal handler's KeyboardInterrupt into RuntimeError("Query interrupted"): a stop that came
+    during a statement ended as "unexpected RuntimeError", exit 1."""
+    import os
+    import signal
+    import threading
+
+    _archive(s3)
+    apply_events = CustomerState.apply_events
+
+    def terminated_mid_statement(self: CustomerState, *args: Any) -> Any:
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        self.con.sql("SELECT count(*) FROM range(3000000000) t(i) WHERE i % 7 = 3").fetchall()  # seconds
+        return apply_events(self, *args)
+
+    monkeypatch.setattr(CustomerState, "apply_events", terminated_mid_statement)
+    result = _replay("--from", "2026-03-01", "--to", "2026-03-03", "--state-dir", str(tmp_path))
+    assert result.exit_code == 143, result.output
+    assert "replay interrupted (SIGTERM): nothing written" in result.output
+    assert list((tmp_path / "replay").iterdir()) == [], "its scratch state is removed"
+
+
 def test_a_committed_file_gone_from_the_archive_is_named_as_missing(s3: Any, tmp_path: Path) -> None:
     """It said only the object's URL."""
     _archive(s3)

@@ -1012,6 +1012,33 @@ def test_ctrl_c_in_any_command_says_what_it_leaves_and_exits_130(monkeypatch: py
     )
 
 
+def test_ctrl_c_while_duckdb_runs_a_statement_is_a_ctrl_c(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DuckDB turns the KeyboardInterrupt of a Ctrl-C into RuntimeError("Query interrupted"), which read as an
+    unexpected failure (exit 1). The signal here is SIGUSR1 with Ctrl-C's handler, to leave the test runner's alone."""
+    import signal
+    import threading
+
+    import duckdb
+
+    def ctrl_c(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    def summary_reading(*_: Any, **__: Any) -> None:
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+        duckdb.connect().sql(
+            "SELECT count(*) FROM range(3000000000) t(i) WHERE i % 7 = 3"
+        ).fetchall()  # seconds
+
+    monkeypatch.setattr("clickstream.summary.print_summary", summary_reading)
+    previous = signal.signal(signal.SIGUSR1, ctrl_c)
+    try:
+        result = CliRunner().invoke(main, ["summary"])
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert result.exit_code == 130, result.output
+    assert "summary interrupted (Ctrl-C) before it finished" in result.output
+
+
 def test_a_replay_of_a_range_without_events_writes_nothing() -> None:
     with mock_aws():
         s3 = boto3.client("s3", region_name="us-east-1")
