@@ -454,12 +454,12 @@ def produce(
             # the summary is the command's answer: printed at any log level, not logged
             summary = producer.put(records, total=total, log_summary=False)
         except (PutRecordsError, PutInputError) as error:
-            for warning in doubtful.warnings(f"{input_file} (as far as it was read)"):
+            for warning in doubtful.warnings(f"{input_file} read (delivered or not)"):
                 say(warning, logging.WARNING)
             raise FrontDoorError(error.outcome()) from None
         except PutInterrupted as interrupted:
             say(interrupted.outcome(), logging.WARNING)
-            for warning in doubtful.warnings(f"{input_file} (as far as it was read)"):
+            for warning in doubtful.warnings(f"{input_file} read (delivered or not)"):
                 say(warning, logging.WARNING)
             sys.exit(TERMINATED if terminated.is_set() else INTERRUPTED)
     say(summary.describe(settings.stream_name))

@@ -29,6 +29,7 @@ from aggregators.customer_state import CustomerState
 from clickstream.errors import FrontDoorError, explain, query_interrupted
 from clickstream.options import parse_flag_time
 from clickstream.outputs import commit_records
+from consumer.retry import is_transient
 from consumer.s3_sink import S3ParquetSink
 from consumer.state_recovery import state_options
 from runtime.settings import Settings
@@ -210,16 +211,19 @@ def run_replay(
 
 
 def _check_writable(sink: S3ParquetSink, plan: ReplayPlan) -> None:
-    """Put (then delete) an empty object beside the output: a role that may not write there fails now, with
-    nothing read, rather than after hours of reading. Its deletion is best effort (its name keeps it from readers)."""
+    """Put (then delete) an empty object beside the output: a role that may not write there fails now, before the
+    archive is read, rather than after hours of reading it. Its deletion is best effort (its name keeps it from
+    readers)."""
     key = sink.layout.replay_write_check_key(plan.name)
     try:
         sink.put_bytes(key, b"", "bytes")
     except ClientError as error:
+        if is_transient(error):  # S3 busy or failing: said as such, not as a refusal to write there
+            raise
         failure = explain(error)
         raise FrontDoorError(
             f"cannot write the replay's output under s3://{sink.bucket}/{sink.layout.replay_prefix(plan.name)}: "
-            f"{failure.message}; nothing was read",
+            f"{failure.message}; none of the archive was read",
             failure.exit_code,
         ) from None
     try:

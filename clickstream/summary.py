@@ -70,7 +70,7 @@ def print_summary(
     for output in OUTPUTS:
         files.add_row(
             output,
-            f"{len(outputs.files[output]):,}",
+            f"{len(outputs.present(output)):,}",
             f"{outputs.rows(output):,}",
             f"{outputs.bytes[output] / 2**20:,.1f}",
         )

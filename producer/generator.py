@@ -892,11 +892,12 @@ class DoubtfulRecords:
             said.append(
                 f"{self.not_objects:,} of the {self.records:,} records of {source} are not JSON objects (the first "
                 f"is record {self.first_not_object:,}; one event per line, each line an object `{{...}}`): the "
-                "worker rejects them into errors/"
+                "worker rejects each it receives into errors/"
             )
         if self.too_large_for_worker:
             said.append(
                 f"{self.too_large_for_worker:,} records of {source} are larger than the worker's limit of "
-                f"{self.max_record_bytes:,} bytes (CLICKSTREAM_MAX_RECORD_BYTES): it rejects them into errors/"
+                f"{self.max_record_bytes:,} bytes (CLICKSTREAM_MAX_RECORD_BYTES): it rejects each it receives into "
+                "errors/"
             )
         return said

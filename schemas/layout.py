@@ -42,7 +42,7 @@ PARTITION_COLUMN: Final = "arrival_yyyymmdd"
 CHAIN_START: Final = "start"
 #: A data file's name: ``FlushName.stem`` (its positions are ``Position.key_part``s) and ``.parquet``.
 _DATA_STEM: Final = re.compile(
-    rf"(.+)-(\d{{{SEQUENCE_DIGITS}}}-\d+)-(\d{{{SEQUENCE_DIGITS}}}-\d+)-(\w+)\.parquet"
+    rf"(.+)-(\d{{{SEQUENCE_DIGITS},}}-\d+)-(\d{{{SEQUENCE_DIGITS},}}-\d+)-(\w+)\.parquet"
 )
 #: The Hive partition column of clv/: the UTC day of the scoring run's observation end, as yyyymmdd.
 CLV_PARTITION_COLUMN: Final = "as_of_yyyymmdd"

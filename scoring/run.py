@@ -24,7 +24,7 @@ from scoring.rfm import RfmScores, score_customers
 
 #: Bumped when what a run computes changes (RFM rules, segments, model checks): part of the run id, so a re-score
 #: after such a change refits instead of finding the old run "already committed".
-SCORING_VERSION: Final = 4
+SCORING_VERSION: Final = 5
 
 
 def run_id_for(as_of: datetime, input_fingerprint: str, config: ClvConfig, library: str | None) -> str:

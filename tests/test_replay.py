@@ -254,7 +254,9 @@ def test_a_replay_that_may_not_write_its_output_says_so_before_reading_anything(
     )
     assert result.exit_code == 2, result.output
     assert f"cannot write the replay's output under s3://{BUCKET}/rfm/replays/wk/" in result.output
-    assert "not allowed to call PutObject" in result.output and "nothing was read" in result.output
+    assert (
+        "not allowed to call PutObject" in result.output and "none of the archive was read" in result.output
+    )
     assert reads == []
 
 

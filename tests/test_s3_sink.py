@@ -208,7 +208,8 @@ def test_position_key_parts_sort_in_stream_order_whatever_the_number_of_digits()
 
 def test_a_data_keys_flush_name_reads_back_and_no_other_key_has_one() -> None:
     layout = OutputLayout("rfm")
-    name = FlushName("shardId-000000000007", Position("100", 3), Position(str(10**55), 0), "0f3a9c2b7d1e4a56")
+    # a sequence number longer than the padding (57 digits) is written as it is, and read back as well
+    name = FlushName("shardId-000000000007", Position("100", 3), Position(str(10**56), 0), "0f3a9c2b7d1e4a56")
     for output in ("events", "customer_aggregates", "errors"):
         key = layout.data_key(output, date(2026, 11, 29), name)
         assert key.startswith(layout.partition_prefix(output, 20261129))
