@@ -115,9 +115,8 @@ class CommittedOutputs:
     bytes: Counter[str]  # output -> bytes of the committed files
     uncommitted: dict[str, list[str]]  # output -> data keys on S3 that no commit names
     commit_keys: list[str]
-    missing: dict[
-        str, list[str]
-    ]  # output -> committed data keys S3 does not have (deleted after their commit)
+    # output -> committed data keys S3 does not have (deleted after their commit)
+    missing: dict[str, list[str]]
 
     def present(self, output: str) -> list[str]:
         """The committed files of ``output`` that S3 has."""
