@@ -233,9 +233,8 @@ def _check_spend_fit(params: dict[str, float], spends: npt.NDArray[np.float64]) 
 
 #: BG/NBD's dropout probabilities follow Beta(a, b); from this a + b on, their standard deviation between buyers is
 #: under 1.6 points of probability (sqrt(p(1 - p) / (a + b + 1)), p(1 - p) <= 1/4): the fit found no spread and ran
-#: off along the line
-#: a/(a + b) = mean, so every buyer is given one dropout probability. Still a model (the limit is a fixed p), but
-#: one an analyst should know P(alive) and CLV rest on.
+#: off along the line a/(a + b) = mean, so every buyer is given one dropout probability. Still a model (the limit
+#: is a fixed p), but one an analyst should know P(alive) and CLV rest on.
 _DROPOUT_SPREAD_LOST: Final = 1_000.0
 
 
