@@ -263,23 +263,24 @@ class ShardCover:
 
 
 @dataclass(frozen=True, slots=True)
-class CurrentRowsPointer:
-    """``_control/current_rows/latest.json``: each customer's current customer_aggregates row as of the commits
-    ``shards`` covers, kept by `score` so that a run reads only the commits made since the last one, not the whole
-    history of the prefix. A cache: readers verify it and, when it does not hold, read everything."""
+class KeptReadPointer:
+    """``_control/<kind>/latest.json``: a reader's result as of the commits ``shards`` covers (each customer's
+    current row for `score`, the commit records for the other readers), kept so that a run reads only the commits
+    made since the last one, not the whole history of the prefix. A cache: readers verify it and, when it does not
+    hold, read everything (``clickstream.kept_reads``)."""
 
     data_key: str
     shards: dict[str, ShardCover]
     rows: int
     written_at: datetime
-    rule: str  # a digest of the query that chose the current rows: rows chosen by another rule do not hold
+    rule: str  # names how the result was made: one made by another rule (another version's) does not hold
 
     def to_json(self) -> bytes:
         return _dump(self)
 
     @classmethod
-    def from_json(cls, body: bytes | str) -> CurrentRowsPointer:
-        d = _load(body, "current rows pointer")
+    def from_json(cls, body: bytes | str) -> KeptReadPointer:
+        d = _load(body, "kept read pointer")
         try:
             return cls(
                 data_key=str(d["data_key"]),
@@ -296,7 +297,7 @@ class CurrentRowsPointer:
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             if isinstance(error, ControlRecordError):
                 raise
-            raise ControlRecordError(f"current rows pointer: {error!r}") from error
+            raise ControlRecordError(f"kept read pointer: {error!r}") from error
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,8 @@
     <prefix>/_control/snapshots/<shard>/latest.json                        pointer to the newest state snapshot
     <prefix>/_control/snapshots/<shard>/<position>-<write>/<table>.parquet snapshot tables (one writer's)
     <prefix>/_control/manifests/<output>-<yyyymmdd|all>.manifest            COPY manifests of committed files
+    <prefix>/_control/current_rows/latest.json (and the file it names)      score's input, kept between its runs
+    <prefix>/_control/commit_ledger/latest.json (and the file it names)     the commit records, kept for readers
     <prefix>/replays/<name>/customer_aggregates/...                        backfills (never the live outputs)
     <prefix>/clv/as_of_yyyymmdd=20261129/run=<run id>/part-00000.parquet   CLV scores and RFM segments of one run
     <prefix>/clv/as_of_yyyymmdd=20261129/run=<run id>/_model.json          that run's model parameters, diagnostics
@@ -35,6 +37,8 @@ from schemas.positions import SEQUENCE_DIGITS, Position
 #: The data outputs, in the order a flush writes them.
 DATA_OUTPUTS: Final = ("events", "customer_aggregates", "errors")
 Output = Literal["events", "customer_aggregates", "errors"]
+#: The readers' results kept between runs under ``_control/`` (``clickstream.kept_reads``).
+KeptKind = Literal["current_rows", "commit_ledger"]
 
 #: The Hive partition column of every data output: the UTC day the flush's first record arrived, as yyyymmdd.
 PARTITION_COLUMN: Final = "arrival_yyyymmdd"
@@ -202,17 +206,17 @@ class OutputLayout:
     def clv_latest_key(self) -> str:
         return f"{self.clv_commits_prefix}latest.json"
 
-    @property
-    def current_rows_prefix(self) -> str:
-        """`score`'s cache of each customer's current row (``schemas.control.CurrentRowsPointer``)."""
-        return f"{self.control_prefix}current_rows/"
+    def kept_prefix(self, kind: KeptKind) -> str:
+        """A reader's result kept between its runs (``clickstream.kept_reads``): ``current_rows`` (`score`'s
+        input) or ``commit_ledger`` (the commit records the other readers take)."""
+        return f"{self.control_prefix}{kind}/"
 
-    @property
-    def current_rows_pointer_key(self) -> str:
-        return f"{self.current_rows_prefix}latest.json"
+    def kept_pointer_key(self, kind: KeptKind) -> str:
+        """The pointer to the kept file (``schemas.control.KeptReadPointer``)."""
+        return f"{self.kept_prefix(kind)}latest.json"
 
-    def current_rows_data_key(self, write_id: str) -> str:
-        return f"{self.current_rows_prefix}{write_id}.parquet"
+    def kept_data_key(self, kind: KeptKind, write_id: str, suffix: str) -> str:
+        return f"{self.kept_prefix(kind)}{write_id}{suffix}"
 
     def snapshots_prefix(self, shard_id: str) -> str:
         """Everything of the shard's snapshots: its pointer and every writer's tables."""

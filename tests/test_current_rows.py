@@ -14,11 +14,12 @@ import pytest
 from botocore.exceptions import ClientError
 
 from aggregators.customer_state import CustomerState
+from clickstream import kept_reads
 from clickstream.current_rows import CurrentRows, read_committed_rows
 from consumer.s3_sink import FlushAttempt, S3ParquetSink
 from consumer.state_recovery import state_options
 from runtime.settings import Settings
-from schemas.control import CurrentRowsPointer
+from schemas.control import KeptReadPointer
 from schemas.layout import FlushName, OutputLayout
 from schemas.positions import Position, chain_position
 from tests.moto_support import moto_bucket
@@ -104,7 +105,7 @@ class WithoutKeptRows(ReadOnly):
     """A read-only client that finds no kept rows: a read of the whole history."""
 
     def get_object(self, **kwargs: Any) -> Any:
-        if kwargs["Key"] == LAYOUT.current_rows_pointer_key:
+        if kwargs["Key"] == LAYOUT.kept_pointer_key("current_rows"):
             raise self.client.exceptions.NoSuchKey({"Error": {"Code": "NoSuchKey"}}, "GetObject")
         return self.client.get_object(**kwargs)
 
@@ -118,9 +119,9 @@ def sorted_rows(rows: CurrentRows) -> list[dict[str, Any]]:
     return sorted(rows.table.to_pylist(), key=lambda row: row["customer_id"])
 
 
-def pointer(s3: Any) -> CurrentRowsPointer:
-    return CurrentRowsPointer.from_json(
-        s3.get_object(Bucket=BUCKET, Key=LAYOUT.current_rows_pointer_key)["Body"].read()
+def pointer(s3: Any) -> KeptReadPointer:
+    return KeptReadPointer.from_json(
+        s3.get_object(Bucket=BUCKET, Key=LAYOUT.kept_pointer_key("current_rows"))["Body"].read()
     )
 
 
@@ -150,9 +151,10 @@ def test_a_run_reads_only_the_commits_since_the_last_and_gets_the_rows_of_a_full
     assert set(moved.shards) == set(SHARDS) and moved.shards[SHARDS[1]] == kept.shards[SHARDS[1]]
     assert moved.shards[SHARDS[0]].last > kept.shards[SHARDS[0]].last
     kept_files = [
-        obj["Key"] for obj in s3.list_objects_v2(Bucket=BUCKET, Prefix=LAYOUT.current_rows_prefix)["Contents"]
+        obj["Key"]
+        for obj in s3.list_objects_v2(Bucket=BUCKET, Prefix=LAYOUT.kept_prefix("current_rows"))["Contents"]
     ]
-    assert sorted(kept_files) == sorted([moved.data_key, LAYOUT.current_rows_pointer_key]), (
+    assert sorted(kept_files) == sorted([moved.data_key, LAYOUT.kept_pointer_key("current_rows")]), (
         "the replaced file goes"
     )
 
@@ -189,7 +191,7 @@ def test_kept_rows_of_a_prefix_emptied_and_written_again_are_ignored(s3: Any, tm
     Worker(s3, settings).flush(SHARDS[0], purchases(range(5), 1, "a"))
     read(s3, settings, tmp_path / "1")
     for obj in s3.list_objects_v2(Bucket=BUCKET, Prefix="rfm/")["Contents"]:
-        if not obj["Key"].startswith(LAYOUT.current_rows_prefix):
+        if not obj["Key"].startswith(LAYOUT.kept_prefix("current_rows")):
             s3.delete_object(Bucket=BUCKET, Key=obj["Key"])
     again = Worker(s3, settings)  # a new stream: its shard ids and first keys repeat
     again.flush(SHARDS[0], purchases(range(3), 2, "z"))
@@ -212,7 +214,7 @@ def test_a_run_that_may_not_write_still_reads_and_one_that_lost_the_race_drops_i
     with caplog.at_level(logging.WARNING):
         rows = read(ReadOnly(s3), settings, tmp_path / "ro")
     assert rows.table.num_rows == 6 and "could not be kept" in caplog.text
-    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=LAYOUT.current_rows_prefix)
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=LAYOUT.kept_prefix("current_rows"))
 
     read(s3, settings, tmp_path / "1")
     worker.flush(SHARDS[0], purchases(range(6, 9), 2, "a"))
@@ -229,7 +231,7 @@ def test_a_run_that_may_not_write_still_reads_and_one_that_lost_the_race_drops_i
                 return method
 
             def put(**kwargs: Any) -> Any:
-                if kwargs["Key"] == LAYOUT.current_rows_pointer_key:
+                if kwargs["Key"] == LAYOUT.kept_pointer_key("current_rows"):
                     read(self.client, settings, tmp_path / "other")
                 return method(**kwargs)
 
@@ -239,9 +241,10 @@ def test_a_run_that_may_not_write_still_reads_and_one_that_lost_the_race_drops_i
     assert raced.table.num_rows == 9
     winner = pointer(s3)
     listed = [
-        obj["Key"] for obj in s3.list_objects_v2(Bucket=BUCKET, Prefix=LAYOUT.current_rows_prefix)["Contents"]
+        obj["Key"]
+        for obj in s3.list_objects_v2(Bucket=BUCKET, Prefix=LAYOUT.kept_prefix("current_rows"))["Contents"]
     ]
-    assert sorted(listed) == sorted([winner.data_key, LAYOUT.current_rows_pointer_key])
+    assert sorted(listed) == sorted([winner.data_key, LAYOUT.kept_pointer_key("current_rows")])
 
 
 def test_the_files_of_runs_that_died_before_their_pointer_are_deleted_once_old(
@@ -249,26 +252,27 @@ def test_the_files_of_runs_that_died_before_their_pointer_are_deleted_once_old(
 ) -> None:
     """A run killed between its file and its pointer left the file for good; a young one may be a concurrent
     run's, about to be named, and stays."""
-    import clickstream.current_rows as current_rows
 
     settings = Settings(bucket=BUCKET, prefix="rfm")
     worker = Worker(s3, settings)
     worker.flush(SHARDS[0], purchases(range(6), 1, "a"))
-    dead = LAYOUT.current_rows_data_key("deadrun")
+    dead = LAYOUT.kept_data_key("current_rows", "deadrun", ".parquet")
     s3.put_object(Bucket=BUCKET, Key=dead, Body=b"a file")
 
     def listed() -> set[str]:
         return {
             obj["Key"]
-            for obj in s3.list_objects_v2(Bucket=BUCKET, Prefix=LAYOUT.current_rows_prefix)["Contents"]
+            for obj in s3.list_objects_v2(Bucket=BUCKET, Prefix=LAYOUT.kept_prefix("current_rows"))[
+                "Contents"
+            ]
         }
 
     read(s3, settings, tmp_path / "1")
     assert dead in listed(), "young: maybe a concurrent run's"
     worker.flush(SHARDS[0], purchases(range(2), 2, "a"))
-    monkeypatch.setattr(current_rows, "LEFTOVER_SECONDS", -1)
+    monkeypatch.setattr(kept_reads, "LEFTOVER_SECONDS", -1)
     read(s3, settings, tmp_path / "2")
-    assert listed() == {pointer(s3).data_key, LAYOUT.current_rows_pointer_key}
+    assert listed() == {pointer(s3).data_key, LAYOUT.kept_pointer_key("current_rows")}
 
 
 def test_kept_rows_that_do_not_read_or_may_not_be_read_are_ignored(
@@ -294,12 +298,12 @@ def test_kept_rows_that_do_not_read_or_may_not_be_read_are_ignored(
     s3.put_object(Bucket=BUCKET, Key=pointer(s3).data_key, Body=bytes(body))
     assert read(s3, settings, tmp_path / "4").fingerprint == whole.fingerprint
     # a pointer that is not text at all (a foreign object)
-    s3.put_object(Bucket=BUCKET, Key=LAYOUT.current_rows_pointer_key, Body=b'{"a": "\xff"}')
+    s3.put_object(Bucket=BUCKET, Key=LAYOUT.kept_pointer_key("current_rows"), Body=b'{"a": "\xff"}')
     assert read(s3, settings, tmp_path / "5").kept_rows is None
 
     class PointerDenied(ReadOnly):
         def get_object(self, **kwargs: Any) -> Any:
-            if kwargs["Key"] == LAYOUT.current_rows_pointer_key:
+            if kwargs["Key"] == LAYOUT.kept_pointer_key("current_rows"):
                 raise ClientError({"Error": {"Code": "AccessDenied", "Message": "no"}}, "GetObject")
             return self.client.get_object(**kwargs)
 
