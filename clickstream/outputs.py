@@ -19,10 +19,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from botocore.exceptions import ClientError
 
+from clickstream.commit_ledger import read_all_commits
 from clickstream.console import progress_of
 from clickstream.errors import USAGE, FrontDoorError
 from clickstream.options import show_progress
-from consumer.s3_sink import commit_record_at, is_missing, missing_object, prefix_in_use, read_commit_records
+from consumer.s3_sink import commit_record_at, is_missing, missing_object, prefix_in_use
 from runtime.settings import Settings
 from schemas.control import CommitRecord
 from schemas.layout import DATA_OUTPUTS, OutputLayout
@@ -137,12 +138,11 @@ class CommittedOutputs:
 
 
 def commit_records(s3: Any, settings: Settings, *, progress: bool | None = None) -> list[CommitRecord]:
-    """Every commit record of the prefix (the manifest of committed data), with progress shown: a bar on a terminal
-    (or as ``progress`` says), else a log line every 30 s; a long-lived prefix holds millions."""
+    """Every commit record of the prefix (the manifest of committed data): those kept by the last reader and the
+    ones made since (``clickstream.commit_ledger``), with progress shown: a bar on a terminal (or as ``progress``
+    says), else a log line every 30 s."""
     with progress_of("reading commit records", "commit", bar=show_progress(progress)) as report:
-        return read_commit_records(
-            s3, settings.bucket, OutputLayout(settings.prefix), max_workers=MAX_WORKERS, progress=report
-        )
+        return read_all_commits(s3, settings, max_workers=MAX_WORKERS, progress=report)
 
 
 def committed_outputs(s3: Any, settings: Settings) -> CommittedOutputs:

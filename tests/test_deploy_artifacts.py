@@ -420,6 +420,8 @@ ROLE_OF_MODULE = {
     "clickstream/summary.py": "worker",
     "clickstream/score.py": "worker",
     "clickstream/current_rows.py": "worker",
+    "clickstream/kept_reads.py": "worker",
+    "clickstream/commit_ledger.py": "worker",
     "clickstream/html_report.py": "worker",
     "clickstream/resources.py": "setup",
     "producer/": "producer",

@@ -1,0 +1,153 @@
+"""The readers' commit records, read incrementally: the kept records plus the commits since equal a read of every
+commit record, and a run reads only the commits made since."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from clickstream.commit_ledger import read_all_commits
+from consumer.s3_sink import read_commit_records
+from runtime.settings import Settings
+from schemas.control import CommitRecord, KeptReadPointer
+from schemas.layout import OutputLayout
+from tests.moto_support import moto_bucket
+from tests.test_current_rows import ReadOnly, Worker, purchases
+
+BUCKET = "ledger"
+LAYOUT = OutputLayout("rfm")
+SHARDS = ("shardId-000000000000", "shardId-000000000001", "shardId-000000000002")
+POINTER = LAYOUT.kept_pointer_key("commit_ledger")
+
+
+@pytest.fixture
+def s3() -> Iterator[Any]:
+    with moto_bucket(BUCKET) as client:
+        yield client
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(bucket=BUCKET, prefix="rfm")
+
+
+class CountingReads:
+    """An S3 client that records the keys read with GetObject."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.read: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def get_object(self, **kwargs: Any) -> Any:
+        self.read.append(kwargs["Key"])
+        return self.client.get_object(**kwargs)
+
+
+def everything(s3: Any) -> list[CommitRecord]:
+    """A read of every commit record, one by one: what the kept records must reproduce."""
+    return read_commit_records(s3, BUCKET, LAYOUT)
+
+
+def commits_read(client: CountingReads) -> list[str]:
+    return [key for key in client.read if key.startswith(LAYOUT.all_commits_prefix)]
+
+
+def pointer(s3: Any) -> KeptReadPointer:
+    return KeptReadPointer.from_json(s3.get_object(Bucket=BUCKET, Key=POINTER)["Body"].read())
+
+
+def test_a_read_takes_the_kept_records_and_only_the_commits_since(s3: Any, settings: Settings) -> None:
+    worker = Worker(s3, settings)
+    for day, shard in enumerate([SHARDS[0], SHARDS[1], SHARDS[0]], start=1):
+        worker.flush(shard, purchases(range(4), day, shard[-1]))
+
+    first = CountingReads(s3)
+    assert read_all_commits(first, settings, max_workers=4) == everything(s3)
+    assert len(commits_read(first)) == 3, "nothing kept yet: every commit"
+    assert pointer(s3).rows == 3
+
+    covers = {cover.commit_key for cover in pointer(s3).shards.values()}
+    # new commits on a known shard, and a shard that appears (a reshard's child)
+    worker.flush(SHARDS[0], purchases(range(2), 4, "a"))
+    worker.flush(SHARDS[2], purchases(range(3), 4, "c"))
+    second = CountingReads(s3)
+    assert read_all_commits(second, settings, max_workers=4) == everything(s3)
+    new = {LAYOUT.commit_key(name.shard_id, previous) for name, previous in worker.flushed[3:]}
+    # the covered commits are checked (one each), the new ones read; none of the others
+    assert set(commits_read(second)) == new | covers
+    assert pointer(s3).rows == 5
+
+    third = CountingReads(s3)
+    tag = s3.head_object(Bucket=BUCKET, Key=POINTER)["ETag"]
+    assert read_all_commits(third, settings, max_workers=4) == everything(s3)
+    assert s3.head_object(Bucket=BUCKET, Key=POINTER)["ETag"] == tag, "nothing new: nothing kept again"
+    kept_files = [
+        obj["Key"]
+        for obj in s3.list_objects_v2(Bucket=BUCKET, Prefix=LAYOUT.kept_prefix("commit_ledger"))["Contents"]
+    ]
+    assert sorted(kept_files) == sorted([POINTER, pointer(s3).data_key]), "the replaced file is deleted"
+
+
+def test_a_prefix_written_again_is_read_again_whole(s3: Any, settings: Settings) -> None:
+    """Its first commit is start.json again, by another attempt: the kept records are another chain's."""
+    worker = Worker(s3, settings)
+    worker.flush(SHARDS[0], purchases(range(4), 1, "a"))
+    read_all_commits(s3, settings, max_workers=4)
+    for key in [
+        obj["Key"] for obj in s3.list_objects_v2(Bucket=BUCKET, Prefix=LAYOUT.all_commits_prefix)["Contents"]
+    ]:
+        s3.delete_object(Bucket=BUCKET, Key=key)
+    again = Worker(s3, settings)
+    again.flushes = 100  # other attempt ids
+    again.flush(SHARDS[0], purchases(range(2), 2, "b"))
+    assert read_all_commits(s3, settings, max_workers=4) == everything(s3)
+    assert [record.attempt_id for record in everything(s3)] == ["attempt101"]
+
+
+@pytest.mark.parametrize("damage", ["not gzip", "not records", "another rule"])
+def test_kept_records_that_do_not_hold_are_ignored_and_replaced(
+    s3: Any, settings: Settings, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    worker = Worker(s3, settings)
+    worker.flush(SHARDS[0], purchases(range(4), 1, "a"))
+    read_all_commits(s3, settings, max_workers=4)
+    kept = pointer(s3)
+    if damage == "another rule":
+        s3.put_object(
+            Bucket=BUCKET,
+            Key=POINTER,
+            Body=KeptReadPointer(
+                kept.data_key, kept.shards, kept.rows, kept.written_at, "older-rule"
+            ).to_json(),
+        )
+    else:
+        body = b"\x00 damaged" if damage == "not gzip" else gzip.compress(b'{"format": 2}\n')
+        s3.put_object(Bucket=BUCKET, Key=kept.data_key, Body=body)
+    worker.flush(SHARDS[1], purchases(range(3), 2, "b"))
+    with caplog.at_level(logging.WARNING):
+        assert read_all_commits(s3, settings, max_workers=4) == everything(s3)
+    assert "the kept commit records do not hold" in caplog.text
+    assert pointer(s3).rows == 2 and pointer(s3).data_key != kept.data_key, "replaced by a whole read"
+
+
+def test_a_reader_that_may_not_write_reads_everything_and_warns(
+    s3: Any, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    worker = Worker(s3, settings)
+    worker.flush(SHARDS[0], purchases(range(4), 1, "a"))
+    with caplog.at_level(logging.WARNING):
+        assert read_all_commits(ReadOnly(s3), settings, max_workers=4) == everything(s3)
+    assert "the kept commit records could not be kept for the next run" in caplog.text
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=LAYOUT.kept_prefix("commit_ledger"))
+
+
+def test_no_commit_keeps_nothing(s3: Any, settings: Settings) -> None:
+    assert read_all_commits(s3, settings, max_workers=4) == []
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=LAYOUT.control_prefix)
