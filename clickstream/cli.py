@@ -696,9 +696,14 @@ def manifest(output: str, arrival_day: int | None, upload: bool, **overrides: An
         click.echo(json.dumps(document, indent=1))
     if document["entries"]:
         say(f"{len(document['entries']):,} committed {output} files")
-    else:  # a day not over yet, a mistyped day, or a quiet one: a COPY of it loads nothing
-        where = f"of arrival day {arrival_day}" if arrival_day is not None else "at all"
-        say(f"no committed {output} files {where}: the manifest is empty", logging.WARNING)
+    elif arrival_day is None:  # a COPY of it loads nothing
+        say(f"no committed {output} files at all: the manifest is empty", logging.WARNING)
+    else:  # a day not over yet, a mistyped or quiet one; one whose files were all deleted looks the same here
+        say(
+            f"no committed {output} files of arrival day {arrival_day}: the manifest is empty (if that day's "
+            "files were deleted, by a lifecycle rule say, a manifest without --arrival-day names them)",
+            logging.WARNING,
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------- health

@@ -454,15 +454,16 @@ def read_partition_commits(
     """The commit records of one arrival day of ``output`` (sorted as ``read_commit_records`` sorts them), read
     without reading the prefix's history: ``committed_files`` of these, kept to the day, is that of every commit
     record, and a committed file of the day S3 no longer has is among them (a caller checks them against a listing)
-    unless every file of its shard's day is gone.
+    unless every file of its shard's day is gone, or its flush lies beyond a flush of another day (arrival times of
+    a shard's records are not documented to rise with their positions).
 
     The day's partitions of every output are listed, then each of their shards' commit names (a listing of the
     shard's whole chain, 1,000 names a request; no reads). The commit each listed file's flush continued from is the
     greatest chain position below the file's first record (each flush continues from the end of the one before, so
     no other commit lies between). Every commit from the shard's first such commit to its last is read, and beyond
-    them, one by one, each neighbour that still names a file of the day: a shard's flushes of one day are one run of
-    its chain, so a flush of the day whose files are all gone is found too. A file of a writer that lost its commit
-    leads to a commit that names another attempt's file: no data, as in a full read.
+    them, one by one, each neighbour up to one that names files of another day only: a shard's flushes of one day
+    are one run of its chain, so a flush of the day whose files are all gone is found too. A file of a writer that
+    lost its commit leads to a commit that names another attempt's file: no data, as in a full read.
     """
     firsts: dict[str, list[Position]] = {}
     # every output's files: a flush whose file of ``output`` is gone still leads to its commit
@@ -475,12 +476,14 @@ def read_partition_commits(
                 if (name := layout.flush_name_of(obj["Key"])) is not None:
                     firsts.setdefault(name.shard_id, []).append(name.first)
 
-    def of_the_day(record: CommitRecord) -> bool:
-        return any(layout.arrival_day_of(key) == arrival_day for key in record.file_bytes)
+    def another_day(record: CommitRecord) -> bool:
+        """Whether a commit names files of other days only (one that names none, a flush of duplicates only, is
+        passed over: it ends no run)."""
+        days = {layout.arrival_day_of(key) for key in record.file_bytes}
+        return bool(days) and arrival_day not in days
 
-    runs: list[
-        tuple[list[str], int, int]
-    ] = []  # each shard's chain (commit keys in order) and the day's run in it
+    # each shard's chain (commit keys in order) and the day's run in it
+    runs: list[tuple[list[str], int, int]] = []
     for shard_id, positions in firsts.items():
         links = sorted(
             (_chain_order(_commit_previous(layout, key)), key)
@@ -497,7 +500,7 @@ def read_partition_commits(
             at = beyond
             while 0 <= at < len(chain):
                 (neighbour,) = _fetch_commits(s3, bucket, [chain[at]], 1, None)
-                if not of_the_day(neighbour):
+                if another_day(neighbour):
                     break
                 records.append(neighbour)
                 at += step

@@ -31,14 +31,24 @@ def s3() -> Iterator[Any]:
         yield client
 
 
-def flush(worker: Worker, shard: str, day: int, *, bad: bool = False) -> None:
-    """Three customers' page views (and a record that is no JSON where ``bad``) that arrived on ``day``."""
-    documents: list[dict[str, Any] | bytes] = [
-        event(f"c-{shard[-1]}{number:02d}", "page_view", "2026-05-30T10:00:00Z") for number in range(3)
-    ]
-    if bad:
-        documents.append(b"{not json")
+def flush(
+    worker: Worker,
+    shard: str,
+    day: int,
+    *,
+    bad: bool = False,
+    documents: list[dict[str, Any] | bytes] | None = None,
+) -> list[dict[str, Any] | bytes]:
+    """Three customers' page views (and a record that is no JSON where ``bad``), or ``documents``, that arrived on
+    ``day``; returns the documents."""
+    if documents is None:
+        documents = [
+            event(f"c-{shard[-1]}{number:02d}", "page_view", "2026-05-30T10:00:00Z") for number in range(3)
+        ]
+        if bad:
+            documents.append(b"{not json")
     worker.flush(shard, documents, datetime.strptime(str(day), "%Y%m%d").replace(hour=12, tzinfo=UTC))
+    return documents
 
 
 class CountingReads:
@@ -160,3 +170,27 @@ def test_a_days_manifest_refuses_a_committed_flush_of_the_day_whose_files_are_al
         refused.value
     )
     assert copy_manifest(s3, settings, "events", DAYS[0])["entries"], "another day is whole"
+
+
+def test_a_days_manifest_walks_past_a_flush_of_duplicates_only(s3: Any) -> None:
+    """A flush whose records were all applied before writes no file: its commit names none. The walk stopped there
+    and missed a gone flush of the day beyond it (a review)."""
+    settings = Settings(bucket=BUCKET, prefix="rfm")
+    worker = Worker(s3, settings)
+    flush(worker, SHARDS[0], DAYS[0])
+    again = flush(worker, SHARDS[0], DAYS[1])
+    flush(worker, SHARDS[0], DAYS[1], documents=again)  # the same events again
+    flush(worker, SHARDS[0], DAYS[1])
+    flush(worker, SHARDS[0], DAYS[2])
+    (_, previous), (gone, _) = worker.flushed[2], worker.flushed[3]
+    commit = s3.get_object(Bucket=BUCKET, Key=LAYOUT.commit_key(SHARDS[0], previous))["Body"].read()
+    assert '"files": {}' in commit.decode(), "the premise: a commit that names no file"
+    deleted = [
+        LAYOUT.data_key(output, datetime(2026, 6, 2).date(), gone)
+        for output in ("events", "customer_aggregates")
+    ]
+    for key in deleted:
+        s3.delete_object(Bucket=BUCKET, Key=key)
+    with pytest.raises(FrontDoorError) as refused:
+        copy_manifest(s3, settings, "events", DAYS[1])
+    assert deleted[0] in str(refused.value)
