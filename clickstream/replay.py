@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time
 from pathlib import Path
@@ -138,20 +140,45 @@ def run_replay(
     """Apply every planned file through the core into an empty state; write each customer's final row.
 
     Progress counts archived events (files differ a hundredfold in size): a bar on a terminal, else a log line
-    every ``progress_log_seconds``."""
+    every ``progress_log_seconds``. A stop (Ctrl-C, or SIGTERM turned into one) raises ``KeyboardInterrupt``, or
+    ``ReplayInterrupted`` once the output is being written; the scratch state is removed either way."""
+    writing: list[bool] = []  # not empty once the output is being written
+    try:
+        return _replay(
+            s3, settings, plan, work_dir, writing, progress, batch_events, progress_log_seconds, clock
+        )
+    except (KeyboardInterrupt, RuntimeError) as error:
+        if isinstance(error, RuntimeError) and not query_interrupted(error):
+            raise
+        if writing:  # stopped once the output was being written: it may or may not be there
+            raise ReplayInterrupted(maybe_written=plan.output_key) from None
+        raise KeyboardInterrupt from None
+
+
+def _replay(  # noqa: PLR0917 - one private call site
+    s3: Any,
+    settings: Settings,
+    plan: ReplayPlan,
+    work_dir: Path,
+    writing: list[bool],
+    progress: bool,
+    batch_events: int,
+    progress_log_seconds: float,
+    clock: Callable[[], float],
+) -> ReplayResult:
     sink = S3ParquetSink(s3, settings)
     _check_writable(sink, plan)
     work_dir.mkdir(parents=True, exist_ok=True)
     database = work_dir / f"replay-{plan.name}.duckdb"
     database.unlink(missing_ok=True)  # always from empty state: a re-run gives the same result
-    state = CustomerState("replay", database, options=state_options(settings))  # the worker's dedupe window
+    state: CustomerState | None = None
     read = applied = batches = 0
     pending: list[pa.Table] = []  # one shard's files: the core orders a batch by position, which is per shard
     pending_shard: str | None = None
 
     def apply_pending() -> None:
         nonlocal applied, batches
-        if pending:  # one transaction per ~batch_events, not per (small, hourly) file
+        if pending and state is not None:  # one transaction per ~batch_events, not per (small, hourly) file
             batches += 1
             applied += state.apply_events(
                 pa.concat_tables(pending), Position(str(batches), 0)
@@ -160,6 +187,7 @@ def run_replay(
 
     reported_at = clock()
     try:
+        state = CustomerState("replay", database, options=state_options(settings))  # the worker's window
         with tqdm(
             total=plan.events, unit="ev", unit_scale=True, desc=f"replay {plan.name}", disable=not progress
         ) as bar:
@@ -193,21 +221,28 @@ def run_replay(
                     )
             apply_pending()
         rows = state.snapshot_rows()
-        try:
-            sink.put_parquet(plan.output_key, rows, kind="customer_aggregates")
-        except KeyboardInterrupt:
-            raise ReplayInterrupted(maybe_written=plan.output_key) from None
+        writing.append(True)
+        sink.put_parquet(plan.output_key, rows, kind="customer_aggregates")
         return ReplayResult(
             events_read=read, events_applied=applied, customers=rows.num_rows, output_key=plan.output_key
         )
-    except RuntimeError as error:
-        if query_interrupted(error):  # Ctrl-C or SIGTERM while DuckDB ran a statement: as anywhere else
-            raise KeyboardInterrupt from error
-        raise
     finally:
-        state.close(sync=False)  # its file is deleted next: nothing to write into it (slow on Ctrl-C)
-        database.unlink(missing_ok=True)
-        database.with_name(f"{database.name}.wal").unlink(missing_ok=True)
+        with _stops_held():  # the scratch state goes whatever stops the run, a second stop included
+            if state is not None:
+                state.close(sync=False)  # its file is deleted next: nothing to write into it (slow on Ctrl-C)
+            database.unlink(missing_ok=True)
+            database.with_name(f"{database.name}.wal").unlink(missing_ok=True)
+
+
+@contextmanager
+def _stops_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the block has run (they are acted on as it ends)."""
+    stops = {signal.SIGINT, signal.SIGTERM}
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def _check_writable(sink: S3ParquetSink, plan: ReplayPlan) -> None:

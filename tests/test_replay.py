@@ -293,6 +293,30 @@ def test_a_replay_stopped_while_duckdb_runs_a_statement_exits_143(
     assert list((tmp_path / "replay").iterdir()) == [], "its scratch state is removed"
 
 
+def test_a_stop_while_the_scratch_state_closes_after_the_output_is_written_says_so(
+    s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop that came after the output was written said "nothing written" and left the scratch database: the
+    clean-up now holds stops until it is done, and a stop once the output is being written says it may be there."""
+    import os
+    import signal
+
+    _archive(s3)
+    close = CustomerState.close
+
+    def terminated_while_closing(self: CustomerState, *args: Any, **kwargs: Any) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        close(self, *args, **kwargs)
+
+    monkeypatch.setattr(CustomerState, "close", terminated_while_closing)
+    result = _replay("--from", "2026-03-01", "--to", "2026-03-03", "--state-dir", str(tmp_path))
+    assert result.exit_code == 143, result.output
+    assert "replay interrupted (SIGTERM) while writing" in result.output
+    assert "may or may not be there" in result.output
+    assert len(_replays(s3)) == 1, "it was written"
+    assert list((tmp_path / "replay").iterdir()) == [], "its scratch state is removed"
+
+
 def test_a_committed_file_gone_from_the_archive_is_named_as_missing(s3: Any, tmp_path: Path) -> None:
     """It said only the object's URL."""
     _archive(s3)
