@@ -236,13 +236,23 @@ def _replay(  # noqa: PLR0917 - one private call site
 
 @contextmanager
 def _stops_held() -> Iterator[None]:
-    """Ctrl-C and SIGTERM wait until the block has run (they are acted on as it ends)."""
-    stops = {signal.SIGINT, signal.SIGTERM}
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    """Ctrl-C and SIGTERM wait until the block has run: a stop that comes meanwhile is only noted, then sent again
+    to this process once the handlers are back, which act on it as they would have. (Blocking the signals would not
+    do: the kernel may hand a process's signal to any of its threads.)"""
+    stops = (signal.SIGINT, signal.SIGTERM)
+    noted: list[int] = []
+    try:
+        previous = {stop: signal.signal(stop, lambda signum, _frame: noted.append(signum)) for stop in stops}
+    except ValueError:  # not the main thread, where handlers run: nothing to hold
+        yield
+        return
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        for stop, handler in previous.items():
+            signal.signal(stop, handler)
+        if noted:
+            signal.raise_signal(noted[0])
 
 
 def _check_writable(sink: S3ParquetSink, plan: ReplayPlan) -> None:
