@@ -10,15 +10,17 @@ The kept file holds the records as their objects do (``CommitRecord.to_json``), 
 from __future__ import annotations
 
 import gzip
+import io
 import zlib
 from collections.abc import Callable
 from typing import Any, Final
 
-from clickstream.kept_reads import KeptRead
+from clickstream.kept_reads import Found, KeptRead
 from consumer.s3_sink import S3ParquetSink, read_commits_since
 from runtime.settings import Settings
 from schemas.control import CONTROL_FORMAT, CommitRecord, ControlRecordError
 from schemas.layout import OutputLayout
+from schemas.positions import Position
 
 #: How the kept file is made: a file of another format (or of another version's records) does not hold.
 _RULE: Final = f"commit-records-jsonl-gzip-format-{CONTROL_FORMAT}"
@@ -50,22 +52,47 @@ def read_all_commits(
     )
     records = sorted([*kept, *since], key=lambda record: (record.shard_id, record.first.sort_key()))
     if since:  # new commits (all of them, on a first read): worth keeping
+        chained = _chained(records)
 
         def write(sink: S3ParquetSink, key: str) -> None:
-            sink.put_bytes(key, _dump(records), "gzip")
+            sink.put_bytes(key, _dump(chained), "gzip")
 
-        kept_read.keep(write, _SUFFIX, kept_read.covered_after(found, since), len(records), found)
+        kept_read.keep(write, _SUFFIX, kept_read.covered_after(Found(), chained), len(chained), found)
     return records
 
 
+def _chained(records: list[CommitRecord]) -> list[CommitRecord]:
+    """Each shard's records from its chain's start up to the first gap: what may be kept. A commit can be missing
+    from a read (one made while a listing went past its key: keys of a sequence number sort by the text of their
+    sub-sequence number), and later reads list from the covered position on, so a gap kept would be kept for good."""
+    chained = []
+    ends: dict[str, Position | None] = {}  # each shard's last position kept so far (None: its chain's start)
+    broken: set[str] = set()
+    for record in records:  # sorted by shard and position
+        shard = record.shard_id
+        if shard in broken:
+            continue
+        if record.previous != ends.get(shard):
+            broken.add(shard)
+            continue
+        chained.append(record)
+        ends[shard] = record.last
+    return chained
+
+
 def _dump(records: list[CommitRecord]) -> bytes:
-    return gzip.compress(b"".join(record.to_json() + b"\n" for record in records), compresslevel=6)
+    """The records, one JSON a line, gzip-compressed, without the whole text in memory."""
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=6) as lines:
+        for record in records:
+            lines.write(record.to_json() + b"\n")
+    return buffer.getvalue()
 
 
 def _load(body: bytes) -> list[CommitRecord]:
-    """The kept records (raises ``ControlRecordError`` on a damaged file: it then does not hold)."""
+    """The kept records, line by line (raises ``ControlRecordError`` on a damaged file: it then does not hold)."""
     try:
-        text = gzip.decompress(body)
+        with gzip.GzipFile(fileobj=io.BytesIO(body)) as lines:
+            return [CommitRecord.from_json(line) for line in lines if line.strip()]
     except (OSError, EOFError, zlib.error) as error:
         raise ControlRecordError(f"the kept commit records do not decompress ({error})") from None
-    return [CommitRecord.from_json(line) for line in text.splitlines() if line]

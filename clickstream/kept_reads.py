@@ -41,12 +41,11 @@ LEFTOVER_SECONDS: Final = 3600
 @dataclass(frozen=True, slots=True)
 class Found:
     """The pointer as found: its ETag (what a replacement must match; None: there is none yet), the file it names,
-    and, when they hold, the pointer and the kept file's bytes."""
+    and the pointer when the kept result holds (the finder's ``check`` took the file's bytes)."""
 
     etag: str | None = None
     data_key: str | None = None
     pointer: KeptReadPointer | None = None
-    body: bytes | None = None
 
     @property
     def covered(self) -> dict[str, Position]:
@@ -94,7 +93,7 @@ class KeptRead:
         ) as error:
             log.warning("%s do not hold (%s): reading every commit", self.what, error)
             return Found(etag)
-        return Found(etag, pointer.data_key, pointer, body)
+        return Found(etag, pointer.data_key, pointer)
 
     def _check_cover(self, pointer: KeptReadPointer) -> None:
         """The pointer is this prefix's and this rule's, and each covered commit is still the one read: at its key,
@@ -150,10 +149,13 @@ class KeptRead:
                     if_match=found.etag,
                 )
             except (ClientError, BotoCoreError) as error:
-                sink.delete_keys([data_key])
-                if lost_to_another_writer(error):
-                    return  # another run kept its result first (or is keeping it now): its is as good
-                raise
+                lost = lost_to_another_writer(error)
+                # unless the write that lost is this run's own: its answer lost, and a retry finding it done
+                if not (lost and self._names(data_key)):
+                    sink.delete_keys([data_key])
+                    if lost:
+                        return  # another run kept its result first (or is keeping it now): its is as good
+                    raise
         except (ClientError, BotoCoreError) as error:
             log.warning(
                 "%s could not be kept for the next run (%s): it will read every commit", self.what, error
@@ -165,6 +167,16 @@ class KeptRead:
             log.warning(
                 "older %s could not be deleted (%s): left behind, no run reads them", self.what, error
             )
+
+    def _names(self, data_key: str) -> bool:
+        """Whether the pointer names ``data_key`` now."""
+        try:
+            body = self.s3.get_object(
+                Bucket=self.settings.bucket, Key=self.layout.kept_pointer_key(self.kind)
+            )
+            return KeptReadPointer.from_json(body["Body"].read()).data_key == data_key
+        except (ClientError, BotoCoreError, ControlRecordError):
+            return False
 
     def _delete_leftovers(self, sink: S3ParquetSink, named: str, replaced: str | None, suffix: str) -> None:
         """The file the new pointer replaced, and files of runs that died between their file and their pointer."""

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from clickstream.commit_ledger import read_all_commits
 from consumer.s3_sink import read_commit_records
@@ -151,3 +152,74 @@ def test_a_reader_that_may_not_write_reads_everything_and_warns(
 def test_no_commit_keeps_nothing(s3: Any, settings: Settings) -> None:
     assert read_all_commits(s3, settings, max_workers=4) == []
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=LAYOUT.control_prefix)
+
+
+class HidingOneCommit:
+    """An S3 client whose listings leave out one commit key: a commit made while a listing went past its key."""
+
+    def __init__(self, client: Any, hidden: str) -> None:
+        self.client = client
+        self.hidden = hidden
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def get_paginator(self, operation: str) -> Any:
+        pages = self.client.get_paginator(operation)
+        hidden = self.hidden
+
+        class Hiding:
+            def paginate(self, **kwargs: Any) -> Iterator[dict[str, Any]]:
+                for page in pages.paginate(**kwargs):
+                    contents = [obj for obj in page.get("Contents", []) if obj["Key"] != hidden]
+                    yield {**page, "Contents": contents} if "Contents" in page else page
+
+        return Hiding()
+
+
+def test_a_commit_missed_by_one_read_is_not_missed_for_good(s3: Any, settings: Settings) -> None:
+    """A commit can be listed late (keys of one sequence number sort by the text of their sub-sequence number, so
+    one made during a listing can sort behind it). The kept records covered past it, and every later read missed it
+    (a review)."""
+    worker = Worker(s3, settings)
+    for day in (1, 2, 3, 4):
+        worker.flush(SHARDS[0], purchases(range(3), day, "a"))
+    name, previous = worker.flushed[1]
+    late = LAYOUT.commit_key(name.shard_id, previous)
+    assert read_all_commits(HidingOneCommit(s3, late), settings, max_workers=4) == [
+        record for record in everything(s3) if record.attempt_id != name.attempt_id
+    ], "a read then is a read of what was listed"
+    assert pointer(s3).rows == 1, "kept: the chain up to its gap"
+    assert read_all_commits(s3, settings, max_workers=4) == everything(s3)
+    assert pointer(s3).rows == 4
+
+
+class AnswerLost:
+    """An S3 client whose first PUT of the ledger's pointer is applied, but answered as a 412 (the answer lost and a
+    retry finding the object there, as botocore retries)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.lost = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def put_object(self, **kwargs: Any) -> Any:
+        answer = self.client.put_object(**kwargs)
+        if kwargs["Key"] == POINTER and not self.lost:
+            self.lost = True
+            raise ClientError({"Error": {"Code": "PreconditionFailed", "Message": "lost"}}, "PutObject")
+        return answer
+
+
+def test_a_pointer_write_whose_answer_was_lost_keeps_its_file(s3: Any, settings: Settings) -> None:
+    """The run took the 412 for another reader's write and deleted the file its own pointer named: the next run
+    found it missing and read everything again (a review)."""
+    worker = Worker(s3, settings)
+    worker.flush(SHARDS[0], purchases(range(3), 1, "a"))
+    read_all_commits(AnswerLost(s3), settings, max_workers=4)
+    s3.get_object(Bucket=BUCKET, Key=pointer(s3).data_key)  # still there
+    counting = CountingReads(s3)
+    assert read_all_commits(counting, settings, max_workers=4) == everything(s3)
+    assert len(commits_read(counting)) == 1, "the kept records hold: only the covered commit is checked"
