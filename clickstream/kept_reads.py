@@ -115,10 +115,14 @@ class KeptRead:
                 )
 
     def covered_after(self, found: Found, records: Iterable[CommitRecord]) -> dict[str, ShardCover]:
-        """Each shard's newest commit read: the kept ones, moved on by ``records`` (sorted by shard and position,
-        as the readers of the chain return them)."""
+        """Each shard's covered commit, moved on along ``records`` (sorted by shard and position, as the readers of
+        the chain return them) as far as they continue the chain without a gap: a commit missing from a read (one
+        listed late) must be read by the next run, which lists from the covered position on."""
         covers = dict(found.pointer.shards) if found.pointer else {}
-        for record in records:  # the last of a shard is its newest
+        for record in records:
+            cover = covers.get(record.shard_id)
+            if record.previous != (cover.last if cover else None):
+                continue  # a gap before it (or a record covered already): the cover stays
             covers[record.shard_id] = ShardCover(
                 self.layout.commit_key(record.shard_id, record.previous), record.attempt_id, record.last
             )

@@ -17,7 +17,7 @@ from runtime.settings import Settings
 from schemas.control import CommitRecord, KeptReadPointer
 from schemas.layout import OutputLayout
 from tests.moto_support import moto_bucket
-from tests.test_current_rows import ReadOnly, Worker, purchases
+from tests.test_current_rows import HidingOneCommit, ReadOnly, Worker, purchases
 
 BUCKET = "ledger"
 LAYOUT = OutputLayout("rfm")
@@ -152,29 +152,6 @@ def test_a_reader_that_may_not_write_reads_everything_and_warns(
 def test_no_commit_keeps_nothing(s3: Any, settings: Settings) -> None:
     assert read_all_commits(s3, settings, max_workers=4) == []
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=LAYOUT.control_prefix)
-
-
-class HidingOneCommit:
-    """An S3 client whose listings leave out one commit key: a commit made while a listing went past its key."""
-
-    def __init__(self, client: Any, hidden: str) -> None:
-        self.client = client
-        self.hidden = hidden
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.client, name)
-
-    def get_paginator(self, operation: str) -> Any:
-        pages = self.client.get_paginator(operation)
-        hidden = self.hidden
-
-        class Hiding:
-            def paginate(self, **kwargs: Any) -> Iterator[dict[str, Any]]:
-                for page in pages.paginate(**kwargs):
-                    contents = [obj for obj in page.get("Contents", []) if obj["Key"] != hidden]
-                    yield {**page, "Contents": contents} if "Contents" in page else page
-
-        return Hiding()
 
 
 def test_a_commit_missed_by_one_read_is_not_missed_for_good(s3: Any, settings: Settings) -> None:

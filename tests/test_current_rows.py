@@ -110,6 +110,29 @@ class WithoutKeptRows(ReadOnly):
         return self.client.get_object(**kwargs)
 
 
+class HidingOneCommit:
+    """An S3 client whose listings leave out one commit key: a commit made while a listing went past its key."""
+
+    def __init__(self, client: Any, hidden: str) -> None:
+        self.client = client
+        self.hidden = hidden
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def get_paginator(self, operation: str) -> Any:
+        pages = self.client.get_paginator(operation)
+        hidden = self.hidden
+
+        class Hiding:
+            def paginate(self, **kwargs: Any) -> Iterator[dict[str, Any]]:
+                for page in pages.paginate(**kwargs):
+                    contents = [obj for obj in page.get("Contents", []) if obj["Key"] != hidden]
+                    yield {**page, "Contents": contents} if "Contents" in page else page
+
+        return Hiding()
+
+
 def read_everything(s3: Any, settings: Settings, workdir: Path) -> CurrentRows:
     """A read of the whole history, writing nothing: what the kept rows must reproduce."""
     return read(WithoutKeptRows(s3), settings, workdir)
@@ -347,4 +370,17 @@ def test_kept_rows_chosen_by_another_rule_are_read_again(
     rows = read(s3, settings, tmp_path / "2")
     assert rows.kept_rows is None and pointer(s3).rule == "another-rule", (
         "read again, kept under the new rule"
+    )
+
+
+def test_rows_of_a_commit_missed_by_one_run_are_not_missed_for_good(s3: Any, tmp_path: Path) -> None:
+    """The kept rows covered past a commit listed late (a review): later runs never read it."""
+    settings = Settings(bucket=BUCKET, prefix="rfm")
+    worker = Worker(s3, settings)
+    for day in (1, 2, 3):
+        worker.flush(SHARDS[0], purchases(range(day * 2, day * 2 + 2), day, "a"))
+    name, previous = worker.flushed[1]
+    read(HidingOneCommit(s3, LAYOUT.commit_key(name.shard_id, previous)), settings, tmp_path / "1")
+    assert sorted_rows(read(s3, settings, tmp_path / "2")) == sorted_rows(
+        read_everything(s3, settings, tmp_path / "3")
     )
