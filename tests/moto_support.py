@@ -47,3 +47,18 @@ def emulator_client(service: str, env: dict[str, str]) -> Any:
         aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
     )
+
+
+class CountingReads:
+    """An S3 client that records the keys read with GetObject."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.read: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def get_object(self, **kwargs: Any) -> Any:
+        self.read.append(kwargs["Key"])
+        return self.client.get_object(**kwargs)

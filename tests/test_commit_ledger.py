@@ -16,7 +16,7 @@ from consumer.s3_sink import read_commit_records
 from runtime.settings import Settings
 from schemas.control import CommitRecord, KeptReadPointer
 from schemas.layout import OutputLayout
-from tests.moto_support import moto_bucket
+from tests.moto_support import CountingReads, moto_bucket
 from tests.test_current_rows import HidingOneCommit, ReadOnly, Worker, purchases
 
 BUCKET = "ledger"
@@ -34,21 +34,6 @@ def s3() -> Iterator[Any]:
 @pytest.fixture
 def settings() -> Settings:
     return Settings(bucket=BUCKET, prefix="rfm")
-
-
-class CountingReads:
-    """An S3 client that records the keys read with GetObject."""
-
-    def __init__(self, client: Any) -> None:
-        self.client = client
-        self.read: list[str] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.client, name)
-
-    def get_object(self, **kwargs: Any) -> Any:
-        self.read.append(kwargs["Key"])
-        return self.client.get_object(**kwargs)
 
 
 def everything(s3: Any) -> list[CommitRecord]:

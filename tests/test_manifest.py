@@ -14,7 +14,7 @@ from clickstream.manifest import copy_manifest
 from runtime.settings import Settings
 from schemas.layout import FlushName, OutputLayout
 from schemas.positions import Position
-from tests.moto_support import moto_bucket
+from tests.moto_support import CountingReads, moto_bucket
 from tests.test_current_rows import Worker
 from tests.test_customer_state import event
 
@@ -49,21 +49,6 @@ def flush(
             documents.append(b"{not json")
     worker.flush(shard, documents, datetime.strptime(str(day), "%Y%m%d").replace(hour=12, tzinfo=UTC))
     return documents
-
-
-class CountingReads:
-    """An S3 client that records the keys read with GetObject."""
-
-    def __init__(self, client: Any) -> None:
-        self.client = client
-        self.read: list[str] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.client, name)
-
-    def get_object(self, **kwargs: Any) -> Any:
-        self.read.append(kwargs["Key"])
-        return self.client.get_object(**kwargs)
 
 
 def full_read_of_day(s3: Any, settings: Settings, output: str, day: int) -> dict[str, Any]:
