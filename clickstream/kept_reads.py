@@ -138,11 +138,14 @@ class KeptRead:
     ) -> None:
         """Keep a result for the next run: ``write(sink, key)`` puts its file under a key of its own, then the
         pointer is replaced, only if it is still the one this run found (a concurrent run's is as good: this one's
-        is dropped). Best effort: a failure is logged, never the run's."""
+        is dropped). Best effort: a failure is logged, never the run's. An empty object is put at the key first, so
+        that a role that may not write there learns it before the file is made (for a long history, minutes and
+        gigabytes)."""
         sink = S3ParquetSink(self.s3, self.settings)
         data_key = self.layout.kept_data_key(self.kind, uuid.uuid4().hex[:16], suffix)
         pointer = KeptReadPointer(data_key, shards, rows, datetime.now(UTC), self.rule)
         try:
+            sink.put_bytes(data_key, b"", "bytes")
             write(sink, data_key)
             try:
                 sink.put_bytes(

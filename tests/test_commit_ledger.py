@@ -185,3 +185,20 @@ def test_a_pointer_write_whose_answer_was_lost_keeps_its_file(s3: Any, settings:
     counting = CountingReads(s3)
     assert read_all_commits(counting, settings, max_workers=4) == everything(s3)
     assert len(commits_read(counting)) == 1, "the kept records hold: only the covered commit is checked"
+
+
+def test_a_reader_that_may_not_write_does_not_make_the_file_it_cannot_keep(
+    s3: Any, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only role made the whole kept file (minutes and gigabytes for a long history) before PutObject was
+    refused."""
+    from clickstream import commit_ledger
+
+    made: list[int] = []
+    dump = commit_ledger._dump
+    monkeypatch.setattr(commit_ledger, "_dump", lambda records: made.append(len(records)) or dump(records))
+    Worker(s3, settings).flush(SHARDS[0], purchases(range(4), 1, "a"))
+    assert read_all_commits(ReadOnly(s3), settings, max_workers=4) == everything(s3)
+    assert made == []
+    assert read_all_commits(s3, settings, max_workers=4) == everything(s3)
+    assert made == [1], "a role that may write makes and keeps it"
