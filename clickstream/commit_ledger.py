@@ -39,9 +39,7 @@ def read_all_commits(
     def readable(body: bytes) -> None:
         kept[:] = _load(body)
 
-    found = kept_read.find(readable)
-    if found.pointer is None:
-        kept.clear()
+    found = kept_read.find(readable)  # ``kept`` is filled only when the kept records hold
     since = read_commits_since(
         s3,
         settings.bucket,

@@ -25,7 +25,7 @@ from typing import Any, Final
 import pyarrow as pa
 from botocore.exceptions import BotoCoreError, ClientError
 
-from consumer.s3_sink import S3ParquetSink, commit_record_at, lost_to_another_writer
+from consumer.s3_sink import S3ParquetSink, lost_to_another_writer, read_commit
 from runtime.settings import Settings
 from schemas.control import CommitRecord, ControlRecordError, KeptReadPointer, ShardCover
 from schemas.layout import KeptKind, OutputLayout
@@ -106,8 +106,7 @@ class KeptRead:
         for shard, cover in pointer.shards.items():
             if not cover.commit_key.startswith(self.layout.commits_prefix(shard)):
                 raise ControlRecordError(f"{cover.commit_key} is not a commit of {shard} in this prefix")
-            body = self.s3.get_object(Bucket=bucket, Key=cover.commit_key)["Body"].read()
-            record = commit_record_at(f"s3://{bucket}/{cover.commit_key}", body)
+            record = read_commit(self.s3, bucket, cover.commit_key)
             if record.attempt_id != cover.attempt_id or record.last != cover.last:
                 raise ControlRecordError(
                     f"{cover.commit_key} is another commit than the one read (attempt {record.attempt_id}, not "

@@ -499,7 +499,7 @@ def read_partition_commits(
         for step, beyond in ((-1, low - 1), (1, high + 1)):
             at = beyond
             while 0 <= at < len(chain):
-                (neighbour,) = _fetch_commits(s3, bucket, [chain[at]], 1, None)
+                neighbour = read_commit(s3, bucket, chain[at])
                 if another_day(neighbour):
                     break
                 records.append(neighbour)
@@ -553,7 +553,7 @@ def _fetch_commits(
     s3: Any, bucket: str, keys: list[str], max_workers: int, progress: Callable[[int, int], None] | None
 ) -> list[CommitRecord]:
     def fetch(key: str) -> CommitRecord:
-        return commit_record_at(f"s3://{bucket}/{key}", s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+        return read_commit(s3, bucket, key)
 
     if not keys:
         return []
@@ -564,6 +564,11 @@ def _fetch_commits(
             if progress is not None:
                 progress(len(records), len(keys))
     return sorted(records, key=lambda r: (r.shard_id, r.first.sort_key()))
+
+
+def read_commit(s3: Any, bucket: str, key: str) -> CommitRecord:
+    """The commit record at ``key`` (a damaged one raises naming where it is)."""
+    return commit_record_at(f"s3://{bucket}/{key}", s3.get_object(Bucket=bucket, Key=key)["Body"].read())
 
 
 def commit_record_at(where: str, body: bytes) -> CommitRecord:
