@@ -25,21 +25,19 @@ def copy_manifest(s3: Any, settings: Settings, output: str, arrival_day: int | N
     layout = OutputLayout(settings.prefix)
     if arrival_day is None:
         records = commit_records(s3, settings)
+        present = {obj["Key"] for obj in list_keys(s3, settings.bucket, layout.output_prefix(output))}
     else:  # the commits of that day's files only: a daily load's cost follows the day, not the history
         with progress_of("reading commit records", "commit", bar=show_progress(None)) as report:
-            records = read_partition_commits(
-                s3, settings.bucket, layout, output, arrival_day, max_workers=MAX_WORKERS, progress=report
+            day = read_partition_commits(
+                s3, settings.bucket, layout, arrival_day, max_workers=MAX_WORKERS, progress=report
             )
+        records, present = day.records, set(day.listed)
     sizes = {key: size for record in records for key, size in record.file_bytes.items()}
     keys = [
         key
         for key in committed_files(records, output)
         if arrival_day is None or layout.arrival_day_of(key) == arrival_day
     ]
-    listed = (
-        layout.output_prefix(output) if arrival_day is None else layout.partition_prefix(output, arrival_day)
-    )
-    present = {obj["Key"] for obj in list_keys(s3, settings.bucket, listed)}
     missing = [key for key in keys if key not in present]
     if missing:  # COPY would fail on the first of them (every entry is mandatory), after loading nothing
         raise FrontDoorError(

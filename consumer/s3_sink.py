@@ -441,21 +441,28 @@ def read_commits_since(
     return _fetch_commits(s3, bucket, keys, max_workers, progress)
 
 
+@dataclass(frozen=True, slots=True)
+class DayCommits:
+    """The commit records of one arrival day, and the data keys its partitions held when listed."""
+
+    records: list[CommitRecord]
+    listed: frozenset[str]
+
+
 def read_partition_commits(
     s3: Any,
     bucket: str,
     layout: OutputLayout,
-    output: str,
     arrival_day: int,
     *,
     max_workers: int = 16,
     progress: Callable[[int, int], None] | None = None,
-) -> list[CommitRecord]:
-    """The commit records of one arrival day of ``output`` (sorted as ``read_commit_records`` sorts them), read
-    without reading the prefix's history: ``committed_files`` of these, kept to the day, is that of every commit
-    record, and a committed file of the day S3 no longer has is among them (a caller checks them against a listing)
-    unless every file of its shard's day is gone, or its flush lies beyond a flush of another day (arrival times of
-    a shard's records are not documented to rise with their positions).
+) -> DayCommits:
+    """The commit records of one arrival day (sorted as ``read_commit_records`` sorts them), read without reading
+    the prefix's history: ``committed_files`` of these, kept to the day, is that of every commit record, and a
+    committed file of the day S3 no longer has is among them (a caller checks them against ``listed``) unless every
+    file of its shard's day is gone, or its flush lies beyond a flush of another day (arrival times of a shard's
+    records are not documented to rise with their positions).
 
     The day's partitions of every output are listed, then each of their shards' commit names (a listing of the
     shard's whole chain, 1,000 names a request; no reads). The commit each listed file's flush continued from is the
@@ -466,13 +473,15 @@ def read_partition_commits(
     lost its commit leads to a commit that names another attempt's file: no data, as in a full read.
     """
     firsts: dict[str, list[Position]] = {}
-    # every output's files: a flush whose file of ``output`` is gone still leads to its commit
-    for listed in DATA_OUTPUTS:
+    listed: set[str] = set()
+    # every output's files: a flush whose file of one output is gone still leads to its commit
+    for output in DATA_OUTPUTS:
         listing = s3.get_paginator("list_objects_v2").paginate(
-            Bucket=bucket, Prefix=layout.partition_prefix(listed, arrival_day)
+            Bucket=bucket, Prefix=layout.partition_prefix(output, arrival_day)
         )
         for page in listing:
             for obj in page.get("Contents", []):
+                listed.add(obj["Key"])
                 if (name := layout.flush_name_of(obj["Key"])) is not None:
                     firsts.setdefault(name.shard_id, []).append(name.first)
 
@@ -504,7 +513,7 @@ def read_partition_commits(
                     break
                 records.append(neighbour)
                 at += step
-    return sorted(records, key=lambda r: (r.shard_id, r.first.sort_key()))
+    return DayCommits(sorted(records, key=lambda r: (r.shard_id, r.first.sort_key())), frozenset(listed))
 
 
 def _chain_order(previous: Position | None) -> tuple[int, tuple[int, int]]:
