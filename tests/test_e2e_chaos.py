@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -954,6 +954,24 @@ def _assign_lease(dynamodb: Any, application: str, shard: str, new_owner: str) -
     return str(old)
 
 
+def _give_an_idle_worker_a_lease(dynamodb: Any, application: str, workers: Iterable[str]) -> None:
+    """If one of ``workers`` owns no lease, hand it one of the busiest owner's, as the leader's assignment would.
+
+    The KCL hands new leases to the workers registered at that moment and balances later only by host CPU (the same
+    host here), so a worker whose JVM registered late may never get one; and the leader may move a lease handed over
+    back again. So a wait for balanced leases calls this on every poll: it reads the lease table and acts only while
+    a worker owns nothing."""
+    owned: dict[str, list[str]] = {name: [] for name in workers}
+    for shard, lease in sorted(_leases(dynamodb, application).items()):
+        if lease.get("leaseOwner") in owned and lease.get("checkpoint") != "SHARD_END":
+            owned[lease["leaseOwner"]].append(shard)
+    idle = [name for name, shards in owned.items() if not shards]
+    busy = max(owned, key=lambda name: len(owned[name]))
+    if idle and len(owned[busy]) > 1:
+        with suppress(dynamodb.exceptions.ConditionalCheckFailedException):
+            _assign_lease(dynamodb, application, owned[busy][0], idle[0])
+
+
 @dataclass
 class DuoRun:
     harness: Harness
@@ -1010,14 +1028,15 @@ def duo_run(emulator_endpoint: str, tmp_path_factory: pytest.TempPathFactory) ->
             return all(held.values()) and set().union(*held.values()) == DUO_SHARDS
 
         _wait_for("every shard to be processed", lambda: set().union(*holders().values()) == DUO_SHARDS, 150)
-        held = holders()
-        if not all(held.values()):
-            # The KCL hands new leases to the workers registered at that moment and balances later only by host
-            # CPU (the same host here): a worker whose JVM registered late may never get one. Give it a shard the
-            # way the leader's assignment would, before the load ends and the other worker idles out.
-            busy, idle = sorted(workers, key=lambda name: -len(held[name]))
-            _assign_lease(clients["dynamodb"], names["application_name"], sorted(held[busy])[0], idle)
-        waited = _wait_for("both workers to hold leases (each >= 1, all 4 shards covered)", balanced, 150)
+
+        def balanced_by_us() -> bool:
+            # before the load ends and the other worker idles out
+            _give_an_idle_worker_a_lease(clients["dynamodb"], names["application_name"], workers)
+            return balanced()
+
+        waited = _wait_for(
+            "both workers to hold leases (each >= 1, all 4 shards covered)", balanced_by_us, 150
+        )
         held = {name: sorted(w.processing()) for name, w in workers.items()}
         print(f"\nbalanced {time.monotonic() - started:.0f}s after start (waited {waited:.0f}s): {held}")
 

@@ -53,6 +53,7 @@ from tests.test_e2e_chaos import (
     Worker,
     _clients,
     _generate,
+    _give_an_idle_worker_a_lease,
     _harness,
     _leader,
     _leases,
@@ -202,17 +203,13 @@ def duo(emulator_endpoint: str, tmp_path: Path, request: pytest.FixtureRequest) 
         _wait_for(
             "every shard to be processed", lambda: set().union(*holders().values()) == SHARDS, timeout=180
         )
-        held = holders()
-        if not all(held.values()):
-            # The KCL hands new leases to the workers registered at that moment, and balances later only by host
-            # CPU (the same host here): give the idle worker one shard the way the leader's assignment would.
-            busy, idle = sorted(WORKERS, key=lambda name: -len(held[name]))
-            _assign_lease(run, sorted(held[busy])[0], idle)
-        _wait_for(
-            "each worker to process one shard",
-            lambda: all(holders().values()) and set().union(*holders().values()) == SHARDS,
-            timeout=300,
-        )
+
+        def balanced() -> bool:
+            _give_an_idle_worker_a_lease(run.dynamodb, run.names["application_name"], WORKERS)
+            held = holders()
+            return all(held.values()) and set().union(*held.values()) == SHARDS
+
+        _wait_for("each worker to process one shard", balanced, timeout=300)
         print(
             f"\nbalanced after {time.monotonic() - started:.0f}s: "
             f"{ {name: sorted(w.processing()) for name, w in workers.items()} }"
