@@ -275,10 +275,32 @@ def setup(**overrides: Any) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------- generate
+def _within_generator_bound(ctx: click.Context, param: click.Parameter, customers: int) -> int:
+    """The generator's bound on customers, read where it is owned (the generator module loads only when used)."""
+    from producer.generator import MAX_CUSTOMERS
+
+    if customers > MAX_CUSTOMERS:
+        raise click.BadParameter(
+            f"{customers:,} is more than the generator's {MAX_CUSTOMERS:,} (it plans every customer in memory, about "
+            "0.5 KB each, before the first event)",
+            ctx,
+            param,
+        )
+    return customers
+
+
+_CUSTOMERS_HELP: Final = "Customers (at most 10 million: each is planned in memory, about 0.5 KB)."
+
+
 def _generator_options(func: _F) -> _F:
     options = [
         click.option(
-            "--customers", default=500, show_default=True, type=click.IntRange(1), help="Customers."
+            "--customers",
+            default=500,
+            show_default=True,
+            type=click.IntRange(1),
+            callback=_within_generator_bound,
+            help=_CUSTOMERS_HELP,
         ),
         click.option(
             "--events",
@@ -781,7 +803,14 @@ def summary(download: Path | None, top: int, **overrides: Any) -> None:
 
 # ---------------------------------------------------------------------------------------------------------- demo
 @main.command()
-@click.option("--customers", default=300, show_default=True, type=click.IntRange(1), help="Customers.")
+@click.option(
+    "--customers",
+    default=300,
+    show_default=True,
+    type=click.IntRange(1),
+    callback=_within_generator_bound,
+    help=_CUSTOMERS_HELP,
+)
 @click.option("--events", default=30_000, show_default=True, type=click.IntRange(1), help="Valid events.")
 @click.option("--seed", default=7, show_default=True, type=int, help="Random seed.")
 @click.option("--shards", default=4, show_default=True, type=click.IntRange(1, 50), help="Stream shards.")

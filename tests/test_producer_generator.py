@@ -20,6 +20,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 
 from producer.generator import (
     MALFORMED_KINDS,
+    MAX_CUSTOMERS,
     BgNbdParams,
     ClickstreamGenerator,
     GammaGammaParams,
@@ -310,6 +311,8 @@ def test_invalid_arguments_are_refused() -> None:
         ClickstreamGenerator(1, 1, seed=0, duplicate_rate=1.5)
     with pytest.raises(ValueError, match="customers"):
         ClickstreamGenerator(0, 1, seed=0)
+    with pytest.raises(ValueError, match="customers"):
+        ClickstreamGenerator(MAX_CUSTOMERS + 1, 1, seed=0)
 
 
 def test_jsonl_round_trip_preserves_bytes(tmp_path: Path) -> None:

@@ -668,6 +668,19 @@ def test_an_unreachable_endpoint_is_named_without_the_request_and_with_a_hint_fo
     assert failure.exit_code == 1
 
 
+@pytest.mark.parametrize("command", ["generate", "produce", "demo"])
+def test_more_customers_than_the_generator_can_plan_is_refused_at_once(command: str, tmp_path: Path) -> None:
+    """A mistyped --customers (10^11) used to fill the machine's memory for minutes before anything was said."""
+    from producer.generator import MAX_CUSTOMERS
+
+    extra = {"generate": ["-o", str(tmp_path / "out.jsonl")], "produce": [], "demo": []}[command]
+    result = run_cli(
+        command, "--customers", str(MAX_CUSTOMERS + 1), *extra
+    )  # planning them would outlast its timeout
+    assert_one_line(result, 2, "--customers", f"{MAX_CUSTOMERS + 1:,} is more than", "in memory")
+    assert not (tmp_path / "out.jsonl").exists()
+
+
 def test_score_of_a_folder_without_aggregates_is_one_line_and_exit_2(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     result = run_cli("score", "--input", str(tmp_path / "empty"), "--output-dir", str(tmp_path / "out"))
