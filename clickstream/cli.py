@@ -289,19 +289,20 @@ def _within_generator_bound(ctx: click.Context, param: click.Parameter, customer
     return customers
 
 
-_CUSTOMERS_HELP: Final = "Customers (at most 10 million: each is planned in memory, about 0.5 KB)."
+def _customers_option(default: int) -> Callable[[_F], _F]:
+    return click.option(
+        "--customers",
+        default=default,
+        show_default=True,
+        type=click.IntRange(1),
+        callback=_within_generator_bound,
+        help="Customers (at most 10 million: each is planned in memory, about 0.5 KB).",
+    )
 
 
 def _generator_options(func: _F) -> _F:
     options = [
-        click.option(
-            "--customers",
-            default=500,
-            show_default=True,
-            type=click.IntRange(1),
-            callback=_within_generator_bound,
-            help=_CUSTOMERS_HELP,
-        ),
+        _customers_option(default=500),
         click.option(
             "--events",
             default=50_000,
@@ -803,14 +804,7 @@ def summary(download: Path | None, top: int, **overrides: Any) -> None:
 
 # ---------------------------------------------------------------------------------------------------------- demo
 @main.command()
-@click.option(
-    "--customers",
-    default=300,
-    show_default=True,
-    type=click.IntRange(1),
-    callback=_within_generator_bound,
-    help=_CUSTOMERS_HELP,
-)
+@_customers_option(default=300)
 @click.option("--events", default=30_000, show_default=True, type=click.IntRange(1), help="Valid events.")
 @click.option("--seed", default=7, show_default=True, type=int, help="Random seed.")
 @click.option("--shards", default=4, show_default=True, type=click.IntRange(1, 50), help="Stream shards.")
