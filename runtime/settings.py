@@ -150,7 +150,9 @@ class Settings(BaseSettings):
     )
     worker_id: str = Field(
         default_factory=_default_worker_id,
-        pattern=r"^\S(.*\S)?$",  # not empty, no blank ends: an unset ${...} in a task template gives ""
+        # not empty, no blank ends (an unset ${...} in a task template gives ""); no backslash or control character:
+        # the KCL's properties file reads a backslash as an escape, and its lease owner would differ from this id
+        pattern=r"^[^\s\\](?:[^\\\x00-\x1f\x7f]*[^\s\\])?$",
         description="Stable KCL worker id (default: host name) so restarts reclaim leases immediately.",
     )
     initial_position: Literal["TRIM_HORIZON", "LATEST"] = Field(
@@ -273,19 +275,33 @@ class Settings(BaseSettings):
     dedupe_window_days: int = Field(
         7,
         ge=1,
+        le=3650,
         description="Remember (customer_id, event_id) pairs for this many days of Kinesis arrival time; an exact "
         "duplicate that arrives more than this many UTC days after the applied delivery is counted again (bounds "
         "the de-duplication memory; replay uses the same window).",
     )
 
     # --- Validation -------------------------------------------------------------------------------------------
-    max_record_bytes: int = Field(32 * 1024, ge=256, description="Records larger than this are rejected.")
-    max_revenue: int = Field(1_000_000, ge=1, description="Purchases with a larger revenue are rejected.")
+    max_record_bytes: int = Field(
+        32 * 1024,
+        ge=256,
+        le=10 * 1024 * 1024,  # Kinesis's largest record
+        description="Records larger than this are rejected.",
+    )
+    max_revenue: int = Field(
+        1_000_000,
+        ge=1,
+        le=1_000_000_000,  # a customer's sum of millions of purchases still fits revenue's DECIMAL(18, 2)
+        description="Purchases with a larger revenue are rejected.",
+    )
     min_event_time: datetime = Field(
         datetime.fromisoformat("2000-01-01T00:00:00+00:00"), description="Events before this are rejected."
     )
     max_future_skew_seconds: int = Field(
-        3600, ge=0, description="Events later than their Kinesis arrival time plus this are rejected."
+        3600,
+        ge=0,
+        le=10 * 365 * 86_400,
+        description="Events later than their Kinesis arrival time plus this are rejected.",
     )
 
     # --- CLV scoring (clickstream score) ----------------------------------------------------------------------
@@ -314,6 +330,9 @@ class Settings(BaseSettings):
             raise ValueError("must not be empty: every key the worker writes lives under it")
         if not re.fullmatch(r"[A-Za-z0-9_.=/-]*", value):
             raise ValueError("may contain only letters, digits and _ . = / -")
+        if any(part in {"", ".", ".."} for part in value.split("/")):
+            # keys are also folder paths where outputs are downloaded: '..' would climb out of the folder
+            raise ValueError("must not have an empty, '.' or '..' part between its slashes")
         return value
 
     @field_validator("aws_endpoint_url")
@@ -321,15 +340,17 @@ class Settings(BaseSettings):
     def _check_endpoint(cls, value: str | None) -> str | None:
         if not value:
             return None
+        example = "must be a URL like http://127.0.0.1:4566 or https://kinesis.eu-west-1.amazonaws.com"
         try:
             parts = urlsplit(value)
             port_ok = parts.port is None or parts.port > 0
         except ValueError:
-            port_ok = False
+            raise ValueError(example) from None
         if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
-            raise ValueError(
-                "must be a URL like http://127.0.0.1:4566 or https://kinesis.eu-west-1.amazonaws.com"
-            )
+            raise ValueError(example)
+        if parts.path.strip("/") or parts.query or parts.fragment:
+            # S3 would read the path as a bucket ('bucket some does not exist' for http://host/some/path)
+            raise ValueError(f"{example}, without a path")
         return value
 
     @field_validator("initial_position", "kcl_metrics_level", mode="before")
@@ -469,7 +490,7 @@ def warn_about_unknown_variables() -> None:
 _PATTERN_MEANINGS: Final = {
     "stream_name": "must be 1-128 letters, digits, '_', '.' or '-' (Kinesis's rule for stream names)",
     "application_name": "must be 3-200 letters, digits, '_', '.' or '-' (it names the KCL's DynamoDB tables)",
-    "worker_id": "must not be empty or begin or end with a blank",
+    "worker_id": "must not be empty, begin or end with a blank, or hold a backslash or a control character",
     "kcl_java_heap": "must be a whole number followed by k, m or g, e.g. 1g or 1536m",
 }
 

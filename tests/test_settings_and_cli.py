@@ -225,6 +225,19 @@ def test_unrelated_clickstream_variables_do_not_break_loading(monkeypatch: pytes
         ("CLICKSTREAM_BUCKET", "192.168.5.4"),
         ("CLICKSTREAM_BUCKET", "xn--bucket"),
         ("CLICKSTREAM_BUCKET", "data-s3alias"),
+        # accepted at start, these used to end every shard processor (OverflowError, TypeError) on every restart
+        ("CLICKSTREAM_DEDUPE_WINDOW_DAYS", "99999999999999"),
+        ("CLICKSTREAM_MAX_RECORD_BYTES", "99999999999999999999999"),
+        ("CLICKSTREAM_MAX_FUTURE_SKEW_SECONDS", "9300000000000"),  # overflowed the fast path's microseconds
+        ("CLICKSTREAM_MAX_REVENUE", "99999999999999999999"),
+        # '..' made summary --download write outside its folder; '.' and '' name the same keys another way
+        ("CLICKSTREAM_PREFIX", "../.."),
+        ("CLICKSTREAM_PREFIX", "rfm/./x"),
+        ("CLICKSTREAM_PREFIX", "rfm//x"),
+        ("CLICKSTREAM_WORKER_ID", "CORP\\host1"),  # the KCL's properties file dropped the backslash
+        ("CLICKSTREAM_WORKER_ID", "host\tone"),
+        ("AWS_ENDPOINT_URL", "http://[::1"),  # was 'unexpected UnboundLocalError'
+        ("AWS_ENDPOINT_URL", "http://127.0.0.1:4566/some/path"),  # was 'bucket some does not exist'
     ],
 )
 def test_an_invalid_environment_value_raises_config_error_naming_the_variable(
