@@ -275,18 +275,24 @@ def setup(**overrides: Any) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------- generate
-def _within_generator_bound(ctx: click.Context, param: click.Parameter, customers: int) -> int:
-    """The generator's bound on customers, read where it is owned (the generator module loads only when used)."""
-    from producer.generator import MAX_CUSTOMERS
+def _within_generator_bound(ctx: click.Context, param: click.Parameter, count: int | None) -> int | None:
+    """The generator's bounds on customers and events, read where they are owned (the generator module loads only
+    when used): it plans the whole world in memory before the first event."""
+    from producer.generator import MAX_CUSTOMERS, MAX_EVENTS
 
-    if customers > MAX_CUSTOMERS:
+    bound, planned = (
+        (MAX_CUSTOMERS, "customer (about 0.5 KB each)")
+        if param.name == "customers"
+        else (MAX_EVENTS, "event's session (about 50 bytes an event)")
+    )
+    if count is not None and count > bound:
         raise click.BadParameter(
-            f"{customers:,} is more than the generator's {MAX_CUSTOMERS:,} (it plans every customer in memory, about "
-            "0.5 KB each, before the first event)",
+            f"{count:,} is more than the generator's {bound:,}: it plans every {planned} in memory before the "
+            "first event",
             ctx,
             param,
         )
-    return customers
+    return count
 
 
 def _customers_option(default: int) -> Callable[[_F], _F]:
@@ -308,7 +314,9 @@ def _generator_options(func: _F) -> _F:
             default=50_000,
             show_default=True,
             type=click.IntRange(0),
-            help="Valid events (duplicates and malformed records come on top).",
+            callback=_within_generator_bound,
+            help="Valid events (duplicates and malformed records come on top; at most 100 million: their sessions "
+            "are planned in memory, about 50 bytes each).",
         ),
         click.option(
             "--seed", default=42, show_default=True, type=int, help="Random seed: same seed, same bytes."
@@ -805,7 +813,14 @@ def summary(download: Path | None, top: int, **overrides: Any) -> None:
 # ---------------------------------------------------------------------------------------------------------- demo
 @main.command()
 @_customers_option(default=300)
-@click.option("--events", default=30_000, show_default=True, type=click.IntRange(1), help="Valid events.")
+@click.option(
+    "--events",
+    default=30_000,
+    show_default=True,
+    type=click.IntRange(1),
+    callback=_within_generator_bound,
+    help="Valid events (at most 100 million).",
+)
 @click.option("--seed", default=7, show_default=True, type=int, help="Random seed.")
 @click.option("--shards", default=4, show_default=True, type=click.IntRange(1, 50), help="Stream shards.")
 @click.option(

@@ -69,6 +69,8 @@ SHOP_URL: Final = "https://shop.example.com"
 #: The world is planned in memory before the first event, about 0.5 KB a customer (1M customers: 0.6 GB, 8 s): a
 #: mistyped count would exhaust the machine instead of failing.
 MAX_CUSTOMERS: Final = 10_000_000
+#: Sessions are planned in memory too, about 50 bytes an event (10M events: 0.5 GB, 50 s).
+MAX_EVENTS: Final = 100_000_000
 
 #: Share of customers who ever make a first purchase (if it falls inside the window).
 CONVERTER_SHARE: Final = 0.75
@@ -336,8 +338,10 @@ class ClickstreamGenerator:
     ) -> None:
         if not 1 <= customers <= MAX_CUSTOMERS:
             raise ValueError(f"customers must be within 1 and {MAX_CUSTOMERS:,} (each is planned in memory)")
-        if events < 0:
-            raise ValueError("events must be >= 0")
+        if not 0 <= events <= MAX_EVENTS:
+            raise ValueError(
+                f"events must be within 0 and {MAX_EVENTS:,} (their sessions are planned in memory)"
+            )
         if days < 1:
             raise ValueError("days must be >= 1")
         if start.tzinfo is None or start.utcoffset() is None:
@@ -796,6 +800,9 @@ def generate_events(
 #: The first bytes of a gzip file: a file is read as gzip by these, whatever its name.
 _GZIP_MAGIC: Final = b"\x1f\x8b"
 _UTF8_BOM: Final = b"\xef\xbb\xbf"
+#: A longer line is not a record (Kinesis takes at most 10 MiB): it is refused once this much of it is read, where
+#: a file with no line breaks (a binary, /dev/zero) used to be read into memory whole.
+MAX_LINE_BYTES: Final = 64 * 1024 * 1024
 
 
 def _create(path: Path) -> IO[bytes]:
@@ -852,10 +859,15 @@ def read_jsonl(path: str | Path) -> Iterator[bytes]:
     line_number = 0
     try:
         with _reading(Path(path)) as stream:
-            for line_number, line in enumerate(stream, start=1):
+            while line := stream.readline(MAX_LINE_BYTES + 1):
+                line_number += 1
+                if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+                    raise InputFileError(
+                        f"{path}: line {line_number:,} is longer than {MAX_LINE_BYTES // 2**20} MiB: not a record "
+                        "(Kinesis takes at most 10 MiB); is this a JSONL file?"
+                    )
                 if line_number == 1 and line.startswith(_UTF8_BOM):
-                    # the file's mark, not the record's bytes
-                    line = line[len(_UTF8_BOM) :]  # noqa: PLW2901
+                    line = line[len(_UTF8_BOM) :]  # the file's mark, not the record's bytes
                 if line.strip():
                     yield line[:-1] if line.endswith(b"\n") else line
     except (OSError, EOFError, zlib.error) as error:

@@ -21,6 +21,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 from producer.generator import (
     MALFORMED_KINDS,
     MAX_CUSTOMERS,
+    MAX_EVENTS,
     BgNbdParams,
     ClickstreamGenerator,
     GammaGammaParams,
@@ -313,6 +314,8 @@ def test_invalid_arguments_are_refused() -> None:
         ClickstreamGenerator(0, 1, seed=0)
     with pytest.raises(ValueError, match="customers"):
         ClickstreamGenerator(MAX_CUSTOMERS + 1, 1, seed=0)
+    with pytest.raises(ValueError, match="events"):
+        ClickstreamGenerator(1, MAX_EVENTS + 1, seed=0)
 
 
 def test_jsonl_round_trip_preserves_bytes(tmp_path: Path) -> None:

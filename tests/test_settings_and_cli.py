@@ -1744,6 +1744,25 @@ def test_produce_of_a_file_that_breaks_off_says_what_was_delivered(tmp_path: Pat
     )
 
 
+def test_produce_of_a_file_without_line_breaks_stops_at_the_line_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`produce --input /dev/zero` (or a binary) used to read its one "line" into memory until the machine gave out."""
+    import producer.generator
+    from producer.generator import generate_events
+
+    monkeypatch.setattr(producer.generator, "MAX_LINE_BYTES", 2**20)
+    records = list(generate_events(10, 50, 3))
+    source = tmp_path / "events.jsonl"
+    source.write_bytes(b"\n".join(records) + b"\n" + b"\0" * (2**20 + 10))
+
+    result, held = produce_file(source)
+
+    assert result.exit_code == 1, result.output
+    assert f"{source}: line {len(records) + 1} is longer than 1 MiB: not a record" in result.output
+    assert held == len(records), "the records before it are delivered"
+
+
 def test_produce_exits_1_when_a_record_was_too_large_to_send_and_skips_blank_lines(tmp_path: Path) -> None:
     from producer.generator import generate_events
 
