@@ -828,8 +828,8 @@ def summary(download: Path | None, top: int, **overrides: Any) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("demo-output"),
     show_default=True,
-    help="Where the JSONL input, worker state, Parquet copies and report go. Replaced on every run, so it must be "
-    "new, empty or an earlier demo's output folder.",
+    help="Where the JSONL input, worker state, Parquet copies and report go. Emptied on every run, so it must be "
+    "new, empty or an earlier demo's output folder (marked by its .clickstream-demo file).",
 )
 def demo(customers: int, events: int, seed: int, shards: int, output_dir: Path) -> None:
     """End to end on the embedded AWS endpoint: generate, produce, run the real KCL worker until idle, summarise,
@@ -841,12 +841,13 @@ def demo(customers: int, events: int, seed: int, shards: int, output_dir: Path) 
             "the demo needs the emulator extra: pip install 'clickstream-rfm[emulator]' (or run `make demo`)",
             USAGE,
         ) from None
-    from clickstream.demo import DEMO_OUTPUTS, replaceable_output, run_demo
+    from clickstream.demo import DEMO_MARK, DEMO_OUTPUTS, replaceable_output, run_demo
 
     if not replaceable_output(output_dir):
         raise FrontDoorError(
-            f"--output-dir {output_dir} holds files a demo did not write; the demo replaces its output folder, so "
-            f"give it a new or empty one (a demo's folder holds only {', '.join(sorted(DEMO_OUTPUTS))})",
+            f"--output-dir {output_dir} holds files a demo did not write; the demo empties its output folder, so "
+            f"give it a new or empty one (a demo's folder holds its mark {DEMO_MARK} and only "
+            f"{', '.join(sorted(DEMO_OUTPUTS))}; delete an earlier demo's folder that has no mark yourself)",
             USAGE,
         )
     sys.exit(run_demo(customers=customers, events=events, seed=seed, shards=shards, output_dir=output_dir))

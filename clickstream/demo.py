@@ -51,13 +51,30 @@ def emulator_environment(endpoint: str, state_dir: Path) -> dict[str, str]:
 
 #: What a demo writes in its output folder: the only entries it may replace when it runs again.
 DEMO_OUTPUTS: Final = frozenset({"events.jsonl", "state", "worker.log", "s3", "report.html"})
+#: Written first into a demo's output folder: names alone do not tell a demo's folder from a worker's (``state/``)
+#: or an operator's (``events.jsonl``), and a folder with only those names was deleted.
+DEMO_MARK: Final = ".clickstream-demo"
 
 
 def replaceable_output(output_dir: Path) -> bool:
-    """Whether ``output_dir`` is new, empty or a previous demo's output (what ``run_demo`` may delete)."""
-    return not output_dir.exists() or (
-        output_dir.is_dir() and {entry.name for entry in output_dir.iterdir()} <= DEMO_OUTPUTS
-    )
+    """Whether ``output_dir`` is new, empty or a previous demo's output (marked, holding only what a demo writes):
+    what ``run_demo`` may empty."""
+    if not output_dir.exists():
+        return True
+    if not output_dir.is_dir():
+        return False
+    names = {entry.name for entry in output_dir.iterdir()}
+    return not names or (DEMO_MARK in names and names <= DEMO_OUTPUTS | {DEMO_MARK})
+
+
+def _empty(output_dir: Path) -> None:
+    """The folder's entries deleted, the folder kept: it may be a symbolic link, a mount point or the working
+    directory (``--output-dir .``)."""
+    for entry in output_dir.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def run_demo(customers: int, events: int, seed: int, shards: int, output_dir: Path) -> int:
@@ -73,8 +90,11 @@ def run_demo(customers: int, events: int, seed: int, shards: int, output_dir: Pa
     if not replaceable_output(output_dir):  # the CLI refuses it first; a caller of this function must too
         raise ValueError(f"{output_dir} holds files a demo did not write")
     if output_dir.exists():
-        shutil.rmtree(output_dir)
-    output_dir.mkdir(parents=True)
+        _empty(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / DEMO_MARK).write_text(
+        "written by `clickstream demo`, which empties this folder when it runs again\n"
+    )
     state_dir = output_dir / "state"
 
     with EmulatorHandle() as endpoint:

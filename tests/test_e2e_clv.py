@@ -62,6 +62,9 @@ def test_demo_scores_every_buyer_and_writes_the_report(tmp_path: Path) -> None:
         check=False,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    from clickstream.demo import replaceable_output
+
+    assert replaceable_output(output), "a demo's folder is marked as one the next demo may empty"
     report = re.search(r"8\. report: (\S+report\.html)", run.stdout)
     assert report and Path(report.group(1)).is_file(), run.stdout[-2000:]
     page = Path(report.group(1)).read_text(encoding="utf-8")

@@ -719,15 +719,47 @@ def test_demo_refuses_an_output_folder_holding_files_it_did_not_write(tmp_path: 
 
 
 def test_an_earlier_demo_output_folder_may_be_replaced(tmp_path: Path) -> None:
-    from clickstream.demo import replaceable_output
+    from clickstream.demo import DEMO_MARK, replaceable_output
 
     earlier = tmp_path / "demo-output"
     (earlier / "state").mkdir(parents=True)
     (earlier / "events.jsonl").write_text("{}")
     (earlier / "report.html").write_text("<html/>")
+    (earlier / DEMO_MARK).write_text("")
     assert replaceable_output(earlier) and replaceable_output(tmp_path / "new")
+    (tmp_path / "empty").mkdir()
+    assert replaceable_output(tmp_path / "empty")
     (earlier / "notes.txt").write_text("x")
     assert not replaceable_output(earlier)
+
+
+def test_demo_refuses_a_folder_with_a_demos_names_but_not_its_mark(tmp_path: Path) -> None:
+    """A worker's state/ and an operator's events.jsonl were taken for an earlier demo's and deleted."""
+    mine = tmp_path / "mine"
+    (mine / "state").mkdir(parents=True)
+    (mine / "state" / "shardId-000000000000.duckdb").write_bytes(b"state")
+    (mine / "events.jsonl").write_text("{}\n")
+    result = run_cli("demo", "--output-dir", str(mine), "--events", "10")
+    assert_one_line(result, 2, "--output-dir", "holds files a demo did not write", ".clickstream-demo")
+    assert (mine / "events.jsonl").read_text() == "{}\n" and (
+        mine / "state" / "shardId-000000000000.duckdb"
+    ).exists()
+
+
+def test_a_demo_folder_behind_a_link_or_the_working_directory_is_emptied_not_removed(tmp_path: Path) -> None:
+    """``--output-dir LINK`` ended in 'Cannot call rmtree on a symbolic link', ``--output-dir .`` in 'Invalid
+    argument'; both after the check had passed."""
+    from clickstream.demo import DEMO_MARK, _empty, replaceable_output
+
+    target = tmp_path / "scratch" / "demo"
+    (target / "s3" / "rfm").mkdir(parents=True)
+    (target / "worker.log").write_text("log")
+    (target / DEMO_MARK).write_text("")
+    link = tmp_path / "demo-output"
+    link.symlink_to(target)
+    assert replaceable_output(link)
+    _empty(link)
+    assert link.is_symlink() and target.is_dir() and list(target.iterdir()) == []
 
 
 @pytest.mark.parametrize("day", ["20261345", "20260230", "2026-03-01", "2026311"])
