@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +27,20 @@ def _parse_as_of(_: click.Context, __: click.Parameter, value: str | None) -> da
     # a time is UTC unless it carries an offset (as replay's range reads it); a day is observed whole, to its end
     try:
         parsed = parse_flag_time(value)
-    except ValueError:
+    except ValueError as error:
         raise click.BadParameter(
-            "use YYYY-MM-DD (a UTC day) or an ISO time, e.g. 2026-04-30T12:00:00Z"
+            f"{error}: use YYYY-MM-DD (a UTC day) or an ISO time, e.g. 2026-04-30T12:00:00Z"
         ) from None
-    if isinstance(parsed, datetime):
-        return parsed
-    return datetime.combine(parsed, datetime.max.time(), tzinfo=UTC)
+    as_of = (
+        parsed if isinstance(parsed, datetime) else datetime.combine(parsed, datetime.max.time(), tzinfo=UTC)
+    )
+    if as_of > datetime.now(UTC) + timedelta(
+        days=1
+    ):  # 2062 for 2026 was scored as 36 years without a purchase
+        raise click.BadParameter(
+            f"{value} is in the future: the models would count the time until then as observed with no purchase"
+        )
+    return as_of
 
 
 @click.command()
@@ -42,7 +49,8 @@ def _parse_as_of(_: click.Context, __: click.Parameter, value: str | None) -> da
     callback=_parse_as_of,
     metavar="TIME",
     help="Observation end for every customer: YYYY-MM-DD (the end of that UTC day) or an ISO time, UTC unless it "
-    "carries an offset (refused if a purchase after it is in the aggregates). The models count whole UTC days. "
+    "carries an offset (refused if a purchase after it is in the aggregates, or if it is more than a day ahead). The "
+    "models count whole UTC days. "
     "Default: latest event seen.",
 )
 @click.option(

@@ -27,11 +27,18 @@ _ISO_TIME: Final = re.compile(
 )
 
 
+#: The years a time flag may name: event times, ranges and observation ends of this data (0001-01-01T00+01:00 and
+#: 9999-12-31 overflowed Python's dates in UTC conversions and horizons: 'unexpected OverflowError').
+FLAG_YEARS: Final = range(1970, 2200)
+
+
 def parse_flag_time(text: str) -> date | datetime:
-    """A day (``date``) or a time (``datetime``, UTC where it names no offset) in one of the ``_ISO_TIME`` forms;
-    raises ValueError for anything else, e.g. a day with an offset and no time."""
+    """A day (``date``) or a time (``datetime``, UTC where it names no offset) in one of the ``_ISO_TIME`` forms,
+    within ``FLAG_YEARS``; raises ValueError for anything else, e.g. a day with an offset and no time."""
     if not _ISO_TIME.fullmatch(text):
         raise ValueError(f"{text!r} is not a day or a time in the documented forms")
+    if int(text[:4]) not in FLAG_YEARS:
+        raise ValueError(f"{text!r} is outside the years {FLAG_YEARS.start}-{FLAG_YEARS.stop - 1}")
     if len(text) == len("YYYY-MM-DD"):
         return date.fromisoformat(text)
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, time
 from pathlib import Path
 from time import monotonic
-from typing import Any
+from typing import Any, Final
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -79,6 +79,10 @@ class ReplayResult:
     output_key: str
 
 
+#: A replay's name is a folder of its output and part of its scratch file's name.
+MAX_NAME_CHARACTERS: Final = 200
+
+
 def replay_name(start: datetime, end: datetime, name: str | None) -> str:
     """The replay's name (given, or from the range), once the range and the name are found usable (ValueError)."""
     if end <= start:
@@ -86,6 +90,9 @@ def replay_name(start: datetime, end: datetime, name: str | None) -> str:
     name = name or f"{_stamp(start)}-{_stamp(end)}"
     if not re.fullmatch(r"[A-Za-z0-9_.=-]+", name) or not name.strip("."):
         raise ValueError("--name may contain only letters, digits and _ . = - (and not dots alone)")
+    if len(name) > MAX_NAME_CHARACTERS:
+        # it names the scratch file too, and a name past the file system's 255 bytes failed after the archive's read
+        raise ValueError(f"--name is {len(name)} characters long: at most {MAX_NAME_CHARACTERS}")
     return name
 
 

@@ -175,6 +175,9 @@ def test_a_replay_name_holds_one_range(s3: Any, tmp_path: Path) -> None:
     for name in ("..", "."):
         dots = _replay("--from", "2026-03-02", "--to", "2026-03-03", "--name", name, *scratch)
         assert dots.exit_code == 2 and "not dots alone" in dots.output
+    # it names the scratch file too: past the file system's 255 bytes it failed after reading the archive
+    long = _replay("--from", "2026-03-02", "--to", "2026-03-03", "--name", "a" * 240, *scratch)
+    assert long.exit_code == 2 and "--name is 240 characters long: at most 200" in long.output, long.output
     assert len(_replays(s3)) == 1
 
 

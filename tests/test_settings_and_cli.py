@@ -940,12 +940,38 @@ def test_a_time_flag_outside_the_documented_forms_is_refused(text: str) -> None:
         (["--from", "2026-13-01", "--to", "2026-03-02"], "--from", "month must be in 1..12"),
         (["--from", "2026-03-01", "--to", "tomorrow"], "--to", "YYYY-MM-DDTHH:MM"),
         (["--from", "2026-03-01T10:30:15", "--to", "2026-03-02"], "--from", "to the minute"),
+        # 'unexpected OverflowError' from the UTC conversion
+        (["--from", "0001-01-01T00+01:00", "--to", "2026-03-02"], "--from", "outside the years 1970-2199"),
+        (["--from", "2026-03-01", "--to", "9999-12-31T23:00-01:00"], "--to", "outside the years 1970-2199"),
     ],
 )
 def test_a_bad_replay_time_is_one_line_naming_its_flag(arguments: list[str], flag: str, needle: str) -> None:
     result = CliRunner().invoke(main, ["replay", *arguments, "--dry-run"])
     assert result.exit_code == 2, result.output
     assert f"'{flag}'" in result.output and needle in result.output, result.output
+
+
+@pytest.mark.parametrize(
+    ("as_of", "needle"),
+    [
+        ("9999-12-31T23:59:59-01:00", "outside the years 1970-2199"),  # was 'unexpected OverflowError'
+        ("1969-12-31", "outside the years 1970-2199"),
+        # a typo of 2026, scored as 36 years without a purchase (and a report that then failed on its bins)
+        ("2062-05-01", "is in the future"),
+    ],
+)
+def test_score_refuses_an_observation_end_out_of_reach(as_of: str, needle: str) -> None:
+    result = CliRunner().invoke(main, ["score", "--output-dir", "/nonexistent", "--as-of", as_of])
+    assert result.exit_code == 2 and "'--as-of'" in result.output and needle in result.output, result.output
+
+
+def test_score_takes_today_as_its_observation_end() -> None:
+    from clickstream.clv_commands import _parse_as_of
+
+    today = datetime.now(UTC).date()
+    assert _parse_as_of(None, None, today.isoformat()) == datetime.combine(
+        today, datetime.max.time(), tzinfo=UTC
+    )  # type: ignore[arg-type]
 
 
 def test_a_replay_to_the_minute_reads_and_names_that_range() -> None:
