@@ -123,6 +123,23 @@ def test_a_note_on_the_fit_is_said_by_score_and_shown_in_the_report(
     assert f"<strong>Note:</strong> {note}" in output.read_text(encoding="utf-8")
 
 
+def test_a_damaged_commit_record_stops_the_report_naming_it(content: WorkerBucket, tmp_path: Path) -> None:
+    """summary, manifest, replay and score exit 2 naming the key; report said it only inside the page, exit 0."""
+    from schemas.layout import OutputLayout
+
+    output = tmp_path / "damaged.html"
+    with moto_bucket("clv-damaged") as s3:
+        content.write_to(s3, "clv-damaged")
+        damaged = OutputLayout("rfm").commit_key("shardId-000000000009", None)
+        s3.put_object(Bucket="clv-damaged", Key=damaged, Body=b"{not json")
+        result = CliRunner().invoke(
+            main, ["report", "--bucket", "clv-damaged", "--prefix", "rfm", "-o", str(output)]
+        )
+    assert result.exit_code == 2, result.output
+    assert damaged in result.output
+    assert not output.exists()
+
+
 def test_missing_parts_are_explained_not_plotted() -> None:
     page = render_report(ReportInputs(source="s3://nothing/here"))
     assert "<img" not in page
