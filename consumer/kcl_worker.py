@@ -263,9 +263,14 @@ def require_java(java: str) -> int:
         raise WorkerError(f"{java} -version failed ({error}): is it a java runtime?", exit_code=2) from None
     found = re.search(r'version "(?:1\.)?(\d+)', answer.stderr + answer.stdout)
     if answer.returncode != 0 or found is None:
+        # what it said comes first: a java that cannot start (memory limits, a broken install) is not another program
+        said = next(
+            (line.strip() for line in (answer.stderr + answer.stdout).splitlines() if line.strip()), ""
+        )
         raise WorkerError(
-            f"{java} is not a java runtime (`{java} -version` exited {answer.returncode} without a version): set "
-            "CLICKSTREAM_JAVA or JAVA_HOME to a Java 17+",
+            f"`{java} -version` exited {answer.returncode} without a version"
+            + (f", saying: {said[:300]}" if said else "")
+            + ". Is it a java runtime? Set CLICKSTREAM_JAVA or JAVA_HOME to a Java 17+",
             exit_code=2,
         )
     major = int(found.group(1))

@@ -744,7 +744,13 @@ def test_an_unrequested_daemon_exit_is_a_failure(tmp_path: Path, java_code: int)
 @pytest.mark.parametrize(
     ("version_line", "code", "needle"),
     [
-        ("", 1, "is not a java runtime"),  # e.g. CLICKSTREAM_JAVA=/bin/false
+        ("", 1, "exited 1 without a version. Is it a java runtime?"),  # e.g. CLICKSTREAM_JAVA=/bin/false
+        # a java that cannot start was said to be no java, its own words swallowed
+        (
+            "Error occurred during initialization of VM",
+            1,
+            "exited 1 without a version, saying: Error occurred during initialization of VM. Is it a java runtime?",
+        ),
         ('java version "1.8.0_392"', 0, "is Java 8; the KCL MultiLangDaemon needs Java 17+"),
         ('openjdk version "11.0.21" 2023-10-17', 0, "is Java 11"),
     ],
