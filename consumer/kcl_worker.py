@@ -254,19 +254,34 @@ def kcl_properties(settings: Settings, executable: str) -> str:
 MIN_JAVA_MAJOR = 17
 
 
-def require_java(java: str) -> int:
-    """The major release of ``java`` (``java -version``); WorkerError (exit 2) when it is no java or older than 17:
-    found here, in one line, rather than by a daemon that exits at once."""
+def heap_flags(heap: str) -> list[str]:
+    """The JVM's heap flags for ``CLICKSTREAM_KCL_JAVA_HEAP``."""
+    return [f"-Xms{KCL_INITIAL_HEAP_MIB}m", f"-Xmx{heap}"]
+
+
+def require_java(java: str, heap: str | None = None) -> int:
+    """The major release of ``java`` (``java -version``, with the worker's ``heap`` if given); WorkerError (exit 2)
+    when it is no java, older than 17 or cannot reserve that heap: found here, in one line, rather than by a daemon
+    that exits at once."""
+    flags = heap_flags(heap) if heap is not None else []
     try:
-        answer = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30, check=False)
+        answer = subprocess.run(
+            [java, *flags, "-version"], capture_output=True, text=True, timeout=30, check=False
+        )
     except (OSError, subprocess.TimeoutExpired) as error:
         raise WorkerError(f"{java} -version failed ({error}): is it a java runtime?", exit_code=2) from None
-    found = re.search(r'version "(?:1\.)?(\d+)', answer.stderr + answer.stdout)
+    output = answer.stderr + answer.stdout
+    found = re.search(r'version "(?:1\.)?(\d+)', output)
+    if answer.returncode != 0 and heap is not None and "heap" in output:
+        said = " ".join(line.strip() for line in output.splitlines() if "heap" in line)
+        raise WorkerError(
+            f"the JVM cannot start with CLICKSTREAM_KCL_JAVA_HEAP={heap} ({said[:300]}): give a heap this machine "
+            "can reserve, e.g. 1g",
+            exit_code=2,
+        )
     if answer.returncode != 0 or found is None:
         # what it said comes first: a java that cannot start (memory limits, a broken install) is not another program
-        said = next(
-            (line.strip() for line in (answer.stderr + answer.stdout).splitlines() if line.strip()), ""
-        )
+        said = next((line.strip() for line in output.splitlines() if line.strip()), "")
         raise WorkerError(
             f"`{java} -version` exited {answer.returncode} without a version"
             + (f", saying: {said[:300]}" if said else "")
@@ -285,7 +300,7 @@ def require_java(java: str) -> int:
 
 def java_command(settings: Settings, properties_file: Path) -> list[str]:
     jars = kcl_jar_directory()
-    command = [find_java(settings), f"-Xms{KCL_INITIAL_HEAP_MIB}m", f"-Xmx{settings.kcl_java_heap}"]
+    command = [find_java(settings), *heap_flags(settings.kcl_java_heap)]
     if settings.aws_endpoint_url:
         # Emulators (moto, LocalStack's kinesis-mock) do not speak the SDK's default CBOR wire format.
         command.append("-Daws.cborEnabled=false")
@@ -403,7 +418,7 @@ class KclWorker:
             for stale in self.status_dir.glob("*.json"):
                 stale.unlink()
         command = java_command(self.settings, properties_file)
-        require_java(command[0])
+        require_java(command[0], self.settings.kcl_java_heap)
         return command
 
     def settings_file(self) -> Path:

@@ -765,6 +765,18 @@ def test_a_java_that_cannot_run_the_kcl_is_a_configuration_error(
     assert require_java(str(fake_java(tmp_path / "ok", 'openjdk version "21.0.5" 2024-10-15'))) == 21
 
 
+def test_a_heap_the_jvm_cannot_reserve_is_a_configuration_error_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """CLICKSTREAM_KCL_JAVA_HEAP=999999g passed every check, then the daemon died at once: 'exited unexpectedly', 1."""
+    monkeypatch.delenv("CLICKSTREAM_JAVA", raising=False)
+    java = find_java(load_settings())  # the real one: the worker's tests need it anyway
+    with pytest.raises(WorkerError) as raised:
+        require_java(java, "999999g")  # a petabyte: more than any address space
+    assert raised.value.exit_code == 2 and "CLICKSTREAM_KCL_JAVA_HEAP=999999g" in str(raised.value)
+    assert require_java(java, "512m") >= 17
+
+
 def test_health_judges_by_the_worker_limits_unless_given_its_own(tmp_path: Path) -> None:
     """The worker was started with a longer stuck-shard limit (a flag, written to its settings file): a health
     check run with only the environment must judge by that limit, and by its own flag when given one."""
