@@ -9,6 +9,7 @@ well.
 from __future__ import annotations
 
 import errno
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,7 +30,7 @@ INTERRUPTED = 130
 TERMINATED = 143
 
 _NOT_FOUND = {
-    "NoSuchBucket": "bucket {bucket} does not exist (CLICKSTREAM_BUCKET / --bucket; `clickstream setup` creates it)",
+    "NoSuchBucket": "{bucket} does not exist (CLICKSTREAM_BUCKET / --bucket; `clickstream setup` creates it)",
     "ResourceNotFoundException": "{message} (check the name; `clickstream setup` creates the stream)",
 }
 #: AWS's answers to credentials it does not accept (unknown, mistyped or expired keys, an ended SSO session).
@@ -90,16 +91,21 @@ def _unreachable(error: Exception) -> str:
     return f"cannot reach {endpoint}: {hint}"
 
 
+def _bucket(details: Mapping[str, Any]) -> str:
+    """'bucket <name>', or 'the bucket' where the answer does not name it (HeadBucket's 404 has no body)."""
+    name = details.get("BucketName")
+    return f"bucket {name}" if name else "the bucket"
+
+
 def _client_error(error: aws.ClientError) -> Failure:
     details = error.response.get("Error", {})
     code = str(details.get("Code", "Unknown"))
     message = str(details.get("Message") or "").strip()
     operation = error.operation_name
     if code in ("NoSuchBucket", "404") and operation in ("HeadBucket", "ListObjectsV2", "ListObjects"):
-        bucket = details.get("BucketName") or "the bucket"
-        return Failure(_NOT_FOUND["NoSuchBucket"].format(bucket=bucket), USAGE)
+        return Failure(_NOT_FOUND["NoSuchBucket"].format(bucket=_bucket(details)), USAGE)
     if code in _NOT_FOUND:
-        return Failure(_NOT_FOUND[code].format(bucket=details.get("BucketName"), message=message), USAGE)
+        return Failure(_NOT_FOUND[code].format(bucket=_bucket(details), message=message), USAGE)
     if code in _BAD_CREDENTIALS:
         return Failure(
             f"AWS refused the credentials ({code} on {operation}): check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "

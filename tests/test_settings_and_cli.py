@@ -1714,6 +1714,20 @@ def test_refused_credentials_are_a_configuration_error_naming_what_to_check(code
     assert "AWS_PROFILE" in failure.message
 
 
+def test_a_bucket_not_found_without_its_name_reads_as_a_sentence() -> None:
+    """HeadBucket's 404 has no body: it was said as 'bucket the bucket does not exist'."""
+    from botocore.exceptions import ClientError
+
+    from clickstream.errors import explain
+
+    failure = explain(ClientError({"Error": {"Code": "404", "Message": "Not Found"}}, "HeadBucket"))
+    assert failure.exit_code == 2 and failure.message.startswith(
+        "the bucket does not exist (CLICKSTREAM_BUCKET"
+    )
+    named = explain(ClientError({"Error": {"Code": "NoSuchBucket", "BucketName": "b1"}}, "ListObjectsV2"))  # type: ignore[typeddict-unknown-key]
+    assert named.message.startswith("bucket b1 does not exist (CLICKSTREAM_BUCKET")
+
+
 def test_a_service_unavailable_or_throttling_after_retries_says_it_is_on_the_service_side() -> None:
     """`setup` in an S3 outage ended with "AWS HeadBucket failed: 503: Service Unavailable" and no advice."""
     from botocore.exceptions import ClientError
