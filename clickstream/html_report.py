@@ -109,7 +109,12 @@ def write_report(settings: Settings, output: Path, *, top: int = 20, clv_dir: Pa
 
     inputs = load_inputs(settings, aws_client("s3", settings), top=top, clv_dir=clv_dir)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(render_report(inputs), encoding="utf-8")
+    try:
+        output.write_text(render_report(inputs), encoding="utf-8")
+    except OSError as error:
+        if error.filename is None:  # a failed write (a full disk) names no file: say which
+            error.filename = str(output)
+        raise
     return output
 
 

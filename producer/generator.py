@@ -837,13 +837,18 @@ def write_jsonl(path: str | Path, records: Iterable[bytes]) -> int:
     Compact JSON never contains a raw newline; a record that does cannot be framed as a line and is refused.
     """
     count = 0
-    with _create(Path(path)) as out:
-        for record in records:
-            if b"\n" in record:
-                raise ValueError(f"record {count} contains a newline and cannot be written as one line")
-            out.write(record)
-            out.write(b"\n")
-            count += 1
+    try:
+        with _create(Path(path)) as out:
+            for record in records:
+                if b"\n" in record:
+                    raise ValueError(f"record {count} contains a newline and cannot be written as one line")
+                out.write(record)
+                out.write(b"\n")
+                count += 1
+    except OSError as error:
+        if error.filename is None:  # a failed write (a full disk) names no file: say which
+            error.filename = str(path)
+        raise
     return count
 
 

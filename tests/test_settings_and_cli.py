@@ -1714,6 +1714,25 @@ def test_refused_credentials_are_a_configuration_error_naming_what_to_check(code
     assert "AWS_PROFILE" in failure.message
 
 
+@pytest.mark.skipif(
+    not Path("/dev/full").exists(), reason="needs Linux's /dev/full, a file that is always full"
+)
+def test_a_full_disk_names_the_file_it_could_not_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    """generate and report said only 'No space left on device'."""
+    from clickstream import html_report
+
+    result = run_cli("generate", "--events", "10", "-o", "/dev/full")
+    assert_one_line(result, 1, "No space left on device (/dev/full)")
+
+    monkeypatch.setattr(
+        html_report, "load_inputs", lambda *_, **__: html_report.ReportInputs(source="s3://b/p")
+    )
+    monkeypatch.setattr(html_report, "render_report", lambda _inputs: "<html></html>" * 100_000)
+    with pytest.raises(OSError, match="No space left on device") as raised:
+        html_report.write_report(load_settings(), Path("/dev/full"))
+    assert raised.value.filename == "/dev/full"
+
+
 def test_a_bucket_not_found_without_its_name_reads_as_a_sentence() -> None:
     """HeadBucket's 404 has no body: it was said as 'bucket the bucket does not exist'."""
     from botocore.exceptions import ClientError
