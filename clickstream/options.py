@@ -39,6 +39,9 @@ def parse_flag_time(text: str) -> date | datetime:
         raise ValueError(f"{text!r} is not a day or a time in the documented forms")
     if int(text[:4]) not in FLAG_YEARS:
         raise ValueError(f"{text!r} is outside the years {FLAG_YEARS.start}-{FLAG_YEARS.stop - 1}")
+    offset = re.search(r"[+-](\d{2}):(\d{2})$", text) if len(text) > len("YYYY-MM-DD") else None
+    if offset and (int(offset.group(1)) > 23 or int(offset.group(2)) > 59):
+        raise ValueError(f"{text!r} has an offset outside -23:59 to +23:59")
     if len(text) == len("YYYY-MM-DD"):
         return date.fromisoformat(text)
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))

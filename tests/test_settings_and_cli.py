@@ -943,6 +943,12 @@ def test_a_time_flag_outside_the_documented_forms_is_refused(text: str) -> None:
         # 'unexpected OverflowError' from the UTC conversion
         (["--from", "0001-01-01T00+01:00", "--to", "2026-03-02"], "--from", "outside the years 1970-2199"),
         (["--from", "2026-03-01", "--to", "9999-12-31T23:00-01:00"], "--to", "outside the years 1970-2199"),
+        # was Python's "not datetime.timedelta(days=4, seconds=10800)"
+        (
+            ["--from", "2026-03-01T10:00+99:00", "--to", "2026-03-02"],
+            "--from",
+            "offset outside -23:59 to +23:59",
+        ),
     ],
 )
 def test_a_bad_replay_time_is_one_line_naming_its_flag(arguments: list[str], flag: str, needle: str) -> None:
