@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import traceback
@@ -252,6 +253,11 @@ def emulator(host: str, port: int, allow_remote: bool) -> None:
         run_foreground(host, port, allow_remote=allow_remote)
     except RemoteBindRefusedError as error:
         raise FrontDoorError(str(error), USAGE) from None
+    except socket.gaierror as error:  # the host name resolves to no address of this machine
+        raise FrontDoorError(
+            f"cannot serve on {host}:{port}: {error.strerror or error} (--host: a name or address of this machine)",
+            USAGE,
+        ) from None
     except OSError as error:
         raise FrontDoorError(
             f"cannot serve on {host}:{port}: {error.strerror or error} (another emulator running? pick another "

@@ -1191,6 +1191,12 @@ def test_emulator_on_a_port_in_use_is_one_line_and_exit_1() -> None:
     assert_one_line(result, 1, f"127.0.0.1:{port}", "--port")
 
 
+def test_emulator_on_a_host_name_that_resolves_to_nothing_is_a_usage_error() -> None:
+    """It was exit 1 with 'another emulator running? pick another --port', which does not fit a mistyped host."""
+    result = run_cli("emulator", "--host", "nosuch.invalid", "--allow-remote", "--port", "0")
+    assert_one_line(result, 2, "nosuch.invalid", "--host: a name or address of this machine")
+
+
 def test_produce_reports_its_summary_once(monkeypatch: pytest.MonkeyPatch) -> None:
     with mock_aws():
         boto3.client("kinesis", region_name="us-east-1").create_stream(StreamName="once", ShardCount=1)
