@@ -434,7 +434,10 @@ def produce(
     stream_name: str | None,
     **options: Any,
 ) -> None:
-    """Put events on the stream with PutRecords (batched, retried, nothing silently dropped)."""
+    """Put events on the stream with PutRecords (batched, retried, nothing silently dropped).
+
+    Without --input, generated demo events are put: against AWS itself (no AWS_ENDPOINT_URL) only with an explicit
+    --events, so that demo load never reaches a production stream by accident."""
     from botocore.exceptions import ClientError
 
     from consumer.preflight import is_missing_stream, stream_missing
@@ -596,7 +599,8 @@ def worker(
     "dedupe_window_days",
     "--dedupe-window-days",
     type=int,
-    purpose="De-duplication window: give the worker's, or the replay counts re-sends differently from the live rows.",
+    purpose="De-duplication window in days: give the worker's value, so that the replay counts re-sent events as "
+    "the live rows counted them.",
 )
 @setting_option(
     "state_dir",
