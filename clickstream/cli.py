@@ -586,7 +586,11 @@ def worker(
     metavar="TIME",
     help="End of the event-time range (exclusive), in the same forms as --from.",
 )
-@click.option("--name", default=None, help="Output folder under <prefix>/replays/ (default: from the range).")
+@click.option(
+    "--name",
+    default=None,
+    help="Output folder under <prefix>/replays/, at most 200 characters (default: from the range).",
+)
 @click.option(
     "--dry-run",
     is_flag=True,

@@ -31,12 +31,12 @@ def _parse_as_of(_: click.Context, __: click.Parameter, value: str | None) -> da
         raise click.BadParameter(
             f"{error}: use YYYY-MM-DD (a UTC day) or an ISO time, e.g. 2026-04-30T12:00:00Z"
         ) from None
-    as_of = (
-        parsed if isinstance(parsed, datetime) else datetime.combine(parsed, datetime.max.time(), tzinfo=UTC)
-    )
-    if as_of > datetime.now(UTC) + timedelta(
-        days=1
-    ):  # 2062 for 2026 was scored as 36 years without a purchase
+    a_day_ahead = datetime.now(UTC) + timedelta(days=1)
+    if isinstance(parsed, datetime):
+        as_of, ahead = parsed, parsed > a_day_ahead
+    else:  # a day up to tomorrow (UTC), whose end is more than a day ahead
+        as_of, ahead = datetime.combine(parsed, datetime.max.time(), tzinfo=UTC), parsed > a_day_ahead.date()
+    if ahead:  # 2062 for 2026 was scored as 36 years without a purchase
         raise click.BadParameter(
             f"{value} is in the future: the models would count the time until then as observed with no purchase"
         )

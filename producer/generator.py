@@ -800,8 +800,8 @@ def generate_events(
 #: The first bytes of a gzip file: a file is read as gzip by these, whatever its name.
 _GZIP_MAGIC: Final = b"\x1f\x8b"
 _UTF8_BOM: Final = b"\xef\xbb\xbf"
-#: A longer line is not a record (Kinesis takes at most 10 MiB): it is refused once this much of it is read, where
-#: a file with no line breaks (a binary, /dev/zero) used to be read into memory whole.
+#: A longer line is not a record (this producer sends records of up to 1 MiB, Kinesis takes none over 10 MiB): it is
+#: refused once this much of it is read, where a file with no line breaks (a binary, /dev/zero) was read whole.
 MAX_LINE_BYTES: Final = 64 * 1024 * 1024
 
 
@@ -869,7 +869,7 @@ def read_jsonl(path: str | Path) -> Iterator[bytes]:
                 if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
                     raise InputFileError(
                         f"{path}: line {line_number:,} is longer than {MAX_LINE_BYTES // 2**20} MiB: not a record "
-                        "(Kinesis takes at most 10 MiB); is this a JSONL file?"
+                        "(no Kinesis record is over 10 MiB); is this a JSONL file?"
                     )
                 if line_number == 1 and line.startswith(_UTF8_BOM):
                     line = line[len(_UTF8_BOM) :]  # the file's mark, not the record's bytes

@@ -150,9 +150,8 @@ class Settings(BaseSettings):
     )
     worker_id: str = Field(
         default_factory=_default_worker_id,
-        # not empty, no blank ends (an unset ${...} in a task template gives ""); no backslash or control character:
-        # the KCL's properties file reads a backslash as an escape, and its lease owner would differ from this id
-        pattern=r"^[^\s\\](?:[^\\\x00-\x1f\x7f]*[^\s\\])?$",
+        # not empty, no blank ends (an unset ${...} in a task template gives ""), no control character
+        pattern=r"^[^\s\x00-\x1f\x7f](?:[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f])?$",
         description="Stable KCL worker id (default: host name) so restarts reclaim leases immediately.",
     )
     initial_position: Literal["TRIM_HORIZON", "LATEST"] = Field(
@@ -490,7 +489,7 @@ def warn_about_unknown_variables() -> None:
 _PATTERN_MEANINGS: Final = {
     "stream_name": "must be 1-128 letters, digits, '_', '.' or '-' (Kinesis's rule for stream names)",
     "application_name": "must be 3-200 letters, digits, '_', '.' or '-' (it names the KCL's DynamoDB tables)",
-    "worker_id": "must not be empty, begin or end with a blank, or hold a backslash or a control character",
+    "worker_id": "must not be empty, begin or end with a blank, or hold a control character",
     "kcl_java_heap": "must be a whole number followed by k, m or g, e.g. 1g or 1536m",
 }
 

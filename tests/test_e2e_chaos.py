@@ -936,22 +936,28 @@ def _leases(dynamodb: Any, application: str) -> dict[str, dict[str, str]]:
     }
 
 
-def _assign_lease(dynamodb: Any, application: str, shard: str, new_owner: str) -> str:
+def _assign_lease(dynamodb: Any, application: str, shard: str, new_owner: str) -> str | None:
     """Reassign ``shard``'s lease with the update the KCL leader's lease assignment writes (LeaseAssignmentManager ->
     DynamoDBLeaseRefresher.assignLease): owner replaced, checkpointOwner removed, owner switches and lease counter
     incremented, on condition that the owner is still the one read. The old owner's next renewal fails (its lease
     is lost), the new owner's lease discovery starts the shard from its checkpoint. Returns the old owner."""
     key = {"leaseKey": {"S": shard}}
-    old = dynamodb.get_item(TableName=application, Key=key, ConsistentRead=True)["Item"]["leaseOwner"]["S"]
+    item = dynamodb.get_item(TableName=application, Key=key, ConsistentRead=True)["Item"]
+    old = item.get("leaseOwner", {}).get("S")  # none: the lease was evicted (its owner gone)
+    owned = "leaseOwner = :old" if old is not None else "attribute_not_exists(leaseOwner)"
     dynamodb.update_item(
         TableName=application,
         Key=key,
         UpdateExpression="SET leaseOwner = :new REMOVE checkpointOwner ADD leaseCounter :one, "
         "ownerSwitchesSinceCheckpoint :one",
-        ConditionExpression="leaseOwner = :old AND attribute_exists(leaseKey)",
-        ExpressionAttributeValues={":new": {"S": new_owner}, ":old": {"S": old}, ":one": {"N": "1"}},
+        ConditionExpression=f"{owned} AND attribute_exists(leaseKey)",
+        ExpressionAttributeValues={
+            ":new": {"S": new_owner},
+            ":one": {"N": "1"},
+            **({":old": {"S": old}} if old is not None else {}),
+        },
     )
-    return str(old)
+    return str(old) if old is not None else None
 
 
 def _give_an_idle_worker_a_lease(dynamodb: Any, application: str, workers: Iterable[str]) -> None:

@@ -220,7 +220,7 @@ def duo(emulator_endpoint: str, tmp_path: Path, request: pytest.FixtureRequest) 
             clear_faults(emulator_endpoint)
 
 
-def _assign_lease(run: Duo, shard: str, new_owner: str) -> str:
+def _assign_lease(run: Duo, shard: str, new_owner: str) -> str | None:
     """Move ``shard``'s lease to ``new_owner`` as the KCL leader would; returns the old owner."""
     return _assign_lease_in(run.dynamodb, run.names["application_name"], shard, new_owner)
 

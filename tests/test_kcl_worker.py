@@ -85,6 +85,35 @@ def fake_java(
 
 
 # ---------------------------------------------------------------------------------------------------- properties
+def test_the_kcl_reads_back_every_value_as_the_settings_hold_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Written plainly, a worker id CORP\\host1 was read by the KCL as CORPhost1 and wörker as wÃ¶rker (Java's
+    Properties.load reads ISO 8859-1 with backslash escapes): its lease owner was not the id the worker checks."""
+    monkeypatch.delenv("CLICKSTREAM_JAVA", raising=False)
+    java = find_java(load_settings())
+    worker_id = "CORP\\höst-1 ☃ 𝄞"  # a backslash, Latin-1, the BMP beyond it, and a surrogate pair
+    settings = load_settings(worker_id=worker_id, stream_name="s", state_dir=tmp_path)
+    written = tmp_path / "kcl.properties"
+    written.write_text(
+        kcl_properties(settings, "/opt/ä b/python -m consumer.record_processor"), encoding="utf-8"
+    )
+    reader = tmp_path / "Load.java"
+    reader.write_text(
+        "import java.io.*; import java.util.*;\n"
+        "public class Load { public static void main(String[] a) throws Exception {\n"
+        "  Properties p = new Properties(); try (InputStream in = new FileInputStream(a[0])) { p.load(in); }\n"
+        '  try (Writer out = new OutputStreamWriter(new FileOutputStream(a[1]), "UTF-8")) {\n'
+        '    out.write(p.getProperty("workerId") + "\\n" + p.getProperty("executableName")); } } }\n'
+    )
+    read = tmp_path / "read.txt"
+    subprocess.run([java, str(reader), str(written), str(read)], check=True, timeout=120, capture_output=True)
+    assert read.read_text(encoding="utf-8").split("\n") == [
+        worker_id,
+        "/opt/ä b/python -m consumer.record_processor",
+    ]
+
+
 def test_kcl_properties_name_the_processor_stream_application_worker_and_polling_mode() -> None:
     settings = load_settings(
         stream_name="clicks",

@@ -14,12 +14,13 @@ import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import boto3
+import click
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -234,8 +235,9 @@ def test_unrelated_clickstream_variables_do_not_break_loading(monkeypatch: pytes
         ("CLICKSTREAM_PREFIX", "../.."),
         ("CLICKSTREAM_PREFIX", "rfm/./x"),
         ("CLICKSTREAM_PREFIX", "rfm//x"),
-        ("CLICKSTREAM_WORKER_ID", "CORP\\host1"),  # the KCL's properties file dropped the backslash
-        ("CLICKSTREAM_WORKER_ID", "host\tone"),
+        ("CLICKSTREAM_WORKER_ID", "host\tone"),  # a control character: no lease owner of the KCL's
+        ("CLICKSTREAM_WORKER_ID", "\x01host"),
+        ("CLICKSTREAM_WORKER_ID", "host\x01"),
         ("AWS_ENDPOINT_URL", "http://[::1"),  # was 'unexpected UnboundLocalError'
         ("AWS_ENDPOINT_URL", "http://127.0.0.1:4566/some/path"),  # was 'bucket some does not exist'
     ],
@@ -971,13 +973,16 @@ def test_score_refuses_an_observation_end_out_of_reach(as_of: str, needle: str) 
     assert result.exit_code == 2 and "'--as-of'" in result.output and needle in result.output, result.output
 
 
-def test_score_takes_today_as_its_observation_end() -> None:
+def test_score_takes_today_and_tomorrow_as_observation_ends() -> None:
+    """A day is observed to its end: tomorrow's (UTC) is more than a day ahead, and must be taken all the same."""
     from clickstream.clv_commands import _parse_as_of
 
     today = datetime.now(UTC).date()
-    assert _parse_as_of(None, None, today.isoformat()) == datetime.combine(
-        today, datetime.max.time(), tzinfo=UTC
-    )  # type: ignore[arg-type]
+    for day in (today, today + timedelta(days=1)):
+        parsed = _parse_as_of(None, None, day.isoformat())  # type: ignore[arg-type]
+        assert parsed == datetime.combine(day, datetime.max.time(), tzinfo=UTC)
+    with pytest.raises(click.BadParameter, match="is in the future"):
+        _parse_as_of(None, None, (today + timedelta(days=2)).isoformat())  # type: ignore[arg-type]
 
 
 def test_a_replay_to_the_minute_reads_and_names_that_range() -> None:
