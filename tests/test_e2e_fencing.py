@@ -31,7 +31,7 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -119,6 +119,19 @@ class Duo:
     def status(self, worker: str, shard: str) -> ShardStatus:
         return self.workers[worker].statuses().get(shard) or ShardStatus(shard, 0)
 
+    def where_things_stand(self) -> str:
+        """Every lease's owner and each worker's shard processors, for a wait that timed out: a CI log keeps the
+        assertion's message, not always the log tails printed after it."""
+        with suppress(Exception):  # the emulator may be what failed
+            leases = _leases(self.dynamodb, self.names["application_name"])
+            processors = {
+                name: {shard: (s.phase, s.pid) for shard, s in worker.statuses().items()}
+                | {"running": worker.processor_pids()}
+                for name, worker in self.workers.items()
+            }
+            return f"leases {leases}; shard processors (phase, pid) {processors}"
+        return "leases and processors could not be read"
+
     def produce(self, jsonl: Path) -> None:
         self.harness.cli(
             "produce",
@@ -200,8 +213,11 @@ def duo(emulator_endpoint: str, tmp_path: Path, request: pytest.FixtureRequest) 
             return {name: w.processing() for name, w in workers.items()}
 
         started = time.monotonic()
-        _wait_for(
-            "every shard to be processed", lambda: set().union(*holders().values()) == SHARDS, timeout=180
+        _wait_on(
+            run,
+            "every shard to be processed",
+            lambda: set().union(*holders().values()) == SHARDS,
+            timeout=180,
         )
 
         def balanced() -> bool:
@@ -209,7 +225,7 @@ def duo(emulator_endpoint: str, tmp_path: Path, request: pytest.FixtureRequest) 
             held = holders()
             return all(held.values()) and set().union(*held.values()) == SHARDS
 
-        _wait_for("each worker to process one shard", balanced, timeout=300)
+        _wait_on(run, "each worker to process one shard", balanced, timeout=300)
         print(
             f"\nbalanced after {time.monotonic() - started:.0f}s: "
             f"{ {name: sorted(w.processing()) for name, w in workers.items()} }"
@@ -218,6 +234,16 @@ def duo(emulator_endpoint: str, tmp_path: Path, request: pytest.FixtureRequest) 
             yield run
         finally:
             clear_faults(emulator_endpoint)
+
+
+def _wait_on(
+    run: Duo, what: str, predicate: Callable[[], Any], timeout: float, interval: float = 0.2
+) -> float:
+    """``_wait_for``, whose timeout also says where every lease and shard processor stood."""
+    try:
+        return _wait_for(what, predicate, timeout=timeout, interval=interval)
+    except AssertionError as timed_out:
+        raise AssertionError(f"{timed_out}; {run.where_things_stand()}") from None
 
 
 def _assign_lease(run: Duo, shard: str, new_owner: str) -> str | None:
@@ -264,7 +290,7 @@ def _hold_a_flush_in_retries(run: Duo, owner: str, shard: str, load: Path) -> Po
         _keep_lease_with(run, shard, owner)
         return any(c.worker_id == owner for c in run.commits(shard))
 
-    _wait_for(f"{owner} to commit a flush of {shard}", committed, timeout=240)
+    _wait_on(run, f"{owner} to commit a flush of {shard}", committed, timeout=240)
     retries = run.status(owner, shard).retries
     set_fault(run.endpoint, "s3", 503, OUTAGE_SECONDS, operations=["PutObject"])
 
@@ -272,7 +298,9 @@ def _hold_a_flush_in_retries(run: Duo, owner: str, shard: str, load: Path) -> Po
         _keep_lease_with(run, shard, owner)
         return run.status(owner, shard).retries > retries
 
-    _wait_for(f"{owner} to retry a flush of {shard} during the S3 outage", retrying, timeout=60, interval=0.1)
+    _wait_on(
+        run, f"{owner} to retry a flush of {shard} during the S3 outage", retrying, timeout=60, interval=0.1
+    )
     return run.tip(shard)
 
 
@@ -301,8 +329,11 @@ def _keep_lease_with(run: Duo, shard: str, owner: str) -> None:
 def _wait_until_settled(run: Duo, timeout: float) -> None:
     """Every record of the dataset is in a commit (which also settles the intents of the attempts before it)."""
     total = len(run.dataset.labelled)
-    _wait_for(
-        f"commits to cover all {total} records", lambda: run.records_committed() >= total, timeout=timeout
+    _wait_on(
+        run,
+        f"commits to cover all {total} records",
+        lambda: run.records_committed() >= total,
+        timeout=timeout,
     )
 
 
@@ -328,12 +359,14 @@ def test_a_paused_owner_loses_the_commit_race_and_catches_up_when_it_gets_the_sh
     try:
         # Both at once: the leader may hand the lease back to A for a while (A's worker metrics look fresh for a
         # time after its JVM stopped) after B started a processor, whose status still says "processing".
-        took = _wait_for(
+        took = _wait_on(
+            run,
             f"{taker} to hold and process {shard}",
             lambda: run.lease_owner(shard) == taker and _processes(b, shard),
             timeout=300,
         )
-        _wait_for(
+        _wait_on(
+            run,
             f"{taker} to retry its first flush of {shard}",
             lambda: run.status(taker, shard).retries > 0,
             timeout=240,
@@ -350,12 +383,15 @@ def test_a_paused_owner_loses_the_commit_race_and_catches_up_when_it_gets_the_sh
         os.kill(zombie, signal.SIGSTOP)
         try:
             hits = _end_outage(run)
-            _wait_for(f"{taker} to commit at {position}", lambda: run.commit_at(shard, position), timeout=240)
+            _wait_on(
+                run, f"{taker} to commit at {position}", lambda: run.commit_at(shard, position), timeout=240
+            )
         finally:
             os.kill(zombie, signal.SIGCONT)
         winner = run.commit_at(shard, position)
         assert winner is not None and winner.worker_id == taker, winner
-        _wait_for(
+        _wait_on(
+            run,
             f"{owner} to lose its commit at {position}",
             lambda: _log(a, "lost the commit race", shard),
             timeout=300,
@@ -371,8 +407,11 @@ def test_a_paused_owner_loses_the_commit_race_and_catches_up_when_it_gets_the_sh
                 os.kill(pid, signal.SIGCONT)
     print(f"{owner}'s JVM resumed after {time.monotonic() - paused_at:.0f}s")
     # Its processor's checkpoint is refused (the lease is B's): the KCL ends it.
-    _wait_for(
-        f"{owner}'s old processor of {shard} to end", lambda: zombie not in a.processor_pids(), timeout=300
+    _wait_on(
+        run,
+        f"{owner}'s old processor of {shard} to end",
+        lambda: zombie not in a.processor_pids(),
+        timeout=300,
     )
     assert _log(a, "lease lost", shard), f"{owner}'s processor of {shard} ended without losing its lease"
 
@@ -384,7 +423,7 @@ def test_a_paused_owner_loses_the_commit_race_and_catches_up_when_it_gets_the_sh
         _keep_lease_with(run, shard, taker)
         return _processes(b, shard) and shard not in a.processor_shards()
 
-    _wait_for(f"{taker} alone to process {shard}", taker_alone, timeout=300)
+    _wait_on(run, f"{taker} alone to process {shard}", taker_alone, timeout=300)
     # The owner's local state stands where its last processor of the shard left it: that processor's last status
     # (read now, not later: the KCL may hand the shard back at any moment, and a new processor would catch up).
     left = run.status(owner, shard)
@@ -395,7 +434,8 @@ def test_a_paused_owner_loses_the_commit_race_and_catches_up_when_it_gets_the_sh
     java = a.signal_java(signal.SIGSTOP)
     try:
         run.produce(second[0])
-        _wait_for(
+        _wait_on(
+            run,
             f"commits to cover the first {first[1] + second[1]} records",
             lambda: run.records_committed() >= first[1] + second[1],
             timeout=300,
@@ -417,7 +457,7 @@ def test_a_paused_owner_loses_the_commit_race_and_catches_up_when_it_gets_the_sh
         _keep_lease_with(run, shard, owner)
         return bool(_log(a, "restored shard state", shard, since=read_at))
 
-    _wait_for(f"{owner} to take {shard} back and restore it", owner_restored, timeout=300)
+    _wait_on(run, f"{owner} to take {shard} back and restore it", owner_restored, timeout=300)
     back = _log(a, "initializing at checkpoint", shard, since=read_at)
     restores = _log(a, "restored shard state", shard, since=read_at)
     found = RESTORED.search(restores[0].message) if back and restores else None
@@ -449,7 +489,8 @@ def test_a_lease_moved_during_a_retrying_flush_fences_the_old_owner(duo: Duo, tm
     waiting = "held by an earlier processor of this shard"
     # B takes the shard over and retries a flush from P too; or the KCL leader's rebalancing (B now holds both
     # shards, A none) hands the lease back to A first, before or after B started it, and A's new processor waits.
-    _wait_for(
+    _wait_on(
+        run,
         f"{new} to retry a flush of {shard} (or the KCL to hand it back to {old})",
         lambda: run.status(new, shard).retries > 0 or _log(a, waiting, shard),
         timeout=300,
@@ -463,7 +504,8 @@ def test_a_lease_moved_during_a_retrying_flush_fences_the_old_owner(duo: Duo, tm
     else:
         since = _log(a, waiting, shard)[0].at
     # The old owner's processor still retries its flush after the lease moved (and after the new owner started).
-    _wait_for(
+    _wait_on(
+        run,
         f"{old}'s processor of {shard} to retry after the move",
         lambda: [e for e in _log(a, "failed (attempt", shard) if e.at > since],
         timeout=240,
@@ -486,7 +528,8 @@ def test_a_lease_moved_during_a_retrying_flush_fences_the_old_owner(duo: Duo, tm
         _keep_lease_with(run, shard, old)
         return bool(_log(a, waiting, shard)) or zombie not in a.processor_pids()
 
-    _wait_for(
+    _wait_on(
+        run,
         f"{old}'s new processor of {shard} to wait for the old one, or the old one to end",
         back_with_old_owner,
         timeout=300,
@@ -497,12 +540,13 @@ def test_a_lease_moved_during_a_retrying_flush_fences_the_old_owner(duo: Duo, tm
 
     # S3 comes back: the writers retrying a flush from P race; S3 creates that commit once, any other attempt loses.
     hits = _end_outage(run)
-    _wait_for(f"a commit at {position}", lambda: run.commit_at(shard, position), timeout=240)
+    _wait_on(run, f"a commit at {position}", lambda: run.commit_at(shard, position), timeout=240)
     winner = run.commit_at(shard, position)
     assert winner is not None and winner.worker_id in WORKERS
     if raced:
         loser = new if winner.worker_id == old else old
-        _wait_for(
+        _wait_on(
+            run,
             f"{loser} to lose its commit at {position}",
             lambda: _log(run.workers[loser], "lost the commit race", shard),
             timeout=300,
@@ -515,8 +559,8 @@ def test_a_lease_moved_during_a_retrying_flush_fences_the_old_owner(duo: Duo, tm
         )
     # The old processor cannot checkpoint (its lease is gone, even though its worker holds the shard again): it ends,
     # and the new one opens the state file and goes on.
-    _wait_for(
-        f"{old}'s old processor of {shard} to end", lambda: zombie not in a.processor_pids(), timeout=300
+    _wait_on(
+        run, f"{old}'s old processor of {shard} to end", lambda: zombie not in a.processor_pids(), timeout=300
     )
     assert _log(a, "lease lost", shard, since=moved_at), (
         f"{old}'s old processor of {shard} ended without its lease"
@@ -535,13 +579,7 @@ def test_a_lease_moved_during_a_retrying_flush_fences_the_old_owner(duo: Duo, tm
             and bool(_log(a, "initializing at checkpoint", shard, since=moved_at))
         )
 
-    try:
-        _wait_for(f"{old}'s new processor of {shard} to process", new_processor_went_on, timeout=300)
-    except AssertionError as timeout:
-        raise AssertionError(
-            f"{timeout}; lease owner {run.lease_owner(shard)}, {old}'s status {run.status(old, shard)}, "
-            f"its processors {a.processor_pids()}"
-        ) from None
+    _wait_on(run, f"{old}'s new processor of {shard} to process", new_processor_went_on, timeout=300)
     assert a.process.poll() is None and b.process.poll() is None, "a worker exited"
 
     _finish_and_verify(run, rest[0], tmp_path)
