@@ -20,7 +20,6 @@ from consumer.s3_sink import S3ParquetSink, read_commits_since
 from runtime.settings import Settings
 from schemas.control import CONTROL_FORMAT, CommitRecord, ControlRecordError
 from schemas.layout import OutputLayout
-from schemas.positions import Position
 
 #: How the kept file is made: a file of another format (or of another version's records) does not hold.
 _RULE: Final = f"commit-records-jsonl-gzip-format-{CONTROL_FORMAT}"
@@ -48,34 +47,24 @@ def read_all_commits(
         max_workers=max_workers,
         progress=progress,
     )
-    records = sorted([*kept, *since], key=lambda record: (record.shard_id, record.first.sort_key()))
+    records = sorted([*kept, *since], key=CommitRecord.chain_order)
     if since:  # new commits (all of them, on a first read): worth keeping
-        chained = _chained(records)
+        # Each shard's records from its chain's start up to the first gap, as far as the covers move from nothing:
+        # what may be kept. A commit can be missing from a read (one made while a listing went past its key: keys
+        # of a sequence number sort by the text of their sub-sequence number), and later reads list from the
+        # covered position on, so a gap kept would be kept for good.
+        covers = kept_read.covered_after(Found(), records)
+        chained = [
+            record
+            for record in records
+            if record.shard_id in covers and record.last.sort_key() <= covers[record.shard_id].last.sort_key()
+        ]
 
         def write(sink: S3ParquetSink, key: str) -> None:
             sink.put_bytes(key, _dump(chained), "gzip")
 
-        kept_read.keep(write, _SUFFIX, kept_read.covered_after(Found(), chained), len(chained), found)
+        kept_read.keep(write, _SUFFIX, covers, len(chained), found)
     return records
-
-
-def _chained(records: list[CommitRecord]) -> list[CommitRecord]:
-    """Each shard's records from its chain's start up to the first gap: what may be kept. A commit can be missing
-    from a read (one made while a listing went past its key: keys of a sequence number sort by the text of their
-    sub-sequence number), and later reads list from the covered position on, so a gap kept would be kept for good."""
-    chained = []
-    ends: dict[str, Position | None] = {}  # each shard's last position kept so far (None: its chain's start)
-    broken: set[str] = set()
-    for record in records:  # sorted by shard and position
-        shard = record.shard_id
-        if shard in broken:
-            continue
-        if record.previous != ends.get(shard):
-            broken.add(shard)
-            continue
-        chained.append(record)
-        ends[shard] = record.last
-    return chained
 
 
 def _dump(records: list[CommitRecord]) -> bytes:

@@ -513,7 +513,7 @@ def read_partition_commits(
                     break
                 records.append(neighbour)
                 at += step
-    return DayCommits(sorted(records, key=lambda r: (r.shard_id, r.first.sort_key())), frozenset(listed))
+    return DayCommits(sorted(records, key=CommitRecord.chain_order), frozenset(listed))
 
 
 def _chain_order(previous: Position | None) -> tuple[int, tuple[int, int]]:
@@ -572,7 +572,7 @@ def _fetch_commits(
             records.append(record)
             if progress is not None:
                 progress(len(records), len(keys))
-    return sorted(records, key=lambda r: (r.shard_id, r.first.sort_key()))
+    return sorted(records, key=CommitRecord.chain_order)
 
 
 def read_commit(s3: Any, bucket: str, key: str) -> CommitRecord:

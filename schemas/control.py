@@ -174,6 +174,10 @@ class CommitRecord:
         ones redelivered after a restart or a lease move, which an earlier flush applied (``records_skipped``)."""
         return self.records_in - self.records_skipped
 
+    def chain_order(self) -> tuple[str, tuple[int, int]]:
+        """The order the readers return commit records in: by shard, then along its chain."""
+        return self.shard_id, self.first.sort_key()
+
     def to_json(self) -> bytes:
         return _dump(self)
 
