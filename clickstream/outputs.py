@@ -17,13 +17,12 @@ from typing import Any, Final
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
-from botocore.exceptions import ClientError
 
 from clickstream.commit_ledger import read_all_commits
 from clickstream.console import progress_of
 from clickstream.errors import USAGE, FrontDoorError
 from clickstream.options import show_progress
-from consumer.s3_sink import commit_record_at, is_missing, missing_object, prefix_in_use
+from consumer.s3_sink import commit_record_at, named_if_missing, prefix_in_use
 from runtime.settings import Settings
 from schemas.control import CommitRecord
 from schemas.layout import DATA_OUTPUTS, OutputLayout
@@ -73,12 +72,8 @@ def download_keys(
     def copy(key: str) -> None:
         target = destination / key
         target.parent.mkdir(parents=True, exist_ok=True)
-        try:
+        with named_if_missing(bucket, key):
             s3.download_file(bucket, key, str(target))
-        except ClientError as error:
-            if is_missing(error):
-                raise missing_object(bucket, key) from None
-            raise
 
     with ThreadPoolExecutor(max_workers=MAX_WORKERS) as pool:
         for done, _ in enumerate(pool.map(copy, keys), start=1):
@@ -177,12 +172,8 @@ def read_tables(s3: Any, bucket: str, keys: list[str], columns: list[str] | None
     """The Parquet objects ``keys`` as one Arrow table (fetched in parallel; None when there are none)."""
 
     def fetch(key: str) -> pa.Table:
-        try:
+        with named_if_missing(bucket, key):
             body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-        except ClientError as error:
-            if is_missing(error):
-                raise missing_object(bucket, key) from None
-            raise
         return pq.read_table(io.BytesIO(body), columns=columns)
 
     if not keys:

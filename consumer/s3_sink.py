@@ -14,8 +14,9 @@ import bisect
 import errno
 import io
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, Final
@@ -370,9 +371,20 @@ def missing_object(bucket: str, key: str) -> FileNotFoundError:
     )
 
 
-def is_missing(error: ClientError) -> bool:
+def _is_missing(error: ClientError) -> bool:
     """Whether S3 answered that the object does not exist (GetObject's NoSuchKey, HeadObject's bare 404)."""
     return error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound")
+
+
+@contextmanager
+def named_if_missing(bucket: str, key: str) -> Iterator[None]:
+    """S3's answer that ``key`` does not exist, raised as ``missing_object`` (any other error as it came)."""
+    try:
+        yield
+    except ClientError as error:
+        if _is_missing(error):
+            raise missing_object(bucket, key) from None
+        raise
 
 
 def prefix_in_use(s3: Any, bucket: str, layout: OutputLayout) -> bool:
