@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -181,20 +181,30 @@ def test_a_replay_name_holds_one_range(s3: Any, tmp_path: Path) -> None:
     assert len(_replays(s3)) == 1
 
 
+def _stopped_at_the_second_read(monkeypatch: pytest.MonkeyPatch, stop: Callable[[], None]) -> list[str]:
+    """The archive's files read, recorded as they are; ``stop()`` is called on the second (after a file was read)."""
+    reads: list[str] = []
+    get_parquet = S3ParquetSink.get_parquet
+
+    def read(self: S3ParquetSink, key: str) -> pa.Table:
+        reads.append(key)
+        if len(reads) == 2:
+            stop()
+        return get_parquet(self, key)
+
+    monkeypatch.setattr(S3ParquetSink, "get_parquet", read)
+    return reads
+
+
+def _ctrl_c() -> None:
+    raise KeyboardInterrupt
+
+
 def test_an_interrupted_replay_writes_nothing_and_exits_130(
     s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _archive(s3)
-    reads: list[str] = []
-    get_parquet = S3ParquetSink.get_parquet
-
-    def interrupted_on_the_second_file(self: S3ParquetSink, key: str) -> pa.Table:
-        reads.append(key)
-        if len(reads) == 2:
-            raise KeyboardInterrupt
-        return get_parquet(self, key)
-
-    monkeypatch.setattr(S3ParquetSink, "get_parquet", interrupted_on_the_second_file)
+    reads = _stopped_at_the_second_read(monkeypatch, _ctrl_c)
     result = _replay("--from", "2026-03-01", "--to", "2026-03-03", "--state-dir", str(tmp_path))
     assert len(reads) == 2, "interrupted midway, after a file was read"
     assert result.exit_code == 130, result.output
@@ -211,16 +221,7 @@ def test_a_replay_stopped_by_sigterm_says_so_removes_its_scratch_state_and_exits
     import signal
 
     _archive(s3)
-    reads: list[str] = []
-    get_parquet = S3ParquetSink.get_parquet
-
-    def terminated_on_the_second_file(self: S3ParquetSink, key: str) -> pa.Table:
-        reads.append(key)
-        if len(reads) == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return get_parquet(self, key)
-
-    monkeypatch.setattr(S3ParquetSink, "get_parquet", terminated_on_the_second_file)
+    reads = _stopped_at_the_second_read(monkeypatch, lambda: os.kill(os.getpid(), signal.SIGTERM))
     before = signal.getsignal(signal.SIGTERM)
     result = _replay("--from", "2026-03-01", "--to", "2026-03-03", "--state-dir", str(tmp_path))
     assert len(reads) == 2, "stopped midway, after a file was read"

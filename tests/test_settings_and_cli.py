@@ -1407,6 +1407,15 @@ def put_committed_flush(
     s3.put_object(Bucket=bucket, Key=layout.commit_key(shard, None), Body=commit.to_json())
 
 
+def two_committed_flushes(bucket: str, layout: OutputLayout) -> Any:
+    """A bucket (under ``mock_aws``) holding a flush of shard 0 (c-1, c-2) and one of shard 1 (c-3)."""
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=bucket)
+    put_committed_flush(s3, bucket, layout, "shardId-000000000000", ["c-1", "c-2"])
+    put_committed_flush(s3, bucket, layout, "shardId-000000000001", ["c-3"])
+    return s3
+
+
 def test_a_flush_committed_while_outputs_are_read_is_left_out_whole() -> None:
     """The commit records are read first, the data prefixes listed next: a flush committing in between has data
     files that count as not committed (yet), and its commit record must not be taken either (``summary
@@ -1456,10 +1465,7 @@ def test_summary_counts_what_is_committed_in_s3_not_the_download_folder(
     monkeypatch.chdir(tmp_path)
     layout = OutputLayout("rfm")
     with mock_aws():
-        s3 = boto3.client("s3", region_name="us-east-1")
-        s3.create_bucket(Bucket="summary-bucket")
-        put_committed_flush(s3, "summary-bucket", layout, "shardId-000000000000", ["c-1", "c-2"])
-        put_committed_flush(s3, "summary-bucket", layout, "shardId-000000000001", ["c-3"])
+        s3 = two_committed_flushes("summary-bucket", layout)
         orphan = layout.data_key(
             "customer_aggregates",
             date(2026, 3, 9),
@@ -1507,10 +1513,7 @@ def test_summary_and_manifest_name_committed_files_that_s3_no_longer_has(tmp_pat
     "NoSuchKey"; manifest listed a deleted file as mandatory, for a COPY that would fail."""
     layout = OutputLayout("rfm")
     with mock_aws():
-        s3 = boto3.client("s3", region_name="us-east-1")
-        s3.create_bucket(Bucket="gone-bucket")
-        put_committed_flush(s3, "gone-bucket", layout, "shardId-000000000000", ["c-1", "c-2"])
-        put_committed_flush(s3, "gone-bucket", layout, "shardId-000000000001", ["c-3"])
+        s3 = two_committed_flushes("gone-bucket", layout)
         (gone,) = [
             key
             for key in [obj["Key"] for obj in s3.list_objects_v2(Bucket="gone-bucket")["Contents"]]
