@@ -413,6 +413,10 @@ def _stop_cause(terminated: threading.Event) -> str:
     return "SIGTERM" if terminated.is_set() else "Ctrl-C"
 
 
+def _stop_exit_code(terminated: threading.Event) -> int:
+    return TERMINATED if terminated.is_set() else INTERRUPTED
+
+
 @main.command()
 @click.option(
     "--input",
@@ -489,24 +493,26 @@ def produce(
     doubtful = DoubtfulRecords(settings.max_record_bytes, fits_put_records)
     if input_file is not None:
         records = doubtful.counted(records)
+
+    def say_doubtful(source: object) -> None:
+        for warning in doubtful.warnings(source):
+            say(warning, logging.WARNING)
+
     with _sigterm_as_interrupt() as terminated:
         try:
             # the summary is the command's answer: printed at any log level, not logged
             summary = producer.put(records, total=total, log_summary=False)
         except (PutRecordsError, PutInputError) as error:
-            for warning in doubtful.warnings(f"{input_file} read (delivered or not)"):
-                say(warning, logging.WARNING)
+            say_doubtful(f"{input_file} read (delivered or not)")
             raise FrontDoorError(error.outcome()) from None
         except PutInterrupted as interrupted:
             say(interrupted.outcome(), logging.WARNING)
-            for warning in doubtful.warnings(f"{input_file} read (delivered or not)"):
-                say(warning, logging.WARNING)
-            sys.exit(TERMINATED if terminated.is_set() else INTERRUPTED)
+            say_doubtful(f"{input_file} read (delivered or not)")
+            sys.exit(_stop_exit_code(terminated))
     say(summary.describe(settings.stream_name))
     if input_file is not None and summary.records_sent == 0 and not summary.rejected_too_large:
         say(f"{input_file} holds no records (only blank lines, or nothing): nothing sent", logging.WARNING)
-    for warning in doubtful.warnings(input_file):
-        say(warning, logging.WARNING)
+    say_doubtful(input_file)
     if summary.rejected_too_large:
         raise FrontDoorError(
             f"{summary.rejected_too_large:,} records larger than the 1 MiB PutRecords limit were not sent (each "
@@ -655,7 +661,7 @@ def replay(
                 f"replay interrupted ({_stop_cause(terminated)}) while reading the commit records: nothing written",
                 logging.WARNING,
             )
-            sys.exit(TERMINATED if terminated.is_set() else INTERRUPTED)
+            sys.exit(_stop_exit_code(terminated))
         say(plan.describe())
         if not plan.files:
             say("nothing to replay: no committed events in that range (nothing written)")
@@ -673,14 +679,14 @@ def replay(
                 "again: it writes the same object)",
                 logging.WARNING,
             )
-            sys.exit(TERMINATED if terminated.is_set() else INTERRUPTED)
+            sys.exit(_stop_exit_code(terminated))
         except KeyboardInterrupt:
             say(
                 f"replay interrupted ({_stop_cause(terminated)}): nothing written (its output is written once, at "
                 "the end; its scratch state is removed)",
                 logging.WARNING,
             )
-            sys.exit(TERMINATED if terminated.is_set() else INTERRUPTED)
+            sys.exit(_stop_exit_code(terminated))
     say(
         f"replayed {result.events_read:,} events ({result.events_applied:,} applied) into {result.customers:,} "
         f"customers: s3://{settings.bucket}/{result.output_key}"
