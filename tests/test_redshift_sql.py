@@ -270,6 +270,21 @@ def test_varchar_columns_hold_the_longest_allowed_value(table: str) -> None:
             assert (varchar_length(column) or 256) >= needed[column.name], f"{table}.{column.name}"
 
 
+def test_spectrum_errors_reads_an_oversized_reject_truncated_not_null() -> None:
+    """A reject may be longer than Redshift's largest VARBYTE; Spectrum's default would read its raw_data as NULL."""
+    properties = {
+        (statement.this.sql("redshift"), pair.this.name): pair.expression.name
+        for _, statement in parsed_statements()
+        if isinstance(statement, exp.Alter)
+        for action in statement.args.get("actions") or []
+        if isinstance(action, exp.AlterSet)
+        for pair in action.expressions
+        if isinstance(pair, exp.EQ)
+    }
+    for handling in ("surplus_bytes_handling", "surplus_char_handling"):
+        assert properties.get(("spectrum_clickstream.errors", handling)) == "TRUNCATE", handling
+
+
 def test_copy_tables_are_not_null_where_the_contract_is() -> None:
     for table in ("clickstream.customer_aggregates_history", "clickstream.events"):
         schema, _ = TABLES[table]

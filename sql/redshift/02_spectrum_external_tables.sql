@@ -5,8 +5,9 @@
 --   binary -> VARBYTE (Spectrum reads Parquet BINARY as VARBYTE; on a cluster without VARBYTE support for
 --            external tables, leave raw_data out of the errors table: raw_size_bytes and the key columns remain)
 -- VARCHAR lengths are bytes, sized from the event JSON schema (maxLength x 4 where UTF-8 is allowed) and from
--- Kinesis limits (sequence numbers up to 129 digits, partition keys up to 256 characters). Spectrum truncates a
--- longer value silently, so they are generous on purpose.
+-- Kinesis limits (sequence numbers up to 129 digits, partition keys up to 256 characters), so no value the worker
+-- writes is longer. Spectrum would read a longer one as NULL (surplus_char_handling and surplus_bytes_handling are
+-- SET_TO_NULL by default): the errors table, which keeps rejects of any size, truncates instead (see there).
 --
 -- Identifiers: Redshift folds names to lower case, so the Parquet column "T" is the column t here (Glue stores
 -- lower-case names; Parquet columns are matched by name). Partition columns are not stored in the files: they
@@ -99,14 +100,18 @@ CREATE EXTERNAL TABLE spectrum_clickstream.errors (
     approximate_arrival_at TIMESTAMP,
     error_code VARCHAR(64),
     error_detail VARCHAR(65535),
-    -- Redshift's largest VARBYTE. Kinesis allows a 1 MiB record, so an oversized reject may be longer: read here it
-    -- comes truncated (compare raw_size_bytes); the Parquet file keeps every byte for a re-drive.
+    -- Redshift's largest VARBYTE. A reject may be longer (Kinesis allows a 10 MiB record): read here it comes
+    -- truncated, as its table properties (below) ask, not NULL, Spectrum's default (compare raw_size_bytes); the
+    -- Parquet file keeps every byte for a re-drive. error_detail is truncated the same way.
     raw_data VARBYTE(1024000),
     raw_size_bytes BIGINT
 )
 PARTITIONED BY (arrival_yyyymmdd INTEGER)
 STORED AS PARQUET
 LOCATION 's3://${BUCKET}/${PREFIX}/errors/';
+
+ALTER TABLE spectrum_clickstream.errors
+SET TABLE PROPERTIES ('surplus_bytes_handling' = 'TRUNCATE', 'surplus_char_handling' = 'TRUNCATE');
 
 -- Register partitions as the worker writes them (one per arrival day and output): Spectrum reads only registered
 -- partitions, so a day not registered is silently missing from every query (and customer_current_spectrum then
