@@ -57,7 +57,9 @@ def _parse_as_of(_: click.Context, __: click.Parameter, value: str | None) -> da
     "--input",
     "input_dir",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Read customer_aggregates Parquet from this folder instead of S3 (e.g. a `summary --download` copy).",
+    help="Read customer_aggregates Parquet from this folder instead of S3: a `summary --download` copy (its "
+    "<prefix>/customer_aggregates/, so give the --prefix it was downloaded with), a prefix's folder, or a folder "
+    "of customer_aggregates files.",
 )
 @click.option(
     "--output-dir",

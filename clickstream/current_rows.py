@@ -100,9 +100,25 @@ def read_local_rows(folder: Path, settings: Settings) -> CurrentRows:
     nested = [
         candidate for candidate in (folder / output, folder / "customer_aggregates") if candidate.is_dir()
     ]
+    if not nested:
+        _refuse_another_prefix(folder, settings.prefix)
     root = nested[0] if nested else folder
     paths = sorted(str(path) for path in root.rglob("*.parquet"))
     return _current_rows(paths, str(root), sum(Path(path).stat().st_size for path in paths))
+
+
+def _refuse_another_prefix(folder: Path, prefix: str) -> None:
+    """A folder that holds customer_aggregates/ elsewhere than at ``prefix`` is a download of another prefix (or of
+    several): read whole, its events/, errors/ and clv/ files, and every prefix's customer rows, would be taken for
+    one prefix's customers."""
+    found = sorted(path.parent for path in folder.rglob("customer_aggregates") if path.is_dir())
+    if found:
+        prefixes = ", ".join(repr(path.relative_to(folder).as_posix()) for path in found)
+        raise InputError(
+            f"{folder} holds customer_aggregates/ under the prefix {prefixes}, not under {prefix!r}: give the "
+            f"prefix it was downloaded with (--prefix / CLICKSTREAM_PREFIX), or the customer_aggregates/ folder "
+            "itself as --input"
+        )
 
 
 # ------------------------------------------------------------------------------------------------------ from S3

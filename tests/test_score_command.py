@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -38,7 +39,7 @@ from runtime.settings import Settings
 from schemas.contract import CLV_SCORES_SCHEMA
 from schemas.layout import OutputLayout
 from scoring.clv import UnusableFit
-from scoring.inputs import model_inputs, shards_behind
+from scoring.inputs import InputError, model_inputs, shards_behind
 from tests.clv_support import WorkerBucket, worker_bucket
 from tests.moto_support import isolate_environment, moto_bucket
 
@@ -406,6 +407,18 @@ def test_local_input_at_the_prefix_folder_reads_only_customer_aggregates(
     from_bucket = read_local_rows(local_copy, settings)
     assert from_prefix.files == from_bucket.files
     assert from_prefix.fingerprint == from_bucket.fingerprint
+
+
+def test_local_input_of_another_prefix_is_refused_not_read_whole(
+    local_copy: Path, settings: Settings, tmp_path: Path
+) -> None:
+    """A download made with --prefix prod, scored without it: its events/ and errors/ files are not customer rows."""
+    shutil.copytree(local_copy / settings.prefix, tmp_path / "prod")
+    assert list((tmp_path / "prod" / "errors").rglob("*.parquet"))  # the trap is there
+    with pytest.raises(InputError, match=r"under the prefix 'prod', not under 'rfm'.*--prefix"):
+        read_local_rows(tmp_path, settings)
+    downloaded_with_it = read_local_rows(tmp_path, Settings(bucket=BUCKET, prefix="prod"))
+    assert downloaded_with_it.fingerprint == read_local_rows(local_copy, settings).fingerprint
 
 
 # ------------------------------------------------------------------------------------------------ summary
