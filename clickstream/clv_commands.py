@@ -92,6 +92,9 @@ def score(
     one observation end, fits the models with pymc-marketing (the `clv` extra) and writes one run per as-of day:
     Parquet parts and _model.json, then the commit record _control/clv/as_of_yyyymmdd=<day>.json. Re-running with
     the same inputs and as-of changes nothing. Each step is announced on stderr with the time it took.
+
+    The models need at least 20 buyers and 10 repeat buyers (purchases on two days or more) with a positive spend:
+    below that nothing is written (exit 1), RFM segments included, as they are columns of the same run.
     """
     from clickstream.score import ConcurrentRunError, run_score
     from scoring.clv import ModelLibraryMissing, NotEnoughData, UnusableFit

@@ -31,6 +31,7 @@ from clickstream.outputs import commit_records, read_tables, require_worker_pref
 from runtime.settings import Settings
 from schemas.control import CommitRecord, ScoreCommit
 from schemas.layout import OutputLayout
+from scoring.clv import MIN_BUYERS, MIN_REPEAT_BUYERS
 from scoring.freshness import FreshnessSummary, freshness_points, summarize_freshness
 from scoring.rfm import SEGMENT_DESCRIPTIONS, SEGMENTS
 
@@ -392,7 +393,10 @@ def _cards(items: Sequence[tuple[str, str]]) -> str:
 def _scoring_section(inputs: ReportInputs) -> str:
     scores, commit, model = inputs.scores, inputs.score_commit, inputs.model
     if scores is None or commit is None or scores.num_rows == 0:
-        why = "No committed scoring run yet: run `clickstream score`."
+        why = (
+            "No committed scoring run yet: run `clickstream score` (its models need at least "
+            f"{MIN_BUYERS} buyers and {MIN_REPEAT_BUYERS} repeat buyers)."
+        )
         return (
             "<section><h2>Customer value</h2>"
             + "".join(_missing(plot_id, why) for plot_id in PLOT_IDS[:3])

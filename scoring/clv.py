@@ -279,7 +279,8 @@ def fit_and_predict(
     if buyers < MIN_BUYERS or fitted < MIN_REPEAT_BUYERS:
         raise NotEnoughData(
             f"{buyers} buyers and {fitted} repeat buyers with a positive mean spend: BG/NBD needs at least "
-            f"{MIN_BUYERS} buyers and Gamma-Gamma at least {MIN_REPEAT_BUYERS} such repeat buyers"
+            f"{MIN_BUYERS} buyers and Gamma-Gamma at least {MIN_REPEAT_BUYERS} such repeat buyers (purchases on "
+            "two days or more); nothing is scored until then"
         )
     frame = pd.DataFrame(
         {

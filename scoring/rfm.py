@@ -15,8 +15,7 @@ differs below it scores 1, ..., with at least 80 % of them below it 5. Equal val
 (splitting ties, as ``NTILE(5)`` does, would give two customers with the same history different scores), so the
 scores are not forced to 20 % each, and a measure with two values gives only 1 and 5. A measure on which every
 buyer is equal tells nobody apart; it scores what such a population almost always is (``NO_SPREAD_SCORES``): all
-bought on the last day of the history (R = 5), once (F = 1), the same amount (M = 1), so that a first day of
-one-time buyers reads as "New".
+bought on the last day of the history (R = 5), once (F = 1), the same amount (M = 1), the cell of "New".
 
 **Segments** are read off the grid of R and FM, where ``FM = ceil((F + M) / 2)`` (the mean of F and M, halves
 rounded up), the classic 11-segment map (e.g. Putler's RFM segments used in the AWS guidance):

@@ -38,7 +38,7 @@ from clickstream.score import (
 from runtime.settings import Settings
 from schemas.contract import CLV_SCORES_SCHEMA
 from schemas.layout import OutputLayout
-from scoring.clv import UnusableFit
+from scoring.clv import MIN_BUYERS, MIN_REPEAT_BUYERS, UnusableFit
 from scoring.inputs import InputError, model_inputs, shards_behind
 from tests.clv_support import WorkerBucket, worker_bucket
 from tests.moto_support import isolate_environment, moto_bucket
@@ -395,6 +395,16 @@ def test_cli_exits_1_when_the_data_has_too_few_buyers_to_fit(
     )
     assert result.exit_code == 1, result.output
     assert "buyers" in result.output and "Traceback" not in result.output
+    assert "nothing is scored until then" in result.output
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.parquet"))
+
+
+def test_the_models_minimums_are_said_where_users_read_them() -> None:
+    """score --help and the README say the counts scoring.clv refuses below (the report reads its constants)."""
+    said = f"at least {MIN_BUYERS} buyers and {MIN_REPEAT_BUYERS} repeat buyers"
+    assert said in " ".join(CliRunner().invoke(main, ["score", "--help"]).output.split())
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert said in " ".join(readme.split())
 
 
 def test_local_input_at_the_prefix_folder_reads_only_customer_aggregates(
