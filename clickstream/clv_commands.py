@@ -148,15 +148,27 @@ def score(
 @click.option(
     "--clv-dir",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Read clv/ from this folder (a `score --output-dir`) instead of S3.",
+    help="Read clv/ from this folder (a `score --output-dir`) instead of S3 (or --input).",
+)
+@click.option(
+    "--input",
+    "input_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Read the pipeline's commit records and rejects from this `summary --download` folder instead of S3 "
+    "(offline: S3 is not asked; give the --prefix it was downloaded with), and its scoring run if a `score "
+    "--output-dir` wrote one there.",
 )
 @setting_option("bucket", "--bucket")
 @setting_option("prefix", "--prefix")
-def report(output: Path, top: int, clv_dir: Path | None, **overrides: Any) -> None:
+def report(output: Path, top: int, clv_dir: Path | None, input_dir: Path | None, **overrides: Any) -> None:
     """One self-contained HTML report: segments, RFM heat map, CLV, top customers, records, freshness, files."""
     from clickstream.html_report import write_report
 
     path = write_report(
-        build_settings(**overrides), writable_file("--output", output), top=top, clv_dir=clv_dir
+        build_settings(**overrides),
+        writable_file("--output", output),
+        top=top,
+        clv_dir=clv_dir,
+        input_dir=input_dir,
     )
     click.echo(str(path.resolve()))

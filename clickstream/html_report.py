@@ -27,7 +27,13 @@ import numpy as np
 import pyarrow as pa
 
 from clickstream.errors import USAGE, FrontDoorError
-from clickstream.outputs import commit_records, read_tables, require_worker_prefix
+from clickstream.outputs import (
+    commit_records,
+    local_commit_records,
+    read_local_tables,
+    read_tables,
+    require_worker_prefix,
+)
 from runtime.settings import Settings
 from schemas.control import CommitRecord, ScoreCommit
 from schemas.layout import OutputLayout
@@ -69,8 +75,17 @@ class ReportInputs:
 
 
 # ------------------------------------------------------------------------------------------------------- loading
-def load_inputs(settings: Settings, s3: Any, *, top: int = 20, clv_dir: Path | None = None) -> ReportInputs:
-    """Read commit records, the rejected records they name and the latest committed scoring run."""
+def load_inputs(
+    settings: Settings,
+    s3: Any,
+    *,
+    top: int = 20,
+    clv_dir: Path | None = None,
+    input_dir: Path | None = None,
+) -> ReportInputs:
+    """Read commit records, the rejected records they name and the latest committed scoring run: from S3, or
+    offline from ``input_dir`` (a ``summary --download`` folder; its scoring run, if a ``score --output-dir`` wrote
+    one there); the scoring run from ``clv_dir`` if given."""
     from clickstream.score import (
         LocalStore,
         ObjectStore,
@@ -81,16 +96,24 @@ def load_inputs(settings: Settings, s3: Any, *, top: int = 20, clv_dir: Path | N
     )
 
     layout = OutputLayout(settings.prefix)
-    require_worker_prefix(s3, settings)
-    inputs = ReportInputs(source=f"s3://{settings.bucket}/{settings.prefix}", top=top)
+    error_columns = ["error_code", "approximate_arrival_at"]
+    store: ObjectStore
     # a damaged commit record stops the report as it stops summary, manifest, replay and score (exit 2, its key
     # named): it used to be said only inside the page, after exit 0
-    inputs.commits = commit_records(s3, settings)
-    error_keys = sorted({key for record in inputs.commits for key in record.files.get("errors", [])})
-    inputs.errors = read_tables(
-        s3, settings.bucket, error_keys, columns=["error_code", "approximate_arrival_at"]
-    )
-    store: ObjectStore = LocalStore(clv_dir) if clv_dir is not None else S3Store(s3, settings)
+    if input_dir is not None:
+        inputs = ReportInputs(source=str(input_dir / settings.prefix), top=top)
+        inputs.commits = local_commit_records(input_dir, settings)
+        inputs.errors = read_local_tables(input_dir, _error_keys(inputs.commits), error_columns)
+        store = LocalStore(input_dir)
+    else:
+        require_worker_prefix(s3, settings)
+        inputs = ReportInputs(source=f"s3://{settings.bucket}/{settings.prefix}", top=top)
+        inputs.commits = commit_records(s3, settings)
+        inputs.errors = read_tables(s3, settings.bucket, _error_keys(inputs.commits), columns=error_columns)
+        store = S3Store(s3, settings)
+    if clv_dir is not None:
+        store = LocalStore(clv_dir)
+        inputs.source += f"; customer value from {clv_dir}"
     commit = read_commit(store, layout)
     if commit is None and clv_dir is not None:
         raise FrontDoorError(
@@ -105,10 +128,22 @@ def load_inputs(settings: Settings, s3: Any, *, top: int = 20, clv_dir: Path | N
     return inputs
 
 
-def write_report(settings: Settings, output: Path, *, top: int = 20, clv_dir: Path | None = None) -> Path:
+def _error_keys(commits: Sequence[CommitRecord]) -> list[str]:
+    return sorted({key for record in commits for key in record.files.get("errors", [])})
+
+
+def write_report(
+    settings: Settings,
+    output: Path,
+    *,
+    top: int = 20,
+    clv_dir: Path | None = None,
+    input_dir: Path | None = None,
+) -> Path:
     from runtime.aws import aws_client
 
-    inputs = load_inputs(settings, aws_client("s3", settings), top=top, clv_dir=clv_dir)
+    s3 = aws_client("s3", settings) if input_dir is None else None  # offline: no endpoint is asked anything
+    inputs = load_inputs(settings, s3, top=top, clv_dir=clv_dir, input_dir=input_dir)
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
         output.write_text(render_report(inputs), encoding="utf-8")

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from clickstream.commit_ledger import read_all_commits
 from clickstream.console import progress_of
-from clickstream.errors import USAGE, FrontDoorError
+from clickstream.errors import RUNTIME, USAGE, FrontDoorError
 from clickstream.options import show_progress
 from consumer.s3_sink import commit_record_at, named_if_missing, prefix_in_use
 from runtime.settings import Settings
@@ -181,6 +181,33 @@ def read_tables(s3: Any, bucket: str, keys: list[str], columns: list[str] | None
     with ThreadPoolExecutor(max_workers=MAX_WORKERS) as pool:
         tables = list(pool.map(fetch, keys))
     return pa.concat_tables(tables, promote_options="default")
+
+
+def local_commit_records(root: Path, settings: Settings) -> list[CommitRecord]:
+    """Every commit record of a ``summary --download`` copy (``<root>/<prefix>/_control/commits/``), in chain
+    order: the manifest of the files it holds, read offline."""
+    folder = root / settings.layout.all_commits_prefix
+    if not folder.is_dir():
+        raise FrontDoorError(
+            f"{root} holds no commit records (no {folder}): give the folder `summary --download` wrote and the "
+            "--prefix it was downloaded with",
+            USAGE,
+        )
+    records = [commit_record_at(str(path), path.read_bytes()) for path in sorted(folder.rglob("*.json"))]
+    return sorted(records, key=CommitRecord.chain_order)
+
+
+def read_local_tables(root: Path, keys: list[str], columns: list[str] | None = None) -> pa.Table | None:
+    """The Parquet files ``<root>/<key>`` as one Arrow table (None when there are none); a missing one is named."""
+    missing = [key for key in keys if not (root / key).is_file()]
+    if missing:
+        raise FrontDoorError(
+            f"{root} lacks {len(missing):,} file(s) its commit records name, e.g. {root / missing[0]}: a download "
+            "copies them all; download it again",
+            RUNTIME,
+        )
+    tables = [pq.read_table(root / key, columns=columns) for key in keys]
+    return pa.concat_tables(tables, promote_options="default") if tables else None
 
 
 def output_glob(root: Path, settings: Settings, output: str) -> str:

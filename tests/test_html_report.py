@@ -27,7 +27,7 @@ from matplotlib.image import imread
 from clickstream.cli import main
 from clickstream.html_report import PLOT_IDS, ReportInputs, render_report
 from tests.clv_support import WorkerBucket, worker_bucket
-from tests.moto_support import moto_bucket
+from tests.moto_support import isolate_environment, moto_bucket
 
 BUCKET = "clv-report"
 CHROMIUM = ("chromium-headless-shell", "chromium", "chromium-browser")
@@ -210,3 +210,63 @@ def test_mean_p_alive_is_over_repeat_buyers(report_file: Path) -> None:
     assert (alive[frequency == 0] == 1).all() and (frequency == 0).any() and (frequency > 0).any()
     card = f'<div class="value">{alive[frequency > 0].mean():.1%}</div><div class="label">mean P(alive) of repeat'
     assert card in report_file.read_text(encoding="utf-8")
+
+
+def test_a_download_is_reported_offline_as_s3_is(
+    content: WorkerBucket, report_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``report --input`` reads a ``summary --download`` folder and the scoring run a ``score --output-dir`` wrote
+    there, asking no endpoint: the same figures and run as the report from S3."""
+    isolate_environment(monkeypatch)
+    download = tmp_path / "download"
+    for key, body in content.objects.items():  # the committed files, in the bucket's key layout
+        (download / key).parent.mkdir(parents=True, exist_ok=True)
+        (download / key).write_bytes(body)
+    runner = CliRunner()
+    offline = ["--prefix", "rfm", "--no-progress"]
+    scored = runner.invoke(main, ["score", "--input", str(download), "--output-dir", str(download), *offline])
+    assert scored.exit_code == 0, scored.output
+    output = tmp_path / "offline.html"
+
+    def no_client(*_: Any, **__: Any) -> None:
+        raise AssertionError("an offline report made an AWS client")
+
+    monkeypatch.setattr("runtime.aws.aws_client", no_client)
+    result = runner.invoke(
+        main, ["report", "--input", str(download), "--prefix", "rfm", "--output", str(output)]
+    )
+    assert result.exit_code == 0, result.output
+    got, from_s3 = facts(output.read_text(encoding="utf-8")), facts(report_file.read_text(encoding="utf-8"))
+    assert got["source"] == str(download / "rfm")
+    compared = (
+        "flushes",
+        "records_in",
+        "rejected",
+        "duplicates",
+        "new_events",
+        "run_id",
+        "scored",
+        "segments",
+    )
+    assert {key: got[key] for key in compared} == {key: from_s3[key] for key in compared}
+    assert got["flushes"] > 0 and got["rejected"] > 0 and got["scored"] > 0
+
+
+def test_a_download_missing_a_committed_file_is_named(
+    content: WorkerBucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    isolate_environment(monkeypatch)
+    for key, body in content.objects.items():
+        if "/errors/" not in key:  # a copy that lost the rejects its commit records name
+            (tmp_path / key).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / key).write_bytes(body)
+    output = tmp_path / "r.html"
+    result = CliRunner().invoke(main, ["report", "--input", str(tmp_path), "--output", str(output)])
+    assert result.exit_code == 1, result.output
+    assert "file(s) its commit records name" in result.output and "/errors/" in result.output
+    not_a_download = CliRunner().invoke(
+        main, ["report", "--input", str(tmp_path / "rfm"), "--output", str(output)]
+    )
+    assert not_a_download.exit_code == 2, not_a_download.output
+    assert "holds no commit records" in not_a_download.output and "--prefix" in not_a_download.output
+    assert not output.exists()
