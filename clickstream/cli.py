@@ -527,7 +527,8 @@ def produce(
     type=FiniteFloatRange(min=0.5),
     default=None,
     metavar="SECONDS",
-    help="Stop cleanly once every shard is drained, flushed, checkpointed and quiet this long.",
+    help="Stop cleanly once every shard is drained, flushed, checkpointed and quiet this long (beside other "
+    "workers of the application: its own shards, while the others hold the rest).",
 )
 @setting_option("stop_deadline_seconds", "--stop-deadline", type=float)
 @setting_option("stream_name", "--stream")
@@ -557,7 +558,8 @@ def worker(
 
     Every setting, from flags or the environment, reaches each record processor. Before the JVM starts, the
     stream, the bucket and the lease table are checked. SIGTERM or Ctrl-C flushes and checkpoints every shard,
-    then exits 0; a second signal forces exit.
+    then exits 0 (1 if a shard could not flush within --stop-deadline: its records are redelivered); a second
+    signal forces exit (130). Exit 3: a shard stuck (see `clickstream health`), for the orchestrator to restart.
     """
     from consumer.kcl_worker import KclWorker, WorkerError
 

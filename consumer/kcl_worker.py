@@ -19,6 +19,7 @@ import errno
 import fcntl
 import hashlib
 import logging
+import math
 import os
 import re
 import shutil
@@ -44,7 +45,7 @@ from consumer.preflight import PreflightError, lease_owners, preflight
 from consumer.status import ShardStatus, read_statuses, status_directory
 from consumer.worker_output import LogSink, SinkHandler, WorkerTotals, final_words, status_view, uptime
 from runtime.aws import aws_client
-from runtime.logs import LOG_SOCKET_ENV, METRICS_LOGGER, JsonFormatter, LogRelay
+from runtime.logs import LOG_SOCKET_ENV, METRICS_LOGGER, JsonFormatter, LogRelay, one_line
 from runtime.settings import (
     KCL_INITIAL_HEAP_MIB,
     SETTINGS_FILE,
@@ -63,6 +64,8 @@ MAIN_CLASS = "software.amazon.kinesis.multilang.MultiLangDaemon"
 STATUS_LOG_SECONDS = 30.0
 #: How often the lease table is read while the worker holds no lease (to tell a standby from a stuck worker).
 LEASE_SCAN_SECONDS = 15.0
+#: How old ``--until-idle``'s answer to "which shards do other workers hold?" may be.
+HELD_ELSEWHERE_SECONDS = 5.0
 
 
 class WorkerError(RuntimeError):
@@ -343,15 +346,28 @@ POLL_FRESHNESS_SECONDS = 5.0
 
 @dataclass(frozen=True, slots=True)
 class IdleCheck:
-    """Is every shard of the stream drained, flushed, checkpointed and quiet for ``idle_seconds``?"""
+    """Is every shard of the stream drained, flushed, checkpointed and quiet for ``idle_seconds``: every one this
+    worker processes, and none left that no worker holds? (A shard another worker holds is that worker's to drain:
+    waiting for it here would never end.)"""
 
     idle_seconds: float
 
-    def drained(self, shards: list[dict[str, Any]], statuses: dict[str, ShardStatus], now: float) -> bool:
+    def drained(
+        self,
+        shards: list[dict[str, Any]],
+        statuses: dict[str, ShardStatus],
+        now: float,
+        held_elsewhere: Callable[[], set[str]] = set,
+    ) -> bool:
+        """``held_elsewhere``: the shards whose leases other workers hold, asked only when this worker is quiet on
+        its own shards and some open shard is not among them."""
         open_shards = {s["ShardId"] for s in shards if "EndingSequenceNumber" not in s["SequenceNumberRange"]}
         if not open_shards:
             return False
-        if not all(self._quiet(statuses.get(shard_id), now) for shard_id in open_shards):
+        not_quiet = {shard_id for shard_id in open_shards if not self._quiet(statuses.get(shard_id), now)}
+        if any(_processing(statuses.get(shard_id)) for shard_id in not_quiet):
+            return False  # a shard of this worker's with work left
+        if not_quiet and not_quiet - held_elsewhere():
             return False
         # closed parents must have been finished (or finished before we started)
         return not any(
@@ -371,6 +387,10 @@ class IdleCheck:
         checkpointed = not status.flushes or status.applied_sequence == status.checkpointed_sequence
         quiet_since = max(status.last_record_at or 0.0, status.last_flush_at or 0.0, status.started_at)
         return caught_up and checkpointed and now - quiet_since >= self.idle_seconds
+
+
+def _processing(status: ShardStatus | None) -> bool:
+    return status is not None and status.phase == "processing"
 
 
 _PR_SET_PDEATHSIG = 1
@@ -419,6 +439,7 @@ class KclWorker:
         self._started = time.monotonic()
         self._heartbeat = Heartbeat(pid=os.getpid(), phase="starting", started_at=time.time())
         self._last_lease_scan = 0.0
+        self._held_elsewhere: tuple[float, set[str]] = (-math.inf, set())
         self._lock: Any = None  # the state directory's lock file, held while this worker runs
         self._claim: socket.socket | None = None  # this worker id's claim on the host, held while it runs
 
@@ -655,7 +676,8 @@ class KclWorker:
             if self.until_idle and self._stop_requested_at is None and now - last_idle_check >= 1.0:
                 last_idle_check = now
                 shards = kinesis.list_shards(StreamName=self.settings.stream_name)["Shards"]
-                if self.until_idle.drained(shards, read_statuses(self.status_dir), time.time()):
+                statuses = read_statuses(self.status_dir)
+                if self.until_idle.drained(shards, statuses, time.time(), self._shards_held_elsewhere):
                     log.info("stream drained and every shard flushed and checkpointed; stopping")
                     self.request_stop()
             time.sleep(0.2)
@@ -669,6 +691,27 @@ class KclWorker:
         )
 
     # ------------------------------------------------------------------ leases
+    def _shards_held_elsewhere(self) -> set[str]:
+        """The shards whose leases other workers hold now (read at most every few seconds: ``--until-idle`` asks
+        each second while this worker is quiet and others hold shards)."""
+        if time.monotonic() - self._held_elsewhere[0] < HELD_ELSEWHERE_SECONDS:
+            return self._held_elsewhere[1]
+        try:
+            owners = lease_owners(
+                aws_client("dynamodb", self.settings, total_attempts=3), self.settings.application_name
+            )
+        except Exception as error:  # noqa: BLE001 - not known: wait on every shard, as without other workers
+            log.warning(
+                "--until-idle: the lease table cannot be read (%s); waiting on every shard", one_line(error)
+            )
+            owners = {}
+        mine = self.settings.worker_id
+        self._held_elsewhere = (
+            time.monotonic(),
+            {shard for shard, owner in owners.items() if owner and owner != mine},
+        )
+        return self._held_elsewhere[1]
+
     def _track_leases(self, statuses: dict[str, ShardStatus]) -> None:
         """Remember when a lease was last held; while none is, tell a standby worker from one that cannot work.
 

@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import boto3
 import pytest
@@ -608,6 +608,52 @@ def test_idle_check_reports_drained_only_when_every_open_shard_is_flushed_checkp
     shards: list[dict[str, Any]], statuses: dict[str, ShardStatus], expected: bool
 ) -> None:
     assert IdleCheck(IDLE).drained(shards, statuses, NOW) is expected
+
+
+SECOND: Final = {**OPEN, "ShardId": "shardId-000000000002"}
+
+
+@pytest.mark.parametrize(
+    ("statuses", "held_elsewhere", "expected"),
+    [
+        pytest.param(
+            {"shardId-000000000001": drained_status()}, {"shardId-000000000002"}, True, id="other-holds-it"
+        ),
+        pytest.param({"shardId-000000000001": drained_status()}, set(), False, id="nobody-holds-it"),
+        pytest.param(
+            {"shardId-000000000001": drained_status(buffered_records=10)},
+            {"shardId-000000000002"},
+            False,
+            id="own-shard-busy",
+        ),
+        pytest.param(
+            {"shardId-000000000001": drained_status(phase="ended")},
+            {"shardId-000000000001", "shardId-000000000002"},
+            True,
+            id="moved-away-and-held-elsewhere",
+        ),
+        pytest.param(
+            {"shardId-000000000001": drained_status(phase="ended")},
+            {"shardId-000000000002"},
+            False,
+            id="ended-here-and-held-by-nobody",
+        ),
+    ],
+)
+def test_idle_check_leaves_a_shard_another_worker_holds_to_that_worker(
+    statuses: dict[str, ShardStatus], held_elsewhere: set[str], expected: bool
+) -> None:
+    """Two workers on one application: each stops once its own shards are drained (it used to wait forever on the
+    other's). The lease table is read only when this worker's own shards are quiet."""
+    asked: list[bool] = []
+
+    def leases() -> set[str]:
+        asked.append(True)
+        return held_elsewhere
+
+    assert IdleCheck(IDLE).drained([OPEN, SECOND], statuses, NOW, leases) is expected
+    busy = statuses["shardId-000000000001"].buffered_records > 0
+    assert asked == ([] if busy else [True])
 
 
 # ---------------------------------------------------------------------------------------------------- java
