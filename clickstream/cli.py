@@ -31,6 +31,7 @@ from clickstream.console import JsonShownError, json_mode, say
 from clickstream.errors import INTERRUPTED, TERMINATED, USAGE, FrontDoorError, explain, query_interrupted
 from clickstream.options import (
     FiniteFloatRange,
+    LocalPath,
     build_on,
     build_settings,
     progress_option,
@@ -370,7 +371,7 @@ def _make_generator(
     "--output",
     "-o",
     required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=LocalPath(dir_okay=False, path_type=Path),
     help="JSONL file to write ('-' for stdout).",
 )
 def generate(output: Path, **options: Any) -> None:
@@ -421,7 +422,7 @@ def _stop_exit_code(terminated: threading.Event) -> int:
 @click.option(
     "--input",
     "input_file",
-    type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path),
+    type=LocalPath(exists=True, dir_okay=False, allow_dash=True, path_type=Path),
     help="JSONL file to put, one record per line, sent byte for byte (gzip is recognised by its first bytes; - "
     "reads stdin). Without it, events are generated on the fly.",
 )
@@ -534,7 +535,7 @@ def produce(
 @setting_option("stream_name", "--stream")
 @setting_option("bucket", "--bucket")
 @setting_option("prefix", "--prefix")
-@setting_option("state_dir", "--state-dir", type=click.Path(file_okay=False, path_type=Path))
+@setting_option("state_dir", "--state-dir", type=LocalPath(file_okay=False, path_type=Path))
 @setting_option("application_name", "--application-name")
 @setting_option("worker_id", "--worker-id")
 @setting_option("flush_max_records", "--flush-max-records", type=int)
@@ -617,7 +618,7 @@ def worker(
 @setting_option(
     "state_dir",
     "--state-dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=LocalPath(file_okay=False, path_type=Path),
     purpose="Scratch space: the replay builds its state in a file under <dir>/replay/, removed when done.",
 )
 def replay(
@@ -764,7 +765,7 @@ def manifest(output: str, arrival_day: int | None, upload: bool, **overrides: An
 @setting_option(
     "state_dir",
     "--state-dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=LocalPath(file_okay=False, path_type=Path),
     purpose="The worker's state directory: its heartbeat, shard status files and settings.",
 )
 @setting_option("stuck_shard_seconds", "--stuck-after", type=float)
@@ -811,7 +812,7 @@ def health(**overrides: Any) -> None:
 @main.command()
 @click.option(
     "--download",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=LocalPath(file_okay=False, path_type=Path),
     default=None,
     help="Also copy the committed files (and commit records) into this folder, keeping the S3 key layout.",
 )
@@ -847,7 +848,7 @@ def summary(download: Path | None, top: int, **overrides: Any) -> None:
 @click.option("--shards", default=4, show_default=True, type=click.IntRange(1, 50), help="Stream shards.")
 @click.option(
     "--output-dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=LocalPath(file_okay=False, path_type=Path),
     default=Path("demo-output"),
     show_default=True,
     help="Where the JSONL input, worker state, Parquet copies and report go. Emptied on every run, so it must be "

@@ -11,6 +11,7 @@ import click
 from clickstream.console import say
 from clickstream.errors import USAGE, FrontDoorError
 from clickstream.options import (
+    LocalPath,
     build_settings,
     parse_flag_time,
     progress_option,
@@ -56,14 +57,14 @@ def _parse_as_of(_: click.Context, __: click.Parameter, value: str | None) -> da
 @click.option(
     "--input",
     "input_dir",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    type=LocalPath(exists=True, file_okay=False, path_type=Path),
     help="Read customer_aggregates Parquet from this folder instead of S3: a `summary --download` copy (its "
     "<prefix>/customer_aggregates/, so give the --prefix it was downloaded with), a prefix's folder, or a folder "
     "of customer_aggregates files.",
 )
 @click.option(
     "--output-dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=LocalPath(file_okay=False, path_type=Path),
     help="Write clv/ and its commit records into this folder (same key layout) instead of S3.",
 )
 @click.option(
@@ -139,7 +140,7 @@ def score(
 @click.option(
     "--output",
     "-o",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=LocalPath(dir_okay=False, path_type=Path),
     default=Path("clickstream-report.html"),
     show_default=True,
     help="The HTML file to write (self-contained: opens offline).",
@@ -147,13 +148,13 @@ def score(
 @click.option("--top", default=20, show_default=True, type=click.IntRange(1), help="Top customers to list.")
 @click.option(
     "--clv-dir",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    type=LocalPath(exists=True, file_okay=False, path_type=Path),
     help="Read clv/ from this folder (a `score --output-dir`) instead of S3 (or --input).",
 )
 @click.option(
     "--input",
     "input_dir",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    type=LocalPath(exists=True, file_okay=False, path_type=Path),
     help="Read the pipeline's commit records and rejects from this `summary --download` folder instead of S3 "
     "(offline: S3 is not asked; give the --prefix it was downloaded with), and its scoring run if a `score "
     "--output-dir` wrote one there.",

@@ -131,6 +131,23 @@ def _named_by_flags(message: str, overrides: dict[str, Any]) -> str:
     return message
 
 
+_URL: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+class LocalPath(click.Path):
+    """``click.Path`` that refuses a URL: ``s3://bucket/key`` would be written to a local folder named ``s3:``."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and _URL.match(value):
+            self.fail(
+                f"{value!r} is a URL: this takes a local path (copy what is written there with `aws s3 cp`, or "
+                "run the command where the file is wanted)",
+                param,
+                ctx,
+            )
+        return super().convert(value, param, ctx)
+
+
 def writable_folder(flag: str, folder: Path) -> Path:
     """``folder`` created if need be and proven writable, before any work: a bad output path is a usage error
     (exit 2) named by its flag, not a failure at the end of a long run."""

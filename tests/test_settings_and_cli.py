@@ -1996,3 +1996,29 @@ def test_produce_puts_generated_events_on_a_real_stream_only_when_asked_for() ->
     assert refused.exit_code == 2, refused.output
     assert "give --events N" in refused.output
     assert asked.exit_code == 0, asked.output
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["report", "-o", "s3://bucket/rfm/report.html"],
+        ["summary", "--download", "s3://bucket/copy"],
+        ["generate", "-o", "s3://bucket/events.jsonl"],
+        ["score", "--output-dir", "s3://bucket/scores"],
+        ["worker", "--state-dir", "s3://bucket/state"],
+        ["demo", "--output-dir", "s3://bucket/demo"],
+    ],
+    ids=lambda command: command[0],
+)
+def test_a_url_given_for_a_local_path_is_refused_not_written_to_a_folder_named_s3(
+    command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from clickstream.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, command)
+    assert result.exit_code == 2, result.output
+    assert "is a URL: this takes a local path" in result.output
+    assert not list(tmp_path.iterdir())  # no s3: folder
