@@ -885,20 +885,24 @@ class DoubtfulRecords:
     """Counts the records of an input file that the worker will reject whatever happens on the way, so that
     `produce` can say so after sending them (they are sent as they are: the file is the user's, and rejected
     records are data in ``errors/``). Catches the usual mistakes: a pretty-printed JSON document or array (its
-    lines are ``[``, ``{``, ``"key": ...``), a CSV, records over the worker's size limit."""
+    lines are ``[``, ``{``, ``"key": ...``), an array of one object a line (``{...},``), a CSV, records over the
+    worker's size limit."""
 
     max_record_bytes: int
     # a record PutRecords takes (one it refuses is said as not sent: not counted here)
     sendable: Callable[[bytes], bool]
     records: int = 0
-    not_objects: int = 0  # not starting with ``{`` (after blanks): not a JSON object, whatever follows
+    not_objects: int = (
+        0  # not ``{`` first and ``}`` last (blanks aside): not a JSON object, whatever is between
+    )
     first_not_object: int | None = None  # its record number (1-based)
     too_large_for_worker: int = 0
 
     def counted(self, records: Iterable[bytes]) -> Iterator[bytes]:
         for data in records:
             self.records += 1
-            if not data.lstrip().startswith(b"{"):
+            text = data.strip()
+            if not (text.startswith(b"{") and text.endswith(b"}")):
                 self.not_objects += 1
                 if self.first_not_object is None:
                     self.first_not_object = self.records
@@ -911,8 +915,8 @@ class DoubtfulRecords:
         if self.not_objects:
             said.append(
                 f"{self.not_objects:,} of the {self.records:,} records of {source} are not JSON objects (the first "
-                f"is record {self.first_not_object:,}; one event per line, each line an object `{{...}}`): the "
-                "worker rejects each it receives into errors/"
+                f"is record {self.first_not_object:,}; one event per line, each line an object `{{...}}` with no "
+                "comma after it, not a JSON array): the worker rejects each it receives into errors/"
             )
         if self.too_large_for_worker:
             said.append(

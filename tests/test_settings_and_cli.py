@@ -1922,6 +1922,29 @@ def test_produce_says_which_records_of_its_input_the_worker_will_reject(tmp_path
     assert quiet.exit_code == 0 and '"WARNING"' not in quiet.stderr, quiet.stderr
 
 
+def test_produce_counts_every_line_of_a_json_array_of_one_object_a_line(tmp_path: Path) -> None:
+    """``[``, ``{...},`` a line, ``]``: the worker rejects every line but the last object's, and the run says so."""
+    from producer.generator import generate_events
+
+    records = list(generate_events(5, 20, 4))
+    source = tmp_path / "array.json"
+    source.write_bytes(
+        b"\n".join([b"[", *(record + b"," for record in records[:-1]), records[-1], b"]"]) + b"\n"
+    )
+
+    result, held = produce_file(source)
+
+    assert result.exit_code == 0, result.output
+    assert held == len(records) + 2
+    warnings = [json.loads(line)["message"] for line in result.stderr.splitlines() if '"WARNING"' in line]
+    assert len(warnings) == 1, result.stderr
+    assert (
+        f"{len(records) + 1} of the {len(records) + 2} records of {source} are not JSON objects"
+        in warnings[0]
+    )
+    assert "not a JSON array" in warnings[0]
+
+
 def test_produce_reads_stdin_as_input_dash(tmp_path: Path) -> None:
     from producer.generator import generate_events
 
