@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Final
 
 from rich.console import Console
 from rich.live import Live
@@ -52,6 +52,7 @@ from runtime.settings import (
     SETTINGS_FILE_ENV,
     Settings,
     aws_environment,
+    heap_mebibytes,
     write_settings_file,
 )
 
@@ -280,6 +281,39 @@ def heap_flags(heap: str) -> list[str]:
     return [f"-Xms{KCL_INITIAL_HEAP_MIB}m", f"-Xmx{heap}"]
 
 
+#: Where a container's memory limit is (cgroup v2, then v1, whose "no limit" is a number near 2**63).
+_MEMORY_LIMIT_FILES: Final = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
+def memory_limit_bytes(limit_files: tuple[str, ...] = _MEMORY_LIMIT_FILES) -> int | None:
+    """The memory this process may use: its container's limit, else the machine's memory (None if unknown)."""
+    for path in limit_files:
+        try:
+            text = Path(path).read_text(encoding="ascii").strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 2**60:
+            return int(text)
+    try:
+        meminfo = Path("/proc/meminfo").read_text(encoding="ascii")
+    except OSError:
+        return None
+    found = re.search(r"^MemTotal:\s+(\d+) kB", meminfo, re.MULTILINE)
+    return int(found.group(1)) * 1024 if found else None
+
+
+def require_heap_fits(heap: str, limit: int | None) -> None:
+    """A heap larger than the memory the worker may use passes ``java -version`` (``-Xmx`` only reserves address
+    space) and gets the JVM killed once the heap grows: refused at start instead (exit 2)."""
+    if limit is not None and heap_mebibytes(heap) * 2**20 > limit:
+        raise WorkerError(
+            f"CLICKSTREAM_KCL_JAVA_HEAP={heap} is more than the {limit / 2**30:.1f} GiB of memory this worker may "
+            "use (its container's limit, or the machine's): the JVM would be killed as its heap grows. Give it a "
+            "part of it: the shard processors need the rest (README: how to size an ECS task)",
+            exit_code=2,
+        )
+
+
 def require_java(java: str, heap: str | None = None) -> int:
     """The major release of ``java`` (``java -version``, with the worker's ``heap`` if given); WorkerError (exit 2)
     when it is no java, older than 17 or cannot reserve that heap: found here, in one line, rather than by a daemon
@@ -457,6 +491,7 @@ class KclWorker:
             for stale in self.status_dir.glob("*.json"):
                 stale.unlink()
         command = java_command(self.settings, properties_file)
+        require_heap_fits(self.settings.kcl_java_heap, memory_limit_bytes())
         require_java(command[0], self.settings.kcl_java_heap)
         return command
 

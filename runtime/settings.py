@@ -37,6 +37,13 @@ SETTINGS_FILE_ENV = "CLICKSTREAM_SETTINGS_FILE"
 #: The file a worker writes its resolved settings to, under its state directory (for its processors and its health
 #: check).
 SETTINGS_FILE = "worker-settings.json"
+
+
+def heap_mebibytes(heap: str) -> float:
+    """A JVM heap size as ``CLICKSTREAM_KCL_JAVA_HEAP`` writes it (``1g``, ``1536m``, ``524288k``), in MiB."""
+    return int(heap[:-1]) * {"k": 1 / 1024, "m": 1, "g": 1024}[heap[-1].lower()]
+
+
 #: The KCL daemon's initial JVM heap (-Xms), in MiB: the maximum heap (``kcl_java_heap``) must hold it.
 KCL_INITIAL_HEAP_MIB = 256
 #: CLICKSTREAM_* variables read outside this object (by the CLI's logging options, between worker processes).
@@ -369,8 +376,7 @@ class Settings(BaseSettings):
     @field_validator("kcl_java_heap")
     @classmethod
     def _heap_holds_the_initial_heap(cls, value: str) -> str:
-        mebibytes = int(value[:-1]) * {"k": 1 / 1024, "m": 1, "g": 1024}[value[-1].lower()]
-        if mebibytes < KCL_INITIAL_HEAP_MIB:
+        if heap_mebibytes(value) < KCL_INITIAL_HEAP_MIB:
             raise ValueError(
                 f"must be at least {KCL_INITIAL_HEAP_MIB}m, the KCL daemon's initial heap (-Xms)"
             )

@@ -33,7 +33,9 @@ from consumer.kcl_worker import (
     find_java,
     java_command,
     kcl_properties,
+    memory_limit_bytes,
     processor_command,
+    require_heap_fits,
     require_java,
 )
 from consumer.preflight import PreflightError, preflight
@@ -850,6 +852,27 @@ def test_a_heap_the_jvm_cannot_reserve_is_a_configuration_error_naming_the_setti
         require_java(java, "999999g")  # a petabyte: more than any address space
     assert raised.value.exit_code == 2 and "CLICKSTREAM_KCL_JAVA_HEAP=999999g" in str(raised.value)
     assert require_java(java, "512m") >= 17
+
+
+def test_a_heap_above_the_memory_the_worker_may_use_is_refused_at_start(tmp_path: Path) -> None:
+    """-Xmx only reserves address space: 8g in a 4 GiB task passed `java -version`, then the JVM was killed."""
+    cgroup_v2, cgroup_v1 = tmp_path / "memory.max", tmp_path / "memory.limit_in_bytes"
+    cgroup_v2.write_text(f"{4 * 2**30}\n")
+    limit = memory_limit_bytes((str(cgroup_v2), str(cgroup_v1)))
+    assert limit == 4 * 2**30
+    with pytest.raises(WorkerError) as raised:
+        require_heap_fits("8g", limit)
+    assert raised.value.exit_code == 2
+    assert "CLICKSTREAM_KCL_JAVA_HEAP=8g is more than the 4.0 GiB" in str(raised.value)
+    require_heap_fits("1g", limit)
+    require_heap_fits("4096m", limit)  # all of it: not refused (said in the README's sizing instead)
+    # no container limit ("max" in cgroup v2, a number near 2**63 in v1): the machine's memory bounds the heap
+    cgroup_v2.write_text("max\n")
+    cgroup_v1.write_text(f"{2**63 - 4096}\n")
+    machine = memory_limit_bytes((str(cgroup_v2), str(cgroup_v1)))
+    assert machine is not None and 2**28 < machine < 2**50
+    with pytest.raises(WorkerError):
+        require_heap_fits(f"{machine // 2**30 + 1}g", machine)
 
 
 def test_health_judges_by_the_worker_limits_unless_given_its_own(tmp_path: Path) -> None:
