@@ -27,7 +27,7 @@ import click
 from click.core import ParameterSource
 
 from clickstream.clv_commands import report, score
-from clickstream.console import JsonShownError, json_mode, say
+from clickstream.console import JsonShownError, json_mode, progress_of, say
 from clickstream.errors import INTERRUPTED, TERMINATED, USAGE, FrontDoorError, explain, query_interrupted
 from clickstream.options import (
     FiniteFloatRange,
@@ -374,22 +374,38 @@ def _make_generator(
     type=LocalPath(dir_okay=False, path_type=Path),
     help="JSONL file to write ('-' for stdout).",
 )
-def generate(output: Path, **options: Any) -> None:
+@progress_option
+def generate(output: Path, progress: bool | None, **options: Any) -> None:
     """Write deterministic demo clickstream as JSONL: one event per line, exactly the bytes put on the stream."""
     from producer.generator import write_jsonl
 
     generator = _make_generator(**options)
-    if str(output) == "-":
-        stream = sys.stdout.buffer
-        for data in generator.events():
-            stream.write(data + b"\n")
-    else:
-        write_jsonl(writable_file("--output", output), generator.events())
+    with progress_of("generating", "record", bar=show_progress(progress)) as report:
+        records = _counted(generator.events(), generator.total_records, report)
+        if str(output) == "-":
+            stream = sys.stdout.buffer
+            for data in records:
+                stream.write(data + b"\n")
+        else:
+            write_jsonl(writable_file("--output", output), records)
     summary = generator.summary
     say(
         f"wrote {generator.total_records} records ({summary.valid_events} valid events, "
         f"{summary.duplicates} duplicates, {summary.malformed} malformed)"
     )
+
+
+def _counted(
+    records: Iterator[bytes], total: int, report: Callable[[int, int], None], every: int = 10_000
+) -> Iterator[bytes]:
+    """``records``, reporting ``(done, total)`` every ``every`` records and at the end."""
+    done = 0
+    report(0, total)
+    for done, data in enumerate(records, start=1):
+        yield data
+        if done % every == 0:
+            report(done, total)
+    report(done, total)
 
 
 # ---------------------------------------------------------------------------------------------------------- produce

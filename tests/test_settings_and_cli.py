@@ -2045,3 +2045,21 @@ def test_a_url_given_for_a_local_path_is_refused_not_written_to_a_folder_named_s
     assert result.exit_code == 2, result.output
     assert "is a URL: this takes a local path" in result.output
     assert not list(tmp_path.iterdir())  # no s3: folder
+
+
+def test_generate_shows_its_progress_toward_the_planned_records(tmp_path: Path) -> None:
+    """A long generate (100M events is allowed) said nothing until its last line; it now reports as it writes."""
+    from clickstream.cli import _counted
+
+    reported: list[tuple[int, int]] = []
+    records = list(
+        _counted(iter([b"{}"] * 25), 25, lambda done, total: reported.append((done, total)), every=10)
+    )
+    assert records == [b"{}"] * 25
+    assert reported == [(0, 25), (10, 25), (20, 25), (25, 25)]
+
+    output = tmp_path / "events.jsonl"
+    result = run_cli("generate", "--events", "30000", "--customers", "500", "-o", str(output), "--progress")
+    assert result.returncode == 0, result.stderr
+    assert "generating" in result.stderr and "30000/30000" in result.stderr
+    assert sum(1 for _ in output.open("rb")) == 30000
