@@ -544,8 +544,8 @@ def produce(
     type=FiniteFloatRange(min=0.5),
     default=None,
     metavar="SECONDS",
-    help="Stop cleanly once every shard is drained, flushed, checkpointed and quiet this long (beside other "
-    "workers of the application: its own shards, while the others hold the rest).",
+    help="Stop cleanly once every shard is drained, flushed, checkpointed and quiet this long in this worker (for "
+    "a worker alone on its application: beside others it waits, saying on which shards).",
 )
 @setting_option("stop_deadline_seconds", "--stop-deadline", type=float)
 @setting_option("stream_name", "--stream")

@@ -19,7 +19,6 @@ import errno
 import fcntl
 import hashlib
 import logging
-import math
 import os
 import re
 import shutil
@@ -65,8 +64,6 @@ MAIN_CLASS = "software.amazon.kinesis.multilang.MultiLangDaemon"
 STATUS_LOG_SECONDS = 30.0
 #: How often the lease table is read while the worker holds no lease (to tell a standby from a stuck worker).
 LEASE_SCAN_SECONDS = 15.0
-#: How old ``--until-idle``'s answer to "which shards do other workers hold?" may be.
-HELD_ELSEWHERE_SECONDS = 5.0
 
 
 class WorkerError(RuntimeError):
@@ -380,28 +377,20 @@ POLL_FRESHNESS_SECONDS = 5.0
 
 @dataclass(frozen=True, slots=True)
 class IdleCheck:
-    """Is every shard of the stream drained, flushed, checkpointed and quiet for ``idle_seconds``: every one this
-    worker processes, and none left that no worker holds? (A shard another worker holds is that worker's to drain:
-    waiting for it here would never end.)"""
+    """Is every shard of the stream drained, flushed, checkpointed and quiet for ``idle_seconds``, in this worker?
+
+    Only what this worker saw itself counts: a shard another worker holds may hold records (that worker may be dead,
+    its lease not yet expired), so beside other workers of the application ``--until-idle`` does not stop on its
+    own; ``waiting_on`` says which shards keep it.
+    """
 
     idle_seconds: float
 
-    def drained(
-        self,
-        shards: list[dict[str, Any]],
-        statuses: dict[str, ShardStatus],
-        now: float,
-        held_elsewhere: Callable[[], set[str]] = set,
-    ) -> bool:
-        """``held_elsewhere``: the shards whose leases other workers hold, asked only when this worker is quiet on
-        its own shards and some open shard is not among them."""
-        open_shards = {s["ShardId"] for s in shards if "EndingSequenceNumber" not in s["SequenceNumberRange"]}
+    def drained(self, shards: list[dict[str, Any]], statuses: dict[str, ShardStatus], now: float) -> bool:
+        open_shards = _open(shards)
         if not open_shards:
             return False
-        not_quiet = {shard_id for shard_id in open_shards if not self._quiet(statuses.get(shard_id), now)}
-        if any(_processing(statuses.get(shard_id)) for shard_id in not_quiet):
-            return False  # a shard of this worker's with work left
-        if not_quiet and not_quiet - held_elsewhere():
+        if not all(self._quiet(statuses.get(shard_id), now) for shard_id in open_shards):
             return False
         # closed parents must have been finished (or finished before we started)
         return not any(
@@ -409,6 +398,18 @@ class IdleCheck:
             for shard_id, status in statuses.items()
             if shard_id not in open_shards
         )
+
+    def waiting_on(
+        self, shards: list[dict[str, Any]], statuses: dict[str, ShardStatus], now: float
+    ) -> set[str]:
+        """The open shards this worker waits on though it is done with its own: shards it does not process (another
+        worker holds them, or nobody yet). Empty while it has work of its own (a shard processing or starting that
+        is not quiet)."""
+        not_quiet = {shard_id for shard_id in _open(shards) if not self._quiet(statuses.get(shard_id), now)}
+        mine = {"processing", "initializing"}
+        if any((status := statuses.get(shard_id)) and status.phase in mine for shard_id in not_quiet):
+            return set()
+        return not_quiet
 
     def _quiet(self, status: ShardStatus | None, now: float) -> bool:
         """Caught up, nothing buffered, everything applied is checkpointed, no record for idle_seconds, and the
@@ -423,8 +424,8 @@ class IdleCheck:
         return caught_up and checkpointed and now - quiet_since >= self.idle_seconds
 
 
-def _processing(status: ShardStatus | None) -> bool:
-    return status is not None and status.phase == "processing"
+def _open(shards: list[dict[str, Any]]) -> set[str]:
+    return {s["ShardId"] for s in shards if "EndingSequenceNumber" not in s["SequenceNumberRange"]}
 
 
 _PR_SET_PDEATHSIG = 1
@@ -473,7 +474,7 @@ class KclWorker:
         self._started = time.monotonic()
         self._heartbeat = Heartbeat(pid=os.getpid(), phase="starting", started_at=time.time())
         self._last_lease_scan = 0.0
-        self._held_elsewhere: tuple[float, set[str]] = (-math.inf, set())
+        self._idle_wait_said_at = 0.0
         self._lock: Any = None  # the state directory's lock file, held while this worker runs
         self._claim: socket.socket | None = None  # this worker id's claim on the host, held while it runs
 
@@ -712,9 +713,14 @@ class KclWorker:
                 last_idle_check = now
                 shards = kinesis.list_shards(StreamName=self.settings.stream_name)["Shards"]
                 statuses = read_statuses(self.status_dir)
-                if self.until_idle.drained(shards, statuses, time.time(), self._shards_held_elsewhere):
+                if self.until_idle.drained(shards, statuses, time.time()):
                     log.info("stream drained and every shard flushed and checkpointed; stopping")
                     self.request_stop()
+                elif now - self._idle_wait_said_at >= STATUS_LOG_SECONDS:
+                    waiting = self.until_idle.waiting_on(shards, statuses, time.time())
+                    if waiting:
+                        self._idle_wait_said_at = now
+                        self._say_idle_wait(waiting)
             time.sleep(0.2)
 
     def _processors_done(self) -> bool:
@@ -726,26 +732,27 @@ class KclWorker:
         )
 
     # ------------------------------------------------------------------ leases
-    def _shards_held_elsewhere(self) -> set[str]:
-        """The shards whose leases other workers hold now (read at most every few seconds: ``--until-idle`` asks
-        each second while this worker is quiet and others hold shards)."""
-        if time.monotonic() - self._held_elsewhere[0] < HELD_ELSEWHERE_SECONDS:
-            return self._held_elsewhere[1]
+    def _say_idle_wait(self, waiting: set[str]) -> None:
+        """``--until-idle`` is done with its own shards but waits on others: say which, and who holds them (a worker
+        beside another would otherwise wait without a word)."""
         try:
             owners = lease_owners(
                 aws_client("dynamodb", self.settings, total_attempts=3), self.settings.application_name
             )
-        except Exception as error:  # noqa: BLE001 - not known: wait on every shard, as without other workers
-            log.warning(
-                "--until-idle: the lease table cannot be read (%s); waiting on every shard", one_line(error)
-            )
-            owners = {}
-        mine = self.settings.worker_id
-        self._held_elsewhere = (
-            time.monotonic(),
-            {shard for shard, owner in owners.items() if owner and owner != mine},
+        except Exception as error:  # noqa: BLE001 - the message goes on without the holders
+            owners, unknown = {}, f"holders unknown: {one_line(error)}"
+        else:
+            unknown = "no owner yet"
+        held = ", ".join(
+            f"{shard} ({f'held by {owners[shard]}' if owners.get(shard) else unknown})"
+            for shard in sorted(waiting)
         )
-        return self._held_elsewhere[1]
+        log.warning(
+            "--until-idle: this worker's shards are drained; it stops once every open shard of the stream is, in "
+            "this worker, and waits on %s. Beside other workers of the application it does not stop on its own "
+            "(their shards may hold records): stop it with SIGTERM",
+            held,
+        )
 
     def _track_leases(self, statuses: dict[str, ShardStatus]) -> None:
         """Remember when a lease was last held; while none is, tell a standby worker from one that cannot work.

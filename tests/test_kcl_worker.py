@@ -616,46 +616,57 @@ SECOND: Final = {**OPEN, "ShardId": "shardId-000000000002"}
 
 
 @pytest.mark.parametrize(
-    ("statuses", "held_elsewhere", "expected"),
+    ("statuses", "expected"),
     [
         pytest.param(
-            {"shardId-000000000001": drained_status()}, {"shardId-000000000002"}, True, id="other-holds-it"
+            {"shardId-000000000001": drained_status()}, {"shardId-000000000002"}, id="own-done-other-not-here"
         ),
-        pytest.param({"shardId-000000000001": drained_status()}, set(), False, id="nobody-holds-it"),
+        pytest.param({}, {"shardId-000000000001", "shardId-000000000002"}, id="none-here-yet"),
         pytest.param(
-            {"shardId-000000000001": drained_status(buffered_records=10)},
-            {"shardId-000000000002"},
-            False,
-            id="own-shard-busy",
+            {"shardId-000000000001": drained_status(buffered_records=10)}, set(), id="own-shard-busy"
         ),
         pytest.param(
-            {"shardId-000000000001": drained_status(phase="ended")},
+            {"shardId-000000000001": drained_status(phase="initializing")}, set(), id="own-shard-starting"
+        ),
+        pytest.param(
+            {"shardId-000000000001": drained_status(phase="lease_lost")},
             {"shardId-000000000001", "shardId-000000000002"},
-            True,
-            id="moved-away-and-held-elsewhere",
+            id="moved-away",
         ),
         pytest.param(
-            {"shardId-000000000001": drained_status(phase="ended")},
-            {"shardId-000000000002"},
-            False,
-            id="ended-here-and-held-by-nobody",
+            {
+                "shardId-000000000001": drained_status(),
+                "shardId-000000000002": drained_status("shardId-000000000002"),
+            },
+            set(),
+            id="drained",
         ),
     ],
 )
-def test_idle_check_leaves_a_shard_another_worker_holds_to_that_worker(
-    statuses: dict[str, ShardStatus], held_elsewhere: set[str], expected: bool
+def test_idle_check_names_the_shards_it_waits_on_once_done_with_its_own(
+    statuses: dict[str, ShardStatus], expected: set[str]
 ) -> None:
-    """Two workers on one application: each stops once its own shards are drained (it used to wait forever on the
-    other's). The lease table is read only when this worker's own shards are quiet."""
-    asked: list[bool] = []
+    """Beside another worker, --until-idle waits on the shards it does not process (their holder may be dead with
+    records left): it does not stop, and the worker says which shards keep it, instead of waiting without a word."""
+    check = IdleCheck(IDLE)
+    assert check.waiting_on([OPEN, SECOND], statuses, NOW) == expected
+    assert check.drained([OPEN, SECOND], statuses, NOW) is (not expected and len(statuses) == 2)
 
-    def leases() -> set[str]:
-        asked.append(True)
-        return held_elsewhere
 
-    assert IdleCheck(IDLE).drained([OPEN, SECOND], statuses, NOW, leases) is expected
-    busy = statuses["shardId-000000000001"].buffered_records > 0
-    assert asked == ([] if busy else [True])
+def test_the_worker_says_who_holds_the_shards_until_idle_waits_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    worker = KclWorker(load_settings(state_dir=tmp_path / "state"), until_idle=IDLE)
+    monkeypatch.setattr("consumer.kcl_worker.aws_client", lambda *_, **__: None)
+    monkeypatch.setattr(
+        "consumer.kcl_worker.lease_owners",
+        lambda *_: {"shardId-000000000002": "worker-b", "shardId-000000000003": None},
+    )
+    with caplog.at_level(logging.WARNING, logger="consumer.kcl_worker"):
+        worker._say_idle_wait({"shardId-000000000002", "shardId-000000000003"})
+    said = caplog.records[-1].getMessage()
+    assert "waits on shardId-000000000002 (held by worker-b), shardId-000000000003 (no owner yet)" in said
+    assert "stop it with SIGTERM" in said
 
 
 # ---------------------------------------------------------------------------------------------------- java
