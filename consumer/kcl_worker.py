@@ -278,19 +278,21 @@ def heap_flags(heap: str) -> list[str]:
     return [f"-Xms{KCL_INITIAL_HEAP_MIB}m", f"-Xmx{heap}"]
 
 
-#: Where a container's memory limit is (cgroup v2, then v1, whose "no limit" is a number near 2**63).
-_MEMORY_LIMIT_FILES: Final = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+#: What the KCL's JVM uses besides its heap (metaspace, code cache, thread stacks, buffers): a heap must leave at
+#: least this much of the memory the worker may use.
+JVM_NON_HEAP_MIB: Final = 512
+_SIZE_UNITS: Final = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
-def memory_limit_bytes(limit_files: tuple[str, ...] = _MEMORY_LIMIT_FILES) -> int | None:
-    """The memory this process may use: its container's limit, else the machine's memory (None if unknown)."""
-    for path in limit_files:
-        try:
-            text = Path(path).read_text(encoding="ascii").strip()
-        except OSError:
-            continue
-        if text.isdigit() and int(text) < 2**60:
-            return int(text)
+def jvm_memory_limit(java_output: str) -> int | None:
+    """The container memory limit the JVM sees, in bytes, from ``java -XshowSettings:system`` (which follows the
+    cgroup hierarchy, v1 and v2, as the JVM sizes itself by it); None when unlimited or not shown."""
+    found = re.search(r"Memory Limit: (\d+(?:\.\d+)?)([KMGT]?)\b", java_output)
+    return int(float(found.group(1)) * _SIZE_UNITS[found.group(2)]) if found else None
+
+
+def machine_memory_bytes() -> int | None:
+    """The machine's memory (``MemTotal``), the bound where no container limit applies."""
     try:
         meminfo = Path("/proc/meminfo").read_text(encoding="ascii")
     except OSError:
@@ -300,22 +302,24 @@ def memory_limit_bytes(limit_files: tuple[str, ...] = _MEMORY_LIMIT_FILES) -> in
 
 
 def require_heap_fits(heap: str, limit: int | None) -> None:
-    """A heap larger than the memory the worker may use passes ``java -version`` (``-Xmx`` only reserves address
-    space) and gets the JVM killed once the heap grows: refused at start instead (exit 2)."""
-    if limit is not None and heap_mebibytes(heap) * 2**20 > limit:
+    """A heap the memory the worker may use cannot hold (with the JVM's own non-heap memory) passes ``java
+    -version`` (``-Xmx`` only reserves address space) and gets the JVM killed once the heap grows: refused at start
+    instead (exit 2)."""
+    if limit is not None and (heap_mebibytes(heap) + JVM_NON_HEAP_MIB) * 2**20 > limit:
         raise WorkerError(
-            f"CLICKSTREAM_KCL_JAVA_HEAP={heap} is more than the {limit / 2**30:.1f} GiB of memory this worker may "
-            "use (its container's limit, or the machine's): the JVM would be killed as its heap grows. Give it a "
-            "part of it: the shard processors need the rest (README: how to size an ECS task)",
+            f"CLICKSTREAM_KCL_JAVA_HEAP={heap} does not fit the {limit / 2**30:.1f} GiB of memory this worker may "
+            f"use (its container's limit, or the machine's) with the JVM's own {JVM_NON_HEAP_MIB} MiB besides its "
+            "heap: the JVM would be killed as its heap grows. Give it a part of that memory: the shard processors "
+            "need the rest (README: how to size an ECS task)",
             exit_code=2,
         )
 
 
 def require_java(java: str, heap: str | None = None) -> int:
     """The major release of ``java`` (``java -version``, with the worker's ``heap`` if given); WorkerError (exit 2)
-    when it is no java, older than 17 or cannot reserve that heap: found here, in one line, rather than by a daemon
-    that exits at once."""
-    flags = heap_flags(heap) if heap is not None else []
+    when it is no java, older than 17, cannot reserve that heap or the memory it may use cannot hold it: found here,
+    in one line, rather than by a daemon that exits at once or is killed later."""
+    flags = [*heap_flags(heap), "-XshowSettings:system"] if heap is not None else []
     try:
         answer = subprocess.run(
             [java, *flags, "-version"], capture_output=True, text=True, timeout=30, check=False
@@ -347,6 +351,8 @@ def require_java(java: str, heap: str | None = None) -> int:
             "openjdk-17-jre-headless or set CLICKSTREAM_JAVA / JAVA_HOME)",
             exit_code=2,
         )
+    if heap is not None:
+        require_heap_fits(heap, jvm_memory_limit(output) or machine_memory_bytes())
     return major
 
 
@@ -492,7 +498,6 @@ class KclWorker:
             for stale in self.status_dir.glob("*.json"):
                 stale.unlink()
         command = java_command(self.settings, properties_file)
-        require_heap_fits(self.settings.kcl_java_heap, memory_limit_bytes())
         require_java(command[0], self.settings.kcl_java_heap)
         return command
 

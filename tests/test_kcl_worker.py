@@ -32,8 +32,9 @@ from consumer.kcl_worker import (
     WorkerError,
     find_java,
     java_command,
+    jvm_memory_limit,
     kcl_properties,
-    memory_limit_bytes,
+    machine_memory_bytes,
     processor_command,
     require_heap_fits,
     require_java,
@@ -865,25 +866,29 @@ def test_a_heap_the_jvm_cannot_reserve_is_a_configuration_error_naming_the_setti
     assert require_java(java, "512m") >= 17
 
 
-def test_a_heap_above_the_memory_the_worker_may_use_is_refused_at_start(tmp_path: Path) -> None:
-    """-Xmx only reserves address space: 8g in a 4 GiB task passed `java -version`, then the JVM was killed."""
-    cgroup_v2, cgroup_v1 = tmp_path / "memory.max", tmp_path / "memory.limit_in_bytes"
-    cgroup_v2.write_text(f"{4 * 2**30}\n")
-    limit = memory_limit_bytes((str(cgroup_v2), str(cgroup_v1)))
-    assert limit == 4 * 2**30
-    with pytest.raises(WorkerError) as raised:
-        require_heap_fits("8g", limit)
-    assert raised.value.exit_code == 2
-    assert "CLICKSTREAM_KCL_JAVA_HEAP=8g is more than the 4.0 GiB" in str(raised.value)
-    require_heap_fits("1g", limit)
-    require_heap_fits("4096m", limit)  # all of it: not refused (said in the README's sizing instead)
-    # no container limit ("max" in cgroup v2, a number near 2**63 in v1): the machine's memory bounds the heap
-    cgroup_v2.write_text("max\n")
-    cgroup_v1.write_text(f"{2**63 - 4096}\n")
-    machine = memory_limit_bytes((str(cgroup_v2), str(cgroup_v1)))
+def test_a_heap_the_memory_the_worker_may_use_cannot_hold_is_refused_at_start(tmp_path: Path) -> None:
+    """-Xmx only reserves address space: 8g in a 4 GiB task passed `java -version`, then the JVM was killed. The
+    limit is the one the JVM itself sees (its container's, through the cgroup hierarchy), else the machine's."""
+    in_a_task = 'openjdk version "17.0.12" 2024-07-16\nOperating System Metrics:\n    Memory Limit: 4.00G'
+    java = fake_java(tmp_path / "task", in_a_task)
+    for heap in ("8g", "4g", "3841m"):  # 3841m + the JVM's own 512 MiB is over 4 GiB
+        with pytest.raises(WorkerError) as raised:
+            require_java(str(java), heap)
+        assert raised.value.exit_code == 2
+        assert f"CLICKSTREAM_KCL_JAVA_HEAP={heap} does not fit the 4.0 GiB" in str(raised.value)
+    assert require_java(str(java), "3584m") == 17
+    assert require_java(str(java), "1g") == 17
+
+    assert jvm_memory_limit("    Memory Limit: 512.00M\n") == 512 * 2**20
+    assert jvm_memory_limit("    Memory Limit: Unlimited\n") is None
+    machine = machine_memory_bytes()
     assert machine is not None and 2**28 < machine < 2**50
-    with pytest.raises(WorkerError):
-        require_heap_fits(f"{machine // 2**30 + 1}g", machine)
+    outside = fake_java(
+        tmp_path / "host", 'openjdk version "17.0.12" 2024-07-16\n    Memory Limit: Unlimited'
+    )
+    with pytest.raises(WorkerError, match="the machine's"):
+        require_java(str(outside), f"{machine // 2**30 + 1}g")  # no container limit: the machine's memory
+    require_heap_fits("1g", None)  # neither known: not refused
 
 
 def test_health_judges_by_the_worker_limits_unless_given_its_own(tmp_path: Path) -> None:
