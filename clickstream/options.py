@@ -15,7 +15,7 @@ import click
 from click.core import ParameterSource
 
 from clickstream.errors import USAGE, FrontDoorError
-from runtime.settings import ConfigError, Settings, env_var_name, load_settings, with_overrides
+from runtime.settings import URL, ConfigError, Settings, env_var_name, load_settings, with_overrides
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -131,14 +131,11 @@ def _named_by_flags(message: str, overrides: dict[str, Any]) -> str:
     return message
 
 
-_URL: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
-
-
 class LocalPath(click.Path):
     """``click.Path`` that refuses a URL: ``s3://bucket/key`` would be written to a local folder named ``s3:``."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, str) and _URL.match(value):
+        if isinstance(value, str) and URL.match(value):
             self.fail(
                 f"{value!r} is a URL: this takes a local path (copy what is written there with `aws s3 cp`, or "
                 "run the command where the file is wanted)",

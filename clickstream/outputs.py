@@ -198,12 +198,17 @@ def local_commit_records(root: Path, settings: Settings) -> list[CommitRecord]:
 
 
 def read_local_tables(root: Path, keys: list[str], columns: list[str] | None = None) -> pa.Table | None:
-    """The Parquet files ``<root>/<key>`` as one Arrow table (None when there are none); a missing one is named."""
+    """The Parquet files ``<root>/<key>`` as one Arrow table (None when there are none); a missing one is named, and
+    a key that would leave ``root`` (a commit record changed by hand) is refused."""
+    inside = root.resolve()
+    for key in keys:
+        if not (root / key).resolve().is_relative_to(inside):
+            raise FrontDoorError(f"{root}: a commit record names {key!r}, which is not a key under it", USAGE)
     missing = [key for key in keys if not (root / key).is_file()]
     if missing:
         raise FrontDoorError(
-            f"{root} lacks {len(missing):,} file(s) its commit records name, e.g. {root / missing[0]}: a download "
-            "copies them all; download it again",
+            f"{root} lacks {len(missing):,} file(s) its commit records name, e.g. {root / missing[0]}: copy the "
+            "outputs again with `summary --download` (which names any that S3 itself has lost)",
             RUNTIME,
         )
     tables = [pq.read_table(root / key, columns=columns) for key in keys]

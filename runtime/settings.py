@@ -21,7 +21,7 @@ import re
 import socket
 from datetime import datetime
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
@@ -54,6 +54,8 @@ OTHER_VARIABLES = frozenset(
 #: Bucket name beginnings and endings S3 keeps for its own features (access points, Outposts, directory buckets).
 _BUCKET_RESERVED_PREFIXES: Final = ("xn--", "sthree-", "amzn-s3-demo-")
 _BUCKET_RESERVED_SUFFIXES: Final = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
+#: A URL (``s3://bucket/key``): never a local path, which would turn it into a folder named ``s3:``.
+URL: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 #: A value that is only a number (an integer or a decimal, signed).
 _NUMBER: Final = re.compile(r"[+-]?\d+(\.\d*)?([eE][+-]?\d+)?")
 
@@ -380,6 +382,13 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"must be at least {KCL_INITIAL_HEAP_MIB}m, the KCL daemon's initial heap (-Xms)"
             )
+        return value
+
+    @field_validator("state_dir", mode="before")
+    @classmethod
+    def _local_state_dir(cls, value: Any) -> Any:
+        if isinstance(value, str) and URL.match(value):
+            raise ValueError("is a URL: the state directory is a local folder (S3 holds the outputs already)")
         return value
 
     @field_validator("bucket")

@@ -270,3 +270,11 @@ def test_a_download_missing_a_committed_file_is_named(
     assert not_a_download.exit_code == 2, not_a_download.output
     assert "holds no commit records" in not_a_download.output and "--prefix" in not_a_download.output
     assert not output.exists()
+
+    record_path = next(tmp_path.rglob("_control/commits/*/*.json"))
+    record = json.loads(record_path.read_text())
+    record["files"]["errors"] = ["../../../outside.parquet"]  # changed by hand: a key that leaves the folder
+    record_path.write_text(json.dumps(record))
+    escaped = CliRunner().invoke(main, ["report", "--input", str(tmp_path), "--output", str(output)])
+    assert escaped.exit_code == 2, escaped.output
+    assert "which is not a key under it" in escaped.output
