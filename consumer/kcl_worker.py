@@ -724,8 +724,8 @@ class KclWorker:
                 elif now - self._idle_wait_said_at >= STATUS_LOG_SECONDS:
                     waiting = self.until_idle.waiting_on(shards, statuses, time.time())
                     if waiting:
-                        self._idle_wait_said_at = now
-                        self._say_idle_wait(waiting)
+                        self._idle_wait_said_at = now  # the lease table is read at most this often
+                        self._say_who_holds(waiting)
             time.sleep(0.2)
 
     def _processors_done(self) -> bool:
@@ -737,25 +737,26 @@ class KclWorker:
         )
 
     # ------------------------------------------------------------------ leases
-    def _say_idle_wait(self, waiting: set[str]) -> None:
-        """``--until-idle`` is done with its own shards but waits on others: say which, and who holds them (a worker
-        beside another would otherwise wait without a word)."""
+    def _say_who_holds(self, waiting: set[str]) -> None:
+        """``--until-idle`` is done with its own shards but waits on others: when other workers hold some of them,
+        say so (it would otherwise wait without a word). Shards nobody holds yet are the KCL's to assign: a worker
+        alone waits for them quietly."""
         try:
             owners = lease_owners(
                 aws_client("dynamodb", self.settings, total_attempts=3), self.settings.application_name
             )
-        except Exception as error:  # noqa: BLE001 - the message goes on without the holders
-            owners, unknown = {}, f"holders unknown: {one_line(error)}"
-        else:
-            unknown = "no owner yet"
-        held = ", ".join(
-            f"{shard} ({f'held by {owners[shard]}' if owners.get(shard) else unknown})"
-            for shard in sorted(waiting)
-        )
+        except Exception as error:  # noqa: BLE001 - nothing to say without the holders (no table yet, at start)
+            log.debug("--until-idle: the lease table cannot be read: %s", one_line(error))
+            return
+        mine = self.settings.worker_id
+        elsewhere = {shard: owner for shard in waiting if (owner := owners.get(shard)) and owner != mine}
+        if not elsewhere:
+            return
+        held = ", ".join(f"{shard} (held by {owner})" for shard, owner in sorted(elsewhere.items()))
         log.warning(
-            "--until-idle: this worker's shards are drained; it stops once every open shard of the stream is, in "
-            "this worker, and waits on %s. Beside other workers of the application it does not stop on its own "
-            "(their shards may hold records): stop it with SIGTERM",
+            "--until-idle: this worker's shards are drained, but it stops only once every open shard of the stream "
+            "is, in this worker, and other workers hold %s. Beside other workers of the application it does not "
+            "stop on its own (their shards may hold records): stop it with SIGTERM",
             held,
         )
 

@@ -37,13 +37,6 @@ SETTINGS_FILE_ENV = "CLICKSTREAM_SETTINGS_FILE"
 #: The file a worker writes its resolved settings to, under its state directory (for its processors and its health
 #: check).
 SETTINGS_FILE = "worker-settings.json"
-
-
-def heap_mebibytes(heap: str) -> float:
-    """A JVM heap size as ``CLICKSTREAM_KCL_JAVA_HEAP`` writes it (``1g``, ``1536m``, ``524288k``), in MiB."""
-    return int(heap[:-1]) * {"k": 1 / 1024, "m": 1, "g": 1024}[heap[-1].lower()]
-
-
 #: The KCL daemon's initial JVM heap (-Xms), in MiB: the maximum heap (``kcl_java_heap``) must hold it.
 KCL_INITIAL_HEAP_MIB = 256
 #: CLICKSTREAM_* variables read outside this object (by the CLI's logging options, between worker processes).
@@ -58,6 +51,12 @@ _BUCKET_RESERVED_SUFFIXES: Final = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "-
 URL: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 #: A value that is only a number (an integer or a decimal, signed).
 _NUMBER: Final = re.compile(r"[+-]?\d+(\.\d*)?([eE][+-]?\d+)?")
+
+
+def heap_mebibytes(heap: str) -> float:
+    """A JVM heap size as ``CLICKSTREAM_KCL_JAVA_HEAP`` writes it (``1g``, ``1536m``, ``524288k``), in MiB."""
+    return int(heap[:-1]) * {"k": 1 / 1024, "m": 1, "g": 1024}[heap[-1].lower()]
+
 
 log = logging.getLogger(__name__)
 

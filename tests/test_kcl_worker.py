@@ -654,20 +654,25 @@ def test_idle_check_names_the_shards_it_waits_on_once_done_with_its_own(
     assert check.drained([OPEN, SECOND], statuses, NOW) is (not expected and len(statuses) == 2)
 
 
-def test_the_worker_says_who_holds_the_shards_until_idle_waits_on(
+def test_the_worker_says_which_other_workers_hold_the_shards_until_idle_waits_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    worker = KclWorker(load_settings(state_dir=tmp_path / "state"), until_idle=IDLE)
+    """Said when other workers hold some of them; a worker alone, waiting for the KCL to assign its shards (no
+    owner yet, or no lease table yet at start), says nothing."""
+    settings = load_settings(state_dir=tmp_path / "state", worker_id="worker-a")
+    worker = KclWorker(settings, until_idle=IDLE)
     monkeypatch.setattr("consumer.kcl_worker.aws_client", lambda *_, **__: None)
-    monkeypatch.setattr(
-        "consumer.kcl_worker.lease_owners",
-        lambda *_: {"shardId-000000000002": "worker-b", "shardId-000000000003": None},
-    )
+    owners: dict[str, str | None] = {"shardId-000000000002": None, "shardId-000000000003": "worker-a"}
+    monkeypatch.setattr("consumer.kcl_worker.lease_owners", lambda *_: owners)
+    waiting = {"shardId-000000000002", "shardId-000000000003"}
     with caplog.at_level(logging.WARNING, logger="consumer.kcl_worker"):
-        worker._say_idle_wait({"shardId-000000000002", "shardId-000000000003"})
+        worker._say_who_holds(waiting)
+        assert not caplog.records, "alone: nothing to say"
+        owners["shardId-000000000002"] = "worker-b"
+        worker._say_who_holds(waiting)
     said = caplog.records[-1].getMessage()
-    assert "waits on shardId-000000000002 (held by worker-b), shardId-000000000003 (no owner yet)" in said
-    assert "stop it with SIGTERM" in said
+    assert "other workers hold shardId-000000000002 (held by worker-b)." in said
+    assert "shardId-000000000003" not in said and "stop it with SIGTERM" in said
 
 
 # ---------------------------------------------------------------------------------------------------- java
