@@ -409,11 +409,10 @@ class IdleCheck:
         self, shards: list[dict[str, Any]], statuses: dict[str, ShardStatus], now: float
     ) -> set[str]:
         """The open shards this worker waits on though it is done with its own: shards it does not process (another
-        worker holds them, or nobody yet). Empty while it has work of its own (a shard processing or starting that
-        is not quiet)."""
+        worker holds them, or nobody yet). Empty while it has work of its own (a shard whose lease it holds that is
+        not quiet)."""
         not_quiet = {shard_id for shard_id in _open(shards) if not self._quiet(statuses.get(shard_id), now)}
-        mine = {"processing", "initializing"}
-        if any((status := statuses.get(shard_id)) and status.phase in mine for shard_id in not_quiet):
+        if any((status := statuses.get(shard_id)) and holds_lease(status) for shard_id in not_quiet):
             return set()
         return not_quiet
 
@@ -737,14 +736,18 @@ class KclWorker:
         )
 
     # ------------------------------------------------------------------ leases
+    def _lease_owners(self) -> dict[str, str | None]:
+        """The lease table now: shard -> owner (``lease_owners``), with a few attempts."""
+        return lease_owners(
+            aws_client("dynamodb", self.settings, total_attempts=3), self.settings.application_name
+        )
+
     def _say_who_holds(self, waiting: set[str]) -> None:
         """``--until-idle`` is done with its own shards but waits on others: when other workers hold some of them,
         say so (it would otherwise wait without a word). Shards nobody holds yet are the KCL's to assign: a worker
         alone waits for them quietly."""
         try:
-            owners = lease_owners(
-                aws_client("dynamodb", self.settings, total_attempts=3), self.settings.application_name
-            )
+            owners = self._lease_owners()
         except Exception as error:  # noqa: BLE001 - nothing to say without the holders (no table yet, at start)
             log.debug("--until-idle: the lease table cannot be read: %s", one_line(error))
             return
@@ -778,9 +781,7 @@ class KclWorker:
         self._last_lease_scan = time.monotonic()
         was = (heartbeat.standby, heartbeat.lease_detail)
         try:
-            owners = lease_owners(
-                aws_client("dynamodb", self.settings, total_attempts=3), self.settings.application_name
-            )
+            owners = self._lease_owners()
         except Exception as error:  # noqa: BLE001 - any failure is the reason to report
             heartbeat.standby, heartbeat.lease_detail = False, f"the lease table cannot be read: {error}"
         else:

@@ -892,9 +892,8 @@ class DoubtfulRecords:
     # a record PutRecords takes (one it refuses is said as not sent: not counted here)
     sendable: Callable[[bytes], bool]
     records: int = 0
-    not_objects: int = (
-        0  # not ``{`` first and ``}`` last (blanks aside): not a JSON object, whatever is between
-    )
+    # not ``{`` first and ``}`` last (blanks aside): not a JSON object, whatever is between
+    not_objects: int = 0
     first_not_object: int | None = None  # its record number (1-based)
     too_large_for_worker: int = 0
 
