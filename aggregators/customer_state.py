@@ -132,13 +132,18 @@ _JOURNAL_TABLES: Final = (
     "shard_progress",
 )
 
+#: The local file's tables. An event id's halves are random bits: DuckDB's checkpoint would try every compression
+#: on them and store them uncompressed anyway (measured: 10% of the sync's COMMIT, the file's size unchanged).
 _DDL: Final = f"""
 CREATE TABLE IF NOT EXISTS customers (idx BIGINT NOT NULL, customer_id VARCHAR NOT NULL);
 CREATE TABLE IF NOT EXISTS customer_rows (idx BIGINT NOT NULL, {", ".join(f"{c} BIGINT" for c in _NUMERIC)});
 CREATE TABLE IF NOT EXISTS customer_sessions (idx BIGINT NOT NULL, session_id VARCHAR NOT NULL);
 CREATE TABLE IF NOT EXISTS customer_days (idx BIGINT NOT NULL, day INTEGER NOT NULL, purchase BOOLEAN NOT NULL);
 CREATE TABLE IF NOT EXISTS applied_events (
-    idx BIGINT NOT NULL, id_high UBIGINT NOT NULL, id_low UBIGINT NOT NULL, day INTEGER NOT NULL);
+    idx BIGINT NOT NULL,
+    id_high UBIGINT NOT NULL USING COMPRESSION uncompressed,
+    id_low UBIGINT NOT NULL USING COMPRESSION uncompressed,
+    day INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS shard_progress (
     shard_id VARCHAR PRIMARY KEY, sequence_number VARCHAR NOT NULL, sub_sequence_number BIGINT NOT NULL,
     as_of TIMESTAMPTZ);
