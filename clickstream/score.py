@@ -52,7 +52,7 @@ from consumer.s3_sink import encryption_arguments, lost_to_another_writer
 from runtime.settings import Settings
 from schemas.control import ControlRecordError, ScoreCommit
 from schemas.layout import OutputLayout
-from scoring.clv import ClvConfig, fit_and_predict, library_version, require_model_library
+from scoring.clv import ClvConfig, fit_and_predict, library_version, require_model_library_installed
 from scoring.inputs import ModelInputs, model_inputs, shards_behind
 from scoring.run import rfm_of, run_id_for, score_table
 
@@ -335,7 +335,7 @@ def score_customers(
     say: Say = _stderr,
 ) -> ScoreOutcome:
     """Run steps 1-9 (module docstring): read with ``rows``, write to ``store`` under ``settings.prefix``."""
-    require_model_library()  # fail before reading anything if the model library is missing
+    require_model_library_installed()  # fail before reading anything if the model library is missing
     layout = OutputLayout(settings.prefix)
     config = ClvConfig(
         horizon_months=settings.clv_horizon_months,

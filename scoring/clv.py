@@ -94,6 +94,16 @@ def library_version() -> str | None:
         return None
 
 
+def require_model_library_installed() -> None:
+    """Raise ``ModelLibraryMissing`` with the install command when pymc-marketing is not installed: a check of its
+    metadata, before any work, that costs nothing (its import takes seconds, so a wrong input would wait them out
+    before being named); ``require_model_library`` imports it when the fit needs it."""
+    if library_version() is None:
+        raise ModelLibraryMissing(
+            f"CLV scoring needs {MODEL_LIBRARY}, which is not installed: {INSTALL_HINT}"
+        )
+
+
 def require_model_library() -> None:
     """Raise ``ModelLibraryMissing`` with the install command when pymc-marketing cannot be imported."""
     try:

@@ -381,6 +381,51 @@ def test_cli_says_how_to_install_the_model_library(
     assert not list(tmp_path.iterdir())
 
 
+def test_a_missing_model_library_is_named_before_the_input_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The install hint comes first, not an input problem found after reading."""
+    from importlib import metadata
+
+    installed = metadata.version
+
+    def version(name: str) -> str:
+        if name == "pymc-marketing":
+            raise metadata.PackageNotFoundError(name)
+        return installed(name)
+
+    monkeypatch.setattr(metadata, "version", version)
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(
+        main, ["score", "--input", str(tmp_path / "empty"), "--output-dir", str(tmp_path / "out")]
+    )
+    assert result.exit_code == 2, result.output
+    assert "pip install 'clickstream-rfm[clv]'" in result.output
+    assert "customer_aggregates" not in result.output
+
+
+def test_a_wrong_input_is_named_without_importing_the_model_library(tmp_path: Path) -> None:
+    """The import takes seconds: a folder with nothing to score is named without waiting for it (in a process of
+    its own, as other tests import the library into this one)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "empty").mkdir()
+    program = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from clickstream.cli import main\n"
+        f"result = CliRunner().invoke(main, ['score', '--input', {str(tmp_path / 'empty')!r}, "
+        f"'--output-dir', {str(tmp_path / 'out')!r}, '--no-progress'])\n"
+        "print(result.exit_code, 'pymc_marketing' in sys.modules)\n"
+        "print(result.output)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True)
+    first, _, output = done.stdout.partition("\n")
+    assert first == "2 False", done.stdout + done.stderr
+    assert "no customer_aggregates files" in output
+
+
 def test_cli_exits_1_when_the_data_has_too_few_buyers_to_fit(
     local_copy: Path, tmp_path: Path, settings: Settings
 ) -> None:
