@@ -27,7 +27,7 @@ from consumer.s3_sink import S3ParquetSink, read_commits_since
 from runtime.settings import Settings
 from schemas.control import CommitRecord
 from schemas.layout import OutputLayout
-from scoring.inputs import InputError
+from scoring.inputs import REQUIRED_COLUMNS, InputError
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +59,34 @@ _CURRENT_ROWS: Final = (
 )
 #: Names the rule the kept rows were chosen by: rows kept by another version's rule are read again, not merged.
 _RULE: Final = hashlib.sha256(_CURRENT_ROWS.encode()).hexdigest()[:16]
-#: What names a run's input: each customer's (id, version, as_of) in one order whatever files they came in, as
-#: SHA-256 (a standard function, unlike DuckDB's hash(), whose values change between DuckDB releases).
+#: What names a run's input: each customer's id, version, as_of and the values the scores are computed from, in one
+#: order whatever files they came in, as SHA-256 (a standard function, unlike DuckDB's hash(), whose values change
+#: between DuckDB releases). The values are in it, not only the version: a replay after a fix in the core writes
+#: rows of the same versions and as_of with other values, and must be scored again, not found "already committed".
 _FINGERPRINT: Final = """
-SELECT count(*), sha256(string_agg(customer_id || ' ' || version || ' ' || epoch_us(as_of), chr(10)
-                                   ORDER BY customer_id))
+SELECT count(*), sha256(string_agg(customer_id || ' ' || version || ' ' || epoch_us(as_of) || ' ' || {values},
+                                   chr(10) ORDER BY customer_id))
 FROM current_rows
 """
 
 
-def _fingerprint(con: duckdb.DuckDBPyConnection) -> str:
-    count, digest = con.sql(_FINGERPRINT).fetchall()[0]
+def _fingerprint(con: duckdb.DuckDBPyConnection, schema: pa.Schema) -> str:
+    # the scored columns the rows have (rows lacking one are refused by the scoring, with their names), each as
+    # text any language writes the same: a time in microseconds since the epoch, a float with 17 digits
+    texts = []
+    for name in REQUIRED_COLUMNS:
+        if name == "customer_id" or name not in schema.names:
+            continue
+        kind = schema.field(name).type
+        if pa.types.is_timestamp(kind):
+            text = f"CAST(epoch_us({name}) AS VARCHAR)"
+        elif pa.types.is_floating(kind):
+            text = f"printf('%.17g', {name})"
+        else:
+            text = f"CAST({name} AS VARCHAR)"
+        texts.append(f"coalesce({text}, 'null')")
+    values = " || ' ' || ".join(texts) if texts else "''"
+    count, digest = con.sql(_FINGERPRINT.format(values=values)).fetchall()[0]
     return f"{count}:{str(digest)[:32]}"
 
 
@@ -89,7 +106,7 @@ def _current_rows(paths: list[str], source: str, total_bytes: int) -> CurrentRow
     except duckdb.Error as error:  # a file that is not Parquet, or a damaged one
         raise InputError(f"{source}: {str(error).splitlines()[0]}") from None
     con.register("current_rows", table)
-    return CurrentRows(table, source, len(paths), total_bytes, _fingerprint(con))
+    return CurrentRows(table, source, len(paths), total_bytes, _fingerprint(con, table.schema))
 
 
 def read_local_rows(folder: Path, settings: Settings) -> CurrentRows:

@@ -297,6 +297,48 @@ def test_cli_scores_from_s3_into_s3_and_says_what_it_did(s3: Any, settings: Sett
     assert "the last run's" in again.output and "of the 0 commits since" in again.output, again.output
 
 
+def test_rows_of_the_same_versions_with_other_values_are_scored_again(
+    local_copy: Path, tmp_path: Path, settings: Settings
+) -> None:
+    """A replay after a fix in the core writes rows of the same version and as_of with other values: they name
+    another run, which is fitted and committed, not found "already committed" with the old scores kept."""
+    rows = read_local_rows(local_copy, settings).table
+    first = tmp_path / "first"
+    first.mkdir()
+    pq.write_table(rows, first / "rows.parquet")
+    repeat = pc.greater_equal(pc.fill_null(rows.column("purchase_days"), 0), 2)
+    repeat_buyer = sorted(rows.filter(repeat).column("customer_id").to_pylist())[0]
+    at = rows.column("customer_id").to_pylist().index(repeat_buyer)
+    revenue = rows.column("revenue").to_pylist()
+    monetary = rows.column("monetary_value").to_pylist()
+    revenue[at], monetary[at] = revenue[at] * 3, monetary[at] * 3
+    changed = rows.set_column(
+        rows.schema.get_field_index("revenue"),
+        "revenue",
+        pa.array(revenue, rows.schema.field("revenue").type),
+    )
+    changed = changed.set_column(
+        rows.schema.get_field_index("monetary_value"),
+        "monetary_value",
+        pa.array(monetary, rows.schema.field("monetary_value").type),
+    )
+    second = tmp_path / "second"
+    second.mkdir()
+    pq.write_table(changed, second / "rows.parquet")
+    out = tmp_path / "out"
+    arguments = ["score", "--output-dir", str(out), "--no-progress"]
+    assert CliRunner().invoke(main, [*arguments, "--input", str(first)]).exit_code == 0
+    before = read_commit(LocalStore(out), LAYOUT)
+    again = CliRunner().invoke(main, [*arguments, "--input", str(second)])
+    assert again.exit_code == 0, again.output
+    assert "already committed" not in again.output
+    after = read_commit(LocalStore(out), LAYOUT)
+    assert before is not None and after is not None and after.run_id != before.run_id
+    scores = read_scores(LocalStore(out), after)
+    row = scores.filter(pc.equal(scores.column("customer_id"), repeat_buyer))
+    assert row.column("revenue").to_pylist() == [revenue[at]]
+
+
 def test_cli_where_logs_are_json_says_each_step_as_a_record(local_copy: Path, tmp_path: Path) -> None:
     """A scheduled run (an ECS task: logs are JSON) keeps stderr one JSON object per line, steps and answer too."""
     import json
@@ -696,18 +738,27 @@ def test_the_input_fingerprint_is_sha256_of_the_rows_in_customer_order(
     """Not DuckDB's hash(), whose values change between DuckDB releases (and with them every run id)."""
     import hashlib
 
+    from scoring.inputs import REQUIRED_COLUMNS
+
+    def text(value: Any) -> str:
+        if value is None:
+            return "null"
+        if isinstance(value, datetime):
+            return str((value - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1))
+        return f"{value:.17g}" if isinstance(value, float) else str(value)
+
     rows = local_rows(local_copy, settings)
     table = rows.table.sort_by("customer_id")
-    text = "\n".join(
-        f"{customer} {version} {(as_of - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)}"
-        for customer, version, as_of in zip(
-            table.column("customer_id").to_pylist(),
-            table.column("version").to_pylist(),
-            table.column("as_of").to_pylist(),
-            strict=True,
-        )
+    scored = [name for name in REQUIRED_COLUMNS if name != "customer_id"]
+    assert any(table.column(name).null_count for name in scored)  # 'null' is written too
+    lines = (
+        " ".join(text(row[name]) for name in ("customer_id", "version", "as_of", *scored))
+        for row in table.to_pylist()
     )
-    assert rows.fingerprint == f"{table.num_rows}:{hashlib.sha256(text.encode()).hexdigest()[:32]}"
+    assert (
+        rows.fingerprint
+        == f"{table.num_rows}:{hashlib.sha256(chr(10).join(lines).encode()).hexdigest()[:32]}"
+    )
 
 
 def test_an_s3_conditional_put_refuses_a_changed_or_created_object(s3: Any, settings: Settings) -> None:
