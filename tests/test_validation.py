@@ -455,6 +455,8 @@ def test_events_table_stores_event_time_as_utc_microseconds() -> None:
         (b"1e-2", "0.01"),
         (b"1.5E2", "150.00"),
         (b"999999.99", "999999.99"),
+        # the nearest float of this text is that of 59.9, whose shortest form has one decimal (README: lenient)
+        (b"59.9000000000000001", "59.90"),
     ],
 )
 def test_revenue_is_an_exact_decimal_with_two_places(json_number: bytes, expected: str) -> None:
