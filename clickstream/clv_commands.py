@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,10 @@ def _parse_as_of(_: click.Context, __: click.Parameter, value: str | None) -> da
     a_day_ahead = datetime.now(UTC) + timedelta(days=1)
     if isinstance(parsed, datetime):
         as_of, ahead = parsed, parsed > a_day_ahead
+        if as_of.astimezone(UTC).time() == time.min:
+            # midnight ends the day before: counted whole, its own day would add a day with no purchase to every
+            # customer's T (--as-of 2026-04-30T00:00:00Z scores as 2026-04-29 does)
+            as_of -= timedelta(microseconds=1)
     else:  # a day up to tomorrow (UTC), whose end is more than a day ahead
         as_of, ahead = datetime.combine(parsed, datetime.max.time(), tzinfo=UTC), parsed > a_day_ahead.date()
     if ahead:  # 2062 for 2026 was scored as 36 years without a purchase
@@ -51,7 +55,8 @@ def _parse_as_of(_: click.Context, __: click.Parameter, value: str | None) -> da
     metavar="TIME",
     help="Observation end for every customer: YYYY-MM-DD (the end of that UTC day) or an ISO time, UTC unless it "
     "carries an offset (refused if a purchase after it is in the aggregates, or if it is more than a day ahead). The "
-    "models count whole UTC days. "
+    "models count whole UTC days: the day of a time is observed whole, and midnight UTC is the end of the day before "
+    "(2026-04-30T00:00:00Z scores as 2026-04-29). "
     "Default: latest event seen.",
 )
 @click.option(

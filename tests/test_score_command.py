@@ -614,6 +614,29 @@ def test_an_as_of_time_before_purchases_of_its_day_is_refused_and_a_day_is_obser
     assert commit.as_of == datetime.combine(last.date(), datetime.max.time(), tzinfo=UTC)
 
 
+def test_midnight_ends_the_day_before(local_copy: Path, tmp_path: Path, settings: Settings) -> None:
+    """An as-of at 00:00 UTC (in any offset) is the same run as the day before it: counted whole, its own day would
+    add a day without purchases to every customer's T."""
+    rows = local_rows(local_copy, settings).table
+    day = max(rows.column("last_purchase_at").drop_null().to_pylist()).date() + timedelta(days=1)
+    runner = CliRunner()
+    runs = []
+    for as_of in (
+        (day - timedelta(days=1)).isoformat(),
+        f"{day.isoformat()}T00:00:00Z",
+        f"{day}T02:00:00+02:00",
+    ):
+        out = tmp_path / str(len(runs))
+        arguments = ["score", "--input", str(local_copy), "--output-dir", str(out), "--no-progress"]
+        result = runner.invoke(main, [*arguments, "--as-of", as_of])
+        assert result.exit_code == 0, result.output
+        commit = read_commit(LocalStore(out), LAYOUT)
+        assert commit is not None
+        runs.append((commit.run_id, commit.as_of))
+    end_of_day_before = datetime.combine(day - timedelta(days=1), datetime.max.time(), tzinfo=UTC)
+    assert runs == [(runs[0][0], end_of_day_before)] * 3
+
+
 # ------------------------------------------------------------------------------------------------ overlapping runs
 class RunsAnotherFirst(RecordingStore):
     """A store whose first commit of ``day`` lets ``other`` run whole first, as a second scoring job of the same
