@@ -19,7 +19,7 @@ import threading
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -750,22 +750,32 @@ def _arrival_day(_: click.Context, __: click.Parameter, value: str | None) -> in
 def manifest(output: str, arrival_day: int | None, upload: bool, **overrides: Any) -> None:
     """A Redshift COPY manifest of exactly the files that commit records name (strict reads; see the README).
 
-    Prints the manifest JSON, or with --upload stores it where sql/redshift/03_copy_tables.sql reads it.
+    Prints the manifest JSON, or with --upload stores it where sql/redshift/03_copy_tables.sql reads it (an empty
+    one is not stored: a COPY of it fails).
+
+    A flush writes into the arrival day its first record arrived on, so files still come into a day after its end:
+    for CLICKSTREAM_FLUSH_MAX_SECONDS, and for as long as the worker is behind. Said here when it may be so; load
+    such a day again later (03_copy_tables.sql loads nothing twice).
     """
-    from clickstream.manifest import copy_manifest, upload_manifest
+    from clickstream.manifest import copy_manifest, day_manifest, upload_manifest
     from clickstream.outputs import require_worker_prefix
     from runtime.aws import aws_client
 
     settings = build_settings(**overrides)
     s3 = aws_client("s3", settings)
     require_worker_prefix(s3, settings)
-    document = copy_manifest(s3, settings, output, arrival_day)
-    if upload:
-        click.echo(upload_manifest(s3, settings, output, document, arrival_day))
+    newest_of_the_day: frozenset[str] = frozenset()
+    if arrival_day is None:
+        document = copy_manifest(s3, settings, output)
     else:
+        document, newest_of_the_day = day_manifest(s3, settings, output, arrival_day)
+    entries = len(document["entries"])
+    if not upload:
         click.echo(json.dumps(document, indent=1))
-    if document["entries"]:
-        say(f"{len(document['entries']):,} committed {output} files")
+    elif entries:
+        click.echo(upload_manifest(s3, settings, output, document, arrival_day))
+    if entries:
+        say(f"{entries:,} committed {output} files")
     elif arrival_day is None:  # a COPY of it loads nothing
         say(f"no committed {output} files at all: the manifest is empty", logging.WARNING)
     else:  # a day not over yet, a mistyped or quiet one; one whose files were all deleted looks the same here
@@ -773,6 +783,34 @@ def manifest(output: str, arrival_day: int | None, upload: bool, **overrides: An
             f"no committed {output} files of arrival day {arrival_day}: the manifest is empty (if that day's "
             "files were deleted, by a lifecycle rule say, a manifest without --arrival-day names them)",
             logging.WARNING,
+        )
+    if upload and not entries:
+        say("nothing uploaded: a COPY of an empty manifest fails, skip this one's COPY", logging.WARNING)
+    if arrival_day is not None:
+        _say_if_the_day_may_grow(arrival_day, newest_of_the_day, settings.flush_max_seconds)
+
+
+def _say_if_the_day_may_grow(
+    arrival_day: int, newest_of_the_day: frozenset[str], flush_max_seconds: float
+) -> None:
+    """Files come into an arrival day after its end: from flushes begun on it (for up to the flush age limit) and
+    from shards behind. Said, so that a daily load of the day just over is run again later."""
+    end = datetime.strptime(str(arrival_day), "%Y%m%d").replace(tzinfo=UTC) + timedelta(days=1)
+    settled = end + timedelta(seconds=flush_max_seconds)
+    if datetime.now(UTC) < settled:
+        say(
+            f"arrival day {arrival_day} {'is not over' if datetime.now(UTC) < end else 'has only just ended'}: "
+            f"flushes begun on it write into it until about {settled:%Y-%m-%d %H:%M:%S} UTC (the flush age limit, "
+            "CLICKSTREAM_FLUSH_MAX_SECONDS, after its end), and for as long as the worker is behind: load it "
+            "again after then (03_copy_tables.sql loads nothing twice)",
+            logging.WARNING,
+        )
+    elif newest_of_the_day:
+        shards = sorted(newest_of_the_day)
+        say(
+            f"{len(shards):,} shard(s) committed nothing after arrival day {arrival_day} (e.g. {shards[0]}): idle "
+            "since, or behind; if behind, more files of the day come as they catch up: load it again then "
+            "(03_copy_tables.sql loads nothing twice)"
         )
 
 

@@ -17,21 +17,43 @@ from clickstream.options import show_progress
 from clickstream.outputs import MAX_WORKERS, commit_records, list_keys
 from consumer.s3_sink import S3ParquetSink, committed_files, read_partition_commits
 from runtime.settings import Settings
+from schemas.control import CommitRecord
 from schemas.layout import OutputLayout
 
 
 def copy_manifest(s3: Any, settings: Settings, output: str, arrival_day: int | None = None) -> dict[str, Any]:
     """``{"entries": [{"url", "mandatory", "meta": {"content_length"}}]}`` for COPY ... FORMAT AS PARQUET MANIFEST."""
+    if arrival_day is not None:
+        return day_manifest(s3, settings, output, arrival_day)[0]
     layout = OutputLayout(settings.prefix)
-    if arrival_day is None:
-        records = commit_records(s3, settings)
-        present = {obj["Key"] for obj in list_keys(s3, settings.bucket, layout.output_prefix(output))}
-    else:  # the commits of that day's files only: a daily load's cost follows the day, not the history
-        with progress_of("reading commit records", "commit", bar=show_progress(None)) as report:
-            day = read_partition_commits(
-                s3, settings.bucket, layout, arrival_day, max_workers=MAX_WORKERS, progress=report
-            )
-        records, present = day.records, set(day.listed)
+    records = commit_records(s3, settings)
+    present = {obj["Key"] for obj in list_keys(s3, settings.bucket, layout.output_prefix(output))}
+    return _manifest(settings, layout, output, records, present, arrival_day=None)
+
+
+def day_manifest(
+    s3: Any, settings: Settings, output: str, arrival_day: int
+) -> tuple[dict[str, Any], frozenset[str]]:
+    """The manifest of one arrival day, reading that day's commits only (a daily load's cost follows the day, not
+    the history), and the shards whose newest commit is of that day (idle since, or behind: see ``DayCommits``)."""
+    layout = OutputLayout(settings.prefix)
+    with progress_of("reading commit records", "commit", bar=show_progress(None)) as report:
+        day = read_partition_commits(
+            s3, settings.bucket, layout, arrival_day, max_workers=MAX_WORKERS, progress=report
+        )
+    document = _manifest(settings, layout, output, day.records, set(day.listed), arrival_day=arrival_day)
+    return document, day.newest_of_the_day
+
+
+def _manifest(
+    settings: Settings,
+    layout: OutputLayout,
+    output: str,
+    records: list[CommitRecord],
+    present: set[str],
+    *,
+    arrival_day: int | None,
+) -> dict[str, Any]:
     sizes = {key: size for record in records for key, size in record.file_bytes.items()}
     keys = [
         key

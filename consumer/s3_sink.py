@@ -455,10 +455,13 @@ def read_commits_since(
 
 @dataclass(frozen=True, slots=True)
 class DayCommits:
-    """The commit records of one arrival day, and the data keys its partitions held when listed."""
+    """The commit records of one arrival day, the data keys its partitions held when listed, and the shards with
+    files of the day and no commit after its run: idle since, or behind (a flush begun on the day that has not
+    committed yet writes into the day's partitions too)."""
 
     records: list[CommitRecord]
     listed: frozenset[str]
+    newest_of_the_day: frozenset[str] = frozenset()
 
 
 def read_partition_commits(
@@ -504,7 +507,7 @@ def read_partition_commits(
         return bool(days) and arrival_day not in days
 
     # each shard's chain (commit keys in order) and the day's run in it
-    runs: list[tuple[list[str], int, int]] = []
+    runs: list[tuple[str, list[str], int, int]] = []
     for shard_id, positions in firsts.items():
         links = sorted(
             (_chain_order(_commit_previous(layout, key)), key)
@@ -513,10 +516,11 @@ def read_partition_commits(
         orders = [order for order, _ in links]
         found = {bisect.bisect_left(orders, _chain_order(first)) - 1 for first in positions} - {-1}
         if found:  # none: no commit of the shard comes before any of its files, so none names them
-            runs.append(([key for _, key in links], min(found), max(found)))
-    keys = [key for chain, low, high in runs for key in chain[low : high + 1]]
+            runs.append((shard_id, [key for _, key in links], min(found), max(found)))
+    keys = [key for _, chain, low, high in runs for key in chain[low : high + 1]]
     records = _fetch_commits(s3, bucket, keys, max_workers, progress)
-    for chain, low, high in runs:
+    newest_of_the_day = set()
+    for shard_id, chain, low, high in runs:
         for step, beyond in ((-1, low - 1), (1, high + 1)):
             at = beyond
             while 0 <= at < len(chain):
@@ -525,7 +529,11 @@ def read_partition_commits(
                     break
                 records.append(neighbour)
                 at += step
-    return DayCommits(sorted(records, key=CommitRecord.chain_order), frozenset(listed))
+            if step == 1 and at >= len(chain):  # no commit after the day's run
+                newest_of_the_day.add(shard_id)
+    return DayCommits(
+        sorted(records, key=CommitRecord.chain_order), frozenset(listed), frozenset(newest_of_the_day)
+    )
 
 
 def _chain_order(previous: Position | None) -> tuple[int, tuple[int, int]]:

@@ -8,9 +8,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from clickstream.cli import main
 from clickstream.errors import FrontDoorError
-from clickstream.manifest import copy_manifest
+from clickstream.manifest import copy_manifest, day_manifest
 from runtime.settings import Settings
 from schemas.layout import FlushName, OutputLayout
 from schemas.positions import Position
@@ -179,3 +181,57 @@ def test_a_days_manifest_walks_past_a_flush_of_duplicates_only(s3: Any) -> None:
     with pytest.raises(FrontDoorError) as refused:
         copy_manifest(s3, settings, "events", DAYS[1])
     assert deleted[0] in str(refused.value)
+
+
+def test_a_days_manifest_names_the_shards_whose_newest_commit_is_of_the_day(s3: Any) -> None:
+    """A flush writes into the day its first record arrived on: a shard with no commit after the day (idle since,
+    or behind) may still add files to it."""
+    settings = Settings(bucket=BUCKET, prefix="rfm")
+    worker = Worker(s3, settings)
+    for shard, day in [
+        (SHARDS[0], DAYS[0]),
+        (SHARDS[1], DAYS[0]),
+        (SHARDS[0], DAYS[1]),
+        (SHARDS[2], DAYS[1]),
+    ]:
+        flush(worker, shard, day)
+    assert day_manifest(s3, settings, "events", DAYS[0])[1] == {SHARDS[1]}
+    assert day_manifest(s3, settings, "events", DAYS[1])[1] == {SHARDS[0], SHARDS[2]}
+    assert day_manifest(s3, settings, "events", DAYS[2])[1] == set()
+
+
+def manifest_cli(*arguments: str) -> Any:
+    return CliRunner().invoke(main, ["manifest", "--bucket", BUCKET, "--prefix", "rfm", *arguments])
+
+
+def test_the_cli_says_when_more_files_may_come_into_a_day(s3: Any) -> None:
+    settings = Settings(bucket=BUCKET, prefix="rfm")
+    worker = Worker(s3, settings)
+    flush(worker, SHARDS[0], DAYS[0])
+    flush(worker, SHARDS[1], DAYS[0])
+    flush(worker, SHARDS[0], DAYS[1])
+    over = manifest_cli("--output", "events", "--arrival-day", str(DAYS[0]))
+    assert over.exit_code == 0, over.output
+    assert f"1 shard(s) committed nothing after arrival day {DAYS[0]} (e.g. {SHARDS[1]})" in over.output
+    assert "load it again then" in over.output
+    today = datetime.now(UTC).strftime("%Y%m%d")
+    under_way = manifest_cli("--output", "events", "--arrival-day", today)
+    assert under_way.exit_code == 0, under_way.output
+    assert (
+        f"arrival day {today} is not over: flushes begun on it write into it until about" in under_way.output
+    )
+
+
+def test_an_empty_manifest_is_not_uploaded(s3: Any) -> None:
+    """Redshift's COPY fails on a manifest of no entries: none is stored, and the warning says to skip it."""
+    settings = Settings(bucket=BUCKET, prefix="rfm")
+    worker = Worker(s3, settings)
+    flush(worker, SHARDS[0], DAYS[0])
+    empty = manifest_cli("--output", "events", "--arrival-day", str(DAYS[1]), "--upload")
+    assert empty.exit_code == 0, empty.output
+    assert "nothing uploaded: a COPY of an empty manifest fails" in empty.output
+    listing = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{LAYOUT.control_prefix}manifests/")
+    assert listing.get("KeyCount", 0) == 0
+    loaded = manifest_cli("--output", "events", "--arrival-day", str(DAYS[0]), "--upload")
+    assert loaded.exit_code == 0, loaded.output
+    assert s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{LAYOUT.control_prefix}manifests/")["KeyCount"] == 1
