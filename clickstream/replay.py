@@ -88,8 +88,13 @@ def replay_name(start: datetime, end: datetime, name: str | None) -> str:
     if end <= start:
         raise ValueError(f"--to ({end:%Y-%m-%d %H:%M}) must be after --from ({start:%Y-%m-%d %H:%M})")
     name = name or f"{_stamp(start)}-{_stamp(end)}"
-    if not re.fullmatch(r"[A-Za-z0-9_.=-]+", name) or not name.strip("."):
-        raise ValueError("--name may contain only letters, digits and _ . = - (and not dots alone)")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        # a folder whose name starts with _ or . is hidden from Spectrum, Hive and Spark, and one with = is read
+        # as a partition column
+        raise ValueError(
+            "--name may contain only letters, digits and _ . - and must start with a letter or a digit (readers "
+            "skip folders starting with _ or ., and take one with = for a partition)"
+        )
     if len(name) > MAX_NAME_CHARACTERS:
         # it names the scratch file too, and a name past the file system's 255 bytes failed after the archive's read
         raise ValueError(f"--name is {len(name)} characters long: at most {MAX_NAME_CHARACTERS}")

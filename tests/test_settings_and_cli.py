@@ -802,6 +802,10 @@ def test_produce_to_an_endpoint_that_is_down_fails_at_once_in_one_line() -> None
     [
         (["--from", "2026-03-02", "--to", "2026-03-01"], "must be after --from"),
         (["--from", "2026-03-01", "--to", "2026-03-02", "--name", "../x"], "--name may contain only"),
+        # folders Spectrum, Hive and Spark skip, or read as a partition column
+        (["--from", "2026-03-01", "--to", "2026-03-02", "--name", "_x"], "--name may contain only"),
+        (["--from", "2026-03-01", "--to", "2026-03-02", "--name", ".x"], "--name may contain only"),
+        (["--from", "2026-03-01", "--to", "2026-03-02", "--name", "day=1"], "--name may contain only"),
     ],
 )
 def test_a_replay_request_that_cannot_run_is_refused_before_s3_is_asked(flags: list[str], said: str) -> None:
