@@ -614,7 +614,9 @@ def worker(
 @click.option(
     "--name",
     default=None,
-    help="Output folder under <prefix>/replays/, at most 200 characters (default: from the range).",
+    help="Output folder under <prefix>/replays/: letters, digits and _ . -, a letter or a digit first, at most 200 "
+    "characters (default: from the range). A second replay of the same name from the same --state-dir is refused "
+    "while the first runs.",
 )
 @click.option(
     "--dry-run",
@@ -646,6 +648,9 @@ def replay(
     to <prefix>/replays/<name>/customer_aggregates/. It never touches the live outputs, the worker's state or the KCL
     checkpoints, so it is safe while a worker runs (files of flushes not yet committed are left out); re-running
     the same range overwrites the same object.
+
+    Ctrl-C (exit 130) or SIGTERM (exit 143) stops it with nothing written, once the file being read or the batch
+    being applied is done; one that comes during the final write lets it finish (a second one does not wait).
     """
     from clickstream.outputs import require_worker_prefix
     from clickstream.replay import ReplayInterrupted, parse_time, plan_replay, replay_name, run_replay

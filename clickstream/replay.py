@@ -11,7 +11,9 @@ never read), and of those only commits whose events overlap the range. The resul
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import re
 import signal
 from collections.abc import Callable, Iterator
@@ -152,13 +154,27 @@ def run_replay(
     """Apply every planned file through the core into an empty state; write each customer's final row.
 
     Progress counts archived events (files differ a hundredfold in size): a bar on a terminal, else a log line
-    every ``progress_log_seconds``. A stop (Ctrl-C, or SIGTERM turned into one) raises ``KeyboardInterrupt``, or
-    ``ReplayInterrupted`` once the output is being written; the scratch state is removed either way."""
+    every ``progress_log_seconds``. A stop (Ctrl-C, or SIGTERM) is acted on between steps (see ``_StopBetweenSteps``)
+    and raises ``KeyboardInterrupt``, or ``ReplayInterrupted`` once the output is being written (a second stop
+    then); the scratch state is removed either way. Another replay of the same name in ``work_dir`` is refused."""
     writing: list[bool] = []  # not empty once the output is being written
     try:
-        return _replay(
-            s3, settings, plan, work_dir, writing, progress, batch_events, progress_log_seconds, clock
-        )
+        with _one_replay_of(plan.name, work_dir), _StopBetweenSteps() as stop:
+            result = _replay(
+                s3,
+                settings,
+                plan,
+                work_dir,
+                writing,
+                stop,
+                progress,
+                batch_events,
+                progress_log_seconds,
+                clock,
+            )
+            if stop.noted:  # came once the output was being written, or as the scratch state was removed
+                log.warning("replay %s: a stop came as it ended; its output is written whole", plan.name)
+            return result
     except (KeyboardInterrupt, RuntimeError) as error:
         if isinstance(error, RuntimeError) and not query_interrupted(error):
             raise
@@ -173,6 +189,7 @@ def _replay(  # noqa: PLR0917 - one private call site
     plan: ReplayPlan,
     work_dir: Path,
     writing: list[bool],
+    stop: _StopBetweenSteps,
     progress: bool,
     batch_events: int,
     progress_log_seconds: float,
@@ -180,7 +197,6 @@ def _replay(  # noqa: PLR0917 - one private call site
 ) -> ReplayResult:
     sink = S3ParquetSink(s3, settings)
     _check_writable(sink, plan)
-    work_dir.mkdir(parents=True, exist_ok=True)
     database = work_dir / f"replay-{plan.name}.duckdb"
     database.unlink(missing_ok=True)  # always from empty state: a re-run gives the same result
     state: CustomerState | None = None
@@ -196,6 +212,7 @@ def _replay(  # noqa: PLR0917 - one private call site
                 pa.concat_tables(pending), Position(str(batches), 0)
             ).events.num_rows
             pending.clear()
+            stop.check()
 
     reported_at = clock()
     try:
@@ -222,6 +239,7 @@ def _replay(  # noqa: PLR0917 - one private call site
                 if sum(table.num_rows for table in pending) >= batch_events:
                     apply_pending()
                 bar.update(events.num_rows)
+                stop.check()
                 if not progress and clock() - reported_at >= progress_log_seconds:
                     reported_at = clock()
                     log.info(
@@ -233,6 +251,7 @@ def _replay(  # noqa: PLR0917 - one private call site
                     )
             apply_pending()
         rows = state.snapshot_rows()
+        stop.check()
         writing.append(True)
         sink.put_parquet(plan.output_key, rows, kind="customer_aggregates")
         return ReplayResult(
@@ -244,6 +263,76 @@ def _replay(  # noqa: PLR0917 - one private call site
                 state.close(sync=False)  # its file is deleted next: nothing to write into it (slow on Ctrl-C)
             database.unlink(missing_ok=True)
             database.with_name(f"{database.name}.wal").unlink(missing_ok=True)
+
+
+class _StopBetweenSteps:
+    """Ctrl-C and SIGTERM noted when they come, and acted on between steps (``check``): raised as the handler this
+    replaced raises it (the command's SIGTERM handler says which stop it was).
+
+    A stop raised wherever Python happened to be could land inside DuckDB or a destructor, which swallowed it (the
+    replay went on and wrote its output, exit 0) or turned it into another error (an aborted transaction, read as a
+    full disk; an Arrow read that failed, exit 1). A second stop is acted on at once."""
+
+    _STOPS: Final = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.noted: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopBetweenSteps:
+        try:
+            self._previous = {stop: signal.signal(stop, self._note) for stop in self._STOPS}
+        except ValueError:  # not the main thread, where handlers run: stops act as they would have
+            self._previous = {}
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for stop, handler in self._previous.items():
+            signal.signal(stop, handler)
+
+    def _note(self, signum: int, _frame: object) -> None:
+        if self.noted is not None:
+            self._act(signum)
+        self.noted = signum
+
+    def check(self) -> None:
+        if self.noted is not None:
+            self._act(self.noted)
+
+    def _act(self, signum: int) -> None:
+        handler = self._previous.get(signum)
+        if callable(handler):
+            handler(signum, None)
+        raise KeyboardInterrupt
+
+
+@contextmanager
+def _one_replay_of(name: str, work_dir: Path) -> Iterator[None]:
+    """Held while a replay named ``name`` runs from ``work_dir``: a second one would delete the first's scratch
+    state, and write a second range into its folder after the first's check for one."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    path = work_dir / f"replay-{name}.lock"
+    while True:
+        lock = path.open("a")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise FrontDoorError(
+                f"another replay named {name} is running from {work_dir} (it holds {path}): wait for it, or give "
+                "this one another --name"
+            ) from None
+        try:  # locked, but maybe a file the replay before deleted as it ended: then lock the one there now
+            if path.stat().st_ino == os.fstat(lock.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        lock.close()
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # while still locked: nothing is left in the folder
+        lock.close()
 
 
 @contextmanager
