@@ -18,7 +18,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -653,7 +653,14 @@ def replay(
     being applied is done; one that comes during the final write lets it finish (a second one does not wait).
     """
     from clickstream.outputs import require_worker_prefix
-    from clickstream.replay import ReplayInterrupted, parse_time, plan_replay, replay_name, run_replay
+    from clickstream.replay import (
+        ReplayInterrupted,
+        one_replay_of,
+        parse_time,
+        plan_replay,
+        replay_name,
+        run_replay,
+    )
     from runtime.aws import aws_client
     from schemas.control import ControlRecordError
 
@@ -666,14 +673,16 @@ def replay(
             hint = "use YYYY-MM-DD, YYYY-MM-DDTHH or YYYY-MM-DDTHH:MM"
             raise click.BadParameter(f"{error}; {hint}", param_hint=f"'{flag}'") from None
     try:  # the request itself, before anything is asked of S3
-        replay_name(window[0], window[1], name)
+        full_name = replay_name(window[0], window[1], name)
     except ValueError as error:
         raise FrontDoorError(str(error), USAGE) from None
     if not dry_run:  # its scratch state, checked before the commit records are read
         writable_folder("CLICKSTREAM_STATE_DIR / --state-dir", settings.state_dir / "replay")
     s3 = aws_client("s3", settings)
     require_worker_prefix(s3, settings)
-    with _sigterm_as_interrupt() as terminated:
+    # one replay of a name at a time, from its plan (whose check for another range in the folder it protects) on
+    alone = nullcontext() if dry_run else one_replay_of(full_name, settings.state_dir / "replay")
+    with alone, _sigterm_as_interrupt() as terminated:
         try:
             plan = plan_replay(s3, settings, window[0], window[1], name=name, progress=progress)
         except ControlRecordError:

@@ -156,10 +156,11 @@ def run_replay(
     Progress counts archived events (files differ a hundredfold in size): a bar on a terminal, else a log line
     every ``progress_log_seconds``. A stop (Ctrl-C, or SIGTERM) is acted on between steps (see ``_StopBetweenSteps``)
     and raises ``KeyboardInterrupt``, or ``ReplayInterrupted`` once the output is being written (a second stop
-    then); the scratch state is removed either way. Another replay of the same name in ``work_dir`` is refused."""
+    then); the scratch state is removed either way. The caller holds ``one_replay_of(plan.name, work_dir)`` from
+    before the plan."""
     writing: list[bool] = []  # not empty once the output is being written
     try:
-        with _one_replay_of(plan.name, work_dir), _StopBetweenSteps() as stop:
+        with _StopBetweenSteps() as stop:
             result = _replay(
                 s3,
                 settings,
@@ -281,7 +282,9 @@ class _StopBetweenSteps:
 
     def __enter__(self) -> _StopBetweenSteps:
         try:
-            self._previous = {stop: signal.signal(stop, self._note) for stop in self._STOPS}
+            for stop in self._STOPS:
+                if signal.getsignal(stop) != signal.SIG_IGN:  # ignored (started in the background): left so
+                    self._previous[stop] = signal.signal(stop, self._note)
         except ValueError:  # not the main thread, where handlers run: stops act as they would have
             self._previous = {}
         return self
@@ -303,13 +306,17 @@ class _StopBetweenSteps:
         handler = self._previous.get(signum)
         if callable(handler):
             handler(signum, None)
+        elif handler == signal.SIG_DFL:  # what the signal would have done: end the process
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
         raise KeyboardInterrupt
 
 
 @contextmanager
-def _one_replay_of(name: str, work_dir: Path) -> Iterator[None]:
-    """Held while a replay named ``name`` runs from ``work_dir``: a second one would delete the first's scratch
-    state, and write a second range into its folder after the first's check for one."""
+def one_replay_of(name: str, work_dir: Path) -> Iterator[None]:
+    """Held while a replay named ``name`` is planned and runs from ``work_dir`` (FrontDoorError if another holds
+    it): a second one would delete the first's scratch state, and write a second range into its folder after the
+    first's check for one."""
     work_dir.mkdir(parents=True, exist_ok=True)
     path = work_dir / f"replay-{name}.lock"
     while True:

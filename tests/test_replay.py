@@ -274,28 +274,75 @@ def test_a_replay_leaves_no_write_check_behind(s3: Any, tmp_path: Path) -> None:
     assert [key.rsplit("/", 1)[1] for key in _replays(s3)] == ["replay-20260301T0000-20260303T0000.parquet"]
 
 
-def test_a_replay_stopped_while_duckdb_runs_a_statement_exits_143(
+def test_a_second_stop_while_duckdb_runs_a_statement_stops_it_and_exits_143(
     s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """DuckDB turns the signal handler's KeyboardInterrupt into RuntimeError("Query interrupted"): a stop that came
-    during a statement ended as "unexpected RuntimeError", exit 1."""
+    """A first stop waits for the step; a second one acts at once, inside the statement, which DuckDB ends as
+    RuntimeError("Query interrupted"): said as a stop (it was "unexpected RuntimeError", exit 1)."""
     import os
     import signal
     import threading
+    import time
 
     _archive(s3)
     apply_events = CustomerState.apply_events
+    ran: list[float] = []
 
-    def terminated_mid_statement(self: CustomerState, *args: Any) -> Any:
-        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
-        self.con.sql("SELECT count(*) FROM range(3000000000) t(i) WHERE i % 7 = 3").fetchall()  # seconds
+    def stopped_twice_mid_statement(self: CustomerState, *args: Any) -> Any:
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        started = time.monotonic()
+        try:
+            self.con.sql("SELECT count(*) FROM range(3000000000) t(i) WHERE i % 7 = 3").fetchall()  # seconds
+        finally:
+            ran.append(time.monotonic() - started)
         return apply_events(self, *args)
 
-    monkeypatch.setattr(CustomerState, "apply_events", terminated_mid_statement)
+    monkeypatch.setattr(CustomerState, "apply_events", stopped_twice_mid_statement)
     result = _replay("--from", "2026-03-01", "--to", "2026-03-03", "--state-dir", str(tmp_path))
     assert result.exit_code == 143, result.output
     assert "replay interrupted (SIGTERM): nothing written" in result.output
+    assert len(ran) == 1 and ran[0] < 3, "the statement was stopped, not run to its end"
     assert list((tmp_path / "replay").iterdir()) == [], "its scratch state is removed"
+
+
+def test_a_second_stop_during_the_final_write_says_the_output_may_be_there(
+    s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import signal
+
+    _archive(s3)
+    put_parquet = S3ParquetSink.put_parquet
+
+    def stopped_twice(self: S3ParquetSink, key: str, *args: Any, **kwargs: Any) -> int:
+        os.kill(os.getpid(), signal.SIGINT)  # noted: the write goes on
+        os.kill(os.getpid(), signal.SIGTERM)  # the second: at once
+        return put_parquet(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(S3ParquetSink, "put_parquet", stopped_twice)
+    result = _replay("--from", "2026-03-01", "--to", "2026-03-03", "--state-dir", str(tmp_path))
+    assert result.exit_code == 143, result.output
+    assert "replay interrupted (SIGTERM) while writing" in result.output
+    assert "may or may not be there" in result.output
+
+
+def test_an_ignored_ctrl_c_stays_ignored(s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replay started in the background of a script ignores SIGINT: a Ctrl-C meant for the script must not stop
+    it (noting every stop did)."""
+    import os
+    import signal
+
+    settings = _archive(s3)
+    reads = _stopped_at_the_second_read(monkeypatch, lambda: os.kill(os.getpid(), signal.SIGINT))
+    plan = plan_replay(s3, settings, datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 3, tzinfo=UTC))
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        result = run_replay(s3, settings, plan, tmp_path, progress=False)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert len(reads) == 2 and result.events_read == 2
+    assert len(_replays(s3)) == 1
 
 
 def test_a_stop_while_the_scratch_state_closes_after_the_output_is_written_says_so(
@@ -362,6 +409,7 @@ def test_a_second_replay_of_the_same_name_is_refused_while_the_first_runs(s3: An
         )
         assert second.exit_code == 1, second.output
         assert "another replay named wk is running from" in second.output
+        assert "events from" not in second.output, "refused before its plan (the check for another range)"
         assert scratch.read_bytes() == b"the first replay's state"
         assert _replays(s3) == []
         fcntl.flock(lock, fcntl.LOCK_UN)
