@@ -63,10 +63,11 @@ _RULE: Final = hashlib.sha256(_CURRENT_ROWS.encode()).hexdigest()[:16]
 #: order whatever files they came in, as SHA-256 (a standard function, unlike DuckDB's hash(), whose values change
 #: between DuckDB releases). The values are in it, not only the version: a replay after a fix in the core writes
 #: rows of the same versions and as_of with other values, and must be scored again, not found "already committed".
-_FINGERPRINT: Final = """
-SELECT count(*), sha256(string_agg(customer_id || ' ' || version || ' ' || epoch_us(as_of) || ' ' || {values},
-                                   chr(10) ORDER BY customer_id))
-FROM current_rows
+#: The lines are hashed as they stream (one string of them all would grow past DuckDB's 4 GiB string limit).
+FINGERPRINT_BATCH_ROWS: Final = 100_000
+_FINGERPRINT_LINES: Final = """
+SELECT customer_id || ' ' || version || ' ' || epoch_us(as_of) || ' ' || {values} AS line
+FROM current_rows ORDER BY customer_id
 """
 
 
@@ -86,8 +87,13 @@ def _fingerprint(con: duckdb.DuckDBPyConnection, schema: pa.Schema) -> str:
             text = f"CAST({name} AS VARCHAR)"
         texts.append(f"coalesce({text}, 'null')")
     values = " || ' ' || ".join(texts) if texts else "''"
-    count, digest = con.sql(_FINGERPRINT.format(values=values)).fetchall()[0]
-    return f"{count}:{str(digest)[:32]}"
+    digest, count = hashlib.sha256(), 0
+    for batch in con.sql(_FINGERPRINT_LINES.format(values=values)).to_arrow_reader(FINGERPRINT_BATCH_ROWS):
+        lines = batch.column(0).to_pylist()
+        if lines:  # one line a customer, a newline between lines
+            digest.update(("\n" if count else "").encode() + "\n".join(lines).encode())
+            count += len(lines)
+    return f"{count}:{digest.hexdigest()[:32]}"
 
 
 def _current_rows(paths: list[str], source: str, total_bytes: int) -> CurrentRows:

@@ -755,11 +755,17 @@ def test_a_gamma_gamma_fit_with_q_at_most_1_writes_nothing(
     assert LocalStore(tmp_path).keys(LAYOUT.clv_prefix) == []
 
 
+@pytest.mark.parametrize("batch_rows", [100_000, 7])
 def test_the_input_fingerprint_is_sha256_of_the_rows_in_customer_order(
-    local_copy: Path, settings: Settings
+    local_copy: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch, batch_rows: int
 ) -> None:
-    """Not DuckDB's hash(), whose values change between DuckDB releases (and with them every run id)."""
+    """Not DuckDB's hash(), whose values change between DuckDB releases (and with them every run id); the same
+    however many rows are hashed at a time."""
     import hashlib
+
+    import clickstream.current_rows
+
+    monkeypatch.setattr(clickstream.current_rows, "FINGERPRINT_BATCH_ROWS", batch_rows)
 
     from scoring.inputs import REQUIRED_COLUMNS
 
