@@ -767,9 +767,10 @@ def manifest(output: str, arrival_day: int | None, upload: bool, **overrides: An
     Prints the manifest JSON, or with --upload stores it where sql/redshift/03_copy_tables.sql reads it (an empty
     one is not stored: a COPY of it fails).
 
-    A flush writes into the arrival day its first record arrived on, so files still come into a day after its end:
-    for CLICKSTREAM_FLUSH_MAX_SECONDS, and for as long as the worker is behind. Said here when it may be so; load
-    such a day again later (03_copy_tables.sql loads nothing twice).
+    A flush writes into the arrival day its earliest record arrived on, so files still come into a day after its end:
+    for CLICKSTREAM_FLUSH_MAX_SECONDS (give this command the worker's), and for as long as the worker is behind.
+    Said here when it may be so; load such a day again later (03_copy_tables.sql loads nothing twice). A shard
+    behind since before the day, with no file of it yet, cannot be seen here: load a day again after an outage.
     """
     from clickstream.manifest import copy_manifest, day_manifest, upload_manifest
     from clickstream.outputs import require_worker_prefix

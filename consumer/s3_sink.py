@@ -456,8 +456,9 @@ def read_commits_since(
 @dataclass(frozen=True, slots=True)
 class DayCommits:
     """The commit records of one arrival day, the data keys its partitions held when listed, and the shards with
-    files of the day and no commit after its run: idle since, or behind (a flush begun on the day that has not
-    committed yet writes into the day's partitions too)."""
+    files of the day and no commit after its run (or none before their files): idle since, or behind (a flush begun
+    on the day that has not committed yet writes into the day's partitions too). A shard behind since before the
+    day, with no file of it yet, is not among them: nothing of the day names it."""
 
     records: list[CommitRecord]
     listed: frozenset[str]
@@ -508,6 +509,7 @@ def read_partition_commits(
 
     # each shard's chain (commit keys in order) and the day's run in it
     runs: list[tuple[str, list[str], int, int]] = []
+    newest_of_the_day: set[str] = set()
     for shard_id, positions in firsts.items():
         links = sorted(
             (_chain_order(_commit_previous(layout, key)), key)
@@ -515,11 +517,12 @@ def read_partition_commits(
         )
         orders = [order for order, _ in links]
         found = {bisect.bisect_left(orders, _chain_order(first)) - 1 for first in positions} - {-1}
-        if found:  # none: no commit of the shard comes before any of its files, so none names them
+        if found:
             runs.append((shard_id, [key for _, key in links], min(found), max(found)))
+        else:  # no commit of the shard comes before any of its files, so none names them: its first flush is
+            newest_of_the_day.add(shard_id)  # under way (or lost its commit); either way, the day may grow
     keys = [key for _, chain, low, high in runs for key in chain[low : high + 1]]
     records = _fetch_commits(s3, bucket, keys, max_workers, progress)
-    newest_of_the_day = set()
     for shard_id, chain, low, high in runs:
         for step, beyond in ((-1, low - 1), (1, high + 1)):
             at = beyond

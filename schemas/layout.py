@@ -19,7 +19,7 @@
     <prefix>/_control/clv/latest.json                                      the committed run of the newest as-of
 
 ``<stem>`` is ``<shard>-<first position>-<last position>-<attempt>``: one flush attempt writes one file per output,
-in the partition of the day its first record arrived (``arrival_yyyymmdd``, an integer, so DuckDB, pyarrow, polars,
+in the partition of the day its earliest record arrived (``arrival_yyyymmdd``, an integer, so DuckDB, pyarrow, polars,
 Spark, Athena and Redshift Spectrum all read the partition column as the same integer). A commit record's key is the
 position the flush continues from (``start`` for the first flush of a shard): at most one commit can exist per
 position, which is what fences a second writer (see consumer/shard_processor.py).
@@ -40,7 +40,7 @@ Output = Literal["events", "customer_aggregates", "errors"]
 #: The readers' results kept between runs under ``_control/`` (``clickstream.kept_reads``).
 KeptKind = Literal["current_rows", "commit_ledger"]
 
-#: The Hive partition column of every data output: the UTC day the flush's first record arrived, as yyyymmdd.
+#: The Hive partition column of every data output: the UTC day the flush's earliest record arrived, as yyyymmdd.
 PARTITION_COLUMN: Final = "arrival_yyyymmdd"
 #: The commit key of a shard's first flush (it continues from no position).
 CHAIN_START: Final = "start"

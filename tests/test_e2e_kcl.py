@@ -149,7 +149,9 @@ def test_events_archive_holds_each_valid_event_exactly_once(pipeline_run: dict[s
             HAVING CAST(strftime(min(approximate_arrival_at) AT TIME ZONE 'UTC', '%Y%m%d') AS BIGINT)
                    <> any_value(arrival_yyyymmdd)"""
     ).fetchall()
-    assert misplaced == [], "every flush's file sits in the partition of the UTC day its first record arrived"
+    assert misplaced == [], (
+        "every flush's file sits in the partition of the UTC day its earliest record arrived"
+    )
 
 
 def test_every_record_is_accepted_or_rejected_exactly_once(pipeline_run: dict[str, Any]) -> None:

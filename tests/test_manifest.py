@@ -184,8 +184,8 @@ def test_a_days_manifest_walks_past_a_flush_of_duplicates_only(s3: Any) -> None:
 
 
 def test_a_days_manifest_names_the_shards_whose_newest_commit_is_of_the_day(s3: Any) -> None:
-    """A flush writes into the day its first record arrived on: a shard with no commit after the day (idle since,
-    or behind) may still add files to it."""
+    """A flush writes into the day its earliest record arrived on: a shard with no commit after the day (idle since,
+    or behind), or with files of the day and no commit yet (its first flush under way), may still add files to it."""
     settings = Settings(bucket=BUCKET, prefix="rfm")
     worker = Worker(s3, settings)
     for shard, day in [
@@ -195,9 +195,14 @@ def test_a_days_manifest_names_the_shards_whose_newest_commit_is_of_the_day(s3: 
         (SHARDS[2], DAYS[1]),
     ]:
         flush(worker, shard, day)
+    new_shard = "shardId-000000000009"  # a child's first flush: its files written, its commit not yet
+    first_flush = FlushName(new_shard, Position("1"), Position("5"), "first1")
+    s3.put_object(
+        Bucket=BUCKET, Key=LAYOUT.data_key("events", datetime(2026, 6, 3).date(), first_flush), Body=b""
+    )
     assert day_manifest(s3, settings, "events", DAYS[0])[1] == {SHARDS[1]}
     assert day_manifest(s3, settings, "events", DAYS[1])[1] == {SHARDS[0], SHARDS[2]}
-    assert day_manifest(s3, settings, "events", DAYS[2])[1] == set()
+    assert day_manifest(s3, settings, "events", DAYS[2]) == ({"entries": []}, {new_shard})
 
 
 def manifest_cli(*arguments: str) -> Any:

@@ -12,7 +12,7 @@
 -- Identifiers: Redshift folds names to lower case, so the Parquet column "T" is the column t here (Glue stores
 -- lower-case names; Parquet columns are matched by name). Partition columns are not stored in the files: they
 -- come from the Hive-style key layout (schemas/layout.py): one file per output per flush, in the partition of the
--- UTC day the flush's first record arrived, as an integer yyyymmdd:
+-- UTC day the flush's earliest record arrived, as an integer yyyymmdd:
 --   <prefix>/events/arrival_yyyymmdd=YYYYMMDD/*.parquet
 --   <prefix>/customer_aggregates/arrival_yyyymmdd=YYYYMMDD/*.parquet
 --   <prefix>/errors/arrival_yyyymmdd=YYYYMMDD/*.parquet

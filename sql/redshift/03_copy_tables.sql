@@ -14,7 +14,7 @@
 -- COPY appends: loading the same file twice duplicates its rows. The loads go through a staging table and insert
 -- only rows not loaded before, which makes re-running a day's load (or a whole backfill) safe.
 --
--- A flush writes into the arrival day its first record arrived on, so files still come into a day after its end
+-- A flush writes into the arrival day its earliest record arrived on, so files still come into a day after its end
 -- (for up to CLICKSTREAM_FLUSH_MAX_SECONDS, and while the worker is behind): load the day before again on each run,
 -- and a day again once a worker that was behind has caught up (`manifest` says when a day may still grow). A day
 -- with no files gets no manifest (a COPY of an empty one fails): skip its COPY.
