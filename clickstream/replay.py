@@ -30,14 +30,15 @@ from botocore.exceptions import ClientError
 from tqdm import tqdm
 
 from aggregators.customer_state import CustomerState
-from clickstream.errors import FrontDoorError, explain, query_interrupted
+from clickstream.errors import USAGE, FrontDoorError, explain, query_interrupted
 from clickstream.options import parse_flag_time
 from clickstream.outputs import commit_records
 from consumer.retry import is_transient
-from consumer.s3_sink import S3ParquetSink
+from consumer.s3_sink import S3ParquetSink, lost_to_another_writer
 from consumer.state_recovery import state_options
 from runtime.settings import Settings
 from schemas import EVENTS_SCHEMA
+from schemas.control import ControlRecordError, ReplayClaim
 from schemas.positions import Position
 
 log = logging.getLogger(__name__)
@@ -130,14 +131,59 @@ def plan_replay(
             plan.files += record.files.get("events", [])
             plan.events += record.accepted - record.duplicates
     plan.output_key = sink.layout.replay_output_key(name, start, end)
-    ours = (plan.output_key, sink.layout.replay_write_check_key(name))
-    others = [key for key in sink.list_keys(sink.layout.replay_prefix(name)) if key not in ours]
-    if others:  # a reader of the folder would mix the two ranges' rows
-        raise ValueError(
-            f"s3://{settings.bucket}/{sink.layout.replay_prefix(name)} holds another replay ({others[0]}): "
-            "choose another --name or delete that one"
-        )
+    _refuse_another_range(sink, plan)
     return plan
+
+
+def _refuse_another_range(sink: S3ParquetSink, plan: ReplayPlan) -> None:
+    """ValueError if the name's folder holds the output of another range: a reader of the folder would mix the two
+    ranges' rows."""
+    layout = sink.layout
+    ours = (plan.output_key, layout.replay_write_check_key(plan.name), layout.replay_claim_key(plan.name))
+    others = [key for key in sink.list_keys(layout.replay_prefix(plan.name)) if key not in ours]
+    if others:
+        raise ValueError(
+            f"s3://{sink.bucket}/{layout.replay_prefix(plan.name)} holds another replay ({others[0]}): choose "
+            "another --name or delete that folder"
+        )
+
+
+def _claim(sink: S3ParquetSink, plan: ReplayPlan) -> bool:
+    """Claim the name's folder for the plan's range (a conditional create: one claim a name, whichever machine
+    runs the replay); whether this run made the claim (False: one of the same range was there, a run before or
+    beside this one, which writes the same object). FrontDoorError (exit 2) if it is another range's."""
+    key = sink.layout.replay_claim_key(plan.name)
+    claim = ReplayClaim(plan.start, plan.end, datetime.now(UTC))
+    for _ in range(
+        3
+    ):  # a claim deleted between the refusal and its read (its replay was stopped) is tried again
+        try:
+            sink.put_bytes(key, claim.to_json(), "json", if_none_match=True)
+        except ClientError as error:
+            if not lost_to_another_writer(error):
+                raise
+        else:
+            return True
+        body = sink.get_bytes(key)
+        if body is None:
+            continue
+        try:
+            held = ReplayClaim.from_json(body)
+        except ControlRecordError as error:
+            raise FrontDoorError(
+                f"s3://{sink.bucket}/{key} is not a readable replay claim ({error}): delete it if no replay of "
+                f"{plan.name} runs",
+                USAGE,
+            ) from None
+        if held.covers_the_same_range(plan.start, plan.end):
+            return False
+        raise FrontDoorError(
+            f"replay {plan.name} is claimed for another range, {held.start:%Y-%m-%d %H:%M} to "
+            f"{held.end:%Y-%m-%d %H:%M} UTC, since {held.claimed_at:%Y-%m-%d %H:%M} UTC (s3://{sink.bucket}/{key}): "
+            "choose another --name, or delete that folder if that replay is gone",
+            USAGE,
+        )
+    raise FrontDoorError(f"s3://{sink.bucket}/{key} kept changing while it was claimed: try again")
 
 
 def run_replay(
@@ -198,6 +244,14 @@ def _replay(  # noqa: PLR0917 - one private call site
 ) -> ReplayResult:
     sink = S3ParquetSink(s3, settings)
     _check_writable(sink, plan)
+    claimed = _claim(sink, plan)
+    try:  # a replay of another range that wrote its output before any claim was made
+        _refuse_another_range(sink, plan)
+    except ValueError as error:
+        if claimed:
+            sink.delete_keys([sink.layout.replay_claim_key(plan.name)])
+        raise FrontDoorError(str(error), USAGE) from None
+    work_dir.mkdir(parents=True, exist_ok=True)
     database = work_dir / f"replay-{plan.name}.duckdb"
     database.unlink(missing_ok=True)  # always from empty state: a re-run gives the same result
     state: CustomerState | None = None
@@ -264,6 +318,8 @@ def _replay(  # noqa: PLR0917 - one private call site
                 state.close(sync=False)  # its file is deleted next: nothing to write into it (slow on Ctrl-C)
             database.unlink(missing_ok=True)
             database.with_name(f"{database.name}.wal").unlink(missing_ok=True)
+            if claimed and not writing:  # nothing written: the name is free for another range again
+                _release_claim(sink, plan)
 
 
 class _StopBetweenSteps:
@@ -361,6 +417,20 @@ def _stops_held() -> Iterator[None]:
             signal.signal(stop, handler)
         if noted:
             signal.raise_signal(noted[0])
+
+
+def _release_claim(sink: S3ParquetSink, plan: ReplayPlan) -> None:
+    key = sink.layout.replay_claim_key(plan.name)
+    try:
+        sink.delete_keys([key])
+    except ClientError as error:
+        log.warning(
+            "could not delete s3://%s/%s (%s): another range under the name %s is refused until it is deleted",
+            sink.bucket,
+            key,
+            error,
+            plan.name,
+        )
 
 
 def _check_writable(sink: S3ParquetSink, plan: ReplayPlan) -> None:

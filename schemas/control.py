@@ -131,6 +131,35 @@ class PrefixOwner:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplayClaim:
+    """The range a replay name's folder holds (``OutputLayout.replay_claim_key``), claimed by a conditional create
+    before the replay reads the archive: two replays of one name with different ranges, on two machines, would write
+    both ranges into one folder, which a reader takes whole."""
+
+    start: datetime
+    end: datetime
+    claimed_at: datetime
+
+    def covers_the_same_range(self, start: datetime, end: datetime) -> bool:
+        return (self.start, self.end) == (start.astimezone(UTC), end.astimezone(UTC))
+
+    def to_json(self) -> bytes:
+        return _dump(self)
+
+    @classmethod
+    def from_json(cls, body: bytes | str) -> ReplayClaim:
+        d = _load(body, "replay claim")
+        try:
+            return cls(
+                start=_required_time(d["start"]),
+                end=_required_time(d["end"]),
+                claimed_at=_required_time(d["claimed_at"]),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise ControlRecordError(f"replay claim: {error!r}") from error
+
+
+@dataclass(frozen=True, slots=True)
 class Freshness:
     """How fresh a flush made its data: seconds from Kinesis arrival to durable, and the newest event's age."""
 

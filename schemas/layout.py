@@ -103,6 +103,11 @@ class OutputLayout:
         leading ``_`` keeps it out of a reader of the folder (Spectrum, Hive, Spark, ``score --input``)."""
         return f"{self.replay_prefix(name)}_write_check"
 
+    def replay_claim_key(self, name: str) -> str:
+        """The range the replay name's folder holds (``schemas.control.ReplayClaim``); a leading ``_`` keeps it out
+        of a reader of the folder."""
+        return f"{self.replay_prefix(name)}_claim.json"
+
     def replay_output_key(self, name: str, start: datetime, end: datetime) -> str:
         """The customer rows a replay of [start, end) writes (times in UTC, to the minute)."""
         return f"{self.replay_prefix(name)}customer_aggregates/replay-{start:%Y%m%dT%H%M}-{end:%Y%m%dT%H%M}.parquet"

@@ -14,11 +14,12 @@ import pytest
 from moto import mock_aws
 
 from aggregators.customer_state import CustomerState
+from clickstream.errors import FrontDoorError
 from clickstream.replay import plan_replay, run_replay
 from consumer.s3_sink import FlushAttempt, S3ParquetSink
 from consumer.state_recovery import state_options
 from runtime.settings import Settings
-from schemas.layout import FlushName
+from schemas.layout import FlushName, OutputLayout
 from schemas.positions import chain_position
 from tests.moto_support import isolate_environment
 from tests.test_customer_state import SHARD, Stream, _arriving, event, row_of
@@ -156,6 +157,15 @@ def test_reading_the_commit_records_reports_its_progress(s3: Any) -> None:
 
 
 def _replays(s3: Any) -> list[str]:
+    """Every object under replays/ but the claims of names (``_claims``)."""
+    return [key for key in _replay_keys(s3) if not key.endswith("/_claim.json")]
+
+
+def _claims(s3: Any) -> list[str]:
+    return [key for key in _replay_keys(s3) if key.endswith("/_claim.json")]
+
+
+def _replay_keys(s3: Any) -> list[str]:
     listed = s3.list_objects_v2(Bucket=BUCKET, Prefix="rfm/replays/")
     return [item["Key"] for item in listed.get("Contents", [])]
 
@@ -211,6 +221,7 @@ def test_an_interrupted_replay_writes_nothing_and_exits_130(
     assert result.exit_code == 130, result.output
     assert "nothing written" in result.output
     assert _replays(s3) == []
+    assert _claims(s3) == [], "nothing written: the name is free for another range"
     assert not list((tmp_path / "replay").glob("*.duckdb")), "its scratch state is removed"
 
 
@@ -454,3 +465,38 @@ def test_a_replay_interrupted_while_planning_exits_130(s3: Any, monkeypatch: pyt
     monkeypatch.setattr("clickstream.replay.commit_records", interrupted)
     result = _replay("--from", "2026-03-01", "--to", "2026-03-03")
     assert result.exit_code == 130 and "nothing written" in result.output, result.output
+
+
+def test_a_name_is_claimed_for_one_range_across_machines(s3: Any, tmp_path: Path) -> None:
+    """Two replays of one name on two machines (no shared lock file) wrote both ranges into one folder: the first
+    to claim the name in S3 (a conditional create) holds it; a run of the same range writes the same object."""
+    settings = _archive(s3)
+    day = lambda number: datetime(2026, 3, number, tzinfo=UTC)  # noqa: E731
+    first = plan_replay(s3, settings, day(1), day(2), name="wk")
+    second = plan_replay(s3, settings, day(2), day(3), name="wk")  # planned on another machine meanwhile
+    run_replay(s3, settings, first, tmp_path / "a", progress=False)
+    with pytest.raises(FrontDoorError) as refused:
+        run_replay(s3, settings, second, tmp_path / "b", progress=False)
+    assert refused.value.exit_code == 2
+    assert "replay wk is claimed for another range, 2026-03-01 00:00 to 2026-03-02 00:00 UTC" in str(
+        refused.value
+    )
+    assert [key.rsplit("/", 1)[1] for key in _replays(s3)] == ["replay-20260301T0000-20260302T0000.parquet"]
+    again = plan_replay(s3, settings, day(1), day(2), name="wk")
+    assert run_replay(s3, settings, again, tmp_path / "c", progress=False).events_read == first.events
+    assert _claims(s3) == ["rfm/replays/wk/_claim.json"]
+
+
+def test_a_replay_of_a_name_whose_output_came_before_claims_is_refused_and_claims_nothing(
+    s3: Any, tmp_path: Path
+) -> None:
+    """A version before claims wrote its output without one, after this run's plan looked: still another range."""
+    settings = _archive(s3)
+    day = lambda number: datetime(2026, 3, number, tzinfo=UTC)  # noqa: E731
+    plan = plan_replay(s3, settings, day(2), day(3), name="wk")
+    old = OutputLayout("rfm").replay_output_key("wk", day(1), day(2))
+    s3.put_object(Bucket=BUCKET, Key=old, Body=b"PAR1")
+    with pytest.raises(FrontDoorError) as refused:
+        run_replay(s3, settings, plan, tmp_path, progress=False)
+    assert "holds another replay" in str(refused.value) and refused.value.exit_code == 2
+    assert _claims(s3) == [] and _replays(s3) == [old]
