@@ -702,7 +702,7 @@ class KclWorker:
                 if problems:
                     self._heartbeat.phase = "unhealthy"
                     write_heartbeat(self.settings.state_dir, self._heartbeat)
-                    emit_metrics({"StuckShards": len(problems)}, {"StreamName": self.settings.stream_name})
+                    emit_metrics({"StuckShards": len(problems)}, self.settings.metric_dimensions)
                     log.error(
                         "stuck shards, exiting so the orchestrator restarts the worker: %s",
                         "; ".join(problems),
@@ -816,7 +816,7 @@ class KclWorker:
             values["CheckpointAgeSeconds"] = max(checkpoint_age(s, time.time()) for s in statuses)
             # what grows until a task sized below its traffic runs out of memory (days later)
             values["StateBytes"] = sum(s.state_bytes or 0 for s in statuses)
-        emit_metrics(values, {"StreamName": self.settings.stream_name})
+        emit_metrics(values, self.settings.metric_dimensions)
 
     def _exit_code(self, java_code: int) -> int:
         if self._stop_requested_at is not None:

@@ -41,13 +41,17 @@ UNITS: Final = {
     "SnapshotUnreadable": "Count",
 }
 
+#: Every metric is also aggregated by stream alone (alarms made before the application's dimension keep working).
+_STREAM_ONLY: Final = ["StreamName"]
+
 _log = logging.getLogger(METRICS_LOGGER)
 
 
 def emf_document(
     values: dict[str, float], dimensions: dict[str, str], timestamp: float | None = None
 ) -> dict[str, object]:
-    """One EMF object: the ``_aws`` metadata plus the dimension and metric values at the top level."""
+    """One EMF object: the ``_aws`` metadata plus the dimension and metric values at the top level; the metrics
+    by all ``dimensions``, and by stream alone."""
     unknown = set(values) - set(UNITS)
     if unknown:
         raise ValueError(f"undocumented metrics: {sorted(unknown)}")
@@ -57,7 +61,14 @@ def emf_document(
             "CloudWatchMetrics": [
                 {
                     "Namespace": NAMESPACE,
-                    "Dimensions": [sorted(dimensions)],
+                    "Dimensions": [
+                        sorted(dimensions),
+                        *(
+                            [_STREAM_ONLY]
+                            if sorted(dimensions) != _STREAM_ONLY and "StreamName" in dimensions
+                            else []
+                        ),
+                    ],
                     "Metrics": [{"Name": name, "Unit": UNITS[name]} for name in values],
                 }
             ],

@@ -177,7 +177,7 @@ class RecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
             sink,
             flush_policy(self.settings),
             status=status,
-            stream_name=self.settings.stream_name,
+            metric_dimensions=self.settings.metric_dimensions,
             recovery=recovery,
             snapshot_every_flushes=self.settings.snapshot_every_flushes,
             snapshot_min_new_fraction=self.settings.snapshot_min_new_fraction,
@@ -225,7 +225,7 @@ class RecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
                     ),
                     shard_id,
                     RecordValidator(validation_rules(self.settings)),
-                    self.settings.stream_name,
+                    self.settings.metric_dimensions,
                     state_options(self.settings),
                 )
             except Exception as error:

@@ -42,7 +42,7 @@ import os
 import random
 import secrets
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol, overload
@@ -242,13 +242,13 @@ class ShardProcessor:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         max_backoff_seconds: float = 30.0,
-        stream_name: str = "",
+        metric_dimensions: Mapping[str, str] | None = None,
         recovery: StateRecovery | None = None,
         snapshot_every_flushes: int = 10,
         snapshot_min_new_fraction: float = 0.0,
     ) -> None:
         self.shard_id = shard_id
-        self.stream_name = stream_name
+        self.metric_dimensions = dict(metric_dimensions or {})
         self.recovery = recovery
         self.snapshot_every_flushes = snapshot_every_flushes
         self.snapshot_min_new_fraction = snapshot_min_new_fraction
@@ -484,7 +484,7 @@ class ShardProcessor:
             metrics["ArrivalToDurableP99"] = record.freshness.arrival_to_durable_p99
             if record.freshness.newest_event_age is not None:
                 metrics["NewestEventAge"] = record.freshness.newest_event_age
-        emit_metrics(metrics, {"StreamName": self.stream_name})
+        emit_metrics(metrics, self.metric_dimensions)
         log.info(
             "flushed %s records (%s accepted, %s duplicates, %s rejected, %s customers) in %.3fs [%s]%s%s",
             record.records_in,
@@ -513,7 +513,7 @@ class ShardProcessor:
         """Step 4 lost: the stage is rolled back already; delete this attempt's files, catch up from S3."""
         self.metrics.commit_conflicts += 1
         self._report(force=True)  # now: a zombie's next step (its checkpoint) may block until its JVM resumes
-        emit_metrics({"CommitConflicts": 1}, {"StreamName": self.stream_name})
+        emit_metrics({"CommitConflicts": 1}, self.metric_dimensions)
         log.warning(
             "lost the commit race (%s); discarding this attempt and catching up from S3",
             conflict,
@@ -582,7 +582,7 @@ class ShardProcessor:
                 self.metrics.last_error = f"{type(error).__name__}: {error}"
                 self.metrics.retries += 1
                 self._report(force=True)
-                emit_metrics({"FlushRetries": 1}, {"StreamName": self.stream_name})
+                emit_metrics({"FlushRetries": 1}, self.metric_dimensions)
                 log.warning(
                     "%s failed (attempt %d, retrying in %.1fs): %s",
                     what,

@@ -27,7 +27,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -98,7 +98,7 @@ def open_shard_state(
     path: Path,
     shard_id: str,
     validator: RecordValidator,
-    stream_name: str = "",
+    metric_dimensions: Mapping[str, str] | None = None,
     options: StateOptions | None = None,
 ) -> CustomerState:
     """Open the shard's local state; a file that cannot be opened or read is moved aside (kept for inspection) and
@@ -124,7 +124,7 @@ def open_shard_state(
         ", ".join(moved) or "(nothing to move)",
         extra={"shard_id": shard_id},
     )
-    emit_metrics({"StateFilesQuarantined": 1}, {"StreamName": stream_name})
+    emit_metrics({"StateFilesQuarantined": 1}, dict(metric_dimensions or {}))
     return CustomerState(shard_id, path, validator, options)
 
 
@@ -305,7 +305,7 @@ class StateRecovery:
             missing,
             extra={"shard_id": state.shard_id},
         )
-        emit_metrics({"SnapshotUnreadable": 1}, {"StreamName": self.settings.stream_name})
+        emit_metrics({"SnapshotUnreadable": 1}, self.settings.metric_dimensions)
         return self._restore(state, checkpoint, checkpoint_sub, use_snapshot=False)
 
     def _restore(
@@ -337,7 +337,7 @@ class StateRecovery:
                     walk[-1].sequence_number if walk[-1] else "the start",
                     extra={"shard_id": shard_id},
                 )
-                emit_metrics({"LocalStateDiscarded": 1}, {"StreamName": self.settings.stream_name})
+                emit_metrics({"LocalStateDiscarded": 1}, self.settings.metric_dimensions)
             state.reset()
             if pointer is not None:
                 try:
@@ -381,7 +381,7 @@ class StateRecovery:
                 tip.sequence_number if tip else "none",
                 extra={"shard_id": shard_id, "sequence_number": checkpoint},
             )
-            emit_metrics({"CheckpointAheadOfCommits": 1}, {"StreamName": self.settings.stream_name})
+            emit_metrics({"CheckpointAheadOfCommits": 1}, self.settings.metric_dimensions)
 
     def _start_from_parents(self, state: CustomerState) -> str:
         """A child shard: its parents' final state, restricted to the customers that now hash to this shard."""
@@ -432,7 +432,7 @@ class StateRecovery:
             held,
             extra={"shard_id": shard_id},
         )
-        emit_metrics({"ParentStateMissing": 1}, {"StreamName": self.settings.stream_name})
+        emit_metrics({"ParentStateMissing": 1}, self.settings.metric_dimensions)
 
 
 def kinesis_parent_lookup(kinesis: Any, stream_name: str) -> ParentLookup:

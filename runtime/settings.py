@@ -457,6 +457,12 @@ class Settings(BaseSettings):
         """Every S3 key under this prefix (schemas/layout.py is their one owner)."""
         return OutputLayout(self.prefix)
 
+    @property
+    def metric_dimensions(self) -> dict[str, str]:
+        """The CloudWatch dimensions of the worker's metrics: the application too, as a second application reading
+        the same stream (a reprocessing) would otherwise merge into the first's metrics and alarms."""
+        return {"ApplicationName": self.application_name, "StreamName": self.stream_name}
+
 
 def env_var_name(field_name: str) -> str:
     """The environment variable a field is read from (for --help texts and error messages)."""

@@ -382,7 +382,7 @@ def test_an_unreadable_state_file_is_moved_aside_and_the_shard_restored_exactly(
     path.write_bytes(damaged(content, damage))
 
     with caplog.at_level(logging.ERROR):
-        state = open_shard_state(path, SHARD, RecordValidator(), "stream")
+        state = open_shard_state(path, SHARD, RecordValidator(), {"StreamName": "stream"})
     processor = ShardProcessor(
         SHARD,
         state,

@@ -1148,11 +1148,18 @@ def test_the_worker_gauges_sum_the_state_memory_of_its_shards(
             ShardStatus(shard, 1, phase=phase, state_bytes=state_bytes, started_at=now, updated_at=now),
             force=True,
         )
-    worker = SimpleNamespace(status_dir=tmp_path / "status", settings=Settings(stream_name="gauged"))
+    settings = Settings(stream_name="gauged", application_name="rfm-reprocess")
+    worker = SimpleNamespace(status_dir=tmp_path / "status", settings=settings)
     with caplog.at_level(logging.INFO, logger=METRICS_LOGGER):
         KclWorker._emit_gauges(worker)  # type: ignore[arg-type]
     (line,) = [record.emf for record in caplog.records if hasattr(record, "emf")]
     assert (line["StateBytes"], line["ShardsProcessing"], line["StreamName"]) == (350, 2, "gauged")
+    # a second application on the stream (a reprocessing) has metrics of its own, and the stream's total stays
+    assert line["ApplicationName"] == "rfm-reprocess"
+    assert line["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [
+        ["ApplicationName", "StreamName"],
+        ["StreamName"],
+    ]
     assert {"Name": "StateBytes", "Unit": "Bytes"} in line["_aws"]["CloudWatchMetrics"][0]["Metrics"]
 
 

@@ -36,6 +36,18 @@ def test_metrics_are_written_at_any_log_level(level: str, capsys: pytest.Capture
     assert ("an info line" in err) == (level == "INFO"), "the level still filters the log lines themselves"
 
 
+def test_metrics_are_by_stream_alone_too() -> None:
+    from consumer.metrics import emf_document
+
+    both = emf_document({"RecordsIn": 5}, {"StreamName": "s", "ApplicationName": "a"})
+    assert both["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [
+        ["ApplicationName", "StreamName"],
+        ["StreamName"],
+    ]
+    alone = emf_document({"RecordsIn": 5}, {"StreamName": "s"})
+    assert alone["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["StreamName"]]
+
+
 def test_text_logs_for_a_person_leave_the_metric_lines_out(capsys: pytest.CaptureFixture[str]) -> None:
     configure_logging("INFO", json_format=False)
     emit({"RecordsIn": 5}, {"StreamName": "s"})
