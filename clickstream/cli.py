@@ -850,13 +850,18 @@ def health(**overrides: Any) -> None:
 
     It reads the worker's state directory (give it the worker's --state-dir if the worker got one), and judges by
     the worker's own limits, from the settings the worker wrote there, unless --stuck-after or --no-lease-after
-    are given here.
+    are given here (with that file there, their variables are not read: the file holds the worker's own).
     """
     from consumer.health import HealthReport, assess
     from runtime.settings import SETTINGS_FILE, ConfigError, configured_state_dir, worker_settings
 
     flags = {name: overrides.pop(name) for name in ("stuck_shard_seconds", "no_lease_unhealthy_seconds")}
-    state_dir = configured_state_dir(overrides["state_dir"])
+    try:
+        state_dir = configured_state_dir(overrides["state_dir"])
+    except ConfigError as error:  # a health check's own mistake still answers as a health check: 1, not 2
+        problem = f"this health check's settings are invalid: {error}"
+        click.echo(HealthReport(healthy=False, shards_processing=0, problems=[problem]).to_json())
+        sys.exit(1)
     try:
         worker = worker_settings(state_dir)
     except ConfigError as error:  # a damaged file: unhealthy (1), not a usage error (Docker reserves 2)

@@ -386,6 +386,10 @@ class Settings(BaseSettings):
     @field_validator("state_dir", mode="before")
     @classmethod
     def _local_state_dir(cls, value: Any) -> Any:
+        if (
+            isinstance(value, str) and not value.strip()
+        ):  # Path("") is ".": the worker's and health's would differ
+            raise ValueError("must not be empty: the folder of the worker's state, heartbeat and settings")
         if isinstance(value, str) and URL.match(value):
             raise ValueError("is a URL: the state directory is a local folder (S3 holds the outputs already)")
         return value
@@ -597,7 +601,12 @@ def configured_state_dir(given: Path | None = None) -> Path:
     validating the other settings: they may be the worker's, written in that directory."""
     if given is not None:
         return given
-    return Path(os.environ.get(env_var_name("state_dir")) or Settings.model_fields["state_dir"].default)
+    value = os.environ.get(env_var_name("state_dir"))
+    if value is not None and not value.strip():
+        raise ConfigError(
+            f"{env_var_name('state_dir')}: empty: leave it out to use the default (state), or give a value"
+        )
+    return Path(value or Settings.model_fields["state_dir"].default)
 
 
 def worker_settings(state_dir: Path) -> Settings | None:

@@ -2057,6 +2057,20 @@ def test_a_state_dir_url_from_the_environment_is_refused(monkeypatch: pytest.Mon
         load_settings()
 
 
+def test_an_empty_state_dir_is_refused_by_the_worker_and_by_health(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """CLICKSTREAM_STATE_DIR= (an unset ${X:-}) was the current folder for the worker and state/ for health: a
+    health check always unhealthy, a restart loop."""
+    monkeypatch.setenv("CLICKSTREAM_STATE_DIR", "")
+    with pytest.raises(ConfigError, match="CLICKSTREAM_STATE_DIR: empty"):
+        load_settings()
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["health"])
+    assert result.exit_code == 1, result.output  # a health check answers 1 (Docker reserves 2)
+    assert "CLICKSTREAM_STATE_DIR: empty" in result.output
+
+
 def test_generate_shows_its_progress_toward_the_planned_records(tmp_path: Path) -> None:
     """A long generate (100M events is allowed) said nothing until its last line; it now reports as it writes."""
     from clickstream.cli import _counted
