@@ -386,9 +386,7 @@ class Settings(BaseSettings):
     @field_validator("state_dir", mode="before")
     @classmethod
     def _local_state_dir(cls, value: Any) -> Any:
-        if (
-            isinstance(value, str) and not value.strip()
-        ):  # Path("") is ".": the worker's and health's would differ
+        if isinstance(value, str) and not value.strip():  # Path("") is "." (health would read another folder)
             raise ValueError("must not be empty: the folder of the worker's state, heartbeat and settings")
         if isinstance(value, str) and URL.match(value):
             raise ValueError("is a URL: the state directory is a local folder (S3 holds the outputs already)")
