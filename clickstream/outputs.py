@@ -82,6 +82,21 @@ def download_keys(
     return len(keys)
 
 
+def stale_copies(destination: Path, settings: Settings, committed: set[str]) -> list[str]:
+    """Files of a download folder's outputs and commit records that are not among ``committed`` keys: a copy of
+    another run (a prefix emptied and written again), which a query of the folder would read with this one's."""
+    layout = settings.layout
+    stale = []
+    for prefix in [*(layout.output_prefix(output) for output in OUTPUTS), layout.all_commits_prefix]:
+        folder = destination / prefix
+        if folder.is_dir():
+            for path in folder.rglob("*"):
+                key = path.relative_to(destination).as_posix()
+                if path.is_file() and key not in committed:
+                    stale.append(key)
+    return sorted(stale)
+
+
 def download_outputs(s3: Any, settings: Settings, destination: Path) -> OutputInventory:
     """Copy every output object (and the commit records) under ``destination``, keeping the key layout."""
     inventory = OutputInventory()

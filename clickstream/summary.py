@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from clickstream.errors import FrontDoorError
+from clickstream.errors import USAGE, FrontDoorError
 from clickstream.outputs import (
     CURRENT_ROW,
     OUTPUTS,
@@ -26,6 +26,7 @@ from clickstream.outputs import (
     download_keys,
     read_tables,
     require_worker_prefix,
+    stale_copies,
 )
 from runtime.aws import aws_client
 from runtime.settings import Settings
@@ -118,6 +119,15 @@ def print_summary(
         _print_customers(console, con, current_rows_of_table(con, aggregates).to_arrow_table(), top)
 
     if download is not None:
+        missing_keys = {key for output in OUTPUTS for key in outputs.missing[output]}
+        stale = stale_copies(download, settings, set(outputs.all_committed_keys()) | missing_keys)
+        if stale:
+            raise FrontDoorError(
+                f"{download} holds {len(stale):,} files of the outputs that no commit record names now (the first: "
+                f"{stale[0]}): a copy of another run (a prefix emptied and written again), which a query of the "
+                "folder would read with this one's: give an empty folder, or delete them (nothing copied)",
+                USAGE,
+            )
         copied = download_keys(s3, settings.bucket, outputs.all_committed_keys(), download)
         console.print(f"copied {copied:,} committed files to {download}/")
         glob = f"{download}/{settings.layout.output_prefix('customer_aggregates')}**/*.parquet"

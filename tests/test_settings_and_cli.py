@@ -1512,6 +1512,28 @@ def test_summary_counts_what_is_committed_in_s3_not_the_download_folder(
     assert sorted(row[0] for row in rows) == ["c-1", "c-2", "c-3"], rows
 
 
+def test_summary_download_refuses_a_folder_holding_another_runs_files(tmp_path: Path) -> None:
+    """A download into the folder of an earlier run (the prefix emptied and written again) mixed the old files with
+    the new, and the printed query read both. A download again of the same run refreshes the folder."""
+    layout = OutputLayout("rfm")
+    folder = tmp_path / "copy"
+    arguments = ["summary", "--bucket", "stale-bucket", "--download", str(folder)]
+    with mock_aws():
+        two_committed_flushes("stale-bucket", layout)
+        first = CliRunner().invoke(main, arguments, terminal_width=80)
+        again = CliRunner().invoke(main, arguments, terminal_width=80)
+        old = folder / layout.output_prefix("customer_aggregates") / "arrival_yyyymmdd=20260101" / "old.parquet"
+        old.parent.mkdir(parents=True)
+        old.write_bytes(parquet_bytes(customers_table(["c-old"], 5)))
+        before = sorted(p for p in folder.rglob("*") if p.is_file())
+        mixed = CliRunner().invoke(main, arguments, terminal_width=80)
+    assert first.exit_code == 0 and again.exit_code == 0, again.output
+    assert mixed.exit_code == 2, mixed.output
+    assert "holds 1 files of the outputs that no commit record names now" in mixed.output
+    assert "old.parquet" in mixed.output and "nothing copied" in mixed.output
+    assert sorted(p for p in folder.rglob("*") if p.is_file()) == before
+
+
 def test_summary_and_manifest_name_committed_files_that_s3_no_longer_has(tmp_path: Path) -> None:
     """summary counted a deleted events file as there (exit 0), and a deleted aggregates file ended it with a bare
     "NoSuchKey"; manifest listed a deleted file as mandatory, for a COPY that would fail."""
