@@ -1522,7 +1522,9 @@ def test_summary_download_refuses_a_folder_holding_another_runs_files(tmp_path: 
         two_committed_flushes("stale-bucket", layout)
         first = CliRunner().invoke(main, arguments, terminal_width=80)
         again = CliRunner().invoke(main, arguments, terminal_width=80)
-        old = folder / layout.output_prefix("customer_aggregates") / "arrival_yyyymmdd=20260101" / "old.parquet"
+        old = (
+            folder / layout.output_prefix("customer_aggregates") / "arrival_yyyymmdd=20260101" / "old.parquet"
+        )
         old.parent.mkdir(parents=True)
         old.write_bytes(parquet_bytes(customers_table(["c-old"], 5)))
         before = sorted(p for p in folder.rglob("*") if p.is_file())
