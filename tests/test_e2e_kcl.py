@@ -222,8 +222,10 @@ def test_replay_of_the_whole_archive_equals_the_live_aggregates(pipeline_run: di
             timeout=300,
         )
         assert done.returncode == 0, done.stderr
-        replays = list_keys(s3, settings.bucket, f"{settings.prefix}/replays/parity/")
+        replays = list_keys(s3, settings.bucket, f"{settings.prefix}/replays/parity/customer_aggregates/")
         assert len(replays) == 1, attempt
+        claim = list_keys(s3, settings.bucket, f"{settings.prefix}/replays/parity/_claim.json")
+        assert len(claim) == 1, "the name is claimed for its range"
     target = pipeline_run["workdir"] / "replay.parquet"
     s3.download_file(settings.bucket, replays[0]["Key"], str(target))
     live_files = glob.glob(output_glob(pipeline_run["root"], settings, "customer_aggregates"), recursive=True)
