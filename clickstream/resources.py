@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Final
 
 from botocore.exceptions import ClientError
 
@@ -54,6 +54,7 @@ def ensure_bucket(
         s3.head_bucket(Bucket=bucket)
         log.info("bucket %s already exists: its settings are left as they are", bucket)
         _report_other_encryption(s3, bucket, sse, kms_key_id)
+        _report_public_access(s3, bucket)
         return
     except ClientError as error:
         if error.response["Error"]["Code"] not in ("404", "NoSuchBucket", "NotFound"):
@@ -73,13 +74,7 @@ def ensure_bucket(
         )
     s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={"Rules": [rule]})
     s3.put_public_access_block(
-        Bucket=bucket,
-        PublicAccessBlockConfiguration={
-            "BlockPublicAcls": True,
-            "IgnorePublicAcls": True,
-            "BlockPublicPolicy": True,
-            "RestrictPublicBuckets": True,
-        },
+        Bucket=bucket, PublicAccessBlockConfiguration=dict.fromkeys(_PUBLIC_ACCESS_BLOCK, True)
     )
 
 
@@ -87,8 +82,17 @@ def _report_other_encryption(s3: Any, bucket: str, sse: str, kms_key_id: str | N
     try:
         rules = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
         default = rules[0]["ApplyServerSideEncryptionByDefault"]
-    except (ClientError, KeyError, IndexError):
-        return  # not allowed to read it, or none set: nothing to compare
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") == "ServerSideEncryptionConfigurationNotFoundError":
+            log.warning(
+                "bucket %s has no default encryption (a setup stopped before setting it leaves it so): the worker "
+                "encrypts every object it writes, other writers' objects are not; set it with `aws s3api "
+                "put-bucket-encryption` (setup does not change an existing bucket)",
+                bucket,
+            )
+        return  # else not allowed to read it: nothing to compare
+    except (KeyError, IndexError):
+        return  # none set in a form to compare
     theirs = (default.get("SSEAlgorithm"), default.get("KMSMasterKeyID") if sse == "aws:kms" else None)
     ours = (sse, kms_key_id if sse == "aws:kms" else None)
     if theirs[0] != ours[0] or not _same_key(theirs[1], ours[1]):
@@ -99,6 +103,33 @@ def _report_other_encryption(s3: Any, bucket: str, sse: str, kms_key_id: str | N
             "/".join(str(part) for part in theirs if part),
             "/".join(str(part) for part in ours if part),
         )
+
+
+def _report_public_access(s3: Any, bucket: str) -> None:
+    """Say so when public access is not blocked on an existing bucket (setup blocks it on a bucket it creates; a
+    setup stopped half way leaves it open)."""
+    try:
+        block = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") != "NoSuchPublicAccessBlockConfiguration":
+            return  # not allowed to read it
+        block = {}
+    open_settings = [name for name in _PUBLIC_ACCESS_BLOCK if not block.get(name)]
+    if open_settings:
+        log.warning(
+            "bucket %s does not block public access (%s off; a setup stopped before blocking it leaves it so): set "
+            "them with `aws s3api put-public-access-block` (setup does not change an existing bucket)",
+            bucket,
+            ", ".join(open_settings),
+        )
+
+
+_PUBLIC_ACCESS_BLOCK: Final = (
+    "BlockPublicAcls",
+    "IgnorePublicAcls",
+    "BlockPublicPolicy",
+    "RestrictPublicBuckets",
+)
 
 
 def _same_key(a: str | None, b: str | None) -> bool:

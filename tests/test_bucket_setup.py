@@ -63,6 +63,24 @@ def test_setup_defaults_to_sse_s3_and_leaves_an_existing_bucket_as_its_owner_set
     )
 
 
+def test_setup_again_after_one_stopped_half_way_says_what_the_bucket_lacks(
+    s3: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A setup stopped after creating the bucket left it without default encryption or a public access block, and
+    a setup again said it existed and was ready, with no word of either."""
+    s3.create_bucket(Bucket="half-bucket")
+    with caplog.at_level("WARNING"):
+        ensure_bucket(s3, "half-bucket", REGION)
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert any("half-bucket has no default encryption" in warning for warning in warnings), warnings
+    assert any("half-bucket does not block public access (BlockPublicAcls" in warning for warning in warnings)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        ensure_bucket(s3, "whole-bucket", REGION)
+        ensure_bucket(s3, "whole-bucket", REGION)  # as setup made it: nothing to say
+    assert not [record for record in caplog.records if record.levelname == "WARNING"]
+
+
 def test_setup_of_an_existing_stream_with_another_shard_count_says_so(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
