@@ -45,7 +45,9 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from botocore.exceptions import (
     ClientError,
+    ConnectTimeoutError,
     CredentialRetrievalError,
+    EndpointConnectionError,
     HTTPClientError,
     NoAuthTokenError,
     NoCredentialsError,
@@ -444,7 +446,14 @@ class KinesisProducer:
         return float(ceiling / 2 + self._jitter.uniform(0, ceiling / 2))
 
     def _retry_or_raise(
-        self, attempt: int, pending: list[tuple[str, bytes]], reason: str, stats: _Stats, started: float
+        self,
+        attempt: int,
+        pending: list[tuple[str, bytes]],
+        reason: str,
+        stats: _Stats,
+        started: float,
+        *,
+        maybe_arrived: bool = False,
     ) -> None:
         if attempt >= self.max_attempts:
             message = (
@@ -452,7 +461,9 @@ class KinesisProducer:
                 f"(last error: {reason})"
             )
             logger.error("%s; partition keys %s", message, sorted({key for key, _ in pending})[:20])
-            raise PutRecordsError(message, pending, self._summary(stats, started))
+            raise PutRecordsError(
+                message, pending, self._summary(stats, started), maybe_arrived=maybe_arrived
+            )
         delay = self._backoff(attempt)
         logger.warning(
             "retrying %d records to %s in %.3fs (attempt %d of %d): %s",
@@ -470,6 +481,8 @@ class KinesisProducer:
         """Deliver one batch, re-sending only the records that failed, or raise `PutRecordsError`."""
         pending = batch
         attempt = 0
+        # a call that timed out or lost its connection after the request went out may have delivered its records
+        sent_unanswered = False
         while pending:
             attempt += 1
             self._pace(len(pending))
@@ -488,11 +501,26 @@ class KinesisProducer:
                     message = f"PutRecords to {self.stream_name} failed with {code or status}: not retryable"
                     raise PutRecordsError(message, pending, self._summary(stats, started)) from exc
                 stats.throttled_calls += 1
-                self._retry_or_raise(attempt, pending, f"{code or status} on the whole call", stats, started)
+                self._retry_or_raise(
+                    attempt,
+                    pending,
+                    f"{code or status} on the whole call",
+                    stats,
+                    started,
+                    maybe_arrived=sent_unanswered,
+                )
                 continue
             except (BotoConnectionError, HTTPClientError) as exc:
                 stats.throttled_calls += 1
-                self._retry_or_raise(attempt, pending, f"{type(exc).__name__}: {exc}", stats, started)
+                sent_unanswered |= not isinstance(exc, (EndpointConnectionError, ConnectTimeoutError))
+                self._retry_or_raise(
+                    attempt,
+                    pending,
+                    f"{type(exc).__name__}: {exc}",
+                    stats,
+                    started,
+                    maybe_arrived=sent_unanswered,
+                )
                 continue
             # credentials that expired or failed to refresh mid-run: raised while signing, before the request goes
             # out (other botocore errors may come after it, when what arrived is unknown: they are not caught here)
@@ -540,4 +568,4 @@ class KinesisProducer:
                 raise PutRecordsError(message, failed, self._summary(stats, started))
             pending = failed
             reason = ", ".join(f"{code} x{count}" for code, count in sorted(codes.items()))
-            self._retry_or_raise(attempt, pending, reason, stats, started)
+            self._retry_or_raise(attempt, pending, reason, stats, started, maybe_arrived=sent_unanswered)

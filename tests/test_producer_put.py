@@ -12,7 +12,12 @@ from typing import Any
 
 import boto3
 import pytest
-from botocore.exceptions import ClientError, CredentialRetrievalError, EndpointConnectionError
+from botocore.exceptions import (
+    ClientError,
+    CredentialRetrievalError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
 from moto import mock_aws
 
 from producer.generator import ClickstreamGenerator, generate_events
@@ -270,6 +275,30 @@ def test_whole_call_errors_are_retried_when_transient_and_raised_when_terminal()
         make_producer(fake, FakeTime()).put(records)
     assert raised.value.undelivered_count == 50
     assert len(fake.calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("failure", "maybe_arrived"),
+    [
+        (lambda: ReadTimeoutError(endpoint_url="http://kinesis"), True),  # sent, not answered
+        (lambda: EndpointConnectionError(endpoint_url="http://kinesis"), False),  # never sent
+    ],
+    ids=["read-timeout", "no-connection"],
+)
+def test_a_batch_whose_retries_timed_out_may_have_arrived(failure: Any, maybe_arrived: bool) -> None:
+    """A call that timed out is sent again as it may have arrived; once the retries ran out, the batch was said
+    "not" delivered all the same."""
+    records = list(generate_events(5, 50, 3))
+    fake = FakeKinesis(raise_on_calls={call: failure() for call in range(3)})
+    with pytest.raises(PutRecordsError) as raised:
+        make_producer(fake, FakeTime(), max_attempts=3).put(records)
+    assert raised.value.maybe_arrived is maybe_arrived
+    said = (
+        "50 of the failing batch may or may not have arrived"
+        if maybe_arrived
+        else "50 of the failing batch not"
+    )
+    assert said in raised.value.outcome()
 
 
 def test_credentials_that_fail_mid_run_stop_it_with_what_was_delivered() -> None:
