@@ -409,6 +409,16 @@ def _counted(
 
 
 # ---------------------------------------------------------------------------------------------------------- produce
+def _say_stdin_is_consumed(input_file: Path | None) -> None:
+    """ "The same input can be sent again" does not hold for a pipe: what was read from it is gone from it."""
+    if input_file is not None and str(input_file) == "-":
+        say(
+            "the input was stdin: the records read from it and not delivered (a batch of up to 500 is sent when "
+            "full, or at the end of the input) are no longer in the pipe: send them again from their source",
+            logging.WARNING,
+        )
+
+
 @contextmanager
 def _sigterm_as_interrupt() -> Iterator[threading.Event]:
     """SIGTERM (docker stop, ECS, `timeout`) stops a put as Ctrl-C does, so it still says what it delivered; the
@@ -521,10 +531,12 @@ def produce(
             summary = producer.put(records, total=total, log_summary=False)
         except (PutRecordsError, PutInputError) as error:
             say_doubtful(f"{input_file} read (delivered or not)")
+            _say_stdin_is_consumed(input_file)
             raise FrontDoorError(error.outcome()) from None
         except PutInterrupted as interrupted:
             say(interrupted.outcome(), logging.WARNING)
             say_doubtful(f"{input_file} read (delivered or not)")
+            _say_stdin_is_consumed(input_file)
             sys.exit(_stop_exit_code(terminated))
     say(summary.describe(settings.stream_name))
     if input_file is not None and summary.records_sent == 0 and not summary.rejected_too_large:

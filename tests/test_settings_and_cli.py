@@ -1981,6 +1981,22 @@ def test_produce_reads_stdin_as_input_dash(tmp_path: Path) -> None:
     assert result.exit_code == 0 and held == len(records), result.output
 
 
+def test_produce_from_stdin_that_breaks_off_says_what_read_is_gone(tmp_path: Path) -> None:
+    """ "The same input can be sent again" does not hold for a pipe: what was read from it is no longer in it."""
+    import gzip
+
+    from producer.generator import generate_events
+
+    whole = gzip.compress(b"\n".join(generate_events(30, 3_000, 2)) + b"\n")
+    broken = whole[: len(whole) * 2 // 3]
+    piped, _ = produce_file(Path("-"), stdin=broken)
+    assert piped.exit_code == 1, piped.output
+    assert "the input was stdin: the records read from it and not delivered" in piped.output
+    (tmp_path / "broken.jsonl.gz").write_bytes(broken)
+    from_file, _ = produce_file(tmp_path / "broken.jsonl.gz")
+    assert from_file.exit_code == 1 and "the input was stdin" not in from_file.output
+
+
 def test_score_of_a_folder_of_other_files_says_what_they_are_not(tmp_path: Path) -> None:
     events = tmp_path / "events"
     events.mkdir()
