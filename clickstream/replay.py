@@ -154,9 +154,8 @@ def _claim(sink: S3ParquetSink, plan: ReplayPlan) -> bool:
     beside this one, which writes the same object). FrontDoorError (exit 2) if it is another range's."""
     key = sink.layout.replay_claim_key(plan.name)
     claim = ReplayClaim(plan.start, plan.end, datetime.now(UTC))
-    for _ in range(
-        3
-    ):  # a claim deleted between the refusal and its read (its replay was stopped) is tried again
+    # a claim deleted between the refusal and its read (its replay stopped with nothing written) is tried again
+    for _ in range(3):
         try:
             sink.put_bytes(key, claim.to_json(), "json", if_none_match=True)
         except ClientError as error:
@@ -249,7 +248,7 @@ def _replay(  # noqa: PLR0917 - one private call site
         _refuse_another_range(sink, plan)
     except ValueError as error:
         if claimed:
-            sink.delete_keys([sink.layout.replay_claim_key(plan.name)])
+            _release_claim(sink, plan)
         raise FrontDoorError(str(error), USAGE) from None
     work_dir.mkdir(parents=True, exist_ok=True)
     database = work_dir / f"replay-{plan.name}.duckdb"
