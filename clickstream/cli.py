@@ -380,14 +380,23 @@ def generate(output: Path, progress: bool | None, **options: Any) -> None:
     from producer.generator import write_jsonl
 
     generator = _make_generator(**options)
-    with progress_of("generating", "record", bar=show_progress(progress)) as report:
-        records = _counted(generator.events(), generator.total_records, report)
-        if str(output) == "-":
-            stream = sys.stdout.buffer
-            for data in records:
-                stream.write(data + b"\n")
-        else:
-            write_jsonl(writable_file("--output", output), records)
+    with _sigterm_as_interrupt() as terminated:
+        try:
+            with progress_of("generating", "record", bar=show_progress(progress)) as report:
+                records = _counted(generator.events(), generator.total_records, report)
+                if str(output) == "-":
+                    stream = sys.stdout.buffer
+                    for data in records:
+                        stream.write(data + b"\n")
+                else:
+                    write_jsonl(writable_file("--output", output), records)
+        except KeyboardInterrupt:  # SIGTERM too (it ended the process without a word, a partial file left)
+            say(
+                f"generate interrupted ({_stop_cause(terminated)}) before it finished: "
+                f"{_INTERRUPTION_LEAVES['generate']}",
+                logging.WARNING,
+            )
+            sys.exit(_stop_exit_code(terminated))
     summary = generator.summary
     say(
         f"wrote {generator.total_records} records ({summary.valid_events} valid events, "

@@ -2111,6 +2111,27 @@ def test_an_empty_state_dir_is_refused_by_the_worker_and_by_health(
     assert "CLICKSTREAM_STATE_DIR: empty" in result.output
 
 
+def test_generate_stopped_by_sigterm_says_its_file_may_be_partial(tmp_path: Path) -> None:
+    """SIGTERM (a task stopped, `timeout`) ended generate without a word, a partial file under its final name."""
+    import signal
+    import time
+
+    output = tmp_path / "events.jsonl"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "clickstream.cli", "generate", "--events", "5000000", "-o", str(output)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while (not output.exists() or output.stat().st_size < 100_000) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert output.exists() and output.stat().st_size >= 100_000, "stopped once it was writing"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    assert "generate interrupted (SIGTERM) before it finished: the output file may hold only part" in stderr
+
+
 def test_generate_shows_its_progress_toward_the_planned_records(tmp_path: Path) -> None:
     """A long generate (100M events is allowed) said nothing until its last line; it now reports as it writes."""
     from clickstream.cli import _counted
