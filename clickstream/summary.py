@@ -130,6 +130,8 @@ def print_summary(
             )
         copied = download_keys(s3, settings.bucket, outputs.all_committed_keys(), download)
         console.print(f"copied {copied:,} committed files to {download}/")
+    # the query reads customer_aggregates/: none when every record was rejected
+    if download is not None and outputs.present("customer_aggregates"):
         glob = f"{download}/{settings.layout.output_prefix('customer_aggregates')}**/*.parquet"
         console.print("Query the copies with DuckDB, e.g. each customer's current row (the highest version):")
         # soft_wrap: printed as one line whatever the terminal width, so it can be copied and pasted.

@@ -1536,6 +1536,29 @@ def test_summary_download_refuses_a_folder_holding_another_runs_files(tmp_path: 
     assert sorted(p for p in folder.rglob("*") if p.is_file()) == before
 
 
+def test_summary_download_of_rejects_only_prints_no_query_of_a_folder_it_did_not_write(
+    tmp_path: Path,
+) -> None:
+    """Every record rejected: no customer_aggregates/ folder, and the printed query failed on it."""
+    from tests.test_current_rows import Worker
+
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="rejects-only")
+        Worker(s3, Settings(bucket="rejects-only", prefix="rfm")).flush(
+            "shardId-000000000000", [b"{not json"]
+        )
+        result = CliRunner().invoke(
+            main,
+            ["summary", "--bucket", "rejects-only", "--download", str(tmp_path / "copy")],
+            terminal_width=80,
+        )
+    assert result.exit_code == 0, result.output
+    assert "copied 2 committed files" in result.output, result.output  # the errors file and its commit record
+    assert "import duckdb" not in result.output
+    assert not (tmp_path / "copy" / "rfm" / "customer_aggregates").exists()
+
+
 def test_summary_and_manifest_name_committed_files_that_s3_no_longer_has(tmp_path: Path) -> None:
     """summary counted a deleted events file as there (exit 0), and a deleted aggregates file ended it with a bare
     "NoSuchKey"; manifest listed a deleted file as mandatory, for a COPY that would fail."""
