@@ -403,6 +403,7 @@ IAM_OF_OPERATION = {
     ("s3", "PutBucketEncryption"): ("s3:PutEncryptionConfiguration", "bucket"),
     ("s3", "GetBucketEncryption"): ("s3:GetEncryptionConfiguration", "bucket"),
     ("s3", "PutPublicAccessBlock"): ("s3:PutBucketPublicAccessBlock", "bucket"),
+    ("s3", "GetPublicAccessBlock"): ("s3:GetBucketPublicAccessBlock", "bucket"),
 }
 #: boto3's managed-transfer methods and the operations they call.
 TRANSFER_METHODS = {
