@@ -499,7 +499,9 @@ class KinesisProducer:
                 status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
                 if code not in RETRYABLE_CALL_ERRORS and status < 500:
                     message = f"PutRecords to {self.stream_name} failed with {code or status}: not retryable"
-                    raise PutRecordsError(message, pending, self._summary(stats, started)) from exc
+                    raise PutRecordsError(
+                        message, pending, self._summary(stats, started), maybe_arrived=sent_unanswered
+                    ) from exc
                 stats.throttled_calls += 1
                 self._retry_or_raise(
                     attempt,
