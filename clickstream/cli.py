@@ -833,9 +833,10 @@ def _say_if_the_day_may_grow(
     from shards behind. Said, so that a daily load of the day just over is run again later."""
     end = datetime.strptime(str(arrival_day), "%Y%m%d").replace(tzinfo=UTC) + timedelta(days=1)
     settled = end + timedelta(seconds=flush_max_seconds)
-    if datetime.now(UTC) < settled:
+    now = datetime.now(UTC)
+    if now < settled:
         say(
-            f"arrival day {arrival_day} {'is not over' if datetime.now(UTC) < end else 'has only just ended'}: "
+            f"arrival day {arrival_day} {'is not over' if now < end else 'has only just ended'}: "
             f"flushes begun on it write into it until about {settled:%Y-%m-%d %H:%M:%S} UTC (the flush age limit, "
             "CLICKSTREAM_FLUSH_MAX_SECONDS, after its end), and for as long as the worker is behind: load it "
             "again after then (03_copy_tables.sql loads nothing twice)",

@@ -419,17 +419,19 @@ def _stops_held() -> Iterator[None]:
 
 
 def _release_claim(sink: S3ParquetSink, plan: ReplayPlan) -> None:
-    key = sink.layout.replay_claim_key(plan.name)
+    _delete_if_allowed(
+        sink,
+        sink.layout.replay_claim_key(plan.name),
+        f"another range under the name {plan.name} is refused until it is deleted",
+    )
+
+
+def _delete_if_allowed(sink: S3ParquetSink, key: str, left_means: str) -> None:
+    """Delete ``key``, best effort: a refusal is said with what the object left there means."""
     try:
         sink.delete_keys([key])
     except ClientError as error:
-        log.warning(
-            "could not delete s3://%s/%s (%s): another range under the name %s is refused until it is deleted",
-            sink.bucket,
-            key,
-            error,
-            plan.name,
-        )
+        log.warning("could not delete s3://%s/%s (%s): %s", sink.bucket, key, error, left_means)
 
 
 def _check_writable(sink: S3ParquetSink, plan: ReplayPlan) -> None:
@@ -448,12 +450,7 @@ def _check_writable(sink: S3ParquetSink, plan: ReplayPlan) -> None:
             f"{failure.message}; none of the archive was read",
             failure.exit_code,
         ) from None
-    try:
-        sink.delete_keys([key])
-    except ClientError as error:
-        log.warning(
-            "could not delete s3://%s/%s (%s): it is empty and readers skip it", sink.bucket, key, error
-        )
+    _delete_if_allowed(sink, key, "it is empty and readers skip it")
 
 
 def parse_time(text: str) -> datetime:

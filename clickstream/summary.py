@@ -118,9 +118,9 @@ def print_summary(
     else:
         _print_customers(console, con, current_rows_of_table(con, aggregates).to_arrow_table(), top)
 
+    missing = [key for output in OUTPUTS for key in outputs.missing[output]]
     if download is not None:
-        missing_keys = {key for output in OUTPUTS for key in outputs.missing[output]}
-        stale = stale_copies(download, settings, set(outputs.all_committed_keys()) | missing_keys)
+        stale = stale_copies(download, settings, {*outputs.all_committed_keys(), *missing})
         if stale:
             raise FrontDoorError(
                 f"{download} holds {len(stale):,} files of the outputs that no commit record names now (the first: "
@@ -141,7 +141,6 @@ def print_summary(
             markup=False,
             highlight=False,
         )
-    missing = [key for output in OUTPUTS for key in outputs.missing[output]]
     if missing:  # said last, where it is seen, and as the exit code: data S3 no longer has
         raise FrontDoorError(
             f"{len(missing):,} committed data files are missing from s3://{settings.bucket}/ (the first: {missing[0]}):"

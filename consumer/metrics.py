@@ -63,11 +63,7 @@ def emf_document(
                     "Namespace": NAMESPACE,
                     "Dimensions": [
                         sorted(dimensions),
-                        *(
-                            [_STREAM_ONLY]
-                            if sorted(dimensions) != _STREAM_ONLY and "StreamName" in dimensions
-                            else []
-                        ),
+                        *([_STREAM_ONLY] if set(dimensions) > {"StreamName"} else []),
                     ],
                     "Metrics": [{"Name": name, "Unit": UNITS[name]} for name in values],
                 }
