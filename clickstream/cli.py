@@ -9,11 +9,13 @@ Every failure ends in one line on stderr (``clickstream.errors``): exit code 2 f
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import signal
 import socket
+import stat
 import sys
 import threading
 import traceback
@@ -423,9 +425,23 @@ def _say_stdin_is_consumed(input_file: Path | None) -> None:
     if input_file is not None and str(input_file) == "-":
         say(
             "the input was stdin: the records read from it and not delivered (a batch of up to 500 is sent when "
-            "full, or at the end of the input) are no longer in the pipe: send them again from their source",
+            "full, at the end of the input, or once a record has waited --linger seconds) are no longer in the "
+            "pipe: send them again from their source",
             logging.WARNING,
         )
+
+
+def _is_regular_file(path: Path) -> bool:
+    """Whether ``path`` (``-``: stdin) is a regular file, read at disk speed, rather than a pipe or a device."""
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode if str(path) == "-" else path.stat().st_mode
+    except (
+        OSError,
+        ValueError,
+        io.UnsupportedOperation,
+    ):  # a stdin with no descriptor (an embedding program's)
+        return False
+    return stat.S_ISREG(mode)
 
 
 @contextmanager
@@ -465,11 +481,19 @@ def _stop_exit_code(terminated: threading.Event) -> int:
 @click.option(
     "--rate", type=FiniteFloatRange(min=1), default=None, help="Max records per second (default: no limit)."
 )
+@click.option(
+    "--linger",
+    type=FiniteFloatRange(min=0.01, max=60),
+    default=None,
+    help="With an --input that is not a regular file (stdin, a pipe): the longest a record read waits for its "
+    "batch of 500 to fill before the batch is sent, in seconds (default 1).",
+)
 @progress_option
 @setting_option("stream_name", "--stream")
 def produce(
     input_file: Path | None,
     rate: float | None,
+    linger: float | None,
     progress: bool | None,
     stream_name: str | None,
     **options: Any,
@@ -483,11 +507,14 @@ def produce(
     from consumer.preflight import is_missing_stream, stream_missing
     from producer.generator import DoubtfulRecords, read_jsonl
     from producer.kinesis_put import (
+        DEFAULT_LINGER_SECONDS,
         KinesisProducer,
         PutInputError,
         PutInterrupted,
         PutRecordsError,
+        SendNow,
         fits_put_records,
+        lingering,
         require_stream,
     )
     from runtime.aws import aws_client
@@ -527,8 +554,11 @@ def produce(
         progress=show_progress(progress),
     )
     doubtful = DoubtfulRecords(settings.max_record_bytes, fits_put_records)
+    sent: Iterator[bytes | SendNow] = records
     if input_file is not None:
-        records = doubtful.counted(records)
+        sent = doubtful.counted(records)
+        if not _is_regular_file(input_file):  # a pipe may trickle: its records are sent as they come
+            sent = lingering(sent, DEFAULT_LINGER_SECONDS if linger is None else linger)
 
     def say_doubtful(source: object) -> None:
         for warning in doubtful.warnings(source):
@@ -537,7 +567,7 @@ def produce(
     with _sigterm_as_interrupt() as terminated:
         try:
             # the summary is the command's answer: printed at any log level, not logged
-            summary = producer.put(records, total=total, log_summary=False)
+            summary = producer.put(sent, total=total, log_summary=False)
         except (PutRecordsError, PutInputError) as error:
             say_doubtful(f"{input_file} read (delivered or not)")
             _say_stdin_is_consumed(input_file)

@@ -16,6 +16,10 @@ Per batch (at most 500 records and 5 MiB of data plus partition keys; a single r
 The next batch is read from the input only after the current one is fully delivered, so at most one batch
 (≤ 500 records) is in flight and a failure tells exactly which records did not make it.
 
+A batch is sent when full, at the end of the input, or when the input says ``SEND_NOW``: ``lingering`` wraps an
+input that arrives slowly (a pipe fed as events happen) so that no record waits more than about a second for the
+batch to fill.
+
 Ordering: a record re-sent after a partial failure lands behind records of the same partition key that
 succeeded in the same call, so retries can reorder events within a customer. That is acceptable here: the
 aggregates are order independent and de-duplicate by ``event_id``.
@@ -34,14 +38,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import queue
 import random
 import re
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 from botocore.exceptions import (
     ClientError,
@@ -101,6 +107,65 @@ _CREDENTIAL_ERRORS: Final = (
 #: Kinesis's limit on a partition key, in characters.
 _MAX_PARTITION_KEY: Final = 256
 _CUSTOMER_ID: Final = re.compile(rb'"customer_id"\s*:\s*"([A-Za-z0-9_.:@-]{1,64})"')
+
+
+class SendNow:
+    """In an input of records: send the records held so far now, without waiting for a full batch."""
+
+
+SEND_NOW: Final = SendNow()
+#: How long a record read from a slow input waits, at most, for more records to fill its batch (the KPL's
+#: RecordMaxBufferedTime is 0.1 s; a second keeps batches large on a trickle while still looking live).
+DEFAULT_LINGER_SECONDS: Final = 1.0
+#: Records read ahead of the sender by ``lingering`` (the reader waits beyond that: memory stays bounded).
+_READ_AHEAD: Final = 2 * MAX_RECORDS_PER_REQUEST
+
+
+@dataclass(frozen=True, slots=True)
+class _ReadFailed:
+    error: BaseException
+
+
+_END: Final = object()
+
+
+def lingering(records: Iterable[bytes], seconds: float = DEFAULT_LINGER_SECONDS) -> Iterator[bytes | SendNow]:
+    """``records``, read by a background thread, with ``SEND_NOW`` once a record has waited ``seconds`` and the
+    input has nothing more yet.
+
+    Why: a batch is otherwise sent when 500 records are read or the input ends, so a slow pipe (``tail -F ... |
+    clickstream produce --input -``) would hold its records back for minutes. An input that keeps up fills its
+    batches before the wait is over and is sent as before. An error reading the input is raised here, after the
+    records read before it, as it would be raised by ``records`` itself.
+    """
+    handoff: queue.Queue[object] = queue.Queue(maxsize=_READ_AHEAD)
+
+    def read() -> None:
+        try:
+            for data in records:
+                handoff.put(data)
+        except BaseException as error:  # noqa: BLE001 - handed to the sender's thread, raised there
+            handoff.put(_ReadFailed(error))
+        else:
+            handoff.put(_END)
+
+    # a daemon: a stopped run does not wait for a pipe that stays open
+    threading.Thread(target=read, name="produce-input", daemon=True).start()
+    deadline: float | None = None  # when the oldest record not yet sent has waited long enough
+    while True:
+        try:
+            item = handoff.get(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+        except queue.Empty:  # waited long enough, and nothing more has come: send what is held
+            deadline = None
+            yield SEND_NOW
+            continue
+        if item is _END:
+            return
+        if isinstance(item, _ReadFailed):
+            raise item.error
+        if deadline is None:
+            deadline = time.monotonic() + seconds
+        yield cast(bytes, item)
 
 
 def require_stream(client: KinesisClient, stream_name: str) -> None:
@@ -335,7 +400,7 @@ class KinesisProducer:
         self._next_send_at = float("-inf")
 
     def put(
-        self, records: Iterable[bytes], *, total: int | None = None, log_summary: bool = True
+        self, records: Iterable[bytes | SendNow], *, total: int | None = None, log_summary: bool = True
     ) -> PutSummary:
         """Send every record; returns the summary (logged unless ``log_summary`` is off: the CLI prints it) or
         raises `PutRecordsError` (never drops silently),
@@ -371,6 +436,11 @@ class KinesisProducer:
                         self._send(batch, stats, started, bar)
                         batch = []
                     raise PutInputError(str(error), self._summary(stats, started)) from error
+                if isinstance(data, SendNow):
+                    if batch:
+                        self._send(batch, stats, started, bar)
+                        batch, batch_bytes = [], 0
+                    continue
                 key = partition_key_for(data)
                 size = _put_size(data, key)
                 if size > MAX_RECORD_BYTES:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import random
+import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -20,13 +21,15 @@ from botocore.exceptions import (
 )
 from moto import mock_aws
 
-from producer.generator import ClickstreamGenerator, generate_events
+from producer.generator import ClickstreamGenerator, InputFileError, generate_events
 from producer.kinesis_put import (
     MAX_BYTES_PER_REQUEST,
     MAX_RECORDS_PER_REQUEST,
     KinesisProducer,
+    PutInputError,
     PutInterrupted,
     PutRecordsError,
+    lingering,
     partition_key_for,
 )
 from tests.test_validation import decode, doc, encode, raw_batch
@@ -427,3 +430,54 @@ def test_ctrl_c_between_requests_has_nothing_in_flight() -> None:
     assert stopped.value.summary.records_sent == sum(fake.delivered.values()) == 600
     assert stopped.value.in_flight == 0
     assert "may or may not" not in stopped.value.outcome()
+
+
+class SignallingKinesis(FakeKinesis):
+    """A FakeKinesis that says when a call has been made."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.called = threading.Event()
+
+    def put_records(self, *, StreamName: str, Records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        answer = super().put_records(StreamName=StreamName, Records=Records)
+        self.called.set()
+        return answer
+
+
+def test_a_slow_input_is_sent_as_it_comes_not_held_for_a_full_batch() -> None:
+    """A pipe fed as events happen: the records read are sent once they have waited the linger, while the input
+    still waits for more (without it they would wait for 500 records or the end of the input)."""
+    records = list(generate_events(5, 40, 4))
+    fake = SignallingKinesis()
+
+    def trickle() -> Iterator[bytes]:
+        yield from records[:3]
+        if not fake.called.wait(timeout=20):  # the input holds back until the three were sent
+            raise AssertionError("nothing was sent while the input waited")
+        yield from records[3:]
+
+    summary = make_producer(fake, FakeTime()).put(lingering(trickle(), seconds=0.05))
+
+    assert [len(call) for call in fake.calls] == [3, len(records) - 3]
+    assert summary.records_sent == len(records) and sum(fake.delivered.values()) == len(records)
+
+
+def test_an_input_that_keeps_up_is_still_sent_in_full_batches() -> None:
+    records = list(generate_events(50, 1_200, 4))
+    fake = FakeKinesis()
+    make_producer(fake, FakeTime()).put(lingering(records, seconds=30))
+    assert [len(call) for call in fake.calls] == [500, 500, len(records) - 1_000]
+
+
+def test_an_input_read_in_the_background_that_breaks_off_is_said_after_what_it_gave_is_sent() -> None:
+    records = list(generate_events(5, 40, 4))
+
+    def broken() -> Iterator[bytes]:
+        yield from records[:7]
+        raise InputFileError("input.jsonl.gz: unreadable after line 7 (CRC check failed)")
+
+    fake = FakeKinesis()
+    with pytest.raises(PutInputError, match="after line 7") as stopped:
+        make_producer(fake, FakeTime()).put(lingering(broken(), seconds=30))
+    assert stopped.value.summary.records_sent == 7 == sum(fake.delivered.values())

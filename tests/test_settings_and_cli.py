@@ -2171,3 +2171,70 @@ def test_generate_shows_its_progress_toward_the_planned_records(tmp_path: Path) 
     assert result.returncode == 0, result.stderr
     assert "generating" in result.stderr and "/30000" in result.stderr  # the bar's last redraw may be skipped
     assert sum(1 for _ in output.open("rb")) == 30000
+
+
+def test_produce_sends_a_trickling_pipe_as_it_comes(emulator_endpoint: str) -> None:
+    """``tail -F ... | clickstream produce --input -``: the records of a pipe that trickles reach the stream once
+    they have waited --linger, while the pipe stays open (they waited for 500 records or the end of the input)."""
+    import time
+
+    from producer.generator import generate_events
+
+    records = list(generate_events(5, 20, 6))
+    env = {"AWS_ENDPOINT_URL": emulator_endpoint, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x"}
+    kinesis = boto3.client("kinesis", region_name="us-east-1", **_client_options(env))
+    kinesis.create_stream(StreamName="trickle", ShardCount=1)
+    kinesis.get_waiter("stream_exists").wait(StreamName="trickle", WaiterConfig={"Delay": 0.2})
+    base = {
+        k: v for k, v in os.environ.items() if not k.startswith("CLICKSTREAM_") and k != "AWS_ENDPOINT_URL"
+    }
+    command = ["produce", "--stream", "trickle", "--input", "-", "--linger", "0.2"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "clickstream.cli", *command],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**base, **env, "AWS_REGION": "us-east-1"},
+    )
+    assert process.stdin is not None
+    try:
+        process.stdin.write(b"\n".join(records[:3]) + b"\n")
+        process.stdin.flush()
+        held: list[bytes] = []
+        deadline = time.monotonic() + 60
+        while len(held) < 3 and time.monotonic() < deadline:
+            held = _stream_records(kinesis, "trickle")
+            time.sleep(0.1)
+        assert len(held) == 3, "the three records written reached the stream"
+        assert process.poll() is None, "while the pipe was still open"
+        process.stdin.write(b"\n".join(records[3:]) + b"\n")
+    finally:
+        process.stdin.close()
+    assert process.wait(timeout=60) == 0, process.stderr.read() if process.stderr else ""
+    assert sorted(_stream_records(kinesis, "trickle")) == sorted(records)
+
+
+def _client_options(env: dict[str, str]) -> dict[str, str]:
+    return {
+        "endpoint_url": env["AWS_ENDPOINT_URL"],
+        "aws_access_key_id": env["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": env["AWS_SECRET_ACCESS_KEY"],
+    }
+
+
+def _stream_records(kinesis: Any, stream: str) -> list[bytes]:
+    shard = kinesis.list_shards(StreamName=stream)["Shards"][0]["ShardId"]
+    iterator = kinesis.get_shard_iterator(StreamName=stream, ShardId=shard, ShardIteratorType="TRIM_HORIZON")
+    return [r["Data"] for r in kinesis.get_records(ShardIterator=iterator["ShardIterator"])["Records"]]
+
+
+def test_only_an_input_that_is_not_a_regular_file_lingers(tmp_path: Path) -> None:
+    """A file is read at disk speed and fills its batches: the background reader is for pipes."""
+    from clickstream.cli import _is_regular_file
+
+    regular = tmp_path / "events.jsonl"
+    regular.write_bytes(b"{}\n")
+    fifo = tmp_path / "events.pipe"
+    os.mkfifo(fifo)
+    assert _is_regular_file(regular)
+    assert not _is_regular_file(fifo)
+    assert not _is_regular_file(Path("/dev/null"))
