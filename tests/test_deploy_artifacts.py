@@ -56,6 +56,8 @@ PLACEHOLDERS = {
     "IMAGE_URI": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/clickstream-rfm:0.1.0",
     "LOG_GROUP": "/ecs/clickstream-rfm",
     "KMS_KEY_ID": "1234abcd-12ab-34cd-56ef-1234567890ab",
+    "ALARM_TOPIC_ARN": "arn:aws:sns:eu-west-1:123456789012:clickstream-alarms",
+    "SHARD_COUNT": "4",
 }
 REGION, ACCOUNT = PLACEHOLDERS["AWS_REGION"], PLACEHOLDERS["AWS_ACCOUNT_ID"]
 STREAM_ARN = f"arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/{PLACEHOLDERS['STREAM_NAME']}"
@@ -609,8 +611,94 @@ def test_readme_documents_every_placeholder_and_policy() -> None:
     readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
     for name in PLACEHOLDERS:
         assert f"${{{name}}}" in readme, name
-    for name in [*POLICY_FILES, "ecs-task-definition.json", "constraints.txt"]:
+    for name in [*POLICY_FILES, "ecs-task-definition.json", "constraints.txt", "cloudwatch-alarms.json"]:
         assert name in readme, name
+
+
+def test_the_render_command_of_the_readme_names_every_placeholder() -> None:
+    """envsubst with a list of names renders only those: a token left out stays ``${...}`` in the rendered file."""
+    readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    (names,) = re.findall(r"^VARS='([^']*)'$", readme, flags=re.MULTILINE)
+    assert set(re.findall(r"\$\{(\w+)\}", names)) == set(PLACEHOLDERS)
+    (exported,) = re.findall(r"^export (.*?)(?<!\\)$", readme, flags=re.MULTILINE | re.DOTALL)
+    assert set(re.findall(r"(\w+)=", exported)) == set(PLACEHOLDERS)
+
+
+# ====================================================================================================== CloudWatch
+def alarms() -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = load_json("cloudwatch-alarms.json")
+    return found
+
+
+def alarm_metrics(alarm: dict[str, Any]) -> list[dict[str, Any]]:
+    """The metrics an alarm reads: its own, or those of its metric math."""
+    if "MetricName" in alarm:
+        return [{key: alarm[key] for key in ("Namespace", "MetricName", "Dimensions")}]
+    return [query["MetricStat"]["Metric"] for query in alarm["Metrics"] if "MetricStat" in query]
+
+
+def test_every_alarm_is_a_valid_put_metric_alarm_input() -> None:
+    from botocore.validate import validate_parameters
+
+    shape = botocore.session.get_session().get_service_model("cloudwatch").operation_model("PutMetricAlarm")
+    names = [alarm["AlarmName"] for alarm in alarms()]
+    assert len(names) == len(set(names))
+    for alarm in alarms():
+        validate_parameters(alarm, shape.input_shape)  # raises on a wrong name, type or a missing field
+        assert alarm["AlarmActions"] == alarm["OKActions"] == [PLACEHOLDERS["ALARM_TOPIC_ARN"]]
+        assert alarm["TreatMissingData"] in {"breaching", "notBreaching"}, "said, not left to the default"
+        assert alarm["AlarmName"].startswith(PLACEHOLDERS["KCL_APPLICATION_NAME"] + "-")
+
+
+def test_alarms_read_the_metrics_the_worker_writes_by_the_dimensions_it_writes() -> None:
+    from consumer.metrics import NAMESPACE, UNITS, emf_document
+
+    settings = load_settings(
+        stream_name=PLACEHOLDERS["STREAM_NAME"], application_name=PLACEHOLDERS["KCL_APPLICATION_NAME"]
+    )
+    document = emf_document(dict.fromkeys(UNITS, 1.0), settings.metric_dimensions)
+    (directive,) = document["_aws"]["CloudWatchMetrics"]  # type: ignore[index]
+    written = {
+        tuple(sorted((name, str(document[name])) for name in names)) for names in directive["Dimensions"]
+    }
+    for alarm in alarms():
+        for metric in alarm_metrics(alarm):
+            if metric["Namespace"] == "AWS/Kinesis":  # what producers put, as Kinesis counts it
+                assert metric["Dimensions"] == [{"Name": "StreamName", "Value": PLACEHOLDERS["STREAM_NAME"]}]
+                continue
+            assert metric["Namespace"] == NAMESPACE
+            assert metric["MetricName"] in UNITS, alarm["AlarmName"]
+            dimensions = tuple(sorted((item["Name"], item["Value"]) for item in metric["Dimensions"]))
+            assert dimensions in written, alarm["AlarmName"]
+
+
+def test_the_readme_s_suggested_alarms_are_all_templated() -> None:
+    """Every metric the README's table suggests an alarm for has one, but the two said not to be templated."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme.split("| metric | unit | from | meaning | suggested alarm |\n", 1)[1].split("\n\n", 1)[0]
+    suggested = set()
+    for row in table.splitlines()[1:]:
+        cells = row.strip("|").split(" | ")
+        if cells[-1].strip() not in {"", "—"}:
+            suggested.update(re.findall(r"`(\w+)`", cells[0]))
+    assert len(suggested) > 10, "the README's metric table was found"
+    templated = {metric["MetricName"] for alarm in alarms() for metric in alarm_metrics(alarm)}
+    assert suggested - templated == {"DuplicateEvents", "ParentStateMissing"}
+
+
+def test_thresholds_that_follow_settings_are_those_of_the_defaults_and_the_task() -> None:
+    by_metric = {alarm["AlarmName"].rsplit("-", 1)[1]: alarm for alarm in alarms()}
+    flush_max = float(ecs_env()["CLICKSTREAM_FLUSH_MAX_SECONDS"])
+    assert flush_max == DEFAULTS["flush_max_seconds"]
+    assert by_metric["CheckpointAgeSeconds"]["Threshold"] == 5 * flush_max
+    assert by_metric["ArrivalToDurableP99"]["Threshold"] == 2 * flush_max + 30
+    assert by_metric["ArrivalToDurableP99"]["ExtendedStatistic"] == "p99"
+    memory_mib = int(load_json("ecs-task-definition.json")["memory"])
+    leases = int(ecs_env()["CLICKSTREAM_KCL_MAX_LEASES_FOR_WORKER"])
+    assert by_metric["StateBytes"]["Threshold"] == 0.8 * (memory_mib - 1536 - leases * 250) * 2**20
+    shards = by_metric["ShardsProcessing"]
+    assert shards["Threshold"] == int(PLACEHOLDERS["SHARD_COUNT"])
+    assert shards["ComparisonOperator"] == "LessThanThreshold" and shards["TreatMissingData"] == "breaching"
 
 
 # ============================================================================================================= ECS
