@@ -57,7 +57,8 @@ DISTSTYLE KEY
 DISTKEY (customer_id)
 COMPOUND SORTKEY (customer_id, version);
 
--- Validated events, one row per applied delivery (de-duplicated by the worker within its window).
+-- Validated events, one row per applied delivery (de-duplicated by the worker within its window). revenue is kept on
+-- any event that carries it (a checkout may): sum it WHERE event_type = 'purchase', as customer_aggregates.revenue does.
 CREATE TABLE IF NOT EXISTS clickstream.events (
     event_id VARCHAR(36) NOT NULL,
     event_type VARCHAR(16) NOT NULL,
