@@ -328,6 +328,14 @@ class Settings(BaseSettings):
         description="Share of revenue counted as value in CLV (1.0: revenue; your gross margin: profit).",
     )
 
+    @field_validator("aws_region")
+    @classmethod
+    def _region_given(cls, value: str) -> str:
+        # an unset ${AWS_REGION} in a task template gives "": boto3 would build https://kinesis..amazonaws.com
+        if not value.strip():
+            raise ValueError("must not be empty: the region of the stream, the tables and the bucket")
+        return value
+
     @field_validator("prefix")
     @classmethod
     def _normalise_prefix(cls, value: str) -> str:

@@ -1859,6 +1859,8 @@ def test_the_worker_preflight_leaves_refused_credentials_to_the_command_line() -
     [
         ({"AWS_PROFILE": "no-such-profile"}, "AWS_PROFILE"),
         ({"AWS_REGION": "eu west"}, "AWS_REGION, e.g. eu-west-1"),
+        # an unset ${AWS_REGION} of a rendered task template
+        ({"AWS_REGION": "", "AWS_DEFAULT_REGION": "eu-west-1"}, "AWS_REGION: empty: leave it out"),
     ],
 )
 def test_a_missing_profile_or_a_malformed_region_is_exit_2(
