@@ -105,14 +105,16 @@ def check_prefix_owner(s3: Any, settings: Settings, stream: StreamIdentity) -> N
             f"s3://{settings.bucket}/{sink.layout.control_prefix} holds the commit chains of stream "
             f"{owner.stream_arn}, not of {stream.arn} (claimed {owner.claimed_at:%Y-%m-%d %H:%M} UTC): shard ids "
             "repeat across streams, so two streams cannot share a prefix. Give this stream its own "
-            "CLICKSTREAM_PREFIX / --prefix"
+            "CLICKSTREAM_PREFIX / --prefix and its own CLICKSTREAM_APPLICATION_NAME (the KCL's lease table, "
+            "which holds the other stream's checkpoints)"
         )
     if owner.stream_created_at != stream.created_at:
         raise PreflightError(
             f"s3://{settings.bucket}/{sink.layout.control_prefix} holds the commit chains of stream "
             f"{stream.arn} as created {owner.stream_created_at:%Y-%m-%d %H:%M:%S} UTC; the stream now was created "
             f"{stream.created_at:%Y-%m-%d %H:%M:%S} UTC, and its shard ids started over, so its chains would collide "
-            "with the old ones. Give it a new CLICKSTREAM_PREFIX / --prefix"
+            "with the old ones. Give it a new CLICKSTREAM_PREFIX / --prefix and a new CLICKSTREAM_APPLICATION_NAME "
+            "(the KCL's lease table holds the old stream's checkpoints)"
         )
 
 
@@ -132,20 +134,59 @@ def check_bucket(s3: Any, settings: Settings) -> None:
         raise
 
 
-def check_lease_table(dynamodb: Any, settings: Settings) -> None:
-    """The lease table may not exist yet (the KCL creates it on first start); access must not be denied."""
+def check_lease_table(dynamodb: Any, s3: Any, settings: Settings) -> None:
+    """The lease table may not exist yet (the KCL creates it on first start); access must not be denied; and
+    checkpoints in it must be this prefix's.
+
+    The lease table is named by the application name alone and keyed by shard id, which repeats across streams: a
+    table that served another stream (the default application name with a second stream), or this stream before it
+    was created again, holds checkpoints the KCL would start the shards after, skipping their records. The
+    checkpoints of a prefix's worker come after its commits (data first, checkpoint last), so checkpoints beside a
+    prefix without a single commit were not made for it."""
+    table = settings.application_name
     try:
-        dynamodb.describe_table(TableName=settings.application_name)
+        dynamodb.describe_table(TableName=table)
     except ClientError as error:
         if _code(error) == "ResourceNotFoundException":
-            log.info("lease table %s does not exist yet; the KCL will create it", settings.application_name)
+            log.info("lease table %s does not exist yet; the KCL will create it", table)
             return
         if _code(error) in ACCESS_DENIED_CODES:
             raise PreflightError(
-                f"not allowed to use the lease table {settings.application_name!r}: {_code(error)} "
+                f"not allowed to use the lease table {table!r}: {_code(error)} "
                 "(check the task role; CLICKSTREAM_APPLICATION_NAME names the table)"
             ) from None
         raise
+    checkpoints = _sequence_checkpoints(dynamodb, table)
+    if not checkpoints:
+        return
+    layout = settings.layout
+    listed = s3.list_objects_v2(Bucket=settings.bucket, Prefix=layout.all_commits_prefix, MaxKeys=1)
+    if listed.get("KeyCount", 0):
+        return
+    examples = ", ".join(f"{shard} at {checkpoint}" for shard, checkpoint in sorted(checkpoints.items())[:2])
+    raise PreflightError(
+        f"the KCL lease table {table!r} holds checkpoints ({examples}) and s3://{settings.bucket}/"
+        f"{layout.all_commits_prefix} no commit: the table served another stream, or this stream before it was "
+        "created again, and the KCL would start each shard after those positions, skipping its records. Give this "
+        "worker a new CLICKSTREAM_APPLICATION_NAME (a new lease table, which starts at CLICKSTREAM_INITIAL_POSITION), "
+        "or delete the table if its stream is gone"
+    )
+
+
+def _sequence_checkpoints(dynamodb: Any, table: str) -> dict[str, str]:
+    """Lease key -> checkpoint of every lease checkpointed at a record (not at TRIM_HORIZON, LATEST, AT_TIMESTAMP
+    or SHARD_END, which a table gets without any record processed)."""
+    found: dict[str, str] = {}
+    for page in dynamodb.get_paginator("scan").paginate(
+        TableName=table,
+        ProjectionExpression="leaseKey, #checkpoint",
+        ExpressionAttributeNames={"#checkpoint": "checkpoint"},
+    ):
+        for item in page.get("Items", []):
+            checkpoint = item.get("checkpoint", {}).get("S", "")
+            if checkpoint.isdigit():
+                found[item["leaseKey"]["S"]] = checkpoint
+    return found
 
 
 def preflight(settings: Settings) -> None:
@@ -154,7 +195,7 @@ def preflight(settings: Settings) -> None:
     s3 = aws_client("s3", settings, total_attempts=3)
     check_bucket(s3, settings)
     check_prefix_owner(s3, settings, stream)
-    check_lease_table(aws_client("dynamodb", settings, total_attempts=3), settings)
+    check_lease_table(aws_client("dynamodb", settings, total_attempts=3), s3, settings)
 
 
 def lease_owners(dynamodb: Any, table: str) -> dict[str, str | None]:

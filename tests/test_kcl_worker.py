@@ -431,6 +431,50 @@ def test_a_prefix_belongs_to_the_first_stream_that_writes_it() -> None:
             preflight(first)
 
 
+def test_a_lease_table_with_checkpoints_beside_a_prefix_without_commits_is_refused() -> None:
+    """The lease table is named by the application name and keyed by shard ids, which repeat across streams: the
+    default application name with a second stream (or a stream created again, given a new prefix as told) started
+    each shard after the other stream's checkpoints and skipped its records, exit 0."""
+    from schemas.layout import OutputLayout
+
+    with mock_aws():
+        boto3.client("kinesis", region_name="us-east-1").create_stream(StreamName="second", ShardCount=1)
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="lease-bucket")
+        dynamodb = boto3.client("dynamodb", region_name="us-east-1")
+        dynamodb.create_table(
+            TableName="shared-app",
+            KeySchema=[{"AttributeName": "leaseKey", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "leaseKey", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+
+        def lease(shard: str, checkpoint: str) -> None:
+            dynamodb.put_item(
+                TableName="shared-app", Item={"leaseKey": {"S": shard}, "checkpoint": {"S": checkpoint}}
+            )
+
+        settings = load_settings(
+            stream_name="second", bucket="lease-bucket", prefix="second", application_name="shared-app"
+        )
+        lease("shardId-000000000000", "TRIM_HORIZON")  # a table the KCL made, nothing processed yet
+        lease("shardId-000000000001", "SHARD_END")
+        preflight(settings)
+
+        lease("shardId-000000000000", "49590338271490256608559692538361571095921575989136588802")
+        with pytest.raises(
+            PreflightError,
+            match=r"lease table 'shared-app' holds checkpoints \(shardId-000000000000 at 4959.*\) and "
+            r"s3://lease-bucket/second/_control/commits/ no commit.*new CLICKSTREAM_APPLICATION_NAME",
+        ):
+            preflight(settings)
+
+        # the prefix's own worker checkpoints only after it commits: its restarts are not refused
+        commits = OutputLayout("second").all_commits_prefix
+        s3.put_object(Bucket="lease-bucket", Key=f"{commits}shardId-000000000000/start.json", Body=b"{}")
+        preflight(settings)
+
+
 # ---------------------------------------------------------------------------------------------------- live status
 def test_the_live_status_fits_80_columns_with_many_shards() -> None:
     now = 10_000.0
