@@ -106,18 +106,26 @@ class FrontDoor(click.Group):
         return super().parse_args(ctx, group_options_first(args))
 
     def invoke(self, ctx: click.Context) -> Any:
+        # SIGTERM (ECS stopping a scheduled task, `timeout`) stops a command as Ctrl-C does, saying what it leaves
+        # behind, where it ended it without a word; a command with a stop of its own (worker) sets its own handler
+        on_main_thread = threading.current_thread() is threading.main_thread()
+        terminated = threading.Event()
         try:
-            try:
-                return super().invoke(ctx)
-            except RuntimeError as error:
-                if query_interrupted(error):  # Ctrl-C while DuckDB ran a statement
-                    raise KeyboardInterrupt from error
-                raise
+            with _sigterm_as_interrupt() if on_main_thread else nullcontext(terminated) as terminated:
+                try:
+                    return super().invoke(ctx)
+                except RuntimeError as error:
+                    if query_interrupted(error):  # Ctrl-C while DuckDB ran a statement
+                        raise KeyboardInterrupt from error
+                    raise
         except KeyboardInterrupt:  # commands that say more (produce, replay, worker) handle Ctrl-C themselves
             command = ctx.invoked_subcommand or "the command"
             left = _INTERRUPTION_LEAVES.get(command, "nothing was written")
-            say(f"{command} interrupted (Ctrl-C) before it finished: {left}", logging.WARNING)
-            sys.exit(INTERRUPTED)
+            say(
+                f"{command} interrupted ({_stop_cause(terminated)}) before it finished: {left}",
+                logging.WARNING,
+            )
+            sys.exit(_stop_exit_code(terminated))
         except click.ClickException as error:
             if json_mode():
                 raise JsonShownError(error) from None
@@ -175,8 +183,8 @@ EXIT_CODES_HELP: Final = (
     "Exit codes: 0 done; 1 failed at run time (endpoint down, an AWS call failing, records not delivered; "
     "`health`: unhealthy); 2 bad usage or configuration (named in one line); 3 `worker` found itself unhealthy "
     "(a stuck shard) and stopped; 130 stopped by Ctrl-C, saying what it leaves behind (`worker` and `emulator` "
-    "stop cleanly on Ctrl-C: 0); 143 `produce` or `replay` stopped by SIGTERM, saying what it delivered or "
-    "leaves behind."
+    "stop cleanly on Ctrl-C: 0); 143 stopped by SIGTERM, saying the same (`worker` stops cleanly on SIGTERM: 0, or 1 "
+    "with records left unflushed)."
 )
 
 
@@ -446,14 +454,19 @@ def _is_regular_file(path: Path) -> bool:
 
 @contextmanager
 def _sigterm_as_interrupt() -> Iterator[threading.Event]:
-    """SIGTERM (docker stop, ECS, `timeout`) stops a put as Ctrl-C does, so it still says what it delivered; the
-    event tells the two apart. The previous handler comes back afterwards."""
+    """SIGTERM (docker stop, ECS, `timeout`) stops a command as Ctrl-C does, so it still says what it delivered or
+    leaves behind; the event tells the two apart. The previous handler comes back afterwards."""
     terminated = threading.Event()
 
     def stop(_signum: int, _frame: object) -> None:
         terminated.set()
         raise KeyboardInterrupt
 
+    if (
+        signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    ):  # started to ignore it (a script's trap ''): it stays so
+        yield terminated
+        return
     previous = signal.signal(signal.SIGTERM, stop)
     try:
         yield terminated

@@ -8,6 +8,8 @@ only when asked. Tables fit 80 columns, so they survive a narrow terminal and a 
 
 from __future__ import annotations
 
+import shlex
+import sys
 from pathlib import Path
 from typing import Any, Final
 
@@ -136,7 +138,9 @@ def print_summary(
         console.print("Query the copies with DuckDB, e.g. each customer's current row (the highest version):")
         # soft_wrap: printed as one line whatever the terminal width, so it can be copied and pasted.
         console.print(
-            f'.venv/bin/python -c "import duckdb; duckdb.sql(\\"FROM \'{glob}\' {CURRENT_ROW} LIMIT 5\\").show()"',
+            # the interpreter running this command has duckdb (in the image: /opt/venv/bin/python)
+            f"{shlex.quote(sys.executable)} -c "
+            f'"import duckdb; duckdb.sql(\\"FROM \'{glob}\' {CURRENT_ROW} LIMIT 5\\").show()"',
             soft_wrap=True,
             markup=False,
             highlight=False,

@@ -1111,6 +1111,45 @@ def test_ctrl_c_in_any_command_says_what_it_leaves_and_exits_130(monkeypatch: py
     )
 
 
+def test_report_to_dash_is_refused_not_a_file_named_dash(tmp_path: Path) -> None:
+    """`generate -o -` writes to stdout; `report -o -` wrote a file named "-" and printed its path."""
+    result = CliRunner().invoke(main, ["report", "--input", str(tmp_path), "-o", "-"])
+    assert result.exit_code == 2, result.output
+    (error,) = error_lines(result.output)
+    assert error.startswith("--output -: this command writes a file, not to stdout"), error
+    assert not Path("-").exists()
+
+
+def test_sigterm_in_any_command_says_what_it_leaves_and_exits_143() -> None:
+    """A scheduled `score` or `summary` stopped by ECS (SIGTERM) ended without a word (the signal's default)."""
+    import signal
+    import time
+
+    with socket.socket() as silent:  # an endpoint that takes the connection and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        base = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("CLICKSTREAM_") and k != "AWS_ENDPOINT_URL"
+        }
+        env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{silent.getsockname()[1]}", "AWS_REGION": "us-east-1"}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "clickstream.cli", "summary"],
+            env={**base, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", **env},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        silent.settimeout(60)
+        connection, _ = silent.accept()  # the command is waiting on its first AWS call
+        with connection:
+            time.sleep(0.2)
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    assert "summary interrupted (SIGTERM) before it finished" in stderr
+
+
 def test_ctrl_c_while_duckdb_runs_a_statement_is_a_ctrl_c(monkeypatch: pytest.MonkeyPatch) -> None:
     """DuckDB turns the KeyboardInterrupt of a Ctrl-C into RuntimeError("Query interrupted"), which read as an
     unexpected failure (exit 1). The signal here is SIGUSR1 with Ctrl-C's handler, to leave the test runner's alone."""
@@ -1498,7 +1537,8 @@ def test_summary_counts_what_is_committed_in_s3_not_the_download_folder(
     copies = sorted(p.relative_to(tmp_path / "copy").as_posix() for p in (tmp_path / "copy").rglob("*.*"))
     assert len(copies) == 6 and orphan not in copies, copies  # 2 flushes x (2 data files + 1 commit record)
     hint = next(line for line in downloaded.output.splitlines() if "import duckdb" in line)
-    assert hint.startswith('.venv/bin/python -c "import duckdb; duckdb.sql(\\"FROM ') and hint.endswith(
+    # the interpreter that ran the command, which has duckdb: not a path that exists in the repository only
+    assert hint.startswith(f'{sys.executable} -c "import duckdb; duckdb.sql(\\"FROM ') and hint.endswith(
         '.show()"'
     )
     # the hinted query gives each customer's current row once (every flush appends a changed customer's row)
