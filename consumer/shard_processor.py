@@ -90,6 +90,11 @@ class RawRecord:
 
 #: The columns of a batch of raw records before the shard id is added (RAW_RECORD_SCHEMA without ``shard_id``).
 RAW_BATCH_SCHEMA: Final = pa.schema([field for field in RAW_RECORD_SCHEMA if field.name != "shard_id"])
+#: Commit races one flush may lose before the processor gives up. A lost race restores the state to the chain's
+#: tip, after which the flush commits, or finds its records committed already: one or two losses. More means the
+#: chain keeps moving ahead of every restore (another writer committing the shard all along, or a restore that
+#: ends short of the tip): the processor stops, so the shard restarts from its checkpoint, instead of spinning.
+MAX_LOST_COMMITS_PER_FLUSH: Final = 8
 
 
 class RawRecordBatch(Sequence[RawRecord]):
@@ -422,6 +427,14 @@ class ShardProcessor:
                 break
             except CommitConflict as conflict:
                 self._lost(conflict, attempt_id)
+                if attempts >= MAX_LOST_COMMITS_PER_FLUSH:
+                    raise RuntimeError(
+                        f"lost the commit race {attempts} times in a row for one flush: the commit chain keeps "
+                        "moving ahead of this processor's restores (another writer committing the shard, or a "
+                        "restore that ends short of the chain's tip); stopping so that the shard restarts from "
+                        "its checkpoint"
+                    ) from conflict
+                self.sleep(min(self.max_backoff_seconds, 0.05 * 2**attempts))  # not a hot loop of S3 writes
         # Every buffered record is durable now: committed by this flush, or by an earlier one or another writer's.
         self.buffer.clear()
         if reason == "caught_up":

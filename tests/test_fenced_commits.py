@@ -166,6 +166,56 @@ def test_a_paused_owner_loses_the_commit_to_the_new_owner_and_catches_up(s3: Any
     )
 
 
+class StaysBehind(StateRecovery):
+    """A restore that ends short of the chain's tip (as a listing that missed the tip would)."""
+
+    def restore(self, state: CustomerState, checkpoint: str | None = None, checkpoint_sub: int = 0) -> Any:
+        return None
+
+
+def test_a_flush_that_keeps_losing_the_commit_race_stops_instead_of_spinning(
+    s3: Any, settings: Settings
+) -> None:
+    """Each lost race restored the state and tried again, with no pause and no limit: a restore that ended short
+    of the tip turned the processor into a hot loop of S3 writes, every one refused."""
+    from consumer.shard_processor import MAX_LOST_COMMITS_PER_FLUSH
+
+    records = to_records(payloads())
+    ahead = writer(s3, settings.model_copy(update={"worker_id": "ahead"}), policy=NEVER)
+    ahead.start(None)
+    ahead.on_records(records, 0, RecordingCheckpointer())
+    ahead.on_shutdown_requested(RecordingCheckpointer())
+    sleeps: list[float] = []
+    behind = writer(s3, settings, policy=NEVER, sleep=sleeps.append)
+    behind.recovery = StaysBehind(s3, settings)
+    behind.on_records(records[:35], 0, RecordingCheckpointer())
+
+    with pytest.raises(RuntimeError, match="lost the commit race 8 times in a row"):
+        behind.flush(RecordingCheckpointer(), reason="test")
+    assert behind.metrics.commit_conflicts == MAX_LOST_COMMITS_PER_FLUSH
+    assert len(sleeps) == MAX_LOST_COMMITS_PER_FLUSH - 1 and all(pause > 0 for pause in sleeps)
+    assert intents(s3) == [], "every losing attempt deleted its files and its intent"
+    assert [c.worker_id for c in commit_records(s3)] == ["ahead"]
+
+
+def test_a_restore_refuses_a_chain_with_a_hole(s3: Any, settings: Settings) -> None:
+    """A commit deleted from the middle of a chain: the restore stopped at the hole, and the next flush could
+    take the freed position and commit records that later commits hold already."""
+    from consumer.state_recovery import ChainError
+    from schemas.layout import OutputLayout
+
+    records = to_records(payloads())
+    owner = writer(s3, settings)  # a commit per call
+    owner.start(None)
+    for start in range(0, 60, 20):
+        owner.on_records(records[start : start + 20], 0, RecordingCheckpointer())
+    chain = commit_records(s3)
+    assert len(chain) == 3
+    s3.delete_object(Bucket=BUCKET, Key=OutputLayout(settings.prefix).commit_key(SHARD, chain[1].previous))
+    with pytest.raises(ChainError):
+        StateRecovery(s3, settings).restore(CustomerState(SHARD))
+
+
 def test_a_zombie_behind_the_chain_commits_only_records_the_chain_does_not_hold(
     s3: Any, settings: Settings
 ) -> None:

@@ -500,3 +500,18 @@ def test_a_replay_of_a_name_whose_output_came_before_claims_is_refused_and_claim
         run_replay(s3, settings, plan, tmp_path, progress=False)
     assert "holds another replay" in str(refused.value) and refused.value.exit_code == 2
     assert _claims(s3) == [] and _replays(s3) == [old]
+
+
+def test_a_replay_counts_only_the_events_inside_its_range(s3: Any, tmp_path: Path) -> None:
+    """An events file holds whatever one flush held: events of the range beside others, which the replay must
+    leave out (the end-to-end replay test covers every event, so it could not tell)."""
+    settings = Settings(bucket="replay-bucket", prefix="rfm")
+    inside = event("c-A", "purchase", "2026-03-01T10:00:00Z", revenue="5.00")
+    outside = event("c-A", "purchase", "2026-03-05T10:00:00Z", revenue="7.00")
+    live_run(s3, settings, [Stream().batch([inside, outside])])  # one flush: one events file holding both
+    plan = plan_replay(s3, settings, datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC))
+    result = run_replay(s3, settings, plan, tmp_path, progress=False)
+    rows = S3ParquetSink(s3, settings).get_parquet(result.output_key).to_pylist()
+    assert [(row["customer_id"], row["purchases"], str(row["revenue"])) for row in rows] == [
+        ("c-A", 1, "5.00")
+    ]
