@@ -434,7 +434,8 @@ class ShardProcessor:
                         "restore that ends short of the chain's tip); stopping so that the shard restarts from "
                         "its checkpoint"
                     ) from conflict
-                self.sleep(min(self.max_backoff_seconds, 0.05 * 2**attempts))  # not a hot loop of S3 writes
+                if attempts > 1:  # a second loss in a row: pause, not a hot loop of refused S3 writes
+                    self.sleep(min(self.max_backoff_seconds, 0.05 * 2**attempts))
         # Every buffered record is durable now: committed by this flush, or by an earlier one or another writer's.
         self.buffer.clear()
         if reason == "caught_up":
