@@ -47,11 +47,12 @@ import io
 import json
 import logging
 import math
+import os
 import random
 import sys
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -813,17 +814,27 @@ def _create(path: Path) -> IO[bytes]:
     return path.open("wb")
 
 
-def _stdin() -> io.BufferedReader:
-    """stdin's bytes, peekable (a test's or an embedding program's stdin may be a plain byte stream)."""
-    stream = sys.stdin.buffer
-    return stream if isinstance(stream, io.BufferedReader) else io.BufferedReader(cast(Any, stream))
+@contextmanager
+def _stdin() -> Iterator[io.BufferedReader]:
+    """stdin's bytes, peekable, through a reader of its own on a copy of its descriptor: a thread blocked reading a
+    pipe that stays open (``produce``'s background reader) then holds this reader's lock, not ``sys.stdin``'s,
+    which the interpreter takes at its shutdown (a fatal error, SIGABRT, after a stop). A stdin without a descriptor
+    (a test's or an embedding program's byte stream) is read as it is."""
+    try:
+        descriptor = sys.stdin.fileno()
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        stream = sys.stdin.buffer
+        yield stream if isinstance(stream, io.BufferedReader) else io.BufferedReader(cast(Any, stream))
+        return
+    with open(os.dup(descriptor), "rb") as own:
+        yield own
 
 
 @contextmanager
 def _reading(path: Path) -> Iterator[IO[bytes]]:
     """A file to read, decompressed when its first bytes are gzip's (whatever its name). Opened once and peeked,
     not read twice: a pipe (``-`` for stdin, ``<(zcat ...)``) gives its bytes to one read only."""
-    with nullcontext(_stdin()) if str(path) == "-" else path.open("rb") as raw:
+    with _stdin() if str(path) == "-" else path.open("rb") as raw:
         if raw.peek(len(_GZIP_MAGIC))[: len(_GZIP_MAGIC)] == _GZIP_MAGIC:
             with gzip.GzipFile(fileobj=raw) as unpacked:
                 yield cast(IO[bytes], unpacked)

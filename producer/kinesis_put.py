@@ -117,8 +117,10 @@ SEND_NOW: Final = SendNow()
 #: How long a record read from a slow input waits, at most, for more records to fill its batch (the KPL's
 #: RecordMaxBufferedTime is 0.1 s; a second keeps batches large on a trickle while still looking live).
 DEFAULT_LINGER_SECONDS: Final = 1.0
-#: Records read ahead of the sender by ``lingering`` (the reader waits beyond that: memory stays bounded).
+#: Records, and bytes, read ahead of the sender by ``lingering`` (the reader waits beyond either: a sender held up by
+#: throttling or --rate keeps two requests' worth in memory, as records of up to 1 MiB, or far more, may come).
 _READ_AHEAD: Final = 2 * MAX_RECORDS_PER_REQUEST
+_READ_AHEAD_BYTES: Final = 2 * MAX_BYTES_PER_REQUEST
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,10 +141,17 @@ def lingering(records: Iterable[bytes], seconds: float = DEFAULT_LINGER_SECONDS)
     records read before it, as it would be raised by ``records`` itself.
     """
     handoff: queue.Queue[object] = queue.Queue(maxsize=_READ_AHEAD)
+    room = threading.Condition()
+    queued_bytes = 0  # of the records read and not yet taken by the sender
 
     def read() -> None:
+        nonlocal queued_bytes
         try:
             for data in records:
+                with room:  # one record larger than the budget still goes, alone
+                    while queued_bytes and queued_bytes + len(data) > _READ_AHEAD_BYTES:
+                        room.wait()
+                    queued_bytes += len(data)
                 handoff.put(data)
         except BaseException as error:  # noqa: BLE001 - handed to the sender's thread, raised there
             handoff.put(_ReadFailed(error))
@@ -163,9 +172,13 @@ def lingering(records: Iterable[bytes], seconds: float = DEFAULT_LINGER_SECONDS)
             return
         if isinstance(item, _ReadFailed):
             raise item.error
+        data = cast(bytes, item)
+        with room:
+            queued_bytes -= len(data)
+            room.notify()
         if deadline is None:
             deadline = time.monotonic() + seconds
-        yield cast(bytes, item)
+        yield data
 
 
 def require_stream(client: KinesisClient, stream_name: str) -> None:

@@ -481,3 +481,28 @@ def test_an_input_read_in_the_background_that_breaks_off_is_said_after_what_it_g
     with pytest.raises(PutInputError, match="after line 7") as stopped:
         make_producer(fake, FakeTime()).put(lingering(broken(), seconds=30))
     assert stopped.value.summary.records_sent == 7 == sum(fake.delivered.values())
+
+
+def test_the_background_reader_reads_ahead_two_requests_worth_of_bytes_at_most() -> None:
+    """Read ahead was bounded by a count of records only: a held-up sender fed a fast pipe of large records kept
+    a thousand of them in memory (1 MiB records: a gigabyte)."""
+    import time
+
+    record = b"x" * (4 * 1024 * 1024)
+    pulled = 0
+
+    def large() -> Iterator[bytes]:
+        nonlocal pulled
+        for _ in range(20):
+            pulled += 1
+            yield record
+
+    records = lingering(large(), seconds=30)
+    assert next(records) is record  # the sender takes one, then is held up
+    settled, deadline = -1, time.monotonic() + 20
+    while settled != pulled and time.monotonic() < deadline:  # until the reader stops reading on
+        settled = pulled
+        time.sleep(0.3)
+    # the one taken, two requests' worth (5 MiB each) queued, and the one the reader holds while it waits
+    assert pulled <= 1 + 2 * MAX_BYTES_PER_REQUEST // len(record) + 1, pulled
+    assert sum(1 for _ in records) == 19, "then every other record, in turn"

@@ -2218,6 +2218,7 @@ def test_generate_shows_its_progress_toward_the_planned_records(tmp_path: Path) 
 def test_produce_sends_a_trickling_pipe_as_it_comes(emulator_endpoint: str) -> None:
     """``tail -F ... | clickstream produce --input -``: the records of a pipe that trickles reach the stream once
     they have waited --linger, while the pipe stays open (they waited for 500 records or the end of the input)."""
+    import signal
     import time
 
     from producer.generator import generate_events
@@ -2253,6 +2254,32 @@ def test_produce_sends_a_trickling_pipe_as_it_comes(emulator_endpoint: str) -> N
         process.stdin.close()
     assert process.wait(timeout=60) == 0, process.stderr.read() if process.stderr else ""
     assert sorted(_stream_records(kinesis, "trickle")) == sorted(records)
+
+    # stopped while the pipe is open and its reader waits on it: the stop is said, exit 143 (the reader thread
+    # held stdin's lock at the interpreter's shutdown: a fatal error, SIGABRT)
+    stopped = subprocess.Popen(
+        [sys.executable, "-m", "clickstream.cli", *command],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**base, **env, "AWS_REGION": "us-east-1"},
+    )
+    assert stopped.stdin is not None
+    try:
+        stopped.stdin.write(records[0].decode() + "\n")
+        stopped.stdin.flush()
+        deadline = time.monotonic() + 60
+        while len(_stream_records(kinesis, "trickle")) <= len(records) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(_stream_records(kinesis, "trickle")) == len(records) + 1, "the record was sent"
+        stopped.send_signal(signal.SIGTERM)
+        assert stopped.wait(timeout=60) == 143, stopped.stderr.read() if stopped.stderr else ""
+    finally:
+        stopped.stdin.close()
+    assert stopped.stderr is not None
+    said = stopped.stderr.read()
+    assert "1 records delivered" in said or "1 record delivered" in said, said
+    assert "Fatal Python error" not in said
 
 
 def _client_options(env: dict[str, str]) -> dict[str, str]:
