@@ -145,7 +145,7 @@ def check_lease_table(dynamodb: Any, s3: Any, settings: Settings) -> None:
     prefix without a single commit were not made for it."""
     table = settings.application_name
     try:
-        dynamodb.describe_table(TableName=table)
+        status = dynamodb.describe_table(TableName=table)["Table"]["TableStatus"]
     except ClientError as error:
         if _code(error) == "ResourceNotFoundException":
             log.info("lease table %s does not exist yet; the KCL will create it", table)
@@ -156,6 +156,9 @@ def check_lease_table(dynamodb: Any, s3: Any, settings: Settings) -> None:
                 "(check the task role; CLICKSTREAM_APPLICATION_NAME names the table)"
             ) from None
         raise
+    if status != "ACTIVE":  # another worker's KCL creating it (a fleet starting together): nothing in it yet
+        log.info("lease table %s is %s; the KCL waits for it", table, status)
+        return
     checkpoints = _sequence_checkpoints(dynamodb, table)
     if not checkpoints:
         return
@@ -164,12 +167,20 @@ def check_lease_table(dynamodb: Any, s3: Any, settings: Settings) -> None:
     if listed.get("KeyCount", 0):
         return
     examples = ", ".join(f"{shard} at {checkpoint}" for shard, checkpoint in sorted(checkpoints.items())[:2])
+    where = f"the KCL lease table {table!r} holds checkpoints ({examples}) and s3://{settings.bucket}/" + (
+        f"{layout.all_commits_prefix} no commit"
+    )
+    if settings.adopt_lease_checkpoints:
+        log.warning(
+            "%s: the shards start after those checkpoints (CLICKSTREAM_ADOPT_LEASE_CHECKPOINTS)", where
+        )
+        return
     raise PreflightError(
-        f"the KCL lease table {table!r} holds checkpoints ({examples}) and s3://{settings.bucket}/"
-        f"{layout.all_commits_prefix} no commit: the table served another stream, or this stream before it was "
-        "created again, and the KCL would start each shard after those positions, skipping its records. Give this "
-        "worker a new CLICKSTREAM_APPLICATION_NAME (a new lease table, which starts at CLICKSTREAM_INITIAL_POSITION), "
-        "or delete the table if its stream is gone"
+        f"{where}: the table served another stream, or this stream before it was created again, and the KCL "
+        "would start each shard after those positions, skipping its records. Give this worker a new "
+        "CLICKSTREAM_APPLICATION_NAME (a new lease table, which starts at CLICKSTREAM_INITIAL_POSITION), or delete "
+        "the table if its stream is gone; for a prefix changed on purpose on this very stream, set "
+        "CLICKSTREAM_ADOPT_LEASE_CHECKPOINTS=true to start from them"
     )
 
 
@@ -177,15 +188,21 @@ def _sequence_checkpoints(dynamodb: Any, table: str) -> dict[str, str]:
     """Lease key -> checkpoint of every lease checkpointed at a record (not at TRIM_HORIZON, LATEST, AT_TIMESTAMP
     or SHARD_END, which a table gets without any record processed)."""
     found: dict[str, str] = {}
-    for page in dynamodb.get_paginator("scan").paginate(
+    pages = dynamodb.get_paginator("scan").paginate(
         TableName=table,
         ProjectionExpression="leaseKey, #checkpoint",
         ExpressionAttributeNames={"#checkpoint": "checkpoint"},
-    ):
-        for item in page.get("Items", []):
-            checkpoint = item.get("checkpoint", {}).get("S", "")
-            if checkpoint.isdigit():
-                found[item["leaseKey"]["S"]] = checkpoint
+    )
+    try:
+        for page in pages:
+            for item in page.get("Items", []):
+                checkpoint = item.get("checkpoint", {}).get("S", "")
+                if checkpoint.isdigit():
+                    found[item["leaseKey"]["S"]] = checkpoint
+    except ClientError as error:
+        if _code(error) == "ResourceNotFoundException":  # deleted, or not ACTIVE again, since described
+            return {}
+        raise
     return found
 
 

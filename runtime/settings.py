@@ -165,6 +165,12 @@ class Settings(BaseSettings):
     initial_position: Literal["TRIM_HORIZON", "LATEST"] = Field(
         "TRIM_HORIZON", description="Where a shard without a checkpoint starts."
     )
+    adopt_lease_checkpoints: bool = Field(
+        False,
+        description="Start a prefix without any commit from the checkpoints its lease table holds already (a "
+        "prefix changed on purpose, keeping the application name: the records before them are not in the new "
+        "prefix). Without it such a worker is refused: the table may be another stream's.",
+    )
     state_dir: Path = Field(Path("state"), description="Local directory for each shard's DuckDB state file.")
     java: str | None = Field(
         None, description="Path to the java binary (default: $JAVA_HOME/bin/java, then PATH)."

@@ -469,10 +469,35 @@ def test_a_lease_table_with_checkpoints_beside_a_prefix_without_commits_is_refus
         ):
             preflight(settings)
 
+        # a prefix changed on purpose on this very stream: said, and started from the table's checkpoints
+        preflight(settings.model_copy(update={"adopt_lease_checkpoints": True}))
+
         # the prefix's own worker checkpoints only after it commits: its restarts are not refused
         commits = OutputLayout("second").all_commits_prefix
         s3.put_object(Bucket="lease-bucket", Key=f"{commits}shardId-000000000000/start.json", Body=b"{}")
         preflight(settings)
+
+
+def test_a_lease_table_still_being_created_is_not_read() -> None:
+    """A fleet starting together: one worker's KCL creates the table while another's preflight looks. DynamoDB
+    describes a CREATING table, then refuses a scan of it (ResourceNotFoundException): that was exit 2 with "check
+    the name; `clickstream setup` creates the stream"."""
+    from botocore.stub import Stubber
+
+    from consumer.preflight import check_lease_table
+
+    settings = load_settings(stream_name="fleet", bucket="fleet-bucket", application_name="fleet-app")
+    dynamodb = boto3.client(
+        "dynamodb", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
+    )
+    with Stubber(dynamodb) as stub:
+        stub.add_response("describe_table", {"Table": {"TableName": "fleet-app", "TableStatus": "CREATING"}})
+        check_lease_table(dynamodb, None, settings)  # not scanned, and S3 not asked
+        stub.assert_no_pending_responses()
+    with Stubber(dynamodb) as stub:  # described ACTIVE, gone (or not ACTIVE) by the scan
+        stub.add_response("describe_table", {"Table": {"TableName": "fleet-app", "TableStatus": "ACTIVE"}})
+        stub.add_client_error("scan", "ResourceNotFoundException", "Requested resource not found")
+        check_lease_table(dynamodb, None, settings)
 
 
 # ---------------------------------------------------------------------------------------------------- live status
