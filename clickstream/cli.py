@@ -462,9 +462,8 @@ def _sigterm_as_interrupt() -> Iterator[threading.Event]:
         terminated.set()
         raise KeyboardInterrupt
 
-    if (
-        signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
-    ):  # started to ignore it (a script's trap ''): it stays so
+    # started ignoring it (a script's trap '' TERM): it stays ignored
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
         yield terminated
         return
     previous = signal.signal(signal.SIGTERM, stop)

@@ -1150,6 +1150,39 @@ def test_sigterm_in_any_command_says_what_it_leaves_and_exits_143() -> None:
     assert "summary interrupted (SIGTERM) before it finished" in stderr
 
 
+def test_a_command_started_with_sigterm_ignored_keeps_ignoring_it() -> None:
+    """A script that ignores SIGTERM (trap '' TERM) for what it starts: the front door's stop must not undo that."""
+    import signal
+    import time
+
+    with socket.socket() as silent:  # an endpoint that takes the connection and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        base = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("CLICKSTREAM_") and k != "AWS_ENDPOINT_URL"
+        }
+        env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{silent.getsockname()[1]}", "AWS_REGION": "us-east-1"}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "clickstream.cli", "summary"],
+            env={**base, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", **env},
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN),  # noqa: PLW1509 - before exec only
+        )
+        silent.settimeout(60)
+        connection, _ = silent.accept()  # the command is waiting on its first AWS call
+        with connection:
+            process.send_signal(signal.SIGTERM)
+            time.sleep(1)
+            still_running = process.poll() is None
+            process.send_signal(signal.SIGINT)
+            _, stderr = process.communicate(timeout=60)
+    assert still_running, stderr
+    assert process.returncode == 130 and "summary interrupted (Ctrl-C)" in stderr, stderr
+
+
 def test_ctrl_c_while_duckdb_runs_a_statement_is_a_ctrl_c(monkeypatch: pytest.MonkeyPatch) -> None:
     """DuckDB turns the KeyboardInterrupt of a Ctrl-C into RuntimeError("Query interrupted"), which read as an
     unexpected failure (exit 1). The signal here is SIGUSR1 with Ctrl-C's handler, to leave the test runner's alone."""
