@@ -30,7 +30,7 @@ from click.core import ParameterSource
 
 from clickstream.clv_commands import report, score
 from clickstream.console import JsonShownError, json_mode, progress_of, say
-from clickstream.errors import INTERRUPTED, TERMINATED, USAGE, FrontDoorError, explain, query_interrupted
+from clickstream.errors import FrontDoorError, explain, query_interrupted
 from clickstream.options import (
     FiniteFloatRange,
     LocalPath,
@@ -42,6 +42,7 @@ from clickstream.options import (
     writable_file,
     writable_folder,
 )
+from runtime.exit_codes import INTERRUPTED, OK, RUNTIME, TERMINATED, USAGE
 
 log = logging.getLogger("clickstream")
 
@@ -136,7 +137,7 @@ class FrontDoor(click.Group):
             os.dup2(
                 os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno()
             )  # Python's own flush at exit would fail
-            sys.exit(1)
+            sys.exit(RUNTIME)
         except Exception as error:  # noqa: BLE001 - the one place every failure becomes one line
             failure = explain(error)
             options = ctx.obj if isinstance(ctx.obj, dict) else {}
@@ -925,13 +926,13 @@ def health(**overrides: Any) -> None:
     except ConfigError as error:  # a health check's own mistake still answers as a health check: 1, not 2
         problem = f"this health check's settings are invalid: {error}"
         click.echo(HealthReport(healthy=False, shards_processing=0, problems=[problem]).to_json())
-        sys.exit(1)
+        sys.exit(RUNTIME)
     try:
         worker = worker_settings(state_dir)
     except ConfigError as error:  # a damaged file: unhealthy (1), not a usage error (Docker reserves 2)
         problem = f"the worker's settings file is damaged: {error}"
         click.echo(HealthReport(healthy=False, shards_processing=0, problems=[problem]).to_json())
-        sys.exit(1)
+        sys.exit(RUNTIME)
     # this command's flags on top of the worker's own settings, checked against those (e.g. its flush limit); with
     # no worker's file there, on top of the environment's
     try:
@@ -940,10 +941,10 @@ def health(**overrides: Any) -> None:
         where = f" (the worker's own settings: {state_dir / SETTINGS_FILE})" if worker is not None else ""
         problem = f"this health check's settings are invalid: {error}{where}"
         click.echo(HealthReport(healthy=False, shards_processing=0, problems=[problem]).to_json())
-        sys.exit(1)
+        sys.exit(RUNTIME)
     report = assess(state_dir, limits.stuck_shard_seconds, no_lease_after=limits.no_lease_unhealthy_seconds)
     click.echo(report.to_json())
-    sys.exit(0 if report.healthy else 1)
+    sys.exit(OK if report.healthy else RUNTIME)
 
 
 # ---------------------------------------------------------------------------------------------------------- summary

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from clickstream.console import say
-from clickstream.errors import USAGE, FrontDoorError
+from clickstream.errors import FrontDoorError
 from clickstream.options import (
     LocalPath,
     build_settings,
@@ -20,6 +20,7 @@ from clickstream.options import (
     writable_file,
     writable_folder,
 )
+from runtime.exit_codes import USAGE
 
 
 def _parse_as_of(_: click.Context, __: click.Parameter, value: str | None) -> datetime | None:

@@ -17,17 +17,9 @@ from urllib.parse import urlsplit
 from botocore import exceptions as aws
 
 from runtime.aws import ACCESS_DENIED_CODES
+from runtime.exit_codes import RUNTIME, USAGE
 from runtime.settings import ConfigError
 from schemas.control import ControlRecordError
-
-#: Exit code of bad usage or configuration (as click uses for usage errors).
-USAGE = 2
-#: Exit code of a failure at run time.
-RUNTIME = 1
-#: Exit code of a command stopped by Ctrl-C after saying what it had done (128 + SIGINT, as shells report it).
-INTERRUPTED = 130
-#: Exit code of `produce` stopped by SIGTERM (docker stop, ECS, timeout) after saying what it had delivered.
-TERMINATED = 143
 
 _NOT_FOUND = {
     "NoSuchBucket": "{bucket} does not exist (CLICKSTREAM_BUCKET / --bucket; `clickstream setup` creates it)",

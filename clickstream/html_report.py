@@ -26,7 +26,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from clickstream.errors import USAGE, FrontDoorError
+from clickstream.errors import FrontDoorError
 from clickstream.outputs import (
     commit_records,
     local_commit_records,
@@ -34,6 +34,7 @@ from clickstream.outputs import (
     read_tables,
     require_worker_prefix,
 )
+from runtime.exit_codes import USAGE
 from runtime.settings import Settings
 from schemas.control import CommitRecord, ScoreCommit
 from schemas.layout import OutputLayout

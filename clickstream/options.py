@@ -14,7 +14,8 @@ from typing import Any, Final, TypeVar
 import click
 from click.core import ParameterSource
 
-from clickstream.errors import USAGE, FrontDoorError
+from clickstream.errors import FrontDoorError
+from runtime.exit_codes import USAGE
 from runtime.settings import URL, ConfigError, Settings, env_var_name, load_settings, with_overrides
 
 _F = TypeVar("_F", bound=Callable[..., Any])

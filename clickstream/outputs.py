@@ -20,9 +20,10 @@ import pyarrow.parquet as pq
 
 from clickstream.commit_ledger import read_all_commits
 from clickstream.console import progress_of
-from clickstream.errors import RUNTIME, USAGE, FrontDoorError
+from clickstream.errors import FrontDoorError
 from clickstream.options import show_progress
 from consumer.s3_sink import commit_record_at, named_if_missing, prefix_in_use
+from runtime.exit_codes import RUNTIME, USAGE
 from runtime.settings import Settings
 from schemas.control import CommitRecord
 from schemas.layout import DATA_OUTPUTS, OutputLayout

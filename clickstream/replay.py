@@ -30,12 +30,13 @@ from botocore.exceptions import ClientError
 from tqdm import tqdm
 
 from aggregators.customer_state import CustomerState
-from clickstream.errors import USAGE, FrontDoorError, explain, query_interrupted
+from clickstream.errors import FrontDoorError, explain, query_interrupted
 from clickstream.options import parse_flag_time
 from clickstream.outputs import commit_records
 from consumer.retry import is_transient
 from consumer.s3_sink import S3ParquetSink, lost_to_another_writer
 from consumer.state_recovery import state_options
+from runtime.exit_codes import USAGE
 from runtime.settings import Settings
 from schemas import EVENTS_SCHEMA
 from schemas.control import ControlRecordError, ReplayClaim

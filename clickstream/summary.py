@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from clickstream.errors import USAGE, FrontDoorError
+from clickstream.errors import FrontDoorError
 from clickstream.outputs import (
     CURRENT_ROW,
     OUTPUTS,
@@ -31,6 +31,7 @@ from clickstream.outputs import (
     stale_copies,
 )
 from runtime.aws import aws_client
+from runtime.exit_codes import USAGE
 from runtime.settings import Settings
 from schemas.control import CommitRecord
 

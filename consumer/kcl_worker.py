@@ -44,6 +44,7 @@ from consumer.preflight import PreflightError, lease_owners, preflight
 from consumer.status import ShardStatus, read_statuses, status_directory
 from consumer.worker_output import LogSink, SinkHandler, WorkerTotals, final_words, status_view, uptime
 from runtime.aws import aws_client
+from runtime.exit_codes import INTERRUPTED, OK, RUNTIME, STUCK, USAGE
 from runtime.logs import LOG_SOCKET_ENV, METRICS_LOGGER, JsonFormatter, LogRelay, one_line
 from runtime.settings import (
     KCL_INITIAL_HEAP_MIB,
@@ -69,10 +70,10 @@ LEASE_SCAN_SECONDS = 15.0
 class WorkerError(RuntimeError):
     """The worker cannot start (no Java, no KCL jars, missing stream, ...): the message says what to do.
 
-    ``exit_code`` 2 is a configuration problem, 1 a runtime failure.
+    ``exit_code``: ``USAGE`` for a configuration problem, ``RUNTIME`` for a failure at run time.
     """
 
-    def __init__(self, message: str, exit_code: int = 1) -> None:
+    def __init__(self, message: str, exit_code: int = RUNTIME) -> None:
         super().__init__(message)
         self.exit_code = exit_code
 
@@ -94,7 +95,7 @@ def lock_state_dir(state_dir: Path) -> Any:
     except OSError as error:
         reason = "it is a file, not a folder" if state_dir.is_file() else (error.strerror or str(error))
         raise WorkerError(
-            f"CLICKSTREAM_STATE_DIR / --state-dir {state_dir}: cannot use it ({reason})", exit_code=2
+            f"CLICKSTREAM_STATE_DIR / --state-dir {state_dir}: cannot use it ({reason})", exit_code=USAGE
         ) from None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -105,14 +106,14 @@ def lock_state_dir(state_dir: Path) -> Any:
         raise WorkerError(
             f"state dir {state_dir} is in use by another worker (pid {holder}): give each worker its own "
             "CLICKSTREAM_STATE_DIR / --state-dir (and its own CLICKSTREAM_WORKER_ID)",
-            exit_code=2,
+            exit_code=USAGE,
         ) from None
     except OSError as error:  # a filesystem without locks (some network mounts): the state needs a local disk
         lock.close()
         raise WorkerError(
             f"CLICKSTREAM_STATE_DIR / --state-dir {state_dir}: cannot lock it ({error.strerror or error}); "
             "give the worker a local directory",
-            exit_code=2,
+            exit_code=USAGE,
         ) from None
     lock.truncate(0)
     lock.write(f"{os.getpid()}\n")
@@ -143,7 +144,7 @@ def claim_worker_id(settings: Settings) -> socket.socket:
         raise WorkerError(
             f"another worker on this host already runs as worker id {settings.worker_id!r} for "
             f"{settings.application_name!r}: give each its own CLICKSTREAM_WORKER_ID (the default is the host name)",
-            exit_code=2,
+            exit_code=USAGE,
         ) from None
     return claim
 
@@ -175,7 +176,7 @@ def find_java(settings: Settings) -> str:
             raise WorkerError(
                 f"CLICKSTREAM_JAVA={settings.java} is not an executable java binary (unset it to use JAVA_HOME "
                 "or the PATH)",
-                exit_code=2,
+                exit_code=USAGE,
             )
         return settings.java
     if os.environ.get("JAVA_HOME"):
@@ -184,7 +185,7 @@ def find_java(settings: Settings) -> str:
             raise WorkerError(
                 f"JAVA_HOME={os.environ['JAVA_HOME']} has no executable bin/java (fix or unset JAVA_HOME, or "
                 "set CLICKSTREAM_JAVA)",
-                exit_code=2,
+                exit_code=USAGE,
             )
         return str(home_java)
     on_path = shutil.which("java")
@@ -193,7 +194,7 @@ def find_java(settings: Settings) -> str:
     raise WorkerError(
         "no Java runtime found: the KCL MultiLangDaemon needs Java 17+. Install openjdk-17-jre-headless or set "
         "CLICKSTREAM_JAVA / JAVA_HOME (`make setup` installs it when run as root)",
-        exit_code=2,
+        exit_code=USAGE,
     )
 
 
@@ -311,7 +312,7 @@ def require_heap_fits(heap: str, limit: int | None) -> None:
             f"use (its container's limit, or the machine's) with the JVM's own {JVM_NON_HEAP_MIB} MiB besides its "
             "heap: the JVM would be killed as its heap grows. Give it a part of that memory: the shard processors "
             "need the rest (README: how to size an ECS task)",
-            exit_code=2,
+            exit_code=USAGE,
         )
 
 
@@ -325,7 +326,9 @@ def require_java(java: str, heap: str | None = None) -> int:
             [java, *flags, "-version"], capture_output=True, text=True, timeout=30, check=False
         )
     except (OSError, subprocess.TimeoutExpired) as error:
-        raise WorkerError(f"{java} -version failed ({error}): is it a java runtime?", exit_code=2) from None
+        raise WorkerError(
+            f"{java} -version failed ({error}): is it a java runtime?", exit_code=USAGE
+        ) from None
     output = answer.stderr + answer.stdout
     found = re.search(r'version "(?:1\.)?(\d+)', output)
     if answer.returncode != 0 and heap is not None and "heap" in output:
@@ -333,7 +336,7 @@ def require_java(java: str, heap: str | None = None) -> int:
         raise WorkerError(
             f"the JVM cannot start with CLICKSTREAM_KCL_JAVA_HEAP={heap} ({said[:300]}): give a heap this machine "
             "can reserve, e.g. 1g",
-            exit_code=2,
+            exit_code=USAGE,
         )
     if answer.returncode != 0 or found is None:
         # what it said comes first: a java that cannot start (memory limits, a broken install) is not another program
@@ -342,14 +345,14 @@ def require_java(java: str, heap: str | None = None) -> int:
             f"`{java} -version` exited {answer.returncode} without a version"
             + (f", saying: {said[:300]}" if said else "")
             + ". Is it a java runtime? Set CLICKSTREAM_JAVA or JAVA_HOME to a Java 17+",
-            exit_code=2,
+            exit_code=USAGE,
         )
     major = int(found.group(1))
     if major < MIN_JAVA_MAJOR:
         raise WorkerError(
             f"{java} is Java {major}; the KCL MultiLangDaemon needs Java {MIN_JAVA_MAJOR}+ (install "
             "openjdk-17-jre-headless or set CLICKSTREAM_JAVA / JAVA_HOME)",
-            exit_code=2,
+            exit_code=USAGE,
         )
     if heap is not None:
         require_heap_fits(heap, jvm_memory_limit(output) or machine_memory_bytes())
@@ -531,7 +534,7 @@ class KclWorker:
         else:
             self._kill()
             log.warning("second signal: forcing exit without waiting for shards")
-            raise SystemExit(130)
+            raise SystemExit(INTERRUPTED)
 
     def request_stop(self) -> None:
         """Ask the JVM to stop (its processors flush and checkpoint); asked before the JVM runs, it is asked as soon
@@ -561,7 +564,7 @@ class KclWorker:
         try:
             preflight(self.settings)
         except PreflightError as error:
-            raise WorkerError(f"preflight: {error}", exit_code=2) from None
+            raise WorkerError(f"preflight: {error}", exit_code=USAGE) from None
         console = Console(stderr=True) if self.live_status else None
         sink = LogSink(
             json_logs=self.json_logs,
@@ -693,7 +696,7 @@ class KclWorker:
                 )
                 self._kill()
                 self._process.wait()
-                return 1
+                return RUNTIME
             if now - last_health_check >= 5.0 and self._stop_requested_at is None:
                 last_health_check = now
                 statuses = read_statuses(self.status_dir)
@@ -709,7 +712,7 @@ class KclWorker:
                     )
                     self._kill()
                     self._process.wait()
-                    return 3
+                    return STUCK
             if now - last_metrics >= 60.0:
                 last_metrics = now
                 self._emit_gauges()
@@ -824,9 +827,9 @@ class KclWorker:
             unflushed = sum(s.buffered_records for s in statuses.values() if s.phase == "processing")
             if unflushed:
                 log.error("KCL stopped with %d records unflushed (they will be redelivered)", unflushed)
-                return 1
+                return RUNTIME
             log.info("stopped cleanly: every shard flushed and checkpointed")
-            return 0
+            return OK
         if java_code < 0:  # ended by a signal: exit 1 as any run-time failure (not 128 + signal, e.g. 247)
             name = (
                 signal.Signals(-java_code).name if -java_code in signal.valid_signals() else str(-java_code)
@@ -837,7 +840,7 @@ class KclWorker:
                 else ""
             )
             log.error("KCL MultiLangDaemon was killed by %s%s", name, hint)
-            return 1
+            return RUNTIME
         failed = sorted(
             (s for s in read_statuses(self.status_dir).values() if s.terminal_error),
             key=lambda s: s.updated_at,
@@ -845,4 +848,4 @@ class KclWorker:
         )
         cause = f"; shard {failed[0].shard_id} stopped on {failed[0].terminal_error}" if failed else ""
         log.error("KCL MultiLangDaemon exited unexpectedly with code %s%s", java_code, cause)
-        return 1  # the JVM's own code is in the line: passed on, a 2 or 3 would read as bad settings or unhealthy
+        return RUNTIME  # the JVM's own code is in the line: passed on, a 2 or 3 would read as bad settings or stuck
