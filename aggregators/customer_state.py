@@ -95,8 +95,9 @@ _NONE_LOW: Final = np.iinfo(np.int64).max  # "no value yet" for columns that kee
 _NONE_HIGH: Final = np.iinfo(np.int64).min  # ... and for columns that keep a maximum
 _DAY_BIAS: Final = 1 << 20  # days since 1970 shifted positive in the (customer, day) key
 
-#: The running columns per customer (times in microseconds UTC, days since 1970, money in cents).
-_NUMERIC: Final = (
+#: The running columns per customer (times in microseconds UTC, days since 1970, money in cents): beside
+#: ``customer_id``, the columns of the ``customers`` table of a snapshot (``export_tables``).
+RUNNING_COLUMNS: Final = (
     "first_event_at",
     "last_event_at",
     "events",
@@ -136,7 +137,7 @@ _JOURNAL_TABLES: Final = (
 #: on them and store them uncompressed anyway (measured: 10% of the sync's COMMIT, the file's size unchanged).
 _DDL: Final = f"""
 CREATE TABLE IF NOT EXISTS customers (idx BIGINT NOT NULL, customer_id VARCHAR NOT NULL);
-CREATE TABLE IF NOT EXISTS customer_rows (idx BIGINT NOT NULL, {", ".join(f"{c} BIGINT" for c in _NUMERIC)});
+CREATE TABLE IF NOT EXISTS customer_rows (idx BIGINT NOT NULL, {", ".join(f"{c} BIGINT" for c in RUNNING_COLUMNS)});
 CREATE TABLE IF NOT EXISTS customer_sessions (idx BIGINT NOT NULL, session_id VARCHAR NOT NULL);
 CREATE TABLE IF NOT EXISTS customer_days (idx BIGINT NOT NULL, day INTEGER NOT NULL, purchase BOOLEAN NOT NULL);
 CREATE TABLE IF NOT EXISTS applied_events (
@@ -294,7 +295,7 @@ class CustomerState:
 
     def _reset(self) -> None:
         self._customers = StringIndex(self._hash)
-        self._cols: dict[str, np.ndarray] = {name: np.empty(0, _dtype(name)) for name in _NUMERIC}
+        self._cols: dict[str, np.ndarray] = {name: np.empty(0, _dtype(name)) for name in RUNNING_COLUMNS}
         self._event_ids = KeyRuns(("idx", "high", "low"), has_day=True)
         self._sessions = KeyRuns(("idx", "session"))
         self._days = KeyRuns(())
@@ -658,7 +659,7 @@ class CustomerState:
         """The running values of ``changed`` customers (start values for customers not seen before)."""
         known = changed < len(self._customers)
         current = {}
-        for name in _NUMERIC:
+        for name in RUNNING_COLUMNS:
             values = np.full(len(changed), _START.get(name, 0), dtype=np.int64)
             values[known] = self._cols[name][changed[known]]
             current[name] = values
@@ -823,7 +824,10 @@ class CustomerState:
         journal = {name: pa.concat_tables(pieces) for name, pieces in tables.items()}
         if len(changed):
             journal["customer_rows"] = pa.table(
-                {"idx": changed, **{name: self._cols[name][changed].astype(np.int64) for name in _NUMERIC}}
+                {
+                    "idx": changed,
+                    **{name: self._cols[name][changed].astype(np.int64) for name in RUNNING_COLUMNS},
+                }
             )
         return journal
 
@@ -883,7 +887,7 @@ class CustomerState:
         rows = tables["customer_rows"]
         if rows.num_rows:
             where = rows.column("idx").to_numpy()
-            for name in _NUMERIC:
+            for name in RUNNING_COLUMNS:
                 self._cols[name][where] = rows.column(name).to_numpy()
         sessions = tables["customer_sessions"]
         if sessions.num_rows:
@@ -930,7 +934,7 @@ class CustomerState:
             "customer_rows": pa.table(
                 {
                     "idx": np.arange(count),
-                    **{name: self._cols[name][:count].astype(np.int64) for name in _NUMERIC},
+                    **{name: self._cols[name][:count].astype(np.int64) for name in RUNNING_COLUMNS},
                 }
             ),
             "customer_sessions": pa.table(
@@ -1053,7 +1057,7 @@ class CustomerState:
         last = self._position or Position("0")
         if count == 0:
             return CUSTOMER_AGGREGATES_SCHEMA.empty_table()
-        rows = {name: self._cols[name][:count].astype(np.int64) for name in _NUMERIC}
+        rows = {name: self._cols[name][:count].astype(np.int64) for name in RUNNING_COLUMNS}
         as_of = self._as_of if self._as_of is not None else int(rows["last_event_at"].max())
         return _output_rows(self._customers.names(), rows, as_of, self.shard_id, last.sequence_number)
 

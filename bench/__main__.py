@@ -305,7 +305,7 @@ def bench_flush_scaling(state_customers: int, changed: int, rounds: int = 5) -> 
 
 def _state_tables(customers: int, event_ids: int, rng: np.random.Generator) -> dict[str, pa.Table]:
     """Snapshot tables (``CustomerState.export_tables``) of a synthetic state: random owners and values."""
-    from aggregators.customer_state import _NUMERIC
+    from aggregators.customer_state import RUNNING_COLUMNS
 
     names = pa.array([f"c-{index:07d}" for index in range(customers)], pa.string())
 
@@ -317,7 +317,7 @@ def _state_tables(customers: int, event_ids: int, rng: np.random.Generator) -> d
         "customers": pa.table(
             {
                 "customer_id": names,
-                **{name: pa.array(rng.integers(1, 1_000, customers), pa.int64()) for name in _NUMERIC},
+                **{name: pa.array(rng.integers(1, 1_000, customers), pa.int64()) for name in RUNNING_COLUMNS},
             }
         ),
         "customer_sessions": pa.table(

@@ -43,6 +43,7 @@ from clickstream.options import (
     writable_folder,
 )
 from runtime.exit_codes import INTERRUPTED, OK, RUNTIME, TERMINATED, USAGE
+from schemas.layout import DATA_OUTPUTS
 
 log = logging.getLogger("clickstream")
 
@@ -809,7 +810,7 @@ def _arrival_day(_: click.Context, __: click.Parameter, value: str | None) -> in
     "--output",
     "output",
     required=True,
-    type=click.Choice(["events", "customer_aggregates", "errors"]),
+    type=click.Choice(DATA_OUTPUTS),
     help="Which output's committed files to list.",
 )
 @click.option(

@@ -31,7 +31,7 @@ from consumer.retry import is_transient
 from runtime.settings import Settings
 from schemas.control import CommitRecord, ControlRecordError, FlushIntent, Freshness
 from schemas.layout import DATA_OUTPUTS, FlushName, Output, OutputLayout
-from schemas.positions import Position
+from schemas.positions import Position, chain_order
 
 log = logging.getLogger(__name__)
 
@@ -512,11 +512,11 @@ def read_partition_commits(
     newest_of_the_day: set[str] = set()
     for shard_id, positions in firsts.items():
         links = sorted(
-            (_chain_order(_commit_previous(layout, key)), key)
+            (chain_order(_commit_previous(layout, key)), key)
             for key in _shard_commit_keys(s3, bucket, layout, shard_id, None)
         )
         orders = [order for order, _ in links]
-        found = {bisect.bisect_left(orders, _chain_order(first)) - 1 for first in positions} - {-1}
+        found = {bisect.bisect_left(orders, chain_order(first)) - 1 for first in positions} - {-1}
         if found:
             runs.append((shard_id, [key for _, key in links], min(found), max(found)))
         else:  # no commit of the shard comes before any of its files, so none names them: its first flush is
@@ -537,11 +537,6 @@ def read_partition_commits(
     return DayCommits(
         sorted(records, key=CommitRecord.chain_order), frozenset(listed), frozenset(newest_of_the_day)
     )
-
-
-def _chain_order(previous: Position | None) -> tuple[int, tuple[int, int]]:
-    """Where a commit continuing from ``previous`` sits in its chain (``start`` first), comparable to a position."""
-    return (0, (0, 0)) if previous is None else (1, previous.sort_key())
 
 
 def _commit_previous(layout: OutputLayout, key: str) -> Position | None:

@@ -167,3 +167,31 @@ def records_after(table: pa.Table, position: Position) -> pa.Table:
     width = _key_width(table.column("sequence_number"), position)
     keys = _position_keys(table.column("sequence_number"), table.column("sub_sequence_number"), width)
     return table.filter(pc.greater(keys, pa.scalar(_position_key(position, width))))
+
+
+def position_range(sequences: pa.ChunkedArray, subs: pa.ChunkedArray) -> tuple[Position, Position]:
+    """The least and the greatest (sequence number, sub-sequence number) of a batch's columns, in any order."""
+    return _extreme_position(sequences, subs, "min"), _extreme_position(sequences, subs, "max")
+
+
+def _extreme_position(sequences: pa.ChunkedArray, subs: pa.ChunkedArray, which: str) -> Position:
+    """The least or greatest (sequence number, sub-sequence number), sequence numbers compared as integers.
+
+    Sequence numbers are decimal digits: without leading zeros, the shorter is the smaller and texts of one length
+    compare like their numbers, so a few min/max kernels find it (texts with leading zeros: compared as integers).
+    """
+    lengths = pc.utf8_length(sequences)
+    if pc.any(pc.and_(pc.starts_with(sequences, "0"), pc.greater(lengths, 1))).as_py():
+        pairs = list(zip(sequences.to_pylist(), subs.to_pylist(), strict=True))  # never from Kinesis
+        pick = min if which == "min" else max
+        sequence_text, sub_number = pick(pairs, key=lambda pair: (int(pair[0]), pair[1]))
+        return Position(sequence_text, sub_number)
+    length = pc.min_max(lengths)[which]
+    sequence = pc.min_max(sequences.filter(pc.equal(lengths, length)))[which]
+    sub = pc.min_max(subs.filter(pc.equal(sequences, sequence)))[which]
+    return Position(sequence.as_py(), sub.as_py())
+
+
+def chain_order(previous: Position | None) -> tuple[int, tuple[int, int]]:
+    """Where a commit continuing from ``previous`` sits in its chain (``start`` first), comparable to a position."""
+    return (0, (0, 0)) if previous is None else (1, previous.sort_key())
