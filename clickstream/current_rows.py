@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from clickstream.console import progress_of
 from clickstream.kept_reads import Found, KeptRead
-from clickstream.outputs import CURRENT_ROW, MAX_WORKERS, download_keys
+from clickstream.outputs import MAX_WORKERS, current_rows_sql, download_keys
 from consumer.s3_sink import S3ParquetSink, read_commits_since
 from runtime.settings import Settings
 from schemas.control import CommitRecord
@@ -54,9 +54,7 @@ class CurrentRows:
         )
 
 
-_CURRENT_ROWS: Final = (
-    "SELECT * FROM read_parquet({files}, hive_partitioning = false, union_by_name = true) " + CURRENT_ROW
-)
+_CURRENT_ROWS: Final = current_rows_sql("{files}")
 #: Names the rule the kept rows were chosen by: rows kept by another version's rule are read again, not merged.
 _RULE: Final = hashlib.sha256(_CURRENT_ROWS.encode()).hexdigest()[:16]
 #: What names a run's input: each customer's id, version, as_of and the values the scores are computed from, in one

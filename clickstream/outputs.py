@@ -10,7 +10,7 @@ import io
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -30,16 +30,6 @@ from schemas.layout import DATA_OUTPUTS, OutputLayout
 
 #: Parallel S3 requests for listing-sized work (thousands of small Parquet files).
 MAX_WORKERS = 16
-
-#: The data outputs (``schemas.layout`` owns their names and keys).
-OUTPUTS: Final = DATA_OUTPUTS
-
-
-@dataclass(slots=True)
-class OutputInventory:
-    files: Counter[str] = field(default_factory=Counter)
-    bytes: Counter[str] = field(default_factory=Counter)
-    commits: list[CommitRecord] = field(default_factory=list)
 
 
 def require_worker_prefix(s3: Any, settings: Settings) -> None:
@@ -88,7 +78,7 @@ def stale_copies(destination: Path, settings: Settings, committed: set[str]) -> 
     another run (a prefix emptied and written again), which a query of the folder would read with this one's."""
     layout = settings.layout
     stale = []
-    for prefix in [*(layout.output_prefix(output) for output in OUTPUTS), layout.all_commits_prefix]:
+    for prefix in [*(layout.output_prefix(output) for output in DATA_OUTPUTS), layout.all_commits_prefix]:
         folder = destination / prefix
         if folder.is_dir():
             for path in folder.rglob("*"):
@@ -96,26 +86,6 @@ def stale_copies(destination: Path, settings: Settings, committed: set[str]) -> 
                 if path.is_file() and key not in committed:
                     stale.append(key)
     return sorted(stale)
-
-
-def download_outputs(s3: Any, settings: Settings, destination: Path) -> OutputInventory:
-    """Copy every output object (and the commit records) under ``destination``, keeping the key layout."""
-    inventory = OutputInventory()
-    layout = settings.layout
-    keys = []
-    for output in OUTPUTS:
-        for obj in list_keys(s3, settings.bucket, layout.output_prefix(output)):
-            keys.append(obj["Key"])
-            inventory.files[output] += 1
-            inventory.bytes[output] += int(obj["Size"])
-    keys += [obj["Key"] for obj in list_keys(s3, settings.bucket, layout.control_prefix)]
-    download_keys(s3, settings.bucket, keys, destination)
-    for key in keys:
-        if key.startswith(layout.all_commits_prefix):
-            inventory.commits.append(
-                commit_record_at(str(destination / key), (destination / key).read_bytes())
-            )
-    return inventory
 
 
 @dataclass(slots=True)
@@ -145,7 +115,7 @@ class CommittedOutputs:
 
     def all_committed_keys(self) -> list[str]:
         """The committed files S3 has, and the commit records."""
-        return [key for output in OUTPUTS for key in self.present(output)] + self.commit_keys
+        return [key for output in DATA_OUTPUTS for key in self.present(output)] + self.commit_keys
 
 
 def commit_records(s3: Any, settings: Settings, *, progress: bool | None = None) -> list[CommitRecord]:
@@ -160,27 +130,29 @@ def committed_outputs(s3: Any, settings: Settings) -> CommittedOutputs:
     """Read the commit chain and list the data prefixes: the committed state of the outputs, now."""
     layout = OutputLayout(settings.prefix)
     commits = commit_records(s3, settings)
-    named = {output: [key for c in commits for key in c.files.get(output, [])] for output in OUTPUTS}
+    named = {output: [key for c in commits for key in c.files.get(output, [])] for output in DATA_OUTPUTS}
     listed = {
         output: {
             obj["Key"]: int(obj["Size"])
             for obj in list_keys(s3, settings.bucket, layout.output_prefix(output))
         }
-        for output in OUTPUTS
+        for output in DATA_OUTPUTS
     }
     # the keys of the records read above, not a fresh listing: a flush that commits meanwhile would add a commit
     # record whose data files were listed before they existed (a download would copy it without them)
     commit_keys = [layout.commit_key(c.shard_id, c.previous) for c in commits]
     sizes: Counter[str] = Counter()
-    for output in OUTPUTS:
+    for output in DATA_OUTPUTS:
         sizes[output] = sum(listed[output].get(key, 0) for key in named[output])
     return CommittedOutputs(
         commits=commits,
         files=named,
         bytes=sizes,
-        uncommitted={output: sorted(set(listed[output]) - set(named[output])) for output in OUTPUTS},
+        uncommitted={output: sorted(set(listed[output]) - set(named[output])) for output in DATA_OUTPUTS},
         commit_keys=commit_keys,
-        missing={output: [key for key in named[output] if key not in listed[output]] for output in OUTPUTS},
+        missing={
+            output: [key for key in named[output] if key not in listed[output]] for output in DATA_OUTPUTS
+        },
     )
 
 
@@ -231,24 +203,24 @@ def read_local_tables(root: Path, keys: list[str], columns: list[str] | None = N
     return pa.concat_tables(tables, promote_options="default") if tables else None
 
 
-def output_glob(root: Path, settings: Settings, output: str) -> str:
-    return str(root / settings.layout.output_prefix(output)) + "/**/*.parquet"
-
-
 #: Each customer's current row among customer_aggregates rows: the highest ``version`` (= events applied), the
 #: latest ``as_of`` among equal versions. The one statement of the rule (summary, score, report, the printed hint).
 CURRENT_ROW: Final = (
     "QUALIFY row_number() OVER (PARTITION BY customer_id ORDER BY version DESC, as_of DESC) = 1"
 )
 
-CURRENT_ROWS_SQL: Final = (
-    "SELECT * FROM read_parquet('{glob}', hive_partitioning = false, union_by_name = true) " + CURRENT_ROW
-)
+
+def current_rows_sql(files: str) -> str:
+    """The statement reading each customer's current row from ``files`` (DuckDB's text of a file, a glob or a
+    list of them)."""
+    return (
+        f"SELECT * FROM read_parquet({files}, hive_partitioning = false, union_by_name = true) {CURRENT_ROW}"
+    )
 
 
 def current_customer_rows(con: duckdb.DuckDBPyConnection, glob: str) -> duckdb.DuckDBPyRelation:
     """Each customer's current row: the highest ``version`` (= events applied) wins."""
-    return con.sql(CURRENT_ROWS_SQL.format(glob=glob))
+    return con.sql(current_rows_sql(f"'{glob}'"))
 
 
 def current_rows_of_table(con: duckdb.DuckDBPyConnection, table: pa.Table) -> duckdb.DuckDBPyRelation:

@@ -22,7 +22,6 @@ from rich.text import Text
 from clickstream.errors import FrontDoorError
 from clickstream.outputs import (
     CURRENT_ROW,
-    OUTPUTS,
     committed_outputs,
     current_rows_of_table,
     download_keys,
@@ -34,6 +33,7 @@ from runtime.aws import aws_client
 from runtime.exit_codes import USAGE
 from runtime.settings import Settings
 from schemas.control import CommitRecord
+from schemas.layout import DATA_OUTPUTS
 
 #: Columns of the top-customers table (header, column): the BG/NBD and Gamma-Gamma inputs and what drives them.
 TOP_COLUMNS = (
@@ -71,7 +71,7 @@ def print_summary(
     outputs = committed_outputs(s3, settings)
 
     files = _table("output", "files", "rows", "MiB")
-    for output in OUTPUTS:
+    for output in DATA_OUTPUTS:
         files.add_row(
             output,
             f"{len(outputs.present(output)):,}",
@@ -121,7 +121,7 @@ def print_summary(
     else:
         _print_customers(console, con, current_rows_of_table(con, aggregates).to_arrow_table(), top)
 
-    missing = [key for output in OUTPUTS for key in outputs.missing[output]]
+    missing = [key for output in DATA_OUTPUTS for key in outputs.missing[output]]
     if download is not None:
         stale = stale_copies(download, settings, {*outputs.all_committed_keys(), *missing})
         if stale:

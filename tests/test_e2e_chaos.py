@@ -50,7 +50,7 @@ from botocore.config import Config
 
 from aggregators.customer_state import CustomerState
 from clickstream.demo import emulator_environment
-from clickstream.outputs import OUTPUTS, current_customer_rows, download_outputs, output_glob
+from clickstream.outputs import current_customer_rows
 from consumer.s3_sink import read_commit_records
 from consumer.state_recovery import StateRecovery
 from consumer.status import ShardStatus, read_statuses
@@ -58,7 +58,8 @@ from emulator.faults import clear_faults, set_fault
 from producer.generator import ClickstreamGenerator
 from runtime.settings import Settings
 from schemas.control import CommitRecord, FlushIntent
-from schemas.layout import OutputLayout
+from schemas.layout import DATA_OUTPUTS, OutputLayout
+from tests.parquet_support import download_outputs, output_glob
 from tests.reference import mismatches_against_reference
 
 pytestmark = pytest.mark.e2e
@@ -514,7 +515,7 @@ def _verify_outputs(s3: Any, bucket: str, labelled: list[tuple[str, bytes]], roo
 
     # no orphans: every data object belongs to a committed flush (a losing or torn attempt's files are gone)
     committed = {key for c in commits for keys in c.files.values() for key in keys}
-    for output in OUTPUTS:
+    for output in DATA_OUTPUTS:
         folder = root / settings.layout.output_prefix(output)
         for path in folder.rglob("*.parquet") if folder.exists() else []:
             key = str(path.relative_to(root))

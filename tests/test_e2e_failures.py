@@ -36,7 +36,7 @@ import pytest
 from botocore.config import Config
 
 from clickstream.demo import emulator_environment
-from clickstream.outputs import current_customer_rows, download_outputs, output_glob
+from clickstream.outputs import current_customer_rows
 from consumer.health import write_heartbeat
 from consumer.kcl_worker import IdleCheck
 from consumer.status import ShardStatus, StatusWriter, read_statuses
@@ -44,6 +44,7 @@ from emulator.faults import clear_faults, list_faults, set_fault
 from producer.generator import ClickstreamGenerator
 from producer.kinesis_put import KinesisProducer
 from runtime.settings import load_settings
+from tests.parquet_support import download_outputs, output_glob
 from tests.reference import mismatches_against_reference
 
 pytestmark = pytest.mark.e2e

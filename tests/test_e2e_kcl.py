@@ -21,11 +21,11 @@ import duckdb
 import pytest
 
 from clickstream.demo import emulator_environment
-from clickstream.outputs import current_customer_rows, download_outputs, list_keys, output_glob
+from clickstream.outputs import current_customer_rows, list_keys
 from producer.generator import ClickstreamGenerator
 from runtime.settings import load_settings
 from tests.moto_support import emulator_client
-from tests.parquet_support import dictionary_columns
+from tests.parquet_support import dictionary_columns, download_outputs, output_glob
 from tests.reference import SET_DETERMINED_COLUMNS, mismatches_against_reference
 
 pytestmark = pytest.mark.e2e

@@ -23,7 +23,7 @@ import duckdb
 import pytest
 
 from clickstream.demo import emulator_environment
-from clickstream.outputs import current_customer_rows, download_outputs, output_glob
+from clickstream.outputs import current_customer_rows
 from consumer.s3_sink import read_commit_records
 from consumer.status import read_statuses
 from emulator.faults import clear_faults, set_fault
@@ -32,6 +32,7 @@ from producer.kinesis_put import partition_key_for
 from runtime.settings import load_settings
 from schemas.layout import OutputLayout
 from tests.moto_support import emulator_client
+from tests.parquet_support import download_outputs, output_glob
 from tests.reference import mismatches_against_reference
 
 pytestmark = pytest.mark.e2e
