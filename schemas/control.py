@@ -99,7 +99,7 @@ class FlushIntent:
                 attempt_id=str(d["attempt_id"]),
                 previous=_position(d["previous"]),
                 files={str(k): [str(key) for key in v] for k, v in d["files"].items()},
-                written_at=_time(d["written_at"]) or datetime.now(UTC),
+                written_at=_required_time(d["written_at"]),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise ControlRecordError(f"intent: {error!r}") from error
@@ -276,7 +276,7 @@ class SnapshotPointer:
                 position=_required_position(d["position"]),
                 as_of=_time(d["as_of"]),
                 tables={str(k): str(v) for k, v in d["tables"].items()},
-                written_at=_time(d["written_at"]) or datetime.now(UTC),
+                written_at=_required_time(d["written_at"]),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             if isinstance(error, ControlRecordError):
@@ -324,7 +324,7 @@ class KeptReadPointer:
                     for shard, cover in d["shards"].items()
                 },
                 rows=int(d["rows"]),
-                written_at=_time(d["written_at"]) or datetime.now(UTC),
+                written_at=_required_time(d["written_at"]),
                 rule=str(d["rule"]),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as error:

@@ -552,3 +552,21 @@ def test_commits_continuing_inside_one_kpl_aggregate_are_all_found(s3: Any) -> N
     assert read_commit_records(s3, BUCKET, layout, SHARD, continuing_from=Position("500", 2)) == written[1:]
     assert read_commit_records(s3, BUCKET, layout, SHARD, continuing_from=Position("500", 10)) == written[2:]
     assert read_commit_records(s3, BUCKET, layout, SHARD, continuing_from=Position("500", 11)) == []
+
+
+def test_a_control_record_without_its_write_time_is_refused_not_given_one() -> None:
+    """Control records are typed at both ends, never defaulted: a null written_at read as "now"."""
+    import json
+
+    import pytest
+
+    from schemas.control import ControlRecordError
+
+    intent = FlushIntent(
+        "shardId-000000000000", "a1", None, {"events": ["k"]}, datetime(2026, 6, 1, tzinfo=UTC)
+    )
+    assert FlushIntent.from_json(intent.to_json()) == intent
+    document = json.loads(intent.to_json())
+    document["written_at"] = None
+    with pytest.raises(ControlRecordError, match="intent"):
+        FlushIntent.from_json(json.dumps(document))
