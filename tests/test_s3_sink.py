@@ -556,10 +556,6 @@ def test_commits_continuing_inside_one_kpl_aggregate_are_all_found(s3: Any) -> N
 
 def test_a_control_record_without_its_write_time_is_refused_not_given_one() -> None:
     """Control records are typed at both ends, never defaulted: a null written_at read as "now"."""
-    import json
-
-    import pytest
-
     from schemas.control import ControlRecordError
 
     intent = FlushIntent(
