@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from botocore import exceptions as aws
 
-from runtime.aws import ACCESS_DENIED_CODES
+from runtime.aws import ACCESS_DENIED_CODES, THROTTLING_CODES
 from runtime.exit_codes import RUNTIME, USAGE
 from runtime.settings import ConfigError
 from schemas.control import ControlRecordError
@@ -36,18 +36,6 @@ _BAD_CREDENTIALS = frozenset(
         "ExpiredToken",
         "ExpiredTokenException",
         "TokenRefreshRequired",
-    }
-)
-
-
-#: Error codes of a service that throttles its callers (retrying later helps).
-_THROTTLED = frozenset(
-    {
-        "Throttling",
-        "ThrottlingException",
-        "SlowDown",
-        "ProvisionedThroughputExceededException",
-        "RequestLimitExceeded",
     }
 )
 
@@ -108,7 +96,7 @@ def _client_error(error: aws.ClientError) -> Failure:
         return Failure(f"not allowed to call {operation}: {message or code} (check the IAM policy)", USAGE)
     failed = f"AWS {operation} failed: {code}: {message}".rstrip(": ")
     status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-    if (status >= 500 and status != 501) or code in _THROTTLED:  # 501: not implemented, no outage
+    if (status >= 500 and status != 501) or code in THROTTLING_CODES:  # 501: not implemented, no outage
         # retried already (the clients retry throttling and 5xx): the service, not the request
         return Failure(
             f"{failed} (still, after retries: the service is throttling or unavailable, on its side; run the "

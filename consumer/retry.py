@@ -13,24 +13,7 @@ from botocore.exceptions import (
     ResponseStreamingError,
 )
 
-_TRANSIENT_CODES = frozenset(
-    {
-        "InternalError",
-        "InternalFailure",
-        "ServiceUnavailable",
-        "SlowDown",
-        "Throttling",
-        "ThrottlingException",
-        "ProvisionedThroughputExceededException",
-        "RequestTimeout",
-        "RequestTimeTooSkewed",
-        "LimitExceededException",
-        # 409s S3 answers while another conditional write to the same key is in flight; AWS says to retry (the
-        # retry then gets 412 if the other write won).
-        "ConditionalRequestConflict",
-        "OperationAborted",
-    }
-)
+from runtime.aws import TRANSIENT_CODES
 
 
 def is_transient(error: BaseException) -> bool:
@@ -52,7 +35,7 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, ClientError):
         code = error.response.get("Error", {}).get("Code", "")
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return code in _TRANSIENT_CODES or status >= 500
+        return code in TRANSIENT_CODES or status >= 500
     from amazon_kclpy.checkpoint_error import CheckpointError
 
     if isinstance(error, CheckpointError):

@@ -65,6 +65,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from tqdm import tqdm
 
 from producer.generator import InputFileError
+from runtime.aws import TRANSIENT_CODES
 
 if TYPE_CHECKING:
     from typing import Unpack
@@ -78,22 +79,6 @@ MAX_RECORDS_PER_REQUEST: Final = 500
 MAX_BYTES_PER_REQUEST: Final = 5 * 1024 * 1024
 MAX_RECORD_BYTES: Final = 1024 * 1024
 
-#: Whole-call error codes worth retrying; HTTP 5xx is retried whatever the code.
-RETRYABLE_CALL_ERRORS: Final = frozenset(
-    {
-        "ProvisionedThroughputExceededException",
-        "LimitExceededException",
-        "ThrottlingException",
-        "Throttling",
-        "RequestLimitExceeded",
-        "TooManyRequestsException",
-        "InternalFailure",
-        "InternalServerError",
-        "ServiceUnavailable",
-        "ServiceUnavailableException",
-        "KMSThrottlingException",
-    }
-)
 
 #: Credentials that cannot sign a request (SSO or role sessions that expired or failed to refresh).
 _CREDENTIAL_ERRORS: Final = (
@@ -580,7 +565,7 @@ class KinesisProducer:
                 stats.in_flight = 0  # the whole call was refused: nothing of it arrived
                 code = str(exc.response.get("Error", {}).get("Code", ""))
                 status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-                if code not in RETRYABLE_CALL_ERRORS and status < 500:
+                if code not in TRANSIENT_CODES and status < 500:
                     message = f"PutRecords to {self.stream_name} failed with {code or status}: not retryable"
                     raise PutRecordsError(
                         message, pending, self._summary(stats, started), maybe_arrived=sent_unanswered

@@ -16,6 +16,38 @@ MAX_POOL_CONNECTIONS = 32
 ACCESS_DENIED_CODES = frozenset(
     {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "Forbidden", "403"}
 )
+#: The error codes of a service that throttles its callers (Kinesis, DynamoDB, S3, KMS under SSE-KMS): retrying
+#: later helps.
+THROTTLING_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "SlowDown",
+        "ProvisionedThroughputExceededException",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "KMSThrottlingException",
+    }
+)
+#: The error codes of a call worth trying again (besides any 5xx): throttling, the service's own failures, and the
+#: 409s S3 answers while another conditional write to the same key is in flight (AWS says to retry; the retry then
+#: gets 412 if the other write won).
+TRANSIENT_CODES = THROTTLING_CODES | frozenset(
+    {
+        # Kinesis's answer to too many concurrent control calls (ListShards, DescribeStreamSummary); also to a
+        # quota, which retrying does not cure: a command does not call it throttling
+        "LimitExceededException",
+        "InternalError",
+        "InternalFailure",
+        "InternalServerError",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "ConditionalRequestConflict",
+        "OperationAborted",
+    }
+)
 
 
 def aws_client(service: str, settings: Settings, total_attempts: int = 6) -> Any:

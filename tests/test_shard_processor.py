@@ -967,3 +967,28 @@ def test_a_restore_from_a_snapshot_includes_a_flush_that_began_with_redelivered_
     StateRecovery(s3, settings).restore(restored)
 
     assert restored.snapshot_rows().to_pylist() == clean.snapshot.to_pylist()
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "transient"),
+    [
+        ("KMSThrottlingException", 400, True),  # SSE-KMS puts throttled by KMS: the worker stopped on them
+        ("TooManyRequestsException", 429, True),
+        ("SlowDown", 503, True),
+        ("ConditionalRequestConflict", 409, True),
+        ("LimitExceededException", 400, True),
+        ("AccessDenied", 403, False),
+        ("NoSuchBucket", 404, False),
+        ("ValidationException", 400, False),
+    ],
+)
+def test_which_aws_answers_the_worker_retries(code: str, status: int, transient: bool) -> None:
+    """One list of retryable codes for the worker, the producer and the command line (runtime.aws)."""
+    from botocore.exceptions import ClientError
+
+    from consumer.retry import is_transient
+
+    error = ClientError(
+        {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject"
+    )
+    assert is_transient(error) is transient
