@@ -39,6 +39,7 @@ from rich.console import Console
 from rich.live import Live
 
 from consumer.health import Heartbeat, holds_lease, process_alive, shard_problems, write_heartbeat
+from consumer.metrics import Metric
 from consumer.metrics import emit as emit_metrics
 from consumer.preflight import PreflightError, lease_owners, preflight
 from consumer.status import ShardStatus, read_statuses, status_directory
@@ -705,7 +706,7 @@ class KclWorker:
                 if problems:
                     self._heartbeat.phase = "unhealthy"
                     write_heartbeat(self.settings.state_dir, self._heartbeat)
-                    emit_metrics({"StuckShards": len(problems)}, self.settings.metric_dimensions)
+                    emit_metrics({Metric.STUCK_SHARDS: len(problems)}, self.settings.metric_dimensions)
                     log.error(
                         "stuck shards, exiting so the orchestrator restarts the worker: %s",
                         "; ".join(problems),
@@ -813,12 +814,12 @@ class KclWorker:
     def _emit_gauges(self) -> None:
         """Per-worker gauges from the shard status files: lag, checkpoint age, shards held, state memory."""
         statuses = [s for s in read_statuses(self.status_dir).values() if s.phase == "processing"]
-        values: dict[str, float] = {"ShardsProcessing": len(statuses)}
+        values: dict[Metric, float] = {Metric.SHARDS_PROCESSING: len(statuses)}
         if statuses:
-            values["MillisBehindLatest"] = max(s.millis_behind_latest or 0 for s in statuses)
-            values["CheckpointAgeSeconds"] = max(checkpoint_age(s, time.time()) for s in statuses)
+            values[Metric.MILLIS_BEHIND_LATEST] = max(s.millis_behind_latest or 0 for s in statuses)
+            values[Metric.CHECKPOINT_AGE_SECONDS] = max(checkpoint_age(s, time.time()) for s in statuses)
             # what grows until a task sized below its traffic runs out of memory (days later)
-            values["StateBytes"] = sum(s.state_bytes or 0 for s in statuses)
+            values[Metric.STATE_BYTES] = sum(s.state_bytes or 0 for s in statuses)
         emit_metrics(values, self.settings.metric_dimensions)
 
     def _exit_code(self, java_code: int) -> int:

@@ -51,6 +51,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from aggregators.customer_state import CustomerState
+from consumer.metrics import Metric
 from consumer.metrics import emit as emit_metrics
 from consumer.retry import is_transient
 from consumer.s3_sink import CommitConflict, FlushAttempt, S3ParquetSink
@@ -463,23 +464,25 @@ class ShardProcessor:
         checkpoint_failed: bool = False,
     ) -> None:
         """A committed flush's metrics and log line."""
-        metrics: dict[str, float] = {
-            "RecordsIn": record.records_new,
-            "RecordsAccepted": record.accepted,
-            "RecordsRejected": record.rejected,
-            "DuplicateEvents": record.duplicates,
-            "CustomersChanged": record.customers_changed,
-            "FlushLatency": seconds * 1000,
-            "FlushBytes": record.bytes_written,
-            "FilesWritten": record.file_count,
+        metrics: dict[Metric, float] = {
+            Metric.RECORDS_IN: record.records_new,
+            Metric.RECORDS_ACCEPTED: record.accepted,
+            Metric.RECORDS_REJECTED: record.rejected,
+            Metric.DUPLICATE_EVENTS: record.duplicates,
+            Metric.CUSTOMERS_CHANGED: record.customers_changed,
+            Metric.FLUSH_LATENCY: seconds * 1000,
+            Metric.FLUSH_BYTES: record.bytes_written,
+            Metric.FILES_WRITTEN: record.file_count,
         }
         if self.state.local_file_error is not None and not self._local_file_error_reported:
-            metrics["LocalStateWriteFailed"] = 1  # once: the shard goes on without its local file from now on
+            metrics[Metric.LOCAL_STATE_WRITE_FAILED] = (
+                1  # once: the shard goes on without its local file from now on
+            )
             self._local_file_error_reported = True
         if record.freshness is not None:
-            metrics["ArrivalToDurableP99"] = record.freshness.arrival_to_durable_p99
+            metrics[Metric.ARRIVAL_TO_DURABLE_P99] = record.freshness.arrival_to_durable_p99
             if record.freshness.newest_event_age is not None:
-                metrics["NewestEventAge"] = record.freshness.newest_event_age
+                metrics[Metric.NEWEST_EVENT_AGE] = record.freshness.newest_event_age
         emit_metrics(metrics, self.metric_dimensions)
         log.info(
             "flushed %s records (%s accepted, %s duplicates, %s rejected, %s customers) in %.3fs [%s]%s%s",
@@ -509,7 +512,7 @@ class ShardProcessor:
         """Step 4 lost: the stage is rolled back already; delete this attempt's files, catch up from S3."""
         self.metrics.commit_conflicts += 1
         self._report(force=True)  # now: a zombie's next step (its checkpoint) may block until its JVM resumes
-        emit_metrics({"CommitConflicts": 1}, self.metric_dimensions)
+        emit_metrics({Metric.COMMIT_CONFLICTS: 1}, self.metric_dimensions)
         log.warning(
             "lost the commit race (%s); discarding this attempt and catching up from S3",
             conflict,
@@ -578,7 +581,7 @@ class ShardProcessor:
                 self.metrics.last_error = f"{type(error).__name__}: {error}"
                 self.metrics.retries += 1
                 self._report(force=True)
-                emit_metrics({"FlushRetries": 1}, self.metric_dimensions)
+                emit_metrics({Metric.FLUSH_RETRIES: 1}, self.metric_dimensions)
                 log.warning(
                     "%s failed (attempt %d, retrying in %.1fs): %s",
                     what,

@@ -38,6 +38,7 @@ from botocore.exceptions import ClientError
 
 from aggregators.customer_state import CustomerState, StateOptions
 from aggregators.validation import RecordValidator
+from consumer.metrics import Metric
 from consumer.metrics import emit as emit_metrics
 from consumer.s3_sink import S3ParquetSink, is_precondition_failed, read_commit_records
 from runtime.logs import one_line
@@ -124,7 +125,7 @@ def open_shard_state(
         ", ".join(moved) or "(nothing to move)",
         extra={"shard_id": shard_id},
     )
-    emit_metrics({"StateFilesQuarantined": 1}, dict(metric_dimensions or {}))
+    emit_metrics({Metric.STATE_FILES_QUARANTINED: 1}, dict(metric_dimensions or {}))
     return CustomerState(shard_id, path, validator, options)
 
 
@@ -305,7 +306,7 @@ class StateRecovery:
             missing,
             extra={"shard_id": state.shard_id},
         )
-        emit_metrics({"SnapshotUnreadable": 1}, self.settings.metric_dimensions)
+        emit_metrics({Metric.SNAPSHOT_UNREADABLE: 1}, self.settings.metric_dimensions)
         return self._restore(state, checkpoint, checkpoint_sub, use_snapshot=False)
 
     def _restore(
@@ -337,7 +338,7 @@ class StateRecovery:
                     walk[-1].sequence_number if walk[-1] else "the start",
                     extra={"shard_id": shard_id},
                 )
-                emit_metrics({"LocalStateDiscarded": 1}, self.settings.metric_dimensions)
+                emit_metrics({Metric.LOCAL_STATE_DISCARDED: 1}, self.settings.metric_dimensions)
             state.reset()
             if pointer is not None:
                 try:
@@ -381,7 +382,7 @@ class StateRecovery:
                 tip.sequence_number if tip else "none",
                 extra={"shard_id": shard_id, "sequence_number": checkpoint},
             )
-            emit_metrics({"CheckpointAheadOfCommits": 1}, self.settings.metric_dimensions)
+            emit_metrics({Metric.CHECKPOINT_AHEAD_OF_COMMITS: 1}, self.settings.metric_dimensions)
 
     def _start_from_parents(self, state: CustomerState) -> str:
         """A child shard: its parents' final state, restricted to the customers that now hash to this shard."""
@@ -432,7 +433,7 @@ class StateRecovery:
             held,
             extra={"shard_id": shard_id},
         )
-        emit_metrics({"ParentStateMissing": 1}, self.settings.metric_dimensions)
+        emit_metrics({Metric.PARENT_STATE_MISSING: 1}, self.settings.metric_dimensions)
 
 
 def kinesis_parent_lookup(kinesis: Any, stream_name: str) -> ParentLookup:
