@@ -43,6 +43,7 @@ from clickstream.options import (
     writable_folder,
 )
 from runtime.exit_codes import INTERRUPTED, OK, RUNTIME, TERMINATED, USAGE
+from runtime.settings import Settings
 from schemas.layout import DATA_OUTPUTS
 
 log = logging.getLogger("clickstream")
@@ -454,6 +455,11 @@ def _is_regular_file(path: Path) -> bool:
     return stat.S_ISREG(mode)
 
 
+def replay_work_dir(settings: Settings) -> Path:
+    """Where a replay keeps its scratch state and its lock: under the state directory, beside the worker's."""
+    return settings.state_dir / "replay"
+
+
 @contextmanager
 def _sigterm_as_interrupt() -> Iterator[threading.Event]:
     """SIGTERM (docker stop, ECS, `timeout`) stops a command as Ctrl-C does, so it still says what it delivered or
@@ -742,11 +748,11 @@ def replay(
     except ValueError as error:
         raise FrontDoorError(str(error), USAGE) from None
     if not dry_run:  # its scratch state, checked before the commit records are read
-        writable_folder("CLICKSTREAM_STATE_DIR / --state-dir", settings.state_dir / "replay")
+        writable_folder("CLICKSTREAM_STATE_DIR / --state-dir", replay_work_dir(settings))
     s3 = aws_client("s3", settings)
     require_worker_prefix(s3, settings)
     # one replay of a name at a time, from its plan (whose check for another range in the folder it protects) on
-    alone = nullcontext() if dry_run else one_replay_of(full_name, settings.state_dir / "replay")
+    alone = nullcontext() if dry_run else one_replay_of(full_name, replay_work_dir(settings))
     with alone, _sigterm_as_interrupt() as terminated:
         try:
             plan = plan_replay(s3, settings, window[0], window[1], name=name, progress=progress)
@@ -768,7 +774,7 @@ def replay(
             return
         try:
             result = run_replay(
-                s3, settings, plan, settings.state_dir / "replay", progress=show_progress(progress)
+                s3, settings, plan, replay_work_dir(settings), progress=show_progress(progress)
             )
         except ReplayInterrupted as interrupted:
             say(

@@ -42,7 +42,7 @@ from consumer.health import Heartbeat, holds_lease, process_alive, shard_problem
 from consumer.metrics import Metric
 from consumer.metrics import emit as emit_metrics
 from consumer.preflight import PreflightError, lease_owners, preflight
-from consumer.status import ShardStatus, read_statuses, status_directory
+from consumer.status import ShardStatus, clear_statuses, read_statuses, status_directory
 from consumer.worker_output import LogSink, SinkHandler, WorkerTotals, final_words, status_view, uptime
 from runtime.aws import aws_client
 from runtime.exit_codes import INTERRUPTED, OK, RUNTIME, STUCK, USAGE
@@ -497,9 +497,7 @@ class KclWorker:
         executable = processor_command()
         properties_file = self.settings.state_dir / "kcl.properties"
         properties_file.write_text(kcl_properties(self.settings, executable), encoding="utf-8")
-        if self.status_dir.exists():
-            for stale in self.status_dir.glob("*.json"):
-                stale.unlink()
+        clear_statuses(self.status_dir)
         command = java_command(self.settings, properties_file)
         require_java(command[0], self.settings.kcl_java_heap)
         return command

@@ -11,6 +11,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Final
 
 
 @dataclass(slots=True)
@@ -69,7 +70,7 @@ class StatusWriter:
         if not status.started_at:
             status.started_at = now
         status.updated_at = now
-        target = self.directory / f"{status.shard_id}.json"
+        target = self.directory / _STATUS_FILES.replace("*", status.shard_id)
         temporary = target.with_suffix(f".{os.getpid()}.tmp")
         temporary.write_text(json.dumps(asdict(status)), encoding="utf-8")
         temporary.replace(target)
@@ -77,9 +78,20 @@ class StatusWriter:
         return True
 
 
+#: A shard's status file in the status directory: ``<shard id>.json``.
+_STATUS_FILES: Final = "*.json"
+
+
 def status_directory(state_dir: Path) -> Path:
     """Where the shard status files of the worker whose state directory is ``state_dir`` live."""
     return state_dir / "status"
+
+
+def clear_statuses(directory: Path) -> None:
+    """Delete the status files a previous run of the worker left (its shards are not this run's)."""
+    if directory.is_dir():
+        for stale in directory.glob(_STATUS_FILES):
+            stale.unlink()
 
 
 def read_statuses(directory: Path) -> dict[str, ShardStatus]:
@@ -87,7 +99,7 @@ def read_statuses(directory: Path) -> dict[str, ShardStatus]:
     statuses: dict[str, ShardStatus] = {}
     if not directory.is_dir():
         return statuses
-    for path in directory.glob("*.json"):
+    for path in directory.glob(_STATUS_FILES):
         try:
             loaded = json.loads(path.read_text(encoding="utf-8"))
             statuses[loaded["shard_id"]] = ShardStatus(**loaded)
