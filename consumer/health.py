@@ -44,15 +44,24 @@ class Heartbeat:
     last_lease_at: float | None = None  # last time a shard processor of this worker was processing
     standby: bool = False  # every lease is held by other workers
     lease_detail: str | None = None  # why no lease is held, when known
+    updated_at: float = 0.0  # when it was written last (``write_heartbeat``)
+
+    @classmethod
+    def read(cls, state_dir: Path) -> Heartbeat:
+        """The heartbeat the worker of ``state_dir`` wrote last (OSError, ValueError, TypeError if there is none
+        readable)."""
+        loaded = json.loads((state_dir / HEARTBEAT_FILE).read_text(encoding="utf-8"))
+        if not isinstance(loaded, dict):
+            raise TypeError(f"{HEARTBEAT_FILE} holds no object")
+        return cls(**loaded)
 
 
-def write_heartbeat(state_dir: Path, heartbeat: Heartbeat | int, phase: str | None = None) -> None:
-    """The supervisor's sign of life, rewritten atomically about once a second (also: pid and phase alone)."""
-    if isinstance(heartbeat, int):
-        heartbeat = Heartbeat(pid=heartbeat, phase=phase or "running", started_at=time.time())
+def write_heartbeat(state_dir: Path, heartbeat: Heartbeat) -> None:
+    """The supervisor's sign of life, rewritten atomically about once a second."""
+    heartbeat.updated_at = time.time()
     target = state_dir / HEARTBEAT_FILE
     temporary = target.with_suffix(".tmp")
-    temporary.write_text(json.dumps({**asdict(heartbeat), "updated_at": time.time()}), encoding="utf-8")
+    temporary.write_text(json.dumps(asdict(heartbeat)), encoding="utf-8")
     temporary.replace(target)
 
 
@@ -102,17 +111,15 @@ def shard_problems(statuses: dict[str, ShardStatus], now: float, stuck_after: fl
     return problems
 
 
-def lease_problem(
-    heartbeat: dict[str, object], processing: int, now: float, no_lease_after: float
-) -> str | None:
+def lease_problem(heartbeat: Heartbeat, processing: int, now: float, no_lease_after: float) -> str | None:
     """Why holding no lease is a problem (None: a lease is held, the worker is a standby, or it is too early)."""
-    if processing or not no_lease_after or heartbeat.get("standby"):
+    if processing or not no_lease_after or heartbeat.standby:
         return None
-    since = heartbeat.get("last_lease_at") or heartbeat.get("started_at")
-    if not isinstance(since, int | float) or now - since <= no_lease_after:
+    since = heartbeat.last_lease_at or heartbeat.started_at
+    if now - since <= no_lease_after:
         return None
-    held_before = "since it last held one" if heartbeat.get("last_lease_at") else "since it started"
-    detail = heartbeat.get("lease_detail")
+    held_before = "since it last held one" if heartbeat.last_lease_at else "since it started"
+    detail = heartbeat.lease_detail
     return f"worker has held no shard lease for {now - since:.0f}s {held_before}" + (
         f": {detail}" if detail else ""
     )
@@ -132,14 +139,14 @@ def assess(
     processing = sum(1 for status in statuses.values() if holds_lease(status))
     worker_running = False
     try:
-        heartbeat = json.loads((state_dir / HEARTBEAT_FILE).read_text(encoding="utf-8"))
-        age = now - float(heartbeat["updated_at"])
+        heartbeat = Heartbeat.read(state_dir)
+        age = now - float(heartbeat.updated_at)
         if age > heartbeat_timeout:
             problems.append(f"worker heartbeat is {age:.0f}s old")
-        elif heartbeat.get("phase") == "unhealthy":
+        elif heartbeat.phase == "unhealthy":
             problems.append("worker reported itself unhealthy")
-        elif not process_alive(int(heartbeat["pid"])):
-            problems.append(f"worker process {heartbeat['pid']} is gone")
+        elif not process_alive(int(heartbeat.pid)):
+            problems.append(f"worker process {heartbeat.pid} is gone")
         else:
             worker_running = True
             if problem := lease_problem(heartbeat, processing, now, no_lease_after):

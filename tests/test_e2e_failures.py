@@ -37,7 +37,7 @@ from botocore.config import Config
 
 from clickstream.demo import emulator_environment
 from clickstream.outputs import current_customer_rows
-from consumer.health import write_heartbeat
+from consumer.health import Heartbeat, write_heartbeat
 from consumer.kcl_worker import IdleCheck
 from consumer.status import ShardStatus, StatusWriter, read_statuses
 from emulator.faults import clear_faults, list_faults, set_fault
@@ -704,7 +704,7 @@ def test_a_shard_waking_up_after_a_quiet_period_is_judged_by_how_long_its_record
     state_dir = tmp_path / "state"
     state_dir.mkdir()
     now = time.time()
-    write_heartbeat(state_dir, os.getpid(), "running")
+    write_heartbeat(state_dir, Heartbeat(pid=os.getpid(), phase="running", started_at=now))
     writer = StatusWriter(state_dir / "status")
     for shard_id, buffered in (("shardId-000000000000", 119), ("shardId-000000000001", 105)):
         # What a processor writes `waited` s after records arrive on a shard whose last flush was 300 s ago.
