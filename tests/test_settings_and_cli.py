@@ -14,6 +14,7 @@ import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -1120,12 +1121,11 @@ def test_report_to_dash_is_refused_not_a_file_named_dash(tmp_path: Path) -> None
     assert not Path("-").exists()
 
 
-def test_sigterm_in_any_command_says_what_it_leaves_and_exits_143() -> None:
-    """A scheduled `score` or `summary` stopped by ECS (SIGTERM) ended without a word (the signal's default)."""
-    import signal
-    import time
-
-    with socket.socket() as silent:  # an endpoint that takes the connection and never answers
+@contextmanager
+def summary_waiting_on_a_silent_endpoint(**popen: Any) -> Iterator[subprocess.Popen[str]]:
+    """`clickstream summary` in its own process against an endpoint that takes the connection and never answers,
+    yielded once the command waits on its first AWS call (the connection stays open until the block ends)."""
+    with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(4)
         base = {
@@ -1139,13 +1139,23 @@ def test_sigterm_in_any_command_says_what_it_leaves_and_exits_143() -> None:
             env={**base, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", **env},
             stderr=subprocess.PIPE,
             text=True,
+            **popen,
         )
         silent.settimeout(60)
-        connection, _ = silent.accept()  # the command is waiting on its first AWS call
+        connection, _ = silent.accept()
         with connection:
-            time.sleep(0.2)
-            process.send_signal(signal.SIGTERM)
-            _, stderr = process.communicate(timeout=60)
+            yield process
+
+
+def test_sigterm_in_any_command_says_what_it_leaves_and_exits_143() -> None:
+    """A scheduled `score` or `summary` stopped by ECS (SIGTERM) ended without a word (the signal's default)."""
+    import signal
+    import time
+
+    with summary_waiting_on_a_silent_endpoint() as process:
+        time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
     assert process.returncode == 143, stderr
     assert "summary interrupted (SIGTERM) before it finished" in stderr
 
@@ -1155,30 +1165,13 @@ def test_a_command_started_with_sigterm_ignored_keeps_ignoring_it() -> None:
     import signal
     import time
 
-    with socket.socket() as silent:  # an endpoint that takes the connection and never answers
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(4)
-        base = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith("CLICKSTREAM_") and k != "AWS_ENDPOINT_URL"
-        }
-        env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{silent.getsockname()[1]}", "AWS_REGION": "us-east-1"}
-        process = subprocess.Popen(
-            [sys.executable, "-m", "clickstream.cli", "summary"],
-            env={**base, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", **env},
-            stderr=subprocess.PIPE,
-            text=True,
-            preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN),  # noqa: PLW1509 - before exec only
-        )
-        silent.settimeout(60)
-        connection, _ = silent.accept()  # the command is waiting on its first AWS call
-        with connection:
-            process.send_signal(signal.SIGTERM)
-            time.sleep(1)
-            still_running = process.poll() is None
-            process.send_signal(signal.SIGINT)
-            _, stderr = process.communicate(timeout=60)
+    ignoring = {"preexec_fn": lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN)}  # before exec only
+    with summary_waiting_on_a_silent_endpoint(**ignoring) as process:
+        process.send_signal(signal.SIGTERM)
+        time.sleep(1)
+        still_running = process.poll() is None
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
     assert still_running, stderr
     assert process.returncode == 130 and "summary interrupted (Ctrl-C)" in stderr, stderr
 
