@@ -43,6 +43,7 @@ from clickstream.options import (
     writable_folder,
 )
 from runtime.exit_codes import INTERRUPTED, OK, RUNTIME, TERMINATED, USAGE
+from runtime.logs import LOG_FORMAT_ENV, LOG_LEVEL_ENV
 from runtime.settings import Settings
 from schemas.layout import DATA_OUTPUTS
 
@@ -162,21 +163,21 @@ def _refuse_empty(ctx: click.Context, param: click.Parameter, variable: str, cho
 
 
 def _check_log_level(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    _refuse_empty(ctx, param, "CLICKSTREAM_LOG_LEVEL", f"one of {', '.join(LOG_LEVELS)}")
+    _refuse_empty(ctx, param, LOG_LEVEL_ENV, f"one of {', '.join(LOG_LEVELS)}")
     level = value.upper()
     level = "WARNING" if level == "WARN" else level  # WARN: the KCL's (Java) name, logging's alias
     if level not in LOG_LEVELS:
         from_env = ctx.get_parameter_source(str(param.name)) == ParameterSource.ENVIRONMENT
-        source = "CLICKSTREAM_LOG_LEVEL" if from_env else "--log-level"
+        source = LOG_LEVEL_ENV if from_env else "--log-level"
         raise CommandFailed(f"{source}: must be one of {', '.join(LOG_LEVELS)} (got {value!r})", USAGE)
     return level
 
 
 def _check_log_format(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    _refuse_empty(ctx, param, "CLICKSTREAM_LOG_FORMAT", "auto, json or text")
+    _refuse_empty(ctx, param, LOG_FORMAT_ENV, "auto, json or text")
     if value not in ("auto", "json", "text"):
         from_env = ctx.get_parameter_source(str(param.name)) == ParameterSource.ENVIRONMENT
-        source = "CLICKSTREAM_LOG_FORMAT" if from_env else "--log-format"
+        source = LOG_FORMAT_ENV if from_env else "--log-format"
         raise CommandFailed(f"{source}: must be auto, json or text (got {value!r})", USAGE)
     return value
 
@@ -199,18 +200,18 @@ EXIT_CODES_HELP: Final = (
 @click.option(
     "--log-level",
     default="INFO",
-    envvar="CLICKSTREAM_LOG_LEVEL",
+    envvar=LOG_LEVEL_ENV,
     show_default=True,
     callback=_check_log_level,
-    help=f"Log level: {', '.join(LOG_LEVELS)}. [env: CLICKSTREAM_LOG_LEVEL]",
+    help=f"Log level: {', '.join(LOG_LEVELS)}. [env: {LOG_LEVEL_ENV}]",
 )
 @click.option(
     "--log-format",
     default="auto",
-    envvar="CLICKSTREAM_LOG_FORMAT",
+    envvar=LOG_FORMAT_ENV,
     show_default=True,
     callback=_check_log_format,
-    help="Log format on stderr: json, text, or auto (text on a terminal, else json). [env: CLICKSTREAM_LOG_FORMAT]",
+    help=f"Log format on stderr: json, text, or auto (text on a terminal, else json). [env: {LOG_FORMAT_ENV}]",
 )
 @click.option("--debug", is_flag=True, help="On an error, print the traceback too.")
 @click.pass_context

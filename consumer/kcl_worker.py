@@ -46,7 +46,15 @@ from consumer.status import ShardStatus, clear_statuses, read_statuses, status_d
 from consumer.worker_output import LogSink, SinkHandler, WorkerTotals, final_words, status_view, uptime
 from runtime.aws import aws_client
 from runtime.exit_codes import INTERRUPTED, OK, RUNTIME, STUCK, USAGE
-from runtime.logs import LOG_SOCKET_ENV, METRICS_LOGGER, JsonFormatter, LogRelay, one_line
+from runtime.logs import (
+    LOG_FORMAT_ENV,
+    LOG_LEVEL_ENV,
+    LOG_SOCKET_ENV,
+    METRICS_LOGGER,
+    JsonFormatter,
+    LogRelay,
+    one_line,
+)
 from runtime.settings import (
     KCL_INITIAL_HEAP_MIB,
     SETTINGS_FILE,
@@ -512,8 +520,8 @@ class KclWorker:
         env.setdefault("AWS_CBOR_ENABLED", "false" if self.settings.aws_endpoint_url else "true")
         env[SETTINGS_FILE_ENV] = str(settings_file)
         env[LOG_SOCKET_ENV] = str(log_socket)
-        env["CLICKSTREAM_LOG_LEVEL"] = self.log_level
-        env["CLICKSTREAM_LOG_FORMAT"] = "json"  # parsed (or passed on as is) by the worker's LogSink
+        env[LOG_LEVEL_ENV] = self.log_level
+        env[LOG_FORMAT_ENV] = "json"  # parsed (or passed on as is) by the worker's LogSink
         code_root = supervisor_code_root()
         if code_root is not None:
             env["PYTHONPATH"] = os.pathsep.join([code_root, *filter(None, [env.get("PYTHONPATH")])])

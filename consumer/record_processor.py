@@ -42,7 +42,7 @@ from consumer.state_recovery import (
 )
 from consumer.status import ShardStatus, StatusWriter, status_directory
 from runtime.aws import aws_client
-from runtime.logs import configure_logging, one_line
+from runtime.logs import LOG_FORMAT_ENV, LOG_LEVEL_ENV, configure_logging, one_line
 from runtime.settings import Settings, settings_for_process
 
 #: By module path, not __name__: run as ``python -m consumer.record_processor`` (as the KCL does) __name__ is
@@ -317,8 +317,8 @@ def main() -> None:
     """Entry point the MultiLangDaemon runs for each shard: settings from the worker, then the KCL protocol."""
     keep_pandas_out()
     configure_logging(
-        os.environ.get("CLICKSTREAM_LOG_LEVEL", "INFO"),
-        json_format=os.environ.get("CLICKSTREAM_LOG_FORMAT", "json") != "text",
+        os.environ.get(LOG_LEVEL_ENV, "INFO"),
+        json_format=os.environ.get(LOG_FORMAT_ENV, "json") != "text",
     )
     watch_parent()
     # The worker's resolved flags and environment (CLICKSTREAM_SETTINGS_FILE), not this process's environment.

@@ -17,6 +17,9 @@ _CONTEXT_FIELDS = ("shard_id", "sequence_number", "worker_id", "flush_range")
 
 #: Set by `clickstream worker` for its record processors: the Unix datagram socket their logs go to.
 LOG_SOCKET_ENV = "CLICKSTREAM_LOG_SOCKET"
+#: The log level and format (the CLI's --log-level / --log-format), also handed by the worker to its processors.
+LOG_LEVEL_ENV = "CLICKSTREAM_LOG_LEVEL"
+LOG_FORMAT_ENV = "CLICKSTREAM_LOG_FORMAT"
 #: The logger of CloudWatch EMF metric lines: written whatever the log level (alarms must not go dark because the
 #: logs were made quieter), and only as JSON (a text line is no metric).
 METRICS_LOGGER = "clickstream.metrics"

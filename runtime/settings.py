@@ -28,6 +28,7 @@ from pydantic import AliasChoices, Field, ValidationError, field_validator, mode
 from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from runtime.logs import LOG_FORMAT_ENV, LOG_LEVEL_ENV, LOG_SOCKET_ENV
 from schemas.layout import OutputLayout
 
 ENV_PREFIX = "CLICKSTREAM_"
@@ -40,9 +41,7 @@ SETTINGS_FILE = "worker-settings.json"
 #: The KCL daemon's initial JVM heap (-Xms), in MiB: the maximum heap (``kcl_java_heap``) must hold it.
 KCL_INITIAL_HEAP_MIB = 256
 #: CLICKSTREAM_* variables read outside this object (by the CLI's logging options, between worker processes).
-OTHER_VARIABLES = frozenset(
-    {"CLICKSTREAM_LOG_LEVEL", "CLICKSTREAM_LOG_FORMAT", "CLICKSTREAM_LOG_SOCKET", SETTINGS_FILE_ENV}
-)
+OTHER_VARIABLES = frozenset({LOG_LEVEL_ENV, LOG_FORMAT_ENV, LOG_SOCKET_ENV, SETTINGS_FILE_ENV})
 
 #: Bucket name beginnings and endings S3 keeps for its own features (access points, Outposts, directory buckets).
 _BUCKET_RESERVED_PREFIXES: Final = ("xn--", "sthree-", "amzn-s3-demo-")
