@@ -7,6 +7,7 @@ money as DECIMAL(18,2), signed integers only, strings for ids (Kinesis sequence 
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final
 
@@ -23,8 +24,10 @@ MONEY: Final = pa.decimal128(18, 2)
 
 
 def load_event_json_schema() -> dict[str, Any]:
-    """The JSON Schema that producers validate against; the worker's SQL validator mirrors it."""
-    loaded: dict[str, Any] = json.loads(EVENT_SCHEMA_PATH.read_text(encoding="utf-8"))
+    """The JSON Schema that producers validate against; the worker's SQL validator mirrors it. Its numbers are
+    read as decimals, as its ``$comment`` asks of the events checked against it (as binary floats most prices fail
+    ``multipleOf: 0.01``): load each event with ``json.loads(text, parse_float=Decimal)`` too."""
+    loaded: dict[str, Any] = json.loads(EVENT_SCHEMA_PATH.read_text(encoding="utf-8"), parse_float=Decimal)
     return loaded
 
 

@@ -29,10 +29,10 @@ from producer.generator import (
     read_jsonl,
     write_jsonl,
 )
-from schemas.contract import EVENT_SCHEMA_PATH
+from schemas.contract import load_event_json_schema
 
 # Floats as Decimal on both sides: with binary floats `19.99` fails `multipleOf: 0.01` (19.99 / 0.01 != 1999).
-SCHEMA = json.loads(EVENT_SCHEMA_PATH.read_text(encoding="utf-8"), parse_float=Decimal)
+SCHEMA = load_event_json_schema()
 VALIDATOR = Draft202012Validator(SCHEMA, format_checker=FormatChecker())
 MAX_RECORD_BYTES = 32 * 1024
 LATEST_PLAUSIBLE_EVENT = datetime(2030, 1, 1, tzinfo=UTC)

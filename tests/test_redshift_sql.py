@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,8 +28,8 @@ from runtime.settings import Settings
 from schemas.contract import (
     CUSTOMER_AGGREGATES_SCHEMA,
     ERRORS_SCHEMA,
-    EVENT_SCHEMA_PATH,
     EVENTS_SCHEMA,
+    load_event_json_schema,
 )
 from schemas.layout import PARTITION_COLUMN, OutputLayout
 from scoring.inputs import shards_behind
@@ -195,7 +194,7 @@ def partition_columns(create: exp.Create) -> dict[str, str]:
 
 def json_schema_varchar_bytes() -> dict[str, int]:
     """Longest UTF-8 byte length of each string field of the event JSON schema."""
-    properties = json.loads(EVENT_SCHEMA_PATH.read_text(encoding="utf-8"))["properties"]
+    properties = load_event_json_schema()["properties"]
     lengths = {}
     for name, spec in properties.items():
         if "enum" in spec:
@@ -323,7 +322,7 @@ def test_streaming_view_reads_the_stream_and_names_every_event_field() -> None:
     sql = raw.sql("redshift")
     assert "CAN_JSON_PARSE(kinesis_data)" in sql and "JSON_PARSE(kinesis_data)" in sql
     live = created_view("clickstream_events_live")
-    properties = json.loads(EVENT_SCHEMA_PATH.read_text(encoding="utf-8"))["properties"]
+    properties = load_event_json_schema()["properties"]
     assert set(properties) <= set(live.expression.named_selects)
 
 

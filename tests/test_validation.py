@@ -40,7 +40,14 @@ from aggregators.validation import (
     new_connection,
 )
 from producer.generator import ClickstreamGenerator
-from schemas import ERRORS_SCHEMA, EVENT_SCHEMA_PATH, EVENT_TYPES, EVENTS_SCHEMA, RAW_RECORD_SCHEMA
+from schemas import (
+    ERRORS_SCHEMA,
+    EVENT_SCHEMA_PATH,
+    EVENT_TYPES,
+    EVENTS_SCHEMA,
+    RAW_RECORD_SCHEMA,
+    load_event_json_schema,
+)
 from schemas.columns import contiguous
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -652,7 +659,7 @@ _SpecValidator = validators.extend(
     type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _integral_number),
 )
 # Floats as Decimal on both sides of the schema: with binary floats 19.99 fails multipleOf 0.01.
-SCHEMA = json.loads(EVENT_SCHEMA_PATH.read_text(encoding="utf-8"), parse_float=Decimal)
+SCHEMA = load_event_json_schema()
 SPEC_VALIDATOR = _SpecValidator(SCHEMA, format_checker=FormatChecker())
 LIBRARY_VALIDATOR = Draft202012Validator(SCHEMA, format_checker=FormatChecker())
 
