@@ -281,15 +281,21 @@ def test_a_standby_worker_or_one_holding_a_lease_is_healthy(tmp_path: Path) -> N
     assert assess(tmp_path, stuck_after=300, no_lease_after=60, now=now).healthy
 
 
+def lease_table(name: str) -> Any:
+    """A DynamoDB table keyed as the KCL's lease table (in the moto of the caller's ``mock_aws``)."""
+    dynamodb = boto3.client("dynamodb", region_name="us-east-1")
+    dynamodb.create_table(
+        TableName=name,
+        KeySchema=[{"AttributeName": "leaseKey", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "leaseKey", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    return dynamodb
+
+
 def test_the_supervisor_tells_a_standby_from_a_worker_that_cannot_take_leases(tmp_path: Path) -> None:
     with mock_aws():
-        dynamodb = boto3.client("dynamodb", region_name="us-east-1")
-        dynamodb.create_table(
-            TableName="lease-app",
-            KeySchema=[{"AttributeName": "leaseKey", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "leaseKey", "AttributeType": "S"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        dynamodb = lease_table("lease-app")
         settings = load_settings(
             state_dir=tmp_path, application_name="lease-app", worker_id="me", no_lease_unhealthy_seconds=10
         )
@@ -441,13 +447,7 @@ def test_a_lease_table_with_checkpoints_beside_a_prefix_without_commits_is_refus
         boto3.client("kinesis", region_name="us-east-1").create_stream(StreamName="second", ShardCount=1)
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket="lease-bucket")
-        dynamodb = boto3.client("dynamodb", region_name="us-east-1")
-        dynamodb.create_table(
-            TableName="shared-app",
-            KeySchema=[{"AttributeName": "leaseKey", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "leaseKey", "AttributeType": "S"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        dynamodb = lease_table("shared-app")
 
         def lease(shard: str, checkpoint: str) -> None:
             dynamodb.put_item(
