@@ -556,6 +556,8 @@ def produce(
             USAGE,
         )
     if input_file is not None:
+        if str(input_file) == "-" and sys.stdin is None:  # started with stdin closed (`<&-`)
+            raise FrontDoorError("--input -: stdin is closed: give a file, or a pipe on stdin", USAGE)
         records = read_jsonl(input_file)
         total = None
     else:

@@ -156,7 +156,9 @@ def check_lease_table(dynamodb: Any, s3: Any, settings: Settings) -> None:
                 "(check the task role; CLICKSTREAM_APPLICATION_NAME names the table)"
             ) from None
         raise
-    if status != "ACTIVE":  # another worker's KCL creating it (a fleet starting together): nothing in it yet
+    # another worker's KCL creating it (a fleet starting together): nothing in it yet, and a scan is refused (an
+    # UPDATING table, a capacity change or an index added, is read as an ACTIVE one)
+    if status == "CREATING":
         log.info("lease table %s is %s; the KCL waits for it", table, status)
         return
     checkpoints = _sequence_checkpoints(dynamodb, table)

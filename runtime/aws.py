@@ -34,8 +34,9 @@ THROTTLING_CODES = frozenset(
 #: gets 412 if the other write won).
 TRANSIENT_CODES = THROTTLING_CODES | frozenset(
     {
-        # Kinesis's answer to too many concurrent control calls (ListShards, DescribeStreamSummary); also to a
-        # quota, which retrying does not cure: a command does not call it throttling
+        # Kinesis's answer to too many control calls at once (ListShards, DescribeStreamSummary: what the worker
+        # calls); its other meaning, a quota, is not the worker's (CreateStream in `setup`), so the command line
+        # does not call it throttling
         "LimitExceededException",
         "InternalError",
         "InternalFailure",

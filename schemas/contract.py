@@ -7,7 +7,7 @@ money as DECIMAL(18,2), signed integers only, strings for ids (Kinesis sequence 
 from __future__ import annotations
 
 import json
-from decimal import Decimal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -23,11 +23,13 @@ UTC_MICROS: Final = pa.timestamp("us", tz="UTC")
 MONEY: Final = pa.decimal128(18, 2)
 
 
-def load_event_json_schema() -> dict[str, Any]:
-    """The JSON Schema that producers validate against; the worker's SQL validator mirrors it. Its numbers are
-    read as decimals, as its ``$comment`` asks of the events checked against it (as binary floats most prices fail
-    ``multipleOf: 0.01``): load each event with ``json.loads(text, parse_float=Decimal)`` too."""
-    loaded: dict[str, Any] = json.loads(EVENT_SCHEMA_PATH.read_text(encoding="utf-8"), parse_float=Decimal)
+def load_event_json_schema(parse_float: Callable[[str], Any] = float) -> dict[str, Any]:
+    """The JSON Schema that producers validate against; the worker's SQL validator mirrors it. ``parse_float``
+    reads its numbers, as ``json.loads``'s does: pass ``Decimal``, and load each event checked against it the same
+    way, for the exact check its ``$comment`` asks for (as binary floats most prices fail ``multipleOf: 0.01``)."""
+    loaded: dict[str, Any] = json.loads(
+        EVENT_SCHEMA_PATH.read_text(encoding="utf-8"), parse_float=parse_float
+    )
     return loaded
 
 

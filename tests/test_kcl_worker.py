@@ -499,6 +499,17 @@ def test_a_lease_table_still_being_created_is_not_read() -> None:
         stub.add_client_error("scan", "ResourceNotFoundException", "Requested resource not found")
         check_lease_table(dynamodb, None, settings)
 
+    class NoCommits:
+        def list_objects_v2(self, **_: Any) -> dict[str, Any]:
+            return {"KeyCount": 0}
+
+    with Stubber(dynamodb) as stub:  # UPDATING (a capacity change, an index added) is read as ACTIVE is
+        stub.add_response("describe_table", {"Table": {"TableName": "fleet-app", "TableStatus": "UPDATING"}})
+        checkpointed = {"leaseKey": {"S": "shardId-000000000000"}, "checkpoint": {"S": "4959033827149"}}
+        stub.add_response("scan", {"Items": [checkpointed]})
+        with pytest.raises(PreflightError, match="holds checkpoints"):
+            check_lease_table(dynamodb, NoCommits(), settings)
+
 
 # ---------------------------------------------------------------------------------------------------- live status
 def test_the_live_status_fits_80_columns_with_many_shards() -> None:

@@ -32,7 +32,7 @@ from producer.generator import (
 from schemas.contract import load_event_json_schema
 
 # Floats as Decimal on both sides: with binary floats `19.99` fails `multipleOf: 0.01` (19.99 / 0.01 != 1999).
-SCHEMA = load_event_json_schema()
+SCHEMA = load_event_json_schema(parse_float=Decimal)
 VALIDATOR = Draft202012Validator(SCHEMA, format_checker=FormatChecker())
 MAX_RECORD_BYTES = 32 * 1024
 LATEST_PLAUSIBLE_EVENT = datetime(2030, 1, 1, tzinfo=UTC)

@@ -2322,6 +2322,20 @@ def _stream_records(kinesis: Any, stream: str) -> list[bytes]:
     return [r["Data"] for r in kinesis.get_records(ShardIterator=iterator["ShardIterator"])["Records"]]
 
 
+def test_produce_from_a_closed_stdin_is_a_usage_error() -> None:
+    """`produce --input - <&-` was "unexpected AttributeError", exit 1."""
+    result = subprocess.run(
+        [sys.executable, "-m", "clickstream.cli", "produce", "--stream", "s", "--input", "-"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+        preexec_fn=lambda: os.close(0),
+    )
+    assert result.returncode == 2, result.stderr
+    assert "--input -: stdin is closed" in result.stderr
+
+
 def test_only_an_input_that_is_not_a_regular_file_lingers(tmp_path: Path) -> None:
     """A file is read at disk speed and fills its batches: the background reader is for pipes."""
     from clickstream.cli import _is_regular_file

@@ -972,7 +972,7 @@ def test_a_restore_from_a_snapshot_includes_a_flush_that_began_with_redelivered_
 @pytest.mark.parametrize(
     ("code", "status", "transient"),
     [
-        ("KMSThrottlingException", 400, True),  # SSE-KMS puts throttled by KMS: the worker stopped on them
+        ("KMSThrottlingException", 400, True),  # a KMS-encrypted stream's calls throttled by KMS
         ("TooManyRequestsException", 429, True),
         ("SlowDown", 503, True),
         ("ConditionalRequestConflict", 409, True),

@@ -659,7 +659,7 @@ _SpecValidator = validators.extend(
     type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _integral_number),
 )
 # Floats as Decimal on both sides of the schema: with binary floats 19.99 fails multipleOf 0.01.
-SCHEMA = load_event_json_schema()
+SCHEMA = load_event_json_schema(parse_float=Decimal)
 SPEC_VALIDATOR = _SpecValidator(SCHEMA, format_checker=FormatChecker())
 LIBRARY_VALIDATOR = Draft202012Validator(SCHEMA, format_checker=FormatChecker())
 
