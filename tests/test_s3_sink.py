@@ -30,7 +30,7 @@ from consumer.s3_sink import (
 from consumer.shard_processor import RawRecord, RecordBuffer
 from runtime.settings import Settings, load_settings
 from schemas import CUSTOMER_AGGREGATES_SCHEMA, ERRORS_SCHEMA, EVENTS_SCHEMA
-from schemas.control import CommitRecord, FlushIntent
+from schemas.control import CommitRecord, FlushIntent, KeptReadPointer, SnapshotPointer
 from schemas.layout import FlushName, OutputLayout
 from schemas.positions import Position
 from tests.moto_support import isolate_environment, moto_bucket
@@ -554,15 +554,25 @@ def test_commits_continuing_inside_one_kpl_aggregate_are_all_found(s3: Any) -> N
     assert read_commit_records(s3, BUCKET, layout, SHARD, continuing_from=Position("500", 11)) == []
 
 
-def test_a_control_record_without_its_write_time_is_refused_not_given_one() -> None:
+_WRITTEN = datetime(2026, 6, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        FlushIntent("shardId-000000000000", "a1", None, {"events": ["k"]}, _WRITTEN),
+        SnapshotPointer("shardId-000000000000", Position("5", 0), None, {"customers": "k"}, _WRITTEN),
+        KeptReadPointer("k", {}, 3, _WRITTEN, "rule"),
+    ],
+    ids=lambda record: type(record).__name__,
+)
+def test_a_control_record_without_its_write_time_is_refused_not_given_one(record: Any) -> None:
     """Control records are typed at both ends, never defaulted: a null written_at read as "now"."""
     from schemas.control import ControlRecordError
 
-    intent = FlushIntent(
-        "shardId-000000000000", "a1", None, {"events": ["k"]}, datetime(2026, 6, 1, tzinfo=UTC)
-    )
-    assert FlushIntent.from_json(intent.to_json()) == intent
-    document = json.loads(intent.to_json())
+    kind = type(record)
+    assert kind.from_json(record.to_json()) == record
+    document = json.loads(record.to_json())
     document["written_at"] = None
-    with pytest.raises(ControlRecordError, match="intent"):
-        FlushIntent.from_json(json.dumps(document))
+    with pytest.raises(ControlRecordError):
+        kind.from_json(json.dumps(document))
