@@ -45,7 +45,7 @@ from consumer.preflight import PreflightError, lease_owners, preflight
 from consumer.status import ShardStatus, clear_statuses, read_statuses, status_directory
 from consumer.worker_output import LogSink, SinkHandler, WorkerTotals, final_words, status_view, uptime
 from runtime.aws import aws_client
-from runtime.exit_codes import INTERRUPTED, OK, RUNTIME, STUCK, USAGE
+from runtime.exit_codes import INTERRUPTED, OK, RUNTIME, STUCK, TERMINATED, USAGE
 from runtime.logs import (
     LOG_FORMAT_ENV,
     LOG_LEVEL_ENV,
@@ -541,7 +541,8 @@ class KclWorker:
         else:
             self._kill()
             log.warning("second signal: forcing exit without waiting for shards")
-            raise SystemExit(INTERRUPTED)
+            # 128 + the signal that forced it, as a shell reports a process that signal ended
+            raise SystemExit(TERMINATED if signum == signal.SIGTERM else INTERRUPTED)
 
     def request_stop(self) -> None:
         """Ask the JVM to stop (its processors flush and checkpoint); asked before the JVM runs, it is asked as soon

@@ -844,6 +844,14 @@ def test_first_signal_stops_gracefully_and_the_second_forces_exit(
     assert killed == [(FakeJvm.pid, signal.SIGKILL)]
     assert jvm.signals == [signal.SIGTERM], "the graceful stop is requested once"
 
+    # forced by a second SIGTERM (an orchestrator's stop repeated): 143, as a shell reports SIGTERM's end
+    terminated = KclWorker(load_settings(state_dir=tmp_path / "again"))
+    terminated._process = FakeJvm()  # type: ignore[assignment]
+    terminated._on_signal(signal.SIGTERM, None)
+    with pytest.raises(SystemExit) as forced:
+        terminated._on_signal(signal.SIGTERM, None)
+    assert forced.value.code == 143
+
 
 def test_a_signal_that_lands_while_the_worker_writes_a_log_line_still_stops_the_jvm(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
