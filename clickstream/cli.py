@@ -445,13 +445,10 @@ def _say_stdin_is_consumed(input_file: Path | None) -> None:
 
 def _is_regular_file(path: Path) -> bool:
     """Whether ``path`` (``-``: stdin) is a regular file, read at disk speed, rather than a pipe or a device."""
+    # a stdin with no descriptor (an embedding program's byte stream) is no regular file
     try:
         mode = os.fstat(sys.stdin.fileno()).st_mode if str(path) == "-" else path.stat().st_mode
-    except (
-        OSError,
-        ValueError,
-        io.UnsupportedOperation,
-    ):  # a stdin with no descriptor (an embedding program's)
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
         return False
     return stat.S_ISREG(mode)
 
