@@ -169,9 +169,8 @@ def check_lease_table(dynamodb: Any, s3: Any, settings: Settings) -> None:
     if listed.get("KeyCount", 0):
         return
     examples = ", ".join(f"{shard} at {checkpoint}" for shard, checkpoint in sorted(checkpoints.items())[:2])
-    where = f"the KCL lease table {table!r} holds checkpoints ({examples}) and s3://{settings.bucket}/" + (
-        f"{layout.all_commits_prefix} no commit"
-    )
+    commits = f"s3://{settings.bucket}/{layout.all_commits_prefix}"
+    where = f"the KCL lease table {table!r} holds checkpoints ({examples}) and {commits} no commit"
     if settings.adopt_lease_checkpoints:
         log.warning(
             "%s: the shards start after those checkpoints (CLICKSTREAM_ADOPT_LEASE_CHECKPOINTS)", where

@@ -475,9 +475,8 @@ class ShardProcessor:
             Metric.FILES_WRITTEN: record.file_count,
         }
         if self.state.local_file_error is not None and not self._local_file_error_reported:
-            metrics[Metric.LOCAL_STATE_WRITE_FAILED] = (
-                1  # once: the shard goes on without its local file from now on
-            )
+            # once: the shard goes on without its local file from now on
+            metrics[Metric.LOCAL_STATE_WRITE_FAILED] = 1
             self._local_file_error_reported = True
         if record.freshness is not None:
             metrics[Metric.ARRIVAL_TO_DURABLE_P99] = record.freshness.arrival_to_durable_p99
