@@ -116,6 +116,7 @@ class FrontDoor(click.Group):
         terminated = threading.Event()
         try:
             with _sigterm_as_interrupt() if on_main_thread else nullcontext(terminated) as terminated:
+                ctx.meta[_SIGTERM_SEEN] = terminated
                 try:
                     return super().invoke(ctx)
                 except RuntimeError as error:
@@ -394,23 +395,15 @@ def generate(output: Path, progress: bool | None, **options: Any) -> None:
     from producer.generator import write_jsonl
 
     generator = _make_generator(**options)
-    with _sigterm_as_interrupt() as terminated:
-        try:
-            with progress_of("generating", "record", bar=show_progress(progress)) as report:
-                records = _counted(generator.events(), generator.total_records, report)
-                if str(output) == "-":
-                    stream = sys.stdout.buffer
-                    for data in records:
-                        stream.write(data + b"\n")
-                else:
-                    write_jsonl(writable_file("--output", output), records)
-        except KeyboardInterrupt:  # SIGTERM too (it ended the process without a word, a partial file left)
-            say(
-                f"generate interrupted ({_stop_cause(terminated)}) before it finished: "
-                f"{_INTERRUPTION_LEAVES['generate']}",
-                logging.WARNING,
-            )
-            sys.exit(_stop_exit_code(terminated))
+    # a stop (Ctrl-C, SIGTERM) is said by the front door: the output file may hold only part of the records
+    with progress_of("generating", "record", bar=show_progress(progress)) as report:
+        records = _counted(generator.events(), generator.total_records, report)
+        if str(output) == "-":
+            stream = sys.stdout.buffer
+            for data in records:
+                stream.write(data + b"\n")
+        else:
+            write_jsonl(writable_file("--output", output), records)
     summary = generator.summary
     say(
         f"wrote {generator.total_records} records ({summary.valid_events} valid events, "
@@ -477,6 +470,16 @@ def _sigterm_as_interrupt() -> Iterator[threading.Event]:
         yield terminated
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+#: Where the front door keeps the event its SIGTERM handler sets (``click.Context.meta``, shared by the commands).
+_SIGTERM_SEEN: Final = "clickstream.sigterm_seen"
+
+
+def _sigterm_seen() -> threading.Event:
+    """Set once a SIGTERM stopped the command: a command that says more on a stop tells it from Ctrl-C by it."""
+    seen = click.get_current_context().meta.get(_SIGTERM_SEEN)
+    return seen if isinstance(seen, threading.Event) else threading.Event()
 
 
 def _stop_cause(terminated: threading.Event) -> str:
@@ -584,19 +587,18 @@ def produce(
         for warning in doubtful.warnings(source):
             say(warning, logging.WARNING)
 
-    with _sigterm_as_interrupt() as terminated:
-        try:
-            # the summary is the command's answer: printed at any log level, not logged
-            summary = producer.put(sent, total=total, log_summary=False)
-        except (PutRecordsError, PutInputError) as error:
-            say_doubtful(f"{input_file} read (delivered or not)")
-            _say_stdin_is_consumed(input_file)
-            raise FrontDoorError(error.outcome()) from None
-        except PutInterrupted as interrupted:
-            say(interrupted.outcome(), logging.WARNING)
-            say_doubtful(f"{input_file} read (delivered or not)")
-            _say_stdin_is_consumed(input_file)
-            sys.exit(_stop_exit_code(terminated))
+    try:
+        # the summary is the command's answer: printed at any log level, not logged
+        summary = producer.put(sent, total=total, log_summary=False)
+    except (PutRecordsError, PutInputError) as error:
+        say_doubtful(f"{input_file} read (delivered or not)")
+        _say_stdin_is_consumed(input_file)
+        raise FrontDoorError(error.outcome()) from None
+    except PutInterrupted as interrupted:
+        say(interrupted.outcome(), logging.WARNING)
+        say_doubtful(f"{input_file} read (delivered or not)")
+        _say_stdin_is_consumed(input_file)
+        sys.exit(_stop_exit_code(_sigterm_seen()))
     say(summary.describe(settings.stream_name))
     if input_file is not None and summary.records_sent == 0 and not summary.rejected_too_large:
         say(f"{input_file} holds no records (only blank lines, or nothing): nothing sent", logging.WARNING)
@@ -753,7 +755,8 @@ def replay(
     require_worker_prefix(s3, settings)
     # one replay of a name at a time, from its plan (whose check for another range in the folder it protects) on
     alone = nullcontext() if dry_run else one_replay_of(full_name, replay_work_dir(settings))
-    with alone, _sigterm_as_interrupt() as terminated:
+    terminated = _sigterm_seen()
+    with alone:
         try:
             plan = plan_replay(s3, settings, window[0], window[1], name=name, progress=progress)
         except ControlRecordError:
