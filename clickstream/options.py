@@ -157,9 +157,8 @@ def writable_folder(flag: str, folder: Path) -> Path:
 
 def writable_file(flag: str, path: Path) -> Path:
     """An output file whose folder is (made and) writable, as ``writable_folder`` checks it."""
-    if (
-        str(path) == "-"
-    ):  # `generate -o -` writes to stdout; a command that cannot would write a file named "-"
+    # `generate -o -` writes to stdout; a command that cannot would write a file named "-"
+    if str(path) == "-":
         raise FrontDoorError(
             f"{flag} -: this command writes a file, not to stdout: give the file's name", USAGE
         )
