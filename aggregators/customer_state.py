@@ -41,7 +41,7 @@ import itertools
 import logging
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -55,6 +55,7 @@ import pyarrow.compute as pc
 from aggregators.ascii_bytes import hex_value
 from aggregators.fast_decode import FastDecoder, decimal_cents, decode_records, value_bytes
 from aggregators.keysets import IndexMark, KeyRuns, StringIndex, fixed_bytes, mix64
+from aggregators.state_journal import JournalContents, JournalDamagedError, StateJournal
 from aggregators.validation import RecordValidator, new_connection
 from runtime.logs import one_line
 from schemas import CUSTOMER_AGGREGATES_SCHEMA, ERRORS_SCHEMA, EVENT_TYPES, EVENTS_SCHEMA, MONEY, UTC_MICROS
@@ -88,9 +89,6 @@ ARRIVAL_DAYS_OUT_OF_ORDER: Final = 1
 _JOURNAL_SLACK_ROWS: Final = 10_000
 
 _US_PER_DAY: Final = 86_400_000_000
-#: How DuckDB reports a write the disk refused (full, failing, over a file-size limit): an I/O error while writing,
-#: a failed COMMIT (the WAL is written then: the usual case of a small batch on a full disk), a failed CHECKPOINT.
-_DISK_REFUSED: Final = (duckdb.IOException, duckdb.TransactionException, duckdb.FatalException)
 _NONE_LOW: Final = np.iinfo(np.int64).max  # "no value yet" for columns that keep a minimum
 _NONE_HIGH: Final = np.iinfo(np.int64).min  # ... and for columns that keep a maximum
 _DAY_BIAS: Final = 1 << 20  # days since 1970 shifted positive in the (customer, day) key
@@ -123,32 +121,27 @@ _START: Final = {
     "last_purchase_day": _NONE_HIGH,
 }
 
-#: Every table of the local file (the journal), for ``verify``.
-_JOURNAL_TABLES: Final = (
-    "customers",
-    "customer_rows",
-    "customer_sessions",
-    "customer_days",
-    "applied_events",
-    "shard_progress",
-)
-
-#: The local file's tables. An event id's halves are random bits: DuckDB's checkpoint would try every compression
-#: on them and store them uncompressed anyway (measured: 10% of the sync's COMMIT, the file's size unchanged).
-_DDL: Final = f"""
-CREATE TABLE IF NOT EXISTS customers (idx BIGINT NOT NULL, customer_id VARCHAR NOT NULL);
-CREATE TABLE IF NOT EXISTS customer_rows (idx BIGINT NOT NULL, {", ".join(f"{c} BIGINT" for c in RUNNING_COLUMNS)});
-CREATE TABLE IF NOT EXISTS customer_sessions (idx BIGINT NOT NULL, session_id VARCHAR NOT NULL);
-CREATE TABLE IF NOT EXISTS customer_days (idx BIGINT NOT NULL, day INTEGER NOT NULL, purchase BOOLEAN NOT NULL);
-CREATE TABLE IF NOT EXISTS applied_events (
-    idx BIGINT NOT NULL,
-    id_high UBIGINT NOT NULL USING COMPRESSION uncompressed,
-    id_low UBIGINT NOT NULL USING COMPRESSION uncompressed,
-    day INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS shard_progress (
-    shard_id VARCHAR PRIMARY KEY, sequence_number VARCHAR NOT NULL, sub_sequence_number BIGINT NOT NULL,
-    as_of TIMESTAMPTZ);
-"""
+#: The local journal's tables (``aggregators/state_journal.py``) and their columns, in the state's own types (a
+#: customer index and a count fit 32 bits): every sync writes these.
+_IDX: Final = pa.field("idx", pa.int32(), False)
+_JOURNAL_SCHEMAS: Final = {
+    "customers": pa.schema([_IDX, pa.field("customer_id", pa.string(), False)]),
+    "customer_rows": pa.schema(
+        [_IDX, *(pa.field(name, pa.int32() if name in _COUNTS else pa.int64()) for name in RUNNING_COLUMNS)]
+    ),
+    "customer_sessions": pa.schema([_IDX, pa.field("session_id", pa.string(), False)]),
+    "customer_days": pa.schema(
+        [_IDX, pa.field("day", pa.int32(), False), pa.field("purchase", pa.bool_(), False)]
+    ),
+    "applied_events": pa.schema(
+        [
+            _IDX,
+            pa.field("id_high", pa.uint64(), False),
+            pa.field("id_low", pa.uint64(), False),
+            pa.field("day", pa.int32(), False),
+        ]
+    ),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,29 +253,36 @@ class CustomerState:
     def __init__(
         self,
         shard_id: str,
-        database: Path | str = ":memory:",
+        local_dir: Path | None = None,
         validator: RecordValidator | None = None,
         options: StateOptions | None = None,
     ) -> None:
+        """``local_dir``: the shard's journal on local disk (None: memory only); held locked while this is open,
+        ``JournalLockedError`` if another process holds it, ``JournalDamagedError`` if it does not read as written."""
         self.shard_id = shard_id
-        self.database = str(database)
+        self.local_dir = local_dir
         self.validator = validator or RecordValidator()
         self.fast = FastDecoder(self.validator.rules)
         self.options = options or StateOptions()
         self.dedupe_window_days = max(0, self.options.dedupe_window // timedelta(days=1))
-        self.persistent = self.database != ":memory:"
+        self.persistent = local_dir is not None
         self.local_file_error: str | None = None  # why the local file was given up (None: it was not)
         self._unsynced: list[_JournalPart] = []
         self._synced_at = time.monotonic()
-        self._journal_rows = 0  # rows in the local file's journal tables
-        self.con: duckdb.DuckDBPyConnection = new_connection(self.database)
+        self._journal_rows = 0  # rows in the local journal's tables
+        self.con: duckdb.DuckDBPyConnection = new_connection()
         self.con.execute("SET threads = 1")  # one shard, one core: the KCL runs a process per shard
         self._hash = _StringHasher(self.con)
-        self.con.execute(_DDL)
         self._in_transaction = False
         self._reset()
-        if self.persistent:
-            self._load()
+        self._journal_file = None if local_dir is None else StateJournal(local_dir)
+        if self._journal_file is not None:
+            try:
+                self._load(self._journal_file.read())
+            except BaseException:
+                self.con.close()
+                self._journal_file.close()
+                raise
 
     def close(self, *, sync: bool = True) -> None:
         """Write what the local file lacks (a graceful stop restarts without re-applying anything), then close;
@@ -292,6 +292,8 @@ class CustomerState:
                 self.sync(compact=False)  # a stop has seconds: the journal is rewritten by a later sync
         finally:
             self.con.close()
+            if self._journal_file is not None:
+                self._journal_file.close()
 
     def _reset(self) -> None:
         self._customers = StringIndex(self._hash)
@@ -319,12 +321,6 @@ class CustomerState:
     def as_of(self) -> datetime | None:
         """The event-time high-water mark (timezone-aware) or None."""
         return None if self._as_of is None else _to_datetime(self._as_of)
-
-    def verify(self) -> None:
-        """Read every stored value once (DuckDB checks each block's checksum as it reads): raises if the file is
-        damaged, so a corrupt cache is found at open instead of in the middle of a flush."""
-        for table in _JOURNAL_TABLES:
-            self.con.execute(f"SELECT count(*), max(hash(COLUMNS(*))) FROM {table}").fetchall()
 
     def reset(self) -> None:
         """Forget everything, in memory and in the local file (a restore then rebuilds the state from S3)."""
@@ -725,60 +721,51 @@ class CustomerState:
         memory may include a few before the window, which the rewrite drops: runs are pruned as they merge)."""
         return self.row_count() + len(self._customers)
 
-    def _write_file(self, tables: dict[str, pa.Table], *, replace: bool, checkpoint: bool = False) -> None:
-        """One transaction: ``tables`` appended to the journal tables (or replacing them), and the position.
+    def _write_file(self, tables: dict[str, pa.Table], *, replace: bool) -> None:
+        """One sync of the journal: ``tables`` appended (or replacing all it holds), and the position.
 
         A write the disk refuses (full, failing) ends the local file, not the shard: see ``_continue_in_memory``.
         """
-        con = self.con
-        try:
-            con.execute("BEGIN TRANSACTION")
-            try:
-                rows = 0 if replace else self._journal_rows
-                for name, data in tables.items():
-                    rows += data.num_rows
-                    if replace:
-                        con.execute(f"DELETE FROM {name}")
-                    con.register("journal_part", data)
-                    try:
-                        con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM journal_part")
-                    finally:
-                        con.unregister("journal_part")
-                self._write_progress(self._position, self._as_of)
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            con.execute("COMMIT")
-            self._journal_rows = rows
-            if checkpoint:
-                con.execute("CHECKPOINT")
-        except _DISK_REFUSED as error:
-            self._continue_in_memory(error)
+        if self._journal_file is not None and self.persistent:
+            self._write_journal(tables, replace=replace)
         self._unsynced = []
         self._synced_at = time.monotonic()
 
-    def _continue_in_memory(self, error: duckdb.Error) -> None:
-        """The local file could not be written: go on with the state in memory and no file.
+    def _write_journal(self, tables: dict[str, pa.Table], *, replace: bool) -> None:
+        assert self._journal_file is not None
+        position = self._position
+        progress = {
+            "shard_id": self.shard_id,
+            "sequence_number": None if position is None else position.sequence_number,
+            "sub_sequence_number": None if position is None else position.sub_sequence_number,
+            "as_of": self._as_of,
+        }
+        typed = {name: _journal_typed(name, table) for name, table in tables.items()}
+        try:
+            self._journal_file.write(typed, progress, replaces=replace)
+        except OSError as error:
+            self._continue_in_memory(error)
+        else:
+            self._journal_rows = (0 if replace else self._journal_rows) + sum(
+                t.num_rows for t in typed.values()
+            )
 
-        The file is a cache: S3 holds every committed batch, so nothing is lost, and a restart restores from there
-        (from the file as it was last written, if it still reads). Stopping instead would loop while the disk stays
-        full: every restart restores, writes the file and fails again. DuckDB may refuse every later statement on a
-        database whose write failed, so parsing and hashing move to a new in-memory connection.
+    def _continue_in_memory(self, error: OSError) -> None:
+        """The local journal could not be written: go on with the state in memory and no file.
+
+        The journal is a cache: S3 holds every committed batch, so nothing is lost, and a restart restores from there
+        (from the journal as it was last written, if it still reads). Stopping instead would loop while the disk
+        stays full: every restart restores, writes the journal and fails again. The journal stays locked until the
+        state closes: no other process of this host takes the shard's directory meanwhile.
         """
         self.local_file_error = one_line(error)
         log.error(
-            "the local state file %s could not be written (%s): the shard goes on from memory without it; S3 "
-            "holds every commit, and a restart restores from there",
-            self.database,
+            "the local state %s could not be written (%s): the shard goes on from memory without it; S3 holds every "
+            "commit, and a restart restores from there",
+            self.local_dir,
             self.local_file_error,
             extra={"shard_id": self.shard_id},
         )
-        with suppress(duckdb.Error):
-            self.con.close()
-        self.con = new_connection(":memory:")
-        self.con.execute("SET threads = 1")
-        self.con.execute(_DDL)
-        self._hash.connection = self.con
         self.persistent = False
 
     def _install_in_memory(self, staged: _Staged) -> None:
@@ -825,62 +812,47 @@ class CustomerState:
         if len(changed):
             journal["customer_rows"] = pa.table(
                 {
-                    "idx": changed,
-                    **{name: self._cols[name][changed].astype(np.int64) for name in RUNNING_COLUMNS},
+                    "idx": changed.astype(np.int32),
+                    **{name: self._cols[name][changed] for name in RUNNING_COLUMNS},
                 }
             )
         return journal
 
-    def _write_progress(self, position: Position | None, as_of: int | None) -> None:
-        self.con.execute("DELETE FROM shard_progress")
-        if position is not None:
-            self.con.execute(
-                "INSERT INTO shard_progress VALUES (?, ?, ?, ?)",
-                [
-                    self.shard_id,
-                    position.sequence_number,
-                    position.sub_sequence_number,
-                    None if as_of is None else _to_datetime(as_of),
-                ],
-            )
-
     # ------------------------------------------------------------------ loading the local cache
-    def _load(self) -> None:
-        """Read the journal into memory; compact it when changed rows outnumber customers (cost once per open)."""
+    def _load(self, journal: JournalContents) -> None:
+        """Read the journal into memory; rewrite it when changed rows outnumber customers (cost once per open)."""
         con = self.con
-        progress = con.execute(
-            "SELECT sequence_number, sub_sequence_number, as_of FROM shard_progress WHERE shard_id = ?",
-            [self.shard_id],
-        ).fetchall()
-        customers = con.sql("SELECT idx, customer_id FROM customers ORDER BY idx").to_arrow_table()
-        rows = con.sql(
-            "SELECT * FROM customer_rows QUALIFY row_number() OVER (PARTITION BY idx ORDER BY events DESC) = 1"
-        ).to_arrow_table()
-        # only the event ids a lookup can still match: the journal may hold every id the shard ever applied
-        self._arrival_day = con.sql("SELECT max(day) FROM applied_events").fetchall()[0][0]
-        window_start = self._window_start()
-        in_window = "" if window_start is None else f" WHERE day >= {int(window_start)}"
         tables = {
-            "customers": customers,
-            "customer_rows": rows,
-            "customer_sessions": con.sql("SELECT * FROM customer_sessions").to_arrow_table(),
-            "customer_days": con.sql("SELECT * FROM customer_days").to_arrow_table(),
-            "applied_events": con.sql(f"SELECT * FROM applied_events{in_window}").to_arrow_table(),
+            name: pa.concat_tables(journal.tables.get(name, [schema.empty_table()]))
+            for name, schema in _JOURNAL_SCHEMAS.items()
         }
-        if progress:
-            sequence, sub, as_of = progress[0]
-            self._position = Position(str(sequence), int(sub))
-            self._as_of = None if as_of is None else _to_micros(as_of)
+        try:  # a customer's last row is its current one (its events only grow)
+            con.register("journal_rows", tables["customer_rows"])
+            tables["customer_rows"] = con.sql(
+                "SELECT * FROM journal_rows QUALIFY row_number() OVER (PARTITION BY idx ORDER BY events DESC) = 1"
+            ).to_arrow_table()
+        finally:
+            con.unregister("journal_rows")
+        # only the event ids a lookup can still match: the journal may hold every id the shard ever applied
+        applied = tables["applied_events"]
+        self._arrival_day = None if applied.num_rows == 0 else int(pc.max(applied.column("day")).as_py())
+        window_start = self._window_start()
+        if window_start is not None:
+            tables["applied_events"] = applied.filter(pc.greater_equal(applied.column("day"), window_start))
+        progress = journal.progress
+        if progress.get("sequence_number") is not None:
+            self._position = Position(str(progress["sequence_number"]), int(progress["sub_sequence_number"]))
+            self._as_of = None if progress.get("as_of") is None else int(progress["as_of"])
         self._load_indexed(tables)
-        self._journal_rows = sum(
-            con.sql(f"SELECT count(*) FROM {table}").fetchall()[0][0] for table in _JOURNAL_TABLES
-        )
+        self._journal_rows = journal.rows
         if self._journal_rows > 2 * self._rewritten_rows() + _JOURNAL_SLACK_ROWS:
             self._rewrite_journal()
 
     def _load_indexed(self, tables: dict[str, pa.Table]) -> None:
         """Install tables keyed by dense index (``idx``) into memory."""
         customers = tables["customers"]
+        if not np.array_equal(customers.column("idx").to_numpy(), np.arange(customers.num_rows)):
+            raise JournalDamagedError("the customers' indexes are not 0, 1, 2, ... in order")
         self._customers = StringIndex(self._hash)
         self._customers.add(contiguous(customers.column("customer_id")))
         self._grow(len(self._customers))
@@ -958,7 +930,7 @@ class CustomerState:
 
     def _rewrite_journal(self) -> None:
         """Replace the journal by the current state (drops superseded rows and the ids before the window)."""
-        self._write_file(self._indexed_tables(), replace=True, checkpoint=True)
+        self._write_file(self._indexed_tables(), replace=True)
 
     # ------------------------------------------------------------------ snapshots
     def export_tables(self) -> dict[str, pa.Table]:
@@ -1297,6 +1269,12 @@ def _replace(applied: AppliedBatch, **changes: Any) -> AppliedBatch:
     values = {name: getattr(applied, name) for name in AppliedBatch.__dataclass_fields__}
     values.update(changes)
     return AppliedBatch(**values)
+
+
+def _journal_typed(name: str, table: pa.Table) -> pa.Table:
+    """``table`` with the journal's columns and types for ``name`` (every sync's files concatenate at a read)."""
+    schema = _JOURNAL_SCHEMAS[name]
+    return table.select(schema.names).cast(schema)
 
 
 def _empty_indexed(name: str) -> pa.Table:

@@ -145,7 +145,7 @@ def bench_core(
     batches = _raw_batches(payloads, batch)
     del payloads
     with tempfile.TemporaryDirectory() as directory:
-        state = CustomerState(SHARD, Path(directory) / "state.duckdb", options=_worker_state_options())
+        state = CustomerState(SHARD, Path(directory) / "state.journal", options=_worker_state_options())
         started, cpu_started = time.perf_counter(), time.process_time()
         applied = 0
         for table in batches:
@@ -276,7 +276,7 @@ def bench_flush_scaling(state_customers: int, changed: int, rounds: int = 5) -> 
 
     load = _generate(state_customers, state_customers * 6, seed=2)
     with tempfile.TemporaryDirectory() as directory:
-        state = CustomerState(SHARD, Path(directory) / "state.duckdb", options=_worker_state_options())
+        state = CustomerState(SHARD, Path(directory) / "state.journal", options=_worker_state_options())
         next_sequence = 1
         for table in _raw_batches(load, 50_000, next_sequence):
             state.apply(table)

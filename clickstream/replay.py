@@ -15,6 +15,7 @@ import fcntl
 import logging
 import os
 import re
+import shutil
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -252,8 +253,8 @@ def _replay(  # noqa: PLR0917 - one private call site
             _release_claim(sink, plan)
         raise FrontDoorError(str(error), USAGE) from None
     work_dir.mkdir(parents=True, exist_ok=True)
-    database = work_dir / f"replay-{plan.name}.duckdb"
-    database.unlink(missing_ok=True)  # always from empty state: a re-run gives the same result
+    scratch = work_dir / f"replay-{plan.name}.journal"
+    shutil.rmtree(scratch, ignore_errors=True)  # always from empty state: a re-run gives the same result
     state: CustomerState | None = None
     read = applied = batches = 0
     pending: list[pa.Table] = []  # one shard's files: the core orders a batch by position, which is per shard
@@ -271,7 +272,7 @@ def _replay(  # noqa: PLR0917 - one private call site
 
     reported_at = clock()
     try:
-        state = CustomerState("replay", database, options=state_options(settings))  # the worker's window
+        state = CustomerState("replay", scratch, options=state_options(settings))  # the worker's window
         with tqdm(
             total=plan.events, unit="ev", unit_scale=True, desc=f"replay {plan.name}", disable=not progress
         ) as bar:
@@ -315,9 +316,8 @@ def _replay(  # noqa: PLR0917 - one private call site
     finally:
         with _stops_held():  # the scratch state goes whatever stops the run, a second stop included
             if state is not None:
-                state.close(sync=False)  # its file is deleted next: nothing to write into it (slow on Ctrl-C)
-            database.unlink(missing_ok=True)
-            database.with_name(f"{database.name}.wal").unlink(missing_ok=True)
+                state.close(sync=False)  # it is deleted next: nothing to write into it (slow on Ctrl-C)
+            shutil.rmtree(scratch, ignore_errors=True)
             if claimed and not writing:  # nothing written: the name is free for another range again
                 _release_claim(sink, plan)
 

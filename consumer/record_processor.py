@@ -10,7 +10,6 @@ import functools
 import importlib.abc
 import logging
 import os
-import re
 import sys
 import threading
 import time
@@ -22,6 +21,7 @@ import pyarrow as pa
 from amazon_kclpy.v3 import processor
 
 from aggregators.customer_state import CustomerState
+from aggregators.state_journal import JournalLockedError
 from aggregators.validation import RecordValidator, ValidationRules
 from consumer.kcl_messages import ColumnarKCLProcess, RecordColumns
 from consumer.s3_sink import S3ParquetSink
@@ -70,16 +70,12 @@ def _fail_fast(method: _Call) -> _Call:
 
 
 #: DuckDB's words when another process holds the file: "... Conflicting lock is held in <program> (PID 4547) ...".
-_LOCK_HOLDER = re.compile(r"lock is held in .*\(PID (\d+)\)")
-
-
 def sibling_holding_lock(error: BaseException) -> int | None:
-    """The pid of the process holding the state file this one could not lock, when it is another record processor of
+    """The pid of the process holding the state this one could not lock, when it is another record processor of
     the same MultiLangDaemon (same parent); None for any other error or holder."""
-    match = _LOCK_HOLDER.search(str(error))
-    if match is None:
+    if not isinstance(error, JournalLockedError) or error.holder_pid is None:
         return None
-    pid = int(match.group(1))
+    pid = error.holder_pid
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:

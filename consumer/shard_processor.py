@@ -679,10 +679,11 @@ class ShardProcessor:
 
 
 def state_path(state_dir: Path, shard_id: str, *, stream_name: str, bucket: str, prefix: str) -> Path:
-    """Where a shard's DuckDB state lives on local disk: in a folder of the stream and the S3 prefix it belongs to.
+    """Where a shard's local state (its journal directory) lives: in a folder of the stream and the S3 prefix it
+    belongs to.
 
     Shard ids repeat across streams, and a state directory may be reused for another stream or prefix (one worker
     at a time holds it): a file of the other's would be trusted whenever its position happens to lie on this chain,
     and its events counted again. In its own folder, the other's file is never opened."""
     owner = hashlib.sha256(f"{stream_name}\n{bucket}\n{prefix}".encode()).hexdigest()[:12]
-    return state_dir / "shards" / f"{stream_name}-{owner}" / f"{shard_id}.duckdb"
+    return state_dir / "shards" / f"{stream_name}-{owner}" / f"{shard_id}.journal"

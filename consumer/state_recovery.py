@@ -22,9 +22,7 @@ A local file that cannot be opened or read is moved aside (``open_shard_state``)
 
 from __future__ import annotations
 
-import gc
 import logging
-import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -37,6 +35,7 @@ import pyarrow as pa
 from botocore.exceptions import ClientError
 
 from aggregators.customer_state import CustomerState, StateOptions
+from aggregators.state_journal import JournalLockedError
 from aggregators.validation import RecordValidator
 from consumer.metrics import Metric
 from consumer.metrics import emit as emit_metrics
@@ -85,11 +84,6 @@ class SnapshotTableMissingError(FileNotFoundError):
 _RESTORE_ATTEMPTS = 3
 
 
-#: DuckDB's words when another process holds a database file ("IO Error: Could not set lock on file "...": Conflicting
-#: lock is held in <program> (PID 4547) ..."). Only these: a damaged file's errors say "block" too.
-LOCK_CONFLICT = re.compile(r"Could not set lock on file|Conflicting lock is held")
-
-
 class ChainError(RuntimeError):
     """The commit chain on S3 does not continue where it must (an object was deleted by hand, or a foreign
     writer used the same prefix): the shard stops instead of guessing."""
@@ -102,27 +96,24 @@ def open_shard_state(
     metric_dimensions: Mapping[str, str] | None = None,
     options: StateOptions | None = None,
 ) -> CustomerState:
-    """Open the shard's local state; a file that cannot be opened or read is moved aside (kept for inspection) and
-    a fresh one is opened, which the restore then rebuilds from S3. A file locked by another process is an error."""
+    """Open the shard's local state (a journal directory); one that cannot be read is moved aside (kept for
+    inspection) and a fresh one is opened, which the restore then rebuilds from S3. A journal another process holds
+    is an error (``JournalLockedError``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_legacy_file(path, shard_id)
     try:
-        return _open_verified(path, shard_id, validator, options)
-    except Exception as error:
-        if LOCK_CONFLICT.search(str(error)):
-            raise  # another process holds it: not corruption (the KCL will retry the lease)
+        return CustomerState(shard_id, path, validator, options)
+    except JournalLockedError:
+        raise  # another process holds it: not damage (the KCL will retry the lease)
+    except Exception as error:  # noqa: BLE001 - whatever stops the read, the cache is rebuilt from S3
         cause = one_line(error)
-    gc.collect()  # DuckDB caches open databases by path: the damaged one must be gone before the path is reused
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    moved = []
-    for file in (path, path.with_name(path.name + ".wal")):
-        if file.exists():
-            target = file.with_name(f"{file.name}.unreadable-{stamp}")
-            file.rename(target)
-            moved.append(target.name)
+    target = path.with_name(f"{path.name}.unreadable-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}")
+    path.rename(target)
     log.error(
-        "local state file is unreadable (%s); moved aside as %s, restoring the shard from S3",
+        "local state %s is unreadable (%s); moved aside as %s, restoring the shard from S3",
+        path,
         cause,
-        ", ".join(moved) or "(nothing to move)",
+        target.name,
         extra={"shard_id": shard_id},
     )
     emit_metrics({Metric.STATE_FILES_QUARANTINED: 1}, dict(metric_dimensions or {}))
@@ -138,16 +129,15 @@ def state_options(settings: Settings) -> StateOptions:
     )
 
 
-def _open_verified(
-    path: Path, shard_id: str, validator: RecordValidator, options: StateOptions | None
-) -> CustomerState:
-    state = CustomerState(shard_id, path, validator, options)
-    try:
-        state.verify()
-    except Exception:
-        state.close()
-        raise
-    return state
+def _remove_legacy_file(path: Path, shard_id: str) -> None:
+    """Delete the DuckDB file earlier versions kept for the shard beside its journal: a cache nothing reads now (a
+    first start after the upgrade restores from S3), which would otherwise hold its disk forever."""
+    for legacy in (path.with_suffix(".duckdb"), path.with_suffix(".duckdb.wal")):
+        if legacy.is_file():
+            legacy.unlink()
+            log.info(
+                "deleted %s, the local state of an earlier version", legacy, extra={"shard_id": shard_id}
+            )
 
 
 class StateRecovery:

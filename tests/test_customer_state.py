@@ -6,6 +6,7 @@ plain-Python computation of the same columns from the event documents.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import signal
@@ -19,7 +20,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 from aggregators import customer_state
 from aggregators.customer_state import AppliedBatch, CustomerState, StateOptions
+from aggregators.state_journal import StateJournal, read_journal
 from producer.generator import ClickstreamGenerator
 from schemas import CUSTOMER_AGGREGATES_SCHEMA, EVENT_TYPES, RAW_RECORD_SCHEMA
 from schemas.positions import Position
@@ -745,7 +746,7 @@ def test_failure_in_the_middle_of_installing_rolls_back_everything(
     batches = _three_batches()
     clean = CustomerState(SHARD)
     expected = [_comparable(clean.apply(batch)) for batch in batches]
-    state = CustomerState(SHARD, tmp_path / "shard.duckdb")
+    state = CustomerState(SHARD, tmp_path / "shard.journal")
     state.apply(batches[0])
     snapshot, position, count = state.snapshot_rows(), state.position(), state.customer_count()
 
@@ -767,7 +768,7 @@ def test_failure_in_the_middle_of_installing_rolls_back_everything(
     assert state.snapshot_rows().equals(snapshot)
     assert [_comparable(state.apply(batch)) for batch in batches[1:]] == expected[1:]
     state.close()
-    reopened = CustomerState(SHARD, tmp_path / "shard.duckdb")
+    reopened = CustomerState(SHARD, tmp_path / "shard.journal")
     assert reopened.snapshot_rows().equals(clean.snapshot_rows())
 
 
@@ -791,7 +792,7 @@ def test_second_staged_batch_while_one_is_open_is_refused() -> None:
 
 def test_persisted_state_survives_close_and_reopen(tmp_path: Path) -> None:
     batches = _three_batches()
-    path = tmp_path / "shard.duckdb"
+    path = tmp_path / "shard.journal"
     state = CustomerState(SHARD, path)
     apply_all(state, batches[:2])
     snapshot, position = state.snapshot_rows(), state.position()
@@ -814,7 +815,7 @@ def test_a_local_file_the_disk_refuses_is_given_up_and_the_shard_goes_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Disk full: the batch is durable on S3 already, so failing it would only loop (every restart writes the file
-    again); the state goes on in memory on a new connection, parsing, validating and hashing as before."""
+    again); the state goes on in memory, parsing, validating and hashing as before."""
     stream = Stream()
     batches = [
         stream.batch([event("c-1", "purchase", "2026-03-01T10:00:00Z"), b"garbage"]),
@@ -826,22 +827,21 @@ def test_a_local_file_the_disk_refuses_is_given_up_and_the_shard_goes_on(
         ),
         stream.batch([event("c-3", "purchase", "2026-03-03T10:00:00Z", revenue="2.50"), b"{not json"]),
     ]
-    path = tmp_path / "shard.duckdb"
+    path = tmp_path / "shard.journal"
     state = CustomerState(SHARD, path)
     state.apply(batches[0])
     written = state.position()
-    write_progress = CustomerState._write_progress
 
-    def disk_full(self: CustomerState, *_: Any) -> None:
-        raise duckdb.IOException('Could not write file "shard.duckdb.wal": No space left on device')
+    def disk_full(self: StateJournal, *_: Any, **__: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(CustomerState, "_write_progress", disk_full)
+    monkeypatch.setattr(StateJournal, "write", disk_full)
     second = state.apply(batches[1])
-    monkeypatch.setattr(CustomerState, "_write_progress", write_progress)
+    monkeypatch.undo()
     assert second.position == state.position(), "the batch is installed: its outputs are durable on S3"
     assert not state.persistent and state.local_file_error is not None
     assert "No space left on device" in state.local_file_error
-    third = state.apply(batches[2])  # the fast path, the validator and the hashes on the new connection
+    third = state.apply(batches[2])  # the fast path, the validator and the hashes as before
     assert third.rejects.num_rows == 1 and third.events.num_rows == 1
 
     memory = CustomerState(SHARD)
@@ -853,14 +853,16 @@ def test_a_local_file_the_disk_refuses_is_given_up_and_the_shard_goes_on(
 
 _DISK_LIMIT_SCRIPT = """
 import json, resource, signal, sys
+from pathlib import Path
 from aggregators.customer_state import CustomerState
 from tests.test_customer_state import SHARD, _refused_disk_batches
 
 batches = _refused_disk_batches()
-state = CustomerState(SHARD, sys.argv[1])
+state = CustomerState(SHARD, Path(sys.argv[1]))
 state.apply(batches[0])
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing us
-resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+# 256 bytes: any Arrow file of a sync is larger
+resource.setrlimit(resource.RLIMIT_FSIZE, (256, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 for batch in batches[1:]:
     state.apply(batch)
 state.close()
@@ -885,10 +887,10 @@ def _refused_disk_batches() -> list[pa.Table]:
 
 @pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="file-size limits are POSIX")
 def test_a_local_file_past_the_file_size_limit_is_given_up_and_the_shard_goes_on(tmp_path: Path) -> None:
-    """A real refused write, as on a full disk: DuckDB reports a batch's write at its COMMIT (the WAL), and every
-    later write too; the shard must go on from memory with the same rows."""
+    """A real refused write, as on a full disk (here past the process's file-size limit, EFBIG): the shard must go on
+    from memory with the same rows."""
     done = subprocess.run(
-        [sys.executable, "-c", _DISK_LIMIT_SCRIPT, str(tmp_path / "shard.duckdb")],
+        [sys.executable, "-c", _DISK_LIMIT_SCRIPT, str(tmp_path / "shard.journal")],
         capture_output=True,
         text=True,
         timeout=120,
@@ -907,18 +909,22 @@ def test_a_local_file_past_the_file_size_limit_is_given_up_and_the_shard_goes_on
 
 def _file_position(state: CustomerState) -> str | None:
     """The position the local file holds: what a restart after a crash would find."""
-    rows = state.con.execute("SELECT sequence_number FROM shard_progress").fetchall()
-    return str(rows[0][0]) if rows else None
+    assert state.local_dir is not None
+    return read_journal(state.local_dir).progress.get("sequence_number")
+
+
+def _ids_in_file(path: Path) -> int:
+    return sum(table.num_rows for table in read_journal(path).tables.get("applied_events", []))
 
 
 def _crash(state: CustomerState) -> None:
-    """Drop the connection the way a killed process does: nothing the state queued is written."""
-    state.con.close()
+    """Let go of the state the way a killed process does: nothing the state queued is written."""
+    state.close(sync=False)
 
 
 def test_the_local_file_is_written_every_sync_records_and_on_close(tmp_path: Path) -> None:
     batches = _three_batches()  # 2, 3 and 1 records
-    path = tmp_path / "shard.duckdb"
+    path = tmp_path / "shard.journal"
     state = CustomerState(SHARD, path, options=StateOptions(sync_every_records=5, sync_every_seconds=3600))
     state.apply(batches[0])
     assert _file_position(state) is None, "2 records: not written yet"
@@ -938,7 +944,7 @@ def test_the_local_file_is_written_every_sync_records_and_on_close(tmp_path: Pat
 
 def test_a_crash_loses_only_what_the_file_lacks_and_its_position_says_so(tmp_path: Path) -> None:
     batches = _three_batches()
-    path = tmp_path / "shard.duckdb"
+    path = tmp_path / "shard.journal"
     state = CustomerState(SHARD, path, options=StateOptions(sync_every_records=5, sync_every_seconds=3600))
     apply_all(state, batches)
     _crash(state)
@@ -959,7 +965,7 @@ def test_the_local_file_is_written_once_sync_seconds_have_passed(tmp_path: Path)
     batches = _three_batches()
     state = CustomerState(
         SHARD,
-        tmp_path / "shard.duckdb",
+        tmp_path / "shard.journal",
         options=StateOptions(sync_every_records=10**6, sync_every_seconds=30),
     )
     state.apply(batches[0])
@@ -974,7 +980,7 @@ def test_a_failed_sync_undoes_its_batch_and_keeps_the_earlier_ones_queued(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     batches = _three_batches()
-    path = tmp_path / "shard.duckdb"
+    path = tmp_path / "shard.journal"
     state = CustomerState(SHARD, path, options=StateOptions(sync_every_records=5, sync_every_seconds=3600))
     first = state.apply(batches[0])  # queued, not written
     snapshot = state.snapshot_rows()
@@ -1002,7 +1008,7 @@ def test_a_failed_sync_undoes_its_batch_and_keeps_the_earlier_ones_queued(
 
 @pytest.mark.usefixtures("local_zone_new_york")
 def test_event_dates_are_utc_days_in_a_reopened_database(tmp_path: Path) -> None:
-    path = tmp_path / "shard.duckdb"
+    path = tmp_path / "shard.journal"
     state = CustomerState(SHARD, path)
     state.apply(Stream().batch([event("c-1", "purchase", "2026-03-01T23:30:00-05:00")]))  # 03-02 04:30Z
     state.close()
@@ -1177,7 +1183,7 @@ def test_events_in_customer_order_over_months_are_still_deduplicated() -> None:
 def test_dedupe_window_survives_reopen_and_snapshot(tmp_path: Path) -> None:
     """The ids' arrival days are kept: after a reopen and after a restore, a re-send 7 days after the original is
     still a duplicate, and one 8 days after it is counted again (the duplicate on day 7 was never applied)."""
-    path = tmp_path / "shard.duckdb"
+    path = tmp_path / "shard.journal"
     state = CustomerState(SHARD, path)
     stream = Stream()
     documents = [event("c-1", "page_view", f"2026-03-0{d}T10:00:00Z") for d in range(1, 4)]
@@ -1208,7 +1214,7 @@ def test_a_long_running_shard_keeps_its_file_and_its_restart_to_the_window_of_ev
     rewritten whole once it outgrows the state, and a restart loads only the window's ids, deciding duplicates as a
     state that never restarted does."""
     options = StateOptions(dedupe_window=timedelta(days=1), sync_every_records=1)
-    path = tmp_path / "shard.duckdb"
+    path = tmp_path / "shard.journal"
     live = CustomerState(SHARD, path, options=options)
     never_restarted = CustomerState(SHARD, options=options)
     stream = Stream()
@@ -1220,7 +1226,7 @@ def test_a_long_running_shard_keeps_its_file_and_its_restart_to_the_window_of_ev
         batch = _arriving(stream.batch(documents), day)
         live.apply(batch)
         never_restarted.apply(batch)
-    in_file = live.con.sql("SELECT count(*) FROM applied_events").fetchall()[0][0]
+    in_file = _ids_in_file(path)
     assert in_file < days * per_day / 2, in_file  # rewritten along the way: not every id ever applied
     live.close()
 
@@ -1243,21 +1249,16 @@ def test_a_stop_appends_to_the_local_file_and_leaves_its_rewrite_to_the_next_sta
     options = StateOptions(
         dedupe_window=timedelta(days=1), sync_every_records=10**9, sync_every_seconds=10**9
     )
-    path = tmp_path / "shard.duckdb"
+    path = tmp_path / "shard.journal"
     state = CustomerState(SHARD, path, options=options)
     stream = Stream()
     for day in range(40):  # 20,000 ids, none synced yet: one append of them all is past the rewrite threshold
         documents = [event(f"c-{n % 200}", "page_view", "2026-05-01T10:00:00Z") for n in range(500)]
         state.apply(_arriving(stream.batch(documents), day))
     state.close()
-    with duckdb.connect(str(path), read_only=True) as con:
-        assert (
-            con.sql("SELECT count(*) FROM applied_events").fetchall()[0][0] == 20_000
-        )  # appended, not rewritten
+    assert _ids_in_file(path) == 20_000  # appended, not rewritten
     reopened = CustomerState(SHARD, path, options=options)
-    assert (
-        reopened.con.sql("SELECT count(*) FROM applied_events").fetchall()[0][0] <= 1_500
-    )  # rewritten at open
+    assert _ids_in_file(path) <= 1_500  # rewritten at open
     reopened.close()
 
 

@@ -82,7 +82,7 @@ def test_worker_flags_reach_the_record_processors(emulator_endpoint: str, tmp_pa
     keys = [obj["Key"] for obj in s3.list_objects_v2(Bucket=env["CLICKSTREAM_BUCKET"])["Contents"]]
     assert keys and all(key.startswith("alt/") for key in keys), sorted({k.split("/")[0] for k in keys})
     assert any("/customer_aggregates/" in key for key in keys)
-    assert list(state_dir.rglob("*.duckdb")), "each shard's state lives under --state-dir"
+    assert list(state_dir.rglob("*.journal")), "each shard's state lives under --state-dir"
     assert not (tmp_path / "state-from-env").exists(), "the environment's state dir is not used"
     written = json.loads((state_dir / "worker-settings.json").read_text())
     assert (written["prefix"], written["flush_max_seconds"]) == ("alt", 2.0)

@@ -9,6 +9,7 @@ events/ files, no two commits covering one record, every data file named by a co
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 from collections import Counter
@@ -16,12 +17,12 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 import pytest
 from botocore.exceptions import ClientError, IncompleteReadError, ResponseStreamingError
 
 from aggregators.customer_state import AppliedBatch, CustomerState
+from aggregators.state_journal import StateJournal
 from aggregators.validation import RecordValidator
 from consumer.s3_sink import CommitConflict, FlushAttempt, S3ParquetSink
 from consumer.shard_processor import FlushPolicy, RawRecord, RecordBuffer, ShardProcessor
@@ -82,7 +83,7 @@ def settings(tmp_path: Path) -> Settings:
 def writer(
     s3: Any,
     settings: Settings,
-    database: Path | str = ":memory:",
+    local_dir: Path | None = None,
     policy: FlushPolicy = EVERY,
     *,
     sink: S3ParquetSink | None = None,
@@ -91,7 +92,7 @@ def writer(
     """A processor wired as in production (recovery from S3), as one worker holding the shard."""
     return ShardProcessor(
         SHARD,
-        CustomerState(SHARD, database),
+        CustomerState(SHARD, local_dir),
         sink or S3ParquetSink(s3, settings),
         policy,
         clock=lambda: 0.0,
@@ -393,7 +394,7 @@ def test_a_local_state_that_is_not_on_the_chain_is_discarded_and_rebuilt(
     owner.start(None)
     owner.on_records(records[:20], 0, RecordingCheckpointer())
     owner.on_records(records[20:40], 0, RecordingCheckpointer())
-    foreign = CustomerState(SHARD, tmp_path / "foreign.duckdb")
+    foreign = CustomerState(SHARD, tmp_path / "foreign.journal")
     foreign.apply(records_table(records[:30]))  # position 29: a flush this prefix never committed
 
     with caplog.at_level(logging.WARNING):
@@ -405,32 +406,38 @@ def test_a_local_state_that_is_not_on_the_chain_is_discarded_and_rebuilt(
     assert foreign.snapshot_rows().equals(owner.state.snapshot_rows())
 
 
-def damaged(content: bytes, damage: str) -> bytes:
-    """A state file's bytes cut short, overwritten, or with one bit flipped in each of its data blocks (DuckDB then
-    fails a checksum "in block at location ...")."""
-    if damage == "truncated":
-        return content[: len(content) // 3]
+def damage_journal(journal: Path, damage: str) -> None:
+    """A local journal's files cut short, a manifest overwritten, one bit flipped in each data file, or a sync's
+    file gone: each as a disk or a hand may leave it."""
+    data_files = sorted(journal.glob("sync-*/*.arrow"))
+    assert data_files, "nothing to damage"
+    for path in data_files:
+        content = path.read_bytes()
+        if damage == "truncated":
+            path.write_bytes(content[: len(content) // 3])
+        elif damage == "bit flips":
+            flipped = bytearray(content)
+            flipped[len(flipped) // 2] ^= 0x01
+            path.write_bytes(bytes(flipped))
+        elif damage == "missing":
+            path.unlink()
     if damage == "garbage":
-        return b"\x00garbage" * 4096
-    flipped = bytearray(content)
-    for offset in range(3 * 4096 + 512, len(flipped), 256 * 1024):  # past the three header blocks
-        flipped[offset] ^= 0x01
-    return bytes(flipped)
+        for manifest in journal.glob("sync-*/manifest.json"):
+            manifest.write_bytes(b"\x00garbage" * 64)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "garbage", "bit flips"])
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "bit flips", "missing"])
 def test_an_unreadable_state_file_is_moved_aside_and_the_shard_restored_exactly(
     s3: Any, settings: Settings, tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     records = to_records(payloads())
-    path = tmp_path / "shards" / f"{SHARD}.duckdb"
+    path = tmp_path / "shards" / f"{SHARD}.journal"
     path.parent.mkdir()
     first = writer(s3, settings, path)
     first.start(None)
     first.on_records(records[:40], 0, RecordingCheckpointer())
     first.state.close()
-    content = path.read_bytes()
-    path.write_bytes(damaged(content, damage))
+    damage_journal(path, damage)
 
     with caplog.at_level(logging.ERROR):
         state = open_shard_state(path, SHARD, RecordValidator(), {"StreamName": "stream"})
@@ -446,8 +453,8 @@ def test_an_unreadable_state_file_is_moved_aside_and_the_shard_restored_exactly(
     processor.start(records[39].sequence_number)
     processor.on_records(records[40:], 0, RecordingCheckpointer())
 
-    moved = [p.name for p in path.parent.iterdir() if ".unreadable-" in p.name]
-    assert moved, "the damaged file is kept for inspection"
+    moved = [p for p in path.parent.iterdir() if ".unreadable-" in p.name]
+    assert len(moved) == 1 and list(moved[0].glob("sync-*")), "the damaged journal is kept for inspection"
     assert [r.levelname for r in caplog.records if "unreadable" in r.getMessage()] == ["ERROR"]
     assert_exactly_once(s3, records, state)
 
@@ -499,14 +506,14 @@ def test_a_local_file_the_disk_refuses_is_reported_once_and_nothing_is_lost(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     records = to_records(payloads())
-    owner = writer(s3, settings, tmp_path / "shard.duckdb")  # flushes every 20 records
+    owner = writer(s3, settings, tmp_path / "shard.journal")  # flushes every 20 records
     owner.start(None)
     owner.on_records(records[:20], 0, RecordingCheckpointer())
 
-    def disk_full(self: CustomerState, *_: Any) -> None:
-        raise duckdb.IOException("Could not write file: No space left on device")
+    def disk_full(self: StateJournal, *_: Any, **__: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(CustomerState, "_write_progress", disk_full)
+    monkeypatch.setattr(StateJournal, "write", disk_full)
     checkpointer = RecordingCheckpointer()
     with caplog.at_level(logging.INFO):
         owner.on_records(records[20:], 0, checkpointer)

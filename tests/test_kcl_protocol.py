@@ -31,6 +31,7 @@ import pytest
 from amazon_kclpy import kcl
 from botocore.exceptions import ClientError
 
+from aggregators.state_journal import JournalLockedError
 from consumer import record_processor
 from consumer.kcl_messages import ColumnarKCLProcess
 from consumer.kcl_worker import KclWorker
@@ -501,22 +502,24 @@ def test_a_shard_s_state_file_is_its_stream_s_and_prefix_s_own(settings: Setting
     assert len(paths) == 4 and all(path.parent.parent == settings.state_dir / "shards" for path in paths)
     state = RecordProcessor(settings)._open_state(SHARD)
     try:
-        assert Path(state.database) == _state_file(settings)
+        assert state.local_dir == _state_file(settings)
     finally:
         state.close()
 
 
 def _hold_state_file(path: Path) -> subprocess.Popen[str]:
-    """Another process that opens ``path`` with DuckDB (taking its lock) until a line comes on its stdin; returns
-    once it holds it. It prints ``releasing`` right before it lets go of the file, then lives on for a while."""
+    """Another process that opens the journal at ``path`` (taking its lock) until a line comes on its stdin;
+    returns once it holds it. It prints ``releasing`` right before it lets go of it, then lives on for a while."""
     path.parent.mkdir(parents=True, exist_ok=True)
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            f"import duckdb, sys, time; con = duckdb.connect({str(path)!r}); print('held', flush=True); "
-            "sys.stdin.readline(); print('releasing', flush=True); con.close(); time.sleep(30)",
+            "import sys, time; from pathlib import Path; from aggregators.state_journal import StateJournal; "
+            f"journal = StateJournal(Path({str(path)!r})); print('held', flush=True); "
+            "sys.stdin.readline(); print('releasing', flush=True); journal.close(); time.sleep(30)",
         ],
+        cwd=Path(__file__).resolve().parent.parent,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -566,8 +569,9 @@ def test_a_state_file_held_by_an_unrelated_process_is_still_an_error(settings: S
     holder = _hold_state_file(_state_file(settings))
     try:
         assert record_processor.sibling_holding_lock(RuntimeError("no lock words")) is None
-        with pytest.raises(Exception, match="lock") as raised:
+        with pytest.raises(JournalLockedError, match=f"held by process {holder.pid}") as raised:
             RecordProcessor(settings)._open_state(SHARD)
+        assert raised.value.holder_pid == holder.pid
         assert record_processor.sibling_holding_lock(raised.value) is None  # held, but not by a sibling
     finally:
         holder.kill()

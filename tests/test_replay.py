@@ -222,7 +222,7 @@ def test_an_interrupted_replay_writes_nothing_and_exits_130(
     assert "nothing written" in result.output
     assert _replays(s3) == []
     assert _claims(s3) == [], "nothing written: the name is free for another range"
-    assert not list((tmp_path / "replay").glob("*.duckdb")), "its scratch state is removed"
+    assert not list((tmp_path / "replay").glob("*.journal")), "its scratch state is removed"
 
 
 def test_a_replay_stopped_by_sigterm_says_so_removes_its_scratch_state_and_exits_143(
@@ -411,7 +411,7 @@ def test_a_second_replay_of_the_same_name_is_refused_while_the_first_runs(s3: An
 
     _archive(s3)
     (tmp_path / "replay").mkdir()
-    scratch = tmp_path / "replay" / "replay-wk.duckdb"
+    scratch = tmp_path / "replay" / "replay-wk.journal"
     scratch.write_bytes(b"the first replay's state")
     with (tmp_path / "replay" / "replay-wk.lock").open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # as the first replay holds it

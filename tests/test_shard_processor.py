@@ -29,6 +29,7 @@ from amazon_kclpy.checkpoint_error import CheckpointError
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from aggregators.customer_state import AppliedBatch, CustomerState
+from aggregators.state_journal import read_journal
 from consumer.s3_sink import FlushAttempt, S3ParquetSink, read_commit_records
 from consumer.shard_processor import FlushPolicy, LeaseLostError, RawRecord, RecordBuffer, ShardProcessor
 from consumer.state_recovery import StateRecovery
@@ -409,13 +410,13 @@ def test_empty_heartbeats_with_nothing_buffered_never_flush_or_checkpoint(
 def test_checkpoint_waits_for_the_commit_record_the_data_files_and_the_state_commit(
     s3: Any, settings: Settings, tmp_path: Path
 ) -> None:
-    state = CustomerState(SHARD, tmp_path / "shard.duckdb")
+    state = CustomerState(SHARD, tmp_path / "shard.journal")
     seen_at_checkpoint: list[dict[str, Any]] = []
 
     def inspect(args: tuple[Any, ...]) -> None:
         commits = commit_records(s3)
-        # a separate connection sees only committed DuckDB data
-        committed = state.con.cursor().execute("SELECT sequence_number FROM shard_progress").fetchall()
+        # what a restart would read: only syncs that landed whole
+        committed = read_journal(tmp_path / "shard.journal").progress.get("sequence_number")
         seen_at_checkpoint.append(
             {
                 "checkpoint": args[0],
@@ -427,7 +428,7 @@ def test_checkpoint_waits_for_the_commit_record_the_data_files_and_the_state_com
                     for key in keys
                     if key not in keys_under(s3, PREFIX)
                 ],
-                "committed_state_sequence": committed[0][0] if committed else None,
+                "committed_state_sequence": committed,
             }
         )
 
@@ -890,7 +891,7 @@ def test_after_a_crash_redelivery_from_the_checkpoint_yields_the_clean_run_outpu
 
     # --- first process: dies during its second flush (records 20..39)
     sink, checkpointer = CRASH_POINTS[crash_point](s3, settings)
-    state = CustomerState(SHARD, tmp_path / "first.duckdb")
+    state = CustomerState(SHARD, tmp_path / "first.journal")
     processor = production_processor(state, sink, s3, settings)
     processor.start(None)
     with pytest.raises(SimulatedCrashError):
@@ -902,7 +903,7 @@ def test_after_a_crash_redelivery_from_the_checkpoint_yields_the_clean_run_outpu
     intent_files = {key for keys in intent.files.values() for key in keys}
 
     # --- next owner: the same DuckDB file, or a new host without it; started at the last checkpoint
-    state = CustomerState(SHARD, tmp_path / ("first.duckdb" if disk == "same-disk" else "second.duckdb"))
+    state = CustomerState(SHARD, tmp_path / ("first.journal" if disk == "same-disk" else "second.journal"))
     processor = production_processor(state, S3ParquetSink(s3, settings), s3, settings)
     processor.start(checkpointer.calls[-1][0])
     # The crashed attempt's files stay until its chain position is taken: a live writer could still commit them.
@@ -936,7 +937,7 @@ def test_a_restore_from_a_snapshot_includes_a_flush_that_began_with_redelivered_
     records = to_records(payloads())
     # 1. crash after the state commit of records 20..39, before their checkpoint
     sink, checkpointer = crash_before_checkpoint(s3, settings)
-    state = CustomerState(SHARD, tmp_path / "host-a.duckdb")
+    state = CustomerState(SHARD, tmp_path / "host-a.journal")
     processor = production_processor(state, sink, s3, settings)
     processor.start(None)
     with pytest.raises(SimulatedCrashError):
@@ -944,7 +945,7 @@ def test_a_restore_from_a_snapshot_includes_a_flush_that_began_with_redelivered_
             processor.on_records(batch, 0, checkpointer)
     state.close()
     # 2. the restarted processor is asked to stop before any record arrives: it snapshots its state (at 39)
-    state = CustomerState(SHARD, tmp_path / "host-a.duckdb")
+    state = CustomerState(SHARD, tmp_path / "host-a.journal")
     processor = production_processor(state, S3ParquetSink(s3, settings), s3, settings)
     processor.start(sequence(FLUSH_EVERY - 1))
     processor.on_shutdown_requested(RecordingCheckpointer())
@@ -954,7 +955,7 @@ def test_a_restore_from_a_snapshot_includes_a_flush_that_began_with_redelivered_
     ].read()
     assert json.loads(pointer)["position"]["sequence_number"] == sequence(2 * FLUSH_EVERY - 1)
     # 3. the lease moves to a host without that disk; the KCL redelivers 20..59 in one batch
-    state = CustomerState(SHARD, tmp_path / "host-b.duckdb")
+    state = CustomerState(SHARD, tmp_path / "host-b.journal")
     processor = production_processor(state, S3ParquetSink(s3, settings), s3, settings)
     processor.start(sequence(FLUSH_EVERY - 1))
     resumed = RecordingCheckpointer()

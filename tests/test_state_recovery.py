@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -86,7 +87,7 @@ def test_lost_disk_is_restored_from_snapshot_plus_later_commits(
     s3_env: tuple[Any, Settings], tmp_path: Path
 ) -> None:
     s3, settings = s3_env
-    original = _processor(s3, settings, tmp_path / "a.duckdb", snapshot_every=4)
+    original = _processor(s3, settings, tmp_path / "a.journal", snapshot_every=4)
     original.start("TRIM_HORIZON")
     _feed(original, _records(60, 3_000, seed=1))
     assert original.metrics.flushes > 4 and original.metrics.flushes % 4, (
@@ -94,7 +95,7 @@ def test_lost_disk_is_restored_from_snapshot_plus_later_commits(
     )
     expected = _rows(original.state)
 
-    fresh = _processor(s3, settings, tmp_path / "empty.duckdb", snapshot_every=4)
+    fresh = _processor(s3, settings, tmp_path / "empty.journal", snapshot_every=4)
     report = StateRecovery(s3, settings).restore(fresh.state)
     assert report.source == "snapshot"
     assert 0 < report.commits_applied < original.metrics.flushes, "only the commits after the snapshot"
@@ -104,10 +105,10 @@ def test_lost_disk_is_restored_from_snapshot_plus_later_commits(
 
 def test_restore_without_snapshot_replays_every_commit(s3_env: tuple[Any, Settings], tmp_path: Path) -> None:
     s3, settings = s3_env
-    original = _processor(s3, settings, tmp_path / "a.duckdb", snapshot_every=10**6)
+    original = _processor(s3, settings, tmp_path / "a.journal", snapshot_every=10**6)
     original.start("TRIM_HORIZON")
     _feed(original, _records(40, 1_500, seed=2))
-    fresh = CustomerState(SHARD, tmp_path / "b.duckdb")
+    fresh = CustomerState(SHARD, tmp_path / "b.journal")
     report = StateRecovery(s3, settings).restore(fresh)
     assert report.source == "empty" and report.commits_applied == original.metrics.flushes
     assert _rows(fresh) == _rows(original.state)
@@ -118,18 +119,18 @@ def test_stale_local_state_catches_up_with_commits_made_elsewhere(
 ) -> None:
     s3, settings = s3_env
     records = _records(50, 2_000, seed=3)
-    first = _processor(s3, settings, tmp_path / "stale.duckdb", snapshot_every=10**6)
+    first = _processor(s3, settings, tmp_path / "stale.journal", snapshot_every=10**6)
     first.start("TRIM_HORIZON")
     _feed(first, records[:800])
     first.state.close()
-    (tmp_path / "stale-copy.duckdb").write_bytes((tmp_path / "stale.duckdb").read_bytes())
+    shutil.copytree(tmp_path / "stale.journal", tmp_path / "stale-copy.journal")
 
     # another worker (its own disk) continues the shard
-    second = _processor(s3, settings, tmp_path / "stale.duckdb", snapshot_every=10**6)
+    second = _processor(s3, settings, tmp_path / "stale.journal", snapshot_every=10**6)
     second.start("800")
     _feed(second, records[800:])
 
-    behind = CustomerState(SHARD, tmp_path / "stale-copy.duckdb")
+    behind = CustomerState(SHARD, tmp_path / "stale-copy.journal")
     report = StateRecovery(s3, settings).restore(behind)
     assert report.source == "local" and report.commits_applied >= 1
     assert _rows(behind) == _rows(second.state)
@@ -142,14 +143,14 @@ def test_after_a_crash_the_restore_re_applies_what_the_local_file_had_not_writte
     behind the commit chain, on it, and the restore catches it up from S3."""
     s3, settings = s3_env
     options = StateOptions(sync_every_records=1_000, sync_every_seconds=3600)
-    path = tmp_path / "shard.duckdb"
+    path = tmp_path / "shard.journal"
     original = _processor(s3, settings, path, snapshot_every=10**6, options=options)
     original.start("TRIM_HORIZON")
     _feed(
         original, _records(50, 2_000, seed=4)
     )  # flushes of 600, 600, 600, 200: the file is written at 1,200
     expected, tip = _rows(original.state), original.state.position()
-    original.state.con.close()  # killed: what the state had queued for the file is gone
+    original.state.close(sync=False)  # killed: what the state had queued for the file is gone
 
     reopened = CustomerState(SHARD, path, options=options)
     behind = reopened.position()
@@ -168,7 +169,7 @@ def test_child_shards_start_from_their_parents_customers_in_their_hash_range(
     s3_env: tuple[Any, Settings], tmp_path: Path
 ) -> None:
     s3, settings = s3_env
-    parent = _processor(s3, settings, tmp_path / "parent.duckdb", snapshot_every=10**6)
+    parent = _processor(s3, settings, tmp_path / "parent.journal", snapshot_every=10**6)
     parent.start("TRIM_HORIZON")
     _feed(parent, _records(80, 2_000, seed=4))
     parent.on_shard_ended(RecordingCheckpointer())  # flush + final snapshot before SHARD_END
@@ -182,7 +183,7 @@ def test_child_shards_start_from_their_parents_customers_in_their_hash_range(
     seen: set[str] = set()
     for child_id, parent_info in children.items():
         recovery = StateRecovery(s3, settings, parents=lambda _id, p=parent_info: [p])
-        child = CustomerState(child_id, tmp_path / f"{child_id}.duckdb")
+        child = CustomerState(child_id, tmp_path / f"{child_id}.journal")
         assert recovery.restore(child).source == "parents"
         rows = {row["customer_id"]: row for row in _rows(child)}
         assert all(parent_info.child_start_hash <= _hash(c) <= parent_info.child_end_hash for c in rows)
@@ -200,7 +201,7 @@ def test_child_of_a_merge_takes_both_parents(s3_env: tuple[Any, Settings], tmp_p
     parents = []
     for index, seed in ((1, 5), (2, 6)):
         shard = f"shardId-00000000000{index}"
-        state = CustomerState(shard, tmp_path / f"{shard}.duckdb")
+        state = CustomerState(shard, tmp_path / f"{shard}.journal")
         processor = ShardProcessor(
             shard,
             state,
@@ -225,7 +226,7 @@ def test_child_of_a_merge_takes_both_parents(s3_env: tuple[Any, Settings], tmp_p
         parents.append((shard, state))
     lookup = [ParentShard(shard, 0, 2**128 - 1) for shard, _ in parents]
     child_id = "shardId-000000000003"
-    child = CustomerState(child_id, tmp_path / "child.duckdb")
+    child = CustomerState(child_id, tmp_path / "child.journal")
     StateRecovery(s3, settings, parents=lambda _id: lookup).restore(child)
 
     # every parent's customers with their whole rows (as of the later parent's high-water mark)
@@ -253,7 +254,7 @@ def test_a_missing_events_file_is_not_blamed_on_the_snapshot(
     """Only a snapshot's own table sends the restore to the chain's start; a commit's events file that is gone
     is raised as it is (the rebuild would need it too), with no SnapshotUnreadable to mislead."""
     s3, settings = s3_env
-    original = _processor(s3, settings, tmp_path / "a.duckdb", snapshot_every=2)
+    original = _processor(s3, settings, tmp_path / "a.journal", snapshot_every=2)
     original.start("TRIM_HORIZON")
     _feed(original, _records(40, 2_500, seed=12))
     pointer = _latest_snapshot(s3, settings)
@@ -261,7 +262,7 @@ def test_a_missing_events_file_is_not_blamed_on_the_snapshot(
     assert after, "some commits follow the snapshot"
     s3.delete_object(Bucket="recovery-bucket", Key=after[0].files["events"][0])
     with caplog.at_level(logging.INFO), pytest.raises(FileNotFoundError):
-        StateRecovery(s3, settings).restore(CustomerState(SHARD, tmp_path / "fresh.duckdb"))
+        StateRecovery(s3, settings).restore(CustomerState(SHARD, tmp_path / "fresh.journal"))
     assert not [r for r in caplog.records if "SnapshotUnreadable" in getattr(r, "emf", {})]
 
 
@@ -287,7 +288,7 @@ def _latest_snapshot(s3: Any, settings: Settings) -> SnapshotPointer:
 
 def test_snapshot_replaces_the_previous_one(s3_env: tuple[Any, Settings], tmp_path: Path) -> None:
     s3, settings = s3_env
-    processor = _processor(s3, settings, tmp_path / "a.duckdb", snapshot_every=2)
+    processor = _processor(s3, settings, tmp_path / "a.journal", snapshot_every=2)
     processor.start("TRIM_HORIZON")
     _feed(processor, _records(30, 2_500, seed=7))
     keys = [
@@ -337,15 +338,15 @@ def test_a_writer_whose_snapshot_lost_deletes_only_its_own_tables(
     there. With the tables of both X-writers at the same keys, the loser's tidy-up deleted the tables the pointer
     then named: every restore failed for good (a parent's children never started). (Found by review.)"""
     s3, settings = s3_env
-    owner = _processor(s3, settings, tmp_path / "a.duckdb", snapshot_every=10**6)
+    owner = _processor(s3, settings, tmp_path / "a.journal", snapshot_every=10**6)
     owner.start("TRIM_HORIZON")
     records = _records(30, 1_500, seed=11)
     _feed(owner, records[:1_000])  # two commits: W is the first one's end, X the second's
-    at_x = CustomerState(SHARD, tmp_path / "x.duckdb")
+    at_x = CustomerState(SHARD, tmp_path / "x.journal")
     StateRecovery(s3, settings).restore(at_x)
     chain = StateRecovery(s3, settings).chain_from(SHARD, None)
     assert len(chain) == 2
-    at_w = CustomerState(SHARD, tmp_path / "w.duckdb")
+    at_w = CustomerState(SHARD, tmp_path / "w.journal")
     at_w.apply_events(
         pa.concat_tables([S3ParquetSink(s3, settings).get_parquet(k) for k in chain[0].files["events"]]),
         chain[0].last,
@@ -367,7 +368,7 @@ def test_a_writer_whose_snapshot_lost_deletes_only_its_own_tables(
     assert pointer.position == at_x.position()
     assert set(pointer.tables.values()) <= _snapshot_keys(s3), "the pointer names only tables that exist"
     assert len({key.rsplit("/", 1)[0] for key in _snapshot_keys(s3) if key.endswith(".parquet")}) == 1
-    fresh = CustomerState(SHARD, tmp_path / "fresh.duckdb")
+    fresh = CustomerState(SHARD, tmp_path / "fresh.journal")
     assert StateRecovery(s3, settings).restore(fresh).source == "snapshot"
     assert _rows(fresh) == _rows(owner.state)
 
@@ -379,7 +380,7 @@ def test_a_snapshot_deletes_the_tables_of_writers_that_died_before_their_pointer
     copy of the shard's state each time. The next snapshot deletes every unnamed table at or before its position;
     a table past it may be a live writer's, about to move the pointer, and stays."""
     s3, settings = s3_env
-    owner = _processor(s3, settings, tmp_path / "a.duckdb", snapshot_every=10**6)
+    owner = _processor(s3, settings, tmp_path / "a.journal", snapshot_every=10**6)
     owner.start("TRIM_HORIZON")
     _feed(owner, _records(30, 1_500, seed=12))
     recovery = StateRecovery(s3, settings)
@@ -418,12 +419,12 @@ def test_a_snapshot_whose_tables_are_gone_is_rebuilt_from_the_chain_start(
     """A pointer naming deleted tables (a lifecycle rule on _control/, a hand, an older version's race) costs a
     slower restore, not a shard that never starts again."""
     s3, settings = s3_env
-    original = _processor(s3, settings, tmp_path / "a.duckdb", snapshot_every=2)
+    original = _processor(s3, settings, tmp_path / "a.journal", snapshot_every=2)
     original.start("TRIM_HORIZON")
     _feed(original, _records(40, 2_500, seed=12))
     pointer = _latest_snapshot(s3, settings)
     s3.delete_object(Bucket="recovery-bucket", Key=pointer.tables["customers"])
-    fresh = CustomerState(SHARD, tmp_path / "fresh.duckdb")
+    fresh = CustomerState(SHARD, tmp_path / "fresh.journal")
     with caplog.at_level(logging.INFO):
         report = StateRecovery(s3, settings).restore(fresh)
     assert report.source == "empty" and report.commits_applied == original.metrics.flushes, "from the start"
@@ -444,7 +445,7 @@ def test_snapshot_tables_write_ids_and_one_row_per_customer_without_a_dictionary
     """The random event-id halves, session ids and money, and the customer id of the one-row-per-customer table, gain
     nothing from a dictionary (measured: a quarter of a snapshot's write time); repeated customer ids keep theirs."""
     s3, settings = s3_env
-    processor = _processor(s3, settings, tmp_path / "a.duckdb", snapshot_every=1)
+    processor = _processor(s3, settings, tmp_path / "a.journal", snapshot_every=1)
     processor.start("TRIM_HORIZON")
     _feed(processor, _records(30, 600, seed=7))
     expected = {  # table: (without a dictionary, with one)
@@ -464,7 +465,7 @@ def test_a_crash_during_restore_is_finished_by_the_next_restore(
     s3_env: tuple[Any, Settings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     s3, settings = s3_env
-    original = _processor(s3, settings, tmp_path / "a.duckdb", snapshot_every=4)
+    original = _processor(s3, settings, tmp_path / "a.journal", snapshot_every=4)
     original.start("TRIM_HORIZON")
     _feed(original, _records(50, 3_000, seed=8))
     assert original.metrics.flushes % 4 >= 2, "at least two commits follow the last snapshot"
@@ -479,7 +480,7 @@ def test_a_crash_during_restore_is_finished_by_the_next_restore(
         applied.append(position.sequence_number)
         return real_apply(self, events, position)
 
-    database = tmp_path / "restoring.duckdb"
+    database = tmp_path / "restoring.journal"
     interrupted = CustomerState(SHARD, database)
     with monkeypatch.context() as patch:
         patch.setattr(CustomerState, "apply_events", crash_after_first_commit)
@@ -500,7 +501,7 @@ def test_snapshots_wait_for_new_events_in_proportion_to_the_state(
     """With a minimum new fraction, a snapshot is due only once the commits since the last one hold that many new
     events against the rows a snapshot writes: fewer snapshots as the state grows, and restores still exact."""
     s3, settings = s3_env
-    processor = _processor(s3, settings, tmp_path / "a.duckdb", snapshot_every=1)
+    processor = _processor(s3, settings, tmp_path / "a.journal", snapshot_every=1)
     processor.snapshot_min_new_fraction = 0.5
     written = _record_snapshots(processor)
     processor.start("TRIM_HORIZON")
@@ -511,7 +512,7 @@ def test_snapshots_wait_for_new_events_in_proportion_to_the_state(
     gaps = [later - earlier for earlier, later in itertools.pairwise(written)]
     assert 2 <= len(written) < flushes and max(gaps) > 1, "snapshots thin out as the state grows"
     assert written[-1] < flushes, "commits follow the last snapshot"
-    fresh = CustomerState(SHARD, tmp_path / "b.duckdb")
+    fresh = CustomerState(SHARD, tmp_path / "b.journal")
     report = StateRecovery(s3, settings).restore(fresh)
     assert report.source == "snapshot" and report.commits_applied == flushes - written[-1]
     assert _rows(fresh) == _rows(processor.state)
@@ -524,7 +525,7 @@ def test_a_stop_soon_after_a_snapshot_writes_none_and_the_next_owner_restores_ex
     (as a periodic snapshot would); otherwise the next owner re-applies those few commits."""
     s3, settings = s3_env
     records = _records(40, 1_600, seed=11)
-    processor = _processor(s3, settings, tmp_path / "a.duckdb", snapshot_every=2)
+    processor = _processor(s3, settings, tmp_path / "a.journal", snapshot_every=2)
     processor.snapshot_min_new_fraction = 0.25
     written = _record_snapshots(processor)
     processor.start("TRIM_HORIZON")
@@ -541,7 +542,7 @@ def test_a_stop_soon_after_a_snapshot_writes_none_and_the_next_owner_restores_ex
     assert _latest_snapshot(s3, settings).position.sequence_number == snapshot_at
 
     # the next owner, on another host, restores from that snapshot and the commits after it
-    fresh = CustomerState(SHARD, tmp_path / "b.duckdb")
+    fresh = CustomerState(SHARD, tmp_path / "b.journal")
     report = StateRecovery(s3, settings).restore(fresh)
     assert report.source == "snapshot" and report.commits_applied == 1
     assert report.events_since_snapshot == report.events_applied > 0
@@ -555,7 +556,7 @@ def test_a_restarted_owner_counts_the_commits_since_the_snapshot_toward_its_stop
     writes the snapshot at its stop when those are enough."""
     s3, settings = s3_env
     records = _records(40, 1_600, seed=11)
-    first = _processor(s3, settings, tmp_path / "a.duckdb", snapshot_every=2)
+    first = _processor(s3, settings, tmp_path / "a.journal", snapshot_every=2)
     first.snapshot_min_new_fraction = 0.25
     first.start("TRIM_HORIZON")
     _feed(first, records[:1_000])
@@ -563,7 +564,7 @@ def test_a_restarted_owner_counts_the_commits_since_the_snapshot_toward_its_stop
     first.on_shutdown_requested(RecordingCheckpointer())
     first.state.close()
     # the same disk: the state is local, 50 events past the snapshot, and half a percent of its rows is enough now
-    second = _processor(s3, settings, tmp_path / "a.duckdb", snapshot_every=2)
+    second = _processor(s3, settings, tmp_path / "a.journal", snapshot_every=2)
     second.snapshot_min_new_fraction = 0.005
     written = _record_snapshots(second)
     second.start(records[1_049].sequence_number)
@@ -577,7 +578,7 @@ def test_a_failed_snapshot_is_written_at_the_stop(s3_env: tuple[Any, Settings], 
     """A periodic snapshot that fails keeps its count of new events, so the stop writes it."""
     s3, settings = s3_env
     records = _records(40, 1_600, seed=11)
-    processor = _processor(s3, settings, tmp_path / "a.duckdb", snapshot_every=1)
+    processor = _processor(s3, settings, tmp_path / "a.journal", snapshot_every=1)
     processor.snapshot_min_new_fraction = 0.0
     assert processor.recovery is not None
     write_snapshot = processor.recovery.write_snapshot
@@ -609,7 +610,7 @@ def test_a_child_keeps_its_inheritance_after_its_parents_leave_list_shards(
     """Parents stay listed only for the stream's retention: a child that crashes later, with no local file and
     no snapshot of its own flushes yet, must still start from its parents' state, not from nothing."""
     s3, settings = s3_env
-    parent = _processor(s3, settings, tmp_path / "parent.duckdb", snapshot_every=10**6)
+    parent = _processor(s3, settings, tmp_path / "parent.journal", snapshot_every=10**6)
     parent.start("TRIM_HORIZON")
     _feed(parent, _records(40, 1_500, seed=7))
     parent.on_shard_ended(RecordingCheckpointer())
@@ -617,7 +618,7 @@ def test_a_child_keeps_its_inheritance_after_its_parents_leave_list_shards(
     listed = [ParentShard(SHARD, 0, 2**128 - 1)]
     child = ShardProcessor(
         child_id,
-        CustomerState(child_id, tmp_path / "child.duckdb"),
+        CustomerState(child_id, tmp_path / "child.journal"),
         S3ParquetSink(s3, settings),
         FlushPolicy(300, 10**9, 10**6),
         recovery=StateRecovery(s3, settings, parents=lambda _id: listed),
@@ -628,10 +629,10 @@ def test_a_child_keeps_its_inheritance_after_its_parents_leave_list_shards(
     _feed(child, own)
     assert child.metrics.flushes >= 2
     expected = _rows(child.state)
-    child.state.con.close()  # the child's process is killed; its host and local file are gone with it
+    child.state.close(sync=False)  # the child's process is killed; its host and local file are gone with it
     listed.clear()  # ... and its parent has left ListShards since
 
-    fresh = CustomerState(child_id, tmp_path / "new-host.duckdb")
+    fresh = CustomerState(child_id, tmp_path / "new-host.journal")
     report = StateRecovery(s3, settings, parents=lambda _id: list(listed)).restore(fresh)
 
     assert report.source == "snapshot" and report.has_snapshot, (
@@ -676,7 +677,7 @@ def test_a_child_takes_its_parents_from_s3_after_they_left_list_shards(
     parents' snapshots and commits are still on S3, so the child continues their customers' history (it started
     empty, and the current-row views then kept the parents' rows, which had the higher versions)."""
     s3, settings = s3_env
-    parent = _processor(s3, settings, tmp_path / "parent.duckdb", snapshot_every=10**6)
+    parent = _processor(s3, settings, tmp_path / "parent.journal", snapshot_every=10**6)
     parent.start("TRIM_HORIZON")
     _feed(parent, _records(40, 1_500, seed=7))
     parent.on_shard_ended(RecordingCheckpointer())
@@ -686,7 +687,7 @@ def test_a_child_takes_its_parents_from_s3_after_they_left_list_shards(
         ParentShard("shardId-000000000009", 0, 2**128 - 1, listed=False),
     ]
 
-    child = CustomerState("shardId-000000000001", tmp_path / "child.duckdb")
+    child = CustomerState("shardId-000000000001", tmp_path / "child.journal")
     with caplog.at_level(logging.INFO):
         lookup = StateRecovery(s3, settings, parents=lambda shard: gone if shard == child.shard_id else [])
         report = lookup.restore(child)
@@ -706,7 +707,7 @@ def test_a_child_takes_its_parents_from_s3_after_they_left_list_shards(
     # the processor retries a restore that failed after the parents were read (a transient S3 error): the same
     # parents are inherited again, and said to be missing once, not once a try
     caplog.clear()
-    again = CustomerState("shardId-000000000001", tmp_path / "child-again.duckdb")
+    again = CustomerState("shardId-000000000001", tmp_path / "child-again.journal")
     with caplog.at_level(logging.INFO):
         lookup.restore(again)
     assert _rows(again) == expected
