@@ -649,7 +649,8 @@ def worker(
     Every setting, from flags or the environment, reaches each record processor. Before the JVM starts, the
     stream, the bucket and the lease table are checked. SIGTERM or Ctrl-C flushes and checkpoints every shard,
     then exits 0 (1 if a shard could not flush within --stop-deadline: its records are redelivered); a second
-    signal forces exit (130). Exit 3: a shard stuck (see `clickstream health`), for the orchestrator to restart.
+    signal forces exit (143 for SIGTERM, 130 for Ctrl-C). Exit 3: a shard stuck (see `clickstream health`), for the
+    orchestrator to restart.
     """
     from consumer.kcl_worker import KclWorker, WorkerError
 

@@ -26,6 +26,7 @@ import pyarrow as pa
 from botocore.exceptions import BotoCoreError, ClientError
 
 from consumer.s3_sink import S3ParquetSink, lost_to_another_writer, read_commit
+from runtime.aws import ACCESS_DENIED_CODES
 from runtime.settings import Settings
 from schemas.control import CommitRecord, ControlRecordError, KeptReadPointer, ShardCover
 from schemas.layout import KeptKind, OutputLayout
@@ -74,7 +75,9 @@ class KeptRead:
             answer = self.s3.get_object(Bucket=bucket, Key=pointer_key)
         except self.s3.exceptions.NoSuchKey:
             return Found()  # the first run
-        except (ClientError, BotoCoreError) as error:
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") not in ACCESS_DENIED_CODES:
+                raise  # a missing bucket, an endpoint failing: the reader's own error says it, not a warning here
             log.warning("%s may not be read (%s): reading every commit", self.what, error)
             return Found()
         etag = str(answer["ETag"])

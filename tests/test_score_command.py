@@ -297,6 +297,16 @@ def test_cli_scores_from_s3_into_s3_and_says_what_it_did(s3: Any, settings: Sett
     assert "the last run's" in again.output and "of the 0 commits since" in again.output, again.output
 
 
+def test_cli_names_a_missing_bucket_in_one_line_without_a_warning_first(s3: Any, settings: Settings) -> None:
+    """The kept rows' read took the missing bucket for a refused read and warned "may not be read" first."""
+    result = CliRunner().invoke(
+        main, ["score", "--bucket", "no-such-bucket", "--prefix", "rfm", "--no-progress"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "bucket no-such-bucket does not exist" in result.output
+    assert "may not be read" not in result.output and "WARNING" not in result.output, result.output
+
+
 def test_rows_of_the_same_versions_with_other_values_are_scored_again(
     local_copy: Path, tmp_path: Path, settings: Settings
 ) -> None:
