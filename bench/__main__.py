@@ -839,6 +839,12 @@ def main() -> None:
         parser.error("--rounds must be at least 1")
     if options.input is not None and not Path(options.input).is_file():
         parser.error(f"--input {options.input}: no such file")
+    from producer.generator import MAX_CUSTOMERS, MAX_EVENTS
+
+    if options.events is not None and not 1 <= options.events <= MAX_EVENTS:
+        parser.error(f"--events must be within 1 and {MAX_EVENTS:,}")
+    if options.customers is not None and not 1 <= options.customers <= MAX_CUSTOMERS:
+        parser.error(f"--customers must be within 1 and {MAX_CUSTOMERS:,}")
     if options.quick and (options.events is not None or options.customers is not None):
         parser.error("--quick sets its own size: leave out --events and --customers")
     rounds = options.rounds or (1 if options.quick else 3)

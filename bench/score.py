@@ -7,7 +7,7 @@ drawn from BG/NBD (r=0.75, alpha=10, a=0.8, b=2.5) and Gamma-Gamma (p=6, q=4, v=
 
 from __future__ import annotations
 
-import sys
+import argparse
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
@@ -92,12 +92,34 @@ def run(n: int, workdir: Path) -> dict[str, float]:
 
 
 def main() -> None:
-    sizes = [int(arg) for arg in sys.argv[1:]] or [100_000, 1_000_000]
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.score",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "sizes",
+        nargs="*",
+        type=_customers,
+        metavar="CUSTOMERS",
+        help="customer counts to score, one run each (default: 100000 1000000; the larger needs about 2.4 GB)",
+    )
+    sizes = parser.parse_args().sizes or [100_000, 1_000_000]
     with tempfile.TemporaryDirectory() as workdir:
         for n in sizes:
             result = run(n, Path(workdir))
             steps = ", ".join(f"{k} {v:.1f}s" for k, v in result.items() if k not in ("total", "buyers"))
             print(f"score {n:>9,} customers: {result['total']:6.1f}s total ({steps})", flush=True)
+
+
+def _customers(text: str) -> int:
+    try:
+        value = int(text.replace(",", "").replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of customers") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: at least 1 customer")
+    return value
 
 
 if __name__ == "__main__":

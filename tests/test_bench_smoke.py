@@ -64,13 +64,17 @@ def test_figures_are_the_median_round_and_ratios_the_median_of_each_rounds_own()
     assert median_ratio(rounds, "core", "naive", "events_per_second") == 2.0
 
 
-def test_bench_refuses_a_missing_input_and_a_quick_run_with_a_size_in_one_line() -> None:
-    for arguments, needle in (
-        (["--input", "/nonexistent/input.jsonl"], "--input /nonexistent/input.jsonl: no such file"),
-        (["--quick", "--events", "5"], "--quick sets its own size"),
+def test_bench_refuses_a_missing_input_a_quick_run_with_a_size_and_sizes_out_of_range_in_one_line() -> None:
+    for module, arguments, needle in (
+        ("bench", ["--input", "/nonexistent/input.jsonl"], "--input /nonexistent/input.jsonl: no such file"),
+        ("bench", ["--quick", "--events", "5"], "--quick sets its own size"),
+        ("bench", ["--events", "-5"], "--events must be within 1 and"),
+        ("bench", ["--customers", "0"], "--customers must be within 1 and"),
+        ("bench.score", ["--help-me"], "unrecognized arguments"),
+        ("bench.score", ["lots"], "'lots' is not a number of customers"),
     ):
         result = subprocess.run(
-            [sys.executable, "-m", "bench", *arguments],
+            [sys.executable, "-m", module, *arguments],
             capture_output=True,
             text=True,
             check=False,
