@@ -177,6 +177,7 @@ class RecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
             recovery=recovery,
             snapshot_every_flushes=self.settings.snapshot_every_flushes,
             snapshot_min_new_fraction=self.settings.snapshot_min_new_fraction,
+            stop_budget_seconds=self.settings.kcl_shutdown_grace_millis / 1000,
         )
         checkpoint = initialize_input.sequence_number
         log.info("initializing at checkpoint %s", checkpoint, extra={"shard_id": shard_id})

@@ -549,6 +549,41 @@ def test_a_stop_soon_after_a_snapshot_writes_none_and_the_next_owner_restores_ex
     assert _rows(fresh) == expected
 
 
+@pytest.mark.parametrize("budget_seconds", [60.0, 0.002])
+def test_a_stop_snapshot_is_written_only_when_it_fits_in_the_kcl_grace(
+    s3_env: tuple[Any, Settings], tmp_path: Path, caplog: pytest.LogCaptureFixture, budget_seconds: float
+) -> None:
+    """A large state's stop snapshot ran past the KCL's grace and the worker's stop deadline: the stop ended in an
+    error and exit 1 (the checkpoint was made: nothing lost), and the snapshot was lost anyway."""
+    s3, settings = s3_env
+    records = _records(40, 1_000, seed=12)
+    clock = iter(itertools.count(step=0.001))  # a millisecond each time the processor looks
+    processor = ShardProcessor(
+        SHARD,
+        CustomerState(SHARD, tmp_path / "a.journal"),
+        S3ParquetSink(s3, settings),
+        FlushPolicy(max_records=500, max_bytes=10**9, max_seconds=10**6),
+        recovery=StateRecovery(s3, settings),
+        snapshot_every_flushes=10**6,
+        clock=lambda: next(clock),
+        stop_budget_seconds=budget_seconds,
+    )
+    written = _record_snapshots(processor)
+    processor.start("TRIM_HORIZON")
+    _feed(processor, records)
+    assert processor.state.row_count() * 1e-6 > 0.001, (
+        "the state's expected snapshot time exceeds half the budget"
+    )
+    with caplog.at_level(logging.WARNING, logger="consumer.shard_processor"):
+        processor.on_shutdown_requested(RecordingCheckpointer())
+    processor.state.close()
+
+    fits = budget_seconds == 60.0
+    assert written == ([processor.metrics.flushes] if fits else [])
+    assert ("more than half the" in caplog.text) is not fits, caplog.text
+    assert (StateRecovery(s3, settings)._read_pointer(SHARD)[0] is not None) is fits
+
+
 def test_a_restarted_owner_counts_the_commits_since_the_snapshot_toward_its_stop_snapshot(
     s3_env: tuple[Any, Settings], tmp_path: Path
 ) -> None:
