@@ -3,7 +3,7 @@
 ``worker_bucket`` routes generated events to shards by partition key, applies them in batches with ``CustomerState``
 and lays each batch out as the worker does (``schemas.layout`` keys, Parquet data files, then a
 ``schemas.control.CommitRecord`` with freshness naming them), so ``clickstream score`` and ``clickstream report`` can
-be tested on S3 content of the format the worker is moving to, independently of the worker's own switch-over.
+be tested on S3 content as the worker writes it, without a KCL run.
 """
 
 from __future__ import annotations

@@ -3,10 +3,6 @@
 Runs `clickstream demo` (embedded AWS endpoint, generator, PutRecords, the Java MultiLangDaemon, summary, score,
 report) on a small stream, then recomputes every buyer's model inputs and R, F, M scores and segment from the
 generated JSONL alone (tests/reference.py and the documented rules) and compares them with the committed clv/ run.
-
-Needs the worker's new commit records (schemas.control.CommitRecord, read by ``read_commit_records``): it passes once
-the consumer's switch to the fenced commit chain (issue 7) is merged; before that, scoring cannot read the worker's
-old-format records and this test fails at the scoring step.
 """
 
 from __future__ import annotations
@@ -21,7 +17,7 @@ import pytest
 from clickstream.score import LocalStore, read_commit, read_scores
 from producer.generator import ClickstreamGenerator
 from schemas.layout import OutputLayout
-from tests.reference import load_documents, reference_aggregates
+from tests.reference import load_documents, parse_time, reference_aggregates
 from tests.test_scoring_rfm import EXPECTED_GRID
 
 pytestmark = pytest.mark.e2e
@@ -79,6 +75,8 @@ def test_demo_scores_every_buyer_and_writes_the_report(tmp_path: Path) -> None:
     generator = ClickstreamGenerator(150, 6000, 21, duplicate_rate=0.01, malformed_rate=0.002)
     documents = load_documents([data for label, data in generator.records() if label == "valid"])
     assert len(documents) == 6000
+    # the documented default observation end, from the input: T and recency below are measured to it
+    assert commit.as_of == max(parse_time(document["event_time"]) for document in documents)
     reference = reference_aggregates(documents, as_of=commit.as_of.date())
     buyers = {customer: row for customer, row in reference.items() if row["frequency"] is not None}
     assert set(scores) == set(buyers)

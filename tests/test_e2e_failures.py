@@ -689,9 +689,9 @@ def test_kinesis_and_dynamodb_throttling_is_ridden_out(pipeline: Pipeline) -> No
     assert_exact_outputs(pipeline)
 
 
-# ---------------------------------------------------------------------------------------------------- known bugs
-# Both reproduce with the real KCL (see each reason); they are pinned here on the product's own status files and
-# checks, so they cost no KCL run.
+# ---------------------------------------------------------------------------------------------------- fixed bugs
+# Both were found with the real KCL; they are pinned here, as regression tests, on the product's own status files
+# and checks, so they cost no KCL run.
 
 
 @pytest.mark.parametrize(("waited", "exit_code"), [(1, 0), (120, 1)])

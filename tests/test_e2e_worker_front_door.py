@@ -45,7 +45,7 @@ def _environment(endpoint: str, tmp_path: Path, name: str) -> dict[str, str]:
         "CLICKSTREAM_WORKER_ID": f"{name}-worker",
         "CLICKSTREAM_STREAM_SHARDS": "2",
         "CLICKSTREAM_PREFIX": "prefix-from-env",
-        "CLICKSTREAM_FLUSH_MAX_SECONDS": "50",  # the flag below must win, or --until-idle never sees a flush
+        "CLICKSTREAM_FLUSH_MAX_SECONDS": "50",  # the flag below must win: worker-settings.json says which did
     }
     for step in (("setup",), ("produce", "--customers", "40", "--events", "1500", "--no-progress")):
         result = _cli(*step, env=env, timeout=120)

@@ -1,11 +1,11 @@
 """Specification of one shard's buffer -> flush -> checkpoint loop and of its commit order.
 
-The commit order (consumer/shard_processor.py): 1 stage in DuckDB, 2 intent, 3 data files, 4 conditional commit
-record on the shard's chain, 5 state commit, 6 checkpoint, 7 tidy. These tests drive a real CustomerState (DuckDB)
+The commit order (consumer/shard_processor.py): 1 stage, 2 intent, 3 data files, 4 conditional commit
+record on the shard's chain, 5 state commit, 6 checkpoint, 7 tidy. These tests drive a real CustomerState
 and a real S3ParquetSink on moto's
 in-process S3, with a recording checkpointer, an injected clock and an injected sleep. The crash tests stop the
 processor between each pair of steps, start a "new process" wired as in production (StateRecovery from S3) on the
-same DuckDB file or on a new host without it, redeliver from the last checkpoint (as the KCL does, in the same or in
+same local state or on a new host without it, redeliver from the last checkpoint (as the KCL does, in the same or in
 differently sized batches) and compare the outcome with a run that never crashed.
 """
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -788,6 +788,44 @@ FLUSH_EVERY = (
 )
 
 
+def crash_before_intent(s3: Any, settings: Settings) -> tuple[S3ParquetSink, RecordingCheckpointer]:
+    faulty = FaultyS3(
+        s3,
+        SimulatedCrashError("after the stage, before the intent"),
+        times=1,
+        key_contains="/_control/intents/",
+        skip=1,
+    )
+    return S3ParquetSink(faulty, settings), RecordingCheckpointer()
+
+
+def crash_before_data(s3: Any, settings: Settings) -> tuple[S3ParquetSink, RecordingCheckpointer]:
+    # a flush writes events/ first (planned_files), one file a flush here
+    faulty = FaultyS3(
+        s3, SimulatedCrashError("after the intent, before the data"), times=1, key_contains="/events/", skip=1
+    )
+    return S3ParquetSink(faulty, settings), RecordingCheckpointer()
+
+
+class CrashBeforeTidySink(S3ParquetSink):
+    """Dies when the ``crash_on``-th committed attempt would delete its intent (between steps 6 and 7)."""
+
+    def __init__(self, s3_client: Any, settings: Settings, crash_on: int) -> None:
+        super().__init__(s3_client, settings)
+        self.crash_on = crash_on
+        self.tidied = 0
+
+    def forget_intent(self, shard_id: str, attempt_id: str) -> None:
+        self.tidied += 1
+        if self.tidied == self.crash_on:
+            raise SimulatedCrashError("after the checkpoint, before the tidy")
+        super().forget_intent(shard_id, attempt_id)
+
+
+def crash_before_tidy(s3: Any, settings: Settings) -> tuple[S3ParquetSink, RecordingCheckpointer]:
+    return CrashBeforeTidySink(s3, settings, crash_on=2), RecordingCheckpointer()
+
+
 def crash_before_commit_record(s3: Any, settings: Settings) -> tuple[S3ParquetSink, RecordingCheckpointer]:
     faulty = FaultyS3(
         s3,
@@ -810,10 +848,15 @@ def crash_before_checkpoint(s3: Any, settings: Settings) -> tuple[S3ParquetSink,
 
 
 CRASH_POINTS = {
+    "after-stage-before-intent": crash_before_intent,
+    "after-intent-before-data": crash_before_data,
     "after-data-before-commit-record": crash_before_commit_record,
     "after-commit-record-before-state-commit": crash_before_state_commit,
     "after-state-commit-before-checkpoint": crash_before_checkpoint,
+    "after-checkpoint-before-tidy": crash_before_tidy,
 }
+#: Crash points after which the crashed flush was checkpointed already.
+CHECKPOINTED_AT_CRASH: Final = frozenset({"after-checkpoint-before-tidy"})
 
 
 def production_processor(
@@ -859,6 +902,10 @@ def crash_case(crash_point: str, redelivery: str, disk: str) -> Any:
 @pytest.mark.parametrize(
     ("crash_point", "redelivery", "disk"),
     [
+        crash_case("after-stage-before-intent", "same-batches", "same-disk"),
+        crash_case("after-stage-before-intent", "one-batch", "new-disk"),
+        crash_case("after-intent-before-data", "same-batches", "same-disk"),
+        crash_case("after-intent-before-data", "one-batch", "new-disk"),
         crash_case("after-data-before-commit-record", "same-batches", "same-disk"),
         crash_case("after-data-before-commit-record", "one-batch", "new-disk"),
         crash_case(
@@ -879,6 +926,8 @@ def crash_case(crash_point: str, redelivery: str, disk: str) -> Any:
             "new-disk",
         ),
         crash_case("after-state-commit-before-checkpoint", "one-batch", "same-disk"),
+        crash_case("after-checkpoint-before-tidy", "same-batches", "same-disk"),
+        crash_case("after-checkpoint-before-tidy", "one-batch", "new-disk"),
     ],
 )
 def test_after_a_crash_redelivery_from_the_checkpoint_yields_the_clean_run_outputs(
@@ -898,19 +947,28 @@ def test_after_a_crash_redelivery_from_the_checkpoint_yields_the_clean_run_outpu
         for batch in chunks(records, BATCH):
             processor.on_records(batch, 0, checkpointer)
     state.close()
-    assert checkpointer.calls == [(sequence(FLUSH_EVERY - 1), 0)], "only the first flush was checkpointed"
-    (intent,) = intents(s3)  # a committed attempt deletes its intent (step 7): only the crashed one is left
-    intent_files = {key for keys in intent.files.values() for key in keys}
+    flushes_checkpointed = 2 if crash_point in CHECKPOINTED_AT_CRASH else 1
+    assert checkpointer.calls == [
+        (sequence(FLUSH_EVERY * n - 1), 0) for n in range(1, flushes_checkpointed + 1)
+    ]
+    # a committed attempt deletes its intent (step 7): only the crashed one is left, if it wrote one
+    crashed = intents(s3)
+    assert len(crashed) == (0 if crash_point == "after-stage-before-intent" else 1)
+    planned = {key for intent in crashed for keys in intent.files.values() for key in keys}
+    written = planned & keys_under(s3, PREFIX)
+    assert bool(written) is (crash_point not in ("after-stage-before-intent", "after-intent-before-data")), (
+        written
+    )
 
     # --- next owner: the same DuckDB file, or a new host without it; started at the last checkpoint
     state = CustomerState(SHARD, tmp_path / ("first.journal" if disk == "same-disk" else "second.journal"))
     processor = production_processor(state, S3ParquetSink(s3, settings), s3, settings)
     processor.start(checkpointer.calls[-1][0])
     # The crashed attempt's files stay until its chain position is taken: a live writer could still commit them.
-    assert intent_files, "the crashed flush planned data files"
-    assert intent_files <= keys_under(s3, PREFIX), "files of a flush that may still commit were deleted"
+    assert bool(planned) is bool(crashed), "the crashed flush planned data files"
+    assert written <= keys_under(s3, PREFIX), "files of a flush that may still commit were deleted"
 
-    redelivered = records[FLUSH_EVERY:]
+    redelivered = records[FLUSH_EVERY * flushes_checkpointed :]
     resumed = RecordingCheckpointer()
     for batch in chunks(redelivered, BATCH) if redelivery == "same-batches" else [redelivered]:
         processor.on_records(batch, 0, resumed)
