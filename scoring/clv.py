@@ -260,6 +260,24 @@ def dropout_notes(params: dict[str, float]) -> list[str]:
     ]
 
 
+#: |Pearson r| between repeat buyers' purchase days and mean spend from which Gamma-Gamma's independence assumption
+#: is said not to hold (pymc-marketing and lifetimes document the check; they give no threshold, 0.3 is a common one).
+DEPENDENT_SPEND_CORRELATION: Final = 0.3
+
+
+def independence_notes(correlation: float | None, fitted: int) -> list[str]:
+    """What an analyst should know when spend per purchase moves with purchase frequency (Gamma-Gamma assumes not)."""
+    if correlation is None or abs(correlation) < DEPENDENT_SPEND_CORRELATION:
+        return []
+    direction = "higher" if correlation > 0 else "lower"
+    return [
+        f"spend per purchase correlates with purchase frequency over the {fitted:,} repeat buyers fitted "
+        f"(r = {correlation:.2f}: frequent buyers spend {direction} per purchase): Gamma-Gamma assumes they are "
+        "independent, so its expected order values, and CLV with them, are biased; segment the buyers or read "
+        "CLV as a ranking"
+    ]
+
+
 def _parameters(model: Any, names: tuple[str, ...]) -> dict[str, float]:
     """The MAP point of a fitted model, at full precision (``fit_summary`` rounds to three decimals)."""
     posterior = model.fit_result
@@ -362,6 +380,7 @@ def fit_and_predict(
     expected_in_sample = float(bg_nbd_expected_repeat_purchases(bg_params, t).sum())
     observed_in_sample = float(x.sum())
     population_mean = gg_params["p"] * gg_params["v"] / (gg_params["q"] - 1)  # q > 1, checked above
+    correlation = _correlation(rx, rm) if fitted > 2 else None
     report: dict[str, Any] = {
         "library": {
             "name": MODEL_LIBRARY,
@@ -388,7 +407,9 @@ def fit_and_predict(
             "expected_repeat_purchases_in_sample": expected_in_sample,
             "observed_repeat_purchases": observed_in_sample,
             "in_sample_ratio": expected_in_sample / observed_in_sample if observed_in_sample else None,
+            # one-time buyers are alive by the model's definition (P = 1): the repeat buyers' mean says more
             "mean_probability_alive": float(alive.mean()),
+            "mean_probability_alive_repeat_buyers": float(alive[repeat_frequency].mean()) if repeat else None,
             "mean_dropout_probability": bg_params["a"] / (bg_params["a"] + bg_params["b"]),
             "fit_seconds": timings["bg_nbd_fit"],
         },
@@ -401,11 +422,11 @@ def fit_and_predict(
             "population_mean_order_value": population_mean,
             "observed_mean_order_value": float(rm.mean()),
             # Gamma-Gamma assumes spend per purchase is independent of frequency; near 0 is what it needs.
-            "frequency_monetary_correlation": _correlation(rx, rm) if fitted > 2 else None,
+            "frequency_monetary_correlation": correlation,
             "fit_seconds": timings["gamma_gamma_fit"],
         },
         "predict_seconds": timings["predict"],
-        "notes": dropout_notes(bg_params),
+        "notes": dropout_notes(bg_params) + independence_notes(correlation, fitted),
     }
     return ClvResult(
         probability_alive=alive,

@@ -49,6 +49,7 @@ from scoring.clv import (
     bg_nbd_log_likelihood,
     dropout_notes,
     fit_and_predict,
+    independence_notes,
 )
 from scoring.inputs import ModelInputs, model_inputs
 
@@ -292,6 +293,27 @@ def test_a_fit_that_finds_no_spread_of_dropout_is_noted_with_the_one_probability
     (note,) = dropout_notes({"r": 1.0, "alpha": 10.0, "a": 137_034.0, "b": 1_130_034.0})
     assert "no spread of the dropout probability" in note and "0.108" in note
     assert dropout_notes({"r": 1.0, "alpha": 10.0, "a": 0.8, "b": 2.5}) == []
+
+
+def test_spend_that_moves_with_frequency_is_noted_as_gamma_gammas_assumption_broken() -> None:
+    """The check was in _model.json only: nothing told the analyst when CLV rested on a broken assumption."""
+    (note,) = independence_notes(0.45, 1_234)
+    assert "r = 0.45" in note and "1,234 repeat buyers" in note and "spend higher" in note
+    (note,) = independence_notes(-0.31, 50)
+    assert "spend lower" in note
+    assert independence_notes(0.29, 50) == independence_notes(-0.05, 50) == independence_notes(None, 2) == []
+
+
+def test_the_mean_probability_alive_of_repeat_buyers_leaves_out_the_one_time_buyers(
+    experiment: Experiment,
+) -> None:
+    """One-time buyers are alive by the model's definition: their P = 1 lifted the mean the more of them there were."""
+    bg = experiment.result.report["bg_nbd"]
+    repeat = experiment.inputs.buyers.column("frequency").to_numpy() > 0
+    alive = experiment.result.probability_alive
+    assert np.all(alive[~repeat] == pytest.approx(1.0)) and (~repeat).any()
+    assert bg["mean_probability_alive_repeat_buyers"] == pytest.approx(alive[repeat].mean())
+    assert bg["mean_probability_alive_repeat_buyers"] < bg["mean_probability_alive"]
 
 
 # ------------------------------------------------------------------------- the library's predictions, cross-checked
