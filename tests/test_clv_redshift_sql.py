@@ -237,7 +237,7 @@ def test_create_model_trains_on_the_training_view_and_predicts_with_the_same_fea
     assert select
     features = [name.strip() for name in select.group(1).split(",")]
     assert features[-1] == "future_revenue" and "TARGET future_revenue" in text
-    assert "PROBLEM_TYPE REGRESSION" in text and "S3_BUCKET '${BUCKET}'" in text
+    assert "PROBLEM_TYPE REGRESSION" in text and "S3_BUCKET '${ML_BUCKET}'" in text
     training = next(
         e for e in statements("06_") if isinstance(e, exp.Create) and "clv_training" in e.this.sql()
     )

@@ -243,7 +243,15 @@ def test_every_opaque_statement_entry_is_still_needed() -> None:
 
 def test_placeholders_are_the_documented_ones() -> None:
     used = {name for path in SQL_FILES for name in re.findall(r"\$\{(\w+)\}", path.read_text())}
-    assert used == {"REDSHIFT_IAM_ROLE_ARN", "BUCKET", "PREFIX", "LOAD_DAY", "AS_OF_YYYYMMDD", "RUN_ID"}
+    assert used == {
+        "REDSHIFT_IAM_ROLE_ARN",
+        "BUCKET",
+        "PREFIX",
+        "LOAD_DAY",
+        "AS_OF_YYYYMMDD",
+        "RUN_ID",
+        "ML_BUCKET",
+    }
 
 
 # ------------------------------------------------------------------------------------------------- contract

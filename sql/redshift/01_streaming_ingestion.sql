@@ -9,7 +9,8 @@
 --                             "Getting started with streaming ingestion from Amazon Kinesis Data Streams"
 --                             (Redshift Database Developer Guide) on the stream
 -- The stream name "clickstream" below is the default of CLICKSTREAM_STREAM_NAME; it is quoted because stream
--- names may contain characters (-, .) that are not valid in unquoted identifiers.
+-- names may contain characters (-, .) that are not valid in unquoted identifiers. Redshift folds even a quoted
+-- name to lower case: for a stream name with capitals, SET enable_case_sensitive_identifier TO true first.
 
 CREATE EXTERNAL SCHEMA IF NOT EXISTS kinesis_clickstream
 FROM KINESIS

@@ -25,7 +25,8 @@
 -- with the manifest of committed files (03_copy_tables.sql, `clickstream manifest`).
 --
 -- Placeholders: ${REDSHIFT_IAM_ROLE_ARN} (s3:GetObject on the prefix, s3:ListBucket on the bucket, Glue Data
--- Catalog access), ${BUCKET}, ${PREFIX} (CLICKSTREAM_BUCKET, CLICKSTREAM_PREFIX).
+-- Catalog access; with CLICKSTREAM_SSE=aws:kms also kms:Decrypt on the worker's key, in the role's policy and the
+-- key's), ${BUCKET}, ${PREFIX} (CLICKSTREAM_BUCKET, CLICKSTREAM_PREFIX).
 
 CREATE EXTERNAL SCHEMA IF NOT EXISTS spectrum_clickstream
 FROM DATA CATALOG

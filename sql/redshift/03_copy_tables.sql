@@ -19,7 +19,8 @@
 -- and a day again once a worker that was behind has caught up (`manifest` says when a day may still grow). A day
 -- with no files gets no manifest (a COPY of an empty one fails): skip its COPY.
 --
--- Placeholders: ${REDSHIFT_IAM_ROLE_ARN} (s3:GetObject on the prefix, s3:ListBucket on the bucket), ${BUCKET},
+-- Placeholders: ${REDSHIFT_IAM_ROLE_ARN} (s3:GetObject on the prefix, s3:ListBucket on the bucket; with
+-- CLICKSTREAM_SSE=aws:kms also kms:Decrypt on the worker's key, in the role's policy and the key's), ${BUCKET},
 -- ${PREFIX}, and ${LOAD_DAY} (YYYYMMDD: the arrival_yyyymmdd partition to load).
 
 CREATE SCHEMA IF NOT EXISTS clickstream;

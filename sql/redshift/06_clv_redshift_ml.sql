@@ -10,7 +10,9 @@
 -- over 90 days of events (live operation gives one a minute; a backfill or the demo, flushing large batches, may
 -- leave no row before the cutoff and so no training row).
 -- Placeholders: ${REDSHIFT_IAM_ROLE_ARN} (needs the Redshift ML permissions: SageMaker and the bucket below),
--- ${BUCKET} (Autopilot's working data goes to s3://${BUCKET}/redshift-ml/).
+-- ${ML_BUCKET}: a bucket for Autopilot's working data and model artifacts, not the worker's: the bucket policies of
+-- deploy/ refuse there every PUT not encrypted with the worker's key (SSE-KMS) and every multipart upload, which
+-- Redshift ML's unload and SageMaker need, so CREATE MODEL would fail with AccessDenied.
 
 CREATE OR REPLACE VIEW clickstream.clv_training AS
 WITH cutoff AS (
@@ -53,7 +55,7 @@ FUNCTION predict_revenue_90d
 IAM_ROLE '${REDSHIFT_IAM_ROLE_ARN}'
 PROBLEM_TYPE REGRESSION
 OBJECTIVE 'MSE'
-SETTINGS (S3_BUCKET '${BUCKET}', S3_GARBAGE_COLLECT ON, MAX_RUNTIME 5400);
+SETTINGS (S3_BUCKET '${ML_BUCKET}', S3_GARBAGE_COLLECT ON, MAX_RUNTIME 5400);
 
 -- After SHOW MODEL clickstream.customer_value_90d says READY: predicted revenue of the next 90 days per buyer.
 CREATE OR REPLACE VIEW clickstream.customer_value_ml AS
