@@ -20,7 +20,7 @@ from clickstream.options import (
     writable_file,
     writable_folder,
 )
-from runtime.exit_codes import USAGE
+from runtime.exit_codes import RUNTIME, USAGE
 
 
 def _parse_as_of(_: click.Context, __: click.Parameter, value: str | None) -> datetime | None:
@@ -171,11 +171,15 @@ def report(output: Path, top: int, clv_dir: Path | None, input_dir: Path | None,
     """One self-contained HTML report: segments, RFM heat map, CLV, top customers, records, freshness, files."""
     from clickstream.html_report import write_report
 
-    path = write_report(
-        build_settings(**overrides),
-        writable_file("--output", output),
-        top=top,
-        clv_dir=clv_dir,
-        input_dir=input_dir,
+    settings = build_settings(**overrides)
+    shown = write_report(
+        settings, writable_file("--output", output), top=top, clv_dir=clv_dir, input_dir=input_dir
     )
-    click.echo(str(path.resolve()))
+    click.echo(str(output.resolve()))
+    if shown.errors_missing:  # said last, where it is seen, and as the exit code, as `summary` does
+        raise FrontDoorError(
+            f"{len(shown.errors_missing):,} committed errors/ files are missing from s3://{settings.bucket}/ (the "
+            f"first: {shown.errors_missing[0]}; a lifecycle rule on the prefix?): the report was written without "
+            "their rejected records",
+            RUNTIME,
+        )

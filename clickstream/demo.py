@@ -164,7 +164,8 @@ def _score_and_report(console: Console, settings: Settings, output_dir: Path) ->
             f"   run {outcome.commit.run_id}: {outcome.commit.rows:,} buyers scored, copied to {copied}",
             soft_wrap=True,
         )
-    report = write_report(settings, output_dir / "report.html")
+    report = output_dir / "report.html"
+    write_report(settings, report)
     console.print(f"8. report: [bold]{report.resolve()}[/bold]", soft_wrap=True)
 
 

@@ -69,6 +69,9 @@ class ReportInputs:
     generated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     commits: list[CommitRecord] = field(default_factory=list)
     errors: pa.Table | None = None  # error_code, approximate_arrival_at
+    errors_missing: list[str] = field(
+        default_factory=list
+    )  # errors/ files the commit records name, gone from S3
     scores: pa.Table | None = None  # CLV_SCORES_SCHEMA
     score_commit: ScoreCommit | None = None
     model: dict[str, Any] | None = None
@@ -110,7 +113,14 @@ def load_inputs(
         require_worker_prefix(s3, settings)
         inputs = ReportInputs(source=f"s3://{settings.bucket}/{settings.prefix}", top=top)
         inputs.commits = commit_records(s3, settings)
-        inputs.errors = read_tables(s3, settings.bucket, _error_keys(inputs.commits), columns=error_columns)
+        # an expiry rule on errors/ must not end every later report: their rejects are left out, and said
+        inputs.errors = read_tables(
+            s3,
+            settings.bucket,
+            _error_keys(inputs.commits),
+            columns=error_columns,
+            missing=inputs.errors_missing,
+        )
         store = S3Store(s3, settings)
     if clv_dir is not None:
         store = LocalStore(clv_dir)
@@ -140,7 +150,8 @@ def write_report(
     top: int = 20,
     clv_dir: Path | None = None,
     input_dir: Path | None = None,
-) -> Path:
+) -> ReportInputs:
+    """Write the report to ``output``; returns what it showed (``errors_missing``: files it had to leave out)."""
     from runtime.aws import aws_client
 
     s3 = aws_client("s3", settings) if input_dir is None else None  # offline: no endpoint is asked anything
@@ -152,7 +163,7 @@ def write_report(
         if error.filename is None:  # a failed write (a full disk) names no file: say which
             error.filename = str(output)
         raise
-    return output
+    return inputs
 
 
 # ------------------------------------------------------------------------------------------------------- plotting
@@ -576,8 +587,15 @@ def _pipeline_section(inputs: ReportInputs) -> str:
     parts = [cards, plot_records(commits)]
     if inputs.errors is not None and inputs.errors.num_rows:
         parts.append(plot_rejects(inputs.errors))
-    else:
+    elif not inputs.errors_missing:
         parts.append(_missing("plot-rejects", "No rejected records."))
+    if inputs.errors_missing:
+        gone = inputs.errors_missing
+        parts.append(
+            f"<p><strong>Note:</strong> {len(gone):,} errors/ file(s) the commit records name are gone from S3 (the "
+            f"first: {html.escape(gone[0])}; an expiry rule on the prefix?): the rejected records above leave theirs "
+            "out, and the commit records' counts still include them.</p>"
+        )
     if fresh is not None:
         parts.append(plot_freshness(commits))
     else:

@@ -156,19 +156,35 @@ def committed_outputs(s3: Any, settings: Settings) -> CommittedOutputs:
     )
 
 
-def read_tables(s3: Any, bucket: str, keys: list[str], columns: list[str] | None = None) -> pa.Table | None:
-    """The Parquet objects ``keys`` as one Arrow table (fetched in parallel; None when there are none)."""
+def read_tables(
+    s3: Any,
+    bucket: str,
+    keys: list[str],
+    columns: list[str] | None = None,
+    *,
+    missing: list[str] | None = None,
+) -> pa.Table | None:
+    """The Parquet objects ``keys`` as one Arrow table (fetched in parallel; None when there are none). An object S3
+    does not have raises ``FileNotFoundError`` naming it, or, given a ``missing`` list, is added to it and left out."""
 
-    def fetch(key: str) -> pa.Table:
-        with named_if_missing(bucket, key):
-            body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    def fetch(key: str) -> pa.Table | None:
+        try:
+            with named_if_missing(bucket, key):
+                body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except FileNotFoundError:
+            if missing is None:
+                raise
+            missing.append(key)
+            return None
         return pq.read_table(io.BytesIO(body), columns=columns)
 
     if not keys:
         return None
     with ThreadPoolExecutor(max_workers=MAX_WORKERS) as pool:
-        tables = list(pool.map(fetch, keys))
-    return pa.concat_tables(tables, promote_options="default")
+        tables = [table for table in pool.map(fetch, keys) if table is not None]
+    if missing is not None:
+        missing.sort()
+    return pa.concat_tables(tables, promote_options="default") if tables else None
 
 
 def local_commit_records(root: Path, settings: Settings) -> list[CommitRecord]:

@@ -140,6 +140,29 @@ def test_a_damaged_commit_record_stops_the_report_naming_it(content: WorkerBucke
     assert not output.exists()
 
 
+def test_a_committed_errors_file_gone_from_s3_is_left_out_said_in_the_page_and_exits_1(
+    content: WorkerBucket, tmp_path: Path
+) -> None:
+    """An expiry rule on errors/ ended every later report with "no such object", and no report."""
+    output = tmp_path / "expired.html"
+    with moto_bucket("clv-expired") as s3:
+        content.write_to(s3, "clv-expired")
+        errors = sorted(key for key in content.objects if "/errors/" in key and key.endswith(".parquet"))
+        assert len(errors) >= 2, "the bucket has rejects in more than one file"
+        s3.delete_object(Bucket="clv-expired", Key=errors[0])
+        result = CliRunner().invoke(
+            main, ["report", "--bucket", "clv-expired", "--prefix", "rfm", "-o", str(output)]
+        )
+    assert result.exit_code == 1, result.output
+    assert (
+        f"1 committed errors/ files are missing from s3://clv-expired/ (the first: {errors[0]}"
+        in result.output
+    )
+    page = output.read_text(encoding="utf-8")
+    assert "1 errors/ file(s) the commit records name are gone from S3" in page
+    assert '<figure class="plot" id="plot-rejects">' in page, "the other files' rejects are still plotted"
+
+
 def test_missing_parts_are_explained_not_plotted() -> None:
     page = render_report(ReportInputs(source="s3://nothing/here"))
     assert "<img" not in page
