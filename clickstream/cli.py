@@ -293,7 +293,7 @@ def setup(**overrides: Any) -> None:
 
     settings = build_settings(**overrides)
     arn = setup_resources(settings)
-    click.echo(f"stream {settings.stream_name} ({arn}) and bucket s3://{settings.bucket} are ready")
+    say(f"stream {settings.stream_name} ({arn}) and bucket s3://{settings.bucket} are ready")
 
 
 # ---------------------------------------------------------------------------------------------------------- generate

@@ -425,15 +425,21 @@ class Settings(BaseSettings):
     @classmethod
     def _read_a_time_not_a_number(cls, value: object) -> object:
         """An ISO time, or a date (UTC midnight); a number would be read as Unix seconds (20260101 -> 1970-08-23)."""
+        forms = (
+            "must be an ISO 8601 time with a UTC offset, e.g. 2000-01-01T00:00:00+00:00, or a date (2000-01-01, "
+            "read as UTC midnight)"
+        )
         if isinstance(value, bool | int | float) or (
             isinstance(value, str) and _NUMBER.fullmatch(value.strip())
         ):
-            raise ValueError(
-                "must be an ISO 8601 time with a UTC offset, e.g. 2000-01-01T00:00:00+00:00, or a date "
-                "(2000-01-01, read as UTC midnight), not a number"
-            )
+            raise ValueError(f"{forms}, not a number")
         if isinstance(value, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", value.strip()):
             return f"{value.strip()}T00:00:00+00:00"
+        if isinstance(value, str):
+            try:
+                datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+            except ValueError:
+                raise ValueError(forms) from None
         return value
 
     @field_validator("min_event_time")

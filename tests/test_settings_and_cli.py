@@ -135,6 +135,7 @@ def test_explicit_overrides_win_over_the_environment_and_none_means_not_given(
         ("CLICKSTREAM_STREAM_NAME", "has space", "letters, digits"),
         ("CLICKSTREAM_APPLICATION_NAME", "x", "letters, digits"),
         ("CLICKSTREAM_MIN_EVENT_TIME", "20260101", "not a number"),
+        ("CLICKSTREAM_MIN_EVENT_TIME", "01/01/2020", "or a date (2000-01-01, read as UTC midnight)"),
     ],
 )
 def test_a_value_of_the_wrong_shape_is_explained_in_words_not_a_regex(
@@ -516,6 +517,7 @@ def test_setup_creates_the_stream_and_an_encrypted_private_bucket_and_can_run_ag
     with mock_aws():
         first = CliRunner().invoke(main, arguments)
         second = CliRunner().invoke(main, arguments)
+        where_logs_are_json = CliRunner().invoke(main, ["--log-format", "json", *arguments[2:]])
 
         kinesis = boto3.client("kinesis", region_name="us-east-1")
         s3 = boto3.client("s3", region_name="us-east-1")
@@ -530,6 +532,9 @@ def test_setup_creates_the_stream_and_an_encrypted_private_bucket_and_can_run_ag
     assert second.exit_code == 0, second.output
     assert "clicks-setup" in first.output
     assert "s3://clicks-setup-bucket" in first.output
+    # its answer is a record like every other command's where logs are JSON (it was the one plain line)
+    answer = json.loads(where_logs_are_json.output.strip().splitlines()[-1])
+    assert answer["level"] == "INFO" and "s3://clicks-setup-bucket are ready" in answer["message"]
     assert streams == ["clicks-setup"]
     assert (summary["StreamStatus"], summary["OpenShardCount"]) == ("ACTIVE", 2)
     rule = encryption["ServerSideEncryptionConfiguration"]["Rules"][0]
