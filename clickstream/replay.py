@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import signal
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -150,12 +151,12 @@ def _refuse_another_range(sink: S3ParquetSink, plan: ReplayPlan) -> None:
         )
 
 
-def _claim(sink: S3ParquetSink, plan: ReplayPlan) -> bool:
+def _claim(sink: S3ParquetSink, plan: ReplayPlan, run_id: str) -> bool:
     """Claim the name's folder for the plan's range (a conditional create: one claim a name, whichever machine
     runs the replay); whether this run made the claim (False: one of the same range was there, a run before or
     beside this one, which writes the same object). FrontDoorError (exit 2) if it is another range's."""
     key = sink.layout.replay_claim_key(plan.name)
-    claim = ReplayClaim(plan.start, plan.end, datetime.now(UTC))
+    claim = ReplayClaim(plan.start, plan.end, datetime.now(UTC), run_id)
     # a claim deleted between the refusal and its read (its replay stopped with nothing written) is tried again
     for _ in range(3):
         try:
@@ -165,17 +166,11 @@ def _claim(sink: S3ParquetSink, plan: ReplayPlan) -> bool:
                 raise
         else:
             return True
-        body = sink.get_bytes(key)
-        if body is None:
+        held = _held_claim(sink, plan)
+        if held is None:
             continue
-        try:
-            held = ReplayClaim.from_json(body)
-        except ControlRecordError as error:
-            raise FrontDoorError(
-                f"s3://{sink.bucket}/{key} is not a readable replay claim ({error}): delete it if no replay of "
-                f"{plan.name} runs",
-                USAGE,
-            ) from None
+        if held.run_id == run_id:  # this run's own create landed; its answer was lost, and the retry got 412
+            return True
         if held.covers_the_same_range(plan.start, plan.end):
             return False
         raise FrontDoorError(
@@ -185,6 +180,42 @@ def _claim(sink: S3ParquetSink, plan: ReplayPlan) -> bool:
             USAGE,
         )
     raise FrontDoorError(f"s3://{sink.bucket}/{key} kept changing while it was claimed: try again")
+
+
+def _held_claim(sink: S3ParquetSink, plan: ReplayPlan) -> ReplayClaim | None:
+    """The name's claim as S3 holds it now (None: there is none); FrontDoorError (exit 2) if it does not read."""
+    key = sink.layout.replay_claim_key(plan.name)
+    body = sink.get_bytes(key)
+    if body is None:
+        return None
+    try:
+        return ReplayClaim.from_json(body)
+    except ControlRecordError as error:
+        raise FrontDoorError(
+            f"s3://{sink.bucket}/{key} is not a readable replay claim ({error}): delete it if no replay of "
+            f"{plan.name} runs",
+            USAGE,
+        ) from None
+
+
+def _confirm_claim(sink: S3ParquetSink, plan: ReplayPlan, run_id: str) -> None:
+    """Right before the output is written: the name is still claimed for this range, and its folder holds no other
+    range's output. A run of the same range that made the claim may have released it since (it stopped with nothing
+    written), and another range may have claimed the name and written meanwhile; a gone claim is made again."""
+    held = _held_claim(sink, plan)
+    if held is None:
+        _claim(sink, plan, run_id)  # FrontDoorError if another range claimed it in between
+    elif not held.covers_the_same_range(plan.start, plan.end):
+        raise FrontDoorError(
+            f"replay {plan.name} was claimed for another range, {held.start:%Y-%m-%d %H:%M} to "
+            f"{held.end:%Y-%m-%d %H:%M} UTC, while this one read the archive (the run of this range that had "
+            "claimed it stopped): nothing written; run it again under another --name",
+            USAGE,
+        )
+    try:
+        _refuse_another_range(sink, plan)
+    except ValueError as error:
+        raise FrontDoorError(f"{error}; nothing written", USAGE) from None
 
 
 def run_replay(
@@ -245,12 +276,13 @@ def _replay(  # noqa: PLR0917 - one private call site
 ) -> ReplayResult:
     sink = S3ParquetSink(s3, settings)
     _check_writable(sink, plan)
-    claimed = _claim(sink, plan)
+    run_id = uuid.uuid4().hex
+    claimed = _claim(sink, plan, run_id)
     try:  # a replay of another range that wrote its output before any claim was made
         _refuse_another_range(sink, plan)
     except ValueError as error:
         if claimed:
-            _release_claim(sink, plan)
+            _release_claim(sink, plan, run_id)
         raise FrontDoorError(str(error), USAGE) from None
     work_dir.mkdir(parents=True, exist_ok=True)
     scratch = work_dir / f"replay-{plan.name}.journal"
@@ -308,6 +340,7 @@ def _replay(  # noqa: PLR0917 - one private call site
             apply_pending()
         rows = state.snapshot_rows()
         stop.check()
+        _confirm_claim(sink, plan, run_id)
         writing.append(True)
         sink.put_parquet(plan.output_key, rows, kind="customer_aggregates")
         return ReplayResult(
@@ -319,7 +352,7 @@ def _replay(  # noqa: PLR0917 - one private call site
                 state.close(sync=False)  # it is deleted next: nothing to write into it (slow on Ctrl-C)
             shutil.rmtree(scratch, ignore_errors=True)
             if claimed and not writing:  # nothing written: the name is free for another range again
-                _release_claim(sink, plan)
+                _release_claim(sink, plan, run_id)
 
 
 class _StopBetweenSteps:
@@ -419,7 +452,14 @@ def _stops_held() -> Iterator[None]:
             signal.raise_signal(noted[0])
 
 
-def _release_claim(sink: S3ParquetSink, plan: ReplayPlan) -> None:
+def _release_claim(sink: S3ParquetSink, plan: ReplayPlan, run_id: str) -> None:
+    """Delete the claim this run made, unless another run has made it its own since (best effort)."""
+    try:
+        held = _held_claim(sink, plan)
+    except FrontDoorError:
+        return  # not readable: left for a person, as the message of the next run says
+    if held is None or held.run_id != run_id:
+        return
     _delete_if_allowed(
         sink,
         sink.layout.replay_claim_key(plan.name),

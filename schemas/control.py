@@ -44,6 +44,12 @@ def _required_time(value: Any) -> datetime:
     return datetime.fromisoformat(str(value)).astimezone(UTC)
 
 
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected text, got {value!r}")
+    return value
+
+
 def _all_files(files: dict[str, list[str]]) -> list[str]:
     """Every data file of a by-output listing, of every output."""
     return [key for keys in files.values() for key in keys]
@@ -139,6 +145,9 @@ class ReplayClaim:
     start: datetime
     end: datetime
     claimed_at: datetime
+    #: The run that made the claim: its own create answered 412 (a retry of a PUT that had landed) is not a twin's,
+    #: and it releases only a claim that is still its own ("" in a claim of a version before run ids).
+    run_id: str = ""
 
     def covers_the_same_range(self, start: datetime, end: datetime) -> bool:
         return (self.start, self.end) == (start.astimezone(UTC), end.astimezone(UTC))
@@ -154,6 +163,7 @@ class ReplayClaim:
                 start=_required_time(d["start"]),
                 end=_required_time(d["end"]),
                 claimed_at=_required_time(d["claimed_at"]),
+                run_id=_text(d.get("run_id", "")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise ControlRecordError(f"replay claim: {error!r}") from error

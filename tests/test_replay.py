@@ -11,6 +11,7 @@ from typing import Any
 import boto3
 import pyarrow as pa
 import pytest
+from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from aggregators.customer_state import CustomerState
@@ -19,6 +20,7 @@ from clickstream.replay import plan_replay, run_replay
 from consumer.s3_sink import FlushAttempt, S3ParquetSink
 from consumer.state_recovery import state_options
 from runtime.settings import Settings
+from schemas.control import ReplayClaim
 from schemas.layout import FlushName, OutputLayout
 from schemas.positions import chain_position
 from tests.moto_support import isolate_environment
@@ -515,3 +517,77 @@ def test_a_replay_counts_only_the_events_inside_its_range(s3: Any, tmp_path: Pat
     assert [(row["customer_id"], row["purchases"], str(row["revenue"])) for row in rows] == [
         ("c-A", 1, "5.00")
     ]
+
+
+class _CreateLandsThen412:
+    """S3 whose first conditional create of ``key`` lands and then answers 412, as botocore's retry of a PUT whose
+    answer was lost sees it."""
+
+    def __init__(self, client: Any, key: str) -> None:
+        self.client, self.key, self.done = client, key, False
+
+    def put_object(self, **kwargs: Any) -> Any:
+        answer = self.client.put_object(**kwargs)
+        if kwargs["Key"] == self.key and not self.done:
+            self.done = True
+            raise ClientError(
+                {"Error": {"Code": "PreconditionFailed"}, "ResponseMetadata": {"HTTPStatusCode": 412}},
+                "PutObject",
+            )
+        return answer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+def test_a_claim_whose_create_landed_unanswered_is_this_runs_and_released_when_it_stops(
+    s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The retry's 412 read as a twin run's claim: the run never released it, and every other range of the name was
+    refused until someone deleted the folder."""
+    settings = _archive(s3)
+    day = lambda number: datetime(2026, 3, number, tzinfo=UTC)  # noqa: E731
+    flaky = _CreateLandsThen412(s3, OutputLayout("rfm").replay_claim_key("wk"))
+    plan = plan_replay(flaky, settings, day(1), day(2), name="wk")
+
+    def stopped(*_: Any, **__: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(S3ParquetSink, "get_parquet", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run_replay(flaky, settings, plan, tmp_path, progress=False)
+    assert flaky.done, "the claim's create landed and answered 412"
+    assert _claims(s3) == [], "its own claim, released: nothing was written"
+
+
+def test_a_range_claimed_while_a_twin_run_read_is_not_written_beside_it(
+    s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run of a range that found its twin's claim relied on it; the twin stopped and released it, another range
+    claimed the name and wrote, and the first run then wrote its range into the same folder."""
+    settings = _archive(s3)
+    day = lambda number: datetime(2026, 3, number, tzinfo=UTC)  # noqa: E731
+    layout = OutputLayout("rfm")
+    claim_key = layout.replay_claim_key("wk")
+    twin = ReplayClaim(day(1), day(2), datetime.now(UTC), run_id="the-twin")
+    s3.put_object(Bucket=BUCKET, Key=claim_key, Body=twin.to_json())  # the twin (another machine) runs
+    mine = plan_replay(s3, settings, day(1), day(2), name="wk")
+    other = plan_replay(s3, settings, day(2), day(3), name="wk")
+    read = S3ParquetSink.get_parquet
+    meanwhile: list[str] = []
+
+    def while_reading(self: S3ParquetSink, key: str) -> Any:
+        if not meanwhile:
+            meanwhile.append(key)
+            s3.delete_object(Bucket=BUCKET, Key=claim_key)  # the twin stops, nothing written: it releases
+            run_replay(
+                s3, settings, other, tmp_path / "other", progress=False
+            )  # another range claims and writes
+        return read(self, key)
+
+    monkeypatch.setattr(S3ParquetSink, "get_parquet", while_reading)
+    with pytest.raises(FrontDoorError) as refused:
+        run_replay(s3, settings, mine, tmp_path / "mine", progress=False)
+    assert refused.value.exit_code == 2 and "claimed for another range" in str(refused.value)
+    assert meanwhile, "the other range ran while this one read"
+    assert [key.rsplit("/", 1)[1] for key in _replays(s3)] == ["replay-20260302T0000-20260303T0000.parquet"]
