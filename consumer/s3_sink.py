@@ -188,8 +188,12 @@ class S3ParquetSink:
             if not is_precondition_failed(error):
                 raise
             existing = self.get_commit(key)
-            if existing is None:  # the object went away between the two calls: nothing committed, try again
-                raise
+            if existing is None:  # there, then gone: deleted by hand, or a store that is not read-after-write
+                raise RuntimeError(
+                    f"the commit record s3://{self.bucket}/{key} exists (the conditional create answered 412) and "
+                    "then could not be read: the shard stops rather than guess; it restarts from its checkpoint and "
+                    "restores from the chain on S3"
+                ) from error
             if existing.attempt_id == record.attempt_id:
                 return existing  # our own earlier PUT succeeded although its answer was lost
             raise CommitConflict(attempt.shard_id, attempt.previous, existing, record.all_files) from None

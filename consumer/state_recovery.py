@@ -193,11 +193,12 @@ class StateRecovery:
             latest, _ = self._read_pointer(shard_id)
             if latest is None or latest.tables != keys:
                 self._sink.delete_files_kept_on_refusal(list(keys.values()), "a dropped snapshot", shard_id)
-            log.info(
-                "another writer moved the snapshot pointer first; this snapshot is dropped",
-                extra={"shard_id": shard_id},
-            )
-            return None
+                log.info(
+                    "another writer moved the snapshot pointer first; this snapshot is dropped",
+                    extra={"shard_id": shard_id},
+                )
+                return None
+            # it names this snapshot's tables: this write landed, and its retry met the pointer it had written
         # the pointer moved already: this snapshot is written whatever becomes of older tables
         try:
             self._delete_unnamed_tables(pointer, replaced=current)

@@ -20,6 +20,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from aggregators.customer_state import AppliedBatch, CustomerState
+from consumer.retry import is_transient
 from consumer.s3_sink import (
     CommitConflict,
     FlushAttempt,
@@ -350,6 +351,37 @@ def test_a_commit_whose_answer_was_lost_is_recognised_as_ours_on_retry(s3: Any) 
 
     assert flaky.lost == 1
     assert read_commit_records(s3, BUCKET, OutputLayout("rfm")) == [record]
+
+
+class CommitThereThenGone:
+    """A moto client whose commit PUT answers 412 and whose commit record then reads as missing (deleted by hand
+    between the two calls, or a store that is not read-after-write)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def put_object(self, **kwargs: Any) -> Any:
+        if "/_control/commits/" in kwargs["Key"]:
+            raise ClientError(
+                {"Error": {"Code": "PreconditionFailed"}, "ResponseMetadata": {"HTTPStatusCode": 412}},
+                "PutObject",
+            )
+        return self.client.put_object(**kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+def test_a_commit_record_there_then_gone_stops_the_attempt_in_words_not_with_a_bare_412(s3: Any) -> None:
+    """The code said "try again" and re-raised the 412: not transient, so the shard stopped on a bare
+    PreconditionFailed that named nothing."""
+    sink = S3ParquetSink(CommitThereThenGone(s3), settings_for())
+    attempt, batch = applied(CustomerState(SHARD), records_of(HOURLY_EVENTS))
+    with pytest.raises(
+        RuntimeError, match=r"exists .* and then could not be read: the shard stops"
+    ) as stopped:
+        sink.write(attempt, batch)
+    assert "/_control/commits/" in str(stopped.value) and not is_transient(stopped.value)
 
 
 def test_of_two_attempts_from_the_same_position_exactly_one_commits(s3: Any) -> None:

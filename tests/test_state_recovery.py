@@ -14,6 +14,7 @@ from typing import Any
 import boto3
 import pyarrow as pa
 import pytest
+from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from aggregators.customer_state import CustomerState, StateOptions
@@ -328,6 +329,52 @@ class _BeforeCall:
 def _snapshot_keys(s3: Any) -> set[str]:
     listing = s3.list_objects_v2(Bucket="recovery-bucket", Prefix="rfm/_control/snapshots/")
     return {obj["Key"] for obj in listing.get("Contents", [])}
+
+
+class _PointerLandsThen412:
+    """S3 whose next write of the snapshot pointer lands and then answers 412, as botocore's retry of a conditional
+    PUT whose answer was lost sees it."""
+
+    def __init__(self, client: Any, key: str) -> None:
+        self.client, self.key, self.armed, self.answered = client, key, False, False
+
+    def put_object(self, **kwargs: Any) -> Any:
+        answer = self.client.put_object(**kwargs)
+        if self.armed and kwargs["Key"] == self.key:
+            self.armed, self.answered = False, True
+            raise ClientError(
+                {"Error": {"Code": "PreconditionFailed"}, "ResponseMetadata": {"HTTPStatusCode": 412}},
+                "PutObject",
+            )
+        return answer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+def test_a_snapshot_whose_pointer_write_landed_unanswered_is_kept_and_replaces_the_old_one(
+    s3_env: tuple[Any, Settings], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The retry's 412 read as another writer's pointer: the snapshot was said dropped, and the tables it replaced
+    stayed until the next one."""
+    s3, settings = s3_env
+    owner = _processor(s3, settings, tmp_path / "a.journal", snapshot_every=10**6)
+    owner.start("TRIM_HORIZON")
+    records = _records(30, 1_000, seed=13)
+    _feed(owner, records[:500])
+    assert StateRecovery(s3, settings).write_snapshot(owner.state) is not None
+    _feed(owner, records[500:])
+    flaky = _PointerLandsThen412(s3, StateRecovery(s3, settings).layout.snapshot_pointer_key(SHARD))
+    flaky.armed = True
+    with caplog.at_level(logging.INFO, logger="consumer.state_recovery"):
+        pointer = StateRecovery(flaky, settings).write_snapshot(owner.state)
+
+    assert flaky.answered, "the pointer's write landed and answered 412"
+    assert pointer is not None and pointer.position == owner.state.position()
+    assert "dropped" not in caplog.text
+    folders = {key.rsplit("/", 1)[0] for key in _snapshot_keys(s3) if key.endswith(".parquet")}
+    assert len(folders) == 1, "the replaced snapshot's tables are deleted"
+    assert set(pointer.tables.values()) <= _snapshot_keys(s3)
 
 
 def test_a_writer_whose_snapshot_lost_deletes_only_its_own_tables(
