@@ -438,7 +438,16 @@ def kinesis_parent_lookup(kinesis: Any, stream_name: str) -> ParentLookup:
             shards += response["Shards"]
         by_id = {s["ShardId"]: s for s in shards}
         child = by_id.get(shard_id)
+        # asked only for a shard without a snapshot (one with a snapshot does not need the listing)
         if child is None:
+            log.warning(
+                "shard %s is not in ListShards of %s (past the stream's retention?): whether it has parent shards "
+                "cannot be told, so it starts from its own commits on S3 only (a child of a reshard would lack its "
+                "parents' customers)",
+                shard_id,
+                stream_name,
+                extra={"shard_id": shard_id},
+            )
             return []
         start = int(child["HashKeyRange"]["StartingHashKey"])
         end = int(child["HashKeyRange"]["EndingHashKey"])

@@ -750,6 +750,10 @@ def test_parent_lookup_reads_list_shards_and_keeps_parents_that_are_gone(
         ParentShard("shardId-000000000002", 0, 2**128 - 1, listed=False),
     ]
     assert kinesis_parent_lookup(ListShards([child]), "stream")("shardId-000000000003") == []
+    assert "not in ListShards" not in caplog.text, "an original shard, listed: no parents, nothing to say"
+    with caplog.at_level(logging.WARNING, logger="consumer.state_recovery"):
+        assert kinesis_parent_lookup(ListShards([]), "stream")("shardId-000000000003") == []
+    assert "shard shardId-000000000003 is not in ListShards of stream" in caplog.text
 
 
 def test_a_child_takes_its_parents_from_s3_after_they_left_list_shards(
