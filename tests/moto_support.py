@@ -9,6 +9,7 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from moto import mock_aws
 
 REGION = "us-east-1"
@@ -62,3 +63,24 @@ class CountingReads:
     def get_object(self, **kwargs: Any) -> Any:
         self.read.append(kwargs["Key"])
         return self.client.get_object(**kwargs)
+
+
+class WriteLandsThen412:
+    """An S3 client whose first PutObject of ``key`` (once ``armed``) lands and then answers 412 PreconditionFailed:
+    what botocore's retry of a conditional PUT whose answer was lost sees."""
+
+    def __init__(self, client: Any, key: str, *, armed: bool = True) -> None:
+        self.client, self.key, self.armed, self.answered = client, key, armed, False
+
+    def put_object(self, **kwargs: Any) -> Any:
+        answer = self.client.put_object(**kwargs)
+        if self.armed and kwargs["Key"] == self.key:
+            self.armed, self.answered = False, True
+            raise ClientError(
+                {"Error": {"Code": "PreconditionFailed"}, "ResponseMetadata": {"HTTPStatusCode": 412}},
+                "PutObject",
+            )
+        return answer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)

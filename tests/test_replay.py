@@ -23,7 +23,7 @@ from runtime.settings import Settings
 from schemas.control import ReplayClaim
 from schemas.layout import FlushName, OutputLayout
 from schemas.positions import chain_position
-from tests.moto_support import isolate_environment
+from tests.moto_support import WriteLandsThen412, isolate_environment
 from tests.test_customer_state import SHARD, Stream, _arriving, event, row_of
 
 BUCKET = "replay-bucket"
@@ -250,7 +250,6 @@ def test_a_replay_that_may_not_write_its_output_says_so_before_reading_anything(
     s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A role denied PutObject under replays/ read and applied the whole archive first, then failed naming nothing."""
-    from botocore.exceptions import ClientError
 
     _archive(s3)
     put_bytes = S3ParquetSink.put_bytes
@@ -519,27 +518,6 @@ def test_a_replay_counts_only_the_events_inside_its_range(s3: Any, tmp_path: Pat
     ]
 
 
-class _CreateLandsThen412:
-    """S3 whose first conditional create of ``key`` lands and then answers 412, as botocore's retry of a PUT whose
-    answer was lost sees it."""
-
-    def __init__(self, client: Any, key: str) -> None:
-        self.client, self.key, self.done = client, key, False
-
-    def put_object(self, **kwargs: Any) -> Any:
-        answer = self.client.put_object(**kwargs)
-        if kwargs["Key"] == self.key and not self.done:
-            self.done = True
-            raise ClientError(
-                {"Error": {"Code": "PreconditionFailed"}, "ResponseMetadata": {"HTTPStatusCode": 412}},
-                "PutObject",
-            )
-        return answer
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.client, name)
-
-
 def test_a_claim_whose_create_landed_unanswered_is_this_runs_and_released_when_it_stops(
     s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -547,7 +525,7 @@ def test_a_claim_whose_create_landed_unanswered_is_this_runs_and_released_when_i
     refused until someone deleted the folder."""
     settings = _archive(s3)
     day = lambda number: datetime(2026, 3, number, tzinfo=UTC)  # noqa: E731
-    flaky = _CreateLandsThen412(s3, OutputLayout("rfm").replay_claim_key("wk"))
+    flaky = WriteLandsThen412(s3, OutputLayout("rfm").replay_claim_key("wk"))
     plan = plan_replay(flaky, settings, day(1), day(2), name="wk")
 
     def stopped(*_: Any, **__: Any) -> Any:
@@ -556,7 +534,7 @@ def test_a_claim_whose_create_landed_unanswered_is_this_runs_and_released_when_i
     monkeypatch.setattr(S3ParquetSink, "get_parquet", stopped)
     with pytest.raises(KeyboardInterrupt):
         run_replay(flaky, settings, plan, tmp_path, progress=False)
-    assert flaky.done, "the claim's create landed and answered 412"
+    assert flaky.answered, "the claim's create landed and answered 412"
     assert _claims(s3) == [], "its own claim, released: nothing was written"
 
 

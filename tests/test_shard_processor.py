@@ -788,23 +788,20 @@ FLUSH_EVERY = (
 )
 
 
-def crash_before_intent(s3: Any, settings: Settings) -> tuple[S3ParquetSink, RecordingCheckpointer]:
-    faulty = FaultyS3(
-        s3,
-        SimulatedCrashError("after the stage, before the intent"),
-        times=1,
-        key_contains="/_control/intents/",
-        skip=1,
-    )
-    return S3ParquetSink(faulty, settings), RecordingCheckpointer()
+def crash_at_second_put(key_contains: str, where: str) -> Callable[[Any, Settings], Any]:
+    """A crash point: the process dies at the second flush's PUT of a key containing ``key_contains``."""
+
+    def crashing(s3: Any, settings: Settings) -> tuple[S3ParquetSink, RecordingCheckpointer]:
+        faulty = FaultyS3(s3, SimulatedCrashError(where), times=1, key_contains=key_contains, skip=1)
+        return S3ParquetSink(faulty, settings), RecordingCheckpointer()
+
+    return crashing
 
 
-def crash_before_data(s3: Any, settings: Settings) -> tuple[S3ParquetSink, RecordingCheckpointer]:
-    # a flush writes events/ first (planned_files), one file a flush here
-    faulty = FaultyS3(
-        s3, SimulatedCrashError("after the intent, before the data"), times=1, key_contains="/events/", skip=1
-    )
-    return S3ParquetSink(faulty, settings), RecordingCheckpointer()
+crash_before_intent = crash_at_second_put("/_control/intents/", "after the stage, before the intent")
+# a flush writes events/ first (planned_files), one file a flush here
+crash_before_data = crash_at_second_put("/events/", "after the intent, before the data")
+crash_before_commit_record = crash_at_second_put("/_control/commits/", "before the commit record")
 
 
 class CrashBeforeTidySink(S3ParquetSink):
@@ -824,17 +821,6 @@ class CrashBeforeTidySink(S3ParquetSink):
 
 def crash_before_tidy(s3: Any, settings: Settings) -> tuple[S3ParquetSink, RecordingCheckpointer]:
     return CrashBeforeTidySink(s3, settings, crash_on=2), RecordingCheckpointer()
-
-
-def crash_before_commit_record(s3: Any, settings: Settings) -> tuple[S3ParquetSink, RecordingCheckpointer]:
-    faulty = FaultyS3(
-        s3,
-        SimulatedCrashError("before the commit record"),
-        times=1,
-        key_contains="/_control/commits/",
-        skip=1,
-    )
-    return S3ParquetSink(faulty, settings), RecordingCheckpointer()
 
 
 def crash_before_state_commit(s3: Any, settings: Settings) -> tuple[S3ParquetSink, RecordingCheckpointer]:

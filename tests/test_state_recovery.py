@@ -14,7 +14,6 @@ from typing import Any
 import boto3
 import pyarrow as pa
 import pytest
-from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from aggregators.customer_state import CustomerState, StateOptions
@@ -26,6 +25,7 @@ from producer.kinesis_put import partition_key_for
 from runtime.settings import Settings, load_settings
 from schemas.control import SnapshotPointer
 from schemas.positions import BEFORE_FIRST_RECORD, Position, chain_position
+from tests.moto_support import WriteLandsThen412
 from tests.parquet_support import dictionary_columns
 
 SHARD = "shardId-000000000000"
@@ -331,27 +331,6 @@ def _snapshot_keys(s3: Any) -> set[str]:
     return {obj["Key"] for obj in listing.get("Contents", [])}
 
 
-class _PointerLandsThen412:
-    """S3 whose next write of the snapshot pointer lands and then answers 412, as botocore's retry of a conditional
-    PUT whose answer was lost sees it."""
-
-    def __init__(self, client: Any, key: str) -> None:
-        self.client, self.key, self.armed, self.answered = client, key, False, False
-
-    def put_object(self, **kwargs: Any) -> Any:
-        answer = self.client.put_object(**kwargs)
-        if self.armed and kwargs["Key"] == self.key:
-            self.armed, self.answered = False, True
-            raise ClientError(
-                {"Error": {"Code": "PreconditionFailed"}, "ResponseMetadata": {"HTTPStatusCode": 412}},
-                "PutObject",
-            )
-        return answer
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.client, name)
-
-
 def test_a_snapshot_whose_pointer_write_landed_unanswered_is_kept_and_replaces_the_old_one(
     s3_env: tuple[Any, Settings], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -364,8 +343,7 @@ def test_a_snapshot_whose_pointer_write_landed_unanswered_is_kept_and_replaces_t
     _feed(owner, records[:500])
     assert StateRecovery(s3, settings).write_snapshot(owner.state) is not None
     _feed(owner, records[500:])
-    flaky = _PointerLandsThen412(s3, StateRecovery(s3, settings).layout.snapshot_pointer_key(SHARD))
-    flaky.armed = True
+    flaky = WriteLandsThen412(s3, StateRecovery(s3, settings).layout.snapshot_pointer_key(SHARD))
     with caplog.at_level(logging.INFO, logger="consumer.state_recovery"):
         pointer = StateRecovery(flaky, settings).write_snapshot(owner.state)
 
