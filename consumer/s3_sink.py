@@ -61,6 +61,21 @@ _PLAIN_ENCODED: Final = frozenset(
         "monetary_value",
     }
 )
+#: Columns written without min/max statistics: random ids and free text, whose range in any file spans nearly all
+#: values, so no reader (DuckDB, Spectrum, COPY) skips a row group by them; computing them took a tenth of an events
+#: file's write time (measured on 50k-event files).
+_NO_STATISTICS: Final = frozenset(
+    {
+        "event_id",
+        "session_id",
+        "page_url",
+        "product_id",
+        "search_query",
+        "order_id",
+        "error_detail",
+        "raw_data",
+    }
+)
 #: By the kind of table written (a data output, or a snapshot table), the columns whose values are all distinct in
 #: each of its files: one row per customer.
 _UNIQUE_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
@@ -262,7 +277,15 @@ class S3ParquetSink:
         buffer = io.BytesIO()
         plain = _PLAIN_ENCODED.union(_UNIQUE_COLUMNS.get(kind, ()))
         dictionary = [name for name in table.column_names if name not in plain]
-        pq.write_table(table, buffer, compression="zstd", coerce_timestamps="us", use_dictionary=dictionary)
+        statistics = [name for name in table.column_names if name not in _NO_STATISTICS]
+        pq.write_table(
+            table,
+            buffer,
+            compression="zstd",
+            coerce_timestamps="us",
+            use_dictionary=dictionary,
+            write_statistics=statistics,
+        )
         body = buffer.getvalue()
         self.put_bytes(key, body, "parquet")
         return len(body)

@@ -284,6 +284,30 @@ def test_parquet_timestamps_are_utc_microseconds_and_money_is_decimal_18_2(s3: A
     assert [str(r) for r in table.column("revenue").to_pylist() if r is not None] == ["19.99"]
 
 
+def test_random_ids_and_free_text_are_written_without_statistics_and_times_with_them(s3: Any) -> None:
+    """Min/max of a random id or a URL spans nearly all values in any file: no reader skips a row group by them, and
+    computing them cost a tenth of the write. Times, types and positions keep theirs: readers prune by them."""
+    record = S3ParquetSink(s3, settings_for()).write(
+        *applied(CustomerState(SHARD), records_of([*HOURLY_EVENTS, MALFORMED]))
+    )
+    for output, without, with_statistics in (
+        (
+            "events",
+            {"event_id", "session_id", "page_url", "order_id"},
+            {"event_time", "event_type", "customer_id"},
+        ),
+        ("errors", {"raw_data", "error_detail"}, {"approximate_arrival_at", "error_code", "sequence_number"}),
+    ):
+        (key,) = record.files[output]
+        row_group = pq.ParquetFile(io.BytesIO(body(s3, key))).metadata.row_group(0)
+        has = {
+            row_group.column(i).path_in_schema: row_group.column(i).is_stats_set
+            for i in range(row_group.num_columns)
+        }
+        assert not any(has[name] for name in without), (output, has)
+        assert all(has[name] for name in with_statistics), (output, has)
+
+
 def test_nearly_distinct_columns_are_written_without_a_dictionary_and_repeated_ones_with_one(s3: Any) -> None:
     """A dictionary on ids, microsecond times and money costs write time and bytes and saves nothing; nor on the
     customer id of a file with one row per customer."""
