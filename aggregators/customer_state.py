@@ -26,13 +26,13 @@ a day before the latest one is still compared exactly).
 Arrival time, not event time, so that backfills of old events and streams ordered by customer keep exact
 de-duplication.
 
-Durability: S3 is the truth (commit chain and snapshots). The local DuckDB file is a cache that makes a restart
-fast: a journal of what batches added or changed, written in one transaction with the position it reaches, so the
-file is always exact *at its position*. It is written every ``sync_every_records`` applied records or
-``sync_every_seconds`` (and on ``close``), not after every batch: a commit per batch cost more than the rest of the
-install. A crash loses only the cache's latest batches, which a restore re-applies from S3 (the file's position is on
-the commit chain, just behind its tip). Opening a state file loads it into memory; a file that cannot be read raises,
-and the caller restores from S3.
+Durability: S3 is the truth (commit chain and snapshots). The local state is a cache that makes a restart fast: a
+journal of what batches added or changed (``aggregators/state_journal.py``), each sync on disk whole or not at all
+with the position it reaches, so the journal is always exact *at its position*. It is written every
+``sync_every_records`` applied records or ``sync_every_seconds`` (and on ``close``), not after every batch: a sync
+per batch cost more than the rest of the install. A crash loses only the cache's latest batches, which a restore
+re-applies from S3 (the journal's position is on the commit chain, just behind its tip). Opening a journal loads it
+into memory; one that cannot be read raises, and the caller restores from S3.
 """
 
 from __future__ import annotations

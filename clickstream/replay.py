@@ -203,8 +203,9 @@ def _confirm_claim(sink: S3ParquetSink, plan: ReplayPlan, run_id: str) -> None:
     range's output. A run of the same range that made the claim may have released it since (it stopped with nothing
     written), and another range may have claimed the name and written meanwhile; a gone claim is made again."""
     held = _held_claim(sink, plan)
+    claimed_now = False
     if held is None:
-        _claim(sink, plan, run_id)  # FrontDoorError if another range claimed it in between
+        claimed_now = _claim(sink, plan, run_id)  # FrontDoorError if another range claimed it in between
     elif not held.covers_the_same_range(plan.start, plan.end):
         raise FrontDoorError(
             f"replay {plan.name} was claimed for another range, {held.start:%Y-%m-%d %H:%M} to "
@@ -215,6 +216,8 @@ def _confirm_claim(sink: S3ParquetSink, plan: ReplayPlan, run_id: str) -> None:
     try:
         _refuse_another_range(sink, plan)
     except ValueError as error:
+        if claimed_now:  # made just now, for nothing: the name's real range must not be refused because of it
+            _release_claim(sink, plan, run_id)
         raise FrontDoorError(f"{error}; nothing written", USAGE) from None
 
 

@@ -69,12 +69,11 @@ def _fail_fast(method: _Call) -> _Call:
     return wrapper  # type: ignore[return-value]
 
 
-#: DuckDB's words when another process holds the file: "... Conflicting lock is held in <program> (PID 4547) ...".
 def sibling_holding_lock(error: BaseException) -> int | None:
     """The pid of the process holding the state this one could not lock, when it is another record processor of
     the same MultiLangDaemon (same parent); None for any other error or holder."""
-    if not isinstance(error, JournalLockedError) or error.holder_pid is None:
-        return None
+    if not isinstance(error, JournalLockedError) or error.holder_pid in (None, os.getpid()):
+        return None  # no holder named, or this very process: waiting for itself would never end
     pid = error.holder_pid
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()

@@ -662,7 +662,7 @@ class ShardProcessor:
             return
         rows, started = self.state.row_count(), self.clock()
         try:
-            self.recovery.write_snapshot(self.state)
+            written = self.recovery.write_snapshot(self.state)
         except Exception as error:  # noqa: BLE001 - never let an optimisation stop the shard
             log.warning(
                 "snapshot failed (a restore will re-apply more commits): %s",
@@ -671,7 +671,9 @@ class ShardProcessor:
             )
             return
         self._events_since_snapshot = 0
-        if rows >= _TIMED_SNAPSHOT_MIN_ROWS:  # a small one's time is mostly fixed costs: no rate per row
+        # timed when written whole (not when an equal or newer one made it stop early), and large enough that its
+        # time is mostly per row
+        if written is not None and rows >= _TIMED_SNAPSHOT_MIN_ROWS:
             self._snapshot_seconds_per_row = (self.clock() - started) / rows
         # written, or an equal or newer one exists (an empty state has none to write)
         if self.state.position() is not None:

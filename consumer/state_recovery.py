@@ -1,6 +1,6 @@
 """Bring a shard's local state in line with the commit chain on S3, trusting nothing local.
 
-S3 holds the truth; the local DuckDB file is only a shortcut:
+S3 holds the truth; the local state (``aggregators/state_journal.py``) is only a shortcut:
 
 - every flush's commit record sits at the key of the chain position it continues from and names its ``events/``
   file, which holds exactly the new, de-duplicated events of that flush; re-applying the chain reproduces the state
@@ -22,6 +22,7 @@ A local file that cannot be opened or read is moved aside (``open_shard_state``)
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 import uuid
@@ -29,7 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pyarrow as pa
 from botocore.exceptions import ClientError
@@ -99,21 +100,27 @@ def open_shard_state(
     """Open the shard's local state (a journal directory); one that cannot be read is moved aside (kept for
     inspection) and a fresh one is opened, which the restore then rebuilds from S3. A journal another process holds
     is an error (``JournalLockedError``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_legacy_file(path, shard_id)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_legacy_file(path, shard_id)
         return CustomerState(shard_id, path, validator, options)
     except JournalLockedError:
         raise  # another process holds it: not damage (the KCL will retry the lease)
+    except OSError as error:
+        if error.errno not in _DISK_REFUSES:
+            cause = one_line(error)
+        else:  # a full disk is not damage: the shard goes on from memory, as when a sync is refused
+            return _without_local_state(shard_id, path, validator, options, error)
     except Exception as error:  # noqa: BLE001 - whatever stops the read, the cache is rebuilt from S3
         cause = one_line(error)
     target = path.with_name(f"{path.name}.unreadable-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}")
-    path.rename(target)
+    if path.exists() or path.is_symlink():
+        path.rename(target)
     log.error(
         "local state %s is unreadable (%s); moved aside as %s, restoring the shard from S3",
         path,
         cause,
-        target.name,
+        target.name if target.exists() else "(nothing to move)",
         extra={"shard_id": shard_id},
     )
     emit_metrics({Metric.STATE_FILES_QUARANTINED: 1}, dict(metric_dimensions or {}))
@@ -127,6 +134,27 @@ def state_options(settings: Settings) -> StateOptions:
         sync_every_records=settings.state_sync_records,
         sync_every_seconds=settings.state_sync_seconds,
     )
+
+
+#: How a disk refuses writes (full, over a quota, read-only, a file-size limit): no local state can be kept on it.
+_DISK_REFUSES: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+
+
+def _without_local_state(
+    shard_id: str, path: Path, validator: RecordValidator, options: StateOptions | None, error: OSError
+) -> CustomerState:
+    """A state in memory only, for a shard whose local state the disk refuses to hold (reported at its first flush
+    as LocalStateWriteFailed, as a refused sync is): S3 holds every commit, and the restore rebuilds from there."""
+    log.error(
+        "the local state %s could not be opened (%s): the shard goes on from memory without it; S3 holds every "
+        "commit, and the restore rebuilds the state from there",
+        path,
+        one_line(error),
+        extra={"shard_id": shard_id},
+    )
+    state = CustomerState(shard_id, None, validator, options)
+    state.local_file_error = one_line(error)
+    return state
 
 
 def _remove_legacy_file(path: Path, shard_id: str) -> None:

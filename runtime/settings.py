@@ -170,7 +170,10 @@ class Settings(BaseSettings):
         "prefix changed on purpose, keeping the application name: the records before them are not in the new "
         "prefix). Without it such a worker is refused: the table may be another stream's.",
     )
-    state_dir: Path = Field(Path("state"), description="Local directory for each shard's DuckDB state file.")
+    state_dir: Path = Field(
+        Path("state"),
+        description="Local directory for each shard's local state (a journal of Arrow files) and the status files.",
+    )
     java: str | None = Field(
         None, description="Path to the java binary (default: $JAVA_HOME/bin/java, then PATH)."
     )

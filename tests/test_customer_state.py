@@ -1,4 +1,4 @@
-"""Specification of CustomerState: incremental per-customer RFM / engagement aggregates in DuckDB.
+"""Specification of CustomerState: incremental per-customer RFM / engagement aggregates, and its local journal.
 
 Layer: pure core on small Arrow tables (no AWS). ``tests/reference.py`` is the independent oracle: a row-by-row
 plain-Python computation of the same columns from the event documents.

@@ -569,3 +569,31 @@ def test_a_range_claimed_while_a_twin_run_read_is_not_written_beside_it(
     assert refused.value.exit_code == 2 and "claimed for another range" in str(refused.value)
     assert meanwhile, "the other range ran while this one read"
     assert [key.rsplit("/", 1)[1] for key in _replays(s3)] == ["replay-20260302T0000-20260303T0000.parquet"]
+
+
+def test_a_claim_made_again_right_before_writing_is_released_when_the_run_writes_nothing(
+    s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The twin's claim went while this run read, and another range's output came without a claim (a version before
+    claims, a hand): the run claimed the name again, refused to write, and left that claim behind."""
+    settings = _archive(s3)
+    day = lambda number: datetime(2026, 3, number, tzinfo=UTC)  # noqa: E731
+    layout = OutputLayout("rfm")
+    claim_key = layout.replay_claim_key("wk")
+    twin = ReplayClaim(day(1), day(2), datetime.now(UTC), run_id="the-twin")
+    s3.put_object(Bucket=BUCKET, Key=claim_key, Body=twin.to_json())
+    mine = plan_replay(s3, settings, day(1), day(2), name="wk")
+    read = S3ParquetSink.get_parquet
+    meanwhile: list[bool] = []
+
+    def while_reading(self: S3ParquetSink, key: str) -> Any:
+        if not meanwhile:
+            meanwhile.append(True)
+            s3.delete_object(Bucket=BUCKET, Key=claim_key)  # the twin stops, nothing written: released
+            s3.put_object(Bucket=BUCKET, Key=layout.replay_output_key("wk", day(2), day(3)), Body=b"PAR1")
+        return read(self, key)
+
+    monkeypatch.setattr(S3ParquetSink, "get_parquet", while_reading)
+    with pytest.raises(FrontDoorError, match="nothing written"):
+        run_replay(s3, settings, mine, tmp_path, progress=False)
+    assert meanwhile and _claims(s3) == []

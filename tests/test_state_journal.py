@@ -3,16 +3,19 @@ what came before it, a damaged file is refused before Arrow parses it, and one p
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import shutil
 import zlib
 from pathlib import Path
+from typing import Any, Final
 
 import pyarrow as pa
 import pytest
 
+from aggregators import state_journal
 from aggregators.customer_state import CustomerState
 from aggregators.state_journal import (
     JOURNAL_FORMAT,
@@ -22,8 +25,9 @@ from aggregators.state_journal import (
     read_journal,
 )
 from aggregators.validation import RecordValidator
+from consumer.record_processor import sibling_holding_lock
 from consumer.state_recovery import open_shard_state
-from tests.test_customer_state import SHARD, _three_batches, apply_all
+from tests.test_customer_state import SHARD, Stream, _three_batches, apply_all, event
 
 
 def _ids(*values: int) -> pa.Table:
@@ -151,3 +155,197 @@ def test_the_state_reads_back_exactly_after_a_rewrite_and_more_appends(tmp_path:
     reopened = CustomerState(SHARD, tmp_path / "j")
     assert reopened.snapshot_rows().equals(expected)
     reopened.close()
+
+
+# ---------------------------------------------------------------------------------------------------- crash points
+class _Crash(BaseException):
+    """The process dying at a point of a sync."""
+
+
+def _batches() -> list[pa.Table]:
+    stream = Stream()
+    return [
+        stream.batch(
+            [
+                event(f"c-{i % 7}", "purchase", f"2026-03-0{1 + i % 5}T10:00:00Z", revenue="2.00")
+                for i in range(n * 5, n * 5 + 5)
+            ]
+        )
+        for n in range(6)
+    ]
+
+
+def _die(state: CustomerState) -> None:
+    """A process that died: nothing runs but the kernel dropping its lock."""
+    state.close(sync=False)
+
+
+#: (where, which call, the sync replaces): a crash at each step of a sync, appended or replacing.
+_CRASH_POINTS: Final = [
+    *(
+        (where, nth, replaces)
+        for replaces in (False, True)
+        for where, nth in (
+            ("write", 1),  # the first table's file, cut short
+            ("write", 3),  # a later table's file, cut short
+            ("write", -1),  # the manifest, cut short
+            ("rename", 1),  # before the rename that lands the sync
+            ("fsync_dir", 2),  # after the rename, before the directory is fsynced
+        )
+    ),
+    ("rmtree", 1, True),  # while a replacing sync deletes those before it
+]
+
+
+@pytest.mark.parametrize(("where", "nth", "replaces"), _CRASH_POINTS)
+def test_a_crash_at_each_point_of_a_sync_reopens_at_the_state_before_or_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, nth: int, replaces: bool
+) -> None:
+    batches = _batches()
+    path = tmp_path / "j"
+    state = CustomerState(SHARD, path)
+    apply_all(state, batches[:3])
+    before = state.snapshot_rows()
+    model = CustomerState(SHARD)
+    apply_all(model, batches[:4])
+    after = model.snapshot_rows()
+    if replaces:  # the fourth batch appended whole; the crash comes in the rewrite after it
+        state.apply(batches[3])
+        before = after
+    calls = dict.fromkeys(("write", "rename", "fsync_dir", "rmtree"), 0)
+    real_write, real_fsync = state_journal._write_durably, state_journal._fsync_directory
+    real_rmtree, real_rename = shutil.rmtree, Path.rename
+
+    def write(target: Path, data: Any) -> None:
+        calls["write"] += 1
+        if where == "write" and ((nth == -1 and target.name == "manifest.json") or calls["write"] == nth):
+            real_write(target, bytes(data)[: len(data) // 2])
+            raise _Crash
+        real_write(target, data)
+
+    def fsync_dir(target: Path) -> None:
+        calls["fsync_dir"] += 1
+        if where == "fsync_dir" and calls["fsync_dir"] == nth:
+            raise _Crash
+        real_fsync(target)
+
+    def rmtree(target: Any, *args: Any, **kwargs: Any) -> None:
+        if str(target).endswith(".tmp"):
+            real_rmtree(target, *args, **kwargs)
+            return
+        calls["rmtree"] += 1
+        real_rmtree(target, *args, **kwargs)
+        if where == "rmtree" and calls["rmtree"] == nth:
+            raise _Crash
+
+    def rename(self: Path, target: Any) -> Any:
+        calls["rename"] += 1
+        if where == "rename" and calls["rename"] == nth:
+            raise _Crash
+        return real_rename(self, target)
+
+    monkeypatch.setattr(state_journal, "_write_durably", write)
+    monkeypatch.setattr(state_journal, "_fsync_directory", fsync_dir)
+    monkeypatch.setattr(state_journal.shutil, "rmtree", rmtree)
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(_Crash):
+        if replaces:
+            state._rewrite_journal()
+        else:
+            state.apply(batches[3])
+    monkeypatch.undo()
+    _die(state)
+    assert calls[where] >= max(nth, 1), "the crash came where it was placed"
+
+    reopened = CustomerState(SHARD, path)
+    rows = reopened.snapshot_rows()
+    assert rows.equals(before) or rows.equals(after), rows.to_pylist()[:1]
+    # ... and it goes on: later syncs, a rewrite, a redelivery, a reopen
+    apply_all(reopened, batches[3:])
+    reopened._rewrite_journal()
+    reopened.apply(batches[0])
+    reopened.close()
+    apply_all(model, batches[4:])
+    final = CustomerState(SHARD, path)
+    assert final.snapshot_rows().equals(model.snapshot_rows())
+    final.close()
+
+
+# ---------------------------------------------------------------------------------------------------- full disks
+def test_a_sync_the_disk_refuses_leaves_nothing_of_itself_on_the_full_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shard went on from memory, but the half-written sync stayed on the full disk (up to the whole state, for a
+    rewrite), holding the space the other shards of the host needed, until the process restarted."""
+    state = CustomerState(SHARD, tmp_path / "j")
+    apply_all(state, _batches()[:3])
+    real = state_journal._write_durably
+    written = [0]
+
+    def full(target: Path, data: Any) -> None:
+        written[0] += 1
+        if written[0] == 2:
+            real(target, bytes(data)[:10])  # what fitted
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(target, data)
+
+    monkeypatch.setattr(state_journal, "_write_durably", full)
+    state._rewrite_journal()
+    assert state.local_file_error is not None and not state.persistent
+    assert written[0] >= 2, "the disk refused a write"
+    assert list((tmp_path / "j").glob("sync-*.tmp")) == []
+    state.close()
+
+
+def test_a_full_disk_at_open_is_not_damage_the_shard_goes_on_from_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A shard opened on a full disk (a lease moved here, a child after a reshard) was said unreadable, moved aside,
+    and failed to open anyway: the whole MultiLangDaemon stopped with it."""
+    real = state_journal._acquire
+
+    def full(directory: Path) -> Any:
+        real(directory).close()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(state_journal, "_acquire", full)
+    with caplog.at_level(logging.ERROR, logger="consumer.state_recovery"):
+        state = open_shard_state(tmp_path / f"{SHARD}.journal", SHARD, RecordValidator())
+    assert not state.persistent and "No space left on device" in (state.local_file_error or "")
+    assert list(tmp_path.glob("*.unreadable-*")) == [] and "unreadable" not in caplog.text
+    assert "goes on from memory" in caplog.text
+    apply_all(state, _batches()[:1])
+    state.close()
+
+
+# ---------------------------------------------------------------------------------------------------- readers
+def test_a_reader_beside_the_owner_reads_again_when_a_replace_lands_as_it_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replace deletes the syncs a reader listed: it took a healthy journal for a damaged one."""
+    journal = StateJournal(tmp_path / "j")
+    journal.write({"applied_events": _ids(1)}, {}, replaces=False)
+    journal.write({"applied_events": _ids(2)}, {}, replaces=False)
+    real = state_journal._read_manifest
+    replaced: list[bool] = []
+
+    def replace_as_it_reads(path: Path) -> Any:
+        if not replaced:
+            replaced.append(True)
+            journal.write({"applied_events": _ids(3)}, {"sequence_number": "3"}, replaces=True)
+        return real(path)
+
+    monkeypatch.setattr(state_journal, "_read_manifest", replace_as_it_reads)
+    assert _read_ids(tmp_path / "j") == [3] and replaced
+    journal.close()
+
+
+def test_a_journal_held_by_this_very_process_is_not_a_sibling_to_wait_for(tmp_path: Path) -> None:
+    """The record processor waits for an earlier processor of its shard; its own process would be waited for
+    forever (two states of one journal in one process, as an in-process harness makes)."""
+    first = CustomerState(SHARD, tmp_path / "j")
+    with pytest.raises(JournalLockedError) as raised:
+        CustomerState(SHARD, tmp_path / "j")
+    assert raised.value.holder_pid == os.getpid()
+    assert sibling_holding_lock(raised.value) is None
+    first.close()

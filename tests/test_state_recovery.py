@@ -17,6 +17,7 @@ import pytest
 from moto import mock_aws
 
 from aggregators.customer_state import CustomerState, StateOptions
+from consumer import shard_processor
 from consumer.s3_sink import S3ParquetSink
 from consumer.shard_processor import FlushPolicy, RawRecord, ShardProcessor
 from consumer.state_recovery import ParentShard, StateRecovery, kinesis_parent_lookup
@@ -776,3 +777,53 @@ def test_a_child_takes_its_parents_from_s3_after_they_left_list_shards(
         lookup.restore(again)
     assert _rows(again) == expected
     assert not [r for r in caplog.records if "ParentStateMissing" in getattr(r, "emf", {})]
+
+
+@pytest.mark.parametrize("earlier", ["written in 8 s", "written by no one in 8 s"])
+def test_the_stop_snapshot_is_judged_by_the_time_the_last_written_one_took(
+    s3_env: tuple[Any, Settings],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    earlier: str,
+) -> None:
+    """A snapshot that stopped early (an equal or newer one existed) is no measure of the next one's time."""
+    monkeypatch.setattr(shard_processor, "_TIMED_SNAPSHOT_MIN_ROWS", 1)  # this small state is timed too
+    s3, settings = s3_env
+    now = [0.0]
+    processor = ShardProcessor(
+        SHARD,
+        CustomerState(SHARD, tmp_path / "a.journal"),
+        S3ParquetSink(s3, settings),
+        FlushPolicy(max_records=500, max_bytes=10**9, max_seconds=10**6),
+        recovery=StateRecovery(s3, settings),
+        snapshot_every_flushes=2,
+        clock=lambda: now[0],
+        stop_budget_seconds=10.0,
+    )
+    assert processor.recovery is not None
+    real = processor.recovery.write_snapshot
+    snapshots: list[str] = []
+
+    def timed(state: CustomerState) -> Any:
+        if not snapshots:  # the periodic one: 8 s, written or not
+            snapshots.append(earlier)
+            now[0] += 8.0
+            return real(state) if earlier == "written in 8 s" else None
+        snapshots.append("at the stop")
+        return real(state)
+
+    processor.recovery.write_snapshot = timed  # type: ignore[method-assign]
+    processor.start("TRIM_HORIZON")
+    records = _records(40, 1_200, seed=14)
+    _feed(processor, records[:1_000])  # two flushes: the periodic snapshot
+    _feed(processor, records[1_000:])  # new events since it: a stop snapshot is due
+    with caplog.at_level(logging.WARNING, logger="consumer.shard_processor"):
+        processor.on_shutdown_requested(RecordingCheckpointer())
+    processor.state.close()
+
+    assert snapshots[0] == earlier
+    if earlier == "written in 8 s":  # about 8 s again, more than half the 10 s left
+        assert snapshots == [earlier] and "more than half the" in caplog.text
+    else:  # no measure: 1 µs a row, a few ms here
+        assert snapshots == [earlier, "at the stop"] and "more than half the" not in caplog.text
