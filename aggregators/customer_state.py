@@ -945,39 +945,25 @@ class CustomerState:
             table = tables[name]
             owner = names.take(pa.array(table.column("idx").to_numpy()))
             exported[name] = table.drop_columns(["idx"]).add_column(0, "customer_id", owner)
-        exported["shard_progress"] = pa.table(
-            {
-                "shard_id": pa.array([self.shard_id] if self._position else [], pa.string()),
-                "sequence_number": pa.array(
-                    [self._position.sequence_number] if self._position else [], pa.string()
-                ),
-                "sub_sequence_number": pa.array(
-                    [self._position.sub_sequence_number] if self._position else [], pa.int64()
-                ),
-                "as_of": pa.array([self._as_of] if self._position else [], pa.int64()).cast(UTC_MICROS),
-            }
+        return (
+            exported  # the position and as-of are the snapshot pointer's (``SnapshotPointer``), not a table's
         )
-        return exported
 
     def import_tables(
-        self, tables: dict[str, pa.Table], customer_filter: str | None = None, replace: bool = True
+        self, tables: dict[str, pa.Table], hash_key_range: tuple[int, int] | None = None, replace: bool = True
     ) -> None:
-        """Load snapshot tables (all but shard_progress, which the caller sets with ``set_position``).
+        """Load snapshot tables (the caller sets the position with ``set_position``; a ``shard_progress`` table of a
+        snapshot written by an earlier version is not read).
 
-        ``customer_filter`` (a SQL condition over ``customer_id``, e.g. its MD5 hash within a hash-key range)
-        keeps a subset and ``replace=False`` adds to what is there: a child shard takes from each parent only the
-        customers that hash into its own range, with their sessions, days and event ids.
+        ``hash_key_range`` (first, last; inclusive) keeps the customers whose Kinesis hash key falls in it, and
+        ``replace=False`` adds to what is there: a child shard takes from each parent only the customers that hash
+        into its own range, with their sessions, days and event ids.
         """
-        con = self.con
         customers = tables["customers"]
-        if customer_filter:
-            con.register("snapshot_customers", customers)
-            try:
-                customers = con.sql(
-                    f"SELECT * FROM snapshot_customers WHERE {customer_filter}"
-                ).to_arrow_table()
-            finally:
-                con.unregister("snapshot_customers")
+        if hash_key_range is not None:
+            customers = customers.filter(
+                self._in_hash_key_range(customers.column("customer_id"), *hash_key_range)
+            )
         if replace:
             self._reset()
         names = contiguous(customers.column("customer_id"))
@@ -1005,6 +991,15 @@ class CustomerState:
         self._load_more(indexed)
         if self.persistent:
             self._rewrite_journal()
+
+    def _in_hash_key_range(self, customer_ids: pa.ChunkedArray, first: int, last: int) -> pa.Array:
+        """Whether each customer id, as the partition key its events are put with (``producer.kinesis_put``), has a
+        Kinesis hash key (the 128-bit MD5 of the key) within ``first`` and ``last``."""
+        relation = self.con.from_arrow(pa.table({"customer_id": customer_ids}))
+        inside = relation.project(
+            f"CAST('0x' || md5(customer_id) AS UHUGEINT) BETWEEN {int(first)}::UHUGEINT AND {int(last)}::UHUGEINT"
+        )
+        return inside.to_arrow_table().column(0).combine_chunks()
 
     def _load_more(self, tables: dict[str, pa.Table]) -> None:
         """Append customers (and their set members) that are not in the state yet."""

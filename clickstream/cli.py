@@ -447,7 +447,7 @@ def _is_regular_file(path: Path) -> bool:
 
 
 def replay_work_dir(settings: Settings) -> Path:
-    """Where a replay keeps its scratch state and its lock: under the state directory, beside the worker's."""
+    """Where a replay keeps its lock: under the state directory, beside the worker's."""
     return settings.state_dir / "replay"
 
 
@@ -750,7 +750,7 @@ def replay(
         full_name = replay_name(window[0], window[1], name)
     except ValueError as error:
         raise FrontDoorError(str(error), USAGE) from None
-    if not dry_run:  # its scratch state, checked before the commit records are read
+    if not dry_run:  # its lock, checked before the commit records are read
         writable_folder("CLICKSTREAM_STATE_DIR / --state-dir", replay_work_dir(settings))
     s3 = aws_client("s3", settings)
     require_worker_prefix(s3, settings)
@@ -791,7 +791,7 @@ def replay(
         except KeyboardInterrupt:
             say(
                 f"replay interrupted ({_stop_cause(terminated)}): nothing written (its output is written once, at "
-                "the end; its scratch state is removed)",
+                "the end)",
                 logging.WARNING,
             )
             sys.exit(_stop_exit_code(terminated))

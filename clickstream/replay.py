@@ -15,7 +15,6 @@ import fcntl
 import logging
 import os
 import re
-import shutil
 import signal
 import uuid
 from collections.abc import Callable, Iterator
@@ -85,7 +84,7 @@ class ReplayResult:
     output_key: str
 
 
-#: A replay's name is a folder of its output and part of its scratch file's name.
+#: A replay's name is a folder of its output and part of its lock file's name.
 MAX_NAME_CHARACTERS: Final = 200
 
 
@@ -102,7 +101,7 @@ def replay_name(start: datetime, end: datetime, name: str | None) -> str:
             "skip folders starting with _ or ., and take one with = for a partition)"
         )
     if len(name) > MAX_NAME_CHARACTERS:
-        # it names the scratch file too, and a name past the file system's 255 bytes failed after the archive's read
+        # it names the lock file too, and a name past the file system's 255 bytes failed after the archive's read
         raise ValueError(f"--name is {len(name)} characters long: at most {MAX_NAME_CHARACTERS}")
     return name
 
@@ -237,7 +236,7 @@ def run_replay(
     Progress counts archived events (files differ a hundredfold in size): a bar on a terminal, else a log line
     every ``progress_log_seconds``. A stop (Ctrl-C, or SIGTERM) is acted on between steps (see ``_StopBetweenSteps``)
     and raises ``KeyboardInterrupt``, or ``ReplayInterrupted`` once the output is being written (a second stop
-    then); the scratch state is removed either way. The caller holds ``one_replay_of(plan.name, work_dir)`` from
+    then). The caller holds ``one_replay_of(plan.name, work_dir)`` from
     before the plan."""
     writing: list[bool] = []  # not empty once the output is being written
     try:
@@ -254,7 +253,7 @@ def run_replay(
                 progress_log_seconds,
                 clock,
             )
-            if stop.noted:  # came once the output was being written, or as the scratch state was removed
+            if stop.noted:  # came once the output was being written
                 log.warning("replay %s: a stop came as it ended; its output is written whole", plan.name)
             return result
     except (KeyboardInterrupt, RuntimeError) as error:
@@ -287,9 +286,6 @@ def _replay(  # noqa: PLR0917 - one private call site
         if claimed:
             _release_claim(sink, plan, run_id)
         raise FrontDoorError(str(error), USAGE) from None
-    work_dir.mkdir(parents=True, exist_ok=True)
-    scratch = work_dir / f"replay-{plan.name}.journal"
-    shutil.rmtree(scratch, ignore_errors=True)  # always from empty state: a re-run gives the same result
     state: CustomerState | None = None
     read = applied = batches = 0
     pending: list[pa.Table] = []  # one shard's files: the core orders a batch by position, which is per shard
@@ -297,7 +293,7 @@ def _replay(  # noqa: PLR0917 - one private call site
 
     def apply_pending() -> None:
         nonlocal applied, batches
-        if pending and state is not None:  # one transaction per ~batch_events, not per (small, hourly) file
+        if pending and state is not None:  # one apply per ~batch_events, not per (small, hourly) file
             batches += 1
             applied += state.apply_events(
                 pa.concat_tables(pending), Position(str(batches), 0)
@@ -307,7 +303,8 @@ def _replay(  # noqa: PLR0917 - one private call site
 
     reported_at = clock()
     try:
-        state = CustomerState("replay", scratch, options=state_options(settings))  # the worker's window
+        # from empty state (a re-run gives the same result), in memory: nothing reopens it; the worker's window
+        state = CustomerState("replay", options=state_options(settings))
         with tqdm(
             total=plan.events, unit="ev", unit_scale=True, desc=f"replay {plan.name}", disable=not progress
         ) as bar:
@@ -350,10 +347,9 @@ def _replay(  # noqa: PLR0917 - one private call site
             events_read=read, events_applied=applied, customers=rows.num_rows, output_key=plan.output_key
         )
     finally:
-        with _stops_held():  # the scratch state goes whatever stops the run, a second stop included
+        with _stops_held():  # the claim is released whatever stops the run, a second stop included
             if state is not None:
-                state.close(sync=False)  # it is deleted next: nothing to write into it (slow on Ctrl-C)
-            shutil.rmtree(scratch, ignore_errors=True)
+                state.close()
             if claimed and not writing:  # nothing written: the name is free for another range again
                 _release_claim(sink, plan, run_id)
 
@@ -407,8 +403,7 @@ class _StopBetweenSteps:
 @contextmanager
 def one_replay_of(name: str, work_dir: Path) -> Iterator[None]:
     """Held while a replay named ``name`` is planned and runs from ``work_dir`` (FrontDoorError if another holds
-    it): a second one would delete the first's scratch state, and write a second range into its folder after the
-    first's check for one."""
+    it): a second one would write a second range into its folder after the first's check for one."""
     work_dir.mkdir(parents=True, exist_ok=True)
     path = work_dir / f"replay-{name}.lock"
     while True:

@@ -423,11 +423,8 @@ class StateRecovery:
                     as_of_values.append(as_of)
             finally:
                 parent_state.close()
-            in_range = (
-                f"CAST('0x' || md5(customer_id) AS UHUGEINT) BETWEEN CAST('{parent.child_start_hash}' AS UHUGEINT) "
-                f"AND CAST('{parent.child_end_hash}' AS UHUGEINT)"
-            )
-            state.import_tables(tables, customer_filter=in_range, replace=index == 0)
+            in_range = (parent.child_start_hash, parent.child_end_hash)
+            state.import_tables(tables, hash_key_range=in_range, replace=index == 0)
         # Before any record of its own, a child stands "before the first sequence number" of the shard.
         state.set_position(BEFORE_FIRST_RECORD, max(as_of_values) if as_of_values else None)
         return "parents"

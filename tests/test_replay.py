@@ -188,7 +188,7 @@ def test_a_replay_name_holds_one_range(s3: Any, tmp_path: Path) -> None:
     for name in ("..", ".", "_x", ".x", "day=1"):  # no name, or a folder readers skip or take for a partition
         refused = _replay("--from", "2026-03-02", "--to", "2026-03-03", "--name", name, *scratch)
         assert refused.exit_code == 2 and "must start with a letter or a digit" in refused.output
-    # it names the scratch file too: past the file system's 255 bytes it failed after reading the archive
+    # it names the lock file too: past the file system's 255 bytes it failed after reading the archive
     long = _replay("--from", "2026-03-02", "--to", "2026-03-03", "--name", "a" * 240, *scratch)
     assert long.exit_code == 2 and "--name is 240 characters long: at most 200" in long.output, long.output
     assert len(_replays(s3)) == 1
@@ -224,10 +224,10 @@ def test_an_interrupted_replay_writes_nothing_and_exits_130(
     assert "nothing written" in result.output
     assert _replays(s3) == []
     assert _claims(s3) == [], "nothing written: the name is free for another range"
-    assert not list((tmp_path / "replay").glob("*.journal")), "its scratch state is removed"
+    assert list((tmp_path / "replay").iterdir()) == [], "nothing is left in its folder"
 
 
-def test_a_replay_stopped_by_sigterm_says_so_removes_its_scratch_state_and_exits_143(
+def test_a_replay_stopped_by_sigterm_says_so_leaves_nothing_in_its_folder_and_exits_143(
     s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An ECS task stopped, or `timeout`: the replay used to die without a word, its scratch database left behind."""
@@ -242,7 +242,7 @@ def test_a_replay_stopped_by_sigterm_says_so_removes_its_scratch_state_and_exits
     assert result.exit_code == 143, result.output
     assert "replay interrupted (SIGTERM): nothing written" in result.output
     assert _replays(s3) == []
-    assert list((tmp_path / "replay").iterdir()) == [], "its scratch state is removed"
+    assert list((tmp_path / "replay").iterdir()) == [], "nothing is left in its folder (its lock is removed)"
     assert signal.getsignal(signal.SIGTERM) == before, "the handler is put back"
 
 
@@ -315,7 +315,7 @@ def test_a_second_stop_while_duckdb_runs_a_statement_stops_it_and_exits_143(
     assert result.exit_code == 143, result.output
     assert "replay interrupted (SIGTERM): nothing written" in result.output
     assert len(ran) == 1 and ran[0] < 3, "the statement was stopped, not run to its end"
-    assert list((tmp_path / "replay").iterdir()) == [], "its scratch state is removed"
+    assert list((tmp_path / "replay").iterdir()) == [], "nothing is left in its folder (its lock is removed)"
 
 
 def test_a_second_stop_during_the_final_write_says_the_output_may_be_there(
@@ -357,11 +357,11 @@ def test_an_ignored_ctrl_c_stays_ignored(s3: Any, tmp_path: Path, monkeypatch: p
     assert len(_replays(s3)) == 1
 
 
-def test_a_stop_while_the_scratch_state_closes_after_the_output_is_written_says_so(
+def test_a_stop_while_the_state_closes_after_the_output_is_written_says_so(
     s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A stop that came after the output was written said "nothing written" and left the scratch database: the
-    clean-up holds stops until it is done, and the replay, whole, says that a stop came as it ended."""
+    """A stop that came after the output was written said "nothing written" and left its scratch state: the clean-up
+    holds stops until it is done, and the replay, whole, says that a stop came as it ended."""
     import os
     import signal
 
@@ -377,7 +377,7 @@ def test_a_stop_while_the_scratch_state_closes_after_the_output_is_written_says_
     assert result.exit_code == 0, result.output
     assert "a stop came as it ended; its output is written whole" in result.output
     assert len(_replays(s3)) == 1, "it was written"
-    assert list((tmp_path / "replay").iterdir()) == [], "its scratch state is removed"
+    assert list((tmp_path / "replay").iterdir()) == [], "nothing is left in its folder (its lock is removed)"
 
 
 def test_a_stop_that_a_library_swallows_still_stops_the_replay(
@@ -402,18 +402,15 @@ def test_a_stop_that_a_library_swallows_still_stops_the_replay(
     assert result.exit_code == 143, result.output
     assert "replay interrupted (SIGTERM): nothing written" in result.output
     assert _replays(s3) == []
-    assert list((tmp_path / "replay").iterdir()) == [], "its scratch state is removed"
+    assert list((tmp_path / "replay").iterdir()) == [], "nothing is left in its folder (its lock is removed)"
 
 
 def test_a_second_replay_of_the_same_name_is_refused_while_the_first_runs(s3: Any, tmp_path: Path) -> None:
-    """It deleted the first's scratch state, and could write a second range into its folder after the first's
-    check for one."""
+    """It could write a second range into the name's folder after the first's check for one."""
     import fcntl
 
     _archive(s3)
     (tmp_path / "replay").mkdir()
-    scratch = tmp_path / "replay" / "replay-wk.journal"
-    scratch.write_bytes(b"the first replay's state")
     with (tmp_path / "replay" / "replay-wk.lock").open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # as the first replay holds it
         second = _replay(
@@ -422,10 +419,8 @@ def test_a_second_replay_of_the_same_name_is_refused_while_the_first_runs(s3: An
         assert second.exit_code == 1, second.output
         assert "another replay named wk is running from" in second.output
         assert "events from" not in second.output, "refused before its plan (the check for another range)"
-        assert scratch.read_bytes() == b"the first replay's state"
         assert _replays(s3) == []
         fcntl.flock(lock, fcntl.LOCK_UN)
-    scratch.unlink()
     after = _replay(
         "--from", "2026-03-02", "--to", "2026-03-03", "--name", "wk", "--state-dir", str(tmp_path)
     )
