@@ -55,7 +55,7 @@ import pyarrow.compute as pc
 from aggregators.ascii_bytes import hex_value
 from aggregators.fast_decode import FastDecoder, decimal_cents, decode_records, value_bytes
 from aggregators.keysets import IndexMark, KeyRuns, StringIndex, fixed_bytes, mix64
-from aggregators.state_journal import JournalContents, JournalDamagedError, StateJournal
+from aggregators.state_journal import JournalContents, JournalDamagedError, JournalProgress, StateJournal
 from aggregators.validation import RecordValidator, new_connection
 from runtime.logs import one_line
 from schemas import CUSTOMER_AGGREGATES_SCHEMA, ERRORS_SCHEMA, EVENT_TYPES, EVENTS_SCHEMA, MONEY, UTC_MICROS
@@ -284,6 +284,20 @@ class CustomerState:
                 self._journal_file.close()
                 raise
 
+    @classmethod
+    def without_local_state(
+        cls,
+        shard_id: str,
+        reason: str,
+        validator: RecordValidator | None = None,
+        options: StateOptions | None = None,
+    ) -> CustomerState:
+        """A state in memory only, for a shard whose local state could not be opened: ``reason`` is reported as a
+        write the disk refused (``local_file_error``)."""
+        state = cls(shard_id, None, validator, options)
+        state.local_file_error = reason
+        return state
+
     def close(self, *, sync: bool = True) -> None:
         """Write what the local file lacks (a graceful stop restarts without re-applying anything), then close;
         ``sync=False`` for a file about to be deleted (a replay's scratch state)."""
@@ -331,11 +345,9 @@ class CustomerState:
     def customer_count(self) -> int:
         return len(self._customers)
 
-    def set_position(self, position: Position | None, as_of: datetime | str | None = None) -> None:
+    def set_position(self, position: Position | None, as_of: datetime | None = None) -> None:
         """Move the stored position (a child shard starts fresh; restore lands on a commit's end)."""
         self._position = position
-        if isinstance(as_of, str):
-            as_of = datetime.fromisoformat(as_of)
         self._as_of = None if as_of is None else _to_micros(as_of)
         self.sync()
 
@@ -733,13 +745,7 @@ class CustomerState:
 
     def _write_journal(self, tables: dict[str, pa.Table], *, replace: bool) -> None:
         assert self._journal_file is not None
-        position = self._position
-        progress = {
-            "shard_id": self.shard_id,
-            "sequence_number": None if position is None else position.sequence_number,
-            "sub_sequence_number": None if position is None else position.sub_sequence_number,
-            "as_of": self._as_of,
-        }
+        progress = JournalProgress(self._position, self._as_of)
         typed = {name: _journal_typed(name, table) for name, table in tables.items()}
         try:
             self._journal_file.write(typed, progress, replaces=replace)
@@ -839,10 +845,7 @@ class CustomerState:
         window_start = self._window_start()
         if window_start is not None:
             tables["applied_events"] = applied.filter(pc.greater_equal(applied.column("day"), window_start))
-        progress = journal.progress
-        if progress.get("sequence_number") is not None:
-            self._position = Position(str(progress["sequence_number"]), int(progress["sub_sequence_number"]))
-            self._as_of = None if progress.get("as_of") is None else int(progress["as_of"])
+        self._position, self._as_of = journal.progress.position, journal.progress.as_of_micros
         self._load_indexed(tables)
         self._journal_rows = journal.rows
         if self._journal_rows > 2 * self._rewritten_rows() + _JOURNAL_SLACK_ROWS:
@@ -979,7 +982,7 @@ class CustomerState:
         for name in ("customer_sessions", "customer_days", "applied_events"):
             part = tables.get(name)
             if part is None:
-                indexed[name] = pa.table({"idx": pa.array([], pa.int64())})
+                indexed[name] = _empty_indexed()
                 continue
             owners = pc.index_in(part.column("customer_id"), value_set=names)
             keep = pc.is_valid(owners)
@@ -1007,7 +1010,7 @@ class CustomerState:
         current = self._indexed_tables() if len(self._customers) else None
         for name, table in tables.items():
             if table.num_rows == 0 and name != "customers":
-                merged[name] = current[name] if current else _empty_indexed(name)
+                merged[name] = current[name] if current else _empty_indexed()
                 continue
             if current is None:
                 merged[name] = table
@@ -1184,7 +1187,7 @@ class _StringHasher:
     """
 
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
-        self.connection = con  # moved by the state if its file's connection is given up
+        self.connection = con
 
     def __call__(self, strings: pa.Array) -> np.ndarray:
         hashed = self.connection.from_arrow(pa.table({"s": strings})).select("hash(s) AS h").to_arrow_table()
@@ -1272,7 +1275,8 @@ def _journal_typed(name: str, table: pa.Table) -> pa.Table:
     return table.select(schema.names).cast(schema)
 
 
-def _empty_indexed(name: str) -> pa.Table:
+def _empty_indexed() -> pa.Table:
+    """An imported table with no rows (its columns do not matter: no row is read)."""
     return pa.table({"idx": pa.array([], pa.int64())})
 
 

@@ -21,6 +21,7 @@ owner moves it aside and restores from S3) instead of loading wrong state.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -34,6 +35,11 @@ from typing import Any, Final, TextIO
 import pyarrow as pa
 from pyarrow import ipc
 
+from schemas.positions import Position
+
+#: How a disk refuses writes (full, over a quota, read-only, a file-size limit): no journal can be kept on it, and
+#: none is damaged for it.
+DISK_REFUSES_WRITES: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
 #: Bumped when the layout changes; a journal of another format reads as damaged (its owner restores from S3).
 JOURNAL_FORMAT: Final = 1
 _SYNC: Final = re.compile(r"sync-(\d{12})")
@@ -57,11 +63,43 @@ class JournalLockedError(RuntimeError):
 
 
 @dataclass(frozen=True, slots=True)
+class JournalProgress:
+    """Where the state stood when a sync was written: the last record applied and the event-time high-water mark."""
+
+    position: Position | None = None  # None: nothing applied yet
+    as_of_micros: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        position = self.position
+        return {
+            "sequence_number": None if position is None else position.sequence_number,
+            "sub_sequence_number": None if position is None else position.sub_sequence_number,
+            "as_of_micros": self.as_of_micros,
+        }
+
+    @classmethod
+    def from_json(cls, value: object, where: Path) -> JournalProgress:
+        """The progress a manifest holds; JournalDamagedError if it is not of this shape."""
+        if not isinstance(value, dict):
+            raise JournalDamagedError(f"{where}: its progress is not an object")
+        sequence, sub, as_of = (
+            value.get(key) for key in ("sequence_number", "sub_sequence_number", "as_of_micros")
+        )
+        if not (
+            (sequence is None or (isinstance(sequence, str) and sequence.isdigit()))
+            and (sub is None or isinstance(sub, int))
+            and (as_of is None or isinstance(as_of, int))
+        ):
+            raise JournalDamagedError(f"{where}: its progress is not a position and a time ({value!r})")
+        return cls(None if sequence is None else Position(sequence, sub or 0), as_of)
+
+
+@dataclass(frozen=True, slots=True)
 class JournalContents:
     """What a read found: each table's rows in sync order, and the last sync's progress."""
 
     tables: dict[str, list[pa.Table]]
-    progress: dict[str, Any]  # the last sync's, as written (empty: no sync yet)
+    progress: JournalProgress  # the last sync's (empty: no sync yet)
     rows: int  # rows in all tables: what a rewrite is weighed against
 
 
@@ -85,9 +123,10 @@ class StateJournal:
         """Every table since the last sync that replaces, checked; raises JournalDamagedError."""
         return read_journal(self.directory)
 
-    def write(self, tables: dict[str, pa.Table], progress: dict[str, Any], *, replaces: bool) -> None:
+    def write(self, tables: dict[str, pa.Table], progress: JournalProgress, *, replaces: bool) -> None:
         """One sync, whole or not at all: ``tables`` added to the journal (or, ``replaces``, all it holds from now)
-        and the progress reached. Raises OSError when the disk refuses it (nothing of it is then read back)."""
+        and the progress reached. Raises OSError when the disk refuses it: nothing of it is read back, unless only the
+        last fsync of the directory failed (the sync is there, and may not survive a power cut)."""
         final = self.directory / f"sync-{self._next:012d}"
         pending = final.with_name(final.name + ".tmp")
         shutil.rmtree(pending, ignore_errors=True)
@@ -97,15 +136,20 @@ class StateJournal:
             for name, table in tables.items():
                 if table.num_rows:
                     files[name] = _write_table(pending / f"{name}.arrow", table)
-            manifest = {"format": JOURNAL_FORMAT, "replaces": replaces, "progress": progress, "files": files}
+            manifest = {
+                "format": JOURNAL_FORMAT,
+                "replaces": replaces,
+                "progress": progress.to_json(),
+                "files": files,
+            }
             _write_durably(pending / _MANIFEST, json.dumps(manifest).encode())
             _fsync_directory(pending)
             pending.rename(final)
         except BaseException:
             shutil.rmtree(pending, ignore_errors=True)  # a refused sync must not keep a full disk full
             raise
+        self._next += 1  # landed (durable once the directory is fsynced): the next sync takes the next number
         _fsync_directory(self.directory)
-        self._next += 1
         if replaces:
             for number, path in _syncs(self.directory):
                 if path != final and number < self._next - 1:
@@ -145,7 +189,8 @@ def _read_once(directory: Path) -> JournalContents:
             table = _read_table(path / f"{name}.arrow", described)
             tables.setdefault(name, []).append(table)
             rows += table.num_rows
-    return JournalContents(tables, read[0][1]["progress"] if read else {}, rows)
+    last = JournalProgress.from_json(read[0][1]["progress"], read[0][0]) if read else JournalProgress()
+    return JournalContents(tables, last, rows)
 
 
 def _syncs(directory: Path) -> list[tuple[int, Path]]:

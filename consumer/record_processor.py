@@ -31,7 +31,6 @@ from consumer.shard_processor import (
     RawRecord,
     RawRecordBatch,
     ShardProcessor,
-    state_path,
 )
 from consumer.state_recovery import (
     ParentLookup,
@@ -39,6 +38,7 @@ from consumer.state_recovery import (
     kinesis_parent_lookup,
     open_shard_state,
     state_options,
+    state_path,
 )
 from consumer.status import ShardStatus, StatusWriter, status_directory
 from runtime.aws import aws_client

@@ -36,7 +36,6 @@ name (README: reading the outputs); nothing is checkpointed before it is durable
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import os
 import random
@@ -44,7 +43,6 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final, Protocol, overload
 
 import pyarrow as pa
@@ -714,14 +712,3 @@ class ShardProcessor:
     def _has_work(self) -> bool:
         """Records buffered or the shard behind the tip, as the status shows them: what idle detection reads."""
         return bool(self.metrics.buffered_records) or bool(self.metrics.millis_behind_latest)
-
-
-def state_path(state_dir: Path, shard_id: str, *, stream_name: str, bucket: str, prefix: str) -> Path:
-    """Where a shard's local state (its journal directory) lives: in a folder of the stream and the S3 prefix it
-    belongs to.
-
-    Shard ids repeat across streams, and a state directory may be reused for another stream or prefix (one worker
-    at a time holds it): a file of the other's would be trusted whenever its position happens to lie on this chain,
-    and its events counted again. In its own folder, the other's file is never opened."""
-    owner = hashlib.sha256(f"{stream_name}\n{bucket}\n{prefix}".encode()).hexdigest()[:12]
-    return state_dir / "shards" / f"{stream_name}-{owner}" / f"{shard_id}.journal"

@@ -22,7 +22,7 @@ A local file that cannot be opened or read is moved aside (``open_shard_state``)
 
 from __future__ import annotations
 
-import errno
+import hashlib
 import logging
 import time
 import uuid
@@ -30,13 +30,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import pyarrow as pa
 from botocore.exceptions import ClientError
 
 from aggregators.customer_state import CustomerState, StateOptions
-from aggregators.state_journal import JournalLockedError
+from aggregators.state_journal import DISK_REFUSES_WRITES, JournalLockedError
 from aggregators.validation import RecordValidator
 from consumer.metrics import Metric
 from consumer.metrics import emit as emit_metrics
@@ -90,6 +90,17 @@ class ChainError(RuntimeError):
     writer used the same prefix): the shard stops instead of guessing."""
 
 
+def state_path(state_dir: Path, shard_id: str, *, stream_name: str, bucket: str, prefix: str) -> Path:
+    """Where a shard's local state (its journal directory) lives: in a folder of the stream and the S3 prefix it
+    belongs to.
+
+    Shard ids repeat across streams, and a state directory may be reused for another stream or prefix (one worker
+    at a time holds it): a file of the other's would be trusted whenever its position happens to lie on this chain,
+    and its events counted again. In its own folder, the other's file is never opened."""
+    owner = hashlib.sha256(f"{stream_name}\n{bucket}\n{prefix}".encode()).hexdigest()[:12]
+    return state_dir / "shards" / f"{stream_name}-{owner}" / f"{shard_id}.journal"
+
+
 def open_shard_state(
     path: Path,
     shard_id: str,
@@ -107,7 +118,7 @@ def open_shard_state(
     except JournalLockedError:
         raise  # another process holds it: not damage (the KCL will retry the lease)
     except OSError as error:
-        if error.errno not in _DISK_REFUSES:
+        if error.errno not in DISK_REFUSES_WRITES:
             cause = one_line(error)
         else:  # a full disk is not damage: the shard goes on from memory, as when a sync is refused
             return _without_local_state(shard_id, path, validator, options, error)
@@ -136,10 +147,6 @@ def state_options(settings: Settings) -> StateOptions:
     )
 
 
-#: How a disk refuses writes (full, over a quota, read-only, a file-size limit): no local state can be kept on it.
-_DISK_REFUSES: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
-
-
 def _without_local_state(
     shard_id: str, path: Path, validator: RecordValidator, options: StateOptions | None, error: OSError
 ) -> CustomerState:
@@ -152,9 +159,7 @@ def _without_local_state(
         one_line(error),
         extra={"shard_id": shard_id},
     )
-    state = CustomerState(shard_id, None, validator, options)
-    state.local_file_error = one_line(error)
-    return state
+    return CustomerState.without_local_state(shard_id, one_line(error), validator, options)
 
 
 def _remove_legacy_file(path: Path, shard_id: str) -> None:

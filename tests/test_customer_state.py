@@ -911,7 +911,8 @@ def test_a_local_file_past_the_file_size_limit_is_given_up_and_the_shard_goes_on
 def _file_position(state: CustomerState) -> str | None:
     """The position the local file holds: what a restart after a crash would find."""
     assert state.local_dir is not None
-    return read_journal(state.local_dir).progress.get("sequence_number")
+    position = read_journal(state.local_dir).progress.position
+    return None if position is None else position.sequence_number
 
 
 def _ids_in_file(path: Path) -> int:

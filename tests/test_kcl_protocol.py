@@ -36,7 +36,7 @@ from consumer import record_processor
 from consumer.kcl_messages import ColumnarKCLProcess
 from consumer.kcl_worker import KclWorker
 from consumer.record_processor import RecordProcessor
-from consumer.shard_processor import state_path
+from consumer.state_recovery import state_path
 from consumer.status import ShardStatus, StatusWriter
 from runtime.settings import Settings, load_settings
 from tests.moto_support import isolate_environment, moto_bucket

@@ -416,7 +416,8 @@ def test_checkpoint_waits_for_the_commit_record_the_data_files_and_the_state_com
     def inspect(args: tuple[Any, ...]) -> None:
         commits = commit_records(s3)
         # what a restart would read: only syncs that landed whole
-        committed = read_journal(tmp_path / "shard.journal").progress.get("sequence_number")
+        position = read_journal(tmp_path / "shard.journal").progress.position
+        committed = None if position is None else position.sequence_number
         seen_at_checkpoint.append(
             {
                 "checkpoint": args[0],

@@ -21,12 +21,14 @@ from aggregators.state_journal import (
     JOURNAL_FORMAT,
     JournalDamagedError,
     JournalLockedError,
+    JournalProgress,
     StateJournal,
     read_journal,
 )
 from aggregators.validation import RecordValidator
 from consumer.record_processor import sibling_holding_lock
 from consumer.state_recovery import open_shard_state
+from schemas.positions import Position
 from tests.test_customer_state import SHARD, Stream, _three_batches, apply_all, event
 
 
@@ -44,23 +46,23 @@ def _read_ids(directory: Path) -> list[int]:
 
 def test_appended_syncs_read_back_in_order_with_the_last_progress(tmp_path: Path) -> None:
     journal = StateJournal(tmp_path / "j")
-    journal.write({"applied_events": _ids(1, 2)}, {"sequence_number": "10"}, replaces=False)
+    journal.write({"applied_events": _ids(1, 2)}, JournalProgress(Position("10")), replaces=False)
     journal.write(
-        {"applied_events": _ids(3), "customers": _ids(0)}, {"sequence_number": "20"}, replaces=False
+        {"applied_events": _ids(3), "customers": _ids(0)}, JournalProgress(Position("20")), replaces=False
     )
     journal.close()
 
     contents = read_journal(tmp_path / "j")
     assert _read_ids(tmp_path / "j") == [1, 2, 3]
-    assert contents.progress == {"sequence_number": "20"} and contents.rows == 4
+    assert contents.progress == JournalProgress(Position("20")) and contents.rows == 4
 
 
 def test_a_sync_that_replaces_hides_and_deletes_the_syncs_before_it(tmp_path: Path) -> None:
     journal = StateJournal(tmp_path / "j")
-    journal.write({"applied_events": _ids(1, 2)}, {}, replaces=False)
+    journal.write({"applied_events": _ids(1, 2)}, JournalProgress(), replaces=False)
     older = tmp_path / "older-copy"
     shutil.copytree(tmp_path / "j" / "sync-000000000000", older)
-    journal.write({"applied_events": _ids(7)}, {"sequence_number": "5"}, replaces=True)
+    journal.write({"applied_events": _ids(7)}, JournalProgress(Position("5")), replaces=True)
     journal.close()
     assert sorted(p.name for p in (tmp_path / "j").glob("sync-*")) == ["sync-000000000001"]
 
@@ -72,16 +74,36 @@ def test_a_sync_that_replaces_hides_and_deletes_the_syncs_before_it(tmp_path: Pa
 
 def test_a_sync_cut_short_before_its_rename_is_never_read_and_is_cleared_at_open(tmp_path: Path) -> None:
     journal = StateJournal(tmp_path / "j")
-    journal.write({"applied_events": _ids(1)}, {"sequence_number": "1"}, replaces=False)
+    journal.write({"applied_events": _ids(1)}, JournalProgress(Position("1")), replaces=False)
     journal.close()
     cut = tmp_path / "j" / "sync-000000000001.tmp"
     shutil.copytree(tmp_path / "j" / "sync-000000000000", cut)  # written whole, but the rename never came
 
-    assert read_journal(tmp_path / "j").progress == {"sequence_number": "1"} and _read_ids(
+    assert read_journal(tmp_path / "j").progress == JournalProgress(Position("1")) and _read_ids(
         tmp_path / "j"
     ) == [1]
     StateJournal(tmp_path / "j").close()
     assert not cut.exists()
+
+
+@pytest.mark.parametrize(
+    "progress",
+    [
+        ["10"],
+        {"sequence_number": 10, "sub_sequence_number": 0, "as_of_micros": None},
+        {"sequence_number": "10", "sub_sequence_number": "0", "as_of_micros": None},
+        {"sequence_number": "ten", "sub_sequence_number": 0, "as_of_micros": None},
+        {"sequence_number": "10", "sub_sequence_number": 0, "as_of_micros": "2026-03-01"},
+    ],
+)
+def test_a_progress_that_is_not_a_position_and_a_time_is_damage(tmp_path: Path, progress: object) -> None:
+    """It read back as a bare KeyError or ValueError, not as damage the caller moves aside."""
+    StateJournal(tmp_path / "j").close()
+    (tmp_path / "j" / "sync-000000000000").mkdir()
+    manifest = {"format": JOURNAL_FORMAT, "replaces": True, "progress": progress, "files": {}}
+    (tmp_path / "j" / "sync-000000000000" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(JournalDamagedError, match="progress"):
+        read_journal(tmp_path / "j")
 
 
 @pytest.mark.parametrize(
@@ -103,7 +125,7 @@ def test_a_manifest_not_of_this_format_is_damage(tmp_path: Path, manifest: objec
 
 def test_a_file_of_the_right_size_and_crc_that_is_not_arrow_is_damage(tmp_path: Path) -> None:
     journal = StateJournal(tmp_path / "j")
-    journal.write({"applied_events": _ids(1)}, {}, replaces=False)
+    journal.write({"applied_events": _ids(1)}, JournalProgress(), replaces=False)
     journal.close()
     sync = tmp_path / "j" / "sync-000000000000"
     manifest = json.loads((sync / "manifest.json").read_text())
@@ -324,15 +346,15 @@ def test_a_reader_beside_the_owner_reads_again_when_a_replace_lands_as_it_reads(
 ) -> None:
     """A replace deletes the syncs a reader listed: it took a healthy journal for a damaged one."""
     journal = StateJournal(tmp_path / "j")
-    journal.write({"applied_events": _ids(1)}, {}, replaces=False)
-    journal.write({"applied_events": _ids(2)}, {}, replaces=False)
+    journal.write({"applied_events": _ids(1)}, JournalProgress(), replaces=False)
+    journal.write({"applied_events": _ids(2)}, JournalProgress(), replaces=False)
     real = state_journal._read_manifest
     replaced: list[bool] = []
 
     def replace_as_it_reads(path: Path) -> Any:
         if not replaced:
             replaced.append(True)
-            journal.write({"applied_events": _ids(3)}, {"sequence_number": "3"}, replaces=True)
+            journal.write({"applied_events": _ids(3)}, JournalProgress(Position("3")), replaces=True)
         return real(path)
 
     monkeypatch.setattr(state_journal, "_read_manifest", replace_as_it_reads)
