@@ -278,13 +278,13 @@ class Settings(BaseSettings):
     state_sync_records: int = Field(
         250_000,
         ge=1,
-        description="Write a shard's local state file after this many applied records (S3 is the truth; the file "
-        "makes restarts fast, and a restart after a crash re-applies from S3 what the file lacks).",
+        description="Sync a shard's local state (its journal on disk) after this many applied records (S3 is the "
+        "truth; the journal makes restarts fast, and a restart after a crash re-applies from S3 what it lacks).",
     )
     state_sync_seconds: float = Field(
         30.0,
         ge=0,
-        description="Write a shard's local state file at least this often, in seconds, whatever the records "
+        description="Sync a shard's local state at least this often, in seconds, whatever the records "
         "(checked as flushes install; also written on a graceful stop).",
     )
     dedupe_window_days: int = Field(
