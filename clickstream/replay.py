@@ -197,27 +197,20 @@ def _held_claim(sink: S3ParquetSink, plan: ReplayPlan) -> ReplayClaim | None:
         ) from None
 
 
-def _confirm_claim(sink: S3ParquetSink, plan: ReplayPlan, run_id: str) -> None:
-    """Right before the output is written: the name is still claimed for this range, and its folder holds no other
-    range's output. A run of the same range that made the claim may have released it since (it stopped with nothing
-    written), and another range may have claimed the name and written meanwhile; a gone claim is made again."""
-    held = _held_claim(sink, plan)
-    claimed_now = False
-    if held is None:
-        claimed_now = _claim(sink, plan, run_id)  # FrontDoorError if another range claimed it in between
-    elif not held.covers_the_same_range(plan.start, plan.end):
-        raise FrontDoorError(
-            f"replay {plan.name} was claimed for another range, {held.start:%Y-%m-%d %H:%M} to "
-            f"{held.end:%Y-%m-%d %H:%M} UTC, while this one read the archive (the run of this range that had "
-            "claimed it stopped): nothing written; run it again under another --name",
-            USAGE,
-        )
+def _hold_name(sink: S3ParquetSink, plan: ReplayPlan, run_id: str) -> bool:
+    """The name claimed for the plan's range, and its folder free of any other range's output (a replay of another
+    range that wrote before claims existed, or by hand): FrontDoorError (exit 2) if not. Whether this call made the
+    claim (a claim it made for nothing is released before the refusal). Asked before the archive is read and again
+    right before the output is written: a twin run of the same range, whose claim this one went on under, may have
+    released it meanwhile, and another range may have claimed the name and written."""
+    claimed = _claim(sink, plan, run_id)
     try:
         _refuse_another_range(sink, plan)
     except ValueError as error:
-        if claimed_now:  # made just now, for nothing: the name's real range must not be refused because of it
+        if claimed:
             _release_claim(sink, plan, run_id)
-        raise FrontDoorError(f"{error}; nothing written", USAGE) from None
+        raise FrontDoorError(str(error), USAGE) from None
+    return claimed
 
 
 def run_replay(
@@ -279,13 +272,7 @@ def _replay(  # noqa: PLR0917 - one private call site
     sink = S3ParquetSink(s3, settings)
     _check_writable(sink, plan)
     run_id = uuid.uuid4().hex
-    claimed = _claim(sink, plan, run_id)
-    try:  # a replay of another range that wrote its output before any claim was made
-        _refuse_another_range(sink, plan)
-    except ValueError as error:
-        if claimed:
-            _release_claim(sink, plan, run_id)
-        raise FrontDoorError(str(error), USAGE) from None
+    claimed = _hold_name(sink, plan, run_id)
     state: CustomerState | None = None
     read = applied = batches = 0
     pending: list[pa.Table] = []  # one shard's files: the core orders a batch by position, which is per shard
@@ -340,7 +327,10 @@ def _replay(  # noqa: PLR0917 - one private call site
             apply_pending()
         rows = state.snapshot_rows()
         stop.check()
-        _confirm_claim(sink, plan, run_id)
+        try:
+            _hold_name(sink, plan, run_id)
+        except FrontDoorError as refused:
+            raise FrontDoorError(f"{refused}; nothing written", refused.exit_code) from None
         writing.append(True)
         sink.put_parquet(plan.output_key, rows, kind="customer_aggregates")
         return ReplayResult(
