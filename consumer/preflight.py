@@ -18,6 +18,7 @@ from consumer.s3_sink import S3ParquetSink, is_precondition_failed
 from runtime.aws import ACCESS_DENIED_CODES, aws_client
 from runtime.settings import Settings
 from schemas.control import ControlRecordError, PrefixOwner
+from schemas.positions import checkpoint_position
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +199,7 @@ def _sequence_checkpoints(dynamodb: Any, table: str) -> dict[str, str]:
         for page in pages:
             for item in page.get("Items", []):
                 checkpoint = item.get("checkpoint", {}).get("S", "")
-                if checkpoint.isdigit():
+                if checkpoint_position(checkpoint) is not None:  # a record's, not TRIM_HORIZON or SHARD_END
                     found[item["leaseKey"]["S"]] = checkpoint
     except ClientError as error:
         if _code(error) == "ResourceNotFoundException":  # deleted, or not ACTIVE again, since described

@@ -45,7 +45,7 @@ from runtime.logs import one_line
 from runtime.settings import Settings
 from schemas import EVENTS_SCHEMA
 from schemas.control import CommitRecord, SnapshotPointer
-from schemas.positions import BEFORE_FIRST_RECORD, Position, chain_position
+from schemas.positions import BEFORE_FIRST_RECORD, Position, chain_position, checkpoint_position
 
 log = logging.getLogger(__name__)
 
@@ -394,9 +394,10 @@ class StateRecovery:
     ) -> None:
         """A KCL checkpoint beyond the chain's tip: those records will not be delivered again, and S3 lacks them.
         Compared as positions: inside a KPL aggregate, sub-sequence numbers tell them apart."""
-        if checkpoint is None or not checkpoint.isdigit():
+        position = checkpoint_position(checkpoint, checkpoint_sub)
+        if position is None:
             return  # TRIM_HORIZON, LATEST, AT_TIMESTAMP, SHARD_END: nothing to compare
-        if tip is None or Position(checkpoint, checkpoint_sub) > tip:
+        if tip is None or position > tip:
             log.error(
                 "the KCL checkpoint (%s) is beyond the last committed record (%s): the records between are not "
                 "in this prefix and will not be redelivered (`replay` cannot bring them back: they are not in "

@@ -67,6 +67,14 @@ class Position:
 BEFORE_FIRST_RECORD: Final = Position("0", -1)
 
 
+def checkpoint_position(checkpoint: str | None, sub_sequence_number: int = 0) -> Position | None:
+    """A KCL checkpoint as a stream position; None for the KCL's named ones (TRIM_HORIZON, LATEST, AT_TIMESTAMP,
+    SHARD_END), which are no record's."""
+    if checkpoint is None or not checkpoint.isdigit():
+        return None
+    return Position(checkpoint, sub_sequence_number)
+
+
 def chain_position(position: Position | None) -> Position | None:
     """The commit-chain position of a state position: None (the chain's start) before the shard's first commit."""
     return None if position is None or position == BEFORE_FIRST_RECORD else position
