@@ -176,12 +176,24 @@ _READS_BESIDE_A_WRITER: Final = 3
 
 def _read_once(directory: Path) -> JournalContents:
     read: list[tuple[Path, dict[str, Any]]] = []
-    # back to the last sync that replaces: those before it may be half gone
-    for _, path in reversed(_syncs(directory)):
+    # back to the last sync that replaces (those before it may be half gone), or to the first sync there ever was;
+    # the numbers in between must follow one another: a sync gone from the middle would leave rows out unseen
+    expected: int | None = None
+    for number, path in reversed(_syncs(directory)):
+        if expected is not None and number != expected:
+            raise JournalDamagedError(
+                f"{directory}: sync {expected} is missing (the next one there is {number})"
+            )
         manifest = _read_manifest(path)
         read.append((path, manifest))
         if manifest["replaces"]:
             break
+        expected = number - 1
+    else:
+        if expected is not None and expected != -1:
+            raise JournalDamagedError(
+                f"{directory}: syncs 0 to {expected} are missing (no sync replaces them)"
+            )
     tables: dict[str, list[pa.Table]] = {}
     rows = 0
     for path, manifest in reversed(read):

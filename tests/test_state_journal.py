@@ -72,6 +72,35 @@ def test_a_sync_that_replaces_hides_and_deletes_the_syncs_before_it(tmp_path: Pa
     assert _read_ids(tmp_path / "j") == [7]
 
 
+@pytest.mark.parametrize("gone", ["sync-000000000001", "sync-000000000000"])
+def test_a_sync_gone_from_the_middle_or_the_start_is_damage_not_a_shorter_journal(
+    tmp_path: Path, gone: str
+) -> None:
+    """A sync folder deleted from the middle was read as if it had never been: the state came back without its rows
+    and went on, at an unchanged position, publishing wrong aggregates."""
+    journal = StateJournal(tmp_path / "j")
+    for value in (1, 2, 3):
+        journal.write({"applied_events": _ids(value)}, JournalProgress(Position(str(value))), replaces=False)
+    journal.close()
+    shutil.rmtree(tmp_path / "j" / gone)
+    with pytest.raises(JournalDamagedError, match="missing"):
+        read_journal(tmp_path / "j")
+
+
+def test_a_shard_whose_journal_lost_a_sync_is_restored_not_trusted(tmp_path: Path) -> None:
+    batches = _three_batches()
+    state = CustomerState(SHARD, tmp_path / f"{SHARD}.journal")
+    apply_all(state, batches)  # a sync a batch
+    state.close()
+    syncs = sorted((tmp_path / f"{SHARD}.journal").glob("sync-*"))
+    assert len(syncs) == 3
+    shutil.rmtree(syncs[1])
+    reopened = open_shard_state(tmp_path / f"{SHARD}.journal", SHARD, RecordValidator())
+    assert reopened.position() is None and reopened.customer_count() == 0, "moved aside: S3 rebuilds it"
+    assert len(list(tmp_path.glob("*.unreadable-*"))) == 1
+    reopened.close()
+
+
 def test_a_sync_cut_short_before_its_rename_is_never_read_and_is_cleared_at_open(tmp_path: Path) -> None:
     journal = StateJournal(tmp_path / "j")
     journal.write({"applied_events": _ids(1)}, JournalProgress(Position("1")), replaces=False)
