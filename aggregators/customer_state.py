@@ -85,8 +85,9 @@ DEFAULT_DEDUPE_WINDOW: Final = timedelta(days=7)
 #: How far (UTC days) a shard's arrival stamps may go back and still be de-duplicated exactly: ids are kept that much
 #: longer than the window (Kinesis documents no ordering of ApproximateArrivalTimestamp within a shard).
 ARRIVAL_DAYS_OUT_OF_ORDER: Final = 1
-#: The journal is rewritten whole once it holds more than twice a rewrite's rows and this many more.
-_JOURNAL_SLACK_ROWS: Final = 10_000
+#: The journal is rewritten whole once its files hold more than twice the state's bytes in memory and this many more
+#: (a rewrite writes about 0.8 times them: the journal stays within about three times the state, a rewrite included).
+_JOURNAL_SLACK_BYTES: Final = 256 * 1024
 
 _US_PER_DAY: Final = 86_400_000_000
 _NONE_LOW: Final = np.iinfo(np.int64).max  # "no value yet" for columns that keep a minimum
@@ -269,7 +270,7 @@ class CustomerState:
         self.local_file_error: str | None = None  # why the local file was given up (None: it was not)
         self._unsynced: list[_JournalPart] = []
         self._synced_at = time.monotonic()
-        self._journal_rows = 0  # rows in the local journal's tables
+        self._journal_bytes = 0  # bytes of the local journal's files
         self.con: duckdb.DuckDBPyConnection = new_connection()
         self.con.execute("SET threads = 1")  # one shard, one core: the KCL runs a process per shard
         self._hash = _StringHasher(self.con)
@@ -715,23 +716,22 @@ class CustomerState:
         """Write the batches installed since the last sync, and the position, to the local file in one transaction
         (the file is exact at its position whenever it is read).
 
-        The journal only grows (changed customers' rows again, event ids past the de-duplication window): once it
-        would hold more rows than a rewrite of the state, the state is written whole instead, so the file and a
+        The journal only grows (changed customers' rows again, event ids past the de-duplication window): once its
+        bytes would pass twice the state's, the state is written whole instead, so the journal on disk and a
         restart's load stay proportional to the state, not to the shard's history (amortized: a rewrite comes after
-        as many appended rows as it writes). ``compact=False`` only appends (a stop, which has seconds)."""
+        more bytes appended than it writes). Weighed in bytes, not rows: a customer's row is five times an event id's.
+        ``compact=False`` only appends (a stop, which has seconds)."""
         if not self.persistent:
             return
         journal = self._journal(self._unsynced) if self._unsynced else {}
-        appended = sum(table.num_rows for table in journal.values())
-        if compact and self._journal_rows + appended > 2 * self._rewritten_rows() + _JOURNAL_SLACK_ROWS:
+        appended = sum(table.nbytes for table in journal.values())
+        if compact and self._journal_due_for_rewrite(appended):
             self._rewrite_journal()
         else:
             self._write_file(journal, replace=False)
 
-    def _rewritten_rows(self) -> int:
-        """About the rows a rewrite of the journal writes: the state's, and one current row per customer (the ids in
-        memory may include a few before the window, which the rewrite drops: runs are pruned as they merge)."""
-        return self.row_count() + len(self._customers)
+    def _journal_due_for_rewrite(self, appended: int = 0) -> bool:
+        return self._journal_bytes + appended > 2 * self.memory_total() + _JOURNAL_SLACK_BYTES
 
     def _write_file(self, tables: dict[str, pa.Table], *, replace: bool) -> None:
         """One sync of the journal: ``tables`` appended (or replacing all it holds), and the position.
@@ -748,13 +748,11 @@ class CustomerState:
         progress = JournalProgress(self._position, self._as_of)
         typed = {name: _journal_typed(name, table) for name, table in tables.items()}
         try:
-            self._journal_file.write(typed, progress, replaces=replace)
+            written = self._journal_file.write(typed, progress, replaces=replace)
         except OSError as error:
             self._continue_in_memory(error)
         else:
-            self._journal_rows = (0 if replace else self._journal_rows) + sum(
-                t.num_rows for t in typed.values()
-            )
+            self._journal_bytes = written if replace else self._journal_bytes + written
 
     def _continue_in_memory(self, error: OSError) -> None:
         """The local journal could not be written: go on with the state in memory and no file.
@@ -847,8 +845,8 @@ class CustomerState:
             tables["applied_events"] = applied.filter(pc.greater_equal(applied.column("day"), window_start))
         self._position, self._as_of = journal.progress.position, journal.progress.as_of_micros
         self._load_indexed(tables)
-        self._journal_rows = journal.rows
-        if self._journal_rows > 2 * self._rewritten_rows() + _JOURNAL_SLACK_ROWS:
+        self._journal_bytes = journal.bytes
+        if self._journal_due_for_rewrite():
             self._rewrite_journal()
 
     def _load_indexed(self, tables: dict[str, pa.Table]) -> None:

@@ -100,7 +100,8 @@ class JournalContents:
 
     tables: dict[str, list[pa.Table]]
     progress: JournalProgress  # the last sync's (empty: no sync yet)
-    rows: int  # rows in all tables: what a rewrite is weighed against
+    rows: int  # rows in all tables
+    bytes: int  # bytes of all its files: what a rewrite is weighed against
 
 
 class StateJournal:
@@ -123,10 +124,11 @@ class StateJournal:
         """Every table since the last sync that replaces, checked; raises JournalDamagedError."""
         return read_journal(self.directory)
 
-    def write(self, tables: dict[str, pa.Table], progress: JournalProgress, *, replaces: bool) -> None:
+    def write(self, tables: dict[str, pa.Table], progress: JournalProgress, *, replaces: bool) -> int:
         """One sync, whole or not at all: ``tables`` added to the journal (or, ``replaces``, all it holds from now)
-        and the progress reached. Raises OSError when the disk refuses it: nothing of it is read back, unless only the
-        last fsync of the directory failed (the sync is there, and may not survive a power cut)."""
+        and the progress reached; returns the bytes of its files. Raises OSError when the disk refuses it: nothing of
+        it is read back, unless only the last fsync of the directory failed (the sync is there, and may not survive a
+        power cut)."""
         final = self.directory / f"sync-{self._next:012d}"
         pending = final.with_name(final.name + ".tmp")
         shutil.rmtree(pending, ignore_errors=True)
@@ -154,6 +156,7 @@ class StateJournal:
             for number, path in _syncs(self.directory):
                 if path != final and number < self._next - 1:
                     shutil.rmtree(path, ignore_errors=True)  # left behind if it fails: reads skip it
+        return sum(described["bytes"] for described in files.values())
 
 
 def read_journal(directory: Path) -> JournalContents:
@@ -195,14 +198,15 @@ def _read_once(directory: Path) -> JournalContents:
                 f"{directory}: syncs 0 to {expected} are missing (no sync replaces them)"
             )
     tables: dict[str, list[pa.Table]] = {}
-    rows = 0
+    rows = size = 0
     for path, manifest in reversed(read):
         for name, described in manifest["files"].items():
             table = _read_table(path / f"{name}.arrow", described)
             tables.setdefault(name, []).append(table)
             rows += table.num_rows
+            size += described["bytes"]
     last = JournalProgress.from_json(read[0][1]["progress"], read[0][0]) if read else JournalProgress()
-    return JournalContents(tables, last, rows)
+    return JournalContents(tables, last, rows, size)
 
 
 def _syncs(directory: Path) -> list[tuple[int, Path]]:
