@@ -61,8 +61,13 @@ def write_heartbeat(state_dir: Path, heartbeat: Heartbeat) -> None:
     heartbeat.updated_at = time.time()
     target = state_dir / HEARTBEAT_FILE
     temporary = target.with_suffix(".tmp")
-    temporary.write_text(json.dumps(asdict(heartbeat)), encoding="utf-8")
-    temporary.replace(target)
+    try:
+        temporary.write_text(json.dumps(asdict(heartbeat)), encoding="utf-8")
+        temporary.replace(target)
+    except OSError as error:
+        if error.filename is None:  # a refused write (a full disk) names no file: the operator needs the path
+            error.filename = str(temporary)
+        raise
 
 
 def holds_lease(status: ShardStatus) -> bool:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -125,6 +126,11 @@ def open_shard_state(
     except Exception as error:  # noqa: BLE001 - whatever stops the read, the cache is rebuilt from S3
         cause = one_line(error)
     target = path.with_name(f"{path.name}.unreadable-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}")
+    for earlier in path.parent.glob(f"{path.name}.unreadable-*"):  # the newest is kept: each is a whole state
+        if earlier.is_dir():
+            shutil.rmtree(earlier, ignore_errors=True)
+        else:
+            earlier.unlink(missing_ok=True)
     if path.exists() or path.is_symlink():
         path.rename(target)
     log.error(

@@ -7,11 +7,14 @@ them to decide when the stream is drained (``--until-idle``), to answer health c
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -59,6 +62,7 @@ class StatusWriter:
         self.directory = directory
         self.min_interval_seconds = min_interval_seconds
         self._last_write = 0.0
+        self._refused = False  # the last write failed (said once until one succeeds)
         directory.mkdir(parents=True, exist_ok=True)
 
     def write(self, status: ShardStatus, force: bool = False) -> bool:
@@ -72,8 +76,18 @@ class StatusWriter:
         status.updated_at = now
         target = self.directory / _STATUS_FILES.replace("*", status.shard_id)
         temporary = target.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(asdict(status)), encoding="utf-8")
-        temporary.replace(target)
+        try:
+            temporary.write_text(json.dumps(asdict(status)), encoding="utf-8")
+            temporary.replace(target)
+        except (
+            OSError
+        ) as error:  # the shard's work goes on without its status file; the worker's heartbeat says it
+            if not self._refused:
+                log.warning("the status file %s could not be written: %s", target, error.strerror or error)
+            self._refused = True
+            temporary.unlink(missing_ok=True)
+            return False
+        self._refused = False
         self._last_write = now
         return True
 

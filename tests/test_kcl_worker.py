@@ -3,6 +3,7 @@ two-stage signals and exit codes. No Java is started here (tests/test_e2e_kcl.py
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import logging
@@ -1332,3 +1333,34 @@ def test_shard_processors_import_the_supervisors_code_first(tmp_path: Path) -> N
         check=False,
     )
     assert probe.stdout.strip() == str(Path(consumer.__file__).resolve()), probe.stderr
+
+
+# ---------------------------------------------------------------------------------------------------- a full disk
+def _disk_full(*_: Any, **__: Any) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_status_file_the_disk_refuses_is_said_once_and_the_shard_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full state disk made a status write raise in the shard processor, which ended the MultiLangDaemon."""
+    writer = StatusWriter(tmp_path / "status")
+    status = ShardStatus("shardId-000000000000", os.getpid())
+    write_text = Path.write_text
+    monkeypatch.setattr(Path, "write_text", _disk_full)
+    with caplog.at_level(logging.WARNING, logger="consumer.status"):
+        assert writer.write(status, force=True) is False
+        assert writer.write(status, force=True) is False
+    warnings = [r.getMessage() for r in caplog.records if "could not be written" in r.getMessage()]
+    assert len(warnings) == 1 and "No space left on device" in warnings[0]
+    monkeypatch.setattr(Path, "write_text", write_text)
+    assert writer.write(status, force=True) is True
+    assert list((tmp_path / "status").iterdir()) == [tmp_path / "status" / "shardId-000000000000.json"]
+
+
+def test_a_heartbeat_the_disk_refuses_names_its_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker ended with "No space left on device" and no path: nothing said which disk was full."""
+    monkeypatch.setattr(Path, "write_text", _disk_full)
+    with pytest.raises(OSError, match="No space left on device") as refused:
+        write_heartbeat(tmp_path, Heartbeat(pid=os.getpid(), phase="running", started_at=time.time()))
+    assert refused.value.filename is not None and str(tmp_path) in refused.value.filename

@@ -102,6 +102,20 @@ def test_a_shard_whose_journal_lost_a_sync_is_restored_not_trusted(tmp_path: Pat
     reopened.close()
 
 
+def test_only_the_newest_damaged_journal_of_a_shard_is_kept_aside(tmp_path: Path) -> None:
+    """Each quarantined copy is a whole state, and they were kept forever on the disk the journal needs."""
+    path = tmp_path / f"{SHARD}.journal"
+    for attempt in range(3):
+        state = CustomerState(SHARD, path)
+        apply_all(state, _three_batches())
+        state.close()
+        (next(path.glob("sync-*")) / "manifest.json").write_text(f"damaged {attempt}")
+        open_shard_state(path, SHARD, RecordValidator()).close()
+        shutil.rmtree(path)
+    (kept,) = tmp_path.glob("*.unreadable-*")
+    assert "damaged 2" in next(kept.glob("sync-*/manifest.json")).read_text()
+
+
 def test_a_sync_cut_short_before_its_rename_is_never_read_and_is_cleared_at_open(tmp_path: Path) -> None:
     journal = StateJournal(tmp_path / "j")
     journal.write({"applied_events": _ids(1)}, JournalProgress(Position("1")), replaces=False)
