@@ -533,19 +533,27 @@ def test_a_claim_whose_create_landed_unanswered_is_this_runs_and_released_when_i
     assert _claims(s3) == [], "its own claim, released: nothing was written"
 
 
+def _day(number: int) -> datetime:
+    return datetime(2026, 3, number, tzinfo=UTC)
+
+
+def _a_twin_runs(s3: Any) -> tuple[Settings, Any]:
+    """The archive, a twin run of day 1's replay of ``wk`` holding the name (from another machine), and this run's
+    plan of the same range."""
+    settings = _archive(s3)
+    twin = ReplayClaim(_day(1), _day(2), datetime.now(UTC), run_id="the-twin")
+    s3.put_object(Bucket=BUCKET, Key=OutputLayout("rfm").replay_claim_key("wk"), Body=twin.to_json())
+    return settings, plan_replay(s3, settings, _day(1), _day(2), name="wk")
+
+
 def test_a_range_claimed_while_a_twin_run_read_is_not_written_beside_it(
     s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A run of a range that found its twin's claim relied on it; the twin stopped and released it, another range
     claimed the name and wrote, and the first run then wrote its range into the same folder."""
-    settings = _archive(s3)
-    day = lambda number: datetime(2026, 3, number, tzinfo=UTC)  # noqa: E731
-    layout = OutputLayout("rfm")
-    claim_key = layout.replay_claim_key("wk")
-    twin = ReplayClaim(day(1), day(2), datetime.now(UTC), run_id="the-twin")
-    s3.put_object(Bucket=BUCKET, Key=claim_key, Body=twin.to_json())  # the twin (another machine) runs
-    mine = plan_replay(s3, settings, day(1), day(2), name="wk")
-    other = plan_replay(s3, settings, day(2), day(3), name="wk")
+    settings, mine = _a_twin_runs(s3)
+    claim_key = OutputLayout("rfm").replay_claim_key("wk")
+    other = plan_replay(s3, settings, _day(2), _day(3), name="wk")
     read = S3ParquetSink.get_parquet
     meanwhile: list[str] = []
 
@@ -571,13 +579,9 @@ def test_a_claim_made_again_right_before_writing_is_released_when_the_run_writes
 ) -> None:
     """The twin's claim went while this run read, and another range's output came without a claim (a version before
     claims, a hand): the run claimed the name again, refused to write, and left that claim behind."""
-    settings = _archive(s3)
-    day = lambda number: datetime(2026, 3, number, tzinfo=UTC)  # noqa: E731
+    settings, mine = _a_twin_runs(s3)
     layout = OutputLayout("rfm")
     claim_key = layout.replay_claim_key("wk")
-    twin = ReplayClaim(day(1), day(2), datetime.now(UTC), run_id="the-twin")
-    s3.put_object(Bucket=BUCKET, Key=claim_key, Body=twin.to_json())
-    mine = plan_replay(s3, settings, day(1), day(2), name="wk")
     read = S3ParquetSink.get_parquet
     meanwhile: list[bool] = []
 
@@ -585,7 +589,7 @@ def test_a_claim_made_again_right_before_writing_is_released_when_the_run_writes
         if not meanwhile:
             meanwhile.append(True)
             s3.delete_object(Bucket=BUCKET, Key=claim_key)  # the twin stops, nothing written: released
-            s3.put_object(Bucket=BUCKET, Key=layout.replay_output_key("wk", day(2), day(3)), Body=b"PAR1")
+            s3.put_object(Bucket=BUCKET, Key=layout.replay_output_key("wk", _day(2), _day(3)), Body=b"PAR1")
         return read(self, key)
 
     monkeypatch.setattr(S3ParquetSink, "get_parquet", while_reading)

@@ -6,7 +6,7 @@ import hashlib
 import itertools
 import logging
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -575,6 +575,27 @@ def test_a_stop_soon_after_a_snapshot_writes_none_and_the_next_owner_restores_ex
     assert _rows(fresh) == expected
 
 
+def _stopping_processor(
+    s3: Any,
+    settings: Settings,
+    tmp_path: Path,
+    clock: Callable[[], float],
+    snapshot_every: int,
+    stop_budget_seconds: float,
+) -> ShardProcessor:
+    """A processor whose stop has ``stop_budget_seconds`` for its flush and snapshot, on ``clock``."""
+    return ShardProcessor(
+        SHARD,
+        CustomerState(SHARD, tmp_path / "a.journal"),
+        S3ParquetSink(s3, settings),
+        FlushPolicy(max_records=500, max_bytes=10**9, max_seconds=10**6),
+        recovery=StateRecovery(s3, settings),
+        snapshot_every_flushes=snapshot_every,
+        clock=clock,
+        stop_budget_seconds=stop_budget_seconds,
+    )
+
+
 @pytest.mark.parametrize("budget_seconds", [60.0, 0.002])
 def test_a_stop_snapshot_is_written_only_when_it_fits_in_the_kcl_grace(
     s3_env: tuple[Any, Settings], tmp_path: Path, caplog: pytest.LogCaptureFixture, budget_seconds: float
@@ -584,16 +605,7 @@ def test_a_stop_snapshot_is_written_only_when_it_fits_in_the_kcl_grace(
     s3, settings = s3_env
     records = _records(40, 1_000, seed=12)
     clock = iter(itertools.count(step=0.001))  # a millisecond each time the processor looks
-    processor = ShardProcessor(
-        SHARD,
-        CustomerState(SHARD, tmp_path / "a.journal"),
-        S3ParquetSink(s3, settings),
-        FlushPolicy(max_records=500, max_bytes=10**9, max_seconds=10**6),
-        recovery=StateRecovery(s3, settings),
-        snapshot_every_flushes=10**6,
-        clock=lambda: next(clock),
-        stop_budget_seconds=budget_seconds,
-    )
+    processor = _stopping_processor(s3, settings, tmp_path, lambda: next(clock), 10**6, budget_seconds)
     written = _record_snapshots(processor)
     processor.start("TRIM_HORIZON")
     _feed(processor, records)
@@ -791,16 +803,7 @@ def test_the_stop_snapshot_is_judged_by_the_time_the_last_written_one_took(
     monkeypatch.setattr(shard_processor, "_TIMED_SNAPSHOT_MIN_ROWS", 1)  # this small state is timed too
     s3, settings = s3_env
     now = [0.0]
-    processor = ShardProcessor(
-        SHARD,
-        CustomerState(SHARD, tmp_path / "a.journal"),
-        S3ParquetSink(s3, settings),
-        FlushPolicy(max_records=500, max_bytes=10**9, max_seconds=10**6),
-        recovery=StateRecovery(s3, settings),
-        snapshot_every_flushes=2,
-        clock=lambda: now[0],
-        stop_budget_seconds=10.0,
-    )
+    processor = _stopping_processor(s3, settings, tmp_path, lambda: now[0], 2, 10.0)
     assert processor.recovery is not None
     real = processor.recovery.write_snapshot
     snapshots: list[str] = []
