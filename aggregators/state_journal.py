@@ -15,8 +15,9 @@ In the journal's directory:
 - A sync that replaces holds the whole state; the syncs before it are deleted once it has landed (a crash in between
   leaves them behind, and a read skips them).
 
-A read checks every file's size and CRC before Arrow parses it: a damaged journal raises ``JournalDamagedError`` (its
-owner moves it aside and restores from S3) instead of loading wrong state.
+A read checks every file's size and CRC before Arrow parses it, and that the syncs it reads follow one another back to
+the last that replaces (or to the first): a damaged journal raises ``JournalDamagedError`` (its owner moves it aside
+and restores from S3) instead of loading wrong state.
 """
 
 from __future__ import annotations
