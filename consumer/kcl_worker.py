@@ -819,7 +819,8 @@ class KclWorker:
             log.log(level, "no shard lease held for %.0fs: %s", waited, heartbeat.lease_detail)
 
     def _emit_gauges(self) -> None:
-        """Per-worker gauges from the shard status files: lag, checkpoint age, shards held, state memory."""
+        """Per-worker gauges from the shard status files: lag, checkpoint age, shards held, state memory, shards
+        running without their local state."""
         statuses = [s for s in read_statuses(self.status_dir).values() if s.phase == "processing"]
         values: dict[Metric, float] = {Metric.SHARDS_PROCESSING: len(statuses)}
         if statuses:
@@ -827,6 +828,8 @@ class KclWorker:
             values[Metric.CHECKPOINT_AGE_SECONDS] = max(checkpoint_age(s, time.time()) for s in statuses)
             # what grows until a task sized below its traffic runs out of memory (days later)
             values[Metric.STATE_BYTES] = sum(s.state_bytes or 0 for s in statuses)
+            # held as long as it lasts (LocalStateWriteFailed counts the moment it began, once a shard start)
+            values[Metric.SHARDS_WITHOUT_LOCAL_STATE] = sum(1 for s in statuses if s.local_state_error)
         emit_metrics(values, self.settings.metric_dimensions)
 
     def _exit_code(self, java_code: int) -> int:

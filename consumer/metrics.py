@@ -33,6 +33,7 @@ class Metric(StrEnum):
     CHECKPOINT_AGE_SECONDS = "CheckpointAgeSeconds"
     SHARDS_PROCESSING = "ShardsProcessing"
     STATE_BYTES = "StateBytes"
+    SHARDS_WITHOUT_LOCAL_STATE = "ShardsWithoutLocalState"
     STUCK_SHARDS = "StuckShards"
     ARRIVAL_TO_DURABLE_P99 = "ArrivalToDurableP99"
     NEWEST_EVENT_AGE = "NewestEventAge"
@@ -60,6 +61,7 @@ UNITS: Final[dict[Metric, str]] = {
     Metric.CHECKPOINT_AGE_SECONDS: "Seconds",
     Metric.SHARDS_PROCESSING: "Count",
     Metric.STATE_BYTES: "Bytes",
+    Metric.SHARDS_WITHOUT_LOCAL_STATE: "Count",
     Metric.STUCK_SHARDS: "Count",
     Metric.ARRIVAL_TO_DURABLE_P99: "Seconds",
     Metric.NEWEST_EVENT_AGE: "Seconds",

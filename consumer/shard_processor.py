@@ -696,6 +696,7 @@ class ShardProcessor:
             m.newest_event_age = record.freshness.newest_event_age
         m.buffered_records = 0
         m.state_bytes = self.state.memory_total()
+        m.local_state_error = self.state.local_file_error
         self._report(force=True)
 
     def _report_state(self) -> None:
@@ -703,6 +704,7 @@ class ShardProcessor:
         position = self.state.position()
         self.metrics.applied_sequence = position.sequence_number if position else None
         self.metrics.state_bytes = self.state.memory_total()
+        self.metrics.local_state_error = self.state.local_file_error
         self._report(force=True)
 
     def _report(self, force: bool = False) -> None:

@@ -51,6 +51,7 @@ class ShardStatus:
     last_error: str | None = None  # the latest failure, also one being retried
     failing_since: float | None = None  # wall time the retries going on now began (None: none)
     terminal_error: str | None = None  # the error that ended this processor (it exited on it)
+    local_state_error: str | None = None  # why the shard runs without its local state (None: it has one)
     started_at: float = 0.0
     updated_at: float = 0.0
 

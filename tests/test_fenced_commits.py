@@ -527,6 +527,9 @@ def test_a_local_file_the_disk_refuses_is_reported_once_and_nothing_is_lost(
         if "LocalStateWriteFailed" in getattr(r, "emf", {})
     ]
     assert failed == [1], "reported once, at the flush after it"
+    assert "No space left on device" in (owner.metrics.local_state_error or ""), (
+        "the status says it while it lasts"
+    )
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and "No space left on device" in errors[0]
 

@@ -1232,9 +1232,21 @@ def test_the_worker_gauges_sum_the_state_memory_of_its_shards(
 
     writer = StatusWriter(tmp_path / "status")
     now = time.time()
-    for shard, phase, state_bytes in (("a", "processing", 300), ("b", "processing", 50), ("c", "ended", 999)):
+    for shard, phase, state_bytes, error in (
+        ("a", "processing", 300, None),
+        ("b", "processing", 50, "No space left on device"),
+        ("c", "ended", 999, "No space left on device"),
+    ):
         writer.write(
-            ShardStatus(shard, 1, phase=phase, state_bytes=state_bytes, started_at=now, updated_at=now),
+            ShardStatus(
+                shard,
+                1,
+                phase=phase,
+                state_bytes=state_bytes,
+                local_state_error=error,
+                started_at=now,
+                updated_at=now,
+            ),
             force=True,
         )
     settings = Settings(stream_name="gauged", application_name="rfm-reprocess")
@@ -1243,6 +1255,8 @@ def test_the_worker_gauges_sum_the_state_memory_of_its_shards(
         KclWorker._emit_gauges(worker)  # type: ignore[arg-type]
     (line,) = [record.emf for record in caplog.records if hasattr(record, "emf")]
     assert (line["StateBytes"], line["ShardsProcessing"], line["StreamName"]) == (350, 2, "gauged")
+    # held every minute while a shard runs without its local state (its event is counted once, when it began)
+    assert line["ShardsWithoutLocalState"] == 1
     # a second application on the stream (a reprocessing) has metrics of its own, and the stream's total stays
     assert line["ApplicationName"] == "rfm-reprocess"
     assert line["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [
