@@ -713,8 +713,8 @@ class CustomerState:
         return records >= self.options.sync_every_records or waited >= self.options.sync_every_seconds
 
     def sync(self, *, compact: bool = True) -> None:
-        """Write the batches installed since the last sync, and the position, to the local file in one transaction
-        (the file is exact at its position whenever it is read).
+        """Write the batches installed since the last sync, and the position, to the local journal as one sync (on
+        disk whole or not at all: the journal is exact at its position whenever it is read).
 
         The journal only grows (changed customers' rows again, event ids past the de-duplication window): once its
         bytes would pass twice the state's, the state is written whole instead, so the journal on disk and a
@@ -738,21 +738,17 @@ class CustomerState:
 
         A write the disk refuses (full, failing) ends the local file, not the shard: see ``_continue_in_memory``.
         """
-        if self._journal_file is not None and self.persistent:
-            self._write_journal(tables, replace=replace)
+        journal = self._journal_file
+        if journal is not None and self.persistent:
+            typed = {name: _journal_typed(name, table) for name, table in tables.items()}
+            try:
+                written = journal.write(typed, JournalProgress(self._position, self._as_of), replaces=replace)
+            except OSError as error:
+                self._continue_in_memory(error)
+            else:
+                self._journal_bytes = written if replace else self._journal_bytes + written
         self._unsynced = []
         self._synced_at = time.monotonic()
-
-    def _write_journal(self, tables: dict[str, pa.Table], *, replace: bool) -> None:
-        assert self._journal_file is not None
-        progress = JournalProgress(self._position, self._as_of)
-        typed = {name: _journal_typed(name, table) for name, table in tables.items()}
-        try:
-            written = self._journal_file.write(typed, progress, replaces=replace)
-        except OSError as error:
-            self._continue_in_memory(error)
-        else:
-            self._journal_bytes = written if replace else self._journal_bytes + written
 
     def _continue_in_memory(self, error: OSError) -> None:
         """The local journal could not be written: go on with the state in memory and no file.
@@ -824,7 +820,7 @@ class CustomerState:
 
     # ------------------------------------------------------------------ loading the local cache
     def _load(self, journal: JournalContents) -> None:
-        """Read the journal into memory; rewrite it when changed rows outnumber customers (cost once per open)."""
+        """Read the journal into memory; rewrite it when its bytes pass twice the state's (cost once per open)."""
         con = self.con
         tables = {
             name: pa.concat_tables(journal.tables.get(name, [schema.empty_table()]))
@@ -946,9 +942,8 @@ class CustomerState:
             table = tables[name]
             owner = names.take(pa.array(table.column("idx").to_numpy()))
             exported[name] = table.drop_columns(["idx"]).add_column(0, "customer_id", owner)
-        return (
-            exported  # the position and as-of are the snapshot pointer's (``SnapshotPointer``), not a table's
-        )
+        # the position and as-of are the snapshot pointer's (``SnapshotPointer``), not a table's
+        return exported
 
     def import_tables(
         self, tables: dict[str, pa.Table], hash_key_range: tuple[int, int] | None = None, replace: bool = True

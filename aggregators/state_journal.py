@@ -101,7 +101,6 @@ class JournalContents:
 
     tables: dict[str, list[pa.Table]]
     progress: JournalProgress  # the last sync's (empty: no sync yet)
-    rows: int  # rows in all tables
     bytes: int  # bytes of all its files: what a rewrite is weighed against
 
 
@@ -155,7 +154,7 @@ class StateJournal:
         _fsync_directory(self.directory)
         if replaces:
             for number, path in _syncs(self.directory):
-                if path != final and number < self._next - 1:
+                if number < self._next - 1:  # every sync before this one
                     shutil.rmtree(path, ignore_errors=True)  # left behind if it fails: reads skip it
         return sum(described["bytes"] for described in files.values())
 
@@ -199,15 +198,13 @@ def _read_once(directory: Path) -> JournalContents:
                 f"{directory}: syncs 0 to {expected} are missing (no sync replaces them)"
             )
     tables: dict[str, list[pa.Table]] = {}
-    rows = size = 0
+    size = 0
     for path, manifest in reversed(read):
         for name, described in manifest["files"].items():
-            table = _read_table(path / f"{name}.arrow", described)
-            tables.setdefault(name, []).append(table)
-            rows += table.num_rows
+            tables.setdefault(name, []).append(_read_table(path / f"{name}.arrow", described))
             size += described["bytes"]
     last = JournalProgress.from_json(read[0][1]["progress"], read[0][0]) if read else JournalProgress()
-    return JournalContents(tables, last, rows, size)
+    return JournalContents(tables, last, size)
 
 
 def _syncs(directory: Path) -> list[tuple[int, Path]]:

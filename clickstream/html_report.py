@@ -69,9 +69,8 @@ class ReportInputs:
     generated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     commits: list[CommitRecord] = field(default_factory=list)
     errors: pa.Table | None = None  # error_code, approximate_arrival_at
-    errors_missing: list[str] = field(
-        default_factory=list
-    )  # errors/ files the commit records name, gone from S3
+    # errors/ files the commit records name, gone from S3
+    errors_missing: list[str] = field(default_factory=list)
     scores: pa.Table | None = None  # CLV_SCORES_SCHEMA
     score_commit: ScoreCommit | None = None
     model: dict[str, Any] | None = None

@@ -342,22 +342,19 @@ class ShardProcessor:
         started = self.clock()
         self.flush(checkpointer, reason="shutdown")
         if self._stop_snapshot_due():
-            left = (
-                None
-                if self.stop_budget_seconds is None
-                else self.stop_budget_seconds - (self.clock() - started)
-            )
-            needs = self.state.row_count() * self._snapshot_seconds_per_row
-            if (
-                left is None or needs <= left / 2
-            ):  # half: the shards of a task stop side by side, on shared cores
+            budget = self.stop_budget_seconds
+            left = None if budget is None else budget - (self.clock() - started)
+            rows = self.state.row_count()
+            needs = rows * self._snapshot_seconds_per_row
+            # half: the shards of a task stop side by side, on shared cores
+            if left is None or needs <= left / 2:
                 self._snapshot()  # the next owner (maybe on another host, without this disk) restores quickly
             else:
                 log.warning(
                     "no snapshot at this stop: its %d rows would take about %.0f s, more than half the %.0f s left "
                     "of the KCL's shutdown grace (CLICKSTREAM_KCL_SHUTDOWN_GRACE_MILLIS, under the worker's stop "
                     "deadline); the next owner re-applies the %d new events committed since the last snapshot",
-                    self.state.row_count(),
+                    rows,
                     needs,
                     max(0.0, left),
                     self._events_since_snapshot,
@@ -695,17 +692,20 @@ class ShardProcessor:
             m.arrival_to_durable_p99 = record.freshness.arrival_to_durable_p99
             m.newest_event_age = record.freshness.newest_event_age
         m.buffered_records = 0
-        m.state_bytes = self.state.memory_total()
-        m.local_state_error = self.state.local_file_error
+        self._note_state()
         self._report(force=True)
 
     def _report_state(self) -> None:
         """The state's position and size in the status file at once (after a start or a restore)."""
         position = self.state.position()
         self.metrics.applied_sequence = position.sequence_number if position else None
+        self._note_state()
+        self._report(force=True)
+
+    def _note_state(self) -> None:
+        """The state's size and whether it runs without its local state, for the status file."""
         self.metrics.state_bytes = self.state.memory_total()
         self.metrics.local_state_error = self.state.local_file_error
-        self._report(force=True)
 
     def _report(self, force: bool = False) -> None:
         if self.status is not None and self.status.write(self.metrics, force=force):

@@ -119,10 +119,9 @@ def open_shard_state(
     except JournalLockedError:
         raise  # another process holds it: not damage (the KCL will retry the lease)
     except OSError as error:
-        if error.errno not in DISK_REFUSES_WRITES:
-            cause = one_line(error)
-        else:  # a full disk is not damage: the shard goes on from memory, as when a sync is refused
+        if error.errno in DISK_REFUSES_WRITES:  # a full disk is not damage: the shard goes on from memory
             return _without_local_state(shard_id, path, validator, options, error)
+        cause = one_line(error)
     except Exception as error:  # noqa: BLE001 - whatever stops the read, the cache is rebuilt from S3
         cause = one_line(error)
     target = path.with_name(f"{path.name}.unreadable-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}")
