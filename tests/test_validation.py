@@ -213,6 +213,8 @@ REJECTIONS: list[tuple[str, bytes, str]] = [
     ("revenue_three_decimals", encode(doc("purchase", revenue=0.001)), "invalid_value"),
     ("unknown_event_type", encode(doc(event_type="click")), "unknown_event_type"),
     ("event_type_wrong_case", encode(doc(event_type="PageView")), "unknown_event_type"),
+    ("event_type_empty", encode(doc(event_type="")), "unknown_event_type"),
+    ("event_type_long", encode(doc(event_type="page_view" * 8)), "unknown_event_type"),
     ("event_time_before_2000", encode(doc(event_time="1999-12-31T23:59:59.999999Z")), "event_time_too_old"),
     (
         "event_time_offset_before_2000",
@@ -555,7 +557,7 @@ def test_batch_of_the_generators_malformed_kinds_is_rejected_with_matching_codes
         "missing_field": {"missing_field"},
         # schema_version "1" is unsupported_schema_version; quantity "2" is wrong_type
         "wrong_type": {"wrong_type", "unsupported_schema_version", "invalid_value"},
-        "unknown_event_type": {"unknown_event_type", "invalid_value"},  # "" fails the length rule first
+        "unknown_event_type": {"unknown_event_type"},
         "unknown_schema_version": {"unsupported_schema_version"},
         "negative_revenue": {"revenue_out_of_range"},
         "far_future_timestamp": {"event_time_in_future"},
