@@ -470,7 +470,7 @@ def _scoring_section(inputs: ReportInputs) -> str:
     bg = (model or {}).get("bg_nbd", {})
     gg = (model or {}).get("gamma_gamma", {})
     params = ", ".join(
-        f"{k} = {v:.3f}" for k, v in {**bg.get("parameters", {}), **gg.get("parameters", {})}.items()
+        f"{k} = {v:.4g}" for k, v in {**bg.get("parameters", {}), **gg.get("parameters", {})}.items()
     )
     about = (
         f"<p>Run <code>{html.escape(commit.run_id)}</code>, observation end {commit.as_of.isoformat()}, "

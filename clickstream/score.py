@@ -48,6 +48,7 @@ import pyarrow.parquet as pq
 from botocore.exceptions import ClientError
 
 from clickstream.current_rows import CurrentRows, read_committed_rows, read_local_rows
+from clickstream.errors import FrontDoorError
 from consumer.s3_sink import encryption_arguments, lost_to_another_writer
 from runtime.settings import Settings
 from schemas.control import ControlRecordError, ScoreCommit
@@ -230,7 +231,12 @@ def read_scores(store: ObjectStore, commit: ScoreCommit) -> pa.Table:
         body = store.get(key)
         if body is None:
             raise FileNotFoundError(f"{store.url(key)} is named by the clv commit but missing")
-        parts.append(pq.read_table(io.BytesIO(body)))
+        try:
+            parts.append(pq.read_table(io.BytesIO(body)))
+        except pa.ArrowInvalid as error:
+            raise FrontDoorError(
+                f"{store.url(key)} is named by the clv commit but is no Parquet file ({error}): score its day again"
+            ) from None
     return pa.concat_tables(parts)
 
 
@@ -347,12 +353,16 @@ def score_customers(
         current = rows()
         detail(current.describe())
     inputs: ModelInputs = model_inputs(current.table, as_of)
-    for shard, mark in shards_behind(current.table, inputs.as_of).items():
-        say(
-            f"note: {shard}'s newest row is as of {mark.isoformat()}, {(inputs.as_of - mark).days} days before the "
-            "observation end (the shard is behind, quiet, or closed by a reshard): if it is behind, its customers' "
-            "latest purchases are missing and their P(alive) reads low; --as-of can score at its mark instead"
-        )
+    # said now, and kept with the fit's own notes in _model.json (and so in the report): a scheduled job's
+    # stderr is read by nobody
+    behind_notes = [
+        f"{shard}'s newest row is as of {mark.isoformat()}, {(inputs.as_of - mark).days} days before the "
+        "observation end (the shard is behind, quiet, or closed by a reshard): if it is behind, its customers' "
+        "latest purchases are missing and their P(alive) reads low; --as-of can score at its mark instead"
+        for shard, mark in shards_behind(current.table, inputs.as_of).items()
+    ]
+    for note in behind_notes:
+        say(f"note: {note}")
     run_id = run_id_for(inputs.as_of, current.fingerprint, config, library_version())
     day = inputs.as_of_day
     existing, existing_tag = _read_commit_tagged(store, layout, day)
@@ -384,7 +394,12 @@ def score_customers(
             files.append(key)
             written += len(body)
         model_key = layout.clv_model_key(day, run_id)
-        report = {**result.report, "run_id": run_id, "rfm_segments": dict(segments)}
+        report = {
+            **result.report,
+            "notes": [*result.report["notes"], *behind_notes],
+            "run_id": run_id,
+            "rfm_segments": dict(segments),
+        }
         # strict JSON (no NaN / Infinity): readers in other languages refuse the extensions
         store.put(
             model_key,

@@ -241,6 +241,31 @@ def _check_spend_fit(params: dict[str, float], spends: npt.NDArray[np.float64]) 
     )
 
 
+#: BG/NBD's purchase rates follow Gamma(r, alpha), whose coefficient of variation is 1/sqrt(r): from this r and alpha
+#: on, the buyers' rates differ by under 1%, and pymc-marketing's predictions at such a point are not finite (its
+#: hypergeometric terms overflow).
+_RATE_SPREAD_LOST: Final = 1e4
+
+
+def _check_purchase_fit(params: dict[str, float], purchases: dict[int, npt.NDArray[np.float64]]) -> None:
+    """Refuse, naming the model and why, a BG/NBD fit whose expected purchases are not finite."""
+    bad = max(int(np.count_nonzero(~np.isfinite(values))) for values in purchases.values())
+    if not bad:
+        return
+    r, alpha = params["r"], params["alpha"]
+    fitted = ", ".join(f"{name} = {value:.4g}" for name, value in params.items())
+    why = (
+        f"the buyers' purchase rates barely differ (r and alpha ran off together, at a rate of {r / alpha:.4g} "
+        "purchase days a day)"
+        if min(r, alpha) >= _RATE_SPREAD_LOST
+        else "the fit is at a point where the model's terms overflow"
+    )
+    raise UnusableFit(
+        f"BG/NBD fitted {fitted}, and {bad:,} buyers' expected purchases are not finite there: {why}; nothing was "
+        "written. Score a later as-of, or more buyers, so that their purchase rates can be told apart"
+    )
+
+
 #: BG/NBD's dropout probabilities follow Beta(a, b); from this a + b on, their standard deviation between buyers is
 #: under 1.6 points of probability (sqrt(p(1 - p) / (a + b + 1)), p(1 - p) <= 1/4): the fit found no spread and ran
 #: off along the line a/(a + b) = mean, so every buyer is given one dropout probability. Still a model (the limit
@@ -249,20 +274,57 @@ _DROPOUT_SPREAD_LOST: Final = 1_000.0
 
 
 def dropout_notes(params: dict[str, float]) -> list[str]:
-    """What an analyst should know of a BG/NBD fit's dropout process (nothing when its spread is identified)."""
+    """What an analyst should know of a BG/NBD fit's purchase rates and dropout process (nothing when their spread
+    is identified)."""
+    notes = []
+    r, alpha = params["r"], params["alpha"]
+    if min(r, alpha) >= _RATE_SPREAD_LOST:
+        notes.append(
+            f"BG/NBD found no spread of the purchase rate between buyers (r = {r:.4g}, alpha = {alpha:.4g}): every "
+            f"buyer is given the same rate while alive, {r / alpha:.4g} purchase days a day, and expected purchases "
+            "and CLV rest on that"
+        )
     a, b = params["a"], params["b"]
-    if a + b < _DROPOUT_SPREAD_LOST:
-        return []
-    return [
-        f"BG/NBD found no spread of the dropout probability between buyers (a = {a:.4g}, b = {b:.4g}): every "
-        f"buyer is given the same chance of dropping out after a purchase day, {a / (a + b):.3f}, and P(alive) and "
-        "CLV rest on that; more purchase history (a later as-of, more buyers) may identify a spread"
-    ]
+    if a + b >= _DROPOUT_SPREAD_LOST:
+        notes.append(
+            f"BG/NBD found no spread of the dropout probability between buyers (a = {a:.4g}, b = {b:.4g}): every "
+            f"buyer is given the same chance of dropping out after a purchase day, {a / (a + b):.3g}, and P(alive) "
+            "and CLV rest on that; more purchase history (a later as-of, more buyers) may identify a spread"
+        )
+    return notes
 
 
 #: |Pearson r| between repeat buyers' purchase days and mean spend from which Gamma-Gamma's independence assumption
 #: is said not to hold (pymc-marketing and lifetimes document the check; they give no threshold, 0.3 is a common one).
 DEPENDENT_SPEND_CORRELATION: Final = 0.3
+
+
+#: Gamma-Gamma's spend per purchase has a coefficient of variation of 1/sqrt(p) within a buyer, its buyers' mean
+#: spends one of 1/sqrt(q) between them: from this p or q on it is under 0.1%, so the fit found (almost) no spread
+#: there and ran off along the line of the observed mean.
+_SPEND_SPREAD_LOST: Final = 1e6
+#: From these parameters on, the log-gamma terms of the likelihood (about p * x * log(p * x)) are so large that
+#: float64 leaves no digit of their sum: the value written would be noise (seen: -3.3e12 where the exact value at
+#: the same point is -4.3e12), so none is written.
+_LOG_LIKELIHOOD_PRECISION_LOST: Final = 1e12
+
+
+def spend_notes(params: dict[str, float]) -> list[str]:
+    """What an analyst should know of a Gamma-Gamma fit that found no spread of spend (nothing when it did)."""
+    p, q = params["p"], params["q"]
+    if max(p, q) < _SPEND_SPREAD_LOST:
+        return []
+    mean = p * params["v"] / (q - 1)
+    beyond = (
+        "; its log-likelihood is beyond float precision at such parameters and is not written"
+        if max(p, q) >= _LOG_LIKELIHOOD_PRECISION_LOST
+        else ""
+    )
+    return [
+        f"Gamma-Gamma found no spread of spend per purchase (p = {p:.4g}, q = {q:.4g}): every buyer's expected "
+        f"order value is about the population mean, {mean:.2f}, and the parameters themselves mean nothing beyond "
+        f"that{beyond}"
+    ]
 
 
 def independence_notes(correlation: float | None, fitted: int) -> list[str]:
@@ -362,6 +424,7 @@ def fit_and_predict(
         timings["predict"] = time.perf_counter() - started
 
     bg_params = _parameters(bg, ("r", "alpha", "a", "b"))
+    _check_purchase_fit(bg_params, purchases)
     predictions = {
         "probability_alive": alive,
         "expected order value": order_value,
@@ -376,7 +439,9 @@ def fit_and_predict(
     t_x, t = frame["recency"].to_numpy(), frame["T"].to_numpy()
     rx, rm = spend_frame["frequency"].to_numpy(), spend_frame["monetary_value"].to_numpy()
     bg_ll = bg_nbd_log_likelihood(bg_params, x, t_x, t)
-    gg_ll = gamma_gamma_log_likelihood(gg_params, rx, rm)
+    gg_ll: float | None = gamma_gamma_log_likelihood(gg_params, rx, rm)
+    if max(gg_params["p"], gg_params["q"]) >= _LOG_LIKELIHOOD_PRECISION_LOST:
+        gg_ll = None  # noise at such parameters (see spend_notes)
     expected_in_sample = float(bg_nbd_expected_repeat_purchases(bg_params, t).sum())
     observed_in_sample = float(x.sum())
     population_mean = gg_params["p"] * gg_params["v"] / (gg_params["q"] - 1)  # q > 1, checked above
@@ -416,7 +481,7 @@ def fit_and_predict(
         "gamma_gamma": {
             "parameters": gg_params,
             "log_likelihood": gg_ll,
-            "log_likelihood_per_customer": gg_ll / fitted,
+            "log_likelihood_per_customer": None if gg_ll is None else gg_ll / fitted,
             "repeat_buyers_fitted": fitted,
             "left_out_for_zero_spend": repeat - fitted,
             "population_mean_order_value": population_mean,
@@ -426,7 +491,7 @@ def fit_and_predict(
             "fit_seconds": timings["gamma_gamma_fit"],
         },
         "predict_seconds": timings["predict"],
-        "notes": dropout_notes(bg_params) + independence_notes(correlation, fitted),
+        "notes": dropout_notes(bg_params) + spend_notes(gg_params) + independence_notes(correlation, fitted),
     }
     return ClvResult(
         probability_alive=alive,

@@ -163,6 +163,26 @@ def test_a_committed_errors_file_gone_from_s3_is_left_out_said_in_the_page_and_e
     assert '<figure class="plot" id="plot-rejects">' in page, "the other files' rejects are still plotted"
 
 
+def test_a_damaged_clv_part_stops_the_report_naming_it(content: WorkerBucket, tmp_path: Path) -> None:
+    """A part that is no Parquet file ended the report with "unexpected ArrowInvalid ... '<Buffer>'", no key named."""
+    output = tmp_path / "damaged-part.html"
+    with moto_bucket("clv-part") as s3:
+        content.write_to(s3, "clv-part")
+        runner = CliRunner()
+        scored = runner.invoke(main, ["score", "--bucket", "clv-part", "--prefix", "rfm", "--no-progress"])
+        assert scored.exit_code == 0, scored.output
+        parts = [
+            item["Key"]
+            for item in s3.list_objects_v2(Bucket="clv-part", Prefix="rfm/clv/")["Contents"]
+            if item["Key"].endswith(".parquet")
+        ]
+        s3.put_object(Bucket="clv-part", Key=parts[0], Body=b"not parquet")
+        result = runner.invoke(main, ["report", "--bucket", "clv-part", "--prefix", "rfm", "-o", str(output)])
+    assert result.exit_code == 1, result.output
+    assert f"s3://clv-part/{parts[0]} is named by the clv commit but is no Parquet file" in result.output
+    assert "unexpected" not in result.output
+
+
 def test_missing_parts_are_explained_not_plotted() -> None:
     page = render_report(ReportInputs(source="s3://nothing/here"))
     assert "<img" not in page

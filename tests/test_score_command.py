@@ -592,10 +592,14 @@ def test_a_run_notes_a_shard_far_behind_the_observation_end(
         table=current.table.set_column(current.table.schema.get_field_index("as_of"), "as_of", earlier),
     )
     lines: list[str] = []
-    score_customers(lambda: lagging, RecordingStore(tmp_path), settings, say=lines.append)
+    store = RecordingStore(tmp_path)
+    score_customers(lambda: lagging, store, settings, say=lines.append)
     notes = [line for line in lines if line.startswith("note: ")]
     assert len(notes) == 1 and f"{shard}'s newest row" in notes[0], lines
     assert "P(alive) reads low" in notes[0]
+    # kept with the run as well (a scheduled job's stderr is read by nobody), so the report shows it
+    (model_key,) = [key for action, key in store.log if action == "put" and key.endswith("_model.json")]
+    assert notes[0].removeprefix("note: ") in json.loads((tmp_path / model_key).read_bytes())["notes"]
     quiet_lines: list[str] = []
     score_customers(lambda: current, RecordingStore(tmp_path / "b"), settings, say=quiet_lines.append)
     assert not [line for line in quiet_lines if line.startswith("note: ")], (

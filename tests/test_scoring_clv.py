@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -50,6 +51,7 @@ from scoring.clv import (
     dropout_notes,
     fit_and_predict,
     independence_notes,
+    spend_notes,
 )
 from scoring.inputs import ModelInputs, model_inputs
 
@@ -293,6 +295,59 @@ def test_a_fit_that_finds_no_spread_of_dropout_is_noted_with_the_one_probability
     (note,) = dropout_notes({"r": 1.0, "alpha": 10.0, "a": 137_034.0, "b": 1_130_034.0})
     assert "no spread of the dropout probability" in note and "0.108" in note
     assert dropout_notes({"r": 1.0, "alpha": 10.0, "a": 0.8, "b": 2.5}) == []
+
+
+def _small_shop(seed: int, buyers: int, spend: float | None) -> ModelInputs:
+    """``buyers`` who each bought on 1 to 5 of 60 days at random: rates that barely differ, as in a new shop. Each
+    purchase day's spend is ``spend``, or drawn from Gamma(4, 12) when None."""
+    rng = random.Random(seed)
+    rows = []
+    for number in range(buyers):
+        days = sorted(rng.sample(range(60), rng.randrange(1, 6)))
+        spends = [spend if spend is not None else round(rng.gammavariate(4, 12), 2) for _ in days]
+        mean = float(np.mean(spends[1:])) if len(days) > 1 else 0.0
+        rows.append((f"c{number:03d}", len(days) - 1, days[-1] - days[0], 60 - days[0], mean))
+    names = ("customer_id", "frequency", "recency", "T", "monetary_value")
+    table = pa.table(dict(zip(names, map(list, zip(*rows, strict=True)), strict=True)))
+    return ModelInputs(DEFAULT_START + timedelta(days=60), buyers, table)
+
+
+def test_a_bg_nbd_fit_whose_purchases_are_not_finite_is_refused_naming_the_model_and_why() -> None:
+    """30 buyers with nearly equal purchase rates: r and alpha ran off to about 1e6 and 1e7, pymc-marketing's expected
+    purchases were NaN for all, and the refusal named "clv" with no parameters and no advice."""
+    with pytest.raises(UnusableFit) as refused:
+        fit_and_predict(_small_shop(100, 30, None), CONFIG)
+    message = str(refused.value)
+    assert message.startswith("BG/NBD fitted r = "), message
+    assert "30 buyers' expected purchases are not finite" in message
+    assert "purchase rates barely differ" in message and "later as-of" in message
+
+
+def test_a_gamma_gamma_fit_that_ran_off_but_was_kept_is_noted_and_writes_no_noise_for_its_likelihood() -> (
+    None
+):
+    """60 buyers who all spent 50: the fit was kept (its mean lands on 50) at p and q near 1e29 and 1e51, with no
+    note, and a log-likelihood float64 cannot hold (-3.3e12 where the exact value is -4.3e12)."""
+    result = fit_and_predict(_small_shop(6, 60, 50.0), CONFIG)
+    report = result.report["gamma_gamma"]
+    assert min(report["parameters"]["p"], report["parameters"]["q"]) >= 1e12, (
+        report
+    )  # the case this test is for
+    assert report["log_likelihood"] is None and report["log_likelihood_per_customer"] is None
+    (note,) = [note for note in result.report["notes"] if note.startswith("Gamma-Gamma")]
+    assert "no spread of spend per purchase" in note and "not written" in note
+    assert f"the population mean, {report['population_mean_order_value']:.2f}" in note
+    assert np.allclose(result.expected_average_order_value, 50.0, rtol=0.05)
+    json.dumps(result.report, allow_nan=False)
+
+
+def test_spend_and_rate_notes_name_a_lost_spread_only() -> None:
+    (note,) = spend_notes({"p": 4.5, "q": 6.7e11, "v": 1.0e11})
+    assert "p = 4.5, q = 6.7e+11" in note and "not written" not in note  # still within float precision
+    assert spend_notes({"p": 4.05, "q": 5.17, "v": 81.7}) == []
+    (note,) = dropout_notes({"r": 2.1e6, "alpha": 4.4e7, "a": 0.8, "b": 2.5})
+    assert "no spread of the purchase rate" in note and "0.04773 purchase days a day" in note
+    assert dropout_notes({"r": 2.1e6, "alpha": 3.0, "a": 0.8, "b": 2.5}) == []
 
 
 def test_spend_that_moves_with_frequency_is_noted_as_gamma_gammas_assumption_broken() -> None:

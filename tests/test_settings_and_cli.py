@@ -351,6 +351,16 @@ def test_the_cli_offers_every_documented_command() -> None:
     assert "CLICKSTREAM_LOG_LEVEL" in result.output
 
 
+def test_python_dash_m_clickstream_is_the_same_command_line() -> None:
+    """Where the console script is not on the PATH (another venv's python), ``python -m clickstream`` said "No module
+    named clickstream.__main__"."""
+    result = subprocess.run(
+        [sys.executable, "-m", "clickstream", "score", "--help"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Usage: clickstream score [OPTIONS]"), result.stdout
+
+
 @pytest.mark.parametrize("command", sorted(main.commands))
 def test_every_command_has_help(command: str) -> None:
     result = invoke(command, "--help")
