@@ -11,7 +11,7 @@ import shutil
 import zlib
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 import pyarrow as pa
 import pytest
@@ -72,6 +72,46 @@ def test_a_sync_that_replaces_hides_and_deletes_the_syncs_before_it(tmp_path: Pa
     shutil.copytree(older, tmp_path / "j" / "sync-000000000000")
     (tmp_path / "j" / "sync-000000000000" / "manifest.json").unlink()
     assert _read_ids(tmp_path / "j") == [7]
+
+
+def test_a_value_flipped_on_disk_is_refused_by_its_crc_not_read_as_another_value(tmp_path: Path) -> None:
+    """A flip inside a value buffer still parses as Arrow (the damage test's flip landed in Arrow's own metadata,
+    which Arrow refuses by itself): only the CRC32 tells 1234567 from 1234566."""
+    journal = StateJournal(tmp_path / "j")
+    journal.write({"applied_events": _ids(1_234_567)}, JournalProgress(), replaces=False)
+    journal.close()
+    (table_file,) = (tmp_path / "j").glob("sync-*/applied_events.arrow")
+    content = bytearray(table_file.read_bytes())
+    at = bytes(content).find((1_234_567).to_bytes(8, "little"))
+    assert at > 0 and bytes(content).count((1_234_567).to_bytes(8, "little")) == 1
+    content[at] ^= 0x01
+    table_file.write_bytes(bytes(content))
+    with pytest.raises(JournalDamagedError, match="CRC32"):
+        read_journal(tmp_path / "j")
+
+
+def test_a_sync_fsyncs_every_file_it_writes_and_both_directories(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whole or not at all after a power cut, not only after a crash: each file and the sync's directory before the
+    rename, the journal's directory after it (else the rename itself may not survive)."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(descriptor: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{descriptor}"))
+        real_fsync(descriptor)
+
+    journal = StateJournal(tmp_path / "j")
+    monkeypatch.setattr(state_journal.os, "fsync", fsync)
+    journal.write({"applied_events": _ids(1, 2), "customers": _ids(0)}, JournalProgress(), replaces=False)
+    monkeypatch.undo()
+    journal.close()
+    pending = str(tmp_path / "j" / "sync-000000000000.tmp")
+    assert sorted(synced[:-1]) == sorted(
+        [f"{pending}/applied_events.arrow", f"{pending}/customers.arrow", f"{pending}/manifest.json", pending]
+    )
+    assert synced[-1] == str(tmp_path / "j"), "the journal's directory, after the rename"
 
 
 @pytest.mark.parametrize("gone", ["sync-000000000001", "sync-000000000000"])
@@ -282,33 +322,40 @@ def test_a_crash_at_each_point_of_a_sync_reopens_at_the_state_before_or_after_it
     calls = dict.fromkeys(("write", "rename", "fsync_dir", "rmtree"), 0)
     real_write, real_fsync = state_journal._write_durably, state_journal._fsync_directory
     real_rmtree, real_rename = shutil.rmtree, Path.rename
+    crashed = False
+
+    def crash() -> NoReturn:
+        nonlocal crashed
+        crashed = True
+        raise _Crash
 
     def write(target: Path, data: Any) -> None:
         calls["write"] += 1
         if where == "write" and ((nth == -1 and target.name == "manifest.json") or calls["write"] == nth):
             real_write(target, bytes(data)[: len(data) // 2])
-            raise _Crash
+            crash()
         real_write(target, data)
 
     def fsync_dir(target: Path) -> None:
         calls["fsync_dir"] += 1
         if where == "fsync_dir" and calls["fsync_dir"] == nth:
-            raise _Crash
+            crash()
         real_fsync(target)
 
     def rmtree(target: Any, *args: Any, **kwargs: Any) -> None:
         if str(target).endswith(".tmp"):
-            real_rmtree(target, *args, **kwargs)
+            if not crashed:  # a process killed (-9) runs none of its handlers: its half-written sync stays
+                real_rmtree(target, *args, **kwargs)
             return
         calls["rmtree"] += 1
         real_rmtree(target, *args, **kwargs)
         if where == "rmtree" and calls["rmtree"] == nth:
-            raise _Crash
+            crash()
 
     def rename(self: Path, target: Any) -> Any:
         calls["rename"] += 1
         if where == "rename" and calls["rename"] == nth:
-            raise _Crash
+            crash()
         return real_rename(self, target)
 
     monkeypatch.setattr(state_journal, "_write_durably", write)
@@ -323,6 +370,8 @@ def test_a_crash_at_each_point_of_a_sync_reopens_at_the_state_before_or_after_it
     monkeypatch.undo()
     _die(state)
     assert calls[where] >= max(nth, 1), "the crash came where it was placed"
+    if where in ("write", "rename"):  # before the rename: the killed process left its half-written sync
+        assert list(path.glob("sync-*.tmp")), sorted(p.name for p in path.iterdir())
 
     reopened = CustomerState(SHARD, path)
     rows = reopened.snapshot_rows()
