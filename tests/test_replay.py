@@ -68,6 +68,21 @@ def test_replay_deduplicates_with_the_window_the_worker_is_set_to(s3: Any, tmp_p
     assert [(row["customer_id"], row["purchases"]) for row in rows] == [("c-A", 2)]
 
 
+def test_a_replay_takes_its_start_and_leaves_out_its_end(s3: Any, tmp_path: Path) -> None:
+    """--from is inclusive and --to exclusive (README, --help): back-to-back daily replays count an event stamped
+    exactly at midnight once, in the day it starts."""
+    settings = Settings(bucket=BUCKET, prefix="rfm")
+    at_start = event("c-A", "purchase", "2026-03-01T00:00:00Z", revenue="5.00")
+    last_microsecond = event("c-B", "purchase", "2026-03-01T23:59:59.999999Z", revenue="5.00")
+    at_end = event("c-C", "purchase", "2026-03-02T00:00:00Z", revenue="5.00")
+    live_run(s3, settings, [Stream().batch([at_start, last_microsecond, at_end])])
+
+    plan = plan_replay(s3, settings, datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC))
+    result = run_replay(s3, settings, plan, tmp_path, progress=False)
+    rows = S3ParquetSink(s3, settings).get_parquet(result.output_key).to_pylist()
+    assert sorted(row["customer_id"] for row in rows) == ["c-A", "c-B"]
+
+
 def test_a_replay_orders_events_within_each_shard_not_across_a_reshard(s3: Any, tmp_path: Path) -> None:
     """Sequence numbers order records within one shard only (the embedded endpoint starts a child shard's at 1).
     Live, a customer's re-send on the child 3 days after the original on its parent is counted again (window 1

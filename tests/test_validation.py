@@ -239,6 +239,8 @@ REJECTIONS: list[tuple[str, bytes, str]] = [
 def test_each_rejection_reason_has_its_code_a_detail_and_the_exact_raw_bytes(data: bytes, code: str) -> None:
     raw = raw_batch([data])
     out = decode(raw)
+    # the state's own path (the fast path, the validator for what it does not vouch for) rejects it the same way
+    assert fast_and_exact(raw).rejects.to_pylist() == out.rejects.to_pylist()
     assert out.events.num_rows == 0
     assert out.rejects.schema == ERRORS_SCHEMA
     [reject] = out.rejects.to_pylist()
@@ -261,10 +263,28 @@ def test_each_rejection_reason_has_its_code_a_detail_and_the_exact_raw_bytes(dat
 def test_partition_key_other_than_customer_id_is_rejected_with_identity_kept() -> None:
     data = encode(doc(customer_id="c-000001"))
     reject = rejection(data, partition_key="c-000002")
+    combined = fast_and_exact(raw_batch([(data, "c-000002")]))
+    assert combined.events.num_rows == 0 and combined.rejects.to_pylist() == [reject]
     assert reject["error_code"] == "partition_key_mismatch"
     assert reject["error_detail"].strip()
     assert reject["partition_key"] == "c-000002"
     assert reject["raw_data"] == data
+
+
+@pytest.mark.parametrize(
+    ("revenue", "accepted"),
+    [("999999.99", True), ("1000000", True), ("1000000.00", True), ("1000000.01", False), ("5000000", False)],
+)
+def test_the_revenue_ceiling_holds_on_the_states_own_path(revenue: str, accepted: bool) -> None:
+    """The fast path vouched for a purchase of 5,000,000 when its ceiling check was gone, and only the exact
+    validator's cases pinned the ceiling."""
+    data = encode(doc("purchase")).replace(b'"revenue":19.99', b'"revenue":' + revenue.encode())
+    assert revenue.encode() in data
+    combined = fast_and_exact(raw_batch([data]))
+    assert combined.events.num_rows == int(accepted), combined.rejects.to_pylist()
+    assert [r["error_code"] for r in combined.rejects.to_pylist()] == (
+        [] if accepted else ["revenue_out_of_range"]
+    )
 
 
 def test_missing_field_detail_names_the_field() -> None:
@@ -1200,7 +1220,10 @@ def _by_sequence(table: pa.Table) -> list[dict[str, Any]]:
     )
 )
 def test_fast_path_gives_exactly_the_validators_events_and_rejects(records: list[bytes]) -> None:
-    raw = raw_batch([(data, _partition_key(data)) for data in records])
+    # every fifth record put with another customer's key, which only the partition-key rule refuses
+    raw = raw_batch(
+        [(data, _partition_key(data) if n % 5 != 3 else "c-other") for n, data in enumerate(records)]
+    )
     exact = decode(raw)
     combined = fast_and_exact(raw)
     assert _by_sequence(combined.events) == _by_sequence(exact.events)
