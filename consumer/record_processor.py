@@ -282,8 +282,10 @@ def watch_parent(interval: float = 0.5) -> threading.Thread:
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(interval)
-        log.warning("the KCL (pid %d) is gone; exiting", parent)
-        os._exit(1)
+        try:
+            log.warning("the KCL (pid %d) is gone; exiting", parent)
+        finally:  # a dead JVM's stderr is a broken pipe: nothing the log does may keep the processor alive
+            os._exit(1)
 
     thread = threading.Thread(target=watch, name="parent-watch", daemon=True)
     thread.start()

@@ -71,7 +71,13 @@ class DatagramLogHandler(logging.Handler):
         try:
             self.sock.sendto(line.encode("utf-8", "replace"), self.path)
         except OSError:
-            sys.stderr.write(line + "\n")
+            try:
+                sys.stderr.write(line + "\n")
+                sys.stderr.flush()
+            except (
+                OSError
+            ):  # the worker and its JVM are both gone (a broken pipe): the line has nowhere to go
+                self.handleError(record)
 
 
 def _to_stderr(line: str) -> None:

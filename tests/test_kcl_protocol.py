@@ -454,6 +454,57 @@ def test_the_entry_point_writes_only_protocol_json_to_stdout_and_logs_to_stderr(
     assert event_ids_in_s3(s3) == expected_ids(range(4))
 
 
+_BUSY_PROCESSOR = """
+import logging, time
+from consumer.record_processor import watch_parent
+from runtime.logs import DatagramLogHandler
+logging.getLogger().addHandler(DatagramLogHandler("{socket}"))  # the worker's log socket, gone with the worker
+watch_parent(0.05)
+print("watching", flush=True)
+time.sleep(60)  # a processor in a retry's backoff: its main thread touches no pipe for a while
+"""
+_JVM = """
+import subprocess, sys, time
+with open(sys.argv[2], "w") as out:
+    child = subprocess.Popen(
+        [sys.executable, "-c", sys.argv[1]], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.PIPE
+    )
+print(child.pid, flush=True)
+deadline = time.monotonic() + 30
+while "watching" not in open(sys.argv[2]).read() and time.monotonic() < deadline:
+    time.sleep(0.05)
+"""  # then it exits, as a JVM killed with -9: its end of the processor's stderr pipe closes with it
+
+
+def _ended(pid: int) -> bool:
+    """Gone, or a zombie nobody reaps (a container's PID 1 may not)."""
+    try:
+        return "State:\tZ" in Path(f"/proc/{pid}/status").read_text(encoding="ascii")
+    except FileNotFoundError:
+        return True
+
+
+def test_a_busy_processor_exits_when_its_jvm_dies_even_though_its_stderr_is_a_broken_pipe(
+    tmp_path: Path,
+) -> None:
+    """The watcher logged "the KCL is gone" first; with the worker's socket gone the line fell back to stderr, a pipe
+    to the dead JVM, the write raised, and the watcher died before its exit: a processor in a retry's backoff lived
+    on (17 s seen) and could still commit after its worker had stopped."""
+    code = _BUSY_PROCESSOR.format(socket=tmp_path / "gone.sock")
+    jvm = subprocess.run(
+        [sys.executable, "-c", _JVM, code, str(tmp_path / "out")], capture_output=True, text=True, check=True
+    )
+    pid = int(jvm.stdout.split()[0])
+    assert (tmp_path / "out").read_text() == "watching\n", "the processor was watching before its JVM died"
+    deadline = time.monotonic() + 15
+    while not _ended(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alive = not _ended(pid)
+    if alive:
+        os.kill(pid, 9)
+    assert not alive, "the processor outlived its JVM"
+
+
 def test_a_message_that_does_not_decode_leaves_its_error_for_the_worker_to_name(
     s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restore_logging: None
 ) -> None:
