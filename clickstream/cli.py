@@ -107,7 +107,24 @@ class FrontDoor(click.Group):
     """
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        return super().parse_args(ctx, group_options_first(args))
+        # the group's own usage errors (--bogus, a bad --log-level) come before --log-format is read: looked for here
+        try:
+            return super().parse_args(ctx, group_options_first(args))
+        except click.ClickException as error:
+            if _json_logs(_log_format_in(args)):
+                raise JsonShownError(error) from None
+            raise
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        # a command name that does not exist is refused before the group's callback decided the log format
+        try:
+            return super().resolve_command(ctx, args)
+        except click.ClickException as error:
+            if _json_logs(str(ctx.params.get("log_format") or _log_format_in(args))):
+                raise JsonShownError(error) from None
+            raise
 
     def invoke(self, ctx: click.Context) -> Any:
         # SIGTERM (ECS stopping a scheduled task, `timeout`) stops a command as Ctrl-C does, saying what it leaves
@@ -149,6 +166,21 @@ class FrontDoor(click.Group):
                 traceback.print_exception(error, file=sys.stderr)
             failed = CommandFailed(failure.message, failure.exit_code)
             raise (JsonShownError(failed) if json_mode() else failed) from None
+
+
+def _json_logs(log_format: str) -> bool:
+    """Whether stderr is JSON for this --log-format (auto: JSON off a terminal)."""
+    return log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
+
+
+def _log_format_in(args: list[str]) -> str:
+    """--log-format from the raw arguments (or its variable), for an error raised before click parsed it."""
+    for number, argument in enumerate(args):
+        if argument == "--log-format" and number + 1 < len(args):
+            return args[number + 1]
+        if argument.startswith("--log-format="):
+            return argument.partition("=")[2]
+    return os.environ.get(LOG_FORMAT_ENV) or "auto"
 
 
 def _refuse_empty(ctx: click.Context, param: click.Parameter, variable: str, choices: str) -> None:
@@ -223,7 +255,7 @@ def main(ctx: click.Context, log_level: str, log_format: str, debug: bool) -> No
     """
     from runtime.logs import configure_logging
 
-    json_logs = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
+    json_logs = _json_logs(log_format)
     ctx.obj = {"debug": debug, "log_level": log_level, "json_logs": json_logs}
     configure_logging(log_level, json_format=json_logs)
 
@@ -711,7 +743,7 @@ def worker(
     "state_dir",
     "--state-dir",
     type=LocalPath(file_okay=False, path_type=Path),
-    purpose="Scratch space: the replay builds its state in a file under <dir>/replay/, removed when done.",
+    purpose="Where the replay keeps its lock (<dir>/replay/replay-<name>.lock); its state is in memory.",
 )
 def replay(
     start: str, end: str, name: str | None, dry_run: bool, progress: bool | None, **overrides: Any
@@ -1023,6 +1055,7 @@ def demo(customers: int, events: int, seed: int, shards: int, output_dir: Path) 
             f"{', '.join(sorted(DEMO_OUTPUTS))}; delete an earlier demo's folder that has no mark yourself)",
             USAGE,
         )
+    writable_folder("--output-dir", output_dir)
     sys.exit(run_demo(customers=customers, events=events, seed=seed, shards=shards, output_dir=output_dir))
 
 

@@ -700,7 +700,9 @@ class KclWorker:
                 and now - self._stop_requested_at > self.settings.stop_deadline_seconds
             ):
                 log.error(
-                    "shards did not stop within %.0fs; killing the KCL", self.settings.stop_deadline_seconds
+                    "shards did not stop within %.0fs; killing the KCL",
+                    self.settings.stop_deadline_seconds,
+                    extra={"exit_code": RUNTIME},
                 )
                 self._kill()
                 self._process.wait()
@@ -717,6 +719,7 @@ class KclWorker:
                     log.error(
                         "stuck shards, exiting so the orchestrator restarts the worker: %s",
                         "; ".join(problems),
+                        extra={"exit_code": STUCK},
                     )
                     self._kill()
                     self._process.wait()
@@ -837,7 +840,11 @@ class KclWorker:
             statuses = read_statuses(self.status_dir)
             unflushed = sum(s.buffered_records for s in statuses.values() if s.phase == "processing")
             if unflushed:
-                log.error("KCL stopped with %d records unflushed (they will be redelivered)", unflushed)
+                log.error(
+                    "KCL stopped with %d records unflushed (they will be redelivered)",
+                    unflushed,
+                    extra={"exit_code": RUNTIME},
+                )
                 return RUNTIME
             log.info("stopped cleanly: every shard flushed and checkpointed")
             return OK
@@ -850,7 +857,7 @@ class KclWorker:
                 if java_code == -signal.SIGKILL
                 else ""
             )
-            log.error("KCL MultiLangDaemon was killed by %s%s", name, hint)
+            log.error("KCL MultiLangDaemon was killed by %s%s", name, hint, extra={"exit_code": RUNTIME})
             return RUNTIME
         failed = sorted(
             (s for s in read_statuses(self.status_dir).values() if s.terminal_error),
@@ -858,5 +865,10 @@ class KclWorker:
             reverse=True,
         )
         cause = f"; shard {failed[0].shard_id} stopped on {failed[0].terminal_error}" if failed else ""
-        log.error("KCL MultiLangDaemon exited unexpectedly with code %s%s", java_code, cause)
+        log.error(
+            "KCL MultiLangDaemon exited unexpectedly with code %s%s",
+            java_code,
+            cause,
+            extra={"exit_code": RUNTIME},
+        )
         return RUNTIME  # the JVM's own code is in the line: passed on, a 2 or 3 would read as bad settings or stuck

@@ -123,6 +123,8 @@ class WorkerTotals:
     accepted: int
     rejected: int
     buffered: int
+    #: redeliveries found already applied (after a restart or a moved lease): in, but neither accepted nor rejected
+    skipped: int
     behind_ms: int
     last_flush_age: float | None  # seconds since the newest flush of any shard
     oldest_unflushed: float | None  # seconds the oldest waiting record has waited (None: all durable)
@@ -146,6 +148,7 @@ class WorkerTotals:
             accepted=sum(s.accepted for s in statuses.values()),
             rejected=sum(s.rejected for s in statuses.values()),
             buffered=sum(s.buffered_records for s in held),
+            skipped=sum(s.skipped for s in statuses.values()),
             behind_ms=max((s.millis_behind_latest or 0 for s in held), default=0),
             last_flush_age=now - max(flushes) if flushes else None,
             oldest_unflushed=now - min(waiting) if waiting else None,
@@ -153,12 +156,18 @@ class WorkerTotals:
             silent=(len(silent), max(silent)) if silent else None,
         )
 
+    def skipped_then(self, separator: str) -> str:
+        """The redeliveries already applied and ``separator``, said only when there are some (after a restart or a
+        moved lease the counts would not add up without them)."""
+        return f"skipped {self.skipped:,} (already applied){separator}" if self.skipped else ""
+
     def sentence(self) -> str:
         """One line for logs (the JSON status line when there is no terminal). Its counts are those of the shard
         processors running now (a lease that moved starts its shard's from zero)."""
         line = (
             f"{self.shards_held} shards held; records in {self.records_in:,}, accepted {self.accepted:,}, "
-            f"rejected {self.rejected:,}, buffered {self.buffered:,}; behind latest {_ms(self.behind_ms)}; "
+            f"rejected {self.rejected:,}, {self.skipped_then(', ')}buffered {self.buffered:,}; "
+            f"behind latest {_ms(self.behind_ms)}; "
             f"last flush {_ago(self.last_flush_age)}; freshness: {_freshness(self.oldest_unflushed)}"
         )
         if self.failing is not None:
@@ -229,7 +238,7 @@ def status_view(statuses: dict[str, ShardStatus], now: float, *, headline: str, 
         Text(headline, style="bold", no_wrap=True, overflow="ellipsis"),
         Text(
             f"{totals.shards_held} shards held | in {totals.records_in:,} | accepted {totals.accepted:,} | "
-            f"rejected {totals.rejected:,} | behind {_ms(totals.behind_ms)}",
+            f"rejected {totals.rejected:,} | {totals.skipped_then(' | ')}behind {_ms(totals.behind_ms)}",
             no_wrap=True,
             overflow="ellipsis",
         ),

@@ -13,7 +13,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-_CONTEXT_FIELDS = ("shard_id", "sequence_number", "worker_id", "flush_range")
+#: Fields a record may carry (``extra=``) that a JSON line shows: a shard's context, and the exit code a failure ends
+#: the process with (alarms filter on it).
+_CONTEXT_FIELDS = ("shard_id", "sequence_number", "worker_id", "flush_range", "exit_code")
 
 #: Set by `clickstream worker` for its record processors: the Unix datagram socket their logs go to.
 LOG_SOCKET_ENV = "CLICKSTREAM_LOG_SOCKET"

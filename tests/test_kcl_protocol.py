@@ -38,6 +38,7 @@ from consumer.kcl_worker import KclWorker
 from consumer.record_processor import RecordProcessor
 from consumer.state_recovery import state_path
 from consumer.status import ShardStatus, StatusWriter
+from runtime.logs import JsonFormatter
 from runtime.settings import Settings, load_settings
 from tests.moto_support import isolate_environment, moto_bucket
 
@@ -394,6 +395,25 @@ def test_the_worker_names_the_error_that_stopped_a_shard_when_the_daemon_exits(
 
     (line,) = [r.getMessage() for r in caplog.records if "exited unexpectedly" in r.getMessage()]
     assert f"shard {SHARD} stopped on ClientError" in line and "AccessDenied" in line
+
+
+def test_the_workers_own_failure_lines_carry_the_exit_code_in_json(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The README has alarms filter on ``exit_code``; only the CLI's failures carried it, not the worker's."""
+    worker = KclWorker(settings)
+    with caplog.at_level(logging.ERROR):
+        assert worker._exit_code(1) == 1  # the daemon exited by itself
+        assert worker._exit_code(-9) == 1  # killed
+        worker._stop_requested_at = time.monotonic()
+        StatusWriter(settings.state_dir / "status").write(
+            ShardStatus(SHARD, 1, phase="processing", buffered_records=7), force=True
+        )
+        assert worker._exit_code(0) == 1  # stopped with records unflushed
+    lines = [json.loads(JsonFormatter().format(record)) for record in caplog.records]
+    assert len(lines) == 3 and all(line["level"] == "ERROR" and line["exit_code"] == 1 for line in lines), (
+        lines
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- entry point

@@ -1309,6 +1309,22 @@ def test_the_status_line_says_which_shards_keep_failing_and_which_the_kcl_no_lon
     assert "the KCL has not called 1 shards for 45s" in line, line
 
 
+def test_the_status_line_counts_redeliveries_already_applied_so_its_counts_add_up() -> None:
+    """After a restart 588 of 1,801 records in were redeliveries: the line said in 1,801, accepted 1,212, rejected 1,
+    and the rest read like loss."""
+    from consumer.worker_output import WorkerTotals
+
+    now = time.time()
+    after_restart = ShardStatus(
+        "shardId-1", 1, phase="processing", records_received=1_801, accepted=1_212, rejected=1, skipped=588
+    )
+    line = WorkerTotals.of({"1": after_restart}, now).sentence()
+    assert (
+        "records in 1,801, accepted 1,212, rejected 1, skipped 588 (already applied), buffered 0" in line
+    ), line
+    assert "skipped" not in WorkerTotals.of({"1": replace(after_restart, skipped=0)}, now).sentence()
+
+
 def test_health_of_a_worker_that_is_gone_counts_no_shard_processing(tmp_path: Path) -> None:
     """Its shards' status files still say "processing": the report said 2 shards processing for a dead worker."""
     now = time.time()

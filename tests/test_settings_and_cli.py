@@ -736,6 +736,15 @@ def test_demo_refuses_an_output_folder_holding_files_it_did_not_write(tmp_path: 
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me" and (tmp_path / "mine" / "sub").is_dir()
 
 
+def test_demo_names_its_flag_for_an_output_folder_it_cannot_write(tmp_path: Path) -> None:
+    """A place it cannot write (read-only, or under a file as here: root may write anywhere else) gave "Not a
+    directory (...)", exit 1, naming no flag, where every other output flag is a usage error named by its flag."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    result = run_cli("demo", "--output-dir", str(a_file / "demo"), "--events", "10")
+    assert_one_line(result, 2, f"--output-dir {a_file / 'demo'}")
+
+
 def test_an_earlier_demo_output_folder_may_be_replaced(tmp_path: Path) -> None:
     from clickstream.demo import DEMO_MARK, replaceable_output
 
@@ -891,6 +900,8 @@ def test_where_logs_are_json_a_failure_is_an_error_record_with_its_exit_code() -
         (["setup"], {"CLICKSTREAM_FLUSH_MAX_RECORDS": "-3"}, 2, None),  # a setting refused
         (["summary"], endpoint, 1, None),  # a runtime failure
         (["replay", "--from", "someday", "--to", "2026-01-02"], {}, 2, "replay --help'"),  # a usage error
+        (["scroe"], {}, 2, " --help'"),  # no such command (refused before the group's callback ran)
+        (["--bogus", "score"], {}, 2, " --help'"),  # the group's own usage error
     ):
         result = run_cli("--log-format", "json", *arguments, env=env)
         records = [json.loads(line) for line in result.stderr.splitlines()]  # every line is a record
