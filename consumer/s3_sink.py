@@ -513,20 +513,15 @@ def read_partition_commits(
     no other commit lies between). Every commit from the shard's first such commit to its last is read, and beyond
     them, one by one, each neighbour up to one that names files of another day only: a shard's flushes of one day
     are one run of its chain, so a flush of the day whose files are all gone is found too. A file of a writer that
-    lost its commit leads to a commit that names another attempt's file: no data, as in a full read.
+    lost its commit leads to a commit that names another attempt's file: no data, as in a full read. Where a commit
+    read names a file of the day the listing did not hold (a live flush wrote it after the listing), the day is
+    listed again: a file is then missing only if S3 no longer has it.
     """
+    listed = _day_files(s3, bucket, layout, arrival_day)
     firsts: dict[str, list[Position]] = {}
-    listed: set[str] = set()
-    # every output's files: a flush whose file of one output is gone still leads to its commit
-    for output in DATA_OUTPUTS:
-        listing = s3.get_paginator("list_objects_v2").paginate(
-            Bucket=bucket, Prefix=layout.partition_prefix(output, arrival_day)
-        )
-        for page in listing:
-            for obj in page.get("Contents", []):
-                listed.add(obj["Key"])
-                if (name := layout.flush_name_of(obj["Key"])) is not None:
-                    firsts.setdefault(name.shard_id, []).append(name.first)
+    for key in listed:
+        if (name := layout.flush_name_of(key)) is not None:
+            firsts.setdefault(name.shard_id, []).append(name.first)
 
     def another_day(record: CommitRecord) -> bool:
         """Whether a commit names files of other days only (one that names none, a flush of duplicates only, is
@@ -561,9 +556,29 @@ def read_partition_commits(
                 at += step
             if step == 1 and at >= len(chain):  # no commit after the day's run
                 newest_of_the_day.add(shard_id)
+    committed = {
+        key for record in records for key in record.file_bytes if layout.arrival_day_of(key) == arrival_day
+    }
+    if not committed <= listed:
+        # a live flush of the day wrote its files after the listing and committed before its commit was read:
+        # listed again now, a file is absent only if S3 no longer has it (not merely younger than the listing)
+        listed |= _day_files(s3, bucket, layout, arrival_day)
     return DayCommits(
         sorted(records, key=CommitRecord.chain_order), frozenset(listed), frozenset(newest_of_the_day)
     )
+
+
+def _day_files(s3: Any, bucket: str, layout: OutputLayout, arrival_day: int) -> set[str]:
+    """The keys of every output's partition of ``arrival_day`` (every output's: a flush whose file of one output is
+    gone still leads to its commit)."""
+    listed: set[str] = set()
+    for output in DATA_OUTPUTS:
+        listing = s3.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=layout.partition_prefix(output, arrival_day)
+        )
+        for page in listing:
+            listed.update(obj["Key"] for obj in page.get("Contents", []))
+    return listed
 
 
 def _commit_previous(layout: OutputLayout, key: str) -> Position | None:

@@ -3,7 +3,7 @@ lists for that day."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -157,6 +157,43 @@ def test_a_days_manifest_refuses_a_committed_flush_of_the_day_whose_files_are_al
         refused.value
     )
     assert copy_manifest(s3, settings, "events", DAYS[0])["entries"], "another day is whole"
+
+
+class _FlushAfterTheDaysListing:
+    """An S3 client on which a live worker commits a flush of the day right after the day's last partition listing
+    (errors/), before the manifest lists the shard's commit names."""
+
+    def __init__(self, client: Any, commit: Callable[[], object]) -> None:
+        self.client, self.commit = client, commit
+
+    def get_paginator(self, name: str) -> Any:
+        real, racing = self.client.get_paginator(name), self
+
+        class Paginator:
+            def paginate(self, **kwargs: Any) -> Any:
+                pages = list(real.paginate(**kwargs))
+                if "/errors/arrival_yyyymmdd=" in kwargs.get("Prefix", "") and racing.commit is not None:
+                    commit, racing.commit = racing.commit, None
+                    commit()
+                return iter(pages)
+
+        return Paginator()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+def test_a_days_manifest_takes_a_flush_committed_while_it_ran(s3: Any) -> None:
+    """Its files came after the day's listing and its commit before the commits were read: the manifest said they
+    were deleted after they were committed (a lifecycle rule?), exit 1, whenever a shard flushed meanwhile."""
+    settings = Settings(bucket=BUCKET, prefix="rfm")
+    worker = Worker(s3, settings)
+    flush(worker, SHARDS[0], DAYS[0])
+    racing = _FlushAfterTheDaysListing(s3, lambda: flush(worker, SHARDS[0], DAYS[0]))
+    document, _ = day_manifest(racing, settings, "events", DAYS[0])
+    assert racing.commit is None, "the second flush committed while the manifest ran"
+    assert len(worker.flushed) == 2 and document == full_read_of_day(s3, settings, "events", DAYS[0])
+    assert len(document["entries"]) == 2
 
 
 def test_a_days_manifest_walks_past_a_flush_of_duplicates_only(s3: Any) -> None:
