@@ -360,14 +360,26 @@ class StateRecovery:
         else:
             if local is not None:
                 report.discarded_local = local
-                log.warning(
-                    "local state at %s is not on the S3 commit chain (snapshot at %s, tip at %s); rebuilding",
-                    local.sequence_number,
-                    base.sequence_number if base else "none",
-                    walk[-1].sequence_number if walk[-1] else "the start",
-                    extra={"shard_id": shard_id},
-                )
-                emit_metrics({Metric.LOCAL_STATE_DISCARDED: 1}, self.settings.metric_dimensions)
+                if base is not None and self._sink.get_commit(
+                    self.layout.commit_key(shard_id, chain_position(local))
+                ):
+                    # on the chain, before the snapshot: the shard was processed elsewhere meanwhile (a lease that
+                    # moved and came back), the usual course of a rebalance, not a stale or foreign file
+                    log.info(
+                        "local state at %s is older than the shard's snapshot at %s; restoring from the snapshot",
+                        local.sequence_number,
+                        base.sequence_number,
+                        extra={"shard_id": shard_id},
+                    )
+                else:
+                    log.warning(
+                        "local state at %s is not on the S3 commit chain (snapshot at %s, tip at %s); rebuilding",
+                        local.sequence_number,
+                        base.sequence_number if base else "none",
+                        walk[-1].sequence_number if walk[-1] else "the start",
+                        extra={"shard_id": shard_id},
+                    )
+                    emit_metrics({Metric.LOCAL_STATE_DISCARDED: 1}, self.settings.metric_dimensions)
             state.reset()
             if pointer is not None:
                 try:

@@ -24,6 +24,7 @@ from botocore.exceptions import ClientError, IncompleteReadError, ResponseStream
 from aggregators.customer_state import AppliedBatch, CustomerState
 from aggregators.state_journal import StateJournal
 from aggregators.validation import RecordValidator
+from consumer import state_recovery
 from consumer.s3_sink import CommitConflict, FlushAttempt, S3ParquetSink
 from consumer.shard_processor import FlushPolicy, RawRecord, RecordBuffer, ShardProcessor
 from consumer.state_recovery import StateRecovery, open_shard_state
@@ -387,7 +388,11 @@ def attempt_of(applied: AppliedBatch, previous: Position | None, attempt_id: str
 
 # ---------------------------------------------------------------------------------------------------- local state
 def test_a_local_state_that_is_not_on_the_chain_is_discarded_and_rebuilt(
-    s3: Any, settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    s3: Any,
+    settings: Settings,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     records = to_records(payloads())
     owner = writer(s3, settings)
@@ -397,13 +402,56 @@ def test_a_local_state_that_is_not_on_the_chain_is_discarded_and_rebuilt(
     foreign = CustomerState(SHARD, tmp_path / "foreign.journal")
     foreign.apply(records_table(records[:30]))  # position 29: a flush this prefix never committed
 
+    emitted: list[str] = []
+    monkeypatch.setattr(
+        state_recovery, "emit_metrics", lambda metrics, _: emitted.extend(m.value for m in metrics)
+    )
     with caplog.at_level(logging.WARNING):
         report = StateRecovery(s3, settings).restore(foreign)
 
     assert report.discarded_local == Position(records[29].sequence_number)
     assert report.source == "empty" and report.commits_applied == 2
-    assert "not on the S3 commit chain" in caplog.text
+    assert "not on the S3 commit chain" in caplog.text and emitted == ["LocalStateDiscarded"]
     assert foreign.snapshot_rows().equals(owner.state.snapshot_rows())
+
+
+def test_a_local_state_older_than_the_snapshot_is_restored_from_it_without_the_discard_alarm(
+    s3: Any,
+    settings: Settings,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A's journal at 19, the lease to B, which committed to 39 and snapshotted, the lease back to A: a rebalance's
+    usual course was logged as "not on the S3 commit chain" and raised LocalStateDiscarded, an alarm on "any"."""
+    records = to_records(payloads())
+    first = writer(s3, settings, tmp_path / "host-a")
+    first.start(None)
+    first.on_records(records[:20], 0, RecordingCheckpointer())
+    first.on_lease_lost()
+    first.state.close()
+    second = writer(s3, settings, tmp_path / "host-b")
+    second.snapshot_every_flushes = 1
+    second.start(records[19].sequence_number)
+    second.on_records(records[20:40], 0, RecordingCheckpointer())
+    second.on_lease_lost()
+    second.state.close()
+    back = CustomerState(SHARD, tmp_path / "host-a")
+    assert back.position() == Position(records[19].sequence_number), "A's journal holds its own flush"
+
+    emitted: list[str] = []
+    monkeypatch.setattr(
+        state_recovery, "emit_metrics", lambda metrics, _: emitted.extend(m.value for m in metrics)
+    )
+    with caplog.at_level(logging.INFO, logger="consumer.state_recovery"):
+        report = StateRecovery(s3, settings).restore(back)
+
+    assert report.source == "snapshot" and report.snapshot == Position(records[39].sequence_number), report
+    assert (
+        "older than the shard's snapshot" in caplog.text and "not on the S3 commit chain" not in caplog.text
+    )
+    assert emitted == []
+    assert back.snapshot_rows().equals(second.state.snapshot_rows())
 
 
 def damage_journal(journal: Path, damage: str) -> None:
