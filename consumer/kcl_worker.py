@@ -74,6 +74,9 @@ MAIN_CLASS = "software.amazon.kinesis.multilang.MultiLangDaemon"
 STATUS_LOG_SECONDS = 30.0
 #: How often the lease table is read while the worker holds no lease (to tell a standby from a stuck worker).
 LEASE_SCAN_SECONDS = 15.0
+#: Attempts and seconds a read of the lease table may take (the supervision loop waits on it).
+LEASE_SCAN_ATTEMPTS = 2
+LEASE_SCAN_READ_SECONDS = 5
 
 
 class WorkerError(RuntimeError):
@@ -751,10 +754,16 @@ class KclWorker:
 
     # ------------------------------------------------------------------ leases
     def _lease_owners(self) -> dict[str, str | None]:
-        """The lease table now: shard -> owner (``lease_owners``), with a few attempts."""
-        return lease_owners(
-            aws_client("dynamodb", self.settings, total_attempts=3), self.settings.application_name
+        """The lease table now: shard -> owner (``lease_owners``). The supervision loop waits on it, so a table that
+        takes the connection and never answers costs it two 5-second waits, not three of botocore's 60 (the
+        heartbeat, the stuck-shard check and a stop would wait that long)."""
+        client = aws_client(
+            "dynamodb",
+            self.settings,
+            total_attempts=LEASE_SCAN_ATTEMPTS,
+            read_timeout=LEASE_SCAN_READ_SECONDS,
         )
+        return lease_owners(client, self.settings.application_name)
 
     def _say_who_holds(self, waiting: set[str]) -> None:
         """``--until-idle`` is done with its own shards but waits on others: when other workers hold some of them,

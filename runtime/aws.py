@@ -51,13 +51,14 @@ TRANSIENT_CODES = THROTTLING_CODES | frozenset(
 )
 
 
-def aws_client(service: str, settings: Settings, total_attempts: int = 6) -> Any:
+def aws_client(service: str, settings: Settings, total_attempts: int = 6, read_timeout: int = 60) -> Any:
     """A client for ``service`` honouring AWS_ENDPOINT_URL / region from the settings; botocore tries each call up
-    to ``total_attempts`` times in all (1: no retries, for a caller that retries, counts and logs them itself)."""
+    to ``total_attempts`` times in all (1: no retries, for a caller that retries, counts and logs them itself), and
+    waits ``read_timeout`` seconds for each answer."""
     config = Config(
         retries={"total_max_attempts": total_attempts, "mode": "adaptive"},
         connect_timeout=5,
-        read_timeout=60,
+        read_timeout=read_timeout,
         max_pool_connections=MAX_POOL_CONNECTIONS,
         s3={"addressing_style": "path"} if settings.aws_endpoint_url else None,
     )

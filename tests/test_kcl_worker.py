@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -1307,6 +1308,30 @@ def test_the_status_line_says_which_shards_keep_failing_and_which_the_kcl_no_lon
     line = WorkerTotals.of({"1": calm, "2": failing, "3": silent}, now).sentence()
     assert "FAILING on 1 shards, the longest for 73s (retried): ClientError: ServiceUnavailable" in line, line
     assert "the KCL has not called 1 shards for 45s" in line, line
+
+
+def test_a_lease_table_that_never_answers_holds_up_the_supervision_loop_seconds_not_minutes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lease scan runs in the loop that writes the heartbeat, checks for stuck shards and handles a stop: with
+    botocore's 60-second read timeout and three attempts, a DynamoDB that took the connection and never answered
+    held all of that for three minutes."""
+    from botocore.exceptions import ReadTimeoutError
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        worker = KclWorker(
+            load_settings(state_dir=tmp_path, aws_endpoint_url=endpoint, aws_region="us-east-1")
+        )
+        started = time.monotonic()
+        with pytest.raises(ReadTimeoutError):
+            worker._lease_owners()
+        waited = time.monotonic() - started
+    assert waited < 30, f"the scan waited {waited:.0f}s on a silent lease table"
 
 
 def test_the_status_line_counts_redeliveries_already_applied_so_its_counts_add_up() -> None:
