@@ -65,7 +65,7 @@ RUN set -eux; \
     rm -rf /var/lib/apt/lists/*; \
     java -version
 
-# Non-root user owning the state directory (per-shard DuckDB files, shard status files, kcl.properties).
+# Non-root user owning the state directory (each shard's local state journal, shard status files, kcl.properties).
 RUN groupadd --system --gid 10001 clickstream \
     && useradd --system --uid 10001 --gid clickstream --home-dir /var/lib/clickstream --no-create-home \
         --shell /usr/sbin/nologin clickstream \

@@ -87,6 +87,18 @@ def group_options_first(args: list[str]) -> list[str]:
     return [*moved, *kept, *args[end:]]
 
 
+def _command_of(args: list[str]) -> str | None:
+    """The command named in the raw arguments: the first that is no group option or its value."""
+    ordered = group_options_first(args)
+    position = 0
+    while position < len(ordered):
+        takes_value = _GROUP_OPTIONS.get(ordered[position].split("=", 1)[0])
+        if takes_value is None:
+            return ordered[position]
+        position += 2 if takes_value and "=" not in ordered[position] else 1
+    return None
+
+
 #: What a command stopped by Ctrl-C leaves behind (commands not named write nothing).
 _INTERRUPTION_LEAVES: Final = {
     "setup": "run it again: it creates only what is still missing",
@@ -111,6 +123,8 @@ class FrontDoor(click.Group):
         try:
             return super().parse_args(ctx, group_options_first(args))
         except click.ClickException as error:
+            if error.exit_code == USAGE and _command_of(args) == "health":
+                error.exit_code = RUNTIME  # type: ignore[misc]  # Docker reserves 2: health's bad setting is unhealthy
             if _json_logs(_log_format_in(args)):
                 raise JsonShownError(error) from None
             raise
@@ -249,7 +263,7 @@ EXIT_CODES_HELP: Final = (
 @click.option("--debug", is_flag=True, help="On an error, print the traceback too.")
 @click.pass_context
 def main(ctx: click.Context, log_level: str, log_format: str, debug: bool) -> None:
-    """Clickstream -> Kinesis -> KCL worker -> per-customer RFM aggregates (DuckDB) -> Parquet on S3.
+    """Clickstream -> Kinesis -> KCL worker -> per-customer RFM aggregates -> Parquet on S3 -> CLV scores.
 
     Standard AWS variables apply (AWS_ENDPOINT_URL, AWS_REGION, credentials). Start with `clickstream demo`.
     """

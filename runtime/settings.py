@@ -146,7 +146,9 @@ class Settings(BaseSettings):
     sse: Literal["AES256", "aws:kms"] = Field(
         "AES256", description="Server-side encryption for every S3 put."
     )
-    sse_kms_key_id: str | None = Field(None, description="KMS key id or ARN when sse is aws:kms.")
+    sse_kms_key_id: str | None = Field(
+        None, min_length=1, description="KMS key id or ARN when sse is aws:kms."
+    )
 
     # --- KCL worker -----------------------------------------------------------------------------------------
     application_name: str = Field(
@@ -175,7 +177,7 @@ class Settings(BaseSettings):
         description="Local directory for each shard's local state (a journal of Arrow files) and the status files.",
     )
     java: str | None = Field(
-        None, description="Path to the java binary (default: $JAVA_HOME/bin/java, then PATH)."
+        None, min_length=1, description="Path to the java binary (default: $JAVA_HOME/bin/java, then PATH)."
     )
     kcl_metrics_level: Literal["NONE", "SUMMARY", "DETAILED"] | None = Field(
         None,

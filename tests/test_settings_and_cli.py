@@ -154,6 +154,8 @@ def test_a_value_of_the_wrong_shape_is_explained_in_words_not_a_regex(
         ("CLICKSTREAM_PREFIX", " (rfm)"),
         ("CLICKSTREAM_FLUSH_MAX_RECORDS", " (50000)"),
         ("CLICKSTREAM_WORKER_ID", ""),  # defaults to the host name: no plain value to name
+        ("CLICKSTREAM_JAVA", ""),  # was read as unset: JAVA_HOME's or PATH's java ran instead, without a word
+        ("CLICKSTREAM_SSE_KMS_KEY_ID", ""),
     ],
 )
 def test_an_empty_variable_is_refused_with_one_explanation(
@@ -1818,6 +1820,23 @@ def test_health_with_invalid_flags_answers_unhealthy_not_a_usage_error(tmp_path:
     report = json.loads(result.output)
     assert report["healthy"] is False and "--stuck-after" in report["problems"][0]
     assert str(tmp_path / "worker-settings.json") in report["problems"][0]
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"CLICKSTREAM_LOG_LEVEL": "LOUD"}, "CLICKSTREAM_LOG_LEVEL"),
+        ({"CLICKSTREAM_LOG_FORMAT": "tex"}, "CLICKSTREAM_LOG_FORMAT"),
+        ({"CLICKSTREAM_LOG_LEVEL": ""}, "CLICKSTREAM_LOG_LEVEL"),
+    ],
+)
+def test_health_with_a_bad_log_setting_answers_unhealthy_not_dockers_reserved_2(
+    tmp_path: Path, env: dict[str, str], named: str
+) -> None:
+    """The group's own settings are read before health runs: they exited 2 while every other bad setting gave 1."""
+    result = run_cli("health", "--state-dir", str(tmp_path), env=env)
+    assert_one_line(result, 1, named)
+    assert run_cli("summary", env=env).returncode == 2, "another command: still a usage error"
 
 
 def test_compressed_output_of_one_seed_is_the_same_bytes_every_time(tmp_path: Path) -> None:
