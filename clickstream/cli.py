@@ -122,21 +122,12 @@ class FrontDoor(click.Group):
         # the group's own usage errors (--bogus, a bad --log-level) come before --log-format is read: looked for here
         try:
             return super().parse_args(ctx, group_options_first(args))
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # `clickstream` alone: the help, as text, whatever the format
         except click.ClickException as error:
             if error.exit_code == USAGE and _command_of(args) == "health":
                 error.exit_code = RUNTIME  # type: ignore[misc]  # Docker reserves 2: health's bad setting is unhealthy
             if _json_logs(_log_format_in(args)):
-                raise JsonShownError(error) from None
-            raise
-
-    def resolve_command(
-        self, ctx: click.Context, args: list[str]
-    ) -> tuple[str | None, click.Command | None, list[str]]:
-        # a command name that does not exist is refused before the group's callback decided the log format
-        try:
-            return super().resolve_command(ctx, args)
-        except click.ClickException as error:
-            if _json_logs(str(ctx.params.get("log_format") or _log_format_in(args))):
                 raise JsonShownError(error) from None
             raise
 
@@ -163,7 +154,9 @@ class FrontDoor(click.Group):
             )
             sys.exit(_stop_exit_code(terminated))
         except click.ClickException as error:
-            if json_mode():
+            # "Missing command" and an unknown command come before the group's callback decided the format: its
+            # option decides here
+            if json_mode() or _json_logs(str(ctx.params.get("log_format") or "auto")):
                 raise JsonShownError(error) from None
             raise
         except (click.exceptions.Exit, click.Abort, SystemExit):

@@ -231,9 +231,10 @@ def read_scores(store: ObjectStore, commit: ScoreCommit) -> pa.Table:
         body = store.get(key)
         if body is None:
             raise FileNotFoundError(f"{store.url(key)} is named by the clv commit but missing")
+        # refused: bad magic bytes (ArrowInvalid), or a page inside that does not decode (OSError)
         try:
             parts.append(pq.read_table(io.BytesIO(body)))
-        except pa.ArrowInvalid as error:
+        except (pa.ArrowException, OSError) as error:
             raise FrontDoorError(
                 f"{store.url(key)} is named by the clv commit but is no Parquet file ({error}): score its day again"
             ) from None

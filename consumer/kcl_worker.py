@@ -35,6 +35,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Final
 
+from botocore.exceptions import BotoCoreError, ClientError
 from rich.console import Console
 from rich.live import Live
 
@@ -74,9 +75,11 @@ MAIN_CLASS = "software.amazon.kinesis.multilang.MultiLangDaemon"
 STATUS_LOG_SECONDS = 30.0
 #: How often the lease table is read while the worker holds no lease (to tell a standby from a stuck worker).
 LEASE_SCAN_SECONDS = 15.0
-#: Attempts and seconds a read of the lease table may take (the supervision loop waits on it).
-LEASE_SCAN_ATTEMPTS = 2
-LEASE_SCAN_READ_SECONDS = 5
+#: Attempts and seconds an AWS call of the supervision loop may take (a lease-table read, --until-idle's shard
+#: listing): the loop waits on it, and also writes the heartbeat, checks for stuck shards and handles a stop, so an
+#: endpoint that takes the connection and never answers may hold it two 5-second waits, not botocore's 60-second ones.
+SUPERVISION_CALL_ATTEMPTS = 2
+SUPERVISION_READ_SECONDS = 5
 
 
 class WorkerError(RuntimeError):
@@ -592,7 +595,7 @@ class KclWorker:
                 self.settings.prefix,
             )
             previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-            kinesis = aws_client("kinesis", self.settings) if self.until_idle else None
+            kinesis = self._supervision_client("kinesis") if self.until_idle else None
             # Short path: AF_UNIX socket paths are limited to ~107 bytes.
             relay = LogRelay(Path(tempfile.mkdtemp(prefix="clickstream-")) / "log.sock", sink=sink.line)
             env = self.child_environment(self.settings_file(), relay.path)
@@ -732,7 +735,14 @@ class KclWorker:
                 self._emit_gauges()
             if self.until_idle and self._stop_requested_at is None and now - last_idle_check >= 1.0:
                 last_idle_check = now
-                shards = kinesis.list_shards(StreamName=self.settings.stream_name)["Shards"]
+                # a listing that fails is "not drained" as far as the worker can tell: asked again a second later
+                try:
+                    shards = kinesis.list_shards(StreamName=self.settings.stream_name)["Shards"]
+                except (BotoCoreError, ClientError) as error:
+                    if now - self._idle_wait_said_at >= STATUS_LOG_SECONDS:
+                        self._idle_wait_said_at = now
+                        log.warning("--until-idle: the stream's shards cannot be listed: %s", one_line(error))
+                    continue
                 statuses = read_statuses(self.status_dir)
                 if self.until_idle.drained(shards, statuses, time.time()):
                     log.info("stream drained and every shard flushed and checkpointed; stopping")
@@ -754,16 +764,16 @@ class KclWorker:
 
     # ------------------------------------------------------------------ leases
     def _lease_owners(self) -> dict[str, str | None]:
-        """The lease table now: shard -> owner (``lease_owners``). The supervision loop waits on it, so a table that
-        takes the connection and never answers costs it two 5-second waits, not three of botocore's 60 (the
-        heartbeat, the stuck-shard check and a stop would wait that long)."""
-        client = aws_client(
-            "dynamodb",
+        """The lease table now: shard -> owner (``lease_owners``), within the supervision loop's time."""
+        return lease_owners(self._supervision_client("dynamodb"), self.settings.application_name)
+
+    def _supervision_client(self, service: str) -> Any:
+        return aws_client(
+            service,
             self.settings,
-            total_attempts=LEASE_SCAN_ATTEMPTS,
-            read_timeout=LEASE_SCAN_READ_SECONDS,
+            total_attempts=SUPERVISION_CALL_ATTEMPTS,
+            read_timeout=SUPERVISION_READ_SECONDS,
         )
-        return lease_owners(client, self.settings.application_name)
 
     def _say_who_holds(self, waiting: set[str]) -> None:
         """``--until-idle`` is done with its own shards but waits on others: when other workers hold some of them,

@@ -73,12 +73,11 @@ class DatagramLogHandler(logging.Handler):
         try:
             self.sock.sendto(line.encode("utf-8", "replace"), self.path)
         except OSError:
+            # the worker and its JVM both gone, stderr is a broken pipe: the line has nowhere to go
             try:
                 sys.stderr.write(line + "\n")
                 sys.stderr.flush()
-            except (
-                OSError
-            ):  # the worker and its JVM are both gone (a broken pipe): the line has nowhere to go
+            except OSError:
                 self.handleError(record)
 
 

@@ -242,8 +242,8 @@ def _check_spend_fit(params: dict[str, float], spends: npt.NDArray[np.float64]) 
 
 
 #: BG/NBD's purchase rates follow Gamma(r, alpha), whose coefficient of variation is 1/sqrt(r): from this r and alpha
-#: on, the buyers' rates differ by under 1%, and pymc-marketing's predictions at such a point are not finite (its
-#: hypergeometric terms overflow).
+#: on, the buyers' rates differ by under 1% (a kept fit is noted); a little beyond (about 3e4), pymc-marketing's
+#: predictions are no longer finite (its hypergeometric terms overflow), and the fit is refused.
 _RATE_SPREAD_LOST: Final = 1e4
 
 

@@ -163,8 +163,12 @@ def test_a_committed_errors_file_gone_from_s3_is_left_out_said_in_the_page_and_e
     assert '<figure class="plot" id="plot-rejects">' in page, "the other files' rejects are still plotted"
 
 
-def test_a_damaged_clv_part_stops_the_report_naming_it(content: WorkerBucket, tmp_path: Path) -> None:
-    """A part that is no Parquet file ended the report with "unexpected ArrowInvalid ... '<Buffer>'", no key named."""
+@pytest.mark.parametrize("damage", ["not parquet", "zeroed inside"])
+def test_a_damaged_clv_part_stops_the_report_naming_it(
+    content: WorkerBucket, tmp_path: Path, damage: str
+) -> None:
+    """A part that is no Parquet file ended the report with "unexpected ArrowInvalid ... '<Buffer>'", no key named;
+    one whose pages inside do not decode (an OSError from pyarrow) too."""
     output = tmp_path / "damaged-part.html"
     with moto_bucket("clv-part") as s3:
         content.write_to(s3, "clv-part")
@@ -176,7 +180,13 @@ def test_a_damaged_clv_part_stops_the_report_naming_it(content: WorkerBucket, tm
             for item in s3.list_objects_v2(Bucket="clv-part", Prefix="rfm/clv/")["Contents"]
             if item["Key"].endswith(".parquet")
         ]
-        s3.put_object(Bucket="clv-part", Key=parts[0], Body=b"not parquet")
+        body = bytearray(s3.get_object(Bucket="clv-part", Key=parts[0])["Body"].read())
+        if damage == "not parquet":
+            body = bytearray(b"not parquet")
+        else:  # the magic bytes and the footer kept: what breaks is inside
+            middle = len(body) // 2
+            body[middle - 200 : middle + 200] = bytes(400)
+        s3.put_object(Bucket="clv-part", Key=parts[0], Body=bytes(body))
         result = runner.invoke(main, ["report", "--bucket", "clv-part", "--prefix", "rfm", "-o", str(output)])
     assert result.exit_code == 1, result.output
     assert f"s3://clv-part/{parts[0]} is named by the clv commit but is no Parquet file" in result.output

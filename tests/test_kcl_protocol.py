@@ -38,7 +38,7 @@ from consumer.kcl_worker import KclWorker
 from consumer.record_processor import RecordProcessor
 from consumer.state_recovery import state_path
 from consumer.status import ShardStatus, StatusWriter
-from runtime.logs import JsonFormatter
+from runtime.logs import DatagramLogHandler, JsonFormatter
 from runtime.settings import Settings, load_settings
 from tests.moto_support import isolate_environment, moto_bucket
 
@@ -478,7 +478,7 @@ _BUSY_PROCESSOR = """
 import logging, time
 from consumer.record_processor import watch_parent
 from runtime.logs import DatagramLogHandler
-logging.getLogger().addHandler(DatagramLogHandler("{socket}"))  # the worker's log socket, gone with the worker
+{handler}
 watch_parent(0.05)
 print("watching", flush=True)
 time.sleep(60)  # a processor in a retry's backoff: its main thread touches no pipe for a while
@@ -510,7 +510,41 @@ def test_a_busy_processor_exits_when_its_jvm_dies_even_though_its_stderr_is_a_br
     """The watcher logged "the KCL is gone" first; with the worker's socket gone the line fell back to stderr, a pipe
     to the dead JVM, the write raised, and the watcher died before its exit: a processor in a retry's backoff lived
     on (17 s seen) and could still commit after its worker had stopped."""
-    code = _BUSY_PROCESSOR.format(socket=tmp_path / "gone.sock")
+    # the worker's log socket, gone with the worker
+    handler = f'logging.getLogger().addHandler(DatagramLogHandler("{tmp_path / "gone.sock"}"))'
+    assert _ends_with_its_jvm(_BUSY_PROCESSOR.format(handler=handler), tmp_path), (
+        "the processor outlived its JVM"
+    )
+
+
+def test_a_processor_exits_when_its_jvm_dies_whatever_its_last_log_line_does(tmp_path: Path) -> None:
+    """The watcher's exit may not hang on its log line: a handler that raises killed the watcher thread."""
+    failing = """
+class Failing(logging.Handler):
+    def emit(self, record): raise RuntimeError("a handler that fails")
+logging.getLogger().addHandler(Failing())
+"""
+    assert _ends_with_its_jvm(_BUSY_PROCESSOR.format(handler=failing), tmp_path), (
+        "the processor outlived its JVM"
+    )
+
+
+def test_the_log_socket_handler_swallows_a_broken_stderr_once_its_socket_is_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its fallback to stderr raised BrokenPipeError out of the log call when the JVM (its stderr's reader) was gone."""
+
+    class BrokenPipe(io.StringIO):
+        def write(self, _text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stderr", BrokenPipe())
+    handler = DatagramLogHandler(str(tmp_path / "gone.sock"))
+    handler.emit(logging.LogRecord("consumer", logging.WARNING, __file__, 0, "the KCL is gone", None, None))
+
+
+def _ends_with_its_jvm(code: str, tmp_path: Path) -> bool:
+    """Whether a processor running ``code`` ends within 15 s once the process that started it (its JVM) is gone."""
     jvm = subprocess.run(
         [sys.executable, "-c", _JVM, code, str(tmp_path / "out")], capture_output=True, text=True, check=True
     )
@@ -522,7 +556,7 @@ def test_a_busy_processor_exits_when_its_jvm_dies_even_though_its_stderr_is_a_br
     alive = not _ended(pid)
     if alive:
         os.kill(pid, 9)
-    assert not alive, "the processor outlived its JVM"
+    return not alive
 
 
 def test_a_message_that_does_not_decode_leaves_its_error_for_the_worker_to_name(

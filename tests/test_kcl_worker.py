@@ -757,6 +757,39 @@ def test_the_worker_says_which_other_workers_hold_the_shards_until_idle_waits_on
     assert "shardId-000000000003" not in said and "stop it with SIGTERM" in said
 
 
+def test_until_idle_goes_on_when_the_stream_cannot_be_listed_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A ListShards that failed (after its short retries) ended the supervision loop with the exception: the worker
+    left its JVM running unsupervised. It is "not drained yet", asked again, and said at most every 30 s."""
+    from botocore.exceptions import EndpointConnectionError
+
+    (tmp_path / "state").mkdir()
+    worker = KclWorker(load_settings(state_dir=tmp_path / "state"), until_idle=IDLE)
+
+    class Daemon:  # the JVM: it runs for a few seconds of the loop, then exits
+        polls = 0
+
+        def poll(self) -> int | None:
+            self.polls += 1
+            return None if self.polls < 12 else 0
+
+    class Kinesis:
+        calls = 0
+
+        def list_shards(self, **_: Any) -> dict[str, Any]:
+            self.calls += 1
+            raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
+
+    kinesis = Kinesis()
+    worker._process = Daemon()  # type: ignore[assignment]
+    with caplog.at_level(logging.WARNING, logger="consumer.kcl_worker"):
+        worker._supervise(kinesis, lambda: None)
+    assert kinesis.calls >= 2, "asked again after the failure"
+    said = [r.getMessage() for r in caplog.records if "cannot be listed" in r.getMessage()]
+    assert len(said) == 1 and "Could not connect to the endpoint URL" in said[0], said
+
+
 # ---------------------------------------------------------------------------------------------------- java
 def test_find_java_raises_worker_error_with_advice_when_there_is_no_java(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -1330,6 +1363,8 @@ def test_a_lease_table_that_never_answers_holds_up_the_supervision_loop_seconds_
         started = time.monotonic()
         with pytest.raises(ReadTimeoutError):
             worker._lease_owners()
+        with pytest.raises(ReadTimeoutError):  # --until-idle's listing of the stream, in the same loop
+            worker._supervision_client("kinesis").list_shards(StreamName="s")
         waited = time.monotonic() - started
     assert waited < 30, f"the scan waited {waited:.0f}s on a silent lease table"
 
