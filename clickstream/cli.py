@@ -80,7 +80,10 @@ def group_options_first(args: list[str]) -> list[str]:
             kept.append(token)
         else:
             moved.append(token)
-            if takes_value and "=" not in token and position + 1 < end:
+            if takes_value and "=" not in token:
+                # moved before the command, it would take the command's name for its value
+                if position + 1 >= end:
+                    raise click.UsageError(f"Option '{token}' requires an argument.")
                 position += 1
                 moved.append(args[position])
         position += 1
@@ -89,14 +92,27 @@ def group_options_first(args: list[str]) -> list[str]:
 
 def _command_of(args: list[str]) -> str | None:
     """The command named in the raw arguments: the first that is no group option or its value."""
-    ordered = group_options_first(args)
     position = 0
-    while position < len(ordered):
-        takes_value = _GROUP_OPTIONS.get(ordered[position].split("=", 1)[0])
-        if takes_value is None:
-            return ordered[position]
-        position += 2 if takes_value and "=" not in ordered[position] else 1
+    while position < len(args):
+        takes_value = _GROUP_OPTIONS.get(args[position].split("=", 1)[0])
+        if takes_value is None and not args[position].startswith("-"):
+            return args[position]
+        position += (
+            2 if takes_value and "=" not in args[position] else 1
+        )  # an unknown option: taken for a flag
     return None
+
+
+def _answer_as_health_check(error: click.ClickException, command: str | None) -> None:
+    """``health``'s usage errors (its flags, the group's log settings) answered as a health check: its JSON report
+    and 1, unhealthy, as for its other bad settings (Docker reserves 2)."""
+    if command != "health" or error.exit_code != USAGE:
+        return
+    from consumer.health import HealthReport
+
+    problem = f"this health check's settings are invalid: {error.format_message()}"
+    click.echo(HealthReport(healthy=False, shards_processing=0, problems=[problem]).to_json())
+    error.exit_code = RUNTIME  # type: ignore[misc]  # click declares it on the class
 
 
 #: What a command stopped by Ctrl-C leaves behind (commands not named write nothing).
@@ -125,8 +141,7 @@ class FrontDoor(click.Group):
         except click.exceptions.NoArgsIsHelpError:
             raise  # `clickstream` alone: the help, as text, whatever the format
         except click.ClickException as error:
-            if error.exit_code == USAGE and _command_of(args) == "health":
-                error.exit_code = RUNTIME  # type: ignore[misc]  # Docker reserves 2: health's bad setting is unhealthy
+            _answer_as_health_check(error, _command_of(args))
             if _json_logs(_log_format_in(args)):
                 raise JsonShownError(error) from None
             raise
@@ -154,6 +169,7 @@ class FrontDoor(click.Group):
             )
             sys.exit(_stop_exit_code(terminated))
         except click.ClickException as error:
+            _answer_as_health_check(error, ctx.invoked_subcommand)
             # "Missing command" and an unknown command come before the group's callback decided the format: its
             # option decides here
             if json_mode() or _json_logs(str(ctx.params.get("log_format") or "auto")):
@@ -1055,6 +1071,9 @@ def demo(customers: int, events: int, seed: int, shards: int, output_dir: Path) 
         ) from None
     from clickstream.demo import DEMO_MARK, DEMO_OUTPUTS, replaceable_output, run_demo
 
+    writable_folder(
+        "--output-dir", output_dir
+    )  # first: a file or a device there is not "files a demo did not write"
     if not replaceable_output(output_dir):
         raise FrontDoorError(
             f"--output-dir {output_dir} holds files a demo did not write; the demo empties its output folder, so "
@@ -1062,7 +1081,6 @@ def demo(customers: int, events: int, seed: int, shards: int, output_dir: Path) 
             f"{', '.join(sorted(DEMO_OUTPUTS))}; delete an earlier demo's folder that has no mark yourself)",
             USAGE,
         )
-    writable_folder("--output-dir", output_dir)
     sys.exit(run_demo(customers=customers, events=events, seed=seed, shards=shards, output_dir=output_dir))
 
 

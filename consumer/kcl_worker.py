@@ -43,6 +43,7 @@ from consumer.health import Heartbeat, holds_lease, process_alive, shard_problem
 from consumer.metrics import Metric
 from consumer.metrics import emit as emit_metrics
 from consumer.preflight import PreflightError, lease_owners, preflight
+from consumer.retry import is_transient
 from consumer.status import ShardStatus, clear_statuses, read_statuses, status_directory
 from consumer.worker_output import LogSink, SinkHandler, WorkerTotals, final_words, status_view, uptime
 from runtime.aws import aws_client
@@ -735,10 +736,13 @@ class KclWorker:
                 self._emit_gauges()
             if self.until_idle and self._stop_requested_at is None and now - last_idle_check >= 1.0:
                 last_idle_check = now
-                # a listing that fails is "not drained" as far as the worker can tell: asked again a second later
+                # a listing that fails for a while (the network, throttling, a 5xx) is "not drained" as far as the
+                # worker can tell: asked again a second later; a refusal (a stream gone, access denied) ends the run
                 try:
                     shards = kinesis.list_shards(StreamName=self.settings.stream_name)["Shards"]
                 except (BotoCoreError, ClientError) as error:
+                    if not is_transient(error):
+                        raise
                     if now - self._idle_wait_said_at >= STATUS_LOG_SECONDS:
                         self._idle_wait_said_at = now
                         log.warning("--until-idle: the stream's shards cannot be listed: %s", one_line(error))

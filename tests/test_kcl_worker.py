@@ -762,7 +762,7 @@ def test_until_idle_goes_on_when_the_stream_cannot_be_listed_and_says_so(
 ) -> None:
     """A ListShards that failed (after its short retries) ended the supervision loop with the exception: the worker
     left its JVM running unsupervised. It is "not drained yet", asked again, and said at most every 30 s."""
-    from botocore.exceptions import EndpointConnectionError
+    from botocore.exceptions import ClientError, EndpointConnectionError
 
     (tmp_path / "state").mkdir()
     worker = KclWorker(load_settings(state_dir=tmp_path / "state"), until_idle=IDLE)
@@ -788,6 +788,16 @@ def test_until_idle_goes_on_when_the_stream_cannot_be_listed_and_says_so(
     assert kinesis.calls >= 2, "asked again after the failure"
     said = [r.getMessage() for r in caplog.records if "cannot be listed" in r.getMessage()]
     assert len(said) == 1 and "Could not connect to the endpoint URL" in said[0], said
+
+    class Gone:  # a stream deleted: no drain to wait for, as before (a scheduled drain failed in seconds)
+        def list_shards(self, **_: Any) -> dict[str, Any]:
+            raise ClientError(
+                {"Error": {"Code": "ResourceNotFoundException", "Message": "gone"}}, "ListShards"
+            )
+
+    worker._process = Daemon()  # type: ignore[assignment]
+    with pytest.raises(ClientError):
+        worker._supervise(Gone(), lambda: None)
 
 
 # ---------------------------------------------------------------------------------------------------- java

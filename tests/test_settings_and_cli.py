@@ -763,6 +763,8 @@ def test_demo_names_its_flag_for_an_output_folder_it_cannot_write(tmp_path: Path
     a_file.write_text("")
     result = run_cli("demo", "--output-dir", str(a_file / "demo"), "--events", "10")
     assert_one_line(result, 2, f"--output-dir {a_file / 'demo'}")
+    # a device where the folder should be: said so, not "holds files a demo did not write"
+    assert_one_line(run_cli("demo", "--output-dir", "/dev/null", "--events", "10"), 2, "/dev/null: is a file")
 
 
 def test_an_earlier_demo_output_folder_may_be_replaced(tmp_path: Path) -> None:
@@ -1857,10 +1859,35 @@ def test_health_with_invalid_flags_answers_unhealthy_not_a_usage_error(tmp_path:
 def test_health_with_a_bad_log_setting_answers_unhealthy_not_dockers_reserved_2(
     tmp_path: Path, env: dict[str, str], named: str
 ) -> None:
-    """The group's own settings are read before health runs: they exited 2 while every other bad setting gave 1."""
+    """The group's own settings are read before health runs: they exited 2 while every other bad setting gave 1
+    with its report."""
     result = run_cli("health", "--state-dir", str(tmp_path), env=env)
     assert_one_line(result, 1, named)
+    report = json.loads(result.stdout)
+    assert report["healthy"] is False and named in report["problems"][0], report
     assert run_cli("summary", env=env).returncode == 2, "another command: still a usage error"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        (["health", "--stuck-after", "abc"], "--stuck-after"),  # its own flag, after its name
+        (["--bogus", "health"], "--bogus"),  # an unknown option before its name
+        (["health", "--log-level"], "--log-level"),  # a group option without its value, typed last
+    ],
+)
+def test_health_answers_any_usage_error_as_a_health_check(arguments: list[str], named: str) -> None:
+    """The same typo gave 2 or 1 by the side of `health` it was typed on; a group option typed last took the
+    command's name for its value ("--log-level: must be one of ... (got 'health')")."""
+    result = run_cli(*arguments)
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    assert report["healthy"] is False and named in report["problems"][0], report
+    assert "got 'health'" not in result.stderr
+
+
+def test_a_group_option_typed_last_without_its_value_is_named_not_fed_the_command() -> None:
+    assert_one_line(run_cli("summary", "--log-format"), 2, "Option '--log-format' requires an argument")
 
 
 def test_compressed_output_of_one_seed_is_the_same_bytes_every_time(tmp_path: Path) -> None:
