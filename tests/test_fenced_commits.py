@@ -387,12 +387,18 @@ def attempt_of(applied: AppliedBatch, previous: Position | None, attempt_id: str
 
 
 # ---------------------------------------------------------------------------------------------------- local state
+@pytest.fixture
+def recovery_metrics(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the metrics state recovery emits, in order."""
+    names: list[str] = []
+    monkeypatch.setattr(
+        state_recovery, "emit_metrics", lambda metrics, _: names.extend(m.value for m in metrics)
+    )
+    return names
+
+
 def test_a_local_state_that_is_not_on_the_chain_is_discarded_and_rebuilt(
-    s3: Any,
-    settings: Settings,
-    tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
+    s3: Any, settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture, recovery_metrics: list[str]
 ) -> None:
     records = to_records(payloads())
     owner = writer(s3, settings)
@@ -402,25 +408,17 @@ def test_a_local_state_that_is_not_on_the_chain_is_discarded_and_rebuilt(
     foreign = CustomerState(SHARD, tmp_path / "foreign.journal")
     foreign.apply(records_table(records[:30]))  # position 29: a flush this prefix never committed
 
-    emitted: list[str] = []
-    monkeypatch.setattr(
-        state_recovery, "emit_metrics", lambda metrics, _: emitted.extend(m.value for m in metrics)
-    )
     with caplog.at_level(logging.WARNING):
         report = StateRecovery(s3, settings).restore(foreign)
 
     assert report.discarded_local == Position(records[29].sequence_number)
     assert report.source == "empty" and report.commits_applied == 2
-    assert "not on the S3 commit chain" in caplog.text and emitted == ["LocalStateDiscarded"]
+    assert "not on the S3 commit chain" in caplog.text and recovery_metrics == ["LocalStateDiscarded"]
     assert foreign.snapshot_rows().equals(owner.state.snapshot_rows())
 
 
 def test_a_local_state_older_than_the_snapshot_is_restored_from_it_without_the_discard_alarm(
-    s3: Any,
-    settings: Settings,
-    tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
+    s3: Any, settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture, recovery_metrics: list[str]
 ) -> None:
     """A's journal at 19, the lease to B, which committed to 39 and snapshotted, the lease back to A: a rebalance's
     usual course was logged as "not on the S3 commit chain" and raised LocalStateDiscarded, an alarm on "any"."""
@@ -439,10 +437,6 @@ def test_a_local_state_older_than_the_snapshot_is_restored_from_it_without_the_d
     back = CustomerState(SHARD, tmp_path / "host-a")
     assert back.position() == Position(records[19].sequence_number), "A's journal holds its own flush"
 
-    emitted: list[str] = []
-    monkeypatch.setattr(
-        state_recovery, "emit_metrics", lambda metrics, _: emitted.extend(m.value for m in metrics)
-    )
     with caplog.at_level(logging.INFO, logger="consumer.state_recovery"):
         report = StateRecovery(s3, settings).restore(back)
 
@@ -450,7 +444,7 @@ def test_a_local_state_older_than_the_snapshot_is_restored_from_it_without_the_d
     assert (
         "older than the shard's snapshot" in caplog.text and "not on the S3 commit chain" not in caplog.text
     )
-    assert emitted == []
+    assert recovery_metrics == []
     assert back.snapshot_rows().equals(second.state.snapshot_rows())
 
 
