@@ -97,9 +97,8 @@ def _command_of(args: list[str]) -> str | None:
         takes_value = _GROUP_OPTIONS.get(args[position].split("=", 1)[0])
         if takes_value is None and not args[position].startswith("-"):
             return args[position]
-        position += (
-            2 if takes_value and "=" not in args[position] else 1
-        )  # an unknown option: taken for a flag
+        # a group option with its value (an unknown option is taken for a flag)
+        position += 2 if takes_value and "=" not in args[position] else 1
     return None
 
 
@@ -1071,9 +1070,8 @@ def demo(customers: int, events: int, seed: int, shards: int, output_dir: Path) 
         ) from None
     from clickstream.demo import DEMO_MARK, DEMO_OUTPUTS, replaceable_output, run_demo
 
-    writable_folder(
-        "--output-dir", output_dir
-    )  # first: a file or a device there is not "files a demo did not write"
+    # first: a file or a device there is not "files a demo did not write"
+    writable_folder("--output-dir", output_dir)
     if not replaceable_output(output_dir):
         raise FrontDoorError(
             f"--output-dir {output_dir} holds files a demo did not write; the demo empties its output folder, so "

@@ -80,9 +80,8 @@ class StatusWriter:
         try:
             temporary.write_text(json.dumps(asdict(status)), encoding="utf-8")
             temporary.replace(target)
-        except (
-            OSError
-        ) as error:  # the shard's work goes on without its status file; the worker's heartbeat says it
+        except OSError as error:
+            # the shard's work goes on without its status file; the worker's heartbeat says it
             if not self._refused:
                 log.warning("the status file %s could not be written: %s", target, error.strerror or error)
             self._refused = True

@@ -213,6 +213,12 @@ def _flat_bg_nbd_priors() -> dict[str, Any]:
 _SPEND_RANGE_SLACK: Final = 0.05
 
 
+def population_mean_spend(params: dict[str, float]) -> float:
+    """Gamma-Gamma's population mean spend per purchase, p * v / (q - 1): every buyer's expected order value lies
+    between it and the buyer's own mean."""
+    return params["p"] * params["v"] / (params["q"] - 1)
+
+
 def _check_spend_fit(params: dict[str, float], spends: npt.NDArray[np.float64]) -> None:
     """Refuse a Gamma-Gamma fit whose population mean spend p*v/(q-1) is not money, or not a spend the repeat
     buyers had.
@@ -230,7 +236,7 @@ def _check_spend_fit(params: dict[str, float], spends: npt.NDArray[np.float64]) 
         )
     low, high = float(spends.min()), float(spends.max())
     slack = _SPEND_RANGE_SLACK * high
-    mean = p * v / (q - 1)
+    mean = population_mean_spend(params)
     if np.isfinite(mean) and low - slack <= mean <= high + slack:
         return
     raise UnusableFit(
@@ -314,7 +320,7 @@ def spend_notes(params: dict[str, float]) -> list[str]:
     p, q = params["p"], params["q"]
     if max(p, q) < _SPEND_SPREAD_LOST:
         return []
-    mean = p * params["v"] / (q - 1)
+    mean = population_mean_spend(params)
     beyond = (
         "; its log-likelihood is beyond float precision at such parameters and is not written"
         if max(p, q) >= _LOG_LIKELIHOOD_PRECISION_LOST
@@ -439,12 +445,12 @@ def fit_and_predict(
     t_x, t = frame["recency"].to_numpy(), frame["T"].to_numpy()
     rx, rm = spend_frame["frequency"].to_numpy(), spend_frame["monetary_value"].to_numpy()
     bg_ll = bg_nbd_log_likelihood(bg_params, x, t_x, t)
-    gg_ll: float | None = gamma_gamma_log_likelihood(gg_params, rx, rm)
-    if max(gg_params["p"], gg_params["q"]) >= _LOG_LIKELIHOOD_PRECISION_LOST:
-        gg_ll = None  # noise at such parameters (see spend_notes)
+    # none at parameters where it would be noise (see spend_notes)
+    precise = max(gg_params["p"], gg_params["q"]) < _LOG_LIKELIHOOD_PRECISION_LOST
+    gg_ll = gamma_gamma_log_likelihood(gg_params, rx, rm) if precise else None
     expected_in_sample = float(bg_nbd_expected_repeat_purchases(bg_params, t).sum())
     observed_in_sample = float(x.sum())
-    population_mean = gg_params["p"] * gg_params["v"] / (gg_params["q"] - 1)  # q > 1, checked above
+    population_mean = population_mean_spend(gg_params)  # q > 1, checked above
     correlation = _correlation(rx, rm) if fitted > 2 else None
     report: dict[str, Any] = {
         "library": {
