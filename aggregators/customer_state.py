@@ -7,8 +7,9 @@ customer plus exactly the sets that distinct counts need, and nothing more:
 - customers get a dense index (ids held in a ``keysets.StringIndex``, not a dict); every running aggregate is a
   numpy column indexed by it (counts 32-bit, times and money 64-bit);
 - ``event ids``: the (customer, event id) pairs applied, for exact de-duplication within the de-duplication window;
-- ``sessions``: distinct (customer, session id) pairs, for ``sessions``;
-- ``days``: distinct (customer, UTC day) pairs with events and with purchases, for ``active_days``, ``purchase_days``;
+- ``sessions``: distinct (customer, session id) pairs, for ``sessions``, within the distinct-count window;
+- ``days``: distinct (customer, UTC day) pairs with events, for ``active_days``, within the same window, and with
+  purchases, for ``purchase_days``, for good (``frequency`` feeds the CLV models; a customer has few purchase days);
 - the position (last applied sequence number) and ``as_of`` (the event-time high-water mark).
 
 The sets are ``keysets.KeyRuns``: sorted numpy runs, exact, 32 bytes per event id. A batch is parsed once into
@@ -26,6 +27,13 @@ a day before the latest one is still compared exactly).
 Arrival time, not event time, so that backfills of old events and streams ordered by customer keep exact
 de-duplication.
 
+Distinct-count window: the same rule for the members of the distinct counts (a customer's sessions and active days;
+purchase days are kept for good), with its own span (``distinct_window``, default 30 days). A member is counted once
+per customer; it is remembered for the window after the arrival of the event that counted it, and an event of the
+same session (or of the same day) arriving later than that counts it again. A session lasts minutes or hours and a
+day's events arrive within hours of it, so the window bounds what the state holds (the window's members, not the
+whole history's) without changing a count of a live stream.
+
 Durability: S3 is the truth (commit chain and snapshots). The local state is a cache that makes a restart fast: a
 journal of what batches added or changed (``aggregators/state_journal.py``), each sync on disk whole or not at all
 with the position it reaches, so the journal is always exact *at its position*. It is written every
@@ -40,7 +48,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -82,6 +90,7 @@ ENGAGEMENT_WEIGHTS: Final = {
 }
 _TYPE_COLUMNS: Final = tuple(ENGAGEMENT_WEIGHTS)  # in EVENT_TYPES order
 DEFAULT_DEDUPE_WINDOW: Final = timedelta(days=7)
+DEFAULT_DISTINCT_WINDOW: Final = timedelta(days=30)
 #: How far (UTC days) a shard's arrival stamps may go back and still be de-duplicated exactly: ids are kept that much
 #: longer than the window (Kinesis documents no ordering of ApproximateArrivalTimestamp within a shard).
 ARRIVAL_DAYS_OUT_OF_ORDER: Final = 1
@@ -130,9 +139,16 @@ _JOURNAL_SCHEMAS: Final = {
     "customer_rows": pa.schema(
         [_IDX, *(pa.field(name, pa.int32() if name in _COUNTS else pa.int64()) for name in RUNNING_COLUMNS)]
     ),
-    "customer_sessions": pa.schema([_IDX, pa.field("session_id", pa.string(), False)]),
+    "customer_sessions": pa.schema(
+        [_IDX, pa.field("session_id", pa.string(), False), pa.field("arrival_day", pa.int32(), False)]
+    ),
     "customer_days": pa.schema(
-        [_IDX, pa.field("day", pa.int32(), False), pa.field("purchase", pa.bool_(), False)]
+        [
+            _IDX,
+            pa.field("day", pa.int32(), False),
+            pa.field("purchase", pa.bool_(), False),
+            pa.field("arrival_day", pa.int32(), False),
+        ]
     ),
     "applied_events": pa.schema(
         [
@@ -143,6 +159,11 @@ _JOURNAL_SCHEMAS: Final = {
         ]
     ),
 }
+
+#: The tables of the distinct counts' members, each with the arrival day of the event that counted it.
+_COUNTED: Final = ("customer_sessions", "customer_days")
+#: The arrival day a member remembered for good is held with (a purchase day): no window ever starts after it.
+KEPT_FOR_GOOD: Final = int(np.iinfo(np.int32).max)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +176,7 @@ class StateOptions:
     """
 
     dedupe_window: timedelta = DEFAULT_DEDUPE_WINDOW
+    distinct_window: timedelta = DEFAULT_DISTINCT_WINDOW
     sync_every_records: int = 1
     sync_every_seconds: float = 0.0
 
@@ -193,6 +215,8 @@ class _Staged:
     sessions: dict[str, np.ndarray] = field(default_factory=dict)
     session_ids: pa.Array | None = None
     days: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint64))
+    # the arrival day each of ``days`` was counted on (``KEPT_FOR_GOOD`` for a purchase day)
+    day_arrivals: np.ndarray = field(default_factory=lambda: np.empty(0, np.int32))
     as_of: int | None = None
 
 
@@ -231,11 +255,17 @@ def _journal_part(staged: _Staged, start: int) -> _JournalPart:
         )
     if staged.sessions and staged.session_ids is not None:
         tables["customer_sessions"] = pa.table(
-            {"idx": staged.sessions["idx"], "session_id": staged.session_ids}
+            {
+                "idx": staged.sessions["idx"],
+                "session_id": staged.session_ids,
+                "arrival_day": staged.sessions["day"],
+            }
         )
     if len(staged.days):
         idx, day, purchase = _split_day_keys(staged.days)
-        tables["customer_days"] = pa.table({"idx": idx, "day": day, "purchase": purchase})
+        tables["customer_days"] = pa.table(
+            {"idx": idx, "day": day, "purchase": purchase, "arrival_day": staged.day_arrivals}
+        )
     if staged.event_ids:
         tables["applied_events"] = pa.table(
             {
@@ -266,6 +296,7 @@ class CustomerState:
         self.fast = FastDecoder(self.validator.rules)
         self.options = options or StateOptions()
         self.dedupe_window_days = max(0, self.options.dedupe_window // timedelta(days=1))
+        self.distinct_window_days = max(0, self.options.distinct_window // timedelta(days=1))
         self.persistent = local_dir is not None
         self.local_file_error: str | None = None  # why the local file was given up (None: it was not)
         self._unsynced: list[_JournalPart] = []
@@ -314,8 +345,8 @@ class CustomerState:
         self._customers = StringIndex(self._hash)
         self._cols: dict[str, np.ndarray] = {name: np.empty(0, _dtype(name)) for name in RUNNING_COLUMNS}
         self._event_ids = KeyRuns(("idx", "high", "low"), has_day=True)
-        self._sessions = KeyRuns(("idx", "session"))
-        self._days = KeyRuns(())
+        self._sessions = KeyRuns(("idx", "session"), has_day=True)
+        self._days = KeyRuns((), has_day=True)
         self._position: Position | None = None
         self._as_of: int | None = None  # microseconds UTC
         self._arrival_day: int | None = None  # the latest UTC arrival day of an applied event
@@ -324,9 +355,16 @@ class CustomerState:
     def _window_start(self) -> int | None:
         """The first arrival day whose event ids are still remembered (None: remember all): the window before the
         latest arrival day, and one day more, since Kinesis does not promise arrival stamps that never go back."""
+        return self._remembered_from(self.dedupe_window_days)
+
+    def _distinct_window_start(self) -> int | None:
+        """The first arrival day whose counted sessions and days are still remembered (as ``_window_start``)."""
+        return self._remembered_from(self.distinct_window_days)
+
+    def _remembered_from(self, window_days: int) -> int | None:
         if self._arrival_day is None:
             return None
-        return self._arrival_day - self.dedupe_window_days - ARRIVAL_DAYS_OUT_OF_ORDER
+        return self._arrival_day - window_days - ARRIVAL_DAYS_OUT_OF_ORDER
 
     # ------------------------------------------------------------------ progress
     def position(self) -> Position | None:
@@ -491,9 +529,16 @@ class CustomerState:
         )
         new_ids_at = first[~seen]  # by probe
         if len(first) < events.num_rows and arrival_days.min() < arrival_days.max():
-            new_ids_at = np.concatenate(
-                [new_ids_at, self._repeats_applied_again(probe, (idx, high, low), arrival_days, first, seen)]
+            again = _counted_again(
+                self._event_ids,
+                self.dedupe_window_days,
+                probe,
+                lambda rows: {"idx": idx[rows], "high": high[rows], "low": low[rows]},
+                arrival_days,
+                first,
+                seen,
             )
+            new_ids_at = np.concatenate([new_ids_at, again])
         duplicates = events.num_rows - len(new_ids_at)
         if not len(new_ids_at):
             return empty
@@ -505,7 +550,7 @@ class CustomerState:
             new = np.flatnonzero(keep)
             new_events = events.filter(pa.array(keep))
         staged = self._aggregate(
-            new_events, idx[new], times[new], days[new], session_hashes[new], new_ids, last
+            new_events, idx[new], times[new], days[new], arrival_days[new], session_hashes[new], new_ids, last
         )
         staged.new_customer_hashes = new_hashes
         staged.event_ids = {
@@ -526,37 +571,6 @@ class CustomerState:
         )
         return staged
 
-    def _repeats_applied_again(
-        self,
-        probe: np.ndarray,
-        member: tuple[np.ndarray, np.ndarray, np.ndarray],
-        arrival_days: np.ndarray,
-        first: np.ndarray,
-        seen: np.ndarray,
-    ) -> np.ndarray:
-        """Rows repeating an earlier row of the batch that still count: each arrived more than the window after the
-        delivery of its event applied last (this batch's first, or the state's copy when that first was a
-        duplicate). Only a batch spanning arrival days can hold one; its few repeats are walked in row order."""
-        window = self.dedupe_window_days
-        repeats = np.flatnonzero(~_mask(first, len(probe)))
-        firsts = np.flatnonzero(np.isin(probe[first], probe[repeats]))  # positions in ``first``, few
-        keys = [tuple(int(column[row]) for column in member) for row in first[firsts].tolist()]
-        stored = self._event_ids.latest_day(
-            probe[first[firsts]],
-            dict(zip(("idx", "high", "low"), (c[first[firsts]] for c in member), strict=True)),
-        )
-        applied_day = {
-            key: int(stored[n]) if seen[at] else int(arrival_days[first[at]])
-            for n, (key, at) in enumerate(zip(keys, firsts.tolist(), strict=True))
-        }
-        again = []
-        for row in repeats.tolist():
-            key = tuple(int(column[row]) for column in member)
-            if arrival_days[row] - window > applied_day[key]:
-                again.append(row)
-                applied_day[key] = int(arrival_days[row])
-        return np.array(again, dtype=first.dtype)
-
     def _customer_indexes(
         self, encoded: pa.DictionaryArray, name_hashes: np.ndarray
     ) -> tuple[np.ndarray, pa.Array, np.ndarray]:
@@ -575,6 +589,7 @@ class CustomerState:
         idx: np.ndarray,
         times: np.ndarray,
         days: np.ndarray,
+        arrival_days: np.ndarray,
         session_hashes: np.ndarray,
         new_ids: pa.Array,
         last: Position,
@@ -592,13 +607,33 @@ class CustomerState:
         for code, column in enumerate(_TYPE_COLUMNS):
             rows[column] = old[column] + groups.count(type_codes == code)
 
-        # distinct sessions: the (customer, session) pairs this batch adds for the first time
+        # distinct sessions: the (customer, session) pairs this batch counts, those not remembered within the
+        # distinct-count window (as event ids within theirs: a rule between the two events alone)
         sessions = contiguous(events.column("session_id"))
         session_probe = mix64(idx, session_hashes)
         first = _first_of_each(session_probe, [idx], strings=sessions)
         session_bytes = fixed_bytes(sessions.take(pa.array(first)))
-        seen = self._sessions.contains(session_probe[first], {"idx": idx[first], "session": session_bytes})
-        new_sessions = first[~seen]
+        seen = self._sessions.contains(
+            session_probe[first],
+            {"idx": idx[first], "session": session_bytes},
+            arrival_days[first] - self.distinct_window_days,
+        )
+        new_sessions, new_session_bytes = first[~seen], session_bytes[~seen]
+        if len(first) < len(idx) and arrival_days.min() < arrival_days.max():
+            again = _counted_again(
+                self._sessions,
+                self.distinct_window_days,
+                session_probe,
+                lambda rows: {"idx": idx[rows], "session": fixed_bytes(sessions.take(pa.array(rows)))},
+                arrival_days,
+                first,
+                seen,
+            )
+            if len(again):
+                new_sessions = np.concatenate([new_sessions, again])
+                new_session_bytes = np.concatenate(
+                    [new_session_bytes, fixed_bytes(sessions.take(pa.array(again)))]
+                )
         rows["sessions"] = old["sessions"] + groups.count_rows(new_sessions)
 
         # distinct active days and purchase days: exact 64-bit keys (customer index, day, purchase flag)
@@ -608,8 +643,25 @@ class CustomerState:
         )
         day_rows = np.concatenate((np.arange(len(idx)), np.flatnonzero(purchase)))
         day_is_purchase = np.arange(len(day_keys)) >= len(idx)
+        # a purchase day is remembered for good (its arrival day taken as the last one there is): ``frequency``,
+        # which the CLV models take as it is, stays exact over the whole history
+        day_arrivals = np.where(day_is_purchase, KEPT_FOR_GOOD, arrival_days[day_rows])
         day_first = _first_rows(day_keys)[0]
-        new_days = day_first[~self._days.contains(day_keys[day_first], {})]
+        day_seen = self._days.contains(
+            day_keys[day_first], {}, day_arrivals[day_first] - self.distinct_window_days
+        )
+        new_days = day_first[~day_seen]
+        if len(day_first) < len(day_keys) and arrival_days.min() < arrival_days.max():
+            again = _counted_again(
+                self._days,
+                self.distinct_window_days,
+                day_keys,
+                lambda rows: {},  # the key is the member
+                day_arrivals,
+                day_first,
+                day_seen,
+            )
+            new_days = np.concatenate([new_days, again])
         rows["active_days"] = old["active_days"] + groups.count_rows(
             day_rows[new_days[~day_is_purchase[new_days]]]
         )
@@ -657,10 +709,12 @@ class CustomerState:
             sessions={
                 "probe": session_probe[new_sessions],
                 "idx": idx[new_sessions].astype(np.int32),
-                "session": session_bytes[~seen],
+                "session": new_session_bytes,
+                "day": arrival_days[new_sessions].astype(np.int32),
             },
             session_ids=sessions.take(pa.array(new_sessions)),
             days=day_keys[new_days],
+            day_arrivals=day_arrivals[new_days].astype(np.int32),
             as_of=as_of,
         )
 
@@ -778,8 +832,8 @@ class CustomerState:
             self._arrival_day = newest if self._arrival_day is None else max(self._arrival_day, newest)
             self._event_ids.add(staged.event_ids["probe"], staged.event_ids, self._window_start())
         if staged.sessions:
-            self._sessions.add(staged.sessions["probe"], staged.sessions)
-        self._days.add(staged.days, {})
+            self._sessions.add(staged.sessions["probe"], staged.sessions, self._distinct_window_start())
+        self._days.add(staged.days, {"day": staged.day_arrivals}, self._distinct_window_start())
         self._position = staged.applied.position
         self._as_of = staged.as_of
 
@@ -822,8 +876,15 @@ class CustomerState:
     def _load(self, journal: JournalContents) -> None:
         """Read the journal into memory; rewrite it when its bytes pass twice the state's (cost once per open)."""
         con = self.con
+        parts = dict(journal.tables)
+        applied_parts = parts.get("applied_events", [])
+        arrival_day = _latest_day(pa.concat_tables(applied_parts)) if applied_parts else None
+        for name in _COUNTED:
+            parts[name] = [
+                _with_arrival_days(table, _upgrade_day(arrival_day)) for table in parts.get(name, [])
+            ]
         tables = {
-            name: pa.concat_tables(journal.tables.get(name, [schema.empty_table()]))
+            name: pa.concat_tables(parts.get(name) or [schema.empty_table()])
             for name, schema in _JOURNAL_SCHEMAS.items()
         }
         try:  # a customer's last row is its current one (its events only grow)
@@ -835,10 +896,17 @@ class CustomerState:
             con.unregister("journal_rows")
         # only the event ids a lookup can still match: the journal may hold every id the shard ever applied
         applied = tables["applied_events"]
-        self._arrival_day = None if applied.num_rows == 0 else int(pc.max(applied.column("day")).as_py())
+        self._arrival_day = arrival_day
         window_start = self._window_start()
         if window_start is not None:
             tables["applied_events"] = applied.filter(pc.greater_equal(applied.column("day"), window_start))
+        distinct_window_start = self._distinct_window_start()
+        if distinct_window_start is not None:
+            for name in _COUNTED:
+                counted = tables[name]
+                tables[name] = counted.filter(
+                    pc.greater_equal(counted.column("arrival_day"), distinct_window_start)
+                )
         self._position, self._as_of = journal.progress.position, journal.progress.as_of_micros
         self._load_indexed(tables)
         self._journal_bytes = journal.bytes
@@ -858,14 +926,33 @@ class CustomerState:
             where = rows.column("idx").to_numpy()
             for name in RUNNING_COLUMNS:
                 self._cols[name][where] = rows.column(name).to_numpy()
+        applied = tables["applied_events"]
+        if applied.num_rows:
+            idx = applied.column("idx").to_numpy()
+            high = applied.column("id_high").to_numpy()
+            low = applied.column("id_low").to_numpy()
+            arrival = applied.column("day").to_numpy()
+            self._arrival_day = int(arrival.max())
+            self._event_ids.add(
+                mix64(idx, high, low),
+                {"idx": idx.astype(np.int32), "high": high, "low": low, "day": arrival},
+                self._window_start(),
+            )
+            self._event_ids.prune(self._window_start())  # one run: the add's merges would never prune it
         sessions = tables["customer_sessions"]
         if sessions.num_rows:
             idx = sessions.column("idx").to_numpy()
             strings = contiguous(sessions.column("session_id"))
             self._sessions.add(
                 mix64(idx, self._hash(strings)),
-                {"idx": idx.astype(np.int32), "session": fixed_bytes(strings)},
+                {
+                    "idx": idx.astype(np.int32),
+                    "session": fixed_bytes(strings),
+                    "day": sessions.column("arrival_day").to_numpy().astype(np.int32),
+                },
+                self._distinct_window_start(),
             )
+            self._sessions.prune(self._distinct_window_start())
         days = tables["customer_days"]
         if days.num_rows:
             self._days.add(
@@ -874,28 +961,21 @@ class CustomerState:
                     days.column("day").to_numpy().astype(np.int64),
                     days.column("purchase").to_numpy(zero_copy_only=False),
                 ),
-                {},
+                {"day": days.column("arrival_day").to_numpy().astype(np.int32)},
+                self._distinct_window_start(),
             )
-        applied = tables["applied_events"]
-        if applied.num_rows:
-            idx = applied.column("idx").to_numpy()
-            high = applied.column("id_high").to_numpy()
-            low = applied.column("id_low").to_numpy()
-            days = applied.column("day").to_numpy()
-            self._arrival_day = int(days.max())
-            self._event_ids.add(
-                mix64(idx, high, low),
-                {"idx": idx.astype(np.int32), "high": high, "low": low, "day": days},
-                self._window_start(),
-            )
-            self._event_ids.prune(self._window_start())  # one run: the add's merges would never prune it
+            self._days.prune(self._distinct_window_start())
 
     def _indexed_tables(self) -> dict[str, pa.Table]:
-        self._event_ids.prune(self._window_start())  # a snapshot or a rewrite holds the window's ids only
+        # a snapshot or a rewrite holds what the windows remember only
+        self._event_ids.prune(self._window_start())
+        self._sessions.prune(self._distinct_window_start())
+        self._days.prune(self._distinct_window_start())
         count = len(self._customers)
         events = self._event_ids.members()
         sessions = self._sessions.members()
-        idx, day, purchase = _split_day_keys(self._days.members()["probe"])
+        days = self._days.members()
+        idx, day, purchase = _split_day_keys(days["probe"])
         return {
             "customers": pa.table(
                 {"idx": pa.array(np.arange(count)), "customer_id": self._customers.names()}
@@ -912,9 +992,12 @@ class CustomerState:
                     "session_id": pa.array(sessions["session"].astype(str).tolist(), pa.string())
                     if len(sessions["probe"])
                     else pa.array([], pa.string()),
+                    "arrival_day": sessions["day"].astype(np.int32),
                 }
             ),
-            "customer_days": pa.table({"idx": idx, "day": day, "purchase": purchase}),
+            "customer_days": pa.table(
+                {"idx": idx, "day": day, "purchase": purchase, "arrival_day": days["day"].astype(np.int32)}
+            ),
             "applied_events": pa.table(
                 {
                     "idx": events["idx"].astype(np.int64),
@@ -977,6 +1060,8 @@ class CustomerState:
             if part is None:
                 indexed[name] = _empty_indexed()
                 continue
+            if name in _COUNTED:
+                part = _with_arrival_days(part, _upgrade_day(_latest_day(tables.get("applied_events"))))
             owners = pc.index_in(part.column("customer_id"), value_set=names)
             keep = pc.is_valid(owners)
             indexed[name] = (
@@ -1200,6 +1285,45 @@ def _mask(rows: np.ndarray, size: int) -> np.ndarray:
     return mask
 
 
+def _counted_again(  # noqa: PLR0917 - two private call sites, in the same words
+    remembered: KeyRuns,
+    window_days: int,
+    probe: np.ndarray,
+    members: Callable[[np.ndarray], dict[str, np.ndarray]],
+    arrival_days: np.ndarray,
+    first: np.ndarray,
+    seen: np.ndarray,
+) -> np.ndarray:
+    """Rows repeating an earlier row of the batch that still count: each arrived more than the window after the
+    row that counted its member last (this batch's ``first`` row, or the one the state remembers when that first was
+    ``seen``). ``members`` gives the members' exact columns for some rows. Only a batch spanning arrival days can
+    hold one: repeats arriving within the window of the earliest such day are left out at once, and the few others
+    are walked in row order."""
+    repeats = np.flatnonzero(~_mask(first, len(probe)))
+    at = np.flatnonzero(np.isin(probe[first], probe[repeats]))  # the first rows the repeats may repeat
+    firsts = first[at]
+    stored = remembered.latest_day(probe[firsts], members(firsts))
+    counted_day = np.where(seen[at], stored, arrival_days[firsts])
+    if not len(counted_day):
+        return np.empty(0, dtype=first.dtype)
+    # a repeat counts again only past the window of the day that counted its member, at least the earliest one
+    repeats = repeats[arrival_days[repeats] - window_days > counted_day.min()]
+    if not len(repeats):
+        return np.empty(0, dtype=first.dtype)
+
+    def keys(rows: np.ndarray) -> list[tuple[Any, ...]]:  # the probe too: a member may be its probe alone
+        columns = [probe[rows], *members(rows).values()]
+        return list(zip(*(column.tolist() for column in columns), strict=True))
+
+    applied_day = dict(zip(keys(firsts), counted_day.tolist(), strict=True))
+    again = []
+    for row, key in zip(repeats.tolist(), keys(repeats), strict=True):
+        if arrival_days[row] - window_days > applied_day[key]:
+            again.append(row)
+            applied_day[key] = int(arrival_days[row])
+    return np.array(again, dtype=first.dtype)
+
+
 def _first_of_each(probe: np.ndarray, exact: list[np.ndarray], strings: pa.Array | None = None) -> np.ndarray:
     """Row numbers of the first occurrence of each distinct member, in probe order (exact despite the hash): a
     ``KeyRuns`` lookup or add of members in probe order sorts nothing."""
@@ -1260,6 +1384,33 @@ def _replace(applied: AppliedBatch, **changes: Any) -> AppliedBatch:
     values = {name: getattr(applied, name) for name in AppliedBatch.__dataclass_fields__}
     values.update(changes)
     return AppliedBatch(**values)
+
+
+def _with_arrival_days(counted: pa.Table, day: int) -> pa.Table:
+    """Sessions or days as a journal or snapshot written before the distinct-count window holds them (no
+    ``arrival_day``): remembered as if counted on ``day``, so a whole window passes before any counts again (a
+    purchase day for good, as every purchase day)."""
+    if "arrival_day" in counted.column_names:
+        return counted
+    arrival = np.full(counted.num_rows, day, dtype=np.int32)
+    if "purchase" in counted.column_names:
+        arrival[counted.column("purchase").to_numpy(zero_copy_only=False)] = KEPT_FOR_GOOD
+    return counted.append_column("arrival_day", pa.array(arrival))
+
+
+def _latest_day(applied_events: pa.Table | None) -> int | None:
+    """The latest arrival day of a table of event ids (None: no ids)."""
+    if applied_events is None or not applied_events.num_rows:
+        return None
+    return int(pc.max(applied_events.column("day")).as_py())
+
+
+def _upgrade_day(arrival_day: int | None) -> int:
+    """The day sessions and days of an earlier version's state are taken as counted on: the state's latest arrival
+    day, or today (UTC) for a state that remembers no event id."""
+    if arrival_day is not None:
+        return arrival_day
+    return int(time.time() // 86_400)
 
 
 def _journal_typed(name: str, table: pa.Table) -> pa.Table:

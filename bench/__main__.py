@@ -350,7 +350,7 @@ def bench_flush_scaling(state_customers: int, changed: int, rounds: int = 5) -> 
 
 def _state_tables(customers: int, event_ids: int, rng: np.random.Generator) -> dict[str, pa.Table]:
     """Snapshot tables (``CustomerState.export_tables``) of a synthetic state: random owners and values."""
-    from aggregators.customer_state import RUNNING_COLUMNS
+    from aggregators.customer_state import KEPT_FOR_GOOD, RUNNING_COLUMNS
 
     names = pa.array([f"c-{index:07d}" for index in range(customers)], pa.string())
 
@@ -369,6 +369,7 @@ def _state_tables(customers: int, event_ids: int, rng: np.random.Generator) -> d
             {
                 "customer_id": owners(sessions),
                 "session_id": pa.array([f"s-{index:016x}" for index in range(sessions)], pa.string()),
+                "arrival_day": pa.array(np.full(sessions, 20_600, dtype=np.int32)),
             }
         ),
         "customer_days": pa.table(
@@ -376,6 +377,9 @@ def _state_tables(customers: int, event_ids: int, rng: np.random.Generator) -> d
                 "customer_id": owners(days),
                 "day": pa.array(20_000 + np.arange(days) % 400, pa.int32()),
                 "purchase": pa.array(np.arange(days) % 5 == 0),
+                "arrival_day": pa.array(
+                    np.where(np.arange(days) % 5 == 0, KEPT_FOR_GOOD, 20_600), pa.int32()
+                ),
             }
         ),
         "applied_events": pa.table(

@@ -762,6 +762,13 @@ def worker(
     "the live rows counted them.",
 )
 @setting_option(
+    "distinct_window_days",
+    "--distinct-window-days",
+    type=int,
+    purpose="Window of the distinct counts of sessions and active days in days: give the worker's value, so that "
+    "the replay counts them as the live rows did.",
+)
+@setting_option(
     "state_dir",
     "--state-dir",
     type=LocalPath(file_okay=False, path_type=Path),

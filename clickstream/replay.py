@@ -57,13 +57,15 @@ class ReplayPlan:
     output_key: str = ""
     bucket: str = ""
     dedupe_window_days: int = 0  # the window it de-duplicates with: the worker's must be the same
+    distinct_window_days: int = 0  # the window of its distinct counts: the worker's must be the same
 
     def describe(self) -> str:
         return (
             f"replay {self.name}: events from {self.start:%Y-%m-%d %H:%M} to {self.end:%Y-%m-%d %H:%M} UTC (end "
             f"exclusive): {len(self.files):,} committed events files overlap it (of the {self.commits:,} commit "
             f"records read), up to {self.events:,} events; de-duplication window {self.dedupe_window_days} days "
-            f"(the worker's CLICKSTREAM_DEDUPE_WINDOW_DAYS must be the same); output "
+            f"and distinct-count window {self.distinct_window_days} days (the worker's "
+            f"CLICKSTREAM_DEDUPE_WINDOW_DAYS and CLICKSTREAM_DISTINCT_WINDOW_DAYS must be the same); output "
             f"s3://{self.bucket}/{self.output_key} (replaced if there)"
         )
 
@@ -124,6 +126,7 @@ def plan_replay(
         name=name,
         bucket=settings.bucket,
         dedupe_window_days=settings.dedupe_window_days,
+        distinct_window_days=settings.distinct_window_days,
     )
     for record in commit_records(s3, settings, progress=progress):
         plan.commits += 1

@@ -147,6 +147,7 @@ def state_options(settings: Settings) -> StateOptions:
     """The worker's state options, from its settings."""
     return StateOptions(
         dedupe_window=timedelta(days=settings.dedupe_window_days),
+        distinct_window=timedelta(days=settings.distinct_window_days),
         sync_every_records=settings.state_sync_records,
         sync_every_seconds=settings.state_sync_seconds,
     )

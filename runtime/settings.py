@@ -297,6 +297,15 @@ class Settings(BaseSettings):
         "duplicate that arrives more than this many UTC days after the applied delivery is counted again (bounds "
         "the de-duplication memory; replay uses the same window).",
     )
+    distinct_window_days: int = Field(
+        30,
+        ge=1,
+        le=3650,
+        description="Remember the sessions and active days a customer's events counted for this many days of Kinesis "
+        "arrival time after the event that counted each; an event of the same session (or day) arriving later "
+        "counts it again (bounds the state, which would otherwise grow with the whole history; purchase days are "
+        "kept for good; replay uses the same window).",
+    )
 
     # --- Validation -------------------------------------------------------------------------------------------
     max_record_bytes: int = Field(

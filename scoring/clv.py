@@ -253,7 +253,7 @@ def _check_spend_fit(params: dict[str, float], spends: npt.NDArray[np.float64]) 
 _RATE_SPREAD_LOST: Final = 1e4
 
 
-def _check_purchase_fit(params: dict[str, float], purchases: dict[int, npt.NDArray[np.float64]]) -> None:
+def check_purchase_fit(params: dict[str, float], purchases: dict[int, npt.NDArray[np.float64]]) -> None:
     """Refuse, naming the model and why, a BG/NBD fit whose expected purchases are not finite."""
     bad = max(int(np.count_nonzero(~np.isfinite(values))) for values in purchases.values())
     if not bad:
@@ -430,7 +430,7 @@ def fit_and_predict(
         timings["predict"] = time.perf_counter() - started
 
     bg_params = _parameters(bg, ("r", "alpha", "a", "b"))
-    _check_purchase_fit(bg_params, purchases)
+    check_purchase_fit(bg_params, purchases)
     predictions = {
         "probability_alive": alive,
         "expected order value": order_value,

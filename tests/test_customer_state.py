@@ -1265,6 +1265,253 @@ def test_a_stop_appends_to_the_local_file_and_leaves_its_rewrite_to_the_next_sta
     reopened.close()
 
 
+# ------------------------------------------------------------------------------------------- distinct-count window
+def _session_events(day: int, session: str = "s-visit") -> list[dict[str, Any]]:
+    """Two events of one session of c-1 (new event ids each time)."""
+    when = (ARRIVAL + timedelta(days=day)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return [event("c-1", kind, when, session=session) for kind in ("page_view", "product_view")]
+
+
+@pytest.mark.parametrize(("window_days", "sessions"), [(30, 1), (4, 2)])
+def test_a_session_seen_again_after_the_window_is_counted_again(window_days: int, sessions: int) -> None:
+    """A session id is remembered for the window after the arrival of the event that counted it: an event of it 5
+    days later is the same session within a 30-day window and a new one past a 4-day window, whichever way the
+    flushes cut the stream (one flush, so the batch's own repeats decide; or two)."""
+    options = StateOptions(distinct_window=timedelta(days=window_days))
+    outcomes = {}
+    for layout in ("two flushes", "one flush"):
+        state, stream = CustomerState(SHARD, options=options), Stream()
+        batches = [stream.batch(_session_events(0)), _arriving(stream.batch(_session_events(5)), 5)]
+        for batch in batches if layout == "two flushes" else [pa.concat_tables(batches)]:
+            state.apply(batch)
+        row = row_of(state, "c-1")
+        outcomes[layout] = (row["events"], row["sessions"])
+    assert outcomes == dict.fromkeys(outcomes, (4, sessions))
+
+
+def test_a_session_counted_again_restarts_its_window() -> None:
+    """Day 0 counts the session; day 5 (past a 4-day window) counts it again, and day 8 is within 4 days of day 5:
+    the same session (in one flush, walked in row order, as in three)."""
+    options = StateOptions(distinct_window=timedelta(days=4))
+    outcomes = []
+    for together in (True, False):
+        state, stream = CustomerState(SHARD, options=options), Stream()
+        batches = [_arriving(stream.batch(_session_events(day)), day) for day in (0, 5, 8)]
+        for batch in [pa.concat_tables(batches)] if together else batches:
+            state.apply(batch)
+        outcomes.append(row_of(state, "c-1")["sessions"])
+    assert outcomes == [2, 2]
+
+
+def test_the_distinct_count_window_survives_reopen_and_snapshot(tmp_path: Path) -> None:
+    """The sessions' arrival days are kept in the journal and in snapshots: after a reopen and after a restore, the
+    session within the window is the same one and the session past it counts again."""
+    options = StateOptions(distinct_window=timedelta(days=4))
+    path = tmp_path / "shard.journal"
+    state, stream = CustomerState(SHARD, path, options=options), Stream()
+    state.apply(stream.batch(_session_events(0, "s-old") + _session_events(0, "s-new")))
+    state.apply(_arriving(stream.batch(_session_events(3, "s-new")), 3))
+    state.close()
+    reopened = CustomerState(SHARD, path, options=options)
+    restored = CustomerState(SHARD, options=options)
+    restored.import_tables(reopened.export_tables())
+    restored.set_position(reopened.position(), reopened.as_of())
+    later = _arriving(stream.batch(_session_events(5, "s-old") + _session_events(5, "s-new")), 5)
+    for copy in (reopened, restored):
+        copy.apply(later)
+        # s-old counted on day 0, more than 4 days before: again; s-new counted on day 0 too (day 3 was the same
+        # session, which does not restart the window): again as well
+        assert row_of(copy, "c-1")["sessions"] == 4
+    reopened.close()
+
+
+def test_a_long_running_shard_holds_the_sessions_of_its_window_only(tmp_path: Path) -> None:
+    """A new session a day for each of 300 customers over 40 arrival days: memory, the journal and a restart hold
+    the window's sessions (and a day's slack), not the history's, and the counts are those of a shard that never
+    restarted."""
+    options = StateOptions(distinct_window=timedelta(days=3), sync_every_records=1)
+    path = tmp_path / "shard.journal"
+    live = CustomerState(SHARD, path, options=options)
+    never_restarted = CustomerState(SHARD, options=options)
+    stream, days, customers = Stream(), 40, 300
+
+    def sessions_of(day: int) -> pa.Table:
+        when = (ARRIVAL + timedelta(days=day)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        documents = [event(f"c-{n}", "page_view", when, session=f"s-{n}") for n in range(customers)]
+        return _arriving(stream.batch(documents), day)
+
+    for day in range(days):  # each customer's one session id comes back every day: counted once a window
+        batch = sessions_of(day)
+        live.apply(batch)
+        never_restarted.apply(batch)
+    # memory drops sessions before the window as its runs merge (a run wholly before it at once)
+    held = len(live._sessions)
+    assert held <= 2 * customers, held
+    assert (
+        live.export_tables()["customer_sessions"].num_rows == customers
+    )  # a snapshot holds the window's only
+    live.close()
+    in_file = sum(t.num_rows for t in read_journal(path).tables.get("customer_sessions", []))
+    assert in_file < days * customers / 4, (
+        in_file
+    )  # rewritten along the way, without the sessions before the window
+    reopened = CustomerState(SHARD, path, options=options)
+    assert len(reopened._sessions) == customers
+    assert reopened.export_tables()["customer_sessions"].num_rows == customers
+    counted = row_of(reopened, "c-7")["sessions"]
+    assert counted == len(range(0, days, 4))  # counted on day 0, 4, 8, ...: each time past the 3-day window
+    for day in (days, days + 1):  # day 36 counted the session last: day 40 is past its window, day 41 within
+        batch = sessions_of(day)
+        reopened.apply(batch)
+        never_restarted.apply(batch)
+    assert row_of(reopened, "c-7")["sessions"] == counted + 1
+    assert reopened.snapshot_rows().to_pylist() == never_restarted.snapshot_rows().to_pylist()
+    reopened.close()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.tuples(st.integers(0, 2), st.integers(-1, 4)), min_size=1, max_size=14),
+    st.sets(st.integers(1, 13)),
+)
+def test_distinct_counts_do_not_depend_on_where_flushes_cut_the_stream(
+    deliveries: list[tuple[int, int]], cuts: set[int]
+) -> None:
+    """New events of three sessions (each on its own event day), each some days after the previous one, or a day
+    before the latest; with a 3-day window, applied one flush per event or in flushes cut anywhere: the same rows
+    (sessions and days counted again past the window alike)."""
+    options = StateOptions(distinct_window=timedelta(days=3))
+    stream, day, latest, records = Stream(), 0, 0, []
+    for which, gap in deliveries:
+        day = max(day + gap, latest - 1, 0)
+        latest = max(latest, day)
+        when = (ARRIVAL + timedelta(days=which)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        records.append(_arriving(stream.batch([event("c-1", "purchase", when, session=f"s-{which}")]), day))
+    outcomes = []
+    for bounds in (
+        [*range(len(records) + 1)],
+        [0, *sorted(c for c in cuts if c < len(records)), len(records)],
+    ):
+        state = CustomerState(SHARD, options=options)
+        for start, end in itertools.pairwise(bounds):
+            if end > start:
+                state.apply(pa.concat_tables(records[start:end]))
+        outcomes.append(_rows(state))
+    assert outcomes[0] == outcomes[1]
+
+
+def test_an_active_day_seen_again_after_the_window_is_counted_again() -> None:
+    """An active day is remembered for the window after the arrival of the event that counted it: a late event of
+    the same day is the same day 5 days on within a 30-day window, and counts again past a 4-day window, in one
+    flush or two. A purchase day is remembered for good: ``frequency`` (purchase days - 1) feeds the CLV models."""
+    outcomes = {}
+    for window_days in (30, 4):
+        for together in (True, False):
+            state = CustomerState(SHARD, options=StateOptions(distinct_window=timedelta(days=window_days)))
+            stream = Stream()
+            when = ARRIVAL.strftime("%Y-%m-%dT%H:%M:%SZ")
+            batches = [
+                stream.batch([event("c-1", "purchase", when, session=f"s-{day}")])
+                if day == 0
+                else _arriving(stream.batch([event("c-1", "purchase", when, session=f"s-{day}")]), day)
+                for day in (0, 5)
+            ]
+            for batch in [pa.concat_tables(batches)] if together else batches:
+                state.apply(batch)
+            row = row_of(state, "c-1")
+            outcomes[window_days, together] = (row["active_days"], row["purchase_days"])
+    assert outcomes == {(30, True): (1, 1), (30, False): (1, 1), (4, True): (2, 1), (4, False): (2, 1)}
+
+
+def test_a_long_running_shard_holds_the_active_days_of_its_window_only(tmp_path: Path) -> None:
+    """300 customers active every day for 40 arrival days: the days held are the window's, and the counts are the
+    history's."""
+    options = StateOptions(distinct_window=timedelta(days=3), sync_every_records=1)
+    path = tmp_path / "shard.journal"
+    live, stream, days, customers = CustomerState(SHARD, path, options=options), Stream(), 40, 300
+    for day in range(days):
+        when = (ARRIVAL + timedelta(days=day)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        documents = [event(f"c-{n}", "page_view", when, session=f"s-{day}") for n in range(customers)]
+        live.apply(_arriving(stream.batch(documents), day))
+    assert len(live._days) <= 2 * 5 * customers, len(live._days)
+    assert live.export_tables()["customer_days"].num_rows == 5 * customers  # the window, and two days' slack
+    live.close()
+    in_file = sum(t.num_rows for t in read_journal(path).tables.get("customer_days", []))
+    assert in_file < days * customers / 2, (
+        in_file
+    )  # rewritten along the way, without the days before the window
+    reopened = CustomerState(SHARD, path, options=options)
+    assert len(reopened._days) == 5 * customers
+    assert row_of(reopened, "c-7")["active_days"] == days
+    reopened.close()
+
+
+def test_purchase_days_are_remembered_for_good_through_the_journal_and_snapshots(tmp_path: Path) -> None:
+    """A purchase on day 0, then 40 days of other traffic with a 3-day window (the journal rewritten along the way),
+    a reopen and a restore from a snapshot: a late purchase of day 0 adds no purchase day, though its active day,
+    long past the window, counts again."""
+    options = StateOptions(distinct_window=timedelta(days=3), sync_every_records=1)
+    path = tmp_path / "shard.journal"
+    live, stream = CustomerState(SHARD, path, options=options), Stream()
+    day_zero = ARRIVAL.strftime("%Y-%m-%dT%H:%M:%SZ")
+    live.apply(stream.batch([event("c-1", "purchase", day_zero)]))
+    for day in range(1, 41):
+        when = (ARRIVAL + timedelta(days=day)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        live.apply(_arriving(stream.batch([event(f"c-{n}", "page_view", when) for n in range(2, 300)]), day))
+    live.close()
+    reopened = CustomerState(SHARD, path, options=options)
+    restored = CustomerState(SHARD, options=options)
+    restored.import_tables(reopened.export_tables())
+    restored.set_position(reopened.position(), reopened.as_of())
+    late = _arriving(stream.batch([event("c-1", "purchase", day_zero)]), 40)
+    for state in (reopened, restored):
+        state.apply(late)
+        row = row_of(state, "c-1")
+        assert (row["purchases"], row["purchase_days"], row["active_days"]) == (2, 1, 2)
+    reopened.close()
+
+
+def test_sessions_and_days_of_an_earlier_version_are_remembered_for_a_window(tmp_path: Path) -> None:
+    """A journal or snapshot written before the distinct-count window holds sessions and days without their arrival
+    day: they are taken as counted on the state's latest arrival day, so none counts again within a window of it
+    (and they then age out like any other); purchase days are kept for good, as every purchase day."""
+    options = StateOptions(distinct_window=timedelta(days=4))
+    state, stream = CustomerState(SHARD, options=options), Stream()
+    day_zero = ARRIVAL.strftime("%Y-%m-%dT%H:%M:%SZ")
+    state.apply(stream.batch([*_session_events(0, "s-a"), event("c-1", "purchase", day_zero, session="s-a")]))
+    state.apply(_arriving(stream.batch(_session_events(2, "s-b")), 2))
+    tables, indexed = state.export_tables(), state._indexed_tables()
+    for name in ("customer_sessions", "customer_days"):
+        tables[name] = tables[name].drop_columns(["arrival_day"])
+        indexed[name] = indexed[name].drop_columns(["arrival_day"])
+    # s-a and its day 0 were counted on day 0: past the window by day 5, but taken as counted on day 2
+
+    def late() -> list[dict[str, Any]]:  # new events of s-a and of day 0, a purchase among them
+        return [event("c-1", kind, day_zero, session="s-a") for kind in ("page_view", "purchase")]
+
+    outcomes = []
+    for restore in ("snapshot", "journal"):
+        if restore == "snapshot":
+            old = CustomerState(SHARD, options=options)
+            old.import_tables(tables)
+            old.set_position(state.position(), state.as_of())
+        else:
+            path = tmp_path / "old.journal"
+            journal = StateJournal(path)
+            journal.write(indexed, customer_state.JournalProgress(state.position(), None), replaces=True)
+            journal.close()
+            old = CustomerState(SHARD, path, options=options)
+        old.apply(_arriving(stream.batch(late()), 5))
+        within = row_of(old, "c-1")
+        old.apply(_arriving(stream.batch(late()), 7))  # more than 4 days after day 2: counted again
+        past = row_of(old, "c-1")
+        outcomes.append(
+            [(row["sessions"], row["active_days"], row["purchase_days"]) for row in (within, past)]
+        )
+        old.close()
+    assert outcomes == [[(2, 2, 1), (3, 3, 1)]] * 2  # a purchase day of an earlier version also kept for good
+
+
 # ---------------------------------------------------------------------------------------------------- stream order
 _SEQUENCE_TEXTS = st.one_of(
     st.integers(0, 10**6).map(str),  # emulator-sized

@@ -68,6 +68,25 @@ def test_replay_deduplicates_with_the_window_the_worker_is_set_to(s3: Any, tmp_p
     assert [(row["customer_id"], row["purchases"]) for row in rows] == [("c-A", 2)]
 
 
+def test_replay_counts_sessions_with_the_distinct_window_the_worker_is_set_to(
+    s3: Any, tmp_path: Path
+) -> None:
+    """With a 1-day distinct-count window the live run counts a session again when an event of it arrives 3 days
+    later; the replay must too (its default window, 30 days, would count the session once)."""
+    settings = Settings(bucket=BUCKET, prefix="rfm", distinct_window_days=1)
+    first = event("c-A", "page_view", "2026-03-01T10:00:00Z", session="s-long")
+    late = event("c-A", "page_view", "2026-03-01T10:05:00Z", session="s-long")
+    stream = Stream()
+    live = live_run(s3, settings, [stream.batch([first]), _arriving(stream.batch([late]), 3)])
+    assert row_of(live, "c-A")["sessions"] == 2
+
+    plan = plan_replay(s3, settings, datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC))
+    assert "distinct-count window 1 days" in plan.describe()
+    result = run_replay(s3, settings, plan, tmp_path, progress=False)
+    rows = S3ParquetSink(s3, settings).get_parquet(result.output_key).to_pylist()
+    assert [(row["customer_id"], row["sessions"]) for row in rows] == [("c-A", 2)]
+
+
 def test_a_replay_takes_its_start_and_leaves_out_its_end(s3: Any, tmp_path: Path) -> None:
     """--from is inclusive and --to exclusive (README, --help): back-to-back daily replays count an event stamped
     exactly at midnight once, in the day it starts."""
