@@ -1156,22 +1156,34 @@ def test_deduplication_does_not_depend_on_where_flushes_cut_the_stream(
     latest (Kinesis does not promise ordered arrival stamps); applied one flush per delivery, or in flushes cut
     anywhere: the same rows."""
     events = [event(f"c-{n}", "purchase", "2026-03-01T10:00:00Z", revenue="1.00") for n in range(3)]
-    stream, day, latest, records = Stream(), 0, 0, []
+    stream = Stream()
+    records = [_arriving(stream.batch([events[which]]), day) for which, day in _arrival_days(deliveries)]
+    assert _rows_flushed(records, None) == _rows_flushed(records, cuts)
+
+
+def _arrival_days(deliveries: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(which, arrival day) of each delivery: ``gap`` days after the previous one, but never more than a day
+    before the latest (Kinesis does not promise ordered arrival stamps) nor before day 0."""
+    day, latest, schedule = 0, 0, []
     for which, gap in deliveries:
         day = max(day + gap, latest - 1, 0)
         latest = max(latest, day)
-        records.append(_arriving(stream.batch([events[which]]), day))
-    outcomes = []
-    for bounds in (
-        [*range(len(records) + 1)],
-        [0, *sorted(c for c in cuts if c < len(records)), len(records)],
-    ):
-        state = CustomerState(SHARD)
-        for start, end in itertools.pairwise(bounds):
-            if end > start:
-                state.apply(pa.concat_tables(records[start:end]))
-        outcomes.append(_rows(state))
-    assert outcomes[0] == outcomes[1]
+        schedule.append((which, day))
+    return schedule
+
+
+def _rows_flushed(
+    records: list[pa.Table], cuts: set[int] | None, options: StateOptions | None = None
+) -> list[dict[str, Any]]:
+    """The rows of a state applying ``records`` in flushes cut at ``cuts`` (None: one flush per record)."""
+    if cuts is None:
+        bounds = [*range(len(records) + 1)]
+    else:
+        bounds = [0, *sorted(c for c in cuts if 0 < c < len(records)), len(records)]
+    state = CustomerState(SHARD, options=options)
+    for start, end in itertools.pairwise(bounds):
+        state.apply(pa.concat_tables(records[start:end]))
+    return _rows(state)
 
 
 def test_events_in_customer_order_over_months_are_still_deduplicated() -> None:
@@ -1381,23 +1393,11 @@ def test_distinct_counts_do_not_depend_on_where_flushes_cut_the_stream(
     before the latest; with a 3-day window, applied one flush per event or in flushes cut anywhere: the same rows
     (sessions and days counted again past the window alike)."""
     options = StateOptions(distinct_window=timedelta(days=3))
-    stream, day, latest, records = Stream(), 0, 0, []
-    for which, gap in deliveries:
-        day = max(day + gap, latest - 1, 0)
-        latest = max(latest, day)
+    stream, records = Stream(), []
+    for which, day in _arrival_days(deliveries):
         when = (ARRIVAL + timedelta(days=which)).strftime("%Y-%m-%dT%H:%M:%SZ")
         records.append(_arriving(stream.batch([event("c-1", "purchase", when, session=f"s-{which}")]), day))
-    outcomes = []
-    for bounds in (
-        [*range(len(records) + 1)],
-        [0, *sorted(c for c in cuts if c < len(records)), len(records)],
-    ):
-        state = CustomerState(SHARD, options=options)
-        for start, end in itertools.pairwise(bounds):
-            if end > start:
-                state.apply(pa.concat_tables(records[start:end]))
-        outcomes.append(_rows(state))
-    assert outcomes[0] == outcomes[1]
+    assert _rows_flushed(records, None, options) == _rows_flushed(records, cuts, options)
 
 
 def test_an_active_day_seen_again_after_the_window_is_counted_again() -> None:
