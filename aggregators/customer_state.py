@@ -876,17 +876,16 @@ class CustomerState:
     def _load(self, journal: JournalContents) -> None:
         """Read the journal into memory; rewrite it when its bytes pass twice the state's (cost once per open)."""
         con = self.con
-        parts = dict(journal.tables)
-        applied_parts = parts.get("applied_events", [])
-        arrival_day = _latest_day(pa.concat_tables(applied_parts)) if applied_parts else None
-        for name in _COUNTED:
-            parts[name] = [
-                _with_arrival_days(table, _upgrade_day(arrival_day)) for table in parts.get(name, [])
-            ]
         tables = {
-            name: pa.concat_tables(parts.get(name) or [schema.empty_table()])
+            name: pa.concat_tables(journal.tables.get(name) or [schema.empty_table()])
             for name, schema in _JOURNAL_SCHEMAS.items()
+            if name not in _COUNTED
         }
+        arrival_day = _latest_day(tables["applied_events"])
+        upgrade_day = _upgrade_day(arrival_day)
+        for name in _COUNTED:  # each sync's part as this version writes it, then concatenated
+            parts = [_with_arrival_days(part, upgrade_day) for part in journal.tables.get(name, [])]
+            tables[name] = pa.concat_tables(parts or [_JOURNAL_SCHEMAS[name].empty_table()])
         try:  # a customer's last row is its current one (its events only grow)
             con.register("journal_rows", tables["customer_rows"])
             tables["customer_rows"] = con.sql(
@@ -1055,13 +1054,14 @@ class CustomerState:
             "customers": pa.table({"idx": local, "customer_id": names}),
             "customer_rows": customers.drop_columns(["customer_id"]).add_column(0, "idx", local),
         }
+        upgrade_day = _upgrade_day(_latest_day(tables.get("applied_events")))
         for name in ("customer_sessions", "customer_days", "applied_events"):
             part = tables.get(name)
             if part is None:
                 indexed[name] = _empty_indexed()
                 continue
             if name in _COUNTED:
-                part = _with_arrival_days(part, _upgrade_day(_latest_day(tables.get("applied_events"))))
+                part = _with_arrival_days(part, upgrade_day)
             owners = pc.index_in(part.column("customer_id"), value_set=names)
             keep = pc.is_valid(owners)
             indexed[name] = (
@@ -1285,7 +1285,7 @@ def _mask(rows: np.ndarray, size: int) -> np.ndarray:
     return mask
 
 
-def _counted_again(  # noqa: PLR0917 - two private call sites, in the same words
+def _counted_again(  # noqa: PLR0917 - three private call sites, in the same words
     remembered: KeyRuns,
     window_days: int,
     probe: np.ndarray,
