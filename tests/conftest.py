@@ -5,9 +5,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import signal
+
 import pytest
 
 from emulator.server import EmulatorHandle
+
+# A run started in the background of a non-interactive shell (`make test &`, some CI runners) inherits SIGINT
+# ignored, and the commands under test keep an ignored signal ignored on purpose: the tests that send a Ctrl-C
+# start from the usual disposition, here and in the processes they start.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
