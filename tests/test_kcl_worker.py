@@ -940,6 +940,39 @@ def test_a_signal_before_the_jvm_runs_stops_it_as_soon_as_it_does(tmp_path: Path
         process.stdout.close()
 
 
+class UnstoppableJvm(FakeJvm):
+    """A daemon that ignores its stop: only SIGKILL (through ``os.killpg``, replaced in the test) ends it."""
+
+    def wait(self) -> int:
+        return -signal.SIGKILL
+
+
+def test_shards_that_outlive_the_stop_deadline_get_the_kcl_killed_and_a_runtime_exit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An orchestrator's SIGKILL comes at its stop timeout: past the stop deadline the worker kills the KCL itself
+    and says so in an error record with its exit code, so that the stop is not taken for a clean one."""
+    from runtime.exit_codes import RUNTIME
+
+    killed: list[tuple[int, int]] = []
+    monkeypatch.setattr(os, "killpg", lambda pid, signum: killed.append((pid, signum)))
+    settings = load_settings(state_dir=tmp_path, stop_deadline_seconds=2.0, kcl_shutdown_grace_millis=1000)
+    write_status(settings, pid=os.getpid(), phase="processing", buffered_records=7)  # a shard still at work
+    worker = KclWorker(settings)
+    worker._process = UnstoppableJvm()  # type: ignore[assignment]
+    worker._stop_requested_at = time.monotonic() - 1.5  # asked, within the deadline
+
+    with caplog.at_level(logging.ERROR, logger="consumer.kcl_worker"):
+        code = worker._supervise(kinesis=None, refresh=lambda: None)
+    waited = time.monotonic() - worker._stop_requested_at
+    assert code == RUNTIME == 1
+    assert waited > settings.stop_deadline_seconds, "not before the deadline"
+    assert killed == [(UnstoppableJvm.pid, signal.SIGKILL)]
+    [record] = caplog.records
+    assert record.getMessage() == "shards did not stop within 2s; killing the KCL"
+    assert record.exit_code == RUNTIME  # type: ignore[attr-defined]
+
+
 def write_status(settings: Settings, **fields: Any) -> None:
     StatusWriter(settings.state_dir / "status").write(drained_status(**fields), force=True)
 
