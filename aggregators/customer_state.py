@@ -173,12 +173,17 @@ class StateOptions:
     ``sync_every_records`` / ``sync_every_seconds``: write the local file once this many records were applied since
     it was last written, or this long after (whichever comes first; checked as batches install). The defaults write
     it with every batch.
+
+    ``keep_counted``: keep every counted session and day for the life of the state (they still count again past
+    the distinct-count window: that rule reads each member's own arrival day). A replay sets it: it applies shard
+    after shard into one state, whose latest arrival day, which forgetting follows, is then another shard's.
     """
 
     dedupe_window: timedelta = DEFAULT_DEDUPE_WINDOW
     distinct_window: timedelta = DEFAULT_DISTINCT_WINDOW
     sync_every_records: int = 1
     sync_every_seconds: float = 0.0
+    keep_counted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,6 +364,8 @@ class CustomerState:
 
     def _distinct_window_start(self) -> int | None:
         """The first arrival day whose counted sessions and days are still remembered (as ``_window_start``)."""
+        if self.options.keep_counted:
+            return None
         return self._remembered_from(self.distinct_window_days)
 
     def _remembered_from(self, window_days: int) -> int | None:
@@ -883,9 +890,13 @@ class CustomerState:
         }
         arrival_day = _latest_day(tables["applied_events"])
         upgrade_day = _upgrade_day(arrival_day)
+        # a part of an earlier version's layout: rewritten below, so that no later open moves its day
+        upgraded = False
         for name in _COUNTED:  # each sync's part as this version writes it, then concatenated
-            parts = [_with_arrival_days(part, upgrade_day) for part in journal.tables.get(name, [])]
-            tables[name] = pa.concat_tables(parts or [_JOURNAL_SCHEMAS[name].empty_table()])
+            parts = journal.tables.get(name, [])
+            upgraded |= any("arrival_day" not in part.column_names for part in parts)
+            typed = [_journal_typed(name, _with_arrival_days(part, upgrade_day)) for part in parts]
+            tables[name] = pa.concat_tables(typed or [_JOURNAL_SCHEMAS[name].empty_table()])
         try:  # a customer's last row is its current one (its events only grow)
             con.register("journal_rows", tables["customer_rows"])
             tables["customer_rows"] = con.sql(
@@ -909,7 +920,7 @@ class CustomerState:
         self._position, self._as_of = journal.progress.position, journal.progress.as_of_micros
         self._load_indexed(tables)
         self._journal_bytes = journal.bytes
-        if self._journal_due_for_rewrite():
+        if upgraded or self._journal_due_for_rewrite():
             self._rewrite_journal()
 
     def _load_indexed(self, tables: dict[str, pa.Table]) -> None:

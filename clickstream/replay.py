@@ -19,7 +19,7 @@ import signal
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, time
 from pathlib import Path
 from time import monotonic
@@ -294,7 +294,8 @@ def _replay(  # noqa: PLR0917 - one private call site
     reported_at = clock()
     try:
         # from empty state (a re-run gives the same result), in memory: nothing reopens it; the worker's window
-        state = CustomerState("replay", options=state_options(settings))
+        # sessions and days kept for the run: forgetting follows the state's latest arrival day, another shard's
+        state = CustomerState("replay", options=replace(state_options(settings), keep_counted=True))
         with tqdm(
             total=plan.events, unit="ev", unit_scale=True, desc=f"replay {plan.name}", disable=not progress
         ) as bar:

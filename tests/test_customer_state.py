@@ -1512,6 +1512,46 @@ def test_sessions_and_days_of_an_earlier_version_are_remembered_for_a_window(tmp
     assert outcomes == [[(2, 2, 1), (3, 3, 1)]] * 2  # a purchase day of an earlier version also kept for good
 
 
+def test_an_earlier_versions_journal_is_upgraded_once_so_restarts_do_not_move_its_window(
+    tmp_path: Path,
+) -> None:
+    """An earlier version's sessions were taken as counted on the journal's latest arrival day at every open, until
+    a rewrite: a restart after another customer's day 3 moved s-a's window from day 0 to day 3, so its event of
+    day 6 was not counted again, where a run without the restart counted it (4-day window). And once this version
+    had appended a sync, the journal's two layouts no longer concatenated: the next open gave the journal up."""
+    options = StateOptions(distinct_window=timedelta(days=4), sync_every_records=1)
+    earlier, stream = CustomerState(SHARD, options=options), Stream()
+    earlier.apply(stream.batch(_session_events(0, "s-a")))
+    indexed = {}  # as the earlier version wrote its journal: this one's types, no arrival days
+    for name, table in earlier._indexed_tables().items():
+        schema = customer_state._JOURNAL_SCHEMAS[name]
+        if "arrival_day" in schema.names:
+            schema = schema.remove(schema.get_field_index("arrival_day"))
+        indexed[name] = table.select(schema.names).cast(schema)
+    day_three = (ARRIVAL + timedelta(days=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    other = _arriving(stream.batch([event("c-2", "page_view", day_three)]), 3)
+    again = _arriving(stream.batch(_session_events(6, "s-a")), 6)
+
+    counts = {}
+    for restarted in (False, True):
+        path = tmp_path / f"restarted-{restarted}.journal"
+        journal = StateJournal(path)
+        journal.write(indexed, customer_state.JournalProgress(earlier.position(), None), replaces=True)
+        journal.close()
+        state = CustomerState(SHARD, path, options=options)
+        assert all(
+            "arrival_day" in part.column_names for part in read_journal(path).tables["customer_sessions"]
+        )
+        state.apply(other)
+        if restarted:
+            state.close()
+            state = CustomerState(SHARD, path, options=options)
+        state.apply(again)
+        counts[restarted] = (row_of(state, "c-1")["sessions"], row_of(state, "c-1")["active_days"])
+        state.close()
+    assert counts == {False: (2, 2), True: (2, 2)}
+
+
 # ---------------------------------------------------------------------------------------------------- stream order
 _SEQUENCE_TEXTS = st.one_of(
     st.integers(0, 10**6).map(str),  # emulator-sized

@@ -87,6 +87,34 @@ def test_replay_counts_sessions_with_the_distinct_window_the_worker_is_set_to(
     assert [(row["customer_id"], row["sessions"]) for row in rows] == [("c-A", 2)]
 
 
+def test_a_replay_counts_each_shards_sessions_by_that_shards_own_days(s3: Any, tmp_path: Path) -> None:
+    """A replay applies shard after shard into one state, and its latest arrival day is then another shard's: a
+    session of a shard read after one whose events arrived 40 days later was forgotten as soon as it was counted,
+    and counted again by its next event (2 sessions and 2 active days where the worker, one state a shard, had 1)."""
+    settings = Settings(bucket=BUCKET, prefix="rfm")  # a 30-day distinct-count window
+    late, early = "shardId-000000000000", "shardId-000000000001"
+    live_run(
+        s3,
+        settings,
+        [_arriving(Stream().batch([event("c-A", "page_view", "2026-03-01T09:00:00Z")]), 40)],
+        late,
+    )
+    stream = Stream()
+    first = event("c-X", "page_view", "2026-03-01T10:00:00Z", session="s-x")
+    second = event("c-X", "product_view", "2026-03-01T10:05:00Z", session="s-x")
+    live = live_run(s3, settings, [stream.batch([first]), _arriving(stream.batch([second]), 1)], early)
+    assert (row_of(live, "c-X")["sessions"], row_of(live, "c-X")["active_days"]) == (1, 1)
+
+    plan = plan_replay(s3, settings, datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC))
+    assert late in plan.files[0] and early in plan.files[-1], plan.files  # the later shard is read first
+    result = run_replay(s3, settings, plan, tmp_path, progress=False, batch_events=1)
+    rows = S3ParquetSink(s3, settings).get_parquet(result.output_key).to_pylist()
+    assert {row["customer_id"]: (row["sessions"], row["active_days"]) for row in rows} == {
+        "c-A": (1, 1),
+        "c-X": (1, 1),
+    }
+
+
 def test_a_replay_takes_its_start_and_leaves_out_its_end(s3: Any, tmp_path: Path) -> None:
     """--from is inclusive and --to exclusive (README, --help): back-to-back daily replays count an event stamped
     exactly at midnight once, in the day it starts."""
