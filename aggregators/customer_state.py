@@ -195,9 +195,8 @@ class AppliedBatch:
     rejects: pa.Table  # ERRORS_SCHEMA
     records_in: int  # raw records handed in
     records_skipped: int  # already applied (at or below the stored position): redeliveries
-    duplicates: (
-        int  # valid events whose (customer, event id) was applied before (or repeated within the batch)
-    )
+    # valid events whose (customer, event id) was applied before (or repeated within the batch)
+    duplicates: int
     position: Position | None  # the position the state advances to (None: nothing new)
     first_position: Position | None = None  # the first record actually applied (None: all were redeliveries)
 

@@ -177,9 +177,8 @@ class FrontDoor(click.Group):
         except (click.exceptions.Exit, click.Abort, SystemExit):
             raise
         except BrokenPipeError:  # the reader went away (`generate -o - | head`): nothing to say to anyone
-            os.dup2(
-                os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno()
-            )  # Python's own flush at exit would fail
+            # Python's own flush at exit would fail
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(RUNTIME)
         except Exception as error:  # noqa: BLE001 - the one place every failure becomes one line
             failure = explain(error)

@@ -69,9 +69,8 @@ def ensure_bucket(
     if sse == "aws:kms":
         if kms_key_id:
             default["KMSMasterKeyID"] = kms_key_id
-        rule["BucketKeyEnabled"] = (
-            True  # one KMS data key per bucket period, not per object: cost and throttling
-        )
+        # one KMS data key per bucket period, not per object: cost and throttling
+        rule["BucketKeyEnabled"] = True
     s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={"Rules": [rule]})
     s3.put_public_access_block(
         Bucket=bucket, PublicAccessBlockConfiguration=dict.fromkeys(_PUBLIC_ACCESS_BLOCK, True)

@@ -270,9 +270,8 @@ class StateRecovery:
             and (position := self.layout.snapshot_table_position(key)) is not None
             and position <= pointer.position
         }
-        if (
-            replaced is not None
-        ):  # by name too: an older version's keys (no write id) do not parse as positions
+        # by name too: an older version's keys (no write id) do not parse as positions
+        if replaced is not None:
             unnamed.update(key for key in replaced.tables.values() if key not in named)
         self._sink.delete_keys(sorted(unnamed))
 

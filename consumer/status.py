@@ -37,9 +37,8 @@ class ShardStatus:
     arrival_to_durable_p99: float | None = None  # of the last flush, seconds
     newest_event_age: float | None = None  # of the last flush: commit time - newest event time, seconds
     millis_behind_latest: int | None = None
-    state_bytes: int | None = (
-        None  # the shard's state in memory (CustomerState.memory_total), after its last change
-    )
+    # the shard's state in memory (CustomerState.memory_total), after its last change
+    state_bytes: int | None = None
     applied_sequence: str | None = None
     checkpointed_sequence: str | None = None
     last_call_at: float | None = None

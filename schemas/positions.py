@@ -137,9 +137,8 @@ def positions_increase(table: pa.Table) -> bool:
     lengths = pc.utf8_length(sequences)
     shortest, longest = (value.as_py() for value in pc.min_max(lengths).values())
     by_keys = False
-    if (
-        longest <= _INT64_DIGITS
-    ):  # small sequence numbers (emulators, tests): compared as the integers they are
+    # small sequence numbers (emulators, tests): compared as the integers they are
+    if longest <= _INT64_DIGITS:
         try:
             sequences = pc.cast(sequences, pa.int64())
         except pa.ArrowInvalid:  # not decimal digits

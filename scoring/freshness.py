@@ -76,9 +76,8 @@ def quantile_upper_bound(points: Sequence[FreshnessPoint], quantile: float = 0.9
     order = np.argsort(at, kind="stable")
     at, drop = at[order], drop[order]
     last_of_value = np.flatnonzero(np.append(at[1:] != at[:-1], True))
-    above = (
-        records.sum() - np.cumsum(drop)[last_of_value]
-    )  # may exceed each distinct x, every step at x taken
+    # may exceed each distinct x, every step at x taken
+    above = records.sum() - np.cumsum(drop)[last_of_value]
     allowed = (1.0 - quantile) * records.sum()
     first = int(np.argmax(above <= allowed * (1 + 1e-12)))  # reached at the largest max at the latest
     return float(at[last_of_value][first])

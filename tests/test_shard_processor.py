@@ -784,9 +784,8 @@ def test_status_file_reports_received_flushed_and_checkpointed_counts(
 
 # ---------------------------------------------------------------------------------------------------- crash points
 BATCH = 10
-FLUSH_EVERY = (
-    20  # records; with batches of 10 the 2nd flush covers records 20..39 and is the one that crashes
-)
+# records; with batches of 10 the 2nd flush covers records 20..39 and is the one that crashes
+FLUSH_EVERY = 20
 
 
 def crash_at_second_put(key_contains: str, where: str) -> Callable[[Any, Settings], Any]:
