@@ -214,7 +214,8 @@ class CommitRecord:
         return self.records_in - self.records_skipped
 
     def chain_order(self) -> tuple[str, tuple[int, int]]:
-        """The order the readers return commit records in: by shard, then along its chain."""
+        """The order the readers return commit records in: by shard, then along its chain. By shard id puts a child
+        after its parents (a replay depends on it): Kinesis numbers each new shard above every shard before it."""
         return self.shard_id, self.first.sort_key()
 
     def to_json(self) -> bytes:
