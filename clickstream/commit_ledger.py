@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import logging
 import zlib
 from collections.abc import Callable
 from typing import Any, Final
@@ -18,12 +19,14 @@ from typing import Any, Final
 from clickstream.kept_reads import Found, KeptRead
 from consumer.s3_sink import S3ParquetSink, read_commits_since
 from runtime.settings import Settings
-from schemas.control import CONTROL_FORMAT, CommitRecord, ControlRecordError
+from schemas.control import CONTROL_FORMAT, CommitRecord, ControlRecordError, ShardCover
 from schemas.layout import OutputLayout
 
 #: How the kept file is made: a file of another format (or of another version's records) does not hold.
 _RULE: Final = f"commit-records-jsonl-gzip-format-{CONTROL_FORMAT}"
 _SUFFIX: Final = ".jsonl.gz"
+
+log = logging.getLogger(__name__)
 
 
 def read_all_commits(
@@ -39,32 +42,53 @@ def read_all_commits(
         kept[:] = _load(body)
 
     found = kept_read.find(readable)  # ``kept`` is filled only when the kept records hold
-    since = read_commits_since(
-        s3,
-        settings.bucket,
-        OutputLayout(settings.prefix),
-        found.covered,
-        max_workers=max_workers,
-        progress=progress,
-    )
-    records = sorted([*kept, *since], key=CommitRecord.chain_order)
+
+    def read_since() -> tuple[list[CommitRecord], list[CommitRecord], dict[str, ShardCover]]:
+        """The commits since, every record sorted, and each shard's cover: its records from its chain's start up
+        to the first gap, as far as the covers move from nothing."""
+        since = read_commits_since(
+            s3,
+            settings.bucket,
+            OutputLayout(settings.prefix),
+            found.covered,
+            max_workers=max_workers,
+            progress=progress,
+        )
+        records = sorted([*kept, *since], key=CommitRecord.chain_order)
+        return since, records, kept_read.covered_after(Found(), records) if since else {}
+
+    # A commit can be missing from a read: one made while a listing went past its key (keys of a sequence number
+    # sort by the text of their sub-sequence number). The commits after it show the gap: listed again, once.
+    since, records, covers = read_since()
+    if since and _past_a_gap(records, covers):
+        since, records, covers = read_since()
+        if beyond := _past_a_gap(records, covers):
+            log.warning(
+                "the commit records of %s leave a gap in its chain before the commit that continues from %s, in two "
+                "listings (a commit record deleted?): the %s records past a gap are read as found, and not kept",
+                beyond[0].shard_id,
+                beyond[0].previous,
+                f"{len(beyond):,}",
+            )
     if since:  # new commits (all of them, on a first read): worth keeping
-        # Each shard's records from its chain's start up to the first gap, as far as the covers move from nothing:
-        # what may be kept. A commit can be missing from a read (one made while a listing went past its key: keys
-        # of a sequence number sort by the text of their sub-sequence number), and later reads list from the
-        # covered position on, so a gap kept would be kept for good.
-        covers = kept_read.covered_after(Found(), records)
-        chained = [
-            record
-            for record in records
-            if record.shard_id in covers and record.last.sort_key() <= covers[record.shard_id].last.sort_key()
-        ]
+        # the chained records only: later reads list from the covered position on, so a gap kept is kept for good
+        unchained = {id(record) for record in _past_a_gap(records, covers)}
+        chained = [record for record in records if id(record) not in unchained]
 
         def write(sink: S3ParquetSink, key: str) -> None:
             sink.put_bytes(key, _dump(chained), "gzip")
 
         kept_read.keep(write, _SUFFIX, covers, len(chained), found)
     return records
+
+
+def _past_a_gap(records: list[CommitRecord], covers: dict[str, ShardCover]) -> list[CommitRecord]:
+    """The records beyond each shard's cover: after a gap in its chain."""
+    return [
+        record
+        for record in records
+        if record.shard_id not in covers or record.last.sort_key() > covers[record.shard_id].last.sort_key()
+    ]
 
 
 def _dump(records: list[CommitRecord]) -> bytes:
