@@ -63,11 +63,12 @@ def read_all_commits(
     if since and _past_a_gap(records, covers):
         since, records, covers = read_since()
         if beyond := _past_a_gap(records, covers):
+            after = beyond[0].previous
             log.warning(
                 "the commit records of %s leave a gap in its chain before the commit that continues from %s, in two "
                 "listings (a commit record deleted?): the %s records past a gap are read as found, and not kept",
                 beyond[0].shard_id,
-                beyond[0].previous,
+                f"sequence number {after.sequence_number}" if after else "its start",
                 f"{len(beyond):,}",
             )
     if since:  # new commits (all of them, on a first read): worth keeping
