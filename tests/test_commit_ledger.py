@@ -139,16 +139,9 @@ def test_no_commit_keeps_nothing(s3: Any, settings: Settings) -> None:
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=LAYOUT.control_prefix)
 
 
-class HidingOneCommitOnce:
+class HidingOneCommitOnce(HidingOneCommit):
     """An S3 client whose listings leave out one commit key the first time they would list it: a commit made while
     a listing went past its key, there for the next listing (``hidden`` is then emptied)."""
-
-    def __init__(self, client: Any, hidden: str) -> None:
-        self.client = client
-        self.hidden = hidden
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.client, name)
 
     def get_paginator(self, operation: str) -> Any:
         pages = self.client.get_paginator(operation)
