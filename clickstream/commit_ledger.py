@@ -25,6 +25,8 @@ from schemas.layout import OutputLayout
 #: How the kept file is made: a file of another format (or of another version's records) does not hold.
 _RULE: Final = f"commit-records-jsonl-gzip-format-{CONTROL_FORMAT}"
 _SUFFIX: Final = ".jsonl.gz"
+#: Listings of the commits since, while one leaves a gap in a chain (a commit listed late is there the next time).
+_LISTINGS: Final = 2
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +44,9 @@ def read_all_commits(
         kept[:] = _load(body)
 
     found = kept_read.find(readable)  # ``kept`` is filled only when the kept records hold
-
-    def read_since() -> tuple[list[CommitRecord], list[CommitRecord], dict[str, ShardCover]]:
-        """The commits since, every record sorted, and each shard's cover: its records from its chain's start up
-        to the first gap, as far as the covers move from nothing."""
+    # A commit can be missing from a read: one made while a listing went past its key (keys of a sequence number
+    # sort by the text of their sub-sequence number). The commits after it show the gap: listed again, once.
+    for _listing in range(_LISTINGS):
         since = read_commits_since(
             s3,
             settings.bucket,
@@ -55,25 +56,24 @@ def read_all_commits(
             progress=progress,
         )
         records = sorted([*kept, *since], key=CommitRecord.chain_order)
-        return since, records, kept_read.covered_after(Found(), records) if since else {}
-
-    # A commit can be missing from a read: one made while a listing went past its key (keys of a sequence number
-    # sort by the text of their sub-sequence number). The commits after it show the gap: listed again, once.
-    since, records, covers = read_since()
-    if since and _past_a_gap(records, covers):
-        since, records, covers = read_since()
-        if beyond := _past_a_gap(records, covers):
-            after = beyond[0].previous
-            log.warning(
-                "the commit records of %s leave a gap in its chain before the commit that continues from %s, in two "
-                "listings (a commit record deleted?): the %s records past a gap are read as found, and not kept",
-                beyond[0].shard_id,
-                f"sequence number {after.sequence_number}" if after else "its start",
-                f"{len(beyond):,}",
-            )
+        # each shard's records from its chain's start up to the first gap, as far as the covers move from nothing
+        covers = kept_read.covered_after(Found(), records) if since else {}
+        beyond = _past_a_gap(records, covers) if since else []
+        if not beyond:
+            break
+    else:
+        after = beyond[0].previous
+        log.warning(
+            "the commit records of %s leave a gap in its chain before the commit that continues from %s, in %d "
+            "listings (a commit record deleted?): the %s records past a gap are read as found, and not kept",
+            beyond[0].shard_id,
+            f"sequence number {after.sequence_number}" if after else "its start",
+            _LISTINGS,
+            f"{len(beyond):,}",
+        )
     if since:  # new commits (all of them, on a first read): worth keeping
         # the chained records only: later reads list from the covered position on, so a gap kept is kept for good
-        unchained = {id(record) for record in _past_a_gap(records, covers)}
+        unchained = {id(record) for record in beyond}
         chained = [record for record in records if id(record) not in unchained]
 
         def write(sink: S3ParquetSink, key: str) -> None:

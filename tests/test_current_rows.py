@@ -111,24 +111,32 @@ class WithoutKeptRows(ReadOnly):
 
 
 class HidingOneCommit:
-    """An S3 client whose listings leave out one commit key: a commit made while a listing went past its key."""
+    """An S3 client whose listings leave out one commit key: a commit made while a listing went past its key.
+    ``once``: only the first listing that holds it leaves it out (``hidden`` is then emptied), as the next listing
+    of such a commit finds it."""
 
-    def __init__(self, client: Any, hidden: str) -> None:
+    def __init__(self, client: Any, hidden: str, *, once: bool = False) -> None:
         self.client = client
         self.hidden = hidden
+        self.once = once
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.client, name)
 
     def get_paginator(self, operation: str) -> Any:
         pages = self.client.get_paginator(operation)
-        hidden = self.hidden
+        owner = self
 
         class Hiding:
             def paginate(self, **kwargs: Any) -> Iterator[dict[str, Any]]:
                 for page in pages.paginate(**kwargs):
-                    contents = [obj for obj in page.get("Contents", []) if obj["Key"] != hidden]
-                    yield {**page, "Contents": contents} if "Contents" in page else page
+                    listed, hidden = page.get("Contents", []), owner.hidden
+                    if not hidden or all(obj["Key"] != hidden for obj in listed):
+                        yield page
+                        continue
+                    if owner.once:
+                        owner.hidden = ""
+                    yield {**page, "Contents": [obj for obj in listed if obj["Key"] != hidden]}
 
         return Hiding()
 
