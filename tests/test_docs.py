@@ -19,6 +19,43 @@ def test_every_setting_is_documented_in_the_readme() -> None:
     assert missing == []
 
 
+def _settings_row(variable: str) -> str:
+    (row,) = [line for line in README.splitlines() if line.startswith(f"| `{variable}` |")]
+    return row
+
+
+def _written_forms(bound: float) -> set[str]:
+    """How the README may write a bound: 10000, 10,000, 10 MiB, ten years (the future skew's)."""
+    forms = {f"{bound:g}", f"{bound:,}"}
+    if bound >= 2**20 and bound % 2**20 == 0:
+        forms.add(f"{bound // 2**20:g} MiB")
+    if bound == 10 * 365 * 86_400:
+        forms.add("ten years")
+    return forms
+
+
+def _says(row: str, bound: float) -> bool:
+    """Whether the row writes the bound as a number of its own (1000 is not in 10000)."""
+    return any(
+        re.search(rf"(?<![\d.,]){re.escape(form)}(?!\d|[.,]\d)", row) for form in _written_forms(bound)
+    )
+
+
+def test_every_bound_of_a_setting_is_in_its_readme_row() -> None:
+    """A value outside a bound stops the command: the table says where each bound is (a count's least value, 1,
+    and the zero of a time or a fraction aside: their meaning says them)."""
+    unsaid = []
+    for name, field in Settings.model_fields.items():
+        row = _settings_row(env_var_name(name))
+        for constraint in field.metadata:
+            for kind in ("ge", "gt", "le", "lt"):
+                bound = getattr(constraint, kind, None)
+                implied = bound == 0 or (kind == "ge" and bound == 1 and isinstance(bound, int))
+                if bound is not None and not implied and not _says(row, bound):
+                    unsaid.append(f"{env_var_name(name)} {kind} {bound}")
+    assert unsaid == []
+
+
 def test_every_documented_clickstream_variable_is_read_by_something() -> None:
     documented = set(re.findall(r"`(CLICKSTREAM_[A-Z_]+)`", README))
     assert documented - known_variables() == set()
