@@ -55,10 +55,12 @@ def _parse_as_of(_: click.Context, __: click.Parameter, value: str | None) -> da
     callback=_parse_as_of,
     metavar="TIME",
     help="Observation end for every customer: YYYY-MM-DD (the end of that UTC day) or an ISO time, UTC unless it "
-    "carries an offset (refused if a purchase after it is in the aggregates, or if it is more than a day ahead). The "
+    "carries an offset (refused if a purchase after it is in the aggregates, if a time is more than a day ahead, "
+    "or if a day is after tomorrow, UTC: a client clock a little ahead may have stamped a purchase tomorrow). The "
     "models count whole UTC days: the day of a time is observed whole, and midnight UTC is the end of the day before "
     "(2026-04-30T00:00:00Z scores as 2026-04-29). "
-    "Default: latest event seen.",
+    "Default: the latest event time seen, not past the run's clock (a client clock ahead of UTC may stamp an "
+    "event in a day not yet begun) unless a purchase is.",
 )
 @click.option(
     "--input",

@@ -353,7 +353,7 @@ def score_customers(
     with steps.step("read", "reading current customer rows") as detail:
         current = rows()
         detail(current.describe())
-    inputs: ModelInputs = model_inputs(current.table, as_of)
+    inputs: ModelInputs = model_inputs(current.table, as_of, not_after=datetime.now(UTC))
     # said now, and kept with the fit's own notes in _model.json (and so in the report): a scheduled job's
     # stderr is read by nobody
     behind_notes = [

@@ -3,8 +3,8 @@
 A customer's current row carries ``frequency``, ``recency`` and ``T`` in days, but ``T`` runs to that row's own
 ``as_of`` (its shard's high-water mark when the row was written): quiet customers have old rows and short ``T``.
 BG/NBD reads "no purchase since" as evidence of dropout, so every customer must share one observation end. Here it is
-``as_of`` (default: the latest event time seen in the rows), and ``T`` and the days since the last purchase are
-recomputed from it, in whole UTC days as the aggregation core counts them.
+``as_of`` (default: the latest event time seen in the rows, not past the run's clock), and ``T`` and the days since
+the last purchase are recomputed from it, in whole UTC days as the aggregation core counts them.
 """
 
 from __future__ import annotations
@@ -55,16 +55,24 @@ class ModelInputs:
         return int(pc.sum(pc.greater(self.buyers.column("frequency"), 0)).as_py() or 0)
 
 
-def observation_end(current: pa.Table, as_of: datetime | None = None) -> datetime:
-    """``as_of`` if given (must carry a time zone), else the latest ``last_event_at`` of the rows."""
+def observation_end(
+    current: pa.Table, as_of: datetime | None = None, not_after: datetime | None = None
+) -> datetime:
+    """``as_of`` if given (must carry a time zone), else the latest ``last_event_at`` of the rows, but not past
+    ``not_after`` (the run's clock) unless a purchase is: events are taken up to a skew after their arrival, so a
+    client clock ahead may stamp a page view in a day not yet begun, which the models would count as a whole day
+    observed without purchases (a purchase so stamped is in the aggregates, and no end before it can be taken)."""
     if as_of is not None:
         if as_of.tzinfo is None:
             raise InputError("--as-of needs a time zone, e.g. 2026-04-30T00:00:00Z")
         return as_of.astimezone(UTC)
-    latest = pc.max(current.column("last_event_at")).as_py() if current.num_rows else None
+    latest: datetime | None = pc.max(current.column("last_event_at")).as_py() if current.num_rows else None
     if latest is None:
         raise InputError("no customer rows to score")
-    return latest.astimezone(UTC)  # type: ignore[no-any-return]
+    if not_after is not None and latest > not_after:
+        last_purchase: datetime | None = pc.max(current.column("last_purchase_at")).as_py()
+        latest = not_after if last_purchase is None else max(not_after, last_purchase)
+    return latest.astimezone(UTC)
 
 
 def _day_numbers(column: pa.ChunkedArray) -> np.ndarray:
@@ -73,12 +81,15 @@ def _day_numbers(column: pa.ChunkedArray) -> np.ndarray:
     return np.asarray(pc.cast(days, pa.int32()).to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
-def model_inputs(current: pa.Table, as_of: datetime | None = None) -> ModelInputs:
-    """The buyers' BG/NBD and Gamma-Gamma inputs and RFM measures against one observation end."""
+def model_inputs(
+    current: pa.Table, as_of: datetime | None = None, *, not_after: datetime | None = None
+) -> ModelInputs:
+    """The buyers' BG/NBD and Gamma-Gamma inputs and RFM measures against one observation end (``as_of``, else
+    the latest event time, not past ``not_after``: see ``observation_end``)."""
     missing = [name for name in REQUIRED_COLUMNS if name not in current.column_names]
     if missing:
         raise InputError(f"customer rows lack the columns {missing}")
-    end = observation_end(current, as_of)
+    end = observation_end(current, as_of, not_after)
     end_day = (end.date() - _EPOCH_DAY).days
     buyers = current.filter(pc.is_valid(current.column("frequency")))
     buyers = buyers.take(pc.sort_indices(buyers, sort_keys=[("customer_id", "ascending")]))

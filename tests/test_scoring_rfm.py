@@ -280,6 +280,26 @@ def test_t_and_recency_days_are_recomputed_against_the_common_observation_end() 
     assert model_inputs(current).as_of == AS_OF - timedelta(days=5)
 
 
+def test_an_event_stamped_ahead_of_the_runs_clock_does_not_move_the_default_observation_end() -> None:
+    """A client clock ahead of UTC stamps a page view in the next day; without --as-of the end stays at the run's
+    clock, so the models do not count an unobserved day. A purchase so stamped is in the aggregates: the end then
+    goes to it, as no end before it can be taken."""
+    buyer = customer("c-1", first_days_ago=30, last_days_ago=10, purchase_days=3, revenue="90.00")
+    now = AS_OF + timedelta(hours=11, minutes=30)  # 23:30 UTC
+    ahead = now + timedelta(minutes=50)  # 00:20 the next day
+    browser = {**buyer, "customer_id": "c-2", "last_event_at": ahead}
+    inputs = model_inputs(rows(buyer, browser), not_after=now)
+    assert inputs.as_of == now and inputs.as_of_day == AS_OF.date()
+    assert inputs.buyers.column("T").to_pylist() == [30, 30]
+    assert (
+        model_inputs(rows(buyer, browser)).as_of == ahead
+    )  # the run's clock not given: the latest event time
+    # the latest event time, when it is not ahead of the clock
+    assert model_inputs(rows(buyer, browser), not_after=ahead + timedelta(seconds=1)).as_of == ahead
+    early_buyer = {**browser, "last_purchase_at": ahead - timedelta(minutes=5)}
+    assert model_inputs(rows(buyer, early_buyer), not_after=now).as_of == ahead - timedelta(minutes=5)
+
+
 def test_an_observation_end_before_a_purchase_is_refused() -> None:
     current = rows(customer("c-1", first_days_ago=30, last_days_ago=0, purchase_days=3, revenue="90.00"))
     with pytest.raises(InputError, match="after the observation end"):
