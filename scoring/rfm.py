@@ -15,7 +15,9 @@ differs below it scores 1, ..., with at least 80 % of them below it 5. Equal val
 (splitting ties, as ``NTILE(5)`` does, would give two customers with the same history different scores), so the
 scores are not forced to 20 % each, and a measure with two values gives only 1 and 5. A measure on which every
 buyer is equal tells nobody apart; it scores what such a population almost always is (``NO_SPREAD_SCORES``): all
-bought on the last day of the history (R = 5), once (F = 1), the same amount (M = 1), the cell of "New".
+bought on the last day of the history (R = 5), once (F = 1), the same amount (M = 1), the cell of "New". Where the
+shared recency or frequency is another (all last bought 60 days ago, all bought on three days), it tells nothing
+either way and scores 3, the middle (``NO_SPREAD_OTHERWISE``).
 
 **Segments** are read off the grid of R and FM, where ``FM = ceil((F + M) / 2)`` (the mean of F and M, halves
 rounded up), the classic 11-segment map (e.g. Putler's RFM segments used in the AWS guidance):
@@ -113,6 +115,10 @@ def segment_grid() -> dict[tuple[int, int], str]:
 
 #: R, F and M of every customer when all share one value: the last day, once, the same amount (see above).
 NO_SPREAD_SCORES: Final = {"r": 5, "f": 1, "m": 1}
+#: The shared value those R and F scores stand for (days since the last purchase, purchase days): another shared
+#: value scores ``NO_SPREAD_OTHERWISE``.
+NO_SPREAD_VALUES: Final = {"r": 0, "f": 1}
+NO_SPREAD_OTHERWISE: Final = 3
 
 _GRID: Final = segment_grid()
 #: _LOOKUP[r, fm] is the index into SEGMENTS of that cell (row and column 0 unused).
@@ -156,6 +162,13 @@ def segments(r: npt.ArrayLike, fm: npt.ArrayLike) -> npt.NDArray[np.object_]:
     return names[_LOOKUP[r_array, fm_array]]
 
 
+def _no_spread_score(measure: str, values: npt.ArrayLike) -> int:
+    """The score of ``measure`` should every buyer share one value: its usual one, or the middle (see above)."""
+    first = np.asarray(values, dtype=np.float64)[:1]
+    usual = not first.size or first[0] == NO_SPREAD_VALUES[measure]
+    return NO_SPREAD_SCORES[measure] if usual else NO_SPREAD_OTHERWISE
+
+
 @dataclass(frozen=True, slots=True)
 class RfmScores:
     r: npt.NDArray[np.int8]
@@ -169,8 +182,12 @@ def score_customers(
     days_since_last_purchase: npt.ArrayLike, purchase_days: npt.ArrayLike, revenue: npt.ArrayLike
 ) -> RfmScores:
     """R, F, M and FM scores and the segment of every customer (arrays of equal length, buyers only)."""
-    r = quintile_scores(days_since_last_purchase, higher_is_better=False, no_spread=NO_SPREAD_SCORES["r"])
-    f = quintile_scores(purchase_days, no_spread=NO_SPREAD_SCORES["f"])
+    r = quintile_scores(
+        days_since_last_purchase,
+        higher_is_better=False,
+        no_spread=_no_spread_score("r", days_since_last_purchase),
+    )
+    f = quintile_scores(purchase_days, no_spread=_no_spread_score("f", purchase_days))
     m = quintile_scores(revenue, no_spread=NO_SPREAD_SCORES["m"])
     fm = fm_scores(f, m)
     return RfmScores(r=r, f=f, m=m, fm=fm, segment=segments(r, fm))

@@ -88,6 +88,14 @@ def test_recency_scores_fewer_days_higher() -> None:
     ]  # nobody apart
 
 
+def test_a_shared_recency_or_frequency_other_than_the_usual_one_scores_the_middle() -> None:
+    """All last bought 60 days ago: R = 5 would read "bought recently" (Champions, New); all bought on three days:
+    F = 1 would read "bought least often". Nobody is told apart, so each scores 3."""
+    scores = score_customers([60, 60, 60], [3, 3, 3], [20.0, 30.0, 40.0])
+    assert (scores.r.tolist(), scores.f.tolist(), scores.m.tolist()) == ([3] * 3, [3] * 3, [1, 3, 5])
+    assert scores.segment.tolist() == ["About to sleep", "Need attention", "Loyal"]
+
+
 def test_a_first_day_of_one_time_buyers_reads_as_new() -> None:
     """Every buyer bought once, on the last day, the same amount: no measure tells anyone apart. Scored 3 each
     (the neutral middle) they were "Need attention"; they are new customers."""
