@@ -977,8 +977,8 @@ def _say_if_the_day_may_grow(
 @setting_option("no_lease_unhealthy_seconds", "--no-lease-after", type=float)
 def health(**overrides: Any) -> None:
     """Liveness for the container health check: exit 0 when the worker and every shard make progress, else 1
-    (also when its settings, or its flags' values against the worker's, are invalid: Docker reserves 2; a flag
-    that does not parse at all is still a usage error, 2).
+    (also when its settings, its flags or their values are invalid, as the answer of a health check: Docker
+    reserves 2; the JSON report names the problem).
 
     Unhealthy: no fresh worker heartbeat, a shard processor not called by the KCL, records waiting on a shard
     with no flush for CLICKSTREAM_STUCK_SHARD_SECONDS, or no shard lease held for

@@ -133,9 +133,17 @@ def _named_by_flags(message: str, overrides: dict[str, Any]) -> str:
 
 
 class LocalPath(click.Path):
-    """``click.Path`` that refuses a URL: ``s3://bucket/key`` would be written to a local folder named ``s3:``."""
+    """``click.Path`` that refuses a URL (``s3://bucket/key`` would be written to a local folder named ``s3:``) and
+    an empty path (``Path("")`` is the current folder: ``--state-dir "$STATE_DIR"`` with the variable unset would
+    run a worker there, as ``CLICKSTREAM_STATE_DIR=`` is refused)."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            self.fail(
+                "is empty: give a path (the current folder is '.'; an unset variable in a template gives '')",
+                param,
+                ctx,
+            )
         if isinstance(value, str) and URL.match(value):
             self.fail(
                 f"{value!r} is a URL: this takes a local path (copy what is written there with `aws s3 cp`, or "

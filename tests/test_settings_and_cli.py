@@ -2278,6 +2278,33 @@ def test_a_url_given_for_a_local_path_is_refused_not_written_to_a_folder_named_s
     assert not list(tmp_path.iterdir())  # no s3: folder
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["report", "-o", ""],
+        ["summary", "--download", ""],
+        ["generate", "-o", " "],
+        ["score", "--output-dir", ""],
+        ["worker", "--state-dir", ""],
+        ["demo", "--output-dir", ""],
+    ],
+    ids=lambda command: command[0],
+)
+def test_an_empty_local_path_is_refused_not_taken_as_the_current_folder(
+    command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--state-dir "$STATE_DIR"`` with the variable unset ran a worker in the current folder."""
+    from click.testing import CliRunner
+
+    from clickstream.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, command)
+    assert result.exit_code == 2, result.output
+    assert "is empty: give a path" in result.output
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_state_dir_url_from_the_environment_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLICKSTREAM_STATE_DIR", "s3://bucket/state")
     with pytest.raises(ConfigError, match="CLICKSTREAM_STATE_DIR: is a URL"):
