@@ -136,7 +136,7 @@ def run_demo(customers: int, events: int, seed: int, shards: int, output_dir: Pa
             "5. running the KCL worker (Java MultiLangDaemon, one Python processor per shard) until idle;"
             f" logs in {output_dir / 'worker.log'}"
         )
-        code = _run_worker(console, output_dir, state_dir, total)
+        code = _run_worker(console, output_dir, state_dir, total, settings.stop_deadline_seconds)
         if code != 0:
             console.print(f"[red]worker exited with {code}; see {output_dir / 'worker.log'}[/red]")
             return code
@@ -169,21 +169,28 @@ def _score_and_report(console: Console, settings: Settings, output_dir: Path) ->
     console.print(f"8. report: [bold]{report.resolve()}[/bold]", soft_wrap=True)
 
 
-def _run_worker(console: Console, output_dir: Path, state_dir: Path, total: int) -> int:
+def _run_worker(
+    console: Console, output_dir: Path, state_dir: Path, total: int, stop_deadline_seconds: float
+) -> int:
     command = [sys.executable, "-m", "clickstream.cli", "--log-format", "json", "worker", "--until-idle", "3"]
     started = time.monotonic()
     with (output_dir / "worker.log").open("wb") as log_file:
-        process = subprocess.Popen(command, stderr=log_file, stdout=log_file)
-        with console.status("waiting for the KCL to take its leases ...") as status:
-            while process.poll() is None:
-                statuses = read_statuses(status_directory(state_dir))
-                flushed = sum(s.records_flushed for s in statuses.values())
-                buffered = sum(s.buffered_records for s in statuses.values())
-                status.update(
-                    f"{len(statuses)} shard processors | {flushed:,} of {total:,} records flushed "
-                    f"| {buffered:,} buffered | {time.monotonic() - started:.0f}s"
-                )
-                time.sleep(0.5)
+        # its own session: a Ctrl-C on the terminal reaches the demo alone, which stops the worker with one signal
+        # (a second one would force its exit)
+        process = subprocess.Popen(command, stderr=log_file, stdout=log_file, start_new_session=True)
+        try:
+            with console.status("waiting for the KCL to take its leases ...") as status:
+                while process.poll() is None:
+                    statuses = read_statuses(status_directory(state_dir))
+                    flushed = sum(s.records_flushed for s in statuses.values())
+                    buffered = sum(s.buffered_records for s in statuses.values())
+                    status.update(
+                        f"{len(statuses)} shard processors | {flushed:,} of {total:,} records flushed "
+                        f"| {buffered:,} buffered | {time.monotonic() - started:.0f}s"
+                    )
+                    time.sleep(0.5)
+        finally:
+            _stop_worker(process, stop_deadline_seconds + _STOP_MARGIN_SECONDS)
     statuses = read_statuses(status_directory(state_dir))
     flushed = sum(s.records_flushed for s in statuses.values())
     console.print(
@@ -191,6 +198,28 @@ def _run_worker(console: Console, output_dir: Path, state_dir: Path, total: int)
         f"{len(statuses)} shard processors, exit code {process.returncode}"
     )
     return process.returncode
+
+
+#: Beyond the worker's own stop deadline (after which it kills its KCL), before the demo kills the worker.
+_STOP_MARGIN_SECONDS: Final = 10.0
+
+
+def _stop_worker(process: subprocess.Popen[bytes], timeout: float) -> None:
+    """The worker stopped with the demo, however the demo ends (a SIGTERM sent to the demo alone, as ``kill`` or
+    ``docker stop`` send it, reached no other process, and the worker went on without its emulator): SIGTERM, so
+    it flushes and checkpoints while the emulator still runs, then SIGKILL past ``timeout`` or at a second
+    interruption (its KCL dies with it)."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def _copy_run(settings: Settings, commit: ScoreCommit, destination: Path) -> Path:
