@@ -9,6 +9,7 @@ Every failure ends in one line on stderr (``clickstream.errors``): exit code 2 f
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import logging
@@ -322,16 +323,17 @@ def emulator(host: str, port: int, allow_remote: bool) -> None:
         run_foreground(host, port, allow_remote=allow_remote)
     except RemoteBindRefusedError as error:
         raise FrontDoorError(str(error), USAGE) from None
-    except socket.gaierror as error:  # the host name resolves to no address of this machine
+    except (socket.gaierror, OSError) as error:
+        if not isinstance(error, socket.gaierror) and error.errno != errno.EADDRNOTAVAIL:
+            raise FrontDoorError(
+                f"cannot serve on {host}:{port}: {error.strerror or error} (another emulator running? pick another "
+                "--port, or --port 0 for any free one)",
+                1,
+            ) from None
+        # the host name resolves to no address, or to an address of another machine
         raise FrontDoorError(
             f"cannot serve on {host}:{port}: {error.strerror or error} (--host: a name or address of this machine)",
             USAGE,
-        ) from None
-    except OSError as error:
-        raise FrontDoorError(
-            f"cannot serve on {host}:{port}: {error.strerror or error} (another emulator running? pick another "
-            "--port, or --port 0 for any free one)",
-            1,
         ) from None
 
 

@@ -1325,6 +1325,13 @@ def test_emulator_on_a_host_name_that_resolves_to_nothing_is_a_usage_error() -> 
     assert_one_line(result, 2, "nosuch.invalid", "--host: a name or address of this machine")
 
 
+def test_emulator_on_an_address_of_another_machine_is_a_usage_error() -> None:
+    """192.0.2.1 (documentation's TEST-NET-1) is no address of this machine: the bind is refused as for a host
+    that resolves to nothing, not as a port in use."""
+    result = run_cli("emulator", "--host", "192.0.2.1", "--allow-remote", "--port", "0")
+    assert_one_line(result, 2, "192.0.2.1", "--host: a name or address of this machine")
+
+
 def test_produce_reports_its_summary_once(monkeypatch: pytest.MonkeyPatch) -> None:
     with mock_aws():
         boto3.client("kinesis", region_name="us-east-1").create_stream(StreamName="once", ShardCount=1)
