@@ -163,9 +163,11 @@ def read_tables(
     columns: list[str] | None = None,
     *,
     missing: list[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> pa.Table | None:
-    """The Parquet objects ``keys`` as one Arrow table (fetched in parallel; None when there are none). An object S3
-    does not have raises ``FileNotFoundError`` naming it, or, given a ``missing`` list, is added to it and left out."""
+    """The Parquet objects ``keys`` as one Arrow table (fetched in parallel, ``progress(done, total)`` as they
+    arrive; None when there are none). An object S3 does not have raises ``FileNotFoundError`` naming it, or, given
+    a ``missing`` list, is added to it and left out."""
 
     def fetch(key: str) -> pa.Table | None:
         try:
@@ -180,8 +182,13 @@ def read_tables(
 
     if not keys:
         return None
+    tables = []
     with ThreadPoolExecutor(max_workers=MAX_WORKERS) as pool:
-        tables = [table for table in pool.map(fetch, keys) if table is not None]
+        for done, table in enumerate(pool.map(fetch, keys), start=1):
+            if table is not None:
+                tables.append(table)
+            if progress is not None:
+                progress(done, len(keys))
     if missing is not None:
         missing.sort()
     return pa.concat_tables(tables, promote_options="default") if tables else None

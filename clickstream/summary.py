@@ -19,7 +19,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from clickstream.console import progress_of
 from clickstream.errors import FrontDoorError
+from clickstream.options import show_progress
 from clickstream.outputs import (
     CURRENT_ROW,
     committed_outputs,
@@ -115,7 +117,9 @@ def print_summary(
             reasons.add_row(str(code), f"{count:,}")
         _print(console, "Rejected records by reason (errors/)", reasons)
 
-    aggregates = read_tables(s3, settings.bucket, outputs.present("customer_aggregates"))
+    # every customer_aggregates file is read (a long while for a long history): its progress is shown
+    with progress_of("reading customer_aggregates", "file", bar=show_progress(None)) as report:
+        aggregates = read_tables(s3, settings.bucket, outputs.present("customer_aggregates"), progress=report)
     if aggregates is None or not aggregates.num_rows:
         console.print("no customer aggregates committed yet")
     else:
@@ -131,7 +135,10 @@ def print_summary(
                 "folder would read with this one's: give an empty folder, or delete them (nothing copied)",
                 USAGE,
             )
-        copied = download_keys(s3, settings.bucket, outputs.all_committed_keys(), download)
+        with progress_of("downloading committed files", "file", bar=show_progress(None)) as report:
+            copied = download_keys(
+                s3, settings.bucket, outputs.all_committed_keys(), download, progress=report
+            )
         console.print(f"copied {copied:,} committed files to {download}/")
     # the query reads customer_aggregates/: none when every record was rejected
     if download is not None and outputs.present("customer_aggregates"):

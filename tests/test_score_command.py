@@ -6,6 +6,7 @@ a local folder. The model fits are real (pymc-marketing, a few hundred buyers).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import shutil
@@ -548,6 +549,29 @@ def test_summary_shows_freshness_percentiles(
     assert f"{fresh.arrival_to_durable_p50:,.1f}" in text and f"{fresh.arrival_to_durable_p99:,.1f}" in text
     assert json.dumps(fresh.newest_event_age_p99)  # a number
     assert "days old at its commit" not in text, "events seconds old are no backfill"
+
+
+def test_summary_shows_progress_of_its_long_reads_and_of_a_download(
+    s3: Any, settings: Settings, bucket_content: WorkerBucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long history's summary read every customer_aggregates file, and downloaded every committed file, for a
+    minute with nothing shown: each now reports its progress (a bar on a terminal, else a line every 30 s)."""
+    import clickstream.summary as summary
+
+    reported: dict[str, list[tuple[int, int]]] = {}
+
+    @contextlib.contextmanager
+    def recording(description: str, _unit: str, *, bar: bool) -> Iterator[Any]:
+        calls = reported.setdefault(description, [])
+        yield lambda done, total: calls.append((done, total))
+
+    monkeypatch.setattr(summary, "progress_of", recording)
+    summary.print_summary(settings, tmp_path, console=Console(record=True, width=160))
+    copied = [path for path in tmp_path.rglob("*") if path.is_file()]
+    aggregates = [path for path in copied if "/customer_aggregates/" in str(path)]
+    assert aggregates and len(copied) > len(aggregates)
+    assert reported["reading customer_aggregates"][-1] == (len(aggregates), len(aggregates))
+    assert reported["downloading committed files"][-1] == (len(copied), len(copied))
 
 
 def test_summary_says_in_days_that_events_carry_old_times(monkeypatch: pytest.MonkeyPatch) -> None:
