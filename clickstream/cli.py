@@ -1042,6 +1042,8 @@ def summary(download: Path | None, top: int, **overrides: Any) -> None:
     settings = build_settings(**overrides)
     if download is not None:
         writable_folder("--download", download)
+        # the copies go under <download>/<prefix>/: a file in the way there failed the download at the very end
+        writable_folder("--download", download / settings.prefix)
     print_summary(settings, download, top=top)
 
 

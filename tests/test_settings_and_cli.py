@@ -2205,6 +2205,15 @@ def test_score_of_a_folder_of_other_files_says_what_they_are_not(tmp_path: Path)
     assert_one_line(result, 2, f"{junk}: ", "x.parquet")
 
 
+def test_summary_download_with_a_file_where_its_prefix_folder_goes_is_exit_2_before_any_work(
+    tmp_path: Path,
+) -> None:
+    """It printed the whole summary, then failed copying with 'Not a directory', exit 1, naming no flag."""
+    (tmp_path / "rfm").write_text("x")
+    result = run_cli("summary", "--download", str(tmp_path), env={"AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
+    assert_one_line(result, 2, f"--download {tmp_path / 'rfm'}: is a file, not a folder")
+
+
 def test_summary_download_into_a_path_that_cannot_be_a_folder_is_exit_2(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("")
     result = run_cli("summary", "--download", str(tmp_path / "a-file" / "sub"))
