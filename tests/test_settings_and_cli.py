@@ -2269,55 +2269,38 @@ def test_produce_puts_generated_events_on_a_real_stream_only_when_asked_for() ->
 
 
 @pytest.mark.parametrize(
-    "command",
+    ("value", "refusal"),
     [
-        ["report", "-o", "s3://bucket/rfm/report.html"],
-        ["summary", "--download", "s3://bucket/copy"],
-        ["generate", "-o", "s3://bucket/events.jsonl"],
-        ["score", "--output-dir", "s3://bucket/scores"],
-        ["worker", "--state-dir", "s3://bucket/state"],
-        ["demo", "--output-dir", "s3://bucket/demo"],
+        ("s3://bucket/out", "is a URL: this takes a local path"),  # written to a folder named s3:
+        # the current folder: ``--state-dir "$STATE_DIR"`` with the variable unset ran a worker there
+        ("", "is empty: give a path"),
+        (" ", "is empty: give a path"),
     ],
-    ids=lambda command: command[0],
+    ids=["url", "empty", "blank"],
 )
-def test_a_url_given_for_a_local_path_is_refused_not_written_to_a_folder_named_s3(
-    command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from click.testing import CliRunner
-
-    from clickstream.cli import main
-
-    monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(main, command)
-    assert result.exit_code == 2, result.output
-    assert "is a URL: this takes a local path" in result.output
-    assert not list(tmp_path.iterdir())  # no s3: folder
-
-
 @pytest.mark.parametrize(
     "command",
     [
-        ["report", "-o", ""],
-        ["summary", "--download", ""],
-        ["generate", "-o", " "],
-        ["score", "--output-dir", ""],
-        ["worker", "--state-dir", ""],
-        ["demo", "--output-dir", ""],
+        ["report", "-o"],
+        ["summary", "--download"],
+        ["generate", "-o"],
+        ["score", "--output-dir"],
+        ["worker", "--state-dir"],
+        ["demo", "--output-dir"],
     ],
     ids=lambda command: command[0],
 )
-def test_an_empty_local_path_is_refused_not_taken_as_the_current_folder(
-    command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_url_or_nothing_given_for_a_local_path_is_refused_and_nothing_written(
+    command: list[str], value: str, refusal: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``--state-dir "$STATE_DIR"`` with the variable unset ran a worker in the current folder."""
     from click.testing import CliRunner
 
     from clickstream.cli import main
 
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(main, command)
+    result = CliRunner().invoke(main, [*command, value])
     assert result.exit_code == 2, result.output
-    assert "is empty: give a path" in result.output
+    assert refusal in result.output
     assert not list(tmp_path.iterdir())
 
 
