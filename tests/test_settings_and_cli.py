@@ -11,6 +11,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -379,6 +380,30 @@ def test_python_dash_m_clickstream_is_the_same_command_line() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("Usage: clickstream score [OPTIONS]"), result.stdout
+
+
+def test_a_ctrl_c_while_the_command_line_loads_is_one_line_and_130() -> None:
+    """A Ctrl-C in the first half second (boto3, pyarrow and duckdb loading) printed a traceback of the imports.
+    The interruption is made to land in the import of the command line itself, whatever the machine's speed."""
+    interrupted_import = textwrap.dedent(
+        """
+        import builtins, sys
+        real_import = builtins.__import__
+        def importing(name, *args, **kwargs):
+            if name == "clickstream.cli":
+                raise KeyboardInterrupt
+            return real_import(name, *args, **kwargs)
+        builtins.__import__ = importing
+        sys.argv = ["clickstream", "summary"]
+        from clickstream.__main__ import run
+        run()
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", interrupted_import], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert result.returncode == 130, result.stderr
+    assert result.stderr == "clickstream: interrupted while starting (Ctrl-C): nothing was done\n"
 
 
 @pytest.mark.parametrize("command", sorted(main.commands))
