@@ -323,17 +323,18 @@ def emulator(host: str, port: int, allow_remote: bool) -> None:
         run_foreground(host, port, allow_remote=allow_remote)
     except RemoteBindRefusedError as error:
         raise FrontDoorError(str(error), USAGE) from None
-    except (socket.gaierror, OSError) as error:
-        if not isinstance(error, socket.gaierror) and error.errno != errno.EADDRNOTAVAIL:
-            raise FrontDoorError(
-                f"cannot serve on {host}:{port}: {error.strerror or error} (another emulator running? pick another "
-                "--port, or --port 0 for any free one)",
-                1,
-            ) from None
+    except OSError as error:
         # the host name resolves to no address, or to an address of another machine
+        if isinstance(error, socket.gaierror) or error.errno == errno.EADDRNOTAVAIL:
+            raise FrontDoorError(
+                f"cannot serve on {host}:{port}: {error.strerror or error} (--host: a name or address of this "
+                "machine)",
+                USAGE,
+            ) from None
         raise FrontDoorError(
-            f"cannot serve on {host}:{port}: {error.strerror or error} (--host: a name or address of this machine)",
-            USAGE,
+            f"cannot serve on {host}:{port}: {error.strerror or error} (another emulator running? pick another "
+            "--port, or --port 0 for any free one)",
+            1,
         ) from None
 
 
