@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -22,7 +21,7 @@ from clickstream.commit_ledger import read_all_commits
 from clickstream.console import progress_of
 from clickstream.errors import FrontDoorError
 from clickstream.options import show_progress
-from consumer.s3_sink import commit_record_at, named_if_missing, prefix_in_use
+from consumer.s3_sink import commit_record_at, map_in_parallel, named_if_missing, prefix_in_use
 from runtime.exit_codes import RUNTIME, USAGE
 from runtime.settings import Settings
 from schemas.control import CommitRecord
@@ -66,10 +65,7 @@ def download_keys(
         with named_if_missing(bucket, key):
             s3.download_file(bucket, key, str(target))
 
-    with ThreadPoolExecutor(max_workers=MAX_WORKERS) as pool:
-        for done, _ in enumerate(pool.map(copy, keys), start=1):
-            if progress is not None:
-                progress(done, len(keys))
+    map_in_parallel(copy, keys, MAX_WORKERS, progress)
     return len(keys)
 
 
@@ -182,13 +178,7 @@ def read_tables(
 
     if not keys:
         return None
-    tables = []
-    with ThreadPoolExecutor(max_workers=MAX_WORKERS) as pool:
-        for done, table in enumerate(pool.map(fetch, keys), start=1):
-            if table is not None:
-                tables.append(table)
-            if progress is not None:
-                progress(done, len(keys))
+    tables = [table for table in map_in_parallel(fetch, keys, MAX_WORKERS, progress) if table is not None]
     if missing is not None:
         missing.sort()
     return pa.concat_tables(tables, promote_options="default") if tables else None

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -34,6 +34,7 @@ from schemas.layout import DATA_OUTPUTS, FlushName, Output, OutputLayout
 from schemas.positions import Position, chain_order
 
 log = logging.getLogger(__name__)
+_Result = TypeVar("_Result")
 
 #: Columns written without a dictionary: values (nearly) all distinct, or repeated only a few times and next to each
 #: other (a session's events), so a dictionary page costs write time and bytes and saves nothing; zstd finds the
@@ -624,15 +625,26 @@ def _fetch_commits(
     def fetch(key: str) -> CommitRecord:
         return read_commit(s3, bucket, key)
 
+    return sorted(map_in_parallel(fetch, keys, max_workers, progress), key=CommitRecord.chain_order)
+
+
+def map_in_parallel(
+    work: Callable[[str], _Result],
+    keys: list[str],
+    max_workers: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[_Result]:
+    """``work`` on each of ``keys`` in threads (S3 requests wait on the network), results in the keys' order;
+    ``progress(done, total)`` as they arrive."""
+    results: list[_Result] = []
     if not keys:
-        return []
-    records = []
+        return results
     with ThreadPoolExecutor(max_workers=min(max_workers, len(keys))) as pool:
-        for record in pool.map(fetch, keys):
-            records.append(record)
+        for result in pool.map(work, keys):
+            results.append(result)
             if progress is not None:
-                progress(len(records), len(keys))
-    return sorted(records, key=CommitRecord.chain_order)
+                progress(len(results), len(keys))
+    return results
 
 
 def read_commit(s3: Any, bucket: str, key: str) -> CommitRecord:
