@@ -309,14 +309,9 @@ def emulator(host: str, port: int, allow_remote: bool) -> None:
     It speaks HTTP/1.1 and h2c on one port, as the KCL needs. Point other commands at it with
     AWS_ENDPOINT_URL=http://127.0.0.1:PORT. For development and demos only (it is not in the container image).
     """
-    try:
-        from emulator.server import RemoteBindRefusedError, run_foreground
-    except ImportError as error:
-        raise FrontDoorError(
-            f"the embedded endpoint is for development and demos ({error.name} is missing): install from a source "
-            "checkout with `make setup` or pip install -e '.[emulator]'",
-            USAGE,
-        ) from None
+    _require_the_emulator("the embedded endpoint")
+    from emulator.server import RemoteBindRefusedError, run_foreground
+
     if allow_remote:
         log.warning("serving the emulator on %s without authentication (--allow-remote)", host)
     try:
@@ -335,6 +330,20 @@ def emulator(host: str, port: int, allow_remote: bool) -> None:
             f"cannot serve on {host}:{port}: {error.strerror or error} (another emulator running? pick another "
             "--port, or --port 0 for any free one)",
             1,
+        ) from None
+
+
+def _require_the_emulator(what: str) -> None:
+    """The embedded endpoint (the emulator package and moto) is in a source checkout, not in the container image."""
+    try:
+        import moto  # noqa: F401 - the server imports it when it starts
+
+        import emulator.server  # noqa: F401
+    except ImportError as error:
+        raise FrontDoorError(
+            f"{what} is for development and demos ({error.name} is missing, as in the container image): install "
+            "from a source checkout with `make setup` or pip install -e '.[emulator]'",
+            USAGE,
         ) from None
 
 
@@ -577,8 +586,8 @@ def produce(
 ) -> None:
     """Put events on the stream with PutRecords (batched, retried, nothing silently dropped).
 
-    Without --input, generated demo events are put: against AWS itself (no AWS_ENDPOINT_URL) only with an explicit
-    --events, so that demo load never reaches a production stream by accident."""
+    Without --input, generated demo events are put: against AWS itself (AWS_ENDPOINT_URL unset or an AWS endpoint)
+    only with an explicit --events, so that demo load never reaches a production stream by accident."""
     from botocore.exceptions import ClientError
 
     from consumer.preflight import is_missing_stream, stream_missing
@@ -604,11 +613,12 @@ def produce(
         raise FrontDoorError(
             f"{flags}: the generator's options do not apply with --input (the file is sent as is)", USAGE
         )
-    if input_file is None and settings.aws_endpoint_url is None and "events" not in given:
+    if input_file is None and not settings.emulated and "events" not in given:
         # synthetic customers on what may be a production stream: only when asked for in so many words
         raise FrontDoorError(
             f"without --input, produce puts generated demo events on stream {settings.stream_name!r} in AWS "
-            "(no AWS_ENDPOINT_URL): give --events N to do that, or --input FILE for real records",
+            "(AWS_ENDPOINT_URL unset or an AWS endpoint): give --events N to do that, or --input FILE for real "
+            "records",
             USAGE,
         )
     if input_file is not None:
@@ -649,6 +659,11 @@ def produce(
     except (PutRecordsError, PutInputError) as error:
         say_doubtful(f"{input_file} read (delivered or not)")
         _say_stdin_is_consumed(input_file)
+        refused = explain(error.__cause__) if isinstance(error.__cause__, ClientError) else None
+        if (
+            refused is not None and refused.exit_code == USAGE
+        ):  # the caller's identity or policy, not the service
+            raise FrontDoorError(f"{refused.message}; {error.outcome()}", USAGE) from None
         raise FrontDoorError(error.outcome()) from None
     except PutInterrupted as interrupted:
         say(interrupted.outcome(), logging.WARNING)
@@ -1072,13 +1087,7 @@ def summary(download: Path | None, top: int, **overrides: Any) -> None:
 def demo(customers: int, events: int, seed: int, shards: int, output_dir: Path) -> None:
     """End to end on the embedded AWS endpoint: generate, produce, run the real KCL worker until idle, summarise,
     score the customers and write the HTML report."""
-    try:
-        import moto  # noqa: F401 - the demo runs on the embedded endpoint
-    except ImportError:
-        raise FrontDoorError(
-            "the demo needs the emulator extra: pip install 'clickstream-rfm[emulator]' (or run `make demo`)",
-            USAGE,
-        ) from None
+    _require_the_emulator("the demo, which runs on the embedded endpoint,")
     from clickstream.demo import DEMO_MARK, DEMO_OUTPUTS, replaceable_output, run_demo
 
     # first: a file or a device there is not "files a demo did not write"

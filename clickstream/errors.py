@@ -18,7 +18,7 @@ from botocore import exceptions as aws
 
 from runtime.aws import ACCESS_DENIED_CODES, THROTTLING_CODES
 from runtime.exit_codes import RUNTIME, USAGE
-from runtime.settings import ConfigError
+from runtime.settings import ConfigError, is_aws_host
 from schemas.control import ControlRecordError
 
 _NOT_FOUND = {
@@ -64,7 +64,7 @@ def _endpoint(error: Exception) -> str:
 def _unreachable(error: Exception) -> str:
     """AWS itself is reached over a network path; any other endpoint is a local stand-in that may not be up."""
     endpoint = _endpoint(error)
-    if (urlsplit(endpoint).hostname or "").endswith(".amazonaws.com"):
+    if is_aws_host(endpoint):
         hint = "check the network path to AWS (VPC endpoints, NAT, proxy) and AWS_REGION"
     else:
         hint = "is it running? (AWS_ENDPOINT_URL; `clickstream emulator` starts a local one)"

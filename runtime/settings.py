@@ -64,6 +64,12 @@ class ConfigError(ValueError):
     """Raised for invalid configuration; the message names each setting (env var) and why it is wrong."""
 
 
+def is_aws_host(url: str) -> bool:
+    """Whether ``url`` is AWS itself (a regional or VPC endpoint), not an emulator that stands in for it."""
+    host = (urlsplit(url).hostname or "").lower()
+    return host.endswith((".amazonaws.com", ".amazonaws.com.cn"))
+
+
 def _localstack_endpoint() -> str | None:
     """With LOCALSTACK_HOST set (LocalStack's own convention), talk to that LocalStack unless told otherwise."""
     if not os.environ.get("LOCALSTACK_HOST"):
@@ -481,11 +487,16 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def emulated(self) -> bool:
+        """Whether the run talks to an emulator (LocalStack, the embedded one): an endpoint that is not AWS's."""
+        return self.aws_endpoint_url is not None and not is_aws_host(self.aws_endpoint_url)
+
+    @property
     def effective_metrics_level(self) -> str:
         """NONE against emulators (they serve no CloudWatch for the KCL), SUMMARY in AWS, unless set."""
         if self.kcl_metrics_level:
             return self.kcl_metrics_level
-        return "NONE" if self.aws_endpoint_url else "SUMMARY"
+        return "NONE" if self.emulated else "SUMMARY"
 
     @property
     def layout(self) -> OutputLayout:

@@ -1325,16 +1325,6 @@ def test_emulator_refuses_a_non_loopback_host_in_one_line_naming_a_real_flag() -
     assert "--allow-remote" in run_cli("emulator", "--help").stdout
 
 
-def test_demo_without_the_emulator_extra_is_a_set_up_error(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    """A missing extra is set-up, exit 2 as the emulator command says it, not a run-time failure."""
-    monkeypatch.setitem(sys.modules, "moto", None)  # import fails as if not installed
-    result = CliRunner().invoke(main, ["demo", "--output-dir", str(tmp_path / "demo")])
-    assert result.exit_code == 2, result.output
-    assert "pip install 'clickstream-rfm[emulator]'" in result.output
-
-
 def test_emulator_on_a_port_in_use_is_one_line_and_exit_1() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -2294,6 +2284,23 @@ def test_produce_puts_generated_events_on_a_real_stream_only_when_asked_for() ->
 
 
 @pytest.mark.parametrize(
+    "endpoint",
+    [
+        "https://kinesis.eu-west-1.amazonaws.com",
+        "https://vpce-0abc-1x2y.kinesis.eu-west-1.vpce.amazonaws.com",
+    ],
+)
+def test_an_aws_endpoint_is_aws_itself_for_demo_load_and_metrics(endpoint: str) -> None:
+    refused = CliRunner().invoke(
+        main, ["produce", "--stream", "prod", "--no-progress"], env={"AWS_ENDPOINT_URL": endpoint}
+    )
+    assert refused.exit_code == 2, refused.output
+    assert "give --events N" in refused.output
+    assert Settings(aws_endpoint_url=endpoint).effective_metrics_level == "SUMMARY"
+    assert Settings(aws_endpoint_url="http://127.0.0.1:4566").effective_metrics_level == "NONE"
+
+
+@pytest.mark.parametrize(
     ("value", "refusal"),
     [
         ("s3://bucket/out", "is a URL: this takes a local path"),  # written to a folder named s3:
@@ -2494,3 +2501,60 @@ def test_only_an_input_that_is_not_a_regular_file_lingers(tmp_path: Path) -> Non
     assert _is_regular_file(regular)
     assert not _is_regular_file(fifo)
     assert not _is_regular_file(Path("/dev/null"))
+
+
+@pytest.mark.parametrize(
+    ("code", "said"),
+    [
+        ("AccessDeniedException", "check the IAM policy"),
+        ("ExpiredTokenException", "AWS refused the credentials"),
+    ],
+)
+def test_produce_refused_by_the_callers_identity_says_so_and_what_was_delivered(
+    emulator_endpoint: str, tmp_path: Path, code: str, said: str
+) -> None:
+    """A task role without kinesis:PutRecords passes the stream check (DescribeStreamSummary) and is refused at the
+    first put: a usage error naming the action and the policy, besides what was delivered."""
+    from emulator.faults import clear_faults, set_fault
+    from producer.generator import generate_events
+
+    stream = f"refused-{code.lower()}"
+    env = {"AWS_ENDPOINT_URL": emulator_endpoint, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x"}
+    kinesis = boto3.client("kinesis", region_name="us-east-1", **_client_options(env))
+    kinesis.create_stream(StreamName=stream, ShardCount=1)
+    kinesis.get_waiter("stream_exists").wait(StreamName=stream, WaiterConfig={"Delay": 0.2})
+    records = tmp_path / "three.jsonl"
+    records.write_bytes(b"\n".join(generate_events(3, 3, 7)) + b"\n")
+    message = (
+        "User: arn:aws:sts::000000000000:assumed-role/task is not authorized to perform: kinesis:PutRecords"
+    )
+    set_fault(emulator_endpoint, "kinesis", 400, 60, operations=["PutRecords"], code=code, message=message)
+    try:
+        result = run_cli("produce", "--stream", stream, "--input", str(records), "--no-progress", env=env)
+    finally:
+        clear_faults(emulator_endpoint)
+    line = assert_one_line(result, 2, said, "PutRecords", "0 records delivered")
+    if code == "AccessDeniedException":
+        assert "kinesis:PutRecords" in line, "the service's own words name the action"
+
+
+@pytest.mark.parametrize("command", [["demo"], ["emulator", "--port", "0"]])
+@pytest.mark.parametrize("missing", ["moto", "emulator"])
+def test_the_emulator_commands_without_the_emulator_say_where_to_get_it(
+    command: list[str], missing: str
+) -> None:
+    """As in the container image (no moto, no emulator package): a set-up error (exit 2, not a run-time failure)
+    in one line saying it is a source checkout's."""
+    script = (
+        f"import sys; sys.modules[{missing!r}] = None; sys.argv = ['clickstream', *{command!r}]; "
+        "from clickstream.__main__ import run; run()"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=Path(__file__).parents[1],
+    )
+    assert_one_line(result, 2, "is for development and demos", f"({missing}", "make setup")
