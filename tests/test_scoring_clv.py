@@ -339,7 +339,7 @@ def test_a_small_shop_whose_purchase_rates_barely_differ_is_refused_or_noted_nev
     try:
         result = fit_and_predict(_small_shop(100, 30, None), CONFIG)
     except UnusableFit as refused:
-        message = str(refused.value)
+        message = str(refused)
         assert message.startswith("BG/NBD fitted r = "), message
         assert "purchase rates barely differ" in message and "later as-of" in message
         return
