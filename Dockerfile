@@ -1,10 +1,11 @@
 # syntax=docker/dockerfile:1
 #
-# One image for the KCL worker and every other command (producer, replays, manifests, scoring): the entry point
-# is `clickstream`, the default command `clickstream worker`. Run another command by passing it, e.g.
-# `docker run IMAGE produce --events 1000`. Give the worker 30 s to stop (`docker run --stop-timeout 30`, or
-# `docker stop -t 30`): Docker's default 10 s would kill it during the flush its SIGTERM starts (nothing is lost, the
-# records are read again, but the stop is not clean).
+# One image for the KCL worker and every other command (producer, replays, manifests, scoring) but `demo` and
+# `emulator`, which need the embedded AWS endpoint left out below (emulator/, moto): run those from a source
+# checkout (`make setup`). The entry point is `clickstream`, the default command `clickstream worker`. Run another
+# command by passing it, e.g. `docker run IMAGE produce --events 1000`. Give the worker 30 s to stop
+# (`docker run --stop-timeout 30`, or `docker stop -t 30`): Docker's default 10 s would kill it during the flush its
+# SIGTERM starts (nothing is lost, the records are read again, but the stop is not clean).
 #
 #   builder  - a venv with the exact pins of deploy/constraints.txt plus the application, built from this tree
 #   runtime  - slim Python + Debian's headless JRE 17 (the KCL MultiLangDaemon is Java) + that venv; non-root

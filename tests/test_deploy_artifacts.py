@@ -686,11 +686,24 @@ def test_the_readme_s_suggested_alarms_are_all_templated() -> None:
     assert suggested - templated == {"DuplicateEvents", "ParentStateMissing"}
 
 
+#: How often the worker writes its gauges (CheckpointAgeSeconds among them): consumer/kcl_worker.py's run loop.
+GAUGE_INTERVAL_SECONDS = 60
+
+
 def test_thresholds_that_follow_settings_are_those_of_the_defaults_and_the_task() -> None:
     by_metric = {alarm["AlarmName"].rsplit("-", 1)[1]: alarm for alarm in alarms()}
     flush_max = float(ecs_env()["CLICKSTREAM_FLUSH_MAX_SECONDS"])
     assert flush_max == DEFAULTS["flush_max_seconds"]
-    assert by_metric["CheckpointAgeSeconds"]["Threshold"] == 5 * flush_max
+    stuck = float(ecs_env().get("CLICKSTREAM_STUCK_SHARD_SECONDS", DEFAULTS["stuck_shard_seconds"]))
+    assert stuck == DEFAULTS["stuck_shard_seconds"]
+    # A warning before the stuck-shard exit: above the flush age limit (a healthy shard checkpoints at least that
+    # often, plus one flush), below the age at which the worker exits 3 and stops writing the gauge, by enough for
+    # a gauge or two to see it. At or above the stuck limit, the alarm could fire only if a gauge fell in the 5 s
+    # between the limit and the worker's next stuck check.
+    checkpoint_age = by_metric["CheckpointAgeSeconds"]["Threshold"]
+    assert checkpoint_age == 3 * flush_max
+    assert flush_max < checkpoint_age < stuck
+    assert stuck - checkpoint_age >= GAUGE_INTERVAL_SECONDS
     assert by_metric["ArrivalToDurableP99"]["Threshold"] == 2 * flush_max + 30
     assert by_metric["ArrivalToDurableP99"]["ExtendedStatistic"] == "p99"
     memory_mib = int(load_json("ecs-task-definition.json")["memory"])
@@ -732,6 +745,19 @@ def test_task_definition_is_a_fargate_task_sized_for_jvm_and_python() -> None:
     container = worker_container()
     assert container["name"] == "worker" and container["essential"] is True
     assert container["image"] == PLACEHOLDERS["IMAGE_URI"]
+
+
+def test_task_sizes_the_readme_suggests_are_fargate_sizes() -> None:
+    """A `"memory"` the README suggests, with the `"cpu"` named beside it or else the template's, is a size Fargate
+    runs: beyond 16 GiB, 2 vCPU is not enough."""
+    readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    template_cpu = load_json("ecs-task-definition.json")["cpu"]
+    suggested = [line for line in readme.splitlines() if re.search(r'"memory": "\d+"', line)]
+    assert suggested, "the sizing table was found"
+    for line in suggested:
+        (memory,) = re.findall(r'"memory": "(\d+)"', line)
+        (cpu,) = re.findall(r'"cpu": "(\d+)"', line) or [template_cpu]
+        assert int(memory) in FARGATE_MEMORY[cpu], line
 
 
 def test_task_definition_caps_the_leases_a_task_takes_at_what_its_memory_holds() -> None:
