@@ -37,6 +37,7 @@ from clickstream.options import (
     LocalPath,
     build_on,
     build_settings,
+    parse_flag_time,
     progress_option,
     setting_option,
     show_progress,
@@ -409,11 +410,21 @@ def _generator_options(func: _F) -> _F:
             "--seed", default=42, show_default=True, type=int, help="Random seed: same seed, same bytes."
         ),
         click.option(
+            "--start",
+            default="2026-03-01",
+            show_default=True,
+            metavar="YYYY-MM-DD",
+            callback=_history_start,
+            help="First day (UTC) of the simulated history. Same start, days and seed: same bytes.",
+        ),
+        click.option(
             "--days",
             default=60,
             show_default=True,
             type=click.IntRange(1, 3650),
-            help="Length of the simulated history in days (from 2026-03-01 UTC; at most ten years).",
+            help="Length of the simulated history in days (at most ten years). A history that reaches today has "
+            "events the worker rejects as event_time_in_future: a warning says so, and which --start ends it "
+            "yesterday.",
         ),
         click.option(
             "--duplicate-rate",
@@ -435,13 +446,46 @@ def _generator_options(func: _F) -> _F:
     return func
 
 
+def _history_start(_: click.Context, __: click.Parameter, value: str) -> datetime:
+    try:
+        day = parse_flag_time(value)
+    except ValueError as error:
+        raise click.BadParameter(f"{error}: use YYYY-MM-DD (a UTC day)") from None
+    if isinstance(day, datetime):
+        raise click.BadParameter(
+            f"{value!r} is a time: give a day, YYYY-MM-DD (histories start at 00:00 UTC)"
+        )
+    return datetime.combine(day, datetime.min.time(), tzinfo=UTC)
+
+
 def _make_generator(
-    *, customers: int, events: int, seed: int, days: int, duplicate_rate: float, malformed_rate: float
+    *,
+    customers: int,
+    events: int,
+    seed: int,
+    start: datetime,
+    days: int,
+    duplicate_rate: float,
+    malformed_rate: float,
 ) -> Any:
     from producer.generator import ClickstreamGenerator
 
+    today, last = datetime.now(UTC).date(), start.date() + timedelta(days=days - 1)
+    if last >= today:
+        say(
+            f"--start {start.date()} --days {days}: the history runs to {last}, past the time of today "
+            f"({today} UTC); the worker rejects events more than CLICKSTREAM_MAX_FUTURE_SKEW_SECONDS ahead of its "
+            f"clock (event_time_in_future); --start {today - timedelta(days=days)} ends it yesterday",
+            logging.WARNING,
+        )
     return ClickstreamGenerator(
-        customers, events, seed, days=days, duplicate_rate=duplicate_rate, malformed_rate=malformed_rate
+        customers,
+        events,
+        seed,
+        start=start,
+        days=days,
+        duplicate_rate=duplicate_rate,
+        malformed_rate=malformed_rate,
     )
 
 

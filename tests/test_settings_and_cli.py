@@ -553,6 +553,37 @@ def test_generate_to_stdout_writes_the_same_bytes(tmp_path: Path) -> None:
     assert result.stdout_bytes == path.read_bytes()
 
 
+def test_generate_warns_of_a_history_reaching_today_and_names_the_start_that_ends_it_yesterday(
+    tmp_path: Path,
+) -> None:
+    """The history began on a fixed day: --days 400 from 2026-03-01 put most events in the future, all rejected by
+    the worker, while generate said only "wrote N records"."""
+    today = datetime.now(UTC).date()
+    path = tmp_path / "late.jsonl"
+    late_start = (today - timedelta(days=10)).isoformat()
+    result = invoke(
+        "generate", "--events", "300", "--start", late_start, "--days", "30", "--output", str(path)
+    )
+    assert result.exit_code == 0, result.output
+    suggested = (today - timedelta(days=30)).isoformat()
+    assert (
+        "event_time_in_future" in result.output and f"--start {suggested} ends it yesterday" in result.output
+    )
+
+    result = invoke(
+        "generate", "--events", "300", "--start", suggested, "--days", "30", "--output", str(path)
+    )
+    assert result.exit_code == 0 and "event_time_in_future" not in result.output, result.output
+    times = [json.loads(line)["event_time"] for line in path.read_bytes().splitlines()]
+    assert min(times) >= suggested and max(times) < today.isoformat()
+
+
+@pytest.mark.parametrize("start", ["2026-03-01T10", "2026-02-30", "yesterday"])
+def test_generate_refuses_a_start_that_is_not_a_day(start: str) -> None:
+    result = invoke("generate", "--start", start, "--output", "-")
+    assert result.exit_code == 2 and "'--start'" in result.output, result.output
+
+
 # ---------------------------------------------------------------------------------------------------- CLI setup
 def test_setup_creates_the_stream_and_an_encrypted_private_bucket_and_can_run_again(
     monkeypatch: pytest.MonkeyPatch,
