@@ -54,9 +54,15 @@ TRANSIENT_CODES = THROTTLING_CODES | frozenset(
 def aws_client(service: str, settings: Settings, total_attempts: int = 6, read_timeout: int = 60) -> Any:
     """A client for ``service`` honouring AWS_ENDPOINT_URL / region from the settings; botocore tries each call up
     to ``total_attempts`` times in all (1: no retries, for a caller that retries, counts and logs them itself), and
-    waits ``read_timeout`` seconds for each answer."""
+    waits ``read_timeout`` seconds for each answer.
+
+    Retries are adaptive (a client-side rate limit after throttling); without retries, standard: the adaptive limit
+    would also delay the caller's own retries by seconds it neither chose nor logs."""
     config = Config(
-        retries={"total_max_attempts": total_attempts, "mode": "adaptive"},
+        retries={
+            "total_max_attempts": total_attempts,
+            "mode": "adaptive" if total_attempts > 1 else "standard",
+        },
         connect_timeout=5,
         read_timeout=read_timeout,
         max_pool_connections=MAX_POOL_CONNECTIONS,

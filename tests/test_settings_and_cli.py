@@ -1837,6 +1837,17 @@ def test_a_client_keeps_a_connection_for_each_parallel_reader() -> None:
     assert client.meta.config.max_pool_connections >= MAX_WORKERS
 
 
+def test_a_client_without_retries_has_no_client_side_rate_limit() -> None:
+    """The producer retries, counts and logs its own retries on a client of one attempt; botocore's adaptive mode
+    still rate-limited that client after throttling, so a retry logged "in 0.060s" came about 2 s later."""
+    from runtime.aws import aws_client
+
+    retried_by_botocore = aws_client("kinesis", load_settings())
+    retried_by_the_caller = aws_client("kinesis", load_settings(), total_attempts=1)
+    assert retried_by_botocore.meta.config.retries["mode"] == "adaptive"
+    assert retried_by_the_caller.meta.config.retries == {"total_max_attempts": 1, "mode": "standard"}
+
+
 @pytest.mark.parametrize(
     "arguments",
     [
