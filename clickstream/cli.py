@@ -810,7 +810,9 @@ def worker(
 @click.option(
     "--dry-run",
     is_flag=True,
-    help="Only say how many committed files and events would be read and where the result would go.",
+    help="Only say how many committed files and events would be read and where the result would go (refusing what "
+    "the run would refuse: a name claimed for another range, an events file gone). It writes only the commit "
+    "ledger's index of the commit records it read (_control/commit_ledger/), as every reader does.",
 )
 @progress_option
 @setting_option("bucket", "--bucket")

@@ -31,11 +31,12 @@ from botocore.exceptions import ClientError
 from tqdm import tqdm
 
 from aggregators.customer_state import CustomerState
+from clickstream.console import progress_of
 from clickstream.errors import FrontDoorError, explain, query_interrupted
-from clickstream.options import parse_flag_time
-from clickstream.outputs import commit_records
+from clickstream.options import parse_flag_time, show_progress
+from clickstream.outputs import MAX_WORKERS, commit_records
 from consumer.retry import is_transient
-from consumer.s3_sink import S3ParquetSink, lost_to_another_writer
+from consumer.s3_sink import S3ParquetSink, lost_to_another_writer, map_in_parallel
 from consumer.state_recovery import state_options
 from runtime.exit_codes import USAGE
 from runtime.settings import Settings
@@ -137,7 +138,26 @@ def plan_replay(
             plan.events += record.accepted - record.duplicates
     plan.output_key = sink.layout.replay_output_key(name, start, end)
     _refuse_another_range(sink, plan)
+    held = _held_claim(sink, plan)
+    if held is not None and not held.covers_the_same_range(plan.start, plan.end):
+        raise _claimed_for_another_range(sink, plan, held)
+    _require_the_files(sink, plan, progress)
     return plan
+
+
+def _require_the_files(sink: S3ParquetSink, plan: ReplayPlan, progress: bool | None) -> None:
+    """FrontDoorError (exit 1) if a planned events file is gone (deleted by hand, or by a lifecycle rule): found
+    before the replay reads hours of files, not after, and by a dry run too."""
+    with progress_of("checking the events files", "file", bar=show_progress(progress)) as report:
+        there = map_in_parallel(sink.exists, plan.files, MAX_WORKERS, report)
+    gone = [key for key, found in zip(plan.files, there, strict=True) if not found]
+    if gone:
+        others = f" and {len(gone) - 1:,} more of the {len(plan.files):,} files" if len(gone) > 1 else ""
+        raise FrontDoorError(
+            f"no such object: s3://{sink.bucket}/{gone[0]}{others}, committed events files the range needs "
+            "(deleted by hand, or by a lifecycle rule?): the replay cannot rebuild the range without them; nothing "
+            "was read or written"
+        )
 
 
 def _refuse_another_range(sink: S3ParquetSink, plan: ReplayPlan) -> None:
@@ -175,13 +195,18 @@ def _claim(sink: S3ParquetSink, plan: ReplayPlan, run_id: str) -> bool:
             return True
         if held.covers_the_same_range(plan.start, plan.end):
             return False
-        raise FrontDoorError(
-            f"replay {plan.name} is claimed for another range, {held.start:%Y-%m-%d %H:%M} to "
-            f"{held.end:%Y-%m-%d %H:%M} UTC, since {held.claimed_at:%Y-%m-%d %H:%M} UTC (s3://{sink.bucket}/{key}): "
-            "choose another --name, or delete that folder if that replay is gone",
-            USAGE,
-        )
+        raise _claimed_for_another_range(sink, plan, held)
     raise FrontDoorError(f"s3://{sink.bucket}/{key} kept changing while it was claimed: try again")
+
+
+def _claimed_for_another_range(sink: S3ParquetSink, plan: ReplayPlan, held: ReplayClaim) -> FrontDoorError:
+    return FrontDoorError(
+        f"replay {plan.name} is claimed for another range, {held.start:%Y-%m-%d %H:%M} to "
+        f"{held.end:%Y-%m-%d %H:%M} UTC, since {held.claimed_at:%Y-%m-%d %H:%M} UTC "
+        f"(s3://{sink.bucket}/{sink.layout.replay_claim_key(plan.name)}): choose another --name, or delete that "
+        "folder if that replay is gone",
+        USAGE,
+    )
 
 
 def _held_claim(sink: S3ParquetSink, plan: ReplayPlan) -> ReplayClaim | None:

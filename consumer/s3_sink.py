@@ -313,6 +313,16 @@ class S3ParquetSink:
         body: bytes = response["Body"].read()
         return body
 
+    def exists(self, key: str) -> bool:
+        """Whether S3 holds ``key`` (a HEAD: nothing is downloaded)."""
+        try:
+            self.s3.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as error:
+            if _is_missing(error):
+                return False
+            raise
+        return True
+
     def get_parquet(self, key: str) -> pa.Table:
         body = self.get_bytes(key)
         if body is None:

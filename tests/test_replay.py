@@ -490,14 +490,42 @@ def test_a_second_replay_of_the_same_name_is_refused_while_the_first_runs(s3: An
     assert list((tmp_path / "replay").iterdir()) == []
 
 
-def test_a_committed_file_gone_from_the_archive_is_named_as_missing(s3: Any, tmp_path: Path) -> None:
-    """It said only the object's URL."""
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]], ids=["run", "dry-run"])
+def test_a_committed_file_gone_from_the_archive_is_named_before_anything_is_read(
+    s3: Any, tmp_path: Path, dry_run: list[str]
+) -> None:
+    """It said only the object's URL, after reading the files before it (hours, on a long backfill); a dry run
+    planned it as if it could run."""
     _archive(s3)
     (first, *_) = [obj["Key"] for obj in s3.list_objects_v2(Bucket=BUCKET, Prefix="rfm/events/")["Contents"]]
     s3.delete_object(Bucket=BUCKET, Key=first)
-    result = _replay("--from", "2026-03-01", "--to", "2026-03-03", "--state-dir", str(tmp_path))
+    result = _replay("--from", "2026-03-01", "--to", "2026-03-03", "--state-dir", str(tmp_path), *dry_run)
     assert result.exit_code == 1, result.output
     assert "no such object" in result.output and f"s3://{BUCKET}/{first}" in result.output, result.output
+    assert "nothing was read or written" in result.output
+    assert _replay_keys(s3) == [], "no claim, no output"
+
+
+def test_a_dry_run_of_a_name_claimed_for_another_range_is_refused_as_the_run_would_be(
+    s3: Any, tmp_path: Path
+) -> None:
+    """A replay stopped before its output (or one still running elsewhere) leaves only its claim: the dry run said
+    the plan and exit 0, the run then exit 2."""
+    from schemas.control import ReplayClaim
+    from schemas.layout import OutputLayout
+
+    _archive(s3)
+    claim = ReplayClaim(_day(1), _day(2), _day(5), "another-run")
+    s3.put_object(Bucket=BUCKET, Key=OutputLayout("rfm").replay_claim_key("wk"), Body=claim.to_json())
+    window = ["--from", "2026-03-02", "--to", "2026-03-03", "--name", "wk", "--state-dir", str(tmp_path)]
+    for dry_run in (["--dry-run"], []):
+        result = _replay(*window, *dry_run)
+        assert result.exit_code == 2, result.output
+        assert (
+            "replay wk is claimed for another range, 2026-03-01 00:00 to 2026-03-02 00:00 UTC"
+            in result.output
+        )
+    assert _replay("--from", "2026-03-01", "--to", "2026-03-02", "--name", "wk", "--dry-run").exit_code == 0
 
 
 def test_a_replay_interrupted_while_writing_says_its_output_may_be_there(
@@ -603,9 +631,13 @@ def _a_twin_runs(s3: Any) -> tuple[Settings, Any]:
     """The archive, a twin run of day 1's replay of ``wk`` holding the name (from another machine), and this run's
     plan of the same range."""
     settings = _archive(s3)
+    _the_twin_claims(s3)
+    return settings, plan_replay(s3, settings, _day(1), _day(2), name="wk")
+
+
+def _the_twin_claims(s3: Any) -> None:
     twin = ReplayClaim(_day(1), _day(2), datetime.now(UTC), run_id="the-twin")
     s3.put_object(Bucket=BUCKET, Key=OutputLayout("rfm").replay_claim_key("wk"), Body=twin.to_json())
-    return settings, plan_replay(s3, settings, _day(1), _day(2), name="wk")
 
 
 def test_a_range_claimed_while_a_twin_run_read_is_not_written_beside_it(
@@ -613,9 +645,13 @@ def test_a_range_claimed_while_a_twin_run_read_is_not_written_beside_it(
 ) -> None:
     """A run of a range that found its twin's claim relied on it; the twin stopped and released it, another range
     claimed the name and wrote, and the first run then wrote its range into the same folder."""
-    settings, mine = _a_twin_runs(s3)
+    settings = _archive(s3)
+    other = plan_replay(
+        s3, settings, _day(2), _day(3), name="wk"
+    )  # on another machine, before the twin claimed
+    _the_twin_claims(s3)
+    mine = plan_replay(s3, settings, _day(1), _day(2), name="wk")
     claim_key = OutputLayout("rfm").replay_claim_key("wk")
-    other = plan_replay(s3, settings, _day(2), _day(3), name="wk")
     read = S3ParquetSink.get_parquet
     meanwhile: list[str] = []
 
