@@ -72,6 +72,9 @@ SHOP_URL: Final = "https://shop.example.com"
 MAX_CUSTOMERS: Final = 10_000_000
 #: Sessions are planned in memory too, about 50 bytes an event (10M events: 0.5 GB, 50 s).
 MAX_EVENTS: Final = 100_000_000
+#: From this many events the planning before the first record takes seconds to minutes: it is said, as no record
+#: (nor progress) comes meanwhile.
+PLANNING_NOTICE_EVENTS: Final = 1_000_000
 
 #: Share of customers who ever make a first purchase (if it falls inside the window).
 CONVERTER_SHARE: Final = 0.75
@@ -387,6 +390,13 @@ class ClickstreamGenerator:
     def records(self) -> Iterator[tuple[str, bytes]]:
         """The stream with a label per record: "valid", "duplicate" or "malformed:<kind>"."""
         self._summary = self._new_summary()
+        if self.events_requested >= PLANNING_NOTICE_EVENTS:
+            logger.info(
+                "planning %s customers and the sessions of %s events in memory before the first record (about a "
+                "minute per 10 million events)",
+                f"{self.customers:,}",
+                f"{self.events_requested:,}",
+            )
         plan_rng = self._rng("plan")
         customers = self._plan_customers(plan_rng)
         sessions, dropped = self._plan_sessions(plan_rng, customers)

@@ -382,3 +382,21 @@ def test_any_configuration_yields_exact_counts_of_contract_valid_events(
     for label, data in records:
         violation = contract_violation(data)
         assert (violation is None) == (label != "malformed" and not label.startswith("malformed:")), violation
+
+
+def test_a_long_planning_is_said_before_it_starts(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """100 million events took about ten silent minutes before the first record (and the first progress)."""
+    import producer.generator as generator
+
+    with caplog.at_level("INFO", logger="producer.generator"):
+        next(ClickstreamGenerator(5, 40, 1).events())
+        assert not [r for r in caplog.records if r.getMessage().startswith("planning")]
+        monkeypatch.setattr(generator, "PLANNING_NOTICE_EVENTS", 40)
+        next(ClickstreamGenerator(5, 40, 1).events())
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("planning")]
+    assert said == [
+        "planning 5 customers and the sessions of 40 events in memory before the first record (about a "
+        "minute per 10 million events)"
+    ]
