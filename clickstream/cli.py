@@ -496,7 +496,7 @@ def _make_generator(
     "-o",
     required=True,
     type=LocalPath(dir_okay=False, path_type=Path),
-    help="JSONL file to write ('-' for stdout).",
+    help="JSONL file to write ('-' for stdout); gzip-compressed when its name ends in .gz.",
 )
 @progress_option
 def generate(output: Path, progress: bool | None, **options: Any) -> None:
@@ -656,6 +656,11 @@ def produce(
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
         raise FrontDoorError(
             f"{flags}: the generator's options do not apply with --input (the file is sent as is)", USAGE
+        )
+    if input_file is None and linger is not None:
+        raise FrontDoorError(
+            "--linger applies to an --input read from a pipe or stdin: generated events are sent as they are made",
+            USAGE,
         )
     if input_file is None and not settings.emulated and "events" not in given:
         # synthetic customers on what may be a production stream: only when asked for in so many words

@@ -90,7 +90,8 @@ def progress_option(func: _F) -> _F:
     option = click.option(
         "--progress/--no-progress",
         default=None,
-        help="Show a progress bar on stderr [default: on a terminal only].",
+        help="Show a progress bar on stderr [default: on a terminal only]; without one, long work logs a progress "
+        "line every 30 s.",
     )
     return option(func)
 

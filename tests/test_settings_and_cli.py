@@ -2600,3 +2600,9 @@ def test_the_emulator_commands_without_the_emulator_say_where_to_get_it(
         cwd=Path(__file__).parents[1],
     )
     assert_one_line(result, 2, "is for development and demos", f"({missing}", "make setup")
+
+
+def test_produce_refuses_linger_without_an_input_it_could_apply_to() -> None:
+    """It was ignored without a word: generated events never wait for a batch to fill."""
+    result = CliRunner().invoke(main, ["produce", "--events", "10", "--linger", "0.5", "--no-progress"])
+    assert result.exit_code == 2 and "--linger applies to an --input read from a pipe" in result.output
