@@ -458,18 +458,11 @@ def _history_start(_: click.Context, __: click.Parameter, value: str) -> datetim
     return datetime.combine(day, datetime.min.time(), tzinfo=UTC)
 
 
-def _make_generator(
-    *,
-    customers: int,
-    events: int,
-    seed: int,
-    start: datetime,
-    days: int,
-    duplicate_rate: float,
-    malformed_rate: float,
-) -> Any:
+def _make_generator(**options: Any) -> Any:
+    """The generator of the command's generator options, warning first of a history that reaches today."""
     from producer.generator import ClickstreamGenerator
 
+    start, days = options["start"], options["days"]
     today, last = datetime.now(UTC).date(), start.date() + timedelta(days=days - 1)
     if last >= today:
         say(
@@ -478,15 +471,7 @@ def _make_generator(
             f"clock (event_time_in_future); --start {today - timedelta(days=days)} ends it yesterday",
             logging.WARNING,
         )
-    return ClickstreamGenerator(
-        customers,
-        events,
-        seed,
-        start=start,
-        days=days,
-        duplicate_rate=duplicate_rate,
-        malformed_rate=malformed_rate,
-    )
+    return ClickstreamGenerator(**options)
 
 
 @main.command()
