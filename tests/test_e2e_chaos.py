@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -38,6 +39,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from itertools import pairwise
 from pathlib import Path
@@ -66,6 +68,10 @@ pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[1]
 PREFIX = "rfm"
+#: A shard processor's restore line (consumer/state_recovery.py): where from, commits and events re-applied.
+RESTORED = re.compile(
+    r"restored shard state from (?P<source>\w+): (?P<commits>\d+) commits, (?P<events>\d+) events"
+)
 
 
 # ------------------------------------------------------------------------------------------------ processes
@@ -754,23 +760,29 @@ def _kill_while_a_commit_stalls(
     A flush runs from its intent to its tidy-up in tens of milliseconds here: too fast for a poll to land a kill
     inside it reliably (stop 22's CI saw every kill miss). S3 answers commit PUTs with 503 until the kill, so a
     flush of this run whose intent names a chain position without a commit waits there, its files written. The
-    caller clears the fault once it has read where the kill found each flush."""
+    caller clears the fault (in a ``finally``) once it has read where the kill found each flush."""
+    from emulator.faults import list_faults
+
     layout = OutputLayout(PREFIX)
-    set_fault(emulator, "s3", 503, 300, operations=["PutObject"], key_prefix=layout.all_commits_prefix)
-    try:
-        time.sleep(0.5)  # a commit PUT that got past the emulator's check before the fault lands meanwhile
+    fault = set_fault(
+        emulator, "s3", 503, 300, operations=["PutObject"], key_prefix=layout.all_commits_prefix
+    )
 
-        def stalled() -> bool:
-            return bool(_torn_flushes(s3, bucket, earlier_intents))
+    def refused() -> bool:
+        return any(f["id"] == fault["id"] and f["hits"] > 0 for f in list_faults(emulator)["active"])
 
-        _wait_for(
-            f"a flush of worker run {trial.number} to wait for its commit", stalled, timeout=60, interval=0.02
-        )
-        time.sleep(trial.delay)
-        worker.kill9(targets)
-    except BaseException:
-        clear_faults(emulator)
-        raise
+    # A refused commit PUT: its flush cannot commit before the kill (every retry meets the fault too), whatever a
+    # commit PUT that got past the emulator's check before the fault does meanwhile.
+    _wait_for(f"a commit PUT of worker run {trial.number} to be refused", refused, timeout=60, interval=0.05)
+
+    def stalled() -> bool:
+        return bool(_torn_flushes(s3, bucket, earlier_intents))
+
+    _wait_for(
+        f"a flush of worker run {trial.number} to wait for its commit", stalled, timeout=60, interval=0.02
+    )
+    time.sleep(trial.delay)
+    worker.kill9(targets)
 
 
 def _run_trials(
@@ -813,21 +825,24 @@ def _run_trials(
         assert worker.process.poll() is None, f"worker exited with {worker.process.returncode}"
         targets = worker.kill_targets()
         trial.processors = len([pid for pid in targets[0] if "consumer.record_processor" in _cmdline(pid)])
-        if trial.mode == "intent":
-            _kill_while_a_commit_stalls(worker, targets, trial, s3, bucket, emulator, earlier_intents)
-        else:
-            time.sleep(trial.delay)
-            worker.kill9(targets)
-        trial.kill_after = round(time.monotonic() - started, 1)
-        statuses = worker.statuses()  # each shard's last report before the kill
-        commits = _commit_records(s3, bucket)
-        trial.commits = len(commits)
-        trial.commits_before_kill = len(commits) - commits_before
-        commits_before = len(commits)
-        trial.records_durable = sum(c.records_in - c.records_skipped for c in commits)
-        trial.steps = _kill_steps(s3, clients["dynamodb"], names, statuses, earlier_intents)
-        if trial.mode == "intent":
-            clear_faults(emulator)
+        try:
+            if trial.mode == "intent":
+                _kill_while_a_commit_stalls(worker, targets, trial, s3, bucket, emulator, earlier_intents)
+            else:
+                time.sleep(trial.delay)
+                worker.kill9(targets)
+            trial.kill_after = round(time.monotonic() - started, 1)
+            statuses = worker.statuses()  # each shard's last report before the kill
+            commits = _commit_records(s3, bucket)
+            trial.commits = len(commits)
+            trial.commits_before_kill = len(commits) - commits_before
+            commits_before = len(commits)
+            trial.records_durable = sum(c.records_in - c.records_skipped for c in commits)
+            trial.steps = _kill_steps(s3, clients["dynamodb"], names, statuses, earlier_intents)
+        finally:
+            # whatever failed meanwhile: a commit-PUT fault left behind would fail the next test on the emulator
+            if trial.mode == "intent":
+                clear_faults(emulator)
         if not trial.keep_state:
             shutil.rmtree(state_dir, ignore_errors=True)
         if trial.number < len(plan):
@@ -1062,6 +1077,7 @@ def duo_run(emulator_endpoint: str, tmp_path_factory: pytest.TempPathFactory) ->
         survivor = next(name for name in workers if name != victim)
         taken = workers[victim].processing()
         print(f"leader {leader}; SIGKILL {victim} holding {sorted(taken)}; survivor {survivor}")
+        killed_at = datetime.now(UTC)
         workers[victim].kill9()
         victim_committed = {
             commit.shard_id
@@ -1096,12 +1112,18 @@ def duo_run(emulator_endpoint: str, tmp_path_factory: pytest.TempPathFactory) ->
         code = workers[survivor].process.returncode
         assert code == 0, f"{survivor} exited with {code}"
         print(f"{survivor} drained and stopped {drained:.0f}s after the second load")
+        # restores after the kill from the victim's progress (its snapshot, or commits re-applied): every shard also
+        # logs one at its start ("from empty: 0 commits"), which would prove nothing
         restored = set()
         for entry in _log_lines(workdir / f"{survivor}.log", "restored shard state"):
-            print(f"  {survivor} {entry.get('shard_id')}: {entry['message']}")
-            restored.add(entry.get("shard_id"))
+            found = RESTORED.search(entry["message"])
+            progress = found is not None and (found["source"] == "snapshot" or int(found["commits"]) > 0)
+            if datetime.fromisoformat(entry["time"]) >= killed_at and progress:
+                print(f"  {survivor} {entry.get('shard_id')}: {entry['message']}")
+                restored.add(entry.get("shard_id"))
         assert taken & victim_committed <= restored, (
-            f"{survivor} took over {sorted(taken & victim_committed)} but restored only {sorted(restored)} from S3"
+            f"{survivor} took over {sorted(taken & victim_committed)} but restored only {sorted(restored)} from "
+            "its commits after the kill"
         )
         yield DuoRun(harness, clients, names, envs, dataset, victim, survivor, workdir)
 

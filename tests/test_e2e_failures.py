@@ -43,6 +43,7 @@ from consumer.status import ShardStatus, StatusWriter, read_statuses
 from emulator.faults import clear_faults, list_faults, set_fault
 from producer.generator import ClickstreamGenerator
 from producer.kinesis_put import KinesisProducer
+from runtime.exit_codes import INTERRUPTED
 from runtime.settings import load_settings
 from tests.parquet_support import download_outputs, output_glob
 from tests.reference import mismatches_against_reference
@@ -393,7 +394,29 @@ def seq(value: str | None) -> int:
     return -1 if value is None or not value.isdigit() else int(value)
 
 
+# ---------------------------------------------------------------------------------------------------- faults
+#: An injected fault that outlasts every step of a scenario; the test ends it itself (``end_fault``) once it has seen
+#: what it needs, so a slow put cannot shorten the window the checks sample (the ``pipeline`` fixture clears every
+#: fault when a test ends, however it ends).
+OPEN_ENDED_SECONDS = 900
+
+
+def fault_hits(endpoint: str, fault: dict[str, Any]) -> int:
+    """How many requests ``fault`` failed so far (active or expired)."""
+    listed = list_faults(endpoint)
+    return sum(f["hits"] for f in listed["active"] + listed["expired"] if f["id"] == fault["id"])
+
+
+def end_fault(endpoint: str, fault: dict[str, Any]) -> int:
+    """End the injected faults (all of them: ``fault`` is the only one active); returns how many requests ``fault``
+    failed."""
+    hits = fault_hits(endpoint, fault)
+    clear_faults(endpoint)
+    return hits
+
+
 # ---------------------------------------------------------------------------------------------------- a. S3 outage
+#: How long the checks sample the outage once the second batch is in the stream.
 OUTAGE_SECONDS = 10.0
 
 
@@ -417,14 +440,15 @@ def test_s3_outage_mid_run_holds_checkpoints_back_and_processing_resumes_by_itse
     )
 
     retried_before = {shard: status.retries for shard, status in pipeline.statuses().items()}
-    fault = set_fault(pipeline.endpoint, "s3", 503, OUTAGE_SECONDS)
-    outage_ends = time.monotonic() + OUTAGE_SECONDS
+    fault = set_fault(pipeline.endpoint, "s3", 503, OPEN_ENDED_SECONDS)
     pipeline.put(second)  # Kinesis is fine: the records arrive, buffer and cannot be flushed
     retries: Counter[str] = Counter()
     buffered: Counter[str] = Counter()
     samples = 0
     first_sample = last_sample = time.monotonic()
-    while time.monotonic() < outage_ends - 0.5:
+    # The outage lasts until it is ended below: the checks run through OUTAGE_SECONDS of it after the put (and at
+    # least 3 times), however long the put took and however slowly the machine samples.
+    while samples < 3 or last_sample - first_sample < OUTAGE_SECONDS:
         checkpoints = pipeline.checkpoints()
         assert checkpoints == before, f"a checkpoint moved during the S3 outage: {before} -> {checkpoints}"
         for shard_id, status in pipeline.statuses().items():
@@ -435,12 +459,9 @@ def test_s3_outage_mid_run_holds_checkpoints_back_and_processing_resumes_by_itse
         samples += 1
         last_sample = time.monotonic()
         time.sleep(0.5)
-    # The checks above ran through the outage, however slowly the machine sampled (not a count of samples).
-    assert samples >= 3 and last_sample - first_sample >= OUTAGE_SECONDS - 5, (
-        samples,
-        first_sample,
-        last_sample,
-    )
+    hits = end_fault(pipeline.endpoint, fault)
+    print(f"\nS3 outage: {samples} samples in {last_sample - first_sample:.1f}s; {hits} requests failed")
+    assert hits > 0, "the worker's S3 requests met the fault"
     assert set(retries) == set(before), pipeline.describe()
     assert all(retries[shard] > retried_before[shard] for shard in retries), (
         f"every shard retries during the outage: {dict(retries)}, before it {retried_before}"
@@ -453,8 +474,6 @@ def test_s3_outage_mid_run_holds_checkpoints_back_and_processing_resumes_by_itse
         60.0,
         worker,
     )
-    hits = {f["id"]: f["hits"] for f in list_faults(pipeline.endpoint)["expired"]}
-    assert hits[fault["id"]] > 0, "the worker's S3 requests met the fault"
     after = pipeline.checkpoints()
     assert after == {shard: s.applied_sequence for shard, s in pipeline.statuses().items()}
     assert all(seq(after[shard]) > seq(before[shard]) for shard in before)
@@ -500,29 +519,36 @@ def test_sigterm_flushes_and_checkpoints_every_shard_and_a_second_signal_forces_
     worker.send(signal.SIGTERM)
     signalled = time.monotonic()
     code = worker.wait(STOP_TIMEOUT, "a single SIGTERM")
-    stop_seconds = time.monotonic() - signalled
+    # exit 0 is the stop in time: past its stop deadline the worker kills the KCL and exits 1
     assert code == 0, worker.tail()
-    assert stop_seconds < 25.0, f"stopped in {stop_seconds:.1f}s, beyond the 25 s stop deadline"
+    print(f"\na single SIGTERM: flushed, checkpointed and stopped in {time.monotonic() - signalled:.1f}s")
     statuses = pipeline.statuses()
     assert all(s.flushes == 1 and s.buffered_records == 0 for s in statuses.values()), pipeline.describe()
     assert pipeline.checkpoints() == {shard: s.applied_sequence for shard, s in statuses.items()}
     assert sum(s.records_flushed for s in statuses.values()) == len(first)
     assert_exact_outputs(pipeline)
 
-    # SIGTERM, then at once a second signal: forced exit, non-zero, within seconds, nothing left running.
+    # SIGTERM, then a second signal while the shards still flush: forced exit (130 for Ctrl-C, only the second signal
+    # gives it; a graceful stop exits 0, or 1 with records unflushed), nothing left running.
     pipeline.put(second)
     worker = pipeline.start_worker(**BUFFERING)
     wait_until_everything_is_buffered(pipeline, worker, len(second))
     tree = descendants(worker.pid)
     assert len(tree) >= 1 + SHARDS, "the JVM and one record processor per shard run below the worker"
     worker.send(signal.SIGTERM)
-    time.sleep(0.2)
+    # The second signal only once the worker has taken the first: both pending at once, Python would run their
+    # handlers in signal-number order, SIGINT's first (and then exit 143 for a forcing SIGTERM).
+    pipeline.wait_for(
+        "the worker to take the SIGTERM",
+        lambda: "received SIGTERM" in worker.log_path.read_text(encoding="utf-8", errors="replace"),
+        30.0,
+        worker,
+    )
     worker.send(signal.SIGINT)
     signalled = time.monotonic()
-    code = worker.wait(10.0, "SIGTERM + SIGINT")
-    forced_seconds = time.monotonic() - signalled
-    assert code != 0, worker.tail()
-    assert forced_seconds < 5.0, f"forced exit took {forced_seconds:.1f}s"
+    code = worker.wait(STOP_TIMEOUT, "SIGTERM + SIGINT")
+    assert code == INTERRUPTED, f"exit {code}, not the forced exit by Ctrl-C ({INTERRUPTED})\n{worker.tail()}"
+    print(f"SIGTERM + SIGINT: forced exit {code} in {time.monotonic() - signalled:.1f}s")
     survivors = [pid for pid in tree if alive(pid)]
     deadline = time.monotonic() + 5
     while survivors and time.monotonic() < deadline:
@@ -610,11 +636,9 @@ class TestStuckShard:
     ) -> None:
         assert stuck["exit_code"] == 3, stuck["log"][-5000:]
         assert "stuck shards, exiting" in stuck["log"], stuck["log"][-5000:]
-        # stuck after WORKER_STUCK_SECONDS without a flush (not before), seen by the worker's check every 5 s; the
-        # upper bound leaves a loaded machine room for the put, the KCL's poll and the JVM's exit
-        assert WORKER_STUCK_SECONDS <= stuck["exit_seconds"] < WORKER_STUCK_SECONDS + 20.0, stuck[
-            "exit_seconds"
-        ]
+        # stuck after WORKER_STUCK_SECONDS without a flush, not before: the records waiting arrived after the fault
+        # (no upper bound: the time also holds the put, the worker's check every 5 s, the KCL's poll, the JVM's exit)
+        assert stuck["exit_seconds"] >= WORKER_STUCK_SECONDS, stuck["exit_seconds"]
         assert stuck["checkpoints_stuck"] == stuck["checkpoints_before"]
         statuses = stuck["statuses"]
         assert all(s.retries > 0 and s.buffered_records > 0 for s in statuses.values()), statuses
@@ -636,8 +660,8 @@ class TestStuckShard:
 
 
 # ---------------------------------------------------------------------------------------------------- d. throttling
-#: Long enough that the put below (slow on a loaded machine) leaves a few samples of the throttled window.
-KINESIS_THROTTLE_SECONDS = 8
+#: How long the checks sample the GetRecords throttling once the second batch is in the stream.
+KINESIS_THROTTLE_SECONDS = 5.0
 
 
 def test_kinesis_and_dynamodb_throttling_is_ridden_out(pipeline: Pipeline) -> None:
@@ -655,20 +679,22 @@ def test_kinesis_and_dynamodb_throttling_is_ridden_out(pipeline: Pipeline) -> No
         worker,
     )
 
-    # GetRecords throttled: records put now cannot be read until it ends.
-    ends = time.monotonic() + KINESIS_THROTTLE_SECONDS  # taken first: no later than the emulator's own end
+    # GetRecords throttled until it is ended below: records put now cannot be read meanwhile. The checks run through
+    # KINESIS_THROTTLE_SECONDS of it after the put (and at least 3 times), however long the put took.
     kinesis_fault = set_fault(
-        pipeline.endpoint, "kinesis", 400, KINESIS_THROTTLE_SECONDS, operations=["GetRecords"]
+        pipeline.endpoint, "kinesis", 400, OPEN_ENDED_SECONDS, operations=["GetRecords"]
     )
     pipeline.put(second)
     samples = 0
-    while time.monotonic() < ends - 0.5:
+    first_sample = last_sample = time.monotonic()
+    while samples < 3 or last_sample - first_sample < KINESIS_THROTTLE_SECONDS:
         received = sum(s.records_received for s in pipeline.statuses().values())
         assert received == len(first), "no record can arrive while GetRecords is throttled"
         samples += 1
+        last_sample = time.monotonic()
         time.sleep(0.25)
-    assert samples >= 3, f"the put took the throttled window: {samples} samples of what arrived during it"
-    time.sleep(max(0.0, ends - time.monotonic()))
+    kinesis_hits = end_fault(pipeline.endpoint, kinesis_fault)
+    assert kinesis_hits > 0, "the KCL's GetRecords calls met the throttling"
     # Then DynamoDB throttled (lease renewals, checkpoints) while the second batch is flushed and checkpointed.
     dynamodb_fault = set_fault(pipeline.endpoint, "dynamodb", 400, 4)
 
@@ -678,9 +704,9 @@ def test_kinesis_and_dynamodb_throttling_is_ridden_out(pipeline: Pipeline) -> No
         90.0,
         worker,
     )
-    hits = {f["id"]: f["hits"] for f in list_faults(pipeline.endpoint)["expired"]}
-    assert hits.get(kinesis_fault["id"], 0) > 0, "the KCL's GetRecords calls met the throttling"
-    assert hits.get(dynamodb_fault["id"], 0) > 0, "the KCL's DynamoDB calls met the throttling"
+    dynamodb_hits = fault_hits(pipeline.endpoint, dynamodb_fault)
+    print(f"\nthrottling failed {kinesis_hits} GetRecords calls and {dynamodb_hits} DynamoDB calls")
+    assert dynamodb_hits > 0, "the KCL's DynamoDB calls met the throttling"
     statuses = pipeline.statuses()
     assert pipeline.checkpoints() == {shard: s.applied_sequence for shard, s in statuses.items()}
     worker.send(signal.SIGTERM)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import time
@@ -48,6 +47,7 @@ from schemas.layout import OutputLayout
 from schemas.positions import Position
 from tests.test_e2e_chaos import (
     PREFIX,
+    RESTORED,
     Dataset,
     Harness,
     Worker,
@@ -71,7 +71,6 @@ WORKERS = ("worker-a", "worker-b")
 LAYOUT = OutputLayout(PREFIX)
 #: An outage that outlasts every step of a scenario; each test ends it itself (clear_faults) at a known moment.
 OUTAGE_SECONDS = 900
-RESTORED = re.compile(r"restored shard state from (\w+): (\d+) commits, (\d+) events")
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -326,6 +325,20 @@ def _keep_lease_with(run: Duo, shard: str, owner: str) -> None:
             _assign_lease(run, shard, owner)
 
 
+def _move_lease(run: Duo, shard: str, owner: str, taker: str) -> None:
+    """Move ``shard``'s lease from ``owner`` to ``taker``. The KCL leader may move the lease between the read of its
+    owner and the conditional update (the update is then refused): handed back to ``owner`` and tried again, so that
+    the move this test is about is one from ``owner``."""
+
+    def moved() -> bool:
+        _keep_lease_with(run, shard, owner)
+        with suppress(run.dynamodb.exceptions.ConditionalCheckFailedException):
+            return _assign_lease(run, shard, taker) == owner
+        return False
+
+    _wait_on(run, f"the lease of {shard} to move from {owner} to {taker}", moved, timeout=60, interval=0.1)
+
+
 def _wait_until_settled(run: Duo, timeout: float) -> None:
     """Every record of the dataset is in a commit (which also settles the intents of the attempts before it)."""
     total = len(run.dataset.labelled)
@@ -354,7 +367,7 @@ def test_a_paused_owner_loses_the_commit_race_and_catches_up_when_it_gets_the_sh
     # (a) A's processor retries a flush at chain position P; A's JVM stops; B takes the shard over from the checkpoint.
     position = _hold_a_flush_in_retries(run, owner, shard, first[0])
     zombie = a.processor_of(shard)
-    paused_at = time.monotonic()
+    paused_at, paused_on = time.monotonic(), datetime.now(UTC)
     java = a.signal_java(signal.SIGSTOP)
     try:
         # Both at once: the leader may hand the lease back to A for a while (A's worker metrics look fresh for a
@@ -413,7 +426,10 @@ def test_a_paused_owner_loses_the_commit_race_and_catches_up_when_it_gets_the_sh
         lambda: zombie not in a.processor_pids(),
         timeout=300,
     )
-    assert _log(a, "lease lost", shard), f"{owner}'s processor of {shard} ended without losing its lease"
+    # since the pause: the balancing before the scenario loses leases too
+    assert _log(a, "lease lost", shard, since=paused_on), (
+        f"{owner}'s processor of {shard} ended without losing its lease"
+    )
 
     # (c) A gets the shard back with the local state it had when its processor ended, after B has committed beyond
     # it. The lease moves as the leader's assignment would move it (the leader is B: stopping it would hold every
@@ -486,7 +502,7 @@ def test_a_lease_moved_during_a_retrying_flush_fences_the_old_owner(duo: Duo, tm
     position = _hold_a_flush_in_retries(run, old, shard, first[0])
     zombie = a.processor_of(shard)
     moved_at = datetime.now(UTC)
-    assert _assign_lease(run, shard, new) == old
+    _move_lease(run, shard, old, new)
     waiting = "held by an earlier processor of this shard"
 
     # B takes the shard over and retries a flush from P too: two writers at one chain position, the race this test

@@ -26,7 +26,7 @@ from clickstream.demo import emulator_environment
 from clickstream.outputs import current_customer_rows
 from consumer.s3_sink import read_commit_records
 from consumer.status import read_statuses
-from emulator.faults import clear_faults, set_fault
+from emulator.faults import clear_faults, list_faults, set_fault
 from producer.generator import ClickstreamGenerator
 from producer.kinesis_put import partition_key_for
 from runtime.settings import load_settings
@@ -100,18 +100,33 @@ def test_split_and_merge_mid_run_keep_every_customer_equal_to_the_reference(
             [sys.executable, "-m", "clickstream.cli", "worker"], env=env, stdout=log_file, stderr=log_file
         )
     in_flight_at_reshard: list[int] = []
+    refused_at_reshard: list[dict[str, int]] = []
 
-    def hold_commits(*shards: str) -> None:
-        """S3 answers the shards' commit PUTs with 503 (they retry) until clear_faults."""
-        for shard in shards:
-            set_fault(
+    def hold_commits(*shards: str) -> dict[str, int]:
+        """S3 answers the shards' commit PUTs with 503 (they retry) until clear_faults; the faults' ids by shard."""
+        return {
+            shard: set_fault(
                 emulator_endpoint,
                 "s3",
                 503,
                 120,
                 ["PutObject"],
                 key_prefix=OutputLayout("rfm").commits_prefix(shard),
-            )
+            )["id"]
+            for shard in shards
+        }
+
+    def refused(held: dict[str, int]) -> dict[str, int]:
+        """Commit PUTs refused so far, by shard."""
+        listed = list_faults(emulator_endpoint)
+        hits = {f["id"]: f["hits"] for f in listed["active"] + listed["expired"]}
+        return {shard: hits.get(fault, 0) for shard, fault in held.items()}
+
+    def wait_for_refused_commits(held: dict[str, int], what: str) -> None:
+        """Until every held shard has had a commit PUT refused (fails if not): each holds a flush it cannot commit
+        until clear_faults, so the reshard that follows comes while its parents still have records to commit."""
+        _wait_for(lambda: min(refused(held).values()) > 0, 60, what, log)
+        refused_at_reshard.append(refused(held))
 
     def produced(count: int) -> int:
         return sum(len(part) for part in parts[:count])
@@ -136,8 +151,9 @@ def test_split_and_merge_mid_run_keep_every_customer_equal_to_the_reference(
         low, high = (int(parent["HashKeyRange"][k]) for k in ("StartingHashKey", "EndingHashKey"))
         # The parent cannot commit until the split is done (S3 refuses its commit PUTs, it retries): the split
         # comes while it still holds records, however fast or slow this machine flushes.
-        hold_commits(parent["ShardId"])
+        held = hold_commits(parent["ShardId"])
         cli("produce", "--input", str(files[1]), "--no-progress")
+        wait_for_refused_commits(held, "a commit PUT of the parent refused before the split")
         # put to the parent and not yet flushed by it: it must finish them before its children start
         in_flight_at_reshard.append(put_in(low, high, [0, 1]) - flushed_by(parent["ShardId"]))
         kinesis.split_shard(
@@ -156,8 +172,9 @@ def test_split_and_merge_mid_run_keep_every_customer_equal_to_the_reference(
         ]
         assert len(children) == 2
         pair = [c["ShardId"] for c in children]
-        hold_commits(*pair)
+        held = hold_commits(*pair)
         cli("produce", "--input", str(files[3]), "--no-progress")
+        wait_for_refused_commits(held, "a commit PUT of each child refused before the merge")
         in_flight_at_reshard.append(put_in(low, high, [2, 3]) - flushed_by(*pair))
         kinesis.merge_shards(
             StreamName="reshard-stream",
@@ -180,6 +197,7 @@ def test_split_and_merge_mid_run_keep_every_customer_equal_to_the_reference(
     assert flushed_by(*pair) == put_in(low, high, [2, 3])
     print(
         f"\nrecords the parents still had to read or flush at the split and the merge: {in_flight_at_reshard}"
+        f"\ncommit PUTs refused by then, by shard: {refused_at_reshard}"
     )
     assert len(in_flight_at_reshard) == 2 and min(in_flight_at_reshard) > 0, in_flight_at_reshard
 

@@ -351,6 +351,7 @@ def test_files_of_a_loser_that_died_before_cleaning_up_go_with_the_next_commit(
         loser.flush(RecordingCheckpointer(), reason="test")
     (orphaned,) = intents(s3)
     orphans = {key for keys in orphaned.files.values() for key in keys}
+    assert orphans, "the intent names the files the loser wrote"
     assert orphans <= data_keys(s3), "the dead loser's files are still there"
 
     owner.on_records(records[20:], 0, RecordingCheckpointer())  # its next commit settles the lost attempt

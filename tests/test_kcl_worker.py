@@ -248,9 +248,18 @@ def test_a_child_started_with_the_hook_is_killed_when_its_parent_dies(tmp_path: 
     parent.kill()
     parent.wait()
     deadline = time.monotonic() + 5
-    while Path(f"/proc/{child}").exists() and "State:\tZ" not in Path(f"/proc/{child}/status").read_text():
+    while not _gone(child):
         assert time.monotonic() < deadline, "the child outlived its parent"
         time.sleep(0.05)
+
+
+def _gone(pid: int) -> bool:
+    """``pid`` has ended: no /proc entry (reaped, even between two reads of it) or a zombie waiting to be reaped."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return "\nState:\tZ" in status
 
 
 # ---------------------------------------------------------------------------------------------------- no lease

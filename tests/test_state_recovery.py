@@ -291,8 +291,10 @@ def _latest_snapshot(s3: Any, settings: Settings) -> SnapshotPointer:
 def test_snapshot_replaces_the_previous_one(s3_env: tuple[Any, Settings], tmp_path: Path) -> None:
     s3, settings = s3_env
     processor = _processor(s3, settings, tmp_path / "a.journal", snapshot_every=2)
+    written = _record_snapshots(processor)
     processor.start("TRIM_HORIZON")
     _feed(processor, _records(30, 2_500, seed=7))
+    assert len(written) >= 2, f"snapshots after flushes {written}: a later one is to replace an earlier one"
     keys = [
         obj["Key"]
         for obj in s3.list_objects_v2(Bucket="recovery-bucket", Prefix="rfm/_control/snapshots/").get(
@@ -302,7 +304,10 @@ def test_snapshot_replaces_the_previous_one(s3_env: tuple[Any, Settings], tmp_pa
     folders = {key.rsplit("/", 1)[0] for key in keys if key.endswith(".parquet")}
     assert len(folders) == 1, "old snapshots are deleted once the new pointer is written"
     assert any(key.endswith("latest.json") for key in keys)
-    assert pa.Table  # keep the import honest for type checkers
+    pointer = _latest_snapshot(s3, settings)
+    assert {key.rsplit("/", 1)[0] for key in pointer.tables.values()} == folders, "latest.json names it"
+    after = StateRecovery(s3, settings).chain_from(SHARD, chain_position(pointer.position))
+    assert len(after) == processor.metrics.flushes - written[-1], "latest.json is the last snapshot written"
 
 
 class _BeforeCall:
