@@ -694,9 +694,8 @@ def produce(
         say_doubtful(f"{input_file} read (delivered or not)")
         _say_stdin_is_consumed(input_file)
         refused = explain(error.__cause__) if isinstance(error.__cause__, ClientError) else None
-        if (
-            refused is not None and refused.exit_code == USAGE
-        ):  # the caller's identity or policy, not the service
+        # refused for the caller's identity or policy (exit 2, as a set-up error), not by the service
+        if refused is not None and refused.exit_code == USAGE:
             raise FrontDoorError(f"{refused.message}; {error.outcome()}", USAGE) from None
         raise FrontDoorError(error.outcome()) from None
     except PutInterrupted as interrupted:
