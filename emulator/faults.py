@@ -627,6 +627,12 @@ def list_faults(endpoint: str) -> dict[str, list[dict[str, Any]]]:
     return result
 
 
+def fault_hits(endpoint: str, fault_id: int) -> int:
+    """How many requests the fault ``fault_id`` (``set_fault(...)["id"]``) has failed so far, active or expired."""
+    listed = list_faults(endpoint)
+    return sum(f["hits"] for f in (*listed["active"], *listed["expired"]) if f["id"] == fault_id)
+
+
 def clear_faults(endpoint: str) -> int:
     """Remove every fault from the emulator at ``endpoint``; returns how many there were."""
     return int(_call(endpoint, "DELETE")["cleared"])

@@ -56,7 +56,7 @@ from clickstream.outputs import current_customer_rows
 from consumer.s3_sink import read_commit_records
 from consumer.state_recovery import StateRecovery
 from consumer.status import ShardStatus, read_statuses
-from emulator.faults import clear_faults, set_fault
+from emulator.faults import clear_faults, fault_hits, set_fault
 from producer.generator import ClickstreamGenerator
 from runtime.settings import Settings
 from schemas.control import CommitRecord, FlushIntent
@@ -761,15 +761,13 @@ def _kill_while_a_commit_stalls(
     inside it reliably (stop 22's CI saw every kill miss). S3 answers commit PUTs with 503 until the kill, so a
     flush of this run whose intent names a chain position without a commit waits there, its files written. The
     caller clears the fault (in a ``finally``) once it has read where the kill found each flush."""
-    from emulator.faults import list_faults
-
     layout = OutputLayout(PREFIX)
     fault = set_fault(
         emulator, "s3", 503, 300, operations=["PutObject"], key_prefix=layout.all_commits_prefix
     )
 
     def refused() -> bool:
-        return any(f["id"] == fault["id"] and f["hits"] > 0 for f in list_faults(emulator)["active"])
+        return fault_hits(emulator, fault["id"]) > 0
 
     # A refused commit PUT: its flush cannot commit before the kill (every retry meets the fault too), whatever a
     # commit PUT that got past the emulator's check before the fault does meanwhile.

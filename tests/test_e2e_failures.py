@@ -40,7 +40,7 @@ from clickstream.outputs import current_customer_rows
 from consumer.health import Heartbeat, write_heartbeat
 from consumer.kcl_worker import IdleCheck
 from consumer.status import ShardStatus, StatusWriter, read_statuses
-from emulator.faults import clear_faults, list_faults, set_fault
+from emulator.faults import clear_faults, fault_hits, set_fault
 from producer.generator import ClickstreamGenerator
 from producer.kinesis_put import KinesisProducer
 from runtime.exit_codes import INTERRUPTED
@@ -401,16 +401,10 @@ def seq(value: str | None) -> int:
 OPEN_ENDED_SECONDS = 900
 
 
-def fault_hits(endpoint: str, fault: dict[str, Any]) -> int:
-    """How many requests ``fault`` failed so far (active or expired)."""
-    listed = list_faults(endpoint)
-    return sum(f["hits"] for f in listed["active"] + listed["expired"] if f["id"] == fault["id"])
-
-
 def end_fault(endpoint: str, fault: dict[str, Any]) -> int:
     """End the injected faults (all of them: ``fault`` is the only one active); returns how many requests ``fault``
     failed."""
-    hits = fault_hits(endpoint, fault)
+    hits = fault_hits(endpoint, fault["id"])
     clear_faults(endpoint)
     return hits
 
@@ -704,7 +698,7 @@ def test_kinesis_and_dynamodb_throttling_is_ridden_out(pipeline: Pipeline) -> No
         90.0,
         worker,
     )
-    dynamodb_hits = fault_hits(pipeline.endpoint, dynamodb_fault)
+    dynamodb_hits = fault_hits(pipeline.endpoint, dynamodb_fault["id"])
     print(f"\nthrottling failed {kinesis_hits} GetRecords calls and {dynamodb_hits} DynamoDB calls")
     assert dynamodb_hits > 0, "the KCL's DynamoDB calls met the throttling"
     statuses = pipeline.statuses()

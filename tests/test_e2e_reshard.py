@@ -26,7 +26,7 @@ from clickstream.demo import emulator_environment
 from clickstream.outputs import current_customer_rows
 from consumer.s3_sink import read_commit_records
 from consumer.status import read_statuses
-from emulator.faults import clear_faults, list_faults, set_fault
+from emulator.faults import clear_faults, fault_hits, set_fault
 from producer.generator import ClickstreamGenerator
 from producer.kinesis_put import partition_key_for
 from runtime.settings import load_settings
@@ -118,9 +118,7 @@ def test_split_and_merge_mid_run_keep_every_customer_equal_to_the_reference(
 
     def refused(held: dict[str, int]) -> dict[str, int]:
         """Commit PUTs refused so far, by shard."""
-        listed = list_faults(emulator_endpoint)
-        hits = {f["id"]: f["hits"] for f in listed["active"] + listed["expired"]}
-        return {shard: hits.get(fault, 0) for shard, fault in held.items()}
+        return {shard: fault_hits(emulator_endpoint, fault) for shard, fault in held.items()}
 
     def wait_for_refused_commits(held: dict[str, int], what: str) -> None:
         """Until every held shard has had a commit PUT refused (fails if not): each holds a flush it cannot commit

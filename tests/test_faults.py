@@ -25,6 +25,7 @@ from emulator.faults import (
     FaultRegistry,
     FaultSpecError,
     clear_faults,
+    fault_hits,
     list_faults,
     request_operation,
     request_service,
@@ -403,6 +404,14 @@ def test_boto3_reads_injected_s3_errors_as_real_ones_and_they_expire(endpoint: s
     assert raised.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
     assert s3.list_objects_v2(Bucket="faults-unit")["KeyCount"] == 0, "other operations still work"
     assert [(f["id"], f["hits"]) for f in list_faults(endpoint)["active"]] == [(fault["id"], 1)]
+    assert fault_hits(endpoint, fault["id"]) == 1
+    clear_faults(endpoint)
+    # counted once it has expired too (here: after the one request it was for)
+    once = set_fault(endpoint, "s3", 503, 60, operations=["PutObject"], times=1)
+    with pytest.raises(ClientError):
+        s3.put_object(Bucket="faults-unit", Key="k", Body=b"x")
+    assert [f["id"] for f in list_faults(endpoint)["expired"]] == [once["id"]]
+    assert fault_hits(endpoint, once["id"]) == 1 and fault_hits(endpoint, fault["id"]) == 0
     clear_faults(endpoint)
     # A fault ends by itself (on the emulator's clock; this waits however slowly the machine goes)
     short = set_fault(endpoint, "s3", 503, 0.2, operations=["PutObject"])

@@ -646,9 +646,8 @@ def test_a_range_claimed_while_a_twin_run_read_is_not_written_beside_it(
     """A run of a range that found its twin's claim relied on it; the twin stopped and released it, another range
     claimed the name and wrote, and the first run then wrote its range into the same folder."""
     settings = _archive(s3)
-    other = plan_replay(
-        s3, settings, _day(2), _day(3), name="wk"
-    )  # on another machine, before the twin claimed
+    # planned on another machine, before the twin claimed the name
+    other = plan_replay(s3, settings, _day(2), _day(3), name="wk")
     _the_twin_claims(s3)
     mine = plan_replay(s3, settings, _day(1), _day(2), name="wk")
     claim_key = OutputLayout("rfm").replay_claim_key("wk")
