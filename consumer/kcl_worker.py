@@ -494,6 +494,8 @@ class KclWorker:
         self.status_dir = status_directory(settings.state_dir)
         self._process: subprocess.Popen[bytes] | None = None
         self._stop_requested_at: float | None = None
+        # the same moment by the wall clock, which status files are stamped with
+        self._stop_requested_wall = 0.0
         self._signals = 0
         self._started = time.monotonic()
         self._heartbeat = Heartbeat(pid=os.getpid(), phase="starting", started_at=time.time())
@@ -556,6 +558,7 @@ class KclWorker:
         as it does."""
         if self._stop_requested_at is None:
             self._stop_requested_at = time.monotonic()
+            self._stop_requested_wall = time.time()
             if self._process is not None:
                 self._process.send_signal(signal.SIGTERM)
 
@@ -698,7 +701,9 @@ class KclWorker:
             if self._stop_requested_at is not None and self._processors_done():
                 # KCL 3.1.3 waits failoverTimeMillis for its consumers' "final shutdown" even after every
                 # processor has flushed, checkpointed and exited; nothing is left for it to persist.
-                log.info("every shard processor flushed, checkpointed and exited; stopping the KCL")
+                log.info(
+                    "every shard processor flushed, checkpointed and exited (or was still starting); stopping the KCL"
+                )
                 self._kill()
                 self._process.wait()
                 return self._exit_code(0)
@@ -759,10 +764,12 @@ class KclWorker:
             time.sleep(0.2)
 
     def _processors_done(self) -> bool:
-        """After a stop request: every shard processor that ran has left processing and its process is gone."""
+        """After a stop request: every shard processor that ran has left processing and its process is gone, or is
+        still starting (restoring its state, which holds no record and resumes where it was cut: it ends with the
+        KCL rather than hold the stop for minutes)."""
         statuses = read_statuses(self.status_dir)
         return bool(statuses) and all(
-            status.phase not in {"processing", "initializing"} and not process_alive(status.pid)
+            status.phase == "initializing" or (status.phase != "processing" and not process_alive(status.pid))
             for status in statuses.values()
         )
 
@@ -862,6 +869,19 @@ class KclWorker:
         if self._stop_requested_at is not None:
             statuses = read_statuses(self.status_dir)
             unflushed = sum(s.buffered_records for s in statuses.values() if s.phase == "processing")
+            # a processor that ended on an error while stopping never finished its shutdown flush
+            ended_on_error = sorted(
+                s.shard_id
+                for s in statuses.values()
+                if s.terminal_error and s.updated_at >= self._stop_requested_wall
+            )
+            if ended_on_error:
+                log.error(
+                    "KCL stopped after shard %s ended on an error while stopping (its records will be redelivered)",
+                    ", ".join(ended_on_error),
+                    extra={"exit_code": RUNTIME},
+                )
+                return RUNTIME
             if unflushed:
                 log.error(
                     "KCL stopped with %d records unflushed (they will be redelivered)",

@@ -158,6 +158,10 @@ class RecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
     @_fail_fast
     def initialize(self, initialize_input: Any) -> None:
         shard_id = self.shard_id = initialize_input.shard_id
+        status = StatusWriter(status_directory(self.settings.state_dir))
+        # the lease is held from here on: opening a large local state, or waiting for an earlier processor of the
+        # shard to let go of it, takes time, and a worker whose processors show nothing looks as if it held no lease
+        status.write(ShardStatus(shard_id, os.getpid()), force=True)
         state = self._open_state(shard_id)
         s3 = self.s3 or aws_client("s3", self.settings)
         sink = S3ParquetSink(s3, self.settings)
@@ -165,7 +169,6 @@ class RecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
             aws_client("kinesis", self.settings), self.settings.stream_name
         )
         recovery = StateRecovery(s3, self.settings, parents=parents)
-        status = StatusWriter(status_directory(self.settings.state_dir))
         self.shard = ShardProcessor(
             shard_id,
             state,

@@ -267,7 +267,9 @@ class ShardProcessor:
     # ------------------------------------------------------------------ KCL lifecycle
     def start(self, checkpoint: str | None, checkpoint_sub: int = 0) -> None:
         """Before the first record: delete the files of attempts that lost their chain position, then bring the
-        local state to the tip of the shard's commit chain on S3 (see consumer/state_recovery.py)."""
+        local state to the tip of the shard's commit chain on S3 (see consumer/state_recovery.py). The status says
+        "initializing" meanwhile: a restore that takes minutes holds its lease all the same."""
+        self._report(force=True)
         self._retrying("settle earlier flush attempts", lambda: self.sink.settle_intents(self.shard_id))
         if self.recovery is not None:
             recovery = self.recovery
@@ -296,6 +298,8 @@ class ShardProcessor:
             self.metrics.millis_behind_latest = millis_behind
         if records:
             self.buffer.extend(records, now)
+            # counted before a flush that may retry (and write the status) for as long as S3 refuses it
+            self.metrics.buffered_records = len(self.buffer)
             self.metrics.records_received += len(records)
             self.metrics.last_record_at = time.time()
         behind = bool(self.metrics.millis_behind_latest)
@@ -340,6 +344,8 @@ class ShardProcessor:
         left (the checkpoint is made already: a snapshot cut short by the worker's stop deadline only costs the
         stop its clean exit)."""
         started = self.clock()
+        # what is held now, on disk before the flush: a stop cut short during it must not read as clean
+        self._report(force=True)
         self.flush(checkpointer, reason="shutdown")
         if self._stop_snapshot_due():
             budget = self.stop_budget_seconds

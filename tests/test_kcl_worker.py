@@ -1003,6 +1003,33 @@ def test_exit_code_is_one_when_a_shard_still_had_records_buffered_at_stop(tmp_pa
     assert worker._exit_code(0) == 1
 
 
+def test_a_stop_waits_for_processing_shards_but_not_for_one_still_restoring(tmp_path: Path) -> None:
+    """A restore holds no record and resumes where it was cut; since a restoring processor's status shows it (so
+    its lease counts as held), it must not hold every stop until the deadline and exit 1."""
+    settings = load_settings(state_dir=tmp_path)
+    worker = KclWorker(settings)
+    write_status(settings, shard_id="shardId-1", phase="shut_down", pid=2**22 + 7)  # no such process
+    write_status(settings, shard_id="shardId-2", phase="initializing", pid=os.getpid())
+    assert worker._processors_done()
+    write_status(settings, shard_id="shardId-3", phase="processing", pid=os.getpid())
+    assert not worker._processors_done()
+
+
+def test_exit_code_is_one_when_a_shard_ended_on_an_error_while_stopping(tmp_path: Path) -> None:
+    """Its shutdown flush never finished; an error left by an earlier processor, before the stop, does not count."""
+    settings = load_settings(state_dir=tmp_path)
+    worker = KclWorker(settings)
+    write_status(
+        settings, shard_id="shardId-1", phase="processing", terminal_error="ClientError: AccessDenied"
+    )
+    worker.request_stop()
+    assert worker._exit_code(0) == 0, "an error from before the stop"
+    write_status(
+        settings, shard_id="shardId-2", phase="processing", terminal_error="ClientError: AccessDenied"
+    )
+    assert worker._exit_code(0) == 1
+
+
 @pytest.mark.parametrize("java_code", [0, 2, 3, -9, -15, 143])
 def test_an_unrequested_daemon_exit_is_a_failure(tmp_path: Path, java_code: int) -> None:
     """Exit codes stay within the README's contract: any end of the JVM nobody asked for is a run-time failure, 1,

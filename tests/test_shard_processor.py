@@ -660,6 +660,34 @@ def test_shard_end_is_checkpointed_only_after_the_final_snapshot(s3: Any, settin
     assert checkpointer.calls == [()] and pointer_at_checkpoint == [True]
 
 
+def test_a_restoring_processor_shows_it_holds_its_lease(s3: Any, settings: Settings, tmp_path: Path) -> None:
+    """A large restore takes minutes: with no status file meanwhile, the worker saw its lease held by no processor,
+    `health` failed after CLICKSTREAM_NO_LEASE_UNHEALTHY_SECONDS, and ECS replaced the task mid-restore, again."""
+    from consumer.health import holds_lease
+
+    seen: list[ShardStatus | None] = []
+
+    class WatchedRecovery(StateRecovery):
+        def restore(self, *arguments: Any, **options: Any) -> Any:
+            seen.append(read_statuses(tmp_path / "status").get(SHARD))
+            return super().restore(*arguments, **options)
+
+    processor = ShardProcessor(
+        SHARD,
+        CustomerState(SHARD),
+        S3ParquetSink(s3, settings),
+        NEVER,
+        status=StatusWriter(tmp_path / "status"),
+        clock=lambda: 0.0,
+        sleep=no_sleep,
+        recovery=WatchedRecovery(s3, settings),
+    )
+    processor.start(None)
+    assert len(seen) == 1 and seen[0] is not None, "no status while restoring"
+    assert seen[0].phase == "initializing" and holds_lease(seen[0])
+    assert read_statuses(tmp_path / "status")[SHARD].phase == "processing"
+
+
 def test_shard_ended_with_an_empty_buffer_only_checkpoints_shard_end(s3: Any, settings: Settings) -> None:
     checkpointer = RecordingCheckpointer()
     processor = make_processor(CustomerState(SHARD), S3ParquetSink(s3, settings), NEVER)
@@ -683,6 +711,38 @@ def test_shutdown_requested_flushes_and_checkpoints_the_buffer(s3: Any, settings
     assert processor.metrics.phase == "shut_down"
     processor.on_lease_lost()  # the KCL ends every graceful shutdown so: the status still says a clean stop
     assert processor.metrics.phase == "shut_down"
+
+
+def test_a_stop_puts_what_it_holds_in_the_status_before_its_flush(
+    s3: Any, settings: Settings, tmp_path: Path
+) -> None:
+    """The worker's exit code reads the status files: a shutdown flush cut short (an S3 outage outlasting the KCL's
+    grace) must leave the records it held there, not the 0 of an earlier flush, or the stop reads as clean."""
+    held: list[int] = []
+
+    class WatchedSink(S3ParquetSink):
+        def write(self, attempt: FlushAttempt, applied: AppliedBatch) -> CommitRecord:
+            held.append(read_statuses(tmp_path / "status")[SHARD].buffered_records)
+            return super().write(attempt, applied)
+
+    processor = ShardProcessor(
+        SHARD,
+        CustomerState(SHARD),
+        WatchedSink(s3, settings),
+        NEVER,
+        status=StatusWriter(tmp_path / "status", min_interval_seconds=3600),
+        clock=lambda: 0.0,
+        sleep=no_sleep,
+    )
+    processor.start(None)
+    records = to_records(payloads()[:7])
+    processor.on_records(
+        records[:3], 5_000, RecordingCheckpointer()
+    )  # work appears: its status written at once
+    processor.on_records(records[3:], 4_000, RecordingCheckpointer())  # more of it, within the write interval
+    assert read_statuses(tmp_path / "status")[SHARD].buffered_records == 3
+    processor.on_shutdown_requested(RecordingCheckpointer())
+    assert held == [7]
 
 
 def test_lease_lost_drops_the_buffer_and_never_checkpoints(s3: Any, settings: Settings) -> None:
