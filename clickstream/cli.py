@@ -1083,7 +1083,7 @@ def health(**overrides: Any) -> None:
 @setting_option("bucket", "--bucket")
 @setting_option("prefix", "--prefix")
 def summary(download: Path | None, top: int, **overrides: Any) -> None:
-    """Show what is committed in S3 now: files, rows, accepted/rejected, top customers and an RFM overview.
+    """Show what is committed in S3 now: files, rows, accepted/rejected, top customers, the CLV model inputs.
 
     Counts come from the commit records and the files they name, read from S3 on each call; --download copies
     those files (in parallel) for local queries.

@@ -55,8 +55,8 @@ def _parse_as_of(_: click.Context, __: click.Parameter, value: str | None) -> da
     callback=_parse_as_of,
     metavar="TIME",
     help="Observation end for every customer: YYYY-MM-DD (the end of that UTC day) or an ISO time, UTC unless it "
-    "carries an offset (refused if a purchase after it is in the aggregates, if a time is more than a day ahead, "
-    "or if a day is after tomorrow, UTC: a client clock a little ahead may have stamped a purchase tomorrow). The "
+    "carries an offset (refused if a purchase after it is in the aggregates, or if its UTC day has not begun "
+    "unless a purchase is in that day: a client clock a little ahead may have stamped one tomorrow). The "
     "models count whole UTC days: the day of a time is observed whole, and midnight UTC is the end of the day before "
     "(2026-04-30T00:00:00Z scores as 2026-04-29). "
     "Default: the latest event time seen, not past the run's clock (a client clock ahead of UTC may stamp an "
@@ -103,7 +103,9 @@ def score(
     the same inputs and as-of changes nothing. Each step is announced on stderr with the time it took.
 
     The models need at least 20 buyers and 10 repeat buyers (purchases on two days or more) with a positive spend:
-    below that nothing is written (exit 1), RFM segments included, as they are columns of the same run.
+    below that nothing is written (exit 1), RFM segments included, as they are columns of the same run. No
+    customer_aggregates files at all is exit 2: a --prefix or --input that names no worker's output, or a worker
+    that has not committed yet.
     """
     from clickstream.score import ConcurrentRunError, run_score
     from scoring.clv import ModelLibraryMissing, NotEnoughData, UnusableFit

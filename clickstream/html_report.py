@@ -75,6 +75,8 @@ class ReportInputs:
     score_commit: ScoreCommit | None = None
     model: dict[str, Any] | None = None
     top: int = 20
+    # where no scoring run was found, and what to do: said in place of the customer-value plots
+    no_scores: str = ""
 
 
 # ------------------------------------------------------------------------------------------------------- loading
@@ -130,6 +132,13 @@ def load_inputs(
             f"--clv-dir {clv_dir}: no committed scoring run in it (a `score --output-dir` folder holds "
             f"{layout.clv_latest_key})",
             USAGE,
+        )
+    if commit is None and input_dir is not None:
+        # a `summary --download` copy holds no clv/: S3 may well have a run, this report only did not look there
+        inputs.no_scores = (
+            f"No scoring run in {input_dir} (a `summary --download` copy has none): score it offline with "
+            f"`clickstream score --input {input_dir} --output-dir {input_dir}`, or name a `score --output-dir` "
+            "folder with --clv-dir."
         )
     if commit is not None:
         inputs.score_commit = commit
@@ -270,21 +279,41 @@ def plot_rf_heatmap(scores: pa.Table) -> str:
     return _plot("plot-rf-heatmap", figure, "Recency x frequency: customers in each R and F score cell")
 
 
+@dataclass(frozen=True)
+class ClvHistogram:
+    """What the CLV plot draws: every customer's value (on a log axis, clipped up into the first bar, since a log
+    axis has no room for 0 or for a lapsed buyer's tiny CLV) and the bins."""
+
+    values: np.ndarray
+    bins: np.ndarray | int
+    log_scale: bool
+    below_first_bar: int
+
+
+def clv_histogram(clv: np.ndarray) -> ClvHistogram:
+    positive = clv[clv > 0]
+    if positive.size and positive.max() / max(np.percentile(positive, 5), 1e-9) > 100:
+        bins = np.geomspace(max(positive.min(), 1e-2), positive.max(), 50)
+        return ClvHistogram(np.clip(clv, bins[0], None), bins, True, int((clv < bins[0]).sum()))
+    return ClvHistogram(clv, 50, False, 0)
+
+
 def plot_clv_distribution(scores: pa.Table) -> str:
     clv = np.asarray(scores.column("clv").to_numpy(), dtype=float)
     figure = _figure(9, 3.6)
     axis = figure.subplots()
-    positive = clv[clv > 0]
-    if positive.size and positive.max() / max(np.percentile(positive, 5), 1e-9) > 100:
-        bins = np.geomspace(max(positive.min(), 1e-2), positive.max(), 50)
+    drawn = clv_histogram(clv)
+    label = "CLV over the horizon"
+    if drawn.log_scale:
         axis.set_xscale("log")
-        axis.hist(positive, bins=bins, color="#4c72b0")
-    else:
-        axis.hist(clv, bins=50, color="#4c72b0")
+    if drawn.below_first_bar:
+        first_edge = float(np.asarray(drawn.bins)[0])
+        label += f" (log scale; the first bar also counts {drawn.below_first_bar:,} customers below {first_edge:,.2f})"
+    axis.hist(drawn.values, bins=drawn.bins, color="#4c72b0")
     for q, style in ((50, "--"), (90, ":")):
         value = float(np.percentile(clv, q))
         axis.axvline(value, color="#c44e52", linestyle=style, label=f"p{q} {value:,.2f}")
-    axis.set_xlabel("CLV over the horizon")
+    axis.set_xlabel(label)
     axis.set_ylabel("customers")
     axis.legend()
     return _plot("plot-clv-distribution", figure, "Distribution of customer lifetime value (CLV)")
@@ -439,7 +468,7 @@ def _cards(items: Sequence[tuple[str, str]]) -> str:
 def _scoring_section(inputs: ReportInputs) -> str:
     scores, commit, model = inputs.scores, inputs.score_commit, inputs.model
     if scores is None or commit is None or scores.num_rows == 0:
-        why = (
+        why = inputs.no_scores or (
             "No committed scoring run yet: run `clickstream score` (its models need at least "
             f"{MIN_BUYERS} buyers and {MIN_REPEAT_BUYERS} repeat buyers)."
         )
@@ -637,7 +666,8 @@ window.addEventListener('load', function () {
 def render_report(inputs: ReportInputs) -> str:
     """The whole page as one string (no external resources)."""
     title = "clickstream-rfm report"
-    facts = json.dumps(_facts(inputs)).replace("</", "<\\/")  # JSON inside <script>: never close the tag
+    # JSON inside <script>: no "<" at all, so neither "</script" nor "<!--" can end or swallow the block
+    facts = json.dumps(_facts(inputs)).replace("<", "\\u003c")
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'

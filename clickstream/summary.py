@@ -196,7 +196,12 @@ def _print_customers(console: Console, con: duckdb.DuckDBPyConnection, current: 
     buyers, customers = con.sql(
         "SELECT count(*) FILTER (WHERE frequency IS NOT NULL), count(*) FROM current_rows"
     ).fetchall()[0]
-    _print(console, "RFM overview (UTC days; T to the newest as_of, as `score` counts it)", overview)
+    _print(
+        console,
+        "Model inputs (UTC days, as `score` counts them: recency is first to last purchase, not days "
+        "since the last; T to the newest as_of)",
+        overview,
+    )
     console.print(
         f"{customers:,} customers, {buyers:,} with at least one purchase, {customers - buyers:,} without (null "
         "frequency / recency / T / monetary_value; monetary_value is 0 for one-time buyers, and its row counts the "

@@ -61,16 +61,30 @@ def observation_end(
     """``as_of`` if given (must carry a time zone), else the latest ``last_event_at`` of the rows, but not past
     ``not_after`` (the run's clock) unless a purchase is: events are taken up to a skew after their arrival, so a
     client clock ahead may stamp a page view in a day not yet begun, which the models would count as a whole day
-    observed without purchases (a purchase so stamped is in the aggregates, and no end before it can be taken)."""
+    observed without purchases (a purchase so stamped is in the aggregates, and no end before it can be taken).
+    For the same reason a given ``as_of`` may not fall in a day after both ``not_after``'s and the last purchase's."""
+    last_purchase: datetime | None = (
+        pc.max(current.column("last_purchase_at")).as_py() if current.num_rows else None
+    )
     if as_of is not None:
         if as_of.tzinfo is None:
             raise InputError("--as-of needs a time zone, e.g. 2026-04-30T00:00:00Z")
-        return as_of.astimezone(UTC)
+        end = as_of.astimezone(UTC)
+        if not_after is not None:
+            latest_day = not_after.astimezone(UTC).date()
+            if last_purchase is not None:
+                latest_day = max(latest_day, last_purchase.astimezone(UTC).date())
+            if end.date() > latest_day:
+                raise InputError(
+                    f"--as-of {end.date()} is a UTC day not yet begun (today is {not_after.astimezone(UTC).date()}) "
+                    "and no purchase in the aggregates is in it: the models would count it whole as observed with "
+                    "no purchase, lowering every customer's P(alive) and CLV; score at today or earlier"
+                )
+        return end
     latest: datetime | None = pc.max(current.column("last_event_at")).as_py() if current.num_rows else None
     if latest is None:
         raise InputError("no customer rows to score")
     if not_after is not None and latest > not_after:
-        last_purchase: datetime | None = pc.max(current.column("last_purchase_at")).as_py()
         latest = not_after if last_purchase is None else max(not_after, last_purchase)
     return latest.astimezone(UTC)
 

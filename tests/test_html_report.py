@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -25,7 +26,13 @@ from click.testing import CliRunner
 from matplotlib.image import imread
 
 from clickstream.cli import main
-from clickstream.html_report import PLOT_IDS, ReportInputs, render_report
+from clickstream.html_report import (
+    PLOT_IDS,
+    ReportInputs,
+    clv_histogram,
+    plot_clv_distribution,
+    render_report,
+)
 from tests.clv_support import WorkerBucket, worker_bucket
 from tests.moto_support import isolate_environment, moto_bucket
 
@@ -201,6 +208,29 @@ def test_missing_parts_are_explained_not_plotted() -> None:
     assert "clickstream score" in page
 
 
+def test_the_embedded_facts_cannot_end_or_swallow_their_script_block() -> None:
+    """A source path is free text: "<!--<script" in it would have swallowed the rest of the page."""
+    source = "s3://bucket/</script><!--<script>-->"
+    page = render_report(ReportInputs(source=source))
+    block = page.split('<script type="application/json" id="report-data">', 1)[1].split("</script>", 1)[0]
+    assert "<" not in block
+    assert json.loads(block)["source"] == source
+
+
+def test_the_clv_plot_counts_every_customer_on_a_log_axis() -> None:
+    """Half the customers lapsed (CLV 1e-4, or 0): on the log axis they used to fall off the chart while the p50
+    line, computed over everyone, stood in an empty stretch."""
+    clv = np.concatenate([np.full(140, 1e-4), np.zeros(10), np.geomspace(1, 5_000, 150)])
+    drawn = clv_histogram(clv)
+    assert drawn.log_scale and drawn.below_first_bar == 150
+    counts, _ = np.histogram(drawn.values, bins=drawn.bins)
+    assert counts.sum() == clv.size and counts[0] >= 150
+    page = plot_clv_distribution(pa.table({"clv": clv}))
+    assert 'id="plot-clv-distribution"' in page
+    spread = np.linspace(10, 500, 300)
+    assert not clv_histogram(spread).log_scale and clv_histogram(spread).below_first_bar == 0
+
+
 def chromium() -> str:
     for name in CHROMIUM:
         path = shutil.which(name)
@@ -276,6 +306,14 @@ def test_a_download_is_reported_offline_as_s3_is(
         (download / key).parent.mkdir(parents=True, exist_ok=True)
         (download / key).write_bytes(body)
     runner = CliRunner()
+    unscored = tmp_path / "unscored.html"
+    before = runner.invoke(
+        main, ["report", "--input", str(download), "--prefix", "rfm", "--output", str(unscored)]
+    )
+    assert before.exit_code == 0, before.output
+    # it did not look in S3, so it must not say that no run was committed there
+    assert "No committed scoring run yet" not in unscored.read_text(encoding="utf-8")
+    assert f"No scoring run in {download}" in unscored.read_text(encoding="utf-8")
     offline = ["--prefix", "rfm", "--no-progress"]
     scored = runner.invoke(main, ["score", "--input", str(download), "--output-dir", str(download), *offline])
     assert scored.exit_code == 0, scored.output

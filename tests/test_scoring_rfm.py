@@ -316,6 +316,29 @@ def test_an_observation_end_before_a_purchase_is_refused() -> None:
         model_inputs(current, datetime(2026, 5, 1))  # no time zone: the point of the test
 
 
+def test_an_observation_end_in_a_day_not_yet_begun_is_refused_unless_a_purchase_is_in_it() -> None:
+    """`score --as-of <tomorrow>` counted a whole unobserved day without purchases for every customer (P(alive) and
+    CLV lower); a client clock ahead may have stamped a purchase in it, and only then is that day's end taken."""
+    buyer = customer("c-1", first_days_ago=30, last_days_ago=10, purchase_days=3, revenue="90.00")
+    now = AS_OF + timedelta(hours=11)  # 23:00 UTC
+    tomorrow_end = datetime.combine(AS_OF.date() + timedelta(days=1), datetime.max.time(), tzinfo=UTC)
+    today_end = datetime.combine(AS_OF.date(), datetime.max.time(), tzinfo=UTC)
+    assert (
+        model_inputs(rows(buyer), today_end, not_after=now).as_of == today_end
+    )  # today's end: its day observed
+    with pytest.raises(InputError, match="not yet begun"):
+        model_inputs(rows(buyer), tomorrow_end, not_after=now)
+    stamped_ahead = {
+        **buyer,
+        "last_purchase_at": now + timedelta(minutes=90),
+        "last_event_at": now + timedelta(hours=1),
+    }
+    assert model_inputs(rows(stamped_ahead), tomorrow_end, not_after=now).as_of == tomorrow_end
+    assert model_inputs(rows(buyer), tomorrow_end).as_of == tomorrow_end, (
+        "no clock given: nothing to judge by"
+    )
+
+
 def test_score_customers_on_a_larger_population_follows_the_quintile_rule() -> None:
     rng = np.random.default_rng(3)
     days = rng.integers(0, 100, 1000)
