@@ -1,16 +1,19 @@
 """``clickstream score``: reads committed aggregates, commits its run last, is idempotent per as-of, survives crashes.
 
 Input: worker output in the new commit-record format made by the real core (tests/clv_support.py), on moto S3 or in
-a local folder. The model fits are real (pymc-marketing, a few hundred buyers).
+a local folder. The model fits are real (pymc-marketing, a few hundred buyers), each made once per distinct input in
+this module (``fit_once_per_input``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import hashlib
 import io
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,13 +42,52 @@ from clickstream.score import (
 from runtime.settings import Settings
 from schemas.contract import CLV_SCORES_SCHEMA
 from schemas.layout import OutputLayout
-from scoring.clv import MIN_BUYERS, MIN_REPEAT_BUYERS, UnusableFit
-from scoring.inputs import InputError, model_inputs, shards_behind
+from scoring.clv import MIN_BUYERS, MIN_REPEAT_BUYERS, ClvConfig, ClvResult, UnusableFit
+from scoring.inputs import InputError, ModelInputs, model_inputs, shards_behind
 from tests.clv_support import WorkerBucket, worker_bucket
 from tests.moto_support import isolate_environment, moto_bucket
 
 BUCKET = "clv-scores"
 LAYOUT = OutputLayout("rfm")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fit_once_per_input() -> Iterator[None]:
+    """The tests here are about the run around the fit: its reads, files, commit order, crashes and idempotence.
+    The same rows, as-of and valuation are fitted again and again (3-10 s a fit), so each distinct fit is made once
+    and later runs get a copy of its predictions, their steps announced as the fit announced them. A fit that
+    raises is not kept, and a test that changes how parameters are read (``_parameters``) gets its own fit."""
+    import clickstream.score
+    import scoring.clv
+
+    real = clickstream.score.fit_and_predict
+    fits: dict[tuple[object, ...], tuple[ClvResult, list[str]]] = {}
+
+    def fit_once(
+        inputs: ModelInputs, config: ClvConfig, *, step: Callable[[str], None] | None = None
+    ) -> ClvResult:
+        scoring.clv.require_model_library()  # as the fit does first: a test hides the library
+        announce = step or quiet
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, inputs.buyers.schema) as writer:
+            writer.write_table(inputs.buyers)
+        key = (hashlib.sha256(sink.getvalue()).hexdigest(), inputs.as_of, config, scoring.clv._parameters)
+        if key not in fits:
+            said: list[str] = []
+
+            def say_and_keep(message: str) -> None:
+                said.append(message)
+                announce(message)
+
+            fits[key] = (real(inputs, config, step=say_and_keep), said)
+        else:
+            for message in fits[key][1]:
+                announce(message)
+        return copy.deepcopy(fits[key][0])
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(clickstream.score, "fit_and_predict", fit_once)
+        yield
 
 
 @pytest.fixture(scope="module")
