@@ -120,8 +120,10 @@ RUNNING_COLUMNS: Final = (
     "last_purchase_day",
     "first_day_revenue_cents",
 )
-#: Counts fit 32 bits (2 billion events of one customer on one shard would overflow): half the bytes per customer.
-_COUNTS: Final = frozenset({*_TYPE_COLUMNS, "events", "sessions", "active_days", "purchase_days"})
+#: Counts of UTC days fit 32 bits for millions of years: half the bytes of a 64-bit column per customer. Every other
+#: count is 64-bit: one busy customer id (a default one, a bot's) at a shard's 1,000 records/s passes 2^31 events,
+#: or sessions if each event starts one, in 25 days.
+_DAY_COUNTS: Final = frozenset({"active_days", "purchase_days"})
 _START: Final = {
     "first_event_at": _NONE_LOW,
     "last_event_at": _NONE_HIGH,
@@ -132,12 +134,16 @@ _START: Final = {
 }
 
 #: The local journal's tables (``aggregators/state_journal.py``) and their columns, in the state's own types (a
-#: customer index and a count fit 32 bits): every sync writes these.
+#: customer index and a count of days fit 32 bits): every sync writes these; a journal of an earlier version, whose
+#: counts were all 32-bit, is widened as it is read.
 _IDX: Final = pa.field("idx", pa.int32(), False)
 _JOURNAL_SCHEMAS: Final = {
     "customers": pa.schema([_IDX, pa.field("customer_id", pa.string(), False)]),
     "customer_rows": pa.schema(
-        [_IDX, *(pa.field(name, pa.int32() if name in _COUNTS else pa.int64()) for name in RUNNING_COLUMNS)]
+        [
+            _IDX,
+            *(pa.field(name, pa.int32() if name in _DAY_COUNTS else pa.int64()) for name in RUNNING_COLUMNS),
+        ]
     ),
     "customer_sessions": pa.schema(
         [_IDX, pa.field("session_id", pa.string(), False), pa.field("arrival_day", pa.int32(), False)]
@@ -885,8 +891,13 @@ class CustomerState:
         tables = {
             name: pa.concat_tables(journal.tables.get(name) or [schema.empty_table()])
             for name, schema in _JOURNAL_SCHEMAS.items()
-            if name not in _COUNTED
+            if name not in _COUNTED and name != "customer_rows"
         }
+        # each sync's rows in this version's types (an earlier version's counts were all 32-bit), then concatenated
+        tables["customer_rows"] = pa.concat_tables(
+            [_journal_typed("customer_rows", part) for part in journal.tables.get("customer_rows", [])]
+            or [_JOURNAL_SCHEMAS["customer_rows"].empty_table()]
+        )
         arrival_day = _latest_day(tables["applied_events"])
         upgrade_day = _upgrade_day(arrival_day)
         # a part of an earlier version's layout: rewritten below, so that no later open moves its day
@@ -1167,7 +1178,7 @@ class _Groups:
 
 
 def _dtype(column: str) -> type[np.signedinteger[Any]]:
-    return np.int32 if column in _COUNTS else np.int64
+    return np.int32 if column in _DAY_COUNTS else np.int64
 
 
 def _output_rows(

@@ -116,8 +116,10 @@ def open_shard_state(
         path.parent.mkdir(parents=True, exist_ok=True)
         _remove_legacy_file(path, shard_id)
         return CustomerState(shard_id, path, validator, options)
-    except JournalLockedError:
-        raise  # another process holds it: not damage (the KCL will retry the lease)
+    except (JournalLockedError, MemoryError):
+        # another process holds it (the KCL will retry the lease), or this one ran out of memory reading it (a
+        # restart's peak is about three times the state): not damage, and a rebuild from S3 would need as much
+        raise
     except OSError as error:
         if error.errno in DISK_REFUSES_WRITES:  # a full disk is not damage: the shard goes on from memory
             return _without_local_state(shard_id, path, validator, options, error)
@@ -125,12 +127,14 @@ def open_shard_state(
     except Exception as error:  # noqa: BLE001 - whatever stops the read, the cache is rebuilt from S3
         cause = one_line(error)
     target = path.with_name(f"{path.name}.unreadable-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}")
-    for earlier in path.parent.glob(f"{path.name}.unreadable-*"):  # the newest is kept: each is a whole state
-        if earlier.is_dir():
-            shutil.rmtree(earlier, ignore_errors=True)
-        else:
-            earlier.unlink(missing_ok=True)
     if path.exists() or path.is_symlink():
+        for earlier in path.parent.glob(
+            f"{path.name}.unreadable-*"
+        ):  # the newest is kept: each is a whole state
+            if earlier.is_dir():
+                shutil.rmtree(earlier, ignore_errors=True)
+            else:
+                earlier.unlink(missing_ok=True)
         path.rename(target)
     log.error(
         "local state %s is unreadable (%s); moved aside as %s, restoring the shard from S3",

@@ -1220,6 +1220,85 @@ def test_dedupe_window_survives_reopen_and_snapshot(tmp_path: Path) -> None:
     reopened.close()
 
 
+def test_a_customer_past_two_billion_events_keeps_counting_and_reopens_at_its_counts(tmp_path: Path) -> None:
+    """Counts were 32-bit: one busy customer id wrapped to negative counts on S3, and a reopen took the row from
+    before the wrap (the most events) at the new position, a purchase lost."""
+    stream = Stream()
+    seed = CustomerState(SHARD)
+    seed.apply(stream.batch([event("c-1", "page_view", "2026-05-01T10:00:00Z", session="s-1")]))
+    tables = seed.export_tables()
+    near = 2**31 - 2
+    customers = tables["customers"]
+    for name in ("events", "page_views", "sessions"):
+        customers = customers.set_column(
+            customers.schema.get_field_index(name), name, pa.array([near], customers.schema.field(name).type)
+        )
+    path = tmp_path / "shard.journal"
+    state = CustomerState(SHARD, path, options=StateOptions(sync_every_records=1))
+    state.import_tables({**tables, "customers": customers})
+    state.set_position(seed.position(), seed.as_of())
+    published = []
+    for second, (kind, revenue) in enumerate(
+        [("page_view", None), ("page_view", None), ("purchase", "5.00")]
+    ):
+        batch = state.apply(
+            stream.batch(
+                [
+                    event(
+                        "c-1",
+                        kind,
+                        f"2026-05-01T10:00:0{second + 1}Z",
+                        revenue=revenue,
+                        session=f"s-{second + 2}",
+                    )
+                ]
+            )
+        )
+        published.append(batch.customer_rows.to_pylist()[0])
+    assert [row["events"] for row in published] == [near + 1, near + 2, near + 3]
+    assert published[-1]["sessions"] == near + 3 and published[-1]["page_views"] == near + 2
+    state.close()
+    reopened = CustomerState(SHARD, path)
+    assert reopened.position() == state.position()
+    [row] = reopened.snapshot_rows().to_pylist()
+    assert row["events"] == near + 3 and row["purchases"] == 1 and row["revenue"] == Decimal("5.00")
+    reopened.close()
+
+
+def test_a_journal_of_32_bit_counts_reads_with_the_64_bit_syncs_appended_to_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker upgraded over its local journal: the earlier version's syncs hold 32-bit counts, the new one's
+    64-bit; both must read as one (concatenating them refused, and the journal was quarantined)."""
+    import aggregators.customer_state as customer_state
+
+    path = tmp_path / "shard.journal"
+    stream = Stream()
+    earlier_rows = pa.schema(
+        [
+            field.with_type(pa.int32())
+            if field.name in {*customer_state._TYPE_COLUMNS, "events", "sessions"}
+            else field
+            for field in customer_state._JOURNAL_SCHEMAS["customer_rows"]
+        ]
+    )
+    with monkeypatch.context() as earlier:
+        earlier.setitem(customer_state._JOURNAL_SCHEMAS, "customer_rows", earlier_rows)
+        state = CustomerState(SHARD, path, options=StateOptions(sync_every_records=1))
+        state.apply(stream.batch([event("c-1", "page_view", "2026-05-01T10:00:00Z")]))
+        state.close()
+    upgraded = CustomerState(SHARD, path, options=StateOptions(sync_every_records=1))
+    upgraded.apply(stream.batch([event("c-1", "purchase", "2026-05-01T10:00:01Z", revenue="5.00")]))
+    upgraded.close()
+    reopened = CustomerState(SHARD, path)
+    assert reopened.position() == upgraded.position()
+    [row] = reopened.snapshot_rows().to_pylist()
+    assert row["events"] == 2 and row["purchases"] == 1 and row["revenue"] == Decimal("5.00")
+    assert reopened.local_file_error is None
+    reopened.close()
+    assert not list(tmp_path.glob("*unreadable*")), "the journal was quarantined"
+
+
 def test_a_long_running_shard_keeps_its_file_and_its_restart_to_the_window_of_event_ids(
     tmp_path: Path,
 ) -> None:

@@ -157,6 +157,29 @@ def test_only_the_newest_damaged_journal_of_a_shard_is_kept_aside(tmp_path: Path
     assert "damaged 2" in next(kept.glob("sync-*/manifest.json")).read_text()
 
 
+def test_a_journal_too_large_for_the_memory_left_is_not_moved_aside(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Running out of memory is not damage: the good journal stays (a rebuild from S3 needs as much memory), and
+    the copy kept aside earlier stays too."""
+    import consumer.state_recovery
+
+    path = tmp_path / f"{SHARD}.journal"
+    state = CustomerState(SHARD, path)
+    apply_all(state, _three_batches())
+    state.close()
+    kept_aside = tmp_path / f"{SHARD}.journal.unreadable-20260101T000000Z"
+    kept_aside.mkdir()
+
+    def out_of_memory(*_: object, **__: object) -> CustomerState:
+        raise MemoryError
+
+    monkeypatch.setattr(consumer.state_recovery, "CustomerState", out_of_memory)
+    with pytest.raises(MemoryError):
+        open_shard_state(path, SHARD, RecordValidator())
+    assert path.is_dir() and kept_aside.is_dir()
+
+
 def test_a_sync_cut_short_before_its_rename_is_never_read_and_is_cleared_at_open(tmp_path: Path) -> None:
     journal = StateJournal(tmp_path / "j")
     journal.write({"applied_events": _ids(1)}, JournalProgress(Position("1")), replaces=False)
