@@ -17,7 +17,12 @@ FROM KINESIS
 IAM_ROLE '${REDSHIFT_IAM_ROLE_ARN}';
 
 -- One row per Kinesis record. AUTO REFRESH YES keeps it current; the first refresh starts at TRIM_HORIZON.
--- Records that are not JSON are kept (failed_payload) rather than filtered out, mirroring the worker's errors/.
+-- Records that are not JSON are kept (failed_payload) rather than filtered out, as the worker keeps errors/; a
+-- record larger than the view's kinesis_data column is skipped by the refresh instead (SYS_STREAM_SCAN_ERRORS
+-- names it; the worker keeps it in errors/). Streaming ingestion sees Kinesis records as they are stored: records
+-- aggregated by the Kinesis Producer Library (many events in one) are not unpacked here, as the KCL unpacks them
+-- for the worker, and land whole in failed_payload. This view is for producers that do not aggregate (KPL
+-- AggregationEnabled=false; `clickstream produce` never does).
 CREATE MATERIALIZED VIEW clickstream_raw
 AUTO REFRESH YES
 AS

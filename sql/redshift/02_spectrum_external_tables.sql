@@ -20,7 +20,9 @@
 --
 -- Strictness: a table over a prefix reads every file in it. For seconds after a flush attempt loses its commit to
 -- another writer (a paused or partitioned worker), and until the shard's next commit after a worker died mid-flush,
--- a partition can hold files that no commit names. The current-row view is unaffected (a loser's rows repeat the
+-- a partition can hold files that no commit names, and in one rare case for good (a paused writer that resumes,
+-- writes its files after the owner settled its attempt, and dies before it learns it lost: README, "Reading the
+-- outputs strictly"). The current-row view is unaffected (a loser's rows repeat the
 -- winner's or are older versions), but event counts over events/ can include such files. For exact loads use COPY
 -- with the manifest of committed files (03_copy_tables.sql, `clickstream manifest`).
 --
