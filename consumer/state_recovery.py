@@ -128,9 +128,8 @@ def open_shard_state(
         cause = one_line(error)
     target = path.with_name(f"{path.name}.unreadable-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}")
     if path.exists() or path.is_symlink():
-        for earlier in path.parent.glob(
-            f"{path.name}.unreadable-*"
-        ):  # the newest is kept: each is a whole state
+        # the newest is kept: each is a whole state
+        for earlier in path.parent.glob(f"{path.name}.unreadable-*"):
             if earlier.is_dir():
                 shutil.rmtree(earlier, ignore_errors=True)
             else:
