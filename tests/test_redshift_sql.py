@@ -466,6 +466,27 @@ def test_shard_marks_say_what_score_says_about_shards_behind(worker_output: Work
     assert marks[lagging] == 0 and not shards_behind(current, end)
 
 
+def test_history_load_keeps_two_versions_of_a_flush_end_shared_inside_one_aggregated_record(
+    worker_output: WorkerOutput,
+) -> None:
+    """updated_through_sequence has no sub-sequence: two flushes ending inside one KPL-aggregated record share it,
+    and the later one's row (a higher version) must not be taken for the earlier one's."""
+    insert = next(
+        e
+        for name, e in parsed_statements()
+        if name.startswith("03_") and isinstance(e, exp.Insert) and "customer_aggregates" in e.this.sql()
+    )
+    con = build_warehouse(worker_output)
+    history = "clickstream.customer_aggregates_history"
+    con.execute(
+        f"CREATE TEMP TABLE customer_aggregates_stage AS SELECT * REPLACE (version + 1 AS version) FROM {history} "
+        "QUALIFY row_number() OVER (ORDER BY customer_id, version DESC) = 1"
+    )
+    before = con.sql(f"SELECT count(*) FROM {history}").fetchall()[0][0]
+    con.execute(to_duckdb(insert))
+    assert con.sql(f"SELECT count(*) FROM {history}").fetchall()[0][0] == before + 1
+
+
 def test_history_load_is_idempotent(worker_output: WorkerOutput, warehouse) -> None:
     """The staging + anti-join INSERT of 03_copy_tables.sql adds nothing when a partition is loaded again."""
     insert = next(

@@ -93,7 +93,9 @@ IAM_ROLE '${REDSHIFT_IAM_ROLE_ARN}'
 FORMAT AS PARQUET
 MANIFEST;
 
--- A customer row is identified by the flush that wrote it: (customer_id, shard_id, updated_through_sequence).
+-- A customer row is identified by the flush that wrote it: (customer_id, shard_id, updated_through_sequence), and
+-- its version (updated_through_sequence has no sub-sequence: two flushes ending inside one KPL-aggregated record
+-- would share it, while each gives the customer a new version).
 INSERT INTO clickstream.customer_aggregates_history
 SELECT s.*
 FROM customer_aggregates_stage AS s
@@ -103,6 +105,7 @@ WHERE NOT EXISTS (
     WHERE h.customer_id = s.customer_id
       AND h.shard_id = s.shard_id
       AND h.updated_through_sequence = s.updated_through_sequence
+      AND h.version = s.version
 );
 
 DROP TABLE customer_aggregates_stage;
