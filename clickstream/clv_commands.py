@@ -56,7 +56,8 @@ def _parse_as_of(_: click.Context, __: click.Parameter, value: str | None) -> da
     metavar="TIME",
     help="Observation end for every customer: YYYY-MM-DD (the end of that UTC day) or an ISO time, UTC unless it "
     "carries an offset (refused if a purchase after it is in the aggregates, or if its UTC day has not begun "
-    "unless a purchase is in that day: a client clock a little ahead may have stamped one tomorrow). The "
+    "unless a purchase is in that day: a client clock a little ahead may have stamped one tomorrow; a time more "
+    "than a day ahead, or a day after tomorrow, is refused outright). The "
     "models count whole UTC days: the day of a time is observed whole, and midnight UTC is the end of the day before "
     "(2026-04-30T00:00:00Z scores as 2026-04-29). "
     "Default: the latest event time seen, not past the run's clock (a client clock ahead of UTC may stamp an "

@@ -137,7 +137,8 @@ def load_inputs(
         # a `summary --download` copy holds no clv/: S3 may well have a run, this report only did not look there
         inputs.no_scores = (
             f"No scoring run in {input_dir} (a `summary --download` copy has none): score it offline with "
-            f"`clickstream score --input {input_dir} --output-dir {input_dir}`, or name a `score --output-dir` "
+            f"`clickstream score --input {input_dir} --output-dir {input_dir} --prefix {settings.prefix}`, or name a "
+            "`score --output-dir` "
             "folder with --clv-dir."
         )
     if commit is not None:
@@ -289,12 +290,18 @@ class ClvHistogram:
     log_scale: bool
     below_first_bar: int
 
+    def drawn_at(self, value: float) -> float:
+        """Where a value's line stands: on a log axis, a value below the first bar stands at its edge."""
+        return max(value, float(np.asarray(self.bins)[0])) if self.log_scale else value
+
 
 def clv_histogram(clv: np.ndarray) -> ClvHistogram:
     positive = clv[clv > 0]
     if positive.size and positive.max() / max(np.percentile(positive, 5), 1e-9) > 100:
-        bins = np.geomspace(max(positive.min(), 1e-2), positive.max(), 50)
-        return ClvHistogram(np.clip(clv, bins[0], None), bins, True, int((clv < bins[0]).sum()))
+        lowest = max(positive.min(), 1e-2)
+        if lowest < positive.max():  # (every value under a cent: a plain axis shows them)
+            bins = np.geomspace(lowest, positive.max(), 50)
+            return ClvHistogram(np.clip(clv, bins[0], None), bins, True, int((clv < bins[0]).sum()))
     return ClvHistogram(clv, 50, False, 0)
 
 
@@ -312,7 +319,7 @@ def plot_clv_distribution(scores: pa.Table) -> str:
     axis.hist(drawn.values, bins=drawn.bins, color="#4c72b0")
     for q, style in ((50, "--"), (90, ":")):
         value = float(np.percentile(clv, q))
-        axis.axvline(value, color="#c44e52", linestyle=style, label=f"p{q} {value:,.2f}")
+        axis.axvline(drawn.drawn_at(value), color="#c44e52", linestyle=style, label=f"p{q} {value:,.2f}")
     axis.set_xlabel(label)
     axis.set_ylabel("customers")
     axis.legend()

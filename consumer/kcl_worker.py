@@ -873,7 +873,7 @@ class KclWorker:
             ended_on_error = sorted(
                 s.shard_id
                 for s in statuses.values()
-                if s.terminal_error and s.updated_at >= self._stop_requested_wall
+                if s.terminal_error and s.phase == "processing" and s.updated_at >= self._stop_requested_wall
             )
             if ended_on_error:
                 log.error(

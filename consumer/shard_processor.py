@@ -283,6 +283,9 @@ class ShardProcessor:
                 self._snapshot()
             release_free_memory()  # a restore's working memory is many times the state it leaves
         self.metrics.phase = "processing"
+        # the clocks of stuck and quiet shards start now, not when the restore began: a restore longer than
+        # CLICKSTREAM_STUCK_SHARD_SECONDS read as "not called by the KCL" until its first records came
+        self.metrics.started_at = time.time()
         self.metrics.checkpointed_sequence = checkpoint
         self._report_state()
 

@@ -116,10 +116,12 @@ def open_shard_state(
         path.parent.mkdir(parents=True, exist_ok=True)
         _remove_legacy_file(path, shard_id)
         return CustomerState(shard_id, path, validator, options)
-    except (JournalLockedError, MemoryError):
-        # another process holds it (the KCL will retry the lease), or this one ran out of memory reading it (a
-        # restart's peak is about three times the state): not damage, and a rebuild from S3 would need as much
-        raise
+    except JournalLockedError:
+        raise  # another process holds it: not damage (the KCL will retry the lease)
+    except MemoryError as error:
+        # reading the whole journal peaks at about three times the state: not damage, so it stays for a start with
+        # more memory, and this one restores from S3 (a snapshot and the commits after it) without it
+        return _without_local_state(shard_id, path, validator, options, error)
     except OSError as error:
         if error.errno in DISK_REFUSES_WRITES:  # a full disk is not damage: the shard goes on from memory
             return _without_local_state(shard_id, path, validator, options, error)
@@ -157,10 +159,15 @@ def state_options(settings: Settings) -> StateOptions:
 
 
 def _without_local_state(
-    shard_id: str, path: Path, validator: RecordValidator, options: StateOptions | None, error: OSError
+    shard_id: str,
+    path: Path,
+    validator: RecordValidator,
+    options: StateOptions | None,
+    error: OSError | MemoryError,
 ) -> CustomerState:
-    """A state in memory only, for a shard whose local state the disk refuses to hold (reported at its first flush
-    as LocalStateWriteFailed, as a refused sync is): S3 holds every commit, and the restore rebuilds from there."""
+    """A state in memory only, for a shard whose local state the disk refuses to hold, or that does not fit the
+    memory left to read it (reported at its first flush as LocalStateWriteFailed, as a refused sync is): S3 holds
+    every commit, and the restore rebuilds from there."""
     log.error(
         "the local state %s could not be opened (%s): the shard goes on from memory without it; S3 holds every "
         "commit, and the restore rebuilds the state from there",

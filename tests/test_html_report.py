@@ -229,6 +229,14 @@ def test_the_clv_plot_counts_every_customer_on_a_log_axis() -> None:
     assert 'id="plot-clv-distribution"' in page
     spread = np.linspace(10, 500, 300)
     assert not clv_histogram(spread).log_scale and clv_histogram(spread).below_first_bar == 0
+    # most customers lapsed: the p50 line stands at the first bar, not in the empty stretch left of it
+    mostly_lapsed = np.concatenate([np.full(200, 1e-4), np.geomspace(1, 5_000, 100)])
+    drawn = clv_histogram(mostly_lapsed)
+    assert drawn.drawn_at(float(np.percentile(mostly_lapsed, 50))) == drawn.bins[0]  # type: ignore[index]
+    # every value under a cent, spread over more than 100x (the bins went downwards and the report failed)
+    tiny = np.array([1e-6] * 20 + [5e-3] * 5)
+    assert not clv_histogram(tiny).log_scale
+    assert 'id="plot-clv-distribution"' in plot_clv_distribution(pa.table({"clv": tiny}))
 
 
 def chromium() -> str:

@@ -1025,6 +1025,10 @@ def test_exit_code_is_one_when_a_shard_ended_on_an_error_while_stopping(tmp_path
     worker.request_stop()
     assert worker._exit_code(0) == 0, "an error from before the stop"
     write_status(
+        settings, shard_id="shardId-3", phase="shut_down", terminal_error="OSError: closing the state"
+    )
+    assert worker._exit_code(0) == 0, "an error after a shutdown that flushed and checkpointed everything"
+    write_status(
         settings, shard_id="shardId-2", phase="processing", terminal_error="ClientError: AccessDenied"
     )
     assert worker._exit_code(0) == 1

@@ -71,7 +71,13 @@ def fit_once_per_input() -> Iterator[None]:
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, inputs.buyers.schema) as writer:
             writer.write_table(inputs.buyers)
-        key = (hashlib.sha256(sink.getvalue()).hexdigest(), inputs.as_of, config, scoring.clv._parameters)
+        key = (
+            hashlib.sha256(sink.getvalue()).hexdigest(),
+            inputs.as_of,
+            inputs.customers,
+            config,
+            scoring.clv._parameters,
+        )
         if key not in fits:
             said: list[str] = []
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -663,13 +664,14 @@ def test_shard_end_is_checkpointed_only_after_the_final_snapshot(s3: Any, settin
 def test_a_restoring_processor_shows_it_holds_its_lease(s3: Any, settings: Settings, tmp_path: Path) -> None:
     """A large restore takes minutes: with no status file meanwhile, the worker saw its lease held by no processor,
     `health` failed after CLICKSTREAM_NO_LEASE_UNHEALTHY_SECONDS, and ECS replaced the task mid-restore, again."""
-    from consumer.health import holds_lease
+    from consumer.health import holds_lease, shard_problems
 
     seen: list[ShardStatus | None] = []
 
     class WatchedRecovery(StateRecovery):
         def restore(self, *arguments: Any, **options: Any) -> Any:
             seen.append(read_statuses(tmp_path / "status").get(SHARD))
+            time.sleep(1.5)  # a restore longer than the stuck-shard limit below
             return super().restore(*arguments, **options)
 
     processor = ShardProcessor(
@@ -685,7 +687,10 @@ def test_a_restoring_processor_shows_it_holds_its_lease(s3: Any, settings: Setti
     processor.start(None)
     assert len(seen) == 1 and seen[0] is not None, "no status while restoring"
     assert seen[0].phase == "initializing" and holds_lease(seen[0])
-    assert read_statuses(tmp_path / "status")[SHARD].phase == "processing"
+    status = read_statuses(tmp_path / "status")[SHARD]
+    assert status.phase == "processing"
+    # before its first records: not "not called by the KCL" for as long as the restore took
+    assert shard_problems({SHARD: status}, time.time(), stuck_after=1.0) == []
 
 
 def test_shard_ended_with_an_empty_buffer_only_checkpoints_shard_end(s3: Any, settings: Settings) -> None:
