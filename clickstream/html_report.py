@@ -138,8 +138,7 @@ def load_inputs(
         inputs.no_scores = (
             f"No scoring run in {input_dir} (a `summary --download` copy has none): score it offline with "
             f"`clickstream score --input {input_dir} --output-dir {input_dir} --prefix {settings.prefix}`, or name a "
-            "`score --output-dir` "
-            "folder with --clv-dir."
+            "`score --output-dir` folder with --clv-dir."
         )
     if commit is not None:
         inputs.score_commit = commit
@@ -290,9 +289,14 @@ class ClvHistogram:
     log_scale: bool
     below_first_bar: int
 
+    @property
+    def first_edge(self) -> float:
+        """The left edge of the first bar on a log axis."""
+        return float(np.asarray(self.bins)[0])
+
     def drawn_at(self, value: float) -> float:
         """Where a value's line stands: on a log axis, a value below the first bar stands at its edge."""
-        return max(value, float(np.asarray(self.bins)[0])) if self.log_scale else value
+        return max(value, self.first_edge) if self.log_scale else value
 
 
 def clv_histogram(clv: np.ndarray) -> ClvHistogram:
@@ -314,8 +318,10 @@ def plot_clv_distribution(scores: pa.Table) -> str:
     if drawn.log_scale:
         axis.set_xscale("log")
     if drawn.below_first_bar:
-        first_edge = float(np.asarray(drawn.bins)[0])
-        label += f" (log scale; the first bar also counts {drawn.below_first_bar:,} customers below {first_edge:,.2f})"
+        label += (
+            f" (log scale; the first bar also counts {drawn.below_first_bar:,} customers below "
+            f"{drawn.first_edge:,.2f})"
+        )
     axis.hist(drawn.values, bins=drawn.bins, color="#4c72b0")
     for q, style in ((50, "--"), (90, ":")):
         value = float(np.percentile(clv, q))

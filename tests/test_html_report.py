@@ -232,7 +232,7 @@ def test_the_clv_plot_counts_every_customer_on_a_log_axis() -> None:
     # most customers lapsed: the p50 line stands at the first bar, not in the empty stretch left of it
     mostly_lapsed = np.concatenate([np.full(200, 1e-4), np.geomspace(1, 5_000, 100)])
     drawn = clv_histogram(mostly_lapsed)
-    assert drawn.drawn_at(float(np.percentile(mostly_lapsed, 50))) == drawn.bins[0]  # type: ignore[index]
+    assert drawn.drawn_at(float(np.percentile(mostly_lapsed, 50))) == drawn.first_edge
     # every value under a cent, spread over more than 100x (the bins went downwards and the report failed)
     tiny = np.array([1e-6] * 20 + [5e-3] * 5)
     assert not clv_histogram(tiny).log_scale

@@ -741,9 +741,8 @@ def test_a_stop_puts_what_it_holds_in_the_status_before_its_flush(
     )
     processor.start(None)
     records = to_records(payloads()[:7])
-    processor.on_records(
-        records[:3], 5_000, RecordingCheckpointer()
-    )  # work appears: its status written at once
+    # work appears: its status written at once
+    processor.on_records(records[:3], 5_000, RecordingCheckpointer())
     processor.on_records(records[3:], 4_000, RecordingCheckpointer())  # more of it, within the write interval
     assert read_statuses(tmp_path / "status")[SHARD].buffered_records == 3
     processor.on_shutdown_requested(RecordingCheckpointer())
