@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import shlex
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import duckdb
+import pyarrow as pa
 from rich import box
 from rich.console import Console
 from rich.table import Table
@@ -36,6 +38,7 @@ from runtime.exit_codes import USAGE
 from runtime.settings import Settings
 from schemas.control import CommitRecord
 from schemas.layout import DATA_OUTPUTS
+from scoring.inputs import observation_end
 
 #: Columns of the top-customers table (header, column): the BG/NBD and Gamma-Gamma inputs and what drives them.
 TOP_COLUMNS = (
@@ -161,15 +164,16 @@ def print_summary(
         )
 
 
-def _print_customers(console: Console, con: duckdb.DuckDBPyConnection, current: Any, top: int) -> None:
-    # T against one observation end for every customer, the newest as_of, as `clickstream score` puts it: a row's
-    # own T stops at its shard's last flush, short for a quiet shard
+def _print_customers(console: Console, con: duckdb.DuckDBPyConnection, current: pa.Table, top: int) -> None:
+    # T against one observation end for every customer, the one `clickstream score` takes (the newest event, not
+    # past now unless a purchase is): a row's own T stops at its shard's last flush, short for a quiet shard
+    end = observation_end(current, not_after=datetime.now(UTC))
     con.register("rows_as_stored", current)
     con.execute(
-        """CREATE OR REPLACE TEMP VIEW current_rows AS
-           SELECT * REPLACE (date_diff('day', first_purchase_at::DATE, (SELECT max(as_of) FROM rows_as_stored)::DATE)
-                             AS "T")
-           FROM rows_as_stored"""
+        f"""CREATE OR REPLACE TEMP VIEW current_rows AS
+            SELECT * REPLACE (date_diff('day', first_purchase_at::DATE, TIMESTAMPTZ '{end.isoformat()}'::DATE)
+                              AS "T")
+            FROM rows_as_stored"""
     )
     leaders = _table(*(header for header, _ in TOP_COLUMNS))
     query = f"""SELECT {", ".join(f'"{column}"' for _, column in TOP_COLUMNS)} FROM current_rows

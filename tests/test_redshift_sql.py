@@ -32,7 +32,7 @@ from schemas.contract import (
     load_event_json_schema,
 )
 from schemas.layout import PARTITION_COLUMN, OutputLayout
-from scoring.inputs import shards_behind
+from scoring.inputs import observation_end, shards_behind
 from tests.test_clv_consumer import CLV_DOC, WorkerOutput, doc_code_blocks, run_worker_core
 
 SQL_DIR = Path(__file__).resolve().parents[1] / "sql" / "redshift"
@@ -438,6 +438,73 @@ def test_clv_view_equals_the_documented_python_inputs(worker_output: WorkerOutpu
         "FROM clickstream.customer_rfm_for_clv"
     ).fetchall()[0]
     assert recomputed[0] > 0 and recomputed[1] == 0
+
+
+#: The common observation end of every CLV view: the newest as_of, not past the query's clock unless a purchase is
+#: (as scoring.inputs.observation_end takes it for `clickstream score`).
+COMMON_END = "LEAST(MAX(as_of), GREATEST(GETDATE(), MAX(last_purchase_at)))"
+
+
+@pytest.mark.parametrize("purchase_ahead", [False, True])
+def test_clv_view_ends_at_the_query_clock_when_an_event_is_stamped_ahead_unless_a_purchase_is(
+    worker_output: WorkerOutput, purchase_ahead: bool
+) -> None:
+    """A client clock ahead (events are taken up to CLICKSTREAM_MAX_FUTURE_SKEW_SECONDS after their arrival) can put
+    the newest as_of in a day not yet begun: T ends at the query's clock, as `clickstream score` and the documented
+    query end it, unless a purchase is in that day."""
+    con = build_warehouse(worker_output)
+    history = "clickstream.customer_aggregates_history"
+    buyer, version = con.sql(
+        "SELECT customer_id, version FROM clickstream.customer_current WHERE frequency IS NOT NULL "
+        "ORDER BY customer_id LIMIT 1"
+    ).fetchall()[0]
+    ahead = (datetime.now(UTC) + timedelta(days=3)).replace(
+        tzinfo=None
+    )  # a UTC wall time, as Redshift holds it
+    purchase = ", last_purchase_at = ?" if purchase_ahead else ""
+    con.execute(
+        f"UPDATE {history} SET as_of = ?, last_event_at = ?{purchase} WHERE customer_id = ? AND version = ?",
+        [ahead, ahead, *([ahead] if purchase_ahead else []), buyer, version],
+    )
+    before = datetime.now(UTC).replace(tzinfo=None)
+    rows = con.sql(
+        "SELECT customer_id, frequency, recency, t, monetary_value, common_as_of "
+        "FROM clickstream.customer_rfm_for_clv ORDER BY customer_id"
+    ).fetchall()
+    after = datetime.now(UTC).replace(tzinfo=None)
+
+    (end,) = {utc_naive((row[5],))[0] for row in rows}
+    if purchase_ahead:
+        assert end == ahead
+    else:
+        assert before <= end <= after
+    # the documented query, and `clickstream score`'s observation end, on the same current rows
+    namespace: dict = {}
+    exec(compile(doc_code_blocks()[0], f"{CLV_DOC}:reading", "exec"), namespace)
+    documented = duckdb.connect()
+    documented.execute("SET TimeZone = 'UTC'")
+    aggregates = con.sql(f"SELECT * FROM {history}").to_arrow_table()
+    documented.register("customer_aggregates", aggregates)
+    assert documented.sql(namespace["CLV_INPUTS_SQL"]).fetchall() == [row[:5] for row in rows]
+    current = con.sql(  # the contract's timestamp[us, UTC], of Redshift's UTC wall times
+        "SELECT last_event_at::TIMESTAMPTZ AS last_event_at, last_purchase_at::TIMESTAMPTZ AS last_purchase_at "
+        "FROM clickstream.customer_current"
+    ).to_arrow_table()
+    scored_end = observation_end(current, not_after=after.replace(tzinfo=UTC))
+    assert scored_end.date() == end.date()
+
+
+def test_every_clv_view_takes_the_common_observation_end() -> None:
+    """The CLV inputs and both Redshift ML views end observation where `clickstream score` does (COMMON_END): no
+    bare MAX(as_of) is left in them."""
+    common_end = sqlglot.parse_one(COMMON_END, read="redshift").sql("redshift")
+    for view in (
+        "clickstream.customer_rfm_for_clv",
+        "clickstream.clv_training",
+        "clickstream.customer_value_ml",
+    ):
+        sql = created_view(view).sql("redshift")
+        assert sql.count(common_end) == sql.count("MAX(as_of)") == 1, view
 
 
 def test_shard_marks_say_what_score_says_about_shards_behind(worker_output: WorkerOutput) -> None:

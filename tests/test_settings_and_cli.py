@@ -1504,7 +1504,9 @@ CUSTOMER_COLUMNS = {
     "customer_id": pa.string(),
     "version": pa.int64(),
     "as_of": pa.timestamp("us", tz="UTC"),
+    "last_event_at": pa.timestamp("us", tz="UTC"),
     "first_purchase_at": pa.timestamp("us", tz="UTC"),
+    "last_purchase_at": pa.timestamp("us", tz="UTC"),
     "purchases": pa.int64(),
     "revenue": pa.decimal128(18, 2),
     "frequency": pa.int64(),
@@ -1521,14 +1523,18 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
-def customers_table(names: list[str], revenue: int, as_of: datetime | None = None) -> pa.Table:
+def customers_table(
+    names: list[str], revenue: int, as_of: datetime | None = None, last_purchase_at: datetime | None = None
+) -> pa.Table:
     as_of = as_of or datetime(2026, 3, 9, tzinfo=UTC)
     rows = [
         {
             "customer_id": name,
             "version": 3,
             "as_of": as_of,
+            "last_event_at": as_of,
             "first_purchase_at": datetime(2026, 3, 1, 12, tzinfo=UTC),
+            "last_purchase_at": last_purchase_at or datetime(2026, 3, 5, 12, tzinfo=UTC),
             "purchases": 2,
             "revenue": Decimal(revenue),
             "frequency": 1,
@@ -1549,12 +1555,17 @@ def put_committed_flush(
     shard: str,
     customers: list[str],
     as_of: datetime | None = None,
+    last_purchase_at: datetime | None = None,
 ) -> None:
     """One flush as the worker leaves it: data files, then the commit record naming them."""
     name = FlushName(shard, Position("1", 0), Position("9", 0), "attempt1")
     aggregates = layout.data_key("customer_aggregates", date(2026, 3, 9), name)
     errors = layout.data_key("errors", date(2026, 3, 9), name)
-    s3.put_object(Bucket=bucket, Key=aggregates, Body=parquet_bytes(customers_table(customers, 100, as_of)))
+    s3.put_object(
+        Bucket=bucket,
+        Key=aggregates,
+        Body=parquet_bytes(customers_table(customers, 100, as_of, last_purchase_at)),
+    )
     s3.put_object(
         Bucket=bucket,
         Key=errors,
@@ -1789,6 +1800,40 @@ def test_summary_counts_t_to_the_newest_as_of_as_score_does() -> None:
     }
     t_column = [header for header, _ in TOP_COLUMNS].index("T")
     assert rows["c-busy"][t_column] == rows["c-quiet"][t_column] == "20"  # March 1st to March 21st
+
+
+@pytest.mark.parametrize("purchase_ahead", [False, True])
+def test_summary_counts_t_to_now_when_an_event_is_stamped_ahead_unless_a_purchase_is(
+    purchase_ahead: bool,
+) -> None:
+    """A client clock ahead (events are taken up to CLICKSTREAM_MAX_FUTURE_SKEW_SECONDS after arrival) may stamp an
+    event in a day not yet begun: T ends today, as `clickstream score` ends it, unless a purchase is in that day."""
+    layout = OutputLayout("rfm")
+    ahead = datetime.now(UTC) + timedelta(days=3)
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="t-bucket")
+        put_committed_flush(
+            s3,
+            "t-bucket",
+            layout,
+            "shardId-000000000000",
+            ["c-ahead"],
+            ahead,
+            last_purchase_at=ahead if purchase_ahead else None,
+        )
+        before = datetime.now(UTC).date()
+        result = CliRunner().invoke(main, ["summary", "--bucket", "t-bucket"], terminal_width=120)
+        after = datetime.now(UTC).date()
+
+    assert result.exit_code == 0, result.output
+    row = next(line.split() for line in result.output.splitlines() if line.strip().startswith("c-ahead"))
+    t = int(row[[header for header, _ in TOP_COLUMNS].index("T")])
+    first_purchase_day = date(2026, 3, 1)
+    if purchase_ahead:
+        assert t == (ahead.date() - first_purchase_day).days
+    else:
+        assert (before - first_purchase_day).days <= t <= (after - first_purchase_day).days
 
 
 def test_summary_tables_fit_80_columns_when_piped(tmp_path: Path) -> None:

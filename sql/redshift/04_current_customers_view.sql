@@ -9,6 +9,10 @@
 -- changed for a while keeps an old as_of, so current rows do not share one observation end. The CLV view
 -- recomputes T for every buyer against one common observation end, the latest as_of of all current rows:
 --   T = DATEDIFF(day, first_purchase_at::date, common_as_of::date)
+-- but not past the query's clock (GETDATE(), UTC wall time as the columns) unless a purchase is, as
+-- `clickstream score` takes it: events are accepted up to CLICKSTREAM_MAX_FUTURE_SKEW_SECONDS (an hour by
+-- default) after their arrival, so a client clock ahead can stamp a page view in a UTC day not yet begun, which
+-- the models would count as a whole day observed without a purchase for every buyer.
 -- recency needs no change (first to last purchase day), nor do frequency and monetary_value.
 
 -- Current rows from the COPY-loaded history (03_copy_tables.sql).
@@ -52,7 +56,7 @@ WITH NO SCHEMA BINDING;
 -- (the contract allows revenue 0, and Gamma-Gamma cannot take a mean spend of 0; `clickstream score` does the same).
 CREATE OR REPLACE VIEW clickstream.customer_rfm_for_clv AS
 WITH observation AS (
-    SELECT MAX(as_of) AS common_as_of
+    SELECT LEAST(MAX(as_of), GREATEST(GETDATE(), MAX(last_purchase_at))) AS common_as_of
     FROM clickstream.customer_current
 )
 SELECT

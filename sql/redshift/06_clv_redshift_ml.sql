@@ -16,7 +16,8 @@
 
 CREATE OR REPLACE VIEW clickstream.clv_training AS
 WITH cutoff AS (
-    SELECT DATEADD(day, -90, MAX(as_of)) AS at
+    -- the newest as_of, not past the query's clock unless a purchase is (04_current_customers_view.sql says why)
+    SELECT DATEADD(day, -90, LEAST(MAX(as_of), GREATEST(GETDATE(), MAX(last_purchase_at)))) AS at
     FROM clickstream.customer_aggregates_history
 ),
 at_cutoff AS (
@@ -60,7 +61,7 @@ SETTINGS (S3_BUCKET '${ML_BUCKET}', S3_GARBAGE_COLLECT ON, MAX_RUNTIME 5400);
 -- After SHOW MODEL clickstream.customer_value_90d says READY: predicted revenue of the next 90 days per buyer.
 CREATE OR REPLACE VIEW clickstream.customer_value_ml AS
 WITH observation AS (
-    SELECT MAX(as_of) AS at
+    SELECT LEAST(MAX(as_of), GREATEST(GETDATE(), MAX(last_purchase_at))) AS at
     FROM clickstream.customer_current
 )
 SELECT
