@@ -120,6 +120,8 @@ def _answer_as_health_check(error: click.ClickException, command: str | None) ->
 _INTERRUPTION_LEAVES: Final = {
     "setup": "run it again: it creates only what is still missing",
     "generate": "the output file may hold only part of the records",
+    "produce": "records sent before the stop stay on the stream; the same input can be sent again: the worker counts "
+    "an event id delivered twice once (within CLICKSTREAM_DEDUPE_WINDOW_DAYS)",
     "score": "no run was committed (readers and the next run ignore a run's files without its commit record); "
     "run it again",
     "report": "the report file may be missing or incomplete; run it again",
@@ -464,6 +466,13 @@ def _make_generator(**options: Any) -> Any:
 
     start, days = options["start"], options["days"]
     today, last = datetime.now(UTC).date(), start.date() + timedelta(days=days - 1)
+    oldest_taken = Settings.model_fields["min_event_time"].default
+    if start < oldest_taken:
+        say(
+            f"--start {start.date()}: the history begins before {oldest_taken.date()}, the worker's default "
+            "CLICKSTREAM_MIN_EVENT_TIME; with it, the worker rejects the events before that as event_time_too_old",
+            logging.WARNING,
+        )
     if last >= today:
         say(
             f"--start {start.date()} --days {days}: the history runs to {last}, past the time of today "
@@ -519,13 +528,14 @@ def _counted(
 
 
 # ---------------------------------------------------------------------------------------------------------- produce
-def _say_stdin_is_consumed(input_file: Path | None) -> None:
+def _say_pipe_is_consumed(input_file: Path | None) -> None:
     """ "The same input can be sent again" does not hold for a pipe: what was read from it is gone from it."""
-    if input_file is not None and str(input_file) == "-":
+    if input_file is not None and not _is_regular_file(input_file):
+        what = "stdin" if str(input_file) == "-" else f"{input_file} (not a regular file)"
         say(
-            "the input was stdin: the records read from it and not delivered (a batch of up to 500 is sent when "
-            "full, at the end of the input, or once a record has waited --linger seconds) are no longer in the "
-            "pipe: send them again from their source",
+            f"the input was {what}: the records read from it and not delivered (a batch of up to 500 is sent "
+            "when full, at the end of the input, or once a record has waited --linger seconds) are no longer in "
+            "the pipe: send them again from their source",
             logging.WARNING,
         )
 
@@ -682,6 +692,10 @@ def produce(
         sent = doubtful.counted(records)
         if not _is_regular_file(input_file):  # a pipe may trickle: its records are sent as they come
             sent = lingering(sent, DEFAULT_LINGER_SECONDS if linger is None else linger)
+        elif linger is not None:
+            say(
+                f"--linger has no effect: {input_file} is a regular file, read at disk speed", logging.WARNING
+            )
 
     def say_doubtful(source: object) -> None:
         for warning in doubtful.warnings(source):
@@ -692,7 +706,7 @@ def produce(
         summary = producer.put(sent, total=total, log_summary=False)
     except (PutRecordsError, PutInputError) as error:
         say_doubtful(f"{input_file} read (delivered or not)")
-        _say_stdin_is_consumed(input_file)
+        _say_pipe_is_consumed(input_file)
         refused = explain(error.__cause__) if isinstance(error.__cause__, ClientError) else None
         # refused for the caller's identity or policy (exit 2, as a set-up error), not by the service
         if refused is not None and refused.exit_code == USAGE:
@@ -701,7 +715,7 @@ def produce(
     except PutInterrupted as interrupted:
         say(interrupted.outcome(), logging.WARNING)
         say_doubtful(f"{input_file} read (delivered or not)")
-        _say_stdin_is_consumed(input_file)
+        _say_pipe_is_consumed(input_file)
         sys.exit(_stop_exit_code(_sigterm_seen()))
     say(summary.describe(settings.stream_name))
     if input_file is not None and summary.records_sent == 0 and not summary.rejected_too_large:

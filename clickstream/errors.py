@@ -25,6 +25,17 @@ _NOT_FOUND = {
     "NoSuchBucket": "{bucket} does not exist (CLICKSTREAM_BUCKET / --bucket; `clickstream setup` creates it)",
     "ResourceNotFoundException": "{message} (check the name; `clickstream setup` creates the stream)",
 }
+#: Kinesis's answers when the stream's server-side encryption key cannot be used: a set-up problem, not an outage
+#: (KMSThrottlingException is throttling, retried).
+_KMS_KEY_UNUSABLE = frozenset(
+    {
+        "KMSAccessDeniedException",
+        "KMSDisabledException",
+        "KMSInvalidStateException",
+        "KMSNotFoundException",
+        "KMSOptInRequired",
+    }
+)
 #: AWS's answers to credentials it does not accept (unknown, mistyped or expired keys, an ended SSO session).
 _BAD_CREDENTIALS = frozenset(
     {
@@ -77,7 +88,7 @@ def _bucket(details: Mapping[str, Any]) -> str:
     return f"bucket {name}" if name else "the bucket"
 
 
-def _client_error(error: aws.ClientError) -> Failure:
+def _client_error(error: aws.ClientError) -> Failure:  # noqa: PLR0911 - one return per kind of failure
     details = error.response.get("Error", {})
     code = str(details.get("Code", "Unknown"))
     message = str(details.get("Message") or "").strip()
@@ -94,6 +105,12 @@ def _client_error(error: aws.ClientError) -> Failure:
         )
     if code in ACCESS_DENIED_CODES:
         return Failure(f"not allowed to call {operation}: {message or code} (check the IAM policy)", USAGE)
+    if code in _KMS_KEY_UNUSABLE:
+        return Failure(
+            f"{operation} needs the stream's KMS key, which refused: {code}: {message} (check that the key exists "
+            "and is enabled, and that the role may use it: kms:GenerateDataKey to write, kms:Decrypt to read)",
+            USAGE,
+        )
     failed = f"AWS {operation} failed: {code}: {message}".rstrip(": ")
     status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
     if (status >= 500 and status != 501) or code in THROTTLING_CODES:  # 501: not implemented, no outage

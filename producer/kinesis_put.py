@@ -423,6 +423,7 @@ class KinesisProducer:
             smoothing=0.1,
         )
         source = iter(records)
+        waiting_for_first = True
         try:
             while True:
                 try:
@@ -434,6 +435,10 @@ class KinesisProducer:
                         self._send(batch, stats, started, bar)
                         batch = []
                     raise PutInputError(str(error), self._summary(stats, started)) from error
+                if waiting_for_first:  # the rate is the sending's: a generator plans its whole world first
+                    waiting_for_first = False
+                    started = stats.reported_at = self._clock()
+                    bar.reset(total=total)
                 if isinstance(data, SendNow):
                     if batch:
                         self._send(batch, stats, started, bar)
@@ -597,29 +602,39 @@ class KinesisProducer:
             except _CREDENTIAL_ERRORS as exc:
                 stats.in_flight = 0
                 message = f"PutRecords to {self.stream_name} failed: {type(exc).__name__}: {exc}"
-                raise PutRecordsError(message, pending, self._summary(stats, started)) from exc
+                raise PutRecordsError(
+                    message, pending, self._summary(stats, started), maybe_arrived=sent_unanswered
+                ) from exc
             except Exception as exc:  # any other failure of the call: the run still says what it delivered
                 stats.in_flight = 0
                 message = f"PutRecords to {self.stream_name} failed: {type(exc).__name__}: {exc}"
                 raise PutRecordsError(
                     message, pending, self._summary(stats, started), maybe_arrived=True
                 ) from exc
-            stats.in_flight = 0
             results = response["Records"]
             if len(results) != len(pending):
+                stats.in_flight = 0
                 message = f"PutRecords returned {len(results)} results for {len(pending)} records"
-                raise PutRecordsError(message, pending, self._summary(stats, started))
+                # an answer the call's records cannot be matched to: any of them may have arrived
+                raise PutRecordsError(message, pending, self._summary(stats, started), maybe_arrived=True)
             failed: list[tuple[str, bytes]] = []
             codes: Counter[str] = Counter()
+            delivered: Counter[str] = Counter()  # by shard
+            delivered_bytes = 0
             for record, result in zip(pending, results, strict=True):
                 error_code = result.get("ErrorCode")
                 if error_code:
                     failed.append(record)
                     codes[error_code] += 1
                 else:
-                    stats.records_sent += 1
-                    stats.bytes_sent += len(record[1])
-                    stats.records_per_shard[result.get("ShardId", "?")] += 1
+                    delivered[result.get("ShardId", "?")] += 1
+                    delivered_bytes += len(record[1])
+            # counted, then no longer in flight: a stop in between says "may have arrived" of some delivered
+            # records, never "not delivered"
+            stats.records_sent += len(pending) - len(failed)
+            stats.bytes_sent += delivered_bytes
+            stats.records_per_shard.update(delivered)
+            stats.in_flight = 0
             bar.update(len(pending) - len(failed))
             self._report_progress(stats, started, bar.total)
             if not failed:
@@ -635,7 +650,10 @@ class KinesisProducer:
             if terminal:
                 message = f"{len(failed)} records rejected by {self.stream_name} with {', '.join(terminal)}"
                 logger.error(message)
-                raise PutRecordsError(message, failed, self._summary(stats, started))
+                # refused now, but an earlier call of theirs that went unanswered may have delivered them
+                raise PutRecordsError(
+                    message, failed, self._summary(stats, started), maybe_arrived=sent_unanswered
+                )
             pending = failed
             reason = ", ".join(f"{code} x{count}" for code, count in sorted(codes.items()))
             self._retry_or_raise(attempt, pending, reason, stats, started, maybe_arrived=sent_unanswered)

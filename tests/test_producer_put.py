@@ -320,6 +320,91 @@ def test_credentials_that_fail_mid_run_stop_it_with_what_was_delivered() -> None
     assert "1,000 records delivered, 500 of the failing batch not" in outcome
 
 
+class AnswerLost(FakeKinesis):
+    """The first call delivers its records but its answer is lost (a read timeout); then ``then`` happens."""
+
+    def __init__(self, then: Exception | dict[str, Any]) -> None:
+        super().__init__()
+        self.then = then
+
+    def put_records(self, *, StreamName: str, Records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        if not self.calls:
+            super().put_records(StreamName=StreamName, Records=Records)
+            raise ReadTimeoutError(endpoint_url="http://kinesis")
+        self.calls.append([(entry["PartitionKey"], entry["Data"]) for entry in Records])
+        if isinstance(self.then, Exception):
+            raise self.then
+        return self.then
+
+
+@pytest.mark.parametrize(
+    "then",
+    [
+        CredentialRetrievalError(provider="sso", error_msg="token expired"),
+        {"FailedRecordCount": 0, "Records": []},  # an answer that cannot be matched to the records
+        "KMSAccessDeniedException",  # every record refused for good
+    ],
+    ids=["credentials", "answer-mismatch", "kms-refusal"],
+)
+def test_a_batch_whose_earlier_call_went_unanswered_may_have_arrived_however_the_run_stops(
+    then: Exception | dict[str, Any] | str,
+) -> None:
+    """The first call's records landed but its answer was lost; the retry then fails for good. The outcome must
+    not say the batch did not arrive: it may have."""
+    records = list(generate_events(5, 50, 3))
+    if then == "KMSAccessDeniedException":
+        refused = {"ErrorCode": "KMSAccessDeniedException", "ErrorMessage": "no access to the key"}
+        then = {"FailedRecordCount": len(records), "Records": [refused] * len(records)}
+    assert not isinstance(then, str)
+    fake = AnswerLost(then)
+    with pytest.raises(PutRecordsError) as raised:
+        make_producer(fake, FakeTime()).put(records)
+    assert sum(fake.delivered.values()) == len(records) and len(fake.calls) == 2
+    assert raised.value.maybe_arrived
+    assert f"{len(records)} of the failing batch may or may not have arrived" in raised.value.outcome()
+
+
+class InterruptedWhileCounted(list):  # type: ignore[type-arg]
+    """An answer's per-record results, read until a Ctrl-C lands while the producer counts them."""
+
+    def __iter__(self) -> Iterator[Any]:
+        items = super().__iter__()
+        yield next(items)
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_while_an_answer_is_counted_leaves_its_records_in_flight_not_undelivered() -> None:
+    records = list(generate_events(5, 50, 3))
+
+    class Answered(FakeKinesis):
+        def put_records(self, *, StreamName: str, Records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+            answer = super().put_records(StreamName=StreamName, Records=Records)
+            return {**answer, "Records": InterruptedWhileCounted(answer["Records"])}
+
+    fake = Answered()
+    with pytest.raises(PutInterrupted) as stopped:
+        make_producer(fake, FakeTime()).put(records)
+    assert sum(fake.delivered.values()) == len(records)
+    # every record of the call is delivered or in flight: none is said to be left unsent
+    summary = stopped.value.summary
+    assert summary.records_sent + stopped.value.in_flight >= len(records)
+    assert f"the {len(records):,} records being sent may or may not have arrived" in stopped.value.outcome()
+
+
+def test_the_rate_is_of_the_sending_not_of_the_planning_before_the_first_record() -> None:
+    """A generator plans its whole world before its first event (minutes for 100 million): not sending time."""
+    records = list(generate_events(5, 1_000, 3))
+    fake_time = FakeTime()
+
+    def planned_first() -> Iterator[bytes]:
+        fake_time.now += 600  # the planning
+        yield from records
+
+    summary = make_producer(FakeKinesis(), fake_time, max_records_per_second=500).put(planned_first())
+    assert summary.records_sent == len(records)
+    assert 1 <= summary.seconds < 10 and 100 < summary.records_per_second <= 1_000
+
+
 def test_any_other_failure_of_a_call_stops_the_run_with_what_was_delivered() -> None:
     """A botocore error that comes after the request went out (an unparsable answer): the run says what it delivered
     and that the failing batch may or may not have arrived, instead of a bare error that hides both."""

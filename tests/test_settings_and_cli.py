@@ -578,6 +578,22 @@ def test_generate_warns_of_a_history_reaching_today_and_names_the_start_that_end
     assert min(times) >= suggested and max(times) < today.isoformat()
 
 
+def test_generate_warns_of_a_history_before_the_oldest_event_time_the_worker_takes(tmp_path: Path) -> None:
+    """--start takes 1970 on, but the worker rejects events before CLICKSTREAM_MIN_EVENT_TIME (2000 by default):
+    a 1995 history was written without a word, every event of it to be rejected."""
+    path = tmp_path / "old.jsonl"
+    result = invoke(
+        "generate", "--events", "100", "--start", "1995-01-01", "--days", "30", "--output", str(path)
+    )
+    assert result.exit_code == 0, result.output
+    assert "--start 1995-01-01: the history begins before 2000-01-01" in result.output
+    assert "event_time_too_old" in result.output
+    result = invoke(
+        "generate", "--events", "100", "--start", "2000-01-01", "--days", "30", "--output", str(path)
+    )
+    assert result.exit_code == 0 and "event_time_too_old" not in result.output, result.output
+
+
 @pytest.mark.parametrize("start", ["2026-03-01T10", "2026-02-30", "yesterday"])
 def test_generate_refuses_a_start_that_is_not_a_day(start: str) -> None:
     result = invoke("generate", "--start", start, "--output", "-")
@@ -2075,6 +2091,20 @@ def test_a_full_disk_names_the_file_it_could_not_write(monkeypatch: pytest.Monke
     assert raised.value.filename == "/dev/full"
 
 
+@pytest.mark.parametrize("code", ["KMSAccessDeniedException", "KMSDisabledException", "KMSNotFoundException"])
+def test_a_stream_key_kinesis_cannot_use_is_a_setup_error_naming_the_permission(code: str) -> None:
+    from botocore.exceptions import ClientError
+
+    from clickstream.errors import explain
+
+    failure = explain(ClientError({"Error": {"Code": code, "Message": "the key refused"}}, "PutRecords"))
+    assert failure.exit_code == 2
+    assert failure.message.startswith(f"PutRecords needs the stream's KMS key, which refused: {code}")
+    assert "kms:GenerateDataKey" in failure.message
+    throttled = explain(ClientError({"Error": {"Code": "KMSThrottlingException"}}, "PutRecords"))
+    assert throttled.exit_code == 1, "throttling by KMS is the service's, retried"
+
+
 def test_a_bucket_not_found_without_its_name_reads_as_a_sentence() -> None:
     """HeadBucket's 404 has no body: it was said as 'bucket the bucket does not exist'."""
     from botocore.exceptions import ClientError
@@ -2291,6 +2321,65 @@ def test_produce_from_stdin_that_breaks_off_says_what_read_is_gone(tmp_path: Pat
     (tmp_path / "broken.jsonl.gz").write_bytes(broken)
     from_file, _ = produce_file(tmp_path / "broken.jsonl.gz")
     assert from_file.exit_code == 1 and "the input was stdin" not in from_file.output
+
+
+def test_produce_from_a_named_pipe_that_breaks_off_says_what_read_is_gone(tmp_path: Path) -> None:
+    """A FIFO fed by another process is read ahead as stdin is: what was read from it is no longer in it."""
+    import gzip
+
+    from producer.generator import generate_events
+
+    whole = gzip.compress(b"\n".join(generate_events(30, 3_000, 2)) + b"\n")
+    fifo = tmp_path / "events.jsonl.gz"
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        with fifo.open("wb") as pipe:
+            pipe.write(whole[: len(whole) * 2 // 3])
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    result, _ = produce_file(fifo)
+    feeder.join(timeout=30)
+    assert result.exit_code == 1, result.output
+    assert (
+        f"the input was {fifo} (not a regular file): the records read from it and not delivered"
+        in result.output
+    )
+
+
+def test_linger_with_a_regular_file_says_it_has_no_effect(tmp_path: Path) -> None:
+    from producer.generator import generate_events
+
+    source = tmp_path / "events.jsonl"
+    source.write_bytes(b"\n".join(generate_events(5, 20, 1)) + b"\n")
+    with mock_aws():
+        boto3.client("kinesis", region_name="us-east-1").create_stream(StreamName="in", ShardCount=1)
+        result = CliRunner().invoke(
+            main, ["produce", "--stream", "in", "--input", str(source), "--linger", "0.5"]
+        )
+    assert result.exit_code == 0, result.output
+    assert f"--linger has no effect: {source} is a regular file" in result.output
+
+
+def test_produce_stopped_after_its_records_went_out_does_not_say_nothing_was_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop outside the sending (here while the summary is said) reached the front door, which said "nothing
+    was written" of a run that had delivered everything."""
+    from producer.generator import generate_events
+    from producer.kinesis_put import PutSummary
+
+    def stopped(*_: object) -> str:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(PutSummary, "describe", stopped)
+    source = tmp_path / "events.jsonl"
+    source.write_bytes(b"\n".join(generate_events(5, 20, 1)) + b"\n")
+    result, held = produce_file(source)
+    assert held == 20 and result.exit_code == 130, result.output
+    assert "records sent before the stop stay on the stream" in result.output
+    assert "nothing was written" not in result.output
 
 
 def test_score_of_a_folder_of_other_files_says_what_they_are_not(tmp_path: Path) -> None:
