@@ -41,7 +41,7 @@ from aggregators.state_journal import DISK_REFUSES_WRITES, JournalLockedError
 from aggregators.validation import RecordValidator
 from consumer.metrics import Metric
 from consumer.metrics import emit as emit_metrics
-from consumer.s3_sink import S3ParquetSink, is_precondition_failed, read_commit_records
+from consumer.s3_sink import S3ParquetSink, is_precondition_failed, missing_object, read_commit_records
 from runtime.logs import one_line
 from runtime.settings import Settings
 from schemas import EVENTS_SCHEMA
@@ -219,7 +219,16 @@ class StateRecovery:
         shard_id = state.shard_id
         current, etag = self._read_pointer(shard_id)
         if current is not None and current.position >= position:
-            return None  # an equal or newer snapshot exists (another owner went further)
+            # an equal or newer snapshot exists (another owner went further), unless it is this position's and its
+            # tables are gone: a shard that stays here (idle, or ended) would otherwise be rebuilt from its
+            # chain's start at every restore
+            if current.position > position or self._missing_table(current) is None:
+                return None
+            log.warning(
+                "the snapshot pointer at %s names tables that are gone; writing the snapshot again",
+                position.sequence_number,
+                extra={"shard_id": shard_id},
+            )
         tables = state.export_tables()
         write_id = uuid.uuid4().hex[:12]
         keys = {
@@ -264,6 +273,10 @@ class StateRecovery:
             extra={"shard_id": shard_id, "sequence_number": position.sequence_number},
         )
         return pointer
+
+    def _missing_table(self, pointer: SnapshotPointer) -> str | None:
+        """The key of a table the pointer names that S3 does not hold, if any (HEADs: nothing is downloaded)."""
+        return next((key for key in pointer.tables.values() if not self._sink.exists(key)), None)
 
     def _delete_unnamed_tables(self, pointer: SnapshotPointer, replaced: SnapshotPointer | None) -> None:
         """Delete every table of the shard's snapshots at or before the pointer's position that it does not name:
@@ -390,6 +403,11 @@ class StateRecovery:
                         extra={"shard_id": shard_id},
                     )
                     emit_metrics({Metric.LOCAL_STATE_DISCARDED: 1}, self.settings.metric_dimensions)
+            # a snapshot whose tables are gone is found before the local state is reset: the fallback from the
+            # chain's start then still takes the local state where it lies on the chain
+            missing = self._missing_table(pointer) if pointer is not None else None
+            if missing is not None:
+                raise SnapshotTableMissingError(str(missing_object(self.bucket, missing)))
             state.reset()
             if pointer is not None:
                 try:

@@ -470,6 +470,63 @@ def test_a_snapshot_whose_tables_are_gone_is_rebuilt_from_the_chain_start(
     )
 
 
+def test_a_local_state_older_than_a_snapshot_whose_tables_are_gone_is_caught_up_not_thrown_away(
+    s3_env: tuple[Any, Settings], tmp_path: Path
+) -> None:
+    """A lease that moved and came back, its snapshot's tables deleted meanwhile: the local state was reset before
+    the tables were found missing, so the fallback re-applied the whole chain instead of the commits after it."""
+    s3, settings = s3_env
+    records = _records(50, 2_000, seed=21)
+    first = _processor(s3, settings, tmp_path / "local.journal", snapshot_every=10**6)
+    first.start("TRIM_HORIZON")
+    _feed(first, records[:800])
+    first_flushes = first.metrics.flushes
+    first.state.close()
+    shutil.copytree(tmp_path / "local.journal", tmp_path / "local-copy.journal")
+    # another worker continues the shard and snapshots it past the local state
+    second = _processor(s3, settings, tmp_path / "local.journal", snapshot_every=2)
+    second.start("800")
+    _feed(second, records[800:])
+    pointer = _latest_snapshot(s3, settings)
+    assert pointer.position > first.state.position()  # type: ignore[operator]
+    s3.delete_object(Bucket="recovery-bucket", Key=pointer.tables["customers"])
+
+    back = CustomerState(SHARD, tmp_path / "local-copy.journal")
+    report = StateRecovery(s3, settings).restore(back)
+    assert report.source == "local" and report.commits_applied == second.metrics.flushes, (
+        f"the commits after the local state, not all {first_flushes + second.metrics.flushes}"
+    )
+    assert _rows(back) == _rows(second.state)
+
+
+def test_a_snapshot_whose_tables_are_gone_is_written_again_at_the_same_position(
+    s3_env: tuple[Any, Settings], tmp_path: Path
+) -> None:
+    """A shard idle at its snapshot's position (or ended) with the tables deleted: the pointer was never replaced,
+    as no newer position came, so every restart rebuilt the shard from the chain's start again."""
+    s3, settings = s3_env
+    original = _processor(s3, settings, tmp_path / "a.journal", snapshot_every=10**6)
+    original.start("TRIM_HORIZON")
+    _feed(original, _records(40, 1_500, seed=22))
+    recovery = StateRecovery(s3, settings)
+    assert recovery.write_snapshot(original.state) is not None
+    broken = _latest_snapshot(s3, settings)
+    s3.delete_object(Bucket="recovery-bucket", Key=broken.tables["customers"])
+
+    restarted = CustomerState(SHARD, tmp_path / "restarted.journal")
+    assert recovery.restore(restarted).source == "empty", "rebuilt from the chain's start"
+    assert restarted.position() == broken.position
+    rewritten = recovery.write_snapshot(restarted)
+    assert rewritten is not None and rewritten.position == broken.position
+    assert rewritten.tables != broken.tables
+    again = CustomerState(SHARD, tmp_path / "again.journal")
+    report = recovery.restore(again)
+    assert report.source == "snapshot" and report.commits_applied == 0
+    assert _rows(again) == _rows(original.state)
+    # a usable snapshot at the same position is left as it is
+    assert recovery.write_snapshot(again) is None
+
+
 def test_snapshot_tables_write_ids_and_one_row_per_customer_without_a_dictionary(
     s3_env: tuple[Any, Settings], tmp_path: Path
 ) -> None:
