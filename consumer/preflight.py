@@ -119,6 +119,33 @@ def check_prefix_owner(s3: Any, settings: Settings, stream: StreamIdentity) -> N
         )
 
 
+def check_conditional_writes(s3: Any, settings: Settings) -> None:
+    """The endpoint refuses a create over an existing object (``If-None-Match: *`` answered 412).
+
+    The commit chain's fencing rests on it: a store that ignores the header (some S3-compatible ones) lets two
+    writers of one shard both commit a position, the later silently replacing the earlier. Checked by creating the
+    prefix's claim (``check_prefix_owner`` made sure it is there) again with its own bytes: refused where the
+    header is honoured, rewritten unchanged where it is not."""
+    sink = S3ParquetSink(s3, settings)
+    key = sink.layout.prefix_owner_key
+    body = sink.get_bytes(key)
+    if body is None:  # deleted since it was claimed: nothing to create again without claiming it anew
+        return
+    try:
+        sink.put_bytes(key, body, "json", if_none_match=True)
+    except ClientError as error:
+        if is_precondition_failed(error):
+            return
+        if _code(error) not in ("NotImplemented", "501"):
+            raise
+    raise PreflightError(
+        f"the S3 endpoint ({settings.aws_endpoint_url or 'AWS'}) does not refuse a create over an existing object "
+        f"(PutObject with If-None-Match: * on s3://{settings.bucket}/{key} was not answered 412 "
+        "PreconditionFailed): the commit chain needs these conditional writes to fence a second writer of a "
+        "shard (AWS S3 and LocalStack honour them); use a store that does"
+    )
+
+
 def check_bucket(s3: Any, settings: Settings) -> None:
     try:
         s3.head_bucket(Bucket=settings.bucket)
@@ -214,6 +241,7 @@ def preflight(settings: Settings) -> None:
     s3 = aws_client("s3", settings, total_attempts=3)
     check_bucket(s3, settings)
     check_prefix_owner(s3, settings, stream)
+    check_conditional_writes(s3, settings)
     check_lease_table(aws_client("dynamodb", settings, total_attempts=3), s3, settings)
 
 

@@ -449,6 +449,44 @@ def test_a_prefix_belongs_to_the_first_stream_that_writes_it() -> None:
             preflight(first)
 
 
+@pytest.mark.parametrize("answer", ["ignored", "NotImplemented"])
+def test_a_store_that_does_not_refuse_a_create_over_an_object_is_refused_before_the_worker_starts(
+    answer: str,
+) -> None:
+    """The fencing of the commit chain rests on If-None-Match: * being answered 412; an S3-compatible store that
+    ignores it would let two writers of a shard both commit one position, silently."""
+    from botocore.exceptions import ClientError
+
+    from consumer.preflight import check_conditional_writes
+    from schemas.layout import OutputLayout
+
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="cond-bucket")
+        settings = load_settings(bucket="cond-bucket", prefix="rfm")
+        key = OutputLayout("rfm").prefix_owner_key
+        s3.put_object(Bucket="cond-bucket", Key=key, Body=b'{"claim": 1}')
+        check_conditional_writes(s3, settings)  # moto refuses the create: passes
+        assert s3.get_object(Bucket="cond-bucket", Key=key)["Body"].read() == b'{"claim": 1}'
+
+        class Unconditional:
+            def put_object(self, **arguments: Any) -> Any:
+                if answer == "NotImplemented" and "IfNoneMatch" in arguments:
+                    raise ClientError(
+                        {"Error": {"Code": "NotImplemented"}, "ResponseMetadata": {"HTTPStatusCode": 501}},
+                        "PutObject",
+                    )
+                arguments.pop("IfNoneMatch", None)
+                return s3.put_object(**arguments)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(s3, name)
+
+        with pytest.raises(PreflightError, match=r"does not refuse a create over an existing object"):
+            check_conditional_writes(Unconditional(), settings)
+        assert s3.get_object(Bucket="cond-bucket", Key=key)["Body"].read() == b'{"claim": 1}', "unchanged"
+
+
 def test_a_lease_table_with_checkpoints_beside_a_prefix_without_commits_is_refused() -> None:
     """The lease table is named by the application name and keyed by shard ids, which repeat across streams: the
     default application name with a second stream (or a stream created again, given a new prefix as told) started
