@@ -45,7 +45,7 @@ from consumer.s3_sink import S3ParquetSink, is_precondition_failed, missing_obje
 from runtime.logs import one_line
 from runtime.settings import Settings
 from schemas import EVENTS_SCHEMA
-from schemas.control import CommitRecord, SnapshotPointer
+from schemas.control import CommitRecord, ControlRecordError, SnapshotPointer
 from schemas.positions import BEFORE_FIRST_RECORD, Position, chain_position, checkpoint_position
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,11 @@ ParentLookup = Callable[[str], list[ParentShard]]
 
 class SnapshotTableMissingError(FileNotFoundError):
     """A table the snapshot pointer names is not there (replaced meanwhile, or deleted)."""
+
+
+class SnapshotUnreadableError(RuntimeError):
+    """The snapshot's pointer or a table it names is there but cannot be read as one (changed by hand, or written
+    by a version whose tables this one cannot import): reading it again would fail the same way."""
 
 
 #: How often a restore starts over when a snapshot it was loading was replaced (and deleted) meanwhile.
@@ -203,12 +208,29 @@ class StateRecovery:
 
     # ------------------------------------------------------------------ snapshots
     def _read_pointer(self, shard_id: str) -> tuple[SnapshotPointer | None, str | None]:
-        """The snapshot pointer and its ETag (for the conditional replace)."""
+        """The snapshot pointer and its ETag (for the conditional replace). An unreadable pointer reads as none,
+        with its ETag: the snapshot is a cache (the chain's start leads to the tip), and the next snapshot replaces
+        it; raising would stop the shard at every restart, and every snapshot with it."""
+        key = self.layout.snapshot_pointer_key(shard_id)
         try:
-            response = self.s3.get_object(Bucket=self.bucket, Key=self.layout.snapshot_pointer_key(shard_id))
+            response = self.s3.get_object(Bucket=self.bucket, Key=key)
         except self.s3.exceptions.NoSuchKey:
             return None, None
-        return SnapshotPointer.from_json(response["Body"].read()), str(response["ETag"])
+        etag = str(response["ETag"])
+        try:
+            return SnapshotPointer.from_json(response["Body"].read()), etag
+        except ControlRecordError as unreadable:
+            error = unreadable
+        log.error(
+            "the snapshot pointer s3://%s/%s is unreadable (%s); going on without it (a restore re-applies "
+            "every commit) until the next snapshot replaces it",
+            self.bucket,
+            key,
+            error,
+            extra={"shard_id": shard_id},
+        )
+        emit_metrics({Metric.SNAPSHOT_UNREADABLE: 1}, self.settings.metric_dimensions)
+        return None, etag
 
     def write_snapshot(self, state: CustomerState) -> SnapshotPointer | None:
         """Tables as Parquet, then the pointer, moved forward only and only if nobody moved it meanwhile (a
@@ -336,26 +358,30 @@ class StateRecovery:
         self, state: CustomerState, checkpoint: str | None = None, checkpoint_sub: int = 0
     ) -> RestoreReport:
         """Make ``state`` equal to the shard's chain tip (see the module docstring)."""
+        unusable: SnapshotTableMissingError | SnapshotUnreadableError
         for attempt in range(1, _RESTORE_ATTEMPTS + 1):
             try:
                 return self._restore(state, checkpoint, checkpoint_sub)
+            except SnapshotUnreadableError as error:
+                unusable = error  # read again, it fails again
+                break
             except FileNotFoundError as error:  # a snapshot replaced while we read it: start over
                 if attempt == _RESTORE_ATTEMPTS:
                     if not isinstance(error, SnapshotTableMissingError):
                         raise  # an events file of a commit: nothing to rebuild from
-                    missing = error
+                    unusable = error
                     break
                 log.warning(
                     "restore read a file that is gone (%s); starting over",
                     error,
                     extra={"shard_id": state.shard_id},
                 )
-        # The snapshot's table gone every time: not a replaced snapshot. The chain's start still leads to the tip
-        # (committed events files are never deleted).
+        # The snapshot's table gone every time (not a replaced snapshot), or unreadable. The chain's start still
+        # leads to the tip (committed events files are never deleted).
         log.error(
-            "the snapshot pointer names a table that is gone (%s); rebuilding the shard from its chain's start "
-            "without the snapshot (slower: every commit is re-applied)",
-            missing,
+            "the snapshot pointer names a table that is gone or unreadable (%s); rebuilding the shard from its "
+            "chain's start without the snapshot (slower: every commit is re-applied)",
+            unusable,
             extra={"shard_id": state.shard_id},
         )
         emit_metrics({Metric.SNAPSHOT_UNREADABLE: 1}, self.settings.metric_dimensions)
@@ -412,9 +438,14 @@ class StateRecovery:
             if pointer is not None:
                 try:
                     tables = {name: self._sink.get_parquet(key) for name, key in pointer.tables.items()}
+                    state.import_tables(tables, replace=True)
                 except FileNotFoundError as error:
                     raise SnapshotTableMissingError(str(error)) from error
-                state.import_tables(tables, replace=True)
+                # not Parquet, or not the tables this version imports (KeyError: a column it lacks)
+                except (pa.ArrowException, KeyError, ValueError) as error:
+                    raise SnapshotUnreadableError(
+                        f"{one_line(error)}, in {sorted(pointer.tables.values())}"
+                    ) from error
                 state.set_position(pointer.position, pointer.as_of)
                 report.source = "snapshot"
             else:

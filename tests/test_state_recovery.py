@@ -527,6 +527,37 @@ def test_a_snapshot_whose_tables_are_gone_is_written_again_at_the_same_position(
     assert recovery.write_snapshot(again) is None
 
 
+@pytest.mark.parametrize("damaged", ["pointer", "table"])
+def test_an_unreadable_snapshot_is_rebuilt_from_the_chain_start_and_replaced(
+    s3_env: tuple[Any, Settings], tmp_path: Path, caplog: pytest.LogCaptureFixture, damaged: str
+) -> None:
+    """A pointer or a table that is there but not readable (changed by hand, or a table this version cannot
+    import) stopped the shard at every restart: the snapshot is a cache, and the chain's start leads to the tip."""
+    s3, settings = s3_env
+    original = _processor(s3, settings, tmp_path / "a.journal", snapshot_every=10**6)
+    original.start("TRIM_HORIZON")
+    _feed(original, _records(40, 1_500, seed=23))
+    recovery = StateRecovery(s3, settings)
+    pointer = recovery.write_snapshot(original.state)
+    assert pointer is not None
+    key = recovery.layout.snapshot_pointer_key(SHARD) if damaged == "pointer" else pointer.tables["customers"]
+    s3.put_object(Bucket="recovery-bucket", Key=key, Body=b"not what it was")
+
+    fresh = CustomerState(SHARD, tmp_path / "fresh.journal")
+    with caplog.at_level(logging.INFO):
+        report = recovery.restore(fresh)
+    assert report.source == "empty" and report.commits_applied == original.metrics.flushes, "from the start"
+    assert _rows(fresh) == _rows(original.state)
+    assert not any("starting over" in r.getMessage() for r in caplog.records), "no retry of what fails again"
+    assert any("SnapshotUnreadable" in getattr(r, "emf", {}) for r in caplog.records)
+    if (
+        damaged == "pointer"
+    ):  # replaced by the next snapshot (a damaged table at an unchanged position is not)
+        assert recovery.write_snapshot(fresh) is not None
+        report = recovery.restore(CustomerState(SHARD, tmp_path / "again.journal"))
+        assert report.source == "snapshot" and report.commits_applied == 0
+
+
 def test_snapshot_tables_write_ids_and_one_row_per_customer_without_a_dictionary(
     s3_env: tuple[Any, Settings], tmp_path: Path
 ) -> None:
