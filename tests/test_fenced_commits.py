@@ -219,6 +219,31 @@ def test_a_restore_refuses_a_chain_with_a_hole(s3: Any, settings: Settings) -> N
         StateRecovery(s3, settings).restore(CustomerState(SHARD))
 
 
+def test_a_restore_refuses_a_hole_in_the_chain_after_its_snapshot(s3: Any, settings: Settings) -> None:
+    """The same hole, after a snapshot: the walk starts at the snapshot's position, and must still stop at the
+    hole rather than go on from a later commit."""
+    from consumer.state_recovery import ChainError
+    from schemas.layout import OutputLayout
+
+    records = to_records(payloads())
+    owner = writer(s3, settings)
+    owner.start(None)
+    for start in range(0, 20, 10):  # a commit per flush
+        owner.on_records(records[start : start + 10], 0, RecordingCheckpointer())
+        owner.flush(RecordingCheckpointer(), reason="test")
+    assert StateRecovery(s3, settings).write_snapshot(owner.state) is not None
+    for start in range(20, 60, 10):
+        owner.on_records(records[start : start + 10], 0, RecordingCheckpointer())
+        owner.flush(RecordingCheckpointer(), reason="test")
+    chain = commit_records(s3)
+    assert len(chain) == 6
+    restored = CustomerState(SHARD)
+    assert StateRecovery(s3, settings).restore(restored).commits_applied == 4, "from the snapshot on"
+    s3.delete_object(Bucket=BUCKET, Key=OutputLayout(settings.prefix).commit_key(SHARD, chain[4].previous))
+    with pytest.raises(ChainError):
+        StateRecovery(s3, settings).restore(CustomerState(SHARD))
+
+
 def test_a_zombie_behind_the_chain_commits_only_records_the_chain_does_not_hold(
     s3: Any, settings: Settings
 ) -> None:
