@@ -31,7 +31,7 @@ from click.core import ParameterSource
 
 from clickstream.clv_commands import report, score
 from clickstream.console import JsonShownError, json_mode, progress_of, say
-from clickstream.errors import FrontDoorError, explain, query_interrupted
+from clickstream.errors import FrontDoorError, explain, kms_key_unusable, query_interrupted
 from clickstream.options import (
     FiniteFloatRange,
     LocalPath,
@@ -708,6 +708,8 @@ def produce(
         say_doubtful(f"{input_file} read (delivered or not)")
         _say_pipe_is_consumed(input_file)
         refused = explain(error.__cause__) if isinstance(error.__cause__, ClientError) else None
+        if isinstance(error, PutRecordsError) and error.refused_with:  # records refused for good: the key
+            refused = kms_key_unusable(error.refused_with[0], "", "PutRecords")
         # refused for the caller's identity or policy (exit 2, as a set-up error), not by the service
         if refused is not None and refused.exit_code == USAGE:
             raise FrontDoorError(f"{refused.message}; {error.outcome()}", USAGE) from None

@@ -88,6 +88,18 @@ def _bucket(details: Mapping[str, Any]) -> str:
     return f"bucket {name}" if name else "the bucket"
 
 
+def kms_key_unusable(code: str, message: str, operation: str) -> Failure | None:
+    """A set-up error when ``code`` says the stream's KMS key cannot be used (a whole call's, or every record's)."""
+    if code not in _KMS_KEY_UNUSABLE:
+        return None
+    return Failure(
+        f"{operation} needs the stream's KMS key, which refused: {f'{code}: {message}' if message else code} "
+        "(check that the key exists and is enabled, and that the role may use it: kms:GenerateDataKey to write, "
+        "kms:Decrypt to read)",
+        USAGE,
+    )
+
+
 def _client_error(error: aws.ClientError) -> Failure:  # noqa: PLR0911 - one return per kind of failure
     details = error.response.get("Error", {})
     code = str(details.get("Code", "Unknown"))
@@ -105,12 +117,8 @@ def _client_error(error: aws.ClientError) -> Failure:  # noqa: PLR0911 - one ret
         )
     if code in ACCESS_DENIED_CODES:
         return Failure(f"not allowed to call {operation}: {message or code} (check the IAM policy)", USAGE)
-    if code in _KMS_KEY_UNUSABLE:
-        return Failure(
-            f"{operation} needs the stream's KMS key, which refused: {code}: {message} (check that the key exists "
-            "and is enabled, and that the role may use it: kms:GenerateDataKey to write, kms:Decrypt to read)",
-            USAGE,
-        )
+    if (unusable := kms_key_unusable(code, message, operation)) is not None:
+        return unusable
     failed = f"AWS {operation} failed: {code}: {message}".rstrip(": ")
     status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
     if (status >= 500 and status != 501) or code in THROTTLING_CODES:  # 501: not implemented, no outage

@@ -14,7 +14,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from consumer.s3_sink import S3ParquetSink, is_precondition_failed
+from consumer.s3_sink import S3ParquetSink, is_precondition_failed, lost_to_another_writer
 from runtime.aws import ACCESS_DENIED_CODES, aws_client
 from runtime.settings import Settings
 from schemas.control import ControlRecordError, PrefixOwner
@@ -134,7 +134,8 @@ def check_conditional_writes(s3: Any, settings: Settings) -> None:
     try:
         sink.put_bytes(key, body, "json", if_none_match=True)
     except ClientError as error:
-        if is_precondition_failed(error):
+        # 412, or 409 when workers starting together race on the key: either way the condition was evaluated
+        if lost_to_another_writer(error):
             return
         if _code(error) not in ("NotImplemented", "501"):
             raise

@@ -83,8 +83,11 @@ class SnapshotTableMissingError(FileNotFoundError):
 
 
 class SnapshotUnreadableError(RuntimeError):
-    """The snapshot's pointer or a table it names is there but cannot be read as one (changed by hand, or written
-    by a version whose tables this one cannot import): reading it again would fail the same way."""
+    """A table the snapshot pointer names is there but cannot be read as one (changed by hand, or written by a
+    version whose tables this one cannot import): reading it again would fail the same way."""
+
+    def __init__(self, pointer: SnapshotPointer, error: Exception) -> None:
+        super().__init__(f"{one_line(error)}, in {sorted(pointer.tables.values())}")
 
 
 #: How often a restore starts over when a snapshot it was loading was replaced (and deleted) meanwhile.
@@ -407,6 +410,12 @@ class StateRecovery:
         if local is not None and chain_position(local) in walk:
             todo = chain[walk.index(chain_position(local)) :]
         else:
+            # a snapshot whose tables are gone is found before the local state is reported or reset: the fallback
+            # from the chain's start then still takes the local state where it lies on the chain, and says once
+            # what it discards
+            missing = self._missing_table(pointer) if pointer is not None else None
+            if missing is not None:
+                raise SnapshotTableMissingError(str(missing_object(self.bucket, missing)))
             if local is not None:
                 report.discarded_local = local
                 if base is not None and self._sink.get_commit(
@@ -429,23 +438,18 @@ class StateRecovery:
                         extra={"shard_id": shard_id},
                     )
                     emit_metrics({Metric.LOCAL_STATE_DISCARDED: 1}, self.settings.metric_dimensions)
-            # a snapshot whose tables are gone is found before the local state is reset: the fallback from the
-            # chain's start then still takes the local state where it lies on the chain
-            missing = self._missing_table(pointer) if pointer is not None else None
-            if missing is not None:
-                raise SnapshotTableMissingError(str(missing_object(self.bucket, missing)))
             state.reset()
             if pointer is not None:
                 try:
                     tables = {name: self._sink.get_parquet(key) for name, key in pointer.tables.items()}
-                    state.import_tables(tables, replace=True)
                 except FileNotFoundError as error:
                     raise SnapshotTableMissingError(str(error)) from error
-                # not Parquet, or not the tables this version imports (KeyError: a column it lacks)
-                except (pa.ArrowException, KeyError, ValueError) as error:
-                    raise SnapshotUnreadableError(
-                        f"{one_line(error)}, in {sorted(pointer.tables.values())}"
-                    ) from error
+                except pa.ArrowInvalid as error:  # not Parquet
+                    raise SnapshotUnreadableError(pointer, error) from error
+                try:
+                    state.import_tables(tables, replace=True)
+                except KeyError as error:  # not the tables this version imports: a column it lacks
+                    raise SnapshotUnreadableError(pointer, error) from error
                 state.set_position(pointer.position, pointer.as_of)
                 report.source = "snapshot"
             else:

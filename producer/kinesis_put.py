@@ -240,11 +240,13 @@ class PutRecordsError(RuntimeError):
         summary: PutSummary,
         *,
         maybe_arrived: bool = False,
+        refused_with: tuple[str, ...] = (),
     ) -> None:
         super().__init__(message)
         self.undelivered = undelivered
         self.summary = summary
         self.maybe_arrived = maybe_arrived  # the call failed in a way that does not say whether they arrived
+        self.refused_with = refused_with  # the per-record error codes that stopped the run (KMS key problems)
 
     @property
     def undelivered_count(self) -> int:
@@ -567,7 +569,8 @@ class KinesisProducer:
                     Records=[{"Data": data, "PartitionKey": key} for key, data in pending],
                 )
             except ClientError as exc:
-                stats.in_flight = 0  # the whole call was refused: nothing of it arrived
+                # the whole call was refused: nothing of it arrived, unless an earlier call of it went unanswered
+                stats.in_flight = len(pending) if sent_unanswered else 0
                 code = str(exc.response.get("Error", {}).get("Code", ""))
                 status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
                 if code not in TRANSIENT_CODES and status < 500:
@@ -630,11 +633,11 @@ class KinesisProducer:
                     delivered[result.get("ShardId", "?")] += 1
                     delivered_bytes += len(record[1])
             # counted, then no longer in flight: a stop in between says "may have arrived" of some delivered
-            # records, never "not delivered"
+            # records, never "not delivered"; those refused this time may still have arrived by an earlier call
             stats.records_sent += len(pending) - len(failed)
             stats.bytes_sent += delivered_bytes
             stats.records_per_shard.update(delivered)
-            stats.in_flight = 0
+            stats.in_flight = len(failed) if sent_unanswered else 0
             bar.update(len(pending) - len(failed))
             self._report_progress(stats, started, bar.total)
             if not failed:
@@ -652,7 +655,11 @@ class KinesisProducer:
                 logger.error(message)
                 # refused now, but an earlier call of theirs that went unanswered may have delivered them
                 raise PutRecordsError(
-                    message, failed, self._summary(stats, started), maybe_arrived=sent_unanswered
+                    message,
+                    failed,
+                    self._summary(stats, started),
+                    maybe_arrived=sent_unanswered,
+                    refused_with=tuple(terminal),
                 )
             pending = failed
             reason = ", ".join(f"{code} x{count}" for code, count in sorted(codes.items()))

@@ -486,6 +486,21 @@ def test_a_store_that_does_not_refuse_a_create_over_an_object_is_refused_before_
             check_conditional_writes(Unconditional(), settings)
         assert s3.get_object(Bucket="cond-bucket", Key=key)["Body"].read() == b'{"claim": 1}', "unchanged"
 
+        class Racing:  # workers starting together: S3 answers a conditional write racing another with 409
+            def put_object(self, **arguments: Any) -> Any:
+                raise ClientError(
+                    {
+                        "Error": {"Code": "ConditionalRequestConflict"},
+                        "ResponseMetadata": {"HTTPStatusCode": 409},
+                    },
+                    "PutObject",
+                )
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(s3, name)
+
+        check_conditional_writes(Racing(), settings)  # the condition was evaluated: passes
+
 
 def test_a_lease_table_with_checkpoints_beside_a_prefix_without_commits_is_refused() -> None:
     """The lease table is named by the application name and keyed by shard ids, which repeat across streams: the

@@ -364,6 +364,33 @@ def test_a_batch_whose_earlier_call_went_unanswered_may_have_arrived_however_the
     assert f"{len(records)} of the failing batch may or may not have arrived" in raised.value.outcome()
 
 
+@pytest.mark.parametrize("refused", ["per-record", "whole-call"])
+def test_a_stop_while_waiting_to_resend_a_batch_whose_earlier_call_went_unanswered_says_it_may_have_arrived(
+    refused: str,
+) -> None:
+    records = list(generate_events(5, 50, 3))
+    throttled = {"ErrorCode": "ProvisionedThroughputExceededException", "ErrorMessage": "slow down"}
+    fake = AnswerLost(
+        {"FailedRecordCount": len(records), "Records": [throttled] * len(records)}
+        if refused == "per-record"
+        else throttling_error()
+    )
+    fake_time = FakeTime()
+
+    def stopped_while_waiting(seconds: float) -> None:
+        if len(fake.calls) == 2:
+            raise KeyboardInterrupt
+        fake_time.sleep(seconds)
+
+    producer = make_producer(fake, fake_time)
+    producer._sleep = stopped_while_waiting
+    with pytest.raises(PutInterrupted) as stopped:
+        producer.put(records)
+    assert sum(fake.delivered.values()) == len(records)
+    assert stopped.value.in_flight == len(records)
+    assert f"the {len(records):,} records being sent may or may not have arrived" in stopped.value.outcome()
+
+
 class InterruptedWhileCounted(list):  # type: ignore[type-arg]
     """An answer's per-record results, read until a Ctrl-C lands while the producer counts them."""
 

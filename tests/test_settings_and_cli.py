@@ -2105,6 +2105,35 @@ def test_a_stream_key_kinesis_cannot_use_is_a_setup_error_naming_the_permission(
     assert throttled.exit_code == 1, "throttling by KMS is the service's, retried"
 
 
+def test_records_refused_for_good_by_the_stream_key_are_a_setup_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same KMS refusal, record by record in a call that succeeded, exited 1 where the whole call's exits 2."""
+    from producer.generator import generate_events
+    from producer.kinesis_put import KinesisProducer, PutRecordsError, PutSummary
+
+    def refused(self: KinesisProducer, records: Any, **_: Any) -> PutSummary:
+        list(records)
+        summary = PutSummary(0, 1, 0, 0, 0, 0.1)
+        raise PutRecordsError(
+            "20 records rejected by in with KMSAccessDeniedException",
+            [("k", b"{}")] * 20,
+            summary,
+            refused_with=("KMSAccessDeniedException",),
+        )
+
+    monkeypatch.setattr(KinesisProducer, "put", refused)
+    source = tmp_path / "events.jsonl"
+    source.write_bytes(b"\n".join(generate_events(5, 20, 1)) + b"\n")
+    result, _ = produce_file(source)
+    assert result.exit_code == 2, result.output
+    assert (
+        "PutRecords needs the stream's KMS key, which refused: KMSAccessDeniedException (check"
+        in result.output
+    )
+    assert "20 records rejected by in with KMSAccessDeniedException" in result.output
+
+
 def test_a_bucket_not_found_without_its_name_reads_as_a_sentence() -> None:
     """HeadBucket's 404 has no body: it was said as 'bucket the bucket does not exist'."""
     from botocore.exceptions import ClientError

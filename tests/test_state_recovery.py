@@ -471,7 +471,7 @@ def test_a_snapshot_whose_tables_are_gone_is_rebuilt_from_the_chain_start(
 
 
 def test_a_local_state_older_than_a_snapshot_whose_tables_are_gone_is_caught_up_not_thrown_away(
-    s3_env: tuple[Any, Settings], tmp_path: Path
+    s3_env: tuple[Any, Settings], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A lease that moved and came back, its snapshot's tables deleted meanwhile: the local state was reset before
     the tables were found missing, so the fallback re-applied the whole chain instead of the commits after it."""
@@ -492,11 +492,24 @@ def test_a_local_state_older_than_a_snapshot_whose_tables_are_gone_is_caught_up_
     s3.delete_object(Bucket="recovery-bucket", Key=pointer.tables["customers"])
 
     back = CustomerState(SHARD, tmp_path / "local-copy.journal")
-    report = StateRecovery(s3, settings).restore(back)
+    with caplog.at_level(logging.INFO):
+        report = StateRecovery(s3, settings).restore(back)
     assert report.source == "local" and report.commits_applied == second.metrics.flushes, (
         f"the commits after the local state, not all {first_flushes + second.metrics.flushes}"
     )
     assert _rows(back) == _rows(second.state)
+    assert not any("older than the shard's snapshot" in r.getMessage() for r in caplog.records), "it was used"
+
+    # a local state off the chain (another stream's file, a hand's): discarded, and said so once, not per retry
+    caplog.clear()
+    foreign = CustomerState(SHARD, tmp_path / "foreign.journal")
+    foreign.set_position(Position(first.state.position().sequence_number, 7), None)  # type: ignore[union-attr]
+    with caplog.at_level(logging.INFO):
+        report = StateRecovery(s3, settings).restore(foreign)
+    assert report.source == "empty" and report.discarded_local is not None
+    assert _rows(foreign) == _rows(second.state)
+    emitted = [r.emf for r in caplog.records if "LocalStateDiscarded" in getattr(r, "emf", {})]
+    assert len(emitted) == 1, emitted
 
 
 def test_a_snapshot_whose_tables_are_gone_is_written_again_at_the_same_position(

@@ -9,10 +9,11 @@
 -- changed for a while keeps an old as_of, so current rows do not share one observation end. The CLV view
 -- recomputes T for every buyer against one common observation end, the latest as_of of all current rows:
 --   T = DATEDIFF(day, first_purchase_at::date, common_as_of::date)
--- but not past the query's clock (GETDATE(), UTC wall time as the columns) unless a purchase is, as
--- `clickstream score` takes it: events are accepted up to CLICKSTREAM_MAX_FUTURE_SKEW_SECONDS (an hour by
--- default) after their arrival, so a client clock ahead can stamp a page view in a UTC day not yet begun, which
--- the models would count as a whole day observed without a purchase for every buyer.
+-- but not past the query's clock (GETDATE()) unless a purchase is, as `clickstream score` takes it: events are
+-- accepted up to CLICKSTREAM_MAX_FUTURE_SKEW_SECONDS (an hour by default) after their arrival, so a client clock
+-- ahead can stamp a page view in a UTC day not yet begun, which the models would count as a whole day observed
+-- without a purchase for every buyer. GETDATE() is the session's wall time, UTC by default as the columns are:
+-- query these views in a UTC session (a session SET to another time zone moves the cap by its offset).
 -- recency needs no change (first to last purchase day), nor do frequency and monetary_value.
 
 -- Current rows from the COPY-loaded history (03_copy_tables.sql).
