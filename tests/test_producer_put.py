@@ -375,17 +375,15 @@ def test_a_stop_while_waiting_to_resend_a_batch_whose_earlier_call_went_unanswer
         if refused == "per-record"
         else throttling_error()
     )
-    fake_time = FakeTime()
 
-    def stopped_while_waiting(seconds: float) -> None:
-        if len(fake.calls) == 2:
-            raise KeyboardInterrupt
-        fake_time.sleep(seconds)
+    class StoppedWhileWaiting(FakeTime):
+        def sleep(self, seconds: float) -> None:
+            if len(fake.calls) == 2:  # waiting to resend after the second call
+                raise KeyboardInterrupt
+            super().sleep(seconds)
 
-    producer = make_producer(fake, fake_time)
-    producer._sleep = stopped_while_waiting
     with pytest.raises(PutInterrupted) as stopped:
-        producer.put(records)
+        make_producer(fake, StoppedWhileWaiting()).put(records)
     assert sum(fake.delivered.values()) == len(records)
     assert stopped.value.in_flight == len(records)
     assert f"the {len(records):,} records being sent may or may not have arrived" in stopped.value.outcome()
