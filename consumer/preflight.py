@@ -8,19 +8,26 @@ raised as they are, for the command line to explain.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from botocore.exceptions import ClientError
 
-from consumer.s3_sink import S3ParquetSink, is_precondition_failed, lost_to_another_writer
+from consumer.s3_sink import S3ParquetSink, lost_to_another_writer
 from runtime.aws import ACCESS_DENIED_CODES, aws_client
 from runtime.settings import Settings
 from schemas.control import ControlRecordError, PrefixOwner
 from schemas.positions import checkpoint_position
 
 log = logging.getLogger(__name__)
+
+
+#: Conditional creates of the prefix's claim that may lose to other workers' (409 while theirs is being written)
+#: before preflight gives up, and the pause that grows between them.
+_CLAIM_ATTEMPTS = 4
+_CLAIM_PAUSE_SECONDS = 0.25
 
 
 class PreflightError(RuntimeError):
@@ -84,16 +91,27 @@ def check_prefix_owner(s3: Any, settings: Settings, stream: StreamIdentity) -> N
     sink = S3ParquetSink(s3, settings)
     key = sink.layout.prefix_owner_key
     body = sink.get_bytes(key)
-    if body is None:
+    for attempt in range(1, _CLAIM_ATTEMPTS + 1):
+        if body is not None:
+            break
         claim = PrefixOwner(stream.arn, stream.created_at, datetime.now(UTC))
         try:
             sink.put_bytes(key, claim.to_json(), "json", if_none_match=True)
             log.info("claimed s3://%s/%s for stream %s", settings.bucket, key, stream.arn)
             return
         except ClientError as error:
-            if not is_precondition_failed(error):
+            # 412: another worker claimed it first; 409: its claim is being written as ours was (workers starting
+            # together), and may not be readable yet: read it, and try again while it is not there
+            if not lost_to_another_writer(error):
                 raise
-        body = sink.get_bytes(key) or b""  # another worker claimed it first: whose stream?
+        if attempt > 1:
+            time.sleep(_CLAIM_PAUSE_SECONDS * attempt)
+        body = sink.get_bytes(key)
+    if body is None:
+        raise PreflightError(
+            f"could not claim s3://{settings.bucket}/{key} for stream {stream.arn}: {_CLAIM_ATTEMPTS} conditional "
+            "creates lost to other writers whose claim was then not there; start the worker again"
+        )
     try:
         owner = PrefixOwner.from_json(body)
     except ControlRecordError as error:

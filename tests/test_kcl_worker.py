@@ -381,10 +381,12 @@ def test_preflight_names_the_missing_stream_bucket_or_denied_table() -> None:
         preflight(settings)  # no lease table yet: the KCL creates it
 
 
-def test_a_prefix_belongs_to_the_first_stream_that_writes_it() -> None:
+def test_a_prefix_belongs_to_the_first_stream_that_writes_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """Shard ids repeat across streams: a second stream on the same prefix (a copied configuration) took the first's
     commit chains for its own, lost its commits to them and skipped its records as redeliveries, silently. The
     first worker on a prefix claims it for its stream; a worker of another stream is refused before it starts."""
+    from botocore.exceptions import ClientError
+
     from consumer.preflight import check_prefix_owner, check_stream
     from schemas.control import PrefixOwner
     from schemas.layout import OutputLayout
@@ -432,6 +434,46 @@ def test_a_prefix_belongs_to_the_first_stream_that_writes_it() -> None:
         stream_b = check_stream(kinesis, second)
         with pytest.raises(PreflightError, match=r"holds the commit chains of stream .*clicks-a"):
             check_prefix_owner(ClaimedMeanwhile(), second, stream_b)
+
+        # S3 answers 409 to a conditional create racing another: the other claim may not be readable yet
+        s3.delete_object(Bucket="shared-bucket", Key=key)
+
+        class Conflicting:
+            def __init__(self, conflicts: int, theirs_lands_after: int | None) -> None:
+                self.conflicts, self.theirs_lands_after, self.puts = conflicts, theirs_lands_after, 0
+
+            def put_object(self, **arguments: Any) -> Any:
+                self.puts += 1
+                if self.puts == self.theirs_lands_after:
+                    s3.put_object(Bucket="shared-bucket", Key=key, Body=claim.to_json())
+                if self.puts <= self.conflicts:
+                    raise ClientError(
+                        {
+                            "Error": {"Code": "ConditionalRequestConflict"},
+                            "ResponseMetadata": {"HTTPStatusCode": 409},
+                        },
+                        "PutObject",
+                    )
+                return s3.put_object(**arguments)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(s3, name)
+
+        monkeypatch.setattr("consumer.preflight._CLAIM_PAUSE_SECONDS", 0.0)
+        racing_with_a_claim_that_failed = Conflicting(conflicts=1, theirs_lands_after=None)
+        # the other create failed: ours wins
+        check_prefix_owner(racing_with_a_claim_that_failed, second, stream_b)
+        assert racing_with_a_claim_that_failed.puts == 2
+        ours = PrefixOwner.from_json(s3.get_object(Bucket="shared-bucket", Key=key)["Body"].read())
+        assert ours.stream_arn == stream_b.arn
+        s3.delete_object(Bucket="shared-bucket", Key=key)
+        with pytest.raises(PreflightError, match=r"holds the commit chains of stream .*clicks-a"):
+            # theirs is read on the retry
+            check_prefix_owner(Conflicting(conflicts=2, theirs_lands_after=2), second, stream_b)
+        s3.delete_object(Bucket="shared-bucket", Key=key)
+        with pytest.raises(PreflightError, match=r"could not claim .*4 conditional creates lost"):
+            check_prefix_owner(Conflicting(conflicts=9, theirs_lands_after=None), second, stream_b)
+        assert s3.list_objects_v2(Bucket="shared-bucket", Prefix=key)["KeyCount"] == 0
 
         # the same name, deleted and created again: the same ARN, shard ids that start over
         s3.put_object(Bucket="shared-bucket", Key=key, Body=claim.to_json())
