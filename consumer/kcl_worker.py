@@ -46,7 +46,7 @@ from consumer.preflight import PreflightError, lease_owners, preflight
 from consumer.retry import is_transient
 from consumer.status import ShardStatus, clear_statuses, read_statuses, status_directory
 from consumer.worker_output import LogSink, SinkHandler, WorkerTotals, final_words, status_view, uptime
-from runtime.aws import aws_client
+from runtime.aws import aws_client, list_all_shards
 from runtime.exit_codes import INTERRUPTED, OK, RUNTIME, STUCK, TERMINATED, USAGE
 from runtime.logs import (
     LOG_FORMAT_ENV,
@@ -744,7 +744,7 @@ class KclWorker:
                 # a listing that fails for a while (the network, throttling, a 5xx) is "not drained" as far as the
                 # worker can tell: asked again a second later; a refusal (a stream gone, access denied) ends the run
                 try:
-                    shards = kinesis.list_shards(StreamName=self.settings.stream_name)["Shards"]
+                    shards = list_all_shards(kinesis, self.settings.stream_name)
                 except (BotoCoreError, ClientError) as error:
                     if not is_transient(error):
                         raise

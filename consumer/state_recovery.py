@@ -42,6 +42,7 @@ from aggregators.validation import RecordValidator
 from consumer.metrics import Metric
 from consumer.metrics import emit as emit_metrics
 from consumer.s3_sink import S3ParquetSink, is_precondition_failed, missing_object, read_commit_records
+from runtime.aws import list_all_shards
 from runtime.logs import one_line
 from runtime.settings import Settings
 from schemas import EVENTS_SCHEMA
@@ -542,12 +543,7 @@ def kinesis_parent_lookup(kinesis: Any, stream_name: str) -> ParentLookup:
     """Parents of a shard from ListShards (closed shards stay listed for the stream's retention period)."""
 
     def lookup(shard_id: str) -> list[ParentShard]:
-        response = kinesis.list_shards(StreamName=stream_name)
-        shards = list(response["Shards"])
-        while response.get("NextToken"):
-            response = kinesis.list_shards(NextToken=response["NextToken"])
-            shards += response["Shards"]
-        by_id = {s["ShardId"]: s for s in shards}
+        by_id = {s["ShardId"]: s for s in list_all_shards(kinesis, stream_name)}
         child = by_id.get(shard_id)
         # asked only for a shard without a snapshot (one with a snapshot does not need the listing)
         if child is None:

@@ -74,3 +74,14 @@ def aws_client(service: str, settings: Settings, total_attempts: int = 6, read_t
         endpoint_url=settings.aws_endpoint_url,
         config=config,
     )
+
+
+def list_all_shards(kinesis: Any, stream_name: str) -> list[dict[str, Any]]:
+    """Every shard ListShards returns for the stream, open and closed, over all its pages (AWS answers at most 1,000
+    shards a call; closed shards stay listed for the stream's retention period)."""
+    response = kinesis.list_shards(StreamName=stream_name)
+    shards = list(response["Shards"])
+    while response.get("NextToken"):
+        response = kinesis.list_shards(NextToken=response["NextToken"])
+        shards += response["Shards"]
+    return shards

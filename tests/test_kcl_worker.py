@@ -862,6 +862,39 @@ def test_the_worker_says_which_other_workers_hold_the_shards_until_idle_waits_on
     assert "shardId-000000000003" not in said and "stop it with SIGTERM" in said
 
 
+def test_until_idle_judges_every_page_of_the_shard_listing(tmp_path: Path) -> None:
+    """AWS answers ListShards with at most 1,000 shards a call: a drain judged on the first page alone could stop
+    the worker with the shards of later pages never read."""
+    (tmp_path / "state").mkdir()
+    worker = KclWorker(load_settings(state_dir=tmp_path / "state"), until_idle=IDLE)
+    judged: list[list[str]] = []
+
+    class Recording(IdleCheck):
+        def drained(self, shards: list[dict[str, Any]], statuses: dict[str, ShardStatus], now: float) -> bool:
+            judged.append([shard["ShardId"] for shard in shards])
+            return False
+
+    class Daemon:
+        polls = 0
+
+        def poll(self) -> int | None:
+            self.polls += 1
+            return None if self.polls < 8 else 0
+
+    class Paged:
+        def list_shards(self, **arguments: Any) -> dict[str, Any]:
+            if "NextToken" in arguments:
+                assert arguments == {"NextToken": "page-2"}, "a later page is asked by its token alone"
+                return {"Shards": [SECOND]}
+            return {"Shards": [OPEN], "NextToken": "page-2"}
+
+    worker.until_idle = Recording(IDLE)
+    worker._process = Daemon()  # type: ignore[assignment]
+    worker._supervise(Paged(), lambda: None)
+    assert judged, "the idle check ran"
+    assert all(ids == [OPEN["ShardId"], SECOND["ShardId"]] for ids in judged), judged
+
+
 def test_until_idle_goes_on_when_the_stream_cannot_be_listed_and_says_so(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
