@@ -1139,7 +1139,7 @@ def demo(customers: int, events: int, seed: int, shards: int, output_dir: Path) 
     """End to end on the embedded AWS endpoint: generate, produce, run the real KCL worker until idle, summarise,
     score the customers and write the HTML report."""
     _require_the_emulator("the demo, which runs on the embedded endpoint,")
-    from clickstream.demo import DEMO_MARK, DEMO_OUTPUTS, replaceable_output, run_demo
+    from clickstream.demo import DEMO_MARK, DEMO_OUTPUTS, DemoFolderBusyError, replaceable_output, run_demo
 
     # first: a file or a device there is not "files a demo did not write"
     writable_folder("--output-dir", output_dir)
@@ -1150,7 +1150,11 @@ def demo(customers: int, events: int, seed: int, shards: int, output_dir: Path) 
             f"{', '.join(sorted(DEMO_OUTPUTS))}; delete an earlier demo's folder that has no mark yourself)",
             USAGE,
         )
-    sys.exit(run_demo(customers=customers, events=events, seed=seed, shards=shards, output_dir=output_dir))
+    try:
+        code = run_demo(customers=customers, events=events, seed=seed, shards=shards, output_dir=output_dir)
+    except DemoFolderBusyError as error:
+        raise FrontDoorError(str(error), USAGE) from None
+    sys.exit(code)
 
 
 # ---------------------------------------------------------------------------------------------- score, report

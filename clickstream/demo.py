@@ -8,11 +8,14 @@ segments) into clv/;  8. write the HTML report and print its path.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
 
@@ -77,7 +80,36 @@ def _empty(output_dir: Path) -> None:
             entry.unlink()
 
 
+class DemoFolderBusyError(RuntimeError):
+    """Another demo is running on the same output folder."""
+
+
+@contextmanager
+def _holding(output_dir: Path) -> Iterator[None]:
+    """The output folder (created if new) locked for this run: a second demo given the same folder would empty it
+    under the first one's worker. The lock goes with the process, so a demo killed leaves none behind."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    folder = os.open(output_dir, os.O_RDONLY)  # not inherited: the worker a demo starts does not hold it
+    try:
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DemoFolderBusyError(
+                f"{output_dir} is the output folder of a demo still running; wait for it, or give this one "
+                "another --output-dir"
+            ) from None
+        yield
+    finally:
+        os.close(folder)
+
+
 def run_demo(customers: int, events: int, seed: int, shards: int, output_dir: Path) -> int:
+    """The whole demo; raises ``DemoFolderBusyError`` while another demo runs on ``output_dir``."""
+    with _holding(output_dir):
+        return _run_demo(customers, events, seed, shards, output_dir)
+
+
+def _run_demo(customers: int, events: int, seed: int, shards: int, output_dir: Path) -> int:
     from clickstream.resources import setup_resources
     from clickstream.summary import print_summary
     from emulator.server import EmulatorHandle
@@ -89,9 +121,7 @@ def run_demo(customers: int, events: int, seed: int, shards: int, output_dir: Pa
     console = Console()
     if not replaceable_output(output_dir):  # the CLI refuses it first; a caller of this function must too
         raise ValueError(f"{output_dir} holds files a demo did not write")
-    if output_dir.exists():
-        _empty(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    _empty(output_dir)
     (output_dir / DEMO_MARK).write_text(
         "written by `clickstream demo`, which empties this folder when it runs again\n"
     )

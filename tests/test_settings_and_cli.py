@@ -867,6 +867,28 @@ def test_demo_refuses_a_folder_with_a_demos_names_but_not_its_mark(tmp_path: Pat
     ).exists()
 
 
+def test_a_second_demo_on_a_folder_in_use_is_refused_and_empties_nothing(tmp_path: Path) -> None:
+    """Two demos given one folder (two terminals, the default demo-output): the second emptied the folder under the
+    first one's running worker."""
+    import fcntl
+    import os
+
+    from clickstream.demo import DEMO_MARK
+
+    running = tmp_path / "demo-output"
+    (running / "state").mkdir(parents=True)
+    (running / "events.jsonl").write_text("{}\n")
+    (running / DEMO_MARK).write_text("")
+    folder = os.open(running, os.O_RDONLY)  # what the running demo holds
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = run_cli("demo", "--output-dir", str(running), "--events", "10")
+    finally:
+        os.close(folder)
+    assert_one_line(result, 2, "is the output folder of a demo still running", "another --output-dir")
+    assert (running / "events.jsonl").read_text() == "{}\n" and (running / "state").is_dir()
+
+
 def test_a_demo_folder_behind_a_link_or_the_working_directory_is_emptied_not_removed(tmp_path: Path) -> None:
     """``--output-dir LINK`` ended in 'Cannot call rmtree on a symbolic link', ``--output-dir .`` in 'Invalid
     argument'; both after the check had passed."""
