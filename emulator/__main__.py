@@ -5,15 +5,20 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 import threading
 
 from emulator.server import DEFAULT_HOST, DEFAULT_PORT, run_foreground
 
 
-def _port(text: str) -> int:
-    """A TCP port: 70000 would otherwise bind 70000 - 65536 without a word."""
-    port = int(text)
+def port(text: str) -> int:
+    """A TCP port: 70000 would otherwise bind 70000 - 65536 without a word. (argparse names this function in
+    its "invalid port value" message.)"""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (0-65535)") from None
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"{port} is not a TCP port (0-65535)")
     return port
@@ -39,11 +44,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m emulator",
         description="Local AWS endpoint (moto: Kinesis, DynamoDB, S3, CloudWatch) over HTTP/1.1 and h2c.",
+        epilog="Logs 'AWS emulator (moto) listening on URL' to stderr once it accepts connections (with --port 0, "
+        "the URL names the port it got); point clients at it with AWS_ENDPOINT_URL=URL. Stops on SIGINT or "
+        "SIGTERM. Exit codes: 0 stopped, 1 the address cannot be served (port in use), 2 misuse (a bad "
+        "argument, a host name that resolves to nothing, a non-loopback host without --allow-remote). "
+        "`clickstream emulator` is the same server for people; this entry point is what the demo and the "
+        "tests start.",
     )
     parser.add_argument("--host", default=DEFAULT_HOST, help="bind address (default %(default)s)")
     parser.add_argument(
         "--port",
-        type=_port,
+        type=port,
         default=DEFAULT_PORT,
         help="TCP port 0-65535, 0 picks a free one (default %(default)s)",
     )
@@ -64,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         run_foreground(args.host, args.port, allow_remote=args.allow_remote, shutdown_trigger=stdin_closed)
     except ValueError as error:
         parser.error(str(error))  # exits 2
+    except socket.gaierror as error:  # the name resolves to nothing: a mistyped --host
+        parser.error(f"--host {args.host}: {error.strerror or error}")
     except OSError as error:
         logger.error("cannot serve on %s:%s: %s", args.host, args.port, error)  # noqa: TRY400 (no traceback)
         return 1

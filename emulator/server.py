@@ -121,12 +121,13 @@ def bind_socket(host: str, port: int, *, allow_remote: bool = False) -> socket.s
     Refuses non-loopback hosts unless ``allow_remote``: the emulator has no authentication and holds whatever
     data is sent to it.
     """
+    # resolved first: a name that resolves to nothing is a mistyped host (socket.gaierror), not a remote one
+    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     if not allow_remote and not is_loopback(host):
         raise RemoteBindRefusedError(
             f"refusing to serve the AWS emulator on non-loopback host {host!r}: it has no authentication and "
             "keeps whatever is sent to it; add --allow-remote to do it anyway"
         )
-    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

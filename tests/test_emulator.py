@@ -457,6 +457,29 @@ def test_serve_in_a_thread_signals_ready_and_stops_on_event(monkeypatch: pytest.
     assert not server.is_alive()
 
 
+@pytest.mark.parametrize(
+    ("arguments", "said"),
+    [
+        (["--port", "abc"], "argument --port: 'abc' is not a TCP port (0-65535)"),
+        (["--port", "70000"], "argument --port: 70000 is not a TCP port (0-65535)"),
+        (["--host", "nosuch.invalid"], "--host nosuch.invalid: "),
+        (["--host", "nosuch.invalid", "--allow-remote"], "--host nosuch.invalid: "),
+    ],
+)
+def test_python_m_emulator_says_what_is_wrong_with_its_arguments(
+    arguments: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad port was 'invalid _port value' (an internal name); a host name that resolves to nothing was refused
+    as a remote host, and adding --allow-remote as told then failed with exit 1."""
+    from emulator.__main__ import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(arguments)
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    assert said in error and "--allow-remote" not in error.splitlines()[-1], error
+
+
 def test_serve_refuses_non_loopback_hosts_unless_allowed() -> None:
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("10.1.2.3")

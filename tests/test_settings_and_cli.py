@@ -1404,9 +1404,13 @@ def test_emulator_on_a_port_in_use_is_one_line_and_exit_1() -> None:
 
 
 def test_emulator_on_a_host_name_that_resolves_to_nothing_is_a_usage_error() -> None:
-    """It was exit 1 with 'another emulator running? pick another --port', which does not fit a mistyped host."""
+    """It was exit 1 with 'another emulator running? pick another --port', which does not fit a mistyped host;
+    without --allow-remote it was refused as a remote host, and the advice to add --allow-remote led to the first."""
     result = run_cli("emulator", "--host", "nosuch.invalid", "--allow-remote", "--port", "0")
     assert_one_line(result, 2, "nosuch.invalid", "--host: a name or address of this machine")
+    result = run_cli("emulator", "--host", "nosuch.invalid", "--port", "0")
+    said = assert_one_line(result, 2, "nosuch.invalid", "--host: a name or address of this machine")
+    assert "--allow-remote" not in said
 
 
 def test_emulator_on_an_address_of_another_machine_is_a_usage_error() -> None:
