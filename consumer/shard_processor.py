@@ -278,6 +278,14 @@ class ShardProcessor:
             )
             self._note_snapshot(report)
             if report.source == "parents":
+                # a closed parent has no next commit to settle what a late attempt of it left (a paused writer that
+                # resumed after the parent's last flush): its child does, as it takes over (before its snapshot,
+                # after which it no longer starts from its parents)
+                for parent_id in report.parents:
+                    self._retrying(
+                        f"settle flush attempts of parent shard {parent_id}",
+                        functools.partial(self.sink.settle_intents, parent_id),
+                    )
                 # the inheritance becomes the child's own snapshot: a later restore with no local file then needs no
                 # parent (they leave ListShards after the stream's retention, and their own objects may go too)
                 self._snapshot()

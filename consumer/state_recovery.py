@@ -28,7 +28,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,7 @@ class RestoreReport:
     snapshot: Position | None = None  # the chain position the snapshot continues from (None: the start)
     has_snapshot: bool = False  # whether there is one at all (a child's first is at the start)
     events_since_snapshot: int = 0  # new events the commits after it archived (no snapshot: all commits)
+    parents: list[str] = field(default_factory=list)  # the shards a child inherited from (source "parents")
 
 
 #: Finds the parents of a shard (Kinesis ListShards); empty for an original shard.
@@ -454,7 +455,7 @@ class StateRecovery:
                 state.set_position(pointer.position, pointer.as_of)
                 report.source = "snapshot"
             else:
-                report.source = self._start_from_parents(state)
+                report.source = self._start_from_parents(state, report)
             todo = chain
         self._apply_commits(state, todo, report)
         report.seconds = time.perf_counter() - started
@@ -490,9 +491,10 @@ class StateRecovery:
             )
             emit_metrics({Metric.CHECKPOINT_AHEAD_OF_COMMITS: 1}, self.settings.metric_dimensions)
 
-    def _start_from_parents(self, state: CustomerState) -> str:
+    def _start_from_parents(self, state: CustomerState, report: RestoreReport) -> str:
         """A child shard: its parents' final state, restricted to the customers that now hash to this shard."""
         parents = self.parents(state.shard_id) if self.parents else []
+        report.parents = [parent.shard_id for parent in parents]
         if not parents:
             return "empty"
         as_of_values: list[datetime] = []

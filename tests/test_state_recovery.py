@@ -198,6 +198,43 @@ def test_child_shards_start_from_their_parents_customers_in_their_hash_range(
     assert seen == set(parent_rows), "every customer continues in exactly one child"
 
 
+def test_a_child_settles_what_a_late_attempt_of_its_closed_parent_left(
+    s3_env: tuple[Any, Settings], tmp_path: Path
+) -> None:
+    """A closed parent has no next commit to settle a late attempt (a paused writer that resumed after the parent's
+    last flush, wrote its intent and files, and died): its files stayed for good under the prefix, seen by every
+    reader that scans it. The child settles them as it takes over from the parent."""
+    from schemas.control import FlushIntent
+    from schemas.layout import FlushName
+
+    s3, settings = s3_env
+    parent = _processor(s3, settings, tmp_path / "parent.journal", snapshot_every=10**6)
+    parent.start("TRIM_HORIZON")
+    _feed(parent, _records(40, 1_000, seed=6))
+    parent.on_shard_ended(RecordingCheckpointer())
+    sink = parent.sink
+    # the late attempt continued from the chain's start, which the parent's first commit holds
+    late = FlushName(SHARD, Position("1", 0), Position("1000", 0), "late0attempt")
+    leftover = sink.layout.data_key("events", datetime(2026, 6, 1, tzinfo=UTC).date(), late)
+    s3.put_object(Bucket=settings.bucket, Key=leftover, Body=b"not committed")
+    intent = FlushIntent(SHARD, "late0attempt", None, {"events": [leftover]}, datetime.now(UTC))
+    intent_key = sink.layout.intent_key(SHARD, intent.attempt_id)
+    s3.put_object(Bucket=settings.bucket, Key=intent_key, Body=intent.to_json())
+
+    child = ShardProcessor(
+        "shardId-000000000001",
+        CustomerState("shardId-000000000001", tmp_path / "child.journal"),
+        S3ParquetSink(s3, settings),
+        FlushPolicy(max_records=500, max_bytes=10**9, max_seconds=10**6),
+        recovery=StateRecovery(s3, settings, parents=lambda _id: [ParentShard(SHARD, 0, 2**128 - 1)]),
+    )
+    child.start("TRIM_HORIZON")
+    assert child.state.customer_count() == parent.state.customer_count() > 0, "the child inherited its parent"
+    left = {obj["Key"] for obj in s3.list_objects_v2(Bucket=settings.bucket).get("Contents", [])}
+    assert leftover not in left and intent_key not in left, "the late attempt's files and intent are deleted"
+    assert any(key.endswith(".parquet") and "/events/" in key for key in left), "committed files are kept"
+
+
 def test_child_of_a_merge_takes_both_parents(s3_env: tuple[Any, Settings], tmp_path: Path) -> None:
     s3, settings = s3_env
     parents = []

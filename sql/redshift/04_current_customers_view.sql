@@ -31,7 +31,10 @@ FROM (
 ) AS ranked
 WHERE row_rank = 1;
 
--- The same over the Spectrum external table (02_spectrum_external_tables.sql): no load step, scans S3.
+-- The same over the Spectrum external table (02_spectrum_external_tables.sql): no load step, scans S3. A scan also
+-- sees the files of a flush attempt that lost its commit, until they are deleted (README, "Reading the outputs
+-- strictly"): counts and sums are the same, but such a row may win the tie-break with its own as_of, t and
+-- updated_through_sequence; for exact values read the COPY-loaded tables above.
 -- Views over external tables must be late-binding.
 CREATE OR REPLACE VIEW clickstream.customer_current_spectrum AS
 SELECT
