@@ -172,7 +172,8 @@ def kcl_jar_directory() -> Path:
     jars = Path(amazon_kclpy.__file__).parent / "jars"
     if not any(jars.glob("amazon-kinesis-client-multilang-*.jar")):
         raise WorkerError(
-            f"no KCL MultiLangDaemon jar in {jars}; install the kclpy-ext wheel (it bundles the jars)"
+            f"no KCL MultiLangDaemon jar in {jars}; install the kclpy-ext wheel (it bundles the jars)",
+            exit_code=USAGE,
         )
     return jars
 
@@ -188,13 +189,15 @@ def find_java(settings: Settings) -> str:
     variable, never silently skipped for another Java.
     """
     if settings.java:
-        if not _executable(Path(settings.java)):
+        # a bare name (java17) is looked up on the PATH, as a shell would; a path is taken as it is
+        given = settings.java if os.sep in settings.java else shutil.which(settings.java) or settings.java
+        if not _executable(Path(given)):
             raise WorkerError(
                 f"CLICKSTREAM_JAVA={settings.java} is not an executable java binary (unset it to use JAVA_HOME "
                 "or the PATH)",
                 exit_code=USAGE,
             )
-        return settings.java
+        return given
     if os.environ.get("JAVA_HOME"):
         home_java = Path(os.environ["JAVA_HOME"]) / "bin" / "java"
         if not _executable(home_java):
@@ -616,7 +619,7 @@ class KclWorker:
             finally:
                 self._kill()
                 relay.close()
-                relay.path.parent.rmdir()
+                shutil.rmtree(relay.path.parent, ignore_errors=True)  # never in place of the exit code
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
                 sink.close()

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Final
 
@@ -47,6 +48,13 @@ def as_text(entry: dict[str, Any]) -> str:
     return f"{stamp} {entry.get('level', '')!s:<5} {logger}{shard}: {message}"
 
 
+#: How a line a child wrote outside its logger (not a JSON log record) is logged under ``--log-format json``: the
+#: JVM writes there only what its logger could not (start-up failures, uncaught exceptions, VM warnings); a JVM that
+#: fails is also reported by the supervisor, as an error.
+_UNLOGGED_LEVEL: Final = "WARNING"
+_UNLOGGED_LOGGER: Final = "kcl.output"
+
+
 class LogSink:
     """Receives every log line of the worker and its children; thread-safe."""
 
@@ -64,6 +72,16 @@ class LogSink:
         if not text:
             return
         entry = _parse(text)
+        if entry is None and self.json_logs:
+            # the JVM's own output outside its logger (a start-up failure, an uncaught exception's trace, a VM
+            # warning): JSON like every other line, or a log pipeline's level filters and alarms miss exactly these
+            entry = {
+                "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "level": _UNLOGGED_LEVEL,
+                "logger": _UNLOGGED_LOGGER,
+                "message": text,
+            }
+            text = json.dumps(entry)
         with self._lock:
             if self._file is not None:
                 self._file.write(text + "\n")

@@ -380,7 +380,9 @@ class Settings(BaseSettings):
     def _check_endpoint(cls, value: str | None) -> str | None:
         if not value:
             return None
-        example = "must be a URL like http://127.0.0.1:4566 or https://kinesis.eu-west-1.amazonaws.com"
+        # one endpoint for every service (Kinesis, S3, DynamoDB, CloudWatch): an emulator's or a gateway's, never a
+        # single AWS service's (unset in AWS)
+        example = "must be a URL like http://127.0.0.1:4566 or https://localstack.internal:4566"
         try:
             parts = urlsplit(value)
             port_ok = parts.port is None or parts.port > 0

@@ -10,7 +10,10 @@ java_major() {
 # The worker's own order (consumer.kcl_worker.find_java): CLICKSTREAM_JAVA, then JAVA_HOME, then the PATH.
 named_by=
 candidate=${CLICKSTREAM_JAVA:-}
-if [[ -n "$candidate" ]]; then named_by=CLICKSTREAM_JAVA
+if [[ -n "$candidate" ]]; then
+  named_by=CLICKSTREAM_JAVA
+  # a bare name (java17) is looked up on the PATH, as the worker does
+  if [[ "$candidate" != */* ]]; then candidate=$(command -v "$candidate" || echo "$candidate"); fi
 elif [[ -n "${JAVA_HOME:-}" ]]; then candidate=$JAVA_HOME/bin/java; named_by=JAVA_HOME
 else candidate=$(command -v java || true); fi
 

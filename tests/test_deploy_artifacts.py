@@ -1023,3 +1023,14 @@ def test_make_setup_refuses_an_old_java_the_worker_would_be_told_to_run(tmp_path
         )
         assert result.returncode == code and said in result.stderr, (variable, value, result.stderr)
         assert "installing" not in result.stderr
+    # a bare name is looked up on the PATH, as the worker does
+    on_path = {**base, "PATH": f"{new.parent}{os.pathsep}{old.parent}{os.pathsep}{base.get('PATH', '')}"}
+    for value, code, said in (("java", 0, ""), ("java11-nowhere", 1, "(not an executable java)")):
+        result = subprocess.run(
+            ["bash", str(ROOT / "scripts" / "ensure-java.sh")],
+            env={**on_path, "CLICKSTREAM_JAVA": value},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == code and said in result.stderr, (value, result.stderr)

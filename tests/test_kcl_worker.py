@@ -650,6 +650,21 @@ def test_log_lines_become_text_or_stay_json(capsys: pytest.CaptureFixture[str]) 
     assert capsys.readouterr().err.splitlines() == [line, "10:15:30 WARN  Scheduler: slow"]
 
 
+def test_lines_the_jvm_writes_outside_its_logger_are_json_lines_under_json_logs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A start-up failure's usage text or an uncaught exception's trace went to stderr raw under --log-format json:
+    a log pipeline's level filters and alarms missed exactly those lines."""
+    raw = "Error occurred during initialization of VM"
+    LogSink(json_logs=True).line(raw + "\n")
+    LogSink(json_logs=False).line(raw + "\n")
+    as_json, as_text = capsys.readouterr().err.splitlines()
+    entry = json.loads(as_json)
+    assert entry["message"] == raw and entry["level"] == "WARNING" and entry["logger"] == "kcl.output"
+    assert entry["time"].endswith("+00:00")
+    assert as_text == raw, "a person reading text sees the line as the JVM wrote it"
+
+
 def test_metric_lines_stay_json_or_go_only_to_the_log_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -967,6 +982,19 @@ def test_a_configured_java_that_is_not_executable_stops_the_worker_naming_the_va
             find_java(load_settings(java=str(configured)))
         assert f"CLICKSTREAM_JAVA={configured}" in str(raised.value)
         assert raised.value.exit_code == 2
+
+
+def test_a_configured_java_given_by_name_is_found_on_the_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CLICKSTREAM_JAVA=java17 was checked as a file in the working directory and refused; a shell would run the
+    java17 on the PATH (and so does `make setup`'s check)."""
+    java17 = fake_java(tmp_path / "path").rename(tmp_path / "path" / "java17")
+    monkeypatch.setenv("PATH", str(tmp_path / "path"))
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    assert find_java(load_settings(java="java17")) == str(java17)
+    with pytest.raises(WorkerError, match="CLICKSTREAM_JAVA=java11 is not an executable java binary"):
+        find_java(load_settings(java="java11"))
 
 
 def test_a_java_home_without_java_stops_the_worker_naming_the_variable(
