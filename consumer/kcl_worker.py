@@ -477,6 +477,12 @@ def die_with_parent_hook() -> Callable[[], None] | None:
     return hook
 
 
+class _StoppedBeforeStart(BaseException):
+    """A stop signal while the worker checked its resources, before the JVM started: raised by the signal handler
+    through whatever call was waiting (not an ``Exception``: no library's error handling may take it for a failure
+    and retry)."""
+
+
 class KclWorker:
     """Runs and supervises the MultiLangDaemon."""
 
@@ -504,6 +510,7 @@ class KclWorker:
         self._heartbeat = Heartbeat(pid=os.getpid(), phase="starting", started_at=time.time())
         self._last_lease_scan = 0.0
         self._idle_wait_said_at = 0.0
+        self._checking = False  # in the checks before the JVM starts: a signal abandons them (``_on_signal``)
         self._lock: Any = None  # the state directory's lock file, held while this worker runs
         self._claim: socket.socket | None = None  # this worker id's claim on the host, held while it runs
 
@@ -542,8 +549,15 @@ class KclWorker:
     # ------------------------------------------------------------------ signals
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         """Act first, then say so: the signal may land while this thread writes a log line of its own, and the
-        stop must not wait on that line (the sink's lock is reentrant for the same reason)."""
+        stop must not wait on that line (the sink's lock is reentrant for the same reason).
+
+        Before the JVM is started (the checks, up to half a minute against an endpoint that does not answer) there
+        is nothing to flush: the check under way is abandoned at once."""
         self._signals += 1
+        if self._checking:
+            self._checking = False
+            self.request_stop()
+            raise _StoppedBeforeStart(signal.Signals(signum).name)
         if self._signals == 1:
             self.request_stop()
             log.info(
@@ -581,11 +595,30 @@ class KclWorker:
             self._lock = self._claim = None
 
     def _run(self) -> int:
-        command = self.prepare()
+        # installed first: a SIGTERM while the worker checks its resources stops it as one while it runs does
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            preflight(self.settings)
-        except PreflightError as error:
-            raise WorkerError(f"preflight: {error}", exit_code=USAGE) from None
+            try:
+                self._checking = True  # inside: a signal from here on is caught below
+                command = self.prepare()
+                write_heartbeat(self.settings.state_dir, self._heartbeat)  # "starting": alive, checking
+                preflight(self.settings)
+            except PreflightError as error:
+                raise WorkerError(f"preflight: {error}", exit_code=USAGE) from None
+            except _StoppedBeforeStart as stopped:
+                log.info("received %s before the KCL started: stopping (nothing was read)", stopped)
+                return OK
+            finally:
+                self._checking = False
+            if self._stop_requested_at is not None:  # a signal as the checks ended
+                log.info("stop requested before the KCL started: stopping (nothing was read)")
+                return OK
+            return self._run_checked(command)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _run_checked(self, command: list[str]) -> int:
         console = Console(stderr=True) if self.live_status else None
         sink = LogSink(
             json_logs=self.json_logs,
@@ -601,7 +634,6 @@ class KclWorker:
                 self.settings.bucket,
                 self.settings.prefix,
             )
-            previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
             kinesis = self._supervision_client("kinesis") if self.until_idle else None
             # Short path: AF_UNIX socket paths are limited to ~107 bytes.
             relay = LogRelay(Path(tempfile.mkdtemp(prefix="clickstream-")) / "log.sock", sink=sink.line)
@@ -620,8 +652,6 @@ class KclWorker:
                 self._kill()
                 relay.close()
                 shutil.rmtree(relay.path.parent, ignore_errors=True)  # never in place of the exit code
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
                 sink.close()
 
     def _start_jvm(self, command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:

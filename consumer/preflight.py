@@ -254,14 +254,24 @@ def _sequence_checkpoints(dynamodb: Any, table: str) -> dict[str, str]:
     return found
 
 
+#: Each check's calls: tries in all, and seconds to wait for each answer (small requests: an endpoint that accepts
+#: connections but does not answer fails the worker in about half a minute, not the SDK's three minutes).
+_CHECK_ATTEMPTS = 3
+_CHECK_READ_SECONDS = 10
+
+
 def preflight(settings: Settings) -> None:
     """Raise ``PreflightError`` (or the connection error) within seconds if the worker cannot run."""
-    stream = check_stream(aws_client("kinesis", settings, total_attempts=3), settings)
-    s3 = aws_client("s3", settings, total_attempts=3)
+
+    def client(service: str) -> Any:
+        return aws_client(service, settings, total_attempts=_CHECK_ATTEMPTS, read_timeout=_CHECK_READ_SECONDS)
+
+    stream = check_stream(client("kinesis"), settings)
+    s3 = client("s3")
     check_bucket(s3, settings)
     check_prefix_owner(s3, settings, stream)
     check_conditional_writes(s3, settings)
-    check_lease_table(aws_client("dynamodb", settings, total_attempts=3), s3, settings)
+    check_lease_table(client("dynamodb"), s3, settings)
 
 
 def lease_owners(dynamodb: Any, table: str) -> dict[str, str | None]:

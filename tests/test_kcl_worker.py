@@ -3,6 +3,7 @@ two-stage signals and exit codes. No Java is started here (tests/test_e2e_kcl.py
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
@@ -1444,6 +1445,75 @@ def test_a_worker_frees_its_state_dir_when_it_stops(tmp_path: Path, monkeypatch:
     with pytest.raises(WorkerError):
         stopped.run()
     KclWorker(settings).prepare()  # the same process may start a worker on it again (the demo, tests)
+
+
+def test_a_stop_signal_during_the_start_up_checks_stops_the_worker_at_once_with_exit_0(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checks before the JVM (up to half a minute against an endpoint that does not answer) ran under the
+    command line's generic handler: a SIGTERM there (ECS stopping the task) waited for them, then exited 143 with
+    'worker interrupted'. It stops at once, as a worker does, with 0; the JVM is never started."""
+    import consumer.kcl_worker as kcl_worker
+    from consumer.health import HEARTBEAT_FILE
+
+    settings = load_settings(java=str(fake_java(tmp_path / "bin")), state_dir=tmp_path / "state")
+    checked: list[str] = []
+
+    def slow_checks(_: Settings) -> None:
+        checked.append(json.loads((settings.state_dir / HEARTBEAT_FILE).read_text())["phase"])
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(60)  # an endpoint that does not answer: the signal must cut this short
+        checked.append("not stopped")
+
+    def no_jvm(*_: Any) -> Any:
+        raise AssertionError("the JVM was started after a stop")
+
+    monkeypatch.setattr(kcl_worker, "preflight", slow_checks)
+    worker = KclWorker(settings)
+    monkeypatch.setattr(worker, "_start_jvm", no_jvm)
+    before = signal.getsignal(signal.SIGTERM)
+    assert worker.run() == 0
+    assert checked == ["starting"], (
+        "the heartbeat says starting during the checks, and the wait was cut short"
+    )
+    assert signal.getsignal(signal.SIGTERM) is before, "the handler in place before is back"
+    KclWorker(settings).prepare()  # the state directory is free again
+
+
+def test_the_start_up_checks_wait_a_bounded_time_for_each_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An endpoint that accepts connections but never answers held the worker for 3 minutes (the SDK's 60 s read
+    timeout, three tries) before it said why, longer than a health check's start period."""
+    from botocore.exceptions import ReadTimeoutError
+
+    import consumer.preflight as checks
+
+    monkeypatch.setattr(checks, "_CHECK_READ_SECONDS", 1)
+    accepted: list[socket.socket] = []
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        silent.settimeout(0.2)
+        stop = threading.Event()
+
+        def accept() -> None:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    accepted.append(silent.accept()[0])
+
+        thread = threading.Thread(target=accept, daemon=True)
+        thread.start()
+        settings = load_settings(aws_endpoint_url=f"http://127.0.0.1:{silent.getsockname()[1]}")
+        try:
+            with pytest.raises(ReadTimeoutError):
+                checks.preflight(settings)
+        finally:
+            stop.set()
+            thread.join(5)
+            for connection in accepted:
+                connection.close()
+    assert len(accepted) == checks._CHECK_ATTEMPTS, "each try waited its read timeout, then gave up"
 
 
 def test_a_state_dir_that_cannot_be_created_is_a_configuration_error(tmp_path: Path) -> None:
