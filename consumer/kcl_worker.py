@@ -231,6 +231,15 @@ def processor_command() -> str:
     worker was started in is not put first on the import path (``-m`` does that): a checkout or a stray
     ``consumer/`` there would be imported instead of the installed code, the supervisor and its processors then
     running different versions."""
+    if any(space in sys.executable for space in " \t"):
+        # the KCL splits executableName on spaces (MultiLangRecordProcessorFactory): it would run the path's first
+        # piece, every shard processor would fail to start, and the worker would hold its leases doing nothing
+        raise WorkerError(
+            f"the Python running the worker is at a path with a space ({sys.executable}), and the KCL splits the "
+            "command that starts shard processors on spaces: run the worker from a virtual environment (or an "
+            "installation) whose path has none",
+            exit_code=USAGE,
+        )
     return f"{sys.executable} -P -m consumer.record_processor"
 
 

@@ -1767,3 +1767,14 @@ def test_a_heartbeat_the_disk_refuses_names_its_path(tmp_path: Path, monkeypatch
     with pytest.raises(OSError, match="No space left on device") as refused:
         write_heartbeat(tmp_path, Heartbeat(pid=os.getpid(), phase="running", started_at=time.time()))
     assert refused.value.filename is not None and str(tmp_path) in refused.value.filename
+
+
+def test_a_python_at_a_path_with_a_space_is_refused_naming_the_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The KCL splits the processor command on spaces: from "/home/u/My Projects/.venv/bin/python" it ran
+    "/home/u/My", every shard processor failed to start, and the worker held its leases doing nothing."""
+    monkeypatch.setattr(sys, "executable", "/home/u/My Projects/.venv/bin/python")
+    with pytest.raises(
+        WorkerError, match=r"path with a space \(/home/u/My Projects/.venv/bin/python\)"
+    ) as raised:
+        processor_command()
+    assert raised.value.exit_code == 2
