@@ -35,7 +35,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Final
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, CredentialRetrievalError, NoCredentialsError
 from rich.console import Console
 from rich.live import Live
 
@@ -486,6 +486,11 @@ def die_with_parent_hook() -> Callable[[], None] | None:
     return hook
 
 
+#: The SDK's errors when it cannot get credentials (at the start, the command line explains them; later, they are
+#: the credentials endpoint failing for a while).
+_CREDENTIALS_UNAVAILABLE: Final = (NoCredentialsError, CredentialRetrievalError)
+
+
 class _StoppedBeforeStart(BaseException):
     """A stop signal while the worker checked its resources, before the JVM started: raised by the signal handler
     through whatever call was waiting (not an ``Exception``: no library's error handling may take it for a failure
@@ -657,6 +662,9 @@ class KclWorker:
                 if console is not None:  # the live view ended on "stopping": say how, and where the log is
                     console.print(final_words(code, self.settings.state_dir / "worker.log"))
                 return code
+            except Exception as error:
+                self._stop_after_failure(error)
+                raise
             finally:
                 self._kill()
                 relay.close()
@@ -727,6 +735,26 @@ class KclWorker:
             yield refresh
             refresh()
 
+    def _stop_after_failure(self, error: Exception) -> None:
+        """The supervision itself failed (a full disk under the heartbeat, a listing refused under --until-idle):
+        the KCL is stopped as on SIGTERM, its shards flushing and checkpointing, and killed only past the stop
+        deadline (a kill at once left every shard's buffered records to be read again)."""
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        deadline = self.settings.stop_deadline_seconds
+        log.error(
+            "the worker's supervision failed (%s): stopping the KCL as on SIGTERM (within %.0fs), then exiting",
+            one_line(error),
+            deadline,
+        )
+        self.request_stop()
+        assert self._stop_requested_at is not None
+        while process.poll() is None and time.monotonic() - self._stop_requested_at <= deadline:
+            if self._processors_done():
+                break
+            time.sleep(0.2)
+
     def _supervise(self, kinesis: Any, refresh: Callable[[], None]) -> int:
         assert self._process is not None
         last_idle_check = last_health_check = last_metrics = last_refresh = 0.0
@@ -788,7 +816,9 @@ class KclWorker:
                 try:
                     shards = list_all_shards(kinesis, self.settings.stream_name)
                 except (BotoCoreError, ClientError) as error:
-                    if not is_transient(error):
+                    # credentials the checks before the start found but cannot be fetched now: the container's
+                    # credentials endpoint failing for a while, as transient as the network
+                    if not (is_transient(error) or isinstance(error, _CREDENTIALS_UNAVAILABLE)):
                         raise
                     if now - self._idle_wait_said_at >= STATUS_LOG_SECONDS:
                         self._idle_wait_said_at = now

@@ -1778,3 +1778,77 @@ def test_a_python_at_a_path_with_a_space_is_refused_naming_the_path(monkeypatch:
     ) as raised:
         processor_command()
     assert raised.value.exit_code == 2
+
+
+def test_a_failure_of_the_supervision_stops_the_kcl_gracefully_before_the_worker_exits(
+    tmp_path: Path,
+) -> None:
+    """Any error out of the supervision loop (a full disk under the heartbeat, say) SIGKILLed the JVM and its
+    processors at once: every shard's buffered records were left to be read again. The KCL is stopped as on
+    SIGTERM (flush and checkpoint), and killed only past the stop deadline."""
+    (tmp_path / "state").mkdir()
+    worker = KclWorker(load_settings(state_dir=tmp_path / "state"))
+    signals: list[int] = []
+
+    class Daemon:  # the JVM: stops once told to, after a few polls
+        pid = 999_999_999
+        stdout = io.BytesIO(b"")
+        polls_after_term = 0
+
+        def poll(self) -> int | None:
+            if signals:
+                self.polls_after_term += 1
+                return 0 if self.polls_after_term > 3 else None
+            return None
+
+        def send_signal(self, signum: int) -> None:
+            signals.append(signum)
+
+        def wait(self, timeout: float | None = None) -> int:
+            return 0
+
+    daemon = Daemon()
+
+    def start(*_: Any) -> Any:
+        worker._process = daemon  # type: ignore[assignment]
+        return daemon
+
+    def failing(*_: Any) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    worker._start_jvm = start  # type: ignore[method-assign]
+    worker._supervise = failing  # type: ignore[method-assign]
+    with pytest.raises(OSError, match="No space left"):
+        worker._run_checked(["java"])
+    assert signals == [signal.SIGTERM], "asked to stop as on SIGTERM"
+    assert daemon.polls_after_term > 3, "and waited for until it stopped (no kill: it was gone by then)"
+
+
+def test_until_idle_goes_on_while_credentials_cannot_be_fetched(tmp_path: Path) -> None:
+    """The container's credentials endpoint failing for a while made the idle check's listing raise 'no AWS
+    credentials found', which ended the run with exit 2 and advice to set AWS_ACCESS_KEY_ID."""
+    from botocore.exceptions import CredentialRetrievalError, NoCredentialsError
+
+    (tmp_path / "state").mkdir()
+    worker = KclWorker(load_settings(state_dir=tmp_path / "state"), until_idle=IDLE)
+
+    class Daemon:
+        polls = 0
+
+        def poll(self) -> int | None:
+            self.polls += 1
+            return None if self.polls < 12 else 0
+
+    class NoCredentials:
+        calls = 0
+
+        def list_shards(self, **_: Any) -> dict[str, Any]:
+            self.calls += 1
+            if self.calls % 2:
+                raise NoCredentialsError()
+            raise CredentialRetrievalError(provider="container-role", error_msg="timed out")
+
+    kinesis = NoCredentials()
+    worker._process = Daemon()  # type: ignore[assignment]
+    worker._supervise(kinesis, lambda: None)  # until the JVM ended, not ended by the failed listing
+    assert kinesis.calls >= 2, "asked again after the failure"
