@@ -650,9 +650,11 @@ class KclWorker:
             )
             kinesis = self._supervision_client("kinesis") if self.until_idle else None
             # Short path: AF_UNIX socket paths are limited to ~107 bytes.
-            relay = LogRelay(Path(tempfile.mkdtemp(prefix="clickstream-")) / "log.sock", sink=sink.line)
-            env = self.child_environment(self.settings_file(), relay.path)
+            socket_dir = Path(tempfile.mkdtemp(prefix="clickstream-"))
+            relay: LogRelay | None = None
             try:
+                relay = LogRelay(socket_dir / "log.sock", sink=sink.line)
+                env = self.child_environment(self.settings_file(), relay.path)
                 self._start_jvm(command, env)
                 assert self._process is not None and self._process.stdout is not None
                 pump = sink.pump(self._process.stdout)
@@ -667,8 +669,9 @@ class KclWorker:
                 raise
             finally:
                 self._kill()
-                relay.close()
-                shutil.rmtree(relay.path.parent, ignore_errors=True)  # never in place of the exit code
+                if relay is not None:
+                    relay.close()
+                shutil.rmtree(socket_dir, ignore_errors=True)  # never in place of the exit code
                 sink.close()
 
     def _start_jvm(self, command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:

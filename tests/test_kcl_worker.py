@@ -1852,3 +1852,23 @@ def test_until_idle_goes_on_while_credentials_cannot_be_fetched(tmp_path: Path) 
     worker._process = Daemon()  # type: ignore[assignment]
     worker._supervise(kinesis, lambda: None)  # until the JVM ended, not ended by the failed listing
     assert kinesis.calls >= 2, "asked again after the failure"
+
+
+def test_a_failure_before_the_jvm_starts_leaves_no_socket_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The settings file written before the JVM starts (a full disk) failed outside the clean-up: the log socket's
+    folder and its relay thread were left behind."""
+    import tempfile
+
+    (tmp_path / "state").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    worker = KclWorker(load_settings(state_dir=tmp_path / "state"))
+
+    def disk_full() -> Path:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(worker, "settings_file", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        worker._run_checked(["java"])
+    assert not list(tmp_path.glob("clickstream-*")), "the socket folder is removed"
