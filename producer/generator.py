@@ -24,9 +24,9 @@ The world, per customer ``c-000001`` .. ``c-{customers}``:
    dropped-out customers stop browsing about a week after their last purchase.
 
 Counts: the stream holds exactly ``events`` valid, distinct events (`GenerationSummary.valid_events`), plus
-``round(events * duplicate_rate)`` duplicates (byte-identical re-sends of earlier valid events, a few to a few
-hundred records later, as producer retries cause) plus ``round(events * malformed_rate)`` malformed records
-(never counted as valid events). ``total_records = valid_events + duplicates + malformed``.
+``events * duplicate_rate`` duplicates, rounded half up (byte-identical re-sends of earlier valid events, a few to a
+few hundred records later, as producer retries cause) plus ``events * malformed_rate`` malformed records, rounded
+the same way (never counted as valid events). ``total_records = valid_events + duplicates + malformed``.
 
 Valid events are emitted in event-time order, so a consumer batch touches few event-hour partitions. Sessions
 that start late on the last day may run a few minutes past the window end. The valid events depend only on
@@ -487,6 +487,7 @@ class ClickstreamGenerator:
                     buyers_dropped += 1
                     customer.purchase_days.clear()
                     customer.order_cents.clear()
+        if dropped and budget:  # no events asked at all: no purchase to leave out, nothing to say
             logger.warning(
                 "%d events are too few for the %d customers' purchases (each takes at least %d events): the "
                 "purchases of %d customers (the highest customer ids, %d purchases) are left out; give --events "
@@ -816,11 +817,25 @@ _UTF8_BOM: Final = b"\xef\xbb\xbf"
 MAX_LINE_BYTES: Final = 64 * 1024 * 1024
 
 
+class _ReproducibleGzip(gzip.GzipFile):
+    """A gzip file whose header holds no time and no file name: the same seed gives the same bytes, compressed too,
+    whatever the file is called (``GzipFile(path)`` writes the name into the header)."""
+
+    def __init__(self, path: Path) -> None:
+        self._raw = path.open("wb")
+        super().__init__(filename="", mode="wb", fileobj=self._raw, mtime=0)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._raw.close()  # a GzipFile leaves a file object it was given open
+
+
 def _create(path: Path) -> IO[bytes]:
     """A file to write, gzip-compressed when its name ends in ``.gz``."""
     if path.suffix.lower() == ".gz":
-        # no time in the header: the same seed gives the same bytes, compressed too
-        return cast(IO[bytes], gzip.GzipFile(path, "wb", mtime=0))
+        return cast(IO[bytes], _ReproducibleGzip(path))
     return path.open("wb")
 
 

@@ -400,3 +400,15 @@ def test_a_long_planning_is_said_before_it_starts(
         "planning 5 customers and the sessions of 40 events in memory before the first record (about a "
         "minute per 10 million events)"
     ]
+
+
+def test_a_compressed_output_has_the_same_bytes_whatever_its_name(tmp_path: Path) -> None:
+    """gzip's header held the file's name: the same seed gave other bytes under another name."""
+    from producer.generator import write_jsonl
+
+    names = (tmp_path / "a.jsonl.gz", tmp_path / "another-name.jsonl.gz")
+    for path in names:
+        write_jsonl(path, ClickstreamGenerator(20, 300, seed=3).events())
+    first, second = (path.read_bytes() for path in names)
+    assert first == second
+    assert gzip.decompress(first).count(b"\n") == 300
