@@ -260,6 +260,8 @@ class GenerationSummary:
     valid_events: int
     duplicates: int
     malformed: int
+    #: by the generator's ``MALFORMED_KINDS``, not the validator's error codes (a kind may be rejected under
+    #: another name: ``negative_revenue`` as ``revenue_out_of_range``); only the totals are the same
     malformed_by_kind: Mapping[str, int]
     total_records: int
     event_type_counts: Mapping[str, int]
@@ -267,6 +269,8 @@ class GenerationSummary:
     purchases: int
     purchases_dropped_for_budget: int
     buyers: int
+    #: customers with two orders or more, on one day too; scoring's repeat buyers (``frequency > 0``) bought on two
+    #: days or more, so they can be fewer
     repeat_buyers: int
     customers_seen: int
     revenue: Decimal
