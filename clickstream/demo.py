@@ -85,7 +85,7 @@ class DemoFolderBusyError(RuntimeError):
 
 
 @contextmanager
-def _holding(output_dir: Path) -> Iterator[None]:
+def _locked_output_folder(output_dir: Path) -> Iterator[None]:
     """The output folder (created if new) locked for this run: a second demo given the same folder would empty it
     under the first one's worker. The lock goes with the process, so a demo killed leaves none behind."""
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -105,7 +105,7 @@ def _holding(output_dir: Path) -> Iterator[None]:
 
 def run_demo(customers: int, events: int, seed: int, shards: int, output_dir: Path) -> int:
     """The whole demo; raises ``DemoFolderBusyError`` while another demo runs on ``output_dir``."""
-    with _holding(output_dir):
+    with _locked_output_folder(output_dir):
         return _run_demo(customers, events, seed, shards, output_dir)
 
 

@@ -42,7 +42,7 @@ from rich.live import Live
 from consumer.health import Heartbeat, holds_lease, process_alive, shard_problems, write_heartbeat
 from consumer.metrics import Metric
 from consumer.metrics import emit as emit_metrics
-from consumer.preflight import PreflightError, lease_owners, preflight
+from consumer.preflight import PrefixClaimRacedError, PreflightError, lease_owners, preflight
 from consumer.retry import is_transient
 from consumer.status import ShardStatus, clear_statuses, read_statuses, status_directory
 from consumer.worker_output import LogSink, SinkHandler, WorkerTotals, final_words, status_view, uptime
@@ -190,8 +190,8 @@ def find_java(settings: Settings) -> str:
     """
     if settings.java:
         # a bare name (java17) is looked up on the PATH, as a shell would; a path is taken as it is
-        given = settings.java if os.sep in settings.java else shutil.which(settings.java) or settings.java
-        if not _executable(Path(given)):
+        given = settings.java if os.sep in settings.java else shutil.which(settings.java)
+        if given is None or not _executable(Path(given)):
             raise WorkerError(
                 f"CLICKSTREAM_JAVA={settings.java} is not an executable java binary (unset it to use JAVA_HOME "
                 "or the PATH)",
@@ -613,24 +613,38 @@ class KclWorker:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             try:
-                self._checking = True  # inside: a signal from here on is caught below
-                command = self.prepare()
-                write_heartbeat(self.settings.state_dir, self._heartbeat)  # "starting": alive, checking
-                preflight(self.settings)
-            except PreflightError as error:
-                raise WorkerError(f"preflight: {error}", exit_code=USAGE) from None
-            except _StoppedBeforeStart as stopped:
+                command = self._checked_command()
+            except (
+                _StoppedBeforeStart
+            ) as stopped:  # wherever in the checks it landed, error handling included
                 log.info("received %s before the KCL started: stopping (nothing was read)", stopped)
                 return OK
-            finally:
-                self._checking = False
-            if self._stop_requested_at is not None:  # a signal as the checks ended
+            if command is None:
                 log.info("stop requested before the KCL started: stopping (nothing was read)")
                 return OK
             return self._run_checked(command)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    def _checked_command(self) -> list[str] | None:
+        """``prepare`` and the checks of the resources (``preflight``), during which a stop signal raises
+        ``_StoppedBeforeStart``; the JVM's command, or None when a stop was asked as they began or ended."""
+        self._checking = True
+        try:
+            if self._stop_requested_at is not None:  # a signal before the flag was up
+                return None
+            command = self.prepare()
+            write_heartbeat(self.settings.state_dir, self._heartbeat)  # "starting": alive, checking
+            try:
+                preflight(self.settings)
+            except PreflightError as error:
+                # workers racing for the prefix's claim: a start to try again, not a configuration to fix
+                code = RUNTIME if isinstance(error, PrefixClaimRacedError) else USAGE
+                raise WorkerError(f"preflight: {error}", exit_code=code) from None
+        finally:
+            self._checking = False
+        return None if self._stop_requested_at is not None else command
 
     def _run_checked(self, command: list[str]) -> int:
         console = Console(stderr=True) if self.live_status else None
@@ -754,8 +768,11 @@ class KclWorker:
         self.request_stop()
         assert self._stop_requested_at is not None
         while process.poll() is None and time.monotonic() - self._stop_requested_at <= deadline:
-            if self._processors_done():
-                break
+            try:
+                if self._processors_done():
+                    break
+            except OSError:  # the status files unreadable (the same broken disk): wait out the deadline
+                pass
             time.sleep(0.2)
 
     def _supervise(self, kinesis: Any, refresh: Callable[[], None]) -> int:

@@ -34,6 +34,11 @@ class PreflightError(RuntimeError):
     """A resource the worker needs is missing or not allowed: configuration, not a transient failure."""
 
 
+class PrefixClaimRacedError(PreflightError):
+    """The prefix's claim could not be made or read while other workers wrote theirs: no configuration to fix, a
+    start to try again."""
+
+
 def _code(error: ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", ""))
 
@@ -108,7 +113,7 @@ def check_prefix_owner(s3: Any, settings: Settings, stream: StreamIdentity) -> N
             time.sleep(_CLAIM_PAUSE_SECONDS * attempt)
         body = sink.get_bytes(key)
     if body is None:
-        raise PreflightError(
+        raise PrefixClaimRacedError(
             f"could not claim s3://{settings.bucket}/{key} for stream {stream.arn}: {_CLAIM_ATTEMPTS} conditional "
             "creates lost to other writers whose claim was then not there; start the worker again"
         )

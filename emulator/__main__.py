@@ -12,9 +12,8 @@ import threading
 from emulator.server import DEFAULT_HOST, DEFAULT_PORT, run_foreground
 
 
-def port(text: str) -> int:
-    """A TCP port: 70000 would otherwise bind 70000 - 65536 without a word. (argparse names this function in
-    its "invalid port value" message.)"""
+def _port(text: str) -> int:
+    """A TCP port: 70000 would otherwise bind 70000 - 65536 without a word."""
     try:
         port = int(text)
     except ValueError:
@@ -54,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default=DEFAULT_HOST, help="bind address (default %(default)s)")
     parser.add_argument(
         "--port",
-        type=port,
+        type=_port,
         default=DEFAULT_PORT,
         help="TCP port 0-65535, 0 picks a free one (default %(default)s)",
     )

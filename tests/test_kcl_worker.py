@@ -996,6 +996,11 @@ def test_a_configured_java_given_by_name_is_found_on_the_path(
     assert find_java(load_settings(java="java17")) == str(java17)
     with pytest.raises(WorkerError, match="CLICKSTREAM_JAVA=java11 is not an executable java binary"):
         find_java(load_settings(java="java11"))
+    # a name is looked up on the PATH only, as the JVM's start would: not in the working directory
+    fake_java(tmp_path / "here").rename(tmp_path / "here" / "java11")
+    monkeypatch.chdir(tmp_path / "here")
+    with pytest.raises(WorkerError, match="CLICKSTREAM_JAVA=java11 is not an executable java binary"):
+        find_java(load_settings(java="java11"))
 
 
 def test_a_java_home_without_java_stops_the_worker_naming_the_variable(
@@ -1433,6 +1438,23 @@ time.sleep(600)
 """
 
 
+def test_workers_racing_for_the_prefix_claim_is_no_configuration_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim lost to other workers' over and over is a start to try again (exit 1), not a setting to fix (2)."""
+    import consumer.kcl_worker as kcl_worker
+    from consumer.preflight import PrefixClaimRacedError
+
+    def raced(_: Settings) -> None:
+        raise PrefixClaimRacedError("could not claim s3://b/rfm/_control/stream.json")
+
+    monkeypatch.setattr(kcl_worker, "preflight", raced)
+    settings = load_settings(java=str(fake_java(tmp_path / "bin")), state_dir=tmp_path / "state")
+    with pytest.raises(WorkerError, match="could not claim") as raised:
+        KclWorker(settings).run()
+    assert raised.value.exit_code == 1
+
+
 def test_a_worker_frees_its_state_dir_when_it_stops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import consumer.kcl_worker as kcl_worker
 
@@ -1479,6 +1501,18 @@ def test_a_stop_signal_during_the_start_up_checks_stops_the_worker_at_once_with_
     assert signal.getsignal(signal.SIGTERM) is before, "the handler in place before is back"
     KclWorker(settings).prepare()  # the state directory is free again
 
+    class RefusalDuringSignalError(PreflightError):
+        def __str__(self) -> str:  # read while the refusal is turned into the worker's error
+            os.kill(os.getpid(), signal.SIGTERM)
+            return "stream 'x' does not exist"
+
+    def refused(_: Settings) -> None:
+        raise RefusalDuringSignalError()
+
+    monkeypatch.setattr(kcl_worker, "preflight", refused)
+    assert KclWorker(settings).run() == 0, "a signal inside the handling of a refusal stops the worker too"
+    assert signal.getsignal(signal.SIGTERM) is before
+
 
 def test_the_start_up_checks_wait_a_bounded_time_for_each_answer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -1505,6 +1539,7 @@ def test_the_start_up_checks_wait_a_bounded_time_for_each_answer(
         thread = threading.Thread(target=accept, daemon=True)
         thread.start()
         settings = load_settings(aws_endpoint_url=f"http://127.0.0.1:{silent.getsockname()[1]}")
+        started = time.monotonic()
         try:
             with pytest.raises(ReadTimeoutError):
                 checks.preflight(settings)
@@ -1514,6 +1549,8 @@ def test_the_start_up_checks_wait_a_bounded_time_for_each_answer(
             for connection in accepted:
                 connection.close()
     assert len(accepted) == checks._CHECK_ATTEMPTS, "each try waited its read timeout, then gave up"
+    # a bound, not a speed: the SDK's own 60 s timeout would take three minutes here
+    assert time.monotonic() - started < 60, "each try waited the checks' read timeout, not the SDK's"
 
 
 def test_a_state_dir_that_cannot_be_created_is_a_configuration_error(tmp_path: Path) -> None:

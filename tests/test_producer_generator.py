@@ -412,3 +412,14 @@ def test_a_compressed_output_has_the_same_bytes_whatever_its_name(tmp_path: Path
     first, second = (path.read_bytes() for path in names)
     assert first == second
     assert gzip.decompress(first).count(b"\n") == 300
+
+
+def test_no_events_asked_is_no_budget_too_small_for_the_purchases(caplog: pytest.LogCaptureFixture) -> None:
+    """--events 0 warned that 0 events are too few for the customers' purchases, and to give --events N."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="producer.generator"):
+        assert list(ClickstreamGenerator(50, 0, seed=1).events()) == []
+        assert not [r for r in caplog.records if "too few" in r.getMessage()]
+        list(ClickstreamGenerator(500, 40, seed=1).events())
+    assert any("too few" in r.getMessage() for r in caplog.records), "a budget too small is still said"
