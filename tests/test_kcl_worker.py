@@ -23,6 +23,7 @@ from typing import Any, Final
 
 import boto3
 import pytest
+from botocore.exceptions import CredentialRetrievalError, EndpointConnectionError, NoCredentialsError
 from click.testing import CliRunner
 from moto import mock_aws
 from rich.console import Console
@@ -878,6 +879,18 @@ def test_the_worker_says_which_other_workers_hold_the_shards_until_idle_waits_on
     assert "shardId-000000000003" not in said and "stop it with SIGTERM" in said
 
 
+class ShortLivedJvm:
+    """The JVM as the supervision loop sees it: running for ``polls`` polls (a few seconds of the loop), then
+    exited 0."""
+
+    def __init__(self, polls: int) -> None:
+        self.polls, self.lifetime = 0, polls
+
+    def poll(self) -> int | None:
+        self.polls += 1
+        return None if self.polls < self.lifetime else 0
+
+
 def test_until_idle_judges_every_page_of_the_shard_listing(tmp_path: Path) -> None:
     """AWS answers ListShards with at most 1,000 shards a call: a drain judged on the first page alone could stop
     the worker with the shards of later pages never read."""
@@ -890,13 +903,6 @@ def test_until_idle_judges_every_page_of_the_shard_listing(tmp_path: Path) -> No
             judged.append([shard["ShardId"] for shard in shards])
             return False
 
-    class Daemon:
-        polls = 0
-
-        def poll(self) -> int | None:
-            self.polls += 1
-            return None if self.polls < 8 else 0
-
     class Paged:
         def list_shards(self, **arguments: Any) -> dict[str, Any]:
             if "NextToken" in arguments:
@@ -905,43 +911,54 @@ def test_until_idle_judges_every_page_of_the_shard_listing(tmp_path: Path) -> No
             return {"Shards": [OPEN], "NextToken": "page-2"}
 
     worker.until_idle = Recording(IDLE)
-    worker._process = Daemon()  # type: ignore[assignment]
+    worker._process = ShortLivedJvm(polls=8)  # type: ignore[assignment]
     worker._supervise(Paged(), lambda: None)
     assert judged, "the idle check ran"
     assert all(ids == [OPEN["ShardId"], SECOND["ShardId"]] for ids in judged), judged
 
 
+@pytest.mark.parametrize(
+    ("failure", "said_in_it"),
+    [
+        pytest.param(
+            EndpointConnectionError(endpoint_url="http://127.0.0.1:1"),
+            "Could not connect to the endpoint URL",
+            id="network",
+        ),
+        # the container's credentials endpoint failing for a while: it ended the run with exit 2 and advice to set
+        # AWS_ACCESS_KEY_ID
+        pytest.param(NoCredentialsError(), "Unable to locate credentials", id="no-credentials"),
+        pytest.param(
+            CredentialRetrievalError(provider="container-role", error_msg="timed out"),
+            "container-role",
+            id="credentials-endpoint",
+        ),
+    ],
+)
 def test_until_idle_goes_on_when_the_stream_cannot_be_listed_and_says_so(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    failure: Exception, said_in_it: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A ListShards that failed (after its short retries) ended the supervision loop with the exception: the worker
     left its JVM running unsupervised. It is "not drained yet", asked again, and said at most every 30 s."""
-    from botocore.exceptions import ClientError, EndpointConnectionError
+    from botocore.exceptions import ClientError
 
     (tmp_path / "state").mkdir()
     worker = KclWorker(load_settings(state_dir=tmp_path / "state"), until_idle=IDLE)
-
-    class Daemon:  # the JVM: it runs for a few seconds of the loop, then exits
-        polls = 0
-
-        def poll(self) -> int | None:
-            self.polls += 1
-            return None if self.polls < 12 else 0
 
     class Kinesis:
         calls = 0
 
         def list_shards(self, **_: Any) -> dict[str, Any]:
             self.calls += 1
-            raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
+            raise failure
 
     kinesis = Kinesis()
-    worker._process = Daemon()  # type: ignore[assignment]
+    worker._process = ShortLivedJvm(polls=12)  # type: ignore[assignment]
     with caplog.at_level(logging.WARNING, logger="consumer.kcl_worker"):
         worker._supervise(kinesis, lambda: None)
     assert kinesis.calls >= 2, "asked again after the failure"
     said = [r.getMessage() for r in caplog.records if "cannot be listed" in r.getMessage()]
-    assert len(said) == 1 and "Could not connect to the endpoint URL" in said[0], said
+    assert len(said) == 1 and said_in_it in said[0], said
 
     class Gone:  # a stream deleted: no drain to wait for, as before (a scheduled drain failed in seconds)
         def list_shards(self, **_: Any) -> dict[str, Any]:
@@ -949,7 +966,7 @@ def test_until_idle_goes_on_when_the_stream_cannot_be_listed_and_says_so(
                 {"Error": {"Code": "ResourceNotFoundException", "Message": "gone"}}, "ListShards"
             )
 
-    worker._process = Daemon()  # type: ignore[assignment]
+    worker._process = ShortLivedJvm(polls=12)  # type: ignore[assignment]
     with pytest.raises(ClientError):
         worker._supervise(Gone(), lambda: None)
 
@@ -1859,36 +1876,6 @@ def test_a_failure_of_the_supervision_stops_the_kcl_gracefully_before_the_worker
         worker._run_checked(["java"])
     assert signals == [signal.SIGTERM], "asked to stop as on SIGTERM"
     assert daemon.polls_after_term > 3, "and waited for until it stopped (no kill: it was gone by then)"
-
-
-def test_until_idle_goes_on_while_credentials_cannot_be_fetched(tmp_path: Path) -> None:
-    """The container's credentials endpoint failing for a while made the idle check's listing raise 'no AWS
-    credentials found', which ended the run with exit 2 and advice to set AWS_ACCESS_KEY_ID."""
-    from botocore.exceptions import CredentialRetrievalError, NoCredentialsError
-
-    (tmp_path / "state").mkdir()
-    worker = KclWorker(load_settings(state_dir=tmp_path / "state"), until_idle=IDLE)
-
-    class Daemon:
-        polls = 0
-
-        def poll(self) -> int | None:
-            self.polls += 1
-            return None if self.polls < 12 else 0
-
-    class NoCredentials:
-        calls = 0
-
-        def list_shards(self, **_: Any) -> dict[str, Any]:
-            self.calls += 1
-            if self.calls % 2:
-                raise NoCredentialsError()
-            raise CredentialRetrievalError(provider="container-role", error_msg="timed out")
-
-    kinesis = NoCredentials()
-    worker._process = Daemon()  # type: ignore[assignment]
-    worker._supervise(kinesis, lambda: None)  # until the JVM ended, not ended by the failed listing
-    assert kinesis.calls >= 2, "asked again after the failure"
 
 
 def test_a_failure_before_the_jvm_starts_leaves_no_socket_folder(
