@@ -612,11 +612,10 @@ class KclWorker:
         # installed first: a SIGTERM while the worker checks its resources stops it as one while it runs does
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
+            # a signal is caught here wherever in the checks it landed, their error handling included
             try:
                 command = self._checked_command()
-            except (
-                _StoppedBeforeStart
-            ) as stopped:  # wherever in the checks it landed, error handling included
+            except _StoppedBeforeStart as stopped:
                 log.info("received %s before the KCL started: stopping (nothing was read)", stopped)
                 return OK
             if command is None:
