@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -634,16 +635,36 @@ class KclWorker:
             if self._stop_requested_at is not None:  # a signal before the flag was up
                 return None
             command = self.prepare()
-            write_heartbeat(self.settings.state_dir, self._heartbeat)  # "starting": alive, checking
-            try:
-                preflight(self.settings)
-            except PreflightError as error:
-                # workers racing for the prefix's claim: a start to try again, not a configuration to fix
-                code = RUNTIME if isinstance(error, PrefixClaimRacedError) else USAGE
-                raise WorkerError(f"preflight: {error}", exit_code=code) from None
+            with self._beating_while_starting():
+                try:
+                    preflight(self.settings)
+                except PreflightError as error:
+                    # workers racing for the prefix's claim: a start to try again, not a configuration to fix
+                    code = RUNTIME if isinstance(error, PrefixClaimRacedError) else USAGE
+                    raise WorkerError(f"preflight: {error}", exit_code=code) from None
         finally:
             self._checking = False
         return None if self._stop_requested_at is not None else command
+
+    @contextlib.contextmanager
+    def _beating_while_starting(self) -> Iterator[None]:
+        """The "starting" heartbeat, written at once and then every second while the checks run: checks slowed by
+        an endpoint (up to half a minute) must not read as a dead worker to ``clickstream health``."""
+        write_heartbeat(self.settings.state_dir, self._heartbeat)
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(1.0):
+                with contextlib.suppress(OSError):  # the supervision loop reports a heartbeat it cannot write
+                    write_heartbeat(self.settings.state_dir, self._heartbeat)
+
+        beating = threading.Thread(target=beat, name="starting-heartbeat", daemon=True)
+        beating.start()
+        try:
+            yield
+        finally:
+            done.set()
+            beating.join(timeout=5)
 
     def _run_checked(self, command: list[str]) -> int:
         console = Console(stderr=True) if self.live_status else None

@@ -1531,6 +1531,37 @@ def test_a_stop_signal_during_the_start_up_checks_stops_the_worker_at_once_with_
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_the_heartbeat_goes_on_while_slow_start_up_checks_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The "starting" heartbeat was written once: checks slowed by an endpoint (up to half a minute) read as a
+    heartbeat gone stale, a dead worker, to `clickstream health`."""
+    import consumer.kcl_worker as kcl_worker
+    from consumer.health import HEARTBEAT_FILE
+
+    settings = load_settings(java=str(fake_java(tmp_path / "bin")), state_dir=tmp_path / "state")
+    stamps: list[float] = []
+
+    def slow_checks(_: Settings) -> None:
+        def stamp() -> float:
+            return float(json.loads((settings.state_dir / HEARTBEAT_FILE).read_text())["updated_at"])
+
+        stamps.append(stamp())
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and stamp() == stamps[0]:
+            time.sleep(0.1)
+        stamps.append(stamp())
+        raise PreflightError("stream 'x' does not exist")
+
+    monkeypatch.setattr(kcl_worker, "preflight", slow_checks)
+    with pytest.raises(WorkerError, match="does not exist"):
+        KclWorker(settings).run()
+    assert stamps[1] > stamps[0], "rewritten while the checks ran"
+    assert not [t for t in threading.enumerate() if t.name == "starting-heartbeat"], (
+        "and no longer once they end"
+    )
+
+
 def test_the_start_up_checks_wait_a_bounded_time_for_each_answer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
