@@ -772,6 +772,13 @@ class KclWorker:
             yield refresh
             refresh()
 
+    def _stop_overdue(self, now: float) -> bool:
+        """Whether a stop was asked more than the stop deadline before ``now`` (monotonic): time to kill the KCL."""
+        return (
+            self._stop_requested_at is not None
+            and now - self._stop_requested_at > self.settings.stop_deadline_seconds
+        )
+
     def _stop_after_failure(self, error: Exception) -> None:
         """The supervision itself failed (a full disk under the heartbeat, a listing refused under --until-idle):
         the KCL is stopped as on SIGTERM, its shards flushing and checkpointing, and killed only past the stop
@@ -786,8 +793,7 @@ class KclWorker:
             deadline,
         )
         self.request_stop()
-        assert self._stop_requested_at is not None
-        while process.poll() is None and time.monotonic() - self._stop_requested_at <= deadline:
+        while process.poll() is None and not self._stop_overdue(time.monotonic()):
             try:
                 if self._processors_done():
                     break
@@ -817,10 +823,7 @@ class KclWorker:
                 self._kill()
                 self._process.wait()
                 return self._exit_code(0)
-            if (
-                self._stop_requested_at is not None
-                and now - self._stop_requested_at > self.settings.stop_deadline_seconds
-            ):
+            if self._stop_overdue(now):
                 log.error(
                     "shards did not stop within %.0fs; killing the KCL",
                     self.settings.stop_deadline_seconds,
