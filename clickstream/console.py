@@ -13,10 +13,12 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import click
-from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 #: The logger name a command's own lines carry in JSON mode.
 CLI_LOGGER = "clickstream"
@@ -93,6 +95,8 @@ class _Progress:
     def __call__(self, done: int, total: int) -> None:
         if self.bar:
             if self.shown is None:
+                from tqdm import tqdm  # on the first bar shown: most commands never draw one
+
                 self.shown = tqdm(
                     total=total, unit=self.unit, desc=self.description, file=sys.stderr, leave=False
                 )

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import boto3
-from botocore.config import Config
-
 from runtime.settings import Settings
 
 #: HTTP connections a client keeps: the parallel reads (16 threads in summary, score, report) each get one, where
@@ -58,6 +55,11 @@ def aws_client(service: str, settings: Settings, total_attempts: int = 6, read_t
 
     Retries are adaptive (a client-side rate limit after throttling); without retries, standard: the adaptive limit
     would also delay the caller's own retries by seconds it neither chose nor logs."""
+    # imported by the first client made: commands that make none (``clickstream health``, every 30 seconds in the
+    # container) do not load boto3
+    import boto3
+    from botocore.config import Config
+
     config = Config(
         retries={
             "total_max_attempts": total_attempts,

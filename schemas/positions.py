@@ -4,18 +4,19 @@ for one position and for the columns of a record batch (``RAW_RECORD_SCHEMA``, `
 Kinesis sequence numbers are decimal strings (56 digits on AWS, small integers on emulators). They compare as
 integers, never as text; where a position becomes part of an S3 key it is zero-padded to ``SEQUENCE_DIGITS`` so
 that keys sort in stream order.
+
+pyarrow is imported by the functions over a batch's columns, when first called: commands that only name positions
+(``clickstream health``, which the container runs every 30 seconds) do not pay for loading it.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
-from schemas.columns import contiguous
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 #: The width every sequence number is padded to in object names (AWS sequence numbers have 56 digits).
 SEQUENCE_DIGITS: Final = 56
@@ -83,6 +84,8 @@ def chain_position(position: Position | None) -> Position | None:
 # ------------------------------------------------------------------ positions of a record batch's rows
 def _key_width(sequences: pa.Array | pa.ChunkedArray, *positions: Position | None) -> int:
     """The width sequence numbers are padded to so that their keys compare as text like integers."""
+    import pyarrow.compute as pc
+
     longest = int(pc.max(pc.utf8_length(sequences)).as_py() or 0) if len(sequences) else 0
     stored = [len(p.sequence_number) for p in positions if p is not None]
     return max(SEQUENCE_DIGITS, longest, *stored)
@@ -92,6 +95,11 @@ def _position_keys(
     sequences: pa.Array | pa.ChunkedArray, subs: pa.Array | pa.ChunkedArray, width: int
 ) -> pa.Array:
     """Text keys that sort like (sequence number, sub-sequence number) compared as integers (subs are >= 0)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from schemas.columns import contiguous
+
     if isinstance(sequences, pa.ChunkedArray):
         sequences = contiguous(sequences)
     if isinstance(subs, pa.ChunkedArray):
@@ -110,6 +118,8 @@ def _position_key(position: Position, width: int) -> str:
 
 
 def _is_increasing(keys: pa.Array) -> bool:
+    import pyarrow.compute as pc
+
     if len(keys) < 2:
         return True
     return bool(pc.all(pc.less(keys[:-1], keys[1:])).as_py())
@@ -130,6 +140,11 @@ def positions_increase(table: pa.Table) -> bool:
     (every Kinesis shard's) compare as text like their numbers, and short ones (emulators) as int64. Anything
     else is decided on the padded keys.
     """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from schemas.columns import contiguous
+
     if table.num_rows < 2:
         return True
     sequences = contiguous(table.column("sequence_number"))
@@ -162,6 +177,8 @@ def in_position_order(table: pa.Table) -> pa.Table:
 
 def sorted_by_position(table: pa.Table) -> pa.Table:
     """``table``'s rows sorted by position."""
+    import pyarrow.compute as pc
+
     if table.num_rows < 2:
         return table
     width = _key_width(table.column("sequence_number"))
@@ -171,6 +188,9 @@ def sorted_by_position(table: pa.Table) -> pa.Table:
 
 def records_after(table: pa.Table, position: Position) -> pa.Table:
     """The rows above ``position``, in their order."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     width = _key_width(table.column("sequence_number"), position)
     keys = _position_keys(table.column("sequence_number"), table.column("sub_sequence_number"), width)
     return table.filter(pc.greater(keys, pa.scalar(_position_key(position, width))))
@@ -187,6 +207,8 @@ def _extreme_position(sequences: pa.ChunkedArray, subs: pa.ChunkedArray, which: 
     Sequence numbers are decimal digits: without leading zeros, the shorter is the smaller and texts of one length
     compare like their numbers, so a few min/max kernels find it (texts with leading zeros: compared as integers).
     """
+    import pyarrow.compute as pc
+
     lengths = pc.utf8_length(sequences)
     if pc.any(pc.and_(pc.starts_with(sequences, "0"), pc.greater(lengths, 1))).as_py():
         pairs = list(zip(sequences.to_pylist(), subs.to_pylist(), strict=True))  # never from Kinesis
