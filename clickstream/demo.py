@@ -220,7 +220,7 @@ def _run_worker(
                     )
                     time.sleep(0.5)
         finally:
-            _stop_worker(process, stop_deadline_seconds + _STOP_MARGIN_SECONDS)
+            _stop_worker(process, stop_deadline_seconds + _STOP_MARGIN_SECONDS, console)
     statuses = read_statuses(status_directory(state_dir))
     flushed = sum(s.records_flushed for s in statuses.values())
     console.print(
@@ -234,13 +234,16 @@ def _run_worker(
 _STOP_MARGIN_SECONDS: Final = 10.0
 
 
-def _stop_worker(process: subprocess.Popen[bytes], timeout: float) -> None:
+def _stop_worker(process: subprocess.Popen[bytes], timeout: float, console: Console) -> None:
     """The worker stopped with the demo, however the demo ends (a SIGTERM sent to the demo alone, as ``kill`` or
     ``docker stop`` send it, reached no other process, and the worker went on without its emulator): SIGTERM, so
     it flushes and checkpoints while the emulator still runs, then SIGKILL past ``timeout`` or at a second
-    interruption (its KCL dies with it)."""
+    interruption (its KCL dies with it). Says so: the stop takes seconds, which read as a hang after a Ctrl-C."""
     if process.poll() is not None:
         return
+    console.print(
+        f"   stopping the worker: flushing its shards (up to {timeout:.0f}s; Ctrl-C again to force) ..."
+    )
     process.terminate()
     try:
         process.wait(timeout=timeout)

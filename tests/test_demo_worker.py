@@ -37,13 +37,25 @@ def _started(behaviour: str) -> subprocess.Popen[bytes]:
 
 def test_a_worker_that_stops_on_sigterm_is_left_to_stop() -> None:
     process = _started("stops")
-    demo._stop_worker(process, timeout=30)
+    said = io.StringIO()
+    demo._stop_worker(process, timeout=30, console=Console(file=said, width=200))
     assert process.returncode == 0  # its own exit, not a kill
+    # the stop takes up to the deadline: nothing printed during it read as a hang after a Ctrl-C
+    assert "stopping the worker" in said.getvalue() and "Ctrl-C again to force" in said.getvalue()
+
+
+def test_a_worker_that_ended_by_itself_is_not_said_to_be_stopped() -> None:
+    process = _started("stops")
+    process.terminate()
+    process.wait()
+    said = io.StringIO()
+    demo._stop_worker(process, timeout=30, console=Console(file=said, width=200))
+    assert said.getvalue() == ""
 
 
 def test_a_worker_that_does_not_stop_is_killed_past_the_timeout() -> None:
     process = _started("ignores")
-    demo._stop_worker(process, timeout=0.5)
+    demo._stop_worker(process, timeout=0.5, console=Console(file=io.StringIO()))
     assert process.returncode == -9
 
 
