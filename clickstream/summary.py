@@ -74,6 +74,16 @@ def print_summary(
     s3 = aws_client("s3", settings)
     require_worker_prefix(s3, settings)
     outputs = committed_outputs(s3, settings)
+    missing = [key for output in DATA_OUTPUTS for key in outputs.missing[output]]
+    if download is not None:  # refused before the summary is read and printed
+        stale = stale_copies(download, settings, {*outputs.all_committed_keys(), *missing})
+        if stale:
+            raise FrontDoorError(
+                f"{download} holds {len(stale):,} files of the outputs that no commit record names now (the first: "
+                f"{stale[0]}): a copy of another run (a prefix emptied and written again), which a query of the "
+                "folder would read with this one's: give an empty folder, or delete them (nothing copied)",
+                USAGE,
+            )
 
     files = _table("output", "files", "rows", "MiB")
     for output in DATA_OUTPUTS:
@@ -128,16 +138,7 @@ def print_summary(
     else:
         _print_customers(console, con, current_rows_of_table(con, aggregates).to_arrow_table(), top)
 
-    missing = [key for output in DATA_OUTPUTS for key in outputs.missing[output]]
     if download is not None:
-        stale = stale_copies(download, settings, {*outputs.all_committed_keys(), *missing})
-        if stale:
-            raise FrontDoorError(
-                f"{download} holds {len(stale):,} files of the outputs that no commit record names now (the first: "
-                f"{stale[0]}): a copy of another run (a prefix emptied and written again), which a query of the "
-                "folder would read with this one's: give an empty folder, or delete them (nothing copied)",
-                USAGE,
-            )
         with progress_of("downloading committed files", "file", bar=show_progress(None)) as report:
             copied = download_keys(
                 s3, settings.bucket, outputs.all_committed_keys(), download, progress=report

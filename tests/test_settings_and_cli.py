@@ -1760,6 +1760,7 @@ def test_summary_download_refuses_a_folder_holding_another_runs_files(tmp_path: 
     assert mixed.exit_code == 2, mixed.output
     assert "holds 1 files of the outputs that no commit record names now" in mixed.output
     assert "old.parquet" in mixed.output and "nothing copied" in mixed.output
+    assert "Committed outputs" not in mixed.output  # refused first, not after the whole summary
     assert sorted(p for p in folder.rglob("*") if p.is_file()) == before
 
 
