@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from clickstream.console import progress_of
 from clickstream.kept_reads import Found, KeptRead
-from clickstream.outputs import MAX_WORKERS, current_rows_sql, download_keys
+from clickstream.outputs import MAX_WORKERS, current_rows_sql, download_keys, require_worker_prefix
 from consumer.s3_sink import S3ParquetSink, read_commits_since
 from runtime.settings import Settings
 from schemas.control import CommitRecord
@@ -146,7 +146,8 @@ def _refuse_another_prefix(folder: Path, prefix: str) -> None:
 def read_committed_rows(s3: Any, settings: Settings, workdir: Path, *, progress: bool = True) -> CurrentRows:
     """The current rows of the prefix: the last run's kept rows merged with the customer_aggregates files of the
     commits made since (all of them when none are kept), downloaded in parallel into ``workdir``; then kept for the
-    next run."""
+    next run. A bucket and prefix no worker started on are refused (a mistyped --prefix), as by every reader."""
+    require_worker_prefix(s3, settings)
     kept_read = KeptRead(s3, settings, "current_rows", _RULE, "the kept current rows")
     kept_path = workdir / "kept-current-rows.parquet"
 

@@ -37,7 +37,8 @@ def require_worker_prefix(s3: Any, settings: Settings) -> None:
     if not prefix_in_use(s3, settings.bucket, OutputLayout(settings.prefix)):
         raise FrontDoorError(
             f"no worker has written under s3://{settings.bucket}/{settings.prefix}/ (no stream claim, no commit "
-            "record): check CLICKSTREAM_BUCKET / --bucket and CLICKSTREAM_PREFIX / --prefix",
+            "record): check CLICKSTREAM_BUCKET / --bucket and CLICKSTREAM_PREFIX / --prefix, or run "
+            "`clickstream worker` there first",
             USAGE,
         )
 

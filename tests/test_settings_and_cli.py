@@ -1169,6 +1169,7 @@ def test_a_replay_to_the_minute_reads_and_names_that_range() -> None:
         ["manifest", "--output", "events", "--upload"],
         ["report", "--output", "{tmp}/report.html"],
         ["replay", "--from", "2026-03-01", "--to", "2026-03-02"],
+        ["score"],  # said "no customer_aggregates files", with no word of the prefix
     ],
 )
 def test_readers_refuse_a_prefix_no_worker_started_on(command: list[str], tmp_path: Path) -> None:
@@ -1184,7 +1185,8 @@ def test_readers_refuse_a_prefix_no_worker_started_on(command: list[str], tmp_pa
     assert error_lines(result.output)[0].startswith("no worker has written under s3://typo/nothing-here/"), (
         result.output
     )
-    assert "--prefix" in result.output and "Traceback" not in result.output
+    assert "--prefix" in result.output and "clickstream worker" in result.output
+    assert "Traceback" not in result.output
     assert written == 0 and not (tmp_path / "report.html").exists()
 
 
