@@ -44,7 +44,7 @@ from clickstream.options import (
     writable_file,
     writable_folder,
 )
-from runtime.exit_codes import INTERRUPTED, OK, RUNTIME, TERMINATED, USAGE
+from runtime.exit_codes import INTERRUPTED, OK, READER_GONE, RUNTIME, TERMINATED, USAGE
 from runtime.logs import LOG_FORMAT_ENV, LOG_LEVEL_ENV
 from runtime.settings import Settings
 from schemas.layout import DATA_OUTPUTS
@@ -183,7 +183,7 @@ class FrontDoor(click.Group):
         except BrokenPipeError:  # the reader went away (`generate -o - | head`): nothing to say to anyone
             # Python's own flush at exit would fail
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            sys.exit(RUNTIME)
+            sys.exit(READER_GONE)
         except Exception as error:  # noqa: BLE001 - the one place every failure becomes one line
             failure = explain(error)
             options = ctx.obj if isinstance(ctx.obj, dict) else {}

@@ -15,5 +15,8 @@ USAGE: Final = 2
 STUCK: Final = 3
 #: Stopped by Ctrl-C after saying what it had done (128 + SIGINT, as shells report it).
 INTERRUPTED: Final = 130
+#: Its output's reader went away (``generate -o - | head``): ended without a word, as a Unix tool killed by SIGPIPE
+#: (128 + SIGPIPE), told apart from a failure (1).
+READER_GONE: Final = 141
 #: Stopped by SIGTERM (docker stop, ECS, timeout) after saying what it had done (128 + SIGTERM).
 TERMINATED: Final = 143
