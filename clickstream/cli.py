@@ -119,7 +119,7 @@ def _answer_as_health_check(error: click.ClickException, command: str | None) ->
 #: What a command stopped by Ctrl-C leaves behind (commands not named write nothing).
 _INTERRUPTION_LEAVES: Final = {
     "setup": "run it again: it creates only what is still missing",
-    "generate": "the output file may hold only part of the records",
+    "generate": "no output file was written (an earlier file of that name is as it was)",
     "produce": "records sent before the stop stay on the stream; the same input can be sent again: the worker counts "
     "an event id delivered twice once (within CLICKSTREAM_DEDUPE_WINDOW_DAYS)",
     "score": "no run was committed (readers and the next run ignore a run's files without its commit record); "
@@ -498,7 +498,7 @@ def generate(output: Path, progress: bool | None, **options: Any) -> None:
     from producer.generator import write_jsonl
 
     generator = _make_generator(**options)
-    # a stop (Ctrl-C, SIGTERM) is said by the front door: the output file may hold only part of the records
+    # a stop (Ctrl-C, SIGTERM) is said by the front door: the output file is written whole or not at all
     with progress_of("generating", "record", bar=show_progress(progress)) as report:
         records = _counted(generator.events(), generator.total_records, report)
         if str(output) == "-":

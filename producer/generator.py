@@ -836,9 +836,9 @@ class _ReproducibleGzip(gzip.GzipFile):
             self._raw.close()  # a GzipFile leaves a file object it was given open
 
 
-def _create(path: Path) -> IO[bytes]:
-    """A file to write, gzip-compressed when its name ends in ``.gz``."""
-    if path.suffix.lower() == ".gz":
+def _create(path: Path, *, compressed: bool) -> IO[bytes]:
+    """A file to write, gzip-compressed if asked."""
+    if compressed:
         return cast(IO[bytes], _ReproducibleGzip(path))
     return path.open("wb")
 
@@ -875,10 +875,29 @@ def write_jsonl(path: str | Path, records: Iterable[bytes]) -> int:
     """Write one record per line (newline-separated, ``.gz`` compressed by suffix); returns the record count.
 
     Compact JSON never contains a raw newline; a record that does cannot be framed as a line and is refused.
+    The file appears under its name only once whole: the lines go to a hidden file beside it, renamed at the end
+    and deleted if the writing stops (Ctrl-C, a full disk, a bad record), so a stopped run leaves no file that
+    breaks off (a ``.gz`` that fails its CRC) and an earlier file of that name as it was. A device or a pipe
+    (``/dev/stdout``) is written in place.
     """
+    target = Path(path)
+    compressed = target.suffix.lower() == ".gz"
+    if target.exists() and not target.is_file():
+        return _write_lines(target, records, compressed=compressed, named=target)
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        count = _write_lines(partial, records, compressed=compressed, named=target)
+        os.replace(partial, target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return count
+
+
+def _write_lines(path: Path, records: Iterable[bytes], *, compressed: bool, named: Path) -> int:
     count = 0
     try:
-        with _create(Path(path)) as out:
+        with _create(path, compressed=compressed) as out:
             for record in records:
                 if b"\n" in record:
                     raise ValueError(f"record {count} contains a newline and cannot be written as one line")
@@ -886,8 +905,10 @@ def write_jsonl(path: str | Path, records: Iterable[bytes]) -> int:
                 out.write(b"\n")
                 count += 1
     except OSError as error:
-        if error.filename is None:  # a failed write (a full disk) names no file: say which
-            error.filename = str(path)
+        if error.filename is None or error.filename == str(
+            path
+        ):  # name the file asked for, not its hidden draft
+            error.filename = str(named)
         raise
     return count
 

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -326,6 +327,30 @@ def test_jsonl_round_trip_preserves_bytes(tmp_path: Path) -> None:
         assert list(read_jsonl(path)) == records
     with pytest.raises(ValueError, match="newline"):
         write_jsonl(tmp_path / "bad.jsonl", [b'{"a":1}\n{"b":2}'])
+
+
+@pytest.mark.parametrize("name", ["events.jsonl", "events.jsonl.gz"])
+def test_a_write_that_stops_leaves_no_partial_file_and_an_earlier_one_as_it_was(
+    tmp_path: Path, name: str
+) -> None:
+    """Ctrl-C during `generate -o big.jsonl.gz` left a file under the final name that broke off (a gzip CRC
+    error), and had already replaced an earlier file of that name."""
+    path = tmp_path / name
+    earlier = list(generate_events(5, 50, 1))
+    write_jsonl(path, earlier)
+    before = path.read_bytes()
+
+    def stopped() -> Iterator[bytes]:
+        yield from generate_events(20, 500, 2)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_jsonl(path, stopped())
+    assert path.read_bytes() == before and list(read_jsonl(path)) == earlier
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no hidden draft left beside it
+    with pytest.raises(ValueError, match="newline"):
+        write_jsonl(tmp_path / "new.jsonl", [b'{"a":1}', b'{"a":1}\n{"b":2}'])
+    assert not (tmp_path / "new.jsonl").exists()
 
 
 def test_a_gzip_file_is_read_as_gzip_whatever_its_name_and_an_editor_s_bom_is_not_a_record_byte(

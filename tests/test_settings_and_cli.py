@@ -2624,25 +2624,28 @@ def test_an_empty_state_dir_is_refused_by_the_worker_and_by_health(
     assert "CLICKSTREAM_STATE_DIR: empty" in result.output
 
 
-def test_generate_stopped_by_sigterm_says_its_file_may_be_partial(tmp_path: Path) -> None:
-    """SIGTERM (a task stopped, `timeout`) ended generate without a word, a partial file under its final name."""
+def test_generate_stopped_by_sigterm_says_so_and_leaves_no_partial_file(tmp_path: Path) -> None:
+    """SIGTERM (a task stopped, `timeout`) ended generate without a word, a partial file under its final name; then
+    with a word, the partial file still there (a `.gz` of it failed its CRC)."""
     import signal
     import time
 
     output = tmp_path / "events.jsonl"
+    draft = tmp_path / ".events.jsonl.partial"
     process = subprocess.Popen(
         [sys.executable, "-m", "clickstream.cli", "generate", "--events", "5000000", "-o", str(output)],
         stderr=subprocess.PIPE,
         text=True,
     )
     deadline = time.monotonic() + 60
-    while (not output.exists() or output.stat().st_size < 100_000) and time.monotonic() < deadline:
+    while (not draft.exists() or draft.stat().st_size < 100_000) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert output.exists() and output.stat().st_size >= 100_000, "stopped once it was writing"
+    assert draft.exists() and draft.stat().st_size >= 100_000, "stopped once it was writing"
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 143, stderr
-    assert "generate interrupted (SIGTERM) before it finished: the output file may hold only part" in stderr
+    assert "generate interrupted (SIGTERM) before it finished: no output file was written" in stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_generate_shows_its_progress_toward_the_planned_records(tmp_path: Path) -> None:
