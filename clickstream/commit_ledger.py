@@ -21,6 +21,7 @@ from consumer.s3_sink import S3ParquetSink, read_commits_since
 from runtime.settings import Settings
 from schemas.control import CONTROL_FORMAT, CommitRecord, ControlRecordError, ShardCover
 from schemas.layout import OutputLayout
+from schemas.positions import Position
 
 #: How the kept file is made: a file of another format (or of another version's records) does not hold.
 _RULE: Final = f"commit-records-jsonl-gzip-format-{CONTROL_FORMAT}"
@@ -102,9 +103,19 @@ def _dump(records: list[CommitRecord]) -> bytes:
 
 
 def _load(body: bytes) -> list[CommitRecord]:
-    """The kept records, line by line (raises ``ControlRecordError`` on a damaged file: it then does not hold)."""
+    """The kept records, line by line (raises ``ControlRecordError`` on a damaged file: it then does not hold).
+
+    A chain holds one commit per (shard, position continued from): a record kept twice, by an earlier version that
+    read a copy of a commit record under another name as one more commit, is taken once."""
     try:
         with gzip.GzipFile(fileobj=io.BytesIO(body)) as lines:
-            return [CommitRecord.from_json(line) for line in lines if line.strip()]
+            records = [CommitRecord.from_json(line) for line in lines if line.strip()]
     except (OSError, EOFError, zlib.error) as error:
         raise ControlRecordError(f"the kept commit records do not decompress ({error})") from None
+    links: set[tuple[str, Position | None]] = set()
+    unique = []
+    for record in records:
+        if (link := (record.shard_id, record.previous)) not in links:
+            links.add(link)
+            unique.append(record)
+    return unique

@@ -462,7 +462,7 @@ def read_commit_records(
         keys = _commit_keys(s3, bucket, layout.all_commits_prefix)
     else:
         keys = _shard_commit_keys(s3, bucket, layout, shard_id, continuing_from)
-    return _fetch_commits(s3, bucket, keys, max_workers, progress)
+    return _fetch_commits(s3, bucket, layout, keys, max_workers=max_workers, progress=progress)
 
 
 def read_commits_since(
@@ -488,7 +488,7 @@ def read_commits_since(
     keys = [
         key for shard in shards for key in _shard_commit_keys(s3, bucket, layout, shard, covered.get(shard))
     ]
-    return _fetch_commits(s3, bucket, keys, max_workers, progress)
+    return _fetch_commits(s3, bucket, layout, keys, max_workers=max_workers, progress=progress)
 
 
 @dataclass(frozen=True, slots=True)
@@ -555,12 +555,12 @@ def read_partition_commits(
         else:  # no commit of the shard comes before any of its files, so none names them: its first flush is
             newest_of_the_day.add(shard_id)  # under way (or lost its commit); either way, the day may grow
     keys = [key for _, chain, low, high in runs for key in chain[low : high + 1]]
-    records = _fetch_commits(s3, bucket, keys, max_workers, progress)
+    records = _fetch_commits(s3, bucket, layout, keys, max_workers=max_workers, progress=progress)
     for shard_id, chain, low, high in runs:
         for step, beyond in ((-1, low - 1), (1, high + 1)):
             at = beyond
             while 0 <= at < len(chain):
-                neighbour = read_commit(s3, bucket, chain[at])
+                neighbour = _read_commit_at(s3, bucket, layout, chain[at])
                 if another_day(neighbour):
                     break
                 records.append(neighbour)
@@ -625,17 +625,35 @@ def _shard_commit_keys(
     return [
         key
         for key in keys
-        if (previous := layout.commit_previous(key)) is not None and previous >= continuing_from
+        if (previous := _commit_previous(layout, key)) is not None and previous >= continuing_from
     ]
 
 
 def _fetch_commits(
-    s3: Any, bucket: str, keys: list[str], max_workers: int, progress: Callable[[int, int], None] | None
+    s3: Any,
+    bucket: str,
+    layout: OutputLayout,
+    keys: list[str],
+    *,
+    max_workers: int,
+    progress: Callable[[int, int], None] | None,
 ) -> list[CommitRecord]:
     def fetch(key: str) -> CommitRecord:
-        return read_commit(s3, bucket, key)
+        return _read_commit_at(s3, bucket, layout, key)
 
     return sorted(map_in_parallel(fetch, keys, max_workers, progress), key=CommitRecord.chain_order)
+
+
+def _read_commit_at(s3: Any, bucket: str, layout: OutputLayout, key: str) -> CommitRecord:
+    """The commit record at ``key`` of a listing, which must be its own key: a copy of a record under another name
+    (``start-backup.json``) was read as one more commit, its files counted twice (a manifest loaded them twice)."""
+    record = read_commit(s3, bucket, key)
+    if (own := layout.commit_key(record.shard_id, record.previous)) != key:
+        raise ControlRecordError(
+            f"s3://{bucket}/{key}: holds the commit record whose key is {own} (a copy, or moved): no worker "
+            f"writes it there; move it out of {layout.all_commits_prefix}"
+        )
+    return record
 
 
 def map_in_parallel(

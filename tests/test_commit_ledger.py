@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +15,7 @@ from botocore.exceptions import ClientError
 from clickstream.commit_ledger import read_all_commits
 from consumer.s3_sink import read_commit_records
 from runtime.settings import Settings
-from schemas.control import CommitRecord, KeptReadPointer
+from schemas.control import CommitRecord, ControlRecordError, KeptReadPointer
 from schemas.layout import OutputLayout
 from tests.moto_support import CountingReads, moto_bucket
 from tests.test_current_rows import HidingOneCommit, ReadOnly, Worker, purchases
@@ -95,6 +96,44 @@ def test_a_prefix_written_again_is_read_again_whole(s3: Any, settings: Settings)
     again.flush(SHARDS[0], purchases(range(2), 2, "b"))
     assert read_all_commits(s3, settings, max_workers=4) == everything(s3)
     assert [record.attempt_id for record in everything(s3)] == ["attempt101"]
+
+
+@pytest.mark.parametrize("kept_first", [False, True], ids=["whole read", "read since the kept records"])
+def test_a_copy_of_a_commit_record_under_another_name_is_refused_naming_both(
+    s3: Any, settings: Settings, kept_first: bool
+) -> None:
+    """A copy (``start-backup.json``) was read as one more commit: a manifest listed its files twice, and kept them
+    twice for good; read from the kept records on, its name failed as "not a position key part"."""
+    worker = Worker(s3, settings)
+    worker.flush(SHARDS[0], purchases(range(4), 1, "a"))
+    worker.flush(SHARDS[0], purchases(range(4), 2, "a"))
+    if kept_first:
+        read_all_commits(s3, settings, max_workers=4)
+    start = LAYOUT.commit_key(SHARDS[0], None)
+    copy = start.replace("start.json", "start-backup.json")
+    s3.copy_object(Bucket=BUCKET, Key=copy, CopySource={"Bucket": BUCKET, "Key": start})
+    holds_another = f"s3://{BUCKET}/{copy}: holds the commit record whose key is {start}"
+    with pytest.raises(ControlRecordError) as refused:
+        read_all_commits(s3, settings, max_workers=4)
+    # read from the kept records on, the commits after them are listed by the position their names continue from
+    assert str(refused.value).startswith(
+        f"{copy}: not a commit record's name" if kept_first else holds_another
+    )
+    with pytest.raises(ControlRecordError, match=re.escape(holds_another)):
+        read_commit_records(s3, BUCKET, LAYOUT)
+
+
+def test_kept_records_holding_a_commit_twice_are_taken_once() -> None:
+    """What the reading of such a copy kept (by a version before the copy was refused) counts once."""
+    from clickstream.commit_ledger import _dump, _load
+
+    with moto_bucket(BUCKET) as client:
+        settings = Settings(bucket=BUCKET, prefix="rfm")
+        worker = Worker(client, settings)
+        worker.flush(SHARDS[0], purchases(range(4), 1, "a"))
+        worker.flush(SHARDS[1], purchases(range(4), 1, "b"))
+        first, second = read_commit_records(client, BUCKET, LAYOUT)
+    assert _load(_dump([first, first, second, first])) == [first, second]
 
 
 @pytest.mark.parametrize("damage", ["not gzip", "not records", "another rule"])
