@@ -2,17 +2,19 @@
 customers, RFM.
 
 Counts come from the commit records and the committed files themselves, read from S3 at the time of the call
-(never from a local folder, which may hold an older run). ``download`` copies the committed files, in parallel,
-only when asked. Tables fit 80 columns, so they survive a narrow terminal and a pipe.
+(never from a local folder, which may hold an older run); each customer's current row as ``score`` reads it.
+``download`` copies the committed files, in parallel, only when asked. Tables fit 80 columns, so they survive a
+narrow terminal and a pipe.
 """
 
 from __future__ import annotations
 
 import shlex
 import sys
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import duckdb
 import pyarrow as pa
@@ -22,10 +24,12 @@ from rich.table import Table
 from rich.text import Text
 
 from clickstream.console import progress_of
+from clickstream.current_rows import read_committed_rows
 from clickstream.errors import FrontDoorError
 from clickstream.options import show_progress
 from clickstream.outputs import (
     CURRENT_ROW,
+    CommittedOutputs,
     committed_outputs,
     current_rows_of_table,
     download_keys,
@@ -130,13 +134,11 @@ def print_summary(
             reasons.add_row(str(code), f"{count:,}")
         _print(console, "Rejected records by reason (errors/)", reasons)
 
-    # every customer_aggregates file is read (a long while for a long history): its progress is shown
-    with progress_of("reading customer_aggregates", "file", bar=show_progress(None)) as report:
-        aggregates = read_tables(s3, settings.bucket, outputs.present("customer_aggregates"), progress=report)
-    if aggregates is None or not aggregates.num_rows:
+    current = _current_customer_rows(s3, settings, outputs, con)
+    if current is None or not current.num_rows:
         console.print("no customer aggregates committed yet")
     else:
-        _print_customers(console, con, current_rows_of_table(con, aggregates).to_arrow_table(), top)
+        _print_customers(console, con, current, top)
 
     if download is not None:
         with progress_of("downloading committed files", "file", bar=show_progress(None)) as report:
@@ -163,6 +165,25 @@ def print_summary(
             " deleted or moved after they were committed (a lifecycle rule on the prefix?); the counts above come "
             "from their commit records, the tables from the files still there"
         )
+
+
+def _current_customer_rows(
+    s3: Any, settings: Settings, outputs: CommittedOutputs, con: duckdb.DuckDBPyConnection
+) -> pa.Table | None:
+    """Each customer's current row. Read as ``score`` reads them (the rows kept by the last run, merged with the
+    files committed since, on disk): memory follows the customers, not every version of them ever written (all of
+    the history's files in one table took about 900 MiB for 2 M rows). With committed files S3 no longer has, from
+    the files still there (which only that history holds)."""
+    if not outputs.present("customer_aggregates"):
+        return None
+    if outputs.missing["customer_aggregates"]:
+        with progress_of("reading customer_aggregates", "file", bar=show_progress(None)) as report:
+            aggregates = read_tables(
+                s3, settings.bucket, outputs.present("customer_aggregates"), progress=report
+            )
+        return None if aggregates is None else current_rows_of_table(con, aggregates).to_arrow_table()
+    with tempfile.TemporaryDirectory(prefix="clickstream-summary-") as workdir:
+        return read_committed_rows(s3, settings, Path(workdir), progress=show_progress(None)).table
 
 
 def _print_customers(console: Console, con: duckdb.DuckDBPyConnection, current: pa.Table, top: int) -> None:

@@ -604,6 +604,7 @@ def test_summary_shows_progress_of_its_long_reads_and_of_a_download(
 ) -> None:
     """A long history's summary read every customer_aggregates file, and downloaded every committed file, for a
     minute with nothing shown: each now reports its progress (a bar on a terminal, else a line every 30 s)."""
+    import clickstream.current_rows as current_rows
     import clickstream.summary as summary
 
     reported: dict[str, list[tuple[int, int]]] = {}
@@ -614,6 +615,9 @@ def test_summary_shows_progress_of_its_long_reads_and_of_a_download(
         yield lambda done, total: calls.append((done, total))
 
     monkeypatch.setattr(summary, "progress_of", recording)
+    monkeypatch.setattr(
+        current_rows, "progress_of", recording
+    )  # the customers' rows are read as score reads them
     summary.print_summary(settings, tmp_path, console=Console(record=True, width=160))
     copied = [path for path in tmp_path.rglob("*") if path.is_file()]
     aggregates = [path for path in copied if "/customer_aggregates/" in str(path)]

@@ -1830,6 +1830,48 @@ def test_summary_and_manifest_name_committed_files_that_s3_no_longer_has(tmp_pat
     assert uploaded.get("KeyCount", 0) == 0, "no manifest written"
 
 
+def test_summary_reads_each_customers_current_row_as_score_does_not_every_version(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """summary read every customer_aggregates file ever committed into one table (every version of every customer:
+    about 900 MiB for 2 M rows); it now reads the rows the last run kept and the files committed since."""
+    from clickstream import summary as summary_module
+    from tests.moto_support import CountingReads, moto_bucket
+    from tests.test_current_rows import Worker, purchases
+
+    layout, shard = OutputLayout("rfm"), "shardId-000000000000"
+    aggregates = layout.output_prefix("customer_aggregates")
+    arguments = ["summary", "--bucket", "kept-rows", "--top", "1"]
+    with moto_bucket("kept-rows") as s3:
+        worker = Worker(s3, Settings(bucket="kept-rows", prefix="rfm"))
+        for day in (1, 2, 3):
+            worker.flush(shard, purchases(range(1, 3), day, "a"))
+        reads = CountingReads(s3)
+        # download_file's GETs are botocore's own, not through this client: counted here
+        monkeypatch.setattr(
+            reads,
+            "download_file",
+            lambda bucket, key, path: (reads.read.append(key), s3.download_file(bucket, key, path)),
+            raising=False,
+        )
+        monkeypatch.setattr(summary_module, "aws_client", lambda *_, **__: reads)
+        first = CliRunner().invoke(main, arguments, terminal_width=120)
+        first_reads = [key for key in reads.read if key.startswith(aggregates)]
+        worker.flush(shard, purchases(range(1, 3), 4, "a"))
+        reads.read.clear()
+        second = CliRunner().invoke(main, arguments, terminal_width=120)
+        second_reads = [key for key in reads.read if key.startswith(aggregates)]
+    assert first.exit_code == 0 and second.exit_code == 0, second.output
+    assert len(first_reads) == 3 and len(second_reads) == 1, (first_reads, second_reads)
+    top = {
+        run: [line.split() for line in result.output.splitlines() if line.strip().startswith("c-")]
+        for run, result in (("first", first), ("second", second))
+    }
+    purchases_column = [header for header, _ in TOP_COLUMNS].index("purchases")
+    assert top["first"][0][0] == top["second"][0][0] == "c-a002", top  # the higher revenue
+    assert (top["first"][0][purchases_column], top["second"][0][purchases_column]) == ("3", "4"), top
+
+
 def test_summary_counts_t_to_the_newest_as_of_as_score_does() -> None:
     """A quiet shard's rows stop at its last flush; their own T would be days short of the busy shard's."""
     layout = OutputLayout("rfm")
