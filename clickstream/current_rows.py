@@ -185,6 +185,11 @@ def _rows_since(
     if found.pointer is not None:
         paths.insert(0, str(kept_path))
         size += kept_path.stat().st_size
-    rows = _current_rows(paths, f"s3://{settings.bucket}/{layout.output_prefix('customer_aggregates')}", size)
+    source = f"s3://{settings.bucket}/{layout.output_prefix('customer_aggregates')}"
+    try:
+        rows = _current_rows(paths, source, size)
+    except InputError as error:  # a file that does not read: named by its key, not by its deleted local copy
+        local_names = str(error).replace(str(kept_path), "the kept rows")
+        raise InputError(local_names.replace(f"{workdir}/", f"s3://{settings.bucket}/")) from None
     kept_rows = found.pointer.rows if found.pointer else None
     return replace(rows, kept_rows=kept_rows, commits=len(records)), records

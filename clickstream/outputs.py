@@ -175,7 +175,14 @@ def read_tables(
                 raise
             missing.append(key)
             return None
-        return pq.read_table(io.BytesIO(body), columns=columns)
+        try:
+            return pq.read_table(io.BytesIO(body), columns=columns)
+        except (
+            pa.ArrowException
+        ) as error:  # a committed file written over, or damaged: named, as a control record is
+            raise FrontDoorError(
+                f"s3://{bucket}/{key}: a committed file that is not readable Parquet ({error})", USAGE
+            ) from None
 
     if not keys:
         return None

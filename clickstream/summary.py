@@ -42,7 +42,7 @@ from runtime.exit_codes import USAGE
 from runtime.settings import Settings
 from schemas.control import CommitRecord
 from schemas.layout import DATA_OUTPUTS
-from scoring.inputs import observation_end
+from scoring.inputs import InputError, observation_end
 
 #: Columns of the top-customers table (header, column): the BG/NBD and Gamma-Gamma inputs and what drives them.
 TOP_COLUMNS = (
@@ -183,7 +183,10 @@ def _current_customer_rows(
             )
         return None if aggregates is None else current_rows_of_table(con, aggregates).to_arrow_table()
     with tempfile.TemporaryDirectory(prefix="clickstream-summary-") as workdir:
-        return read_committed_rows(s3, settings, Path(workdir), progress=show_progress(None)).table
+        try:
+            return read_committed_rows(s3, settings, Path(workdir), progress=show_progress(None)).table
+        except InputError as error:  # a committed file that does not read, named
+            raise FrontDoorError(str(error), USAGE) from None
 
 
 def _print_customers(console: Console, con: duckdb.DuckDBPyConnection, current: pa.Table, top: int) -> None:

@@ -615,9 +615,12 @@ def test_summary_shows_progress_of_its_long_reads_and_of_a_download(
         yield lambda done, total: calls.append((done, total))
 
     monkeypatch.setattr(summary, "progress_of", recording)
-    monkeypatch.setattr(
-        current_rows, "progress_of", recording
-    )  # the customers' rows are read as score reads them
+    # the customers' rows are read as score reads them; what an earlier test's run kept is dropped: every file is
+    # read again
+    monkeypatch.setattr(current_rows, "progress_of", recording)
+    kept = s3.list_objects_v2(Bucket=settings.bucket, Prefix=settings.layout.kept_prefix("current_rows"))
+    for obj in kept.get("Contents", []):
+        s3.delete_object(Bucket=settings.bucket, Key=obj["Key"])
     summary.print_summary(settings, tmp_path, console=Console(record=True, width=160))
     copied = [path for path in tmp_path.rglob("*") if path.is_file()]
     aggregates = [path for path in copied if "/customer_aggregates/" in str(path)]

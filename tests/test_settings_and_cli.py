@@ -1872,6 +1872,29 @@ def test_summary_reads_each_customers_current_row_as_score_does_not_every_versio
     assert (top["first"][0][purchases_column], top["second"][0][purchases_column]) == ("3", "4"), top
 
 
+@pytest.mark.parametrize(
+    ("command", "output"),
+    [("summary", "errors"), ("summary", "customer_aggregates"), ("score", "customer_aggregates")],
+)
+def test_a_committed_file_that_is_not_parquet_is_named_by_its_key(command: str, output: str) -> None:
+    """summary said "unexpected ArrowInvalid: Could not open Parquet input source '<Buffer>'" (exit 1), naming no
+    file; score named its deleted local copy."""
+    layout = OutputLayout("rfm")
+    with mock_aws():
+        s3 = two_committed_flushes("junk-bucket", layout)
+        (damaged, *_) = sorted(
+            obj["Key"]
+            for obj in s3.list_objects_v2(Bucket="junk-bucket", Prefix=layout.output_prefix(output))[
+                "Contents"
+            ]
+        )
+        s3.put_object(Bucket="junk-bucket", Key=damaged, Body=b"not parquet at all")
+        result = CliRunner().invoke(main, [command, "--bucket", "junk-bucket"], terminal_width=200)
+    assert result.exit_code == 2, result.output
+    assert f"s3://junk-bucket/{damaged}" in result.output, result.output
+    assert "unexpected" not in result.output and "/tmp/" not in result.output
+
+
 def test_summary_counts_t_to_the_newest_as_of_as_score_does() -> None:
     """A quiet shard's rows stop at its last flush; their own T would be days short of the busy shard's."""
     layout = OutputLayout("rfm")
