@@ -260,8 +260,8 @@ def kcl_properties(settings: Settings, executable: str) -> str:
         "maxRecords": settings.kcl_max_records,
         "idleTimeBetweenReadsInMillis": settings.kcl_idle_time_between_reads_millis,
         "callProcessRecordsEvenForEmptyRecordList": "true",  # heartbeat: time-based flushes and idle detection
-        "shardSyncIntervalMillis": settings.kcl_shard_sync_interval_millis,
-        "leaseAssignmentIntervalMillis": settings.kcl_lease_assignment_interval_millis,
+        "shardSyncIntervalMillis": settings.effective_shard_sync_interval_millis,
+        "leaseAssignmentIntervalMillis": settings.effective_lease_assignment_interval_millis,
         "failoverTimeMillis": settings.kcl_failover_time_millis,
         "shutdownGraceMillis": settings.kcl_shutdown_grace_millis,
         "parentShardPollIntervalMillis": 1000,

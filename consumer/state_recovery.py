@@ -433,10 +433,16 @@ class StateRecovery:
                     )
                 else:
                     log.warning(
-                        "local state at %s is not on the S3 commit chain (snapshot at %s, tip at %s); rebuilding",
+                        "local state at %s is not on the S3 commit chain (snapshot at %s, tip at %s); rebuilding%s",
                         local.sequence_number,
                         base.sequence_number if base else "none",
                         walk[-1].sequence_number if walk[-1] else "the start",
+                        # nothing committed at all: the local state of another bucket or stream, or of an
+                        # emulator since restarted; said, since the usual cause then is not a fault
+                        " (nothing is committed for this shard: a state directory of another bucket or stream, "
+                        "or of an emulator restarted since?)"
+                        if base is None and walk[-1] is None
+                        else "",
                         extra={"shard_id": shard_id},
                     )
                     emit_metrics({Metric.LOCAL_STATE_DISCARDED: 1}, self.settings.metric_dimensions)

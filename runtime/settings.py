@@ -32,6 +32,12 @@ from runtime.logs import LOG_FORMAT_ENV, LOG_LEVEL_ENV, LOG_SOCKET_ENV
 from schemas.layout import OutputLayout
 
 ENV_PREFIX = "CLICKSTREAM_"
+#: The KCL's shard-sync and lease-assignment intervals unless set: its own defaults in AWS, seconds against an
+#: emulator (one stream, one or two workers, nothing to throttle them).
+AWS_SHARD_SYNC_MILLIS: Final = 60_000
+AWS_LEASE_ASSIGNMENT_MILLIS: Final = 20_000
+EMULATED_SHARD_SYNC_MILLIS: Final = 1_000
+EMULATED_LEASE_ASSIGNMENT_MILLIS: Final = 2_000
 
 #: Set by `clickstream worker` for its record processors: the JSON file holding the worker's resolved settings.
 SETTINGS_FILE_ENV = "CLICKSTREAM_SETTINGS_FILE"
@@ -202,13 +208,15 @@ class Settings(BaseSettings):
     kcl_idle_time_between_reads_millis: int = Field(
         250, ge=50, description="Polling pause when a shard is idle."
     )
-    kcl_shard_sync_interval_millis: int = Field(
-        60_000, ge=500, description="How often the KCL lists shards (lower it for emulators and tests)."
-    )
-    kcl_lease_assignment_interval_millis: int = Field(
-        20_000,
+    kcl_shard_sync_interval_millis: int | None = Field(
+        None,
         ge=500,
-        description="How often the KCL leader assigns leases (lower it for emulators and tests).",
+        description="How often the KCL lists shards; default 60000 in AWS, 1000 against an emulator.",
+    )
+    kcl_lease_assignment_interval_millis: int | None = Field(
+        None,
+        ge=500,
+        description="How often the KCL leader assigns leases; default 20000 in AWS, 2000 against an emulator.",
     )
     kcl_failover_time_millis: int = Field(
         10_000, ge=1_000, description="Lease duration before another worker may take it."
@@ -499,6 +507,21 @@ class Settings(BaseSettings):
         if self.kcl_metrics_level:
             return self.kcl_metrics_level
         return "NONE" if self.emulated else "SUMMARY"
+
+    @property
+    def effective_shard_sync_interval_millis(self) -> int:
+        """AWS's pace in AWS; against an emulator, seconds: at AWS's pace a first start there took minutes to take
+        its leases, which read as a hang."""
+        if self.kcl_shard_sync_interval_millis is not None:
+            return self.kcl_shard_sync_interval_millis
+        return EMULATED_SHARD_SYNC_MILLIS if self.emulated else AWS_SHARD_SYNC_MILLIS
+
+    @property
+    def effective_lease_assignment_interval_millis(self) -> int:
+        """As ``effective_shard_sync_interval_millis``, for the leader's lease assignment."""
+        if self.kcl_lease_assignment_interval_millis is not None:
+            return self.kcl_lease_assignment_interval_millis
+        return EMULATED_LEASE_ASSIGNMENT_MILLIS if self.emulated else AWS_LEASE_ASSIGNMENT_MILLIS
 
     @property
     def layout(self) -> OutputLayout:

@@ -38,7 +38,13 @@ from packaging.version import Version
 
 from clickstream import cli
 from consumer.kcl_worker import kcl_properties
-from runtime.settings import Settings, env_var_name, load_settings
+from runtime.settings import (
+    AWS_LEASE_ASSIGNMENT_MILLIS,
+    AWS_SHARD_SYNC_MILLIS,
+    Settings,
+    env_var_name,
+    load_settings,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -981,8 +987,8 @@ def test_worker_service(monkeypatch: pytest.MonkeyPatch) -> None:
     assert env["AWS_CBOR_ENABLED"] == "false"  # the KCL's Java SDK must not speak CBOR to an emulator
     settings = assert_env_configures_settings(env, monkeypatch)
     assert settings.worker_id == "compose-worker-1"  # stable: a restart reclaims its leases at once
-    assert settings.kcl_shard_sync_interval_millis < DEFAULTS["kcl_shard_sync_interval_millis"]
-    assert settings.kcl_lease_assignment_interval_millis < DEFAULTS["kcl_lease_assignment_interval_millis"]
+    assert settings.effective_shard_sync_interval_millis < AWS_SHARD_SYNC_MILLIS
+    assert settings.effective_lease_assignment_interval_millis < AWS_LEASE_ASSIGNMENT_MILLIS
     assert worker["healthcheck"]["test"] == ["CMD", "clickstream", "health"]
     context = invoke_args(worker["command"])
     grace = settings.kcl_shutdown_grace_millis / 1000

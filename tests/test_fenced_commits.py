@@ -440,7 +440,28 @@ def test_a_local_state_that_is_not_on_the_chain_is_discarded_and_rebuilt(
     assert report.discarded_local == Position(records[29].sequence_number)
     assert report.source == "empty" and report.commits_applied == 2
     assert "not on the S3 commit chain" in caplog.text and recovery_metrics == ["LocalStateDiscarded"]
+    assert "nothing is committed for this shard" not in caplog.text  # the shard has commits: no such guess
     assert foreign.snapshot_rows().equals(owner.state.snapshot_rows())
+
+
+def test_a_local_state_where_nothing_is_committed_says_what_the_usual_cause_is(
+    s3: Any, settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An emulator restarted under the same state directory (the README's clean slate) warned once a shard that
+    its local state was "not on the S3 commit chain", and nothing more, which read as a fault."""
+    records = to_records(payloads())
+    leftover = CustomerState(SHARD, tmp_path / "leftover.journal")
+    leftover.apply(records_table(records[:30]))
+
+    with caplog.at_level(logging.WARNING):
+        report = StateRecovery(s3, settings).restore(leftover)
+
+    assert report.source == "empty" and report.discarded_local == Position(records[29].sequence_number)
+    assert (
+        "not on the S3 commit chain (snapshot at none, tip at the start); rebuilding (nothing is committed"
+        in (caplog.text)
+    )
+    assert "an emulator restarted since?" in caplog.text and leftover.customer_count() == 0
 
 
 def test_a_local_state_older_than_the_snapshot_is_restored_from_it_without_the_discard_alarm(

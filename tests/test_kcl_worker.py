@@ -169,6 +169,33 @@ def test_metrics_level_defaults_to_none_against_an_emulator_and_summary_in_aws_u
     assert properties(kcl_properties(settings, EXECUTABLE))["metricsLevel"] == expected
 
 
+@pytest.mark.parametrize(
+    ("endpoint", "explicit", "expected"),
+    [
+        ("http://127.0.0.1:4566", None, (1_000, 2_000)),
+        (None, None, (60_000, 20_000)),
+        ("https://kinesis.eu-west-1.amazonaws.com", None, (60_000, 20_000)),
+        ("http://127.0.0.1:4566", 30_000, (30_000, 30_000)),
+        (None, 1_000, (1_000, 1_000)),
+    ],
+)
+def test_kcl_intervals_default_to_seconds_against_an_emulator_and_to_the_kcls_own_in_aws_unless_set(
+    endpoint: str | None, explicit: int | None, expected: tuple[int, int]
+) -> None:
+    """Against the emulator without the README's two exports, a first worker run took 2.5 minutes, showing only
+    "waiting for the KCL to take leases"."""
+    settings = load_settings(
+        aws_endpoint_url=endpoint,
+        kcl_shard_sync_interval_millis=explicit,
+        kcl_lease_assignment_interval_millis=explicit,
+    )
+    written = properties(kcl_properties(settings, EXECUTABLE))
+    assert (
+        int(written["shardSyncIntervalMillis"]),
+        int(written["leaseAssignmentIntervalMillis"]),
+    ) == expected
+
+
 def test_metrics_level_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLICKSTREAM_KCL_METRICS_LEVEL", "DETAILED")
     assert properties(kcl_properties(load_settings(), EXECUTABLE))["metricsLevel"] == "DETAILED"
