@@ -21,6 +21,7 @@ from clickstream.options import (
     writable_folder,
 )
 from runtime.exit_codes import RUNTIME, USAGE
+from runtime.logs import counted
 
 
 def _parse_as_of(_: click.Context, __: click.Parameter, value: str | None) -> datetime | None:
@@ -143,7 +144,7 @@ def score(
     state = "already committed" if outcome.already_committed else "committed"
     say(
         f"scored {commit.rows:,} buyers as of {commit.as_of.isoformat()}: run {commit.run_id} {state} "
-        f"({len(commit.files)} files, {commit.bytes_written:,} bytes)"
+        f"({counted(len(commit.files), 'file')}, {commit.bytes_written:,} bytes)"
     )
 
 

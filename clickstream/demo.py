@@ -117,6 +117,7 @@ def _run_demo(customers: int, events: int, seed: int, shards: int, output_dir: P
     from runtime.logs import configure_logging
     from runtime.settings import load_settings
 
+    started = time.monotonic()
     configure_logging("WARNING", json_format=False)  # a person is watching: progress lines, not log records
     console = Console()
     if not replaceable_output(output_dir):  # the CLI refuses it first; a caller of this function must too
@@ -174,7 +175,19 @@ def _run_demo(customers: int, events: int, seed: int, shards: int, output_dir: P
         console.print(f"6. results: what is committed in S3 (copied to {output_dir / 's3'}/)", soft_wrap=True)
         print_summary(settings, output_dir / "s3", console=console)
         _score_and_report(console, settings, output_dir)
+    _recap(console, output_dir, time.monotonic() - started)
     return 0
+
+
+def _recap(console: Console, output_dir: Path, seconds: float) -> None:
+    """What to look at, last: the run ends on the report's path, with the rest of its output scrolled away."""
+    folder = output_dir.resolve()
+    console.print(
+        f"\nDone in {seconds:.0f}s. Open [bold]{folder / 'report.html'}[/bold] in a browser. In {folder}/: s3/ holds "
+        "the committed outputs (query them with the DuckDB line above), worker.log the worker's log, events.jsonl "
+        "the input. The emulator is gone with the demo; run it again to start over (it empties this folder).",
+        soft_wrap=True,
+    )
 
 
 def _score_and_report(console: Console, settings: Settings, output_dir: Path) -> None:

@@ -39,6 +39,7 @@ from clickstream.outputs import (
 )
 from runtime.aws import aws_client
 from runtime.exit_codes import USAGE
+from runtime.logs import counted
 from runtime.settings import Settings
 from schemas.control import CommitRecord
 from schemas.layout import DATA_OUTPUTS
@@ -83,9 +84,10 @@ def print_summary(
         stale = stale_copies(download, settings, {*outputs.all_committed_keys(), *missing})
         if stale:
             raise FrontDoorError(
-                f"{download} holds {len(stale):,} files of the outputs that no commit record names now (the first: "
-                f"{stale[0]}): a copy of another run (a prefix emptied and written again), which a query of the "
-                "folder would read with this one's: give an empty folder, or delete them (nothing copied)",
+                f"{download} holds {counted(len(stale), 'file')} of the outputs that no commit record names now "
+                f"(the first: {stale[0]}): a copy of another run (a prefix emptied and written again), which a "
+                "query of the folder would read with this one's: give an empty folder, or delete them (nothing "
+                "copied)",
                 USAGE,
             )
 

@@ -24,6 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from consumer.status import ShardStatus
+from runtime.logs import counted
 
 #: Levels (Python's and logback's names) shown above a live status; everything goes to the log file.
 _LOUD = {"WARN", "WARNING", "ERROR", "CRITICAL", "FATAL"}
@@ -183,7 +184,7 @@ class WorkerTotals:
         """One line for logs (the JSON status line when there is no terminal). Its counts are those of the shard
         processors running now (a lease that moved starts its shard's from zero)."""
         line = (
-            f"{self.shards_held} shards held; records in {self.records_in:,}, accepted {self.accepted:,}, "
+            f"{counted(self.shards_held, 'shard')} held; records in {self.records_in:,}, accepted {self.accepted:,}, "
             f"rejected {self.rejected:,}, {self.skipped_then(', ')}buffered {self.buffered:,}; "
             f"behind latest {_ms(self.behind_ms)}; "
             f"last flush {_ago(self.last_flush_age)}; freshness: {_freshness(self.oldest_unflushed)}"
@@ -255,7 +256,7 @@ def status_view(statuses: dict[str, ShardStatus], now: float, *, headline: str, 
     lines = [
         Text(headline, style="bold", no_wrap=True, overflow="ellipsis"),
         Text(
-            f"{totals.shards_held} shards held | in {totals.records_in:,} | accepted {totals.accepted:,} | "
+            f"{counted(totals.shards_held, 'shard')} held | in {totals.records_in:,} | accepted {totals.accepted:,} | "
             f"rejected {totals.rejected:,} | {totals.skipped_then(' | ')}behind {_ms(totals.behind_ms)}",
             no_wrap=True,
             overflow="ellipsis",

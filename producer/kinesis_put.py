@@ -66,6 +66,7 @@ from tqdm import tqdm
 
 from producer.generator import InputFileError
 from runtime.aws import TRANSIENT_CODES
+from runtime.logs import counted
 
 if TYPE_CHECKING:
     from typing import Unpack
@@ -208,7 +209,7 @@ class PutSummary:
     def describe(self, stream_name: str) -> str:
         """The run in one line (what `clickstream produce` prints last)."""
         return (
-            f"put {self.records_sent} records to {stream_name} in {self.requests} requests "
+            f"put {counted(self.records_sent, 'record')} to {stream_name} in {counted(self.requests, 'request')} "
             f"({self.records_per_second:.0f}/s, {self.retried_records} re-sent, {self.throttled_calls} calls "
             f"throttled or failed as a whole, {self.rejected_too_large} too large)"
         )

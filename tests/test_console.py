@@ -46,3 +46,14 @@ def test_on_a_terminal_it_is_a_bar_on_stderr(capsys: pytest.CaptureFixture[str])
     bar = capsys.readouterr().err
     assert "reading commit records" in bar and "/3 [" in bar, bar
     assert "\n" not in bar, "once done, the bar leaves no line behind"
+
+
+@pytest.mark.parametrize(
+    ("count", "expected"), [(0, "0 files"), (1, "1 file"), (2, "2 files"), (1_500, "1,500 files")]
+)
+def test_a_count_takes_its_nouns_form(count: int, expected: str) -> None:
+    """Lines said "1 Parquet parts", "(1 files, ...)", "1 shards held", "in 1 requests"."""
+    from runtime.logs import counted
+
+    assert counted(count, "file") == expected
+    assert counted(count, "entry", "entries").endswith("entry" if count == 1 else "entries")

@@ -63,6 +63,9 @@ def test_demo_scores_every_buyer_and_writes_the_report(tmp_path: Path) -> None:
     assert replaceable_output(output), "a demo's folder is marked as one the next demo may empty"
     report = re.search(r"8\. report: (\S+report\.html)", run.stdout)
     assert report and Path(report.group(1)).is_file(), run.stdout[-2000:]
+    assert re.search(rf"Done in \d+s\. Open {re.escape(report.group(1))} in a browser", run.stdout), (
+        run.stdout[-600:]
+    )
     page = Path(report.group(1)).read_text(encoding="utf-8")
     assert page.count('<figure class="plot"') >= 6
 

@@ -1764,7 +1764,7 @@ def test_summary_download_refuses_a_folder_holding_another_runs_files(tmp_path: 
         mixed = CliRunner().invoke(main, arguments, terminal_width=80)
     assert first.exit_code == 0 and again.exit_code == 0, again.output
     assert mixed.exit_code == 2, mixed.output
-    assert "holds 1 files of the outputs that no commit record names now" in mixed.output
+    assert "holds 1 file of the outputs that no commit record names now" in mixed.output
     assert "old.parquet" in mixed.output and "nothing copied" in mixed.output
     assert "Committed outputs" not in mixed.output  # refused first, not after the whole summary
     assert sorted(p for p in folder.rglob("*") if p.is_file()) == before
