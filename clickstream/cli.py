@@ -245,8 +245,13 @@ EXIT_CODES_HELP: Final = (
     "Exit codes: 0 done; 1 failed at run time (endpoint down, an AWS call failing, records not delivered; "
     "`health`: unhealthy); 2 bad usage or configuration (named in one line); 3 `worker` found itself unhealthy "
     "(a stuck shard) and stopped; 130 stopped by Ctrl-C, saying what it leaves behind (`worker` and `emulator` "
-    "stop cleanly on Ctrl-C: 0); 143 stopped by SIGTERM, saying the same (`worker` stops cleanly on SIGTERM: 0, or 1 "
-    "with records left unflushed)."
+    "stop cleanly on Ctrl-C: 0); 141 its output's reader went away (`| head`), without a word; 143 stopped by "
+    "SIGTERM, saying the same (`worker` stops cleanly on SIGTERM: 0, or 1 with records left unflushed)."
+)
+#: ``health`` answers as a container health check: Docker reads 0 and 1 and reserves 2.
+HEALTH_EXIT_CODES_HELP: Final = (
+    "Exit codes: 0 healthy; 1 unhealthy, or this check's own settings, flags or values invalid (its JSON report "
+    "names the problem: Docker reserves 2)."
 )
 
 
@@ -1035,7 +1040,7 @@ def _say_if_the_day_may_grow(
 
 
 # ---------------------------------------------------------------------------------------------------------- health
-@main.command()
+@main.command(epilog=HEALTH_EXIT_CODES_HELP)
 @setting_option(
     "state_dir",
     "--state-dir",

@@ -17,6 +17,7 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from consumer.status import ShardStatus, read_statuses, status_directory
@@ -39,12 +40,13 @@ class Heartbeat:
     """What the supervisor tells ``clickstream health`` about itself."""
 
     pid: int
-    phase: str  # starting | running | stopping | unhealthy
+    phase: str  # starting | running | stopping | unhealthy | stopped
     started_at: float
     last_lease_at: float | None = None  # last time a shard processor of this worker was processing
     standby: bool = False  # every lease is held by other workers
     lease_detail: str | None = None  # why no lease is held, when known
     updated_at: float = 0.0  # when it was written last (``write_heartbeat``)
+    exit_code: int | None = None  # once stopped: the worker's exit code
 
     @classmethod
     def read(cls, state_dir: Path) -> Heartbeat:
@@ -146,7 +148,12 @@ def assess(
     try:
         heartbeat = Heartbeat.read(state_dir)
         age = now - float(heartbeat.updated_at)
-        if age > heartbeat_timeout:
+        if heartbeat.phase == "stopped":  # its last word: said as such, not as a heartbeat gone stale
+            stopped_at = datetime.fromtimestamp(float(heartbeat.updated_at), UTC).isoformat(
+                timespec="seconds"
+            )
+            problems.append(f"the worker stopped at {stopped_at} (exit code {heartbeat.exit_code})")
+        elif age > heartbeat_timeout:
             problems.append(f"worker heartbeat is {age:.0f}s old")
         elif heartbeat.phase == "unhealthy":
             problems.append("worker reported itself unhealthy")

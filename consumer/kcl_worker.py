@@ -694,6 +694,14 @@ class KclWorker:
                 pump = sink.pump(self._process.stdout)
                 with self._live(console) as refresh:
                     code = self._supervise(kinesis, refresh)
+                self._heartbeat.phase, self._heartbeat.exit_code = (
+                    "stopped",
+                    code,
+                )  # for `health`: a last word
+                with contextlib.suppress(
+                    OSError
+                ):  # a stale heartbeat says as much; never in place of the code
+                    write_heartbeat(self.settings.state_dir, self._heartbeat)
                 pump.join(timeout=2)
                 if console is not None:  # the live view ended on "stopping": say how, and where the log is
                     console.print(final_words(code, self.settings.state_dir / "worker.log"))

@@ -1954,3 +1954,31 @@ def test_a_failure_before_the_jvm_starts_leaves_no_socket_folder(
     with pytest.raises(OSError, match="No space left"):
         worker._run_checked(["java"])
     assert not list(tmp_path.glob("clickstream-*")), "the socket folder is removed"
+
+
+def test_health_after_a_worker_stopped_says_it_stopped_and_how(tmp_path: Path) -> None:
+    """After a clean stop, `health` said "worker heartbeat is 276s old", as of a worker that hung or died."""
+    (tmp_path / "state").mkdir()
+    worker = KclWorker(load_settings(state_dir=tmp_path / "state"))
+
+    class Daemon:  # the JVM, already exited
+        pid = 999_999_999
+        stdout = io.BytesIO(b"")
+
+        def poll(self) -> int | None:
+            return 0
+
+        def wait(self, timeout: float | None = None) -> int:
+            return 0
+
+    def start(*_: Any) -> Any:
+        worker._process = Daemon()  # type: ignore[assignment]
+        return worker._process
+
+    worker._start_jvm = start  # type: ignore[method-assign]
+    worker._supervise = lambda *_: 0  # type: ignore[method-assign]
+    assert worker._run_checked(["java"]) == 0
+    report = assess(tmp_path / "state", stuck_after=300, now=time.time() + 600)
+    assert not report.healthy
+    assert len(report.problems) == 1 and report.problems[0].startswith("the worker stopped at "), report
+    assert report.problems[0].endswith("(exit code 0)") and "old" not in report.problems[0]
