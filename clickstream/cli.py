@@ -194,7 +194,8 @@ class FrontDoor(click.Group):
 
 
 def _json_logs(log_format: str) -> bool:
-    """Whether stderr is JSON for this --log-format (auto: JSON off a terminal)."""
+    """Whether stderr is JSON for this --log-format (auto: JSON off a terminal), in any case."""
+    log_format = log_format.lower()
     return log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
 
 
@@ -233,11 +234,11 @@ def _check_log_level(ctx: click.Context, param: click.Parameter, value: str) -> 
 
 def _check_log_format(ctx: click.Context, param: click.Parameter, value: str) -> str:
     _refuse_empty(ctx, param, LOG_FORMAT_ENV, "auto, json or text")
-    if value not in ("auto", "json", "text"):
+    if value.lower() not in ("auto", "json", "text"):  # in any case, as the log level
         from_env = ctx.get_parameter_source(str(param.name)) == ParameterSource.ENVIRONMENT
         source = LOG_FORMAT_ENV if from_env else "--log-format"
         raise CommandFailed(f"{source}: must be auto, json or text (got {value!r})", USAGE)
-    return value
+    return value.lower()
 
 
 #: Shown under every --help of the group: what a script or an orchestrator can rely on.

@@ -409,6 +409,14 @@ class Settings(BaseSettings):
         """KCL enum names, in any case (as the log levels are)."""
         return value.upper() if isinstance(value, str) else value
 
+    @field_validator("sse", mode="before")
+    @classmethod
+    def _sse_name(cls, value: object) -> object:
+        """S3's names for the encryptions (``AES256``, ``aws:kms``), in any case."""
+        if isinstance(value, str):
+            return {"aes256": "AES256", "aws:kms": "aws:kms"}.get(value.lower(), value)
+        return value
+
     @field_validator("kcl_log_level", mode="before")
     @classmethod
     def _java_level_name(cls, value: object) -> object:

@@ -289,6 +289,24 @@ def test_kcl_names_are_taken_in_any_case(monkeypatch: pytest.MonkeyPatch) -> Non
     )
 
 
+@pytest.mark.parametrize(("written", "expected"), [("aes256", "AES256"), ("AWS:KMS", "aws:kms")])
+def test_the_encryption_is_taken_in_any_case(written: str, expected: str) -> None:
+    """CLICKSTREAM_SSE=aes256 was refused (exit 2) where the other fixed names are taken in any case."""
+    settings = load_settings(sse=written, sse_kms_key_id="key" if expected == "aws:kms" else None)
+    assert settings.sse == expected
+
+
+def test_the_log_format_is_taken_in_any_case(tmp_path: Path) -> None:
+    """CLICKSTREAM_LOG_FORMAT=JSON was refused (exit 2) where --log-level debug is taken."""
+    result = run_cli(
+        "generate", "--events", "10", "-o", str(tmp_path / "e.jsonl"), env={"CLICKSTREAM_LOG_FORMAT": "JSON"}
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stderr.splitlines()[-1])["message"].startswith("wrote 10 records")
+    refused = run_cli("--log-format", "Yaml", "generate", "--events", "10", "-o", str(tmp_path / "f.jsonl"))
+    assert_one_line(refused, 2, "--log-format: must be auto, json or text (got 'Yaml')")
+
+
 def test_the_worker_stop_deadline_flag_is_that_setting() -> None:
     result = CliRunner().invoke(main, ["worker", "--stop-deadline", "5"])
     assert result.exit_code == 2, result.output
