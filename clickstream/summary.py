@@ -103,8 +103,9 @@ def print_summary(
     stray = sum(len(keys) for keys in outputs.uncommitted.values())
     if stray:
         console.print(
-            f"{stray:,} data files on S3 are named by no commit record (a flush still being written while a worker "
-            "runs, or one that did not commit, which the next commit of its shard deletes): not counted."
+            f"{counted(stray, 'data file')} on S3 {'is' if stray == 1 else 'are'} named by no commit record (a flush "
+            "still being written while a worker runs, or one that did not commit, which the next commit of its shard "
+            "deletes): not counted."
         )
 
     totals = {
@@ -155,8 +156,7 @@ def print_summary(
         # soft_wrap: printed as one line whatever the terminal width, so it can be copied and pasted.
         console.print(
             # the interpreter running this command has duckdb (in the image: /opt/venv/bin/python)
-            f"{shlex.quote(sys.executable)} -c "
-            f'"import duckdb; duckdb.sql(\\"FROM \'{glob}\' {CURRENT_ROW} LIMIT 5\\").show()"',
+            f"{shlex.quote(sys.executable)} -c {_in_double_quotes(_duckdb_code(glob))}",
             soft_wrap=True,
             markup=False,
             highlight=False,
@@ -167,6 +167,20 @@ def print_summary(
             " deleted or moved after they were committed (a lifecycle rule on the prefix?); the counts above come "
             "from their commit records, the tables from the files still there"
         )
+
+
+def _duckdb_code(glob: str) -> str:
+    """Python that shows five current rows of the copies under ``glob`` (quoted for SQL, then for Python)."""
+    quoted = glob.replace("'", "''")
+    sql = f"FROM '{quoted}' {CURRENT_ROW} LIMIT 5"
+    python_text = sql.replace("\\", "\\\\").replace('"', '\\"')
+    return f'import duckdb; duckdb.sql("{python_text}").show()'
+
+
+def _in_double_quotes(text: str) -> str:
+    """``text`` as one shell word in double quotes: readable where a path holds no special character, and exact
+    where it does (``'``, ``$``, a backtick)."""
+    return '"' + "".join(f"\\{c}" if c in '\\"$`' else c for c in text) + '"'
 
 
 def _current_customer_rows(

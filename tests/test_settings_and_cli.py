@@ -1746,7 +1746,7 @@ def test_summary_counts_what_is_committed_in_s3_not_the_download_folder(
     assert any(line.split()[:4] == ["customer_aggregates", "2", "3", "0.0"] for line in lines), result.output
     assert "c-1" in result.output and "c-3" in result.output
     assert "stale-" not in result.output and "c-uncommitted" not in result.output
-    assert "1 data files on S3 are named by no commit record" in result.output
+    assert "1 data file on S3 is named by no commit record" in result.output
     assert any(line.split()[:2] == ["invalid_json", "4"] for line in lines), result.output
     assert not (tmp_path / "demo-output" / "s3" / "rfm" / "errors").exists(), "no download unless asked"
     assert downloaded.exit_code == 0, downloaded.output
@@ -1766,6 +1766,22 @@ def test_summary_counts_what_is_committed_in_s3_not_the_download_folder(
 
     rows = duckdb.sql(query.replace("LIMIT 5", "")).fetchall()
     assert sorted(row[0] for row in rows) == ["c-1", "c-2", "c-3"], rows
+
+
+def test_the_printed_duckdb_line_runs_as_printed_whatever_the_folder_is_called(tmp_path: Path) -> None:
+    """A download folder named with a quote made the printed line a DuckDB parser error; a `$` or a backtick in it
+    was expanded by the shell."""
+    folder = tmp_path / 'it\'s $HOME `x` "copy"'
+    with mock_aws():
+        two_committed_flushes("quoted-bucket", OutputLayout("rfm"))
+        result = CliRunner().invoke(
+            main, ["summary", "--bucket", "quoted-bucket", "--download", str(folder)], terminal_width=80
+        )
+    assert result.exit_code == 0, result.output
+    hint = next(line for line in result.output.splitlines() if "import duckdb" in line)
+    ran = subprocess.run(["bash", "-c", hint], capture_output=True, text=True, timeout=60, check=False)
+    assert ran.returncode == 0, ran.stderr
+    assert all(customer in ran.stdout for customer in ("c-1", "c-2", "c-3")), ran.stdout
 
 
 def test_summary_download_refuses_a_folder_holding_another_runs_files(tmp_path: Path) -> None:
