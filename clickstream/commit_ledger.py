@@ -72,7 +72,7 @@ def read_all_commits(
             _LISTINGS,
             f"{len(beyond):,}",
         )
-    if since:  # new commits (all of them, on a first read): worth keeping
+    if since and kept_read.worth_keeping(found, covers):  # new commits chained (all of them, on a first read)
         # the chained records only: later reads list from the covered position on, so a gap kept is kept for good
         unchained = {id(record) for record in beyond}
         chained = [record for record in records if id(record) not in unchained]

@@ -157,12 +157,12 @@ def read_committed_rows(s3: Any, settings: Settings, workdir: Path, *, progress:
 
     found = kept_read.find(readable)
     rows, records = _rows_since(s3, settings, workdir, found, kept_path, progress=progress)
-    if records or found.pointer is None:
+    covers = kept_read.covered_after(found, records)
+    if kept_read.worth_keeping(found, covers):
 
         def write(sink: S3ParquetSink, key: str) -> None:
             sink.put_parquet(key, rows.table, kind="customer_aggregates")
 
-        covers = kept_read.covered_after(found, records)
         kept_read.keep(write, ".parquet", covers, rows.table.num_rows, found)
     return rows
 

@@ -130,6 +130,12 @@ class KeptRead:
             )
         return covers
 
+    def worth_keeping(self, found: Found, covers: dict[str, ShardCover]) -> bool:
+        """Whether a result covering ``covers`` is worth keeping: none is kept yet, or it covers more than the one
+        found. Commits past a gap in a chain (a commit record deleted) are read by every run and never covered: a
+        result kept for them alone rewrote the whole file every run, with no new commit at all."""
+        return found.pointer is None or covers != found.pointer.shards
+
     def keep(
         self,
         write: Callable[[S3ParquetSink, str], None],

@@ -216,6 +216,26 @@ def test_a_commit_missed_by_one_read_is_not_missed_for_good(
     assert pointer(s3).rows == 4
 
 
+def test_a_gap_for_good_is_read_past_but_does_not_rewrite_the_kept_records_every_run(
+    s3: Any, settings: Settings
+) -> None:
+    """A commit record deleted for good: every run read the records past it again (as it must) and rewrote the
+    whole kept file for them, with no new commit at all. Kept again only once a new commit is chained."""
+    worker = Worker(s3, settings)
+    for day in (1, 2, 3):
+        worker.flush(SHARDS[0], purchases(range(3), day, "a"))
+    worker.flush(SHARDS[1], purchases(range(3), 1, "b"))
+    name, previous = worker.flushed[1]
+    s3.delete_object(Bucket=BUCKET, Key=LAYOUT.commit_key(name.shard_id, previous))
+    read_all_commits(s3, settings, max_workers=4)
+    kept = pointer(s3)
+    assert read_all_commits(s3, settings, max_workers=4) == everything(s3)
+    assert pointer(s3) == kept, "nothing new chained: the same kept file"
+    worker.flush(SHARDS[1], purchases(range(3), 2, "b"))
+    assert read_all_commits(s3, settings, max_workers=4) == everything(s3)
+    assert pointer(s3).data_key != kept.data_key and pointer(s3).rows == kept.rows + 1
+
+
 class AnswerLost:
     """An S3 client whose first PUT of the ledger's pointer is applied, but answered as a 412 (the answer lost and a
     retry finding the object there, as botocore retries)."""

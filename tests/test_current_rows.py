@@ -194,6 +194,24 @@ def test_a_run_reads_only_the_commits_since_the_last_and_gets_the_rows_of_a_full
     assert pointer(s3) == moved, "nothing new: the kept rows stay as they are"
 
 
+def test_a_gap_for_good_does_not_rewrite_the_kept_rows_every_run(s3: Any, tmp_path: Path) -> None:
+    """A commit record deleted for good: the commits past it are read by every run, and their rows were written
+    into a new kept file every run, with no new commit at all."""
+    settings = Settings(bucket=BUCKET, prefix="rfm")
+    worker = Worker(s3, settings)
+    for day in (1, 2, 3):
+        worker.flush(SHARDS[0], purchases(range(4), day, "a"))
+    name, previous = worker.flushed[1]
+    s3.delete_object(Bucket=BUCKET, Key=LAYOUT.commit_key(name.shard_id, previous))
+    first = read(s3, settings, tmp_path / "1")
+    kept = pointer(s3)
+    second = read(s3, settings, tmp_path / "2")
+    assert second.fingerprint == first.fingerprint and pointer(s3) == kept, "the same kept file"
+    worker.flush(SHARDS[1], purchases(range(2), 1, "b"))
+    read(s3, settings, tmp_path / "3")
+    assert pointer(s3).data_key != kept.data_key, "a new commit chained: kept again"
+
+
 def test_kept_rows_that_cover_a_commit_gone_are_ignored(
     s3: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
