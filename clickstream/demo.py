@@ -227,8 +227,11 @@ def _run_worker(
                     statuses = read_statuses(status_directory(state_dir))
                     flushed = sum(s.records_flushed for s in statuses.values())
                     buffered = sum(s.buffered_records for s in statuses.values())
+                    waiting = (
+                        " (the KCL's first start waits 1-30 s before it makes leases)" if not statuses else ""
+                    )
                     status.update(
-                        f"{len(statuses)} shard processors | {flushed:,} of {total:,} records flushed "
+                        f"{len(statuses)} shard processors{waiting} | {flushed:,} of {total:,} records flushed "
                         f"| {buffered:,} buffered | {time.monotonic() - started:.0f}s"
                     )
                     time.sleep(0.5)

@@ -56,6 +56,22 @@ _UNLOGGED_LEVEL: Final = "WARNING"
 _UNLOGGED_LOGGER: Final = "kcl.output"
 
 
+#: KCL warnings of every start off AWS (no EC2/ECS metadata to size workers by) and of a first lease assignment,
+#: kept in the log but not shown over the live view: read there as something gone wrong. (logger, message)
+_USUAL_AT_START: Final = frozenset(
+    {
+        (
+            "software.amazon.kinesis.worker.WorkerMetricsSelector",
+            "Did not find an operating range metadata provider.",
+        ),
+        (
+            "software.amazon.kinesis.coordinator.assignment.LeaseAssignmentManager",
+            "Not able to assign all expiredOrUnAssignedLeases",
+        ),
+    }
+)
+
+
 class LogSink:
     """Receives every log line of the worker and its children; thread-safe."""
 
@@ -91,7 +107,8 @@ class LogSink:
                 return  # a CloudWatch metric line: JSON for a machine, or nothing (never text for a person)
             if self.console is not None:
                 level = str(entry.get("level", "")).upper() if entry else "ERROR"
-                if level in _LOUD:
+                usual = entry is not None and (entry.get("logger"), entry.get("message")) in _USUAL_AT_START
+                if level in _LOUD and not usual:
                     shown = as_text(entry) if entry else text
                     style = "red" if level in ("ERROR", "CRITICAL", "FATAL") else "yellow"
                     self.console.print(Text(shown, style=style), soft_wrap=True)
@@ -268,7 +285,12 @@ def status_view(statuses: dict[str, ShardStatus], now: float, *, headline: str, 
         ),
     ]
     if not statuses:
-        lines.append(Text("waiting for the KCL to take leases ...", style="dim"))
+        lines.append(
+            Text(
+                "waiting for the KCL to take leases (a first start on a new lease table waits 1-30 s) ...",
+                style="dim",
+            )
+        )
         return Group(*lines)
     return Group(*lines, table)
 

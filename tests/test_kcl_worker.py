@@ -729,6 +729,37 @@ def test_metric_lines_stay_json_or_go_only_to_the_log_file(
     assert '"ShardsProcessing": 3' in (tmp_path / "worker.log").read_text()
 
 
+def test_the_kcls_usual_start_warnings_stay_in_the_log_off_the_live_view(tmp_path: Path) -> None:
+    """Every start off AWS printed "WARN WorkerMetricsSelector: Did not find an operating range metadata provider."
+    (and a first lease assignment "Not able to assign all expiredOrUnAssignedLeases") over the live status, which
+    read as something gone wrong. They stay in worker.log; other warnings of the same loggers are shown."""
+    shown = io.StringIO()
+    sink = LogSink(json_logs=False, console=Console(file=shown, width=200), log_file=tmp_path / "worker.log")
+    lines = [
+        {
+            "level": "WARN",
+            "logger": "software.amazon.kinesis.worker.WorkerMetricsSelector",
+            "message": "Did not find an operating range metadata provider.",
+        },
+        {
+            "level": "WARN",
+            "logger": "software.amazon.kinesis.coordinator.assignment.LeaseAssignmentManager",
+            "message": "Not able to assign all expiredOrUnAssignedLeases",
+        },
+        {
+            "level": "WARN",
+            "logger": "software.amazon.kinesis.coordinator.assignment.LeaseAssignmentManager",
+            "message": "Something else went wrong",
+        },
+    ]
+    for line in lines:
+        sink.line(json.dumps({"time": "2026-12-03T08:22:28.675Z", **line}))
+    sink.close()
+    assert len((tmp_path / "worker.log").read_text().splitlines()) == 3
+    assert "operating range" not in shown.getvalue() and "expiredOrUnAssignedLeases" not in shown.getvalue()
+    assert "Something else went wrong" in shown.getvalue()
+
+
 # ---------------------------------------------------------------------------------------------------- idle check
 NOW = 10_000.0
 IDLE = 5.0
