@@ -459,7 +459,7 @@ def read_commit_records(
     are alive).
     """
     if shard_id is None:
-        keys = _commit_keys(s3, bucket, layout.all_commits_prefix)
+        keys = _commit_keys(s3, bucket, layout, layout.all_commits_prefix)
     else:
         keys = _shard_commit_keys(s3, bucket, layout, shard_id, continuing_from)
     return _fetch_commits(s3, bucket, layout, keys, max_workers=max_workers, progress=progress)
@@ -545,7 +545,7 @@ def read_partition_commits(
     newest_of_the_day: set[str] = set()
     for shard_id, positions in firsts.items():
         links = sorted(
-            (chain_order(_commit_previous(layout, key)), key)
+            (chain_order(layout.commit_previous(key)), key)
             for key in _shard_commit_keys(s3, bucket, layout, shard_id, None)
         )
         orders = [order for order, _ in links]
@@ -561,9 +561,10 @@ def read_partition_commits(
             at = beyond
             while 0 <= at < len(chain):
                 neighbour = _read_commit_at(s3, bucket, layout, chain[at])
-                if another_day(neighbour):
+                if neighbour is not None and another_day(neighbour):
                     break
-                records.append(neighbour)
+                if neighbour is not None:  # (a copy under another commit's name is passed over)
+                    records.append(neighbour)
                 at += step
             if step == 1 and at >= len(chain):  # no commit after the day's run
                 newest_of_the_day.add(shard_id)
@@ -592,25 +593,38 @@ def _day_files(s3: Any, bucket: str, layout: OutputLayout, arrival_day: int) -> 
     return listed
 
 
-def _commit_previous(layout: OutputLayout, key: str) -> Position | None:
-    try:
-        return layout.commit_previous(key)
-    except ValueError:
-        raise ControlRecordError(
-            f"{key}: not a commit record's name (the position it continues from)"
-        ) from None
-
-
-def _commit_keys(s3: Any, bucket: str, prefix: str, start_after: str | None = None) -> list[str]:
+def _commit_keys(
+    s3: Any, bucket: str, layout: OutputLayout, prefix: str, start_after: str | None = None
+) -> list[str]:
+    """The commit keys listed under ``prefix``: ``.json`` objects named as a commit is (the position it continues
+    from); another object there (a copy put by hand, ``start-backup.json``) is skipped, with a warning."""
     arguments: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
     if start_after is not None:
         arguments["StartAfter"] = start_after
-    return [
-        obj["Key"]
-        for page in s3.get_paginator("list_objects_v2").paginate(**arguments)
-        for obj in page.get("Contents", [])
-        if obj["Key"].endswith(".json")
-    ]
+    keys = []
+    for page in s3.get_paginator("list_objects_v2").paginate(**arguments):
+        for obj in page.get("Contents", []):
+            if not obj["Key"].endswith(".json"):
+                continue
+            try:
+                layout.commit_previous(obj["Key"])
+            except ValueError:
+                _skip_foreign(bucket, obj["Key"], "not a commit record's name", layout)
+                continue
+            keys.append(obj["Key"])
+    return keys
+
+
+def _skip_foreign(bucket: str, key: str, why: str, layout: OutputLayout) -> None:
+    """An object under the commit records that no worker wrote there: skipped by every reader of the chain (the
+    worker's restore, the command line's readers), never read as one more commit (its files would count twice)."""
+    log.warning(
+        "s3://%s/%s: %s (a copy, or put there by hand): skipped; move it out of %s",
+        bucket,
+        key,
+        why,
+        layout.all_commits_prefix,
+    )
 
 
 def _shard_commit_keys(
@@ -618,14 +632,18 @@ def _shard_commit_keys(
 ) -> list[str]:
     """The shard's commit keys, or with ``continuing_from`` those continuing from that position or later."""
     if continuing_from is None:
-        return _commit_keys(s3, bucket, layout.commits_prefix(shard_id))
+        return _commit_keys(s3, bucket, layout, layout.commits_prefix(shard_id))
     keys = _commit_keys(
-        s3, bucket, layout.commits_prefix(shard_id), layout.commits_listing_start(shard_id, continuing_from)
+        s3,
+        bucket,
+        layout,
+        layout.commits_prefix(shard_id),
+        layout.commits_listing_start(shard_id, continuing_from),
     )
     return [
         key
         for key in keys
-        if (previous := _commit_previous(layout, key)) is not None and previous >= continuing_from
+        if (previous := layout.commit_previous(key)) is not None and previous >= continuing_from
     ]
 
 
@@ -638,21 +656,20 @@ def _fetch_commits(
     max_workers: int,
     progress: Callable[[int, int], None] | None,
 ) -> list[CommitRecord]:
-    def fetch(key: str) -> CommitRecord:
+    def fetch(key: str) -> CommitRecord | None:
         return _read_commit_at(s3, bucket, layout, key)
 
-    return sorted(map_in_parallel(fetch, keys, max_workers, progress), key=CommitRecord.chain_order)
+    fetched = map_in_parallel(fetch, keys, max_workers, progress)
+    return sorted((record for record in fetched if record is not None), key=CommitRecord.chain_order)
 
 
-def _read_commit_at(s3: Any, bucket: str, layout: OutputLayout, key: str) -> CommitRecord:
-    """The commit record at ``key`` of a listing, which must be its own key: a copy of a record under another name
-    (``start-backup.json``) was read as one more commit, its files counted twice (a manifest loaded them twice)."""
+def _read_commit_at(s3: Any, bucket: str, layout: OutputLayout, key: str) -> CommitRecord | None:
+    """The commit record at ``key`` of a listing, or None (skipped, with a warning) where it is not its own key: a
+    copy of a record under another commit's name was read as one more commit, its files counted twice."""
     record = read_commit(s3, bucket, key)
     if (own := layout.commit_key(record.shard_id, record.previous)) != key:
-        raise ControlRecordError(
-            f"s3://{bucket}/{key}: holds the commit record whose key is {own} (a copy, or moved): no worker "
-            f"writes it there; move it out of {layout.all_commits_prefix}"
-        )
+        _skip_foreign(bucket, key, f"holds the commit record whose key is {own}", layout)
+        return None
     return record
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import logging
-import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,8 +14,9 @@ from botocore.exceptions import ClientError
 from clickstream.commit_ledger import read_all_commits
 from consumer.s3_sink import read_commit_records
 from runtime.settings import Settings
-from schemas.control import CommitRecord, ControlRecordError, KeptReadPointer
+from schemas.control import CommitRecord, KeptReadPointer
 from schemas.layout import OutputLayout
+from schemas.positions import Position
 from tests.moto_support import CountingReads, moto_bucket
 from tests.test_current_rows import HidingOneCommit, ReadOnly, Worker, purchases
 
@@ -99,28 +99,31 @@ def test_a_prefix_written_again_is_read_again_whole(s3: Any, settings: Settings)
 
 
 @pytest.mark.parametrize("kept_first", [False, True], ids=["whole read", "read since the kept records"])
-def test_a_copy_of_a_commit_record_under_another_name_is_refused_naming_both(
-    s3: Any, settings: Settings, kept_first: bool
+def test_a_copy_of_a_commit_record_under_another_name_is_skipped_naming_it(
+    s3: Any, settings: Settings, kept_first: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A copy (``start-backup.json``) was read as one more commit: a manifest listed its files twice, and kept them
     twice for good; read from the kept records on, its name failed as "not a position key part"."""
     worker = Worker(s3, settings)
     worker.flush(SHARDS[0], purchases(range(4), 1, "a"))
     worker.flush(SHARDS[0], purchases(range(4), 2, "a"))
+    before = everything(s3)
     if kept_first:
         read_all_commits(s3, settings, max_workers=4)
     start = LAYOUT.commit_key(SHARDS[0], None)
-    copy = start.replace("start.json", "start-backup.json")
-    s3.copy_object(Bucket=BUCKET, Key=copy, CopySource={"Bucket": BUCKET, "Key": start})
-    holds_another = f"s3://{BUCKET}/{copy}: holds the commit record whose key is {start}"
-    with pytest.raises(ControlRecordError) as refused:
-        read_all_commits(s3, settings, max_workers=4)
-    # read from the kept records on, the commits after them are listed by the position their names continue from
-    assert str(refused.value).startswith(
-        f"{copy}: not a commit record's name" if kept_first else holds_another
-    )
-    with pytest.raises(ControlRecordError, match=re.escape(holds_another)):
-        read_commit_records(s3, BUCKET, LAYOUT)
+    backup = start.replace("start.json", "start-backup.json")  # a name no commit has
+    moved = LAYOUT.commit_key(
+        SHARDS[0], Position("99999999999", 0)
+    )  # a commit's name, another commit's record
+    for copy in (backup, moved):
+        s3.copy_object(Bucket=BUCKET, Key=copy, CopySource={"Bucket": BUCKET, "Key": start})
+    with caplog.at_level(logging.WARNING, logger="consumer.s3_sink"):
+        assert read_all_commits(s3, settings, max_workers=4) == before
+        assert read_commit_records(s3, BUCKET, LAYOUT) == before
+    said = caplog.text
+    assert f"s3://{BUCKET}/{moved}: holds the commit record whose key is {start} (a copy" in said
+    assert f"move it out of {LAYOUT.all_commits_prefix}" in said
+    assert f"s3://{BUCKET}/{backup}: not a commit record's name" in said
 
 
 def test_kept_records_holding_a_commit_twice_are_taken_once() -> None:

@@ -116,6 +116,31 @@ def test_restore_without_snapshot_replays_every_commit(s3_env: tuple[Any, Settin
     assert _rows(fresh) == _rows(original.state)
 
 
+def test_a_copy_of_a_commit_record_under_another_name_does_not_stop_a_restore(
+    s3_env: tuple[Any, Settings], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Copies put in a shard's commit folder by hand (``start-backup.json``, or a commit's record under another
+    commit's name) are no commits: the restore skips them, saying so, and the shard is processed (a refusal, not
+    retried, made the shard processor fail on every start)."""
+    s3, settings = s3_env
+    original = _processor(s3, settings, tmp_path / "a.journal", snapshot_every=10**6)
+    original.start("TRIM_HORIZON")
+    _feed(original, _records(40, 1_500, seed=2))
+    layout = settings.layout
+    start = layout.commit_key(SHARD, None)
+    for copy in (
+        start.replace("start.json", "start-backup.json"),
+        layout.commit_key(SHARD, Position("999999", 0)),
+    ):
+        s3.copy_object(Bucket=settings.bucket, Key=copy, CopySource={"Bucket": settings.bucket, "Key": start})
+    fresh = CustomerState(SHARD, tmp_path / "b.journal")
+    with caplog.at_level(logging.WARNING):
+        report = StateRecovery(s3, settings).restore(fresh)
+    assert report.source == "empty" and report.commits_applied == original.metrics.flushes
+    assert _rows(fresh) == _rows(original.state)
+    assert caplog.text.count("skipped; move it out of") == 2, caplog.text
+
+
 def test_stale_local_state_catches_up_with_commits_made_elsewhere(
     s3_env: tuple[Any, Settings], tmp_path: Path
 ) -> None:
