@@ -27,6 +27,7 @@ from consumer.s3_sink import S3ParquetSink, read_commits_since
 from runtime.settings import Settings
 from schemas.control import CommitRecord
 from schemas.layout import OutputLayout
+from schemas.positions import Position
 from scoring.inputs import REQUIRED_COLUMNS, InputError
 
 log = logging.getLogger(__name__)
@@ -143,10 +144,19 @@ def _refuse_another_prefix(folder: Path, prefix: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------ from S3
-def read_committed_rows(s3: Any, settings: Settings, workdir: Path, *, progress: bool = True) -> CurrentRows:
+def read_committed_rows(
+    s3: Any,
+    settings: Settings,
+    workdir: Path,
+    *,
+    progress: bool = True,
+    commits: list[CommitRecord] | None = None,
+) -> CurrentRows:
     """The current rows of the prefix: the last run's kept rows merged with the customer_aggregates files of the
     commits made since (all of them when none are kept), downloaded in parallel into ``workdir``; then kept for the
-    next run. A bucket and prefix no worker started on are refused (a mistyped --prefix), as by every reader."""
+    next run. A bucket and prefix no worker started on are refused (a mistyped --prefix), as by every reader.
+    ``commits``: every commit record of the prefix, read already by the caller (``summary``): the commits since the
+    kept rows are taken from them, not read again."""
     require_worker_prefix(s3, settings)
     kept_read = KeptRead(s3, settings, "current_rows", _RULE, "the kept current rows")
     kept_path = workdir / "kept-current-rows.parquet"
@@ -156,7 +166,7 @@ def read_committed_rows(s3: Any, settings: Settings, workdir: Path, *, progress:
         pq.read_table(kept_path)
 
     found = kept_read.find(readable)
-    rows, records = _rows_since(s3, settings, workdir, found, kept_path, progress=progress)
+    rows, records = _rows_since(s3, settings, workdir, found, kept_path, progress=progress, commits=commits)
     covers = kept_read.covered_after(found, records)
     if kept_read.worth_keeping(found, covers):
 
@@ -167,16 +177,40 @@ def read_committed_rows(s3: Any, settings: Settings, workdir: Path, *, progress:
     return rows
 
 
+def _since(commits: list[CommitRecord], covered: dict[str, Position]) -> list[CommitRecord]:
+    """The commits that continue from a shard's covered position or later (all of a shard not covered): what
+    ``read_commits_since`` lists, taken from records read already."""
+    return sorted(
+        (
+            record
+            for record in commits
+            if record.shard_id not in covered
+            or (record.previous is not None and record.previous >= covered[record.shard_id])
+        ),
+        key=CommitRecord.chain_order,
+    )
+
+
 def _rows_since(
-    s3: Any, settings: Settings, workdir: Path, found: Found, kept_path: Path, *, progress: bool
+    s3: Any,
+    settings: Settings,
+    workdir: Path,
+    found: Found,
+    kept_path: Path,
+    *,
+    progress: bool,
+    commits: list[CommitRecord] | None,
 ) -> tuple[CurrentRows, list[CommitRecord]]:
     """The kept rows merged with the files of the commits made since them (every commit without them), and those
     commits."""
     layout = OutputLayout(settings.prefix)
-    with progress_of("reading commit records", "commit", bar=progress) as report:
-        records = read_commits_since(
-            s3, settings.bucket, layout, found.covered, max_workers=MAX_WORKERS, progress=report
-        )
+    if commits is not None:
+        records = _since(commits, found.covered)
+    else:
+        with progress_of("reading commit records", "commit", bar=progress) as report:
+            records = read_commits_since(
+                s3, settings.bucket, layout, found.covered, max_workers=MAX_WORKERS, progress=report
+            )
     keys = sorted({key for record in records for key in record.files.get("customer_aggregates", [])})
     with progress_of("reading customer_aggregates", "file", bar=progress) as report:
         download_keys(s3, settings.bucket, keys, workdir, progress=report)

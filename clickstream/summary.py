@@ -200,7 +200,9 @@ def _current_customer_rows(
         return None if aggregates is None else current_rows_of_table(con, aggregates).to_arrow_table()
     with tempfile.TemporaryDirectory(prefix="clickstream-summary-") as workdir:
         try:
-            return read_committed_rows(s3, settings, Path(workdir), progress=show_progress(None)).table
+            return read_committed_rows(
+                s3, settings, Path(workdir), progress=show_progress(None), commits=outputs.commits
+            ).table
         except InputError as error:  # a committed file that does not read, named
             raise FrontDoorError(str(error), USAGE) from None
 

@@ -212,6 +212,20 @@ def test_a_gap_for_good_does_not_rewrite_the_kept_rows_every_run(s3: Any, tmp_pa
     assert pointer(s3).data_key != kept.data_key, "a new commit chained: kept again"
 
 
+def test_the_commits_since_taken_from_records_read_already_are_those_a_listing_reads(s3: Any) -> None:
+    from clickstream.current_rows import _since
+    from consumer.s3_sink import read_commit_records, read_commits_since
+
+    settings = Settings(bucket=BUCKET, prefix="rfm")
+    worker = Worker(s3, settings)
+    for day in (1, 2, 3):
+        worker.flush(SHARDS[0], purchases(range(3), day, "a"))
+    worker.flush(SHARDS[1], purchases(range(3), 1, "b"))
+    every = read_commit_records(s3, BUCKET, LAYOUT)
+    for covered in ({}, {SHARDS[0]: every[0].last}, {SHARDS[0]: every[2].last, SHARDS[1]: every[3].last}):
+        assert _since(every, covered) == read_commits_since(s3, BUCKET, LAYOUT, covered), covered
+
+
 def test_kept_rows_that_cover_a_commit_gone_are_ignored(
     s3: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -1896,12 +1896,19 @@ def test_summary_reads_each_customers_current_row_as_score_does_not_every_versio
         monkeypatch.setattr(summary_module, "aws_client", lambda *_, **__: reads)
         first = CliRunner().invoke(main, arguments, terminal_width=120)
         first_reads = [key for key in reads.read if key.startswith(aggregates)]
+        first_commits = [key for key in reads.read if key.startswith(layout.all_commits_prefix)]
         worker.flush(shard, purchases(range(1, 3), 4, "a"))
         reads.read.clear()
         second = CliRunner().invoke(main, arguments, terminal_width=120)
         second_reads = [key for key in reads.read if key.startswith(aggregates)]
+        second_commits = [key for key in reads.read if key.startswith(layout.all_commits_prefix)]
     assert first.exit_code == 0 and second.exit_code == 0, second.output
     assert len(first_reads) == 3 and len(second_reads) == 1, (first_reads, second_reads)
+    # each commit record read once a run: the customers' rows take the commits the counts read (beside them, each
+    # kept result's check that the commit it covers is still there)
+    newest = layout.commit_key(shard, worker.flushed[-1][1])
+    assert sorted(first_commits) == sorted(set(first_commits)) and len(first_commits) == 3, first_commits
+    assert second_commits.count(newest) == 1, second_commits
     top = {
         run: [line.split() for line in result.output.splitlines() if line.strip().startswith("c-")]
         for run, result in (("first", first), ("second", second))
