@@ -877,12 +877,12 @@ def write_jsonl(path: str | Path, records: Iterable[bytes]) -> int:
     Compact JSON never contains a raw newline; a record that does cannot be framed as a line and is refused.
     The file appears under its name only once whole: the lines go to a hidden file beside it, renamed at the end
     and deleted if the writing stops (Ctrl-C, a full disk, a bad record), so a stopped run leaves no file that
-    breaks off (a ``.gz`` that fails its CRC) and an earlier file of that name as it was. A device or a pipe
-    (``/dev/stdout``) is written in place.
+    breaks off (a ``.gz`` that fails its CRC) and an earlier file of that name as it was. A symbolic link, a device
+    or a pipe (``/dev/stdout``, itself a link) is written in place: a rename would replace the link, not its file.
     """
     target = Path(path)
     compressed = target.suffix.lower() == ".gz"
-    if target.exists() and not target.is_file():
+    if target.is_symlink() or (target.exists() and not target.is_file()):
         return _write_lines(target, records, compressed=compressed, named=target)
     partial = target.with_name(f".{target.name}.partial")
     try:

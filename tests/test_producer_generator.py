@@ -353,6 +353,18 @@ def test_a_write_that_stops_leaves_no_partial_file_and_an_earlier_one_as_it_was(
     assert not (tmp_path / "new.jsonl").exists()
 
 
+def test_a_link_is_written_through_not_replaced(tmp_path: Path) -> None:
+    """The hidden draft renamed over `-o link.jsonl` replaced the link with a file and left its target as it was."""
+    real = tmp_path / "real.jsonl"
+    real.write_bytes(b"old\n")
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(real)
+    records = list(generate_events(5, 50, 1))
+    assert write_jsonl(link, records) == len(records)
+    assert link.is_symlink() and list(read_jsonl(real)) == records
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.jsonl", "real.jsonl"]
+
+
 def test_a_gzip_file_is_read_as_gzip_whatever_its_name_and_an_editor_s_bom_is_not_a_record_byte(
     tmp_path: Path,
 ) -> None:
