@@ -25,17 +25,10 @@ from consumer.status import read_statuses, status_directory
 from runtime.settings import Settings
 from schemas.control import ScoreCommit
 
-#: KCL timings that suit a single-machine emulator (production keeps the KCL defaults).
-FAST_KCL_ENV = {
-    "CLICKSTREAM_KCL_SHARD_SYNC_INTERVAL_MILLIS": "1000",
-    "CLICKSTREAM_KCL_LEASE_ASSIGNMENT_INTERVAL_MILLIS": "2000",
-    "CLICKSTREAM_KCL_FAILOVER_TIME_MILLIS": "10000",
-    "CLICKSTREAM_KCL_IDLE_TIME_BETWEEN_READS_MILLIS": "250",
-}
-
 
 def emulator_environment(endpoint: str, state_dir: Path) -> dict[str, str]:
-    """Environment for commands that talk to the embedded endpoint (dummy credentials, fast KCL timings)."""
+    """Environment for commands that talk to the embedded endpoint (dummy credentials; the KCL's timings against an
+    emulator are the settings' own defaults)."""
     env = {
         "AWS_ENDPOINT_URL": endpoint,
         "AWS_REGION": os.environ.get("AWS_REGION", "us-east-1"),
@@ -46,7 +39,6 @@ def emulator_environment(endpoint: str, state_dir: Path) -> dict[str, str]:
         "CLICKSTREAM_WORKER_ID": "demo-worker",
         "CLICKSTREAM_FLUSH_MAX_SECONDS": "5",
         "CLICKSTREAM_FLUSH_CAUGHT_UP_MIN_SECONDS": "1",  # a demo drains in seconds: show its rows at once
-        **FAST_KCL_ENV,
     }
     env.pop("AWS_SESSION_TOKEN", None)
     return env

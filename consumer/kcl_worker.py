@@ -682,6 +682,17 @@ class KclWorker:
                 self.settings.bucket,
                 self.settings.prefix,
             )
+            # timings only an emulator gets, said: an AWS endpoint under another name (a proxy) would get them too
+            if self.settings.emulated:
+                log.info(
+                    "against an emulator (%s): the KCL lists shards every %d ms and assigns leases every %d ms "
+                    "(CLICKSTREAM_KCL_SHARD_SYNC_INTERVAL_MILLIS, CLICKSTREAM_KCL_LEASE_ASSIGNMENT_INTERVAL_MILLIS), "
+                    "metrics level %s",
+                    self.settings.aws_endpoint_url,
+                    self.settings.effective_shard_sync_interval_millis,
+                    self.settings.effective_lease_assignment_interval_millis,
+                    self.settings.effective_metrics_level,
+                )
             kinesis = self._supervision_client("kinesis") if self.until_idle else None
             # Short path: AF_UNIX socket paths are limited to ~107 bytes.
             socket_dir = Path(tempfile.mkdtemp(prefix="clickstream-"))
