@@ -21,7 +21,7 @@ from clickstream.options import (
     writable_folder,
 )
 from runtime.exit_codes import RUNTIME, USAGE
-from runtime.logs import counted
+from runtime.logs import count_of
 
 
 def _parse_as_of(_: click.Context, __: click.Parameter, value: str | None) -> datetime | None:
@@ -144,7 +144,7 @@ def score(
     state = "already committed" if outcome.already_committed else "committed"
     say(
         f"scored {commit.rows:,} buyers as of {commit.as_of.isoformat()}: run {commit.run_id} {state} "
-        f"({counted(len(commit.files), 'file')}, {commit.bytes_written:,} bytes)"
+        f"({count_of(len(commit.files), 'file')}, {commit.bytes_written:,} bytes)"
     )
 
 

@@ -177,9 +177,8 @@ def read_tables(
             return None
         try:
             return pq.read_table(io.BytesIO(body), columns=columns)
-        except (
-            pa.ArrowException
-        ) as error:  # a committed file written over, or damaged: named, as a control record is
+        # a committed file written over, or damaged: named, as a control record is (not a shortage of memory)
+        except pa.ArrowInvalid as error:
             raise FrontDoorError(
                 f"s3://{bucket}/{key}: a committed file that is not readable Parquet ({error})", USAGE
             ) from None

@@ -50,7 +50,7 @@ from botocore.exceptions import ClientError
 from clickstream.current_rows import CurrentRows, read_committed_rows, read_local_rows
 from clickstream.errors import FrontDoorError
 from consumer.s3_sink import encryption_arguments, lost_to_another_writer
-from runtime.logs import counted
+from runtime.logs import count_of
 from runtime.settings import Settings
 from schemas.control import ControlRecordError, ScoreCommit
 from schemas.layout import OutputLayout
@@ -409,7 +409,7 @@ def score_customers(
             "application/json",
         )
         detail(
-            f"{counted(len(files), 'Parquet part')}, {written:,} bytes, and {model_key.rsplit('/', 1)[-1]}"
+            f"{count_of(len(files), 'Parquet part')}, {written:,} bytes, and {model_key.rsplit('/', 1)[-1]}"
         )
     commit = ScoreCommit(
         as_of=inputs.as_of,
@@ -433,7 +433,7 @@ def score_customers(
     superseded = existing.run_id if existing is not None and existing.run_id != run_id else None
     with steps.step("tidy", "latest pointer and superseded runs") as detail:
         deleted = _finish(store, layout, commit, superseded)
-        detail(f"{counted(len(deleted), 'file')} of other runs deleted")
+        detail(f"{count_of(len(deleted), 'file')} of other runs deleted")
     return ScoreOutcome(commit, already_committed=False, deleted=deleted, seconds=steps.seconds)
 
 

@@ -39,7 +39,7 @@ from clickstream.outputs import (
 )
 from runtime.aws import aws_client
 from runtime.exit_codes import USAGE
-from runtime.logs import counted
+from runtime.logs import count_of
 from runtime.settings import Settings
 from schemas.control import CommitRecord
 from schemas.layout import DATA_OUTPUTS
@@ -84,7 +84,7 @@ def print_summary(
         stale = stale_copies(download, settings, {*outputs.all_committed_keys(), *missing})
         if stale:
             raise FrontDoorError(
-                f"{download} holds {counted(len(stale), 'file')} of the outputs that no commit record names now "
+                f"{download} holds {count_of(len(stale), 'file')} of the outputs that no commit record names now "
                 f"(the first: {stale[0]}): a copy of another run (a prefix emptied and written again), which a "
                 "query of the folder would read with this one's: give an empty folder, or delete them (nothing "
                 "copied)",
@@ -103,7 +103,7 @@ def print_summary(
     stray = sum(len(keys) for keys in outputs.uncommitted.values())
     if stray:
         console.print(
-            f"{counted(stray, 'data file')} on S3 {'is' if stray == 1 else 'are'} named by no commit record (a flush "
+            f"{count_of(stray, 'data file')} on S3 {'is' if stray == 1 else 'are'} named by no commit record (a flush "
             "still being written while a worker runs, or one that did not commit, which the next commit of its shard "
             "deletes): not counted."
         )
@@ -148,7 +148,7 @@ def print_summary(
             copied = download_keys(
                 s3, settings.bucket, outputs.all_committed_keys(), download, progress=report
             )
-        console.print(f"copied {copied:,} committed files to {download}/")
+        console.print(f"copied {count_of(copied, 'committed file')} to {download}/")
     # the query reads customer_aggregates/: none when every record was rejected
     if download is not None and outputs.present("customer_aggregates"):
         glob = f"{download}/{settings.layout.output_prefix('customer_aggregates')}**/*.parquet"
@@ -156,14 +156,15 @@ def print_summary(
         # soft_wrap: printed as one line whatever the terminal width, so it can be copied and pasted.
         console.print(
             # the interpreter running this command has duckdb (in the image: /opt/venv/bin/python)
-            f"{shlex.quote(sys.executable)} -c {_in_double_quotes(_duckdb_code(glob))}",
+            f"{shlex.quote(sys.executable)} -c {_shell_word(_duckdb_code(glob))}",
             soft_wrap=True,
             markup=False,
             highlight=False,
         )
     if missing:  # said last, where it is seen, and as the exit code: data S3 no longer has
         raise FrontDoorError(
-            f"{len(missing):,} committed data files are missing from s3://{settings.bucket}/ (the first: {missing[0]}):"
+            f"{count_of(len(missing), 'committed data file')} {'is' if len(missing) == 1 else 'are'} missing from "
+            f"s3://{settings.bucket}/ (the first: {missing[0]}):"
             " deleted or moved after they were committed (a lifecycle rule on the prefix?); the counts above come "
             "from their commit records, the tables from the files still there"
         )
@@ -177,9 +178,12 @@ def _duckdb_code(glob: str) -> str:
     return f'import duckdb; duckdb.sql("{python_text}").show()'
 
 
-def _in_double_quotes(text: str) -> str:
-    """``text`` as one shell word in double quotes: readable where a path holds no special character, and exact
-    where it does (``'``, ``$``, a backtick)."""
+def _shell_word(text: str) -> str:
+    """``text`` as one shell word, in double quotes: readable where a path holds no special character, and exact
+    where it does (``'``, ``$``, a backtick). With a ``!``, which an interactive shell expands even between double
+    quotes, in single quotes."""
+    if "!" in text:
+        return shlex.quote(text)
     return '"' + "".join(f"\\{c}" if c in '\\"$`' else c for c in text) + '"'
 
 

@@ -441,7 +441,7 @@ class StateRecovery:
                         # emulator since restarted; said, since the usual cause then is not a fault
                         " (nothing is committed for this shard: a state directory of another bucket or stream, "
                         "or of an emulator restarted since?)"
-                        if base is None and walk[-1] is None
+                        if pointer is None and not chain  # (a child shard's first snapshot is at no position)
                         else "",
                         extra={"shard_id": shard_id},
                     )

@@ -13,7 +13,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from consumer.status import ShardStatus
-from runtime.logs import counted
+from runtime.logs import count_of
 
 #: Levels (Python's and logback's names) shown above a live status; everything goes to the log file.
 _LOUD = {"WARN", "WARNING", "ERROR", "CRITICAL", "FATAL"}
@@ -57,7 +57,9 @@ _UNLOGGED_LOGGER: Final = "kcl.output"
 
 
 #: KCL warnings of every start off AWS (no EC2/ECS metadata to size workers by) and of a first lease assignment,
-#: kept in the log but not shown over the live view: read there as something gone wrong. (logger, message)
+#: kept in the log but not shown over the live view in the worker's first ``_START_SECONDS``: read there as
+#: something gone wrong. Later, the second means workers at their limits, and is shown. (logger, message)
+_START_SECONDS: Final = 60.0
 _USUAL_AT_START: Final = frozenset(
     {
         (
@@ -76,10 +78,17 @@ class LogSink:
     """Receives every log line of the worker and its children; thread-safe."""
 
     def __init__(
-        self, *, json_logs: bool, console: Console | None = None, log_file: Path | None = None
+        self,
+        *,
+        json_logs: bool,
+        console: Console | None = None,
+        log_file: Path | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.json_logs = json_logs
         self.console = console
+        self._clock = clock
+        self._started = clock()
         self._file: IO[str] | None = log_file.open("a", encoding="utf-8") if log_file else None
         # reentrant: the worker's signal handler logs, and may run while this thread is inside ``line``
         self._lock = threading.RLock()
@@ -107,7 +116,11 @@ class LogSink:
                 return  # a CloudWatch metric line: JSON for a machine, or nothing (never text for a person)
             if self.console is not None:
                 level = str(entry.get("level", "")).upper() if entry else "ERROR"
-                usual = entry is not None and (entry.get("logger"), entry.get("message")) in _USUAL_AT_START
+                usual = (
+                    entry is not None
+                    and (entry.get("logger"), entry.get("message")) in _USUAL_AT_START
+                    and self._clock() - self._started < _START_SECONDS
+                )
                 if level in _LOUD and not usual:
                     shown = as_text(entry) if entry else text
                     style = "red" if level in ("ERROR", "CRITICAL", "FATAL") else "yellow"
@@ -201,7 +214,7 @@ class WorkerTotals:
         """One line for logs (the JSON status line when there is no terminal). Its counts are those of the shard
         processors running now (a lease that moved starts its shard's from zero)."""
         line = (
-            f"{counted(self.shards_held, 'shard')} held; records in {self.records_in:,}, accepted {self.accepted:,}, "
+            f"{count_of(self.shards_held, 'shard')} held; records in {self.records_in:,}, accepted {self.accepted:,}, "
             f"rejected {self.rejected:,}, {self.skipped_then(', ')}buffered {self.buffered:,}; "
             f"behind latest {_ms(self.behind_ms)}; "
             f"last flush {_ago(self.last_flush_age)}; freshness: {_freshness(self.oldest_unflushed)}"
@@ -273,7 +286,7 @@ def status_view(statuses: dict[str, ShardStatus], now: float, *, headline: str, 
     lines = [
         Text(headline, style="bold", no_wrap=True, overflow="ellipsis"),
         Text(
-            f"{counted(totals.shards_held, 'shard')} held | in {totals.records_in:,} | accepted {totals.accepted:,} | "
+            f"{count_of(totals.shards_held, 'shard')} held | in {totals.records_in:,} | accepted {totals.accepted:,} | "
             f"rejected {totals.rejected:,} | {totals.skipped_then(' | ')}behind {_ms(totals.behind_ms)}",
             no_wrap=True,
             overflow="ellipsis",

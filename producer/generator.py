@@ -905,9 +905,8 @@ def _write_lines(path: Path, records: Iterable[bytes], *, compressed: bool, name
                 out.write(b"\n")
                 count += 1
     except OSError as error:
-        if error.filename is None or error.filename == str(
-            path
-        ):  # name the file asked for, not its hidden draft
+        # a failed write (a full disk) names no file, or the hidden draft: the file asked for is named
+        if error.filename is None or error.filename == str(path):
             error.filename = str(named)
         raise
     return count

@@ -66,7 +66,7 @@ from tqdm import tqdm
 
 from producer.generator import InputFileError
 from runtime.aws import TRANSIENT_CODES
-from runtime.logs import counted
+from runtime.logs import count_of
 
 if TYPE_CHECKING:
     from typing import Unpack
@@ -209,7 +209,7 @@ class PutSummary:
     def describe(self, stream_name: str) -> str:
         """The run in one line (what `clickstream produce` prints last)."""
         return (
-            f"put {counted(self.records_sent, 'record')} to {stream_name} in {counted(self.requests, 'request')} "
+            f"put {count_of(self.records_sent, 'record')} to {stream_name} in {count_of(self.requests, 'request')} "
             f"({self.records_per_second:.0f}/s, {self.retried_records} re-sent, {self.throttled_calls} calls "
             f"throttled or failed as a whole, {self.rejected_too_large} too large)"
         )

@@ -27,7 +27,7 @@ LOG_FORMAT_ENV = "CLICKSTREAM_LOG_FORMAT"
 METRICS_LOGGER = "clickstream.metrics"
 
 
-def counted(count: int, noun: str, plural: str | None = None) -> str:
+def count_of(count: int, noun: str, plural: str | None = None) -> str:
     """``1 file``, ``2 files``: a count and its noun, in the form the count takes (``plural`` when not noun + s)."""
     return f"{count:,} {noun if count == 1 else plural or noun + 's'}"
 

@@ -53,7 +53,7 @@ def test_on_a_terminal_it_is_a_bar_on_stderr(capsys: pytest.CaptureFixture[str])
 )
 def test_a_count_takes_its_nouns_form(count: int, expected: str) -> None:
     """Lines said "1 Parquet parts", "(1 files, ...)", "1 shards held", "in 1 requests"."""
-    from runtime.logs import counted
+    from runtime.logs import count_of
 
-    assert counted(count, "file") == expected
-    assert counted(count, "entry", "entries").endswith("entry" if count == 1 else "entries")
+    assert count_of(count, "file") == expected
+    assert count_of(count, "entry", "entries").endswith("entry" if count == 1 else "entries")

@@ -734,7 +734,13 @@ def test_the_kcls_usual_start_warnings_stay_in_the_log_off_the_live_view(tmp_pat
     (and a first lease assignment "Not able to assign all expiredOrUnAssignedLeases") over the live status, which
     read as something gone wrong. They stay in worker.log; other warnings of the same loggers are shown."""
     shown = io.StringIO()
-    sink = LogSink(json_logs=False, console=Console(file=shown, width=200), log_file=tmp_path / "worker.log")
+    now = [0.0]
+    sink = LogSink(
+        json_logs=False,
+        console=Console(file=shown, width=200),
+        log_file=tmp_path / "worker.log",
+        clock=lambda: now[0],
+    )
     lines = [
         {
             "level": "WARN",
@@ -754,10 +760,13 @@ def test_the_kcls_usual_start_warnings_stay_in_the_log_off_the_live_view(tmp_pat
     ]
     for line in lines:
         sink.line(json.dumps({"time": "2026-12-03T08:22:28.675Z", **line}))
-    sink.close()
-    assert len((tmp_path / "worker.log").read_text().splitlines()) == 3
     assert "operating range" not in shown.getvalue() and "expiredOrUnAssignedLeases" not in shown.getvalue()
     assert "Something else went wrong" in shown.getvalue()
+    now[0] = 61.0  # past the start, leases not assignable mean workers at their limits: shown
+    sink.line(json.dumps({"time": "2026-12-03T08:23:30.000Z", **lines[1]}))
+    sink.close()
+    assert "expiredOrUnAssignedLeases" in shown.getvalue()
+    assert len((tmp_path / "worker.log").read_text().splitlines()) == 4
 
 
 # ---------------------------------------------------------------------------------------------------- idle check

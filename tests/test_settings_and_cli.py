@@ -1768,10 +1768,13 @@ def test_summary_counts_what_is_committed_in_s3_not_the_download_folder(
     assert sorted(row[0] for row in rows) == ["c-1", "c-2", "c-3"], rows
 
 
-def test_the_printed_duckdb_line_runs_as_printed_whatever_the_folder_is_called(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ['it\'s $HOME `x` "copy"', "copy!it's $HOME"])
+def test_the_printed_duckdb_line_runs_as_printed_whatever_the_folder_is_called(
+    tmp_path: Path, name: str
+) -> None:
     """A download folder named with a quote made the printed line a DuckDB parser error; a `$` or a backtick in it
-    was expanded by the shell."""
-    folder = tmp_path / 'it\'s $HOME `x` "copy"'
+    was expanded by the shell; a `!`, by an interactive shell's history expansion (on in the script below)."""
+    folder = tmp_path / name
     with mock_aws():
         two_committed_flushes("quoted-bucket", OutputLayout("rfm"))
         result = CliRunner().invoke(
@@ -1779,7 +1782,9 @@ def test_the_printed_duckdb_line_runs_as_printed_whatever_the_folder_is_called(t
         )
     assert result.exit_code == 0, result.output
     hint = next(line for line in result.output.splitlines() if "import duckdb" in line)
-    ran = subprocess.run(["bash", "-c", hint], capture_output=True, text=True, timeout=60, check=False)
+    script = tmp_path / "pasted.sh"
+    script.write_text(f"set -o history -H\n{hint}\n")
+    ran = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60, check=False)
     assert ran.returncode == 0, ran.stderr
     assert all(customer in ran.stdout for customer in ("c-1", "c-2", "c-3")), ran.stdout
 
@@ -1859,7 +1864,7 @@ def test_summary_and_manifest_name_committed_files_that_s3_no_longer_has(tmp_pat
         uploaded = s3.list_objects_v2(Bucket="gone-bucket", Prefix=f"{layout.control_prefix}manifests/")
     assert summary.exit_code == 1, summary.output
     assert "c-1" in summary.output and "c-3" not in summary.output, "the files still there are read"
-    assert f"1 committed data files are missing from s3://gone-bucket/ (the first: {gone})" in summary.output
+    assert f"1 committed data file is missing from s3://gone-bucket/ (the first: {gone})" in summary.output
     assert (tmp_path / "copy").exists() and not (tmp_path / "copy" / gone).exists()
     for manifest in manifests:  # of every file, and of the day: its errors file leads to the flush's commit
         assert manifest.exit_code == 1, manifest.output

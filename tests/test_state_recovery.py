@@ -223,6 +223,35 @@ def test_child_shards_start_from_their_parents_customers_in_their_hash_range(
     assert seen == set(parent_rows), "every customer continues in exactly one child"
 
 
+def test_a_childs_local_state_off_its_chain_is_not_said_to_have_nothing_committed(
+    s3_env: tuple[Any, Settings], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A child shard's first snapshot (its parents' customers) is at no record yet: its restore found no commit
+    and said "nothing is committed for this shard" although a snapshot was there."""
+    s3, settings = s3_env
+    parent = _processor(s3, settings, tmp_path / "parent.journal", snapshot_every=10**6)
+    parent.start("TRIM_HORIZON")
+    _feed(parent, _records(40, 1_000, seed=4))
+    parent.on_shard_ended(RecordingCheckpointer())
+    child_id = "shardId-000000000001"
+    recovery = StateRecovery(s3, settings, parents=lambda _id: [ParentShard(SHARD, 0, 2**128 - 1)])
+    child = ShardProcessor(
+        child_id,
+        CustomerState(child_id, tmp_path / "child.journal"),
+        S3ParquetSink(s3, settings),
+        FlushPolicy(max_records=500, max_bytes=10**9, max_seconds=10**6),
+        recovery=recovery,
+        snapshot_every_flushes=10**6,
+    )
+    child.start("TRIM_HORIZON")  # inherits, and snapshots what it inherited
+    assert recovery._read_pointer(child_id)[0] is not None, "the child's first snapshot"
+    leftover = CustomerState(child_id, tmp_path / "leftover.journal")
+    leftover.set_position(Position("123456", 0), None)
+    with caplog.at_level(logging.WARNING):
+        recovery.restore(leftover)
+    assert "is not on the S3 commit chain" in caplog.text and "nothing is committed" not in caplog.text
+
+
 def test_a_child_settles_what_a_late_attempt_of_its_closed_parent_left(
     s3_env: tuple[Any, Settings], tmp_path: Path
 ) -> None:
