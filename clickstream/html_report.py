@@ -638,6 +638,8 @@ def _pipeline_section(inputs: ReportInputs) -> str:
             "out, and the commit records' counts still include them.</p>"
         )
     if fresh is not None:
+        if (note := fresh.old_events_note()) is not None:
+            parts.append(f"<p><strong>Note:</strong> {html.escape(note)}.</p>")
         parts.append(plot_freshness(commits))
     else:
         parts.append(

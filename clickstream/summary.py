@@ -14,7 +14,7 @@ import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -260,10 +260,6 @@ def _print_customers(console: Console, con: duckdb.DuckDBPyConnection, current: 
     )
 
 
-#: A newest-event age (p50) from which the summary says in words that the events carry old times.
-_OLD_EVENTS_SECONDS: Final = 86_400
-
-
 def print_freshness(commits: list[CommitRecord], console: Console) -> None:
     """Freshness SLI: p50 / p99 of arrival-to-durable and of the newest event's age, over the commit records."""
     from scoring.freshness import summarize_freshness
@@ -281,12 +277,8 @@ def print_freshness(commits: list[CommitRecord], console: Console) -> None:
     )
     table.add_row("newest event age", _fmt(fresh.newest_event_age_p50), _fmt(fresh.newest_event_age_p99), "")
     _print(console, f"Freshness (seconds, over {fresh.flushes:,} flushes)", table)
-    age = fresh.newest_event_age_p50
-    if age is not None and age >= _OLD_EVENTS_SECONDS:  # a live stream's is seconds to minutes
-        console.print(
-            f"the newest event of a flush is {age / 86_400:,.1f} days old at its commit (p50): the events carry "
-            "old times (a backfill put on the stream, generated demo data) or their producers' clocks are off"
-        )
+    if (note := fresh.old_events_note()) is not None:
+        console.print(note)
 
 
 def _fmt(value: object) -> str:

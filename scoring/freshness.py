@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
@@ -44,6 +45,21 @@ class FreshnessSummary:
     arrival_to_durable_max: float
     newest_event_age_p50: float | None
     newest_event_age_p99: float | None
+
+    def old_events_note(self) -> str | None:
+        """In words, when the newest event of a flush is a day old or more at its commit (p50): a live stream's is
+        seconds to minutes, so a figure in millions of seconds reads as a fault where it is the data's."""
+        age = self.newest_event_age_p50
+        if age is None or age < OLD_EVENTS_SECONDS:
+            return None
+        return (
+            f"the newest event of a flush is {age / 86_400:,.1f} days old at its commit (p50): the events carry "
+            "old times (a backfill put on the stream, generated demo data) or their producers' clocks are off"
+        )
+
+
+#: A newest-event age (p50) from which the readers say in words that the events carry old times.
+OLD_EVENTS_SECONDS: Final = 86_400
 
 
 def weighted_quantile(values: npt.ArrayLike, weights: npt.ArrayLike, quantile: float) -> float:

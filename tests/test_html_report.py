@@ -208,6 +208,29 @@ def test_missing_parts_are_explained_not_plotted() -> None:
     assert "clickstream score" in page
 
 
+def test_the_report_says_in_days_that_events_carry_old_times(
+    content: WorkerBucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The demo's report showed a newest-event age of about 18.8 million seconds, unexplained (the summary says it
+    in days)."""
+    import clickstream.html_report as html_report
+    from schemas.control import CommitRecord
+    from scoring.freshness import FreshnessSummary
+
+    months = FreshnessSummary(3, 0.2, 0.4, 0.5, 214.7 * 86_400, 215.0 * 86_400)
+    seconds = FreshnessSummary(3, 0.2, 0.4, 0.5, 30.0, 90.0)
+    commits = [
+        CommitRecord.from_json(body)
+        for key, body in content.objects.items()
+        if key.startswith(content.layout.all_commits_prefix)
+    ]
+    said = "the newest event of a flush is 214.7 days old at its commit (p50)"
+    for summary, expected in ((months, True), (seconds, False)):
+        monkeypatch.setattr(html_report, "summarize_freshness", lambda _commits, s=summary: s)
+        page = html_report.render_report(ReportInputs(source="s3://b/p", commits=commits))
+        assert (said in page) is expected
+
+
 def test_the_embedded_facts_cannot_end_or_swallow_their_script_block() -> None:
     """A source path is free text: "<!--<script" in it would have swallowed the rest of the page."""
     source = "s3://bucket/</script><!--<script>-->"
