@@ -705,13 +705,9 @@ class KclWorker:
                 pump = sink.pump(self._process.stdout)
                 with self._live(console) as refresh:
                     code = self._supervise(kinesis, refresh)
-                self._heartbeat.phase, self._heartbeat.exit_code = (
-                    "stopped",
-                    code,
-                )  # for `health`: a last word
-                with contextlib.suppress(
-                    OSError
-                ):  # a stale heartbeat says as much; never in place of the code
+                # for `health`: a last word (where it cannot be written, a stale heartbeat says as much)
+                self._heartbeat.phase, self._heartbeat.exit_code = "stopped", code
+                with contextlib.suppress(OSError):  # never in place of the exit code
                     write_heartbeat(self.settings.state_dir, self._heartbeat)
                 pump.join(timeout=2)
                 if console is not None:  # the live view ended on "stopping": say how, and where the log is
