@@ -514,9 +514,17 @@ def generate(output: Path, progress: bool | None, **options: Any) -> None:
         else:
             write_jsonl(writable_file("--output", output), records)
     summary = generator.summary
+    # fewer customers than asked drew an event: each one's activity is drawn, some draw none in a short run
+    quiet = summary.customers - summary.customers_seen
+    idle = (
+        f"; {quiet:,} of the {summary.customers:,} customers drew no event (more --events for more)"
+        if quiet
+        else ""
+    )
     say(
         f"wrote {generator.total_records} records ({summary.valid_events} valid events, "
-        f"{summary.duplicates} duplicates, {summary.malformed} malformed)"
+        f"{summary.duplicates} duplicates, {summary.malformed} malformed) for {summary.customers_seen:,} "
+        f"customers{idle}"
     )
 
 

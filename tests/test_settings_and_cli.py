@@ -544,6 +544,18 @@ def test_generate_is_deterministic_for_a_seed(tmp_path: Path) -> None:
     assert "wrote 300 records" in result.output
 
 
+def test_generate_says_how_many_customers_drew_no_event(tmp_path: Path) -> None:
+    """`produce --customers 200 --events 2000` put 149 customers' events, and nothing said why."""
+    path = tmp_path / "few.jsonl"
+    result = invoke("generate", "--customers", "200", "--events", "2000", "--output", str(path))
+    assert result.exit_code == 0, result.output
+    customers = {json.loads(line)["customer_id"] for line in path.read_bytes().splitlines()}
+    assert len(customers) < 200, "a run this short leaves some customers without an event"
+    assert f"for {len(customers)} customers; {200 - len(customers)} of the 200 customers drew no event" in (
+        result.output
+    )
+
+
 def test_generate_with_a_malformed_rate_adds_records_and_keeps_the_valid_ones(tmp_path: Path) -> None:
     clean, dirty = tmp_path / "clean.jsonl", tmp_path / "dirty.jsonl"
     invoke("generate", "--customers", "20", "--events", "300", "--seed", "1", "--output", str(clean))
