@@ -200,7 +200,12 @@ def _score_and_report(console: Console, settings: Settings, output_dir: Path) ->
             soft_wrap=True,
         )
     report = output_dir / "report.html"
-    write_report(settings, report)
+    write_report(
+        settings,
+        report,
+        source_note="demo data on the demo's embedded emulator, gone with it; the committed files are copied in s3/ "
+        "beside this report",
+    )
     console.print(f"8. report: [bold]{report.resolve()}[/bold]", soft_wrap=True)
 
 

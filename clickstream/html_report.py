@@ -158,12 +158,16 @@ def write_report(
     top: int = 20,
     clv_dir: Path | None = None,
     input_dir: Path | None = None,
+    source_note: str | None = None,
 ) -> ReportInputs:
-    """Write the report to ``output``; returns what it showed (``errors_missing``: files it had to leave out)."""
+    """Write the report to ``output``; returns what it showed (``errors_missing``: files it had to leave out).
+    ``source_note`` follows the source in the header (the demo's: its bucket was on an emulator gone since)."""
     from runtime.aws import aws_client
 
     s3 = aws_client("s3", settings) if input_dir is None else None  # offline: no endpoint is asked anything
     inputs = load_inputs(settings, s3, top=top, clv_dir=clv_dir, input_dir=input_dir)
+    if source_note:
+        inputs.source = f"{inputs.source} ({source_note})"
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
         output.write_text(render_report(inputs), encoding="utf-8")

@@ -67,6 +67,7 @@ def test_demo_scores_every_buyer_and_writes_the_report(tmp_path: Path) -> None:
         run.stdout[-600:]
     )
     page = Path(report.group(1)).read_text(encoding="utf-8")
+    assert "s3://clickstream-rfm/rfm (demo data on the demo&#x27;s embedded emulator, gone with it" in page
     assert page.count('<figure class="plot"') >= 6
 
     store = LocalStore(output / "s3")
