@@ -187,6 +187,8 @@ def _figure(width: float = 9.0, height: float = 3.6) -> Any:
 
 
 def _png(figure: Any) -> str:
+    """The figure as a base64 PNG. Its legends have a place each: "best" (matplotlib's default) is searched over
+    every point drawn, slow and warned about on a long history."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -332,7 +334,7 @@ def plot_clv_distribution(scores: pa.Table) -> str:
         axis.axvline(drawn.drawn_at(value), color="#c44e52", linestyle=style, label=f"p{q} {value:,.2f}")
     axis.set_xlabel(label)
     axis.set_ylabel("customers")
-    axis.legend()
+    axis.legend(loc="upper right")
     return _plot("plot-clv-distribution", figure, "Distribution of customer lifetime value (CLV)")
 
 
@@ -359,7 +361,7 @@ def plot_records(commits: Sequence[CommitRecord]) -> str:
         )
     axis.set_ylabel(f"records per {label}")
     axis.set_xlabel("commit time (UTC)")
-    axis.legend()
+    axis.legend(loc="upper left")
     figure.autofmt_xdate()
     return _plot("plot-records", figure, f"Records in, accepted and rejected per {label} (commit records)")
 
@@ -389,7 +391,7 @@ def plot_rejects(errors: pa.Table) -> str:
         bottom += values
     axis.set_ylabel(f"rejected records per {label}")
     axis.set_xlabel("Kinesis arrival time (UTC)")
-    axis.legend(fontsize=8, ncols=2)
+    axis.legend(fontsize=8, ncols=2, loc="upper left")
     figure.autofmt_xdate()
     return _plot("plot-rejects", figure, f"Rejected records by reason per {label} (errors/)")
 
@@ -425,7 +427,7 @@ def plot_freshness(commits: Sequence[CommitRecord]) -> str:
     )
     left.set_ylabel("seconds")
     left.set_title("Arrival to durable, per flush")
-    left.legend()
+    left.legend(loc="upper left")
     aged = [(p.committed_at, p.newest_event_age) for p in points if p.newest_event_age is not None]
     right.plot([t for t, _ in aged], [age for _, age in aged], "o-", ms=3, color="#8172b3")
     right.set_ylabel("seconds")
@@ -448,7 +450,7 @@ def plot_files_bytes(commits: Sequence[CommitRecord]) -> str:
         files = np.cumsum([len(record.files.get(output, [])) for record in ordered])
         left.step(times, files, where="post", label=output, color=_tab_color(index))
     left.set_ylabel("files (cumulative)")
-    left.legend(fontsize=8)
+    left.legend(fontsize=8, loc="upper left")
     right.step(
         times, np.cumsum([record.bytes_written for record in ordered]) / 2**20, where="post", color="#4c72b0"
     )
