@@ -61,17 +61,34 @@ def _records(customers: int, events: int, seed: int, first_sequence: int = 1) ->
 
 
 def _processor(
-    s3: Any, settings: Settings, database: Path, snapshot_every: int, options: StateOptions | None = None
+    s3: Any,
+    settings: Settings,
+    database: Path,
+    snapshot_every: int,
+    options: StateOptions | None = None,
+    *,
+    shard_id: str = SHARD,
+    recovery: StateRecovery | None = None,
+    max_records: int = 500,
 ) -> ShardProcessor:
-    state = CustomerState(SHARD, database, options=options)
+    state = CustomerState(shard_id, database, options=options)
     return ShardProcessor(
-        SHARD,
+        shard_id,
         state,
         S3ParquetSink(s3, settings),
-        FlushPolicy(max_records=500, max_bytes=10**9, max_seconds=10**6),
-        recovery=StateRecovery(s3, settings),
+        FlushPolicy(max_records=max_records, max_bytes=10**9, max_seconds=10**6),
+        recovery=recovery or StateRecovery(s3, settings),
         snapshot_every_flushes=snapshot_every,
     )
+
+
+def _ended_parent(s3: Any, settings: Settings, tmp_path: Path, seed: int, events: int) -> ShardProcessor:
+    """SHARD processed, then closed by a reshard: flushed, snapshotted, at SHARD_END."""
+    parent = _processor(s3, settings, tmp_path / "parent.journal", snapshot_every=10**6)
+    parent.start("TRIM_HORIZON")
+    _feed(parent, _records(40, events, seed=seed))
+    parent.on_shard_ended(RecordingCheckpointer())
+    return parent
 
 
 def _feed(processor: ShardProcessor, records: list[RawRecord]) -> None:
@@ -229,20 +246,10 @@ def test_a_childs_local_state_off_its_chain_is_not_said_to_have_nothing_committe
     """A child shard's first snapshot (its parents' customers) is at no record yet: its restore found no commit
     and said "nothing is committed for this shard" although a snapshot was there."""
     s3, settings = s3_env
-    parent = _processor(s3, settings, tmp_path / "parent.journal", snapshot_every=10**6)
-    parent.start("TRIM_HORIZON")
-    _feed(parent, _records(40, 1_000, seed=4))
-    parent.on_shard_ended(RecordingCheckpointer())
+    _ended_parent(s3, settings, tmp_path, seed=4, events=1_000)
     child_id = "shardId-000000000001"
     recovery = StateRecovery(s3, settings, parents=lambda _id: [ParentShard(SHARD, 0, 2**128 - 1)])
-    child = ShardProcessor(
-        child_id,
-        CustomerState(child_id, tmp_path / "child.journal"),
-        S3ParquetSink(s3, settings),
-        FlushPolicy(max_records=500, max_bytes=10**9, max_seconds=10**6),
-        recovery=recovery,
-        snapshot_every_flushes=10**6,
-    )
+    child = _processor(s3, settings, tmp_path / "child.journal", 10**6, shard_id=child_id, recovery=recovery)
     child.start("TRIM_HORIZON")  # inherits, and snapshots what it inherited
     assert recovery._read_pointer(child_id)[0] is not None, "the child's first snapshot"
     leftover = CustomerState(child_id, tmp_path / "leftover.journal")
@@ -880,19 +887,17 @@ def test_a_child_keeps_its_inheritance_after_its_parents_leave_list_shards(
     """Parents stay listed only for the stream's retention: a child that crashes later, with no local file and
     no snapshot of its own flushes yet, must still start from its parents' state, not from nothing."""
     s3, settings = s3_env
-    parent = _processor(s3, settings, tmp_path / "parent.journal", snapshot_every=10**6)
-    parent.start("TRIM_HORIZON")
-    _feed(parent, _records(40, 1_500, seed=7))
-    parent.on_shard_ended(RecordingCheckpointer())
+    _ended_parent(s3, settings, tmp_path, seed=7, events=1_500)
     child_id = "shardId-000000000001"
     listed = [ParentShard(SHARD, 0, 2**128 - 1)]
-    child = ShardProcessor(
-        child_id,
-        CustomerState(child_id, tmp_path / "child.journal"),
-        S3ParquetSink(s3, settings),
-        FlushPolicy(300, 10**9, 10**6),
+    child = _processor(
+        s3,
+        settings,
+        tmp_path / "child.journal",
+        10**6,
+        shard_id=child_id,
         recovery=StateRecovery(s3, settings, parents=lambda _id: listed),
-        snapshot_every_flushes=10**6,
+        max_records=300,
     )
     child.start("TRIM_HORIZON")
     own = _records(40, 600, seed=8)
