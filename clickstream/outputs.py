@@ -21,7 +21,14 @@ from clickstream.commit_ledger import read_all_commits
 from clickstream.console import progress_of
 from clickstream.errors import FrontDoorError
 from clickstream.options import show_progress
-from consumer.s3_sink import commit_record_at, map_in_parallel, named_if_missing, prefix_in_use
+from consumer.s3_sink import (
+    commit_record_at,
+    map_in_parallel,
+    named_if_missing,
+    not_a_commit,
+    prefix_in_use,
+    skip_foreign,
+)
 from runtime.exit_codes import RUNTIME, USAGE
 from runtime.settings import Settings
 from schemas.control import CommitRecord
@@ -201,7 +208,15 @@ def local_commit_records(root: Path, settings: Settings) -> list[CommitRecord]:
             "--prefix it was downloaded with",
             USAGE,
         )
-    records = [commit_record_at(str(path), path.read_bytes()) for path in sorted(folder.rglob("*.json"))]
+    layout, records = settings.layout, []
+    for path in sorted(folder.rglob("*.json")):
+        key = path.relative_to(root).as_posix()
+        if (why := not_a_commit(layout, key)) is None:
+            record = commit_record_at(str(path), path.read_bytes())
+            if (why := not_a_commit(layout, key, record)) is None:
+                records.append(record)
+                continue
+        skip_foreign(str(path), why, layout)  # as on S3: a copy put beside the commit records is no commit
     return sorted(records, key=CommitRecord.chain_order)
 
 

@@ -174,8 +174,7 @@ def _duckdb_code(glob: str) -> str:
     """Python that shows five current rows of the copies under ``glob`` (quoted for SQL, then for Python)."""
     quoted = glob.replace("'", "''")
     sql = f"FROM '{quoted}' {CURRENT_ROW} LIMIT 5"
-    python_text = sql.replace("\\", "\\\\").replace('"', '\\"')
-    return f'import duckdb; duckdb.sql("{python_text}").show()'
+    return f"import duckdb; duckdb.sql({sql!r}).show()"  # repr: Python's own quoting, any path
 
 
 def _shell_word(text: str) -> str:

@@ -210,6 +210,13 @@ class S3ParquetSink:
                     "then could not be read: the shard stops rather than guess; it restarts from its checkpoint and "
                     "restores from the chain on S3"
                 ) from error
+            if (foreign := not_a_commit(self.layout, key, existing)) is not None:
+                # another commit's record put at this one's key by hand: no writer won it, and none can commit
+                # past it until it is moved (said, not read as a rival's commit, which restarts the shard forever)
+                raise ControlRecordError(
+                    f"s3://{self.bucket}/{key}: {foreign} (a copy, or put there by hand): the shard cannot commit "
+                    f"here; move it out of {self.layout.all_commits_prefix}"
+                ) from None
             if existing.attempt_id == record.attempt_id:
                 return existing  # our own earlier PUT succeeded although its answer was lost
             raise CommitConflict(attempt.shard_id, attempt.previous, existing, record.all_files) from None
@@ -606,22 +613,32 @@ def _commit_keys(
         for obj in page.get("Contents", []):
             if not obj["Key"].endswith(".json"):
                 continue
-            try:
-                layout.commit_previous(obj["Key"])
-            except ValueError:
-                _skip_foreign(bucket, obj["Key"], "not a commit record's name", layout)
+            if (why := not_a_commit(layout, obj["Key"])) is not None:
+                skip_foreign(f"s3://{bucket}/{obj['Key']}", why, layout)
                 continue
             keys.append(obj["Key"])
     return keys
 
 
-def _skip_foreign(bucket: str, key: str, why: str, layout: OutputLayout) -> None:
-    """An object under the commit records that no worker wrote there: skipped by every reader of the chain (the
-    worker's restore, the command line's readers), never read as one more commit (its files would count twice)."""
+def not_a_commit(layout: OutputLayout, key: str, record: CommitRecord | None = None) -> str | None:
+    """Why the object at ``key`` under the commit records is no commit record: a name no commit has, or (given the
+    record it holds) the record of another key, a copy or moved; None when it is one. No worker writes such an
+    object: every reader of a chain skips it (``skip_foreign``), never reading it as one more commit (its files
+    would count twice)."""
+    try:
+        layout.commit_previous(key)
+    except ValueError:
+        return "not a commit record's name"
+    if record is not None and (own := layout.commit_key(record.shard_id, record.previous)) != key:
+        return f"holds the commit record whose key is {own}"
+    return None
+
+
+def skip_foreign(where: str, why: str, layout: OutputLayout) -> None:
+    """Says that an object ``not_a_commit`` is skipped, and what to do about it."""
     log.warning(
-        "s3://%s/%s: %s (a copy, or put there by hand): skipped; move it out of %s",
-        bucket,
-        key,
+        "%s: %s (a copy, or put there by hand): skipped; move it out of %s",
+        where,
         why,
         layout.all_commits_prefix,
     )
@@ -667,8 +684,8 @@ def _read_commit_at(s3: Any, bucket: str, layout: OutputLayout, key: str) -> Com
     """The commit record at ``key`` of a listing, or None (skipped, with a warning) where it is not its own key: a
     copy of a record under another commit's name was read as one more commit, its files counted twice."""
     record = read_commit(s3, bucket, key)
-    if (own := layout.commit_key(record.shard_id, record.previous)) != key:
-        _skip_foreign(bucket, key, f"holds the commit record whose key is {own}", layout)
+    if (why := not_a_commit(layout, key, record)) is not None:
+        skip_foreign(f"s3://{bucket}/{key}", why, layout)
         return None
     return record
 

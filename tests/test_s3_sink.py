@@ -31,7 +31,7 @@ from consumer.s3_sink import (
 from consumer.shard_processor import RawRecord, RecordBuffer
 from runtime.settings import Settings, load_settings
 from schemas import CUSTOMER_AGGREGATES_SCHEMA, ERRORS_SCHEMA, EVENTS_SCHEMA
-from schemas.control import CommitRecord, FlushIntent, KeptReadPointer, SnapshotPointer
+from schemas.control import CommitRecord, ControlRecordError, FlushIntent, KeptReadPointer, SnapshotPointer
 from schemas.layout import FlushName, OutputLayout
 from schemas.positions import Position
 from tests.moto_support import isolate_environment, moto_bucket
@@ -430,6 +430,30 @@ def test_of_two_attempts_from_the_same_position_exactly_one_commits(s3: Any) -> 
     assert {key: body(s3, key) for key in winner_files} == winner_files
     assert {key for key in all_keys(s3) if key.endswith(".parquet")} == set(winner_files)
     assert f"rfm/_control/intents/{SHARD}/loser.json" not in all_keys(s3)
+
+
+def test_another_commits_record_copied_to_the_key_a_flush_commits_at_is_named_not_taken_for_a_rival(
+    s3: Any,
+) -> None:
+    """A copy of the shard's first commit record put by hand at the key its next commit takes was read as a rival
+    writer's commit: the shard restarted from its checkpoint and met it again, forever, with no word of the copy."""
+    settings = settings_for()
+    sink = S3ParquetSink(s3, settings)
+    state = CustomerState(SHARD)
+    first = sink.write(*applied(state, records_of(HOURLY_EVENTS[:2], 100), "b1"))
+    layout = OutputLayout("rfm")
+    s3.copy_object(
+        Bucket=BUCKET,
+        Key=layout.commit_key(SHARD, first.last),
+        CopySource={"Bucket": BUCKET, "Key": layout.commit_key(SHARD, None)},
+    )
+    with pytest.raises(ControlRecordError) as named:
+        sink.write(*applied(state, records_of(HOURLY_EVENTS[2:], 200), "b2"))
+    said = str(named.value)
+    assert said.startswith(
+        f"s3://{BUCKET}/{layout.commit_key(SHARD, first.last)}: holds the commit record whose"
+    )
+    assert "move it out of rfm/_control/commits/" in said and not is_transient(named.value)
 
 
 def test_a_writer_behind_the_chain_cannot_commit(s3: Any) -> None:

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -1780,7 +1781,7 @@ def test_summary_counts_what_is_committed_in_s3_not_the_download_folder(
     assert sorted(row[0] for row in rows) == ["c-1", "c-2", "c-3"], rows
 
 
-@pytest.mark.parametrize("name", ['it\'s $HOME `x` "copy"', "copy!it's $HOME"])
+@pytest.mark.parametrize("name", ['it\'s $HOME `x` "copy"', "copy!it's $HOME", "two\nlines"])
 def test_the_printed_duckdb_line_runs_as_printed_whatever_the_folder_is_called(
     tmp_path: Path, name: str
 ) -> None:
@@ -1956,6 +1957,34 @@ def test_a_committed_file_that_is_not_parquet_is_named_by_its_key(command: str, 
     assert result.exit_code == 2, result.output
     assert f"s3://junk-bucket/{damaged}" in result.output, result.output
     assert "unexpected" not in result.output and "/tmp/" not in result.output
+
+
+def test_a_downloads_copy_of_a_commit_record_is_skipped_offline_as_on_s3(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`report --input` read every .json under the folder's commits/: a copy put beside a commit record counted
+    its flush twice, and one with a name no commit has stopped the report."""
+    from clickstream.outputs import local_commit_records
+
+    layout = OutputLayout("rfm")
+    with mock_aws():
+        s3 = two_committed_flushes("offline-copies", layout)
+        for obj in s3.list_objects_v2(Bucket="offline-copies")["Contents"]:
+            (tmp_path / obj["Key"]).parent.mkdir(parents=True, exist_ok=True)
+            body = s3.get_object(Bucket="offline-copies", Key=obj["Key"])["Body"].read()
+            (tmp_path / obj["Key"]).write_bytes(body)
+    settings = Settings(bucket="offline-copies", prefix="rfm")
+    before = local_commit_records(tmp_path, settings)
+    start = tmp_path / layout.commit_key("shardId-000000000000", None)
+    shutil.copy(start, start.with_name("start-backup.json"))
+    shutil.copy(start, tmp_path / layout.commit_key("shardId-000000000000", Position("77", 0)))
+    with caplog.at_level(logging.WARNING):
+        assert local_commit_records(tmp_path, settings) == before and len(before) == 2
+    assert "start-backup.json: not a commit record's name" in caplog.text
+    assert (
+        f"holds the commit record whose key is {layout.commit_key('shardId-000000000000', None)}"
+        in caplog.text
+    )
 
 
 def test_summary_counts_t_to_the_newest_as_of_as_score_does() -> None:
