@@ -22,6 +22,7 @@ from typing import Final
 from rich.console import Console
 
 from consumer.status import read_statuses, status_directory
+from consumer.worker_output import FIRST_START_WAIT
 from runtime.settings import Settings
 from schemas.control import ScoreCommit
 
@@ -224,9 +225,7 @@ def _run_worker(
                     statuses = read_statuses(status_directory(state_dir))
                     flushed = sum(s.records_flushed for s in statuses.values())
                     buffered = sum(s.buffered_records for s in statuses.values())
-                    waiting = (
-                        " (the KCL's first start waits 1-30 s before it makes leases)" if not statuses else ""
-                    )
+                    waiting = f" ({FIRST_START_WAIT})" if not statuses else ""
                     status.update(
                         f"{len(statuses)} shard processors{waiting} | {flushed:,} of {total:,} records flushed "
                         f"| {buffered:,} buffered | {time.monotonic() - started:.0f}s"

@@ -568,9 +568,9 @@ def read_partition_commits(
             at = beyond
             while 0 <= at < len(chain):
                 neighbour = _read_commit_at(s3, bucket, layout, chain[at])
-                if neighbour is not None and another_day(neighbour):
-                    break
                 if neighbour is not None:  # (a copy under another commit's name is passed over)
+                    if another_day(neighbour):
+                        break
                     records.append(neighbour)
                 at += step
             if step == 1 and at >= len(chain):  # no commit after the day's run

@@ -56,6 +56,11 @@ _UNLOGGED_LEVEL: Final = "WARNING"
 _UNLOGGED_LOGGER: Final = "kcl.output"
 
 
+#: Said while no shard processor runs yet: the KCL's first start on a new lease table waits a random 1-30 s (a
+#: constant of its Scheduler) before it makes the leases, which reads as a hang.
+FIRST_START_WAIT: Final = "a first start on a new lease table waits 1-30 s"
+
+
 #: KCL warnings of every start off AWS (no EC2/ECS metadata to size workers by) and of a first lease assignment,
 #: kept in the log but not shown over the live view in the worker's first ``_START_SECONDS``: read there as
 #: something gone wrong. Later, the second means workers at their limits, and is shown. (logger, message)
@@ -298,12 +303,7 @@ def status_view(statuses: dict[str, ShardStatus], now: float, *, headline: str, 
         ),
     ]
     if not statuses:
-        lines.append(
-            Text(
-                "waiting for the KCL to take leases (a first start on a new lease table waits 1-30 s) ...",
-                style="dim",
-            )
-        )
+        lines.append(Text(f"waiting for the KCL to take leases ({FIRST_START_WAIT}) ...", style="dim"))
         return Group(*lines)
     return Group(*lines, table)
 
