@@ -181,6 +181,19 @@ def test_the_commit_record_sits_at_the_position_it_continues_from_and_describes_
     assert (intent.previous, intent.files) == (Position("101"), record.files)
 
 
+def test_a_commit_record_read_back_holds_each_data_key_once(s3: Any) -> None:
+    """Readers hold every commit record of a prefix in memory: a data key, most of a record's bytes, is one
+    string shared by ``files`` and ``file_bytes``, not a copy in each."""
+    sink = S3ParquetSink(s3, settings_for())
+    record = sink.write(*applied(CustomerState(SHARD), records_of([*HOURLY_EVENTS, MALFORMED])))
+    stored = CommitRecord.from_json(record.to_json())
+
+    assert stored == record
+    assert len(stored.file_bytes) == 3  # events, customer_aggregates, errors
+    held = {id(key) for key in stored.all_files}
+    assert all(id(key) in held for key in stored.file_bytes)
+
+
 def test_the_commit_record_carries_freshness_and_the_event_time_range(s3: Any) -> None:
     record = S3ParquetSink(s3, settings_for()).write(
         *applied(CustomerState(SHARD), records_of(HOURLY_EVENTS))
