@@ -27,7 +27,10 @@ def copy_manifest(s3: Any, settings: Settings, output: str, arrival_day: int | N
         return day_manifest(s3, settings, output, arrival_day)[0]
     layout = OutputLayout(settings.prefix)
     records = commit_records(s3, settings)
-    present = {obj["Key"] for obj in list_keys(s3, settings.bucket, layout.output_prefix(output))}
+    expected = sum(len(record.files.get(output, [])) for record in records)
+    with progress_of(f"listing {output}/", "file", bar=show_progress(None)) as report:
+        listed = list_keys(s3, settings.bucket, layout.output_prefix(output), report, expected)
+    present = {obj["Key"] for obj in listed}
     return _manifest(settings, layout, output, records, present, arrival_day=None)
 
 

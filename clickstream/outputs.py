@@ -50,11 +50,22 @@ def require_worker_prefix(s3: Any, settings: Settings) -> None:
         )
 
 
-def list_keys(s3: Any, bucket: str, prefix: str) -> list[dict[str, Any]]:
-    paginator = s3.get_paginator("list_objects_v2")
-    return [
-        obj for page in paginator.paginate(Bucket=bucket, Prefix=prefix) for obj in page.get("Contents", [])
-    ]
+def list_keys(
+    s3: Any,
+    bucket: str,
+    prefix: str,
+    progress: Callable[[int, int], None] | None = None,
+    expected: int = 0,
+) -> list[dict[str, Any]]:
+    """Every object under ``prefix``. A listing returns 1,000 keys a request (a year of flushes is millions of data
+    files): ``progress(listed, total)`` after each page, ``total`` being ``expected`` (the files the commit records
+    name) or what is listed already, if more."""
+    objects: list[dict[str, Any]] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        objects.extend(page.get("Contents", []))
+        if progress is not None:
+            progress(len(objects), max(expected, len(objects)))
+    return objects
 
 
 def download_keys(
@@ -135,13 +146,11 @@ def committed_outputs(s3: Any, settings: Settings) -> CommittedOutputs:
     layout = OutputLayout(settings.prefix)
     commits = commit_records(s3, settings)
     named = {output: [key for c in commits for key in c.files.get(output, [])] for output in DATA_OUTPUTS}
-    listed = {
-        output: {
-            obj["Key"]: int(obj["Size"])
-            for obj in list_keys(s3, settings.bucket, layout.output_prefix(output))
-        }
-        for output in DATA_OUTPUTS
-    }
+    listed: dict[str, dict[str, int]] = {}
+    for output in DATA_OUTPUTS:
+        with progress_of(f"listing {output}/", "file", bar=show_progress(None)) as report:
+            objects = list_keys(s3, settings.bucket, layout.output_prefix(output), report, len(named[output]))
+        listed[output] = {obj["Key"]: int(obj["Size"]) for obj in objects}
     # the keys of the records read above, not a fresh listing: a flush that commits meanwhile would add a commit
     # record whose data files were listed before they existed (a download would copy it without them)
     commit_keys = [layout.commit_key(c.shard_id, c.previous) for c in commits]

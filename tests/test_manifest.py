@@ -277,3 +277,25 @@ def test_an_empty_manifest_is_not_uploaded(s3: Any) -> None:
     loaded = manifest_cli("--output", "events", "--arrival-day", str(DAYS[0]), "--upload")
     assert loaded.exit_code == 0, loaded.output
     assert s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{LAYOUT.control_prefix}manifests/")["KeyCount"] == 1
+
+
+def test_a_listing_of_many_pages_reports_its_progress_toward_the_committed_files() -> None:
+    """A data prefix of a long history holds millions of files, listed 1,000 a request: each page is reported,
+    against the files the commit records name (or what is listed already, once past them)."""
+    from clickstream.outputs import list_keys
+
+    pages = [{"Contents": [{"Key": f"k{page}-{n}"} for n in range(3)]} for page in range(3)] + [{}]
+
+    class Paginator:
+        def paginate(self, **_arguments: Any) -> list[dict[str, Any]]:
+            return pages
+
+    class Listing:
+        def get_paginator(self, name: str) -> Paginator:
+            assert name == "list_objects_v2"
+            return Paginator()
+
+    seen: list[tuple[int, int]] = []
+    listed = list_keys(Listing(), "b", "p/", lambda done, total: seen.append((done, total)), expected=7)
+    assert len(listed) == 9
+    assert seen == [(3, 7), (6, 7), (9, 9), (9, 9)]

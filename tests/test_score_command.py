@@ -605,6 +605,7 @@ def test_summary_shows_progress_of_its_long_reads_and_of_a_download(
     """A long history's summary read every customer_aggregates file, and downloaded every committed file, for a
     minute with nothing shown: each now reports its progress (a bar on a terminal, else a line every 30 s)."""
     import clickstream.current_rows as current_rows
+    import clickstream.outputs as outputs
     import clickstream.summary as summary
 
     reported: dict[str, list[tuple[int, int]]] = {}
@@ -615,6 +616,7 @@ def test_summary_shows_progress_of_its_long_reads_and_of_a_download(
         yield lambda done, total: calls.append((done, total))
 
     monkeypatch.setattr(summary, "progress_of", recording)
+    monkeypatch.setattr(outputs, "progress_of", recording)
     # the customers' rows are read as score reads them; what an earlier test's run kept is dropped: every file is
     # read again
     monkeypatch.setattr(current_rows, "progress_of", recording)
@@ -627,6 +629,8 @@ def test_summary_shows_progress_of_its_long_reads_and_of_a_download(
     assert aggregates and len(copied) > len(aggregates)
     assert reported["reading customer_aggregates"][-1] == (len(aggregates), len(aggregates))
     assert reported["downloading committed files"][-1] == (len(copied), len(copied))
+    # the data prefixes are listed too (1,000 keys a request), toward the files the commit records name
+    assert reported["listing customer_aggregates/"][-1] == (len(aggregates), len(aggregates))
 
 
 def test_summary_says_in_days_that_events_carry_old_times(monkeypatch: pytest.MonkeyPatch) -> None:
