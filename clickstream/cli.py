@@ -33,6 +33,7 @@ from clickstream.clv_commands import report, score
 from clickstream.console import JsonShownError, json_mode, progress_of, say
 from clickstream.errors import FrontDoorError, explain, kms_key_unusable, query_interrupted
 from clickstream.options import (
+    FLAG_YEARS,
     FiniteFloatRange,
     LocalPath,
     build_on,
@@ -955,6 +956,10 @@ def _arrival_day(_: click.Context, __: click.Parameter, value: str | None) -> in
         day = None
     if day != value:  # strptime also takes one-digit months and days
         raise click.BadParameter(f"{value!r} is not a calendar day as YYYYMMDD")
+    if (
+        int(value[:4]) not in FLAG_YEARS
+    ):  # 99991231: the day after it overflowed, after the manifest was printed
+        raise click.BadParameter(f"{value!r} is outside the years {FLAG_YEARS.start}-{FLAG_YEARS.stop - 1}")
     return int(day)
 
 

@@ -163,7 +163,8 @@ def assess(
             worker_running = True
             if problem := lease_problem(heartbeat, processing, now, no_lease_after):
                 problems.append(problem)
-    except (OSError, ValueError, KeyError, TypeError):
+    # OverflowError: a damaged file's pid or time too large for the platform (a report still, as for any damage)
+    except (OSError, ValueError, KeyError, TypeError, OverflowError):
         problems.append(
             f"no worker heartbeat in {state_dir / HEARTBEAT_FILE} (is a worker running with this state directory?)"
         )

@@ -70,10 +70,31 @@ class ConfigError(ValueError):
     """Raised for invalid configuration; the message names each setting (env var) and why it is wrong."""
 
 
+#: The DNS suffixes of AWS's partitions, their endpoints and their dual-stack endpoints (botocore's partitions.json
+#: lists them: a test keeps this in step).
+AWS_DNS_SUFFIXES: Final = (
+    "amazonaws.com",
+    "api.aws",
+    "amazonaws.com.cn",
+    "api.amazonwebservices.com.cn",
+    "amazonaws.eu",
+    "api.amazonwebservices.eu",
+    "c2s.ic.gov",
+    "api.aws.ic.gov",
+    "sc2s.sgov.gov",
+    "api.aws.scloud",
+    "cloud.adc-e.uk",
+    "api.cloud-aws.adc-e.uk",
+    "csp.hci.ic.gov",
+    "api.aws.hci.ic.gov",
+)
+
+
 def is_aws_host(url: str) -> bool:
-    """Whether ``url`` is AWS itself (a regional or VPC endpoint), not an emulator that stands in for it."""
-    host = (urlsplit(url).hostname or "").lower()
-    return host.endswith((".amazonaws.com", ".amazonaws.com.cn"))
+    """Whether ``url`` is AWS itself (a regional, dual-stack or VPC endpoint of any partition), not an emulator that
+    stands in for it (taken as one, a stream in AWS would get the emulator's timings and demo load unasked)."""
+    host = (urlsplit(url).hostname or "").lower().rstrip(".")  # a fully qualified name may end with a dot
+    return host.endswith(tuple(f".{suffix}" for suffix in AWS_DNS_SUFFIXES))
 
 
 def _localstack_endpoint() -> str | None:

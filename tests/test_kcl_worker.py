@@ -29,7 +29,7 @@ from moto import mock_aws
 from rich.console import Console
 
 from clickstream.cli import main
-from consumer.health import Heartbeat, assess, write_heartbeat
+from consumer.health import HEARTBEAT_FILE, Heartbeat, assess, write_heartbeat
 from consumer.kcl_worker import (
     MAIN_CLASS,
     IdleCheck,
@@ -1493,6 +1493,24 @@ def test_health_without_a_heartbeat_asks_about_the_state_directory(tmp_path: Pat
     assert "is a worker running with this state directory?" in result.output
 
 
+@pytest.mark.parametrize(
+    "heartbeat",
+    [
+        {"pid": 10**20, "phase": "running", "started_at": 1e9, "updated_at": 1e18},
+        {"pid": 1, "phase": "stopped", "started_at": 1e9, "updated_at": 1e20},
+    ],
+    ids=["pid", "time"],
+)
+def test_health_with_a_damaged_heartbeat_still_reports(tmp_path: Path, heartbeat: dict[str, object]) -> None:
+    """Numbers too large for the platform raised OverflowError: an 'unexpected' error and no report on stdout."""
+    (tmp_path / HEARTBEAT_FILE).write_text(json.dumps(heartbeat), encoding="utf-8")
+    result = CliRunner().invoke(main, ["health", "--state-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert report["healthy"] is False
+    assert any("no worker heartbeat in" in problem for problem in report["problems"]), report
+
+
 def test_a_second_worker_on_the_same_state_dir_is_refused_naming_the_first(tmp_path: Path) -> None:
     """It would delete the first one's status files and rewrite its settings and heartbeat."""
     state = tmp_path / "state"
@@ -1560,7 +1578,6 @@ def test_a_stop_signal_during_the_start_up_checks_stops_the_worker_at_once_with_
     command line's generic handler: a SIGTERM there (ECS stopping the task) waited for them, then exited 143 with
     'worker interrupted'. It stops at once, as a worker does, with 0; the JVM is never started."""
     import consumer.kcl_worker as kcl_worker
-    from consumer.health import HEARTBEAT_FILE
 
     settings = load_settings(java=str(fake_java(tmp_path / "bin")), state_dir=tmp_path / "state")
     checked: list[str] = []
@@ -1604,7 +1621,6 @@ def test_the_heartbeat_goes_on_while_slow_start_up_checks_run(
     """The "starting" heartbeat was written once: checks slowed by an endpoint (up to half a minute) read as a
     heartbeat gone stale, a dead worker, to `clickstream health`."""
     import consumer.kcl_worker as kcl_worker
-    from consumer.health import HEARTBEAT_FILE
 
     settings = load_settings(java=str(fake_java(tmp_path / "bin")), state_dir=tmp_path / "state")
     stamps: list[float] = []

@@ -953,6 +953,14 @@ def test_manifest_refuses_a_day_that_does_not_exist(day: str) -> None:
     assert "is not a calendar day as YYYYMMDD" in result.output
 
 
+@pytest.mark.parametrize("day", ["99991231", "19691231"])
+def test_manifest_refuses_a_day_outside_the_years_of_the_data(day: str) -> None:
+    """99991231 printed a manifest, then failed on the day after it: 'unexpected OverflowError', exit 1."""
+    result = CliRunner().invoke(main, ["manifest", "--output", "events", "--arrival-day", day])
+    assert result.exit_code == 2, result.output
+    assert "is outside the years 1970-2199" in result.output
+
+
 def claim_prefix(s3: Any, bucket: str, prefix: str = "rfm") -> None:
     """What a worker's first start leaves on its prefix (readers refuse a prefix no worker started on)."""
     s3.put_object(Bucket=bucket, Key=OutputLayout(prefix).prefix_owner_key, Body=b"{}")
@@ -2713,6 +2721,9 @@ def test_produce_puts_generated_events_on_a_real_stream_only_when_asked_for() ->
     [
         "https://kinesis.eu-west-1.amazonaws.com",
         "https://vpce-0abc-1x2y.kinesis.eu-west-1.vpce.amazonaws.com",
+        "https://kinesis.us-east-1.api.aws",  # dual-stack
+        "https://kinesis.us-east-1.amazonaws.com.",  # a fully qualified name
+        "https://kinesis.cn-north-1.api.amazonwebservices.com.cn",
     ],
 )
 def test_an_aws_endpoint_is_aws_itself_for_demo_load_and_metrics(endpoint: str) -> None:
@@ -2723,6 +2734,24 @@ def test_an_aws_endpoint_is_aws_itself_for_demo_load_and_metrics(endpoint: str) 
     assert "give --events N" in refused.output
     assert Settings(aws_endpoint_url=endpoint).effective_metrics_level == "SUMMARY"
     assert Settings(aws_endpoint_url="http://127.0.0.1:4566").effective_metrics_level == "NONE"
+
+
+def test_every_aws_partitions_endpoints_are_aws_itself() -> None:
+    """botocore knows AWS's partitions and their DNS suffixes: each endpoint and dual-stack endpoint is AWS."""
+    import importlib.resources
+
+    from runtime.settings import AWS_DNS_SUFFIXES, is_aws_host
+
+    partitions = json.loads((importlib.resources.files("botocore") / "data" / "partitions.json").read_text())
+    suffixes = {
+        partition["outputs"][kind]
+        for partition in partitions["partitions"]
+        for kind in ("dnsSuffix", "dualStackDnsSuffix")
+    }
+    assert suffixes <= set(AWS_DNS_SUFFIXES)
+    assert all(is_aws_host(f"https://kinesis.some-region-1.{suffix}") for suffix in suffixes)
+    assert not is_aws_host("http://localhost.localstack.cloud:4566")
+    assert not is_aws_host("https://notamazonaws.com")
 
 
 @pytest.mark.parametrize(
