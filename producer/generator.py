@@ -877,21 +877,40 @@ def write_jsonl(path: str | Path, records: Iterable[bytes]) -> int:
     Compact JSON never contains a raw newline; a record that does cannot be framed as a line and is refused.
     The file appears under its name only once whole: the lines go to a hidden file beside it, renamed at the end
     and deleted if the writing stops (Ctrl-C, a full disk, a bad record), so a stopped run leaves no file that
-    breaks off (a ``.gz`` that fails its CRC) and an earlier file of that name as it was. A symbolic link, a device
-    or a pipe (``/dev/stdout``, itself a link) is written in place: a rename would replace the link, not its file.
+    breaks off (a ``.gz`` that fails its CRC) and an earlier file of that name as it was. A symbolic link to a file
+    gets the same, beside that file (the link stays, its file is replaced whole); a device, a pipe (``/dev/stdout``,
+    itself a link) or a link to nothing yet is written in place.
     """
     target = Path(path)
-    compressed = target.suffix.lower() == ".gz"
-    if target.is_symlink() or (target.exists() and not target.is_file()):
+    compressed = target.suffix.lower() == ".gz"  # as the name asked for says, a link's too
+    file = _linked_file(target) if target.is_symlink() else target
+    if file is None or (not file.is_file() and file.exists()):
         return _write_lines(target, records, compressed=compressed, named=target)
-    partial = target.with_name(f".{target.name}.partial")
+    partial = file.with_name(f".{file.name}.partial")
     try:
         count = _write_lines(partial, records, compressed=compressed, named=target)
-        os.replace(partial, target)
+        os.replace(partial, file)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
     return count
+
+
+def _linked_file(link: Path) -> Path | None:
+    """The regular file a symbolic link leads to; None for a link to nothing yet, to a device or through a
+    process's descriptors (``/dev/stdout`` -> ``/proc/self/fd/1``: replaced by a rename, the file a shell opened
+    for ``>>`` would lose what it held)."""
+    path, hops = link, 0
+    while path.is_symlink() and hops < _MAX_LINK_HOPS:
+        if path.is_relative_to("/dev") or path.is_relative_to("/proc"):
+            return None
+        path, hops = path.parent / os.readlink(path), hops + 1
+    if path.is_symlink() or path.is_relative_to("/dev") or path.is_relative_to("/proc") or not path.is_file():
+        return None
+    return Path(os.path.realpath(path))
+
+
+_MAX_LINK_HOPS: Final = 40  # as the kernel's own limit on a chain of links
 
 
 def _write_lines(path: Path, records: Iterable[bytes], *, compressed: bool, named: Path) -> int:

@@ -364,6 +364,29 @@ def test_a_link_is_written_through_not_replaced(tmp_path: Path) -> None:
     assert link.is_symlink() and list(read_jsonl(real)) == records
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.jsonl", "real.jsonl"]
 
+    # a write that stops leaves the link's file as it was, as it leaves a file named directly (it had cut it short)
+    def stopped() -> Iterator[bytes]:
+        yield from generate_events(20, 500, 2)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_jsonl(link, stopped())
+    assert link.is_symlink() and list(read_jsonl(real)) == records
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.jsonl", "real.jsonl"]
+
+
+def test_a_link_to_nothing_yet_and_a_device_are_written_in_place(tmp_path: Path) -> None:
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(tmp_path / "new.jsonl")
+    records = list(generate_events(5, 50, 1))
+    assert write_jsonl(link, records) == len(records)
+    assert link.is_symlink() and list(read_jsonl(tmp_path / "new.jsonl")) == records
+    assert write_jsonl("/dev/null", records) == len(records)
+    to_a_device = tmp_path / "null.jsonl"
+    to_a_device.symlink_to("/dev/null")  # as /dev/stdout leads to a descriptor: no rename beside it
+    assert write_jsonl(to_a_device, records) == len(records)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.jsonl", "new.jsonl", "null.jsonl"]
+
 
 def test_a_gzip_file_is_read_as_gzip_whatever_its_name_and_an_editor_s_bom_is_not_a_record_byte(
     tmp_path: Path,
