@@ -169,6 +169,14 @@ def committed_outputs(s3: Any, settings: Settings) -> CommittedOutputs:
     )
 
 
+def not_readable_parquet(bucket: str, key: str, error: pa.ArrowInvalid) -> FrontDoorError:
+    """The error every reader gives for a committed data file written over, or damaged: named, as a control record
+    is (exit 2; ``ArrowInvalid`` only, not a shortage of memory)."""
+    return FrontDoorError(
+        f"s3://{bucket}/{key}: a committed file that is not readable Parquet ({error})", USAGE
+    )
+
+
 def read_tables(
     s3: Any,
     bucket: str,
@@ -193,11 +201,8 @@ def read_tables(
             return None
         try:
             return pq.read_table(io.BytesIO(body), columns=columns)
-        # a committed file written over, or damaged: named, as a control record is (not a shortage of memory)
         except pa.ArrowInvalid as error:
-            raise FrontDoorError(
-                f"s3://{bucket}/{key}: a committed file that is not readable Parquet ({error})", USAGE
-            ) from None
+            raise not_readable_parquet(bucket, key, error) from None
 
     if not keys:
         return None

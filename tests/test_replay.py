@@ -506,6 +506,20 @@ def test_a_committed_file_gone_from_the_archive_is_named_before_anything_is_read
     assert _replay_keys(s3) == [], "no claim, no output"
 
 
+def test_a_committed_file_that_is_not_parquet_is_named_and_nothing_is_written(
+    s3: Any, tmp_path: Path
+) -> None:
+    """A committed events file written over stopped the replay with 'unexpected ArrowInvalid' and no key."""
+    _archive(s3)
+    keys = [obj["Key"] for obj in s3.list_objects_v2(Bucket=BUCKET, Prefix="rfm/events/")["Contents"]]
+    s3.put_object(Bucket=BUCKET, Key=keys[-1], Body=b"garbage")
+    result = _replay("--from", "2026-03-01", "--to", "2026-03-03", "--state-dir", str(tmp_path))
+    assert result.exit_code == 2, result.output
+    assert f"s3://{BUCKET}/{keys[-1]}: a committed file that is not readable Parquet" in result.output
+    assert "unexpected" not in result.output
+    assert _replay_keys(s3) == [], "no output, and the name's claim released"
+
+
 def test_a_dry_run_of_a_name_claimed_for_another_range_is_refused_as_the_run_would_be(
     s3: Any, tmp_path: Path
 ) -> None:
