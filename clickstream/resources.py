@@ -8,6 +8,7 @@ from typing import Any, Final
 
 from botocore.exceptions import ClientError
 
+from clickstream.errors import FrontDoorError
 from runtime.aws import aws_client
 from runtime.settings import Settings
 
@@ -15,7 +16,8 @@ log = logging.getLogger(__name__)
 
 
 def ensure_stream(kinesis: Any, name: str, shards: int, timeout: float = 60.0) -> str:
-    """Create the stream if it does not exist and wait until it is ACTIVE. Returns its ARN."""
+    """Create the stream if it does not exist and wait until it is ACTIVE (or UPDATING: a reshard or an encryption
+    change under way, during which the stream is read and written as usual). Returns its ARN."""
     created = False
     try:
         kinesis.create_stream(StreamName=name, ShardCount=shards)
@@ -28,6 +30,13 @@ def ensure_stream(kinesis: Any, name: str, shards: int, timeout: float = 60.0) -
     deadline = time.monotonic() + timeout
     while True:
         summary = kinesis.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]
+        if summary["StreamStatus"] == "UPDATING":
+            log.info("stream %s is UPDATING (a reshard or an encryption change): in use as it is", name)
+            return str(summary["StreamARN"])
+        if summary["StreamStatus"] == "DELETING" and not created:
+            raise FrontDoorError(
+                f"stream {name} is being deleted: run setup again once it is gone (a minute or so) to create it anew"
+            )
         if summary["StreamStatus"] == "ACTIVE":
             open_shards = summary.get("OpenShardCount")
             if not created and open_shards is not None and open_shards != shards:

@@ -101,6 +101,38 @@ def test_setup_of_an_existing_stream_with_another_shard_count_says_so(
     assert "has 2 open shards, not 3" in warning
 
 
+class _ExistingStream:
+    """A Kinesis client whose stream exists, in ``status`` (moto never reports UPDATING or DELETING)."""
+
+    def __init__(self, status: str) -> None:
+        self.status = status
+
+    def create_stream(self, **_arguments: Any) -> None:
+        from botocore.exceptions import ClientError
+
+        raise ClientError({"Error": {"Code": "ResourceInUseException", "Message": "exists"}}, "CreateStream")
+
+    def describe_stream_summary(self, StreamName: str) -> dict[str, Any]:  # boto3 names it so
+        arn = f"arn:aws:kinesis:{REGION}:123456789012:stream/{StreamName}"
+        return {
+            "StreamDescriptionSummary": {"StreamStatus": self.status, "StreamARN": arn, "OpenShardCount": 4}
+        }
+
+
+def test_setup_takes_a_stream_being_updated_as_it_is_and_names_one_being_deleted() -> None:
+    """A reshard (UPDATING) made setup wait a minute, fail, and never reach the bucket; a stream being deleted
+    waited as long, to say it was 'still DELETING'."""
+    from clickstream.errors import FrontDoorError
+    from clickstream.resources import ensure_stream
+
+    arn = ensure_stream(_ExistingStream("UPDATING"), "events", 2, timeout=0.0)
+    assert arn.endswith(":stream/events")
+    with pytest.raises(
+        FrontDoorError, match="stream events is being deleted: run setup again once it is gone"
+    ):
+        ensure_stream(_ExistingStream("DELETING"), "events", 2, timeout=30.0)
+
+
 def test_the_offered_policy_refuses_plain_http_and_puts_without_the_workers_encryption(s3: Any) -> None:
     policy = bucket_policy("kms-bucket", "aws:kms", KEY_ARN)
     by_sid = {statement["Sid"]: statement for statement in policy["Statement"]}
