@@ -645,7 +645,7 @@ def produce(
     from botocore.exceptions import ClientError
 
     from consumer.preflight import is_missing_stream, stream_missing
-    from producer.generator import DoubtfulRecords, read_jsonl
+    from producer.generator import DoubtfulRecords, input_format_refusal, read_jsonl
     from producer.kinesis_put import (
         DEFAULT_LINGER_SECONDS,
         KinesisProducer,
@@ -683,6 +683,8 @@ def produce(
     if input_file is not None:
         if str(input_file) == "-" and sys.stdin is None:  # started with stdin closed (`<&-`)
             raise FrontDoorError("--input -: stdin is closed: give a file, or a pipe on stdin", USAGE)
+        if refusal := input_format_refusal(input_file):  # before any record is sent
+            raise FrontDoorError(refusal, USAGE)
         records = read_jsonl(input_file)
         total = None
     else:

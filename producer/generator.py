@@ -49,6 +49,7 @@ import logging
 import math
 import os
 import random
+import shlex
 import sys
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -859,11 +860,47 @@ def _stdin() -> Iterator[io.BufferedReader]:
         yield own
 
 
+#: The first bytes of compressed and archive formats other than gzip, which this reads none of: sent as they are,
+#: each line of such a file would be a garbage record on the stream.
+_OTHER_FORMATS: Final = {
+    b"BZh": ("bzip2", "bzip2 -dc"),
+    b"\xfd7zXZ\x00": ("xz", "xz -dc"),
+    b"\x28\xb5\x2f\xfd": ("zstd", "zstd -dc"),
+    b"PK\x03\x04": ("zip", "unzip -p"),
+    b"7z\xbc\xaf\x27\x1c": ("7z", "7z x -so"),
+}
+_FORMAT_BYTES: Final = max(len(magic) for magic in _OTHER_FORMATS)
+
+
+def format_refusal(path: str | Path, first_bytes: bytes) -> str | None:
+    """Why a file starting with ``first_bytes`` is no JSONL input (another compression or an archive), or None."""
+    for magic, (name, command) in _OTHER_FORMATS.items():
+        if first_bytes.startswith(magic):
+            source = "-" if str(path) == "-" else shlex.quote(str(path))
+            return (
+                f"{path} is a {name} file: an input is JSONL, plain or gzip-compressed; decompress it first, e.g. "
+                f"{command} {source} | clickstream produce --input -"
+            )
+    return None
+
+
+def input_format_refusal(path: Path) -> str | None:
+    """``format_refusal`` of a regular file, read before anything is sent (None for a pipe: its bytes are read
+    once, by the sending, which checks them then)."""
+    if str(path) == "-" or not path.is_file():
+        return None
+    with path.open("rb") as raw:
+        return format_refusal(path, raw.read(_FORMAT_BYTES))
+
+
 @contextmanager
 def _reading(path: Path) -> Iterator[IO[bytes]]:
     """A file to read, decompressed when its first bytes are gzip's (whatever its name). Opened once and peeked,
-    not read twice: a pipe (``-`` for stdin, ``<(zcat ...)``) gives its bytes to one read only."""
+    not read twice: a pipe (``-`` for stdin, ``<(zcat ...)``) gives its bytes to one read only. Another compression
+    or an archive is refused (``InputFileError``) before its first line."""
     with _stdin() if str(path) == "-" else path.open("rb") as raw:
+        if refusal := format_refusal(path, raw.peek(_FORMAT_BYTES)[:_FORMAT_BYTES]):
+            raise InputFileError(refusal)
         if raw.peek(len(_GZIP_MAGIC))[: len(_GZIP_MAGIC)] == _GZIP_MAGIC:
             with gzip.GzipFile(fileobj=raw) as unpacked:
                 yield cast(IO[bytes], unpacked)

@@ -2533,6 +2533,34 @@ def test_produce_says_which_records_of_its_input_the_worker_will_reject(tmp_path
     assert quiet.exit_code == 0 and '"WARNING"' not in quiet.stderr, quiet.stderr
 
 
+@pytest.mark.parametrize("stdin", [False, True], ids=["file", "stdin"])
+def test_produce_refuses_another_compression_before_sending_anything(tmp_path: Path, stdin: bool) -> None:
+    """A .bz2 (or .xz, .zst, .zip) was sent line by line as binary garbage, exit 0, with advice about JSON arrays."""
+    import bz2
+    import lzma
+    import zipfile
+
+    from producer.generator import generate_events
+
+    lines = b"\n".join(generate_events(5, 40, 3)) + b"\n"
+    zipped = tmp_path / "events.zip"
+    with zipfile.ZipFile(zipped, "w") as archive:
+        archive.writestr("events.jsonl", lines)
+    for name, body, command in [
+        ("events.jsonl.bz2", bz2.compress(lines), "bzip2 -dc"),
+        ("events.jsonl.xz", lzma.compress(lines), "xz -dc"),
+        ("events.zip", zipped.read_bytes(), "unzip -p"),
+    ]:
+        source = tmp_path / name
+        source.write_bytes(body)
+        result, held = produce_file(Path("-"), stdin=body) if stdin else produce_file(source)
+        assert held == 0, "nothing sent"
+        assert result.exit_code == (1 if stdin else 2), result.output
+        shown = "-" if stdin else str(source)
+        assert f"{shown} is a {name.split('.')[-1].replace('bz2', 'bzip2')} file" in result.output
+        assert f"{command} {shown} | clickstream produce --input -" in result.output
+
+
 def test_produce_counts_every_line_of_a_json_array_of_one_object_a_line(tmp_path: Path) -> None:
     """``[``, ``{...},`` a line, ``]``: the worker rejects every line but the last object's, and the run says so."""
     from producer.generator import generate_events
