@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 import sys
 import tempfile
@@ -152,6 +153,9 @@ class LocalPath(click.Path):
                 param,
                 ctx,
             )
+        if isinstance(value, str) and not self.dir_okay and value.endswith(("/", os.sep)):
+            # a path would drop the slash: `generate -o out/` wrote a file named "out"
+            self.fail(f"{value!r} names a folder (it ends with '/'): give a file's name", param, ctx)
         return super().convert(value, param, ctx)
 
 

@@ -2818,6 +2818,18 @@ def test_a_url_or_nothing_given_for_a_local_path_is_refused_and_nothing_written(
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("command", [["report", "-o"], ["generate", "-o"]], ids=lambda command: command[0])
+def test_a_file_output_ending_with_a_slash_is_refused_and_nothing_written(
+    command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`generate -o out/` wrote a file named "out" (a path drops the slash)."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, [*command, "out/"])
+    assert result.exit_code == 2, result.output
+    assert "'out/' names a folder (it ends with '/'): give a file's name" in result.output
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_state_dir_url_from_the_environment_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLICKSTREAM_STATE_DIR", "s3://bucket/state")
     with pytest.raises(ConfigError, match="CLICKSTREAM_STATE_DIR: is a URL"):
