@@ -169,12 +169,16 @@ def committed_outputs(s3: Any, settings: Settings) -> CommittedOutputs:
     )
 
 
-def not_readable_parquet(bucket: str, key: str, error: pa.ArrowInvalid) -> FrontDoorError:
-    """The error every reader gives for a committed data file written over, or damaged: named, as a control record
-    is (exit 2; ``ArrowInvalid`` only, not a shortage of memory)."""
-    return FrontDoorError(
-        f"s3://{bucket}/{key}: a committed file that is not readable Parquet ({error})", USAGE
-    )
+def read_committed_parquet(bucket: str, key: str, body: bytes, columns: list[str] | None = None) -> pa.Table:
+    """A committed data file's bytes as a table. One written over, or damaged, is named, as a control record is
+    (exit 2): bad magic bytes or footer raise ``ArrowInvalid``, a page that does not decode ``OSError`` (no I/O
+    happens in a read of bytes in memory); a shortage of memory is no damage and is raised as it is."""
+    try:
+        return pq.read_table(io.BytesIO(body), columns=columns)
+    except (pa.ArrowInvalid, OSError) as error:
+        raise FrontDoorError(
+            f"s3://{bucket}/{key}: a committed file that is not readable Parquet ({error})", USAGE
+        ) from None
 
 
 def read_tables(
@@ -199,10 +203,7 @@ def read_tables(
                 raise
             missing.append(key)
             return None
-        try:
-            return pq.read_table(io.BytesIO(body), columns=columns)
-        except pa.ArrowInvalid as error:
-            raise not_readable_parquet(bucket, key, error) from None
+        return read_committed_parquet(bucket, key, body, columns)
 
     if not keys:
         return None

@@ -34,9 +34,9 @@ from aggregators.customer_state import CustomerState
 from clickstream.console import progress_of
 from clickstream.errors import FrontDoorError, explain, query_interrupted
 from clickstream.options import parse_flag_time, show_progress
-from clickstream.outputs import MAX_WORKERS, commit_records, not_readable_parquet
+from clickstream.outputs import MAX_WORKERS, commit_records, read_committed_parquet
 from consumer.retry import is_transient
-from consumer.s3_sink import S3ParquetSink, lost_to_another_writer, map_in_parallel
+from consumer.s3_sink import S3ParquetSink, lost_to_another_writer, map_in_parallel, missing_object
 from consumer.state_recovery import state_options
 from runtime.exit_codes import USAGE
 from runtime.settings import Settings
@@ -326,10 +326,10 @@ def _replay(  # noqa: PLR0917 - one private call site
         ) as bar:
             # by shard, parents first, each shard's in stream order
             for done, key in enumerate(plan.files, start=1):
-                try:
-                    events = sink.get_parquet(key)
-                except pa.ArrowInvalid as error:
-                    raise not_readable_parquet(sink.bucket, key, error) from None
+                body = sink.get_bytes(key)
+                if body is None:  # deleted since the plan checked it
+                    raise missing_object(sink.bucket, key)
+                events = read_committed_parquet(sink.bucket, key, body)
                 events = events.select(EVENTS_SCHEMA.names).cast(EVENTS_SCHEMA)
                 shard = events.column("shard_id")[0].as_py() if events.num_rows else pending_shard
                 if shard != pending_shard:

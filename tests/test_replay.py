@@ -506,13 +506,22 @@ def test_a_committed_file_gone_from_the_archive_is_named_before_anything_is_read
     assert _replay_keys(s3) == [], "no claim, no output"
 
 
+def _damaged_pages(body: bytes) -> bytes:
+    """The file with its middle (compressed column pages) overwritten: its footer still reads."""
+    middle = len(body) // 2
+    return body[: middle - 32] + bytes(64) + body[middle + 32 :]
+
+
+@pytest.mark.parametrize("damage", [lambda _body: b"garbage", _damaged_pages], ids=["not-parquet", "pages"])
 def test_a_committed_file_that_is_not_parquet_is_named_and_nothing_is_written(
-    s3: Any, tmp_path: Path
+    s3: Any, tmp_path: Path, damage: Callable[[bytes], bytes]
 ) -> None:
-    """A committed events file written over stopped the replay with 'unexpected ArrowInvalid' and no key."""
+    """A committed events file written over (ArrowInvalid) or damaged inside (OSError) stopped the replay with an
+    'unexpected' error and no key."""
     _archive(s3)
     keys = [obj["Key"] for obj in s3.list_objects_v2(Bucket=BUCKET, Prefix="rfm/events/")["Contents"]]
-    s3.put_object(Bucket=BUCKET, Key=keys[-1], Body=b"garbage")
+    body = s3.get_object(Bucket=BUCKET, Key=keys[-1])["Body"].read()
+    s3.put_object(Bucket=BUCKET, Key=keys[-1], Body=damage(body))
     result = _replay("--from", "2026-03-01", "--to", "2026-03-03", "--state-dir", str(tmp_path))
     assert result.exit_code == 2, result.output
     assert f"s3://{BUCKET}/{keys[-1]}: a committed file that is not readable Parquet" in result.output
