@@ -50,6 +50,7 @@ import math
 import os
 import random
 import shlex
+import shutil
 import sys
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -913,19 +914,22 @@ def write_jsonl(path: str | Path, records: Iterable[bytes]) -> int:
 
     Compact JSON never contains a raw newline; a record that does cannot be framed as a line and is refused.
     The file appears under its name only once whole: the lines go to a hidden file beside it, renamed at the end
-    and deleted if the writing stops (Ctrl-C, a full disk, a bad record), so a stopped run leaves no file that
-    breaks off (a ``.gz`` that fails its CRC) and an earlier file of that name as it was. A symbolic link to a file
-    gets the same, beside that file (the link stays, its file is replaced whole); a device, a pipe (``/dev/stdout``,
-    itself a link) or a link to nothing yet is written in place.
+    (with the permissions of the file it replaces) and deleted if the writing stops (Ctrl-C, a full disk, a bad
+    record), so a stopped run leaves no file that breaks off (a ``.gz`` that fails its CRC) and an earlier file of
+    that name as it was. A symbolic link to a file gets the same, beside that file (the link stays), when a rename
+    keeps the file what others see (``_replaceable``); a device, a pipe (``/dev/stdout``, itself a link), a link to
+    nothing yet or to a file a rename would change for others is written in place.
     """
     target = Path(path)
     compressed = target.suffix.lower() == ".gz"  # as the name asked for says, a link's too
-    file = _linked_file(target) if target.is_symlink() else target
-    if file is None or (not file.is_file() and file.exists()):
+    file = _replaceable(target)
+    if file is None:
         return _write_lines(target, records, compressed=compressed, named=target)
     partial = file.with_name(f".{file.name}.partial")
     try:
         count = _write_lines(partial, records, compressed=compressed, named=target)
+        if file.exists():
+            shutil.copymode(file, partial)
         os.replace(partial, file)
     except BaseException:
         partial.unlink(missing_ok=True)
@@ -933,18 +937,39 @@ def write_jsonl(path: str | Path, records: Iterable[bytes]) -> int:
     return count
 
 
+def _replaceable(target: Path) -> Path | None:
+    """The file a write replaces whole by a rename: the file named (existing or not), or the regular file a link
+    leads to if it is ours, has no other name (a hard link would keep the old lines) and sits in a folder we may
+    write to; None where the lines are written in place."""
+    if not target.is_symlink():
+        return None if target.exists() and not target.is_file() else target
+    file = _linked_file(target)
+    if file is None:
+        return None
+    held = file.stat()
+    if held.st_uid != os.getuid() or held.st_nlink != 1 or not os.access(file.parent, os.W_OK | os.X_OK):
+        return None
+    return file
+
+
 def _linked_file(link: Path) -> Path | None:
     """The regular file a symbolic link leads to; None for a link to nothing yet, to a device or through a
-    process's descriptors (``/dev/stdout`` -> ``/proc/self/fd/1``: replaced by a rename, the file a shell opened
-    for ``>>`` would lose what it held)."""
+    process's descriptors (``/dev/stdout`` -> ``/proc/self/fd/1``: the file behind it is held open by another
+    process, the shell that redirected it, which a rename would leave writing to a file no longer named)."""
     path, hops = link, 0
     while path.is_symlink() and hops < _MAX_LINK_HOPS:
-        if path.is_relative_to("/dev") or path.is_relative_to("/proc"):
+        if _is_system_path(path):
             return None
         path, hops = path.parent / os.readlink(path), hops + 1
-    if path.is_symlink() or path.is_relative_to("/dev") or path.is_relative_to("/proc") or not path.is_file():
+    if path.is_symlink() or _is_system_path(path) or not path.is_file():
         return None
     return Path(os.path.realpath(path))
+
+
+def _is_system_path(path: Path) -> bool:
+    """Under /dev or /proc, ``..`` resolved (a relative link ``../../proc/self/fd/1`` too)."""
+    absolute = Path(os.path.abspath(path))
+    return absolute.is_relative_to("/dev") or absolute.is_relative_to("/proc")
 
 
 _MAX_LINK_HOPS: Final = 40  # as the kernel's own limit on a chain of links

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
 import subprocess
 import sys
@@ -373,6 +374,49 @@ def test_a_link_is_written_through_not_replaced(tmp_path: Path) -> None:
         write_jsonl(link, stopped())
     assert link.is_symlink() and list(read_jsonl(real)) == records
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.jsonl", "real.jsonl"]
+
+
+def test_a_file_replaced_through_a_link_keeps_its_permissions_and_a_second_name_keeps_it_in_place(
+    tmp_path: Path,
+) -> None:
+    """Replaced by a rename, a private file became world-readable, and another hard link kept the old lines."""
+    real = tmp_path / "real.jsonl"
+    real.write_bytes(b"old\n")
+    real.chmod(0o600)
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(real)
+    records = list(generate_events(5, 50, 1))
+    write_jsonl(link, records)
+    assert real.stat().st_mode & 0o777 == 0o600
+    direct = tmp_path / "direct.jsonl"
+    direct.write_bytes(b"old\n")
+    direct.chmod(0o640)
+    write_jsonl(direct, records)
+    assert direct.stat().st_mode & 0o777 == 0o640, "a file named directly keeps them too"
+
+    second = tmp_path / "second-name.jsonl"
+    os.link(real, second)
+    inode = real.stat().st_ino
+    write_jsonl(link, records[:3])
+    assert real.stat().st_ino == inode, "written in place"
+    assert list(read_jsonl(second)) == records[:3]
+
+
+@pytest.mark.parametrize("relative", [False, True], ids=["absolute", "relative"])
+def test_a_link_through_a_process_descriptor_is_written_in_place(tmp_path: Path, relative: bool) -> None:
+    """/dev/stdout leads through /proc/self/fd/1 to the file a shell redirected it to: a rename would leave the
+    shell writing to a file no longer named."""
+    held = tmp_path / "held.jsonl"
+    with held.open("wb") as opened:
+        descriptor = f"/proc/self/fd/{opened.fileno()}"
+        link = tmp_path / "out.jsonl"
+        link.symlink_to(os.path.relpath(descriptor, tmp_path) if relative else descriptor)
+        inode = held.stat().st_ino
+        records = list(generate_events(5, 50, 1))
+        assert write_jsonl(link, records) == len(records)
+    assert held.stat().st_ino == inode
+    assert list(read_jsonl(held)) == records
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["held.jsonl", "out.jsonl"]
 
 
 def test_a_link_to_nothing_yet_and_a_device_are_written_in_place(tmp_path: Path) -> None:
