@@ -645,7 +645,7 @@ def produce(
     from botocore.exceptions import ClientError
 
     from consumer.preflight import is_missing_stream, stream_missing
-    from producer.generator import DoubtfulRecords, input_format_refusal, read_jsonl
+    from producer.generator import DoubtfulRecords, InputFormatError, input_format_refusal, read_jsonl
     from producer.kinesis_put import (
         DEFAULT_LINGER_SECONDS,
         KinesisProducer,
@@ -722,6 +722,8 @@ def produce(
         # the summary is the command's answer: printed at any log level, not logged
         summary = producer.put(sent, total=total, log_summary=False)
     except (PutRecordsError, PutInputError) as error:
+        if isinstance(error.__cause__, InputFormatError):  # refused at its first bytes: nothing read or sent
+            raise FrontDoorError(str(error.__cause__), USAGE) from None
         say_doubtful(f"{input_file} read (delivered or not)")
         _say_pipe_is_consumed(input_file)
         refused = explain(error.__cause__) if isinstance(error.__cause__, ClientError) else None

@@ -49,8 +49,10 @@ import logging
 import math
 import os
 import random
+import re
 import shlex
 import shutil
+import stat
 import sys
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -861,49 +863,81 @@ def _stdin() -> Iterator[io.BufferedReader]:
         yield own
 
 
-#: The first bytes of compressed and archive formats other than gzip, which this reads none of: sent as they are,
-#: each line of such a file would be a garbage record on the stream.
-_OTHER_FORMATS: Final = {
-    b"BZh": ("bzip2", "bzip2 -dc"),
-    b"\xfd7zXZ\x00": ("xz", "xz -dc"),
-    b"\x28\xb5\x2f\xfd": ("zstd", "zstd -dc"),
-    b"PK\x03\x04": ("zip", "unzip -p"),
-    b"7z\xbc\xaf\x27\x1c": ("7z", "7z x -so"),
-}
-_FORMAT_BYTES: Final = max(len(magic) for magic in _OTHER_FORMATS)
+#: The first bytes of compressed and archive formats other than gzip, which this reads none of (a tar archive, also
+#: inside gzip, by its header's magic at byte 257): sent as they are, each line of such a file would be a garbage
+#: record on the stream. Each pattern holds bytes no JSONL text starts with.
+_OTHER_FORMATS: Final = (
+    (re.compile(rb"BZh[1-9](1AY&SY|\x17rE8P\x90)"), "bzip2", "bzip2 -dc"),
+    (re.compile(rb"\xfd7zXZ\x00"), "xz", "xz -dc"),
+    (re.compile(rb"\x28\xb5\x2f\xfd"), "zstd", "zstd -dc"),
+    (re.compile(rb"PK(\x03\x04|\x05\x06)"), "zip", "unzip -p"),
+    (re.compile(rb"7z\xbc\xaf\x27\x1c"), "7z", "7z x -so"),
+    (re.compile(rb".{257}ustar[\x00 ]", re.DOTALL), "tar", "tar -xOf"),
+)
+_FORMAT_BYTES: Final = 263
 
 
-def format_refusal(path: str | Path, first_bytes: bytes) -> str | None:
-    """Why a file starting with ``first_bytes`` is no JSONL input (another compression or an archive), or None."""
-    for magic, (name, command) in _OTHER_FORMATS.items():
-        if first_bytes.startswith(magic):
-            source = "-" if str(path) == "-" else shlex.quote(str(path))
+def format_refusal(
+    path: str | Path, first_bytes: bytes, *, gzipped: bool = False, named: bool = True
+) -> str | None:
+    """Why an input whose first bytes (decompressed, when ``gzipped``) are ``first_bytes`` is no JSONL, or None.
+    ``named``: the path can be read again (a regular file), so the advice names it."""
+    for pattern, name, command in _OTHER_FORMATS:
+        if pattern.match(first_bytes):
+            what = "stdin" if str(path) == "-" else str(path)
+            kind = f"a gzip-compressed {name}" if gzipped else f"a {name}"
+            unpack = "tar -xzOf" if gzipped and name == "tar" else command
+            source = shlex.quote(str(path)) if named and str(path) != "-" else "FILE"
             return (
-                f"{path} is a {name} file: an input is JSONL, plain or gzip-compressed; decompress it first, e.g. "
-                f"{command} {source} | clickstream produce --input -"
+                f"{what} is {kind} file: an input is JSONL, plain or gzip-compressed; decompress it first, e.g. "
+                f"{unpack} {source} | clickstream produce --input -"
             )
     return None
 
 
 def input_format_refusal(path: Path) -> str | None:
-    """``format_refusal`` of a regular file, read before anything is sent (None for a pipe: its bytes are read
-    once, by the sending, which checks them then)."""
-    if str(path) == "-" or not path.is_file():
+    """``format_refusal`` of a regular file, or of stdin redirected from one, read before anything is sent (None
+    for a pipe: its bytes are read once, by the sending, which checks them then)."""
+    if str(path) == "-":
+        try:
+            descriptor = sys.stdin.fileno()
+            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+                return None
+            head = os.pread(descriptor, _HEAD_BYTES, os.lseek(descriptor, 0, os.SEEK_CUR))
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            return None
+    elif path.is_file():
+        with path.open("rb") as raw:
+            head = raw.read(_HEAD_BYTES)
+    else:
         return None
-    with path.open("rb") as raw:
-        return format_refusal(path, raw.read(_FORMAT_BYTES))
+    if head.startswith(_GZIP_MAGIC):
+        try:
+            unpacked = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, _FORMAT_BYTES)
+        except zlib.error:
+            return None  # said by the reading, naming where it broke off
+        return format_refusal(path, unpacked, gzipped=True)
+    return format_refusal(path, head)
+
+
+#: Bytes read from a file's start to check its format: enough gzip to hold a tar header decompressed.
+_HEAD_BYTES: Final = 64 * 1024
 
 
 @contextmanager
 def _reading(path: Path) -> Iterator[IO[bytes]]:
     """A file to read, decompressed when its first bytes are gzip's (whatever its name). Opened once and peeked,
     not read twice: a pipe (``-`` for stdin, ``<(zcat ...)``) gives its bytes to one read only. Another compression
-    or an archive is refused (``InputFileError``) before its first line."""
+    or an archive is refused (``InputFormatError``) before its first line."""
     with _stdin() if str(path) == "-" else path.open("rb") as raw:
-        if refusal := format_refusal(path, raw.peek(_FORMAT_BYTES)[:_FORMAT_BYTES]):
-            raise InputFileError(refusal)
+        named = str(path) != "-" and path.is_file()
+        if refusal := format_refusal(path, raw.peek(_FORMAT_BYTES)[:_FORMAT_BYTES], named=named):
+            raise InputFormatError(refusal)
         if raw.peek(len(_GZIP_MAGIC))[: len(_GZIP_MAGIC)] == _GZIP_MAGIC:
             with gzip.GzipFile(fileobj=raw) as unpacked:
+                head = unpacked.peek(_FORMAT_BYTES)[:_FORMAT_BYTES]
+                if refusal := format_refusal(path, head, gzipped=True, named=named):
+                    raise InputFormatError(refusal)
                 yield cast(IO[bytes], unpacked)
         else:
             yield raw
@@ -995,6 +1029,10 @@ def _write_lines(path: Path, records: Iterable[bytes], *, compressed: bool, name
 
 class InputFileError(ValueError):
     """A JSONL input that cannot be read to its end (a truncated or mislabelled ``.gz``, an I/O error)."""
+
+
+class InputFormatError(InputFileError):
+    """An input in a format this does not read (another compression, an archive): refused before its first record."""
 
 
 def read_jsonl(path: str | Path) -> Iterator[bytes]:

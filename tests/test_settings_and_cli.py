@@ -2533,9 +2533,24 @@ def test_produce_says_which_records_of_its_input_the_worker_will_reject(tmp_path
     assert quiet.exit_code == 0 and '"WARNING"' not in quiet.stderr, quiet.stderr
 
 
-@pytest.mark.parametrize("stdin", [False, True], ids=["file", "stdin"])
-def test_produce_refuses_another_compression_before_sending_anything(tmp_path: Path, stdin: bool) -> None:
-    """A .bz2 (or .xz, .zst, .zip) was sent line by line as binary garbage, exit 0, with advice about JSON arrays."""
+def _tar_of(lines: bytes, *, compressed: bool) -> bytes:
+    import io
+    import tarfile
+
+    packed = io.BytesIO()
+    with tarfile.open(fileobj=packed, mode="w:gz" if compressed else "w") as archive:
+        member = tarfile.TarInfo("events.jsonl")
+        member.size = len(lines)
+        archive.addfile(member, io.BytesIO(lines))
+    return packed.getvalue()
+
+
+@pytest.mark.parametrize("source", ["file", "stdin-file", "pipe"])
+def test_produce_refuses_another_compression_before_sending_anything(
+    tmp_path: Path, source: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A .bz2 (or .xz, .zst, .zip, .tar.gz) was sent line by line as binary garbage, exit 0, with advice about JSON
+    arrays."""
     import bz2
     import lzma
     import zipfile
@@ -2546,19 +2561,44 @@ def test_produce_refuses_another_compression_before_sending_anything(tmp_path: P
     zipped = tmp_path / "events.zip"
     with zipfile.ZipFile(zipped, "w") as archive:
         archive.writestr("events.jsonl", lines)
-    for name, body, command in [
-        ("events.jsonl.bz2", bz2.compress(lines), "bzip2 -dc"),
-        ("events.jsonl.xz", lzma.compress(lines), "xz -dc"),
-        ("events.zip", zipped.read_bytes(), "unzip -p"),
+    for name, body, kind, command in [
+        ("events.jsonl.bz2", bz2.compress(lines), "a bzip2", "bzip2 -dc"),
+        ("events.jsonl.xz", lzma.compress(lines), "a xz", "xz -dc"),
+        ("events.zip", zipped.read_bytes(), "a zip", "unzip -p"),
+        ("events.tar", _tar_of(lines, compressed=False), "a tar", "tar -xOf"),
+        ("events.tar.gz", _tar_of(lines, compressed=True), "a gzip-compressed tar", "tar -xzOf"),
     ]:
-        source = tmp_path / name
-        source.write_bytes(body)
-        result, held = produce_file(Path("-"), stdin=body) if stdin else produce_file(source)
+        path = tmp_path / name
+        path.write_bytes(body)
+        if source == "stdin-file":  # `--input - < events.jsonl.bz2`: checked before sending, as a file is
+            from producer.generator import input_format_refusal
+
+            with path.open("rb") as stdin:
+                monkeypatch.setattr("sys.stdin", stdin)
+                said = input_format_refusal(Path("-"))
+            monkeypatch.undo()
+            assert (
+                said
+                == f"stdin is {kind} file: an input is JSONL, plain or gzip-compressed; decompress it "
+                + (f"first, e.g. {command} FILE | clickstream produce --input -")
+            )
+            continue
+        # a pipe is read once: its first bytes are checked by the sending
+        result, held = produce_file(path) if source == "file" else produce_file(Path("-"), stdin=body)
         assert held == 0, "nothing sent"
-        assert result.exit_code == (1 if stdin else 2), result.output
-        shown = "-" if stdin else str(source)
-        assert f"{shown} is a {name.split('.')[-1].replace('bz2', 'bzip2')} file" in result.output
-        assert f"{command} {shown} | clickstream produce --input -" in result.output
+        assert result.exit_code == 2, result.output
+        shown, named = (str(path), str(path)) if source == "file" else ("stdin", "FILE")
+        assert f"{shown} is {kind} file: an input is JSONL" in result.output, result.output
+        assert f"{command} {named} | clickstream produce --input -" in result.output
+        assert "delivered" not in result.output
+
+
+def test_a_text_that_starts_as_a_format_s_magic_does_is_no_such_file() -> None:
+    from producer.generator import format_refusal
+
+    assert format_refusal("in.jsonl", b"BZh is a word\n{}") is None
+    assert format_refusal("in.jsonl", b'PK: {"a": 1}') is None
+    assert format_refusal("in.jsonl", b"BZh91AY&SY...") is not None
 
 
 def test_produce_counts_every_line_of_a_json_array_of_one_object_a_line(tmp_path: Path) -> None:
