@@ -33,11 +33,11 @@ from clickstream.clv_commands import report, score
 from clickstream.console import JsonShownError, json_mode, progress_of, say
 from clickstream.errors import FrontDoorError, explain, kms_key_unusable, query_interrupted
 from clickstream.options import (
-    FLAG_YEARS,
     FiniteFloatRange,
     LocalPath,
     build_on,
     build_settings,
+    outside_flag_years,
     parse_flag_time,
     progress_option,
     setting_option,
@@ -960,10 +960,9 @@ def _arrival_day(_: click.Context, __: click.Parameter, value: str | None) -> in
         day = None
     if day != value:  # strptime also takes one-digit months and days
         raise click.BadParameter(f"{value!r} is not a calendar day as YYYYMMDD")
-    if (
-        int(value[:4]) not in FLAG_YEARS
-    ):  # 99991231: the day after it overflowed, after the manifest was printed
-        raise click.BadParameter(f"{value!r} is outside the years {FLAG_YEARS.start}-{FLAG_YEARS.stop - 1}")
+    # 99991231: the day after it overflowed, after the manifest was printed
+    if refusal := outside_flag_years(value):
+        raise click.BadParameter(refusal)
     return int(day)
 
 

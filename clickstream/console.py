@@ -100,6 +100,9 @@ class _Progress:
                 self.shown = tqdm(
                     total=total, unit=self.unit, desc=self.description, file=sys.stderr, leave=False
                 )
+            if total != self.shown.total:  # a listing's total grows once it passes what it expected
+                self.shown.total = total
+                self.shown.refresh()
             self.shown.update(done - self.shown.n)
         elif self.clock() - self.logged_at >= self.log_seconds:
             self.logged_at = self.clock()

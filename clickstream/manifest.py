@@ -14,7 +14,7 @@ from typing import Any
 from clickstream.console import progress_of
 from clickstream.errors import FrontDoorError
 from clickstream.options import show_progress
-from clickstream.outputs import MAX_WORKERS, commit_records, list_keys
+from clickstream.outputs import MAX_WORKERS, commit_records, list_output
 from consumer.s3_sink import S3ParquetSink, committed_files, read_partition_commits
 from runtime.settings import Settings
 from schemas.control import CommitRecord
@@ -28,9 +28,7 @@ def copy_manifest(s3: Any, settings: Settings, output: str, arrival_day: int | N
     layout = OutputLayout(settings.prefix)
     records = commit_records(s3, settings)
     expected = sum(len(record.files.get(output, [])) for record in records)
-    with progress_of(f"listing {output}/", "file", bar=show_progress(None)) as report:
-        listed = list_keys(s3, settings.bucket, layout.output_prefix(output), report, expected)
-    present = {obj["Key"] for obj in listed}
+    present = {obj["Key"] for obj in list_output(s3, settings, output, expected)}
     return _manifest(settings, layout, output, records, present, arrival_day=None)
 
 

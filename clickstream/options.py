@@ -34,13 +34,20 @@ _ISO_TIME: Final = re.compile(
 FLAG_YEARS: Final = range(1970, 2200)
 
 
+def outside_flag_years(text: str) -> str | None:
+    """Why a day or time whose first four characters are its year is refused, or None within ``FLAG_YEARS``."""
+    if int(text[:4]) not in FLAG_YEARS:
+        return f"{text!r} is outside the years {FLAG_YEARS.start}-{FLAG_YEARS.stop - 1}"
+    return None
+
+
 def parse_flag_time(text: str) -> date | datetime:
     """A day (``date``) or a time (``datetime``, UTC where it names no offset) in one of the ``_ISO_TIME`` forms,
     within ``FLAG_YEARS``; raises ValueError for anything else, e.g. a day with an offset and no time."""
     if not _ISO_TIME.fullmatch(text):
         raise ValueError(f"{text!r} is not a day or a time in the documented forms")
-    if int(text[:4]) not in FLAG_YEARS:
-        raise ValueError(f"{text!r} is outside the years {FLAG_YEARS.start}-{FLAG_YEARS.stop - 1}")
+    if refusal := outside_flag_years(text):
+        raise ValueError(refusal)
     offset = re.search(r"[+-](\d{2}):(\d{2})$", text) if len(text) > len("YYYY-MM-DD") else None
     if offset and (int(offset.group(1)) > 23 or int(offset.group(2)) > 59):
         raise ValueError(f"{text!r} has an offset outside -23:59 to +23:59")
@@ -153,9 +160,9 @@ class LocalPath(click.Path):
                 param,
                 ctx,
             )
-        if isinstance(value, str) and not self.dir_okay and value.endswith(("/", os.sep)):
-            # a path would drop the slash: `generate -o out/` wrote a file named "out"
-            self.fail(f"{value!r} names a folder (it ends with '/'): give a file's name", param, ctx)
+        if isinstance(value, str) and not self.dir_okay and os.path.basename(value) in ("", ".", ".."):
+            # a path would drop the slash: `generate -o out/` (or `out/.`) wrote a file named "out"
+            self.fail(f"{value!r} names a folder: give a file's name", param, ctx)
         return super().convert(value, param, ctx)
 
 

@@ -68,6 +68,13 @@ def list_keys(
     return objects
 
 
+def list_output(s3: Any, settings: Settings, output: str, expected: int) -> list[dict[str, Any]]:
+    """Every object under an output's prefix, the listing's progress shown toward the ``expected`` files (those
+    the commit records name)."""
+    with progress_of(f"listing {output}/", "file", bar=show_progress(None)) as report:
+        return list_keys(s3, settings.bucket, settings.layout.output_prefix(output), report, expected)
+
+
 def download_keys(
     s3: Any,
     bucket: str,
@@ -146,11 +153,12 @@ def committed_outputs(s3: Any, settings: Settings) -> CommittedOutputs:
     layout = OutputLayout(settings.prefix)
     commits = commit_records(s3, settings)
     named = {output: [key for c in commits for key in c.files.get(output, [])] for output in DATA_OUTPUTS}
-    listed: dict[str, dict[str, int]] = {}
-    for output in DATA_OUTPUTS:
-        with progress_of(f"listing {output}/", "file", bar=show_progress(None)) as report:
-            objects = list_keys(s3, settings.bucket, layout.output_prefix(output), report, len(named[output]))
-        listed[output] = {obj["Key"]: int(obj["Size"]) for obj in objects}
+    listed = {
+        output: {
+            obj["Key"]: int(obj["Size"]) for obj in list_output(s3, settings, output, len(named[output]))
+        }
+        for output in DATA_OUTPUTS
+    }
     # the keys of the records read above, not a fresh listing: a flush that commits meanwhile would add a commit
     # record whose data files were listed before they existed (a download would copy it without them)
     commit_keys = [layout.commit_key(c.shard_id, c.previous) for c in commits]

@@ -48,6 +48,15 @@ def test_on_a_terminal_it_is_a_bar_on_stderr(capsys: pytest.CaptureFixture[str])
     assert "\n" not in bar, "once done, the bar leaves no line behind"
 
 
+def test_a_bar_whose_total_grows_shows_the_new_total(capsys: pytest.CaptureFixture[str]) -> None:
+    """A listing passing the files it expected drew 2000/1000: the bar kept its first total."""
+    with progress_of("listing events/", "file", bar=True) as report:
+        report(1_000, 1_000)
+        report(2_000, 2_000)
+    bar = capsys.readouterr().err
+    assert "/2000 [" in bar and "2000/1000" not in bar, bar
+
+
 @pytest.mark.parametrize(
     ("count", "expected"), [(0, "0 files"), (1, "1 file"), (2, "2 files"), (1_500, "1,500 files")]
 )

@@ -2864,10 +2864,11 @@ def test_a_file_output_ending_with_a_slash_is_refused_and_nothing_written(
 ) -> None:
     """`generate -o out/` wrote a file named "out" (a path drops the slash)."""
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(main, [*command, "out/"])
-    assert result.exit_code == 2, result.output
-    assert "'out/' names a folder (it ends with '/'): give a file's name" in result.output
-    assert not list(tmp_path.iterdir())
+    for value in ("out/", "out/.", "out/.."):
+        result = CliRunner().invoke(main, [*command, value])
+        assert result.exit_code == 2, result.output
+        assert f"{value!r} names a folder: give a file's name" in result.output
+        assert not list(tmp_path.iterdir())
 
 
 def test_a_state_dir_url_from_the_environment_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
