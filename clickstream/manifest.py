@@ -28,7 +28,7 @@ def copy_manifest(s3: Any, settings: Settings, output: str, arrival_day: int | N
     layout = OutputLayout(settings.prefix)
     records = commit_records(s3, settings)
     expected = sum(len(record.files.get(output, [])) for record in records)
-    present = {obj["Key"] for obj in list_output(s3, settings, output, expected)}
+    present = {obj["Key"]: int(obj["Size"]) for obj in list_output(s3, settings, output, expected)}
     return _manifest(settings, layout, output, records, present, arrival_day=None)
 
 
@@ -42,7 +42,7 @@ def day_manifest(
         day = read_partition_commits(
             s3, settings.bucket, layout, arrival_day, max_workers=MAX_WORKERS, progress=report
         )
-    document = _manifest(settings, layout, output, day.records, set(day.listed), arrival_day=arrival_day)
+    document = _manifest(settings, layout, output, day.records, day.listed, arrival_day=arrival_day)
     return document, day.newest_of_the_day
 
 
@@ -51,7 +51,7 @@ def _manifest(
     layout: OutputLayout,
     output: str,
     records: list[CommitRecord],
-    present: set[str],
+    present: dict[str, int],
     *,
     arrival_day: int | None,
 ) -> dict[str, Any]:
@@ -67,6 +67,15 @@ def _manifest(
             f"{len(missing):,} committed {output} files are missing from s3://{settings.bucket}/ (the first: "
             f"{missing[0]}): deleted or moved after they were committed (a lifecycle rule on the prefix?); no "
             "manifest written"
+        )
+    # a COPY reads a Parquet file's footer at the length its manifest entry gives: a file written over since its
+    # commit (its recorded size no longer its size) would fail the load there, naming no cause
+    changed = [key for key in keys if present[key] != sizes[key]]
+    if changed:
+        raise FrontDoorError(
+            f"{len(changed):,} committed {output} files are not as their commit records wrote them (the first: "
+            f"{changed[0]}, {sizes[changed[0]]:,} bytes when committed, {present[changed[0]]:,} now): written over "
+            "after they were committed; no manifest written"
         )
     return {
         "entries": [

@@ -506,7 +506,7 @@ class DayCommits:
     day, with no file of it yet, is not among them: nothing of the day names it."""
 
     records: list[CommitRecord]
-    listed: frozenset[str]
+    listed: dict[str, int]  # the day's data keys, with their sizes
     newest_of_the_day: frozenset[str] = frozenset()
 
 
@@ -578,25 +578,25 @@ def read_partition_commits(
     committed = {
         key for record in records for key in record.file_bytes if layout.arrival_day_of(key) == arrival_day
     }
-    if not committed <= listed:
+    if not committed <= listed.keys():
         # a live flush of the day wrote its files after the listing and committed before its commit was read:
         # listed again now, a file is absent only if S3 no longer has it (not merely younger than the listing)
         listed |= _day_files(s3, bucket, layout, arrival_day)
     return DayCommits(
-        sorted(records, key=CommitRecord.chain_order), frozenset(listed), frozenset(newest_of_the_day)
+        sorted(records, key=CommitRecord.chain_order), listed, frozenset(newest_of_the_day)
     )
 
 
-def _day_files(s3: Any, bucket: str, layout: OutputLayout, arrival_day: int) -> set[str]:
-    """The keys of every output's partition of ``arrival_day`` (every output's: a flush whose file of one output is
-    gone still leads to its commit)."""
-    listed: set[str] = set()
+def _day_files(s3: Any, bucket: str, layout: OutputLayout, arrival_day: int) -> dict[str, int]:
+    """The keys of every output's partition of ``arrival_day``, with their sizes (every output's: a flush whose file
+    of one output is gone still leads to its commit)."""
+    listed: dict[str, int] = {}
     for output in DATA_OUTPUTS:
         listing = s3.get_paginator("list_objects_v2").paginate(
             Bucket=bucket, Prefix=layout.partition_prefix(output, arrival_day)
         )
         for page in listing:
-            listed.update(obj["Key"] for obj in page.get("Contents", []))
+            listed.update((obj["Key"], int(obj["Size"])) for obj in page.get("Contents", []))
     return listed
 
 

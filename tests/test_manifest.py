@@ -159,6 +159,29 @@ def test_a_days_manifest_refuses_a_committed_flush_of_the_day_whose_files_are_al
     assert copy_manifest(s3, settings, "events", DAYS[0])["entries"], "another day is whole"
 
 
+@pytest.mark.parametrize("arrival_day", [None, DAYS[0]], ids=["every-file", "day"])
+def test_a_manifest_refuses_a_committed_file_written_over_since(s3: Any, arrival_day: int | None) -> None:
+    """Its entry kept the length of the commit record: the COPY failed on the file, reading its footer there."""
+    settings = Settings(bucket=BUCKET, prefix="rfm")
+    worker = Worker(s3, settings)
+    for shard in SHARDS[:2]:
+        flush(worker, shard, DAYS[0])
+    name, _ = worker.flushed[1]
+    key = LAYOUT.data_key("events", datetime(2026, 6, 1).date(), name)
+    committed = len(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    s3.put_object(Bucket=BUCKET, Key=key, Body=b"garbage")
+    with pytest.raises(FrontDoorError) as refused:
+        copy_manifest(s3, settings, "events", arrival_day)
+    assert (
+        f"1 committed events files are not as their commit records wrote them (the first: {key}, "
+        f"{committed:,} bytes when committed, 7 now): written over after they were committed"
+        in str(refused.value)
+    )
+    assert copy_manifest(s3, settings, "customer_aggregates", arrival_day)["entries"], (
+        "another output is whole"
+    )
+
+
 class _FlushAfterTheDaysListing:
     """An S3 client on which a live worker commits a flush of the day right after the day's last partition listing
     (errors/), before the manifest lists the shard's commit names."""
