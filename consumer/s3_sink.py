@@ -582,9 +582,7 @@ def read_partition_commits(
         # a live flush of the day wrote its files after the listing and committed before its commit was read:
         # listed again now, a file is absent only if S3 no longer has it (not merely younger than the listing)
         listed |= _day_files(s3, bucket, layout, arrival_day)
-    return DayCommits(
-        sorted(records, key=CommitRecord.chain_order), listed, frozenset(newest_of_the_day)
-    )
+    return DayCommits(sorted(records, key=CommitRecord.chain_order), listed, frozenset(newest_of_the_day))
 
 
 def _day_files(s3: Any, bucket: str, layout: OutputLayout, arrival_day: int) -> dict[str, int]:
