@@ -865,16 +865,16 @@ def _stdin() -> Iterator[io.BufferedReader]:
 
 #: The first bytes of compressed and archive formats other than gzip, which this reads none of (a tar archive, also
 #: inside gzip, by its header's magic at byte 257): sent as they are, each line of such a file would be a garbage
-#: record on the stream. Each pattern holds bytes no JSONL text starts with.
+#: record on the stream. Each pattern holds bytes no JSONL text has there (control bytes, or bzip2's block magic).
 _OTHER_FORMATS: Final = (
     (re.compile(rb"BZh[1-9](1AY&SY|\x17rE8P\x90)"), "bzip2", "bzip2 -dc"),
     (re.compile(rb"\xfd7zXZ\x00"), "xz", "xz -dc"),
     (re.compile(rb"\x28\xb5\x2f\xfd"), "zstd", "zstd -dc"),
     (re.compile(rb"PK(\x03\x04|\x05\x06)"), "zip", "unzip -p"),
     (re.compile(rb"7z\xbc\xaf\x27\x1c"), "7z", "7z x -so"),
-    (re.compile(rb".{257}ustar[\x00 ]", re.DOTALL), "tar", "tar -xOf"),
+    (re.compile(rb".{257}ustar(\x0000|  \x00)", re.DOTALL), "tar", "tar -xOf"),  # POSIX's, GNU's
 )
-_FORMAT_BYTES: Final = 263
+_FORMAT_BYTES: Final = 265  # to the end of a tar header's magic
 
 
 def format_refusal(

@@ -2599,6 +2599,9 @@ def test_a_text_that_starts_as_a_format_s_magic_does_is_no_such_file() -> None:
     assert format_refusal("in.jsonl", b"BZh is a word\n{}") is None
     assert format_refusal("in.jsonl", b'PK: {"a": 1}') is None
     assert format_refusal("in.jsonl", b"BZh91AY&SY...") is not None
+    text_with_ustar = b'{"search_query": "' + b"x" * 239 + b'ustar  and more"}'
+    assert text_with_ustar.index(b"ustar") == 257
+    assert format_refusal("in.jsonl", text_with_ustar) is None
 
 
 def test_produce_counts_every_line_of_a_json_array_of_one_object_a_line(tmp_path: Path) -> None:
