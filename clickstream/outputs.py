@@ -178,15 +178,20 @@ def committed_outputs(s3: Any, settings: Settings) -> CommittedOutputs:
 
 
 def read_committed_parquet(bucket: str, key: str, body: bytes, columns: list[str] | None = None) -> pa.Table:
-    """A committed data file's bytes as a table. One written over, or damaged, is named, as a control record is
-    (exit 2): bad magic bytes or footer raise ``ArrowInvalid``, a page that does not decode ``OSError`` (no I/O
-    happens in a read of bytes in memory); a shortage of memory is no damage and is raised as it is."""
+    """A committed data file's bytes as a table. One written over, or damaged, is named (``unreadable_committed``):
+    bad magic bytes or footer raise ``ArrowInvalid``, a page that does not decode ``OSError`` (no I/O happens in a
+    read of bytes in memory); a shortage of memory is no damage and is raised as it is."""
     try:
         return pq.read_table(io.BytesIO(body), columns=columns)
     except (pa.ArrowInvalid, OSError) as error:
-        raise FrontDoorError(
-            f"s3://{bucket}/{key}: a committed file that is not readable Parquet ({error})", USAGE
-        ) from None
+        raise unreadable_committed(bucket, key, error) from None
+
+
+def unreadable_committed(bucket: str, key: str, error: Exception) -> FrontDoorError:
+    """The error for a committed data file that is not readable Parquet: named, as a control record is (exit 2)."""
+    return FrontDoorError(
+        f"s3://{bucket}/{key}: a committed file that is not readable Parquet ({error})", USAGE
+    )
 
 
 def read_tables(

@@ -27,16 +27,16 @@ from typing import Any, Final
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 from tqdm import tqdm
 
 from aggregators.customer_state import CustomerState
 from clickstream.console import progress_of
 from clickstream.errors import FrontDoorError, explain, query_interrupted
 from clickstream.options import parse_flag_time, show_progress
-from clickstream.outputs import MAX_WORKERS, commit_records, read_committed_parquet
+from clickstream.outputs import MAX_WORKERS, commit_records, unreadable_committed
 from consumer.retry import is_transient
-from consumer.s3_sink import S3ParquetSink, lost_to_another_writer, map_in_parallel, missing_object
+from consumer.s3_sink import S3ParquetSink, lost_to_another_writer, map_in_parallel
 from consumer.state_recovery import state_options
 from runtime.exit_codes import USAGE
 from runtime.settings import Settings
@@ -326,10 +326,13 @@ def _replay(  # noqa: PLR0917 - one private call site
         ) as bar:
             # by shard, parents first, each shard's in stream order
             for done, key in enumerate(plan.files, start=1):
-                body = sink.get_bytes(key)
-                if body is None:  # deleted since the plan checked it
-                    raise missing_object(sink.bucket, key)
-                events = read_committed_parquet(sink.bucket, key, body)
+                try:
+                    events = sink.get_parquet(key)
+                except (FileNotFoundError, BotoCoreError):
+                    raise  # gone, or the network: not the file's bytes
+                # its bytes: no Parquet (ArrowInvalid), or a page that does not decode (OSError)
+                except (pa.ArrowInvalid, OSError) as error:
+                    raise unreadable_committed(sink.bucket, key, error) from None
                 events = events.select(EVENTS_SCHEMA.names).cast(EVENTS_SCHEMA)
                 shard = events.column("shard_id")[0].as_py() if events.num_rows else pending_shard
                 if shard != pending_shard:
