@@ -645,7 +645,7 @@ def produce(
     from botocore.exceptions import ClientError
 
     from consumer.preflight import is_missing_stream, stream_missing
-    from producer.generator import DoubtfulRecords, InputFormatError, input_format_refusal, read_jsonl
+    from producer.generator import DoubtfulRecords, InputFormatError, read_jsonl
     from producer.kinesis_put import (
         DEFAULT_LINGER_SECONDS,
         KinesisProducer,
@@ -683,8 +683,6 @@ def produce(
     if input_file is not None:
         if str(input_file) == "-" and sys.stdin is None:  # started with stdin closed (`<&-`)
             raise FrontDoorError("--input -: stdin is closed: give a file, or a pipe on stdin", USAGE)
-        if refusal := input_format_refusal(input_file):  # before any record is sent
-            raise FrontDoorError(refusal, USAGE)
         records = read_jsonl(input_file)
         total = None
     else:
@@ -722,7 +720,8 @@ def produce(
         # the summary is the command's answer: printed at any log level, not logged
         summary = producer.put(sent, total=total, log_summary=False)
     except (PutRecordsError, PutInputError) as error:
-        if isinstance(error.__cause__, InputFormatError):  # refused at its first bytes: nothing read or sent
+        # refused at its first bytes, whatever the input (a file, stdin, a pipe): nothing read or sent
+        if isinstance(error.__cause__, InputFormatError):
             raise FrontDoorError(str(error.__cause__), USAGE) from None
         say_doubtful(f"{input_file} read (delivered or not)")
         _say_pipe_is_consumed(input_file)

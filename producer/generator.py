@@ -52,7 +52,6 @@ import random
 import re
 import shlex
 import shutil
-import stat
 import sys
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -893,35 +892,6 @@ def format_refusal(
                 f"{unpack} {source} | clickstream produce --input -"
             )
     return None
-
-
-def input_format_refusal(path: Path) -> str | None:
-    """``format_refusal`` of a regular file, or of stdin redirected from one, read before anything is sent (None
-    for a pipe: its bytes are read once, by the sending, which checks them then)."""
-    if str(path) == "-":
-        try:
-            descriptor = sys.stdin.fileno()
-            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-                return None
-            head = os.pread(descriptor, _HEAD_BYTES, os.lseek(descriptor, 0, os.SEEK_CUR))
-        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
-            return None
-    elif path.is_file():
-        with path.open("rb") as raw:
-            head = raw.read(_HEAD_BYTES)
-    else:
-        return None
-    if head.startswith(_GZIP_MAGIC):
-        try:
-            unpacked = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, _FORMAT_BYTES)
-        except zlib.error:
-            return None  # said by the reading, naming where it broke off
-        return format_refusal(path, unpacked, gzipped=True)
-    return format_refusal(path, head)
-
-
-#: Bytes read from a file's start to check its format: enough gzip to hold a tar header decompressed.
-_HEAD_BYTES: Final = 64 * 1024
 
 
 @contextmanager

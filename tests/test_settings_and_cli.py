@@ -2570,20 +2570,21 @@ def test_produce_refuses_another_compression_before_sending_anything(
     ]:
         path = tmp_path / name
         path.write_bytes(body)
-        if source == "stdin-file":  # `--input - < events.jsonl.bz2`: checked before sending, as a file is
-            from producer.generator import input_format_refusal
+        if source == "stdin-file":  # `--input - < events.jsonl.bz2`: its first bytes, read as stdin's
+            from producer.generator import InputFormatError, read_jsonl
 
             with path.open("rb") as stdin:
                 monkeypatch.setattr("sys.stdin", stdin)
-                said = input_format_refusal(Path("-"))
+                with pytest.raises(InputFormatError) as refused:
+                    next(read_jsonl(Path("-")))
             monkeypatch.undo()
-            assert (
-                said
-                == f"stdin is {kind} file: an input is JSONL, plain or gzip-compressed; decompress it "
-                + (f"first, e.g. {command} FILE | clickstream produce --input -")
+            assert str(
+                refused.value
+            ) == f"stdin is {kind} file: an input is JSONL, plain or gzip-compressed; decompress it " + (
+                f"first, e.g. {command} FILE | clickstream produce --input -"
             )
             continue
-        # a pipe is read once: its first bytes are checked by the sending
+        # checked at the input's first bytes, before anything is sent (a pipe is read once)
         result, held = produce_file(path) if source == "file" else produce_file(Path("-"), stdin=body)
         assert held == 0, "nothing sent"
         assert result.exit_code == 2, result.output
