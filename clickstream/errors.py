@@ -109,6 +109,16 @@ def _client_error(error: aws.ClientError) -> Failure:  # noqa: PLR0911 - one ret
         return Failure(_NOT_FOUND["NoSuchBucket"].format(bucket=_bucket(details)), USAGE)
     if code in _NOT_FOUND:
         return Failure(_NOT_FOUND[code].format(bucket=_bucket(details), message=message), USAGE)
+    if code == "AuthorizationHeaderMalformed" or (code in _BAD_CREDENTIALS and "region" in message.lower()):
+        # AWS's answer to a request signed for a region it does not take (a mistyped one, another bucket's)
+        return Failure(f"AWS refused the region ({code} on {operation}): {message} (check AWS_REGION)", USAGE)
+    if code == "400" and operation.startswith("Head"):
+        # S3 answers a HEAD without a body, so without a reason; a signature's region is the usual one
+        return Failure(
+            f"AWS {operation} failed: 400 Bad Request, which S3 answers to a HEAD without a reason: most often a "
+            "request signed for a region that is not the bucket's (check AWS_REGION)",
+            USAGE,
+        )
     if code in _BAD_CREDENTIALS:
         return Failure(
             f"AWS refused the credentials ({code} on {operation}): check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "

@@ -72,7 +72,8 @@ from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 CONTROL_PATH = "/_clickstream/faults"
 MAX_FAULT_SECONDS = 24 * 3600.0
 
-_CREDENTIAL_RE = re.compile(r"Credential=[^/,\s]+/\d{8}/[^/,\s]+/([^/,\s]+)/aws4_request")
+#: A SigV4 credential scope: access key / date / region / signing name of the service / aws4_request.
+_CREDENTIAL_RE = re.compile(r"Credential=[^/,\s]+/\d{8}/([^/,\s]+)/([^/,\s]+)/aws4_request")
 _DYNAMODB_ERROR_NAMESPACE = "com.amazonaws.dynamodb.v20120810#"
 
 #: Error codes used when a fault names none: (service, status) first, then status alone.
@@ -324,13 +325,20 @@ def _require_str(field: str, value: object) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- request parsing
-def request_service(environ: WSGIEnvironment) -> str | None:
-    """The signing name of the service a request is for (``s3``, ``kinesis``, ``dynamodb``, ...), or None."""
+def credential_scope(environ: WSGIEnvironment) -> tuple[str, str] | None:
+    """The region and the signing name of the service (``s3``, ``kinesis``, ``dynamodb``, ...) a request was
+    signed for, or None for an unsigned request."""
     match = _CREDENTIAL_RE.search(environ.get("HTTP_AUTHORIZATION", ""))
     if match is None and "X-Amz-Credential=" in environ.get("QUERY_STRING", ""):
         credential = parse_qs(environ["QUERY_STRING"]).get("X-Amz-Credential", [""])[0]
         match = _CREDENTIAL_RE.search(f"Credential={credential}")
-    return match.group(1).lower() if match else None
+    return (match.group(1), match.group(2).lower()) if match else None
+
+
+def request_service(environ: WSGIEnvironment) -> str | None:
+    """The signing name of the service a request is for (``s3``, ``kinesis``, ``dynamodb``, ...), or None."""
+    scope = credential_scope(environ)
+    return scope[1] if scope else None
 
 
 def request_operation(environ: WSGIEnvironment, service: str | None) -> str | None:
@@ -445,14 +453,23 @@ def error_response(
     fault: Fault, environ: WSGIEnvironment, operation: str | None
 ) -> tuple[str, list[tuple[str, str]], bytes]:
     """Status line, headers and body of the AWS-style error a fault answers with."""
+    status, headers, body = aws_error(fault.service, fault.status, fault.code, fault.message, environ)
+    headers.append(("x-clickstream-fault", f"{fault.id} {operation or '-'}"))
+    return status, headers, body
+
+
+def aws_error(
+    service: str, status_code: int, code: str, message: str, environ: WSGIEnvironment
+) -> tuple[str, list[tuple[str, str]], bytes]:
+    """Status line, headers and body of an error as ``service`` answers it: an SDK parses it as the real one."""
     request_id = str(uuid.uuid4())
-    status = f"{fault.status} {_REASONS.get(fault.status, 'Error')}"
+    status = f"{status_code} {_REASONS.get(status_code, 'Error')}"
     headers: list[tuple[str, str]] = []
-    if fault.service == "s3":
+    if service == "s3":
         resource = environ.get("PATH_INFO", "/")
         body = (
             '<?xml version="1.0" encoding="UTF-8"?>\n'
-            f"<Error><Code>{_xml(fault.code)}</Code><Message>{_xml(fault.message)}</Message>"
+            f"<Error><Code>{_xml(code)}</Code><Message>{_xml(message)}</Message>"
             f"<Resource>{_xml(resource)}</Resource><RequestId>{request_id}</RequestId></Error>"
         ).encode()
         headers += [("Content-Type", "application/xml"), ("x-amz-request-id", request_id)]
@@ -461,23 +478,22 @@ def error_response(
         content_type = environ.get("CONTENT_TYPE", "")
         if not content_type.startswith("application/x-amz-json"):
             content_type = "application/x-amz-json-1.0"
-        error_type = fault.code
-        if fault.service == "dynamodb" and "#" not in error_type:
+        error_type = code
+        if service == "dynamodb" and "#" not in error_type:
             error_type = _DYNAMODB_ERROR_NAMESPACE + error_type
-        body = json.dumps({"__type": error_type, "message": fault.message}).encode()
+        body = json.dumps({"__type": error_type, "message": message}).encode()
         headers += [("Content-Type", content_type), ("x-amzn-RequestId", request_id)]
-        headers.append(("x-amzn-ErrorType", f"{fault.code}:"))
+        headers.append(("x-amzn-ErrorType", f"{code}:"))
     else:
-        kind = "Receiver" if fault.status >= 500 else "Sender"
+        kind = "Receiver" if status_code >= 500 else "Sender"
         body = (
-            f"<ErrorResponse><Error><Type>{kind}</Type><Code>{_xml(fault.code)}</Code>"
-            f"<Message>{_xml(fault.message)}</Message></Error><RequestId>{request_id}</RequestId></ErrorResponse>"
+            f"<ErrorResponse><Error><Type>{kind}</Type><Code>{_xml(code)}</Code>"
+            f"<Message>{_xml(message)}</Message></Error><RequestId>{request_id}</RequestId></ErrorResponse>"
         ).encode()
         headers += [("Content-Type", "text/xml"), ("x-amzn-RequestId", request_id)]
     if environ.get("REQUEST_METHOD") == "HEAD":
         body = b""
     headers.append(("Content-Length", str(len(body))))
-    headers.append(("x-clickstream-fault", f"{fault.id} {operation or '-'}"))
     return status, headers, body
 
 

@@ -36,6 +36,7 @@ from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from emulator import fast_kinesis, kinesis_resharding
 from emulator.faults import FaultInjectingApp
+from emulator.regions import RegionCheckingApp
 
 logger = logging.getLogger(__name__)
 
@@ -201,8 +202,9 @@ async def _serve_async(
         for waiter in pending:
             waiter.cancel()
 
-    # Faults (emulator/faults.py) are answered before the moto lock: a failing request never waits on moto.
-    app = FaultInjectingApp(SerializedApp(build_app()))
+    # Faults (emulator/faults.py) and unknown regions are answered before the moto lock: a failing request never
+    # waits on moto.
+    app = FaultInjectingApp(RegionCheckingApp(SerializedApp(build_app())))
     await hypercorn_serve(app, _hypercorn_config(sock), shutdown_trigger=trigger, mode="wsgi")  # type: ignore[arg-type]
 
 

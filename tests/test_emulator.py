@@ -35,11 +35,11 @@ REGION = "us-east-1"
 ACCOUNT = "123456789012"
 
 
-def client(service: str, endpoint: str) -> Any:
+def client(service: str, endpoint: str, region: str = REGION) -> Any:
     return boto3.client(  # type: ignore[call-overload]
         service,
         endpoint_url=endpoint,
-        region_name=REGION,
+        region_name=region,
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
     )
@@ -305,6 +305,26 @@ def test_emulator_serves_s3_with_sse_and_dynamodb_conditional_writes(endpoint: s
     assert error.value.response["Error"]["Code"] == "ConditionalCheckFailedException"
     stored = dynamodb.get_item(TableName="leases", Key={"leaseKey": {"S": "shardId-000000000000"}})
     assert stored["Item"] == item
+
+
+def test_a_request_signed_for_a_region_that_does_not_exist_is_refused_as_aws_refuses_it(
+    endpoint: str,
+) -> None:
+    """moto answered a bare 500 (a KeyError in its backend), which the SDKs retried and the CLI reported as a
+    service that is down; a mistyped AWS_REGION is a set-up error with its name in the answer."""
+    refusals = {
+        "kinesis": (lambda kinesis: kinesis.list_streams(), "InvalidSignatureException"),
+        "dynamodb": (lambda dynamodb: dynamodb.list_tables(), "InvalidSignatureException"),
+        "s3": (lambda s3: s3.list_buckets(), "AuthorizationHeaderMalformed"),
+        "cloudwatch": (lambda cloudwatch: cloudwatch.list_metrics(), "InvalidSignatureException"),
+    }
+    for service, (call, code) in refusals.items():
+        with pytest.raises(ClientError) as refused:
+            call(client(service, endpoint, region="mars-1"))
+        assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400, service
+        assert refused.value.response["Error"]["Code"] == code, service
+        assert "'mars-1'" in refused.value.response["Error"]["Message"], service
+        call(client(service, endpoint, region="eu-west-1"))  # a region of AWS's is served as before
 
 
 def test_concurrent_put_records_into_one_shard_never_reuse_a_sequence_number(endpoint: str) -> None:

@@ -2430,6 +2430,43 @@ def test_a_missing_profile_or_a_malformed_region_is_exit_2(
     assert_one_line(result, 2, needle)
 
 
+def test_a_region_the_endpoint_does_not_serve_is_exit_2_naming_it(emulator_endpoint: str) -> None:
+    """Against the emulator, a mistyped region was moto's 500: 'throttling or unavailable, on its side', exit 1."""
+    result = run_cli("setup", env={"AWS_ENDPOINT_URL": emulator_endpoint, "AWS_REGION": "mars-1"})
+    assert_one_line(
+        result, 2, "AWS refused the region (InvalidSignatureException on CreateStream)", "'mars-1'"
+    )
+    assert "AWS_REGION" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "operation", "needle"),
+    [
+        # S3's answer to a request signed for another region than the bucket's
+        (
+            "AuthorizationHeaderMalformed",
+            "The authorization header is malformed; the region 'us-east-1' is wrong; expecting 'eu-west-1'",
+            "ListObjectsV2",
+            "expecting 'eu-west-1' (check AWS_REGION)",
+        ),
+        # the same to a HEAD, which has no body: botocore has only the status
+        ("400", "Bad Request", "HeadObject", "HeadObject failed: 400 Bad Request"),
+    ],
+)
+def test_a_refused_region_is_a_configuration_error_naming_aws_region(
+    code: str, message: str, operation: str, needle: str
+) -> None:
+    from botocore.exceptions import ClientError
+
+    from clickstream.errors import explain
+
+    failure = explain(ClientError({"Error": {"Code": code, "Message": message}}, operation))
+    assert failure.exit_code == 2
+    assert needle in failure.message
+    assert "AWS_REGION" in failure.message
+    assert "credentials" not in failure.message
+
+
 def produce_file(path: Path, shards: int = 1, stdin: bytes | None = None) -> tuple[Any, int]:
     """``produce --input path`` against moto: the CLI result and how many records the stream then holds."""
     with mock_aws():
