@@ -46,7 +46,7 @@ from clickstream.options import (
     writable_folder,
 )
 from runtime.exit_codes import INTERRUPTED, OK, READER_GONE, RUNTIME, TERMINATED, USAGE
-from runtime.logs import LOG_FORMAT_ENV, LOG_LEVEL_ENV
+from runtime.logs import LOG_FORMAT_ENV, LOG_LEVEL_ENV, count_of
 from runtime.settings import Settings
 from schemas.layout import DATA_OUTPUTS
 
@@ -942,9 +942,15 @@ def replay(
                 logging.WARNING,
             )
             sys.exit(_stop_exit_code(terminated))
+    if result.output_key is None:
+        say(
+            f"nothing to replay: no committed event in that range ({count_of(len(plan.files), 'file')} read, "
+            "whose arrival spans met it; nothing written)"
+        )
+        return
     say(
-        f"replayed {result.events_read:,} events ({result.events_applied:,} applied) into {result.customers:,} "
-        f"customers: s3://{settings.bucket}/{result.output_key}"
+        f"replayed {count_of(result.events_read, 'event')} ({result.events_applied:,} applied) into "
+        f"{count_of(result.customers, 'customer')}: s3://{settings.bucket}/{result.output_key}"
     )
 
 

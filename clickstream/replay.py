@@ -39,6 +39,7 @@ from consumer.retry import is_transient
 from consumer.s3_sink import S3ParquetSink, lost_to_another_writer, map_in_parallel
 from consumer.state_recovery import state_options
 from runtime.exit_codes import USAGE
+from runtime.logs import count_of
 from runtime.settings import Settings
 from schemas import EVENTS_SCHEMA
 from schemas.control import ControlRecordError, ReplayClaim
@@ -63,8 +64,9 @@ class ReplayPlan:
     def describe(self) -> str:
         return (
             f"replay {self.name}: events from {self.start:%Y-%m-%d %H:%M} to {self.end:%Y-%m-%d %H:%M} UTC (end "
-            f"exclusive): {len(self.files):,} committed events files overlap it (of the {self.commits:,} commit "
-            f"records read), up to {self.events:,} events; de-duplication window {self.dedupe_window_days} days "
+            f"exclusive): committed events files overlapping it: {len(self.files):,} (of the "
+            f"{count_of(self.commits, 'commit record')} read), up to {count_of(self.events, 'event')}; "
+            f"de-duplication window {self.dedupe_window_days} days "
             f"and distinct-count window {self.distinct_window_days} days (the worker's "
             f"CLICKSTREAM_DEDUPE_WINDOW_DAYS and CLICKSTREAM_DISTINCT_WINDOW_DAYS must be the same); output "
             f"s3://{self.bucket}/{self.output_key} (replaced if there)"
@@ -84,7 +86,7 @@ class ReplayResult:
     events_read: int
     events_applied: int
     customers: int
-    output_key: str
+    output_key: str | None  # None: no event of the files read was in the range, and nothing was written
 
 
 #: A replay's name is a folder of its output and part of its lock file's name.
@@ -361,12 +363,15 @@ def _replay(  # noqa: PLR0917 - one private call site
                         f"{read:,}",
                     )
             apply_pending()
+        if read == 0:  # the files' spans met the range, none of their events did: no output of nothing
+            return ReplayResult(events_read=0, events_applied=0, customers=0, output_key=None)
         rows = state.snapshot_rows()
         stop.check()
         try:
             _hold_name(sink, plan, run_id)
         except FrontDoorError as refused:
             raise FrontDoorError(f"{refused}; nothing written", refused.exit_code) from None
+        stop.check()  # a stop during the claim's round trips came before the write: nothing written
         writing.append(True)
         sink.put_parquet(plan.output_key, rows, kind="customer_aggregates")
         return ReplayResult(

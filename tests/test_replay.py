@@ -620,10 +620,56 @@ def test_a_replay_counts_only_the_events_inside_its_range(s3: Any, tmp_path: Pat
     live_run(s3, settings, [Stream().batch([inside, outside])])  # one flush: one events file holding both
     plan = plan_replay(s3, settings, datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC))
     result = run_replay(s3, settings, plan, tmp_path, progress=False)
+    assert result.output_key is not None
     rows = S3ParquetSink(s3, settings).get_parquet(result.output_key).to_pylist()
     assert [(row["customer_id"], row["purchases"], str(row["revenue"])) for row in rows] == [
         ("c-A", 1, "5.00")
     ]
+
+
+def test_a_range_between_the_events_of_a_file_writes_nothing_and_keeps_no_claim(
+    s3: Any, tmp_path: Path
+) -> None:
+    """The plan takes a file whose events' span meets the range; when none of its events is in the range, the replay
+    wrote a file of no rows and kept the name's claim (a range before the first file said "nothing to replay")."""
+    settings = Settings(bucket=BUCKET, prefix="rfm")
+    early = event("c-A", "page_view", "2026-03-01T10:00:00Z")
+    late = event("c-B", "page_view", "2026-03-01T12:00:00Z")
+    live_run(s3, settings, [Stream().batch([early, late])])  # one flush: one events file spanning 10:00-12:00
+    result = _replay("--from", "2026-03-01T11", "--to", "2026-03-01T12", "--state-dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "overlapping it: 1 " in result.output, "the plan took the file"
+    assert "nothing to replay: no committed event in that range (1 file read" in result.output
+    assert _replays(s3) == [] and _claims(s3) == []
+
+
+def test_a_stop_while_the_claim_is_checked_before_the_write_writes_nothing(
+    s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim is checked again before the write, a few S3 round trips: a stop that came then was acted on only
+    after the write, which went ahead (exit 0) though --help says a stop before the final write writes nothing."""
+    import os
+    import signal
+
+    from clickstream import replay
+
+    _archive(s3)
+    hold_name = replay._hold_name
+    holds: list[bool] = []
+
+    def terminated_on_the_check_before_writing(*args: Any, **kwargs: Any) -> Any:
+        holds.append(True)
+        held = hold_name(*args, **kwargs)
+        if len(holds) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return held
+
+    monkeypatch.setattr(replay, "_hold_name", terminated_on_the_check_before_writing)
+    result = _replay("--from", "2026-03-01", "--to", "2026-03-03", "--state-dir", str(tmp_path))
+    assert len(holds) == 2, "the claim was made, then checked before the write"
+    assert result.exit_code == 143, result.output
+    assert "nothing written" in result.output
+    assert _replays(s3) == [] and _claims(s3) == []
 
 
 def test_a_claim_whose_create_landed_unanswered_is_this_runs_and_released_when_it_stops(
