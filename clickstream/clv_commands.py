@@ -11,6 +11,7 @@ import click
 from clickstream.console import say
 from clickstream.errors import FrontDoorError
 from clickstream.options import (
+    TOP_MAX,
     LocalPath,
     build_settings,
     parse_flag_time,
@@ -157,7 +158,13 @@ def score(
     show_default=True,
     help="The HTML file to write (self-contained: opens offline).",
 )
-@click.option("--top", default=20, show_default=True, type=click.IntRange(1), help="Top customers to list.")
+@click.option(
+    "--top",
+    default=20,
+    show_default=True,
+    type=click.IntRange(1, TOP_MAX),
+    help=f"Top customers to list (at most {TOP_MAX:,}).",
+)
 @click.option(
     "--clv-dir",
     type=LocalPath(exists=True, file_okay=False, path_type=Path),

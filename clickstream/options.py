@@ -32,6 +32,9 @@ _ISO_TIME: Final = re.compile(
 #: The years a time flag may name: event times, ranges and observation ends of this data (0001-01-01T00+01:00 and
 #: 9999-12-31 overflowed Python's dates in UTC conversions and horizons: 'unexpected OverflowError').
 FLAG_YEARS: Final = range(1970, 2200)
+#: The most customers a --top lists: beyond a reader's use, and within the INT64 its query takes (a larger number
+#: printed half a summary, then failed).
+TOP_MAX: Final = 100_000
 
 
 def outside_flag_years(text: str) -> str | None:

@@ -107,6 +107,15 @@ def _localstack_endpoint() -> str | None:
     return endpoint
 
 
+#: The most a KCL timing in milliseconds may be: the KCL reads each as a Java number and, on one it cannot hold,
+#: falls back to its own default without a word; a day is far beyond any timing that makes sense.
+KCL_MILLIS_MAX = 86_400_000
+#: The most a duration in seconds may be (a week): far beyond any that makes sense, and within what the clocks and
+#: ``timedelta`` built from it can hold (1e12 seconds overflowed a date).
+SECONDS_MAX = 7 * 86_400.0
+#: A Java int: the KCL's lease count (a larger number fell back to no limit, silently).
+JAVA_INT_MAX = 2**31 - 1
+
 #: The region when neither the environment nor the AWS profile names one (emulators take any).
 FALLBACK_REGION = "us-east-1"
 
@@ -217,30 +226,36 @@ class Settings(BaseSettings):
         description="KCL CloudWatch metrics level; default NONE with an endpoint override, else SUMMARY.",
     )
     kcl_shutdown_grace_millis: int = Field(
-        20_000, ge=1_000, description="Time the KCL gives processors to flush and checkpoint on SIGTERM."
+        20_000,
+        ge=1_000,
+        le=KCL_MILLIS_MAX,
+        description="Time the KCL gives processors to flush and checkpoint on SIGTERM.",
     )
     stop_deadline_seconds: float = Field(
         25.0,
         ge=1,
+        le=SECONDS_MAX,
         description="After SIGTERM, how long the worker waits for its shards to flush and checkpoint before it "
         "kills the KCL (longer than the KCL's grace, shorter than the orchestrator's stop timeout, e.g. ECS "
         "stopTimeout).",
     )
     kcl_idle_time_between_reads_millis: int = Field(
-        250, ge=50, description="Polling pause when a shard is idle."
+        250, ge=50, le=KCL_MILLIS_MAX, description="Polling pause when a shard is idle."
     )
     kcl_shard_sync_interval_millis: int | None = Field(
         None,
         ge=500,
+        le=KCL_MILLIS_MAX,
         description="How often the KCL lists shards; default 60000 in AWS, 1000 against an emulator.",
     )
     kcl_lease_assignment_interval_millis: int | None = Field(
         None,
         ge=500,
+        le=KCL_MILLIS_MAX,
         description="How often the KCL leader assigns leases; default 20000 in AWS, 2000 against an emulator.",
     )
     kcl_failover_time_millis: int = Field(
-        10_000, ge=1_000, description="Lease duration before another worker may take it."
+        10_000, ge=1_000, le=KCL_MILLIS_MAX, description="Lease duration before another worker may take it."
     )
     kcl_java_heap: str = Field(
         "1g",
@@ -251,6 +266,7 @@ class Settings(BaseSettings):
     kcl_max_leases_for_worker: int | None = Field(
         None,
         ge=1,
+        le=JAVA_INT_MAX,
         description="Most shard leases one worker takes (unset: no limit). Set it to the shards a task's memory "
         "holds and run enough workers for all shards: without it, the last worker standing takes every shard.",
     )
@@ -260,6 +276,7 @@ class Settings(BaseSettings):
     no_lease_unhealthy_seconds: float = Field(
         300.0,
         ge=0,
+        le=SECONDS_MAX,
         description="A worker that has held no shard lease this long (since it started or last held one) is "
         "unhealthy, unless every lease is held by other workers (a standby); 0 turns the check off.",
     )
@@ -267,6 +284,7 @@ class Settings(BaseSettings):
     stuck_shard_seconds: float = Field(
         300.0,
         gt=0,
+        le=SECONDS_MAX,
         description="A shard with records waiting and no flush for this long is stuck: `clickstream health` "
         "reports it unhealthy, and the worker exits 3 so that the orchestrator restarts it.",
     )
@@ -282,7 +300,7 @@ class Settings(BaseSettings):
         64 * 1024 * 1024, ge=1024, description="Flush after this many buffered bytes."
     )
     flush_max_seconds: float = Field(
-        60.0, gt=0, description="Flush at most this long after the first buffered record."
+        60.0, gt=0, le=SECONDS_MAX, description="Flush at most this long after the first buffered record."
     )
     flush_when_caught_up: bool = Field(
         True,
@@ -292,6 +310,7 @@ class Settings(BaseSettings):
     flush_caught_up_min_seconds: float = Field(
         10.0,
         ge=0,
+        le=SECONDS_MAX,
         description="A caught-up shard flushes once its oldest buffered record has waited this long: under a "
         "trickle of records, one flush (about five S3 requests and a commit record) per this many seconds rather "
         "than one per record. 0: at once.",
@@ -307,10 +326,12 @@ class Settings(BaseSettings):
     snapshot_min_new_fraction: float = Field(
         0.25,
         ge=0,
+        le=1,
         description="Write that snapshot only once the commits since the last one hold new events of at least this "
         "fraction of the rows a snapshot writes (customers, sessions, active days, event ids). A snapshot writes "
         "the whole state: this bounds its cost per event as the state grows, and a restore re-applies about this "
-        "fraction of it from the commit chain at most. 0: every snapshot_every_flushes flushes.",
+        "fraction of it from the commit chain at most. A fraction from 0 to 1 (0.25 is 25%); 0: every "
+        "snapshot_every_flushes flushes.",
     )
     state_sync_records: int = Field(
         250_000,
@@ -321,6 +342,7 @@ class Settings(BaseSettings):
     state_sync_seconds: float = Field(
         30.0,
         ge=0,
+        le=SECONDS_MAX,
         description="Sync a shard's local state at least this often, in seconds, whatever the records "
         "(checked as flushes install; also written on a graceful stop).",
     )

@@ -249,6 +249,21 @@ def test_unrelated_clickstream_variables_do_not_break_loading(monkeypatch: pytes
         ("CLICKSTREAM_MAX_RECORD_BYTES", "99999999999999999999999"),
         ("CLICKSTREAM_MAX_FUTURE_SKEW_SECONDS", "9300000000000"),  # overflowed the fast path's microseconds
         ("CLICKSTREAM_MAX_REVENUE", "99999999999999999999"),
+        # the KCL read a number it cannot hold as its own default, without a word
+        ("CLICKSTREAM_KCL_FAILOVER_TIME_MILLIS", "99999999999999999999"),
+        ("CLICKSTREAM_KCL_SHUTDOWN_GRACE_MILLIS", "86400001"),
+        ("CLICKSTREAM_KCL_IDLE_TIME_BETWEEN_READS_MILLIS", "86400001"),
+        ("CLICKSTREAM_KCL_SHARD_SYNC_INTERVAL_MILLIS", "86400001"),
+        ("CLICKSTREAM_KCL_LEASE_ASSIGNMENT_INTERVAL_MILLIS", "86400001"),
+        ("CLICKSTREAM_KCL_MAX_LEASES_FOR_WORKER", "2147483648"),
+        # a duration a clock or a timedelta cannot hold ('unexpected OverflowError: date value out of range')
+        ("CLICKSTREAM_STUCK_SHARD_SECONDS", "1e13"),
+        ("CLICKSTREAM_FLUSH_MAX_SECONDS", "604801"),
+        ("CLICKSTREAM_STOP_DEADLINE_SECONDS", "604801"),
+        ("CLICKSTREAM_NO_LEASE_UNHEALTHY_SECONDS", "604801"),
+        ("CLICKSTREAM_FLUSH_CAUGHT_UP_MIN_SECONDS", "604801"),
+        ("CLICKSTREAM_STATE_SYNC_SECONDS", "604801"),
+        ("CLICKSTREAM_SNAPSHOT_MIN_NEW_FRACTION", "25"),  # a percent, read as 25 times the state
         # '..' made summary --download write outside its folder; '.' and '' name the same keys another way
         ("CLICKSTREAM_PREFIX", "../.."),
         ("CLICKSTREAM_PREFIX", "rfm/./x"),
@@ -269,6 +284,14 @@ def test_an_invalid_environment_value_raises_config_error_naming_the_variable(
     assert variable in str(raised.value)
     # the value it got, or for an empty one the word (its repr '' would say less)
     assert (repr(value) if value else f"{variable}: empty:") in str(raised.value)
+
+
+@pytest.mark.parametrize("command", [["summary"], ["report"]])
+def test_a_top_beyond_its_bound_is_refused_before_anything_is_read(command: list[str]) -> None:
+    """summary --top 99999999999999999999 printed half a summary, then failed converting it to an INT64."""
+    result = CliRunner().invoke(main, [*command, "--top", "100001"])
+    assert result.exit_code == 2, result.output
+    assert "'--top': 100001 is not in the range 1<=x<=100000" in result.output
 
 
 def test_a_setting_flag_shows_its_unit_and_bounds() -> None:
