@@ -919,6 +919,8 @@ def replay(
             )
             sys.exit(_stop_exit_code(terminated))
         say(plan.describe())
+        if (differing := plan.differing_windows()) is not None:
+            say(differing, logging.WARNING)
         if not plan.files:
             say("nothing to replay: no committed events in that range (nothing written)")
             return

@@ -42,7 +42,7 @@ from runtime.exit_codes import USAGE
 from runtime.logs import count_of
 from runtime.settings import Settings
 from schemas import EVENTS_SCHEMA
-from schemas.control import ControlRecordError, ReplayClaim
+from schemas.control import ControlRecordError, ReplayClaim, StateWindows
 from schemas.positions import Position
 
 log = logging.getLogger(__name__)
@@ -58,18 +58,39 @@ class ReplayPlan:
     commits: int = 0
     output_key: str = ""
     bucket: str = ""
-    dedupe_window_days: int = 0  # the window it de-duplicates with: the worker's must be the same
-    distinct_window_days: int = 0  # the window of its distinct counts: the worker's must be the same
+    #: the windows it aggregates with: the worker's must be the same for its rows to equal the live rows
+    windows: StateWindows = field(default_factory=lambda: StateWindows(0, 0))
+    #: the windows the worker's flushes of those files recorded (none from a version before windows)
+    worker_windows: set[StateWindows] = field(default_factory=set)
 
     def describe(self) -> str:
         return (
             f"replay {self.name}: events from {self.start:%Y-%m-%d %H:%M} to {self.end:%Y-%m-%d %H:%M} UTC (end "
             f"exclusive): committed events files overlapping it: {len(self.files):,} (of the "
             f"{count_of(self.commits, 'commit record')} read), up to {count_of(self.events, 'event')}; "
-            f"de-duplication window {self.dedupe_window_days} days "
-            f"and distinct-count window {self.distinct_window_days} days (the worker's "
-            f"CLICKSTREAM_DEDUPE_WINDOW_DAYS and CLICKSTREAM_DISTINCT_WINDOW_DAYS must be the same); output "
-            f"s3://{self.bucket}/{self.output_key} (replaced if there)"
+            f"{self.windows.describe()} (the worker's CLICKSTREAM_DEDUPE_WINDOW_DAYS and "
+            f"CLICKSTREAM_DISTINCT_WINDOW_DAYS must be the same); output s3://{self.bucket}/{self.output_key} "
+            "(replaced if there)"
+        )
+
+    def differing_windows(self) -> str | None:
+        """What to say when the worker flushed these files with other windows than the replay's (each commit record
+        carries its flush's): re-sent events, sessions and days would count otherwise than in the live rows."""
+        other = sorted(self.worker_windows - {self.windows}, key=lambda w: (w.dedupe_days, w.distinct_days))
+        if not other:
+            return None
+        if len(self.worker_windows) == 1:
+            worker = other[0]
+            return (
+                f"the worker flushed these events with {worker.describe()}, and this replay runs with "
+                f"{self.windows.describe()}: re-sent events, sessions and active days will count otherwise than in "
+                f"the live rows (give --dedupe-window-days {worker.dedupe_days} --distinct-window-days "
+                f"{worker.distinct_days} to match them)"
+            )
+        seen = "; ".join(w.describe() for w in other)
+        return (
+            f"the worker's windows changed within this range (its commit records hold {seen}, besides this replay's "
+            f"{self.windows.describe()}): no one window gives the live rows for all of it"
         )
 
 
@@ -128,8 +149,7 @@ def plan_replay(
         end=end,
         name=name,
         bucket=settings.bucket,
-        dedupe_window_days=settings.dedupe_window_days,
-        distinct_window_days=settings.distinct_window_days,
+        windows=settings.state_windows,
     )
     for record in commit_records(s3, settings, progress=progress):
         plan.commits += 1
@@ -138,6 +158,8 @@ def plan_replay(
         if record.oldest_event_at < end and record.newest_event_at >= start:
             plan.files += record.files.get("events", [])
             plan.events += record.accepted - record.duplicates
+            if record.windows is not None:
+                plan.worker_windows.add(record.windows)
     plan.output_key = sink.layout.replay_output_key(name, start, end)
     _refuse_another_range(sink, plan)
     held = _held_claim(sink, plan)
@@ -180,7 +202,7 @@ def _claim(sink: S3ParquetSink, plan: ReplayPlan, run_id: str) -> bool:
     runs the replay); whether this run made the claim (False: one of the same range was there, a run before or
     beside this one, which writes the same object). FrontDoorError (exit 2) if it is another range's."""
     key = sink.layout.replay_claim_key(plan.name)
-    claim = ReplayClaim(plan.start, plan.end, datetime.now(UTC), run_id)
+    claim = ReplayClaim(plan.start, plan.end, datetime.now(UTC), run_id, plan.windows)
     # a claim deleted between the refusal and its read (its replay stopped with nothing written) is tried again
     for _ in range(3):
         try:

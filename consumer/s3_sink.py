@@ -193,6 +193,7 @@ class S3ParquetSink:
             oldest_event_at=_event_time(applied.events, pc.min),
             newest_event_at=_event_time(applied.events, pc.max),
             freshness=freshness_of(applied, committed_at),
+            windows=self.settings.state_windows,
         )
         return self._commit(attempt, record)
 

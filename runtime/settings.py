@@ -29,6 +29,7 @@ from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from runtime.logs import LOG_FORMAT_ENV, LOG_LEVEL_ENV, LOG_SOCKET_ENV
+from schemas.control import StateWindows
 from schemas.layout import OutputLayout
 
 ENV_PREFIX = "CLICKSTREAM_"
@@ -546,6 +547,11 @@ class Settings(BaseSettings):
                 f"({self.stuck_shard_seconds} <= {self.flush_max_seconds}), or every healthy shard looks stuck"
             )
         return self
+
+    @property
+    def state_windows(self) -> StateWindows:
+        """The windows a customer state forgets by, as the control records carry them."""
+        return StateWindows(dedupe_days=self.dedupe_window_days, distinct_days=self.distinct_window_days)
 
     @property
     def emulated(self) -> bool:

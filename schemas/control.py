@@ -145,6 +145,26 @@ class PrefixOwner:
 
 
 @dataclass(frozen=True, slots=True)
+class StateWindows:
+    """The windows a customer state forgets by, in days of arrival time: event ids for de-duplication, sessions and
+    active days for the distinct counts. Recorded with each flush and each replay: a replay's rows equal the live
+    rows only when it ran with the worker's windows."""
+
+    dedupe_days: int
+    distinct_days: int
+
+    def describe(self) -> str:
+        return f"de-duplication window {self.dedupe_days} days and distinct-count window {self.distinct_days} days"
+
+    @classmethod
+    def from_value(cls, value: Any) -> StateWindows | None:
+        """From a record's JSON; None where the record has none (written by a version before windows)."""
+        if value is None:
+            return None
+        return cls(dedupe_days=int(value["dedupe_days"]), distinct_days=int(value["distinct_days"]))
+
+
+@dataclass(frozen=True, slots=True)
 class ReplayClaim:
     """The range a replay name's folder holds (``OutputLayout.replay_claim_key``), claimed by a conditional create
     before the replay reads the archive: two replays of one name with different ranges, on two machines, would write
@@ -156,6 +176,8 @@ class ReplayClaim:
     #: The run that made the claim: its own create answered 412 (a retry of a PUT that had landed) is not a twin's,
     #: and it releases only a claim that is still its own ("" in a claim of a version before run ids).
     run_id: str = ""
+    #: The windows the run aggregated with (None in a claim of a version before windows).
+    windows: StateWindows | None = None
 
     def covers_the_same_range(self, start: datetime, end: datetime) -> bool:
         return (self.start, self.end) == (start.astimezone(UTC), end.astimezone(UTC))
@@ -172,6 +194,7 @@ class ReplayClaim:
                 end=_required_time(d["end"]),
                 claimed_at=_required_time(d["claimed_at"]),
                 run_id=_text(d.get("run_id", "")),
+                windows=StateWindows.from_value(d.get("windows")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise ControlRecordError(f"replay claim: {error!r}") from error
@@ -214,6 +237,8 @@ class CommitRecord:
     oldest_event_at: datetime | None  # event_time range of the events it archived (None: no new events)
     newest_event_at: datetime | None
     freshness: Freshness | None = field(default=None)
+    #: The windows the worker's state forgot by when it applied this flush (None: written by a version before them).
+    windows: StateWindows | None = field(default=None)
 
     @property
     def records_new(self) -> int:
@@ -258,6 +283,7 @@ class CommitRecord:
                 oldest_event_at=_time(d["oldest_event_at"]),
                 newest_event_at=_time(d["newest_event_at"]),
                 freshness=None if fresh is None else Freshness(**{k: fresh[k] for k in Freshness.__slots__}),
+                windows=StateWindows.from_value(d.get("windows")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             if isinstance(error, ControlRecordError):

@@ -68,6 +68,51 @@ def test_replay_deduplicates_with_the_window_the_worker_is_set_to(s3: Any, tmp_p
     assert [(row["customer_id"], row["purchases"]) for row in rows] == [("c-A", 2)]
 
 
+def test_a_replay_with_other_windows_than_the_worker_flushed_with_says_so_and_which_to_give(
+    s3: Any, tmp_path: Path
+) -> None:
+    """Each commit record carries the windows of its flush; the replay's rows equal the live rows only with the
+    same, which nothing checked ("give it the worker's" was on the operator's honour), and its claim beside the
+    output now says which windows made it."""
+    import json
+
+    worker = Settings(bucket=BUCKET, prefix="rfm", dedupe_window_days=1, distinct_window_days=2)
+    live_run(s3, worker, [Stream().batch([event("c-A", "page_view", "2026-03-01T10:00:00Z")])])
+    window = ["--from", "2026-03-01", "--to", "2026-03-02", "--state-dir", str(tmp_path)]
+
+    other = _replay(*window, "--name", "defaults")
+    assert other.exit_code == 0, other.output
+    assert (
+        "the worker flushed these events with de-duplication window 1 days and distinct-count window 2 days, and "
+        "this replay runs with de-duplication window 7 days and distinct-count window 30 days"
+    ) in other.output
+    assert "give --dedupe-window-days 1 --distinct-window-days 2 to match them" in other.output
+
+    same = _replay(*window, "--name", "same", "--dedupe-window-days", "1", "--distinct-window-days", "2")
+    assert same.exit_code == 0, same.output
+    assert "the worker flushed" not in same.output
+    claims = {
+        key.split("/")[2]: json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+        for key in _claims(s3)
+    }
+    assert claims["same"]["windows"] == {"dedupe_days": 1, "distinct_days": 2}
+    assert claims["defaults"]["windows"] == {"dedupe_days": 7, "distinct_days": 30}
+
+
+def test_windows_that_changed_within_the_range_are_said_as_such() -> None:
+    from clickstream.replay import ReplayPlan
+    from schemas.control import StateWindows
+
+    plan = ReplayPlan(_day(1), _day(2), "wk", windows=StateWindows(7, 30))
+    assert plan.differing_windows() is None, "no record says: nothing to compare"
+    plan.worker_windows = {StateWindows(7, 30)}
+    assert plan.differing_windows() is None
+    plan.worker_windows = {StateWindows(7, 30), StateWindows(1, 30)}
+    said = plan.differing_windows()
+    assert said is not None and "the worker's windows changed within this range" in said
+    assert "de-duplication window 1 days" in said
+
+
 def test_replay_counts_sessions_with_the_distinct_window_the_worker_is_set_to(
     s3: Any, tmp_path: Path
 ) -> None:

@@ -210,6 +210,19 @@ def test_the_commit_record_carries_freshness_and_the_event_time_range(s3: Any) -
     assert record.freshness.newest_event_age == pytest.approx(newest_age, abs=0.002)
 
 
+def test_the_commit_record_carries_the_windows_of_its_flush_and_an_older_one_reads_without(s3: Any) -> None:
+    """A replay compares its windows with the worker's; a record of a version before windows still reads."""
+    from schemas.control import StateWindows
+
+    settings = settings_for(dedupe_window_days=3, distinct_window_days=9)
+    record = S3ParquetSink(s3, settings).write(*applied(CustomerState(SHARD), records_of(HOURLY_EVENTS)))
+    assert record.windows == StateWindows(dedupe_days=3, distinct_days=9)
+    assert CommitRecord.from_json(record.to_json()) == record
+    older = json.loads(record.to_json())
+    del older["windows"]
+    assert CommitRecord.from_json(json.dumps(older)).windows is None
+
+
 def test_position_key_parts_sort_in_stream_order_whatever_the_number_of_digits() -> None:
     positions = [Position("9"), Position("99"), Position("100"), Position("100", 5), Position(str(10**55))]
     parts = [p.key_part() for p in positions]
