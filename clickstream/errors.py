@@ -109,14 +109,16 @@ def _client_error(error: aws.ClientError) -> Failure:  # noqa: PLR0911 - one ret
         return Failure(_NOT_FOUND["NoSuchBucket"].format(bucket=_bucket(details)), USAGE)
     if code in _NOT_FOUND:
         return Failure(_NOT_FOUND[code].format(bucket=_bucket(details), message=message), USAGE)
-    if code == "AuthorizationHeaderMalformed" or (code in _BAD_CREDENTIALS and "region" in message.lower()):
+    if (code == "AuthorizationHeaderMalformed" or code in _BAD_CREDENTIALS) and "region" in message.lower():
         # AWS's answer to a request signed for a region it does not take (a mistyped one, another bucket's)
         return Failure(f"AWS refused the region ({code} on {operation}): {message} (check AWS_REGION)", USAGE)
     if code == "400" and operation.startswith("Head"):
-        # S3 answers a HEAD without a body, so without a reason; a signature's region is the usual one
+        # S3 answers a HEAD without a body, so without a reason: a region it does not take, or temporary
+        # credentials it no longer takes, are the usual ones (botocore follows a bucket's region by itself)
         return Failure(
             f"AWS {operation} failed: 400 Bad Request, which S3 answers to a HEAD without a reason: most often a "
-            "request signed for a region that is not the bucket's (check AWS_REGION)",
+            "region it does not take (check AWS_REGION) or temporary credentials that expired (aws sso login, or "
+            "renew AWS_SESSION_TOKEN)",
             USAGE,
         )
     if code in _BAD_CREDENTIALS:

@@ -12,6 +12,7 @@ never read), and of those only commits whose events overlap the range. The resul
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import re
@@ -60,8 +61,10 @@ class ReplayPlan:
     bucket: str = ""
     #: the windows it aggregates with: the worker's must be the same for its rows to equal the live rows
     windows: StateWindows = field(default_factory=lambda: StateWindows(0, 0))
-    #: the windows the worker's flushes of those files recorded (none from a version before windows)
+    #: the windows the worker's flushes of those files recorded
     worker_windows: set[StateWindows] = field(default_factory=set)
+    #: commits of those files that record no windows (written by a version before them)
+    commits_without_windows: int = 0
 
     def describe(self) -> str:
         return (
@@ -79,18 +82,23 @@ class ReplayPlan:
         other = sorted(self.worker_windows - {self.windows}, key=lambda w: (w.dedupe_days, w.distinct_days))
         if not other:
             return None
+        unknown = (
+            f" ({count_of(self.commits_without_windows, 'commit record')} of a version before windows say nothing)"
+            if self.commits_without_windows
+            else ""
+        )
         if len(self.worker_windows) == 1:
             worker = other[0]
             return (
-                f"the worker flushed these events with {worker.describe()}, and this replay runs with "
+                f"the worker flushed these events with {worker.describe()}{unknown}, and this replay runs with "
                 f"{self.windows.describe()}: re-sent events, sessions and active days will count otherwise than in "
                 f"the live rows (give --dedupe-window-days {worker.dedupe_days} --distinct-window-days "
                 f"{worker.distinct_days} to match them)"
             )
         seen = "; ".join(w.describe() for w in other)
         return (
-            f"the worker's windows changed within this range (its commit records hold {seen}, besides this replay's "
-            f"{self.windows.describe()}): no one window gives the live rows for all of it"
+            f"the worker's windows changed within this range (its commit records hold {seen}{unknown}, besides this "
+            f"replay's {self.windows.describe()}): no one window gives the live rows for all of it"
         )
 
 
@@ -109,6 +117,9 @@ class ReplayResult:
     customers: int
     output_key: str | None  # None: no event of the files read was in the range, and nothing was written
 
+
+#: The key of a replay output's Parquet key-value metadata that says what made it (range, windows, run).
+REPLAY_METADATA_KEY: Final = "clickstream.replay"
 
 #: A replay's name is a folder of its output and part of its lock file's name.
 MAX_NAME_CHARACTERS: Final = 200
@@ -160,6 +171,8 @@ def plan_replay(
             plan.events += record.accepted - record.duplicates
             if record.windows is not None:
                 plan.worker_windows.add(record.windows)
+            else:
+                plan.commits_without_windows += 1
     plan.output_key = sink.layout.replay_output_key(name, start, end)
     _refuse_another_range(sink, plan)
     held = _held_claim(sink, plan)
@@ -202,7 +215,7 @@ def _claim(sink: S3ParquetSink, plan: ReplayPlan, run_id: str) -> bool:
     runs the replay); whether this run made the claim (False: one of the same range was there, a run before or
     beside this one, which writes the same object). FrontDoorError (exit 2) if it is another range's."""
     key = sink.layout.replay_claim_key(plan.name)
-    claim = ReplayClaim(plan.start, plan.end, datetime.now(UTC), run_id, plan.windows)
+    claim = ReplayClaim(plan.start, plan.end, datetime.now(UTC), run_id)
     # a claim deleted between the refusal and its read (its replay stopped with nothing written) is tried again
     for _ in range(3):
         try:
@@ -390,12 +403,20 @@ def _replay(  # noqa: PLR0917 - one private call site
         rows = state.snapshot_rows()
         stop.check()
         try:
-            _hold_name(sink, plan, run_id)
+            # a twin's claim this run went on under may be gone: the claim made now is this run's to release
+            claimed = _hold_name(sink, plan, run_id) or claimed
         except FrontDoorError as refused:
             raise FrontDoorError(f"{refused}; nothing written", refused.exit_code) from None
         stop.check()  # a stop during the claim's round trips came before the write: nothing written
         writing.append(True)
-        sink.put_parquet(plan.output_key, rows, kind="customer_aggregates")
+        log.info(
+            "replay %s: writing %s to s3://%s/%s",
+            plan.name,
+            count_of(rows.num_rows, "customer's row", "customers' rows"),
+            sink.bucket,
+            plan.output_key,
+        )
+        sink.put_parquet(plan.output_key, _with_provenance(rows, plan, run_id), kind="customer_aggregates")
         return ReplayResult(
             events_read=read, events_applied=applied, customers=rows.num_rows, output_key=plan.output_key
         )
@@ -405,6 +426,21 @@ def _replay(  # noqa: PLR0917 - one private call site
                 state.close()
             if claimed and not writing:  # nothing written: the name is free for another range again
                 _release_claim(sink, plan, run_id)
+
+
+def _with_provenance(rows: pa.Table, plan: ReplayPlan, run_id: str) -> pa.Table:
+    """``rows`` with what made them in the file's key-value metadata (``REPLAY_METADATA_KEY``): the range, the
+    windows and the run. A re-run of the range replaces the file, and so what it says, whole."""
+    made_by = {
+        "start": plan.start.isoformat(),
+        "end": plan.end.isoformat(),
+        "dedupe_window_days": plan.windows.dedupe_days,
+        "distinct_window_days": plan.windows.distinct_days,
+        "run_id": run_id,
+    }
+    return rows.replace_schema_metadata(
+        {**(rows.schema.metadata or {}), REPLAY_METADATA_KEY: json.dumps(made_by)}
+    )
 
 
 class _StopBetweenSteps:

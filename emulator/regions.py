@@ -1,7 +1,8 @@
 """A request signed for a region the emulator does not serve is refused as AWS refuses it, not with moto's 500.
 
 moto serves the regions botocore knows (every partition's) and fails any other with a bare 500 (a ``KeyError`` in
-its backend), which the SDKs retry and the CLI then reports as a service that is throttling or unavailable. A
+its Kinesis and DynamoDB backends), which the SDKs retry and the CLI then reports as a service that is throttling or
+unavailable; its S3, one backend per partition, took any region, where AWS refuses the signature. A
 mistyped ``AWS_REGION`` (``us-est-1``, ``mars-1``) is a set-up error: the answer here is AWS's own for a credential
 scoped to a region that does not exist, a 400 (``InvalidSignatureException``; S3's ``AuthorizationHeaderMalformed``)
 naming the region. moto's ``MOTO_ALLOW_NONEXISTENT_REGION=true`` serves any region, and then nothing is refused.

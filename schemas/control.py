@@ -147,8 +147,8 @@ class PrefixOwner:
 @dataclass(frozen=True, slots=True)
 class StateWindows:
     """The windows a customer state forgets by, in days of arrival time: event ids for de-duplication, sessions and
-    active days for the distinct counts. Recorded with each flush and each replay: a replay's rows equal the live
-    rows only when it ran with the worker's windows."""
+    active days for the distinct counts. Recorded with each flush (and in a replay's output): a replay's rows equal
+    the live rows only when it ran with the worker's windows."""
 
     dedupe_days: int
     distinct_days: int
@@ -176,8 +176,6 @@ class ReplayClaim:
     #: The run that made the claim: its own create answered 412 (a retry of a PUT that had landed) is not a twin's,
     #: and it releases only a claim that is still its own ("" in a claim of a version before run ids).
     run_id: str = ""
-    #: The windows the run aggregated with (None in a claim of a version before windows).
-    windows: StateWindows | None = None
 
     def covers_the_same_range(self, start: datetime, end: datetime) -> bool:
         return (self.start, self.end) == (start.astimezone(UTC), end.astimezone(UTC))
@@ -194,7 +192,6 @@ class ReplayClaim:
                 end=_required_time(d["end"]),
                 claimed_at=_required_time(d["claimed_at"]),
                 run_id=_text(d.get("run_id", "")),
-                windows=StateWindows.from_value(d.get("windows")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise ControlRecordError(f"replay claim: {error!r}") from error

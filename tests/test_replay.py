@@ -72,31 +72,42 @@ def test_a_replay_with_other_windows_than_the_worker_flushed_with_says_so_and_wh
     s3: Any, tmp_path: Path
 ) -> None:
     """Each commit record carries the windows of its flush; the replay's rows equal the live rows only with the
-    same, which nothing checked ("give it the worker's" was on the operator's honour), and its claim beside the
-    output now says which windows made it."""
+    same, which nothing checked ("give it the worker's" was on the operator's honour). The output says which
+    windows made it, also after a re-run of its range with the flags the warning gives."""
+    import io
     import json
+
+    import pyarrow.parquet as pq
+
+    from clickstream.replay import REPLAY_METADATA_KEY
 
     worker = Settings(bucket=BUCKET, prefix="rfm", dedupe_window_days=1, distinct_window_days=2)
     live_run(s3, worker, [Stream().batch([event("c-A", "page_view", "2026-03-01T10:00:00Z")])])
     window = ["--from", "2026-03-01", "--to", "2026-03-02", "--state-dir", str(tmp_path)]
 
-    other = _replay(*window, "--name", "defaults")
+    def made_by() -> dict[str, Any]:
+        [output] = _replays(s3)
+        body = s3.get_object(Bucket=BUCKET, Key=output)["Body"].read()
+        metadata = pq.read_schema(io.BytesIO(body)).metadata
+        return dict(json.loads(metadata[REPLAY_METADATA_KEY.encode()]))
+
+    other = _replay(*window)
     assert other.exit_code == 0, other.output
     assert (
         "the worker flushed these events with de-duplication window 1 days and distinct-count window 2 days, and "
         "this replay runs with de-duplication window 7 days and distinct-count window 30 days"
     ) in other.output
     assert "give --dedupe-window-days 1 --distinct-window-days 2 to match them" in other.output
+    assert (made_by()["dedupe_window_days"], made_by()["distinct_window_days"]) == (7, 30)
 
-    same = _replay(*window, "--name", "same", "--dedupe-window-days", "1", "--distinct-window-days", "2")
+    same = _replay(*window, "--dedupe-window-days", "1", "--distinct-window-days", "2")
     assert same.exit_code == 0, same.output
     assert "the worker flushed" not in same.output
-    claims = {
-        key.split("/")[2]: json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
-        for key in _claims(s3)
-    }
-    assert claims["same"]["windows"] == {"dedupe_days": 1, "distinct_days": 2}
-    assert claims["defaults"]["windows"] == {"dedupe_days": 7, "distinct_days": 30}
+    said = made_by()
+    assert (said["dedupe_window_days"], said["distinct_window_days"]) == (1, 2), (
+        "the re-run's, not the first's"
+    )
+    assert (said["start"], said["end"]) == ("2026-03-01T00:00:00+00:00", "2026-03-02T00:00:00+00:00")
 
 
 def test_windows_that_changed_within_the_range_are_said_as_such() -> None:
@@ -111,6 +122,9 @@ def test_windows_that_changed_within_the_range_are_said_as_such() -> None:
     said = plan.differing_windows()
     assert said is not None and "the worker's windows changed within this range" in said
     assert "de-duplication window 1 days" in said
+    plan.worker_windows, plan.commits_without_windows = {StateWindows(1, 30)}, 3
+    said = plan.differing_windows()
+    assert said is not None and "(3 commit records of a version before windows say nothing)" in said
 
 
 def test_replay_counts_sessions_with_the_distinct_window_the_worker_is_set_to(
@@ -783,6 +797,41 @@ def test_a_range_claimed_while_a_twin_run_read_is_not_written_beside_it(
     assert refused.value.exit_code == 2 and "claimed for another range" in str(refused.value)
     assert meanwhile, "the other range ran while this one read"
     assert [key.rsplit("/", 1)[1] for key in _replays(s3)] == ["replay-20260302T0000-20260303T0000.parquet"]
+
+
+def test_a_claim_made_in_place_of_a_twins_is_released_by_a_stop_before_the_write(
+    s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run went on under a twin's claim of its range; the twin stopped (released it) while this one read, and
+    the check before the write claimed the name for this run, then a stop came: nothing is written, and the claim,
+    this run's now, must go too (it stayed, and every other range of the name was refused)."""
+    import os
+    import signal
+
+    from clickstream import replay
+
+    settings, mine = _a_twin_runs(s3)
+    claim_key = OutputLayout("rfm").replay_claim_key("wk")
+    read = S3ParquetSink.get_parquet
+    hold_name = replay._hold_name
+    made: list[bool] = []
+
+    def the_twin_releases_while_reading(self: S3ParquetSink, key: str) -> Any:
+        s3.delete_object(Bucket=BUCKET, Key=claim_key)
+        return read(self, key)
+
+    def stopped_after_the_check(*args: Any, **kwargs: Any) -> bool:
+        made.append(hold_name(*args, **kwargs))
+        if len(made) == 2:  # the check before the write
+            os.kill(os.getpid(), signal.SIGINT)
+        return made[-1]
+
+    monkeypatch.setattr(S3ParquetSink, "get_parquet", the_twin_releases_while_reading)
+    monkeypatch.setattr(replay, "_hold_name", stopped_after_the_check)
+    with pytest.raises(KeyboardInterrupt):
+        run_replay(s3, settings, mine, tmp_path, progress=False)
+    assert made == [False, True], "the twin's claim at first; the check before the write made one, this run's"
+    assert _replays(s3) == [] and _claims(s3) == []
 
 
 def test_a_claim_made_again_right_before_writing_is_released_when_the_run_writes_nothing(

@@ -2472,7 +2472,7 @@ def test_a_region_the_endpoint_does_not_serve_is_exit_2_naming_it(emulator_endpo
             "ListObjectsV2",
             "expecting 'eu-west-1' (check AWS_REGION)",
         ),
-        # the same to a HEAD, which has no body: botocore has only the status
+        # the same to a HEAD, which has no body: botocore has only the status (expired keys look the same)
         ("400", "Bad Request", "HeadObject", "HeadObject failed: 400 Bad Request"),
     ],
 )
@@ -2487,7 +2487,20 @@ def test_a_refused_region_is_a_configuration_error_naming_aws_region(
     assert failure.exit_code == 2
     assert needle in failure.message
     assert "AWS_REGION" in failure.message
-    assert "credentials" not in failure.message
+    assert ("AWS_SESSION_TOKEN" in failure.message) == (code == "400"), "a bare 400 may be expired keys too"
+
+
+def test_a_malformed_authorization_header_that_is_not_about_the_region_is_not_called_a_region_error() -> None:
+    from botocore.exceptions import ClientError
+
+    from clickstream.errors import explain
+
+    message = 'The authorization header is malformed; the Credential is mal-formed; expecting "<YOUR-AKID>/YYYYMMDD"'
+    failure = explain(
+        ClientError({"Error": {"Code": "AuthorizationHeaderMalformed", "Message": message}}, "GetObject")
+    )
+    assert "AWS refused the region" not in failure.message
+    assert "AuthorizationHeaderMalformed" in failure.message
 
 
 def produce_file(path: Path, shards: int = 1, stdin: bytes | None = None) -> tuple[Any, int]:
