@@ -25,6 +25,7 @@ from rich.text import Text
 
 from consumer.status import ShardStatus
 from runtime.logs import count_of
+from runtime.settings import KCL_FIRST_START_WAIT_MAX_SECONDS
 
 #: Levels (Python's and logback's names) shown above a live status; everything goes to the log file.
 _LOUD = {"WARN", "WARNING", "ERROR", "CRITICAL", "FATAL"}
@@ -56,9 +57,9 @@ _UNLOGGED_LEVEL: Final = "WARNING"
 _UNLOGGED_LOGGER: Final = "kcl.output"
 
 
-#: Said while no shard processor runs yet: the KCL's first start on a new lease table waits a random 1-30 s (a
-#: constant of its Scheduler) before it makes the leases, which reads as a hang.
-FIRST_START_WAIT: Final = "a first start on a new lease table waits 1-30 s"
+#: Said while no shard processor runs yet: the KCL's first start on a new lease table waits a random while before it
+#: makes the leases, which reads as a hang.
+FIRST_START_WAIT: Final = f"a first start on a new lease table waits 1-{KCL_FIRST_START_WAIT_MAX_SECONDS} s"
 
 
 #: KCL warnings of every start off AWS (no EC2/ECS metadata to size workers by) and of a first lease assignment,

@@ -116,6 +116,9 @@ KCL_MILLIS_MAX = 86_400_000
 SECONDS_MAX = 7 * 86_400.0
 #: A Java int: the KCL's lease count (a larger number fell back to no limit, silently).
 JAVA_INT_MAX = 2**31 - 1
+#: The longest the KCL's first start on a new lease table waits before it makes the leases (a random 1-30 s, a
+#: constant of its Scheduler).
+KCL_FIRST_START_WAIT_MAX_SECONDS = 30
 
 #: The region when neither the environment nor the AWS profile names one (emulators take any).
 FALLBACK_REGION = "us-east-1"
@@ -541,6 +544,16 @@ class Settings(BaseSettings):
                 f"({self.stop_deadline_seconds} s <= {self.kcl_shutdown_grace_millis} ms), or a stop kills the "
                 "KCL while its shards are still flushing"
             )
+        first_lease = self.first_lease_within_seconds
+        if 0 < self.no_lease_unhealthy_seconds < first_lease:
+            raise ValueError(
+                f"CLICKSTREAM_NO_LEASE_UNHEALTHY_SECONDS must be 0 (off) or at least {first_lease:g} "
+                f"({self.no_lease_unhealthy_seconds:g} given): a starting worker may wait that long for its first "
+                f"lease (the KCL's first start waits up to {KCL_FIRST_START_WAIT_MAX_SECONDS} s, its leader assigns "
+                f"leases every {self.effective_lease_assignment_interval_millis / 1000:g} s, and the lease of a "
+                f"stopped worker expires after {self.kcl_failover_time_millis / 1000:g} s), and would be reported "
+                "unhealthy, and replaced, as it starts"
+            )
         if self.stuck_shard_seconds <= self.flush_max_seconds:
             raise ValueError(
                 "CLICKSTREAM_STUCK_SHARD_SECONDS must be larger than CLICKSTREAM_FLUSH_MAX_SECONDS "
@@ -579,6 +592,13 @@ class Settings(BaseSettings):
         if self.kcl_lease_assignment_interval_millis is not None:
             return self.kcl_lease_assignment_interval_millis
         return EMULATED_LEASE_ASSIGNMENT_MILLIS if self.emulated else AWS_LEASE_ASSIGNMENT_MILLIS
+
+    @property
+    def first_lease_within_seconds(self) -> float:
+        """The longest a starting worker may wait for its first lease: the KCL's first-start wait, a lease
+        assignment, and a stopped worker's lease expiring."""
+        waits_millis = self.effective_lease_assignment_interval_millis + self.kcl_failover_time_millis
+        return KCL_FIRST_START_WAIT_MAX_SECONDS + waits_millis / 1000
 
     @property
     def layout(self) -> OutputLayout:

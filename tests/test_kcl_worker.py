@@ -338,7 +338,7 @@ def test_the_supervisor_tells_a_standby_from_a_worker_that_cannot_take_leases(tm
     with mock_aws():
         dynamodb = lease_table("lease-app")
         settings = load_settings(
-            state_dir=tmp_path, application_name="lease-app", worker_id="me", no_lease_unhealthy_seconds=10
+            state_dir=tmp_path, application_name="lease-app", worker_id="me", no_lease_unhealthy_seconds=60
         )
         for shard, owner in (("shardId-0", "other"), ("shardId-1", "other")):
             dynamodb.put_item(
@@ -349,7 +349,7 @@ def test_the_supervisor_tells_a_standby_from_a_worker_that_cannot_take_leases(tm
             TableName="lease-app", Item={"leaseKey": {"S": "shardId-9"}, "checkpoint": {"S": "SHARD_END"}}
         )
         worker = KclWorker(settings)
-        worker._heartbeat.started_at -= 60
+        worker._heartbeat.started_at -= 120
         worker._track_leases({})
         assert worker._heartbeat.standby and "held by 1 other workers" in str(worker._heartbeat.lease_detail)
 

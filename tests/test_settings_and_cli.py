@@ -286,6 +286,22 @@ def test_an_invalid_environment_value_raises_config_error_naming_the_variable(
     assert (repr(value) if value else f"{variable}: empty:") in str(raised.value)
 
 
+def test_a_no_lease_limit_shorter_than_a_first_lease_takes_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker that starts waits up to 30 s (the KCL's first start), a lease assignment and a failover for its
+    first lease: a shorter limit reported every starting worker unhealthy, and ECS replaced it mid-deploy."""
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)  # AWS's pace: leases assigned every 20 s
+    assert load_settings(no_lease_unhealthy_seconds=60).no_lease_unhealthy_seconds == 60  # 30 + 20 + 10
+    assert load_settings(no_lease_unhealthy_seconds=0).no_lease_unhealthy_seconds == 0  # off
+    with pytest.raises(ConfigError) as refused:
+        load_settings(no_lease_unhealthy_seconds=59)
+    assert "CLICKSTREAM_NO_LEASE_UNHEALTHY_SECONDS must be 0 (off) or at least 60 (59 given)" in str(
+        refused.value
+    )
+    assert "leases every 20 s" in str(refused.value)
+
+
 @pytest.mark.parametrize("command", [["summary"], ["report"]])
 def test_a_top_beyond_its_bound_is_refused_before_anything_is_read(command: list[str]) -> None:
     """summary --top 99999999999999999999 printed half a summary, then failed converting it to an INT64."""
