@@ -948,7 +948,7 @@ def replay(
     if result.output_key is None:
         say(
             f"nothing to replay: no committed event in that range ({count_of(len(plan.files), 'file')} read, "
-            "whose arrival spans met it; nothing written)"
+            "whose events' time spans met it; nothing written)"
         )
         return
     say(

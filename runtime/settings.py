@@ -120,7 +120,7 @@ JAVA_INT_MAX = 2**31 - 1
 #: constant of its Scheduler).
 KCL_FIRST_START_WAIT_MAX_SECONDS = 30
 
-#: The region when neither the environment nor the AWS profile names one (emulators take any).
+#: The region when neither the environment nor the AWS profile names one.
 FALLBACK_REGION = "us-east-1"
 
 
