@@ -33,7 +33,6 @@ from clickstream.clv_commands import report, score
 from clickstream.console import JsonShownError, json_mode, progress_of, say
 from clickstream.errors import FrontDoorError, explain, kms_key_unusable, query_interrupted
 from clickstream.options import (
-    TOP_MAX,
     FiniteFloatRange,
     LocalPath,
     build_on,
@@ -43,6 +42,7 @@ from clickstream.options import (
     progress_option,
     setting_option,
     show_progress,
+    top_option,
     writable_file,
     writable_folder,
 )
@@ -1125,13 +1125,7 @@ def health(**overrides: Any) -> None:
     default=None,
     help="Also copy the committed files (and commit records) into this folder, keeping the S3 key layout.",
 )
-@click.option(
-    "--top",
-    default=10,
-    show_default=True,
-    type=click.IntRange(1, TOP_MAX),
-    help=f"Top customers to show (at most {TOP_MAX:,}).",
-)
+@top_option(10, "show")
 @setting_option("bucket", "--bucket")
 @setting_option("prefix", "--prefix")
 def summary(download: Path | None, top: int, **overrides: Any) -> None:

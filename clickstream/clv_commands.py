@@ -11,13 +11,13 @@ import click
 from clickstream.console import say
 from clickstream.errors import FrontDoorError
 from clickstream.options import (
-    TOP_MAX,
     LocalPath,
     build_settings,
     parse_flag_time,
     progress_option,
     setting_option,
     show_progress,
+    top_option,
     writable_file,
     writable_folder,
 )
@@ -158,13 +158,7 @@ def score(
     show_default=True,
     help="The HTML file to write (self-contained: opens offline).",
 )
-@click.option(
-    "--top",
-    default=20,
-    show_default=True,
-    type=click.IntRange(1, TOP_MAX),
-    help=f"Top customers to list (at most {TOP_MAX:,}).",
-)
+@top_option(20, "list")
 @click.option(
     "--clv-dir",
     type=LocalPath(exists=True, file_okay=False, path_type=Path),

@@ -37,6 +37,17 @@ FLAG_YEARS: Final = range(1970, 2200)
 TOP_MAX: Final = 100_000
 
 
+def top_option(default: int, verb: str) -> Callable[[_F], _F]:
+    """``--top N``: how many customers a reader lists, from 1 to ``TOP_MAX``."""
+    return click.option(
+        "--top",
+        default=default,
+        show_default=True,
+        type=click.IntRange(1, TOP_MAX),
+        help=f"Top customers to {verb} (at most {TOP_MAX:,}).",
+    )
+
+
 def outside_flag_years(text: str) -> str | None:
     """Why a day or time whose first four characters are its year is refused, or None within ``FLAG_YEARS``."""
     if int(text[:4]) not in FLAG_YEARS:
