@@ -76,8 +76,34 @@ class JsonShownError(click.ClickException):
         click.echo(json_line(self.format_message(), logging.ERROR, **fields), err=True, file=file)
 
 
+class LastProgressLine:
+    """When a command last said how far it got. One per command run, shared by its phases: a command whose phases
+    each took 25 s (listing, reading records, reading files) said nothing for minutes when each phase kept its own
+    timer."""
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+
+def last_progress_line(clock: Callable[[], float] = time.monotonic) -> LastProgressLine:
+    """The running command's ``LastProgressLine``, started at the first ask (a fresh one outside a command, as in a
+    test). Long work off a terminal logs once ``PROGRESS_LOG_SECONDS`` passed since it, and moves it on."""
+    context = click.get_current_context(silent=True)
+    if context is None:
+        return LastProgressLine(clock())
+    meta = context.find_root().meta
+    last = meta.get(_LAST_LINE_KEY)
+    if not isinstance(last, LastProgressLine):
+        last = meta[_LAST_LINE_KEY] = LastProgressLine(clock())
+    return last
+
+
+_LAST_LINE_KEY = "clickstream.progress_logged_at"
+
+
 class _Progress:
-    """``(done, total)`` of one piece of work, shown as a bar or as a log line every ``log_seconds``."""
+    """``(done, total)`` of one piece of work, shown as a bar or as a log line every ``log_seconds`` of the command's
+    silence (``LastProgressLine``)."""
 
     def __init__(
         self, description: str, unit: str, bar: bool, log_seconds: float, clock: Callable[[], float]
@@ -90,7 +116,7 @@ class _Progress:
             clock,
         )
         self.shown: tqdm[Any] | None = None
-        self.logged_at = clock()
+        self.last_line = last_progress_line(clock)
 
     def __call__(self, done: int, total: int) -> None:
         if self.bar:
@@ -104,8 +130,8 @@ class _Progress:
                 self.shown.total = total
                 self.shown.refresh()
             self.shown.update(done - self.shown.n)
-        elif self.clock() - self.logged_at >= self.log_seconds:
-            self.logged_at = self.clock()
+        elif self.clock() - self.last_line.at >= self.log_seconds:
+            self.last_line.at = self.clock()
             log.info("%s: %s of %s %ss", self.description, f"{done:,}", f"{total:,}", self.unit)
 
     def close(self) -> None:
@@ -123,7 +149,8 @@ def progress_of(
     clock: Callable[[], float] = time.monotonic,
 ) -> Iterator[Callable[[int, int], None]]:
     """A ``progress(done, total)`` callback for long work: a bar on stderr when ``bar`` (a terminal), else an INFO
-    line every ``log_seconds`` (nothing for work shorter than that)."""
+    line once ``log_seconds`` passed since the command's first long work began or it last said how far it got
+    (nothing for a command shorter than that): one timer across the command's phases."""
     progress = _Progress(description, unit, bar, log_seconds, clock)
     try:
         yield progress

@@ -32,7 +32,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from tqdm import tqdm
 
 from aggregators.customer_state import CustomerState
-from clickstream.console import progress_of
+from clickstream.console import last_progress_line, progress_of
 from clickstream.errors import FrontDoorError, explain, query_interrupted
 from clickstream.options import parse_flag_time, show_progress
 from clickstream.outputs import MAX_WORKERS, commit_records, unreadable_committed
@@ -353,7 +353,9 @@ def _replay(  # noqa: PLR0917 - one private call site
             pending.clear()
             stop.check()
 
-    reported_at = clock()
+    last_line = last_progress_line(
+        clock
+    )  # the command's: its plan's listing may have just said how far it got
     try:
         # from empty state (a re-run gives the same result), in memory: nothing reopens it; the worker's window
         # sessions and days kept for the run: forgetting follows the state's latest arrival day, another shard's
@@ -388,8 +390,8 @@ def _replay(  # noqa: PLR0917 - one private call site
                     apply_pending()
                 bar.update(events.num_rows)
                 stop.check()
-                if not progress and clock() - reported_at >= progress_log_seconds:
-                    reported_at = clock()
+                if not progress and clock() - last_line.at >= progress_log_seconds:
+                    last_line.at = clock()
                     log.info(
                         "replay %s: %s of %s files read, %s events in the range so far",
                         plan.name,

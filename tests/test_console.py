@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 
+import click
 import pytest
 
-from clickstream.console import progress_of
+from clickstream.console import last_progress_line, progress_of
 
 
 class FakeClock:
@@ -37,6 +38,32 @@ def test_off_a_terminal_long_work_logs_how_far_it_got_and_short_work_says_nothin
     ):
         report(5, 5)
     assert not caplog.records
+
+
+def test_a_commands_phases_share_one_timer_so_a_long_command_is_never_silent_for_long(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """replay and `summary --download` run phases of 25 s each (listing, reading records, reading files): each with
+    its own 30 s timer, the command said nothing for minutes."""
+    clock = FakeClock()
+    with caplog.at_level(logging.INFO, logger="clickstream"), click.Context(click.Command("summary")):
+        for phase in ("listing events/", "reading commit records", "reading customer_aggregates"):
+            with progress_of(phase, "file", bar=False, log_seconds=30, clock=clock) as report:
+                for done in range(1, 26):
+                    clock.now += 1.0
+                    report(done, 25)
+        assert last_progress_line(clock).at == 60.0, "the one the phases moved on"
+    lines = [record.getMessage() for record in caplog.records]
+    assert lines == ["reading commit records: 5 of 25 files", "reading customer_aggregates: 10 of 25 files"]
+    caplog.clear()
+    with (
+        caplog.at_level(logging.INFO, logger="clickstream"),
+        click.Context(click.Command("summary")),
+        progress_of("listing events/", "file", bar=False, log_seconds=30, clock=clock) as report,
+    ):
+        clock.now += 29.0
+        report(1, 1)
+    assert not caplog.records, "another command run starts its own timer"
 
 
 def test_on_a_terminal_it_is_a_bar_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
