@@ -133,6 +133,10 @@ _INTERRUPTION_LEAVES: Final = {
 }
 
 
+#: Where a command's run leaves more specific words than ``_INTERRUPTION_LEAVES`` for a stop (``ctx.meta``).
+_LEAVES_NOW: Final = "clickstream.interruption_leaves"
+
+
 class FrontDoor(click.Group):
     """Turns any exception a command raises into one line and an exit code (2 usage/configuration, 1 runtime).
 
@@ -167,7 +171,7 @@ class FrontDoor(click.Group):
                     raise
         except KeyboardInterrupt:  # commands that say more (produce, replay, worker) handle Ctrl-C themselves
             command = ctx.invoked_subcommand or "the command"
-            left = _INTERRUPTION_LEAVES.get(command, "nothing was written")
+            left = ctx.meta.get(_LEAVES_NOW) or _INTERRUPTION_LEAVES.get(command, "nothing was written")
             say(
                 f"{command} interrupted ({_stop_cause(terminated)}) before it finished: {left}",
                 logging.WARNING,
@@ -503,18 +507,27 @@ def _make_generator(**options: Any) -> Any:
 @progress_option
 def generate(output: Path, progress: bool | None, **options: Any) -> None:
     """Write deterministic demo clickstream as JSONL: one event per line, exactly the bytes put on the stream."""
-    from producer.generator import write_jsonl
+    from producer.generator import write_jsonl, writes_in_place
 
     generator = _make_generator(**options)
-    # a stop (Ctrl-C, SIGTERM) is said by the front door: the output file is written whole or not at all
+    # a stop (Ctrl-C, SIGTERM) is said by the front door: the output file is written whole or not at all, unless
+    # it is written in place (stdout, a device or a pipe, a link write_jsonl cannot replace through)
+    context = click.get_current_context()
     with progress_of("generating", "record", bar=show_progress(progress)) as report:
         records = _counted(generator.events(), generator.total_records, report)
         if str(output) == "-":
+            context.meta[_LEAVES_NOW] = "the records generated before the stop were written to stdout"
             stream = sys.stdout.buffer
             for data in records:
                 stream.write(data + b"\n")
         else:
-            write_jsonl(writable_file("--output", output), records)
+            path = writable_file("--output", output)
+            if writes_in_place(path):
+                context.meta[_LEAVES_NOW] = (
+                    f"{output} holds the records generated before the stop (written in place: a device, a pipe, or "
+                    "a link to nothing yet or to a file a rename would change for others)"
+                )
+            write_jsonl(path, records)
     summary = generator.summary
     # fewer customers than asked drew an event: each one's activity is drawn, some draw none in a short run
     quiet = summary.customers - summary.customers_seen

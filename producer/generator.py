@@ -941,6 +941,12 @@ def write_jsonl(path: str | Path, records: Iterable[bytes]) -> int:
     return count
 
 
+def writes_in_place(path: str | Path) -> bool:
+    """Whether ``write_jsonl`` writes ``path`` in place (a stop then leaves the lines written so far), not whole by
+    a rename."""
+    return _replaceable(Path(path)) is None
+
+
 def _replaceable(target: Path) -> Path | None:
     """The file a write replaces whole by a rename: the file named (existing or not), or the regular file a link
     leads to if it is ours, has no other name (a hard link would keep the old lines) and sits in a folder we may

@@ -3008,6 +3008,34 @@ def test_generate_stopped_by_sigterm_says_so_and_leaves_no_partial_file(tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
+def test_generate_stopped_while_writing_in_place_says_the_file_holds_what_was_written(tmp_path: Path) -> None:
+    """Through a link to nothing yet the lines are written in place; a stop said "no output file was written" of
+    a file holding 2 million lines."""
+    import signal
+    import time
+
+    target = tmp_path / "target.jsonl"
+    output = tmp_path / "events.jsonl"
+    output.symlink_to(target)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "clickstream.cli", "generate", "--events", "5000000", "-o", str(output)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while (not target.exists() or target.stat().st_size < 100_000) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert target.exists() and target.stat().st_size >= 100_000, "stopped once it was writing"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    assert (
+        f"generate interrupted (SIGTERM) before it finished: {output} holds the records generated" in stderr
+    )
+    assert "no output file was written" not in stderr
+    assert target.stat().st_size >= 100_000
+
+
 def test_generate_shows_its_progress_toward_the_planned_records(tmp_path: Path) -> None:
     """A long generate (100M events is allowed) said nothing until its last line; it now reports as it writes."""
     from clickstream.cli import _counted
