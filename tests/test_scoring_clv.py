@@ -49,6 +49,7 @@ from scoring.clv import (
     UnusableFit,
     bg_nbd_log_likelihood,
     check_purchase_fit,
+    check_spend_fit,
     dropout_notes,
     fit_and_predict,
     independence_notes,
@@ -215,16 +216,10 @@ def test_bg_nbd_fit_is_the_maximum_likelihood_whatever_the_rate_in_days() -> Non
         assert within(report["parameters"][name], value, 0.01), (report["parameters"], maximum)
 
 
-@pytest.mark.parametrize(
-    ("repeat_buyers", "one_time_buyers", "frequency", "recency", "age"),
-    [(30, 10, 1, 3, 40), (40, 0, 2, 10, 20)],
-    ids=["few-repeat-buyers", "identical-buyers"],
-)
-def test_a_gamma_gamma_fit_that_finds_no_spread_of_spend_is_refused(
+def _same_spend_buyers(
     repeat_buyers: int, one_time_buyers: int, frequency: int, recency: int, age: int
-) -> None:
-    """Every repeat buyer spent 50 a purchase day: the fit runs off to enormous p, q and v whose ratio p*v/(q-1), every
-    buyer's expected spend, is arbitrary (10,881 and 4.66 for these two populations). Nothing may be written."""
+) -> ModelInputs:
+    """Repeat buyers who all spent 50 a purchase day, with the same ``frequency`` and ``recency``."""
     customers = repeat_buyers + one_time_buyers
     repeat = np.arange(customers) < repeat_buyers
     table = pa.table(
@@ -236,11 +231,33 @@ def test_a_gamma_gamma_fit_that_finds_no_spread_of_spend_is_refused(
             "monetary_value": np.where(repeat, 50.0, 0.0),
         }
     )
-    inputs = ModelInputs(DEFAULT_START + timedelta(days=age), customers, table)
+    return ModelInputs(DEFAULT_START + timedelta(days=age), customers, table)
+
+
+def test_a_gamma_gamma_fit_whose_mean_spend_is_no_spend_the_buyers_had_is_refused() -> None:
+    """30 repeat buyers who all spent 50: started at p = q = v = 1, the fit ran off to p, q and v near 1e175, 1e278
+    and 1e107, whose ratio p*v/(q-1), every buyer's expected spend, came out at 10,881. Nothing may be written."""
+    ran_off = {"p": 1e175, "q": 1.0881e278, "v": 1e107}
     with pytest.raises(
-        UnusableFit, match=rf"outside the {repeat_buyers} repeat buyers' mean spends \(50.00 to 50.00\)"
-    ):
-        fit_and_predict(inputs, CONFIG)
+        UnusableFit, match=r"outside the 30 repeat buyers' mean spends \(50.00 to 50.00\)"
+    ) as refused:
+        check_spend_fit(ran_off, np.full(30, 50.0))
+    assert "nothing was written" in str(refused.value)
+    check_spend_fit({"p": 6.0, "q": 4.0, "v": 25.0}, np.array([40.0, 50.0, 60.0]))  # a mean of 50: kept
+
+
+def test_buyers_who_all_spent_the_same_are_valued_at_it_with_a_note() -> None:
+    """Started with v at the median spend, the fit that ran off to a mean of 10,881 (above) finds the one spend."""
+    result = fit_and_predict(_same_spend_buyers(30, 10, 1, 3, 40), CONFIG)
+    assert within(result.report["gamma_gamma"]["population_mean_order_value"], 50.0, 0.01), result.report
+    assert np.allclose(result.expected_average_order_value, 50.0, rtol=0.01)
+    assert any("no spread of spend per purchase" in note for note in result.report["notes"]), result.report
+
+
+def test_identical_buyers_are_refused_naming_the_model_that_found_nothing_to_fit() -> None:
+    """40 buyers alike in every input: no model can tell them apart, and nothing may be written."""
+    with pytest.raises(UnusableFit, match=r"nothing was written"):
+        fit_and_predict(_same_spend_buyers(40, 0, 2, 10, 20), CONFIG)
 
 
 def test_a_single_price_shop_with_many_repeat_buyers_is_valued_at_its_price() -> None:
@@ -252,6 +269,31 @@ def test_a_single_price_shop_with_many_repeat_buyers_is_valued_at_its_price() ->
     result = fit_and_predict(inputs, CONFIG)
     assert within(result.report["gamma_gamma"]["population_mean_order_value"], 20.0, 0.01), result.report
     assert np.allclose(result.expected_average_order_value, 20.0, rtol=0.01)
+
+
+def test_the_spend_fit_and_every_value_follow_the_currency_whatever_its_unit() -> None:
+    """Gamma-Gamma is scale-free: spends times s give the same p and q, v times s, and every expected order value
+    and CLV times s. Fitted from p = q = v = 1 in the money's own unit, spends of about 1e5 (KRW, IDR, B2B orders)
+    stopped the optimizer short: p 3342 against 5.19, CLVs off by factors of 0.3 to 1.6, with exit 0."""
+    inputs = _simulated_bg_nbd_buyers(1_500, r=2.0, alpha=60.0, a=0.5, b=4.0, days=180, seed=7)
+    spends = inputs.buyers.column("monetary_value").to_numpy()
+    results = {}
+    for scale in (1.0, 10_000.0):
+        spend = pa.array(spends * scale)
+        scaled = dataclasses.replace(inputs, buyers=inputs.buyers.set_column(4, "monetary_value", spend))
+        results[scale] = fit_and_predict(scaled, CONFIG)
+    small, large = results[1.0], results[10_000.0]
+    fitted, refitted = small.report["gamma_gamma"]["parameters"], large.report["gamma_gamma"]["parameters"]
+    assert within(refitted["p"], fitted["p"], 0.001) and within(refitted["q"], fitted["q"], 0.001), (
+        fitted,
+        refitted,
+    )
+    assert within(refitted["v"], fitted["v"] * 10_000, 0.001), (fitted, refitted)
+    assert np.allclose(
+        large.expected_average_order_value, small.expected_average_order_value * 10_000, rtol=0.001
+    )
+    assert np.allclose(large.clv, small.clv * 10_000, rtol=0.001)
+    assert np.array_equal(large.probability_alive, small.probability_alive), "spend leaves BG/NBD as it was"
 
 
 def test_gamma_gamma_recovers_the_generating_parameters(experiment: Experiment) -> None:
@@ -355,11 +397,12 @@ def test_a_small_shop_whose_purchase_rates_barely_differ_is_refused_or_noted_nev
 def test_a_gamma_gamma_fit_that_ran_off_but_was_kept_is_noted_and_writes_no_noise_for_its_likelihood() -> (
     None
 ):
-    """60 buyers who all spent 50: the fit was kept (its mean lands on 50) at p and q near 1e29 and 1e51, with no
-    note, and a log-likelihood float64 cannot hold (-3.3e12 where the exact value is -4.3e12)."""
+    """60 buyers who all spent 50: the fit was kept (its mean lands on 50) at p and q near 1e29 and 1e51 (now near
+    6e10 and 1e14), with no note, and a log-likelihood float64 cannot hold (-3.3e12 where the exact value is
+    -4.3e12)."""
     result = fit_and_predict(_small_shop(6, 60, 50.0), CONFIG)
     report = result.report["gamma_gamma"]
-    assert min(report["parameters"]["p"], report["parameters"]["q"]) >= 1e12, (
+    assert max(report["parameters"]["p"], report["parameters"]["q"]) >= 1e12, (
         report
     )  # the case this test is for
     assert report["log_likelihood"] is None and report["log_likelihood_per_customer"] is None
