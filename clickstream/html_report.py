@@ -26,7 +26,9 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from clickstream.console import progress_of
 from clickstream.errors import FrontDoorError
+from clickstream.options import show_progress
 from clickstream.outputs import (
     commit_records,
     local_commit_records,
@@ -115,13 +117,15 @@ def load_inputs(
         inputs = ReportInputs(source=f"s3://{settings.bucket}/{settings.prefix}", top=top)
         inputs.commits = commit_records(s3, settings)
         # an expiry rule on errors/ must not end every later report: their rejects are left out, and said
-        inputs.errors = read_tables(
-            s3,
-            settings.bucket,
-            _error_keys(inputs.commits),
-            columns=error_columns,
-            missing=inputs.errors_missing,
-        )
+        with progress_of("reading errors/", "file", bar=show_progress(None)) as report:
+            inputs.errors = read_tables(
+                s3,
+                settings.bucket,
+                _error_keys(inputs.commits),
+                columns=error_columns,
+                missing=inputs.errors_missing,
+                progress=report,
+            )
         store = S3Store(s3, settings)
     if clv_dir is not None:
         store = LocalStore(clv_dir)
@@ -462,6 +466,12 @@ def plot_files_bytes(commits: Sequence[CommitRecord]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------- page
+def _top_heading(shown: int, scored: int) -> str:
+    """The top table's heading: the customers it shows, all of them where --top asked for as many or more (a score
+    needs dozens of buyers, so never one)."""
+    return f"Top {shown:,} customers" if shown < scored else f"All {scored:,} customers"
+
+
 def _number(value: float | int | None, digits: int = 0) -> str:
     if value is None:
         return "–"
@@ -592,7 +602,7 @@ def _scoring_section(inputs: ReportInputs) -> str:
         + plot_rf_heatmap(scores)
         + "</div>"
         + plot_clv_distribution(scores)
-        + f"<h3>Top {inputs.top} customers by CLV</h3>"
+        + f"<h3>{_top_heading(len(order), scores.num_rows)} by CLV</h3>"
         + top_table
         + "</section>"
     )

@@ -246,7 +246,15 @@ def read_model_report(store: ObjectStore, commit: ScoreCommit) -> dict[str, Any]
     body = store.get(commit.model_key)
     if body is None:
         raise FileNotFoundError(f"{store.url(commit.model_key)} is named by the clv commit but missing")
-    loaded: dict[str, Any] = json.loads(body)
+    try:
+        loaded = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        loaded = error
+    if not isinstance(loaded, dict):
+        problem = f"no JSON ({loaded})" if isinstance(loaded, ValueError) else "no JSON object"
+        raise FrontDoorError(
+            f"{store.url(commit.model_key)} is named by the clv commit but is {problem}: score its day again"
+        )
     return loaded
 
 

@@ -111,6 +111,46 @@ def test_the_report_shows_the_run_and_the_pipeline_numbers(report_file: Path, co
     assert page.count("<tr><td>c-") >= 20  # the top customers table
 
 
+def test_the_top_customers_heading_counts_the_rows_it_shows(report_file: Path, tmp_path: Path) -> None:
+    """`--top 100000` headed a table of a few hundred rows "Top 100000 customers by CLV"."""
+    scored = facts(report_file.read_text(encoding="utf-8"))["scored"]
+    shown = re.findall(
+        r"<h3>(Top|All) ([0-9,]+) customers by CLV</h3>", report_file.read_text(encoding="utf-8")
+    )
+    assert shown and shown[0][0] == "Top" and int(shown[0][1]) < scored  # the default --top
+    output = tmp_path / "all.html"
+    result = CliRunner().invoke(
+        main, ["report", "--bucket", BUCKET, "--prefix", "rfm", "--top", "100000", "-o", str(output)]
+    )
+    assert result.exit_code == 0, result.output
+    page = output.read_text(encoding="utf-8")
+    assert f"<h3>All {scored:,} customers by CLV</h3>" in page
+    assert page.count("<tr><td>c-") >= scored
+
+
+def test_reading_the_errors_files_shows_its_progress(
+    report_file: Path, content: WorkerBucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One GET per flush that had rejects, months of them, with nothing on screen: summary showed its reads."""
+    from contextlib import contextmanager
+
+    reported: dict[str, list[tuple[int, int]]] = {}
+
+    @contextmanager
+    def recorded(description: str, unit: str, *, bar: bool) -> Iterator[Any]:
+        calls = reported.setdefault(f"{description} ({unit}s)", [])
+        yield lambda done, total: calls.append((done, total))
+
+    monkeypatch.setattr("clickstream.html_report.progress_of", recorded)
+    result = CliRunner().invoke(
+        main, ["report", "--bucket", BUCKET, "--prefix", "rfm", "-o", str(tmp_path / "r.html")]
+    )
+    assert result.exit_code == 0, result.output
+    errors = sum(1 for key in content.objects if "/errors/" in key and key.endswith(".parquet"))
+    calls = reported["reading errors/ (files)"]
+    assert errors >= 2 and calls[-1] == (errors, errors), calls
+
+
 def test_a_note_on_the_fit_is_said_by_score_and_shown_in_the_report(
     content: WorkerBucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -198,6 +238,30 @@ def test_a_damaged_clv_part_stops_the_report_naming_it(
     assert result.exit_code == 1, result.output
     assert f"s3://clv-part/{parts[0]} is named by the clv commit but is no Parquet file" in result.output
     assert "unexpected" not in result.output
+
+
+def test_a_damaged_model_report_stops_the_report_naming_it(content: WorkerBucket, tmp_path: Path) -> None:
+    """A _model.json cut short ended the report with "unexpected JSONDecodeError", one holding a list with
+    "unexpected AttributeError: 'list' object has no attribute 'get'"; neither named the file."""
+    output = tmp_path / "damaged-model.html"
+    with moto_bucket("clv-model") as s3:
+        content.write_to(s3, "clv-model")
+        runner = CliRunner()
+        scored = runner.invoke(main, ["score", "--bucket", "clv-model", "--prefix", "rfm", "--no-progress"])
+        assert scored.exit_code == 0, scored.output
+        (model,) = [
+            item["Key"]
+            for item in s3.list_objects_v2(Bucket="clv-model", Prefix="rfm/clv/")["Contents"]
+            if item["Key"].endswith("/_model.json")
+        ]
+        for body, problem in ((b'{"bad', "no JSON ("), (b"[1, 2]", "no JSON object")):
+            s3.put_object(Bucket="clv-model", Key=model, Body=body)
+            result = runner.invoke(
+                main, ["report", "--bucket", "clv-model", "--prefix", "rfm", "-o", str(output)]
+            )
+            assert result.exit_code == 1, result.output
+            assert f"s3://clv-model/{model} is named by the clv commit but is {problem}" in result.output
+            assert "score its day again" in result.output and "unexpected" not in result.output
 
 
 def test_missing_parts_are_explained_not_plotted() -> None:
