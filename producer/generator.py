@@ -862,16 +862,105 @@ def _stdin() -> Iterator[io.BufferedReader]:
         yield own
 
 
-#: The first bytes of compressed and archive formats other than gzip, which this reads none of (a tar archive, also
-#: inside gzip, by its header's magic at byte 257): sent as they are, each line of such a file would be a garbage
-#: record on the stream. Each pattern holds bytes no JSONL text has there (control bytes, or bzip2's block magic).
+@dataclass(frozen=True)
+class _OtherFormat:
+    """A format whose first bytes show an input is no JSONL text, and how to turn it into JSONL.
+
+    ``filter`` reads the file named, or stdin (``bzip2 -dc``); ``reader`` reads only a file it is given (``unzip
+    -p``), and inside gzip the file is unpacked first. Each pattern holds bytes no JSONL text has there (control
+    bytes, NUL, bytes UTF-8 never has, or bzip2's block magic).
+    """
+
+    pattern: re.Pattern[bytes]
+    name: str
+    to_do: str  # what to do, e.g. "decompress it first" (all that is said where no command does it)
+    filter: str | None = None
+    reader: str | None = None
+    extension: str = ""  # of the file unpacked from gzip, for ``reader``
+
+    def advice(self, source: str, *, gzipped: bool) -> str:
+        """``to_do``, with a command doing it on ``source`` where there is one."""
+        return (
+            f"{self.to_do}, e.g. {self._command(source, gzipped)}"
+            if self.filter or self.reader
+            else self.to_do
+        )
+
+    def _command(self, source: str, gzipped: bool) -> str:
+        produce = "clickstream produce --input -"
+        if self.filter:
+            if gzipped:
+                return f"gzip -dc {source} | {self.filter} | {produce}"
+            return f"{self.filter} {source} | {produce}"
+        assert self.reader is not None
+        if gzipped:
+            unpacked = f"events.{self.extension}"
+            return f"gzip -dc {source} > {unpacked}, then {self.reader.format(file=unpacked)}"
+        return self.reader.format(file=source)
+
+
+#: The formats read of none of this (gzip aside): sent as they are, each line of such a file would be a garbage record
+#: on the stream. A tar archive, also inside gzip, is known by its header's magic at byte 257.
 _OTHER_FORMATS: Final = (
-    (re.compile(rb"BZh[1-9](1AY&SY|\x17rE8P\x90)"), "bzip2", "bzip2 -dc"),
-    (re.compile(rb"\xfd7zXZ\x00"), "xz", "xz -dc"),
-    (re.compile(rb"\x28\xb5\x2f\xfd"), "zstd", "zstd -dc"),
-    (re.compile(rb"PK(\x03\x04|\x05\x06)"), "zip", "unzip -p"),
-    (re.compile(rb"7z\xbc\xaf\x27\x1c"), "7z", "7z x -so"),
-    (re.compile(rb".{257}ustar(\x0000|  \x00)", re.DOTALL), "tar", "tar -xOf"),  # POSIX's, GNU's
+    _OtherFormat(
+        re.compile(rb"BZh[1-9](1AY&SY|\x17rE8P\x90)"), "bzip2", "decompress it first", filter="bzip2 -dc"
+    ),
+    _OtherFormat(re.compile(rb"\xfd7zXZ\x00"), "xz", "decompress it first", filter="xz -dc"),
+    _OtherFormat(re.compile(rb"\x28\xb5\x2f\xfd"), "zstd", "decompress it first", filter="zstd -dc"),
+    _OtherFormat(
+        re.compile(rb"PK(\x03\x04|\x05\x06)"),
+        "zip",
+        "decompress it first",
+        reader="unzip -p {file} | clickstream produce --input -",
+        extension="zip",
+    ),
+    _OtherFormat(
+        re.compile(rb"7z\xbc\xaf\x27\x1c"),
+        "7z",
+        "decompress it first",
+        reader="7z x -so {file} | clickstream produce --input -",
+        extension="7z",
+    ),
+    # POSIX's, GNU's; tar reads gzip itself
+    _OtherFormat(
+        re.compile(rb".{257}ustar(\x0000|  \x00)", re.DOTALL),
+        "tar",
+        "decompress it first",
+        reader="tar -xOf {file} | clickstream produce --input -",
+        extension="tar",
+    ),
+    # a page header (a thrift struct) follows the magic: no JSON text starts so
+    _OtherFormat(
+        re.compile(rb"PAR1\x15"),
+        "Parquet",
+        "its rows are no records: an errors/ file's records are the bytes of its raw_data column, written one a "
+        "line (see Rejected records in the README), and the events/ archive is read by `clickstream replay`",
+    ),
+    # byte order marks (UTF-32's first: UTF-32LE's starts as UTF-16LE's), then `{"` in UTF-16 without one
+    _OtherFormat(
+        re.compile(rb"\xff\xfe\x00\x00|\x00\x00\xfe\xff"),
+        "UTF-32 text",
+        "convert it to UTF-8 first",
+        filter="iconv -f UTF-32 -t UTF-8",
+    ),
+    _OtherFormat(
+        re.compile(rb"\xff\xfe|\xfe\xff"),
+        "UTF-16 text",
+        "convert it to UTF-8 first",
+        filter="iconv -f UTF-16 -t UTF-8",
+    ),
+    _OtherFormat(
+        re.compile(rb'\{\x00"\x00'),
+        "UTF-16 text",
+        "convert it to UTF-8 first",
+        filter="iconv -f UTF-16LE -t UTF-8",
+    ),
+    _OtherFormat(
+        re.compile(rb'\x00\{\x00"'),
+        "UTF-16 text",
+        "convert it to UTF-8 first",
+        filter="iconv -f UTF-16BE -t UTF-8",
+    ),
 )
 _FORMAT_BYTES: Final = 265  # to the end of a tar header's magic
 
@@ -881,16 +970,18 @@ def format_refusal(
 ) -> str | None:
     """Why an input whose first bytes (decompressed, when ``gzipped``) are ``first_bytes`` is no JSONL, or None.
     ``named``: the path can be read again (a regular file), so the advice names it."""
-    for pattern, name, command in _OTHER_FORMATS:
-        if pattern.match(first_bytes):
+    for other in _OTHER_FORMATS:
+        if other.pattern.match(first_bytes):
             what = "stdin" if str(path) == "-" else str(path)
-            kind = f"a gzip-compressed {name}" if gzipped else f"a {name}"
-            unpack = "tar -xzOf" if gzipped and name == "tar" else command
+            kind = f"a gzip-compressed {other.name}" if gzipped else f"a {other.name}"
             source = shlex.quote(str(path)) if named and str(path) != "-" else "FILE"
-            return (
-                f"{what} is {kind} file: an input is JSONL, plain or gzip-compressed; decompress it first, e.g. "
-                f"{unpack} {source} | clickstream produce --input -"
+            # tar reads gzip itself
+            advice = (
+                f"{other.to_do}, e.g. tar -xzOf {source} | clickstream produce --input -"
+                if gzipped and other.name == "tar"
+                else other.advice(source, gzipped=gzipped)
             )
+            return f"{what} is {kind} file: an input is JSONL, plain or gzip-compressed; {advice}"
     return None
 
 

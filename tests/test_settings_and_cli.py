@@ -2683,6 +2683,58 @@ def test_produce_refuses_another_compression_before_sending_anything(
         assert "delivered" not in result.output
 
 
+def test_produce_refuses_parquet_and_utf16_and_unwraps_gzip_in_its_advice(tmp_path: Path) -> None:
+    """A Parquet file (an errors/ file, as the re-drive starts from one) and UTF-16 text (PowerShell's `>`) were sent
+    as garbage records with exit 0; a gzip-compressed .bz2 was answered `bzip2 -dc FILE`, which bzip2 refuses."""
+    import bz2
+    import gzip
+    import io
+
+    import pyarrow.parquet as pq
+
+    from producer.generator import generate_events
+
+    records = generate_events(5, 40, 3)
+    lines = b"\n".join(records) + b"\n"
+    parquet = io.BytesIO()
+    pq.write_table(pa.table({"raw_data": records}), parquet)
+    cases = [
+        (
+            "errors.parquet",
+            parquet.getvalue(),
+            "a Parquet",
+            "its rows are no records: an errors/ file's records",
+        ),
+        ("ps.jsonl", lines.decode().encode("utf-16"), "a UTF-16 text", "iconv -f UTF-16 -t UTF-8 {path} |"),
+        (
+            "le.jsonl",
+            lines.decode().encode("utf-16-le"),
+            "a UTF-16 text",
+            "iconv -f UTF-16LE -t UTF-8 {path} |",
+        ),
+        ("w.jsonl", lines.decode().encode("utf-32"), "a UTF-32 text", "iconv -f UTF-32 -t UTF-8 {path} |"),
+        (
+            "e.bz2.gz",
+            gzip.compress(bz2.compress(lines)),
+            "a gzip-compressed bzip2",
+            "gzip -dc {path} | bzip2 -dc |",
+        ),
+    ]
+    for name, body, kind, advice in cases:
+        path = tmp_path / name
+        path.write_bytes(body)
+        result, held = produce_file(path)
+        assert held == 0, "nothing sent"
+        assert result.exit_code == 2, result.output
+        assert f"{path} is {kind} file: an input is JSONL" in result.output, result.output
+        assert advice.format(path=path) in result.output, result.output
+    # the advice works: iconv's output is the records
+    converted = subprocess.run(
+        ["iconv", "-f", "UTF-16", "-t", "UTF-8", str(tmp_path / "ps.jsonl")], capture_output=True, check=True
+    )
+    assert converted.stdout == lines
+
+
 def test_a_text_that_starts_as_a_format_s_magic_does_is_no_such_file() -> None:
     from producer.generator import format_refusal
 
