@@ -667,6 +667,7 @@ def produce(
         PutInterrupted,
         PutRecordsError,
         SendNow,
+        StreamNotWritableError,
         fits_put_records,
         lingering,
         require_stream,
@@ -708,6 +709,8 @@ def produce(
         if is_missing_stream(error):  # said as the worker says it: where it was looked for, how to make it
             raise FrontDoorError(stream_missing(settings), USAGE) from None
         raise
+    except StreamNotWritableError as not_writable:
+        raise FrontDoorError(str(not_writable), USAGE if not_writable.lasting else RUNTIME) from None
     # botocore retries nothing: every retry is the producer's, counted and logged
     producer = KinesisProducer(
         aws_client("kinesis", settings, total_attempts=1),

@@ -167,11 +167,60 @@ def lingering(records: Iterable[bytes], seconds: float = DEFAULT_LINGER_SECONDS)
         yield data
 
 
-def require_stream(client: KinesisClient, stream_name: str) -> None:
-    """Ask for the stream once before putting: an endpoint that is down, or a stream that does not exist, then fails
+#: How long `require_stream` waits for a stream being created (AWS: seconds to a minute or two) to become ACTIVE.
+STREAM_ACTIVE_WAIT_SECONDS: Final = 120.0
+
+
+class StreamNotWritableError(RuntimeError):
+    """The stream exists but takes no records: being deleted (``lasting``), or still being created after the wait."""
+
+    def __init__(self, message: str, *, lasting: bool) -> None:
+        super().__init__(message)
+        self.lasting = lasting
+
+
+def require_stream(
+    client: KinesisClient,
+    stream_name: str,
+    *,
+    wait_seconds: float = STREAM_ACTIVE_WAIT_SECONDS,
+    poll_seconds: float = 2.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Ask for the stream before putting: an endpoint that is down, or a stream that does not exist, then fails
     at once with botocore's own error (which the CLI explains in one line), rather than after a put's backed-off
-    attempts, where it would read like records lost."""
-    client.describe_stream_summary(StreamName=stream_name)
+    attempts, where it would read like records lost. A stream being created (by Terraform, CloudFormation, a
+    console a moment ago) is waited for; one being deleted is refused (``StreamNotWritableError``): PutRecords
+    answered either with ResourceNotFoundException, which read as "no such stream" right after the stream was
+    found."""
+
+    def status_now() -> str:
+        return client.describe_stream_summary(StreamName=stream_name)["StreamDescriptionSummary"][
+            "StreamStatus"
+        ]
+
+    status = status_now()
+    deadline = clock() + wait_seconds
+    if status == "CREATING":
+        logger.info(
+            "stream %s is CREATING: waiting until it is ACTIVE (up to %.0f s)", stream_name, wait_seconds
+        )
+    while status == "CREATING":
+        if clock() >= deadline:
+            raise StreamNotWritableError(
+                f"stream {stream_name} is still CREATING after {wait_seconds:.0f} s: nothing was sent; run produce "
+                "again once it is ACTIVE",
+                lasting=False,
+            )
+        sleep(poll_seconds)
+        status = status_now()
+    if status == "DELETING":
+        raise StreamNotWritableError(
+            f"stream {stream_name} is being deleted (DELETING): nothing was sent; `clickstream setup` creates it again "
+            "once it is gone",
+            lasting=True,
+        )
 
 
 class PutRecordsClient(Protocol):

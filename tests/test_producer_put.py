@@ -616,3 +616,47 @@ def test_the_background_reader_reads_ahead_two_requests_worth_of_bytes_at_most()
     # the one taken, two requests' worth (5 MiB each) queued, and the one the reader holds while it waits
     assert pulled <= 1 + 2 * MAX_BYTES_PER_REQUEST // len(record) + 1, pulled
     assert sum(1 for _ in records) == 19, "then every other record, in turn"
+
+
+class _StreamStatuses:
+    """DescribeStreamSummary answering the statuses given, then the last one for good; and a clock its sleeps move."""
+
+    def __init__(self, *statuses: str) -> None:
+        self.statuses, self.calls, self.now = list(statuses), 0, 0.0
+
+    def describe_stream_summary(self, StreamName: str) -> dict[str, Any]:
+        status = self.statuses[min(self.calls, len(self.statuses) - 1)]
+        self.calls += 1
+        return {"StreamDescriptionSummary": {"StreamName": StreamName, "StreamStatus": status}}
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_a_stream_being_created_is_waited_for_and_one_being_deleted_is_refused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """PutRecords to a stream still CREATING (made by Terraform a moment ago) answers ResourceNotFoundException, which
+    produce said as "Stream ... not found" right after DescribeStreamSummary had found it."""
+    from producer.kinesis_put import StreamNotWritableError, require_stream
+
+    creating = _StreamStatuses("CREATING", "CREATING", "ACTIVE")
+    with caplog.at_level(logging.INFO, logger="producer.kinesis_put"):
+        require_stream(creating, "s", clock=lambda: creating.now, sleep=creating.sleep)  # type: ignore[arg-type]
+    assert creating.calls == 3 and creating.now == 4.0
+    assert "stream s is CREATING: waiting until it is ACTIVE (up to 120 s)" in caplog.text
+
+    stuck = _StreamStatuses("CREATING")
+    with pytest.raises(StreamNotWritableError, match="still CREATING after 10 s: nothing was sent") as late:
+        require_stream(stuck, "s", wait_seconds=10, clock=lambda: stuck.now, sleep=stuck.sleep)  # type: ignore[arg-type]
+    assert not late.value.lasting and stuck.now == 10.0
+
+    deleting = _StreamStatuses("DELETING")
+    with pytest.raises(StreamNotWritableError, match=r"being deleted \(DELETING\)") as refused:
+        require_stream(deleting, "s", clock=lambda: 0.0, sleep=deleting.sleep)  # type: ignore[arg-type]
+    assert refused.value.lasting
+
+    for usable in ("ACTIVE", "UPDATING"):  # a reshard or an encryption change: puts go on
+        active = _StreamStatuses(usable)
+        require_stream(active, "s", clock=lambda: 0.0, sleep=active.sleep)  # type: ignore[arg-type]
+        assert active.calls == 1 and active.now == 0.0

@@ -3275,3 +3275,22 @@ def test_produce_refuses_linger_without_an_input_it_could_apply_to() -> None:
     """It was ignored without a word: generated events never wait for a batch to fill."""
     result = CliRunner().invoke(main, ["produce", "--events", "10", "--linger", "0.5", "--no-progress"])
     assert result.exit_code == 2 and "--linger applies to an --input read from a pipe" in result.output
+
+
+@pytest.mark.parametrize(("lasting", "exit_code"), [(True, 2), (False, 1)])
+def test_produce_to_a_stream_that_takes_no_records_says_why_and_sends_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lasting: bool, exit_code: int
+) -> None:
+    """Being deleted is the set-up's to fix (2); still being created after the wait is worth another run (1)."""
+    from producer.generator import generate_events
+    from producer.kinesis_put import StreamNotWritableError
+
+    def refuse(client: Any, stream_name: str) -> None:
+        raise StreamNotWritableError(f"stream {stream_name} is not writable (a test's)", lasting=lasting)
+
+    monkeypatch.setattr("producer.kinesis_put.require_stream", refuse)
+    source = tmp_path / "events.jsonl"
+    source.write_bytes(b"\n".join(generate_events(5, 20, 3)) + b"\n")
+    result, held = produce_file(source)
+    assert result.exit_code == exit_code, result.output
+    assert "stream in is not writable (a test's)" in result.output and held == 0
