@@ -877,6 +877,7 @@ class _OtherFormat:
     filter: str | None = None
     reader: str | None = None
     extension: str = ""  # of the file unpacked from gzip, for ``reader``
+    gzip_reader: str | None = None  # ``reader`` of a gzip-compressed file, where it reads gzip itself (tar)
 
     def advice(self, source: str, *, gzipped: bool) -> str:
         """``to_do``, with a command doing it on ``source`` where there is one."""
@@ -893,14 +894,16 @@ class _OtherFormat:
                 return f"gzip -dc {source} | {self.filter} | {produce}"
             return f"{self.filter} {source} | {produce}"
         assert self.reader is not None
+        if gzipped and self.gzip_reader:
+            return self.gzip_reader.format(file=source)
         if gzipped:
             unpacked = f"events.{self.extension}"
             return f"gzip -dc {source} > {unpacked}, then {self.reader.format(file=unpacked)}"
         return self.reader.format(file=source)
 
 
-#: The formats read of none of this (gzip aside): sent as they are, each line of such a file would be a garbage record
-#: on the stream. A tar archive, also inside gzip, is known by its header's magic at byte 257.
+#: Formats an input is refused in (gzip aside, which is read): sent as they are, each line of such a file would be a
+#: garbage record on the stream. A tar archive, also inside gzip, is known by its header's magic at byte 257.
 _OTHER_FORMATS: Final = (
     _OtherFormat(
         re.compile(rb"BZh[1-9](1AY&SY|\x17rE8P\x90)"), "bzip2", "decompress it first", filter="bzip2 -dc"
@@ -921,13 +924,12 @@ _OTHER_FORMATS: Final = (
         reader="7z x -so {file} | clickstream produce --input -",
         extension="7z",
     ),
-    # POSIX's, GNU's; tar reads gzip itself
     _OtherFormat(
-        re.compile(rb".{257}ustar(\x0000|  \x00)", re.DOTALL),
+        re.compile(rb".{257}ustar(\x0000|  \x00)", re.DOTALL),  # POSIX's, GNU's
         "tar",
         "decompress it first",
         reader="tar -xOf {file} | clickstream produce --input -",
-        extension="tar",
+        gzip_reader="tar -xzOf {file} | clickstream produce --input -",
     ),
     # a page header (a thrift struct) follows the magic: no JSON text starts so
     _OtherFormat(
@@ -975,12 +977,7 @@ def format_refusal(
             what = "stdin" if str(path) == "-" else str(path)
             kind = f"a gzip-compressed {other.name}" if gzipped else f"a {other.name}"
             source = shlex.quote(str(path)) if named and str(path) != "-" else "FILE"
-            # tar reads gzip itself
-            advice = (
-                f"{other.to_do}, e.g. tar -xzOf {source} | clickstream produce --input -"
-                if gzipped and other.name == "tar"
-                else other.advice(source, gzipped=gzipped)
-            )
+            advice = other.advice(source, gzipped=gzipped)
             return f"{what} is {kind} file: an input is JSONL, plain or gzip-compressed; {advice}"
     return None
 
