@@ -703,6 +703,7 @@ def produce(
     else:
         generator = _make_generator(**options)
         records, total = generator.events(), generator.total_records
+    context.meta[_LEAVES_NOW] = "nothing was sent"  # a stop while a stream being created is waited for
     try:
         require_stream(aws_client("kinesis", settings), settings.stream_name)
     except ClientError as error:
@@ -710,7 +711,10 @@ def produce(
             raise FrontDoorError(stream_missing(settings), USAGE) from None
         raise
     except StreamNotWritableError as not_writable:
-        raise FrontDoorError(str(not_writable), USAGE if not_writable.lasting else RUNTIME) from None
+        raise FrontDoorError(
+            f"{not_writable}; nothing was sent", USAGE if not_writable.lasting else RUNTIME
+        ) from None
+    del context.meta[_LEAVES_NOW]
     # botocore retries nothing: every retry is the producer's, counted and logged
     producer = KinesisProducer(
         aws_client("kinesis", settings, total_attempts=1),

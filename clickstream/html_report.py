@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from clickstream.console import progress_of
 from clickstream.errors import FrontDoorError
-from clickstream.options import show_progress
+from clickstream.options import show_progress, top_heading
 from clickstream.outputs import (
     commit_records,
     local_commit_records,
@@ -466,12 +466,6 @@ def plot_files_bytes(commits: Sequence[CommitRecord]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------- page
-def _top_heading(shown: int, scored: int) -> str:
-    """The top table's heading: the customers it shows, all of them where --top asked for as many or more (a score
-    needs dozens of buyers, so never one)."""
-    return f"Top {shown:,} customers" if shown < scored else f"All {scored:,} customers"
-
-
 def _number(value: float | int | None, digits: int = 0) -> str:
     if value is None:
         return "–"
@@ -602,7 +596,7 @@ def _scoring_section(inputs: ReportInputs) -> str:
         + plot_rf_heatmap(scores)
         + "</div>"
         + plot_clv_distribution(scores)
-        + f"<h3>{_top_heading(len(order), scores.num_rows)} by CLV</h3>"
+        + f"<h3>{top_heading(len(order), inputs.top)} by CLV</h3>"
         + top_table
         + "</section>"
     )

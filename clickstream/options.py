@@ -48,6 +48,12 @@ def top_option(default: int, verb: str) -> Callable[[_F], _F]:
     )
 
 
+def top_heading(shown: int, asked: int) -> str:
+    """The heading of a ``--top`` list: "Top 20 customers", or "All 233 customers" where fewer than asked exist
+    (``--top 100000`` headed 233 rows "Top 100000")."""
+    return f"All {shown:,} customers" if shown < asked else f"Top {shown:,} customers"
+
+
 def outside_flag_years(text: str) -> str | None:
     """Why a day or time whose first four characters are its year is refused, or None within ``FLAG_YEARS``."""
     if int(text[:4]) not in FLAG_YEARS:

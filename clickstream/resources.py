@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any, Final
 
 from botocore.exceptions import ClientError
 
 from clickstream.errors import FrontDoorError
+from producer.kinesis_put import StreamNotWritableError, wait_until_writable
 from runtime.aws import aws_client
+from runtime.exit_codes import RUNTIME, USAGE
 from runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,30 +28,23 @@ def ensure_stream(kinesis: Any, name: str, shards: int, timeout: float = 60.0) -
         if error.response["Error"]["Code"] != "ResourceInUseException":
             raise
         log.info("stream %s already exists", name)
-    deadline = time.monotonic() + timeout
-    while True:
-        summary = kinesis.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]
-        if summary["StreamStatus"] == "UPDATING":
-            log.info("stream %s is UPDATING (a reshard or an encryption change): in use as it is", name)
-            return str(summary["StreamARN"])
-        if summary["StreamStatus"] == "DELETING" and not created:
-            raise FrontDoorError(
-                f"stream {name} is being deleted: run setup again once it is gone (a minute or so) to create it anew"
-            )
-        if summary["StreamStatus"] == "ACTIVE":
-            open_shards = summary.get("OpenShardCount")
-            if not created and open_shards is not None and open_shards != shards:
-                log.warning(
-                    "stream %s has %d open shards, not %d: the shard count applies only when setup creates the "
-                    "stream (reshard with `aws kinesis update-shard-count`; the worker follows)",
-                    name,
-                    open_shards,
-                    shards,
-                )
-            return str(summary["StreamARN"])
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"stream {name} is still {summary['StreamStatus']} after {timeout:.0f}s")
-        time.sleep(0.5)
+    try:
+        summary = wait_until_writable(kinesis, name, wait_seconds=timeout, poll_seconds=0.5)
+    except StreamNotWritableError as not_writable:
+        raise FrontDoorError(str(not_writable), USAGE if not_writable.lasting else RUNTIME) from None
+    if summary["StreamStatus"] == "UPDATING":
+        log.info("stream %s is UPDATING (a reshard or an encryption change): in use as it is", name)
+        return str(summary["StreamARN"])
+    open_shards = summary.get("OpenShardCount")
+    if not created and open_shards is not None and open_shards != shards:
+        log.warning(
+            "stream %s has %d open shards, not %d: the shard count applies only when setup creates the "
+            "stream (reshard with `aws kinesis update-shard-count`; the worker follows)",
+            name,
+            open_shards,
+            shards,
+        )
+    return str(summary["StreamARN"])
 
 
 def ensure_bucket(

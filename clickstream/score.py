@@ -52,7 +52,7 @@ from clickstream.errors import FrontDoorError
 from consumer.s3_sink import encryption_arguments, lost_to_another_writer
 from runtime.logs import count_of
 from runtime.settings import Settings
-from schemas.control import ControlRecordError, ScoreCommit
+from schemas.control import ControlRecordError, ScoreCommit, json_object
 from schemas.layout import OutputLayout
 from scoring.clv import ClvConfig, fit_and_predict, library_version, require_model_library_installed
 from scoring.inputs import ModelInputs, model_inputs, shards_behind
@@ -247,15 +247,11 @@ def read_model_report(store: ObjectStore, commit: ScoreCommit) -> dict[str, Any]
     if body is None:
         raise FileNotFoundError(f"{store.url(commit.model_key)} is named by the clv commit but missing")
     try:
-        loaded = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        loaded = error
-    if not isinstance(loaded, dict):
-        problem = f"no JSON ({loaded})" if isinstance(loaded, ValueError) else "no JSON object"
+        return json_object(body)
+    except ValueError as problem:
         raise FrontDoorError(
             f"{store.url(commit.model_key)} is named by the clv commit but is {problem}: score its day again"
-        )
-    return loaded
+        ) from None
 
 
 # --------------------------------------------------------------------------------------------------- the run

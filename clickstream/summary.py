@@ -26,7 +26,7 @@ from rich.text import Text
 from clickstream.console import progress_of
 from clickstream.current_rows import read_committed_rows
 from clickstream.errors import FrontDoorError
-from clickstream.options import show_progress
+from clickstream.options import show_progress, top_heading
 from clickstream.outputs import (
     CURRENT_ROW,
     CommittedOutputs,
@@ -224,9 +224,10 @@ def _print_customers(console: Console, con: duckdb.DuckDBPyConnection, current: 
     leaders = _table(*(header for header, _ in TOP_COLUMNS))
     query = f"""SELECT {", ".join(f'"{column}"' for _, column in TOP_COLUMNS)} FROM current_rows
                 ORDER BY revenue DESC, customer_id LIMIT {top}"""
-    for row in con.sql(query).fetchall():
+    rows = con.sql(query).fetchall()
+    for row in rows:
         leaders.add_row(*(_fmt(value) for value in row))
-    _print(console, f"Top {top} customers by revenue (current rows)", leaders)
+    _print(console, f"{top_heading(len(rows), top)} by revenue (current rows)", leaders)
 
     overview = _table("measure", "customers", "mean", "p25", "median", "p75", "max")
     for label, where in (

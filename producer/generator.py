@@ -938,12 +938,25 @@ _OTHER_FORMATS: Final = (
         "its rows are no records: an errors/ file's records are the bytes of its raw_data column, written one a "
         "line (see Rejected records in the README), and the events/ archive is read by `clickstream replay`",
     ),
-    # byte order marks (UTF-32's first: UTF-32LE's starts as UTF-16LE's), then `{"` in UTF-16 without one
+    # byte order marks (UTF-32's first: UTF-32LE's starts as UTF-16LE's); without one, an object's first brace in
+    # UTF-32, or its brace and quote in UTF-16, after any blank lines: JSONL text in UTF-8 holds no NUL
     _OtherFormat(
         re.compile(rb"\xff\xfe\x00\x00|\x00\x00\xfe\xff"),
         "UTF-32 text",
         "convert it to UTF-8 first",
         filter="iconv -f UTF-32 -t UTF-8",
+    ),
+    _OtherFormat(
+        re.compile(rb"(?:[ \t\r\n]\x00\x00\x00)*\{\x00\x00\x00"),
+        "UTF-32 text",
+        "convert it to UTF-8 first",
+        filter="iconv -f UTF-32LE -t UTF-8",
+    ),
+    _OtherFormat(
+        re.compile(rb"(?:\x00\x00\x00[ \t\r\n])*\x00\x00\x00\{"),
+        "UTF-32 text",
+        "convert it to UTF-8 first",
+        filter="iconv -f UTF-32BE -t UTF-8",
     ),
     _OtherFormat(
         re.compile(rb"\xff\xfe|\xfe\xff"),
@@ -952,13 +965,13 @@ _OTHER_FORMATS: Final = (
         filter="iconv -f UTF-16 -t UTF-8",
     ),
     _OtherFormat(
-        re.compile(rb'\{\x00"\x00'),
+        re.compile(rb'(?:[ \t\r\n]\x00)*\{\x00"\x00'),
         "UTF-16 text",
         "convert it to UTF-8 first",
         filter="iconv -f UTF-16LE -t UTF-8",
     ),
     _OtherFormat(
-        re.compile(rb'\x00\{\x00"'),
+        re.compile(rb'(?:\x00[ \t\r\n])*\x00\{\x00"'),
         "UTF-16 text",
         "convert it to UTF-8 first",
         filter="iconv -f UTF-16BE -t UTF-8",

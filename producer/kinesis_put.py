@@ -179,48 +179,62 @@ class StreamNotWritableError(RuntimeError):
         self.lasting = lasting
 
 
+def wait_until_writable(
+    client: KinesisClient,
+    stream_name: str,
+    *,
+    wait_seconds: float,
+    poll_seconds: float,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Mapping[str, Any]:
+    """The stream's summary once it takes records: ACTIVE, or UPDATING (a reshard or an encryption change, during
+    which it is read and written as usual). A stream being created is waited for, up to ``wait_seconds``; one being
+    deleted is refused at once. Both refusals are ``StreamNotWritableError``."""
+
+    def summary_now() -> Mapping[str, Any]:
+        return client.describe_stream_summary(StreamName=stream_name)["StreamDescriptionSummary"]
+
+    summary = summary_now()
+    deadline = clock() + wait_seconds
+    if summary["StreamStatus"] == "CREATING":
+        logger.info(
+            "stream %s is CREATING: waiting until it is ACTIVE (up to %.0f s)", stream_name, wait_seconds
+        )
+    while summary["StreamStatus"] == "CREATING":
+        if clock() >= deadline:
+            raise StreamNotWritableError(
+                f"stream {stream_name} is still CREATING after {wait_seconds:.0f} s: run again once it is ACTIVE",
+                lasting=False,
+            )
+        sleep(poll_seconds)
+        summary = summary_now()
+    if summary["StreamStatus"] == "DELETING":
+        raise StreamNotWritableError(
+            f"stream {stream_name} is being deleted (DELETING): `clickstream setup` creates it anew once it is gone "
+            "(a minute or so)",
+            lasting=True,
+        )
+    return summary
+
+
 def require_stream(
     client: KinesisClient,
     stream_name: str,
     *,
     wait_seconds: float = STREAM_ACTIVE_WAIT_SECONDS,
-    poll_seconds: float = 2.0,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> None:
     """Ask for the stream before putting: an endpoint that is down, or a stream that does not exist, then fails
     at once with botocore's own error (which the CLI explains in one line), rather than after a put's backed-off
     attempts, where it would read like records lost. A stream being created (by Terraform, CloudFormation, a
-    console a moment ago) is waited for; one being deleted is refused (``StreamNotWritableError``): PutRecords
+    console a moment ago) is waited for, and one being deleted refused (``wait_until_writable``): PutRecords
     answered either with ResourceNotFoundException, which read as "no such stream" right after the stream was
     found."""
-
-    def status_now() -> str:
-        return client.describe_stream_summary(StreamName=stream_name)["StreamDescriptionSummary"][
-            "StreamStatus"
-        ]
-
-    status = status_now()
-    deadline = clock() + wait_seconds
-    if status == "CREATING":
-        logger.info(
-            "stream %s is CREATING: waiting until it is ACTIVE (up to %.0f s)", stream_name, wait_seconds
-        )
-    while status == "CREATING":
-        if clock() >= deadline:
-            raise StreamNotWritableError(
-                f"stream {stream_name} is still CREATING after {wait_seconds:.0f} s: nothing was sent; run produce "
-                "again once it is ACTIVE",
-                lasting=False,
-            )
-        sleep(poll_seconds)
-        status = status_now()
-    if status == "DELETING":
-        raise StreamNotWritableError(
-            f"stream {stream_name} is being deleted (DELETING): nothing was sent; `clickstream setup` creates it again "
-            "once it is gone",
-            lasting=True,
-        )
+    wait_until_writable(
+        client, stream_name, wait_seconds=wait_seconds, poll_seconds=2.0, clock=clock, sleep=sleep
+    )
 
 
 class PutRecordsClient(Protocol):

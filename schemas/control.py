@@ -72,13 +72,22 @@ def _dump(record: Any) -> bytes:
     return json.dumps({"format": CONTROL_FORMAT, **asdict(record)}, sort_keys=True, default=default).encode()
 
 
-def _load(body: bytes | str, kind: str) -> dict[str, Any]:
+def json_object(body: bytes | str) -> dict[str, Any]:
+    """``body`` as a JSON object; ValueError saying what it is instead ("not JSON (...)", "not a JSON object")."""
     try:
         document = json.loads(body)
     except ValueError as error:  # not JSON, or not text (UnicodeDecodeError)
-        raise ControlRecordError(f"{kind}: not JSON ({error})") from error
+        raise ValueError(f"not JSON ({error})") from error
     if not isinstance(document, dict):
-        raise ControlRecordError(f"{kind}: not a JSON object")
+        raise ValueError("not a JSON object")  # noqa: TRY004 - what a document holds, not a caller's type
+    return document
+
+
+def _load(body: bytes | str, kind: str) -> dict[str, Any]:
+    try:
+        document = json_object(body)
+    except ValueError as problem:
+        raise ControlRecordError(f"{kind}: {problem}") from problem
     if document.get("format") != CONTROL_FORMAT:
         raise ControlRecordError(
             f"{kind}: format {document.get('format')!r}, this reader knows {CONTROL_FORMAT}"

@@ -225,7 +225,8 @@ def check_spend_fit(params: dict[str, float], spends: npt.NDArray[np.float64]) -
 
     Every buyer's expected order value lies between the population mean and the buyer's own mean: with q <= 1 the
     mean is negative or infinite (so is every one-time buyer's), and a mean outside the observed spends puts nonsense
-    into every prediction (seen: 10,881 for buyers who all spent 50, with p, q and v near 1e175, 1e278 and 1e107).
+    into every prediction (seen: 10,881 for buyers who all spent 50, with p, q and v near 1e175, 1e278 and 1e107,
+    when the fit started at v = 1; started at the median spend, such buyers get their one spend).
     """
     p, q, v = params["p"], params["q"], params["v"]
     if q <= 1:
@@ -241,8 +242,8 @@ def check_spend_fit(params: dict[str, float], spends: npt.NDArray[np.float64]) -
         return
     raise UnusableFit(
         f"Gamma-Gamma fitted p = {p:.4g}, q = {q:.4g}, v = {v:.4g}: a population mean spend of {mean:.4g} per "
-        f"purchase day, outside the {len(spends):,} repeat buyers' mean spends ({low:.2f} to {high:.2f}); the model "
-        "found no spread of spend to fit (nearly equal spends, or too few repeat buyers), and nothing was written. "
+        f"purchase day, outside the {len(spends):,} repeat buyers' mean spends ({low:.2f} to {high:.2f}); the fit "
+        "ran off (too few repeat buyers, or spends the model cannot spread), and nothing was written. "
         "Score a later as-of with more repeat buyers"
     )
 

@@ -128,7 +128,8 @@ def test_setup_takes_a_stream_being_updated_as_it_is_and_names_one_being_deleted
     arn = ensure_stream(_ExistingStream("UPDATING"), "events", 2, timeout=0.0)
     assert arn.endswith(":stream/events")
     with pytest.raises(
-        FrontDoorError, match="stream events is being deleted: run setup again once it is gone"
+        FrontDoorError,
+        match=r"stream events is being deleted \(DELETING\): `clickstream setup` creates it anew",
     ):
         ensure_stream(_ExistingStream("DELETING"), "events", 2, timeout=30.0)
 

@@ -254,7 +254,7 @@ def test_a_damaged_model_report_stops_the_report_naming_it(content: WorkerBucket
             for item in s3.list_objects_v2(Bucket="clv-model", Prefix="rfm/clv/")["Contents"]
             if item["Key"].endswith("/_model.json")
         ]
-        for body, problem in ((b'{"bad', "no JSON ("), (b"[1, 2]", "no JSON object")):
+        for body, problem in ((b'{"bad', "not JSON ("), (b"[1, 2]", "not a JSON object")):
             s3.put_object(Bucket="clv-model", Key=model, Body=body)
             result = runner.invoke(
                 main, ["report", "--bucket", "clv-model", "--prefix", "rfm", "-o", str(output)]

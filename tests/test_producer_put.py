@@ -647,7 +647,9 @@ def test_a_stream_being_created_is_waited_for_and_one_being_deleted_is_refused(
     assert "stream s is CREATING: waiting until it is ACTIVE (up to 120 s)" in caplog.text
 
     stuck = _StreamStatuses("CREATING")
-    with pytest.raises(StreamNotWritableError, match="still CREATING after 10 s: nothing was sent") as late:
+    with pytest.raises(
+        StreamNotWritableError, match="still CREATING after 10 s: run again once it is ACTIVE"
+    ) as late:
         require_stream(stuck, "s", wait_seconds=10, clock=lambda: stuck.now, sleep=stuck.sleep)  # type: ignore[arg-type]
     assert not late.value.lasting and stuck.now == 10.0
 

@@ -1805,6 +1805,8 @@ def test_summary_counts_what_is_committed_in_s3_not_the_download_folder(
     lines = result.output.splitlines()
     assert any(line.split()[:4] == ["customer_aggregates", "2", "3", "0.0"] for line in lines), result.output
     assert "c-1" in result.output and "c-3" in result.output
+    # fewer than the 10 asked: "Top 10 customers" headed 3 rows
+    assert "All 3 customers by revenue (current rows)" in result.output, result.output
     assert "stale-" not in result.output and "c-uncommitted" not in result.output
     assert "1 data file on S3 is named by no commit record" in result.output
     assert any(line.split()[:2] == ["invalid_json", "4"] for line in lines), result.output
@@ -2713,6 +2715,19 @@ def test_produce_refuses_parquet_and_utf16_and_unwraps_gzip_in_its_advice(tmp_pa
             "iconv -f UTF-16LE -t UTF-8 {path} |",
         ),
         ("w.jsonl", lines.decode().encode("utf-32"), "a UTF-32 text", "iconv -f UTF-32 -t UTF-8 {path} |"),
+        # no byte order mark, a blank line first
+        (
+            "n.jsonl",
+            ("\n" + lines.decode()).encode("utf-16-le"),
+            "a UTF-16 text",
+            "iconv -f UTF-16LE -t UTF-8",
+        ),
+        (
+            "b.jsonl",
+            ("\r\n" + lines.decode()).encode("utf-32-be"),
+            "a UTF-32 text",
+            "iconv -f UTF-32BE -t UTF-8",
+        ),
         (
             "e.bz2.gz",
             gzip.compress(bz2.compress(lines)),
@@ -3293,4 +3308,22 @@ def test_produce_to_a_stream_that_takes_no_records_says_why_and_sends_nothing(
     source.write_bytes(b"\n".join(generate_events(5, 20, 3)) + b"\n")
     result, held = produce_file(source)
     assert result.exit_code == exit_code, result.output
-    assert "stream in is not writable (a test's)" in result.output and held == 0
+    assert "stream in is not writable (a test's); nothing was sent" in result.output and held == 0
+
+
+def test_produce_stopped_while_it_waits_for_the_stream_says_nothing_was_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop in the wait for a stream being created (up to 2 minutes) said "records sent before the stop stay on
+    the stream", before any was sent."""
+    from producer.generator import generate_events
+
+    def stopped(client: Any, stream_name: str) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("producer.kinesis_put.require_stream", stopped)
+    source = tmp_path / "events.jsonl"
+    source.write_bytes(b"\n".join(generate_events(5, 20, 3)) + b"\n")
+    result, held = produce_file(source)
+    assert result.exit_code == 130, result.output
+    assert "produce interrupted (Ctrl-C) before it finished: nothing was sent" in result.output and held == 0
