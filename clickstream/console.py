@@ -18,6 +18,7 @@ from typing import IO, TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
+    from rich.console import Console
     from tqdm import tqdm
 
 #: The logger name a command's own lines carry in JSON mode.
@@ -53,6 +54,19 @@ def say(message: str, level: int = logging.INFO) -> None:
     else:
         prefix = "" if level < logging.WARNING else f"{logging.getLevelName(level).lower()}: "
         click.echo(prefix + message, err=True)
+
+
+def stdout_console() -> Console:
+    """A rich console on stdout whose reader going away (`summary | head`) ends the command as the front door ends
+    every command then: 141, without a word. rich's own answer is SystemExit(1), which reads as a failure."""
+    from rich.console import Console
+
+    class _ReaderGoneConsole(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            raise BrokenPipeError
+
+    return _ReaderGoneConsole()
 
 
 class JsonShownError(click.ClickException):

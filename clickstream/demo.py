@@ -103,6 +103,7 @@ def run_demo(customers: int, events: int, seed: int, shards: int, output_dir: Pa
 
 
 def _run_demo(customers: int, events: int, seed: int, shards: int, output_dir: Path) -> int:
+    from clickstream.console import stdout_console
     from clickstream.resources import setup_resources
     from clickstream.summary import print_summary
     from emulator.server import EmulatorHandle
@@ -112,7 +113,7 @@ def _run_demo(customers: int, events: int, seed: int, shards: int, output_dir: P
 
     started = time.monotonic()
     configure_logging("WARNING", json_format=False)  # a person is watching: progress lines, not log records
-    console = Console()
+    console = stdout_console()
     if not replaceable_output(output_dir):  # the CLI refuses it first; a caller of this function must too
         raise ValueError(f"{output_dir} holds files a demo did not write")
     _empty(output_dir)

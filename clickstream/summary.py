@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from clickstream.console import progress_of
+from clickstream.console import progress_of, stdout_console
 from clickstream.current_rows import read_committed_rows
 from clickstream.errors import FrontDoorError
 from clickstream.options import show_progress, top_heading
@@ -75,7 +75,7 @@ def print_summary(
     settings: Settings, download: Path | None = None, top: int = 10, console: Console | None = None
 ) -> None:
     """Summarise the committed outputs under ``s3://bucket/prefix``; copy them to ``download`` if given."""
-    console = console or Console()
+    console = console or stdout_console()
     s3 = aws_client("s3", settings)
     require_worker_prefix(s3, settings)
     outputs = committed_outputs(s3, settings)

@@ -899,6 +899,40 @@ def test_output_piped_into_a_reader_that_stops_early_ends_quietly() -> None:
     assert result.stderr == "generate exited 141\n", result.stderr
 
 
+def test_summary_piped_into_a_reader_that_stops_early_ends_quietly(emulator_endpoint: str) -> None:
+    """`summary | head` exited 1 (rich's own answer to a closed pipe), which `set -o pipefail` reads as a failure."""
+    bucket = "piped-summary"
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=emulator_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="x",
+        aws_secret_access_key="x",
+    )
+    s3.create_bucket(Bucket=bucket)
+    # a top table far longer than a pipe's buffer
+    put_committed_flush(
+        s3, bucket, OutputLayout("rfm"), "shardId-000000000000", [f"c-{n}" for n in range(3000)]
+    )
+    command = (
+        f"{shlex.quote(sys.executable)} -m clickstream.cli summary --bucket {bucket} --top 3000 | head -n 1; "
+        'echo "summary exited ${PIPESTATUS[0]}" >&2'
+    )
+    environment = {
+        **os.environ,
+        "AWS_ENDPOINT_URL": emulator_endpoint,
+        "AWS_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SECRET_ACCESS_KEY": "x",
+    }
+    result = subprocess.run(
+        ["bash", "-c", command], capture_output=True, text=True, timeout=120, check=False, env=environment
+    )
+    assert result.stdout.count("\n") == 1, result.stdout
+    assert result.stderr.endswith("summary exited 141\n"), result.stderr
+    assert "rror" not in result.stderr, result.stderr
+
+
 def test_demo_refuses_an_output_folder_holding_files_it_did_not_write(tmp_path: Path) -> None:
     """The demo replaces its output folder: a folder of someone's files must not be deleted."""
     (tmp_path / "mine" / "sub").mkdir(parents=True)
