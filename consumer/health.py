@@ -73,8 +73,11 @@ def write_heartbeat(state_dir: Path, heartbeat: Heartbeat) -> None:
 
 
 def holds_lease(status: ShardStatus) -> bool:
-    """Whether a shard processor stands for a lease its worker holds: processing, or still initializing (restoring
-    its state, which can take minutes for a large one) in a process that is alive."""
+    """Whether a shard processor stands for a lease its worker holds: processing (and not ended by an error: its
+    status stays "processing" until the KCL's shutdown, some 20 s), or still initializing (restoring its state, which
+    can take minutes for a large one) in a process that is alive."""
+    if status.terminal_error:
+        return False
     return status.phase == "processing" or (status.phase == "initializing" and process_alive(status.pid))
 
 

@@ -190,7 +190,7 @@ class WorkerTotals:
 
     @classmethod
     def of(cls, statuses: dict[str, ShardStatus], now: float) -> WorkerTotals:
-        held = [s for s in statuses.values() if s.phase == "processing"]
+        held = [s for s in statuses.values() if s.phase == "processing" and not s.terminal_error]
         flushes = [s.last_flush_at for s in statuses.values() if s.last_flush_at]
         waiting = [s.waiting_since for s in held if s.waiting_since]
         failing = sorted((s.failing_since, s.last_error or "") for s in held if s.failing_since)
@@ -278,7 +278,9 @@ def status_view(statuses: dict[str, ShardStatus], now: float, *, headline: str, 
         ("flushed", "right"),
     ):
         table.add_column(column, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-    for shard_id, status in sorted(statuses.items())[:max_rows]:
+    # the shards held first (after a reshard, finished parents would push them out), then the others
+    shown = sorted(statuses.items(), key=lambda item: (item[1].phase != "processing", item[0]))
+    for shard_id, status in shown[:max_rows]:
         table.add_row(
             _shard_label(shard_id),
             status.phase.replace("_", " "),
@@ -306,6 +308,8 @@ def status_view(statuses: dict[str, ShardStatus], now: float, *, headline: str, 
     if not statuses:
         lines.append(Text(f"waiting for the KCL to take leases ({FIRST_START_WAIT}) ...", style="dim"))
         return Group(*lines)
+    if len(shown) > max_rows:
+        return Group(*lines, table, Text(f"... {count_of(len(shown) - max_rows, 'more shard')}", style="dim"))
     return Group(*lines, table)
 
 

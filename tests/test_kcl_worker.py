@@ -670,6 +670,40 @@ def test_the_live_status_fits_80_columns_with_many_shards() -> None:
     assert "12 shards held" in lines[1]
 
 
+def test_after_a_reshard_the_live_status_shows_the_held_shards_first_and_counts_the_rest() -> None:
+    """8 finished parents sorted first and the rows cut at 16 left out 8 of 16 held children without a word."""
+    from dataclasses import replace
+
+    now = 10_000.0
+    parents = {
+        f"shardId-{i:012d}": replace(drained_status(f"shardId-{i:012d}"), phase="shut_down") for i in range(8)
+    }
+    children = {f"shardId-{i:012d}": drained_status(f"shardId-{i:012d}") for i in range(8, 24)}
+    console = Console(width=80, file=io.StringIO(), force_terminal=False)
+    console.print(status_view({**parents, **children}, now, headline="clickstream worker w"))
+    lines = console.file.getvalue().splitlines()  # type: ignore[attr-defined]
+    rows = [
+        line.split() for line in lines if len(line.split()) > 1 and line.split()[1] in ("processing", "shut")
+    ]
+    assert [row[1] for row in rows] == ["processing"] * 16, lines
+    assert lines[-1].strip() == "... 8 more shards", lines
+    assert "16 shards held" in lines[1]
+
+
+def test_a_processor_ended_by_an_error_holds_no_lease_though_its_status_still_says_processing() -> None:
+    """A deleted bucket ended both processors; for the 20 s until the JVM exited, health said healthy with 2 shards
+    processing and the status line '2 shards held'."""
+    from dataclasses import replace
+
+    from consumer.health import holds_lease
+    from consumer.worker_output import WorkerTotals
+
+    ended = replace(drained_status("shardId-000000000000"), terminal_error="NoSuchBucket: gone")
+    alive = drained_status("shardId-000000000001")
+    assert holds_lease(alive) and not holds_lease(ended)
+    assert WorkerTotals.of({"a": ended, "b": alive}, 10_000.0).shards_held == 1
+
+
 def test_log_lines_become_text_or_stay_json(capsys: pytest.CaptureFixture[str]) -> None:
     line = (
         '{"time": "2026-03-01T10:15:30.123Z", "level": "WARN", "logger": "a.b.Scheduler", "message": "slow"}'
