@@ -88,8 +88,13 @@ def download_keys(
     def copy(key: str) -> None:
         target = destination / key
         target.parent.mkdir(parents=True, exist_ok=True)
-        with named_if_missing(bucket, key):
-            s3.download_file(bucket, key, str(target))
+        try:
+            with named_if_missing(bucket, key):
+                s3.download_file(bucket, key, str(target))
+        except OSError as error:
+            if error.filename is None:  # a full disk, as s3transfer raises it, names no file
+                error.filename = str(target)
+            raise
 
     map_in_parallel(copy, keys, MAX_WORKERS, progress)
     return len(keys)

@@ -38,7 +38,7 @@ from clickstream.outputs import (
     stale_copies,
 )
 from runtime.aws import aws_client
-from runtime.exit_codes import USAGE
+from runtime.exit_codes import RUNTIME, USAGE
 from runtime.logs import count_of
 from runtime.settings import Settings
 from schemas.control import CommitRecord
@@ -145,9 +145,18 @@ def print_summary(
 
     if download is not None:
         with progress_of("downloading committed files", "file", bar=show_progress(None)) as report:
-            copied = download_keys(
-                s3, settings.bucket, outputs.all_committed_keys(), download, progress=report
-            )
+            try:
+                copied = download_keys(
+                    s3, settings.bucket, outputs.all_committed_keys(), download, progress=report
+                )
+            except FileNotFoundError:
+                raise  # a committed file S3 no longer has, named as such
+            except OSError as error:  # the folder's disk: full, read-only, over a quota
+                raise FrontDoorError(
+                    f"--download {download}: {error}; the folder holds only part of the files: run it again once "
+                    "the cause is fixed",
+                    RUNTIME,
+                ) from None
         console.print(f"copied {count_of(copied, 'committed file')} to {download}/")
     # the query reads customer_aggregates/: none when every record was rejected
     if download is not None and outputs.present("customer_aggregates"):

@@ -899,6 +899,40 @@ def test_output_piped_into_a_reader_that_stops_early_ends_quietly() -> None:
     assert result.stderr == "generate exited 141\n", result.stderr
 
 
+def test_a_download_onto_a_full_disk_names_the_file_and_says_the_copy_is_partial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """s3transfer's "No space left on device" named no file and said nothing of the files already copied."""
+    import errno
+
+    from boto3.s3.transfer import S3Transfer
+
+    download_file = S3Transfer.download_file
+    folder = tmp_path / "copy"
+
+    def disk_fills(self: Any, bucket: str, key: str, filename: str, *args: Any, **kwargs: Any) -> None:
+        if Path(filename).is_relative_to(
+            folder
+        ):  # the copies (the reads before them go to a temporary folder)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        download_file(self, bucket, key, filename, *args, **kwargs)
+
+    monkeypatch.setattr(S3Transfer, "download_file", disk_fills)
+    with mock_aws():
+        two_committed_flushes("full-disk", OutputLayout("rfm"))
+        result = CliRunner().invoke(
+            main,
+            ["summary", "--bucket", "full-disk", "--download", str(tmp_path / "copy")],
+            terminal_width=80,
+        )
+    assert result.exit_code == 1, result.output
+    assert (
+        f"--download {tmp_path / 'copy'}: [Errno 28] No space left on device: '{tmp_path / 'copy'}/rfm/"
+        in (result.output)
+    ), result.output
+    assert "the folder holds only part of the files: run it again" in result.output
+
+
 def test_summary_piped_into_a_reader_that_stops_early_ends_quietly(emulator_endpoint: str) -> None:
     """`summary | head` exited 1 (rich's own answer to a closed pipe), which `set -o pipefail` reads as a failure."""
     bucket = "piped-summary"
