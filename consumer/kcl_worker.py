@@ -56,6 +56,7 @@ from runtime.logs import (
     METRICS_LOGGER,
     JsonFormatter,
     LogRelay,
+    count_of,
     one_line,
 )
 from runtime.settings import (
@@ -890,7 +891,7 @@ class KclWorker:
                     waiting = self.until_idle.waiting_on(shards, statuses, time.time())
                     if waiting:
                         self._idle_wait_said_at = now  # the lease table is read at most this often
-                        self._say_who_holds(waiting)
+                        self._say_who_holds(waiting, sum(1 for s in statuses.values() if holds_lease(s)))
             time.sleep(0.2)
 
     def _processors_done(self) -> bool:
@@ -916,25 +917,34 @@ class KclWorker:
             read_timeout=SUPERVISION_READ_SECONDS,
         )
 
-    def _say_who_holds(self, waiting: set[str]) -> None:
-        """``--until-idle`` is done with its own shards but waits on others: when other workers hold some of them,
-        say so (it would otherwise wait without a word). Shards nobody holds yet are the KCL's to assign: a worker
-        alone waits for them quietly."""
+    def _say_who_holds(self, waiting: set[str], held: int) -> None:
+        """``--until-idle`` is done with its own ``held`` shards but waits on others: when other workers hold some of
+        them, say so (it would otherwise wait without a word). Shards nobody holds yet are the KCL's to assign: a
+        worker alone waits for them quietly, unless it holds its cap of leases, when nobody will take them."""
         try:
             owners = self._lease_owners()
         except Exception as error:  # noqa: BLE001 - nothing to say without the holders (no table yet, at start)
             log.debug("--until-idle: the lease table cannot be read: %s", one_line(error))
             return
         mine = self.settings.worker_id
+        cap = self.settings.kcl_max_leases_for_worker
+        unheld = sorted(shard for shard in waiting if not owners.get(shard))
+        if cap is not None and held >= cap and unheld:
+            log.warning(
+                "--until-idle: this worker holds its cap of %s (CLICKSTREAM_KCL_MAX_LEASES_FOR_WORKER) and no worker "
+                "holds %s: it does not stop on its own; raise the cap, start another worker, or stop it with SIGTERM",
+                count_of(cap, "lease"),
+                ", ".join(unheld),
+            )
         elsewhere = {shard: owner for shard in waiting if (owner := owners.get(shard)) and owner != mine}
         if not elsewhere:
             return
-        held = ", ".join(f"{shard} (held by {owner})" for shard, owner in sorted(elsewhere.items()))
+        holders = ", ".join(f"{shard} (held by {owner})" for shard, owner in sorted(elsewhere.items()))
         log.warning(
             "--until-idle: this worker's shards are drained, but it stops only once every open shard of the stream "
             "is, in this worker, and other workers hold %s. Beside other workers of the application it does not "
             "stop on its own (their shards may hold records): stop it with SIGTERM",
-            held,
+            holders,
         )
 
     def _track_leases(self, statuses: dict[str, ShardStatus]) -> None:

@@ -13,6 +13,8 @@ No Docker engine runs on the development machines or in CI, so nothing here buil
 from __future__ import annotations
 
 import functools
+import importlib
+import inspect
 import json
 import os
 import re
@@ -435,6 +437,8 @@ ROLE_OF_MODULE = {
     "clickstream/resources.py": "setup",
     "producer/": "producer",
 }
+#: Functions of another role's module that a role's modules run: their calls need that role's grants too.
+BORROWED_BY_ROLE = {"setup": ["producer.kinesis_put.wait_until_writable"]}
 POLICY_OF_ROLE = {
     "worker": "iam-task-role-policy.json",
     "setup": "iam-setup-policy.json",
@@ -510,20 +514,25 @@ def role_of(path: Path) -> str | None:
 def needed_by_code(role: str) -> dict[tuple[str, str], str]:
     """(IAM action, resource) -> why, for the AWS calls of the modules of one role."""
     needed: dict[tuple[str, str], str] = {}
-    for path in modules():
-        if role_of(path) != role:
-            continue
-        source = path.read_text(encoding="utf-8")
+    sources = [
+        (str(path.relative_to(ROOT)), path.read_text(encoding="utf-8"))
+        for path in modules()
+        if role_of(path) == role
+    ]
+    for name in BORROWED_BY_ROLE.get(role, []):
+        module, function = name.rsplit(".", 1)
+        sources.append((name, inspect.getsource(getattr(importlib.import_module(module), function))))
+    for where, source in sources:
         for service, operation in aws_calls(source):
             action, kind = IAM_OF_OPERATION.get((service, operation), (f"{service}:{operation}", None))
             if kind is None:
                 assert service != "s3", f"map s3 {operation} in IAM_OF_OPERATION"
                 kind = {"kinesis": "stream", "cloudwatch": "none", "dynamodb": "table"}[service]
-            needed[(action, RESOURCE_OF_KIND[kind])] = f"{path.relative_to(ROOT)} calls {operation}"
+            needed[(action, RESOURCE_OF_KIND[kind])] = f"{where} calls {operation}"
         if re.search(r"exceptions\.NoSuchKey", source):
             # S3 answers GetObject on a missing key with 404 NoSuchKey only to a caller allowed to ListBucket;
             # without it the answer is 403 AccessDenied and the "missing" branch never runs.
-            needed[("s3:ListBucket", BUCKET_ARN)] = f"{path.relative_to(ROOT)} expects NoSuchKey"
+            needed[("s3:ListBucket", BUCKET_ARN)] = f"{where} expects NoSuchKey"
     return needed
 
 

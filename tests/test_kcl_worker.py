@@ -971,13 +971,34 @@ def test_the_worker_says_which_other_workers_hold_the_shards_until_idle_waits_on
     monkeypatch.setattr("consumer.kcl_worker.lease_owners", lambda *_: owners)
     waiting = {"shardId-000000000002", "shardId-000000000003"}
     with caplog.at_level(logging.WARNING, logger="consumer.kcl_worker"):
-        worker._say_who_holds(waiting)
+        worker._say_who_holds(waiting, 1)
         assert not caplog.records, "alone: nothing to say"
         owners["shardId-000000000002"] = "worker-b"
-        worker._say_who_holds(waiting)
+        worker._say_who_holds(waiting, 1)
     said = caplog.records[-1].getMessage()
     assert "other workers hold shardId-000000000002 (held by worker-b)." in said
     assert "shardId-000000000003" not in said and "stop it with SIGTERM" in said
+
+
+def test_a_worker_at_its_lease_cap_says_until_idle_waits_on_shards_nobody_will_take(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """CLICKSTREAM_KCL_MAX_LEASES_FOR_WORKER=1 on a 2-shard stream: --until-idle ran on for good, and said nothing
+    but the status line's '1 shard held'."""
+    settings = load_settings(state_dir=tmp_path / "state", worker_id="worker-a", kcl_max_leases_for_worker=1)
+    worker = KclWorker(settings, until_idle=IDLE)
+    monkeypatch.setattr("consumer.kcl_worker.aws_client", lambda *_, **__: None)
+    owners = {"shardId-000000000002": None, "shardId-000000000003": "worker-a"}
+    monkeypatch.setattr("consumer.kcl_worker.lease_owners", lambda *_: owners)
+    with caplog.at_level(logging.WARNING, logger="consumer.kcl_worker"):
+        worker._say_who_holds({"shardId-000000000002"}, 0)
+        assert not caplog.records, "below its cap: the KCL will assign it"
+        worker._say_who_holds({"shardId-000000000002"}, 1)
+    said = caplog.records[-1].getMessage()
+    assert (
+        "holds its cap of 1 lease (CLICKSTREAM_KCL_MAX_LEASES_FOR_WORKER) and no worker holds shardId-000000000002"
+        in said
+    )
 
 
 class ShortLivedJvm:
