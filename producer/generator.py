@@ -902,6 +902,16 @@ class _OtherFormat:
         return self.reader.format(file=source)
 
 
+def _other_encoding(pattern: bytes, encoding: str, byte_order: str = "") -> _OtherFormat:
+    """Text in another encoding than UTF-8, and iconv's name for it (with its byte order where no mark says it)."""
+    return _OtherFormat(
+        re.compile(pattern),
+        f"{encoding} text",
+        "convert it to UTF-8 first",
+        filter=f"iconv -f {encoding}{byte_order} -t UTF-8",
+    )
+
+
 #: Formats an input is refused in (gzip aside, which is read): sent as they are, each line of such a file would be a
 #: garbage record on the stream. A tar archive, also inside gzip, is known by its header's magic at byte 257.
 _OTHER_FORMATS: Final = (
@@ -940,42 +950,12 @@ _OTHER_FORMATS: Final = (
     ),
     # byte order marks (UTF-32's first: UTF-32LE's starts as UTF-16LE's); without one, an object's first brace in
     # UTF-32, or its brace and quote in UTF-16, after any blank lines: JSONL text in UTF-8 holds no NUL
-    _OtherFormat(
-        re.compile(rb"\xff\xfe\x00\x00|\x00\x00\xfe\xff"),
-        "UTF-32 text",
-        "convert it to UTF-8 first",
-        filter="iconv -f UTF-32 -t UTF-8",
-    ),
-    _OtherFormat(
-        re.compile(rb"(?:[ \t\r\n]\x00\x00\x00)*\{\x00\x00\x00"),
-        "UTF-32 text",
-        "convert it to UTF-8 first",
-        filter="iconv -f UTF-32LE -t UTF-8",
-    ),
-    _OtherFormat(
-        re.compile(rb"(?:\x00\x00\x00[ \t\r\n])*\x00\x00\x00\{"),
-        "UTF-32 text",
-        "convert it to UTF-8 first",
-        filter="iconv -f UTF-32BE -t UTF-8",
-    ),
-    _OtherFormat(
-        re.compile(rb"\xff\xfe|\xfe\xff"),
-        "UTF-16 text",
-        "convert it to UTF-8 first",
-        filter="iconv -f UTF-16 -t UTF-8",
-    ),
-    _OtherFormat(
-        re.compile(rb'(?:[ \t\r\n]\x00)*\{\x00"\x00'),
-        "UTF-16 text",
-        "convert it to UTF-8 first",
-        filter="iconv -f UTF-16LE -t UTF-8",
-    ),
-    _OtherFormat(
-        re.compile(rb'(?:\x00[ \t\r\n])*\x00\{\x00"'),
-        "UTF-16 text",
-        "convert it to UTF-8 first",
-        filter="iconv -f UTF-16BE -t UTF-8",
-    ),
+    _other_encoding(rb"\xff\xfe\x00\x00|\x00\x00\xfe\xff", "UTF-32"),
+    _other_encoding(rb"(?:[ \t\r\n]\x00\x00\x00)*\{\x00\x00\x00", "UTF-32", "LE"),
+    _other_encoding(rb"(?:\x00\x00\x00[ \t\r\n])*\x00\x00\x00\{", "UTF-32", "BE"),
+    _other_encoding(rb"\xff\xfe|\xfe\xff", "UTF-16"),
+    _other_encoding(rb'(?:[ \t\r\n]\x00)*\{\x00"\x00', "UTF-16", "LE"),
+    _other_encoding(rb'(?:\x00[ \t\r\n])*\x00\{\x00"', "UTF-16", "BE"),
 )
 _FORMAT_BYTES: Final = 265  # to the end of a tar header's magic
 

@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -132,8 +133,6 @@ def test_reading_the_errors_files_shows_its_progress(
     report_file: Path, content: WorkerBucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One GET per flush that had rejects, months of them, with nothing on screen: summary showed its reads."""
-    from contextlib import contextmanager
-
     reported: dict[str, list[tuple[int, int]]] = {}
 
     @contextmanager
@@ -210,6 +209,23 @@ def test_a_committed_errors_file_gone_from_s3_is_left_out_said_in_the_page_and_e
     assert '<figure class="plot" id="plot-rejects">' in page, "the other files' rejects are still plotted"
 
 
+@contextmanager
+def scored_bucket(content: WorkerBucket, bucket: str) -> Iterator[tuple[Any, CliRunner]]:
+    """A moto bucket of its own holding the worker's output and one committed scoring run."""
+    with moto_bucket(bucket) as s3:
+        content.write_to(s3, bucket)
+        runner = CliRunner()
+        scored = runner.invoke(main, ["score", "--bucket", bucket, "--prefix", "rfm", "--no-progress"])
+        assert scored.exit_code == 0, scored.output
+        yield s3, runner
+
+
+def clv_keys(s3: Any, bucket: str, suffix: str) -> list[str]:
+    """The keys of the scoring run's files ending in ``suffix``."""
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix="rfm/clv/")["Contents"]
+    return [item["Key"] for item in listed if item["Key"].endswith(suffix)]
+
+
 @pytest.mark.parametrize("damage", ["not parquet", "zeroed inside"])
 def test_a_damaged_clv_part_stops_the_report_naming_it(
     content: WorkerBucket, tmp_path: Path, damage: str
@@ -217,16 +233,8 @@ def test_a_damaged_clv_part_stops_the_report_naming_it(
     """A part that is no Parquet file ended the report with "unexpected ArrowInvalid ... '<Buffer>'", no key named;
     one whose pages inside do not decode (an OSError from pyarrow) too."""
     output = tmp_path / "damaged-part.html"
-    with moto_bucket("clv-part") as s3:
-        content.write_to(s3, "clv-part")
-        runner = CliRunner()
-        scored = runner.invoke(main, ["score", "--bucket", "clv-part", "--prefix", "rfm", "--no-progress"])
-        assert scored.exit_code == 0, scored.output
-        parts = [
-            item["Key"]
-            for item in s3.list_objects_v2(Bucket="clv-part", Prefix="rfm/clv/")["Contents"]
-            if item["Key"].endswith(".parquet")
-        ]
+    with scored_bucket(content, "clv-part") as (s3, runner):
+        parts = clv_keys(s3, "clv-part", ".parquet")
         body = bytearray(s3.get_object(Bucket="clv-part", Key=parts[0])["Body"].read())
         if damage == "not parquet":
             body = bytearray(b"not parquet")
@@ -244,16 +252,8 @@ def test_a_damaged_model_report_stops_the_report_naming_it(content: WorkerBucket
     """A _model.json cut short ended the report with "unexpected JSONDecodeError", one holding a list with
     "unexpected AttributeError: 'list' object has no attribute 'get'"; neither named the file."""
     output = tmp_path / "damaged-model.html"
-    with moto_bucket("clv-model") as s3:
-        content.write_to(s3, "clv-model")
-        runner = CliRunner()
-        scored = runner.invoke(main, ["score", "--bucket", "clv-model", "--prefix", "rfm", "--no-progress"])
-        assert scored.exit_code == 0, scored.output
-        (model,) = [
-            item["Key"]
-            for item in s3.list_objects_v2(Bucket="clv-model", Prefix="rfm/clv/")["Contents"]
-            if item["Key"].endswith("/_model.json")
-        ]
+    with scored_bucket(content, "clv-model") as (s3, runner):
+        (model,) = clv_keys(s3, "clv-model", "/_model.json")
         for body, problem in ((b'{"bad', "not JSON ("), (b"[1, 2]", "not a JSON object")):
             s3.put_object(Bucket="clv-model", Key=model, Body=body)
             result = runner.invoke(

@@ -936,13 +936,16 @@ def test_a_download_onto_a_full_disk_names_the_file_and_says_the_copy_is_partial
 def test_summary_piped_into_a_reader_that_stops_early_ends_quietly(emulator_endpoint: str) -> None:
     """`summary | head` exited 1 (rich's own answer to a closed pipe), which `set -o pipefail` reads as a failure."""
     bucket = "piped-summary"
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=emulator_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="x",
-        aws_secret_access_key="x",
-    )
+    environment = {
+        **os.environ,
+        "AWS_ENDPOINT_URL": emulator_endpoint,
+        "AWS_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SECRET_ACCESS_KEY": "x",
+    }
+    from tests.moto_support import emulator_client
+
+    s3 = emulator_client("s3", environment)
     s3.create_bucket(Bucket=bucket)
     # a top table far longer than a pipe's buffer
     put_committed_flush(
@@ -952,13 +955,6 @@ def test_summary_piped_into_a_reader_that_stops_early_ends_quietly(emulator_endp
         f"{shlex.quote(sys.executable)} -m clickstream.cli summary --bucket {bucket} --top 3000 | head -n 1; "
         'echo "summary exited ${PIPESTATUS[0]}" >&2'
     )
-    environment = {
-        **os.environ,
-        "AWS_ENDPOINT_URL": emulator_endpoint,
-        "AWS_REGION": "us-east-1",
-        "AWS_ACCESS_KEY_ID": "x",
-        "AWS_SECRET_ACCESS_KEY": "x",
-    }
     result = subprocess.run(
         ["bash", "-c", command], capture_output=True, text=True, timeout=120, check=False, env=environment
     )
@@ -3119,26 +3115,30 @@ def test_an_empty_state_dir_is_refused_by_the_worker_and_by_health(
     assert "CLICKSTREAM_STATE_DIR: empty" in result.output
 
 
-def test_generate_stopped_by_sigterm_says_so_and_leaves_no_partial_file(tmp_path: Path) -> None:
-    """SIGTERM (a task stopped, `timeout`) ended generate without a word, a partial file under its final name; then
-    with a word, the partial file still there (a `.gz` of it failed its CRC)."""
+def _generate_stopped_once_written(output: Path, written: Path) -> str:
+    """``generate -o output`` of 5 million events, stopped by SIGTERM once ``written`` holds 100 kB: its stderr."""
     import signal
     import time
 
-    output = tmp_path / "events.jsonl"
-    draft = tmp_path / ".events.jsonl.partial"
     process = subprocess.Popen(
         [sys.executable, "-m", "clickstream.cli", "generate", "--events", "5000000", "-o", str(output)],
         stderr=subprocess.PIPE,
         text=True,
     )
     deadline = time.monotonic() + 60
-    while (not draft.exists() or draft.stat().st_size < 100_000) and time.monotonic() < deadline:
+    while (not written.exists() or written.stat().st_size < 100_000) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert draft.exists() and draft.stat().st_size >= 100_000, "stopped once it was writing"
+    assert written.exists() and written.stat().st_size >= 100_000, "stopped once it was writing"
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 143, stderr
+    return stderr
+
+
+def test_generate_stopped_by_sigterm_says_so_and_leaves_no_partial_file(tmp_path: Path) -> None:
+    """SIGTERM (a task stopped, `timeout`) ended generate without a word, a partial file under its final name; then
+    with a word, the partial file still there (a `.gz` of it failed its CRC)."""
+    stderr = _generate_stopped_once_written(tmp_path / "events.jsonl", tmp_path / ".events.jsonl.partial")
     assert "generate interrupted (SIGTERM) before it finished: no output file was written" in stderr
     assert list(tmp_path.iterdir()) == []
 
@@ -3146,24 +3146,10 @@ def test_generate_stopped_by_sigterm_says_so_and_leaves_no_partial_file(tmp_path
 def test_generate_stopped_while_writing_in_place_says_the_file_holds_what_was_written(tmp_path: Path) -> None:
     """Through a link to nothing yet the lines are written in place; a stop said "no output file was written" of
     a file holding 2 million lines."""
-    import signal
-    import time
-
     target = tmp_path / "target.jsonl"
     output = tmp_path / "events.jsonl"
     output.symlink_to(target)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "clickstream.cli", "generate", "--events", "5000000", "-o", str(output)],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    while (not target.exists() or target.stat().st_size < 100_000) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert target.exists() and target.stat().st_size >= 100_000, "stopped once it was writing"
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 143, stderr
+    stderr = _generate_stopped_once_written(output, target)
     assert (
         f"generate interrupted (SIGTERM) before it finished: {output} holds the records generated" in stderr
     )
