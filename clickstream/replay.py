@@ -353,9 +353,8 @@ def _replay(  # noqa: PLR0917 - one private call site
             pending.clear()
             stop.check()
 
-    last_line = last_progress_line(
-        clock
-    )  # the command's: its plan's listing may have just said how far it got
+    # the command's: its plan's listing may have just said how far it got
+    last_line = last_progress_line(clock)
     try:
         # from empty state (a re-run gives the same result), in memory: nothing reopens it; the worker's window
         # sessions and days kept for the run: forgetting follows the state's latest arrival day, another shard's

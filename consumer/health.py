@@ -73,12 +73,12 @@ def write_heartbeat(state_dir: Path, heartbeat: Heartbeat) -> None:
 
 
 def holds_lease(status: ShardStatus) -> bool:
-    """Whether a shard processor stands for a lease its worker holds: processing (and not ended by an error: its
-    status stays "processing" until the KCL's shutdown, some 20 s), or still initializing (restoring its state, which
-    can take minutes for a large one) in a process that is alive."""
-    if status.terminal_error:
-        return False
-    return status.phase == "processing" or (status.phase == "initializing" and process_alive(status.pid))
+    """Whether a shard processor stands for a lease its worker holds: processing (``ShardStatus.processing``), or
+    still initializing (restoring its state, which can take minutes for a large one) in a process that is alive and
+    that no error ended."""
+    if status.processing:
+        return True
+    return status.phase == "initializing" and not status.terminal_error and process_alive(status.pid)
 
 
 def shard_problems(statuses: dict[str, ShardStatus], now: float, stuck_after: float) -> list[str]:

@@ -54,6 +54,12 @@ class ShardStatus:
     started_at: float = 0.0
     updated_at: float = 0.0
 
+    @property
+    def processing(self) -> bool:
+        """Processing its shard's records: its phase says so and no error ended it (a processor that exits on one
+        keeps the phase until the KCL shuts it down, some 20 s)."""
+        return self.phase == "processing" and not self.terminal_error
+
 
 class StatusWriter:
     """Atomic, rate-limited writer of one shard's status file."""

@@ -190,7 +190,7 @@ class WorkerTotals:
 
     @classmethod
     def of(cls, statuses: dict[str, ShardStatus], now: float) -> WorkerTotals:
-        held = [s for s in statuses.values() if s.phase == "processing" and not s.terminal_error]
+        held = [s for s in statuses.values() if s.processing]
         flushes = [s.last_flush_at for s in statuses.values() if s.last_flush_at]
         waiting = [s.waiting_since for s in held if s.waiting_since]
         failing = sorted((s.failing_since, s.last_error or "") for s in held if s.failing_since)
@@ -279,7 +279,7 @@ def status_view(statuses: dict[str, ShardStatus], now: float, *, headline: str, 
     ):
         table.add_column(column, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     # the shards held first (after a reshard, finished parents would push them out), then the others
-    shown = sorted(statuses.items(), key=lambda item: (item[1].phase != "processing", item[0]))
+    shown = sorted(statuses.items(), key=lambda item: (not item[1].processing, item[0]))
     for shard_id, status in shown[:max_rows]:
         table.add_row(
             _shard_label(shard_id),

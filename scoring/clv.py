@@ -405,6 +405,7 @@ def fit_and_predict(
     )
     ids = frame["customer_id"].to_numpy()
     spend_frame = frame[repeat_frequency & spent]
+    spends = spend_frame["monetary_value"].to_numpy()  # the repeat buyers' mean spends, all positive
     timings: dict[str, float] = {}
     with _quiet_backend() as backend:
         announce(f"fitting BG/NBD on {buyers:,} buyers ({backend} backend)")
@@ -420,11 +421,11 @@ def fit_and_predict(
             data=spend_frame[["customer_id", "monetary_value", "frequency"]],
             method="map",
             progressbar=False,
-            start=_spend_fit_start(spend_frame["monetary_value"].to_numpy()),
+            start=_spend_fit_start(spends),
         )
         timings["gamma_gamma_fit"] = time.perf_counter() - started
         gg_params = _parameters(gg, ("p", "q", "v"))
-        check_spend_fit(gg_params, spend_frame["monetary_value"].to_numpy())
+        check_spend_fit(gg_params, spends)
 
         announce("predicting probability alive, purchases, order value and CLV")
         started = time.perf_counter()
@@ -460,7 +461,7 @@ def fit_and_predict(
             raise UnusableFit(f"{bad} buyers got a negative or non-finite {name}; nothing was written")
     x = frame["frequency"].to_numpy()
     t_x, t = frame["recency"].to_numpy(), frame["T"].to_numpy()
-    rx, rm = spend_frame["frequency"].to_numpy(), spend_frame["monetary_value"].to_numpy()
+    rx, rm = spend_frame["frequency"].to_numpy(), spends
     bg_ll = bg_nbd_log_likelihood(bg_params, x, t_x, t)
     # none at parameters where it would be noise (see spend_notes)
     precise = max(gg_params["p"], gg_params["q"]) < _LOG_LIKELIHOOD_PRECISION_LOST
