@@ -45,8 +45,16 @@ from consumer.metrics import Metric
 from consumer.metrics import emit as emit_metrics
 from consumer.preflight import PrefixClaimRacedError, PreflightError, lease_owners, preflight
 from consumer.retry import is_transient
-from consumer.status import ShardStatus, clear_statuses, read_statuses, status_directory
-from consumer.worker_output import LogSink, SinkHandler, WorkerTotals, final_words, status_view, uptime
+from consumer.status import ShardStatus, any_status_written, clear_statuses, read_statuses, status_directory
+from consumer.worker_output import (
+    LogSink,
+    SinkHandler,
+    WorkerTotals,
+    clean_stop,
+    final_words,
+    status_view,
+    uptime,
+)
 from runtime.aws import aws_client, list_all_shards
 from runtime.exit_codes import INTERRUPTED, OK, RUNTIME, STUCK, TERMINATED, USAGE
 from runtime.logs import (
@@ -602,9 +610,22 @@ class KclWorker:
     # ------------------------------------------------------------------ run
     def run(self) -> int:
         """Start the daemon and supervise it until it stops; the exit code of the worker."""
+        code = RUNTIME  # what the command line makes of an error raised out of here
         try:
-            return self._run()
+            code = self._run()
+            return code
+        except WorkerError as error:
+            code = error.exit_code
+            raise
+        except SystemExit as forced:  # a second signal
+            code = forced.code if isinstance(forced.code, int) else RUNTIME
+            raise
         finally:
+            # whichever way it ended (a stop or a refusal before the KCL started, an error): `health` says it
+            # stopped and how, rather than "process is gone". Only under the state directory's lock: a worker
+            # refused because another one runs there must not write over that one's heartbeat.
+            if self._lock is not None and self._heartbeat.phase != "stopped":
+                self._say_stopped(code)
             for held in (self._lock, self._claim):
                 if held is not None:
                     held.close()  # the state directory and the worker id are free for the next worker
@@ -706,13 +727,11 @@ class KclWorker:
                 pump = sink.pump(self._process.stdout)
                 with self._live(console) as refresh:
                     code = self._supervise(kinesis, refresh)
-                # for `health`: a last word (where it cannot be written, a stale heartbeat says as much)
-                self._heartbeat.phase, self._heartbeat.exit_code = "stopped", code
-                with contextlib.suppress(OSError):  # never in place of the exit code
-                    write_heartbeat(self.settings.state_dir, self._heartbeat)
+                self._say_stopped(code)
                 pump.join(timeout=2)
                 if console is not None:  # the live view ended on "stopping": say how, and where the log is
-                    console.print(final_words(code, self.settings.state_dir / "worker.log"))
+                    log_file = self.settings.state_dir / "worker.log"
+                    console.print(final_words(code, log_file, shards_started=self._shards_started()))
                 return code
             except Exception as error:
                 self._stop_after_failure(error)
@@ -723,6 +742,12 @@ class KclWorker:
                     relay.close()
                 shutil.rmtree(socket_dir, ignore_errors=True)  # never in place of the exit code
                 sink.close()
+
+    def _say_stopped(self, code: int) -> None:
+        """For `health`: the worker's last word (where it cannot be written, a stale heartbeat says as much)."""
+        self._heartbeat.phase, self._heartbeat.exit_code = "stopped", code
+        with contextlib.suppress(OSError):  # never in place of the exit code
+            write_heartbeat(self.settings.state_dir, self._heartbeat)
 
     def _start_jvm(self, command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         """Start the MultiLangDaemon (``self._process``) in its own process group (a terminal Ctrl-C reaches us
@@ -832,10 +857,15 @@ class KclWorker:
                 refresh()
             if self._stop_requested_at is not None and self._processors_done():
                 # KCL 3.1.3 waits failoverTimeMillis for its consumers' "final shutdown" even after every
-                # processor has flushed, checkpointed and exited; nothing is left for it to persist.
-                log.info(
-                    "every shard processor flushed, checkpointed and exited (or was still starting); stopping the KCL"
-                )
+                # processor has flushed, checkpointed and exited, and its shutdown grace (logging a
+                # TimeoutException) when none had started; nothing is left for it to persist.
+                if self._shards_started():
+                    log.info(
+                        "every shard processor flushed, checkpointed and exited (or was still starting); "
+                        "stopping the KCL"
+                    )
+                else:
+                    log.info("no shard processor had started; stopping the KCL")
                 self._kill()
                 self._process.wait()
                 return self._exit_code(0)
@@ -897,12 +927,21 @@ class KclWorker:
     def _processors_done(self) -> bool:
         """After a stop request: every shard processor that ran has left processing and its process is gone, or is
         still starting (restoring its state, which holds no record and resumes where it was cut: it ends with the
-        KCL rather than hold the stop for minutes)."""
+        KCL rather than hold the stop for minutes). True when none ran: a processor writes its status before it is
+        given a record (``initialize``), so one that has not written it holds nothing."""
         statuses = read_statuses(self.status_dir)
-        return bool(statuses) and all(
+        if not statuses:
+            return (
+                not self._shards_started()
+            )  # status files there but unreadable: wait, as for a processing one
+        return all(
             status.phase == "initializing" or (status.phase != "processing" and not process_alive(status.pid))
             for status in statuses.values()
         )
+
+    def _shards_started(self) -> bool:
+        """Whether a shard processor of this run has started (``prepare`` cleared the previous run's status)."""
+        return any_status_written(self.status_dir)
 
     # ------------------------------------------------------------------ leases
     def _lease_owners(self) -> dict[str, str | None]:
@@ -1029,7 +1068,7 @@ class KclWorker:
                     extra={"exit_code": RUNTIME},
                 )
                 return RUNTIME
-            log.info("stopped cleanly: every shard flushed and checkpointed")
+            log.info(clean_stop(shards_started=self._shards_started()))
             return OK
         if java_code < 0:  # ended by a signal: exit 1 as any run-time failure (not 128 + signal, e.g. 247)
             name = (

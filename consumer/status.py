@@ -113,6 +113,12 @@ def clear_statuses(directory: Path) -> None:
             stale.unlink()
 
 
+def any_status_written(directory: Path) -> bool:
+    """Whether a shard processor wrote its status file here, readable or not (``read_statuses`` skips a damaged
+    one): whether one has started since ``clear_statuses``."""
+    return directory.is_dir() and any(directory.glob(_STATUS_FILES))
+
+
 def read_statuses(directory: Path) -> dict[str, ShardStatus]:
     """The latest status of every shard that reported, by shard id (unreadable files are skipped)."""
     statuses: dict[str, ShardStatus] = {}

@@ -318,10 +318,18 @@ def uptime(started: float) -> str:
     return f"{seconds:.0f}s" if seconds < 120 else f"{seconds / 60:.0f}m"
 
 
-def final_words(code: int, log_file: Path) -> str:
+def clean_stop(shards_started: bool) -> str:
+    """How a requested stop with nothing left behind is said: a worker that never started a shard processor (a
+    stop during the KCL's first lease wait, or a standby) flushed nothing, and must not say it did."""
+    if shards_started:
+        return "stopped cleanly: every shard flushed and checkpointed"
+    return "stopped cleanly: no shard processor had started, so nothing was read"
+
+
+def final_words(code: int, log_file: Path, *, shards_started: bool = True) -> str:
     """The last line a worker with a live status prints (its INFO lines went to ``log_file`` only)."""
     if code == 0:
-        outcome = "stopped cleanly: every shard flushed and checkpointed"
+        outcome = clean_stop(shards_started)
     else:
         outcome = f"stopped with exit code {code} (the reason is printed above)"
     return f"{outcome}; the full log is {log_file}"

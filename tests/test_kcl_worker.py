@@ -39,6 +39,7 @@ from consumer.kcl_worker import (
     java_command,
     jvm_memory_limit,
     kcl_properties,
+    lock_state_dir,
     machine_memory_bytes,
     processor_command,
     require_heap_fits,
@@ -1316,6 +1317,46 @@ def test_a_stop_waits_for_processing_shards_but_not_for_one_still_restoring(tmp_
     assert not worker._processors_done()
 
 
+def test_a_stop_before_any_shard_processor_started_stops_the_kcl_at_once_and_says_nothing_was_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stop during the KCL's first lease wait (or of a standby) waited out the JVM's 20 s shutdown grace, which
+    logged an ERROR TimeoutException, and then said "every shard flushed and checkpointed" of a worker that held
+    none. A processor writes its status before it is given a record, so with none written there is nothing to
+    flush: the KCL is stopped at once, and the last line says that nothing was read."""
+    killed: list[tuple[int, int]] = []
+    monkeypatch.setattr(os, "killpg", lambda pid, signum: killed.append((pid, signum)))
+    settings = load_settings(state_dir=tmp_path, stop_deadline_seconds=30.0)
+    worker = KclWorker(settings)
+    worker._process = UnstoppableJvm()  # type: ignore[assignment]
+    worker._stop_requested_at = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="consumer.kcl_worker"):
+        code = worker._supervise(kinesis=None, refresh=lambda: None)
+    assert code == 0
+    assert killed == [(UnstoppableJvm.pid, signal.SIGKILL)]
+    assert time.monotonic() - worker._stop_requested_at < 10, "not after a shutdown grace or the deadline"
+    said = [record.getMessage() for record in caplog.records]
+    assert said == [
+        "no shard processor had started; stopping the KCL",
+        "stopped cleanly: no shard processor had started, so nothing was read",
+    ], said
+    from consumer.worker_output import final_words
+
+    assert final_words(0, tmp_path / "worker.log", shards_started=False).startswith(
+        "stopped cleanly: no shard processor had started, so nothing was read; the full log is "
+    )
+
+
+def test_a_stop_waits_for_a_shard_whose_status_file_cannot_be_read(tmp_path: Path) -> None:
+    """Only a processor that wrote no status file at all has been given no record: a damaged one is waited for."""
+    settings = load_settings(state_dir=tmp_path)
+    worker = KclWorker(settings)
+    assert worker._processors_done() and not worker._shards_started()
+    (settings.state_dir / "status").mkdir()
+    (settings.state_dir / "status" / "shardId-1.json").write_text("{half a status")
+    assert not worker._processors_done() and worker._shards_started()
+
+
 def test_exit_code_is_one_when_a_shard_ended_on_an_error_while_stopping(tmp_path: Path) -> None:
     """Its shutdown flush never finished; an error left by an earlier processor, before the stop, does not count."""
     settings = load_settings(state_dir=tmp_path)
@@ -2010,7 +2051,9 @@ def test_a_failure_of_the_supervision_stops_the_kcl_gracefully_before_the_worker
     processors at once: every shard's buffered records were left to be read again. The KCL is stopped as on
     SIGTERM (flush and checkpoint), and killed only past the stop deadline."""
     (tmp_path / "state").mkdir()
-    worker = KclWorker(load_settings(state_dir=tmp_path / "state"))
+    settings = load_settings(state_dir=tmp_path / "state")
+    write_status(settings, pid=os.getpid(), phase="processing", buffered_records=7)  # a shard at work
+    worker = KclWorker(settings)
     signals: list[int] = []
 
     class Daemon:  # the JVM: stops once told to, after a few polls
@@ -2065,6 +2108,49 @@ def test_a_failure_before_the_jvm_starts_leaves_no_socket_folder(
     with pytest.raises(OSError, match="No space left"):
         worker._run_checked(["java"])
     assert not list(tmp_path.glob("clickstream-*")), "the socket folder is removed"
+
+
+def test_health_after_a_worker_stopped_before_the_kcl_started_says_it_stopped_and_how(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stopped heartbeat was written only after a KCL run: a worker stopped during its start-up checks, or
+    refused by them, left "starting", which `health` then read as "worker process N is gone"."""
+    import consumer.kcl_worker as kcl_worker
+
+    settings = load_settings(java=str(fake_java(tmp_path / "bin")), state_dir=tmp_path / "state")
+
+    def stopped_during_checks(_: Settings) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(60)
+
+    def no_stream(_: Settings) -> None:
+        raise PreflightError("stream 'x' does not exist")
+
+    def said(state_dir: Path) -> list[str]:
+        return assess(state_dir, stuck_after=300).problems
+
+    monkeypatch.setattr(kcl_worker, "preflight", stopped_during_checks)
+    assert KclWorker(settings).run() == 0
+    [problem] = said(settings.state_dir)
+    assert problem.startswith("the worker stopped at ") and problem.endswith("(exit code 0)"), problem
+
+    monkeypatch.setattr(kcl_worker, "preflight", no_stream)
+    with pytest.raises(WorkerError) as refused:
+        KclWorker(settings).run()
+    assert refused.value.exit_code == 2
+    [problem] = said(settings.state_dir)
+    assert problem.startswith("the worker stopped at ") and problem.endswith("(exit code 2)"), problem
+
+    # a worker refused because another one runs on the state directory leaves that one's heartbeat alone
+    running = Heartbeat(pid=os.getpid(), phase="running", started_at=time.time())
+    write_heartbeat(settings.state_dir, running)
+    held = lock_state_dir(settings.state_dir)
+    try:
+        with pytest.raises(WorkerError, match="in use by another worker"):
+            KclWorker(settings).run()
+        assert Heartbeat.read(settings.state_dir).phase == "running"
+    finally:
+        held.close()
 
 
 def test_health_after_a_worker_stopped_says_it_stopped_and_how(tmp_path: Path) -> None:
