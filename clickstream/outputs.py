@@ -88,11 +88,12 @@ def download_keys(
     def copy(key: str) -> None:
         target = destination / key
         target.parent.mkdir(parents=True, exist_ok=True)
+        with named_if_missing(bucket, key):
+            body = s3.get_object(Bucket=bucket, Key=key)["Body"]
         try:
-            with named_if_missing(bucket, key):
-                s3.download_file(bucket, key, str(target))
+            write_copy(body, target)
         except OSError as error:
-            if error.filename is None:  # a full disk, as s3transfer raises it, names no file
+            if error.filename is None:  # a full disk names no file
                 error.filename = str(target)
             raise
 
@@ -100,9 +101,28 @@ def download_keys(
     return len(keys)
 
 
+#: A copy being written (``write_copy``): no query's ``*.parquet`` reads it, and a stop may leave it behind.
+PARTIAL_COPY: Final = ".part"
+
+
+def write_copy(body: Any, target: Path) -> None:
+    """Stream an S3 object's ``body`` into ``target``, whole or not at all (through ``<target>.part``). A GET rather
+    than boto3's ``download_file``, whose transfer threads a stop has to wait for at exit (see
+    ``map_in_parallel``); these files are far below where ranged parallel GETs pay."""
+    partial = target.with_name(target.name + PARTIAL_COPY)
+    try:
+        with partial.open("wb") as out:
+            for chunk in body.iter_chunks(1 << 20):
+                out.write(chunk)
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 def stale_copies(destination: Path, settings: Settings, committed: set[str]) -> list[str]:
     """Files of a download folder's outputs and commit records that are not among ``committed`` keys: a copy of
-    another run (a prefix emptied and written again), which a query of the folder would read with this one's."""
+    another run (a prefix emptied and written again), which a query of the folder would read with this one's. A
+    partial copy a stop left behind is not one: no query reads it, and the next download writes it again."""
     layout = settings.layout
     stale = []
     for prefix in [*(layout.output_prefix(output) for output in DATA_OUTPUTS), layout.all_commits_prefix]:
@@ -110,7 +130,7 @@ def stale_copies(destination: Path, settings: Settings, committed: set[str]) -> 
         if folder.is_dir():
             for path in folder.rglob("*"):
                 key = path.relative_to(destination).as_posix()
-                if path.is_file() and key not in committed:
+                if path.is_file() and key not in committed and path.suffix != PARTIAL_COPY:
                     stale.append(key)
     return sorted(stale)
 

@@ -14,8 +14,9 @@ import bisect
 import errno
 import io
 import logging
+import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -696,15 +697,44 @@ def map_in_parallel(
     progress: Callable[[int, int], None] | None = None,
 ) -> list[_Result]:
     """``work`` on each of ``keys`` in threads (S3 requests wait on the network), results in the keys' order;
-    ``progress(done, total)`` as they arrive."""
-    results: list[_Result] = []
+    ``progress(done, total)`` as they arrive. The first error raised by ``work`` is raised here at once.
+
+    The threads are daemons, left behind when the caller stops: a stop (Ctrl-C, SIGTERM) of a command reading over
+    an endpoint that does not answer ends it at once, where a ``ThreadPoolExecutor``'s threads are joined at exit,
+    each request in flight first running out its retries (minutes). Every ``work`` here reads, or copies to a local
+    file through a temporary name, so what is left behind writes nothing."""
     if not keys:
-        return results
-    with ThreadPoolExecutor(max_workers=min(max_workers, len(keys))) as pool:
-        for result in pool.map(work, keys):
-            results.append(result)
+        return []
+    todo: queue.SimpleQueue[tuple[int, str]] = queue.SimpleQueue()
+    for item in enumerate(keys):
+        todo.put(item)
+    finished: queue.SimpleQueue[tuple[int, _Result | None, BaseException | None]] = queue.SimpleQueue()
+    given_up = threading.Event()  # the caller raised or was stopped: take no more keys
+
+    def take() -> None:
+        while not given_up.is_set():
+            try:
+                index, key = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                finished.put((index, work(key), None))
+            except BaseException as error:  # noqa: BLE001 - handed to the caller, which raises it
+                finished.put((index, None, error))
+
+    for number in range(min(max_workers, len(keys))):
+        threading.Thread(target=take, name=f"s3-read-{number}", daemon=True).start()
+    results: list[Any] = [None] * len(keys)
+    try:
+        for done in range(1, len(keys) + 1):
+            index, result, error = finished.get()
+            if error is not None:
+                raise error
+            results[index] = result
             if progress is not None:
-                progress(len(results), len(keys))
+                progress(done, len(keys))
+    finally:
+        given_up.set()
     return results
 
 

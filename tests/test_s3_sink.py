@@ -12,6 +12,7 @@ import logging
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -682,3 +683,65 @@ def test_a_control_record_without_its_write_time_is_refused_not_given_one(record
     document["written_at"] = None
     with pytest.raises(ControlRecordError):
         kind.from_json(json.dumps(document))
+
+
+# ---------------------------------------------------------------------------------------------- parallel reads
+def test_parallel_reads_keep_the_keys_order_and_raise_the_first_error() -> None:
+    from consumer.s3_sink import map_in_parallel
+
+    keys = [f"k{number}" for number in range(50)]
+    seen: list[tuple[int, int]] = []
+    assert map_in_parallel(str.upper, keys, 8, lambda done, total: seen.append((done, total))) == [
+        key.upper() for key in keys
+    ]
+    assert seen == [(done, 50) for done in range(1, 51)]
+    assert map_in_parallel(str.upper, [], 8) == []
+
+    def refused(key: str) -> str:
+        if key == "k7":
+            raise PermissionError(f"no access to {key}")
+        return key
+
+    with pytest.raises(PermissionError, match="no access to k7"):
+        map_in_parallel(refused, keys, 8)
+
+
+def test_a_stop_ends_parallel_reads_at_once_though_a_request_does_not_answer(tmp_path: Path) -> None:
+    """Reads over an endpoint that stopped answering: Ctrl-C reached the command, which then waited at exit for its
+    pool's threads, each request in flight retrying for minutes (6 x 60 s), before it said it was stopped."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "reads.py"
+    script.write_text(
+        "import sys, threading\n"
+        "from consumer.s3_sink import map_in_parallel\n"
+        "def hangs(key):\n"
+        "    print('reading', key, flush=True)\n"
+        "    threading.Event().wait(600)\n"
+        "try:\n"
+        "    map_in_parallel(hangs, ['a', 'b', 'c'], 2)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('stopped', flush=True)\n"
+        "    sys.exit(130)\n"
+    )
+    reader = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=str(Path(__file__).parent.parent),
+    )
+    try:
+        assert reader.stdout is not None
+        assert reader.stdout.readline().startswith("reading"), "the stop comes while a request hangs"
+        reader.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        assert reader.wait(timeout=60) == 130
+        waited = time.monotonic() - sent
+        assert "stopped" in reader.stdout.read()
+        assert waited < 30, f"the exit waited {waited:.0f}s for the requests in flight"
+    finally:
+        reader.kill()
+        reader.wait()

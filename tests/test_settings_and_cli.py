@@ -905,19 +905,17 @@ def test_a_download_onto_a_full_disk_names_the_file_and_says_the_copy_is_partial
     """s3transfer's "No space left on device" named no file and said nothing of the files already copied."""
     import errno
 
-    from boto3.s3.transfer import S3Transfer
+    from clickstream import outputs
 
-    download_file = S3Transfer.download_file
+    write_copy = outputs.write_copy
     folder = tmp_path / "copy"
 
-    def disk_fills(self: Any, bucket: str, key: str, filename: str, *args: Any, **kwargs: Any) -> None:
-        if Path(filename).is_relative_to(
-            folder
-        ):  # the copies (the reads before them go to a temporary folder)
+    def disk_fills(body: Any, target: Path) -> None:
+        if target.is_relative_to(folder):  # the copies (the reads before them go to a temporary folder)
             raise OSError(errno.ENOSPC, "No space left on device")
-        download_file(self, bucket, key, filename, *args, **kwargs)
+        write_copy(body, target)
 
-    monkeypatch.setattr(S3Transfer, "download_file", disk_fills)
+    monkeypatch.setattr(outputs, "write_copy", disk_fills)
     with mock_aws():
         two_committed_flushes("full-disk", OutputLayout("rfm"))
         result = CliRunner().invoke(
@@ -1940,6 +1938,42 @@ def test_summary_download_refuses_a_folder_holding_another_runs_files(tmp_path: 
     assert sorted(p for p in folder.rglob("*") if p.is_file()) == before
 
 
+def test_a_copy_is_written_whole_or_not_at_all_and_a_partial_one_left_by_a_kill_is_not_refused(
+    tmp_path: Path,
+) -> None:
+    """A copy goes through ``<file>.part``, which no ``*.parquet`` query reads. A stop does not wait for the
+    copying threads, so a partial file may stay behind: the download run again is not refused as a folder holding
+    another run's files, and it completes the copy."""
+    from clickstream.outputs import PARTIAL_COPY, write_copy
+
+    class BrokenBody:  # the connection dropped after the first chunk
+        def iter_chunks(self, size: int) -> Any:
+            yield b"PAR1"
+            raise ConnectionResetError("connection reset by peer")
+
+    target = tmp_path / "one" / "f.parquet"
+    target.parent.mkdir()
+    with pytest.raises(ConnectionResetError):
+        write_copy(BrokenBody(), target)
+    assert list(target.parent.iterdir()) == [], "neither the file nor its partial copy"
+
+    layout = OutputLayout("rfm")
+    folder = tmp_path / "copy"
+    arguments = ["summary", "--bucket", "cut-bucket", "--download", str(folder)]
+    with mock_aws():
+        two_committed_flushes("cut-bucket", layout)
+        first = CliRunner().invoke(main, arguments, terminal_width=80)
+        copied = sorted(path for path in folder.rglob("*.parquet"))
+        assert first.exit_code == 0 and copied, first.output
+        whole = copied[0].read_bytes()
+        copied[0].unlink()  # as a kill midway leaves it: the partial copy, no file
+        left = copied[0].with_name(copied[0].name + PARTIAL_COPY)
+        left.write_bytes(whole[:10])
+        again = CliRunner().invoke(main, arguments, terminal_width=80)
+    assert again.exit_code == 0, again.output
+    assert copied[0].read_bytes() == whole
+
+
 def test_summary_download_of_rejects_only_prints_no_query_of_a_folder_it_did_not_write(
     tmp_path: Path,
 ) -> None:
@@ -2017,13 +2051,6 @@ def test_summary_reads_each_customers_current_row_as_score_does_not_every_versio
         for day in (1, 2, 3):
             worker.flush(shard, purchases(range(1, 3), day, "a"))
         reads = CountingReads(s3)
-        # download_file's GETs are botocore's own, not through this client: counted here
-        monkeypatch.setattr(
-            reads,
-            "download_file",
-            lambda bucket, key, path: (reads.read.append(key), s3.download_file(bucket, key, path)),
-            raising=False,
-        )
         monkeypatch.setattr(summary_module, "aws_client", lambda *_, **__: reads)
         first = CliRunner().invoke(main, arguments, terminal_width=120)
         first_reads = [key for key in reads.read if key.startswith(aggregates)]
