@@ -11,7 +11,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from botocore.exceptions import ClientError
 
@@ -142,32 +142,46 @@ def check_prefix_owner(s3: Any, settings: Settings, stream: StreamIdentity) -> N
         )
 
 
-def check_conditional_writes(s3: Any, settings: Settings) -> None:
-    """The endpoint refuses a create over an existing object (``If-None-Match: *`` answered 412).
+#: An ETag no object has (S3's are an MD5 in hex, or one with a part count): ``If-Match`` with it must be refused.
+_NO_OBJECTS_ETAG: Final = '"' + "0" * 32 + '-0"'
 
-    The commit chain's fencing rests on it: a store that ignores the header (some S3-compatible ones) lets two
-    writers of one shard both commit a position, the later silently replacing the earlier. Checked by creating the
-    prefix's claim (``check_prefix_owner`` made sure it is there) again with its own bytes: refused where the
-    header is honoured, rewritten unchanged where it is not."""
+
+def check_conditional_writes(s3: Any, settings: Settings) -> None:
+    """The endpoint refuses a create over an existing object (``If-None-Match: *``) and a replace of an object
+    whose ETag is not the one named (``If-Match``), answering 412.
+
+    The commit chain's fencing rests on the first: a store that ignores the header (some S3-compatible ones) lets
+    two writers of one shard both commit a position, the later silently replacing the earlier. Snapshot pointers
+    move forward only by the second: ignored, a paused writer's pointer would replace a newer one and name tables
+    already swept away. Checked by writing the prefix's claim (``check_prefix_owner`` made sure it is there) again
+    with its own bytes under each condition: refused where the header is honoured, rewritten unchanged where it is
+    not."""
     sink = S3ParquetSink(s3, settings)
     key = sink.layout.prefix_owner_key
     body = sink.get_bytes(key)
     if body is None:  # deleted since it was claimed: nothing to create again without claiming it anew
         return
-    try:
-        sink.put_bytes(key, body, "json", if_none_match=True)
-    except ClientError as error:
-        # 412, or 409 when workers starting together race on the key: either way the condition was evaluated
-        if lost_to_another_writer(error):
-            return
-        if _code(error) not in ("NotImplemented", "501"):
-            raise
-    raise PreflightError(
-        f"the S3 endpoint ({settings.aws_endpoint_url or 'AWS'}) does not refuse a create over an existing object "
-        f"(PutObject with If-None-Match: * on s3://{settings.bucket}/{key} was not answered 412 "
-        "PreconditionFailed): the commit chain needs these conditional writes to fence a second writer of a "
-        "shard (AWS S3 and LocalStack honour them); use a store that does"
-    )
+    conditions: dict[str, dict[str, Any]] = {
+        "a create over an existing object (PutObject with If-None-Match: *": {"if_none_match": True},
+        "a replace of an object whose ETag is not the one named (PutObject with If-Match": {
+            "if_match": _NO_OBJECTS_ETAG
+        },
+    }
+    for refusal, condition in conditions.items():
+        try:
+            sink.put_bytes(key, body, "json", **condition)
+        except ClientError as error:
+            # 412, or 409 when workers starting together race on the key: either way the condition was evaluated
+            if lost_to_another_writer(error):
+                continue
+            if _code(error) not in ("NotImplemented", "501"):
+                raise
+        raise PreflightError(
+            f"the S3 endpoint ({settings.aws_endpoint_url or 'AWS'}) does not refuse {refusal} on "
+            f"s3://{settings.bucket}/{key} was not answered 412 PreconditionFailed): the worker fences a second "
+            "writer of a shard with both conditional writes, If-None-Match on its commit chain and If-Match on its "
+            "snapshot pointer (AWS S3 and LocalStack honour them); use a store that does"
+        )
 
 
 def check_bucket(s3: Any, settings: Settings) -> None:

@@ -1177,6 +1177,16 @@ def test_integral_float_counts_as_integer_per_json_schema_spec(field: str, numbe
         assert schema_errors(data, LIBRARY_VALIDATOR)
 
 
+@pytest.mark.parametrize("field", ["customer_id", "session_id", "currency", "event_time"])
+def test_a_value_ending_in_a_line_break_is_refused_though_python_jsonschema_passes_it(field: str) -> None:
+    """The README's note: Python's ``$`` also matches before a final line break (python-jsonschema uses ``re``),
+    JSON Schema's (ECMA-262) and the worker's do not."""
+    base = doc("purchase")
+    data = encode({**base, field: base[field] + "\n"})
+    assert schema_errors(data) and not schema_errors(data, LIBRARY_VALIDATOR)
+    assert rejection(data)["error_code"] == "invalid_value"
+
+
 def test_numbers_beyond_double_precision_are_read_as_doubles() -> None:
     data = encode(doc("add_to_cart", quantity=7)).replace(b'"quantity":7', b'"quantity":1.0000000000000001')
     assert schema_errors(data)  # exactly, 1.0000000000000001 is not an integer
