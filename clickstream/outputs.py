@@ -16,6 +16,7 @@ from typing import Any, Final
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
+from botocore.exceptions import IncompleteReadError, ReadTimeoutError, ResponseStreamingError
 
 from clickstream.commit_ledger import read_all_commits
 from clickstream.console import progress_of
@@ -88,19 +89,32 @@ def download_keys(
     def copy(key: str) -> None:
         target = destination / key
         target.parent.mkdir(parents=True, exist_ok=True)
-        with named_if_missing(bucket, key):
-            body = s3.get_object(Bucket=bucket, Key=key)["Body"]
-        try:
-            write_copy(body, target)
-        except OSError as error:
-            if error.filename is None:  # a full disk names no file
-                error.filename = str(target)
-            raise
+        for attempt in range(1, COPY_ATTEMPTS + 1):
+            with named_if_missing(bucket, key):
+                body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+            try:
+                write_copy(body, target)
+                return
+            except BROKEN_DOWNLOAD:
+                # botocore retries a request until its answer begins, not a body cut off midway (boto3's
+                # download_file retried those too)
+                if attempt == COPY_ATTEMPTS:
+                    raise
+            except OSError as error:
+                if error.filename is None:  # a full disk names no file
+                    error.filename = str(target)
+                raise
+            finally:
+                body.close()
 
     map_in_parallel(copy, keys, MAX_WORKERS, progress)
     return len(keys)
 
 
+#: A body cut off while it streams (a connection reset, a read timeout, fewer bytes than announced): copied again.
+BROKEN_DOWNLOAD: Final = (ResponseStreamingError, ReadTimeoutError, IncompleteReadError)
+#: Tries of one file's copy, as boto3's ``download_file`` makes.
+COPY_ATTEMPTS: Final = 5
 #: A copy being written (``write_copy``): no query's ``*.parquet`` reads it, and a stop may leave it behind.
 PARTIAL_COPY: Final = ".part"
 

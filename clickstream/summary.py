@@ -28,6 +28,7 @@ from clickstream.current_rows import read_committed_rows
 from clickstream.errors import FrontDoorError
 from clickstream.options import show_progress, top_heading
 from clickstream.outputs import (
+    BROKEN_DOWNLOAD,
     CURRENT_ROW,
     CommittedOutputs,
     committed_outputs,
@@ -151,7 +152,7 @@ def print_summary(
                 )
             except FileNotFoundError:
                 raise  # a committed file S3 no longer has, named as such
-            except OSError as error:  # the folder's disk: full, read-only, over a quota
+            except (OSError, *BROKEN_DOWNLOAD) as error:  # the folder's disk (full, read-only), or S3 midway
                 raise FrontDoorError(
                     f"--download {download}: {error}; the folder holds only part of the files: run it again once "
                     "the cause is fixed",

@@ -46,7 +46,9 @@ class Heartbeat:
     standby: bool = False  # every lease is held by other workers
     lease_detail: str | None = None  # why no lease is held, when known
     updated_at: float = 0.0  # when it was written last (``write_heartbeat``)
-    exit_code: int | None = None  # once stopped: the worker's exit code
+    exit_code: int | None = (
+        None  # once stopped: the worker's exit code (None: an error the command line coded)
+    )
 
     @classmethod
     def read(cls, state_dir: Path) -> Heartbeat:
@@ -155,7 +157,12 @@ def assess(
             stopped_at = datetime.fromtimestamp(float(heartbeat.updated_at), UTC).isoformat(
                 timespec="seconds"
             )
-            problems.append(f"the worker stopped at {stopped_at} (exit code {heartbeat.exit_code})")
+            how = (
+                "on an error (its log names it)"
+                if heartbeat.exit_code is None
+                else f"(exit code {heartbeat.exit_code})"
+            )
+            problems.append(f"the worker stopped at {stopped_at} {how}")
         elif age > heartbeat_timeout:
             problems.append(f"worker heartbeat is {age:.0f}s old")
         elif heartbeat.phase == "unhealthy":

@@ -470,6 +470,32 @@ class IdleCheck:
         return caught_up and checkpointed and now - quiet_since >= self.idle_seconds
 
 
+def jvm_has_children(pid: int) -> bool:
+    """Whether the process ``pid`` (the JVM: shard processors are its children) has a child process. Read from
+    Linux's ``/proc/<pid>/task/*/children``; where that cannot be read (another system, a kernel without it), assumed
+    so: the caller then waits, as for a processor at work."""
+    if not Path("/proc/self/task").is_dir():
+        return True
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:
+        return False  # the process is gone
+    except OSError:
+        return True
+    answered = False
+    for task in tasks:
+        try:
+            children = (task / "children").read_text(encoding="ascii")
+        except FileNotFoundError:
+            continue  # the thread ended meanwhile, or the kernel keeps no such list
+        except OSError:
+            return True
+        answered = True
+        if children.split():
+            return True
+    return not answered
+
+
 def _open(shards: list[dict[str, Any]]) -> set[str]:
     return {s["ShardId"] for s in shards if "EndingSequenceNumber" not in s["SequenceNumberRange"]}
 
@@ -535,6 +561,8 @@ class KclWorker:
         self._last_lease_scan = 0.0
         self._idle_wait_said_at = 0.0
         self._checking = False  # in the checks before the JVM starts: a signal abandons them (``_on_signal``)
+        # at a requested stop: whether any shard processor had started (the last lines say what was flushed)
+        self._stopped_with_shards: bool | None = None
         self._lock: Any = None  # the state directory's lock file, held while this worker runs
         self._claim: socket.socket | None = None  # this worker id's claim on the host, held while it runs
 
@@ -610,21 +638,25 @@ class KclWorker:
     # ------------------------------------------------------------------ run
     def run(self) -> int:
         """Start the daemon and supervise it until it stops; the exit code of the worker."""
-        code = RUNTIME  # what the command line makes of an error raised out of here
+        # None: an error whose exit code the command line decides (``explain``), said as "on an error"
+        code: int | None = None
         try:
             code = self._run()
             return code
         except WorkerError as error:
             code = error.exit_code
             raise
-        except SystemExit as forced:  # a second signal
+        except SystemExit as forced:  # a second signal, maybe after the last word was written
             code = forced.code if isinstance(forced.code, int) else RUNTIME
             raise
         finally:
             # whichever way it ended (a stop or a refusal before the KCL started, an error): `health` says it
             # stopped and how, rather than "process is gone". Only under the state directory's lock: a worker
             # refused because another one runs there must not write over that one's heartbeat.
-            if self._lock is not None and self._heartbeat.phase != "stopped":
+            said = self._heartbeat.phase == "stopped"
+            if self._lock is not None and (
+                not said or (code is not None and code != self._heartbeat.exit_code)
+            ):
                 self._say_stopped(code)
             for held in (self._lock, self._claim):
                 if held is not None:
@@ -731,7 +763,9 @@ class KclWorker:
                 pump.join(timeout=2)
                 if console is not None:  # the live view ended on "stopping": say how, and where the log is
                     log_file = self.settings.state_dir / "worker.log"
-                    console.print(final_words(code, log_file, shards_started=self._shards_started()))
+                    console.print(
+                        final_words(code, log_file, shards_started=self._stopped_with_shards is not False)
+                    )
                 return code
             except Exception as error:
                 self._stop_after_failure(error)
@@ -743,7 +777,7 @@ class KclWorker:
                 shutil.rmtree(socket_dir, ignore_errors=True)  # never in place of the exit code
                 sink.close()
 
-    def _say_stopped(self, code: int) -> None:
+    def _say_stopped(self, code: int | None) -> None:
         """For `health`: the worker's last word (where it cannot be written, a stale heartbeat says as much)."""
         self._heartbeat.phase, self._heartbeat.exit_code = "stopped", code
         with contextlib.suppress(OSError):  # never in place of the exit code
@@ -859,7 +893,8 @@ class KclWorker:
                 # KCL 3.1.3 waits failoverTimeMillis for its consumers' "final shutdown" even after every
                 # processor has flushed, checkpointed and exited, and its shutdown grace (logging a
                 # TimeoutException) when none had started; nothing is left for it to persist.
-                if self._shards_started():
+                self._stopped_with_shards = self._shards_started()  # once: the lines below must agree
+                if self._stopped_with_shards:
                     log.info(
                         "every shard processor flushed, checkpointed and exited (or was still starting); "
                         "stopping the KCL"
@@ -940,8 +975,11 @@ class KclWorker:
         )
 
     def _shards_started(self) -> bool:
-        """Whether a shard processor of this run has started (``prepare`` cleared the previous run's status)."""
-        return any_status_written(self.status_dir)
+        """Whether a shard processor of this run has started: it wrote its status (``prepare`` cleared the previous
+        run's), or the JVM has a child process (a processor whose status could not be written, a full disk)."""
+        return any_status_written(self.status_dir) or (
+            self._process is not None and jvm_has_children(self._process.pid)
+        )
 
     # ------------------------------------------------------------------ leases
     def _lease_owners(self) -> dict[str, str | None]:
@@ -1068,7 +1106,9 @@ class KclWorker:
                     extra={"exit_code": RUNTIME},
                 )
                 return RUNTIME
-            log.info(clean_stop(shards_started=self._shards_started()))
+            if self._stopped_with_shards is None:
+                self._stopped_with_shards = self._shards_started()
+            log.info(clean_stop(shards_started=self._stopped_with_shards))
             return OK
         if java_code < 0:  # ended by a signal: exit 1 as any run-time failure (not 128 + signal, e.g. 247)
             name = (

@@ -142,8 +142,8 @@ def check_prefix_owner(s3: Any, settings: Settings, stream: StreamIdentity) -> N
         )
 
 
-#: An ETag no object has (S3's are an MD5 in hex, or one with a part count): ``If-Match`` with it must be refused.
-_NO_OBJECTS_ETAG: Final = '"' + "0" * 32 + '-0"'
+#: An ETag no object has (an MD5 in hex, as S3's are, of no body ever written): ``If-Match`` with it must be refused.
+_NO_OBJECTS_ETAG: Final = '"' + "0" * 32 + '"'
 
 
 def check_conditional_writes(s3: Any, settings: Settings) -> None:

@@ -1387,6 +1387,29 @@ def test_a_stop_before_any_shard_processor_started_stops_the_kcl_at_once_and_say
     )
 
 
+def test_a_stop_waits_for_a_shard_processor_that_could_not_write_its_status(tmp_path: Path) -> None:
+    """A processor whose status write failed (a full disk, a folder left unwritable) goes on reading records: the
+    JVM's child processes say it started, so the stop waits for its flush rather than kill it as one never begun."""
+    worker = KclWorker(load_settings(state_dir=tmp_path))
+    jvm = subprocess.Popen(["sh", "-c", "sleep 30 & wait"], start_new_session=True)  # one shard processor
+    try:
+        worker._process = jvm  # type: ignore[assignment]
+        deadline = time.monotonic() + 10
+        while not worker._shards_started() and time.monotonic() < deadline:
+            time.sleep(0.05)  # the shell forks its child
+        assert worker._shards_started() and not worker._processors_done()
+    finally:
+        os.killpg(jvm.pid, signal.SIGKILL)  # the shell and its child
+        jvm.wait()
+    alone = subprocess.Popen(["sleep", "30"])  # a JVM with none
+    try:
+        worker._process = alone  # type: ignore[assignment]
+        assert not worker._shards_started() and worker._processors_done()
+    finally:
+        alone.kill()
+        alone.wait()
+
+
 def test_a_stop_waits_for_a_shard_whose_status_file_cannot_be_read(tmp_path: Path) -> None:
     """Only a processor that wrote no status file at all has been given no record: a damaged one is waited for."""
     settings = load_settings(state_dir=tmp_path)
@@ -2180,6 +2203,15 @@ def test_health_after_a_worker_stopped_before_the_kcl_started_says_it_stopped_an
     assert refused.value.exit_code == 2
     [problem] = said(settings.state_dir)
     assert problem.startswith("the worker stopped at ") and problem.endswith("(exit code 2)"), problem
+
+    def broken(_: Settings) -> None:  # an error whose exit code the command line decides
+        raise RuntimeError("an unexpected failure")
+
+    monkeypatch.setattr(kcl_worker, "preflight", broken)
+    with pytest.raises(RuntimeError):
+        KclWorker(settings).run()
+    [problem] = said(settings.state_dir)
+    assert problem.startswith("the worker stopped at ") and problem.endswith("on an error (its log names it)")
 
     # a worker refused because another one runs on the state directory leaves that one's heartbeat alone
     running = Heartbeat(pid=os.getpid(), phase="running", started_at=time.time())

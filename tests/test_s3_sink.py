@@ -709,6 +709,7 @@ def test_parallel_reads_keep_the_keys_order_and_raise_the_first_error() -> None:
 def test_a_stop_ends_parallel_reads_at_once_though_a_request_does_not_answer(tmp_path: Path) -> None:
     """Reads over an endpoint that stopped answering: Ctrl-C reached the command, which then waited at exit for its
     pool's threads, each request in flight retrying for minutes (6 x 60 s), before it said it was stopped."""
+    import os
     import signal
     import subprocess
     import sys
@@ -727,11 +728,12 @@ def test_a_stop_ends_parallel_reads_at_once_though_a_request_does_not_answer(tmp
         "    print('stopped', flush=True)\n"
         "    sys.exit(130)\n"
     )
+    repository = str(Path(__file__).parent.parent)  # the code under test, not an installed copy
     reader = subprocess.Popen(
         [sys.executable, str(script)],
         stdout=subprocess.PIPE,
         text=True,
-        cwd=str(Path(__file__).parent.parent),
+        env={**os.environ, "PYTHONPATH": repository},
     )
     try:
         assert reader.stdout is not None

@@ -1974,6 +1974,65 @@ def test_a_copy_is_written_whole_or_not_at_all_and_a_partial_one_left_by_a_kill_
     assert copied[0].read_bytes() == whole
 
 
+def test_a_copy_cut_off_midway_is_copied_again_and_one_that_keeps_breaking_says_the_folder_is_partial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """botocore retries a request until its answer begins, not a body cut off while it streams: one connection
+    reset among thousands of files failed the whole download (boto3's download_file had retried it)."""
+    from botocore.exceptions import ResponseStreamingError
+
+    from clickstream import summary as summary_module
+
+    layout = OutputLayout("rfm")
+    breaks_left = {"count": 2}
+
+    class CutOff:
+        def __init__(self, body: Any) -> None:
+            self.body = body
+
+        def iter_chunks(self, size: int) -> Any:
+            if breaks_left["count"]:
+                breaks_left["count"] -= 1
+                yield b"PAR1"
+                raise ResponseStreamingError(error="Connection broken: ConnectionResetError(104)")
+            yield from self.body.iter_chunks(size)
+
+        def read(self, *size: int) -> bytes:  # the commit records' reads: not the copies
+            return bytes(self.body.read(*size))
+
+        def close(self) -> None:
+            self.body.close()
+
+    with mock_aws():
+        two_committed_flushes("cut-off", layout)
+        s3 = boto3.client("s3", region_name="us-east-1")
+
+        class Breaking:
+            def get_object(self, **arguments: Any) -> Any:
+                answer = s3.get_object(**arguments)
+                return {**answer, "Body": CutOff(answer["Body"])}
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(s3, name)
+
+        monkeypatch.setattr(summary_module, "aws_client", lambda *_, **__: Breaking())
+        arguments = ["summary", "--bucket", "cut-off", "--download", str(tmp_path / "copy")]
+        recovered = CliRunner().invoke(main, arguments, terminal_width=80)
+        copies = {
+            path.relative_to(tmp_path / "copy").as_posix(): path.read_bytes()
+            for path in (tmp_path / "copy").rglob("*")
+            if path.is_file()
+        }
+        originals = {key: s3.get_object(Bucket="cut-off", Key=key)["Body"].read() for key in copies}
+        unused_breaks = breaks_left["count"]
+        breaks_left["count"] = 10**6  # a connection that breaks every time
+        failed = CliRunner().invoke(main, [*arguments[:-1], str(tmp_path / "again")], terminal_width=80)
+    assert recovered.exit_code == 0, recovered.output
+    assert unused_breaks == 0 and copies == originals and copies, "copied whole after two breaks"
+    assert failed.exit_code == 1, failed.output
+    assert "the folder holds only part of the files: run it again" in failed.output, failed.output
+
+
 def test_summary_download_of_rejects_only_prints_no_query_of_a_folder_it_did_not_write(
     tmp_path: Path,
 ) -> None:
