@@ -46,9 +46,8 @@ class Heartbeat:
     standby: bool = False  # every lease is held by other workers
     lease_detail: str | None = None  # why no lease is held, when known
     updated_at: float = 0.0  # when it was written last (``write_heartbeat``)
-    exit_code: int | None = (
-        None  # once stopped: the worker's exit code (None: an error the command line coded)
-    )
+    # once stopped: the worker's exit code (None: an error whose exit code the command line decided)
+    exit_code: int | None = None
 
     @classmethod
     def read(cls, state_dir: Path) -> Heartbeat:

@@ -965,10 +965,8 @@ class KclWorker:
         KCL rather than hold the stop for minutes). True when none ran: a processor writes its status before it is
         given a record (``initialize``), so one that has not written it holds nothing."""
         statuses = read_statuses(self.status_dir)
-        if not statuses:
-            return (
-                not self._shards_started()
-            )  # status files there but unreadable: wait, as for a processing one
+        if not statuses:  # a status file there but unreadable, or a processor without one: waited for
+            return not self._shards_started()
         return all(
             status.phase == "initializing" or (status.phase != "processing" and not process_alive(status.pid))
             for status in statuses.values()
