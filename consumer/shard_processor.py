@@ -15,7 +15,8 @@ The commit order of a flush (each step only starts when the previous one succeed
 5. **State commit** - install the stage: aggregates and the position they include, atomically, in memory. The local
    file (a cache for fast restarts) is written every ``state_sync_records`` / ``state_sync_seconds``, exact at its
    own position: after a crash it is on the chain, behind the tip, and the restore re-applies the rest from S3.
-6. **Checkpoint** - tell the KCL the last flushed record. If the KCL says the lease is gone, the processor ends.
+6. **Checkpoint** - tell the KCL the last flushed record. If the KCL says the lease is gone, the processor takes
+   no more records (``LeaseLostError``) and waits for the KCL's ``lease_lost``, which ends it.
 7. **Tidy** - delete this attempt's intent, and the files of attempts that lost the position (``settle_intents``).
 
 Why no two writers can both commit a flush, and why the chain has no fork: the commit records of a shard form a
