@@ -146,6 +146,9 @@ class S3ParquetSink:
         self.bucket = settings.bucket
         self.layout = OutputLayout(settings.prefix)
         self.worker_id = settings.worker_id
+        self._unreadable_intents: set[str] = (
+            set()
+        )  # said once each: settling reads the intents after every flush
         self._encryption = encryption_arguments(settings)
 
     # ------------------------------------------------------------------ the commit order (steps 2-4)
@@ -348,8 +351,17 @@ class S3ParquetSink:
             return None
         try:
             return FlushIntent.from_json(body)
-        except ControlRecordError:
-            log.warning("ignoring an intent that does not parse: %s", key)
+        except ControlRecordError as error:
+            if key not in self._unreadable_intents:
+                self._unreadable_intents.add(key)
+                log.warning(
+                    "ignoring s3://%s/%s, an intent that does not parse (%s): the files it names, if any, are never "
+                    "deleted. A worker never writes one (an S3 PUT lands whole): delete it by hand once you know "
+                    "how it got there",
+                    self.bucket,
+                    key,
+                    error,
+                )
             return None
 
     def list_keys(self, prefix: str, start_after: str | None = None) -> list[str]:

@@ -606,6 +606,24 @@ def test_a_key_that_deleteobjects_could_not_delete_keeps_the_intent_that_names_i
     assert set(committed_files([winner], "events")) <= all_keys(s3)
 
 
+def test_an_intent_that_does_not_parse_is_said_once_naming_it_and_left_alone(
+    s3: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Settling reads every intent of the shard after each flush: a damaged one (edited by hand, another format)
+    was warned about at every flush, without the bucket or what to do."""
+    settings = settings_for()
+    sink = S3ParquetSink(s3, settings)
+    key = sink.layout.intent_key(SHARD, "hand-edited")
+    s3.put_object(Bucket=settings.bucket, Key=key, Body=b"{not an intent")
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            assert sink.settle_intents(SHARD) == 0
+    said = [record.getMessage() for record in caplog.records if "does not parse" in record.getMessage()]
+    assert len(said) == 1, said
+    assert f"s3://{settings.bucket}/{key}" in said[0] and "delete it by hand" in said[0]
+    assert key in all_keys(s3)
+
+
 def test_settling_only_touches_its_own_shard(s3: Any) -> None:
     settings = settings_for()
     other = "shardId-000000000004"
