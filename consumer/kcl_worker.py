@@ -646,17 +646,14 @@ class KclWorker:
         except WorkerError as error:
             code = error.exit_code
             raise
-        except SystemExit as forced:  # a second signal, maybe after the last word was written
+        except SystemExit as forced:  # a second signal
             code = forced.code if isinstance(forced.code, int) else RUNTIME
             raise
         finally:
-            # whichever way it ended (a stop or a refusal before the KCL started, an error): `health` says it
-            # stopped and how, rather than "process is gone". Only under the state directory's lock: a worker
-            # refused because another one runs there must not write over that one's heartbeat.
-            said = self._heartbeat.phase == "stopped"
-            if self._lock is not None and (
-                not said or (code is not None and code != self._heartbeat.exit_code)
-            ):
+            # the last word, whichever way it ended (a KCL run, a stop or a refusal before the KCL started, an
+            # error): `health` says it stopped and how, rather than "process is gone". Only under the state
+            # directory's lock: a worker refused because another one runs there must not write over that one's.
+            if self._lock is not None:
                 self._say_stopped(code)
             for held in (self._lock, self._claim):
                 if held is not None:
@@ -759,7 +756,6 @@ class KclWorker:
                 pump = sink.pump(self._process.stdout)
                 with self._live(console) as refresh:
                     code = self._supervise(kinesis, refresh)
-                self._say_stopped(code)
                 pump.join(timeout=2)
                 if console is not None:  # the live view ended on "stopping": say how, and where the log is
                     log_file = self.settings.state_dir / "worker.log"

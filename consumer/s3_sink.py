@@ -146,9 +146,8 @@ class S3ParquetSink:
         self.bucket = settings.bucket
         self.layout = OutputLayout(settings.prefix)
         self.worker_id = settings.worker_id
-        self._unreadable_intents: set[str] = (
-            set()
-        )  # said once each: settling reads the intents after every flush
+        # intents that do not parse, said once each: settling reads every intent after every flush
+        self._unreadable_intents: set[str] = set()
         self._encryption = encryption_arguments(settings)
 
     # ------------------------------------------------------------------ the commit order (steps 2-4)

@@ -2194,10 +2194,14 @@ def test_health_after_a_worker_stopped_before_the_kcl_started_says_it_stopped_an
         held.close()
 
 
-def test_health_after_a_worker_stopped_says_it_stopped_and_how(tmp_path: Path) -> None:
+def test_health_after_a_worker_stopped_says_it_stopped_and_how(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """After a clean stop, `health` said "worker heartbeat is 276s old", as of a worker that hung or died."""
-    (tmp_path / "state").mkdir()
-    worker = KclWorker(load_settings(state_dir=tmp_path / "state"))
+    import consumer.kcl_worker as kcl_worker
+
+    monkeypatch.setattr(kcl_worker, "preflight", lambda _: None)
+    worker = KclWorker(load_settings(java=str(fake_java(tmp_path / "bin")), state_dir=tmp_path / "state"))
 
     class Daemon:  # the JVM, already exited
         pid = 999_999_999
@@ -2215,7 +2219,7 @@ def test_health_after_a_worker_stopped_says_it_stopped_and_how(tmp_path: Path) -
 
     worker._start_jvm = start  # type: ignore[method-assign]
     worker._supervise = lambda *_: 0  # type: ignore[method-assign]
-    assert worker._run_checked(["java"]) == 0
+    assert worker.run() == 0
     report = assess(tmp_path / "state", stuck_after=300, now=time.time() + 600)
     assert not report.healthy
     assert len(report.problems) == 1 and report.problems[0].startswith("the worker stopped at "), report
