@@ -613,7 +613,7 @@ class KclWorker:
         if self._signals == 1:
             self.request_stop()
             log.info(
-                "received %s: flushing and checkpointing every shard (again to force)",
+                "received %s: stopping; every shard processor started flushes and checkpoints (again to force)",
                 signal.Signals(signum).name,
             )
         else:
