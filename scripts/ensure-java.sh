@@ -34,7 +34,13 @@ if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
   echo "installing openjdk-17-jre-headless (the KCL MultiLangDaemon needs a JRE 17+) ..." >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless >/dev/null
-  exit 0
+  # asked again: the PATH's java stays an older one where the alternatives were set by hand
+  installed=$(command -v java || true)
+  if [[ -n "$installed" ]]; then major=$(java_major "$installed" || true); else major=; fi
+  if [[ "${major:-0}" -ge 17 ]]; then exit 0; fi
+  echo "installed openjdk-17-jre-headless, but the java on the PATH (${installed:-none}) is Java ${major:-unknown}:" \
+    "select Java 17 with 'update-alternatives --config java', or point CLICKSTREAM_JAVA at its java" >&2
+  exit 1
 fi
 
 cat >&2 <<'MSG'

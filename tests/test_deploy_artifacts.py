@@ -1049,3 +1049,36 @@ def test_make_setup_refuses_an_old_java_the_worker_would_be_told_to_run(tmp_path
             check=False,
         )
         assert result.returncode == code and said in result.stderr, (value, result.stderr)
+
+
+def test_make_setup_checks_the_java_it_installed(tmp_path: Path) -> None:
+    """After installing Debian's JRE the PATH's java is asked again: with the alternatives set by hand to an older
+    Java, the set-up fails naming it rather than pass and leave the worker to fail later."""
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "id").write_text("#!/bin/sh\necho 0\n", encoding="utf-8")
+    old = _fake_java(tmp_path / "jdk11", "11.0.22")
+    base = {key: value for key, value in os.environ.items() if key not in ("CLICKSTREAM_JAVA", "JAVA_HOME")}
+    for installs, code, said in (("11.0.22", 1, "is Java 11"), ("17.0.9", 0, "")):
+        on_path = tmp_path / f"path-{installs}"
+        on_path.mkdir()
+        (on_path / "java").symlink_to(old)
+        # an apt-get whose install points the PATH's java at the Java the alternatives would select
+        (tools / "apt-get").write_text(
+            "#!/bin/sh\n"
+            f'[ "$1" = install ] && printf \'#!/bin/sh\\necho "openjdk version \\\\"{installs}\\\\"" >&2\\n\''
+            f" > {on_path}/java.new && chmod +x {on_path}/java.new && mv {on_path}/java.new {on_path}/java\n"
+            "exit 0\n",
+            encoding="utf-8",
+        )
+        for tool in tools.iterdir():
+            tool.chmod(0o755)
+        result = subprocess.run(
+            ["bash", str(ROOT / "scripts" / "ensure-java.sh")],
+            env={**base, "PATH": f"{tools}{os.pathsep}{on_path}{os.pathsep}/usr/bin{os.pathsep}/bin"},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert "installing openjdk-17-jre-headless" in result.stderr, result.stderr
+        assert result.returncode == code and said in result.stderr, (installs, result.stderr)
