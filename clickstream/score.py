@@ -39,7 +39,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -338,6 +338,20 @@ def _finish(
     return sorted(stale)
 
 
+def _behind_note(shard: str, mark: datetime, end: datetime) -> str:
+    """What a shard behind the observation end means, and the two ways to a run it does not bias. An --as-of at
+    its mark alone is no way: the aggregates hold the other shards' later purchases, and score refuses it."""
+    mark_day = mark.astimezone(UTC).date()
+    return (
+        f"{shard}'s newest row is as of {mark.isoformat()}, {(end - mark).days} days before the observation end "
+        "(the shard is behind, quiet, or closed by a reshard): if it is behind, its customers' latest purchases "
+        "are missing and their P(alive) reads low; wait for it to catch up, or score the days before its mark from "
+        f"the events/ archive: `clickstream replay --from <your first day> --to {mark_day.isoformat()}`, then "
+        "`clickstream score --input <that replay's customer_aggregates/, downloaded> --as-of "
+        f"{(mark_day - timedelta(days=1)).isoformat()}`"
+    )
+
+
 def score_customers(
     rows: Callable[[], CurrentRows],
     store: ObjectStore,
@@ -362,9 +376,7 @@ def score_customers(
     # said now, and kept with the fit's own notes in _model.json (and so in the report): a scheduled job's
     # stderr is read by nobody
     behind_notes = [
-        f"{shard}'s newest row is as of {mark.isoformat()}, {(inputs.as_of - mark).days} days before the "
-        "observation end (the shard is behind, quiet, or closed by a reshard): if it is behind, its customers' "
-        "latest purchases are missing and their P(alive) reads low; --as-of can score at its mark instead"
+        _behind_note(shard, mark, inputs.as_of)
         for shard, mark in shards_behind(current.table, inputs.as_of).items()
     ]
     for note in behind_notes:

@@ -680,6 +680,11 @@ def test_a_run_notes_a_shard_far_behind_the_observation_end(
     notes = [line for line in lines if line.startswith("note: ")]
     assert len(notes) == 1 and f"{shard}'s newest row" in notes[0], lines
     assert "P(alive) reads low" in notes[0]
+    # the way it names to an unbiased run is one score takes: a replay ending at the mark's day, scored the day
+    # before (an --as-of at the mark on these rows is refused: the other shards' later purchases are in them)
+    mark_day = pc.max(pc.filter(earlier, of_shard)).as_py().astimezone(UTC).date()
+    assert f"--to {mark_day.isoformat()}`" in notes[0], notes[0]
+    assert f"--as-of {(mark_day - timedelta(days=1)).isoformat()}`" in notes[0], notes[0]
     # kept with the run as well (a scheduled job's stderr is read by nobody), so the report shows it
     (model_key,) = [key for action, key in store.log if action == "put" and key.endswith("_model.json")]
     assert notes[0].removeprefix("note: ") in json.loads((tmp_path / model_key).read_bytes())["notes"]

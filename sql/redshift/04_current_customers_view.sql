@@ -78,9 +78,11 @@ WHERE c.frequency IS NOT NULL;
 
 -- Before modelling from customer_rfm_for_clv: each shard's newest mark among the current rows, and how many days
 -- it is behind the common observation end. A shard a day or more behind (a stopped or lagging worker) has its
--- buyers' latest purchases missing while their T runs to the common end, so their P(alive) reads low; model at
--- that shard's mark instead, or wait (`clickstream score` prints the same check). A quiet shard, or one closed by
--- a reshard whose customers moved on, shows here too: the rows cannot tell which.
+-- buyers' latest purchases missing while their T runs to the common end, so their P(alive) reads low; wait, or
+-- model from a `clickstream replay` that ends at the shard's mark (the current rows hold the other shards' later
+-- purchases, so an observation end at the mark does not fit them; `clickstream score` prints the same check and
+-- the commands). A quiet shard, or one closed by a reshard whose customers moved on, shows here too: the rows
+-- cannot tell which.
 CREATE OR REPLACE VIEW clickstream.shard_marks AS
 WITH marks AS (
     SELECT shard_id, MAX(as_of) AS shard_as_of
