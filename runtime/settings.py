@@ -629,11 +629,12 @@ def known_variables() -> frozenset[str]:
 def unknown_variables(environ: dict[str, str] | os._Environ[str]) -> list[tuple[str, str | None]]:
     """CLICKSTREAM_* variables that name nothing (typos), each with the closest valid name (or None)."""
     known = known_variables()
-    suffixes = sorted(name.removeprefix(ENV_PREFIX) for name in known)  # the shared prefix says nothing
+    # compared without the shared prefix, which says nothing; named in full, as AWS_REGION has no prefix
+    by_suffix = {name.removeprefix(ENV_PREFIX): name for name in known}
 
     def closest(name: str) -> str | None:
-        matches = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), suffixes, n=1, cutoff=0.75)
-        return ENV_PREFIX + matches[0] if matches else None
+        matches = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), sorted(by_suffix), n=1, cutoff=0.75)
+        return by_suffix[matches[0]] if matches else None
 
     return [
         (name, closest(name)) for name in sorted(environ) if name.startswith(ENV_PREFIX) and name not in known

@@ -778,6 +778,16 @@ def test_a_misspelled_variable_is_warned_about_with_the_closest_name(
     )
 
 
+def test_a_prefixed_aws_variable_is_pointed_at_the_variable_read() -> None:
+    """The region and the endpoint are read from AWS_REGION and AWS_ENDPOINT_URL, which have no prefix: the hint
+    names them (it named CLICKSTREAM_AWS_REGION, itself not a setting)."""
+    environ = {"CLICKSTREAM_AWS_REGION": "eu-west-1", "CLICKSTREAM_ENDPOINT_URL": "http://127.0.0.1:1"}
+    assert unknown_variables(environ) == [
+        ("CLICKSTREAM_AWS_REGION", "AWS_REGION"),
+        ("CLICKSTREAM_ENDPOINT_URL", "AWS_ENDPOINT_URL"),
+    ]
+
+
 def test_variables_read_outside_the_settings_object_are_not_typos() -> None:
     environ = {name: "x" for name in OTHER_VARIABLES} | {"CLICKSTREAM_KCL_LOG_LEVEL": "INFO"}
     assert unknown_variables(environ) == []
