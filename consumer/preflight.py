@@ -288,9 +288,11 @@ def preflight(settings: Settings) -> None:
     stream = check_stream(client("kinesis"), settings)
     s3 = client("s3")
     check_bucket(s3, settings)
+    # before the prefix is claimed: a start it refuses (a mistyped prefix beside the table's checkpoints) must
+    # leave no claim, by which the readers would take the prefix for a worker's
+    check_lease_table(client("dynamodb"), s3, settings)
     check_prefix_owner(s3, settings, stream)
     check_conditional_writes(s3, settings)
-    check_lease_table(client("dynamodb"), s3, settings)
 
 
 def lease_owners(dynamodb: Any, table: str) -> dict[str, str | None]:

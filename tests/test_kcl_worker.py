@@ -614,6 +614,13 @@ def test_a_lease_table_with_checkpoints_beside_a_prefix_without_commits_is_refus
             r"s3://lease-bucket/second/_control/commits/ no commit.*new CLICKSTREAM_APPLICATION_NAME",
         ):
             preflight(settings)
+        # refused before it claims the prefix: the readers still say no worker wrote under a mistyped one
+        typo = settings.model_copy(update={"prefix": "secnod"})
+        with pytest.raises(PreflightError, match=r"s3://lease-bucket/secnod/_control/commits/ no commit"):
+            preflight(typo)
+        assert not s3.list_objects_v2(Bucket="lease-bucket", Prefix="secnod/").get("KeyCount"), (
+            "nothing written"
+        )
 
         # a prefix changed on purpose on this very stream: said, and started from the table's checkpoints
         preflight(settings.model_copy(update={"adopt_lease_checkpoints": True}))
