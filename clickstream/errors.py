@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from botocore import exceptions as aws
@@ -100,11 +100,31 @@ def kms_key_unusable(code: str, message: str, operation: str) -> Failure | None:
     )
 
 
+#: What an answer whose body is a web page says instead of that page (a web server or proxy at the endpoint).
+_NOT_AN_AWS_ANSWER: Final = (
+    "a web page, not an AWS error (is AWS_ENDPOINT_URL an AWS endpoint or an emulator? is a proxy answering in its "
+    "place?)"
+)
+
+
+def _error_message(details: Mapping[str, Any]) -> str:
+    """The answer's message on one line; a web page in its place (HTML from whatever answered) is not quoted."""
+    message = " ".join(str(details.get("Message") or "").split())
+    return _NOT_AN_AWS_ANSWER if message[:1] == "<" else message
+
+
 def _client_error(error: aws.ClientError) -> Failure:  # noqa: PLR0911 - one return per kind of failure
     details = error.response.get("Error", {})
     code = str(details.get("Code", "Unknown"))
-    message = str(details.get("Message") or "").strip()
+    message = _error_message(details)
     operation = error.operation_name
+    if code == "404" and operation in ("ListObjectsV2", "ListObjects"):
+        # S3 names a missing bucket in its answer (NoSuchBucket); a bare 404 to a listing came from something else
+        return Failure(
+            f"the endpoint answered {operation} with 404 and no S3 error: the bucket does not exist, or "
+            "AWS_ENDPOINT_URL is not an S3 endpoint (CLICKSTREAM_BUCKET / --bucket; `clickstream setup` creates it)",
+            USAGE,
+        )
     if code in ("NoSuchBucket", "404") and operation in ("HeadBucket", "ListObjectsV2", "ListObjects"):
         return Failure(_NOT_FOUND["NoSuchBucket"].format(bucket=_bucket(details)), USAGE)
     if code in _NOT_FOUND:

@@ -2577,6 +2577,33 @@ def test_a_bucket_not_found_without_its_name_reads_as_a_sentence() -> None:
     assert named.message.startswith("bucket b1 does not exist (CLICKSTREAM_BUCKET")
 
 
+def test_an_endpoint_that_is_not_aws_is_said_in_one_line() -> None:
+    """A web server at AWS_ENDPOINT_URL: its HTML page was the message (a dozen lines), and its 404 to a listing
+    was read as a missing bucket alone."""
+    from botocore.exceptions import ClientError
+
+    from clickstream.errors import explain
+
+    page = "<!DOCTYPE HTML>\n<html lang='en'>\n<head><title>Error response</title></head>\n</html>\n"
+    failure = explain(
+        ClientError(
+            {"Error": {"Code": "501", "Message": page}, "ResponseMetadata": {"HTTPStatusCode": 501}},  # type: ignore[typeddict-item]
+            "CreateStream",
+        )
+    )
+    assert failure.message.startswith("AWS CreateStream failed: 501: a web page, not an AWS error"), failure
+    assert (
+        "AWS_ENDPOINT_URL" in failure.message and "<" not in failure.message and "\n" not in failure.message
+    )
+    listing = explain(ClientError({"Error": {"Code": "404", "Message": "Not Found"}}, "ListObjectsV2"))
+    assert listing.exit_code == 2 and "AWS_ENDPOINT_URL is not an S3 endpoint" in listing.message, listing
+    # S3's own answer names the bucket: no doubt about the endpoint then
+    named = explain(ClientError({"Error": {"Code": "NoSuchBucket", "Message": "gone"}}, "ListObjectsV2"))
+    assert "AWS_ENDPOINT_URL" not in named.message
+    spread = explain(ClientError({"Error": {"Code": "InvalidRequest", "Message": "one\n  two"}}, "PutObject"))
+    assert spread.message == "AWS PutObject failed: InvalidRequest: one two"
+
+
 def test_a_service_unavailable_or_throttling_after_retries_says_it_is_on_the_service_side() -> None:
     """`setup` in an S3 outage ended with "AWS HeadBucket failed: 503: Service Unavailable" and no advice."""
     from botocore.exceptions import ClientError
