@@ -37,6 +37,7 @@ from clickstream.outputs import (
     require_worker_prefix,
 )
 from runtime.exit_codes import USAGE
+from runtime.files import write_whole
 from runtime.settings import Settings
 from schemas.control import CommitRecord, ScoreCommit
 from schemas.layout import OutputLayout
@@ -173,11 +174,14 @@ def write_report(
     if source_note:
         inputs.source = f"{inputs.source} ({source_note})"
     output.parent.mkdir(parents=True, exist_ok=True)
+    page = render_report(inputs)
     try:
-        output.write_text(render_report(inputs), encoding="utf-8")
+        # whole or not at all: a failed write (a full disk) leaves the earlier report as it was
+        write_whole(output, lambda file: file.write_text(page, encoding="utf-8"))
     except OSError as error:
-        if error.filename is None:  # a failed write (a full disk) names no file: say which
-            error.filename = str(output)
+        error.filename = str(
+            output
+        )  # the report's name, not the hidden file's beside it (or none, as a full disk)
         raise
     return inputs
 

@@ -51,7 +51,6 @@ import os
 import random
 import re
 import shlex
-import shutil
 import sys
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -63,6 +62,7 @@ from pathlib import Path
 from typing import IO, Any, Final, cast
 from urllib.parse import quote_plus
 
+from runtime.files import replaceable_file, write_whole
 from schemas.contract import EVENT_SCHEMA_VERSION
 
 logger = logging.getLogger(__name__)
@@ -998,72 +998,19 @@ def write_jsonl(path: str | Path, records: Iterable[bytes]) -> int:
     """Write one record per line (newline-separated, ``.gz`` compressed by suffix); returns the record count.
 
     Compact JSON never contains a raw newline; a record that does cannot be framed as a line and is refused.
-    The file appears under its name only once whole: the lines go to a hidden file beside it, renamed at the end
-    (with the permissions of the file it replaces) and deleted if the writing stops (Ctrl-C, a full disk, a bad
-    record), so a stopped run leaves no file that breaks off (a ``.gz`` that fails its CRC) and an earlier file of
-    that name as it was. A symbolic link to a file gets the same, beside that file (the link stays), when a rename
-    keeps the file what others see (``_replaceable``); a device, a pipe (``/dev/stdout``, itself a link), a link to
-    nothing yet or to a file a rename would change for others is written in place.
+    The file is written whole (``runtime.files.write_whole``), so a stopped run leaves no file that breaks off (a
+    ``.gz`` that fails its CRC) and an earlier file of that name as it was; a device or a pipe (``/dev/stdout``) is
+    written in place.
     """
     target = Path(path)
     compressed = target.suffix.lower() == ".gz"  # as the name asked for says, a link's too
-    file = _replaceable(target)
-    if file is None:
-        return _write_lines(target, records, compressed=compressed, named=target)
-    partial = file.with_name(f".{file.name}.partial")
-    try:
-        count = _write_lines(partial, records, compressed=compressed, named=target)
-        if file.exists():
-            shutil.copymode(file, partial)
-        os.replace(partial, file)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    return count
+    return write_whole(target, lambda file: _write_lines(file, records, compressed=compressed, named=target))
 
 
 def writes_in_place(path: str | Path) -> bool:
     """Whether ``write_jsonl`` writes ``path`` in place (a stop then leaves the lines written so far), not whole by
     a rename."""
-    return _replaceable(Path(path)) is None
-
-
-def _replaceable(target: Path) -> Path | None:
-    """The file a write replaces whole by a rename: the file named (existing or not), or the regular file a link
-    leads to if it is ours, has no other name (a hard link would keep the old lines) and sits in a folder we may
-    write to; None where the lines are written in place."""
-    if not target.is_symlink():
-        return None if target.exists() and not target.is_file() else target
-    file = _linked_file(target)
-    if file is None:
-        return None
-    held = file.stat()
-    if held.st_uid != os.getuid() or held.st_nlink != 1 or not os.access(file.parent, os.W_OK | os.X_OK):
-        return None
-    return file
-
-
-def _linked_file(link: Path) -> Path | None:
-    """The regular file a symbolic link leads to; None for a link to nothing yet, to a device or through a
-    process's descriptors (``/dev/stdout`` -> ``/proc/self/fd/1``: the file behind it is held open by another
-    process, the shell that redirected it, which a rename would leave writing to a file no longer named)."""
-    path, hops = link, 0
-    while path.is_symlink() and hops < _MAX_LINK_HOPS:
-        if _is_system_path(path):
-            return None
-        path, hops = path.parent / os.readlink(path), hops + 1
-    if path.is_symlink() or _is_system_path(path) or not path.is_file():
-        return None
-    return Path(os.path.realpath(path))
-
-
-def _is_system_path(path: Path) -> bool:
-    """Under /dev or /proc, ``..`` resolved (a relative link ``../../proc/self/fd/1`` too)."""
-    absolute = Path(os.path.abspath(path))
-    return absolute.is_relative_to("/dev") or absolute.is_relative_to("/proc")
-
-
-_MAX_LINK_HOPS: Final = 40  # as the kernel's own limit on a chain of links
+    return replaceable_file(Path(path)) is None
 
 
 def _write_lines(path: Path, records: Iterable[bytes], *, compressed: bool, named: Path) -> int:

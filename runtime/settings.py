@@ -633,7 +633,9 @@ def unknown_variables(environ: dict[str, str] | os._Environ[str]) -> list[tuple[
     by_suffix = {name.removeprefix(ENV_PREFIX): name for name in known}
 
     def closest(name: str) -> str | None:
-        matches = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), sorted(by_suffix), n=1, cutoff=0.75)
+        matches = difflib.get_close_matches(
+            name.removeprefix(ENV_PREFIX), sorted(by_suffix), n=1, cutoff=0.75
+        )
         return by_suffix[matches[0]] if matches else None
 
     return [

@@ -8,6 +8,7 @@ with the network off; the page's own check marks each plot the browser decoded, 
 from __future__ import annotations
 
 import base64
+import errno
 import io
 import json
 import re
@@ -127,6 +128,27 @@ def test_the_top_customers_heading_counts_the_rows_it_shows(report_file: Path, t
     page = output.read_text(encoding="utf-8")
     assert f"<h3>All {scored:,} customers by CLV</h3>" in page
     assert page.count("<tr><td>c-") >= scored
+
+
+def test_a_report_that_cannot_be_written_whole_leaves_the_earlier_one(
+    report_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk cut the page off where it stopped, in place: the earlier report was lost with no word of it."""
+    output = tmp_path / "report.html"
+    shutil.copy(report_file, output)
+    earlier = output.read_bytes()
+    write_text = Path.write_text
+
+    def disk_fills(path: Path, text: str, *args: Any, **kwargs: Any) -> int:
+        write_text(path, text[:8192], *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", disk_fills)
+    result = CliRunner().invoke(main, ["report", "--bucket", BUCKET, "--prefix", "rfm", "-o", str(output)])
+    assert result.exit_code == 1, result.output
+    assert f"No space left on device ({output})" in result.output
+    assert output.read_bytes() == earlier, "the earlier report is as it was"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["report.html"], "no part left beside it"
 
 
 def test_reading_the_errors_files_shows_its_progress(
