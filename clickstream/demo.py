@@ -8,7 +8,9 @@ segments) into clv/;  8. write the HTML report and print its path.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import json
 import os
 import shutil
 import subprocess
@@ -21,6 +23,7 @@ from typing import Final
 
 from rich.console import Console
 
+from clickstream.errors import FrontDoorError
 from consumer.status import read_statuses, status_directory
 from consumer.worker_output import FIRST_START_WAIT
 from runtime.settings import Settings
@@ -128,6 +131,7 @@ def _run_demo(customers: int, events: int, seed: int, shards: int, output_dir: P
         os.environ.update(emulator_environment(endpoint, state_dir))
         os.environ["CLICKSTREAM_STREAM_SHARDS"] = str(shards)
         settings = load_settings()
+        _require_java(settings)  # before the records are made and put: the worker would only fail on it later
         setup_resources(settings)
         console.print(
             f"2. stream [bold]{settings.stream_name}[/] ({shards} shards) and bucket "
@@ -163,8 +167,15 @@ def _run_demo(customers: int, events: int, seed: int, shards: int, output_dir: P
         )
         code = _run_worker(console, output_dir, state_dir, total, settings.stop_deadline_seconds)
         if code != 0:
-            console.print(f"[red]worker exited with {code}; see {output_dir / 'worker.log'}[/red]")
-            return code
+            log_path = output_dir / "worker.log"
+            said = last_error(log_path)
+            # the reason on stderr as every command's error, not only in the log
+            raise FrontDoorError(
+                f"the demo's worker exited with {code}"
+                + (f": {said}" if said else "")
+                + f" (its log: {log_path})",
+                code,
+            )
 
         console.print(f"6. results: what is committed in S3 (copied to {output_dir / 's3'}/)", soft_wrap=True)
         print_summary(settings, output_dir / "s3", console=console)
@@ -209,6 +220,30 @@ def _score_and_report(console: Console, settings: Settings, output_dir: Path) ->
         "beside this report",
     )
     console.print(f"8. report: [bold]{report.resolve()}[/bold]", soft_wrap=True)
+
+
+def _require_java(settings: Settings) -> None:
+    """The worker's own Java check (CLICKSTREAM_JAVA, JAVA_HOME or the PATH; 17+; its heap), as a one-line error."""
+    from consumer.kcl_worker import WorkerError, find_java, require_java
+
+    try:
+        require_java(find_java(settings), settings.kcl_java_heap)
+    except WorkerError as error:
+        raise FrontDoorError(str(error), error.exit_code) from None
+
+
+def last_error(log_path: Path) -> str | None:
+    """The message of the last ERROR or CRITICAL record of a JSON log (the worker's, which ends on its reason)."""
+    said = None
+    with contextlib.suppress(OSError), log_path.open(encoding="utf-8", errors="replace") as lines:
+        for line in lines:
+            if '"level": "ERROR"' not in line and '"level": "CRITICAL"' not in line:
+                continue
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if isinstance(record, dict) and record.get("level") in ("ERROR", "CRITICAL"):
+                    said = str(record.get("message", "")) or said
+    return said
 
 
 def _run_worker(

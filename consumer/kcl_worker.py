@@ -21,6 +21,7 @@ import hashlib
 import logging
 import os
 import re
+import shlex
 import shutil
 import signal
 import site
@@ -359,14 +360,12 @@ def require_java(java: str, heap: str | None = None) -> int:
     when it is no java, older than 17, cannot reserve that heap or the memory it may use cannot hold it: found here,
     in one line, rather than by a daemon that exits at once or is killed later."""
     flags = [*heap_flags(heap), "-XshowSettings:system"] if heap is not None else []
+    command = [java, *flags, "-version"]
+    quoted = shlex.join(command)  # as run: what it said may answer a flag, not -version
     try:
-        answer = subprocess.run(
-            [java, *flags, "-version"], capture_output=True, text=True, timeout=30, check=False
-        )
+        answer = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired) as error:
-        raise WorkerError(
-            f"{java} -version failed ({error}): is it a java runtime?", exit_code=USAGE
-        ) from None
+        raise WorkerError(f"`{quoted}` failed ({error}): is it a java runtime?", exit_code=USAGE) from None
     output = answer.stderr + answer.stdout
     found = re.search(r'version "(?:1\.)?(\d+)', output)
     if answer.returncode != 0 and heap is not None and "heap" in output:
@@ -380,7 +379,7 @@ def require_java(java: str, heap: str | None = None) -> int:
         # what it said comes first: a java that cannot start (memory limits, a broken install) is not another program
         said = next((line.strip() for line in output.splitlines() if line.strip()), "")
         raise WorkerError(
-            f"`{java} -version` exited {answer.returncode} without a version"
+            f"`{quoted}` exited {answer.returncode} without a version"
             + (f", saying: {said[:300]}" if said else "")
             + ". Is it a java runtime? Set CLICKSTREAM_JAVA or JAVA_HOME to a Java 17+",
             exit_code=USAGE,

@@ -1447,6 +1447,16 @@ def test_a_java_that_cannot_run_the_kcl_is_a_configuration_error(
     assert require_java(str(fake_java(tmp_path / "ok", 'openjdk version "21.0.5" 2024-10-15'))) == 21
 
 
+def test_a_java_check_that_fails_quotes_the_command_it_ran(tmp_path: Path) -> None:
+    """With the worker's heap the check runs more than `java -version`: what the program said may answer the heap
+    flags (/bin/ls said "invalid option -- '2'" of a quoted `/bin/ls -version`)."""
+    java = fake_java(tmp_path / "bin", "", 1)
+    with pytest.raises(WorkerError) as raised:
+        require_java(str(java), "512m")
+    assert f"`{java} " in str(raised.value) and "-Xmx512m" in str(raised.value), raised.value
+    assert "-XshowSettings:system -version` exited 1" in str(raised.value), raised.value
+
+
 def test_a_heap_the_jvm_cannot_reserve_is_a_configuration_error_naming_the_setting(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

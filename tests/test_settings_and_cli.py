@@ -980,6 +980,45 @@ def test_demo_refuses_an_output_folder_holding_files_it_did_not_write(tmp_path: 
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me" and (tmp_path / "mine" / "sub").is_dir()
 
 
+def test_demo_says_why_it_cannot_run_the_worker_on_stderr_before_making_records(tmp_path: Path) -> None:
+    """A Java the worker cannot use was said only inside worker.log ("worker exited with 2; see ..." on stdout), and
+    only after the records were generated and put."""
+    result = run_cli(
+        "demo",
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--events",
+        "10",
+        env={"CLICKSTREAM_JAVA": "/nonexistent/java"},
+    )
+    assert_one_line(result, 2, "CLICKSTREAM_JAVA=/nonexistent/java is not an executable java binary")
+    assert not (tmp_path / "out" / "events.jsonl").exists(), "checked before the records are generated"
+
+
+def test_a_demo_whose_worker_failed_says_the_workers_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's reason, the last error of its log, is the demo's one-line error, with the log's path."""
+    from clickstream import demo
+
+    def failing_worker(_console: Any, output_dir: Path, *_: Any) -> int:
+        (output_dir / "worker.log").write_text(
+            '{"level": "ERROR", "message": "an earlier error"}\nnot json "level": "ERROR"\n'
+            '{"level": "ERROR", "message": "the shard processors cannot start: no KCL jars", "exit_code": 1}\n'
+            '{"level": "INFO", "message": "stopped"}\n',
+            encoding="utf-8",
+        )
+        return 1
+
+    monkeypatch.setattr(demo, "_run_worker", failing_worker)
+    result = CliRunner().invoke(main, ["demo", "--output-dir", str(tmp_path / "out"), "--events", "10"])
+    assert result.exit_code == 1, result.output
+    assert "the demo's worker exited with 1: the shard processors cannot start: no KCL jars (its log: " in (
+        result.output
+    )
+    assert demo.last_error(tmp_path / "nothing.log") is None
+
+
 def test_demo_names_its_flag_for_an_output_folder_it_cannot_write(tmp_path: Path) -> None:
     """A place it cannot write (read-only, or under a file as here: root may write anywhere else) gave "Not a
     directory (...)", exit 1, naming no flag, where every other output flag is a usage error named by its flag."""
