@@ -495,6 +495,20 @@ def _make_generator(**options: Any) -> Any:
     return ClickstreamGenerator(**options)
 
 
+#: Output names whose suffix asks for a format ``generate`` does not write (it compresses by gzip alone): JSONL
+#: under such a name reads as garbage to the tool its name calls for.
+_NOT_WRITTEN: Final = {
+    ".bz2": "bzip2",
+    ".xz": "xz",
+    ".zst": "zstd",
+    ".zip": "zip",
+    ".7z": "7z",
+    ".tar": "tar",
+    ".tgz": "tar",
+    ".parquet": "Parquet",
+}
+
+
 @main.command()
 @_generator_options
 @click.option(
@@ -509,6 +523,12 @@ def generate(output: Path, progress: bool | None, **options: Any) -> None:
     """Write deterministic demo clickstream as JSONL: one event per line, exactly the bytes put on the stream."""
     from producer.generator import write_jsonl, writes_in_place
 
+    if (asked := _NOT_WRITTEN.get(output.suffix.lower())) is not None:
+        raise FrontDoorError(
+            f"--output {output}: its name asks for {asked}, and generate writes JSONL, gzip-compressed when the "
+            "name ends in .gz: name it .jsonl or .jsonl.gz (or give '-' and pipe it)",
+            USAGE,
+        )
     generator = _make_generator(**options)
     # a stop (Ctrl-C, SIGTERM) is said by the front door: the output file is written whole or not at all, unless
     # it is written in place (stdout, a device or a pipe, a link write_jsonl cannot replace through)

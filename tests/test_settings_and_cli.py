@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import http.server
 import io
 import json
@@ -1017,6 +1018,19 @@ def test_a_demo_whose_worker_failed_says_the_workers_reason(
         result.output
     )
     assert demo.last_error(tmp_path / "nothing.log") is None
+
+
+def test_generate_refuses_a_name_asking_for_a_compression_it_does_not_write(tmp_path: Path) -> None:
+    """`--output x.jsonl.bz2` wrote plain JSONL under that name, exit 0 (bzcat: not a bzip2 file)."""
+    for name, asked in (("x.jsonl.bz2", "bzip2"), ("x.JSONL.ZST", "zstd"), ("x.tgz", "tar")):
+        result = run_cli("generate", "--customers", "2", "--events", "5", "--output", str(tmp_path / name))
+        assert_one_line(result, 2, f"its name asks for {asked}", ".jsonl.gz")
+        assert not (tmp_path / name).exists()
+    written = run_cli(
+        "generate", "--customers", "2", "--events", "5", "--output", str(tmp_path / "x.jsonl.gz")
+    )
+    assert written.returncode == 0, written.stderr
+    assert gzip.decompress((tmp_path / "x.jsonl.gz").read_bytes()).count(b"\n") >= 5
 
 
 def test_demo_names_its_flag_for_an_output_folder_it_cannot_write(tmp_path: Path) -> None:
