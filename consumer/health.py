@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from consumer.status import ShardStatus, read_statuses, status_directory
+from runtime.logs import one_line
 
 HEARTBEAT_FILE = "worker.json"
 
@@ -172,10 +173,15 @@ def assess(
             worker_running = True
             if problem := lease_problem(heartbeat, processing, now, no_lease_after):
                 problems.append(problem)
-    # OverflowError: a damaged file's pid or time too large for the platform (a report still, as for any damage)
-    except (OSError, ValueError, KeyError, TypeError, OverflowError):
+    except FileNotFoundError:
         problems.append(
             f"no worker heartbeat in {state_dir / HEARTBEAT_FILE} (is a worker running with this state directory?)"
+        )
+    # OverflowError: a damaged file's pid or time too large for the platform (a report still, as for any damage)
+    except (OSError, ValueError, KeyError, TypeError, OverflowError) as error:
+        problems.append(
+            f"the worker heartbeat {state_dir / HEARTBEAT_FILE} cannot be read ({one_line(error)}): a running "
+            "worker rewrites it whole every second, so none is writing it (damaged, or from another version)"
         )
     problems += shard_problems(statuses, now, stuck_after)
     # a worker that is gone or stopped processes nothing, whatever its shards' last status files say

@@ -1653,7 +1653,19 @@ def test_health_with_a_damaged_heartbeat_still_reports(tmp_path: Path, heartbeat
     assert result.exit_code == 1
     report = json.loads(result.stdout)
     assert report["healthy"] is False
-    assert any("no worker heartbeat in" in problem for problem in report["problems"]), report
+    assert any("heartbeat" in problem and "cannot be read (" in problem for problem in report["problems"]), (
+        report
+    )
+
+
+def test_health_names_a_heartbeat_that_does_not_parse_as_damaged_not_missing(tmp_path: Path) -> None:
+    """A heartbeat cut off or edited was said as none at all ("is a worker running with this state directory?")."""
+    (tmp_path / HEARTBEAT_FILE).write_text('{"pid": 1, "pha', encoding="utf-8")
+    result = CliRunner().invoke(main, ["health", "--state-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    (problem,) = json.loads(result.stdout)["problems"]
+    assert f"the worker heartbeat {tmp_path / HEARTBEAT_FILE} cannot be read (JSONDecodeError: " in problem
+    assert "none is writing it" in problem and "is a worker running" not in problem
 
 
 def test_a_second_worker_on_the_same_state_dir_is_refused_naming_the_first(tmp_path: Path) -> None:
