@@ -172,15 +172,28 @@ def score(
     "(offline: S3 is not asked; give the --prefix it was downloaded with), and its scoring run if a `score "
     "--output-dir` wrote one there.",
 )
+@progress_option
 @setting_option("bucket", "--bucket")
 @setting_option("prefix", "--prefix")
-def report(output: Path, top: int, clv_dir: Path | None, input_dir: Path | None, **overrides: Any) -> None:
+def report(
+    output: Path,
+    top: int,
+    clv_dir: Path | None,
+    input_dir: Path | None,
+    progress: bool | None,
+    **overrides: Any,
+) -> None:
     """One self-contained HTML report: segments, RFM heat map, CLV, top customers, records, freshness, files."""
     from clickstream.html_report import write_report
 
     settings = build_settings(**overrides)
     shown = write_report(
-        settings, writable_file("--output", output), top=top, clv_dir=clv_dir, input_dir=input_dir
+        settings,
+        writable_file("--output", output),
+        top=top,
+        clv_dir=clv_dir,
+        input_dir=input_dir,
+        progress=progress,
     )
     click.echo(str(output.resolve()))
     if shown.errors_missing:  # said last, where it is seen, and as the exit code, as `summary` does

@@ -90,10 +90,12 @@ def load_inputs(
     top: int = 20,
     clv_dir: Path | None = None,
     input_dir: Path | None = None,
+    progress: bool | None = None,
 ) -> ReportInputs:
     """Read commit records, the rejected records they name and the latest committed scoring run: from S3, or
     offline from ``input_dir`` (a ``summary --download`` folder; its scoring run, if a ``score --output-dir`` wrote
-    one there); the scoring run from ``clv_dir`` if given."""
+    one there); the scoring run from ``clv_dir`` if given. ``progress``: a bar for the long reads (None: on a
+    terminal only)."""
     from clickstream.score import (
         LocalStore,
         ObjectStore,
@@ -116,9 +118,9 @@ def load_inputs(
     else:
         require_worker_prefix(s3, settings)
         inputs = ReportInputs(source=f"s3://{settings.bucket}/{settings.prefix}", top=top)
-        inputs.commits = commit_records(s3, settings)
+        inputs.commits = commit_records(s3, settings, progress=progress)
         # an expiry rule on errors/ must not end every later report: their rejects are left out, and said
-        with progress_of("reading errors/", "file", bar=show_progress(None)) as report:
+        with progress_of("reading errors/", "file", bar=show_progress(progress)) as report:
             inputs.errors = read_tables(
                 s3,
                 settings.bucket,
@@ -164,13 +166,14 @@ def write_report(
     clv_dir: Path | None = None,
     input_dir: Path | None = None,
     source_note: str | None = None,
+    progress: bool | None = None,
 ) -> ReportInputs:
     """Write the report to ``output``; returns what it showed (``errors_missing``: files it had to leave out).
     ``source_note`` follows the source in the header (the demo's: its bucket was on an emulator gone since)."""
     from runtime.aws import aws_client
 
     s3 = aws_client("s3", settings) if input_dir is None else None  # offline: no endpoint is asked anything
-    inputs = load_inputs(settings, s3, top=top, clv_dir=clv_dir, input_dir=input_dir)
+    inputs = load_inputs(settings, s3, top=top, clv_dir=clv_dir, input_dir=input_dir, progress=progress)
     if source_note:
         inputs.source = f"{inputs.source} ({source_note})"
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -156,10 +156,12 @@ def test_reading_the_errors_files_shows_its_progress(
 ) -> None:
     """One GET per flush that had rejects, months of them, with nothing on screen: summary showed its reads."""
     reported: dict[str, list[tuple[int, int]]] = {}
+    bars: list[bool] = []
 
     @contextmanager
     def recorded(description: str, unit: str, *, bar: bool) -> Iterator[Any]:
         calls = reported.setdefault(f"{description} ({unit}s)", [])
+        bars.append(bar)
         yield lambda done, total: calls.append((done, total))
 
     monkeypatch.setattr("clickstream.html_report.progress_of", recorded)
@@ -170,6 +172,10 @@ def test_reading_the_errors_files_shows_its_progress(
     errors = sum(1 for key in content.objects if "/errors/" in key and key.endswith(".parquet"))
     calls = reported["reading errors/ (files)"]
     assert errors >= 2 and calls[-1] == (errors, errors), calls
+    # a bar on a terminal only, unless asked for (or against) as every long-running command takes it
+    arguments = ["report", "--bucket", BUCKET, "--prefix", "rfm", "-o", str(tmp_path / "p.html"), "--progress"]
+    assert CliRunner().invoke(main, arguments).exit_code == 0
+    assert bars == [False, True], bars
 
 
 def test_a_note_on_the_fit_is_said_by_score_and_shown_in_the_report(
