@@ -173,7 +173,16 @@ def test_reading_the_errors_files_shows_its_progress(
     calls = reported["reading errors/ (files)"]
     assert errors >= 2 and calls[-1] == (errors, errors), calls
     # a bar on a terminal only, unless asked for (or against) as every long-running command takes it
-    arguments = ["report", "--bucket", BUCKET, "--prefix", "rfm", "-o", str(tmp_path / "p.html"), "--progress"]
+    arguments = [
+        "report",
+        "--bucket",
+        BUCKET,
+        "--prefix",
+        "rfm",
+        "-o",
+        str(tmp_path / "p.html"),
+        "--progress",
+    ]
     assert CliRunner().invoke(main, arguments).exit_code == 0
     assert bars == [False, True], bars
 

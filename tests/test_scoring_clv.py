@@ -342,6 +342,22 @@ def test_a_fit_that_finds_no_spread_of_dropout_is_noted_with_the_one_probability
     assert dropout_notes({"r": 1.0, "alpha": 10.0, "a": 0.8, "b": 2.5}) == []
 
 
+def test_a_fit_with_dropout_at_its_extremes_is_noted() -> None:
+    """A small sample's fit went to a = 4.4e-8, b = 7.8e-8: every buyer with two repeat purchase days or more was
+    given P(alive) 1.0 however long quiet (x = 5, recency 34, T 50: CLV 1,139), and nothing said so."""
+    params = {"r": 0.9, "alpha": 6.0, "a": 4.4e-8, "b": 7.8e-8}
+    (note,) = dropout_notes(params)
+    assert (
+        "dropout probability at its extremes (a = 4.4e-08, b = 7.8e-08)" in note and "P(alive) near 1" in note
+    )
+    # what the note says, from the model's own closed form (Fader, Hardie and Lee 2005, eq. 11)
+    r, alpha, a, b = params["r"], params["alpha"], params["a"], params["b"]
+    frequency, recency, t = 5, 34.0, 50.0
+    p_alive = 1 / (1 + a / (b + frequency - 1) * ((alpha + t) / (alpha + recency)) ** (r + frequency))
+    assert p_alive > 0.999
+    assert dropout_notes({**params, "a": 0.002}) == []
+
+
 def _small_shop(seed: int, buyers: int, spend: float | None) -> ModelInputs:
     """``buyers`` who each bought on 1 to 5 of 60 days at random: rates that barely differ, as in a new shop. Each
     purchase day's spend is ``spend``, or drawn from Gamma(4, 12) when None."""
