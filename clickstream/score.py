@@ -381,12 +381,15 @@ def score_customers(
     ]
     for note in behind_notes:
         say(f"note: {note}")
-    run_id = run_id_for(inputs.as_of, current.fingerprint, config, library_version())
     day = inputs.as_of_day
+    run_id = run_id_for(day, current.fingerprint, config, library_version())
     existing, existing_tag = _read_commit_tagged(store, layout, day)
     if existing is not None and existing.run_id == run_id:
         if not _missing_files(store, layout, existing):
-            say(f"run {run_id} for as-of {inputs.as_of.isoformat()} is already committed: nothing to refit")
+            say(
+                f"run {run_id} for as-of {day.isoformat()} is already committed (observed to "
+                f"{existing.as_of.isoformat()}, the same whole days): nothing to refit"
+            )
             deleted = _finish(store, layout, existing, superseded=None)
             return ScoreOutcome(existing, already_committed=True, deleted=deleted, seconds=steps.seconds)
         say(f"run {run_id} is committed but files it names are gone: scoring it again")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import date
 from typing import Any, Final
 
 import numpy as np
@@ -24,15 +24,17 @@ from scoring.rfm import RfmScores, score_customers
 
 #: Bumped when what a run computes changes (RFM rules, segments, model checks): part of the run id, so a re-score
 #: after such a change refits instead of finding the old run "already committed".
-SCORING_VERSION: Final = 5
+SCORING_VERSION: Final = 6
 
 
-def run_id_for(as_of: datetime, input_fingerprint: str, config: ClvConfig, library: str | None) -> str:
-    """16 hex digits naming a run by its observation end, inputs, valuation settings, model library and
-    ``SCORING_VERSION``."""
+def run_id_for(as_of_day: date, input_fingerprint: str, config: ClvConfig, library: str | None) -> str:
+    """16 hex digits naming a run by its observation day, inputs, valuation settings, model library and
+    ``SCORING_VERSION``. The day, not the time: the models count whole days, so runs of one day on the same inputs
+    compute the same scores (a default end held at the run's clock, past which an event was stamped, moved with
+    every retry of a job, each refitting and replacing the day's run)."""
     document = json.dumps(
         {
-            "as_of": as_of.astimezone(UTC).isoformat(),
+            "as_of_day": as_of_day.isoformat(),
             "inputs": input_fingerprint,
             "valuation": asdict(config),
             "library": library,

@@ -228,6 +228,35 @@ def test_a_run_writes_data_then_model_then_commit_then_latest(
     assert read_commit(store, LAYOUT, day) == commit
 
 
+def test_a_retry_whose_end_is_held_at_the_clock_is_the_same_run(
+    local_copy: Path, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An event stamped ahead of the run's clock (a client clock ahead) holds the default end at the clock: every
+    retry of a scheduled job then had its own end to the microsecond, so its own run id, and refitted and replaced
+    the day's run with the same scores."""
+    rows = local_rows(local_copy, settings)
+    clock = datetime(2026, 5, 10, 10, 0, tzinfo=UTC)  # after every event of the rows
+    ahead = rows.table.column("last_event_at").to_pylist()
+    ahead[0] = clock + timedelta(minutes=30)
+    column = rows.table.schema.get_field_index("last_event_at")
+    stamped = replace(
+        rows, table=rows.table.set_column(column, "last_event_at", pa.array(ahead, pa.timestamp("us", "UTC")))
+    )
+    moments = [clock, clock + timedelta(minutes=7)]  # the run's clock, as each run reads it
+
+    def at_clock(table: pa.Table, as_of: datetime | None, *, not_after: datetime) -> ModelInputs:
+        return model_inputs(table, as_of, not_after=moments.pop(0))
+
+    monkeypatch.setattr("clickstream.score.model_inputs", at_clock)
+    store = RecordingStore(tmp_path)
+    said: list[str] = []
+    first = score_customers(lambda: stamped, store, settings, say=quiet)
+    again = score_customers(lambda: stamped, store, settings, say=said.append)
+    assert first.commit.as_of == clock and not moments, "each run's end held at its own clock"
+    assert again.already_committed and again.commit == first.commit
+    assert any(f"already committed (observed to {clock.isoformat()}" in line for line in said), said
+
+
 def test_the_same_inputs_and_as_of_are_a_no_op(local_copy: Path, settings: Settings, tmp_path: Path) -> None:
     store = RecordingStore(tmp_path)
     first = score_customers(lambda: local_rows(local_copy, settings), store, settings, say=quiet)
