@@ -44,8 +44,22 @@ def emulator_environment(endpoint: str, state_dir: Path) -> dict[str, str]:
         "CLICKSTREAM_FLUSH_MAX_SECONDS": "5",
         "CLICKSTREAM_FLUSH_CAUGHT_UP_MIN_SECONDS": "1",  # a demo drains in seconds: show its rows at once
     }
-    env.pop("AWS_SESSION_TOKEN", None)
     return env
+
+
+@contextmanager
+def _environment_of_the_run(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in ``os.environ`` (and no session token for the dummy keys) while a demo runs, the caller's
+    environment back after: the demo's endpoint, stopped when it ends, was left in ``AWS_ENDPOINT_URL``, so a
+    caller's next AWS client in the same process was sent to a closed port."""
+    before = dict(os.environ)
+    os.environ.update(values)
+    os.environ.pop("AWS_SESSION_TOKEN", None)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(before)
 
 
 #: What a demo writes in its output folder: the only entries it may replace when it runs again.
@@ -128,58 +142,64 @@ def _run_demo(customers: int, events: int, seed: int, shards: int, output_dir: P
     with EmulatorHandle() as endpoint:
         console.rule("[bold]clickstream-rfm demo")
         console.print(f"1. embedded AWS endpoint (moto, HTTP/1.1 + h2c) at {endpoint}")
-        os.environ.update(emulator_environment(endpoint, state_dir))
-        os.environ["CLICKSTREAM_STREAM_SHARDS"] = str(shards)
-        settings = load_settings()
-        _require_java(settings)  # before the records are made and put: the worker would only fail on it later
-        setup_resources(settings)
-        console.print(
-            f"2. stream [bold]{settings.stream_name}[/] ({shards} shards) and bucket "
-            f"[bold]s3://{settings.bucket}[/] created"
-        )
-
-        jsonl = output_dir / "events.jsonl"
-        generator = ClickstreamGenerator(customers, events, seed, duplicate_rate=0.01, malformed_rate=0.002)
-        write_jsonl(jsonl, generator.events())
-        generated = generator.summary
-        total = generator.total_records
-        console.print(
-            f"3. generated {total:,} records for {customers:,} customers into {jsonl} "
-            f"({generated.valid_events:,} valid events, {generated.duplicates:,} duplicates, "
-            f"{generated.malformed:,} malformed, seed {seed})"
-        )
-
-        from producer.kinesis_put import KinesisProducer
-        from runtime.aws import aws_client
-
-        put = KinesisProducer(
-            aws_client("kinesis", settings), settings.stream_name, progress=console.is_terminal
-        )
-        result = put.put(read_jsonl(jsonl), total=total)
-        console.print(
-            f"4. put {result.records_sent:,} records with PutRecords in {result.seconds:.1f}s "
-            f"({result.records_per_second:,.0f} records/s)"
-        )
-
-        console.print(
-            "5. running the KCL worker (Java MultiLangDaemon, one Python processor per shard) until idle;"
-            f" logs in {output_dir / 'worker.log'}"
-        )
-        code = _run_worker(console, output_dir, state_dir, total, settings.stop_deadline_seconds)
-        if code != 0:
-            log_path = output_dir / "worker.log"
-            said = last_error(log_path)
-            # the reason on stderr as every command's error, not only in the log
-            raise FrontDoorError(
-                f"the demo's worker exited with {code}"
-                + (f": {said}" if said else "")
-                + f" (its log: {log_path})",
-                code,
+        environment = {**emulator_environment(endpoint, state_dir), "CLICKSTREAM_STREAM_SHARDS": str(shards)}
+        with _environment_of_the_run(environment):
+            settings = load_settings()
+            _require_java(
+                settings
+            )  # before the records are made and put: the worker would only fail on it later
+            setup_resources(settings)
+            console.print(
+                f"2. stream [bold]{settings.stream_name}[/] ({shards} shards) and bucket "
+                f"[bold]s3://{settings.bucket}[/] created"
             )
 
-        console.print(f"6. results: what is committed in S3 (copied to {output_dir / 's3'}/)", soft_wrap=True)
-        print_summary(settings, output_dir / "s3", console=console)
-        _score_and_report(console, settings, output_dir)
+            jsonl = output_dir / "events.jsonl"
+            generator = ClickstreamGenerator(
+                customers, events, seed, duplicate_rate=0.01, malformed_rate=0.002
+            )
+            write_jsonl(jsonl, generator.events())
+            generated = generator.summary
+            total = generator.total_records
+            console.print(
+                f"3. generated {total:,} records for {customers:,} customers into {jsonl} "
+                f"({generated.valid_events:,} valid events, {generated.duplicates:,} duplicates, "
+                f"{generated.malformed:,} malformed, seed {seed})"
+            )
+
+            from producer.kinesis_put import KinesisProducer
+            from runtime.aws import aws_client
+
+            put = KinesisProducer(
+                aws_client("kinesis", settings), settings.stream_name, progress=console.is_terminal
+            )
+            result = put.put(read_jsonl(jsonl), total=total)
+            console.print(
+                f"4. put {result.records_sent:,} records with PutRecords in {result.seconds:.1f}s "
+                f"({result.records_per_second:,.0f} records/s)"
+            )
+
+            console.print(
+                "5. running the KCL worker (Java MultiLangDaemon, one Python processor per shard) until idle;"
+                f" logs in {output_dir / 'worker.log'}"
+            )
+            code = _run_worker(console, output_dir, state_dir, total, settings.stop_deadline_seconds)
+            if code != 0:
+                log_path = output_dir / "worker.log"
+                said = last_error(log_path)
+                # the reason on stderr as every command's error, not only in the log
+                raise FrontDoorError(
+                    f"the demo's worker exited with {code}"
+                    + (f": {said}" if said else "")
+                    + f" (its log: {log_path})",
+                    code,
+                )
+
+            console.print(
+                f"6. results: what is committed in S3 (copied to {output_dir / 's3'}/)", soft_wrap=True
+            )
+            print_summary(settings, output_dir / "s3", console=console)
+            _score_and_report(console, settings, output_dir)
     _recap(console, output_dir, time.monotonic() - started)
     return 0
 

@@ -1012,8 +1012,13 @@ def test_a_demo_whose_worker_failed_says_the_workers_reason(
         return 1
 
     monkeypatch.setattr(demo, "_run_worker", failing_worker)
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "the caller's")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    before = dict(os.environ)
     result = CliRunner().invoke(main, ["demo", "--output-dir", str(tmp_path / "out"), "--events", "10"])
     assert result.exit_code == 1, result.output
+    # the demo's stopped endpoint was left in AWS_ENDPOINT_URL: the next AWS client of the process met a closed port
+    assert dict(os.environ) == before
     assert "the demo's worker exited with 1: the shard processors cannot start: no KCL jars (its log: " in (
         result.output
     )
