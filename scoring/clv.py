@@ -330,6 +330,16 @@ _SPEND_SPREAD_LOST: Final = 1e6
 _LOG_LIKELIHOOD_PRECISION_LOST: Final = 1e12
 
 
+def reported_spend_log_likelihood(
+    params: dict[str, float], x: npt.NDArray[Any], m: npt.NDArray[Any]
+) -> float | None:
+    """The Gamma-Gamma log-likelihood as the report gives it: none at parameters where float64 would make it noise
+    (see ``spend_notes``, which says so)."""
+    if max(params["p"], params["q"]) >= _LOG_LIKELIHOOD_PRECISION_LOST:
+        return None
+    return gamma_gamma_log_likelihood(params, x, m)
+
+
 def spend_notes(params: dict[str, float]) -> list[str]:
     """What an analyst should know of a Gamma-Gamma fit that found no spread of spend (nothing when it did)."""
     p, q = params["p"], params["q"]
@@ -477,9 +487,7 @@ def fit_and_predict(
     t_x, t = frame["recency"].to_numpy(), frame["T"].to_numpy()
     rx, rm = spend_frame["frequency"].to_numpy(), spends
     bg_ll = bg_nbd_log_likelihood(bg_params, x, t_x, t)
-    # none at parameters where it would be noise (see spend_notes)
-    precise = max(gg_params["p"], gg_params["q"]) < _LOG_LIKELIHOOD_PRECISION_LOST
-    gg_ll = gamma_gamma_log_likelihood(gg_params, rx, rm) if precise else None
+    gg_ll = reported_spend_log_likelihood(gg_params, rx, rm)
     expected_in_sample = float(bg_nbd_expected_repeat_purchases(bg_params, t).sum())
     observed_in_sample = float(x.sum())
     population_mean = population_mean_spend(gg_params)  # q > 1, checked above
