@@ -145,9 +145,8 @@ def _run_demo(customers: int, events: int, seed: int, shards: int, output_dir: P
         environment = {**emulator_environment(endpoint, state_dir), "CLICKSTREAM_STREAM_SHARDS": str(shards)}
         with _environment_of_the_run(environment):
             settings = load_settings()
-            _require_java(
-                settings
-            )  # before the records are made and put: the worker would only fail on it later
+            # before the records are made and put: the worker would only fail on it later
+            _require_java(settings)
             setup_resources(settings)
             console.print(
                 f"2. stream [bold]{settings.stream_name}[/] ({shards} shards) and bucket "

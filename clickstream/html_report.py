@@ -182,9 +182,8 @@ def write_report(
         # whole or not at all: a failed write (a full disk) leaves the earlier report as it was
         write_whole(output, lambda file: file.write_text(page, encoding="utf-8"))
     except OSError as error:
-        error.filename = str(
-            output
-        )  # the report's name, not the hidden file's beside it (or none, as a full disk)
+        # the report's name, not the hidden file's beside it (or none, as a full disk)
+        error.filename = str(output)
         raise
     return inputs
 
