@@ -11,7 +11,8 @@ the likelihood, as lifetimes fitted: seconds on a million customers, where NUTS 
 pymc-marketing's default BG/NBD priors are not used: they suit periods of about a week (alpha ~ Weibull(2, 10),
 a + b >= 1), and with days as periods they pulled the fit away from the data (alpha 106 instead of 212 on 5,000
 simulated customers, 9 % fewer expected purchases; a + b held at 1 where the data said 0.7). Its Gamma-Gamma
-priors are flat already. A fit the data cannot pin down is refused rather than written (``UnusableFit``).
+priors are flat already. A fit the data cannot pin down is refused rather than written (``UnusableFit``), and so is
+one the optimizer left short of the maximum (``check_converged``: an independent search from the fit).
 
 PyTensor compiles the model's log-density with a C compiler when one is installed; without one (slim images) its
 pure-Python fallback is about 80 times slower, so the NUMBA backend is used instead.
@@ -254,6 +255,82 @@ def check_spend_fit(params: dict[str, float], spends: npt.NDArray[np.float64]) -
 _RATE_SPREAD_LOST: Final = 1e4
 
 
+#: How much higher, per customer, an independent optimizer may find the log-likelihood than at a fit taken for its
+#: maximum. Converged fits leave under 1e-9; the Gamma-Gamma fit that stopped short (spends of about 1e5 fitted from
+#: p = q = v = 1, at p = 5388 where the maximum is at 7.8) left 0.024, with order values and CLVs off by factors of
+#: 0.3 to 1.6. A sample's own maximum lies above the whole data's by about k / (2n) per customer (k parameters,
+#: n customers): under 2e-4 at n = 50,000, so a sample does not trip it.
+_STOPPED_SHORT_GAIN: Final = 1e-3
+#: The check evaluates the likelihood on at most this many customers (a fixed sample of the rest): a few seconds on
+#: any data, where the whole of a million customers would add about as long as the fits themselves.
+_CHECKED_CUSTOMERS: Final = 50_000
+
+
+def check_sample(customers: int) -> npt.NDArray[np.int64]:
+    """The rows the convergence check reads: all of them, or a fixed sample (the same on every run)."""
+    if customers <= _CHECKED_CUSTOMERS:
+        return np.arange(customers)
+    return np.sort(np.random.default_rng(0).choice(customers, _CHECKED_CUSTOMERS, replace=False))
+
+
+def likelihood_gain(
+    log_likelihood: Callable[[dict[str, float]], float], params: dict[str, float], customers: int
+) -> tuple[float, dict[str, float]]:
+    """How much higher, per customer, the closed-form ``log_likelihood`` gets than at ``params``, and where:
+    scipy's Nelder-Mead on the parameters' logarithms, started at ``params``. Not a gradient method as the library's
+    L-BFGS is: along the flat ridges where that one stops, a gradient method started there stops too."""
+    from scipy.optimize import minimize
+
+    names = tuple(params)
+    start = np.log([params[name] for name in names])
+
+    def negative(logs: npt.NDArray[np.float64]) -> float:
+        with np.errstate(all="ignore"):
+            value = log_likelihood(dict(zip(names, np.exp(logs).tolist(), strict=True)))
+        return -value / customers if np.isfinite(value) else np.inf
+
+    at_start = negative(start)
+    found = minimize(
+        negative,
+        start,
+        method="Nelder-Mead",
+        options={"maxfev": 100 * len(names), "xatol": 1e-4, "fatol": 1e-10},
+    )
+    if not np.isfinite(found.fun) or found.fun >= at_start:
+        return 0.0, params
+    return float(at_start - found.fun), dict(zip(names, np.exp(found.x).tolist(), strict=True))
+
+
+def check_converged(
+    model: str, log_likelihood: Callable[[dict[str, float]], float], params: dict[str, float], customers: int
+) -> float:
+    """Refuse a fit the library's optimizer left short of the likelihood's maximum (its predictions would be off
+    with exit 0); returns the gain an independent optimizer found (per customer), for _model.json."""
+    gain, better = likelihood_gain(log_likelihood, params, customers)
+    if gain < _STOPPED_SHORT_GAIN:
+        return gain
+
+    def shown(values: dict[str, float]) -> str:
+        return ", ".join(f"{name} = {value:.4g}" for name, value in values.items())
+
+    raise UnusableFit(
+        f"{model}'s fit stopped short of the likelihood's maximum: pymc-marketing's optimizer returned "
+        f"{shown(params)}, and the log-likelihood is {gain:.3g} per customer higher at {shown(better)}; its "
+        f"predictions would be off, so nothing was written. A change in the libraries may have caused it: report it "
+        f"with their versions ({_versions()})"
+    )
+
+
+def _versions() -> str:
+    found = []
+    for name in (MODEL_LIBRARY, "pymc", "pytensor", "scipy"):
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            found.append(f"{name} not installed")
+    return ", ".join(found)
+
+
 def check_purchase_fit(params: dict[str, float], purchases: dict[int, npt.NDArray[np.float64]]) -> None:
     """Refuse, naming the model and why, a BG/NBD fit whose expected purchases are not finite."""
     bad = max(int(np.count_nonzero(~np.isfinite(values))) for values in purchases.values())
@@ -486,6 +563,30 @@ def fit_and_predict(
     x = frame["frequency"].to_numpy()
     t_x, t = frame["recency"].to_numpy(), frame["T"].to_numpy()
     rx, rm = spend_frame["frequency"].to_numpy(), spends
+    announce("checking that each fit is the likelihood's maximum")
+    # a fit noted as run off lies on a ridge of the likelihood, where further along is a little higher and the
+    # predictions the same: neither checked nor refused
+    bg_rows, gg_rows = check_sample(buyers), check_sample(fitted)
+    bg_gain = (
+        None
+        if dropout_notes(bg_params)
+        else check_converged(
+            "BG/NBD",
+            lambda p: bg_nbd_log_likelihood(p, x[bg_rows], t_x[bg_rows], t[bg_rows]),
+            bg_params,
+            len(bg_rows),
+        )
+    )
+    gg_gain = (
+        None
+        if spend_notes(gg_params)
+        else check_converged(
+            "Gamma-Gamma",
+            lambda p: gamma_gamma_log_likelihood(p, rx[gg_rows], rm[gg_rows]),
+            gg_params,
+            len(gg_rows),
+        )
+    )
     bg_ll = bg_nbd_log_likelihood(bg_params, x, t_x, t)
     gg_ll = reported_spend_log_likelihood(gg_params, rx, rm)
     expected_in_sample = float(bg_nbd_expected_repeat_purchases(bg_params, t).sum())
@@ -515,6 +616,7 @@ def fit_and_predict(
             "parameters": bg_params,
             "log_likelihood": bg_ll,
             "log_likelihood_per_customer": bg_ll / buyers,
+            "likelihood_gain_per_customer": bg_gain,
             "expected_repeat_purchases_in_sample": expected_in_sample,
             "observed_repeat_purchases": observed_in_sample,
             "in_sample_ratio": expected_in_sample / observed_in_sample if observed_in_sample else None,
@@ -528,6 +630,7 @@ def fit_and_predict(
             "parameters": gg_params,
             "log_likelihood": gg_ll,
             "log_likelihood_per_customer": None if gg_ll is None else gg_ll / fitted,
+            "likelihood_gain_per_customer": gg_gain,
             "repeat_buyers_fitted": fitted,
             "left_out_for_zero_spend": repeat - fitted,
             "population_mean_order_value": population_mean,

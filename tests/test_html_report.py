@@ -111,6 +111,12 @@ def test_the_report_shows_the_run_and_the_pipeline_numbers(report_file: Path, co
     for segment, count in got["segments"].items():
         assert f"<td>{segment}</td><td>{count:,}</td>" in page
     assert page.count("<tr><td>c-") >= 20  # the top customers table
+    checked = re.search(
+        r"Checked at the likelihood's maximum \((.*?)\): .* found it at most (\S+) higher", page
+    )
+    assert checked and checked.group(1) == "BG/NBD and Gamma-Gamma" and float(checked.group(2)) < 1e-3, (
+        checked
+    )
 
 
 def test_the_top_customers_heading_counts_the_rows_it_shows(report_file: Path, tmp_path: Path) -> None:
