@@ -538,7 +538,7 @@ def _scoring_section(inputs: ReportInputs) -> str:
         f"annual discount rate {valuation.get('annual_discount_rate', '?')}, margin {valuation.get('margin', '?')}. "
         f"Parameters: {html.escape(params)}. In-sample expected / observed repeat purchase days: "
         f"{_number(bg.get('expected_repeat_purchases_in_sample'))} / {_number(bg.get('observed_repeat_purchases'))}."
-        f"{_convergence(bg, gg)}</p>"
+        f"{convergence_sentence(bg, gg)}</p>"
         + "".join(
             f"<p><strong>Note:</strong> {html.escape(note)}</p>" for note in (model or {}).get("notes", [])
         )
@@ -728,7 +728,7 @@ def _facts(inputs: ReportInputs) -> dict[str, Any]:
     }
 
 
-def _convergence(bg: dict[str, Any], gg: dict[str, Any]) -> str:
+def convergence_sentence(bg: dict[str, Any], gg: dict[str, Any]) -> str:
     """The fits' convergence check in a sentence (none for a run scored before it was made, or not checked)."""
     checked = {
         name: part["likelihood_gain_per_customer"]
@@ -737,7 +737,9 @@ def _convergence(bg: dict[str, Any], gg: dict[str, Any]) -> str:
     }
     if not checked:
         return ""
+    most = max(checked.values())
+    found = f"it at most {most:.2g} higher per buyer" if most > 0 else "nothing higher"
     return (
-        f" Checked at the likelihood's maximum ({' and '.join(checked)}): an independent search from the fit found it "
-        f"at most {max(checked.values()):.2g} higher per buyer."
+        f" Checked at the likelihood's maximum ({' and '.join(checked)}): an independent search from the fit found "
+        f"{found}."
     )

@@ -32,6 +32,7 @@ from clickstream.html_report import (
     PLOT_IDS,
     ReportInputs,
     clv_histogram,
+    convergence_sentence,
     plot_clv_distribution,
     render_report,
 )
@@ -112,11 +113,26 @@ def test_the_report_shows_the_run_and_the_pipeline_numbers(report_file: Path, co
         assert f"<td>{segment}</td><td>{count:,}</td>" in page
     assert page.count("<tr><td>c-") >= 20  # the top customers table
     checked = re.search(
-        r"Checked at the likelihood's maximum \((.*?)\): .* found it at most (\S+) higher", page
+        r"Checked at the likelihood's maximum \((.*?)\): .* found (nothing|it at most (\S+)) higher", page
     )
-    assert checked and checked.group(1) == "BG/NBD and Gamma-Gamma" and float(checked.group(2)) < 1e-3, (
-        checked
+    assert checked and checked.group(1) == "BG/NBD and Gamma-Gamma", checked
+    assert checked.group(2) == "nothing" or float(checked.group(3)) < 1e-3, checked
+
+
+def test_the_convergence_sentence_reads_for_an_exact_fit_and_is_absent_for_a_run_scored_before_it() -> None:
+    """A fit where the independent search found nothing higher read "at most 0 higher per buyer"."""
+    exact = convergence_sentence(
+        {"likelihood_gain_per_customer": 0.0}, {"likelihood_gain_per_customer": None}
     )
+    assert (
+        exact
+        == " Checked at the likelihood's maximum (BG/NBD): an independent search from the fit found nothing higher."
+    )
+    both = convergence_sentence(
+        {"likelihood_gain_per_customer": 0.0}, {"likelihood_gain_per_customer": 4.1e-11}
+    )
+    assert "(BG/NBD and Gamma-Gamma)" in both and "found it at most 4.1e-11 higher per buyer." in both
+    assert convergence_sentence({}, {}) == ""  # an older _model.json has no such key
 
 
 def test_the_top_customers_heading_counts_the_rows_it_shows(report_file: Path, tmp_path: Path) -> None:
