@@ -41,7 +41,7 @@ from runtime.files import write_whole
 from runtime.settings import Settings
 from schemas.control import CommitRecord, ScoreCommit
 from schemas.layout import OutputLayout
-from scoring.clv import MIN_BUYERS, MIN_REPEAT_BUYERS
+from scoring.clv import MIN_BUYERS, MIN_REPEAT_BUYERS, parameters_text
 from scoring.freshness import FreshnessSummary, freshness_points, summarize_freshness
 from scoring.rfm import SEGMENT_DESCRIPTIONS, SEGMENTS
 
@@ -527,9 +527,7 @@ def _scoring_section(inputs: ReportInputs) -> str:
     library = (model or {}).get("library", {})
     bg = (model or {}).get("bg_nbd", {})
     gg = (model or {}).get("gamma_gamma", {})
-    params = ", ".join(
-        f"{k} = {v:.4g}" for k, v in {**bg.get("parameters", {}), **gg.get("parameters", {})}.items()
-    )
+    params = parameters_text({**bg.get("parameters", {}), **gg.get("parameters", {})})
     about = (
         f"<p>Run <code>{html.escape(commit.run_id)}</code>, observation end {commit.as_of.isoformat()}, "
         f"{_number(commit.inputs.get('customers'))} customers of which {_number(commit.rows)} buyers; "

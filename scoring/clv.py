@@ -88,11 +88,16 @@ class ClvResult:
     report: dict[str, Any]
 
 
-def library_version() -> str | None:
+def library_version(name: str = MODEL_LIBRARY) -> str | None:
     try:
-        return metadata.version(MODEL_LIBRARY)
+        return metadata.version(name)
     except metadata.PackageNotFoundError:
         return None
+
+
+def parameters_text(params: dict[str, float]) -> str:
+    """Fitted parameters as said to a person: ``r = 0.8874, alpha = 13.29``."""
+    return ", ".join(f"{name} = {value:.4g}" for name, value in params.items())
 
 
 def require_model_library_installed() -> None:
@@ -309,26 +314,18 @@ def check_converged(
     gain, better = likelihood_gain(log_likelihood, params, customers)
     if gain < _STOPPED_SHORT_GAIN:
         return gain
-
-    def shown(values: dict[str, float]) -> str:
-        return ", ".join(f"{name} = {value:.4g}" for name, value in values.items())
-
     raise UnusableFit(
         f"{model}'s fit stopped short of the likelihood's maximum: pymc-marketing's optimizer returned "
-        f"{shown(params)}, and the log-likelihood is {gain:.3g} per customer higher at {shown(better)}; its "
+        f"{parameters_text(params)}, and the log-likelihood is {gain:.3g} per customer higher at "
+        f"{parameters_text(better)}; its "
         f"predictions would be off, so nothing was written. A change in the libraries may have caused it: report it "
         f"with their versions ({_versions()})"
     )
 
 
 def _versions() -> str:
-    found = []
-    for name in (MODEL_LIBRARY, "pymc", "pytensor", "scipy"):
-        try:
-            found.append(f"{name} {metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            found.append(f"{name} not installed")
-    return ", ".join(found)
+    names = (MODEL_LIBRARY, "pymc", "pytensor", "scipy")
+    return ", ".join(f"{name} {library_version(name) or 'not installed'}" for name in names)
 
 
 def check_purchase_fit(params: dict[str, float], purchases: dict[int, npt.NDArray[np.float64]]) -> None:
@@ -337,7 +334,6 @@ def check_purchase_fit(params: dict[str, float], purchases: dict[int, npt.NDArra
     if not bad:
         return
     r, alpha = params["r"], params["alpha"]
-    fitted = ", ".join(f"{name} = {value:.4g}" for name, value in params.items())
     why = (
         f"the buyers' purchase rates barely differ (r and alpha ran off together, at a rate of {r / alpha:.4g} "
         "purchase days a day)"
@@ -345,8 +341,9 @@ def check_purchase_fit(params: dict[str, float], purchases: dict[int, npt.NDArra
         else "the fit is at a point where the model's terms overflow"
     )
     raise UnusableFit(
-        f"BG/NBD fitted {fitted}, and {bad:,} buyers' expected purchases are not finite there: {why}; nothing was "
-        "written. Score a later as-of, or more buyers, so that their purchase rates can be told apart"
+        f"BG/NBD fitted {parameters_text(params)}, and {bad:,} buyers' expected purchases are not finite there: "
+        f"{why}; nothing was written. Score a later as-of, or more buyers, so that their purchase rates can be told "
+        "apart"
     )
 
 
@@ -567,9 +564,10 @@ def fit_and_predict(
     # a fit noted as run off lies on a ridge of the likelihood, where further along is a little higher and the
     # predictions the same: neither checked nor refused
     bg_rows, gg_rows = check_sample(buyers), check_sample(fitted)
+    bg_notes, gg_notes = dropout_notes(bg_params), spend_notes(gg_params)
     bg_gain = (
         None
-        if dropout_notes(bg_params)
+        if bg_notes
         else check_converged(
             "BG/NBD",
             lambda p: bg_nbd_log_likelihood(p, x[bg_rows], t_x[bg_rows], t[bg_rows]),
@@ -579,7 +577,7 @@ def fit_and_predict(
     )
     gg_gain = (
         None
-        if spend_notes(gg_params)
+        if gg_notes
         else check_converged(
             "Gamma-Gamma",
             lambda p: gamma_gamma_log_likelihood(p, rx[gg_rows], rm[gg_rows]),
@@ -640,7 +638,7 @@ def fit_and_predict(
             "fit_seconds": timings["gamma_gamma_fit"],
         },
         "predict_seconds": timings["predict"],
-        "notes": dropout_notes(bg_params) + spend_notes(gg_params) + independence_notes(correlation, fitted),
+        "notes": bg_notes + gg_notes + independence_notes(correlation, fitted),
     }
     return ClvResult(
         probability_alive=alive,

@@ -321,12 +321,7 @@ def test_the_spend_fit_and_every_value_follow_the_currency_whatever_its_unit() -
     and CLV times s. Fitted from p = q = v = 1 in the money's own unit, spends of about 1e5 (KRW, IDR, B2B orders)
     stopped the optimizer short: p 3342 against 5.19, CLVs off by factors of 0.3 to 1.6, with exit 0."""
     inputs = _simulated_bg_nbd_buyers(1_500, r=2.0, alpha=60.0, a=0.5, b=4.0, days=180, seed=7)
-    spends = inputs.buyers.column("monetary_value").to_numpy()
-    results = {}
-    for scale in (1.0, 10_000.0):
-        spend = pa.array(spends * scale)
-        scaled = dataclasses.replace(inputs, buyers=inputs.buyers.set_column(4, "monetary_value", spend))
-        results[scale] = fit_and_predict(scaled, CONFIG)
+    results = {scale: fit_and_predict(_spends_times(inputs, scale), CONFIG) for scale in (1.0, 10_000.0)}
     small, large = results[1.0], results[10_000.0]
     fitted, refitted = small.report["gamma_gamma"]["parameters"], large.report["gamma_gamma"]["parameters"]
     assert within(refitted["p"], fitted["p"], 0.001) and within(refitted["q"], fitted["q"], 0.001), (
