@@ -32,6 +32,11 @@ def count_of(count: int, noun: str, plural: str | None = None) -> str:
     return f"{count:,} {noun if count == 1 else plural or noun + 's'}"
 
 
+def is_or_are(count: int) -> str:
+    """The verb that agrees with ``count`` things: ``1 file is``, ``2 files are``."""
+    return "is" if count == 1 else "are"
+
+
 def one_line(error: BaseException) -> str:
     """``Type: first line of the message``: for status files and log lines that must stay on one line."""
     text = str(error)

@@ -112,9 +112,8 @@ def test_a_copy_of_a_commit_record_under_another_name_is_skipped_naming_it(
         read_all_commits(s3, settings, max_workers=4)
     start = LAYOUT.commit_key(SHARDS[0], None)
     backup = start.replace("start.json", "start-backup.json")  # a name no commit has
-    moved = LAYOUT.commit_key(
-        SHARDS[0], Position("99999999999", 0)
-    )  # a commit's name, another commit's record
+    # a commit's name, another commit's record
+    moved = LAYOUT.commit_key(SHARDS[0], Position("99999999999", 0))
     for copy in (backup, moved):
         s3.copy_object(Bucket=BUCKET, Key=copy, CopySource={"Bucket": BUCKET, "Key": start})
     with caplog.at_level(logging.WARNING, logger="consumer.s3_sink"):

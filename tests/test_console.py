@@ -93,3 +93,10 @@ def test_a_count_takes_its_nouns_form(count: int, expected: str) -> None:
 
     assert count_of(count, "file") == expected
     assert count_of(count, "entry", "entries").endswith("entry" if count == 1 else "entries")
+
+
+@pytest.mark.parametrize(("count", "verb"), [(0, "are"), (1, "is"), (2, "are")])
+def test_a_verb_agrees_with_its_count(count: int, verb: str) -> None:
+    from runtime.logs import is_or_are
+
+    assert is_or_are(count) == verb

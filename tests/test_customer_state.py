@@ -1309,9 +1309,8 @@ def test_a_long_running_shard_keeps_its_file_and_its_restart_to_the_window_of_ev
     live.close()
 
     reopened = CustomerState(SHARD, path, options=options)
-    assert reopened.event_id_count() <= 3 * per_day, (
-        reopened.event_id_count()
-    )  # the window, and a day's slack
+    # the window, and a day's slack
+    assert reopened.event_id_count() <= 3 * per_day, reopened.event_id_count()
     for resent_day in (days - 2, days - 8):  # within the window: a duplicate; long before it: counted again
         batch = _arriving(stream.batch(sent[resent_day]), days - 1)
         again, expected = reopened.apply(batch), never_restarted.apply(batch)
@@ -1422,14 +1421,12 @@ def test_a_long_running_shard_holds_the_sessions_of_its_window_only(tmp_path: Pa
     # memory drops sessions before the window as its runs merge (a run wholly before it at once)
     held = len(live._sessions)
     assert held <= 2 * customers, held
-    assert (
-        live.export_tables()["customer_sessions"].num_rows == customers
-    )  # a snapshot holds the window's only
+    # a snapshot holds the window's only
+    assert live.export_tables()["customer_sessions"].num_rows == customers
     live.close()
     in_file = sum(t.num_rows for t in read_journal(path).tables.get("customer_sessions", []))
-    assert in_file < days * customers / 4, (
-        in_file
-    )  # rewritten along the way, without the sessions before the window
+    # rewritten along the way, without the sessions before the window
+    assert in_file < days * customers / 4, in_file
     reopened = CustomerState(SHARD, path, options=options)
     assert len(reopened._sessions) == customers
     assert reopened.export_tables()["customer_sessions"].num_rows == customers
@@ -1500,9 +1497,8 @@ def test_a_long_running_shard_holds_the_active_days_of_its_window_only(tmp_path:
     assert live.export_tables()["customer_days"].num_rows == 5 * customers  # the window, and two days' slack
     live.close()
     in_file = sum(t.num_rows for t in read_journal(path).tables.get("customer_days", []))
-    assert in_file < days * customers / 2, (
-        in_file
-    )  # rewritten along the way, without the days before the window
+    # rewritten along the way, without the days before the window
+    assert in_file < days * customers / 2, in_file
     reopened = CustomerState(SHARD, path, options=options)
     assert len(reopened._days) == 5 * customers
     assert row_of(reopened, "c-7")["active_days"] == days

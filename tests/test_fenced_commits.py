@@ -368,9 +368,8 @@ def test_files_of_a_loser_that_died_before_cleaning_up_go_with_the_next_commit(
     loser.start(None)
     loser.on_records(records[:10], 0, RecordingCheckpointer())
     owner.start(None)
-    owner.on_records(
-        records[:20], 0, RecordingCheckpointer()
-    )  # commits the position the loser continues from
+    # commits the position the loser continues from
+    owner.on_records(records[:20], 0, RecordingCheckpointer())
 
     with pytest.raises(SystemExit):
         loser.flush(RecordingCheckpointer(), reason="test")

@@ -391,9 +391,8 @@ def test_the_supervisor_tells_a_standby_from_a_worker_that_cannot_take_leases(tm
             check=True,
         )
         StatusWriter(tmp_path / "status").write(replace(restoring, pid=int(ended.stdout)), force=True)
-        worker._heartbeat.last_lease_at = (
-            time.time() - 3_600
-        )  # a processor that died initializing holds nothing
+        # a processor that died initializing holds nothing
+        worker._heartbeat.last_lease_at = time.time() - 3_600
         write_heartbeat(tmp_path, worker._heartbeat)
         assert not assess(tmp_path, stuck_after=300, no_lease_after=10).healthy
 

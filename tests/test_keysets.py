@@ -19,9 +19,8 @@ def constant_hash(names: pa.Array) -> np.ndarray:
 
 
 def string_hash(names: pa.Array) -> np.ndarray:
-    return np.array(
-        [hash(name) & 0xFFFF for name in names.to_pylist()], dtype=np.uint64
-    )  # few bits: collisions
+    # few bits: collisions
+    return np.array([hash(name) & 0xFFFF for name in names.to_pylist()], dtype=np.uint64)
 
 
 @pytest.mark.parametrize("hasher", [constant_hash, string_hash])

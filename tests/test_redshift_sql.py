@@ -458,9 +458,8 @@ def test_clv_view_ends_at_the_query_clock_when_an_event_is_stamped_ahead_unless_
         "SELECT customer_id, version FROM clickstream.customer_current WHERE frequency IS NOT NULL "
         "ORDER BY customer_id LIMIT 1"
     ).fetchall()[0]
-    ahead = (datetime.now(UTC) + timedelta(days=3)).replace(
-        tzinfo=None
-    )  # a UTC wall time, as Redshift holds it
+    # a UTC wall time, as Redshift holds it
+    ahead = (datetime.now(UTC) + timedelta(days=3)).replace(tzinfo=None)
     purchase = ", last_purchase_at = ?" if purchase_ahead else ""
     con.execute(
         f"UPDATE {history} SET as_of = ?, last_event_at = ?{purchase} WHERE customer_id = ? AND version = ?",
@@ -486,9 +485,8 @@ def test_clv_view_ends_at_the_query_clock_when_an_event_is_stamped_ahead_unless_
     aggregates = con.sql(f"SELECT * FROM {history}").to_arrow_table()
     documented.register("customer_aggregates", aggregates)
     documented_rows = documented.sql(namespace["CLV_INPUTS_SQL"]).fetchall()
-    same_day = (
-        datetime.now(UTC).date() == before.date()
-    )  # else its clock, read later, ends a day after the view's
+    # else its clock, read later, ends a day after the view's
+    same_day = datetime.now(UTC).date() == before.date()
     assert [row[:3] + row[4:] for row in documented_rows] == [row[:3] + row[4:5] for row in rows]
     if same_day or purchase_ahead:
         assert [row[3] for row in documented_rows] == [row[3] for row in rows]

@@ -786,9 +786,8 @@ def test_a_range_claimed_while_a_twin_run_read_is_not_written_beside_it(
         if not meanwhile:
             meanwhile.append(key)
             s3.delete_object(Bucket=BUCKET, Key=claim_key)  # the twin stops, nothing written: it releases
-            run_replay(
-                s3, settings, other, tmp_path / "other", progress=False
-            )  # another range claims and writes
+            # another range claims and writes
+            run_replay(s3, settings, other, tmp_path / "other", progress=False)
         return read(self, key)
 
     monkeypatch.setattr(S3ParquetSink, "get_parquet", while_reading)

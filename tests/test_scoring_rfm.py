@@ -299,9 +299,8 @@ def test_an_event_stamped_ahead_of_the_runs_clock_does_not_move_the_default_obse
     inputs = model_inputs(rows(buyer, browser), not_after=now)
     assert inputs.as_of == now and inputs.as_of_day == AS_OF.date()
     assert inputs.buyers.column("T").to_pylist() == [30, 30]
-    assert (
-        model_inputs(rows(buyer, browser)).as_of == ahead
-    )  # the run's clock not given: the latest event time
+    # the run's clock not given: the latest event time
+    assert model_inputs(rows(buyer, browser)).as_of == ahead
     # the latest event time, when it is not ahead of the clock
     assert model_inputs(rows(buyer, browser), not_after=ahead + timedelta(seconds=1)).as_of == ahead
     early_buyer = {**browser, "last_purchase_at": ahead - timedelta(minutes=5)}
@@ -323,9 +322,8 @@ def test_an_observation_end_in_a_day_not_yet_begun_is_refused_unless_a_purchase_
     now = AS_OF + timedelta(hours=11)  # 23:00 UTC
     tomorrow_end = datetime.combine(AS_OF.date() + timedelta(days=1), datetime.max.time(), tzinfo=UTC)
     today_end = datetime.combine(AS_OF.date(), datetime.max.time(), tzinfo=UTC)
-    assert (
-        model_inputs(rows(buyer), today_end, not_after=now).as_of == today_end
-    )  # today's end: its day observed
+    # today's end: its day observed
+    assert model_inputs(rows(buyer), today_end, not_after=now).as_of == today_end
     with pytest.raises(InputError, match="not yet begun"):
         model_inputs(rows(buyer), tomorrow_end, not_after=now)
     stamped_ahead = {

@@ -884,9 +884,8 @@ def test_more_customers_than_the_generator_can_plan_is_refused_at_once(command: 
     from producer.generator import MAX_CUSTOMERS
 
     extra = {"generate": ["-o", str(tmp_path / "out.jsonl")], "produce": [], "demo": []}[command]
-    result = run_cli(
-        command, "--customers", str(MAX_CUSTOMERS + 1), *extra
-    )  # planning them would outlast its timeout
+    # planning them would outlast its timeout
+    result = run_cli(command, "--customers", str(MAX_CUSTOMERS + 1), *extra)
     assert_one_line(result, 2, "--customers", f"{MAX_CUSTOMERS + 1:,} is more than", "in memory")
     assert not (tmp_path / "out.jsonl").exists()
 
@@ -2318,9 +2317,8 @@ def test_summary_tables_fit_80_columns_when_piped(tmp_path: Path) -> None:
         put_committed_flush(
             s3, "narrow-bucket", layout, "shardId-000000000000", [f"c-{i:06d}" for i in range(12)]
         )
-        result = CliRunner().invoke(
-            main, ["summary", "--bucket", "narrow-bucket", "--top", "12"]
-        )  # not a TTY
+        # not a TTY
+        result = CliRunner().invoke(main, ["summary", "--bucket", "narrow-bucket", "--top", "12"])
 
     assert result.exit_code == 0, result.output
     table_lines = result.output.splitlines()
@@ -2492,9 +2490,8 @@ def test_health_loads_neither_arrow_nor_the_aws_sdk(tmp_path: Path) -> None:
         timeout=60,
         check=False,
     )
-    assert result.returncode == 0 and json.loads(result.stdout)["healthy"] is True, (
-        result
-    )  # it judged the worker
+    # it judged the worker
+    assert result.returncode == 0 and json.loads(result.stdout)["healthy"] is True, result
     assert "loaded: []" in result.stderr, result.stderr
 
 

@@ -800,9 +800,8 @@ def test_status_is_written_at_once_when_work_appears_and_not_on_every_call(
     for batch in chunks(records[10:], 5):  # more of the same: the rate limit holds
         processor.on_records(batch, 500, checkpointer)
     assert writer.written == [(10, 500)]
-    assert (
-        read_statuses(tmp_path / "status")[SHARD].buffered_records == 10
-    )  # stale count, never a stale "none"
+    # stale count, never a stale "none"
+    assert read_statuses(tmp_path / "status")[SHARD].buffered_records == 10
     processor.flush(checkpointer, reason="test")  # a flush always reports
     assert writer.written[-1] == (0, 500)
 
@@ -984,9 +983,8 @@ def test_after_a_crash_redelivery_from_the_checkpoint_yields_the_clean_run_outpu
     s3: Any, settings: Settings, tmp_path: Path, clean: CleanRun, crash_point: str, redelivery: str, disk: str
 ) -> None:
     records = to_records(payloads())
-    assert (
-        len(records) % FLUSH_EVERY == 0
-    )  # every record is flushed by count: no shutdown (and no snapshot) needed
+    # every record is flushed by count: no shutdown (and no snapshot) needed
+    assert len(records) % FLUSH_EVERY == 0
 
     # --- first process: dies during its second flush (records 20..39)
     sink, checkpointer = CRASH_POINTS[crash_point](s3, settings)

@@ -190,9 +190,8 @@ def test_after_a_crash_the_restore_re_applies_what_the_local_file_had_not_writte
     path = tmp_path / "shard.journal"
     original = _processor(s3, settings, path, snapshot_every=10**6, options=options)
     original.start("TRIM_HORIZON")
-    _feed(
-        original, _records(50, 2_000, seed=4)
-    )  # flushes of 600, 600, 600, 200: the file is written at 1,200
+    # flushes of 600, 600, 600, 200: the file is written at 1,200
+    _feed(original, _records(50, 2_000, seed=4))
     expected, tip = _rows(original.state), original.state.position()
     original.state.close(sync=False)  # killed: what the state had queued for the file is gone
 

@@ -1956,7 +1956,6 @@ def test_the_schema_documents_how_producers_must_read_revenue_for_multiple_of() 
     assert "parse_float=Decimal" in SCHEMA["properties"]["revenue"]["$comment"]
     as_floats = Draft202012Validator(json.loads(schema_text))
     assert not as_floats.is_valid(json.loads(text))
-    as_advised = Draft202012Validator(
-        json.loads(schema_text, parse_float=Decimal)
-    )  # the schema and the event
+    # the schema and the event
+    as_advised = Draft202012Validator(json.loads(schema_text, parse_float=Decimal))
     assert as_advised.is_valid(json.loads(text, parse_float=Decimal))
