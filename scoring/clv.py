@@ -524,6 +524,35 @@ def fit_and_predict(
         timings["gamma_gamma_fit"] = time.perf_counter() - started
         gg_params = _parameters(gg, ("p", "q", "v"))
         check_spend_fit(gg_params, spends)
+        bg_params = _parameters(bg, ("r", "alpha", "a", "b"))
+        x = frame["frequency"].to_numpy()
+        t_x, t = frame["recency"].to_numpy(), frame["T"].to_numpy()
+        rx, rm = spend_frame["frequency"].to_numpy(), spends
+        announce("checking that each fit is the likelihood's maximum")
+        # a fit noted as run off lies on a ridge of the likelihood, where further along is a little higher and the
+        # predictions the same: neither checked nor refused
+        bg_rows, gg_rows = check_sample(buyers), check_sample(fitted)
+        bg_notes, gg_notes = dropout_notes(bg_params), spend_notes(gg_params)
+        bg_gain = (
+            None
+            if bg_notes
+            else check_converged(
+                "BG/NBD",
+                lambda p: bg_nbd_log_likelihood(p, x[bg_rows], t_x[bg_rows], t[bg_rows]),
+                bg_params,
+                len(bg_rows),
+            )
+        )
+        gg_gain = (
+            None
+            if gg_notes
+            else check_converged(
+                "Gamma-Gamma",
+                lambda p: gamma_gamma_log_likelihood(p, rx[gg_rows], rm[gg_rows]),
+                gg_params,
+                len(gg_rows),
+            )
+        )
 
         announce("predicting probability alive, purchases, order value and CLV")
         started = time.perf_counter()
@@ -545,7 +574,6 @@ def fit_and_predict(
         )
         timings["predict"] = time.perf_counter() - started
 
-    bg_params = _parameters(bg, ("r", "alpha", "a", "b"))
     check_purchase_fit(bg_params, purchases)
     predictions = {
         "probability_alive": alive,
@@ -557,34 +585,6 @@ def fit_and_predict(
         bad = int(np.count_nonzero(~np.isfinite(values) | (values < 0)))
         if bad:
             raise UnusableFit(f"{bad} buyers got a negative or non-finite {name}; nothing was written")
-    x = frame["frequency"].to_numpy()
-    t_x, t = frame["recency"].to_numpy(), frame["T"].to_numpy()
-    rx, rm = spend_frame["frequency"].to_numpy(), spends
-    announce("checking that each fit is the likelihood's maximum")
-    # a fit noted as run off lies on a ridge of the likelihood, where further along is a little higher and the
-    # predictions the same: neither checked nor refused
-    bg_rows, gg_rows = check_sample(buyers), check_sample(fitted)
-    bg_notes, gg_notes = dropout_notes(bg_params), spend_notes(gg_params)
-    bg_gain = (
-        None
-        if bg_notes
-        else check_converged(
-            "BG/NBD",
-            lambda p: bg_nbd_log_likelihood(p, x[bg_rows], t_x[bg_rows], t[bg_rows]),
-            bg_params,
-            len(bg_rows),
-        )
-    )
-    gg_gain = (
-        None
-        if gg_notes
-        else check_converged(
-            "Gamma-Gamma",
-            lambda p: gamma_gamma_log_likelihood(p, rx[gg_rows], rm[gg_rows]),
-            gg_params,
-            len(gg_rows),
-        )
-    )
     bg_ll = bg_nbd_log_likelihood(bg_params, x, t_x, t)
     gg_ll = reported_spend_log_likelihood(gg_params, rx, rm)
     expected_in_sample = float(bg_nbd_expected_repeat_purchases(bg_params, t).sum())
