@@ -227,7 +227,7 @@ class Settings(BaseSettings):
     )
     kcl_metrics_level: Literal["NONE", "SUMMARY", "DETAILED"] | None = Field(
         None,
-        description="KCL CloudWatch metrics level; default NONE with an endpoint override, else SUMMARY.",
+        description="KCL CloudWatch metrics level; default NONE with an endpoint that is not AWS, else SUMMARY.",
     )
     kcl_shutdown_grace_millis: int = Field(
         20_000,

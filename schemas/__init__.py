@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from schemas.contract import (
+        CLV_SCORES_SCHEMA,
         CUSTOMER_AGGREGATES_SCHEMA,
         ERRORS_SCHEMA,
         EVENT_SCHEMA_PATH,
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "CLV_SCORES_SCHEMA",
     "CUSTOMER_AGGREGATES_SCHEMA",
     "ERRORS_SCHEMA",
     "EVENTS_SCHEMA",

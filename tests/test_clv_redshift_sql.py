@@ -247,3 +247,14 @@ def test_create_model_trains_on_the_training_view_and_predicts_with_the_same_fea
     )
     call = next(f for f in scoring.find_all(exp.Anonymous) if f.name == "predict_revenue_90d")
     assert len(call.expressions) == len(features) - 1  # every feature, in order, and not the label
+
+
+def test_the_contract_package_hands_out_every_output_schema() -> None:
+    """`schemas.CLV_SCORES_SCHEMA` raised AttributeError where the package hands out the other outputs' schemas."""
+    import schemas
+    from schemas import contract
+
+    names = [name for name in vars(contract) if name.endswith("_SCHEMA")]
+    assert "CLV_SCORES_SCHEMA" in names
+    for name in names:
+        assert name in schemas.__all__ and getattr(schemas, name) is getattr(contract, name)

@@ -79,3 +79,50 @@ def test_every_metric_is_documented_with_a_unit() -> None:
         row = next((line for line in README.splitlines() if f"`{name}`" in line), None)
         assert row is not None, name
         assert unit in row, (name, unit)
+
+
+def _column_table(heading: str) -> dict[str, str]:
+    """The README's column table under the heading that starts with ``heading``: each column it names, and its type
+    as written (``a``, ``b`` with ``string, int64`` pairs them; ``_90d`` after ``x_30d`` is ``x_90d``)."""
+    lines = README.split(f"\n{heading}", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0].splitlines()
+    columns: dict[str, str] = {}
+    for line in lines:
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if not line.startswith("| `") or len(cells) < 3:
+            continue
+        names = re.findall(r"`([^`]+)`", cells[0])
+        names = [names[0].rsplit("_", 1)[0] + name if name.startswith("_") else name for name in names]
+        types = cells[1].split(", ") if ", " in cells[1] else [cells[1]] * len(names)
+        columns.update(zip(names, types, strict=True))
+    return columns
+
+
+def _written_type(kind: object) -> str:
+    import pyarrow as pa
+
+    assert isinstance(kind, pa.DataType)
+    if pa.types.is_timestamp(kind):
+        return "timestamp"
+    if pa.types.is_decimal(kind):
+        return f"decimal({kind.precision},{kind.scale})"
+    return {"double": "float64"}.get(str(kind), str(kind))
+
+
+def test_every_output_column_is_in_its_readme_table_with_its_type() -> None:
+    """Analysts read the column tables: a column missing there (events/ had no table) or a type written wrong
+    misleads them, and a documented column the output lacks sends them after nothing."""
+    from schemas import CLV_SCORES_SCHEMA, CUSTOMER_AGGREGATES_SCHEMA, EVENTS_SCHEMA
+
+    for heading, schema in (
+        ("### `events/` columns", EVENTS_SCHEMA),
+        ("### `customer_aggregates` columns", CUSTOMER_AGGREGATES_SCHEMA),
+        ("### clv/ columns", CLV_SCORES_SCHEMA),
+    ):
+        documented = _column_table(heading)
+        assert sorted(documented) == sorted(schema.names), heading
+        wrong = {
+            field.name: (documented[field.name], _written_type(field.type))
+            for field in schema
+            if not documented[field.name].startswith(_written_type(field.type))
+        }
+        assert wrong == {}, heading
