@@ -37,6 +37,7 @@ from clickstream.options import (
     LocalPath,
     build_on,
     build_settings,
+    command_progress_option,
     outside_flag_years,
     parse_flag_time,
     progress_option,
@@ -1033,6 +1034,7 @@ def _arrival_day(_: click.Context, __: click.Parameter, value: str | None) -> in
 @click.option(
     "--upload", is_flag=True, help="Store it under <prefix>/_control/manifests/ and print its s3:// URL."
 )
+@command_progress_option
 @setting_option("bucket", "--bucket")
 @setting_option("prefix", "--prefix")
 def manifest(output: str, arrival_day: int | None, upload: bool, **overrides: Any) -> None:
@@ -1166,6 +1168,7 @@ def health(**overrides: Any) -> None:
     help="Also copy the committed files (and commit records) into this folder, keeping the S3 key layout.",
 )
 @top_option(10, "show")
+@command_progress_option
 @setting_option("bucket", "--bucket")
 @setting_option("prefix", "--prefix")
 def summary(download: Path | None, top: int, **overrides: Any) -> None:

@@ -115,17 +115,42 @@ def _bounds(metadata: list[Any]) -> str:
 
 def progress_option(func: _F) -> _F:
     """``--progress/--no-progress``: a progress bar on stderr, by default only when stderr is a terminal."""
-    option = click.option(
+    return _progress_flag(expose_value=True)(func)
+
+
+def command_progress_option(func: _F) -> _F:
+    """``--progress/--no-progress`` for a command whose long work lies deep in helpers: not passed to the command,
+    but read by every ``show_progress(None)`` while it runs."""
+    return _progress_flag(expose_value=False)(func)
+
+
+def _progress_flag(*, expose_value: bool) -> Callable[[_F], _F]:
+    return click.option(
         "--progress/--no-progress",
         default=None,
+        expose_value=expose_value,
+        callback=_remember_progress,
         help="Show a progress bar on stderr [default: on a terminal only]; without one, long work logs a progress "
         "line every 30 s.",
     )
-    return option(func)
+
+
+_PROGRESS_KEY = "clickstream.progress"
+
+
+def _remember_progress(context: click.Context, _param: click.Parameter, value: bool | None) -> bool | None:
+    if value is not None:
+        context.find_root().meta[_PROGRESS_KEY] = value
+    return value
 
 
 def show_progress(progress: bool | None) -> bool:
-    return sys.stderr.isatty() if progress is None else progress
+    """Whether to draw a bar: as asked, else as the running command's ``--progress/--no-progress`` asked, else on
+    a terminal only."""
+    if progress is None:
+        context = click.get_current_context(silent=True)
+        progress = context.find_root().meta.get(_PROGRESS_KEY) if context is not None else None
+    return sys.stderr.isatty() if progress is None else bool(progress)
 
 
 def build_settings(**overrides: Any) -> Settings:

@@ -149,6 +149,18 @@ def stale_copies(destination: Path, settings: Settings, committed: set[str]) -> 
     return sorted(stale)
 
 
+def enclosing_copy(destination: Path, settings: Settings) -> Path | None:
+    """The folder above ``destination`` that holds a copy of this prefix's outputs, if one does: a download inside
+    it (``--download dl/rfm`` after ``--download dl``) would be read with that copy by any query of its folder,
+    every row twice."""
+    layout = settings.layout
+    held = [layout.all_commits_prefix, *(layout.output_prefix(output) for output in DATA_OUTPUTS)]
+    for folder in destination.absolute().parents:
+        if any((folder / prefix).is_dir() for prefix in held):
+            return folder
+    return None
+
+
 @dataclass(slots=True)
 class CommittedOutputs:
     """What is in S3 now: the commit records, the data files they name, and data files no commit names."""

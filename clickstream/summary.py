@@ -34,6 +34,7 @@ from clickstream.outputs import (
     committed_outputs,
     current_rows_of_table,
     download_keys,
+    enclosing_copy,
     read_tables,
     require_worker_prefix,
     stale_copies,
@@ -82,6 +83,13 @@ def print_summary(
     outputs = committed_outputs(s3, settings)
     missing = [key for output in DATA_OUTPUTS for key in outputs.missing[output]]
     if download is not None:  # refused before the summary is read and printed
+        if (outer := enclosing_copy(download, settings)) is not None:
+            raise FrontDoorError(
+                f"{download} is inside {outer}, which holds a copy of s3://{settings.bucket}/{settings.prefix}/: a "
+                f"query of {outer} would read both copies, every row twice: give a folder outside it, or {outer} "
+                "itself to refresh that copy (nothing copied)",
+                USAGE,
+            )
         stale = stale_copies(download, settings, {*outputs.all_committed_keys(), *missing})
         if stale:
             raise FrontDoorError(

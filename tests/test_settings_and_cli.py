@@ -2005,6 +2005,30 @@ def test_summary_download_refuses_a_folder_holding_another_runs_files(tmp_path: 
     assert sorted(p for p in folder.rglob("*") if p.is_file()) == before
 
 
+def test_summary_download_refuses_a_folder_inside_an_earlier_copy(tmp_path: Path) -> None:
+    """``--download dl/rfm`` after ``--download dl`` wrote dl/rfm/rfm/...: a query of dl read every row twice."""
+    layout = OutputLayout("rfm")
+    outer = tmp_path / "dl"
+    with mock_aws():
+        two_committed_flushes("nest-bucket", layout)
+        first = CliRunner().invoke(main, ["summary", "--bucket", "nest-bucket", "--download", str(outer)])
+        before = sorted(p for p in outer.rglob("*") if p.is_file())
+        nested = {
+            inner: CliRunner().invoke(main, ["summary", "--bucket", "nest-bucket", "--download", str(inner)])
+            for inner in (outer / "rfm", outer / "other" / "copy")
+        }
+        beside = CliRunner().invoke(
+            main, ["summary", "--bucket", "nest-bucket", "--download", str(tmp_path / "beside")]
+        )
+    assert first.exit_code == 0 and before, first.output
+    for inner, result in nested.items():
+        assert result.exit_code == 2, result.output
+        assert f"{inner} is inside {outer}, which holds a copy of s3://nest-bucket/rfm/" in result.output
+        assert "every row twice" in result.output and "nothing copied" in result.output
+    assert sorted(p for p in outer.rglob("*") if p.is_file()) == before
+    assert beside.exit_code == 0, beside.output
+
+
 def test_a_copy_is_written_whole_or_not_at_all_and_a_partial_one_left_by_a_kill_is_not_refused(
     tmp_path: Path,
 ) -> None:
@@ -3559,3 +3583,43 @@ def test_produce_stopped_while_it_waits_for_the_stream_says_nothing_was_sent(
     result, held = produce_file(source)
     assert result.exit_code == 130, result.output
     assert "produce interrupted (Ctrl-C) before it finished: nothing was sent" in result.output and held == 0
+
+
+@pytest.mark.parametrize("flag", ["--progress", "--no-progress"])
+def test_summary_and_manifest_take_the_progress_flag_down_to_every_long_read(
+    flag: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """summary and manifest drew bars on a terminal with no way to turn them off (and none in a pipe on request),
+    where every other long command takes --progress/--no-progress."""
+    import clickstream.current_rows as current_rows
+    import clickstream.manifest as manifest_module
+    import clickstream.outputs as outputs
+    import clickstream.summary as summary_module
+
+    bars: dict[str, list[bool]] = {}
+
+    @contextmanager
+    def recording(description: str, _unit: str, *, bar: bool) -> Iterator[Any]:
+        bars.setdefault(description, []).append(bar)
+        yield lambda _done, _total: None
+
+    for module in (summary_module, outputs, current_rows, manifest_module):
+        monkeypatch.setattr(module, "progress_of", recording)
+    wanted = flag == "--progress"
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: not wanted)  # the flag, not the terminal, decides
+    layout = OutputLayout("rfm")
+    with mock_aws():
+        two_committed_flushes("flag-bucket", layout)
+        runs = [
+            CliRunner().invoke(
+                main, ["summary", "--bucket", "flag-bucket", flag, "--download", str(tmp_path / "dl")]
+            ),
+            CliRunner().invoke(main, ["manifest", "--bucket", "flag-bucket", "--output", "events", flag]),
+        ]
+    assert [run.exit_code for run in runs] == [0, 0], [run.output for run in runs]
+    assert {
+        "downloading committed files",
+        "listing customer_aggregates/",
+        "reading customer_aggregates",
+    } <= set(bars)
+    assert {bar for shown in bars.values() for bar in shown} == {wanted}, bars
