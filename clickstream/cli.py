@@ -20,7 +20,7 @@ import stat
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -48,7 +48,7 @@ from clickstream.options import (
     writable_folder,
 )
 from runtime.exit_codes import INTERRUPTED, OK, READER_GONE, RUNTIME, TERMINATED, USAGE
-from runtime.logs import LOG_FORMAT_ENV, LOG_LEVEL_ENV, count_of
+from runtime.logs import LOG_FORMAT_ENV, LOG_LEVEL_ENV, count_of, verb_for
 from runtime.settings import Settings
 from schemas.layout import DATA_OUTPUTS
 
@@ -680,7 +680,7 @@ def produce(
     from botocore.exceptions import ClientError
 
     from consumer.preflight import is_missing_stream, stream_missing
-    from producer.generator import DoubtfulRecords, InputFormatError, read_jsonl
+    from producer.generator import DoubtfulRecords, InputFormatError, JsonlRecords
     from producer.kinesis_put import (
         DEFAULT_LINGER_SECONDS,
         KinesisProducer,
@@ -719,7 +719,7 @@ def produce(
     if input_file is not None:
         if str(input_file) == "-" and sys.stdin is None:  # started with stdin closed (`<&-`)
             raise FrontDoorError("--input -: stdin is closed: give a file, or a pipe on stdin", USAGE)
-        records = read_jsonl(input_file)
+        records: Iterable[bytes] = JsonlRecords(input_file)
         total = None
     else:
         generator = _make_generator(**options)
@@ -744,11 +744,12 @@ def produce(
         progress=show_progress(progress),
     )
     doubtful = DoubtfulRecords(settings.max_record_bytes, fits_put_records)
-    sent: Iterator[bytes | SendNow] = records
+    sent: Iterator[bytes | SendNow] = iter(records)
     if input_file is not None:
-        sent = doubtful.counted(records)
+        checked = doubtful.counted(records)
+        sent = checked
         if not _is_regular_file(input_file):  # a pipe may trickle: its records are sent as they come
-            sent = lingering(sent, DEFAULT_LINGER_SECONDS if linger is None else linger)
+            sent = lingering(checked, DEFAULT_LINGER_SECONDS if linger is None else linger)
         elif linger is not None:
             say(
                 f"--linger has no effect: {input_file} is a regular file, read at disk speed", logging.WARNING
@@ -784,9 +785,11 @@ def produce(
         say(f"{input_file} holds no records (only blank lines, or nothing): nothing sent", logging.WARNING)
     say_doubtful(input_file)
     if summary.rejected_too_large:
+        skipped, sent_records = summary.rejected_too_large, summary.records_sent
         raise FrontDoorError(
-            f"{summary.rejected_too_large:,} records larger than the 1 MiB PutRecords limit were not sent (each "
-            f"logged above with its partition key); the other {summary.records_sent:,} were delivered"
+            f"{count_of(skipped, 'record')} larger than the 1 MiB PutRecords limit {verb_for(skipped, 'was', 'were')} "
+            f"not sent (each logged above with its partition key and first bytes); "
+            f"{count_of(sent_records, 'other record')} {verb_for(sent_records, 'was', 'were')} delivered"
         )
 
 

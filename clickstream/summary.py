@@ -41,7 +41,7 @@ from clickstream.outputs import (
 )
 from runtime.aws import aws_client
 from runtime.exit_codes import RUNTIME, USAGE
-from runtime.logs import count_of, is_or_are
+from runtime.logs import count_of, verb_for
 from runtime.settings import Settings
 from schemas.control import CommitRecord
 from schemas.layout import DATA_OUTPUTS
@@ -112,7 +112,7 @@ def print_summary(
     stray = sum(len(keys) for keys in outputs.uncommitted.values())
     if stray:
         console.print(
-            f"{count_of(stray, 'data file')} on S3 {is_or_are(stray)} named by no commit record (a flush "
+            f"{count_of(stray, 'data file')} on S3 {verb_for(stray)} named by no commit record (a flush "
             "still being written while a worker runs, or one that did not commit, which the next commit of its shard "
             "deletes): not counted."
         )
@@ -181,7 +181,7 @@ def print_summary(
         )
     if missing:  # said last, where it is seen, and as the exit code: data S3 no longer has
         raise FrontDoorError(
-            f"{count_of(len(missing), 'committed data file')} {is_or_are(len(missing))} missing from "
+            f"{count_of(len(missing), 'committed data file')} {verb_for(len(missing))} missing from "
             f"s3://{settings.bucket}/ (the first: {missing[0]}):"
             " deleted or moved after they were committed (a lifecycle rule on the prefix?); the counts above come "
             "from their commit records, the tables from the files still there"

@@ -1040,27 +1040,39 @@ class InputFormatError(InputFileError):
 
 
 def read_jsonl(path: str | Path) -> Iterator[bytes]:
-    """The records written by `write_jsonl`, byte for byte (not decoded, so bad records survive); blank lines are
-    not records and are skipped. gzip is recognised by its first bytes (any name), and a UTF-8 byte order mark that
-    an editor put at the start of the file is not part of the first record. A file that breaks off raises
-    ``InputFileError`` naming the last line read."""
-    line_number = 0
-    try:
-        with _reading(Path(path)) as stream:
-            while line := stream.readline(MAX_LINE_BYTES + 1):
-                line_number += 1
-                if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
-                    raise InputFileError(
-                        f"{path}: line {line_number:,} is longer than {MAX_LINE_BYTES // 2**20} MiB: not a record "
-                        "(no Kinesis record is over 10 MiB); is this a JSONL file?"
-                    )
-                if line_number == 1 and line.startswith(_UTF8_BOM):
-                    line = line[len(_UTF8_BOM) :]  # the file's mark, not the record's bytes
-                if line.strip():
-                    yield line[:-1] if line.endswith(b"\n") else line
-    except (OSError, EOFError, zlib.error) as error:
-        where = f"after line {line_number:,}" if line_number else "at its start"
-        raise InputFileError(f"{path}: unreadable {where} ({error})") from error
+    """The records written by `write_jsonl`, byte for byte (see ``JsonlRecords``)."""
+    return iter(JsonlRecords(path))
+
+
+class JsonlRecords:
+    """The records of a JSONL file, byte for byte (not decoded, so bad records survive); blank lines are not records
+    and are skipped, so ``line`` says which line the record last read came from. gzip is recognised by its first
+    bytes (any name), and a UTF-8 byte order mark that an editor put at the start of the file is not part of the
+    first record. A file that breaks off raises ``InputFileError`` naming the last line read."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = path
+        self.line = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        path, line_number = self.path, 0
+        try:
+            with _reading(Path(path)) as stream:
+                while line := stream.readline(MAX_LINE_BYTES + 1):
+                    line_number += 1
+                    if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+                        raise InputFileError(
+                            f"{path}: line {line_number:,} is longer than {MAX_LINE_BYTES // 2**20} MiB: not a "
+                            "record (no Kinesis record is over 10 MiB); is this a JSONL file?"
+                        )
+                    if line_number == 1 and line.startswith(_UTF8_BOM):
+                        line = line[len(_UTF8_BOM) :]  # the file's mark, not the record's bytes
+                    if line.strip():
+                        self.line = line_number
+                        yield line[:-1] if line.endswith(b"\n") else line
+        except (OSError, EOFError, zlib.error) as error:
+            where = f"after line {line_number:,}" if line_number else "at its start"
+            raise InputFileError(f"{path}: unreadable {where} ({error})") from error
 
 
 @dataclass
@@ -1078,6 +1090,9 @@ class DoubtfulRecords:
     # not ``{`` first and ``}`` last (blanks aside): not a JSON object, whatever is between
     not_objects: int = 0
     first_not_object: int | None = None  # its record number (1-based)
+    first_not_object_line: int | None = (
+        None  # and its line, when read from a file (blank lines are no records)
+    )
     too_large_for_worker: int = 0
 
     def counted(self, records: Iterable[bytes]) -> Iterator[bytes]:
@@ -1088,6 +1103,8 @@ class DoubtfulRecords:
                 self.not_objects += 1
                 if self.first_not_object is None:
                     self.first_not_object = self.records
+                    if isinstance(records, JsonlRecords):
+                        self.first_not_object_line = records.line
             if len(data) > self.max_record_bytes and self.sendable(data):
                 self.too_large_for_worker += 1
             yield data
@@ -1097,7 +1114,7 @@ class DoubtfulRecords:
         if self.not_objects:
             said.append(
                 f"{self.not_objects:,} of the {self.records:,} records of {source} are not JSON objects (the first "
-                f"is record {self.first_not_object:,}; one event per line, each line an object `{{...}}` with no "
+                f"is {self._first_not_object_place()}; one event per line, each line an object `{{...}}` with no "
                 "comma after it, not a JSON array): the worker rejects each it receives into errors/"
             )
         if self.too_large_for_worker:
@@ -1107,3 +1124,9 @@ class DoubtfulRecords:
                 "errors/"
             )
         return said
+
+    def _first_not_object_place(self) -> str:
+        place = f"record {self.first_not_object:,}"
+        if self.first_not_object_line is not None and self.first_not_object_line != self.first_not_object:
+            place += f", on line {self.first_not_object_line:,} (blank lines are no records)"
+        return place

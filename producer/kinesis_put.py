@@ -79,6 +79,9 @@ logger = logging.getLogger(__name__)
 MAX_RECORDS_PER_REQUEST: Final = 500
 MAX_BYTES_PER_REQUEST: Final = 5 * 1024 * 1024
 MAX_RECORD_BYTES: Final = 1024 * 1024
+#: How much of a record that cannot be sent is quoted, so that it can be found in the input (its partition key is
+#: an md5 of its bytes where it has no customer id).
+_QUOTED_START: Final = 80
 
 
 #: Credentials that cannot sign a request (SSO or role sessions that expired or failed to refresh).
@@ -281,7 +284,10 @@ class PutSummary:
         """What an outcome adds when records were skipped as too large (empty when none were)."""
         if not self.rejected_too_large:
             return ""
-        return f" ({self.rejected_too_large:,} larger than 1 MiB skipped, each logged with its partition key)"
+        return (
+            f" ({self.rejected_too_large:,} larger than 1 MiB skipped, each logged with its partition key and first "
+            "bytes)"
+        )
 
 
 #: What every unfinished run may do next (said by each of its outcomes).
@@ -515,9 +521,11 @@ class KinesisProducer:
                 if size > MAX_RECORD_BYTES:
                     stats.rejected_too_large += 1
                     logger.error(
-                        "record of %d bytes (partition key %s) exceeds the 1 MiB PutRecords limit: not sent",
+                        "record of %d bytes (partition key %s) starting %r exceeds the 1 MiB PutRecords limit: "
+                        "not sent",
                         size,
                         key,
+                        data[:_QUOTED_START],
                     )
                     bar.update(1)
                     continue

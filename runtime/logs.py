@@ -32,9 +32,9 @@ def count_of(count: int, noun: str, plural: str | None = None) -> str:
     return f"{count:,} {noun if count == 1 else plural or noun + 's'}"
 
 
-def is_or_are(count: int) -> str:
-    """The verb that agrees with ``count`` things: ``1 file is``, ``2 files are``."""
-    return "is" if count == 1 else "are"
+def verb_for(count: int, one: str = "is", many: str = "are") -> str:
+    """The verb that agrees with ``count`` things: ``1 file is``, ``2 files are`` (``was``/``were`` when asked)."""
+    return one if count == 1 else many
 
 
 def one_line(error: BaseException) -> str:

@@ -97,6 +97,7 @@ def test_a_count_takes_its_nouns_form(count: int, expected: str) -> None:
 
 @pytest.mark.parametrize(("count", "verb"), [(0, "are"), (1, "is"), (2, "are")])
 def test_a_verb_agrees_with_its_count(count: int, verb: str) -> None:
-    from runtime.logs import is_or_are
+    from runtime.logs import verb_for
 
-    assert is_or_are(count) == verb
+    assert verb_for(count) == verb
+    assert verb_for(count, "was", "were") == ("was" if count == 1 else "were")

@@ -455,8 +455,9 @@ def test_every_outcome_names_the_records_skipped_as_too_large() -> None:
     )
     with pytest.raises(PutRecordsError) as raised:
         make_producer(fake, FakeTime()).put([huge, *records])
-    assert "0 records delivered (1 larger than 1 MiB skipped, each logged with its partition key)" in (
-        raised.value.outcome()
+    assert (
+        "0 records delivered (1 larger than 1 MiB skipped, each logged with its partition key and first bytes)"
+        in (raised.value.outcome())
     )
 
 

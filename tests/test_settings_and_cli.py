@@ -2853,7 +2853,10 @@ def test_produce_exits_1_when_a_record_was_too_large_to_send_and_skips_blank_lin
     result, held = produce_file(source)
 
     assert result.exit_code == 1, result.output
-    assert "1 records larger than the 1 MiB PutRecords limit were not sent" in result.output
+    assert "1 record larger than the 1 MiB PutRecords limit was not sent" in result.output
+    assert f"{len(records)} other records were delivered" in result.output
+    # the record is quoted from its start, to be found in the input
+    assert """starting b'{\\"customer_id\\": \\"c-big\\", \\"pad\\": \\"xxx""" in result.stderr, result.stderr
     assert held == len(records), "every other record, and no blank line, is on the stream"
     assert "larger than the worker's limit" not in result.output, "not sent: not one the worker will reject"
 
@@ -2877,13 +2880,17 @@ def test_produce_says_which_records_of_its_input_the_worker_will_reject(tmp_path
     warnings = [json.loads(line)["message"] for line in result.stderr.splitlines() if '"WARNING"' in line]
     assert len(warnings) == 2, result.stderr
     assert (
-        f"2 of the {len(records) + 3} records of {source} are not JSON objects (the first is record 6"
+        f"2 of the {len(records) + 3} records of {source} are not JSON objects (the first is record 6;"
         in (warnings[0])
     )
     assert (
         "1 records of" in warnings[1]
         and "limit of 32,768 bytes (CLICKSTREAM_MAX_RECORD_BYTES)" in warnings[1]
     )
+    after_blanks = tmp_path / "after-blanks.jsonl"
+    after_blanks.write_bytes(b"\n\n" + b"\n".join([*records[:2], b"[1]", *records[2:]]) + b"\n")
+    counted, _ = produce_file(after_blanks)
+    assert "(the first is record 3, on line 5 (blank lines are no records);" in counted.stderr, counted.stderr
     clean = tmp_path / "clean.jsonl"
     clean.write_bytes(b"\n".join(records) + b"\n")
     quiet, _ = produce_file(clean)
