@@ -285,6 +285,7 @@ HEALTH_EXIT_CODES_HELP: Final = (
     help=f"Log format on stderr: json, text, or auto (text on a terminal, else json). [env: {LOG_FORMAT_ENV}]",
 )
 @click.option("--debug", is_flag=True, help="On an error, print the traceback too.")
+@click.version_option(package_name="clickstream-rfm", message="clickstream %(version)s")
 @click.pass_context
 def main(ctx: click.Context, log_level: str, log_format: str, debug: bool) -> None:
     """Clickstream -> Kinesis -> KCL worker -> per-customer RFM aggregates -> Parquet on S3 -> CLV scores.

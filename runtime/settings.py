@@ -392,9 +392,7 @@ class Settings(BaseSettings):
     )
 
     # --- CLV scoring (clickstream score) ----------------------------------------------------------------------
-    clv_horizon_months: int = Field(
-        12, ge=1, le=120, description="CLV horizon in months (clickstream score)."
-    )
+    clv_horizon_months: int = Field(12, ge=1, le=120, description="CLV horizon in months.")
     clv_annual_discount_rate: float = Field(
         0.10,
         ge=0,

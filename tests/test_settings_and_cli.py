@@ -3630,3 +3630,13 @@ def test_summary_and_manifest_take_the_progress_flag_down_to_every_long_read(
         "reading customer_aggregates",
     } <= set(bars)
     assert {bar for shown in bars.values() for bar in shown} == {wanted}, bars
+
+
+def test_the_cli_says_its_version() -> None:
+    """An operator asking which version a task runs had no --version."""
+    from importlib.metadata import version
+
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0 and result.output == f"clickstream {version('clickstream-rfm')}\n", (
+        result.output
+    )
