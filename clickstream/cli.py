@@ -554,14 +554,14 @@ def generate(output: Path, progress: bool | None, **options: Any) -> None:
     # fewer customers than asked drew an event: each one's activity is drawn, some draw none in a short run
     quiet = summary.customers - summary.customers_seen
     idle = (
-        f"; {quiet:,} of the {summary.customers:,} customers drew no event (more --events for more)"
+        f"; {quiet:,} of the {count_of(summary.customers, 'customer')} drew no event (more --events for more)"
         if quiet
         else ""
     )
     say(
-        f"wrote {generator.total_records} records ({summary.valid_events} valid events, "
-        f"{summary.duplicates} duplicates, {summary.malformed} malformed) for {summary.customers_seen:,} "
-        f"customers{idle}"
+        f"wrote {count_of(generator.total_records, 'record')} ({count_of(summary.valid_events, 'valid event')}, "
+        f"{count_of(summary.duplicates, 'duplicate')}, {summary.malformed:,} malformed) for "
+        f"{count_of(summary.customers_seen, 'customer')}{idle}"
     )
 
 
@@ -1070,7 +1070,7 @@ def manifest(output: str, arrival_day: int | None, upload: bool, **overrides: An
     elif entries:
         click.echo(upload_manifest(s3, settings, output, document, arrival_day))
     if entries:
-        say(f"{entries:,} committed {output} files")
+        say(f"{count_of(entries, f'committed {output} file')}")
     elif arrival_day is None:  # a COPY of it loads nothing
         say(f"no committed {output} files at all: the manifest is empty", logging.WARNING)
     else:  # a day not over yet, a mistyped or quiet one; one whose files were all deleted looks the same here

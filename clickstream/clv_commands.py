@@ -22,7 +22,7 @@ from clickstream.options import (
     writable_folder,
 )
 from runtime.exit_codes import RUNTIME, USAGE
-from runtime.logs import count_of
+from runtime.logs import count_of, verb_for
 
 
 def _parse_as_of(_: click.Context, __: click.Parameter, value: str | None) -> datetime | None:
@@ -198,8 +198,9 @@ def report(
     click.echo(str(output.resolve()))
     if shown.errors_missing:  # said last, where it is seen, and as the exit code, as `summary` does
         raise FrontDoorError(
-            f"{len(shown.errors_missing):,} committed errors/ files are missing from s3://{settings.bucket}/ (the "
-            f"first: {shown.errors_missing[0]}; a lifecycle rule on the prefix?): the report was written without "
+            f"{count_of(len(shown.errors_missing), 'committed errors/ file')} "
+            f"{verb_for(len(shown.errors_missing))} missing from s3://{settings.bucket}/ (the first: "
+            f"{shown.errors_missing[0]}; a lifecycle rule on the prefix?): the report was written without "
             "their rejected records",
             RUNTIME,
         )

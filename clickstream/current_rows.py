@@ -24,6 +24,7 @@ from clickstream.console import progress_of
 from clickstream.kept_reads import Found, KeptRead
 from clickstream.outputs import MAX_WORKERS, current_rows_sql, download_keys, require_worker_prefix
 from consumer.s3_sink import S3ParquetSink, read_commits_since
+from runtime.logs import count_of
 from runtime.settings import Settings
 from schemas.control import CommitRecord
 from schemas.layout import OutputLayout
@@ -48,10 +49,12 @@ class CurrentRows:
     def describe(self) -> str:
         """What was read, in one line (score's step 1)."""
         if self.kept_rows is None:
-            return f"{self.table.num_rows:,} customers from {self.files:,} files ({self.bytes:,} bytes)"
+            customers, files = count_of(self.table.num_rows, "customer"), count_of(self.files, "file")
+            return f"{customers} from {files} ({self.bytes:,} bytes)"
         return (
-            f"{self.table.num_rows:,} customers: the last run's {self.kept_rows:,} current rows, and "
-            f"{self.files - 1:,} files of the {self.commits or 0:,} commits since ({self.bytes:,} bytes)"
+            f"{count_of(self.table.num_rows, 'customer')}: the last run's {count_of(self.kept_rows, 'current row')}, "
+            f"and {count_of(self.files - 1, 'file')} of the {count_of(self.commits or 0, 'commit')} since "
+            f"({self.bytes:,} bytes)"
         )
 
 

@@ -38,6 +38,7 @@ from clickstream.outputs import (
 )
 from runtime.exit_codes import USAGE
 from runtime.files import write_whole
+from runtime.logs import count_of, verb_for
 from runtime.settings import Settings
 from schemas.control import CommitRecord, ScoreCommit
 from schemas.layout import OutputLayout
@@ -647,7 +648,8 @@ def _pipeline_section(inputs: ReportInputs) -> str:
     if inputs.errors_missing:
         gone = inputs.errors_missing
         parts.append(
-            f"<p><strong>Note:</strong> {len(gone):,} errors/ file(s) the commit records name are gone from S3 (the "
+            f"<p><strong>Note:</strong> {count_of(len(gone), 'errors/ file')} the commit records name "
+            f"{verb_for(len(gone))} gone from S3 (the "
             f"first: {html.escape(gone[0])}; an expiry rule on the prefix?): the rejected records above leave theirs "
             "out, and the commit records' counts still include them.</p>"
         )

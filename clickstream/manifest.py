@@ -16,6 +16,7 @@ from clickstream.errors import FrontDoorError
 from clickstream.options import show_progress
 from clickstream.outputs import MAX_WORKERS, commit_records, list_output
 from consumer.s3_sink import S3ParquetSink, committed_files, read_partition_commits
+from runtime.logs import count_of, verb_for
 from runtime.settings import Settings
 from schemas.control import CommitRecord
 from schemas.layout import OutputLayout
@@ -64,7 +65,8 @@ def _manifest(
     missing = [key for key in keys if key not in present]
     if missing:  # COPY would fail on the first of them (every entry is mandatory), after loading nothing
         raise FrontDoorError(
-            f"{len(missing):,} committed {output} files are missing from s3://{settings.bucket}/ (the first: "
+            f"{count_of(len(missing), f'committed {output} file')} {verb_for(len(missing))} missing from "
+            f"s3://{settings.bucket}/ (the first: "
             f"{missing[0]}): deleted or moved after they were committed (a lifecycle rule on the prefix?); no "
             "manifest written"
         )
@@ -73,7 +75,8 @@ def _manifest(
     changed = [key for key in keys if present[key] != sizes[key]]
     if changed:
         raise FrontDoorError(
-            f"{len(changed):,} committed {output} files are not as their commit records wrote them (the first: "
+            f"{count_of(len(changed), f'committed {output} file')} {verb_for(len(changed))} not as their commit "
+            f"records wrote them (the first: "
             f"{changed[0]}, {sizes[changed[0]]:,} bytes when committed, {present[changed[0]]:,} now): written over "
             "after they were committed; no manifest written"
         )

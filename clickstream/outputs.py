@@ -31,6 +31,7 @@ from consumer.s3_sink import (
     skip_foreign,
 )
 from runtime.exit_codes import RUNTIME, USAGE
+from runtime.logs import count_of
 from runtime.settings import Settings
 from schemas.control import CommitRecord
 from schemas.layout import DATA_OUTPUTS, OutputLayout
@@ -309,8 +310,8 @@ def read_local_tables(root: Path, keys: list[str], columns: list[str] | None = N
     missing = [key for key in keys if not (root / key).is_file()]
     if missing:
         raise FrontDoorError(
-            f"{root} lacks {len(missing):,} file(s) its commit records name, e.g. {root / missing[0]}: copy the "
-            "outputs again with `summary --download` (which names any that S3 itself has lost)",
+            f"{root} lacks {count_of(len(missing), 'file')} its commit records name, e.g. {root / missing[0]}: copy "
+            "the outputs again with `summary --download` (which names any that S3 itself has lost)",
             RUNTIME,
         )
     tables = [pq.read_table(root / key, columns=columns) for key in keys]

@@ -469,8 +469,8 @@ def _commit(store: ObjectStore, layout: OutputLayout, commit: ScoreCommit, tag: 
     missing = _missing_files(store, layout, commit)
     if missing:
         raise ConcurrentRunError(
-            f"another scoring run removed {len(missing)} files of run {commit.run_id} while it ran; nothing of it "
-            "was committed: score again"
+            f"another scoring run removed {count_of(len(missing), 'file')} of run {commit.run_id} while it ran; "
+            "nothing of it was committed: score again"
         )
     try:
         store.put_if(layout.clv_commit_key(day), commit.to_json(), "application/json", tag=tag)

@@ -227,12 +227,14 @@ class WorkerTotals:
         )
         if self.failing is not None:
             count, seconds, error = self.failing
-            line += f"; FAILING on {count} shards, the longest for {seconds:.0f}s (retried): {error}"
+            line += (
+                f"; FAILING on {count_of(count, 'shard')}, the longest for {seconds:.0f}s (retried): {error}"
+            )
         if self.silent is not None:
             count, seconds = self.silent
             line += (
-                f"; the KCL has not called {count} shards for {seconds:.0f}s (reads refused or throttled? see its "
-                "log lines): their lag and freshness above are as of then"
+                f"; the KCL has not called {count_of(count, 'shard')} for {seconds:.0f}s (reads refused or throttled? "
+                "see its log lines): their lag and freshness above are as of then"
             )
         return line
 

@@ -63,6 +63,7 @@ from typing import IO, Any, Final, cast
 from urllib.parse import quote_plus
 
 from runtime.files import replaceable_file, write_whole
+from runtime.logs import count_of, verb_for
 from schemas.contract import EVENT_SCHEMA_VERSION
 
 logger = logging.getLogger(__name__)
@@ -1113,13 +1114,15 @@ class DoubtfulRecords:
         said = []
         if self.not_objects:
             said.append(
-                f"{self.not_objects:,} of the {self.records:,} records of {source} are not JSON objects (the first "
-                f"is {self._first_not_object_place()}; one event per line, each line an object `{{...}}` with no "
+                f"{self.not_objects:,} of the {count_of(self.records, 'record')} of {source} "
+                f"{verb_for(self.not_objects, 'is not a JSON object', 'are not JSON objects')} (the first is "
+                f"{self._first_not_object_place()}; one event per line, each line an object `{{...}}` with no "
                 "comma after it, not a JSON array): the worker rejects each it receives into errors/"
             )
         if self.too_large_for_worker:
             said.append(
-                f"{self.too_large_for_worker:,} records of {source} are larger than the worker's limit of "
+                f"{count_of(self.too_large_for_worker, 'record')} of {source} {verb_for(self.too_large_for_worker)} "
+                f"larger than the worker's limit of "
                 f"{self.max_record_bytes:,} bytes (CLICKSTREAM_MAX_RECORD_BYTES): it rejects each it receives into "
                 "errors/"
             )

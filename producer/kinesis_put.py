@@ -66,7 +66,7 @@ from tqdm import tqdm
 
 from producer.generator import InputFileError
 from runtime.aws import TRANSIENT_CODES
-from runtime.logs import count_of
+from runtime.logs import count_of, verb_for
 
 if TYPE_CHECKING:
     from typing import Unpack
@@ -327,7 +327,7 @@ class PutRecordsError(RuntimeError):
         """The whole run in one line: what was delivered, what was not, what was never sent, and what to do."""
         failing = "may or may not have arrived" if self.maybe_arrived else "not"
         return (
-            f"{self}: {self.summary.records_sent:,} records delivered{self.summary.too_large_note()}, "
+            f"{self}: {count_of(self.summary.records_sent, 'record')} delivered{self.summary.too_large_note()}, "
             f"{self.undelivered_count:,} of the failing batch {failing}, and the input after that batch not sent; "
             f"{_SEND_AGAIN}, though a malformed record is rejected again"
         )
@@ -342,7 +342,8 @@ class PutInputError(RuntimeError):
 
     def outcome(self) -> str:
         return (
-            f"{self}: the {self.summary.records_sent:,} records read before it were delivered"
+            f"{self}: the {count_of(self.summary.records_sent, 'record')} read before it "
+            f"{verb_for(self.summary.records_sent, 'was', 'were')} delivered"
             f"{self.summary.too_large_note()}, the rest not; fix the input: {_SEND_AGAIN}"
         )
 
@@ -358,12 +359,12 @@ class PutInterrupted(KeyboardInterrupt):
     def outcome(self) -> str:
         """The run in one line, as ``PutRecordsError.outcome`` says it for a failure."""
         in_flight = (
-            f"; the {self.in_flight:,} records being sent may or may not have arrived"
+            f"; the {count_of(self.in_flight, 'record')} being sent may or may not have arrived"
             if self.in_flight
             else ""
         )
         return (
-            f"interrupted: {self.summary.records_sent:,} records delivered{self.summary.too_large_note()}"
+            f"interrupted: {count_of(self.summary.records_sent, 'record')} delivered{self.summary.too_large_note()}"
             f"{in_flight}, the rest of the input not sent; {_SEND_AGAIN}"
         )
 

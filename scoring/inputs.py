@@ -17,6 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from runtime.logs import count_of
+
 #: The columns of customer_aggregates/ that scoring reads.
 REQUIRED_COLUMNS: Final = (
     "customer_id",
@@ -114,9 +116,9 @@ def model_inputs(
     late = pc.sum(pc.greater(last_at, pa.scalar(end, pa.timestamp("us", tz="UTC")))).as_py() or 0
     if late:
         raise InputError(
-            f"{late} customers bought after the observation end {end.isoformat()}: the aggregates include those "
-            "purchases, so score at a later --as-of (a day, YYYY-MM-DD, observes all of it), or replay the events "
-            "up to that time into their own aggregates with `clickstream replay`"
+            f"{count_of(late, 'customer')} bought after the observation end {end.isoformat()}: the aggregates include "
+            "those purchases, so score at a later --as-of (a day, YYYY-MM-DD, observes all of it), or replay the "
+            "events up to that time into their own aggregates with `clickstream replay`"
         )
     frequency = buyers.column("frequency").to_numpy().astype(np.int64)
     if not (frequency >= 0).all():

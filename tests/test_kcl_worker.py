@@ -1976,8 +1976,8 @@ def test_the_status_line_says_which_shards_keep_failing_and_which_the_kcl_no_lon
     assert "FAILING" not in WorkerTotals.of({"1": calm}, now).sentence()
     assert "not called" not in WorkerTotals.of({"1": calm}, now).sentence()
     line = WorkerTotals.of({"1": calm, "2": failing, "3": silent}, now).sentence()
-    assert "FAILING on 1 shards, the longest for 73s (retried): ClientError: ServiceUnavailable" in line, line
-    assert "the KCL has not called 1 shards for 45s" in line, line
+    assert "FAILING on 1 shard, the longest for 73s (retried): ClientError: ServiceUnavailable" in line, line
+    assert "the KCL has not called 1 shard for 45s" in line, line
 
 
 def test_a_lease_table_that_never_answers_holds_up_the_supervision_loop_seconds_not_minutes(

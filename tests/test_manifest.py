@@ -153,7 +153,7 @@ def test_a_days_manifest_refuses_a_committed_flush_of_the_day_whose_files_are_al
         s3.delete_object(Bucket=BUCKET, Key=key)
     with pytest.raises(FrontDoorError) as refused:
         copy_manifest(s3, settings, "events", DAYS[1])
-    assert f"1 committed events files are missing from s3://{BUCKET}/ (the first: {deleted[0]})" in str(
+    assert f"1 committed events file is missing from s3://{BUCKET}/ (the first: {deleted[0]})" in str(
         refused.value
     )
     assert copy_manifest(s3, settings, "events", DAYS[0])["entries"], "another day is whole"
@@ -173,7 +173,7 @@ def test_a_manifest_refuses_a_committed_file_written_over_since(s3: Any, arrival
     with pytest.raises(FrontDoorError) as refused:
         copy_manifest(s3, settings, "events", arrival_day)
     assert (
-        f"1 committed events files are not as their commit records wrote them (the first: {key}, "
+        f"1 committed events file is not as their commit records wrote them (the first: {key}, "
         f"{committed:,} bytes when committed, 7 now): written over after they were committed"
         in str(refused.value)
     )

@@ -736,7 +736,7 @@ def test_an_as_of_time_before_purchases_of_its_day_is_refused_and_a_day_is_obser
     arguments = ["score", "--input", str(local_copy), "--output-dir", str(tmp_path), "--no-progress"]
 
     refused = runner.invoke(main, [*arguments, "--as-of", (last - timedelta(microseconds=1)).isoformat()])
-    assert refused.exit_code == 2 and "1 customers bought after the observation end" in refused.output
+    assert refused.exit_code == 2 and "1 customer bought after the observation end" in refused.output
 
     whole_day = runner.invoke(main, [*arguments, "--as-of", last.date().isoformat()])
     assert whole_day.exit_code == 0, whole_day.output

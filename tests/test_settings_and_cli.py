@@ -2179,7 +2179,7 @@ def test_summary_and_manifest_name_committed_files_that_s3_no_longer_has(tmp_pat
     for manifest in manifests:  # of every file, and of the day: its errors file leads to the flush's commit
         assert manifest.exit_code == 1, manifest.output
         assert (
-            "1 committed customer_aggregates files are missing" in manifest.output and gone in manifest.output
+            "1 committed customer_aggregates file is missing" in manifest.output and gone in manifest.output
         )
     assert uploaded.get("KeyCount", 0) == 0, "no manifest written"
 
@@ -2818,7 +2818,7 @@ def test_produce_of_a_file_that_breaks_off_says_what_was_delivered(tmp_path: Pat
     assert f"{truncated}: unreadable after line" in result.output
     assert f"the {held:,} records read before it were delivered" in result.output and held > 500
     # what the worker will reject of what was read is said on a failure too (it was said only on success)
-    assert f"records of {truncated} read (delivered or not) are not JSON objects (the first is record 11" in (
+    assert f"records of {truncated} read (delivered or not) is not a JSON object (the first is record 11" in (
         result.output
     )
 
@@ -2884,7 +2884,8 @@ def test_produce_says_which_records_of_its_input_the_worker_will_reject(tmp_path
         in (warnings[0])
     )
     assert (
-        "1 records of" in warnings[1]
+        "1 record of" in warnings[1]
+        and "is larger than" in warnings[1]
         and "limit of 32,768 bytes (CLICKSTREAM_MAX_RECORD_BYTES)" in warnings[1]
     )
     after_blanks = tmp_path / "after-blanks.jsonl"
