@@ -745,13 +745,14 @@ def produce(
         progress=show_progress(progress),
     )
     doubtful = DoubtfulRecords(settings.max_record_bytes, fits_put_records)
-    sent: Iterator[bytes | SendNow] = iter(records)
-    if input_file is not None:
-        checked = doubtful.counted(records)
-        sent = checked
-        if not _is_regular_file(input_file):  # a pipe may trickle: its records are sent as they come
-            sent = lingering(checked, DEFAULT_LINGER_SECONDS if linger is None else linger)
-        elif linger is not None:
+    sent: Iterator[bytes | SendNow]
+    if input_file is None:
+        sent = iter(records)
+    elif not _is_regular_file(input_file):  # a pipe may trickle: its records are sent as they come
+        sent = lingering(doubtful.counted(records), DEFAULT_LINGER_SECONDS if linger is None else linger)
+    else:
+        sent = doubtful.counted(records)
+        if linger is not None:
             say(
                 f"--linger has no effect: {input_file} is a regular file, read at disk speed", logging.WARNING
             )
@@ -1070,7 +1071,7 @@ def manifest(output: str, arrival_day: int | None, upload: bool, **overrides: An
     elif entries:
         click.echo(upload_manifest(s3, settings, output, document, arrival_day))
     if entries:
-        say(f"{count_of(entries, f'committed {output} file')}")
+        say(count_of(entries, f"committed {output} file"))
     elif arrival_day is None:  # a COPY of it loads nothing
         say(f"no committed {output} files at all: the manifest is empty", logging.WARNING)
     else:  # a day not over yet, a mistyped or quiet one; one whose files were all deleted looks the same here

@@ -1091,9 +1091,8 @@ class DoubtfulRecords:
     # not ``{`` first and ``}`` last (blanks aside): not a JSON object, whatever is between
     not_objects: int = 0
     first_not_object: int | None = None  # its record number (1-based)
-    first_not_object_line: int | None = (
-        None  # and its line, when read from a file (blank lines are no records)
-    )
+    # and its line, when read from a file (blank lines are no records)
+    first_not_object_line: int | None = None
     too_large_for_worker: int = 0
 
     def counted(self, records: Iterable[bytes]) -> Iterator[bytes]:
